@@ -1,0 +1,56 @@
+"""Tasker for Python: reliable, observable multi-step workflows.
+
+The public API. Everything not re-exported here is private to its module.
+"""
+
+from tasker.engine.model import Step, Task
+from tasker.engine.tasker import Tasker
+from tasker.errors import (
+    ContextValidationError,
+    NotFoundError,
+    OperationError,
+    PermanentError,
+    RetryableError,
+    StepTimeoutError,
+    TaskerError,
+    TaskerInputError,
+    TemplateError,
+    UnknownTemplateError,
+)
+from tasker.events.bus import Event, EventBus
+from tasker.events.catalog import Events
+from tasker.handlers.base import StepContext, StepHandler, TaskHandler, UndeclaredEventError
+from tasker.retry import RetryPolicy
+from tasker.states import StepState, TaskState
+from tasker.templates.model import StepTemplate, TaskTemplate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ContextValidationError",
+    "Event",
+    "EventBus",
+    "Events",
+    "NotFoundError",
+    "OperationError",
+    "PermanentError",
+    "RetryPolicy",
+    "RetryableError",
+    "Step",
+    "StepContext",
+    "StepHandler",
+    "StepState",
+    "StepTemplate",
+    "StepTimeoutError",
+    "Task",
+    "TaskHandler",
+    "TaskState",
+    "TaskTemplate",
+    "Tasker",
+    "TaskerError",
+    "TaskerInputError",
+    "TemplateError",
+    "UndeclaredEventError",
+    "UnknownTemplateError",
+    "__version__",
+]

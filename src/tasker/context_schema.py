@@ -1,0 +1,60 @@
+"""Validate a task context against its template's JSON Schema (Draft 2020-12) and fill in defaults.
+
+Defaults are written into the context that is stored, so a handler reads the same value the schema
+promised; every violation is reported with its JSON path rather than the first one only.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from tasker.errors import ContextValidationError
+
+_validators: dict[int, Draft202012Validator] = {}
+
+
+def _validator(schema: dict[str, Any]) -> Draft202012Validator:
+    key = id(schema)
+    v = _validators.get(key)
+    if v is None or v.schema is not schema:
+        v = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+        _validators[key] = v
+    return v
+
+
+def apply_defaults(schema: Any, instance: Any) -> Any:
+    """Fill `default`s of object properties, recursively, where the instance leaves them out."""
+    if not isinstance(schema, dict):
+        return instance
+    if isinstance(instance, dict):
+        props = schema.get("properties")
+        if isinstance(props, dict):
+            for key, sub in props.items():
+                if not isinstance(sub, dict):
+                    continue
+                if key not in instance and "default" in sub:
+                    instance[key] = copy.deepcopy(sub["default"])
+                if key in instance:
+                    instance[key] = apply_defaults(sub, instance[key])
+        for combinator in ("allOf",):
+            for sub in schema.get(combinator) or []:
+                instance = apply_defaults(sub, instance)
+    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        return [apply_defaults(schema["items"], item) for item in instance]
+    return instance
+
+
+def validate_context(template_key: str, schema: dict[str, Any] | None, context: Any) -> dict[str, Any]:
+    """Return the context with defaults applied, or raise `ContextValidationError` listing every violation."""
+    if not isinstance(context, dict):
+        raise ContextValidationError(template_key, [("$", f"the context must be a JSON object, not {type(context).__name__}")])
+    filled = apply_defaults(schema, copy.deepcopy(context)) if schema else copy.deepcopy(context)
+    if not schema:
+        return filled
+    errors = sorted(_validator(schema).iter_errors(filled), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    if errors:
+        raise ContextValidationError(template_key, [(e.json_path, e.message) for e in errors])
+    return filled

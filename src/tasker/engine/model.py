@@ -1,0 +1,104 @@
+"""Read models handed to users (`Task`, `Step`) and the records a worker passes around while it runs steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Step:
+    id: int
+    task_id: int
+    name: str
+    status: str
+    attempts: int
+    retry_limit: int
+    retryable: bool
+    dependent_system: str
+    results: dict[str, Any] | None
+    last_error: dict[str, Any] | None
+    run_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    created_at: datetime
+    position: int
+    idempotency_key: str
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return max(0.0, (self.finished_at - self.started_at).total_seconds())
+        return None
+
+
+@dataclass(frozen=True)
+class Task:
+    id: int
+    namespace: str
+    name: str
+    version: str
+    status: str
+    context: dict[str, Any]
+    idempotency_key: str
+    correlation_id: str
+    annotations: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    steps: list[Step] = field(default_factory=list)
+    #: True when `create_task` found an existing task with the same idempotency key and returned it.
+    deduplicated: bool = False
+
+    @property
+    def template_key(self) -> str:
+        return f"{self.namespace}/{self.name}@{self.version}"
+
+    def step(self, name: str) -> Step:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(f"task {self.id} has no step '{name}'; steps: {', '.join(s.name for s in self.steps)}")
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return max(0.0, (self.finished_at - self.started_at).total_seconds())
+        return None
+
+
+@dataclass(frozen=True)
+class ClaimedStep:
+    """A step a worker holds under a lease, with everything its handler needs."""
+
+    step_id: int
+    task_id: int
+    name: str
+    template_id: int
+    attempt: int
+    retry_limit: int
+    claim_token: int
+    idempotency_key: str
+    dependent_system: str
+    context: dict[str, Any]
+    correlation_id: str
+    results: dict[str, dict[str, Any]]
+    from_state: str
+
+
+@dataclass
+class Outcome:
+    """What happened to one attempt; the store applies it fenced by `claim_token`."""
+
+    step_id: int
+    task_id: int
+    claim_token: int
+    attempt: int
+    state: str  # complete | waiting_retry | error
+    results: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    retry_delay: float = 0.0
+    duration_ms: float = 0.0
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)

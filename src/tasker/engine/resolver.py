@@ -1,0 +1,68 @@
+"""From a claimed step to the code that runs it: the pinned template snapshot and the handler class.
+
+Snapshots are immutable, so each is parsed once per process. A handler class comes from the template
+this process loaded from disk when it has the same key, else from the snapshot's import path.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from tasker.registry import TemplateRegistry
+from tasker.retry import RetryPolicy
+from tasker.templates.loader import resolve_step_handler, resolve_task_handler
+from tasker.templates.model import StepTemplate, TaskTemplate
+
+
+class Resolver:
+    def __init__(self, registry: TemplateRegistry):
+        self.registry = registry
+        self._templates: dict[int, TaskTemplate] = {}
+        self._handlers: dict[str, type] = {}
+        self._policies: dict[tuple[int, str], RetryPolicy] = {}
+        self._lock = threading.Lock()
+
+    def known(self, template_id: int) -> bool:
+        return template_id in self._templates
+
+    def add_snapshot(self, template_id: int, definition: dict[str, Any]) -> TaskTemplate:
+        with self._lock:
+            t = self._templates.get(template_id)
+            if t is None:
+                t = TaskTemplate.from_snapshot(definition)
+                self._templates[template_id] = t
+            return t
+
+    def template(self, template_id: int) -> TaskTemplate:
+        return self._templates[template_id]
+
+    def step(self, template_id: int, name: str) -> StepTemplate:
+        return self._templates[template_id].step(name)
+
+    def policy(self, template_id: int, name: str) -> RetryPolicy:
+        key = (template_id, name)
+        p = self._policies.get(key)
+        if p is None:
+            t = self._templates[template_id]
+            p = self._policies[key] = t.retry_policy(t.step(name))
+        return p
+
+    def handler_class(self, template_id: int, name: str) -> type:
+        step = self.step(template_id, name)
+        path = step.handler_class
+        cls = self._handlers.get(path)
+        if cls is None:
+            cls = resolve_step_handler(path, where=f"step '{name}'")
+            self._handlers[path] = cls
+        return cls
+
+    def task_handler(self, template_id: int) -> Any | None:
+        t = self._templates.get(template_id)
+        if t is None or not t.task_handler_class:
+            return None
+        cls = self._handlers.get(t.task_handler_class)
+        if cls is None:
+            cls = resolve_task_handler(t.task_handler_class, where=f"{t.key}: task_handler_class")
+            self._handlers[t.task_handler_class] = cls
+        return cls()

@@ -1,0 +1,329 @@
+"""`Tasker`: the engine object users hold. Opens a store, loads templates, creates and runs tasks.
+
+Every method is a thin use case over the store and the worker, so the CLI, the API and tests all drive
+the same code paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+
+from tasker.context_schema import validate_context
+from tasker.engine.model import Task
+from tasker.engine.resolver import Resolver
+from tasker.engine.worker import Worker, WorkerOptions
+from tasker.errors import NotFoundError, TaskerInputError
+from tasker.events.bus import Event, EventBus
+from tasker.registry import TemplateRegistry
+from tasker.states import FINISHED_TASK_STATES
+from tasker.store import operations
+from tasker.store import tasks as task_store
+from tasker.store.database import Database
+from tasker.store.schema import tasks as tasks_table
+from tasker.templates.loader import load_path, resolve_task_handler
+from tasker.templates.model import TaskTemplate
+
+log = logging.getLogger("tasker")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Tasker:
+    """The workflow engine on one store.
+
+    >>> engine = Tasker()                       # ./tasker.db, or TASKER_DATABASE_URL
+    >>> engine.load_templates("templates/")
+    >>> task = engine.create_task("ecommerce/process_order", {...})
+    >>> engine.run(task.id).status
+    'complete'
+    """
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        templates: str | Path | Sequence[str | Path] | None = None,
+        concurrency: int = 10,
+        lease_seconds: float = 30.0,
+        poll_interval: float = 0.5,
+        backoff_scale: float = 1.0,
+        migrate: bool = True,
+    ):
+        if concurrency < 1:
+            raise TaskerInputError("concurrency must be at least 1")
+        if lease_seconds <= 0:
+            raise TaskerInputError("lease_seconds must be greater than 0")
+        self.db = Database(database_url, migrate=migrate)
+        self.registry = TemplateRegistry()
+        self.resolver = Resolver(self.registry)
+        self.bus = EventBus()
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self.backoff_scale = backoff_scale
+        self._workers: set[Worker] = set()
+        self._lock = threading.Lock()
+        if templates is not None:
+            for p in [templates] if isinstance(templates, (str, Path)) else templates:
+                self.load_templates(p)
+
+    # -- templates ------------------------------------------------------------------------------------
+    def load_templates(self, path: str | Path) -> list[TaskTemplate]:
+        """Load and register every template in a YAML file or directory; bad files raise `TemplateError`."""
+        loaded = load_path(path)
+        for t in loaded:
+            self.registry.register(t)
+            for w in t.warnings:
+                log.warning(w)
+        return loaded
+
+    def register_template(self, template: TaskTemplate) -> None:
+        self.registry.register(template)
+
+    def get_template(self, ref: str, version: str | None = None) -> TaskTemplate:
+        return self.registry.get(ref, version)
+
+    # -- tasks ----------------------------------------------------------------------------------------
+    def create_task(
+        self,
+        template: str,
+        context: dict[str, Any] | None = None,
+        *,
+        version: str | None = None,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Task:
+        """Create a task (validated, defaults applied, template pinned); idempotent on its key.
+
+        A repeated request returns the first task with `deduplicated=True` instead of a second one.
+        """
+        tmpl = self.registry.get(template, version)
+        ctx = validate_context(tmpl.key, tmpl.context_schema, context if context is not None else {})
+        if tmpl.task_handler_class:
+            handler = resolve_task_handler(tmpl.task_handler_class, where=f"{tmpl.key}: task_handler_class")()
+            ctx = handler.prepare_context(ctx)
+        if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255):
+            raise TaskerInputError("idempotency_key must be a string of 1 to 255 characters")
+        key = idempotency_key or task_store.derived_idempotency_key(tmpl, ctx)
+        corr = correlation_id or _correlation_id(ctx)
+        events: list[tuple[str, dict[str, Any]]] = []
+        existing = self._find(tmpl, key)
+        if existing is None:
+            try:
+                with self.db.write() as conn:
+                    task_id = task_store.insert_task(conn, tmpl, ctx, key, corr, utcnow(), events)
+            except IntegrityError:
+                existing = self._find(tmpl, key)
+                if existing is None:
+                    raise
+        if existing is not None:
+            task = self.get_task(existing)
+            return _dedup(task)
+        self._publish(events)
+        self._notify_workers()
+        return self.get_task(task_id)
+
+    def _find(self, tmpl: TaskTemplate, key: str) -> int | None:
+        with self.db.read() as conn:
+            return task_store.find_task_id(conn, tmpl.namespace_name, tmpl.name, key)
+
+    def get_task(self, task_id: int) -> Task:
+        with self.db.read() as conn:
+            task = task_store.get_task(conn, int(task_id))
+        if task is None:
+            raise NotFoundError(f"no task with id {task_id}; fix: list tasks with 'tasker tasks list'")
+        return task
+
+    def get_tasks(self, task_ids: Sequence[int]) -> list[Task]:
+        with self.db.read() as conn:
+            return task_store.get_tasks(conn, list(task_ids))
+
+    def list_tasks(self, *, limit: int = 50, offset: int = 0, **filters: Any) -> tuple[list[Task], int]:
+        with self.db.read() as conn:
+            return task_store.list_tasks(conn, limit=limit, offset=offset, **filters)
+
+    def step_transitions(self, task_id: int) -> list[dict[str, Any]]:
+        with self.db.read() as conn:
+            return [dict(r._mapping) for r in task_store.step_history(conn, task_id)]
+
+    def task_transitions(self, task_id: int) -> list[dict[str, Any]]:
+        with self.db.read() as conn:
+            return [dict(r._mapping) for r in task_store.task_history(conn, task_id)]
+
+    def task_template(self, task_id: int) -> TaskTemplate:
+        """The template snapshot a task was created with (not necessarily the latest loaded one)."""
+        with self.db.read() as conn:
+            definition = task_store.task_template_definition(conn, task_id)
+        if definition is None:
+            raise NotFoundError(f"no task with id {task_id}")
+        return TaskTemplate.from_snapshot(definition)
+
+    # -- operations -----------------------------------------------------------------------------------
+    def cancel_task(self, task_id: int, reason: str | None = None) -> Task:
+        self._operate(operations.cancel_task, task_id, reason=reason)
+        return self.get_task(task_id)
+
+    def retry_task(self, task_id: int) -> Task:
+        """Re-arm the failed steps of a task in `error` with fresh attempts."""
+        self._operate(operations.retry_task, task_id)
+        self._notify_workers()
+        return self.get_task(task_id)
+
+    def retry_step(self, task_id: int, step_name: str) -> Task:
+        self._operate(operations.retry_step, task_id, step_name)
+        self._notify_workers()
+        return self.get_task(task_id)
+
+    def resolve_step(self, task_id: int, step_name: str, results: dict[str, Any] | None = None) -> Task:
+        """Complete a step by hand with `results`; its dependents proceed as if it had run."""
+        if results is not None and not isinstance(results, dict):
+            raise TaskerInputError("the result of a resolved step must be a JSON object")
+        self._operate(operations.resolve_step, task_id, step_name, results or {})
+        self._notify_workers()
+        return self.get_task(task_id)
+
+    def _operate(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        events: list[tuple[str, dict[str, Any]]] = []
+        with self.db.write() as conn:
+            out = fn(conn, *args, now=utcnow(), lock=self.db.is_postgres, events=events, **kwargs)
+        self._publish(events)
+        return out
+
+    def annotate(self, task_id: int, annotations: dict[str, Any]) -> None:
+        """Merge annotations into the task's record (what task handlers' hooks return)."""
+        current = self.get_task(task_id).annotations or {}
+        with self.db.write() as conn:
+            conn.execute(update(tasks_table).where(tasks_table.c.id == task_id)
+                         .values(annotations={**current, **annotations}))
+
+    # -- running --------------------------------------------------------------------------------------
+    def worker(self, **overrides: Any) -> Worker:
+        opts = WorkerOptions(
+            concurrency=overrides.pop("concurrency", None) or self.concurrency,
+            lease_seconds=overrides.pop("lease_seconds", None) or self.lease_seconds,
+            poll_interval=overrides.pop("poll_interval", None) or self.poll_interval,
+            backoff_scale=overrides.pop("backoff_scale", None) or self.backoff_scale,
+            **overrides,
+        )
+        return Worker(self.db, self.resolver, self.bus, opts, on_settled=self._on_settled)
+
+    async def arun(self, task_id: int, *, concurrency: int | None = None) -> Task:
+        """Run one task to the end in this process (async form of `run`)."""
+        task = self.get_task(task_id)
+        if task.status not in FINISHED_TASK_STATES:
+            await self._drive(self.worker(concurrency=concurrency, task_id=task.id), until_idle=True)
+        return self.get_task(task_id)
+
+    def run(self, task_id: int, *, concurrency: int | None = None) -> Task:
+        """Run one task to completion in this process, retries and backoff included; returns its final state."""
+        return _run_sync(self.arun(task_id, concurrency=concurrency))
+
+    async def awork(self, *, concurrency: int | None = None, until_idle: bool = True,
+                    namespaces: Sequence[str] | None = None, worker: Worker | None = None) -> int:
+        w = worker or self.worker(concurrency=concurrency, namespaces=namespaces)
+        await self._drive(w, until_idle=until_idle)
+        return w.steps_run
+
+    def work(self, *, concurrency: int | None = None, until_idle: bool = True,
+             namespaces: Sequence[str] | None = None, worker: Worker | None = None) -> int:
+        """Process ready steps; with `until_idle`, return once nothing is left to run (retries included).
+
+        Returns the number of step attempts this call ran.
+        """
+        return _run_sync(self.awork(concurrency=concurrency, until_idle=until_idle, namespaces=namespaces,
+                                    worker=worker))
+
+    async def _drive(self, worker: Worker, *, until_idle: bool) -> None:
+        with self._lock:
+            self._workers.add(worker)
+        try:
+            await worker.run(until_idle=until_idle)
+        finally:
+            with self._lock:
+                self._workers.discard(worker)
+
+    def _notify_workers(self) -> None:
+        with self._lock:
+            workers = list(self._workers)
+        for w in workers:
+            w.notify()
+
+    def _on_settled(self, settled: list[tuple[int, str]]) -> None:
+        """Call task handlers' completion hooks and store the annotations they return."""
+        for task_id, status in settled:
+            try:
+                definition_task = self.task_template(task_id)
+                if not definition_task.task_handler_class:
+                    continue
+                handler = resolve_task_handler(definition_task.task_handler_class, where=definition_task.key)()
+                task = self.get_task(task_id)
+                hook = handler.on_complete if status in ("complete", "resolved_manually") else handler.on_error
+                notes = hook(task)
+                if notes:
+                    self.annotate(task_id, notes)
+            except Exception:
+                log.exception("task handler hook failed for task %s; the task is not affected", task_id)
+
+    # -- events ---------------------------------------------------------------------------------------
+    def subscribe(self, listener: Callable[[Event], None], *patterns: str) -> Callable[[], None]:
+        return self.bus.subscribe(listener, *patterns)
+
+    def _publish(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        for name, payload in events:
+            self.bus.publish(name, payload)
+
+    def close(self) -> None:
+        self.db.dispose()
+
+    def __enter__(self) -> Tasker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _correlation_id(context: dict[str, Any]) -> str:
+    given = context.get("correlation_id")
+    if isinstance(given, str) and given:
+        return given[:128]
+    return f"corr-{uuid.uuid4().hex[:16]}"
+
+
+def _dedup(task: Task) -> Task:
+    from dataclasses import replace
+
+    return replace(task, deduplicated=True)
+
+
+def _run_sync(coro: Any) -> Any:
+    """asyncio.run, or a helper thread when this thread already runs an event loop (a notebook, an app)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = asyncio.run(coro)
+        except BaseException as exc:
+            result["error"] = exc
+
+    t = threading.Thread(target=target, name="tasker-run")
+    t.start()
+    t.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")

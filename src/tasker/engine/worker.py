@@ -1,0 +1,267 @@
+"""The worker: claims ready steps, runs their handlers concurrently, and stores their outcomes.
+
+One asyncio loop per worker coordinates everything; all database work happens on one dedicated thread, in
+cycles that apply every outcome finished since the last cycle and claim new work in the same transaction.
+That batches writes under load (fewer transactions per step) and lets a chain's next step be claimed by
+the transaction that made it ready, without waiting for a poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from tasker.engine.executor import execute
+from tasker.engine.model import ClaimedStep, Outcome
+from tasker.engine.resolver import Resolver
+from tasker.errors import TaskerError
+from tasker.events.bus import EventBus
+from tasker.states import StepState
+from tasker.store import claims, completion
+from tasker.store.database import Database
+from tasker.store.tasks import template_definition
+
+log = logging.getLogger("tasker.worker")
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class WorkerOptions:
+    concurrency: int = 10
+    lease_seconds: float = 30.0
+    poll_interval: float = 0.5
+    namespaces: Sequence[str] | None = None
+    task_id: int | None = None
+    backoff_scale: float = 1.0
+    grace_seconds: float = 30.0
+    worker_id: str = field(default_factory=new_worker_id)
+
+
+@dataclass
+class _Cycle:
+    claimed: list[ClaimedStep]
+    settled: list[tuple[int, str]]
+    events: list[tuple[str, dict[str, Any]]]
+    held: set[int] | None
+
+
+class Worker:
+    def __init__(
+        self,
+        db: Database,
+        resolver: Resolver,
+        bus: EventBus,
+        options: WorkerOptions,
+        on_settled: Callable[[list[tuple[int, str]]], None] | None = None,
+    ):
+        self.db = db
+        self.resolver = resolver
+        self.bus = bus
+        self.opts = options
+        self.id = options.worker_id
+        self.on_settled = on_settled
+        self._inflight: dict[int, tuple[asyncio.Task[None], ClaimedStep]] = {}
+        self._done: list[Outcome] = []
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = False
+        self.steps_run = 0
+
+    # -- control from other threads -------------------------------------------------------------------
+    def notify(self) -> None:
+        """Work may be ready (a task was created, a step re-armed): look now instead of at the next poll."""
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(wake.set)
+
+    def stop(self) -> None:
+        """Stop claiming; in-flight steps finish (up to the grace period) and the worker returns."""
+        self._stop = True
+        self.notify()
+
+    # -- the loop -------------------------------------------------------------------------------------
+    async def run(self, *, until_idle: bool = False) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        db_thread = ThreadPoolExecutor(1, thread_name_prefix=f"tasker-db-{self.id}")
+        pool = ThreadPoolExecutor(self.opts.concurrency + 4, thread_name_prefix="tasker-step")
+        lease = self.opts.lease_seconds
+        next_heartbeat = time.monotonic() + lease / 3
+        next_reclaim = 0.0
+        claim_due = True
+        stop_deadline: float | None = None
+        failures = 0
+        log.info("worker %s started (concurrency %d, store %s)", self.id, self.opts.concurrency, self.db.safe_url())
+        try:
+            while True:
+                now_m = time.monotonic()
+                if self._stop and stop_deadline is None:
+                    stop_deadline = now_m + self.opts.grace_seconds
+                if self._stop and not self._inflight and not self._done:
+                    break
+                if stop_deadline is not None and now_m >= stop_deadline and self._inflight:
+                    await self._abandon(db_thread)
+                    continue
+                outcomes, self._done = self._done, []
+                free = 0 if self._stop else self.opts.concurrency - len(self._inflight)
+                want_claim = free > 0 and (claim_due or bool(outcomes))
+                heartbeat = now_m >= next_heartbeat and bool(self._inflight)
+                reclaim = not self._stop and now_m >= next_reclaim and want_claim
+                if outcomes or want_claim or heartbeat:
+                    try:
+                        cycle = await self._loop.run_in_executor(
+                            db_thread, self._db_cycle, outcomes, free if want_claim else 0,
+                            list(self._inflight) if heartbeat else None, reclaim,
+                        )
+                    except (OperationalError, DBAPIError) as exc:
+                        failures += 1
+                        self._done = outcomes + self._done
+                        delay = min(0.1 * 2 ** min(failures, 6), 5.0)
+                        log.warning("worker %s: database unavailable (%s); retrying in %.1fs",
+                                    self.id, type(exc).__name__, delay)
+                        await asyncio.sleep(delay)
+                        continue
+                    failures = 0
+                    if heartbeat:
+                        next_heartbeat = now_m + lease / 3
+                        self._drop_lost(cycle.held or set())
+                    if reclaim:
+                        next_reclaim = now_m + min(1.0, lease / 4)
+                    self._publish(cycle.events)
+                    if cycle.settled and self.on_settled:
+                        self._loop.run_in_executor(pool, self.on_settled, cycle.settled)
+                    for c in cycle.claimed:
+                        self._start(c, pool)
+                    if want_claim:
+                        claim_due = len(cycle.claimed) >= free
+                    continue
+                if until_idle and not self._inflight:
+                    idle, due_in = await self._loop.run_in_executor(db_thread, self._idle_check)
+                    if idle:
+                        break
+                    wait = max(0.0, min(due_in, self.opts.poll_interval)) if due_in is not None else self.opts.poll_interval
+                else:
+                    wait = self.opts.poll_interval
+                if self._inflight:
+                    wait = min(wait, max(0.0, next_heartbeat - time.monotonic()))
+                if stop_deadline is not None:
+                    wait = min(wait, max(0.0, stop_deadline - time.monotonic()))
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                except TimeoutError:
+                    pass
+                claim_due = True
+        finally:
+            for task, _ in list(self._inflight.values()):
+                task.cancel()
+            db_thread.shutdown(wait=True)
+            pool.shutdown(wait=False, cancel_futures=True)
+            self._loop = None
+            log.info("worker %s stopped after %d steps", self.id, self.steps_run)
+
+    # -- database cycle (runs on the db thread) ---------------------------------------------------------
+    def _db_cycle(self, outcomes: list[Outcome], claim_limit: int, heartbeat: list[int] | None,
+                  reclaim: bool) -> _Cycle:
+        events: list[tuple[str, dict[str, Any]]] = []
+        now = utcnow()
+        pg = self.db.is_postgres
+        with self.db.write() as conn:
+            held = None
+            if heartbeat is not None:
+                held = claims.extend_leases(conn, worker=self.id, step_ids=heartbeat, now=now,
+                                            lease_seconds=self.opts.lease_seconds)
+            _, settled = completion.apply_outcomes(conn, outcomes, now=now, worker=self.id, lock_tasks=pg,
+                                                   events=events)
+            if reclaim:
+                claims.reclaim_expired(conn, now=now, worker=self.id, skip_locked=pg, events=events)
+            claimed = claims.claim(
+                conn, worker=self.id, limit=claim_limit, now=now, lease_seconds=self.opts.lease_seconds,
+                skip_locked=pg, events=events, namespaces=self.opts.namespaces, task_id=self.opts.task_id,
+            ) if claim_limit else []
+            for tid in {c.template_id for c in claimed}:
+                if not self.resolver.known(tid):
+                    self.resolver.add_snapshot(tid, template_definition(conn, tid))
+        return _Cycle(claimed, settled, events, held)
+
+    def _idle_check(self) -> tuple[bool, float | None]:
+        with self.db.read() as conn:
+            active = claims.active_count(conn, namespaces=self.opts.namespaces, task_id=self.opts.task_id)
+            if not active:
+                return True, None
+            due = claims.next_run_at(conn, namespaces=self.opts.namespaces, task_id=self.opts.task_id)
+        return False, (due - utcnow()).total_seconds() if due else None
+
+    # -- steps --------------------------------------------------------------------------------------------
+    def _start(self, claimed: ClaimedStep, pool: ThreadPoolExecutor) -> None:
+        task = asyncio.get_running_loop().create_task(self._run_step(claimed, pool))
+        self._inflight[claimed.step_id] = (task, claimed)
+
+    async def _run_step(self, claimed: ClaimedStep, pool: ThreadPoolExecutor) -> None:
+        try:
+            template = self.resolver.template(claimed.template_id)
+            step = template.step(claimed.name)
+            try:
+                handler_cls = self.resolver.handler_class(claimed.template_id, claimed.name)
+            except TaskerError as exc:
+                outcome = Outcome(step_id=claimed.step_id, task_id=claimed.task_id, claim_token=claimed.claim_token,
+                                  attempt=claimed.attempt, state=StepState.ERROR,
+                                  error={"class": "HandlerNotFound", "message": str(exc), "retryable": False})
+            else:
+                outcome = await execute(claimed, template, step, handler_cls,
+                                        self.resolver.policy(claimed.template_id, claimed.name), pool,
+                                        backoff_scale=self.opts.backoff_scale)
+        except asyncio.CancelledError:
+            self._inflight.pop(claimed.step_id, None)
+            raise
+        self._inflight.pop(claimed.step_id, None)
+        self.steps_run += 1
+        self._done.append(outcome)
+        if self._wake is not None:
+            self._wake.set()
+
+    def _drop_lost(self, held: set[int]) -> None:
+        """Stop running steps whose lease this worker lost (cancelled task, or reclaimed after a stall)."""
+        for step_id, (task, claimed) in list(self._inflight.items()):
+            if step_id not in held:
+                log.warning("worker %s lost step %d (%s) of task %d; stopping it", self.id, step_id,
+                            claimed.name, claimed.task_id)
+                task.cancel()
+                self._inflight.pop(step_id, None)
+
+    async def _abandon(self, db_thread: ThreadPoolExecutor) -> None:
+        """The grace period is over: cancel what still runs and hand those steps back to other workers."""
+        held = [(c.step_id, c.task_id, c.claim_token) for _, c in self._inflight.values()]
+        for task, _ in list(self._inflight.values()):
+            task.cancel()
+        self._inflight.clear()
+        assert self._loop is not None
+
+        def _release() -> int:
+            with self.db.write() as conn:
+                return claims.release(conn, worker=self.id, held=held, now=utcnow())
+
+        released = await self._loop.run_in_executor(db_thread, _release)
+        log.info("worker %s released %d unfinished steps after the grace period", self.id, released)
+
+    def _publish(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        for name, payload in events:
+            self.bus.publish(name, payload)

@@ -1,0 +1,93 @@
+"""Error types a user meets: the two that classify a handler failure, and the ones the engine raises.
+
+Handlers raise `PermanentError` or `RetryableError` to tell the engine what a failure means; every other
+exception is treated as retryable because a bug-free handler only fails for reasons outside its control.
+Errors the user causes with bad input (`TaskerInputError` and its children) carry a one-line message that
+names where the problem is and how to fix it, so the CLI and API can show them without a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TaskerError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+
+class StepFailure(Exception):
+    """Base of the two errors a step handler raises to classify its own failure."""
+
+    def __init__(self, message: str, *, error_code: str | None = None, context: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.error_code = error_code
+        self.context = dict(context or {})
+
+
+class PermanentError(StepFailure):
+    """The step cannot succeed by trying again (a declined card, a missing record): it goes to `error` now."""
+
+
+class RetryableError(StepFailure):
+    """A transient failure: the step is tried again after `retry_after` seconds, or after engine backoff."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        error_code: str | None = None,
+        context: dict[str, Any] | None = None,
+    ):
+        super().__init__(message, error_code=error_code, context=context)
+        if retry_after is not None and retry_after < 0:
+            raise ValueError("retry_after must be >= 0 seconds")
+        self.retry_after = retry_after
+
+
+class StepTimeoutError(RetryableError):
+    """The attempt ran past `handler_config.timeout_seconds`; its late result, if any, is discarded."""
+
+
+class TaskerInputError(TaskerError):
+    """Bad input from a user: a template, a context, an identifier. The message is one line and says the fix."""
+
+
+class TemplateError(TaskerInputError):
+    """A task template file that cannot be loaded as it is."""
+
+
+class ContextValidationError(TaskerInputError):
+    """A task context that violates the template's JSON Schema; `violations` lists every one with its path."""
+
+    def __init__(self, template: str, violations: list[tuple[str, str]]):
+        self.template = template
+        self.violations = violations
+        listed = "; ".join(f"{path}: {msg}" for path, msg in violations)
+        super().__init__(
+            f"context for {template} is invalid ({len(violations)} violation"
+            f"{'s' if len(violations) != 1 else ''}): {listed}"
+        )
+
+
+class UnknownTemplateError(TaskerInputError):
+    """A task was requested for a template that is not registered; the message names those that are."""
+
+    def __init__(self, requested: str, known: list[str]):
+        self.requested = requested
+        self.known = known
+        hint = ", ".join(known) if known else "none are loaded: pass --templates PATH or call load_templates()"
+        super().__init__(f"unknown template '{requested}'; known templates: {hint}")
+
+
+class NotFoundError(TaskerInputError):
+    """A task or step id that does not exist."""
+
+
+class InvalidTransitionError(TaskerError):
+    """A state change the state machine forbids; raised instead of silently corrupting a task."""
+
+
+class OperationError(TaskerInputError):
+    """An operation that makes no sense for the current state (retrying a complete task, say)."""

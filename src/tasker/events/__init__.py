@@ -1,0 +1,6 @@
+"""Lifecycle events: the catalog of names and the in-process bus that delivers them."""
+
+from tasker.events.bus import Event, EventBus
+from tasker.events.catalog import STEP_EVENT_FOR_STATE, TASK_EVENT_FOR_STATE, Events
+
+__all__ = ["Event", "EventBus", "Events", "STEP_EVENT_FOR_STATE", "TASK_EVENT_FOR_STATE"]

@@ -1,0 +1,44 @@
+"""Event names, one constant each, and which transition emits which."""
+
+from __future__ import annotations
+
+
+class Events:
+    TASK_CREATED = "task.created"
+    TASK_STARTED = "task.started"
+    TASK_COMPLETED = "task.completed"
+    TASK_FAILED = "task.failed"
+    TASK_CANCELLED = "task.cancelled"
+    TASK_RETRIED = "task.retried"
+    TASK_RESOLVED = "task.resolved"
+    STEP_READY = "step.ready"
+    STEP_STARTED = "step.started"
+    STEP_COMPLETED = "step.completed"
+    STEP_FAILED = "step.failed"
+    STEP_RETRY_SCHEDULED = "step.retry_scheduled"
+    STEP_CANCELLED = "step.cancelled"
+    STEP_RESOLVED = "step.resolved"
+    STEP_SKIPPED = "step.skipped"
+    CIRCUIT_OPENED = "circuit.opened"
+    CIRCUIT_CLOSED = "circuit.closed"
+    CIRCUIT_HALF_OPEN = "circuit.half_open"
+
+
+TASK_EVENT_FOR_STATE = {
+    "in_progress": Events.TASK_STARTED,
+    "complete": Events.TASK_COMPLETED,
+    "error": Events.TASK_FAILED,
+    "cancelled": Events.TASK_CANCELLED,
+    "resolved_manually": Events.TASK_RESOLVED,
+}
+
+STEP_EVENT_FOR_STATE = {
+    "ready": Events.STEP_READY,
+    "in_progress": Events.STEP_STARTED,
+    "complete": Events.STEP_COMPLETED,
+    "error": Events.STEP_FAILED,
+    "waiting_retry": Events.STEP_RETRY_SCHEDULED,
+    "cancelled": Events.STEP_CANCELLED,
+    "resolved_manually": Events.STEP_RESOLVED,
+    "skipped": Events.STEP_SKIPPED,
+}

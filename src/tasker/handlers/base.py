@@ -1,0 +1,112 @@
+"""What user code implements (`StepHandler`, `TaskHandler`) and sees (`StepContext`).
+
+The context is deliberately narrow: a handler gets its inputs, a stable idempotency key and a way to log
+and publish, but no store or engine object, so business logic cannot reach around the engine's guarantees.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tasker.errors import TaskerError
+
+if TYPE_CHECKING:
+    from tasker.engine.model import Task
+
+
+class UndeclaredEventError(TaskerError):
+    """A handler published a custom event its template does not declare under `custom_events`."""
+
+
+@dataclass
+class StepContext:
+    """Everything a step handler may read, plus `log` and `publish`."""
+
+    task_id: int
+    step_id: int
+    step_name: str
+    namespace: str
+    task_name: str
+    version: str
+    context: dict[str, Any]
+    results: Mapping[str, dict[str, Any]]
+    handler_config: dict[str, Any]
+    attempt: int
+    retry_limit: int
+    idempotency_key: str
+    correlation_id: str
+    dependent_system: str
+    declared_events: frozenset[str] = frozenset()
+    published: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    _logger: logging.LoggerAdapter[logging.Logger] | None = None
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger whose records carry task, step, attempt and correlation id."""
+        if self._logger is None:
+            self._logger = logging.LoggerAdapter(
+                logging.getLogger(f"tasker.handlers.{self.namespace}.{self.task_name}"),
+                {
+                    "task_id": self.task_id,
+                    "template": f"{self.namespace}/{self.task_name}@{self.version}",
+                    "step": self.step_name,
+                    "attempt": self.attempt,
+                    "correlation_id": self.correlation_id,
+                },
+            )
+        return self._logger
+
+    @property
+    def is_retry(self) -> bool:
+        return self.attempt > 1
+
+    def result_of(self, step_name: str) -> dict[str, Any]:
+        """Results of a finished step; a missing one is a template mistake, so it raises with the names known."""
+        try:
+            return self.results[step_name]
+        except KeyError:
+            raise KeyError(
+                f"no results for step '{step_name}'; finished steps: {', '.join(self.results) or 'none'}"
+            ) from None
+
+    def publish(self, event: str, payload: Mapping[str, Any] | None = None) -> None:
+        """Publish a custom event declared in the template; delivered after the step's outcome is stored."""
+        if event not in self.declared_events:
+            raise UndeclaredEventError(
+                f"event '{event}' is not declared in custom_events of {self.namespace}/{self.task_name}; "
+                f"declared: {', '.join(sorted(self.declared_events)) or 'none'}"
+            )
+        self.published.append((event, dict(payload or {})))
+
+
+class StepHandler:
+    """Base class of step handlers: implement `process(ctx)` (plain or `async def`) returning a dict.
+
+    Raise `PermanentError` for failures that retrying cannot fix and `RetryableError` for transient ones;
+    any other exception counts as retryable. One instance handles one attempt.
+    """
+
+    process: Callable[[StepContext], dict[str, Any] | None] | Callable[[StepContext], Awaitable[dict[str, Any] | None]]
+
+    def process(self, ctx: StepContext) -> dict[str, Any] | None:  # type: ignore[no-redef]
+        raise NotImplementedError(f"{type(self).__name__} must implement process(ctx)")
+
+
+class TaskHandler:
+    """Optional workflow-level hooks named by a template's `task_handler_class` (the "ConfiguredTask").
+
+    `prepare_context` derives settings before the first step and its result is what is stored; the
+    `on_complete` / `on_error` hooks return annotations that are stored with the task.
+    """
+
+    def prepare_context(self, context: dict[str, Any]) -> dict[str, Any]:
+        return context
+
+    def on_complete(self, task: Task) -> dict[str, Any] | None:
+        return None
+
+    def on_error(self, task: Task) -> dict[str, Any] | None:
+        return None

@@ -1,0 +1,184 @@
+"""The database schema (DESIGN section 4), one definition for SQLite and PostgreSQL.
+
+The steps table is both the state and the queue: a partial index over claimable rows keeps finding work an
+indexed lookup however many finished steps the table holds, and `pending_parents` makes readiness
+incremental instead of a scan of the task's graph.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps are stored in UTC and always read back timezone-aware, whatever the dialect."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        if dialect.name == "sqlite":
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Json: Any = JSON().with_variant(JSONB(), "postgresql")
+Id: Any = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+CLAIMABLE = "state IN ('ready', 'waiting_retry')"
+
+templates = Table(
+    "tasker_templates",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("namespace", String(64), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("content_hash", String(64), nullable=False, unique=True),
+    Column("definition", Json, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+tasks = Table(
+    "tasker_tasks",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("namespace", String(64), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("template_id", Id, ForeignKey("tasker_templates.id"), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("context", Json, nullable=False),
+    Column("idempotency_key", String(255), nullable=False),
+    Column("correlation_id", String(128), nullable=False),
+    Column("annotations", Json, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("finished_at", UTCDateTime, nullable=True),
+    UniqueConstraint("namespace", "name", "idempotency_key"),
+    Index(None, "status", "created_at"),
+    Index(None, "created_at"),
+    Index(None, "namespace", "name", "version"),
+)
+
+steps = Table(
+    "tasker_steps",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("task_id", Id, ForeignKey("tasker_tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("namespace", String(64), nullable=False),
+    Column("dependent_system", String(128), nullable=False),
+    Column("state", String(32), nullable=False),
+    Column("pending_parents", Integer, nullable=False),
+    Column("run_at", UTCDateTime, nullable=True),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("retry_limit", Integer, nullable=False),
+    Column("retryable", Boolean, nullable=False),
+    Column("lease_owner", String(128), nullable=True),
+    Column("lease_expires_at", UTCDateTime, nullable=True),
+    Column("claim_token", Integer, nullable=False, server_default=text("0")),
+    Column("idempotency_key", String(64), nullable=False),
+    Column("results", Json, nullable=True),
+    Column("last_error", Json, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("finished_at", UTCDateTime, nullable=True),
+    UniqueConstraint("task_id", "name"),
+    Index(None, "task_id", "state"),
+    Index(
+        "ix_tasker_steps_claimable",
+        "run_at",
+        postgresql_where=text(CLAIMABLE),
+        sqlite_where=text(CLAIMABLE),
+    ),
+    Index(
+        "ix_tasker_steps_leased",
+        "lease_expires_at",
+        postgresql_where=text("state = 'in_progress'"),
+        sqlite_where=text("state = 'in_progress'"),
+    ),
+)
+
+step_edges = Table(
+    "tasker_step_edges",
+    metadata,
+    Column("task_id", Id, ForeignKey("tasker_tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("parent_id", Id, ForeignKey("tasker_steps.id", ondelete="CASCADE"), primary_key=True),
+    Column("child_id", Id, ForeignKey("tasker_steps.id", ondelete="CASCADE"), primary_key=True),
+    Index(None, "child_id"),
+)
+
+task_transitions = Table(
+    "tasker_task_transitions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("task_id", Id, ForeignKey("tasker_tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("from_state", String(32), nullable=True),
+    Column("to_state", String(32), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("worker", String(128), nullable=True),
+    Column("reason", Text, nullable=True),
+    Index(None, "task_id"),
+)
+
+step_transitions = Table(
+    "tasker_step_transitions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("step_id", Id, ForeignKey("tasker_steps.id", ondelete="CASCADE"), nullable=False),
+    Column("task_id", Id, ForeignKey("tasker_tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("from_state", String(32), nullable=True),
+    Column("to_state", String(32), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("worker", String(128), nullable=True),
+    Column("error_class", String(255), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("duration_ms", Float, nullable=True),
+    Index(None, "step_id"),
+    Index(None, "task_id"),
+)

@@ -1,0 +1,224 @@
+"""Creating and reading tasks. Creation writes the task, its steps, edges and first transitions at once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from tasker.engine.model import Step, Task
+from tasker.states import StepState, TaskState
+from tasker.store.schema import step_edges, step_transitions, steps, task_transitions, tasks, templates
+from tasker.store.transitions import record_steps, record_tasks, step_row, task_row
+from tasker.templates.graph import execution_order
+from tasker.templates.model import TaskTemplate
+
+Events = list[tuple[str, dict[str, Any]]]
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def derived_idempotency_key(template: TaskTemplate, context: dict[str, Any]) -> str:
+    """Same namespace/name/version/context => same key, so a resubmitted request finds the first task."""
+    raw = f"{template.namespace_name}/{template.name}@{template.version}:{canonical_json(context)}"
+    return "ctx-" + hashlib.sha256(raw.encode()).hexdigest()
+
+
+def step_idempotency_key(namespace: str, name: str, task_key: str, step: str) -> str:
+    return hashlib.sha256(f"{namespace}/{name}/{task_key}/{step}".encode()).hexdigest()[:32]
+
+
+_snapshot_ids: dict[tuple[str, str], int] = {}
+
+
+def template_id(conn: Connection, template: TaskTemplate, now: datetime) -> int:
+    """Get or store the template snapshot; identical definitions share one row."""
+    snapshot = template.snapshot()
+    digest = hashlib.sha256(canonical_json(snapshot).encode()).hexdigest()
+    cache_key = (str(conn.engine.url), digest)
+    cached = _snapshot_ids.get(cache_key)
+    if cached is not None:
+        return cached
+    found = conn.execute(select(templates.c.id).where(templates.c.content_hash == digest)).scalar()
+    if found is None:
+        try:
+            with conn.begin_nested():
+                found = conn.execute(
+                    insert(templates).values(
+                        namespace=template.namespace_name, name=template.name, version=template.version,
+                        content_hash=digest, definition=snapshot, created_at=now,
+                    ).returning(templates.c.id)
+                ).scalar_one()
+        except IntegrityError:
+            found = conn.execute(select(templates.c.id).where(templates.c.content_hash == digest)).scalar_one()
+    _snapshot_ids[cache_key] = int(found)
+    return int(found)
+
+
+def find_task_id(conn: Connection, namespace: str, name: str, key: str) -> int | None:
+    return conn.execute(
+        select(tasks.c.id).where(tasks.c.namespace == namespace, tasks.c.name == name, tasks.c.idempotency_key == key)
+    ).scalar()
+
+
+def insert_task(
+    conn: Connection,
+    template: TaskTemplate,
+    context: dict[str, Any],
+    idempotency_key: str,
+    correlation_id: str,
+    now: datetime,
+    events: Events,
+) -> int:
+    """Insert one task with its steps; raises IntegrityError when the idempotency key is taken."""
+    tid = template_id(conn, template, now)
+    task_id = conn.execute(
+        insert(tasks).values(
+            namespace=template.namespace_name, name=template.name, version=template.version, template_id=tid,
+            status=TaskState.PENDING, context=context, idempotency_key=idempotency_key,
+            correlation_id=correlation_id, created_at=now, updated_at=now,
+        ).returning(tasks.c.id)
+    ).scalar_one()
+    order = execution_order([(s.name, s.parents) for s in template.step_templates])
+    position = {n: i for i, n in enumerate(order)}
+    rows = []
+    for st in template.step_templates:
+        policy = template.retry_policy(st)
+        ready = not st.parents
+        rows.append({
+            "task_id": task_id, "name": st.name, "position": position[st.name],
+            "namespace": template.namespace_name, "dependent_system": template.dependent_system_of(st),
+            "state": StepState.READY if ready else StepState.PENDING, "pending_parents": len(st.parents),
+            "run_at": now if ready else None, "attempts": 0, "retry_limit": policy.max_attempts,
+            "retryable": policy.retryable, "claim_token": 0,
+            "idempotency_key": step_idempotency_key(template.namespace_name, template.name, idempotency_key, st.name),
+            "created_at": now, "updated_at": now,
+        })
+    created = conn.execute(
+        insert(steps).returning(steps.c.id, steps.c.name, sort_by_parameter_order=True), rows
+    ).all()
+    ids = {r.name: r.id for r in created}
+    edges = [
+        {"task_id": task_id, "parent_id": ids[p], "child_id": ids[st.name]}
+        for st in template.step_templates for p in st.parents
+    ]
+    if edges:
+        conn.execute(insert(step_edges), edges)
+    record_tasks(conn, [task_row(task_id, None, TaskState.PENDING, now)])
+    record_steps(conn, [step_row(ids[r["name"]], task_id, None, r["state"], 0, now) for r in rows])
+    events.append(("task.created", {"task_id": task_id, "namespace": template.namespace_name,
+                                    "name": template.name, "version": template.version,
+                                    "correlation_id": correlation_id}))
+    for r in rows:
+        if r["state"] == StepState.READY:
+            events.append(("step.ready", {"task_id": task_id, "step_id": ids[r["name"]], "step": r["name"]}))
+    return int(task_id)
+
+
+def _step(r: Row[Any]) -> Step:
+    return Step(
+        id=r.id, task_id=r.task_id, name=r.name, status=r.state, attempts=r.attempts, retry_limit=r.retry_limit,
+        retryable=r.retryable, dependent_system=r.dependent_system, results=r.results, last_error=r.last_error,
+        run_at=r.run_at, started_at=r.started_at, finished_at=r.finished_at, created_at=r.created_at,
+        position=r.position, idempotency_key=r.idempotency_key,
+    )
+
+
+def _task(r: Row[Any], step_rows: Sequence[Step]) -> Task:
+    return Task(
+        id=r.id, namespace=r.namespace, name=r.name, version=r.version, status=r.status, context=r.context,
+        idempotency_key=r.idempotency_key, correlation_id=r.correlation_id, annotations=r.annotations,
+        created_at=r.created_at, updated_at=r.updated_at, started_at=r.started_at, finished_at=r.finished_at,
+        steps=list(step_rows),
+    )
+
+
+def get_task(conn: Connection, task_id: int) -> Task | None:
+    row = conn.execute(select(tasks).where(tasks.c.id == task_id)).first()
+    if row is None:
+        return None
+    step_rows = conn.execute(select(steps).where(steps.c.task_id == task_id).order_by(steps.c.position)).all()
+    return _task(row, [_step(s) for s in step_rows])
+
+
+def get_tasks(conn: Connection, task_ids: Sequence[int]) -> list[Task]:
+    if not task_ids:
+        return []
+    rows = conn.execute(select(tasks).where(tasks.c.id.in_(list(task_ids))).order_by(tasks.c.id)).all()
+    by_task: dict[int, list[Step]] = {}
+    for s in conn.execute(
+        select(steps).where(steps.c.task_id.in_(list(task_ids))).order_by(steps.c.task_id, steps.c.position)
+    ):
+        by_task.setdefault(s.task_id, []).append(_step(s))
+    return [_task(r, by_task.get(r.id, [])) for r in rows]
+
+
+def list_tasks(
+    conn: Connection,
+    *,
+    namespace: str | None = None,
+    name: str | None = None,
+    version: str | None = None,
+    status: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Task], int]:
+    """A page of tasks (newest first, without steps) and the total count that matches the filters."""
+    conds = []
+    if namespace:
+        conds.append(tasks.c.namespace == namespace)
+    if name:
+        conds.append(tasks.c.name == name)
+    if version:
+        conds.append(tasks.c.version == version)
+    if status:
+        conds.append(tasks.c.status == status)
+    if created_after:
+        conds.append(tasks.c.created_at >= created_after)
+    if created_before:
+        conds.append(tasks.c.created_at < created_before)
+    total = conn.execute(select(func.count()).select_from(tasks).where(*conds)).scalar_one()
+    rows = conn.execute(
+        select(tasks).where(*conds).order_by(tasks.c.id.desc()).limit(limit).offset(offset)
+    ).all()
+    return [_task(r, []) for r in rows], int(total)
+
+
+def task_template_definition(conn: Connection, task_id: int) -> dict[str, Any] | None:
+    return conn.execute(
+        select(templates.c.definition).join(tasks, tasks.c.template_id == templates.c.id).where(tasks.c.id == task_id)
+    ).scalar()
+
+
+def template_definition(conn: Connection, template_id: int) -> dict[str, Any]:
+    return dict(conn.execute(select(templates.c.definition).where(templates.c.id == template_id)).scalar_one())
+
+
+def step_history(conn: Connection, task_id: int) -> list[Row[Any]]:
+    return list(conn.execute(
+        select(step_transitions).where(step_transitions.c.task_id == task_id).order_by(step_transitions.c.id)
+    ).all())
+
+
+def task_history(conn: Connection, task_id: int) -> list[Row[Any]]:
+    return list(conn.execute(
+        select(task_transitions).where(task_transitions.c.task_id == task_id).order_by(task_transitions.c.id)
+    ).all())
+
+
+def counts_by_status(conn: Connection) -> dict[str, int]:
+    return {r[0]: int(r[1]) for r in conn.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status))}
+
+
+def clear_snapshot_cache() -> None:
+    """Forget cached template-snapshot ids (after a store is wiped, as tests do)."""
+    _snapshot_ids.clear()

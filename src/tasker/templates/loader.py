@@ -1,0 +1,292 @@
+"""Load task templates from YAML files and refuse bad ones with one line that says where and how to fix.
+
+Loading is where trust is decided: `handler_class` import paths are resolved here, from files the operator
+put on disk, never from API input. Environment blocks are merged and `${VAR}` references are expanded
+before validation, so what is validated is what runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import ValidationError
+
+from tasker.errors import TemplateError
+from tasker.templates.graph import GraphError, check_graph
+from tasker.templates.model import StepTemplate, TaskTemplate
+
+TOP_LEVEL_KEYS = {
+    "name", "namespace_name", "version", "description", "default_dependent_system", "schema",
+    "task_handler_class", "custom_events", "step_templates", "environments", "retry",
+    # Accepted from Tasker YAML for compatibility; they have no effect here.
+    "module_namespace", "concurrent", "named_steps", "handler_config", "monitoring",
+}
+STEP_KEYS = {
+    "name", "description", "depends_on_step", "depends_on_steps", "handler_class", "default_retryable",
+    "default_retry_limit", "skippable", "dependent_system", "handler_config", "custom_events", "retry",
+}
+VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def current_environment() -> str:
+    return os.environ.get("TASKER_ENV", "development")
+
+
+def template_files(path: str | Path) -> list[Path]:
+    """The YAML files under `path` (itself if a file), in a stable order."""
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        return sorted(f for f in p.rglob("*") if f.suffix in YAML_SUFFIXES and f.is_file())
+    raise TemplateError(f"{p}: no such file or directory; fix: pass a YAML file or a directory of them")
+
+
+def load_path(path: str | Path, *, environment: str | None = None, resolve_handlers: bool = True) -> list[TaskTemplate]:
+    """Every template in a file or directory; the first bad file stops loading with its one-line reason."""
+    return [
+        load_file(f, environment=environment, resolve_handlers=resolve_handlers) for f in template_files(path)
+    ]
+
+
+def load_file(path: str | Path, *, environment: str | None = None, resolve_handlers: bool = True) -> TaskTemplate:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TemplateError(f"{p}: cannot read the file ({exc.strerror}); fix: check the path") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise TemplateError(f"{p}: invalid YAML{where}: {problem}; fix: correct the YAML syntax") from None
+    return parse_template(data, source=str(p), environment=environment, resolve_handlers=resolve_handlers)
+
+
+def parse_template(
+    data: Any,
+    *,
+    source: str = "<template>",
+    environment: str | None = None,
+    resolve_handlers: bool = True,
+) -> TaskTemplate:
+    """Validate a template given as plain data (what a YAML file holds)."""
+    if not isinstance(data, dict):
+        raise TemplateError(f"{source}: a template must be a mapping with name and step_templates; fix: see docs/templates.md")
+    warnings = _unknown_keys(data, source)
+    data = _apply_environment(data, environment or current_environment(), source)
+    data.pop("environments", None)
+    data = _expand_vars(data, source)
+    try:
+        template = TaskTemplate.model_validate(data)
+    except ValidationError as exc:
+        raise TemplateError(_pydantic_message(exc, data, source)) from None
+    try:
+        check_graph([(s.name, s.parents) for s in template.step_templates])
+    except GraphError as exc:
+        raise TemplateError(f"{source}: step '{exc.step}': {exc}") from None
+    if template.context_schema is not None:
+        _check_schema(template.context_schema, source)
+    for step in template.step_templates:
+        _check_retry(template, step, source)
+    if resolve_handlers:
+        for step in template.step_templates:
+            resolve_step_handler(step.handler_class, where=f"{source}: step '{step.name}'")
+        if template.task_handler_class:
+            resolve_task_handler(template.task_handler_class, where=f"{source}: task_handler_class")
+    template._source = source
+    template._warnings = warnings
+    return template
+
+
+def import_object(path: str) -> Any:
+    """Import `pkg.module:Attr` or `pkg.module.Attr`."""
+    if ":" in path:
+        module_name, _, attr = path.partition(":")
+    else:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ImportError(f"'{path}' is not an import path like 'package.module:ClassName'")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def resolve_step_handler(path: str, *, where: str) -> type:
+    from tasker.handlers.base import StepHandler
+
+    cls = _resolve(path, where)
+    if not isinstance(cls, type) or not issubclass(cls, StepHandler):
+        raise TemplateError(f"{where}: handler_class '{path}' is not a StepHandler subclass; fix: subclass tasker.StepHandler")
+    return cls
+
+
+def resolve_task_handler(path: str, *, where: str) -> type:
+    from tasker.handlers.base import TaskHandler
+
+    cls = _resolve(path, where)
+    if not isinstance(cls, type) or not issubclass(cls, TaskHandler):
+        raise TemplateError(f"{where}: '{path}' is not a TaskHandler subclass; fix: subclass tasker.TaskHandler")
+    return cls
+
+
+def _resolve(path: str, where: str) -> Any:
+    try:
+        return import_object(path)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise TemplateError(
+            f"{where}: cannot import '{path}' ({type(exc).__name__}: {exc}); fix: check the import path "
+            "and that its package is importable from the current directory"
+        ) from None
+
+
+def _unknown_keys(data: Mapping[str, Any], source: str) -> list[str]:
+    found = [f"{source}: unknown key '{k}' ignored" for k in data if k not in TOP_LEVEL_KEYS]
+    for i, step in enumerate(data.get("step_templates") or []):
+        if isinstance(step, dict):
+            label = step.get("name", f"#{i + 1}")
+            found += [f"{source}: step '{label}': unknown key '{k}' ignored" for k in step if k not in STEP_KEYS]
+    return found
+
+
+def _deep_merge(base: Any, override: Any) -> Any:
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for k, v in override.items():
+            out[k] = _deep_merge(base.get(k), v) if k in base else copy.deepcopy(v)
+        return out
+    return copy.deepcopy(override)
+
+
+def _apply_environment(data: dict[str, Any], env: str, source: str) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    envs = data.get("environments") or {}
+    if not isinstance(envs, dict):
+        raise TemplateError(f"{source}: 'environments' must map environment names to overrides")
+    block = envs.get(env)
+    if not block:
+        return data
+    if not isinstance(block, dict):
+        raise TemplateError(f"{source}: environments.{env} must be a mapping")
+    overrides = block.get("step_templates") or []
+    steps = data.get("step_templates") or []
+    by_name = {s.get("name"): i for i, s in enumerate(steps) if isinstance(s, dict)}
+    for o in overrides:
+        if not isinstance(o, dict) or "name" not in o:
+            raise TemplateError(f"{source}: environments.{env}.step_templates entries need a 'name'")
+        if o["name"] not in by_name:
+            raise TemplateError(
+                f"{source}: environments.{env}: override for unknown step '{o['name']}'; fix: use one of "
+                f"{', '.join(str(n) for n in by_name)}"
+            )
+        i = by_name[o["name"]]
+        steps[i] = _deep_merge(steps[i], o)
+    for k, v in block.items():
+        if k != "step_templates":
+            data[k] = _deep_merge(data.get(k), v) if k in data else copy.deepcopy(v)
+    return data
+
+
+def _expand_vars(data: dict[str, Any], source: str) -> dict[str, Any]:
+    def expand(value: Any, where: str) -> Any:
+        if isinstance(value, str):
+            def sub(m: re.Match[str]) -> str:
+                name, default = m.group(1), m.group(2)
+                if name in os.environ:
+                    return os.environ[name]
+                if default is not None:
+                    return default
+                raise TemplateError(
+                    f"{source}: {where}: environment variable {name} is not set; fix: set it or write "
+                    f"${{{name}:-default}}"
+                )
+
+            whole = VAR.fullmatch(value)
+            result = VAR.sub(sub, value)
+            if whole:
+                return _scalar(result)
+            return result
+        if isinstance(value, dict):
+            return {k: expand(v, where) for k, v in value.items()}
+        if isinstance(value, list):
+            return [expand(v, where) for v in value]
+        return value
+
+    for step in data.get("step_templates") or []:
+        if isinstance(step, dict) and isinstance(step.get("handler_config"), dict):
+            step["handler_config"] = expand(step["handler_config"], f"step '{step.get('name')}': handler_config")
+    return data
+
+
+def _scalar(text: str) -> Any:
+    """A whole-value `${VAR}` keeps YAML's typing, so `timeout_seconds: ${T}` stays a number."""
+    try:
+        return yaml.safe_load(text) if text.strip() else text
+    except yaml.YAMLError:
+        return text
+
+
+def _check_schema(schema: dict[str, Any], source: str) -> None:
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        path = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+        raise TemplateError(
+            f"{source}: schema is not valid JSON Schema at {path}: {exc.message}; fix: correct the schema "
+            "(Draft 2020-12)"
+        ) from None
+
+
+def _check_retry(template: TaskTemplate, step: StepTemplate, source: str) -> None:
+    try:
+        template.retry_policy(step)
+    except ValueError as exc:
+        raise TemplateError(f"{source}: step '{step.name}': retry: {exc}") from None
+
+
+def _pydantic_message(exc: ValidationError, data: Mapping[str, Any], source: str) -> str:
+    err = exc.errors()[0]
+    loc = list(err["loc"])
+    where = source
+    if loc and loc[0] == "step_templates" and len(loc) > 1 and isinstance(loc[1], int):
+        steps = data.get("step_templates") or []
+        step = steps[loc[1]] if loc[1] < len(steps) else {}
+        label = step.get("name") if isinstance(step, dict) and step.get("name") else f"#{loc[1] + 1}"
+        where += f": step '{label}'"
+        loc = loc[2:]
+    field = ".".join(str(p) for p in loc) or "(template)"
+    msg = err["msg"]
+    fix = _fix_for(field, err["type"])
+    extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{where}: {field}: {msg}{extra}; fix: {fix}"
+
+
+def _fix_for(field: str, kind: str) -> str:
+    if kind == "missing":
+        return f"add '{field}'"
+    if field.endswith("default_retry_limit"):
+        return "use a whole number of attempts between 1 and 1000"
+    if "retry" in field:
+        return "use non-negative seconds, and a jitter between 0 and 1"
+    if field == "version":
+        return "use a semantic version like 1.0.0"
+    if field == "step_templates":
+        return "declare at least one step under step_templates"
+    return "correct the value (see docs/templates.md)"
+
+
+def describe(templates: Iterable[TaskTemplate]) -> list[str]:
+    return [t.key for t in templates]

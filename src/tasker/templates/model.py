@@ -1,0 +1,214 @@
+"""Task and step templates: the parsed, validated form of a YAML workflow definition.
+
+The models accept the Tasker YAML keys unchanged (DESIGN section 2) plus the additive `retry:` block. They
+are frozen: once loaded, a template is a value, and its JSON form is the snapshot pinned to every task.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+
+from tasker.retry import DEFAULT_RETRY_LIMIT, RetryPolicy
+
+SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$")
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+DEFAULT_NAMESPACE = "default"
+DEFAULT_VERSION = "0.1.0"
+DEFAULT_DEPENDENT_SYSTEM = "default"
+
+
+def semver_key(version: str) -> tuple[int, int, int, int, str]:
+    """Sort key for semantic versions: a release sorts after its pre-releases."""
+    m = SEMVER.match(version)
+    if not m:
+        raise ValueError(f"'{version}' is not a semantic version like 1.2.3")
+    major, minor, patch, pre = m.groups()
+    return (int(major), int(minor), int(patch), 0 if pre else 1, pre or "")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+
+class RetrySettings(_Strict):
+    """The additive `retry:` block, on a template (default for its steps) or on one step."""
+
+    backoff_base_seconds: float | None = Field(default=None, ge=0)
+    backoff_max_seconds: float | None = Field(default=None, ge=0)
+    jitter: float | None = Field(default=None, ge=0, le=1)
+    max_server_delay_seconds: float | None = Field(default=None, ge=0)
+
+    def merged_over(self, base: RetrySettings | None) -> RetrySettings:
+        if base is None:
+            return self
+        data = base.model_dump()
+        data.update({k: v for k, v in self.model_dump().items() if v is not None})
+        return RetrySettings(**data)
+
+
+class CustomEvent(_Strict):
+    name: str
+    description: str = ""
+
+
+def _events(value: Any) -> Any:
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [{"name": v} if isinstance(v, str) else v for v in value]
+    return value
+
+
+class StepTemplate(_Strict):
+    name: str = Field(min_length=1, max_length=128)
+    description: str | None = None
+    handler_class: str = Field(min_length=1)
+    depends_on_step: str | None = None
+    depends_on_steps: list[str] = Field(default_factory=list)
+    default_retryable: bool = True
+    default_retry_limit: int = Field(default=DEFAULT_RETRY_LIMIT, ge=1, le=1000)
+    skippable: bool = False
+    dependent_system: str | None = None
+    handler_config: dict[str, Any] = Field(default_factory=dict)
+    custom_events: list[CustomEvent] = Field(default_factory=list)
+    retry: RetrySettings | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME.match(v):
+            raise ValueError("use letters, digits, '_', '-' or '.', starting with a letter or '_'")
+        return v
+
+    @field_validator("custom_events", mode="before")
+    @classmethod
+    def _custom_events(cls, v: Any) -> Any:
+        return _events(v)
+
+    @field_validator("handler_config", mode="before")
+    @classmethod
+    def _handler_config(cls, v: Any) -> Any:
+        return {} if v is None else v
+
+    @field_validator("depends_on_steps", mode="before")
+    @classmethod
+    def _deps(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        if isinstance(v, str):
+            return [v]
+        return v
+
+    @field_validator("handler_config")
+    @classmethod
+    def _timeout(cls, v: dict[str, Any]) -> dict[str, Any]:
+        t = v.get("timeout_seconds")
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0):
+            raise ValueError("handler_config.timeout_seconds must be a number of seconds greater than 0")
+        return v
+
+    @property
+    def parents(self) -> list[str]:
+        """Every step this one waits for, `depends_on_step` first, without repeats."""
+        seen: list[str] = []
+        for p in ([self.depends_on_step] if self.depends_on_step else []) + list(self.depends_on_steps):
+            if p not in seen:
+                seen.append(p)
+        return seen
+
+    @property
+    def timeout_seconds(self) -> float | None:
+        t = self.handler_config.get("timeout_seconds")
+        return float(t) if t is not None else None
+
+
+class TaskTemplate(_Strict):
+    name: str = Field(min_length=1, max_length=128)
+    namespace_name: str = Field(default=DEFAULT_NAMESPACE, min_length=1, max_length=64)
+    version: str = DEFAULT_VERSION
+    description: str | None = None
+    default_dependent_system: str = DEFAULT_DEPENDENT_SYSTEM
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    task_handler_class: str | None = None
+    custom_events: list[CustomEvent] = Field(default_factory=list)
+    step_templates: list[StepTemplate] = Field(min_length=1)
+    retry: RetrySettings | None = None
+
+    _source: str | None = PrivateAttr(default=None)
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+
+    @field_validator("name", "namespace_name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME.match(v):
+            raise ValueError("use letters, digits, '_', '-' or '.', starting with a letter or '_'")
+        return v
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, v: Any) -> Any:
+        v = str(v) if isinstance(v, (int, float)) else v
+        if isinstance(v, str) and not SEMVER.match(v):
+            raise ValueError(f"'{v}' is not a semantic version like 1.2.3")
+        return v
+
+    @field_validator("custom_events", mode="before")
+    @classmethod
+    def _custom_events(cls, v: Any) -> Any:
+        return _events(v)
+
+    @field_validator("default_dependent_system", mode="before")
+    @classmethod
+    def _dep_sys(cls, v: Any) -> Any:
+        return DEFAULT_DEPENDENT_SYSTEM if v is None else v
+
+    @property
+    def key(self) -> str:
+        """The registry key, `namespace/name@version`."""
+        return f"{self.namespace_name}/{self.name}@{self.version}"
+
+    @property
+    def context_schema(self) -> dict[str, Any] | None:
+        return self.schema_
+
+    @property
+    def source(self) -> str | None:
+        return self._source
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self._warnings)
+
+    def step(self, name: str) -> StepTemplate:
+        for s in self.step_templates:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def dependent_system_of(self, step: StepTemplate) -> str:
+        return step.dependent_system or self.default_dependent_system
+
+    def retry_policy(self, step: StepTemplate) -> RetryPolicy:
+        settings = (step.retry or RetrySettings()).merged_over(self.retry)
+        extra = {k: v for k, v in settings.model_dump().items() if v is not None}
+        return RetryPolicy(retry_limit=step.default_retry_limit, retryable=step.default_retryable, **extra)
+
+    def declared_events(self, step: StepTemplate | None = None) -> set[str]:
+        names = {e.name for e in self.custom_events}
+        if step is not None:
+            names |= {e.name for e in step.custom_events}
+        else:
+            for s in self.step_templates:
+                names |= {e.name for e in s.custom_events}
+        return names
+
+    def snapshot(self) -> dict[str, Any]:
+        """The JSON form stored with each task, so a later deploy cannot change a running task."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    @classmethod
+    def from_snapshot(cls, data: dict[str, Any]) -> TaskTemplate:
+        return cls.model_validate(data)
