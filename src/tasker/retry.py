@@ -6,6 +6,7 @@ three attempts, 1 s base doubling to a 30 s cap, a server's `retry_after` honour
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,9 @@ class RetryPolicy:
     max_server_delay_seconds: float = 300.0
 
     def __post_init__(self) -> None:
+        numbers = (self.backoff_base_seconds, self.backoff_max_seconds, self.jitter, self.max_server_delay_seconds)
+        if not all(math.isfinite(x) for x in numbers):
+            raise ValueError("backoff seconds, jitter and max_server_delay_seconds must be finite numbers")
         if self.retry_limit < 1:
             raise ValueError("retry_limit must be at least 1 (it counts attempts, including the first)")
         if self.backoff_base_seconds < 0 or self.backoff_max_seconds < 0:
@@ -46,7 +50,8 @@ class RetryPolicy:
 
     def exponential_delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Delay after failed attempt number `attempt` (1-based): base * 2**(attempt-1), jittered, capped."""
-        raw = min(self.backoff_base_seconds * (2.0 ** max(attempt - 1, 0)), self.backoff_max_seconds)
+        # The exponent is capped: past 2**1000 the cap has long been reached, and 2.0**1024 overflows.
+        raw = min(self.backoff_base_seconds * (2.0 ** min(max(attempt - 1, 0), 1000)), self.backoff_max_seconds)
         if self.jitter and raw > 0:
             spread = (rng or random).uniform(-self.jitter, self.jitter)
             raw = raw * (1.0 + spread)

@@ -1,0 +1,55 @@
+"""`tasker worker`: a long-running process that claims and runs steps until SIGTERM or SIGINT.
+
+On a signal it stops claiming, lets in-flight steps finish for up to the grace period, then hands the
+rest back to other workers. Several workers cooperate through the database with no other configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import click
+
+from tasker.cli.common import state, templates_option
+
+log = logging.getLogger("tasker.worker")
+
+
+@click.command()
+@click.option("--concurrency", "-c", type=click.IntRange(1, 4096), default=None, help="Steps run at the same time.")
+@click.option("--namespaces", default=None, help="Only claim steps of these namespaces (comma-separated).")
+@click.option("--grace-seconds", type=float, default=None, help="How long in-flight steps may finish on stop.")
+@click.option("--lease-seconds", type=float, default=None, help="Lease on a claimed step, renewed by heartbeats.")
+@templates_option
+@click.pass_context
+def worker(ctx: click.Context, concurrency: int | None, namespaces: str | None, grace_seconds: float | None,
+           lease_seconds: float | None, templates: tuple[str, ...]) -> None:
+    """Run steps from the store until stopped."""
+    st = state(ctx)
+    logging.getLogger("tasker").setLevel(logging.INFO if not st.verbose else logging.DEBUG)
+    engine = st.engine(templates)
+    names = [n.strip() for n in namespaces.split(",") if n.strip()] if namespaces else list(st.settings.namespaces)
+    w = engine.worker(
+        concurrency=concurrency or st.settings.concurrency,
+        namespaces=names or None,
+        grace_seconds=grace_seconds if grace_seconds is not None else st.settings.grace_seconds,
+        lease_seconds=lease_seconds or st.settings.lease_seconds,
+    )
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _stopper(w, sig))
+        await engine.awork(worker=w, until_idle=False)
+
+    asyncio.run(main())
+
+
+def _stopper(w: object, sig: signal.Signals) -> object:
+    def stop() -> None:
+        log.info("worker %s received %s: finishing in-flight steps", getattr(w, "id", "?"), sig.name)
+        w.stop()  # type: ignore[attr-defined]
+
+    return stop

@@ -1,0 +1,107 @@
+"""One settings object, read from `TASKER_*` environment variables and an optional TOML file.
+
+Defaults work on a laptop with nothing installed: an embedded SQLite file in the current directory and
+templates from `./templates` when that folder exists. Precedence: explicit argument > environment >
+config file > default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from tasker.errors import TaskerInputError
+
+CONFIG_ENV = "TASKER_CONFIG"
+DEFAULT_CONFIG_FILE = "tasker.toml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    template_paths: tuple[str, ...] = ()
+    environment: str = "development"
+    concurrency: int = 10
+    lease_seconds: float = 30.0
+    poll_interval: float = 0.5
+    grace_seconds: float = 30.0
+    namespaces: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None) -> Settings:
+        data: dict[str, Any] = {}
+        path = config_file or os.environ.get(CONFIG_ENV)
+        if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
+            path = DEFAULT_CONFIG_FILE
+        if path is not None:
+            data.update(_read_toml(Path(path)))
+        env = {
+            "database_url": os.environ.get("TASKER_DATABASE_URL"),
+            "template_paths": os.environ.get("TASKER_TEMPLATE_PATH"),
+            "environment": os.environ.get("TASKER_ENV"),
+            "concurrency": os.environ.get("TASKER_CONCURRENCY"),
+            "lease_seconds": os.environ.get("TASKER_LEASE_SECONDS"),
+            "poll_interval": os.environ.get("TASKER_POLL_INTERVAL"),
+            "grace_seconds": os.environ.get("TASKER_GRACE_SECONDS"),
+            "namespaces": os.environ.get("TASKER_NAMESPACES"),
+        }
+        data.update({k: v for k, v in env.items() if v not in (None, "")})
+        return cls.from_mapping(data, source=str(path) if path else "environment")
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], source: str = "settings") -> Settings:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TaskerInputError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        out: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            try:
+                if f.name in ("template_paths", "namespaces"):
+                    if isinstance(value, str):
+                        sep = os.pathsep if f.name == "template_paths" else ","
+                        value = tuple(v.strip() for v in value.split(sep) if v.strip())
+                    else:
+                        value = tuple(str(v) for v in value)
+                elif f.name == "concurrency":
+                    value = int(value)
+                elif f.name in ("lease_seconds", "poll_interval", "grace_seconds"):
+                    value = float(value)
+                else:
+                    value = str(value)
+            except (TypeError, ValueError):
+                raise TaskerInputError(f"{source}: setting {f.name}={value!r} has the wrong type") from None
+            out[f.name] = value
+        settings = cls(**out)
+        if settings.concurrency < 1:
+            raise TaskerInputError(f"{source}: concurrency must be at least 1")
+        if settings.lease_seconds <= 0 or settings.poll_interval <= 0:
+            raise TaskerInputError(f"{source}: lease_seconds and poll_interval must be greater than 0")
+        return settings
+
+    def templates(self, explicit: tuple[str, ...] | list[str] | None = None) -> list[str]:
+        """Template locations to load: those given, else the configured ones, else ./templates if present."""
+        if explicit:
+            return list(explicit)
+        if self.template_paths:
+            return list(self.template_paths)
+        return ["templates"] if Path("templates").is_dir() else []
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise TaskerInputError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TaskerInputError(f"{path}: invalid TOML: {exc}") from None
+    section = raw.get("tasker", raw)
+    if not isinstance(section, dict):
+        raise TaskerInputError(f"{path}: expected a [tasker] table")
+    return dict(section)

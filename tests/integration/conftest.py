@@ -1,0 +1,32 @@
+"""Fixtures of the integration tests: a unique key per test and a template loader."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasker import Tasker
+from tests.integration.support import template_yaml
+
+
+@pytest.fixture
+def key() -> str:
+    """A value unique to this test run on this store, put in each task's context as `key`."""
+    return f"k-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def load(tasker: Tasker, write_template: Callable[..., Path]) -> Callable[..., str]:
+    """Write a template built from steps, load it into `tasker`, return its reference `ns/name`."""
+
+    def _load(name: str, steps: list[dict[str, Any]], **top: Any) -> str:
+        text = template_yaml(name, steps, **top)
+        path = write_template(text, f"{name}-{top.get('version', '1.0.0')}.yaml")
+        loaded = tasker.load_templates(path)
+        return f"{loaded[0].namespace_name}/{loaded[0].name}"
+
+    return _load

@@ -1,0 +1,203 @@
+"""Step and task handlers used by the integration tests, with thread-safe recorders to observe them.
+
+Every task context carries a `key` unique to the test (and store) that created it; handlers record what
+they saw under that key, so tests running on both stores in one process never see each other's calls.
+Handlers are driven by their `handler_config` so that one class serves many templates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+from tasker import PermanentError, RetryableError, StepContext, StepHandler, TaskHandler
+
+_lock = threading.Lock()
+_calls: dict[str, list[dict[str, Any]]] = defaultdict(list)
+_gates: dict[str, threading.Event] = {}
+_started: dict[str, threading.Event] = {}
+_faults: set[tuple[str, str]] = set()
+
+
+# -- recorders ----------------------------------------------------------------------------------------
+def record(key: str, **entry: Any) -> dict[str, Any]:
+    with _lock:
+        _calls[key].append(entry)
+    return entry
+
+
+def calls(key: str, step: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
+    """What handlers recorded under `key`, optionally only one step's and one kind of entry."""
+    with _lock:
+        found = list(_calls.get(key, []))
+    return [c for c in found if (step is None or c.get("step") == step) and (kind is None or c.get("kind") == kind)]
+
+
+def gate(key: str) -> threading.Event:
+    """An event a `Gated` handler waits for before it returns (set it to let the step finish)."""
+    with _lock:
+        return _gates.setdefault(key, threading.Event())
+
+
+def started(key: str) -> threading.Event:
+    """Set by a `Gated` handler once it is running."""
+    with _lock:
+        return _started.setdefault(key, threading.Event())
+
+
+def set_fault(key: str, step: str, on: bool = True) -> None:
+    with _lock:
+        if on:
+            _faults.add((key, step))
+        else:
+            _faults.discard((key, step))
+
+
+def _has_fault(key: str, step: str) -> bool:
+    with _lock:
+        return (key, step) in _faults
+
+
+def _key(ctx: StepContext) -> str:
+    return str(ctx.context.get("key", "no-key"))
+
+
+def _raise(kind: str, ctx: StepContext) -> None:
+    message = f"{ctx.step_name} failed on attempt {ctx.attempt}"
+    if kind == "retryable":
+        raise RetryableError(message, error_code="TRANSIENT")
+    if kind == "permanent":
+        raise PermanentError(message, error_code="DECLINED", context={"step": ctx.step_name})
+    if kind == "value":
+        raise ValueError(message)
+    if kind.startswith("retry_after:"):
+        raise RetryableError(message, retry_after=float(kind.split(":", 1)[1]), error_code="RATE_LIMITED")
+    raise AssertionError(f"unknown failure kind {kind!r}")
+
+
+# -- step handlers ------------------------------------------------------------------------------------
+class Scripted(StepHandler):
+    """Records each attempt; `handler_config.fail` lists a failure kind per attempt (null: succeed).
+
+    `handler_config.sleep` makes the attempt take that long; the result names the step and the attempt
+    and echoes `handler_config.value`.
+    """
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        key = _key(ctx)
+        cfg = ctx.handler_config
+        start = time.monotonic()
+        entry = record(key, kind="attempt", step=ctx.step_name, attempt=ctx.attempt, start=start,
+                       results={k: dict(v) for k, v in ctx.results.items()}, idem=ctx.idempotency_key,
+                       context=dict(ctx.context), thread=threading.get_ident())
+        if cfg.get("sleep"):
+            time.sleep(float(cfg["sleep"]))
+        plan = cfg.get("fail") or []
+        kind = plan[ctx.attempt - 1] if ctx.attempt <= len(plan) else None
+        if cfg.get("always_fail"):
+            kind = cfg["always_fail"]
+        entry["end"] = time.monotonic()
+        if kind:
+            entry["failed"] = kind
+            _raise(kind, ctx)
+        return {"step": ctx.step_name, "attempt": ctx.attempt, "value": cfg.get("value", ctx.step_name)}
+
+
+class Effect(StepHandler):
+    """An external side effect made once per idempotency key (a charge): counts effects and calls."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        key = _key(ctx)
+        with _lock:
+            done = any(c.get("idem") == ctx.idempotency_key for c in _calls[key] if c.get("kind") == "effect")
+            if not done:
+                _calls[key].append({"kind": "effect", "step": ctx.step_name, "idem": ctx.idempotency_key,
+                                    "task_id": ctx.task_id})
+            _calls[key].append({"kind": "call", "step": ctx.step_name, "idem": ctx.idempotency_key,
+                                "task_id": ctx.task_id, "attempt": ctx.attempt})
+        return {"step": ctx.step_name, "n": int(ctx.context.get("n", 0))}
+
+
+class Toggle(StepHandler):
+    """Fails permanently while a fault is set for (key, step) with `set_fault`; succeeds otherwise."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        key = _key(ctx)
+        record(key, kind="attempt", step=ctx.step_name, attempt=ctx.attempt,
+               results={k: dict(v) for k, v in ctx.results.items()})
+        if _has_fault(key, ctx.step_name):
+            raise PermanentError(f"{ctx.step_name}: the fault is on", error_code="FAULT")
+        return {"step": ctx.step_name, "ok": True}
+
+
+class Gated(StepHandler):
+    """Signals `started(key:step)`, then waits (up to 10 s) for `gate(key:step)` before it returns."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        key = _key(ctx)
+        name = f"{key}:{ctx.step_name}"
+        record(key, kind="attempt", step=ctx.step_name, attempt=ctx.attempt, start=time.monotonic())
+        started(name).set()
+        released = gate(name).wait(10)
+        record(key, kind="finished", step=ctx.step_name, attempt=ctx.attempt, released=released,
+               end=time.monotonic())
+        return {"step": ctx.step_name, "late": True}
+
+
+class AsyncSleeper(StepHandler):
+    """An async handler that sleeps `handler_config.sleep` seconds and records its cancellation."""
+
+    async def process(self, ctx: StepContext) -> dict[str, Any]:
+        key = _key(ctx)
+        record(key, kind="attempt", step=ctx.step_name, attempt=ctx.attempt, start=time.monotonic())
+        try:
+            await asyncio.sleep(float(ctx.handler_config.get("sleep", 5)))
+        except asyncio.CancelledError:
+            record(key, kind="cancelled", step=ctx.step_name, attempt=ctx.attempt, at=time.monotonic())
+            raise
+        record(key, kind="finished", step=ctx.step_name, attempt=ctx.attempt)
+        return {"step": ctx.step_name, "late": True}
+
+
+class SlowFirstAttempt(StepHandler):
+    """A sync handler that sleeps past its timeout on attempt 1 (returning a late result) and is fast after."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        key = _key(ctx)
+        record(key, kind="attempt", step=ctx.step_name, attempt=ctx.attempt, start=time.monotonic())
+        if ctx.attempt == 1:
+            time.sleep(float(ctx.handler_config.get("sleep", 0.6)))
+            record(key, kind="late_return", step=ctx.step_name, attempt=ctx.attempt, at=time.monotonic())
+            return {"step": ctx.step_name, "late": True, "attempt": ctx.attempt}
+        return {"step": ctx.step_name, "late": False, "attempt": ctx.attempt}
+
+
+class Publisher(StepHandler):
+    """Publishes each event named in `handler_config.events` with a payload naming the task key."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        key = _key(ctx)
+        record(key, kind="attempt", step=ctx.step_name, attempt=ctx.attempt)
+        for name in ctx.handler_config.get("events", []):
+            ctx.publish(name, {"key": key, "amount": 42})
+        return {"published": list(ctx.handler_config.get("events", []))}
+
+
+# -- task handlers ------------------------------------------------------------------------------------
+class OrderTaskHandler(TaskHandler):
+    """Derives `express` from `priority` before the first step; annotates the task when it ends."""
+
+    def prepare_context(self, context: dict[str, Any]) -> dict[str, Any]:
+        return {**context, "express": context.get("priority") == "high", "prepared": True}
+
+    def on_complete(self, task: Any) -> dict[str, Any] | None:
+        record(str(task.context.get("key")), kind="on_complete", task_id=task.id, status=task.status)
+        return {"steps_completed": sum(1 for s in task.steps if s.status == "complete"), "outcome": "ok"}
+
+    def on_error(self, task: Any) -> dict[str, Any] | None:
+        record(str(task.context.get("key")), kind="on_error", task_id=task.id, status=task.status)
+        failed = [s.name for s in task.steps if s.status == "error"]
+        return {"failed_steps": failed, "outcome": "failed"}

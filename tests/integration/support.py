@@ -1,0 +1,48 @@
+"""Helpers for the integration tests: templates built as data and views of the transition history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from tasker import Tasker
+
+H = "tests.integration.handlers"
+FAST_RETRY = {"backoff_base_seconds": 0.01, "backoff_max_seconds": 0.05}
+
+
+def step(name: str, handler: str = "Scripted", *, after: str | list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    """A step template entry; `after` names the parent(s)."""
+    s: dict[str, Any] = {"name": name, "handler_class": f"{H}:{handler}"}
+    if isinstance(after, str):
+        s["depends_on_step"] = after
+    elif after:
+        s["depends_on_steps"] = list(after)
+    s.update(extra)
+    return s
+
+
+def template_yaml(name: str, steps: list[dict[str, Any]], *, namespace: str = "itest", version: str = "1.0.0",
+                  **top: Any) -> str:
+    data: dict[str, Any] = {"name": name, "namespace_name": namespace, "version": version,
+                            "retry": dict(FAST_RETRY), "step_templates": steps}
+    data.update(top)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def history(tasker: Tasker, task_id: int) -> dict[int, list[dict[str, Any]]]:
+    """Step transitions grouped by step id, in the order they were written."""
+    out: dict[int, list[dict[str, Any]]] = {}
+    for row in tasker.step_transitions(task_id):
+        out.setdefault(row["step_id"], []).append(row)
+    return out
+
+
+def step_history(tasker: Tasker, task_id: int, name: str) -> list[dict[str, Any]]:
+    task = tasker.get_task(task_id)
+    return history(tasker, task_id).get(task.step(name).id, [])
+
+
+def to_states(rows: list[dict[str, Any]]) -> list[str]:
+    return [r["to_state"] for r in rows]
