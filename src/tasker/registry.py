@@ -27,13 +27,13 @@ def parse_ref(text: str, version: str | None = None) -> TemplateRef:
     """Parse `ns/name@1.2.3`, `ns/name` or `name` (namespace `default`); `version` overrides `@`."""
     if not text or not isinstance(text, str):
         raise TaskerInputError("a template reference is required, like 'namespace/name' or 'namespace/name@1.0.0'")
-    ref, _, at = text.strip().partition("@")
+    ref, sep, at = text.strip().partition("@")
     if "/" in ref:
         namespace, _, name = ref.partition("/")
     else:
         namespace, name = DEFAULT_NAMESPACE, ref
     version = version or (at or None)
-    if not namespace or not name or "/" in name:
+    if not namespace or not name or "/" in name or (sep and not at):
         raise TaskerInputError(f"'{text}' is not a template reference; fix: write 'namespace/name[@version]'")
     if version is not None and not SEMVER.match(version):
         raise TaskerInputError(f"'{version}' is not a semantic version; fix: write it like 1.2.3")

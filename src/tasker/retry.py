@@ -50,8 +50,10 @@ class RetryPolicy:
 
     def exponential_delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Delay after failed attempt number `attempt` (1-based): base * 2**(attempt-1), jittered, capped."""
-        # The exponent is capped: past 2**1000 the cap has long been reached, and 2.0**1024 overflows.
-        raw = min(self.backoff_base_seconds * (2.0 ** min(max(attempt - 1, 0), 1000)), self.backoff_max_seconds)
+        try:
+            raw = min(math.ldexp(self.backoff_base_seconds, max(attempt - 1, 0)), self.backoff_max_seconds)
+        except OverflowError:  # 2**(attempt-1) passed the largest float, long after reaching the cap
+            raw = self.backoff_max_seconds
         if self.jitter and raw > 0:
             spread = (rng or random).uniform(-self.jitter, self.jitter)
             raw = raw * (1.0 + spread)

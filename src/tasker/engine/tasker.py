@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from tasker.context_schema import validate_context
@@ -29,6 +29,7 @@ from tasker.states import FINISHED_TASK_STATES
 from tasker.store import operations
 from tasker.store import tasks as task_store
 from tasker.store.database import Database
+from tasker.store.journal import Journal
 from tasker.store.schema import tasks as tasks_table
 from tasker.templates.loader import load_path, resolve_task_handler
 from tasker.templates.model import TaskTemplate
@@ -75,6 +76,7 @@ class Tasker:
         self.backoff_scale = backoff_scale
         self._workers: set[Worker] = set()
         self._lock = threading.Lock()
+        self._runner: _Runner | None = None
         if templates is not None:
             for p in [templates] if isinstance(templates, (str, Path)) else templates:
                 self.load_templates(p)
@@ -118,22 +120,20 @@ class Tasker:
             raise TaskerInputError("idempotency_key must be a string of 1 to 255 characters")
         key = idempotency_key or task_store.derived_idempotency_key(tmpl, ctx)
         corr = correlation_id or _correlation_id(ctx)
-        events: list[tuple[str, dict[str, Any]]] = []
-        existing = self._find(tmpl, key)
-        if existing is None:
-            try:
-                with self.db.write() as conn:
-                    task_id = task_store.insert_task(conn, tmpl, ctx, key, corr, utcnow(), events)
-            except IntegrityError:
-                existing = self._find(tmpl, key)
-                if existing is None:
-                    raise
-        if existing is not None:
-            task = self.get_task(existing)
-            return _dedup(task)
-        self._publish(events)
+        journal = Journal(utcnow())
+        try:
+            # Optimistic: a duplicate is rare, and the unique index decides races between creators.
+            with self.db.write() as conn:
+                task = task_store.insert_task(conn, journal, tmpl, ctx, key, corr)
+                journal.flush(conn)
+        except IntegrityError:
+            existing = self._find(tmpl, key)
+            if existing is None:
+                raise
+            return _dedup(self.get_task(existing))
+        self._publish(journal.events)
         self._notify_workers()
-        return self.get_task(task_id)
+        return task
 
     def _find(self, tmpl: TaskTemplate, key: str) -> int | None:
         with self.db.read() as conn:
@@ -145,6 +145,13 @@ class Tasker:
         if task is None:
             raise NotFoundError(f"no task with id {task_id}; fix: list tasks with 'tasker tasks list'")
         return task
+
+    def _status(self, task_id: int) -> str:
+        with self.db.read() as conn:
+            status = conn.execute(select(tasks_table.c.status).where(tasks_table.c.id == task_id)).scalar()
+        if status is None:
+            raise NotFoundError(f"no task with id {task_id}; fix: list tasks with 'tasker tasks list'")
+        return str(status)
 
     def get_tasks(self, task_ids: Sequence[int]) -> list[Task]:
         with self.db.read() as conn:
@@ -195,10 +202,11 @@ class Tasker:
         return self.get_task(task_id)
 
     def _operate(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        events: list[tuple[str, dict[str, Any]]] = []
+        journal = Journal(utcnow())
         with self.db.write() as conn:
-            out = fn(conn, *args, now=utcnow(), lock=self.db.is_postgres, events=events, **kwargs)
-        self._publish(events)
+            out = fn(conn, journal, *args, lock=self.db.is_postgres, **kwargs)
+            journal.flush(conn)
+        self._publish(journal.events)
         return out
 
     def annotate(self, task_id: int, annotations: dict[str, Any]) -> None:
@@ -210,6 +218,8 @@ class Tasker:
 
     # -- running --------------------------------------------------------------------------------------
     def worker(self, **overrides: Any) -> Worker:
+        """A worker on this engine's store; options as `WorkerOptions`, defaults from the engine."""
+        shared = overrides.pop("_shared", None)
         opts = WorkerOptions(
             concurrency=overrides.pop("concurrency", None) or self.concurrency,
             lease_seconds=overrides.pop("lease_seconds", None) or self.lease_seconds,
@@ -217,18 +227,25 @@ class Tasker:
             backoff_scale=overrides.pop("backoff_scale", None) or self.backoff_scale,
             **overrides,
         )
+        if shared is not None:
+            return Worker(self.db, self.resolver, self.bus, opts, on_settled=self._on_settled,
+                          db_executor=shared.db_executor, handler_pool=shared.handler_pool)
         return Worker(self.db, self.resolver, self.bus, opts, on_settled=self._on_settled)
 
     async def arun(self, task_id: int, *, concurrency: int | None = None) -> Task:
         """Run one task to the end in this process (async form of `run`)."""
-        task = self.get_task(task_id)
-        if task.status not in FINISHED_TASK_STATES:
-            await self._drive(self.worker(concurrency=concurrency, task_id=task.id), until_idle=True)
+        if self._status(task_id) not in FINISHED_TASK_STATES:
+            await self._drive(self.worker(concurrency=concurrency, task_id=task_id), until_idle=True)
         return self.get_task(task_id)
 
     def run(self, task_id: int, *, concurrency: int | None = None) -> Task:
         """Run one task to completion in this process, retries and backoff included; returns its final state."""
-        return _run_sync(self.arun(task_id, concurrency=concurrency))
+        if self._status(task_id) in FINISHED_TASK_STATES:
+            return self.get_task(task_id)
+        runner = self._get_runner()
+        w = self.worker(concurrency=concurrency, task_id=task_id, _shared=runner)
+        runner.call(self._drive(w, until_idle=True))
+        return self.get_task(task_id)
 
     async def awork(self, *, concurrency: int | None = None, until_idle: bool = True,
                     namespaces: Sequence[str] | None = None, worker: Worker | None = None) -> int:
@@ -242,8 +259,15 @@ class Tasker:
 
         Returns the number of step attempts this call ran.
         """
-        return _run_sync(self.awork(concurrency=concurrency, until_idle=until_idle, namespaces=namespaces,
-                                    worker=worker))
+        runner = self._get_runner()
+        w = worker or self.worker(concurrency=concurrency, namespaces=namespaces, _shared=runner)
+        return int(runner.call(self.awork(until_idle=until_idle, worker=w)))
+
+    def _get_runner(self) -> _Runner:
+        with self._lock:
+            if self._runner is None:
+                self._runner = _Runner()
+            return self._runner
 
     async def _drive(self, worker: Worker, *, until_idle: bool) -> None:
         with self._lock:
@@ -285,6 +309,10 @@ class Tasker:
             self.bus.publish(name, payload)
 
     def close(self) -> None:
+        with self._lock:
+            runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.close()
         self.db.dispose()
 
     def __enter__(self) -> Tasker:
@@ -307,23 +335,33 @@ def _dedup(task: Task) -> Task:
     return replace(task, deduplicated=True)
 
 
-def _run_sync(coro: Any) -> Any:
-    """asyncio.run, or a helper thread when this thread already runs an event loop (a notebook, an app)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    result: dict[str, Any] = {}
+class _Runner:
+    """A background event loop with long-lived executors that the blocking `run`/`work` calls reuse.
 
-    def target() -> None:
+    Starting an event loop and thread pools for every call would cost more than running a short task.
+    """
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.loop = asyncio.new_event_loop()
+        self.db_executor = ThreadPoolExecutor(1, thread_name_prefix="tasker-db")
+        self.handler_pool = ThreadPoolExecutor(256, thread_name_prefix="tasker-step")
+        self.thread = threading.Thread(target=self.loop.run_forever, name="tasker-runner", daemon=True)
+        self.thread.start()
+
+    def call(self, coro: Any) -> Any:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
-            result["value"] = asyncio.run(coro)
-        except BaseException as exc:
-            result["error"] = exc
+            return future.result()
+        except KeyboardInterrupt:
+            future.cancel()
+            raise
 
-    t = threading.Thread(target=target, name="tasker-run")
-    t.start()
-    t.join()
-    if "error" in result:
-        raise result["error"]
-    return result.get("value")
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        self.db_executor.shutdown(wait=True)
+        self.handler_pool.shutdown(wait=False, cancel_futures=True)
+        if not self.loop.is_running():
+            self.loop.close()

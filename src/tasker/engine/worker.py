@@ -27,12 +27,14 @@ from tasker.engine.model import ClaimedStep, Outcome
 from tasker.engine.resolver import Resolver
 from tasker.errors import TaskerError
 from tasker.events.bus import EventBus
-from tasker.states import StepState
+from tasker.states import FINISHED_TASK_STATES, StepState
 from tasker.store import claims, completion
 from tasker.store.database import Database
+from tasker.store.journal import Journal
 from tasker.store.tasks import template_definition
 
 log = logging.getLogger("tasker.worker")
+FINISHED = {s.value for s in FINISHED_TASK_STATES}
 
 
 def new_worker_id() -> str:
@@ -71,6 +73,9 @@ class Worker:
         bus: EventBus,
         options: WorkerOptions,
         on_settled: Callable[[list[tuple[int, str]]], None] | None = None,
+        *,
+        db_executor: ThreadPoolExecutor | None = None,
+        handler_pool: ThreadPoolExecutor | None = None,
     ):
         self.db = db
         self.resolver = resolver
@@ -83,6 +88,10 @@ class Worker:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = False
+        self._task_settled = False
+        self._task_templates: dict[int, int] = {}
+        self._shared_db = db_executor
+        self._shared_pool = handler_pool
         self.steps_run = 0
 
     # -- control from other threads -------------------------------------------------------------------
@@ -101,8 +110,8 @@ class Worker:
     async def run(self, *, until_idle: bool = False) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        db_thread = ThreadPoolExecutor(1, thread_name_prefix=f"tasker-db-{self.id}")
-        pool = ThreadPoolExecutor(self.opts.concurrency + 4, thread_name_prefix="tasker-step")
+        db_thread = self._shared_db or ThreadPoolExecutor(1, thread_name_prefix=f"tasker-db-{self.id}")
+        pool = self._shared_pool or ThreadPoolExecutor(self.opts.concurrency + 4, thread_name_prefix="tasker-step")
         lease = self.opts.lease_seconds
         next_heartbeat = time.monotonic() + lease / 3
         next_reclaim = 0.0
@@ -117,6 +126,8 @@ class Worker:
                     stop_deadline = now_m + self.opts.grace_seconds
                 if self._stop and not self._inflight and not self._done:
                     break
+                if self._task_settled and not self._inflight and not self._done:
+                    break  # the one task this worker runs has finished
                 if stop_deadline is not None and now_m >= stop_deadline and self._inflight:
                     await self._abandon(db_thread)
                     continue
@@ -146,8 +157,13 @@ class Worker:
                     if reclaim:
                         next_reclaim = now_m + min(1.0, lease / 4)
                     self._publish(cycle.events)
-                    if cycle.settled and self.on_settled:
-                        self._loop.run_in_executor(pool, self.on_settled, cycle.settled)
+                    hooked = [t for t in cycle.settled if self._has_task_handler(t[0])]
+                    if hooked and self.on_settled:
+                        self._loop.run_in_executor(pool, self.on_settled, hooked)
+                    if until_idle and self.opts.task_id is not None and any(
+                        tid == self.opts.task_id and st in FINISHED for tid, st in cycle.settled
+                    ):
+                        self._task_settled = True
                     for c in cycle.claimed:
                         self._start(c, pool)
                     if want_claim:
@@ -173,34 +189,35 @@ class Worker:
         finally:
             for task, _ in list(self._inflight.values()):
                 task.cancel()
-            db_thread.shutdown(wait=True)
-            pool.shutdown(wait=False, cancel_futures=True)
+            if self._shared_db is None:
+                db_thread.shutdown(wait=True)
+            if self._shared_pool is None:
+                pool.shutdown(wait=False, cancel_futures=True)
             self._loop = None
             log.info("worker %s stopped after %d steps", self.id, self.steps_run)
 
     # -- database cycle (runs on the db thread) ---------------------------------------------------------
     def _db_cycle(self, outcomes: list[Outcome], claim_limit: int, heartbeat: list[int] | None,
                   reclaim: bool) -> _Cycle:
-        events: list[tuple[str, dict[str, Any]]] = []
-        now = utcnow()
+        journal = Journal(utcnow(), self.id)
         pg = self.db.is_postgres
         with self.db.write() as conn:
             held = None
             if heartbeat is not None:
-                held = claims.extend_leases(conn, worker=self.id, step_ids=heartbeat, now=now,
+                held = claims.extend_leases(conn, worker=self.id, step_ids=heartbeat, now=journal.now,
                                             lease_seconds=self.opts.lease_seconds)
-            _, settled = completion.apply_outcomes(conn, outcomes, now=now, worker=self.id, lock_tasks=pg,
-                                                   events=events)
+            _, settled = completion.apply_outcomes(conn, journal, outcomes, lock_tasks=pg)
             if reclaim:
-                claims.reclaim_expired(conn, now=now, worker=self.id, skip_locked=pg, events=events)
+                claims.reclaim_expired(conn, journal, skip_locked=pg)
             claimed = claims.claim(
-                conn, worker=self.id, limit=claim_limit, now=now, lease_seconds=self.opts.lease_seconds,
-                skip_locked=pg, events=events, namespaces=self.opts.namespaces, task_id=self.opts.task_id,
+                conn, journal, worker=self.id, limit=claim_limit, lease_seconds=self.opts.lease_seconds,
+                skip_locked=pg, namespaces=self.opts.namespaces, task_id=self.opts.task_id,
             ) if claim_limit else []
             for tid in {c.template_id for c in claimed}:
                 if not self.resolver.known(tid):
                     self.resolver.add_snapshot(tid, template_definition(conn, tid))
-        return _Cycle(claimed, settled, events, held)
+            journal.flush(conn)
+        return _Cycle(claimed, settled, journal.events, held)
 
     def _idle_check(self) -> tuple[bool, float | None]:
         with self.db.read() as conn:
@@ -211,7 +228,15 @@ class Worker:
         return False, (due - utcnow()).total_seconds() if due else None
 
     # -- steps --------------------------------------------------------------------------------------------
+    def _has_task_handler(self, task_id: int) -> bool:
+        """Whether a settled task's template names a task handler whose hooks must run."""
+        template_id = self._task_templates.pop(task_id, None)
+        if template_id is None or not self.resolver.known(template_id):
+            return True  # settled by this worker on another's behalf (an expired lease): let the engine look
+        return bool(self.resolver.template(template_id).task_handler_class)
+
     def _start(self, claimed: ClaimedStep, pool: ThreadPoolExecutor) -> None:
+        self._task_templates[claimed.task_id] = claimed.template_id
         task = asyncio.get_running_loop().create_task(self._run_step(claimed, pool))
         self._inflight[claimed.step_id] = (task, claimed)
 
@@ -256,8 +281,11 @@ class Worker:
         assert self._loop is not None
 
         def _release() -> int:
+            journal = Journal(utcnow(), self.id)
             with self.db.write() as conn:
-                return claims.release(conn, worker=self.id, held=held, now=utcnow())
+                released = claims.release(conn, journal, held)
+                journal.flush(conn)
+            return released
 
         released = await self._loop.run_in_executor(db_thread, _release)
         log.info("worker %s released %d unfinished steps after the grace period", self.id, released)

@@ -7,81 +7,81 @@ each step fenced by its claim token, for a whole batch of outcomes at once.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.engine import Connection
 
 from tasker.engine.model import Outcome
 from tasker.states import StepState
+from tasker.store.journal import Journal
 from tasker.store.readiness import release_children, settle_tasks
 from tasker.store.schema import steps, tasks
-from tasker.store.transitions import record_steps, step_row
-
-Events = list[tuple[str, dict[str, Any]]]
 
 _EVENT = {
     StepState.COMPLETE: "step.completed",
     StepState.WAITING_RETRY: "step.retry_scheduled",
     StepState.ERROR: "step.failed",
 }
+_LOCK_TASKS = (
+    select(tasks.c.id).where(tasks.c.id.in_(bindparam("ids", expanding=True))).order_by(tasks.c.id).with_for_update()
+)
+_FINISH = (
+    update(steps)
+    .where(steps.c.id == bindparam("step_id"), steps.c.claim_token == bindparam("token"),
+           steps.c.state == StepState.IN_PROGRESS.value)
+    .values(
+        state=bindparam("target"), results=bindparam("results"), last_error=bindparam("error"),
+        run_at=bindparam("run_at"), finished_at=bindparam("finished_at"),
+        lease_owner=None, lease_expires_at=None, updated_at=bindparam("now"),
+    )
+)
 
 
 def apply_outcomes(
     conn: Connection,
+    journal: Journal,
     outcomes: Sequence[Outcome],
     *,
-    now: datetime,
-    worker: str,
     lock_tasks: bool,
-    events: Events,
 ) -> tuple[list[Outcome], list[tuple[int, str]]]:
     """Store outcomes; returns those accepted (the others lost their claim) and the tasks that settled."""
     if not outcomes:
         return [], []
-    task_ids = sorted({o.task_id for o in outcomes})
+    now = journal.now
     if lock_tasks:
         # Serialise completions per task (in id order, so two workers cannot deadlock) so that the last
         # sibling to finish sees the others' states and finalizes the task exactly once.
-        conn.execute(select(tasks.c.id).where(tasks.c.id.in_(task_ids)).order_by(tasks.c.id).with_for_update())
+        conn.execute(_LOCK_TASKS, {"ids": sorted({o.task_id for o in outcomes})}).all()
     accepted: list[Outcome] = []
-    rows = []
     completed: list[int] = []
     check: set[int] = set()
     for o in outcomes:
-        values: dict[str, Any] = {
-            "state": o.state, "lease_owner": None, "lease_expires_at": None, "updated_at": now,
+        state = StepState(o.state)
+        params: dict[str, Any] = {
+            "step_id": o.step_id, "token": o.claim_token, "target": state.value, "now": now,
+            "results": o.results if state == StepState.COMPLETE else None,
+            "error": o.error if state != StepState.COMPLETE else None,
+            "run_at": now + timedelta(seconds=o.retry_delay) if state == StepState.WAITING_RETRY else None,
+            "finished_at": None if state == StepState.WAITING_RETRY else now,
         }
-        if o.state == StepState.COMPLETE:
-            values.update(results=o.results if o.results is not None else {}, last_error=None, finished_at=now)
-        elif o.state == StepState.WAITING_RETRY:
-            values.update(last_error=o.error, run_at=now + timedelta(seconds=o.retry_delay))
-        else:
-            values.update(last_error=o.error, finished_at=now)
-        done = conn.execute(
-            update(steps)
-            .where(steps.c.id == o.step_id, steps.c.claim_token == o.claim_token,
-                   steps.c.state == StepState.IN_PROGRESS)
-            .values(**values)
-        ).rowcount
-        if not done:
+        if not conn.execute(_FINISH, params).rowcount:
             continue  # cancelled, or the lease was lost and another worker owns this step now
         accepted.append(o)
-        rows.append(step_row(o.step_id, o.task_id, StepState.IN_PROGRESS, o.state, o.attempt, now, worker,
-                             o.error, o.duration_ms))
+        journal.step(o.step_id, o.task_id, StepState.IN_PROGRESS, state, o.attempt, o.error, o.duration_ms)
         payload: dict[str, Any] = {"task_id": o.task_id, "step_id": o.step_id, "attempt": o.attempt,
                                    "duration_ms": o.duration_ms}
         if o.error:
             payload["error"] = o.error
-        if o.state == StepState.WAITING_RETRY:
+        if state == StepState.WAITING_RETRY:
             payload["retry_in_seconds"] = o.retry_delay
-        events.append((_EVENT[StepState(o.state)], payload))
-        events.extend(o.events)
-        if o.state == StepState.COMPLETE:
+        journal.event(_EVENT[state], payload)
+        journal.events.extend(o.events)
+        if state == StepState.COMPLETE:
             completed.append(o.step_id)
-        if o.state != StepState.WAITING_RETRY:
+        if state != StepState.WAITING_RETRY:
             check.add(o.task_id)
-    record_steps(conn, rows)
-    readied = release_children(conn, completed, now, worker, events)
-    settled = settle_tasks(conn, check - readied, now, worker, events)
+    readied = release_children(conn, completed, journal)
+    settled = settle_tasks(conn, check - readied, journal)
     return accepted, settled

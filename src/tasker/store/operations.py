@@ -1,25 +1,19 @@
-"""Operator actions: cancel a task, retry a failed one, resolve a step by hand."""
+"""Operator actions: cancel a task, retry a failed one or one step, resolve a step by hand."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
 
 from tasker.errors import NotFoundError, OperationError
-from tasker.states import (
-    FINISHED_TASK_STATES,
-    STEP_TRANSITIONS,
-    StepState,
-    TaskState,
-    check_task_transition,
-)
+from tasker.states import FINISHED_TASK_STATES, STEP_TRANSITIONS, StepState, TaskState, check_task_transition
+from tasker.store.journal import Journal
 from tasker.store.readiness import release_children, settle_tasks
 from tasker.store.schema import steps, tasks
-from tasker.store.transitions import record_steps, record_tasks, step_row, task_row
 
-Events = list[tuple[str, dict[str, Any]]]
+_CANCELLABLE = sorted(s.value for s in StepState if StepState.CANCELLED in STEP_TRANSITIONS[s])
 
 
 def _task_status(conn: Connection, task_id: int, lock: bool) -> TaskState:
@@ -32,30 +26,31 @@ def _task_status(conn: Connection, task_id: int, lock: bool) -> TaskState:
     return TaskState(status)
 
 
-def cancel_task(conn: Connection, task_id: int, *, now: datetime, lock: bool, events: Events,
-                reason: str | None = None) -> None:
+def cancel_task(conn: Connection, journal: Journal, task_id: int, *, lock: bool, reason: str | None = None) -> None:
     """Cancel every unfinished step (a running attempt's late result is discarded) and the task."""
+    now = journal.now
     status = _task_status(conn, task_id, lock)
     if status in FINISHED_TASK_STATES - {TaskState.ERROR}:
         raise OperationError(f"task {task_id} is already {status}; only unfinished or failed tasks can be cancelled")
-    open_states = [s for s in StepState if StepState.CANCELLED in STEP_TRANSITIONS[s]]
     cancelled = conn.execute(
         update(steps)
-        .where(steps.c.task_id == task_id, steps.c.state.in_(open_states))
+        .where(steps.c.task_id == task_id, steps.c.state.in_(_CANCELLABLE))
         .values(state=StepState.CANCELLED, lease_owner=None, lease_expires_at=None, finished_at=now, updated_at=now)
         .returning(steps.c.id, steps.c.name, steps.c.attempts)
     ).all()
-    record_steps(conn, [step_row(r.id, task_id, None, StepState.CANCELLED, r.attempts, now, None) for r in cancelled])
-    events.extend(("step.cancelled", {"task_id": task_id, "step_id": r.id, "step": r.name}) for r in cancelled)
+    for r in cancelled:
+        journal.step(r.id, task_id, None, StepState.CANCELLED, r.attempts)
+        journal.event("step.cancelled", {"task_id": task_id, "step_id": r.id, "step": r.name})
     check_task_transition(status, TaskState.CANCELLED)
     conn.execute(update(tasks).where(tasks.c.id == task_id)
                  .values(status=TaskState.CANCELLED, finished_at=now, updated_at=now))
-    record_tasks(conn, [task_row(task_id, status, TaskState.CANCELLED, now, reason=reason)])
-    events.append(("task.cancelled", {"task_id": task_id, "from_state": status.value, "reason": reason}))
+    journal.task(task_id, status, TaskState.CANCELLED, reason)
+    journal.event("task.cancelled", {"task_id": task_id, "from_state": status.value, "reason": reason})
 
 
-def retry_task(conn: Connection, task_id: int, *, now: datetime, lock: bool, events: Events) -> int:
+def retry_task(conn: Connection, journal: Journal, task_id: int, *, lock: bool) -> int:
     """Re-arm every `error` step of a failed task with fresh attempts; returns how many."""
+    now = journal.now
     status = _task_status(conn, task_id, lock)
     if status != TaskState.ERROR:
         raise OperationError(f"task {task_id} is {status}; only a task in error can be retried")
@@ -65,28 +60,30 @@ def retry_task(conn: Connection, task_id: int, *, now: datetime, lock: bool, eve
         .values(state=StepState.READY, attempts=0, run_at=now, finished_at=None, updated_at=now)
         .returning(steps.c.id, steps.c.name)
     ).all()
-    record_steps(conn, [step_row(r.id, task_id, StepState.ERROR, StepState.READY, 0, now) for r in rearmed])
-    events.append(("task.retried", {"task_id": task_id, "steps": [r.name for r in rearmed]}))
-    events.extend(("step.ready", {"task_id": task_id, "step_id": r.id, "step": r.name}) for r in rearmed)
-    settle_tasks(conn, [task_id], now, None, events)
+    journal.event("task.retried", {"task_id": task_id, "steps": [r.name for r in rearmed]})
+    for r in rearmed:
+        journal.step(r.id, task_id, StepState.ERROR, StepState.READY, 0)
+        journal.event("step.ready", {"task_id": task_id, "step_id": r.id, "step": r.name})
+    settle_tasks(conn, [task_id], journal)
     return len(rearmed)
 
 
-def retry_step(conn: Connection, task_id: int, step_name: str, *, now: datetime, lock: bool, events: Events) -> None:
+def retry_step(conn: Connection, journal: Journal, task_id: int, step_name: str, *, lock: bool) -> None:
     """Re-arm one `error` step with fresh attempts."""
     _task_status(conn, task_id, lock)
     row = _step(conn, task_id, step_name)
     if row.state != StepState.ERROR:
         raise OperationError(f"step '{step_name}' of task {task_id} is {row.state}; only a step in error can be retried")
     conn.execute(update(steps).where(steps.c.id == row.id)
-                 .values(state=StepState.READY, attempts=0, run_at=now, finished_at=None, updated_at=now))
-    record_steps(conn, [step_row(row.id, task_id, StepState.ERROR, StepState.READY, 0, now)])
-    events.append(("step.ready", {"task_id": task_id, "step_id": row.id, "step": step_name}))
-    settle_tasks(conn, [task_id], now, None, events)
+                 .values(state=StepState.READY, attempts=0, run_at=journal.now, finished_at=None,
+                         updated_at=journal.now))
+    journal.step(row.id, task_id, StepState.ERROR, StepState.READY, 0)
+    journal.event("step.ready", {"task_id": task_id, "step_id": row.id, "step": step_name})
+    settle_tasks(conn, [task_id], journal)
 
 
-def resolve_step(conn: Connection, task_id: int, step_name: str, results: dict[str, Any], *, now: datetime,
-                 lock: bool, events: Events) -> None:
+def resolve_step(conn: Connection, journal: Journal, task_id: int, step_name: str, results: dict[str, Any], *,
+                 lock: bool) -> None:
     """An operator supplies the step's result; its dependents proceed as if it had completed."""
     status = _task_status(conn, task_id, lock)
     if status in FINISHED_TASK_STATES - {TaskState.ERROR}:
@@ -97,11 +94,12 @@ def resolve_step(conn: Connection, task_id: int, step_name: str, results: dict[s
         hint = " (it is running: wait for the attempt or cancel the task)" if src == StepState.IN_PROGRESS else ""
         raise OperationError(f"step '{step_name}' of task {task_id} is {src} and cannot be resolved{hint}")
     conn.execute(update(steps).where(steps.c.id == row.id).values(
-        state=StepState.RESOLVED_MANUALLY, results=results, run_at=None, finished_at=now, updated_at=now))
-    record_steps(conn, [step_row(row.id, task_id, src, StepState.RESOLVED_MANUALLY, row.attempts, now)])
-    events.append(("step.resolved", {"task_id": task_id, "step_id": row.id, "step": step_name}))
-    release_children(conn, [row.id], now, None, events)
-    settle_tasks(conn, [task_id], now, None, events)
+        state=StepState.RESOLVED_MANUALLY, results=results, run_at=None, finished_at=journal.now,
+        updated_at=journal.now))
+    journal.step(row.id, task_id, src, StepState.RESOLVED_MANUALLY, row.attempts)
+    journal.event("step.resolved", {"task_id": task_id, "step_id": row.id, "step": step_name})
+    release_children(conn, [row.id], journal)
+    settle_tasks(conn, [task_id], journal)
 
 
 def _step(conn: Connection, task_id: int, name: str) -> Any:

@@ -14,11 +14,13 @@ from sqlalchemy.exc import IntegrityError
 from tasker.engine.model import Step, Task
 from tasker.states import StepState, TaskState
 from tasker.store.schema import step_edges, step_transitions, steps, task_transitions, tasks, templates
-from tasker.store.transitions import record_steps, record_tasks, step_row, task_row
+from tasker.store.journal import Journal
 from tasker.templates.graph import execution_order
 from tasker.templates.model import TaskTemplate
 
-Events = list[tuple[str, dict[str, Any]]]
+_INSERT_TASK = insert(tasks).returning(tasks.c.id)
+_INSERT_STEPS = insert(steps).returning(steps.c.id, steps.c.name, sort_by_parameter_order=True)
+_INSERT_EDGES = insert(step_edges)
 
 
 def canonical_json(value: Any) -> str:
@@ -70,22 +72,23 @@ def find_task_id(conn: Connection, namespace: str, name: str, key: str) -> int |
 
 def insert_task(
     conn: Connection,
+    journal: Journal,
     template: TaskTemplate,
     context: dict[str, Any],
     idempotency_key: str,
     correlation_id: str,
-    now: datetime,
-    events: Events,
-) -> int:
-    """Insert one task with its steps; raises IntegrityError when the idempotency key is taken."""
+) -> Task:
+    """Insert one task with its steps and edges; raises IntegrityError when the idempotency key is taken.
+
+    Returns the new task as stored, without reading it back.
+    """
+    now = journal.now
     tid = template_id(conn, template, now)
-    task_id = conn.execute(
-        insert(tasks).values(
-            namespace=template.namespace_name, name=template.name, version=template.version, template_id=tid,
-            status=TaskState.PENDING, context=context, idempotency_key=idempotency_key,
-            correlation_id=correlation_id, created_at=now, updated_at=now,
-        ).returning(tasks.c.id)
-    ).scalar_one()
+    task_id = conn.execute(_INSERT_TASK, {
+        "namespace": template.namespace_name, "name": template.name, "version": template.version,
+        "template_id": tid, "status": TaskState.PENDING.value, "context": context,
+        "idempotency_key": idempotency_key, "correlation_id": correlation_id, "created_at": now, "updated_at": now,
+    }).scalar_one()
     order = execution_order([(s.name, s.parents) for s in template.step_templates])
     position = {n: i for i, n in enumerate(order)}
     rows = []
@@ -95,31 +98,39 @@ def insert_task(
         rows.append({
             "task_id": task_id, "name": st.name, "position": position[st.name],
             "namespace": template.namespace_name, "dependent_system": template.dependent_system_of(st),
-            "state": StepState.READY if ready else StepState.PENDING, "pending_parents": len(st.parents),
+            "state": StepState.READY.value if ready else StepState.PENDING.value, "pending_parents": len(st.parents),
             "run_at": now if ready else None, "attempts": 0, "retry_limit": policy.max_attempts,
             "retryable": policy.retryable, "claim_token": 0,
             "idempotency_key": step_idempotency_key(template.namespace_name, template.name, idempotency_key, st.name),
             "created_at": now, "updated_at": now,
         })
-    created = conn.execute(
-        insert(steps).returning(steps.c.id, steps.c.name, sort_by_parameter_order=True), rows
-    ).all()
+    created = conn.execute(_INSERT_STEPS, rows).all()
     ids = {r.name: r.id for r in created}
     edges = [
         {"task_id": task_id, "parent_id": ids[p], "child_id": ids[st.name]}
         for st in template.step_templates for p in st.parents
     ]
     if edges:
-        conn.execute(insert(step_edges), edges)
-    record_tasks(conn, [task_row(task_id, None, TaskState.PENDING, now)])
-    record_steps(conn, [step_row(ids[r["name"]], task_id, None, r["state"], 0, now) for r in rows])
-    events.append(("task.created", {"task_id": task_id, "namespace": template.namespace_name,
-                                    "name": template.name, "version": template.version,
-                                    "correlation_id": correlation_id}))
+        conn.execute(_INSERT_EDGES, edges)
+    journal.task(task_id, None, TaskState.PENDING)
+    journal.event("task.created", {"task_id": task_id, "namespace": template.namespace_name,
+                                   "name": template.name, "version": template.version,
+                                   "correlation_id": correlation_id})
     for r in rows:
+        journal.step(ids[r["name"]], task_id, None, r["state"], 0)
         if r["state"] == StepState.READY:
-            events.append(("step.ready", {"task_id": task_id, "step_id": ids[r["name"]], "step": r["name"]}))
-    return int(task_id)
+            journal.event("step.ready", {"task_id": task_id, "step_id": ids[r["name"]], "step": r["name"]})
+    step_objs = sorted(
+        (Step(id=ids[r["name"]], task_id=task_id, name=r["name"], status=r["state"], attempts=0,
+              retry_limit=r["retry_limit"], retryable=r["retryable"], dependent_system=r["dependent_system"],
+              results=None, last_error=None, run_at=r["run_at"], started_at=None, finished_at=None, created_at=now,
+              position=r["position"], idempotency_key=r["idempotency_key"]) for r in rows),
+        key=lambda s: s.position,
+    )
+    return Task(id=int(task_id), namespace=template.namespace_name, name=template.name, version=template.version,
+                status=TaskState.PENDING.value, context=context, idempotency_key=idempotency_key,
+                correlation_id=correlation_id, annotations=None, created_at=now, updated_at=now, started_at=None,
+                finished_at=None, steps=step_objs)
 
 
 def _step(r: Row[Any]) -> Step:

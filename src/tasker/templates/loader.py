@@ -35,6 +35,7 @@ STEP_KEYS = {
     "default_retry_limit", "skippable", "dependent_system", "handler_config", "custom_events", "retry",
 }
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
@@ -65,6 +66,10 @@ def load_file(path: str | Path, *, environment: str | None = None, resolve_handl
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise TemplateError(f"{p}: cannot read the file ({exc.strerror}); fix: check the path") from None
+    except UnicodeDecodeError as exc:
+        raise TemplateError(
+            f"{p}: not UTF-8 text (byte {exc.start}: {exc.reason}); fix: save the file as UTF-8"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -146,16 +151,18 @@ def resolve_task_handler(path: str, *, where: str) -> type:
 def _resolve(path: str, where: str) -> Any:
     try:
         return import_object(path)
-    except (ImportError, AttributeError, ValueError) as exc:
+    except Exception as exc:  # the module may fail in any way while importing: a SyntaxError, a bad relative path
+        reason = " ".join(str(exc).split())
         raise TemplateError(
-            f"{where}: cannot import '{path}' ({type(exc).__name__}: {exc}); fix: check the import path "
+            f"{where}: cannot import '{path}' ({type(exc).__name__}: {reason}); fix: check the import path "
             "and that its package is importable from the current directory"
         ) from None
 
 
 def _unknown_keys(data: Mapping[str, Any], source: str) -> list[str]:
     found = [f"{source}: unknown key '{k}' ignored" for k in data if k not in TOP_LEVEL_KEYS]
-    for i, step in enumerate(data.get("step_templates") or []):
+    steps = data.get("step_templates")
+    for i, step in enumerate(steps if isinstance(steps, list) else []):
         if isinstance(step, dict):
             label = step.get("name", f"#{i + 1}")
             found += [f"{source}: step '{label}': unknown key '{k}' ignored" for k in step if k not in STEP_KEYS]
@@ -175,18 +182,30 @@ def _apply_environment(data: dict[str, Any], env: str, source: str) -> dict[str,
     data = copy.deepcopy(data)
     envs = data.get("environments") or {}
     if not isinstance(envs, dict):
-        raise TemplateError(f"{source}: 'environments' must map environment names to overrides")
+        raise TemplateError(
+            f"{source}: 'environments' must map environment names to overrides; fix: write "
+            "'environments: {production: {step_templates: [...]}}'"
+        )
     block = envs.get(env)
     if not block:
         return data
     if not isinstance(block, dict):
-        raise TemplateError(f"{source}: environments.{env} must be a mapping")
+        raise TemplateError(f"{source}: environments.{env} must be a mapping; fix: give it a step_templates list")
     overrides = block.get("step_templates") or []
     steps = data.get("step_templates") or []
-    by_name = {s.get("name"): i for i, s in enumerate(steps) if isinstance(s, dict)}
+    if not isinstance(overrides, list):
+        raise TemplateError(
+            f"{source}: environments.{env}.step_templates must be a list; fix: list step overrides by 'name'"
+        )
+    if not isinstance(steps, list):
+        return data  # the base step_templates is malformed; its validation says so
+    by_name = {s["name"]: i for i, s in enumerate(steps) if isinstance(s, dict) and isinstance(s.get("name"), str)}
     for o in overrides:
-        if not isinstance(o, dict) or "name" not in o:
-            raise TemplateError(f"{source}: environments.{env}.step_templates entries need a 'name'")
+        if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+            raise TemplateError(
+                f"{source}: environments.{env}.step_templates entries need a 'name'; fix: add the name of "
+                "the step each entry overrides"
+            )
         if o["name"] not in by_name:
             raise TemplateError(
                 f"{source}: environments.{env}: override for unknown step '{o['name']}'; fix: use one of "
@@ -225,18 +244,25 @@ def _expand_vars(data: dict[str, Any], source: str) -> dict[str, Any]:
             return [expand(v, where) for v in value]
         return value
 
-    for step in data.get("step_templates") or []:
+    steps = data.get("step_templates")
+    for step in steps if isinstance(steps, list) else []:
         if isinstance(step, dict) and isinstance(step.get("handler_config"), dict):
             step["handler_config"] = expand(step["handler_config"], f"step '{step.get('name')}': handler_config")
     return data
 
 
 def _scalar(text: str) -> Any:
-    """A whole-value `${VAR}` keeps YAML's typing, so `timeout_seconds: ${T}` stays a number."""
-    try:
-        return yaml.safe_load(text) if text.strip() else text
-    except yaml.YAMLError:
-        return text
+    """A whole-value `${VAR}` keeps a number's or boolean's type, so `timeout_seconds: ${T}` stays a number.
+
+    Only plain decimal numbers and true/false convert: YAML's own typing would turn an account number
+    '0123' into 83, 'on' into True, '#secret' into None and '2024-01-01' into a date.
+    """
+    t = text.strip()
+    if NUMBER.fullmatch(t):
+        return int(t) if t.lstrip("-").isdigit() else float(t)
+    if t.lower() in ("true", "false"):
+        return t.lower() == "true"
+    return text
 
 
 def _check_schema(schema: dict[str, Any], source: str) -> None:
@@ -254,7 +280,10 @@ def _check_retry(template: TaskTemplate, step: StepTemplate, source: str) -> Non
     try:
         template.retry_policy(step)
     except ValueError as exc:
-        raise TemplateError(f"{source}: step '{step.name}': retry: {exc}") from None
+        raise TemplateError(
+            f"{source}: step '{step.name}': retry: {exc}; fix: use finite, non-negative seconds with "
+            "backoff_max_seconds >= backoff_base_seconds (template and step retry blocks are merged)"
+        ) from None
 
 
 def _pydantic_message(exc: ValidationError, data: Mapping[str, Any], source: str) -> str:

@@ -26,7 +26,23 @@ def semver_key(version: str) -> tuple[int, int, int, int, str]:
     if not m:
         raise ValueError(f"'{version}' is not a semantic version like 1.2.3")
     major, minor, patch, pre = m.groups()
-    return (int(major), int(minor), int(patch), 0 if pre else 1, pre or "")
+    return (int(major), int(minor), int(patch), 0 if pre else 1, _prerelease_key(pre or ""))
+
+
+def _prerelease_key(pre: str) -> str:
+    """Pre-release identifiers encoded so that string order is semver precedence (rc.2 < rc.10 < rc.x).
+
+    A numeric identifier becomes '0' + its length + its digits (numbers compare by value, below any word);
+    a word becomes '1' + itself; identifiers are joined by NUL, which sorts below every allowed character.
+    """
+    parts = []
+    for ident in pre.split(".") if pre else []:
+        if ident.isdigit():
+            digits = str(int(ident))
+            parts.append(f"0{len(digits):04d}{digits}")
+        else:
+            parts.append("1" + ident)
+    return "\x00".join(parts)
 
 
 class _Strict(BaseModel):
