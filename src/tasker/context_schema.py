@@ -50,7 +50,8 @@ def apply_defaults(schema: Any, instance: Any) -> Any:
 def validate_context(template_key: str, schema: dict[str, Any] | None, context: Any) -> dict[str, Any]:
     """Return the context with defaults applied, or raise `ContextValidationError` listing every violation."""
     if not isinstance(context, dict):
-        raise ContextValidationError(template_key, [("$", f"the context must be a JSON object, not {type(context).__name__}")])
+        kind = type(context).__name__
+        raise ContextValidationError(template_key, [("$", f"the context must be a JSON object, not {kind}")])
     filled = apply_defaults(schema, copy.deepcopy(context)) if schema else copy.deepcopy(context)
     if not schema:
         return filled

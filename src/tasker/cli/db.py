@@ -6,7 +6,8 @@ import click
 
 from tasker.cli.common import console, state
 from tasker.store.database import Database
-from tasker.store.migrate import current_revision, head_revision, upgrade as run_upgrade
+from tasker.store.migrate import current_revision, head_revision
+from tasker.store.migrate import upgrade as run_upgrade
 
 
 @click.group()

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 
 import click
 
 from tasker.cli.common import state, templates_option
+from tasker.engine.worker import Worker
 
 log = logging.getLogger("tasker.worker")
 
@@ -47,9 +49,9 @@ def worker(ctx: click.Context, concurrency: int | None, namespaces: str | None, 
     asyncio.run(main())
 
 
-def _stopper(w: object, sig: signal.Signals) -> object:
+def _stopper(w: Worker, sig: signal.Signals) -> Callable[[], None]:
     def stop() -> None:
-        log.info("worker %s received %s: finishing in-flight steps", getattr(w, "id", "?"), sig.name)
-        w.stop()  # type: ignore[attr-defined]
+        log.info("worker %s received %s: finishing in-flight steps", w.id, sig.name)
+        w.stop()
 
     return stop

@@ -86,6 +86,8 @@ class ClaimedStep:
     correlation_id: str
     results: dict[str, dict[str, Any]]
     from_state: str
+    #: Ids of every step of the task by name, so completing this step can ready its children by id.
+    step_ids: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -102,3 +104,5 @@ class Outcome:
     retry_delay: float = 0.0
     duration_ms: float = 0.0
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: Step ids of this step's children, when the worker knows them (saves reading the edges).
+    children: list[int] | None = None

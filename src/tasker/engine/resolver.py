@@ -21,6 +21,8 @@ class Resolver:
         self._templates: dict[int, TaskTemplate] = {}
         self._handlers: dict[str, type] = {}
         self._policies: dict[tuple[int, str], RetryPolicy] = {}
+        self._parents: dict[int, dict[str, list[str]]] = {}
+        self._children: dict[int, dict[str, list[str]]] = {}
         self._lock = threading.Lock()
 
     def known(self, template_id: int) -> bool:
@@ -47,6 +49,24 @@ class Resolver:
             t = self._templates[template_id]
             p = self._policies[key] = t.retry_policy(t.step(name))
         return p
+
+    def parents_of(self, template_id: int) -> dict[str, list[str]]:
+        """Each step's parents by name, for the template of a claimed step."""
+        found = self._parents.get(template_id)
+        if found is None:
+            steps = self._templates[template_id].step_templates
+            found = self._parents[template_id] = {s.name: s.parents for s in steps}
+        return found
+
+    def children_of(self, template_id: int, name: str) -> list[str]:
+        table = self._children.get(template_id)
+        if table is None:
+            table = {s.name: [] for s in self._templates[template_id].step_templates}
+            for s in self._templates[template_id].step_templates:
+                for p in s.parents:
+                    table[p].append(s.name)
+            self._children[template_id] = table
+        return table[name]
 
     def handler_class(self, template_id: int, name: str) -> type:
         step = self.step(template_id, name)

@@ -116,7 +116,9 @@ class Tasker:
         if tmpl.task_handler_class:
             handler = resolve_task_handler(tmpl.task_handler_class, where=f"{tmpl.key}: task_handler_class")()
             ctx = handler.prepare_context(ctx)
-        if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255):
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255
+        ):
             raise TaskerInputError("idempotency_key must be a string of 1 to 255 characters")
         key = idempotency_key or task_store.derived_idempotency_key(tmpl, ctx)
         corr = correlation_id or _correlation_id(ctx)

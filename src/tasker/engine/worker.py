@@ -60,6 +60,7 @@ class WorkerOptions:
 @dataclass
 class _Cycle:
     claimed: list[ClaimedStep]
+    scanned_full: bool
     settled: list[tuple[int, str]]
     events: list[tuple[str, dict[str, Any]]]
     held: set[int] | None
@@ -84,7 +85,7 @@ class Worker:
         self.id = options.worker_id
         self.on_settled = on_settled
         self._inflight: dict[int, tuple[asyncio.Task[None], ClaimedStep]] = {}
-        self._done: list[Outcome] = []
+        self._done: list[tuple[Outcome, ClaimedStep]] = []
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = False
@@ -93,6 +94,8 @@ class Worker:
         self._shared_db = db_executor
         self._shared_pool = handler_pool
         self.steps_run = 0
+        #: Task handler hooks still running; the worker waits for them before it returns.
+        self._hooks: set[asyncio.Future[None]] = set()
 
     # -- control from other threads -------------------------------------------------------------------
     def notify(self) -> None:
@@ -119,6 +122,12 @@ class Worker:
         stop_deadline: float | None = None
         failures = 0
         log.info("worker %s started (concurrency %d, store %s)", self.id, self.opts.concurrency, self.db.safe_url())
+        listener = None
+        if self.db.is_postgres and not until_idle:  # long-running: hear of work other processes create
+            from tasker.store.notify import ReadyListener
+
+            listener = ReadyListener(self.db.url, self.notify)
+            listener.start()
         try:
             while True:
                 now_m = time.monotonic()
@@ -134,12 +143,13 @@ class Worker:
                 outcomes, self._done = self._done, []
                 free = 0 if self._stop else self.opts.concurrency - len(self._inflight)
                 want_claim = free > 0 and (claim_due or bool(outcomes))
+                scan = free > 0 and claim_due
                 heartbeat = now_m >= next_heartbeat and bool(self._inflight)
                 reclaim = not self._stop and now_m >= next_reclaim and want_claim
                 if outcomes or want_claim or heartbeat:
                     try:
                         cycle = await self._loop.run_in_executor(
-                            db_thread, self._db_cycle, outcomes, free if want_claim else 0,
+                            db_thread, self._db_cycle, outcomes, free if want_claim else 0, scan,
                             list(self._inflight) if heartbeat else None, reclaim,
                         )
                     except (OperationalError, DBAPIError) as exc:
@@ -159,21 +169,25 @@ class Worker:
                     self._publish(cycle.events)
                     hooked = [t for t in cycle.settled if self._has_task_handler(t[0])]
                     if hooked and self.on_settled:
-                        self._loop.run_in_executor(pool, self.on_settled, hooked)
+                        hook = self._loop.run_in_executor(pool, self.on_settled, hooked)
+                        self._hooks.add(hook)
+                        hook.add_done_callback(self._hooks.discard)
                     if until_idle and self.opts.task_id is not None and any(
                         tid == self.opts.task_id and st in FINISHED for tid, st in cycle.settled
                     ):
                         self._task_settled = True
                     for c in cycle.claimed:
                         self._start(c, pool)
-                    if want_claim:
-                        claim_due = len(cycle.claimed) >= free
+                    if scan:
+                        claim_due = cycle.scanned_full
                     continue
                 if until_idle and not self._inflight:
                     idle, due_in = await self._loop.run_in_executor(db_thread, self._idle_check)
                     if idle:
                         break
-                    wait = max(0.0, min(due_in, self.opts.poll_interval)) if due_in is not None else self.opts.poll_interval
+                    wait = self.opts.poll_interval
+                    if due_in is not None:
+                        wait = max(0.0, min(due_in, wait))
                 else:
                     wait = self.opts.poll_interval
                 if self._inflight:
@@ -187,37 +201,65 @@ class Worker:
                     pass
                 claim_due = True
         finally:
+            if listener is not None:
+                listener.stop()
             for task, _ in list(self._inflight.values()):
                 task.cancel()
             if self._shared_db is None:
                 db_thread.shutdown(wait=True)
+            if self._hooks:  # else a finished task could miss its on_complete annotations
+                await asyncio.gather(*self._hooks, return_exceptions=True)
             if self._shared_pool is None:
                 pool.shutdown(wait=False, cancel_futures=True)
             self._loop = None
             log.info("worker %s stopped after %d steps", self.id, self.steps_run)
 
     # -- database cycle (runs on the db thread) ---------------------------------------------------------
-    def _db_cycle(self, outcomes: list[Outcome], claim_limit: int, heartbeat: list[int] | None,
-                  reclaim: bool) -> _Cycle:
+    def _db_cycle(self, done: list[tuple[Outcome, ClaimedStep]], claim_limit: int, scan: bool,
+                  heartbeat: list[int] | None, reclaim: bool) -> _Cycle:
+        """One transaction: extend leases, store outcomes, reclaim expired leases, claim new work."""
         journal = Journal(utcnow(), self.id)
         pg = self.db.is_postgres
+        known = self._known_tasks(done)
         with self.db.write() as conn:
             held = None
             if heartbeat is not None:
                 held = claims.extend_leases(conn, worker=self.id, step_ids=heartbeat, now=journal.now,
                                             lease_seconds=self.opts.lease_seconds)
-            _, settled = completion.apply_outcomes(conn, journal, outcomes, lock_tasks=pg)
+            _, settled, readied = completion.apply_outcomes(conn, journal, [o for o, _ in done], lock_tasks=pg)
             if reclaim:
                 claims.reclaim_expired(conn, journal, skip_locked=pg)
-            claimed = claims.claim(
-                conn, journal, worker=self.id, limit=claim_limit, lease_seconds=self.opts.lease_seconds,
-                skip_locked=pg, namespaces=self.opts.namespaces, task_id=self.opts.task_id,
-            ) if claim_limit else []
+            claimed = claims.claim_readied(conn, journal, readied, known, worker=self.id, limit=claim_limit,
+                                           lease_seconds=self.opts.lease_seconds)
+            remaining = claim_limit - len(claimed)
+            scanned_full = False
+            if scan and remaining > 0:
+                more = claims.claim(
+                    conn, journal, worker=self.id, limit=remaining, lease_seconds=self.opts.lease_seconds,
+                    skip_locked=pg, namespaces=self.opts.namespaces, task_id=self.opts.task_id,
+                )
+                scanned_full = len(more) >= remaining
+                claimed += more
             for tid in {c.template_id for c in claimed}:
                 if not self.resolver.known(tid):
                     self.resolver.add_snapshot(tid, template_definition(conn, tid))
             journal.flush(conn)
-        return _Cycle(claimed, settled, journal.events, held)
+        return _Cycle(claimed, scanned_full, settled, journal.events, held)
+
+    def _known_tasks(self, done: list[tuple[Outcome, ClaimedStep]]) -> dict[int, claims.KnownTask]:
+        """What the completed steps' claims tell about their tasks, to claim their children from memory."""
+        known: dict[int, claims.KnownTask] = {}
+        for outcome, c in done:
+            if outcome.state != StepState.COMPLETE:
+                continue
+            k = known.get(c.task_id)
+            if k is None:
+                k = known[c.task_id] = claims.KnownTask(
+                    c.context, c.correlation_id, c.template_id, dict(c.results), c.step_ids,
+                    self.resolver.parents_of(c.template_id),
+                )
+            k.results[c.name] = outcome.results or {}
+        return known
 
     def _idle_check(self) -> tuple[bool, float | None]:
         with self.db.read() as conn:
@@ -259,7 +301,11 @@ class Worker:
             raise
         self._inflight.pop(claimed.step_id, None)
         self.steps_run += 1
-        self._done.append(outcome)
+        if outcome.state == StepState.COMPLETE:
+            names = self.resolver.children_of(claimed.template_id, claimed.name)
+            if all(n in claimed.step_ids for n in names):
+                outcome.children = [claimed.step_ids[n] for n in names]
+        self._done.append((outcome, claimed))
         if self._wake is not None:
             self._wake.set()
 

@@ -3,4 +3,4 @@
 from tasker.events.bus import Event, EventBus
 from tasker.events.catalog import STEP_EVENT_FOR_STATE, TASK_EVENT_FOR_STATE, Events
 
-__all__ = ["Event", "EventBus", "Events", "STEP_EVENT_FOR_STATE", "TASK_EVENT_FOR_STATE"]
+__all__ = ["STEP_EVENT_FOR_STATE", "TASK_EVENT_FOR_STATE", "Event", "EventBus", "Events"]

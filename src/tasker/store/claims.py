@@ -7,6 +7,7 @@ a worker that lost its lease, to a pause or a partition, cannot overwrite what a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -65,10 +66,23 @@ _START_TASKS = (
     .where(tasks.c.id.in_(bindparam("ids", expanding=True)), tasks.c.status == TaskState.PENDING.value)
     .values(status=TaskState.IN_PROGRESS.value, started_at=bindparam("now"), updated_at=bindparam("now"))
 )
-_RESULTS = (
-    select(steps.c.task_id, steps.c.name, steps.c.results)
-    .where(steps.c.task_id.in_(bindparam("ids", expanding=True)), steps.c.state.in_(SATISFIED))
+_TASK_STEPS = (
+    select(steps.c.task_id, steps.c.id, steps.c.name, steps.c.state, steps.c.results)
+    .where(steps.c.task_id.in_(bindparam("ids", expanding=True)))
 )
+
+
+@dataclass
+class KnownTask:
+    """What a worker already knows of a task whose step it just completed: enough to run the next step
+    without reading the task again. `parents_of` maps each step name to its parents' names."""
+
+    context: dict[str, Any]
+    correlation_id: str
+    template_id: int
+    results: dict[str, dict[str, Any]]
+    step_ids: dict[str, int]
+    parents_of: dict[str, list[str]]
 
 
 def claim(
@@ -85,8 +99,7 @@ def claim(
     """Claim up to `limit` steps whose run_at has come, oldest first, with everything needed to run them."""
     if limit <= 0:
         return []
-    now = journal.now
-    params: dict[str, Any] = {"now": now, "limit": limit}
+    params: dict[str, Any] = {"now": journal.now, "limit": limit}
     if namespaces:
         params["namespaces"] = list(namespaces)
     if task_id is not None:
@@ -94,34 +107,77 @@ def claim(
     picked = conn.execute(_CANDIDATES[(bool(namespaces), task_id is not None, skip_locked)], params).all()
     if not picked:
         return []
-    from_state = {r.id: r.state for r in picked}
+    return _take(conn, journal, {r.id: r.state for r in picked}, worker, lease_seconds, {})
+
+
+def claim_readied(
+    conn: Connection,
+    journal: Journal,
+    readied: Sequence[tuple[int, int, str]],
+    known: dict[int, KnownTask],
+    *,
+    worker: str,
+    limit: int,
+    lease_seconds: float,
+) -> list[ClaimedStep]:
+    """Claim steps this transaction just made ready (a chain's next step) without waiting for a poll.
+
+    This transaction holds their rows already, so no other worker can take them first.
+    """
+    chosen = list(readied)[: max(limit, 0)]
+    if not chosen:
+        return []
+    return _take(conn, journal, {sid: StepState.READY.value for sid, _, _ in chosen}, worker, lease_seconds, known)
+
+
+def _take(
+    conn: Connection,
+    journal: Journal,
+    from_state: dict[int, str],
+    worker: str,
+    lease_seconds: float,
+    known: dict[int, KnownTask],
+) -> list[ClaimedStep]:
+    now = journal.now
     claimed = conn.execute(_TAKE, {
         "ids": list(from_state), "worker": worker, "now": now,
         "lease_until": now + timedelta(seconds=lease_seconds),
     }).all()
     if not claimed:
         return []
-    task_ids = sorted({r.task_id for r in claimed})
-    task_rows = {r.id: r for r in conn.execute(_TASKS, {"ids": task_ids})}
-    starting = [i for i in task_ids if task_rows[i].status == TaskState.PENDING]
-    if starting:
-        conn.execute(_START_TASKS, {"ids": starting, "now": now})
-        for i in starting:
-            journal.task(i, TaskState.PENDING, TaskState.IN_PROGRESS)
-            journal.event("task.started", {"task_id": i})
-    results: dict[int, dict[str, dict[str, Any]]] = {i: {} for i in task_ids}
-    for r in conn.execute(_RESULTS, {"ids": task_ids}):
-        results[r.task_id][r.name] = r.results or {}
+
+    def fully_known(task_id: int, name: str) -> bool:
+        k = known.get(task_id)
+        return k is not None and all(p in k.results for p in k.parents_of.get(name, ()))
+
+    unknown = sorted({r.task_id for r in claimed if not fully_known(r.task_id, r.name)})
+    if unknown:
+        task_rows = {r.id: r for r in conn.execute(_TASKS, {"ids": unknown})}
+        starting = [i for i in unknown if task_rows[i].status == TaskState.PENDING]
+        if starting:
+            conn.execute(_START_TASKS, {"ids": starting, "now": now})
+            for i in starting:
+                journal.task(i, TaskState.PENDING, TaskState.IN_PROGRESS)
+                journal.event("task.started", {"task_id": i})
+        results: dict[int, dict[str, dict[str, Any]]] = {i: {} for i in unknown}
+        step_ids: dict[int, dict[str, int]] = {i: {} for i in unknown}
+        for r in conn.execute(_TASK_STEPS, {"ids": unknown}):
+            step_ids[r.task_id][r.name] = r.id
+            if r.state in SATISFIED:
+                results[r.task_id][r.name] = r.results or {}
+        for i in unknown:
+            t = task_rows[i]
+            known = {**known, i: KnownTask(t.context, t.correlation_id, t.template_id, results[i], step_ids[i], {})}
     out = []
     for r in claimed:
-        t = task_rows[r.task_id]
+        k = known[r.task_id]
         journal.step(r.id, r.task_id, from_state[r.id], StepState.IN_PROGRESS, r.attempts)
         journal.event("step.started", {"task_id": r.task_id, "step_id": r.id, "step": r.name, "attempt": r.attempts})
         out.append(ClaimedStep(
-            step_id=r.id, task_id=r.task_id, name=r.name, template_id=t.template_id, attempt=r.attempts,
+            step_id=r.id, task_id=r.task_id, name=r.name, template_id=k.template_id, attempt=r.attempts,
             retry_limit=r.retry_limit, claim_token=r.claim_token, idempotency_key=r.idempotency_key,
-            dependent_system=r.dependent_system, context=t.context, correlation_id=t.correlation_id,
-            results=results[r.task_id], from_state=from_state[r.id],
+            dependent_system=r.dependent_system, context=k.context, correlation_id=k.correlation_id,
+            results=k.results, from_state=from_state[r.id], step_ids=k.step_ids,
         ))
     out.sort(key=lambda c: (c.task_id, c.step_id))
     return out
@@ -195,6 +251,8 @@ def reclaim_expired(conn: Connection, journal: Journal, *, skip_locked: bool, li
             continue
         reclaimed += 1
         journal.step(r.id, r.task_id, StepState.IN_PROGRESS, target, r.attempts, error)
+        if retry:
+            journal.readied.add(r.id)  # due at once: wake the other workers
         journal.event("step.retry_scheduled" if retry else "step.failed",
                       {"task_id": r.task_id, "step_id": r.id, "step": r.name, "attempt": r.attempts, "error": error})
         if not retry:

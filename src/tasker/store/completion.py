@@ -45,10 +45,14 @@ def apply_outcomes(
     outcomes: Sequence[Outcome],
     *,
     lock_tasks: bool,
-) -> tuple[list[Outcome], list[tuple[int, str]]]:
-    """Store outcomes; returns those accepted (the others lost their claim) and the tasks that settled."""
+) -> tuple[list[Outcome], list[tuple[int, str]], list[tuple[int, int, str]]]:
+    """Store outcomes.
+
+    Returns the outcomes accepted (the others lost their claim), the tasks that settled, and the steps
+    that became ready as (step_id, task_id, name).
+    """
     if not outcomes:
-        return [], []
+        return [], [], []
     now = journal.now
     if lock_tasks:
         # Serialise completions per task (in id order, so two workers cannot deadlock) so that the last
@@ -56,6 +60,7 @@ def apply_outcomes(
         conn.execute(_LOCK_TASKS, {"ids": sorted({o.task_id for o in outcomes})}).all()
     accepted: list[Outcome] = []
     completed: list[int] = []
+    children: list[int] | None = []
     check: set[int] = set()
     for o in outcomes:
         state = StepState(o.state)
@@ -80,8 +85,12 @@ def apply_outcomes(
         journal.events.extend(o.events)
         if state == StepState.COMPLETE:
             completed.append(o.step_id)
+            if o.children is None or children is None:
+                children = None  # one parent of unknown children: read the edges for all
+            else:
+                children.extend(o.children)
         if state != StepState.WAITING_RETRY:
             check.add(o.task_id)
-    readied = release_children(conn, completed, journal)
-    settled = settle_tasks(conn, check - readied, journal)
-    return accepted, settled
+    readied = release_children(conn, completed, journal, children)
+    settled = settle_tasks(conn, check - {task_id for _, task_id, _ in readied}, journal)
+    return accepted, settled, readied

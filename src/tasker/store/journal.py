@@ -25,9 +25,15 @@ class Journal:
     step_rows: list[dict[str, Any]] = field(default_factory=list)
     task_rows: list[dict[str, Any]] = field(default_factory=list)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: Steps made ready here and not claimed by this same transaction: other workers should hear of them.
+    readied: set[int] = field(default_factory=set)
 
     def step(self, step_id: int, task_id: int, src: str | None, dst: str, attempt: int,
              error: dict[str, Any] | None = None, duration_ms: float | None = None) -> None:
+        if dst == "ready":
+            self.readied.add(step_id)
+        elif dst == "in_progress":
+            self.readied.discard(step_id)
         self.step_rows.append({
             "step_id": step_id, "task_id": task_id, "from_state": src, "to_state": dst, "attempt": attempt,
             "at": self.now, "worker": self.worker,
@@ -43,7 +49,12 @@ class Journal:
         self.events.append((name, payload))
 
     def flush(self, conn: Connection) -> None:
-        """Write the collected transition rows (call before the transaction commits)."""
+        """Write the collected transition rows and wake other workers (call before the commit)."""
+        if self.readied and conn.dialect.name == "postgresql":
+            from tasker.store.notify import notify_ready
+
+            notify_ready(conn)
+            self.readied = set()
         if self.step_rows:
             conn.execute(_INSERT_STEP, self.step_rows)
             self.step_rows = []

@@ -73,7 +73,9 @@ def retry_step(conn: Connection, journal: Journal, task_id: int, step_name: str,
     _task_status(conn, task_id, lock)
     row = _step(conn, task_id, step_name)
     if row.state != StepState.ERROR:
-        raise OperationError(f"step '{step_name}' of task {task_id} is {row.state}; only a step in error can be retried")
+        raise OperationError(
+            f"step '{step_name}' of task {task_id} is {row.state}; only a step in error can be retried"
+        )
     conn.execute(update(steps).where(steps.c.id == row.id)
                  .values(state=StepState.READY, attempts=0, run_at=journal.now, finished_at=None,
                          updated_at=journal.now))
@@ -107,6 +109,7 @@ def _step(conn: Connection, task_id: int, name: str) -> Any:
         select(steps.c.id, steps.c.state, steps.c.attempts).where(steps.c.task_id == task_id, steps.c.name == name)
     ).first()
     if row is None:
-        names = conn.execute(select(steps.c.name).where(steps.c.task_id == task_id).order_by(steps.c.position)).scalars()
+        q = select(steps.c.name).where(steps.c.task_id == task_id).order_by(steps.c.position)
+        names = conn.execute(q).scalars()
         raise NotFoundError(f"task {task_id} has no step '{name}'; steps: {', '.join(names)}")
     return row

@@ -44,22 +44,27 @@ _SET_STATUS = (
 )
 
 
-def release_children(conn: Connection, parent_ids: list[int], journal: Journal) -> set[int]:
+def release_children(
+    conn: Connection, parent_ids: list[int], journal: Journal, known_children: list[int] | None = None
+) -> list[tuple[int, int, str]]:
     """Decrement the unfinished-parent count of the parents' children; those at zero become ready.
 
-    Returns the ids of the tasks that gained a ready step.
+    `known_children` lists the children of `parent_ids` (one entry per edge) when the caller knows them
+    from the template, which saves reading the edges. Returns (step_id, task_id, name) of each step
+    that became ready.
     """
     if not parent_ids:
-        return set()
-    per_child = Counter(conn.execute(_CHILDREN, {"parents": parent_ids}).scalars())
+        return []
+    if known_children is None:
+        known_children = list(conn.execute(_CHILDREN, {"parents": parent_ids}).scalars())
     by_count: dict[int, list[int]] = {}
-    for child, n in per_child.items():
+    for child, n in Counter(known_children).items():
         by_count.setdefault(n, []).append(child)
-    readied: set[int] = set()
+    readied: list[tuple[int, int, str]] = []
     for n, children in by_count.items():
         for r in conn.execute(_RELEASE, {"children": children, "n": n, "now": journal.now}):
             if r.state == StepState.READY:
-                readied.add(r.task_id)
+                readied.append((r.id, r.task_id, r.name))
                 journal.step(r.id, r.task_id, StepState.PENDING, StepState.READY, 0)
                 journal.event("step.ready", {"task_id": r.task_id, "step_id": r.id, "step": r.name})
     return readied

@@ -13,8 +13,8 @@ from sqlalchemy.exc import IntegrityError
 
 from tasker.engine.model import Step, Task
 from tasker.states import StepState, TaskState
-from tasker.store.schema import step_edges, step_transitions, steps, task_transitions, tasks, templates
 from tasker.store.journal import Journal
+from tasker.store.schema import step_edges, step_transitions, steps, task_transitions, tasks, templates
 from tasker.templates.graph import execution_order
 from tasker.templates.model import TaskTemplate
 

@@ -53,7 +53,7 @@ def find_cycle(parents: Mapping[str, Sequence[str]]) -> list[str] | None:
             if p not in colour:
                 continue
             if colour[p] == grey:
-                path = stack[stack.index(p):] + [p]
+                path = [*stack[stack.index(p):], p]
                 path.reverse()  # parent -> child reads in execution direction
                 return path
             if colour[p] == white:

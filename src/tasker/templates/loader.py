@@ -89,7 +89,9 @@ def parse_template(
 ) -> TaskTemplate:
     """Validate a template given as plain data (what a YAML file holds)."""
     if not isinstance(data, dict):
-        raise TemplateError(f"{source}: a template must be a mapping with name and step_templates; fix: see docs/templates.md")
+        raise TemplateError(
+            f"{source}: a template must be a mapping with name and step_templates; fix: see docs/templates.md"
+        )
     warnings = _unknown_keys(data, source)
     data = _apply_environment(data, environment or current_environment(), source)
     data.pop("environments", None)
@@ -135,7 +137,9 @@ def resolve_step_handler(path: str, *, where: str) -> type:
 
     cls = _resolve(path, where)
     if not isinstance(cls, type) or not issubclass(cls, StepHandler):
-        raise TemplateError(f"{where}: handler_class '{path}' is not a StepHandler subclass; fix: subclass tasker.StepHandler")
+        raise TemplateError(
+            f"{where}: handler_class '{path}' is not a StepHandler subclass; fix: subclass tasker.StepHandler"
+        )
     return cls
 
 

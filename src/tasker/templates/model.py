@@ -181,6 +181,16 @@ class TaskTemplate(_Strict):
     def _dep_sys(cls, v: Any) -> Any:
         return DEFAULT_DEPENDENT_SYSTEM if v is None else v
 
+    def __eq__(self, other: object) -> bool:
+        """Templates are values: equal definitions are equal wherever they were loaded from.
+
+        Pydantic's own equality also compares the private `_source` and `_warnings`, so a template restored
+        from its snapshot never equalled the one it was taken from.
+        """
+        if not isinstance(other, TaskTemplate):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
     @property
     def key(self) -> str:
         """The registry key, `namespace/name@version`."""
