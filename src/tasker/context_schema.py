@@ -11,7 +11,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from tasker.errors import ContextValidationError
+from tasker.errors import ContextValidationError, TaskerInputError
 
 _validators: dict[int, Draft202012Validator] = {}
 
@@ -55,7 +55,15 @@ def validate_context(template_key: str, schema: dict[str, Any] | None, context: 
     filled = apply_defaults(schema, copy.deepcopy(context)) if schema else copy.deepcopy(context)
     if not schema:
         return filled
-    errors = sorted(_validator(schema).iter_errors(filled), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    try:
+        errors = sorted(
+            _validator(schema).iter_errors(filled), key=lambda e: (list(map(str, e.absolute_path)), e.message)
+        )
+    except Exception as exc:  # e.g. a $ref the schema cannot resolve: the template is at fault, not the context
+        raise TaskerInputError(
+            f"the schema of {template_key} cannot be applied ({type(exc).__name__}: {exc}); fix: correct the "
+            "template's schema"
+        ) from None
     if errors:
         raise ContextValidationError(template_key, [(e.json_path, e.message) for e in errors])
     return filled

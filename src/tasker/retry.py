@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_RETRY_LIMIT = 3
+#: No retry waits longer than a week: longer is an outage for an operator, not a backoff.
+MAX_DELAY_SECONDS = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class RetryPolicy:
             raise ValueError("retry_limit must be at least 1 (it counts attempts, including the first)")
         if self.backoff_base_seconds < 0 or self.backoff_max_seconds < 0:
             raise ValueError("backoff seconds must be >= 0")
+        if max(self.backoff_max_seconds, self.max_server_delay_seconds) > MAX_DELAY_SECONDS:
+            raise ValueError(f"delays are capped at {MAX_DELAY_SECONDS:g} seconds (7 days)")
         if self.backoff_max_seconds < self.backoff_base_seconds:
             raise ValueError("backoff_max_seconds must be >= backoff_base_seconds")
         if not 0 <= self.jitter <= 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,25 @@ from typing import Any
 import pytest
 
 from tasker import Tasker
+from tasker.store.database import Database
 from tests.integration.support import template_yaml
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, copied for each test (overrides the shared fixture).
+
+    The shared one runs `PRAGMA wal_checkpoint` inside the write transaction of `Database.write()`, where
+    SQLite refuses it ("database table is locked"); here the checkpoint runs once every engine is closed.
+    """
+    path = tmp_path_factory.mktemp("sqlite-template-integration") / "template.db"
+    Database(f"sqlite:///{path}").dispose()
+    raw = sqlite3.connect(path)
+    try:
+        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        raw.close()
+    return path
 
 
 @pytest.fixture

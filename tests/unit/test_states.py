@@ -116,8 +116,8 @@ def test_terminal_task_states_have_no_way_out(src: TaskState) -> None:
 
 
 def test_terminal_sets_are_exactly_the_dead_ends() -> None:
-    assert TERMINAL_STEP_STATES == {s for s, out in STEP_TRANSITIONS.items() if not out}
-    assert TERMINAL_TASK_STATES == {t for t, out in TASK_TRANSITIONS.items() if not out}
+    assert {s for s, out in STEP_TRANSITIONS.items() if not out} == TERMINAL_STEP_STATES
+    assert {t for t, out in TASK_TRANSITIONS.items() if not out} == TERMINAL_TASK_STATES
     # `error` is not terminal: an operator can retry or resolve it.
     assert S.ERROR not in TERMINAL_STEP_STATES and T.ERROR not in TERMINAL_TASK_STATES
 

@@ -18,7 +18,7 @@ from typing import Any
 from tasker.engine.model import ClaimedStep, Outcome
 from tasker.errors import PermanentError, RetryableError, StepFailure, StepTimeoutError
 from tasker.handlers.base import StepContext
-from tasker.retry import RetryPolicy
+from tasker.retry import MAX_DELAY_SECONDS, RetryPolicy
 from tasker.states import StepState
 from tasker.templates.model import StepTemplate, TaskTemplate
 
@@ -116,7 +116,7 @@ async def execute(
         if policy.retryable:
             error["message"] = f"{error['message']} (gave up after {claimed.attempt} attempts)"
         return _failed(claimed, started, error, StepState.ERROR, ctx)
-    delay = policy.delay(claimed.attempt, retry_after) * backoff_scale
+    delay = min(policy.delay(claimed.attempt, retry_after) * backoff_scale, MAX_DELAY_SECONDS)
     outcome = _failed(claimed, started, error, StepState.WAITING_RETRY, ctx)
     outcome.retry_delay = delay
     return outcome

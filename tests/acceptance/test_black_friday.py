@@ -1,0 +1,116 @@
+"""The Black Friday demo tells the story's numbers truthfully, on both stores and from the command line.
+
+The figures come from the simulated services' own tables, and faults are a seeded hash of (service, order,
+call), so a fixed seed replays the same run: the assertions below are about invariants, never timings.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from examples.ecommerce.demo import generate_orders, run_black_friday
+
+from tasker.cli.demo import demo
+from tasker.store.database import Database
+
+SEED = 20231124
+KEYS = {"orders", "completed", "failed", "failed_declined", "charged_without_order", "double_charges", "retries",
+        "wall_seconds"}
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file for `store_url` to copy (overrides the shared fixture of tests/conftest.py).
+
+    The shared one runs `PRAGMA wal_checkpoint` inside a write transaction, which SQLite refuses with
+    "database table is locked"; here the checkpoint runs on a plain connection once the engine is closed.
+    """
+    path = tmp_path_factory.mktemp("sqlite-template-black-friday") / "template.db"
+    Database(f"sqlite:///{path}").dispose()
+    with closing(sqlite3.connect(path)) as raw:
+        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return path
+
+
+def assert_consistent(side: dict[str, Any], orders: int) -> None:
+    assert side.keys() >= KEYS
+    assert side["orders"] == orders
+    assert side["completed"] + side["failed"] == orders
+    assert sum(side["failed_by_reason"].values()) == side["failed"]
+
+
+def test_engine_loses_no_money_where_the_naive_checkout_does(store_url: str) -> None:
+    result = run_black_friday(100, seed=SEED, database_url=store_url, max_latency_ms=0.5)
+    naive, engine = result["naive"], result["engine"]
+
+    assert_consistent(naive, 100)
+    assert naive["retries"] == 0
+    assert naive["failed"] > naive["failed_declined"]
+    assert naive["charged_without_order"] > 0
+
+    assert_consistent(engine, 100)
+    assert engine["failed"] == engine["failed_declined"] == naive["failed_declined"]
+    assert engine["charged_without_order"] == 0
+    assert engine["double_charges"] == 0
+    assert engine["orders_without_confirmation"] == 0
+    assert engine["retries"] > 0
+    needed_operator = engine["failed_before_retry"] - engine["failed_declined"]
+    assert needed_operator < 0.01 * 100
+    assert engine["recovered_by_retry"] == needed_operator
+
+
+def test_operator_retry_recovers_everything_but_declines_under_heavy_faults(store_url: str) -> None:
+    # One call in four fails: the engine exhausts some steps' attempts, and the operator's retry,
+    # once the faults are gone, must bring every one of those orders home without a double charge.
+    result = run_black_friday(60, transient_failure_rate=0.25, decline_rate=0.05, seed=SEED,
+                              database_url=store_url, max_latency_ms=0.0)
+    engine = result["engine"]
+
+    assert_consistent(engine, 60)
+    assert engine["failed_before_retry"] > engine["failed_declined"] > 0
+    assert engine["recovered_by_retry"] == engine["failed_before_retry"] - engine["failed_declined"]
+    assert engine["failed"] == engine["failed_declined"]
+    assert (engine["charged_without_order"], engine["double_charges"]) == (0, 0)
+
+
+def test_orders_are_reproducible_and_pay_their_total() -> None:
+    first, again = generate_orders(50, 7), generate_orders(50, 7)
+
+    assert first == again
+    assert generate_orders(50, 8) != first
+    assert len({o["checkout_id"] for o in first}) == 50
+    assert all(o["payment_info"]["amount"] > 0 for o in first)
+
+
+def test_cli_prints_one_json_object() -> None:
+    result = CliRunner().invoke(demo, ["black-friday", "--orders", "20", "--seed", "5", "--json"])
+
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data) == {"naive", "engine"}
+    assert_consistent(data["naive"], 20)
+    assert_consistent(data["engine"], 20)
+    assert {"failed_before_retry", "recovered_by_retry"} <= data["engine"].keys()
+    assert data["engine"]["charged_without_order"] == 0
+
+
+def test_cli_renders_tables() -> None:
+    result = CliRunner().invoke(demo, ["black-friday", "--orders", "10", "--seed", "5"])
+
+    assert result.exit_code == 0, result.output
+    assert "Naive checkout" in result.stdout
+    assert "Tasker workflow" in result.stdout
+    assert "charged without an order" in result.stdout
+
+
+def test_cli_rejects_a_rate_outside_zero_to_one() -> None:
+    result = CliRunner().invoke(demo, ["black-friday", "--transient-failure-rate", "1.5"])
+
+    assert result.exit_code == 2
+    assert "transient-failure-rate" in result.output

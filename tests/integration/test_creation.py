@@ -1,0 +1,223 @@
+"""Creating tasks: idempotency, context validation and defaults, template pinning, task handler hooks."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tasker import ContextValidationError, Tasker, TaskerInputError, UnknownTemplateError
+from tests.integration import handlers as h
+from tests.integration.support import step
+
+SCHEMA = {
+    "type": "object",
+    "required": ["order_id", "customer"],
+    "properties": {
+        "key": {"type": "string"},
+        "order_id": {"type": "integer"},
+        "priority": {"type": "string", "enum": ["low", "normal", "high"], "default": "normal"},
+        "customer": {
+            "type": "object",
+            "required": ["email"],
+            "properties": {"email": {"type": "string"}, "tier": {"type": "string", "default": "standard"}},
+        },
+    },
+}
+
+
+# -- idempotency --------------------------------------------------------------------------------------
+def test_same_explicit_key_returns_the_same_task(tasker: Tasker, load, key: str) -> None:
+    ref = load("one", [step("a")])
+    first = tasker.create_task(ref, {"key": key, "n": 1}, idempotency_key=f"order-{key}")
+    second = tasker.create_task(ref, {"key": key, "n": 2}, idempotency_key=f"order-{key}")
+    assert first.deduplicated is False
+    assert second.deduplicated is True
+    assert second.id == first.id
+    assert second.context == first.context == {"key": key, "n": 1}
+    assert second.idempotency_key == f"order-{key}"
+    other = tasker.create_task(ref, {"key": key, "n": 1}, idempotency_key=f"other-{key}")
+    assert other.id != first.id and other.deduplicated is False
+    assert tasker.list_tasks()[1] == 2
+
+
+def test_same_context_without_key_returns_the_same_task(tasker: Tasker, load, key: str) -> None:
+    ref = load("one", [step("a")])
+    first = tasker.create_task(ref, {"key": key, "a": 1, "b": [1, 2]})
+    # Key order does not matter: the derived key hashes the canonical form of the context.
+    second = tasker.create_task(ref, {"b": [1, 2], "a": 1, "key": key})
+    assert second.id == first.id and second.deduplicated
+    assert first.idempotency_key.startswith("ctx-")
+    different = tasker.create_task(ref, {"key": key, "a": 2, "b": [1, 2]})
+    assert different.id != first.id and not different.deduplicated
+    tasker.work(until_idle=True)
+    # A finished task still deduplicates: resubmitting the request does not run it again.
+    again = tasker.create_task(ref, {"key": key, "a": 1, "b": [1, 2]})
+    assert again.id == first.id and again.status == "complete"
+    assert len(h.calls(key, "a")) == 2
+
+
+def test_duplicate_does_not_run_twice(tasker: Tasker, load, key: str) -> None:
+    ref = load("one", [step("a")])
+    for _ in range(3):
+        tasker.create_task(ref, {"key": key}, idempotency_key=f"k-{key}")
+    assert tasker.work(until_idle=True) == 1
+    assert len(h.calls(key, "a")) == 1
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 256])
+def test_invalid_idempotency_key_is_refused(tasker: Tasker, load, key: str, bad: str) -> None:
+    ref = load("one", [step("a")])
+    with pytest.raises(TaskerInputError, match="idempotency_key"):
+        tasker.create_task(ref, {"key": key}, idempotency_key=bad)
+    assert tasker.list_tasks()[1] == 0
+
+
+def test_concurrent_creation_of_the_same_key_makes_one_task(make_tasker, write_template, key: str) -> None:
+    from tests.integration.support import template_yaml
+
+    path = write_template(template_yaml("one", [step("a")]))
+    engines = [make_tasker() for _ in range(3)]
+    for e in engines:
+        e.load_templates(path)
+    n = 8
+    barrier = threading.Barrier(n)
+    results: list = []
+    errors: list = []
+    lock = threading.Lock()
+
+    def create(i: int) -> None:
+        engine = engines[i % len(engines)]
+        barrier.wait(5)
+        try:
+            task = engine.create_task("itest/one", {"key": key}, idempotency_key=f"same-{key}")
+        except Exception as exc:  # pragma: no cover - reported below
+            with lock:
+                errors.append(exc)
+        else:
+            with lock:
+                results.append(task)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert len(results) == n
+    assert len({t.id for t in results}) == 1
+    assert sum(1 for t in results if not t.deduplicated) == 1
+    tasks, total = engines[0].list_tasks()
+    assert total == 1
+    assert len(engines[0].task_transitions(tasks[0].id)) == 1
+    assert engines[0].work(until_idle=True) == 1
+
+
+# -- validation ---------------------------------------------------------------------------------------
+def test_context_violations_are_reported_together_with_paths(tasker: Tasker, load, key: str) -> None:
+    ref = load("validated", [step("a")], schema=SCHEMA)
+    with pytest.raises(ContextValidationError) as info:
+        tasker.create_task(ref, {"key": key, "order_id": "not-a-number", "customer": {"email": 7}})
+    err = info.value
+    paths = dict(err.violations)
+    assert len(err.violations) == 2
+    assert "$.order_id" in paths and "integer" in paths["$.order_id"]
+    assert "$.customer.email" in paths and "string" in paths["$.customer.email"]
+
+    with pytest.raises(ContextValidationError) as info:
+        tasker.create_task(ref, {"key": key, "order_id": "x", "priority": "urgent"})
+    violations = info.value.violations
+    assert len(violations) == 3
+    messages = " | ".join(f"{p}: {m}" for p, m in violations)
+    assert "'customer' is a required property" in messages
+    assert "$.order_id" in messages and "$.priority" in messages
+    assert "itest/validated@1.0.0" in str(info.value)
+    assert tasker.list_tasks()[1] == 0
+
+
+def test_defaults_are_applied_and_stored(tasker: Tasker, load, key: str) -> None:
+    ref = load("validated", [step("a")], schema=SCHEMA)
+    task = tasker.create_task(ref, {"key": key, "order_id": 7, "customer": {"email": "a@example.com"}})
+    expected = {"key": key, "order_id": 7, "priority": "normal",
+                "customer": {"email": "a@example.com", "tier": "standard"}}
+    assert task.context == expected
+    assert tasker.get_task(task.id).context == expected
+    tasker.run(task.id)
+    assert h.calls(key, "a")[0]["context"] == expected
+    # The same request with the defaults spelled out is the same task.
+    assert tasker.create_task(ref, expected).id == task.id
+
+
+def test_unknown_template_lists_the_known_ones(tasker: Tasker, load) -> None:
+    load("one", [step("a")])
+    load("two", [step("a")], version="2.1.0")
+    with pytest.raises(UnknownTemplateError) as info:
+        tasker.create_task("itest/missing", {})
+    assert "itest/one@1.0.0" in str(info.value) and "itest/two@2.1.0" in str(info.value)
+    assert set(info.value.known) >= {"itest/one@1.0.0", "itest/two@2.1.0"}
+    with pytest.raises(UnknownTemplateError) as info:
+        tasker.create_task("itest/two", {}, version="9.9.9")
+    assert "itest/two@2.1.0" in str(info.value)
+
+
+# -- template versions --------------------------------------------------------------------------------
+def test_task_keeps_its_template_version(tasker: Tasker, load, key: str) -> None:
+    ref = load("evolving", [step("a", handler_config={"value": "v1"}), step("b", after="a")], version="1.0.0")
+    old = tasker.create_task(ref, {"key": key, "which": "old"})
+    load("evolving", [step("a", handler_config={"value": "v2"}), step("x", after="a"), step("y", after="x")],
+         version="2.0.0")
+    new = tasker.create_task(ref, {"key": key, "which": "new"})
+    pinned = tasker.create_task(ref, {"key": key, "which": "pinned"}, version="1.0.0")
+
+    assert old.version == "1.0.0" and pinned.version == "1.0.0"
+    assert new.version == "2.0.0"
+    assert [s.name for s in new.steps] == ["a", "x", "y"]
+    tasker.work(until_idle=True)
+
+    old_done, new_done, pinned_done = tasker.get_tasks([old.id, new.id, pinned.id])
+    assert [s.name for s in old_done.steps] == ["a", "b"]
+    assert old_done.status == new_done.status == pinned_done.status == "complete"
+    assert old_done.step("a").results["value"] == "v1"
+    assert pinned_done.step("a").results["value"] == "v1"
+    assert new_done.step("a").results["value"] == "v2"
+    assert tasker.task_template(old.id).version == "1.0.0"
+    assert [s.name for s in tasker.task_template(old.id).step_templates] == ["a", "b"]
+
+
+def test_running_task_is_not_changed_by_a_reload_of_its_version(tasker: Tasker, load, key: str) -> None:
+    """Reloading the same version with other steps (a careless deploy) does not alter existing tasks."""
+    ref = load("reloaded", [step("a", handler_config={"value": "before"}), step("b", after="a")])
+    task = tasker.create_task(ref, {"key": key})
+    load("reloaded", [step("a", handler_config={"value": "after"})])
+    done = tasker.run(task.id)
+    assert [s.name for s in done.steps] == ["a", "b"]
+    assert done.step("a").results["value"] == "before"
+    assert done.status == "complete"
+
+
+# -- task handler hooks -------------------------------------------------------------------------------
+def test_task_handler_prepares_context_and_annotates_on_complete(tasker: Tasker, load, key: str) -> None:
+    ref = load("order", [step("a"), step("b", after="a")], task_handler_class=f"{h.__name__}:OrderTaskHandler",
+               schema=SCHEMA)
+    task = tasker.create_task(ref, {"key": key, "order_id": 1, "customer": {"email": "x@y"}, "priority": "high"})
+    assert task.context["express"] is True and task.context["prepared"] is True
+    assert task.context["priority"] == "high" and task.context["customer"]["tier"] == "standard"
+    assert tasker.get_task(task.id).context == task.context
+
+    done = tasker.run(task.id)
+    assert done.status == "complete"
+    assert h.calls(key, "a")[0]["context"]["express"] is True
+    assert done.annotations == {"steps_completed": 2, "outcome": "ok"}
+    hooks = h.calls(key, kind="on_complete")
+    assert len(hooks) == 1 and hooks[0]["status"] == "complete"
+    assert h.calls(key, kind="on_error") == []
+
+
+def test_task_handler_annotates_on_error(tasker: Tasker, load, key: str) -> None:
+    ref = load("order_fail", [step("a"), step("b", after="a", handler_config={"always_fail": "permanent"})],
+               task_handler_class=f"{h.__name__}:OrderTaskHandler")
+    done = tasker.run(tasker.create_task(ref, {"key": key, "priority": "low"}).id)
+    assert done.status == "error"
+    assert done.context["express"] is False
+    assert done.annotations == {"failed_steps": ["b"], "outcome": "failed"}
+    assert len(h.calls(key, kind="on_error")) == 1

@@ -1,0 +1,275 @@
+"""Operator actions on live and failed tasks: cancel, retry a task or a step, resolve a step by hand."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tasker import NotFoundError, OperationError, Tasker, TaskerInputError
+from tests.integration import handlers as h
+from tests.integration.support import step, step_history, to_states
+
+
+def _in_thread(fn, *args, **kwargs) -> tuple[threading.Thread, dict]:
+    out: dict = {}
+
+    def target() -> None:
+        try:
+            out["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # pragma: no cover - surfaced by the test
+            out["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t, out
+
+
+def _wait_started(key: str, name: str) -> None:
+    assert h.started(f"{key}:{name}").wait(10), f"step {name} never started"
+
+
+# -- cancel -------------------------------------------------------------------------------------------
+def test_cancel_while_running_discards_the_late_result(tasker: Tasker, load, key: str) -> None:
+    ref = load("gated", [step("a", "Gated"), step("b", after="a"), step("c", after="b")])
+    task_id = tasker.create_task(ref, {"key": key}).id
+    seen: list[str] = []
+    tasker.subscribe(lambda e: seen.append(e.name), "step.*", "task.*")
+    worker, out = _in_thread(tasker.run, task_id)
+    _wait_started(key, "a")
+
+    cancelled = tasker.cancel_task(task_id, reason="customer asked")
+    assert cancelled.status == "cancelled"
+    assert [s.status for s in cancelled.steps] == ["cancelled"] * 3
+
+    h.gate(f"{key}:a").set()  # the handler returns its result after the cancel
+    worker.join(15)
+    assert not worker.is_alive()
+    assert "error" not in out
+    assert out["value"].status == "cancelled"
+    assert h.calls(key, "a", kind="finished"), "the handler should have returned"
+
+    task = tasker.get_task(task_id)
+    assert task.status == "cancelled"
+    assert task.finished_at is not None
+    a = task.step("a")
+    assert a.status == "cancelled"
+    assert a.results is None
+    assert a.attempts == 1
+    assert [s.status for s in task.steps] == ["cancelled"] * 3
+    assert h.calls(key, "b") == [] and h.calls(key, "c") == []
+    assert to_states(step_history(tasker, task_id, "a")) == ["ready", "in_progress", "cancelled"]
+    assert to_states(step_history(tasker, task_id, "b")) == ["pending", "cancelled"]
+    rows = tasker.task_transitions(task_id)
+    assert [r["to_state"] for r in rows] == ["pending", "in_progress", "cancelled"]
+    assert rows[-1]["reason"] == "customer asked"
+    assert "step.completed" not in seen
+    assert seen.count("task.cancelled") == 1
+
+
+def test_worker_stops_waiting_for_a_step_of_a_cancelled_task(make_tasker, write_template, key: str) -> None:
+    """With short leases the heartbeat notices the cancel and drops the attempt without waiting for it."""
+    from tests.integration.support import template_yaml
+
+    tasker = make_tasker(lease_seconds=0.6)
+    ref_path = write_template(template_yaml("gated", [step("a", "Gated"), step("b", after="a")]))
+    tasker.load_templates(ref_path)
+    task_id = tasker.create_task("itest/gated", {"key": key}).id
+    worker, out = _in_thread(tasker.run, task_id)
+    _wait_started(key, "a")
+    tasker.cancel_task(task_id)
+    worker.join(8)
+    try:
+        assert not worker.is_alive(), "the worker kept waiting for a cancelled step"
+        assert out["value"].status == "cancelled"
+        assert h.calls(key, "a", kind="finished") == []
+    finally:
+        h.gate(f"{key}:a").set()
+    deadline = time.monotonic() + 5
+    while not h.calls(key, "a", kind="finished") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    task = tasker.get_task(task_id)
+    assert task.status == "cancelled"
+    assert task.step("a").results is None
+    assert h.calls(key, "b") == []
+
+
+def test_cancel_a_pending_task_runs_nothing(tasker: Tasker, load, key: str) -> None:
+    ref = load("chain", [step("a"), step("b", after="a")])
+    task_id = tasker.create_task(ref, {"key": key}).id
+    task = tasker.cancel_task(task_id)
+    assert task.status == "cancelled"
+    assert tasker.work(until_idle=True) == 0
+    assert h.calls(key) == []
+    assert [r["to_state"] for r in tasker.task_transitions(task_id)] == ["pending", "cancelled"]
+
+
+def test_cancel_a_failed_task(tasker: Tasker, load, key: str) -> None:
+    h.set_fault(key, "b")
+    ref = load("toggle", [step("a", "Toggle"), step("b", "Toggle", after="a"), step("c", "Toggle", after="b")])
+    task = tasker.run(tasker.create_task(ref, {"key": key}).id)
+    assert task.status == "error"
+    task = tasker.cancel_task(task.id)
+    assert task.status == "cancelled"
+    assert [s.status for s in task.steps] == ["complete", "cancelled", "cancelled"]
+    with pytest.raises(OperationError):
+        tasker.retry_task(task.id)
+
+
+def test_cancel_a_finished_task_is_refused(tasker: Tasker, load, key: str) -> None:
+    ref = load("one", [step("a")])
+    task = tasker.run(tasker.create_task(ref, {"key": key}).id)
+    with pytest.raises(OperationError, match="complete"):
+        tasker.cancel_task(task.id)
+    assert tasker.get_task(task.id).status == "complete"
+    with pytest.raises(NotFoundError):
+        tasker.cancel_task(999_999)
+
+
+# -- retry --------------------------------------------------------------------------------------------
+def test_retry_task_rearms_failed_steps_with_fresh_attempts(tasker: Tasker, load, key: str) -> None:
+    h.set_fault(key, "b")
+    ref = load("toggle", [
+        step("a", "Toggle"), step("b", "Toggle", after="a", default_retry_limit=2), step("c", "Toggle", after="b"),
+    ])
+    task = tasker.run(tasker.create_task(ref, {"key": key}).id)
+    assert task.status == "error"
+    assert task.step("b").attempts == 1
+
+    # Still faulty: a retry fails again, and the task is in error again.
+    again = tasker.retry_task(task.id)
+    assert again.status == "pending"
+    assert again.step("b").status == "ready" and again.step("b").attempts == 0
+    assert tasker.run(task.id).status == "error"
+
+    h.set_fault(key, "b", on=False)
+    tasker.retry_task(task.id)
+    done = tasker.run(task.id)
+
+    assert done.status == "complete"
+    assert [s.status for s in done.steps] == ["complete"] * 3
+    assert done.step("a").attempts == 1  # complete steps are never re-run
+    assert done.step("b").attempts == 1  # fresh attempts after the retry
+    assert done.step("b").results == {"step": "b", "ok": True}
+    assert len(h.calls(key, "a")) == 1
+    assert len(h.calls(key, "b")) == 3
+    assert h.calls(key, "c")[0]["results"]["b"] == {"step": "b", "ok": True}
+    rows = step_history(tasker, task.id, "b")
+    assert to_states(rows) == ["pending", "ready", "in_progress", "error", "ready", "in_progress", "error",
+                               "ready", "in_progress", "complete"]
+    assert [r["to_state"] for r in tasker.task_transitions(task.id)] == [
+        "pending", "in_progress", "error", "pending", "in_progress", "error", "pending", "in_progress", "complete",
+    ]
+
+
+def test_retry_task_rearms_every_failed_branch(tasker: Tasker, load, key: str) -> None:
+    h.set_fault(key, "left")
+    h.set_fault(key, "right")
+    ref = load("two_faults", [
+        step("start", "Toggle"), step("left", "Toggle", after="start"), step("right", "Toggle", after="start"),
+        step("join", "Toggle", after=["left", "right"]),
+    ])
+    task = tasker.run(tasker.create_task(ref, {"key": key}).id)
+    assert [task.step(n).status for n in ("left", "right", "join")] == ["error", "error", "pending"]
+    h.set_fault(key, "left", on=False)
+    h.set_fault(key, "right", on=False)
+    tasker.retry_task(task.id)
+    done = tasker.run(task.id)
+    assert done.status == "complete"
+    assert done.step("join").results == {"step": "join", "ok": True}
+
+
+def test_retry_of_a_task_not_in_error_is_refused(tasker: Tasker, load, key: str) -> None:
+    ref = load("one", [step("a")])
+    task = tasker.create_task(ref, {"key": key})
+    with pytest.raises(OperationError, match="pending"):
+        tasker.retry_task(task.id)
+    tasker.run(task.id)
+    with pytest.raises(OperationError, match="complete"):
+        tasker.retry_task(task.id)
+    with pytest.raises(NotFoundError):
+        tasker.retry_task(999_999)
+
+
+def test_retry_step(tasker: Tasker, load, key: str) -> None:
+    h.set_fault(key, "b")
+    ref = load("toggle", [step("a", "Toggle"), step("b", "Toggle", after="a"), step("c", "Toggle", after="b")])
+    task = tasker.run(tasker.create_task(ref, {"key": key}).id)
+    assert task.status == "error"
+
+    with pytest.raises(OperationError, match="complete"):
+        tasker.retry_step(task.id, "a")
+    with pytest.raises(OperationError, match="pending"):
+        tasker.retry_step(task.id, "c")
+    with pytest.raises(NotFoundError, match="a, b, c"):
+        tasker.retry_step(task.id, "nope")
+
+    h.set_fault(key, "b", on=False)
+    rearmed = tasker.retry_step(task.id, "b")
+    assert rearmed.status == "pending"
+    assert rearmed.step("b").status == "ready" and rearmed.step("b").attempts == 0
+    done = tasker.run(task.id)
+    assert done.status == "complete"
+    assert done.step("b").attempts == 1
+    assert len(h.calls(key, "a")) == 1
+
+
+# -- resolve ------------------------------------------------------------------------------------------
+def test_resolve_a_failed_step_lets_dependents_proceed(tasker: Tasker, load, key: str) -> None:
+    h.set_fault(key, "b")
+    ref = load("toggle", [step("a", "Toggle"), step("b", "Toggle", after="a"), step("c", "Toggle", after="b"),
+                          step("d", "Toggle", after="c")])
+    task = tasker.run(tasker.create_task(ref, {"key": key}).id)
+    assert task.status == "error"
+
+    supplied = {"charge_id": "manual-42", "amount": 10.5, "items": [1, 2]}
+    resolved = tasker.resolve_step(task.id, "b", supplied)
+    assert resolved.step("b").status == "resolved_manually"
+    assert resolved.step("b").results == supplied
+    assert resolved.step("c").status == "ready"
+    assert resolved.status == "pending"
+
+    done = tasker.run(task.id)
+    assert done.status == "resolved_manually"
+    assert done.step("b").status == "resolved_manually"
+    assert done.step("b").attempts == 1
+    assert [done.step(n).status for n in ("a", "c", "d")] == ["complete"] * 3
+    assert h.calls(key, "c")[0]["results"]["b"] == supplied
+    assert h.calls(key, "d")[0]["results"]["b"] == supplied
+    assert len(h.calls(key, "b")) == 1
+    assert to_states(step_history(tasker, task.id, "b"))[-2:] == ["error", "resolved_manually"]
+    assert [r["to_state"] for r in tasker.task_transitions(task.id)][-3:] == [
+        "pending", "in_progress", "resolved_manually"]
+    with pytest.raises(OperationError):
+        tasker.resolve_step(task.id, "d", {})
+
+
+def test_resolve_the_last_failed_step_settles_the_task(tasker: Tasker, load, key: str) -> None:
+    h.set_fault(key, "b")
+    ref = load("toggle", [step("a", "Toggle"), step("b", "Toggle", after="a")])
+    task = tasker.run(tasker.create_task(ref, {"key": key}).id)
+    done = tasker.resolve_step(task.id, "b", {"ok": "by hand"})
+    assert done.status == "resolved_manually"
+    assert done.finished_at is not None
+    assert [r["to_state"] for r in tasker.task_transitions(task.id)] == [
+        "pending", "in_progress", "error", "resolved_manually"]
+
+
+def test_resolve_step_refuses_bad_requests(tasker: Tasker, load, key: str) -> None:
+    h.set_fault(key, "b")
+    ref = load("toggle", [step("a", "Toggle"), step("b", "Toggle", after="a"), step("c", "Toggle", after="b")])
+    task = tasker.run(tasker.create_task(ref, {"key": key}).id)
+    with pytest.raises(NotFoundError) as info:
+        tasker.resolve_step(task.id, "charge", {"x": 1})
+    assert "'charge'" in str(info.value)
+    assert "a, b, c" in str(info.value)
+    with pytest.raises(OperationError, match="complete"):
+        tasker.resolve_step(task.id, "a", {"x": 1})
+    with pytest.raises(TaskerInputError):
+        tasker.resolve_step(task.id, "b", ["not", "an", "object"])  # type: ignore[arg-type]
+    with pytest.raises(NotFoundError):
+        tasker.resolve_step(999_999, "b", {})
+    after = tasker.get_task(task.id)
+    assert after.status == "error"
+    assert after.step("b").status == "error"
