@@ -77,11 +77,12 @@ def cli(ctx: click.Context, database_url: str | None, config_file: str | None, v
 def _register() -> None:
     from tasker.cli.db import db
     from tasker.cli.run import run
+    from tasker.cli.systems import limits, systems
     from tasker.cli.tasks import tasks
     from tasker.cli.templates import templates
     from tasker.cli.worker import worker
 
-    for command in (templates, tasks, run, db, worker):
+    for command in (templates, tasks, run, db, worker, systems, limits):
         cli.add_command(command)
     try:
         from tasker.cli.demo import demo

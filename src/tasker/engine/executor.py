@@ -112,7 +112,6 @@ async def execute(
             duration_ms=(time.perf_counter() - started) * 1000, events=_events(ctx),
         )
     if not policy.may_retry(claimed.attempt):
-        error["retryable"] = policy.retryable
         if policy.retryable:
             error["message"] = f"{error['message']} (gave up after {claimed.attempt} attempts)"
         return _failed(claimed, started, error, StepState.ERROR, ctx)

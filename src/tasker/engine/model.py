@@ -88,6 +88,8 @@ class ClaimedStep:
     from_state: str
     #: Ids of every step of the task by name, so completing this step can ready its children by id.
     step_ids: dict[str, int] = field(default_factory=dict)
+    #: This attempt is the one probe let through a half-open circuit.
+    probe: bool = False
 
 
 @dataclass
@@ -106,3 +108,12 @@ class Outcome:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     #: Step ids of this step's children, when the worker knows them (saves reading the edges).
     children: list[int] | None = None
+    dependent_system: str = ""
+    probe: bool = False
+    #: A failed circuit probe: the attempt is given back, the step waits for the circuit instead.
+    refund_attempt: bool = False
+
+    @property
+    def transient_failure(self) -> bool:
+        """A failure that says the dependent system is unwell (retryable), as opposed to a definite answer."""
+        return self.state != "complete" and bool((self.error or {}).get("retryable"))

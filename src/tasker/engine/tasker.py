@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from tasker.context_schema import validate_context
 from tasker.engine.model import Task
@@ -26,7 +27,7 @@ from tasker.errors import NotFoundError, TaskerInputError
 from tasker.events.bus import Event, EventBus
 from tasker.registry import TemplateRegistry
 from tasker.states import FINISHED_TASK_STATES
-from tasker.store import operations
+from tasker.store import operations, systems
 from tasker.store import tasks as task_store
 from tasker.store.database import Database
 from tasker.store.journal import Journal
@@ -35,6 +36,10 @@ from tasker.templates.loader import load_path, resolve_task_handler
 from tasker.templates.model import TaskTemplate
 
 log = logging.getLogger("tasker")
+
+#: PostgreSQL deadlock_detected and serialization_failure: the transaction may simply be run again.
+_RETRY_SQLSTATES = frozenset({"40P01", "40001"})
+_OPERATION_ATTEMPTS = 5
 
 
 def utcnow() -> datetime:
@@ -89,7 +94,57 @@ class Tasker:
             self.registry.register(t)
             for w in t.warnings:
                 log.warning(w)
+        self._apply_limits(loaded)
         return loaded
+
+    def _apply_limits(self, loaded: Sequence[TaskTemplate]) -> None:
+        """Store the limits and breaker settings templates declare, so every worker honours them."""
+        declared = [t for t in loaded if t.dependent_systems or t.namespace_max_in_flight]
+        if not declared:
+            return
+        now = utcnow()
+        with self.db.write() as conn:
+            for t in declared:
+                for name, cfg in t.dependent_systems.items():
+                    systems.configure(conn, name, now, **cfg.model_dump(exclude_none=True))
+                if t.namespace_max_in_flight:
+                    systems.set_namespace_limit(conn, t.namespace_name, t.namespace_max_in_flight, now)
+
+    # -- dependent systems ----------------------------------------------------------------------------
+    def configure_system(self, name: str, **settings: Any) -> None:
+        """Set `max_in_flight`, `failure_threshold`, `cooldown_seconds`, `max_cooldown_seconds` of a system."""
+        try:
+            with self.db.write() as conn:
+                systems.configure(conn, name, utcnow(), **settings)
+        except ValueError as exc:
+            raise TaskerInputError(str(exc)) from None
+
+    def set_namespace_limit(self, namespace: str, max_in_flight: int | None) -> None:
+        """Cap the steps of a namespace running at once across all workers (None removes the cap)."""
+        with self.db.write() as conn:
+            systems.set_namespace_limit(conn, namespace, max_in_flight, utcnow())
+
+    def systems(self) -> list[dict[str, Any]]:
+        """Each dependent system: circuit state, consecutive failures, in flight, waiting, limits."""
+        with self.db.read() as conn:
+            return systems.report(conn)
+
+    def namespace_limits(self) -> dict[str, int]:
+        with self.db.read() as conn:
+            return systems.namespace_limit_rows(conn)
+
+    def circuit_history(self, system: str | None = None) -> list[dict[str, Any]]:
+        with self.db.read() as conn:
+            return systems.circuit_history(conn, system)
+
+    def reset_circuit(self, system: str) -> bool:
+        """Close a system's circuit by hand (an operator knows it is healthy again)."""
+        journal = Journal(utcnow())
+        with self.db.write() as conn:
+            found = systems.reset(conn, journal, system)
+        self._publish(journal.events)
+        self._notify_workers()
+        return found
 
     def register_template(self, template: TaskTemplate) -> None:
         self.registry.register(template)
@@ -204,12 +259,23 @@ class Tasker:
         return self.get_task(task_id)
 
     def _operate(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        journal = Journal(utcnow())
-        with self.db.write() as conn:
-            out = fn(conn, journal, *args, lock=self.db.is_postgres, **kwargs)
-            journal.flush(conn)
-        self._publish(journal.events)
-        return out
+        # An operator action locks the task, then its steps; a worker claiming a pending task's first step
+        # locks the step, then the task. On PostgreSQL the two can deadlock: the server aborts one of them,
+        # and the action, which changed nothing, is simply run again.
+        for attempt in range(1, _OPERATION_ATTEMPTS + 1):
+            journal = Journal(utcnow())
+            try:
+                with self.db.write() as conn:
+                    out = fn(conn, journal, *args, lock=self.db.is_postgres, **kwargs)
+                    journal.flush(conn)
+            except DBAPIError as exc:
+                if attempt == _OPERATION_ATTEMPTS or getattr(exc.orig, "sqlstate", None) not in _RETRY_SQLSTATES:
+                    raise
+                time.sleep(0.02 * attempt)
+                continue
+            self._publish(journal.events)
+            return out
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def annotate(self, task_id: int, annotations: dict[str, Any]) -> None:
         """Merge annotations into the task's record (what task handlers' hooks return)."""

@@ -28,13 +28,15 @@ from tasker.engine.resolver import Resolver
 from tasker.errors import TaskerError
 from tasker.events.bus import EventBus
 from tasker.states import FINISHED_TASK_STATES, StepState
-from tasker.store import claims, completion
+from tasker.store import claims, completion, systems
 from tasker.store.database import Database
 from tasker.store.journal import Journal
 from tasker.store.tasks import template_definition
 
 log = logging.getLogger("tasker.worker")
 FINISHED = {s.value for s in FINISHED_TASK_STATES}
+#: How long a worker trusts its picture of circuits and limits before reading it again.
+VIEW_TTL_SECONDS = 0.25
 
 
 def new_worker_id() -> str:
@@ -91,6 +93,8 @@ class Worker:
         self._stop = False
         self._task_settled = False
         self._task_templates: dict[int, int] = {}
+        self._view = systems.SystemsView()
+        self._view_at = 0.0
         self._shared_db = db_executor
         self._shared_pool = handler_pool
         self.steps_run = 0
@@ -221,22 +225,34 @@ class Worker:
         journal = Journal(utcnow(), self.id)
         pg = self.db.is_postgres
         known = self._known_tasks(done)
+        view = self._view if time.monotonic() - self._view_at < VIEW_TTL_SECONDS else None
         with self.db.write() as conn:
+            if view is None:
+                view = systems.load_view(conn)
+                self._view, self._view_at = view, time.monotonic()
             held = None
             if heartbeat is not None:
                 held = claims.extend_leases(conn, worker=self.id, step_ids=heartbeat, now=journal.now,
                                             lease_seconds=self.opts.lease_seconds)
-            _, settled, readied = completion.apply_outcomes(conn, journal, [o for o, _ in done], lock_tasks=pg)
+            _, settled, readied = completion.apply_outcomes(conn, journal, [o for o, _ in done], lock_tasks=pg,
+                                                            view=view)
+            if any(o.transient_failure or o.probe for o, _ in done):
+                self._view_at = 0.0  # a circuit may have moved: look again next cycle
             if reclaim:
                 claims.reclaim_expired(conn, journal, skip_locked=pg)
-            claimed = claims.claim_readied(conn, journal, readied, known, worker=self.id, limit=claim_limit,
-                                           lease_seconds=self.opts.lease_seconds)
+            if view.empty:
+                claimed = claims.claim_readied(conn, journal, readied, known, worker=self.id, limit=claim_limit,
+                                               lease_seconds=self.opts.lease_seconds)
+            else:  # limits or circuits apply: the scan below checks every step against them
+                claimed = []
+                scan = scan or bool(readied)
             remaining = claim_limit - len(claimed)
             scanned_full = False
             if scan and remaining > 0:
+                plan = None if view.empty else systems.plan_claim(conn, journal, view, lock=pg)
                 more = claims.claim(
                     conn, journal, worker=self.id, limit=remaining, lease_seconds=self.opts.lease_seconds,
-                    skip_locked=pg, namespaces=self.opts.namespaces, task_id=self.opts.task_id,
+                    skip_locked=pg, namespaces=self.opts.namespaces, task_id=self.opts.task_id, plan=plan,
                 )
                 scanned_full = len(more) >= remaining
                 claimed += more
@@ -301,6 +317,13 @@ class Worker:
             raise
         self._inflight.pop(claimed.step_id, None)
         self.steps_run += 1
+        outcome.dependent_system = claimed.dependent_system
+        if claimed.probe:
+            outcome.probe = True
+            if outcome.transient_failure:  # the circuit reopens; this attempt does not count against the step
+                outcome.state = StepState.WAITING_RETRY
+                outcome.refund_attempt = True
+                outcome.retry_delay = 0.0
         if outcome.state == StepState.COMPLETE:
             names = self.resolver.children_of(claimed.template_id, claimed.name)
             if all(n in claimed.step_ids for n in names):

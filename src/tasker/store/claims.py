@@ -7,7 +7,7 @@ a worker that lost its lease, to a pause or a partition, cannot overwrite what a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,9 +16,11 @@ from sqlalchemy.engine import Connection
 
 from tasker.engine.model import ClaimedStep
 from tasker.states import ACTIVE_STEP_STATES, CLAIMABLE_STEP_STATES, SATISFIED_STEP_STATES, StepState, TaskState
+from tasker.store import systems
 from tasker.store.journal import Journal
 from tasker.store.readiness import settle_tasks
 from tasker.store.schema import steps, tasks
+from tasker.store.systems import ClaimPlan
 
 CLAIMABLE = sorted(s.value for s in CLAIMABLE_STEP_STATES)
 SATISFIED = sorted(s.value for s in SATISFIED_STEP_STATES)
@@ -37,6 +39,23 @@ def _candidates(*, namespaces: bool, task: bool, skip_locked: bool) -> Select[An
 
 _CANDIDATES = {
     (ns, tk, sl): _candidates(namespaces=ns, task=tk, skip_locked=sl)
+    for ns in (False, True) for tk in (False, True) for sl in (False, True)
+}
+def _restricted_candidates(*, namespaces: bool, task: bool, skip_locked: bool) -> Select[Any]:
+    q = select(steps.c.id, steps.c.state, steps.c.dependent_system, steps.c.namespace).where(
+        steps.c.state.in_(CLAIMABLE), steps.c.run_at <= bindparam("now"),
+        steps.c.dependent_system.not_in(bindparam("blocked", expanding=True)),
+    )
+    if namespaces:
+        q = q.where(steps.c.namespace.in_(bindparam("namespaces", expanding=True)))
+    if task:
+        q = q.where(steps.c.task_id == bindparam("task_id"))
+    q = q.order_by(steps.c.run_at, steps.c.id).limit(bindparam("limit"))
+    return q.with_for_update(skip_locked=True) if skip_locked else q
+
+
+_RESTRICTED = {
+    (ns, tk, sl): _restricted_candidates(namespaces=ns, task=tk, skip_locked=sl)
     for ns in (False, True) for tk in (False, True) for sl in (False, True)
 }
 _TAKE = (
@@ -95,8 +114,13 @@ def claim(
     skip_locked: bool,
     namespaces: Sequence[str] | None = None,
     task_id: int | None = None,
+    plan: ClaimPlan | None = None,
 ) -> list[ClaimedStep]:
-    """Claim up to `limit` steps whose run_at has come, oldest first, with everything needed to run them."""
+    """Claim up to `limit` steps whose run_at has come, oldest first, with everything needed to run them.
+
+    With a `plan`, steps of blocked systems are left alone and in-flight limits are respected; the first
+    step claimed for a half-open system becomes its probe.
+    """
     if limit <= 0:
         return []
     params: dict[str, Any] = {"now": journal.now, "limit": limit}
@@ -104,10 +128,31 @@ def claim(
         params["namespaces"] = list(namespaces)
     if task_id is not None:
         params["task_id"] = task_id
-    picked = conn.execute(_CANDIDATES[(bool(namespaces), task_id is not None, skip_locked)], params).all()
-    if not picked:
-        return []
-    return _take(conn, journal, {r.id: r.state for r in picked}, worker, lease_seconds, {})
+    key = (bool(namespaces), task_id is not None, skip_locked)
+    if plan is None or plan.unrestricted:
+        picked = conn.execute(_CANDIDATES[key], params).all()
+        if not picked:
+            return []
+        return _take(conn, journal, {r.id: r.state for r in picked}, worker, lease_seconds, {})
+    params["blocked"] = sorted(plan.blocked)
+    params["limit"] = min(limit * 4, 1000)  # room per system is checked below, so look a little further
+    chosen: dict[int, str] = {}
+    system_of: dict[int, str] = {}
+    for r in conn.execute(_RESTRICTED[key], params):
+        if len(chosen) >= limit:
+            break
+        if plan.admit(r.dependent_system, r.namespace):
+            chosen[r.id] = r.state
+            system_of[r.id] = r.dependent_system
+    claimed = _take(conn, journal, chosen, worker, lease_seconds, {}) if chosen else []
+    probe_steps: dict[str, int] = {}
+    for i, c in enumerate(claimed):
+        system = system_of[c.step_id]
+        if system in plan.probes and system not in probe_steps:
+            probe_steps[system] = c.step_id
+            claimed[i] = replace(c, probe=True)
+    systems.settle_probes(conn, plan, probe_steps, journal.now)
+    return claimed
 
 
 def claim_readied(

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 
 from tasker.engine.model import Outcome
 from tasker.states import StepState
+from tasker.store import systems
 from tasker.store.journal import Journal
 from tasker.store.readiness import release_children, settle_tasks
 from tasker.store.schema import steps, tasks
@@ -33,6 +34,7 @@ _FINISH = (
            steps.c.state == StepState.IN_PROGRESS.value)
     .values(
         state=bindparam("target"), results=bindparam("results"), last_error=bindparam("error"),
+        attempts=steps.c.attempts - bindparam("refund"),
         run_at=bindparam("run_at"), finished_at=bindparam("finished_at"),
         lease_owner=None, lease_expires_at=None, updated_at=bindparam("now"),
     )
@@ -45,6 +47,7 @@ def apply_outcomes(
     outcomes: Sequence[Outcome],
     *,
     lock_tasks: bool,
+    view: systems.SystemsView | None = None,
 ) -> tuple[list[Outcome], list[tuple[int, str]], list[tuple[int, int, str]]]:
     """Store outcomes.
 
@@ -70,6 +73,7 @@ def apply_outcomes(
             "error": o.error if state != StepState.COMPLETE else None,
             "run_at": now + timedelta(seconds=o.retry_delay) if state == StepState.WAITING_RETRY else None,
             "finished_at": None if state == StepState.WAITING_RETRY else now,
+            "refund": 1 if o.refund_attempt else 0,
         }
         if not conn.execute(_FINISH, params).rowcount:
             continue  # cancelled, or the lease was lost and another worker owns this step now
@@ -91,6 +95,27 @@ def apply_outcomes(
                 children.extend(o.children)
         if state != StepState.WAITING_RETRY:
             check.add(o.task_id)
+    _record_systems(conn, journal, accepted, view or systems.SystemsView(), lock=lock_tasks)
     readied = release_children(conn, completed, journal, children)
     settled = settle_tasks(conn, check - {task_id for _, task_id, _ in readied}, journal)
     return accepted, settled, readied
+
+
+def _record_systems(conn: Connection, journal: Journal, accepted: list[Outcome], view: systems.SystemsView, *,
+                    lock: bool) -> None:
+    """Feed the circuit breakers: transient failures count, answers (success or a definite error) reset."""
+    seen = systems.SystemOutcomes()
+    for o in accepted:
+        name = o.dependent_system
+        if not name or (o.error or {}).get("class") in _NOT_THE_SYSTEMS_FAULT:
+            continue
+        if o.probe:
+            (seen.probe_failed if o.transient_failure else seen.probe_ok).add(name)
+        elif o.transient_failure:
+            seen.failures[name] += 1
+        else:
+            seen.answered.add(name)
+    systems.record(conn, journal, seen, view, lock=lock)
+
+
+_NOT_THE_SYSTEMS_FAULT = {"HandlerNotFound", "UndeclaredEventError", "LeaseExpired"}

@@ -182,3 +182,41 @@ step_transitions = Table(
     Index(None, "step_id"),
     Index(None, "task_id"),
 )
+
+dependent_systems = Table(
+    "tasker_dependent_systems",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("circuit_state", String(16), nullable=False, server_default=text("'closed'")),
+    Column("consecutive_failures", Integer, nullable=False, server_default=text("0")),
+    Column("failure_threshold", Integer, nullable=True),
+    Column("cooldown_seconds", Float, nullable=True),
+    Column("max_cooldown_seconds", Float, nullable=True),
+    Column("current_cooldown_seconds", Float, nullable=True),
+    Column("opened_at", UTCDateTime, nullable=True),
+    Column("open_until", UTCDateTime, nullable=True),
+    Column("probe_step_id", Id, nullable=True),
+    Column("max_in_flight", Integer, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+namespace_limits = Table(
+    "tasker_namespace_limits",
+    metadata,
+    Column("namespace", String(64), primary_key=True),
+    Column("max_in_flight", Integer, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+circuit_transitions = Table(
+    "tasker_circuit_transitions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("system", String(128), nullable=False),
+    Column("from_state", String(16), nullable=False),
+    Column("to_state", String(16), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("worker", String(128), nullable=True),
+    Column("reason", Text, nullable=True),
+    Index(None, "system", "at"),
+)

@@ -27,6 +27,7 @@ from tasker.templates.model import StepTemplate, TaskTemplate
 TOP_LEVEL_KEYS = {
     "name", "namespace_name", "version", "description", "default_dependent_system", "schema",
     "task_handler_class", "custom_events", "step_templates", "environments", "retry",
+    "dependent_systems", "namespace_max_in_flight",
     # Accepted from Tasker YAML for compatibility; they have no effect here.
     "module_namespace", "concurrent", "named_steps", "handler_config", "monitoring",
 }

@@ -65,6 +65,15 @@ class RetrySettings(_Strict):
         return RetrySettings(**data)
 
 
+class DependentSystemSettings(_Strict):
+    """The `dependent_systems:` block: limits and circuit-breaker settings shared by all workers."""
+
+    max_in_flight: int | None = Field(default=None, ge=1, le=100_000)
+    failure_threshold: int | None = Field(default=None, ge=1, le=10_000)
+    cooldown_seconds: float | None = Field(default=None, gt=0, le=86_400)
+    max_cooldown_seconds: float | None = Field(default=None, gt=0, le=86_400)
+
+
 class CustomEvent(_Strict):
     name: str
     description: str = ""
@@ -152,6 +161,8 @@ class TaskTemplate(_Strict):
     custom_events: list[CustomEvent] = Field(default_factory=list)
     step_templates: list[StepTemplate] = Field(min_length=1)
     retry: RetrySettings | None = None
+    dependent_systems: dict[str, DependentSystemSettings] = Field(default_factory=dict)
+    namespace_max_in_flight: int | None = Field(default=None, ge=1, le=1_000_000)
 
     _source: str | None = PrivateAttr(default=None)
     _warnings: list[str] = PrivateAttr(default_factory=list)
