@@ -15,3 +15,14 @@ class Noop(StepHandler):
 class AsyncNoop(StepHandler):
     async def process(self, ctx: StepContext) -> dict[str, Any]:
         return {"ok": True}
+
+
+class Hold(StepHandler):
+    """Holds its worker for 20 s on the first attempt, returns at once on later ones."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        import time
+
+        if ctx.attempt == 1:
+            time.sleep(20)
+        return {"attempt": ctx.attempt}

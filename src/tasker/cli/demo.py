@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import click
+from rich.columns import Columns
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -25,12 +26,11 @@ PHASES = {
     "operator_retry": "operator retry",
 }
 
-#: (label, key of the figure) of the rows every side shows, in order.
+#: (label, key of the figure) of the rows every side shows, in order; the failures by reason follow "failed".
 ROWS: list[tuple[str, str]] = [
     ("orders", "orders"),
     ("completed", "completed"),
     ("failed", "failed"),
-    ("  declined cards", "failed_declined"),
     ("charged without an order", "charged_without_order"),
     ("double charges", "double_charges"),
     ("orders never confirmed by mail", "orders_without_confirmation"),
@@ -76,8 +76,8 @@ def black_friday(orders: int, transient_failure_rate: float, decline_rate: float
     out = Console()
     out.print(f"[bold]Black Friday[/]: {orders} orders, transient failure rate {transient_failure_rate:g} per "
               f"service call, decline rate {decline_rate:g}, seed {seed}")
-    out.print(_table("Naive checkout (no retries)", result["naive"]))
-    out.print(_table("Tasker workflow", result["engine"], engine=True))
+    out.print(Columns([_table("Naive checkout (no retries)", result["naive"]),
+                       _table("Tasker workflow", result["engine"], engine=True)]))
     out.print(_verdict(result))
 
 
@@ -100,15 +100,16 @@ def _progress(console: Console, *, enabled: bool) -> Iterator[Callable[[str, int
 
 
 def _table(title: str, side: dict[str, Any], *, engine: bool = False) -> Table:
-    table = Table(title=title, title_justify="left", show_header=False, min_width=48)
+    table = Table(title=title, title_justify="left", show_header=False)
     table.add_column("figure")
     table.add_column("value", justify="right")
     for label, key in ROWS:
         table.add_row(label, _cell(key, side.get(key)))
         if key == "failed":
-            for reason, n in side.get("failed_by_reason", {}).items():
-                if reason != "declined":
-                    table.add_row(f"  {reason}", str(n))
+            reasons = side.get("failed_by_reason", {})
+            for reason in sorted(reasons, key=lambda r: (r != "declined", r)):
+                label = "declined cards" if reason == "declined" else f"{reason} failures"
+                table.add_row(f"  {label}", str(reasons[reason]))
     if engine:
         table.add_section()
         table.add_row("failed before the operator retry", str(side.get("failed_before_retry", 0)))
@@ -129,13 +130,13 @@ def _cell(key: str, value: Any) -> str:
 def _verdict(result: dict[str, dict[str, Any]]) -> str:
     naive, engine = result["naive"], result["engine"]
     orders = max(engine["orders"], 1)
+    operator = engine["failed_before_retry"] - engine["failed_declined"]
     return (
         f"\nNaive: {naive['failed']} of {naive['orders']} checkouts failed "
-        f"({100 * naive['failed'] / max(naive['orders'], 1):.1f}%), {naive['charged_without_order']} customers "
-        f"charged without an order.\n"
-        f"Tasker: {engine['failed']} failed ({engine['failed_declined']} declined cards), "
-        f"{engine['charged_without_order']} charged without an order, {engine['double_charges']} double charges; "
-        f"{engine['failed_before_retry'] - engine['failed_declined']} orders "
-        f"({100 * (engine['failed_before_retry'] - engine['failed_declined']) / orders:.2f}%) needed the operator "
-        f"retry, {engine['recovered_by_retry']} recovered."
+        f"({100 * naive['failed'] / max(naive['orders'], 1):.1f}%); {naive['charged_without_order']} customers were "
+        f"charged without getting an order.\n"
+        f"Tasker: {engine['failed']} failed, {engine['failed_declined']} of them declined cards; "
+        f"{engine['charged_without_order']} charged without an order, {engine['double_charges']} double charges. "
+        f"{operator} orders ({100 * operator / orders:.2f}%) needed the operator's retry and "
+        f"{engine['recovered_by_retry']} of them completed."
     )

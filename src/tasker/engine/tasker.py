@@ -192,6 +192,45 @@ class Tasker:
         self._notify_workers()
         return task
 
+    def create_tasks(
+        self,
+        template: str,
+        contexts: Sequence[dict[str, Any]],
+        *,
+        version: str | None = None,
+        chunk_size: int = 500,
+    ) -> list[int]:
+        """Create many tasks of one template with multi-row inserts; returns their ids in input order.
+
+        Each context is validated like `create_task`'s, and the whole batch is refused if any is invalid.
+        Keys are derived from the contexts, so a repeated context returns the existing task's id.
+        """
+        tmpl = self.registry.get(template, version)
+        handler = None
+        if tmpl.task_handler_class:
+            handler = resolve_task_handler(tmpl.task_handler_class, where=f"{tmpl.key}: task_handler_class")()
+        items = []
+        for ctx in contexts:
+            ctx = validate_context(tmpl.key, tmpl.context_schema, ctx)
+            if handler is not None:
+                ctx = handler.prepare_context(ctx)
+            items.append(task_store.NewTask(ctx, task_store.derived_idempotency_key(tmpl, ctx), _correlation_id(ctx)))
+        ids: list[int] = []
+        for start in range(0, len(items), max(1, chunk_size)):
+            chunk = items[start:start + chunk_size]
+            journal = Journal(utcnow())
+            try:
+                with self.db.write() as conn:
+                    created = task_store.insert_tasks(conn, journal, tmpl, chunk)
+                    journal.flush(conn)
+            except IntegrityError:  # a key already exists: fall back to one by one, which deduplicates
+                ids.extend(self.create_task(template, it.context, version=tmpl.version).id for it in chunk)
+                continue
+            ids.extend(t.id for t in created)
+            self._publish(journal.events)
+        self._notify_workers()
+        return ids
+
     def _find(self, tmpl: TaskTemplate, key: str) -> int | None:
         with self.db.read() as conn:
             return task_store.find_task_id(conn, tmpl.namespace_name, tmpl.name, key)
@@ -263,9 +302,9 @@ class Tasker:
         # locks the step, then the task. On PostgreSQL the two can deadlock: the server aborts one of them,
         # and the action, which changed nothing, is simply run again.
         for attempt in range(1, _OPERATION_ATTEMPTS + 1):
-            journal = Journal(utcnow())
             try:
                 with self.db.write() as conn:
+                    journal = Journal(utcnow())  # stamped once the write lock is held, in commit order
                     out = fn(conn, journal, *args, lock=self.db.is_postgres, **kwargs)
                     journal.flush(conn)
             except DBAPIError as exc:

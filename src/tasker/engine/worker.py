@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from tasker.engine.executor import execute
 from tasker.engine.model import ClaimedStep, Outcome
@@ -37,6 +37,11 @@ log = logging.getLogger("tasker.worker")
 FINISHED = {s.value for s in FINISHED_TASK_STATES}
 #: How long a worker trusts its picture of circuits and limits before reading it again.
 VIEW_TTL_SECONDS = 0.25
+
+
+def _transient(exc: DBAPIError) -> bool:
+    """A lost connection, a restarting server or a deadlock victim: retry the cycle. Anything else is a bug."""
+    return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
 
 
 def new_worker_id() -> str:
@@ -156,7 +161,9 @@ class Worker:
                             db_thread, self._db_cycle, outcomes, free if want_claim else 0, scan,
                             list(self._inflight) if heartbeat else None, reclaim,
                         )
-                    except (OperationalError, DBAPIError) as exc:
+                    except DBAPIError as exc:
+                        if not _transient(exc):
+                            raise
                         failures += 1
                         self._done = outcomes + self._done
                         delay = min(0.1 * 2 ** min(failures, 6), 5.0)
@@ -222,11 +229,13 @@ class Worker:
     def _db_cycle(self, done: list[tuple[Outcome, ClaimedStep]], claim_limit: int, scan: bool,
                   heartbeat: list[int] | None, reclaim: bool) -> _Cycle:
         """One transaction: extend leases, store outcomes, reclaim expired leases, claim new work."""
-        journal = Journal(utcnow(), self.id)
         pg = self.db.is_postgres
         known = self._known_tasks(done)
         view = self._view if time.monotonic() - self._view_at < VIEW_TTL_SECONDS else None
         with self.db.write() as conn:
+            # Stamped once the write lock is held (SQLite: at BEGIN IMMEDIATE) so that transition times
+            # follow commit order, even when this cycle waited for an operator's transaction.
+            journal = Journal(utcnow(), self.id)
             if view is None:
                 view = systems.load_view(conn)
                 self._view, self._view_at = view, time.monotonic()
@@ -237,7 +246,10 @@ class Worker:
             _, settled, readied = completion.apply_outcomes(conn, journal, [o for o, _ in done], lock_tasks=pg,
                                                             view=view)
             if any(o.transient_failure or o.probe for o, _ in done):
-                self._view_at = 0.0  # a circuit may have moved: look again next cycle
+                # A circuit may have moved in this very transaction: plan this cycle's claims on the new
+                # state, or the cycle that opens a circuit would still claim (and spend attempts on) its steps.
+                view = systems.load_view(conn)
+                self._view, self._view_at = view, time.monotonic()
             if reclaim:
                 claims.reclaim_expired(conn, journal, skip_locked=pg)
             if view.empty:

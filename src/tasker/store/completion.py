@@ -7,10 +7,11 @@ each step fenced by its claim token, for a whole batch of outcomes at once.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import BigInteger, DateTime, Integer, String, bindparam, cast, column, select, update, values
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 
 from tasker.engine.model import Outcome
@@ -20,6 +21,7 @@ from tasker.store.journal import Journal
 from tasker.store.readiness import release_children, settle_tasks
 from tasker.store.schema import steps, tasks
 
+TIMESTAMPTZ = DateTime(timezone=True)
 _EVENT = {
     StepState.COMPLETE: "step.completed",
     StepState.WAITING_RETRY: "step.retry_scheduled",
@@ -39,6 +41,43 @@ _FINISH = (
         lease_owner=None, lease_expires_at=None, updated_at=bindparam("now"),
     )
 )
+
+
+def _finish_params(o: Outcome, now: datetime) -> dict[str, Any]:
+    state = StepState(o.state)
+    return {
+        "step_id": o.step_id, "token": o.claim_token, "target": state.value, "now": now,
+        "results": o.results if state == StepState.COMPLETE else None,
+        "error": o.error if state != StepState.COMPLETE else None,
+        "run_at": now + timedelta(seconds=o.retry_delay) if state == StepState.WAITING_RETRY else None,
+        "finished_at": None if state == StepState.WAITING_RETRY else now,
+        "refund": 1 if o.refund_attempt else 0,
+    }
+
+
+def _finish_batch(conn: Connection, params: list[dict[str, Any]]) -> set[int]:
+    """PostgreSQL: fence and store every outcome with one UPDATE ... FROM (VALUES ...) round trip."""
+    v = values(
+        column("step_id", BigInteger), column("token", Integer), column("target", String),
+        column("results", JSONB), column("error", JSONB), column("run_at", DateTime(timezone=True)),
+        column("finished_at", DateTime(timezone=True)), column("refund", Integer),
+        name="outcome",
+    ).data([
+        (p["step_id"], p["token"], p["target"], p["results"], p["error"], p["run_at"], p["finished_at"], p["refund"])
+        for p in params
+    ])
+    now = params[0]["now"]
+    stmt = (
+        update(steps)
+        .where(steps.c.id == v.c.step_id, steps.c.claim_token == v.c.token,
+               steps.c.state == StepState.IN_PROGRESS.value)
+        .values(state=v.c.target, results=cast(v.c.results, JSONB), last_error=cast(v.c.error, JSONB),
+                run_at=cast(v.c.run_at, TIMESTAMPTZ), finished_at=cast(v.c.finished_at, TIMESTAMPTZ),
+                attempts=steps.c.attempts - v.c.refund,
+                lease_owner=None, lease_expires_at=None, updated_at=now)
+        .returning(steps.c.id)
+    )
+    return set(conn.execute(stmt).scalars())
 
 
 def apply_outcomes(
@@ -65,18 +104,15 @@ def apply_outcomes(
     completed: list[int] = []
     children: list[int] | None = []
     check: set[int] = set()
+    params = [_finish_params(o, now) for o in outcomes]
+    if conn.dialect.name == "postgresql" and len(params) > 1:
+        taken = _finish_batch(conn, params)
+    else:
+        taken = {p["step_id"] for p in params if conn.execute(_FINISH, p).rowcount}
     for o in outcomes:
-        state = StepState(o.state)
-        params: dict[str, Any] = {
-            "step_id": o.step_id, "token": o.claim_token, "target": state.value, "now": now,
-            "results": o.results if state == StepState.COMPLETE else None,
-            "error": o.error if state != StepState.COMPLETE else None,
-            "run_at": now + timedelta(seconds=o.retry_delay) if state == StepState.WAITING_RETRY else None,
-            "finished_at": None if state == StepState.WAITING_RETRY else now,
-            "refund": 1 if o.refund_attempt else 0,
-        }
-        if not conn.execute(_FINISH, params).rowcount:
+        if o.step_id not in taken:
             continue  # cancelled, or the lease was lost and another worker owns this step now
+        state = StepState(o.state)
         accepted.append(o)
         journal.step(o.step_id, o.task_id, StepState.IN_PROGRESS, state, o.attempt, o.error, o.duration_ms)
         payload: dict[str, Any] = {"task_id": o.task_id, "step_id": o.step_id, "attempt": o.attempt,

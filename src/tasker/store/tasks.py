@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -18,8 +19,8 @@ from tasker.store.schema import step_edges, step_transitions, steps, task_transi
 from tasker.templates.graph import execution_order
 from tasker.templates.model import TaskTemplate
 
-_INSERT_TASK = insert(tasks).returning(tasks.c.id)
-_INSERT_STEPS = insert(steps).returning(steps.c.id, steps.c.name, sort_by_parameter_order=True)
+_INSERT_TASKS = insert(tasks).returning(tasks.c.id, sort_by_parameter_order=True)
+_INSERT_STEPS = insert(steps).returning(steps.c.id, steps.c.task_id, steps.c.name, sort_by_parameter_order=True)
 _INSERT_EDGES = insert(step_edges)
 
 
@@ -70,6 +71,15 @@ def find_task_id(conn: Connection, namespace: str, name: str, key: str) -> int |
     ).scalar()
 
 
+@dataclass(frozen=True)
+class NewTask:
+    """One task to insert: its validated context, idempotency key and correlation id."""
+
+    context: dict[str, Any]
+    idempotency_key: str
+    correlation_id: str
+
+
 def insert_task(
     conn: Connection,
     journal: Journal,
@@ -82,55 +92,71 @@ def insert_task(
 
     Returns the new task as stored, without reading it back.
     """
+    return insert_tasks(conn, journal, template, [NewTask(context, idempotency_key, correlation_id)])[0]
+
+
+def insert_tasks(conn: Connection, journal: Journal, template: TaskTemplate, items: Sequence[NewTask]) -> list[Task]:
+    """Insert tasks of one template with multi-row inserts (tasks, then all their steps, then edges).
+
+    Raises IntegrityError when any idempotency key is taken; the caller's transaction then rolls back.
+    """
     now = journal.now
+    ns, name = template.namespace_name, template.name
     tid = template_id(conn, template, now)
-    task_id = conn.execute(_INSERT_TASK, {
-        "namespace": template.namespace_name, "name": template.name, "version": template.version,
-        "template_id": tid, "status": TaskState.PENDING.value, "context": context,
-        "idempotency_key": idempotency_key, "correlation_id": correlation_id, "created_at": now, "updated_at": now,
-    }).scalar_one()
+    task_ids = [r[0] for r in conn.execute(_INSERT_TASKS, [{
+        "namespace": ns, "name": name, "version": template.version, "template_id": tid,
+        "status": TaskState.PENDING.value, "context": item.context, "idempotency_key": item.idempotency_key,
+        "correlation_id": item.correlation_id, "created_at": now, "updated_at": now,
+    } for item in items])]
     order = execution_order([(s.name, s.parents) for s in template.step_templates])
     position = {n: i for i, n in enumerate(order)}
-    rows = []
+    shapes: list[dict[str, Any]] = []
     for st in template.step_templates:
         policy = template.retry_policy(st)
         ready = not st.parents
-        rows.append({
-            "task_id": task_id, "name": st.name, "position": position[st.name],
-            "namespace": template.namespace_name, "dependent_system": template.dependent_system_of(st),
+        shapes.append({
+            "name": st.name, "position": position[st.name], "namespace": ns,
+            "dependent_system": template.dependent_system_of(st),
             "state": StepState.READY.value if ready else StepState.PENDING.value, "pending_parents": len(st.parents),
             "run_at": now if ready else None, "attempts": 0, "retry_limit": policy.max_attempts,
-            "retryable": policy.retryable, "claim_token": 0,
-            "idempotency_key": step_idempotency_key(template.namespace_name, template.name, idempotency_key, st.name),
-            "created_at": now, "updated_at": now,
+            "retryable": policy.retryable, "claim_token": 0, "created_at": now, "updated_at": now,
         })
-    created = conn.execute(_INSERT_STEPS, rows).all()
-    ids = {r.name: r.id for r in created}
+    rows = [
+        {**shape, "task_id": task_id,
+         "idempotency_key": step_idempotency_key(ns, name, item.idempotency_key, shape["name"])}
+        for task_id, item in zip(task_ids, items) for shape in shapes
+    ]
+    ids: dict[tuple[int, str], int] = {(r.task_id, r.name): r.id for r in conn.execute(_INSERT_STEPS, rows)}
     edges = [
-        {"task_id": task_id, "parent_id": ids[p], "child_id": ids[st.name]}
-        for st in template.step_templates for p in st.parents
+        {"task_id": task_id, "parent_id": ids[(task_id, p)], "child_id": ids[(task_id, st.name)]}
+        for task_id in task_ids for st in template.step_templates for p in st.parents
     ]
     if edges:
         conn.execute(_INSERT_EDGES, edges)
-    journal.task(task_id, None, TaskState.PENDING)
-    journal.event("task.created", {"task_id": task_id, "namespace": template.namespace_name,
-                                   "name": template.name, "version": template.version,
-                                   "correlation_id": correlation_id})
-    for r in rows:
-        journal.step(ids[r["name"]], task_id, None, r["state"], 0)
-        if r["state"] == StepState.READY:
-            journal.event("step.ready", {"task_id": task_id, "step_id": ids[r["name"]], "step": r["name"]})
-    step_objs = sorted(
-        (Step(id=ids[r["name"]], task_id=task_id, name=r["name"], status=r["state"], attempts=0,
-              retry_limit=r["retry_limit"], retryable=r["retryable"], dependent_system=r["dependent_system"],
-              results=None, last_error=None, run_at=r["run_at"], started_at=None, finished_at=None, created_at=now,
-              position=r["position"], idempotency_key=r["idempotency_key"]) for r in rows),
-        key=lambda s: s.position,
-    )
-    return Task(id=int(task_id), namespace=template.namespace_name, name=template.name, version=template.version,
-                status=TaskState.PENDING.value, context=context, idempotency_key=idempotency_key,
-                correlation_id=correlation_id, annotations=None, created_at=now, updated_at=now, started_at=None,
-                finished_at=None, steps=step_objs)
+    out = []
+    for task_id, item in zip(task_ids, items):
+        journal.task(task_id, None, TaskState.PENDING)
+        journal.event("task.created", {"task_id": task_id, "namespace": ns, "name": name,
+                                       "version": template.version, "correlation_id": item.correlation_id})
+        step_objs = []
+        for shape in shapes:
+            sid = ids[(task_id, shape["name"])]
+            journal.step(sid, task_id, None, shape["state"], 0)
+            if shape["state"] == StepState.READY:
+                journal.event("step.ready", {"task_id": task_id, "step_id": sid, "step": shape["name"]})
+            step_objs.append(Step(
+                id=sid, task_id=task_id, name=shape["name"], status=shape["state"], attempts=0,
+                retry_limit=shape["retry_limit"], retryable=shape["retryable"],
+                dependent_system=shape["dependent_system"], results=None, last_error=None, run_at=shape["run_at"],
+                started_at=None, finished_at=None, created_at=now, position=shape["position"],
+                idempotency_key=step_idempotency_key(ns, name, item.idempotency_key, shape["name"]),
+            ))
+        step_objs.sort(key=lambda s: s.position)
+        out.append(Task(id=int(task_id), namespace=ns, name=name, version=template.version,
+                        status=TaskState.PENDING.value, context=item.context, idempotency_key=item.idempotency_key,
+                        correlation_id=item.correlation_id, annotations=None, created_at=now, updated_at=now,
+                        started_at=None, finished_at=None, steps=step_objs))
+    return out
 
 
 def _step(r: Row[Any]) -> Step:

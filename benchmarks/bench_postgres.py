@@ -1,0 +1,249 @@
+"""PostgreSQL fleet benchmarks (issue: fleet of workers), each on a scratch database, printing a table.
+
+  a. throughput: 1,000 tasks of the 5-step no-op chain, worked by 1 and by 2 `tasker worker` processes;
+  b. claim latency with idle workers: step ready -> handler started, p50 and p99;
+  c. cost growth: steps/s with 1,000 and with 100,000 tasks already waiting;
+  d. recovery: time from SIGKILL of a worker to its steps running on another worker;
+  e. the same 5-step workload on DBOS (pip install 'tasker-engine[bench]') against the same server.
+
+Throughput is measured from the transition log (first claim to last completion), so worker start-up and
+polling do not count. Run from the repository root:
+
+    python benchmarks/bench_postgres.py [--runs 3] [--backlog 100000] [--skip dbos,growth]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import sqlalchemy as sa  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from benchmarks.fleet import WorkerProcess, percentile, scratch_database, wait_until  # noqa: E402
+from tasker import Tasker  # noqa: E402
+
+TEMPLATE = ROOT / "benchmarks" / "templates"
+REF = "bench/linear5"
+STEPS = 5
+
+
+def engine(url: str) -> Tasker:
+    t = Tasker(url)
+    t.load_templates(TEMPLATE)
+    return t
+
+
+def count_complete(t: Tasker, ids: list[int] | None = None) -> int:
+    with t.db.read() as c:
+        q = "select count(*) from tasker_tasks where status = 'complete'"
+        return int(c.exec_driver_sql(q).scalar_one())
+
+
+def span_steps_per_second(t: Tasker, since_task_id: int = 0) -> tuple[float, int]:
+    """Steps per second between the first claim and the last completion of tasks with id > since."""
+    with t.db.read() as c:
+        row = c.execute(sa.text(
+            "select min(at) filter (where to_state = 'in_progress'), max(at) filter (where to_state = 'complete'),"
+            " count(*) filter (where to_state = 'complete') from tasker_step_transitions where task_id > :since"
+        ), {"since": since_task_id}).one()
+    first, last, n = row
+    return n / max((last - first).total_seconds(), 1e-9), int(n)
+
+
+def throughput(workers: int, tasks: int, concurrency: int) -> float:
+    with scratch_database() as url:
+        t = engine(url)
+        t.create_tasks(REF, [{"i": i} for i in range(tasks)])
+        procs = [WorkerProcess(url, concurrency=concurrency) for _ in range(workers)]
+        try:
+            assert wait_until(lambda: count_complete(t) >= tasks, timeout=600), "tasks did not finish"
+        finally:
+            for p in procs:
+                p.stop()
+        rate, n = span_steps_per_second(t)
+        assert n == tasks * STEPS, n
+        t.close()
+        return rate
+
+
+def claim_latency(samples: int) -> tuple[float, float]:
+    """ms from a step becoming ready (its transition) to its claim by an idle, listening worker."""
+    with scratch_database() as url:
+        t = engine(url)
+        proc = WorkerProcess(url, concurrency=8)
+        try:
+            time.sleep(2.0)  # let it start and LISTEN
+            lat: list[float] = []
+            for i in range(samples):
+                task = t.create_task(REF, {"sample": i})
+                assert wait_until(lambda tid=task.id: t.get_task(tid).status == "complete", timeout=30)
+                with t.db.read() as c:
+                    rows = c.execute(sa.text(
+                        "select step_id, to_state, at from tasker_step_transitions where task_id = :t order by id"),
+                        {"t": task.id}).all()
+                ready = {r.step_id: r.at for r in rows if r.to_state == "ready"}
+                for r in rows:
+                    if r.to_state == "in_progress" and r.step_id in ready:
+                        lat.append((r.at - ready[r.step_id]).total_seconds() * 1000)
+                        break  # the first step: ready at creation, claimed by the idle worker
+                time.sleep(0.02)
+        finally:
+            proc.stop()
+        t.close()
+    return percentile(lat, 50), percentile(lat, 99)
+
+
+def growth(backlog: int, measured_tasks: int, concurrency: int) -> float:
+    """steps/s over `measured_tasks` tasks while `backlog` other tasks already wait (2 workers)."""
+    with scratch_database() as url:
+        t = engine(url)
+        t.create_tasks(REF, [{"backlog": i} for i in range(backlog)], chunk_size=2000)
+        with t.db.write() as c:  # park the backlog far in the future so it waits, indexed, but is not claimable
+            c.execute(sa.text("update tasker_steps set run_at = now() + interval '1 day' where state = 'ready'"))
+            c.exec_driver_sql("analyze")
+        first_id = max(t.create_tasks(REF, [{"warm": 0}]))
+        ids = t.create_tasks(REF, [{"measured": i} for i in range(measured_tasks)])
+        procs = [WorkerProcess(url, concurrency=concurrency) for _ in range(2)]
+        try:
+            assert wait_until(lambda: count_complete(t) >= measured_tasks + 1, timeout=600)
+        finally:
+            for p in procs:
+                p.stop()
+        rate, _ = span_steps_per_second(t, since_task_id=min(ids) - 1 if ids else first_id)
+        t.close()
+        return rate
+
+
+def recovery(lease: float) -> float:
+    """Seconds from SIGKILL of the worker holding steps to their claim by the surviving worker."""
+    with scratch_database() as url:
+        t = engine(url)
+        victim = WorkerProcess(url, concurrency=4, lease_seconds=lease, extra=["--namespaces", "slow"])
+        try:
+            ids = [t.create_task("slow/hold", {"i": i}).id for i in range(4)]
+            assert wait_until(lambda: all(t.get_task(i).steps[0].status == "in_progress" for i in ids), timeout=30)
+            survivor = WorkerProcess(url, concurrency=4, lease_seconds=lease, extra=["--namespaces", "slow"])
+            time.sleep(1.0)
+            killed_at = time.time()
+            victim.kill()
+            assert wait_until(lambda: all(t.get_task(i).steps[0].attempts >= 2 for i in ids), timeout=lease * 3 + 10)
+            with t.db.read() as c:
+                reclaimed = c.execute(sa.text(
+                    "select max(at) from tasker_step_transitions where to_state = 'in_progress' and attempt = 2"
+                )).scalar_one()
+            survivor.stop()
+        finally:
+            victim.kill()
+        t.close()
+        return reclaimed.timestamp() - killed_at
+
+
+def dbos_workload(url: str, tasks: int, concurrency: int, sequential: int) -> tuple[float, float]:
+    """(ms per 5-step workflow run sequentially, steps/s for `tasks` workflows through a DBOS queue)."""
+    from dbos import DBOS, DBOSConfig, Queue
+
+    DBOS(config=DBOSConfig(name="tasker-bench", system_database_url=url.replace("+psycopg", ""),
+                           log_level="WARNING", run_migrations=True))
+
+    @DBOS.step()
+    def noop(i: int) -> dict[str, bool]:
+        return {"ok": True}
+
+    @DBOS.workflow()
+    def linear5(i: int) -> int:
+        for _ in range(STEPS):
+            noop(i)
+        return i
+
+    queue = Queue("tasker_bench", worker_concurrency=concurrency)
+    DBOS.launch()
+    try:
+        for i in range(3):
+            linear5(-i - 1)
+        times = []
+        for i in range(sequential):
+            t0 = time.perf_counter()
+            linear5(i)
+            times.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        handles = [queue.enqueue(linear5, 10_000 + i) for i in range(tasks)]
+        for h in handles:
+            h.get_result()
+        elapsed = time.perf_counter() - t0
+    finally:
+        DBOS.destroy(destroy_registry=True)
+    return statistics.median(times), tasks * STEPS / elapsed
+
+
+def tasker_sequential(url: str, n: int) -> float:
+    t = engine(url)
+    for i in range(3):
+        t.run(t.create_task(REF, {"warm": i}).id)
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        t.run(t.create_task(REF, {"seq": i}).id)
+        times.append((time.perf_counter() - t0) * 1000)
+    t.close()
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--tasks", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--backlog", type=int, default=100_000)
+    ap.add_argument("--latency-samples", type=int, default=200)
+    ap.add_argument("--lease", type=float, default=5.0)
+    ap.add_argument("--skip", default="", help="comma-separated: throughput,latency,growth,recovery,dbos")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    res: dict[str, object] = {"cpus": os.cpu_count(), "runs": args.runs}
+    if "throughput" not in skip:
+        res["steps_per_s_1_worker"] = statistics.median(throughput(1, args.tasks, args.concurrency)
+                                                        for _ in range(args.runs))
+        res["steps_per_s_2_workers"] = statistics.median(throughput(2, args.tasks, args.concurrency)
+                                                         for _ in range(args.runs))
+    if "latency" not in skip:
+        p50, p99 = claim_latency(args.latency_samples)
+        res["claim_latency_ms_p50"], res["claim_latency_ms_p99"] = p50, p99
+    if "growth" not in skip:
+        res["steps_per_s_1k_waiting"] = growth(1000, args.tasks, args.concurrency)
+        res[f"steps_per_s_{args.backlog // 1000}k_waiting"] = growth(args.backlog, args.tasks, args.concurrency)
+        res["growth_ratio"] = res[f"steps_per_s_{args.backlog // 1000}k_waiting"] / res["steps_per_s_1k_waiting"]  # type: ignore[operator]
+    if "recovery" not in skip:
+        res["lease_seconds"] = args.lease
+        res["recovery_seconds"] = statistics.median(recovery(args.lease) for _ in range(args.runs))
+    if "dbos" not in skip:
+        with scratch_database("tasker_bench_seq") as url:
+            res["tasker_sequential_ms"] = tasker_sequential(url, 50)
+        with scratch_database("dbos_bench") as url:
+            seq, rate = dbos_workload(url, args.tasks, args.concurrency, 50)
+        res["dbos_sequential_ms"], res["dbos_steps_per_s"] = seq, rate
+        if "steps_per_s_2_workers" in res:
+            res["ratio_vs_dbos_2_workers"] = res["steps_per_s_2_workers"] / rate  # type: ignore[operator]
+    if args.json:
+        print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in res.items()}))
+        return
+    table = Table(title=f"Tasker on PostgreSQL ({os.cpu_count()} CPUs; medians of {args.runs} runs)")
+    table.add_column("measure")
+    table.add_column("result", justify="right")
+    for k, v in res.items():
+        table.add_row(k, f"{v:,.2f}" if isinstance(v, float) else str(v))
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
