@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -52,10 +53,12 @@ def pg_url() -> Iterator[str]:
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated SQLite file, copied for each test instead of migrating every time."""
     path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
-    db = Database(f"sqlite:///{path}")
-    with db.write() as conn:
-        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    db.dispose()
+    Database(f"sqlite:///{path}").dispose()
+    raw = sqlite3.connect(path)  # fold the WAL into the main file, outside any transaction, so one file copies
+    try:
+        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        raw.close()
     return path
 
 

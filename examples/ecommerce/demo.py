@@ -33,6 +33,10 @@ from tasker import Event, Task, Tasker
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE = "ecommerce/process_order"
 DECLINED = "declined"
+#: The dependent systems of the template, whose circuit-breaker cool-downs the demo compresses.
+SYSTEMS = ("ecommerce_platform", "payment_gateway", "inventory_service", "mailer")
+#: The engine's default cool-down and its cap, in seconds, before `backoff_scale` compresses them.
+COOLDOWN_SECONDS, MAX_COOLDOWN_SECONDS = 5.0, 30.0
 
 #: progress(phase, done, total); phases are "naive", "engine" and "operator_retry".
 ProgressCallback = Callable[[str, int, int], None]
@@ -45,10 +49,10 @@ def generate_orders(count: int, seed: int) -> list[dict[str, Any]]:
     orders = []
     for i in range(count):
         picks = rng.sample(sellable, rng.choice((1, 1, 2, 2, 3)))
-        items = [{"product_id": p.id, "name": p.name, "price": p.price_cents / 100,
-                  "quantity": rng.choice((1, 1, 1, 2, 3))} for p in picks]
-        totals = price_lines(PricedLine(p.id, p.name, Decimal(p.price_cents) / 100, item["quantity"])
-                             for p, item in zip(picks, items))
+        lines = [PricedLine(p.id, p.name, Decimal(p.price_cents) / 100, rng.choice((1, 1, 1, 2, 3))) for p in picks]
+        items = [{"product_id": line.product_id, "name": line.name, "price": float(line.price),
+                  "quantity": line.quantity} for line in lines]
+        totals = price_lines(lines)
         orders.append({
             "checkout_id": f"bf-{i:05d}",
             "cart_items": items,
@@ -100,14 +104,34 @@ def run_black_friday(
         tasker = Tasker(url, concurrency=concurrency, backoff_scale=backoff_scale, poll_interval=0.05)
         try:
             tasker.load_templates(TEMPLATES)
-            svc = services.configure(tasker.db.writer, faults, channel="engine", reset=True)
+            svc = services.configure(tasker.db.writer, faults, reader=tasker.db.reader, channel="engine",
+                                     reset=True)
             naive_side = run_naive(svc.for_channel("naive"), batch, concurrency=concurrency, progress=report)
             svc.inventory.restock()
-            engine_side = run_engine(tasker, svc, batch, concurrency=concurrency, progress=report)
+            _scale_circuit_breakers(tasker, backoff_scale)
+            try:
+                engine_side = run_engine(tasker, svc, batch, concurrency=concurrency, progress=report)
+            finally:
+                _scale_circuit_breakers(tasker, None)
         finally:
             services.reset_registry()
             tasker.close()
     return {"naive": naive_side, "engine": engine_side}
+
+
+def _scale_circuit_breakers(tasker: Tasker, scale: float | None) -> None:
+    """Compress the circuit breakers' cool-downs like every retry delay (None: back to the defaults).
+
+    Under heavy faults a system can fail five times in a row and open its circuit; its steps then wait
+    the cool-down without spending attempts. `backoff_scale` does not reach those cool-downs, so without
+    this a demo with compressed backoff would sit idle for real-time seconds.
+    """
+    for system in SYSTEMS:
+        if scale is None:
+            tasker.configure_system(system, cooldown_seconds=None, max_cooldown_seconds=None)
+        else:
+            tasker.configure_system(system, cooldown_seconds=COOLDOWN_SECONDS * scale,
+                                    max_cooldown_seconds=MAX_COOLDOWN_SECONDS * scale)
 
 
 @contextmanager

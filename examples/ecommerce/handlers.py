@@ -156,7 +156,13 @@ class UpdateInventoryHandler(StepHandler):
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
         lines = ctx.result_of("validate_cart")["validated_items"]
+        payment_id = ctx.result_of("process_payment")["payment_id"]
         svc = _services()
+        if svc.payment.status(payment_id) != "succeeded":
+            # An operator retried a checkout this step had already refunded: reserving stock now would
+            # ship an order nobody paid for. The customer has to check out again.
+            raise PermanentError(f"charge {payment_id} was refunded; the checkout must start again",
+                                 error_code="PAYMENT_REFUNDED")
         with calling("INVENTORY"):
             try:
                 reservation = svc.inventory.reserve(
@@ -164,7 +170,6 @@ class UpdateInventoryHandler(StepHandler):
                     idempotency_key=ctx.idempotency_key,
                 )
             except OutOfStock as exc:
-                payment_id = ctx.result_of("process_payment")["payment_id"]
                 svc.payment.refund(payment_id, reason=f"out of stock: {exc}")
                 raise PermanentError(f"{exc}; charge {payment_id} refunded", error_code="OUT_OF_STOCK",
                                      context={"refunded_payment_id": payment_id}) from exc

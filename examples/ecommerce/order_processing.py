@@ -21,6 +21,8 @@ EXPRESS_SETTINGS: dict[str, dict[str, Any]] = {
                   "email_template": "express_confirmation"},
 }
 PREMIUM_TIERS = ("premium", "enterprise")
+#: Error codes of failures after which the charge has been refunded (see UpdateInventoryHandler).
+REFUNDED_ON = ("OUT_OF_STOCK", "PAYMENT_REFUNDED")
 
 
 class OrderProcessingHandler(TaskHandler):
@@ -48,17 +50,19 @@ class OrderProcessingHandler(TaskHandler):
         }
 
     def on_error(self, task: Task) -> dict[str, Any]:
-        """Which step failed and whether money moved, which is what an operator must know first."""
+        """Which step failed and whether money is held without an order, which an operator must know first."""
         failed = [s for s in task.steps if s.status == "error"]
         payment = next((s for s in task.steps if s.name == "process_payment"), None)
         charged = payment is not None and payment.status in ("complete", "resolved_manually")
         first = failed[0] if failed else None
         error = (first.last_error or {}) if first else {}
+        refunded = error.get("error_code") in REFUNDED_ON
         return {
             "failed_step": first.name if first else None,
             "error_code": error.get("error_code"),
-            "payment_captured": charged,
-            "needs_attention": charged and error.get("error_code") != "OUT_OF_STOCK",
+            "payment_captured": charged and not refunded,
+            "payment_refunded": charged and refunded,
+            "needs_attention": charged and not refunded,
         }
 
 

@@ -24,17 +24,18 @@ configuration at a time, which is what a worker process of a real shop looks lik
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Table, insert, select, update
+from sqlalchemy import Connection, Engine, Insert, Select, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from examples.ecommerce.faults import DECLINED_TOKEN_PREFIX, Fault, FaultInjector, FaultSettings
@@ -140,7 +141,13 @@ class _Service:
     engine: Engine
     faults: FaultInjector
     channel: str
+    #: Reads go here; on SQLite the engine's writer takes the write lock even to read.
+    reader: Engine | None = None
     name: str = field(default="service", init=False)
+
+    @property
+    def reads(self) -> Engine:
+        return self.reader or self.engine
 
     def _enter(self, order_ref: str) -> Fault | None:
         """Apply latency and the faults that stop a call before it does anything; return the rest."""
@@ -158,32 +165,45 @@ class _Service:
         if fault is Fault.TIMEOUT_AFTER:
             raise ServiceTimeout(self.name, "no response within the client timeout")
 
-    def _once(self, table: Table, key: str, values: dict[str, Any]) -> tuple[Any, bool]:
-        """The row for (channel, key), inserted with `values` unless one exists; returns (row, replayed)."""
-        existing = self._find(table, key)
-        if existing is not None:
-            return existing, True
-        return self._insert(table, key, values)
+    def _once(self, table: Table, key: str, build: Callable[[Connection], dict[str, Any]]) -> tuple[Any, bool]:
+        """The row for (channel, key), or a new one with the values `build` returns; (row, replayed).
 
-    def _insert(self, table: Table, key: str, values: dict[str, Any]) -> tuple[Any, bool]:
-        """Insert the row for (channel, key); a concurrent attempt that got there first wins (replayed)."""
+        Lookup, `build` (which may change other tables or raise to refuse) and insert share one
+        transaction, so a refusal leaves nothing behind. Two concurrent first calls with one key cannot both
+        insert: the loser's transaction is rolled back on the unique key and it returns the winner's row.
+        """
+        lookup, add = _statements(table)
+        params = {"channel": self.channel, "key": key}
         try:
             with self.engine.begin() as conn:
-                row = conn.execute(
-                    insert(table).values(channel=self.channel, idempotency_key=key, **values).returning(*table.c)
-                ).one()
+                row = conn.execute(lookup, params).first()
+                if row is not None:
+                    return row, True
+                values = build(conn)
+                row = conn.execute(add, {**values, "channel": self.channel, "idempotency_key": key}).one()
+                return row, False
         except IntegrityError:
-            existing = self._find(table, key)
-            if existing is None:
+            with self.reads.connect() as conn:
+                row = conn.execute(lookup, params).first()
+            if row is None:
                 raise
-            return existing, True
-        return row, False
+            return row, True
 
-    def _find(self, table: Table, key: str) -> Any:
-        with self.engine.begin() as conn:
-            return conn.execute(
-                select(table).where(table.c.channel == self.channel, table.c.idempotency_key == key)
-            ).first()
+
+_TAKE_STOCK = (
+    update(products)
+    .where(products.c.id == bindparam("product"), products.c.active.is_(True),
+           products.c.stock >= bindparam("quantity"))
+    .values(stock=products.c.stock - bindparam("quantity"))
+    .returning(products.c.stock)
+)
+
+
+@functools.cache
+def _statements(table: Table) -> tuple[Select[Any], Insert]:
+    """The lookup by (channel, key) and the insert of an idempotent table, built once (hot path)."""
+    lookup = select(table).where(table.c.channel == bindparam("channel"), table.c.idempotency_key == bindparam("key"))
+    return lookup, insert(table).returning(*table.c)
 
 
 @dataclass(frozen=True)
@@ -206,20 +226,24 @@ class PaymentGateway(_Service):
                idempotency_key: str) -> Charge:
         """Charge a card once per idempotency key; a repeated key returns the first charge."""
         fault = self._enter(order_ref)
-        row = self._find(charges, idempotency_key)
-        replayed = row is not None
-        if row is None:
+
+        def new_charge(conn: Connection) -> dict[str, Any]:
             if self.faults.declines(token):
                 raise CardDeclined(self.name, "card declined by the issuer (do_not_honor)")
-            row, replayed = self._insert(charges, idempotency_key, {
-                "charge_id": f"ch_{uuid.uuid4().hex[:24]}", "order_ref": order_ref, "amount_cents": amount_cents,
-                "currency": currency, "method": method, "status": "succeeded", "created_at": _now(),
-            })
+            return {"charge_id": f"ch_{uuid.uuid4().hex[:24]}", "order_ref": order_ref, "amount_cents": amount_cents,
+                    "currency": currency, "method": method, "status": "succeeded", "created_at": _now()}
+
+        row, replayed = self._once(charges, idempotency_key, new_charge)
         if row.amount_cents != amount_cents:
             raise InvalidRequest(self.name, f"idempotency key {idempotency_key} was used for another amount")
         self._leave(fault)
         return Charge(row.charge_id, row.order_ref, row.amount_cents, row.currency, row.method, row.status,
                       row.created_at, replayed)
+
+    def status(self, charge_id: str) -> str | None:
+        """A charge's status (`succeeded` or `refunded`), None for an unknown charge. Not fault-injected."""
+        with self.reads.connect() as conn:
+            return conn.execute(select(charges.c.status).where(charges.c.charge_id == charge_id)).scalar()
 
     def refund(self, charge_id: str, reason: str) -> bool:
         """Refund a charge in full (compensation); True when this call refunded it."""
@@ -246,47 +270,31 @@ class InventoryService(_Service):
     def products(self, product_ids: Iterable[int]) -> dict[int, Product]:
         """Catalog entries by id (missing ids are simply absent). Reads are not fault-injected."""
         ids = sorted(set(product_ids))
-        with self.engine.begin() as conn:
+        with self.reads.connect() as conn:
             rows = conn.execute(select(products).where(products.c.id.in_(ids))).all()
         return {r.id: Product(r.id, r.name, r.price_cents, r.stock, r.active) for r in rows}
 
     def reserve(self, *, order_ref: str, items: Sequence[tuple[int, int]], idempotency_key: str) -> Reservation:
         """Take `(product_id, quantity)` out of stock, all or nothing, once per idempotency key."""
         fault = self._enter(order_ref)
-        existing = self._find(stock_reservations, idempotency_key)
-        if existing is not None:
-            self._leave(fault)
-            return Reservation(existing.reservation_id, existing.order_ref, existing.items, True)
-        reservation_id = f"res_{uuid.uuid4().hex[:24]}"
         wanted: Counter[int] = Counter()
         for product_id, quantity in items:
             wanted[int(product_id)] += int(quantity)
-        lines: list[dict[str, Any]] = []
-        try:
-            with self.engine.begin() as conn:
-                # Rows are locked in product order, so two concurrent reservations cannot deadlock.
-                for product_id, quantity in sorted(wanted.items()):
-                    left = conn.execute(
-                        update(products)
-                        .where(products.c.id == product_id, products.c.active.is_(True), products.c.stock >= quantity)
-                        .values(stock=products.c.stock - quantity)
-                        .returning(products.c.stock)
-                    ).scalar()
-                    if left is None:
-                        raise OutOfStock(self.name, f"product {product_id}: fewer than {quantity} in stock")
-                    lines.append({"product_id": product_id, "quantity": quantity, "new_stock": left})
-                conn.execute(insert(stock_reservations).values(
-                    reservation_id=reservation_id, channel=self.channel, idempotency_key=idempotency_key,
-                    order_ref=order_ref, items=lines, created_at=_now(),
-                ))
-        except IntegrityError:  # a concurrent attempt with the same key won; its stock change stands alone
-            existing = self._find(stock_reservations, idempotency_key)
-            if existing is None:
-                raise
-            self._leave(fault)
-            return Reservation(existing.reservation_id, existing.order_ref, existing.items, True)
+
+        def take_stock(conn: Connection) -> dict[str, Any]:
+            lines = []
+            # Rows are locked in product order, so two concurrent reservations cannot deadlock.
+            for product_id, quantity in sorted(wanted.items()):
+                left = conn.execute(_TAKE_STOCK, {"product": product_id, "quantity": quantity}).scalar()
+                if left is None:
+                    raise OutOfStock(self.name, f"product {product_id}: fewer than {quantity} in stock")
+                lines.append({"product_id": product_id, "quantity": quantity, "new_stock": left})
+            return {"reservation_id": f"res_{uuid.uuid4().hex[:24]}", "order_ref": order_ref, "items": lines,
+                    "created_at": _now()}
+
+        row, replayed = self._once(stock_reservations, idempotency_key, take_stock)
         self._leave(fault)
-        return Reservation(reservation_id, order_ref, lines, False)
+        return Reservation(row.reservation_id, row.order_ref, row.items, replayed)
 
     def set_stock(self, product_id: int, stock: int) -> None:
         with self.engine.begin() as conn:
@@ -321,7 +329,7 @@ class OrderBook(_Service):
                charge_id: str, reservation_id: str | None, delivery_days: int) -> Order:
         created = _now()
         digest = hashlib.sha256(f"{self.channel}:{idempotency_key}".encode()).hexdigest()[:8].upper()
-        row, replayed = self._once(orders, idempotency_key, {
+        row, replayed = self._once(orders, idempotency_key, lambda conn: {
             "order_number": f"ORD-{created:%Y%m%d}-{digest}", "order_ref": order_ref,
             "customer_email": customer_email, "total_cents": total_cents, "charge_id": charge_id,
             "reservation_id": reservation_id, "status": "confirmed",
@@ -347,7 +355,7 @@ class Mailer(_Service):
         fault = self._enter(order_ref)
         if to.lower().endswith(".invalid"):
             raise InvalidRequest(self.name, f"undeliverable address {to}")
-        row, replayed = self._once(sent_mail, idempotency_key, {
+        row, replayed = self._once(sent_mail, idempotency_key, lambda conn: {
             "message_id": f"<{uuid.uuid4().hex}@mail.example.com>", "order_ref": order_ref, "recipient": to,
             "subject": subject, "body": body, "created_at": _now(),
         })
@@ -375,18 +383,20 @@ class Ledger:
 class Services:
     """The four services of one channel, on one database and one fault injector."""
 
-    def __init__(self, engine: Engine, faults: FaultInjector, channel: str = "engine"):
+    def __init__(self, engine: Engine, faults: FaultInjector, channel: str = "engine", *,
+                 reader: Engine | None = None):
         self.engine = engine
+        self.reader = reader or engine
         self.faults = faults
         self.channel = channel
-        self.payment = PaymentGateway(engine, faults, channel)
-        self.inventory = InventoryService(engine, faults, channel)
-        self.orders = OrderBook(engine, faults, channel)
-        self.mailer = Mailer(engine, faults, channel)
+        self.payment = PaymentGateway(engine, faults, channel, reader)
+        self.inventory = InventoryService(engine, faults, channel, reader)
+        self.orders = OrderBook(engine, faults, channel, reader)
+        self.mailer = Mailer(engine, faults, channel, reader)
 
     def for_channel(self, channel: str) -> Services:
         """The same services (tables, faults) seen by another caller."""
-        return Services(self.engine, self.faults, channel)
+        return Services(self.engine, self.faults, channel, reader=self.reader)
 
     def install(self, *, reset: bool = False, stock: int = DEFAULT_STOCK) -> None:
         """Create the demo tables (dropping them first with `reset`) and stock the catalog."""
@@ -404,7 +414,7 @@ class Services:
 
     def ledger(self) -> Ledger:
         """Reconcile this channel's charges against its orders, from the services' own tables."""
-        with self.engine.begin() as conn:
+        with self.reader.connect() as conn:
             paid = conn.execute(select(charges.c.order_ref).where(
                 charges.c.channel == self.channel, charges.c.status == "succeeded")).scalars().all()
             refunded = conn.execute(select(charges.c.id).where(
@@ -424,7 +434,7 @@ class Services:
         )
 
     def charges_for(self, order_ref: str) -> list[Mapping[str, Any]]:
-        with self.engine.begin() as conn:
+        with self.reader.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(
                 select(charges).where(charges.c.channel == self.channel, charges.c.order_ref == order_ref)
                 .order_by(charges.c.id))]
@@ -434,14 +444,16 @@ _registry_lock = threading.Lock()
 _current: Services | None = None
 
 
-def configure(engine: Engine, faults: FaultSettings | None = None, *, channel: str = "engine",
-              reset: bool = False, stock: int = DEFAULT_STOCK) -> Services:
+def configure(engine: Engine, faults: FaultSettings | None = None, *, reader: Engine | None = None,
+              channel: str = "engine", reset: bool = False, stock: int = DEFAULT_STOCK) -> Services:
     """Install the services the step handlers will use, on `engine` (usually `tasker.db.writer`).
 
-    With `reset` the demo tables are dropped and recreated, so a run starts from an empty ledger.
+    `reader` (usually `tasker.db.reader`) serves the reads: on SQLite the writer engine takes the write
+    lock for every transaction, reads included. With `reset` the demo tables are dropped and recreated,
+    so a run starts from an empty ledger.
     """
     global _current
-    services = Services(engine, FaultInjector(faults), channel)
+    services = Services(engine, FaultInjector(faults), channel, reader=reader)
     services.install(reset=reset, stock=stock)
     with _registry_lock:
         _current = services
@@ -459,10 +471,10 @@ def current() -> Services:
             return _current
     from tasker.store.database import Database
 
-    default = Database(None, migrate=False).writer
+    default = Database(None, migrate=False)
     with _registry_lock:
         if _current is None:
-            services = Services(default, FaultInjector(), "engine")
+            services = Services(default.writer, FaultInjector(), "engine", reader=default.reader)
             services.install()
             _current = services
         return _current

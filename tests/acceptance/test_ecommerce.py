@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
@@ -75,23 +74,14 @@ def engine(make_tasker: Callable[..., Tasker]) -> Tasker:
 
 @pytest.fixture
 def shop(engine: Tasker) -> Iterator[Services]:
-    svc = services.configure(engine.db.writer, FaultSettings(rate_limit_retry_after=4.0), reset=True)
+    svc = services.configure(engine.db.writer, FaultSettings(rate_limit_retry_after=4.0), reader=engine.db.reader,
+                             reset=True)
     yield svc
     services.reset_registry()
 
 
 def run(engine: Tasker, context: dict[str, Any]) -> Task:
     return engine.run(engine.create_task(TEMPLATE, context).id)
-
-
-def wait_for_annotations(engine: Tasker, task_id: int, timeout: float = 5.0) -> dict[str, Any]:
-    """Task handler hooks run just after the task settles; give them a moment to store their annotations."""
-    deadline = time.monotonic() + timeout
-    while True:
-        notes = engine.get_task(task_id).annotations
-        if notes or time.monotonic() > deadline:
-            return notes or {}
-        time.sleep(0.02)
 
 
 def test_sample_cart_completes_with_one_charge(engine: Tasker, shop: Services) -> None:
@@ -108,7 +98,7 @@ def test_sample_cart_completes_with_one_charge(engine: Tasker, shop: Services) -
     assert [(c["amount_cents"], c["status"]) for c in charges] == [(12476, "succeeded")]
     ledger = shop.ledger()
     assert (ledger.charges, ledger.orders, ledger.mails, ledger.charged_without_order) == (1, 1, 1, 0)
-    notes = wait_for_annotations(engine, task.id)
+    notes = engine.get_task(task.id).annotations or {}
     assert notes["order_number"] == task.step("create_order").results["order_number"]  # type: ignore[index]
     assert notes["order_total"] == 124.76
     assert notes["checkout_duration_seconds"] >= 0
@@ -126,9 +116,9 @@ def test_declined_card_fails_at_once_without_charging(engine: Tasker, shop: Serv
     assert payment.last_error["retryable"] is False
     assert [task.step(s).status for s in STEPS[2:]] == ["pending"] * 3
     assert shop.ledger().charges == 0
-    notes = wait_for_annotations(engine, task.id)
+    notes = engine.get_task(task.id).annotations or {}
     assert notes == {"failed_step": "process_payment", "error_code": "PAYMENT_DECLINED",
-                     "payment_captured": False, "needs_attention": False}
+                     "payment_captured": False, "payment_refunded": False, "needs_attention": False}
 
 
 def test_gateway_timeout_after_charging_is_retried_without_a_second_charge(engine: Tasker, shop: Services) -> None:
@@ -187,6 +177,17 @@ def test_stock_taken_after_payment_is_permanent_and_refunds_the_charge(engine: T
     assert inventory.last_error is not None and inventory.last_error["error_code"] == "OUT_OF_STOCK"
     ledger = shop.ledger()
     assert (ledger.charges, ledger.refunded, ledger.charged_without_order) == (0, 1, 0)
+    notes = engine.get_task(task.id).annotations or {}
+    assert (notes["payment_refunded"], notes["needs_attention"]) == (True, False)
+
+    # Restocked, an operator retries: the refunded charge must not buy an order.
+    shop.inventory.set_stock(4, 10)
+    engine.retry_task(task.id)
+    task = engine.run(task.id)
+    assert task.status == "error"
+    inventory = task.step("update_inventory")
+    assert inventory.last_error is not None and inventory.last_error["error_code"] == "PAYMENT_REFUNDED"
+    assert shop.ledger().orders == 0
 
 
 def test_rate_limited_charge_waits_for_retry_after(engine: Tasker, shop: Services) -> None:

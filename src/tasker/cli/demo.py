@@ -19,6 +19,8 @@ from rich.columns import Columns
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 PHASES = {
     "naive": "naive checkout",
@@ -65,6 +67,8 @@ def black_friday(orders: int, transient_failure_rate: float, decline_rate: float
     """
     from examples.ecommerce.demo import run_black_friday
 
+    if database_url:
+        _check_url(database_url)
     seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
     err = Console(stderr=True)
     with _progress(err, enabled=not as_json) as progress:
@@ -79,6 +83,17 @@ def black_friday(orders: int, transient_failure_rate: float, decline_rate: float
     out.print(Columns([_table("Naive checkout (no retries)", result["naive"]),
                        _table("Tasker workflow", result["engine"], engine=True)]))
     out.print(_verdict(result))
+
+
+def _check_url(url: str) -> None:
+    """Refuse a store URL the engine cannot open before any work starts, as a usage error."""
+    try:
+        backend = make_url(url).get_backend_name()
+    except ArgumentError:
+        backend = None
+    if backend not in ("sqlite", "postgresql", "postgres"):
+        raise click.BadParameter(f"'{url}' is not a store URL; use sqlite:///path.db or postgresql://user@host/db",
+                                 param_hint="--database-url")
 
 
 @contextmanager

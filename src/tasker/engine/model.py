@@ -109,6 +109,7 @@ class Outcome:
     #: Step ids of this step's children, when the worker knows them (saves reading the edges).
     children: list[int] | None = None
     dependent_system: str = ""
+    step: str = ""
     probe: bool = False
     #: A failed circuit probe: the attempt is given back, the step waits for the circuit instead.
     refund_attempt: bool = False

@@ -330,6 +330,7 @@ class Worker:
         self._inflight.pop(claimed.step_id, None)
         self.steps_run += 1
         outcome.dependent_system = claimed.dependent_system
+        outcome.step = claimed.name
         if claimed.probe:
             outcome.probe = True
             if outcome.transient_failure:  # the circuit reopens; this attempt does not count against the step

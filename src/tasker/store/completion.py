@@ -115,7 +115,7 @@ def apply_outcomes(
         state = StepState(o.state)
         accepted.append(o)
         journal.step(o.step_id, o.task_id, StepState.IN_PROGRESS, state, o.attempt, o.error, o.duration_ms)
-        payload: dict[str, Any] = {"task_id": o.task_id, "step_id": o.step_id, "attempt": o.attempt,
+        payload: dict[str, Any] = {"task_id": o.task_id, "step_id": o.step_id, "step": o.step, "attempt": o.attempt,
                                    "duration_ms": o.duration_ms}
         if o.error:
             payload["error"] = o.error

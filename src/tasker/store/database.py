@@ -16,7 +16,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import NullPool
+
+from tasker.errors import TaskerInputError
 
 DEFAULT_URL = "sqlite:///tasker.db"
 
@@ -42,7 +45,12 @@ class Database:
 
     def __init__(self, url: str | None = None, *, migrate: bool = True, pool_size: int = 10):
         self.url = resolve_url(url)
-        parsed = make_url(self.url)
+        try:
+            parsed = make_url(self.url)
+        except ArgumentError:
+            raise TaskerInputError(
+                f"'{self.url}' is not a database URL; fix: use sqlite:///path.db or postgresql://user@host/db"
+            ) from None
         self.dialect = parsed.get_backend_name()
         if self.dialect == "sqlite":
             database = parsed.database or ""
@@ -60,7 +68,9 @@ class Database:
             )
             self.reader = self.writer
         else:
-            raise ValueError(f"unsupported database '{self.dialect}': use sqlite:/// or postgresql:// URLs")
+            raise TaskerInputError(
+                f"unsupported database '{self.dialect}'; fix: use sqlite:///path.db or postgresql://user@host/db"
+            )
         if migrate:
             self.migrate()
 

@@ -19,7 +19,10 @@ _CANCELLABLE = sorted(s.value for s in StepState if StepState.CANCELLED in STEP_
 def _task_status(conn: Connection, task_id: int, lock: bool) -> TaskState:
     q = select(tasks.c.status).where(tasks.c.id == task_id)
     if lock:
-        q = q.with_for_update()
+        # FOR NO KEY UPDATE: serialises operations and completions on the task, yet lets other workers'
+        # foreign-key checks (KEY SHARE, taken when they insert a transition row) through instead of
+        # queueing them behind this transaction, which deadlocked with their step locks.
+        q = q.with_for_update(key_share=True)
     status = conn.execute(q).scalar()
     if status is None:
         raise NotFoundError(f"no task with id {task_id}; fix: list tasks with 'tasker tasks list'")
