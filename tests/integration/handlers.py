@@ -201,3 +201,13 @@ class OrderTaskHandler(TaskHandler):
         record(str(task.context.get("key")), kind="on_error", task_id=task.id, status=task.status)
         failed = [s.name for s in task.steps if s.status == "error"]
         return {"failed_steps": failed, "outcome": "failed"}
+
+
+class BadResult(StepHandler):
+    """Returns what a handler must not: a list, or a dict that is not JSON (`handler_config.kind`)."""
+
+    def process(self, ctx: StepContext) -> Any:
+        record(_key(ctx), kind="attempt", step=ctx.step_name, attempt=ctx.attempt)
+        if ctx.handler_config.get("kind") == "list":
+            return [1, 2, 3]
+        return {"when": object()}

@@ -35,7 +35,7 @@ def test_independent_steps_run_in_parallel(tasker: Tasker, load, key: str) -> No
     assert task.status == "complete"
     (l0, l1), (r0, r1) = _interval(key, "left"), _interval(key, "right")
     assert l0 < r1 and r0 < l1, "the two middle steps should overlap"
-    s0, s1 = _interval(key, "start")
+    _, s1 = _interval(key, "start")
     j0, _ = _interval(key, "join")
     assert s1 <= min(l0, r0) and max(l1, r1) <= j0
     assert set(h.calls(key, "join")[0]["results"]) == {"start", "left", "right"}
@@ -67,7 +67,7 @@ def test_two_workers_process_many_tasks_exactly_once(make_tasker, write_template
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(e,)) for e in engines]
+    threads = [threading.Thread(target=work, args=(e,), daemon=True) for e in engines]
     for t in threads:
         t.start()
     for t in threads:

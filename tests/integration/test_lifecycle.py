@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from tasker import Tasker
 from tests.integration import handlers as h
 from tests.integration.support import history, step, step_history, to_states
@@ -56,7 +58,7 @@ def test_transitions_are_recorded_in_order(tasker: Tasker, load, key: str) -> No
     for rows_of_step in by_step.values():
         # Each row starts where the previous one ended, timestamps never go backwards.
         assert rows_of_step[0]["from_state"] is None
-        for prev, row in zip(rows_of_step, rows_of_step[1:]):
+        for prev, row in itertools.pairwise(rows_of_step):
             assert row["from_state"] == prev["to_state"]
             assert row["at"] >= prev["at"]
         running, finished = rows_of_step[-2], rows_of_step[-1]

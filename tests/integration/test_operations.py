@@ -273,3 +273,109 @@ def test_resolve_step_refuses_bad_requests(tasker: Tasker, load, key: str) -> No
     after = tasker.get_task(task.id)
     assert after.status == "error"
     assert after.step("b").status == "error"
+
+
+def test_cancel_storm_while_workers_run(make_tasker, write_template, key: str) -> None:
+    """Operators cancel tasks while two workers claim and complete them (on PostgreSQL a cancel and a
+    claim may deadlock; the engine must absorb that). Every task ends complete or cancelled, and nothing
+    of a cancelled task starts or completes after its cancel."""
+    from tests.integration.support import history, template_yaml
+
+    path = write_template(template_yaml("storm", [step("a"), step("b", after="a"), step("c", after="a")]))
+    operator = make_tasker()
+    operator.load_templates(path)
+    ids = [operator.create_task("itest/storm", {"key": key, "n": i}).id for i in range(120)]
+    engines = [make_tasker(poll_interval=0.01) for _ in range(2)]
+    errors: list[BaseException] = []
+    refused: list[int] = []
+
+    def work(engine: Tasker) -> None:
+        try:
+            engine.work(concurrency=4, until_idle=True)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(e,), daemon=True) for e in engines]
+    for t in threads:
+        t.start()
+    for task_id in ids:
+        try:
+            operator.cancel_task(task_id)
+        except OperationError:
+            refused.append(task_id)  # it finished first
+        except Exception as exc:
+            errors.append(exc)
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    tasks = operator.get_tasks(ids)
+    assert {t.status for t in tasks} <= {"complete", "cancelled"}
+    assert {t.id for t in tasks if t.status == "complete"} == set(refused)
+    for t in tasks:
+        if t.status != "cancelled":
+            assert all(s.status == "complete" for s in t.steps)
+            continue
+        assert {s.status for s in t.steps} <= {"complete", "cancelled"}
+        by_step = history(operator, t.id)
+        for s in t.steps:
+            # The last word on each step is its final state: nothing happened to it after the cancel.
+            assert by_step[s.id][-1]["to_state"] == s.status
+        if t.step("a").status == "cancelled":
+            # a never completed, so its children never started.
+            assert all("in_progress" not in to_states(by_step[t.step(n).id]) for n in ("b", "c"))
+        if operator.db.is_sqlite:
+            # One writer at a time: transition times follow commit order.
+            cancelled_at = operator.task_transitions(t.id)[-1]["at"]
+            for rows in by_step.values():
+                assert all(r["at"] <= cancelled_at for r in rows if r["to_state"] in ("in_progress", "complete"))
+
+
+def _wait_for_state(tasker: Tasker, task_id: int, name: str, state: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while tasker.get_task(task_id).step(name).status != state:
+        assert time.monotonic() < deadline, f"step {name} never reached {state}"
+        time.sleep(0.02)
+
+
+def test_resolve_a_step_waiting_to_retry_wakes_the_worker(tasker: Tasker, load, key: str) -> None:
+    """The service asked for 30 s; an operator supplies the result instead, and the worker goes on at once."""
+    ref = load("slow_retry", [step("a", handler_config={"fail": ["retry_after:30"]}), step("b", after="a")])
+    task_id = tasker.create_task(ref, {"key": key}).id
+    worker, _ = _in_thread(tasker.work, until_idle=True)
+    _wait_for_state(tasker, task_id, "a", "waiting_retry")
+    started = time.monotonic()
+    tasker.resolve_step(task_id, "a", {"by": "operator"})
+    worker.join(15)
+    assert not worker.is_alive()
+    assert time.monotonic() - started < 15
+    task = tasker.get_task(task_id)
+    assert task.status == "resolved_manually"
+    assert task.step("a").attempts == 1
+    assert h.calls(key, "b")[0]["results"]["a"] == {"by": "operator"}
+    assert to_states(step_history(tasker, task_id, "a"))[-2:] == ["waiting_retry", "resolved_manually"]
+
+
+def test_cancel_a_task_waiting_to_retry(tasker: Tasker, load, key: str) -> None:
+    ref = load("slow_retry", [step("a", handler_config={"fail": ["retry_after:30"]}), step("b", after="a")])
+    task_id = tasker.create_task(ref, {"key": key}).id
+    worker, out = _in_thread(tasker.run, task_id)
+    _wait_for_state(tasker, task_id, "a", "waiting_retry")
+    tasker.cancel_task(task_id)
+    worker.join(15)
+    assert not worker.is_alive()
+    assert out["value"].status == "cancelled"
+    assert [s.status for s in out["value"].steps] == ["cancelled", "cancelled"]
+    assert len(h.calls(key, "a")) == 1
+
+
+def test_worker_only_runs_its_namespaces(tasker: Tasker, load, key: str) -> None:
+    mine = load("mine", [step("a")], namespace="payments")
+    theirs = load("theirs", [step("a")], namespace="shipping")
+    t1 = tasker.create_task(mine, {"key": key})
+    t2 = tasker.create_task(theirs, {"key": key})
+    assert tasker.work(namespaces=["payments"], until_idle=True) == 1
+    assert tasker.get_task(t1.id).status == "complete"
+    assert tasker.get_task(t2.id).status == "pending"
+    assert tasker.work(until_idle=True) == 1
+    assert tasker.get_task(t2.id).status == "complete"
