@@ -101,7 +101,7 @@ async def execute(
     except RetryableError as exc:
         error = describe_error(exc, retryable=True)
         retry_after = exc.retry_after
-    except _InvalidResult as exc:
+    except InvalidResultError as exc:
         return _failed(claimed, started, describe_error(exc, retryable=False), StepState.ERROR, ctx)
     except Exception as exc:
         error = describe_error(exc, retryable=True)
@@ -121,21 +121,21 @@ async def execute(
     return outcome
 
 
-class _InvalidResult(Exception):
-    pass
+class InvalidResultError(Exception):
+    """A handler returned something that is not a JSON object: a bug, so the step fails without retrying."""
 
 
 def _check_results(result: Any, handler_cls: type) -> dict[str, Any]:
     if result is None:
         return {}
     if not isinstance(result, dict):
-        raise _InvalidResult(
+        raise InvalidResultError(
             f"{handler_cls.__name__}.process returned {type(result).__name__}; it must return a dict (or None)"
         )
     try:
         json.dumps(result)
     except (TypeError, ValueError) as exc:
-        raise _InvalidResult(f"{handler_cls.__name__}.process returned results that are not JSON: {exc}") from None
+        raise InvalidResultError(f"{handler_cls.__name__}.process returned results that are not JSON: {exc}") from None
     return result
 
 

@@ -400,7 +400,12 @@ class Tasker:
                     continue
                 handler = resolve_task_handler(definition_task.task_handler_class, where=definition_task.key)()
                 task = self.get_task(task_id)
-                hook = handler.on_complete if status in ("complete", "resolved_manually") else handler.on_error
+                if status in ("complete", "resolved_manually"):
+                    hook = handler.on_complete
+                elif status in ("error", "cancelled"):
+                    hook = handler.on_error
+                else:
+                    continue  # reopened (pending) or running: not an ending
                 notes = hook(task)
                 if notes:
                     self.annotate(task_id, notes)

@@ -43,13 +43,16 @@ _snapshot_ids: dict[tuple[str, str], int] = {}
 
 def template_id(conn: Connection, template: TaskTemplate, now: datetime) -> int:
     """Get or store the template snapshot; identical definitions share one row."""
-    snapshot = template.snapshot()
-    digest = hashlib.sha256(canonical_json(snapshot).encode()).hexdigest()
+    digest = template.content_hash()
     cache_key = (str(conn.engine.url), digest)
     cached = _snapshot_ids.get(cache_key)
     if cached is not None:
         return cached
     found = conn.execute(select(templates.c.id).where(templates.c.content_hash == digest)).scalar()
+    if found is not None:
+        _snapshot_ids[cache_key] = int(found)  # committed already: safe to remember
+        return int(found)
+    snapshot = template.snapshot()
     if found is None:
         try:
             with conn.begin_nested():
@@ -61,7 +64,7 @@ def template_id(conn: Connection, template: TaskTemplate, now: datetime) -> int:
                 ).scalar_one()
         except IntegrityError:
             found = conn.execute(select(templates.c.id).where(templates.c.content_hash == digest)).scalar_one()
-    _snapshot_ids[cache_key] = int(found)
+    # Not cached: this transaction may still roll back (a duplicate task), taking the new row with it.
     return int(found)
 
 

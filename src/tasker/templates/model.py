@@ -166,6 +166,7 @@ class TaskTemplate(_Strict):
 
     _source: str | None = PrivateAttr(default=None)
     _warnings: list[str] = PrivateAttr(default_factory=list)
+    _digest: str | None = PrivateAttr(default=None)
 
     @field_validator("name", "namespace_name")
     @classmethod
@@ -241,6 +242,16 @@ class TaskTemplate(_Strict):
             for s in self.step_templates:
                 names |= {e.name for e in s.custom_events}
         return names
+
+    def content_hash(self) -> str:
+        """SHA-256 of the snapshot, computed once: identical definitions share one stored snapshot."""
+        if self._digest is None:
+            import hashlib
+            import json
+
+            canonical = json.dumps(self.snapshot(), sort_keys=True, separators=(",", ":"), default=str)
+            self._digest = hashlib.sha256(canonical.encode()).hexdigest()
+        return self._digest
 
     def snapshot(self) -> dict[str, Any]:
         """The JSON form stored with each task, so a later deploy cannot change a running task."""
