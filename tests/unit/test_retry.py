@@ -10,9 +10,9 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from tasker.retry import DEFAULT_RETRY_LIMIT, RetryPolicy
+from tasker.retry import DEFAULT_RETRY_LIMIT, MAX_DELAY_SECONDS, RetryPolicy
 
-seconds = st.floats(min_value=0, max_value=1e6, allow_nan=False, allow_infinity=False)
+seconds = st.floats(min_value=0, max_value=MAX_DELAY_SECONDS / 4, allow_nan=False, allow_infinity=False)
 attempts = st.integers(min_value=-3, max_value=5000)
 jitters = st.floats(min_value=0, max_value=1, allow_nan=False)
 seeds = st.integers(min_value=0, max_value=2**32)
@@ -27,7 +27,7 @@ def exact_backoff(p: RetryPolicy, attempt: int) -> float:
 @st.composite
 def policies(draw: st.DrawFn, jitter: st.SearchStrategy[float] = jitters) -> RetryPolicy:
     base = draw(seconds)
-    cap = draw(st.floats(min_value=base, max_value=max(base, 1e6) * 4, allow_nan=False, allow_infinity=False))
+    cap = draw(st.floats(min_value=base, max_value=MAX_DELAY_SECONDS, allow_nan=False, allow_infinity=False))
     return RetryPolicy(
         retry_limit=draw(st.integers(min_value=1, max_value=50)),
         retryable=draw(st.booleans()),
@@ -192,3 +192,9 @@ def test_dict_round_trip(p: RetryPolicy) -> None:
 
 def test_from_dict_fills_defaults() -> None:
     assert RetryPolicy.from_dict({"retry_limit": 5}) == RetryPolicy(retry_limit=5)
+
+
+@pytest.mark.parametrize("field", ["backoff_max_seconds", "max_server_delay_seconds"])
+def test_delays_past_a_week_are_refused(field: str) -> None:
+    with pytest.raises(ValueError, match="7 days"):
+        RetryPolicy(**{field: MAX_DELAY_SECONDS * 2})
