@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -299,6 +300,8 @@ def test_half_open_lets_one_probe_through_and_its_success_closes(tasker: Tasker,
     tasker.configure_system("flaky", failure_threshold=2, cooldown_seconds=0.3)
     b = board(f"{key}:all")
     b.fail_calls = 4  # the first attempt of each of the 4 steps fails; from then on the system is fine
+    events: list[tuple[str, str, str]] = []
+    tasker.subscribe(lambda e: events.append((e.name, e.payload["from_state"], e.payload["to_state"])), "circuit.*")
     ids = [tasker.create_task(ref, {"key": key, "n": i}).id for i in range(4)]
 
     with background_worker(tasker, concurrency=8):
@@ -310,6 +313,8 @@ def test_half_open_lets_one_probe_through_and_its_success_closes(tasker: Tasker,
     opened, half_open, closed = (ts(r["at"]) for r in history)
     assert half_open - opened >= 0.3 - 1e-3, "the probe came before the cool-down was over"
     assert history[2]["reason"] == "probe succeeded"
+    assert events == [("circuit.opened", "closed", "open"), ("circuit.half_open", "open", "half_open"),
+                      ("circuit.closed", "half_open", "closed")]
     calls = b.snapshot()
     assert len(calls) == 8
     in_window = [c for c in calls if half_open <= c.start < closed]
@@ -318,6 +323,37 @@ def test_half_open_lets_one_probe_through_and_its_success_closes(tasker: Tasker,
     overlapping = [c for c in calls if c.start < in_window[0].end and c.end > in_window[0].start]
     assert overlapping == in_window, "another call ran during the probe"
     assert {s.attempts for t in tasker.get_tasks(ids) for s in t.steps} == {2}
+
+
+def test_half_open_admits_one_probe_across_engines(make_tasker, write_template, key: str) -> None:
+    producer = make_tasker()
+    ref = load(producer, write_template, "probe_many", [tracked("call", config={"sleep": 0.15})],
+               default_dependent_system="flaky_many", retry=FAST_RETRY)
+    producer.configure_system("flaky_many", failure_threshold=2, cooldown_seconds=0.5)
+    b = board(f"{key}:all")
+    b.failing = True
+    ids = [producer.create_task(ref, {"key": key, "n": i}).id for i in range(9)]
+    engines = [make_tasker(), make_tasker(), make_tasker()]
+
+    with background_worker(engines[0], concurrency=4), background_worker(engines[1], concurrency=4), \
+            background_worker(engines[2], concurrency=4):
+        wait_for(lambda: ("half_open", "open") in moves(producer, "flaky_many"), 20, "a probe to fail")
+        b.failing = False  # healthy from now on: the next probe closes the circuit
+        wait_for(lambda: statuses(producer, ids) == {"complete": 9}, 30, "every task to complete")
+
+    history = producer.circuit_history("flaky_many")
+    assert history[0]["from_state"] == "closed" and history[0]["to_state"] == "open"
+    assert history[-1]["to_state"] == "closed" and history[-1]["reason"] == "probe succeeded"
+    assert sum(1 for r in history if r["to_state"] == "closed") == 1
+    calls = b.snapshot()
+    windows = [(ts(r["at"]), ts(nxt["at"])) for r, nxt in pairwise(history) if r["to_state"] == "half_open"]
+    assert len(windows) >= 2
+    for start, end in windows:
+        inside = [c for c in calls if start <= c.start < end]
+        assert len(inside) == 1, f"{len(inside)} calls in one half-open window"
+        probe = inside[0]
+        assert [c for c in calls if c.start < probe.end and c.end > probe.start] == [probe]
+    assert all(s.attempts <= 3 for t in producer.get_tasks(ids) for s in t.steps)
 
 
 def test_failed_probe_reopens_with_doubled_cooldown_and_keeps_its_attempt(tasker: Tasker, write_template,
