@@ -35,7 +35,7 @@ def pg_url() -> Iterator[str]:
         return
     name = f"tasker_test_{uuid.uuid4().hex[:8]}"
     try:
-        admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
         with admin.connect() as conn:
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     except Exception as exc:  # pragma: no cover - depends on the machine

@@ -175,11 +175,6 @@ def test_step_running_past_the_grace_period_is_released_to_another_worker(tasker
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason=(
-    "known defect: after the grace period the worker releases its steps and logs that it stopped, but the "
-    "process only exits once the abandoned sync handler returns (the handler thread pool is joined at "
-    "interpreter exit), so a hung handler keeps a SIGTERMed worker alive; fix in tasker.cli.worker "
-    "(exit without joining abandoned handler threads)"))
 def test_worker_process_exits_soon_after_its_grace_period(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'exit.db'}"
     path = _template(tmp_path / "templates", "hung", [_step("work", sleep=8.0)])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Callable
 
@@ -47,6 +48,12 @@ def worker(ctx: click.Context, concurrency: int | None, namespaces: str | None, 
         await engine.awork(worker=w, until_idle=False)
 
     asyncio.run(main())
+    if w.abandoned:
+        # Abandoned sync handlers cannot be interrupted, and the interpreter would wait for their threads at
+        # exit: their steps are already handed back, so leave without them.
+        log.warning("worker %s exits without waiting for %d abandoned step handler(s)", w.id, w.abandoned)
+        logging.shutdown()
+        os._exit(0)
 
 
 def _stopper(w: Worker, sig: signal.Signals) -> Callable[[], None]:

@@ -103,6 +103,8 @@ class Worker:
         self._shared_db = db_executor
         self._shared_pool = handler_pool
         self.steps_run = 0
+        #: Attempts cut off at the end of the grace period; their sync handlers may still be running.
+        self.abandoned = 0
         #: Task handler hooks still running; the worker waits for them before it returns.
         self._hooks: set[asyncio.Future[None]] = set()
 
@@ -370,6 +372,7 @@ class Worker:
             return released
 
         released = await self._loop.run_in_executor(db_thread, _release)
+        self.abandoned += len(held)
         log.info("worker %s released %d unfinished steps after the grace period", self.id, released)
 
     def _publish(self, events: list[tuple[str, dict[str, Any]]]) -> None:
