@@ -234,7 +234,7 @@ class Worker:
         pg = self.db.is_postgres
         known = self._known_tasks(done)
         view = self._view if time.monotonic() - self._view_at < VIEW_TTL_SECONDS else None
-        with self.db.write() as conn:
+        with self.db.cycle() as conn:
             # Stamped once the write lock is held (SQLite: at BEGIN IMMEDIATE) so that transition times
             # follow commit order, even when this cycle waited for an operator's transaction.
             journal = Journal(utcnow(), self.id)

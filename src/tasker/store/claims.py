@@ -302,7 +302,7 @@ def reclaim_expired(conn: Connection, journal: Journal, *, skip_locked: bool, li
                       {"task_id": r.task_id, "step_id": r.id, "step": r.name, "attempt": r.attempts, "error": error})
         if not retry:
             failed_tasks.add(r.task_id)
-    settle_tasks(conn, failed_tasks, journal)
+    settle_tasks(conn, failed_tasks, journal, lock=skip_locked)
     return reclaimed
 
 

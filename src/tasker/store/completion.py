@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, String, bindparam, cast, column, select, update, values
+from sqlalchemy import BigInteger, DateTime, Integer, String, bindparam, cast, column, update, values
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 
@@ -19,7 +19,7 @@ from tasker.states import StepState
 from tasker.store import systems
 from tasker.store.journal import Journal
 from tasker.store.readiness import release_children, settle_tasks
-from tasker.store.schema import steps, tasks
+from tasker.store.schema import steps
 
 TIMESTAMPTZ = DateTime(timezone=True)
 _EVENT = {
@@ -27,9 +27,6 @@ _EVENT = {
     StepState.WAITING_RETRY: "step.retry_scheduled",
     StepState.ERROR: "step.failed",
 }
-_LOCK_TASKS = (
-    select(tasks.c.id).where(tasks.c.id.in_(bindparam("ids", expanding=True))).order_by(tasks.c.id).with_for_update()
-)
 _FINISH = (
     update(steps)
     .where(steps.c.id == bindparam("step_id"), steps.c.claim_token == bindparam("token"),
@@ -96,10 +93,6 @@ def apply_outcomes(
     if not outcomes:
         return [], [], []
     now = journal.now
-    if lock_tasks:
-        # Serialise completions per task (in id order, so two workers cannot deadlock) so that the last
-        # sibling to finish sees the others' states and finalizes the task exactly once.
-        conn.execute(_LOCK_TASKS, {"ids": sorted({o.task_id for o in outcomes})}).all()
     accepted: list[Outcome] = []
     completed: list[int] = []
     children: list[int] | None = []
@@ -133,7 +126,7 @@ def apply_outcomes(
             check.add(o.task_id)
     _record_systems(conn, journal, accepted, view or systems.SystemsView(), lock=lock_tasks)
     readied = release_children(conn, completed, journal, children)
-    settled = settle_tasks(conn, check - {task_id for _, task_id, _ in readied}, journal)
+    settled = settle_tasks(conn, check - {task_id for _, task_id, _ in readied}, journal, lock=lock_tasks)
     return accepted, settled, readied
 
 

@@ -58,6 +58,7 @@ class Database:
                 Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
             self.writer = _sqlite_engine(self.url, immediate=True)
             self.reader = _sqlite_engine(self.url, immediate=False)
+            self.cycles = self.writer
         elif self.dialect == "postgresql":
             self.writer = create_engine(
                 self.url,
@@ -67,6 +68,10 @@ class Database:
                 pool_recycle=1800,
             )
             self.reader = self.writer
+            # Workers' own transactions skip the ping before each checkout (a round trip per cycle): their
+            # cycle already retries after a lost connection, which also discards the broken one.
+            self.cycles = create_engine(self.url, pool_size=2, max_overflow=2, pool_pre_ping=False,
+                                        pool_recycle=1800)
         else:
             raise TaskerInputError(
                 f"unsupported database '{self.dialect}'; fix: use sqlite:///path.db or postgresql://user@host/db"
@@ -99,11 +104,19 @@ class Database:
             yield conn
 
     @contextmanager
+    def cycle(self) -> Iterator[Connection]:
+        """A worker's write transaction (see `cycles`)."""
+        with self.cycles.begin() as conn:
+            yield conn
+
+    @contextmanager
     def read(self) -> Iterator[Connection]:
         with self.reader.connect() as conn:
             yield conn
 
     def dispose(self) -> None:
+        if self.cycles is not self.writer:
+            self.cycles.dispose()
         self.writer.dispose()
         if self.reader is not self.writer:
             self.reader.dispose()

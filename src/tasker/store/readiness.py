@@ -36,6 +36,10 @@ _COUNTS = (
     .where(steps.c.task_id.in_(bindparam("ids", expanding=True)))
     .group_by(steps.c.task_id, steps.c.state)
 )
+_LOCK = (
+    select(tasks.c.id).where(tasks.c.id.in_(bindparam("ids", expanding=True))).order_by(tasks.c.id)
+    .with_for_update(key_share=True)
+)
 _STATUSES = select(tasks.c.id, tasks.c.status).where(tasks.c.id.in_(bindparam("ids", expanding=True)))
 _SET_STATUS = (
     update(tasks)
@@ -70,14 +74,19 @@ def release_children(
     return readied
 
 
-def settle_tasks(conn: Connection, task_ids: Iterable[int], journal: Journal) -> list[tuple[int, str]]:
+def settle_tasks(conn: Connection, task_ids: Iterable[int], journal: Journal, *, lock: bool = False
+                 ) -> list[tuple[int, str]]:
     """Finalize the tasks whose steps are all settled; reopen an `error` task that has work again.
 
-    Returns (task_id, new status) for each task whose status changed.
+    With `lock` (PostgreSQL workers), the tasks' rows are locked first, in id order, so that of two
+    siblings finishing at once in two workers, the second to count sees the first's committed state and
+    the task settles exactly once. Returns (task_id, new status) for each task whose status changed.
     """
     ids = sorted(set(task_ids))
     if not ids:
         return []
+    if lock:
+        conn.execute(_LOCK, {"ids": ids}).all()
     counts: dict[int, dict[str, int]] = {i: {} for i in ids}
     for task_id, state, n in conn.execute(_COUNTS, {"ids": ids}):
         counts[task_id][state] = int(n)
