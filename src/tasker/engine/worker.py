@@ -67,7 +67,8 @@ class WorkerOptions:
 @dataclass
 class _Cycle:
     claimed: list[ClaimedStep]
-    scanned_full: bool
+    #: Whether a scan filled the room it had (more may wait), or None when no scan ran this cycle.
+    scanned_full: bool | None
     settled: list[tuple[int, str]]
     events: list[tuple[str, dict[str, Any]]]
     held: set[int] | None
@@ -191,7 +192,7 @@ class Worker:
                         self._task_settled = True
                     for c in cycle.claimed:
                         self._start(c, pool)
-                    if scan:
+                    if scan and cycle.scanned_full is not None:
                         claim_due = cycle.scanned_full
                     continue
                 if until_idle and not self._inflight:
@@ -261,7 +262,7 @@ class Worker:
                 claimed = []
                 scan = scan or bool(readied)
             remaining = claim_limit - len(claimed)
-            scanned_full = False
+            scanned_full: bool | None = None  # chained claims may fill the room: nothing learnt, keep looking
             if scan and remaining > 0:
                 plan = None if view.empty else systems.plan_claim(conn, journal, view, lock=pg)
                 more = claims.claim(
