@@ -6,12 +6,12 @@ each step fenced by its claim token, for a whole batch of outcomes at once.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, String, bindparam, cast, column, update, values
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import bindparam, text, update
 from sqlalchemy.engine import Connection
 
 from tasker.engine.model import Outcome
@@ -21,7 +21,6 @@ from tasker.store.journal import Journal
 from tasker.store.readiness import release_children, settle_tasks
 from tasker.store.schema import steps
 
-TIMESTAMPTZ = DateTime(timezone=True)
 _EVENT = {
     StepState.COMPLETE: "step.completed",
     StepState.WAITING_RETRY: "step.retry_scheduled",
@@ -52,29 +51,39 @@ def _finish_params(o: Outcome, now: datetime) -> dict[str, Any]:
     }
 
 
+_FINISH_MANY = text("""
+    UPDATE tasker_steps AS s
+       SET state = v.target, results = v.results, last_error = v.error, run_at = v.run_at,
+           finished_at = v.finished_at, attempts = s.attempts - v.refund,
+           lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
+      FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS integer[]), CAST(:targets AS text[]),
+                  CAST(CAST(:results AS text[]) AS jsonb[]), CAST(CAST(:errors AS text[]) AS jsonb[]),
+                  CAST(:run_ats AS timestamptz[]), CAST(:finished AS timestamptz[]), CAST(:refunds AS integer[]))
+           AS v(id, token, target, results, error, run_at, finished_at, refund)
+     WHERE s.id = v.id AND s.claim_token = v.token AND s.state = 'in_progress'
+    RETURNING s.id
+""")
+
+
 def _finish_batch(conn: Connection, params: list[dict[str, Any]]) -> set[int]:
-    """PostgreSQL: fence and store every outcome with one UPDATE ... FROM (VALUES ...) round trip."""
-    v = values(
-        column("step_id", BigInteger), column("token", Integer), column("target", String),
-        column("results", JSONB), column("error", JSONB), column("run_at", DateTime(timezone=True)),
-        column("finished_at", DateTime(timezone=True)), column("refund", Integer),
-        name="outcome",
-    ).data([
-        (p["step_id"], p["token"], p["target"], p["results"], p["error"], p["run_at"], p["finished_at"], p["refund"])
-        for p in params
-    ])
-    now = params[0]["now"]
-    stmt = (
-        update(steps)
-        .where(steps.c.id == v.c.step_id, steps.c.claim_token == v.c.token,
-               steps.c.state == StepState.IN_PROGRESS.value)
-        .values(state=v.c.target, results=cast(v.c.results, JSONB), last_error=cast(v.c.error, JSONB),
-                run_at=cast(v.c.run_at, TIMESTAMPTZ), finished_at=cast(v.c.finished_at, TIMESTAMPTZ),
-                attempts=steps.c.attempts - v.c.refund,
-                lease_owner=None, lease_expires_at=None, updated_at=now)
-        .returning(steps.c.id)
-    )
-    return set(conn.execute(stmt).scalars())
+    """PostgreSQL: fence and store every outcome in one statement whose text never changes (arrays of
+    values, unnested), so it is compiled and planned once instead of once per batch size."""
+
+    def js(value: Any) -> str | None:
+        return None if value is None else json.dumps(value)
+
+    rows = conn.execute(_FINISH_MANY, {
+        "now": params[0]["now"],
+        "ids": [p["step_id"] for p in params],
+        "tokens": [p["token"] for p in params],
+        "targets": [p["target"] for p in params],
+        "results": [js(p["results"]) for p in params],
+        "errors": [js(p["error"]) for p in params],
+        "run_ats": [p["run_at"] for p in params],
+        "finished": [p["finished_at"] for p in params],
+        "refunds": [p["refund"] for p in params],
+    })
+    return set(rows.scalars())
 
 
 def apply_outcomes(
