@@ -238,7 +238,7 @@ class Worker:
         with self.db.cycle() as conn:
             # Stamped once the write lock is held (SQLite: at BEGIN IMMEDIATE) so that transition times
             # follow commit order, even when this cycle waited for an operator's transaction.
-            journal = Journal(utcnow(), self.id)
+            journal = Journal(utcnow(), self.id, collect=self.bus.has_listeners)
             if view is None:
                 view = systems.load_view(conn)
                 self._view, self._view_at = view, time.monotonic()

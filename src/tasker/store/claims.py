@@ -217,7 +217,9 @@ def _take(
     for r in claimed:
         k = known[r.task_id]
         journal.step(r.id, r.task_id, from_state[r.id], StepState.IN_PROGRESS, r.attempts)
-        journal.event("step.started", {"task_id": r.task_id, "step_id": r.id, "step": r.name, "attempt": r.attempts})
+        if journal.collect:
+            journal.event("step.started",
+                          {"task_id": r.task_id, "step_id": r.id, "step": r.name, "attempt": r.attempts})
         out.append(ClaimedStep(
             step_id=r.id, task_id=r.task_id, name=r.name, template_id=k.template_id, attempt=r.attempts,
             retry_limit=r.retry_limit, claim_token=r.claim_token, idempotency_key=r.idempotency_key,

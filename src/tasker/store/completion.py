@@ -117,14 +117,8 @@ def apply_outcomes(
         state = StepState(o.state)
         accepted.append(o)
         journal.step(o.step_id, o.task_id, StepState.IN_PROGRESS, state, o.attempt, o.error, o.duration_ms)
-        payload: dict[str, Any] = {"task_id": o.task_id, "step_id": o.step_id, "step": o.step, "attempt": o.attempt,
-                                   "duration_ms": o.duration_ms}
-        if o.error:
-            payload["error"] = o.error
-        if state == StepState.WAITING_RETRY:
-            payload["retry_in_seconds"] = o.retry_delay
-        journal.event(_EVENT[state], payload)
-        journal.events.extend(o.events)
+        if journal.collect:
+            _event(journal, o, state)
         if state == StepState.COMPLETE:
             completed.append(o.step_id)
             if o.children is None or children is None:
@@ -137,6 +131,17 @@ def apply_outcomes(
     readied = release_children(conn, completed, journal, children)
     settled = settle_tasks(conn, check - {task_id for _, task_id, _ in readied}, journal, lock=lock_tasks)
     return accepted, settled, readied
+
+
+def _event(journal: Journal, o: Outcome, state: StepState) -> None:
+    payload: dict[str, Any] = {"task_id": o.task_id, "step_id": o.step_id, "step": o.step, "attempt": o.attempt,
+                               "duration_ms": o.duration_ms}
+    if o.error:
+        payload["error"] = o.error
+    if state == StepState.WAITING_RETRY:
+        payload["retry_in_seconds"] = o.retry_delay
+    journal.event(_EVENT[state], payload)
+    journal.events.extend(o.events)
 
 
 def _record_systems(conn: Connection, journal: Journal, accepted: list[Outcome], view: systems.SystemsView, *,

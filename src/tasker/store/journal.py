@@ -25,6 +25,8 @@ class Journal:
     step_rows: list[dict[str, Any]] = field(default_factory=list)
     task_rows: list[dict[str, Any]] = field(default_factory=list)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: False when nobody listens to events: hot paths then skip building payloads nobody would read.
+    collect: bool = True
     #: Steps made ready here and not claimed by this same transaction: other workers should hear of them.
     readied: set[int] = field(default_factory=set)
 
@@ -46,7 +48,8 @@ class Journal:
                                "worker": self.worker, "reason": reason})
 
     def event(self, name: str, payload: dict[str, Any]) -> None:
-        self.events.append((name, payload))
+        if self.collect:
+            self.events.append((name, payload))
 
     def flush(self, conn: Connection) -> None:
         """Write the collected transition rows and wake other workers (call before the commit)."""

@@ -70,7 +70,8 @@ def release_children(
             if r.state == StepState.READY:
                 readied.append((r.id, r.task_id, r.name))
                 journal.step(r.id, r.task_id, StepState.PENDING, StepState.READY, 0)
-                journal.event("step.ready", {"task_id": r.task_id, "step_id": r.id, "step": r.name})
+                if journal.collect:
+                    journal.event("step.ready", {"task_id": r.task_id, "step_id": r.id, "step": r.name})
     return readied
 
 
