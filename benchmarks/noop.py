@@ -26,3 +26,12 @@ class Hold(StepHandler):
         if ctx.attempt == 1:
             time.sleep(20)
         return {"attempt": ctx.attempt}
+
+
+class Stamp(StepHandler):
+    """Records when the handler started (wall clock), to measure claim latency from the outside."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        import time
+
+        return {"started": time.time()}
