@@ -10,12 +10,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, insert, text
 
 from tasker.store.schema import step_transitions, task_transitions
 
 _INSERT_STEP = insert(step_transitions)
 _INSERT_TASK = insert(task_transitions)
+_UNNEST_STEP_TRANSITIONS = text("""
+    INSERT INTO tasker_step_transitions
+           (step_id, task_id, from_state, to_state, attempt, at, worker, error_class, error_message, duration_ms)
+    SELECT * FROM unnest(CAST(:step_ids AS bigint[]), CAST(:task_ids AS bigint[]), CAST(:froms AS text[]),
+                         CAST(:tos AS text[]), CAST(:attempts AS integer[]), CAST(:ats AS timestamptz[]),
+                         CAST(:workers AS text[]), CAST(:classes AS text[]), CAST(:messages AS text[]),
+                         CAST(:durations AS double precision[]))
+""")
 
 
 @dataclass
@@ -51,6 +59,17 @@ class Journal:
         if self.collect:
             self.events.append((name, payload))
 
+    def _insert_steps_pg(self, conn: Connection) -> None:
+        """PostgreSQL: one cached statement over arrays instead of a re-rendered multi-row VALUES list."""
+        rows = self.step_rows
+        conn.execute(_UNNEST_STEP_TRANSITIONS, {
+            "step_ids": [r["step_id"] for r in rows], "task_ids": [r["task_id"] for r in rows],
+            "froms": [r["from_state"] for r in rows], "tos": [r["to_state"] for r in rows],
+            "attempts": [r["attempt"] for r in rows], "ats": [r["at"] for r in rows],
+            "workers": [r["worker"] for r in rows], "classes": [r["error_class"] for r in rows],
+            "messages": [r["error_message"] for r in rows], "durations": [r["duration_ms"] for r in rows],
+        })
+
     def flush(self, conn: Connection) -> None:
         """Write the collected transition rows and wake other workers (call before the commit)."""
         if self.readied and conn.dialect.name == "postgresql":
@@ -59,7 +78,10 @@ class Journal:
             notify_ready(conn)
             self.readied = set()
         if self.step_rows:
-            conn.execute(_INSERT_STEP, self.step_rows)
+            if conn.dialect.name == "postgresql" and len(self.step_rows) > 1:
+                self._insert_steps_pg(conn)
+            else:
+                conn.execute(_INSERT_STEP, self.step_rows)
             self.step_rows = []
         if self.task_rows:
             conn.execute(_INSERT_TASK, self.task_rows)
