@@ -27,8 +27,13 @@ SATISFIED = sorted(s.value for s in SATISFIED_STEP_STATES)
 ACTIVE = sorted(s.value for s in ACTIVE_STEP_STATES)
 
 
-def _candidates(*, namespaces: bool, task: bool, skip_locked: bool) -> Select[Any]:
-    q = select(steps.c.id, steps.c.state).where(steps.c.state.in_(CLAIMABLE), steps.c.run_at <= bindparam("now"))
+def _candidates(*, namespaces: bool, task: bool, skip_locked: bool, restricted: bool) -> Select[Any]:
+    """Claimable steps, oldest run_at first; `restricted` also skips blocked systems and returns each
+    step's system and namespace so limits can be checked."""
+    columns = [steps.c.id, steps.c.state] + ([steps.c.dependent_system, steps.c.namespace] if restricted else [])
+    q = select(*columns).where(steps.c.state.in_(CLAIMABLE), steps.c.run_at <= bindparam("now"))
+    if restricted:
+        q = q.where(steps.c.dependent_system.not_in(bindparam("blocked", expanding=True)))
     if namespaces:
         q = q.where(steps.c.namespace.in_(bindparam("namespaces", expanding=True)))
     if task:
@@ -37,27 +42,9 @@ def _candidates(*, namespaces: bool, task: bool, skip_locked: bool) -> Select[An
     return q.with_for_update(skip_locked=True) if skip_locked else q
 
 
-_CANDIDATES = {
-    (ns, tk, sl): _candidates(namespaces=ns, task=tk, skip_locked=sl)
-    for ns in (False, True) for tk in (False, True) for sl in (False, True)
-}
-def _restricted_candidates(*, namespaces: bool, task: bool, skip_locked: bool) -> Select[Any]:
-    q = select(steps.c.id, steps.c.state, steps.c.dependent_system, steps.c.namespace).where(
-        steps.c.state.in_(CLAIMABLE), steps.c.run_at <= bindparam("now"),
-        steps.c.dependent_system.not_in(bindparam("blocked", expanding=True)),
-    )
-    if namespaces:
-        q = q.where(steps.c.namespace.in_(bindparam("namespaces", expanding=True)))
-    if task:
-        q = q.where(steps.c.task_id == bindparam("task_id"))
-    q = q.order_by(steps.c.run_at, steps.c.id).limit(bindparam("limit"))
-    return q.with_for_update(skip_locked=True) if skip_locked else q
-
-
-_RESTRICTED = {
-    (ns, tk, sl): _restricted_candidates(namespaces=ns, task=tk, skip_locked=sl)
-    for ns in (False, True) for tk in (False, True) for sl in (False, True)
-}
+_FLAGS = [(ns, tk, sl) for ns in (False, True) for tk in (False, True) for sl in (False, True)]
+_CANDIDATES = {f: _candidates(namespaces=f[0], task=f[1], skip_locked=f[2], restricted=False) for f in _FLAGS}
+_RESTRICTED = {f: _candidates(namespaces=f[0], task=f[1], skip_locked=f[2], restricted=True) for f in _FLAGS}
 _TAKE = (
     update(steps)
     .where(steps.c.id.in_(bindparam("ids", expanding=True)), steps.c.state.in_(CLAIMABLE))
