@@ -19,6 +19,7 @@ from tasker.errors import (
 )
 from tasker.events.bus import Event, EventBus
 from tasker.events.catalog import Events
+from tasker.events.subscriber import Subscriber
 from tasker.handlers.base import StepContext, StepHandler, TaskHandler, UndeclaredEventError
 from tasker.retry import RetryPolicy
 from tasker.states import StepState, TaskState
@@ -42,6 +43,7 @@ __all__ = [
     "StepState",
     "StepTemplate",
     "StepTimeoutError",
+    "Subscriber",
     "Task",
     "TaskHandler",
     "TaskState",

@@ -107,3 +107,32 @@ def test_unsubscribe_and_lifecycle_events(tasker: Tasker, load, key: str) -> Non
     before = len(events)
     tasker.run(tasker.create_task(ref, {"key": key, "n": 2}).id)
     assert len(events) == before
+
+
+def test_a_subscriber_attached_to_the_engine_sees_the_task_complete(tasker, write_template, key):  # type: ignore[no-untyped-def]
+    from tasker import Subscriber
+
+    class Watch(Subscriber):
+        def __init__(self) -> None:
+            self.completed: list[int] = []
+            self.steps: list[str] = []
+
+        def handle_task_completed(self, event):  # type: ignore[no-untyped-def]
+            self.completed.append(event.payload["task_id"])
+
+        def handle_step_completed(self, event):  # type: ignore[no-untyped-def]
+            self.steps.append(event.payload["step"])
+
+    Watch.subscribe_to("task.completed", "step.completed")
+    watch = Watch()
+    tasker.add_subscriber(watch)
+    path = write_template(
+        "name: watched\nnamespace_name: events_sub\nversion: 1.0.0\nstep_templates:\n"
+        "  - name: one\n    handler_class: tests.integration.handlers:Scripted\n"
+        "  - name: two\n    depends_on_step: one\n    handler_class: tests.integration.handlers:Scripted\n"
+    )
+    tasker.load_templates(path)
+    task = tasker.run(tasker.create_task("events_sub/watched", {"key": key}).id)
+    assert task.status == "complete"
+    assert watch.completed == [task.id]
+    assert watch.steps == ["one", "two"]

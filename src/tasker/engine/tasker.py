@@ -25,6 +25,7 @@ from tasker.engine.resolver import Resolver
 from tasker.engine.worker import Worker, WorkerOptions
 from tasker.errors import NotFoundError, TaskerInputError
 from tasker.events.bus import Event, EventBus
+from tasker.events.subscriber import Subscriber
 from tasker.registry import TemplateRegistry
 from tasker.states import FINISHED_TASK_STATES
 from tasker.store import operations, systems
@@ -414,7 +415,12 @@ class Tasker:
 
     # -- events ---------------------------------------------------------------------------------------
     def subscribe(self, listener: Callable[[Event], None], *patterns: str) -> Callable[[], None]:
+        """Call `listener` for events whose names match the glob patterns (all when none)."""
         return self.bus.subscribe(listener, *patterns)
+
+    def add_subscriber(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Attach a `Subscriber`; returns a function that detaches it."""
+        return subscriber.attach(self.bus)
 
     def _publish(self, events: list[tuple[str, dict[str, Any]]]) -> None:
         for name, payload in events:
