@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,15 +16,11 @@ from tasker.states import StepState, TaskState
 from tasker.store.journal import Journal
 from tasker.store.schema import step_edges, step_transitions, steps, task_transitions, tasks, templates
 from tasker.templates.graph import execution_order
-from tasker.templates.model import TaskTemplate
+from tasker.templates.model import TaskTemplate, canonical_json
 
 _INSERT_TASKS = insert(tasks).returning(tasks.c.id, sort_by_parameter_order=True)
 _INSERT_STEPS = insert(steps).returning(steps.c.id, steps.c.task_id, steps.c.name, sort_by_parameter_order=True)
 _INSERT_EDGES = insert(step_edges)
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def derived_idempotency_key(template: TaskTemplate, context: dict[str, Any]) -> str:
@@ -52,18 +47,16 @@ def template_id(conn: Connection, template: TaskTemplate, now: datetime) -> int:
     if found is not None:
         _snapshot_ids[cache_key] = int(found)  # committed already: safe to remember
         return int(found)
-    snapshot = template.snapshot()
-    if found is None:
-        try:
-            with conn.begin_nested():
-                found = conn.execute(
-                    insert(templates).values(
-                        namespace=template.namespace_name, name=template.name, version=template.version,
-                        content_hash=digest, definition=snapshot, created_at=now,
-                    ).returning(templates.c.id)
-                ).scalar_one()
-        except IntegrityError:
-            found = conn.execute(select(templates.c.id).where(templates.c.content_hash == digest)).scalar_one()
+    try:
+        with conn.begin_nested():
+            found = conn.execute(
+                insert(templates).values(
+                    namespace=template.namespace_name, name=template.name, version=template.version,
+                    content_hash=digest, definition=template.snapshot(), created_at=now,
+                ).returning(templates.c.id)
+            ).scalar_one()
+    except IntegrityError:
+        found = conn.execute(select(templates.c.id).where(templates.c.content_hash == digest)).scalar_one()
     # Not cached: this transaction may still roll back (a duplicate task), taking the new row with it.
     return int(found)
 

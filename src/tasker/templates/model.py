@@ -6,6 +6,8 @@ are frozen: once loaded, a template is a value, and its JSON form is the snapsho
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from typing import Any
 
@@ -18,6 +20,11 @@ NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 DEFAULT_NAMESPACE = "default"
 DEFAULT_VERSION = "0.1.0"
 DEFAULT_DEPENDENT_SYSTEM = "default"
+
+
+def canonical_json(value: Any) -> str:
+    """One JSON text per value (sorted keys, no spaces), so equal data hashes equally."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def semver_key(version: str) -> tuple[int, int, int, int, str]:
@@ -246,11 +253,7 @@ class TaskTemplate(_Strict):
     def content_hash(self) -> str:
         """SHA-256 of the snapshot, computed once: identical definitions share one stored snapshot."""
         if self._digest is None:
-            import hashlib
-            import json
-
-            canonical = json.dumps(self.snapshot(), sort_keys=True, separators=(",", ":"), default=str)
-            self._digest = hashlib.sha256(canonical.encode()).hexdigest()
+            self._digest = hashlib.sha256(canonical_json(self.snapshot()).encode()).hexdigest()
         return self._digest
 
     def snapshot(self) -> dict[str, Any]:
