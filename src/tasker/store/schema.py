@@ -220,3 +220,51 @@ circuit_transitions = Table(
     Column("reason", Text, nullable=True),
     Index(None, "system", "at"),
 )
+
+#: Custom events published by handlers (`ctx.publish`). Lifecycle events need no table of their own: each
+#: is exactly one transition row, so the transition tables plus this one are the durable event log.
+custom_events = Table(
+    "tasker_custom_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False),
+    Column("task_id", Id, ForeignKey("tasker_tasks.id", ondelete="CASCADE"), nullable=True),
+    Column("step_id", Id, nullable=True),
+    Column("namespace", String(64), nullable=True),
+    Column("payload", Json, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("worker", String(128), nullable=True),
+    Index(None, "task_id"),
+)
+
+#: Worker processes announce themselves and refresh `last_seen_at` with their heartbeat, so health and
+#: status can say which workers are alive without asking them.
+workers = Table(
+    "tasker_workers",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("hostname", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("namespaces", Json, nullable=True),
+    Column("concurrency", Integer, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("last_seen_at", UTCDateTime, nullable=False),
+    Column("stopped_at", UTCDateTime, nullable=True),
+    Column("steps_run", BigInteger, nullable=False, server_default=text("0")),
+    Index(None, "last_seen_at"),
+)
+
+#: API keys: only a SHA-256 digest of the secret is stored; `prefix` (the first characters of the key)
+#: lets an operator recognise a key in listings without it being usable.
+api_keys = Table(
+    "tasker_api_keys",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("permissions", Json, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_used_at", UTCDateTime, nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+)
