@@ -29,6 +29,28 @@ class Settings:
     poll_interval: float = 0.5
     grace_seconds: float = 30.0
     namespaces: tuple[str, ...] = field(default_factory=tuple)
+    #: Import paths (`pkg.module:Class`) of `Subscriber` classes attached to every engine the CLI opens;
+    #: classes advertised under the `tasker.subscribers` entry point group are attached too.
+    subscribers: tuple[str, ...] = field(default_factory=tuple)
+    # -- API server ----------------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    #: Authentication is off by default for local use; `tasker serve` warns when it is.
+    auth_enabled: bool = False
+    #: HS256 shared secret for JWT bearer tokens (None: HS256 tokens are refused).
+    jwt_secret: str | None = None
+    #: RS256 public key, PEM text or a path to a PEM file (None: RS256 tokens are refused).
+    jwt_public_key: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    #: Request bodies larger than this are refused with 413.
+    max_body_bytes: int = 1_048_576
+    # -- observability ---------------------------------------------------------------------------------
+    #: "json" (structlog JSON lines) or "console" (human-readable); level as in `logging`.
+    log_format: str = "console"
+    log_level: str = "INFO"
+    #: Serve a worker's own Prometheus metrics on this port (None: not served).
+    metrics_port: int | None = None
 
     @classmethod
     def load(cls, config_file: str | Path | None = None) -> Settings:
@@ -47,6 +69,18 @@ class Settings:
             "poll_interval": os.environ.get("TASKER_POLL_INTERVAL"),
             "grace_seconds": os.environ.get("TASKER_GRACE_SECONDS"),
             "namespaces": os.environ.get("TASKER_NAMESPACES"),
+            "subscribers": os.environ.get("TASKER_SUBSCRIBERS"),
+            "api_host": os.environ.get("TASKER_API_HOST"),
+            "api_port": os.environ.get("TASKER_API_PORT"),
+            "auth_enabled": os.environ.get("TASKER_AUTH_ENABLED"),
+            "jwt_secret": os.environ.get("TASKER_JWT_SECRET"),
+            "jwt_public_key": os.environ.get("TASKER_JWT_PUBLIC_KEY"),
+            "jwt_audience": os.environ.get("TASKER_JWT_AUDIENCE"),
+            "jwt_issuer": os.environ.get("TASKER_JWT_ISSUER"),
+            "max_body_bytes": os.environ.get("TASKER_MAX_BODY_BYTES"),
+            "log_format": os.environ.get("TASKER_LOG_FORMAT"),
+            "log_level": os.environ.get("TASKER_LOG_LEVEL"),
+            "metrics_port": os.environ.get("TASKER_METRICS_PORT"),
         }
         data.update({k: v for k, v in env.items() if v not in (None, "")})
         return cls.from_mapping(data, source=str(path) if path else "environment")
@@ -65,14 +99,16 @@ class Settings:
                 continue
             value = data[f.name]
             try:
-                if f.name in ("template_paths", "namespaces"):
+                if f.name in ("template_paths", "namespaces", "subscribers"):
                     if isinstance(value, str):
                         sep = os.pathsep if f.name == "template_paths" else ","
                         value = tuple(v.strip() for v in value.split(sep) if v.strip())
                     else:
                         value = tuple(str(v) for v in value)
-                elif f.name == "concurrency":
+                elif f.name in ("concurrency", "api_port", "max_body_bytes", "metrics_port"):
                     value = int(value)
+                elif f.name == "auth_enabled":
+                    value = _boolean(value)
                 elif f.name in ("lease_seconds", "poll_interval", "grace_seconds"):
                     value = float(value)
                 else:
@@ -85,6 +121,10 @@ class Settings:
             raise TaskerInputError(f"{source}: concurrency must be at least 1")
         if settings.lease_seconds <= 0 or settings.poll_interval <= 0:
             raise TaskerInputError(f"{source}: lease_seconds and poll_interval must be greater than 0")
+        if settings.max_body_bytes < 1024:
+            raise TaskerInputError(f"{source}: max_body_bytes must be at least 1024")
+        if settings.log_format not in ("json", "console"):
+            raise TaskerInputError(f"{source}: log_format must be 'json' or 'console', not {settings.log_format!r}")
         return settings
 
     def templates(self, explicit: tuple[str, ...] | list[str] | None = None) -> list[str]:
@@ -94,6 +134,17 @@ class Settings:
         if self.template_paths:
             return list(self.template_paths)
         return ["templates"] if Path("templates").is_dir() else []
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

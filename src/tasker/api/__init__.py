@@ -1,0 +1,1 @@
+"""The REST API (FastAPI): a delivery layer over the `Tasker` engine object."""

@@ -1,0 +1,1 @@
+"""Logs, metrics and traces: fed by the engine, never calling back into it."""
