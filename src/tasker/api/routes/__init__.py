@@ -1,0 +1,1 @@
+"""One router per resource; `tasker.api.app.create_app` mounts them all under the API prefix."""

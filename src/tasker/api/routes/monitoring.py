@@ -1,0 +1,7 @@
+"""PLACEHOLDER: replaced by the work that owns this module; `router` is the contract."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
