@@ -211,3 +211,24 @@ class BadResult(StepHandler):
         if ctx.handler_config.get("kind") == "list":
             return [1, 2, 3]
         return {"when": object()}
+
+
+class SpawnChild(StepHandler):
+    """Starts a task of `handler_config.child` and fails the first attempt after doing so (once per key)."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        child = ctx.create_task(ctx.handler_config["child"], {"key": ctx.context["key"], "n": 1})
+        record(ctx.context["key"], step=ctx.step_name, kind="spawned", child=child, attempt=ctx.attempt)
+        if ctx.attempt == 1:
+            raise RetryableError("dies after creating the child")
+        return {"child": child}
+
+
+class AwaitChild(StepHandler):
+    """Polls the child task without holding the worker: a RetryableError with retry_after while it runs."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        child = ctx.get_task(ctx.result_of("spawn")["child"])
+        if child.status != "complete":
+            raise RetryableError(f"child task {child.id} is {child.status}", retry_after=0.05)
+        return {"child_status": child.status, "child_correlation_id": child.correlation_id}

@@ -17,13 +17,14 @@ from typing import Any
 
 from tasker.engine.model import ClaimedStep, Outcome
 from tasker.errors import PermanentError, RetryableError, StepFailure, StepTimeoutError
-from tasker.handlers.base import StepContext
+from tasker.handlers.base import StepContext, TaskPort
 from tasker.retry import MAX_DELAY_SECONDS, RetryPolicy
 from tasker.states import StepState
 from tasker.templates.model import StepTemplate, TaskTemplate
 
 
-def build_context(claimed: ClaimedStep, template: TaskTemplate, step: StepTemplate) -> StepContext:
+def build_context(claimed: ClaimedStep, template: TaskTemplate, step: StepTemplate,
+                  tasks: TaskPort | None = None) -> StepContext:
     return StepContext(
         task_id=claimed.task_id,
         step_id=claimed.step_id,
@@ -40,6 +41,7 @@ def build_context(claimed: ClaimedStep, template: TaskTemplate, step: StepTempla
         correlation_id=claimed.correlation_id,
         dependent_system=claimed.dependent_system,
         declared_events=frozenset(template.declared_events(step)),
+        _tasks=tasks,
     )
 
 
@@ -73,8 +75,9 @@ async def execute(
     pool: Executor,
     *,
     backoff_scale: float = 1.0,
+    tasks: TaskPort | None = None,
 ) -> Outcome:
-    ctx = build_context(claimed, template, step)
+    ctx = build_context(claimed, template, step, tasks)
     timeout = step.timeout_seconds
     started = time.perf_counter()
     retry_after: float | None = None

@@ -337,8 +337,8 @@ class Tasker:
         )
         if shared is not None:
             return Worker(self.db, self.resolver, self.bus, opts, on_settled=self._on_settled,
-                          db_executor=shared.db_executor, handler_pool=shared.handler_pool)
-        return Worker(self.db, self.resolver, self.bus, opts, on_settled=self._on_settled)
+                          db_executor=shared.db_executor, handler_pool=shared.handler_pool, tasks=self)
+        return Worker(self.db, self.resolver, self.bus, opts, on_settled=self._on_settled, tasks=self)
 
     async def arun(self, task_id: int, *, concurrency: int | None = None) -> Task:
         """Run one task to the end in this process (async form of `run`)."""

@@ -27,6 +27,7 @@ from tasker.engine.model import ClaimedStep, Outcome
 from tasker.engine.resolver import Resolver
 from tasker.errors import TaskerError
 from tasker.events.bus import EventBus
+from tasker.handlers.base import TaskPort
 from tasker.states import FINISHED_TASK_STATES, StepState
 from tasker.store import claims, completion, systems
 from tasker.store.database import Database
@@ -85,6 +86,7 @@ class Worker:
         *,
         db_executor: ThreadPoolExecutor | None = None,
         handler_pool: ThreadPoolExecutor | None = None,
+        tasks: TaskPort | None = None,
     ):
         self.db = db
         self.resolver = resolver
@@ -92,6 +94,8 @@ class Worker:
         self.opts = options
         self.id = options.worker_id
         self.on_settled = on_settled
+        #: What handlers reach through `ctx.create_task` / `ctx.get_task` (the engine facade).
+        self.tasks = tasks
         self._inflight: dict[int, tuple[asyncio.Task[None], ClaimedStep]] = {}
         self._done: list[tuple[Outcome, ClaimedStep]] = []
         self._wake: asyncio.Event | None = None
@@ -326,7 +330,7 @@ class Worker:
             else:
                 outcome = await execute(claimed, template, step, handler_cls,
                                         self.resolver.policy(claimed.template_id, claimed.name), pool,
-                                        backoff_scale=self.opts.backoff_scale)
+                                        backoff_scale=self.opts.backoff_scale, tasks=self.tasks)
         except asyncio.CancelledError:
             self._inflight.pop(claimed.step_id, None)
             raise

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tasker.errors import TaskerError
 
@@ -19,6 +19,15 @@ if TYPE_CHECKING:
 
 class UndeclaredEventError(TaskerError):
     """A handler published a custom event its template does not declare under `custom_events`."""
+
+
+class TaskPort(Protocol):
+    """The two engine operations a step may perform on other tasks: start one, and look one up."""
+
+    def create_task(self, template: str, context: dict[str, Any], *, version: str | None,
+                    idempotency_key: str, correlation_id: str) -> Task: ...
+
+    def get_task(self, task_id: int) -> Task: ...
 
 
 @dataclass
@@ -42,6 +51,7 @@ class StepContext:
     declared_events: frozenset[str] = frozenset()
     published: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     _logger: logging.LoggerAdapter[logging.Logger] | None = None
+    _tasks: TaskPort | None = None
 
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -80,6 +90,34 @@ class StepContext:
                 f"declared: {', '.join(sorted(self.declared_events)) or 'none'}"
             )
         self.published.append((event, dict(payload or {})))
+
+
+    def create_task(self, template: str, context: Mapping[str, Any] | None = None, *, version: str | None = None,
+                    key: str = "") -> int:
+        """Start another task (any namespace) from this step; returns its id.
+
+        Idempotent across the retries of this step: the child's idempotency key derives from this step's, so
+        a step that dies after creating the child finds the same task on its next attempt instead of starting
+        a second one. Pass a distinct `key` to start several tasks of one template from one step. The child
+        inherits this task's correlation id.
+        """
+        if self._tasks is None:
+            raise TaskerError("this step context is not attached to an engine; create_task is unavailable")
+        task = self._tasks.create_task(
+            template, dict(context or {}), version=version,
+            idempotency_key=f"spawned:{self.idempotency_key}:{template}:{key}"[:255],
+            correlation_id=self.correlation_id,
+        )
+        return task.id
+
+    def get_task(self, task_id: int) -> Task:
+        """Read another task (status, steps and their results): e.g. a child created with `create_task`.
+
+        To wait for a child without holding a worker, raise `RetryableError(retry_after=...)` while it runs.
+        """
+        if self._tasks is None:
+            raise TaskerError("this step context is not attached to an engine; get_task is unavailable")
+        return self._tasks.get_task(task_id)
 
 
 class StepHandler:
