@@ -20,6 +20,7 @@ from tasker.errors import (
 from tasker.events.bus import Event, EventBus
 from tasker.events.catalog import Events
 from tasker.events.subscriber import Subscriber
+from tasker.handlers.api import ApiRequest, ApiStepHandler, AsyncApiStepHandler
 from tasker.handlers.base import StepContext, StepHandler, TaskHandler, UndeclaredEventError
 from tasker.retry import RetryPolicy
 from tasker.states import StepState, TaskState
@@ -28,6 +29,9 @@ from tasker.templates.model import StepTemplate, TaskTemplate
 __version__ = "0.1.0"
 
 __all__ = [
+    "ApiRequest",
+    "ApiStepHandler",
+    "AsyncApiStepHandler",
     "ContextValidationError",
     "Event",
     "EventBus",
