@@ -17,11 +17,17 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, settings
 
 from tasker import Tasker
 from tasker.store.database import Database
 from tasker.store.schema import metadata
 from tasker.store.tasks import clear_snapshot_cache
+
+# Property tests check behaviour, not speed: on a loaded 2-core machine generation can be slow, and a
+# health check or deadline tripping on that would be a flaky failure unrelated to the code.
+settings.register_profile("tasker", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("tasker")
 
 PG_ADMIN_URL = os.environ.get("TASKER_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 STORES = [s.strip() for s in os.environ.get("TASKER_TEST_STORES", "sqlite,postgresql").split(",") if s.strip()]

@@ -32,7 +32,10 @@ def test_declared_custom_event_reaches_a_subscriber_after_the_step(tasker: Taske
     assert [e.name for e, _ in got] == ["payment.charged", "order.announced"]
     charged, status = got[0]
     assert status == "complete"  # delivered after the step's outcome was stored
-    assert charged.payload == {"task_id": task_id, "step": "charge", "key": key, "amount": 42}
+    charge_step = tasker.get_task(task_id).step("charge")
+    assert charged.payload == {"task_id": task_id, "step": "charge", "key": key, "amount": 42,
+                               "step_id": charge_step.id, "namespace": "itest", "attempt": 1,
+                               "correlation_id": tasker.get_task(task_id).correlation_id}
     assert got[1][0].payload["step"] == "notify"
     # Lifecycle events and custom ones in one stream, the custom event after its step completed.
     assert names.index("payment.charged") > names.index("step.completed")

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from tasker.engine.tasker import Tasker
 from tasker.errors import TaskerInputError
+from tasker.events.registration import configured_subscribers
 from tasker.settings import Settings
 
 console = Console()
@@ -30,6 +31,8 @@ class State:
         kwargs.setdefault("lease_seconds", self.settings.lease_seconds)
         kwargs.setdefault("poll_interval", self.settings.poll_interval)
         engine = Tasker(self.database_url, **kwargs)
+        for subscriber in configured_subscribers(self.settings.subscribers):
+            engine.add_subscriber(subscriber)
         if load:
             for path in self.settings.templates(templates):
                 engine.load_templates(path)

@@ -9,7 +9,7 @@ isolated by the bus: it never fails a step.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from tasker.events.bus import Event, EventBus
 
@@ -26,6 +26,10 @@ class Subscriber:
     @staticmethod
     def method_name(event: str) -> str:
         return "handle_" + event.replace(".", "_").replace("-", "_")
+
+    def bind(self, engine: Any) -> None:
+        """Called with the engine when the subscriber is added to one (`Tasker.add_subscriber`, or from
+        configuration): override to keep it, e.g. to read the task an event names. The default ignores it."""
 
     def attach(self, bus: EventBus) -> Callable[[], None]:
         """Subscribe to `bus`; returns a function that detaches this subscriber again."""

@@ -117,6 +117,8 @@ def apply_outcomes(
         state = StepState(o.state)
         accepted.append(o)
         journal.step(o.step_id, o.task_id, StepState.IN_PROGRESS, state, o.attempt, o.error, o.duration_ms)
+        for name, payload in o.events:
+            journal.custom(name, o.task_id, o.step_id, payload)
         if journal.collect:
             _event(journal, o, state)
         if state == StepState.COMPLETE:

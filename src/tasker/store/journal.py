@@ -12,10 +12,11 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, text
 
-from tasker.store.schema import step_transitions, task_transitions
+from tasker.store.schema import custom_events, step_transitions, task_transitions
 
 _INSERT_STEP = insert(step_transitions)
 _INSERT_TASK = insert(task_transitions)
+_INSERT_CUSTOM = insert(custom_events)
 _UNNEST_STEP_TRANSITIONS = text("""
     INSERT INTO tasker_step_transitions
            (step_id, task_id, from_state, to_state, attempt, at, worker, error_class, error_message, duration_ms)
@@ -33,6 +34,8 @@ class Journal:
     step_rows: list[dict[str, Any]] = field(default_factory=list)
     task_rows: list[dict[str, Any]] = field(default_factory=list)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: Custom events (`ctx.publish`) to store in the durable event log, whether or not anyone listens here.
+    custom_rows: list[dict[str, Any]] = field(default_factory=list)
     #: False when nobody listens to events: hot paths then skip building payloads nobody would read.
     collect: bool = True
     #: Steps made ready here and not claimed by this same transaction: other workers should hear of them.
@@ -54,6 +57,11 @@ class Journal:
     def task(self, task_id: int, src: str | None, dst: str, reason: str | None = None) -> None:
         self.task_rows.append({"task_id": task_id, "from_state": src, "to_state": dst, "at": self.now,
                                "worker": self.worker, "reason": reason})
+
+    def custom(self, name: str, task_id: int, step_id: int, payload: dict[str, Any]) -> None:
+        self.custom_rows.append({"name": name, "task_id": task_id, "step_id": step_id,
+                                 "namespace": payload.get("namespace"), "payload": payload, "at": self.now,
+                                 "worker": self.worker})
 
     def event(self, name: str, payload: dict[str, Any]) -> None:
         if self.collect:
@@ -86,3 +94,6 @@ class Journal:
         if self.task_rows:
             conn.execute(_INSERT_TASK, self.task_rows)
             self.task_rows = []
+        if self.custom_rows:
+            conn.execute(_INSERT_CUSTOM, self.custom_rows)
+            self.custom_rows = []
