@@ -12,11 +12,13 @@ import json
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import click
 from rich.columns import Columns
 from rich.console import Console
+from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy.engine import make_url
@@ -154,4 +156,191 @@ def _verdict(result: dict[str, dict[str, Any]]) -> str:
         f"{engine['charged_without_order']} charged without an order, {engine['double_charges']} double charges. "
         f"{operator} orders ({100 * operator / orders:.2f}%) needed the operator's retry and "
         f"{engine['recovered_by_retry']} of them completed."
+    )
+
+
+# -- registration-outage --------------------------------------------------------------------------------------
+#: (label, key) of the rows both sides of the registration-outage demo show, in order.
+REGISTRATION_ROWS: list[tuple[str, str]] = [
+    ("registrations", "registrations"),
+    ("completed", "completed"),
+    ("failed", "failed"),
+    ("users created", "users"),
+    ("users without billing", "users_without_billing"),
+    ("users without preferences", "users_without_preferences"),
+    ("users without welcome mail", "users_without_welcome"),
+    ("duplicate users", "duplicate_users"),
+    ("duplicate billing profiles", "duplicate_billing_profiles"),
+    ("duplicate emails", "duplicate_emails"),
+    ("automatic retries", "retries"),
+    ("manual interventions", "manual_interventions"),
+    ("wall time (s)", "wall_seconds"),
+]
+#: Figures that must be 0 on a good run: shown in red otherwise.
+MUST_BE_ZERO = frozenset({
+    "users_without_billing", "users_without_preferences", "users_without_welcome", "duplicate_users",
+    "duplicate_billing_profiles", "duplicate_emails", "manual_interventions", "steps_over_retry_limit",
+})
+
+
+@demo.command("registration-outage")
+@click.option("--registrations", type=click.IntRange(min=1, max=10_000), default=47, show_default=True,
+              help="How many users register while BillingService is down.")
+@click.option("--outage-seconds", type=click.FloatRange(min=0, min_open=True, max=3600), default=60.0,
+              show_default=True, help="How long BillingService stays down.")
+@click.option("--workers", type=click.IntRange(0, 16), default=2, show_default=True,
+              help="`tasker worker` processes to start (0: one worker inside this process).")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=16, show_default=True,
+              help="Steps each worker runs at the same time.")
+@click.option("--outage-mode", type=click.Choice(["refuse", "unavailable"]), default="refuse", show_default=True,
+              help="How BillingService is down: 'refuse' stops listening (connection refused), 'unavailable' "
+                   "answers 503.")
+@click.option("--seed", type=int, default=None, help="Seed of the generated registrations (plans, preferences).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object {naive, engine} and nothing else.")
+@click.option("--database-url", default=None,
+              help="Run the engine on this store. Default: a fresh temporary SQLite file.")
+@click.pass_context
+def registration_outage(ctx: click.Context, registrations: int, outage_seconds: float, workers: int,
+                        concurrency: int, outage_mode: str, seed: int | None, as_json: bool,
+                        database_url: str | None) -> None:
+    """The microservices story: BillingService goes down while users register, then comes back.
+
+    Four real HTTP services run on free loopback ports. A naive sequential coordinator registers the users
+    during the outage and leaves them half-registered; the workflow engine, with worker processes, queues
+    them behind the billing circuit breaker and completes every one when BillingService is back. The
+    timeline is read from the engine's event log, and each service's own state is checked for duplicates.
+    """
+    import logging
+
+    from examples.microservices.demo import run_registration_outage
+
+    from tasker.cli.common import State
+
+    if database_url:
+        _check_url(database_url)
+    st = ctx.find_object(State)
+    engine_log = logging.getLogger("tasker")
+    level = engine_log.level
+    if not (st and st.verbose):  # an in-process worker's warnings (each refused call) would tear the live display
+        engine_log.setLevel(logging.ERROR)
+    err = Console(stderr=True)
+    try:
+        with _live(err, enabled=not as_json) as monitor:
+            result = run_registration_outage(
+                registrations, outage_seconds, workers=workers, concurrency=concurrency,
+                outage_mode="refuse" if outage_mode == "refuse" else "unavailable", database_url=database_url,
+                seed=seed, monitor=monitor)
+    finally:
+        engine_log.setLevel(level)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    engine = result["engine"]
+    out = Console()
+    out.print(f"[bold]Registration outage[/]: {registrations} registrations, BillingService down "
+              f"{outage_seconds:g} s ({outage_mode}), "
+              f"{f'{workers} worker processes' if workers else 'one in-process worker'}, seed {engine['seed']}")
+    out.print()
+    out.print("[bold]Timeline[/] (engine side, from the event log)")
+    for entry in engine["timeline"]:
+        at = datetime.fromisoformat(entry["at"]).astimezone()
+        out.print(f"  {at:%H:%M:%S}.{at.microsecond // 100_000}  (+{entry['offset_seconds']:6.1f} s)  {entry['text']}",
+                  highlight=False)
+    out.print()
+    out.print(Columns([_registration_table("Naive coordinator (no engine)", result["naive"]),
+                       _registration_table("Tasker workflow", engine, engine=True)]))
+    out.print(_registration_verdict(result))
+
+
+@contextmanager
+def _live(console: Console, *, enabled: bool) -> Iterator[Callable[[Any], None]]:
+    """A monitor drawing the demo's progress (steps by state, the billing circuit) on stderr, or a silent one."""
+    if not enabled:
+        yield lambda progress: None
+        return
+    with Live(console=console, auto_refresh=False, transient=False) as live:
+
+        def update(progress: Any) -> None:
+            live.update(_progress_view(progress), refresh=True)
+
+        yield update
+
+
+def _progress_view(p: Any) -> Table:
+    if p.phase == "naive":
+        title = (f"naive coordinator, BillingService down: {p.completed + p.failed}/{p.total} registrations tried, "
+                 f"{p.failed} failed")
+    elif p.phase == "starting":
+        title = "starting the services and the workers"
+    elif p.outage_left is not None:
+        title = (f"+{p.elapsed:5.1f} s  BillingService [bold red]DOWN[/], back in {p.outage_left:4.1f} s  "
+                 f"circuit billing_service: {_circuit(p.circuit)}")
+    else:
+        title = (f"+{p.elapsed:5.1f} s  BillingService [bold green]UP[/]  circuit billing_service: "
+                 f"{_circuit(p.circuit)}")
+    table = Table(title=title, title_justify="left", caption=(
+        f"{p.completed}/{p.total} registrations complete, {p.waiting} waiting for billing, {p.failed} failed"
+    ) if p.phase != "naive" else None, caption_justify="left")
+    states = {"pending": "pending", "ready": "ready", "waiting_retry": "retry", "in_progress": "running",
+              "complete": "done", "error": "error"}
+    table.add_column("step")
+    for header in states.values():
+        table.add_column(header, justify="right")
+    for step, counts in (p.steps or {}).items():
+        table.add_row(step, *(str(counts.get(s, 0) or "") for s in states))
+    return table
+
+
+def _circuit(state: str) -> str:
+    colour = {"closed": "green", "open": "bold red", "half_open": "yellow"}.get(state, "white")
+    return f"[{colour}]{state.replace('_', '-')}[/]"
+
+
+def _registration_table(title: str, side: dict[str, Any], *, engine: bool = False) -> Table:
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for label, key in REGISTRATION_ROWS:
+        table.add_row(label, _registration_cell(key, side.get(key)))
+        if key == "failed":
+            for step, n in (side.get("failed_by_step") or {}).items():
+                table.add_row(f"  at {step}", str(n))
+    if engine:
+        table.add_section()
+        table.add_row("waiting when billing came back", str(side.get("waiting_at_recovery")))
+        table.add_row("recovery to last completion (s)",
+                      _registration_cell("recovery", side.get("recovery_to_last_completion_seconds")))
+        table.add_row("steps over their retry limit",
+                      _registration_cell("steps_over_retry_limit", side.get("steps_over_retry_limit")))
+        table.add_row("billing circuit opened / probes",
+                      f"{side.get('circuit_opened', 0)} / {side.get('circuit_probes', 0)}")
+        for step, a in (side.get("attempts") or {}).items():
+            table.add_row(f"attempts {step}", f"max {a['max']} of {a['retry_limit']}, total {a['total']}")
+    return table
+
+
+def _registration_cell(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key in MUST_BE_ZERO and value:
+        return f"[bold red]{value}[/]"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def _registration_verdict(result: dict[str, dict[str, Any]]) -> str:
+    naive, engine = result["naive"], result["engine"]
+    duplicates = sum(engine[k] for k in ("duplicate_users", "duplicate_billing_profiles", "duplicate_preferences",
+                                         "duplicate_emails"))
+    recovery = engine["recovery_to_last_completion_seconds"]
+    when = f", the last {recovery:.1f} s after BillingService came back" if recovery is not None else ""
+    return (
+        f"\nNaive: {naive['failed']} of {naive['registrations']} registrations failed; "
+        f"{naive['users_without_billing']} users left without billing, {naive['users_without_preferences']} "
+        f"without preferences, {naive['users_without_welcome']} without a welcome mail: "
+        f"{naive['manual_interventions']} to repair by hand.\n"
+        f"Tasker: {engine['completed']} of {engine['registrations']} completed by themselves{when}; "
+        f"{duplicates} duplicates in the services, {engine['steps_over_retry_limit']} steps over their retry "
+        f"limit, {engine['manual_interventions']} manual interventions."
     )
