@@ -1,0 +1,124 @@
+"""Tasks: create (idempotent), list with filters and pagination, show one with its steps, cancel, retry.
+
+Routes are thin: parse, call the engine, serialise. The engine blocks (SQLAlchemy), so they are plain
+`def` functions that FastAPI runs in its thread pool.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Query, Response
+
+from tasker.api.auth import Permission, require
+from tasker.api.deps import get_engine
+from tasker.api.errors import error_responses
+from tasker.api.schemas import (
+    INT64_MAX,
+    NAME_PATTERN,
+    SEMVER_PATTERN,
+    TaskCancel,
+    TaskCreate,
+    TaskDetail,
+    TaskId,
+    TaskPage,
+    TaskSummary,
+)
+from tasker.engine.model import Task
+from tasker.engine.tasker import Tasker
+from tasker.errors import TaskerInputError
+from tasker.states import TaskState
+
+router = APIRouter(tags=["tasks"])
+Engine = Annotated[Tasker, Depends(get_engine)]
+MAX_PAGE = 500
+
+
+def task_detail(engine: Tasker, task: Task) -> TaskDetail:
+    return TaskDetail.detail(task, engine.task_template(task.id), engine.task_transitions(task.id))
+
+
+@router.post(
+    "/tasks", status_code=201, response_model=TaskDetail, summary="Create a task",
+    dependencies=[Depends(require(Permission.TASK_CREATE))],
+    responses={200: {"model": TaskDetail, "description": "The existing task for a repeated idempotency key."},
+               201: {"description": "The new task.", "headers": {"Location": {
+                   "description": "The task's URL.", "schema": {"type": "string"}}}},
+               **error_responses(400, 401, 403, 404, 413, 422)},
+)
+def create_task(body: TaskCreate, response: Response, engine: Engine) -> TaskDetail:
+    """Create a task of a loaded template; its context is validated against the template's schema.
+
+    A repeated `idempotency_key` (or, without one, the same template and context) answers 200 with the
+    task created the first time; a new task answers 201 with a `Location` header.
+    """
+    task = engine.create_task(body.template, body.context, version=body.version,
+                              idempotency_key=body.idempotency_key, correlation_id=body.correlation_id)
+    if task.deduplicated:
+        response.status_code = 200
+    else:
+        response.headers["Location"] = f"/api/v1/tasks/{task.id}"
+    return task_detail(engine, task)
+
+
+def _utc(value: datetime | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    except OverflowError:
+        raise TaskerInputError(f"query.{name}: {value.isoformat()} is out of range in UTC") from None
+
+
+@router.get(
+    "/tasks", response_model=TaskPage, summary="List tasks",
+    dependencies=[Depends(require(Permission.TASK_INDEX))], responses=error_responses(401, 403, 422),
+)
+def list_tasks(
+    engine: Engine,
+    namespace: Annotated[str | None, Query(max_length=64, pattern=NAME_PATTERN)] = None,
+    name: Annotated[str | None, Query(max_length=128, pattern=NAME_PATTERN)] = None,
+    version: Annotated[str | None, Query(max_length=64, pattern=SEMVER_PATTERN)] = None,
+    status: Annotated[TaskState | None, Query()] = None,
+    created_after: Annotated[datetime | None, Query(description="Created at or after (ISO 8601; UTC if naive).")]
+    = None,
+    created_before: Annotated[datetime | None, Query(description="Created before (ISO 8601; UTC if naive).")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
+) -> TaskPage:
+    """Tasks newest first, without their steps, with the total that match the filters."""
+    found, total = engine.list_tasks(
+        namespace=namespace, name=name, version=version, status=status.value if status else None,
+        created_after=_utc(created_after, "created_after"), created_before=_utc(created_before, "created_before"),
+        limit=limit, offset=offset,
+    )
+    return TaskPage(tasks=[TaskSummary.of(t) for t in found], total=total, limit=limit, offset=offset)
+
+
+@router.get(
+    "/tasks/{task_id}", response_model=TaskDetail, summary="Show a task with its steps",
+    dependencies=[Depends(require(Permission.TASK_SHOW))], responses=error_responses(401, 403, 404, 422),
+)
+def get_task(task_id: TaskId, engine: Engine) -> TaskDetail:
+    return task_detail(engine, engine.get_task(task_id))
+
+
+@router.post(
+    "/tasks/{task_id}/cancel", response_model=TaskDetail, summary="Cancel a task",
+    dependencies=[Depends(require(Permission.TASK_CANCEL))],
+    responses=error_responses(400, 401, 403, 404, 409, 413, 422),
+)
+def cancel_task(task_id: TaskId, engine: Engine,
+                body: Annotated[TaskCancel | None, Body()] = None) -> TaskDetail:
+    """Unstarted steps never run and late results are discarded; a finished task answers 409."""
+    return task_detail(engine, engine.cancel_task(task_id, reason=body.reason if body else None))
+
+
+@router.post(
+    "/tasks/{task_id}/retry", response_model=TaskDetail, summary="Retry a task in error",
+    dependencies=[Depends(require(Permission.TASK_RETRY))], responses=error_responses(401, 403, 404, 409, 422),
+)
+def retry_task(task_id: TaskId, engine: Engine) -> TaskDetail:
+    """Re-arm every failed step with fresh attempts; a task that is not in `error` answers 409."""
+    return task_detail(engine, engine.retry_task(task_id))

@@ -1,0 +1,412 @@
+"""The shapes the REST API accepts and returns (pydantic), and how engine objects are turned into them.
+
+Every request body forbids unknown fields and bounds its sizes, and every free-form JSON value a client
+sends (a task context, a step result) is checked for what Python's JSON parser lets through but a store
+cannot keep: NaN and Infinity, NUL characters and lone surrogates (PostgreSQL refuses them), and nesting
+deep enough to exhaust the recursion limit of a validator. Response models are declared precisely
+because the OpenAPI spec is generated from them and a schemathesis run holds every response to it.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import Path, Query
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tasker.engine.model import Step, Task
+from tasker.states import TaskState
+from tasker.templates.graph import execution_levels, execution_order
+from tasker.templates.model import TaskTemplate, semver_key
+
+INT64_MAX = 2**63 - 1
+#: How deep a context or result may nest; business data rarely passes 10 levels.
+MAX_JSON_DEPTH = 32
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]*$"
+SEMVER_PATTERN = (
+    r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.\-]+)?(\+[0-9A-Za-z.\-]+)?$"
+)
+REF_PATTERN = r"^([A-Za-z_][A-Za-z0-9_.\-]*/)?[A-Za-z_][A-Za-z0-9_.\-]*(@[0-9A-Za-z.+\-]+)?$"
+#: Printable text on one line: idempotency keys, correlation ids.
+TOKEN_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+
+# -- path and query parameters ----------------------------------------------------------------------------
+TaskId = Annotated[int, Path(ge=1, le=INT64_MAX, description="The task's id.", examples=[1])]
+StepName = Annotated[str, Path(min_length=1, max_length=128, pattern=NAME_PATTERN,
+                               description="The step's name in its template.", examples=["validate_cart"])]
+Namespace = Annotated[str, Path(min_length=1, max_length=64, pattern=NAME_PATTERN, examples=["ecommerce"])]
+TemplateName = Annotated[str, Path(min_length=1, max_length=128, pattern=NAME_PATTERN, examples=["process_order"])]
+VersionQuery = Annotated[str | None, Query(max_length=64, pattern=SEMVER_PATTERN,
+                                           description="A semantic version; the latest when left out.")]
+DiagramFormat = Annotated[Literal["json", "text"] | None, Query(
+    description="`json` (the default) or `text` (the bare Mermaid source); `Accept: text/plain` also asks for text.")]
+
+
+# -- JSON values from clients -----------------------------------------------------------------------------
+def _bad_text(text: str) -> str | None:
+    if "\x00" in text:
+        return "contains a NUL character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a lone surrogate (not valid Unicode)"
+    return None
+
+
+def check_json(value: Any, root: str) -> Any:
+    """Return `value` if a store can keep it, else raise ValueError naming the JSON path of the problem.
+
+    Iterative, so a hostile document cannot exhaust the stack of the check itself.
+    """
+    stack: list[tuple[Any, str, int]] = [(value, root, 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"{path} nests deeper than {MAX_JSON_DEPTH} levels; fix: flatten the data")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{path} is {item}, which is not a JSON number; fix: send a finite number or null")
+        if isinstance(item, str):
+            problem = _bad_text(item)
+            if problem:
+                raise ValueError(f"{path} {problem}; fix: remove it")
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                problem = _bad_text(str(k))
+                if problem:
+                    raise ValueError(f"a key of {path} {problem}; fix: remove it")
+                stack.append((v, f"{path}.{k}", depth + 1))
+        elif isinstance(item, list):
+            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(item))
+    return value
+
+
+def _check_text(value: str | None) -> str | None:
+    if value is not None:
+        problem = _bad_text(value)
+        if problem:
+            raise ValueError(f"the text {problem}; fix: remove it")
+    return value
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- request bodies ---------------------------------------------------------------------------------------
+class TaskCreate(_Body):
+    """A request for a task of a template the server loaded (never a handler class or an import path)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "template": "ecommerce/process_order",
+        "context": {
+            "cart_items": [{"product_id": 1, "quantity": 2, "price": 29.99}],
+            "payment_info": {"method": "credit_card", "token": "tok_visa", "amount": 59.98},
+            "customer_info": {"id": 7, "email": "ada@example.com", "name": "Ada Lovelace"},
+        },
+        "idempotency_key": "checkout-8842",
+    }]})
+
+    template: str = Field(min_length=1, max_length=300, pattern=REF_PATTERN,
+                          description="`namespace/name`, optionally `@version`.", examples=["ecommerce/process_order"])
+    version: str | None = Field(default=None, max_length=64, pattern=SEMVER_PATTERN,
+                                description="Pin a version; the latest loaded one when left out.")
+    context: dict[str, Any] = Field(default_factory=dict,
+                                    description="The task's input, validated against the template's JSON Schema.")
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255, pattern=TOKEN_PATTERN,
+                                        description="A repeated key returns the first task (200), not a new one.")
+    correlation_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=TOKEN_PATTERN,
+                                       description="Carried by every log line and event of the task.")
+
+    @field_validator("context")
+    @classmethod
+    def _context(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return dict(check_json(v, "$.context"))
+
+    @field_validator("idempotency_key", "correlation_id")
+    @classmethod
+    def _token(cls, v: str | None) -> str | None:
+        return _check_text(v)
+
+
+class TaskCancel(_Body):
+    reason: str | None = Field(default=None, max_length=1000, description="Recorded with the cancellation.")
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, v: str | None) -> str | None:
+        return _check_text(v)
+
+
+class StepResolve(_Body):
+    result: dict[str, Any] = Field(default_factory=dict,
+                                   description="The step's result, as if its handler had returned it.")
+
+    @field_validator("result")
+    @classmethod
+    def _result(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return dict(check_json(v, "$.result"))
+
+
+# -- tasks and steps --------------------------------------------------------------------------------------
+class StepError(BaseModel):
+    """Why the last attempt failed. A handler's traceback stays in the store: it names server paths."""
+
+    error_class: str
+    message: str
+    retryable: bool | None = None
+    error_code: str | None = None
+    context: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, raw: dict[str, Any] | None) -> StepError | None:
+        if not raw:
+            return None
+        code, context = raw.get("error_code"), raw.get("context")
+        retryable = raw.get("retryable")
+        return cls(error_class=str(raw.get("class") or "Error"), message=str(raw.get("message") or ""),
+                   retryable=retryable if isinstance(retryable, bool) else None,
+                   error_code=str(code) if code is not None else None,
+                   context=context if isinstance(context, dict) else None)
+
+
+class StepTransition(BaseModel):
+    from_state: str | None
+    to_state: str
+    attempt: int
+    at: datetime
+    worker: str | None
+    error_class: str | None
+    error_message: str | None
+    duration_ms: float | None
+
+
+class TaskTransition(BaseModel):
+    from_state: str | None
+    to_state: str
+    at: datetime
+    worker: str | None
+    reason: str | None
+
+
+class StepOut(BaseModel):
+    id: int
+    task_id: int
+    name: str
+    status: str
+    attempts: int
+    retry_limit: int
+    retryable: bool
+    dependent_system: str
+    parents: list[str] = Field(description="Every step this one waits for (depends_on_step and depends_on_steps).")
+    results: dict[str, Any] | None
+    last_error: StepError | None
+    run_at: datetime | None = Field(description="When the step is (or was) due to run; retries move it forward.")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_seconds: float | None
+
+    @classmethod
+    def of(cls, step: Step, parents: list[str]) -> StepOut:
+        return cls(
+            id=step.id, task_id=step.task_id, name=step.name, status=step.status, attempts=step.attempts,
+            retry_limit=step.retry_limit, retryable=step.retryable, dependent_system=step.dependent_system,
+            parents=parents, results=step.results, last_error=StepError.of(step.last_error), run_at=step.run_at,
+            created_at=step.created_at, started_at=step.started_at, finished_at=step.finished_at,
+            duration_seconds=step.duration_seconds,
+        )
+
+
+class StepDetail(StepOut):
+    transitions: list[StepTransition]
+
+    @classmethod
+    def detail(cls, step: Step, parents: list[str], transitions: list[dict[str, Any]]) -> StepDetail:
+        rows = [StepTransition.model_validate(t) for t in transitions if t.get("step_id") == step.id]
+        return cls(**StepOut.of(step, parents).__dict__, transitions=rows)
+
+
+class StepList(BaseModel):
+    task_id: int
+    steps: list[StepDetail]
+
+
+class TaskSummary(BaseModel):
+    id: int
+    namespace: str
+    name: str
+    version: str
+    template: str = Field(description="`namespace/name@version` of the template the task was created with.")
+    status: TaskState
+    context: dict[str, Any]
+    idempotency_key: str
+    correlation_id: str
+    annotations: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_seconds: float | None
+
+    @classmethod
+    def fields_of(cls, task: Task) -> dict[str, Any]:
+        return {
+            "id": task.id, "namespace": task.namespace, "name": task.name, "version": task.version,
+            "template": task.template_key, "status": task.status, "context": task.context,
+            "idempotency_key": task.idempotency_key, "correlation_id": task.correlation_id,
+            "annotations": task.annotations, "created_at": task.created_at, "updated_at": task.updated_at,
+            "started_at": task.started_at, "finished_at": task.finished_at, "duration_seconds": task.duration_seconds,
+        }
+
+    @classmethod
+    def of(cls, task: Task) -> TaskSummary:
+        return cls(**cls.fields_of(task))
+
+
+class TaskDetail(TaskSummary):
+    deduplicated: bool = Field(description="True when a repeated idempotency key returned this existing task.")
+    step_counts: dict[str, int] = Field(description="How many steps are in each state.")
+    steps: list[StepOut]
+    transitions: list[TaskTransition]
+
+    @classmethod
+    def detail(cls, task: Task, template: TaskTemplate, transitions: list[dict[str, Any]]) -> TaskDetail:
+        parents = parents_by_step(template)
+        counts: dict[str, int] = {}
+        for s in task.steps:
+            counts[s.status] = counts.get(s.status, 0) + 1
+        return cls(**cls.fields_of(task), deduplicated=task.deduplicated, step_counts=counts,
+                   steps=[StepOut.of(s, parents.get(s.name, [])) for s in task.steps],
+                   transitions=[TaskTransition.model_validate(t) for t in transitions])
+
+
+class TaskPage(BaseModel):
+    tasks: list[TaskSummary]
+    total: int = Field(description="How many tasks match the filters, across all pages.")
+    limit: int
+    offset: int
+
+
+def parents_by_step(template: TaskTemplate) -> dict[str, list[str]]:
+    return {s.name: s.parents for s in template.step_templates}
+
+
+# -- handler discovery ------------------------------------------------------------------------------------
+class NamespaceOut(BaseModel):
+    name: str
+    handler_count: int = Field(description="Templates (by name) in the namespace.")
+    version_count: int = Field(description="Template versions in the namespace.")
+
+
+class NamespaceList(BaseModel):
+    namespaces: list[NamespaceOut]
+    total_namespaces: int
+
+
+class HandlerSummary(BaseModel):
+    namespace: str
+    name: str
+    description: str | None
+    versions: list[str] = Field(description="Loaded versions, oldest first.")
+    latest_version: str
+
+
+class NamespaceDetail(BaseModel):
+    namespace: str
+    handlers: list[HandlerSummary]
+    total_handlers: int
+
+
+class StepTemplateOut(BaseModel):
+    """A step of a template. `handler_config` values are not shown: `${VAR}` may have put secrets there."""
+
+    name: str
+    description: str | None
+    handler_class: str
+    depends_on_step: str | None
+    depends_on_steps: list[str]
+    dependencies: list[str] = Field(description="Every parent: depends_on_step and depends_on_steps together.")
+    dependent_system: str
+    default_retryable: bool
+    default_retry_limit: int
+    skippable: bool
+    timeout_seconds: float | None
+    handler_config_keys: list[str]
+    custom_events: list[str]
+
+
+class GraphNode(BaseModel):
+    id: str
+    name: str
+    handler_class: str
+    dependent_system: str
+
+
+class GraphEdge(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: str = Field(alias="from", description="The parent step.")
+    to: str = Field(description="The step that waits for it.")
+
+
+class DependencyGraph(BaseModel):
+    nodes: list[GraphNode]
+    edges: list[GraphEdge]
+
+
+class TemplateVersion(BaseModel):
+    namespace: str
+    name: str
+    version: str
+    key: str = Field(description="`namespace/name@version`.")
+    description: str | None
+    default_dependent_system: str
+    task_handler_class: str | None
+    context_schema: dict[str, Any] | None = Field(description="The JSON Schema a task's context must satisfy.")
+    custom_events: list[str]
+    step_templates: list[StepTemplateOut]
+    dependency_graph: DependencyGraph
+    execution_order: list[str] = Field(description="A topological order of the steps.")
+    execution_levels: list[list[str]] = Field(description="Steps grouped by depth; a level's steps run in parallel.")
+
+    @classmethod
+    def of(cls, t: TaskTemplate) -> TemplateVersion:
+        pairs = [(s.name, s.parents) for s in t.step_templates]
+        steps = [StepTemplateOut(
+            name=s.name, description=s.description, handler_class=s.handler_class,
+            depends_on_step=s.depends_on_step, depends_on_steps=list(s.depends_on_steps), dependencies=s.parents,
+            dependent_system=t.dependent_system_of(s), default_retryable=s.default_retryable,
+            default_retry_limit=s.default_retry_limit, skippable=s.skippable, timeout_seconds=s.timeout_seconds,
+            handler_config_keys=sorted(s.handler_config), custom_events=[e.name for e in s.custom_events],
+        ) for s in t.step_templates]
+        graph = DependencyGraph(
+            nodes=[GraphNode(id=s.name, name=s.name, handler_class=s.handler_class,
+                             dependent_system=t.dependent_system_of(s)) for s in t.step_templates],
+            edges=[GraphEdge(from_=p, to=s.name) for s in t.step_templates for p in s.parents],
+        )
+        return cls(
+            namespace=t.namespace_name, name=t.name, version=t.version, key=t.key, description=t.description,
+            default_dependent_system=t.default_dependent_system, task_handler_class=t.task_handler_class,
+            context_schema=t.context_schema, custom_events=[e.name for e in t.custom_events], step_templates=steps,
+            dependency_graph=graph, execution_order=execution_order(pairs), execution_levels=execution_levels(pairs),
+        )
+
+
+class HandlerDetail(BaseModel):
+    namespace: str
+    name: str
+    latest_version: str
+    versions: list[TemplateVersion] = Field(description="Every loaded version, oldest first, or the one asked for.")
+
+
+def latest(versions: list[str]) -> str:
+    return max(versions, key=semver_key)
+
+
+# -- diagrams ---------------------------------------------------------------------------------------------
+class Diagram(BaseModel):
+    template: str = Field(description="`namespace/name@version` the diagram was drawn from.")
+    task_id: int | None = Field(description="The task whose step states colour the diagram, if any.")
+    mermaid: str = Field(description="A Mermaid flowchart (`graph TD`).")
