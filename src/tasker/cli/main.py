@@ -5,7 +5,6 @@ Exit codes: 0 success, 1 a task or operation ended in failure, 2 bad input (temp
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Any
@@ -57,33 +56,55 @@ def _verbose(ctx: click.Context) -> bool:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="TOML settings file (default: ./tasker.toml when present, or TASKER_CONFIG).")
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logs and tracebacks.")
+@click.option("--log-format", type=click.Choice(["json", "console"]), default=None,
+              help="Log lines as JSON objects or readable text. Default: TASKER_LOG_FORMAT or console.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              default=None, help="Log threshold. Default: TASKER_LOG_LEVEL, or INFO for worker/serve and WARNING "
+              "for other commands.")
 @click.version_option(__version__, prog_name="tasker")
 @click.pass_context
-def cli(ctx: click.Context, database_url: str | None, config_file: str | None, verbose: bool) -> None:
+def cli(ctx: click.Context, database_url: str | None, config_file: str | None, verbose: bool,
+        log_format: str | None, log_level: str | None) -> None:
     """Tasker: reliable, observable multi-step workflows."""
     # Like `python -m`, the current directory is importable, so handler_class paths resolve in a project.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         settings = Settings.load(config_file)
     except TaskerInputError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         ctx.exit(2)
+    _configure_logging(ctx, settings, verbose, log_format, log_level)
     ctx.obj = State(settings, verbose, database_url)
+
+
+def _configure_logging(ctx: click.Context, settings: Settings, verbose: bool, log_format: str | None,
+                       log_level: str | None) -> None:
+    """Once, before any command: structlog for every log line. Interactive commands show warnings unless a
+    level is given; long-running ones (`worker`, `serve`) apply `ctx.meta["tasker.log_level"]` themselves."""
+    from tasker.observability.logging import LEVELS, configure_logging
+
+    level = (log_level or settings.log_level).upper()
+    if level not in LEVELS:
+        raise TaskerInputError(f"log_level {level!r} (TASKER_LOG_LEVEL or the config file) is not a level; "
+                               f"fix: use one of {', '.join(LEVELS)}")
+    ctx.meta["tasker.log_level"] = "DEBUG" if verbose else level
+    quiet = level if log_level or LEVELS.index(level) > LEVELS.index("WARNING") else "WARNING"
+    configure_logging(log_format or settings.log_format, "DEBUG" if verbose else quiet)
 
 
 def _register() -> None:
     from tasker.cli.db import db
+    from tasker.cli.keys import keys
     from tasker.cli.run import run
     from tasker.cli.systems import limits, systems
     from tasker.cli.tasks import tasks
     from tasker.cli.templates import templates
     from tasker.cli.worker import worker
 
-    for command in (templates, tasks, run, db, worker, systems, limits):
+    for command in (templates, tasks, run, db, worker, systems, limits, keys):
         cli.add_command(command)
+    cli.add_command(__import__("tasker.cli.serve", fromlist=["serve"]).serve)
     try:
         from tasker.cli.demo import demo
     except ImportError:  # the demos need the examples package, absent from a bare install

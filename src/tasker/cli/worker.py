@@ -25,13 +25,21 @@ log = logging.getLogger("tasker.worker")
 @click.option("--namespaces", default=None, help="Only claim steps of these namespaces (comma-separated).")
 @click.option("--grace-seconds", type=float, default=None, help="How long in-flight steps may finish on stop.")
 @click.option("--lease-seconds", type=float, default=None, help="Lease on a claimed step, renewed by heartbeats.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Serve this worker's Prometheus metrics on http://0.0.0.0:PORT/metrics (or TASKER_METRICS_PORT).")
+@click.option("--store-metrics", is_flag=True,
+              help="With --metrics-port: also the store-wide gauges (tasks, steps, queue, circuits); one target "
+              "is enough.")
 @templates_option
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int | None, namespaces: str | None, grace_seconds: float | None,
-           lease_seconds: float | None, templates: tuple[str, ...]) -> None:
+           lease_seconds: float | None, metrics_port: int | None, store_metrics: bool,
+           templates: tuple[str, ...]) -> None:
     """Run steps from the store until stopped."""
     st = state(ctx)
-    logging.getLogger("tasker").setLevel(logging.INFO if not st.verbose else logging.DEBUG)
+    from tasker.observability.logging import set_level
+
+    set_level(ctx.meta.get("tasker.log_level") or ("DEBUG" if st.verbose else st.settings.log_level))
     engine = st.engine(templates)
     names = [n.strip() for n in namespaces.split(",") if n.strip()] if namespaces else list(st.settings.namespaces)
     w = engine.worker(
@@ -47,7 +55,15 @@ def worker(ctx: click.Context, concurrency: int | None, namespaces: str | None, 
             loop.add_signal_handler(sig, _stopper(w, sig))
         await engine.awork(worker=w, until_idle=False)
 
+    port = metrics_port or st.settings.metrics_port
+    server = None
+    if port:
+        from tasker.observability.metrics import serve_metrics
+
+        server = serve_metrics(port, engine if store_metrics else None)
     asyncio.run(main())
+    if server is not None:
+        server.shutdown()
     if w.abandoned:
         # Abandoned sync handlers cannot be interrupted, and the interpreter would wait for their threads at
         # exit: their steps are already handed back, so leave without them.

@@ -8,8 +8,10 @@ whatever it returns later is dropped with its future.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import json
+import logging
 import time
 import traceback
 from concurrent.futures import Executor
@@ -18,6 +20,8 @@ from typing import Any
 from tasker.engine.model import ClaimedStep, Outcome
 from tasker.errors import PermanentError, RetryableError, StepFailure, StepTimeoutError
 from tasker.handlers.base import StepContext, TaskPort
+from tasker.observability import tracing
+from tasker.observability.logging import bind_step_context
 from tasker.retry import MAX_DELAY_SECONDS, RetryPolicy
 from tasker.states import StepState
 from tasker.templates.model import StepTemplate, TaskTemplate
@@ -66,7 +70,68 @@ def _jsonable(value: Any) -> Any:
         return json.loads(json.dumps(value, default=repr))
 
 
+log = logging.getLogger("tasker.executor")
+
+
 async def execute(
+    claimed: ClaimedStep,
+    template: TaskTemplate,
+    step: StepTemplate,
+    handler_cls: type,
+    policy: RetryPolicy,
+    pool: Executor,
+    *,
+    backoff_scale: float = 1.0,
+    tasks: TaskPort | None = None,
+) -> Outcome:
+    """One attempt, with the step's fields on every log line it causes and, when tracing is on, in its span.
+
+    Runs for every step, so it stays cheap: a few microseconds when debug logs and tracing are off.
+    """
+    key = _template_key(template)
+    with bind_step_context(task_id=claimed.task_id, template=key, step=claimed.name, attempt=claimed.attempt,
+                           correlation_id=claimed.correlation_id), tracing.step_span(claimed, key) as span:
+        debug = log.isEnabledFor(logging.DEBUG)
+        if debug:
+            log.debug("attempt %d of step %s started", claimed.attempt, claimed.name)
+        outcome = await _attempt(claimed, template, step, handler_cls, policy, pool, backoff_scale=backoff_scale,
+                                 tasks=tasks)
+        if span is not None:
+            tracing.end_step(span, outcome.state, outcome.error)
+        if debug or outcome.state != StepState.COMPLETE:
+            _log_outcome(claimed, outcome)
+    return outcome
+
+
+_KEYS: dict[int, tuple[TaskTemplate, str]] = {}
+
+
+def _template_key(template: TaskTemplate) -> str:
+    """`template.key`, remembered per template object (snapshots live as long as the process)."""
+    hit = _KEYS.get(id(template))
+    if hit is not None and hit[0] is template:
+        return hit[1]
+    if len(_KEYS) > 4096:  # many short-lived engines in one process (tests): start over rather than grow
+        _KEYS.clear()
+    key = template.key
+    _KEYS[id(template)] = (template, key)
+    return key
+
+
+def _log_outcome(claimed: ClaimedStep, outcome: Outcome) -> None:
+    if outcome.state == StepState.COMPLETE:
+        log.debug("step %s complete in %.1f ms", claimed.name, outcome.duration_ms)
+        return
+    error = outcome.error or {}
+    if outcome.state == StepState.WAITING_RETRY:
+        log.info("attempt %d of step %s failed, retry in %.1fs: %s: %.500s", claimed.attempt, claimed.name,
+                 outcome.retry_delay, error.get("class"), error.get("message"))
+    else:
+        log.info("step %s failed after attempt %d: %s: %.500s", claimed.name, claimed.attempt, error.get("class"),
+                 error.get("message"))
+
+
+async def _attempt(
     claimed: ClaimedStep,
     template: TaskTemplate,
     step: StepTemplate,
@@ -88,7 +153,9 @@ async def execute(
             result = await asyncio.wait_for(process(ctx), timeout)
         else:
             loop = asyncio.get_running_loop()
-            result = await asyncio.wait_for(loop.run_in_executor(pool, process, ctx), timeout)
+            # run_in_executor does not carry context variables: the thread gets this task's (log fields, span).
+            call = contextvars.copy_context().run
+            result = await asyncio.wait_for(loop.run_in_executor(pool, call, process, ctx), timeout)
             if inspect.isawaitable(result):
                 result = await asyncio.wait_for(result, timeout)
         results = _check_results(result, handler_cls)
@@ -143,7 +210,8 @@ def _check_results(result: Any, handler_cls: type) -> dict[str, Any]:
 
 
 def _events(ctx: StepContext) -> list[tuple[str, dict[str, Any]]]:
-    return [(name, {"task_id": ctx.task_id, "step": ctx.step_name, **_jsonable(payload)})
+    return [(name, {**_jsonable(payload), "task_id": ctx.task_id, "step_id": ctx.step_id, "step": ctx.step_name,
+                    "namespace": ctx.namespace, "attempt": ctx.attempt, "correlation_id": ctx.correlation_id})
             for name, payload in ctx.published]
 
 

@@ -28,8 +28,10 @@ from tasker.events.bus import Event, EventBus
 from tasker.events.subscriber import Subscriber
 from tasker.registry import TemplateRegistry
 from tasker.states import FINISHED_TASK_STATES
-from tasker.store import operations, systems
+from tasker.store import api_keys as key_store
+from tasker.store import event_log, operations, systems
 from tasker.store import tasks as task_store
+from tasker.store import workers as workers_store
 from tasker.store.database import Database
 from tasker.store.journal import Journal
 from tasker.store.schema import tasks as tasks_table
@@ -129,6 +131,11 @@ class Tasker:
         """Each dependent system: circuit state, consecutive failures, in flight, waiting, limits."""
         with self.db.read() as conn:
             return systems.report(conn)
+
+    def workers(self, within_seconds: float = workers_store.ALIVE_WITHIN_SECONDS) -> list[dict[str, Any]]:
+        """Long-running workers heard from within `within_seconds` (any process, any machine)."""
+        with self.db.read() as conn:
+            return workers_store.recent(conn, utcnow(), within_seconds)
 
     def namespace_limits(self) -> dict[str, int]:
         with self.db.read() as conn:
@@ -413,13 +420,108 @@ class Tasker:
             except Exception:
                 log.exception("task handler hook failed for task %s; the task is not affected", task_id)
 
+    # -- API keys -------------------------------------------------------------------------------------
+    def create_api_key(self, name: str, permissions: Sequence[str] | str) -> tuple[key_store.ApiKey, str]:
+        """Store a new API key; returns its record and the key itself, which exists nowhere else.
+
+        Only a digest is stored, so a lost key cannot be shown again: revoke it and create another.
+        """
+        key_store.check_name(name)
+        grants = key_store.check_permissions(permissions.split(",") if isinstance(permissions, str) else permissions)
+        taken = TaskerInputError(f"an API key named '{name}' already exists (names of revoked keys stay taken); "
+                                 "fix: choose another name")
+        secret, prefix = key_store.generate_key()
+        try:
+            with self.db.write() as conn:
+                if key_store.name_taken(conn, name):
+                    raise taken
+                record = key_store.insert_key(conn, name=name, prefix=prefix, key_hash=key_store.digest(secret),
+                                              permissions=grants, now=utcnow())
+        except IntegrityError:  # a concurrent create took the name
+            raise taken from None
+        return record, secret
+
+    def list_api_keys(self) -> list[key_store.ApiKey]:
+        """Every key, revoked ones included, by name (never the secrets)."""
+        with self.db.read() as conn:
+            return key_store.list_keys(conn)
+
+    def revoke_api_key(self, name: str) -> key_store.ApiKey:
+        """Refuse a key from now on; revoking twice keeps the first date."""
+        with self.db.write() as conn:
+            record = key_store.revoke_key(conn, name, utcnow())
+        if record is None:
+            raise NotFoundError(f"no API key named '{name}'; fix: list keys with 'tasker keys list'")
+        return record
+
+    def authenticate_api_key(self, key: str) -> key_store.ApiKey | None:
+        """The active key matching `key`, or None (unknown, malformed or revoked); records when it was used."""
+        if not isinstance(key, str) or not key_store.looks_like_key(key):
+            return None
+        with self.db.read() as conn:
+            record = key_store.find_by_key(conn, key)
+        if record is None or record.revoked:
+            return None
+        now = utcnow()
+        if record.last_used_at is None or now - record.last_used_at >= key_store.TOUCH_EVERY:
+            try:
+                with self.db.write() as conn:
+                    key_store.touch(conn, record.id, now)
+            except DBAPIError:  # bookkeeping only: a busy store must not refuse a valid key
+                log.warning("could not record the use of API key %s", record.prefix, exc_info=True)
+        return record
+
+    # -- health, status and analytics (tasker.engine.insight) ---------------------------------------
+    def readiness(self, *, timeout: float = 5.0) -> dict[str, Any]:
+        """Whether the database answers within `timeout` seconds and is migrated to the latest revision."""
+        from tasker.engine import insight
+
+        return insight.readiness(self.db, timeout=timeout)
+
+    def status(self, *, window_hours: int = 24) -> dict[str, Any]:
+        """Tasks and steps by state, backlog, workers seen recently, circuits, and a health verdict."""
+        from tasker.engine import insight
+
+        return insight.status(self.db, window_hours=window_hours)
+
+    def performance(self, period_hours: int = 24, *, namespace: str | None = None, name: str | None = None,
+                    version: str | None = None) -> dict[str, Any]:
+        """Per template over the period: started, completed, failed, completion rate, p50/p95 durations."""
+        from tasker.engine import insight
+
+        return insight.performance(self.db, period_hours, namespace=namespace, name=name, version=version)
+
+    def bottlenecks(self, period_hours: int = 24, *, namespace: str | None = None, name: str | None = None,
+                    version: str | None = None, limit: int = 10) -> dict[str, Any]:
+        """Slowest and most retried steps, error rates per step and dependent system, recommendations."""
+        from tasker.engine import insight
+
+        return insight.bottlenecks(self.db, period_hours, namespace=namespace, name=name, version=version,
+                                   limit=limit)
+
     # -- events ---------------------------------------------------------------------------------------
     def subscribe(self, listener: Callable[[Event], None], *patterns: str) -> Callable[[], None]:
         """Call `listener` for events whose names match the glob patterns (all when none)."""
         return self.bus.subscribe(listener, *patterns)
 
+    def read_events(self, after: str | None = None, *, task_id: int | None = None, namespace: str | None = None,
+                    names: Sequence[str] | None = None, limit: int = 1000) -> event_log.EventPage:
+        """Events from the durable log (every worker process's), oldest first, after the cursor `after`.
+
+        Pass the page's `cursor` back as `after` to continue; `names` takes glob patterns (`step.*`).
+        """
+        with self.db.read() as conn:
+            return event_log.read(conn, after, task_id=task_id, namespace=namespace, names=names, limit=limit,
+                                  now=utcnow())
+
+    def events_tail(self) -> str:
+        """A cursor at the end of the event log, to follow only what happens from now on."""
+        with self.db.read() as conn:
+            return event_log.tail(conn)
+
     def add_subscriber(self, subscriber: Subscriber) -> Callable[[], None]:
-        """Attach a `Subscriber`; returns a function that detaches it."""
+        """Attach a `Subscriber` (after handing it this engine with `bind`); returns a function that detaches it."""
+        subscriber.bind(self)
         return subscriber.attach(self.bus)
 
     def _publish(self, events: list[tuple[str, dict[str, Any]]]) -> None:

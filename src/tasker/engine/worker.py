@@ -28,8 +28,10 @@ from tasker.engine.resolver import Resolver
 from tasker.errors import TaskerError
 from tasker.events.bus import EventBus
 from tasker.handlers.base import TaskPort
+from tasker.observability import metrics, tracing
 from tasker.states import FINISHED_TASK_STATES, StepState
 from tasker.store import claims, completion, systems
+from tasker.store import workers as worker_registry
 from tasker.store.database import Database
 from tasker.store.journal import Journal
 from tasker.store.tasks import template_definition
@@ -138,6 +140,9 @@ class Worker:
         stop_deadline: float | None = None
         failures = 0
         log.info("worker %s started (concurrency %d, store %s)", self.id, self.opts.concurrency, self.db.safe_url())
+        # Long-running workers register, so health and status can list them; a `run` of one task does not.
+        registered = not until_idle and await self._register(db_thread)
+        next_seen = time.monotonic() + worker_registry.SEEN_EVERY_SECONDS
         listener = None
         if self.db.is_postgres and not until_idle:  # long-running: hear of work other processes create
             from tasker.store.notify import ReadyListener
@@ -147,6 +152,9 @@ class Worker:
         try:
             while True:
                 now_m = time.monotonic()
+                if registered and now_m >= next_seen:
+                    next_seen = now_m + worker_registry.SEEN_EVERY_SECONDS
+                    await self._loop.run_in_executor(db_thread, self._seen, False)
                 if self._stop and stop_deadline is None:
                     stop_deadline = now_m + self.opts.grace_seconds
                 if self._stop and not self._inflight and not self._done:
@@ -185,6 +193,10 @@ class Worker:
                     if reclaim:
                         next_reclaim = now_m + min(1.0, lease / 4)
                     self._publish(cycle.events)
+                    if cycle.settled and tracing.enabled():  # task spans need the task rows: off the loop
+                        spans = self._loop.run_in_executor(pool, tracing.record_task_spans, self.db, cycle.settled)
+                        self._hooks.add(spans)
+                        spans.add_done_callback(self._hooks.discard)
                     hooked = [t for t in cycle.settled if self._has_task_handler(t[0])]
                     if hooked and self.on_settled:
                         hook = self._loop.run_in_executor(pool, self.on_settled, hooked)
@@ -221,6 +233,8 @@ class Worker:
         finally:
             if listener is not None:
                 listener.stop()
+            if registered:
+                await asyncio.get_running_loop().run_in_executor(db_thread, self._seen, True)
             for task, _ in list(self._inflight.values()):
                 task.cancel()
             if self._shared_db is None:
@@ -231,6 +245,26 @@ class Worker:
                 pool.shutdown(wait=False, cancel_futures=True)
             self._loop = None
             log.info("worker %s stopped after %d steps", self.id, self.steps_run)
+
+    # -- the worker registry --------------------------------------------------------------------------
+    async def _register(self, db_thread: ThreadPoolExecutor) -> bool:
+        def write() -> None:
+            with self.db.write() as conn:
+                worker_registry.announce(conn, self.id, namespaces=list(self.opts.namespaces or []) or None,
+                                         concurrency=self.opts.concurrency, now=utcnow())
+        try:
+            await asyncio.get_running_loop().run_in_executor(db_thread, write)
+        except DBAPIError as exc:  # bookkeeping: a worker that cannot register still works
+            log.warning("worker %s could not register (%s); it runs unlisted", self.id, type(exc).__name__)
+            return False
+        return True
+
+    def _seen(self, stopped: bool) -> None:
+        try:
+            with self.db.write() as conn:
+                worker_registry.seen(conn, self.id, steps_run=self.steps_run, now=utcnow(), stopped=stopped)
+        except DBAPIError as exc:
+            log.debug("worker %s: registry refresh failed (%s)", self.id, type(exc).__name__)
 
     # -- database cycle (runs on the db thread) ---------------------------------------------------------
     def _db_cycle(self, done: list[tuple[Outcome, ClaimedStep]], claim_limit: int, scan: bool,
@@ -250,7 +284,7 @@ class Worker:
             if heartbeat is not None:
                 held = claims.extend_leases(conn, worker=self.id, step_ids=heartbeat, now=journal.now,
                                             lease_seconds=self.opts.lease_seconds)
-            _, settled, readied = completion.apply_outcomes(conn, journal, [o for o, _ in done], lock_tasks=pg,
+            accepted, settled, readied = completion.apply_outcomes(conn, journal, [o for o, _ in done], lock_tasks=pg,
                                                             view=view)
             if any(o.transient_failure or o.probe for o, _ in done):
                 # A circuit may have moved in this very transaction: plan this cycle's claims on the new
@@ -259,6 +293,7 @@ class Worker:
                 self._view, self._view_at = view, time.monotonic()
             if reclaim:
                 claims.reclaim_expired(conn, journal, skip_locked=pg)
+            claim_started = time.perf_counter()
             if view.empty:
                 claimed = claims.claim_readied(conn, journal, readied, known, worker=self.id, limit=claim_limit,
                                                lease_seconds=self.opts.lease_seconds)
@@ -279,6 +314,9 @@ class Worker:
                 if not self.resolver.known(tid):
                     self.resolver.add_snapshot(tid, template_definition(conn, tid))
             journal.flush(conn)
+        # Committed: only now do these outcomes count (a failed cycle is run again with the same outcomes).
+        metrics.observe_cycle(done, accepted, self.resolver.template,
+                              time.perf_counter() - claim_started if claimed else None)
         return _Cycle(claimed, scanned_full, settled, journal.events, held)
 
     def _known_tasks(self, done: list[tuple[Outcome, ClaimedStep]]) -> dict[int, claims.KnownTask]:

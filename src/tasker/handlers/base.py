@@ -55,10 +55,12 @@ class StepContext:
 
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
-        """A logger whose records carry task, step, attempt and correlation id."""
+        """A logger whose records carry task, step, attempt and correlation id (and a call's own `extra`)."""
         if self._logger is None:
-            self._logger = logging.LoggerAdapter(
-                logging.getLogger(f"tasker.handlers.{self.namespace}.{self.task_name}"),
+            from tasker.observability.logging import step_logger
+
+            self._logger = step_logger(
+                f"tasker.handlers.{self.namespace}.{self.task_name}",
                 {
                     "task_id": self.task_id,
                     "template": f"{self.namespace}/{self.task_name}@{self.version}",

@@ -1,10 +1,344 @@
-"""Prometheus metrics.
+"""Prometheus metrics: store-wide gauges read at scrape time, and what this process's workers observed.
 
-PLACEHOLDER: the observability work replaces this module; the signatures below are the contract.
+Two sources, one exposition:
+
+- `DatabaseCollector` answers each scrape with a handful of grouped queries (tasks and steps by state, the
+  ready queue, circuits, live workers). The database is the truth shared by every process, so these gauges
+  are the same whichever process is scraped; nothing is kept in memory between scrapes.
+- `EngineMetrics` holds counters and histograms fed by the workers of this process after each cycle commits
+  (so only outcomes the store accepted count), and by `ApiStepHandler` for each outgoing call.
+
+Metrics live in a registry of our own, never prometheus_client's global one, so tests and embedding
+applications can make fresh ones (`set_engine_metrics`). Labels are bounded: template keys, step names,
+error class names, system names; never task ids.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from itertools import accumulate
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from tasker.engine.model import ClaimedStep, Outcome
+    from tasker.engine.tasker import Tasker
+    from tasker.store.database import Database
+    from tasker.templates.model import TaskTemplate
+
+log = logging.getLogger("tasker.metrics")
+
+STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+CLAIM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: Step state after an attempt -> the `outcome` label.
+OUTCOMES = {"complete": "complete", "waiting_retry": "retry", "error": "error"}
+#: A worker counts as alive when it wrote `last_seen_at` this recently.
+WORKER_SEEN_SECONDS = 60
+CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class _StepSeries:
+    """One (template, step): duration buckets (not cumulative), sum, outcomes and failures by class."""
+
+    __slots__ = ("buckets", "failures", "outcomes", "total")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(STEP_BUCKETS) + 1)
+        self.total = 0.0
+        self.outcomes: dict[str, int] = {}
+        self.failures: dict[str, int] = {}
+
+
+class StepMetrics(Collector):
+    """The per-step series, kept as plain numbers and turned into metric families at scrape time.
+
+    A worker records a whole cycle's outcomes under one lock; prometheus_client's own histogram and counters
+    would take a lock per bucket and per counter for every step, several microseconds a step on a path that
+    runs thousands of steps a second.
+    """
+
+    def __init__(self) -> None:
+        self._series: dict[tuple[str, str], _StepSeries] = {}
+        self._lock = threading.Lock()
+
+    def record(self, rows: Iterable[tuple[str, str, str, float, str | None]]) -> None:
+        """Add attempts, each as (template, step, state, seconds, error class or None)."""
+        with self._lock:
+            for template, step, state, seconds, error_class in rows:
+                series = self._series.get((template, step))
+                if series is None:
+                    series = self._series[(template, step)] = _StepSeries()
+                series.buckets[bisect_left(STEP_BUCKETS, seconds)] += 1
+                series.total += seconds
+                outcome = OUTCOMES.get(state, state)
+                series.outcomes[outcome] = series.outcomes.get(outcome, 0) + 1
+                if error_class:
+                    series.failures[error_class] = series.failures.get(error_class, 0) + 1
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families())
+
+    def _families(self) -> tuple[Any, ...]:
+        return (
+            HistogramMetricFamily("tasker_step_duration_seconds",
+                                  "Duration of step attempts (handler run time), by template and step.",
+                                  labels=["template", "step"]),
+            CounterMetricFamily("tasker_step_outcomes",
+                                "Step attempts by how they ended: complete, retry (scheduled) or error.",
+                                labels=["template", "step", "outcome"]),
+            CounterMetricFamily("tasker_step_retries", "Retries scheduled after a failed attempt.",
+                                labels=["template", "step"]),
+            CounterMetricFamily("tasker_step_failures", "Failed step attempts (retried or final), by error class.",
+                                labels=["template", "step", "error_class"]),
+        )
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            snapshot = [(key, list(s.buckets), s.total, dict(s.outcomes), dict(s.failures))
+                        for key, s in self._series.items()]
+        durations, outcomes, retries, failures = self._families()
+        bounds = [*(str(b) for b in STEP_BUCKETS), "+Inf"]
+        for (template, step), buckets, total, by_outcome, by_class in snapshot:
+            cumulative = list(accumulate(buckets))
+            durations.add_metric([template, step], list(zip(bounds, cumulative)), total)
+            for outcome, n in by_outcome.items():
+                outcomes.add_metric([template, step, outcome], n)
+            if by_outcome.get("retry"):
+                retries.add_metric([template, step], by_outcome["retry"])
+            for error_class, n in by_class.items():
+                failures.add_metric([template, step, error_class], n)
+        yield from (durations, outcomes, retries, failures)
+
+
+class EngineMetrics:
+    """The in-process metrics, in one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, process_metrics: bool = False):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.steps = StepMetrics()
+        r.register(self.steps)
+        self.claim_latency = Histogram(
+            "tasker_claim_latency_seconds",
+            "From the start of a worker's claim to the commit that hands it the steps, per cycle that claimed.",
+            registry=r, buckets=CLAIM_BUCKETS)
+        self.api_calls = Histogram(
+            "tasker_api_call_duration_seconds", "Outgoing HTTP calls made by ApiStepHandler steps.",
+            ("system", "method", "status"), registry=r, buckets=API_BUCKETS)
+        if process_metrics:
+            from prometheus_client import ProcessCollector
+
+            ProcessCollector(namespace="tasker", registry=r)
+
+    def observe_attempt(self, template: str, step: str, state: str, seconds: float, error_class: str | None) -> None:
+        """One attempt (the worker records a cycle's attempts at once with `steps.record`)."""
+        self.steps.record([(template, step, state, seconds, error_class)])
+
+
+_current = EngineMetrics(process_metrics=True)
+
+
+def engine_metrics() -> EngineMetrics:
+    """The in-process metrics the engine feeds now."""
+    return _current
+
+
+def set_engine_metrics(metrics: EngineMetrics) -> EngineMetrics:
+    """Feed a fresh set of metrics from now on (tests, or an application with its own registry); returns the
+    previous one so it can be put back."""
+    global _current
+    previous, _current = _current, metrics
+    return previous
+
 
 def observe_api_call(system: str, method: str, status: str, seconds: float) -> None:
     """Record one outgoing service call made by an `ApiStepHandler` (status: HTTP code or error kind)."""
+    _current.api_calls.labels(system or "unknown", method.upper(), str(status)).observe(seconds)
+
+
+def observe_cycle(
+    done: Sequence[tuple[Outcome, ClaimedStep]],
+    accepted: Sequence[Outcome],
+    template_of: Callable[[int], TaskTemplate],
+    claim_seconds: float | None,
+) -> None:
+    """What one committed worker cycle did: the attempts it stored, and how long its claim took.
+
+    `done` pairs each outcome with its claim (for the template); only the `accepted` outcomes count: the
+    others lost their lease and another worker owns the step now.
+    """
+    try:
+        _observe_cycle(_current, done, accepted, template_of, claim_seconds)
+    except Exception:  # the cycle is committed: a metrics fault must not make the worker run it again
+        log.exception("recording the metrics of a worker cycle failed")
+
+
+def _observe_cycle(
+    m: EngineMetrics,
+    done: Sequence[tuple[Outcome, ClaimedStep]],
+    accepted: Sequence[Outcome],
+    template_of: Callable[[int], TaskTemplate],
+    claim_seconds: float | None,
+) -> None:
+    if claim_seconds is not None:
+        m.claim_latency.observe(claim_seconds)
+    if not accepted:
+        return
+    pairs: Iterable[tuple[Outcome, ClaimedStep]] = done
+    if len(accepted) != len(done):
+        taken = {id(o) for o in accepted}
+        pairs = [p for p in done if id(p[0]) in taken]
+    keys: dict[int, str] = {}
+    rows = []
+    for outcome, claimed in pairs:
+        key = keys.get(claimed.template_id)
+        if key is None:
+            try:
+                key = template_of(claimed.template_id).key
+            except KeyError:
+                key = "unknown"
+            keys[claimed.template_id] = key
+        error = outcome.error
+        rows.append((key, claimed.name, outcome.state, outcome.duration_ms / 1000.0,
+                     error.get("class") if error else None))
+    m.steps.record(rows)
+
+
+# -- store-wide gauges, read at scrape time ------------------------------------------------------------
+class DatabaseCollector(Collector):
+    """Gauges computed from the store at each scrape: one grouped query per subject, all in one read."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    def describe(self) -> Iterable[Metric]:
+        """Names only: registering the collector must not query the database."""
+        return list(_families())
+
+    def collect(self) -> Iterable[Metric]:
+        started = time.perf_counter()
+        up = GaugeMetricFamily("tasker_database_up", "1 when the last scrape could read the store, else 0.")
+        try:
+            snapshot = _read(self.db)
+        except Exception as exc:  # a scrape must answer (with up=0) whatever the store does
+            log.warning("metrics: cannot read the store %s (%s: %s)", self.db.safe_url(), type(exc).__name__, exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        tasks_f, steps_f, depth_f, oldest_f, circuit_f, workers_f, scrape_f = _families()
+        for state, n in snapshot["tasks"].items():
+            tasks_f.add_metric([state], n)
+        for state, n in snapshot["steps"].items():
+            steps_f.add_metric([state], n)
+        depth_f.add_metric([], snapshot["ready"])
+        oldest_f.add_metric([], snapshot["oldest_seconds"])
+        for name, state in snapshot["circuits"]:
+            circuit_f.add_metric([name], CIRCUIT_VALUES.get(state, 2))
+        workers_f.add_metric([], snapshot["workers"])
+        scrape_f.add_metric([], time.perf_counter() - started)
+        yield from (tasks_f, steps_f, depth_f, oldest_f, circuit_f, workers_f, scrape_f)
+
+
+def _families() -> tuple[GaugeMetricFamily, ...]:
+    return (
+        GaugeMetricFamily("tasker_tasks", "Tasks by state.", labels=["state"]),
+        GaugeMetricFamily("tasker_steps", "Steps by state.", labels=["state"]),
+        GaugeMetricFamily("tasker_ready_queue_depth",
+                          "Steps ready or waiting to retry whose run_at has come: claimable now, not yet claimed."),
+        GaugeMetricFamily("tasker_ready_queue_oldest_seconds",
+                          "How long the oldest claimable step has been due (0 when the queue is empty)."),
+        GaugeMetricFamily("tasker_circuit_state",
+                          "Circuit breaker per dependent system: 0 closed, 1 half_open, 2 open.", labels=["system"]),
+        GaugeMetricFamily("tasker_workers_active",
+                          f"Worker processes that reported in the last {WORKER_SEEN_SECONDS} s and have not stopped."),
+        GaugeMetricFamily("tasker_metrics_scrape_seconds", "Time spent reading the store for this scrape."),
+    )
+
+
+def _read(db: Database) -> dict[str, Any]:
+    from tasker.states import CLAIMABLE_STEP_STATES, StepState, TaskState
+    from tasker.store.schema import dependent_systems, steps, tasks, workers
+
+    now = datetime.now(UTC)
+    claimable = sorted(s.value for s in CLAIMABLE_STEP_STATES)
+    with db.read() as conn:
+        task_counts = {s.value: 0 for s in TaskState}
+        task_counts.update({r[0]: int(r[1]) for r in conn.execute(
+            select(tasks.c.status, func.count()).group_by(tasks.c.status))})
+        step_counts = {s.value: 0 for s in StepState}
+        step_counts.update({r[0]: int(r[1]) for r in conn.execute(
+            select(steps.c.state, func.count()).group_by(steps.c.state))})
+        ready, oldest = conn.execute(
+            select(func.count(), func.min(steps.c.run_at))
+            .where(steps.c.state.in_(claimable), steps.c.run_at <= now)
+        ).one()
+        circuits = [(r[0], r[1]) for r in conn.execute(
+            select(dependent_systems.c.name, dependent_systems.c.circuit_state).order_by(dependent_systems.c.name))]
+        alive = conn.execute(
+            select(func.count()).select_from(workers)
+            .where(workers.c.last_seen_at >= now - timedelta(seconds=WORKER_SEEN_SECONDS),
+                   workers.c.stopped_at.is_(None))
+        ).scalar_one()
+    return {
+        "tasks": task_counts,
+        "steps": step_counts,
+        "ready": int(ready),
+        "oldest_seconds": max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0,
+        "circuits": circuits,
+        "workers": int(alive),
+    }
+
+
+class _Exposed(Collector):
+    """The store's gauges (when there is a store) followed by this process's metrics, as one collector."""
+
+    def __init__(self, db: Database | None):
+        self.database = DatabaseCollector(db) if db is not None else None
+
+    def collect(self) -> Iterable[Metric]:
+        if self.database is not None:
+            yield from self.database.collect()
+        yield from _current.registry.collect()
+
+
+def exposition(engine: Tasker | None) -> tuple[bytes, str]:
+    """The `/metrics` answer: body in the Prometheus text format and its content type.
+
+    With an engine, the store-wide gauges are read from its database for this scrape; with None, only the
+    in-process metrics are exposed.
+    """
+    return generate_latest(_Exposed(engine.db if engine is not None else None)), CONTENT_TYPE_LATEST
+
+
+def serve_metrics(port: int, engine: Tasker | None = None, *, addr: str = "0.0.0.0") -> WSGIServer:
+    """Serve `/metrics` from a background thread (a worker process's own metrics endpoint).
+
+    Pass `engine` to add the store-wide gauges: every process would report the same values, so one scrape
+    target for them (the API, or one worker) is enough; leave it out on the others.
+    """
+    from prometheus_client import start_http_server
+
+    from tasker.errors import TaskerInputError
+
+    try:
+        server, _thread = start_http_server(port, addr, registry=_Exposed(engine.db if engine else None))
+    except OSError as exc:
+        raise TaskerInputError(
+            f"cannot serve metrics on {addr}:{port} ({exc.strerror or exc}); fix: choose a free --metrics-port"
+        ) from None
+    log.info("serving Prometheus metrics on http://%s:%d/metrics", addr, port)
+    return server
