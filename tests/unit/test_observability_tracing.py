@@ -9,6 +9,8 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Any
 
 import pytest
 import structlog
@@ -27,6 +29,13 @@ def _claimed(task_id: int = 5, attempt: int = 1, correlation_id: str = "corr-1")
     return ClaimedStep(step_id=50, task_id=task_id, name="charge", template_id=1, attempt=attempt, retry_limit=3,
                        claim_token=1, idempotency_key="k", dependent_system="payments", context={},
                        correlation_id=correlation_id, results={}, from_state="ready")
+
+
+def _scope(**claim: object) -> AbstractContextManager[Any]:
+    """The attempt span's scope, which exists only when tracing is on."""
+    scope = tracing.step_span(_claimed(**claim), "shop/checkout@1.0.0")  # type: ignore[arg-type]
+    assert scope is not None
+    return scope
 
 
 @pytest.fixture
@@ -62,11 +71,10 @@ def test_trace_ids_are_derived_from_the_task() -> None:
 
 def test_everything_is_a_no_op_without_a_provider(no_provider: None) -> None:
     assert not tracing.enabled()
-    with tracing.step_span(_claimed(), "shop/checkout@1.0.0") as span:
-        assert span is None
-        headers: dict[str, str] = {}
-        tracing.inject_headers(headers)
-        assert headers == {}
+    assert tracing.step_span(_claimed(), "shop/checkout@1.0.0") is None
+    headers: dict[str, str] = {}
+    tracing.inject_headers(headers)
+    assert headers == {}
     tracing.end_step(None, "error", {"class": "X", "message": "y"})
 
 
@@ -74,14 +82,14 @@ def test_a_global_provider_turns_tracing_on(no_provider: None, monkeypatch: pyte
     provider, exporter = _provider()
     monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
     assert tracing.enabled()
-    with tracing.step_span(_claimed(), "shop/checkout@1.0.0"):
+    with _scope():
         pass
     assert [s.name for s in exporter.get_finished_spans()] == ["tasker.step charge"]
 
 
 def test_the_attempt_span_is_current_and_parented_to_the_task(exporter: InMemorySpanExporter) -> None:
     trace_id, task_span_id = tracing.task_trace_ids(5, "corr-1")
-    with tracing.step_span(_claimed(attempt=2), "shop/checkout@1.0.0") as span:
+    with _scope(attempt=2) as span:
         headers: dict[str, str] = {}
         tracing.inject_headers(headers)
         tracing.end_step(span, "waiting_retry", {"class": "GatewayTimeout", "message": "no answer in 5s"})
@@ -100,7 +108,7 @@ def test_the_attempt_span_is_current_and_parented_to_the_task(exporter: InMemory
 
 
 def test_a_successful_attempt_has_no_error_status(exporter: InMemorySpanExporter) -> None:
-    with tracing.step_span(_claimed(), "shop/checkout@1.0.0") as span:
+    with _scope() as span:
         tracing.end_step(span, "complete", None)
     (done,) = exporter.get_finished_spans()
     assert done.attributes["tasker.outcome"] == "complete"
@@ -109,7 +117,7 @@ def test_a_successful_attempt_has_no_error_status(exporter: InMemorySpanExporter
 
 
 def test_an_exception_through_the_span_is_recorded(exporter: InMemorySpanExporter) -> None:
-    with pytest.raises(RuntimeError), tracing.step_span(_claimed(), "shop/checkout@1.0.0"):
+    with pytest.raises(RuntimeError), _scope():
         raise RuntimeError("cancelled mid-attempt")
     (done,) = exporter.get_finished_spans()
     assert done.status.status_code.name == "ERROR"
@@ -121,7 +129,7 @@ def test_log_lines_name_the_current_span(exporter: InMemorySpanExporter) -> None
     buf = io.StringIO()
     configure_logging("json", "INFO", stream=buf)
     try:
-        with tracing.step_span(_claimed(), "shop/checkout@1.0.0"):
+        with _scope():
             logging.getLogger("tests.tracing").info("inside")
         logging.getLogger("tests.tracing").info("outside")
     finally:
@@ -142,7 +150,7 @@ def test_step_spans_follow_the_providers_sampling_of_the_task(ratio: float) -> N
     tracing.set_tracer_provider(provider)
     try:
         for task_id in range(1, 6):
-            with tracing.step_span(_claimed(task_id=task_id), "shop/checkout@1.0.0"):
+            with _scope(task_id=task_id):
                 pass
     finally:
         tracing.set_tracer_provider(None)

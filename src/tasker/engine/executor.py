@@ -88,16 +88,22 @@ async def execute(
 
     Runs for every step, so it stays cheap: a few microseconds when debug logs and tracing are off.
     """
-    key = _template_key(template)
+    hit = _KEYS.get(id(template))
+    key = hit[1] if hit is not None and hit[0] is template else _template_key(template)
     with bind_step_context(task_id=claimed.task_id, template=key, step=claimed.name, attempt=claimed.attempt,
-                           correlation_id=claimed.correlation_id), tracing.step_span(claimed, key) as span:
+                           correlation_id=claimed.correlation_id):
         debug = log.isEnabledFor(logging.DEBUG)
         if debug:
             log.debug("attempt %d of step %s started", claimed.attempt, claimed.name)
-        outcome = await _attempt(claimed, template, step, handler_cls, policy, pool, backoff_scale=backoff_scale,
-                                 tasks=tasks)
-        if span is not None:
-            tracing.end_step(span, outcome.state, outcome.error)
+        traced = tracing.step_span(claimed, key)  # None unless tracing is configured
+        if traced is None:
+            outcome = await _attempt(claimed, template, step, handler_cls, policy, pool,
+                                     backoff_scale=backoff_scale, tasks=tasks)
+        else:
+            with traced as span:
+                outcome = await _attempt(claimed, template, step, handler_cls, policy, pool,
+                                         backoff_scale=backoff_scale, tasks=tasks)
+                tracing.end_step(span, outcome.state, outcome.error)
         if debug or outcome.state != StepState.COMPLETE:
             _log_outcome(claimed, outcome)
     return outcome
@@ -108,9 +114,6 @@ _KEYS: dict[int, tuple[TaskTemplate, str]] = {}
 
 def _template_key(template: TaskTemplate) -> str:
     """`template.key`, remembered per template object (snapshots live as long as the process)."""
-    hit = _KEYS.get(id(template))
-    if hit is not None and hit[0] is template:
-        return hit[1]
     if len(_KEYS) > 4096:  # many short-lived engines in one process (tests): start over rather than grow
         _KEYS.clear()
     key = template.key

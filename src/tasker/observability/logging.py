@@ -43,18 +43,21 @@ def _structlog_vars() -> tuple[ContextVar[Any], ...]:
 
 
 _VARS = _structlog_vars()
-
-
 _TASK_ID, _TEMPLATE, _STEP_NAME, _ATTEMPT, _CORRELATION_ID = _VARS
 
 
-class _StepBinding:
-    """Sets the five variables on enter and restores them on exit (unrolled: this runs for every step)."""
+class bind_step_context:  # lower case: used like a function, `with bind_step_context(...)`
+    """A context manager binding the step fields to the current context (this asyncio task, or this thread).
+
+    The previous values are restored on exit, so nested bindings (a step that runs another engine
+    in-process, say) get the outer fields back. A class rather than a generator, and the five variables
+    set one by one rather than in a loop: this runs for every step.
+    """
 
     __slots__ = ("_fields", "_tokens")
 
-    def __init__(self, fields: tuple[Any, Any, Any, Any, Any]):
-        self._fields = fields
+    def __init__(self, *, task_id: int, template: str, step: str, attempt: int, correlation_id: str):
+        self._fields = (task_id, template, step, attempt, correlation_id)
         self._tokens: tuple[Token[Any], ...] = ()
 
     def __enter__(self) -> None:
@@ -70,15 +73,6 @@ class _StepBinding:
             _STEP_NAME.reset(t2)
             _TEMPLATE.reset(t1)
             _TASK_ID.reset(t0)
-
-
-def bind_step_context(*, task_id: int, template: str, step: str, attempt: int, correlation_id: str) -> _StepBinding:
-    """A context manager binding the step fields to the current context (this asyncio task, or this thread).
-
-    The previous value is restored on exit, so nested bindings (a step that runs another engine in-process,
-    say) get the outer fields back.
-    """
-    return _StepBinding((task_id, template, step, attempt, correlation_id))
 
 
 def step_fields() -> dict[str, Any]:

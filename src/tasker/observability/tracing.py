@@ -34,7 +34,6 @@ log = logging.getLogger("tasker.tracing")
 
 SCOPE = "tasker"
 _OUTCOMES = {"complete": "complete", "waiting_retry": "retry", "error": "error"}
-_NULL: AbstractContextManager[Any] = contextlib.nullcontext(None)
 _override: Any = None
 _tracers_cache: _Tracers | None = None
 
@@ -162,16 +161,17 @@ def _task_parent(t: _Tracers, task_id: int, correlation_id: str) -> Any:
     return t.api.set_span_in_context(t.api.NonRecordingSpan(parent))
 
 
-def step_span(claimed: ClaimedStep, template: str) -> AbstractContextManager[Any]:
-    """A span for one step attempt, current while the handler runs (so `inject_headers` sees it).
+def step_span(claimed: ClaimedStep, template: str) -> AbstractContextManager[Any] | None:
+    """A span for one step attempt, current while the handler runs (so `inject_headers` sees it), as a context
+    manager that yields the span; pass the span to `end_step` with the attempt's outcome.
 
-    Yields the span, or None when tracing is off; pass it to `end_step` with the attempt's outcome.
+    None when tracing is off, so the caller skips even an empty `with` on every attempt.
     """
-    if _override is None and "opentelemetry.trace" not in sys.modules:  # the common case, on every attempt
-        return _NULL
+    if _override is None and "opentelemetry.trace" not in sys.modules:  # the common case
+        return None
     t = _tracers()
     if t is None:
-        return _NULL
+        return None
     span = t.step.start_span(
         f"tasker.step {claimed.name}",
         context=_task_parent(t, claimed.task_id, claimed.correlation_id),
