@@ -3,6 +3,8 @@
 The public API. Everything not re-exported here is private to its module.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from tasker.engine.model import Step, Task
 from tasker.engine.tasker import Tasker
 from tasker.errors import (
@@ -20,11 +22,13 @@ from tasker.errors import (
 from tasker.events.bus import Event, EventBus
 from tasker.events.catalog import Events
 from tasker.events.subscriber import Subscriber
-from tasker.handlers.api import ApiRequest, ApiStepHandler, AsyncApiStepHandler
 from tasker.handlers.base import StepContext, StepHandler, TaskHandler, UndeclaredEventError
 from tasker.retry import RetryPolicy
 from tasker.states import StepState, TaskState
 from tasker.templates.model import StepTemplate, TaskTemplate
+
+if TYPE_CHECKING:
+    from tasker.handlers.api import ApiRequest, ApiStepHandler, AsyncApiStepHandler
 
 __version__ = "0.1.0"
 
@@ -60,3 +64,15 @@ __all__ = [
     "UnknownTemplateError",
     "__version__",
 ]
+
+
+_LAZY = {"ApiRequest", "ApiStepHandler", "AsyncApiStepHandler"}
+
+
+def __getattr__(name: str) -> Any:
+    """The HTTP handlers import httpx: load them on first use, so plain engines start without it."""
+    if name in _LAZY:
+        from tasker.handlers import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

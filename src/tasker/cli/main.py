@@ -97,14 +97,14 @@ def _register() -> None:
     from tasker.cli.db import db
     from tasker.cli.keys import keys
     from tasker.cli.run import run
+    from tasker.cli.serve import serve
     from tasker.cli.systems import limits, systems
     from tasker.cli.tasks import tasks
     from tasker.cli.templates import templates
     from tasker.cli.worker import worker
 
-    for command in (templates, tasks, run, db, worker, systems, limits, keys):
+    for command in (templates, tasks, run, db, worker, systems, limits, keys, serve):
         cli.add_command(command)
-    cli.add_command(__import__("tasker.cli.serve", fromlist=["serve"]).serve)
     try:
         from tasker.cli.demo import demo
     except ImportError:  # the demos need the examples package, absent from a bare install

@@ -20,14 +20,13 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -270,37 +269,10 @@ def _families() -> tuple[GaugeMetricFamily, ...]:
 
 
 def _read(db: Database) -> dict[str, Any]:
-    from tasker.states import CLAIMABLE_STEP_STATES, StepState, TaskState
-    from tasker.store.schema import dependent_systems, steps, tasks, workers
+    from tasker.store import stats
 
-    now = datetime.now(UTC)
-    claimable = sorted(s.value for s in CLAIMABLE_STEP_STATES)
     with db.read() as conn:
-        task_counts = {s.value: 0 for s in TaskState}
-        task_counts.update({r[0]: int(r[1]) for r in conn.execute(
-            select(tasks.c.status, func.count()).group_by(tasks.c.status))})
-        step_counts = {s.value: 0 for s in StepState}
-        step_counts.update({r[0]: int(r[1]) for r in conn.execute(
-            select(steps.c.state, func.count()).group_by(steps.c.state))})
-        ready, oldest = conn.execute(
-            select(func.count(), func.min(steps.c.run_at))
-            .where(steps.c.state.in_(claimable), steps.c.run_at <= now)
-        ).one()
-        circuits = [(r[0], r[1]) for r in conn.execute(
-            select(dependent_systems.c.name, dependent_systems.c.circuit_state).order_by(dependent_systems.c.name))]
-        alive = conn.execute(
-            select(func.count()).select_from(workers)
-            .where(workers.c.last_seen_at >= now - timedelta(seconds=WORKER_SEEN_SECONDS),
-                   workers.c.stopped_at.is_(None))
-        ).scalar_one()
-    return {
-        "tasks": task_counts,
-        "steps": step_counts,
-        "ready": int(ready),
-        "oldest_seconds": max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0,
-        "circuits": circuits,
-        "workers": int(alive),
-    }
+        return stats.snapshot(conn, datetime.now(UTC), WORKER_SEEN_SECONDS)
 
 
 class _Exposed(Collector):

@@ -1,0 +1,45 @@
+"""Point-in-time counts of the whole store, for metrics scrapes and status pages.
+
+One grouped COUNT per table: cheap enough to run at every Prometheus scrape on a large store, because the
+claimable lookup uses the partial index and the grouped counts need no sort.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from tasker.states import CLAIMABLE_STEP_STATES, StepState, TaskState
+from tasker.store.schema import dependent_systems, steps, tasks, workers
+
+
+def snapshot(conn: Connection, now: datetime, worker_seen_seconds: float) -> dict[str, Any]:
+    """Tasks and steps by state, the due ready queue, circuit states and live workers."""
+    claimable = sorted(s.value for s in CLAIMABLE_STEP_STATES)
+    task_counts = {s.value: 0 for s in TaskState}
+    task_counts.update({r[0]: int(r[1]) for r in conn.execute(
+        select(tasks.c.status, func.count()).group_by(tasks.c.status))})
+    step_counts = {s.value: 0 for s in StepState}
+    step_counts.update({r[0]: int(r[1]) for r in conn.execute(
+        select(steps.c.state, func.count()).group_by(steps.c.state))})
+    ready, oldest = conn.execute(
+        select(func.count(), func.min(steps.c.run_at))
+        .where(steps.c.state.in_(claimable), steps.c.run_at <= now)
+    ).one()
+    circuits = [(r[0], r[1]) for r in conn.execute(
+        select(dependent_systems.c.name, dependent_systems.c.circuit_state).order_by(dependent_systems.c.name))]
+    alive = conn.execute(
+        select(func.count()).select_from(workers)
+        .where(workers.c.last_seen_at >= now - timedelta(seconds=worker_seen_seconds),
+               workers.c.stopped_at.is_(None))
+    ).scalar_one()
+    return {
+        "tasks": task_counts,
+        "steps": step_counts,
+        "ready": int(ready),
+        "oldest_seconds": max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0,
+        "circuits": circuits,
+        "workers": int(alive),
+    }
