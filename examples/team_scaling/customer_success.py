@@ -133,8 +133,9 @@ class WaitForRefundHandler(StepHandler):
             )
         first = float(ctx.handler_config.get("poll_seconds", 1))
         delay = min(first * 2 ** (ctx.attempt - 1), float(ctx.handler_config.get("max_poll_seconds", 60)))
+        # Not an outage of anything: the refund is simply not done yet, so the breaker must not count it.
         raise RetryableError(f"payments task {child_id} is {child.status}", retry_after=delay,
-                             error_code="PAYMENTS_REFUND_RUNNING")
+                             error_code="PAYMENTS_REFUND_RUNNING", system_fault=False)
 
 
 class UpdateTicketStatusHandler(StepHandler):

@@ -30,7 +30,12 @@ class PermanentError(StepFailure):
 
 
 class RetryableError(StepFailure):
-    """A transient failure: the step is tried again after `retry_after` seconds, or after engine backoff."""
+    """A transient failure: the step is tried again after `retry_after` seconds, or after engine backoff.
+
+    `system_fault=False` says the step's dependent system is healthy and the step is simply not done yet
+    (a child task still running, a report not generated): it is retried the same way but does not count
+    towards opening the system's circuit breaker.
+    """
 
     def __init__(
         self,
@@ -39,11 +44,13 @@ class RetryableError(StepFailure):
         retry_after: float | None = None,
         error_code: str | None = None,
         context: dict[str, Any] | None = None,
+        system_fault: bool = True,
     ):
         super().__init__(message, error_code=error_code, context=context)
         if retry_after is not None and retry_after < 0:
             raise ValueError("retry_after must be >= 0 seconds")
         self.retry_after = retry_after
+        self.system_fault = system_fault
 
 
 class StepTimeoutError(RetryableError):

@@ -73,6 +73,8 @@ def _raise(kind: str, ctx: StepContext) -> None:
         raise PermanentError(message, error_code="DECLINED", context={"step": ctx.step_name})
     if kind == "value":
         raise ValueError(message)
+    if kind == "not_yet":
+        raise RetryableError(f"{ctx.step_name}: not ready yet", retry_after=0.01, system_fault=False)
     if kind.startswith("retry_after:"):
         raise RetryableError(message, retry_after=float(kind.split(":", 1)[1]), error_code="RATE_LIMITED")
     raise AssertionError(f"unknown failure kind {kind!r}")

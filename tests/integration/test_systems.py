@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 from tasker import PermanentError, RetryableError, StepContext, StepHandler, Tasker
 from tasker.cli.main import cli
-from tests.integration.support import FAST_RETRY, template_yaml
+from tests.integration.support import FAST_RETRY, step, template_yaml
 
 HANDLER = "tests.integration.test_systems:Tracked"
 
@@ -436,3 +436,26 @@ def test_systems_cli_lists_systems_and_resets_a_circuit(tasker: Tasker, store_ur
 
     result = runner.invoke(cli, ["--database-url", store_url, "systems", "reset", "nothing_here"])
     assert result.exit_code == 2
+
+
+def test_not_ready_yet_is_retried_without_counting_against_the_system(tasker: Tasker, write_template,
+                                                                     key: str) -> None:
+    """`RetryableError(system_fault=False)`: the step polls (spending attempts) but the circuit stays closed."""
+    ref = load(tasker, write_template, "poller", [
+        step("wait", "Scripted", handler_config={"fail": ["not_yet"] * 5}, default_retry_limit=10),
+    ], default_dependent_system="reports", retry=FAST_RETRY)
+    tasker.configure_system("reports", failure_threshold=2, cooldown_seconds=60)
+    task = tasker.run(tasker.create_task(ref, {"key": key}).id)
+    assert task.status == "complete" and task.step("wait").attempts == 6
+    assert circuit_state(tasker, "reports") == "closed"
+    assert tasker.circuit_history("reports") == []
+
+
+def test_the_same_failures_as_system_faults_open_the_circuit(tasker: Tasker, write_template, key: str) -> None:
+    ref = load(tasker, write_template, "poller_control", [
+        step("wait", "Scripted", handler_config={"fail": ["retryable"]}, default_retry_limit=1),
+    ], default_dependent_system="reports2", retry=FAST_RETRY)
+    tasker.configure_system("reports2", failure_threshold=2, cooldown_seconds=60)
+    for n in range(2):
+        assert tasker.run(tasker.create_task(ref, {"key": key, "n": n}).id).status == "error"
+    assert circuit_state(tasker, "reports2") == "open"

@@ -174,6 +174,8 @@ async def _attempt(
     except RetryableError as exc:
         error = describe_error(exc, retryable=True)
         retry_after = exc.retry_after
+        if not exc.system_fault:
+            error["system_fault"] = False
     except InvalidResultError as exc:
         return _failed(claimed, started, describe_error(exc, retryable=False), StepState.ERROR, ctx)
     except Exception as exc:

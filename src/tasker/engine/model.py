@@ -116,5 +116,11 @@ class Outcome:
 
     @property
     def transient_failure(self) -> bool:
-        """A failure that says the dependent system is unwell (retryable), as opposed to a definite answer."""
-        return self.state != "complete" and bool((self.error or {}).get("retryable"))
+        """A failure that says the dependent system is unwell (retryable), as opposed to a definite answer.
+
+        A handler's `RetryableError(system_fault=False)` ("not done yet") is retried but is no such sign.
+        """
+        error = self.error or {}
+        if self.state == "complete" or not error.get("retryable"):
+            return False
+        return error.get("system_fault", True) is not False
