@@ -88,8 +88,7 @@ async def execute(
 
     Runs for every step, so it stays cheap: a few microseconds when debug logs and tracing are off.
     """
-    hit = _KEYS.get(id(template))
-    key = hit[1] if hit is not None and hit[0] is template else _template_key(template)
+    key = template.key
     with bind_step_context(task_id=claimed.task_id, template=key, step=claimed.name, attempt=claimed.attempt,
                            correlation_id=claimed.correlation_id):
         debug = log.isEnabledFor(logging.DEBUG)
@@ -107,18 +106,6 @@ async def execute(
         if debug or outcome.state != StepState.COMPLETE:
             _log_outcome(claimed, outcome)
     return outcome
-
-
-_KEYS: dict[int, tuple[TaskTemplate, str]] = {}
-
-
-def _template_key(template: TaskTemplate) -> str:
-    """`template.key`, remembered per template object (snapshots live as long as the process)."""
-    if len(_KEYS) > 4096:  # many short-lived engines in one process (tests): start over rather than grow
-        _KEYS.clear()
-    key = template.key
-    _KEYS[id(template)] = (template, key)
-    return key
 
 
 def _log_outcome(claimed: ClaimedStep, outcome: Outcome) -> None:
