@@ -134,10 +134,14 @@ def _table(title: str, side: dict[str, Any], *, engine: bool = False) -> Table:
     return table
 
 
-def _cell(key: str, value: Any) -> str:
+CHECKOUT_MUST_BE_ZERO = frozenset({"charged_without_order", "double_charges"})
+
+
+def _cell(key: str, value: Any, must_be_zero: frozenset[str] = CHECKOUT_MUST_BE_ZERO) -> str:
+    """A table cell: '-' for no value, two decimals for floats, red for a non-zero figure that must be zero."""
     if value is None:
         return "-"
-    if key in ("charged_without_order", "double_charges") and value:
+    if key in must_be_zero and value:
         return f"[bold red]{value}[/]"
     if isinstance(value, float):
         return f"{value:.2f}"
@@ -320,13 +324,7 @@ def _registration_table(title: str, side: dict[str, Any], *, engine: bool = Fals
 
 
 def _registration_cell(key: str, value: Any) -> str:
-    if value is None:
-        return "-"
-    if key in MUST_BE_ZERO and value:
-        return f"[bold red]{value}[/]"
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    return str(value)
+    return _cell(key, value, MUST_BE_ZERO)
 
 
 def _registration_verdict(result: dict[str, dict[str, Any]]) -> str:
