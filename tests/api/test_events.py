@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,38 +10,22 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 import yaml
 
 from tasker import Tasker
 from tasker.api.app import create_app
 from tasker.settings import Settings
 from tests.chaos.support import Fleet
+from tests.servers import serving
 
 HANDLER = "tests.integration.test_worker_process:FileStep"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
 def served(tasker: Tasker) -> Iterator[str]:
     """The real app under uvicorn on a loopback port (streams need a real server, not a buffered client)."""
-    port = _free_port()
-    config = uvicorn.Config(create_app(tasker, Settings()), host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}/api/v1"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(tasker, Settings())) as url:
+        yield f"{url}/api/v1"
 
 
 def _template(folder: Path) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import uvicorn
 
 from tasker import ApiRequest, ApiStepHandler, AsyncApiStepHandler, Event, StepContext, Tasker
 from tests.integration.support import step_history, to_states
+from tests.servers import serving
 
 HERE = "tests.integration.test_api_handler"
 SERVICE_EVENTS = ["service_call_started", "service_call_completed", "service_call_failed"]
@@ -83,21 +82,9 @@ class ScriptedService:
 def service() -> Iterator[ScriptedService]:
     """The service served by uvicorn in a background thread on a free loopback port, stopped after the module."""
     app = ScriptedService()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the test service did not start"
-        time.sleep(0.01)
-    app.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    yield app
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    with serving(app, lifespan="off") as url:
+        app.url = url
+        yield app
 
 
 # -- handlers the templates name -----------------------------------------------------------------------
