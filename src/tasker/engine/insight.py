@@ -24,6 +24,7 @@ from sqlalchemy import text
 from tasker.errors import TaskerInputError
 from tasker.states import StepState, TaskState
 from tasker.store import analytics, systems
+from tasker.store import workers as workers_store
 from tasker.store.database import Database
 from tasker.store.migrate import head_revision
 from tasker.templates.model import NAME, SEMVER
@@ -36,7 +37,7 @@ MIN_STEP_ATTEMPTS, MAX_STEP_FAILURE_RATE = 20, 0.5
 #: A step due for longer than this with nobody claiming it makes the engine degraded.
 OVERDUE_SECONDS = 60.0
 #: A worker counts as alive when it heartbeated this recently and has not stopped.
-WORKER_SEEN_SECONDS = 60.0
+WORKER_SEEN_SECONDS = workers_store.ALIVE_WITHIN_SECONDS
 READY_TIMEOUT_SECONDS = 5.0
 STATUS_TIMEOUT_SECONDS = 10.0
 MAX_PERIOD_HOURS = 2160  # 90 days
@@ -134,9 +135,8 @@ def _collect_status(db: Database, window_hours: int) -> dict[str, Any]:
         hour_tasks = analytics.task_outcomes(conn, last_hour)
         hour_steps = analytics.step_counts(conn, last_hour)
         backlog = analytics.backlog(conn, now, now - timedelta(seconds=OVERDUE_SECONDS))
-        seen_since = now - timedelta(seconds=WORKER_SEEN_SECONDS)
-        workers = analytics.recent_workers(conn, seen_since)
-        n_workers = analytics.count_recent_workers(conn, seen_since)
+        workers = workers_store.recent(conn, now, WORKER_SEEN_SECONDS, limit=100)
+        n_workers = workers_store.count_recent(conn, now, WORKER_SEEN_SECONDS)
         circuits = systems.report(conn)
     tasks = {s.value: 0 for s in TaskState}
     for o in outcomes.values():

@@ -28,6 +28,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tasker.store.workers import ALIVE_WITHIN_SECONDS
+
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
@@ -44,7 +46,7 @@ API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30
 #: Step state after an attempt -> the `outcome` label.
 OUTCOMES = {"complete": "complete", "waiting_retry": "retry", "error": "error"}
 #: A worker counts as alive when it wrote `last_seen_at` this recently.
-WORKER_SEEN_SECONDS = 60
+WORKER_SEEN_SECONDS = ALIVE_WITHIN_SECONDS
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
 
@@ -263,7 +265,8 @@ def _families() -> tuple[GaugeMetricFamily, ...]:
         GaugeMetricFamily("tasker_circuit_state",
                           "Circuit breaker per dependent system: 0 closed, 1 half_open, 2 open.", labels=["system"]),
         GaugeMetricFamily("tasker_workers_active",
-                          f"Worker processes that reported in the last {WORKER_SEEN_SECONDS} s and have not stopped."),
+                          f"Worker processes that reported in the last {WORKER_SEEN_SECONDS:g} s and have not "
+                          "stopped."),
         GaugeMetricFamily("tasker_metrics_scrape_seconds", "Time spent reading the store for this scrape."),
     )
 

@@ -23,7 +23,7 @@ from sqlalchemy import Float, Select, and_, case, cast, extract, func, select, t
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
-from tasker.store.schema import CLAIMABLE, step_transitions, steps, tasks, workers
+from tasker.store.schema import CLAIMABLE, step_transitions, steps, tasks
 
 #: Outcomes of an attempt: the transitions out of `in_progress` that end one (a graceful release back to
 #: `ready` and a cancellation do not count as attempts that ran their course).
@@ -258,21 +258,3 @@ def backlog(conn: Connection, now: datetime, overdue_before: datetime) -> Backlo
         active_tasks=int(by_status.get("pending", 0)) + int(by_status.get("in_progress", 0)),
         tasks_in_error=int(by_status.get("error", 0)),
     )
-
-
-def recent_workers(conn: Connection, seen_since: datetime, limit: int = 100) -> list[dict[str, Any]]:
-    """Workers that heartbeated since `seen_since` and have not stopped, most recently seen first."""
-    q = (
-        select(workers.c.id, workers.c.hostname, workers.c.pid, workers.c.namespaces, workers.c.concurrency,
-               workers.c.started_at, workers.c.last_seen_at, workers.c.steps_run)
-        .where(workers.c.last_seen_at >= seen_since, workers.c.stopped_at.is_(None))
-        .order_by(workers.c.last_seen_at.desc())
-        .limit(limit)
-    )
-    return [dict(r._mapping) for r in conn.execute(q)]
-
-
-def count_recent_workers(conn: Connection, seen_since: datetime) -> int:
-    q = select(func.count()).select_from(workers).where(workers.c.last_seen_at >= seen_since,
-                                                         workers.c.stopped_at.is_(None))
-    return int(conn.execute(q).scalar() or 0)

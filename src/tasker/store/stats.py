@@ -6,13 +6,14 @@ claimable lookup uses the partial index and the grouped counts need no sort.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, func, select
 
 from tasker.states import CLAIMABLE_STEP_STATES, StepState, TaskState
-from tasker.store.schema import dependent_systems, steps, tasks, workers
+from tasker.store.schema import dependent_systems, steps, tasks
+from tasker.store.workers import count_recent
 
 
 def snapshot(conn: Connection, now: datetime, worker_seen_seconds: float) -> dict[str, Any]:
@@ -30,16 +31,11 @@ def snapshot(conn: Connection, now: datetime, worker_seen_seconds: float) -> dic
     ).one()
     circuits = [(r[0], r[1]) for r in conn.execute(
         select(dependent_systems.c.name, dependent_systems.c.circuit_state).order_by(dependent_systems.c.name))]
-    alive = conn.execute(
-        select(func.count()).select_from(workers)
-        .where(workers.c.last_seen_at >= now - timedelta(seconds=worker_seen_seconds),
-               workers.c.stopped_at.is_(None))
-    ).scalar_one()
     return {
         "tasks": task_counts,
         "steps": step_counts,
         "ready": int(ready),
         "oldest_seconds": max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0,
         "circuits": circuits,
-        "workers": int(alive),
+        "workers": count_recent(conn, now, worker_seen_seconds),
     }

@@ -12,7 +12,7 @@ import socket
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import ColumnElement, Connection, and_, delete, func, insert, select, update
 
 from tasker.store.schema import workers
 
@@ -37,12 +37,20 @@ def seen(conn: Connection, worker_id: str, *, steps_run: int, now: datetime, sto
     conn.execute(update(workers).where(workers.c.id == worker_id).values(**values))
 
 
-def recent(conn: Connection, now: datetime, within_seconds: float = ALIVE_WITHIN_SECONDS) -> list[dict[str, Any]]:
-    """Workers heard from within `within_seconds` that have not stopped, most recently started first."""
-    since = now - timedelta(seconds=within_seconds)
-    q = (select(workers).where(workers.c.last_seen_at >= since, workers.c.stopped_at.is_(None))
-         .order_by(workers.c.started_at.desc()))
+def _alive(now: datetime, within_seconds: float) -> ColumnElement[bool]:
+    return and_(workers.c.last_seen_at >= now - timedelta(seconds=within_seconds), workers.c.stopped_at.is_(None))
+
+
+def recent(conn: Connection, now: datetime, within_seconds: float = ALIVE_WITHIN_SECONDS,
+           limit: int | None = None) -> list[dict[str, Any]]:
+    """Workers heard from within `within_seconds` that have not stopped, most recently seen first."""
+    q = select(workers).where(_alive(now, within_seconds)).order_by(workers.c.last_seen_at.desc()).limit(limit)
     return [dict(r._mapping) for r in conn.execute(q)]
+
+
+def count_recent(conn: Connection, now: datetime, within_seconds: float = ALIVE_WITHIN_SECONDS) -> int:
+    return int(conn.execute(select(func.count()).select_from(workers).where(_alive(now, within_seconds))).scalar()
+               or 0)
 
 
 def prune(conn: Connection, older_than: datetime) -> int:
