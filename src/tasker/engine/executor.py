@@ -1,8 +1,11 @@
-"""Run one attempt of one step and classify what happened into an `Outcome`.
+"""Run one attempt of one step and classify whatever happened into an `Outcome`.
 
-Sync handlers run in a thread pool and async ones on the worker's event loop. A timed-out async handler
-is cancelled; a sync one cannot be interrupted in Python, so its attempt is failed as timed out and
-whatever it returns later is dropped with its future.
+Sync handlers run on handler threads (`handler_threads`) and async ones on their own task of the worker's
+event loop. Whatever a handler does (raise anything, `SystemExit` and `CancelledError` included, return
+something unstorable, hang, swallow its cancellation) ends as a recorded outcome; only the worker's own
+cancellation of the attempt passes through. A timeout counts from when the handler starts. A timed-out
+async handler is cancelled; a sync one cannot be interrupted in Python, so its thread is abandoned
+(and replaced) and whatever it returns later is dropped.
 """
 
 from __future__ import annotations
@@ -12,18 +15,22 @@ import contextvars
 import inspect
 import json
 import logging
+import math
 import time
 import traceback
-from concurrent.futures import Executor
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tasker.engine.handler_threads import HandlerThreads
 from tasker.engine.model import ClaimedStep, Outcome
 from tasker.errors import PermanentError, RetryableError, StepFailure, StepTimeoutError
+from tasker.failures import is_system_fault
 from tasker.handlers.base import StepContext, TaskPort
 from tasker.observability import tracing
 from tasker.observability.logging import bind_step_context
 from tasker.retry import MAX_DELAY_SECONDS, RetryPolicy
 from tasker.states import StepState
+from tasker.storable import MAX_MESSAGE_CHARS, find_unstorable, safe_str, storable, storable_text
 from tasker.templates.model import StepTemplate, TaskTemplate
 
 
@@ -49,25 +56,43 @@ def build_context(claimed: ClaimedStep, template: TaskTemplate, step: StepTempla
     )
 
 
-def describe_error(exc: BaseException, *, retryable: bool) -> dict[str, Any]:
-    err: dict[str, Any] = {"class": type(exc).__name__, "message": str(exc) or type(exc).__name__,
-                           "retryable": retryable}
+def describe_error(exc: BaseException, *, retryable: bool, system_fault: bool | None = None) -> dict[str, Any]:
+    """The stored form of a failure: class, message (escaped, cut to `MAX_MESSAGE_CHARS`), whether it is
+    retried, whether it counts against the dependent system, and where it came from.
+
+    Never raises, whatever the exception does: its `__str__` may raise, its context may not be JSON.
+    """
+    fault = is_system_fault(exc) if system_fault is None else system_fault
+    message = storable_text(safe_str(exc), MAX_MESSAGE_CHARS) or type(exc).__name__
+    err: dict[str, Any] = {"class": storable_text(type(exc).__name__, 200), "message": message,
+                           "retryable": retryable, "system_fault": retryable and fault}
     if isinstance(exc, StepFailure):
-        if exc.error_code:
-            err["error_code"] = exc.error_code
-        if exc.context:
-            err["context"] = _jsonable(exc.context)
+        code = getattr(exc, "error_code", None)
+        if code:
+            err["error_code"] = storable_text(safe_str(code), 200)
+        context = getattr(exc, "context", None)
+        if context:
+            err["context"] = _bounded(storable(context))
     else:
-        err["traceback"] = "".join(traceback.format_exception(exc, limit=-6))[-4000:]
+        err["traceback"] = _traceback(exc)
     return err
 
 
-def _jsonable(value: Any) -> Any:
+def _traceback(exc: BaseException) -> str:
     try:
-        json.dumps(value)
+        text = "".join(traceback.format_exception(exc, limit=-6))
+    except BaseException as failure:  # formatting calls the exception's __str__, which may be broken
+        text = f"(no traceback: formatting it raised {type(failure).__name__})"
+    return storable_text(text[-4000:])
+
+
+def _bounded(value: Any) -> Any:
+    """Error context within `MAX_MESSAGE_CHARS` once encoded, or a note saying how large it was."""
+    encoded = json.dumps(value)
+    if len(encoded) <= MAX_MESSAGE_CHARS:
         return value
-    except (TypeError, ValueError):
-        return json.loads(json.dumps(value, default=repr))
+    return {"truncated": f"error context of {len(encoded):,} characters is not stored in full",
+            "excerpt": encoded[:1024]}
 
 
 log = logging.getLogger("tasker.executor")
@@ -79,7 +104,7 @@ async def execute(
     step: StepTemplate,
     handler_cls: type,
     policy: RetryPolicy,
-    pool: Executor,
+    threads: HandlerThreads,
     *,
     backoff_scale: float = 1.0,
     tasks: TaskPort | None = None,
@@ -96,11 +121,11 @@ async def execute(
             log.debug("attempt %d of step %s started", claimed.attempt, claimed.name)
         traced = tracing.step_span(claimed, key)  # None unless tracing is configured
         if traced is None:
-            outcome = await _attempt(claimed, template, step, handler_cls, policy, pool,
+            outcome = await _attempt(claimed, template, step, handler_cls, policy, threads,
                                      backoff_scale=backoff_scale, tasks=tasks)
         else:
             with traced as span:
-                outcome = await _attempt(claimed, template, step, handler_cls, policy, pool,
+                outcome = await _attempt(claimed, template, step, handler_cls, policy, threads,
                                          backoff_scale=backoff_scale, tasks=tasks)
                 tracing.end_step(span, outcome.state, outcome.error)
         if debug or outcome.state != StepState.COMPLETE:
@@ -127,52 +152,58 @@ async def _attempt(
     step: StepTemplate,
     handler_cls: type,
     policy: RetryPolicy,
-    pool: Executor,
+    threads: HandlerThreads,
     *,
     backoff_scale: float = 1.0,
     tasks: TaskPort | None = None,
 ) -> Outcome:
+    """Run the handler and turn whatever it does into an outcome: only the worker's own cancellation of
+    this attempt (a lost lease, the end of the grace period) passes through."""
     ctx = build_context(claimed, template, step, tasks)
     timeout = step.timeout_seconds
     started = time.perf_counter()
-    retry_after: float | None = None
     try:
         handler = handler_cls()
         process = handler.process
         if inspect.iscoroutinefunction(process):
-            result = await asyncio.wait_for(process(ctx), timeout)
+            result = await _run_async(process(ctx), timeout)
         else:
-            loop = asyncio.get_running_loop()
-            # run_in_executor does not carry context variables: the thread gets this task's (log fields, span).
-            call = contextvars.copy_context().run
-            result = await asyncio.wait_for(loop.run_in_executor(pool, call, process, ctx), timeout)
+            # run on another thread, which does not inherit context variables: give it this task's
+            # (log fields, span). The timeout counts from when the thread starts the handler.
+            started, result = await _run_sync(threads, contextvars.copy_context().run, process, ctx,
+                                              timeout)
             if inspect.isawaitable(result):
-                result = await asyncio.wait_for(result, timeout)
+                remaining = None if timeout is None else max(0.0, timeout - (time.perf_counter() - started))
+                result = await _run_async(result, remaining)
         results = _check_results(result, handler_cls)
-    except PermanentError as exc:
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError) and _cancelled_by_worker():
+            raise
+        return _failure(claimed, started, _unwrap(exc), policy, backoff_scale, ctx, timeout)
+    return Outcome(
+        step_id=claimed.step_id, task_id=claimed.task_id, claim_token=claimed.claim_token,
+        attempt=claimed.attempt, state=StepState.COMPLETE, results=results,
+        duration_ms=(time.perf_counter() - started) * 1000, events=_events(ctx),
+    )
+
+
+def _cancelled_by_worker() -> bool:
+    """Whether the running attempt is being cancelled by the worker, as opposed to a handler having
+    raised `CancelledError` itself (which is the handler's failure, not a lost lease)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _failure(claimed: ClaimedStep, started: float, exc: BaseException, policy: RetryPolicy,
+             backoff_scale: float, ctx: StepContext, timeout: float | None) -> Outcome:
+    """Classify a failed attempt: permanent now, retried after a delay, or retries exhausted."""
+    if isinstance(exc, (PermanentError, InvalidResultError)):
         return _failed(claimed, started, describe_error(exc, retryable=False), StepState.ERROR, ctx)
-    except TimeoutError as exc:
-        if timeout is not None and time.perf_counter() - started >= timeout * 0.95:
-            error = describe_error(
-                StepTimeoutError(f"timed out after {timeout:g}s (handler_config.timeout_seconds)"), retryable=True
-            )
-        else:  # the handler's own timeout (a socket, say): an ordinary retryable failure
-            error = describe_error(exc, retryable=True)
-    except RetryableError as exc:
-        error = describe_error(exc, retryable=True)
-        retry_after = exc.retry_after
-        if not exc.system_fault:
-            error["system_fault"] = False
-    except InvalidResultError as exc:
-        return _failed(claimed, started, describe_error(exc, retryable=False), StepState.ERROR, ctx)
-    except Exception as exc:
-        error = describe_error(exc, retryable=True)
-    else:
-        return Outcome(
-            step_id=claimed.step_id, task_id=claimed.task_id, claim_token=claimed.claim_token,
-            attempt=claimed.attempt, state=StepState.COMPLETE, results=results,
-            duration_ms=(time.perf_counter() - started) * 1000, events=_events(ctx),
-        )
+    if isinstance(exc, HandlerTimedOut):
+        exc = StepTimeoutError(f"timed out after {timeout:g}s (handler_config.timeout_seconds)"
+                               + exc.note)
+    error = describe_error(exc, retryable=True)
+    retry_after = _retry_after(exc, error)
     if not policy.may_retry(claimed.attempt):
         if policy.retryable:
             error["message"] = f"{error['message']} (gave up after {claimed.attempt} attempts)"
@@ -183,8 +214,114 @@ async def _attempt(
     return outcome
 
 
+def _retry_after(exc: BaseException, error: dict[str, Any]) -> float | None:
+    """The delay a `RetryableError` asks for, when it is a usable number of seconds (else noted)."""
+    if not isinstance(exc, RetryableError):
+        return None
+    value = getattr(exc, "retry_after", None)
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+            and value >= 0:
+        return float(value)
+    error["retry_after_ignored"] = storable_text(safe_str(value), 200)
+    return None
+
+
+class HandlerTimedOut(Exception):
+    """The handler ran past its timeout; `note` says if it had to be left running."""
+
+    def __init__(self, note: str = ""):
+        super().__init__(note)
+        self.note = note
+
+
+class _Escaped(Exception):
+    """Carries a `BaseException` (SystemExit, KeyboardInterrupt, GeneratorExit, a handler's own
+    CancelledError) out of a handler's task: raised bare, asyncio would let it out of the event loop
+    and take the whole worker down."""
+
+    def __init__(self, original: BaseException):
+        super().__init__(type(original).__name__)
+        self.original = original
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    return exc.original if isinstance(exc, _Escaped) else exc
+
+
+#: How long a timed-out async handler has to honour its cancellation before it is left running.
+CANCEL_GRACE_SECONDS = 1.0
+
+
+async def _guarded(awaitable: Awaitable[Any]) -> Any:
+    try:
+        return await awaitable
+    except asyncio.CancelledError as exc:
+        if _cancelled_by_worker():
+            raise
+        raise _Escaped(exc) from None
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise _Escaped(exc) from None
+
+
+async def _run_async(awaitable: Awaitable[Any], timeout: float | None) -> Any:
+    """Await a handler's coroutine on its own task, within `timeout`.
+
+    A handler that swallows its cancellation cannot finish the attempt as complete: once the timeout
+    passes, the attempt is timed out whatever the handler does next.
+    """
+    task = asyncio.ensure_future(_guarded(awaitable))
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if task in done:
+        return task.result()
+    task.cancel()
+    finished, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE_SECONDS)
+    task.add_done_callback(_discard)
+    if finished:
+        raise HandlerTimedOut()
+    raise HandlerTimedOut(f"; it ignored cancellation for {CANCEL_GRACE_SECONDS:g}s and was left running")
+
+
+def _discard(task: asyncio.Future[Any]) -> None:
+    """Retrieve a dropped attempt's exception so that asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _run_sync(threads: HandlerThreads, fn: Callable[..., Any], process: Any, ctx: StepContext,
+                    timeout: float | None) -> tuple[float, Any]:
+    """Run a sync handler on a handler thread; returns (when it started, what it returned)."""
+    call = threads.submit(fn, process, ctx)
+    try:
+        started = await asyncio.wrap_future(call.started)
+        finished = asyncio.wrap_future(call.done)
+        remaining = None if timeout is None else max(0.0, timeout - (time.perf_counter() - started))
+        done, _ = await asyncio.wait({finished}, timeout=remaining)
+    except BaseException:
+        call.abandon()
+        raise
+    if not done:
+        call.abandon()
+        finished.add_done_callback(_discard)
+        raise HandlerTimedOut()
+    try:
+        return started, finished.result()
+    except Exception:
+        raise
+    except BaseException as exc:  # SystemExit or KeyboardInterrupt from the handler's thread
+        raise _Escaped(exc) from None
+
+
 class InvalidResultError(Exception):
-    """A handler returned something that is not a JSON object: a bug, so the step fails without retrying."""
+    """A handler returned something that cannot be stored as a JSON object: a bug, so the step fails
+    without retrying, with the path of the first offending value."""
 
 
 def _check_results(result: Any, handler_cls: type) -> dict[str, Any]:
@@ -194,15 +331,15 @@ def _check_results(result: Any, handler_cls: type) -> dict[str, Any]:
         raise InvalidResultError(
             f"{handler_cls.__name__}.process returned {type(result).__name__}; it must return a dict (or None)"
         )
-    try:
-        json.dumps(result)
-    except (TypeError, ValueError) as exc:
-        raise InvalidResultError(f"{handler_cls.__name__}.process returned results that are not JSON: {exc}") from None
+    problem = find_unstorable(result)
+    if problem is not None:
+        raise InvalidResultError(f"{handler_cls.__name__}.process returned results that cannot be stored: "
+                                 f"{problem}")
     return result
 
 
 def _events(ctx: StepContext) -> list[tuple[str, dict[str, Any]]]:
-    return [(name, {**_jsonable(payload), "task_id": ctx.task_id, "step_id": ctx.step_id, "step": ctx.step_name,
+    return [(name, {**storable(payload), "task_id": ctx.task_id, "step_id": ctx.step_id, "step": ctx.step_name,
                     "namespace": ctx.namespace, "attempt": ctx.attempt, "correlation_id": ctx.correlation_id})
             for name, payload in ctx.published]
 

@@ -116,11 +116,13 @@ class Outcome:
 
     @property
     def transient_failure(self) -> bool:
-        """A failure that says the dependent system is unwell (retryable), as opposed to a definite answer.
+        """A failure that says the dependent system is unwell, as opposed to an answer or a bug.
 
-        A handler's `RetryableError(system_fault=False)` ("not done yet") is retried but is no such sign.
+        `tasker.failures.is_system_fault` decides, when the attempt's error is described: connection
+        errors, timeouts and `RetryableError`s (unless `system_fault=False`) count; a `KeyError` in a
+        handler, or a "not done yet", is retried but is no such sign.
         """
         error = self.error or {}
         if self.state == "complete" or not error.get("retryable"):
             return False
-        return error.get("system_fault", True) is not False
+        return error.get("system_fault") is True

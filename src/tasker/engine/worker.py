@@ -9,6 +9,7 @@ the transaction that made it ready, without waiting for a poll.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
@@ -22,7 +23,8 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from tasker.engine.executor import execute
+from tasker.engine.executor import describe_error, execute
+from tasker.engine.handler_threads import HandlerThreads
 from tasker.engine.model import ClaimedStep, Outcome
 from tasker.engine.resolver import Resolver
 from tasker.errors import TaskerError
@@ -30,6 +32,7 @@ from tasker.events.bus import EventBus
 from tasker.handlers.base import TaskPort
 from tasker.observability import metrics, tracing
 from tasker.states import FINISHED_TASK_STATES, StepState
+from tasker.storable import MAX_MESSAGE_CHARS, safe_str, storable_text
 from tasker.store import claims, completion, systems
 from tasker.store import workers as worker_registry
 from tasker.store.database import Database
@@ -88,6 +91,7 @@ class Worker:
         *,
         db_executor: ThreadPoolExecutor | None = None,
         handler_pool: ThreadPoolExecutor | None = None,
+        handler_threads: HandlerThreads | None = None,
         tasks: TaskPort | None = None,
     ):
         self.db = db
@@ -109,6 +113,9 @@ class Worker:
         self._view_at = 0.0
         self._shared_db = db_executor
         self._shared_pool = handler_pool
+        #: Threads that run sync handlers; one whose handler hangs is written off and replaced.
+        self.threads = handler_threads or HandlerThreads(options.concurrency, name=f"tasker-step-{self.id}")
+        self._own_threads = handler_threads is None
         self.steps_run = 0
         #: Attempts cut off at the end of the grace period; their sync handlers may still be running.
         self.abandoned = 0
@@ -132,7 +139,7 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         db_thread = self._shared_db or ThreadPoolExecutor(1, thread_name_prefix=f"tasker-db-{self.id}")
-        pool = self._shared_pool or ThreadPoolExecutor(self.opts.concurrency + 4, thread_name_prefix="tasker-step")
+        pool = self._shared_pool or ThreadPoolExecutor(4, thread_name_prefix="tasker-hooks")
         lease = self.opts.lease_seconds
         next_heartbeat = time.monotonic() + lease / 3
         next_reclaim = 0.0
@@ -165,12 +172,13 @@ class Worker:
                     await self._abandon(db_thread)
                     continue
                 outcomes, self._done = self._done, []
-                free = 0 if self._stop else self.opts.concurrency - len(self._inflight)
+                free = 0 if self._stop else self._room()
                 want_claim = free > 0 and (claim_due or bool(outcomes))
                 scan = free > 0 and claim_due
                 heartbeat = now_m >= next_heartbeat and bool(self._inflight)
                 reclaim = not self._stop and now_m >= next_reclaim and want_claim
                 if outcomes or want_claim or heartbeat:
+                    cycle: _Cycle | None
                     try:
                         cycle = await self._loop.run_in_executor(
                             db_thread, self._db_cycle, outcomes, free if want_claim else 0, scan,
@@ -178,41 +186,44 @@ class Worker:
                         )
                     except DBAPIError as exc:
                         if not _transient(exc):
-                            raise
-                        failures += 1
-                        self._done = outcomes + self._done
-                        delay = min(0.1 * 2 ** min(failures, 6), 5.0)
-                        log.warning("worker %s: database unavailable (%s); retrying in %.1fs",
-                                    self.id, type(exc).__name__, delay)
-                        await asyncio.sleep(delay)
-                        continue
+                            cycle = await self._isolate(db_thread, outcomes, exc)
+                            if cycle is None:
+                                continue
+                        else:
+                            failures += 1
+                            self._done = outcomes + self._done
+                            delay = min(0.1 * 2 ** min(failures, 6), 5.0)
+                            log.warning("worker %s: database unavailable (%s); retrying in %.1fs",
+                                        self.id, type(exc).__name__, delay)
+                            await asyncio.sleep(delay)
+                            continue
+                    except Exception as exc:  # a bug, or one outcome the store refuses: never the worker's end
+                        cycle = await self._isolate(db_thread, outcomes, exc)
+                        if cycle is None:
+                            continue
                     failures = 0
-                    if heartbeat:
+                    if heartbeat and cycle.held is not None:  # (None: the cycle was stored piecemeal)
                         next_heartbeat = now_m + lease / 3
                         self._drop_lost(cycle.held or set())
                     if reclaim:
                         next_reclaim = now_m + min(1.0, lease / 4)
-                    self._publish(cycle.events)
-                    if cycle.settled and tracing.enabled():  # task spans need the task rows: off the loop
-                        spans = self._loop.run_in_executor(pool, tracing.record_task_spans, self.db, cycle.settled)
-                        self._hooks.add(spans)
-                        spans.add_done_callback(self._hooks.discard)
-                    hooked = [t for t in cycle.settled if self._has_task_handler(t[0])]
-                    if hooked and self.on_settled:
-                        hook = self._loop.run_in_executor(pool, self.on_settled, hooked)
-                        self._hooks.add(hook)
-                        hook.add_done_callback(self._hooks.discard)
+                    self._deliver(cycle, pool)
                     if until_idle and self.opts.task_id is not None and any(
                         tid == self.opts.task_id and st in FINISHED for tid, st in cycle.settled
                     ):
                         self._task_settled = True
                     for c in cycle.claimed:
-                        self._start(c, pool)
+                        self._start(c)
                     if scan and cycle.scanned_full is not None:
                         claim_due = cycle.scanned_full
                     continue
                 if until_idle and not self._inflight:
-                    idle, due_in = await self._loop.run_in_executor(db_thread, self._idle_check)
+                    try:
+                        idle, due_in = await self._loop.run_in_executor(db_thread, self._idle_check)
+                    except Exception as exc:
+                        log.warning("worker %s: could not check for remaining work (%s: %s)", self.id,
+                                    type(exc).__name__, exc)
+                        idle, due_in = False, None
                     if idle:
                         break
                     wait = self.opts.poll_interval
@@ -243,8 +254,100 @@ class Worker:
                 await asyncio.gather(*self._hooks, return_exceptions=True)
             if self._shared_pool is None:
                 pool.shutdown(wait=False, cancel_futures=True)
+            if self._own_threads:
+                self.threads.shutdown()
             self._loop = None
             log.info("worker %s stopped after %d steps", self.id, self.steps_run)
+
+    def _room(self) -> int:
+        """Steps this worker may claim now: its concurrency, less what runs, less stuck handler
+        threads beyond the replacement cap (each holds a thread that no new step can use)."""
+        return max(0, self.opts.concurrency - len(self._inflight) - self.threads.overflow)
+
+    @property
+    def stuck_handlers(self) -> int:
+        """Sync handlers that overstayed their timeout and still hold a thread."""
+        return self.threads.stuck
+
+    def _deliver(self, cycle: _Cycle, pool: ThreadPoolExecutor) -> None:
+        """After a committed cycle: publish its events, record task spans, call task handler hooks.
+
+        None of this may stop the worker: a failing subscriber or hook is logged and the loop goes on.
+        """
+        assert self._loop is not None
+        try:
+            self._publish(cycle.events)
+            if cycle.settled and tracing.enabled():  # task spans need the task rows: off the loop
+                spans = self._loop.run_in_executor(pool, tracing.record_task_spans, self.db, cycle.settled)
+                self._hooks.add(spans)
+                spans.add_done_callback(self._hooks.discard)
+            hooked = [t for t in cycle.settled if self._has_task_handler(t[0])]
+            if hooked and self.on_settled:
+                hook = self._loop.run_in_executor(pool, self.on_settled, hooked)
+                self._hooks.add(hook)
+                hook.add_done_callback(self._hooks.discard)
+        except Exception:
+            log.exception("worker %s: delivering a cycle's events and hooks failed; carrying on", self.id)
+
+    async def _isolate(self, db_thread: ThreadPoolExecutor, outcomes: list[tuple[Outcome, ClaimedStep]],
+                       exc: Exception) -> _Cycle | None:
+        """A cycle failed with an error that is not an outage: store its outcomes one by one instead.
+
+        The innocent outcomes are stored once (never re-run); the one the store refuses is stored as a
+        failure of its step that names the store's error. Returns the merged cycle, or None when the
+        database became unreachable meanwhile (the outcomes wait for the next cycle).
+        """
+        assert self._loop is not None
+        log.error("worker %s: a cycle with %d outcome(s) failed (%s: %s); storing them one by one",
+                  self.id, len(outcomes), type(exc).__name__, storable_text(exc, 500), exc_info=exc)
+        merged = _Cycle([], None, [], [], None)
+        for index, item in enumerate(outcomes):
+            try:
+                cycle = await self._loop.run_in_executor(db_thread, self._store_one, item)
+            except DBAPIError as again:
+                if not _transient(again):
+                    raise
+                self._done = outcomes[index:] + self._done
+                return None if not merged.settled and not merged.events else merged
+            merged.settled += cycle.settled
+            merged.events += cycle.events
+        if not outcomes:  # the cycle failed with nothing to store: do not spin on it
+            await asyncio.sleep(min(self.opts.poll_interval, 1.0))
+            return None
+        return merged
+
+    def _store_one(self, item: tuple[Outcome, ClaimedStep]) -> _Cycle:
+        """Store one outcome in a cycle of its own; if the store refuses it, store the refusal instead."""
+        refused: Exception
+        try:
+            return self._db_cycle([item], 0, False, None, False)
+        except DBAPIError as exc:
+            if _transient(exc):
+                raise
+            refused = exc
+        except Exception as exc:
+            refused = exc
+        outcome, claimed = item
+        error = describe_error(refused, retryable=False, system_fault=False)
+        error["class"] = "OutcomeNotStorable"
+        error["message"] = storable_text(
+            f"the store refused this attempt's outcome ({outcome.state}): {type(refused).__name__}: "
+            f"{safe_str(refused)}", MAX_MESSAGE_CHARS)
+        log.error("worker %s: step %d (%s) of task %d: %s", self.id, outcome.step_id, claimed.name,
+                  outcome.task_id, error["message"])
+        stand_in = dataclasses.replace(outcome, state=StepState.ERROR, results=None, error=error, events=[],
+                                       children=None, retry_delay=0.0, refund_attempt=False)
+        try:
+            return self._db_cycle([(stand_in, claimed)], 0, False, None, False)
+        except DBAPIError as exc:
+            if _transient(exc):
+                raise
+            log.exception("worker %s: could not store the failure of step %d either; its lease will expire",
+                          self.id, outcome.step_id)
+        except Exception:
+            log.exception("worker %s: could not store the failure of step %d either; its lease will expire",
+                          self.id, outcome.step_id)
+        return _Cycle([], None, [], [], None)
 
     # -- the worker registry --------------------------------------------------------------------------
     async def _register(self, db_thread: ThreadPoolExecutor) -> bool:
@@ -350,25 +453,14 @@ class Worker:
             return True  # settled by this worker on another's behalf (an expired lease): let the engine look
         return bool(self.resolver.template(template_id).task_handler_class)
 
-    def _start(self, claimed: ClaimedStep, pool: ThreadPoolExecutor) -> None:
+    def _start(self, claimed: ClaimedStep) -> None:
         self._task_templates[claimed.task_id] = claimed.template_id
-        task = asyncio.get_running_loop().create_task(self._run_step(claimed, pool))
+        task = asyncio.get_running_loop().create_task(self._run_step(claimed, self.threads))
         self._inflight[claimed.step_id] = (task, claimed)
 
-    async def _run_step(self, claimed: ClaimedStep, pool: ThreadPoolExecutor) -> None:
+    async def _run_step(self, claimed: ClaimedStep, threads: HandlerThreads) -> None:
         try:
-            template = self.resolver.template(claimed.template_id)
-            step = template.step(claimed.name)
-            try:
-                handler_cls = self.resolver.handler_class(claimed.template_id, claimed.name)
-            except TaskerError as exc:
-                outcome = Outcome(step_id=claimed.step_id, task_id=claimed.task_id, claim_token=claimed.claim_token,
-                                  attempt=claimed.attempt, state=StepState.ERROR,
-                                  error={"class": "HandlerNotFound", "message": str(exc), "retryable": False})
-            else:
-                outcome = await execute(claimed, template, step, handler_cls,
-                                        self.resolver.policy(claimed.template_id, claimed.name), pool,
-                                        backoff_scale=self.opts.backoff_scale, tasks=self.tasks)
+            outcome = await self._attempt(claimed, threads)
         except asyncio.CancelledError:
             self._inflight.pop(claimed.step_id, None)
             raise
@@ -383,12 +475,41 @@ class Worker:
                 outcome.refund_attempt = True
                 outcome.retry_delay = 0.0
         if outcome.state == StepState.COMPLETE:
-            names = self.resolver.children_of(claimed.template_id, claimed.name)
-            if all(n in claimed.step_ids for n in names):
-                outcome.children = [claimed.step_ids[n] for n in names]
+            try:
+                names = self.resolver.children_of(claimed.template_id, claimed.name)
+            except Exception:
+                names = []
+                outcome.children = None
+            else:
+                if all(n in claimed.step_ids for n in names):
+                    outcome.children = [claimed.step_ids[n] for n in names]
         self._done.append((outcome, claimed))
         if self._wake is not None:
             self._wake.set()
+
+    async def _attempt(self, claimed: ClaimedStep, threads: HandlerThreads) -> Outcome:
+        """Run one attempt; whatever goes wrong, even in the engine's own code, ends as an outcome."""
+        try:
+            template = self.resolver.template(claimed.template_id)
+            step = template.step(claimed.name)
+            try:
+                handler_cls = self.resolver.handler_class(claimed.template_id, claimed.name)
+            except TaskerError as exc:
+                return Outcome(step_id=claimed.step_id, task_id=claimed.task_id, claim_token=claimed.claim_token,
+                               attempt=claimed.attempt, state=StepState.ERROR,
+                               error={"class": "HandlerNotFound", "message": storable_text(exc, MAX_MESSAGE_CHARS),
+                                      "retryable": False, "system_fault": False})
+            return await execute(claimed, template, step, handler_cls,
+                                 self.resolver.policy(claimed.template_id, claimed.name), threads,
+                                 backoff_scale=self.opts.backoff_scale, tasks=self.tasks)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug of the engine's: the step fails visibly, the worker goes on
+            log.exception("worker %s: running step %d (%s) failed in the engine", self.id, claimed.step_id,
+                          claimed.name)
+            return Outcome(step_id=claimed.step_id, task_id=claimed.task_id, claim_token=claimed.claim_token,
+                           attempt=claimed.attempt, state=StepState.ERROR,
+                           error=describe_error(exc, retryable=False, system_fault=False))
 
     def _drop_lost(self, held: set[int]) -> None:
         """Stop running steps whose lease this worker lost (cancelled task, or reclaimed after a stall)."""

@@ -274,6 +274,7 @@ def reclaim_expired(conn: Connection, journal: Journal, *, skip_locked: bool, li
             "class": "LeaseExpired",
             "message": f"worker {r.lease_owner} stopped heartbeating; the attempt is presumed lost",
             "retryable": True,
+            "system_fault": False,
         }
         retry = bool(r.retryable) and r.attempts < r.retry_limit
         target = StepState.WAITING_RETRY if retry else StepState.ERROR

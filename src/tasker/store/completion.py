@@ -152,7 +152,7 @@ def _record_systems(conn: Connection, journal: Journal, accepted: list[Outcome],
     seen = systems.SystemOutcomes()
     for o in accepted:
         name = o.dependent_system
-        if not name or (o.error or {}).get("class") in _NOT_THE_SYSTEMS_FAULT:
+        if not name or not view.has_breaker(name) or (o.error or {}).get("class") in _NOT_THE_SYSTEMS_FAULT:
             continue
         if o.probe:
             (seen.probe_failed if o.transient_failure else seen.probe_ok).add(name)
