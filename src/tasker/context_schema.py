@@ -12,14 +12,27 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from tasker.errors import ContextValidationError, TaskerInputError
+from tasker.templates.regex_safety import refusal, schema_patterns
 
 _validators: dict[int, Draft202012Validator] = {}
 
 
-def _validator(schema: dict[str, Any]) -> Draft202012Validator:
+def _validator(template_key: str, schema: dict[str, Any]) -> Draft202012Validator:
+    """The cached validator of a schema, built once its patterns are known not to backtrack for minutes.
+
+    Templates loaded from files are checked by the loader already; this covers one built in code and
+    handed to `Tasker.register_template`, whose patterns would otherwise run on API callers' strings.
+    """
     key = id(schema)
     v = _validators.get(key)
     if v is None or v.schema is not schema:
+        for path, pattern in schema_patterns(schema):
+            why = refusal(pattern)
+            if why:
+                raise TaskerInputError(
+                    f"the schema of {template_key} is refused at {path or '/'}: pattern '{pattern[:80]}' "
+                    f"{why}; fix: correct the template's schema (see docs/templates.md)"
+                )
         v = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
         _validators[key] = v
     return v
@@ -55,9 +68,10 @@ def validate_context(template_key: str, schema: dict[str, Any] | None, context: 
     filled = apply_defaults(schema, copy.deepcopy(context)) if schema else copy.deepcopy(context)
     if not schema:
         return filled
+    validator = _validator(template_key, schema)
     try:
         errors = sorted(
-            _validator(schema).iter_errors(filled), key=lambda e: (list(map(str, e.absolute_path)), e.message)
+            validator.iter_errors(filled), key=lambda e: (list(map(str, e.absolute_path)), e.message)
         )
     except Exception as exc:  # e.g. a $ref the schema cannot resolve: the template is at fault, not the context
         raise TaskerInputError(

@@ -275,6 +275,65 @@ def test_resolve_step_refuses_bad_requests(tasker: Tasker, load, key: str) -> No
     assert after.step("b").status == "error"
 
 
+def test_resolving_a_pending_step_whose_parent_is_running_is_refused(tasker: Tasker, load, key: str) -> None:
+    """Issue 9, point 7: resolving `b` while `a` runs would release `c` before `a` finished."""
+    ref = load("gated", [step("a", "Gated"), step("b", after="a"), step("c", after="b")])
+    task_id = tasker.create_task(ref, {"key": key}).id
+    worker, out = _in_thread(tasker.run, task_id)
+    _wait_started(key, "a")
+
+    with pytest.raises(OperationError) as info:
+        tasker.resolve_step(task_id, "b", {"by": "operator"})
+    msg = str(info.value)
+    assert "step 'b' of task" in msg and "cannot be resolved" in msg and "a (in_progress)" in msg, msg
+    assert "\n" not in msg and "fix:" in msg
+    task = tasker.get_task(task_id)
+    assert [task.step(n).status for n in ("a", "b", "c")] == ["in_progress", "pending", "pending"]
+    assert h.calls(key, "c") == []
+
+    h.gate(f"{key}:a").set()
+    worker.join(15)
+    assert not worker.is_alive() and "error" not in out
+    done = tasker.get_task(task_id)
+    assert done.status == "complete"
+    finished_a = done.step("a").finished_at
+    assert finished_a is not None and done.step("c").started_at is not None
+    assert finished_a <= done.step("c").started_at
+    assert not any(r["to_state"] == "resolved_manually" for r in step_history(tasker, task_id, "b"))
+
+
+def test_resolving_below_a_failed_parent_names_every_unfinished_parent(tasker: Tasker, load, key: str) -> None:
+    h.set_fault(key, "b")
+    ref = load("diamond", [step("a", "Toggle"), step("b", "Toggle", after="a"), step("c", "Toggle", after="a"),
+                           step("d", "Toggle", after=["b", "c"]), step("e", "Toggle", after="d")])
+    task = tasker.run(tasker.create_task(ref, {"key": key}).id)
+    assert task.status == "error"
+    assert [task.step(n).status for n in "abcde"] == ["complete", "error", "complete", "pending", "pending"]
+
+    with pytest.raises(OperationError, match=r"parent b \(error\) is not finished"):
+        tasker.resolve_step(task.id, "d", {})
+    with pytest.raises(OperationError, match=r"parent d \(pending\) is not finished"):
+        tasker.resolve_step(task.id, "e", {})
+    assert tasker.get_task(task.id).step("d").status == "pending"
+
+    # Parents first: then the child may be resolved too, and the task settles without running anything.
+    tasker.resolve_step(task.id, "b", {"by": "hand"})
+    assert tasker.get_task(task.id).step("d").status == "ready"
+    tasker.resolve_step(task.id, "d", {"by": "hand"})
+    tasker.resolve_step(task.id, "e", {"by": "hand"})
+    done = tasker.get_task(task.id)
+    assert done.status == "resolved_manually"
+    assert h.calls(key, "d") == [] and h.calls(key, "e") == []
+
+
+def test_unfinished_parents_message_lists_them_in_order() -> None:
+    from tasker.store.operations import unfinished_parents_message
+
+    msg = unfinished_parents_message(7, "ship", "resolved", [("charge", "error"), ("reserve", "ready")])
+    assert msg.startswith("step 'ship' of task 7 cannot be resolved while its parents charge (error), "
+                          "reserve (ready) are not finished; fix: resolve or wait for the parents first")
+
+
 def test_cancel_storm_while_workers_run(make_tasker, write_template, key: str) -> None:
     """Operators cancel tasks while two workers claim and complete them (on PostgreSQL a cancel and a
     claim may deadlock; the engine must absorb that). Every task ends complete or cancelled, and nothing

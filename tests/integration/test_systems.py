@@ -459,3 +459,40 @@ def test_the_same_failures_as_system_faults_open_the_circuit(tasker: Tasker, wri
     for n in range(2):
         assert tasker.run(tasker.create_task(ref, {"key": key, "n": n}).id).status == "error"
     assert circuit_state(tasker, "reports2") == "open"
+
+
+# -- settings out of range are refused before they are stored (issue 9, point 6) ------------------------
+def test_configure_system_refuses_non_finite_boolean_and_absurd_values(tasker: Tasker) -> None:
+    from tasker import TaskerInputError
+
+    tasker.configure_system("bounded", cooldown_seconds=2, failure_threshold=3)
+    for setting, value in [("cooldown_seconds", float("nan")), ("cooldown_seconds", float("inf")),
+                           ("cooldown_seconds", 1e300), ("max_cooldown_seconds", -1.0),
+                           ("failure_threshold", True), ("max_in_flight", 2.5), ("max_in_flight", 10**9)]:
+        try:
+            tasker.configure_system("bounded", **{setting: value})
+        except TaskerInputError as exc:
+            assert f"dependent system 'bounded': {setting}:" in str(exc) and "\n" not in str(exc)
+        else:
+            raise AssertionError(f"{setting}={value!r} was accepted")
+    row = circuit(tasker, "bounded")
+    assert row is not None and row["cooldown_seconds"] == 2 and row["failure_threshold"] == 3
+
+
+def test_systems_set_cli_refuses_nan_inf_and_huge_cooldowns(tasker: Tasker, store_url: str) -> None:
+    runner = CliRunner()
+    base = ["--database-url", store_url, "systems", "set", "cli_bounded"]
+    ok = runner.invoke(cli, [*base, "--cooldown-seconds", "1.5", "--max-in-flight", "3"])
+    assert ok.exit_code == 0, ok.output
+    for option, text in [("--cooldown-seconds", "nan"), ("--cooldown-seconds", "inf"),
+                         ("--cooldown-seconds", "1e300"), ("--max-cooldown-seconds", "-inf"),
+                         ("--cooldown-seconds", "0"), ("--failure-threshold", "true"),
+                         ("--max-in-flight", "2.5")]:
+        result = runner.invoke(cli, [*base, option, text])
+        assert result.exit_code == 2, (option, text, result.output)
+        assert "Traceback" not in result.output and option in result.output, result.output
+        assert "at most" in result.output, result.output
+    row = circuit(tasker, "cli_bounded")
+    assert row is not None and row["cooldown_seconds"] == 1.5 and row["max_in_flight"] == 3
+    limits = runner.invoke(cli, ["--database-url", store_url, "limits", "set", "ns_bounded", "nan"])
+    assert limits.exit_code == 2 and "not a finite number" in limits.output, limits.output

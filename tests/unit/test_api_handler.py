@@ -204,7 +204,7 @@ def test_a_redirect_is_permanent_and_names_the_new_address(flavour: type[ApiStep
 
 
 # -- retryable failures -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("status", [500, 502, 504, 507])
+@pytest.mark.parametrize("status", [408, 500, 502, 504, 507])
 def test_server_errors_are_retryable_with_engine_backoff(flavour: type[ApiStepHandler], status: int) -> None:
     with pytest.raises(RetryableError) as info:
         call(flavour, make_ctx(), answer(status, {"message": "db is down"}))
@@ -212,6 +212,15 @@ def test_server_errors_are_retryable_with_engine_backoff(flavour: type[ApiStepHa
     assert info.value.error_code == f"HTTP_{status}"
     assert info.value.message.endswith("db is down")
     assert not isinstance(info.value, PermanentError)
+
+
+@pytest.mark.parametrize(("status", "outage"), [(408, True), (429, True), (500, False), (502, True),
+                                                (503, True), (504, True), (507, False)])
+def test_only_outage_statuses_count_against_the_services_circuit(flavour: type[ApiStepHandler], status: int,
+                                                                 outage: bool) -> None:
+    with pytest.raises(RetryableError) as info:
+        call(flavour, make_ctx(), answer(status, {"message": "x"}))
+    assert info.value.system_fault is outage
 
 
 def _http_date(delta: timedelta) -> str:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from tasker.context_schema import apply_defaults, validate_context
 from tasker.errors import ContextValidationError, TaskerInputError
+from tasker.templates.regex_safety import refusal, schema_patterns
 
 ORDER_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -235,3 +236,67 @@ def test_validated_context_has_all_top_level_defaults(case: tuple[dict[str, Any]
     # Nothing is lost or added beyond the defaults.
     assert {k: v for k, v in out.items() if k in context} == context
     assert set(out) - set(context) <= {n for n, s in schema["properties"].items() if "default" in s}
+
+
+# -- schema patterns: exponential backtracking is refused at template load ------------------------------
+
+CATASTROPHIC = [
+    r"(a+)+$", r"(a*)*b", r"(a|a)*$", r"(a|aa)*$", r"(.*a){20}", r"^(\w+\s?)+$", r"(x+x+)+y",
+    r"^(\s*,\s*)*$", r"(a{1,3})*$", r"(a|)+$", r"^(([a-z])+.)+[A-Z]([a-z])+$",
+]
+SAFE = [
+    r"^[a-z]+(-[a-z]+)*$", r"^([a-z0-9-]+\.)+[a-z]{2,}$", r"(/[^/]+)*", r"^\d{3}-\d{4}$",
+    r"^(\d{1,3}\.){3}\d{1,3}$", r"(foo|bar)+", r"^(?:[a-z]++\d)+$", r"(?>a+)+", r"^[^@]+@[^@]+\.[a-z]+$",
+    r"^[A-Z]{2}\d+$", r"^(a|b|c)*$", r"^\+?[0-9 ()-]{7,20}$", r"^(-[a-z]{1,3})*$",
+]
+
+
+@pytest.mark.parametrize("pattern", CATASTROPHIC)
+def test_catastrophic_patterns_are_refused(pattern: str) -> None:
+    assert refusal(pattern) is not None
+
+
+@pytest.mark.parametrize("pattern", SAFE)
+def test_common_safe_patterns_are_accepted(pattern: str) -> None:
+    assert refusal(pattern) is None
+
+
+def test_an_invalid_pattern_is_refused_with_the_reason() -> None:
+    assert "not a valid regular expression" in (refusal("(") or "")
+
+
+@given(st.text(alphabet="ab()|*+?{}[]^$.\\,1-", max_size=20))
+def test_any_text_is_judged_without_raising(pattern: str) -> None:
+    why = refusal(pattern)
+    assert why is None or isinstance(why, str)
+
+
+@given(st.lists(st.sampled_from(["a", "b", "[ab]", r"\d", "x"]), min_size=1, max_size=3),
+       st.sampled_from(["+", "*", "{2,}"]), st.sampled_from(["+", "*", "{1,}"]))
+def test_an_undelimited_unbounded_repeat_inside_another_is_always_refused(
+    atoms: list[str], inner: str, outer: str
+) -> None:
+    body = "".join(f"{a}{inner}" for a in atoms)
+    assert refusal(f"({body}){outer}$") is not None
+
+
+def test_schema_patterns_finds_pattern_and_pattern_properties_but_not_data() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"a": {"pattern": "x+"}, "pattern": {"type": "string"},
+                       "b": {"items": [{"pattern": "y"}]}},
+        "patternProperties": {"^k": {"pattern": "z"}},
+        "const": {"pattern": "(a+)+"},
+        "default": {"pattern": "(a+)+"},
+    }
+    found = sorted(schema_patterns(schema))
+    assert found == [("/patternProperties", "^k"), ("/patternProperties/^k/pattern", "z"),
+                     ("/properties/a/pattern", "x+"), ("/properties/b/items/0/pattern", "y")]
+
+
+def test_a_schema_built_in_code_with_a_catastrophic_pattern_is_refused_before_it_runs() -> None:
+    schema = {"type": "object", "properties": {"name": {"type": "string", "pattern": "^(a+)+$"}}}
+    with pytest.raises(TaskerInputError) as info:
+        validate_context("ns/t@1.0.0", schema, {"name": "a" * 40 + "!"})
+    msg = str(info.value)
+    assert "ns/t@1.0.0" in msg and "/properties/name/pattern" in msg and "(a+)+" in msg and "fix:" in msg

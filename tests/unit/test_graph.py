@@ -245,3 +245,46 @@ def test_mermaid_example() -> None:
         "    class s0 complete\n"
         "    class s1 pending\n"
     )
+
+
+# -- depth: the graph code is iterative ------------------------------------------------------------
+def _reference_order(steps: Steps) -> list[str]:
+    """The specification of `execution_order`: repeatedly take the first declared step that is free."""
+    placed: list[str] = []
+    remaining = [name for name, _ in steps]
+    parents = {name: set(ps) for name, ps in steps}
+    while remaining:
+        name = next(n for n in remaining if parents[n] <= set(placed))
+        placed.append(name)
+        remaining.remove(name)
+    return placed
+
+
+@given(dags())
+def test_execution_order_takes_the_earliest_declared_free_step(steps: Steps) -> None:
+    assert execution_order(steps) == _reference_order(steps)
+
+
+def _chain(n: int) -> Steps:
+    """step_0 <- step_1 <- ... declared child-first, the worst case for a recursive walk."""
+    return [(f"step_{i}", [f"step_{i - 1}"] if i else []) for i in reversed(range(n))]
+
+
+def test_a_chain_of_5000_steps_declared_child_first_is_checked_and_ordered() -> None:
+    steps = _chain(5000)
+    check_graph(steps)
+    assert execution_order(steps) == [f"step_{i}" for i in range(5000)]
+    levels = execution_levels(steps)
+    assert len(levels) == 5000 and levels[-1] == ["step_4999"]
+
+
+def test_a_cycle_closing_a_5000_step_chain_is_found_without_recursion() -> None:
+    steps = _chain(5000)
+    steps[-1] = ("step_0", ["step_4999"])  # the root now waits for the last step
+    cycle = find_cycle(dict(steps))
+    assert cycle is not None and len(cycle) == 5001
+    assert_closed_path(cycle, steps)
+    with pytest.raises(GraphError, match="dependency cycle"):
+        check_graph(steps)
+    with pytest.raises(GraphError):
+        execution_order(steps)

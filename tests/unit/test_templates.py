@@ -610,7 +610,7 @@ def test_empty_directory_loads_nothing(tmp_path: Path) -> None:
 # --- property: no input crashes the loader ----------------------------------------------------------------
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | st.text("ab${}:-_ 1", max_size=6),
+    st.none() | st.booleans() | st.integers(-5, 5) | st.floats() | st.text("ab${}:-_ 1\x00", max_size=6),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text("abn", max_size=3), inner, max_size=3),
     max_leaves=8,
 )
@@ -648,3 +648,164 @@ def test_any_data_loads_or_is_refused_in_one_line(data: Any) -> None:
         return
     assert t.step_templates
     assert TaskTemplate.from_snapshot(t.snapshot()) == t
+
+
+# --- numbers: NaN, Infinity, booleans and absurd magnitudes are refused --------------------------------
+
+@pytest.mark.parametrize(
+    ("extra_b", "needles"),
+    [
+        ("    handler_config:\n      timeout_seconds: .nan\n", ("timeout_seconds", "finite")),
+        ("    handler_config:\n      timeout_seconds: .inf\n", ("timeout_seconds", "finite")),
+        ("    handler_config:\n      timeout_seconds: 1.0e+300\n", ("timeout_seconds", "out of range")),
+        ("    handler_config:\n      timeout_seconds: 604801\n", ("timeout_seconds", "604800")),
+        ("    default_retry_limit: true\n", ("default_retry_limit", "not a number")),
+        ("    default_retry_limit: .nan\n", ("default_retry_limit", "finite")),
+        ("    default_retry_limit: 1.0e+300\n", ("default_retry_limit", "out of range")),
+        ("    retry:\n      jitter: .nan\n", ("jitter", "finite")),
+        ("    retry:\n      backoff_base_seconds: true\n", ("backoff_base_seconds", "not a number")),
+        ("    retry:\n      max_server_delay_seconds: 1.0e+300\n", ("max_server_delay_seconds", "out of range")),
+        ("    handler_config:\n      limit: .nan\n", ("handler_config.limit", "finite")),
+        ("    handler_config:\n      nested: [1, -.inf]\n", ("handler_config.nested[1]", "finite")),
+        ('    handler_config:\n      url: "a\\0b"\n', ("handler_config.url", "NUL")),
+    ],
+)
+def test_non_finite_boolean_and_absurd_numbers_in_a_step_are_refused(
+    write: Write, extra_b: str, needles: tuple[str, ...]
+) -> None:
+    refused(write(two_steps(extra_b=extra_b)), "step 'b'", *needles)
+
+
+@pytest.mark.parametrize(
+    ("top", "needles"),
+    [
+        ("dependent_systems:\n  pay:\n    cooldown_seconds: .nan\n", ("cooldown_seconds", "finite")),
+        ("dependent_systems:\n  pay:\n    cooldown_seconds: .inf\n", ("cooldown_seconds", "finite")),
+        ("dependent_systems:\n  pay:\n    cooldown_seconds: 1.0e+300\n", ("cooldown_seconds", "out of range")),
+        ("dependent_systems:\n  pay:\n    max_cooldown_seconds: true\n", ("max_cooldown_seconds",)),
+        ("dependent_systems:\n  pay:\n    failure_threshold: true\n", ("failure_threshold", "not a number")),
+        ("dependent_systems:\n  pay:\n    max_in_flight: 2.5\n", ("max_in_flight", "whole number")),
+        ("namespace_max_in_flight: true\n", ("namespace_max_in_flight", "not a number")),
+        ("retry:\n  backoff_max_seconds: .inf\n", ("retry", "finite")),
+    ],
+)
+def test_non_finite_boolean_and_absurd_numbers_in_a_template_are_refused(
+    write: Write, top: str, needles: tuple[str, ...]
+) -> None:
+    refused(write(two_steps(top=top)), *needles)
+
+
+def test_numbers_in_range_still_load(write: Write) -> None:
+    top = "dependent_systems:\n  pay:\n    cooldown_seconds: 2\n    failure_threshold: 3.0\n"
+    t = load_file(write(two_steps(top=top, extra_b="    default_retry_limit: 5.0\n"
+                                  "    handler_config:\n      timeout_seconds: 604800\n")))
+    assert t.dependent_systems["pay"].cooldown_seconds == 2.0
+    assert t.dependent_systems["pay"].failure_threshold == 3
+    assert t.step("b").default_retry_limit == 5 and t.step("b").timeout_seconds == 604800
+
+
+def test_an_expanded_variable_that_overflows_to_infinity_stays_text(
+    write: Write, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TASKER_UT_HUGE", "1e999")
+    t = load_file(write(two_steps(extra_b="    handler_config:\n      limit: ${TASKER_UT_HUGE}\n")))
+    assert t.step("b").handler_config["limit"] == "1e999"
+
+
+# --- depth: any chain length loads; nesting is bounded ----------------------------------------------------
+
+def test_a_chain_of_5000_steps_declared_child_first_loads(write: Write) -> None:
+    lines = ["name: long_chain", "step_templates:"]
+    for i in reversed(range(5000)):
+        lines += [f"  - name: s{i}", f"    handler_class: {OK}"]
+        if i:
+            lines.append(f"    depends_on_step: s{i - 1}")
+    t = load_file(write("\n".join(lines) + "\n"))
+    assert len(t.step_templates) == 5000
+    assert t.step("s4999").parents == ["s4998"]
+    assert TaskTemplate.from_snapshot(t.snapshot()) == t
+
+
+def test_deeply_nested_yaml_is_refused_in_one_line(write: Write) -> None:
+    deep = "[" * 5000 + "]" * 5000
+    msg = refused(write(two_steps(extra_b=f"    handler_config:\n      x: {deep}\n")), "nested more than 64")
+    assert "line 9" in msg
+
+
+def test_deeply_nested_data_is_refused_by_parse_template() -> None:
+    value: Any = 1
+    for _ in range(5000):
+        value = {"x": value}
+    data = {"name": "t", "step_templates": [{"name": "a", "handler_class": OK, "handler_config": value}]}
+    with pytest.raises(TemplateError, match=r"step 'a': handler_config(\.x)+: nested more than 64"):
+        parse_template(data, source="deep.yaml")
+
+
+# --- YAML aliases: small reuse is fine, a bomb is refused at once ----------------------------------------
+
+def test_small_anchors_aliases_and_merge_keys_load(write: Write) -> None:
+    text = f"""
+name: shared
+step_templates:
+  - name: a
+    handler_class: {OK}
+    retry: &fast
+      backoff_base_seconds: 0.5
+      backoff_max_seconds: 2
+    handler_config: &base
+      url: https://pay.example.com
+      timeout_seconds: 3
+  - name: b
+    depends_on_step: a
+    handler_class: {OK}
+    retry: *fast
+    handler_config:
+      <<: *base
+      timeout_seconds: 9
+"""
+    t = load_file(write(text))
+    assert t.step("b").retry == t.step("a").retry
+    assert t.step("b").handler_config == {"url": "https://pay.example.com", "timeout_seconds": 9}
+
+
+def test_a_billion_laughs_alias_bomb_is_refused_naming_the_line(write: Write) -> None:
+    levels = ['    l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 10):
+        levels.append(f"    l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    text = two_steps(extra_b="    handler_config:\n" + "\n".join(levels) + "\n")
+    msg = refused(write(text), "aliases expand to more than 10000", "line ")
+    assert "alias *l" in msg
+
+
+def test_a_recursive_alias_is_refused(write: Write) -> None:
+    text = two_steps(extra_b="    handler_config:\n      loop: &me [1, *me]\n")
+    refused(write(text), "recursive alias", "line 9")
+
+
+# --- schema patterns that backtrack exponentially are refused ---------------------------------------------
+
+@pytest.mark.parametrize(
+    ("schema", "path", "pattern"),
+    [
+        ("{type: object, properties: {email: {type: string, pattern: '(a+)+$'}}}",
+         "schema/properties/email/pattern", "(a+)+$"),
+        ("{type: object, properties: {xs: {type: array, items: {pattern: '(a|a)*'}}}}",
+         "schema/properties/xs/items/pattern", "(a|a)*"),
+        ("{type: object, patternProperties: {'(.*a){20}': {type: string}}}",
+         "schema/patternProperties", "(.*a){20}"),
+        ("{allOf: [{properties: {n: {pattern: '^(\\w+\\s?)+$'}}}]}",
+         "schema/allOf/0/properties/n/pattern", "^(\\w+\\s?)+$"),
+    ],
+)
+def test_a_schema_with_a_catastrophic_pattern_is_refused(
+    write: Write, schema: str, path: str, pattern: str
+) -> None:
+    refused(write(two_steps(top=f"schema: {schema}\n")), path, f"'{pattern}'", "exponential")
+
+
+def test_a_schema_with_safe_patterns_loads(write: Write) -> None:
+    schema = ("{type: object, properties: {slug: {type: string, pattern: '^[a-z]+(-[a-z]+)*$'}, "
+              "ip: {pattern: '^(\\d{1,3}\\.){3}\\d{1,3}$'}, const_is_data: {const: {pattern: '(a+)+'}}}, "
+              "patternProperties: {'^x-[a-z]+$': {type: string}}}")
+    t = load_file(write(two_steps(top=f"schema: {schema}\n")))
+    assert t.context_schema is not None

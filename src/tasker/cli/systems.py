@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from rich.table import Table
 
+from tasker import bounds
+from tasker.bounds import Range
 from tasker.cli.common import console, state
+
+
+class Bounded(click.ParamType[Any, Any]):
+    """A number within one of the ranges of `tasker.bounds`, the same the templates and the engine use.
+
+    `click.FloatRange` accepts `nan` and `inf` (they fail no comparison), which then crashed every
+    worker when the circuit opened; this type refuses them with click's one-line usage error.
+    """
+
+    def __init__(self, limits: Range) -> None:
+        self.limits = limits
+        self.name = "integer" if limits.integer else "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return self.limits.parse(value) if isinstance(value, str) else self.limits.check(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 @click.group(invoke_without_command=True)
@@ -39,13 +61,14 @@ def list_(ctx: click.Context) -> None:
 
 @systems.command("set")
 @click.argument("name")
-@click.option("--max-in-flight", type=click.IntRange(1), default=None, help="Steps of this system running at once.")
-@click.option("--failure-threshold", type=click.IntRange(1), default=None,
+@click.option("--max-in-flight", type=Bounded(bounds.MAX_IN_FLIGHT), default=None,
+              help="Steps of this system running at once.")
+@click.option("--failure-threshold", type=Bounded(bounds.FAILURE_THRESHOLD), default=None,
               help="Consecutive retryable failures that open the circuit.")
-@click.option("--cooldown-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="How long the circuit stays open before one probe goes through.")
-@click.option("--max-cooldown-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Cap of the cool-down, which doubles after each failed probe.")
+@click.option("--cooldown-seconds", type=Bounded(bounds.COOLDOWN_SECONDS), default=None,
+              help="How long the circuit stays open before one probe goes through (at most a day).")
+@click.option("--max-cooldown-seconds", type=Bounded(bounds.COOLDOWN_SECONDS), default=None,
+              help="Cap of the cool-down, which doubles after each failed probe (at most a day).")
 @click.option("--clear-max-in-flight", is_flag=True, help="Remove the in-flight limit.")
 @click.pass_context
 def set_(ctx: click.Context, name: str, max_in_flight: int | None, failure_threshold: int | None,
@@ -89,7 +112,7 @@ def limits(ctx: click.Context) -> None:
 
 @limits.command("set")
 @click.argument("namespace")
-@click.argument("max_in_flight", type=click.IntRange(1))
+@click.argument("max_in_flight", type=Bounded(bounds.NAMESPACE_MAX_IN_FLIGHT))
 @click.pass_context
 def limits_set(ctx: click.Context, namespace: str, max_in_flight: int) -> None:
     """Cap the steps of NAMESPACE running at once across all workers."""

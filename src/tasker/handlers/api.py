@@ -49,6 +49,10 @@ MAX_CACHED_CLIENTS = 64
 
 STARTED, COMPLETED, FAILED = "service_call_started", "service_call_completed", "service_call_failed"
 THROTTLED_STATUSES = frozenset({429, 503})
+#: Answers that say the service itself is unwell (overloaded, down, its upstream timing out): they count
+#: towards opening its circuit. Other 5xx answers (a 500 for this one request, say) are retried but are
+#: no sign of an outage.
+SYSTEM_FAULT_STATUSES = frozenset({408, 429, 502, 503, 504})
 
 T = TypeVar("T")
 
@@ -227,8 +231,8 @@ def classify_status(response: httpx.Response) -> PermanentError | RetryableError
     status = response.status_code
     if status in THROTTLED_STATUSES:
         return _http_error(RetryableError, response, retry_after=parse_retry_after(response.headers.get("Retry-After")))
-    if status >= 500:
-        return _http_error(RetryableError, response)
+    if status >= 500 or status == 408:
+        return _http_error(RetryableError, response, system_fault=status in SYSTEM_FAULT_STATUSES)
     if 300 <= status < 400:
         where = response.headers.get("Location")
         return _http_error(PermanentError, response, hint="(redirects are not followed; point handler_config.url "
@@ -327,7 +331,7 @@ def elapsed_ms(response: httpx.Response) -> float:
 
 def _http_error(cls: type[PermanentError] | type[RetryableError], response: httpx.Response, *, hint: str = "",
                 retry_after: float | None = None, extra: dict[str, Any] | None = None,
-                ) -> PermanentError | RetryableError:
+                system_fault: bool = True) -> PermanentError | RetryableError:
     status = response.status_code
     method = response.request.method if _has_request(response) else "?"
     message = f"{method} {_request_url(response)} answered {status} {response.reason_phrase}: " \
@@ -339,7 +343,8 @@ def _http_error(cls: type[PermanentError] | type[RetryableError], response: http
     if cls is RetryableError:
         if retry_after is not None:
             context["retry_after"] = retry_after
-        return RetryableError(message, retry_after=retry_after, error_code=f"HTTP_{status}", context=context)
+        return RetryableError(message, retry_after=retry_after, error_code=f"HTTP_{status}", context=context,
+                              system_fault=system_fault)
     return PermanentError(message, error_code=f"HTTP_{status}", context=context)
 
 

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
 
 from tasker.errors import NotFoundError, OperationError
-from tasker.states import FINISHED_TASK_STATES, STEP_TRANSITIONS, StepState, TaskState, check_task_transition
+from tasker.states import (
+    FINISHED_TASK_STATES,
+    SATISFIED_STEP_STATES,
+    STEP_TRANSITIONS,
+    StepState,
+    TaskState,
+    check_task_transition,
+)
 from tasker.store.journal import Journal
 from tasker.store.readiness import release_children, settle_tasks
-from tasker.store.schema import steps, tasks
+from tasker.store.schema import step_edges, steps, tasks
 
 _CANCELLABLE = sorted(s.value for s in StepState if StepState.CANCELLED in STEP_TRANSITIONS[s])
 
@@ -72,13 +79,19 @@ def retry_task(conn: Connection, journal: Journal, task_id: int, *, lock: bool) 
 
 
 def retry_step(conn: Connection, journal: Journal, task_id: int, step_name: str, *, lock: bool) -> None:
-    """Re-arm one `error` step with fresh attempts."""
+    """Re-arm one `error` step with fresh attempts.
+
+    A step reaches `error` only by running, so its parents were finished then and, finished states being
+    final, still are; the check is kept anyway so that no operator action can ever make a step ready
+    ahead of its parents.
+    """
     _task_status(conn, task_id, lock)
     row = _step(conn, task_id, step_name)
     if row.state != StepState.ERROR:
         raise OperationError(
             f"step '{step_name}' of task {task_id} is {row.state}; only a step in error can be retried"
         )
+    _require_finished_parents(conn, task_id, row.id, step_name, "retried")
     conn.execute(update(steps).where(steps.c.id == row.id)
                  .values(state=StepState.READY, attempts=0, run_at=journal.now, finished_at=None,
                          updated_at=journal.now))
@@ -98,6 +111,7 @@ def resolve_step(conn: Connection, journal: Journal, task_id: int, step_name: st
     if StepState.RESOLVED_MANUALLY not in STEP_TRANSITIONS[src]:
         hint = " (it is running: wait for the attempt or cancel the task)" if src == StepState.IN_PROGRESS else ""
         raise OperationError(f"step '{step_name}' of task {task_id} is {src} and cannot be resolved{hint}")
+    _require_finished_parents(conn, task_id, row.id, step_name, "resolved")
     conn.execute(update(steps).where(steps.c.id == row.id).values(
         state=StepState.RESOLVED_MANUALLY, results=results, run_at=None, finished_at=journal.now,
         updated_at=journal.now))
@@ -105,6 +119,40 @@ def resolve_step(conn: Connection, journal: Journal, task_id: int, step_name: st
     journal.event("step.resolved", {"task_id": task_id, "step_id": row.id, "step": step_name})
     release_children(conn, [row.id], journal)
     settle_tasks(conn, [task_id], journal)
+
+
+_UNFINISHED_PARENTS = (
+    select(steps.c.name, steps.c.state)
+    .select_from(step_edges.join(steps, steps.c.id == step_edges.c.parent_id))
+    .where(step_edges.c.child_id == bindparam("child"),
+           steps.c.state.not_in([s.value for s in SATISFIED_STEP_STATES]))
+    .order_by(steps.c.position)
+)
+
+
+def unfinished_parents_message(task_id: int, step_name: str, action: str,
+                               parents: list[tuple[str, str]]) -> str:
+    """The refusal of an operator action that would let a step overtake its parents (pure, for tests)."""
+    listed = ", ".join(f"{name} ({state})" for name, state in parents)
+    noun = "parent" if len(parents) == 1 else "parents"
+    verb = "is" if len(parents) == 1 else "are"
+    return (
+        f"step '{step_name}' of task {task_id} cannot be {action} while its {noun} {listed} {verb} not "
+        f"finished; fix: resolve or wait for the {noun} first (a step runs only after every parent is "
+        "complete, resolved or skipped)"
+    )
+
+
+def _require_finished_parents(conn: Connection, task_id: int, step_id: int, step_name: str, action: str) -> None:
+    """Refuse an action that would let `step_name`'s dependents run before its own parents finished.
+
+    Resolving a `pending` step whose parent was still running released its children at once, so a
+    grandchild could run before its grandparent: the DAG order broke. The operator is told which parents
+    to resolve or wait for; the action does not wait by itself (docs/operations.md).
+    """
+    unfinished = [(r.name, r.state) for r in conn.execute(_UNFINISHED_PARENTS, {"child": step_id})]
+    if unfinished:
+        raise OperationError(unfinished_parents_message(task_id, step_name, action, unfinished))
 
 
 def _step(conn: Connection, task_id: int, name: str) -> Any:

@@ -1,7 +1,9 @@
 """Dependent systems: the shared circuit breaker and the in-flight limits every worker honours.
 
 A system's row exists once it is configured or has failed. The circuit opens after N consecutive
-retryable failures; while it is open its steps are not claimed, so they wait without spending attempts.
+failures that are the system's fault (`tasker.failures`: connection errors, timeouts, `RetryableError`);
+the `default` system, shared by every template that names none, has no circuit until configured.
+While a circuit is open its steps are not claimed, so they wait without spending attempts.
 After the cool-down one worker turns it half-open and claims a single probe step: success closes the
 circuit, failure opens it again with a doubled cool-down (capped) and gives the probe its attempt back,
 so an outage of any length never exhausts a step's retries.
@@ -12,6 +14,7 @@ worker); limits are then checked exactly, under row locks on PostgreSQL.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,9 +24,11 @@ from typing import Any
 from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
+from tasker.bounds import check_system_settings
 from tasker.states import StepState
 from tasker.store.journal import Journal
 from tasker.store.schema import circuit_transitions, dependent_systems, namespace_limits, steps
+from tasker.templates.model import DEFAULT_DEPENDENT_SYSTEM
 
 DEFAULT_FAILURE_THRESHOLD = 5
 DEFAULT_COOLDOWN_SECONDS = 5.0
@@ -35,7 +40,9 @@ _EVENTS = {OPEN: "circuit.opened", CLOSED: "circuit.closed", HALF_OPEN: "circuit
 
 _VIEW = select(dependent_systems).where(
     or_(dependent_systems.c.circuit_state != CLOSED, dependent_systems.c.consecutive_failures > 0,
-        dependent_systems.c.max_in_flight.is_not(None))
+        dependent_systems.c.max_in_flight.is_not(None),
+        (dependent_systems.c.name == DEFAULT_DEPENDENT_SYSTEM)
+        & dependent_systems.c.failure_threshold.is_not(None))
 )
 _NS_LIMITS = select(namespace_limits)
 
@@ -50,6 +57,16 @@ class SystemsView:
     @property
     def empty(self) -> bool:
         return not self.systems and not self.namespace_limits
+
+    def has_breaker(self, system: str) -> bool:
+        """Whether failures of this system feed a circuit breaker.
+
+        Every named system has one. The `default` system (steps of templates that name none) has one
+        only once it is configured (`tasker systems set default --failure-threshold N`, or a template's
+        `dependent_systems: {default: ...}`): unrelated templates share it, so a bug in one of them
+        must not stall the others.
+        """
+        return system != DEFAULT_DEPENDENT_SYSTEM or system in self.systems
 
     def has_failures(self, system: str) -> bool:
         row = self.systems.get(system)
@@ -226,11 +243,23 @@ def record(conn: Connection, journal: Journal, outcomes: SystemOutcomes, view: S
                      .values(consecutive_failures=0, updated_at=now))
 
 
+#: No cool-down is longer than a day, whatever a row says (rows written before settings were validated).
+MAX_COOLDOWN_SECONDS = 86_400.0
+
+
+def _seconds(value: float | None, default: float) -> float:
+    """A stored cool-down as a usable number of seconds: missing, non-finite or non-positive values
+    fall back to the default, and none exceeds a day (a bad row must not crash every worker)."""
+    if value is None or not math.isfinite(value) or value <= 0:
+        return default
+    return min(value, MAX_COOLDOWN_SECONDS)
+
+
 def _apply(conn: Connection, journal: Journal, row: Any, outcomes: SystemOutcomes, now: datetime) -> None:
     name = row.name
     threshold = row.failure_threshold or DEFAULT_FAILURE_THRESHOLD
-    base = row.cooldown_seconds or DEFAULT_COOLDOWN_SECONDS
-    cap = max(row.max_cooldown_seconds or DEFAULT_MAX_COOLDOWN_SECONDS, base)
+    base = _seconds(row.cooldown_seconds, DEFAULT_COOLDOWN_SECONDS)
+    cap = max(_seconds(row.max_cooldown_seconds, DEFAULT_MAX_COOLDOWN_SECONDS), base)
     table = dependent_systems
     if name in outcomes.probe_ok:
         conn.execute(update(table).where(table.c.name == name).values(
@@ -240,7 +269,7 @@ def _apply(conn: Connection, journal: Journal, row: Any, outcomes: SystemOutcome
         return
     failures = row.consecutive_failures + outcomes.failures.get(name, 0)
     if name in outcomes.probe_failed:
-        cooldown = min((row.current_cooldown_seconds or base) * 2, cap)
+        cooldown = min(_seconds(row.current_cooldown_seconds, base) * 2, cap)
         conn.execute(update(table).where(table.c.name == name).values(
             circuit_state=OPEN, consecutive_failures=failures + 1, current_cooldown_seconds=cooldown,
             opened_at=now, open_until=now + timedelta(seconds=cooldown), probe_step_id=None, updated_at=now))
@@ -263,11 +292,12 @@ def open_until(conn: Connection, system: str) -> datetime | None:
 # -- configuration and reporting ------------------------------------------------------------------------------
 
 def configure(conn: Connection, name: str, now: datetime, **settings: Any) -> None:
-    """Set a system's limits and breaker settings (None clears a setting back to the default)."""
-    allowed = {"max_in_flight", "failure_threshold", "cooldown_seconds", "max_cooldown_seconds"}
-    unknown = set(settings) - allowed
-    if unknown:
-        raise ValueError(f"unknown dependent-system setting(s): {', '.join(sorted(unknown))}")
+    """Set a system's limits and breaker settings (None clears a setting back to the default).
+
+    Values are checked against `tasker.bounds` (ValueError naming the setting): a NaN or infinite
+    cool-down stored here made every worker crash when the circuit opened.
+    """
+    settings = check_system_settings(settings)
     _ensure_rows(conn, [name], now)
     conn.execute(update(dependent_systems).where(dependent_systems.c.name == name).values(updated_at=now, **settings))
 

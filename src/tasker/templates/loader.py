@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -21,6 +22,7 @@ from jsonschema.exceptions import SchemaError
 from pydantic import ValidationError
 
 from tasker.errors import TemplateError
+from tasker.templates import regex_safety, safe_yaml
 from tasker.templates.graph import GraphError, check_graph
 from tasker.templates.model import StepTemplate, TaskTemplate
 
@@ -72,7 +74,11 @@ def load_file(path: str | Path, *, environment: str | None = None, resolve_handl
             f"{p}: not UTF-8 text (byte {exc.start}: {exc.reason}); fix: save the file as UTF-8"
         ) from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml.load(text)
+    except safe_yaml.TemplateYamlError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise TemplateError(f"{p}{where}: {exc.problem}; fix: {exc.note} (see docs/templates.md)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -93,6 +99,7 @@ def parse_template(
         raise TemplateError(
             f"{source}: a template must be a mapping with name and step_templates; fix: see docs/templates.md"
         )
+    _check_values(data, source)
     warnings = _unknown_keys(data, source)
     data = _apply_environment(data, environment or current_environment(), source)
     data.pop("environments", None)
@@ -264,7 +271,10 @@ def _scalar(text: str) -> Any:
     """
     t = text.strip()
     if NUMBER.fullmatch(t):
-        return int(t) if t.lstrip("-").isdigit() else float(t)
+        if t.lstrip("-").isdigit():
+            return int(t)
+        number = float(t)
+        return number if math.isfinite(number) else text  # '1e999' would be infinity: keep the text
     if t.lower() in ("true", "false"):
         return t.lower() == "true"
     return text
@@ -279,6 +289,73 @@ def _check_schema(schema: dict[str, Any], source: str) -> None:
             f"{source}: schema is not valid JSON Schema at {path}: {exc.message}; fix: correct the schema "
             "(Draft 2020-12)"
         ) from None
+    for path, pattern in regex_safety.schema_patterns(schema):
+        why = regex_safety.refusal(pattern)
+        if why:
+            shown = pattern if len(pattern) <= 80 else pattern[:77] + "..."
+            raise TemplateError(
+                f"{source}: schema{path}: pattern '{shown}' is refused: {why}, which can take exponential "
+                "time on a context string; fix: remove the nested repetition, use a possessive "
+                "quantifier or an atomic group, or validate the value in a step (see docs/templates.md)"
+            )
+
+
+#: Nesting levels of mappings and lists a template may hold (see safe_yaml.MAX_DEPTH).
+MAX_DEPTH = safe_yaml.MAX_DEPTH
+
+
+def _check_values(data: Any, source: str) -> None:
+    """Refuse what no later step could store or walk: deep nesting, NaN/Infinity, NUL and lone surrogates.
+
+    Runs before anything recursive (environment merging copies the data) and walks with an explicit stack.
+    A template's values end up in its JSON snapshot, which PostgreSQL refuses with NaN, NUL or a lone
+    surrogate inside, so creating a task from such a template would fail on one store only.
+    """
+    stack: list[tuple[str, Any, int]] = [("", data, 0)]
+    while stack:
+        path, value, depth = stack.pop()
+        where = path.removesuffix(": ") or "(template)"
+        if depth > MAX_DEPTH:
+            raise TemplateError(
+                f"{source}: {where}: nested more than {MAX_DEPTH} levels deep; fix: flatten the value"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TemplateError(
+                f"{source}: {where}: {value!r} is not a finite number; fix: use a finite number"
+            )
+        if isinstance(value, str) and _unstorable(value):
+            raise TemplateError(
+                f"{source}: {where}: text holds a NUL character or a lone surrogate; fix: remove it"
+            )
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(k, str) and _unstorable(k):
+                    raise TemplateError(
+                        f"{source}: {where}: a key holds a NUL character or a lone surrogate; fix: rename it"
+                    )
+                stack.append((_child(path, str(k)), v, depth + 1))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                if path == "step_templates" and isinstance(v, dict):
+                    label = f"step '{v['name']}': " if isinstance(v.get("name"), str) else f"step #{i + 1}: "
+                    stack.append((label, v, depth + 1))
+                else:
+                    stack.append((f"{path}[{i}]", v, depth + 1))
+
+
+def _child(path: str, key: str) -> str:
+    """`a.b` below a field, `step 'x': b` directly below a step."""
+    return f"{path}{key}" if not path or path.endswith(": ") else f"{path}.{key}"
+
+
+def _unstorable(text: str) -> bool:
+    if "\x00" in text:
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _check_retry(template: TaskTemplate, step: StepTemplate, source: str) -> None:
@@ -302,7 +379,7 @@ def _pydantic_message(exc: ValidationError, data: Mapping[str, Any], source: str
         where += f": step '{label}'"
         loc = loc[2:]
     field = ".".join(str(p) for p in loc) or "(template)"
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
     fix = _fix_for(field, err["type"])
     extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"{where}: {field}: {msg}{extra}; fix: {fix}"
@@ -314,7 +391,9 @@ def _fix_for(field: str, kind: str) -> str:
     if field.endswith("default_retry_limit"):
         return "use a whole number of attempts between 1 and 1000"
     if "retry" in field:
-        return "use non-negative seconds, and a jitter between 0 and 1"
+        return "use non-negative seconds (at most 7 days), and a jitter between 0 and 1"
+    if field.startswith(("dependent_systems", "namespace_max_in_flight")) or "timeout_seconds" in field:
+        return "use a number in the range above (docs/templates.md lists every range)"
     if field == "version":
         return "use a semantic version like 1.0.0"
     if field == "step_templates":

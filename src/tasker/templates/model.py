@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator
 
+from tasker import bounds
+from tasker.bounds import Range
 from tasker.retry import DEFAULT_RETRY_LIMIT, RetryPolicy
 
 SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$")
@@ -52,6 +54,25 @@ def _prerelease_key(pre: str) -> str:
     return "\x00".join(parts)
 
 
+def _within(limits: Range) -> BeforeValidator:
+    """Check a number against its range in `tasker.bounds` before pydantic coerces it.
+
+    Pydantic's lax mode would take `true` as 1 and `.nan`/`.inf` as floats that pass every `ge`/`le`;
+    the shared range refuses them, so a template, the CLI and the engine agree on what is valid.
+    """
+    return BeforeValidator(lambda v: v if v is None else limits.check(v))
+
+
+RetryLimit = Annotated[int, _within(bounds.RETRY_LIMIT)]
+BackoffSeconds = Annotated[float | None, _within(bounds.BACKOFF_SECONDS)]
+Jitter = Annotated[float | None, _within(bounds.JITTER)]
+ServerDelaySeconds = Annotated[float | None, _within(bounds.SERVER_DELAY_SECONDS)]
+MaxInFlight = Annotated[int | None, _within(bounds.MAX_IN_FLIGHT)]
+FailureThreshold = Annotated[int | None, _within(bounds.FAILURE_THRESHOLD)]
+CooldownSeconds = Annotated[float | None, _within(bounds.COOLDOWN_SECONDS)]
+NamespaceMaxInFlight = Annotated[int | None, _within(bounds.NAMESPACE_MAX_IN_FLIGHT)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
@@ -59,10 +80,10 @@ class _Strict(BaseModel):
 class RetrySettings(_Strict):
     """The additive `retry:` block, on a template (default for its steps) or on one step."""
 
-    backoff_base_seconds: float | None = Field(default=None, ge=0)
-    backoff_max_seconds: float | None = Field(default=None, ge=0)
-    jitter: float | None = Field(default=None, ge=0, le=1)
-    max_server_delay_seconds: float | None = Field(default=None, ge=0)
+    backoff_base_seconds: BackoffSeconds = None
+    backoff_max_seconds: BackoffSeconds = None
+    jitter: Jitter = None
+    max_server_delay_seconds: ServerDelaySeconds = None
 
     def merged_over(self, base: RetrySettings | None) -> RetrySettings:
         if base is None:
@@ -75,10 +96,10 @@ class RetrySettings(_Strict):
 class DependentSystemSettings(_Strict):
     """The `dependent_systems:` block: limits and circuit-breaker settings shared by all workers."""
 
-    max_in_flight: int | None = Field(default=None, ge=1, le=100_000)
-    failure_threshold: int | None = Field(default=None, ge=1, le=10_000)
-    cooldown_seconds: float | None = Field(default=None, gt=0, le=86_400)
-    max_cooldown_seconds: float | None = Field(default=None, gt=0, le=86_400)
+    max_in_flight: MaxInFlight = None
+    failure_threshold: FailureThreshold = None
+    cooldown_seconds: CooldownSeconds = None
+    max_cooldown_seconds: CooldownSeconds = None
 
 
 class CustomEvent(_Strict):
@@ -101,7 +122,7 @@ class StepTemplate(_Strict):
     depends_on_step: str | None = None
     depends_on_steps: list[str] = Field(default_factory=list)
     default_retryable: bool = True
-    default_retry_limit: int = Field(default=DEFAULT_RETRY_LIMIT, ge=1, le=1000)
+    default_retry_limit: RetryLimit = DEFAULT_RETRY_LIMIT
     skippable: bool = False
     dependent_system: str | None = None
     handler_config: dict[str, Any] = Field(default_factory=dict)
@@ -138,8 +159,11 @@ class StepTemplate(_Strict):
     @classmethod
     def _timeout(cls, v: dict[str, Any]) -> dict[str, Any]:
         t = v.get("timeout_seconds")
-        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0):
-            raise ValueError("handler_config.timeout_seconds must be a number of seconds greater than 0")
+        if t is not None:
+            try:
+                bounds.TIMEOUT_SECONDS.check(t)
+            except ValueError as exc:
+                raise ValueError(f"timeout_seconds: {exc}") from None
         return v
 
     @property
@@ -169,7 +193,7 @@ class TaskTemplate(_Strict):
     step_templates: list[StepTemplate] = Field(min_length=1)
     retry: RetrySettings | None = None
     dependent_systems: dict[str, DependentSystemSettings] = Field(default_factory=dict)
-    namespace_max_in_flight: int | None = Field(default=None, ge=1, le=1_000_000)
+    namespace_max_in_flight: NamespaceMaxInFlight = None
 
     _source: str | None = PrivateAttr(default=None)
     _warnings: list[str] = PrivateAttr(default_factory=list)
