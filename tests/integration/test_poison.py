@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import yaml
 from tasker import Tasker
 from tasker.failures import is_system_fault
 from tasker.storable import MAX_MESSAGE_CHARS
-from tests.chaos.support import wait_for
+from tests.chaos.support import Fleet, wait_for
 from tests.integration.poison_handlers import runs
 
 P = "tests.integration.poison_handlers"
@@ -245,3 +246,56 @@ def test_system_fault_classification() -> None:
     assert not is_system_fault(KeyError("x"))
     assert not is_system_fault(ValueError("x"))
     assert not is_system_fault(SystemExit(1))
+
+
+# -- a real `tasker worker` process -----------------------------------------------------------------------
+PROCESS_POISONS = ["system_exit", "keyboard_interrupt", "nul_error", "nan_result", "surrogate_result",
+                   "sneaky_result", "broken_str", "bad_retry_after", "cancelled", "huge_error"]
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_process_survives_every_poison(tasker: Tasker, store_url: str, tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    paths = [_poison_template(templates, mode) for mode in PROCESS_POISONS]
+    paths.append(_write(templates, "innocent", _innocent_steps(0.02)))
+    for path in paths:
+        tasker.load_templates(path)
+    with Fleet(store_url, templates, tmp_path / "logs", concurrency=4, poll_interval=0.05) as fleet:
+        w = fleet.spawn()
+        w.wait_started()
+        ctx = {"dir": str(tmp_path)}
+        innocent = [tasker.create_task("poison/innocent", {**ctx, "n": i}).id for i in range(8)]
+        bad = [tasker.create_task(f"poison/bad_{mode}", ctx).id for mode in PROCESS_POISONS]
+        innocent += [tasker.create_task("poison/innocent", {**ctx, "n": i}).id for i in range(8, 16)]
+        finished = {"complete", "error"}
+        wait_for(lambda: all(t.status in finished for t in tasker.get_tasks(bad + innocent)), 60,
+                 "every task to finish")
+        assert w.alive(), fleet.logs()
+        for task_id, mode in zip(bad, PROCESS_POISONS):
+            step = tasker.get_task(task_id).step("bad")
+            assert step.status == "error", (mode, step.status, step.last_error)
+        for task_id in innocent:
+            assert tasker.get_task(task_id).status == "complete"
+            assert [runs(tmp_path, task_id, n) for n in "abc"] == [1, 1, 1]
+        assert fleet.stop_all(20) == {w.pid: 0}, fleet.logs()
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_with_hung_sync_handlers_exits_on_sigterm_within_its_grace(tasker: Tasker, store_url: str,
+                                                                             tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    tasker.load_templates(_write(templates, "hang", [
+        {"name": "hang", "handler_class": f"{P}:Hang", "default_retry_limit": 1,
+         "handler_config": {"timeout_seconds": 0.2, "hang": 60.0}},
+    ]))
+    with Fleet(store_url, templates, tmp_path / "logs", concurrency=2, grace_seconds=1.0,
+               poll_interval=0.05) as fleet:
+        w = fleet.spawn()
+        w.wait_started()
+        ids = [tasker.create_task("poison/hang", {"dir": str(tmp_path), "n": i}).id for i in range(4)]
+        wait_for(lambda: all(t.status == "error" for t in tasker.get_tasks(ids)), 30, "every hang to time out")
+        t0 = time.monotonic()
+        w.signal(signal.SIGTERM)
+        code = w.wait(6.0)
+        assert code == 0, f"exit {code} {time.monotonic() - t0:.1f}s after SIGTERM: {fleet.logs()}"
+    assert "handler thread(s) stuck" in w.log()
