@@ -299,3 +299,30 @@ def test_a_worker_with_hung_sync_handlers_exits_on_sigterm_within_its_grace(task
         code = w.wait(6.0)
         assert code == 0, f"exit {code} {time.monotonic() - t0:.1f}s after SIGTERM: {fleet.logs()}"
     assert "handler thread(s) stuck" in w.log()
+
+
+def test_run_returns_when_a_handler_calls_sys_exit(tasker: Tasker, tmp_path: Path) -> None:
+    """`Tasker.run` used to hang forever when a handler raised a BaseException."""
+    tasker.load_templates(_poison_template(tmp_path / "templates", "system_exit", retry_limit=1))
+    task = tasker.run(tasker.create_task("poison/bad_system_exit", {"dir": str(tmp_path)}).id)
+    assert task.status == "error"
+    assert task.step("bad").last_error["class"] == "SystemExit"
+
+
+def test_stuck_handler_threads_are_reported_as_a_metric(tasker: Tasker, tmp_path: Path) -> None:
+    from tasker.observability.metrics import EngineMetrics, set_engine_metrics
+
+    fresh = EngineMetrics()
+    previous = set_engine_metrics(fresh)
+    try:
+        tasker.load_templates(_write(tmp_path / "templates", "hang", [
+            {"name": "hang", "handler_class": f"{P}:Hang", "default_retry_limit": 1,
+             "handler_config": {"timeout_seconds": 0.1, "hang": 1.5}},
+        ]))
+        ids = [tasker.create_task("poison/hang", {"dir": str(tmp_path), "n": i}).id for i in range(2)]
+        w = tasker.worker(concurrency=2)
+        tasker.work(worker=w)
+        assert all(t.status == "error" for t in tasker.get_tasks(ids))
+        assert fresh.registry.get_sample_value("tasker_handler_threads_stuck", {"worker": w.id}) == 2
+    finally:
+        set_engine_metrics(previous)

@@ -116,6 +116,7 @@ class Worker:
         #: Threads that run sync handlers; one whose handler hangs is written off and replaced.
         self.threads = handler_threads or HandlerThreads(options.concurrency, name=f"tasker-step-{self.id}")
         self._own_threads = handler_threads is None
+        self._stuck_seen = 0
         self.steps_run = 0
         #: Attempts cut off at the end of the grace period; their sync handlers may still be running.
         self.abandoned = 0
@@ -202,6 +203,9 @@ class Worker:
                         if cycle is None:
                             continue
                     failures = 0
+                    if self.threads.stuck != self._stuck_seen:  # a gauge write only when it changes
+                        self._stuck_seen = self.threads.stuck
+                        metrics.observe_stuck_handlers(self.id, self._stuck_seen)
                     if heartbeat and cycle.held is not None:  # (None: the cycle was stored piecemeal)
                         next_heartbeat = now_m + lease / 3
                         self._drop_lost(cycle.held or set())

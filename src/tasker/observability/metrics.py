@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -138,6 +138,10 @@ class EngineMetrics:
         self.api_calls = Histogram(
             "tasker_api_call_duration_seconds", "Outgoing HTTP calls made by ApiStepHandler steps.",
             ("system", "method", "status"), registry=r, buckets=API_BUCKETS)
+        self.stuck_handlers = Gauge(
+            "tasker_handler_threads_stuck",
+            "Sync handler threads still inside a handler that overstayed its timeout, per worker.",
+            ("worker",), registry=r)
         if process_metrics:
             from prometheus_client import ProcessCollector
 
@@ -162,6 +166,11 @@ def set_engine_metrics(metrics: EngineMetrics) -> EngineMetrics:
     global _current
     previous, _current = _current, metrics
     return previous
+
+
+def observe_stuck_handlers(worker: str, stuck: int) -> None:
+    """How many of a worker's handler threads are stuck in timed-out handlers now."""
+    _current.stuck_handlers.labels(worker).set(stuck)
 
 
 def observe_api_call(system: str, method: str, status: str, seconds: float) -> None:
