@@ -9,6 +9,7 @@ from tasker.engine.model import Step, Task
 from tasker.engine.tasker import Tasker
 from tasker.errors import (
     ContextValidationError,
+    IdempotencyConflict,
     NotFoundError,
     OperationError,
     PermanentError,
@@ -40,6 +41,7 @@ __all__ = [
     "Event",
     "EventBus",
     "Events",
+    "IdempotencyConflict",
     "NotFoundError",
     "OperationError",
     "PermanentError",

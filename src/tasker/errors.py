@@ -98,3 +98,23 @@ class InvalidTransitionError(TaskerError):
 
 class OperationError(TaskerInputError):
     """An operation that makes no sense for the current state (retrying a complete task, say)."""
+
+
+class IdempotencyConflict(TaskerInputError):
+    """An idempotency key reused with a different request: a different template version or context.
+
+    Returning the first task would silently drop the second request's data, so the reuse is refused;
+    `differences` names what differs (`version: 1.0.0 != 1.1.0`, `context $.amount`).
+    """
+
+    def __init__(self, key: str, task_id: int, template: str, differences: list[str]):
+        self.key = key
+        self.task_id = task_id
+        self.template = template
+        self.differences = differences
+        more = f" (and {len(differences) - 10} more)" if len(differences) > 10 else ""
+        shown = "; ".join(differences[:10]) + more
+        super().__init__(
+            f"idempotency key {key[:80]!r} of {template} was used for task {task_id} with a different payload: "
+            f"{shown}; fix: send the same payload to get task {task_id} back, or use a new key for a new task"
+        )

@@ -13,10 +13,26 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from tasker import bounds
+from tasker.bounds import Range
 from tasker.errors import TaskerInputError
 
 CONFIG_ENV = "TASKER_CONFIG"
 DEFAULT_CONFIG_FILE = "tasker.toml"
+
+#: The range of every number setting (docs/configuration.md lists them); None stays "not set".
+NUMBER_RANGES: dict[str, Range] = {
+    "concurrency": bounds.CONCURRENCY,
+    "lease_seconds": bounds.LEASE_SECONDS,
+    "poll_interval": bounds.POLL_INTERVAL,
+    "grace_seconds": bounds.GRACE_SECONDS,
+    "api_port": bounds.PORT,
+    "metrics_port": bounds.PORT,
+    "max_body_bytes": bounds.MAX_BODY_BYTES,
+    "sse_max_streams_per_client": Range(1, 100_000, integer=True, unit="streams"),
+    "sse_max_streams": Range(1, 100_000, integer=True, unit="streams"),
+    "sse_heartbeat_seconds": Range(1, 3600, unit="seconds"),
+}
 
 
 @dataclass(frozen=True)
@@ -45,6 +61,17 @@ class Settings:
     jwt_issuer: str | None = None
     #: Request bodies larger than this are refused with 413.
     max_body_bytes: int = 1_048_576
+    #: Open `GET /events` streams allowed per credential (API key, JWT subject, or client address when
+    #: auth is off) and in total; one more is answered 429 with Retry-After.
+    sse_max_streams_per_client: int = 10
+    sse_max_streams: int = 100
+    #: Seconds between keep-alive comments on an idle event stream; a dead client is found when one fails.
+    sse_heartbeat_seconds: float = 15.0
+    #: With auth on, `/docs` and `/openapi.json` need a credential unless this makes them public.
+    docs_public: bool = False
+    #: Signs and encrypts the dashboard's session cookie and its CSRF tokens; None: a random secret per
+    #: process (sessions end when the server restarts). Set it when several servers share a URL.
+    session_secret: str | None = None
     # -- observability ---------------------------------------------------------------------------------
     #: "json" (structlog JSON lines) or "console" (human-readable); level as in `logging`.
     log_format: str = "console"
@@ -78,6 +105,11 @@ class Settings:
             "jwt_audience": os.environ.get("TASKER_JWT_AUDIENCE"),
             "jwt_issuer": os.environ.get("TASKER_JWT_ISSUER"),
             "max_body_bytes": os.environ.get("TASKER_MAX_BODY_BYTES"),
+            "sse_max_streams_per_client": os.environ.get("TASKER_SSE_MAX_STREAMS_PER_CLIENT"),
+            "sse_max_streams": os.environ.get("TASKER_SSE_MAX_STREAMS"),
+            "sse_heartbeat_seconds": os.environ.get("TASKER_SSE_HEARTBEAT_SECONDS"),
+            "docs_public": os.environ.get("TASKER_DOCS_PUBLIC"),
+            "session_secret": os.environ.get("TASKER_SESSION_SECRET"),
             "log_format": os.environ.get("TASKER_LOG_FORMAT"),
             "log_level": os.environ.get("TASKER_LOG_LEVEL"),
             "metrics_port": os.environ.get("TASKER_METRICS_PORT"),
@@ -105,24 +137,18 @@ class Settings:
                         value = tuple(v.strip() for v in value.split(sep) if v.strip())
                     else:
                         value = tuple(str(v) for v in value)
-                elif f.name in ("concurrency", "api_port", "max_body_bytes", "metrics_port"):
-                    value = int(value)
-                elif f.name == "auth_enabled":
+                elif f.name in NUMBER_RANGES:
+                    value = _number(value, NUMBER_RANGES[f.name])
+                elif f.name in ("auth_enabled", "docs_public"):
                     value = _boolean(value)
-                elif f.name in ("lease_seconds", "poll_interval", "grace_seconds"):
-                    value = float(value)
                 else:
                     value = str(value)
-            except (TypeError, ValueError):
+            except ValueError as exc:
+                raise TaskerInputError(f"{source}: setting {f.name}: {exc}") from None
+            except TypeError:
                 raise TaskerInputError(f"{source}: setting {f.name}={value!r} has the wrong type") from None
             out[f.name] = value
         settings = cls(**out)
-        if settings.concurrency < 1:
-            raise TaskerInputError(f"{source}: concurrency must be at least 1")
-        if settings.lease_seconds <= 0 or settings.poll_interval <= 0:
-            raise TaskerInputError(f"{source}: lease_seconds and poll_interval must be greater than 0")
-        if settings.max_body_bytes < 1024:
-            raise TaskerInputError(f"{source}: max_body_bytes must be at least 1024")
         if settings.log_format not in ("json", "console"):
             raise TaskerInputError(f"{source}: log_format must be 'json' or 'console', not {settings.log_format!r}")
         return settings
@@ -134,6 +160,17 @@ class Settings:
         if self.template_paths:
             return list(self.template_paths)
         return ["templates"] if Path("templates").is_dir() else []
+
+
+def _number(value: Any, limits: Range) -> int | float:
+    """A number setting from TOML (typed) or the environment (text), refused outside `bounds`.
+
+    TOML `true` or `2.5` where a count belongs, and `nan`/`inf` anywhere, are refused rather than
+    becoming 1, 2 or a loop that never sleeps.
+    """
+    if isinstance(value, str):
+        return limits.parse(value)
+    return limits.check(value)
 
 
 def _boolean(value: Any) -> bool:

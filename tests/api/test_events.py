@@ -121,3 +121,78 @@ def test_the_json_page_and_bad_filters(tasker: Tasker, served: str, load, key: s
             assert r.status_code == 422, (bad, r.text)
             assert "Traceback" not in r.text
         assert client.get(f"{served}/events", params={"after": "nope"}).status_code == 422
+
+
+# -- limits, heartbeat and slots ------------------------------------------------------------------------------
+def _wait_until(condition: Any, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_streams_beyond_the_per_client_limit_are_429_and_slots_come_back(tasker: Tasker) -> None:
+    app = create_app(tasker, Settings(sse_max_streams_per_client=2, sse_max_streams=10, sse_heartbeat_seconds=0.2))
+    hub = app.state.streams
+    with serving(app) as url, httpx.Client(timeout=10) as client:
+        events = f"{url}/api/v1/events"
+        with client.stream("GET", events) as one, client.stream("GET", events) as two:
+            assert one.status_code == two.status_code == 200
+            refused = client.get(events)
+            assert refused.status_code == 429 and refused.headers["retry-after"].isdigit()
+            error = refused.json()["error"]
+            assert error["code"] == "too_many_streams" and "sse_max_streams_per_client" in error["message"]
+            assert "Traceback" not in refused.text
+            assert client.get(f"{url}/api/v1/tasks").status_code == 200  # other routes are unaffected
+        # both clients went away: the heartbeat finds out and their slots are released
+        assert _wait_until(lambda: not hub.open), dict(hub.open)
+        with client.stream("GET", events) as again:
+            assert again.status_code == 200
+        # a stream that ends by itself gives its slot back too
+        assert client.get(events, params={"timeout_seconds": 0.3}).status_code == 200
+        assert _wait_until(lambda: not hub.open), dict(hub.open)
+
+
+def test_the_total_limit_applies_across_clients(tasker: Tasker) -> None:
+    app = create_app(tasker, Settings(sse_max_streams_per_client=5, sse_max_streams=1, sse_heartbeat_seconds=0.2))
+    with serving(app) as url, httpx.Client(timeout=10) as client:
+        events = f"{url}/api/v1/events"
+        with client.stream("GET", events, params={"timeout_seconds": 30}) as held:
+            assert held.status_code == 200
+            refused = client.get(events)
+            assert refused.status_code == 429 and "sse_max_streams" in refused.json()["error"]["message"]
+        assert _wait_until(lambda: not app.state.streams.open)
+
+
+def test_a_refused_filter_releases_its_slot(tasker: Tasker) -> None:
+    app = create_app(tasker, Settings(sse_max_streams_per_client=1))
+    with serving(app) as url, httpx.Client(timeout=10) as client:
+        for _ in range(3):
+            assert client.get(f"{url}/api/v1/events", params={"name": "x" * 200}).status_code == 422
+        assert not app.state.streams.open
+
+
+def test_idle_streams_send_heartbeats_and_read_off_the_shared_pool(tasker: Tasker) -> None:
+    app = create_app(tasker, Settings(sse_heartbeat_seconds=0.2))
+    with serving(app) as url, httpx.Client(timeout=10) as client:
+        text = client.get(f"{url}/api/v1/events", params={"timeout_seconds": 1.0}).text
+    assert text.count(": keep-alive") >= 3, text
+    executor = app.state.streams._executor
+    assert executor is not None and executor._max_workers == 4  # its own bounded pool
+
+
+def test_streams_wake_when_the_log_moves(tasker: Tasker, load: Any, key: str) -> None:
+    from tests.integration.support import step
+
+    ref = load("woken", [step("a")])
+    app = create_app(tasker, Settings(sse_heartbeat_seconds=60))  # no heartbeat wake-ups during the test
+    with serving(app) as url, httpx.Client(timeout=20) as client, client.stream(
+        "GET", f"{url}/api/v1/events", params={"timeout_seconds": 15, "name": "task.created"}
+    ) as response:
+        started = time.monotonic()
+        task_id = tasker.create_task(ref, {"key": key}).id
+        messages = _read_sse(response, "task.created", 10)
+    assert [m["data"]["task_id"] for m in messages] == [task_id]
+    assert time.monotonic() - started < 5  # woken by the watcher, not by a heartbeat or the timeout

@@ -70,12 +70,16 @@ def test_resolve_refuses_finished_steps_and_bad_results(client: TestClient, engi
         assert error["details"][0]["path"] == path, error
     error = error_of(client.post(f"{API}/tasks/{task_id}/steps/validate/resolve", json={}), 409, "conflict")
     assert "validate' of task" in error["message"] and "complete" in error["message"]
-    # An empty body resolves with an empty result, and a pending step may be resolved before it runs.
+    # A pending step cannot overtake its unfinished parents (409 naming them); once they are resolved or
+    # complete it may be resolved before it runs, and an empty body resolves with an empty result.
+    error = error_of(client.post(f"{API}/tasks/{task_id}/steps/ship/resolve"), 409, "conflict")
+    assert "parent charge (error) is not finished" in error["message"], error
+    error_of(client.post(f"{API}/tasks/424242/steps/validate/resolve", json={}), 404)
+    error_of(client.post(f"{API}/tasks/{task_id}/steps/nope/resolve", json={}), 404)
+    assert client.post(url, json={"result": {"by": "hand"}}).status_code == 200
     pending = client.post(f"{API}/tasks/{task_id}/steps/ship/resolve")
     assert pending.status_code == 200, pending.text
     assert client.get(f"{API}/tasks/{task_id}/steps/ship").json()["results"] == {}
-    error_of(client.post(f"{API}/tasks/424242/steps/validate/resolve", json={}), 404)
-    error_of(client.post(f"{API}/tasks/{task_id}/steps/nope/resolve", json={}), 404)
 
 
 def test_retry_one_failed_step(client: TestClient, engine: Tasker) -> None:

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from tasker import ContextValidationError, Tasker, TaskerInputError, UnknownTemplateError
+from tasker import ContextValidationError, IdempotencyConflict, Tasker, TaskerInputError, UnknownTemplateError
 from tests.integration import handlers as h
 from tests.integration.support import step
 
@@ -30,12 +30,14 @@ SCHEMA = {
 def test_same_explicit_key_returns_the_same_task(tasker: Tasker, load, key: str) -> None:
     ref = load("one", [step("a")])
     first = tasker.create_task(ref, {"key": key, "n": 1}, idempotency_key=f"order-{key}")
-    second = tasker.create_task(ref, {"key": key, "n": 2}, idempotency_key=f"order-{key}")
+    second = tasker.create_task(ref, {"key": key, "n": 1}, idempotency_key=f"order-{key}")
     assert first.deduplicated is False
     assert second.deduplicated is True
     assert second.id == first.id
     assert second.context == first.context == {"key": key, "n": 1}
     assert second.idempotency_key == f"order-{key}"
+    with pytest.raises(IdempotencyConflict, match=r"different payload: context \$\.n"):
+        tasker.create_task(ref, {"key": key, "n": 2}, idempotency_key=f"order-{key}")
     other = tasker.create_task(ref, {"key": key, "n": 1}, idempotency_key=f"other-{key}")
     assert other.id != first.id and other.deduplicated is False
     assert tasker.list_tasks()[1] == 2

@@ -1,10 +1,11 @@
 """`create_app`: the FastAPI application over one `Tasker` engine.
 
 Every router is mounted under one prefix, `/api/v1`; the OpenAPI spec is served at `/openapi.json` and
-Swagger UI at `/docs`. The spec declares both credentials the API accepts (an `X-API-Key` header and a JWT
-bearer token) and marks every route that answers 401 as needing one of them, so generated clients and
-Swagger's "Authorize" button know what to send; and it documents every 422 with the API's own error body,
-which is what `errors.py` answers instead of FastAPI's default.
+Swagger UI at `/docs`, from the package's own assets and behind the auth setting (`docs.py`). The spec
+declares both credentials the API accepts (an `X-API-Key` header and a JWT bearer token) and marks
+every route that answers 401 as needing one of them, so generated clients and Swagger's "Authorize"
+button know what to send; and it documents every 422 with the API's own error body, which is what
+`errors.py` answers instead of FastAPI's default.
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ from typing import Any
 from fastapi import FastAPI
 
 from tasker import __version__
+from tasker.api.docs import install_docs
 from tasker.api.errors import CatchAll, ErrorBody, install_error_handlers
+from tasker.api.json_limits import JsonBodyLimits
 from tasker.api.limits import BodySizeLimit
+from tasker.api.middleware import HeadAsGet, RequestSizeLimits, SecurityHeaders
+from tasker.api.rendering import SafeJSONResponse
 from tasker.api.routes import diagrams, events, handlers, monitoring, steps, tasks
+from tasker.api.routes.events import StreamHub
 from tasker.engine.tasker import Tasker
 from tasker.settings import Settings
 
@@ -35,15 +41,22 @@ def create_app(engine: Tasker, settings: Settings | None = None) -> FastAPI:
     """The API app over `engine`; `settings` defaults to `Settings()` (auth off, 1 MiB body limit)."""
     settings = settings or Settings()
     app = FastAPI(title="Tasker API", version=__version__, description=_DESCRIPTION,
-                  docs_url="/docs", openapi_url="/openapi.json", redoc_url=None)
+                  docs_url=None, openapi_url=None, redoc_url=None, default_response_class=SafeJSONResponse)
     app.state.tasker = engine
     app.state.settings = settings
+    app.state.streams = StreamHub(engine, settings)
     for module in (tasks, steps, diagrams, handlers, monitoring, events):
         app.include_router(module.router, prefix=API_PREFIX)
+    install_docs(app)
     install_error_handlers(app)
-    # The last added runs first: CatchAll wraps the body limit, which wraps the routes.
+    # The last added runs first. From the outside in: security headers on every answer; CatchAll;
+    # URL and header sizes; HEAD served as GET; the body size limit; the JSON shape limits; the routes.
+    app.add_middleware(JsonBodyLimits)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HeadAsGet)
+    app.add_middleware(RequestSizeLimits)
     app.add_middleware(CatchAll)
+    app.add_middleware(SecurityHeaders)
     _finish_spec(app)
     return app
 

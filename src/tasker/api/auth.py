@@ -283,10 +283,13 @@ async def authenticate(request: Request) -> Principal:
 
 
 class PermissionCheck:
-    """The dependency `require` builds; `permission` says what it checks (tests read it off the routes)."""
+    """The dependency `require` builds; `permission` says what it checks (tests read it off the routes).
 
-    def __init__(self, permission: str):
-        if permission not in PERMISSIONS:
+    `permission=None` checks only that the credential is valid (`require_credential`).
+    """
+
+    def __init__(self, permission: str | None):
+        if permission is not None and permission not in PERMISSIONS:
             raise ValueError(f"unknown permission {permission!r}; known: {', '.join(PERMISSIONS)}")
         self.permission = permission
 
@@ -308,12 +311,17 @@ class PermissionCheck:
             log.error("JWT configuration error: %s", exc)
             raise HTTPException(500, detail=error_body(
                 500, "auth_misconfigured", "the server's JWT configuration is invalid; see the server log")) from None
-        if not principal.can(self.permission):
+        if self.permission is not None and not principal.can(self.permission):
             log.info("forbidden %s %s: %s lacks %s", request.method, request.url.path, principal.describe(),
                      self.permission)
             raise HTTPException(403, detail=error_body(
                 403, "forbidden", f"{principal.describe()} lacks the permission {self.permission}"))
         return principal
+
+
+def require_credential() -> Callable[..., Awaitable[Principal]]:
+    """A dependency that lets through any caller with a valid credential (everyone when auth is off)."""
+    return PermissionCheck(None)
 
 
 def require(permission: str) -> Callable[..., Awaitable[Principal]]:

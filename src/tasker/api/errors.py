@@ -17,14 +17,15 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tasker.api.rendering import SafeJSONResponse
 from tasker.errors import (
     ContextValidationError,
+    IdempotencyConflict,
     InvalidTransitionError,
     NotFoundError,
     OperationError,
@@ -35,6 +36,8 @@ from tasker.errors import (
 )
 
 log = logging.getLogger("tasker.api")
+#: Set on the scope of a HEAD request that runs as GET (middleware.HeadAsGet), so messages name HEAD.
+HEAD_SCOPE_KEY = "tasker.head"
 
 
 class ErrorDetail(BaseModel):
@@ -55,8 +58,9 @@ class ErrorBody(BaseModel):
 
 _CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-    406: "not_acceptable", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
-    422: "validation_error", 429: "too_many_requests", 500: "internal_error", 503: "unavailable",
+    406: "not_acceptable", 409: "conflict", 413: "payload_too_large", 414: "uri_too_long",
+    415: "unsupported_media_type", 422: "validation_error", 429: "too_many_requests",
+    431: "headers_too_large", 500: "internal_error", 503: "unavailable",
 }
 _DESCRIPTIONS = {
     400: "The request cannot be read (a body that is not UTF-8, a bad Content-Length).",
@@ -66,6 +70,7 @@ _DESCRIPTIONS = {
     409: "The operation does not apply to the current state (e.g. retrying a task that is not in error).",
     413: "The body is larger than the server's limit (`max_body_bytes`).",
     422: "The request is malformed (every bad field with its path) or the context violates the template's schema.",
+    429: "Too many open event streams for this credential or in total; retry after `Retry-After` seconds.",
 }
 #: The engine's messages point at CLI commands; an API client is told the matching route instead.
 _HINTS = {
@@ -91,8 +96,8 @@ def error_body(status: int, code: str, message: str, details: Sequence[ErrorDeta
 
 
 def error_response(status: int, code: str, message: str, details: Sequence[ErrorDetail] = (),
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(status, code, message, details), status_code=status, headers=headers)
+                   headers: dict[str, str] | None = None) -> SafeJSONResponse:
+    return SafeJSONResponse(error_body(status, code, message, details), status_code=status, headers=headers)
 
 
 def _api_message(exc: Exception) -> str:
@@ -103,11 +108,13 @@ def _api_message(exc: Exception) -> str:
 
 
 # -- engine exceptions --------------------------------------------------------------------------------------
-def _tasker_error(request: Request, exc: Exception) -> JSONResponse:
+def _tasker_error(request: Request, exc: Exception) -> SafeJSONResponse:
     message = _api_message(exc)
     if isinstance(exc, ContextValidationError):
         details = [ErrorDetail(path=path, message=msg) for path, msg in exc.violations]
         return error_response(422, "invalid_context", message, details)
+    if isinstance(exc, IdempotencyConflict):
+        return error_response(409, "idempotency_conflict", message)
     if isinstance(exc, UnknownTemplateError):
         return error_response(404, "unknown_template", message)
     if isinstance(exc, NotFoundError):
@@ -121,7 +128,7 @@ def _tasker_error(request: Request, exc: Exception) -> JSONResponse:
     return _internal(request, exc)
 
 
-def _internal(request: Request | Scope, exc: BaseException) -> JSONResponse:
+def _internal(request: Request | Scope, exc: BaseException) -> SafeJSONResponse:
     scope = request.scope if isinstance(request, Request) else request
     log.error("unhandled error on %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
     return error_response(500, "internal_error", "the server failed to handle the request; the error is logged")
@@ -161,7 +168,7 @@ def _validation_detail(err: dict[str, Any]) -> ErrorDetail:
     return ErrorDetail(path=field_path(loc), message=message)
 
 
-def _request_validation(request: Request, exc: Exception) -> JSONResponse:
+def _request_validation(request: Request, exc: Exception) -> SafeJSONResponse:
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
     details = [_validation_detail(dict(e)) for e in errors]
     if not details:
@@ -173,7 +180,7 @@ def _request_validation(request: Request, exc: Exception) -> JSONResponse:
 
 
 # -- HTTP errors raised by Starlette, FastAPI or other routes ---------------------------------------------------
-def _http_error(request: Request, exc: Exception) -> JSONResponse:
+def _http_error(request: Request, exc: Exception) -> SafeJSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
     detail: Any = exc.detail
@@ -190,12 +197,24 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
     elif status == 405 and detail == "Method Not Allowed":
         headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
         headers["Allow"] = allowed = _allowed_methods(request)
-        message = f"{request.method} is not allowed on {request.url.path}" + (f"; use {allowed}" if allowed else "")
+        method = "HEAD" if request.scope.get(HEAD_SCOPE_KEY) else request.method
+        message = f"{method} is not allowed on {request.url.path}" + (f"; use {allowed}" if allowed else "")
     elif status == 400 and detail == "There was an error parsing the body":
-        message = "the body cannot be read as JSON (is it UTF-8?); fix: send a UTF-8 JSON object"
+        message = _parse_failure(exc.__cause__)
     if status >= 500:
         log.error("HTTP %d on %s %s: %s", status, request.method, request.url.path, message)
     return error_response(status, code, message, headers=headers)
+
+
+def _parse_failure(cause: BaseException | None) -> str:
+    """Why the JSON parser gave up, when json_limits let the body through (it bounds depth and numbers)."""
+    if isinstance(cause, UnicodeError):
+        return "the body is not valid UTF-8 text; fix: send a UTF-8 JSON object"
+    if isinstance(cause, RecursionError):
+        return "the body nests too deeply to parse; fix: flatten the data"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "the body holds a number too long to parse; fix: send long numbers as strings"
+    return "the body cannot be parsed as JSON; fix: send a UTF-8 JSON object"
 
 
 def _phrase(status: int) -> str:
@@ -215,6 +234,8 @@ def _allowed_methods(request: Request) -> str:
         scope = {**request.scope, "method": method}
         if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
             allowed.append(method)
+    if "GET" in allowed:  # HeadAsGet serves HEAD wherever GET is
+        allowed.insert(allowed.index("GET") + 1, "HEAD")
     return ", ".join(allowed)
 
 

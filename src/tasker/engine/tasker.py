@@ -20,10 +20,11 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from tasker.context_schema import validate_context
+from tasker.engine.handler_threads import HandlerThreads
 from tasker.engine.model import Task
 from tasker.engine.resolver import Resolver
 from tasker.engine.worker import Worker, WorkerOptions
-from tasker.errors import NotFoundError, TaskerInputError
+from tasker.errors import IdempotencyConflict, NotFoundError, TaskerInputError
 from tasker.events.bus import Event, EventBus
 from tasker.events.subscriber import Subscriber
 from tasker.registry import TemplateRegistry
@@ -115,12 +116,16 @@ class Tasker:
 
     # -- dependent systems ----------------------------------------------------------------------------
     def configure_system(self, name: str, **settings: Any) -> None:
-        """Set `max_in_flight`, `failure_threshold`, `cooldown_seconds`, `max_cooldown_seconds` of a system."""
+        """Set `max_in_flight`, `failure_threshold`, `cooldown_seconds`, `max_cooldown_seconds` of a system.
+
+        Values outside the ranges of `tasker.bounds` (NaN, infinity, booleans, absurd sizes) are refused
+        with `TaskerInputError` before anything is written.
+        """
         try:
             with self.db.write() as conn:
                 systems.configure(conn, name, utcnow(), **settings)
         except ValueError as exc:
-            raise TaskerInputError(str(exc)) from None
+            raise TaskerInputError(f"dependent system '{name}': {exc}") from None
 
     def set_namespace_limit(self, namespace: str, max_in_flight: int | None) -> None:
         """Cap the steps of a namespace running at once across all workers (None removes the cap)."""
@@ -195,7 +200,11 @@ class Tasker:
             existing = self._find(tmpl, key)
             if existing is None:
                 raise
-            return _dedup(self.get_task(existing))
+            found = self.get_task(existing)
+            if idempotency_key is not None:
+                pinned = version is not None or "@" in template
+                self._check_same_payload(found, tmpl, ctx, context or {}, pinned=pinned)
+            return _dedup(found)
         self._publish(journal.events)
         self._notify_workers()
         return task
@@ -238,6 +247,34 @@ class Tasker:
             self._publish(journal.events)
         self._notify_workers()
         return ids
+
+    def _check_same_payload(self, found: Task, tmpl: TaskTemplate, ctx: dict[str, Any], raw: dict[str, Any],
+                            *, pinned: bool) -> None:
+        """Refuse an explicit idempotency key reused with another version or context (`IdempotencyConflict`).
+
+        An unpinned retry that lands after a deploy of a newer version is the same request: its context is
+        compared as the first task's version would have prepared it, when that version is still loaded.
+        """
+        differences: list[str] = []
+        if found.version != tmpl.version:
+            if pinned:
+                differences.append(f"template version {tmpl.version} != {found.version} of the first request")
+            else:
+                try:
+                    first = self.registry.get(f"{found.namespace}/{found.name}", found.version)
+                    ctx = self._prepared_context(first, raw)
+                except TaskerInputError:  # that version is gone, or refuses this context: compare as sent
+                    pass
+        differences += [f"context {p}" for p in task_store.context_differences(found.context, ctx)]
+        if differences:
+            raise IdempotencyConflict(found.idempotency_key, found.id, found.template_key, differences)
+
+    def _prepared_context(self, tmpl: TaskTemplate, context: dict[str, Any]) -> dict[str, Any]:
+        ctx = validate_context(tmpl.key, tmpl.context_schema, context)
+        if tmpl.task_handler_class:
+            handler = resolve_task_handler(tmpl.task_handler_class, where=f"{tmpl.key}: task_handler_class")()
+            ctx = handler.prepare_context(ctx)
+        return ctx
 
     def _find(self, tmpl: TaskTemplate, key: str) -> int | None:
         with self.db.read() as conn:
@@ -344,7 +381,8 @@ class Tasker:
         )
         if shared is not None:
             return Worker(self.db, self.resolver, self.bus, opts, on_settled=self._on_settled,
-                          db_executor=shared.db_executor, handler_pool=shared.handler_pool, tasks=self)
+                          db_executor=shared.db_executor, handler_pool=shared.handler_pool,
+                          handler_threads=shared.handler_threads, tasks=self)
         return Worker(self.db, self.resolver, self.bus, opts, on_settled=self._on_settled, tasks=self)
 
     async def arun(self, task_id: int, *, concurrency: int | None = None) -> Task:
@@ -566,7 +604,8 @@ class _Runner:
 
         self.loop = asyncio.new_event_loop()
         self.db_executor = ThreadPoolExecutor(1, thread_name_prefix="tasker-db")
-        self.handler_pool = ThreadPoolExecutor(256, thread_name_prefix="tasker-step")
+        self.handler_pool = ThreadPoolExecutor(8, thread_name_prefix="tasker-hooks")
+        self.handler_threads = HandlerThreads(256)
         self.thread = threading.Thread(target=self.loop.run_forever, name="tasker-runner", daemon=True)
         self.thread.start()
 
@@ -583,5 +622,6 @@ class _Runner:
         self.thread.join(timeout=5)
         self.db_executor.shutdown(wait=True)
         self.handler_pool.shutdown(wait=False, cancel_futures=True)
+        self.handler_threads.shutdown()
         if not self.loop.is_running():
             self.loop.close()

@@ -29,6 +29,41 @@ def derived_idempotency_key(template: TaskTemplate, context: dict[str, Any]) -> 
     return "ctx-" + hashlib.sha256(raw.encode()).hexdigest()
 
 
+def context_differences(stored: Any, sent: Any, path: str = "$", limit: int = 20) -> list[str]:
+    """JSON paths where two contexts differ (at most `limit`, sorted), to name an idempotency key's reuse.
+
+    Compared as stored JSON (canonical text), so `1` and `1.0` or a tuple and a list are not differences
+    a round trip through the database would invent. Iterative: a context's depth is bounded elsewhere,
+    but a check should not be the thing that overflows the stack.
+    """
+    out: list[str] = []
+    stack: list[tuple[Any, Any, str]] = [(stored, sent, path)]
+    while stack and len(out) < limit:
+        a, b, where = stack.pop()
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b), key=str, reverse=True):
+                sub = f"{where}.{k}"
+                if k not in a:
+                    out.append(f"{sub} (only in the new request)")
+                elif k not in b:
+                    out.append(f"{sub} (only in the first request)")
+                else:
+                    stack.append((a[k], b[k], sub))
+        elif isinstance(a, list | tuple) and isinstance(b, list | tuple) and len(a) == len(b):
+            stack.extend((x, y, f"{where}[{i}]") for i, (x, y) in reversed(list(enumerate(zip(a, b, strict=True)))))
+        elif _same_number(a, b):
+            continue
+        elif canonical_json(a) != canonical_json(b):
+            out.append(where)
+    return sorted(out)
+
+
+def _same_number(a: Any, b: Any) -> bool:
+    numbers = (int, float)
+    return (isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool)
+            and not isinstance(b, bool) and a == b)
+
+
 def step_idempotency_key(namespace: str, name: str, task_key: str, step: str) -> str:
     return hashlib.sha256(f"{namespace}/{name}/{task_key}/{step}".encode()).hexdigest()[:32]
 

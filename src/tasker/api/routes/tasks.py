@@ -45,13 +45,14 @@ def task_detail(engine: Tasker, task: Task) -> TaskDetail:
     responses={200: {"model": TaskDetail, "description": "The existing task for a repeated idempotency key."},
                201: {"description": "The new task.", "headers": {"Location": {
                    "description": "The task's URL.", "schema": {"type": "string"}}}},
-               **error_responses(400, 401, 403, 404, 413, 422)},
+               **error_responses(400, 401, 403, 404, 409, 413, 422)},
 )
 def create_task(body: TaskCreate, response: Response, engine: Engine) -> TaskDetail:
     """Create a task of a loaded template; its context is validated against the template's schema.
 
     A repeated `idempotency_key` (or, without one, the same template and context) answers 200 with the
-    task created the first time; a new task answers 201 with a `Location` header.
+    task created the first time; a new task answers 201 with a `Location` header. The same key with a
+    different context or pinned version answers 409 `idempotency_conflict`, naming what differs.
     """
     task = engine.create_task(body.template, body.context, version=body.version,
                               idempotency_key=body.idempotency_key, correlation_id=body.correlation_id)
