@@ -15,7 +15,8 @@ from tasker.cli.common import templates_option
 @click.option("--database-url", "database_url", default=None,
               help="Store URL; overrides the global --database-url and TASKER_DATABASE_URL.")
 @click.option("--workers", type=click.IntRange(0, 64), default=0, show_default=True,
-              help="In-process workers that run steps alongside the API (0: serve only).")
+              help="In-process workers that run steps alongside the API, restarted with backoff "
+                   "if they die (0: serve only).")
 @click.option("--concurrency", "-c", type=click.IntRange(1, 4096), default=None,
               help="Steps each in-process worker runs at the same time. Default: concurrency setting.")
 @click.pass_context

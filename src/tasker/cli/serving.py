@@ -4,9 +4,11 @@ Kept apart from the command's definition so that every other command starts with
 
 With `--workers N` one command both serves and executes, which is what a laptop or a small deployment
 wants; a fleet runs `tasker serve` and separate `tasker worker` processes on the same PostgreSQL. The
-workers run on their own thread and event loop, so a busy handler never delays an HTTP answer. On SIGTERM
-or SIGINT the server stops accepting requests and the workers stop claiming at once; in-flight requests
-and steps finish (steps for up to the grace period), then the process exits 0.
+workers run on their own threads and event loops, so a busy handler never delays an HTTP answer. A
+supervisor restarts a worker that dies (with backoff, logging why) and tells the health routes, so
+`/health/ready` answers 503 while one is down instead of lying. On SIGTERM or SIGINT the server
+stops accepting requests and the workers stop claiming at once; in-flight requests and steps finish
+(steps for up to the grace period), then the process exits 0.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from types import FrameType
 
 import click
@@ -27,6 +31,8 @@ import uvicorn
 
 from tasker.api.app import API_PREFIX, create_app
 from tasker.api.auth import auth_warning, check_auth_settings
+from tasker.api.embedded import EmbeddedState, EmbeddedWorkerState, attach
+from tasker.api.protocol import uvicorn_options
 from tasker.cli.common import fail, state
 from tasker.engine.tasker import Tasker
 from tasker.engine.worker import Worker
@@ -56,13 +62,19 @@ def serve_api(ctx: click.Context, host: str | None, port: int | None, templates:
     bound_host, bound_port = sock.getsockname()[:2]
     log.info("serving the Tasker API on http://%s:%d%s (docs at /docs) with %d in-process worker(s)",
              bound_host, bound_port, API_PREFIX, workers)
-    pool = _WorkerThread(engine, workers, concurrency or settings.concurrency, settings.grace_seconds)
+    per_worker = concurrency or settings.concurrency
+    pool = _Supervisor(engine, workers, grace_seconds=settings.grace_seconds,
+                       make_worker=lambda: engine.worker(concurrency=per_worker,
+                                                         grace_seconds=settings.grace_seconds))
+    app = create_app(engine, settings)
+    if workers:
+        attach(app, pool)  # the health routes report the embedded workers: down means not ready
     # log_config=None: uvicorn's own lines go through the same handler (and format) as every other line.
     logging.getLogger("uvicorn.error").addFilter(_drop_colour)
-    config = uvicorn.Config(create_app(engine, settings), log_config=None, log_level=level.lower(), lifespan="on",
-                            timeout_graceful_shutdown=max(1, round(settings.grace_seconds)))
+    config = uvicorn.Config(app, log_config=None, log_level=level.lower(), lifespan="on",
+                            timeout_graceful_shutdown=max(1, round(settings.grace_seconds)),
+                            **uvicorn_options())  # h11 with a bounded head: 414/431, never a reset
     server = _Server(config, on_exit=pool.stop)
-    pool.on_crash = server.request_exit
     pool.start()
     try:
         server.run(sockets=[sock])
@@ -70,14 +82,23 @@ def serve_api(ctx: click.Context, host: str | None, port: int | None, templates:
         pool.stop()
         pool.join()
         engine.close()
-    if pool.crashed:
-        ctx.exit(1)
-    if pool.abandoned:
-        # Abandoned sync handlers cannot be interrupted and the interpreter would wait for their threads:
-        # their steps are already handed back, so leave without them (as `tasker worker` does).
-        log.warning("exiting without waiting for %d abandoned step handler(s)", pool.abandoned)
+    stuck = pool.abandoned or _handler_threads_left(timeout=1.0)
+    if stuck:
+        # Abandoned sync handlers cannot be interrupted and the interpreter would wait for their
+        # threads (so would the handlers of a worker that died): their steps are handed back or will
+        # be when their leases expire, so leave without them (as `tasker worker` does).
+        log.warning("exiting without waiting for %d abandoned step handler(s)", stuck)
         logging.shutdown()
         os._exit(0)
+
+
+def _handler_threads_left(timeout: float) -> int:
+    """Step handler threads still running after the workers stopped, given `timeout` s to finish."""
+    deadline = time.monotonic() + timeout
+    left = [t for t in threading.enumerate() if t.name.startswith("tasker-step") and not t.daemon]
+    for thread in left:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return sum(t.is_alive() for t in left)
 
 
 def _drop_colour(record: logging.LogRecord) -> bool:
@@ -117,9 +138,6 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
         self._on_exit()
 
-    def request_exit(self) -> None:
-        self.should_exit = True
-
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         if threading.current_thread() is not threading.main_thread():
@@ -133,44 +151,163 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-class _WorkerThread:
-    """N workers on one event loop in a background thread; a crash stops the server too (exit 1)."""
+def next_backoff(previous: float | None, ran_for: float, *, initial: float, maximum: float,
+                 healthy_after: float) -> float:
+    """Seconds to wait before restarting a worker that died after running `ran_for` seconds.
 
-    def __init__(self, engine: Tasker, count: int, concurrency: int, grace_seconds: float):
+    Doubling from `initial` up to `maximum` keeps a worker that dies at once (a poison step it keeps
+    claiming, a broken store) from spinning and flooding the log; a run that lasted `healthy_after`
+    seconds was a success, so its death starts the sequence afresh.
+    """
+    if previous is None or ran_for >= healthy_after:
+        return initial
+    return min(previous * 2, maximum)
+
+
+@dataclasses.dataclass
+class _Slot:
+    """The mutable state of one supervised worker; read only under the supervisor's lock."""
+
+    index: int
+    state: EmbeddedState = "starting"
+    since: datetime = dataclasses.field(default_factory=lambda: datetime.now(UTC))
+    worker: Worker | None = None
+    restarts: int = 0
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    restart_at: float | None = None
+
+
+class _Supervisor:
+    """N embedded workers, each on its own thread and event loop, restarted with backoff on death.
+
+    Whatever ends a worker's run other than the server's own shutdown (an exception escaping
+    `Worker.run`, or a `SystemExit`/`KeyboardInterrupt` from a handler, which asyncio lets escape
+    the event loop) is caught here, on the worker's thread, so it can never take the server down:
+    it is logged with its traceback, counted, and the worker is replaced by a fresh one (a new
+    worker id; the steps the dead one held come back when their leases expire). One thread per
+    worker keeps a death from cancelling the others. `snapshot()` is what `/health/ready` and
+    `/health/status` read, so the server never reports healthy while a worker is down.
+    """
+
+    def __init__(self, engine: Tasker, count: int, make_worker: Callable[[], Worker], *,
+                 grace_seconds: float, backoff_initial: float = 1.0, backoff_max: float = 60.0,
+                 healthy_after: float = 60.0):
         self.engine = engine
-        self.workers: list[Worker] = [
-            engine.worker(concurrency=concurrency, grace_seconds=grace_seconds) for _ in range(count)
-        ]
+        self.count = count
+        self.make_worker = make_worker
         self.grace_seconds = grace_seconds
-        self.thread: threading.Thread | None = None
-        self.on_crash: Callable[[], None] = lambda: None
-        self.crashed = False
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.healthy_after = healthy_after
+        self._slots = [_Slot(i + 1) for i in range(count)]
+        self._made: list[Worker] = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        if self.workers:
-            self.thread = threading.Thread(target=self._run, name="tasker-serve-workers", daemon=True)
-            self.thread.start()
-
-    def _run(self) -> None:
-        async def drive() -> None:
-            await asyncio.gather(*(self.engine.awork(worker=w, until_idle=False) for w in self.workers))
-
-        try:
-            asyncio.run(drive())
-        except Exception:
-            log.exception("the in-process workers stopped on an error; shutting the server down")
-            self.crashed = True
-            self.stop()
-            self.on_crash()
+        for slot in self._slots:
+            thread = threading.Thread(target=self._supervise, args=(slot,), daemon=True,
+                                      name=f"tasker-serve-worker-{slot.index}")
+            self._threads.append(thread)
+            thread.start()
 
     def stop(self) -> None:
-        for w in self.workers:
-            w.stop()
+        """The server's shutdown: stop claiming, let in-flight steps finish, restart nothing."""
+        self._stopping.set()  # before reading the slots: a worker registered later sees the flag
+        with self._lock:
+            running = [slot.worker for slot in self._slots if slot.worker is not None]
+        for worker in running:
+            worker.stop()
 
     def join(self) -> None:
-        if self.thread is not None:
-            self.thread.join(timeout=self.grace_seconds + 10)
+        deadline = time.monotonic() + self.grace_seconds + 10
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     @property
     def abandoned(self) -> int:
-        return sum(w.abandoned for w in self.workers)
+        with self._lock:
+            return sum(w.abandoned for w in self._made)
+
+    def snapshot(self) -> list[EmbeddedWorkerState]:
+        now = time.monotonic()
+        with self._lock:
+            return [
+                EmbeddedWorkerState(
+                    index=s.index, total=self.count, state=s.state,
+                    worker_id=s.worker.id if s.worker is not None else None, since=s.since,
+                    restarts=s.restarts, last_error=s.last_error, last_error_at=s.last_error_at,
+                    restart_in_seconds=(None if s.restart_at is None
+                                        else max(0.0, s.restart_at - now)),
+                )
+                for s in self._slots
+            ]
+
+    def _set(self, slot: _Slot, state: EmbeddedState, **changes: object) -> None:
+        with self._lock:
+            if slot.state != state:
+                slot.state, slot.since = state, datetime.now(UTC)
+            for name, value in changes.items():
+                setattr(slot, name, value)
+
+    def _supervise(self, slot: _Slot) -> None:
+        """The life of one slot: run a worker; when it dies, wait out the backoff, run another."""
+        delay: float | None = None
+        first = True
+        while not self._stopping.is_set():
+            with self._lock:
+                if not first:
+                    slot.restarts += 1
+                slot.restart_at = None
+            first = False
+            started = time.monotonic()
+            error: BaseException | None = None
+            worker_id = "not created"
+            try:
+                worker = self.make_worker()
+                worker_id = worker.id
+                with self._lock:
+                    self._made.append(worker)
+                    slot.worker = worker
+                if self._stopping.is_set():
+                    worker.stop()  # stop() may have read the slots before this one was there
+                self._set(slot, "running")
+                asyncio.run(self.engine.awork(worker=worker, until_idle=False))
+            except BaseException as exc:  # a SystemExit from a handler must not end the server
+                error = exc
+            ran_for = time.monotonic() - started
+            if self._stopping.is_set():
+                if error is not None:
+                    log.warning("embedded worker %d of %d (%s) ended with %s while the server "
+                                "stopped", slot.index, self.count, worker_id, _describe(error),
+                                exc_info=error)
+                break
+            if error is None:
+                error = RuntimeError("its run returned although nobody asked it to stop")
+            delay = next_backoff(delay, ran_for, initial=self.backoff_initial,
+                                 maximum=self.backoff_max, healthy_after=self.healthy_after)
+            why = _describe(error)
+            # The traceback once per distinct error: a worker dying of the same poison every minute
+            # would otherwise bury the log under copies of it.
+            repeated = why == slot.last_error
+            self._set(slot, "restarting", last_error=why, last_error_at=datetime.now(UTC),
+                      restart_at=time.monotonic() + delay)
+            log.error("embedded worker %d of %d (%s) died after %.1f s on %s%s; "
+                      "restarting it in %.3g s",
+                      slot.index, self.count, worker_id, ran_for, why,
+                      " (as before; traceback above)" if repeated else "", delay,
+                      exc_info=None if repeated else error)
+            if self._stopping.wait(delay):
+                break
+        self._set(slot, "stopped", restart_at=None)
+
+
+def _describe(exc: BaseException) -> str:
+    """`SystemExit: 3`: the class and first line, short enough for a health answer; never raises."""
+    try:
+        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    except Exception:  # a broken __str__ still names the class
+        text = "(its message could not be read)"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

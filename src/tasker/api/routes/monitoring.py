@@ -8,6 +8,8 @@ probes run under a deadline, so a hung database answers 503 in time instead of h
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -18,12 +20,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from tasker import __version__
 from tasker.api.auth import Permission, require
 from tasker.api.deps import get_engine
+from tasker.api.embedded import EmbeddedWorkers, EmbeddedWorkerState, get_embedded_workers
 from tasker.api.errors import ErrorBody, error_response, error_responses
 from tasker.engine import insight
 from tasker.engine.tasker import Tasker
 
 router = APIRouter()
 Engine = Annotated[Tasker, Depends(get_engine)]
+#: The workers `tasker serve --workers N` runs in this process; None when it runs none.
+Embedded = Annotated[EmbeddedWorkers | None, Depends(get_embedded_workers)]
 
 #: Seconds `/health/ready` and `/health/status` wait for the database before answering 503.
 READY_TIMEOUT_SECONDS = insight.READY_TIMEOUT_SECONDS
@@ -59,16 +64,28 @@ class MigrationCheck(BaseModel):
     error: str | None = Field(None, description="What is wrong and the fix ('tasker db upgrade').")
 
 
+class EmbeddedWorkersCheck(BaseModel):
+    """The workers this process runs (`tasker serve --workers N`); failing while one is down."""
+
+    status: Literal["ok", "failing"]
+    running: int = Field(description="Embedded workers running (or starting) now.")
+    total: int = Field(description="Embedded workers this server runs (`--workers`).")
+    error: str | None = Field(
+        None, description="Which worker is down, since when, its last error, when it restarts.")
+
+
 class Checks(BaseModel):
     database: DatabaseCheck
     migrations: MigrationCheck
+    embedded_workers: EmbeddedWorkersCheck | None = Field(
+        None, description="Only when the server runs in-process workers (`serve --workers N`).")
 
 
 class Ready(BaseModel):
     status: Literal["ready", "not_ready"]
     ready: bool
     checks: Checks
-    failed_checks: list[Literal["database", "migrations"]]
+    failed_checks: list[Literal["database", "migrations", "embedded_workers"]]
     timestamp: datetime
 
 
@@ -131,6 +148,20 @@ class Workers(BaseModel):
     items: list[Worker]
 
 
+class EmbeddedWorker(BaseModel):
+    """One worker slot of `tasker serve --workers N`: a restarted worker keeps it, not its id."""
+
+    index: int = Field(description="1 to `--workers`.")
+    state: Literal["starting", "running", "restarting", "stopped"]
+    worker_id: str | None = Field(description="The id of the slot's current (or last) worker.")
+    since: datetime = Field(description="When it entered this state.")
+    restarts: int = Field(description="How many times the server restarted this slot's worker.")
+    last_error: str | None = Field(description="Why its last worker died: error class and message.")
+    last_error_at: datetime | None
+    restart_in_seconds: float | None = Field(
+        description="While restarting: seconds until the next start.")
+
+
 class Circuit(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -154,6 +185,8 @@ class Status(BaseModel):
     last_hour: LastHour | None
     workers: Workers | None
     circuits: list[Circuit] | None
+    embedded_workers: list[EmbeddedWorker] | None = Field(
+        None, description="Only when the server runs in-process workers (`serve --workers N`).")
     generated_at: datetime
 
 
@@ -284,9 +317,16 @@ def live(response: Response) -> dict[str, Any]:
     "/health/ready", response_model=Ready, tags=["health"], summary="Readiness: database reachable and migrated",
     responses={503: {"model": Ready, "description": "A check failed; `failed_checks` names it."}},
 )
-def ready(response: Response, engine: Engine) -> dict[str, Any]:
-    """200 when the database answers within a few seconds and its schema is at the latest migration."""
+def ready(response: Response, engine: Engine, embedded: Embedded) -> dict[str, Any]:
+    """200 when the database answers within a few seconds and its schema is at the latest migration
+    (and, under `tasker serve --workers N`, every embedded worker runs)."""
     report = insight.readiness(engine.db, timeout=READY_TIMEOUT_SECONDS)
+    if embedded is not None:
+        check = _embedded_check(embedded.snapshot())
+        report["checks"]["embedded_workers"] = check
+        if check["status"] != "ok":
+            report["failed_checks"].append("embedded_workers")
+            report["ready"], report["status"] = False, "not_ready"
     response.headers["Cache-Control"] = NO_STORE
     if not report["ready"]:
         response.status_code = 503
@@ -299,20 +339,43 @@ def ready(response: Response, engine: Engine) -> dict[str, Any]:
     responses={503: {"model": Status, "description": "Unhealthy; `reasons` says why."},
                **error_responses(401, 403, 422)},
 )
-def status(response: Response, engine: Engine,
+def status(response: Response, engine: Engine, embedded: Embedded,
            window_hours: Annotated[int, Query(ge=1, le=insight.MAX_PERIOD_HOURS,
                                               description="Count the tasks created in this many hours.")] = 24,
            ) -> dict[str, Any]:
     """healthy (200), degraded (200: a circuit is open or work waits unclaimed) or unhealthy (503).
 
     Unhealthy: the database fails its checks, or over the last hour more than half of at least 10
-    finished tasks are in error, or more than half of at least 20 step attempts failed.
+    finished tasks are in error, or more than half of at least 20 step attempts failed. Under
+    `tasker serve --workers N`: degraded while an embedded worker is down, unhealthy while all are.
     """
     report = insight.status(engine.db, window_hours=window_hours, timeout=STATUS_TIMEOUT_SECONDS)
+    if embedded is not None:
+        _add_embedded_status(report, embedded.snapshot())
     response.headers["Cache-Control"] = NO_STORE
     if report["status"] == "unhealthy":
         response.status_code = 503
     return report
+
+
+def _embedded_check(states: Sequence[EmbeddedWorkerState]) -> dict[str, Any]:
+    down = [s for s in states if s.down]
+    return {"status": "failing" if down else "ok", "running": len(states) - len(down),
+            "total": len(states), "error": "; ".join(s.reason() for s in down) or None}
+
+
+def _add_embedded_status(report: dict[str, Any], states: Sequence[EmbeddedWorkerState]) -> None:
+    """Add the embedded workers to a status report; those that are down lower its verdict."""
+    report["checks"]["embedded_workers"] = _embedded_check(states)
+    report["embedded_workers"] = [dataclasses.asdict(s) for s in states]
+    down = [s for s in states if s.down]
+    if not down:
+        return
+    report["reasons"] = [*report["reasons"], *(s.reason() for s in down)]
+    if len(down) == len(states):
+        report["status"], report["healthy"] = "unhealthy", False
+    elif report["status"] == "healthy":
+        report["status"] = "degraded"
 
 
 # -- metrics ---------------------------------------------------------------------------------------------
