@@ -7,9 +7,9 @@ attempts were spent before their handlers ever started), and the interpreter joi
 
 - `Call.started` resolves when a thread actually begins the handler, so a timeout counts from there;
 - a call that overstays is *abandoned*: its thread is written off as stuck and a fresh thread takes its
-  place, up to `max_stuck` replacements at a time. Beyond that cap no more threads are made and the
-  worker shrinks its room by the overflow (`overflow`), so threads stay bounded by
-  `size + max_stuck` however many handlers hang;
+  place, up to `max_stuck` replacements at a time (default: four per slot). Beyond that cap no more
+  threads are made and the worker shrinks its room by the overflow (`overflow`), so threads stay
+  bounded by `size + max_stuck` however many handlers hang;
 - every thread is a daemon, so a process that is told to stop never waits for a stuck handler.
 
 A stuck thread that does return later goes back to work (or ends, if the pool is full again).
@@ -28,7 +28,9 @@ from typing import Any
 log = logging.getLogger("tasker.worker")
 
 #: Replacement threads a pool makes for stuck ones, per slot of its size, before it stops replacing.
-DEFAULT_STUCK_PER_SLOT = 1
+#: A parked thread costs little (its stack is reserved, hardly touched), so be generous: a burst of hung
+#: handlers must not shrink the worker while its other steps are healthy.
+DEFAULT_STUCK_PER_SLOT = 4
 
 
 class Call:
