@@ -326,3 +326,19 @@ def test_stuck_handler_threads_are_reported_as_a_metric(tasker: Tasker, tmp_path
         assert fresh.registry.get_sample_value("tasker_handler_threads_stuck", {"worker": w.id}) == 2
     finally:
         set_engine_metrics(previous)
+
+
+def test_a_probe_that_fails_by_its_own_bug_closes_the_circuit(tasker: Tasker, tmp_path: Path) -> None:
+    """The first attempt's RetryableError opens the circuit (threshold 1); the probe then fails with a
+    ValueError, which says nothing about the system: the circuit closes and the step spends the attempt."""
+    templates = tmp_path / "templates"
+    tasker.load_templates(_write(templates, "probe", [
+        {"name": "call", "handler_class": "tests.integration.handlers:Scripted", "default_retry_limit": 3,
+         "dependent_system": "svc", "handler_config": {"fail": ["retryable", "value"]}},
+    ], dependent_systems={"svc": {"failure_threshold": 1, "cooldown_seconds": 0.2}}))
+    task = tasker.run(tasker.create_task("poison/probe", {"key": f"{tmp_path}-probe"}).id)
+    assert task.status == "complete"
+    assert task.step("call").attempts == 3, "the failed probe's attempt is spent, not refunded"
+    moves = [(r["from_state"], r["to_state"], r["reason"]) for r in tasker.circuit_history("svc")]
+    assert [m[:2] for m in moves] == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+    assert {s["name"]: s["circuit_state"] for s in tasker.systems()}["svc"] == "closed"

@@ -56,7 +56,7 @@ def test_an_abandoned_hung_call_is_replaced_so_the_next_call_runs_at_once() -> N
 
 def test_stuck_threads_past_the_cap_take_room_and_are_not_replaced() -> None:
     release = threading.Event()
-    pool = HandlerThreads(2, max_stuck=1)
+    pool = HandlerThreads(2, max_stuck=1, name="capped-pool")
     calls = [pool.submit(release.wait, 10) for _ in range(2)]
     for c in calls:
         c.started.result(5)
@@ -64,7 +64,7 @@ def test_stuck_threads_past_the_cap_take_room_and_are_not_replaced() -> None:
     assert pool.stuck == 2 and pool.overflow == 1
     one = pool.submit(lambda: 1)
     assert one.done.result(2) == 1  # one working thread is left
-    threads = {t.name for t in threading.enumerate() if t.name.startswith("tasker-step")}
+    threads = {t.name for t in threading.enumerate() if t.name.startswith("capped-pool")}
     assert len(threads) <= 2 + 1, threads  # size + max_stuck
     release.set()
     _wait(lambda: pool.stuck == 0 and pool.overflow == 0)
@@ -88,10 +88,10 @@ def test_a_queued_call_that_is_abandoned_never_runs() -> None:
 
 def test_threads_are_daemons_so_a_stopping_process_never_waits_for_them() -> None:
     release = threading.Event()
-    pool = HandlerThreads(1)
+    pool = HandlerThreads(1, name="daemon-pool")
     call = pool.submit(release.wait, 10)
     call.started.result(5)
-    worker_threads = [t for t in threading.enumerate() if t.name.startswith("tasker-step")]
+    worker_threads = [t for t in threading.enumerate() if t.name.startswith("daemon-pool")]
     assert worker_threads and all(t.daemon for t in worker_threads)
     release.set()
     pool.shutdown()

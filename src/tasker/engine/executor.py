@@ -273,6 +273,8 @@ async def _run_async(awaitable: Awaitable[Any], timeout: float | None) -> Any:
     A handler that swallows its cancellation cannot finish the attempt as complete: once the timeout
     passes, the attempt is timed out whatever the handler does next.
     """
+    if timeout is None:  # nothing to time: no task of its own (the common, cheap case)
+        return await _guarded(awaitable)
     task = asyncio.ensure_future(_guarded(awaitable))
     try:
         done, _ = await asyncio.wait({task}, timeout=timeout)
@@ -299,18 +301,27 @@ async def _run_sync(threads: HandlerThreads, fn: Callable[..., Any], process: An
                     timeout: float | None) -> tuple[float, Any]:
     """Run a sync handler on a handler thread; returns (when it started, what it returned)."""
     call = threads.submit(fn, process, ctx)
+    finished = asyncio.wrap_future(call.done)
     try:
-        started = await asyncio.wrap_future(call.started)
-        finished = asyncio.wrap_future(call.done)
-        remaining = None if timeout is None else max(0.0, timeout - (time.perf_counter() - started))
-        done, _ = await asyncio.wait({finished}, timeout=remaining)
+        if timeout is None:
+            await asyncio.wait({finished})
+        else:
+            # Wait for the outcome first: most handlers finish before their timeout, so one wake-up
+            # does. Only when the timeout has passed, find out whether it counted from a start.
+            done, _ = await asyncio.wait({finished}, timeout=timeout)
+            while not done:
+                if not call.started.done():  # still queued for a thread: no time is spent yet
+                    await asyncio.wrap_future(call.started)
+                elapsed = time.perf_counter() - call.started.result()
+                if elapsed >= timeout:
+                    call.abandon()
+                    finished.add_done_callback(_discard)
+                    raise HandlerTimedOut()
+                done, _ = await asyncio.wait({finished}, timeout=timeout - elapsed)
     except BaseException:
         call.abandon()
         raise
-    if not done:
-        call.abandon()
-        finished.add_done_callback(_discard)
-        raise HandlerTimedOut()
+    started = call.started.result()
     try:
         return started, finished.result()
     except Exception:
