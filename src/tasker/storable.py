@@ -6,7 +6,7 @@ Infinity (not JSON), a dict nested in itself. Met inside the completion transact
 roll back every outcome of the cycle and kill the worker. They are met here instead, in pure code:
 
 - results are a step's promise to its children, so a result that cannot be stored as it is fails the
-  step with an `InvalidResultError` naming the path (`results.items[3].price: is NaN ...`);
+  step with an `InvalidResultError` naming the path (`results.items[3].price: is nan ...`);
 - error messages, error context and event payloads are diagnostics, so they are escaped, never
   refused: a NUL becomes the four characters `\\x00`, a lone surrogate `\\udc80`, NaN the string
   `"NaN"`, and a message longer than `MAX_MESSAGE_CHARS` is cut with its full size noted.
@@ -14,6 +14,7 @@ roll back every outcome of the cycle and kill the worker. They are met here inst
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,8 +26,7 @@ MAX_MESSAGE_CHARS = 8_192
 #: JSON nested deeper than this is refused in results and cut in diagnostics (a self-containing dict
 #: would otherwise never end).
 MAX_DEPTH = 100
-#: Integers beyond this many bits (about 1,000 digits) are refused: Python cannot even print those past
-#: 4,300 digits, and no store or client does arithmetic on them.
+#: Integers in diagnostics beyond this many bits (about 1,000 digits) are replaced by a note.
 MAX_INT_BITS = 3_322
 _REPR_CHARS = 200
 
@@ -61,7 +61,9 @@ def _scalar_problem(value: object) -> str | None:
     if isinstance(value, str):
         return _text_problem(value)
     if isinstance(value, int):
-        if value.bit_length() > MAX_INT_BITS:
+        try:
+            str(value)
+        except ValueError:  # past Python's int-to-text limit (4,300 digits): json.dumps refuses it too
             return f"is an integer of about {int(value.bit_length() * 0.30103):,} digits; send it as a string"
         return None
     if isinstance(value, float):
@@ -82,8 +84,23 @@ def _child(path: str, key: object) -> str:
 def find_unstorable(value: object, root: str = "results") -> Unstorable | None:
     """The first place in `value` that no store can keep as JSON, or None when all of it can be kept.
 
-    Iterative, so depth costs no stack; objects are walked once each.
+    Storable means: `json.dumps` encodes it (no NaN, no foreign objects, no cycles), the text is valid
+    UTF-8 (no lone surrogates) and holds no NUL. That check runs at C speed on every step's results;
+    only when it fails is the value walked to name the place.
     """
+    try:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        text.encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError, RecursionError):
+        pass
+    else:
+        if "\\u0000" not in text:
+            return None
+    return _locate(value, root)
+
+
+def _locate(value: object, root: str) -> Unstorable | None:
+    """Walk `value` to the first thing no store keeps. Iterative, so depth costs no stack."""
     stack: list[tuple[str, object, int]] = [(root, value, 0)]
     while stack:
         path, item, depth = stack.pop()

@@ -23,7 +23,7 @@ def test_a_call_reports_when_it_started_and_what_it_returned() -> None:
     before = time.perf_counter()
     call = pool.submit(lambda x: x * 2, 21)
     assert call.done.result(5) == 42
-    assert before <= call.started.result(5) <= time.perf_counter()
+    assert call.started_at is not None and before <= call.started_at <= time.perf_counter()
     pool.shutdown()
 
 
@@ -44,7 +44,7 @@ def test_an_abandoned_hung_call_is_replaced_so_the_next_call_runs_at_once() -> N
     release = threading.Event()
     pool = HandlerThreads(1)
     hung = pool.submit(release.wait, 10)
-    hung.started.result(5)
+    _wait(lambda: hung.started_at is not None)
     hung.abandon()
     assert pool.stuck == 1 and pool.overflow == 0
     quick = pool.submit(lambda: "quick")
@@ -59,7 +59,7 @@ def test_stuck_threads_past_the_cap_take_room_and_are_not_replaced() -> None:
     pool = HandlerThreads(2, max_stuck=1, name="capped-pool")
     calls = [pool.submit(release.wait, 10) for _ in range(2)]
     for c in calls:
-        c.started.result(5)
+        _wait(lambda c=c: c.started_at is not None)
         c.abandon()
     assert pool.stuck == 2 and pool.overflow == 1
     one = pool.submit(lambda: 1)
@@ -76,13 +76,13 @@ def test_a_queued_call_that_is_abandoned_never_runs() -> None:
     ran = threading.Event()
     pool = HandlerThreads(1, max_stuck=0)
     busy = pool.submit(release.wait, 10)
-    busy.started.result(5)
+    _wait(lambda: busy.started_at is not None)
     queued = pool.submit(ran.set)
     queued.abandon()
     release.set()
     busy.done.result(5)
     assert pool.submit(lambda: "after").done.result(5) == "after"
-    assert not ran.is_set() and queued.started.cancelled()
+    assert not ran.is_set() and queued.started_at is None and queued.done.cancelled()
     pool.shutdown()
 
 
@@ -90,7 +90,7 @@ def test_threads_are_daemons_so_a_stopping_process_never_waits_for_them() -> Non
     release = threading.Event()
     pool = HandlerThreads(1, name="daemon-pool")
     call = pool.submit(release.wait, 10)
-    call.started.result(5)
+    _wait(lambda: call.started_at is not None)
     worker_threads = [t for t in threading.enumerate() if t.name.startswith("daemon-pool")]
     assert worker_threads and all(t.daemon for t in worker_threads)
     release.set()

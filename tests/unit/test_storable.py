@@ -7,7 +7,7 @@ import json
 import math
 from typing import Any
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tasker.storable import (
@@ -27,13 +27,24 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
 
 def _strictly_storable(value: Any) -> bool:
     try:
-        text = json.dumps(value, allow_nan=False)
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
         text.encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError):
         return False
-    return "\\u0000" not in text
+    return not any("\x00" in text for text in _strings(value))
 
 
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [k for k in value if isinstance(k, str)] + [t for v in value.values() for t in _strings(v)]
+    if isinstance(value, list):
+        return [t for v in value for t in _strings(v)]
+    return []
+
+
+@settings(max_examples=500)
 @given(values)
 def test_find_unstorable_agrees_with_a_strict_encoder(value: Any) -> None:
     problem = find_unstorable(value)
@@ -52,12 +63,17 @@ def test_storable_text_is_valid_unicode_without_nul(text: str) -> None:
     assert "\x00" not in out
 
 
+def test_the_text_of_an_escape_is_not_a_nul() -> None:
+    assert find_unstorable({"raw": "a literal \\u0000 is six characters"}) is None
+
+
 def test_paths_name_the_first_problem() -> None:
     assert str(find_unstorable({"a": [1, {"b": math.nan}]})) == "results.a[1].b: is nan, which is not JSON; " \
                                                                 "use null or a string"
     assert "results['odd key'][0]" in str(find_unstorable({"odd key": ["\x00"]}))
     assert "(the key)" in str(find_unstorable({"\udc80": 1}))
-    assert "results.big: is an integer" in str(find_unstorable({"big": 10 ** 2000}))
+    assert "results.big: is an integer" in str(find_unstorable({"big": 10 ** 5000}))
+    assert find_unstorable({"big": 10 ** 2000}) is None  # long, but JSON and every store keep it
     assert "is a bytes" in str(find_unstorable({"raw": b"x"}))
 
 

@@ -300,19 +300,21 @@ def _discard(task: asyncio.Future[Any]) -> None:
 async def _run_sync(threads: HandlerThreads, fn: Callable[..., Any], process: Any, ctx: StepContext,
                     timeout: float | None) -> tuple[float, Any]:
     """Run a sync handler on a handler thread; returns (when it started, what it returned)."""
-    call = threads.submit(fn, process, ctx)
+    call = threads.submit(_contained, fn, process, ctx)
     finished = asyncio.wrap_future(call.done)
     try:
-        if timeout is None:
-            await asyncio.wait({finished})
+        if timeout is None:  # the usual case: one wake-up
+            result = await finished
+            return (call.started_at if call.started_at is not None else time.perf_counter()), result
         else:
             # Wait for the outcome first: most handlers finish before their timeout, so one wake-up
             # does. Only when the timeout has passed, find out whether it counted from a start.
             done, _ = await asyncio.wait({finished}, timeout=timeout)
             while not done:
-                if not call.started.done():  # still queued for a thread: no time is spent yet
-                    await asyncio.wrap_future(call.started)
-                elapsed = time.perf_counter() - call.started.result()
+                if call.started_at is None:  # still queued for a thread: no time is spent yet
+                    done, _ = await asyncio.wait({finished}, timeout=QUEUED_POLL_SECONDS)
+                    continue
+                elapsed = time.perf_counter() - call.started_at
                 if elapsed >= timeout:
                     call.abandon()
                     finished.add_done_callback(_discard)
@@ -321,13 +323,24 @@ async def _run_sync(threads: HandlerThreads, fn: Callable[..., Any], process: An
     except BaseException:
         call.abandon()
         raise
-    started = call.started.result()
+    started = call.started_at if call.started_at is not None else time.perf_counter()
+    return started, finished.result()
+
+
+def _contained(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run on the handler thread: a `BaseException` that is not an `Exception` (SystemExit,
+    KeyboardInterrupt, GeneratorExit) travels back wrapped, so that awaiting the outcome never raises
+    it where asyncio would let it out of the event loop."""
     try:
-        return started, finished.result()
+        return fn(*args)
     except Exception:
         raise
-    except BaseException as exc:  # SystemExit or KeyboardInterrupt from the handler's thread
+    except BaseException as exc:
         raise _Escaped(exc) from None
+
+
+#: How often a timed step still queued for a handler thread looks again whether its handler started.
+QUEUED_POLL_SECONDS = 0.05
 
 
 class InvalidResultError(Exception):

@@ -5,7 +5,7 @@ timeout keeps its pool thread: the steps queued behind it wait, their timeouts t
 attempts were spent before their handlers ever started), and the interpreter joins the thread at exit (so
 `tasker worker` ignored SIGTERM). Here instead:
 
-- `Call.started` resolves when a thread actually begins the handler, so a timeout counts from there;
+- `Call.started_at` is set when a thread actually begins the handler, so a timeout counts from there;
 - a call that overstays is *abandoned*: its thread is written off as stuck and a fresh thread takes its
   place, up to `max_stuck` replacements at a time (default: four per slot). Beyond that cap no more
   threads are made and the worker shrinks its room by the overflow (`overflow`), so threads stay
@@ -13,12 +13,15 @@ attempts were spent before their handlers ever started), and the interpreter joi
 - every thread is a daemon, so a process that is told to stop never waits for a stuck handler.
 
 A stuck thread that does return later goes back to work (or ends, if the pool is full again).
+
+It is on the hot path of every sync step, so it costs what `ThreadPoolExecutor` costs: one lock-free
+queue, an idle semaphore, one future per call.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -34,15 +37,16 @@ DEFAULT_STUCK_PER_SLOT = 4
 
 
 class Call:
-    """One handler run: `started` gets the perf-counter time it began, `done` its return value."""
+    """One handler run: `started_at` is the perf-counter time it began (None while queued), `done`
+    resolves with its return value or exception."""
 
-    __slots__ = ("_pool", "abandoned", "args", "done", "fn", "started", "thread")
+    __slots__ = ("_pool", "abandoned", "args", "done", "fn", "started_at", "thread")
 
     def __init__(self, pool: HandlerThreads, fn: Callable[..., Any], args: tuple[Any, ...]):
         self._pool = pool
         self.fn = fn
         self.args = args
-        self.started: Future[float] = Future()
+        self.started_at: float | None = None
         self.done: Future[Any] = Future()
         self.abandoned = False
         self.thread: threading.Thread | None = None
@@ -62,10 +66,9 @@ class HandlerThreads:
         self.max_stuck = size * DEFAULT_STUCK_PER_SLOT if max_stuck is None else max_stuck
         self.name = name
         self._lock = threading.Lock()
-        self._wakeup = threading.Condition(self._lock)
-        self._queue: collections.deque[Call] = collections.deque()
+        self._queue: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
         self._working = 0  # threads that count against `size`
-        self._idle = 0
         self._stuck: set[threading.Thread] = set()
         self._closed = False
         self._serial = 0
@@ -84,15 +87,13 @@ class HandlerThreads:
     # -- use ---------------------------------------------------------------------------------------------
     def submit(self, fn: Callable[..., Any], *args: Any) -> Call:
         call = Call(self, fn, args)
+        if self._closed:
+            raise RuntimeError("the handler thread pool is shut down")
+        self._queue.put(call)
+        if self._idle.acquire(timeout=0):  # an idle thread takes it
+            return call
         with self._lock:
-            if self._closed:
-                raise RuntimeError("the handler thread pool is shut down")
-            self._queue.append(call)
-            # Idle threads that were woken but have not taken their call yet still count as idle, so
-            # compare with the queue, not with zero: each queued call needs a thread of its own.
-            if self._idle >= len(self._queue):
-                self._wakeup.notify()
-            elif self._room():
+            if self._room():
                 self._spawn()
         return call
 
@@ -100,11 +101,9 @@ class HandlerThreads:
         """Stop idle threads; busy and stuck ones end when their handler returns (they are daemons)."""
         with self._lock:
             self._closed = True
-            for call in self._queue:
-                call.started.cancel()
-                call.done.cancel()
-            self._queue.clear()
-            self._wakeup.notify_all()
+            threads = self._working
+        for _ in range(threads):
+            self._queue.put(None)
 
     # -- internals ---------------------------------------------------------------------------------------
     def _room(self) -> bool:
@@ -121,64 +120,48 @@ class HandlerThreads:
         with self._lock:
             if call.abandoned:
                 return
-            call.abandoned = True
+            call.abandoned = True  # a thread that dequeues it later skips it
             thread = call.thread
-            if thread is None:  # still queued: it will be skipped
-                try:
-                    self._queue.remove(call)
-                except ValueError:
-                    pass
-                call.started.cancel()
+            if thread is None or call.done.done():
                 call.done.cancel()
-                return
-            if call.done.done():
                 return
             self._stuck.add(thread)
             self._working -= 1
             stuck = len(self._stuck)
-            if len(self._queue) > self._idle and not self._closed and self._room():
+            if not self._closed and self._room() and not self._queue.empty():
                 self._spawn()
         log.warning("a step handler overstayed its timeout on thread %s; %d handler thread(s) stuck",
                     thread.name, stuck)
 
-    def _next(self) -> Call | None:
-        """The next call for this thread, or None when the thread should end."""
-        with self._lock:
-            while True:
-                if self._closed and not self._queue:
-                    self._working -= 1
-                    return None
-                if self._queue:
-                    call = self._queue.popleft()
-                    call.thread = threading.current_thread()
-                    return call
-                self._idle += 1
-                self._wakeup.wait()
-                self._idle -= 1
-
     def _loop(self) -> None:
+        me = threading.current_thread()
         while True:
-            call = self._next()
+            call = self._queue.get()
             if call is None:
                 return
-            if not call.started.set_running_or_notify_cancel():
+            with self._lock:
+                if call.abandoned:
+                    skip = True
+                else:
+                    skip = False
+                    call.thread = me
+            if skip or not call.done.set_running_or_notify_cancel():
+                self._idle.release()
                 continue
-            call.started.set_result(time.perf_counter())
+            call.started_at = time.perf_counter()
             try:
                 value = call.fn(*call.args)
             except BaseException as exc:  # SystemExit and friends too: they belong to the handler
-                if call.done.set_running_or_notify_cancel():
-                    call.done.set_exception(exc)
+                call.done.set_exception(exc)
             else:
-                if call.done.set_running_or_notify_cancel():
-                    call.done.set_result(value)
-            if not self._rejoin():
+                call.done.set_result(value)
+            if not self._rejoin(me):
                 return
+            self._idle.release()
 
-    def _rejoin(self) -> bool:
+    def _rejoin(self, me: threading.Thread) -> bool:
         """After a call: a stuck thread that returned works again if the pool is short of threads."""
-        me = threading.current_thread()
-        with self._lock:
+        with self._lock:  # locked: `_abandon` may be marking this very thread stuck right now
             if me not in self._stuck:
                 return True
             self._stuck.discard(me)
