@@ -25,6 +25,7 @@ from tasker.api.routes import diagrams, events, handlers, monitoring, steps, tas
 from tasker.api.routes.events import StreamHub
 from tasker.engine.tasker import Tasker
 from tasker.settings import Settings
+from tasker.web.router import install_dashboard
 
 API_PREFIX = "/api/v1"
 API_KEY_HEADER = "X-API-Key"
@@ -48,6 +49,7 @@ def create_app(engine: Tasker, settings: Settings | None = None) -> FastAPI:
     for module in (tasks, steps, diagrams, handlers, monitoring, events):
         app.include_router(module.router, prefix=API_PREFIX)
     install_docs(app)
+    install_dashboard(app, settings)  # the web dashboard at "/", its assets at /static/dashboard
     install_error_handlers(app)
     # The last added runs first. From the outside in: security headers on every answer; CatchAll;
     # URL and header sizes; HEAD served as GET; the body size limit; the JSON shape limits; the routes.

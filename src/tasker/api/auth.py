@@ -6,7 +6,9 @@ Routes declare what they need and nothing else:
 
 Authentication is off by default (a laptop needs none) and then `require` lets every request through; the
 server warns about it at start-up (`auth_warning`). When it is on, a request carries one credential:
-`X-API-Key: <key>`, or `Authorization: Bearer <token>` where the token is an API key or a JWT. Missing, bad,
+`X-API-Key: <key>`, or `Authorization: Bearer <token>` where the token is an API key or a JWT. Without
+either, a GET or HEAD may carry the dashboard's session cookie (`tasker.web.session`); a cookie never
+authorises a write, so a cross-site form cannot act through the API. Missing, bad,
 expired or revoked credentials get 401 with a `WWW-Authenticate` challenge; a good credential without the
 permission gets 403. Both use the API's error body (`tasker.api.errors`); messages say what is wrong and
 never repeat the credential.
@@ -36,6 +38,7 @@ from tasker.api.errors import error_body
 from tasker.errors import TaskerInputError
 from tasker.settings import Settings
 from tasker.store.api_keys import GRANTABLE, PERMISSIONS, grants, looks_like_key
+from tasker.web.session import SESSION_COOKIE
 
 log = logging.getLogger("tasker.api.auth")
 
@@ -249,6 +252,9 @@ def _credential(request: Request) -> tuple[str, str]:
             raise CredentialError("the X-API-Key header is empty")
         return "api_key", api_key.strip()
     if authorization is None:
+        from_cookie = _session_credential(request)
+        if from_cookie is not None:
+            return from_cookie
         raise CredentialError("authentication required: send 'X-API-Key: <key>' or 'Authorization: Bearer <token>'",
                               challenge_error=None)
     scheme, _, value = authorization.strip().partition(" ")
@@ -261,12 +267,34 @@ def _credential(request: Request) -> tuple[str, str]:
     return ("api_key" if looks_like_key(token) else "jwt"), token
 
 
+def _session_credential(request: Request) -> tuple[str, str] | None:
+    """The dashboard session's credential, for GET and HEAD only: a cookie never authorises a write.
+
+    So the dashboard's own pages can read the API (live task state, the event stream) with the
+    session they signed in with, while a cross-site form can never act through the API.
+    """
+    codec = getattr(request.app.state, "web_sessions", None)
+    if codec is None or request.method not in ("GET", "HEAD"):
+        return None
+    session = codec.open(request.cookies.get(SESSION_COOKIE))
+    if session is None or not session.signed_in:
+        return None
+    return session.kind, session.credential
+
+
 async def authenticate(request: Request) -> Principal:
     """The caller of an authenticated request (cached on the request); raises `CredentialError`."""
     cached = getattr(request.state, "principal", None)
     if isinstance(cached, Principal):
         return cached
     kind, value = _credential(request)
+    principal = await verify_credential(request, kind, value)
+    request.state.principal = principal
+    return principal
+
+
+async def verify_credential(request: Request, kind: str, value: str) -> Principal:
+    """The principal of an API key (`kind` "api_key") or a JWT; raises `CredentialError`."""
     if kind == "api_key":
         engine = request.app.state.tasker
         record = await run_in_threadpool(engine.authenticate_api_key, value)  # a DB read: off the event loop
@@ -275,7 +303,6 @@ async def authenticate(request: Request) -> Principal:
         principal = Principal("api_key", record.name, frozenset(record.permissions))
     else:
         principal = verify_jwt(value, request.app.state.settings)
-    request.state.principal = principal
     return principal
 
 

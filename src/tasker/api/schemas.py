@@ -284,9 +284,13 @@ class TaskDetail(TaskSummary):
 
 class TaskPage(BaseModel):
     tasks: list[TaskSummary]
-    total: int = Field(description="How many tasks match the filters, across all pages.")
+    total: int | None = Field(description=(
+        "How many tasks match the filters, across all pages; null on cursor pages and with "
+        "`include_total=false`, which never count (counting visits every matching task)."))
     limit: int
     offset: int
+    next_cursor: str | None = Field(None, description="Older tasks: pass as `after`; null on the last page.")
+    prev_cursor: str | None = Field(None, description="Newer tasks: pass as `before`; null on the first page.")
 
 
 def parents_by_step(template: TaskTemplate) -> dict[str, list[str]]:

@@ -66,6 +66,8 @@ metadata = MetaData(
 )
 
 CLAIMABLE = "state IN ('ready', 'waiting_retry')"
+#: Steps that are queued, running or stuck in error: what the systems report and the overview count.
+ACTIVE = "state IN ('ready', 'waiting_retry', 'in_progress', 'error')"
 
 templates = Table(
     "tasker_templates",
@@ -98,8 +100,16 @@ tasks = Table(
     Column("finished_at", UTCDateTime, nullable=True),
     UniqueConstraint("namespace", "name", "idempotency_key"),
     Index(None, "status", "created_at"),
-    Index(None, "created_at"),
-    Index(None, "namespace", "name", "version"),
+    # Keyset listings (tasker.store.listing): each filter's tasks come out of its index in id order.
+    Index(None, "created_at", "id"),
+    Index(None, "namespace", "id"),
+    Index(None, "namespace", "name", "id"),
+    Index(None, "namespace", "name", "version", "id"),
+    Index(None, "status", "id"),
+    Index(None, "idempotency_key"),
+    Index(None, "correlation_id"),
+    # The overview's tasks finished in the last hour and day.
+    Index(None, "status", "finished_at"),
 )
 
 steps = Table(
@@ -141,6 +151,14 @@ steps = Table(
         postgresql_where=text("state = 'in_progress'"),
         sqlite_where=text("state = 'in_progress'"),
     ),
+    # Systems report and overview: active steps by system, without reading the finished millions.
+    Index(
+        "ix_tasker_steps_active",
+        "dependent_system",
+        "state",
+        postgresql_where=text(ACTIVE),
+        sqlite_where=text(ACTIVE),
+    ),
 )
 
 step_edges = Table(
@@ -181,6 +199,8 @@ step_transitions = Table(
     Column("duration_ms", Float, nullable=True),
     Index(None, "step_id"),
     Index(None, "task_id"),
+    # The overview's attempts per minute and latest failures: the last rows of one target state.
+    Index(None, "to_state", "at"),
 )
 
 dependent_systems = Table(
@@ -198,6 +218,9 @@ dependent_systems = Table(
     Column("probe_step_id", Id, nullable=True),
     Column("max_in_flight", Integer, nullable=True),
     Column("updated_at", UTCDateTime, nullable=False),
+    #: When the current streak of failures that are the system's fault began (None: it answers).
+    Column("failing_since", UTCDateTime, nullable=True),
+    Column("max_outage_seconds", Float, nullable=True),
 )
 
 namespace_limits = Table(

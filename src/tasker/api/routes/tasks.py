@@ -26,6 +26,7 @@ from tasker.api.schemas import (
     TaskSummary,
 )
 from tasker.engine.model import Task
+from tasker.engine.queries import TaskQuery
 from tasker.engine.tasker import Tasker
 from tasker.errors import TaskerInputError
 from tasker.states import TaskState
@@ -33,6 +34,9 @@ from tasker.states import TaskState
 router = APIRouter(tags=["tasks"])
 Engine = Annotated[Tasker, Depends(get_engine)]
 MAX_PAGE = 500
+#: Cursors are opaque base64url text (tasker.engine.queries).
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]+$"
+CURSOR_MAX = 64
 
 
 def task_detail(engine: Tasker, task: Task) -> TaskDetail:
@@ -81,20 +85,36 @@ def list_tasks(
     namespace: Annotated[str | None, Query(max_length=64, pattern=NAME_PATTERN)] = None,
     name: Annotated[str | None, Query(max_length=128, pattern=NAME_PATTERN)] = None,
     version: Annotated[str | None, Query(max_length=64, pattern=SEMVER_PATTERN)] = None,
-    status: Annotated[TaskState | None, Query()] = None,
+    status: Annotated[list[TaskState] | None, Query(
+        max_length=len(TaskState), description="Repeat for several states (any of them).")] = None,
     created_after: Annotated[datetime | None, Query(description="Created at or after (ISO 8601; UTC if naive).")]
     = None,
     created_before: Annotated[datetime | None, Query(description="Created before (ISO 8601; UTC if naive).")] = None,
+    key: Annotated[str | None, Query(min_length=1, max_length=255,
+                                     description="Exact idempotency key or correlation id.")] = None,
+    after: Annotated[str | None, Query(max_length=CURSOR_MAX, pattern=CURSOR_PATTERN,
+                                       description="`next_cursor` of a page: the older tasks.")] = None,
+    before: Annotated[str | None, Query(max_length=CURSOR_MAX, pattern=CURSOR_PATTERN,
+                                        description="`prev_cursor` of a page: the newer tasks.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX, description="Legacy paging; prefer the cursors.")] = 0,
+    include_total: Annotated[bool, Query(description="Count the matches when no cursor is given.")] = True,
 ) -> TaskPage:
-    """Tasks newest first, without their steps, with the total that match the filters."""
-    found, total = engine.list_tasks(
-        namespace=namespace, name=name, version=version, status=status.value if status else None,
-        created_after=_utc(created_after, "created_after"), created_before=_utc(created_before, "created_before"),
-        limit=limit, offset=offset,
+    """Tasks newest first, without their steps, with cursors to the older and newer pages.
+
+    Cursor pages (`after`, `before`) never count and stay fast at any depth; without a cursor the
+    answer also carries the `total` of matches unless `include_total=false`.
+    """
+    query = TaskQuery(
+        namespace=namespace, name=name, version=version, statuses=tuple(s.value for s in status or ()),
+        created_from=_utc(created_after, "created_after"), created_to=_utc(created_before, "created_before"),
+        key=key,
     )
-    return TaskPage(tasks=[TaskSummary.of(t) for t in found], total=total, limit=limit, offset=offset)
+    page = engine.page_tasks(query, limit=limit, after=after, before=before, offset=offset)
+    cursor = after is not None or before is not None
+    total = engine.count_tasks(query) if include_total and not cursor else None
+    return TaskPage(tasks=[TaskSummary.of(t) for t in page.tasks], total=total, limit=limit, offset=offset,
+                    next_cursor=page.next_cursor, prev_cursor=page.prev_cursor)
 
 
 @router.get(

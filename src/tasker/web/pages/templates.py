@@ -1,0 +1,138 @@
+"""Templates: every namespace, name and version loaded; a template's diagram, steps, schema, and
+a form that creates a task from it, prefilled with the schema's defaults.
+
+Reads the registry only (`Tasker.template_versions`, `get_template`): no database. Listing needs
+`tasker.handler:index`, a template `tasker.handler:show`, creating a task `tasker.task:create`, the
+permissions of `/api/v1/handlers` and `POST /api/v1/tasks`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tasker.api.auth import Permission
+from tasker.context_schema import apply_defaults
+from tasker.engine.tasker import Tasker
+from tasker.errors import ContextValidationError, TaskerInputError
+from tasker.templates.model import TaskTemplate
+from tasker.web.access import Pages, Viewer, actor, field_of, page, read_form, redirect, viewer
+from tasker.web.dag import layout
+
+pages = Pages()
+
+
+@pages.get("/templates")
+async def templates(request: Request) -> Response:
+    v = await viewer(request, Permission.HANDLER_INDEX)
+    engine: Tasker = request.app.state.tasker
+    found = engine.template_versions()
+    return page(
+        request,
+        v,
+        "templates.html",
+        "Templates",
+        "templates",
+        templates=found,
+        namespaces=sorted({t.namespace_name for t in found}),
+    )
+
+
+def prefill(template: TaskTemplate) -> str:
+    """The create form's first text: the schema's defaults, as an object to edit."""
+    return json.dumps(apply_defaults(template.context_schema, {}) or {}, indent=2, sort_keys=True)
+
+
+def policy(template: TaskTemplate) -> dict[str, Any]:
+    """Each step's retry policy, dependent system and timeout, ready to show."""
+    out: dict[str, Any] = {}
+    for s in template.step_templates:
+        p = template.retry_policy(s)
+        out[s.name] = {
+            "policy": p,
+            "system": template.dependent_system_of(s),
+            "timeout": s.timeout_seconds,
+        }
+    return out
+
+
+async def render_template(
+    request: Request,
+    v: Viewer,
+    namespace: str,
+    name: str,
+    version: str | None,
+    *,
+    status: int = 200,
+    context_text: str | None = None,
+    errors: list[tuple[str, str]] | None = None,
+) -> Response:
+    engine: Tasker = request.app.state.tasker
+    template = engine.get_template(f"{namespace}/{name}", version or None)
+    versions = [
+        t.version
+        for t in engine.template_versions()
+        if t.namespace_name == namespace and t.name == name
+    ]
+    pairs = [(s.name, s.parents) for s in template.step_templates]
+    return page(
+        request,
+        v,
+        "template.html",
+        f"{template.namespace_name}/{template.name}",
+        "templates",
+        status=status,
+        template=template,
+        versions=versions,
+        dag=layout(pairs, {}),
+        steps=policy(template),
+        schema=template.context_schema,
+        context_text=prefill(template) if context_text is None else context_text,
+        errors=errors or [],
+        can_create=v.can(Permission.TASK_CREATE),
+    )
+
+
+@pages.get("/templates/{namespace}/{name}")
+async def template_page(request: Request) -> Response:
+    namespace, name = request.path_params["namespace"], request.path_params["name"]
+    version = request.query_params.get("version") or None
+    v = await viewer(request, Permission.HANDLER_SHOW)
+    return await render_template(request, v, namespace, name, version)
+
+
+def parse_context(text: str) -> tuple[Any, list[tuple[str, str]]]:
+    try:
+        return json.loads(text or "{}"), []
+    except json.JSONDecodeError as exc:
+        return None, [("$", f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}")]
+
+
+@pages.post("/templates/{namespace}/{name}/tasks")
+async def create_task(request: Request) -> Response:
+    namespace, name = request.path_params["namespace"], request.path_params["name"]
+    form = await read_form(request)
+    v = await actor(request, form, Permission.TASK_CREATE)
+    version = field_of(form, "version") or None
+    text = field_of(form, "context", "{}")
+    context, errors = parse_context(text)
+    if not errors:
+        engine: Tasker = request.app.state.tasker
+        try:
+            task = await run_in_threadpool(
+                engine.create_task, f"{namespace}/{name}", context, version=version
+            )
+        except ContextValidationError as exc:
+            errors = list(exc.violations)
+        except TaskerInputError as exc:
+            errors = [("$", str(exc))]
+        else:
+            verb = "found (same idempotency key)" if task.deduplicated else "created"
+            return redirect(request, f"/tasks/{task.id}", "ok", f"task {task.id} {verb}")
+    return await render_template(
+        request, v, namespace, name, version, status=422, context_text=text, errors=errors
+    )
