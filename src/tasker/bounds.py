@@ -86,16 +86,21 @@ BACKOFF_SECONDS = Range(0, WEEK_SECONDS, unit="seconds")
 JITTER = Range(0, 1)
 SERVER_DELAY_SECONDS = Range(0, WEEK_SECONDS, unit="seconds")
 NAMESPACE_MAX_IN_FLIGHT = Range(1, 1_000_000, integer=True, unit="steps")
+#: `identity.window_seconds`: how long requests with the same identity are one task (a year at most).
+IDENTITY_WINDOW_SECONDS = Range(0, 366 * DAY_SECONDS, low_open=True, unit="seconds")
 
 # -- dependent systems (templates, `tasker systems set`, `Tasker.configure_system`) ------------------
 MAX_IN_FLIGHT = Range(1, 100_000, integer=True, unit="steps")
 FAILURE_THRESHOLD = Range(1, 10_000, integer=True, unit="failures")
 COOLDOWN_SECONDS = Range(0, DAY_SECONDS, low_open=True, unit="seconds")
+#: How long a system may stay silent before the steps waiting for it give up (a week at most).
+MAX_OUTAGE_SECONDS = Range(0, WEEK_SECONDS, low_open=True, unit="seconds")
 SYSTEM_SETTINGS: Mapping[str, Range] = {
     "max_in_flight": MAX_IN_FLIGHT,
     "failure_threshold": FAILURE_THRESHOLD,
     "cooldown_seconds": COOLDOWN_SECONDS,
     "max_cooldown_seconds": COOLDOWN_SECONDS,
+    "max_outage_seconds": MAX_OUTAGE_SECONDS,
 }
 
 

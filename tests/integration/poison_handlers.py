@@ -137,3 +137,17 @@ def runs(directory: Path, task_id: int, step: str, suffix: str = "runs") -> int:
     """How many times a step's handler ran (0 when it never did)."""
     path = directory / f"{task_id}-{step}.{suffix}"
     return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+class Billing(StepHandler):
+    """A call to a service that refuses connections while `<dir>/down` exists (an outage)."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        directory = Path(ctx.context["dir"])
+        with open(directory / "billing.calls", "a") as f:
+            f.write(f"{ctx.attempt}\n")
+        if (directory / "down").exists():
+            raise ConnectionRefusedError("billing refused the connection")
+        if ctx.handler_config.get("answer_500"):
+            raise RetryableError("billing answered 500", system_fault=False)
+        return {"charged": True}

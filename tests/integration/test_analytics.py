@@ -16,6 +16,7 @@ from sqlalchemy import and_, select, update
 
 from tasker import Tasker, TaskerInputError
 from tasker.engine.insight import recommendations
+from tasker.store.rollups import BUCKET_ERROR
 from tasker.store.schema import step_transitions, steps, tasks
 from tests.integration.support import step
 
@@ -79,7 +80,13 @@ def test_performance_counts_outcomes_per_template(tasker: Tasker, load: Load, ke
     assert totals["step_attempts"] == 6
 
 
-def test_task_duration_percentiles_are_exact_nearest_rank(tasker: Tasker, load: Load, key: str) -> None:
+def _near(value: float) -> Any:
+    """A percentile read from the rollups' histogram: within the documented bucket error."""
+    return pytest.approx(value, rel=BUCKET_ERROR)
+
+
+def test_task_duration_percentiles_are_nearest_rank_within_the_bucket_error(
+        tasker: Tasker, load: Load, key: str) -> None:
     ref = load("timed", [step("a")])
     ids = [tasker.create_task(ref, {"key": key, "n": i}).id for i in range(20)]
     tasker.work(until_idle=True)
@@ -88,8 +95,8 @@ def test_task_duration_percentiles_are_exact_nearest_rank(tasker: Tasker, load: 
 
     d = _template(tasker.performance(1), "timed")["duration_seconds"]
 
-    # nearest rank: p50 is the 10th of 20 sorted values, p95 the 19th
-    assert d == {"count": 20, "avg": 10.5, "p50": 10.0, "p95": 19.0, "max": 20.0}
+    # nearest rank: p50 is the 10th of 20 sorted values, p95 the 19th; count, avg and max are exact
+    assert d == {"count": 20, "avg": 10.5, "p50": _near(10.0), "p95": _near(19.0), "max": 20.0}
 
 
 def test_single_sample_is_its_own_percentiles(tasker: Tasker, load: Load, key: str) -> None:
@@ -179,6 +186,8 @@ def test_bottlenecks_find_slow_retried_and_failing_steps(tasker: Tasker, load: L
     ])
     for system in ("sys_fast", "sys_flaky", "sys_doomed", "sys_bad"):
         tasker.configure_system(system, failure_threshold=1000)  # keep the circuits out of this test
+    # and the outage hold: "doomed" fails its two attempts and stops, as if sys_doomed answered
+    tasker.configure_system("sys_doomed", max_outage_seconds=0.001)
     ids = [tasker.create_task(ref, {"key": key, "n": i}).id for i in range(5)]
     tasker.work(until_idle=True, concurrency=8)
     _set_step_durations(tasker, ids, "fast", [5000.0, 100.0, 400.0, 200.0, 300.0])
@@ -188,7 +197,9 @@ def test_bottlenecks_find_slow_retried_and_failing_steps(tasker: Tasker, load: L
     assert report["scope"] == {"tasks": 5, "step_attempts": 5 + 15 + 10 + 5}
     slowest = report["slowest_steps"][0]
     assert slowest["step"] == "fast"
-    assert slowest["duration_ms"] == {"count": 5, "avg": 1200.0, "p50": 300.0, "p95": 5000.0, "max": 5000.0}
+    # p95 is the largest of 5 values, so exact; p50 comes from its histogram bucket
+    assert slowest["duration_ms"] == {"count": 5, "avg": 1200.0, "p50": _near(300.0), "p95": 5000.0,
+                                      "max": 5000.0}
     assert slowest["share_of_template_time"] is not None and slowest["share_of_template_time"] > 0.5
 
     retried = [(r["step"], r["retries"], r["retries_per_step"]) for r in report["most_retried_steps"]]

@@ -24,7 +24,7 @@ from typing import Any
 from tasker.engine.handler_threads import HandlerThreads
 from tasker.engine.model import ClaimedStep, Outcome
 from tasker.errors import PermanentError, RetryableError, StepFailure, StepTimeoutError
-from tasker.failures import is_system_fault
+from tasker.failures import GAVE_UP, is_system_fault
 from tasker.handlers.base import StepContext, TaskPort
 from tasker.observability import tracing
 from tasker.observability.logging import bind_step_context
@@ -205,9 +205,11 @@ def _failure(claimed: ClaimedStep, started: float, exc: BaseException, policy: R
     error = describe_error(exc, retryable=True)
     retry_after = _retry_after(exc, error)
     if not policy.may_retry(claimed.attempt):
+        outcome = _failed(claimed, started, error, StepState.ERROR, ctx)
         if policy.retryable:
-            error["message"] = f"{error['message']} (gave up after {claimed.attempt} attempts)"
-        return _failed(claimed, started, error, StepState.ERROR, ctx)
+            error["message"] = f"{error['message']}{GAVE_UP.format(claimed.attempt)}"
+            outcome.exhausted = True  # the store may still hold it while its system is down
+        return outcome
     delay = min(policy.delay(claimed.attempt, retry_after) * backoff_scale, MAX_DELAY_SECONDS)
     outcome = _failed(claimed, started, error, StepState.WAITING_RETRY, ctx)
     outcome.retry_delay = delay

@@ -113,6 +113,8 @@ class Outcome:
     probe: bool = False
     #: A failed circuit probe: the attempt is given back, the step waits for the circuit instead.
     refund_attempt: bool = False
+    #: The attempt failed and the step's retry limit allows no other (the outage hold may still wait).
+    exhausted: bool = False
 
     @property
     def transient_failure(self) -> bool:

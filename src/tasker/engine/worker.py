@@ -43,6 +43,8 @@ log = logging.getLogger("tasker.worker")
 FINISHED = {s.value for s in FINISHED_TASK_STATES}
 #: How long a worker trusts its picture of circuits and limits before reading it again.
 VIEW_TTL_SECONDS = 0.25
+#: How long a step whose handler this worker cannot import waits before a worker tries it again.
+UNLOADABLE_RETRY_SECONDS = 10.0
 
 
 def _transient(exc: DBAPIError) -> bool:
@@ -117,6 +119,9 @@ class Worker:
         self.threads = handler_threads or HandlerThreads(options.concurrency, name=f"tasker-step-{self.id}")
         self._own_threads = handler_threads is None
         self._stuck_seen = 0
+        #: Handlers this worker could not import (logged once each), and the steps it handed back so.
+        self._unloadable_handlers: set[str] = set()
+        self._unloadable_steps: set[int] = set()
         self.steps_run = 0
         #: Attempts cut off at the end of the grace period; their sync handlers may still be running.
         self.abandoned = 0
@@ -353,6 +358,25 @@ class Worker:
                           self.id, outcome.step_id)
         return _Cycle([], None, [], [], None)
 
+    def _unloadable(self, claimed: ClaimedStep, handler: str, exc: Exception) -> Outcome:
+        """This worker cannot import the step's handler (a missing module, a deploy half done): hand
+        the step back without spending an attempt, for a worker that can, and try again later."""
+        if handler not in self._unloadable_handlers:
+            self._unloadable_handlers.add(handler)
+            log.error("worker %s cannot load handler %s for step %s of task %d: %s; leaving such steps "
+                      "for workers that can", self.id, handler, claimed.name, claimed.task_id,
+                      storable_text(exc, 1000))
+        self._unloadable_steps.add(claimed.step_id)
+        message = (f"waiting: no worker can load {handler} (worker {self.id}: "
+                   f"{storable_text(exc, MAX_MESSAGE_CHARS)})")
+        outcome = Outcome(step_id=claimed.step_id, task_id=claimed.task_id, claim_token=claimed.claim_token,
+                          attempt=claimed.attempt, state=StepState.WAITING_RETRY,
+                          error={"class": "HandlerUnavailable", "message": message, "handler": handler,
+                                 "retryable": True, "system_fault": False},
+                          retry_delay=UNLOADABLE_RETRY_SECONDS * self.opts.backoff_scale)
+        outcome.refund_attempt = True
+        return outcome
+
     # -- the worker registry --------------------------------------------------------------------------
     async def _register(self, db_thread: ThreadPoolExecutor) -> bool:
         def write() -> None:
@@ -446,6 +470,12 @@ class Worker:
             active = claims.active_count(conn, namespaces=self.opts.namespaces, task_id=self.opts.task_id)
             if not active:
                 return True, None
+            if self._unloadable_steps and active <= len(self._unloadable_steps):
+                # all that is left may be steps this worker cannot load: waiting would be forever
+                left = claims.active_step_ids(conn, limit=len(self._unloadable_steps) + 1,
+                                              namespaces=self.opts.namespaces, task_id=self.opts.task_id)
+                if set(left) <= self._unloadable_steps:
+                    return True, None
             due = claims.next_run_at(conn, namespaces=self.opts.namespaces, task_id=self.opts.task_id)
         return False, (due - utcnow()).total_seconds() if due else None
 
@@ -499,10 +529,7 @@ class Worker:
             try:
                 handler_cls = self.resolver.handler_class(claimed.template_id, claimed.name)
             except TaskerError as exc:
-                return Outcome(step_id=claimed.step_id, task_id=claimed.task_id, claim_token=claimed.claim_token,
-                               attempt=claimed.attempt, state=StepState.ERROR,
-                               error={"class": "HandlerNotFound", "message": storable_text(exc, MAX_MESSAGE_CHARS),
-                                      "retryable": False, "system_fault": False})
+                return self._unloadable(claimed, step.handler_class, exc)
             return await execute(claimed, template, step, handler_cls,
                                  self.resolver.policy(claimed.template_id, claimed.name), threads,
                                  backoff_scale=self.opts.backoff_scale, tasks=self.tasks)

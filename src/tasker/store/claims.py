@@ -335,6 +335,13 @@ def next_run_at(conn: Connection, *, namespaces: Sequence[str] | None = None,
     return conn.execute(q.order_by(steps.c.run_at).limit(1)).scalar()
 
 
+def active_step_ids(conn: Connection, *, limit: int, namespaces: Sequence[str] | None = None,
+                    task_id: int | None = None) -> list[int]:
+    """Ids of up to `limit` steps that are ready, waiting to retry or running."""
+    q = _scoped(select(steps.c.id).where(steps.c.state.in_(ACTIVE)), namespaces, task_id)
+    return list(conn.execute(q.order_by(steps.c.id).limit(limit)).scalars())
+
+
 def active_count(conn: Connection, *, namespaces: Sequence[str] | None = None, task_id: int | None = None) -> int:
     """Steps that are ready, waiting to retry or running: zero means there is nothing left to do."""
     q = _scoped(select(func.count()).select_from(steps).where(steps.c.state.in_(ACTIVE)), namespaces, task_id)

@@ -106,6 +106,8 @@ def apply_outcomes(
     completed: list[int] = []
     children: list[int] | None = []
     check: set[int] = set()
+    if any(o.exhausted for o in outcomes):  # before anything is written: it may change their states
+        systems.hold_for_outages(conn, journal, outcomes, view or systems.SystemsView(), lock=lock_tasks)
     params = [_finish_params(o, now) for o in outcomes]
     if conn.dialect.name == "postgresql" and len(params) > 1:
         taken = _finish_batch(conn, params)
@@ -163,4 +165,4 @@ def _record_systems(conn: Connection, journal: Journal, accepted: list[Outcome],
     systems.record(conn, journal, seen, view, lock=lock)
 
 
-_NOT_THE_SYSTEMS_FAULT = {"HandlerNotFound", "UndeclaredEventError", "LeaseExpired"}
+_NOT_THE_SYSTEMS_FAULT = {"HandlerNotFound", "HandlerUnavailable", "UndeclaredEventError", "LeaseExpired"}

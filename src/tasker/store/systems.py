@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,6 +25,8 @@ from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from tasker.bounds import check_system_settings
+from tasker.engine.model import Outcome
+from tasker.failures import DEFAULT_MAX_OUTAGE_SECONDS, GAVE_UP, outage_verdict
 from tasker.states import StepState
 from tasker.store.journal import Journal
 from tasker.store.schema import circuit_transitions, dependent_systems, namespace_limits, steps
@@ -240,19 +242,19 @@ def record(conn: Connection, journal: Journal, outcomes: SystemOutcomes, view: S
     for name in sorted(resets):
         conn.execute(update(dependent_systems)
                      .where(dependent_systems.c.name == name, dependent_systems.c.circuit_state == CLOSED)
-                     .values(consecutive_failures=0, updated_at=now))
+                     .values(consecutive_failures=0, failing_since=None, updated_at=now))
 
 
 #: No cool-down is longer than a day, whatever a row says (rows written before settings were validated).
 MAX_COOLDOWN_SECONDS = 86_400.0
 
 
-def _seconds(value: float | None, default: float) -> float:
-    """A stored cool-down as a usable number of seconds: missing, non-finite or non-positive values
-    fall back to the default, and none exceeds a day (a bad row must not crash every worker)."""
+def _seconds(value: float | None, default: float, cap: float = MAX_COOLDOWN_SECONDS) -> float:
+    """A stored duration as a usable number of seconds: missing, non-finite or non-positive values
+    fall back to the default, and none exceeds `cap` (a bad row must not crash every worker)."""
     if value is None or not math.isfinite(value) or value <= 0:
         return default
-    return min(value, MAX_COOLDOWN_SECONDS)
+    return min(value, cap)
 
 
 def _apply(conn: Connection, journal: Journal, row: Any, outcomes: SystemOutcomes, now: datetime) -> None:
@@ -264,25 +266,80 @@ def _apply(conn: Connection, journal: Journal, row: Any, outcomes: SystemOutcome
     if name in outcomes.probe_ok:
         conn.execute(update(table).where(table.c.name == name).values(
             circuit_state=CLOSED, consecutive_failures=0, current_cooldown_seconds=None, open_until=None,
-            probe_step_id=None, updated_at=now))
+            probe_step_id=None, failing_since=None, updated_at=now))
         _transition(conn, journal, name, row.circuit_state, CLOSED, "probe succeeded")
         return
     failures = row.consecutive_failures + outcomes.failures.get(name, 0)
+    since = row.failing_since or now  # the streak of unanswered failures began now, or goes on
     if name in outcomes.probe_failed:
         cooldown = min(_seconds(row.current_cooldown_seconds, base) * 2, cap)
         conn.execute(update(table).where(table.c.name == name).values(
             circuit_state=OPEN, consecutive_failures=failures + 1, current_cooldown_seconds=cooldown,
-            opened_at=now, open_until=now + timedelta(seconds=cooldown), probe_step_id=None, updated_at=now))
+            opened_at=now, open_until=now + timedelta(seconds=cooldown), probe_step_id=None,
+            failing_since=since, updated_at=now))
         _transition(conn, journal, name, row.circuit_state, OPEN, f"probe failed; next probe in {cooldown:g}s")
         return
     if row.circuit_state == CLOSED and failures >= threshold:
         conn.execute(update(table).where(table.c.name == name).values(
             circuit_state=OPEN, consecutive_failures=failures, current_cooldown_seconds=base, opened_at=now,
-            open_until=now + timedelta(seconds=base), probe_step_id=None, updated_at=now))
+            open_until=now + timedelta(seconds=base), probe_step_id=None, failing_since=since, updated_at=now))
         _transition(conn, journal, name, CLOSED, OPEN,
                     f"{failures} consecutive retryable failures (threshold {threshold}); probe in {base:g}s")
         return
-    conn.execute(update(table).where(table.c.name == name).values(consecutive_failures=failures, updated_at=now))
+    conn.execute(update(table).where(table.c.name == name).values(consecutive_failures=failures,
+                                                                  failing_since=since, updated_at=now))
+
+
+def hold_for_outages(conn: Connection, journal: Journal, outcomes: Sequence[Outcome], view: SystemsView,
+                     *, lock: bool) -> None:
+    """The outage promise, decided in the completion transaction (DESIGN section 1).
+
+    A step that ran out of attempts on failures that are its system's fault, while the system has
+    answered nothing since its first failed attempt, does not fail: its last attempt is given back
+    and it waits in `waiting_retry`, tried again at the system's cool-down pace. Its failures keep
+    counting towards the circuit, which opens at its threshold, and from then on probes decide when
+    it runs. After `max_outage_seconds` of silence (default an hour) it fails, with an error that
+    says so. Changes the outcomes in place.
+    """
+    held = [o for o in outcomes if o.exhausted and o.transient_failure and view.has_breaker(o.dependent_system)]
+    if not held:
+        return
+    now = journal.now
+    names = sorted({o.dependent_system for o in held})
+    _ensure_rows(conn, names, now)
+    q = select(dependent_systems).where(dependent_systems.c.name.in_(names)).order_by(dependent_systems.c.name)
+    rows = {r.name: r for r in conn.execute(q.with_for_update() if lock else q)}
+    for o in held:
+        row = rows[o.dependent_system]
+        limit = _seconds(row.max_outage_seconds, DEFAULT_MAX_OUTAGE_SECONDS, cap=MAX_OUTAGE_CAP_SECONDS)
+        verdict = outage_verdict(failing_since=row.failing_since, now=now, max_outage_seconds=limit,
+                                 unanswered_failures=row.consecutive_failures + 1, attempts=o.attempt)
+        error = dict(o.error or {})
+        message = str(error.get("message", ""))
+        suffix = GAVE_UP.format(o.attempt)
+        if message.endswith(suffix):
+            message = message[: -len(suffix)]
+        if verdict.hold:
+            o.state = StepState.WAITING_RETRY.value
+            o.refund_attempt = True
+            o.retry_delay = _seconds(row.current_cooldown_seconds or row.cooldown_seconds,
+                                     DEFAULT_COOLDOWN_SECONDS)
+            error["message"] = (f"{message} (waiting for '{row.name}': it has answered nothing for "
+                                f"{verdict.silent_seconds:.0f}s; attempts are not spent while it is down, "
+                                f"up to max_outage_seconds={limit:g})")
+            error["waiting_for_system"] = row.name
+        else:
+            o.state = StepState.ERROR.value
+            o.refund_attempt = False
+            reason = (f"'{row.name}' has answered nothing for {verdict.silent_seconds:.0f}s, past its "
+                      f"max_outage_seconds={limit:g}" if verdict.silent_seconds >= limit
+                      else f"'{row.name}' answered other steps meanwhile")
+            error["message"] = f"{message}{suffix} ({reason})"
+        o.error = error
+
+
+#: No system may keep steps waiting longer than a week, whatever its row says.
+MAX_OUTAGE_CAP_SECONDS = 7 * 86_400.0
 
 
 def open_until(conn: Connection, system: str) -> datetime | None:
@@ -315,7 +372,7 @@ def reset(conn: Connection, journal: Journal, name: str) -> bool:
         return False
     conn.execute(update(dependent_systems).where(dependent_systems.c.name == name).values(
         circuit_state=CLOSED, consecutive_failures=0, current_cooldown_seconds=None, open_until=None,
-        probe_step_id=None, updated_at=journal.now))
+        probe_step_id=None, failing_since=None, updated_at=journal.now))
     if row.circuit_state != CLOSED:
         _transition(conn, journal, name, row.circuit_state, CLOSED, "reset by an operator")
     return True
@@ -344,6 +401,10 @@ def report(conn: Connection) -> list[dict[str, Any]]:
             "max_in_flight": r.max_in_flight if r else None,
             "failure_threshold": (r.failure_threshold if r and r.failure_threshold else DEFAULT_FAILURE_THRESHOLD),
             "cooldown_seconds": (r.cooldown_seconds if r and r.cooldown_seconds else DEFAULT_COOLDOWN_SECONDS),
+            "current_cooldown_seconds": r.current_cooldown_seconds if r else None,
+            "max_outage_seconds": _seconds(r.max_outage_seconds if r else None, DEFAULT_MAX_OUTAGE_SECONDS,
+                                           cap=MAX_OUTAGE_CAP_SECONDS),
+            "failing_since": r.failing_since if r else None,
             "in_flight": c["in_progress"],
             "waiting": c["ready"] + c["waiting_retry"],
             "errored_steps": c["error"],
