@@ -43,20 +43,47 @@ def test_same_explicit_key_returns_the_same_task(tasker: Tasker, load, key: str)
     assert tasker.list_tasks()[1] == 2
 
 
-def test_same_context_without_key_returns_the_same_task(tasker: Tasker, load, key: str) -> None:
+def test_without_a_key_every_create_is_a_new_task(tasker: Tasker, load, key: str) -> None:
     ref = load("one", [step("a")])
-    first = tasker.create_task(ref, {"key": key, "a": 1, "b": [1, 2]})
-    # Key order does not matter: the derived key hashes the canonical form of the context.
-    second = tasker.create_task(ref, {"b": [1, 2], "a": 1, "key": key})
+    first = tasker.create_task(ref, {"key": key, "a": 1})
+    second = tasker.create_task(ref, {"key": key, "a": 1})
+    assert second.id != first.id and not second.deduplicated
+    assert first.idempotency_key.startswith("new-") and first.idempotency_key != second.idempotency_key
+    assert tasker.create_tasks(ref, [{"key": key, "a": 1}] * 3) != [first.id] * 3
+    assert tasker.list_tasks()[1] == 5
+
+
+def test_identity_makes_equal_requests_one_task_forever(tasker: Tasker, load, key: str) -> None:
+    ref = load("one", [step("a")], identity={"from": ["customer.id", "cart"]})
+    first = tasker.create_task(ref, {"key": key, "customer": {"id": 7, "name": "Ada"}, "cart": [1, 2]})
+    # only the identity paths count: another name, same customer and cart, is the same order
+    second = tasker.create_task(ref, {"key": key, "customer": {"id": 7, "name": "A."}, "cart": [1, 2]})
     assert second.id == first.id and second.deduplicated
-    assert first.idempotency_key.startswith("ctx-")
-    different = tasker.create_task(ref, {"key": key, "a": 2, "b": [1, 2]})
-    assert different.id != first.id and not different.deduplicated
+    assert first.idempotency_key.startswith("id-")
+    other = tasker.create_task(ref, {"key": key, "customer": {"id": 8}, "cart": [1, 2]})
+    assert other.id != first.id
     tasker.work(until_idle=True)
-    # A finished task still deduplicates: resubmitting the request does not run it again.
-    again = tasker.create_task(ref, {"key": key, "a": 1, "b": [1, 2]})
-    assert again.id == first.id and again.status == "complete"
+    again = tasker.create_task(ref, {"key": key, "customer": {"id": 7}, "cart": [1, 2]})
+    assert again.id == first.id and again.status == "complete", "a finished task still deduplicates"
     assert len(h.calls(key, "a")) == 2
+
+
+def test_identity_within_a_window(tasker: Tasker, load, key: str) -> None:
+    ref = load("win", [step("a")], identity={"from": ["customer"], "window_seconds": 0.5})
+    first = tasker.create_task(ref, {"key": key, "customer": "ada"})
+    assert tasker.create_task(ref, {"key": key, "customer": "ada"}).id == first.id
+    import time
+
+    time.sleep(1.1)  # past the window (and past the edge of the next one)
+    later = tasker.create_task(ref, {"key": key, "customer": "ada"})
+    assert later.id != first.id and not later.deduplicated
+
+
+def test_identity_is_validated_at_load(tasker: Tasker, load) -> None:
+    with pytest.raises(TaskerInputError, match="identity"):
+        load("bad", [step("a")], identity={"from": [], "window_seconds": 10})
+    with pytest.raises(TaskerInputError, match="window_seconds"):
+        load("bad2", [step("a")], identity={"from": ["a"], "window_seconds": -1})
 
 
 def test_duplicate_does_not_run_twice(tasker: Tasker, load, key: str) -> None:
@@ -139,15 +166,16 @@ def test_context_violations_are_reported_together_with_paths(tasker: Tasker, loa
 
 def test_defaults_are_applied_and_stored(tasker: Tasker, load, key: str) -> None:
     ref = load("validated", [step("a")], schema=SCHEMA)
-    task = tasker.create_task(ref, {"key": key, "order_id": 7, "customer": {"email": "a@example.com"}})
+    task = tasker.create_task(ref, {"key": key, "order_id": 7, "customer": {"email": "a@example.com"}},
+                              idempotency_key=f"order-7-{key}")
     expected = {"key": key, "order_id": 7, "priority": "normal",
                 "customer": {"email": "a@example.com", "tier": "standard"}}
     assert task.context == expected
     assert tasker.get_task(task.id).context == expected
     tasker.run(task.id)
     assert h.calls(key, "a")[0]["context"] == expected
-    # The same request with the defaults spelled out is the same task.
-    assert tasker.create_task(ref, expected).id == task.id
+    # The same request with the defaults spelled out is the same task, no conflict.
+    assert tasker.create_task(ref, expected, idempotency_key=f"order-7-{key}").id == task.id
 
 
 def test_unknown_template_lists_the_known_ones(tasker: Tasker, load) -> None:

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,10 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from tasker.context_schema import validate_context
+from tasker.engine import queries
 from tasker.engine.handler_threads import HandlerThreads
 from tasker.engine.model import Task
+from tasker.engine.queries import Overview, TaskPage, TaskQuery
 from tasker.engine.resolver import Resolver
 from tasker.engine.worker import Worker, WorkerOptions
 from tasker.errors import IdempotencyConflict, NotFoundError, TaskerInputError
@@ -37,7 +39,7 @@ from tasker.store.database import Database
 from tasker.store.journal import Journal
 from tasker.store.schema import tasks as tasks_table
 from tasker.templates.loader import load_path, resolve_task_handler
-from tasker.templates.model import TaskTemplate
+from tasker.templates.model import TaskTemplate, semver_key
 
 log = logging.getLogger("tasker")
 
@@ -69,7 +71,7 @@ class Tasker:
         lease_seconds: float = 30.0,
         poll_interval: float = 0.5,
         backoff_scale: float = 1.0,
-        migrate: bool = True,
+        migrate: bool | None = None,
     ):
         if concurrency < 1:
             raise TaskerInputError("concurrency must be at least 1")
@@ -86,6 +88,7 @@ class Tasker:
         self._workers: set[Worker] = set()
         self._lock = threading.Lock()
         self._runner: _Runner | None = None
+        self._final_counts = queries.FinalCounts()  # the overview's settled counts (queries.py)
         if templates is not None:
             for p in [templates] if isinstance(templates, (str, Path)) else templates:
                 self.load_templates(p)
@@ -175,9 +178,13 @@ class Tasker:
         idempotency_key: str | None = None,
         correlation_id: str | None = None,
     ) -> Task:
-        """Create a task (validated, defaults applied, template pinned); idempotent on its key.
+        """Create a task (validated, defaults applied, template pinned); idempotent by intent.
 
-        A repeated request returns the first task with `deduplicated=True` instead of a second one.
+        With an explicit `idempotency_key`, a repeated request returns the first task (for as long as
+        it is kept) with `deduplicated=True`; the same key with another payload raises
+        `IdempotencyConflict`. A template with `identity: {from: [...], window_seconds: N}` derives
+        the key from those context paths, so equal requests within the window are one task. Without
+        either, every call creates a new task.
         """
         tmpl = self.registry.get(template, version)
         ctx = validate_context(tmpl.key, tmpl.context_schema, context if context is not None else {})
@@ -188,9 +195,14 @@ class Tasker:
             not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255
         ):
             raise TaskerInputError("idempotency_key must be a string of 1 to 255 characters")
-        key = idempotency_key or task_store.derived_idempotency_key(tmpl, ctx)
         corr = correlation_id or _correlation_id(ctx)
         journal = Journal(utcnow())
+        identity = None if idempotency_key else task_store.identity_keys(tmpl, ctx, journal.now)
+        key = idempotency_key or (identity.key if identity else task_store.fresh_idempotency_key())
+        if identity is not None and identity.previous is not None:
+            earlier = self._find_recent(tmpl, identity)
+            if earlier is not None:
+                return _dedup(self.get_task(earlier))
         try:
             # Optimistic: a duplicate is rare, and the unique index decides races between creators.
             with self.db.write() as conn:
@@ -220,7 +232,8 @@ class Tasker:
         """Create many tasks of one template with multi-row inserts; returns their ids in input order.
 
         Each context is validated like `create_task`'s, and the whole batch is refused if any is invalid.
-        Keys are derived from the contexts, so a repeated context returns the existing task's id.
+        Every context is a new task, unless the template declares `identity:`: then equal identities
+        are one task, as with `create_task`.
         """
         tmpl = self.registry.get(template, version)
         handler = None
@@ -231,7 +244,14 @@ class Tasker:
             ctx = validate_context(tmpl.key, tmpl.context_schema, ctx)
             if handler is not None:
                 ctx = handler.prepare_context(ctx)
-            items.append(task_store.NewTask(ctx, task_store.derived_idempotency_key(tmpl, ctx), _correlation_id(ctx)))
+            if tmpl.identity is not None:  # derived keys: one by one, which finds earlier windows too
+                items.append(task_store.NewTask(ctx, "", _correlation_id(ctx)))
+                continue
+            items.append(task_store.NewTask(ctx, task_store.fresh_idempotency_key(), _correlation_id(ctx)))
+        if tmpl.identity is not None:
+            found = [self.create_task(template, it.context, version=tmpl.version).id for it in items]
+            self._notify_workers()
+            return found
         ids: list[int] = []
         for start in range(0, len(items), max(1, chunk_size)):
             chunk = items[start:start + chunk_size]
@@ -247,6 +267,13 @@ class Tasker:
             self._publish(journal.events)
         self._notify_workers()
         return ids
+
+    def _find_recent(self, tmpl: TaskTemplate, identity: task_store.IdentityKeys) -> int | None:
+        """A task of the previous identity window still within the window of this request."""
+        assert identity.previous is not None and identity.window_seconds is not None
+        since = utcnow() - timedelta(seconds=identity.window_seconds)
+        with self.db.read() as conn:
+            return task_store.find_recent_task_id(conn, tmpl.namespace_name, tmpl.name, identity.previous, since)
 
     def _check_same_payload(self, found: Task, tmpl: TaskTemplate, ctx: dict[str, Any], raw: dict[str, Any],
                             *, pinned: bool) -> None:
@@ -301,6 +328,29 @@ class Tasker:
     def list_tasks(self, *, limit: int = 50, offset: int = 0, **filters: Any) -> tuple[list[Task], int]:
         with self.db.read() as conn:
             return task_store.list_tasks(conn, limit=limit, offset=offset, **filters)
+
+    def page_tasks(self, query: TaskQuery | None = None, *, limit: int = 50, after: str | None = None,
+                   before: str | None = None, offset: int = 0) -> TaskPage:
+        """A keyset page of tasks, newest first, without steps: `after`/`before` are the cursors of a page.
+
+        Fast at any depth and any table size (an index walk from the cursor, no OFFSET, no COUNT);
+        `offset` is only for the API's older clients.
+        """
+        return queries.page_tasks(self.db, query or TaskQuery(), limit=limit, after=after, before=before,
+                                  offset=offset)
+
+    def count_tasks(self, query: TaskQuery | None = None) -> int:
+        """How many tasks match `query`; reads every match, so listings do not call it."""
+        return queries.count_tasks(self.db, query or TaskQuery())
+
+    def overview(self) -> Overview:
+        """Tasks by status, retries waiting, recent outcomes, attempts per minute, latest failures."""
+        return queries.overview(self.db, self._final_counts)
+
+    def template_versions(self) -> list[TaskTemplate]:
+        """Every loaded template, all versions, by namespace, name and semantic version."""
+        return sorted(self.registry.all(),
+                      key=lambda t: (t.namespace_name, t.name, semver_key(t.version)))
 
     def step_transitions(self, task_id: int) -> list[dict[str, Any]]:
         with self.db.read() as conn:

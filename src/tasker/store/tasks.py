@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,9 +25,47 @@ _INSERT_EDGES = insert(step_edges)
 
 
 def derived_idempotency_key(template: TaskTemplate, context: dict[str, Any]) -> str:
-    """Same namespace/name/version/context => same key, so a resubmitted request finds the first task."""
+    """Same namespace/name/version/context => same key (the keys of tasks created before idempotency
+    by intent; kept so that such tasks can still be found by it)."""
     raw = f"{template.namespace_name}/{template.name}@{template.version}:{canonical_json(context)}"
     return "ctx-" + hashlib.sha256(raw.encode()).hexdigest()
+
+
+def fresh_idempotency_key() -> str:
+    """A key no other task has: without an explicit key or `identity:`, every create is a new task."""
+    return f"new-{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True)
+class IdentityKeys:
+    """The key a task created now gets from its template's `identity:`, and the key of the previous
+    window (a request just after a window's edge still finds a task created just before it)."""
+
+    key: str
+    previous: str | None
+    window_seconds: float | None
+
+
+def identity_keys(template: TaskTemplate, context: dict[str, Any], now: datetime) -> IdentityKeys | None:
+    """Keys derived from the context paths the template names, or None when it names none."""
+    identity = template.identity
+    if identity is None:
+        return None
+    raw = f"{template.namespace_name}/{template.name}:{canonical_json(identity.values(context))}"
+    digest = hashlib.sha256(raw.encode()).hexdigest()[:48]
+    window = identity.window_seconds
+    if window is None:
+        return IdentityKeys(f"id-{digest}", None, None)
+    bucket = int(now.timestamp() // window)
+    return IdentityKeys(f"id-{digest}-{bucket}", f"id-{digest}-{bucket - 1}", window)
+
+
+def find_recent_task_id(conn: Connection, namespace: str, name: str, key: str, since: datetime) -> int | None:
+    """The task with this key created at or after `since`, if any."""
+    return conn.execute(
+        select(tasks.c.id).where(tasks.c.namespace == namespace, tasks.c.name == name,
+                                 tasks.c.idempotency_key == key, tasks.c.created_at >= since)
+    ).scalar()
 
 
 def context_differences(stored: Any, sent: Any, path: str = "$", limit: int = 20) -> list[str]:

@@ -12,6 +12,7 @@ import importlib
 import math
 import os
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from tasker.templates.model import StepTemplate, TaskTemplate
 TOP_LEVEL_KEYS = {
     "name", "namespace_name", "version", "description", "default_dependent_system", "schema",
     "task_handler_class", "custom_events", "step_templates", "environments", "retry",
-    "dependent_systems", "namespace_max_in_flight",
+    "dependent_systems", "namespace_max_in_flight", "identity",
     # Accepted from Tasker YAML for compatibility; they have no effect here.
     "module_namespace", "concurrent", "named_steps", "handler_config", "monitoring",
 }
@@ -165,10 +166,19 @@ def _resolve(path: str, where: str) -> Any:
         return import_object(path)
     except Exception as exc:  # the module may fail in any way while importing: a SyntaxError, a bad relative path
         reason = " ".join(str(exc).split())
-        raise TemplateError(
-            f"{where}: cannot import '{path}' ({type(exc).__name__}: {reason}); fix: check the import path "
-            "and that its package is importable from the current directory"
-        ) from None
+        if isinstance(exc, ModuleNotFoundError):
+            fix = f"check the import path, and that its package is on sys.path ({_search_path()})"
+        else:
+            fix = "check the import path, and run the module by hand (python -c 'import ...') to see its error"
+        raise TemplateError(f"{where}: cannot import '{path}' ({type(exc).__name__}: {reason}); fix: {fix}") from None
+
+
+def _search_path(shown: int = 3) -> str:
+    """Where Python looks first, as the user can act on it: the current directory is only one entry."""
+    entries = [repr(entry or os.getcwd()) for entry in sys.path[:shown]]
+    more = len(sys.path) - shown
+    return "first entries " + ", ".join(entries) + (f" and {more} more" if more > 0 else "") + \
+        "; add the project's folder to PYTHONPATH or install its package"
 
 
 def _unknown_keys(data: Mapping[str, Any], source: str) -> list[str]:

@@ -70,6 +70,8 @@ ServerDelaySeconds = Annotated[float | None, _within(bounds.SERVER_DELAY_SECONDS
 MaxInFlight = Annotated[int | None, _within(bounds.MAX_IN_FLIGHT)]
 FailureThreshold = Annotated[int | None, _within(bounds.FAILURE_THRESHOLD)]
 CooldownSeconds = Annotated[float | None, _within(bounds.COOLDOWN_SECONDS)]
+MaxOutageSeconds = Annotated[float | None, _within(bounds.MAX_OUTAGE_SECONDS)]
+IdentityWindow = Annotated[float | None, _within(bounds.IDENTITY_WINDOW_SECONDS)]
 NamespaceMaxInFlight = Annotated[int | None, _within(bounds.NAMESPACE_MAX_IN_FLIGHT)]
 
 
@@ -100,6 +102,50 @@ class DependentSystemSettings(_Strict):
     failure_threshold: FailureThreshold = None
     cooldown_seconds: CooldownSeconds = None
     max_cooldown_seconds: CooldownSeconds = None
+    #: How long steps wait for a system that answers nothing before they give up (default an hour).
+    max_outage_seconds: MaxOutageSeconds = None
+
+
+class TaskIdentity(_Strict):
+    """`identity:` opts a template in to keys derived from the context: requests whose values at these
+    paths are equal are one task (within `window_seconds` of the first, or for as long as it is kept).
+
+    `from: [customer_id, cart_items]` with `window_seconds: 60` makes "the same cart from the same
+    customer within a minute" one order. Without `identity:` (and without an explicit idempotency key)
+    every create makes a new task.
+    """
+
+    from_: list[str] = Field(alias="from", min_length=1, max_length=32)
+    window_seconds: IdentityWindow = None
+
+    @field_validator("from_")
+    @classmethod
+    def _paths(cls, v: list[str]) -> list[str]:
+        out = []
+        for path in v:
+            if not isinstance(path, str) or not path.strip():
+                raise ValueError("each entry is a context path such as customer.id")
+            clean = path.strip().removeprefix("$.")
+            if any(not part for part in clean.split(".")):
+                raise ValueError(f"'{path}' is not a context path such as customer.id")
+            out.append(clean)
+        return out
+
+    def values(self, context: dict[str, Any]) -> list[Any]:
+        """The context's value at each path (None where the path is absent)."""
+        found: list[Any] = []
+        for path in self.from_:
+            value: Any = context
+            for part in path.split("."):
+                if isinstance(value, dict):
+                    value = value.get(part)
+                elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+                    value = value[int(part)]
+                else:
+                    value = None
+                    break
+            found.append(value)
+        return found
 
 
 class CustomEvent(_Strict):
@@ -194,6 +240,7 @@ class TaskTemplate(_Strict):
     retry: RetrySettings | None = None
     dependent_systems: dict[str, DependentSystemSettings] = Field(default_factory=dict)
     namespace_max_in_flight: NamespaceMaxInFlight = None
+    identity: TaskIdentity | None = None
 
     _source: str | None = PrivateAttr(default=None)
     _warnings: list[str] = PrivateAttr(default_factory=list)
