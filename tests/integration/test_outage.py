@@ -3,11 +3,13 @@ costs the task nothing; it completes after recovery (issue #11)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tasker import Tasker
@@ -36,7 +38,9 @@ def _calls(tmp_path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def test_one_task_alone_survives_an_outage_longer_than_its_retries(tasker: Tasker, tmp_path: Path) -> None:
+def test_one_task_alone_survives_an_outage_longer_than_its_retries(tasker: Tasker, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="tasker.worker")
     ref = _load(tasker, tmp_path, "one", system={"cooldown_seconds": 0.1, "max_cooldown_seconds": 0.2})
     (tmp_path / "down").touch()
     task_id = tasker.create_task(ref, {"dir": str(tmp_path)}).id
@@ -63,6 +67,8 @@ def test_one_task_alone_survives_an_outage_longer_than_its_retries(tasker: Taske
     assert moves[-1] == ("half_open", "closed"), "a probe decided when it ran again"
     state = {s["name"]: s for s in tasker.systems()}["billing"]
     assert state["circuit_state"] == "closed" and state["failing_since"] is None
+    logged = [r.getMessage() for r in caplog.records if "circuit of 'billing'" in r.getMessage()]
+    assert any("closed -> open" in m for m in logged) and any("half_open -> closed" in m for m in logged)
 
 
 def test_a_step_gives_up_after_max_outage_seconds(tasker: Tasker, tmp_path: Path) -> None:

@@ -448,6 +448,8 @@ class Worker:
         # Committed: only now do these outcomes count (a failed cycle is run again with the same outcomes).
         metrics.observe_cycle(done, accepted, self.resolver.template,
                               time.perf_counter() - claim_started if claimed else None)
+        for system, src, dst, reason in journal.circuits:  # committed: an operator wants to know
+            log.warning("worker %s: circuit of '%s' %s -> %s: %s", self.id, system, src, dst, reason)
         return _Cycle(claimed, scanned_full, settled, journal.events, held)
 
     def _known_tasks(self, done: list[tuple[Outcome, ClaimedStep]]) -> dict[int, claims.KnownTask]:

@@ -40,6 +40,8 @@ class Journal:
     collect: bool = True
     #: Steps made ready here and not claimed by this same transaction: other workers should hear of them.
     readied: set[int] = field(default_factory=set)
+    #: Circuit changes made here, (system, from, to, reason), for the worker to log once committed.
+    circuits: list[tuple[str, str, str, str]] = field(default_factory=list)
 
     def step(self, step_id: int, task_id: int, src: str | None, dst: str, attempt: int,
              error: dict[str, Any] | None = None, duration_ms: float | None = None) -> None:

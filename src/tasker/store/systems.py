@@ -112,6 +112,7 @@ def _transition(conn: Connection, journal: Journal, system: str, src: str, dst: 
     conn.execute(insert(circuit_transitions), {"system": system, "from_state": src, "to_state": dst,
                                                "at": journal.now, "worker": journal.worker, "reason": reason})
     journal.event(_EVENTS[dst], {"system": system, "from_state": src, "to_state": dst, "reason": reason})
+    journal.circuits.append((system, src, dst, reason))
 
 
 def plan_claim(conn: Connection, journal: Journal, view: SystemsView, *, lock: bool) -> ClaimPlan:
