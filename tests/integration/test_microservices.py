@@ -7,6 +7,7 @@ that run the workflow use the `store_url` stores (SQLite and PostgreSQL).
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,12 +17,13 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from examples.microservices import payloads
-from examples.microservices.demo import TEMPLATE, TEMPLATES
-from examples.microservices.services import ServiceFleet
 
 from tasker import Tasker
+from tasker.demos.microservices import payloads
+from tasker.demos.microservices.demo import TEMPLATE, TEMPLATES
+from tasker.demos.microservices.services import ServiceFleet
 from tasker.errors import ContextValidationError
+from tests.chaos.support import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -235,12 +237,47 @@ def test_a_lost_response_is_retried_without_a_second_welcome_mail(make_tasker: C
     assert sorted(kinds) == ["getting_started", "pro_features", "welcome"]
 
 
-def test_a_service_down_for_the_whole_retry_budget_fails_the_task_and_a_retry_completes_it(
+def test_one_registration_alone_survives_billing_down_longer_than_its_retries(
+        make_tasker: Callable[..., Tasker], fleet: ServiceFleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The outage promise for a quiet night: no other registration opens the circuit, the step runs out
+    of its 3 attempts while billing refuses, and it waits; it completes once billing is back."""
+    for var, url in fleet.env().items():
+        monkeypatch.setenv(var, url)
+    engine = make_tasker(poll_interval=0.05, backoff_scale=0.1)
+    engine.load_templates(TEMPLATES)
+    engine.configure_system("billing_service", cooldown_seconds=0.2, max_cooldown_seconds=0.4)
+    fleet.billing.refuse()
+    context = registration()
+    task_id = engine.create_task(TEMPLATE, context).id
+    finished: list[Tasker | Any] = []
+    runner = threading.Thread(target=lambda: finished.append(engine.run(task_id)), daemon=True)
+    runner.start()
+
+    def waiting_for_billing() -> bool:
+        step = engine.get_task(task_id).step("setup_billing_profile")
+        return step.status == "waiting_retry" and "waiting for 'billing_service'" in (
+            (step.last_error or {}).get("message", ""))
+
+    wait_for(waiting_for_billing, 30, "the billing step to wait for billing instead of failing")
+    time.sleep(1.0)  # several probes against the dead service
+    assert engine.get_task(task_id).status != "error"
+    fleet.billing.resume()
+    runner.join(30)
+    task = finished[0]
+    assert task.status == "complete"
+    assert task.step("setup_billing_profile").attempts <= 3
+    assert user_rows(fleet, context["user_info"]["email"])[0]["status"] == "registration_complete"
+    assert len(calls(fleet, context["correlation_id"])["preferences"]) == 1  # never re-run once complete
+
+
+def test_billing_down_past_max_outage_fails_the_task_and_a_retry_completes_it(
         make_tasker: Callable[..., Tasker], fleet: ServiceFleet, monkeypatch: pytest.MonkeyPatch) -> None:
     for var, url in fleet.env().items():
         monkeypatch.setenv(var, url)
     engine = make_tasker(poll_interval=0.05, backoff_scale=0.1)
     engine.load_templates(TEMPLATES)
+    engine.configure_system("billing_service", cooldown_seconds=0.1, max_cooldown_seconds=0.2,
+                            max_outage_seconds=1.0)
     fleet.billing.refuse()
     context = registration()
 
@@ -250,7 +287,9 @@ def test_a_service_down_for_the_whole_retry_budget_fails_the_task_and_a_retry_co
     billing = task.step("setup_billing_profile")
     assert (billing.status, billing.attempts, billing.retry_limit) == ("error", 3, 3)
     assert billing.last_error is not None
-    assert "connect error" in billing.last_error["message"] and "Connection refused" in billing.last_error["message"]
+    message = billing.last_error["message"]
+    assert "connect error" in message and "Connection refused" in message
+    assert "past its max_outage_seconds=1" in message
     # the independent branch finished; the welcome waits for billing
     assert task.step("initialize_preferences").status == "complete"
     assert task.step("send_welcome_sequence").status == "pending"
