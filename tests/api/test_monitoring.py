@@ -7,6 +7,7 @@ probe must not hang on).
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -208,7 +209,21 @@ def test_status_is_degraded_while_a_circuit_is_open(tasker: Tasker, api: TestCli
     ref = load(tasker, tmp_path, "outage", [step("a", dependent_system="billing", default_retry_limit=1,
                                                  handler_config={"always_fail": "retryable"})])
     tasker.configure_system("billing", failure_threshold=1, cooldown_seconds=600)
-    tasker.run(tasker.create_task(ref, {"key": "outage"}).id)
+    task_id = tasker.create_task(ref, {"key": "outage"}).id
+    # the step now waits for billing (the outage hold), so run a worker only until the circuit opens
+    worker = tasker.worker(concurrency=1)
+
+    async def briefly() -> None:
+        job = asyncio.ensure_future(worker.run())
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if tasker.circuit_history("billing"):
+                break
+        worker.stop()
+        await job
+
+    asyncio.run(briefly())
+    assert tasker.get_task(task_id).step("a").status == "waiting_retry"
 
     body = api.get(f"{PREFIX}/health/status").json()
 

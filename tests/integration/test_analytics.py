@@ -12,10 +12,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, insert, select, update
 
 from tasker import Tasker, TaskerInputError
 from tasker.engine.insight import recommendations
+from tasker.store import analytics, rollups
 from tasker.store.rollups import BUCKET_ERROR
 from tasker.store.schema import step_transitions, steps, tasks
 from tests.integration.support import step
@@ -294,3 +295,57 @@ def test_small_samples_give_no_rate_advice() -> None:
     few = _figures(attempts=3, retries=3, failure_rate=1.0, steps=1,
                    duration_ms={"count": 3, "avg": 1.0, "p50": 1.0, "p95": 1.0, "max": 1.0})
     assert [a["kind"] for a in recommendations([few], [], {})] == []
+
+
+# -- rollups: the hourly rows agree with the raw tables -------------------------------------------------
+def _raw_counts(tasker: Tasker, hours: int) -> tuple[Any, Any]:
+    scope = analytics.Scope(datetime.now(UTC) - timedelta(hours=hours))
+    with tasker.db.read() as conn:
+        return analytics.task_outcomes(conn, scope), analytics.step_counts(conn, scope)
+
+
+def _rolled_counts(tasker: Tasker, hours: int) -> tuple[Any, Any]:
+    tasker.bottlenecks(hours)  # catches up
+    scope = analytics.Scope(datetime.now(UTC) - timedelta(hours=hours))
+    with tasker.db.read() as conn:
+        return rollups.task_report(conn, scope)[0], rollups.step_report(conn, scope)[0]
+
+
+def test_rollups_add_up_across_catch_ups_and_hours(tasker: Tasker, load: Load, key: str) -> None:
+    ref = load("rolled", [step("a"), step("b", after="a", handler_config={"fail": ["retryable"]})])
+    tasker.configure_system("default", failure_threshold=1000)
+    first = [tasker.create_task(ref, {"key": key, "n": i}).id for i in range(3)]
+    tasker.work(until_idle=True)
+    with tasker.db.write() as conn:  # spread them over whole and partial hours of the periods below
+        for i, task_id in enumerate(first):
+            conn.execute(update(tasks).where(tasks.c.id == task_id)
+                         .values(created_at=datetime.now(UTC) - timedelta(minutes=50 + 40 * i)))
+    assert _rolled_counts(tasker, 3) == _raw_counts(tasker, 3)
+    for i in range(2):  # more attempts of the same hours and steps: merged into the existing rows
+        tasker.create_task(ref, {"key": key, "n": f"more {i}"})
+    tasker.work(until_idle=True)
+
+    for hours in (1, 2, 3, 24):
+        assert _rolled_counts(tasker, hours) == _raw_counts(tasker, hours)
+    assert _template(tasker.performance(24), "rolled")["created"] == 5
+
+
+def test_an_id_committed_late_is_rolled_up_when_it_appears(tasker: Tasker, load: Load, key: str) -> None:
+    if not tasker.db.is_postgres:
+        pytest.skip("SQLite has one writer: ids become visible in order")
+    ref = load("late", [step("a")])
+    task_id = tasker.create_task(ref, {"key": key}).id
+    tasker.work(until_idle=True)
+    step_id = tasker.get_task(task_id).steps[0].id
+    row = {"step_id": step_id, "task_id": task_id, "from_state": "in_progress", "to_state": "waiting_retry",
+           "attempt": 9, "at": datetime.now(UTC), "error_class": "LateError", "duration_ms": 1.0}
+    with tasker.db.writer.connect() as slow:
+        slow.execute(insert(step_transitions), row)  # takes an id, not committed yet
+        tasker.create_task(ref, {"key": key, "n": 2})
+        tasker.work(until_idle=True)  # commits larger ids
+        before = tasker.bottlenecks(24)["error_classes"]
+        slow.commit()
+    after = tasker.bottlenecks(24)["error_classes"]
+
+    assert before == []
+    assert after == [{"error_class": "LateError", "count": 1}]

@@ -11,19 +11,20 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any, TypeVar
 
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from tasker.errors import TaskerInputError
 from tasker.states import StepState, TaskState
-from tasker.store import analytics, systems
+from tasker.store import analytics, rollups, systems
 from tasker.store import workers as workers_store
 from tasker.store.database import Database
 from tasker.store.migrate import head_revision
@@ -248,14 +249,29 @@ def _header(s: analytics.Scope, period_hours: int) -> dict[str, Any]:
             "filters": {"namespace": s.namespace, "name": s.name, "version": s.version}}
 
 
+@contextmanager
+def _report_snapshot(db: Database) -> Iterator[Connection]:
+    """Bring the hourly rollups up to date, then read a report in one snapshot.
+
+    The rollups, the rows not rolled up yet and the open tasks must be read at one instant, or a task
+    finishing between two reads would be counted twice or not at all: PostgreSQL reads in a REPEATABLE
+    READ transaction; a SQLite read transaction is a snapshot already.
+    """
+    rollups.catch_up(db.write)
+    with db.reader.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            yield conn
+
+
 def performance(db: Database, period_hours: int = 24, *, namespace: str | None = None, name: str | None = None,
                 version: str | None = None) -> dict[str, Any]:
     """Per template over the period: tasks started, completed, failed; completion rate; durations; throughput."""
     s = scope(period_hours, namespace, name, version)
-    with db.reader.connect() as conn:
-        outcomes = analytics.task_outcomes(conn, s)
-        durations = analytics.task_durations(conn, s)
-        counts = analytics.step_counts(conn, s)
+    with _report_snapshot(db) as conn:
+        outcomes, durations = rollups.task_report(conn, s)
+        counts, _ = rollups.step_report(conn, s)
     per_template: dict[analytics.TemplateKey, list[analytics.StepCounts]] = {}
     for key, c in counts.items():
         per_template.setdefault((key[0], key[1], key[2]), []).append(c)
@@ -303,10 +319,9 @@ def bottlenecks(db: Database, period_hours: int = 24, *, namespace: str | None =
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100:
         raise TaskerInputError(f"limit must be a whole number from 1 to 100, not {limit!r}")
     s = scope(period_hours, namespace, name, version)
-    with db.reader.connect() as conn:
-        tasks = sum(o.created for o in analytics.task_outcomes(conn, s).values())
-        counts = analytics.step_counts(conn, s)
-        durations = analytics.step_durations(conn, s)
+    with _report_snapshot(db) as conn:
+        tasks = sum(o.created for o in rollups.task_report(conn, s)[0].values())
+        counts, durations = rollups.step_report(conn, s)
         circuits = {c["name"]: c["circuit_state"] for c in systems.report(conn)}
     template_ms: dict[analytics.TemplateKey, float] = {}
     for key, dist in durations.items():

@@ -291,3 +291,73 @@ api_keys = Table(
     Column("last_used_at", UTCDateTime, nullable=True),
     Column("revoked_at", UTCDateTime, nullable=True),
 )
+
+# -- analytics rollups (tasker.store.rollups, docs/analytics.md) ----------------------------------
+#: Attempt outcomes per 30-minute slot of task creation (`hour`: the slot's start), template step
+#: and outcome: the counts that `bottlenecks` and `performance` add up instead of joining every
+#: attempt of the period to its step.
+step_rollups = Table(
+    "tasker_step_rollups",
+    metadata,
+    Column("hour", UTCDateTime, primary_key=True),
+    Column("namespace", String(64), primary_key=True),
+    Column("name", String(128), primary_key=True),
+    Column("version", String(64), primary_key=True),
+    Column("step", String(128), primary_key=True),
+    Column("dependent_system", String(128), primary_key=True),
+    Column("outcome", String(32), primary_key=True),
+    Column("error_class", String(255), primary_key=True),  # '' when the attempt carried no error
+    Column("attempts", BigInteger, nullable=False),
+    Column("after_retries", BigInteger, nullable=False),
+    Column("first_outcomes", BigInteger, nullable=False),
+    Column("retry_limit", Integer, nullable=False),
+)
+
+#: Attempt durations (ms) per slot of task creation and template step: count, sum, min, max and a
+#: sparse log-bucket histogram (JSON) from which p50/p95 are read.
+step_duration_rollups = Table(
+    "tasker_step_duration_rollups",
+    metadata,
+    Column("hour", UTCDateTime, primary_key=True),
+    Column("namespace", String(64), primary_key=True),
+    Column("name", String(128), primary_key=True),
+    Column("version", String(64), primary_key=True),
+    Column("step", String(128), primary_key=True),
+    Column("dependent_system", String(128), primary_key=True),
+    Column("samples", BigInteger, nullable=False),
+    Column("total", Float, nullable=False),
+    Column("low", Float, nullable=False),
+    Column("high", Float, nullable=False),
+    Column("buckets", Text, nullable=False),
+)
+
+#: Tasks in a final state (complete, cancelled, resolved_manually: they never change again) per slot
+#: of creation, template and state, with the durations (s) of the completed ones.
+task_rollups = Table(
+    "tasker_task_rollups",
+    metadata,
+    Column("hour", UTCDateTime, primary_key=True),
+    Column("namespace", String(64), primary_key=True),
+    Column("name", String(128), primary_key=True),
+    Column("version", String(64), primary_key=True),
+    Column("status", String(32), primary_key=True),
+    Column("tasks", BigInteger, nullable=False),
+    Column("started", BigInteger, nullable=False),
+    Column("samples", BigInteger, nullable=False),
+    Column("total", Float, nullable=False),
+    Column("low", Float, nullable=True),
+    Column("high", Float, nullable=True),
+    Column("buckets", Text, nullable=False),
+)
+
+#: How far each rollup has read its transitions table: every id <= `last_id` is rolled up except the
+#: `gaps` (JSON [[lo, hi, first_seen_epoch], ...]): ids not visible yet, from transactions still
+#: open.
+rollup_cursors = Table(
+    "tasker_rollup_cursors",
+    metadata,
+    Column("source", String(64), primary_key=True),
+    Column("last_id", BigInteger, nullable=False),
+    Column("gaps", Text, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
