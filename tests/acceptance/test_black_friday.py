@@ -7,16 +7,19 @@ call), so a fixed seed replays the same run: the assertions below are about inva
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from examples.ecommerce.demo import generate_orders, run_black_friday
 
-from tasker.cli.demo import demo
+from tasker.cli.demo import _verdict, demo
+from tasker.demos.ecommerce.demo import generate_orders, run_black_friday
 from tasker.store.database import Database
 
 SEED = 20231124
@@ -114,3 +117,47 @@ def test_cli_rejects_a_rate_outside_zero_to_one() -> None:
 
     assert result.exit_code == 2
     assert "transient-failure-rate" in result.output
+
+
+def test_the_verdict_reads_naturally_when_counts_are_zero() -> None:
+    clean = {"orders": 10, "completed": 10, "failed": 0, "charged_without_order": 0}
+    engine = {**clean, "failed_declined": 0, "double_charges": 0, "failed_before_retry": 0,
+              "recovered_by_retry": 0}
+
+    text = _verdict({"naive": clean, "engine": engine})
+
+    assert ("Naive: all 10 checkouts completed; no customer was charged without getting an order."
+            in text)
+    assert ("Tasker: no orders failed; no customer was charged without an order or charged twice. "
+            "No order needed the operator's retry.") in text
+    assert " 0 " not in text
+    busy = {**engine, "orders": 1000, "failed": 2, "failed_declined": 2, "failed_before_retry": 5,
+            "recovered_by_retry": 3}
+    naive = {**clean, "orders": 1000, "failed": 132, "charged_without_order": 1}
+    text = _verdict({"naive": naive, "engine": busy})
+    assert ("Naive: 132 of 1000 checkouts failed (13.2%); 1 customer was charged without getting "
+            "an order.") in text
+    assert "Tasker: 2 orders failed, all on declined cards;" in text
+    assert "3 orders (0.30%) needed the operator's retry and all of them completed." in text
+
+
+def test_the_demo_runs_from_a_directory_with_its_own_examples_package(tmp_path: Path) -> None:
+    """The wheel installs no `examples` package: a user's own one is neither shadowed nor in the
+    way."""
+    mine = tmp_path / "examples" / "ecommerce"
+    mine.mkdir(parents=True)
+    (tmp_path / "examples" / "__init__.py").write_text("")
+    (mine / "__init__.py").write_text("raise ImportError('the user\\'s own examples package')\n")
+    # `python -m` and PYTHONPATH both put the current directory first on the path, as in a project.
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    command = [sys.executable, "-m", "tasker.cli.main", "demo"]
+
+    run = subprocess.run([*command, "black-friday", "--orders", "5", "--seed", "3", "--json"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["engine"]["orders"] == 5
+    where = subprocess.run([*command, "templates", "ecommerce"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert where.returncode == 0, where.stderr
+    assert (Path(where.stdout.strip()) / "process_order.yaml").is_file()

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from examples.data_pipeline import metrics, warehouse
-from examples.data_pipeline.__main__ import main
-from examples.data_pipeline.demo import EXTRACTS, TEMPLATE, TEMPLATES, attempts
 
 from tasker import ContextValidationError, Task, Tasker
+from tasker.demos.data_pipeline import metrics, warehouse
+from tasker.demos.data_pipeline.__main__ import main
+from tasker.demos.data_pipeline.demo import EXTRACTS, TEMPLATE, TEMPLATES, attempts
 
 BACKOFF_SCALE = 0.05
 PARENTS = {
@@ -216,12 +216,17 @@ def test_a_sequential_worker_shows_no_overlap(make_tasker: Callable[..., Tasker]
 
 
 def test_a_source_that_stays_down_fails_only_its_branch(engine: Tasker, tmp_path: Path) -> None:
+    # A source that answers nothing is waited for (the outage promise) up to its max_outage_seconds,
+    # an hour by default; one second here, so that the step gives up within the test.
+    engine.configure_system("catalog", max_outage_seconds=1)
     task = run(engine, tmp_path, simulate_failures={"extract_orders": 0, "extract_products": 9})
     assert task.status == "error"
     states = {s.name: s.status for s in task.steps}
     assert states["extract_products"] == "error"
     assert task.step("extract_products").attempts == 3
-    assert "gave up after 3 attempts" in (task.step("extract_products").last_error or {})["message"]
+    message = (task.step("extract_products").last_error or {})["message"]
+    assert "gave up after 3 attempts" in message
+    assert "past its max_outage_seconds=1" in message
     # the independent branch ran to the end; what needs the products never started
     assert states["transform_customer_metrics"] == "complete"
     assert {states[s] for s in ("transform_product_metrics", "generate_insights", "update_dashboard",

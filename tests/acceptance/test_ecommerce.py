@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from examples.ecommerce import services
-from examples.ecommerce.demo import TEMPLATES
-from examples.ecommerce.pricing import PricedLine, price_lines
-from examples.ecommerce.services import CATALOG, Fault, FaultSettings, Services
 
 from tasker import ContextValidationError, Event, Task, Tasker
+from tasker.demos.ecommerce import services
+from tasker.demos.ecommerce.demo import TEMPLATES
+from tasker.demos.ecommerce.pricing import PricedLine, price_lines
+from tasker.demos.ecommerce.services import CATALOG, Fault, FaultSettings, Services
 from tasker.store.database import Database
 
 TEMPLATE = "ecommerce/process_order"
@@ -228,7 +228,21 @@ def test_express_and_premium_orders_get_their_settings(engine: Tasker, shop: Ser
     assert done.step("create_order").results["estimated_delivery"] == expected  # type: ignore[index]
 
 
+def test_a_gateway_down_for_every_attempt_is_waited_for(engine: Tasker, shop: Services) -> None:
+    """The outage promise: three 503s in a row spend the retry budget, but the gateway answered
+    nothing meanwhile, so the step waits for it instead of failing and completes once it is back."""
+    shop.faults.script("payment_gateway", Fault.UNAVAILABLE, Fault.UNAVAILABLE, Fault.UNAVAILABLE)
+
+    task = run(engine, order())
+
+    assert task.status == "complete"
+    assert task.step("process_payment").attempts == 3
+    assert len(shop.charges_for(f"task-{task.id}")) == 1
+
+
 def test_failed_task_completes_when_retried_after_the_outage(engine: Tasker, shop: Services) -> None:
+    # Past its max_outage_seconds a system's outage fails the step; then an operator's retry resumes.
+    engine.configure_system("payment_gateway", max_outage_seconds=0.01)
     shop.faults.script("payment_gateway", Fault.UNAVAILABLE, Fault.UNAVAILABLE, Fault.UNAVAILABLE)
 
     task = run(engine, order())

@@ -13,20 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from examples.ecommerce import services
-from examples.ecommerce.demo import TEMPLATE, TEMPLATES
-from examples.ecommerce.services import Fault, FaultSettings, Services
-from examples.observability.subscribers import (
+from prometheus_client import CollectorRegistry
+
+from tasker import Event, EventBus, Tasker
+from tasker.demos.ecommerce import services
+from tasker.demos.ecommerce.demo import TEMPLATE, TEMPLATES
+from tasker.demos.ecommerce.services import Fault, FaultSettings, Services
+from tasker.demos.observability.subscribers import (
     Alert,
     BusinessMetricsSubscriber,
     LogSink,
     MemorySink,
     PerformanceSubscriber,
 )
-from examples.observability.wiring import attach, checkout_thresholds
-from prometheus_client import CollectorRegistry
-
-from tasker import Event, EventBus, Tasker
+from tasker.demos.observability.wiring import attach, checkout_thresholds
 from tasker.events.registration import configured_subscribers
 from tests.acceptance.test_ecommerce import order
 
@@ -135,7 +135,7 @@ def test_business_subscriber_named_in_configuration(engine: Tasker, shop: Servic
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TASKER_CONFIG", raising=False)
     monkeypatch.setenv("TASKER_DATABASE_URL", store_url)
-    [subscriber] = configured_subscribers(["examples.observability.subscribers:BusinessMetricsSubscriber"],
+    [subscriber] = configured_subscribers(["tasker.demos.observability.subscribers:BusinessMetricsSubscriber"],
                                           include_entry_points=False)
     assert isinstance(subscriber, BusinessMetricsSubscriber)
     detach = engine.add_subscriber(subscriber)
@@ -185,7 +185,7 @@ def test_performance_alert_choices() -> None:
 
 def test_log_sink_logs_critical_alerts_as_errors(caplog: pytest.LogCaptureFixture) -> None:
     sink = LogSink()
-    with caplog.at_level("WARNING", logger="examples.observability.alerts"):
+    with caplog.at_level("WARNING", logger="tasker.demos.observability.alerts"):
         sink(Alert("step_failed", "critical", "payment declined", 1, "process_payment", 1))
         sink(Alert("slow_step", "warning", "slow mail", 1, "send_confirmation", 1))
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [

@@ -1,6 +1,6 @@
 """Two teams' `process_refund` on both stores: namespaces, versions side by side, and a cross-namespace task.
 
-The simulated ledger, gateway, support desk and outbox (examples/team_scaling/services.py) are the
+The simulated ledger, gateway, support desk and outbox (tasker/demos/team_scaling/services.py) are the
 witnesses: a refund must reach the gateway exactly once whatever the engine retried.
 """
 
@@ -10,9 +10,11 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from examples.team_scaling import services
-from examples.team_scaling.__main__ import main
-from examples.team_scaling.demo import (
+
+from tasker import ContextValidationError, Task, Tasker, UnknownTemplateError
+from tasker.demos.team_scaling import services
+from tasker.demos.team_scaling.__main__ import main
+from tasker.demos.team_scaling.demo import (
     CUSTOMER_SUCCESS,
     PAYMENTS,
     PAYMENTS_2_0_0,
@@ -21,9 +23,7 @@ from examples.team_scaling.demo import (
     refund_request,
     seed_world,
 )
-from examples.team_scaling.services import Payment
-
-from tasker import ContextValidationError, Task, Tasker, UnknownTemplateError
+from tasker.demos.team_scaling.services import Payment
 
 BACKOFF_SCALE = 0.05
 STEPS_2_0_0 = ["validate_payment_eligibility", "process_gateway_refund", "update_payment_records", "notify_customer"]

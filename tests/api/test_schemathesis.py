@@ -29,7 +29,7 @@ from tasker import Tasker
 from tasker.api.app import create_app
 from tests.api.conftest import PING, order_template
 
-CHECKOUT = Path(__file__).parents[2] / "examples" / "ecommerce" / "templates"
+CHECKOUT = Path(__file__).parents[2] / "src" / "tasker" / "demos" / "ecommerce" / "templates"
 CHECKOUT_CONTEXT = {
     "cart_items": [{"product_id": 1, "quantity": 2, "price": 9.5}],
     "payment_info": {"method": "credit_card", "token": "tok_ok", "amount": 19.0},

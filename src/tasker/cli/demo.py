@@ -2,8 +2,8 @@
 
 `tasker demo black-friday` runs the e-commerce story: the same orders through a naive checkout and through
 the workflow engine, over the same flaky services, and reconciles each side from the services' own books.
-The demo code lives in `examples.ecommerce` and is imported when the command runs, so the CLI does not
-depend on the examples to start.
+The demo code lives in `tasker.demos` (installed with the package, so the demos work from any
+directory) and is imported when the command runs, so the CLI does not pay for it at start.
 """
 
 from __future__ import annotations
@@ -49,6 +49,35 @@ def demo() -> None:
     """Run the stories' demos."""
 
 
+#: The demos `tasker demo templates` knows: subpackage of `tasker.demos` -> what it shows.
+DEMO_TEMPLATES = {
+    "ecommerce": "the Black Friday checkout, ecommerce/process_order",
+    "microservices": "the user registration, blog_examples/user_registration",
+    "data_pipeline": "the customer analytics pipeline, data_pipeline/customer_analytics",
+    "team_scaling": "two teams' refunds, payments/ and customer_success/process_refund",
+}
+
+
+@demo.command("templates")
+@click.argument("name", required=False, type=click.Choice(sorted(DEMO_TEMPLATES)))
+def demo_templates(name: str | None) -> None:
+    """Print the directory of a demo's YAML templates (all of them without NAME).
+
+    The templates ship inside the installed package, so this works from a checkout and from a wheel
+    alike: `tasker serve --templates "$(tasker demo templates ecommerce)"`.
+    """
+    from importlib.resources import files
+
+    def folder(demo_name: str) -> str:
+        return str(files("tasker.demos").joinpath(demo_name, "templates"))
+
+    if name:
+        click.echo(folder(name))
+        return
+    for demo_name, what in DEMO_TEMPLATES.items():
+        click.echo(f"{demo_name:<14} {folder(demo_name)}  ({what})")
+
+
 @demo.command("black-friday")
 @click.option("--orders", type=click.IntRange(min=1), default=200, show_default=True,
               help="How many checkouts each side processes.")
@@ -67,7 +96,7 @@ def black_friday(orders: int, transient_failure_rate: float, decline_rate: float
     After the engine has finished, the faults are switched off and every task that failed for any reason
     but a declined card is retried once, as an operator would once the dependencies are healthy.
     """
-    from examples.ecommerce.demo import run_black_friday
+    from tasker.demos.ecommerce.demo import run_black_friday
 
     if database_url:
         _check_url(database_url)
@@ -149,18 +178,59 @@ def _cell(key: str, value: Any, must_be_zero: frozenset[str] = CHECKOUT_MUST_BE_
 
 
 def _verdict(result: dict[str, dict[str, Any]]) -> str:
+    """Two sentences a person reads aloud: a zero says "no orders failed", not "0 failed, 0 of them"."""
     naive, engine = result["naive"], result["engine"]
-    orders = max(engine["orders"], 1)
-    operator = engine["failed_before_retry"] - engine["failed_declined"]
-    return (
-        f"\nNaive: {naive['failed']} of {naive['orders']} checkouts failed "
-        f"({100 * naive['failed'] / max(naive['orders'], 1):.1f}%); {naive['charged_without_order']} customers were "
-        f"charged without getting an order.\n"
-        f"Tasker: {engine['failed']} failed, {engine['failed_declined']} of them declined cards; "
-        f"{engine['charged_without_order']} charged without an order, {engine['double_charges']} double charges. "
-        f"{operator} orders ({100 * operator / orders:.2f}%) needed the operator's retry and "
-        f"{engine['recovered_by_retry']} of them completed."
-    )
+    return f"\nNaive: {_naive_verdict(naive)}\nTasker: {_engine_verdict(engine)}"
+
+
+def _count(n: int, singular: str, plural: str | None = None) -> str:
+    """'no orders', '1 order', '3 orders': the noun agrees with the number."""
+    many = plural or f"{singular}s"
+    return f"no {many}" if n == 0 else f"{n} {singular if n == 1 else many}"
+
+
+def _naive_verdict(naive: dict[str, Any]) -> str:
+    orders, failed, lost = naive["orders"], naive["failed"], naive["charged_without_order"]
+    if failed == 0:
+        head = f"all {orders} checkouts completed"
+    else:
+        head = f"{failed} of {orders} checkouts failed ({100 * failed / max(orders, 1):.1f}%)"
+    if lost == 0:
+        return f"{head}; no customer was charged without getting an order."
+    were = "was" if lost == 1 else "were"
+    return f"{head}; {_count(lost, 'customer')} {were} charged without getting an order."
+
+
+def _engine_verdict(engine: dict[str, Any]) -> str:
+    failed, declined = engine["failed"], engine["failed_declined"]
+    if failed == 0:
+        outcome = "no orders failed"
+    elif declined == failed:
+        outcome = ("1 order failed, on a declined card" if failed == 1
+                   else f"{failed} orders failed, all on declined cards")
+    elif declined == 0:
+        outcome = f"{_count(failed, 'order')} failed, none on a declined card"
+    else:
+        cards = "a declined card" if declined == 1 else "declined cards"
+        outcome = f"{_count(failed, 'order')} failed, {declined} of them on {cards}"
+    lost, doubled = engine["charged_without_order"], engine["double_charges"]
+    if lost == 0 and doubled == 0:
+        money = "no customer was charged without an order or charged twice"
+    else:
+        money = (f"{_count(lost, 'customer')} charged without an order, "
+                 f"{_count(doubled, 'double charge')}")
+    operator = engine["failed_before_retry"] - declined
+    if operator <= 0:
+        retry = "No order needed the operator's retry."
+    else:
+        share = 100 * operator / max(engine["orders"], 1)
+        recovered = engine["recovered_by_retry"]
+        them = ("it completed" if recovered == 1 else "it did not complete") if operator == 1 else (
+            "all of them completed" if recovered == operator else
+            "none of them completed" if recovered == 0 else f"{recovered} of them completed")
+        retry = (f"{_count(operator, 'order')} ({share:.2f}%) needed the operator's retry "
+                 f"and {them}.")
+    return f"{outcome}; {money}. {retry}"
 
 
 # -- registration-outage --------------------------------------------------------------------------------------
@@ -216,9 +286,8 @@ def registration_outage(ctx: click.Context, registrations: int, outage_seconds: 
     """
     import logging
 
-    from examples.microservices.demo import run_registration_outage
-
     from tasker.cli.common import State
+    from tasker.demos.microservices.demo import run_registration_outage
 
     if database_url:
         _check_url(database_url)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 from rich.table import Table
 
-from tasker.engine.model import Task
+from tasker.engine.model import Step, Task
 from tasker.templates.graph import execution_levels, mermaid
 from tasker.templates.model import TaskTemplate
 
@@ -86,3 +89,144 @@ def template_mermaid(t: TaskTemplate) -> str:
 
 def task_mermaid(t: TaskTemplate, task: Task) -> str:
     return mermaid([(s.name, s.parents) for s in t.step_templates], {s.name: s.status for s in task.steps})
+
+
+# -- `tasker run`: why a step waits, and what each step cost ------------------------------------
+#: Step states after which a step does no more work (its clock stops).
+FINISHED_STEPS = frozenset({"complete", "error", "cancelled", "resolved_manually", "skipped"})
+#: A ready step not claimed this long after its run_at is being held back (a namespace limit).
+OVERDUE_SECONDS = 1.0
+
+
+def _clock(t: datetime) -> str:
+    """A wall-clock time in the reader's own time zone, to compare with the clock they look at."""
+    return f"{t.astimezone():%H:%M:%S}"
+
+
+def waiting_reason(step: Step, system: Mapping[str, Any] | None, namespace: str,
+                   namespace_limit: int | None, now: datetime) -> str | None:
+    """Why a claimable step is not running, in the words of the engine's rules; None if not held.
+
+    The circuit comes first (an open circuit defers steps whatever their retry time), then the
+    outage hold (a step out of attempts waiting for a system that answers nothing), the step's own
+    retry schedule, then the in-flight limits of its system and of its namespace.
+    """
+    if step.status not in ("ready", "waiting_retry"):
+        return None
+    info = system or {}
+    name = step.dependent_system
+    if info.get("circuit_state") == "open":
+        until = info.get("open_until")
+        probe = f", next probe {_clock(until)}" if until else ""
+        return f"circuit '{name}' open{probe}"
+    if info.get("circuit_state") == "half_open":
+        return f"circuit '{name}' half-open, a probe decides"
+    if step.status == "waiting_retry" and step.run_at and step.run_at > now:
+        if (step.last_error or {}).get("waiting_for_system"):  # the outage hold: no attempt spent
+            return f"'{name}' answers nothing, next try {_clock(step.run_at)} (attempts not spent)"
+        return f"retry {step.attempts + 1}/{step.retry_limit} at {_clock(step.run_at)}"
+    limit = info.get("max_in_flight")
+    if limit and info.get("in_flight", 0) >= limit:
+        return f"limit of '{name}' reached ({limit} in flight)"
+    overdue = step.run_at is not None and (now - step.run_at).total_seconds() > OVERDUE_SECONDS
+    if namespace_limit and overdue:
+        return f"limit of namespace '{namespace}' reached ({namespace_limit} in flight)"
+    return None
+
+
+def waiting_line(task: Task, systems: Sequence[Mapping[str, Any]],
+                 namespace_limits: Mapping[str, int], now: datetime | None = None) -> str:
+    """The live line: "waiting: circuit 'mailer' open, next probe 23:55:41 (send_mail)", or "".
+
+    Steps held for the same reason are named together after it, so a fan-out behind one open
+    circuit reads as one reason rather than one per step.
+    """
+    now = now or datetime.now(UTC)
+    by_name = {str(s["name"]): s for s in systems}
+    limit = namespace_limits.get(task.namespace)
+    reasons: dict[str, list[str]] = {}
+    for step in task.steps:
+        system = by_name.get(step.dependent_system)
+        reason = waiting_reason(step, system, task.namespace, limit, now)
+        if reason:
+            reasons.setdefault(reason, []).append(step.name)
+    if not reasons:
+        return ""
+    return "waiting: " + "; ".join(f"{r} ({', '.join(names)})" for r, names in reasons.items())
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """What one step cost, from its transition rows: attempts, probes, time overall and waiting."""
+
+    attempts: int
+    probes: int
+    total_seconds: float | None
+    waited_seconds: float | None
+    last_error: str
+
+
+def step_cost(step: Step, rows: Sequence[Mapping[str, Any]], probe_times: Iterable[datetime],
+              now: datetime | None = None) -> StepCost:
+    """Read a step's story from its transitions (oldest first).
+
+    The clock starts when the step could first run (its move to `ready`, or its first claim) and
+    stops at its last transition once it is finished; time not spent inside an attempt is time
+    waited (for a retry's backoff, an open circuit or a limit). An attempt that began when its
+    system's circuit turned half-open (`probe_times`: the same transaction, so the same instant)
+    was that circuit's probe. The last error is kept even when a later attempt completed: it says
+    what the retries absorbed.
+    """
+    now = now or datetime.now(UTC)
+    probes_at = set(probe_times)
+    start: datetime | None = None
+    running = 0.0
+    probes = 0
+    last_error = ""
+    for i, row in enumerate(rows):
+        at: datetime = row["at"]
+        if start is None and row["to_state"] in ("ready", "in_progress"):
+            start = at
+        if row["to_state"] == "in_progress":
+            end = rows[i + 1]["at"] if i + 1 < len(rows) else now
+            running += max(0.0, (end - at).total_seconds())
+            probes += at in probes_at
+        if row.get("error_class"):
+            message = f"{row['error_class']}: {row.get('error_message') or ''}".rstrip(": ")
+            last_error = f"attempt {row['attempt']}: {message}"
+    if not last_error and step.last_error:
+        last_error = f"{step.last_error.get('class', '')}: {step.last_error.get('message', '')}"
+    if start is None:
+        return StepCost(step.attempts, probes, None, None, last_error)
+    finish = rows[-1]["at"] if step.status in FINISHED_STEPS and rows else now
+    total = max(0.0, (finish - start).total_seconds())
+    return StepCost(step.attempts, probes, total, max(0.0, total - running), last_error)
+
+
+def run_steps_table(task: Task, transitions: Sequence[Mapping[str, Any]],
+                    circuit_history: Sequence[Mapping[str, Any]],
+                    now: datetime | None = None) -> Table:
+    """The final table of `tasker run`: per step its attempts, probes, total and waiting time and
+    last error.
+
+    `transitions` are the task's step transition rows (every attempt, failed ones included) and
+    `circuit_history` the circuit transitions of the task's dependent systems.
+    """
+    by_step: dict[int, list[Mapping[str, Any]]] = {}
+    for row in transitions:
+        by_step.setdefault(int(row["step_id"]), []).append(row)
+    probe_times: dict[str, list[datetime]] = {}
+    for row in circuit_history:
+        if row["to_state"] == "half_open":
+            probe_times.setdefault(str(row["system"]), []).append(row["at"])
+    table = Table(show_lines=False, expand=False)
+    for col in ("step", "state", "attempts", "probes", "total", "waited"):
+        right = col in ("probes", "total", "waited")
+        table.add_column(col, no_wrap=True, justify="right" if right else "left")
+    table.add_column("last error", overflow="fold")
+    for s in task.steps:
+        cost = step_cost(s, by_step.get(s.id, []), probe_times.get(s.dependent_system, []), now)
+        table.add_row(s.name, coloured(s.status), f"{cost.attempts}/{s.retry_limit}",
+                      str(cost.probes or ""), _duration(cost.total_seconds),
+                      _duration(cost.waited_seconds), cost.last_error[:200])
+    return table

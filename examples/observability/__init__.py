@@ -1,9 +1,0 @@
-"""Event-driven monitoring of the checkout: a business-metrics subscriber and a performance subscriber.
-
-    from examples.observability.wiring import attach
-    monitoring = attach(engine)                 # both subscribers, slow-step thresholds from the template
-    ...
-    monitoring.business.snapshot()              # orders, revenue, checkout durations, failure reasons
-
-Run `python -m examples.observability` for a demonstration on a scratch SQLite database.
-"""

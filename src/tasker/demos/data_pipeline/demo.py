@@ -1,0 +1,96 @@
+"""Run the pipeline once and describe what happened: a timeline of step attempts and the figures computed.
+
+Used by `python -m tasker.demos.data_pipeline`; the acceptance tests drive the engine directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tasker import Task, Tasker
+from tasker.demos.data_pipeline.metrics import dollars
+
+TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATE = "data_pipeline/customer_analytics"
+EXTRACTS = ("extract_orders", "extract_users", "extract_products")
+
+
+def run_pipeline(engine: Tasker, output_dir: Path, **context: Any) -> Task:
+    """Load the template, create one pipeline task and run it to the end in this process."""
+    engine.load_templates(TEMPLATES)
+    task = engine.create_task(TEMPLATE, {"output_dir": str(output_dir), **context})
+    return engine.run(task.id)
+
+
+def attempts(engine: Tasker, task: Task) -> list[dict[str, Any]]:
+    """Every attempt of every step as {step, attempt, started, ended, outcome, error}, in start order.
+
+    Built from the transitions table: an attempt starts with the move to `in_progress` and ends with the
+    next transition of the same step.
+    """
+    names = {s.id: s.name for s in task.steps}
+    open_: dict[int, dict[str, Any]] = {}
+    out: list[dict[str, Any]] = []
+    for t in engine.step_transitions(task.id):
+        sid = t["step_id"]
+        if t["to_state"] == "in_progress":
+            open_[sid] = {"step": names[sid], "attempt": t["attempt"], "started": t["at"], "ended": None,
+                          "outcome": None, "error": None}
+            out.append(open_[sid])
+        elif sid in open_:
+            run = open_.pop(sid)
+            run.update(ended=t["at"], outcome=t["to_state"], error=t["error_message"])
+    return out
+
+
+def _ms(at: datetime | None, origin: datetime) -> str:
+    return "     -" if at is None else f"{(at - origin).total_seconds() * 1000:6.0f}"
+
+
+def describe(engine: Tasker, task: Task, *, output_kept: bool = True) -> Iterator[str]:
+    """Lines a person reads: the attempts timeline, the step table, the figures and the deliveries.
+
+    With `output_kept=False` the dashboard went to a temporary directory deleted at exit, so its
+    file is named without the directory: a path that is gone would only send the reader looking.
+    """
+    yield f"task {task.id} {task.template_key}: {task.status} in {task.duration_seconds or 0:.2f}s"
+    runs = attempts(engine, task)
+    origin = min(r["started"] for r in runs) if runs else task.created_at
+    yield ""
+    yield "  start_ms  end_ms  step                        attempt  outcome"
+    for r in runs:
+        note = f"  ({r['error']})" if r["error"] else ""
+        yield (f"  {_ms(r['started'], origin)}  {_ms(r['ended'], origin)}  {r['step']:<27} {r['attempt']:>7}  "
+               f"{r['outcome']}{note}")
+    if task.status != "complete":
+        for s in task.steps:
+            if s.status == "error":
+                yield f"\n{s.name} failed: {(s.last_error or {}).get('message')}"
+        return
+    first = [r for r in runs if r["step"] in EXTRACTS and r["attempt"] == 1]
+    if len(first) == len(EXTRACTS):
+        overlap = min(r["ended"] for r in first) - max(r["started"] for r in first)
+        yield f"\nthe three extractions overlapped for {overlap.total_seconds() * 1000:.0f} ms (fan-out)"
+    cust = task.step("transform_customer_metrics").results or {}
+    prod = task.step("transform_product_metrics").results or {}
+    yield (f"revenue {dollars(cust['revenue_cents'])} from {cust['orders_completed']} orders; "
+           f"{cust['active_customers']} active customers, {prod['units_sold']} units, "
+           f"gross margin {dollars(prod['gross_margin_cents'])}")
+    yield "insights:"
+    for i in (task.step("generate_insights").results or {})["insights"]:
+        yield f"  [{i['severity']}] {i['message']}"
+    dash = task.step("update_dashboard").results or {}
+    if output_kept:
+        yield f"dashboard: {dash['path']} ({dash['bytes']} bytes)"
+    else:
+        yield (f"dashboard: {Path(dash['path']).name} ({dash['bytes']} bytes, in a temporary "
+               "directory removed at exit; --output-dir DIR keeps it)")
+    sent = (task.step("send_notifications").results or {})["messages"]
+    yield "notifications recorded: " + ", ".join(f"{m['channel']} to {m['to']}" for m in sent)
+    notes = dict(task.annotations or {})
+    if not output_kept and notes.get("dashboard"):
+        notes["dashboard"] = Path(notes["dashboard"]).name
+    yield f"annotations: {notes}"

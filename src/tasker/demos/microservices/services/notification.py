@@ -1,0 +1,99 @@
+"""NotificationService: sends welcome sequences (a few emails each).
+
+    POST /welcome_sequences         send every email of the sequence now (201)
+    GET  /welcome_sequences?user_id=..., GET /emails?recipient=...
+
+Like a real email provider it does not refuse a second sequence to the same person: each request sends
+mail. Only an `Idempotency-Key` makes a repeated request harmless, so the duplicate emails the demo
+counts here measure whether the caller used its keys well.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasker.demos.microservices.services.base import Email, Service, correlation_id, now
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS welcome_sequences (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id INTEGER NOT NULL,
+    recipient TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    correlation_id TEXT,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS emails (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sequence_id INTEGER NOT NULL,
+    user_id INTEGER NOT NULL,
+    recipient TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    body TEXT NOT NULL,
+    correlation_id TEXT,
+    sent_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS emails_recipient ON emails (recipient);
+"""
+
+
+class EmailSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(min_length=1, max_length=64)
+    subject: str = Field(min_length=1, max_length=200)
+    body: str = Field(min_length=1, max_length=10_000)
+
+
+class NewSequence(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: int = Field(ge=1)
+    recipient: Email
+    name: str = Field(min_length=1, max_length=200)
+    plan: Literal["free", "pro", "enterprise"]
+    emails: list[EmailSpec] = Field(min_length=1, max_length=20)
+
+
+class NotificationService(Service):
+    name = "notification"
+    display_name = "NotificationService"
+    schema = SCHEMA
+    tables = ("welcome_sequences", "emails")
+
+    def add_routes(self, app: FastAPI) -> None:
+        @app.post("/welcome_sequences", status_code=201)
+        def send_sequence(body: NewSequence, request: Request) -> dict[str, Any]:
+            corr = correlation_id(request)
+            at = now()
+            with self.store.transaction() as conn:
+                seq = conn.execute(
+                    "INSERT INTO welcome_sequences (user_id, recipient, plan, correlation_id, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)", (body.user_id, body.recipient, body.plan, corr, at),
+                ).lastrowid
+                emails = []
+                for mail in body.emails:
+                    email_id = conn.execute(
+                        "INSERT INTO emails (sequence_id, user_id, recipient, kind, subject, body, correlation_id, "
+                        "sent_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (seq, body.user_id, body.recipient, mail.kind, mail.subject, mail.body, corr, at),
+                    ).lastrowid
+                    emails.append({"id": email_id, "kind": mail.kind, "subject": mail.subject})
+            return {"id": seq, "user_id": body.user_id, "recipient": body.recipient, "plan": body.plan,
+                    "emails": emails, "emails_sent": len(emails), "correlation_id": corr, "created_at": at}
+
+        @app.get("/welcome_sequences")
+        def find_sequences(user_id: int | None = None) -> list[dict[str, Any]]:
+            if user_id is None:
+                return self.store.rows("SELECT * FROM welcome_sequences ORDER BY id")
+            return self.store.rows("SELECT * FROM welcome_sequences WHERE user_id = ? ORDER BY id", (user_id,))
+
+        @app.get("/emails")
+        def find_emails(recipient: str | None = None) -> list[dict[str, Any]]:
+            if recipient is None:
+                return self.store.rows("SELECT * FROM emails ORDER BY id")
+            return self.store.rows("SELECT * FROM emails WHERE recipient = ? ORDER BY id", (recipient,))
