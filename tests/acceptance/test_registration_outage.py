@@ -69,6 +69,18 @@ def test_registrations_wait_out_the_outage_and_finish_by_themselves(store_url: s
     assert_story(run_json("--database-url", store_url, "--workers", "0", "--seed", "7"))
 
 
+def test_one_registration_alone_waits_out_an_outage_longer_than_its_retries() -> None:
+    """A quiet night: no other registration helps open the circuit. Billing refuses for longer than the
+    step's three attempts take, yet the registration completes by itself once billing is back."""
+    result = run("--registrations", "1", "--outage-seconds", "4", "--workers", "0", "--seed", "5", "--json")
+    assert result.exit_code == 0, result.output
+    engine = json.loads(result.stdout)["engine"]
+    assert engine["registrations"] == engine["completed"] == 1 and engine["failed"] == 0
+    assert engine["manual_interventions"] == 0 and engine["steps_over_retry_limit"] == 0
+    assert engine["attempts"]["setup_billing_profile"]["max"] == 3  # its budget was spent, and it waited
+    assert 0 <= engine["recovery_to_last_completion_seconds"] <= 10
+
+
 @pytest.mark.slow
 def test_worker_processes_share_the_circuit_and_the_event_log() -> None:
     result = run_json("--workers", "2", "--concurrency", "4", "--outage-mode", "unavailable")
