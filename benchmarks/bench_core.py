@@ -60,7 +60,7 @@ def drop(url: str) -> None:
 
 def sequential(url: str, n: int) -> float:
     """Median ms to create and run one 5-step task."""
-    engine = Tasker(url, poll_interval=0.5)
+    engine = Tasker(url, poll_interval=0.5, migrate=True)
     engine.load_templates(TEMPLATE)
     times = []
     for i in range(n + 3):
@@ -77,7 +77,7 @@ def sequential(url: str, n: int) -> float:
 
 def throughput(url: str, tasks: int, concurrency: int) -> tuple[float, float]:
     """Steps per second working `tasks` pre-created tasks; also returns creation rate (tasks/s)."""
-    engine = Tasker(url, poll_interval=0.5)
+    engine = Tasker(url, poll_interval=0.5, migrate=True)
     engine.load_templates(TEMPLATE)
     t0 = time.perf_counter()
     for i in range(tasks):

@@ -59,7 +59,7 @@ def _templates(directory: Path) -> None:
 
 def run(store: str, scenario: str, workdir: Path) -> tuple[float, str]:
     url = fresh_url(store, workdir)
-    engine = Tasker(url, templates=workdir / "templates")
+    engine = Tasker(url, templates=workdir / "templates", migrate=True)
     try:
         ctx = {"dir": str(workdir / "runs")}
         innocent: list[int] = []

@@ -38,7 +38,7 @@ STEPS = 5
 
 
 def engine(url: str) -> Tasker:
-    t = Tasker(url)
+    t = Tasker(url, migrate=True)  # a scratch database: create the schema
     t.load_templates(TEMPLATE)
     return t
 

@@ -69,7 +69,7 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _wipe_postgres(url: str) -> None:
-    db = Database(url)
+    db = Database(url, migrate=True)  # a scratch database: PostgreSQL is not migrated by default
     names = ", ".join(t.name for t in metadata.sorted_tables)
     extra = [r[0] for r in db.writer.connect().execute(sa.text(
         "select tablename from pg_tables where schemaname = 'public' and tablename like 'tasker_%'"))]

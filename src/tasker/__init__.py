@@ -1,35 +1,40 @@
 """Tasker for Python: reliable, observable multi-step workflows.
 
 The public API. Everything not re-exported here is private to its module.
+
+Every name is imported on first use (`__getattr__`), so `import tasker` costs almost nothing and the
+CLI's `--help` and `--version` start fast; `from tasker import Tasker` loads the engine as before.
 """
 
+from __future__ import annotations
+
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from tasker.engine.model import Step, Task
-from tasker.engine.tasker import Tasker
-from tasker.errors import (
-    ContextValidationError,
-    IdempotencyConflict,
-    NotFoundError,
-    OperationError,
-    PermanentError,
-    RetryableError,
-    StepTimeoutError,
-    TaskerError,
-    TaskerInputError,
-    TemplateError,
-    UnknownTemplateError,
-)
-from tasker.events.bus import Event, EventBus
-from tasker.events.catalog import Events
-from tasker.events.subscriber import Subscriber
-from tasker.handlers.base import StepContext, StepHandler, TaskHandler, UndeclaredEventError
-from tasker.retry import RetryPolicy
-from tasker.states import StepState, TaskState
-from tasker.templates.model import StepTemplate, TaskTemplate
-
 if TYPE_CHECKING:
+    from tasker.engine.model import Step, Task
+    from tasker.engine.tasker import Tasker
+    from tasker.errors import (
+        ContextValidationError,
+        IdempotencyConflict,
+        NotFoundError,
+        OperationError,
+        PermanentError,
+        RetryableError,
+        StepTimeoutError,
+        TaskerError,
+        TaskerInputError,
+        TemplateError,
+        UnknownTemplateError,
+    )
+    from tasker.events.bus import Event, EventBus
+    from tasker.events.catalog import Events
+    from tasker.events.subscriber import Subscriber
     from tasker.handlers.api import ApiRequest, ApiStepHandler, AsyncApiStepHandler
+    from tasker.handlers.base import StepContext, StepHandler, TaskHandler, UndeclaredEventError
+    from tasker.retry import RetryPolicy
+    from tasker.states import StepState, TaskState
+    from tasker.templates.model import StepTemplate, TaskTemplate
 
 __version__ = "0.1.0"
 
@@ -67,14 +72,48 @@ __all__ = [
     "__version__",
 ]
 
+_ERRORS = (
+    "ContextValidationError",
+    "IdempotencyConflict",
+    "NotFoundError",
+    "OperationError",
+    "PermanentError",
+    "RetryableError",
+    "StepTimeoutError",
+    "TaskerError",
+    "TaskerInputError",
+    "TemplateError",
+    "UnknownTemplateError",
+)
 
-_LAZY = {"ApiRequest", "ApiStepHandler", "AsyncApiStepHandler"}
+#: Public name -> the module that defines it.
+_SOURCES: dict[str, str] = {
+    **dict.fromkeys(_ERRORS, "tasker.errors"),
+    **dict.fromkeys(("ApiRequest", "ApiStepHandler", "AsyncApiStepHandler"), "tasker.handlers.api"),
+    **dict.fromkeys(
+        ("StepContext", "StepHandler", "TaskHandler", "UndeclaredEventError"),
+        "tasker.handlers.base",
+    ),
+    **dict.fromkeys(("Step", "Task"), "tasker.engine.model"),
+    **dict.fromkeys(("Event", "EventBus"), "tasker.events.bus"),
+    **dict.fromkeys(("StepState", "TaskState"), "tasker.states"),
+    **dict.fromkeys(("StepTemplate", "TaskTemplate"), "tasker.templates.model"),
+    "Tasker": "tasker.engine.tasker",
+    "Events": "tasker.events.catalog",
+    "Subscriber": "tasker.events.subscriber",
+    "RetryPolicy": "tasker.retry",
+}
 
 
 def __getattr__(name: str) -> Any:
-    """The HTTP handlers import httpx: load them on first use, so plain engines start without it."""
-    if name in _LAZY:
-        from tasker.handlers import api
+    """Import a public name from its module on first use, and keep it here for the next one."""
+    source = _SOURCES.get(name)
+    if source is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(source), name)
+    globals()[name] = value
+    return value
 
-        return getattr(api, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

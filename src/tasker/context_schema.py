@@ -16,6 +16,23 @@ from tasker.templates.regex_safety import refusal, schema_patterns
 
 _validators: dict[int, Draft202012Validator] = {}
 
+#: How a value that fails a `format` is described: "'nope' is not a valid email", with an example
+#: where the format has a shape a user may not guess.
+FORMAT_NAMES = {
+    "email": "email",
+    "idn-email": "email",
+    "date-time": "date-time (RFC 3339, like 2024-05-01T12:30:00Z)",
+    "date": "date (like 2024-05-01)",
+    "time": "time (like 12:30:00Z)",
+    "uri": "URI (like https://example.com/path)",
+    "uri-reference": "URI reference",
+    "ipv4": "IPv4 address",
+    "ipv6": "IPv6 address",
+    "hostname": "hostname",
+    "uuid": "UUID",
+    "regex": "regular expression",
+}
+
 
 def _validator(template_key: str, schema: dict[str, Any]) -> Draft202012Validator:
     """The cached validator of a schema, built once its patterns are known not to backtrack for minutes.
@@ -79,5 +96,16 @@ def validate_context(template_key: str, schema: dict[str, Any] | None, context: 
             "template's schema"
         ) from None
     if errors:
-        raise ContextValidationError(template_key, [(e.json_path, e.message) for e in errors])
+        raise ContextValidationError(template_key, [(e.json_path, _message(e)) for e in errors])
     return filled
+
+
+def _message(error: Any) -> str:
+    """jsonschema's message, except for formats, where it says "'x' is not a 'email'"."""
+    if error.validator == "format" and isinstance(error.validator_value, str):
+        shown = repr(error.instance)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        name = FORMAT_NAMES.get(error.validator_value, error.validator_value)
+        return f"{shown} is not a valid {name}"
+    return str(error.message)

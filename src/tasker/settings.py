@@ -38,6 +38,9 @@ NUMBER_RANGES: dict[str, Range] = {
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
+    #: Migrate the schema when a command opens the store: None (default) for the embedded SQLite only;
+    #: PostgreSQL waits for `tasker db upgrade` unless this is true (docs/configuration.md).
+    auto_migrate: bool | None = None
     template_paths: tuple[str, ...] = ()
     environment: str = "development"
     concurrency: int = 10
@@ -89,6 +92,7 @@ class Settings:
             data.update(_read_toml(Path(path)))
         env = {
             "database_url": os.environ.get("TASKER_DATABASE_URL"),
+            "auto_migrate": os.environ.get("TASKER_AUTO_MIGRATE"),
             "template_paths": os.environ.get("TASKER_TEMPLATE_PATH"),
             "environment": os.environ.get("TASKER_ENV"),
             "concurrency": os.environ.get("TASKER_CONCURRENCY"),
@@ -139,7 +143,7 @@ class Settings:
                         value = tuple(str(v) for v in value)
                 elif f.name in NUMBER_RANGES:
                     value = _number(value, NUMBER_RANGES[f.name])
-                elif f.name in ("auth_enabled", "docs_public"):
+                elif f.name in ("auth_enabled", "docs_public", "auto_migrate"):
                     value = _boolean(value)
                 else:
                     value = str(value)

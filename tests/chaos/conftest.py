@@ -30,7 +30,7 @@ def chaos_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture
 def engine(chaos_url: str) -> Iterator[Tasker]:
-    t = Tasker(chaos_url, poll_interval=0.05)
+    t = Tasker(chaos_url, poll_interval=0.05, migrate=True)
     yield t
     t.close()
 

@@ -43,7 +43,7 @@ def create(ctx: click.Context, name: str, permission_list: str | None, permissio
 @click.pass_context
 def list_(ctx: click.Context) -> None:
     """List keys (name, prefix, permissions, dates); secrets are never shown."""
-    rows = state(ctx).engine(load=False).list_api_keys()
+    rows = state(ctx).engine(load=False, access="read").list_api_keys()
     table = Table(title=f"{len(rows)} API keys", box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("name / prefix", no_wrap=True)
     table.add_column("status", no_wrap=True)
@@ -66,7 +66,7 @@ def list_(ctx: click.Context) -> None:
 @click.pass_context
 def revoke(ctx: click.Context, name: str) -> None:
     """Revoke a key: requests that carry it get 401 from now on."""
-    record = state(ctx).engine(load=False).revoke_api_key(name)
+    record = state(ctx).engine(load=False, access="read").revoke_api_key(name)
     assert record.revoked_at is not None
     console.print(f"API key '{record.name}' ({record.prefix}) revoked at {record.revoked_at:%Y-%m-%d %H:%M:%S} UTC",
                   highlight=False)

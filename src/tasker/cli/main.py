@@ -1,10 +1,15 @@
 """`tasker`: the command line. Errors print one line and exit non-zero; `--verbose` shows tracebacks.
 
-Exit codes: 0 success, 1 a task or operation ended in failure, 2 bad input (template, context, id, flag).
+Exit codes: 0 success, 1 a task or operation ended in failure, 2 bad input (template, context, id, flag,
+database URL or schema).
+
+Subcommands are imported when they run (`LazyGroup`), so `tasker --help` and `tasker --version` start
+without loading the engine, SQLAlchemy or Rich (docs/benchmarks.md, "Start-up").
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Any
@@ -12,9 +17,29 @@ from typing import Any
 import click
 
 from tasker import __version__
-from tasker.cli.common import State, err_console
+from tasker.cli.common import State
+from tasker.cli.options import add_global_options, global_params
 from tasker.errors import TaskerError, TaskerInputError
-from tasker.settings import Settings
+
+#: name -> (module:attribute, the short help `tasker --help` shows without importing the module).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "db": ("tasker.cli.db:db", "Database migrations."),
+    "demo": ("tasker.cli.demo:demo", "Run the stories' demos."),
+    "keys": ("tasker.cli.keys:keys", "API keys for the REST API (create, list, revoke)."),
+    "limits": ("tasker.cli.systems:limits", "In-flight limits per namespace (list, set, clear)."),
+    "run": ("tasker.cli.run:run", "Create a task and run it here to the end, with live progress."),
+    "serve": (
+        "tasker.cli.serve:serve",
+        "Serve the REST API and dashboard, optionally with workers.",
+    ),
+    "systems": (
+        "tasker.cli.systems:systems",
+        "Dependent systems: circuits, failures, limits, steps waiting.",
+    ),
+    "tasks": ("tasker.cli.tasks:tasks", "Inspect, create and operate on tasks."),
+    "templates": ("tasker.cli.templates:templates", "Validate, list and inspect task templates."),
+    "worker": ("tasker.cli.worker:worker", "Run steps from the store until stopped."),
+}
 
 
 class TaskerGroup(click.Group):
@@ -24,25 +49,71 @@ class TaskerGroup(click.Group):
         try:
             return super().invoke(ctx)
         except TaskerInputError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            _error(str(exc))
             if _verbose(ctx):
                 raise
             ctx.exit(2)
         except TaskerError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            _error(str(exc))
             if _verbose(ctx):
                 raise
             ctx.exit(1)
-        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
+        except (
+            click.exceptions.Exit,
+            click.ClickException,
+            click.Abort,
+            SystemExit,
+            KeyboardInterrupt,
+        ):
             raise
         except Exception as exc:
             if _verbose(ctx):
                 raise
-            err_console.print(
-                f"[bold red]error:[/] {type(exc).__name__}: {exc} (run with --verbose for the traceback)",
-                highlight=False, soft_wrap=True,
-            )
+            _error(f"{type(exc).__name__}: {exc} (run with --verbose for the traceback)")
             ctx.exit(1)
+
+
+class LazyGroup(TaskerGroup):
+    """The root group: loads a subcommand's module only when that subcommand is used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        if cmd_name not in COMMANDS:
+            return None
+        module_name, _, attr = COMMANDS[cmd_name][0].partition(":")
+        try:
+            command = getattr(importlib.import_module(module_name), attr)
+        except ImportError as exc:
+            _error(
+                f"'tasker {cmd_name}' is not available in this installation ({exc}); fix: reinstall "
+                "tasker-engine"
+            )
+            ctx.exit(2)
+        add_global_options(command)
+        self.commands[cmd_name] = command
+        return command  # type: ignore[no-any-return]
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from `COMMANDS`, so that help imports no subcommand."""
+        rows = [
+            (
+                name,
+                COMMANDS[name][1] if name in COMMANDS else self.commands[name].get_short_help_str(),
+            )
+            for name in self.list_commands(ctx)
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def _error(message: str) -> None:
+    from tasker.cli.common import err_console
+
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def _verbose(ctx: click.Context) -> bool:
@@ -50,69 +121,23 @@ def _verbose(ctx: click.Context) -> bool:
     return bool(obj and obj.verbose) or bool(os.environ.get("TASKER_VERBOSE"))
 
 
-@click.group(cls=TaskerGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--database-url", envvar="TASKER_DATABASE_URL", default=None,
-              help="Store URL (sqlite:///path or postgresql://...). Default: ./tasker.db")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="TOML settings file (default: ./tasker.toml when present, or TASKER_CONFIG).")
-@click.option("-v", "--verbose", is_flag=True, help="Show debug logs and tracebacks.")
-@click.option("--log-format", type=click.Choice(["json", "console"]), default=None,
-              help="Log lines as JSON objects or readable text. Default: TASKER_LOG_FORMAT or console.")
-@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-              default=None, help="Log threshold. Default: TASKER_LOG_LEVEL, or INFO for worker/serve and WARNING "
-              "for other commands.")
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Global options are accepted before or after the subcommand.",
+)
 @click.version_option(__version__, prog_name="tasker")
 @click.pass_context
-def cli(ctx: click.Context, database_url: str | None, config_file: str | None, verbose: bool,
-        log_format: str | None, log_level: str | None) -> None:
+def cli(ctx: click.Context) -> None:
     """Tasker: reliable, observable multi-step workflows."""
+    ctx.ensure_object(State)
     # Like `python -m`, the current directory is importable, so handler_class paths resolve in a project.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    try:
-        settings = Settings.load(config_file)
-    except TaskerInputError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        ctx.exit(2)
-    _configure_logging(ctx, settings, verbose, log_format, log_level)
-    ctx.obj = State(settings, verbose, database_url)
 
 
-def _configure_logging(ctx: click.Context, settings: Settings, verbose: bool, log_format: str | None,
-                       log_level: str | None) -> None:
-    """Once, before any command: structlog for every log line. Interactive commands show warnings unless a
-    level is given; long-running ones (`worker`, `serve`) apply `ctx.meta["tasker.log_level"]` themselves."""
-    from tasker.observability.logging import LEVELS, configure_logging
-
-    level = (log_level or settings.log_level).upper()
-    if level not in LEVELS:
-        raise TaskerInputError(f"log_level {level!r} (TASKER_LOG_LEVEL or the config file) is not a level; "
-                               f"fix: use one of {', '.join(LEVELS)}")
-    ctx.meta["tasker.log_level"] = "DEBUG" if verbose else level
-    quiet = level if log_level or LEVELS.index(level) > LEVELS.index("WARNING") else "WARNING"
-    configure_logging(log_format or settings.log_format, "DEBUG" if verbose else quiet)
-
-
-def _register() -> None:
-    from tasker.cli.db import db
-    from tasker.cli.keys import keys
-    from tasker.cli.run import run
-    from tasker.cli.serve import serve
-    from tasker.cli.systems import limits, systems
-    from tasker.cli.tasks import tasks
-    from tasker.cli.templates import templates
-    from tasker.cli.worker import worker
-
-    for command in (templates, tasks, run, db, worker, systems, limits, keys, serve):
-        cli.add_command(command)
-    try:
-        from tasker.cli.demo import demo
-    except ImportError:  # the demos need the examples package, absent from a bare install
-        return
-    cli.add_command(demo)
-
-
-_register()
+cli.params[:0] = global_params()
+cli._tasker_globals = True  # type: ignore[attr-defined]
 
 
 def main() -> None:

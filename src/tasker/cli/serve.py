@@ -12,8 +12,6 @@ from tasker.cli.common import templates_option
 @click.option("--port", type=click.IntRange(0, 65535), default=None,
               help="Port to listen on (0 picks a free one). Default: api_port (8000).")
 @templates_option
-@click.option("--database-url", "database_url", default=None,
-              help="Store URL; overrides the global --database-url and TASKER_DATABASE_URL.")
 @click.option("--workers", type=click.IntRange(0, 64), default=0, show_default=True,
               help="In-process workers that run steps alongside the API, restarted with backoff "
                    "if they die (0: serve only).")
@@ -21,8 +19,8 @@ from tasker.cli.common import templates_option
               help="Steps each in-process worker runs at the same time. Default: concurrency setting.")
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None, templates: tuple[str, ...],
-          database_url: str | None, workers: int, concurrency: int | None) -> None:
+          workers: int, concurrency: int | None) -> None:
     """Serve the REST API (under /api/v1, docs at /docs) and optionally run workers."""
     from tasker.cli.serving import serve_api  # FastAPI and uvicorn load only when serving
 
-    serve_api(ctx, host, port, templates, database_url, workers, concurrency)
+    serve_api(ctx, host, port, templates, None, workers, concurrency)

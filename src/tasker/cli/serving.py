@@ -135,6 +135,12 @@ class _Server(uvicorn.Server):
         self._on_exit = on_exit
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """One log line per signal received, then stop serving and stop the workers claiming."""
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        if self.should_exit:
+            log.info("received %s again: already stopping", name)
+        else:
+            log.info("received %s: stops accepting requests; in-flight requests and steps finish", name)
         super().handle_exit(sig, frame)
         self._on_exit()
 

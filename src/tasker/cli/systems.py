@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.table import Table
 
 from tasker import bounds
 from tasker.bounds import Range
-from tasker.cli.common import console, state
+from tasker.cli.common import echo_json, json_option, state
 
 
 class Bounded(click.ParamType[Any, Any]):
@@ -31,32 +30,73 @@ class Bounded(click.ParamType[Any, Any]):
 
 
 @click.group(invoke_without_command=True)
+@json_option
 @click.pass_context
-def systems(ctx: click.Context) -> None:
+def systems(ctx: click.Context, as_json: bool) -> None:
     """Dependent systems: circuit state, failures, steps in flight and waiting (list when no subcommand)."""
     if ctx.invoked_subcommand is None:
-        ctx.invoke(list_)
+        ctx.invoke(list_, as_json=as_json)
+
+
+def system_rows(ctx: click.Context) -> list[dict[str, Any]]:
+    """The engine's report of each system, with the cool-down in force now (`current_cooldown_seconds`).
+
+    The cool-down doubles after each failed probe up to its cap, so the base alone would tell an
+    operator a wrong time to wait; it is None while the circuit is closed.
+    """
+    from tasker.store.systems import load_view
+
+    engine = state(ctx).engine(load=False, access="read")
+    try:
+        rows = engine.systems()
+        with engine.db.read() as conn:
+            view = load_view(conn)
+    finally:
+        engine.close()
+    for r in rows:
+        live = view.systems.get(r["name"])
+        current = getattr(live, "current_cooldown_seconds", None) if r["circuit_state"] != "closed" else None
+        r.setdefault("current_cooldown_seconds", current if current is not None else (
+            r["cooldown_seconds"] if r["circuit_state"] != "closed" else None))
+    return rows
 
 
 @systems.command("list")
+@json_option
 @click.pass_context
-def list_(ctx: click.Context) -> None:
+def list_(ctx: click.Context, as_json: bool) -> None:
     """List every dependent system seen in steps or configured."""
-    rows = state(ctx).engine(load=False).systems()
+    rows = system_rows(ctx)
+    if as_json:
+        echo_json(rows)
+        return
+    from rich.table import Table
+
+    from tasker.cli.common import console
+
     table = Table(title=f"{len(rows)} dependent systems")
     table.add_column("system", no_wrap=True)
     table.add_column("circuit", no_wrap=True)
     for col in ("fails", "running", "limit", "waiting", "errors", "opens at", "cool-down", "open until"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", no_wrap=col == "cool-down")
     colours = {"closed": "green", "open": "red", "half_open": "yellow"}
     for r in rows:
         table.add_row(
-            r["name"], f"[{colours[r['circuit_state']]}]{r['circuit_state']}[/]", str(r["consecutive_failures"]),
-            str(r["in_flight"]), str(r["max_in_flight"] or "-"), str(r["waiting"]), str(r["errored_steps"]),
-            str(r["failure_threshold"]), f"{r['cooldown_seconds']:g}s",
+            r["name"], f"[{colours.get(r['circuit_state'], 'white')}]{r['circuit_state']}[/]",
+            str(r["consecutive_failures"]), str(r["in_flight"]), str(r["max_in_flight"] or "-"), str(r["waiting"]),
+            str(r["errored_steps"]), str(r["failure_threshold"]), _cooldown(r),
             r["open_until"].strftime("%H:%M:%S") if r["open_until"] else "-",
         )
     console.print(table)
+
+
+def _cooldown(row: dict[str, Any]) -> str:
+    """"30s" while closed; "120s (base 30s)" once failed probes have doubled it."""
+    base: float = row["cooldown_seconds"]
+    current: float | None = row.get("current_cooldown_seconds")
+    if current is None or current == base:
+        return f"{base:g}s"
+    return f"{current:g}s (base {base:g}s)"
 
 
 @systems.command("set")
@@ -82,7 +122,7 @@ def set_(ctx: click.Context, name: str, max_in_flight: int | None, failure_thres
     if clear_max_in_flight:
         settings["max_in_flight"] = None
     state(ctx).engine(load=False).configure_system(name, **settings)
-    console.print(f"{name}: {settings or 'unchanged'}", highlight=False)
+    _say(f"{name}: {settings or 'unchanged'}")
 
 
 @systems.command()
@@ -90,10 +130,10 @@ def set_(ctx: click.Context, name: str, max_in_flight: int | None, failure_thres
 @click.pass_context
 def reset(ctx: click.Context, name: str) -> None:
     """Close a system's circuit by hand."""
-    if not state(ctx).engine(load=False).reset_circuit(name):
-        console.print(f"no dependent system named {name}", highlight=False)
+    if not state(ctx).engine(load=False, access="read").reset_circuit(name):
+        _say(f"no dependent system named {name}")
         raise click.exceptions.Exit(2)
-    console.print(f"{name}: circuit closed", highlight=False)
+    _say(f"{name}: circuit closed")
 
 
 @click.group(invoke_without_command=True)
@@ -101,7 +141,11 @@ def reset(ctx: click.Context, name: str) -> None:
 def limits(ctx: click.Context) -> None:
     """In-flight limits per namespace (list when no subcommand); per system see `tasker systems set`."""
     if ctx.invoked_subcommand is None:
-        rows = state(ctx).engine(load=False).namespace_limits()
+        from rich.table import Table
+
+        from tasker.cli.common import console
+
+        rows = state(ctx).engine(load=False, access="read").namespace_limits()
         table = Table(title="namespace limits")
         table.add_column("namespace")
         table.add_column("max in flight")
@@ -117,7 +161,7 @@ def limits(ctx: click.Context) -> None:
 def limits_set(ctx: click.Context, namespace: str, max_in_flight: int) -> None:
     """Cap the steps of NAMESPACE running at once across all workers."""
     state(ctx).engine(load=False).set_namespace_limit(namespace, max_in_flight)
-    console.print(f"{namespace}: at most {max_in_flight} steps in flight", highlight=False)
+    _say(f"{namespace}: at most {max_in_flight} steps in flight")
 
 
 @limits.command("clear")
@@ -126,4 +170,10 @@ def limits_set(ctx: click.Context, namespace: str, max_in_flight: int) -> None:
 def limits_clear(ctx: click.Context, namespace: str) -> None:
     """Remove the cap of NAMESPACE."""
     state(ctx).engine(load=False).set_namespace_limit(namespace, None)
-    console.print(f"{namespace}: no limit", highlight=False)
+    _say(f"{namespace}: no limit")
+
+
+def _say(text: str) -> None:
+    from tasker.cli.common import console
+
+    console.print(text, highlight=False)

@@ -1,18 +1,41 @@
-"""`tasker tasks list|show|cancel|retry|resolve`."""
+"""`tasker tasks list|show|create|cancel|retry|retry-step|resolve`.
+
+Read-only commands (`list`, `show`) open the store with access "read": against a database without the
+Tasker schema they say so in one line and create nothing. `create` queues a task for the workers
+(`tasker worker`, or `tasker serve --workers N`) and prints its id, so scripts can
+`ID=$(tasker tasks create ...)`; `tasker run` is the command that creates and runs one here.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import click
 
-from tasker.cli.common import console, read_json, state
-from tasker.cli.render import steps_table, task_header, task_mermaid, tasks_table
+from tasker.cli.common import echo_json, json_option, read_json, state, templates_option
+from tasker.engine.model import Task
 from tasker.errors import TaskerInputError
 from tasker.states import TaskState
 
 
 @click.group()
 def tasks() -> None:
-    """Inspect and operate on tasks."""
+    """Inspect, create and operate on tasks."""
+
+
+def task_json(task: Task, *, steps: bool = True) -> dict[str, Any]:
+    """A task as the JSON of `--json`: every stored field, the template key and the durations."""
+    data = {
+        f.name: getattr(task, f.name) for f in dataclasses.fields(task) if f.name not in ("steps",)
+    }
+    data["template"] = task.template_key
+    data["duration_seconds"] = task.duration_seconds
+    if steps:
+        data["steps"] = [
+            {**dataclasses.asdict(s), "duration_seconds": s.duration_seconds} for s in task.steps
+        ]
+    return data
 
 
 @tasks.command("list")
@@ -21,29 +44,157 @@ def tasks() -> None:
 @click.option("--name", default=None)
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
 @click.option("--offset", type=click.IntRange(0), default=0)
+@json_option
 @click.pass_context
-def list_(ctx: click.Context, status: str | None, namespace: str | None, name: str | None, limit: int,
-          offset: int) -> None:
+def list_(
+    ctx: click.Context,
+    status: str | None,
+    namespace: str | None,
+    name: str | None,
+    limit: int,
+    offset: int,
+    as_json: bool,
+) -> None:
     """List tasks, newest first."""
-    engine = state(ctx).engine(load=False)
-    found, total = engine.list_tasks(status=status, namespace=namespace, name=name, limit=limit, offset=offset)
+    engine = state(ctx).engine(load=False, access="read")
+    found, total = engine.list_tasks(
+        status=status, namespace=namespace, name=name, limit=limit, offset=offset
+    )
+    if as_json:
+        echo_json(
+            {
+                "total": total,
+                "limit": limit,
+                "offset": offset,
+                "tasks": [task_json(t, steps=False) for t in found],
+            }
+        )
+        return
+    from tasker.cli.common import console
+    from tasker.cli.render import tasks_table
+
     console.print(tasks_table(found, total))
 
 
 @tasks.command()
 @click.argument("task_id", type=int)
-@click.option("--mermaid", "show_mermaid", is_flag=True, help="Also print the task's diagram coloured by state.")
+@click.option(
+    "--results", "show_results", is_flag=True, help="Also print each finished step's results."
+)
+@click.option(
+    "--context",
+    "show_context",
+    is_flag=True,
+    help="Also print the task's context (defaults applied).",
+)
+@click.option(
+    "--mermaid",
+    "show_mermaid",
+    is_flag=True,
+    help="Also print the task's diagram coloured by state.",
+)
+@json_option
 @click.pass_context
-def show(ctx: click.Context, task_id: int, show_mermaid: bool) -> None:
-    """Every step of a task with state, attempts, last error, times and durations."""
-    engine = state(ctx).engine(load=False)
+def show(
+    ctx: click.Context,
+    task_id: int,
+    show_results: bool,
+    show_context: bool,
+    show_mermaid: bool,
+    as_json: bool,
+) -> None:
+    """Every step of a task with state, attempts, last error, times and durations.
+
+    With --json: the whole task (context, annotations, and every step with its results and last error).
+    """
+    engine = state(ctx).engine(load=False, access="read")
     task = engine.get_task(task_id)
+    if as_json:
+        echo_json(task_json(task))
+        return
+    from tasker.cli.common import console
+    from tasker.cli.render import steps_table, task_header, task_mermaid
+
     console.print(task_header(task), highlight=False)
     console.print(steps_table(task))
     if task.annotations:
         console.print(f"[bold]Annotations:[/] {task.annotations}", highlight=False)
+    if show_context:
+        console.print("[bold]Context:[/]")
+        console.print_json(data=task.context, default=str)
+    if show_results:
+        finished = [s for s in task.steps if s.results is not None]
+        if not finished:
+            console.print("[bold]Results:[/] no step has a result yet", highlight=False)
+        for s in finished:
+            console.print(f"[bold]Results of {s.name}:[/]", highlight=False)
+            console.print_json(data=s.results, default=str)
     if show_mermaid:
         click.echo(task_mermaid(engine.task_template(task_id), task), nl=False)
+
+
+@tasks.command()
+@click.argument("ref")
+@click.option(
+    "--context",
+    "context",
+    default="{}",
+    show_default=True,
+    help="Task context as JSON or @file.json.",
+)
+@click.option("--version", default=None, help="Template version (default: the latest loaded).")
+@click.option(
+    "--idempotency-key",
+    default=None,
+    help="Return the existing task for a repeated key instead of creating another.",
+)
+@templates_option
+@json_option
+@click.pass_context
+def create(
+    ctx: click.Context,
+    ref: str,
+    context: str,
+    version: str | None,
+    idempotency_key: str | None,
+    templates: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Queue a task from template NS/NAME[@VERSION] for the workers and print its id (it does not run here).
+
+    A worker (`tasker worker`, or `tasker serve --workers N`) on the same store runs it; `tasker run`
+    creates a task and runs it here instead.
+    """
+    value = read_json(context, "--context")
+    if not isinstance(value, dict):
+        raise TaskerInputError("--context must be a JSON object, like '{\"order_id\": 1}'")
+    st = state(ctx)
+    if not st.settings.templates(templates):
+        raise TaskerInputError(
+            "no templates to load; fix: pass --templates PATH or set TASKER_TEMPLATE_PATH"
+        )
+    engine = st.engine(templates)
+    task = engine.create_task(ref, value, version=version, idempotency_key=idempotency_key)
+    if as_json:
+        echo_json(task_json(task))
+        return
+    from tasker.cli.common import err_console
+
+    if task.deduplicated:
+        err_console.print(
+            f"task {task.id} already exists for idempotency key '{task.idempotency_key}' "
+            f"({task.status}); not created again",
+            highlight=False,
+            soft_wrap=True,
+        )
+    else:
+        err_console.print(
+            f"queued task {task.id} ({task.template_key}); a worker on this store runs it "
+            "(tasker worker)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    click.echo(task.id)
 
 
 @tasks.command()
@@ -52,8 +203,8 @@ def show(ctx: click.Context, task_id: int, show_mermaid: bool) -> None:
 @click.pass_context
 def cancel(ctx: click.Context, task_id: int, reason: str | None) -> None:
     """Cancel a task: unstarted steps never run and late results are discarded."""
-    task = state(ctx).engine(load=False).cancel_task(task_id, reason=reason)
-    console.print(f"task {task.id} is {task.status}", highlight=False)
+    task = state(ctx).engine(load=False, access="read").cancel_task(task_id, reason=reason)
+    _say(f"task {task.id} is {task.status}")
 
 
 @tasks.command()
@@ -61,19 +212,44 @@ def cancel(ctx: click.Context, task_id: int, reason: str | None) -> None:
 @click.pass_context
 def retry(ctx: click.Context, task_id: int) -> None:
     """Re-arm the failed steps of a task in error with fresh attempts (a worker then runs them)."""
-    task = state(ctx).engine(load=False).retry_task(task_id)
-    console.print(f"task {task.id} is {task.status}; run a worker (tasker worker) to process it", highlight=False)
+    task = state(ctx).engine(load=False, access="read").retry_task(task_id)
+    _say(f"task {task.id} is {task.status}; run a worker (tasker worker) to process it")
+
+
+@tasks.command("retry-step")
+@click.argument("task_id", type=int)
+@click.argument("step")
+@click.pass_context
+def retry_step(ctx: click.Context, task_id: int, step: str) -> None:
+    """Re-arm one failed step of a task with fresh attempts (a worker then runs it)."""
+    task = state(ctx).engine(load=False, access="read").retry_step(task_id, step)
+    _say(
+        f"step {step} of task {task.id} is {task.step(step).status}; task is {task.status}; run a worker "
+        "(tasker worker) to process it"
+    )
 
 
 @tasks.command()
 @click.argument("task_id", type=int)
 @click.argument("step")
-@click.option("--result", "result", default="{}", show_default=True, help="The step's result as JSON or @file.")
+@click.option(
+    "--result",
+    "result",
+    default="{}",
+    show_default=True,
+    help="The step's result as JSON or @file.",
+)
 @click.pass_context
 def resolve(ctx: click.Context, task_id: int, step: str, result: str) -> None:
     """Resolve a step by hand with a result; its dependents proceed as if it had completed."""
     value = read_json(result, "--result")
     if not isinstance(value, dict):
         raise TaskerInputError("--result must be a JSON object, like '{\"order_id\": 42}'")
-    task = state(ctx).engine(load=False).resolve_step(task_id, step, value)
-    console.print(f"step {step} of task {task.id} resolved; task is {task.status}", highlight=False)
+    task = state(ctx).engine(load=False, access="read").resolve_step(task_id, step, value)
+    _say(f"step {step} of task {task.id} resolved; task is {task.status}")
+
+
+def _say(text: str) -> None:
+    from tasker.cli.common import console
+
+    console.print(text, highlight=False)

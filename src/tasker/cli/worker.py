@@ -41,6 +41,9 @@ def worker(ctx: click.Context, concurrency: int | None, namespaces: str | None, 
 
     set_level(ctx.meta.get("tasker.log_level") or ("DEBUG" if st.verbose else st.settings.log_level))
     engine = st.engine(templates)
+    if not len(engine.registry):
+        log.warning("no templates are loaded, so this worker cannot run any step; fix: pass --templates PATH "
+                    "or set TASKER_TEMPLATE_PATH")
     names = [n.strip() for n in namespaces.split(",") if n.strip()] if namespaces else list(st.settings.namespaces)
     w = engine.worker(
         concurrency=concurrency or st.settings.concurrency,
@@ -51,8 +54,9 @@ def worker(ctx: click.Context, concurrency: int | None, namespaces: str | None, 
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
+        seen: list[str] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, _stopper(w, sig))
+            loop.add_signal_handler(sig, _stopper(w, sig, seen))
         await engine.awork(worker=w, until_idle=False)
 
     port = metrics_port or st.settings.metrics_port
@@ -72,9 +76,17 @@ def worker(ctx: click.Context, concurrency: int | None, namespaces: str | None, 
         os._exit(0)
 
 
-def _stopper(w: Worker, sig: signal.Signals) -> Callable[[], None]:
+def _stopper(w: Worker, sig: signal.Signals, seen: list[str]) -> Callable[[], None]:
+    """One log line per signal received (`seen` lists them): the first stops claiming, later ones say so."""
+
     def stop() -> None:
-        log.info("worker %s received %s: finishing in-flight steps", w.id, sig.name)
+        seen.append(sig.name)
+        if len(seen) == 1:
+            log.info("worker %s received %s: stops claiming; in-flight steps finish within %gs", w.id, sig.name,
+                     w.opts.grace_seconds)
+        else:
+            log.info("worker %s received %s again (signal %d): already stopping", w.id, sig.name,
+                     len(seen))
         w.stop()
 
     return stop

@@ -1,8 +1,14 @@
-"""Open a store by URL: engines, transactions and dialect quirks, and migrations on first use.
+"""Open a store by URL: engines, transactions and dialect quirks, and when to migrate.
 
 SQLite is opened in WAL mode with a busy timeout, and every write transaction starts with
 `BEGIN IMMEDIATE` so that two writers queue for the lock instead of failing on upgrade; reads use a
-separate engine with deferred transactions so they never wait for a writer.
+separate engine with deferred transactions so they never wait for a writer. An in-memory SQLite store
+(`sqlite://`, for users' unit tests) is one connection that every transaction takes in turn.
+
+Opening a store never surprises (docs/configuration.md, "Migrations"): the embedded SQLite default is
+migrated on first use, but a PostgreSQL database is only migrated when asked (`tasker db upgrade`,
+`migrate=True` or `TASKER_AUTO_MIGRATE=1`); otherwise a database without the Tasker schema, or one
+that does not exist, is one line naming it and the fix, and nothing is created in it.
 """
 
 from __future__ import annotations
@@ -16,15 +22,37 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.pool import NullPool, QueuePool
 
 from tasker.errors import TaskerInputError
 
 DEFAULT_URL = "sqlite:///tasker.db"
+#: Environment switch of automatic migrations (the `auto_migrate` setting): unset means "SQLite only".
+AUTO_MIGRATE_ENV = "TASKER_AUTO_MIGRATE"
 
 _migrated: set[str] = set()
 _migrate_lock = threading.Lock()
+
+
+class SchemaError(TaskerInputError):
+    """The store is not usable as it is: no database, no Tasker schema, or another revision of it.
+
+    A configuration problem rather than a failure of the engine: the message names the database
+    (password hidden) and the command that fixes it.
+    """
+
+
+def env_auto_migrate() -> bool | None:
+    """`TASKER_AUTO_MIGRATE` as a boolean, None when unset (then only SQLite migrates by itself)."""
+    raw = os.environ.get(AUTO_MIGRATE_ENV, "").strip().lower()
+    if not raw:
+        return None
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise TaskerInputError(f"{AUTO_MIGRATE_ENV}={raw!r} is not a boolean; fix: set it to 1 or 0")
 
 
 def resolve_url(url: str | None = None) -> str:
@@ -43,7 +71,14 @@ def resolve_url(url: str | None = None) -> str:
 class Database:
     """The two engines of one store (writes and reads; the same one on PostgreSQL) and its dialect."""
 
-    def __init__(self, url: str | None = None, *, migrate: bool = True, pool_size: int = 10):
+    def __init__(self, url: str | None = None, *, migrate: bool | None = None, pool_size: int = 10):
+        """Open the store at `url`; `migrate` says what to do with its schema.
+
+        True migrates to the latest revision; False leaves the database alone (nothing is checked
+        until a query runs); None (the default) migrates when `TASKER_AUTO_MIGRATE` says so, or when
+        it is unset and the store is SQLite, and otherwise checks that the schema is current and
+        raises `SchemaError` naming the fix, so that no table is created where nobody asked.
+        """
         self.url = resolve_url(url)
         try:
             parsed = make_url(self.url)
@@ -52,12 +87,20 @@ class Database:
                 f"'{self.url}' is not a database URL; fix: use sqlite:///path.db or postgresql://user@host/db"
             ) from None
         self.dialect = parsed.get_backend_name()
+        self.memory = False
         if self.dialect == "sqlite":
             database = parsed.database or ""
-            if database and database != ":memory:":
+            self.memory = database in ("", ":memory:") or "mode=memory" in self.url
+            if not self.memory and migrate is not False:
+                # Only a store that may be migrated gets its folder; a read-only look creates nothing.
                 Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
-            self.writer = _sqlite_engine(self.url, immediate=True)
-            self.reader = _sqlite_engine(self.url, immediate=False)
+            if self.memory:
+                # One connection holds the whole database: reads, writes and workers share it in turn.
+                self.writer = _sqlite_engine(self.url, immediate=True)
+                self.reader = self.writer
+            else:
+                self.writer = _sqlite_engine(self.url, immediate=True)
+                self.reader = _sqlite_engine(self.url, immediate=False)
             self.cycles = self.writer
         elif self.dialect == "postgresql":
             self.writer = create_engine(
@@ -76,8 +119,17 @@ class Database:
             raise TaskerInputError(
                 f"unsupported database '{self.dialect}'; fix: use sqlite:///path.db or postgresql://user@host/db"
             )
-        if migrate:
-            self.migrate()
+        try:
+            if migrate is None:
+                auto = env_auto_migrate()
+                migrate = self.is_sqlite if auto is None else auto
+                if not migrate:
+                    self.require_schema()
+            if migrate:
+                self.migrate()
+        except BaseException:
+            self.dispose()
+            raise
 
     @property
     def is_postgres(self) -> bool:
@@ -87,15 +139,82 @@ class Database:
     def is_sqlite(self) -> bool:
         return self.dialect == "sqlite"
 
+    def _key(self) -> str:
+        """What `_migrated` remembers: the URL, or this object for a memory store (each one is new)."""
+        return f"{self.url}#{id(self)}" if self.memory else self.url
+
     def migrate(self) -> None:
         """Bring the schema to the latest migration, once per process and URL."""
         with _migrate_lock:
-            if self.url in _migrated:
+            if self._key() in _migrated:
                 return
             from tasker.store.migrate import upgrade
 
-            upgrade(self.writer)
-            _migrated.add(self.url)
+            if self.is_sqlite and not self.memory:
+                Path(make_url(self.url).database or "").expanduser().resolve().parent.mkdir(
+                    parents=True, exist_ok=True)
+            with self.connection_errors():
+                upgrade(self.writer)
+            _migrated.add(self._key())
+
+    def require_schema(self) -> None:
+        """Raise `SchemaError` unless the Tasker schema is at the latest revision; create nothing.
+
+        An SQLite file that does not exist is reported without being created, and a PostgreSQL
+        database that does not exist or does not answer is one line with the fix.
+        """
+        if self._key() in _migrated:
+            return
+        if make_url(self.url).password:  # a hidden password would not paste: name the option instead
+            upgrade_fix = "fix: run 'tasker db upgrade' with the same --database-url"
+        else:
+            upgrade_fix = f"fix: run 'tasker db upgrade --database-url {self.shown_url()}'"
+        if self.is_sqlite and not self.memory and not self.file_exists():
+            path = Path(make_url(self.url).database or "").expanduser().resolve()
+            raise SchemaError(f"database {self.shown_url()}: no such file ({path}); fix: check --database-url, "
+                              "or create it with 'tasker db upgrade'")
+        from tasker.store.migrate import current_revision, head_revision, known_revision
+
+        with self.connection_errors():
+            current = current_revision(self.writer)
+        head = head_revision()
+        if current == head:
+            _migrated.add(self._key())
+            return
+        if current is None:
+            raise SchemaError(f"database {self.shown_url()} has no Tasker schema; {upgrade_fix} "
+                              "(or set TASKER_AUTO_MIGRATE=1)")
+        if not known_revision(current):
+            raise SchemaError(f"database {self.shown_url()} is at schema revision {current}, unknown to this "
+                              f"Tasker (latest {head}); fix: upgrade tasker-engine")
+        raise SchemaError(f"database {self.shown_url()} is at schema revision {current}, this Tasker needs "
+                          f"{head}; {upgrade_fix}")
+
+    def file_exists(self) -> bool:
+        """Whether the SQLite file is there (checked without connecting, which would create it)."""
+        return Path(make_url(self.url).database or "").expanduser().is_file()
+
+    @contextmanager
+    def connection_errors(self) -> Iterator[None]:
+        """Turn "cannot connect" into one line naming the database and the fix."""
+        try:
+            yield
+        except OperationalError as exc:
+            raise SchemaError(self._connect_problem(exc)) from None
+
+    def _connect_problem(self, exc: OperationalError) -> str:
+        parsed = make_url(self.url)
+        detail = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else repr(exc)
+        if self.is_postgres and "does not exist" in detail and "database" in detail:
+            name = parsed.database or "tasker"
+            where = " ".join(f"{flag} {value}" for flag, value in (
+                ("-h", parsed.host), ("-p", parsed.port), ("-U", parsed.username)) if value)
+            return (f"database {self.shown_url()} does not exist; fix: createdb {where + ' ' if where else ''}"
+                    f"{name} (or in psql: CREATE DATABASE \"{name}\";), then 'tasker db upgrade'")
+        if self.is_postgres:
+            return (f"cannot connect to {self.shown_url()} ({detail}); fix: start PostgreSQL or correct "
+                    "--database-url / TASKER_DATABASE_URL")
+        return f"cannot open {self.shown_url()} ({detail}); fix: check the path and its permissions"
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -124,14 +243,18 @@ class Database:
     def safe_url(self) -> str:
         return make_url(self.url).render_as_string(hide_password=True)
 
+    def shown_url(self) -> str:
+        """The URL as a user writes it, password hidden (`postgresql://`, not the driver's name)."""
+        return self.safe_url().replace("postgresql+psycopg://", "postgresql://", 1)
+
 
 def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
-    memory = ":memory:" in url or url.rstrip("/") == "sqlite:"
+    memory = ":memory:" in url or url.rstrip("/") == "sqlite:" or "mode=memory" in url
     kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
     if memory:
-        from sqlalchemy.pool import StaticPool
-
-        kwargs["poolclass"] = StaticPool
+        # A pool of one: the single connection is the database, and a thread that wants it waits until
+        # the transaction holding it ends (two transactions cannot interleave on one connection).
+        kwargs.update(poolclass=QueuePool, pool_size=1, max_overflow=0, pool_timeout=60)
     elif os.environ.get("TASKER_SQLITE_NULLPOOL"):
         kwargs["poolclass"] = NullPool
     engine = create_engine(url, **kwargs)

@@ -1,7 +1,8 @@
-"""Alembic, driven from code: the migrations ship inside the package and run on first use."""
+"""Alembic, driven from code: the migrations ship inside the package (see `Database` for when they run)."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from alembic import command
@@ -21,8 +22,22 @@ def alembic_config(engine: Engine | None = None) -> Config:
     return cfg
 
 
+@functools.cache
+def _scripts() -> ScriptDirectory:
+    """The migrations shipped with the package: read once per process (they do not change)."""
+    return ScriptDirectory.from_config(alembic_config())
+
+
 def head_revision() -> str | None:
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    return _scripts().get_current_head()
+
+
+def known_revision(revision: str) -> bool:
+    """Whether `revision` is one of this package's migrations (not one of a newer Tasker's)."""
+    try:
+        return _scripts().get_revision(revision) is not None
+    except Exception:  # alembic raises several kinds for an unknown id
+        return False
 
 
 def current_revision(engine: Engine) -> str | None:

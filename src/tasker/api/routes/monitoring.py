@@ -305,6 +305,33 @@ class Bottlenecks(BaseModel):
     recommendations: list[Recommendation]
 
 
+class MinuteOut(BaseModel):
+    minute: datetime = Field(description="Start of the minute (UTC).")
+    completed: int = Field(description="Step attempts that completed in that minute.")
+    failed: int = Field(description="Step attempts that failed (waiting_retry or error) in it.")
+
+
+class FailureOut(BaseModel):
+    task_id: int
+    template: str = Field(description="`namespace/name@version`.")
+    step: str
+    error_class: str
+    message: str = Field(description="Cut to 300 characters.")
+    at: datetime
+
+
+class OverviewOut(BaseModel):
+    tasks_by_status: dict[str, int] = Field(description="Every task state, 0 when none.")
+    steps_waiting_retry: int
+    completed_last_hour: int = Field(description="Tasks that finished complete in the last hour.")
+    completed_last_day: int
+    failed_last_hour: int = Field(description="Tasks that finished in error in the last hour.")
+    failed_last_day: int
+    per_minute: list[MinuteOut] = Field(description="60 minutes, oldest first, ending with the current one.")
+    latest_failures: list[FailureOut] = Field(description="Failed step attempts, newest first, at most 10.")
+    generated_at: datetime
+
+
 # -- health ----------------------------------------------------------------------------------------------
 @router.get("/health/live", response_model=Live, tags=["health"], summary="Liveness: the process is up")
 def live(response: Response) -> dict[str, Any]:
@@ -376,6 +403,18 @@ def _add_embedded_status(report: dict[str, Any], states: Sequence[EmbeddedWorker
         report["status"], report["healthy"] = "unhealthy", False
     elif report["status"] == "healthy":
         report["status"] = "degraded"
+
+
+# -- overview --------------------------------------------------------------------------------------------
+@router.get(
+    "/overview", response_model=OverviewOut, tags=["monitoring"], summary="Overview: what the dashboard shows first",
+    dependencies=[Depends(require(Permission.HEALTH_STATUS))], responses=error_responses(401, 403),
+)
+def overview(response: Response, engine: Engine) -> dict[str, Any]:
+    """Tasks by status, retries waiting, tasks finished in the last hour and day, step attempts per
+    minute over the last hour and the latest failures; every figure is one indexed query."""
+    response.headers["Cache-Control"] = NO_STORE
+    return dataclasses.asdict(engine.overview())
 
 
 # -- metrics ---------------------------------------------------------------------------------------------
