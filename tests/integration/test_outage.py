@@ -106,3 +106,18 @@ def test_outage_verdict() -> None:
                               unanswered_failures=1, attempts=3).hold, "billing answered meanwhile"
     assert outage_verdict(failing_since=None, now=now, max_outage_seconds=60, unanswered_failures=3,
                           attempts=3).silent_seconds == 0
+
+
+def test_max_outage_is_set_from_the_command_line(tasker: Tasker, store_url: str) -> None:
+    from click.testing import CliRunner
+
+    from tasker.cli.main import cli
+
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["--database-url", store_url, "systems", "set", "billing", "--max-outage-seconds", "90"])
+    assert ok.exit_code == 0, ok.output
+    assert {s["name"]: s for s in tasker.systems()}["billing"]["max_outage_seconds"] == 90
+    for bad in ("nan", "inf", "0", "1e9"):
+        refused = runner.invoke(cli, ["--database-url", store_url, "systems", "set", "billing",
+                                      "--max-outage-seconds", bad])
+        assert refused.exit_code == 2 and "--max-outage-seconds" in refused.output, (bad, refused.output)

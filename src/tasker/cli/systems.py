@@ -109,14 +109,19 @@ def _cooldown(row: dict[str, Any]) -> str:
               help="How long the circuit stays open before one probe goes through (at most a day).")
 @click.option("--max-cooldown-seconds", type=Bounded(bounds.COOLDOWN_SECONDS), default=None,
               help="Cap of the cool-down, which doubles after each failed probe (at most a day).")
+@click.option("--max-outage-seconds", type=Bounded(bounds.MAX_OUTAGE_SECONDS), default=None,
+              help="How long steps wait for this system while it answers nothing before they fail "
+              "(default 3600, at most a week).")
 @click.option("--clear-max-in-flight", is_flag=True, help="Remove the in-flight limit.")
 @click.pass_context
 def set_(ctx: click.Context, name: str, max_in_flight: int | None, failure_threshold: int | None,
-         cooldown_seconds: float | None, max_cooldown_seconds: float | None, clear_max_in_flight: bool) -> None:
+         cooldown_seconds: float | None, max_cooldown_seconds: float | None, max_outage_seconds: float | None,
+         clear_max_in_flight: bool) -> None:
     """Configure a dependent system (stored in the database, honoured by every worker)."""
     settings: dict[str, object] = {
         k: v for k, v in {"max_in_flight": max_in_flight, "failure_threshold": failure_threshold,
-                          "cooldown_seconds": cooldown_seconds, "max_cooldown_seconds": max_cooldown_seconds}.items()
+                          "cooldown_seconds": cooldown_seconds, "max_cooldown_seconds": max_cooldown_seconds,
+                          "max_outage_seconds": max_outage_seconds}.items()
         if v is not None
     }
     if clear_max_in_flight:

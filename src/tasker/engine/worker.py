@@ -80,6 +80,8 @@ class _Cycle:
     settled: list[tuple[int, str]]
     events: list[tuple[str, dict[str, Any]]]
     held: set[int] | None
+    #: Steps whose lease this worker lost and that are `cancelled` now (an operator's cancel).
+    cancelled: set[int] = field(default_factory=set)
 
 
 class Worker:
@@ -213,7 +215,7 @@ class Worker:
                         metrics.observe_stuck_handlers(self.id, self._stuck_seen)
                     if heartbeat and cycle.held is not None:  # (None: the cycle was stored piecemeal)
                         next_heartbeat = now_m + lease / 3
-                        self._drop_lost(cycle.held or set())
+                        self._drop_lost(cycle.held or set(), cycle.cancelled)
                     if reclaim:
                         next_reclaim = now_m + min(1.0, lease / 4)
                     self._deliver(cycle, pool)
@@ -412,9 +414,14 @@ class Worker:
                 view = systems.load_view(conn)
                 self._view, self._view_at = view, time.monotonic()
             held = None
+            lost: set[int] = set()
+            cancelled: set[int] = set()
             if heartbeat is not None:
                 held = claims.extend_leases(conn, worker=self.id, step_ids=heartbeat, now=journal.now,
                                             lease_seconds=self.opts.lease_seconds)
+                lost = set(heartbeat) - held
+                if lost:  # rare: say why in the log (a cancel is news, a reclaim is a fault)
+                    cancelled = claims.cancelled_among(conn, lost)
             accepted, settled, readied = completion.apply_outcomes(conn, journal, [o for o, _ in done], lock_tasks=pg,
                                                             view=view)
             if any(o.transient_failure or o.probe for o, _ in done):
@@ -450,7 +457,7 @@ class Worker:
                               time.perf_counter() - claim_started if claimed else None)
         for system, src, dst, reason in journal.circuits:  # committed: an operator wants to know
             log.warning("worker %s: circuit of '%s' %s -> %s: %s", self.id, system, src, dst, reason)
-        return _Cycle(claimed, scanned_full, settled, journal.events, held)
+        return _Cycle(claimed, scanned_full, settled, journal.events, held, cancelled)
 
     def _known_tasks(self, done: list[tuple[Outcome, ClaimedStep]]) -> dict[int, claims.KnownTask]:
         """What the completed steps' claims tell about their tasks, to claim their children from memory."""
@@ -544,12 +551,16 @@ class Worker:
                            attempt=claimed.attempt, state=StepState.ERROR,
                            error=describe_error(exc, retryable=False, system_fault=False))
 
-    def _drop_lost(self, held: set[int]) -> None:
+    def _drop_lost(self, held: set[int], cancelled: set[int]) -> None:
         """Stop running steps whose lease this worker lost (cancelled task, or reclaimed after a stall)."""
         for step_id, (task, claimed) in list(self._inflight.items()):
             if step_id not in held:
-                log.warning("worker %s lost step %d (%s) of task %d; stopping it", self.id, step_id,
-                            claimed.name, claimed.task_id)
+                if step_id in cancelled:
+                    log.info("worker %s: step %d (%s) of task %d was cancelled; stopping it", self.id,
+                             step_id, claimed.name, claimed.task_id)
+                else:
+                    log.warning("worker %s lost step %d (%s) of task %d; stopping it", self.id, step_id,
+                                claimed.name, claimed.task_id)
                 task.cancel()
                 self._inflight.pop(step_id, None)
 

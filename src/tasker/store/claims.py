@@ -335,6 +335,12 @@ def next_run_at(conn: Connection, *, namespaces: Sequence[str] | None = None,
     return conn.execute(q.order_by(steps.c.run_at).limit(1)).scalar()
 
 
+def cancelled_among(conn: Connection, step_ids: set[int]) -> set[int]:
+    """Which of these steps are `cancelled` now."""
+    q = select(steps.c.id).where(steps.c.id.in_(sorted(step_ids)), steps.c.state == StepState.CANCELLED.value)
+    return set(conn.execute(q).scalars())
+
+
 def active_step_ids(conn: Connection, *, limit: int, namespaces: Sequence[str] | None = None,
                     task_id: int | None = None) -> list[int]:
     """Ids of up to `limit` steps that are ready, waiting to retry or running."""

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tasker-pipeline-") as tmp:
         url = args.database_url or f"sqlite:///{Path(tmp) / 'tasker.db'}"
         try:
-            with Tasker(url, poll_interval=0.05) as engine:
+            with Tasker(url, poll_interval=0.05, migrate=True) as engine:
                 task = run_pipeline(engine, args.output_dir or Path(tmp) / "dashboards", **context)
                 for line in describe(engine, task, output_kept=args.output_dir is not None):
                     print(line)

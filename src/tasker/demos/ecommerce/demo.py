@@ -101,7 +101,8 @@ def run_black_friday(
     batch = generate_orders(orders, seed)
     report = progress or (lambda phase, done, total: None)
     with _database(database_url) as url:
-        tasker = Tasker(url, concurrency=concurrency, backoff_scale=backoff_scale, poll_interval=0.05)
+        tasker = Tasker(url, concurrency=concurrency, backoff_scale=backoff_scale, poll_interval=0.05,
+                        migrate=True)  # a demo writes its own data: it may set up the schema
         try:
             tasker.load_templates(TEMPLATES)
             svc = services.configure(tasker.db.writer, faults, reader=tasker.db.reader, channel="engine",

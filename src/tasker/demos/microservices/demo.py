@@ -179,7 +179,7 @@ def run_engine(batch: Sequence[dict[str, Any]], data_dir: Path, outage_seconds: 
     report(Progress("starting", total))
     started = time.perf_counter()
     with ServiceFleet(data_dir) as fleet, _environment(fleet.env()), _database(database_url, data_dir) as url:
-        tasker = Tasker(url, poll_interval=0.1)
+        tasker = Tasker(url, poll_interval=0.1, migrate=True)
         try:
             tasker.load_templates(TEMPLATES)  # also stores the template's circuit-breaker settings
             for system in SYSTEMS:  # a store used before may hold an open circuit from an earlier run

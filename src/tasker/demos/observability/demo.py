@@ -34,7 +34,7 @@ def run_demo(orders: int = 30, *, seed: int = 7, slow_ms: float = 100.0, databas
     """Run `orders` checkouts with 10% transient faults, 5% declined cards and up to 150 ms of latency."""
     with tempfile.TemporaryDirectory() as scratch:
         url = database_url or f"sqlite:///{Path(scratch) / 'observability.db'}"
-        engine = Tasker(url, concurrency=8, backoff_scale=BACKOFF_SCALE, poll_interval=0.05)
+        engine = Tasker(url, concurrency=8, backoff_scale=BACKOFF_SCALE, poll_interval=0.05, migrate=True)
         try:
             engine.load_templates(TEMPLATES)
             for system in SYSTEMS:  # compress the circuit breakers' cool-downs like the retry delays

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tasker-teams-") as tmp:
         url = args.database_url or f"sqlite:///{Path(tmp) / 'tasker.db'}"
         try:
-            with Tasker(url, poll_interval=0.05) as engine:
+            with Tasker(url, poll_interval=0.05, migrate=True) as engine:
                 ids = run_story(engine)
                 for line in describe(engine, ids):
                     print(line)
