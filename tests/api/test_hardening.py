@@ -118,7 +118,8 @@ def test_long_strings(client: TestClient) -> None:
     assert len(task["context"]["note"]) == 500_000
     echoed = client.post(f"{API}/tasks", json={"template": "apitest/order", "context": {"email": "e" * 500_000}})
     error = error_of(echoed, 422, "invalid_context")
-    assert len(echoed.content) < 10_000 and error["message"].endswith("(truncated)")
+    # the 500,000-character value is not echoed back: the message shows its start only
+    assert len(echoed.content) < 10_000 and "... is not a valid email" in error["message"]
     error_of(client.get(f"{API}/tasks", params={"namespace": "n" * 5000}), 422)
     error_of(client.get(f"{API}/handlers/{'n' * 5000}"), 422)
     error_of(client.get(f"{API}/tasks", params={"namespace": "n" * 20_000}), 414, "uri_too_long")

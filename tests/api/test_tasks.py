@@ -37,10 +37,11 @@ def test_a_repeated_idempotency_key_answers_200_with_the_first_task(client: Test
     assert again.status_code == 200, again.text
     assert again.json()["id"] == first["id"] and again.json()["deduplicated"] is True
     assert "location" not in again.headers
-    # without a key, the same template and context is the same request
+    # without a key (and no identity: in the template), every request is a new task
     same = create(client, context={"email": "bob@example.com"})
     repeat = client.post(f"{API}/tasks", json={"template": "apitest/order", "context": {"email": "bob@example.com"}})
-    assert repeat.status_code == 200 and repeat.json()["id"] == same["id"]
+    assert repeat.status_code == 201 and repeat.json()["id"] != same["id"]
+    assert repeat.json()["deduplicated"] is False
 
 
 def test_a_version_can_be_pinned_by_field_or_by_reference(client: TestClient) -> None:
