@@ -12,7 +12,7 @@ from tasker.web.pages.login import safe_next
 from tasker.web.pages.task import parse_results
 from tasker.web.rendering import query
 from tasker.web.session import SessionCodec, new_session
-from tasker.web.timeline import duration, spans, waterfall
+from tasker.web.timeline import CHART_W, duration, look, spans, waterfall
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -88,8 +88,27 @@ def test_waterfall_scales_bars_to_one_axis() -> None:
     chart = waterfall([(1, "a"), (2, "b")], rows, T0 + timedelta(seconds=4))
     assert [name for name, _ in chart.rows] == ["a", "b"]
     run = next(b for b in chart.bars if b.kind == "run")
-    assert run.w == pytest.approx(820) and run.outcome == "complete" and "attempt 1" in run.title
+    assert run.w == pytest.approx(CHART_W) and run.outcome == "complete" and "attempt 1" in run.title
+    assert run.look == "complete"
+    assert [k for k, _ in chart.legend] == ["complete", "retry", "error", "running", "wait", "queued"]
     assert chart.ticks[-1][1] == "+4.0s"
+
+
+@pytest.mark.parametrize(
+    ("kind", "outcome", "drawn"),
+    [
+        ("run", "complete", "complete"),
+        ("run", "waiting_retry", "retry"),
+        ("run", "ready", "retry"),  # the lease expired: it runs again
+        ("run", "error", "error"),
+        ("run", "", "running"),
+        ("run", "cancelled", "cancelled"),
+        ("wait", "in_progress", "wait"),
+        ("queued", "in_progress", "queued"),
+    ],
+)
+def test_each_bar_is_drawn_as_the_legend_says(kind: str, outcome: str, drawn: str) -> None:
+    assert look(kind, outcome) == drawn
 
 
 @pytest.mark.parametrize(

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from sqlalchemy import insert, update
 
-from tasker import Tasker
+from tasker import Tasker, TaskerInputError
 from tasker.api.app import create_app
+from tasker.engine import insight
 from tasker.settings import Settings
+from tasker.store.schema import dependent_systems
 from tasker.web.session import SESSION_COOKIE
 from tests.api.conftest import PING, order_template
 
@@ -93,6 +97,9 @@ def test_task_page_shows_the_dag_error_and_actions(client: TestClient, engine: T
     for step, state in (("validate", "complete"), ("charge", "error"), ("ship", "pending")):
         assert f'<g class="node" data-step="{step}" data-state="{state}">' in body
     assert 'id="timeline"' in body and "charge was told to fail" in body
+    # the failed attempt is drawn as the legend's "error", not the old orange "attempt"
+    assert 'class="span run" data-outcome="error" data-look="error"' in body
+    assert '<span class="key" data-look="error"></span> attempt: error' in body
     assert (
         'data-action="retry-task"' in body and 'data-action="retry-step" data-step="charge"' in body
     )
@@ -200,6 +207,39 @@ def test_static_assets_are_cached_and_small(client: TestClient) -> None:
     assert total < 100_000
 
 
+def test_the_analytics_page_reads_both_reports_at_once(engine: Tasker) -> None:
+    """`insight.reports` (one read, for the page) answers what the API's two reports answer."""
+    failed_task(engine)
+    engine.run(engine.create_task("apitest/order", {"email": "ada@example.com"}).id)
+    perf, bottle = insight.reports(engine.db, 24, namespace="apitest")
+
+    def same(report: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in report.items() if k not in ("generated_at", "since")}
+
+    assert same(perf) == same(engine.performance(24, namespace="apitest"))
+    assert same(bottle) == same(engine.bottlenecks(24, namespace="apitest"))
+    assert perf["totals"]["created"] == 2 and bottle["scope"]["tasks"] == 2
+    with pytest.raises(TaskerInputError):
+        insight.reports(engine.db, 24, limit=0)
+
+
+def test_only_an_open_circuit_offers_a_reset(client: TestClient, engine: Tasker) -> None:
+    failed_task(engine)
+    page = client.get("/systems").text
+    assert 'data-circuit="closed"' in page and 'data-action="reset-circuit"' not in page
+    assert 'data-action="reset-circuit"' not in client.get("/systems/payments").text
+    now = datetime.now(UTC)
+    opened = {"circuit_state": "open", "open_until": now + timedelta(hours=1), "updated_at": now}
+    with engine.db.write() as conn:  # no row until the circuit first changes: write one
+        table = dependent_systems
+        if not conn.execute(update(table).where(table.c.name == "payments").values(opened)).rowcount:
+            conn.execute(insert(table).values(name="payments", **opened))
+    page = client.get("/systems").text
+    assert page.count('data-action="reset-circuit"') == 1
+    assert 'data-action="reset-circuit" data-system="payments"' in page
+    assert 'data-action="reset-circuit"' in client.get("/systems/payments").text
+
+
 # -- auth on ------------------------------------------------------------------------------------
 @pytest.fixture
 def secured(engine: Tasker) -> Iterator[tuple[TestClient, dict[str, str]]]:
@@ -227,6 +267,8 @@ def test_without_a_session_pages_go_to_sign_in(
         assert response.headers["location"].startswith("/login?next=%2F"), path
     login = client.get("/login")
     assert 'id="login"' in login.text and "auth-off-banner" not in login.text
+    # signed out, every nav link would lead back here: only the brand is shown
+    assert 'class="brand"' in login.text and 'id="nav"' not in login.text
     response = client.post("/login", data={"csrf_token": csrf(login.text), "credential": "tk_bad"})
     assert response.status_code == 401 and 'id="login-error"' in response.text
     assert client.post("/login", data={"credential": "tk_bad"}).status_code == 403  # no CSRF token
@@ -242,6 +284,7 @@ def test_sign_in_sets_a_strict_httponly_cookie_without_the_key(
         h for h in response.headers.get_list("set-cookie") if h.startswith(SESSION_COOKIE)
     )
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and keys["viewer"] not in cookie
+    assert 'id="nav"' in client.get("/tasks").text  # signed in: the whole navigation
 
 
 def test_read_only_sees_no_actions_and_forged_posts_are_403(

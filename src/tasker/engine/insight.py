@@ -272,6 +272,14 @@ def performance(db: Database, period_hours: int = 24, *, namespace: str | None =
     with _report_snapshot(db) as conn:
         outcomes, durations = rollups.task_report(conn, s)
         counts, _ = rollups.step_report(conn, s)
+    return _performance(s, period_hours, outcomes, durations, counts)
+
+
+def _performance(s: analytics.Scope, period_hours: int,
+                 outcomes: dict[analytics.TemplateKey, analytics.TaskOutcomes],
+                 durations: dict[analytics.TemplateKey, analytics.Distribution],
+                 counts: dict[analytics.StepKey, analytics.StepCounts]) -> dict[str, Any]:
+    """The performance report from the figures read (apart, so `reports` can share one read)."""
     per_template: dict[analytics.TemplateKey, list[analytics.StepCounts]] = {}
     for key, c in counts.items():
         per_template.setdefault((key[0], key[1], key[2]), []).append(c)
@@ -316,13 +324,45 @@ def _step_figures(counts: list[analytics.StepCounts], hours: int) -> dict[str, A
 def bottlenecks(db: Database, period_hours: int = 24, *, namespace: str | None = None, name: str | None = None,
                 version: str | None = None, limit: int = 10) -> dict[str, Any]:
     """Slowest and most retried steps, error rates per step and per dependent system, and what to do."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100:
-        raise TaskerInputError(f"limit must be a whole number from 1 to 100, not {limit!r}")
+    _check_limit(limit)
     s = scope(period_hours, namespace, name, version)
     with _report_snapshot(db) as conn:
         tasks = sum(o.created for o in rollups.task_report(conn, s)[0].values())
         counts, durations = rollups.step_report(conn, s)
         circuits = {c["name"]: c["circuit_state"] for c in systems.report(conn)}
+    return _bottlenecks(s, period_hours, tasks, counts, durations, circuits, limit)
+
+
+def reports(db: Database, period_hours: int = 24, *, namespace: str | None = None,
+            name: str | None = None, version: str | None = None,
+            limit: int = 10) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`performance` and `bottlenecks` of one scope, as those answer, from one read.
+
+    The dashboard shows both: apart, each would catch the rollups up and read the task and step
+    figures (the dearer half of each report) on its own; here that happens once, in one snapshot,
+    so the two reports also agree with each other.
+    """
+    _check_limit(limit)
+    s = scope(period_hours, namespace, name, version)
+    with _report_snapshot(db) as conn:
+        outcomes, task_durations = rollups.task_report(conn, s)
+        counts, durations = rollups.step_report(conn, s)
+        circuits = {c["name"]: c["circuit_state"] for c in systems.report(conn)}
+    tasks = sum(o.created for o in outcomes.values())
+    return (_performance(s, period_hours, outcomes, task_durations, counts),
+            _bottlenecks(s, period_hours, tasks, counts, durations, circuits, limit))
+
+
+def _check_limit(limit: Any) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100:
+        raise TaskerInputError(f"limit must be a whole number from 1 to 100, not {limit!r}")
+
+
+def _bottlenecks(s: analytics.Scope, period_hours: int, tasks: int,
+                 counts: dict[analytics.StepKey, analytics.StepCounts],
+                 durations: dict[analytics.StepKey, analytics.Distribution],
+                 circuits: dict[str, str], limit: int) -> dict[str, Any]:
+    """The bottlenecks report from the figures read (apart, so `reports` can share one read)."""
     template_ms: dict[analytics.TemplateKey, float] = {}
     for key, dist in durations.items():
         tkey = (key[0], key[1], key[2])

@@ -579,6 +579,14 @@ class Tasker:
 
         return insight.performance(self.db, period_hours, namespace=namespace, name=name, version=version)
 
+    def analytics(self, period_hours: int = 24, *, namespace: str | None = None, name: str | None = None,
+                  version: str | None = None, limit: int = 10) -> tuple[dict[str, Any], dict[str, Any]]:
+        """`performance` and `bottlenecks` of one scope from one read (what a dashboard shows at once)."""
+        from tasker.engine import insight
+
+        return insight.reports(self.db, period_hours, namespace=namespace, name=name, version=version,
+                               limit=limit)
+
     def bottlenecks(self, period_hours: int = 24, *, namespace: str | None = None, name: str | None = None,
                     version: str | None = None, limit: int = 10) -> dict[str, Any]:
         """Slowest and most retried steps, error rates per step and dependent system, recommendations."""

@@ -106,9 +106,12 @@ def hbars(
 
 
 def state_band(
-    history: Sequence[Mapping[str, Any]], now: datetime, *, width: float = 720, height: float = 36
+    history: Sequence[Mapping[str, Any]], now: datetime, *, width: float = 1300, height: float = 36
 ) -> Chart:
-    """A band over time coloured by circuit state, from transitions (`to_state`, `at`, ...)."""
+    """A band over time coloured by circuit state, from transitions (`to_state`, `at`, ...).
+
+    As wide as the page at 1366 pixels, like the throughput chart: the SVG is stretched to the
+    page's width, so a narrower one would blow its text up (720 made 12px labels ~22px)."""
     if not history:
         return Chart([], [], width, height, 0)
     start = history[0]["at"]

@@ -16,8 +16,31 @@ from typing import Any
 #: States whose spans are drawn; `pending` (waiting for parents) is the gap before the first bar.
 DRAWN = {"ready": "queued", "in_progress": "run", "waiting_retry": "wait"}
 FINAL = {"complete", "error", "cancelled", "resolved_manually", "skipped"}
+#: How a bar is drawn, by its kind and (for attempts) what came next; the legend lists these, in
+#: this order, so it says exactly what the colours mean. An attempt that went back to `ready`
+#: (its lease expired) failed and will run again, like one that went to `waiting_retry`.
+LOOKS = {
+    "complete": "attempt: complete",
+    "retry": "attempt: failed, retried",
+    "error": "attempt: error",
+    "running": "attempt: running",
+    "cancelled": "attempt: cancelled",
+    "wait": "waiting to retry",
+    "queued": "queued",
+}
+#: Always in the legend; the rarer looks only when a bar is drawn so.
+USUAL_LOOKS = ("complete", "retry", "error", "running", "wait", "queued")
+_RUN_LOOKS = {
+    "complete": "complete",
+    "waiting_retry": "retry",
+    "ready": "retry",
+    "error": "error",
+    "": "running",
+}
+#: The SVG is stretched to the page's width: 150 + 1120 + 40 is about that width at 1366 pixels,
+#: so its 12px text stays 12px there (an 820 wide axis drew it at ~16px).
 LABEL_W = 150
-CHART_W = 820
+CHART_W = 1120
 ROW_H = 22
 AXIS_H = 22
 
@@ -36,6 +59,13 @@ class Span:
         return max(0.0, (self.end - self.start).total_seconds())
 
 
+def look(kind: str, outcome: str) -> str:
+    """The `LOOKS` key of a span: waits and queues by kind, an attempt by how it ended."""
+    if kind != "run":
+        return kind
+    return _RUN_LOOKS.get(outcome, "cancelled")
+
+
 @dataclass(frozen=True)
 class Bar:
     kind: str
@@ -44,6 +74,10 @@ class Bar:
     y: float
     w: float
     title: str
+
+    @property
+    def look(self) -> str:
+        return look(self.kind, self.outcome)
 
 
 @dataclass(frozen=True)
@@ -54,6 +88,12 @@ class Waterfall:
     width: float
     height: float
     total_seconds: float
+
+    @property
+    def legend(self) -> list[tuple[str, str]]:
+        """(look, label) for the legend: the usual looks, then any other one a bar is drawn with."""
+        drawn = {b.look for b in self.bars}
+        return [(k, label) for k, label in LOOKS.items() if k in USUAL_LOOKS or k in drawn]
 
 
 def spans(transitions: Sequence[Mapping[str, Any]], now: datetime) -> dict[int, list[Span]]:
