@@ -13,7 +13,7 @@ from tasker import Tasker
 
 
 def test_a_step_whose_handler_cannot_be_loaded_waits_for_a_worker_that_can(
-        tasker: Tasker, make_tasker: Callable[..., Tasker], tmp_path: Path) -> None:
+        tasker: Tasker, make_tasker: Callable[..., Tasker], tmp_path: Path, store_url: str) -> None:
     package = tmp_path / "plugins"
     package.mkdir()
     module = f"ghost_{tmp_path.name.replace('-', '_')}"
@@ -44,6 +44,15 @@ def test_a_step_whose_handler_cannot_be_loaded_waits_for_a_worker_that_can(
     assert step.attempts == 0, "a worker that cannot load the handler must not spend an attempt"
     assert step.last_error["class"] == "HandlerUnavailable"
     assert step.last_error["message"].startswith(f"waiting: no worker can load {module}:Ghost")
+    report = {s["name"]: s for s in tasker.systems()}["default"]
+    assert report["unloadable_handlers"] == {f"{module}:Ghost": 1}
+    from click.testing import CliRunner
+
+    from tasker.cli.main import cli
+
+    shown = CliRunner().invoke(cli, ["--database-url", store_url, "systems"])
+    assert shown.exit_code == 0, shown.output
+    assert f"waiting: no worker can load {module}:Ghost (1 step of default)" in " ".join(shown.output.split())
 
     sys.path.insert(0, str(package))
     try:

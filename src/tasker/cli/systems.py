@@ -88,6 +88,10 @@ def list_(ctx: click.Context, as_json: bool) -> None:
             r["open_until"].strftime("%H:%M:%S") if r["open_until"] else "-",
         )
     console.print(table)
+    for r in rows:  # steps no worker could import a handler for: a deploy to finish, not an outage
+        for handler, count in sorted((r.get("unloadable_handlers") or {}).items()):
+            console.print(f"[yellow]waiting: no worker can load {handler}[/] ({count} step"
+                          f"{'s' if count != 1 else ''} of {r['name']}); deploy it to a worker")
 
 
 def _cooldown(row: dict[str, Any]) -> str:

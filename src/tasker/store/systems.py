@@ -389,6 +389,7 @@ def report(conn: Connection) -> list[dict[str, Any]]:
         .group_by(steps.c.dependent_system, steps.c.state)
     ):
         counts.setdefault(system, Counter())[state] = int(n)
+    unloadable = _unloadable_handlers(conn)
     names = sorted(set(rows) | set(counts))
     out = []
     for name in names:
@@ -409,8 +410,27 @@ def report(conn: Connection) -> list[dict[str, Any]]:
             "in_flight": c["in_progress"],
             "waiting": c["ready"] + c["waiting_retry"],
             "errored_steps": c["error"],
+            #: handler -> steps waiting because no worker could import it (`HandlerUnavailable`)
+            "unloadable_handlers": unloadable.get(name, {}),
         })
     return out
+
+
+def _unloadable_handlers(conn: Connection) -> dict[str, dict[str, int]]:
+    """Per system, the handlers that workers could not import, with the steps waiting for one that can.
+
+    Read from the few `waiting_retry` steps whose last error says so (the partial index over active
+    steps keeps this cheap).
+    """
+    error_class = steps.c.last_error["class"].as_string()
+    handler = steps.c.last_error["handler"].as_string()
+    q = (select(steps.c.dependent_system, handler, func.count())
+         .where(steps.c.state == StepState.WAITING_RETRY.value, error_class == "HandlerUnavailable")
+         .group_by(steps.c.dependent_system, handler))
+    found: dict[str, dict[str, int]] = {}
+    for system, name, n in conn.execute(q):
+        found.setdefault(system, {})[str(name)] = int(n)
+    return found
 
 
 def circuit_history(conn: Connection, system: str | None = None) -> list[dict[str, Any]]:
