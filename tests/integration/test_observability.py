@@ -292,7 +292,10 @@ def test_worker_process_serves_its_metrics(store_url: str, tmp_path: Path, write
                     body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
                 except httpx.HTTPError:
                     body = ""
-                if f'{outcome},step="only",template="itest/served@1.0.0"}} 1.0' in body:
+                # both in one body: a scrape reads the store's gauges before the process's own
+                # counters, so the commit between them can show the step counted, the task not yet
+                if (f'{outcome},step="only",template="itest/served@1.0.0"}} 1.0' in body
+                        and 'tasker_tasks{state="complete"} 1.0' in body):
                     break
                 time.sleep(0.2)
             else:
