@@ -4,13 +4,8 @@ created over HTTP to completion and stops cleanly on SIGTERM."""
 from __future__ import annotations
 
 import os
-import queue
-import re
 import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from tasker.cli.main import cli
+from tests.servers import serve_process
 
 ROOT = Path(__file__).parents[2]
 
@@ -49,30 +45,11 @@ def test_a_busy_port_is_one_clear_line(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_serve_with_workers_runs_a_task_and_stops_on_sigterm(store_url: str, api_templates: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tasker.cli.main", "serve", "--database-url", store_url, "--port", "0",
-         "--templates", str(api_templates), "--workers", "1"],
-        cwd=ROOT, env=clean_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    stream = proc.stderr
-    assert stream is not None
-    threading.Thread(target=lambda: [lines.put(line) for line in stream], daemon=True).start()
-    seen: list[str] = []
-    try:
-        base = None
-        deadline = time.monotonic() + 30
-        while base is None and time.monotonic() < deadline:
-            try:
-                seen.append(lines.get(timeout=1))
-            except queue.Empty:
-                assert proc.poll() is None, "".join(seen)
-                continue
-            found = re.search(r"serving the Tasker API on (http://\S+/api/v1)", seen[-1])
-            base = found.group(1) if found else None
-        assert base, "".join(seen)
-        assert any("warning" in line.lower() and "authentication is OFF" in line for line in seen), "".join(seen)
-        with httpx.Client(base_url=base, timeout=10) as client:
+    args = ["--database-url", store_url, "--port", "0", "--templates", str(api_templates), "--workers", "1"]
+    with serve_process(args, cwd=ROOT, env=clean_env()) as served:
+        assert any("warning" in line.lower() and "authentication is OFF" in line for line in served.seen), \
+            served.log()
+        with httpx.Client(base_url=served.base, timeout=10) as client:
             created = client.post("/tasks", json={"template": "apitest/order", "context": {"email": "s@example.com"}})
             assert created.status_code == 201, created.text
             task_id = created.json()["id"]
@@ -82,13 +59,7 @@ def test_serve_with_workers_runs_a_task_and_stops_on_sigterm(store_url: str, api
                 time.sleep(0.1)
                 status = client.get(f"/tasks/{task_id}").json()["status"]
             assert status == "complete"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    time.sleep(0.1)
-    while not lines.empty():
-        seen.append(lines.get())
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(timeout=30) == 0
+    seen = served.drain()
     assert not any("Traceback" in line for line in seen), "".join(seen)

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import queue
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +28,7 @@ from tasker.api.app import create_app
 from tasker.api.embedded import attach
 from tasker.cli.serving import _Supervisor, next_backoff
 from tasker.engine.worker import Worker, WorkerOptions
-from tests.servers import serving
+from tests.servers import serve_process, serving
 
 ROOT = Path(__file__).parents[2]
 
@@ -278,45 +275,10 @@ def test_serve_survives_a_handler_calling_sys_exit_and_still_stops_on_sigterm(
     api_templates: Path,
 ) -> None:
     (api_templates / "poison.yaml").write_text(yaml.safe_dump(POISON, sort_keys=False))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tasker.cli.main",
-            "serve",
-            "--database-url",
-            store_url,
-            "--port",
-            "0",
-            "--templates",
-            str(api_templates),
-            "--workers",
-            "1",
-        ],
-        cwd=ROOT,
-        env=clean_env(TASKER_LEASE_SECONDS="2", TASKER_GRACE_SECONDS="2"),
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    stream = proc.stderr
-    assert stream is not None
-    threading.Thread(target=lambda: [lines.put(line) for line in stream], daemon=True).start()
-    seen: list[str] = []
-    try:
-        base = None
-        deadline = time.monotonic() + 30
-        while base is None and time.monotonic() < deadline:
-            try:
-                seen.append(lines.get(timeout=1))
-            except queue.Empty:
-                assert proc.poll() is None, "".join(seen)
-                continue
-            found = re.search(r"serving the Tasker API on (http://\S+/api/v1)", seen[-1])
-            base = found.group(1) if found else None
-        assert base, "".join(seen)
-        with httpx.Client(base_url=base, timeout=10) as client:
+    args = ["--database-url", store_url, "--port", "0", "--templates", str(api_templates), "--workers", "1"]
+    with serve_process(args, cwd=ROOT, env=clean_env(TASKER_LEASE_SECONDS="2", TASKER_GRACE_SECONDS="2")) as served:
+        proc = served.proc
+        with httpx.Client(base_url=served.base, timeout=10) as client:
             wait_for("ready", lambda: client.get("/health/ready").status_code == 200)
             poisoned = client.post("/tasks", json={"template": "poison/exits", "context": {}})
             assert poisoned.status_code == 201, poisoned.text
@@ -335,7 +297,7 @@ def test_serve_survives_a_handler_calling_sys_exit_and_still_stops_on_sigterm(
                 return bool(slot["restarts"]) or client.get(poison_task).json()["status"] == "error"
 
             wait_for("the poison step is handled", settled, timeout=40)
-            assert proc.poll() is None, "".join(seen)
+            assert proc.poll() is None, served.log()
             innocent = client.post(
                 "/tasks", json={"template": "apitest/order", "context": {"email": "i@ex.com"}}
             )
@@ -349,12 +311,6 @@ def test_serve_survives_a_handler_calling_sys_exit_and_still_stops_on_sigterm(
             assert client.get("/health/live").status_code == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    time.sleep(0.1)
-    while not lines.empty():
-        seen.append(lines.get())
+    seen = served.drain()
     died = [line for line in seen if "embedded worker 1 of 1" in line and "died" in line]
     assert all("SystemExit" in line and "restarting it in" in line for line in died), "".join(seen)
