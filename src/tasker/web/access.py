@@ -24,8 +24,8 @@ from tasker.api.auth import (
     Principal,
     verify_credential,
 )
+from tasker.api.deps import get_settings
 from tasker.errors import NotFoundError, TaskerInputError
-from tasker.settings import Settings
 from tasker.web.rendering import current_path, render_html
 from tasker.web.session import (
     FLASH_COOKIE,
@@ -75,9 +75,8 @@ def codec_of(request: Request) -> SessionCodec:
     return codec
 
 
-def settings_of(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+#: The server's settings: the same lookup the API's routes use.
+settings_of = get_settings
 
 
 def _session(request: Request) -> tuple[Session, str | None]:
