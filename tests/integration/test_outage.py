@@ -62,7 +62,9 @@ def test_one_task_alone_survives_an_outage_longer_than_its_retries(tasker: Taske
     task = result["task"]
     assert task.status == "complete", task.step("charge").last_error
     assert task.step("charge").attempts <= 3
-    moves = [(r["from_state"], r["to_state"]) for r in tasker.circuit_history("billing")]
+    history = tasker.circuit_history("billing")
+    moves = [(r["from_state"], r["to_state"]) for r in history]
+    assert tasker.circuit_history("billing", last=2) == history[-2:]
     assert moves[0] == ("closed", "open"), "its failures kept counting until the circuit opened"
     assert moves[-1] == ("half_open", "closed"), "a probe decided when it ran again"
     state = {s["name"]: s for s in tasker.systems()}["billing"]

@@ -149,9 +149,10 @@ class Tasker:
         with self.db.read() as conn:
             return systems.namespace_limit_rows(conn)
 
-    def circuit_history(self, system: str | None = None) -> list[dict[str, Any]]:
+    def circuit_history(self, system: str | None = None, *, last: int | None = None) -> list[dict[str, Any]]:
+        """Circuit changes, oldest first (with `last`: only the newest `last`)."""
         with self.db.read() as conn:
-            return systems.circuit_history(conn, system)
+            return systems.circuit_history(conn, system, last=last)
 
     def reset_circuit(self, system: str) -> bool:
         """Close a system's circuit by hand (an operator knows it is healthy again)."""

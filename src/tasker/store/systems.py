@@ -433,11 +433,16 @@ def _unloadable_handlers(conn: Connection) -> dict[str, dict[str, int]]:
     return found
 
 
-def circuit_history(conn: Connection, system: str | None = None) -> list[dict[str, Any]]:
-    q = select(circuit_transitions).order_by(circuit_transitions.c.id)
+def circuit_history(conn: Connection, system: str | None = None, *, last: int | None = None
+                    ) -> list[dict[str, Any]]:
+    """Circuit changes, oldest first; with `last`, only the newest `last` of them (read from the end)."""
+    q = select(circuit_transitions)
     if system:
         q = q.where(circuit_transitions.c.system == system)
-    return [dict(r._mapping) for r in conn.execute(q)]
+    if last is None:
+        return [dict(r._mapping) for r in conn.execute(q.order_by(circuit_transitions.c.id))]
+    newest = conn.execute(q.order_by(circuit_transitions.c.id.desc()).limit(last))
+    return [dict(r._mapping) for r in newest][::-1]
 
 
 def namespace_limit_rows(conn: Connection) -> dict[str, int]:

@@ -9,6 +9,7 @@ of its own: it needs `tasker.task:update`, the permission of the API's other ope
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -58,7 +59,7 @@ async def system(request: Request) -> Response:
         raise NotFoundError(
             f"no dependent system '{name[:128]}'; fix: pick one from the systems page"
         )
-    history = (await run_in_threadpool(engine.circuit_history, name))[-HISTORY_ROWS:]
+    history = await run_in_threadpool(partial(engine.circuit_history, name, last=HISTORY_ROWS))
     band = state_band(history, datetime.now(UTC))
     return page(
         request,
