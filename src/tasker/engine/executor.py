@@ -305,10 +305,7 @@ async def _run_sync(threads: HandlerThreads, fn: Callable[..., Any], process: An
     call = threads.submit(_contained, fn, process, ctx)
     finished = asyncio.wrap_future(call.done)
     try:
-        if timeout is None:  # the usual case: one wake-up
-            result = await finished
-            return (call.started_at if call.started_at is not None else time.perf_counter()), result
-        else:
+        if timeout is not None:
             # Wait for the outcome first: most handlers finish before their timeout, so one wake-up
             # does. Only when the timeout has passed, find out whether it counted from a start.
             done, _ = await asyncio.wait({finished}, timeout=timeout)
@@ -322,11 +319,15 @@ async def _run_sync(threads: HandlerThreads, fn: Callable[..., Any], process: An
                     finished.add_done_callback(_discard)
                     raise HandlerTimedOut()
                 done, _ = await asyncio.wait({finished}, timeout=timeout - elapsed)
-    except BaseException:
+        result = await finished  # done by now when timed; else the usual case: one wake-up
+    except asyncio.CancelledError:  # the worker gave up on the attempt: so does the thread pool
         call.abandon()
         raise
-    started = call.started_at if call.started_at is not None else time.perf_counter()
-    return started, finished.result()
+    return (call.started_at if call.started_at is not None else time.perf_counter()), result
+
+
+#: How often a timed step still queued for a handler thread looks again whether its handler started.
+QUEUED_POLL_SECONDS = 0.05
 
 
 def _contained(fn: Callable[..., Any], *args: Any) -> Any:
@@ -339,10 +340,6 @@ def _contained(fn: Callable[..., Any], *args: Any) -> Any:
         raise
     except BaseException as exc:
         raise _Escaped(exc) from None
-
-
-#: How often a timed step still queued for a handler thread looks again whether its handler started.
-QUEUED_POLL_SECONDS = 0.05
 
 
 class InvalidResultError(Exception):
