@@ -52,6 +52,11 @@ def _transient(exc: DBAPIError) -> bool:
     return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
 
 
+def _outage(exc: BaseException) -> bool:
+    """A failed cycle that pauses the worker (the database is unreachable), as opposed to one to isolate."""
+    return isinstance(exc, DBAPIError) and _transient(exc)
+
+
 def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -192,12 +197,8 @@ class Worker:
                             db_thread, self._db_cycle, outcomes, free if want_claim else 0, scan,
                             list(self._inflight) if heartbeat else None, reclaim,
                         )
-                    except DBAPIError as exc:
-                        if not _transient(exc):
-                            cycle = await self._isolate(db_thread, outcomes, exc)
-                            if cycle is None:
-                                continue
-                        else:
+                    except Exception as exc:
+                        if _outage(exc):
                             failures += 1
                             self._done = outcomes + self._done
                             delay = min(0.1 * 2 ** min(failures, 6), 5.0)
@@ -205,7 +206,7 @@ class Worker:
                                         self.id, type(exc).__name__, delay)
                             await asyncio.sleep(delay)
                             continue
-                    except Exception as exc:  # a bug, or one outcome the store refuses: never the worker's end
+                        # a bug, or one outcome the store refuses: never the worker's end
                         cycle = await self._isolate(db_thread, outcomes, exc)
                         if cycle is None:
                             continue
@@ -315,9 +316,7 @@ class Worker:
         for index, item in enumerate(outcomes):
             try:
                 cycle = await self._loop.run_in_executor(db_thread, self._store_one, item)
-            except DBAPIError as again:
-                if not _transient(again):
-                    raise
+            except DBAPIError:  # `_store_one` lets only outages through
                 self._done = outcomes[index:] + self._done
                 return None if not merged.settled and not merged.events else merged
             merged.settled += cycle.settled
@@ -332,11 +331,9 @@ class Worker:
         refused: Exception
         try:
             return self._db_cycle([item], 0, False, None, False)
-        except DBAPIError as exc:
-            if _transient(exc):
-                raise
-            refused = exc
         except Exception as exc:
+            if _outage(exc):
+                raise
             refused = exc
         outcome, claimed = item
         error = describe_error(refused, retryable=False, system_fault=False)
@@ -350,12 +347,9 @@ class Worker:
                                        children=None, retry_delay=0.0, refund_attempt=False)
         try:
             return self._db_cycle([(stand_in, claimed)], 0, False, None, False)
-        except DBAPIError as exc:
-            if _transient(exc):
+        except Exception as exc:
+            if _outage(exc):
                 raise
-            log.exception("worker %s: could not store the failure of step %d either; its lease will expire",
-                          self.id, outcome.step_id)
-        except Exception:
             log.exception("worker %s: could not store the failure of step %d either; its lease will expire",
                           self.id, outcome.step_id)
         return _Cycle([], None, [], [], None)
