@@ -44,21 +44,11 @@ def system_rows(ctx: click.Context) -> list[dict[str, Any]]:
     The cool-down doubles after each failed probe up to its cap, so the base alone would tell an
     operator a wrong time to wait; it is None while the circuit is closed.
     """
-    from tasker.store.systems import load_view
-
     engine = state(ctx).engine(load=False, access="read")
     try:
-        rows = engine.systems()
-        with engine.db.read() as conn:
-            view = load_view(conn)
+        return engine.systems()
     finally:
         engine.close()
-    for r in rows:
-        live = view.systems.get(r["name"])
-        current = getattr(live, "current_cooldown_seconds", None) if r["circuit_state"] != "closed" else None
-        r.setdefault("current_cooldown_seconds", current if current is not None else (
-            r["cooldown_seconds"] if r["circuit_state"] != "closed" else None))
-    return rows
 
 
 @systems.command("list")
