@@ -37,7 +37,9 @@ def fresh_url(store: str, workdir: Path) -> str:
         return f"sqlite:///{workdir / f'bench-{uuid.uuid4().hex[:8]}.db'}"
     import sqlalchemy as sa
 
-    admin_url = os.environ.get("TASKER_BENCH_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    admin_url = os.environ.get(
+        "TASKER_BENCH_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    )
     name = f"tasker_bench_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
@@ -92,7 +94,9 @@ def throughput(url: str, tasks: int, concurrency: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite")
     ap.add_argument("--runs", type=int, default=5, help="runs per figure (median reported)")
     ap.add_argument("--sequential-tasks", type=int, default=30)
@@ -126,15 +130,27 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
         return
-    table = Table(title=f"Tasker core benchmark ({args.store}, 5-step no-op chain, median of {args.runs} runs)")
+    table = Table(
+        title=f"Tasker core benchmark ({args.store}, 5-step no-op chain, median of {args.runs} runs)"
+    )
     table.add_column("measure")
     table.add_column("result", justify="right")
     table.add_column("all runs")
-    table.add_row("sequential: create + run one task", f"{result['sequential_ms_per_task']:.2f} ms",
-                  ", ".join(f"{x:.2f}" for x in seq))
-    table.add_row(f"throughput: {args.tasks} tasks, concurrency {args.concurrency}",
-                  f"{result['throughput_steps_per_s']:.0f} steps/s", ", ".join(f"{x:.0f}" for x in thr))
-    table.add_row("task creation", f"{result['create_tasks_per_s']:.0f} tasks/s", ", ".join(f"{x:.0f}" for x in cre))
+    table.add_row(
+        "sequential: create + run one task",
+        f"{result['sequential_ms_per_task']:.2f} ms",
+        ", ".join(f"{x:.2f}" for x in seq),
+    )
+    table.add_row(
+        f"throughput: {args.tasks} tasks, concurrency {args.concurrency}",
+        f"{result['throughput_steps_per_s']:.0f} steps/s",
+        ", ".join(f"{x:.0f}" for x in thr),
+    )
+    table.add_row(
+        "task creation",
+        f"{result['create_tasks_per_s']:.0f} tasks/s",
+        ", ".join(f"{x:.0f}" for x in cre),
+    )
     Console().print(table)
 
 

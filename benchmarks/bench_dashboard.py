@@ -45,8 +45,12 @@ DAYS = 30
 STEPS = ("reserve", "charge", "pack", "ship", "notify")
 SYSTEMS = ("inventory", "payments_gateway", "warehouse", "carrier", "email")
 #: (namespace, name, version, share of tasks in per mille)
-TEMPLATES = (("shop", "process_order", "1.0.0", 200), ("shop", "process_order", "1.1.0", 490),
-             ("payments", "refund", "2.0.0", 300), ("crm", "sync_contact", "1.0.0", 10))
+TEMPLATES = (
+    ("shop", "process_order", "1.0.0", 200),
+    ("shop", "process_order", "1.1.0", 490),
+    ("payments", "refund", "2.0.0", 300),
+    ("crm", "sync_contact", "1.0.0", 10),
+)
 TABLES = ("tasker_tasks", "tasker_steps", "tasker_step_transitions", "tasker_task_transitions")
 
 
@@ -54,10 +58,14 @@ def template_yaml(namespace: str, name: str, version: str) -> str:
     steps = []
     for i, (step, system) in enumerate(zip(STEPS, SYSTEMS)):
         after = f"\n    depends_on_step: {STEPS[i - 1]}" if i else ""
-        steps.append(f"  - name: {step}\n    handler_class: benchmarks.noop:Noop\n"
-                     f"    dependent_system: {system}{after}")
-    return (f"name: {name}\nnamespace_name: {namespace}\nversion: {version}\n"
-            f"description: Dashboard benchmark workload.\nstep_templates:\n" + "\n".join(steps) + "\n")
+        steps.append(
+            f"  - name: {step}\n    handler_class: benchmarks.noop:Noop\n"
+            f"    dependent_system: {system}{after}"
+        )
+    return (
+        f"name: {name}\nnamespace_name: {namespace}\nversion: {version}\n"
+        f"description: Dashboard benchmark workload.\nstep_templates:\n" + "\n".join(steps) + "\n"
+    )
 
 
 def load_templates(engine: Tasker, folder: Path) -> None:
@@ -172,11 +180,17 @@ WHERE id BETWEEN :lo AND :hi AND finished_at IS NOT NULL
 
 def _secondary_indexes(conn: sa.Connection) -> list[tuple[str, str]]:
     """Indexes of the big tables that back no constraint: dropped while loading, rebuilt after."""
-    return [(r[0], r[1]) for r in conn.execute(sa.text("""
+    return [
+        (r[0], r[1])
+        for r in conn.execute(
+            sa.text("""
         SELECT i.indexname, i.indexdef FROM pg_indexes i
         WHERE i.tablename = ANY(:tables)
           AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname)
-    """), {"tables": list(TABLES)})]
+    """),
+            {"tables": list(TABLES)},
+        )
+    ]
 
 
 def fill(engine: Tasker, tasks: int, now: datetime, chunk: int = 100_000) -> dict[str, float]:
@@ -184,37 +198,62 @@ def fill(engine: Tasker, tasks: int, now: datetime, chunk: int = 100_000) -> dic
     indexes rebuilt at the end (as a bulk load should be)."""
     timings: dict[str, float] = {}
     with engine.db.write() as conn:
-        ids = {(t.namespace_name, t.name, t.version): task_store.template_id(conn, t, now)
-               for t in engine.registry.all()}
+        ids = {
+            (t.namespace_name, t.name, t.version): task_store.template_id(conn, t, now)
+            for t in engine.registry.all()
+        }
     raw = engine.db.writer
     with raw.connect() as conn:
         conn.execute(sa.text("SET session_replication_role = replica"))  # no FK trigger per row
         conn.execute(sa.text("SET maintenance_work_mem = '512MB'"))
-        conn.execute(sa.text("CREATE TEMP TABLE bench_templates (ns text, nm text, ver text, "
-                             "tid bigint, lo int, hi int)"))
+        conn.execute(
+            sa.text(
+                "CREATE TEMP TABLE bench_templates (ns text, nm text, ver text, "
+                "tid bigint, lo int, hi int)"
+            )
+        )
         lo = 0
         for ns, name, version, share in TEMPLATES:
-            conn.execute(sa.text("INSERT INTO bench_templates VALUES (:ns, :nm, :ver, :tid, :lo, :hi)"),
-                         {"ns": ns, "nm": name, "ver": version, "tid": ids[(ns, name, version)],
-                          "lo": lo, "hi": lo + share})
+            conn.execute(
+                sa.text("INSERT INTO bench_templates VALUES (:ns, :nm, :ver, :tid, :lo, :hi)"),
+                {
+                    "ns": ns,
+                    "nm": name,
+                    "ver": version,
+                    "tid": ids[(ns, name, version)],
+                    "lo": lo,
+                    "hi": lo + share,
+                },
+            )
             lo += share
         indexes = _secondary_indexes(conn)
         for name, _ in indexes:
             conn.execute(sa.text(f'DROP INDEX "{name}"'))
         conn.commit()
         started = time.perf_counter()
-        conn.execute(sa.text(TASKS_SQL), {"n": tasks, "now": now, "span": DAYS * 86400.0,
-                                          "pending": min(500, tasks // 100),
-                                          "active": min(1500, tasks // 50)})
+        conn.execute(
+            sa.text(TASKS_SQL),
+            {
+                "n": tasks,
+                "now": now,
+                "span": DAYS * 86400.0,
+                "pending": min(500, tasks // 100),
+                "active": min(1500, tasks // 50),
+            },
+        )
         conn.commit()
         timings["tasks"] = time.perf_counter() - started
         first, last = conn.execute(sa.text("SELECT min(id), max(id) FROM tasker_tasks")).one()
-        for phase, sql, extra in (("steps", STEPS_SQL, {"steps": list(STEPS), "systems": list(SYSTEMS)}),
-                                  ("step transitions", STEP_TRANSITIONS_SQL, {}),
-                                  ("task transitions", TASK_TRANSITIONS_SQL, {})):
+        for phase, sql, extra in (
+            ("steps", STEPS_SQL, {"steps": list(STEPS), "systems": list(SYSTEMS)}),
+            ("step transitions", STEP_TRANSITIONS_SQL, {}),
+            ("task transitions", TASK_TRANSITIONS_SQL, {}),
+        ):
             started = time.perf_counter()
             for lo_id in range(first, last + 1, chunk):
-                conn.execute(sa.text(sql), {"lo": lo_id, "hi": lo_id + chunk - 1, "now": now, **extra})
+                conn.execute(
+                    sa.text(sql), {"lo": lo_id, "hi": lo_id + chunk - 1, "now": now, **extra}
+                )
                 conn.commit()
             timings[phase] = time.perf_counter() - started
         started = time.perf_counter()
@@ -257,8 +296,9 @@ def engine_pages(engine: Tasker, runs: int) -> list[Result]:
     """The facade calls behind each page, each timed as the page makes them."""
     with engine.db.read() as conn:
         newest, oldest = conn.execute(sa.text("SELECT max(id), min(id) FROM tasker_tasks")).one()
-        detail_id = conn.execute(sa.text(
-            "SELECT max(id) FROM tasker_tasks WHERE status = 'error'")).scalar_one()
+        detail_id = conn.execute(
+            sa.text("SELECT max(id) FROM tasker_tasks WHERE status = 'error'")
+        ).scalar_one()
     middle = encode_cursor((newest + oldest) // 2)
     deep = encode_cursor(oldest + 1000)
     day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=15)
@@ -275,29 +315,67 @@ def engine_pages(engine: Tasker, runs: int) -> list[Result]:
         ("tasks: first page", lambda: engine.page_tasks(limit=50)),
         ("tasks: page 10 (ten pages via cursors, per page)", walk_ten),
         ("tasks: middle page (after=)", lambda: engine.page_tasks(limit=50, after=middle)),
-        ("tasks: back from the middle (before=)", lambda: engine.page_tasks(limit=50, before=middle)),
-        ("tasks: last pages (after= near the oldest)", lambda: engine.page_tasks(limit=50, after=deep)),
+        (
+            "tasks: back from the middle (before=)",
+            lambda: engine.page_tasks(limit=50, before=middle),
+        ),
+        (
+            "tasks: last pages (after= near the oldest)",
+            lambda: engine.page_tasks(limit=50, after=deep),
+        ),
         ("tasks: namespace=payments", lambda: engine.page_tasks(TaskQuery(namespace="payments"))),
         ("tasks: namespace=crm (1%)", lambda: engine.page_tasks(TaskQuery(namespace="crm"))),
-        ("tasks: template shop/process_order",
-         lambda: engine.page_tasks(TaskQuery(namespace="shop", name="process_order"))),
-        ("tasks: template + version 1.0.0", lambda: engine.page_tasks(
-            TaskQuery(namespace="shop", name="process_order", version="1.0.0"))),
+        (
+            "tasks: template shop/process_order",
+            lambda: engine.page_tasks(TaskQuery(namespace="shop", name="process_order")),
+        ),
+        (
+            "tasks: template + version 1.0.0",
+            lambda: engine.page_tasks(
+                TaskQuery(namespace="shop", name="process_order", version="1.0.0")
+            ),
+        ),
         ("tasks: status=error", lambda: engine.page_tasks(TaskQuery(statuses=("error",)))),
-        ("tasks: status=error, middle page",
-         lambda: engine.page_tasks(TaskQuery(statuses=("error",)), after=middle)),
-        ("tasks: status in (pending, in_progress, error)",
-         lambda: engine.page_tasks(TaskQuery(statuses=("pending", "in_progress", "error")))),
-        ("tasks: crm + status=error", lambda: engine.page_tasks(
-            TaskQuery(namespace="crm", name="sync_contact", statuses=("error",)))),
-        ("tasks: created on one day 15 days ago", lambda: engine.page_tasks(
-            TaskQuery(created_from=day, created_to=day + timedelta(days=1)))),
-        ("tasks: created that day + status=error", lambda: engine.page_tasks(
-            TaskQuery(created_from=day, created_to=day + timedelta(days=1), statuses=("error",)))),
-        ("tasks: created that day + namespace=crm", lambda: engine.page_tasks(
-            TaskQuery(created_from=day, created_to=day + timedelta(days=1), namespace="crm"))),
-        ("tasks: key = idempotency key", lambda: engine.page_tasks(TaskQuery(key=f"bench-{newest // 3}"))),
-        ("tasks: key = correlation id", lambda: engine.page_tasks(TaskQuery(key=f"corr-{newest // 2}"))),
+        (
+            "tasks: status=error, middle page",
+            lambda: engine.page_tasks(TaskQuery(statuses=("error",)), after=middle),
+        ),
+        (
+            "tasks: status in (pending, in_progress, error)",
+            lambda: engine.page_tasks(TaskQuery(statuses=("pending", "in_progress", "error"))),
+        ),
+        (
+            "tasks: crm + status=error",
+            lambda: engine.page_tasks(
+                TaskQuery(namespace="crm", name="sync_contact", statuses=("error",))
+            ),
+        ),
+        (
+            "tasks: created on one day 15 days ago",
+            lambda: engine.page_tasks(
+                TaskQuery(created_from=day, created_to=day + timedelta(days=1))
+            ),
+        ),
+        (
+            "tasks: created that day + status=error",
+            lambda: engine.page_tasks(
+                TaskQuery(created_from=day, created_to=day + timedelta(days=1), statuses=("error",))
+            ),
+        ),
+        (
+            "tasks: created that day + namespace=crm",
+            lambda: engine.page_tasks(
+                TaskQuery(created_from=day, created_to=day + timedelta(days=1), namespace="crm")
+            ),
+        ),
+        (
+            "tasks: key = idempotency key",
+            lambda: engine.page_tasks(TaskQuery(key=f"bench-{newest // 3}")),
+        ),
+        (
+            "tasks: key = correlation id",
+            lambda: engine.page_tasks(TaskQuery(key=f"corr-{newest // 2}")),
+        ),
         ("tasks: key matching nothing", lambda: engine.page_tasks(TaskQuery(key="no-such-key"))),
     ]
     results = []
@@ -314,8 +392,12 @@ def engine_pages(engine: Tasker, runs: int) -> list[Result]:
         return engine.overview(), engine.workers(), engine.systems()
 
     def detail_page() -> Any:
-        return (engine.get_task(detail_id), engine.step_transitions(detail_id),
-                engine.task_transitions(detail_id), engine.task_template(detail_id))
+        return (
+            engine.get_task(detail_id),
+            engine.step_transitions(detail_id),
+            engine.task_transitions(detail_id),
+            engine.task_template(detail_id),
+        )
 
     def systems_page() -> Any:
         return engine.systems(), engine.namespace_limits(), engine.circuit_history()
@@ -326,8 +408,11 @@ def engine_pages(engine: Tasker, runs: int) -> list[Result]:
     pages: list[tuple[str, str, Callable[[], Any]]] = [
         ("overview", "overview + workers + systems", overview_page),
         ("overview: engine.overview() alone", "overview", engine.overview),
-        ("task detail (a task in error)",
-         "get_task + step/task_transitions + task_template", detail_page),
+        (
+            "task detail (a task in error)",
+            "get_task + step/task_transitions + task_template",
+            detail_page,
+        ),
         ("templates", "template_versions", engine.template_versions),
         ("systems", "systems + namespace_limits + circuit_history", systems_page),
         ("analytics (24 h)", "performance(24) + bottlenecks(24)", analytics_page),
@@ -353,30 +438,43 @@ def html_pages(engine: Tasker, runs: int) -> list[Result]:
     except ImportError:  # pragma: no cover
         return []
     with engine.db.read() as conn:
-        detail_id = conn.execute(sa.text(
-            "SELECT max(id) FROM tasker_tasks WHERE status = 'error'")).scalar_one()
+        detail_id = conn.execute(
+            sa.text("SELECT max(id) FROM tasker_tasks WHERE status = 'error'")
+        ).scalar_one()
         newest = conn.execute(sa.text("SELECT max(id) FROM tasker_tasks")).scalar_one()
     client = TestClient(create_app(engine))
     urls = [
-        ("/", "overview"), ("/tasks", "tasks"),
+        ("/", "overview"),
+        ("/tasks", "tasks"),
         (f"/tasks?after={encode_cursor(newest // 2)}", "tasks, middle page"),
         ("/tasks?status=error&namespace=crm", "tasks, filtered"),
-        (f"/tasks/{detail_id}", "task detail"), ("/templates", "templates"),
-        ("/templates/shop/process_order", "template detail"), ("/systems", "systems"),
-        ("/analytics?hours=24", "analytics"), ("/events", "events"),
+        (f"/tasks/{detail_id}", "task detail"),
+        ("/templates", "templates"),
+        ("/templates/shop/process_order", "template detail"),
+        ("/systems", "systems"),
+        ("/analytics?hours=24", "analytics"),
+        ("/events", "events"),
     ]
     results = []
     for url, label in urls:
         first = client.get(url)
         if first.status_code != 200:
-            results.append(Result(f"HTML {label}", f"GET {url}", float("nan"), float("nan"),
-                                  f"HTTP {first.status_code}"))
+            results.append(
+                Result(
+                    f"HTML {label}",
+                    f"GET {url}",
+                    float("nan"),
+                    float("nan"),
+                    f"HTTP {first.status_code}",
+                )
+            )
             continue
         assets = sorted(set(ASSET.findall(first.text)))
         size = len(first.content) + sum(len(client.get(a).content) for a in assets)
         p50, p95, _ = timed(lambda url=url: client.get(url), runs)  # type: ignore[misc]
-        results.append(Result(f"HTML {label}", f"GET {url}", p50, p95, f"{len(assets)} assets",
-                              size / 1024))
+        results.append(
+            Result(f"HTML {label}", f"GET {url}", p50, p95, f"{len(assets)} assets", size / 1024)
+        )
     return results
 
 
@@ -407,11 +505,19 @@ def database(url: str | None, keep: bool) -> Iterator[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--database-url", help="an empty PostgreSQL database (default: a scratch one)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--database-url", help="an empty PostgreSQL database (default: a scratch one)"
+    )
     parser.add_argument("--tasks", type=int, default=1_000_000)
-    parser.add_argument("--runs", type=int, default=20, help="timed runs per page (after 2 warm-ups)")
-    parser.add_argument("--reuse", action="store_true", help="time an already filled --database-url")
+    parser.add_argument(
+        "--runs", type=int, default=20, help="timed runs per page (after 2 warm-ups)"
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help="time an already filled --database-url"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     parser.add_argument("--no-html", action="store_true", help="skip the HTML pages")
     args = parser.parse_args()
@@ -421,16 +527,22 @@ def main() -> None:
         if not args.reuse:
             started = time.perf_counter()
             timings = fill(engine, args.tasks, datetime.now(UTC))
-            print(f"filled in {time.perf_counter() - started:.0f} s: "
-                  + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+            print(
+                f"filled in {time.perf_counter() - started:.0f} s: "
+                + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+            )
         with engine.db.read() as conn:
-            counts = {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one() for t in TABLES}
+            counts = {
+                t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one() for t in TABLES
+            }
         print("rows: " + ", ".join(f"{t.removeprefix('tasker_')} {n:,}" for t, n in counts.items()))
         # The analytics rollups read the history once (as after an upgrade); later calls read only
         # what is new. Timed apart so the page timings below are those of a store in service.
         started = time.perf_counter()
         read = rollups.catch_up(engine.db.write, max_seconds=3600)
-        print(f"analytics rollups caught up: {read:,} transition ids in {time.perf_counter() - started:.0f} s")
+        print(
+            f"analytics rollups caught up: {read:,} transition ids in {time.perf_counter() - started:.0f} s"
+        )
         results = engine_pages(engine, args.runs)
         if not args.no_html:
             results += html_pages(engine, args.runs)

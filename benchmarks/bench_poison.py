@@ -40,21 +40,53 @@ INNOCENT = 30
 
 
 def _template(directory: Path, name: str, steps: list[dict[str, Any]]) -> Path:
-    data = {"name": name, "namespace_name": "bench", "version": "1.0.0", "retry": FAST,
-            "step_templates": steps}
+    data = {
+        "name": name,
+        "namespace_name": "bench",
+        "version": "1.0.0",
+        "retry": FAST,
+        "step_templates": steps,
+    }
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 
 def _templates(directory: Path) -> None:
-    innocent = [{"name": n, "handler_class": f"{P}:Innocent", "handler_config": {"sleep": 0.005},
-                 **({"depends_on_step": p} if p else {})} for n, p in (("a", None), ("b", "a"), ("c", "b"))]
+    innocent = [
+        {
+            "name": n,
+            "handler_class": f"{P}:Innocent",
+            "handler_config": {"sleep": 0.005},
+            **({"depends_on_step": p} if p else {}),
+        }
+        for n, p in (("a", None), ("b", "a"), ("c", "b"))
+    ]
     _template(directory, "innocent", innocent)
-    _template(directory, "buggy", [{"name": "bad", "handler_class": f"{P}:Poison", "default_retry_limit": 3,
-                                    "handler_config": {"mode": "key_error"}}])
-    _template(directory, "hung", [{"name": "hang", "handler_class": f"{P}:Hang", "default_retry_limit": 1,
-                                   "handler_config": {"timeout_seconds": 0.2, "hang": 3.0}}])
+    _template(
+        directory,
+        "buggy",
+        [
+            {
+                "name": "bad",
+                "handler_class": f"{P}:Poison",
+                "default_retry_limit": 3,
+                "handler_config": {"mode": "key_error"},
+            }
+        ],
+    )
+    _template(
+        directory,
+        "hung",
+        [
+            {
+                "name": "hang",
+                "handler_class": f"{P}:Hang",
+                "default_retry_limit": 1,
+                "handler_config": {"timeout_seconds": 0.2, "hang": 3.0},
+            }
+        ],
+    )
 
 
 def run(store: str, scenario: str, workdir: Path) -> tuple[float, str]:
@@ -112,8 +144,10 @@ def main() -> None:
                 times[s].append(seconds)
                 states[s] = state
     alone = statistics.median(times["alone"])
-    table = Table(title=f"{INNOCENT} innocent 3-step tasks, concurrency 4, {args.store}, "
-                        f"median of {args.runs}")
+    table = Table(
+        title=f"{INNOCENT} innocent 3-step tasks, concurrency 4, {args.store}, "
+        f"median of {args.runs}"
+    )
     for col in ("scenario", "innocent tasks done (s)", "vs alone", "default circuit at the end"):
         table.add_column(col)
     for s in scenarios:

@@ -52,10 +52,13 @@ def count_complete(t: Tasker, ids: list[int] | None = None) -> int:
 def span_steps_per_second(t: Tasker, since_task_id: int = 0) -> tuple[float, int]:
     """Steps per second between the first claim and the last completion of tasks with id > since."""
     with t.db.read() as c:
-        row = c.execute(sa.text(
-            "select min(at) filter (where to_state = 'in_progress'), max(at) filter (where to_state = 'complete'),"
-            " count(*) filter (where to_state = 'complete') from tasker_step_transitions where task_id > :since"
-        ), {"since": since_task_id}).one()
+        row = c.execute(
+            sa.text(
+                "select min(at) filter (where to_state = 'in_progress'), max(at) filter (where to_state = 'complete'),"
+                " count(*) filter (where to_state = 'complete') from tasker_step_transitions where task_id > :since"
+            ),
+            {"since": since_task_id},
+        ).one()
     first, last, n = row
     return n / max((last - first).total_seconds(), 1e-9), int(n)
 
@@ -66,7 +69,9 @@ def throughput(workers: int, tasks: int, concurrency: int) -> float:
         t.create_tasks(REF, [{"i": i} for i in range(tasks)])
         procs = [WorkerProcess(url, concurrency=concurrency) for _ in range(workers)]
         try:
-            assert wait_until(lambda: count_complete(t) >= tasks, timeout=600), "tasks did not finish"
+            assert wait_until(lambda: count_complete(t) >= tasks, timeout=600), (
+                "tasks did not finish"
+            )
         finally:
             for p in procs:
                 p.stop()
@@ -88,7 +93,9 @@ def claim_latency(samples: int) -> tuple[float, float]:
             for i in range(samples):
                 task = t.create_task("bench/stamp", {"sample": i})
                 committed = time.time()
-                assert wait_until(lambda tid=task.id: t.get_task(tid).status == "complete", timeout=30)
+                assert wait_until(
+                    lambda tid=task.id: t.get_task(tid).status == "complete", timeout=30
+                )
                 started = t.get_task(task.id).steps[0].results["started"]  # type: ignore[index]
                 lat.append((started - committed) * 1000)
                 time.sleep(0.02)
@@ -109,8 +116,13 @@ def growth(backlog: int, measured_steps: int, concurrency: int) -> float:
 
         def completions() -> int:
             with t.db.read() as c:
-                return int(c.execute(sa.text(
-                    "select count(*) from tasker_step_transitions where to_state = 'complete'")).scalar_one())
+                return int(
+                    c.execute(
+                        sa.text(
+                            "select count(*) from tasker_step_transitions where to_state = 'complete'"
+                        )
+                    ).scalar_one()
+                )
 
         procs = [WorkerProcess(url, concurrency=concurrency) for _ in range(2)]
         try:
@@ -119,11 +131,17 @@ def growth(backlog: int, measured_steps: int, concurrency: int) -> float:
             for p in procs:
                 p.stop()
         with t.db.read() as c:
-            first = c.execute(sa.text(
-                "select min(at) from tasker_step_transitions where to_state = 'in_progress'")).scalar_one()
-            nth = c.execute(sa.text(
-                "select at from tasker_step_transitions where to_state = 'complete' order by at offset :n limit 1"
-            ), {"n": measured_steps - 1}).scalar_one()
+            first = c.execute(
+                sa.text(
+                    "select min(at) from tasker_step_transitions where to_state = 'in_progress'"
+                )
+            ).scalar_one()
+            nth = c.execute(
+                sa.text(
+                    "select at from tasker_step_transitions where to_state = 'complete' order by at offset :n limit 1"
+                ),
+                {"n": measured_steps - 1},
+            ).scalar_one()
         t.close()
         return measured_steps / (nth - first).total_seconds()
 
@@ -132,19 +150,30 @@ def recovery(lease: float) -> float:
     """Seconds from SIGKILL of the worker holding steps to their claim by the surviving worker."""
     with scratch_database() as url:
         t = engine(url)
-        victim = WorkerProcess(url, concurrency=4, lease_seconds=lease, extra=["--namespaces", "slow"])
+        victim = WorkerProcess(
+            url, concurrency=4, lease_seconds=lease, extra=["--namespaces", "slow"]
+        )
         try:
             ids = [t.create_task("slow/hold", {"i": i}).id for i in range(4)]
-            assert wait_until(lambda: all(t.get_task(i).steps[0].status == "in_progress" for i in ids), timeout=30)
-            survivor = WorkerProcess(url, concurrency=4, lease_seconds=lease, extra=["--namespaces", "slow"])
+            assert wait_until(
+                lambda: all(t.get_task(i).steps[0].status == "in_progress" for i in ids), timeout=30
+            )
+            survivor = WorkerProcess(
+                url, concurrency=4, lease_seconds=lease, extra=["--namespaces", "slow"]
+            )
             time.sleep(1.0)
             killed_at = time.time()
             victim.kill()
-            assert wait_until(lambda: all(t.get_task(i).steps[0].attempts >= 2 for i in ids), timeout=lease * 3 + 10)
+            assert wait_until(
+                lambda: all(t.get_task(i).steps[0].attempts >= 2 for i in ids),
+                timeout=lease * 3 + 10,
+            )
             with t.db.read() as c:
-                reclaimed = c.execute(sa.text(
-                    "select max(at) from tasker_step_transitions where to_state = 'in_progress' and attempt = 2"
-                )).scalar_one()
+                reclaimed = c.execute(
+                    sa.text(
+                        "select max(at) from tasker_step_transitions where to_state = 'in_progress' and attempt = 2"
+                    )
+                ).scalar_one()
             survivor.stop()
         finally:
             victim.kill()
@@ -156,8 +185,14 @@ def dbos_workload(url: str, tasks: int, concurrency: int, sequential: int) -> tu
     """(ms per 5-step workflow run sequentially, steps/s for `tasks` workflows through a DBOS queue)."""
     from dbos import DBOS, DBOSConfig
 
-    DBOS(config=DBOSConfig(name="tasker-bench", system_database_url=url.replace("+psycopg", ""),
-                           log_level="WARNING", run_migrations=True))
+    DBOS(
+        config=DBOSConfig(
+            name="tasker-bench",
+            system_database_url=url.replace("+psycopg", ""),
+            log_level="WARNING",
+            run_migrations=True,
+        )
+    )
 
     @DBOS.step()
     def noop(i: int) -> dict[str, bool]:
@@ -171,7 +206,9 @@ def dbos_workload(url: str, tasks: int, concurrency: int, sequential: int) -> tu
 
     DBOS.launch()
     # DBOS polls its queue table; 0.1 s instead of the 1 s default, so polling does not cap its throughput.
-    queue = DBOS.register_queue("tasker_bench", worker_concurrency=concurrency, polling_interval_sec=0.1)
+    queue = DBOS.register_queue(
+        "tasker_bench", worker_concurrency=concurrency, polling_interval_sec=0.1
+    )
     try:
         for i in range(3):
             linear5(-i - 1)
@@ -212,31 +249,40 @@ class _Reported(dict[str, object]):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--tasks", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--backlog", type=int, default=100_000)
     ap.add_argument("--latency-samples", type=int, default=200)
     ap.add_argument("--lease", type=float, default=5.0)
-    ap.add_argument("--skip", default="", help="comma-separated: throughput,latency,growth,recovery,dbos")
+    ap.add_argument(
+        "--skip", default="", help="comma-separated: throughput,latency,growth,recovery,dbos"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     res: dict[str, object] = _Reported({"cpus": os.cpu_count(), "runs": args.runs})
     if "throughput" not in skip:
-        res["steps_per_s_1_worker"] = statistics.median(throughput(1, args.tasks, args.concurrency)
-                                                        for _ in range(args.runs))
-        res["steps_per_s_2_workers"] = statistics.median(throughput(2, args.tasks, args.concurrency)
-                                                         for _ in range(args.runs))
+        res["steps_per_s_1_worker"] = statistics.median(
+            throughput(1, args.tasks, args.concurrency) for _ in range(args.runs)
+        )
+        res["steps_per_s_2_workers"] = statistics.median(
+            throughput(2, args.tasks, args.concurrency) for _ in range(args.runs)
+        )
     if "latency" not in skip:
         p50, p99 = claim_latency(args.latency_samples)
         res["claim_latency_ms_p50"], res["claim_latency_ms_p99"] = p50, p99
     if "growth" not in skip:
         res["steps_per_s_1k_waiting"] = growth(1000, args.tasks * STEPS, args.concurrency)
-        res[f"steps_per_s_{args.backlog // 1000}k_waiting"] = growth(args.backlog, args.tasks * STEPS,
-                                                                      args.concurrency)
-        res["growth_ratio"] = res[f"steps_per_s_{args.backlog // 1000}k_waiting"] / res["steps_per_s_1k_waiting"]  # type: ignore[operator]
+        res[f"steps_per_s_{args.backlog // 1000}k_waiting"] = growth(
+            args.backlog, args.tasks * STEPS, args.concurrency
+        )
+        res["growth_ratio"] = (
+            res[f"steps_per_s_{args.backlog // 1000}k_waiting"] / res["steps_per_s_1k_waiting"]
+        )  # type: ignore[operator]
     if "recovery" not in skip:
         res["lease_seconds"] = args.lease
         res["recovery_seconds"] = statistics.median(recovery(args.lease) for _ in range(args.runs))
@@ -251,7 +297,9 @@ def main() -> None:
     if args.json:
         print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in res.items()}))
         return
-    table = Table(title=f"Tasker on PostgreSQL ({os.cpu_count()} CPUs; medians of {args.runs} runs)")
+    table = Table(
+        title=f"Tasker on PostgreSQL ({os.cpu_count()} CPUs; medians of {args.runs} runs)"
+    )
     table.add_column("measure")
     table.add_column("result", justify="right")
     for k, v in res.items():

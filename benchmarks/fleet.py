@@ -17,7 +17,9 @@ import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "benchmarks" / "templates"
-ADMIN_URL = os.environ.get("TASKER_BENCH_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+ADMIN_URL = os.environ.get(
+    "TASKER_BENCH_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 
 
 @contextmanager
@@ -41,11 +43,36 @@ def tasker_command() -> list[str]:
 class WorkerProcess:
     """`tasker worker` as a child process."""
 
-    def __init__(self, url: str, *, concurrency: int = 32, lease_seconds: float = 30.0, extra: list[str] | None = None):
-        cmd = tasker_command() + ["--database-url", url, "worker", "--concurrency", str(concurrency),
-                                  "--lease-seconds", str(lease_seconds), "--templates", str(TEMPLATES)] + (extra or [])
-        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    def __init__(
+        self,
+        url: str,
+        *,
+        concurrency: int = 32,
+        lease_seconds: float = 30.0,
+        extra: list[str] | None = None,
+    ):
+        cmd = (
+            tasker_command()
+            + [
+                "--database-url",
+                url,
+                "worker",
+                "--concurrency",
+                str(concurrency),
+                "--lease-seconds",
+                str(lease_seconds),
+                "--templates",
+                str(TEMPLATES),
+            ]
+            + (extra or [])
+        )
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        }
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
 
     def kill(self) -> None:
         if self.proc.poll() is None:

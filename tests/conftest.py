@@ -29,8 +29,14 @@ from tasker.store.tasks import clear_snapshot_cache
 settings.register_profile("tasker", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("tasker")
 
-PG_ADMIN_URL = os.environ.get("TASKER_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-STORES = [s.strip() for s in os.environ.get("TASKER_TEST_STORES", "sqlite,postgresql").split(",") if s.strip()]
+PG_ADMIN_URL = os.environ.get(
+    "TASKER_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+STORES = [
+    s.strip()
+    for s in os.environ.get("TASKER_TEST_STORES", "sqlite,postgresql").split(",")
+    if s.strip()
+]
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +53,9 @@ def pg_url() -> Iterator[str]:
     except Exception as exc:  # pragma: no cover - depends on the machine
         if os.environ.get("CI"):
             raise
-        pytest.skip(f"PostgreSQL is not reachable ({exc}); start it or set TASKER_TEST_STORES=sqlite")
+        pytest.skip(
+            f"PostgreSQL is not reachable ({exc}); start it or set TASKER_TEST_STORES=sqlite"
+        )
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     yield url
     with admin.connect() as conn:
@@ -60,7 +68,9 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated SQLite file, copied for each test instead of migrating every time."""
     path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
     Database(f"sqlite:///{path}").dispose()
-    raw = sqlite3.connect(path)  # fold the WAL into the main file, outside any transaction, so one file copies
+    raw = sqlite3.connect(
+        path
+    )  # fold the WAL into the main file, outside any transaction, so one file copies
     try:
         raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
@@ -71,8 +81,14 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _wipe_postgres(url: str) -> None:
     db = Database(url, migrate=True)  # a scratch database: PostgreSQL is not migrated by default
     names = ", ".join(t.name for t in metadata.sorted_tables)
-    extra = [r[0] for r in db.writer.connect().execute(sa.text(
-        "select tablename from pg_tables where schemaname = 'public' and tablename like 'tasker_%'"))]
+    extra = [
+        r[0]
+        for r in db.writer.connect().execute(
+            sa.text(
+                "select tablename from pg_tables where schemaname = 'public' and tablename like 'tasker_%'"
+            )
+        )
+    ]
     names = ", ".join(sorted(set(names.split(", ")) | set(extra)))
     with db.write() as conn:
         conn.exec_driver_sql(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
@@ -80,7 +96,9 @@ def _wipe_postgres(url: str) -> None:
 
 
 @pytest.fixture(params=STORES)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> Iterator[str]:
+def store_url(
+    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
+) -> Iterator[str]:
     """A URL of an empty, migrated store; the test runs once per store."""
     clear_snapshot_cache()
     if request.param == "sqlite":

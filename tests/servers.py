@@ -28,7 +28,9 @@ def serving(app: Any, **config: Any) -> Iterator[str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     config.setdefault("log_level", "warning")
-    server = uvicorn.Server(uvicorn.Config(app, access_log=False, timeout_graceful_shutdown=1, **config))
+    server = uvicorn.Server(
+        uvicorn.Config(app, access_log=False, timeout_graceful_shutdown=1, **config)
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -64,12 +66,19 @@ class ServeProcess:
 
 
 @contextmanager
-def serve_process(args: Sequence[str], *, cwd: Path, env: Mapping[str, str],
-                  start_timeout: float = 30) -> Iterator[ServeProcess]:
+def serve_process(
+    args: Sequence[str], *, cwd: Path, env: Mapping[str, str], start_timeout: float = 30
+) -> Iterator[ServeProcess]:
     """Start `python -m tasker.cli.main serve ARGS` and yield it once it logs the address it serves on;
     kill it afterwards if the test did not stop it."""
-    proc = subprocess.Popen([sys.executable, "-m", "tasker.cli.main", "serve", *args], cwd=cwd, env=dict(env),
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tasker.cli.main", "serve", *args],
+        cwd=cwd,
+        env=dict(env),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     lines: queue.Queue[str] = queue.Queue()
     stream = proc.stderr
     assert stream is not None

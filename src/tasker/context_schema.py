@@ -77,20 +77,27 @@ def apply_defaults(schema: Any, instance: Any) -> Any:
     return instance
 
 
-def validate_context(template_key: str, schema: dict[str, Any] | None, context: Any) -> dict[str, Any]:
+def validate_context(
+    template_key: str, schema: dict[str, Any] | None, context: Any
+) -> dict[str, Any]:
     """Return the context with defaults applied, or raise `ContextValidationError` listing every violation."""
     if not isinstance(context, dict):
         kind = type(context).__name__
-        raise ContextValidationError(template_key, [("$", f"the context must be a JSON object, not {kind}")])
+        raise ContextValidationError(
+            template_key, [("$", f"the context must be a JSON object, not {kind}")]
+        )
     filled = apply_defaults(schema, copy.deepcopy(context)) if schema else copy.deepcopy(context)
     if not schema:
         return filled
     validator = _validator(template_key, schema)
     try:
         errors = sorted(
-            validator.iter_errors(filled), key=lambda e: (list(map(str, e.absolute_path)), e.message)
+            validator.iter_errors(filled),
+            key=lambda e: (list(map(str, e.absolute_path)), e.message),
         )
-    except Exception as exc:  # e.g. a $ref the schema cannot resolve: the template is at fault, not the context
+    except (
+        Exception
+    ) as exc:  # e.g. a $ref the schema cannot resolve: the template is at fault, not the context
         raise TaskerInputError(
             f"the schema of {template_key} cannot be applied ({type(exc).__name__}: {exc}); fix: correct the "
             "template's schema"

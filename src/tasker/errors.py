@@ -18,7 +18,9 @@ class TaskerError(Exception):
 class StepFailure(Exception):
     """Base of the two errors a step handler raises to classify its own failure."""
 
-    def __init__(self, message: str, *, error_code: str | None = None, context: dict[str, Any] | None = None):
+    def __init__(
+        self, message: str, *, error_code: str | None = None, context: dict[str, Any] | None = None
+    ):
         super().__init__(message)
         self.message = message
         self.error_code = error_code
@@ -84,7 +86,11 @@ class UnknownTemplateError(TaskerInputError):
     def __init__(self, requested: str, known: list[str]):
         self.requested = requested
         self.known = known
-        hint = ", ".join(known) if known else "none are loaded: pass --templates PATH or call load_templates()"
+        hint = (
+            ", ".join(known)
+            if known
+            else "none are loaded: pass --templates PATH or call load_templates()"
+        )
         super().__init__(f"unknown template '{requested}'; known templates: {hint}")
 
 

@@ -25,13 +25,22 @@ GAVE_UP = " (gave up after {} attempts)"
 
 #: Third-party exception classes (by top-level module and class name, so that nothing is imported to
 #: check them) that mean "the other side could not be reached or did not answer in time".
-TRANSPORT_FAULTS = frozenset({
-    ("httpx", "TransportError"), ("httpx", "TimeoutException"), ("httpcore", "NetworkError"),
-    ("httpcore", "TimeoutException"), ("requests", "ConnectionError"), ("requests", "Timeout"),
-    ("urllib3", "NewConnectionError"), ("urllib3", "TimeoutError"), ("urllib3", "ProtocolError"),
-    ("aiohttp", "ClientConnectionError"), ("aiohttp", "ServerTimeoutError"),
-    ("grpc", "RpcError"),
-})
+TRANSPORT_FAULTS = frozenset(
+    {
+        ("httpx", "TransportError"),
+        ("httpx", "TimeoutException"),
+        ("httpcore", "NetworkError"),
+        ("httpcore", "TimeoutException"),
+        ("requests", "ConnectionError"),
+        ("requests", "Timeout"),
+        ("urllib3", "NewConnectionError"),
+        ("urllib3", "TimeoutError"),
+        ("urllib3", "ProtocolError"),
+        ("aiohttp", "ClientConnectionError"),
+        ("aiohttp", "ServerTimeoutError"),
+        ("grpc", "RpcError"),
+    }
+)
 
 
 def is_system_fault(exc: BaseException) -> bool:
@@ -42,8 +51,10 @@ def is_system_fault(exc: BaseException) -> bool:
         return False  # a PermanentError is an answer: the system is up and said no
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
-    return any((cls.__module__.partition(".")[0], cls.__name__) in TRANSPORT_FAULTS
-               for cls in type(exc).__mro__)
+    return any(
+        (cls.__module__.partition(".")[0], cls.__name__) in TRANSPORT_FAULTS
+        for cls in type(exc).__mro__
+    )
 
 
 @dataclass(frozen=True)
@@ -54,8 +65,14 @@ class OutageVerdict:
     silent_seconds: float  # how long the system has answered nothing
 
 
-def outage_verdict(*, failing_since: datetime | None, now: datetime, max_outage_seconds: float,
-                   unanswered_failures: int, attempts: int) -> OutageVerdict:
+def outage_verdict(
+    *,
+    failing_since: datetime | None,
+    now: datetime,
+    max_outage_seconds: float,
+    unanswered_failures: int,
+    attempts: int,
+) -> OutageVerdict:
     """The outage promise for one step: while its system answers nothing, attempts are not spent.
 
     The step waits (its last attempt is given back and the circuit decides when to try again) if

@@ -26,7 +26,9 @@ class TemplateRef:
 def parse_ref(text: str, version: str | None = None) -> TemplateRef:
     """Parse `ns/name@1.2.3`, `ns/name` or `name` (namespace `default`); `version` overrides `@`."""
     if not text or not isinstance(text, str):
-        raise TaskerInputError("a template reference is required, like 'namespace/name' or 'namespace/name@1.0.0'")
+        raise TaskerInputError(
+            "a template reference is required, like 'namespace/name' or 'namespace/name@1.0.0'"
+        )
     ref, sep, at = text.strip().partition("@")
     if "/" in ref:
         namespace, _, name = ref.partition("/")
@@ -34,7 +36,9 @@ def parse_ref(text: str, version: str | None = None) -> TemplateRef:
         namespace, name = DEFAULT_NAMESPACE, ref
     version = version or (at or None)
     if not namespace or not name or "/" in name or (sep and not at):
-        raise TaskerInputError(f"'{text}' is not a template reference; fix: write 'namespace/name[@version]'")
+        raise TaskerInputError(
+            f"'{text}' is not a template reference; fix: write 'namespace/name[@version]'"
+        )
     if version is not None and not SEMVER.match(version):
         raise TaskerInputError(f"'{version}' is not a semantic version; fix: write it like 1.2.3")
     return TemplateRef(namespace, name, version)
@@ -49,7 +53,9 @@ class TemplateRegistry:
 
     def register(self, template: TaskTemplate) -> None:
         with self._lock:
-            self._by_name.setdefault((template.namespace_name, template.name), {})[template.version] = template
+            self._by_name.setdefault((template.namespace_name, template.name), {})[
+                template.version
+            ] = template
 
     def get(self, ref: str | TemplateRef, version: str | None = None) -> TaskTemplate:
         r = parse_ref(ref, version) if isinstance(ref, str) else ref

@@ -28,11 +28,20 @@ class RetryPolicy:
     max_server_delay_seconds: float = 300.0
 
     def __post_init__(self) -> None:
-        numbers = (self.backoff_base_seconds, self.backoff_max_seconds, self.jitter, self.max_server_delay_seconds)
+        numbers = (
+            self.backoff_base_seconds,
+            self.backoff_max_seconds,
+            self.jitter,
+            self.max_server_delay_seconds,
+        )
         if not all(math.isfinite(x) for x in numbers):
-            raise ValueError("backoff seconds, jitter and max_server_delay_seconds must be finite numbers")
+            raise ValueError(
+                "backoff seconds, jitter and max_server_delay_seconds must be finite numbers"
+            )
         if self.retry_limit < 1:
-            raise ValueError("retry_limit must be at least 1 (it counts attempts, including the first)")
+            raise ValueError(
+                "retry_limit must be at least 1 (it counts attempts, including the first)"
+            )
         if self.backoff_base_seconds < 0 or self.backoff_max_seconds < 0:
             raise ValueError("backoff seconds must be >= 0")
         if max(self.backoff_max_seconds, self.max_server_delay_seconds) > MAX_DELAY_SECONDS:
@@ -55,15 +64,21 @@ class RetryPolicy:
     def exponential_delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Delay after failed attempt number `attempt` (1-based): base * 2**(attempt-1), jittered, capped."""
         try:
-            raw = min(math.ldexp(self.backoff_base_seconds, max(attempt - 1, 0)), self.backoff_max_seconds)
-        except OverflowError:  # 2**(attempt-1) passed the largest float, long after reaching the cap
+            raw = min(
+                math.ldexp(self.backoff_base_seconds, max(attempt - 1, 0)), self.backoff_max_seconds
+            )
+        except (
+            OverflowError
+        ):  # 2**(attempt-1) passed the largest float, long after reaching the cap
             raw = self.backoff_max_seconds
         if self.jitter and raw > 0:
             spread = (rng or random).uniform(-self.jitter, self.jitter)
             raw = raw * (1.0 + spread)
         return max(0.0, min(raw, self.backoff_max_seconds))
 
-    def delay(self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
+    def delay(
+        self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None
+    ) -> float:
         """Seconds to wait before the next attempt; a server-requested delay wins, capped for safety."""
         if retry_after is not None:
             return max(0.0, min(float(retry_after), self.max_server_delay_seconds))

@@ -150,11 +150,15 @@ class Settings:
             except ValueError as exc:
                 raise TaskerInputError(f"{source}: setting {f.name}: {exc}") from None
             except TypeError:
-                raise TaskerInputError(f"{source}: setting {f.name}={value!r} has the wrong type") from None
+                raise TaskerInputError(
+                    f"{source}: setting {f.name}={value!r} has the wrong type"
+                ) from None
             out[f.name] = value
         settings = cls(**out)
         if settings.log_format not in ("json", "console"):
-            raise TaskerInputError(f"{source}: log_format must be 'json' or 'console', not {settings.log_format!r}")
+            raise TaskerInputError(
+                f"{source}: log_format must be 'json' or 'console', not {settings.log_format!r}"
+            )
         return settings
 
     def templates(self, explicit: tuple[str, ...] | list[str] | None = None) -> list[str]:

@@ -44,13 +44,17 @@ class Unstorable:
 
 def _text_problem(text: str) -> str | None:
     if "\x00" in text:
-        return "contains a NUL character (\\x00), which PostgreSQL cannot store; remove or escape it"
+        return (
+            "contains a NUL character (\\x00), which PostgreSQL cannot store; remove or escape it"
+        )
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         bad = text[exc.start]
-        return (f"contains a lone surrogate (\\u{ord(bad):04x}), which is not valid Unicode; decode "
-                "bytes with errors='replace' or send them base64-encoded")
+        return (
+            f"contains a lone surrogate (\\u{ord(bad):04x}), which is not valid Unicode; decode "
+            "bytes with errors='replace' or send them base64-encoded"
+        )
     return None
 
 
@@ -63,15 +67,19 @@ def _scalar_problem(value: object) -> str | None:
     if isinstance(value, int):
         try:
             str(value)
-        except ValueError:  # past Python's int-to-text limit (4,300 digits): json.dumps refuses it too
+        except (
+            ValueError
+        ):  # past Python's int-to-text limit (4,300 digits): json.dumps refuses it too
             return f"is an integer of about {int(value.bit_length() * 0.30103):,} digits; send it as a string"
         return None
     if isinstance(value, float):
         if not math.isfinite(value):
             return f"is {value!r}, which is not JSON; use null or a string"
         return None
-    return (f"is a {type(value).__name__}, which is not JSON; return only dict, list, str, int, float, "
-            "bool or None")
+    return (
+        f"is a {type(value).__name__}, which is not JSON; return only dict, list, str, int, float, "
+        "bool or None"
+    )
 
 
 def _child(path: str, key: object) -> str:
@@ -193,7 +201,9 @@ def storable(value: object, depth: int = 0) -> Any:
     if isinstance(value, str):
         return storable_text(value, MAX_MESSAGE_CHARS)
     if isinstance(value, int):
-        return value if value.bit_length() <= MAX_INT_BITS else f"<int of {value.bit_length()} bits>"
+        return (
+            value if value.bit_length() <= MAX_INT_BITS else f"<int of {value.bit_length()} bits>"
+        )
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
     if depth >= MAX_DEPTH and isinstance(value, (Mapping, list, tuple)):

@@ -23,8 +23,16 @@ from tasker.demos.ecommerce.demo import generate_orders, run_black_friday
 from tasker.store.database import Database
 
 SEED = 20231124
-KEYS = {"orders", "completed", "failed", "failed_declined", "charged_without_order", "double_charges", "retries",
-        "wall_seconds"}
+KEYS = {
+    "orders",
+    "completed",
+    "failed",
+    "failed_declined",
+    "charged_without_order",
+    "double_charges",
+    "retries",
+    "wall_seconds",
+}
 
 
 @pytest.fixture(scope="session")
@@ -71,8 +79,14 @@ def test_engine_loses_no_money_where_the_naive_checkout_does(store_url: str) -> 
 def test_operator_retry_recovers_everything_but_declines_under_heavy_faults(store_url: str) -> None:
     # One call in four fails: the engine exhausts some steps' attempts, and the operator's retry,
     # once the faults are gone, must bring every one of those orders home without a double charge.
-    result = run_black_friday(60, transient_failure_rate=0.25, decline_rate=0.05, seed=SEED,
-                              database_url=store_url, max_latency_ms=0.0)
+    result = run_black_friday(
+        60,
+        transient_failure_rate=0.25,
+        decline_rate=0.05,
+        seed=SEED,
+        database_url=store_url,
+        max_latency_ms=0.0,
+    )
     engine = result["engine"]
 
     assert_consistent(engine, 60)
@@ -121,22 +135,39 @@ def test_cli_rejects_a_rate_outside_zero_to_one() -> None:
 
 def test_the_verdict_reads_naturally_when_counts_are_zero() -> None:
     clean = {"orders": 10, "completed": 10, "failed": 0, "charged_without_order": 0}
-    engine = {**clean, "failed_declined": 0, "double_charges": 0, "failed_before_retry": 0,
-              "recovered_by_retry": 0}
+    engine = {
+        **clean,
+        "failed_declined": 0,
+        "double_charges": 0,
+        "failed_before_retry": 0,
+        "recovered_by_retry": 0,
+    }
 
     text = _verdict({"naive": clean, "engine": engine})
 
-    assert ("Naive: all 10 checkouts completed; no customer was charged without getting an order."
-            in text)
-    assert ("Tasker: no orders failed; no customer was charged without an order or charged twice. "
-            "No order needed the operator's retry.") in text
+    assert (
+        "Naive: all 10 checkouts completed; no customer was charged without getting an order."
+        in text
+    )
+    assert (
+        "Tasker: no orders failed; no customer was charged without an order or charged twice. "
+        "No order needed the operator's retry."
+    ) in text
     assert " 0 " not in text
-    busy = {**engine, "orders": 1000, "failed": 2, "failed_declined": 2, "failed_before_retry": 5,
-            "recovered_by_retry": 3}
+    busy = {
+        **engine,
+        "orders": 1000,
+        "failed": 2,
+        "failed_declined": 2,
+        "failed_before_retry": 5,
+        "recovered_by_retry": 3,
+    }
     naive = {**clean, "orders": 1000, "failed": 132, "charged_without_order": 1}
     text = _verdict({"naive": naive, "engine": busy})
-    assert ("Naive: 132 of 1000 checkouts failed (13.2%); 1 customer was charged without getting "
-            "an order.") in text
+    assert (
+        "Naive: 132 of 1000 checkouts failed (13.2%); 1 customer was charged without getting "
+        "an order."
+    ) in text
     assert "Tasker: 2 orders failed, all on declined cards;" in text
     assert "3 orders (0.30%) needed the operator's retry and all of them completed." in text
 
@@ -152,12 +183,24 @@ def test_the_demo_runs_from_a_directory_with_its_own_examples_package(tmp_path: 
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     command = [sys.executable, "-m", "tasker.cli.main", "demo"]
 
-    run = subprocess.run([*command, "black-friday", "--orders", "5", "--seed", "3", "--json"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [*command, "black-friday", "--orders", "5", "--seed", "3", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["engine"]["orders"] == 5
-    where = subprocess.run([*command, "templates", "ecommerce"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=60)
+    where = subprocess.run(
+        [*command, "templates", "ecommerce"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert where.returncode == 0, where.stderr
     assert (Path(where.stdout.strip()) / "process_order.yaml").is_file()

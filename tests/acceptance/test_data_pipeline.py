@@ -73,8 +73,11 @@ def test_flaky_extract_recovers_on_retry(engine: Tasker, tmp_path: Path) -> None
     assert orders.attempts == 3  # the template's fail_first_attempts: 2, then success
     assert results(task, "extract_orders")["attempt"] == 3
     assert [s.attempts for s in task.steps if s.name != "extract_orders"] == [1] * 7
-    failed = [t for t in engine.step_transitions(task.id)
-              if t["step_id"] == orders.id and t["to_state"] == "waiting_retry"]
+    failed = [
+        t
+        for t in engine.step_transitions(task.id)
+        if t["step_id"] == orders.id and t["to_state"] == "waiting_retry"
+    ]
     assert [t["attempt"] for t in failed] == [1, 2]
     assert all("connection reset" in t["error_message"] for t in failed)
     assert task.annotations is not None and task.annotations["extract_orders_attempts"] == 3
@@ -88,9 +91,14 @@ def test_context_overrides_the_flaky_setting(engine: Tasker, tmp_path: Path) -> 
 
 
 def test_aggregates_are_computed_from_the_extracted_records(engine: Tasker, tmp_path: Path) -> None:
-    task = run(engine, tmp_path, seed=7, volume={"customers": 30, "products": 10, "orders": 120},
-               date_range={"start_date": "2024-03-01", "end_date": "2024-03-10"},
-               simulate_failures={"extract_orders": 0})
+    task = run(
+        engine,
+        tmp_path,
+        seed=7,
+        volume={"customers": 30, "products": 10, "orders": 120},
+        date_range={"start_date": "2024-03-01", "end_date": "2024-03-10"},
+        simulate_failures={"extract_orders": 0},
+    )
     assert task.status == "complete"
     orders = results(task, "extract_orders")["records"]
     customers = results(task, "extract_users")["records"]
@@ -122,7 +130,9 @@ def test_aggregates_are_computed_from_the_extracted_records(engine: Tasker, tmp_
     assert cust["active_customers"] == len(per_customer)
     assert cust["repeat_customers"] == sum(1 for t in per_customer.values() if len(t) > 1)
     assert cust["average_order_value_cents"] == round(revenue / len(completed))
-    assert cust["refunded_cents"] == sum(o["total_cents"] for o in orders if o["status"] == "refunded")
+    assert cust["refunded_cents"] == sum(
+        o["total_cents"] for o in orders if o["status"] == "refunded"
+    )
     assert {k: v["revenue_cents"] for k, v in cust["by_segment"].items()} == by_segment
     best = max(per_customer, key=lambda cid: (sum(per_customer[cid]), -cid))
     assert cust["top_customers"][0]["customer_id"] == best
@@ -130,7 +140,9 @@ def test_aggregates_are_computed_from_the_extracted_records(engine: Tasker, tmp_
     prod = results(task, "transform_product_metrics")
     assert prod["revenue_cents"] == revenue
     assert prod["units_sold"] == sum(o["quantity"] for o in completed)
-    assert {k: [v["revenue_cents"], v["margin_cents"]] for k, v in prod["by_category"].items()} == by_category
+    assert {
+        k: [v["revenue_cents"], v["margin_cents"]] for k, v in prod["by_category"].items()
+    } == by_category
     assert prod["gross_margin_cents"] == sum(m for _, m in by_category.values())
 
     found = {i["kind"]: i for i in results(task, "generate_insights")["insights"]}
@@ -148,8 +160,10 @@ def test_aggregates_are_computed_from_the_extracted_records(engine: Tasker, tmp_
     assert not list((tmp_path / "out").glob(".*")), "the temporary file was left behind"
 
     sent = results(task, "send_notifications")["messages"]
-    assert [(m["channel"], m["to"]) for m in sent] == [("email", "analytics-team@example.com"),
-                                                       ("slack", "#analytics")]
+    assert [(m["channel"], m["to"]) for m in sent] == [
+        ("email", "analytics-team@example.com"),
+        ("slack", "#analytics"),
+    ]
     assert all(metrics.dollars(revenue) in m["subject"] for m in sent)
 
 
@@ -163,31 +177,70 @@ def test_the_same_seed_extracts_the_same_records() -> None:
 
 
 def test_metrics_on_a_hand_made_dataset() -> None:
-    customers = [{"customer_id": 1, "name": "A", "segment": "consumer"},
-                 {"customer_id": 2, "name": "B", "segment": "business"},
-                 {"customer_id": 3, "name": "C", "segment": "consumer"}]
-    products = [{"product_id": 10, "name": "Mug", "category": "home", "price_cents": 1000, "cost_cents": 400},
-                {"product_id": 20, "name": "Book", "category": "books", "price_cents": 2500, "cost_cents": 2000},
-                {"product_id": 30, "name": "Lamp", "category": "home", "price_cents": 5000, "cost_cents": 1000}]
+    customers = [
+        {"customer_id": 1, "name": "A", "segment": "consumer"},
+        {"customer_id": 2, "name": "B", "segment": "business"},
+        {"customer_id": 3, "name": "C", "segment": "consumer"},
+    ]
+    products = [
+        {
+            "product_id": 10,
+            "name": "Mug",
+            "category": "home",
+            "price_cents": 1000,
+            "cost_cents": 400,
+        },
+        {
+            "product_id": 20,
+            "name": "Book",
+            "category": "books",
+            "price_cents": 2500,
+            "cost_cents": 2000,
+        },
+        {
+            "product_id": 30,
+            "name": "Lamp",
+            "category": "home",
+            "price_cents": 5000,
+            "cost_cents": 1000,
+        },
+    ]
 
     def order(oid: int, cid: int, pid: int, qty: int, status: str = "completed") -> dict[str, Any]:
         unit = next(p["price_cents"] for p in products if p["product_id"] == pid)
-        return {"order_id": oid, "customer_id": cid, "product_id": pid, "quantity": qty, "unit_price_cents": unit,
-                "total_cents": unit * qty, "status": status, "placed_on": "2024-01-01"}
+        return {
+            "order_id": oid,
+            "customer_id": cid,
+            "product_id": pid,
+            "quantity": qty,
+            "unit_price_cents": unit,
+            "total_cents": unit * qty,
+            "status": status,
+            "placed_on": "2024-01-01",
+        }
 
-    orders = [order(1, 1, 10, 2), order(2, 1, 20, 1), order(3, 2, 20, 4), order(4, 3, 10, 1, "refunded")]
+    orders = [
+        order(1, 1, 10, 2),
+        order(2, 1, 20, 1),
+        order(3, 2, 20, 4),
+        order(4, 3, 10, 1, "refunded"),
+    ]
     cust = metrics.customer_metrics(orders, customers)
     assert cust["revenue_cents"] == 2000 + 2500 + 10000
     assert cust["refunded_cents"] == 1000
     assert (cust["active_customers"], cust["repeat_customers"], cust["repeat_rate"]) == (2, 1, 0.5)
-    assert cust["by_segment"] == {"business": {"customers": 1, "orders": 1, "revenue_cents": 10000},
-                                  "consumer": {"customers": 1, "orders": 2, "revenue_cents": 4500}}
+    assert cust["by_segment"] == {
+        "business": {"customers": 1, "orders": 1, "revenue_cents": 10000},
+        "consumer": {"customers": 1, "orders": 2, "revenue_cents": 4500},
+    }
     assert [c["customer_id"] for c in cust["top_customers"]] == [2, 1]
     assert cust["average_order_value_cents"] == round(14500 / 3)
 
     prod = metrics.product_metrics(orders, products)
-    assert prod["by_category"] == {"books": {"units": 5, "revenue_cents": 12500, "margin_cents": 2500},
-                                   "home": {"units": 2, "revenue_cents": 2000, "margin_cents": 1200}}
+    assert prod["by_category"] == {
+        "books": {"units": 5, "revenue_cents": 12500, "margin_cents": 2500},
+        "home": {"units": 2, "revenue_cents": 2000, "margin_cents": 1200},
+    }
     assert prod["unsold_products"] == [30]
     assert prod["margin_rate"] == round(3700 / 14500, 4)
 
@@ -199,13 +252,19 @@ def test_metrics_on_a_hand_made_dataset() -> None:
     assert "data_quality" not in found
 
     orphan = [*orders, order(5, 99, 10, 1)]  # a customer the users extract did not return
-    found = {i["kind"]: i for i in metrics.insights(metrics.customer_metrics(orphan, customers),
-                                                     metrics.product_metrics(orphan, products))}
+    found = {
+        i["kind"]: i
+        for i in metrics.insights(
+            metrics.customer_metrics(orphan, customers), metrics.product_metrics(orphan, products)
+        )
+    }
     assert found["data_quality"]["severity"] == "warning"
     assert found["data_quality"]["value"] == 1000
 
 
-def test_a_sequential_worker_shows_no_overlap(make_tasker: Callable[..., Tasker], tmp_path: Path) -> None:
+def test_a_sequential_worker_shows_no_overlap(
+    make_tasker: Callable[..., Tasker], tmp_path: Path
+) -> None:
     """The control for the fan-out test: with room for one step at a time, the extractions cannot overlap."""
     engine = make_tasker(concurrency=1)
     engine.load_templates(TEMPLATES)
@@ -229,10 +288,19 @@ def test_a_source_that_stays_down_fails_only_its_branch(engine: Tasker, tmp_path
     assert "past its max_outage_seconds=1" in message
     # the independent branch ran to the end; what needs the products never started
     assert states["transform_customer_metrics"] == "complete"
-    assert {states[s] for s in ("transform_product_metrics", "generate_insights", "update_dashboard",
-                                "send_notifications")} == {"pending"}
-    assert task.annotations == {"failed_steps": ["extract_products"],
-                                "reasons": {"extract_products": task.step("extract_products").last_error["message"]}}
+    assert {
+        states[s]
+        for s in (
+            "transform_product_metrics",
+            "generate_insights",
+            "update_dashboard",
+            "send_notifications",
+        )
+    } == {"pending"}
+    assert task.annotations == {
+        "failed_steps": ["extract_products"],
+        "reasons": {"extract_products": task.step("extract_products").last_error["message"]},
+    }
 
 
 def test_a_backwards_date_range_fails_at_once(engine: Tasker, tmp_path: Path) -> None:
@@ -241,14 +309,23 @@ def test_a_backwards_date_range_fails_at_once(engine: Tasker, tmp_path: Path) ->
     for name in EXTRACTS:
         step = task.step(name)
         assert (step.status, step.attempts) == ("error", 1)
-        assert "date_range.end_date 2024-04-01 is before date_range.start_date 2024-05-01" in step.last_error["message"]
+        assert (
+            "date_range.end_date 2024-04-01 is before date_range.start_date 2024-05-01"
+            in step.last_error["message"]
+        )
 
 
-def test_an_output_dir_that_cannot_exist_fails_the_dashboard_only(engine: Tasker, tmp_path: Path) -> None:
+def test_an_output_dir_that_cannot_exist_fails_the_dashboard_only(
+    engine: Tasker, tmp_path: Path
+) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    task = engine.run(engine.create_task(TEMPLATE, {"output_dir": str(blocker / "sub"),
-                                                    "simulate_failures": {"extract_orders": 0}}).id)
+    task = engine.run(
+        engine.create_task(
+            TEMPLATE,
+            {"output_dir": str(blocker / "sub"), "simulate_failures": {"extract_orders": 0}},
+        ).id
+    )
     assert task.status == "error"
     dash = task.step("update_dashboard")
     assert (dash.status, dash.attempts) == ("error", 1)
@@ -259,17 +336,35 @@ def test_an_output_dir_that_cannot_exist_fails_the_dashboard_only(engine: Tasker
 
 def test_a_bad_context_is_refused_with_every_path(engine: Tasker) -> None:
     with pytest.raises(ContextValidationError) as caught:
-        engine.create_task(TEMPLATE, {"volume": {"orders": -1}, "date_range": {"start_date": "yesterday"},
-                                      "notify": ["not-an-email"]})
+        engine.create_task(
+            TEMPLATE,
+            {
+                "volume": {"orders": -1},
+                "date_range": {"start_date": "yesterday"},
+                "notify": ["not-an-email"],
+            },
+        )
     text = str(caught.value)
     for path in ("output_dir", "$.volume.orders", "$.date_range.start_date", "$.notify[0]"):
         assert path in text, text
     assert engine.list_tasks()[1] == 0
 
 
-def test_the_module_entry_point_runs_the_example(store_url: str, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["--database-url", store_url, "--output-dir", str(tmp_path), "--fail-first", "1", "--seed", "5"])
+def test_the_module_entry_point_runs_the_example(
+    store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "--database-url",
+            store_url,
+            "--output-dir",
+            str(tmp_path),
+            "--fail-first",
+            "1",
+            "--seed",
+            "5",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "data_pipeline/customer_analytics@1.0.0: complete" in out

@@ -26,7 +26,13 @@ from tasker.demos.ecommerce.services import CATALOG, Fault, FaultSettings, Servi
 from tasker.store.database import Database
 
 TEMPLATE = "ecommerce/process_order"
-STEPS = ["validate_cart", "process_payment", "update_inventory", "create_order", "send_confirmation"]
+STEPS = [
+    "validate_cart",
+    "process_payment",
+    "update_inventory",
+    "create_order",
+    "send_confirmation",
+]
 SAMPLE_CART = [
     {"product_id": 1, "name": "Classic Cotton T-Shirt", "price": 29.99, "quantity": 2},
     {"product_id": 2, "name": "Canvas Sneakers", "price": 49.99, "quantity": 1},
@@ -34,18 +40,34 @@ SAMPLE_CART = [
 BACKOFF_SCALE = 0.05
 
 
-def order(cart: list[dict[str, Any]] | None = None, *, token: str = "tok_visa", customer_id: int = 1,
-          email: str = "customer@example.com", **extra: Any) -> dict[str, Any]:
+def order(
+    cart: list[dict[str, Any]] | None = None,
+    *,
+    token: str = "tok_visa",
+    customer_id: int = 1,
+    email: str = "customer@example.com",
+    **extra: Any,
+) -> dict[str, Any]:
     """A checkout context paying exactly the priced total of `cart` (default: the story's sample cart)."""
     cart = copy.deepcopy(cart or SAMPLE_CART)
     prices = {p.id: p for p in CATALOG}
     total = price_lines(
-        PricedLine(i["product_id"], i["name"], Decimal(prices[i["product_id"]].price_cents) / 100, i["quantity"])
+        PricedLine(
+            i["product_id"],
+            i["name"],
+            Decimal(prices[i["product_id"]].price_cents) / 100,
+            i["quantity"],
+        )
         for i in cart
     ).total
     return {
         "cart_items": cart,
-        "payment_info": {"method": "credit_card", "amount": float(total), "token": token, "card_last_four": "4242"},
+        "payment_info": {
+            "method": "credit_card",
+            "amount": float(total),
+            "token": token,
+            "card_last_four": "4242",
+        },
         "customer_info": {"id": customer_id, "email": email, "name": "Sam Shopper"},
         **extra,
     }
@@ -74,8 +96,12 @@ def engine(make_tasker: Callable[..., Tasker]) -> Tasker:
 
 @pytest.fixture
 def shop(engine: Tasker) -> Iterator[Services]:
-    svc = services.configure(engine.db.writer, FaultSettings(rate_limit_retry_after=4.0), reader=engine.db.reader,
-                             reset=True)
+    svc = services.configure(
+        engine.db.writer,
+        FaultSettings(rate_limit_retry_after=4.0),
+        reader=engine.db.reader,
+        reset=True,
+    )
     yield svc
     services.reset_registry()
 
@@ -88,16 +114,28 @@ def test_sample_cart_completes_with_one_charge(engine: Tasker, shop: Services) -
     task = run(engine, order())
 
     assert task.status == "complete"
-    assert [(s.name, s.status, s.attempts) for s in task.steps] == [(name, "complete", 1) for name in STEPS]
+    assert [(s.name, s.status, s.attempts) for s in task.steps] == [
+        (name, "complete", 1) for name in STEPS
+    ]
     cart = task.step("validate_cart").results
     assert cart is not None
-    assert (cart["subtotal"], cart["tax"], cart["shipping"], cart["total"]) == (109.97, 8.80, 5.99, 124.76)
+    assert (cart["subtotal"], cart["tax"], cart["shipping"], cart["total"]) == (
+        109.97,
+        8.80,
+        5.99,
+        124.76,
+    )
     payment = task.step("process_payment").results
     assert payment is not None and payment["amount_charged"] == 124.76
     charges = shop.charges_for(f"task-{task.id}")
     assert [(c["amount_cents"], c["status"]) for c in charges] == [(12476, "succeeded")]
     ledger = shop.ledger()
-    assert (ledger.charges, ledger.orders, ledger.mails, ledger.charged_without_order) == (1, 1, 1, 0)
+    assert (ledger.charges, ledger.orders, ledger.mails, ledger.charged_without_order) == (
+        1,
+        1,
+        1,
+        0,
+    )
     notes = engine.get_task(task.id).annotations or {}
     assert notes["order_number"] == task.step("create_order").results["order_number"]  # type: ignore[index]
     assert notes["order_total"] == 124.76
@@ -117,11 +155,18 @@ def test_declined_card_fails_at_once_without_charging(engine: Tasker, shop: Serv
     assert [task.step(s).status for s in STEPS[2:]] == ["pending"] * 3
     assert shop.ledger().charges == 0
     notes = engine.get_task(task.id).annotations or {}
-    assert notes == {"failed_step": "process_payment", "error_code": "PAYMENT_DECLINED",
-                     "payment_captured": False, "payment_refunded": False, "needs_attention": False}
+    assert notes == {
+        "failed_step": "process_payment",
+        "error_code": "PAYMENT_DECLINED",
+        "payment_captured": False,
+        "payment_refunded": False,
+        "needs_attention": False,
+    }
 
 
-def test_gateway_timeout_after_charging_is_retried_without_a_second_charge(engine: Tasker, shop: Services) -> None:
+def test_gateway_timeout_after_charging_is_retried_without_a_second_charge(
+    engine: Tasker, shop: Services
+) -> None:
     shop.faults.script("payment_gateway", Fault.TIMEOUT_AFTER)
 
     task = run(engine, order())
@@ -135,10 +180,13 @@ def test_gateway_timeout_after_charging_is_retried_without_a_second_charge(engin
     assert (ledger.charges, ledger.double_charges, ledger.charged_without_order) == (1, 0, 0)
 
 
-@pytest.mark.parametrize(("service", "step"), [("inventory_service", "update_inventory"),
-                                               ("mailer", "send_confirmation")])
-def test_timeouts_after_the_work_was_done_do_not_repeat_it(engine: Tasker, shop: Services, service: str,
-                                                           step: str) -> None:
+@pytest.mark.parametrize(
+    ("service", "step"),
+    [("inventory_service", "update_inventory"), ("mailer", "send_confirmation")],
+)
+def test_timeouts_after_the_work_was_done_do_not_repeat_it(
+    engine: Tasker, shop: Services, service: str, step: str
+) -> None:
     shop.faults.script(service, Fault.TIMEOUT_AFTER)
 
     task = run(engine, order())
@@ -149,7 +197,9 @@ def test_timeouts_after_the_work_was_done_do_not_repeat_it(engine: Tasker, shop:
     assert shop.ledger().mails == 1
 
 
-def test_item_out_of_stock_stops_the_checkout_before_payment(engine: Tasker, shop: Services) -> None:
+def test_item_out_of_stock_stops_the_checkout_before_payment(
+    engine: Tasker, shop: Services
+) -> None:
     shop.inventory.set_stock(1, 1)
 
     task = run(engine, order())
@@ -161,7 +211,9 @@ def test_item_out_of_stock_stops_the_checkout_before_payment(engine: Tasker, sho
     assert shop.ledger().charges == 0
 
 
-def test_stock_taken_after_payment_is_permanent_and_refunds_the_charge(engine: Tasker, shop: Services) -> None:
+def test_stock_taken_after_payment_is_permanent_and_refunds_the_charge(
+    engine: Tasker, shop: Services
+) -> None:
     cart = [{"product_id": 4, "name": "Baseball Cap", "price": 19.99, "quantity": 1}]
 
     def another_shopper_takes_the_last_cap(event: Event) -> None:
@@ -186,7 +238,10 @@ def test_stock_taken_after_payment_is_permanent_and_refunds_the_charge(engine: T
     task = engine.run(task.id)
     assert task.status == "error"
     inventory = task.step("update_inventory")
-    assert inventory.last_error is not None and inventory.last_error["error_code"] == "PAYMENT_REFUNDED"
+    assert (
+        inventory.last_error is not None
+        and inventory.last_error["error_code"] == "PAYMENT_REFUNDED"
+    )
     assert shop.ledger().orders == 0
 
 
@@ -216,7 +271,10 @@ def test_express_and_premium_orders_get_their_settings(engine: Tasker, shop: Ser
     premium["customer_info"]["tier"] = "premium"
     overnight = engine.create_task(TEMPLATE, premium)
     assert overnight.context["express_processing"]["delivery_days"] == 1
-    assert overnight.context["premium_processing"] == {"priority": "high", "faster_processing": True}
+    assert overnight.context["premium_processing"] == {
+        "priority": "high",
+        "faster_processing": True,
+    }
 
     standard = engine.create_task(TEMPLATE, order(customer_id=4))
     assert standard.context["priority"] == "standard"
@@ -240,7 +298,9 @@ def test_a_gateway_down_for_every_attempt_is_waited_for(engine: Tasker, shop: Se
     assert len(shop.charges_for(f"task-{task.id}")) == 1
 
 
-def test_failed_task_completes_when_retried_after_the_outage(engine: Tasker, shop: Services) -> None:
+def test_failed_task_completes_when_retried_after_the_outage(
+    engine: Tasker, shop: Services
+) -> None:
     # Past its max_outage_seconds a system's outage fails the step; then an operator's retry resumes.
     engine.configure_system("payment_gateway", max_outage_seconds=0.01)
     shop.faults.script("payment_gateway", Fault.UNAVAILABLE, Fault.UNAVAILABLE, Fault.UNAVAILABLE)
@@ -250,7 +310,9 @@ def test_failed_task_completes_when_retried_after_the_outage(engine: Tasker, sho
     assert task.status == "error"
     payment = task.step("process_payment")
     assert payment.attempts == 3
-    assert payment.last_error is not None and payment.last_error["error_code"] == "GATEWAY_UNAVAILABLE"
+    assert (
+        payment.last_error is not None and payment.last_error["error_code"] == "GATEWAY_UNAVAILABLE"
+    )
     assert shop.ledger().charges == 0
 
     shop.faults.disable()

@@ -25,7 +25,9 @@ def run(*args: str) -> Result:
 
 
 def run_json(*args: str) -> dict[str, Any]:
-    result = run("--registrations", str(REGISTRATIONS), "--outage-seconds", str(OUTAGE), "--json", *args)
+    result = run(
+        "--registrations", str(REGISTRATIONS), "--outage-seconds", str(OUTAGE), "--json", *args
+    )
     assert result.exit_code == 0, result.output
     data: dict[str, Any] = json.loads(result.stdout)
     return data
@@ -38,29 +40,51 @@ def assert_story(result: dict[str, Any]) -> None:
     assert 0 <= engine["recovery_to_last_completion_seconds"] <= 10
     assert engine["manual_interventions"] == 0
     assert engine["steps_over_retry_limit"] == 0
-    for key in ("duplicate_users", "duplicate_billing_profiles", "duplicate_preferences", "duplicate_emails",
-                "users_without_billing", "users_without_preferences", "users_without_welcome",
-                "users_not_registered"):
+    for key in (
+        "duplicate_users",
+        "duplicate_billing_profiles",
+        "duplicate_preferences",
+        "duplicate_emails",
+        "users_without_billing",
+        "users_without_preferences",
+        "users_without_welcome",
+        "users_not_registered",
+    ):
         assert engine[key] == 0, key
     assert engine["users"] == engine["users_registered"] == REGISTRATIONS
     billing = engine["attempts"]["setup_billing_profile"]
-    assert 2 <= billing["max"] <= billing["retry_limit"] == 3  # failed during the outage, then succeeded
+    assert (
+        2 <= billing["max"] <= billing["retry_limit"] == 3
+    )  # failed during the outage, then succeeded
     assert engine["circuit_opened"] >= 1
     assert engine["retries"] > 0
 
     texts = [entry["text"] for entry in engine["timeline"]]
-    order = ["BillingService goes down", "BillingService failure detected", "circuit billing_service opened",
-             f"{REGISTRATIONS} user registrations automatically queued", "BillingService healthy again",
-             "circuit billing_service closed", f"All {REGISTRATIONS} of {REGISTRATIONS} registrations completed",
-             "Zero manual interventions"]
-    positions = [next(i for i, text in enumerate(texts) if text.startswith(prefix)) for prefix in order]
+    order = [
+        "BillingService goes down",
+        "BillingService failure detected",
+        "circuit billing_service opened",
+        f"{REGISTRATIONS} user registrations automatically queued",
+        "BillingService healthy again",
+        "circuit billing_service closed",
+        f"All {REGISTRATIONS} of {REGISTRATIONS} registrations completed",
+        "Zero manual interventions",
+    ]
+    positions = [
+        next(i for i, text in enumerate(texts) if text.startswith(prefix)) for prefix in order
+    ]
     assert positions == sorted(positions), texts
     offsets = [entry["offset_seconds"] for entry in engine["timeline"]]
     assert offsets == sorted(offsets)
 
     assert naive["registrations"] == naive["failed"] == REGISTRATIONS
     assert naive["failed_by_step"] == {"setup_billing_profile": REGISTRATIONS}
-    assert naive["users"] == naive["users_without_billing"] == naive["users_without_preferences"] == REGISTRATIONS
+    assert (
+        naive["users"]
+        == naive["users_without_billing"]
+        == naive["users_without_preferences"]
+        == REGISTRATIONS
+    )
     assert naive["users_without_welcome"] == naive["manual_interventions"] == REGISTRATIONS
     assert naive["seed"] == engine["seed"]
 
@@ -72,12 +96,16 @@ def test_registrations_wait_out_the_outage_and_finish_by_themselves(store_url: s
 def test_one_registration_alone_waits_out_an_outage_longer_than_its_retries() -> None:
     """A quiet night: no other registration helps open the circuit. Billing refuses for longer than the
     step's three attempts take, yet the registration completes by itself once billing is back."""
-    result = run("--registrations", "1", "--outage-seconds", "4", "--workers", "0", "--seed", "5", "--json")
+    result = run(
+        "--registrations", "1", "--outage-seconds", "4", "--workers", "0", "--seed", "5", "--json"
+    )
     assert result.exit_code == 0, result.output
     engine = json.loads(result.stdout)["engine"]
     assert engine["registrations"] == engine["completed"] == 1 and engine["failed"] == 0
     assert engine["manual_interventions"] == 0 and engine["steps_over_retry_limit"] == 0
-    assert engine["attempts"]["setup_billing_profile"]["max"] == 3  # its budget was spent, and it waited
+    assert (
+        engine["attempts"]["setup_billing_profile"]["max"] == 3
+    )  # its budget was spent, and it waited
     assert 0 <= engine["recovery_to_last_completion_seconds"] <= 10
 
 
@@ -86,7 +114,10 @@ def test_worker_processes_share_the_circuit_and_the_event_log() -> None:
     result = run_json("--workers", "2", "--concurrency", "4", "--outage-mode", "unavailable")
     assert_story(result)
     assert result["engine"]["workers"] == 2
-    assert result["engine"]["timeline"][0]["text"] == "BillingService goes down (503 Service Unavailable)"
+    assert (
+        result["engine"]["timeline"][0]["text"]
+        == "BillingService goes down (503 Service Unavailable)"
+    )
 
 
 def test_the_report_shows_the_timeline_and_both_tables() -> None:
@@ -94,19 +125,31 @@ def test_the_report_shows_the_timeline_and_both_tables() -> None:
 
     assert result.exit_code == 0, result.output
     out = result.stdout
-    for text in ("Timeline", "BillingService goes down (connection refused)", "BillingService healthy again",
-                 "All 4 of 4 registrations completed", "Naive coordinator (no engine)", "Tasker workflow",
-                 "users without billing", "recovery to last completion (s)", "attempts setup_billing_profile",
-                 "Naive: 4 of 4 registrations failed", "Tasker: 4 of 4 completed by themselves"):
+    for text in (
+        "Timeline",
+        "BillingService goes down (connection refused)",
+        "BillingService healthy again",
+        "All 4 of 4 registrations completed",
+        "Naive coordinator (no engine)",
+        "Tasker workflow",
+        "users without billing",
+        "recovery to last completion (s)",
+        "attempts setup_billing_profile",
+        "Naive: 4 of 4 registrations failed",
+        "Tasker: 4 of 4 completed by themselves",
+    ):
         assert text in out, text
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--registrations", "0"], "--registrations"),
-    (["--outage-seconds", "0"], "--outage-seconds"),
-    (["--outage-mode", "sideways"], "--outage-mode"),
-    (["--database-url", "mysql://nope"], "not a store URL"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--registrations", "0"], "--registrations"),
+        (["--outage-seconds", "0"], "--outage-seconds"),
+        (["--outage-mode", "sideways"], "--outage-mode"),
+        (["--database-url", "mysql://nope"], "not a store URL"),
+    ],
+)
 def test_bad_options_are_refused_with_one_line(args: list[str], message: str) -> None:
     result = run(*args)
     assert result.exit_code == 2

@@ -26,9 +26,19 @@ from tasker.demos.team_scaling.demo import (
 from tasker.demos.team_scaling.services import Payment
 
 BACKOFF_SCALE = 0.05
-STEPS_2_0_0 = ["validate_payment_eligibility", "process_gateway_refund", "update_payment_records", "notify_customer"]
-STEPS_2_1_0 = ["validate_payment_eligibility", "screen_for_fraud", "process_gateway_refund", "update_payment_records",
-               "notify_customer"]
+STEPS_2_0_0 = [
+    "validate_payment_eligibility",
+    "process_gateway_refund",
+    "update_payment_records",
+    "notify_customer",
+]
+STEPS_2_1_0 = [
+    "validate_payment_eligibility",
+    "screen_for_fraud",
+    "process_gateway_refund",
+    "update_payment_records",
+    "notify_customer",
+]
 
 
 @pytest.fixture
@@ -56,13 +66,22 @@ def payments_tasks(engine: Tasker) -> list[Task]:
 def test_same_name_in_two_namespaces_are_two_workflows(engine: Tasker) -> None:
     cs = engine.get_template(CUSTOMER_SUCCESS)
     pay = engine.get_template(PAYMENTS)
-    assert (cs.key, pay.key) == ("customer_success/process_refund@1.3.0", "payments/process_refund@2.1.0")
+    assert (cs.key, pay.key) == (
+        "customer_success/process_refund@1.3.0",
+        "payments/process_refund@2.1.0",
+    )
     assert [s.name for s in pay.step_templates] == STEPS_2_1_0
     assert "execute_refund_workflow" in [s.name for s in cs.step_templates]
-    with pytest.raises(UnknownTemplateError, match=r"known templates: customer_success/process_refund@1\.3\.0"):
-        engine.create_task("process_refund", {})  # no namespace means `default`, where neither team lives
+    with pytest.raises(
+        UnknownTemplateError, match=r"known templates: customer_success/process_refund@1\.3\.0"
+    ):
+        engine.create_task(
+            "process_refund", {}
+        )  # no namespace means `default`, where neither team lives
 
-    created = engine.create_task(PAYMENTS, {"payment_id": "pay_1003", "amount_cents": 100, "reason": "test"})
+    created = engine.create_task(
+        PAYMENTS, {"payment_id": "pay_1003", "amount_cents": 100, "reason": "test"}
+    )
     request = engine.create_task(CUSTOMER_SUCCESS, refund_request())
     assert [t.id for t in payments_tasks(engine)] == [created.id]
     found, _ = engine.list_tasks(namespace="customer_success")
@@ -75,17 +94,29 @@ def test_unpinned_takes_the_newest_version_and_a_pin_keeps_the_older(engine: Tas
     older = engine.create_task(PAYMENTS, {**ctx, "amount_cents": 101}, version="2.0.0")
     assert (older.version, names(older)) == ("2.0.0", STEPS_2_0_0)
     assert engine.create_task(f"{PAYMENTS}@2.0.0", {**ctx, "amount_cents": 102}).version == "2.0.0"
-    with pytest.raises(UnknownTemplateError, match=r"payments/process_refund@2\.0\.0, payments/process_refund@2\.1\.0"):
+    with pytest.raises(
+        UnknownTemplateError,
+        match=r"payments/process_refund@2\.0\.0, payments/process_refund@2\.1\.0",
+    ):
         engine.create_task(PAYMENTS, ctx, version="3.0.0")
 
 
-def test_a_task_keeps_its_version_through_a_deploy(make_tasker: Callable[..., Tasker], world: services.World) -> None:
+def test_a_task_keeps_its_version_through_a_deploy(
+    make_tasker: Callable[..., Tasker], world: services.World
+) -> None:
     before = make_tasker(backoff_scale=BACKOFF_SCALE)
     before.load_templates(PAYMENTS_2_0_0)
-    task = before.create_task(PAYMENTS, {"payment_id": "pay_1003", "amount_cents": 2_500, "reason": "duplicate"})
+    task = before.create_task(
+        PAYMENTS, {"payment_id": "pay_1003", "amount_cents": 2_500, "reason": "duplicate"}
+    )
     assert task.version == "2.0.0"
     before.load_templates(PAYMENTS_2_1_0)  # the deploy, in the same process
-    assert before.create_task(PAYMENTS, {"payment_id": "pay_1002", "amount_cents": 1, "reason": "x"}).version == "2.1.0"
+    assert (
+        before.create_task(
+            PAYMENTS, {"payment_id": "pay_1002", "amount_cents": 1, "reason": "x"}
+        ).version
+        == "2.1.0"
+    )
 
     # A worker started after the deploy has only 2.1.0 on disk: it runs the old task from its snapshot.
     after = make_tasker(backoff_scale=BACKOFF_SCALE)
@@ -96,14 +127,20 @@ def test_a_task_keeps_its_version_through_a_deploy(make_tasker: Callable[..., Ta
     receipt = done.step("notify_customer").results or {}
     assert receipt["workflow"] == "payments/process_refund@2.0.0"
     # 2.0.0 is a chain: the receipt waited for the ledger (in 2.1.0 the two run side by side).
-    assert done.step("notify_customer").started_at >= done.step("update_payment_records").finished_at
+    assert (
+        done.step("notify_customer").started_at >= done.step("update_payment_records").finished_at
+    )
     assert world.payment("pay_1003").refunded_cents == 2_500
 
 
-def test_a_refund_request_asks_payments_and_waits_for_it(engine: Tasker, world: services.World) -> None:
+def test_a_refund_request_asks_payments_and_waits_for_it(
+    engine: Tasker, world: services.World
+) -> None:
     world.fail_gateway(1)
     request = engine.create_task(CUSTOMER_SUCCESS, refund_request())
-    assert engine.create_task(CUSTOMER_SUCCESS, refund_request()).deduplicated  # the same request twice is one task
+    assert engine.create_task(
+        CUSTOMER_SUCCESS, refund_request()
+    ).deduplicated  # the same request twice is one task
     engine.work(until_idle=True)
 
     done = engine.get_task(request.id)
@@ -115,7 +152,10 @@ def test_a_refund_request_asks_payments_and_waits_for_it(engine: Tasker, world: 
     assert child.correlation_id == done.correlation_id  # one trace across both teams' workflows
 
     spawned = done.step("execute_refund_workflow").results or {}
-    assert spawned == {"payments_task_id": child.id, "payments_workflow": "payments/process_refund@2.1.0"}
+    assert spawned == {
+        "payments_task_id": child.id,
+        "payments_workflow": "payments/process_refund@2.1.0",
+    }
     refund = child.step("process_gateway_refund")
     assert refund.attempts == 2  # the gateway timed out once
     waited = done.step("wait_for_refund").results or {}
@@ -127,11 +167,15 @@ def test_a_refund_request_asks_payments_and_waits_for_it(engine: Tasker, world: 
     ticket = world.ticket("T-1001")
     assert ticket is not None and ticket.status == "refunded"
     assert sorted(m.sender for m in world.outbox.values() if m.to == "ada@example.com") == [
-        "customer_success", "payments"]
+        "customer_success",
+        "payments",
+    ]
 
 
 def test_a_retried_step_gets_the_same_payments_task(engine: Tasker, world: services.World) -> None:
-    request = engine.create_task(CUSTOMER_SUCCESS, refund_request(simulate_failures={"execute_refund_workflow": 2}))
+    request = engine.create_task(
+        CUSTOMER_SUCCESS, refund_request(simulate_failures={"execute_refund_workflow": 2})
+    )
     engine.work(until_idle=True)
     done = engine.get_task(request.id)
     assert done.status == "complete"
@@ -141,7 +185,8 @@ def test_a_retried_step_gets_the_same_payments_task(engine: Tasker, world: servi
 
 
 def test_waiting_holds_no_worker_and_an_operator_retry_finishes_the_wait(
-        make_tasker: Callable[..., Tasker], world: services.World) -> None:
+    make_tasker: Callable[..., Tasker], world: services.World
+) -> None:
     """Only customer success runs, so the payments task never moves: the wait polls until its attempts run out.
 
     Every poll is a retry scheduled in the store, not a sleeping worker; the circuit breaker of the
@@ -158,12 +203,21 @@ def test_waiting_holds_no_worker_and_an_operator_retry_finishes_the_wait(
     assert child.status == "pending"
     wait = stuck.step("wait_for_refund")
     assert (stuck.status, wait.status, wait.attempts) == ("error", "error", 20)
-    assert f"payments task {child.id} is pending (gave up after 20 attempts)" in (wait.last_error or {})["message"]
-    polls = [t for t in engine.step_transitions(request.id)
-             if t["step_id"] == wait.id and t["to_state"] == "waiting_retry"]
+    assert (
+        f"payments task {child.id} is pending (gave up after 20 attempts)"
+        in (wait.last_error or {})["message"]
+    )
+    polls = [
+        t
+        for t in engine.step_transitions(request.id)
+        if t["step_id"] == wait.id and t["to_state"] == "waiting_retry"
+    ]
     assert len(polls) == 19
     [system] = [s for s in engine.systems() if s["name"] == "payments_workflow"]
-    assert (system["circuit_state"], system["consecutive_failures"]) == ("closed", 0)  # polls are no failures
+    assert (system["circuit_state"], system["consecutive_failures"]) == (
+        "closed",
+        0,
+    )  # polls are no failures
 
     engine.work(until_idle=True, namespaces=["payments"])
     assert engine.get_task(child.id).status == "complete"
@@ -176,17 +230,23 @@ def test_waiting_holds_no_worker_and_an_operator_retry_finishes_the_wait(
 
 
 def test_a_failed_payments_task_fails_the_request_with_its_reason(
-        engine: Tasker, world: services.World) -> None:
+    engine: Tasker, world: services.World
+) -> None:
     world.add_payment(Payment("pay_2001", "ada@example.com", 100_000, datetime.now(UTC).date()))
-    request = engine.create_task(CUSTOMER_SUCCESS, refund_request(payment_id="pay_2001", amount_cents=60_000,
-                                                                  manager_id="mgr-7"))
+    request = engine.create_task(
+        CUSTOMER_SUCCESS,
+        refund_request(payment_id="pay_2001", amount_cents=60_000, manager_id="mgr-7"),
+    )
     engine.work(until_idle=True)
     failed = engine.get_task(request.id)
     [child] = payments_tasks(engine)
     assert child.status == "error"
     assert child.step("screen_for_fraud").last_error["error_code"] == "MANUAL_REVIEW_REQUIRED"
     wait = failed.step("wait_for_refund")
-    assert (failed.status, wait.status) == ("error", "error")  # after one poll, or two if payments was still running
+    assert (failed.status, wait.status) == (
+        "error",
+        "error",
+    )  # after one poll, or two if payments was still running
     assert wait.last_error["error_code"] == "PAYMENTS_REFUND_FAILED"
     reason = f"payments task {child.id} ended error at step screen_for_fraud: refund of $600.00"
     assert reason in wait.last_error["message"]
@@ -205,9 +265,13 @@ def test_a_failed_payments_task_fails_the_request_with_its_reason(
     assert [r.amount_cents for r in world.refunds.values()] == [60_000]
 
 
-def test_a_large_refund_stops_for_a_manager_before_any_money_moves(engine: Tasker, world: services.World) -> None:
+def test_a_large_refund_stops_for_a_manager_before_any_money_moves(
+    engine: Tasker, world: services.World
+) -> None:
     world.add_payment(Payment("pay_2002", "ada@example.com", 20_000, datetime.now(UTC).date()))
-    request = engine.create_task(CUSTOMER_SUCCESS, refund_request(amount_cents=15_000, payment_id="pay_2002"))
+    request = engine.create_task(
+        CUSTOMER_SUCCESS, refund_request(amount_cents=15_000, payment_id="pay_2002")
+    )
     engine.work(until_idle=True)
     stopped = engine.get_task(request.id)
     approval = stopped.step("get_manager_approval")
@@ -216,21 +280,36 @@ def test_a_large_refund_stops_for_a_manager_before_any_money_moves(engine: Taske
     assert "above the $100.00 auto-approval limit" in approval.last_error["message"]
     assert payments_tasks(engine) == []
 
-    engine.resolve_step(request.id, "get_manager_approval", {"approved": True, "approved_by": "mgr-3"})
+    engine.resolve_step(
+        request.id, "get_manager_approval", {"approved": True, "approved_by": "mgr-3"}
+    )
     engine.work(until_idle=True)
-    assert engine.get_task(request.id).status == "resolved_manually"  # a person took part, and it shows
+    assert (
+        engine.get_task(request.id).status == "resolved_manually"
+    )  # a person took part, and it shows
     assert [r.amount_cents for r in world.refunds.values()] == [15_000]
 
 
-@pytest.mark.parametrize(("overrides", "step", "code"), [
-    ({"purchased_on": (datetime.now(UTC).date() - timedelta(days=40)).isoformat()}, "check_refund_policy",
-     "OUTSIDE_REFUND_WINDOW"),
-    ({"reason": "changed_mind"}, "check_refund_policy", "REASON_NOT_COVERED"),
-    ({"ticket_id": "T-9999"}, "validate_refund_request", "TICKET_NOT_FOUND"),
-    ({"customer_email": "mallory@example.com"}, "validate_refund_request", "TICKET_CUSTOMER_MISMATCH"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "step", "code"),
+    [
+        (
+            {"purchased_on": (datetime.now(UTC).date() - timedelta(days=40)).isoformat()},
+            "check_refund_policy",
+            "OUTSIDE_REFUND_WINDOW",
+        ),
+        ({"reason": "changed_mind"}, "check_refund_policy", "REASON_NOT_COVERED"),
+        ({"ticket_id": "T-9999"}, "validate_refund_request", "TICKET_NOT_FOUND"),
+        (
+            {"customer_email": "mallory@example.com"},
+            "validate_refund_request",
+            "TICKET_CUSTOMER_MISMATCH",
+        ),
+    ],
+)
 def test_requests_the_policy_refuses_never_reach_payments(
-        engine: Tasker, overrides: dict[str, str], step: str, code: str) -> None:
+    engine: Tasker, overrides: dict[str, str], step: str, code: str
+) -> None:
     request = engine.create_task(CUSTOMER_SUCCESS, refund_request(**overrides))
     engine.work(until_idle=True)
     task = engine.get_task(request.id)
@@ -241,15 +320,20 @@ def test_requests_the_policy_refuses_never_reach_payments(
 
 def test_a_malformed_request_is_refused_with_every_path(engine: Tasker) -> None:
     with pytest.raises(ContextValidationError) as caught:
-        engine.create_task(CUSTOMER_SUCCESS, refund_request(ticket_id="1001", customer_email="ada", amount_cents=0,
-                                                            purchased_on="last week"))
+        engine.create_task(
+            CUSTOMER_SUCCESS,
+            refund_request(
+                ticket_id="1001", customer_email="ada", amount_cents=0, purchased_on="last week"
+            ),
+        )
     text = str(caught.value)
     for path in ("$.ticket_id", "$.customer_email", "$.amount_cents", "$.purchased_on"):
         assert path in text, text
 
 
 def test_the_payments_version_can_be_pinned_by_deployment(
-        make_tasker: Callable[..., Tasker], world: services.World, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_tasker: Callable[..., Tasker], world: services.World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PAYMENTS_REFUND_VERSION", "2.0.0")
     engine = make_tasker(backoff_scale=BACKOFF_SCALE)
     engine.load_templates(TEMPLATES)
@@ -260,12 +344,18 @@ def test_the_payments_version_can_be_pinned_by_deployment(
     assert (child.version, names(child)) == ("2.0.0", STEPS_2_0_0)
 
 
-def test_the_module_entry_point_runs_the_story(store_url: str, world: services.World,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_module_entry_point_runs_the_story(
+    store_url: str, world: services.World, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["--database-url", store_url]) == 0
     out = capsys.readouterr().out
-    assert "payments/process_refund@2.0.0: complete  (payments refund created before the 2.1.0 deploy)" in out
-    assert "payments/process_refund@2.1.0: complete  (payments refund created by that request's step)" in out
+    assert (
+        "payments/process_refund@2.0.0: complete  (payments refund created before the 2.1.0 deploy)"
+        in out
+    )
+    assert (
+        "payments/process_refund@2.1.0: complete  (payments refund created by that request's step)"
+        in out
+    )
     assert "ticket T-1001: refunded" in out
     assert "3 refunds issued" in out
-

@@ -33,33 +33,54 @@ ORDER_SCHEMA = {
 }
 
 
-def order_template(version: str, *, description: str = "Charge and ship an order") -> dict[str, Any]:
+def order_template(
+    version: str, *, description: str = "Charge and ship an order"
+) -> dict[str, Any]:
     """validate -> (charge, reserve) -> ship; `ship` waits for both through depends_on_steps."""
     return {
-        "name": "order", "namespace_name": "apitest", "version": version, "description": description,
-        "schema": ORDER_SCHEMA, "retry": FAST_RETRY, "default_dependent_system": "shop",
+        "name": "order",
+        "namespace_name": "apitest",
+        "version": version,
+        "description": description,
+        "schema": ORDER_SCHEMA,
+        "retry": FAST_RETRY,
+        "default_dependent_system": "shop",
         "step_templates": [
-            {"name": "validate", "handler_class": HANDLER,
-             "handler_config": {"api_token": "s3cret", "timeout_seconds": 5}},
-            {"name": "charge", "handler_class": HANDLER, "depends_on_step": "validate",
-             "dependent_system": "payments", "default_retry_limit": 2},
+            {
+                "name": "validate",
+                "handler_class": HANDLER,
+                "handler_config": {"api_token": "s3cret", "timeout_seconds": 5},
+            },
+            {
+                "name": "charge",
+                "handler_class": HANDLER,
+                "depends_on_step": "validate",
+                "dependent_system": "payments",
+                "default_retry_limit": 2,
+            },
             {"name": "reserve", "handler_class": HANDLER, "depends_on_steps": ["validate"]},
             {"name": "ship", "handler_class": HANDLER, "depends_on_steps": ["charge", "reserve"]},
         ],
     }
 
 
-PING = {"name": "ping", "namespace_name": "other", "version": "0.1.0",
-        "step_templates": [{"name": "pong", "handler_class": HANDLER}]}
+PING = {
+    "name": "ping",
+    "namespace_name": "other",
+    "version": "0.1.0",
+    "step_templates": [{"name": "pong", "handler_class": HANDLER}],
+}
 
 
 @pytest.fixture
 def api_templates(tmp_path: Path) -> Path:
     folder = tmp_path / "api-templates"
     folder.mkdir()
-    for filename, data in (("order-1.0.0.yaml", order_template("1.0.0")),
-                           ("order-1.1.0.yaml", order_template("1.1.0", description="Version two")),
-                           ("ping.yaml", PING)):
+    for filename, data in (
+        ("order-1.0.0.yaml", order_template("1.0.0")),
+        ("order-1.1.0.yaml", order_template("1.1.0", description="Version two")),
+        ("ping.yaml", PING),
+    ):
         (folder / filename).write_text(yaml.safe_dump(data, sort_keys=False))
     return folder
 

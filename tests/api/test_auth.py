@@ -91,14 +91,17 @@ def test_no_credential_is_401_with_a_challenge_and_the_api_error_body(client: Te
     assert client.get("/open").status_code == 200  # a route without `require` stays open
 
 
-def test_an_api_key_with_the_permission_passes_and_one_without_gets_403(tasker: Tasker,
-                                                                         client: TestClient) -> None:
+def test_an_api_key_with_the_permission_passes_and_one_without_gets_403(
+    tasker: Tasker, client: TestClient
+) -> None:
     _, reader = tasker.create_api_key("reader", ["tasker.task:index"])
     assert client.get("/tasks", headers={"X-API-Key": reader}).json() == {"ok": "listed"}
     response = client.post("/tasks", headers={"X-API-Key": reader})
     assert response.status_code == 403
     assert response.json()["error"] == {
-        "status": 403, "code": "forbidden", "details": [],
+        "status": 403,
+        "code": "forbidden",
+        "details": [],
         "message": "API key 'reader' lacks the permission tasker.task:create",
     }
     assert reader not in response.text
@@ -119,17 +122,20 @@ def test_wildcards_grant_a_resource_or_everything(tasker: Tasker, client: TestCl
     assert client.post("/tasks", headers={"X-API-Key": other}).status_code == 403
 
 
-@pytest.mark.parametrize(("headers", "message"), [
-    ({"X-API-Key": "tk_0123abcd_" + "a" * 43}, "invalid or revoked API key"),
-    ({"X-API-Key": "not-a-key"}, "invalid or revoked API key"),
-    ({"X-API-Key": "   "}, "X-API-Key header is empty"),
-    ({"Authorization": "Bearer"}, "the bearer token is empty"),
-    ({"Authorization": "Bearer    "}, "the bearer token is empty"),
-    ({"Authorization": "Basic dXNlcjpwYXNz"}, "unsupported Authorization scheme"),
-    ({"Authorization": "Bearer not.a.jwt"}, "malformed"),
-    ({"Authorization": "Bearer " + "x" * 9000}, "longer than"),
-    ({"X-API-Key": "k", "Authorization": "Bearer t"}, "not both"),
-])
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({"X-API-Key": "tk_0123abcd_" + "a" * 43}, "invalid or revoked API key"),
+        ({"X-API-Key": "not-a-key"}, "invalid or revoked API key"),
+        ({"X-API-Key": "   "}, "X-API-Key header is empty"),
+        ({"Authorization": "Bearer"}, "the bearer token is empty"),
+        ({"Authorization": "Bearer    "}, "the bearer token is empty"),
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, "unsupported Authorization scheme"),
+        ({"Authorization": "Bearer not.a.jwt"}, "malformed"),
+        ({"Authorization": "Bearer " + "x" * 9000}, "longer than"),
+        ({"X-API-Key": "k", "Authorization": "Bearer t"}, "not both"),
+    ],
+)
 def test_bad_credentials_are_401(client: TestClient, headers: dict[str, str], message: str) -> None:
     response = client.get("/tasks", headers=headers)
     assert_401(response, message)
@@ -147,25 +153,44 @@ def test_a_revoked_key_is_refused_at_once(tasker: Tasker, client: TestClient) ->
 def test_messages_never_echo_the_credential(tasker: Tasker, client: TestClient) -> None:
     _, key = tasker.create_api_key("ci", ["tasker.task:index"])
     secret = key.split("_", 2)[2]
-    for headers in ({"Authorization": key}, {"Authorization": f"Token {key}"}, {"X-API-Key": key + "x"},
-                    {"X-API-Key": key}, bearer(token(["tasker.task:index"], exp=1))):
-        for response in (client.get("/tasks", headers=headers), client.post("/tasks", headers=headers)):
+    for headers in (
+        {"Authorization": key},
+        {"Authorization": f"Token {key}"},
+        {"X-API-Key": key + "x"},
+        {"X-API-Key": key},
+        bearer(token(["tasker.task:index"], exp=1)),
+    ):
+        for response in (
+            client.get("/tasks", headers=headers),
+            client.post("/tasks", headers=headers),
+        ):
             assert response.status_code in (200, 401, 403)
             assert secret not in response.text and secret not in str(response.headers)
 
 
 def test_jwt_bearer_tokens(client: TestClient) -> None:
     assert client.post("/tasks", headers=bearer(token(["tasker.task:create"]))).json() == {
-        "kind": "jwt", "name": "deployer"}
+        "kind": "jwt",
+        "name": "deployer",
+    }
     assert client.get("/tasks", headers=bearer(token(scope="tasker.task:index"))).status_code == 200
     forbidden = client.post("/tasks", headers=bearer(token(["tasker.task:index"])))
-    assert forbidden.status_code == 403 and "token of 'deployer' lacks" in forbidden.json()["error"]["message"]
-    assert_401(client.get("/tasks", headers=bearer(token(["*"], exp=int(time.time()) - 600))), "expired")
-    wrong = jwt.encode({"exp": int(time.time()) + 60, "permissions": ["*"]}, SECRET + "!", algorithm="HS256")
+    assert (
+        forbidden.status_code == 403
+        and "token of 'deployer' lacks" in forbidden.json()["error"]["message"]
+    )
+    assert_401(
+        client.get("/tasks", headers=bearer(token(["*"], exp=int(time.time()) - 600))), "expired"
+    )
+    wrong = jwt.encode(
+        {"exp": int(time.time()) + 60, "permissions": ["*"]}, SECRET + "!", algorithm="HS256"
+    )
     assert_401(client.get("/tasks", headers=bearer(wrong)), "signature is invalid")
 
 
-def test_a_misconfigured_public_key_is_a_clear_500_not_a_traceback(tasker: Tasker, tmp_path: Path) -> None:
+def test_a_misconfigured_public_key_is_a_clear_500_not_a_traceback(
+    tasker: Tasker, tmp_path: Path
+) -> None:
     settings = Settings(auth_enabled=True, jwt_public_key=str(tmp_path / "missing.pem"))
     with TestClient(small_app(tasker, settings), raise_server_exceptions=False) as c:
         response = c.get("/tasks", headers=bearer(token(["*"])))
@@ -193,6 +218,7 @@ def routes_of(app: FastAPI) -> list[Endpoint]:
     """Every API route of the app with the permission its `require` checks, as FastAPI will serve it."""
     try:  # FastAPI >= 0.16x nests included routers; older releases flatten them into app.routes
         from fastapi.routing import iter_route_contexts
+
         contexts: list[Any] = list(iter_route_contexts(app.routes))
     except ImportError:  # pragma: no cover - depends on the FastAPI release
         contexts = list(app.routes)
@@ -212,8 +238,13 @@ def routes_of(app: FastAPI) -> list[Endpoint]:
 def call(client: TestClient, endpoint: Endpoint, headers: dict[str, str]) -> Any:
     path = re.sub(r"\{[^}/]+\}", "1", endpoint.path)
     # timeout_seconds ends the event stream; other routes ignore unknown query parameters.
-    return client.request(endpoint.method, path, headers=headers, params={"timeout_seconds": "0.2"},
-                          json={} if endpoint.method in ("POST", "PUT", "PATCH") else None)
+    return client.request(
+        endpoint.method,
+        path,
+        headers=headers,
+        params={"timeout_seconds": "0.2"},
+        json={} if endpoint.method in ("POST", "PUT", "PATCH") else None,
+    )
 
 
 def test_every_route_but_health_live_and_ready_requires_a_permission(tasker: Tasker) -> None:
@@ -222,7 +253,9 @@ def test_every_route_but_health_live_and_ready_requires_a_permission(tasker: Tas
     assert len(open_paths) == 2 and all(OPEN_PATHS.search(p) for p in open_paths), open_paths
     used = {e.permission for e in endpoints if e.permission}
     # No route edits a task's attributes, so tasker.task:update guards nothing (yet).
-    assert set(Permission.ALL) - used <= {Permission.TASK_UPDATE}, sorted(set(Permission.ALL) - used)
+    assert set(Permission.ALL) - used <= {Permission.TASK_UPDATE}, sorted(
+        set(Permission.ALL) - used
+    )
 
 
 def test_health_live_and_ready_stay_open_with_auth_on(tasker: Tasker) -> None:
@@ -240,7 +273,9 @@ def test_401_403_200_matrix_over_every_route(tasker: Tasker) -> None:
     keys: dict[str, tuple[str, str]] = {}
     for i, permission in enumerate(sorted({e.permission for e in endpoints if e.permission})):
         _, exact = tasker.create_api_key(f"only-{i}", [permission])
-        _, others = tasker.create_api_key(f"all-but-{i}", [p for p in Permission.ALL if p != permission])
+        _, others = tasker.create_api_key(
+            f"all-but-{i}", [p for p in Permission.ALL if p != permission]
+        )
         keys[permission] = (exact, others)
     problems: list[str] = []
     with TestClient(app, raise_server_exceptions=False) as c:
@@ -257,12 +292,18 @@ def test_401_403_200_matrix_over_every_route(tasker: Tasker) -> None:
             for what, headers, expected in refused:
                 response = call(c, endpoint, headers)
                 if response.status_code != expected:
-                    problems.append(f"{endpoint} with {what}: {response.status_code} {response.text[:200]}")
-            for what, headers in (("a key with exactly it", {"X-API-Key": exact}),
-                                  ("a token with exactly it", bearer(token([endpoint.permission])))):
+                    problems.append(
+                        f"{endpoint} with {what}: {response.status_code} {response.text[:200]}"
+                    )
+            for what, headers in (
+                ("a key with exactly it", {"X-API-Key": exact}),
+                ("a token with exactly it", bearer(token([endpoint.permission]))),
+            ):
                 response = call(c, endpoint, headers)
                 if response.status_code in (401, 403) or response.status_code >= 500:
-                    problems.append(f"{endpoint} with {what}: {response.status_code} {response.text[:200]}")
+                    problems.append(
+                        f"{endpoint} with {what}: {response.status_code} {response.text[:200]}"
+                    )
     assert len(endpoints) >= 15, f"only {len(endpoints)} protected routes found"
     assert not problems, "\n".join(problems)
 
@@ -270,10 +311,18 @@ def test_401_403_200_matrix_over_every_route(tasker: Tasker) -> None:
 def test_the_checkout_story_with_keys(tasker: Tasker, tmp_path: Path) -> None:
     """What an operator does with auth on: a creating key creates (201), a reading key reads, others are refused."""
     path = tmp_path / "shop.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "checkout", "namespace_name": "shop", "version": "1.0.0",
-        "step_templates": [{"name": "charge", "handler_class": "tests.unit.sample_handlers:Ok"}],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "checkout",
+                "namespace_name": "shop",
+                "version": "1.0.0",
+                "step_templates": [
+                    {"name": "charge", "handler_class": "tests.unit.sample_handlers:Ok"}
+                ],
+            }
+        )
+    )
     tasker.load_templates(path)
     _, creator = tasker.create_api_key("shop-frontend", ["tasker.task:create"])
     _, reader = tasker.create_api_key("dashboard", ["tasker.task:index", "tasker.task:show"])

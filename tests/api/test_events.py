@@ -29,11 +29,15 @@ def served(tasker: Tasker) -> Iterator[str]:
 
 
 def _template(folder: Path) -> Path:
-    data = {"name": "streamed", "namespace_name": "proc", "version": "1.0.0",
-            "step_templates": [
-                {"name": "one", "handler_class": HANDLER},
-                {"name": "two", "handler_class": HANDLER, "depends_on_step": "one"},
-            ]}
+    data = {
+        "name": "streamed",
+        "namespace_name": "proc",
+        "version": "1.0.0",
+        "step_templates": [
+            {"name": "one", "handler_class": HANDLER},
+            {"name": "two", "handler_class": HANDLER, "depends_on_step": "one"},
+        ],
+    }
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "streamed.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -50,7 +54,13 @@ def _read_sse(response: httpx.Response, until: str, limit_seconds: float) -> lis
             break
         if line == "":
             if "data" in fields:
-                got.append({"id": fields.get("id"), "event": fields.get("event"), "data": json.loads(fields["data"])})
+                got.append(
+                    {
+                        "id": fields.get("id"),
+                        "event": fields.get("event"),
+                        "data": json.loads(fields["data"]),
+                    }
+                )
                 if fields.get("event") == until:
                     return got
             fields = {}
@@ -72,9 +82,12 @@ def test_a_client_streams_the_step_events_of_a_task_run_by_another_process(
         worker = fleet.spawn()
         worker.wait_started()
         task_id = tasker.create_task("proc/streamed", {"dir": str(tmp_path)}).id
-        with httpx.Client(timeout=30) as client, client.stream(
-            "GET", f"{served}/events", params={"task_id": task_id, "timeout_seconds": 30}
-        ) as response:
+        with (
+            httpx.Client(timeout=30) as client,
+            client.stream(
+                "GET", f"{served}/events", params={"task_id": task_id, "timeout_seconds": 30}
+            ) as response,
+        ):
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")
             messages = _read_sse(response, "task.completed", 30)
@@ -87,7 +100,9 @@ def test_a_client_streams_the_step_events_of_a_task_run_by_another_process(
     assert all(m["data"]["task_id"] == task_id for m in messages)
 
 
-def test_reconnecting_with_last_event_id_resumes_after_it(tasker: Tasker, served: str, load, key: str) -> None:
+def test_reconnecting_with_last_event_id_resumes_after_it(
+    tasker: Tasker, served: str, load, key: str
+) -> None:
     from tests.integration.support import step
 
     ref = load("resumed", [step("a"), step("b", after="a")])
@@ -97,8 +112,11 @@ def test_reconnecting_with_last_event_id_resumes_after_it(tasker: Tasker, served
         first = client.get(f"{served}/events", params={"task_id": task_id, "timeout_seconds": 0.5})
         ids = [line[4:] for line in first.text.splitlines() if line.startswith("id: ")]
         assert len(ids) >= 6
-        again = client.get(f"{served}/events", params={"task_id": task_id, "timeout_seconds": 0.5},
-                           headers={"Last-Event-ID": ids[2]})
+        again = client.get(
+            f"{served}/events",
+            params={"task_id": task_id, "timeout_seconds": 0.5},
+            headers={"Last-Event-ID": ids[2]},
+        )
         resumed = [line[4:] for line in again.text.splitlines() if line.startswith("id: ")]
     assert resumed == ids[3:]
 
@@ -110,13 +128,31 @@ def test_the_json_page_and_bad_filters(tasker: Tasker, served: str, load, key: s
     task_id = tasker.create_task(ref, {"key": key}).id
     tasker.run(task_id)
     with httpx.Client(timeout=10) as client:
-        page = client.get(f"{served}/events/page", params={"task_id": task_id, "name": "step.*"}).json()
-        assert [e["event"] for e in page["events"]] == ["step.ready", "step.started", "step.completed"]
-        rest = client.get(f"{served}/events/page", params={"task_id": task_id, "after": page["cursor"]}).json()
+        page = client.get(
+            f"{served}/events/page", params={"task_id": task_id, "name": "step.*"}
+        ).json()
+        assert [e["event"] for e in page["events"]] == [
+            "step.ready",
+            "step.started",
+            "step.completed",
+        ]
+        rest = client.get(
+            f"{served}/events/page", params={"task_id": task_id, "after": page["cursor"]}
+        ).json()
         # a cursor from a filtered read skipped only the sources the filter read: here the task events remain
-        assert [e["event"] for e in rest["events"]] == ["task.created", "task.started", "task.completed"]
-        for bad in ({"after": "1-2"}, {"task_id": "x"}, {"task_id": 0}, {"limit": 0}, {"name": "x" * 200},
-                    {"after": "' OR 1=1 --"}):
+        assert [e["event"] for e in rest["events"]] == [
+            "task.created",
+            "task.started",
+            "task.completed",
+        ]
+        for bad in (
+            {"after": "1-2"},
+            {"task_id": "x"},
+            {"task_id": 0},
+            {"limit": 0},
+            {"name": "x" * 200},
+            {"after": "' OR 1=1 --"},
+        ):
             r = client.get(f"{served}/events/page", params=bad)
             assert r.status_code == 422, (bad, r.text)
             assert "Traceback" not in r.text
@@ -134,7 +170,10 @@ def _wait_until(condition: Any, seconds: float = 10.0) -> bool:
 
 
 def test_streams_beyond_the_per_client_limit_are_429_and_slots_come_back(tasker: Tasker) -> None:
-    app = create_app(tasker, Settings(sse_max_streams_per_client=2, sse_max_streams=10, sse_heartbeat_seconds=0.2))
+    app = create_app(
+        tasker,
+        Settings(sse_max_streams_per_client=2, sse_max_streams=10, sse_heartbeat_seconds=0.2),
+    )
     hub = app.state.streams
     with serving(app) as url, httpx.Client(timeout=10) as client:
         events = f"{url}/api/v1/events"
@@ -143,9 +182,14 @@ def test_streams_beyond_the_per_client_limit_are_429_and_slots_come_back(tasker:
             refused = client.get(events)
             assert refused.status_code == 429 and refused.headers["retry-after"].isdigit()
             error = refused.json()["error"]
-            assert error["code"] == "too_many_streams" and "sse_max_streams_per_client" in error["message"]
+            assert (
+                error["code"] == "too_many_streams"
+                and "sse_max_streams_per_client" in error["message"]
+            )
             assert "Traceback" not in refused.text
-            assert client.get(f"{url}/api/v1/tasks").status_code == 200  # other routes are unaffected
+            assert (
+                client.get(f"{url}/api/v1/tasks").status_code == 200
+            )  # other routes are unaffected
         # both clients went away: the heartbeat finds out and their slots are released
         assert _wait_until(lambda: not hub.open), dict(hub.open)
         with client.stream("GET", events) as again:
@@ -156,13 +200,18 @@ def test_streams_beyond_the_per_client_limit_are_429_and_slots_come_back(tasker:
 
 
 def test_the_total_limit_applies_across_clients(tasker: Tasker) -> None:
-    app = create_app(tasker, Settings(sse_max_streams_per_client=5, sse_max_streams=1, sse_heartbeat_seconds=0.2))
+    app = create_app(
+        tasker, Settings(sse_max_streams_per_client=5, sse_max_streams=1, sse_heartbeat_seconds=0.2)
+    )
     with serving(app) as url, httpx.Client(timeout=10) as client:
         events = f"{url}/api/v1/events"
         with client.stream("GET", events, params={"timeout_seconds": 30}) as held:
             assert held.status_code == 200
             refused = client.get(events)
-            assert refused.status_code == 429 and "sse_max_streams" in refused.json()["error"]["message"]
+            assert (
+                refused.status_code == 429
+                and "sse_max_streams" in refused.json()["error"]["message"]
+            )
         assert _wait_until(lambda: not app.state.streams.open)
 
 
@@ -187,10 +236,16 @@ def test_streams_wake_when_the_log_moves(tasker: Tasker, load: Any, key: str) ->
     from tests.integration.support import step
 
     ref = load("woken", [step("a")])
-    app = create_app(tasker, Settings(sse_heartbeat_seconds=60))  # no heartbeat wake-ups during the test
-    with serving(app) as url, httpx.Client(timeout=20) as client, client.stream(
-        "GET", f"{url}/api/v1/events", params={"timeout_seconds": 15, "name": "task.created"}
-    ) as response:
+    app = create_app(
+        tasker, Settings(sse_heartbeat_seconds=60)
+    )  # no heartbeat wake-ups during the test
+    with (
+        serving(app) as url,
+        httpx.Client(timeout=20) as client,
+        client.stream(
+            "GET", f"{url}/api/v1/events", params={"timeout_seconds": 15, "name": "task.created"}
+        ) as response,
+    ):
         started = time.monotonic()
         task_id = tasker.create_task(ref, {"key": key}).id
         messages = _read_sse(response, "task.created", 10)

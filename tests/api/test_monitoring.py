@@ -35,7 +35,9 @@ def make_api(engine: Tasker, **settings: Any) -> TestClient:
     return TestClient(create_app(engine, Settings(**settings)), base_url="http://testserver")
 
 
-def load(engine: Tasker, tmp_path: Path, name: str, steps_: list[dict[str, Any]], **top: Any) -> str:
+def load(
+    engine: Tasker, tmp_path: Path, name: str, steps_: list[dict[str, Any]], **top: Any
+) -> str:
     path = tmp_path / f"{name}.yaml"
     path.write_text(template_yaml(name, steps_, **top))
     t = engine.load_templates(path)[0]
@@ -93,7 +95,11 @@ def test_ready_503_when_the_schema_is_behind(tasker: Tasker, api: TestClient) ->
             conn.execute(text("UPDATE alembic_version SET version_num = :head"), {"head": head})
     assert r.status_code == 503
     migrations = r.json()["checks"]["migrations"]
-    assert (migrations["status"], migrations["current"], migrations["head"]) == ("failing", "0002", head)
+    assert (migrations["status"], migrations["current"], migrations["head"]) == (
+        "failing",
+        "0002",
+        head,
+    )
     assert r.json()["failed_checks"] == ["migrations"]
 
 
@@ -138,14 +144,17 @@ def silent_server() -> Iterator[int]:
 
 
 def test_ready_and_status_answer_503_in_time_when_the_database_hangs(
-        silent_server: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    silent_server: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(monitoring, "READY_TIMEOUT_SECONDS", 0.3)
     monkeypatch.setattr(monitoring, "STATUS_TIMEOUT_SECONDS", 0.3)
     with Tasker(f"postgresql://postgres@127.0.0.1:{silent_server}/hung", migrate=False) as engine:
         api = make_api(engine)
         started = time.monotonic()
         ready = api.get(f"{PREFIX}/health/ready")
-        again = api.get(f"{PREFIX}/health/ready")  # joins the probe still stuck, starts no second one
+        again = api.get(
+            f"{PREFIX}/health/ready"
+        )  # joins the probe still stuck, starts no second one
         status = api.get(f"{PREFIX}/health/status")
         elapsed = time.monotonic() - started
     assert (ready.status_code, again.status_code, status.status_code) == (503, 503, 503)
@@ -156,7 +165,9 @@ def test_ready_and_status_answer_503_in_time_when_the_database_hangs(
 
 
 # -- status -----------------------------------------------------------------------------------------------------
-def test_status_counts_tasks_steps_and_workers(tasker: Tasker, api: TestClient, tmp_path: Path) -> None:
+def test_status_counts_tasks_steps_and_workers(
+    tasker: Tasker, api: TestClient, tmp_path: Path
+) -> None:
     ref = load(tasker, tmp_path, "counted", [step("a"), step("b", after="a")])
     done = tasker.create_task(ref, {"key": "done"})
     tasker.run(done.id)
@@ -164,7 +175,9 @@ def test_status_counts_tasks_steps_and_workers(tasker: Tasker, api: TestClient, 
     now = datetime.now(UTC)
     with tasker.db.write() as conn:
         worker_store.announce(conn, "w-live", namespaces=["itest"], concurrency=4, now=now)
-        worker_store.announce(conn, "w-stale", namespaces=None, concurrency=2, now=now - timedelta(minutes=5))
+        worker_store.announce(
+            conn, "w-stale", namespaces=None, concurrency=2, now=now - timedelta(minutes=5)
+        )
         worker_store.announce(conn, "w-stopped", namespaces=None, concurrency=2, now=now)
         worker_store.seen(conn, "w-stopped", steps_run=3, now=now, stopped=True)
 
@@ -174,25 +187,43 @@ def test_status_counts_tasks_steps_and_workers(tasker: Tasker, api: TestClient, 
     assert r.headers["cache-control"] == "no-store"
     body = r.json()
     assert (body["status"], body["healthy"], body["reasons"]) == ("healthy", True, [])
-    assert body["tasks"] == {"pending": 1, "in_progress": 0, "complete": 1, "error": 0, "cancelled": 0,
-                                  "resolved_manually": 0, "total": 2}
-    assert (body["steps"]["complete"], body["steps"]["ready"], body["steps"]["pending"], body["steps"]["total"]) == (
-        2, 1, 1, 4)
+    assert body["tasks"] == {
+        "pending": 1,
+        "in_progress": 0,
+        "complete": 1,
+        "error": 0,
+        "cancelled": 0,
+        "resolved_manually": 0,
+        "total": 2,
+    }
+    assert (
+        body["steps"]["complete"],
+        body["steps"]["ready"],
+        body["steps"]["pending"],
+        body["steps"]["total"],
+    ) == (2, 1, 1, 4)
     assert body["backlog"]["due_steps"] == 1 and body["backlog"]["overdue_steps"] == 0
     assert body["backlog"]["active_tasks"] == 1
     assert body["last_hour"]["finished_tasks"] == 1 and body["last_hour"]["step_attempts"] == 2
     workers = body["workers"]
     assert workers["seen_recently"] == 1
-    assert [(w["id"], w["namespaces"], w["concurrency"]) for w in workers["items"]] == [("w-live", ["itest"], 4)]
+    assert [(w["id"], w["namespaces"], w["concurrency"]) for w in workers["items"]] == [
+        ("w-live", ["itest"], 4)
+    ]
     assert body["checks"]["database"]["status"] == "ok"
 
 
-def test_status_is_degraded_while_work_waits_unclaimed(tasker: Tasker, api: TestClient, tmp_path: Path) -> None:
+def test_status_is_degraded_while_work_waits_unclaimed(
+    tasker: Tasker, api: TestClient, tmp_path: Path
+) -> None:
     ref = load(tasker, tmp_path, "stuck", [step("a")])
     task = tasker.create_task(ref, {"key": "stuck"})
     with tasker.db.write() as conn:
-        conn.execute(update(steps).where(steps.c.task_id == task.id)
-                     .values(run_at=datetime.now(UTC) - timedelta(minutes=3)))
+        conn.execute(
+            update(steps)
+            .where(steps.c.task_id == task.id)
+            .values(run_at=datetime.now(UTC) - timedelta(minutes=3))
+        )
 
     r = api.get(f"{PREFIX}/health/status")
 
@@ -205,9 +236,22 @@ def test_status_is_degraded_while_work_waits_unclaimed(tasker: Tasker, api: Test
     assert "0 workers seen recently" in body["reasons"][0]
 
 
-def test_status_is_degraded_while_a_circuit_is_open(tasker: Tasker, api: TestClient, tmp_path: Path) -> None:
-    ref = load(tasker, tmp_path, "outage", [step("a", dependent_system="billing", default_retry_limit=1,
-                                                 handler_config={"always_fail": "retryable"})])
+def test_status_is_degraded_while_a_circuit_is_open(
+    tasker: Tasker, api: TestClient, tmp_path: Path
+) -> None:
+    ref = load(
+        tasker,
+        tmp_path,
+        "outage",
+        [
+            step(
+                "a",
+                dependent_system="billing",
+                default_retry_limit=1,
+                handler_config={"always_fail": "retryable"},
+            )
+        ],
+    )
     tasker.configure_system("billing", failure_threshold=1, cooldown_seconds=600)
     task_id = tasker.create_task(ref, {"key": "outage"}).id
     # the step now waits for billing (the outage hold), so run a worker only until the circuit opens
@@ -233,7 +277,9 @@ def test_status_is_degraded_while_a_circuit_is_open(tasker: Tasker, api: TestCli
     assert billing["circuit_state"] == "open"
 
 
-def test_status_is_unhealthy_when_most_recent_tasks_fail(tasker: Tasker, api: TestClient, tmp_path: Path) -> None:
+def test_status_is_unhealthy_when_most_recent_tasks_fail(
+    tasker: Tasker, api: TestClient, tmp_path: Path
+) -> None:
     ref = load(tasker, tmp_path, "doomed", [step("a", handler_config={"always_fail": "permanent"})])
     for i in range(10):
         tasker.create_task(ref, {"key": f"doomed-{i}"})
@@ -245,11 +291,17 @@ def test_status_is_unhealthy_when_most_recent_tasks_fail(tasker: Tasker, api: Te
     body = r.json()
     assert (body["status"], body["healthy"]) == ("unhealthy", False)
     assert body["last_hour"]["task_error_rate"] == 1.0
-    assert body["reasons"] == ["10 of 10 tasks finished in the last hour are in error (more than 50%)"]
+    assert body["reasons"] == [
+        "10 of 10 tasks finished in the last hour are in error (more than 50%)"
+    ]
 
 
-def test_a_few_failures_do_not_make_the_engine_unhealthy(tasker: Tasker, api: TestClient, tmp_path: Path) -> None:
-    ref = load(tasker, tmp_path, "unlucky", [step("a", handler_config={"always_fail": "permanent"})])
+def test_a_few_failures_do_not_make_the_engine_unhealthy(
+    tasker: Tasker, api: TestClient, tmp_path: Path
+) -> None:
+    ref = load(
+        tasker, tmp_path, "unlucky", [step("a", handler_config={"always_fail": "permanent"})]
+    )
     for i in range(3):  # 100% of 3 tasks: too few to judge
         tasker.create_task(ref, {"key": f"unlucky-{i}"})
     tasker.work(until_idle=True)
@@ -283,19 +335,31 @@ def test_performance_route(tasker: Tasker, api: TestClient, tmp_path: Path) -> N
     for i in range(3):
         tasker.run(tasker.create_task(ref, {"key": f"p{i}"}).id)
 
-    r = api.get(f"{PREFIX}/analytics/performance", params={"period_hours": 2, "namespace": "", "name": "",
-                                                           "version": ""})
+    r = api.get(
+        f"{PREFIX}/analytics/performance",
+        params={"period_hours": 2, "namespace": "", "name": "", "version": ""},
+    )
 
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["period_hours"] == 2
     [row] = body["templates"]
-    assert (row["namespace"], row["name"], row["created"], row["completed"], row["completion_rate"]) == (
-        "itest", "perf", 3, 3, 1.0)
+    assert (
+        row["namespace"],
+        row["name"],
+        row["created"],
+        row["completed"],
+        row["completion_rate"],
+    ) == ("itest", "perf", 3, 3, 1.0)
     assert row["duration_seconds"]["count"] == 3
     assert set(row["duration_seconds"]) == {"count", "avg", "p50", "p95", "max"}
     assert row["steps_completed"] == 6
-    assert api.get(f"{PREFIX}/analytics/performance", params={"namespace": "elsewhere"}).json()["templates"] == []
+    assert (
+        api.get(f"{PREFIX}/analytics/performance", params={"namespace": "elsewhere"}).json()[
+            "templates"
+        ]
+        == []
+    )
 
 
 def test_bottlenecks_route(tasker: Tasker, api: TestClient, tmp_path: Path) -> None:
@@ -315,17 +379,22 @@ def test_bottlenecks_route(tasker: Tasker, api: TestClient, tmp_path: Path) -> N
     assert [a["kind"] for a in body["recommendations"]] == ["failing_step"]
 
 
-@pytest.mark.parametrize(("route", "params", "field"), [
-    ("performance", {"period_hours": 0}, "query.period_hours"),
-    ("performance", {"period_hours": 2161}, "query.period_hours"),
-    ("performance", {"period_hours": "a day"}, "query.period_hours"),
-    ("performance", {"namespace": "no spaces"}, "query.namespace"),
-    ("performance", {"name": "n" * 129}, "query.name"),
-    ("bottlenecks", {"version": "1.x"}, "query.version"),
-    ("bottlenecks", {"limit": 0}, "query.limit"),
-    ("bottlenecks", {"limit": 101}, "query.limit"),
-])
-def test_analytics_parameters_are_validated(api: TestClient, route: str, params: dict[str, Any], field: str) -> None:
+@pytest.mark.parametrize(
+    ("route", "params", "field"),
+    [
+        ("performance", {"period_hours": 0}, "query.period_hours"),
+        ("performance", {"period_hours": 2161}, "query.period_hours"),
+        ("performance", {"period_hours": "a day"}, "query.period_hours"),
+        ("performance", {"namespace": "no spaces"}, "query.namespace"),
+        ("performance", {"name": "n" * 129}, "query.name"),
+        ("bottlenecks", {"version": "1.x"}, "query.version"),
+        ("bottlenecks", {"limit": 0}, "query.limit"),
+        ("bottlenecks", {"limit": 101}, "query.limit"),
+    ],
+)
+def test_analytics_parameters_are_validated(
+    api: TestClient, route: str, params: dict[str, Any], field: str
+) -> None:
     r = api.get(f"{PREFIX}/analytics/{route}", params=params)
     assert r.status_code == 422
     assert r.json()["error"]["details"][0]["path"] == field
@@ -341,20 +410,26 @@ def guarded(tasker: Tasker) -> tuple[TestClient, Callable[[str], dict[str, str]]
     return make_api(tasker, auth_enabled=True), key
 
 
-def test_health_probes_stay_open_with_auth_on(guarded: tuple[TestClient, Callable[..., dict[str, str]]]) -> None:
+def test_health_probes_stay_open_with_auth_on(
+    guarded: tuple[TestClient, Callable[..., dict[str, str]]],
+) -> None:
     api, _ = guarded
     assert api.get(f"{PREFIX}/health/live").status_code == 200
     assert api.get(f"{PREFIX}/health/ready").status_code == 200
 
 
-@pytest.mark.parametrize(("path", "permission"), [
-    ("/health/status", "tasker.health_status:index"),
-    ("/metrics", "tasker.metrics:index"),
-    ("/analytics/performance", "tasker.analytics:index"),
-    ("/analytics/bottlenecks", "tasker.analytics:index"),
-])
-def test_guarded_routes_need_their_permission(guarded: tuple[TestClient, Callable[..., dict[str, str]]],
-                                              path: str, permission: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "permission"),
+    [
+        ("/health/status", "tasker.health_status:index"),
+        ("/metrics", "tasker.metrics:index"),
+        ("/analytics/performance", "tasker.analytics:index"),
+        ("/analytics/bottlenecks", "tasker.analytics:index"),
+    ],
+)
+def test_guarded_routes_need_their_permission(
+    guarded: tuple[TestClient, Callable[..., dict[str, str]]], path: str, permission: str
+) -> None:
     api, key = guarded
     assert api.get(f"{PREFIX}{path}").status_code == 401
     assert api.get(f"{PREFIX}{path}", headers=key("tasker.task:index")).status_code == 403

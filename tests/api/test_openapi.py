@@ -8,17 +8,27 @@ from fastapi.testclient import TestClient
 
 API = "/api/v1"
 MINE = {
-    ("post", "/tasks"), ("get", "/tasks"), ("get", "/tasks/{task_id}"), ("post", "/tasks/{task_id}/cancel"),
-    ("post", "/tasks/{task_id}/retry"), ("get", "/tasks/{task_id}/steps"),
+    ("post", "/tasks"),
+    ("get", "/tasks"),
+    ("get", "/tasks/{task_id}"),
+    ("post", "/tasks/{task_id}/cancel"),
+    ("post", "/tasks/{task_id}/retry"),
+    ("get", "/tasks/{task_id}/steps"),
     ("get", "/tasks/{task_id}/steps/{step_name}"),
-    ("post", "/tasks/{task_id}/steps/{step_name}/resolve"), ("post", "/tasks/{task_id}/steps/{step_name}/retry"),
-    ("get", "/handlers"), ("get", "/handlers/{namespace}"), ("get", "/handlers/{namespace}/{name}"),
-    ("get", "/handlers/{namespace}/{name}/diagram"), ("get", "/tasks/{task_id}/diagram"),
+    ("post", "/tasks/{task_id}/steps/{step_name}/resolve"),
+    ("post", "/tasks/{task_id}/steps/{step_name}/retry"),
+    ("get", "/handlers"),
+    ("get", "/handlers/{namespace}"),
+    ("get", "/handlers/{namespace}/{name}"),
+    ("get", "/handlers/{namespace}/{name}/diagram"),
+    ("get", "/tasks/{task_id}/diagram"),
 }
 
 
 def operations(spec: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(method, path): op for path, item in spec["paths"].items() for method, op in item.items()}
+    return {
+        (method, path): op for path, item in spec["paths"].items() for method, op in item.items()
+    }
 
 
 def test_every_route_is_under_one_prefix_and_documents_its_errors(client: TestClient) -> None:
@@ -44,9 +54,14 @@ def test_every_route_is_under_one_prefix_and_documents_its_errors(client: TestCl
 def test_the_spec_declares_api_keys_and_bearer_tokens(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     schemes = spec["components"]["securitySchemes"]
-    api_key = [n for n, s in schemes.items()
-               if s["type"] == "apiKey" and s["name"] == "X-API-Key" and s["in"] == "header"]
-    bearer = [n for n, s in schemes.items() if s["type"] == "http" and s["scheme"].lower() == "bearer"]
+    api_key = [
+        n
+        for n, s in schemes.items()
+        if s["type"] == "apiKey" and s["name"] == "X-API-Key" and s["in"] == "header"
+    ]
+    bearer = [
+        n for n, s in schemes.items() if s["type"] == "http" and s["scheme"].lower() == "bearer"
+    ]
     assert len(api_key) == 1 and len(bearer) == 1
     for method, path in MINE:
         security = operations(spec)[(method, API + path)]["security"]
@@ -57,4 +72,6 @@ def test_the_spec_declares_api_keys_and_bearer_tokens(client: TestClient) -> Non
 def test_swagger_ui_is_served(client: TestClient) -> None:
     r = client.get("/docs")
     assert r.status_code == 200 and "swagger-ui" in r.text
-    assert "openapi.json" in client.get("/docs/assets/tasker-docs.js").text  # the page's start-up script
+    assert (
+        "openapi.json" in client.get("/docs/assets/tasker-docs.js").text
+    )  # the page's start-up script

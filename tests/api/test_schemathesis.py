@@ -35,12 +35,19 @@ CHECKOUT_CONTEXT = {
     "payment_info": {"method": "credit_card", "token": "tok_ok", "amount": 19.0},
     "customer_info": {"id": 7, "email": "ada@example.com", "name": "Ada"},
 }
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
-          response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 
 
 @pytest.fixture(scope="module")
-def fuzzed_engine(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[Tasker]:
+def fuzzed_engine(
+    tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path
+) -> Iterator[Tasker]:
     """An engine with tasks in several states, so generated ids 1..5 hit real tasks and steps."""
     import yaml
 
@@ -48,7 +55,9 @@ def fuzzed_engine(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Pat
     shutil.copy(sqlite_template, folder / "tasker.db")
     for name, data in (("order.yaml", order_template("1.0.0")), ("ping.yaml", PING)):
         (folder / name).write_text(yaml.safe_dump(data))
-    engine = Tasker(f"sqlite:///{folder / 'tasker.db'}", templates=[folder, CHECKOUT], poll_interval=0.05)
+    engine = Tasker(
+        f"sqlite:///{folder / 'tasker.db'}", templates=[folder, CHECKOUT], poll_interval=0.05
+    )
     # Task 1 is the checkout the spec's examples name (ecommerce/process_order, step validate_cart).
     engine.create_task("ecommerce/process_order", CHECKOUT_CONTEXT)
     done = engine.create_task("apitest/order", {"email": "a@example.com"})
@@ -68,12 +77,22 @@ def fuzzed_app(fuzzed_engine: Tasker) -> FastAPI:
 
 # The spec does not depend on the engine, so it is read at collection from an app over none; the requests
 # go to `fuzzed_app`. (schemathesis.pytest.from_fixture would defer this, but it breaks on pytest >= 9.)
-schema = schemathesis.openapi.from_dict(create_app(cast(Tasker, None)).openapi()).exclude(path="/api/v1/events")
+schema = schemathesis.openapi.from_dict(create_app(cast(Tasker, None)).openapi()).exclude(
+    path="/api/v1/events"
+)
 
 
 @pytest.mark.slow
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.data_too_large,
+    ],
+)
 def test_the_api_conforms_to_its_spec(case: schemathesis.Case, fuzzed_app: FastAPI) -> None:
     case.call_and_validate(app=fuzzed_app, checks=CHECKS)

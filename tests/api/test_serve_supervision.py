@@ -275,8 +275,19 @@ def test_serve_survives_a_handler_calling_sys_exit_and_still_stops_on_sigterm(
     api_templates: Path,
 ) -> None:
     (api_templates / "poison.yaml").write_text(yaml.safe_dump(POISON, sort_keys=False))
-    args = ["--database-url", store_url, "--port", "0", "--templates", str(api_templates), "--workers", "1"]
-    with serve_process(args, cwd=ROOT, env=clean_env(TASKER_LEASE_SECONDS="2", TASKER_GRACE_SECONDS="2")) as served:
+    args = [
+        "--database-url",
+        store_url,
+        "--port",
+        "0",
+        "--templates",
+        str(api_templates),
+        "--workers",
+        "1",
+    ]
+    with serve_process(
+        args, cwd=ROOT, env=clean_env(TASKER_LEASE_SECONDS="2", TASKER_GRACE_SECONDS="2")
+    ) as served:
         proc = served.proc
         with httpx.Client(base_url=served.base, timeout=10) as client:
             wait_for("ready", lambda: client.get("/health/ready").status_code == 200)

@@ -13,17 +13,28 @@ API = "/api/v1"
 
 
 def test_create_answers_201_with_the_task_its_steps_and_a_location(client: TestClient) -> None:
-    r = client.post(f"{API}/tasks", json={"template": "apitest/order", "context": {"email": "ada@example.com"},
-                                          "correlation_id": "corr-abc"})
+    r = client.post(
+        f"{API}/tasks",
+        json={
+            "template": "apitest/order",
+            "context": {"email": "ada@example.com"},
+            "correlation_id": "corr-abc",
+        },
+    )
     assert r.status_code == 201, r.text
     task = r.json()
     assert r.headers["location"] == f"{API}/tasks/{task['id']}"
     assert task["template"] == "apitest/order@1.1.0"  # the latest version when none is given
     assert task["status"] == "pending" and task["deduplicated"] is False
-    assert task["context"] == {"email": "ada@example.com", "currency": "EUR"}  # schema default applied
+    assert task["context"] == {
+        "email": "ada@example.com",
+        "currency": "EUR",
+    }  # schema default applied
     assert task["correlation_id"] == "corr-abc"
     assert [(s["name"], s["status"], s["parents"]) for s in task["steps"]] == [
-        ("validate", "ready", []), ("charge", "pending", ["validate"]), ("reserve", "pending", ["validate"]),
+        ("validate", "ready", []),
+        ("charge", "pending", ["validate"]),
+        ("reserve", "pending", ["validate"]),
         ("ship", "pending", ["charge", "reserve"]),
     ]
     assert task["step_counts"] == {"ready": 1, "pending": 3}
@@ -32,39 +43,64 @@ def test_create_answers_201_with_the_task_its_steps_and_a_location(client: TestC
 
 def test_a_repeated_idempotency_key_answers_200_with_the_first_task(client: TestClient) -> None:
     first = create(client, idempotency_key="order-42")
-    again = client.post(f"{API}/tasks", json={"template": "apitest/order", "idempotency_key": "order-42",
-                                              "context": {"email": "ada@example.com", "amount": 12.5}})
+    again = client.post(
+        f"{API}/tasks",
+        json={
+            "template": "apitest/order",
+            "idempotency_key": "order-42",
+            "context": {"email": "ada@example.com", "amount": 12.5},
+        },
+    )
     assert again.status_code == 200, again.text
     assert again.json()["id"] == first["id"] and again.json()["deduplicated"] is True
     assert "location" not in again.headers
     # without a key (and no identity: in the template), every request is a new task
     same = create(client, context={"email": "bob@example.com"})
-    repeat = client.post(f"{API}/tasks", json={"template": "apitest/order", "context": {"email": "bob@example.com"}})
+    repeat = client.post(
+        f"{API}/tasks", json={"template": "apitest/order", "context": {"email": "bob@example.com"}}
+    )
     assert repeat.status_code == 201 and repeat.json()["id"] != same["id"]
     assert repeat.json()["deduplicated"] is False
 
 
 def test_a_version_can_be_pinned_by_field_or_by_reference(client: TestClient) -> None:
     assert create(client, version="1.0.0")["version"] == "1.0.0"
-    assert create(client, template="apitest/order@1.0.0", context={"email": "x@example.com"})["version"] == "1.0.0"
-    error = error_of(client.post(f"{API}/tasks", json={"template": "apitest/order", "version": "9.9.9"}), 404,
-                     "unknown_template")
+    assert (
+        create(client, template="apitest/order@1.0.0", context={"email": "x@example.com"})[
+            "version"
+        ]
+        == "1.0.0"
+    )
+    error = error_of(
+        client.post(f"{API}/tasks", json={"template": "apitest/order", "version": "9.9.9"}),
+        404,
+        "unknown_template",
+    )
     assert "apitest/order@1.0.0" in error["message"] and "apitest/order@1.1.0" in error["message"]
 
 
 def test_an_unknown_template_is_404_naming_those_that_exist(client: TestClient) -> None:
-    error = error_of(client.post(f"{API}/tasks", json={"template": "nope/missing"}), 404, "unknown_template")
+    error = error_of(
+        client.post(f"{API}/tasks", json={"template": "nope/missing"}), 404, "unknown_template"
+    )
     assert "nope/missing" in error["message"]
     for known in ("apitest/order@1.0.0", "apitest/order@1.1.0", "other/ping@0.1.0"):
         assert known in error["message"]
 
 
 def test_a_context_that_violates_the_schema_lists_every_violation(client: TestClient) -> None:
-    r = client.post(f"{API}/tasks", json={"template": "apitest/order",
-                                          "context": {"email": "not-an-email", "amount": -1, "currency": "GBP"}})
+    r = client.post(
+        f"{API}/tasks",
+        json={
+            "template": "apitest/order",
+            "context": {"email": "not-an-email", "amount": -1, "currency": "GBP"},
+        },
+    )
     error = error_of(r, 422, "invalid_context")
     assert sorted(d["path"] for d in error["details"]) == ["$.amount", "$.currency", "$.email"]
-    missing = error_of(client.post(f"{API}/tasks", json={"template": "apitest/order"}), 422, "invalid_context")
+    missing = error_of(
+        client.post(f"{API}/tasks", json={"template": "apitest/order"}), 422, "invalid_context"
+    )
     assert missing["details"] == [{"path": "$", "message": "'email' is a required property"}]
 
 
@@ -102,7 +138,9 @@ def test_show_a_task_with_its_steps_after_it_ran(client: TestClient, engine: Tas
 
 def test_unknown_and_malformed_ids(client: TestClient) -> None:
     response = client.get(f"{API}/tasks/999999")
-    assert "GET /api/v1/tasks" in error_of(response, 404, "not_found")["message"]  # the API's hint, not the CLI's
+    assert (
+        "GET /api/v1/tasks" in error_of(response, 404, "not_found")["message"]
+    )  # the API's hint, not the CLI's
     for bad in ("0", "-1", "abc", "1.5", str(2**63), str(10**40), "%00", "' OR 1=1 --", "1e3"):
         error = error_of(client.get(f"{API}/tasks/{bad}"), 422, "validation_error")
         assert error["details"][0]["path"] == "path.task_id", (bad, error)
@@ -133,15 +171,27 @@ def test_list_filters_and_paginates_newest_first(client: TestClient, engine: Tas
     now = datetime.now(UTC)
     assert ids_for(created_after=(now + timedelta(hours=1)).isoformat()) == []
     assert len(ids_for(created_before=(now + timedelta(hours=1)).isoformat())) == 5
-    assert len(ids_for(created_after=(now - timedelta(hours=1)).replace(tzinfo=None).isoformat())) == 5
+    assert (
+        len(ids_for(created_after=(now - timedelta(hours=1)).replace(tzinfo=None).isoformat())) == 5
+    )
     assert ids_for(offset=2**63 - 1) == []
 
 
 BAD_FILTERS = [
-    {"limit": 0}, {"limit": 501}, {"limit": "ten"}, {"offset": -1}, {"offset": 2**63}, {"status": "done"},
-    {"namespace": "' OR 1=1 --"}, {"name": "<script>alert(1)</script>"}, {"version": "../../etc/passwd"},
-    {"namespace": "a\x00b"}, {"created_after": "yesterday"}, {"created_before": "9999-12-31T23:59:59-23:59"},
-    {"created_after": "0001-01-01T00:00:00+23:00"}, {"namespace": "n" * 65},
+    {"limit": 0},
+    {"limit": 501},
+    {"limit": "ten"},
+    {"offset": -1},
+    {"offset": 2**63},
+    {"status": "done"},
+    {"namespace": "' OR 1=1 --"},
+    {"name": "<script>alert(1)</script>"},
+    {"version": "../../etc/passwd"},
+    {"namespace": "a\x00b"},
+    {"created_after": "yesterday"},
+    {"created_before": "9999-12-31T23:59:59-23:59"},
+    {"created_after": "0001-01-01T00:00:00+23:00"},
+    {"namespace": "n" * 65},
 ]
 
 
@@ -164,14 +214,18 @@ def test_cancel_a_pending_task_with_a_reason_then_again_is_409(client: TestClien
 
 def test_cancel_needs_no_body_and_refuses_bad_ones(client: TestClient) -> None:
     task_id = create(client)["id"]
-    error_of(client.post(f"{API}/tasks/{task_id}/cancel", json={"why": "x"}), 422, "validation_error")
+    error_of(
+        client.post(f"{API}/tasks/{task_id}/cancel", json={"why": "x"}), 422, "validation_error"
+    )
     error_of(client.post(f"{API}/tasks/{task_id}/cancel", json={"reason": "r" * 1001}), 422)
     error_of(client.post(f"{API}/tasks/{task_id}/cancel", json={"reason": "nul\x00"}), 422)
     assert client.post(f"{API}/tasks/{task_id}/cancel").json()["status"] == "cancelled"
     error_of(client.post(f"{API}/tasks/424242/cancel"), 404, "not_found")
 
 
-def test_retry_rearms_a_task_in_error_and_refuses_others(client: TestClient, engine: Tasker) -> None:
+def test_retry_rearms_a_task_in_error_and_refuses_others(
+    client: TestClient, engine: Tasker
+) -> None:
     task_id = create(client, context={"email": "a@example.com", "fail": "charge"})["id"]
     assert engine.run(task_id).status == "error"
     r = client.post(f"{API}/tasks/{task_id}/retry")

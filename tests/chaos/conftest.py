@@ -38,7 +38,12 @@ def engine(chaos_url: str) -> Iterator[Tasker]:
 @pytest.fixture
 def template_file(tmp_path: Path) -> Callable[..., Path]:
     def write(name: str, steps: list[dict[str, Any]], **top: Any) -> Path:
-        data: dict[str, Any] = {"name": name, "namespace_name": "chaos", "version": "1.0.0", "step_templates": steps}
+        data: dict[str, Any] = {
+            "name": name,
+            "namespace_name": "chaos",
+            "version": "1.0.0",
+            "step_templates": steps,
+        }
         data.update(top)
         path = tmp_path / "templates" / f"{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,4 +51,3 @@ def template_file(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
-

@@ -49,11 +49,16 @@ class Effect(StepHandler):
         lo, hi = ctx.handler_config.get("sleep", [0.0, 0.0])
         try:
             conn = _connection()
-            conn.execute("INSERT INTO chaos_attempts (idempotency_key, step, attempt, pid) VALUES (%s, %s, %s, %s)",
-                         (ctx.idempotency_key, ctx.step_name, ctx.attempt, os.getpid()))
+            conn.execute(
+                "INSERT INTO chaos_attempts (idempotency_key, step, attempt, pid) VALUES (%s, %s, %s, %s)",
+                (ctx.idempotency_key, ctx.step_name, ctx.attempt, os.getpid()),
+            )
             time.sleep(random.uniform(lo, hi))
-            conn.execute("INSERT INTO chaos_effects (idempotency_key, step) VALUES (%s, %s) "
-                         "ON CONFLICT (idempotency_key) DO NOTHING", (ctx.idempotency_key, ctx.step_name))
+            conn.execute(
+                "INSERT INTO chaos_effects (idempotency_key, step) VALUES (%s, %s) "
+                "ON CONFLICT (idempotency_key) DO NOTHING",
+                (ctx.idempotency_key, ctx.step_name),
+            )
         except psycopg.Error as exc:
             _drop_connection()
             raise RetryableError(f"effect store unavailable: {type(exc).__name__}") from exc

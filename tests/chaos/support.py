@@ -29,7 +29,11 @@ from sqlalchemy.engine import make_url
 from tasker.store.schema import metadata
 
 REPO = Path(__file__).resolve().parents[2]
-STORES = [s.strip() for s in os.environ.get("TASKER_TEST_STORES", "sqlite,postgresql").split(",") if s.strip()]
+STORES = [
+    s.strip()
+    for s in os.environ.get("TASKER_TEST_STORES", "sqlite,postgresql").split(",")
+    if s.strip()
+]
 _STARTED = re.compile(r"worker (\S+) started")
 _PR_SET_PDEATHSIG = 1
 HANDLERS = "tests.chaos.handlers"
@@ -83,10 +87,15 @@ class WorkerProcess:
 
     def wait_started(self, timeout: float = 30) -> str:
         """The worker's id once it has logged its start line."""
-        wid = wait_for(lambda: self.worker_id() or (None if self.alive() else "exited"), timeout,
-                       f"worker {self.pid} to start")
+        wid = wait_for(
+            lambda: self.worker_id() or (None if self.alive() else "exited"),
+            timeout,
+            f"worker {self.pid} to start",
+        )
         if wid == "exited":
-            raise AssertionError(f"worker {self.pid} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            raise AssertionError(
+                f"worker {self.pid} exited with {self.proc.returncode}:\n{self.log()[-3000:]}"
+            )
         return str(wid)
 
     def signal(self, sig: int) -> None:
@@ -103,9 +112,19 @@ class WorkerProcess:
 class Fleet:
     """Starts `tasker worker` processes on one store and guarantees they are gone when the block ends."""
 
-    def __init__(self, database_url: str, templates: Path | Sequence[Path], log_dir: Path, *,
-                 concurrency: int = 8, lease_seconds: float = 2.0, grace_seconds: float | None = None,
-                 poll_interval: float = 0.1, env: dict[str, str] | None = None, extra_args: Sequence[str] = ()):
+    def __init__(
+        self,
+        database_url: str,
+        templates: Path | Sequence[Path],
+        log_dir: Path,
+        *,
+        concurrency: int = 8,
+        lease_seconds: float = 2.0,
+        grace_seconds: float | None = None,
+        poll_interval: float = 0.1,
+        env: dict[str, str] | None = None,
+        extra_args: Sequence[str] = (),
+    ):
         self.database_url = database_url
         self.templates = [templates] if isinstance(templates, Path) else list(templates)
         self.log_dir = log_dir
@@ -125,8 +144,16 @@ class Fleet:
         self.kill_all()
 
     def spawn(self) -> WorkerProcess:
-        args = [*tasker_command(), "--database-url", self.database_url, "worker",
-                "--concurrency", str(self.concurrency), "--lease-seconds", str(self.lease_seconds)]
+        args = [
+            *tasker_command(),
+            "--database-url",
+            self.database_url,
+            "worker",
+            "--concurrency",
+            str(self.concurrency),
+            "--lease-seconds",
+            str(self.lease_seconds),
+        ]
         if self.grace_seconds is not None:
             args += ["--grace-seconds", str(self.grace_seconds)]
         for t in self.templates:
@@ -136,10 +163,19 @@ class Fleet:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
         env["TASKER_POLL_INTERVAL"] = str(self.poll_interval)
         env.pop("TASKER_DATABASE_URL", None)
-        log_path = self.log_dir / f"worker-{len(self.processes) + 1}.log"  # stderr, where the worker logs
+        log_path = (
+            self.log_dir / f"worker-{len(self.processes) + 1}.log"
+        )  # stderr, where the worker logs
         with open(log_path, "wb") as log, open(log_path.with_suffix(".out"), "wb") as out:
-            proc = subprocess.Popen(args, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=log,
-                                    preexec_fn=_die_with_parent)
+            proc = subprocess.Popen(
+                args,
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=log,
+                preexec_fn=_die_with_parent,
+            )
         w = WorkerProcess(proc, log_path)
         self.processes.append(w)
         return w
@@ -169,8 +205,11 @@ class Fleet:
         for _ in range(attempts):
             w.signal(signal.SIGSTOP)
             time.sleep(0.1)
-            busy = scalar(db, "select count(*) from pg_stat_activity where datname = current_database() "
-                              "and pid <> pg_backend_pid() and state <> 'idle'")
+            busy = scalar(
+                db,
+                "select count(*) from pg_stat_activity where datname = current_database() "
+                "and pid <> pg_backend_pid() and state <> 'idle'",
+            )
             if not busy:
                 return
             w.signal(signal.SIGCONT)
@@ -185,8 +224,10 @@ class Fleet:
             w.wait(10)
 
     def logs(self, tail: int = 2000) -> str:
-        return "\n".join(f"--- {w.log_path.name} (pid {w.pid}, exit {w.proc.returncode})\n{w.log()[-tail:]}"
-                         for w in self.processes)
+        return "\n".join(
+            f"--- {w.log_path.name} (pid {w.pid}, exit {w.proc.returncode})\n{w.log()[-tail:]}"
+            for w in self.processes
+        )
 
 
 def chain(n: int, handler: str, **step: Any) -> list[dict[str, Any]]:
@@ -200,7 +241,9 @@ def chain(n: int, handler: str, **step: Any) -> list[dict[str, Any]]:
     return out
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
+) -> Any:
     """Poll `predicate` until it returns something truthy (returned), or fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -218,14 +261,23 @@ def wipe_store(url: str) -> None:
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.begin() as conn:
-            names = {t.name for t in metadata.sorted_tables} | set(conn.execute(sa.text(
-                "select tablename from pg_tables where schemaname = 'public' and tablename like 'tasker_%'"
-            )).scalars())
-            present = set(conn.execute(sa.text(
-                "select tablename from pg_tables where schemaname = 'public'")).scalars())
+            names = {t.name for t in metadata.sorted_tables} | set(
+                conn.execute(
+                    sa.text(
+                        "select tablename from pg_tables where schemaname = 'public' and tablename like 'tasker_%'"
+                    )
+                ).scalars()
+            )
+            present = set(
+                conn.execute(
+                    sa.text("select tablename from pg_tables where schemaname = 'public'")
+                ).scalars()
+            )
             names &= present
             if names:
-                conn.exec_driver_sql(f"TRUNCATE {', '.join(sorted(names))} RESTART IDENTITY CASCADE")
+                conn.exec_driver_sql(
+                    f"TRUNCATE {', '.join(sorted(names))} RESTART IDENTITY CASCADE"
+                )
     finally:
         engine.dispose()
 
@@ -252,9 +304,15 @@ def rows(engine: sa.Engine, sql: str, **params: Any) -> list[Any]:
 
 def complete_transition_counts(engine: sa.Engine) -> dict[int, int]:
     """step id -> number of transitions of that step into `complete`."""
-    return {r[0]: r[1] for r in rows(engine, "select s.id, count(t.id) from tasker_steps s left join "
-                                             "tasker_step_transitions t on t.step_id = s.id and "
-                                             "t.to_state = 'complete' group by s.id")}
+    return {
+        r[0]: r[1]
+        for r in rows(
+            engine,
+            "select s.id, count(t.id) from tasker_steps s left join "
+            "tasker_step_transitions t on t.step_id = s.id and "
+            "t.to_state = 'complete' group by s.id",
+        )
+    }
 
 
 # -- the server ------------------------------------------------------------------------------------------
@@ -266,8 +324,13 @@ def pg_cluster() -> tuple[str, str]:
 
 
 def pg_ready(timeout: float = 2) -> bool:
-    return subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", "5432", "-t", str(int(max(1, timeout)))],
-                          check=False).returncode == 0
+    return (
+        subprocess.run(
+            ["pg_isready", "-q", "-h", "127.0.0.1", "-p", "5432", "-t", str(int(max(1, timeout)))],
+            check=False,
+        ).returncode
+        == 0
+    )
 
 
 def restart_postgres(down_seconds: float = 0.0, timeout: float = 60) -> float:
@@ -294,8 +357,12 @@ def ensure_postgres_up(timeout: float = 60) -> None:
     if pg_ready():
         return
     version, name = pg_cluster()
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, name, "start"], check=False,
-                   timeout=timeout, capture_output=True)
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, name, "start"],
+        check=False,
+        timeout=timeout,
+        capture_output=True,
+    )
     wait_for(pg_ready, timeout, "PostgreSQL to start", interval=0.2)
 
 

@@ -40,28 +40,47 @@ pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 def _make_tables(url: str) -> None:
     with scratch_engine(url) as db, db.begin() as conn:
         conn.exec_driver_sql("DROP TABLE IF EXISTS chaos_effects, chaos_attempts")
-        conn.exec_driver_sql("CREATE TABLE chaos_effects (idempotency_key text PRIMARY KEY, step text NOT NULL, "
-                             "at timestamptz NOT NULL DEFAULT now())")
-        conn.exec_driver_sql("CREATE TABLE chaos_attempts (id bigserial PRIMARY KEY, idempotency_key text NOT NULL, "
-                             "step text NOT NULL, attempt int NOT NULL, pid int NOT NULL, "
-                             "at timestamptz NOT NULL DEFAULT now())")
+        conn.exec_driver_sql(
+            "CREATE TABLE chaos_effects (idempotency_key text PRIMARY KEY, step text NOT NULL, "
+            "at timestamptz NOT NULL DEFAULT now())"
+        )
+        conn.exec_driver_sql(
+            "CREATE TABLE chaos_attempts (id bigserial PRIMARY KEY, idempotency_key text NOT NULL, "
+            "step text NOT NULL, attempt int NOT NULL, pid int NOT NULL, "
+            "at timestamptz NOT NULL DEFAULT now())"
+        )
 
 
 @pytest.mark.timeout(240)
-def test_sigkill_a_worker_every_second(chaos_url: str, engine: Tasker, template_file, tmp_path: Path) -> None:
+def test_sigkill_a_worker_every_second(
+    chaos_url: str, engine: Tasker, template_file, tmp_path: Path
+) -> None:
     _make_tables(chaos_url)
     # Steps take 50-150 ms so that the fleet is busy for the whole kill window and every kill lands on
     # running steps; with a few ms per step the 2,500 steps would be done before the third kill.
-    path = template_file("effects", chain(STEPS, "Effect", default_retry_limit=RETRY_LIMIT,
-                                          handler_config={"sleep": [0.05, 0.15]}),
-                         retry={"backoff_base_seconds": 0.05, "backoff_max_seconds": 0.5})
+    path = template_file(
+        "effects",
+        chain(
+            STEPS, "Effect", default_retry_limit=RETRY_LIMIT, handler_config={"sleep": [0.05, 0.15]}
+        ),
+        retry={"backoff_base_seconds": 0.05, "backoff_max_seconds": 0.5},
+    )
     engine.load_templates(path)
     ids = [engine.create_task("chaos/effects", {"n": i}).id for i in range(TASKS)]
     rng = random.Random(20240601)
     kills: list[tuple[float, int, str | None]] = []
 
-    with Fleet(chaos_url, path, tmp_path / "logs", concurrency=8, lease_seconds=2,
-               env={"CHAOS_PG_URL": libpq_url(chaos_url)}) as fleet, scratch_engine(chaos_url) as db:
+    with (
+        Fleet(
+            chaos_url,
+            path,
+            tmp_path / "logs",
+            concurrency=8,
+            lease_seconds=2,
+            env={"CHAOS_PG_URL": libpq_url(chaos_url)},
+        ) as fleet,
+        scratch_engine(chaos_url) as db,
+    ):
         for _ in range(WORKERS):
             fleet.spawn()
         for w in fleet.processes:
@@ -75,16 +94,25 @@ def test_sigkill_a_worker_every_second(chaos_url: str, engine: Tasker, template_
             fleet.kill(victim)
             kills.append((time.monotonic() - t0, victim.pid, victim.worker_id()))
             fleet.spawn()  # its replacement (spawned from this thread: see support's PDEATHSIG note)
-        done_at_last_kill = scalar(db, "select count(*) from tasker_tasks where status = 'complete'")
+        done_at_last_kill = scalar(
+            db, "select count(*) from tasker_tasks where status = 'complete'"
+        )
 
         def all_done() -> bool:
             return scalar(db, "select count(*) from tasker_tasks where status <> 'complete'") == 0
 
         try:
-            wait_for(all_done, COMPLETION_BOUND - (time.monotonic() - t0), "every task to complete", interval=0.25)
+            wait_for(
+                all_done,
+                COMPLETION_BOUND - (time.monotonic() - t0),
+                "every task to complete",
+                interval=0.25,
+            )
         except AssertionError:
             states = rows(db, "select state, count(*) from tasker_steps group by state")
-            raise AssertionError(f"not all tasks completed; steps by state: {states}\n{fleet.logs()}") from None
+            raise AssertionError(
+                f"not all tasks completed; steps by state: {states}\n{fleet.logs()}"
+            ) from None
         elapsed = time.monotonic() - t0
         exits = fleet.stop_all(30)
         assert set(exits.values()) == {0}, fleet.logs()
@@ -101,28 +129,46 @@ def test_sigkill_a_worker_every_second(chaos_url: str, engine: Tasker, template_
         # the side effect of every step exactly once, under that step's idempotency key
         step_keys = {r[0] for r in rows(db, "select idempotency_key from tasker_steps")}
         assert len(step_keys) == TASKS * STEPS
-        effects = rows(db, "select idempotency_key, count(*) from chaos_effects group by idempotency_key")
+        effects = rows(
+            db, "select idempotency_key, count(*) from chaos_effects group by idempotency_key"
+        )
         assert {k for k, _ in effects} == step_keys
         assert {n for _, n in effects} == {1}
 
         executions = scalar(db, "select count(*) from chaos_attempts")
-        reexecuted = scalar(db, "select count(*) from (select idempotency_key from chaos_attempts "
-                                "group by idempotency_key having count(*) > 1) x")
-        lease_expired = scalar(db, "select count(*) from tasker_step_transitions where error_class = 'LeaseExpired'")
+        reexecuted = scalar(
+            db,
+            "select count(*) from (select idempotency_key from chaos_attempts "
+            "group by idempotency_key having count(*) > 1) x",
+        )
+        lease_expired = scalar(
+            db, "select count(*) from tasker_step_transitions where error_class = 'LeaseExpired'"
+        )
         max_attempts = scalar(db, "select max(attempts) from tasker_steps")
-        bad = rows(db, "select id, attempts, retry_limit, state from tasker_steps "
-                       "where attempts > retry_limit or state <> 'complete'")
+        bad = rows(
+            db,
+            "select id, attempts, retry_limit, state from tasker_steps "
+            "where attempts > retry_limit or state <> 'complete'",
+        )
         assert bad == []
         # every complete transition carries the attempt the step ended with
-        assert scalar(db, "select count(*) from tasker_step_transitions t join tasker_steps s on s.id = t.step_id "
-                          "where t.to_state = 'complete' and t.attempt <> s.attempts") == 0
+        assert (
+            scalar(
+                db,
+                "select count(*) from tasker_step_transitions t join tasker_steps s on s.id = t.step_id "
+                "where t.to_state = 'complete' and t.attempt <> s.attempts",
+            )
+            == 0
+        )
 
     assert len(kills) == KILL_SECONDS
     assert executions >= TASKS * STEPS
     assert lease_expired > 0, "the kills should have caught running steps"
     hit_running = sum(1 for _, _, wid in kills if wid)
-    print(f"\n[chaos a] {len(kills)} SIGKILLs ({hit_running} of running workers, the others of replacements "
-          f"still starting); all {TASKS} tasks complete {elapsed:.1f}s after the kills began "
-          f"({done_at_last_kill} complete at the last kill); {executions} executions for {TASKS * STEPS} steps: "
-          f"{executions - TASKS * STEPS} re-executions over {reexecuted} steps; {lease_expired} leases expired; "
-          f"max attempts {max_attempts}")
+    print(
+        f"\n[chaos a] {len(kills)} SIGKILLs ({hit_running} of running workers, the others of replacements "
+        f"still starting); all {TASKS} tasks complete {elapsed:.1f}s after the kills began "
+        f"({done_at_last_kill} complete at the last kill); {executions} executions for {TASKS * STEPS} steps: "
+        f"{executions - TASKS * STEPS} re-executions over {reexecuted} steps; {lease_expired} leases expired; "
+        f"max attempts {max_attempts}"
+    )

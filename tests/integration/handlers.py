@@ -33,7 +33,11 @@ def calls(key: str, step: str | None = None, kind: str | None = None) -> list[di
     """What handlers recorded under `key`, optionally only one step's and one kind of entry."""
     with _lock:
         found = list(_calls.get(key, []))
-    return [c for c in found if (step is None or c.get("step") == step) and (kind is None or c.get("kind") == kind)]
+    return [
+        c
+        for c in found
+        if (step is None or c.get("step") == step) and (kind is None or c.get("kind") == kind)
+    ]
 
 
 def gate(key: str) -> threading.Event:
@@ -74,9 +78,13 @@ def _raise(kind: str, ctx: StepContext) -> None:
     if kind == "value":
         raise ValueError(message)
     if kind == "not_yet":
-        raise RetryableError(f"{ctx.step_name}: not ready yet", retry_after=0.01, system_fault=False)
+        raise RetryableError(
+            f"{ctx.step_name}: not ready yet", retry_after=0.01, system_fault=False
+        )
     if kind.startswith("retry_after:"):
-        raise RetryableError(message, retry_after=float(kind.split(":", 1)[1]), error_code="RATE_LIMITED")
+        raise RetryableError(
+            message, retry_after=float(kind.split(":", 1)[1]), error_code="RATE_LIMITED"
+        )
     raise AssertionError(f"unknown failure kind {kind!r}")
 
 
@@ -92,9 +100,17 @@ class Scripted(StepHandler):
         key = _key(ctx)
         cfg = ctx.handler_config
         start = time.monotonic()
-        entry = record(key, kind="attempt", step=ctx.step_name, attempt=ctx.attempt, start=start,
-                       results={k: dict(v) for k, v in ctx.results.items()}, idem=ctx.idempotency_key,
-                       context=dict(ctx.context), thread=threading.get_ident())
+        entry = record(
+            key,
+            kind="attempt",
+            step=ctx.step_name,
+            attempt=ctx.attempt,
+            start=start,
+            results={k: dict(v) for k, v in ctx.results.items()},
+            idem=ctx.idempotency_key,
+            context=dict(ctx.context),
+            thread=threading.get_ident(),
+        )
         if cfg.get("sleep"):
             time.sleep(float(cfg["sleep"]))
         plan = cfg.get("fail") or []
@@ -105,7 +121,11 @@ class Scripted(StepHandler):
         if kind:
             entry["failed"] = kind
             _raise(kind, ctx)
-        return {"step": ctx.step_name, "attempt": ctx.attempt, "value": cfg.get("value", ctx.step_name)}
+        return {
+            "step": ctx.step_name,
+            "attempt": ctx.attempt,
+            "value": cfg.get("value", ctx.step_name),
+        }
 
 
 class Effect(StepHandler):
@@ -114,12 +134,29 @@ class Effect(StepHandler):
     def process(self, ctx: StepContext) -> dict[str, Any]:
         key = _key(ctx)
         with _lock:
-            done = any(c.get("idem") == ctx.idempotency_key for c in _calls[key] if c.get("kind") == "effect")
+            done = any(
+                c.get("idem") == ctx.idempotency_key
+                for c in _calls[key]
+                if c.get("kind") == "effect"
+            )
             if not done:
-                _calls[key].append({"kind": "effect", "step": ctx.step_name, "idem": ctx.idempotency_key,
-                                    "task_id": ctx.task_id})
-            _calls[key].append({"kind": "call", "step": ctx.step_name, "idem": ctx.idempotency_key,
-                                "task_id": ctx.task_id, "attempt": ctx.attempt})
+                _calls[key].append(
+                    {
+                        "kind": "effect",
+                        "step": ctx.step_name,
+                        "idem": ctx.idempotency_key,
+                        "task_id": ctx.task_id,
+                    }
+                )
+            _calls[key].append(
+                {
+                    "kind": "call",
+                    "step": ctx.step_name,
+                    "idem": ctx.idempotency_key,
+                    "task_id": ctx.task_id,
+                    "attempt": ctx.attempt,
+                }
+            )
         return {"step": ctx.step_name, "n": int(ctx.context.get("n", 0))}
 
 
@@ -128,8 +165,13 @@ class Toggle(StepHandler):
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
         key = _key(ctx)
-        record(key, kind="attempt", step=ctx.step_name, attempt=ctx.attempt,
-               results={k: dict(v) for k, v in ctx.results.items()})
+        record(
+            key,
+            kind="attempt",
+            step=ctx.step_name,
+            attempt=ctx.attempt,
+            results={k: dict(v) for k, v in ctx.results.items()},
+        )
         if _has_fault(key, ctx.step_name):
             raise PermanentError(f"{ctx.step_name}: the fault is on", error_code="FAULT")
         return {"step": ctx.step_name, "ok": True}
@@ -144,8 +186,14 @@ class Gated(StepHandler):
         record(key, kind="attempt", step=ctx.step_name, attempt=ctx.attempt, start=time.monotonic())
         started(name).set()
         released = gate(name).wait(10)
-        record(key, kind="finished", step=ctx.step_name, attempt=ctx.attempt, released=released,
-               end=time.monotonic())
+        record(
+            key,
+            kind="finished",
+            step=ctx.step_name,
+            attempt=ctx.attempt,
+            released=released,
+            end=time.monotonic(),
+        )
         return {"step": ctx.step_name, "late": True}
 
 
@@ -158,7 +206,9 @@ class AsyncSleeper(StepHandler):
         try:
             await asyncio.sleep(float(ctx.handler_config.get("sleep", 5)))
         except asyncio.CancelledError:
-            record(key, kind="cancelled", step=ctx.step_name, attempt=ctx.attempt, at=time.monotonic())
+            record(
+                key, kind="cancelled", step=ctx.step_name, attempt=ctx.attempt, at=time.monotonic()
+            )
             raise
         record(key, kind="finished", step=ctx.step_name, attempt=ctx.attempt)
         return {"step": ctx.step_name, "late": True}
@@ -172,7 +222,13 @@ class SlowFirstAttempt(StepHandler):
         record(key, kind="attempt", step=ctx.step_name, attempt=ctx.attempt, start=time.monotonic())
         if ctx.attempt == 1:
             time.sleep(float(ctx.handler_config.get("sleep", 0.6)))
-            record(key, kind="late_return", step=ctx.step_name, attempt=ctx.attempt, at=time.monotonic())
+            record(
+                key,
+                kind="late_return",
+                step=ctx.step_name,
+                attempt=ctx.attempt,
+                at=time.monotonic(),
+            )
             return {"step": ctx.step_name, "late": True, "attempt": ctx.attempt}
         return {"step": ctx.step_name, "late": False, "attempt": ctx.attempt}
 
@@ -196,8 +252,13 @@ class OrderTaskHandler(TaskHandler):
         return {**context, "express": context.get("priority") == "high", "prepared": True}
 
     def on_complete(self, task: Any) -> dict[str, Any] | None:
-        record(str(task.context.get("key")), kind="on_complete", task_id=task.id, status=task.status)
-        return {"steps_completed": sum(1 for s in task.steps if s.status == "complete"), "outcome": "ok"}
+        record(
+            str(task.context.get("key")), kind="on_complete", task_id=task.id, status=task.status
+        )
+        return {
+            "steps_completed": sum(1 for s in task.steps if s.status == "complete"),
+            "outcome": "ok",
+        }
 
     def on_error(self, task: Any) -> dict[str, Any] | None:
         record(str(task.context.get("key")), kind="on_error", task_id=task.id, status=task.status)
@@ -220,7 +281,9 @@ class SpawnChild(StepHandler):
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
         child = ctx.create_task(ctx.handler_config["child"], {"key": ctx.context["key"], "n": 1})
-        record(ctx.context["key"], step=ctx.step_name, kind="spawned", child=child, attempt=ctx.attempt)
+        record(
+            ctx.context["key"], step=ctx.step_name, kind="spawned", child=child, attempt=ctx.attempt
+        )
         if ctx.attempt == 1:
             raise RetryableError("dies after creating the child")
         return {"child": child}

@@ -12,7 +12,9 @@ H = "tests.integration.handlers"
 FAST_RETRY = {"backoff_base_seconds": 0.01, "backoff_max_seconds": 0.05}
 
 
-def step(name: str, handler: str = "Scripted", *, after: str | list[str] | None = None, **extra: Any) -> dict[str, Any]:
+def step(
+    name: str, handler: str = "Scripted", *, after: str | list[str] | None = None, **extra: Any
+) -> dict[str, Any]:
     """A step template entry; `after` names the parent(s)."""
     s: dict[str, Any] = {"name": name, "handler_class": f"{H}:{handler}"}
     if isinstance(after, str):
@@ -23,10 +25,21 @@ def step(name: str, handler: str = "Scripted", *, after: str | list[str] | None 
     return s
 
 
-def template_yaml(name: str, steps: list[dict[str, Any]], *, namespace: str = "itest", version: str = "1.0.0",
-                  **top: Any) -> str:
-    data: dict[str, Any] = {"name": name, "namespace_name": namespace, "version": version,
-                            "retry": dict(FAST_RETRY), "step_templates": steps}
+def template_yaml(
+    name: str,
+    steps: list[dict[str, Any]],
+    *,
+    namespace: str = "itest",
+    version: str = "1.0.0",
+    **top: Any,
+) -> str:
+    data: dict[str, Any] = {
+        "name": name,
+        "namespace_name": namespace,
+        "version": version,
+        "retry": dict(FAST_RETRY),
+        "step_templates": steps,
+    }
     data.update(top)
     return yaml.safe_dump(data, sort_keys=False)
 

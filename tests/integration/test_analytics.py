@@ -36,19 +36,32 @@ def _set_durations(tasker: Tasker, task_ids: list[int], seconds: list[float]) ->
     base = datetime.now(UTC) - timedelta(minutes=30)
     with tasker.db.write() as conn:
         for task_id, s in zip(task_ids, seconds):
-            conn.execute(update(tasks).where(tasks.c.id == task_id)
-                         .values(started_at=base, finished_at=base + timedelta(seconds=s)))
+            conn.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id)
+                .values(started_at=base, finished_at=base + timedelta(seconds=s))
+            )
 
 
-def _set_step_durations(tasker: Tasker, task_ids: list[int], step_name: str, ms: list[float]) -> None:
+def _set_step_durations(
+    tasker: Tasker, task_ids: list[int], step_name: str, ms: list[float]
+) -> None:
     """Give the attempt of `step_name` in each task the duration in `ms` (one attempt per task)."""
     with tasker.db.write() as conn:
         for task_id, value in zip(task_ids, ms):
-            step_id = conn.execute(select(steps.c.id).where(steps.c.task_id == task_id,
-                                                            steps.c.name == step_name)).scalar_one()
-            conn.execute(update(step_transitions).where(and_(step_transitions.c.step_id == step_id,
-                                                             step_transitions.c.from_state == "in_progress"))
-                         .values(duration_ms=value))
+            step_id = conn.execute(
+                select(steps.c.id).where(steps.c.task_id == task_id, steps.c.name == step_name)
+            ).scalar_one()
+            conn.execute(
+                update(step_transitions)
+                .where(
+                    and_(
+                        step_transitions.c.step_id == step_id,
+                        step_transitions.c.from_state == "in_progress",
+                    )
+                )
+                .values(duration_ms=value)
+            )
 
 
 def test_performance_counts_outcomes_per_template(tasker: Tasker, load: Load, key: str) -> None:
@@ -64,10 +77,21 @@ def test_performance_counts_outcomes_per_template(tasker: Tasker, load: Load, ke
 
     g = _template(report, "good")
     assert (g["namespace"], g["version"]) == ("itest", "1.0.0")
-    assert (g["created"], g["started"], g["completed"], g["failed"], g["cancelled"], g["in_flight"]) == (
-        3, 2, 2, 0, 1, 0)
+    assert (
+        g["created"],
+        g["started"],
+        g["completed"],
+        g["failed"],
+        g["cancelled"],
+        g["in_flight"],
+    ) == (3, 2, 2, 0, 1, 0)
     assert (g["completion_rate"], g["error_rate"]) == (0.6667, 0.0)
-    assert (g["step_attempts"], g["steps_completed"], g["step_retries"], g["step_errors"]) == (4, 4, 0, 0)
+    assert (g["step_attempts"], g["steps_completed"], g["step_retries"], g["step_errors"]) == (
+        4,
+        4,
+        0,
+        0,
+    )
     assert g["step_throughput_per_hour"] == round(4 / 24, 4)
     assert g["duration_seconds"]["count"] == 2
     assert g["duration_seconds"]["p95"] is not None and g["duration_seconds"]["p95"] >= 0
@@ -77,7 +101,12 @@ def test_performance_counts_outcomes_per_template(tasker: Tasker, load: Load, ke
     assert (b["step_attempts"], b["step_errors"]) == (2, 2)
     assert b["duration_seconds"] == {"count": 0, "avg": None, "p50": None, "p95": None, "max": None}
     totals = report["totals"]
-    assert (totals["created"], totals["completed"], totals["failed"], totals["cancelled"]) == (5, 2, 2, 1)
+    assert (totals["created"], totals["completed"], totals["failed"], totals["cancelled"]) == (
+        5,
+        2,
+        2,
+        1,
+    )
     assert totals["step_attempts"] == 6
 
 
@@ -87,11 +116,14 @@ def _near(value: float) -> Any:
 
 
 def test_task_duration_percentiles_are_nearest_rank_within_the_bucket_error(
-        tasker: Tasker, load: Load, key: str) -> None:
+    tasker: Tasker, load: Load, key: str
+) -> None:
     ref = load("timed", [step("a")])
     ids = [tasker.create_task(ref, {"key": key, "n": i}).id for i in range(20)]
     tasker.work(until_idle=True)
-    _set_durations(tasker, ids, [float(s) for s in range(20, 0, -1)])  # 1..20 s, stored out of order
+    _set_durations(
+        tasker, ids, [float(s) for s in range(20, 0, -1)]
+    )  # 1..20 s, stored out of order
     tasker.create_task(ref, {"key": key, "n": "still pending"})  # not finished: no duration
 
     d = _template(tasker.performance(1), "timed")["duration_seconds"]
@@ -117,8 +149,11 @@ def test_period_counts_tasks_created_in_it(tasker: Tasker, load: Load, key: str)
     tasker.create_task(ref, {"key": key, "n": "new"})
     tasker.work(until_idle=True)
     with tasker.db.write() as conn:
-        conn.execute(update(tasks).where(tasks.c.id == old)
-                     .values(created_at=datetime.now(UTC) - timedelta(hours=3)))
+        conn.execute(
+            update(tasks)
+            .where(tasks.c.id == old)
+            .values(created_at=datetime.now(UTC) - timedelta(hours=3))
+        )
 
     assert _template(tasker.performance(1), "windowed")["created"] == 1
     assert _template(tasker.performance(4), "windowed")["created"] == 2
@@ -136,9 +171,16 @@ def test_filters_select_one_template(tasker: Tasker, load: Load, key: str) -> No
     tasker.work(until_idle=True)
 
     def names(**filters: Any) -> list[tuple[str, str, str]]:
-        return [(t["namespace"], t["name"], t["version"]) for t in tasker.performance(24, **filters)["templates"]]
+        return [
+            (t["namespace"], t["name"], t["version"])
+            for t in tasker.performance(24, **filters)["templates"]
+        ]
 
-    assert names() == [("itest", "alpha", "1.0.0"), ("itest", "alpha", "2.0.0"), ("other", "beta", "1.0.0")]
+    assert names() == [
+        ("itest", "alpha", "1.0.0"),
+        ("itest", "alpha", "2.0.0"),
+        ("other", "beta", "1.0.0"),
+    ]
     assert names(namespace="other") == [("other", "beta", "1.0.0")]
     assert names(name="alpha", version="2.0.0") == [("itest", "alpha", "2.0.0")]
     assert names(namespace="", name="", version="") == names()  # empty means no filter
@@ -157,36 +199,55 @@ def test_empty_store_reports_zeros_not_errors(tasker: Tasker) -> None:
     assert b["slowest_steps"] == b["recommendations"] == b["error_classes"] == []
 
 
-@pytest.mark.parametrize(("call", "field"), [
-    (lambda t: t.performance(0), "period_hours"),
-    (lambda t: t.performance(2161), "period_hours"),
-    (lambda t: t.performance(1.5), "period_hours"),
-    (lambda t: t.performance(True), "period_hours"),
-    (lambda t: t.performance(24, namespace="bad name"), "namespace"),
-    (lambda t: t.performance(24, name="x" * 129), "name"),
-    (lambda t: t.bottlenecks(24, version="1.x"), "version"),
-    (lambda t: t.bottlenecks(24, limit=0), "limit"),
-    (lambda t: t.status(window_hours=0), "window_hours"),
-])
-def test_bad_parameters_are_input_errors_naming_the_field(tasker: Tasker, call: Callable[[Tasker], Any],
-                                                          field: str) -> None:
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda t: t.performance(0), "period_hours"),
+        (lambda t: t.performance(2161), "period_hours"),
+        (lambda t: t.performance(1.5), "period_hours"),
+        (lambda t: t.performance(True), "period_hours"),
+        (lambda t: t.performance(24, namespace="bad name"), "namespace"),
+        (lambda t: t.performance(24, name="x" * 129), "name"),
+        (lambda t: t.bottlenecks(24, version="1.x"), "version"),
+        (lambda t: t.bottlenecks(24, limit=0), "limit"),
+        (lambda t: t.status(window_hours=0), "window_hours"),
+    ],
+)
+def test_bad_parameters_are_input_errors_naming_the_field(
+    tasker: Tasker, call: Callable[[Tasker], Any], field: str
+) -> None:
     with pytest.raises(TaskerInputError) as info:
         call(tasker)
     assert str(info.value).startswith(field)
     assert "\n" not in str(info.value)
 
 
-def test_bottlenecks_find_slow_retried_and_failing_steps(tasker: Tasker, load: Load, key: str) -> None:
-    ref = load("shop", [
-        step("fast", dependent_system="sys_fast"),
-        step("flaky", dependent_system="sys_flaky", handler_config={"fail": ["retryable", "retryable"]},
-             default_retry_limit=3),
-        step("doomed", dependent_system="sys_doomed", handler_config={"always_fail": "retryable"},
-             default_retry_limit=2),
-        step("bad", dependent_system="sys_bad", handler_config={"always_fail": "permanent"}),
-    ])
+def test_bottlenecks_find_slow_retried_and_failing_steps(
+    tasker: Tasker, load: Load, key: str
+) -> None:
+    ref = load(
+        "shop",
+        [
+            step("fast", dependent_system="sys_fast"),
+            step(
+                "flaky",
+                dependent_system="sys_flaky",
+                handler_config={"fail": ["retryable", "retryable"]},
+                default_retry_limit=3,
+            ),
+            step(
+                "doomed",
+                dependent_system="sys_doomed",
+                handler_config={"always_fail": "retryable"},
+                default_retry_limit=2,
+            ),
+            step("bad", dependent_system="sys_bad", handler_config={"always_fail": "permanent"}),
+        ],
+    )
     for system in ("sys_fast", "sys_flaky", "sys_doomed", "sys_bad"):
-        tasker.configure_system(system, failure_threshold=1000)  # keep the circuits out of this test
+        tasker.configure_system(
+            system, failure_threshold=1000
+        )  # keep the circuits out of this test
     # and the outage hold: "doomed" fails its two attempts and stops, as if sys_doomed answered
     tasker.configure_system("sys_doomed", max_outage_seconds=0.001)
     ids = [tasker.create_task(ref, {"key": key, "n": i}).id for i in range(5)]
@@ -199,15 +260,26 @@ def test_bottlenecks_find_slow_retried_and_failing_steps(tasker: Tasker, load: L
     slowest = report["slowest_steps"][0]
     assert slowest["step"] == "fast"
     # p95 is the largest of 5 values, so exact; p50 comes from its histogram bucket
-    assert slowest["duration_ms"] == {"count": 5, "avg": 1200.0, "p50": _near(300.0), "p95": 5000.0,
-                                      "max": 5000.0}
+    assert slowest["duration_ms"] == {
+        "count": 5,
+        "avg": 1200.0,
+        "p50": _near(300.0),
+        "p95": 5000.0,
+        "max": 5000.0,
+    }
     assert slowest["share_of_template_time"] is not None and slowest["share_of_template_time"] > 0.5
 
-    retried = [(r["step"], r["retries"], r["retries_per_step"]) for r in report["most_retried_steps"]]
+    retried = [
+        (r["step"], r["retries"], r["retries_per_step"]) for r in report["most_retried_steps"]
+    ]
     assert retried == [("flaky", 10, 2.0), ("doomed", 5, 1.0)]
 
     rates = {r["step"]: r for r in report["step_error_rates"]}
-    assert (rates["bad"]["failure_rate"], rates["bad"]["errors"], rates["bad"]["retries"]) == (1.0, 5, 0)
+    assert (rates["bad"]["failure_rate"], rates["bad"]["errors"], rates["bad"]["retries"]) == (
+        1.0,
+        5,
+        0,
+    )
     assert (rates["doomed"]["failure_rate"], rates["doomed"]["errors_after_retries"]) == (1.0, 5)
     assert (rates["flaky"]["failure_rate"], rates["flaky"]["completed"]) == (round(10 / 15, 4), 5)
     assert rates["fast"]["failure_rate"] == 0.0
@@ -219,8 +291,10 @@ def test_bottlenecks_find_slow_retried_and_failing_steps(tasker: Tasker, load: L
     assert systems["sys_flaky"]["failure_rate"] == round(10 / 15, 4)
     assert systems["sys_fast"]["failures"] == 0
     assert {s["circuit_state"] for s in systems.values()} == {"closed"}
-    assert report["error_classes"] == [{"error_class": "RetryableError", "count": 20},
-                                       {"error_class": "PermanentError", "count": 5}]
+    assert report["error_classes"] == [
+        {"error_class": "RetryableError", "count": 20},
+        {"error_class": "PermanentError", "count": 5},
+    ]
 
     advice = {(a["kind"], a["subject"].rsplit(":", 1)[-1]): a for a in report["recommendations"]}
     assert advice[("retries_exhausted", "doomed")]["severity"] == "critical"
@@ -241,29 +315,63 @@ def test_bottlenecks_limit_bounds_every_list(tasker: Tasker, load: Load, key: st
 
     report = tasker.bottlenecks(24, limit=2)
 
-    assert len(report["slowest_steps"]) == len(report["most_retried_steps"]) == len(report["step_error_rates"]) == 2
+    assert (
+        len(report["slowest_steps"])
+        == len(report["most_retried_steps"])
+        == len(report["step_error_rates"])
+        == 2
+    )
     assert len(tasker.bottlenecks(24)["step_error_rates"]) == 4
 
 
 def _figures(**overrides: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
-        "namespace": "ns", "name": "t", "version": "1.0.0", "step": "s", "dependent_system": "api",
-        "steps": 10, "attempts": 10, "completed": 10, "retries": 0, "errors": 0, "errors_after_retries": 0,
-        "retry_limit": 3, "failure_rate": 0.0, "retries_per_step": 0.0,
+        "namespace": "ns",
+        "name": "t",
+        "version": "1.0.0",
+        "step": "s",
+        "dependent_system": "api",
+        "steps": 10,
+        "attempts": 10,
+        "completed": 10,
+        "retries": 0,
+        "errors": 0,
+        "errors_after_retries": 0,
+        "retry_limit": 3,
+        "failure_rate": 0.0,
+        "retries_per_step": 0.0,
         "duration_ms": {"count": 10, "avg": 10.0, "p50": 10.0, "p95": 12.0, "max": 12.0},
-        "share_of_template_time": 1.0, "top_errors": [],
+        "share_of_template_time": 1.0,
+        "top_errors": [],
     }
     row.update(overrides)
     return row
 
 
 def test_recommendations_follow_the_figures() -> None:
-    timeouts = _figures(step="slowpoke", attempts=10, retries=4, failure_rate=0.4,
-                        top_errors=[{"error_class": "StepTimeoutError", "count": 4}])
-    tail = _figures(step="tail", dependent_system="other", share_of_template_time=0.1,
-                    duration_ms={"count": 40, "avg": 50.0, "p50": 20.0, "p95": 200.0, "max": 900.0})
-    system = {"dependent_system": "api", "attempts": 20, "failures": 8, "retries": 8, "errors": 0,
-              "failure_rate": 0.4, "circuit_state": "open", "top_errors": []}
+    timeouts = _figures(
+        step="slowpoke",
+        attempts=10,
+        retries=4,
+        failure_rate=0.4,
+        top_errors=[{"error_class": "StepTimeoutError", "count": 4}],
+    )
+    tail = _figures(
+        step="tail",
+        dependent_system="other",
+        share_of_template_time=0.1,
+        duration_ms={"count": 40, "avg": 50.0, "p50": 20.0, "p95": 200.0, "max": 900.0},
+    )
+    system = {
+        "dependent_system": "api",
+        "attempts": 20,
+        "failures": 8,
+        "retries": 8,
+        "errors": 0,
+        "failure_rate": 0.4,
+        "circuit_state": "open",
+        "top_errors": [],
+    }
 
     advice = recommendations([timeouts, tail], [system], {"LeaseExpired": 3})
 
@@ -272,28 +380,42 @@ def test_recommendations_follow_the_figures() -> None:
     assert "timeout" in next(a["message"] for a in advice if a["kind"] == "failing_step")
     assert ("long_tail", "ns/t@1.0.0:tail") in kinds
     assert ("unstable_system", "api") in kinds and ("lost_leases", "workers") in kinds
-    assert next(a for a in advice if a["kind"] == "unstable_system")["severity"] == "critical"  # circuit open
+    assert (
+        next(a for a in advice if a["kind"] == "unstable_system")["severity"] == "critical"
+    )  # circuit open
     assert ("slow_step", "ns/t@1.0.0:tail") not in kinds  # 10% of the time is no bottleneck
 
 
 def test_a_dominant_step_is_the_bottleneck() -> None:
-    dominant = _figures(step="slow", share_of_template_time=0.8,
-                        duration_ms={"count": 10, "avg": 400.0, "p50": 380.0, "p95": 600.0, "max": 700.0})
+    dominant = _figures(
+        step="slow",
+        share_of_template_time=0.8,
+        duration_ms={"count": 10, "avg": 400.0, "p50": 380.0, "p95": 600.0, "max": 700.0},
+    )
     advice = recommendations([dominant, _figures(step="quick", share_of_template_time=0.2)], [], {})
     assert [(a["kind"], a["subject"], a["figures"]["share_of_template_time"]) for a in advice] == [
-        ("slow_step", "ns/t@1.0.0:slow", 0.8)]
+        ("slow_step", "ns/t@1.0.0:slow", 0.8)
+    ]
 
 
 def test_healthy_figures_give_no_recommendations() -> None:
-    even = [_figures(share_of_template_time=0.55), _figures(step="other", share_of_template_time=0.45)]
+    even = [
+        _figures(share_of_template_time=0.55),
+        _figures(step="other", share_of_template_time=0.45),
+    ]
     assert recommendations(even, [], {}) == []
     one_step = [_figures(share_of_template_time=1.0)]  # nothing to compare it with: no bottleneck
     assert recommendations(one_step, [], {}) == []
 
 
 def test_small_samples_give_no_rate_advice() -> None:
-    few = _figures(attempts=3, retries=3, failure_rate=1.0, steps=1,
-                   duration_ms={"count": 3, "avg": 1.0, "p50": 1.0, "p95": 1.0, "max": 1.0})
+    few = _figures(
+        attempts=3,
+        retries=3,
+        failure_rate=1.0,
+        steps=1,
+        duration_ms={"count": 3, "avg": 1.0, "p50": 1.0, "p95": 1.0, "max": 1.0},
+    )
     assert [a["kind"] for a in recommendations([few], [], {})] == []
 
 
@@ -318,8 +440,11 @@ def test_rollups_add_up_across_catch_ups_and_hours(tasker: Tasker, load: Load, k
     tasker.work(until_idle=True)
     with tasker.db.write() as conn:  # spread them over whole and partial hours of the periods below
         for i, task_id in enumerate(first):
-            conn.execute(update(tasks).where(tasks.c.id == task_id)
-                         .values(created_at=datetime.now(UTC) - timedelta(minutes=50 + 40 * i)))
+            conn.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id)
+                .values(created_at=datetime.now(UTC) - timedelta(minutes=50 + 40 * i))
+            )
     assert _rolled_counts(tasker, 3) == _raw_counts(tasker, 3)
     for i in range(2):  # more attempts of the same hours and steps: merged into the existing rows
         tasker.create_task(ref, {"key": key, "n": f"more {i}"})
@@ -330,15 +455,25 @@ def test_rollups_add_up_across_catch_ups_and_hours(tasker: Tasker, load: Load, k
     assert _template(tasker.performance(24), "rolled")["created"] == 5
 
 
-def test_an_id_committed_late_is_rolled_up_when_it_appears(tasker: Tasker, load: Load, key: str) -> None:
+def test_an_id_committed_late_is_rolled_up_when_it_appears(
+    tasker: Tasker, load: Load, key: str
+) -> None:
     if not tasker.db.is_postgres:
         pytest.skip("SQLite has one writer: ids become visible in order")
     ref = load("late", [step("a")])
     task_id = tasker.create_task(ref, {"key": key}).id
     tasker.work(until_idle=True)
     step_id = tasker.get_task(task_id).steps[0].id
-    row = {"step_id": step_id, "task_id": task_id, "from_state": "in_progress", "to_state": "waiting_retry",
-           "attempt": 9, "at": datetime.now(UTC), "error_class": "LateError", "duration_ms": 1.0}
+    row = {
+        "step_id": step_id,
+        "task_id": task_id,
+        "from_state": "in_progress",
+        "to_state": "waiting_retry",
+        "attempt": 9,
+        "at": datetime.now(UTC),
+        "error_class": "LateError",
+        "duration_ms": 1.0,
+    }
     with tasker.db.writer.connect() as slow:
         slow.execute(insert(step_transitions), row)  # takes an id, not committed yet
         tasker.create_task(ref, {"key": key, "n": 2})

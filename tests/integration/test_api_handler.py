@@ -54,10 +54,14 @@ class ScriptedService:
     def _next(self, name: str, request: dict[str, Any]) -> Reply:
         with self._lock:
             self._received.setdefault(name, []).append(request)
-            replies = self._scripts.get(name) or [Reply(404, {"error": {"message": f"no script for {name}"}})]
+            replies = self._scripts.get(name) or [
+                Reply(404, {"error": {"message": f"no script for {name}"}})
+            ]
             return replies.pop(0) if len(replies) > 1 else replies[0]
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    async def __call__(
+        self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
+    ) -> None:
         assert scope["type"] == "http"
         body, more = b"", True
         while more:
@@ -65,10 +69,16 @@ class ScriptedService:
             body += message.get("body", b"")
             more = message.get("more_body", False)
         name = scope["path"].removeprefix("/things/")
-        reply = self._next(name, {
-            "method": scope["method"], "headers": {k.decode().lower(): v.decode() for k, v in scope["headers"]},
-            "json": json.loads(body) if body else None, "at": time.monotonic(), "client": tuple(scope["client"]),
-        })
+        reply = self._next(
+            name,
+            {
+                "method": scope["method"],
+                "headers": {k.decode().lower(): v.decode() for k, v in scope["headers"]},
+                "json": json.loads(body) if body else None,
+                "at": time.monotonic(),
+                "client": tuple(scope["client"]),
+            },
+        )
         if reply.delay:
             await asyncio.sleep(reply.delay)
         payload = b"" if reply.body is None else json.dumps(reply.body).encode()
@@ -90,8 +100,11 @@ def service() -> Iterator[ScriptedService]:
 # -- handlers the templates name -----------------------------------------------------------------------
 class PutThing:
     def build_request(self, ctx: StepContext) -> ApiRequest:
-        return ApiRequest("POST", f"/things/{ctx.context['key']}/{ctx.step_name}",
-                          json={"key": ctx.context["key"], "name": "widget", "size": {"w": 2, "h": 3}})
+        return ApiRequest(
+            "POST",
+            f"/things/{ctx.context['key']}/{ctx.step_name}",
+            json={"key": ctx.context["key"], "name": "widget", "size": {"w": 2, "h": 3}},
+        )
 
 
 class CreateThing(PutThing, ApiStepHandler):
@@ -102,13 +115,22 @@ class AsyncCreateThing(PutThing, AsyncApiStepHandler):
     pass
 
 
-FLAVOURS = pytest.mark.parametrize("handler", ["CreateThing", "AsyncCreateThing"], ids=["sync", "async"])
+FLAVOURS = pytest.mark.parametrize(
+    "handler", ["CreateThing", "AsyncCreateThing"], ids=["sync", "async"]
+)
 
 
-def api_step(name: str, service: ScriptedService, handler: str = "CreateThing", **extra: Any) -> dict[str, Any]:
+def api_step(
+    name: str, service: ScriptedService, handler: str = "CreateThing", **extra: Any
+) -> dict[str, Any]:
     config = {"url": service.url, "timeout_seconds": 5, **extra.pop("handler_config", {})}
-    return {"name": name, "handler_class": f"{HERE}:{handler}", "dependent_system": "things_service",
-            "handler_config": config, **extra}
+    return {
+        "name": name,
+        "handler_class": f"{HERE}:{handler}",
+        "dependent_system": "things_service",
+        "handler_config": config,
+        **extra,
+    }
 
 
 def received_gaps(requests: list[dict[str, Any]]) -> list[float]:
@@ -118,9 +140,13 @@ def received_gaps(requests: list[dict[str, Any]]) -> list[float]:
 # -- tests ----------------------------------------------------------------------------------------------
 @FLAVOURS
 def test_a_503_then_201_completes_after_one_retry_with_the_same_keys(
-        tasker: Tasker, load: Callable[..., str], key: str, service: ScriptedService, handler: str) -> None:
-    service.script(f"{key}/create", Reply(503, {"error": {"code": "unavailable", "message": "warming up"}}),
-                   Reply(201, {"id": 7, "name": "widget"}))
+    tasker: Tasker, load: Callable[..., str], key: str, service: ScriptedService, handler: str
+) -> None:
+    service.script(
+        f"{key}/create",
+        Reply(503, {"error": {"code": "unavailable", "message": "warming up"}}),
+        Reply(201, {"id": 7, "name": "widget"}),
+    )
     ref = load("api_retry", [api_step("create", service, handler)], custom_events=SERVICE_EVENTS)
     heard: list[Event] = []
     tasker.subscribe(heard.append, "service_call_*")
@@ -137,22 +163,42 @@ def test_a_503_then_201_completes_after_one_retry_with_the_same_keys(
     assert len(requests) == 2
     # The same idempotency key on both attempts (the step's), and the task's correlation id on each.
     assert {r["headers"]["idempotency-key"] for r in requests} == {create.idempotency_key}
-    assert {r["headers"]["x-correlation-id"] for r in requests} == {f"reg-{key}"} == {task.correlation_id}
+    assert (
+        {r["headers"]["x-correlation-id"] for r in requests}
+        == {f"reg-{key}"}
+        == {task.correlation_id}
+    )
     assert all(r["headers"]["user-agent"].startswith("tasker/") for r in requests)
-    assert requests[0]["json"] == requests[1]["json"] == {"key": key, "name": "widget", "size": {"w": 2, "h": 3}}
-    assert requests[0]["client"] == requests[1]["client"]  # the retry reused the kept-alive connection
-    retry = next(r for r in step_history(tasker, task.id, "create") if r["to_state"] == "waiting_retry")
+    assert (
+        requests[0]["json"]
+        == requests[1]["json"]
+        == {"key": key, "name": "widget", "size": {"w": 2, "h": 3}}
+    )
+    assert (
+        requests[0]["client"] == requests[1]["client"]
+    )  # the retry reused the kept-alive connection
+    retry = next(
+        r for r in step_history(tasker, task.id, "create") if r["to_state"] == "waiting_retry"
+    )
     assert retry["error_class"] == "RetryableError"
     assert "answered 503" in retry["error_message"] and "warming up" in retry["error_message"]
     # The template declares the service events: one started/failed and one started/completed pair.
     assert [(e.name, e.payload.get("status")) for e in heard] == [
-        ("service_call_started", None), ("service_call_failed", "503"),
-        ("service_call_started", None), ("service_call_completed", "201")]
+        ("service_call_started", None),
+        ("service_call_failed", "503"),
+        ("service_call_started", None),
+        ("service_call_completed", "201"),
+    ]
 
 
 def test_a_429_with_retry_after_2_is_not_retried_before_2_seconds(
-        tasker: Tasker, load: Callable[..., str], key: str, service: ScriptedService) -> None:
-    service.script(f"{key}/create", Reply(429, {"message": "slow down"}, {"Retry-After": "2"}), Reply(200, {"id": 1}))
+    tasker: Tasker, load: Callable[..., str], key: str, service: ScriptedService
+) -> None:
+    service.script(
+        f"{key}/create",
+        Reply(429, {"message": "slow down"}, {"Retry-After": "2"}),
+        Reply(200, {"id": 1}),
+    )
     ref = load("api_throttled", [api_step("create", service)])
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
 
@@ -166,11 +212,22 @@ def test_a_429_with_retry_after_2_is_not_retried_before_2_seconds(
 
 
 def test_a_404_ends_the_step_in_error_without_retrying(
-        tasker: Tasker, load: Callable[..., str], key: str, service: ScriptedService) -> None:
-    service.script(f"{key}/create", Reply(404, {"error": {"code": "not_found", "message": "no such account"}}))
-    ref = load("api_missing", [api_step("create", service, default_retry_limit=5),
-                               {"name": "after", "handler_class": "tests.integration.handlers:Scripted",
-                                "depends_on_step": "create"}])
+    tasker: Tasker, load: Callable[..., str], key: str, service: ScriptedService
+) -> None:
+    service.script(
+        f"{key}/create", Reply(404, {"error": {"code": "not_found", "message": "no such account"}})
+    )
+    ref = load(
+        "api_missing",
+        [
+            api_step("create", service, default_retry_limit=5),
+            {
+                "name": "after",
+                "handler_class": "tests.integration.handlers:Scripted",
+                "depends_on_step": "create",
+            },
+        ],
+    )
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
 
     create = task.step("create")
@@ -179,35 +236,64 @@ def test_a_404_ends_the_step_in_error_without_retrying(
     assert len(service.received(f"{key}/create")) == 1
     error = create.last_error
     assert error is not None
-    assert (error["class"], error["error_code"], error["retryable"]) == ("PermanentError", "HTTP_404", False)
-    assert error["message"] == f"POST {service.url}/things/{key}/create answered 404 Not Found: no such account"
+    assert (error["class"], error["error_code"], error["retryable"]) == (
+        "PermanentError",
+        "HTTP_404",
+        False,
+    )
+    assert (
+        error["message"]
+        == f"POST {service.url}/things/{key}/create answered 404 Not Found: no such account"
+    )
     assert error["context"]["status"] == 404
     assert "waiting_retry" not in to_states(step_history(tasker, task.id, "create"))
 
 
 @FLAVOURS
 def test_a_service_slower_than_the_timeout_is_a_retryable_read_timeout(
-        tasker: Tasker, load: Callable[..., str], key: str, service: ScriptedService, handler: str) -> None:
-    service.script(f"{key}/create", Reply(200, {"late": True}, delay=2.5), Reply(200, {"late": False}))
-    ref = load("api_slow", [api_step("create", service, handler, handler_config={"timeout_seconds": 1})])
+    tasker: Tasker, load: Callable[..., str], key: str, service: ScriptedService, handler: str
+) -> None:
+    service.script(
+        f"{key}/create", Reply(200, {"late": True}, delay=2.5), Reply(200, {"late": False})
+    )
+    ref = load(
+        "api_slow", [api_step("create", service, handler, handler_config={"timeout_seconds": 1})]
+    )
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
 
     create = task.step("create")
     assert (task.status, create.attempts) == ("complete", 2)
     assert create.results is not None and create.results["response"] == {"late": False}
-    retry = next(r for r in step_history(tasker, task.id, "create") if r["to_state"] == "waiting_retry")
+    retry = next(
+        r for r in step_history(tasker, task.id, "create") if r["to_state"] == "waiting_retry"
+    )
     # The HTTP timeout (90% of timeout_seconds) fired before the engine's: the error names the call.
     assert retry["error_class"] == "RetryableError"
-    assert retry["error_message"].startswith(f"POST {service.url}/things/{key}/create failed: timeout")
+    assert retry["error_message"].startswith(
+        f"POST {service.url}/things/{key}/create failed: timeout"
+    )
 
 
 def test_a_409_for_the_same_resource_succeeds_and_for_another_fails(
-        tasker: Tasker, load: Callable[..., str], key: str, service: ScriptedService) -> None:
+    tasker: Tasker, load: Callable[..., str], key: str, service: ScriptedService
+) -> None:
     sent = {"key": key, "name": "widget", "size": {"w": 2, "h": 3}}
-    service.script(f"{key}/same", Reply(409, {"error": {"code": "conflict", "message": "exists"},
-                                               "existing": {**sent, "id": 3}}))
-    service.script(f"{key}/other", Reply(409, {"error": {"code": "conflict", "message": "exists"},
-                                                "existing": {**sent, "size": {"w": 2, "h": 4}, "id": 4}}))
+    service.script(
+        f"{key}/same",
+        Reply(
+            409, {"error": {"code": "conflict", "message": "exists"}, "existing": {**sent, "id": 3}}
+        ),
+    )
+    service.script(
+        f"{key}/other",
+        Reply(
+            409,
+            {
+                "error": {"code": "conflict", "message": "exists"},
+                "existing": {**sent, "size": {"w": 2, "h": 4}, "id": 4},
+            },
+        ),
+    )
     ref = load("api_conflict", [api_step("same", service), api_step("other", service)])
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
 
@@ -222,11 +308,14 @@ def test_a_409_for_the_same_resource_succeeds_and_for_another_fails(
 
 
 def test_a_step_without_a_url_fails_at_once_with_a_clear_message(
-        tasker: Tasker, load: Callable[..., str], key: str) -> None:
+    tasker: Tasker, load: Callable[..., str], key: str
+) -> None:
     ref = load("api_no_url", [{"name": "create", "handler_class": f"{HERE}:CreateThing"}])
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
     create = task.step("create")
     assert (create.status, create.attempts) == ("error", 1)
     assert create.last_error is not None
-    assert create.last_error["message"] == ("step 'create': handler_config.url is missing; set it to the service's "
-                                            "base URL, e.g. url: http://localhost:8001")
+    assert create.last_error["message"] == (
+        "step 'create': handler_config.url is missing; set it to the service's "
+        "base URL, e.g. url: http://localhost:8001"
+    )

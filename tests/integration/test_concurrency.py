@@ -51,13 +51,23 @@ def test_concurrency_one_runs_steps_one_at_a_time(tasker: Tasker, load, key: str
 
 
 def test_two_workers_process_many_tasks_exactly_once(make_tasker, write_template, key: str) -> None:
-    path = write_template(template_yaml("chain3", [
-        step("one", "Effect"), step("two", "Effect", after="one"), step("three", "Effect", after="two"),
-    ]))
+    path = write_template(
+        template_yaml(
+            "chain3",
+            [
+                step("one", "Effect"),
+                step("two", "Effect", after="one"),
+                step("three", "Effect", after="two"),
+            ],
+        )
+    )
     producer = make_tasker()
     producer.load_templates(path)
     ids = [producer.create_task("itest/chain3", {"key": key, "n": i}).id for i in range(50)]
-    engines = [make_tasker(), make_tasker()]  # two processes' worth of engines, templates not even loaded
+    engines = [
+        make_tasker(),
+        make_tasker(),
+    ]  # two processes' worth of engines, templates not even loaded
     ran: list[int] = []
     errors: list[BaseException] = []
 
@@ -90,13 +100,18 @@ def test_two_workers_process_many_tasks_exactly_once(make_tasker, write_template
         for rows in history(producer, t.id).values():
             assert to_states(rows).count("complete") == 1
             assert to_states(rows).count("in_progress") == 1
-        assert [r["to_state"] for r in producer.task_transitions(t.id)] == ["pending", "in_progress", "complete"]
+        assert [r["to_state"] for r in producer.task_transitions(t.id)] == [
+            "pending",
+            "in_progress",
+            "complete",
+        ]
         # Each step saw the results of the steps before it, whichever worker ran them.
         assert [s.results["n"] for s in t.steps] == [t.context["n"]] * 3
 
 
 def test_expired_lease_of_a_crashed_worker_is_reclaimed_and_its_late_completion_fenced(
-        tasker: Tasker, load, key: str) -> None:
+    tasker: Tasker, load, key: str
+) -> None:
     ref = load("chain", [step("a"), step("b", after="a")])
     task_id = tasker.create_task(ref, {"key": key}).id
     pg = tasker.db.is_postgres
@@ -104,8 +119,9 @@ def test_expired_lease_of_a_crashed_worker_is_reclaimed_and_its_late_completion_
     # A worker claims step a with a short lease, then "crashes": it never heartbeats nor completes.
     journal = Journal(datetime.now(UTC), "crashed-worker")
     with tasker.db.write() as conn:
-        (claimed,) = claims.claim(conn, journal, worker="crashed-worker", limit=1, lease_seconds=0.4,
-                                  skip_locked=pg)
+        (claimed,) = claims.claim(
+            conn, journal, worker="crashed-worker", limit=1, lease_seconds=0.4, skip_locked=pg
+        )
         journal.flush(conn)
     assert claimed.name == "a" and claimed.attempt == 1
     running = tasker.get_task(task_id)
@@ -133,8 +149,14 @@ def test_expired_lease_of_a_crashed_worker_is_reclaimed_and_its_late_completion_
     assert rows[1]["worker"] == "crashed-worker" and rows[3]["worker"] != "crashed-worker"
 
     # The crashed worker wakes up and reports its old attempt: fenced by the claim token, nothing changes.
-    late = Outcome(step_id=claimed.step_id, task_id=task_id, claim_token=claimed.claim_token,
-                   attempt=claimed.attempt, state="complete", results={"from": "the crashed worker"})
+    late = Outcome(
+        step_id=claimed.step_id,
+        task_id=task_id,
+        claim_token=claimed.claim_token,
+        attempt=claimed.attempt,
+        state="complete",
+        results={"from": "the crashed worker"},
+    )
     journal = Journal(datetime.now(UTC), "crashed-worker")
     with tasker.db.write() as conn:
         accepted = completion.apply_outcomes(conn, journal, [late], lock_tasks=pg)[0]
@@ -146,15 +168,18 @@ def test_expired_lease_of_a_crashed_worker_is_reclaimed_and_its_late_completion_
     assert len(step_history(tasker, task_id, "a")) == len(rows)
 
 
-def test_late_completion_while_waiting_to_be_reclaimed_is_fenced(tasker: Tasker, load, key: str) -> None:
+def test_late_completion_while_waiting_to_be_reclaimed_is_fenced(
+    tasker: Tasker, load, key: str
+) -> None:
     """The lease ran out and was reclaimed, but no worker re-ran the step yet: the late result still loses."""
     ref = load("chain", [step("a"), step("b", after="a")])
     task_id = tasker.create_task(ref, {"key": key}).id
     pg = tasker.db.is_postgres
     journal = Journal(datetime.now(UTC), "crashed-worker")
     with tasker.db.write() as conn:
-        (claimed,) = claims.claim(conn, journal, worker="crashed-worker", limit=1, lease_seconds=0.05,
-                                  skip_locked=pg)
+        (claimed,) = claims.claim(
+            conn, journal, worker="crashed-worker", limit=1, lease_seconds=0.05, skip_locked=pg
+        )
         journal.flush(conn)
     time.sleep(0.1)
     journal = Journal(datetime.now(UTC), "reaper")
@@ -162,8 +187,14 @@ def test_late_completion_while_waiting_to_be_reclaimed_is_fenced(tasker: Tasker,
         assert claims.reclaim_expired(conn, journal, skip_locked=pg) == 1
         journal.flush(conn)
     assert tasker.get_task(task_id).step("a").status == "waiting_retry"
-    late = Outcome(step_id=claimed.step_id, task_id=task_id, claim_token=claimed.claim_token,
-                   attempt=claimed.attempt, state="complete", results={"from": "the crashed worker"})
+    late = Outcome(
+        step_id=claimed.step_id,
+        task_id=task_id,
+        claim_token=claimed.claim_token,
+        attempt=claimed.attempt,
+        state="complete",
+        results={"from": "the crashed worker"},
+    )
     journal = Journal(datetime.now(UTC), "crashed-worker")
     with tasker.db.write() as conn:
         assert completion.apply_outcomes(conn, journal, [late], lock_tasks=pg)[0] == []
@@ -181,7 +212,9 @@ def test_lease_lost_on_the_last_attempt_fails_the_step(tasker: Tasker, load, key
     pg = tasker.db.is_postgres
     journal = Journal(datetime.now(UTC), "crashed-worker")
     with tasker.db.write() as conn:
-        claims.claim(conn, journal, worker="crashed-worker", limit=1, lease_seconds=0.2, skip_locked=pg)
+        claims.claim(
+            conn, journal, worker="crashed-worker", limit=1, lease_seconds=0.2, skip_locked=pg
+        )
         journal.flush(conn)
     tasker.work(until_idle=True)
     task = tasker.get_task(task_id)
@@ -230,8 +263,10 @@ def test_stop_of_an_idle_worker_returns(tasker: Tasker, load) -> None:
     load("one", [step("a")])
     worker = tasker.worker()
     out: dict = {}
-    thread = threading.Thread(target=lambda: out.setdefault("ran", tasker.work(worker=worker, until_idle=False)),
-                              daemon=True)
+    thread = threading.Thread(
+        target=lambda: out.setdefault("ran", tasker.work(worker=worker, until_idle=False)),
+        daemon=True,
+    )
     thread.start()
     time.sleep(0.2)
     assert thread.is_alive()

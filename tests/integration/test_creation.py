@@ -6,7 +6,13 @@ import threading
 
 import pytest
 
-from tasker import ContextValidationError, IdempotencyConflict, Tasker, TaskerInputError, UnknownTemplateError
+from tasker import (
+    ContextValidationError,
+    IdempotencyConflict,
+    Tasker,
+    TaskerInputError,
+    UnknownTemplateError,
+)
 from tests.integration import handlers as h
 from tests.integration.support import step
 
@@ -20,7 +26,10 @@ SCHEMA = {
         "customer": {
             "type": "object",
             "required": ["email"],
-            "properties": {"email": {"type": "string"}, "tier": {"type": "string", "default": "standard"}},
+            "properties": {
+                "email": {"type": "string"},
+                "tier": {"type": "string", "default": "standard"},
+            },
         },
     },
 }
@@ -48,16 +57,22 @@ def test_without_a_key_every_create_is_a_new_task(tasker: Tasker, load, key: str
     first = tasker.create_task(ref, {"key": key, "a": 1})
     second = tasker.create_task(ref, {"key": key, "a": 1})
     assert second.id != first.id and not second.deduplicated
-    assert first.idempotency_key.startswith("new-") and first.idempotency_key != second.idempotency_key
+    assert (
+        first.idempotency_key.startswith("new-") and first.idempotency_key != second.idempotency_key
+    )
     assert tasker.create_tasks(ref, [{"key": key, "a": 1}] * 3) != [first.id] * 3
     assert tasker.list_tasks()[1] == 5
 
 
 def test_identity_makes_equal_requests_one_task_forever(tasker: Tasker, load, key: str) -> None:
     ref = load("one", [step("a")], identity={"from": ["customer.id", "cart"]})
-    first = tasker.create_task(ref, {"key": key, "customer": {"id": 7, "name": "Ada"}, "cart": [1, 2]})
+    first = tasker.create_task(
+        ref, {"key": key, "customer": {"id": 7, "name": "Ada"}, "cart": [1, 2]}
+    )
     # only the identity paths count: another name, same customer and cart, is the same order
-    second = tasker.create_task(ref, {"key": key, "customer": {"id": 7, "name": "A."}, "cart": [1, 2]})
+    second = tasker.create_task(
+        ref, {"key": key, "customer": {"id": 7, "name": "A."}, "cart": [1, 2]}
+    )
     assert second.id == first.id and second.deduplicated
     assert first.idempotency_key.startswith("id-")
     other = tasker.create_task(ref, {"key": key, "customer": {"id": 8}, "cart": [1, 2]})
@@ -102,7 +117,9 @@ def test_invalid_idempotency_key_is_refused(tasker: Tasker, load, key: str, bad:
     assert tasker.list_tasks()[1] == 0
 
 
-def test_concurrent_creation_of_the_same_key_makes_one_task(make_tasker, write_template, key: str) -> None:
+def test_concurrent_creation_of_the_same_key_makes_one_task(
+    make_tasker, write_template, key: str
+) -> None:
     from tests.integration.support import template_yaml
 
     path = write_template(template_yaml("one", [step("a")]))
@@ -143,7 +160,9 @@ def test_concurrent_creation_of_the_same_key_makes_one_task(make_tasker, write_t
 
 
 # -- validation ---------------------------------------------------------------------------------------
-def test_context_violations_are_reported_together_with_paths(tasker: Tasker, load, key: str) -> None:
+def test_context_violations_are_reported_together_with_paths(
+    tasker: Tasker, load, key: str
+) -> None:
     ref = load("validated", [step("a")], schema=SCHEMA)
     with pytest.raises(ContextValidationError) as info:
         tasker.create_task(ref, {"key": key, "order_id": "not-a-number", "customer": {"email": 7}})
@@ -166,10 +185,17 @@ def test_context_violations_are_reported_together_with_paths(tasker: Tasker, loa
 
 def test_defaults_are_applied_and_stored(tasker: Tasker, load, key: str) -> None:
     ref = load("validated", [step("a")], schema=SCHEMA)
-    task = tasker.create_task(ref, {"key": key, "order_id": 7, "customer": {"email": "a@example.com"}},
-                              idempotency_key=f"order-7-{key}")
-    expected = {"key": key, "order_id": 7, "priority": "normal",
-                "customer": {"email": "a@example.com", "tier": "standard"}}
+    task = tasker.create_task(
+        ref,
+        {"key": key, "order_id": 7, "customer": {"email": "a@example.com"}},
+        idempotency_key=f"order-7-{key}",
+    )
+    expected = {
+        "key": key,
+        "order_id": 7,
+        "priority": "normal",
+        "customer": {"email": "a@example.com", "tier": "standard"},
+    }
     assert task.context == expected
     assert tasker.get_task(task.id).context == expected
     tasker.run(task.id)
@@ -192,10 +218,17 @@ def test_unknown_template_lists_the_known_ones(tasker: Tasker, load) -> None:
 
 # -- template versions --------------------------------------------------------------------------------
 def test_task_keeps_its_template_version(tasker: Tasker, load, key: str) -> None:
-    ref = load("evolving", [step("a", handler_config={"value": "v1"}), step("b", after="a")], version="1.0.0")
+    ref = load(
+        "evolving",
+        [step("a", handler_config={"value": "v1"}), step("b", after="a")],
+        version="1.0.0",
+    )
     old = tasker.create_task(ref, {"key": key, "which": "old"})
-    load("evolving", [step("a", handler_config={"value": "v2"}), step("x", after="a"), step("y", after="x")],
-         version="2.0.0")
+    load(
+        "evolving",
+        [step("a", handler_config={"value": "v2"}), step("x", after="a"), step("y", after="x")],
+        version="2.0.0",
+    )
     new = tasker.create_task(ref, {"key": key, "which": "new"})
     pinned = tasker.create_task(ref, {"key": key, "which": "pinned"}, version="1.0.0")
 
@@ -214,7 +247,9 @@ def test_task_keeps_its_template_version(tasker: Tasker, load, key: str) -> None
     assert [s.name for s in tasker.task_template(old.id).step_templates] == ["a", "b"]
 
 
-def test_running_task_is_not_changed_by_a_reload_of_its_version(tasker: Tasker, load, key: str) -> None:
+def test_running_task_is_not_changed_by_a_reload_of_its_version(
+    tasker: Tasker, load, key: str
+) -> None:
     """Reloading the same version with other steps (a careless deploy) does not alter existing tasks."""
     ref = load("reloaded", [step("a", handler_config={"value": "before"}), step("b", after="a")])
     task = tasker.create_task(ref, {"key": key})
@@ -226,10 +261,18 @@ def test_running_task_is_not_changed_by_a_reload_of_its_version(tasker: Tasker, 
 
 
 # -- task handler hooks -------------------------------------------------------------------------------
-def test_task_handler_prepares_context_and_annotates_on_complete(tasker: Tasker, load, key: str) -> None:
-    ref = load("order", [step("a"), step("b", after="a")], task_handler_class=f"{h.__name__}:OrderTaskHandler",
-               schema=SCHEMA)
-    task = tasker.create_task(ref, {"key": key, "order_id": 1, "customer": {"email": "x@y"}, "priority": "high"})
+def test_task_handler_prepares_context_and_annotates_on_complete(
+    tasker: Tasker, load, key: str
+) -> None:
+    ref = load(
+        "order",
+        [step("a"), step("b", after="a")],
+        task_handler_class=f"{h.__name__}:OrderTaskHandler",
+        schema=SCHEMA,
+    )
+    task = tasker.create_task(
+        ref, {"key": key, "order_id": 1, "customer": {"email": "x@y"}, "priority": "high"}
+    )
     assert task.context["express"] is True and task.context["prepared"] is True
     assert task.context["priority"] == "high" and task.context["customer"]["tier"] == "standard"
     assert tasker.get_task(task.id).context == task.context
@@ -244,8 +287,11 @@ def test_task_handler_prepares_context_and_annotates_on_complete(tasker: Tasker,
 
 
 def test_task_handler_annotates_on_error(tasker: Tasker, load, key: str) -> None:
-    ref = load("order_fail", [step("a"), step("b", after="a", handler_config={"always_fail": "permanent"})],
-               task_handler_class=f"{h.__name__}:OrderTaskHandler")
+    ref = load(
+        "order_fail",
+        [step("a"), step("b", after="a", handler_config={"always_fail": "permanent"})],
+        task_handler_class=f"{h.__name__}:OrderTaskHandler",
+    )
     done = tasker.run(tasker.create_task(ref, {"key": key, "priority": "low"}).id)
     assert done.status == "error"
     assert done.context["express"] is False

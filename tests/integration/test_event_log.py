@@ -12,17 +12,32 @@ from tests.integration.support import step
 
 
 def _run_publishing_task(tasker: Tasker, load, key: str) -> int:
-    ref = load("logged", [
-        step("charge", "Publisher", handler_config={"events": ["payment.charged"]},
-             custom_events=["payment.charged"]),
-        step("ship", "Scripted", after="charge", handler_config={"fail": ["retryable"]}, default_retry_limit=3),
-    ])
+    ref = load(
+        "logged",
+        [
+            step(
+                "charge",
+                "Publisher",
+                handler_config={"events": ["payment.charged"]},
+                custom_events=["payment.charged"],
+            ),
+            step(
+                "ship",
+                "Scripted",
+                after="charge",
+                handler_config={"fail": ["retryable"]},
+                default_retry_limit=3,
+            ),
+        ],
+    )
     task_id = tasker.create_task(ref, {"key": key}).id
     assert tasker.run(task_id).status == "complete"
     return task_id
 
 
-def test_the_log_holds_a_tasks_lifecycle_and_custom_events_in_order(tasker: Tasker, load, key: str) -> None:
+def test_the_log_holds_a_tasks_lifecycle_and_custom_events_in_order(
+    tasker: Tasker, load, key: str
+) -> None:
     task_id = _run_publishing_task(tasker, load, key)
     page = tasker.read_events(task_id=task_id)
     names = [(e["event"], e["step"]) for e in page.events]
@@ -30,7 +45,13 @@ def test_the_log_holds_a_tasks_lifecycle_and_custom_events_in_order(tasker: Task
     assert ("payment.charged", "charge") in names
     assert names.index(("step.completed", "charge")) < names.index(("step.started", "ship"))
     ship = [n for n, s in names if s == "ship"]
-    assert ship == ["step.ready", "step.started", "step.retry_scheduled", "step.started", "step.completed"]
+    assert ship == [
+        "step.ready",
+        "step.started",
+        "step.retry_scheduled",
+        "step.started",
+        "step.completed",
+    ]
     assert names[-1] == ("task.completed", None)
     custom = next(e for e in page.events if e["event"] == "payment.charged")
     assert custom["data"]["amount"] == 42 and custom["data"]["key"] == key
@@ -41,7 +62,9 @@ def test_the_log_holds_a_tasks_lifecycle_and_custom_events_in_order(tasker: Task
     assert [e["at"] for e in page.events] == sorted(e["at"] for e in page.events)
 
 
-def test_small_pages_resume_from_their_cursor_without_loss_or_repeat(tasker: Tasker, load, key: str) -> None:
+def test_small_pages_resume_from_their_cursor_without_loss_or_repeat(
+    tasker: Tasker, load, key: str
+) -> None:
     task_id = _run_publishing_task(tasker, load, key)
     whole = [e["id"] for e in tasker.read_events(task_id=task_id).events]
     pieces: list[str] = []
@@ -79,7 +102,9 @@ def test_tail_starts_after_everything_so_far(tasker: Tasker, load, key: str) -> 
     assert {e["task_id"] for e in seen} == {second} and first != second
 
 
-@pytest.mark.parametrize("bad", ["x", "1-2-3", "1-2-3-a", "-1-2-3-4", "1-2-3-4-5", "9" * 30 + "-0-0-0"])
+@pytest.mark.parametrize(
+    "bad", ["x", "1-2-3", "1-2-3-a", "-1-2-3-4", "1-2-3-4-5", "9" * 30 + "-0-0-0"]
+)
 def test_a_malformed_cursor_is_refused_with_a_fix(tasker: Tasker, bad: str) -> None:
     with pytest.raises(TaskerInputError, match="invalid event cursor"):
         tasker.read_events(bad)
@@ -94,7 +119,14 @@ def test_a_fresh_hole_stops_the_page_and_an_old_one_is_skipped() -> None:
 
     settled = now - timedelta(seconds=2)
     # 3 is missing and 4 was written just now: 3 may still be committing, so stop before 4
-    assert [r["_id"] for r in _until_hole(rows((1, old), (2, old), (4, fresh)), 0, settled)] == [1, 2]
+    assert [r["_id"] for r in _until_hole(rows((1, old), (2, old), (4, fresh)), 0, settled)] == [
+        1,
+        2,
+    ]
     # the rows after the hole are old: the hole was a rolled-back insert
-    assert [r["_id"] for r in _until_hole(rows((1, old), (4, old), (5, fresh)), 0, settled)] == [1, 4, 5]
+    assert [r["_id"] for r in _until_hole(rows((1, old), (4, old), (5, fresh)), 0, settled)] == [
+        1,
+        4,
+        5,
+    ]
     assert str(Cursor.parse("1-2-3-4")) == "1-2-3-4" and str(Cursor.parse(None)) == "0-0-0-0"

@@ -9,18 +9,35 @@ from tests.integration import handlers as h
 from tests.integration.support import step, step_history
 
 
-def test_declared_custom_event_reaches_a_subscriber_after_the_step(tasker: Tasker, load, key: str) -> None:
-    ref = load("publishing", [
-        step("charge", "Publisher", handler_config={"events": ["payment.charged"]},
-             custom_events=[{"name": "payment.charged", "description": "money taken"}]),
-        step("notify", "Publisher", after="charge", handler_config={"events": ["order.announced"]}),
-    ], custom_events=["order.announced"])
+def test_declared_custom_event_reaches_a_subscriber_after_the_step(
+    tasker: Tasker, load, key: str
+) -> None:
+    ref = load(
+        "publishing",
+        [
+            step(
+                "charge",
+                "Publisher",
+                handler_config={"events": ["payment.charged"]},
+                custom_events=[{"name": "payment.charged", "description": "money taken"}],
+            ),
+            step(
+                "notify",
+                "Publisher",
+                after="charge",
+                handler_config={"events": ["order.announced"]},
+            ),
+        ],
+        custom_events=["order.announced"],
+    )
     task_id = tasker.create_task(ref, {"key": key}).id
     got: list[tuple[Event, str]] = []
 
     def listener(event: Event) -> None:
         # What the store says when the subscriber hears of the event.
-        got.append((event, tasker.get_task(event.payload["task_id"]).step(event.payload["step"]).status))
+        got.append(
+            (event, tasker.get_task(event.payload["task_id"]).step(event.payload["step"]).status)
+        )
 
     tasker.subscribe(listener, "payment.*", "order.announced")
     names: list[str] = []
@@ -33,9 +50,16 @@ def test_declared_custom_event_reaches_a_subscriber_after_the_step(tasker: Taske
     charged, status = got[0]
     assert status == "complete"  # delivered after the step's outcome was stored
     charge_step = tasker.get_task(task_id).step("charge")
-    assert charged.payload == {"task_id": task_id, "step": "charge", "key": key, "amount": 42,
-                               "step_id": charge_step.id, "namespace": "itest", "attempt": 1,
-                               "correlation_id": tasker.get_task(task_id).correlation_id}
+    assert charged.payload == {
+        "task_id": task_id,
+        "step": "charge",
+        "key": key,
+        "amount": 42,
+        "step_id": charge_step.id,
+        "namespace": "itest",
+        "attempt": 1,
+        "correlation_id": tasker.get_task(task_id).correlation_id,
+    }
     assert got[1][0].payload["step"] == "notify"
     # Lifecycle events and custom ones in one stream, the custom event after its step completed.
     assert names.index("payment.charged") > names.index("step.completed")
@@ -46,11 +70,19 @@ def test_declared_custom_event_reaches_a_subscriber_after_the_step(tasker: Taske
 def test_undeclared_event_fails_the_step_as_retryable(tasker: Tasker, load, key: str) -> None:
     """`UndeclaredEventError` is a `TaskerError`: the engine treats it like any unexpected exception, i.e.
     retryable until the retry limit, then `error`. Nothing is published for the undeclared name."""
-    ref = load("undeclared", [
-        step("a", "Publisher", default_retry_limit=2, handler_config={"events": ["ok.event", "not.declared"]},
-             custom_events=["ok.event"]),
-        step("b", after="a"),
-    ])
+    ref = load(
+        "undeclared",
+        [
+            step(
+                "a",
+                "Publisher",
+                default_retry_limit=2,
+                handler_config={"events": ["ok.event", "not.declared"]},
+                custom_events=["ok.event"],
+            ),
+            step("b", after="a"),
+        ],
+    )
     heard: list[str] = []
     tasker.subscribe(lambda e: heard.append(e.name), "not.*")
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
@@ -61,17 +93,27 @@ def test_undeclared_event_fails_the_step_as_retryable(tasker: Tasker, load, key:
     assert "not.declared" in a.last_error["message"] and "ok.event" in a.last_error["message"]
     assert a.last_error["retryable"] is True
     assert [r["error_class"] for r in step_history(tasker, task.id, "a") if r["error_class"]] == [
-        "UndeclaredEventError", "UndeclaredEventError"]
+        "UndeclaredEventError",
+        "UndeclaredEventError",
+    ]
     assert heard == []
     assert task.step("b").status == "pending"
     assert len(h.calls(key, "a")) == 2
 
 
 def test_failing_subscriber_does_not_fail_the_step(tasker: Tasker, load, key: str) -> None:
-    ref = load("publishing", [
-        step("a", "Publisher", handler_config={"events": ["thing.happened"]}, custom_events=["thing.happened"]),
-        step("b", after="a"),
-    ])
+    ref = load(
+        "publishing",
+        [
+            step(
+                "a",
+                "Publisher",
+                handler_config={"events": ["thing.happened"]},
+                custom_events=["thing.happened"],
+            ),
+            step("b", after="a"),
+        ],
+    )
 
     def broken(event: Event) -> None:
         raise RuntimeError(f"subscriber bug on {event.name}")

@@ -9,12 +9,17 @@ from tests.integration import handlers as h
 from tests.integration.support import history, step, step_history, to_states
 
 
-def test_linear_chain_completes_and_each_step_sees_earlier_results(tasker: Tasker, load, key: str) -> None:
-    ref = load("chain", [
-        step("a", handler_config={"value": 1}),
-        step("b", after="a", handler_config={"value": 2}),
-        step("c", after="b", handler_config={"value": 3}),
-    ])
+def test_linear_chain_completes_and_each_step_sees_earlier_results(
+    tasker: Tasker, load, key: str
+) -> None:
+    ref = load(
+        "chain",
+        [
+            step("a", handler_config={"value": 1}),
+            step("b", after="a", handler_config={"value": 2}),
+            step("c", after="b", handler_config={"value": 3}),
+        ],
+    )
     task = tasker.create_task(ref, {"key": key})
     assert task.status == "pending"
     assert [s.status for s in task.steps] == ["ready", "pending", "pending"]
@@ -32,7 +37,10 @@ def test_linear_chain_completes_and_each_step_sees_earlier_results(tasker: Taske
     seen = {c["step"]: c["results"] for c in h.calls(key, kind="attempt")}
     assert seen["a"] == {}
     assert seen["b"] == {"a": {"step": "a", "attempt": 1, "value": 1}}
-    assert seen["c"] == {"a": {"step": "a", "attempt": 1, "value": 1}, "b": {"step": "b", "attempt": 1, "value": 2}}
+    assert seen["c"] == {
+        "a": {"step": "a", "attempt": 1, "value": 1},
+        "b": {"step": "b", "attempt": 1, "value": 2},
+    }
     # The steps ran one after the other, never overlapping.
     runs = {c["step"]: c for c in h.calls(key, kind="attempt")}
     assert runs["a"]["end"] <= runs["b"]["start"] and runs["b"]["end"] <= runs["c"]["start"]
@@ -45,7 +53,9 @@ def test_transitions_are_recorded_in_order(tasker: Tasker, load, key: str) -> No
 
     rows = tasker.task_transitions(task.id)
     assert [(r["from_state"], r["to_state"]) for r in rows] == [
-        (None, "pending"), ("pending", "in_progress"), ("in_progress", "complete"),
+        (None, "pending"),
+        ("pending", "in_progress"),
+        ("in_progress", "complete"),
     ]
     assert [r["at"] for r in rows] == sorted(r["at"] for r in rows)
 
@@ -54,7 +64,12 @@ def test_transitions_are_recorded_in_order(tasker: Tasker, load, key: str) -> No
     # The root is created ready (there is nothing to wait for); the others start pending.
     assert to_states(step_history(tasker, task.id, "a")) == ["ready", "in_progress", "complete"]
     for name in ("b", "c"):
-        assert to_states(step_history(tasker, task.id, name)) == ["pending", "ready", "in_progress", "complete"]
+        assert to_states(step_history(tasker, task.id, name)) == [
+            "pending",
+            "ready",
+            "in_progress",
+            "complete",
+        ]
     for rows_of_step in by_step.values():
         # Each row starts where the previous one ended, timestamps never go backwards.
         assert rows_of_step[0]["from_state"] is None
@@ -70,7 +85,9 @@ def test_transitions_are_recorded_in_order(tasker: Tasker, load, key: str) -> No
     a_done = step_history(tasker, task.id, "a")[-1]
     b_ready = step_history(tasker, task.id, "b")[1]
     assert b_ready["at"] == a_done["at"]
-    assert step_history(tasker, task.id, "c")[1]["at"] >= step_history(tasker, task.id, "b")[-1]["at"]
+    assert (
+        step_history(tasker, task.id, "c")[1]["at"] >= step_history(tasker, task.id, "b")[-1]["at"]
+    )
 
 
 def test_work_until_idle_runs_every_task(tasker: Tasker, load, key: str) -> None:
@@ -81,13 +98,18 @@ def test_work_until_idle_runs_every_task(tasker: Tasker, load, key: str) -> None
     assert {t.status for t in tasker.get_tasks(ids)} == {"complete"}
 
 
-def test_permanent_error_fails_the_step_at_once_and_blocks_dependents(tasker: Tasker, load, key: str) -> None:
-    ref = load("perm", [
-        step("a"),
-        step("b", after="a", handler_config={"always_fail": "permanent"}),
-        step("c", after="b"),
-        step("d", after="c"),
-    ])
+def test_permanent_error_fails_the_step_at_once_and_blocks_dependents(
+    tasker: Tasker, load, key: str
+) -> None:
+    ref = load(
+        "perm",
+        [
+            step("a"),
+            step("b", after="a", handler_config={"always_fail": "permanent"}),
+            step("c", after="b"),
+            step("d", after="c"),
+        ],
+    )
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
 
     assert task.status == "error"
@@ -111,19 +133,28 @@ def test_permanent_error_fails_the_step_at_once_and_blocks_dependents(tasker: Ta
     assert rows[-1]["error_class"] == "PermanentError"
     assert rows[-1]["error_message"] == "b failed on attempt 1"
     assert "waiting_retry" not in to_states(rows)
-    assert [r["to_state"] for r in tasker.task_transitions(task.id)] == ["pending", "in_progress", "error"]
+    assert [r["to_state"] for r in tasker.task_transitions(task.id)] == [
+        "pending",
+        "in_progress",
+        "error",
+    ]
 
 
-def test_independent_branch_runs_to_the_end_before_the_task_fails(tasker: Tasker, load, key: str) -> None:
+def test_independent_branch_runs_to_the_end_before_the_task_fails(
+    tasker: Tasker, load, key: str
+) -> None:
     """Diamond: `left` fails permanently at once, `right` is a longer chain that still completes."""
-    ref = load("diamond_fail", [
-        step("start"),
-        step("left", after="start", handler_config={"always_fail": "permanent"}),
-        step("right1", after="start", handler_config={"sleep": 0.1}),
-        step("right2", after="right1", handler_config={"sleep": 0.1}),
-        step("right3", after="right2"),
-        step("join", after=["left", "right3"]),
-    ])
+    ref = load(
+        "diamond_fail",
+        [
+            step("start"),
+            step("left", after="start", handler_config={"always_fail": "permanent"}),
+            step("right1", after="start", handler_config={"sleep": 0.1}),
+            step("right2", after="right1", handler_config={"sleep": 0.1}),
+            step("right3", after="right2"),
+            step("join", after=["left", "right3"]),
+        ],
+    )
     task_id = tasker.create_task(ref, {"key": key}).id
     failed_at: list[object] = []
     tasker.subscribe(lambda e: failed_at.append(e.payload), "task.failed")
@@ -132,14 +163,19 @@ def test_independent_branch_runs_to_the_end_before_the_task_fails(tasker: Tasker
 
     assert task.status == "error"
     assert task.step("left").status == "error"
-    assert [task.step(n).status for n in ("start", "right1", "right2", "right3")] == ["complete"] * 4
+    assert [task.step(n).status for n in ("start", "right1", "right2", "right3")] == [
+        "complete"
+    ] * 4
     assert task.step("join").status == "pending"
     assert h.calls(key, "join") == []
     # The task failed only after the last step of the other branch completed.
     task_rows = tasker.task_transitions(task_id)
     assert task_rows[-1]["to_state"] == "error"
     assert task_rows[-1]["at"] >= step_history(tasker, task_id, "right3")[-1]["at"]
-    assert step_history(tasker, task_id, "left")[-1]["at"] <= step_history(tasker, task_id, "right2")[-1]["at"]
+    assert (
+        step_history(tasker, task_id, "left")[-1]["at"]
+        <= step_history(tasker, task_id, "right2")[-1]["at"]
+    )
     assert [t["to_state"] for t in task_rows].count("error") == 1
     assert len(failed_at) == 1
 

@@ -76,7 +76,9 @@ class Decline(StepHandler):
         raise Declined("card declined")
 
 
-def _step(name: str, handler: str, after: str | list[str] | None = None, **extra: Any) -> dict[str, Any]:
+def _step(
+    name: str, handler: str, after: str | list[str] | None = None, **extra: Any
+) -> dict[str, Any]:
     s: dict[str, Any] = {"name": name, "handler_class": f"{HERE}:{handler}", **extra}
     if isinstance(after, str):
         s["depends_on_step"] = after
@@ -138,8 +140,9 @@ def no_global_provider(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # -- logs -------------------------------------------------------------------------------------------------
-def test_every_line_of_an_attempt_carries_the_step_fields(tasker: Tasker, load, key: str,
-                                                          json_lines: Callable[[], list[dict[str, Any]]]) -> None:
+def test_every_line_of_an_attempt_carries_the_step_fields(
+    tasker: Tasker, load, key: str, json_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
     ref = load("logged", LOGGING_STEPS)
     task = tasker.run(tasker.create_task(ref, {"key": key, "correlation_id": "order-77"}).id)
     assert task.status == "complete"
@@ -147,10 +150,14 @@ def test_every_line_of_an_attempt_carries_the_step_fields(tasker: Tasker, load, 
     lines = [ln for ln in json_lines() if ln.get("task_id") == task.id]
     by = {(ln["logger"], ln["message"], ln.get("attempt")) for ln in lines}
     expected = {
-        ("tasker.handlers.itest.logged", "sync ctx.logger", 1), ("obs_test.plain", "sync plain logger", 1),
-        ("obs_test.structlog", "sync structlog", 1), ("tasker.handlers.itest.logged", "sync ctx.logger", 2),
-        ("obs_test.plain", "sync plain logger", 2), ("obs_test.structlog", "sync structlog", 2),
-        ("tasker.handlers.itest.logged", "async ctx.logger", 1), ("obs_test.plain", "async plain logger", 1),
+        ("tasker.handlers.itest.logged", "sync ctx.logger", 1),
+        ("obs_test.plain", "sync plain logger", 1),
+        ("obs_test.structlog", "sync structlog", 1),
+        ("tasker.handlers.itest.logged", "sync ctx.logger", 2),
+        ("obs_test.plain", "sync plain logger", 2),
+        ("obs_test.structlog", "sync structlog", 2),
+        ("tasker.handlers.itest.logged", "async ctx.logger", 1),
+        ("obs_test.plain", "async plain logger", 1),
         ("obs_test.structlog", "async structlog", 1),
     }
     assert expected <= by
@@ -171,15 +178,19 @@ def test_every_line_of_an_attempt_carries_the_step_fields(tasker: Tasker, load, 
     assert worker_lines and all("task_id" not in ln and "step" not in ln for ln in worker_lines)
 
 
-def test_handler_lines_get_the_generated_correlation_id(tasker: Tasker, load, key: str,
-                                                        json_lines: Callable[[], list[dict[str, Any]]]) -> None:
+def test_handler_lines_get_the_generated_correlation_id(
+    tasker: Tasker, load, key: str, json_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
     ref = load("uncorrelated", LOGGING_STEPS)
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)  # no correlation_id in the context
     assert task.status == "complete"
     assert task.correlation_id.startswith("corr-")
 
-    handler_lines = [ln for ln in json_lines() if ln["logger"].startswith(("obs_test", "tasker.handlers"))
-                     and ln.get("task_id") == task.id]
+    handler_lines = [
+        ln
+        for ln in json_lines()
+        if ln["logger"].startswith(("obs_test", "tasker.handlers")) and ln.get("task_id") == task.id
+    ]
     assert len(handler_lines) == 9
     assert {ln["correlation_id"] for ln in handler_lines} == {task.correlation_id}
 
@@ -195,16 +206,22 @@ def _samples(engine: Tasker | None) -> dict[tuple[str, tuple[tuple[str, str], ..
     return out
 
 
-def test_metrics_after_a_task_with_a_retry_and_a_failure(tasker: Tasker, load, key: str,
-                                                         fresh_metrics: metrics.EngineMetrics) -> None:
-    ref = load("charged", [
-        _step("prepare", "SyncLogs", handler_config={"flaky": True}),
-        _step("charge", "Decline", after="prepare"),
-        _step("notify", "AsyncLogs", after="prepare"),
-    ])
+def test_metrics_after_a_task_with_a_retry_and_a_failure(
+    tasker: Tasker, load, key: str, fresh_metrics: metrics.EngineMetrics
+) -> None:
+    ref = load(
+        "charged",
+        [
+            _step("prepare", "SyncLogs", handler_config={"flaky": True}),
+            _step("charge", "Decline", after="prepare"),
+            _step("notify", "AsyncLogs", after="prepare"),
+        ],
+    )
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
     assert task.status == "error"
-    waiting = tasker.create_task(ref, {"key": key, "n": 2})  # not run: its root step waits in the queue
+    waiting = tasker.create_task(
+        ref, {"key": key, "n": 2}
+    )  # not run: its root step waits in the queue
 
     got = _samples(tasker)
     t = "itest/charged@1.0.0"
@@ -224,9 +241,24 @@ def test_metrics_after_a_task_with_a_retry_and_a_failure(tasker: Tasker, load, k
     assert got[(outcome, (("outcome", "error"), ("step", "charge"), ("template", t)))] == 1
     assert got[(outcome, (("outcome", "complete"), ("step", "notify"), ("template", t)))] == 1
     assert got[("tasker_step_retries_total", (("step", "prepare"), ("template", t)))] == 1
-    assert got[("tasker_step_failures_total",
-                (("error_class", "RetryableError"), ("step", "prepare"), ("template", t)))] == 1
-    assert got[("tasker_step_failures_total", (("error_class", "Declined"), ("step", "charge"), ("template", t)))] == 1
+    assert (
+        got[
+            (
+                "tasker_step_failures_total",
+                (("error_class", "RetryableError"), ("step", "prepare"), ("template", t)),
+            )
+        ]
+        == 1
+    )
+    assert (
+        got[
+            (
+                "tasker_step_failures_total",
+                (("error_class", "Declined"), ("step", "charge"), ("template", t)),
+            )
+        ]
+        == 1
+    )
     assert got[("tasker_step_duration_seconds_count", (("step", "prepare"), ("template", t)))] == 2
     assert got[("tasker_claim_latency_seconds_count", ())] >= 1
     # Bounded labels: no task id anywhere.
@@ -234,24 +266,45 @@ def test_metrics_after_a_task_with_a_retry_and_a_failure(tasker: Tasker, load, k
     assert waiting.status == "pending"
 
 
-def test_queue_circuit_and_worker_gauges(tasker: Tasker, load, key: str, fresh_metrics: metrics.EngineMetrics) -> None:
+def test_queue_circuit_and_worker_gauges(
+    tasker: Tasker, load, key: str, fresh_metrics: metrics.EngineMetrics
+) -> None:
     ref = load("queued", [_step("only", "AsyncLogs")])
     first = tasker.create_task(ref, {"key": key, "n": 1})
     tasker.create_task(ref, {"key": key, "n": 2})
     now = datetime.now(UTC)
-    with tasker.db.write() as conn:  # one step due later, e.g. waiting out a retry_after: not in the queue yet
-        conn.execute(update(steps).where(steps.c.task_id == first.id).values(run_at=now + timedelta(hours=1)))
-        for worker_id, seen, stopped in [("alive", now, None), ("silent", now - timedelta(minutes=5), None),
-                                         ("stopped", now, now)]:
-            conn.execute(insert(workers).values(id=worker_id, hostname="h", pid=1, concurrency=4, started_at=now,
-                                                last_seen_at=seen, stopped_at=stopped))
+    with (
+        tasker.db.write() as conn
+    ):  # one step due later, e.g. waiting out a retry_after: not in the queue yet
+        conn.execute(
+            update(steps).where(steps.c.task_id == first.id).values(run_at=now + timedelta(hours=1))
+        )
+        for worker_id, seen, stopped in [
+            ("alive", now, None),
+            ("silent", now - timedelta(minutes=5), None),
+            ("stopped", now, now),
+        ]:
+            conn.execute(
+                insert(workers).values(
+                    id=worker_id,
+                    hostname="h",
+                    pid=1,
+                    concurrency=4,
+                    started_at=now,
+                    last_seen_at=seen,
+                    stopped_at=stopped,
+                )
+            )
     tasker.configure_system("payments", failure_threshold=3)
     tasker.configure_system("mailer", failure_threshold=3)
     tasker.configure_system("inventory", failure_threshold=3)
     with tasker.db.write() as conn:
         for name, circuit in [("payments", "open"), ("mailer", "half_open")]:
-            conn.execute(update(dependent_systems).where(dependent_systems.c.name == name)
-                         .values(circuit_state=circuit))
+            conn.execute(
+                update(dependent_systems)
+                .where(dependent_systems.c.name == name)
+                .values(circuit_state=circuit)
+            )
 
     got = _samples(tasker)
     assert got[("tasker_ready_queue_depth", ())] == 1
@@ -263,14 +316,16 @@ def test_queue_circuit_and_worker_gauges(tasker: Tasker, load, key: str, fresh_m
 
 def test_worker_process_serves_its_metrics(store_url: str, tmp_path: Path, write_template) -> None:
     """`tasker worker --metrics-port`: a separate process runs a task and exposes what it observed."""
-    path = write_template(textwrap.dedent("""\
+    path = write_template(
+        textwrap.dedent("""\
         name: served
         namespace_name: itest
         version: 1.0.0
         step_templates:
           - name: only
             handler_class: tests.integration.handlers:Scripted
-        """))  # a handler module that imports little: the process starts faster
+        """)
+    )  # a handler module that imports little: the process starts faster
     engine = Tasker(store_url, templates=path)
     try:
         task = engine.create_task("itest/served", {"key": "served"})
@@ -279,12 +334,31 @@ def test_worker_process_serves_its_metrics(store_url: str, tmp_path: Path, write
             port = s.getsockname()[1]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "TASKER_LOG_FORMAT": "json"}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tasker.cli.main", "--database-url", store_url, "worker", "-t", str(path),
-             "--metrics-port", str(port), "--store-metrics", "--lease-seconds", "5"],
-            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "tasker.cli.main",
+                "--database-url",
+                store_url,
+                "worker",
+                "-t",
+                str(path),
+                "--metrics-port",
+                str(port),
+                "--store-metrics",
+                "--lease-seconds",
+                "5",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         try:
-            deadline = time.monotonic() + 90  # a liveness bound for a loaded machine, not a performance figure
+            deadline = (
+                time.monotonic() + 90
+            )  # a liveness bound for a loaded machine, not a performance figure
             body = ""
             outcome = 'tasker_step_outcomes_total{outcome="complete"'
             while time.monotonic() < deadline:
@@ -294,26 +368,37 @@ def test_worker_process_serves_its_metrics(store_url: str, tmp_path: Path, write
                     body = ""
                 # both in one body: a scrape reads the store's gauges before the process's own
                 # counters, so the commit between them can show the step counted, the task not yet
-                if (f'{outcome},step="only",template="itest/served@1.0.0"}} 1.0' in body
-                        and 'tasker_tasks{state="complete"} 1.0' in body):
+                if (
+                    f'{outcome},step="only",template="itest/served@1.0.0"}} 1.0' in body
+                    and 'tasker_tasks{state="complete"} 1.0' in body
+                ):
                     break
                 time.sleep(0.2)
             else:
-                pytest.fail(f"the worker's metrics never showed the step; last body:\n{body[-2000:]}")
-            assert 'tasker_tasks{state="complete"} 1.0' in body  # --store-metrics adds the store gauges
+                pytest.fail(
+                    f"the worker's metrics never showed the step; last body:\n{body[-2000:]}"
+                )
+            assert (
+                'tasker_tasks{state="complete"} 1.0' in body
+            )  # --store-metrics adds the store gauges
         finally:
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
         started = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
-        assert any(ln["logger"] == "tasker.worker" and ln["message"].startswith("worker ") for ln in started)
+        assert any(
+            ln["logger"] == "tasker.worker" and ln["message"].startswith("worker ")
+            for ln in started
+        )
         assert engine.get_task(task.id).status == "complete"
     finally:
         engine.close()
 
 
 # -- traces -----------------------------------------------------------------------------------------------
-def test_spans_of_a_task_share_one_trace(tasker: Tasker, load, key: str, spans: InMemorySpanExporter) -> None:
+def test_spans_of_a_task_share_one_trace(
+    tasker: Tasker, load, key: str, spans: InMemorySpanExporter
+) -> None:
     ref = load("traced", LOGGING_STEPS)
     tasks = [tasker.run(tasker.create_task(ref, {"key": key, "n": n}).id) for n in (1, 2)]
     assert [t.status for t in tasks] == ["complete", "complete"]
@@ -325,7 +410,9 @@ def test_spans_of_a_task_share_one_trace(tasker: Tasker, load, key: str, spans: 
         mine = [s for s in finished if s.context.trace_id == trace_id]
         task_spans = [s for s in mine if s.name == "tasker.task itest/traced@1.0.0"]
         step_spans = [s for s in mine if s.name.startswith("tasker.step ")]
-        assert len(task_spans) == 1 and len(step_spans) == 3  # sync_step twice (a retry), async_step once
+        assert (
+            len(task_spans) == 1 and len(step_spans) == 3
+        )  # sync_step twice (a retry), async_step once
         assert len(mine) == 4
         root = task_spans[0]
         assert root.context.span_id == task_span_id and root.parent is None
@@ -333,9 +420,19 @@ def test_spans_of_a_task_share_one_trace(tasker: Tasker, load, key: str, spans: 
         assert root.start_time <= min(s.start_time for s in step_spans)
         assert root.end_time >= max(s.end_time for s in step_spans)
         assert all(s.parent is not None and s.parent.span_id == task_span_id for s in step_spans)
-        attempts = sorted((s.attributes["tasker.step"], s.attributes["tasker.attempt"], s.attributes["tasker.outcome"])
-                          for s in step_spans)
-        assert attempts == [("async_step", 1, "complete"), ("sync_step", 1, "retry"), ("sync_step", 2, "complete")]
+        attempts = sorted(
+            (
+                s.attributes["tasker.step"],
+                s.attributes["tasker.attempt"],
+                s.attributes["tasker.outcome"],
+            )
+            for s in step_spans
+        )
+        assert attempts == [
+            ("async_step", 1, "complete"),
+            ("sync_step", 1, "retry"),
+            ("sync_step", 2, "complete"),
+        ]
         failed = next(s for s in step_spans if s.attributes["tasker.outcome"] == "retry")
         assert failed.attributes["tasker.error_class"] == "RetryableError"
         assert failed.status.status_code.name == "ERROR"
@@ -345,15 +442,21 @@ def test_spans_of_a_task_share_one_trace(tasker: Tasker, load, key: str, spans: 
             assert s.attributes["tasker.correlation_id"] == task.correlation_id
         # Handlers, sync (in a thread) and async, pass the context of their own attempt's span on.
         for name in ("sync_step", "async_step"):
-            span = next(s for s in step_spans if s.attributes["tasker.step"] == name
-                        and s.attributes["tasker.outcome"] == "complete")
+            span = next(
+                s
+                for s in step_spans
+                if s.attributes["tasker.step"] == name
+                and s.attributes["tasker.outcome"] == "complete"
+            )
             parent = task.step(name).results["headers"]["traceparent"]
             assert parent == f"00-{trace_id:032x}-{span.context.span_id:016x}-01"
         trace_ids.add(trace_id)
     assert len(trace_ids) == 2
 
 
-def test_a_failed_task_span_is_an_error(tasker: Tasker, load, key: str, spans: InMemorySpanExporter) -> None:
+def test_a_failed_task_span_is_an_error(
+    tasker: Tasker, load, key: str, spans: InMemorySpanExporter
+) -> None:
     ref = load("traced_failure", [_step("charge", "Decline")])
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
     assert task.status == "error"
@@ -364,9 +467,13 @@ def test_a_failed_task_span_is_an_error(tasker: Tasker, load, key: str, spans: I
     assert step_span.attributes["tasker.error_class"] == "Declined"
 
 
-def test_no_spans_and_no_headers_without_a_provider(tasker: Tasker, load, key: str, no_global_provider: None) -> None:
+def test_no_spans_and_no_headers_without_a_provider(
+    tasker: Tasker, load, key: str, no_global_provider: None
+) -> None:
     exporter = InMemorySpanExporter()
-    TracerProvider().add_span_processor(SimpleSpanProcessor(exporter))  # exists, but nobody configured it
+    TracerProvider().add_span_processor(
+        SimpleSpanProcessor(exporter)
+    )  # exists, but nobody configured it
     ref = load("untraced", LOGGING_STEPS)
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
 
@@ -403,17 +510,25 @@ def test_runs_without_opentelemetry_installed(store_url: str, tmp_path: Path) ->
         engine.close()
     """)
     template = tmp_path / "bare.yaml"
-    template.write_text("name: bare\nnamespace_name: itest\nversion: 1.0.0\n"
-                        "step_templates:\n  - name: only\n    handler_class: __main__:Call\n")
-    done = subprocess.run([sys.executable, "-c", script, str(template)], cwd=tmp_path, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    template.write_text(
+        "name: bare\nnamespace_name: itest\nversion: 1.0.0\n"
+        "step_templates:\n  - name: only\n    handler_class: __main__:Call\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(template)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "complete {'headers': {}} False True []"
 
 
-def test_a_store_that_cannot_be_read_costs_the_task_span_only(tasker: Tasker, load, key: str,
-                                                              spans: InMemorySpanExporter,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_a_store_that_cannot_be_read_costs_the_task_span_only(
+    tasker: Tasker, load, key: str, spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
     ref = load("traced_unreadable", [_step("only", "AsyncLogs")])
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
     assert task.status == "complete"
@@ -442,28 +557,46 @@ def test_cli_log_options(store_url: str, write_template, restore_logging: None) 
 
     from tasker.cli.main import cli
 
-    path = write_template(textwrap.dedent(f"""\
+    path = write_template(
+        textwrap.dedent(f"""\
         name: cli_logged
         namespace_name: itest
         version: 1.0.0
         step_templates:
           - name: sync_step
             handler_class: {HERE}:SyncLogs
-        """))
-    args = ["--database-url", store_url, "--log-format", "json", "run", "itest/cli_logged", "-t", str(path),
-            "--context", '{"correlation_id": "cli-1"}']
+        """)
+    )
+    args = [
+        "--database-url",
+        store_url,
+        "--log-format",
+        "json",
+        "run",
+        "itest/cli_logged",
+        "-t",
+        str(path),
+        "--context",
+        '{"correlation_id": "cli-1"}',
+    ]
     quiet = CliRunner().invoke(cli, args)
     assert quiet.exit_code == 0, quiet.output
     assert quiet.stderr == ""  # interactive commands show warnings and errors only, unless asked
 
-    loud = CliRunner().invoke(cli, [*args[:4], "--log-level", "info", *args[4:-1], '{"correlation_id": "cli-2"}'])
+    loud = CliRunner().invoke(
+        cli, [*args[:4], "--log-level", "info", *args[4:-1], '{"correlation_id": "cli-2"}']
+    )
     assert loud.exit_code == 0, loud.output
     lines = [json.loads(line) for line in loud.stderr.splitlines()]
     mine = [ln for ln in lines if ln["logger"] in ("obs_test.plain", "obs_test.structlog")]
-    assert len(mine) == 2 and all(ln["correlation_id"] == "cli-2" and ln["step"] == "sync_step" for ln in mine)
+    assert len(mine) == 2 and all(
+        ln["correlation_id"] == "cli-2" and ln["step"] == "sync_step" for ln in mine
+    )
 
 
-def test_cli_rejects_a_bad_log_level_in_one_line(restore_logging: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_rejects_a_bad_log_level_in_one_line(
+    restore_logging: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from click.testing import CliRunner
 
     from tasker.cli.main import cli

@@ -68,7 +68,9 @@ def test_cancel_while_running_discards_the_late_result(tasker: Tasker, load, key
     assert seen.count("task.cancelled") == 1
 
 
-def test_worker_stops_waiting_for_a_step_of_a_cancelled_task(make_tasker, write_template, key: str) -> None:
+def test_worker_stops_waiting_for_a_step_of_a_cancelled_task(
+    make_tasker, write_template, key: str
+) -> None:
     """With short leases the heartbeat notices the cancel and drops the attempt without waiting for it."""
     from tests.integration.support import template_yaml
 
@@ -107,7 +109,10 @@ def test_cancel_a_pending_task_runs_nothing(tasker: Tasker, load, key: str) -> N
 
 def test_cancel_a_failed_task(tasker: Tasker, load, key: str) -> None:
     h.set_fault(key, "b")
-    ref = load("toggle", [step("a", "Toggle"), step("b", "Toggle", after="a"), step("c", "Toggle", after="b")])
+    ref = load(
+        "toggle",
+        [step("a", "Toggle"), step("b", "Toggle", after="a"), step("c", "Toggle", after="b")],
+    )
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
     assert task.status == "error"
     task = tasker.cancel_task(task.id)
@@ -130,9 +135,14 @@ def test_cancel_a_finished_task_is_refused(tasker: Tasker, load, key: str) -> No
 # -- retry --------------------------------------------------------------------------------------------
 def test_retry_task_rearms_failed_steps_with_fresh_attempts(tasker: Tasker, load, key: str) -> None:
     h.set_fault(key, "b")
-    ref = load("toggle", [
-        step("a", "Toggle"), step("b", "Toggle", after="a", default_retry_limit=2), step("c", "Toggle", after="b"),
-    ])
+    ref = load(
+        "toggle",
+        [
+            step("a", "Toggle"),
+            step("b", "Toggle", after="a", default_retry_limit=2),
+            step("c", "Toggle", after="b"),
+        ],
+    )
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
     assert task.status == "error"
     assert task.step("b").attempts == 1
@@ -156,20 +166,43 @@ def test_retry_task_rearms_failed_steps_with_fresh_attempts(tasker: Tasker, load
     assert len(h.calls(key, "b")) == 3
     assert h.calls(key, "c")[0]["results"]["b"] == {"step": "b", "ok": True}
     rows = step_history(tasker, task.id, "b")
-    assert to_states(rows) == ["pending", "ready", "in_progress", "error", "ready", "in_progress", "error",
-                               "ready", "in_progress", "complete"]
+    assert to_states(rows) == [
+        "pending",
+        "ready",
+        "in_progress",
+        "error",
+        "ready",
+        "in_progress",
+        "error",
+        "ready",
+        "in_progress",
+        "complete",
+    ]
     assert [r["to_state"] for r in tasker.task_transitions(task.id)] == [
-        "pending", "in_progress", "error", "pending", "in_progress", "error", "pending", "in_progress", "complete",
+        "pending",
+        "in_progress",
+        "error",
+        "pending",
+        "in_progress",
+        "error",
+        "pending",
+        "in_progress",
+        "complete",
     ]
 
 
 def test_retry_task_rearms_every_failed_branch(tasker: Tasker, load, key: str) -> None:
     h.set_fault(key, "left")
     h.set_fault(key, "right")
-    ref = load("two_faults", [
-        step("start", "Toggle"), step("left", "Toggle", after="start"), step("right", "Toggle", after="start"),
-        step("join", "Toggle", after=["left", "right"]),
-    ])
+    ref = load(
+        "two_faults",
+        [
+            step("start", "Toggle"),
+            step("left", "Toggle", after="start"),
+            step("right", "Toggle", after="start"),
+            step("join", "Toggle", after=["left", "right"]),
+        ],
+    )
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
     assert [task.step(n).status for n in ("left", "right", "join")] == ["error", "error", "pending"]
     h.set_fault(key, "left", on=False)
@@ -194,7 +227,10 @@ def test_retry_of_a_task_not_in_error_is_refused(tasker: Tasker, load, key: str)
 
 def test_retry_step(tasker: Tasker, load, key: str) -> None:
     h.set_fault(key, "b")
-    ref = load("toggle", [step("a", "Toggle"), step("b", "Toggle", after="a"), step("c", "Toggle", after="b")])
+    ref = load(
+        "toggle",
+        [step("a", "Toggle"), step("b", "Toggle", after="a"), step("c", "Toggle", after="b")],
+    )
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
     assert task.status == "error"
 
@@ -218,8 +254,15 @@ def test_retry_step(tasker: Tasker, load, key: str) -> None:
 # -- resolve ------------------------------------------------------------------------------------------
 def test_resolve_a_failed_step_lets_dependents_proceed(tasker: Tasker, load, key: str) -> None:
     h.set_fault(key, "b")
-    ref = load("toggle", [step("a", "Toggle"), step("b", "Toggle", after="a"), step("c", "Toggle", after="b"),
-                          step("d", "Toggle", after="c")])
+    ref = load(
+        "toggle",
+        [
+            step("a", "Toggle"),
+            step("b", "Toggle", after="a"),
+            step("c", "Toggle", after="b"),
+            step("d", "Toggle", after="c"),
+        ],
+    )
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
     assert task.status == "error"
 
@@ -240,7 +283,10 @@ def test_resolve_a_failed_step_lets_dependents_proceed(tasker: Tasker, load, key
     assert len(h.calls(key, "b")) == 1
     assert to_states(step_history(tasker, task.id, "b"))[-2:] == ["error", "resolved_manually"]
     assert [r["to_state"] for r in tasker.task_transitions(task.id)][-3:] == [
-        "pending", "in_progress", "resolved_manually"]
+        "pending",
+        "in_progress",
+        "resolved_manually",
+    ]
     with pytest.raises(OperationError):
         tasker.resolve_step(task.id, "d", {})
 
@@ -253,12 +299,19 @@ def test_resolve_the_last_failed_step_settles_the_task(tasker: Tasker, load, key
     assert done.status == "resolved_manually"
     assert done.finished_at is not None
     assert [r["to_state"] for r in tasker.task_transitions(task.id)] == [
-        "pending", "in_progress", "error", "resolved_manually"]
+        "pending",
+        "in_progress",
+        "error",
+        "resolved_manually",
+    ]
 
 
 def test_resolve_step_refuses_bad_requests(tasker: Tasker, load, key: str) -> None:
     h.set_fault(key, "b")
-    ref = load("toggle", [step("a", "Toggle"), step("b", "Toggle", after="a"), step("c", "Toggle", after="b")])
+    ref = load(
+        "toggle",
+        [step("a", "Toggle"), step("b", "Toggle", after="a"), step("c", "Toggle", after="b")],
+    )
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
     with pytest.raises(NotFoundError) as info:
         tasker.resolve_step(task.id, "charge", {"x": 1})
@@ -275,7 +328,9 @@ def test_resolve_step_refuses_bad_requests(tasker: Tasker, load, key: str) -> No
     assert after.step("b").status == "error"
 
 
-def test_resolving_a_pending_step_whose_parent_is_running_is_refused(tasker: Tasker, load, key: str) -> None:
+def test_resolving_a_pending_step_whose_parent_is_running_is_refused(
+    tasker: Tasker, load, key: str
+) -> None:
     """Issue 9, point 7: resolving `b` while `a` runs would release `c` before `a` finished."""
     ref = load("gated", [step("a", "Gated"), step("b", after="a"), step("c", after="b")])
     task_id = tasker.create_task(ref, {"key": key}).id
@@ -285,7 +340,9 @@ def test_resolving_a_pending_step_whose_parent_is_running_is_refused(tasker: Tas
     with pytest.raises(OperationError) as info:
         tasker.resolve_step(task_id, "b", {"by": "operator"})
     msg = str(info.value)
-    assert "step 'b' of task" in msg and "cannot be resolved" in msg and "a (in_progress)" in msg, msg
+    assert "step 'b' of task" in msg and "cannot be resolved" in msg and "a (in_progress)" in msg, (
+        msg
+    )
     assert "\n" not in msg and "fix:" in msg
     task = tasker.get_task(task_id)
     assert [task.step(n).status for n in ("a", "b", "c")] == ["in_progress", "pending", "pending"]
@@ -302,13 +359,29 @@ def test_resolving_a_pending_step_whose_parent_is_running_is_refused(tasker: Tas
     assert not any(r["to_state"] == "resolved_manually" for r in step_history(tasker, task_id, "b"))
 
 
-def test_resolving_below_a_failed_parent_names_every_unfinished_parent(tasker: Tasker, load, key: str) -> None:
+def test_resolving_below_a_failed_parent_names_every_unfinished_parent(
+    tasker: Tasker, load, key: str
+) -> None:
     h.set_fault(key, "b")
-    ref = load("diamond", [step("a", "Toggle"), step("b", "Toggle", after="a"), step("c", "Toggle", after="a"),
-                           step("d", "Toggle", after=["b", "c"]), step("e", "Toggle", after="d")])
+    ref = load(
+        "diamond",
+        [
+            step("a", "Toggle"),
+            step("b", "Toggle", after="a"),
+            step("c", "Toggle", after="a"),
+            step("d", "Toggle", after=["b", "c"]),
+            step("e", "Toggle", after="d"),
+        ],
+    )
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
     assert task.status == "error"
-    assert [task.step(n).status for n in "abcde"] == ["complete", "error", "complete", "pending", "pending"]
+    assert [task.step(n).status for n in "abcde"] == [
+        "complete",
+        "error",
+        "complete",
+        "pending",
+        "pending",
+    ]
 
     with pytest.raises(OperationError, match=r"parent b \(error\) is not finished"):
         tasker.resolve_step(task.id, "d", {})
@@ -329,9 +402,13 @@ def test_resolving_below_a_failed_parent_names_every_unfinished_parent(tasker: T
 def test_unfinished_parents_message_lists_them_in_order() -> None:
     from tasker.store.operations import unfinished_parents_message
 
-    msg = unfinished_parents_message(7, "ship", "resolved", [("charge", "error"), ("reserve", "ready")])
-    assert msg.startswith("step 'ship' of task 7 cannot be resolved while its parents charge (error), "
-                          "reserve (ready) are not finished; fix: resolve or wait for the parents first")
+    msg = unfinished_parents_message(
+        7, "ship", "resolved", [("charge", "error"), ("reserve", "ready")]
+    )
+    assert msg.startswith(
+        "step 'ship' of task 7 cannot be resolved while its parents charge (error), "
+        "reserve (ready) are not finished; fix: resolve or wait for the parents first"
+    )
 
 
 def test_cancel_storm_while_workers_run(make_tasker, write_template, key: str) -> None:
@@ -340,7 +417,9 @@ def test_cancel_storm_while_workers_run(make_tasker, write_template, key: str) -
     of a cancelled task starts or completes after its cancel."""
     from tests.integration.support import history, template_yaml
 
-    path = write_template(template_yaml("storm", [step("a"), step("b", after="a"), step("c", after="a")]))
+    path = write_template(
+        template_yaml("storm", [step("a"), step("b", after="a"), step("c", after="a")])
+    )
     operator = make_tasker()
     operator.load_templates(path)
     ids = [operator.create_task("itest/storm", {"key": key, "n": i}).id for i in range(120)]
@@ -387,10 +466,16 @@ def test_cancel_storm_while_workers_run(make_tasker, write_template, key: str) -
             # One writer at a time: transition times follow commit order.
             cancelled_at = operator.task_transitions(t.id)[-1]["at"]
             for rows in by_step.values():
-                assert all(r["at"] <= cancelled_at for r in rows if r["to_state"] in ("in_progress", "complete"))
+                assert all(
+                    r["at"] <= cancelled_at
+                    for r in rows
+                    if r["to_state"] in ("in_progress", "complete")
+                )
 
 
-def _wait_for_state(tasker: Tasker, task_id: int, name: str, state: str, timeout: float = 10) -> None:
+def _wait_for_state(
+    tasker: Tasker, task_id: int, name: str, state: str, timeout: float = 10
+) -> None:
     deadline = time.monotonic() + timeout
     while tasker.get_task(task_id).step(name).status != state:
         assert time.monotonic() < deadline, f"step {name} never reached {state}"
@@ -399,7 +484,9 @@ def _wait_for_state(tasker: Tasker, task_id: int, name: str, state: str, timeout
 
 def test_resolve_a_step_waiting_to_retry_wakes_the_worker(tasker: Tasker, load, key: str) -> None:
     """The service asked for 30 s; an operator supplies the result instead, and the worker goes on at once."""
-    ref = load("slow_retry", [step("a", handler_config={"fail": ["retry_after:30"]}), step("b", after="a")])
+    ref = load(
+        "slow_retry", [step("a", handler_config={"fail": ["retry_after:30"]}), step("b", after="a")]
+    )
     task_id = tasker.create_task(ref, {"key": key}).id
     worker, _ = _in_thread(tasker.work, until_idle=True)
     _wait_for_state(tasker, task_id, "a", "waiting_retry")
@@ -412,11 +499,16 @@ def test_resolve_a_step_waiting_to_retry_wakes_the_worker(tasker: Tasker, load, 
     assert task.status == "resolved_manually"
     assert task.step("a").attempts == 1
     assert h.calls(key, "b")[0]["results"]["a"] == {"by": "operator"}
-    assert to_states(step_history(tasker, task_id, "a"))[-2:] == ["waiting_retry", "resolved_manually"]
+    assert to_states(step_history(tasker, task_id, "a"))[-2:] == [
+        "waiting_retry",
+        "resolved_manually",
+    ]
 
 
 def test_cancel_a_task_waiting_to_retry(tasker: Tasker, load, key: str) -> None:
-    ref = load("slow_retry", [step("a", handler_config={"fail": ["retry_after:30"]}), step("b", after="a")])
+    ref = load(
+        "slow_retry", [step("a", handler_config={"fail": ["retry_after:30"]}), step("b", after="a")]
+    )
     task_id = tasker.create_task(ref, {"key": key}).id
     worker, out = _in_thread(tasker.run, task_id)
     _wait_for_state(tasker, task_id, "a", "waiting_retry")

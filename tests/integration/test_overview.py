@@ -163,6 +163,9 @@ def test_final_counts_reuse_the_settled_part_and_stay_exact(
         moved = final.counts(conn, datetime.now(UTC) + SETTLED_REFRESH + SETTLED_MARGIN)
         assert final.cutoff is not None and cutoff is not None and final.cutoff > cutoff
         assert moved == later
-    assert tasker.overview().tasks_by_status == {**{s.value: 0 for s in TaskState},
-                                                 "complete": 4, "cancelled": 1}
+    assert tasker.overview().tasks_by_status == {
+        **{s.value: 0 for s in TaskState},
+        "complete": 4,
+        "cancelled": 1,
+    }
     assert cancelled

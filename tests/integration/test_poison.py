@@ -27,8 +27,14 @@ FAST = {"backoff_base_seconds": 0.01, "backoff_max_seconds": 0.02}
 
 
 def _write(directory: Path, name: str, steps: list[dict[str, Any]], **top: Any) -> Path:
-    data = {"name": name, "namespace_name": "poison", "version": "1.0.0", "retry": dict(FAST),
-            "step_templates": steps, **top}
+    data = {
+        "name": name,
+        "namespace_name": "poison",
+        "version": "1.0.0",
+        "retry": dict(FAST),
+        "step_templates": steps,
+        **top,
+    }
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -39,35 +45,68 @@ def _innocent_steps(sleep: float = 0.0) -> list[dict[str, Any]]:
     cfg = {"sleep": sleep}
     return [
         {"name": "a", "handler_class": f"{P}:Innocent", "handler_config": cfg},
-        {"name": "b", "handler_class": f"{P}:Innocent", "handler_config": cfg, "depends_on_step": "a"},
-        {"name": "c", "handler_class": f"{P}:Innocent", "handler_config": cfg, "depends_on_step": "b"},
+        {
+            "name": "b",
+            "handler_class": f"{P}:Innocent",
+            "handler_config": cfg,
+            "depends_on_step": "a",
+        },
+        {
+            "name": "c",
+            "handler_class": f"{P}:Innocent",
+            "handler_config": cfg,
+            "depends_on_step": "b",
+        },
     ]
 
 
-def _poison_template(directory: Path, mode: str, *, handler: str = "Poison", retry_limit: int = 2,
-                     timeout: float | None = None) -> Path:
+def _poison_template(
+    directory: Path,
+    mode: str,
+    *,
+    handler: str = "Poison",
+    retry_limit: int = 2,
+    timeout: float | None = None,
+) -> Path:
     cfg: dict[str, Any] = {"mode": mode}
     if timeout is not None:
         cfg["timeout_seconds"] = timeout
-    return _write(directory, f"bad_{mode}", [
-        {"name": "bad", "handler_class": f"{P}:{handler}", "default_retry_limit": retry_limit,
-         "handler_config": cfg},
-    ])
+    return _write(
+        directory,
+        f"bad_{mode}",
+        [
+            {
+                "name": "bad",
+                "handler_class": f"{P}:{handler}",
+                "default_retry_limit": retry_limit,
+                "handler_config": cfg,
+            },
+        ],
+    )
 
 
-def _run_beside_innocents(tasker: Tasker, tmp_path: Path, mode: str, **kw: Any) -> tuple[Any, list[int]]:
+def _run_beside_innocents(
+    tasker: Tasker, tmp_path: Path, mode: str, **kw: Any
+) -> tuple[Any, list[int]]:
     templates = tmp_path / "templates"
     tasker.load_templates(_poison_template(templates, mode, **kw))
     tasker.load_templates(_write(templates, "innocent", _innocent_steps(0.01)))
-    innocent = [tasker.create_task("poison/innocent", {"dir": str(tmp_path), "n": i}).id for i in range(4)]
+    innocent = [
+        tasker.create_task("poison/innocent", {"dir": str(tmp_path), "n": i}).id for i in range(4)
+    ]
     bad = tasker.create_task(f"poison/bad_{mode}", {"dir": str(tmp_path)}).id
-    innocent += [tasker.create_task("poison/innocent", {"dir": str(tmp_path), "n": i}).id for i in range(4, 8)]
+    innocent += [
+        tasker.create_task("poison/innocent", {"dir": str(tmp_path), "n": i}).id
+        for i in range(4, 8)
+    ]
     tasker.work(concurrency=6)
     for task_id in innocent:
         task = tasker.get_task(task_id)
         assert task.status == "complete", (task.status, [s.last_error for s in task.steps])
         for name in "abc":
-            assert runs(tmp_path, task_id, name) == 1, f"innocent step {name} of task {task_id} ran again"
+            assert runs(tmp_path, task_id, name) == 1, (
+                f"innocent step {name} of task {task_id} ran again"
+            )
     return tasker.get_task(bad).step("bad"), innocent
 
 
@@ -76,16 +115,24 @@ def _stored_json_ok(step: Any) -> None:
     json.dumps({"results": step.results, "error": step.last_error}, allow_nan=False).encode("utf-8")
 
 
-@pytest.mark.parametrize("mode,cls,fragment", [
-    ("nul_result", "InvalidResultError", "results.text: contains a NUL character"),
-    ("nan_result", "InvalidResultError", "results.values[1]: is nan"),
-    ("inf_result", "InvalidResultError", "results.nested.x: is inf"),
-    ("surrogate_result", "InvalidResultError", "results.s: contains a lone surrogate (\\udc80)"),
-    ("set_result", "InvalidResultError", "results.s: is a set"),
-    ("self_reference", "InvalidResultError", "nested deeper than 100 levels"),
-])
-def test_unstorable_results_fail_the_step_naming_the_path(tasker: Tasker, tmp_path: Path, mode: str, cls: str,
-                                                          fragment: str) -> None:
+@pytest.mark.parametrize(
+    "mode,cls,fragment",
+    [
+        ("nul_result", "InvalidResultError", "results.text: contains a NUL character"),
+        ("nan_result", "InvalidResultError", "results.values[1]: is nan"),
+        ("inf_result", "InvalidResultError", "results.nested.x: is inf"),
+        (
+            "surrogate_result",
+            "InvalidResultError",
+            "results.s: contains a lone surrogate (\\udc80)",
+        ),
+        ("set_result", "InvalidResultError", "results.s: is a set"),
+        ("self_reference", "InvalidResultError", "nested deeper than 100 levels"),
+    ],
+)
+def test_unstorable_results_fail_the_step_naming_the_path(
+    tasker: Tasker, tmp_path: Path, mode: str, cls: str, fragment: str
+) -> None:
     step, _ = _run_beside_innocents(tasker, tmp_path, mode)
     assert step.status == "error"
     assert step.attempts == 1, "an unstorable result is a bug: it is not retried"
@@ -117,14 +164,21 @@ def test_huge_error_messages_are_cut_with_their_size_noted(tasker: Tasker, tmp_p
     assert "[truncated: 3,000,000 characters in all]" in message
 
 
-@pytest.mark.parametrize("mode", ["system_exit", "keyboard_interrupt", "generator_exit", "cancelled"])
+@pytest.mark.parametrize(
+    "mode", ["system_exit", "keyboard_interrupt", "generator_exit", "cancelled"]
+)
 @pytest.mark.parametrize("handler", ["Poison", "AsyncPoison"])
-def test_base_exceptions_from_handlers_are_the_steps_failure(tasker: Tasker, tmp_path: Path, mode: str,
-                                                             handler: str) -> None:
+def test_base_exceptions_from_handlers_are_the_steps_failure(
+    tasker: Tasker, tmp_path: Path, mode: str, handler: str
+) -> None:
     step, _ = _run_beside_innocents(tasker, tmp_path, mode, handler=handler)
     assert step.status == "error" and step.attempts == 2, step.last_error
-    expected = {"system_exit": "SystemExit", "keyboard_interrupt": "KeyboardInterrupt",
-                "generator_exit": "GeneratorExit", "cancelled": "CancelledError"}[mode]
+    expected = {
+        "system_exit": "SystemExit",
+        "keyboard_interrupt": "KeyboardInterrupt",
+        "generator_exit": "GeneratorExit",
+        "cancelled": "CancelledError",
+    }[mode]
     assert step.last_error["class"] == expected
     assert step.last_error["system_fault"] is False
 
@@ -137,7 +191,9 @@ def test_exception_with_a_broken_str_is_recorded(tasker: Tasker, tmp_path: Path)
 
 
 @pytest.mark.parametrize("mode,shown", [("bad_retry_after", "soon"), ("nan_retry_after", "nan")])
-def test_unusable_retry_after_falls_back_to_backoff(tasker: Tasker, tmp_path: Path, mode: str, shown: str) -> None:
+def test_unusable_retry_after_falls_back_to_backoff(
+    tasker: Tasker, tmp_path: Path, mode: str, shown: str
+) -> None:
     step, _ = _run_beside_innocents(tasker, tmp_path, mode)
     assert step.status == "error" and step.attempts == 2
     assert step.last_error["class"] == "RetryableError"
@@ -153,8 +209,12 @@ def test_an_outcome_the_store_refuses_costs_no_other_step(tasker: Tasker, tmp_pa
 
 
 @pytest.mark.parametrize("mode", ["swallow_cancel", "ignore_cancel"])
-def test_async_handler_that_swallows_cancellation_is_timed_out(tasker: Tasker, tmp_path: Path, mode: str) -> None:
-    step, _ = _run_beside_innocents(tasker, tmp_path, mode, handler="AsyncPoison", retry_limit=1, timeout=0.2)
+def test_async_handler_that_swallows_cancellation_is_timed_out(
+    tasker: Tasker, tmp_path: Path, mode: str
+) -> None:
+    step, _ = _run_beside_innocents(
+        tasker, tmp_path, mode, handler="AsyncPoison", retry_limit=1, timeout=0.2
+    )
     assert step.status == "error", step.last_error
     assert step.results is None, "a result returned after the timeout must not count"
     assert step.last_error["class"] == "StepTimeoutError"
@@ -170,19 +230,33 @@ def test_sync_timeouts_count_from_the_handlers_start(tasker: Tasker, tmp_path: P
     """Eight hanging handlers at concurrency 2: none spends an attempt before it starts, and quick steps
     are not stuck behind the hung threads."""
     templates = tmp_path / "templates"
-    tasker.load_templates(_write(templates, "hang", [
-        {"name": "hang", "handler_class": f"{P}:Hang", "default_retry_limit": 1,
-         "handler_config": {"timeout_seconds": 0.3, "hang": 2.0}},
-    ]))
+    tasker.load_templates(
+        _write(
+            templates,
+            "hang",
+            [
+                {
+                    "name": "hang",
+                    "handler_class": f"{P}:Hang",
+                    "default_retry_limit": 1,
+                    "handler_config": {"timeout_seconds": 0.3, "hang": 2.0},
+                },
+            ],
+        )
+    )
     tasker.load_templates(_write(templates, "innocent", _innocent_steps()))
     hung = [tasker.create_task("poison/hang", {"dir": str(tmp_path), "n": i}).id for i in range(8)]
-    quick = [tasker.create_task("poison/innocent", {"dir": str(tmp_path), "n": i}).id for i in range(4)]
+    quick = [
+        tasker.create_task("poison/innocent", {"dir": str(tmp_path), "n": i}).id for i in range(4)
+    ]
     w = tasker.worker(concurrency=2)
     tasker.work(worker=w)
     for task_id in hung:
         step = tasker.get_task(task_id).step("hang")
         assert step.status == "error" and step.last_error["class"] == "StepTimeoutError"
-        assert runs(tmp_path, task_id, "hang", "starts") == 1, "an attempt was spent before its handler started"
+        assert runs(tmp_path, task_id, "hang", "starts") == 1, (
+            "an attempt was spent before its handler started"
+        )
     for task_id in quick:
         assert tasker.get_task(task_id).status == "complete"
     assert w.threads.stuck <= 8
@@ -194,8 +268,13 @@ def test_handler_bugs_do_not_open_the_default_circuit(tasker: Tasker, tmp_path: 
     templates = tmp_path / "templates"
     tasker.load_templates(_poison_template(templates, "key_error", retry_limit=3))
     tasker.load_templates(_write(templates, "innocent", _innocent_steps()))
-    bad = [tasker.create_task("poison/bad_key_error", {"dir": str(tmp_path), "n": i}).id for i in range(30)]
-    good = [tasker.create_task("poison/innocent", {"dir": str(tmp_path), "n": i}).id for i in range(30)]
+    bad = [
+        tasker.create_task("poison/bad_key_error", {"dir": str(tmp_path), "n": i}).id
+        for i in range(30)
+    ]
+    good = [
+        tasker.create_task("poison/innocent", {"dir": str(tmp_path), "n": i}).id for i in range(30)
+    ]
     tasker.work(concurrency=4)
     for task_id in bad:
         step = tasker.get_task(task_id).step("bad")
@@ -212,10 +291,20 @@ def test_a_configured_default_system_still_breaks(tasker: Tasker, tmp_path: Path
     """Opting the default system in gives it a circuit like any other (retryable errors count)."""
     tasker.configure_system("default", failure_threshold=2)
     templates = tmp_path / "templates"
-    tasker.load_templates(_write(templates, "down", [
-        {"name": "call", "handler_class": "tests.integration.handlers:Scripted", "default_retry_limit": 5,
-         "handler_config": {"always_fail": "retryable"}},
-    ]))
+    tasker.load_templates(
+        _write(
+            templates,
+            "down",
+            [
+                {
+                    "name": "call",
+                    "handler_class": "tests.integration.handlers:Scripted",
+                    "default_retry_limit": 5,
+                    "handler_config": {"always_fail": "retryable"},
+                },
+            ],
+        )
+    )
     ids = [tasker.create_task("poison/down", {"key": f"{tmp_path}-{i}"}).id for i in range(3)]
     w = tasker.worker(concurrency=3)
 
@@ -249,12 +338,24 @@ def test_system_fault_classification() -> None:
 
 
 # -- a real `tasker worker` process -----------------------------------------------------------------------
-PROCESS_POISONS = ["system_exit", "keyboard_interrupt", "nul_error", "nan_result", "surrogate_result",
-                   "sneaky_result", "broken_str", "bad_retry_after", "cancelled", "huge_error"]
+PROCESS_POISONS = [
+    "system_exit",
+    "keyboard_interrupt",
+    "nul_error",
+    "nan_result",
+    "surrogate_result",
+    "sneaky_result",
+    "broken_str",
+    "bad_retry_after",
+    "cancelled",
+    "huge_error",
+]
 
 
 @pytest.mark.timeout(120)
-def test_a_worker_process_survives_every_poison(tasker: Tasker, store_url: str, tmp_path: Path) -> None:
+def test_a_worker_process_survives_every_poison(
+    tasker: Tasker, store_url: str, tmp_path: Path
+) -> None:
     templates = tmp_path / "templates"
     paths = [_poison_template(templates, mode) for mode in PROCESS_POISONS]
     paths.append(_write(templates, "innocent", _innocent_steps(0.02)))
@@ -266,10 +367,15 @@ def test_a_worker_process_survives_every_poison(tasker: Tasker, store_url: str, 
         ctx = {"dir": str(tmp_path)}
         innocent = [tasker.create_task("poison/innocent", {**ctx, "n": i}).id for i in range(8)]
         bad = [tasker.create_task(f"poison/bad_{mode}", ctx).id for mode in PROCESS_POISONS]
-        innocent += [tasker.create_task("poison/innocent", {**ctx, "n": i}).id for i in range(8, 16)]
+        innocent += [
+            tasker.create_task("poison/innocent", {**ctx, "n": i}).id for i in range(8, 16)
+        ]
         finished = {"complete", "error"}
-        wait_for(lambda: all(t.status in finished for t in tasker.get_tasks(bad + innocent)), 60,
-                 "every task to finish")
+        wait_for(
+            lambda: all(t.status in finished for t in tasker.get_tasks(bad + innocent)),
+            60,
+            "every task to finish",
+        )
         assert w.alive(), fleet.logs()
         for task_id, mode in zip(bad, PROCESS_POISONS):
             step = tasker.get_task(task_id).step("bad")
@@ -281,19 +387,42 @@ def test_a_worker_process_survives_every_poison(tasker: Tasker, store_url: str, 
 
 
 @pytest.mark.timeout(60)
-def test_a_worker_with_hung_sync_handlers_exits_on_sigterm_within_its_grace(tasker: Tasker, store_url: str,
-                                                                             tmp_path: Path) -> None:
+def test_a_worker_with_hung_sync_handlers_exits_on_sigterm_within_its_grace(
+    tasker: Tasker, store_url: str, tmp_path: Path
+) -> None:
     templates = tmp_path / "templates"
-    tasker.load_templates(_write(templates, "hang", [
-        {"name": "hang", "handler_class": f"{P}:Hang", "default_retry_limit": 1,
-         "handler_config": {"timeout_seconds": 0.2, "hang": 60.0}},
-    ]))
-    with Fleet(store_url, templates, tmp_path / "logs", concurrency=2, grace_seconds=1.0,
-               poll_interval=0.05) as fleet:
+    tasker.load_templates(
+        _write(
+            templates,
+            "hang",
+            [
+                {
+                    "name": "hang",
+                    "handler_class": f"{P}:Hang",
+                    "default_retry_limit": 1,
+                    "handler_config": {"timeout_seconds": 0.2, "hang": 60.0},
+                },
+            ],
+        )
+    )
+    with Fleet(
+        store_url,
+        templates,
+        tmp_path / "logs",
+        concurrency=2,
+        grace_seconds=1.0,
+        poll_interval=0.05,
+    ) as fleet:
         w = fleet.spawn()
         w.wait_started()
-        ids = [tasker.create_task("poison/hang", {"dir": str(tmp_path), "n": i}).id for i in range(4)]
-        wait_for(lambda: all(t.status == "error" for t in tasker.get_tasks(ids)), 30, "every hang to time out")
+        ids = [
+            tasker.create_task("poison/hang", {"dir": str(tmp_path), "n": i}).id for i in range(4)
+        ]
+        wait_for(
+            lambda: all(t.status == "error" for t in tasker.get_tasks(ids)),
+            30,
+            "every hang to time out",
+        )
         t0 = time.monotonic()
         w.signal(signal.SIGTERM)
         code = w.wait(6.0)
@@ -315,30 +444,62 @@ def test_stuck_handler_threads_are_reported_as_a_metric(tasker: Tasker, tmp_path
     fresh = EngineMetrics()
     previous = set_engine_metrics(fresh)
     try:
-        tasker.load_templates(_write(tmp_path / "templates", "hang", [
-            {"name": "hang", "handler_class": f"{P}:Hang", "default_retry_limit": 1,
-             "handler_config": {"timeout_seconds": 0.1, "hang": 1.5}},
-        ]))
-        ids = [tasker.create_task("poison/hang", {"dir": str(tmp_path), "n": i}).id for i in range(2)]
+        tasker.load_templates(
+            _write(
+                tmp_path / "templates",
+                "hang",
+                [
+                    {
+                        "name": "hang",
+                        "handler_class": f"{P}:Hang",
+                        "default_retry_limit": 1,
+                        "handler_config": {"timeout_seconds": 0.1, "hang": 1.5},
+                    },
+                ],
+            )
+        )
+        ids = [
+            tasker.create_task("poison/hang", {"dir": str(tmp_path), "n": i}).id for i in range(2)
+        ]
         w = tasker.worker(concurrency=2)
         tasker.work(worker=w)
         assert all(t.status == "error" for t in tasker.get_tasks(ids))
-        assert fresh.registry.get_sample_value("tasker_handler_threads_stuck", {"worker": w.id}) == 2
+        assert (
+            fresh.registry.get_sample_value("tasker_handler_threads_stuck", {"worker": w.id}) == 2
+        )
     finally:
         set_engine_metrics(previous)
 
 
-def test_a_probe_that_fails_by_its_own_bug_closes_the_circuit(tasker: Tasker, tmp_path: Path) -> None:
+def test_a_probe_that_fails_by_its_own_bug_closes_the_circuit(
+    tasker: Tasker, tmp_path: Path
+) -> None:
     """The first attempt's RetryableError opens the circuit (threshold 1); the probe then fails with a
     ValueError, which says nothing about the system: the circuit closes and the step spends the attempt."""
     templates = tmp_path / "templates"
-    tasker.load_templates(_write(templates, "probe", [
-        {"name": "call", "handler_class": "tests.integration.handlers:Scripted", "default_retry_limit": 3,
-         "dependent_system": "svc", "handler_config": {"fail": ["retryable", "value"]}},
-    ], dependent_systems={"svc": {"failure_threshold": 1, "cooldown_seconds": 0.2}}))
+    tasker.load_templates(
+        _write(
+            templates,
+            "probe",
+            [
+                {
+                    "name": "call",
+                    "handler_class": "tests.integration.handlers:Scripted",
+                    "default_retry_limit": 3,
+                    "dependent_system": "svc",
+                    "handler_config": {"fail": ["retryable", "value"]},
+                },
+            ],
+            dependent_systems={"svc": {"failure_threshold": 1, "cooldown_seconds": 0.2}},
+        )
+    )
     task = tasker.run(tasker.create_task("poison/probe", {"key": f"{tmp_path}-probe"}).id)
     assert task.status == "complete"
     assert task.step("call").attempts == 3, "the failed probe's attempt is spent, not refunded"
     moves = [(r["from_state"], r["to_state"], r["reason"]) for r in tasker.circuit_history("svc")]
-    assert [m[:2] for m in moves] == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+    assert [m[:2] for m in moves] == [
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "closed"),
+    ]
     assert {s["name"]: s["circuit_state"] for s in tasker.systems()}["svc"] == "closed"

@@ -15,13 +15,16 @@ def _gaps(rows: list[dict]) -> list[float]:
     out = []
     for i, row in enumerate(rows):
         if row["to_state"] == "waiting_retry":
-            nxt = next(r for r in rows[i + 1:] if r["to_state"] == "in_progress")
+            nxt = next(r for r in rows[i + 1 :] if r["to_state"] == "in_progress")
             out.append((nxt["at"] - row["at"]).total_seconds())
     return out
 
 
 def test_retry_then_success(tasker: Tasker, load, key: str) -> None:
-    ref = load("flaky", [step("a", handler_config={"fail": ["retryable", "retryable"]}), step("b", after="a")])
+    ref = load(
+        "flaky",
+        [step("a", handler_config={"fail": ["retryable", "retryable"]}), step("b", after="a")],
+    )
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
 
     assert task.status == "complete"
@@ -34,8 +37,15 @@ def test_retry_then_success(tasker: Tasker, load, key: str) -> None:
     # The idempotency key is stable across the retries of the step.
     assert len({c["idem"] for c in h.calls(key, "a")}) == 1
     rows = step_history(tasker, task.id, "a")
-    assert to_states(rows) == ["ready", "in_progress", "waiting_retry", "in_progress", "waiting_retry",
-                               "in_progress", "complete"]
+    assert to_states(rows) == [
+        "ready",
+        "in_progress",
+        "waiting_retry",
+        "in_progress",
+        "waiting_retry",
+        "in_progress",
+        "complete",
+    ]
     retries = [r for r in rows if r["to_state"] == "waiting_retry"]
     assert [r["attempt"] for r in retries] == [1, 2]
     assert {r["error_class"] for r in retries} == {"RetryableError"}
@@ -44,8 +54,13 @@ def test_retry_then_success(tasker: Tasker, load, key: str) -> None:
 
 
 def test_retries_exhausted(tasker: Tasker, load, key: str) -> None:
-    ref = load("exhaust", [step("a", default_retry_limit=4, handler_config={"always_fail": "retryable"}),
-                           step("b", after="a")])
+    ref = load(
+        "exhaust",
+        [
+            step("a", default_retry_limit=4, handler_config={"always_fail": "retryable"}),
+            step("b", after="a"),
+        ],
+    )
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
 
     assert task.status == "error"
@@ -60,12 +75,25 @@ def test_retries_exhausted(tasker: Tasker, load, key: str) -> None:
     assert task.step("b").status == "pending"
     rows = step_history(tasker, task.id, "a")
     assert to_states(rows).count("waiting_retry") == 3
-    assert (rows[-1]["from_state"], rows[-1]["to_state"], rows[-1]["attempt"]) == ("in_progress", "error", 4)
+    assert (rows[-1]["from_state"], rows[-1]["to_state"], rows[-1]["attempt"]) == (
+        "in_progress",
+        "error",
+        4,
+    )
 
 
 def test_not_retryable_step_is_never_retried(tasker: Tasker, load, key: str) -> None:
-    ref = load("once", [step("a", default_retryable=False, default_retry_limit=5,
-                             handler_config={"always_fail": "retryable"})])
+    ref = load(
+        "once",
+        [
+            step(
+                "a",
+                default_retryable=False,
+                default_retry_limit=5,
+                handler_config={"always_fail": "retryable"},
+            )
+        ],
+    )
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
 
     assert task.status == "error"
@@ -116,9 +144,17 @@ def test_retry_after_is_honoured(tasker: Tasker, load, key: str) -> None:
 
 
 def test_exponential_backoff_grows(tasker: Tasker, load, key: str) -> None:
-    ref = load("backoff", [step("a", default_retry_limit=4,
-                                retry={"backoff_base_seconds": 0.15, "backoff_max_seconds": 5, "jitter": 0},
-                                handler_config={"fail": ["retryable", "retryable", "retryable"]})])
+    ref = load(
+        "backoff",
+        [
+            step(
+                "a",
+                default_retry_limit=4,
+                retry={"backoff_base_seconds": 0.15, "backoff_max_seconds": 5, "jitter": 0},
+                handler_config={"fail": ["retryable", "retryable", "retryable"]},
+            )
+        ],
+    )
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
 
     assert task.status == "complete"
@@ -135,9 +171,17 @@ def test_exponential_backoff_grows(tasker: Tasker, load, key: str) -> None:
 
 
 def test_backoff_is_capped(tasker: Tasker, load, key: str) -> None:
-    ref = load("capped", [step("a", default_retry_limit=3,
-                               retry={"backoff_base_seconds": 0.05, "backoff_max_seconds": 0.05, "jitter": 0},
-                               handler_config={"always_fail": "retryable"})])
+    ref = load(
+        "capped",
+        [
+            step(
+                "a",
+                default_retry_limit=3,
+                retry={"backoff_base_seconds": 0.05, "backoff_max_seconds": 0.05, "jitter": 0},
+                handler_config={"always_fail": "retryable"},
+            )
+        ],
+    )
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
     assert task.step("a").attempts == 3
     rows = step_history(tasker, task.id, "a")
@@ -147,8 +191,17 @@ def test_backoff_is_capped(tasker: Tasker, load, key: str) -> None:
 
 
 def test_async_handler_past_its_timeout_is_cancelled(tasker: Tasker, load, key: str) -> None:
-    ref = load("slow_async", [step("a", "AsyncSleeper", default_retry_limit=2,
-                                   handler_config={"timeout_seconds": 0.2, "sleep": 5})])
+    ref = load(
+        "slow_async",
+        [
+            step(
+                "a",
+                "AsyncSleeper",
+                default_retry_limit=2,
+                handler_config={"timeout_seconds": 0.2, "sleep": 5},
+            )
+        ],
+    )
     started = time.monotonic()
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
 
@@ -165,13 +218,21 @@ def test_async_handler_past_its_timeout_is_cancelled(tasker: Tasker, load, key: 
         assert cancel["at"] - attempt["start"] >= 0.19
     rows = step_history(tasker, task.id, "a")
     assert [r["error_class"] for r in rows if r["to_state"] in ("waiting_retry", "error")] == [
-        "StepTimeoutError", "StepTimeoutError"]
+        "StepTimeoutError",
+        "StepTimeoutError",
+    ]
 
 
 def test_sync_handler_past_its_timeout_is_failed_and_its_late_result_discarded(
-        tasker: Tasker, load, key: str) -> None:
-    ref = load("slow_sync", [step("a", "SlowFirstAttempt", handler_config={"timeout_seconds": 0.2, "sleep": 0.6}),
-                             step("b", after="a")])
+    tasker: Tasker, load, key: str
+) -> None:
+    ref = load(
+        "slow_sync",
+        [
+            step("a", "SlowFirstAttempt", handler_config={"timeout_seconds": 0.2, "sleep": 0.6}),
+            step("b", after="a"),
+        ],
+    )
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
 
     assert task.status == "complete"
@@ -197,8 +258,17 @@ def test_sync_handler_past_its_timeout_is_failed_and_its_late_result_discarded(
 
 
 def test_sync_timeout_exhausted_is_an_error(tasker: Tasker, load, key: str) -> None:
-    ref = load("slow_sync_once", [step("a", "SlowFirstAttempt", default_retry_limit=1,
-                                       handler_config={"timeout_seconds": 0.1, "sleep": 0.4})])
+    ref = load(
+        "slow_sync_once",
+        [
+            step(
+                "a",
+                "SlowFirstAttempt",
+                default_retry_limit=1,
+                handler_config={"timeout_seconds": 0.1, "sleep": 0.4},
+            )
+        ],
+    )
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
     a = task.step("a")
     assert (task.status, a.status, a.attempts) == ("error", "error", 1)
@@ -212,9 +282,16 @@ def test_sync_timeout_exhausted_is_an_error(tasker: Tasker, load, key: str) -> N
     assert tasker.get_task(task.id).step("a").status == "error"
 
 
-def test_result_that_is_not_a_json_object_fails_the_step_permanently(tasker: Tasker, load, key: str) -> None:
-    ref = load("bad_results", [step("as_list", "BadResult", handler_config={"kind": "list"}),
-                               step("not_json", "BadResult", handler_config={"kind": "object"})])
+def test_result_that_is_not_a_json_object_fails_the_step_permanently(
+    tasker: Tasker, load, key: str
+) -> None:
+    ref = load(
+        "bad_results",
+        [
+            step("as_list", "BadResult", handler_config={"kind": "list"}),
+            step("not_json", "BadResult", handler_config={"kind": "object"}),
+        ],
+    )
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
     assert task.status == "error"
     for name, words in (("as_list", "returned list"), ("not_json", "not JSON")):
@@ -229,13 +306,17 @@ def test_long_step_keeps_its_lease_by_heartbeat(make_tasker, write_template, key
     """A step that runs for several lease periods is not reclaimed by another worker while it heartbeats."""
     from tests.integration.support import template_yaml
 
-    path = write_template(template_yaml("long", [step("a", handler_config={"sleep": 1.2}), step("b", after="a")]))
+    path = write_template(
+        template_yaml("long", [step("a", handler_config={"sleep": 1.2}), step("b", after="a")])
+    )
     engines = [make_tasker(lease_seconds=0.4) for _ in range(2)]
     engines[0].load_templates(path)
     task_id = engines[0].create_task("itest/long", {"key": key}).id
     import threading
 
-    threads = [threading.Thread(target=e.work, kwargs={"until_idle": True}, daemon=True) for e in engines]
+    threads = [
+        threading.Thread(target=e.work, kwargs={"until_idle": True}, daemon=True) for e in engines
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -43,16 +43,28 @@ step_templates:
 CLOCK = r"\d\d:\d\d:\d\d"
 
 
-def test_run_says_why_it_waits_and_what_each_step_cost(store_url: str, tmp_path: Path, key: str,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_says_why_it_waits_and_what_each_step_cost(
+    store_url: str, tmp_path: Path, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # No fallback refresh within the run: every reason seen must have come from an engine event.
     monkeypatch.setattr(run_module, "FALLBACK_SECONDS", 60.0)
     monkeypatch.setattr(run_module.console, "width", 160)  # one line per row, to read the cells
     (tmp_path / "flaky.yaml").write_text(TEMPLATE)
 
     context = f'{{"key": "{key}"}}'
-    result = CliRunner().invoke(cli, ["--database-url", store_url, "run", "run_display/flaky_mail",
-                                      "--templates", str(tmp_path), "--context", context])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "--database-url",
+            store_url,
+            "run",
+            "run_display/flaky_mail",
+            "--templates",
+            str(tmp_path),
+            "--context",
+            context,
+        ],
+    )
 
     assert result.exit_code == 0, result.output
     err = result.stderr
@@ -73,18 +85,45 @@ def test_run_says_why_it_waits_and_what_each_step_cost(store_url: str, tmp_path:
 def _step(name: str = "charge", **over: Any) -> Step:
     now = datetime.now(UTC)
     fields: dict[str, Any] = dict(
-        id=1, task_id=1, name=name, status="ready", attempts=0, retry_limit=3, retryable=True,
-        dependent_system="billing", results=None, last_error=None, run_at=now, started_at=None,
-        finished_at=None, created_at=now, position=0, idempotency_key="k")
+        id=1,
+        task_id=1,
+        name=name,
+        status="ready",
+        attempts=0,
+        retry_limit=3,
+        retryable=True,
+        dependent_system="billing",
+        results=None,
+        last_error=None,
+        run_at=now,
+        started_at=None,
+        finished_at=None,
+        created_at=now,
+        position=0,
+        idempotency_key="k",
+    )
     fields.update(over)
     return Step(**fields)
 
 
 def _task(*steps: Step) -> Task:
     now = datetime.now(UTC)
-    return Task(id=1, namespace="payments", name="refund", version="1.0.0", status="in_progress",
-                context={}, idempotency_key="k", correlation_id="c", annotations=None,
-                created_at=now, updated_at=now, started_at=now, finished_at=None, steps=list(steps))
+    return Task(
+        id=1,
+        namespace="payments",
+        name="refund",
+        version="1.0.0",
+        status="in_progress",
+        context={},
+        idempotency_key="k",
+        correlation_id="c",
+        annotations=None,
+        created_at=now,
+        updated_at=now,
+        started_at=now,
+        finished_at=None,
+        steps=list(steps),
+    )
 
 
 def test_each_reason_a_step_can_wait_for() -> None:
@@ -98,8 +137,13 @@ def test_each_reason_a_step_can_wait_for() -> None:
 
     retry = _step(status="waiting_retry", attempts=1, retry_limit=5, run_at=later)
     assert why(retry, closed) == f"retry 2/5 at {clock}"
-    held = _step(status="waiting_retry", attempts=2, retry_limit=3, run_at=later,
-                 last_error={"class": "RetryableError", "waiting_for_system": "billing"})
+    held = _step(
+        status="waiting_retry",
+        attempts=2,
+        retry_limit=3,
+        run_at=later,
+        last_error={"class": "RetryableError", "waiting_for_system": "billing"},
+    )
     assert why(held, closed) == f"'billing' answers nothing, next try {clock} (attempts not spent)"
     opened = {**closed, "circuit_state": "open", "open_until": later}
     assert why(retry, opened) == f"circuit 'billing' open, next probe {clock}"
@@ -116,8 +160,9 @@ def test_each_reason_a_step_can_wait_for() -> None:
 def test_steps_held_for_one_reason_are_named_together() -> None:
     now = datetime.now(UTC)
     until = now + timedelta(seconds=9)
-    task = _task(_step("charge"), _step("refund", id=2),
-                 _step("notify", id=3, dependent_system="mail"))
+    task = _task(
+        _step("charge"), _step("refund", id=2), _step("notify", id=3, dependent_system="mail")
+    )
     systems = [{"name": "billing", "circuit_state": "open", "open_until": until}]
 
     line = waiting_line(task, systems, {}, now)
@@ -136,8 +181,13 @@ def test_step_cost_counts_probes_waiting_and_keeps_the_last_error() -> None:
     rows = [
         {"to_state": "ready", "at": at(0), "attempt": 0},
         {"to_state": "in_progress", "at": at(1), "attempt": 1},
-        {"to_state": "waiting_retry", "at": at(2), "attempt": 1, "error_class": "Timeout",
-         "error_message": "slow"},
+        {
+            "to_state": "waiting_retry",
+            "at": at(2),
+            "attempt": 1,
+            "error_class": "Timeout",
+            "error_message": "slow",
+        },
         {"to_state": "in_progress", "at": at(10), "attempt": 2},
         {"to_state": "complete", "at": at(11), "attempt": 2},
     ]

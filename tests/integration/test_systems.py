@@ -99,8 +99,13 @@ def tracked(name: str, group: str = "all", **extra: Any) -> dict[str, Any]:
     return {"name": name, "handler_class": HANDLER, "handler_config": cfg, **extra}
 
 
-def load(engine: Tasker, write_template: Callable[..., Path], name: str, steps: list[dict[str, Any]],
-         **top: Any) -> str:
+def load(
+    engine: Tasker,
+    write_template: Callable[..., Path],
+    name: str,
+    steps: list[dict[str, Any]],
+    **top: Any,
+) -> str:
     t = engine.load_templates(write_template(template_yaml(name, steps, **top), f"{name}.yaml"))[0]
     return f"{t.namespace_name}/{t.name}"
 
@@ -184,10 +189,16 @@ def statuses(engine: Tasker, ids: list[int]) -> Counter[str]:
 # -- in-flight limits ------------------------------------------------------------------------------------
 def test_system_max_in_flight_holds_across_engines(make_tasker, write_template, key: str) -> None:
     producer = make_tasker()
-    ref = load(producer, write_template, "limited", [
-        tracked("charge", "gateway", dependent_system="gateway", config={"sleep": 0.04}),
-        tracked("ship", "warehouse", dependent_system="warehouse", config={"sleep": 0.04}),
-    ], retry=FAST_RETRY)
+    ref = load(
+        producer,
+        write_template,
+        "limited",
+        [
+            tracked("charge", "gateway", dependent_system="gateway", config={"sleep": 0.04}),
+            tracked("ship", "warehouse", dependent_system="warehouse", config={"sleep": 0.04}),
+        ],
+        retry=FAST_RETRY,
+    )
     producer.configure_system("gateway", max_in_flight=2)
     ids = [producer.create_task(ref, {"key": key, "n": i}).id for i in range(24)]
     engines = [make_tasker(), make_tasker(), make_tasker()]
@@ -198,7 +209,9 @@ def test_system_max_in_flight_holds_across_engines(make_tasker, write_template, 
     assert statuses(producer, ids) == {"complete": 24}
     gateway, warehouse = board(f"{key}:gateway"), board(f"{key}:warehouse")
     assert len(gateway.calls) == 24
-    assert gateway.max_seen == 2, f"gateway ran {gateway.max_seen} steps at once with max_in_flight 2"
+    assert gateway.max_seen == 2, (
+        f"gateway ran {gateway.max_seen} steps at once with max_in_flight 2"
+    )
     assert warehouse.max_seen > 2, "a system without a limit should not be held back"
     row = circuit(producer, "gateway")
     assert row is not None and row["max_in_flight"] == 2 and row["in_flight"] == 0
@@ -206,12 +219,28 @@ def test_system_max_in_flight_holds_across_engines(make_tasker, write_template, 
 
 def test_namespace_limit_holds_across_engines(make_tasker, write_template, key: str) -> None:
     producer = make_tasker()
-    capped = load(producer, write_template, "capped", [tracked("work", "capped", config={"sleep": 0.04})],
-                  namespace="capped_ns", retry=FAST_RETRY)
-    free = load(producer, write_template, "free", [tracked("work", "free", config={"sleep": 0.04})],
-                namespace="free_ns", retry=FAST_RETRY)
+    capped = load(
+        producer,
+        write_template,
+        "capped",
+        [tracked("work", "capped", config={"sleep": 0.04})],
+        namespace="capped_ns",
+        retry=FAST_RETRY,
+    )
+    free = load(
+        producer,
+        write_template,
+        "free",
+        [tracked("work", "free", config={"sleep": 0.04})],
+        namespace="free_ns",
+        retry=FAST_RETRY,
+    )
     producer.set_namespace_limit("capped_ns", 3)
-    ids = [producer.create_task(ref, {"key": key, "n": i}).id for i in range(20) for ref in (capped, free)]
+    ids = [
+        producer.create_task(ref, {"key": key, "n": i}).id
+        for i in range(20)
+        for ref in (capped, free)
+    ]
     engines = [make_tasker(), make_tasker(), make_tasker()]
 
     work_in_threads(engines, concurrency=8)
@@ -223,9 +252,17 @@ def test_namespace_limit_holds_across_engines(make_tasker, write_template, key: 
 
 
 def test_limits_declared_in_yaml_are_stored(tasker: Tasker, write_template, key: str) -> None:
-    load(tasker, write_template, "declared", [tracked("work", dependent_system="mail")], namespace="yaml_ns",
-         namespace_max_in_flight=7,
-         dependent_systems={"mail": {"max_in_flight": 4, "failure_threshold": 9, "cooldown_seconds": 0.5}})
+    load(
+        tasker,
+        write_template,
+        "declared",
+        [tracked("work", dependent_system="mail")],
+        namespace="yaml_ns",
+        namespace_max_in_flight=7,
+        dependent_systems={
+            "mail": {"max_in_flight": 4, "failure_threshold": 9, "cooldown_seconds": 0.5}
+        },
+    )
 
     row = circuit(tasker, "mail")
     assert row is not None
@@ -234,10 +271,17 @@ def test_limits_declared_in_yaml_are_stored(tasker: Tasker, write_template, key:
 
 
 # -- circuit breaker -------------------------------------------------------------------------------------
-def test_circuit_opens_after_threshold_and_open_circuit_spends_no_attempts(tasker: Tasker, write_template,
-                                                                           key: str) -> None:
-    ref = load(tasker, write_template, "ledger", [tracked("post")], default_dependent_system="ledger",
-               retry=FAST_RETRY)
+def test_circuit_opens_after_threshold_and_open_circuit_spends_no_attempts(
+    tasker: Tasker, write_template, key: str
+) -> None:
+    ref = load(
+        tasker,
+        write_template,
+        "ledger",
+        [tracked("post")],
+        default_dependent_system="ledger",
+        retry=FAST_RETRY,
+    )
     tasker.configure_system("ledger", failure_threshold=3, cooldown_seconds=60)
     b = board(f"{key}:all")
     b.failing = True
@@ -254,17 +298,27 @@ def test_circuit_opens_after_threshold_and_open_circuit_spends_no_attempts(taske
         later = [tasker.create_task(ref, {"key": key, "n": 100 + i}).id for i in range(3)]
         time.sleep(0.3)  # anything already running settles
         calls_before = len(b.snapshot())
-        attempts_before = {s.id: s.attempts for t in tasker.get_tasks(first + later) for s in t.steps}
+        attempts_before = {
+            s.id: s.attempts for t in tasker.get_tasks(first + later) for s in t.steps
+        }
         time.sleep(1.0)  # twenty polls of the worker
         assert len(b.snapshot()) == calls_before
-        assert {s.id: s.attempts for t in tasker.get_tasks(first + later) for s in t.steps} == attempts_before
-        assert all(s.attempts == 0 and s.status == "ready" for t in tasker.get_tasks(later) for s in t.steps)
+        assert {
+            s.id: s.attempts for t in tasker.get_tasks(first + later) for s in t.steps
+        } == attempts_before
+        assert all(
+            s.attempts == 0 and s.status == "ready"
+            for t in tasker.get_tasks(later)
+            for s in t.steps
+        )
         assert circuit(tasker, "ledger")["waiting"] == 6
 
         # An operator closes it; the system is healthy again, everything runs.
         b.failing = False
         assert tasker.reset_circuit("ledger") is True
-        wait_for(lambda: statuses(tasker, first + later) == {"complete": 6}, 20, "every task to complete")
+        wait_for(
+            lambda: statuses(tasker, first + later) == {"complete": 6}, 20, "every task to complete"
+        )
 
     assert moves(tasker, "ledger") == [("closed", "open"), ("open", "closed")]
     assert tasker.circuit_history("ledger")[-1]["reason"] == "reset by an operator"
@@ -274,9 +328,17 @@ def test_circuit_opens_after_threshold_and_open_circuit_spends_no_attempts(taske
     assert tasker.reset_circuit("no_such_system") is False
 
 
-def test_steps_ready_when_the_circuit_opens_are_not_claimed(tasker: Tasker, write_template, key: str) -> None:
-    ref = load(tasker, write_template, "queue", [tracked("send")], default_dependent_system="queue_api",
-               retry=FAST_RETRY)
+def test_steps_ready_when_the_circuit_opens_are_not_claimed(
+    tasker: Tasker, write_template, key: str
+) -> None:
+    ref = load(
+        tasker,
+        write_template,
+        "queue",
+        [tracked("send")],
+        default_dependent_system="queue_api",
+        retry=FAST_RETRY,
+    )
     tasker.configure_system("queue_api", failure_threshold=2, cooldown_seconds=60)
     b = board(f"{key}:all")
     b.failing = True
@@ -288,20 +350,34 @@ def test_steps_ready_when_the_circuit_opens_are_not_claimed(tasker: Tasker, writ
 
     (opened,) = tasker.circuit_history("queue_api")
     late = [c for c in b.snapshot() if c.start >= ts(opened["at"])]
-    assert late == [], "a step of an open system was run (the cycle that opened the circuit claimed it)"
+    assert late == [], (
+        "a step of an open system was run (the cycle that opened the circuit claimed it)"
+    )
     assert len(b.snapshot()) == 2
     assert sorted(s.attempts for t in tasker.get_tasks(ids) for s in t.steps) == [0, 0, 0, 1, 1]
 
 
-def test_half_open_lets_one_probe_through_and_its_success_closes(tasker: Tasker, write_template,
-                                                                 key: str) -> None:
-    ref = load(tasker, write_template, "probe_ok", [tracked("call", config={"sleep": 0.15})],
-               default_dependent_system="flaky", retry=FAST_RETRY)
+def test_half_open_lets_one_probe_through_and_its_success_closes(
+    tasker: Tasker, write_template, key: str
+) -> None:
+    ref = load(
+        tasker,
+        write_template,
+        "probe_ok",
+        [tracked("call", config={"sleep": 0.15})],
+        default_dependent_system="flaky",
+        retry=FAST_RETRY,
+    )
     tasker.configure_system("flaky", failure_threshold=2, cooldown_seconds=0.3)
     b = board(f"{key}:all")
-    b.fail_calls = 4  # the first attempt of each of the 4 steps fails; from then on the system is fine
+    b.fail_calls = (
+        4  # the first attempt of each of the 4 steps fails; from then on the system is fine
+    )
     events: list[tuple[str, str, str]] = []
-    tasker.subscribe(lambda e: events.append((e.name, e.payload["from_state"], e.payload["to_state"])), "circuit.*")
+    tasker.subscribe(
+        lambda e: events.append((e.name, e.payload["from_state"], e.payload["to_state"])),
+        "circuit.*",
+    )
     ids = [tasker.create_task(ref, {"key": key, "n": i}).id for i in range(4)]
 
     with background_worker(tasker, concurrency=8):
@@ -309,12 +385,18 @@ def test_half_open_lets_one_probe_through_and_its_success_closes(tasker: Tasker,
 
     history = tasker.circuit_history("flaky")
     assert [(r["from_state"], r["to_state"]) for r in history] == [
-        ("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "closed"),
+    ]
     opened, half_open, closed = (ts(r["at"]) for r in history)
     assert half_open - opened >= 0.3 - 1e-3, "the probe came before the cool-down was over"
     assert history[2]["reason"] == "probe succeeded"
-    assert events == [("circuit.opened", "closed", "open"), ("circuit.half_open", "open", "half_open"),
-                      ("circuit.closed", "half_open", "closed")]
+    assert events == [
+        ("circuit.opened", "closed", "open"),
+        ("circuit.half_open", "open", "half_open"),
+        ("circuit.closed", "half_open", "closed"),
+    ]
     calls = b.snapshot()
     assert len(calls) == 8
     in_window = [c for c in calls if half_open <= c.start < closed]
@@ -327,17 +409,28 @@ def test_half_open_lets_one_probe_through_and_its_success_closes(tasker: Tasker,
 
 def test_half_open_admits_one_probe_across_engines(make_tasker, write_template, key: str) -> None:
     producer = make_tasker()
-    ref = load(producer, write_template, "probe_many", [tracked("call", config={"sleep": 0.15})],
-               default_dependent_system="flaky_many", retry=FAST_RETRY)
+    ref = load(
+        producer,
+        write_template,
+        "probe_many",
+        [tracked("call", config={"sleep": 0.15})],
+        default_dependent_system="flaky_many",
+        retry=FAST_RETRY,
+    )
     producer.configure_system("flaky_many", failure_threshold=2, cooldown_seconds=0.5)
     b = board(f"{key}:all")
     b.failing = True
     ids = [producer.create_task(ref, {"key": key, "n": i}).id for i in range(9)]
     engines = [make_tasker(), make_tasker(), make_tasker()]
 
-    with background_worker(engines[0], concurrency=4), background_worker(engines[1], concurrency=4), \
-            background_worker(engines[2], concurrency=4):
-        wait_for(lambda: ("half_open", "open") in moves(producer, "flaky_many"), 20, "a probe to fail")
+    with (
+        background_worker(engines[0], concurrency=4),
+        background_worker(engines[1], concurrency=4),
+        background_worker(engines[2], concurrency=4),
+    ):
+        wait_for(
+            lambda: ("half_open", "open") in moves(producer, "flaky_many"), 20, "a probe to fail"
+        )
         b.failing = False  # healthy from now on: the next probe closes the circuit
         wait_for(lambda: statuses(producer, ids) == {"complete": 9}, 30, "every task to complete")
 
@@ -346,7 +439,9 @@ def test_half_open_admits_one_probe_across_engines(make_tasker, write_template, 
     assert history[-1]["to_state"] == "closed" and history[-1]["reason"] == "probe succeeded"
     assert sum(1 for r in history if r["to_state"] == "closed") == 1
     calls = b.snapshot()
-    windows = [(ts(r["at"]), ts(nxt["at"])) for r, nxt in pairwise(history) if r["to_state"] == "half_open"]
+    windows = [
+        (ts(r["at"]), ts(nxt["at"])) for r, nxt in pairwise(history) if r["to_state"] == "half_open"
+    ]
     assert len(windows) >= 2
     for start, end in windows:
         inside = [c for c in calls if start <= c.start < end]
@@ -356,12 +451,21 @@ def test_half_open_admits_one_probe_across_engines(make_tasker, write_template, 
     assert all(s.attempts <= 3 for t in producer.get_tasks(ids) for s in t.steps)
 
 
-def test_failed_probe_reopens_with_doubled_cooldown_and_keeps_its_attempt(tasker: Tasker, write_template,
-                                                                          key: str) -> None:
+def test_failed_probe_reopens_with_doubled_cooldown_and_keeps_its_attempt(
+    tasker: Tasker, write_template, key: str
+) -> None:
     # retry limit 2: a failed probe on the last attempt would put the step in error, were the attempt counted
-    ref = load(tasker, write_template, "probe_fail", [tracked("call", default_retry_limit=2)],
-               default_dependent_system="shaky", retry=FAST_RETRY)
-    tasker.configure_system("shaky", failure_threshold=2, cooldown_seconds=0.2, max_cooldown_seconds=0.5)
+    ref = load(
+        tasker,
+        write_template,
+        "probe_fail",
+        [tracked("call", default_retry_limit=2)],
+        default_dependent_system="shaky",
+        retry=FAST_RETRY,
+    )
+    tasker.configure_system(
+        "shaky", failure_threshold=2, cooldown_seconds=0.2, max_cooldown_seconds=0.5
+    )
     b = board(f"{key}:all")
     b.fail_calls = 6  # 4 first attempts, then two probes fail; the third probe succeeds
     ids = [tasker.create_task(ref, {"key": key, "n": i}).id for i in range(4)]
@@ -371,8 +475,14 @@ def test_failed_probe_reopens_with_doubled_cooldown_and_keeps_its_attempt(tasker
 
     history = tasker.circuit_history("shaky")
     assert [(r["from_state"], r["to_state"]) for r in history] == [
-        ("closed", "open"), ("open", "half_open"), ("half_open", "open"), ("open", "half_open"),
-        ("half_open", "open"), ("open", "half_open"), ("half_open", "closed")]
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "open"),
+        ("open", "half_open"),
+        ("half_open", "open"),
+        ("open", "half_open"),
+        ("half_open", "closed"),
+    ]
     at = [ts(r["at"]) for r in history]
     assert at[1] - at[0] >= 0.2 - 1e-3
     assert history[2]["reason"] == "probe failed; next probe in 0.4s"  # doubled
@@ -388,13 +498,21 @@ def test_failed_probe_reopens_with_doubled_cooldown_and_keeps_its_attempt(tasker
     probed_twice = [sid for sid, n in executions.items() if n > 2]
     assert probed_twice, "some step should have run more often than its attempts say"
     for sid in probed_twice:
-        assert max(c.attempt for c in calls if c.step_id == sid) == 2  # the refund is what the handler saw
+        assert (
+            max(c.attempt for c in calls if c.step_id == sid) == 2
+        )  # the refund is what the handler saw
     assert circuit(tasker, "shaky")["consecutive_failures"] == 0
 
 
 def test_permanent_errors_do_not_trip_the_circuit(tasker: Tasker, write_template, key: str) -> None:
-    ref = load(tasker, write_template, "declines", [tracked("charge", config={"kind": "permanent"})],
-               default_dependent_system="cards", retry=FAST_RETRY)
+    ref = load(
+        tasker,
+        write_template,
+        "declines",
+        [tracked("charge", config={"kind": "permanent"})],
+        default_dependent_system="cards",
+        retry=FAST_RETRY,
+    )
     tasker.configure_system("cards", failure_threshold=2, cooldown_seconds=60)
     board(f"{key}:all").failing = True
     ids = [tasker.create_task(ref, {"key": key, "n": i}).id for i in range(5)]
@@ -408,10 +526,17 @@ def test_permanent_errors_do_not_trip_the_circuit(tasker: Tasker, write_template
     assert tasker.circuit_history("cards") == []
 
 
-def test_systems_cli_lists_systems_and_resets_a_circuit(tasker: Tasker, store_url: str, write_template,
-                                                        key: str) -> None:
-    ref = load(tasker, write_template, "cli_sys", [tracked("call")], default_dependent_system="smtp",
-               retry=FAST_RETRY)
+def test_systems_cli_lists_systems_and_resets_a_circuit(
+    tasker: Tasker, store_url: str, write_template, key: str
+) -> None:
+    ref = load(
+        tasker,
+        write_template,
+        "cli_sys",
+        [tracked("call")],
+        default_dependent_system="smtp",
+        retry=FAST_RETRY,
+    )
     tasker.configure_system("smtp", failure_threshold=1, cooldown_seconds=60)
     tasker.configure_system("gateway", max_in_flight=5)
     board(f"{key}:all").failing = True
@@ -422,8 +547,11 @@ def test_systems_cli_lists_systems_and_resets_a_circuit(tasker: Tasker, store_ur
     runner = CliRunner()
     result = runner.invoke(cli, ["--database-url", store_url, "systems"])
     assert result.exit_code == 0, result.output
-    lines = {line.split()[1]: line for line in result.output.splitlines() if line.split()[1:2] in (["smtp"],
-                                                                                                   ["gateway"])}
+    lines = {
+        line.split()[1]: line
+        for line in result.output.splitlines()
+        if line.split()[1:2] in (["smtp"], ["gateway"])
+    }
     assert set(lines) == {"smtp", "gateway"}, result.output
     assert "open" in lines["smtp"]
     assert "closed" in lines["gateway"] and "5" in lines["gateway"]
@@ -432,18 +560,31 @@ def test_systems_cli_lists_systems_and_resets_a_circuit(tasker: Tasker, store_ur
     assert result.exit_code == 0, result.output
     assert "smtp: circuit closed" in result.output
     assert circuit_state(tasker, "smtp") == "closed"
-    assert tasker.get_task(task_id).status in ("pending", "in_progress")  # waits, attempts kept for later
+    assert tasker.get_task(task_id).status in (
+        "pending",
+        "in_progress",
+    )  # waits, attempts kept for later
 
     result = runner.invoke(cli, ["--database-url", store_url, "systems", "reset", "nothing_here"])
     assert result.exit_code == 2
 
 
-def test_not_ready_yet_is_retried_without_counting_against_the_system(tasker: Tasker, write_template,
-                                                                     key: str) -> None:
+def test_not_ready_yet_is_retried_without_counting_against_the_system(
+    tasker: Tasker, write_template, key: str
+) -> None:
     """`RetryableError(system_fault=False)`: the step polls (spending attempts) but the circuit stays closed."""
-    ref = load(tasker, write_template, "poller", [
-        step("wait", "Scripted", handler_config={"fail": ["not_yet"] * 5}, default_retry_limit=10),
-    ], default_dependent_system="reports", retry=FAST_RETRY)
+    ref = load(
+        tasker,
+        write_template,
+        "poller",
+        [
+            step(
+                "wait", "Scripted", handler_config={"fail": ["not_yet"] * 5}, default_retry_limit=10
+            ),
+        ],
+        default_dependent_system="reports",
+        retry=FAST_RETRY,
+    )
     tasker.configure_system("reports", failure_threshold=2, cooldown_seconds=60)
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
     assert task.status == "complete" and task.step("wait").attempts == 6
@@ -451,12 +592,23 @@ def test_not_ready_yet_is_retried_without_counting_against_the_system(tasker: Ta
     assert tasker.circuit_history("reports") == []
 
 
-def test_the_same_failures_as_system_faults_open_the_circuit(tasker: Tasker, write_template, key: str) -> None:
-    ref = load(tasker, write_template, "poller_control", [
-        step("wait", "Scripted", handler_config={"fail": ["retryable"]}, default_retry_limit=1),
-    ], default_dependent_system="reports2", retry=FAST_RETRY)
+def test_the_same_failures_as_system_faults_open_the_circuit(
+    tasker: Tasker, write_template, key: str
+) -> None:
+    ref = load(
+        tasker,
+        write_template,
+        "poller_control",
+        [
+            step("wait", "Scripted", handler_config={"fail": ["retryable"]}, default_retry_limit=1),
+        ],
+        default_dependent_system="reports2",
+        retry=FAST_RETRY,
+    )
     # a short outage allowance: the steps may not wait for reports2 longer than 50 ms (issue 11)
-    tasker.configure_system("reports2", failure_threshold=2, cooldown_seconds=0.05, max_outage_seconds=0.05)
+    tasker.configure_system(
+        "reports2", failure_threshold=2, cooldown_seconds=0.05, max_outage_seconds=0.05
+    )
     for n in range(2):
         assert tasker.run(tasker.create_task(ref, {"key": key, "n": n}).id).status == "error"
     assert circuit_state(tasker, "reports2") == "open"
@@ -467,9 +619,15 @@ def test_configure_system_refuses_non_finite_boolean_and_absurd_values(tasker: T
     from tasker import TaskerInputError
 
     tasker.configure_system("bounded", cooldown_seconds=2, failure_threshold=3)
-    for setting, value in [("cooldown_seconds", float("nan")), ("cooldown_seconds", float("inf")),
-                           ("cooldown_seconds", 1e300), ("max_cooldown_seconds", -1.0),
-                           ("failure_threshold", True), ("max_in_flight", 2.5), ("max_in_flight", 10**9)]:
+    for setting, value in [
+        ("cooldown_seconds", float("nan")),
+        ("cooldown_seconds", float("inf")),
+        ("cooldown_seconds", 1e300),
+        ("max_cooldown_seconds", -1.0),
+        ("failure_threshold", True),
+        ("max_in_flight", 2.5),
+        ("max_in_flight", 10**9),
+    ]:
         try:
             tasker.configure_system("bounded", **{setting: value})
         except TaskerInputError as exc:
@@ -485,10 +643,15 @@ def test_systems_set_cli_refuses_nan_inf_and_huge_cooldowns(tasker: Tasker, stor
     base = ["--database-url", store_url, "systems", "set", "cli_bounded"]
     ok = runner.invoke(cli, [*base, "--cooldown-seconds", "1.5", "--max-in-flight", "3"])
     assert ok.exit_code == 0, ok.output
-    for option, text in [("--cooldown-seconds", "nan"), ("--cooldown-seconds", "inf"),
-                         ("--cooldown-seconds", "1e300"), ("--max-cooldown-seconds", "-inf"),
-                         ("--cooldown-seconds", "0"), ("--failure-threshold", "true"),
-                         ("--max-in-flight", "2.5")]:
+    for option, text in [
+        ("--cooldown-seconds", "nan"),
+        ("--cooldown-seconds", "inf"),
+        ("--cooldown-seconds", "1e300"),
+        ("--max-cooldown-seconds", "-inf"),
+        ("--cooldown-seconds", "0"),
+        ("--failure-threshold", "true"),
+        ("--max-in-flight", "2.5"),
+    ]:
         result = runner.invoke(cli, [*base, option, text])
         assert result.exit_code == 2, (option, text, result.output)
         assert "Traceback" not in result.output and option in result.output, result.output

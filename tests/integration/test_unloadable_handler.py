@@ -13,22 +13,33 @@ from tasker import Tasker
 
 
 def test_a_step_whose_handler_cannot_be_loaded_waits_for_a_worker_that_can(
-        tasker: Tasker, make_tasker: Callable[..., Tasker], tmp_path: Path, store_url: str) -> None:
+    tasker: Tasker, make_tasker: Callable[..., Tasker], tmp_path: Path, store_url: str
+) -> None:
     package = tmp_path / "plugins"
     package.mkdir()
     module = f"ghost_{tmp_path.name.replace('-', '_')}"
-    (package / f"{module}.py").write_text(textwrap.dedent("""
+    (package / f"{module}.py").write_text(
+        textwrap.dedent("""
         from tasker import StepHandler
 
         class Ghost(StepHandler):
             def process(self, ctx):
                 return {"loaded": True}
-    """))
+    """)
+    )
     template = tmp_path / "ghost.yaml"
-    template.write_text(yaml.safe_dump({
-        "name": "ghost", "namespace_name": "plugins", "version": "1.0.0",
-        "step_templates": [{"name": "haunt", "handler_class": f"{module}:Ghost", "default_retry_limit": 1}],
-    }))
+    template.write_text(
+        yaml.safe_dump(
+            {
+                "name": "ghost",
+                "namespace_name": "plugins",
+                "version": "1.0.0",
+                "step_templates": [
+                    {"name": "haunt", "handler_class": f"{module}:Ghost", "default_retry_limit": 1}
+                ],
+            }
+        )
+    )
     sys.path.insert(0, str(package))
     try:
         tasker.load_templates(template)  # the deploying process can import it
@@ -37,7 +48,9 @@ def test_a_step_whose_handler_cannot_be_loaded_waits_for_a_worker_that_can(
         sys.path.remove(str(package))
         sys.modules.pop(module, None)
 
-    other = make_tasker(backoff_scale=0.01)  # a worker on the same store without the plugin on its path
+    other = make_tasker(
+        backoff_scale=0.01
+    )  # a worker on the same store without the plugin on its path
     task = other.run(task_id)
     step = task.step("haunt")
     assert task.status != "error" and step.status == "waiting_retry"
@@ -52,7 +65,9 @@ def test_a_step_whose_handler_cannot_be_loaded_waits_for_a_worker_that_can(
 
     shown = CliRunner().invoke(cli, ["--database-url", store_url, "systems"])
     assert shown.exit_code == 0, shown.output
-    assert f"waiting: no worker can load {module}:Ghost (1 step of default)" in " ".join(shown.output.split())
+    assert f"waiting: no worker can load {module}:Ghost (1 step of default)" in " ".join(
+        shown.output.split()
+    )
 
     sys.path.insert(0, str(package))
     try:

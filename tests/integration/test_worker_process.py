@@ -43,8 +43,13 @@ class FileStep(StepHandler):
 
 
 def _template(path: Path, name: str, steps: list[dict[str, Any]]) -> Path:
-    data = {"name": name, "namespace_name": "proc", "version": "1.0.0",
-            "retry": {"backoff_base_seconds": 0.05, "backoff_max_seconds": 0.2}, "step_templates": steps}
+    data = {
+        "name": name,
+        "namespace_name": "proc",
+        "version": "1.0.0",
+        "retry": {"backoff_base_seconds": 0.05, "backoff_max_seconds": 0.2},
+        "step_templates": steps,
+    }
     path.mkdir(parents=True, exist_ok=True)
     out = path / f"{name}.yaml"
     out.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -78,9 +83,14 @@ def _finished(engine: Tasker, ids: list[int]) -> bool:
 
 
 @pytest.mark.timeout(90)
-def test_worker_process_runs_tasks_created_elsewhere(tasker: Tasker, fleet_factory, tmp_path: Path) -> None:
-    path = _template(tmp_path / "templates", "chain", [_step("one"), _step("two", after="one"),
-                                                        _step("three", after="two")])
+def test_worker_process_runs_tasks_created_elsewhere(
+    tasker: Tasker, fleet_factory, tmp_path: Path
+) -> None:
+    path = _template(
+        tmp_path / "templates",
+        "chain",
+        [_step("one"), _step("two", after="one"), _step("three", after="two")],
+    )
     tasker.load_templates(path)
     fleet = fleet_factory(path, concurrency=4)
     w = fleet.spawn()
@@ -99,7 +109,9 @@ def test_worker_process_runs_tasks_created_elsewhere(tasker: Tasker, fleet_facto
 
 
 @pytest.mark.timeout(90)
-def test_sigterm_lets_the_running_step_finish(tasker: Tasker, fleet_factory, tmp_path: Path) -> None:
+def test_sigterm_lets_the_running_step_finish(
+    tasker: Tasker, fleet_factory, tmp_path: Path
+) -> None:
     path = _template(tmp_path / "templates", "slow", [_step("work", sleep=1.5)])
     tasker.load_templates(path)
     grace = 20.0
@@ -130,10 +142,14 @@ def test_sigterm_lets_the_running_step_finish(tasker: Tasker, fleet_factory, tmp
 
 
 @pytest.mark.timeout(120)
-def test_step_running_past_the_grace_period_is_released_to_another_worker(tasker: Tasker, fleet_factory,
-                                                                           tmp_path: Path) -> None:
-    path = _template(tmp_path / "templates", "stuck", [_step("work", sleep=5.0, slow_once=True),
-                                                       _step("after", after="work")])
+def test_step_running_past_the_grace_period_is_released_to_another_worker(
+    tasker: Tasker, fleet_factory, tmp_path: Path
+) -> None:
+    path = _template(
+        tmp_path / "templates",
+        "stuck",
+        [_step("work", sleep=5.0, slow_once=True), _step("after", after="work")],
+    )
     tasker.load_templates(path)
     fleet = fleet_factory(path, concurrency=2, grace_seconds=0.5, lease_seconds=30)
     first = fleet.spawn()
@@ -152,19 +168,30 @@ def test_step_running_past_the_grace_period_is_released_to_another_worker(tasker
     released_after = time.monotonic() - t0
     step = tasker.get_task(task_id).step("work")
     assert step.attempts == 0, "a released step keeps its attempt"
-    moves = [(r["from_state"], r["to_state"], r["worker"]) for r in tasker.step_transitions(task_id)
-             if r["step_id"] == step.id]
+    moves = [
+        (r["from_state"], r["to_state"], r["worker"])
+        for r in tasker.step_transitions(task_id)
+        if r["step_id"] == step.id
+    ]
     assert moves[-1] == ("in_progress", "ready", first_id)
     assert released_after < 5.0, "the step was released only when the handler returned"
 
     second = fleet.spawn()
     second_id = second.wait_started()
-    wait_for(lambda: tasker.get_task(task_id).status == "complete", 30, "another worker to complete the task")
+    wait_for(
+        lambda: tasker.get_task(task_id).status == "complete",
+        30,
+        "another worker to complete the task",
+    )
 
     task = tasker.get_task(task_id)
     work = task.step("work")
     assert work.attempts == 1 and work.results == {"pid": second.pid, "attempt": 1}
-    done = [r for r in tasker.step_transitions(task_id) if r["step_id"] == work.id and r["to_state"] == "complete"]
+    done = [
+        r
+        for r in tasker.step_transitions(task_id)
+        if r["step_id"] == work.id and r["to_state"] == "complete"
+    ]
     assert [r["worker"] for r in done] == [second_id]
     # the first worker's handler, past its grace period, does not get to write anything
     assert first.wait(15) == 0, fleet.logs()
@@ -186,6 +213,8 @@ def test_worker_process_exits_soon_after_its_grace_period(tmp_path: Path) -> Non
             task_id = engine.create_task("proc/hung", {"dir": str(tmp_path)}).id
             wait_for(Path(tmp_path / f"{task_id}-work.started").exists, 30, "the step to start")
             w.signal(signal.SIGTERM)
-            assert w.wait(4.0) == 0, "the worker was still running 4s after SIGTERM with a 0.5s grace period"
+            assert w.wait(4.0) == 0, (
+                "the worker was still running 4s after SIGTERM with a 0.5s grace period"
+            )
     finally:
         engine.close()

@@ -9,8 +9,9 @@ from tasker import Tasker
 from tests.integration.support import step
 
 
-def test_a_long_running_worker_is_listed_while_it_runs_and_marked_stopped_after(tasker: Tasker, load,
-                                                                                 key: str) -> None:
+def test_a_long_running_worker_is_listed_while_it_runs_and_marked_stopped_after(
+    tasker: Tasker, load, key: str
+) -> None:
     ref = load("listed", [step("only")])
     task_id = tasker.create_task(ref, {"key": key}).id
     worker = tasker.worker(concurrency=2, namespaces=["itest"])
@@ -23,7 +24,9 @@ def test_a_long_running_worker_is_listed_while_it_runs_and_marked_stopped_after(
         listed = {w["id"]: w for w in tasker.workers()}
         assert worker.id in listed
         row = listed[worker.id]
-        assert row["concurrency"] == 2 and row["namespaces"] == ["itest"] and row["stopped_at"] is None
+        assert (
+            row["concurrency"] == 2 and row["namespaces"] == ["itest"] and row["stopped_at"] is None
+        )
         assert row["pid"] > 0 and row["hostname"]
     finally:
         worker.stop()

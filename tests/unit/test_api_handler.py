@@ -19,7 +19,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tasker import ApiRequest, ApiStepHandler, AsyncApiStepHandler, PermanentError, RetryableError, StepContext
+from tasker import (
+    ApiRequest,
+    ApiStepHandler,
+    AsyncApiStepHandler,
+    PermanentError,
+    RetryableError,
+    StepContext,
+)
 from tasker.handlers import api
 from tasker.observability import metrics, tracing
 
@@ -32,8 +39,13 @@ class CreateUser:
     """build_request shared by the sync and async test handlers."""
 
     def build_request(self, ctx: StepContext) -> ApiRequest:
-        return ApiRequest("post", "/users", json=ctx.context.get("body", SENT), params=ctx.context.get("params"),
-                          headers={"X-Team": "growth"})
+        return ApiRequest(
+            "post",
+            "/users",
+            json=ctx.context.get("body", SENT),
+            params=ctx.context.get("params"),
+            headers={"X-Team": "growth"},
+        )
 
 
 class SyncUsers(CreateUser, ApiStepHandler):
@@ -47,19 +59,36 @@ class AsyncUsers(CreateUser, AsyncApiStepHandler):
 Respond = Callable[[httpx.Request], httpx.Response]
 
 
-def make_ctx(handler_config: dict[str, Any] | None = None, *, context: dict[str, Any] | None = None,
-             events: frozenset[str] = frozenset()) -> StepContext:
+def make_ctx(
+    handler_config: dict[str, Any] | None = None,
+    *,
+    context: dict[str, Any] | None = None,
+    events: frozenset[str] = frozenset(),
+) -> StepContext:
     return StepContext(
-        task_id=7, step_id=70, step_name="create_user_account", namespace="blog_examples",
-        task_name="user_registration", version="1.0.0", context=context or {}, results={},
-        handler_config={"url": BASE, "timeout_seconds": 5} if handler_config is None else handler_config,
-        attempt=2, retry_limit=3, idempotency_key="idem-123", correlation_id="corr-abc",
-        dependent_system="user_service", declared_events=events,
+        task_id=7,
+        step_id=70,
+        step_name="create_user_account",
+        namespace="blog_examples",
+        task_name="user_registration",
+        version="1.0.0",
+        context=context or {},
+        results={},
+        handler_config={"url": BASE, "timeout_seconds": 5}
+        if handler_config is None
+        else handler_config,
+        attempt=2,
+        retry_limit=3,
+        idempotency_key="idem-123",
+        correlation_id="corr-abc",
+        dependent_system="user_service",
+        declared_events=events,
     )
 
 
-def call(base: type[ApiStepHandler], ctx: StepContext, respond: Respond | None = None,
-         **attrs: Any) -> dict[str, Any]:
+def call(
+    base: type[ApiStepHandler], ctx: StepContext, respond: Respond | None = None, **attrs: Any
+) -> dict[str, Any]:
     """Run one attempt of a handler derived from `base`, answered by `respond` (None: real sockets)."""
     if respond is not None:
         attrs["transport"] = httpx.MockTransport(respond)
@@ -70,8 +99,14 @@ def call(base: type[ApiStepHandler], ctx: StepContext, respond: Respond | None =
     return out
 
 
-def answer(status: int, body: Any = None, *, headers: dict[str, str] | None = None, text: str | None = None,
-           seen: list[httpx.Request] | None = None) -> Respond:
+def answer(
+    status: int,
+    body: Any = None,
+    *,
+    headers: dict[str, str] | None = None,
+    text: str | None = None,
+    seen: list[httpx.Request] | None = None,
+) -> Respond:
     def respond(request: httpx.Request) -> httpx.Response:
         if seen is not None:
             seen.append(request)
@@ -97,7 +132,9 @@ def observed(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
 
 # -- success ----------------------------------------------------------------------------------------------
-def test_success_returns_body_status_time_correlation_and_url(flavour: type[ApiStepHandler]) -> None:
+def test_success_returns_body_status_time_correlation_and_url(
+    flavour: type[ApiStepHandler],
+) -> None:
     out = call(flavour, make_ctx(), answer(201, {"id": 42, "email": "ada@example.com"}))
     assert out["response"] == {"id": 42, "email": "ada@example.com"}
     assert out["status_code"] == 201
@@ -112,8 +149,9 @@ def test_text_and_empty_bodies(flavour: type[ApiStepHandler]) -> None:
     assert call(flavour, make_ctx(), answer(204))["response"] is None
 
 
-def test_every_request_carries_the_step_identity_headers(flavour: type[ApiStepHandler],
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_request_carries_the_step_identity_headers(
+    flavour: type[ApiStepHandler], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(tracing, "inject_headers", lambda h: h.update(traceparent="00-abc-def-01"))
     seen: list[httpx.Request] = []
     call(flavour, make_ctx(), answer(200, {}, seen=seen))
@@ -137,14 +175,32 @@ def test_the_step_key_wins_over_a_header_of_the_same_name(flavour: type[ApiStepH
     assert seen[0].headers["Idempotency-Key"] == "idem-123"
 
 
-@pytest.mark.parametrize(("base", "path", "params", "expected"), [
-    ("http://svc.test/api", "/users", None, "http://svc.test/api/users"),
-    ("http://svc.test/api/", "users/1", {"full": "yes"}, "http://svc.test/api/users/1?full=yes"),
-    ("http://svc.test:8080", "/users?active=1", {"page": 2}, "http://svc.test:8080/users?active=1&page=2"),
-    ("https://svc.test/api/users", "", None, "https://svc.test/api/users"),
-])
-def test_path_is_appended_to_the_configured_url(flavour: type[ApiStepHandler], base: str, path: str,
-                                                params: dict[str, Any] | None, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("base", "path", "params", "expected"),
+    [
+        ("http://svc.test/api", "/users", None, "http://svc.test/api/users"),
+        (
+            "http://svc.test/api/",
+            "users/1",
+            {"full": "yes"},
+            "http://svc.test/api/users/1?full=yes",
+        ),
+        (
+            "http://svc.test:8080",
+            "/users?active=1",
+            {"page": 2},
+            "http://svc.test:8080/users?active=1&page=2",
+        ),
+        ("https://svc.test/api/users", "", None, "https://svc.test/api/users"),
+    ],
+)
+def test_path_is_appended_to_the_configured_url(
+    flavour: type[ApiStepHandler],
+    base: str,
+    path: str,
+    params: dict[str, Any] | None,
+    expected: str,
+) -> None:
     class Get(flavour):  # type: ignore[misc, valid-type]
         def build_request(self, ctx: StepContext) -> ApiRequest:
             return ApiRequest("GET", path, params=params)
@@ -157,7 +213,9 @@ def test_path_is_appended_to_the_configured_url(flavour: type[ApiStepHandler], b
 
 # -- permanent failures -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 422, 410, 418])
-def test_client_errors_are_permanent_with_the_service_message(flavour: type[ApiStepHandler], status: int) -> None:
+def test_client_errors_are_permanent_with_the_service_message(
+    flavour: type[ApiStepHandler], status: int
+) -> None:
     body = {"error": {"code": "nope", "message": f"user service says {status}"}}
     with pytest.raises(PermanentError) as info:
         call(flavour, make_ctx(), answer(status, body))
@@ -170,17 +228,29 @@ def test_client_errors_are_permanent_with_the_service_message(flavour: type[ApiS
     assert err.message.endswith(f"user service says {status}")
 
 
-@pytest.mark.parametrize(("respond", "expected"), [
-    (answer(400, {"message": "email is taken"}), "email is taken"),
-    (answer(404, {"detail": "user 9 not found"}), "user 9 not found"),
-    (answer(400, {"error": "bad plan"}), "bad plan"),
-    (answer(422, {"detail": [{"loc": ["body", "user", "email"], "msg": "not an email"},
-                             {"loc": ["query", "page"], "msg": "must be > 0"}]}),
-     "user.email: not an email; query.page: must be > 0"),
-    (answer(403, text="forbidden\n  for this key"), "forbidden for this key"),
-    (answer(401), "Unauthorized"),
-    (answer(400, {"unrelated": 1}), '{"unrelated":1}'),
-])
+@pytest.mark.parametrize(
+    ("respond", "expected"),
+    [
+        (answer(400, {"message": "email is taken"}), "email is taken"),
+        (answer(404, {"detail": "user 9 not found"}), "user 9 not found"),
+        (answer(400, {"error": "bad plan"}), "bad plan"),
+        (
+            answer(
+                422,
+                {
+                    "detail": [
+                        {"loc": ["body", "user", "email"], "msg": "not an email"},
+                        {"loc": ["query", "page"], "msg": "must be > 0"},
+                    ]
+                },
+            ),
+            "user.email: not an email; query.page: must be > 0",
+        ),
+        (answer(403, text="forbidden\n  for this key"), "forbidden for this key"),
+        (answer(401), "Unauthorized"),
+        (answer(400, {"unrelated": 1}), '{"unrelated":1}'),
+    ],
+)
 def test_the_service_message_is_found_in_common_shapes(respond: Respond, expected: str) -> None:
     with pytest.raises(PermanentError) as info:
         call(SyncUsers, make_ctx(), respond)
@@ -200,12 +270,17 @@ def test_a_redirect_is_permanent_and_names_the_new_address(flavour: type[ApiStep
     with pytest.raises(PermanentError) as info:
         call(flavour, make_ctx(), answer(301, headers={"Location": "http://users.test/v2/users"}))
     assert info.value.error_code == "HTTP_301"
-    assert "point handler_config.url at the final address: http://users.test/v2/users" in info.value.message
+    assert (
+        "point handler_config.url at the final address: http://users.test/v2/users"
+        in info.value.message
+    )
 
 
 # -- retryable failures -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("status", [408, 500, 502, 504, 507])
-def test_server_errors_are_retryable_with_engine_backoff(flavour: type[ApiStepHandler], status: int) -> None:
+def test_server_errors_are_retryable_with_engine_backoff(
+    flavour: type[ApiStepHandler], status: int
+) -> None:
     with pytest.raises(RetryableError) as info:
         call(flavour, make_ctx(), answer(status, {"message": "db is down"}))
     assert info.value.retry_after is None
@@ -214,10 +289,13 @@ def test_server_errors_are_retryable_with_engine_backoff(flavour: type[ApiStepHa
     assert not isinstance(info.value, PermanentError)
 
 
-@pytest.mark.parametrize(("status", "outage"), [(408, True), (429, True), (500, False), (502, True),
-                                                (503, True), (504, True), (507, False)])
-def test_only_outage_statuses_count_against_the_services_circuit(flavour: type[ApiStepHandler], status: int,
-                                                                 outage: bool) -> None:
+@pytest.mark.parametrize(
+    ("status", "outage"),
+    [(408, True), (429, True), (500, False), (502, True), (503, True), (504, True), (507, False)],
+)
+def test_only_outage_statuses_count_against_the_services_circuit(
+    flavour: type[ApiStepHandler], status: int, outage: bool
+) -> None:
     with pytest.raises(RetryableError) as info:
         call(flavour, make_ctx(), answer(status, {"message": "x"}))
     assert info.value.system_fault is outage
@@ -227,25 +305,37 @@ def _http_date(delta: timedelta) -> str:
     return email.utils.format_datetime(datetime.now(UTC) + delta, usegmt=True)
 
 
-IN_2_MINUTES, IN_2_DAYS, A_MINUTE_AGO = timedelta(seconds=120), timedelta(days=2), timedelta(seconds=-60)
+IN_2_MINUTES, IN_2_DAYS, A_MINUTE_AGO = (
+    timedelta(seconds=120),
+    timedelta(days=2),
+    timedelta(seconds=-60),
+)
 
 
 @pytest.mark.parametrize("status", [429, 503])
-@pytest.mark.parametrize(("header", "low", "high"), [
-    ("2", 2, 2),
-    ("0", 0, 0),
-    ("1.5", 1.5, 1.5),
-    ("100000", 300, 300),  # capped
-    (IN_2_MINUTES, 110, 120),  # an HTTP-date, written when the test runs
-    (IN_2_DAYS, 300, 300),  # capped
-    (A_MINUTE_AGO, 0, 0),  # in the past: now
-])
-def test_throttling_honours_retry_after(flavour: type[ApiStepHandler], status: int, header: str | timedelta,
-                                        low: float, high: float) -> None:
+@pytest.mark.parametrize(
+    ("header", "low", "high"),
+    [
+        ("2", 2, 2),
+        ("0", 0, 0),
+        ("1.5", 1.5, 1.5),
+        ("100000", 300, 300),  # capped
+        (IN_2_MINUTES, 110, 120),  # an HTTP-date, written when the test runs
+        (IN_2_DAYS, 300, 300),  # capped
+        (A_MINUTE_AGO, 0, 0),  # in the past: now
+    ],
+)
+def test_throttling_honours_retry_after(
+    flavour: type[ApiStepHandler], status: int, header: str | timedelta, low: float, high: float
+) -> None:
     if isinstance(header, timedelta):
         header = _http_date(header)
     with pytest.raises(RetryableError) as info:
-        call(flavour, make_ctx(), answer(status, {"message": "slow down"}, headers={"Retry-After": header}))
+        call(
+            flavour,
+            make_ctx(),
+            answer(status, {"message": "slow down"}, headers={"Retry-After": header}),
+        )
     assert info.value.retry_after is not None
     assert low <= info.value.retry_after <= high
     assert info.value.context["retry_after"] == info.value.retry_after
@@ -253,7 +343,9 @@ def test_throttling_honours_retry_after(flavour: type[ApiStepHandler], status: i
 
 
 @pytest.mark.parametrize("header", [None, "", "soon", "nan"])
-def test_throttling_without_a_usable_retry_after_leaves_the_delay_to_the_engine(header: str | None) -> None:
+def test_throttling_without_a_usable_retry_after_leaves_the_delay_to_the_engine(
+    header: str | None,
+) -> None:
     headers = {} if header is None else {"Retry-After": header}
     with pytest.raises(RetryableError) as info:
         call(SyncUsers, make_ctx(), answer(429, headers=headers))
@@ -271,17 +363,24 @@ def test_parse_retry_after_forms() -> None:
     assert api.parse_retry_after("Wed, 99 Foo 2025", now) is None
 
 
-@pytest.mark.parametrize(("exc", "kind"), [
-    (httpx.ConnectTimeout, "timeout"),
-    (httpx.ReadTimeout, "timeout"),
-    (httpx.WriteTimeout, "timeout"),
-    (httpx.PoolTimeout, "timeout"),
-    (httpx.ConnectError, "connect_error"),
-    (httpx.RemoteProtocolError, "protocol_error"),
-    (httpx.ReadError, "network_error"),
-])
-def test_transport_failures_are_retryable(flavour: type[ApiStepHandler], exc: type[httpx.TransportError],
-                                          kind: str, observed: list[dict[str, Any]]) -> None:
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (httpx.ConnectTimeout, "timeout"),
+        (httpx.ReadTimeout, "timeout"),
+        (httpx.WriteTimeout, "timeout"),
+        (httpx.PoolTimeout, "timeout"),
+        (httpx.ConnectError, "connect_error"),
+        (httpx.RemoteProtocolError, "protocol_error"),
+        (httpx.ReadError, "network_error"),
+    ],
+)
+def test_transport_failures_are_retryable(
+    flavour: type[ApiStepHandler],
+    exc: type[httpx.TransportError],
+    kind: str,
+    observed: list[dict[str, Any]],
+) -> None:
     def fail(request: httpx.Request) -> httpx.Response:
         raise exc("boom", request=request)
 
@@ -310,7 +409,9 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_connection_refused_on_a_closed_port_is_retryable(flavour: type[ApiStepHandler], closed_port: int) -> None:
+def test_connection_refused_on_a_closed_port_is_retryable(
+    flavour: type[ApiStepHandler], closed_port: int
+) -> None:
     with pytest.raises(RetryableError) as info:
         call(flavour, make_ctx({"url": f"http://127.0.0.1:{closed_port}", "timeout_seconds": 5}))
     assert info.value.error_code == "CONNECT_ERROR"
@@ -326,24 +427,31 @@ def silent_port() -> Iterator[int]:
         yield int(s.getsockname()[1])
 
 
-def test_a_service_that_never_answers_is_a_retryable_read_timeout(flavour: type[ApiStepHandler],
-                                                                  silent_port: int) -> None:
+def test_a_service_that_never_answers_is_a_retryable_read_timeout(
+    flavour: type[ApiStepHandler], silent_port: int
+) -> None:
     with pytest.raises(RetryableError) as info:
         call(flavour, make_ctx({"url": f"http://127.0.0.1:{silent_port}", "timeout_seconds": 0.3}))
     assert info.value.error_code == "TIMEOUT"
     assert "failed: timeout" in info.value.message
 
 
-@pytest.mark.parametrize(("step_timeout", "low", "high"), [
-    (10, 8.5, 9.0),  # 10% left to the engine
-    (1, 0.6, 0.75),  # at least a quarter second
-    (0.2, 0.05, 0.1),  # half of a very short timeout
-    (None, 29.5, api.DEFAULT_TIMEOUT_SECONDS),  # no step timeout: the default
-])
-def test_the_http_timeout_fires_before_the_step_timeout(flavour: type[ApiStepHandler], step_timeout: float | None,
-                                                        low: float, high: float) -> None:
+@pytest.mark.parametrize(
+    ("step_timeout", "low", "high"),
+    [
+        (10, 8.5, 9.0),  # 10% left to the engine
+        (1, 0.6, 0.75),  # at least a quarter second
+        (0.2, 0.05, 0.1),  # half of a very short timeout
+        (None, 29.5, api.DEFAULT_TIMEOUT_SECONDS),  # no step timeout: the default
+    ],
+)
+def test_the_http_timeout_fires_before_the_step_timeout(
+    flavour: type[ApiStepHandler], step_timeout: float | None, low: float, high: float
+) -> None:
     seen: list[httpx.Request] = []
-    config: dict[str, Any] = {"url": BASE} if step_timeout is None else {"url": BASE, "timeout_seconds": step_timeout}
+    config: dict[str, Any] = (
+        {"url": BASE} if step_timeout is None else {"url": BASE, "timeout_seconds": step_timeout}
+    )
     call(flavour, make_ctx(config), answer(200, {}, seen=seen))
     timeouts = seen[0].extensions["timeout"]
     assert set(timeouts) == {"connect", "read", "write", "pool"}
@@ -352,12 +460,18 @@ def test_the_http_timeout_fires_before_the_step_timeout(flavour: type[ApiStepHan
 
 # -- 409: idempotent creation ------------------------------------------------------------------------------
 def conflict(existing: Any) -> Respond:
-    return answer(409, {"error": {"code": "conflict", "message": "user exists"}, "existing": existing})
+    return answer(
+        409, {"error": {"code": "conflict", "message": "user exists"}, "existing": existing}
+    )
 
 
 def test_conflict_with_an_identical_resource_is_success(flavour: type[ApiStepHandler]) -> None:
-    existing = {**SENT, "id": 42, "created_at": "2025-01-01T00:00:00Z",
-                "profile": {"country": "FR", "tags": ["a", "b"], "extra": True}}
+    existing = {
+        **SENT,
+        "id": 42,
+        "created_at": "2025-01-01T00:00:00Z",
+        "profile": {"country": "FR", "tags": ["a", "b"], "extra": True},
+    }
     out = call(flavour, make_ctx(events=EVENTS), conflict(existing))
     assert out["conflict_resolved"] is True
     assert out["response"] == existing
@@ -365,7 +479,9 @@ def test_conflict_with_an_identical_resource_is_success(flavour: type[ApiStepHan
     assert out["correlation_id"] == "corr-abc" and out["url"] == f"{BASE}/users"
 
 
-def test_conflict_results_go_through_the_subclass_process_response(flavour: type[ApiStepHandler]) -> None:
+def test_conflict_results_go_through_the_subclass_process_response(
+    flavour: type[ApiStepHandler],
+) -> None:
     class KeepId(flavour):  # type: ignore[misc, valid-type]
         def process_response(self, ctx: StepContext, response: httpx.Response) -> dict[str, Any]:
             return {**super().process_response(ctx, response), "user_id": response.json()["id"]}
@@ -375,15 +491,25 @@ def test_conflict_results_go_through_the_subclass_process_response(flavour: type
     assert (out["user_id"], out["conflict_resolved"]) == (42, True)
 
 
-@pytest.mark.parametrize(("existing", "fields"), [
-    ({**SENT, "plan": "free"}, ["plan"]),
-    ({**SENT, "profile": {"country": "DE", "tags": ["a"]}}, ["profile.country", "profile.tags"]),
-    ({"email": "ada@example.com", "plan": "pro"}, ["profile"]),  # missing in the existing resource
-    ({**SENT, "profile": {"country": "FR", "tags": ["a", "c"]}}, ["profile.tags[1]"]),
-    ([SENT], ["(body)"]),
-])
+@pytest.mark.parametrize(
+    ("existing", "fields"),
+    [
+        ({**SENT, "plan": "free"}, ["plan"]),
+        (
+            {**SENT, "profile": {"country": "DE", "tags": ["a"]}},
+            ["profile.country", "profile.tags"],
+        ),
+        (
+            {"email": "ada@example.com", "plan": "pro"},
+            ["profile"],
+        ),  # missing in the existing resource
+        ({**SENT, "profile": {"country": "FR", "tags": ["a", "c"]}}, ["profile.tags[1]"]),
+        ([SENT], ["(body)"]),
+    ],
+)
 def test_conflict_with_a_different_resource_is_permanent_and_names_the_fields(
-        flavour: type[ApiStepHandler], existing: Any, fields: list[str]) -> None:
+    flavour: type[ApiStepHandler], existing: Any, fields: list[str]
+) -> None:
     with pytest.raises(PermanentError) as info:
         call(flavour, make_ctx(events=EVENTS), conflict(existing))
     err = info.value
@@ -400,31 +526,47 @@ def test_booleans_are_not_numbers_when_comparing() -> None:
 
 def test_conflict_without_the_existing_resource_is_permanent(flavour: type[ApiStepHandler]) -> None:
     with pytest.raises(PermanentError) as info:
-        call(flavour, make_ctx(), answer(409, {"error": {"code": "conflict", "message": "already there"}}))
-    assert "no 'existing' resource" in info.value.message and "override on_conflict" in info.value.message
+        call(
+            flavour,
+            make_ctx(),
+            answer(409, {"error": {"code": "conflict", "message": "already there"}}),
+        )
+    assert (
+        "no 'existing' resource" in info.value.message
+        and "override on_conflict" in info.value.message
+    )
 
 
 def test_conflict_ignore_fields_skips_fields_the_service_does_not_echo() -> None:
     ctx = make_ctx(context={"body": {**SENT, "password": "s3cret"}})
     with pytest.raises(PermanentError):
         call(SyncUsers, ctx, conflict({**SENT, "id": 1}))
-    out = call(SyncUsers, ctx, conflict({**SENT, "id": 1}), conflict_ignore_fields=frozenset({"password"}))
+    out = call(
+        SyncUsers, ctx, conflict({**SENT, "id": 1}), conflict_ignore_fields=frozenset({"password"})
+    )
     assert out["conflict_resolved"] is True
 
 
 # -- configuration mistakes -------------------------------------------------------------------------------
-@pytest.mark.parametrize(("config", "words"), [
-    ({}, "handler_config.url is missing"),
-    ({"url": "  "}, "handler_config.url is missing"),
-    ({"url": 8080}, "handler_config.url 8080 is not an http(s) URL"),
-    ({"url": "ftp://files.test"}, "is not an http(s) URL"),
-    ({"url": "users.test/api"}, "is not an http(s) URL"),
-    ({"url": "http://"}, "is not an http(s) URL"),
-    ({"url": BASE, "timeout_seconds": "5"}, "handler_config.timeout_seconds '5' must be a number"),
-    ({"url": BASE, "timeout_seconds": 0}, "handler_config.timeout_seconds 0 must be a number"),
-])
-def test_bad_handler_config_is_permanent_and_names_step_and_key(flavour: type[ApiStepHandler],
-                                                               config: dict[str, Any], words: str) -> None:
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        ({}, "handler_config.url is missing"),
+        ({"url": "  "}, "handler_config.url is missing"),
+        ({"url": 8080}, "handler_config.url 8080 is not an http(s) URL"),
+        ({"url": "ftp://files.test"}, "is not an http(s) URL"),
+        ({"url": "users.test/api"}, "is not an http(s) URL"),
+        ({"url": "http://"}, "is not an http(s) URL"),
+        (
+            {"url": BASE, "timeout_seconds": "5"},
+            "handler_config.timeout_seconds '5' must be a number",
+        ),
+        ({"url": BASE, "timeout_seconds": 0}, "handler_config.timeout_seconds 0 must be a number"),
+    ],
+)
+def test_bad_handler_config_is_permanent_and_names_step_and_key(
+    flavour: type[ApiStepHandler], config: dict[str, Any], words: str
+) -> None:
     seen: list[httpx.Request] = []
     with pytest.raises(PermanentError) as info:
         call(flavour, make_ctx(config), answer(200, {}, seen=seen))
@@ -470,19 +612,27 @@ def test_declared_service_events_are_published(flavour: type[ApiStepHandler]) ->
     names = [name for name, _ in ctx.published]
     assert names == [api.STARTED, api.COMPLETED]
     started, completed = (p for _, p in ctx.published)
-    assert started["method"] == "POST" and started["url"] == f"{BASE}/users" and started["attempt"] == 2
+    assert (
+        started["method"] == "POST"
+        and started["url"] == f"{BASE}/users"
+        and started["attempt"] == 2
+    )
     assert completed["status"] == "200" and completed["status_code"] == 200
     assert completed["response_time_ms"] == out["response_time_ms"] >= 0  # one figure everywhere
     assert completed["conflict_resolved"] is False
 
 
-@pytest.mark.parametrize(("respond", "status", "retryable"), [
-    (answer(404, {"message": "gone"}), "404", False),
-    (answer(503, {"message": "busy"}), "503", True),
-    (conflict({"email": "someone@else.test"}), "409", False),
-])
-def test_a_failed_call_publishes_service_call_failed(flavour: type[ApiStepHandler], respond: Respond, status: str,
-                                                     retryable: bool) -> None:
+@pytest.mark.parametrize(
+    ("respond", "status", "retryable"),
+    [
+        (answer(404, {"message": "gone"}), "404", False),
+        (answer(503, {"message": "busy"}), "503", True),
+        (conflict({"email": "someone@else.test"}), "409", False),
+    ],
+)
+def test_a_failed_call_publishes_service_call_failed(
+    flavour: type[ApiStepHandler], respond: Respond, status: str, retryable: bool
+) -> None:
     ctx = make_ctx(events=EVENTS)
     with pytest.raises((PermanentError, RetryableError)):
         call(flavour, ctx, respond)
@@ -492,15 +642,22 @@ def test_a_failed_call_publishes_service_call_failed(flavour: type[ApiStepHandle
     assert failed["message"].startswith(f"POST {BASE}/users answered {status}")
 
 
-def test_a_transport_failure_publishes_its_kind(flavour: type[ApiStepHandler], closed_port: int) -> None:
+def test_a_transport_failure_publishes_its_kind(
+    flavour: type[ApiStepHandler], closed_port: int
+) -> None:
     ctx = make_ctx({"url": f"http://127.0.0.1:{closed_port}"}, events=EVENTS)
     with pytest.raises(RetryableError):
         call(flavour, ctx)
     assert ctx.published[1][0] == api.FAILED
-    assert ctx.published[1][1]["status"] == "connect_error" and ctx.published[1][1]["status_code"] is None
+    assert (
+        ctx.published[1][1]["status"] == "connect_error"
+        and ctx.published[1][1]["status_code"] is None
+    )
 
 
-def test_undeclared_service_events_are_not_published_and_do_not_fail(flavour: type[ApiStepHandler]) -> None:
+def test_undeclared_service_events_are_not_published_and_do_not_fail(
+    flavour: type[ApiStepHandler],
+) -> None:
     ctx = make_ctx(events=frozenset({api.COMPLETED}))
     call(flavour, ctx, answer(200, {}))
     assert [name for name, _ in ctx.published] == [api.COMPLETED]
@@ -509,12 +666,16 @@ def test_undeclared_service_events_are_not_published_and_do_not_fail(flavour: ty
     assert bare.published == []
 
 
-def test_each_call_is_measured(flavour: type[ApiStepHandler], observed: list[dict[str, Any]]) -> None:
+def test_each_call_is_measured(
+    flavour: type[ApiStepHandler], observed: list[dict[str, Any]]
+) -> None:
     call(flavour, make_ctx(), answer(201, {}))
     with pytest.raises(RetryableError):
         call(flavour, make_ctx(), answer(503))
     assert [(o["system"], o["method"], o["status"]) for o in observed] == [
-        ("user_service", "POST", "201"), ("user_service", "POST", "503")]
+        ("user_service", "POST", "201"),
+        ("user_service", "POST", "503"),
+    ]
     assert all(o["seconds"] >= 0 for o in observed)
 
 
@@ -526,11 +687,14 @@ def test_a_broken_metrics_backend_does_not_fail_the_step(monkeypatch: pytest.Mon
     assert call(SyncUsers, make_ctx(), answer(200, {}))["status_code"] == 200
 
 
-def test_each_call_is_logged_with_method_url_status_and_time(flavour: type[ApiStepHandler],
-                                                             caplog: pytest.LogCaptureFixture) -> None:
+def test_each_call_is_logged_with_method_url_status_and_time(
+    flavour: type[ApiStepHandler], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="tasker.handlers")
     call(flavour, make_ctx(), answer(201, {}))
-    (record,) = [r for r in caplog.records if r.name == "tasker.handlers.blog_examples.user_registration"]
+    (record,) = [
+        r for r in caplog.records if r.name == "tasker.handlers.blog_examples.user_registration"
+    ]
     assert record.getMessage().startswith(f"POST {BASE}/users -> 201 in ")
     assert record.correlation_id == "corr-abc"  # type: ignore[attr-defined]
 

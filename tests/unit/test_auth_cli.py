@@ -20,21 +20,42 @@ def keys(store_url: str, *args: str) -> Result:
 
 
 def test_create_prints_the_key_alone_on_stdout_and_stores_its_digest(store_url: str) -> None:
-    result = keys(store_url, "create", "--name", "ci", "--permissions", "tasker.task:create,tasker.task:show",
-                  "--permission", "tasker.workflow_step:*")
+    result = keys(
+        store_url,
+        "create",
+        "--name",
+        "ci",
+        "--permissions",
+        "tasker.task:create,tasker.task:show",
+        "--permission",
+        "tasker.workflow_step:*",
+    )
     assert result.exit_code == 0, result.output
     key = result.stdout.strip()
     assert looks_like_key(key), result.stdout
-    assert "shown once" in result.stderr and "tasker.workflow_step:*" in result.stderr and key not in result.stderr
+    assert (
+        "shown once" in result.stderr
+        and "tasker.workflow_step:*" in result.stderr
+        and key not in result.stderr
+    )
     with Tasker(store_url) as engine:
         found = engine.authenticate_api_key(key)
         assert found is not None
-        assert found.permissions == ("tasker.task:create", "tasker.task:show", "tasker.workflow_step:*")
+        assert found.permissions == (
+            "tasker.task:create",
+            "tasker.task:show",
+            "tasker.workflow_step:*",
+        )
         with engine.db.read() as conn:
-            assert conn.execute(select(api_keys.c.key_hash)).scalar_one() == hashlib.sha256(key.encode()).hexdigest()
+            assert (
+                conn.execute(select(api_keys.c.key_hash)).scalar_one()
+                == hashlib.sha256(key.encode()).hexdigest()
+            )
 
 
-def test_the_database_url_may_come_from_the_environment(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_database_url_may_come_from_the_environment(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TASKER_DATABASE_URL", store_url)
     result = CliRunner().invoke(cli, ["keys", "create", "--name", "env", "--permission", "*"])
     assert result.exit_code == 0, result.output
@@ -42,14 +63,24 @@ def test_the_database_url_may_come_from_the_environment(store_url: str, monkeypa
     assert listed.exit_code == 0 and "env" in listed.stdout
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--permissions", "tasker.task:destroy"], "unknown permission 'tasker.task:destroy'; valid permissions: "),
-    (["--permission", "tasker.task:index", "--permission", "admin"], "unknown permission 'admin'"),
-    ([], "needs at least one permission"),
-    (["--permissions", " , "], "needs at least one permission"),
-])
-def test_create_refuses_bad_permissions_with_exit_2_and_the_valid_list(store_url: str, args: list[str],
-                                                                       message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--permissions", "tasker.task:destroy"],
+            "unknown permission 'tasker.task:destroy'; valid permissions: ",
+        ),
+        (
+            ["--permission", "tasker.task:index", "--permission", "admin"],
+            "unknown permission 'admin'",
+        ),
+        ([], "needs at least one permission"),
+        (["--permissions", " , "], "needs at least one permission"),
+    ],
+)
+def test_create_refuses_bad_permissions_with_exit_2_and_the_valid_list(
+    store_url: str, args: list[str], message: str
+) -> None:
     result = keys(store_url, "create", "--name", "ci", *args)
     assert result.exit_code == 2, result.output
     assert message in result.stderr and "tasker.analytics:index" in result.stderr
@@ -67,11 +98,18 @@ def test_create_refuses_a_taken_or_bad_name(store_url: str) -> None:
     assert missing.exit_code == 2 and "--name" in missing.output
 
 
-def test_list_shows_names_prefixes_and_status_but_never_secrets(store_url: str,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tasker.cli.keys.console", Console(width=200))  # one row per key, whatever the terminal
-    first = keys(store_url, "create", "--name", "dashboard", "--permissions", "tasker.task:index").stdout.strip()
-    second = keys(store_url, "create", "--name", "deployer", "--permission", "tasker.task:*").stdout.strip()
+def test_list_shows_names_prefixes_and_status_but_never_secrets(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        "tasker.cli.keys.console", Console(width=200)
+    )  # one row per key, whatever the terminal
+    first = keys(
+        store_url, "create", "--name", "dashboard", "--permissions", "tasker.task:index"
+    ).stdout.strip()
+    second = keys(
+        store_url, "create", "--name", "deployer", "--permission", "tasker.task:*"
+    ).stdout.strip()
     assert keys(store_url, "revoke", "deployer").exit_code == 0
     result = keys(store_url, "list")
     assert result.exit_code == 0, result.output
@@ -91,7 +129,11 @@ def test_list_shows_names_prefixes_and_status_but_never_secrets(store_url: str,
 def test_revoke_makes_the_key_unusable_and_unknown_names_exit_2(store_url: str) -> None:
     key = keys(store_url, "create", "--name", "leaked", "--permission", "*").stdout.strip()
     result = keys(store_url, "revoke", "leaked")
-    assert result.exit_code == 0 and "API key 'leaked'" in result.stdout and "revoked at" in result.stdout
+    assert (
+        result.exit_code == 0
+        and "API key 'leaked'" in result.stdout
+        and "revoked at" in result.stdout
+    )
     with Tasker(store_url) as engine:
         assert engine.authenticate_api_key(key) is None
     unknown = keys(store_url, "revoke", "nobody")

@@ -33,12 +33,20 @@ def rsa_key() -> rsa.RSAPrivateKey:
 
 
 def public_pem(key: rsa.RSAPrivateKey) -> str:
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 def claims(**extra: Any) -> dict[str, Any]:
-    return {"sub": "deployer", "exp": int(time.time()) + 300, "permissions": ["tasker.task:create"], **extra}
+    return {
+        "sub": "deployer",
+        "exp": int(time.time()) + 300,
+        "permissions": ["tasker.task:create"],
+        **extra,
+    }
 
 
 def b64(data: bytes) -> str:
@@ -48,7 +56,11 @@ def b64(data: bytes) -> str:
 def forge(header: dict[str, Any], payload: dict[str, Any], hmac_key: bytes | None) -> str:
     """A token built by hand, as an attacker would, without PyJWT's guard rails."""
     signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}"
-    sig = b"" if hmac_key is None else hmac.new(hmac_key, signing_input.encode(), hashlib.sha256).digest()
+    sig = (
+        b""
+        if hmac_key is None
+        else hmac.new(hmac_key, signing_input.encode(), hashlib.sha256).digest()
+    )
     return f"{signing_input}.{b64(sig)}"
 
 
@@ -67,13 +79,19 @@ def test_a_valid_rs256_token_verifies_with_the_public_key(rsa_key: rsa.RSAPrivat
     assert p.can("tasker.task:create")
 
 
-def test_the_public_key_may_be_a_file_or_one_line_pem(rsa_key: rsa.RSAPrivateKey, tmp_path: Path) -> None:
+def test_the_public_key_may_be_a_file_or_one_line_pem(
+    rsa_key: rsa.RSAPrivateKey, tmp_path: Path
+) -> None:
     path = tmp_path / "jwt.pub"
     path.write_text(public_pem(rsa_key))
     token = jwt.encode(claims(), rsa_key, algorithm="RS256")
-    assert verify_jwt(token, Settings(auth_enabled=True, jwt_public_key=str(path))).name == "deployer"
+    assert (
+        verify_jwt(token, Settings(auth_enabled=True, jwt_public_key=str(path))).name == "deployer"
+    )
     one_line = public_pem(rsa_key).replace("\n", "\\n")
-    assert verify_jwt(token, Settings(auth_enabled=True, jwt_public_key=one_line)).name == "deployer"
+    assert (
+        verify_jwt(token, Settings(auth_enabled=True, jwt_public_key=one_line)).name == "deployer"
+    )
 
 
 def test_a_token_signed_by_another_key_is_refused(rsa_key: rsa.RSAPrivateKey) -> None:
@@ -93,14 +111,19 @@ def test_a_tampered_payload_is_refused() -> None:
 
 
 def test_hs256_signed_with_the_public_key_is_refused_when_only_rs256_is_configured(
-        rsa_key: rsa.RSAPrivateKey) -> None:
+    rsa_key: rsa.RSAPrivateKey,
+) -> None:
     pem = public_pem(rsa_key)
     token = forge({"alg": "HS256", "typ": "JWT"}, claims(permissions=["*"]), pem.encode())
-    with pytest.raises(CredentialError, match="algorithm 'HS256' is not accepted; this server accepts RS256"):
+    with pytest.raises(
+        CredentialError, match="algorithm 'HS256' is not accepted; this server accepts RS256"
+    ):
         verify_jwt(token, Settings(auth_enabled=True, jwt_public_key=pem))
 
 
-def test_hs256_signed_with_the_public_key_is_refused_when_both_are_configured(rsa_key: rsa.RSAPrivateKey) -> None:
+def test_hs256_signed_with_the_public_key_is_refused_when_both_are_configured(
+    rsa_key: rsa.RSAPrivateKey,
+) -> None:
     pem = public_pem(rsa_key)
     token = forge({"alg": "HS256", "typ": "JWT"}, claims(permissions=["*"]), pem.encode())
     with pytest.raises(CredentialError, match="signature is invalid"):
@@ -130,7 +153,10 @@ def test_expiry_is_required_and_checked_with_a_small_leeway() -> None:
     now = int(time.time())
     with pytest.raises(CredentialError, match="has expired"):
         verify_jwt(jwt.encode(claims(exp=now - 120), SECRET, algorithm="HS256"), HS)
-    assert verify_jwt(jwt.encode(claims(exp=now - 5), SECRET, algorithm="HS256"), HS).name == "deployer"
+    assert (
+        verify_jwt(jwt.encode(claims(exp=now - 5), SECRET, algorithm="HS256"), HS).name
+        == "deployer"
+    )
     no_exp = claims()
     del no_exp["exp"]
     with pytest.raises(CredentialError, match="lacks the required claim 'exp'"):
@@ -144,17 +170,23 @@ def test_nbf_and_iat_in_the_future_are_refused_beyond_the_leeway() -> None:
     for claim in ("nbf", "iat"):
         with pytest.raises(CredentialError, match="not valid yet"):
             verify_jwt(jwt.encode(claims(**{claim: now + 600}), SECRET, algorithm="HS256"), HS)
-        assert verify_jwt(jwt.encode(claims(**{claim: now + 5}), SECRET, algorithm="HS256"), HS).name
+        assert verify_jwt(
+            jwt.encode(claims(**{claim: now + 5}), SECRET, algorithm="HS256"), HS
+        ).name
 
 
 def test_audience_and_issuer_are_checked_when_configured() -> None:
-    strict = Settings(auth_enabled=True, jwt_secret=SECRET, jwt_audience="tasker-api", jwt_issuer="https://idp")
+    strict = Settings(
+        auth_enabled=True, jwt_secret=SECRET, jwt_audience="tasker-api", jwt_issuer="https://idp"
+    )
 
     def token(**extra: Any) -> str:
         return jwt.encode(claims(**extra), SECRET, algorithm="HS256")
 
     assert verify_jwt(token(aud="tasker-api", iss="https://idp"), strict).name == "deployer"
-    assert verify_jwt(token(aud=["other", "tasker-api"], iss="https://idp"), strict).name == "deployer"
+    assert (
+        verify_jwt(token(aud=["other", "tasker-api"], iss="https://idp"), strict).name == "deployer"
+    )
     with pytest.raises(CredentialError, match="audience does not match"):
         verify_jwt(token(aud="billing-api", iss="https://idp"), strict)
     with pytest.raises(CredentialError, match="lacks the required claim 'aud'"):
@@ -171,33 +203,53 @@ def test_a_token_meant_for_an_audience_is_refused_by_a_server_that_expects_none(
 
 
 def test_permissions_come_from_the_permissions_list_and_the_scope() -> None:
-    token = jwt.encode(claims(permissions=["tasker.task:*"], scope="openid tasker.metrics:index email"), SECRET,
-                       algorithm="HS256")
+    token = jwt.encode(
+        claims(permissions=["tasker.task:*"], scope="openid tasker.metrics:index email"),
+        SECRET,
+        algorithm="HS256",
+    )
     p = verify_jwt(token, HS)
-    assert p.permissions == frozenset({"tasker.task:*", "tasker.metrics:index"})  # unknown scopes grant nothing
-    assert p.can("tasker.task:retry") and p.can("tasker.metrics:index") and not p.can("tasker.handler:index")
+    assert p.permissions == frozenset(
+        {"tasker.task:*", "tasker.metrics:index"}
+    )  # unknown scopes grant nothing
+    assert (
+        p.can("tasker.task:retry")
+        and p.can("tasker.metrics:index")
+        and not p.can("tasker.handler:index")
+    )
     scoped = {"sub": "svc", "exp": int(time.time()) + 60, "scope": "tasker.handler:index"}
     assert verify_jwt(jwt.encode(scoped, SECRET, algorithm="HS256"), HS).can("tasker.handler:index")
     bare = verify_jwt(jwt.encode({"exp": int(time.time()) + 60}, SECRET, algorithm="HS256"), HS)
     assert bare.permissions == frozenset() and bare.name == "unnamed subject"
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    ({"permissions": "tasker.task:index"}, "'permissions' must be a list of strings"),
-    ({"permissions": [1, 2]}, "'permissions' must be a list of strings"),
-    ({"scope": ["tasker.task:index"]}, "'scope' must be a space-separated string"),
-    ({"sub": 42}, "malformed or has an invalid claim"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"permissions": "tasker.task:index"}, "'permissions' must be a list of strings"),
+        ({"permissions": [1, 2]}, "'permissions' must be a list of strings"),
+        ({"scope": ["tasker.task:index"]}, "'scope' must be a space-separated string"),
+        ({"sub": 42}, "malformed or has an invalid claim"),
+    ],
+)
 def test_badly_typed_claims_are_refused(extra: dict[str, Any], message: str) -> None:
     with pytest.raises(CredentialError, match=message):
         verify_jwt(jwt.encode(claims(**extra), SECRET, algorithm="HS256"), HS)
 
 
-@pytest.mark.parametrize("token", [
-    "abc", "a.b.c", "a.b", "....", "eyJhbGciOiJIUzI1NiJ9", "\u2603.\u2603.\u2603",
-    b64(b"not json") + "." + b64(b"{}") + ".",
-    b64(b'["list"]') + "." + b64(b"{}") + ".",
-])
+@pytest.mark.parametrize(
+    "token",
+    [
+        "abc",
+        "a.b.c",
+        "a.b",
+        "....",
+        "eyJhbGciOiJIUzI1NiJ9",
+        "\u2603.\u2603.\u2603",
+        b64(b"not json") + "." + b64(b"{}") + ".",
+        b64(b'["list"]') + "." + b64(b"{}") + ".",
+    ],
+)
 def test_malformed_tokens_are_refused(token: str) -> None:
     with pytest.raises(CredentialError):
         verify_jwt(token, HS)
@@ -239,16 +291,24 @@ def test_bad_public_keys_fail_at_start_up_with_one_line(tmp_path: Path) -> None:
     with pytest.raises(AuthConfigError, match="cannot read the PEM file"):
         check_auth_settings(Settings(auth_enabled=True, jwt_public_key=str(missing)))
     with pytest.raises(AuthConfigError, match="not a PEM public key"):
-        check_auth_settings(Settings(auth_enabled=True, jwt_public_key="-----BEGIN PUBLIC KEY-----\ngarbage\n"))
-    ec_pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        check_auth_settings(
+            Settings(auth_enabled=True, jwt_public_key="-----BEGIN PUBLIC KEY-----\ngarbage\n")
+        )
+    ec_pem = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     with pytest.raises(AuthConfigError, match="not an RSA key"):
         check_auth_settings(Settings(auth_enabled=True, jwt_public_key=ec_pem))
     with pytest.raises(AuthConfigError, match="TASKER_JWT_SECRET is empty"):
         check_auth_settings(Settings(auth_enabled=True, jwt_secret="  "))
 
 
-def test_a_bad_public_key_at_request_time_is_a_configuration_error_not_a_401(tmp_path: Path) -> None:
+def test_a_bad_public_key_at_request_time_is_a_configuration_error_not_a_401(
+    tmp_path: Path,
+) -> None:
     settings = Settings(auth_enabled=True, jwt_public_key=str(tmp_path / "gone.pem"))
     with pytest.raises(AuthConfigError):
         verify_jwt(jwt.encode(claims(), SECRET, algorithm="HS256"), settings)

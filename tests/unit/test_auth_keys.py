@@ -24,10 +24,19 @@ def test_a_key_is_random_has_its_prefix_and_is_recognised() -> None:
     assert len(first.split("_", 2)[2]) == 43  # 256 random bits, url-safe
 
 
-@pytest.mark.parametrize("value", [
-    "", "tk_", "tk_0123abcd_short", "tk_0123ABCD_" + "a" * 43, "xx_0123abcd_" + "a" * 43,
-    "tk_0123abcd_" + "a" * 42 + "!", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.sig", "tk_0123abcd_" + "a" * 44,
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "tk_",
+        "tk_0123abcd_short",
+        "tk_0123ABCD_" + "a" * 43,
+        "xx_0123abcd_" + "a" * 43,
+        "tk_0123abcd_" + "a" * 42 + "!",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.sig",
+        "tk_0123abcd_" + "a" * 44,
+    ],
+)
 def test_values_that_are_not_keys(value: str) -> None:
     assert not key_store.looks_like_key(value)
 
@@ -44,33 +53,44 @@ def test_the_permission_class_and_the_vocabulary_agree() -> None:
     assert len(key_store.PERMISSIONS) == 16
 
 
-@pytest.mark.parametrize(("granted", "needed", "allowed"), [
-    (["tasker.task:index"], "tasker.task:index", True),
-    (["tasker.task:index"], "tasker.task:show", False),
-    (["tasker.task:*"], "tasker.task:cancel", True),
-    (["tasker.task:*"], "tasker.workflow_step:index", False),
-    (["*"], "tasker.metrics:index", True),
-    ([], "tasker.task:index", False),
-    (["tasker.task"], "tasker.task:index", False),
-    (["tasker.*"], "tasker.task:index", False),
-])
+@pytest.mark.parametrize(
+    ("granted", "needed", "allowed"),
+    [
+        (["tasker.task:index"], "tasker.task:index", True),
+        (["tasker.task:index"], "tasker.task:show", False),
+        (["tasker.task:*"], "tasker.task:cancel", True),
+        (["tasker.task:*"], "tasker.workflow_step:index", False),
+        (["*"], "tasker.metrics:index", True),
+        ([], "tasker.task:index", False),
+        (["tasker.task"], "tasker.task:index", False),
+        (["tasker.*"], "tasker.task:index", False),
+    ],
+)
 def test_grants_and_wildcards(granted: list[str], needed: str, allowed: bool) -> None:
     assert key_store.grants(granted, needed) is allowed
 
 
 def test_permissions_are_checked_deduplicated_and_kept_in_order() -> None:
-    got = key_store.check_permissions([" tasker.task:show", "tasker.task:*", "tasker.task:show", ""])
+    got = key_store.check_permissions(
+        [" tasker.task:show", "tasker.task:*", "tasker.task:show", ""]
+    )
     assert got == ("tasker.task:show", "tasker.task:*")
 
 
-@pytest.mark.parametrize("names", [["tasker.task:destroy"], ["TASKER.TASK:INDEX"], ["tasker.*"], [], [" "]])
-def test_unknown_or_missing_permissions_are_refused_with_the_valid_ones_listed(names: list[str]) -> None:
+@pytest.mark.parametrize(
+    "names", [["tasker.task:destroy"], ["TASKER.TASK:INDEX"], ["tasker.*"], [], [" "]]
+)
+def test_unknown_or_missing_permissions_are_refused_with_the_valid_ones_listed(
+    names: list[str],
+) -> None:
     with pytest.raises(TaskerInputError) as info:
         key_store.check_permissions(names)
     assert "tasker.task:index" in str(info.value) and "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["", "has space", "-starts-with-dash", "x" * 129, "emoji\u2603", "semi;colon"])
+@pytest.mark.parametrize(
+    "name", ["", "has space", "-starts-with-dash", "x" * 129, "emoji\u2603", "semi;colon"]
+)
 def test_bad_key_names_are_refused(name: str) -> None:
     with pytest.raises(TaskerInputError, match="invalid API key name"):
         key_store.check_name(name)
@@ -81,7 +101,9 @@ def test_bad_key_names_are_refused(name: str) -> None:
 
 def _stored_hash(tasker: Tasker, name: str) -> str:
     with tasker.db.read() as conn:
-        return str(conn.execute(select(api_keys.c.key_hash).where(api_keys.c.name == name)).scalar_one())
+        return str(
+            conn.execute(select(api_keys.c.key_hash).where(api_keys.c.name == name)).scalar_one()
+        )
 
 
 def test_a_created_key_is_stored_as_a_digest_only_and_authenticates(tasker: Tasker) -> None:

@@ -53,7 +53,10 @@ ORDER_SCHEMA: dict[str, Any] = {
 def good_order() -> dict[str, Any]:
     return {
         "customer_info": {"email": "ann@example.com"},
-        "cart_items": [{"sku": "A-1", "quantity": 2}, {"sku": "B-2", "quantity": 1, "gift_wrap": True}],
+        "cart_items": [
+            {"sku": "A-1", "quantity": 2},
+            {"sku": "B-2", "quantity": 1, "gift_wrap": True},
+        ],
     }
 
 
@@ -103,7 +106,10 @@ def test_input_is_not_mutated() -> None:
 
 
 def test_defaults_are_copies_not_the_schema_objects() -> None:
-    schema: dict[str, Any] = {"type": "object", "properties": {"tags": {"type": "array", "default": []}}}
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {"tags": {"type": "array", "default": []}},
+    }
     first = validate_context("t", schema, {})
     first["tags"].append("x")
     assert validate_context("t", schema, {}) == {"tags": []}
@@ -195,7 +201,11 @@ def test_validator_follows_a_new_schema_object() -> None:
 # --- property: whatever validates comes back with every top-level default --------------------------
 
 NAMES = ["alpha", "beta", "gamma", "delta", "eps", "zeta"]
-VALUES = {"string": st.text(max_size=4), "integer": st.integers(-1000, 1000), "boolean": st.booleans()}
+VALUES = {
+    "string": st.text(max_size=4),
+    "integer": st.integers(-1000, 1000),
+    "boolean": st.booleans(),
+}
 any_value = st.one_of(st.none(), *VALUES.values())
 
 
@@ -218,7 +228,9 @@ def schema_and_context(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any]]
 
 
 @given(schema_and_context())
-def test_validated_context_has_all_top_level_defaults(case: tuple[dict[str, Any], dict[str, Any]]) -> None:
+def test_validated_context_has_all_top_level_defaults(
+    case: tuple[dict[str, Any], dict[str, Any]],
+) -> None:
     schema, context = case
     before = copy.deepcopy(context)
     try:
@@ -241,13 +253,32 @@ def test_validated_context_has_all_top_level_defaults(case: tuple[dict[str, Any]
 # -- schema patterns: exponential backtracking is refused at template load ------------------------------
 
 CATASTROPHIC = [
-    r"(a+)+$", r"(a*)*b", r"(a|a)*$", r"(a|aa)*$", r"(.*a){20}", r"^(\w+\s?)+$", r"(x+x+)+y",
-    r"^(\s*,\s*)*$", r"(a{1,3})*$", r"(a|)+$", r"^(([a-z])+.)+[A-Z]([a-z])+$",
+    r"(a+)+$",
+    r"(a*)*b",
+    r"(a|a)*$",
+    r"(a|aa)*$",
+    r"(.*a){20}",
+    r"^(\w+\s?)+$",
+    r"(x+x+)+y",
+    r"^(\s*,\s*)*$",
+    r"(a{1,3})*$",
+    r"(a|)+$",
+    r"^(([a-z])+.)+[A-Z]([a-z])+$",
 ]
 SAFE = [
-    r"^[a-z]+(-[a-z]+)*$", r"^([a-z0-9-]+\.)+[a-z]{2,}$", r"(/[^/]+)*", r"^\d{3}-\d{4}$",
-    r"^(\d{1,3}\.){3}\d{1,3}$", r"(foo|bar)+", r"^(?:[a-z]++\d)+$", r"(?>a+)+", r"^[^@]+@[^@]+\.[a-z]+$",
-    r"^[A-Z]{2}\d+$", r"^(a|b|c)*$", r"^\+?[0-9 ()-]{7,20}$", r"^(-[a-z]{1,3})*$",
+    r"^[a-z]+(-[a-z]+)*$",
+    r"^([a-z0-9-]+\.)+[a-z]{2,}$",
+    r"(/[^/]+)*",
+    r"^\d{3}-\d{4}$",
+    r"^(\d{1,3}\.){3}\d{1,3}$",
+    r"(foo|bar)+",
+    r"^(?:[a-z]++\d)+$",
+    r"(?>a+)+",
+    r"^[^@]+@[^@]+\.[a-z]+$",
+    r"^[A-Z]{2}\d+$",
+    r"^(a|b|c)*$",
+    r"^\+?[0-9 ()-]{7,20}$",
+    r"^(-[a-z]{1,3})*$",
 ]
 
 
@@ -271,8 +302,11 @@ def test_any_text_is_judged_without_raising(pattern: str) -> None:
     assert why is None or isinstance(why, str)
 
 
-@given(st.lists(st.sampled_from(["a", "b", "[ab]", r"\d", "x"]), min_size=1, max_size=3),
-       st.sampled_from(["+", "*", "{2,}"]), st.sampled_from(["+", "*", "{1,}"]))
+@given(
+    st.lists(st.sampled_from(["a", "b", "[ab]", r"\d", "x"]), min_size=1, max_size=3),
+    st.sampled_from(["+", "*", "{2,}"]),
+    st.sampled_from(["+", "*", "{1,}"]),
+)
 def test_an_undelimited_unbounded_repeat_inside_another_is_always_refused(
     atoms: list[str], inner: str, outer: str
 ) -> None:
@@ -283,15 +317,22 @@ def test_an_undelimited_unbounded_repeat_inside_another_is_always_refused(
 def test_schema_patterns_finds_pattern_and_pattern_properties_but_not_data() -> None:
     schema = {
         "type": "object",
-        "properties": {"a": {"pattern": "x+"}, "pattern": {"type": "string"},
-                       "b": {"items": [{"pattern": "y"}]}},
+        "properties": {
+            "a": {"pattern": "x+"},
+            "pattern": {"type": "string"},
+            "b": {"items": [{"pattern": "y"}]},
+        },
         "patternProperties": {"^k": {"pattern": "z"}},
         "const": {"pattern": "(a+)+"},
         "default": {"pattern": "(a+)+"},
     }
     found = sorted(schema_patterns(schema))
-    assert found == [("/patternProperties", "^k"), ("/patternProperties/^k/pattern", "z"),
-                     ("/properties/a/pattern", "x+"), ("/properties/b/items/0/pattern", "y")]
+    assert found == [
+        ("/patternProperties", "^k"),
+        ("/patternProperties/^k/pattern", "z"),
+        ("/properties/a/pattern", "x+"),
+        ("/properties/b/items/0/pattern", "y"),
+    ]
 
 
 def test_a_schema_built_in_code_with_a_catastrophic_pattern_is_refused_before_it_runs() -> None:
@@ -299,4 +340,9 @@ def test_a_schema_built_in_code_with_a_catastrophic_pattern_is_refused_before_it
     with pytest.raises(TaskerInputError) as info:
         validate_context("ns/t@1.0.0", schema, {"name": "a" * 40 + "!"})
     msg = str(info.value)
-    assert "ns/t@1.0.0" in msg and "/properties/name/pattern" in msg and "(a+)+" in msg and "fix:" in msg
+    assert (
+        "ns/t@1.0.0" in msg
+        and "/properties/name/pattern" in msg
+        and "(a+)+" in msg
+        and "fix:" in msg
+    )

@@ -154,7 +154,11 @@ def test_duplicate_name_is_refused_naming_the_step() -> None:
     with pytest.raises(GraphError) as info:
         check_graph([("a", []), ("fetch", ["a"]), ("fetch", [])])
     assert info.value.step == "fetch"
-    assert "duplicate" in str(info.value) and "'fetch'" in str(info.value) and "fix:" in str(info.value)
+    assert (
+        "duplicate" in str(info.value)
+        and "'fetch'" in str(info.value)
+        and "fix:" in str(info.value)
+    )
 
 
 def test_unknown_parent_is_refused_naming_the_step_and_the_parent() -> None:
@@ -177,7 +181,7 @@ def test_self_dependency_is_refused_naming_the_step() -> None:
 def test_any_unknown_parent_is_refused(steps: Steps, data: st.DataObject) -> None:
     i = data.draw(st.integers(min_value=0, max_value=len(steps) - 1))
     name, ps = steps[i]
-    broken = [*steps[:i], (name, [*ps, "no_such_step"]), *steps[i + 1:]]
+    broken = [*steps[:i], (name, [*ps, "no_such_step"]), *steps[i + 1 :]]
     with pytest.raises(GraphError) as info:
         check_graph(broken)
     assert info.value.step == name
@@ -194,7 +198,10 @@ def test_any_duplicate_is_refused(steps: Steps, data: st.DataObject) -> None:
 
 # --- mermaid ---------------------------------------------------------------------------------------
 
-def parse_mermaid(text: str) -> tuple[dict[str, str], set[tuple[str, str]], dict[str, str], set[str]]:
+
+def parse_mermaid(
+    text: str,
+) -> tuple[dict[str, str], set[tuple[str, str]], dict[str, str], set[str]]:
     """Node labels by id, edges as id pairs, class by id, classDef names."""
     nodes = dict(re.findall(r'^\s+(\w+)\["([^"]*)"\]$', text, re.M))
     found = set(re.findall(r"^\s+(\w+) --> (\w+)$", text, re.M))
@@ -218,7 +225,9 @@ def test_mermaid_has_every_node_and_edge(steps: Steps) -> None:
 @given(dags(), st.data())
 def test_mermaid_with_states_gives_each_step_a_class(steps: Steps, data: st.DataObject) -> None:
     names = [n for n, _ in steps]
-    states = data.draw(st.dictionaries(st.sampled_from(names), st.sampled_from(sorted(STATE_STYLES)), min_size=1))
+    states = data.draw(
+        st.dictionaries(st.sampled_from(names), st.sampled_from(sorted(STATE_STYLES)), min_size=1)
+    )
     text = mermaid(steps, states)
     nodes, found, classes, defs = parse_mermaid(text)
     by_name = {label.split("<br/>")[0]: node_id for node_id, label in nodes.items()}

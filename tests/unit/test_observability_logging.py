@@ -24,7 +24,13 @@ from tasker.observability.logging import (
     step_logger,
 )
 
-FIELDS = {"task_id": 7, "template": "shop/checkout@1.0.0", "step": "charge", "attempt": 2, "correlation_id": "c-1"}
+FIELDS = {
+    "task_id": 7,
+    "template": "shop/checkout@1.0.0",
+    "step": "charge",
+    "attempt": 2,
+    "correlation_id": "c-1",
+}
 log = logging.getLogger("tests.unit.observability")
 
 
@@ -81,7 +87,11 @@ def test_structlog_loggers_share_the_pipeline() -> None:
         structlog.get_logger("tests.structlog").info("reserved", sku="A-1")
 
     (line,) = _json(buf)
-    assert line["message"] == "reserved" and line["sku"] == "A-1" and line["logger"] == "tests.structlog"
+    assert (
+        line["message"] == "reserved"
+        and line["sku"] == "A-1"
+        and line["logger"] == "tests.structlog"
+    )
     assert {k: line[k] for k in STEP_FIELDS} == FIELDS
 
 
@@ -120,10 +130,17 @@ def test_level_filters_lines() -> None:
     assert [ln["message"] for ln in _json(buf)] == ["kept"]
 
 
-@pytest.mark.parametrize(("fmt", "level", "expected"), [
-    ("xml", "INFO", "log format 'xml' is not supported; fix: use one of json, console"),
-    ("json", "LOUD", "log level 'LOUD' is not supported; fix: use one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
-])
+@pytest.mark.parametrize(
+    ("fmt", "level", "expected"),
+    [
+        ("xml", "INFO", "log format 'xml' is not supported; fix: use one of json, console"),
+        (
+            "json",
+            "LOUD",
+            "log level 'LOUD' is not supported; fix: use one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+        ),
+    ],
+)
 def test_bad_settings_are_one_clear_line(fmt: str, level: str, expected: str) -> None:
     with pytest.raises(TaskerInputError) as err:
         configure_logging(fmt, level, stream=io.StringIO())
@@ -165,7 +182,9 @@ def test_thread_pool_threads_see_the_fields_only_through_a_copied_context() -> N
         with bind_step_context(**FIELDS):
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, log.info, "bare thread")
-            await loop.run_in_executor(None, contextvars.copy_context().run, log.info, "copied context")
+            await loop.run_in_executor(
+                None, contextvars.copy_context().run, log.info, "copied context"
+            )
 
     asyncio.run(attempt())
     bare, copied = _json(buf)
@@ -204,7 +223,10 @@ def test_lines_from_other_threads_keep_their_own_context() -> None:
         t.start()
     for t in threads:
         t.join()
-    assert sorted((ln["message"], ln["task_id"]) for ln in _json(buf)) == [("line of 1", 1), ("line of 2", 2)]
+    assert sorted((ln["message"], ln["task_id"]) for ln in _json(buf)) == [
+        ("line of 1", 1),
+        ("line of 2", 2),
+    ]
 
 
 def test_default_stream_follows_sys_stderr(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,9 +26,21 @@ from tasker.observability.logging import configure_logging
 
 
 def _claimed(task_id: int = 5, attempt: int = 1, correlation_id: str = "corr-1") -> ClaimedStep:
-    return ClaimedStep(step_id=50, task_id=task_id, name="charge", template_id=1, attempt=attempt, retry_limit=3,
-                       claim_token=1, idempotency_key="k", dependent_system="payments", context={},
-                       correlation_id=correlation_id, results={}, from_state="ready")
+    return ClaimedStep(
+        step_id=50,
+        task_id=task_id,
+        name="charge",
+        template_id=1,
+        attempt=attempt,
+        retry_limit=3,
+        claim_token=1,
+        idempotency_key="k",
+        dependent_system="payments",
+        context={},
+        correlation_id=correlation_id,
+        results={},
+        from_state="ready",
+    )
 
 
 def _scope(**claim: object) -> AbstractContextManager[Any]:
@@ -78,7 +90,9 @@ def test_everything_is_a_no_op_without_a_provider(no_provider: None) -> None:
     tracing.end_step(None, "error", {"class": "X", "message": "y"})
 
 
-def test_a_global_provider_turns_tracing_on(no_provider: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_global_provider_turns_tracing_on(
+    no_provider: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     provider, exporter = _provider()
     monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
     assert tracing.enabled()
@@ -87,20 +101,29 @@ def test_a_global_provider_turns_tracing_on(no_provider: None, monkeypatch: pyte
     assert [s.name for s in exporter.get_finished_spans()] == ["tasker.step charge"]
 
 
-def test_the_attempt_span_is_current_and_parented_to_the_task(exporter: InMemorySpanExporter) -> None:
+def test_the_attempt_span_is_current_and_parented_to_the_task(
+    exporter: InMemorySpanExporter,
+) -> None:
     trace_id, task_span_id = tracing.task_trace_ids(5, "corr-1")
     with _scope(attempt=2) as span:
         headers: dict[str, str] = {}
         tracing.inject_headers(headers)
-        tracing.end_step(span, "waiting_retry", {"class": "GatewayTimeout", "message": "no answer in 5s"})
+        tracing.end_step(
+            span, "waiting_retry", {"class": "GatewayTimeout", "message": "no answer in 5s"}
+        )
     (done,) = exporter.get_finished_spans()
     assert headers["traceparent"] == f"00-{trace_id:032x}-{done.context.span_id:016x}-01"
     assert done.context.trace_id == trace_id
     assert done.parent is not None and done.parent.span_id == task_span_id and done.parent.is_remote
     assert done.attributes == {
-        "tasker.task_id": 5, "tasker.template": "shop/checkout@1.0.0", "tasker.step": "charge",
-        "tasker.attempt": 2, "tasker.correlation_id": "corr-1", "tasker.dependent_system": "payments",
-        "tasker.outcome": "retry", "tasker.error_class": "GatewayTimeout",
+        "tasker.task_id": 5,
+        "tasker.template": "shop/checkout@1.0.0",
+        "tasker.step": "charge",
+        "tasker.attempt": 2,
+        "tasker.correlation_id": "corr-1",
+        "tasker.dependent_system": "payments",
+        "tasker.outcome": "retry",
+        "tasker.error_class": "GatewayTimeout",
     }
     assert done.status.status_code.name == "ERROR"
     assert done.events[0].name == "exception"

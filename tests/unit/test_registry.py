@@ -52,11 +52,18 @@ def test_latest_version_is_semantic_not_lexical() -> None:
     assert reg.get("payments/refund").version == "2.0.0-rc.1"
     reg.register(make("refund", "2.0.0", "payments"))
     assert reg.get("payments/refund").version == "2.0.0"
-    assert [t.version for t in reg.versions("payments", "refund")] == ["1.9.0", "1.10.0", "2.0.0-rc.1", "2.0.0"]
+    assert [t.version for t in reg.versions("payments", "refund")] == [
+        "1.9.0",
+        "1.10.0",
+        "2.0.0-rc.1",
+        "2.0.0",
+    ]
 
 
 def test_prerelease_identifiers_compare_numerically() -> None:
-    reg = registry_of(*(make("refund", v, "payments") for v in ["1.0.0-rc.2", "1.0.0-rc.10", "1.0.0-beta"]))
+    reg = registry_of(
+        *(make("refund", v, "payments") for v in ["1.0.0-rc.2", "1.0.0-rc.10", "1.0.0-beta"])
+    )
     assert reg.get("payments/refund").version == "1.0.0-rc.10"
 
 
@@ -95,7 +102,13 @@ def test_semver_key_ignores_build_metadata_and_refuses_garbage() -> None:
             semver_key(bad)
 
 
-@given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 30), st.integers(0, 30)), min_size=1, unique=True))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 30), st.integers(0, 30), st.integers(0, 30)),
+        min_size=1,
+        unique=True,
+    )
+)
 def test_latest_is_the_numeric_maximum(triples: list[tuple[int, int, int]]) -> None:
     shuffled = list(triples)
     random.Random(0).shuffle(shuffled)
@@ -182,7 +195,18 @@ def test_parse_ref_version_argument_wins() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "/name", "ns/", "/", "ns/a/b", "ns/name@", "ns/name@1.2", "ns/name@latest", "ns/name@1.0.0@2.0.0", "@1.0.0"],
+    [
+        "",
+        "/name",
+        "ns/",
+        "/",
+        "ns/a/b",
+        "ns/name@",
+        "ns/name@1.2",
+        "ns/name@latest",
+        "ns/name@1.0.0@2.0.0",
+        "@1.0.0",
+    ],
 )
 def test_parse_ref_rejects_malformed(text: str) -> None:
     with pytest.raises(TaskerInputError) as info:

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from tasker.retry import DEFAULT_RETRY_LIMIT, MAX_DELAY_SECONDS, RetryPolicy
 
-seconds = st.floats(min_value=0, max_value=MAX_DELAY_SECONDS / 4, allow_nan=False, allow_infinity=False)
+seconds = st.floats(
+    min_value=0, max_value=MAX_DELAY_SECONDS / 4, allow_nan=False, allow_infinity=False
+)
 attempts = st.integers(min_value=-3, max_value=5000)
 jitters = st.floats(min_value=0, max_value=1, allow_nan=False)
 seeds = st.integers(min_value=0, max_value=2**32)
@@ -27,7 +29,11 @@ def exact_backoff(p: RetryPolicy, attempt: int) -> float:
 @st.composite
 def policies(draw: st.DrawFn, jitter: st.SearchStrategy[float] = jitters) -> RetryPolicy:
     base = draw(seconds)
-    cap = draw(st.floats(min_value=base, max_value=MAX_DELAY_SECONDS, allow_nan=False, allow_infinity=False))
+    cap = draw(
+        st.floats(
+            min_value=base, max_value=MAX_DELAY_SECONDS, allow_nan=False, allow_infinity=False
+        )
+    )
     return RetryPolicy(
         retry_limit=draw(st.integers(min_value=1, max_value=50)),
         retryable=draw(st.booleans()),
@@ -41,12 +47,18 @@ def policies(draw: st.DrawFn, jitter: st.SearchStrategy[float] = jitters) -> Ret
 def test_defaults_keep_taskers_feel() -> None:
     p = RetryPolicy()
     assert (p.retry_limit, p.retryable) == (DEFAULT_RETRY_LIMIT, True) == (3, True)
-    assert (p.backoff_base_seconds, p.backoff_max_seconds, p.max_server_delay_seconds) == (1.0, 30.0, 300.0)
+    assert (p.backoff_base_seconds, p.backoff_max_seconds, p.max_server_delay_seconds) == (
+        1.0,
+        30.0,
+        300.0,
+    )
     assert 0 < p.jitter <= 1
 
 
 @given(policies(), attempts, seeds)
-def test_exponential_delay_is_within_zero_and_the_cap(p: RetryPolicy, attempt: int, seed: int) -> None:
+def test_exponential_delay_is_within_zero_and_the_cap(
+    p: RetryPolicy, attempt: int, seed: int
+) -> None:
     d = p.exponential_delay(attempt, random.Random(seed))
     assert 0.0 <= d <= p.backoff_max_seconds
     assert math.isfinite(d)
@@ -105,14 +117,20 @@ def test_same_seed_same_delay() -> None:
 
 
 @given(policies(), attempts, st.floats(min_value=0, max_value=1e9, allow_nan=False), seeds)
-def test_retry_after_is_honoured_and_capped(p: RetryPolicy, attempt: int, retry_after: float, seed: int) -> None:
+def test_retry_after_is_honoured_and_capped(
+    p: RetryPolicy, attempt: int, retry_after: float, seed: int
+) -> None:
     d = p.delay(attempt, retry_after=retry_after, rng=random.Random(seed))
     assert d == min(retry_after, p.max_server_delay_seconds)
 
 
 @given(policies(), attempts, seeds)
-def test_without_retry_after_the_delay_is_the_backoff(p: RetryPolicy, attempt: int, seed: int) -> None:
-    assert p.delay(attempt, None, random.Random(seed)) == p.exponential_delay(attempt, random.Random(seed))
+def test_without_retry_after_the_delay_is_the_backoff(
+    p: RetryPolicy, attempt: int, seed: int
+) -> None:
+    assert p.delay(attempt, None, random.Random(seed)) == p.exponential_delay(
+        attempt, random.Random(seed)
+    )
 
 
 def test_retry_after_examples() -> None:

@@ -14,9 +14,12 @@ from tasker.errors import TaskerInputError
 from tasker.settings import NUMBER_RANGES, Settings
 
 ENV = {
-    "concurrency": "TASKER_CONCURRENCY", "lease_seconds": "TASKER_LEASE_SECONDS",
-    "poll_interval": "TASKER_POLL_INTERVAL", "grace_seconds": "TASKER_GRACE_SECONDS",
-    "api_port": "TASKER_API_PORT", "metrics_port": "TASKER_METRICS_PORT",
+    "concurrency": "TASKER_CONCURRENCY",
+    "lease_seconds": "TASKER_LEASE_SECONDS",
+    "poll_interval": "TASKER_POLL_INTERVAL",
+    "grace_seconds": "TASKER_GRACE_SECONDS",
+    "api_port": "TASKER_API_PORT",
+    "metrics_port": "TASKER_METRICS_PORT",
     "max_body_bytes": "TASKER_MAX_BODY_BYTES",
 }
 
@@ -81,7 +84,10 @@ def test_numbers_in_range_load_with_their_type(monkeypatch: pytest.MonkeyPatch) 
     assert s.grace_seconds == 0.0
 
 
-@given(st.sampled_from(sorted(NUMBER_RANGES)), st.floats(allow_nan=True, allow_infinity=True) | st.booleans())
+@given(
+    st.sampled_from(sorted(NUMBER_RANGES)),
+    st.floats(allow_nan=True, allow_infinity=True) | st.booleans(),
+)
 def test_a_range_never_lets_a_bad_number_through(name: str, value: float | bool) -> None:
     r = NUMBER_RANGES[name]
     try:
@@ -94,9 +100,13 @@ def test_a_range_never_lets_a_bad_number_through(name: str, value: float | bool)
     assert isinstance(out, int) if r.integer else isinstance(out, float)
 
 
-@given(st.sampled_from(sorted(bounds.SYSTEM_SETTINGS)),
-       st.floats(allow_nan=True, allow_infinity=True) | st.integers() | st.booleans() | st.none())
-def test_system_settings_are_in_range_or_refused_naming_the_setting(name: str, value: object) -> None:
+@given(
+    st.sampled_from(sorted(bounds.SYSTEM_SETTINGS)),
+    st.floats(allow_nan=True, allow_infinity=True) | st.integers() | st.booleans() | st.none(),
+)
+def test_system_settings_are_in_range_or_refused_naming_the_setting(
+    name: str, value: object
+) -> None:
     try:
         out = bounds.check_system_settings({name: value})[name]
     except ValueError as exc:

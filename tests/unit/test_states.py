@@ -148,7 +148,9 @@ def test_unknown_state_name_is_refused() -> None:
 # --- final_task_state --------------------------------------------------------------------------------
 
 counts_st = st.dictionaries(
-    st.sampled_from([s.value for s in StepState]), st.integers(min_value=0, max_value=5), max_size=len(StepState)
+    st.sampled_from([s.value for s in StepState]),
+    st.integers(min_value=0, max_value=5),
+    max_size=len(StepState),
 )
 
 

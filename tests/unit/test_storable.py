@@ -20,9 +20,18 @@ from tasker.storable import (
 )
 
 any_text = st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=20)
-scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | any_text
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
-                      | st.dictionaries(any_text, inner, max_size=4), max_leaves=20)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | any_text
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_text, inner, max_size=4),
+    max_leaves=20,
+)
 
 
 def _strictly_storable(value: Any) -> bool:
@@ -38,7 +47,9 @@ def _strings(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
     if isinstance(value, dict):
-        return [k for k in value if isinstance(k, str)] + [t for v in value.values() for t in _strings(v)]
+        return [k for k in value if isinstance(k, str)] + [
+            t for v in value.values() for t in _strings(v)
+        ]
     if isinstance(value, list):
         return [t for v in value for t in _strings(v)]
     return []
@@ -68,12 +79,15 @@ def test_the_text_of_an_escape_is_not_a_nul() -> None:
 
 
 def test_paths_name_the_first_problem() -> None:
-    assert str(find_unstorable({"a": [1, {"b": math.nan}]})) == "results.a[1].b: is nan, which is not JSON; " \
-                                                                "use null or a string"
+    assert (
+        str(find_unstorable({"a": [1, {"b": math.nan}]}))
+        == "results.a[1].b: is nan, which is not JSON; "
+        "use null or a string"
+    )
     assert "results['odd key'][0]" in str(find_unstorable({"odd key": ["\x00"]}))
     assert "(the key)" in str(find_unstorable({"\udc80": 1}))
-    assert "results.big: is an integer" in str(find_unstorable({"big": 10 ** 5000}))
-    assert find_unstorable({"big": 10 ** 2000}) is None  # long, but JSON and every store keep it
+    assert "results.big: is an integer" in str(find_unstorable({"big": 10**5000}))
+    assert find_unstorable({"big": 10**2000}) is None  # long, but JSON and every store keep it
     assert "is a bytes" in str(find_unstorable({"raw": b"x"}))
 
 

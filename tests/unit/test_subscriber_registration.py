@@ -24,12 +24,15 @@ def test_a_listed_class_is_instantiated() -> None:
     assert [type(s) for s in subs] == [Counting]
 
 
-@pytest.mark.parametrize(("path", "message"), [
-    ("no_such_module_xyz:Thing", "cannot import 'no_such_module_xyz:Thing'"),
-    (f"{__name__}:Missing", "cannot import"),
-    (f"{__name__}:pytest", "is not a tasker.Subscriber subclass"),
-    (f"{__name__}:NoArgsPlease", "could not be created without arguments"),
-])
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("no_such_module_xyz:Thing", "cannot import 'no_such_module_xyz:Thing'"),
+        (f"{__name__}:Missing", "cannot import"),
+        (f"{__name__}:pytest", "is not a tasker.Subscriber subclass"),
+        (f"{__name__}:NoArgsPlease", "could not be created without arguments"),
+    ],
+)
 def test_mistakes_name_the_path(path: str, message: str) -> None:
     with pytest.raises(TaskerInputError, match=message):
         configured_subscribers([path], include_entry_points=False)

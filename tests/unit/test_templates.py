@@ -145,18 +145,22 @@ def test_full_template_fields(write: Write) -> None:
     reserve = t.step("reserve")
     assert reserve.skippable is True and reserve.default_retryable is False
     assert t.retry_policy(reserve).max_attempts == 1
-    assert t.retry_policy(reserve).jitter == 0.1  # the default: only the template block applies here
+    assert (
+        t.retry_policy(reserve).jitter == 0.1
+    )  # the default: only the template block applies here
     with pytest.raises(KeyError):
         t.step("nope")
 
 
 def test_defaults(write: Write) -> None:
-    t = load_file(write(f"""
+    t = load_file(
+        write(f"""
         name: hello
         step_templates:
           - name: only
             handler_class: {OK}
-    """))
+    """)
+    )
     assert t.namespace_name == "default"
     assert t.version == "0.1.0"
     assert t.key == "default/hello@0.1.0"
@@ -169,11 +173,16 @@ def test_defaults(write: Write) -> None:
     assert step.handler_config == {} and step.parents == [] and step.timeout_seconds is None
     assert t.dependent_system_of(step) == "default"
     policy = t.retry_policy(step)
-    assert (policy.retry_limit, policy.backoff_base_seconds, policy.backoff_max_seconds) == (3, 1.0, 30.0)
+    assert (policy.retry_limit, policy.backoff_base_seconds, policy.backoff_max_seconds) == (
+        3,
+        1.0,
+        30.0,
+    )
 
 
 def test_null_values_take_defaults(write: Write) -> None:
-    t = load_file(write(f"""
+    t = load_file(
+        write(f"""
         name: hello
         default_dependent_system:
         custom_events:
@@ -183,7 +192,8 @@ def test_null_values_take_defaults(write: Write) -> None:
             handler_config:
             depends_on_steps:
             custom_events:
-    """))
+    """)
+    )
     assert t.default_dependent_system == "default"
     assert t.step_templates[0].handler_config == {}
     assert t.step_templates[0].parents == []
@@ -219,6 +229,7 @@ def test_numeric_version_is_refused_but_quoted_is_fine(write: Write) -> None:
 
 
 # --- broken files ---------------------------------------------------------------------------------------
+
 
 def test_invalid_yaml_names_the_line(write: Write) -> None:
     path = write("name: t\nstep_templates:\n  - name: a\n   handler_class: x\n")
@@ -290,23 +301,48 @@ def test_longer_cycle(write: Write) -> None:
 
 @pytest.mark.parametrize(
     "handler",
-    ["no_such_package.module:Handler", "tests.unit.sample_handlers:Missing", "NoDots", "..relative:X", ":X", "pkg:"],
+    [
+        "no_such_package.module:Handler",
+        "tests.unit.sample_handlers:Missing",
+        "NoDots",
+        "..relative:X",
+        ":X",
+        "pkg:",
+    ],
 )
 def test_unimportable_handler_class(write: Write, handler: str) -> None:
-    refused(write(two_steps().replace(f"handler_class: {OK}\n  - name: b", f"handler_class: '{handler}'\n  - name: b")),
-            "step 'a'", "cannot import", handler)
+    refused(
+        write(
+            two_steps().replace(
+                f"handler_class: {OK}\n  - name: b", f"handler_class: '{handler}'\n  - name: b"
+            )
+        ),
+        "step 'a'",
+        "cannot import",
+        handler,
+    )
 
 
-def test_handler_module_that_fails_to_import(write: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_handler_module_that_fails_to_import(
+    write: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pkg = tmp_path / "code"
     pkg.mkdir()
     (pkg / "tasker_unit_broken_syntax.py").write_text("def broken(:\n    pass\n")
     (pkg / "tasker_unit_broken_runtime.py").write_text("raise RuntimeError('boom\\nsecond line')\n")
     monkeypatch.syspath_prepend(str(pkg))
-    refused(write(two_steps().replace(OK, "tasker_unit_broken_syntax:Handler", 1), "s.yaml"),
-            "step 'a'", "cannot import", "SyntaxError")
-    msg = refused(write(two_steps().replace(OK, "tasker_unit_broken_runtime:Handler", 1), "r.yaml"),
-                  "step 'a'", "RuntimeError", "boom")
+    refused(
+        write(two_steps().replace(OK, "tasker_unit_broken_syntax:Handler", 1), "s.yaml"),
+        "step 'a'",
+        "cannot import",
+        "SyntaxError",
+    )
+    msg = refused(
+        write(two_steps().replace(OK, "tasker_unit_broken_runtime:Handler", 1), "r.yaml"),
+        "step 'a'",
+        "RuntimeError",
+        "boom",
+    )
     assert "second line" in msg
 
 
@@ -314,17 +350,30 @@ def test_handler_module_that_fails_to_import(write: Write, tmp_path: Path, monke
     "handler", [NOT_HANDLER, "tests.unit.sample_handlers:NOT_A_CLASS", "tests.unit.sample_handlers"]
 )
 def test_handler_class_that_is_not_a_step_handler(write: Write, handler: str) -> None:
-    refused(write(two_steps().replace(OK, handler, 1)), "step 'a'", "not a StepHandler subclass", handler)
+    refused(
+        write(two_steps().replace(OK, handler, 1)),
+        "step 'a'",
+        "not a StepHandler subclass",
+        handler,
+    )
 
 
 def test_handlers_are_not_resolved_when_asked_not_to(write: Write) -> None:
-    t = load_file(write(two_steps().replace(OK, "no_such_package:Handler", 1)), resolve_handlers=False)
+    t = load_file(
+        write(two_steps().replace(OK, "no_such_package:Handler", 1)), resolve_handlers=False
+    )
     assert t.step("a").handler_class == "no_such_package:Handler"
 
 
 def test_task_handler_class_must_be_a_task_handler(write: Write) -> None:
-    refused(write(two_steps(top=f"task_handler_class: {OK}\n")), "task_handler_class", "TaskHandler")
-    refused(write(two_steps(top="task_handler_class: nope.nope:X\n")), "task_handler_class", "cannot import")
+    refused(
+        write(two_steps(top=f"task_handler_class: {OK}\n")), "task_handler_class", "TaskHandler"
+    )
+    refused(
+        write(two_steps(top="task_handler_class: nope.nope:X\n")),
+        "task_handler_class",
+        "cannot import",
+    )
 
 
 @pytest.mark.parametrize(
@@ -346,7 +395,11 @@ def test_schema_that_is_not_a_mapping(write: Write) -> None:
 
 @pytest.mark.parametrize("value", ["0", "-1", "three", "2.5", "1001"])
 def test_bad_retry_limit(write: Write, value: str) -> None:
-    refused(write(two_steps(extra_b=f"    default_retry_limit: {value}\n")), "step 'b'", "default_retry_limit")
+    refused(
+        write(two_steps(extra_b=f"    default_retry_limit: {value}\n")),
+        "step 'b'",
+        "default_retry_limit",
+    )
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "-0.5", "soon", "true"])
@@ -361,8 +414,14 @@ def test_bad_timeout(write: Write, value: str) -> None:
         ("    retry:\n      jitter: 2\n", "jitter"),
         ("    retry:\n      jitter: -0.1\n", "jitter"),
         ("    retry:\n      backoff_base_seconds: -1\n", "backoff_base_seconds"),
-        ("    retry:\n      backoff_base_seconds: 10\n      backoff_max_seconds: 5\n", "backoff_max_seconds"),
-        ("    retry:\n      backoff_max_seconds: 0.5\n", "backoff_max_seconds"),  # below the default 1 s base
+        (
+            "    retry:\n      backoff_base_seconds: 10\n      backoff_max_seconds: 5\n",
+            "backoff_max_seconds",
+        ),
+        (
+            "    retry:\n      backoff_max_seconds: 0.5\n",
+            "backoff_max_seconds",
+        ),  # below the default 1 s base
         ("    retry:\n      backoff_max_seconds: .inf\n", "finite"),
         ("    retry: [1]\n", "retry"),
     ],
@@ -375,8 +434,15 @@ def test_template_retry_block_is_checked_against_each_step(write: Write) -> None
     top = "retry:\n  backoff_base_seconds: 100\n"
     refused(write(two_steps(top=top)), "step 'a'", "backoff_max_seconds")
     refused(write(two_steps(top="retry:\n  jitter: 2\n")), "retry.jitter")
-    t = load_file(write(two_steps(top=top, extra_a="    retry:\n      backoff_max_seconds: 500\n",
-                                  extra_b="    retry:\n      backoff_max_seconds: 500\n")))
+    t = load_file(
+        write(
+            two_steps(
+                top=top,
+                extra_a="    retry:\n      backoff_max_seconds: 500\n",
+                extra_b="    retry:\n      backoff_max_seconds: 500\n",
+            )
+        )
+    )
     assert t.retry_policy(t.step("a")).backoff_base_seconds == 100
 
 
@@ -388,8 +454,13 @@ def test_invalid_version(write: Write, version: str) -> None:
 @pytest.mark.parametrize("name", ["'has space'", "'1starts_with_digit'", "''", "[a]"])
 def test_invalid_names(write: Write, name: str) -> None:
     refused(write(two_steps(top="").replace("name: minimal", f"name: {name}")), "name")
-    refused(write(two_steps().replace("name: b", f"name: {name}").replace("depends_on_step: a\n", ""), "s.yaml"),
-            "name")
+    refused(
+        write(
+            two_steps().replace("name: b", f"name: {name}").replace("depends_on_step: a\n", ""),
+            "s.yaml",
+        ),
+        "name",
+    )
 
 
 def test_non_utf8_file_is_refused(tmp_path: Path) -> None:
@@ -413,6 +484,7 @@ def test_malformed_shapes_are_refused_not_crashed(write: Write) -> None:
 
 
 # --- warnings -------------------------------------------------------------------------------------------
+
 
 def test_unknown_keys_warn_but_load(write: Write) -> None:
     path = write(two_steps(top="colour: blue\nconcurrent: true\n", extra_b="    retires: 3\n"))
@@ -457,11 +529,15 @@ environments:
 """
 
 
-def test_environment_block_selected_by_tasker_env(write: Write, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_block_selected_by_tasker_env(
+    write: Write, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = write(ENV_TEMPLATE)
     base = load_file(path)  # TASKER_ENV unset: development, which has no block
     assert base.step("a").handler_config == {
-        "url": "http://localhost:8000", "timeout_seconds": 5, "headers": {"accept": "json", "region": "local"}
+        "url": "http://localhost:8000",
+        "timeout_seconds": 5,
+        "headers": {"accept": "json", "region": "local"},
     }
     assert base.default_dependent_system == "mailer"
     assert base.step("a").default_retry_limit == 3
@@ -469,7 +545,9 @@ def test_environment_block_selected_by_tasker_env(write: Write, monkeypatch: pyt
     monkeypatch.setenv("TASKER_ENV", "production")
     prod = load_file(path)
     assert prod.step("a").handler_config == {
-        "url": "https://mail.example.com", "timeout_seconds": 5, "headers": {"accept": "json", "region": "eu"}
+        "url": "https://mail.example.com",
+        "timeout_seconds": 5,
+        "headers": {"accept": "json", "region": "eu"},
     }
     assert prod.step("a").default_retry_limit == 7
     assert prod.step("a").handler_class == OK  # untouched keys survive the merge
@@ -486,7 +564,9 @@ def test_environment_block_selected_by_tasker_env(write: Write, monkeypatch: pyt
     assert load_file(path, environment="production") == prod
 
 
-def test_environment_override_for_unknown_step_is_refused(write: Write, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_override_for_unknown_step_is_refused(
+    write: Write, monkeypatch: pytest.MonkeyPatch
+) -> None:
     staging_b = "      - name: b\n        handler_config: {url"
     path = write(ENV_TEMPLATE.replace(staging_b, staging_b.replace("name: b", "name: zz")))
     load_file(path)  # the broken block is not selected
@@ -495,8 +575,12 @@ def test_environment_override_for_unknown_step_is_refused(write: Write, monkeypa
 
 
 def test_environment_override_is_validated_after_merging(write: Write) -> None:
-    path = write(two_steps(top="environments:\n  production:\n    step_templates:\n"
-                               "      - name: b\n        default_retry_limit: 0\n"))
+    path = write(
+        two_steps(
+            top="environments:\n  production:\n    step_templates:\n"
+            "      - name: b\n        default_retry_limit: 0\n"
+        )
+    )
     load_file(path)
     refused(path, "step 'b'", "default_retry_limit", environment="production")
 
@@ -517,7 +601,10 @@ def test_malformed_environment_blocks(write: Write, block: str) -> None:
 
 # --- ${VAR} expansion -----------------------------------------------------------------------------------
 
-def test_variables_are_expanded_in_handler_config(write: Write, monkeypatch: pytest.MonkeyPatch) -> None:
+
+def test_variables_are_expanded_in_handler_config(
+    write: Write, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TASKER_UT_HOST", "pay.example.com")
     monkeypatch.setenv("TASKER_UT_TIMEOUT", "2.5")
     monkeypatch.setenv("TASKER_UT_RETRIES", "4")
@@ -526,23 +613,25 @@ def test_variables_are_expanded_in_handler_config(write: Write, monkeypatch: pyt
     monkeypatch.setenv("TASKER_UT_WORD", "on")
     monkeypatch.setenv("TASKER_UT_SECRET", "#s3cret")
     monkeypatch.delenv("TASKER_UT_UNSET", raising=False)
-    path = write(two_steps(
-        top="description: ${TASKER_UT_HOST}\n",
-        extra_a=(
-            "    handler_config:\n"
-            "      url: https://${TASKER_UT_HOST}/v1?x=${TASKER_UT_UNSET:-fallback}\n"
-            "      timeout_seconds: ${TASKER_UT_TIMEOUT}\n"
-            "      retries: ${TASKER_UT_RETRIES}\n"
-            "      sandbox: ${TASKER_UT_FLAG}\n"
-            "      account: ${TASKER_UT_ACCOUNT}\n"
-            "      mode: ${TASKER_UT_WORD}\n"
-            "      secret: ${TASKER_UT_SECRET}\n"
-            "      region: ${TASKER_UT_UNSET:-eu-west-1}\n"
-            "      pool: ${TASKER_UT_UNSET:-10}\n"
-            "      empty: ${TASKER_UT_UNSET:-}\n"
-            "      nested: {list: ['${TASKER_UT_HOST}', '${TASKER_UT_RETRIES}']}\n"
-        ),
-    ))
+    path = write(
+        two_steps(
+            top="description: ${TASKER_UT_HOST}\n",
+            extra_a=(
+                "    handler_config:\n"
+                "      url: https://${TASKER_UT_HOST}/v1?x=${TASKER_UT_UNSET:-fallback}\n"
+                "      timeout_seconds: ${TASKER_UT_TIMEOUT}\n"
+                "      retries: ${TASKER_UT_RETRIES}\n"
+                "      sandbox: ${TASKER_UT_FLAG}\n"
+                "      account: ${TASKER_UT_ACCOUNT}\n"
+                "      mode: ${TASKER_UT_WORD}\n"
+                "      secret: ${TASKER_UT_SECRET}\n"
+                "      region: ${TASKER_UT_UNSET:-eu-west-1}\n"
+                "      pool: ${TASKER_UT_UNSET:-10}\n"
+                "      empty: ${TASKER_UT_UNSET:-}\n"
+                "      nested: {list: ['${TASKER_UT_HOST}', '${TASKER_UT_RETRIES}']}\n"
+            ),
+        )
+    )
     cfg = load_file(path).step("a").handler_config
     assert cfg["url"] == "https://pay.example.com/v1?x=fallback"
     assert cfg["timeout_seconds"] == 2.5 and isinstance(cfg["timeout_seconds"], float)
@@ -560,26 +649,41 @@ def test_variables_are_expanded_in_handler_config(write: Write, monkeypatch: pyt
 
 def test_expanded_timeout_is_validated(write: Write, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TASKER_UT_TIMEOUT", "-3")
-    path = write(two_steps(extra_b="    handler_config:\n      timeout_seconds: ${TASKER_UT_TIMEOUT}\n"))
+    path = write(
+        two_steps(extra_b="    handler_config:\n      timeout_seconds: ${TASKER_UT_TIMEOUT}\n")
+    )
     refused(path, "step 'b'", "timeout_seconds")
     monkeypatch.setenv("TASKER_UT_TIMEOUT", "30")
     assert load_file(path).step("b").timeout_seconds == 30
 
 
-def test_missing_variable_without_default_is_refused(write: Write, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_variable_without_default_is_refused(
+    write: Write, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("TASKER_UT_NOT_SET", raising=False)
-    path = write(two_steps(extra_b="    handler_config:\n      url: http://${TASKER_UT_NOT_SET}/x\n"))
+    path = write(
+        two_steps(extra_b="    handler_config:\n      url: http://${TASKER_UT_NOT_SET}/x\n")
+    )
     refused(path, "step 'b'", "TASKER_UT_NOT_SET", "${TASKER_UT_NOT_SET:-")
 
 
-def test_variables_expand_after_the_environment_merge(write: Write, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_variables_expand_after_the_environment_merge(
+    write: Write, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TASKER_UT_PROD_URL", "https://prod.example.com")
-    path = write(two_steps(top="environments:\n  production:\n    step_templates:\n"
-                               "      - name: a\n        handler_config: {url: '${TASKER_UT_PROD_URL}'}\n"))
-    assert load_file(path, environment="production").step("a").handler_config == {"url": "https://prod.example.com"}
+    path = write(
+        two_steps(
+            top="environments:\n  production:\n    step_templates:\n"
+            "      - name: a\n        handler_config: {url: '${TASKER_UT_PROD_URL}'}\n"
+        )
+    )
+    assert load_file(path, environment="production").step("a").handler_config == {
+        "url": "https://prod.example.com"
+    }
 
 
 # --- directories ----------------------------------------------------------------------------------------
+
 
 def test_loading_a_directory(tmp_path: Path, write: Write) -> None:
     write(two_steps().replace("name: minimal", "name: first"), "dir/one.yaml")
@@ -590,7 +694,10 @@ def test_loading_a_directory(tmp_path: Path, write: Write) -> None:
     assert sorted(t.name for t in loaded) == ["first", "second"]
     assert {Path(t.source or "").name for t in loaded} == {"one.yaml", "two.yml"}
     files = template_files(tmp_path / "dir")
-    assert files == sorted(files) and [p.name for p in files] == ["two.yml", "one.yaml"]  # stable: by path
+    assert files == sorted(files) and [p.name for p in files] == [
+        "two.yml",
+        "one.yaml",
+    ]  # stable: by path
     assert [t.name for t in load_path(tmp_path / "dir" / "one.yaml")] == ["first"]
 
 
@@ -610,25 +717,42 @@ def test_empty_directory_loads_nothing(tmp_path: Path) -> None:
 # --- property: no input crashes the loader ----------------------------------------------------------------
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 5) | st.floats() | st.text("ab${}:-_ 1\x00", max_size=6),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text("abn", max_size=3), inner, max_size=3),
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 5)
+    | st.floats()
+    | st.text("ab${}:-_ 1\x00", max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text("abn", max_size=3), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 step_names = st.sampled_from(["a", "b", "c", "bad name", ""])
 steps = st.fixed_dictionaries(
-    {"name": step_names | json_values, "handler_class": st.sampled_from([OK, NOT_HANDLER]) | json_values},
+    {
+        "name": step_names | json_values,
+        "handler_class": st.sampled_from([OK, NOT_HANDLER]) | json_values,
+    },
     optional={
         k: (step_names if k.startswith("depends") else json_values)
         for k in sorted(STEP_KEYS - {"name", "handler_class"})
     },
 )
 templates = st.fixed_dictionaries(
-    {"name": st.just("t") | json_values, "step_templates": st.lists(steps, max_size=4) | json_values},
+    {
+        "name": st.just("t") | json_values,
+        "step_templates": st.lists(steps, max_size=4) | json_values,
+    },
     optional={
-        **{k: json_values for k in sorted(TOP_LEVEL_KEYS - {"name", "step_templates", "environments"})},
+        **{
+            k: json_values
+            for k in sorted(TOP_LEVEL_KEYS - {"name", "step_templates", "environments"})
+        },
         "environments": st.dictionaries(
             st.sampled_from(["development", "production"]),
-            st.fixed_dictionaries({}, optional={"step_templates": st.lists(steps, max_size=2) | json_values})
+            st.fixed_dictionaries(
+                {}, optional={"step_templates": st.lists(steps, max_size=2) | json_values}
+            )
             | json_values,
         )
         | json_values,
@@ -652,19 +776,29 @@ def test_any_data_loads_or_is_refused_in_one_line(data: Any) -> None:
 
 # --- numbers: NaN, Infinity, booleans and absurd magnitudes are refused --------------------------------
 
+
 @pytest.mark.parametrize(
     ("extra_b", "needles"),
     [
         ("    handler_config:\n      timeout_seconds: .nan\n", ("timeout_seconds", "finite")),
         ("    handler_config:\n      timeout_seconds: .inf\n", ("timeout_seconds", "finite")),
-        ("    handler_config:\n      timeout_seconds: 1.0e+300\n", ("timeout_seconds", "out of range")),
+        (
+            "    handler_config:\n      timeout_seconds: 1.0e+300\n",
+            ("timeout_seconds", "out of range"),
+        ),
         ("    handler_config:\n      timeout_seconds: 604801\n", ("timeout_seconds", "604800")),
         ("    default_retry_limit: true\n", ("default_retry_limit", "not a number")),
         ("    default_retry_limit: .nan\n", ("default_retry_limit", "finite")),
         ("    default_retry_limit: 1.0e+300\n", ("default_retry_limit", "out of range")),
         ("    retry:\n      jitter: .nan\n", ("jitter", "finite")),
-        ("    retry:\n      backoff_base_seconds: true\n", ("backoff_base_seconds", "not a number")),
-        ("    retry:\n      max_server_delay_seconds: 1.0e+300\n", ("max_server_delay_seconds", "out of range")),
+        (
+            "    retry:\n      backoff_base_seconds: true\n",
+            ("backoff_base_seconds", "not a number"),
+        ),
+        (
+            "    retry:\n      max_server_delay_seconds: 1.0e+300\n",
+            ("max_server_delay_seconds", "out of range"),
+        ),
         ("    handler_config:\n      limit: .nan\n", ("handler_config.limit", "finite")),
         ("    handler_config:\n      nested: [1, -.inf]\n", ("handler_config.nested[1]", "finite")),
         ('    handler_config:\n      url: "a\\0b"\n', ("handler_config.url", "NUL")),
@@ -679,11 +813,23 @@ def test_non_finite_boolean_and_absurd_numbers_in_a_step_are_refused(
 @pytest.mark.parametrize(
     ("top", "needles"),
     [
-        ("dependent_systems:\n  pay:\n    cooldown_seconds: .nan\n", ("cooldown_seconds", "finite")),
-        ("dependent_systems:\n  pay:\n    cooldown_seconds: .inf\n", ("cooldown_seconds", "finite")),
-        ("dependent_systems:\n  pay:\n    cooldown_seconds: 1.0e+300\n", ("cooldown_seconds", "out of range")),
+        (
+            "dependent_systems:\n  pay:\n    cooldown_seconds: .nan\n",
+            ("cooldown_seconds", "finite"),
+        ),
+        (
+            "dependent_systems:\n  pay:\n    cooldown_seconds: .inf\n",
+            ("cooldown_seconds", "finite"),
+        ),
+        (
+            "dependent_systems:\n  pay:\n    cooldown_seconds: 1.0e+300\n",
+            ("cooldown_seconds", "out of range"),
+        ),
         ("dependent_systems:\n  pay:\n    max_cooldown_seconds: true\n", ("max_cooldown_seconds",)),
-        ("dependent_systems:\n  pay:\n    failure_threshold: true\n", ("failure_threshold", "not a number")),
+        (
+            "dependent_systems:\n  pay:\n    failure_threshold: true\n",
+            ("failure_threshold", "not a number"),
+        ),
         ("dependent_systems:\n  pay:\n    max_in_flight: 2.5\n", ("max_in_flight", "whole number")),
         ("namespace_max_in_flight: true\n", ("namespace_max_in_flight", "not a number")),
         ("retry:\n  backoff_max_seconds: .inf\n", ("retry", "finite")),
@@ -697,8 +843,15 @@ def test_non_finite_boolean_and_absurd_numbers_in_a_template_are_refused(
 
 def test_numbers_in_range_still_load(write: Write) -> None:
     top = "dependent_systems:\n  pay:\n    cooldown_seconds: 2\n    failure_threshold: 3.0\n"
-    t = load_file(write(two_steps(top=top, extra_b="    default_retry_limit: 5.0\n"
-                                  "    handler_config:\n      timeout_seconds: 604800\n")))
+    t = load_file(
+        write(
+            two_steps(
+                top=top,
+                extra_b="    default_retry_limit: 5.0\n"
+                "    handler_config:\n      timeout_seconds: 604800\n",
+            )
+        )
+    )
     assert t.dependent_systems["pay"].cooldown_seconds == 2.0
     assert t.dependent_systems["pay"].failure_threshold == 3
     assert t.step("b").default_retry_limit == 5 and t.step("b").timeout_seconds == 604800
@@ -714,6 +867,7 @@ def test_an_expanded_variable_that_overflows_to_infinity_stays_text(
 
 # --- depth: any chain length loads; nesting is bounded ----------------------------------------------------
 
+
 def test_a_chain_of_5000_steps_declared_child_first_loads(write: Write) -> None:
     lines = ["name: long_chain", "step_templates:"]
     for i in reversed(range(5000)):
@@ -728,7 +882,9 @@ def test_a_chain_of_5000_steps_declared_child_first_loads(write: Write) -> None:
 
 def test_deeply_nested_yaml_is_refused_in_one_line(write: Write) -> None:
     deep = "[" * 5000 + "]" * 5000
-    msg = refused(write(two_steps(extra_b=f"    handler_config:\n      x: {deep}\n")), "nested more than 64")
+    msg = refused(
+        write(two_steps(extra_b=f"    handler_config:\n      x: {deep}\n")), "nested more than 64"
+    )
     assert "line 9" in msg
 
 
@@ -736,12 +892,16 @@ def test_deeply_nested_data_is_refused_by_parse_template() -> None:
     value: Any = 1
     for _ in range(5000):
         value = {"x": value}
-    data = {"name": "t", "step_templates": [{"name": "a", "handler_class": OK, "handler_config": value}]}
+    data = {
+        "name": "t",
+        "step_templates": [{"name": "a", "handler_class": OK, "handler_config": value}],
+    }
     with pytest.raises(TemplateError, match=r"step 'a': handler_config(\.x)+: nested more than 64"):
         parse_template(data, source="deep.yaml")
 
 
 # --- YAML aliases: small reuse is fine, a bomb is refused at once ----------------------------------------
+
 
 def test_small_anchors_aliases_and_merge_keys_load(write: Write) -> None:
     text = f"""
@@ -784,17 +944,30 @@ def test_a_recursive_alias_is_refused(write: Write) -> None:
 
 # --- schema patterns that backtrack exponentially are refused ---------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("schema", "path", "pattern"),
     [
-        ("{type: object, properties: {email: {type: string, pattern: '(a+)+$'}}}",
-         "schema/properties/email/pattern", "(a+)+$"),
-        ("{type: object, properties: {xs: {type: array, items: {pattern: '(a|a)*'}}}}",
-         "schema/properties/xs/items/pattern", "(a|a)*"),
-        ("{type: object, patternProperties: {'(.*a){20}': {type: string}}}",
-         "schema/patternProperties", "(.*a){20}"),
-        ("{allOf: [{properties: {n: {pattern: '^(\\w+\\s?)+$'}}}]}",
-         "schema/allOf/0/properties/n/pattern", "^(\\w+\\s?)+$"),
+        (
+            "{type: object, properties: {email: {type: string, pattern: '(a+)+$'}}}",
+            "schema/properties/email/pattern",
+            "(a+)+$",
+        ),
+        (
+            "{type: object, properties: {xs: {type: array, items: {pattern: '(a|a)*'}}}}",
+            "schema/properties/xs/items/pattern",
+            "(a|a)*",
+        ),
+        (
+            "{type: object, patternProperties: {'(.*a){20}': {type: string}}}",
+            "schema/patternProperties",
+            "(.*a){20}",
+        ),
+        (
+            "{allOf: [{properties: {n: {pattern: '^(\\w+\\s?)+$'}}}]}",
+            "schema/allOf/0/properties/n/pattern",
+            "^(\\w+\\s?)+$",
+        ),
     ],
 )
 def test_a_schema_with_a_catastrophic_pattern_is_refused(
@@ -804,8 +977,10 @@ def test_a_schema_with_a_catastrophic_pattern_is_refused(
 
 
 def test_a_schema_with_safe_patterns_loads(write: Write) -> None:
-    schema = ("{type: object, properties: {slug: {type: string, pattern: '^[a-z]+(-[a-z]+)*$'}, "
-              "ip: {pattern: '^(\\d{1,3}\\.){3}\\d{1,3}$'}, const_is_data: {const: {pattern: '(a+)+'}}}, "
-              "patternProperties: {'^x-[a-z]+$': {type: string}}}")
+    schema = (
+        "{type: object, properties: {slug: {type: string, pattern: '^[a-z]+(-[a-z]+)*$'}, "
+        "ip: {pattern: '^(\\d{1,3}\\.){3}\\d{1,3}$'}, const_is_data: {const: {pattern: '(a+)+'}}}, "
+        "patternProperties: {'^x-[a-z]+$': {type: string}}}"
+    )
     t = load_file(write(two_steps(top=f"schema: {schema}\n")))
     assert t.context_schema is not None

@@ -88,9 +88,18 @@ def test_waterfall_scales_bars_to_one_axis() -> None:
     chart = waterfall([(1, "a"), (2, "b")], rows, T0 + timedelta(seconds=4))
     assert [name for name, _ in chart.rows] == ["a", "b"]
     run = next(b for b in chart.bars if b.kind == "run")
-    assert run.w == pytest.approx(CHART_W) and run.outcome == "complete" and "attempt 1" in run.title
+    assert (
+        run.w == pytest.approx(CHART_W) and run.outcome == "complete" and "attempt 1" in run.title
+    )
     assert run.look == "complete"
-    assert [k for k, _ in chart.legend] == ["complete", "retry", "error", "running", "wait", "queued"]
+    assert [k for k, _ in chart.legend] == [
+        "complete",
+        "retry",
+        "error",
+        "running",
+        "wait",
+        "queued",
+    ]
     assert chart.ticks[-1][1] == "+4.0s"
 
 

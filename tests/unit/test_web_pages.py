@@ -232,7 +232,9 @@ def test_only_an_open_circuit_offers_a_reset(client: TestClient, engine: Tasker)
     opened = {"circuit_state": "open", "open_until": now + timedelta(hours=1), "updated_at": now}
     with engine.db.write() as conn:  # no row until the circuit first changes: write one
         table = dependent_systems
-        if not conn.execute(update(table).where(table.c.name == "payments").values(opened)).rowcount:
+        if not conn.execute(
+            update(table).where(table.c.name == "payments").values(opened)
+        ).rowcount:
             conn.execute(insert(table).values(name="payments", **opened))
     page = client.get("/systems").text
     assert page.count('data-action="reset-circuit"') == 1

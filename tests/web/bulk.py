@@ -35,30 +35,81 @@ def bulk_tasks(engine: Tasker, template: str, count: int, prefix: str = "bulk") 
     key = literal(f"{prefix}-", String) + cast(numbers.c.n, String)
     with engine.db.write() as conn:
         tid = template_id(conn, tmpl, now)
-        conn.execute(tasks.insert().from_select(
-            ["namespace", "name", "version", "template_id", "status", "context", "idempotency_key",
-             "correlation_id", "created_at", "updated_at"],
-            select(literal(tmpl.namespace_name, String), literal(tmpl.name, String),
-                   literal(tmpl.version, String), literal(tid, Integer), literal("pending", String),
-                   literal({"bulk": True}, tasks.c.context.type), key, key,
-                   literal(now, tasks.c.created_at.type), literal(now, tasks.c.updated_at.type))
-            .select_from(numbers).order_by(numbers.c.n)))
-        mine = (tasks.c.namespace == tmpl.namespace_name) & (tasks.c.name == tmpl.name) \
+        conn.execute(
+            tasks.insert().from_select(
+                [
+                    "namespace",
+                    "name",
+                    "version",
+                    "template_id",
+                    "status",
+                    "context",
+                    "idempotency_key",
+                    "correlation_id",
+                    "created_at",
+                    "updated_at",
+                ],
+                select(
+                    literal(tmpl.namespace_name, String),
+                    literal(tmpl.name, String),
+                    literal(tmpl.version, String),
+                    literal(tid, Integer),
+                    literal("pending", String),
+                    literal({"bulk": True}, tasks.c.context.type),
+                    key,
+                    key,
+                    literal(now, tasks.c.created_at.type),
+                    literal(now, tasks.c.updated_at.type),
+                )
+                .select_from(numbers)
+                .order_by(numbers.c.n),
+            )
+        )
+        mine = (
+            (tasks.c.namespace == tmpl.namespace_name)
+            & (tasks.c.name == tmpl.name)
             & tasks.c.idempotency_key.like(f"{prefix}-%")
+        )
         for position, st in enumerate(tmpl.step_templates):
             policy = tmpl.retry_policy(st)
-            conn.execute(steps.insert().from_select(
-                ["task_id", "name", "position", "namespace", "dependent_system", "state", "pending_parents",
-                 "run_at", "attempts", "retry_limit", "retryable", "claim_token", "idempotency_key",
-                 "created_at", "updated_at"],
-                select(tasks.c.id, literal(st.name, String), literal(position, Integer),
-                       literal(tmpl.namespace_name, String), literal(tmpl.dependent_system_of(st), String),
-                       literal("ready", String), literal(0, Integer), literal(now, steps.c.run_at.type),
-                       literal(0, Integer), literal(policy.max_attempts, Integer),
-                       literal(policy.retryable, steps.c.retryable.type), literal(0, Integer),
-                       literal(f"{prefix}-{position}-", String) + cast(tasks.c.id, String),
-                       literal(now, steps.c.created_at.type), literal(now, steps.c.updated_at.type))
-                .where(mine)))
+            conn.execute(
+                steps.insert().from_select(
+                    [
+                        "task_id",
+                        "name",
+                        "position",
+                        "namespace",
+                        "dependent_system",
+                        "state",
+                        "pending_parents",
+                        "run_at",
+                        "attempts",
+                        "retry_limit",
+                        "retryable",
+                        "claim_token",
+                        "idempotency_key",
+                        "created_at",
+                        "updated_at",
+                    ],
+                    select(
+                        tasks.c.id,
+                        literal(st.name, String),
+                        literal(position, Integer),
+                        literal(tmpl.namespace_name, String),
+                        literal(tmpl.dependent_system_of(st), String),
+                        literal("ready", String),
+                        literal(0, Integer),
+                        literal(now, steps.c.run_at.type),
+                        literal(0, Integer),
+                        literal(policy.max_attempts, Integer),
+                        literal(policy.retryable, steps.c.retryable.type),
+                        literal(0, Integer),
+                        literal(f"{prefix}-{position}-", String) + cast(tasks.c.id, String),
+                        literal(now, steps.c.created_at.type),
+                        literal(now, steps.c.updated_at.type),
+                    ).where(mine),
+                )
+            )
         ids = [int(r[0]) for r in conn.execute(select(tasks.c.id).where(mine).order_by(tasks.c.id))]
     assert len(ids) == count, f"inserted {len(ids)} tasks, not {count}"
     return ids

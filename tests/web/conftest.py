@@ -30,11 +30,26 @@ from tasker.settings import Settings
 from tests.servers import serving
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Request, Response, WebError
+    from playwright.sync_api import (
+        Browser,
+        BrowserContext,
+        ConsoleMessage,
+        Page,
+        Request,
+        Response,
+        WebError,
+    )
 
 CHROMIUM = os.environ.get("TASKER_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 VIEWPORT = {"width": 1366, "height": 768}
 #: Playwright's waits (clicks, expect) give up after this many ms: a broken page fails fast.
 TIMEOUT_MS = 10_000
@@ -52,24 +67,40 @@ ORDER_SCHEMA = {
         "fail": {"type": "string", "description": "the step that fails"},
         "fail_flag": {"type": "string", "description": "fail only while this file exists"},
         "transient": {"type": "string", "description": "the step whose system is down"},
-        "transient_flag": {"type": "string", "description": "the system is down while this file exists"},
+        "transient_flag": {
+            "type": "string",
+            "description": "the system is down while this file exists",
+        },
         "currency": {"type": "string", "enum": ["EUR", "USD"], "default": "EUR"},
     },
 }
 ORDER = {
-    "name": "order", "namespace_name": "webtest", "version": "1.0.0",
-    "description": "Charge and ship an order", "schema": ORDER_SCHEMA, "retry": FAST_RETRY,
+    "name": "order",
+    "namespace_name": "webtest",
+    "version": "1.0.0",
+    "description": "Charge and ship an order",
+    "schema": ORDER_SCHEMA,
+    "retry": FAST_RETRY,
     "default_dependent_system": "shop",
     "step_templates": [
         {"name": "validate", "handler_class": HANDLER},
-        {"name": "charge", "handler_class": HANDLER, "depends_on_step": "validate",
-         "dependent_system": "payments", "default_retry_limit": 2},
+        {
+            "name": "charge",
+            "handler_class": HANDLER,
+            "depends_on_step": "validate",
+            "dependent_system": "payments",
+            "default_retry_limit": 2,
+        },
         {"name": "reserve", "handler_class": HANDLER, "depends_on_steps": ["validate"]},
         {"name": "ship", "handler_class": HANDLER, "depends_on_steps": ["charge", "reserve"]},
     ],
 }
-PING = {"name": "ping", "namespace_name": "other", "version": "0.1.0",
-        "step_templates": [{"name": "pong", "handler_class": HANDLER}]}
+PING = {
+    "name": "ping",
+    "namespace_name": "other",
+    "version": "0.1.0",
+    "step_templates": [{"name": "pong", "handler_class": HANDLER}],
+}
 ORDER_STEPS = ("validate", "charge", "reserve", "ship")
 
 
@@ -86,15 +117,23 @@ def browser() -> Iterator[Browser]:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.fail("Playwright for Python is not installed; fix: pip install -e '.[test]' (no browser download "
-                    "is needed: the tests drive Debian's chromium)", pytrace=False)
+        pytest.fail(
+            "Playwright for Python is not installed; fix: pip install -e '.[test]' (no browser download "
+            "is needed: the tests drive Debian's chromium)",
+            pytrace=False,
+        )
     if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
-        pytest.fail(f"no Chromium at {CHROMIUM}; fix: apt-get install -y chromium (.ci/run does it when it is "
-                    "missing) or point TASKER_TEST_CHROMIUM at a Chromium binary", pytrace=False)
+        pytest.fail(
+            f"no Chromium at {CHROMIUM}; fix: apt-get install -y chromium (.ci/run does it when it is "
+            "missing) or point TASKER_TEST_CHROMIUM at a Chromium binary",
+            pytrace=False,
+        )
     pw = sync_playwright().start()
     try:
         try:
-            chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
+            chromium = pw.chromium.launch(
+                executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000
+            )
         except Exception as exc:
             pytest.fail(f"Chromium at {CHROMIUM} did not start: {exc}", pytrace=False)
         yield chromium
@@ -129,7 +168,9 @@ class Watch:
         # Chromium logs every HTTP error answer to a subresource; the response handler judges those.
         if text.startswith("Failed to load resource: the server responded with a status of"):
             return
-        self.problems.append(f"console {message.type} at {message.location.get('url', '?')}: {text}")
+        self.problems.append(
+            f"console {message.type} at {message.location.get('url', '?')}: {text}"
+        )
 
     def _web_error(self, error: WebError) -> None:
         self.problems.append(f"uncaught error in the page: {error.error}")
@@ -164,7 +205,9 @@ def watch() -> Watch:
 
 @pytest.fixture
 def browser_context(browser: Browser, watch: Watch) -> Iterator[BrowserContext]:
-    context = browser.new_context(viewport=VIEWPORT, color_scheme="light", locale="en-GB", timezone_id="UTC")
+    context = browser.new_context(
+        viewport=VIEWPORT, color_scheme="light", locale="en-GB", timezone_id="UTC"
+    )
     context.set_default_timeout(TIMEOUT_MS)
     context.set_default_navigation_timeout(TIMEOUT_MS)
     watch.attach(context)
@@ -215,7 +258,9 @@ class InProcessWorker:
     def _run(self) -> None:
         try:
             asyncio.run(self.engine.awork(worker=self.worker, until_idle=False))
-        except BaseException as exc:  # reported by stop(): a dead worker must fail the test, not hang it
+        except (
+            BaseException
+        ) as exc:  # reported by stop(): a dead worker must fail the test, not hang it
             self.error = exc
 
     def stop(self) -> None:

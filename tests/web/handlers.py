@@ -28,6 +28,9 @@ class Step(StepHandler):
         flag = ctx.context.get("fail_flag")
         if ctx.context.get("fail") == ctx.step_name and (flag is None or Path(flag).exists()):
             raise PermanentError(f"{ctx.step_name} was told to fail", error_code="TOLD_TO_FAIL")
-        if ctx.context.get("transient") == ctx.step_name and Path(ctx.context["transient_flag"]).exists():
+        if (
+            ctx.context.get("transient") == ctx.step_name
+            and Path(ctx.context["transient_flag"]).exists()
+        ):
             raise RetryableError(f"{ctx.step_name}: the system is down", error_code="SYSTEM_DOWN")
         return {"step": ctx.step_name, "amount": ctx.context.get("amount")}

@@ -24,11 +24,15 @@ def wait_for_status(engine: Tasker, task_id: int, status: str, timeout: float = 
             return
         if time.monotonic() > deadline:
             steps = {s.name: s.status for s in task.steps}
-            raise AssertionError(f"task {task_id} is {task.status} (steps {steps}), not {status}, after {timeout} s")
+            raise AssertionError(
+                f"task {task_id} is {task.status} (steps {steps}), not {status}, after {timeout} s"
+            )
         time.sleep(0.05)
 
 
-def create_via_api(dashboard: Dashboard, context: dict[str, Any], template: str = "webtest/order") -> int:
+def create_via_api(
+    dashboard: Dashboard, context: dict[str, Any], template: str = "webtest/order"
+) -> int:
     response = dashboard.api.post("/api/v1/tasks", json={"template": template, "context": context})
     assert response.status_code == 201, response.text
     return int(response.json()["id"])
@@ -71,14 +75,19 @@ def set_field(form: Locator, name: str, value: str) -> None:
 
 def row_ids(page: Page) -> list[int]:
     """The task ids of the tasks table's rows, top to bottom."""
-    return [int(v) for v in page.locator("table#tasks-table tr[data-task-id]").evaluate_all(
-        "rows => rows.map(r => r.dataset.taskId)")]
+    return [
+        int(v)
+        for v in page.locator("table#tasks-table tr[data-task-id]").evaluate_all(
+            "rows => rows.map(r => r.dataset.taskId)"
+        )
+    ]
 
 
 def dag_states(page: Page) -> dict[str, str]:
     """Step name -> state, as the DAG on the task page draws it."""
     states: dict[str, str] = page.locator("svg#dag g.node").evaluate_all(
-        "nodes => Object.fromEntries(nodes.map(n => [n.dataset.step, n.dataset.state]))")
+        "nodes => Object.fromEntries(nodes.map(n => [n.dataset.step, n.dataset.state]))"
+    )
     return states
 
 
@@ -95,5 +104,7 @@ def post_from_page(page: Page, path: str, fields: dict[str, str]) -> int:
         """async ([path, fields]) => {
             const r = await fetch(path, {method: 'POST', body: new URLSearchParams(fields), redirect: 'manual'});
             return r.type === 'opaqueredirect' ? 303 : r.status;
-        }""", [path, fields])
+        }""",
+        [path, fields],
+    )
     return status

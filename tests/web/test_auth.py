@@ -13,11 +13,28 @@ from tasker.settings import Settings
 from tests.web.conftest import Dashboard, Watch, sqlite_only
 from tests.web.helpers import Confirmations, csrf_token, post_from_page, submit, wait_for_status
 
-READ_ONLY = ["tasker.task:index", "tasker.task:show", "tasker.workflow_step:index", "tasker.workflow_step:show",
-             "tasker.handler:index", "tasker.handler:show", "tasker.health_status:index", "tasker.metrics:index",
-             "tasker.analytics:index", "tasker.events:index"]
-PAGES = ["/", "/tasks", "/tasks/{failed}", "/templates", "/templates/webtest/order", "/systems",
-         "/analytics", "/events"]
+READ_ONLY = [
+    "tasker.task:index",
+    "tasker.task:show",
+    "tasker.workflow_step:index",
+    "tasker.workflow_step:show",
+    "tasker.handler:index",
+    "tasker.handler:show",
+    "tasker.health_status:index",
+    "tasker.metrics:index",
+    "tasker.analytics:index",
+    "tasker.events:index",
+]
+PAGES = [
+    "/",
+    "/tasks",
+    "/tasks/{failed}",
+    "/templates",
+    "/templates/webtest/order",
+    "/systems",
+    "/analytics",
+    "/events",
+]
 
 
 @pytest.fixture
@@ -25,8 +42,10 @@ def secured(serve: Callable[..., Dashboard]) -> tuple[Dashboard, dict[str, str],
     """An app with auth on, an admin and a read-only key, and one task in error."""
     dashboard = serve(Settings(auth_enabled=True))
     engine = dashboard.engine
-    keys = {name: engine.create_api_key(name, grants)[1]
-            for name, grants in (("admin", ["*"]), ("viewer", READ_ONLY))}
+    keys = {
+        name: engine.create_api_key(name, grants)[1]
+        for name, grants in (("admin", ["*"]), ("viewer", READ_ONLY))
+    }
     failed = engine.create_task("webtest/order", {"email": "bob@example.com", "fail": "charge"}).id
     engine.run(failed)
     wait_for_status(engine, failed, "error")
@@ -42,14 +61,19 @@ def sign_in(page: Page, dashboard: Dashboard, key: str, path: str = "/") -> None
 
 
 @sqlite_only
-def test_no_session_leads_to_sign_in(secured: tuple[Dashboard, dict[str, str], int], page: Page,
-                                     watch: Watch) -> None:
+def test_no_session_leads_to_sign_in(
+    secured: tuple[Dashboard, dict[str, str], int], page: Page, watch: Watch
+) -> None:
     dashboard, keys, failed = secured
     for path in PAGES:
         path = path.format(failed=failed)
         response = page.goto(dashboard.at(path))
-        assert response is not None and response.status == 200, f"{path}: {response and response.status}"
-        assert page.url.split("?")[0] == dashboard.at("/login"), f"{path} showed {page.url}, not the sign-in page"
+        assert response is not None and response.status == 200, (
+            f"{path}: {response and response.status}"
+        )
+        assert page.url.split("?")[0] == dashboard.at("/login"), (
+            f"{path} showed {page.url}, not the sign-in page"
+        )
         expect(page.locator("form#login input[name=credential]")).to_be_visible()
         expect(page.locator("#auth-off-banner")).to_have_count(0)
         expect(page.locator("button[data-action]")).to_have_count(0)
@@ -73,8 +97,9 @@ def test_no_session_leads_to_sign_in(secured: tuple[Dashboard, dict[str, str], i
 
 
 @sqlite_only
-def test_session_cookie_is_httponly_and_strict(secured: tuple[Dashboard, dict[str, str], int], page: Page,
-                                               browser_context: BrowserContext) -> None:
+def test_session_cookie_is_httponly_and_strict(
+    secured: tuple[Dashboard, dict[str, str], int], page: Page, browser_context: BrowserContext
+) -> None:
     dashboard, keys, _ = secured
     sign_in(page, dashboard, keys["viewer"])
     cookies = [c for c in browser_context.cookies() if c["value"]]
@@ -87,14 +112,17 @@ def test_session_cookie_is_httponly_and_strict(secured: tuple[Dashboard, dict[st
 
 
 @sqlite_only
-def test_read_only_key_sees_no_action_and_forged_action_is_403(secured: tuple[Dashboard, dict[str, str], int],
-                                                               page: Page, watch: Watch) -> None:
+def test_read_only_key_sees_no_action_and_forged_action_is_403(
+    secured: tuple[Dashboard, dict[str, str], int], page: Page, watch: Watch
+) -> None:
     dashboard, keys, failed = secured
     sign_in(page, dashboard, keys["viewer"])
     for path in PAGES:
         path = path.format(failed=failed)
         response = page.goto(dashboard.at(path))
-        assert response is not None and response.status == 200, f"{path}: {response and response.status}"
+        assert response is not None and response.status == 200, (
+            f"{path}: {response and response.status}"
+        )
         expect(page.locator("main#main")).to_be_visible()
         expect(page.locator("main#main button[data-action]"), path).to_have_count(0)
         expect(page.locator("form.resolve-form"), path).to_have_count(0)
@@ -109,7 +137,10 @@ def test_read_only_key_sees_no_action_and_forged_action_is_403(secured: tuple[Da
         f"/tasks/{failed}/steps/charge/retry": {},
         f"/tasks/{failed}/steps/charge/resolve": {"results": "{}"},
         "/tasks/bulk": {"action": "retry", "ids": str(failed)},
-        "/templates/webtest/order/tasks": {"version": "1.0.0", "context": '{"email": "eve@example.com"}'},
+        "/templates/webtest/order/tasks": {
+            "version": "1.0.0",
+            "context": '{"email": "eve@example.com"}',
+        },
         "/systems/payments/reset": {},
     }
     for path, fields in forged.items():
@@ -122,8 +153,9 @@ def test_read_only_key_sees_no_action_and_forged_action_is_403(secured: tuple[Da
 
 
 @sqlite_only
-def test_action_without_csrf_token_is_refused(secured: tuple[Dashboard, dict[str, str], int], page: Page,
-                                              watch: Watch) -> None:
+def test_action_without_csrf_token_is_refused(
+    secured: tuple[Dashboard, dict[str, str], int], page: Page, watch: Watch
+) -> None:
     dashboard, keys, failed = secured
     sign_in(page, dashboard, keys["admin"], f"/tasks/{failed}")
     page.goto(dashboard.at(f"/tasks/{failed}"))
@@ -136,11 +168,15 @@ def test_action_without_csrf_token_is_refused(secured: tuple[Dashboard, dict[str
     assert dashboard.engine.get_task(failed).status == "error"
 
     # The same button, with its hidden token removed by a hostile page: refused.
-    page.locator("form:has(button[data-action=retry-task]) input[name=csrf_token]").evaluate("e => e.remove()")
+    page.locator("form:has(button[data-action=retry-task]) input[name=csrf_token]").evaluate(
+        "e => e.remove()"
+    )
     page.locator("button[data-action=retry-task]").click()
     page.wait_for_load_state("load")
-    assert any(where.startswith("POST") and where.endswith(f"/tasks/{failed}/retry")
-               for _, where in watch.seen_allowed), watch.seen_allowed
+    assert any(
+        where.startswith("POST") and where.endswith(f"/tasks/{failed}/retry")
+        for _, where in watch.seen_allowed
+    ), watch.seen_allowed
     assert dashboard.engine.get_task(failed).status == "error"
 
     # With the token the admin's retry goes through (the step fails again: it is still told to).
@@ -153,14 +189,17 @@ def test_action_without_csrf_token_is_refused(secured: tuple[Dashboard, dict[str
 
 
 @sqlite_only
-def test_cookie_never_authorises_an_api_write(secured: tuple[Dashboard, dict[str, str], int], page: Page,
-                                              watch: Watch) -> None:
+def test_cookie_never_authorises_an_api_write(
+    secured: tuple[Dashboard, dict[str, str], int], page: Page, watch: Watch
+) -> None:
     dashboard, keys, failed = secured
     sign_in(page, dashboard, keys["admin"])
     read = page.evaluate("async (p) => (await fetch(p)).status", f"/api/v1/tasks/{failed}")
     assert read == 200, "the session cookie does not let the dashboard read the API"
     watch.allow(401, 403)
-    write = page.evaluate("async (p) => (await fetch(p, {method: 'POST'})).status", f"/api/v1/tasks/{failed}/retry")
+    write = page.evaluate(
+        "async (p) => (await fetch(p, {method: 'POST'})).status", f"/api/v1/tasks/{failed}/retry"
+    )
     assert write in (401, 403), f"an API write with the cookie alone got {write}"
     assert dashboard.engine.get_task(failed).status == "error"
 

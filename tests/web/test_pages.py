@@ -18,7 +18,10 @@ PAGES = [
     ("/tasks/{task}", ["#task-status", "svg#dag", "#timeline", "#context", "#task-events"]),
     ("/tasks/{failed}", ["#task-status", "svg#dag", "section.step[data-step=charge] .last-error"]),
     ("/templates", ["table#templates-table"]),
-    ("/templates/webtest/order", ["#template-diagram", "#template-steps", "#template-schema", "form#create-task"]),
+    (
+        "/templates/webtest/order",
+        ["#template-diagram", "#template-steps", "#template-schema", "form#create-task"],
+    ),
     ("/templates/webtest/order?version=1.0.0", ["#template-diagram", "form#create-task"]),
     ("/systems", ["table#systems-table", "#namespace-limits"]),
     ("/systems/payments", ["#circuit-history"]),
@@ -47,21 +50,27 @@ def test_every_page_loads_clean(dashboard: Dashboard, page: Page) -> None:
     outside: list[str] = []
 
     def local_only(request: Request) -> None:
-        if urlsplit(request.url).netloc != urlsplit(dashboard.url).netloc and not request.url.startswith("data:"):
+        if urlsplit(request.url).netloc != urlsplit(
+            dashboard.url
+        ).netloc and not request.url.startswith("data:"):
             outside.append(request.url)
 
     page.on("request", local_only)
     for path, hooks in PAGES:
         path = path.format(**ids)
         response = page.goto(dashboard.at(path))
-        assert response is not None and response.status == 200, f"{path}: {response and response.status}"
+        assert response is not None and response.status == 200, (
+            f"{path}: {response and response.status}"
+        )
         page.wait_for_load_state("load")
         expect(page.locator("nav#nav"), path).to_be_visible()
         expect(page.locator("main#main"), path).to_be_visible()
         expect(page.locator("h1").first, path).not_to_be_empty()
         expect(page.locator("#auth-off-banner"), path).to_be_visible()
         for name in NAV:
-            expect(page.locator(f"nav#nav a[data-nav={name}]"), f"{path}: nav {name}").to_have_count(1)
+            expect(
+                page.locator(f"nav#nav a[data-nav={name}]"), f"{path}: nav {name}"
+            ).to_have_count(1)
         for hook in hooks:
             expect(page.locator(hook).first, f"{path}: {hook}").to_be_attached()
     assert not outside, f"requests left the machine: {outside}"
@@ -78,7 +87,9 @@ def test_pages_show_the_store(dashboard: Dashboard, page: Page) -> None:
     failure.click()
     expect(page).to_have_url(dashboard.at(f"/tasks/{ids['failed']}"))
     expect(page.locator("#task-status")).to_have_text("error")
-    expect(page.locator("section.step[data-step=charge] .last-error")).to_contain_text("charge was told to fail")
+    expect(page.locator("section.step[data-step=charge] .last-error")).to_contain_text(
+        "charge was told to fail"
+    )
 
     page.goto(dashboard.at("/tasks"))
     expect(page.locator(f"tr[data-task-id='{ids['task']}'] td.status")).to_have_text("complete")
@@ -91,10 +102,14 @@ def test_pages_show_the_store(dashboard: Dashboard, page: Page) -> None:
     for step in ("validate", "charge", "reserve", "ship"):
         expect(page.locator("#template-steps")).to_contain_text(step)
     prefilled = page.locator("form#create-task textarea[name=context]").input_value()
-    assert '"currency"' in prefilled and '"EUR"' in prefilled, f"context not prefilled with defaults: {prefilled}"
+    assert '"currency"' in prefilled and '"EUR"' in prefilled, (
+        f"context not prefilled with defaults: {prefilled}"
+    )
 
     page.goto(dashboard.at("/systems"))
-    expect(page.locator("table#systems-table tr[data-system=payments] .circuit-state")).to_be_visible()
+    expect(
+        page.locator("table#systems-table tr[data-system=payments] .circuit-state")
+    ).to_be_visible()
 
 
 @sqlite_only
@@ -131,12 +146,15 @@ def test_events_page_streams_live(dashboard: Dashboard, page: Page) -> None:
     create_via_api(dashboard, {}, template="other/ping")
     page.wait_for_timeout(1000)
     expect(page.locator("ul#event-log li", has_text="other")).to_have_count(0)
-    assert page.evaluate("window.__sameDocument === true"), "the events page reloaded instead of streaming"
+    assert page.evaluate("window.__sameDocument === true"), (
+        "the events page reloaded instead of streaming"
+    )
 
 
 @sqlite_only
-def test_create_task_form_shows_schema_violations_then_creates(dashboard: Dashboard, page: Page,
-                                                               watch: Watch) -> None:
+def test_create_task_form_shows_schema_violations_then_creates(
+    dashboard: Dashboard, page: Page, watch: Watch
+) -> None:
     watch.allow(422)
     page.goto(dashboard.at("/templates/webtest/order"))
     Confirmations(page)
@@ -153,9 +171,13 @@ def test_create_task_form_shows_schema_violations_then_creates(dashboard: Dashbo
     submit(form)
     expect(page.locator("form#create-task .field-error")).to_be_visible()
     assert dashboard.engine.page_tasks().tasks == [], "a refused form created a task"
-    assert any(status == 422 for status, _ in watch.seen_allowed), "the refused form did not answer 422"
+    assert any(status == 422 for status, _ in watch.seen_allowed), (
+        "the refused form did not answer 422"
+    )
 
-    page.locator("form#create-task textarea[name=context]").fill('{"email": "new@example.com", "amount": 7}')
+    page.locator("form#create-task textarea[name=context]").fill(
+        '{"email": "new@example.com", "amount": 7}'
+    )
     submit(page.locator("form#create-task"))
     created = dashboard.engine.page_tasks().tasks
     assert len(created) == 1 and created[0].context["email"] == "new@example.com", created
@@ -169,7 +191,7 @@ def test_dark_mode_follows_the_system(dashboard: Dashboard, page: Page) -> None:
     text = "getComputedStyle(document.body).color"
 
     def luminance(rgb: str) -> float:
-        r, g, b = (int(v) for v in rgb[rgb.index("(") + 1:rgb.index(")")].split(",")[:3])
+        r, g, b = (int(v) for v in rgb[rgb.index("(") + 1 : rgb.index(")")].split(",")[:3])
         return 0.2126 * r + 0.7152 * g + 0.0722 * b
 
     page.emulate_media(color_scheme="light")
@@ -177,5 +199,9 @@ def test_dark_mode_follows_the_system(dashboard: Dashboard, page: Page) -> None:
     light = luminance(page.evaluate(background)), luminance(page.evaluate(text))
     page.emulate_media(color_scheme="dark")
     dark = luminance(page.evaluate(background)), luminance(page.evaluate(text))
-    assert light[0] > light[1] + 100, f"light mode: dark text on a light background expected, got {light}"
-    assert dark[0] + 100 < dark[1], f"dark mode: light text on a dark background expected, got {dark}"
+    assert light[0] > light[1] + 100, (
+        f"light mode: dark text on a light background expected, got {light}"
+    )
+    assert dark[0] + 100 < dark[1], (
+        f"dark mode: light text on a dark background expected, got {dark}"
+    )

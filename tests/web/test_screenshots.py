@@ -39,11 +39,16 @@ def shop(make_tasker: Callable[..., Tasker]) -> Iterator[tuple[Tasker, dict[str,
     """An engine with the checkout template and ORDERS orders worked until idle, plus 4 waiting ones."""
     engine = make_tasker(backoff_scale=0.01, concurrency=8)
     engine.load_templates(TEMPLATES)
-    faults = FaultSettings(transient_failure_rate=0.08, max_latency_ms=5, seed=7, rate_limit_retry_after=0.2)
+    faults = FaultSettings(
+        transient_failure_rate=0.08, max_latency_ms=5, seed=7, rate_limit_retry_after=0.2
+    )
     services.configure(engine.db.writer, faults, reader=engine.db.reader, reset=True)
     for system in SYSTEMS:
-        engine.configure_system(system, cooldown_seconds=COOLDOWN_SECONDS * 0.01,
-                                max_cooldown_seconds=COOLDOWN_SECONDS * 0.05)
+        engine.configure_system(
+            system,
+            cooldown_seconds=COOLDOWN_SECONDS * 0.01,
+            max_cooldown_seconds=COOLDOWN_SECONDS * 0.05,
+        )
     try:
         orders = generate_orders(ORDERS, seed=7)
         for i in DECLINED:
@@ -77,15 +82,18 @@ def _shoot(page: Page, folder: Path, name: str) -> None:
 
 
 @sqlite_only
-def test_screenshots(shop: tuple[Tasker, dict[str, int]], page: Page, browser: Browser, watch: Watch,
-                     tmp_path: Path) -> None:
+def test_screenshots(
+    shop: tuple[Tasker, dict[str, int]], page: Page, browser: Browser, watch: Watch, tmp_path: Path
+) -> None:
     engine, ids = shop
     folder = DOCS if os.environ.get("TASKER_UPDATE_SCREENSHOTS") == "1" else tmp_path
     folder.mkdir(parents=True, exist_ok=True)
     with serving(create_app(engine, Settings())) as url:
         worker = InProcessWorker(engine)
         try:
-            with page.expect_response(lambda r: "/api/v1/events" in r.url):  # the page's stream is open
+            with page.expect_response(
+                lambda r: "/api/v1/events" in r.url
+            ):  # the page's stream is open
                 page.goto(url + "/events?namespace=ecommerce")
             expect(page.locator("ul#event-log")).to_be_attached()
             for order in generate_orders(4, seed=99):
@@ -105,7 +113,9 @@ def test_screenshots(shop: tuple[Tasker, dict[str, int]], page: Page, browser: B
                 ("analytics", "/analytics?hours=24"),
             ):
                 response = page.goto(url + path)
-                assert response is not None and response.status == 200, f"{path}: {response and response.status}"
+                assert response is not None and response.status == 200, (
+                    f"{path}: {response and response.status}"
+                )
                 _shoot(page, folder, name)
         finally:
             page.goto("about:blank")  # close the page's streams before the server stops
@@ -116,7 +126,9 @@ def test_screenshots(shop: tuple[Tasker, dict[str, int]], page: Page, browser: B
         expect(page.locator("form#login")).to_be_visible()
         _shoot(page, folder, "login")
         page.goto("about:blank")
-    dark = browser.new_context(viewport=VIEWPORT, color_scheme="dark", locale="en-GB", timezone_id="UTC")
+    dark = browser.new_context(
+        viewport=VIEWPORT, color_scheme="dark", locale="en-GB", timezone_id="UTC"
+    )
     watch.attach(dark)
     with serving(create_app(engine, Settings())) as url:
         try:

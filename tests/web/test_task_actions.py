@@ -31,12 +31,15 @@ RECORD_DAG = """() => {
 }"""
 
 
-def test_dag_turns_complete_live(serve: Callable[..., Dashboard], page: Page, tmp_path: Path) -> None:
+def test_dag_turns_complete_live(
+    serve: Callable[..., Dashboard], page: Page, tmp_path: Path
+) -> None:
     dashboard = serve(worker=True)
     hold = tmp_path / "hold"  # the steps wait until the page watches
     hold.touch()
-    task_id = create_via_api(dashboard, {"email": "ada@example.com", "amount": 3, "sleep": 0.4,
-                                         "hold": str(hold)})
+    task_id = create_via_api(
+        dashboard, {"email": "ada@example.com", "amount": 3, "sleep": 0.4, "hold": str(hold)}
+    )
 
     page.goto(dashboard.at("/tasks"))
     row = page.locator(f"table#tasks-table tr[data-task-id='{task_id}']")
@@ -51,7 +54,9 @@ def test_dag_turns_complete_live(serve: Callable[..., Dashboard], page: Page, tm
 
     expect(page.locator("#task-status")).to_have_text("complete", timeout=20_000)
     expect(page.locator("svg#dag g.node[data-state=complete]")).to_have_count(len(ORDER_STEPS))
-    assert page.evaluate("window.__sameDocument === true"), "the page reloaded instead of updating live"
+    assert page.evaluate("window.__sameDocument === true"), (
+        "the page reloaded instead of updating live"
+    )
     seen = [json.loads(s) for s in page.evaluate("window.__dagSeen")]
     done_counts = [sum(state == "complete" for state in states.values()) for states in seen]
     assert done_counts == sorted(done_counts), f"steps went back from complete: {seen}"
@@ -63,24 +68,31 @@ def test_dag_turns_complete_live(serve: Callable[..., Dashboard], page: Page, tm
             assert all(v == "complete" for v in states.values()), states
         if states["charge"] == "complete" or states["reserve"] == "complete":
             assert states["validate"] == "complete", states
-    assert any(states["validate"] == "complete" and states["ship"] != "complete" for states in seen), seen
+    assert any(
+        states["validate"] == "complete" and states["ship"] != "complete" for states in seen
+    ), seen
     # The timeline and the live event list follow too.
     expect(page.locator("#timeline")).to_be_visible()
     expect(page.locator("#task-events li", has_text="task.completed").first).to_be_attached()
     wait_for_status(dashboard.engine, task_id, "complete")
 
 
-def test_failed_task_shows_error_and_retry_completes_it(serve: Callable[..., Dashboard], page: Page,
-                                                       tmp_path: Path) -> None:
+def test_failed_task_shows_error_and_retry_completes_it(
+    serve: Callable[..., Dashboard], page: Page, tmp_path: Path
+) -> None:
     dashboard = serve(worker=True)
     flag = tmp_path / "charge-is-broken"
     flag.touch()
-    task_id = create_via_api(dashboard, {"email": "ada@example.com", "fail": "charge", "fail_flag": str(flag)})
+    task_id = create_via_api(
+        dashboard, {"email": "ada@example.com", "fail": "charge", "fail_flag": str(flag)}
+    )
     wait_for_status(dashboard.engine, task_id, "error")
 
     page.goto(dashboard.at(f"/tasks/{task_id}"))
     expect(page.locator("#task-status")).to_have_text("error")
-    expect(page.locator("svg#dag g.node[data-step=charge]")).to_have_attribute("data-state", "error")
+    expect(page.locator("svg#dag g.node[data-step=charge]")).to_have_attribute(
+        "data-state", "error"
+    )
     error = page.locator("section.step[data-step=charge] .last-error")
     expect(error).to_contain_text("charge was told to fail")
     expect(error).to_contain_text("PermanentError")
@@ -89,7 +101,9 @@ def test_failed_task_shows_error_and_retry_completes_it(serve: Callable[..., Das
     answers = Confirmations(page, accept=False)
     page.locator("button[data-action=retry-task]").click()
     page.wait_for_timeout(500)
-    assert answers.asked and answers.asked[0].startswith("confirm"), f"retry did not ask first: {answers.asked}"
+    assert answers.asked and answers.asked[0].startswith("confirm"), (
+        f"retry did not ask first: {answers.asked}"
+    )
     assert dashboard.engine.get_task(task_id).status == "error"
 
     flag.unlink()  # the bug is fixed; now retry for real
@@ -97,7 +111,9 @@ def test_failed_task_shows_error_and_retry_completes_it(serve: Callable[..., Das
     page.locator("button[data-action=retry-task]").click()
     expect(page.locator("#flash")).to_be_visible()
     expect(page.locator("#task-status")).to_have_text("complete", timeout=20_000)
-    expect(page.locator("svg#dag g.node[data-step=ship]")).to_have_attribute("data-state", "complete")
+    expect(page.locator("svg#dag g.node[data-step=ship]")).to_have_attribute(
+        "data-state", "complete"
+    )
     wait_for_status(dashboard.engine, task_id, "complete")
 
 
@@ -105,7 +121,9 @@ def test_retry_one_step(serve: Callable[..., Dashboard], page: Page, tmp_path: P
     dashboard = serve(worker=True)
     flag = tmp_path / "charge-is-broken"
     flag.touch()
-    task_id = create_via_api(dashboard, {"email": "ada@example.com", "fail": "charge", "fail_flag": str(flag)})
+    task_id = create_via_api(
+        dashboard, {"email": "ada@example.com", "fail": "charge", "fail_flag": str(flag)}
+    )
     wait_for_status(dashboard.engine, task_id, "error")
     page.goto(dashboard.at(f"/tasks/{task_id}"))
     Confirmations(page)
@@ -115,8 +133,9 @@ def test_retry_one_step(serve: Callable[..., Dashboard], page: Page, tmp_path: P
     wait_for_status(dashboard.engine, task_id, "complete")
 
 
-def test_resolve_form_refuses_bad_json_then_resolves(serve: Callable[..., Dashboard], page: Page,
-                                                     watch: Watch) -> None:
+def test_resolve_form_refuses_bad_json_then_resolves(
+    serve: Callable[..., Dashboard], page: Page, watch: Watch
+) -> None:
     watch.allow(422)
     dashboard = serve(worker=True)
     task_id = create_via_api(dashboard, {"email": "ada@example.com", "fail": "charge"})
@@ -139,16 +158,21 @@ def test_resolve_form_refuses_bad_json_then_resolves(serve: Callable[..., Dashbo
     form = page.locator("form.resolve-form[data-step=charge]")
     expect(form.locator(".field-error")).to_be_visible()
     assert dashboard.engine.get_task(task_id).status == "error"
-    assert any(status == 422 for status, _ in watch.seen_allowed), "the refused form did not answer 422"
+    assert any(status == 422 for status, _ in watch.seen_allowed), (
+        "the refused form did not answer 422"
+    )
 
     # Good JSON: the step is resolved by hand, its dependent `ship` runs, and the task finishes
     # (as `resolved_manually`, the engine's name for a task completed with an operator's help).
     form.locator("textarea[name=results]").fill('{"charge_id": "ch_42"}')
     submit(form)
     expect(page.locator("#flash")).to_be_visible()
-    expect(page.locator("svg#dag g.node[data-step=charge]")).to_have_attribute("data-state", "resolved_manually")
-    expect(page.locator("svg#dag g.node[data-step=ship]")).to_have_attribute("data-state", "complete",
-                                                                             timeout=20_000)
+    expect(page.locator("svg#dag g.node[data-step=charge]")).to_have_attribute(
+        "data-state", "resolved_manually"
+    )
+    expect(page.locator("svg#dag g.node[data-step=ship]")).to_have_attribute(
+        "data-state", "complete", timeout=20_000
+    )
     expect(page.locator("#task-status")).to_have_text("resolved_manually")
     expect(page.locator("section.step[data-step=charge] .results")).to_contain_text("ch_42")
     wait_for_status(dashboard.engine, task_id, "resolved_manually")
@@ -178,11 +202,16 @@ def test_reset_an_open_circuit(serve: Callable[..., Dashboard], page: Page, tmp_
     engine.configure_system("payments", failure_threshold=1, cooldown_seconds=3600)
     down = tmp_path / "payments-is-down"
     down.touch()
-    task_id = create_via_api(dashboard, {"email": "ada@example.com", "transient": "charge",
-                                         "transient_flag": str(down)})
+    task_id = create_via_api(
+        dashboard, {"email": "ada@example.com", "transient": "charge", "transient_flag": str(down)}
+    )
     deadline = time.monotonic() + 20
-    while not any(s["name"] == "payments" and s["circuit_state"] == "open" for s in engine.systems()):
-        assert time.monotonic() < deadline, f"the circuit of payments never opened: {engine.systems()}"
+    while not any(
+        s["name"] == "payments" and s["circuit_state"] == "open" for s in engine.systems()
+    ):
+        assert time.monotonic() < deadline, (
+            f"the circuit of payments never opened: {engine.systems()}"
+        )
         time.sleep(0.05)
     down.unlink()  # the system is back; its circuit stays open for an hour unless reset
 
@@ -192,7 +221,9 @@ def test_reset_an_open_circuit(serve: Callable[..., Dashboard], page: Page, tmp_
     Confirmations(page)
     row.locator("button[data-action=reset-circuit]").click()
     expect(page.locator("#flash")).to_be_visible()
-    expect(page.locator("table#systems-table tr[data-system=payments] .circuit-state")).to_contain_text("closed")
+    expect(
+        page.locator("table#systems-table tr[data-system=payments] .circuit-state")
+    ).to_contain_text("closed")
     wait_for_status(engine, task_id, "complete")
     page.goto(dashboard.at("/systems/payments"))
     expect(page.locator("#circuit-history")).to_contain_text("open")

@@ -25,8 +25,9 @@ SLOW = 5.0
 def _fill(dashboard: Dashboard) -> dict[str, list[int]]:
     """60 orders made by the engine (the oldest; 2 run to complete), then 100,000 pings inserted in bulk."""
     engine = dashboard.engine
-    orders = engine.create_tasks("webtest/order", [{"email": f"o{i}@example.com", "amount": i}
-                                                   for i in range(ORDERS)])
+    orders = engine.create_tasks(
+        "webtest/order", [{"email": f"o{i}@example.com", "amount": i} for i in range(ORDERS)]
+    )
     for task_id in orders[:2]:
         engine.run(task_id)
         wait_for_status(engine, task_id, "complete")
@@ -57,7 +58,9 @@ def test_tasks_page_with_100k_tasks(dashboard: Dashboard, page: Page) -> None:
         took = _load(page, page.locator("a#next-page").click)
         assert took < SLOW, f"page {n + 1} took {took:.1f} s"
         pages.append(row_ids(page))
-        assert pages[n] == newest[n * PAGE:(n + 1) * PAGE], f"page {n + 1} is not the next {PAGE} tasks"
+        assert pages[n] == newest[n * PAGE : (n + 1) * PAGE], (
+            f"page {n + 1} is not the next {PAGE} tasks"
+        )
         assert "after=" in page.url, page.url
     bookmark = page.url
     for n in (2, 1):
@@ -118,4 +121,6 @@ def test_tasks_page_with_100k_tasks(dashboard: Dashboard, page: Page) -> None:
     expect(page.locator("#flash")).to_be_visible()
     for task_id in chosen:
         assert dashboard.engine.get_task(task_id).status == "cancelled"
-    assert dashboard.engine.get_task(newest[5]).status == "pending", "bulk cancel touched an unselected task"
+    assert dashboard.engine.get_task(newest[5]).status == "pending", (
+        "bulk cancel touched an unselected task"
+    )

@@ -41,8 +41,15 @@ Every error answers one JSON shape: `{"error": {"status", "code", "message", "de
 def create_app(engine: Tasker, settings: Settings | None = None) -> FastAPI:
     """The API app over `engine`; `settings` defaults to `Settings()` (auth off, 1 MiB body limit)."""
     settings = settings or Settings()
-    app = FastAPI(title="Tasker API", version=__version__, description=_DESCRIPTION,
-                  docs_url=None, openapi_url=None, redoc_url=None, default_response_class=SafeJSONResponse)
+    app = FastAPI(
+        title="Tasker API",
+        version=__version__,
+        description=_DESCRIPTION,
+        docs_url=None,
+        openapi_url=None,
+        redoc_url=None,
+        default_response_class=SafeJSONResponse,
+    )
     app.state.tasker = engine
     app.state.settings = settings
     app.state.streams = StreamHub(engine, settings)
@@ -83,20 +90,44 @@ def _finish_spec(app: FastAPI) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         spec = generate()
-        schemes: dict[str, Any] = spec.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes: dict[str, Any] = spec.setdefault("components", {}).setdefault(
+            "securitySchemes", {}
+        )
         # Auth dependencies built on fastapi.security declare their own schemes: reuse those, add the rest.
-        api_key = next((n for n, s in schemes.items() if s.get("type") == "apiKey" and s.get("in") == "header"
-                        and str(s.get("name", "")).lower() == API_KEY_HEADER.lower()), None)
+        api_key = next(
+            (
+                n
+                for n, s in schemes.items()
+                if s.get("type") == "apiKey"
+                and s.get("in") == "header"
+                and str(s.get("name", "")).lower() == API_KEY_HEADER.lower()
+            ),
+            None,
+        )
         if api_key is None:
             api_key = "ApiKeyAuth"
-            schemes[api_key] = {"type": "apiKey", "in": "header", "name": API_KEY_HEADER,
-                                "description": "An API key created with `tasker keys create`."}
-        bearer = next((n for n, s in schemes.items()
-                       if s.get("type") == "http" and str(s.get("scheme", "")).lower() == "bearer"), None)
+            schemes[api_key] = {
+                "type": "apiKey",
+                "in": "header",
+                "name": API_KEY_HEADER,
+                "description": "An API key created with `tasker keys create`.",
+            }
+        bearer = next(
+            (
+                n
+                for n, s in schemes.items()
+                if s.get("type") == "http" and str(s.get("scheme", "")).lower() == "bearer"
+            ),
+            None,
+        )
         if bearer is None:
             bearer = "BearerAuth"
-            schemes[bearer] = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                               "description": "A JWT signed with the server's HS256 secret or RS256 key."}
+            schemes[bearer] = {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT",
+                "description": "A JWT signed with the server's HS256 secret or RS256 key.",
+            }
         for item in spec.get("paths", {}).values():
             for operation in item.values():
                 if not isinstance(operation, dict):

@@ -88,7 +88,9 @@ class Principal:
         return grants(self.permissions, permission)
 
     def describe(self) -> str:
-        return {"api_key": f"API key '{self.name}'", "jwt": f"token of '{self.name}'"}.get(self.kind, self.name)
+        return {"api_key": f"API key '{self.name}'", "jwt": f"token of '{self.name}'"}.get(
+            self.kind, self.name
+        )
 
 
 #: The caller when authentication is off: allowed everything, as the warning at start-up says.
@@ -118,7 +120,10 @@ def auth_warning(settings: Settings) -> str | None:
             "authentication is OFF: anyone who can reach this server can create, cancel and retry tasks; "
             "set TASKER_AUTH_ENABLED=true before exposing it beyond this machine (see docs/authentication.md)"
         )
-    if settings.jwt_secret is not None and len(settings.jwt_secret.encode("utf-8")) < MIN_SECRET_BYTES:
+    if (
+        settings.jwt_secret is not None
+        and len(settings.jwt_secret.encode("utf-8")) < MIN_SECRET_BYTES
+    ):
         return (
             f"TASKER_JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes, so HS256 tokens signed with it can be "
             "brute-forced; use a long random secret (python -c 'import secrets; print(secrets.token_urlsafe(48))')"
@@ -130,8 +135,14 @@ def check_auth_settings(settings: Settings) -> None:
     """Fail at start-up, with one line, on JWT settings that would make every bearer token fail later."""
     if settings.auth_enabled and settings.jwt_public_key:
         _public_key(settings.jwt_public_key)
-    if settings.auth_enabled and settings.jwt_secret is not None and not settings.jwt_secret.strip():
-        raise AuthConfigError("TASKER_JWT_SECRET is empty; fix: set a long random secret or unset it")
+    if (
+        settings.auth_enabled
+        and settings.jwt_secret is not None
+        and not settings.jwt_secret.strip()
+    ):
+        raise AuthConfigError(
+            "TASKER_JWT_SECRET is empty; fix: set a long random secret or unset it"
+        )
 
 
 @functools.lru_cache(maxsize=8)
@@ -142,7 +153,9 @@ def _public_key(setting: str) -> RSAPublicKey:
         try:
             text = Path(text).expanduser().read_text(encoding="utf-8")
         except (OSError, ValueError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a readable file"
+            reason = (
+                exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a readable file"
+            )
             raise AuthConfigError(
                 f"TASKER_JWT_PUBLIC_KEY: cannot read the PEM file {setting!r} ({reason}); fix: give PEM text or the "
                 "path of a PEM file holding an RSA public key"
@@ -157,7 +170,9 @@ def _public_key(setting: str) -> RSAPublicKey:
             "of the RSA key pair that signs the tokens"
         ) from None
     if not isinstance(key, RSAPublicKey):
-        raise AuthConfigError("TASKER_JWT_PUBLIC_KEY is not an RSA key; RS256 needs an RSA public key")
+        raise AuthConfigError(
+            "TASKER_JWT_PUBLIC_KEY is not an RSA key; RS256 needs an RSA public key"
+        )
     return key
 
 
@@ -185,14 +200,23 @@ def verify_jwt(token: str, settings: Settings) -> Principal:
     try:
         alg = jwt.get_unverified_header(token).get("alg")
     except jwt.PyJWTError:
-        raise CredentialError("bearer token is malformed: it is neither an API key nor a JWT") from None
+        raise CredentialError(
+            "bearer token is malformed: it is neither an API key nor a JWT"
+        ) from None
     if alg not in keys:
         shown = f"'{alg}'" if isinstance(alg, str) and _ALG_NAME.match(alg) else "of this token"
-        raise CredentialError(f"JWT algorithm {shown} is not accepted; this server accepts {', '.join(keys)}")
+        raise CredentialError(
+            f"JWT algorithm {shown} is not accepted; this server accepts {', '.join(keys)}"
+        )
     try:
         claims = jwt.decode(
-            token, keys[alg], algorithms=[alg], audience=settings.jwt_audience, issuer=settings.jwt_issuer,
-            leeway=JWT_LEEWAY_SECONDS, options={"require": ["exp"]},
+            token,
+            keys[alg],
+            algorithms=[alg],
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            leeway=JWT_LEEWAY_SECONDS,
+            options={"require": ["exp"]},
         )
     except jwt.InvalidKeyError:
         raise AuthConfigError(f"the configured {alg} key cannot verify tokens") from None
@@ -245,8 +269,10 @@ def _credential(request: Request) -> tuple[str, str]:
     api_key = request.headers.get("x-api-key")
     authorization = request.headers.get("authorization")
     if api_key is not None and authorization is not None:
-        raise CredentialError("send one credential, X-API-Key or Authorization, not both",
-                              challenge_error="invalid_request")
+        raise CredentialError(
+            "send one credential, X-API-Key or Authorization, not both",
+            challenge_error="invalid_request",
+        )
     if api_key is not None:
         if not api_key.strip():
             raise CredentialError("the X-API-Key header is empty")
@@ -255,12 +281,16 @@ def _credential(request: Request) -> tuple[str, str]:
         from_cookie = _session_credential(request)
         if from_cookie is not None:
             return from_cookie
-        raise CredentialError("authentication required: send 'X-API-Key: <key>' or 'Authorization: Bearer <token>'",
-                              challenge_error=None)
+        raise CredentialError(
+            "authentication required: send 'X-API-Key: <key>' or 'Authorization: Bearer <token>'",
+            challenge_error=None,
+        )
     scheme, _, value = authorization.strip().partition(" ")
     if scheme.lower() != "bearer":
-        raise CredentialError("unsupported Authorization scheme; use 'Authorization: Bearer <token>' or X-API-Key",
-                              challenge_error="invalid_request")
+        raise CredentialError(
+            "unsupported Authorization scheme; use 'Authorization: Bearer <token>' or X-API-Key",
+            challenge_error="invalid_request",
+        )
     token = value.strip()
     if not token:
         raise CredentialError("the bearer token is empty", challenge_error="invalid_request")
@@ -297,7 +327,9 @@ async def verify_credential(request: Request, kind: str, value: str) -> Principa
     """The principal of an API key (`kind` "api_key") or a JWT; raises `CredentialError`."""
     if kind == "api_key":
         engine = request.app.state.tasker
-        record = await run_in_threadpool(engine.authenticate_api_key, value)  # a DB read: off the event loop
+        record = await run_in_threadpool(
+            engine.authenticate_api_key, value
+        )  # a DB read: off the event loop
         if record is None:
             raise CredentialError("invalid or revoked API key")
         principal = Principal("api_key", record.name, frozenset(record.permissions))
@@ -332,17 +364,37 @@ class PermissionCheck:
         except CredentialError as exc:
             log.info("refused %s %s: %s", request.method, request.url.path, exc.message)
             challenge = _REALM + (f', error="{exc.challenge_error}"' if exc.challenge_error else "")
-            raise HTTPException(401, detail=error_body(401, "unauthorized", exc.message),
-                                headers={"WWW-Authenticate": challenge}) from None
+            raise HTTPException(
+                401,
+                detail=error_body(401, "unauthorized", exc.message),
+                headers={"WWW-Authenticate": challenge},
+            ) from None
         except AuthConfigError as exc:
             log.error("JWT configuration error: %s", exc)
-            raise HTTPException(500, detail=error_body(
-                500, "auth_misconfigured", "the server's JWT configuration is invalid; see the server log")) from None
+            raise HTTPException(
+                500,
+                detail=error_body(
+                    500,
+                    "auth_misconfigured",
+                    "the server's JWT configuration is invalid; see the server log",
+                ),
+            ) from None
         if self.permission is not None and not principal.can(self.permission):
-            log.info("forbidden %s %s: %s lacks %s", request.method, request.url.path, principal.describe(),
-                     self.permission)
-            raise HTTPException(403, detail=error_body(
-                403, "forbidden", f"{principal.describe()} lacks the permission {self.permission}"))
+            log.info(
+                "forbidden %s %s: %s lacks %s",
+                request.method,
+                request.url.path,
+                principal.describe(),
+                self.permission,
+            )
+            raise HTTPException(
+                403,
+                detail=error_body(
+                    403,
+                    "forbidden",
+                    f"{principal.describe()} lacks the permission {self.permission}",
+                ),
+            )
         return principal
 
 

@@ -41,13 +41,17 @@ HEAD_SCOPE_KEY = "tasker.head"
 
 
 class ErrorDetail(BaseModel):
-    path: str = Field(description="Where: a JSON path into the body (`$.context.email`), or `query.limit`.")
+    path: str = Field(
+        description="Where: a JSON path into the body (`$.context.email`), or `query.limit`."
+    )
     message: str
 
 
 class ErrorInfo(BaseModel):
     status: int
-    code: str = Field(description="A stable machine-readable name, e.g. `not_found`, `invalid_context`.")
+    code: str = Field(
+        description="A stable machine-readable name, e.g. `not_found`, `invalid_context`."
+    )
     message: str = Field(description="One line: what is wrong and how to fix it.")
     details: list[ErrorDetail] = Field(default_factory=list)
 
@@ -57,10 +61,21 @@ class ErrorBody(BaseModel):
 
 
 _CODES = {
-    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-    406: "not_acceptable", 409: "conflict", 413: "payload_too_large", 414: "uri_too_long",
-    415: "unsupported_media_type", 422: "validation_error", 429: "too_many_requests",
-    431: "headers_too_large", 500: "internal_error", 503: "unavailable",
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    414: "uri_too_long",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+    431: "headers_too_large",
+    500: "internal_error",
+    503: "unavailable",
 }
 _DESCRIPTIONS = {
     400: "The request cannot be read (a body that is not UTF-8, a bad Content-Length).",
@@ -81,7 +96,10 @@ _HINTS = {
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The `responses=` of a route: each status it may answer with the error body, for the OpenAPI spec."""
-    return {s: {"model": ErrorBody, "description": _DESCRIPTIONS.get(s, HTTPStatus(s).phrase)} for s in statuses}
+    return {
+        s: {"model": ErrorBody, "description": _DESCRIPTIONS.get(s, HTTPStatus(s).phrase)}
+        for s in statuses
+    }
 
 
 def _clip(text: str, limit: int) -> str:
@@ -89,15 +107,24 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 15] + "... (truncated)"
 
 
-def error_body(status: int, code: str, message: str, details: Sequence[ErrorDetail] = ()) -> dict[str, Any]:
+def error_body(
+    status: int, code: str, message: str, details: Sequence[ErrorDetail] = ()
+) -> dict[str, Any]:
     clipped = [ErrorDetail(path=_clip(d.path, 500), message=_clip(d.message, 500)) for d in details]
     info = ErrorInfo(status=status, code=code, message=_clip(message, 4000), details=clipped)
     return ErrorBody(error=info).model_dump()
 
 
-def error_response(status: int, code: str, message: str, details: Sequence[ErrorDetail] = (),
-                   headers: dict[str, str] | None = None) -> SafeJSONResponse:
-    return SafeJSONResponse(error_body(status, code, message, details), status_code=status, headers=headers)
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: Sequence[ErrorDetail] = (),
+    headers: dict[str, str] | None = None,
+) -> SafeJSONResponse:
+    return SafeJSONResponse(
+        error_body(status, code, message, details), status_code=status, headers=headers
+    )
 
 
 def _api_message(exc: Exception) -> str:
@@ -131,7 +158,9 @@ def _tasker_error(request: Request, exc: Exception) -> SafeJSONResponse:
 def _internal(request: Request | Scope, exc: BaseException) -> SafeJSONResponse:
     scope = request.scope if isinstance(request, Request) else request
     log.error("unhandled error on %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
-    return error_response(500, "internal_error", "the server failed to handle the request; the error is logged")
+    return error_response(
+        500, "internal_error", "the server failed to handle the request; the error is logged"
+    )
 
 
 # -- request validation -------------------------------------------------------------------------------------
@@ -156,11 +185,16 @@ def _validation_detail(err: dict[str, Any]) -> ErrorDetail:
         reason = (err.get("ctx") or {}).get("error", "")
         position = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
         at = f" at character {position}" if position is not None else ""
-        return ErrorDetail(path="$", message=f"the body is not valid JSON{at}: {reason}".rstrip(": "))
+        return ErrorDetail(
+            path="$", message=f"the body is not valid JSON{at}: {reason}".rstrip(": ")
+        )
     if loc == ("body",) and kind == "missing":
         return ErrorDetail(path="$", message="a JSON body is required")
     if loc == ("body",) and isinstance(err.get("input"), bytes | str):
-        return ErrorDetail(path="$", message="the body must be a JSON object sent with Content-Type: application/json")
+        return ErrorDetail(
+            path="$",
+            message="the body must be a JSON object sent with Content-Type: application/json",
+        )
     if kind == "extra_forbidden":
         message = "unknown field; fix: remove it (see the schema at /docs)"
     elif kind in ("dict_type", "model_type", "model_attributes_type"):
@@ -193,12 +227,16 @@ def _http_error(request: Request, exc: Exception) -> SafeJSONResponse:
         code = str(detail.get("code") or code)
         message = str(detail.get("message") or detail.get("detail") or _phrase(status))
     if status == 404 and detail == "Not Found":
-        message = f"no route {request.method} {request.url.path}; the API lives under /api/v1, see /docs"
+        message = (
+            f"no route {request.method} {request.url.path}; the API lives under /api/v1, see /docs"
+        )
     elif status == 405 and detail == "Method Not Allowed":
         headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
         headers["Allow"] = allowed = _allowed_methods(request)
         method = "HEAD" if request.scope.get(HEAD_SCOPE_KEY) else request.method
-        message = f"{method} is not allowed on {request.url.path}" + (f"; use {allowed}" if allowed else "")
+        message = f"{method} is not allowed on {request.url.path}" + (
+            f"; use {allowed}" if allowed else ""
+        )
     elif status == 400 and detail == "There was an error parsing the body":
         message = _parse_failure(exc.__cause__)
     if status >= 500:

@@ -80,8 +80,10 @@ def _number_problem(literal: str) -> str | None:
                 f"the integer {shown} is outside the 64-bit range ({INT64_MIN} to {INT64_MAX}); "
                 "fix: send it as a string"
             )
-        return (f"the number {shown} is longer than {MAX_NUMBER_CHARS} characters; "
-                "fix: send it as a string")
+        return (
+            f"the number {shown} is longer than {MAX_NUMBER_CHARS} characters; "
+            "fix: send it as a string"
+        )
     if _INTEGER.fullmatch(literal):
         if not INT64_MIN <= int(literal) <= INT64_MAX:
             return (
@@ -94,8 +96,10 @@ def _number_problem(literal: str) -> str | None:
     except ValueError:
         return None  # not a number after all: the parser will say the JSON is invalid
     if not math.isfinite(value):
-        return (f"the number {shown} is too large to be a finite number; "
-                "fix: send a finite number or null")
+        return (
+            f"the number {shown} is too large to be a finite number; "
+            "fix: send a finite number or null"
+        )
     return None
 
 

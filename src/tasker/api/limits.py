@@ -21,8 +21,10 @@ class BodyTooLarge(HTTPException):
 
 
 def too_large_message(limit: int) -> str:
-    return (f"the request body is larger than the limit of {limit} bytes; fix: send a smaller body "
-            "(the server's max_body_bytes setting, TASKER_MAX_BODY_BYTES, sets the limit)")
+    return (
+        f"the request body is larger than the limit of {limit} bytes; fix: send a smaller body "
+        "(the server's max_body_bytes setting, TASKER_MAX_BODY_BYTES, sets the limit)"
+    )
 
 
 class BodySizeLimit:
@@ -41,12 +43,17 @@ class BodySizeLimit:
             except ValueError:
                 length = -1
             if length < 0 or len(set(declared)) > 1:
-                await error_response(400, "bad_request", "the Content-Length header is not a valid length")(
-                    scope, receive, send)
+                await error_response(
+                    400, "bad_request", "the Content-Length header is not a valid length"
+                )(scope, receive, send)
                 return
             if length > self.max_bytes:
-                await error_response(413, "payload_too_large", too_large_message(self.max_bytes),
-                                     headers={"Connection": "close"})(scope, receive, send)
+                await error_response(
+                    413,
+                    "payload_too_large",
+                    too_large_message(self.max_bytes),
+                    headers={"Connection": "close"},
+                )(scope, receive, send)
                 return
         received = 0
         started = False
@@ -72,5 +79,9 @@ class BodySizeLimit:
             if started:
                 raise
             # Read outside FastAPI's exception handling (a middleware, a raw Request): answer here.
-            await error_response(413, "payload_too_large", too_large_message(self.max_bytes),
-                                 headers={"Connection": "close"})(scope, receive, send)
+            await error_response(
+                413,
+                "payload_too_large",
+                too_large_message(self.max_bytes),
+                headers={"Connection": "close"},
+            )(scope, receive, send)

@@ -34,14 +34,36 @@ TOKEN_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
 # -- path and query parameters ----------------------------------------------------------------------------
 TaskId = Annotated[int, Path(ge=1, le=INT64_MAX, description="The task's id.", examples=[1])]
-StepName = Annotated[str, Path(min_length=1, max_length=128, pattern=NAME_PATTERN,
-                               description="The step's name in its template.", examples=["validate_cart"])]
-Namespace = Annotated[str, Path(min_length=1, max_length=64, pattern=NAME_PATTERN, examples=["ecommerce"])]
-TemplateName = Annotated[str, Path(min_length=1, max_length=128, pattern=NAME_PATTERN, examples=["process_order"])]
-VersionQuery = Annotated[str | None, Query(max_length=64, pattern=SEMVER_PATTERN,
-                                           description="A semantic version; the latest when left out.")]
-DiagramFormat = Annotated[Literal["json", "text"] | None, Query(
-    description="`json` (the default) or `text` (the bare Mermaid source); `Accept: text/plain` also asks for text.")]
+StepName = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=128,
+        pattern=NAME_PATTERN,
+        description="The step's name in its template.",
+        examples=["validate_cart"],
+    ),
+]
+Namespace = Annotated[
+    str, Path(min_length=1, max_length=64, pattern=NAME_PATTERN, examples=["ecommerce"])
+]
+TemplateName = Annotated[
+    str, Path(min_length=1, max_length=128, pattern=NAME_PATTERN, examples=["process_order"])
+]
+VersionQuery = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        pattern=SEMVER_PATTERN,
+        description="A semantic version; the latest when left out.",
+    ),
+]
+DiagramFormat = Annotated[
+    Literal["json", "text"] | None,
+    Query(
+        description="`json` (the default) or `text` (the bare Mermaid source); `Accept: text/plain` also asks for text."
+    ),
+]
 
 
 # -- JSON values from clients -----------------------------------------------------------------------------
@@ -64,9 +86,13 @@ def check_json(value: Any, root: str) -> Any:
     while stack:
         item, path, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
-            raise ValueError(f"{path} nests deeper than {MAX_JSON_DEPTH} levels; fix: flatten the data")
+            raise ValueError(
+                f"{path} nests deeper than {MAX_JSON_DEPTH} levels; fix: flatten the data"
+            )
         if isinstance(item, float) and not math.isfinite(item):
-            raise ValueError(f"{path} is {item}, which is not a JSON number; fix: send a finite number or null")
+            raise ValueError(
+                f"{path} is {item}, which is not a JSON number; fix: send a finite number or null"
+            )
         if isinstance(item, str):
             problem = _bad_text(item)
             if problem:
@@ -98,26 +124,62 @@ class _Body(BaseModel):
 class TaskCreate(_Body):
     """A request for a task of a template the server loaded (never a handler class or an import path)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "template": "ecommerce/process_order",
-        "context": {
-            "cart_items": [{"product_id": 1, "quantity": 2, "price": 29.99}],
-            "payment_info": {"method": "credit_card", "token": "tok_visa", "amount": 59.98},
-            "customer_info": {"id": 7, "email": "ada@example.com", "name": "Ada Lovelace"},
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "template": "ecommerce/process_order",
+                    "context": {
+                        "cart_items": [{"product_id": 1, "quantity": 2, "price": 29.99}],
+                        "payment_info": {
+                            "method": "credit_card",
+                            "token": "tok_visa",
+                            "amount": 59.98,
+                        },
+                        "customer_info": {
+                            "id": 7,
+                            "email": "ada@example.com",
+                            "name": "Ada Lovelace",
+                        },
+                    },
+                    "idempotency_key": "checkout-8842",
+                }
+            ]
         },
-        "idempotency_key": "checkout-8842",
-    }]})
+    )
 
-    template: str = Field(min_length=1, max_length=300, pattern=REF_PATTERN,
-                          description="`namespace/name`, optionally `@version`.", examples=["ecommerce/process_order"])
-    version: str | None = Field(default=None, max_length=64, pattern=SEMVER_PATTERN,
-                                description="Pin a version; the latest loaded one when left out.")
-    context: dict[str, Any] = Field(default_factory=dict,
-                                    description="The task's input, validated against the template's JSON Schema.")
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255, pattern=TOKEN_PATTERN,
-                                        description="A repeated key returns the first task (200), not a new one.")
-    correlation_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=TOKEN_PATTERN,
-                                       description="Carried by every log line and event of the task.")
+    template: str = Field(
+        min_length=1,
+        max_length=300,
+        pattern=REF_PATTERN,
+        description="`namespace/name`, optionally `@version`.",
+        examples=["ecommerce/process_order"],
+    )
+    version: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=SEMVER_PATTERN,
+        description="Pin a version; the latest loaded one when left out.",
+    )
+    context: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The task's input, validated against the template's JSON Schema.",
+    )
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        pattern=TOKEN_PATTERN,
+        description="A repeated key returns the first task (200), not a new one.",
+    )
+    correlation_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=TOKEN_PATTERN,
+        description="Carried by every log line and event of the task.",
+    )
 
     @field_validator("context")
     @classmethod
@@ -131,7 +193,9 @@ class TaskCreate(_Body):
 
 
 class TaskCancel(_Body):
-    reason: str | None = Field(default=None, max_length=1000, description="Recorded with the cancellation.")
+    reason: str | None = Field(
+        default=None, max_length=1000, description="Recorded with the cancellation."
+    )
 
     @field_validator("reason")
     @classmethod
@@ -140,8 +204,9 @@ class TaskCancel(_Body):
 
 
 class StepResolve(_Body):
-    result: dict[str, Any] = Field(default_factory=dict,
-                                   description="The step's result, as if its handler had returned it.")
+    result: dict[str, Any] = Field(
+        default_factory=dict, description="The step's result, as if its handler had returned it."
+    )
 
     @field_validator("result")
     @classmethod
@@ -165,10 +230,13 @@ class StepError(BaseModel):
             return None
         code, context = raw.get("error_code"), raw.get("context")
         retryable = raw.get("retryable")
-        return cls(error_class=str(raw.get("class") or "Error"), message=str(raw.get("message") or ""),
-                   retryable=retryable if isinstance(retryable, bool) else None,
-                   error_code=str(code) if code is not None else None,
-                   context=context if isinstance(context, dict) else None)
+        return cls(
+            error_class=str(raw.get("class") or "Error"),
+            message=str(raw.get("message") or ""),
+            retryable=retryable if isinstance(retryable, bool) else None,
+            error_code=str(code) if code is not None else None,
+            context=context if isinstance(context, dict) else None,
+        )
 
 
 class StepTransition(BaseModel):
@@ -199,10 +267,14 @@ class StepOut(BaseModel):
     retry_limit: int
     retryable: bool
     dependent_system: str
-    parents: list[str] = Field(description="Every step this one waits for (depends_on_step and depends_on_steps).")
+    parents: list[str] = Field(
+        description="Every step this one waits for (depends_on_step and depends_on_steps)."
+    )
     results: dict[str, Any] | None
     last_error: StepError | None
-    run_at: datetime | None = Field(description="When the step is (or was) due to run; retries move it forward.")
+    run_at: datetime | None = Field(
+        description="When the step is (or was) due to run; retries move it forward."
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -211,10 +283,21 @@ class StepOut(BaseModel):
     @classmethod
     def of(cls, step: Step, parents: list[str]) -> StepOut:
         return cls(
-            id=step.id, task_id=step.task_id, name=step.name, status=step.status, attempts=step.attempts,
-            retry_limit=step.retry_limit, retryable=step.retryable, dependent_system=step.dependent_system,
-            parents=parents, results=step.results, last_error=StepError.of(step.last_error), run_at=step.run_at,
-            created_at=step.created_at, started_at=step.started_at, finished_at=step.finished_at,
+            id=step.id,
+            task_id=step.task_id,
+            name=step.name,
+            status=step.status,
+            attempts=step.attempts,
+            retry_limit=step.retry_limit,
+            retryable=step.retryable,
+            dependent_system=step.dependent_system,
+            parents=parents,
+            results=step.results,
+            last_error=StepError.of(step.last_error),
+            run_at=step.run_at,
+            created_at=step.created_at,
+            started_at=step.started_at,
+            finished_at=step.finished_at,
             duration_seconds=step.duration_seconds,
         )
 
@@ -223,8 +306,12 @@ class StepDetail(StepOut):
     transitions: list[StepTransition]
 
     @classmethod
-    def detail(cls, step: Step, parents: list[str], transitions: list[dict[str, Any]]) -> StepDetail:
-        rows = [StepTransition.model_validate(t) for t in transitions if t.get("step_id") == step.id]
+    def detail(
+        cls, step: Step, parents: list[str], transitions: list[dict[str, Any]]
+    ) -> StepDetail:
+        rows = [
+            StepTransition.model_validate(t) for t in transitions if t.get("step_id") == step.id
+        ]
         return cls(**StepOut.of(step, parents).__dict__, transitions=rows)
 
 
@@ -238,7 +325,9 @@ class TaskSummary(BaseModel):
     namespace: str
     name: str
     version: str
-    template: str = Field(description="`namespace/name@version` of the template the task was created with.")
+    template: str = Field(
+        description="`namespace/name@version` of the template the task was created with."
+    )
     status: TaskState
     context: dict[str, Any]
     idempotency_key: str
@@ -253,11 +342,21 @@ class TaskSummary(BaseModel):
     @classmethod
     def fields_of(cls, task: Task) -> dict[str, Any]:
         return {
-            "id": task.id, "namespace": task.namespace, "name": task.name, "version": task.version,
-            "template": task.template_key, "status": task.status, "context": task.context,
-            "idempotency_key": task.idempotency_key, "correlation_id": task.correlation_id,
-            "annotations": task.annotations, "created_at": task.created_at, "updated_at": task.updated_at,
-            "started_at": task.started_at, "finished_at": task.finished_at, "duration_seconds": task.duration_seconds,
+            "id": task.id,
+            "namespace": task.namespace,
+            "name": task.name,
+            "version": task.version,
+            "template": task.template_key,
+            "status": task.status,
+            "context": task.context,
+            "idempotency_key": task.idempotency_key,
+            "correlation_id": task.correlation_id,
+            "annotations": task.annotations,
+            "created_at": task.created_at,
+            "updated_at": task.updated_at,
+            "started_at": task.started_at,
+            "finished_at": task.finished_at,
+            "duration_seconds": task.duration_seconds,
         }
 
     @classmethod
@@ -266,31 +365,46 @@ class TaskSummary(BaseModel):
 
 
 class TaskDetail(TaskSummary):
-    deduplicated: bool = Field(description="True when a repeated idempotency key returned this existing task.")
+    deduplicated: bool = Field(
+        description="True when a repeated idempotency key returned this existing task."
+    )
     step_counts: dict[str, int] = Field(description="How many steps are in each state.")
     steps: list[StepOut]
     transitions: list[TaskTransition]
 
     @classmethod
-    def detail(cls, task: Task, template: TaskTemplate, transitions: list[dict[str, Any]]) -> TaskDetail:
+    def detail(
+        cls, task: Task, template: TaskTemplate, transitions: list[dict[str, Any]]
+    ) -> TaskDetail:
         parents = parents_by_step(template)
         counts: dict[str, int] = {}
         for s in task.steps:
             counts[s.status] = counts.get(s.status, 0) + 1
-        return cls(**cls.fields_of(task), deduplicated=task.deduplicated, step_counts=counts,
-                   steps=[StepOut.of(s, parents.get(s.name, [])) for s in task.steps],
-                   transitions=[TaskTransition.model_validate(t) for t in transitions])
+        return cls(
+            **cls.fields_of(task),
+            deduplicated=task.deduplicated,
+            step_counts=counts,
+            steps=[StepOut.of(s, parents.get(s.name, [])) for s in task.steps],
+            transitions=[TaskTransition.model_validate(t) for t in transitions],
+        )
 
 
 class TaskPage(BaseModel):
     tasks: list[TaskSummary]
-    total: int | None = Field(description=(
-        "How many tasks match the filters, across all pages; null on cursor pages and with "
-        "`include_total=false`, which never count (counting visits every matching task)."))
+    total: int | None = Field(
+        description=(
+            "How many tasks match the filters, across all pages; null on cursor pages and with "
+            "`include_total=false`, which never count (counting visits every matching task)."
+        )
+    )
     limit: int
     offset: int
-    next_cursor: str | None = Field(None, description="Older tasks: pass as `after`; null on the last page.")
-    prev_cursor: str | None = Field(None, description="Newer tasks: pass as `before`; null on the first page.")
+    next_cursor: str | None = Field(
+        None, description="Older tasks: pass as `after`; null on the last page."
+    )
+    prev_cursor: str | None = Field(
+        None, description="Newer tasks: pass as `before`; null on the first page."
+    )
 
 
 def parents_by_step(template: TaskTemplate) -> dict[str, list[str]]:
@@ -331,7 +445,9 @@ class StepTemplateOut(BaseModel):
     handler_class: str
     depends_on_step: str | None
     depends_on_steps: list[str]
-    dependencies: list[str] = Field(description="Every parent: depends_on_step and depends_on_steps together.")
+    dependencies: list[str] = Field(
+        description="Every parent: depends_on_step and depends_on_steps together."
+    )
     dependent_system: str
     default_retryable: bool
     default_retry_limit: int
@@ -368,33 +484,64 @@ class TemplateVersion(BaseModel):
     description: str | None
     default_dependent_system: str
     task_handler_class: str | None
-    context_schema: dict[str, Any] | None = Field(description="The JSON Schema a task's context must satisfy.")
+    context_schema: dict[str, Any] | None = Field(
+        description="The JSON Schema a task's context must satisfy."
+    )
     custom_events: list[str]
     step_templates: list[StepTemplateOut]
     dependency_graph: DependencyGraph
     execution_order: list[str] = Field(description="A topological order of the steps.")
-    execution_levels: list[list[str]] = Field(description="Steps grouped by depth; a level's steps run in parallel.")
+    execution_levels: list[list[str]] = Field(
+        description="Steps grouped by depth; a level's steps run in parallel."
+    )
 
     @classmethod
     def of(cls, t: TaskTemplate) -> TemplateVersion:
         pairs = [(s.name, s.parents) for s in t.step_templates]
-        steps = [StepTemplateOut(
-            name=s.name, description=s.description, handler_class=s.handler_class,
-            depends_on_step=s.depends_on_step, depends_on_steps=list(s.depends_on_steps), dependencies=s.parents,
-            dependent_system=t.dependent_system_of(s), default_retryable=s.default_retryable,
-            default_retry_limit=s.default_retry_limit, skippable=s.skippable, timeout_seconds=s.timeout_seconds,
-            handler_config_keys=sorted(s.handler_config), custom_events=[e.name for e in s.custom_events],
-        ) for s in t.step_templates]
+        steps = [
+            StepTemplateOut(
+                name=s.name,
+                description=s.description,
+                handler_class=s.handler_class,
+                depends_on_step=s.depends_on_step,
+                depends_on_steps=list(s.depends_on_steps),
+                dependencies=s.parents,
+                dependent_system=t.dependent_system_of(s),
+                default_retryable=s.default_retryable,
+                default_retry_limit=s.default_retry_limit,
+                skippable=s.skippable,
+                timeout_seconds=s.timeout_seconds,
+                handler_config_keys=sorted(s.handler_config),
+                custom_events=[e.name for e in s.custom_events],
+            )
+            for s in t.step_templates
+        ]
         graph = DependencyGraph(
-            nodes=[GraphNode(id=s.name, name=s.name, handler_class=s.handler_class,
-                             dependent_system=t.dependent_system_of(s)) for s in t.step_templates],
+            nodes=[
+                GraphNode(
+                    id=s.name,
+                    name=s.name,
+                    handler_class=s.handler_class,
+                    dependent_system=t.dependent_system_of(s),
+                )
+                for s in t.step_templates
+            ],
             edges=[GraphEdge(from_=p, to=s.name) for s in t.step_templates for p in s.parents],
         )
         return cls(
-            namespace=t.namespace_name, name=t.name, version=t.version, key=t.key, description=t.description,
-            default_dependent_system=t.default_dependent_system, task_handler_class=t.task_handler_class,
-            context_schema=t.context_schema, custom_events=[e.name for e in t.custom_events], step_templates=steps,
-            dependency_graph=graph, execution_order=execution_order(pairs), execution_levels=execution_levels(pairs),
+            namespace=t.namespace_name,
+            name=t.name,
+            version=t.version,
+            key=t.key,
+            description=t.description,
+            default_dependent_system=t.default_dependent_system,
+            task_handler_class=t.task_handler_class,
+            context_schema=t.context_schema,
+            custom_events=[e.name for e in t.custom_events],
+            step_templates=steps,
+            dependency_graph=graph,
+            execution_order=execution_order(pairs),
+            execution_levels=execution_levels(pairs),
         )
 
 
@@ -402,7 +549,9 @@ class HandlerDetail(BaseModel):
     namespace: str
     name: str
     latest_version: str
-    versions: list[TemplateVersion] = Field(description="Every loaded version, oldest first, or the one asked for.")
+    versions: list[TemplateVersion] = Field(
+        description="Every loaded version, oldest first, or the one asked for."
+    )
 
 
 def latest(versions: list[str]) -> str:
@@ -412,5 +561,7 @@ def latest(versions: list[str]) -> str:
 # -- diagrams ---------------------------------------------------------------------------------------------
 class Diagram(BaseModel):
     template: str = Field(description="`namespace/name@version` the diagram was drawn from.")
-    task_id: int | None = Field(description="The task whose step states colour the diagram, if any.")
+    task_id: int | None = Field(
+        description="The task whose step states colour the diagram, if any."
+    )
     mermaid: str = Field(description="A Mermaid flowchart (`graph TD`).")

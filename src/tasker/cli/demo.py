@@ -19,7 +19,14 @@ import click
 from rich.columns import Columns
 from rich.console import Console
 from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -79,18 +86,52 @@ def demo_templates(name: str | None) -> None:
 
 
 @demo.command("black-friday")
-@click.option("--orders", type=click.IntRange(min=1), default=200, show_default=True,
-              help="How many checkouts each side processes.")
-@click.option("--transient-failure-rate", type=click.FloatRange(0.0, 1.0), default=0.05, show_default=True,
-              help="Probability that any one service call (charge, reserve, mail) fails transiently.")
-@click.option("--decline-rate", type=click.FloatRange(0.0, 1.0), default=0.002, show_default=True,
-              help="Share of cards the payment gateway declines (a permanent failure).")
-@click.option("--seed", type=int, default=None, help="Seed of orders and faults; the same seed replays the same run.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object {naive, engine} and nothing else.")
-@click.option("--database-url", default=None,
-              help="Run on this store (its demo_* tables are recreated). Default: a fresh temporary SQLite file.")
-def black_friday(orders: int, transient_failure_rate: float, decline_rate: float, seed: int | None,
-                 as_json: bool, database_url: str | None) -> None:
+@click.option(
+    "--orders",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="How many checkouts each side processes.",
+)
+@click.option(
+    "--transient-failure-rate",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.05,
+    show_default=True,
+    help="Probability that any one service call (charge, reserve, mail) fails transiently.",
+)
+@click.option(
+    "--decline-rate",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.002,
+    show_default=True,
+    help="Share of cards the payment gateway declines (a permanent failure).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Seed of orders and faults; the same seed replays the same run.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object {naive, engine} and nothing else.",
+)
+@click.option(
+    "--database-url",
+    default=None,
+    help="Run on this store (its demo_* tables are recreated). Default: a fresh temporary SQLite file.",
+)
+def black_friday(
+    orders: int,
+    transient_failure_rate: float,
+    decline_rate: float,
+    seed: int | None,
+    as_json: bool,
+    database_url: str | None,
+) -> None:
     """The Black Friday story: a naive checkout and the workflow engine, same orders, same faults.
 
     After the engine has finished, the faults are switched off and every task that failed for any reason
@@ -103,16 +144,30 @@ def black_friday(orders: int, transient_failure_rate: float, decline_rate: float
     seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
     err = Console(stderr=True)
     with _progress(err, enabled=not as_json) as progress:
-        result = run_black_friday(orders, transient_failure_rate=transient_failure_rate, decline_rate=decline_rate,
-                                  seed=seed, database_url=database_url, progress=progress)
+        result = run_black_friday(
+            orders,
+            transient_failure_rate=transient_failure_rate,
+            decline_rate=decline_rate,
+            seed=seed,
+            database_url=database_url,
+            progress=progress,
+        )
     if as_json:
         click.echo(json.dumps(result))
         return
     out = Console()
-    out.print(f"[bold]Black Friday[/]: {orders} orders, transient failure rate {transient_failure_rate:g} per "
-              f"service call, decline rate {decline_rate:g}, seed {seed}")
-    out.print(Columns([_table("Naive checkout (no retries)", result["naive"]),
-                       _table("Tasker workflow", result["engine"], engine=True)]))
+    out.print(
+        f"[bold]Black Friday[/]: {orders} orders, transient failure rate {transient_failure_rate:g} per "
+        f"service call, decline rate {decline_rate:g}, seed {seed}"
+    )
+    out.print(
+        Columns(
+            [
+                _table("Naive checkout (no retries)", result["naive"]),
+                _table("Tasker workflow", result["engine"], engine=True),
+            ]
+        )
+    )
     out.print(_verdict(result))
 
 
@@ -123,8 +178,10 @@ def _check_url(url: str) -> None:
     except ArgumentError:
         backend = None
     if backend not in ("sqlite", "postgresql", "postgres"):
-        raise click.BadParameter(f"'{url}' is not a store URL; use sqlite:///path.db or postgresql://user@host/db",
-                                 param_hint="--database-url")
+        raise click.BadParameter(
+            f"'{url}' is not a store URL; use sqlite:///path.db or postgresql://user@host/db",
+            param_hint="--database-url",
+        )
 
 
 @contextmanager
@@ -134,8 +191,14 @@ def _progress(console: Console, *, enabled: bool) -> Iterator[Callable[[str, int
         yield lambda phase, done, total: None
         return
     bars: dict[str, TaskID] = {}
-    with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
+    with Progress(
+        TextColumn("{task.description:<16}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
 
         def update(phase: str, done: int, total: int) -> None:
             if phase not in bars:
@@ -206,8 +269,11 @@ def _engine_verdict(engine: dict[str, Any]) -> str:
     if failed == 0:
         outcome = "no orders failed"
     elif declined == failed:
-        outcome = ("1 order failed, on a declined card" if failed == 1
-                   else f"{failed} orders failed, all on declined cards")
+        outcome = (
+            "1 order failed, on a declined card"
+            if failed == 1
+            else f"{failed} orders failed, all on declined cards"
+        )
     elif declined == 0:
         outcome = f"{_count(failed, 'order')} failed, none on a declined card"
     else:
@@ -217,19 +283,30 @@ def _engine_verdict(engine: dict[str, Any]) -> str:
     if lost == 0 and doubled == 0:
         money = "no customer was charged without an order or charged twice"
     else:
-        money = (f"{_count(lost, 'customer')} charged without an order, "
-                 f"{_count(doubled, 'double charge')}")
+        money = (
+            f"{_count(lost, 'customer')} charged without an order, "
+            f"{_count(doubled, 'double charge')}"
+        )
     operator = engine["failed_before_retry"] - declined
     if operator <= 0:
         retry = "No order needed the operator's retry."
     else:
         share = 100 * operator / max(engine["orders"], 1)
         recovered = engine["recovered_by_retry"]
-        them = ("it completed" if recovered == 1 else "it did not complete") if operator == 1 else (
-            "all of them completed" if recovered == operator else
-            "none of them completed" if recovered == 0 else f"{recovered} of them completed")
-        retry = (f"{_count(operator, 'order')} ({share:.2f}%) needed the operator's retry "
-                 f"and {them}.")
+        them = (
+            ("it completed" if recovered == 1 else "it did not complete")
+            if operator == 1
+            else (
+                "all of them completed"
+                if recovered == operator
+                else "none of them completed"
+                if recovered == 0
+                else f"{recovered} of them completed"
+            )
+        )
+        retry = (
+            f"{_count(operator, 'order')} ({share:.2f}%) needed the operator's retry and {them}."
+        )
     return f"{outcome}; {money}. {retry}"
 
 
@@ -251,32 +328,86 @@ REGISTRATION_ROWS: list[tuple[str, str]] = [
     ("wall time (s)", "wall_seconds"),
 ]
 #: Figures that must be 0 on a good run: shown in red otherwise.
-MUST_BE_ZERO = frozenset({
-    "users_without_billing", "users_without_preferences", "users_without_welcome", "duplicate_users",
-    "duplicate_billing_profiles", "duplicate_emails", "manual_interventions", "steps_over_retry_limit",
-})
+MUST_BE_ZERO = frozenset(
+    {
+        "users_without_billing",
+        "users_without_preferences",
+        "users_without_welcome",
+        "duplicate_users",
+        "duplicate_billing_profiles",
+        "duplicate_emails",
+        "manual_interventions",
+        "steps_over_retry_limit",
+    }
+)
 
 
 @demo.command("registration-outage")
-@click.option("--registrations", type=click.IntRange(min=1, max=10_000), default=47, show_default=True,
-              help="How many users register while BillingService is down.")
-@click.option("--outage-seconds", type=click.FloatRange(min=0, min_open=True, max=3600), default=60.0,
-              show_default=True, help="How long BillingService stays down.")
-@click.option("--workers", type=click.IntRange(0, 16), default=2, show_default=True,
-              help="`tasker worker` processes to start (0: one worker inside this process).")
-@click.option("--concurrency", type=click.IntRange(1, 256), default=16, show_default=True,
-              help="Steps each worker runs at the same time.")
-@click.option("--outage-mode", type=click.Choice(["refuse", "unavailable"]), default="refuse", show_default=True,
-              help="How BillingService is down: 'refuse' stops listening (connection refused), 'unavailable' "
-                   "answers 503.")
-@click.option("--seed", type=int, default=None, help="Seed of the generated registrations (plans, preferences).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object {naive, engine} and nothing else.")
-@click.option("--database-url", default=None,
-              help="Run the engine on this store. Default: a fresh temporary SQLite file.")
+@click.option(
+    "--registrations",
+    type=click.IntRange(min=1, max=10_000),
+    default=47,
+    show_default=True,
+    help="How many users register while BillingService is down.",
+)
+@click.option(
+    "--outage-seconds",
+    type=click.FloatRange(min=0, min_open=True, max=3600),
+    default=60.0,
+    show_default=True,
+    help="How long BillingService stays down.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 16),
+    default=2,
+    show_default=True,
+    help="`tasker worker` processes to start (0: one worker inside this process).",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 256),
+    default=16,
+    show_default=True,
+    help="Steps each worker runs at the same time.",
+)
+@click.option(
+    "--outage-mode",
+    type=click.Choice(["refuse", "unavailable"]),
+    default="refuse",
+    show_default=True,
+    help="How BillingService is down: 'refuse' stops listening (connection refused), 'unavailable' "
+    "answers 503.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Seed of the generated registrations (plans, preferences).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object {naive, engine} and nothing else.",
+)
+@click.option(
+    "--database-url",
+    default=None,
+    help="Run the engine on this store. Default: a fresh temporary SQLite file.",
+)
 @click.pass_context
-def registration_outage(ctx: click.Context, registrations: int, outage_seconds: float, workers: int,
-                        concurrency: int, outage_mode: str, seed: int | None, as_json: bool,
-                        database_url: str | None) -> None:
+def registration_outage(
+    ctx: click.Context,
+    registrations: int,
+    outage_seconds: float,
+    workers: int,
+    concurrency: int,
+    outage_mode: str,
+    seed: int | None,
+    as_json: bool,
+    database_url: str | None,
+) -> None:
     """The microservices story: BillingService goes down while users register, then comes back.
 
     Four real HTTP services run on free loopback ports. A naive sequential coordinator registers the users
@@ -294,15 +425,23 @@ def registration_outage(ctx: click.Context, registrations: int, outage_seconds: 
     st = ctx.find_object(State)
     engine_log = logging.getLogger("tasker")
     level = engine_log.level
-    if not (st and st.verbose):  # an in-process worker's warnings (each refused call) would tear the live display
+    if not (
+        st and st.verbose
+    ):  # an in-process worker's warnings (each refused call) would tear the live display
         engine_log.setLevel(logging.ERROR)
     err = Console(stderr=True)
     try:
         with _live(err, enabled=not as_json) as monitor:
             result = run_registration_outage(
-                registrations, outage_seconds, workers=workers, concurrency=concurrency,
-                outage_mode="refuse" if outage_mode == "refuse" else "unavailable", database_url=database_url,
-                seed=seed, monitor=monitor)
+                registrations,
+                outage_seconds,
+                workers=workers,
+                concurrency=concurrency,
+                outage_mode="refuse" if outage_mode == "refuse" else "unavailable",
+                database_url=database_url,
+                seed=seed,
+                monitor=monitor,
+            )
     finally:
         engine_log.setLevel(level)
     if as_json:
@@ -310,18 +449,28 @@ def registration_outage(ctx: click.Context, registrations: int, outage_seconds: 
         return
     engine = result["engine"]
     out = Console()
-    out.print(f"[bold]Registration outage[/]: {registrations} registrations, BillingService down "
-              f"{outage_seconds:g} s ({outage_mode}), "
-              f"{f'{workers} worker processes' if workers else 'one in-process worker'}, seed {engine['seed']}")
+    out.print(
+        f"[bold]Registration outage[/]: {registrations} registrations, BillingService down "
+        f"{outage_seconds:g} s ({outage_mode}), "
+        f"{f'{workers} worker processes' if workers else 'one in-process worker'}, seed {engine['seed']}"
+    )
     out.print()
     out.print("[bold]Timeline[/] (engine side, from the event log)")
     for entry in engine["timeline"]:
         at = datetime.fromisoformat(entry["at"]).astimezone()
-        out.print(f"  {at:%H:%M:%S}.{at.microsecond // 100_000}  (+{entry['offset_seconds']:6.1f} s)  {entry['text']}",
-                  highlight=False)
+        out.print(
+            f"  {at:%H:%M:%S}.{at.microsecond // 100_000}  (+{entry['offset_seconds']:6.1f} s)  {entry['text']}",
+            highlight=False,
+        )
     out.print()
-    out.print(Columns([_registration_table("Naive coordinator (no engine)", result["naive"]),
-                       _registration_table("Tasker workflow", engine, engine=True)]))
+    out.print(
+        Columns(
+            [
+                _registration_table("Naive coordinator (no engine)", result["naive"]),
+                _registration_table("Tasker workflow", engine, engine=True),
+            ]
+        )
+    )
     out.print(_registration_verdict(result))
 
 
@@ -341,21 +490,40 @@ def _live(console: Console, *, enabled: bool) -> Iterator[Callable[[Any], None]]
 
 def _progress_view(p: Any) -> Table:
     if p.phase == "naive":
-        title = (f"naive coordinator, BillingService down: {p.completed + p.failed}/{p.total} registrations tried, "
-                 f"{p.failed} failed")
+        title = (
+            f"naive coordinator, BillingService down: {p.completed + p.failed}/{p.total} registrations tried, "
+            f"{p.failed} failed"
+        )
     elif p.phase == "starting":
         title = "starting the services and the workers"
     elif p.outage_left is not None:
-        title = (f"+{p.elapsed:5.1f} s  BillingService [bold red]DOWN[/], back in {p.outage_left:4.1f} s  "
-                 f"circuit billing_service: {_circuit(p.circuit)}")
+        title = (
+            f"+{p.elapsed:5.1f} s  BillingService [bold red]DOWN[/], back in {p.outage_left:4.1f} s  "
+            f"circuit billing_service: {_circuit(p.circuit)}"
+        )
     else:
-        title = (f"+{p.elapsed:5.1f} s  BillingService [bold green]UP[/]  circuit billing_service: "
-                 f"{_circuit(p.circuit)}")
-    table = Table(title=title, title_justify="left", caption=(
-        f"{p.completed}/{p.total} registrations complete, {p.waiting} waiting for billing, {p.failed} failed"
-    ) if p.phase != "naive" else None, caption_justify="left")
-    states = {"pending": "pending", "ready": "ready", "waiting_retry": "retry", "in_progress": "running",
-              "complete": "done", "error": "error"}
+        title = (
+            f"+{p.elapsed:5.1f} s  BillingService [bold green]UP[/]  circuit billing_service: "
+            f"{_circuit(p.circuit)}"
+        )
+    table = Table(
+        title=title,
+        title_justify="left",
+        caption=(
+            f"{p.completed}/{p.total} registrations complete, {p.waiting} waiting for billing, {p.failed} failed"
+        )
+        if p.phase != "naive"
+        else None,
+        caption_justify="left",
+    )
+    states = {
+        "pending": "pending",
+        "ready": "ready",
+        "waiting_retry": "retry",
+        "in_progress": "running",
+        "complete": "done",
+        "error": "error",
+    }
     table.add_column("step")
     for header in states.values():
         table.add_column(header, justify="right")
@@ -381,14 +549,22 @@ def _registration_table(title: str, side: dict[str, Any], *, engine: bool = Fals
     if engine:
         table.add_section()
         table.add_row("waiting when billing came back", str(side.get("waiting_at_recovery")))
-        table.add_row("recovery to last completion (s)",
-                      _registration_cell("recovery", side.get("recovery_to_last_completion_seconds")))
-        table.add_row("steps over their retry limit",
-                      _registration_cell("steps_over_retry_limit", side.get("steps_over_retry_limit")))
-        table.add_row("billing circuit opened / probes",
-                      f"{side.get('circuit_opened', 0)} / {side.get('circuit_probes', 0)}")
+        table.add_row(
+            "recovery to last completion (s)",
+            _registration_cell("recovery", side.get("recovery_to_last_completion_seconds")),
+        )
+        table.add_row(
+            "steps over their retry limit",
+            _registration_cell("steps_over_retry_limit", side.get("steps_over_retry_limit")),
+        )
+        table.add_row(
+            "billing circuit opened / probes",
+            f"{side.get('circuit_opened', 0)} / {side.get('circuit_probes', 0)}",
+        )
         for step, a in (side.get("attempts") or {}).items():
-            table.add_row(f"attempts {step}", f"max {a['max']} of {a['retry_limit']}, total {a['total']}")
+            table.add_row(
+                f"attempts {step}", f"max {a['max']} of {a['retry_limit']}, total {a['total']}"
+            )
     return table
 
 
@@ -398,10 +574,21 @@ def _registration_cell(key: str, value: Any) -> str:
 
 def _registration_verdict(result: dict[str, dict[str, Any]]) -> str:
     naive, engine = result["naive"], result["engine"]
-    duplicates = sum(engine[k] for k in ("duplicate_users", "duplicate_billing_profiles", "duplicate_preferences",
-                                         "duplicate_emails"))
+    duplicates = sum(
+        engine[k]
+        for k in (
+            "duplicate_users",
+            "duplicate_billing_profiles",
+            "duplicate_preferences",
+            "duplicate_emails",
+        )
+    )
     recovery = engine["recovery_to_last_completion_seconds"]
-    when = f", the last {recovery:.1f} s after BillingService came back" if recovery is not None else ""
+    when = (
+        f", the last {recovery:.1f} s after BillingService came back"
+        if recovery is not None
+        else ""
+    )
     return (
         f"\nNaive: {naive['failed']} of {naive['registrations']} registrations failed; "
         f"{naive['users_without_billing']} users left without billing, {naive['users_without_preferences']} "

@@ -21,20 +21,36 @@ def keys() -> None:
     """API keys for the REST API (stored as SHA-256 digests; see docs/authentication.md)."""
 
 
-@keys.command(help=f"Create a key and print it once. Permissions: {', '.join(PERMISSIONS)}; wildcards: "
-                   f"{', '.join(WILDCARDS)}.")
+@keys.command(
+    help=f"Create a key and print it once. Permissions: {', '.join(PERMISSIONS)}; wildcards: "
+    f"{', '.join(WILDCARDS)}."
+)
 @click.option("--name", required=True, help="A unique name for the key (who or what uses it).")
-@click.option("--permissions", "permission_list", default=None, metavar="P1,P2",
-              help="Comma-separated permissions to grant.")
-@click.option("--permission", "permission_items", multiple=True, metavar="P",
-              help="A permission to grant (repeatable).")
+@click.option(
+    "--permissions",
+    "permission_list",
+    default=None,
+    metavar="P1,P2",
+    help="Comma-separated permissions to grant.",
+)
+@click.option(
+    "--permission",
+    "permission_items",
+    multiple=True,
+    metavar="P",
+    help="A permission to grant (repeatable).",
+)
 @click.pass_context
-def create(ctx: click.Context, name: str, permission_list: str | None, permission_items: tuple[str, ...]) -> None:
+def create(
+    ctx: click.Context, name: str, permission_list: str | None, permission_items: tuple[str, ...]
+) -> None:
     wanted = [*(permission_list.split(",") if permission_list else []), *permission_items]
     record, secret = state(ctx).engine(load=False).create_api_key(name, wanted)
     err_console.print(
         f"created API key '{record.name}' ({record.prefix}) with {', '.join(record.permissions)}; it is shown "
-        "once, so store it now (only its digest is kept):", highlight=False, soft_wrap=True,
+        "once, so store it now (only its digest is kept):",
+        highlight=False,
+        soft_wrap=True,
     )
     click.echo(secret)
 
@@ -56,8 +72,13 @@ def list_(ctx: click.Context) -> None:
 
     for r in rows:
         status = "[red]revoked[/]" if r.revoked else "[green]active[/]"
-        table.add_row(f"{r.name}\n[dim]{r.prefix}[/]", status, when(r.created_at), when(r.last_used_at),
-                      "\n".join(r.permissions))
+        table.add_row(
+            f"{r.name}\n[dim]{r.prefix}[/]",
+            status,
+            when(r.created_at),
+            when(r.last_used_at),
+            "\n".join(r.permissions),
+        )
     console.print(table, highlight=False)
 
 
@@ -68,5 +89,7 @@ def revoke(ctx: click.Context, name: str) -> None:
     """Revoke a key: requests that carry it get 401 from now on."""
     record = state(ctx).engine(load=False, access="read").revoke_api_key(name)
     assert record.revoked_at is not None
-    console.print(f"API key '{record.name}' ({record.prefix}) revoked at {record.revoked_at:%Y-%m-%d %H:%M:%S} UTC",
-                  highlight=False)
+    console.print(
+        f"API key '{record.name}' ({record.prefix}) revoked at {record.revoked_at:%Y-%m-%d %H:%M:%S} UTC",
+        highlight=False,
+    )

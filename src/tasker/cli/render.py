@@ -14,8 +14,14 @@ from tasker.templates.graph import execution_levels, mermaid
 from tasker.templates.model import TaskTemplate
 
 STATE_COLOURS = {
-    "complete": "green", "resolved_manually": "blue", "error": "red", "cancelled": "bright_black",
-    "in_progress": "yellow", "waiting_retry": "dark_orange", "ready": "cyan", "pending": "white",
+    "complete": "green",
+    "resolved_manually": "blue",
+    "error": "red",
+    "cancelled": "bright_black",
+    "in_progress": "yellow",
+    "waiting_retry": "dark_orange",
+    "ready": "cyan",
+    "pending": "white",
     "skipped": "bright_black",
 }
 
@@ -35,9 +41,11 @@ def _duration(seconds: float | None) -> str:
 
 
 def task_header(task: Task) -> str:
-    return (f"Task {task.id}  {task.template_key}  {coloured(task.status)}  "
-            f"created {task.created_at:%Y-%m-%d %H:%M:%S}Z  correlation {task.correlation_id}  "
-            f"duration {_duration(task.duration_seconds)}")
+    return (
+        f"Task {task.id}  {task.template_key}  {coloured(task.status)}  "
+        f"created {task.created_at:%Y-%m-%d %H:%M:%S}Z  correlation {task.correlation_id}  "
+        f"duration {_duration(task.duration_seconds)}"
+    )
 
 
 def steps_table(task: Task) -> Table:
@@ -49,8 +57,15 @@ def steps_table(task: Task) -> Table:
         err = ""
         if s.last_error:
             err = f"{s.last_error.get('class', '')}: {s.last_error.get('message', '')}"
-        table.add_row(s.name, coloured(s.status), f"{s.attempts}/{s.retry_limit}", _time(s.started_at),
-                      _time(s.finished_at), _duration(s.duration_seconds), err[:200])
+        table.add_row(
+            s.name,
+            coloured(s.status),
+            f"{s.attempts}/{s.retry_limit}",
+            _time(s.started_at),
+            _time(s.finished_at),
+            _duration(s.duration_seconds),
+            err[:200],
+        )
     return table
 
 
@@ -59,8 +74,14 @@ def tasks_table(tasks: list[Task], total: int) -> Table:
     for col in ("id", "template", "status", "created", "duration", "correlation id"):
         table.add_column(col)
     for t in tasks:
-        table.add_row(str(t.id), t.template_key, coloured(t.status), f"{t.created_at:%Y-%m-%d %H:%M:%S}",
-                      _duration(t.duration_seconds), t.correlation_id)
+        table.add_row(
+            str(t.id),
+            t.template_key,
+            coloured(t.status),
+            f"{t.created_at:%Y-%m-%d %H:%M:%S}",
+            _duration(t.duration_seconds),
+            t.correlation_id,
+        )
     return table
 
 
@@ -73,8 +94,15 @@ def template_steps_table(t: TaskTemplate) -> Table:
         retry = f"{p.retry_limit} attempts" if p.retryable else "never retried"
         backoff = f"{p.backoff_base_seconds:g}s x2 ≤ {p.backoff_max_seconds:g}s ±{p.jitter:.0%}"
         timeout = f"{s.timeout_seconds:g}s" if s.timeout_seconds else "-"
-        table.add_row(s.name, ", ".join(s.parents) or "-", s.handler_class, retry, backoff, timeout,
-                      t.dependent_system_of(s))
+        table.add_row(
+            s.name,
+            ", ".join(s.parents) or "-",
+            s.handler_class,
+            retry,
+            backoff,
+            timeout,
+            t.dependent_system_of(s),
+        )
     return table
 
 
@@ -88,7 +116,9 @@ def template_mermaid(t: TaskTemplate) -> str:
 
 
 def task_mermaid(t: TaskTemplate, task: Task) -> str:
-    return mermaid([(s.name, s.parents) for s in t.step_templates], {s.name: s.status for s in task.steps})
+    return mermaid(
+        [(s.name, s.parents) for s in t.step_templates], {s.name: s.status for s in task.steps}
+    )
 
 
 # -- `tasker run`: why a step waits, and what each step cost ------------------------------------
@@ -103,8 +133,13 @@ def _clock(t: datetime) -> str:
     return f"{t.astimezone():%H:%M:%S}"
 
 
-def waiting_reason(step: Step, system: Mapping[str, Any] | None, namespace: str,
-                   namespace_limit: int | None, now: datetime) -> str | None:
+def waiting_reason(
+    step: Step,
+    system: Mapping[str, Any] | None,
+    namespace: str,
+    namespace_limit: int | None,
+    now: datetime,
+) -> str | None:
     """Why a claimable step is not running, in the words of the engine's rules; None if not held.
 
     The circuit comes first (an open circuit defers steps whatever their retry time), then the
@@ -134,8 +169,12 @@ def waiting_reason(step: Step, system: Mapping[str, Any] | None, namespace: str,
     return None
 
 
-def waiting_line(task: Task, systems: Sequence[Mapping[str, Any]],
-                 namespace_limits: Mapping[str, int], now: datetime | None = None) -> str:
+def waiting_line(
+    task: Task,
+    systems: Sequence[Mapping[str, Any]],
+    namespace_limits: Mapping[str, int],
+    now: datetime | None = None,
+) -> str:
     """The live line: "waiting: circuit 'mailer' open, next probe 23:55:41 (send_mail)", or "".
 
     Steps held for the same reason are named together after it, so a fan-out behind one open
@@ -166,8 +205,12 @@ class StepCost:
     last_error: str
 
 
-def step_cost(step: Step, rows: Sequence[Mapping[str, Any]], probe_times: Iterable[datetime],
-              now: datetime | None = None) -> StepCost:
+def step_cost(
+    step: Step,
+    rows: Sequence[Mapping[str, Any]],
+    probe_times: Iterable[datetime],
+    now: datetime | None = None,
+) -> StepCost:
     """Read a step's story from its transitions (oldest first).
 
     The clock starts when the step could first run (its move to `ready`, or its first claim) and
@@ -203,9 +246,12 @@ def step_cost(step: Step, rows: Sequence[Mapping[str, Any]], probe_times: Iterab
     return StepCost(step.attempts, probes, total, max(0.0, total - running), last_error)
 
 
-def run_steps_table(task: Task, transitions: Sequence[Mapping[str, Any]],
-                    circuit_history: Sequence[Mapping[str, Any]],
-                    now: datetime | None = None) -> Table:
+def run_steps_table(
+    task: Task,
+    transitions: Sequence[Mapping[str, Any]],
+    circuit_history: Sequence[Mapping[str, Any]],
+    now: datetime | None = None,
+) -> Table:
     """The final table of `tasker run`: per step its attempts, probes, total and waiting time and
     last error.
 
@@ -226,7 +272,13 @@ def run_steps_table(task: Task, transitions: Sequence[Mapping[str, Any]],
     table.add_column("last error", overflow="fold")
     for s in task.steps:
         cost = step_cost(s, by_step.get(s.id, []), probe_times.get(s.dependent_system, []), now)
-        table.add_row(s.name, coloured(s.status), f"{cost.attempts}/{s.retry_limit}",
-                      str(cost.probes or ""), _duration(cost.total_seconds),
-                      _duration(cost.waited_seconds), cost.last_error[:200])
+        table.add_row(
+            s.name,
+            coloured(s.status),
+            f"{cost.attempts}/{s.retry_limit}",
+            str(cost.probes or ""),
+            _duration(cost.total_seconds),
+            _duration(cost.waited_seconds),
+            cost.last_error[:200],
+        )
     return table

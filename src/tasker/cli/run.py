@@ -42,14 +42,31 @@ SYSTEMS_INTERVAL = 0.5
 
 @click.command()
 @click.argument("ref")
-@click.option("--context", "context", default="{}", show_default=True, help="Task context as JSON or @file.json.")
+@click.option(
+    "--context",
+    "context",
+    default="{}",
+    show_default=True,
+    help="Task context as JSON or @file.json.",
+)
 @click.option("--version", default=None, help="Template version (default: the latest loaded).")
-@click.option("--idempotency-key", default=None, help="Return the existing task for a repeated key.")
-@click.option("--concurrency", type=click.IntRange(1, 1024), default=None, help="Steps run at the same time.")
+@click.option(
+    "--idempotency-key", default=None, help="Return the existing task for a repeated key."
+)
+@click.option(
+    "--concurrency", type=click.IntRange(1, 1024), default=None, help="Steps run at the same time."
+)
 @templates_option
 @click.pass_context
-def run(ctx: click.Context, ref: str, context: str, version: str | None, idempotency_key: str | None,
-        concurrency: int | None, templates: tuple[str, ...]) -> None:
+def run(
+    ctx: click.Context,
+    ref: str,
+    context: str,
+    version: str | None,
+    idempotency_key: str | None,
+    concurrency: int | None,
+    templates: tuple[str, ...],
+) -> None:
     """Create a task from template NS/NAME[@VERSION] and run it to the end.
 
     Exit 0 when the task completes, 1 when it ends in error, 2 for bad input.
@@ -59,12 +76,17 @@ def run(ctx: click.Context, ref: str, context: str, version: str | None, idempot
         raise TaskerInputError("--context must be a JSON object, like '{\"order_id\": 1}'")
     st = state(ctx)
     if not st.settings.templates(templates):
-        raise TaskerInputError("no templates to load; fix: pass --templates PATH or set TASKER_TEMPLATE_PATH")
+        raise TaskerInputError(
+            "no templates to load; fix: pass --templates PATH or set TASKER_TEMPLATE_PATH"
+        )
     engine = st.engine(templates)
     task = engine.create_task(ref, value, version=version, idempotency_key=idempotency_key)
     if task.deduplicated:
-        console.print(f"[yellow]task {task.id} already exists for this request (idempotency key); "
-                      "showing it[/]", highlight=False)
+        console.print(
+            f"[yellow]task {task.id} already exists for this request (idempotency key); "
+            "showing it[/]",
+            highlight=False,
+        )
     watch = Watch(engine, task)
     outcome: dict[str, Any] = {}
 
@@ -136,8 +158,13 @@ class Watch:
 def follow(watch: Watch, alive: Callable[[], bool]) -> None:
     """Redraw on every change the events announce (and every FALLBACK_SECONDS) until the end."""
     live_display = console.is_terminal
-    bar_columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
+    bar_columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+    )
     progress = Progress(*bar_columns, console=console, transient=True)
     bar = progress.add_task(f"task {watch.task.id}", total=len(watch.task.steps), detail="")
     line = Text("", style="dark_orange", overflow="fold")
@@ -153,8 +180,13 @@ def follow(watch: Watch, alive: Callable[[], bool]) -> None:
             err_console.print(f"task {watch.task.id} {waiting}", highlight=False, soft_wrap=True)
         said = waiting
 
-    with Live(Group(progress, line), console=console, refresh_per_second=4, transient=True,
-              auto_refresh=live_display):
+    with Live(
+        Group(progress, line),
+        console=console,
+        refresh_per_second=4,
+        transient=True,
+        auto_refresh=live_display,
+    ):
         last = 0.0
         while alive():
             watch.changed.wait(FALLBACK_SECONDS)
@@ -164,4 +196,3 @@ def follow(watch: Watch, alive: Callable[[], bool]) -> None:
             watch.changed.clear()
             last = time.monotonic()
             draw()
-

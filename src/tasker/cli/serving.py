@@ -41,12 +41,22 @@ from tasker.observability.logging import set_level
 log = logging.getLogger("tasker.api")
 
 
-def serve_api(ctx: click.Context, host: str | None, port: int | None, templates: tuple[str, ...],
-              database_url: str | None, workers: int, concurrency: int | None) -> None:
+def serve_api(
+    ctx: click.Context,
+    host: str | None,
+    port: int | None,
+    templates: tuple[str, ...],
+    database_url: str | None,
+    workers: int,
+    concurrency: int | None,
+) -> None:
     """Serve the REST API (under /api/v1, docs at /docs) and optionally run workers."""
     st = state(ctx)
-    settings = dataclasses.replace(st.settings, api_host=host or st.settings.api_host,
-                                   api_port=st.settings.api_port if port is None else port)
+    settings = dataclasses.replace(
+        st.settings,
+        api_host=host or st.settings.api_host,
+        api_port=st.settings.api_port if port is None else port,
+    )
     check_auth_settings(settings)
     level = ctx.meta.get("tasker.log_level") or ("DEBUG" if st.verbose else settings.log_level)
     set_level(level)
@@ -55,25 +65,42 @@ def serve_api(ctx: click.Context, host: str | None, port: int | None, templates:
     sock = _listen(settings.api_host, settings.api_port)
     engine = st.engine(templates)
     if not len(engine.registry):
-        log.warning("no templates are loaded, so no task can be created; fix: pass --templates PATH")
+        log.warning(
+            "no templates are loaded, so no task can be created; fix: pass --templates PATH"
+        )
     warning = auth_warning(settings)
     if warning:
         log.warning(warning)
     bound_host, bound_port = sock.getsockname()[:2]
-    log.info("serving the Tasker API on http://%s:%d%s (docs at /docs) with %d in-process worker(s)",
-             bound_host, bound_port, API_PREFIX, workers)
+    log.info(
+        "serving the Tasker API on http://%s:%d%s (docs at /docs) with %d in-process worker(s)",
+        bound_host,
+        bound_port,
+        API_PREFIX,
+        workers,
+    )
     per_worker = concurrency or settings.concurrency
-    pool = _Supervisor(engine, workers, grace_seconds=settings.grace_seconds,
-                       make_worker=lambda: engine.worker(concurrency=per_worker,
-                                                         grace_seconds=settings.grace_seconds))
+    pool = _Supervisor(
+        engine,
+        workers,
+        grace_seconds=settings.grace_seconds,
+        make_worker=lambda: engine.worker(
+            concurrency=per_worker, grace_seconds=settings.grace_seconds
+        ),
+    )
     app = create_app(engine, settings)
     if workers:
         attach(app, pool)  # the health routes report the embedded workers: down means not ready
     # log_config=None: uvicorn's own lines go through the same handler (and format) as every other line.
     logging.getLogger("uvicorn.error").addFilter(_drop_colour)
-    config = uvicorn.Config(app, log_config=None, log_level=level.lower(), lifespan="on",
-                            timeout_graceful_shutdown=max(1, round(settings.grace_seconds)),
-                            **uvicorn_options())  # h11 with a bounded head: 414/431, never a reset
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        log_level=level.lower(),
+        lifespan="on",
+        timeout_graceful_shutdown=max(1, round(settings.grace_seconds)),
+        **uvicorn_options(),
+    )  # h11 with a bounded head: 414/431, never a reset
     server = _Server(config, on_exit=pool.stop)
     pool.start()
     try:
@@ -110,13 +137,16 @@ def _drop_colour(record: logging.LogRecord) -> bool:
 def _listen(host: str, port: int) -> socket.socket:
     """Bind before anything else starts, so a busy port or a bad host is one clear line and exit 2."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
     except OSError as exc:
-        fail(f"cannot listen on {host}:{port} ({exc.strerror or exc}); fix: choose another --port or --host")
+        fail(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); fix: choose another --port or --host"
+        )
         raise  # unreachable: fail() exits
     sock.listen(2048)
     sock.set_inheritable(True)
@@ -140,7 +170,9 @@ class _Server(uvicorn.Server):
         if self.should_exit:
             log.info("received %s again: already stopping", name)
         else:
-            log.info("received %s: stops accepting requests; in-flight requests and steps finish", name)
+            log.info(
+                "received %s: stops accepting requests; in-flight requests and steps finish", name
+            )
         super().handle_exit(sig, frame)
         self._on_exit()
 
@@ -149,7 +181,9 @@ class _Server(uvicorn.Server):
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        original = {
+            sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
         try:
             yield
         finally:
@@ -157,8 +191,9 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def next_backoff(previous: float | None, ran_for: float, *, initial: float, maximum: float,
-                 healthy_after: float) -> float:
+def next_backoff(
+    previous: float | None, ran_for: float, *, initial: float, maximum: float, healthy_after: float
+) -> float:
     """Seconds to wait before restarting a worker that died after running `ran_for` seconds.
 
     Doubling from `initial` up to `maximum` keeps a worker that dies at once (a poison step it keeps
@@ -196,9 +231,17 @@ class _Supervisor:
     `/health/status` read, so the server never reports healthy while a worker is down.
     """
 
-    def __init__(self, engine: Tasker, count: int, make_worker: Callable[[], Worker], *,
-                 grace_seconds: float, backoff_initial: float = 1.0, backoff_max: float = 60.0,
-                 healthy_after: float = 60.0):
+    def __init__(
+        self,
+        engine: Tasker,
+        count: int,
+        make_worker: Callable[[], Worker],
+        *,
+        grace_seconds: float,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 60.0,
+        healthy_after: float = 60.0,
+    ):
         self.engine = engine
         self.count = count
         self.make_worker = make_worker
@@ -214,8 +257,12 @@ class _Supervisor:
 
     def start(self) -> None:
         for slot in self._slots:
-            thread = threading.Thread(target=self._supervise, args=(slot,), daemon=True,
-                                      name=f"tasker-serve-worker-{slot.index}")
+            thread = threading.Thread(
+                target=self._supervise,
+                args=(slot,),
+                daemon=True,
+                name=f"tasker-serve-worker-{slot.index}",
+            )
             self._threads.append(thread)
             thread.start()
 
@@ -242,11 +289,17 @@ class _Supervisor:
         with self._lock:
             return [
                 EmbeddedWorkerState(
-                    index=s.index, total=self.count, state=s.state,
-                    worker_id=s.worker.id if s.worker is not None else None, since=s.since,
-                    restarts=s.restarts, last_error=s.last_error, last_error_at=s.last_error_at,
-                    restart_in_seconds=(None if s.restart_at is None
-                                        else max(0.0, s.restart_at - now)),
+                    index=s.index,
+                    total=self.count,
+                    state=s.state,
+                    worker_id=s.worker.id if s.worker is not None else None,
+                    since=s.since,
+                    restarts=s.restarts,
+                    last_error=s.last_error,
+                    last_error_at=s.last_error_at,
+                    restart_in_seconds=(
+                        None if s.restart_at is None else max(0.0, s.restart_at - now)
+                    ),
                 )
                 for s in self._slots
             ]
@@ -286,25 +339,46 @@ class _Supervisor:
             ran_for = time.monotonic() - started
             if self._stopping.is_set():
                 if error is not None:
-                    log.warning("embedded worker %d of %d (%s) ended with %s while the server "
-                                "stopped", slot.index, self.count, worker_id, _describe(error),
-                                exc_info=error)
+                    log.warning(
+                        "embedded worker %d of %d (%s) ended with %s while the server stopped",
+                        slot.index,
+                        self.count,
+                        worker_id,
+                        _describe(error),
+                        exc_info=error,
+                    )
                 break
             if error is None:
                 error = RuntimeError("its run returned although nobody asked it to stop")
-            delay = next_backoff(delay, ran_for, initial=self.backoff_initial,
-                                 maximum=self.backoff_max, healthy_after=self.healthy_after)
+            delay = next_backoff(
+                delay,
+                ran_for,
+                initial=self.backoff_initial,
+                maximum=self.backoff_max,
+                healthy_after=self.healthy_after,
+            )
             why = _describe(error)
             # The traceback once per distinct error: a worker dying of the same poison every minute
             # would otherwise bury the log under copies of it.
             repeated = why == slot.last_error
-            self._set(slot, "restarting", last_error=why, last_error_at=datetime.now(UTC),
-                      restart_at=time.monotonic() + delay)
-            log.error("embedded worker %d of %d (%s) died after %.1f s on %s%s; "
-                      "restarting it in %.3g s",
-                      slot.index, self.count, worker_id, ran_for, why,
-                      " (as before; traceback above)" if repeated else "", delay,
-                      exc_info=None if repeated else error)
+            self._set(
+                slot,
+                "restarting",
+                last_error=why,
+                last_error_at=datetime.now(UTC),
+                restart_at=time.monotonic() + delay,
+            )
+            log.error(
+                "embedded worker %d of %d (%s) died after %.1f s on %s%s; restarting it in %.3g s",
+                slot.index,
+                self.count,
+                worker_id,
+                ran_for,
+                why,
+                " (as before; traceback above)" if repeated else "",
+                delay,
+                exc_info=None if repeated else error,
+            )
             if self._stopping.wait(delay):
                 break
         self._set(slot, "stopped", restart_at=None)

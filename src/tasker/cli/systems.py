@@ -67,25 +67,42 @@ def list_(ctx: click.Context, as_json: bool) -> None:
     table = Table(title=f"{len(rows)} dependent systems")
     table.add_column("system", no_wrap=True)
     table.add_column("circuit", no_wrap=True)
-    for col in ("fails", "running", "limit", "waiting", "errors", "opens at", "cool-down", "open until"):
+    for col in (
+        "fails",
+        "running",
+        "limit",
+        "waiting",
+        "errors",
+        "opens at",
+        "cool-down",
+        "open until",
+    ):
         table.add_column(col, justify="right", no_wrap=col == "cool-down")
     colours = {"closed": "green", "open": "red", "half_open": "yellow"}
     for r in rows:
         table.add_row(
-            r["name"], f"[{colours.get(r['circuit_state'], 'white')}]{r['circuit_state']}[/]",
-            str(r["consecutive_failures"]), str(r["in_flight"]), str(r["max_in_flight"] or "-"), str(r["waiting"]),
-            str(r["errored_steps"]), str(r["failure_threshold"]), _cooldown(r),
+            r["name"],
+            f"[{colours.get(r['circuit_state'], 'white')}]{r['circuit_state']}[/]",
+            str(r["consecutive_failures"]),
+            str(r["in_flight"]),
+            str(r["max_in_flight"] or "-"),
+            str(r["waiting"]),
+            str(r["errored_steps"]),
+            str(r["failure_threshold"]),
+            _cooldown(r),
             r["open_until"].strftime("%H:%M:%S") if r["open_until"] else "-",
         )
     console.print(table)
     for r in rows:  # steps no worker could import a handler for: a deploy to finish, not an outage
         for handler, count in sorted((r.get("unloadable_handlers") or {}).items()):
-            console.print(f"[yellow]waiting: no worker can load {handler}[/] ({count} step"
-                          f"{'s' if count != 1 else ''} of {r['name']}); deploy it to a worker")
+            console.print(
+                f"[yellow]waiting: no worker can load {handler}[/] ({count} step"
+                f"{'s' if count != 1 else ''} of {r['name']}); deploy it to a worker"
+            )
 
 
 def _cooldown(row: dict[str, Any]) -> str:
-    """"30s" while closed; "120s (base 30s)" once failed probes have doubled it."""
+    """ "30s" while closed; "120s (base 30s)" once failed probes have doubled it."""
     base: float = row["cooldown_seconds"]
     current: float | None = row.get("current_cooldown_seconds")
     if current is None or current == base:
@@ -95,27 +112,59 @@ def _cooldown(row: dict[str, Any]) -> str:
 
 @systems.command("set")
 @click.argument("name")
-@click.option("--max-in-flight", type=Bounded(bounds.MAX_IN_FLIGHT), default=None,
-              help="Steps of this system running at once.")
-@click.option("--failure-threshold", type=Bounded(bounds.FAILURE_THRESHOLD), default=None,
-              help="Consecutive retryable failures that open the circuit.")
-@click.option("--cooldown-seconds", type=Bounded(bounds.COOLDOWN_SECONDS), default=None,
-              help="How long the circuit stays open before one probe goes through (at most a day).")
-@click.option("--max-cooldown-seconds", type=Bounded(bounds.COOLDOWN_SECONDS), default=None,
-              help="Cap of the cool-down, which doubles after each failed probe (at most a day).")
-@click.option("--max-outage-seconds", type=Bounded(bounds.MAX_OUTAGE_SECONDS), default=None,
-              help="How long steps wait for this system while it answers nothing before they fail "
-              "(default 3600, at most a week).")
+@click.option(
+    "--max-in-flight",
+    type=Bounded(bounds.MAX_IN_FLIGHT),
+    default=None,
+    help="Steps of this system running at once.",
+)
+@click.option(
+    "--failure-threshold",
+    type=Bounded(bounds.FAILURE_THRESHOLD),
+    default=None,
+    help="Consecutive retryable failures that open the circuit.",
+)
+@click.option(
+    "--cooldown-seconds",
+    type=Bounded(bounds.COOLDOWN_SECONDS),
+    default=None,
+    help="How long the circuit stays open before one probe goes through (at most a day).",
+)
+@click.option(
+    "--max-cooldown-seconds",
+    type=Bounded(bounds.COOLDOWN_SECONDS),
+    default=None,
+    help="Cap of the cool-down, which doubles after each failed probe (at most a day).",
+)
+@click.option(
+    "--max-outage-seconds",
+    type=Bounded(bounds.MAX_OUTAGE_SECONDS),
+    default=None,
+    help="How long steps wait for this system while it answers nothing before they fail "
+    "(default 3600, at most a week).",
+)
 @click.option("--clear-max-in-flight", is_flag=True, help="Remove the in-flight limit.")
 @click.pass_context
-def set_(ctx: click.Context, name: str, max_in_flight: int | None, failure_threshold: int | None,
-         cooldown_seconds: float | None, max_cooldown_seconds: float | None, max_outage_seconds: float | None,
-         clear_max_in_flight: bool) -> None:
+def set_(
+    ctx: click.Context,
+    name: str,
+    max_in_flight: int | None,
+    failure_threshold: int | None,
+    cooldown_seconds: float | None,
+    max_cooldown_seconds: float | None,
+    max_outage_seconds: float | None,
+    clear_max_in_flight: bool,
+) -> None:
     """Configure a dependent system (stored in the database, honoured by every worker)."""
     settings: dict[str, object] = {
-        k: v for k, v in {"max_in_flight": max_in_flight, "failure_threshold": failure_threshold,
-                          "cooldown_seconds": cooldown_seconds, "max_cooldown_seconds": max_cooldown_seconds,
-                          "max_outage_seconds": max_outage_seconds}.items()
+        k: v
+        for k, v in {
+            "max_in_flight": max_in_flight,
+            "failure_threshold": failure_threshold,
+            "cooldown_seconds": cooldown_seconds,
+            "max_cooldown_seconds": max_cooldown_seconds,
+            "max_outage_seconds": max_outage_seconds,
+        }.items()
         if v is not None
     }
     if clear_max_in_flight:

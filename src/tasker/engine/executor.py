@@ -34,8 +34,9 @@ from tasker.storable import MAX_MESSAGE_CHARS, find_unstorable, safe_str, storab
 from tasker.templates.model import StepTemplate, TaskTemplate
 
 
-def build_context(claimed: ClaimedStep, template: TaskTemplate, step: StepTemplate,
-                  tasks: TaskPort | None = None) -> StepContext:
+def build_context(
+    claimed: ClaimedStep, template: TaskTemplate, step: StepTemplate, tasks: TaskPort | None = None
+) -> StepContext:
     return StepContext(
         task_id=claimed.task_id,
         step_id=claimed.step_id,
@@ -56,7 +57,9 @@ def build_context(claimed: ClaimedStep, template: TaskTemplate, step: StepTempla
     )
 
 
-def describe_error(exc: BaseException, *, retryable: bool, system_fault: bool | None = None) -> dict[str, Any]:
+def describe_error(
+    exc: BaseException, *, retryable: bool, system_fault: bool | None = None
+) -> dict[str, Any]:
     """The stored form of a failure: class, message (escaped, cut to `MAX_MESSAGE_CHARS`), whether it is
     retried, whether it counts against the dependent system, and where it came from.
 
@@ -64,8 +67,12 @@ def describe_error(exc: BaseException, *, retryable: bool, system_fault: bool | 
     """
     fault = is_system_fault(exc) if system_fault is None else system_fault
     message = storable_text(safe_str(exc), MAX_MESSAGE_CHARS) or type(exc).__name__
-    err: dict[str, Any] = {"class": storable_text(type(exc).__name__, 200), "message": message,
-                           "retryable": retryable, "system_fault": retryable and fault}
+    err: dict[str, Any] = {
+        "class": storable_text(type(exc).__name__, 200),
+        "message": message,
+        "retryable": retryable,
+        "system_fault": retryable and fault,
+    }
     if isinstance(exc, StepFailure):
         code = getattr(exc, "error_code", None)
         if code:
@@ -81,7 +88,9 @@ def describe_error(exc: BaseException, *, retryable: bool, system_fault: bool | 
 def _traceback(exc: BaseException) -> str:
     try:
         text = "".join(traceback.format_exception(exc, limit=-6))
-    except BaseException as failure:  # formatting calls the exception's __str__, which may be broken
+    except (
+        BaseException
+    ) as failure:  # formatting calls the exception's __str__, which may be broken
         text = f"(no traceback: formatting it raised {type(failure).__name__})"
     return storable_text(text[-4000:])
 
@@ -91,8 +100,10 @@ def _bounded(value: Any) -> Any:
     encoded = json.dumps(value)
     if len(encoded) <= MAX_MESSAGE_CHARS:
         return value
-    return {"truncated": f"error context of {len(encoded):,} characters is not stored in full",
-            "excerpt": encoded[:1024]}
+    return {
+        "truncated": f"error context of {len(encoded):,} characters is not stored in full",
+        "excerpt": encoded[:1024],
+    }
 
 
 log = logging.getLogger("tasker.executor")
@@ -114,19 +125,40 @@ async def execute(
     Runs for every step, so it stays cheap: a few microseconds when debug logs and tracing are off.
     """
     key = template.key
-    with bind_step_context(task_id=claimed.task_id, template=key, step=claimed.name, attempt=claimed.attempt,
-                           correlation_id=claimed.correlation_id):
+    with bind_step_context(
+        task_id=claimed.task_id,
+        template=key,
+        step=claimed.name,
+        attempt=claimed.attempt,
+        correlation_id=claimed.correlation_id,
+    ):
         debug = log.isEnabledFor(logging.DEBUG)
         if debug:
             log.debug("attempt %d of step %s started", claimed.attempt, claimed.name)
         traced = tracing.step_span(claimed, key)  # None unless tracing is configured
         if traced is None:
-            outcome = await _attempt(claimed, template, step, handler_cls, policy, threads,
-                                     backoff_scale=backoff_scale, tasks=tasks)
+            outcome = await _attempt(
+                claimed,
+                template,
+                step,
+                handler_cls,
+                policy,
+                threads,
+                backoff_scale=backoff_scale,
+                tasks=tasks,
+            )
         else:
             with traced as span:
-                outcome = await _attempt(claimed, template, step, handler_cls, policy, threads,
-                                         backoff_scale=backoff_scale, tasks=tasks)
+                outcome = await _attempt(
+                    claimed,
+                    template,
+                    step,
+                    handler_cls,
+                    policy,
+                    threads,
+                    backoff_scale=backoff_scale,
+                    tasks=tasks,
+                )
                 tracing.end_step(span, outcome.state, outcome.error)
         if debug or outcome.state != StepState.COMPLETE:
             _log_outcome(claimed, outcome)
@@ -139,11 +171,22 @@ def _log_outcome(claimed: ClaimedStep, outcome: Outcome) -> None:
         return
     error = outcome.error or {}
     if outcome.state == StepState.WAITING_RETRY:
-        log.info("attempt %d of step %s failed, retry in %.1fs: %s: %.500s", claimed.attempt, claimed.name,
-                 outcome.retry_delay, error.get("class"), error.get("message"))
+        log.info(
+            "attempt %d of step %s failed, retry in %.1fs: %s: %.500s",
+            claimed.attempt,
+            claimed.name,
+            outcome.retry_delay,
+            error.get("class"),
+            error.get("message"),
+        )
     else:
-        log.info("step %s failed after attempt %d: %s: %.500s", claimed.name, claimed.attempt, error.get("class"),
-                 error.get("message"))
+        log.info(
+            "step %s failed after attempt %d: %s: %.500s",
+            claimed.name,
+            claimed.attempt,
+            error.get("class"),
+            error.get("message"),
+        )
 
 
 async def _attempt(
@@ -170,10 +213,13 @@ async def _attempt(
         else:
             # run on another thread, which does not inherit context variables: give it this task's
             # (log fields, span). The timeout counts from when the thread starts the handler.
-            started, result = await _run_sync(threads, contextvars.copy_context().run, process, ctx,
-                                              timeout)
+            started, result = await _run_sync(
+                threads, contextvars.copy_context().run, process, ctx, timeout
+            )
             if inspect.isawaitable(result):
-                remaining = None if timeout is None else max(0.0, timeout - (time.perf_counter() - started))
+                remaining = (
+                    None if timeout is None else max(0.0, timeout - (time.perf_counter() - started))
+                )
                 result = await _run_async(result, remaining)
         results = _check_results(result, handler_cls)
     except BaseException as exc:
@@ -181,9 +227,14 @@ async def _attempt(
             raise
         return _failure(claimed, started, _unwrap(exc), policy, backoff_scale, ctx, timeout)
     return Outcome(
-        step_id=claimed.step_id, task_id=claimed.task_id, claim_token=claimed.claim_token,
-        attempt=claimed.attempt, state=StepState.COMPLETE, results=results,
-        duration_ms=(time.perf_counter() - started) * 1000, events=_events(ctx),
+        step_id=claimed.step_id,
+        task_id=claimed.task_id,
+        claim_token=claimed.claim_token,
+        attempt=claimed.attempt,
+        state=StepState.COMPLETE,
+        results=results,
+        duration_ms=(time.perf_counter() - started) * 1000,
+        events=_events(ctx),
     )
 
 
@@ -194,14 +245,22 @@ def _cancelled_by_worker() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-def _failure(claimed: ClaimedStep, started: float, exc: BaseException, policy: RetryPolicy,
-             backoff_scale: float, ctx: StepContext, timeout: float | None) -> Outcome:
+def _failure(
+    claimed: ClaimedStep,
+    started: float,
+    exc: BaseException,
+    policy: RetryPolicy,
+    backoff_scale: float,
+    ctx: StepContext,
+    timeout: float | None,
+) -> Outcome:
     """Classify a failed attempt: permanent now, retried after a delay, or retries exhausted."""
     if isinstance(exc, (PermanentError, InvalidResultError)):
         return _failed(claimed, started, describe_error(exc, retryable=False), StepState.ERROR, ctx)
     if isinstance(exc, HandlerTimedOut):
-        exc = StepTimeoutError(f"timed out after {timeout:g}s (handler_config.timeout_seconds)"
-                               + exc.note)
+        exc = StepTimeoutError(
+            f"timed out after {timeout:g}s (handler_config.timeout_seconds)" + exc.note
+        )
     error = describe_error(exc, retryable=True)
     retry_after = _retry_after(exc, error)
     if not policy.may_retry(claimed.attempt):
@@ -223,8 +282,12 @@ def _retry_after(exc: BaseException, error: dict[str, Any]) -> float | None:
     value = getattr(exc, "retry_after", None)
     if value is None:
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-            and value >= 0:
+    if (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    ):
         return float(value)
     error["retry_after_ignored"] = storable_text(safe_str(value), 200)
     return None
@@ -290,7 +353,9 @@ async def _run_async(awaitable: Awaitable[Any], timeout: float | None) -> Any:
     task.add_done_callback(_discard)
     if finished:
         raise HandlerTimedOut()
-    raise HandlerTimedOut(f"; it ignored cancellation for {CANCEL_GRACE_SECONDS:g}s and was left running")
+    raise HandlerTimedOut(
+        f"; it ignored cancellation for {CANCEL_GRACE_SECONDS:g}s and was left running"
+    )
 
 
 def _discard(task: asyncio.Future[Any]) -> None:
@@ -299,8 +364,13 @@ def _discard(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-async def _run_sync(threads: HandlerThreads, fn: Callable[..., Any], process: Any, ctx: StepContext,
-                    timeout: float | None) -> tuple[float, Any]:
+async def _run_sync(
+    threads: HandlerThreads,
+    fn: Callable[..., Any],
+    process: Any,
+    ctx: StepContext,
+    timeout: float | None,
+) -> tuple[float, Any]:
     """Run a sync handler on a handler thread; returns (when it started, what it returned)."""
     call = threads.submit(_contained, fn, process, ctx)
     finished = asyncio.wrap_future(call.done)
@@ -356,19 +426,40 @@ def _check_results(result: Any, handler_cls: type) -> dict[str, Any]:
         )
     problem = find_unstorable(result)
     if problem is not None:
-        raise InvalidResultError(f"{handler_cls.__name__}.process returned results that cannot be stored: "
-                                 f"{problem}")
+        raise InvalidResultError(
+            f"{handler_cls.__name__}.process returned results that cannot be stored: {problem}"
+        )
     return result
 
 
 def _events(ctx: StepContext) -> list[tuple[str, dict[str, Any]]]:
-    return [(name, {**storable(payload), "task_id": ctx.task_id, "step_id": ctx.step_id, "step": ctx.step_name,
-                    "namespace": ctx.namespace, "attempt": ctx.attempt, "correlation_id": ctx.correlation_id})
-            for name, payload in ctx.published]
+    return [
+        (
+            name,
+            {
+                **storable(payload),
+                "task_id": ctx.task_id,
+                "step_id": ctx.step_id,
+                "step": ctx.step_name,
+                "namespace": ctx.namespace,
+                "attempt": ctx.attempt,
+                "correlation_id": ctx.correlation_id,
+            },
+        )
+        for name, payload in ctx.published
+    ]
 
 
-def _failed(claimed: ClaimedStep, started: float, error: dict[str, Any], state: str, ctx: StepContext) -> Outcome:
+def _failed(
+    claimed: ClaimedStep, started: float, error: dict[str, Any], state: str, ctx: StepContext
+) -> Outcome:
     return Outcome(
-        step_id=claimed.step_id, task_id=claimed.task_id, claim_token=claimed.claim_token, attempt=claimed.attempt,
-        state=state, error=error, duration_ms=(time.perf_counter() - started) * 1000, events=_events(ctx),
+        step_id=claimed.step_id,
+        task_id=claimed.task_id,
+        claim_token=claimed.claim_token,
+        attempt=claimed.attempt,
+        state=state,
+        error=error,
+        duration_ms=(time.perf_counter() - started) * 1000,
+        events=_events(ctx),
     )

@@ -113,7 +113,9 @@ class HandlerThreads:
     def _spawn(self) -> None:
         self._working += 1
         self._serial += 1
-        thread = threading.Thread(target=self._loop, name=f"{self.name}-{self._serial}", daemon=True)
+        thread = threading.Thread(
+            target=self._loop, name=f"{self.name}-{self._serial}", daemon=True
+        )
         thread.start()
 
     def _abandon(self, call: Call) -> None:
@@ -130,8 +132,11 @@ class HandlerThreads:
             stuck = len(self._stuck)
             if not self._closed and self._room() and not self._queue.empty():
                 self._spawn()
-        log.warning("a step handler overstayed its timeout on thread %s; %d handler thread(s) stuck",
-                    thread.name, stuck)
+        log.warning(
+            "a step handler overstayed its timeout on thread %s; %d handler thread(s) stuck",
+            thread.name,
+            stuck,
+        )
 
     def _loop(self) -> None:
         me = threading.current_thread()

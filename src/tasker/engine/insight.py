@@ -66,7 +66,9 @@ def _bounded(db: Database, kind: str, fn: Callable[[], T], timeout: float) -> T:
         if future is None or future.done():
             future = Future()
             running[kind] = future
-            threading.Thread(target=_fulfil, args=(future, fn), name=f"tasker-{kind}-probe", daemon=True).start()
+            threading.Thread(
+                target=_fulfil, args=(future, fn), name=f"tasker-{kind}-probe", daemon=True
+            ).start()
     result: T = future.result(timeout=timeout)
     return result
 
@@ -93,7 +95,10 @@ def _probe(db: Database) -> dict[str, Any]:
     with db.reader.connect() as conn:
         conn.execute(text("SELECT 1"))
         current = MigrationContext.configure(conn).get_current_revision()
-    return {"current": current, "response_time_ms": round((time.perf_counter() - started) * 1000, 3)}
+    return {
+        "current": current,
+        "response_time_ms": round((time.perf_counter() - started) * 1000, 3),
+    }
 
 
 def readiness(db: Database, *, timeout: float = READY_TIMEOUT_SECONDS) -> dict[str, Any]:
@@ -114,12 +119,19 @@ def readiness(db: Database, *, timeout: float = READY_TIMEOUT_SECONDS) -> dict[s
             migrations["status"] = "ok"
         else:
             migrations["status"] = "failing"
-            migrations["error"] = (f"schema at revision {probe['current'] or 'none'}, expected {head}; "
-                                   "fix: run 'tasker db upgrade'")
+            migrations["error"] = (
+                f"schema at revision {probe['current'] or 'none'}, expected {head}; "
+                "fix: run 'tasker db upgrade'"
+            )
     checks = {"database": database, "migrations": migrations}
     failed = [name for name, check in checks.items() if check["status"] != "ok"]
-    return {"status": "not_ready" if failed else "ready", "ready": not failed, "checks": checks,
-            "failed_checks": failed, "timestamp": utcnow()}
+    return {
+        "status": "not_ready" if failed else "ready",
+        "ready": not failed,
+        "checks": checks,
+        "failed_checks": failed,
+        "timestamp": utcnow(),
+    }
 
 
 # -- status ----------------------------------------------------------------------------------------------
@@ -130,7 +142,9 @@ def _rate(part: int, whole: int) -> float | None:
 def _collect_status(db: Database, window_hours: int) -> dict[str, Any]:
     now = utcnow()
     with db.reader.connect() as conn:
-        outcomes = analytics.task_outcomes(conn, analytics.Scope(now - timedelta(hours=window_hours)))
+        outcomes = analytics.task_outcomes(
+            conn, analytics.Scope(now - timedelta(hours=window_hours))
+        )
         step_states = analytics.step_states(conn, now - timedelta(hours=window_hours))
         last_hour = analytics.Scope(now - timedelta(hours=1))
         hour_tasks = analytics.task_outcomes(conn, last_hour)
@@ -157,19 +171,29 @@ def _collect_status(db: Database, window_hours: int) -> dict[str, Any]:
         "backlog": {
             "due_steps": backlog.due_steps,
             "overdue_steps": backlog.overdue_steps,
-            "oldest_due_seconds": (round((now - backlog.oldest_due_at).total_seconds(), 3)
-                                   if backlog.oldest_due_at else None),
+            "oldest_due_seconds": (
+                round((now - backlog.oldest_due_at).total_seconds(), 3)
+                if backlog.oldest_due_at
+                else None
+            ),
             "scheduled_steps": backlog.scheduled_steps,
             "running_steps": backlog.running_steps,
             "active_tasks": backlog.active_tasks,
             "tasks_in_error": backlog.tasks_in_error,
         },
         "last_hour": {
-            "finished_tasks": finished, "failed_tasks": failed, "task_error_rate": _rate(failed, finished),
-            "step_attempts": attempts, "failed_attempts": failed_attempts,
+            "finished_tasks": finished,
+            "failed_tasks": failed,
+            "task_error_rate": _rate(failed, finished),
+            "step_attempts": attempts,
+            "failed_attempts": failed_attempts,
             "step_failure_rate": _rate(failed_attempts, attempts),
         },
-        "workers": {"seen_recently": n_workers, "window_seconds": WORKER_SEEN_SECONDS, "items": workers},
+        "workers": {
+            "seen_recently": n_workers,
+            "window_seconds": WORKER_SEEN_SECONDS,
+            "items": workers,
+        },
         "circuits": circuits,
     }
 
@@ -179,60 +203,121 @@ def _judge(report: dict[str, Any]) -> tuple[str, list[str]]:
     unhealthy: list[str] = []
     degraded: list[str] = []
     hour = report["last_hour"]
-    if hour["finished_tasks"] >= MIN_FINISHED_TASKS and hour["task_error_rate"] > MAX_TASK_ERROR_RATE:
-        unhealthy.append(f"{hour['failed_tasks']} of {hour['finished_tasks']} tasks finished in the last hour "
-                         f"are in error (more than {MAX_TASK_ERROR_RATE:.0%})")
-    if hour["step_attempts"] >= MIN_STEP_ATTEMPTS and hour["step_failure_rate"] > MAX_STEP_FAILURE_RATE:
-        unhealthy.append(f"{hour['failed_attempts']} of {hour['step_attempts']} step attempts in the last hour "
-                         f"failed (more than {MAX_STEP_FAILURE_RATE:.0%})")
+    if (
+        hour["finished_tasks"] >= MIN_FINISHED_TASKS
+        and hour["task_error_rate"] > MAX_TASK_ERROR_RATE
+    ):
+        unhealthy.append(
+            f"{hour['failed_tasks']} of {hour['finished_tasks']} tasks finished in the last hour "
+            f"are in error (more than {MAX_TASK_ERROR_RATE:.0%})"
+        )
+    if (
+        hour["step_attempts"] >= MIN_STEP_ATTEMPTS
+        and hour["step_failure_rate"] > MAX_STEP_FAILURE_RATE
+    ):
+        unhealthy.append(
+            f"{hour['failed_attempts']} of {hour['step_attempts']} step attempts in the last hour "
+            f"failed (more than {MAX_STEP_FAILURE_RATE:.0%})"
+        )
     for c in report["circuits"]:
         if c["circuit_state"] != systems.CLOSED:
-            degraded.append(f"the circuit of dependent system '{c['name']}' is {c['circuit_state'].replace('_', '-')}")
+            degraded.append(
+                f"the circuit of dependent system '{c['name']}' is {c['circuit_state'].replace('_', '-')}"
+            )
     backlog = report["backlog"]
     if backlog["overdue_steps"]:
-        degraded.append(f"{backlog['overdue_steps']} steps have been due for more than {OVERDUE_SECONDS:g}s "
-                        f"(oldest {backlog['oldest_due_seconds']:.0f}s) with "
-                        f"{report['workers']['seen_recently']} workers seen recently")
+        degraded.append(
+            f"{backlog['overdue_steps']} steps have been due for more than {OVERDUE_SECONDS:g}s "
+            f"(oldest {backlog['oldest_due_seconds']:.0f}s) with "
+            f"{report['workers']['seen_recently']} workers seen recently"
+        )
     if unhealthy:
         return "unhealthy", unhealthy + degraded
     return ("degraded", degraded) if degraded else ("healthy", [])
 
 
-def status(db: Database, *, window_hours: int = 24, timeout: float = STATUS_TIMEOUT_SECONDS) -> dict[str, Any]:
+def status(
+    db: Database, *, window_hours: int = 24, timeout: float = STATUS_TIMEOUT_SECONDS
+) -> dict[str, Any]:
     """Counts by state, the live backlog, workers, circuits and a verdict: healthy, degraded or unhealthy."""
     _check_period("window_hours", window_hours)
     ready = readiness(db, timeout=min(timeout, READY_TIMEOUT_SECONDS))
-    empty: dict[str, Any] = {"window_hours": window_hours, "tasks": None, "steps": None, "backlog": None,
-                             "last_hour": None, "workers": None, "circuits": None}
+    empty: dict[str, Any] = {
+        "window_hours": window_hours,
+        "tasks": None,
+        "steps": None,
+        "backlog": None,
+        "last_hour": None,
+        "workers": None,
+        "circuits": None,
+    }
     if not ready["ready"]:
-        reasons = [f"{name}: {ready['checks'][name].get('error', 'failing')}" for name in ready["failed_checks"]]
-        return {"status": "unhealthy", "healthy": False, "reasons": reasons, "checks": ready["checks"], **empty,
-                "generated_at": utcnow()}
+        reasons = [
+            f"{name}: {ready['checks'][name].get('error', 'failing')}"
+            for name in ready["failed_checks"]
+        ]
+        return {
+            "status": "unhealthy",
+            "healthy": False,
+            "reasons": reasons,
+            "checks": ready["checks"],
+            **empty,
+            "generated_at": utcnow(),
+        }
     try:
-        report = _bounded(db, f"status-{window_hours}", lambda: _collect_status(db, window_hours), timeout)
+        report = _bounded(
+            db, f"status-{window_hours}", lambda: _collect_status(db, window_hours), timeout
+        )
     except FutureTimeout:
-        return {"status": "unhealthy", "healthy": False, "reasons": [f"status queries took more than {timeout:g}s"],
-                "checks": ready["checks"], **empty, "generated_at": utcnow()}
+        return {
+            "status": "unhealthy",
+            "healthy": False,
+            "reasons": [f"status queries took more than {timeout:g}s"],
+            "checks": ready["checks"],
+            **empty,
+            "generated_at": utcnow(),
+        }
     verdict, reasons = _judge(report)
-    return {"status": verdict, "healthy": verdict != "unhealthy", "reasons": reasons, "checks": ready["checks"],
-            **report, "generated_at": utcnow()}
+    return {
+        "status": verdict,
+        "healthy": verdict != "unhealthy",
+        "reasons": reasons,
+        "checks": ready["checks"],
+        **report,
+        "generated_at": utcnow(),
+    }
 
 
 # -- analytics -------------------------------------------------------------------------------------------
 def _check_period(field: str, hours: Any) -> None:
     if isinstance(hours, bool) or not isinstance(hours, int) or not 1 <= hours <= MAX_PERIOD_HOURS:
-        raise TaskerInputError(f"{field} must be a whole number of hours from 1 to {MAX_PERIOD_HOURS}, not {hours!r}")
+        raise TaskerInputError(
+            f"{field} must be a whole number of hours from 1 to {MAX_PERIOD_HOURS}, not {hours!r}"
+        )
 
 
-def scope(period_hours: int, namespace: str | None, name: str | None, version: str | None) -> analytics.Scope:
+def scope(
+    period_hours: int, namespace: str | None, name: str | None, version: str | None
+) -> analytics.Scope:
     """Validate the filters of a report (empty strings mean no filter) and build its scope."""
     _check_period("period_hours", period_hours)
-    for field, value, limit, pattern in (("namespace", namespace, 64, NAME), ("name", name, 128, NAME),
-                                         ("version", version, 64, SEMVER)):
+    for field, value, limit, pattern in (
+        ("namespace", namespace, 64, NAME),
+        ("name", name, 128, NAME),
+        ("version", version, 64, SEMVER),
+    ):
         if value and (not isinstance(value, str) or len(value) > limit or not pattern.match(value)):
-            what = "a semantic version like 1.2.0" if pattern is SEMVER else f"a name of at most {limit} characters"
-            raise TaskerInputError(f"{field} {value!r} is not {what}; fix: correct it or leave it out")
-    return analytics.Scope(utcnow() - timedelta(hours=period_hours), namespace or None, name or None, version or None)
+            what = (
+                "a semantic version like 1.2.0"
+                if pattern is SEMVER
+                else f"a name of at most {limit} characters"
+            )
+            raise TaskerInputError(
+                f"{field} {value!r} is not {what}; fix: correct it or leave it out"
+            )
+    return analytics.Scope(
+        utcnow() - timedelta(hours=period_hours), namespace or None, name or None, version or None
+    )
 
 
 def _dist(dist: analytics.Distribution | None, digits: int = 3) -> dict[str, Any]:
@@ -245,8 +330,12 @@ def _dist(dist: analytics.Distribution | None, digits: int = 3) -> dict[str, Any
 
 
 def _header(s: analytics.Scope, period_hours: int) -> dict[str, Any]:
-    return {"period_hours": period_hours, "since": s.since, "generated_at": utcnow(),
-            "filters": {"namespace": s.namespace, "name": s.name, "version": s.version}}
+    return {
+        "period_hours": period_hours,
+        "since": s.since,
+        "generated_at": utcnow(),
+        "filters": {"namespace": s.namespace, "name": s.name, "version": s.version},
+    }
 
 
 @contextmanager
@@ -265,8 +354,14 @@ def _report_snapshot(db: Database) -> Iterator[Connection]:
             yield conn
 
 
-def performance(db: Database, period_hours: int = 24, *, namespace: str | None = None, name: str | None = None,
-                version: str | None = None) -> dict[str, Any]:
+def performance(
+    db: Database,
+    period_hours: int = 24,
+    *,
+    namespace: str | None = None,
+    name: str | None = None,
+    version: str | None = None,
+) -> dict[str, Any]:
     """Per template over the period: tasks started, completed, failed; completion rate; durations; throughput."""
     s = scope(period_hours, namespace, name, version)
     with _report_snapshot(db) as conn:
@@ -275,10 +370,13 @@ def performance(db: Database, period_hours: int = 24, *, namespace: str | None =
     return _performance(s, period_hours, outcomes, durations, counts)
 
 
-def _performance(s: analytics.Scope, period_hours: int,
-                 outcomes: dict[analytics.TemplateKey, analytics.TaskOutcomes],
-                 durations: dict[analytics.TemplateKey, analytics.Distribution],
-                 counts: dict[analytics.StepKey, analytics.StepCounts]) -> dict[str, Any]:
+def _performance(
+    s: analytics.Scope,
+    period_hours: int,
+    outcomes: dict[analytics.TemplateKey, analytics.TaskOutcomes],
+    durations: dict[analytics.TemplateKey, analytics.Distribution],
+    counts: dict[analytics.StepKey, analytics.StepCounts],
+) -> dict[str, Any]:
     """The performance report from the figures read (apart, so `reports` can share one read)."""
     per_template: dict[analytics.TemplateKey, list[analytics.StepCounts]] = {}
     for key, c in counts.items():
@@ -286,19 +384,30 @@ def _performance(s: analytics.Scope, period_hours: int,
     rows = []
     for tkey in sorted(set(outcomes) | set(per_template)):
         o = outcomes.get(tkey, analytics.TaskOutcomes())
-        rows.append({"namespace": tkey[0], "name": tkey[1], "version": tkey[2],
-                     **_task_figures(o, period_hours),
-                     "duration_seconds": _dist(durations.get(tkey)),
-                     **_step_figures(per_template.get(tkey, []), period_hours)})
+        rows.append(
+            {
+                "namespace": tkey[0],
+                "name": tkey[1],
+                "version": tkey[2],
+                **_task_figures(o, period_hours),
+                "duration_seconds": _dist(durations.get(tkey)),
+                **_step_figures(per_template.get(tkey, []), period_hours),
+            }
+        )
     totals = analytics.TaskOutcomes()
     for o in outcomes.values():
         totals.created += o.created
         totals.started += o.started
         for status, n in o.by_status.items():
             totals.by_status[status] = totals.by_status.get(status, 0) + n
-    return {**_header(s, period_hours),
-            "totals": {**_task_figures(totals, period_hours), **_step_figures(list(counts.values()), period_hours)},
-            "templates": rows}
+    return {
+        **_header(s, period_hours),
+        "totals": {
+            **_task_figures(totals, period_hours),
+            **_step_figures(list(counts.values()), period_hours),
+        },
+        "templates": rows,
+    }
 
 
 def _task_figures(o: analytics.TaskOutcomes, hours: int) -> dict[str, Any]:
@@ -307,22 +416,39 @@ def _task_figures(o: analytics.TaskOutcomes, hours: int) -> dict[str, Any]:
     resolved = b.get("resolved_manually", 0)
     finished = completed + failed + cancelled + resolved
     return {
-        "created": o.created, "started": o.started, "completed": completed, "failed": failed,
-        "cancelled": cancelled, "resolved_manually": resolved, "in_flight": o.created - finished,
-        "completion_rate": _rate(completed, finished), "error_rate": _rate(failed, finished),
+        "created": o.created,
+        "started": o.started,
+        "completed": completed,
+        "failed": failed,
+        "cancelled": cancelled,
+        "resolved_manually": resolved,
+        "in_flight": o.created - finished,
+        "completion_rate": _rate(completed, finished),
+        "error_rate": _rate(failed, finished),
         "task_throughput_per_hour": round(completed / hours, 4),
     }
 
 
 def _step_figures(counts: list[analytics.StepCounts], hours: int) -> dict[str, Any]:
     done = sum(c.completed for c in counts)
-    return {"step_attempts": sum(c.attempts for c in counts), "steps_completed": done,
-            "step_retries": sum(c.retries for c in counts), "step_errors": sum(c.errors for c in counts),
-            "step_throughput_per_hour": round(done / hours, 4)}
+    return {
+        "step_attempts": sum(c.attempts for c in counts),
+        "steps_completed": done,
+        "step_retries": sum(c.retries for c in counts),
+        "step_errors": sum(c.errors for c in counts),
+        "step_throughput_per_hour": round(done / hours, 4),
+    }
 
 
-def bottlenecks(db: Database, period_hours: int = 24, *, namespace: str | None = None, name: str | None = None,
-                version: str | None = None, limit: int = 10) -> dict[str, Any]:
+def bottlenecks(
+    db: Database,
+    period_hours: int = 24,
+    *,
+    namespace: str | None = None,
+    name: str | None = None,
+    version: str | None = None,
+    limit: int = 10,
+) -> dict[str, Any]:
     """Slowest and most retried steps, error rates per step and per dependent system, and what to do."""
     _check_limit(limit)
     s = scope(period_hours, namespace, name, version)
@@ -333,9 +459,15 @@ def bottlenecks(db: Database, period_hours: int = 24, *, namespace: str | None =
     return _bottlenecks(s, period_hours, tasks, counts, durations, circuits, limit)
 
 
-def reports(db: Database, period_hours: int = 24, *, namespace: str | None = None,
-            name: str | None = None, version: str | None = None,
-            limit: int = 10) -> tuple[dict[str, Any], dict[str, Any]]:
+def reports(
+    db: Database,
+    period_hours: int = 24,
+    *,
+    namespace: str | None = None,
+    name: str | None = None,
+    version: str | None = None,
+    limit: int = 10,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """`performance` and `bottlenecks` of one scope, as those answer, from one read.
 
     The dashboard shows both: apart, each would catch the rollups up and read the task and step
@@ -349,8 +481,10 @@ def reports(db: Database, period_hours: int = 24, *, namespace: str | None = Non
         counts, durations = rollups.step_report(conn, s)
         circuits = {c["name"]: c["circuit_state"] for c in systems.report(conn)}
     tasks = sum(o.created for o in outcomes.values())
-    return (_performance(s, period_hours, outcomes, task_durations, counts),
-            _bottlenecks(s, period_hours, tasks, counts, durations, circuits, limit))
+    return (
+        _performance(s, period_hours, outcomes, task_durations, counts),
+        _bottlenecks(s, period_hours, tasks, counts, durations, circuits, limit),
+    )
 
 
 def _check_limit(limit: Any) -> None:
@@ -358,10 +492,15 @@ def _check_limit(limit: Any) -> None:
         raise TaskerInputError(f"limit must be a whole number from 1 to 100, not {limit!r}")
 
 
-def _bottlenecks(s: analytics.Scope, period_hours: int, tasks: int,
-                 counts: dict[analytics.StepKey, analytics.StepCounts],
-                 durations: dict[analytics.StepKey, analytics.Distribution],
-                 circuits: dict[str, str], limit: int) -> dict[str, Any]:
+def _bottlenecks(
+    s: analytics.Scope,
+    period_hours: int,
+    tasks: int,
+    counts: dict[analytics.StepKey, analytics.StepCounts],
+    durations: dict[analytics.StepKey, analytics.Distribution],
+    circuits: dict[str, str],
+    limit: int,
+) -> dict[str, Any]:
     """The bottlenecks report from the figures read (apart, so `reports` can share one read)."""
     template_ms: dict[analytics.TemplateKey, float] = {}
     for key, dist in durations.items():
@@ -372,15 +511,29 @@ def _bottlenecks(s: analytics.Scope, period_hours: int, tasks: int,
         d = durations.get(key)
         whole = template_ms.get((key[0], key[1], key[2])) or 0.0
         failures = c.retries + c.errors
-        steps.append({
-            "namespace": key[0], "name": key[1], "version": key[2], "step": key[3], "dependent_system": key[4],
-            "steps": c.steps, "attempts": c.attempts, "completed": c.completed, "retries": c.retries,
-            "errors": c.errors, "errors_after_retries": c.errors_after_retries, "retry_limit": c.retry_limit,
-            "failure_rate": _rate(failures, c.attempts), "retries_per_step": _rate(c.retries, c.steps),
-            "duration_ms": _dist(d, 1),
-            "share_of_template_time": round((d.total or 0.0) / whole, 4) if d and whole else None,
-            "top_errors": _top(c.error_classes),
-        })
+        steps.append(
+            {
+                "namespace": key[0],
+                "name": key[1],
+                "version": key[2],
+                "step": key[3],
+                "dependent_system": key[4],
+                "steps": c.steps,
+                "attempts": c.attempts,
+                "completed": c.completed,
+                "retries": c.retries,
+                "errors": c.errors,
+                "errors_after_retries": c.errors_after_retries,
+                "retry_limit": c.retry_limit,
+                "failure_rate": _rate(failures, c.attempts),
+                "retries_per_step": _rate(c.retries, c.steps),
+                "duration_ms": _dist(d, 1),
+                "share_of_template_time": round((d.total or 0.0) / whole, 4)
+                if d and whole
+                else None,
+                "top_errors": _top(c.error_classes),
+            }
+        )
     by_system: dict[str, analytics.StepCounts] = {}
     for key, c in counts.items():
         total = by_system.setdefault(key[4], analytics.StepCounts())
@@ -392,11 +545,18 @@ def _bottlenecks(s: analytics.Scope, period_hours: int, tasks: int,
     systems_out: list[dict[str, Any]] = []
     for system, total in by_system.items():
         failures = total.retries + total.errors
-        systems_out.append({"dependent_system": system, "attempts": total.attempts, "failures": failures,
-                            "retries": total.retries, "errors": total.errors,
-                            "failure_rate": _rate(failures, total.attempts),
-                            "circuit_state": circuits.get(system, systems.CLOSED),
-                            "top_errors": _top(total.error_classes)})
+        systems_out.append(
+            {
+                "dependent_system": system,
+                "attempts": total.attempts,
+                "failures": failures,
+                "retries": total.retries,
+                "errors": total.errors,
+                "failure_rate": _rate(failures, total.attempts),
+                "circuit_state": circuits.get(system, systems.CLOSED),
+                "top_errors": _top(total.error_classes),
+            }
+        )
     classes: dict[str, int] = {}
     for c in counts.values():
         for cls, n in c.error_classes.items():
@@ -406,9 +566,14 @@ def _bottlenecks(s: analytics.Scope, period_hours: int, tasks: int,
         return (r["duration_ms"]["p95"] or 0.0, r["duration_ms"]["avg"] or 0.0)
 
     slowest = sorted((r for r in steps if r["duration_ms"]["count"]), key=timing, reverse=True)
-    retried = sorted((r for r in steps if r["retries"]), key=lambda r: (r["retries"], r["retries_per_step"] or 0),
-                     reverse=True)
-    erring = sorted(steps, key=lambda r: (r["failure_rate"] or 0.0, r["retries"] + r["errors"]), reverse=True)
+    retried = sorted(
+        (r for r in steps if r["retries"]),
+        key=lambda r: (r["retries"], r["retries_per_step"] or 0),
+        reverse=True,
+    )
+    erring = sorted(
+        steps, key=lambda r: (r["failure_rate"] or 0.0, r["retries"] + r["errors"]), reverse=True
+    )
     systems_out.sort(key=lambda r: (r["failure_rate"] or 0.0, r["failures"]), reverse=True)
     return {
         **_header(s, period_hours),
@@ -440,11 +605,18 @@ _SEVERITY = {"critical": 0, "warning": 1, "info": 2}
 
 
 def _advice(kind: str, severity: str, subject: str, message: str, **figures: Any) -> dict[str, Any]:
-    return {"kind": kind, "severity": severity, "subject": subject, "message": message, "figures": figures}
+    return {
+        "kind": kind,
+        "severity": severity,
+        "subject": subject,
+        "message": message,
+        "figures": figures,
+    }
 
 
-def recommendations(steps: list[dict[str, Any]], systems_out: list[dict[str, Any]],
-                    classes: dict[str, int]) -> list[dict[str, Any]]:
+def recommendations(
+    steps: list[dict[str, Any]], systems_out: list[dict[str, Any]], classes: dict[str, int]
+) -> list[dict[str, Any]]:
     """What the figures suggest doing, most urgent first; each item cites the figures it comes from."""
     out: list[dict[str, Any]] = []
     shares: dict[tuple[str, str, str], list[float]] = {}
@@ -456,12 +628,18 @@ def recommendations(steps: list[dict[str, Any]], systems_out: list[dict[str, Any
         subject = f"{ref}:{r['step']}"
         top = r["top_errors"][0]["error_class"] if r["top_errors"] else None
         if r["errors_after_retries"]:
-            out.append(_advice(
-                "retries_exhausted", "critical", subject,
-                f"step '{r['step']}' of {ref} ended in error after being retried in "
-                f"{r['errors_after_retries']} task(s) (retry limit {r['retry_limit']}, mostly {top}): its failures "
-                f"outlast the retries; raise default_retry_limit or the backoff, or fix '{r['dependent_system']}'",
-                errors_after_retries=r["errors_after_retries"], retry_limit=r["retry_limit"]))
+            out.append(
+                _advice(
+                    "retries_exhausted",
+                    "critical",
+                    subject,
+                    f"step '{r['step']}' of {ref} ended in error after being retried in "
+                    f"{r['errors_after_retries']} task(s) (retry limit {r['retry_limit']}, mostly {top}): its failures "
+                    f"outlast the retries; raise default_retry_limit or the backoff, or fix '{r['dependent_system']}'",
+                    errors_after_retries=r["errors_after_retries"],
+                    retry_limit=r["retry_limit"],
+                )
+            )
         rate = r["failure_rate"] or 0.0
         if r["attempts"] >= MIN_SAMPLE and rate >= FAILING_RATE:
             failures = r["retries"] + r["errors"]
@@ -471,28 +649,59 @@ def recommendations(steps: list[dict[str, Any]], systems_out: list[dict[str, Any
                 hint = "the failures are permanent (never retried): check the input data or the handler"
             else:
                 hint = f"retries absorb them, but check '{r['dependent_system']}'"
-            out.append(_advice(
-                "failing_step", "critical" if rate >= CRITICAL_RATE else "warning", subject,
-                f"step '{r['step']}' of {ref} failed {failures} of its {r['attempts']} attempts ({rate:.0%}, "
-                f"mostly {top}): {hint}", failure_rate=rate, failures=failures, attempts=r["attempts"]))
+            out.append(
+                _advice(
+                    "failing_step",
+                    "critical" if rate >= CRITICAL_RATE else "warning",
+                    subject,
+                    f"step '{r['step']}' of {ref} failed {failures} of its {r['attempts']} attempts ({rate:.0%}, "
+                    f"mostly {top}): {hint}",
+                    failure_rate=rate,
+                    failures=failures,
+                    attempts=r["attempts"],
+                )
+            )
         d = r["duration_ms"]
         share = r["share_of_template_time"]
         ranked = sorted(shares[(r["namespace"], r["name"], r["version"])], reverse=True)
-        if (share is not None and share >= BOTTLENECK_SHARE and len(ranked) > 1
-                and share >= BOTTLENECK_RATIO * ranked[1] and d["count"] >= MIN_SAMPLE
-                and (d["avg"] or 0.0) >= BOTTLENECK_MIN_MS):
-            out.append(_advice(
-                "slow_step", "warning", subject,
-                f"step '{r['step']}' takes {share:.0%} of the step time of {ref} (p95 {d['p95']:.0f} ms, "
-                f"average {d['avg']:.0f} ms): it is the bottleneck; make it faster, cache its calls, or split "
-                "it into steps that run in parallel", share_of_template_time=share, p95_ms=d["p95"]))
-        if (d["count"] >= LONG_TAIL_SAMPLE and d["p50"] and d["p95"] >= LONG_TAIL_RATIO * d["p50"]
-                and d["p95"] >= LONG_TAIL_MIN_MS):
-            out.append(_advice(
-                "long_tail", "info", subject,
-                f"step '{r['step']}' of {ref} has a long tail: p95 {d['p95']:.0f} ms is "
-                f"{d['p95'] / d['p50']:.1f}x the median {d['p50']:.0f} ms; give its calls a client timeout "
-                "shorter than handler_config.timeout_seconds", p50_ms=d["p50"], p95_ms=d["p95"]))
+        if (
+            share is not None
+            and share >= BOTTLENECK_SHARE
+            and len(ranked) > 1
+            and share >= BOTTLENECK_RATIO * ranked[1]
+            and d["count"] >= MIN_SAMPLE
+            and (d["avg"] or 0.0) >= BOTTLENECK_MIN_MS
+        ):
+            out.append(
+                _advice(
+                    "slow_step",
+                    "warning",
+                    subject,
+                    f"step '{r['step']}' takes {share:.0%} of the step time of {ref} (p95 {d['p95']:.0f} ms, "
+                    f"average {d['avg']:.0f} ms): it is the bottleneck; make it faster, cache its calls, or split "
+                    "it into steps that run in parallel",
+                    share_of_template_time=share,
+                    p95_ms=d["p95"],
+                )
+            )
+        if (
+            d["count"] >= LONG_TAIL_SAMPLE
+            and d["p50"]
+            and d["p95"] >= LONG_TAIL_RATIO * d["p50"]
+            and d["p95"] >= LONG_TAIL_MIN_MS
+        ):
+            out.append(
+                _advice(
+                    "long_tail",
+                    "info",
+                    subject,
+                    f"step '{r['step']}' of {ref} has a long tail: p95 {d['p95']:.0f} ms is "
+                    f"{d['p95'] / d['p50']:.1f}x the median {d['p50']:.0f} ms; give its calls a client timeout "
+                    "shorter than handler_config.timeout_seconds",
+                    p50_ms=d["p50"],
+                    p95_ms=d["p95"],
+                )
+            )
     users: dict[str, int] = {}
     for r in steps:
         users[r["dependent_system"]] = users.get(r["dependent_system"], 0) + 1
@@ -505,16 +714,29 @@ def recommendations(steps: list[dict[str, Any]], systems_out: list[dict[str, Any
         if users.get(name, 0) < 2 and circuit == systems.CLOSED:
             continue  # one step uses it: that step's own recommendation already names the system
         top = sysrow["top_errors"][0]["error_class"] if sysrow["top_errors"] else None
-        out.append(_advice(
-            "unstable_system", "critical" if circuit != systems.CLOSED or rate >= CRITICAL_RATE else "warning", name,
-            f"dependent system '{name}' failed {sysrow['failures']} of {sysrow['attempts']} attempts ({rate:.0%}, "
-            f"mostly {top}); its circuit is {circuit.replace('_', '-')}; tune it with 'tasker systems set {name} "
-            "--failure-threshold N --cooldown-seconds S'", failure_rate=rate, attempts=sysrow["attempts"]))
+        out.append(
+            _advice(
+                "unstable_system",
+                "critical" if circuit != systems.CLOSED or rate >= CRITICAL_RATE else "warning",
+                name,
+                f"dependent system '{name}' failed {sysrow['failures']} of {sysrow['attempts']} attempts ({rate:.0%}, "
+                f"mostly {top}); its circuit is {circuit.replace('_', '-')}; tune it with 'tasker systems set {name} "
+                "--failure-threshold N --cooldown-seconds S'",
+                failure_rate=rate,
+                attempts=sysrow["attempts"],
+            )
+        )
     lost = classes.get("LeaseExpired", 0)
     if lost:
-        out.append(_advice(
-            "lost_leases", "warning", "workers",
-            f"{lost} attempts were lost to expired leases: a worker crashed, was killed or stalled for longer "
-            "than lease_seconds; check the workers' health and logs", lost_attempts=lost))
+        out.append(
+            _advice(
+                "lost_leases",
+                "warning",
+                "workers",
+                f"{lost} attempts were lost to expired leases: a worker crashed, was killed or stalled for longer "
+                "than lease_seconds; check the workers' health and logs",
+                lost_attempts=lost,
+            )
+        )
     out.sort(key=lambda a: _SEVERITY[a["severity"]])
     return out

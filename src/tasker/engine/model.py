@@ -60,7 +60,9 @@ class Task:
         for s in self.steps:
             if s.name == name:
                 return s
-        raise KeyError(f"task {self.id} has no step '{name}'; steps: {', '.join(s.name for s in self.steps)}")
+        raise KeyError(
+            f"task {self.id} has no step '{name}'; steps: {', '.join(s.name for s in self.steps)}"
+        )
 
     @property
     def duration_seconds(self) -> float | None:

@@ -230,8 +230,9 @@ class FinalCounts:
         return out
 
 
-def overview(db: Database, final: FinalCounts | None = None,
-             now: datetime | None = None) -> Overview:
+def overview(
+    db: Database, final: FinalCounts | None = None, now: datetime | None = None
+) -> Overview:
     """What an operator looks at first; each figure is one indexed query (store.overview).
 
     Without `final` (the engine keeps one), tasks are counted by status over the whole table.

@@ -115,7 +115,9 @@ class Tasker:
                 for name, cfg in t.dependent_systems.items():
                     systems.configure(conn, name, now, **cfg.model_dump(exclude_none=True))
                 if t.namespace_max_in_flight:
-                    systems.set_namespace_limit(conn, t.namespace_name, t.namespace_max_in_flight, now)
+                    systems.set_namespace_limit(
+                        conn, t.namespace_name, t.namespace_max_in_flight, now
+                    )
 
     # -- dependent systems ----------------------------------------------------------------------------
     def configure_system(self, name: str, **settings: Any) -> None:
@@ -140,7 +142,9 @@ class Tasker:
         with self.db.read() as conn:
             return systems.report(conn)
 
-    def workers(self, within_seconds: float = workers_store.ALIVE_WITHIN_SECONDS) -> list[dict[str, Any]]:
+    def workers(
+        self, within_seconds: float = workers_store.ALIVE_WITHIN_SECONDS
+    ) -> list[dict[str, Any]]:
         """Long-running workers heard from within `within_seconds` (any process, any machine)."""
         with self.db.read() as conn:
             return workers_store.recent(conn, utcnow(), within_seconds)
@@ -149,7 +153,9 @@ class Tasker:
         with self.db.read() as conn:
             return systems.namespace_limit_rows(conn)
 
-    def circuit_history(self, system: str | None = None, *, last: int | None = None) -> list[dict[str, Any]]:
+    def circuit_history(
+        self, system: str | None = None, *, last: int | None = None
+    ) -> list[dict[str, Any]]:
         """Circuit changes, oldest first (with `last`: only the newest `last`)."""
         with self.db.read() as conn:
             return systems.circuit_history(conn, system, last=last)
@@ -188,9 +194,13 @@ class Tasker:
         either, every call creates a new task.
         """
         tmpl = self.registry.get(template, version)
-        ctx = validate_context(tmpl.key, tmpl.context_schema, context if context is not None else {})
+        ctx = validate_context(
+            tmpl.key, tmpl.context_schema, context if context is not None else {}
+        )
         if tmpl.task_handler_class:
-            handler = resolve_task_handler(tmpl.task_handler_class, where=f"{tmpl.key}: task_handler_class")()
+            handler = resolve_task_handler(
+                tmpl.task_handler_class, where=f"{tmpl.key}: task_handler_class"
+            )()
             ctx = handler.prepare_context(ctx)
         if idempotency_key is not None and (
             not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255
@@ -239,30 +249,42 @@ class Tasker:
         tmpl = self.registry.get(template, version)
         handler = None
         if tmpl.task_handler_class:
-            handler = resolve_task_handler(tmpl.task_handler_class, where=f"{tmpl.key}: task_handler_class")()
+            handler = resolve_task_handler(
+                tmpl.task_handler_class, where=f"{tmpl.key}: task_handler_class"
+            )()
         items = []
         for ctx in contexts:
             ctx = validate_context(tmpl.key, tmpl.context_schema, ctx)
             if handler is not None:
                 ctx = handler.prepare_context(ctx)
-            if tmpl.identity is not None:  # derived keys: one by one, which finds earlier windows too
+            if (
+                tmpl.identity is not None
+            ):  # derived keys: one by one, which finds earlier windows too
                 items.append(task_store.NewTask(ctx, "", _correlation_id(ctx)))
                 continue
-            items.append(task_store.NewTask(ctx, task_store.fresh_idempotency_key(), _correlation_id(ctx)))
+            items.append(
+                task_store.NewTask(ctx, task_store.fresh_idempotency_key(), _correlation_id(ctx))
+            )
         if tmpl.identity is not None:
-            found = [self.create_task(template, it.context, version=tmpl.version).id for it in items]
+            found = [
+                self.create_task(template, it.context, version=tmpl.version).id for it in items
+            ]
             self._notify_workers()
             return found
         ids: list[int] = []
         for start in range(0, len(items), max(1, chunk_size)):
-            chunk = items[start:start + chunk_size]
+            chunk = items[start : start + chunk_size]
             journal = Journal(utcnow())
             try:
                 with self.db.write() as conn:
                     created = task_store.insert_tasks(conn, journal, tmpl, chunk)
                     journal.flush(conn)
-            except IntegrityError:  # a key already exists: fall back to one by one, which deduplicates
-                ids.extend(self.create_task(template, it.context, version=tmpl.version).id for it in chunk)
+            except (
+                IntegrityError
+            ):  # a key already exists: fall back to one by one, which deduplicates
+                ids.extend(
+                    self.create_task(template, it.context, version=tmpl.version).id for it in chunk
+                )
                 continue
             ids.extend(t.id for t in created)
             self._publish(journal.events)
@@ -274,10 +296,19 @@ class Tasker:
         assert identity.previous is not None and identity.window_seconds is not None
         since = utcnow() - timedelta(seconds=identity.window_seconds)
         with self.db.read() as conn:
-            return task_store.find_recent_task_id(conn, tmpl.namespace_name, tmpl.name, identity.previous, since)
+            return task_store.find_recent_task_id(
+                conn, tmpl.namespace_name, tmpl.name, identity.previous, since
+            )
 
-    def _check_same_payload(self, found: Task, tmpl: TaskTemplate, ctx: dict[str, Any], raw: dict[str, Any],
-                            *, pinned: bool) -> None:
+    def _check_same_payload(
+        self,
+        found: Task,
+        tmpl: TaskTemplate,
+        ctx: dict[str, Any],
+        raw: dict[str, Any],
+        *,
+        pinned: bool,
+    ) -> None:
         """Refuse an explicit idempotency key reused with another version or context (`IdempotencyConflict`).
 
         An unpinned retry that lands after a deploy of a newer version is the same request: its context is
@@ -286,21 +317,29 @@ class Tasker:
         differences: list[str] = []
         if found.version != tmpl.version:
             if pinned:
-                differences.append(f"template version {tmpl.version} != {found.version} of the first request")
+                differences.append(
+                    f"template version {tmpl.version} != {found.version} of the first request"
+                )
             else:
                 try:
                     first = self.registry.get(f"{found.namespace}/{found.name}", found.version)
                     ctx = self._prepared_context(first, raw)
-                except TaskerInputError:  # that version is gone, or refuses this context: compare as sent
+                except (
+                    TaskerInputError
+                ):  # that version is gone, or refuses this context: compare as sent
                     pass
         differences += [f"context {p}" for p in task_store.context_differences(found.context, ctx)]
         if differences:
-            raise IdempotencyConflict(found.idempotency_key, found.id, found.template_key, differences)
+            raise IdempotencyConflict(
+                found.idempotency_key, found.id, found.template_key, differences
+            )
 
     def _prepared_context(self, tmpl: TaskTemplate, context: dict[str, Any]) -> dict[str, Any]:
         ctx = validate_context(tmpl.key, tmpl.context_schema, context)
         if tmpl.task_handler_class:
-            handler = resolve_task_handler(tmpl.task_handler_class, where=f"{tmpl.key}: task_handler_class")()
+            handler = resolve_task_handler(
+                tmpl.task_handler_class, where=f"{tmpl.key}: task_handler_class"
+            )()
             ctx = handler.prepare_context(ctx)
         return ctx
 
@@ -312,33 +351,49 @@ class Tasker:
         with self.db.read() as conn:
             task = task_store.get_task(conn, int(task_id))
         if task is None:
-            raise NotFoundError(f"no task with id {task_id}; fix: list tasks with 'tasker tasks list'")
+            raise NotFoundError(
+                f"no task with id {task_id}; fix: list tasks with 'tasker tasks list'"
+            )
         return task
 
     def _status(self, task_id: int) -> str:
         with self.db.read() as conn:
-            status = conn.execute(select(tasks_table.c.status).where(tasks_table.c.id == task_id)).scalar()
+            status = conn.execute(
+                select(tasks_table.c.status).where(tasks_table.c.id == task_id)
+            ).scalar()
         if status is None:
-            raise NotFoundError(f"no task with id {task_id}; fix: list tasks with 'tasker tasks list'")
+            raise NotFoundError(
+                f"no task with id {task_id}; fix: list tasks with 'tasker tasks list'"
+            )
         return str(status)
 
     def get_tasks(self, task_ids: Sequence[int]) -> list[Task]:
         with self.db.read() as conn:
             return task_store.get_tasks(conn, list(task_ids))
 
-    def list_tasks(self, *, limit: int = 50, offset: int = 0, **filters: Any) -> tuple[list[Task], int]:
+    def list_tasks(
+        self, *, limit: int = 50, offset: int = 0, **filters: Any
+    ) -> tuple[list[Task], int]:
         with self.db.read() as conn:
             return task_store.list_tasks(conn, limit=limit, offset=offset, **filters)
 
-    def page_tasks(self, query: TaskQuery | None = None, *, limit: int = 50, after: str | None = None,
-                   before: str | None = None, offset: int = 0) -> TaskPage:
+    def page_tasks(
+        self,
+        query: TaskQuery | None = None,
+        *,
+        limit: int = 50,
+        after: str | None = None,
+        before: str | None = None,
+        offset: int = 0,
+    ) -> TaskPage:
         """A keyset page of tasks, newest first, without steps: `after`/`before` are the cursors of a page.
 
         Fast at any depth and any table size (an index walk from the cursor, no OFFSET, no COUNT);
         `offset` is only for the API's older clients.
         """
-        return queries.page_tasks(self.db, query or TaskQuery(), limit=limit, after=after, before=before,
-                                  offset=offset)
+        return queries.page_tasks(
+            self.db, query or TaskQuery(), limit=limit, after=after, before=before, offset=offset
+        )
 
     def count_tasks(self, query: TaskQuery | None = None) -> int:
         """How many tasks match `query`; reads every match, so listings do not call it."""
@@ -350,8 +405,9 @@ class Tasker:
 
     def template_versions(self) -> list[TaskTemplate]:
         """Every loaded template, all versions, by namespace, name and semantic version."""
-        return sorted(self.registry.all(),
-                      key=lambda t: (t.namespace_name, t.name, semver_key(t.version)))
+        return sorted(
+            self.registry.all(), key=lambda t: (t.namespace_name, t.name, semver_key(t.version))
+        )
 
     def step_transitions(self, task_id: int) -> list[dict[str, Any]]:
         with self.db.read() as conn:
@@ -385,7 +441,9 @@ class Tasker:
         self._notify_workers()
         return self.get_task(task_id)
 
-    def resolve_step(self, task_id: int, step_name: str, results: dict[str, Any] | None = None) -> Task:
+    def resolve_step(
+        self, task_id: int, step_name: str, results: dict[str, Any] | None = None
+    ) -> Task:
         """Complete a step by hand with `results`; its dependents proceed as if it had run."""
         if results is not None and not isinstance(results, dict):
             raise TaskerInputError("the result of a resolved step must be a JSON object")
@@ -400,11 +458,16 @@ class Tasker:
         for attempt in range(1, _OPERATION_ATTEMPTS + 1):
             try:
                 with self.db.write() as conn:
-                    journal = Journal(utcnow())  # stamped once the write lock is held, in commit order
+                    journal = Journal(
+                        utcnow()
+                    )  # stamped once the write lock is held, in commit order
                     out = fn(conn, journal, *args, lock=self.db.is_postgres, **kwargs)
                     journal.flush(conn)
             except DBAPIError as exc:
-                if attempt == _OPERATION_ATTEMPTS or getattr(exc.orig, "sqlstate", None) not in _RETRY_SQLSTATES:
+                if (
+                    attempt == _OPERATION_ATTEMPTS
+                    or getattr(exc.orig, "sqlstate", None) not in _RETRY_SQLSTATES
+                ):
                     raise
                 time.sleep(0.02 * attempt)
                 continue
@@ -416,8 +479,11 @@ class Tasker:
         """Merge annotations into the task's record (what task handlers' hooks return)."""
         current = self.get_task(task_id).annotations or {}
         with self.db.write() as conn:
-            conn.execute(update(tasks_table).where(tasks_table.c.id == task_id)
-                         .values(annotations={**current, **annotations}))
+            conn.execute(
+                update(tasks_table)
+                .where(tasks_table.c.id == task_id)
+                .values(annotations={**current, **annotations})
+            )
 
     # -- running --------------------------------------------------------------------------------------
     def worker(self, **overrides: Any) -> Worker:
@@ -431,15 +497,27 @@ class Tasker:
             **overrides,
         )
         if shared is not None:
-            return Worker(self.db, self.resolver, self.bus, opts, on_settled=self._on_settled,
-                          db_executor=shared.db_executor, handler_pool=shared.handler_pool,
-                          handler_threads=shared.handler_threads, tasks=self)
-        return Worker(self.db, self.resolver, self.bus, opts, on_settled=self._on_settled, tasks=self)
+            return Worker(
+                self.db,
+                self.resolver,
+                self.bus,
+                opts,
+                on_settled=self._on_settled,
+                db_executor=shared.db_executor,
+                handler_pool=shared.handler_pool,
+                handler_threads=shared.handler_threads,
+                tasks=self,
+            )
+        return Worker(
+            self.db, self.resolver, self.bus, opts, on_settled=self._on_settled, tasks=self
+        )
 
     async def arun(self, task_id: int, *, concurrency: int | None = None) -> Task:
         """Run one task to the end in this process (async form of `run`)."""
         if self._status(task_id) not in FINISHED_TASK_STATES:
-            await self._drive(self.worker(concurrency=concurrency, task_id=task_id), until_idle=True)
+            await self._drive(
+                self.worker(concurrency=concurrency, task_id=task_id), until_idle=True
+            )
         return self.get_task(task_id)
 
     def run(self, task_id: int, *, concurrency: int | None = None) -> Task:
@@ -451,14 +529,26 @@ class Tasker:
         runner.call(self._drive(w, until_idle=True))
         return self.get_task(task_id)
 
-    async def awork(self, *, concurrency: int | None = None, until_idle: bool = True,
-                    namespaces: Sequence[str] | None = None, worker: Worker | None = None) -> int:
+    async def awork(
+        self,
+        *,
+        concurrency: int | None = None,
+        until_idle: bool = True,
+        namespaces: Sequence[str] | None = None,
+        worker: Worker | None = None,
+    ) -> int:
         w = worker or self.worker(concurrency=concurrency, namespaces=namespaces)
         await self._drive(w, until_idle=until_idle)
         return w.steps_run
 
-    def work(self, *, concurrency: int | None = None, until_idle: bool = True,
-             namespaces: Sequence[str] | None = None, worker: Worker | None = None) -> int:
+    def work(
+        self,
+        *,
+        concurrency: int | None = None,
+        until_idle: bool = True,
+        namespaces: Sequence[str] | None = None,
+        worker: Worker | None = None,
+    ) -> int:
         """Process ready steps; with `until_idle`, return once nothing is left to run (retries included).
 
         Returns the number of step attempts this call ran.
@@ -495,7 +585,9 @@ class Tasker:
                 definition_task = self.task_template(task_id)
                 if not definition_task.task_handler_class:
                     continue
-                handler = resolve_task_handler(definition_task.task_handler_class, where=definition_task.key)()
+                handler = resolve_task_handler(
+                    definition_task.task_handler_class, where=definition_task.key
+                )()
                 task = self.get_task(task_id)
                 if status in ("complete", "resolved_manually"):
                     hook = handler.on_complete
@@ -507,25 +599,39 @@ class Tasker:
                 if notes:
                     self.annotate(task_id, notes)
             except Exception:
-                log.exception("task handler hook failed for task %s; the task is not affected", task_id)
+                log.exception(
+                    "task handler hook failed for task %s; the task is not affected", task_id
+                )
 
     # -- API keys -------------------------------------------------------------------------------------
-    def create_api_key(self, name: str, permissions: Sequence[str] | str) -> tuple[key_store.ApiKey, str]:
+    def create_api_key(
+        self, name: str, permissions: Sequence[str] | str
+    ) -> tuple[key_store.ApiKey, str]:
         """Store a new API key; returns its record and the key itself, which exists nowhere else.
 
         Only a digest is stored, so a lost key cannot be shown again: revoke it and create another.
         """
         key_store.check_name(name)
-        grants = key_store.check_permissions(permissions.split(",") if isinstance(permissions, str) else permissions)
-        taken = TaskerInputError(f"an API key named '{name}' already exists (names of revoked keys stay taken); "
-                                 "fix: choose another name")
+        grants = key_store.check_permissions(
+            permissions.split(",") if isinstance(permissions, str) else permissions
+        )
+        taken = TaskerInputError(
+            f"an API key named '{name}' already exists (names of revoked keys stay taken); "
+            "fix: choose another name"
+        )
         secret, prefix = key_store.generate_key()
         try:
             with self.db.write() as conn:
                 if key_store.name_taken(conn, name):
                     raise taken
-                record = key_store.insert_key(conn, name=name, prefix=prefix, key_hash=key_store.digest(secret),
-                                              permissions=grants, now=utcnow())
+                record = key_store.insert_key(
+                    conn,
+                    name=name,
+                    prefix=prefix,
+                    key_hash=key_store.digest(secret),
+                    permissions=grants,
+                    now=utcnow(),
+                )
         except IntegrityError:  # a concurrent create took the name
             raise taken from None
         return record, secret
@@ -540,7 +646,9 @@ class Tasker:
         with self.db.write() as conn:
             record = key_store.revoke_key(conn, name, utcnow())
         if record is None:
-            raise NotFoundError(f"no API key named '{name}'; fix: list keys with 'tasker keys list'")
+            raise NotFoundError(
+                f"no API key named '{name}'; fix: list keys with 'tasker keys list'"
+            )
         return record
 
     def authenticate_api_key(self, key: str) -> key_store.ApiKey | None:
@@ -573,43 +681,81 @@ class Tasker:
 
         return insight.status(self.db, window_hours=window_hours)
 
-    def performance(self, period_hours: int = 24, *, namespace: str | None = None, name: str | None = None,
-                    version: str | None = None) -> dict[str, Any]:
+    def performance(
+        self,
+        period_hours: int = 24,
+        *,
+        namespace: str | None = None,
+        name: str | None = None,
+        version: str | None = None,
+    ) -> dict[str, Any]:
         """Per template over the period: started, completed, failed, completion rate, p50/p95 durations."""
         from tasker.engine import insight
 
-        return insight.performance(self.db, period_hours, namespace=namespace, name=name, version=version)
+        return insight.performance(
+            self.db, period_hours, namespace=namespace, name=name, version=version
+        )
 
-    def analytics(self, period_hours: int = 24, *, namespace: str | None = None, name: str | None = None,
-                  version: str | None = None, limit: int = 10) -> tuple[dict[str, Any], dict[str, Any]]:
+    def analytics(
+        self,
+        period_hours: int = 24,
+        *,
+        namespace: str | None = None,
+        name: str | None = None,
+        version: str | None = None,
+        limit: int = 10,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """`performance` and `bottlenecks` of one scope from one read (what a dashboard shows at once)."""
         from tasker.engine import insight
 
-        return insight.reports(self.db, period_hours, namespace=namespace, name=name, version=version,
-                               limit=limit)
+        return insight.reports(
+            self.db, period_hours, namespace=namespace, name=name, version=version, limit=limit
+        )
 
-    def bottlenecks(self, period_hours: int = 24, *, namespace: str | None = None, name: str | None = None,
-                    version: str | None = None, limit: int = 10) -> dict[str, Any]:
+    def bottlenecks(
+        self,
+        period_hours: int = 24,
+        *,
+        namespace: str | None = None,
+        name: str | None = None,
+        version: str | None = None,
+        limit: int = 10,
+    ) -> dict[str, Any]:
         """Slowest and most retried steps, error rates per step and dependent system, recommendations."""
         from tasker.engine import insight
 
-        return insight.bottlenecks(self.db, period_hours, namespace=namespace, name=name, version=version,
-                                   limit=limit)
+        return insight.bottlenecks(
+            self.db, period_hours, namespace=namespace, name=name, version=version, limit=limit
+        )
 
     # -- events ---------------------------------------------------------------------------------------
     def subscribe(self, listener: Callable[[Event], None], *patterns: str) -> Callable[[], None]:
         """Call `listener` for events whose names match the glob patterns (all when none)."""
         return self.bus.subscribe(listener, *patterns)
 
-    def read_events(self, after: str | None = None, *, task_id: int | None = None, namespace: str | None = None,
-                    names: Sequence[str] | None = None, limit: int = 1000) -> event_log.EventPage:
+    def read_events(
+        self,
+        after: str | None = None,
+        *,
+        task_id: int | None = None,
+        namespace: str | None = None,
+        names: Sequence[str] | None = None,
+        limit: int = 1000,
+    ) -> event_log.EventPage:
         """Events from the durable log (every worker process's), oldest first, after the cursor `after`.
 
         Pass the page's `cursor` back as `after` to continue; `names` takes glob patterns (`step.*`).
         """
         with self.db.read() as conn:
-            return event_log.read(conn, after, task_id=task_id, namespace=namespace, names=names, limit=limit,
-                                  now=utcnow())
+            return event_log.read(
+                conn,
+                after,
+                task_id=task_id,
+                namespace=namespace,
+                names=names,
+                limit=limit,
+                now=utcnow(),
+            )
 
     def events_tail(self) -> str:
         """A cursor at the end of the event log, to follow only what happens from now on."""
@@ -665,7 +811,9 @@ class _Runner:
         self.db_executor = ThreadPoolExecutor(1, thread_name_prefix="tasker-db")
         self.handler_pool = ThreadPoolExecutor(8, thread_name_prefix="tasker-hooks")
         self.handler_threads = HandlerThreads(256)
-        self.thread = threading.Thread(target=self.loop.run_forever, name="tasker-runner", daemon=True)
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="tasker-runner", daemon=True
+        )
         self.thread.start()
 
     def call(self, coro: Any) -> Any:

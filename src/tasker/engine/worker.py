@@ -123,7 +123,9 @@ class Worker:
         self._shared_db = db_executor
         self._shared_pool = handler_pool
         #: Threads that run sync handlers; one whose handler hangs is written off and replaced.
-        self.threads = handler_threads or HandlerThreads(options.concurrency, name=f"tasker-step-{self.id}")
+        self.threads = handler_threads or HandlerThreads(
+            options.concurrency, name=f"tasker-step-{self.id}"
+        )
         self._own_threads = handler_threads is None
         self._stuck_seen = 0
         #: Handlers this worker could not import (logged once each), and the steps it handed back so.
@@ -151,7 +153,9 @@ class Worker:
     async def run(self, *, until_idle: bool = False) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        db_thread = self._shared_db or ThreadPoolExecutor(1, thread_name_prefix=f"tasker-db-{self.id}")
+        db_thread = self._shared_db or ThreadPoolExecutor(
+            1, thread_name_prefix=f"tasker-db-{self.id}"
+        )
         pool = self._shared_pool or ThreadPoolExecutor(4, thread_name_prefix="tasker-hooks")
         lease = self.opts.lease_seconds
         next_heartbeat = time.monotonic() + lease / 3
@@ -159,12 +163,19 @@ class Worker:
         claim_due = True
         stop_deadline: float | None = None
         failures = 0
-        log.info("worker %s started (concurrency %d, store %s)", self.id, self.opts.concurrency, self.db.safe_url())
+        log.info(
+            "worker %s started (concurrency %d, store %s)",
+            self.id,
+            self.opts.concurrency,
+            self.db.safe_url(),
+        )
         # Long-running workers register, so health and status can list them; a `run` of one task does not.
         registered = not until_idle and await self._register(db_thread)
         next_seen = time.monotonic() + worker_registry.SEEN_EVERY_SECONDS
         listener = None
-        if self.db.is_postgres and not until_idle:  # long-running: hear of work other processes create
+        if (
+            self.db.is_postgres and not until_idle
+        ):  # long-running: hear of work other processes create
             from tasker.store.notify import ReadyListener
 
             listener = ReadyListener(self.db.url, self.notify)
@@ -194,16 +205,25 @@ class Worker:
                     cycle: _Cycle | None
                     try:
                         cycle = await self._loop.run_in_executor(
-                            db_thread, self._db_cycle, outcomes, free if want_claim else 0, scan,
-                            list(self._inflight) if heartbeat else None, reclaim,
+                            db_thread,
+                            self._db_cycle,
+                            outcomes,
+                            free if want_claim else 0,
+                            scan,
+                            list(self._inflight) if heartbeat else None,
+                            reclaim,
                         )
                     except Exception as exc:
                         if _outage(exc):
                             failures += 1
                             self._done = outcomes + self._done
                             delay = min(0.1 * 2 ** min(failures, 6), 5.0)
-                            log.warning("worker %s: database unavailable (%s); retrying in %.1fs",
-                                        self.id, type(exc).__name__, delay)
+                            log.warning(
+                                "worker %s: database unavailable (%s); retrying in %.1fs",
+                                self.id,
+                                type(exc).__name__,
+                                delay,
+                            )
                             await asyncio.sleep(delay)
                             continue
                         # a bug, or one outcome the store refuses: never the worker's end
@@ -214,14 +234,20 @@ class Worker:
                     if self.threads.stuck != self._stuck_seen:  # a gauge write only when it changes
                         self._stuck_seen = self.threads.stuck
                         metrics.observe_stuck_handlers(self.id, self._stuck_seen)
-                    if heartbeat and cycle.held is not None:  # (None: the cycle was stored piecemeal)
+                    if (
+                        heartbeat and cycle.held is not None
+                    ):  # (None: the cycle was stored piecemeal)
                         next_heartbeat = now_m + lease / 3
                         self._drop_lost(cycle.held or set(), cycle.cancelled)
                     if reclaim:
                         next_reclaim = now_m + min(1.0, lease / 4)
                     self._deliver(cycle, pool)
-                    if until_idle and self.opts.task_id is not None and any(
-                        tid == self.opts.task_id and st in FINISHED for tid, st in cycle.settled
+                    if (
+                        until_idle
+                        and self.opts.task_id is not None
+                        and any(
+                            tid == self.opts.task_id and st in FINISHED for tid, st in cycle.settled
+                        )
                     ):
                         self._task_settled = True
                     for c in cycle.claimed:
@@ -233,8 +259,12 @@ class Worker:
                     try:
                         idle, due_in = await self._loop.run_in_executor(db_thread, self._idle_check)
                     except Exception as exc:
-                        log.warning("worker %s: could not check for remaining work (%s: %s)", self.id,
-                                    type(exc).__name__, exc)
+                        log.warning(
+                            "worker %s: could not check for remaining work (%s: %s)",
+                            self.id,
+                            type(exc).__name__,
+                            exc,
+                        )
                         idle, due_in = False, None
                     if idle:
                         break
@@ -290,7 +320,9 @@ class Worker:
         try:
             self._publish(cycle.events)
             if cycle.settled and tracing.enabled():  # task spans need the task rows: off the loop
-                spans = self._loop.run_in_executor(pool, tracing.record_task_spans, self.db, cycle.settled)
+                spans = self._loop.run_in_executor(
+                    pool, tracing.record_task_spans, self.db, cycle.settled
+                )
                 self._hooks.add(spans)
                 spans.add_done_callback(self._hooks.discard)
             hooked = [t for t in cycle.settled if self._has_task_handler(t[0])]
@@ -299,10 +331,16 @@ class Worker:
                 self._hooks.add(hook)
                 hook.add_done_callback(self._hooks.discard)
         except Exception:
-            log.exception("worker %s: delivering a cycle's events and hooks failed; carrying on", self.id)
+            log.exception(
+                "worker %s: delivering a cycle's events and hooks failed; carrying on", self.id
+            )
 
-    async def _isolate(self, db_thread: ThreadPoolExecutor, outcomes: list[tuple[Outcome, ClaimedStep]],
-                       exc: Exception) -> _Cycle | None:
+    async def _isolate(
+        self,
+        db_thread: ThreadPoolExecutor,
+        outcomes: list[tuple[Outcome, ClaimedStep]],
+        exc: Exception,
+    ) -> _Cycle | None:
         """A cycle failed with an error that is not an outage: store its outcomes one by one instead.
 
         The innocent outcomes are stored once (never re-run); the one the store refuses is stored as a
@@ -310,8 +348,14 @@ class Worker:
         database became unreachable meanwhile (the outcomes wait for the next cycle).
         """
         assert self._loop is not None
-        log.error("worker %s: a cycle with %d outcome(s) failed (%s: %s); storing them one by one",
-                  self.id, len(outcomes), type(exc).__name__, storable_text(exc, 500), exc_info=exc)
+        log.error(
+            "worker %s: a cycle with %d outcome(s) failed (%s: %s); storing them one by one",
+            self.id,
+            len(outcomes),
+            type(exc).__name__,
+            storable_text(exc, 500),
+            exc_info=exc,
+        )
         merged = _Cycle([], None, [], [], None)
         for index, item in enumerate(outcomes):
             try:
@@ -340,18 +384,37 @@ class Worker:
         error["class"] = "OutcomeNotStorable"
         error["message"] = storable_text(
             f"the store refused this attempt's outcome ({outcome.state}): {type(refused).__name__}: "
-            f"{safe_str(refused)}", MAX_MESSAGE_CHARS)
-        log.error("worker %s: step %d (%s) of task %d: %s", self.id, outcome.step_id, claimed.name,
-                  outcome.task_id, error["message"])
-        stand_in = dataclasses.replace(outcome, state=StepState.ERROR, results=None, error=error, events=[],
-                                       children=None, retry_delay=0.0, refund_attempt=False)
+            f"{safe_str(refused)}",
+            MAX_MESSAGE_CHARS,
+        )
+        log.error(
+            "worker %s: step %d (%s) of task %d: %s",
+            self.id,
+            outcome.step_id,
+            claimed.name,
+            outcome.task_id,
+            error["message"],
+        )
+        stand_in = dataclasses.replace(
+            outcome,
+            state=StepState.ERROR,
+            results=None,
+            error=error,
+            events=[],
+            children=None,
+            retry_delay=0.0,
+            refund_attempt=False,
+        )
         try:
             return self._db_cycle([(stand_in, claimed)], 0, False, None, False)
         except Exception as exc:
             if _outage(exc):
                 raise
-            log.exception("worker %s: could not store the failure of step %d either; its lease will expire",
-                          self.id, outcome.step_id)
+            log.exception(
+                "worker %s: could not store the failure of step %d either; its lease will expire",
+                self.id,
+                outcome.step_id,
+            )
         return _Cycle([], None, [], [], None)
 
     def _unloadable(self, claimed: ClaimedStep, handler: str, exc: Exception) -> Outcome:
@@ -359,17 +422,35 @@ class Worker:
         the step back without spending an attempt, for a worker that can, and try again later."""
         if handler not in self._unloadable_handlers:
             self._unloadable_handlers.add(handler)
-            log.error("worker %s cannot load handler %s for step %s of task %d: %s; leaving such steps "
-                      "for workers that can", self.id, handler, claimed.name, claimed.task_id,
-                      storable_text(exc, 1000))
+            log.error(
+                "worker %s cannot load handler %s for step %s of task %d: %s; leaving such steps "
+                "for workers that can",
+                self.id,
+                handler,
+                claimed.name,
+                claimed.task_id,
+                storable_text(exc, 1000),
+            )
         self._unloadable_steps.add(claimed.step_id)
-        message = (f"waiting: no worker can load {handler} (worker {self.id}: "
-                   f"{storable_text(exc, MAX_MESSAGE_CHARS)})")
-        outcome = Outcome(step_id=claimed.step_id, task_id=claimed.task_id, claim_token=claimed.claim_token,
-                          attempt=claimed.attempt, state=StepState.WAITING_RETRY,
-                          error={"class": "HandlerUnavailable", "message": message, "handler": handler,
-                                 "retryable": True, "system_fault": False},
-                          retry_delay=UNLOADABLE_RETRY_SECONDS * self.opts.backoff_scale)
+        message = (
+            f"waiting: no worker can load {handler} (worker {self.id}: "
+            f"{storable_text(exc, MAX_MESSAGE_CHARS)})"
+        )
+        outcome = Outcome(
+            step_id=claimed.step_id,
+            task_id=claimed.task_id,
+            claim_token=claimed.claim_token,
+            attempt=claimed.attempt,
+            state=StepState.WAITING_RETRY,
+            error={
+                "class": "HandlerUnavailable",
+                "message": message,
+                "handler": handler,
+                "retryable": True,
+                "system_fault": False,
+            },
+            retry_delay=UNLOADABLE_RETRY_SECONDS * self.opts.backoff_scale,
+        )
         outcome.refund_attempt = True
         return outcome
 
@@ -377,25 +458,41 @@ class Worker:
     async def _register(self, db_thread: ThreadPoolExecutor) -> bool:
         def write() -> None:
             with self.db.write() as conn:
-                worker_registry.announce(conn, self.id, namespaces=list(self.opts.namespaces or []) or None,
-                                         concurrency=self.opts.concurrency, now=utcnow())
+                worker_registry.announce(
+                    conn,
+                    self.id,
+                    namespaces=list(self.opts.namespaces or []) or None,
+                    concurrency=self.opts.concurrency,
+                    now=utcnow(),
+                )
+
         try:
             await asyncio.get_running_loop().run_in_executor(db_thread, write)
         except DBAPIError as exc:  # bookkeeping: a worker that cannot register still works
-            log.warning("worker %s could not register (%s); it runs unlisted", self.id, type(exc).__name__)
+            log.warning(
+                "worker %s could not register (%s); it runs unlisted", self.id, type(exc).__name__
+            )
             return False
         return True
 
     def _seen(self, stopped: bool) -> None:
         try:
             with self.db.write() as conn:
-                worker_registry.seen(conn, self.id, steps_run=self.steps_run, now=utcnow(), stopped=stopped)
+                worker_registry.seen(
+                    conn, self.id, steps_run=self.steps_run, now=utcnow(), stopped=stopped
+                )
         except DBAPIError as exc:
             log.debug("worker %s: registry refresh failed (%s)", self.id, type(exc).__name__)
 
     # -- database cycle (runs on the db thread) ---------------------------------------------------------
-    def _db_cycle(self, done: list[tuple[Outcome, ClaimedStep]], claim_limit: int, scan: bool,
-                  heartbeat: list[int] | None, reclaim: bool) -> _Cycle:
+    def _db_cycle(
+        self,
+        done: list[tuple[Outcome, ClaimedStep]],
+        claim_limit: int,
+        scan: bool,
+        heartbeat: list[int] | None,
+        reclaim: bool,
+    ) -> _Cycle:
         """One transaction: extend leases, store outcomes, reclaim expired leases, claim new work."""
         pg = self.db.is_postgres
         known = self._known_tasks(done)
@@ -411,13 +508,19 @@ class Worker:
             lost: set[int] = set()
             cancelled: set[int] = set()
             if heartbeat is not None:
-                held = claims.extend_leases(conn, worker=self.id, step_ids=heartbeat, now=journal.now,
-                                            lease_seconds=self.opts.lease_seconds)
+                held = claims.extend_leases(
+                    conn,
+                    worker=self.id,
+                    step_ids=heartbeat,
+                    now=journal.now,
+                    lease_seconds=self.opts.lease_seconds,
+                )
                 lost = set(heartbeat) - held
                 if lost:  # rare: say why in the log (a cancel is news, a reclaim is a fault)
                     cancelled = claims.cancelled_among(conn, lost)
-            accepted, settled, readied = completion.apply_outcomes(conn, journal, [o for o, _ in done], lock_tasks=pg,
-                                                            view=view)
+            accepted, settled, readied = completion.apply_outcomes(
+                conn, journal, [o for o, _ in done], lock_tasks=pg, view=view
+            )
             if any(o.transient_failure or o.probe for o, _ in done):
                 # A circuit may have moved in this very transaction: plan this cycle's claims on the new
                 # state, or the cycle that opens a circuit would still claim (and spend attempts on) its steps.
@@ -427,18 +530,34 @@ class Worker:
                 claims.reclaim_expired(conn, journal, skip_locked=pg)
             claim_started = time.perf_counter()
             if view.empty:
-                claimed = claims.claim_readied(conn, journal, readied, known, worker=self.id, limit=claim_limit,
-                                               lease_seconds=self.opts.lease_seconds)
+                claimed = claims.claim_readied(
+                    conn,
+                    journal,
+                    readied,
+                    known,
+                    worker=self.id,
+                    limit=claim_limit,
+                    lease_seconds=self.opts.lease_seconds,
+                )
             else:  # limits or circuits apply: the scan below checks every step against them
                 claimed = []
                 scan = scan or bool(readied)
             remaining = claim_limit - len(claimed)
-            scanned_full: bool | None = None  # chained claims may fill the room: nothing learnt, keep looking
+            scanned_full: bool | None = (
+                None  # chained claims may fill the room: nothing learnt, keep looking
+            )
             if scan and remaining > 0:
                 plan = None if view.empty else systems.plan_claim(conn, journal, view, lock=pg)
                 more = claims.claim(
-                    conn, journal, worker=self.id, limit=remaining, lease_seconds=self.opts.lease_seconds,
-                    skip_locked=pg, namespaces=self.opts.namespaces, task_id=self.opts.task_id, plan=plan,
+                    conn,
+                    journal,
+                    worker=self.id,
+                    limit=remaining,
+                    lease_seconds=self.opts.lease_seconds,
+                    skip_locked=pg,
+                    namespaces=self.opts.namespaces,
+                    task_id=self.opts.task_id,
+                    plan=plan,
                 )
                 scanned_full = len(more) >= remaining
                 claimed += more
@@ -447,10 +566,16 @@ class Worker:
                     self.resolver.add_snapshot(tid, template_definition(conn, tid))
             journal.flush(conn)
         # Committed: only now do these outcomes count (a failed cycle is run again with the same outcomes).
-        metrics.observe_cycle(done, accepted, self.resolver.template,
-                              time.perf_counter() - claim_started if claimed else None)
+        metrics.observe_cycle(
+            done,
+            accepted,
+            self.resolver.template,
+            time.perf_counter() - claim_started if claimed else None,
+        )
         for system, src, dst, reason in journal.circuits:  # committed: an operator wants to know
-            log.warning("worker %s: circuit of '%s' %s -> %s: %s", self.id, system, src, dst, reason)
+            log.warning(
+                "worker %s: circuit of '%s' %s -> %s: %s", self.id, system, src, dst, reason
+            )
         return _Cycle(claimed, scanned_full, settled, journal.events, held, cancelled)
 
     def _known_tasks(self, done: list[tuple[Outcome, ClaimedStep]]) -> dict[int, claims.KnownTask]:
@@ -462,7 +587,11 @@ class Worker:
             k = known.get(c.task_id)
             if k is None:
                 k = known[c.task_id] = claims.KnownTask(
-                    c.context, c.correlation_id, c.template_id, dict(c.results), c.step_ids,
+                    c.context,
+                    c.correlation_id,
+                    c.template_id,
+                    dict(c.results),
+                    c.step_ids,
                     self.resolver.parents_of(c.template_id),
                 )
             k.results[c.name] = outcome.results or {}
@@ -470,16 +599,24 @@ class Worker:
 
     def _idle_check(self) -> tuple[bool, float | None]:
         with self.db.read() as conn:
-            active = claims.active_count(conn, namespaces=self.opts.namespaces, task_id=self.opts.task_id)
+            active = claims.active_count(
+                conn, namespaces=self.opts.namespaces, task_id=self.opts.task_id
+            )
             if not active:
                 return True, None
             if self._unloadable_steps and active <= len(self._unloadable_steps):
                 # all that is left may be steps this worker cannot load: waiting would be forever
-                left = claims.active_step_ids(conn, limit=len(self._unloadable_steps) + 1,
-                                              namespaces=self.opts.namespaces, task_id=self.opts.task_id)
+                left = claims.active_step_ids(
+                    conn,
+                    limit=len(self._unloadable_steps) + 1,
+                    namespaces=self.opts.namespaces,
+                    task_id=self.opts.task_id,
+                )
                 if set(left) <= self._unloadable_steps:
                     return True, None
-            due = claims.next_run_at(conn, namespaces=self.opts.namespaces, task_id=self.opts.task_id)
+            due = claims.next_run_at(
+                conn, namespaces=self.opts.namespaces, task_id=self.opts.task_id
+            )
         return False, (due - utcnow()).total_seconds() if due else None
 
     # -- steps --------------------------------------------------------------------------------------------
@@ -507,7 +644,9 @@ class Worker:
         outcome.step = claimed.name
         if claimed.probe:
             outcome.probe = True
-            if outcome.transient_failure:  # the circuit reopens; this attempt does not count against the step
+            if (
+                outcome.transient_failure
+            ):  # the circuit reopens; this attempt does not count against the step
                 outcome.state = StepState.WAITING_RETRY
                 outcome.refund_attempt = True
                 outcome.retry_delay = 0.0
@@ -533,28 +672,56 @@ class Worker:
                 handler_cls = self.resolver.handler_class(claimed.template_id, claimed.name)
             except TaskerError as exc:
                 return self._unloadable(claimed, step.handler_class, exc)
-            return await execute(claimed, template, step, handler_cls,
-                                 self.resolver.policy(claimed.template_id, claimed.name), threads,
-                                 backoff_scale=self.opts.backoff_scale, tasks=self.tasks)
+            return await execute(
+                claimed,
+                template,
+                step,
+                handler_cls,
+                self.resolver.policy(claimed.template_id, claimed.name),
+                threads,
+                backoff_scale=self.opts.backoff_scale,
+                tasks=self.tasks,
+            )
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a bug of the engine's: the step fails visibly, the worker goes on
-            log.exception("worker %s: running step %d (%s) failed in the engine", self.id, claimed.step_id,
-                          claimed.name)
-            return Outcome(step_id=claimed.step_id, task_id=claimed.task_id, claim_token=claimed.claim_token,
-                           attempt=claimed.attempt, state=StepState.ERROR,
-                           error=describe_error(exc, retryable=False, system_fault=False))
+        except (
+            Exception
+        ) as exc:  # a bug of the engine's: the step fails visibly, the worker goes on
+            log.exception(
+                "worker %s: running step %d (%s) failed in the engine",
+                self.id,
+                claimed.step_id,
+                claimed.name,
+            )
+            return Outcome(
+                step_id=claimed.step_id,
+                task_id=claimed.task_id,
+                claim_token=claimed.claim_token,
+                attempt=claimed.attempt,
+                state=StepState.ERROR,
+                error=describe_error(exc, retryable=False, system_fault=False),
+            )
 
     def _drop_lost(self, held: set[int], cancelled: set[int]) -> None:
         """Stop running steps whose lease this worker lost (cancelled task, or reclaimed after a stall)."""
         for step_id, (task, claimed) in list(self._inflight.items()):
             if step_id not in held:
                 if step_id in cancelled:
-                    log.info("worker %s: step %d (%s) of task %d was cancelled; stopping it", self.id,
-                             step_id, claimed.name, claimed.task_id)
+                    log.info(
+                        "worker %s: step %d (%s) of task %d was cancelled; stopping it",
+                        self.id,
+                        step_id,
+                        claimed.name,
+                        claimed.task_id,
+                    )
                 else:
-                    log.warning("worker %s lost step %d (%s) of task %d; stopping it", self.id, step_id,
-                                claimed.name, claimed.task_id)
+                    log.warning(
+                        "worker %s lost step %d (%s) of task %d; stopping it",
+                        self.id,
+                        step_id,
+                        claimed.name,
+                        claimed.task_id,
+                    )
                 task.cancel()
                 self._inflight.pop(step_id, None)
 

@@ -4,4 +4,11 @@ from tasker.events.bus import Event, EventBus
 from tasker.events.catalog import STEP_EVENT_FOR_STATE, TASK_EVENT_FOR_STATE, Events
 from tasker.events.subscriber import Subscriber
 
-__all__ = ["STEP_EVENT_FOR_STATE", "TASK_EVENT_FOR_STATE", "Event", "EventBus", "Events", "Subscriber"]
+__all__ = [
+    "STEP_EVENT_FOR_STATE",
+    "TASK_EVENT_FOR_STATE",
+    "Event",
+    "EventBus",
+    "Events",
+    "Subscriber",
+]

@@ -54,4 +54,6 @@ class EventBus:
                 try:
                     listener(event)
                 except Exception:
-                    log.exception("event subscriber %r failed on %s; the step is not affected", listener, name)
+                    log.exception(
+                        "event subscriber %r failed on %s; the step is not affected", listener, name
+                    )

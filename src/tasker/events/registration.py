@@ -21,7 +21,9 @@ log = logging.getLogger("tasker.events")
 ENTRY_POINT_GROUP = "tasker.subscribers"
 
 
-def configured_subscribers(paths: Iterable[str], *, include_entry_points: bool = True) -> list[Subscriber]:
+def configured_subscribers(
+    paths: Iterable[str], *, include_entry_points: bool = True
+) -> list[Subscriber]:
     """Instances of the subscriber classes named by `paths` and, optionally, by installed entry points."""
     found: list[tuple[str, object]] = []
     for path in paths:
@@ -37,14 +39,20 @@ def configured_subscribers(paths: Iterable[str], *, include_entry_points: bool =
             try:
                 found.append((f"entry point {ep.name} ({ep.value})", ep.load()))
             except Exception as exc:  # an installed package is broken: say which, keep the others
-                log.error("subscriber entry point %s (%s) failed to load: %s", ep.name, ep.value, exc)
+                log.error(
+                    "subscriber entry point %s (%s) failed to load: %s", ep.name, ep.value, exc
+                )
     out: list[Subscriber] = []
     for where, cls in found:
         if not isinstance(cls, type) or not issubclass(cls, Subscriber):
-            raise TaskerInputError(f"subscribers: {where} is not a tasker.Subscriber subclass; fix: subclass "
-                                   "tasker.Subscriber and list its events with subscribe_to(...)")
+            raise TaskerInputError(
+                f"subscribers: {where} is not a tasker.Subscriber subclass; fix: subclass "
+                "tasker.Subscriber and list its events with subscribe_to(...)"
+            )
         try:
             out.append(cls())
         except Exception as exc:
-            raise TaskerInputError(f"subscribers: {where} could not be created without arguments ({exc})") from None
+            raise TaskerInputError(
+                f"subscribers: {where} could not be created without arguments ({exc})"
+            ) from None
     return out

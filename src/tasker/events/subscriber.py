@@ -34,7 +34,9 @@ class Subscriber:
     def attach(self, bus: EventBus) -> Callable[[], None]:
         """Subscribe to `bus`; returns a function that detaches this subscriber again."""
         if not self.subscribed_events:
-            raise ValueError(f"{type(self).__name__} subscribes to no events; call subscribe_to(...) first")
+            raise ValueError(
+                f"{type(self).__name__} subscribes to no events; call subscribe_to(...) first"
+            )
         return bus.subscribe(self.dispatch, *self.subscribed_events)
 
     def dispatch(self, event: Event) -> None:

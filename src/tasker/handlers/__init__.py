@@ -8,7 +8,12 @@ if TYPE_CHECKING:
     from tasker.handlers.api import ApiRequest, ApiStepHandler, AsyncApiStepHandler
 
 __all__ = [
-    "ApiRequest", "ApiStepHandler", "AsyncApiStepHandler", "StepContext", "StepHandler", "TaskHandler",
+    "ApiRequest",
+    "ApiStepHandler",
+    "AsyncApiStepHandler",
+    "StepContext",
+    "StepHandler",
+    "TaskHandler",
     "UndeclaredEventError",
 ]
 

@@ -58,7 +58,9 @@ T = TypeVar("T")
 
 try:
     USER_AGENT = f"tasker/{importlib.metadata.version('tasker-engine')}"
-except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare source tree
+except (
+    importlib.metadata.PackageNotFoundError
+):  # pragma: no cover - running from a bare source tree
     USER_AGENT = "tasker/unknown"
 
 
@@ -123,14 +125,25 @@ class ApiStepHandler(StepHandler):
         """
         body = _json_or_none(response)
         if not isinstance(body, dict) or "existing" not in body:
-            raise _http_error(PermanentError, response, hint="(no 'existing' resource in the body to compare "
-                              "with; override on_conflict to resolve it)")
+            raise _http_error(
+                PermanentError,
+                response,
+                hint="(no 'existing' resource in the body to compare "
+                "with; override on_conflict to resolve it)",
+            )
         existing = body["existing"]
-        differing = [f for f in differing_fields(_sent_json(response), existing)
-                     if not _ignored(f, self.conflict_ignore_fields)]
+        differing = [
+            f
+            for f in differing_fields(_sent_json(response), existing)
+            if not _ignored(f, self.conflict_ignore_fields)
+        ]
         if differing:
-            raise _http_error(PermanentError, response, hint="(an existing resource differs in: "
-                              f"{', '.join(differing)})", extra={"differing_fields": differing})
+            raise _http_error(
+                PermanentError,
+                response,
+                hint=f"(an existing resource differs in: {', '.join(differing)})",
+                extra={"differing_fields": differing},
+            )
         resolved = httpx.Response(response.status_code, json=existing, request=response.request)
         resolved.elapsed = timedelta(milliseconds=elapsed_ms(response))
         return {**self.process_response(ctx, resolved), "conflict_resolved": True}
@@ -141,8 +154,13 @@ class ApiStepHandler(StepHandler):
         client = _clients.sync_client(call.base_url, call.timeout, self.transport)
         started = time.perf_counter()
         try:
-            response = client.request(call.request.method, call.url, json=call.request.json,
-                                      headers=call.headers, timeout=call.remaining())
+            response = client.request(
+                call.request.method,
+                call.url,
+                json=call.request.json,
+                headers=call.headers,
+                timeout=call.remaining(),
+            )
         except httpx.HTTPError as exc:
             raise self._failed_to_send(ctx, call, exc, time.perf_counter() - started) from exc
         return self._received(ctx, call, response, time.perf_counter() - started)
@@ -153,8 +171,11 @@ class ApiStepHandler(StepHandler):
         timeout = _http_timeout(ctx)
         request = self.build_request(ctx)
         if not isinstance(request, ApiRequest):
-            raise PermanentError(f"{type(self).__name__}.build_request returned {type(request).__name__}; "
-                                 "it must return an ApiRequest", error_code="INVALID_REQUEST")
+            raise PermanentError(
+                f"{type(self).__name__}.build_request returned {type(request).__name__}; "
+                "it must return an ApiRequest",
+                error_code="INVALID_REQUEST",
+            )
         request = replace(request, method=request.method.upper())
         headers = dict(request.headers or {})
         headers["Idempotency-Key"] = ctx.idempotency_key
@@ -164,14 +185,27 @@ class ApiStepHandler(StepHandler):
         if request.params:  # merged here: httpx would replace a query the path already has
             url = url.copy_merge_params(request.params)
         call = _Call(base_url, timeout, request, url, headers, deadline=began + timeout)
-        _publish(ctx, STARTED, {"method": call.request.method, "url": str(call.url), "attempt": ctx.attempt,
-                                "service": ctx.dependent_system, "correlation_id": ctx.correlation_id})
+        _publish(
+            ctx,
+            STARTED,
+            {
+                "method": call.request.method,
+                "url": str(call.url),
+                "attempt": ctx.attempt,
+                "service": ctx.dependent_system,
+                "correlation_id": ctx.correlation_id,
+            },
+        )
         return call
 
-    def _received(self, ctx: StepContext, call: _Call, response: httpx.Response, seconds: float) -> dict[str, Any]:
+    def _received(
+        self, ctx: StepContext, call: _Call, response: httpx.Response, seconds: float
+    ) -> dict[str, Any]:
         status = response.status_code
         ms = round(seconds * 1000, 3)
-        response.elapsed = timedelta(seconds=seconds)  # one figure for results, events, metrics and logs
+        response.elapsed = timedelta(
+            seconds=seconds
+        )  # one figure for results, events, metrics and logs
         _observe(ctx, call, str(status), seconds)
         level = logging.INFO if status < 400 or status == 409 else logging.WARNING
         ctx.logger.log(level, "%s %s -> %s in %.1f ms", call.request.method, call.url, status, ms)
@@ -183,22 +217,60 @@ class ApiStepHandler(StepHandler):
             else:
                 raise classify_status(response)
         except Exception as exc:
-            _publish(ctx, FAILED, {"status": str(status), "status_code": status, "message": str(exc),
-                                   "retryable": not isinstance(exc, PermanentError), "url": str(call.url),
-                                   "response_time_ms": ms})
+            _publish(
+                ctx,
+                FAILED,
+                {
+                    "status": str(status),
+                    "status_code": status,
+                    "message": str(exc),
+                    "retryable": not isinstance(exc, PermanentError),
+                    "url": str(call.url),
+                    "response_time_ms": ms,
+                },
+            )
             raise
-        _publish(ctx, COMPLETED, {"status": str(status), "status_code": status, "response_time_ms": ms,
-                                  "url": str(call.url), "conflict_resolved": bool(results.get("conflict_resolved"))})
+        _publish(
+            ctx,
+            COMPLETED,
+            {
+                "status": str(status),
+                "status_code": status,
+                "response_time_ms": ms,
+                "url": str(call.url),
+                "conflict_resolved": bool(results.get("conflict_resolved")),
+            },
+        )
         return results
 
-    def _failed_to_send(self, ctx: StepContext, call: _Call, exc: httpx.HTTPError, seconds: float) -> Exception:
+    def _failed_to_send(
+        self, ctx: StepContext, call: _Call, exc: httpx.HTTPError, seconds: float
+    ) -> Exception:
         kind, retryable = classify_transport_error(exc)
-        message = f"{call.request.method} {call.url} failed: {kind.replace('_', ' ')} ({_describe(exc)})"
+        message = (
+            f"{call.request.method} {call.url} failed: {kind.replace('_', ' ')} ({_describe(exc)})"
+        )
         _observe(ctx, call, kind, seconds)
-        ctx.logger.warning("%s %s -> %s after %.1f ms: %s", call.request.method, call.url, kind, seconds * 1000,
-                           _describe(exc))
-        _publish(ctx, FAILED, {"status": kind, "status_code": None, "message": message, "retryable": retryable,
-                               "url": str(call.url), "response_time_ms": round(seconds * 1000, 3)})
+        ctx.logger.warning(
+            "%s %s -> %s after %.1f ms: %s",
+            call.request.method,
+            call.url,
+            kind,
+            seconds * 1000,
+            _describe(exc),
+        )
+        _publish(
+            ctx,
+            FAILED,
+            {
+                "status": kind,
+                "status_code": None,
+                "message": message,
+                "retryable": retryable,
+                "url": str(call.url),
+                "response_time_ms": round(seconds * 1000, 3),
+            },
+        )
         context = {"error_kind": kind, "method": call.request.method, "url": str(call.url)}
         if retryable:
             return RetryableError(message, error_code=kind.upper(), context=context)
@@ -215,8 +287,13 @@ class AsyncApiStepHandler(ApiStepHandler):
         budget = call.remaining()
         try:
             async with asyncio.timeout(budget):  # one deadline for connect, send and read together
-                response = await client.request(call.request.method, call.url, json=call.request.json,
-                                                headers=call.headers, timeout=budget)
+                response = await client.request(
+                    call.request.method,
+                    call.url,
+                    json=call.request.json,
+                    headers=call.headers,
+                    timeout=budget,
+                )
         except httpx.HTTPError as exc:
             raise self._failed_to_send(ctx, call, exc, time.perf_counter() - started) from exc
         except TimeoutError as exc:
@@ -230,13 +307,21 @@ def classify_status(response: httpx.Response) -> PermanentError | RetryableError
     """The error for a non-2xx, non-409 answer: throttling and server faults retry, client mistakes do not."""
     status = response.status_code
     if status in THROTTLED_STATUSES:
-        return _http_error(RetryableError, response, retry_after=parse_retry_after(response.headers.get("Retry-After")))
+        return _http_error(
+            RetryableError,
+            response,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        )
     if status >= 500 or status == 408:
         return _http_error(RetryableError, response, system_fault=status in SYSTEM_FAULT_STATUSES)
     if 300 <= status < 400:
         where = response.headers.get("Location")
-        return _http_error(PermanentError, response, hint="(redirects are not followed; point handler_config.url "
-                           f"at the final address{': ' + where if where else ''})")
+        return _http_error(
+            PermanentError,
+            response,
+            hint="(redirects are not followed; point handler_config.url "
+            f"at the final address{': ' + where if where else ''})",
+        )
     return _http_error(PermanentError, response)
 
 
@@ -305,8 +390,11 @@ def differing_fields(sent: Any, existing: Any, path: str = "") -> list[str]:
     if isinstance(sent, list):
         if not isinstance(existing, list) or len(existing) != len(sent):
             return [path or "(body)"]
-        return [f for i, (a, b) in enumerate(zip(sent, existing, strict=True))
-                for f in differing_fields(a, b, f"{path}[{i}]")]
+        return [
+            f
+            for i, (a, b) in enumerate(zip(sent, existing, strict=True))
+            for f in differing_fields(a, b, f"{path}[{i}]")
+        ]
     same = sent == existing and isinstance(sent, bool) == isinstance(existing, bool)
     return [] if same else [path or "(body)"]
 
@@ -329,22 +417,40 @@ def elapsed_ms(response: httpx.Response) -> float:
         return 0.0
 
 
-def _http_error(cls: type[PermanentError] | type[RetryableError], response: httpx.Response, *, hint: str = "",
-                retry_after: float | None = None, extra: dict[str, Any] | None = None,
-                system_fault: bool = True) -> PermanentError | RetryableError:
+def _http_error(
+    cls: type[PermanentError] | type[RetryableError],
+    response: httpx.Response,
+    *,
+    hint: str = "",
+    retry_after: float | None = None,
+    extra: dict[str, Any] | None = None,
+    system_fault: bool = True,
+) -> PermanentError | RetryableError:
     status = response.status_code
     method = response.request.method if _has_request(response) else "?"
-    message = f"{method} {_request_url(response)} answered {status} {response.reason_phrase}: " \
-              f"{service_message(response)}"
+    message = (
+        f"{method} {_request_url(response)} answered {status} {response.reason_phrase}: "
+        f"{service_message(response)}"
+    )
     if hint:
         message = f"{message} {hint}"
-    context: dict[str, Any] = {"status": status, "method": method, "url": _request_url(response),
-                               "response": _excerpt(response), **(extra or {})}
+    context: dict[str, Any] = {
+        "status": status,
+        "method": method,
+        "url": _request_url(response),
+        "response": _excerpt(response),
+        **(extra or {}),
+    }
     if cls is RetryableError:
         if retry_after is not None:
             context["retry_after"] = retry_after
-        return RetryableError(message, retry_after=retry_after, error_code=f"HTTP_{status}", context=context,
-                              system_fault=system_fault)
+        return RetryableError(
+            message,
+            retry_after=retry_after,
+            error_code=f"HTTP_{status}",
+            context=context,
+            system_fault=system_fault,
+        )
     return PermanentError(message, error_code=f"HTTP_{status}", context=context)
 
 
@@ -353,15 +459,19 @@ def _base_url(ctx: StepContext) -> str:
     url = ctx.handler_config.get("url")
     fix = "set it to the service's base URL, e.g. url: http://localhost:8001"
     if url is None or (isinstance(url, str) and not url.strip()):
-        raise PermanentError(f"step '{ctx.step_name}': handler_config.url is missing; {fix}",
-                             error_code="INVALID_CONFIG")
+        raise PermanentError(
+            f"step '{ctx.step_name}': handler_config.url is missing; {fix}",
+            error_code="INVALID_CONFIG",
+        )
     try:
         parsed = httpx.URL(url) if isinstance(url, str) else None
     except httpx.InvalidURL:
         parsed = None
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
-        raise PermanentError(f"step '{ctx.step_name}': handler_config.url {url!r} is not an http(s) URL; {fix}",
-                             error_code="INVALID_CONFIG")
+        raise PermanentError(
+            f"step '{ctx.step_name}': handler_config.url {url!r} is not an http(s) URL; {fix}",
+            error_code="INVALID_CONFIG",
+        )
     return str(url).strip()
 
 
@@ -369,11 +479,21 @@ def _http_timeout(ctx: StepContext) -> float:
     value = ctx.handler_config.get("timeout_seconds")
     if value is None:
         return DEFAULT_TIMEOUT_SECONDS
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise PermanentError(f"step '{ctx.step_name}': handler_config.timeout_seconds {value!r} must be a number "
-                             "of seconds greater than 0", error_code="INVALID_CONFIG")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise PermanentError(
+            f"step '{ctx.step_name}': handler_config.timeout_seconds {value!r} must be a number "
+            "of seconds greater than 0",
+            error_code="INVALID_CONFIG",
+        )
     seconds = float(value)
-    return seconds - max(seconds * HTTP_TIMEOUT_MARGIN_SHARE, min(HTTP_TIMEOUT_MIN_MARGIN_SECONDS, seconds / 2))
+    return seconds - max(
+        seconds * HTTP_TIMEOUT_MARGIN_SHARE, min(HTTP_TIMEOUT_MIN_MARGIN_SECONDS, seconds / 2)
+    )
 
 
 def _join(base_url: str, path: str, ctx: StepContext) -> httpx.URL:
@@ -383,9 +503,14 @@ def _join(base_url: str, path: str, ctx: StepContext) -> httpx.URL:
         return base
     rel = httpx.URL(path)
     if rel.is_absolute_url or rel.host:
-        raise PermanentError(f"step '{ctx.step_name}': ApiRequest.path {path!r} must be relative to "
-                             "handler_config.url (put the service address in the url)", error_code="INVALID_REQUEST")
-    return base.copy_with(path=base.path.rstrip("/") + "/" + rel.path.lstrip("/"), query=rel.query or None)
+        raise PermanentError(
+            f"step '{ctx.step_name}': ApiRequest.path {path!r} must be relative to "
+            "handler_config.url (put the service address in the url)",
+            error_code="INVALID_REQUEST",
+        )
+    return base.copy_with(
+        path=base.path.rstrip("/") + "/" + rel.path.lstrip("/"), query=rel.query or None
+    )
 
 
 # -- clients ------------------------------------------------------------------------------------------
@@ -400,8 +525,9 @@ class _ClientCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sync: OrderedDict[tuple[Any, ...], httpx.Client] = OrderedDict()
-        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
-                                               OrderedDict[tuple[Any, ...], httpx.AsyncClient]]
+        self._async: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, OrderedDict[tuple[Any, ...], httpx.AsyncClient]
+        ]
         self._async = weakref.WeakKeyDictionary()
         self._atexit = False
 
@@ -410,28 +536,40 @@ class _ClientCache:
         with self._lock:
             client = self._sync.get(key)
             if client is None:
-                client = httpx.Client(timeout=timeout, transport=_checked(transport, httpx.BaseTransport),
-                                      verify=_ssl_context(), headers={"User-Agent": USER_AGENT})
+                client = httpx.Client(
+                    timeout=timeout,
+                    transport=_checked(transport, httpx.BaseTransport),
+                    verify=_ssl_context(),
+                    headers={"User-Agent": USER_AGENT},
+                )
                 self._remember(self._sync, key, client)
             else:
                 self._sync.move_to_end(key)
             return client
 
-    def async_client(self, base_url: str, timeout: float, transport: Any = None) -> httpx.AsyncClient:
+    def async_client(
+        self, base_url: str, timeout: float, transport: Any = None
+    ) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
         key = (base_url, timeout, transport)
         with self._lock:
             clients = self._async.setdefault(loop, OrderedDict())
             client = clients.get(key)
             if client is None:
-                client = httpx.AsyncClient(timeout=timeout, transport=_checked(transport, httpx.AsyncBaseTransport),
-                                           verify=_ssl_context(), headers={"User-Agent": USER_AGENT})
+                client = httpx.AsyncClient(
+                    timeout=timeout,
+                    transport=_checked(transport, httpx.AsyncBaseTransport),
+                    verify=_ssl_context(),
+                    headers={"User-Agent": USER_AGENT},
+                )
                 self._remember(clients, key, client)
             else:
                 clients.move_to_end(key)
             return client
 
-    def _remember(self, cache: OrderedDict[tuple[Any, ...], Any], key: tuple[Any, ...], client: Any) -> None:
+    def _remember(
+        self, cache: OrderedDict[tuple[Any, ...], Any], key: tuple[Any, ...], client: Any
+    ) -> None:
         cache[key] = client
         while len(cache) > MAX_CACHED_CLIENTS:
             cache.popitem(last=False)
@@ -468,8 +606,10 @@ def _checked(transport: Any, kind: type[T]) -> T | None:
     """The handler's `transport`, refused early when it cannot serve this (sync or async) client."""
     if transport is None or isinstance(transport, kind):
         return transport
-    raise TypeError(f"transport {type(transport).__name__} is not an {kind.__module__}.{kind.__qualname__}; "
-                    "use httpx.HTTPTransport for ApiStepHandler and httpx.AsyncHTTPTransport for AsyncApiStepHandler")
+    raise TypeError(
+        f"transport {type(transport).__name__} is not an {kind.__module__}.{kind.__qualname__}; "
+        "use httpx.HTTPTransport for ApiStepHandler and httpx.AsyncHTTPTransport for AsyncApiStepHandler"
+    )
 
 
 # -- small helpers ------------------------------------------------------------------------------------
@@ -481,8 +621,9 @@ def _publish(ctx: StepContext, event: str, payload: dict[str, Any]) -> None:
 
 def _observe(ctx: StepContext, call: _Call, status: str, seconds: float) -> None:
     try:
-        metrics.observe_api_call(system=ctx.dependent_system, method=call.request.method, status=status,
-                                 seconds=seconds)
+        metrics.observe_api_call(
+            system=ctx.dependent_system, method=call.request.method, status=status, seconds=seconds
+        )
     except Exception:  # a metrics fault must never fail the business step
         ctx.logger.exception("recording the API call metric failed")
 
@@ -515,7 +656,11 @@ def _message_from(value: Any) -> str | None:
     if isinstance(value, str):
         return value or None
     if isinstance(value, dict):
-        return _message_from(value.get("message")) or _message_from(value.get("detail")) or json.dumps(value)
+        return (
+            _message_from(value.get("message"))
+            or _message_from(value.get("detail"))
+            or json.dumps(value)
+        )
     if isinstance(value, list) and value:  # FastAPI's 422: [{"loc": [...], "msg": "..."}]
         return "; ".join(_validation_item(v) for v in value)
     return None

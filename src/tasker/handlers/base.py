@@ -24,8 +24,15 @@ class UndeclaredEventError(TaskerError):
 class TaskPort(Protocol):
     """The two engine operations a step may perform on other tasks: start one, and look one up."""
 
-    def create_task(self, template: str, context: dict[str, Any], *, version: str | None,
-                    idempotency_key: str, correlation_id: str) -> Task: ...
+    def create_task(
+        self,
+        template: str,
+        context: dict[str, Any],
+        *,
+        version: str | None,
+        idempotency_key: str,
+        correlation_id: str,
+    ) -> Task: ...
 
     def get_task(self, task_id: int) -> Task: ...
 
@@ -93,9 +100,14 @@ class StepContext:
             )
         self.published.append((event, dict(payload or {})))
 
-
-    def create_task(self, template: str, context: Mapping[str, Any] | None = None, *, version: str | None = None,
-                    key: str = "") -> int:
+    def create_task(
+        self,
+        template: str,
+        context: Mapping[str, Any] | None = None,
+        *,
+        version: str | None = None,
+        key: str = "",
+    ) -> int:
         """Start another task (any namespace) from this step; returns its id.
 
         Idempotent across the retries of this step: the child's idempotency key derives from this step's, so
@@ -104,9 +116,13 @@ class StepContext:
         inherits this task's correlation id.
         """
         if self._tasks is None:
-            raise TaskerError("this step context is not attached to an engine; create_task is unavailable")
+            raise TaskerError(
+                "this step context is not attached to an engine; create_task is unavailable"
+            )
         task = self._tasks.create_task(
-            template, dict(context or {}), version=version,
+            template,
+            dict(context or {}),
+            version=version,
             idempotency_key=f"spawned:{self.idempotency_key}:{template}:{key}"[:255],
             correlation_id=self.correlation_id,
         )
@@ -118,7 +134,9 @@ class StepContext:
         To wait for a child without holding a worker, raise `RetryableError(retry_after=...)` while it runs.
         """
         if self._tasks is None:
-            raise TaskerError("this step context is not attached to an engine; get_task is unavailable")
+            raise TaskerError(
+                "this step context is not attached to an engine; get_task is unavailable"
+            )
         return self._tasks.get_task(task_id)
 
 
@@ -129,7 +147,10 @@ class StepHandler:
     any other exception counts as retryable. One instance handles one attempt.
     """
 
-    process: Callable[[StepContext], dict[str, Any] | None] | Callable[[StepContext], Awaitable[dict[str, Any] | None]]
+    process: (
+        Callable[[StepContext], dict[str, Any] | None]
+        | Callable[[StepContext], Awaitable[dict[str, Any] | None]]
+    )
 
     def process(self, ctx: StepContext) -> dict[str, Any] | None:  # type: ignore[no-redef]
         raise NotImplementedError(f"{type(self).__name__} must implement process(ctx)")

@@ -56,14 +56,21 @@ class bind_step_context:  # lower case: used like a function, `with bind_step_co
 
     __slots__ = ("_fields", "_tokens")
 
-    def __init__(self, *, task_id: int, template: str, step: str, attempt: int, correlation_id: str):
+    def __init__(
+        self, *, task_id: int, template: str, step: str, attempt: int, correlation_id: str
+    ):
         self._fields = (task_id, template, step, attempt, correlation_id)
         self._tokens: tuple[Token[Any], ...] = ()
 
     def __enter__(self) -> None:
         task_id, template, step, attempt, correlation_id = self._fields
-        self._tokens = (_TASK_ID.set(task_id), _TEMPLATE.set(template), _STEP_NAME.set(step),
-                        _ATTEMPT.set(attempt), _CORRELATION_ID.set(correlation_id))
+        self._tokens = (
+            _TASK_ID.set(task_id),
+            _TEMPLATE.set(template),
+            _STEP_NAME.set(step),
+            _ATTEMPT.set(attempt),
+            _CORRELATION_ID.set(correlation_id),
+        )
 
     def __exit__(self, *exc: object) -> None:
         if self._tokens:
@@ -88,7 +95,9 @@ class StepLoggerAdapter(logging.LoggerAdapter[logging.Logger]):
     keeps them for a handler that logs from a thread it started itself, or with a plain `logging` setup.
     """
 
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
         given = kwargs.get("extra")
         kwargs["extra"] = {**(self.extra or {}), **given} if given else self.extra
         return msg, kwargs
@@ -148,10 +157,14 @@ def _renderers(fmt: str) -> list[Processor]:
 
 def _check(fmt: str, level: str) -> str:
     if fmt not in FORMATS:
-        raise TaskerInputError(f"log format {fmt!r} is not supported; fix: use one of {', '.join(FORMATS)}")
+        raise TaskerInputError(
+            f"log format {fmt!r} is not supported; fix: use one of {', '.join(FORMATS)}"
+        )
     upper = str(level).upper()
     if upper not in LEVELS:
-        raise TaskerInputError(f"log level {level!r} is not supported; fix: use one of {', '.join(LEVELS)}")
+        raise TaskerInputError(
+            f"log level {level!r} is not supported; fix: use one of {', '.join(LEVELS)}"
+        )
     return upper
 
 
@@ -171,7 +184,9 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def configure_logging(format: str = "console", level: str = "INFO", *, stream: TextIO | None = None) -> None:
+def configure_logging(
+    format: str = "console", level: str = "INFO", *, stream: TextIO | None = None
+) -> None:
     """Route stdlib and structlog logs through one root handler rendering JSON lines or console lines.
 
     Idempotent: calling it again replaces the handler it installed before (other handlers, such as a test
@@ -189,7 +204,9 @@ def configure_logging(format: str = "console", level: str = "INFO", *, stream: T
         foreign_pre_chain=[*_pre_chain(), structlog.stdlib.ExtraAdder()],
         processors=_renderers(format),
     )
-    handler: logging.Handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+    handler: logging.Handler = (
+        logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+    )
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(formatter)
     root = logging.getLogger()

@@ -24,8 +24,19 @@ from datetime import UTC, datetime
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from tasker.store.workers import ALIVE_WITHIN_SECONDS
@@ -93,22 +104,34 @@ class StepMetrics(Collector):
 
     def _families(self) -> tuple[Any, ...]:
         return (
-            HistogramMetricFamily("tasker_step_duration_seconds",
-                                  "Duration of step attempts (handler run time), by template and step.",
-                                  labels=["template", "step"]),
-            CounterMetricFamily("tasker_step_outcomes",
-                                "Step attempts by how they ended: complete, retry (scheduled) or error.",
-                                labels=["template", "step", "outcome"]),
-            CounterMetricFamily("tasker_step_retries", "Retries scheduled after a failed attempt.",
-                                labels=["template", "step"]),
-            CounterMetricFamily("tasker_step_failures", "Failed step attempts (retried or final), by error class.",
-                                labels=["template", "step", "error_class"]),
+            HistogramMetricFamily(
+                "tasker_step_duration_seconds",
+                "Duration of step attempts (handler run time), by template and step.",
+                labels=["template", "step"],
+            ),
+            CounterMetricFamily(
+                "tasker_step_outcomes",
+                "Step attempts by how they ended: complete, retry (scheduled) or error.",
+                labels=["template", "step", "outcome"],
+            ),
+            CounterMetricFamily(
+                "tasker_step_retries",
+                "Retries scheduled after a failed attempt.",
+                labels=["template", "step"],
+            ),
+            CounterMetricFamily(
+                "tasker_step_failures",
+                "Failed step attempts (retried or final), by error class.",
+                labels=["template", "step", "error_class"],
+            ),
         )
 
     def collect(self) -> Iterable[Metric]:
         with self._lock:
-            snapshot = [(key, list(s.buckets), s.total, dict(s.outcomes), dict(s.failures))
-                        for key, s in self._series.items()]
+            snapshot = [
+                (key, list(s.buckets), s.total, dict(s.outcomes), dict(s.failures))
+                for key, s in self._series.items()
+            ]
         durations, outcomes, retries, failures = self._families()
         bounds = [*(str(b) for b in STEP_BUCKETS), "+Inf"]
         for (template, step), buckets, total, by_outcome, by_class in snapshot:
@@ -134,20 +157,30 @@ class EngineMetrics:
         self.claim_latency = Histogram(
             "tasker_claim_latency_seconds",
             "From the start of a worker's claim to the commit that hands it the steps, per cycle that claimed.",
-            registry=r, buckets=CLAIM_BUCKETS)
+            registry=r,
+            buckets=CLAIM_BUCKETS,
+        )
         self.api_calls = Histogram(
-            "tasker_api_call_duration_seconds", "Outgoing HTTP calls made by ApiStepHandler steps.",
-            ("system", "method", "status"), registry=r, buckets=API_BUCKETS)
+            "tasker_api_call_duration_seconds",
+            "Outgoing HTTP calls made by ApiStepHandler steps.",
+            ("system", "method", "status"),
+            registry=r,
+            buckets=API_BUCKETS,
+        )
         self.stuck_handlers = Gauge(
             "tasker_handler_threads_stuck",
             "Sync handler threads still inside a handler that overstayed its timeout, per worker.",
-            ("worker",), registry=r)
+            ("worker",),
+            registry=r,
+        )
         if process_metrics:
             from prometheus_client import ProcessCollector
 
             ProcessCollector(namespace="tasker", registry=r)
 
-    def observe_attempt(self, template: str, step: str, state: str, seconds: float, error_class: str | None) -> None:
+    def observe_attempt(
+        self, template: str, step: str, state: str, seconds: float, error_class: str | None
+    ) -> None:
         """One attempt (the worker records a cycle's attempts at once with `steps.record`)."""
         self.steps.record([(template, step, state, seconds, error_class)])
 
@@ -191,7 +224,9 @@ def observe_cycle(
     """
     try:
         _observe_cycle(_current, done, accepted, template_of, claim_seconds)
-    except Exception:  # the cycle is committed: a metrics fault must not make the worker run it again
+    except (
+        Exception
+    ):  # the cycle is committed: a metrics fault must not make the worker run it again
         log.exception("recording the metrics of a worker cycle failed")
 
 
@@ -221,8 +256,15 @@ def _observe_cycle(
                 key = "unknown"
             keys[claimed.template_id] = key
         error = outcome.error
-        rows.append((key, claimed.name, outcome.state, outcome.duration_ms / 1000.0,
-                     error.get("class") if error else None))
+        rows.append(
+            (
+                key,
+                claimed.name,
+                outcome.state,
+                outcome.duration_ms / 1000.0,
+                error.get("class") if error else None,
+            )
+        )
     m.steps.record(rows)
 
 
@@ -239,11 +281,18 @@ class DatabaseCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         started = time.perf_counter()
-        up = GaugeMetricFamily("tasker_database_up", "1 when the last scrape could read the store, else 0.")
+        up = GaugeMetricFamily(
+            "tasker_database_up", "1 when the last scrape could read the store, else 0."
+        )
         try:
             snapshot = _read(self.db)
         except Exception as exc:  # a scrape must answer (with up=0) whatever the store does
-            log.warning("metrics: cannot read the store %s (%s: %s)", self.db.safe_url(), type(exc).__name__, exc)
+            log.warning(
+                "metrics: cannot read the store %s (%s: %s)",
+                self.db.safe_url(),
+                type(exc).__name__,
+                exc,
+            )
             up.add_metric([], 0)
             yield up
             return
@@ -267,16 +316,27 @@ def _families() -> tuple[GaugeMetricFamily, ...]:
     return (
         GaugeMetricFamily("tasker_tasks", "Tasks by state.", labels=["state"]),
         GaugeMetricFamily("tasker_steps", "Steps by state.", labels=["state"]),
-        GaugeMetricFamily("tasker_ready_queue_depth",
-                          "Steps ready or waiting to retry whose run_at has come: claimable now, not yet claimed."),
-        GaugeMetricFamily("tasker_ready_queue_oldest_seconds",
-                          "How long the oldest claimable step has been due (0 when the queue is empty)."),
-        GaugeMetricFamily("tasker_circuit_state",
-                          "Circuit breaker per dependent system: 0 closed, 1 half_open, 2 open.", labels=["system"]),
-        GaugeMetricFamily("tasker_workers_active",
-                          f"Worker processes that reported in the last {WORKER_SEEN_SECONDS:g} s and have not "
-                          "stopped."),
-        GaugeMetricFamily("tasker_metrics_scrape_seconds", "Time spent reading the store for this scrape."),
+        GaugeMetricFamily(
+            "tasker_ready_queue_depth",
+            "Steps ready or waiting to retry whose run_at has come: claimable now, not yet claimed.",
+        ),
+        GaugeMetricFamily(
+            "tasker_ready_queue_oldest_seconds",
+            "How long the oldest claimable step has been due (0 when the queue is empty).",
+        ),
+        GaugeMetricFamily(
+            "tasker_circuit_state",
+            "Circuit breaker per dependent system: 0 closed, 1 half_open, 2 open.",
+            labels=["system"],
+        ),
+        GaugeMetricFamily(
+            "tasker_workers_active",
+            f"Worker processes that reported in the last {WORKER_SEEN_SECONDS:g} s and have not "
+            "stopped.",
+        ),
+        GaugeMetricFamily(
+            "tasker_metrics_scrape_seconds", "Time spent reading the store for this scrape."
+        ),
     )
 
 
@@ -319,7 +379,9 @@ def serve_metrics(port: int, engine: Tasker | None = None, *, addr: str = "0.0.0
     from tasker.errors import TaskerInputError
 
     try:
-        server, _thread = start_http_server(port, addr, registry=_Exposed(engine.db if engine else None))
+        server, _thread = start_http_server(
+            port, addr, registry=_Exposed(engine.db if engine else None)
+        )
     except OSError as exc:
         raise TaskerInputError(
             f"cannot serve metrics on {addr}:{port} ({exc.strerror or exc}); fix: choose a free --metrics-port"

@@ -133,13 +133,17 @@ def _tracers() -> _Tracers | None:
     assert api is not None
     task = provider.get_tracer(f"{SCOPE}.tasks", __version__)
     ids = None
-    current = getattr(task, "id_generator", None)  # the SDK's tracer; other providers get the fallback
+    current = getattr(
+        task, "id_generator", None
+    )  # the SDK's tracer; other providers get the fallback
     if isinstance(current, _FixedIds):
         ids = current
     elif current is not None:
         ids = _FixedIds(current)
         task.id_generator = ids
-    made = _tracers_cache = _Tracers(provider, api, provider.get_tracer(SCOPE, __version__), task, ids)
+    made = _tracers_cache = _Tracers(
+        provider, api, provider.get_tracer(SCOPE, __version__), task, ids
+    )
     return made
 
 
@@ -184,8 +188,9 @@ def step_span(claimed: ClaimedStep, template: str) -> AbstractContextManager[Any
             "tasker.dependent_system": claimed.dependent_system,
         },
     )
-    current: AbstractContextManager[Any] = t.api.use_span(span, end_on_exit=True, record_exception=True,
-                                                           set_status_on_exception=True)
+    current: AbstractContextManager[Any] = t.api.use_span(
+        span, end_on_exit=True, record_exception=True, set_status_on_exception=True
+    )
     return current
 
 
@@ -247,13 +252,21 @@ def _record_task(t: _Tracers, task: Task) -> None:
     start = _nanos(task.created_at)
     if t.ids is not None:
         with t.ids.forced(trace_id, span_id):
-            span = t.task.start_span(name, context=Context(), attributes=attributes, start_time=start)
+            span = t.task.start_span(
+                name, context=Context(), attributes=attributes, start_time=start
+            )
     else:  # not the SDK: the span joins the task's trace under the derived parent instead
-        span = t.task.start_span(name, context=_task_parent(t, task.id, task.correlation_id), attributes=attributes,
-                                 start_time=start)
+        span = t.task.start_span(
+            name,
+            context=_task_parent(t, task.id, task.correlation_id),
+            attributes=attributes,
+            start_time=start,
+        )
     if task.status == "error":
         failed = [s.name for s in task.steps if s.status == "error"]
-        span.set_status(t.api.Status(t.api.StatusCode.ERROR, f"failed steps: {', '.join(failed)}"[:256]))
+        span.set_status(
+            t.api.Status(t.api.StatusCode.ERROR, f"failed steps: {', '.join(failed)}"[:256])
+        )
     span.end(end_time=_nanos(task.finished_at or datetime.now(UTC)))
 
 

@@ -95,8 +95,12 @@ def _seconds(dialect: str, start: Any, end: Any) -> ColumnElement[float]:
     return cast(extract("epoch", end - start), Float)
 
 
-def _distributions(conn: Connection, keys: Sequence[ColumnElement[Any]], value: ColumnElement[Any],
-                   query: Select[Any]) -> dict[tuple[Any, ...], Distribution]:
+def _distributions(
+    conn: Connection,
+    keys: Sequence[ColumnElement[Any]],
+    value: ColumnElement[Any],
+    query: Select[Any],
+) -> dict[tuple[Any, ...], Distribution]:
     """count/avg/p50/p95/max/sum of `value` per group of `keys`, over the rows `query` selects from.
 
     `query` supplies the FROM and WHERE clauses; its own columns are replaced.
@@ -113,7 +117,9 @@ def _distributions(conn: Connection, keys: Sequence[ColumnElement[Any]], value: 
         .subquery()
     )
     group = [inner.c[f"k{i}"] for i in range(len(keys))]
-    rank50 = (inner.c.n * 50 + 99) // 100  # ceil(n * p) in integer arithmetic, for p = 0.50 and 0.95
+    rank50 = (
+        inner.c.n * 50 + 99
+    ) // 100  # ceil(n * p) in integer arithmetic, for p = 0.50 and 0.95
     rank95 = (inner.c.n * 95 + 99) // 100
     outer = select(
         *group,
@@ -140,8 +146,14 @@ def _f(value: Any) -> float | None:
 def task_outcomes(conn: Connection, scope: Scope) -> dict[TemplateKey, TaskOutcomes]:
     """Per template: tasks created in the scope, how many started, and their current states."""
     q = (
-        select(tasks.c.namespace, tasks.c.name, tasks.c.version, tasks.c.status, func.count(),
-               func.count(tasks.c.started_at))
+        select(
+            tasks.c.namespace,
+            tasks.c.name,
+            tasks.c.version,
+            tasks.c.status,
+            func.count(),
+            func.count(tasks.c.started_at),
+        )
         .where(*scope.conditions())
         .group_by(tasks.c.namespace, tasks.c.name, tasks.c.version, tasks.c.status)
     )
@@ -158,7 +170,9 @@ def task_durations(conn: Connection, scope: Scope) -> dict[TemplateKey, Distribu
     """Per template: seconds from start to finish of the tasks created in the scope that completed."""
     value = _seconds(conn.dialect.name, tasks.c.started_at, tasks.c.finished_at)
     keys = [tasks.c.namespace, tasks.c.name, tasks.c.version]
-    q = select(tasks.c.id).where(*scope.conditions(), tasks.c.status == "complete", tasks.c.started_at.is_not(None))
+    q = select(tasks.c.id).where(
+        *scope.conditions(), tasks.c.status == "complete", tasks.c.started_at.is_not(None)
+    )
     return {(k[0], k[1], k[2]): d for k, d in _distributions(conn, keys, value, q).items()}
 
 
@@ -166,15 +180,26 @@ def task_durations(conn: Connection, scope: Scope) -> dict[TemplateKey, Distribu
 def _attempts(scope: Scope) -> Select[Any]:
     """The attempt outcomes of the tasks in the scope, joined to their task and step rows."""
     joined = tasks.join(step_transitions, step_transitions.c.task_id == tasks.c.id).join(
-        steps, steps.c.id == step_transitions.c.step_id)
-    return select(step_transitions.c.id).select_from(joined).where(
-        *scope.conditions(),
-        step_transitions.c.from_state == "in_progress",
-        step_transitions.c.to_state.in_(ATTEMPT_OUTCOMES),
+        steps, steps.c.id == step_transitions.c.step_id
+    )
+    return (
+        select(step_transitions.c.id)
+        .select_from(joined)
+        .where(
+            *scope.conditions(),
+            step_transitions.c.from_state == "in_progress",
+            step_transitions.c.to_state.in_(ATTEMPT_OUTCOMES),
+        )
     )
 
 
-_STEP_KEYS = (tasks.c.namespace, tasks.c.name, tasks.c.version, steps.c.name, steps.c.dependent_system)
+_STEP_KEYS = (
+    tasks.c.namespace,
+    tasks.c.name,
+    tasks.c.version,
+    steps.c.name,
+    steps.c.dependent_system,
+)
 
 
 def _count(condition: ColumnElement[bool]) -> ColumnElement[int]:
@@ -184,24 +209,39 @@ def _count(condition: ColumnElement[bool]) -> ColumnElement[int]:
 def step_counts(conn: Connection, scope: Scope) -> dict[StepKey, StepCounts]:
     """Per step of each template: attempts, completions, retries, errors, steps attempted, error classes."""
     to = step_transitions.c.to_state
-    q = _attempts(scope).with_only_columns(
-        *_STEP_KEYS,
-        func.count(),
-        _count(to == "complete"),
-        _count(to == "waiting_retry"),
-        _count(to == "error"),
-        _count(and_(to == "error", step_transitions.c.attempt > 1)),
-        func.count(step_transitions.c.step_id.distinct()),
-        func.max(steps.c.retry_limit),
-    ).group_by(*_STEP_KEYS)
+    q = (
+        _attempts(scope)
+        .with_only_columns(
+            *_STEP_KEYS,
+            func.count(),
+            _count(to == "complete"),
+            _count(to == "waiting_retry"),
+            _count(to == "error"),
+            _count(and_(to == "error", step_transitions.c.attempt > 1)),
+            func.count(step_transitions.c.step_id.distinct()),
+            func.max(steps.c.retry_limit),
+        )
+        .group_by(*_STEP_KEYS)
+    )
     out: dict[StepKey, StepCounts] = {}
     for row in conn.execute(q):
         key = (row[0], row[1], row[2], row[3], row[4])
         attempts, completed, retries, errors, after_retries, n_steps, limit = row[5:]
-        out[key] = StepCounts(int(attempts), int(completed or 0), int(retries or 0), int(errors or 0),
-                              int(after_retries or 0), int(n_steps), int(limit or 0))
-    classes = _attempts(scope).with_only_columns(*_STEP_KEYS, step_transitions.c.error_class, func.count()).where(
-        step_transitions.c.error_class.is_not(None)).group_by(*_STEP_KEYS, step_transitions.c.error_class)
+        out[key] = StepCounts(
+            int(attempts),
+            int(completed or 0),
+            int(retries or 0),
+            int(errors or 0),
+            int(after_retries or 0),
+            int(n_steps),
+            int(limit or 0),
+        )
+    classes = (
+        _attempts(scope)
+        .with_only_columns(*_STEP_KEYS, step_transitions.c.error_class, func.count())
+        .where(step_transitions.c.error_class.is_not(None))
+        .group_by(*_STEP_KEYS, step_transitions.c.error_class)
+    )
     for row in conn.execute(classes):
         key = (row[0], row[1], row[2], row[3], row[4])
         if key in out:
@@ -245,16 +285,30 @@ def backlog(conn: Connection, now: datetime, overdue_before: datetime) -> Backlo
     """
     run_at = steps.c.run_at
     due, overdue, oldest, scheduled = conn.execute(
-        select(_count(run_at <= now), _count(run_at <= overdue_before), func.min(run_at), _count(run_at > now))
-        .where(text(CLAIMABLE))
+        select(
+            _count(run_at <= now),
+            _count(run_at <= overdue_before),
+            func.min(run_at),
+            _count(run_at > now),
+        ).where(text(CLAIMABLE))
     ).one()
-    running = conn.execute(select(func.count()).select_from(steps).where(text("state = 'in_progress'"))).scalar()
-    by_status = {str(status): int(n) for status, n in conn.execute(
-        select(tasks.c.status, func.count()).where(tasks.c.status.in_(("pending", "in_progress", "error")))
-        .group_by(tasks.c.status))}
+    running = conn.execute(
+        select(func.count()).select_from(steps).where(text("state = 'in_progress'"))
+    ).scalar()
+    by_status = {
+        str(status): int(n)
+        for status, n in conn.execute(
+            select(tasks.c.status, func.count())
+            .where(tasks.c.status.in_(("pending", "in_progress", "error")))
+            .group_by(tasks.c.status)
+        )
+    }
     return Backlog(
-        due_steps=int(due or 0), overdue_steps=int(overdue or 0), oldest_due_at=oldest if due else None,
-        scheduled_steps=int(scheduled or 0), running_steps=int(running or 0),
+        due_steps=int(due or 0),
+        overdue_steps=int(overdue or 0),
+        oldest_due_at=oldest if due else None,
+        scheduled_steps=int(scheduled or 0),
+        running_steps=int(running or 0),
         active_tasks=int(by_status.get("pending", 0)) + int(by_status.get("in_progress", 0)),
         tasks_in_error=int(by_status.get("error", 0)),
     )

@@ -40,7 +40,9 @@ RESOURCES: dict[str, tuple[str, ...]] = {
     "tasker.analytics": ("index",),
     "tasker.events": ("index",),
 }
-PERMISSIONS: tuple[str, ...] = tuple(f"{r}:{a}" for r, actions in RESOURCES.items() for a in actions)
+PERMISSIONS: tuple[str, ...] = tuple(
+    f"{r}:{a}" for r, actions in RESOURCES.items() for a in actions
+)
 #: `*` grants everything, `<resource>:*` every action of one resource.
 WILDCARDS: tuple[str, ...] = ("*", *(f"{r}:*" for r in RESOURCES))
 GRANTABLE = frozenset(PERMISSIONS) | frozenset(WILDCARDS)
@@ -70,7 +72,9 @@ def check_permissions(names: Iterable[str]) -> tuple[str, ...]:
         if name not in out:
             out.append(name)
     if not out:
-        raise TaskerInputError(f"an API key needs at least one permission; valid permissions: {', '.join(PERMISSIONS)}")
+        raise TaskerInputError(
+            f"an API key needs at least one permission; valid permissions: {', '.join(PERMISSIONS)}"
+        )
     return tuple(out)
 
 
@@ -118,24 +122,51 @@ class ApiKey:
         return not self.revoked and grants(self.permissions, permission)
 
 
-_COLUMNS = (api_keys.c.id, api_keys.c.name, api_keys.c.prefix, api_keys.c.permissions, api_keys.c.created_at,
-            api_keys.c.last_used_at, api_keys.c.revoked_at)
+_COLUMNS = (
+    api_keys.c.id,
+    api_keys.c.name,
+    api_keys.c.prefix,
+    api_keys.c.permissions,
+    api_keys.c.created_at,
+    api_keys.c.last_used_at,
+    api_keys.c.revoked_at,
+)
 
 
 def _record(row: Any) -> ApiKey:
-    return ApiKey(row.id, row.name, row.prefix, tuple(row.permissions or ()), row.created_at, row.last_used_at,
-                  row.revoked_at)
+    return ApiKey(
+        row.id,
+        row.name,
+        row.prefix,
+        tuple(row.permissions or ()),
+        row.created_at,
+        row.last_used_at,
+        row.revoked_at,
+    )
 
 
 def name_taken(conn: Connection, name: str) -> bool:
     return conn.execute(select(api_keys.c.id).where(api_keys.c.name == name)).first() is not None
 
 
-def insert_key(conn: Connection, *, name: str, prefix: str, key_hash: str, permissions: tuple[str, ...],
-               now: datetime) -> ApiKey:
+def insert_key(
+    conn: Connection,
+    *,
+    name: str,
+    prefix: str,
+    key_hash: str,
+    permissions: tuple[str, ...],
+    now: datetime,
+) -> ApiKey:
     row = conn.execute(
         insert(api_keys)
-        .values(name=name, prefix=prefix, key_hash=key_hash, permissions=list(permissions), created_at=now)
+        .values(
+            name=name,
+            prefix=prefix,
+            key_hash=key_hash,
+            permissions=list(permissions),
+            created_at=now,
+        )
         .returning(*_COLUMNS)
     ).one()
     return _record(row)
@@ -152,15 +183,20 @@ def get_key(conn: Connection, name: str) -> ApiKey | None:
 
 def revoke_key(conn: Connection, name: str, now: datetime) -> ApiKey | None:
     """Mark a key revoked (a second revoke keeps the first date); None when no key has that name."""
-    conn.execute(update(api_keys).where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
-                 .values(revoked_at=now))
+    conn.execute(
+        update(api_keys)
+        .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
     return get_key(conn, name)
 
 
 def find_by_key(conn: Connection, key: str) -> ApiKey | None:
     """The stored key whose digest matches `key`, revoked or not; None for an unknown key."""
     wanted = digest(key)
-    row = conn.execute(select(*_COLUMNS, api_keys.c.key_hash).where(api_keys.c.key_hash == wanted)).first()
+    row = conn.execute(
+        select(*_COLUMNS, api_keys.c.key_hash).where(api_keys.c.key_hash == wanted)
+    ).first()
     if row is None or not hmac.compare_digest(row.key_hash, wanted):
         return None
     return _record(row)
@@ -170,6 +206,9 @@ def touch(conn: Connection, key_id: int, now: datetime, every: timedelta = TOUCH
     """Record a use, unless one was recorded less than `every` ago (the condition settles racing writers)."""
     conn.execute(
         update(api_keys)
-        .where(api_keys.c.id == key_id, or_(api_keys.c.last_used_at.is_(None), api_keys.c.last_used_at <= now - every))
+        .where(
+            api_keys.c.id == key_id,
+            or_(api_keys.c.last_used_at.is_(None), api_keys.c.last_used_at <= now - every),
+        )
         .values(last_used_at=now)
     )

@@ -15,7 +15,13 @@ from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
 from tasker.engine.model import ClaimedStep
-from tasker.states import ACTIVE_STEP_STATES, CLAIMABLE_STEP_STATES, SATISFIED_STEP_STATES, StepState, TaskState
+from tasker.states import (
+    ACTIVE_STEP_STATES,
+    CLAIMABLE_STEP_STATES,
+    SATISFIED_STEP_STATES,
+    StepState,
+    TaskState,
+)
 from tasker.store import systems
 from tasker.store.journal import Journal
 from tasker.store.readiness import settle_tasks
@@ -27,10 +33,14 @@ SATISFIED = sorted(s.value for s in SATISFIED_STEP_STATES)
 ACTIVE = sorted(s.value for s in ACTIVE_STEP_STATES)
 
 
-def _candidates(*, namespaces: bool, task: bool, skip_locked: bool, restricted: bool) -> Select[Any]:
+def _candidates(
+    *, namespaces: bool, task: bool, skip_locked: bool, restricted: bool
+) -> Select[Any]:
     """Claimable steps, oldest run_at first; `restricted` also skips blocked systems and returns each
     step's system and namespace so limits can be checked."""
-    columns = [steps.c.id, steps.c.state] + ([steps.c.dependent_system, steps.c.namespace] if restricted else [])
+    columns = [steps.c.id, steps.c.state] + (
+        [steps.c.dependent_system, steps.c.namespace] if restricted else []
+    )
     q = select(*columns).where(steps.c.state.in_(CLAIMABLE), steps.c.run_at <= bindparam("now"))
     if restricted:
         q = q.where(steps.c.dependent_system.not_in(bindparam("blocked", expanding=True)))
@@ -43,8 +53,12 @@ def _candidates(*, namespaces: bool, task: bool, skip_locked: bool, restricted: 
 
 
 _FLAGS = [(ns, tk, sl) for ns in (False, True) for tk in (False, True) for sl in (False, True)]
-_CANDIDATES = {f: _candidates(namespaces=f[0], task=f[1], skip_locked=f[2], restricted=False) for f in _FLAGS}
-_RESTRICTED = {f: _candidates(namespaces=f[0], task=f[1], skip_locked=f[2], restricted=True) for f in _FLAGS}
+_CANDIDATES = {
+    f: _candidates(namespaces=f[0], task=f[1], skip_locked=f[2], restricted=False) for f in _FLAGS
+}
+_RESTRICTED = {
+    f: _candidates(namespaces=f[0], task=f[1], skip_locked=f[2], restricted=True) for f in _FLAGS
+}
 _TAKE = (
     update(steps)
     .where(steps.c.id.in_(bindparam("ids", expanding=True)), steps.c.state.in_(CLAIMABLE))
@@ -59,23 +73,31 @@ _TAKE = (
         updated_at=bindparam("now"),
     )
     .returning(
-        steps.c.id, steps.c.task_id, steps.c.name, steps.c.attempts, steps.c.retry_limit,
-        steps.c.claim_token, steps.c.idempotency_key, steps.c.dependent_system,
+        steps.c.id,
+        steps.c.task_id,
+        steps.c.name,
+        steps.c.attempts,
+        steps.c.retry_limit,
+        steps.c.claim_token,
+        steps.c.idempotency_key,
+        steps.c.dependent_system,
     )
 )
-_TASKS = (
-    select(tasks.c.id, tasks.c.status, tasks.c.context, tasks.c.correlation_id, tasks.c.template_id)
-    .where(tasks.c.id.in_(bindparam("ids", expanding=True)))
-)
+_TASKS = select(
+    tasks.c.id, tasks.c.status, tasks.c.context, tasks.c.correlation_id, tasks.c.template_id
+).where(tasks.c.id.in_(bindparam("ids", expanding=True)))
 _START_TASKS = (
     update(tasks)
-    .where(tasks.c.id.in_(bindparam("ids", expanding=True)), tasks.c.status == TaskState.PENDING.value)
-    .values(status=TaskState.IN_PROGRESS.value, started_at=bindparam("now"), updated_at=bindparam("now"))
+    .where(
+        tasks.c.id.in_(bindparam("ids", expanding=True)), tasks.c.status == TaskState.PENDING.value
+    )
+    .values(
+        status=TaskState.IN_PROGRESS.value, started_at=bindparam("now"), updated_at=bindparam("now")
+    )
 )
-_TASK_STEPS = (
-    select(steps.c.task_id, steps.c.id, steps.c.name, steps.c.state, steps.c.results)
-    .where(steps.c.task_id.in_(bindparam("ids", expanding=True)))
-)
+_TASK_STEPS = select(
+    steps.c.task_id, steps.c.id, steps.c.name, steps.c.state, steps.c.results
+).where(steps.c.task_id.in_(bindparam("ids", expanding=True)))
 
 
 @dataclass
@@ -122,7 +144,9 @@ def claim(
             return []
         return _take(conn, journal, {r.id: r.state for r in picked}, worker, lease_seconds, {})
     params["blocked"] = sorted(plan.blocked)
-    params["limit"] = min(limit * 4, 1000)  # room per system is checked below, so look a little further
+    params["limit"] = min(
+        limit * 4, 1000
+    )  # room per system is checked below, so look a little further
     chosen: dict[int, str] = {}
     system_of: dict[int, str] = {}
     for r in conn.execute(_RESTRICTED[key], params):
@@ -159,7 +183,14 @@ def claim_readied(
     chosen = list(readied)[: max(limit, 0)]
     if not chosen:
         return []
-    return _take(conn, journal, {sid: StepState.READY.value for sid, _, _ in chosen}, worker, lease_seconds, known)
+    return _take(
+        conn,
+        journal,
+        {sid: StepState.READY.value for sid, _, _ in chosen},
+        worker,
+        lease_seconds,
+        known,
+    )
 
 
 def _take(
@@ -171,10 +202,15 @@ def _take(
     known: dict[int, KnownTask],
 ) -> list[ClaimedStep]:
     now = journal.now
-    claimed = conn.execute(_TAKE, {
-        "ids": list(from_state), "worker": worker, "now": now,
-        "lease_until": now + timedelta(seconds=lease_seconds),
-    }).all()
+    claimed = conn.execute(
+        _TAKE,
+        {
+            "ids": list(from_state),
+            "worker": worker,
+            "now": now,
+            "lease_until": now + timedelta(seconds=lease_seconds),
+        },
+    ).all()
     if not claimed:
         return []
 
@@ -199,28 +235,50 @@ def _take(
                 results[r.task_id][r.name] = r.results or {}
         for i in unknown:
             t = task_rows[i]
-            known = {**known, i: KnownTask(t.context, t.correlation_id, t.template_id, results[i], step_ids[i], {})}
+            known = {
+                **known,
+                i: KnownTask(
+                    t.context, t.correlation_id, t.template_id, results[i], step_ids[i], {}
+                ),
+            }
     out = []
     for r in claimed:
         k = known[r.task_id]
         journal.step(r.id, r.task_id, from_state[r.id], StepState.IN_PROGRESS, r.attempts)
         if journal.collect:
-            journal.event("step.started",
-                          {"task_id": r.task_id, "step_id": r.id, "step": r.name, "attempt": r.attempts})
-        out.append(ClaimedStep(
-            step_id=r.id, task_id=r.task_id, name=r.name, template_id=k.template_id, attempt=r.attempts,
-            retry_limit=r.retry_limit, claim_token=r.claim_token, idempotency_key=r.idempotency_key,
-            dependent_system=r.dependent_system, context=k.context, correlation_id=k.correlation_id,
-            results=k.results, from_state=from_state[r.id], step_ids=k.step_ids,
-        ))
+            journal.event(
+                "step.started",
+                {"task_id": r.task_id, "step_id": r.id, "step": r.name, "attempt": r.attempts},
+            )
+        out.append(
+            ClaimedStep(
+                step_id=r.id,
+                task_id=r.task_id,
+                name=r.name,
+                template_id=k.template_id,
+                attempt=r.attempts,
+                retry_limit=r.retry_limit,
+                claim_token=r.claim_token,
+                idempotency_key=r.idempotency_key,
+                dependent_system=r.dependent_system,
+                context=k.context,
+                correlation_id=k.correlation_id,
+                results=k.results,
+                from_state=from_state[r.id],
+                step_ids=k.step_ids,
+            )
+        )
     out.sort(key=lambda c: (c.task_id, c.step_id))
     return out
 
 
 _EXTEND = (
     update(steps)
-    .where(steps.c.id.in_(bindparam("ids", expanding=True)), steps.c.lease_owner == bindparam("worker"),
-           steps.c.state == StepState.IN_PROGRESS.value)
+    .where(
+        steps.c.id.in_(bindparam("ids", expanding=True)),
+        steps.c.lease_owner == bindparam("worker"),
+        steps.c.state == StepState.IN_PROGRESS.value,
+    )
     .values(lease_expires_at=bindparam("lease_until"))
     .returning(steps.c.id)
 )
@@ -232,16 +290,32 @@ def extend_leases(
     """Extend this worker's leases; returns the ids it still holds (others were cancelled or reclaimed)."""
     if not step_ids:
         return set()
-    rows = conn.execute(_EXTEND, {"ids": list(step_ids), "worker": worker,
-                                  "lease_until": now + timedelta(seconds=lease_seconds)})
+    rows = conn.execute(
+        _EXTEND,
+        {
+            "ids": list(step_ids),
+            "worker": worker,
+            "lease_until": now + timedelta(seconds=lease_seconds),
+        },
+    )
     return set(rows.scalars())
 
 
 def _expired(skip_locked: bool) -> Select[Any]:
     q = (
-        select(steps.c.id, steps.c.task_id, steps.c.name, steps.c.attempts, steps.c.retry_limit,
-               steps.c.retryable, steps.c.lease_owner)
-        .where(steps.c.state == StepState.IN_PROGRESS.value, steps.c.lease_expires_at < bindparam("now"))
+        select(
+            steps.c.id,
+            steps.c.task_id,
+            steps.c.name,
+            steps.c.attempts,
+            steps.c.retry_limit,
+            steps.c.retryable,
+            steps.c.lease_owner,
+        )
+        .where(
+            steps.c.state == StepState.IN_PROGRESS.value,
+            steps.c.lease_expires_at < bindparam("now"),
+        )
         .order_by(steps.c.lease_expires_at)
         .limit(bindparam("limit"))
     )
@@ -251,14 +325,26 @@ def _expired(skip_locked: bool) -> Select[Any]:
 _EXPIRED = {sl: _expired(sl) for sl in (False, True)}
 _REAP = (
     update(steps)
-    .where(steps.c.id == bindparam("step_id"), steps.c.state == StepState.IN_PROGRESS.value,
-           steps.c.lease_expires_at < bindparam("now"))
-    .values(state=bindparam("target"), lease_owner=None, lease_expires_at=None, last_error=bindparam("error"),
-            run_at=bindparam("run_at"), finished_at=bindparam("finished_at"), updated_at=bindparam("now"))
+    .where(
+        steps.c.id == bindparam("step_id"),
+        steps.c.state == StepState.IN_PROGRESS.value,
+        steps.c.lease_expires_at < bindparam("now"),
+    )
+    .values(
+        state=bindparam("target"),
+        lease_owner=None,
+        lease_expires_at=None,
+        last_error=bindparam("error"),
+        run_at=bindparam("run_at"),
+        finished_at=bindparam("finished_at"),
+        updated_at=bindparam("now"),
+    )
 )
 
 
-def reclaim_expired(conn: Connection, journal: Journal, *, skip_locked: bool, limit: int = 500) -> int:
+def reclaim_expired(
+    conn: Connection, journal: Journal, *, skip_locked: bool, limit: int = 500
+) -> int:
     """Steps whose lease ran out (their worker died or stalled) count a retryable failure and run again.
 
     Those out of attempts go to `error`. Returns how many steps were reclaimed.
@@ -278,18 +364,33 @@ def reclaim_expired(conn: Connection, journal: Journal, *, skip_locked: bool, li
         }
         retry = bool(r.retryable) and r.attempts < r.retry_limit
         target = StepState.WAITING_RETRY if retry else StepState.ERROR
-        done = conn.execute(_REAP, {
-            "step_id": r.id, "now": now, "target": target.value, "error": error,
-            "run_at": now if retry else None, "finished_at": None if retry else now,
-        }).rowcount
+        done = conn.execute(
+            _REAP,
+            {
+                "step_id": r.id,
+                "now": now,
+                "target": target.value,
+                "error": error,
+                "run_at": now if retry else None,
+                "finished_at": None if retry else now,
+            },
+        ).rowcount
         if not done:
             continue
         reclaimed += 1
         journal.step(r.id, r.task_id, StepState.IN_PROGRESS, target, r.attempts, error)
         if retry:
             journal.readied.add(r.id)  # due at once: wake the other workers
-        journal.event("step.retry_scheduled" if retry else "step.failed",
-                      {"task_id": r.task_id, "step_id": r.id, "step": r.name, "attempt": r.attempts, "error": error})
+        journal.event(
+            "step.retry_scheduled" if retry else "step.failed",
+            {
+                "task_id": r.task_id,
+                "step_id": r.id,
+                "step": r.name,
+                "attempt": r.attempts,
+                "error": error,
+            },
+        )
         if not retry:
             failed_tasks.add(r.task_id)
     settle_tasks(conn, failed_tasks, journal, lock=skip_locked)
@@ -298,10 +399,19 @@ def reclaim_expired(conn: Connection, journal: Journal, *, skip_locked: bool, li
 
 _RELEASE = (
     update(steps)
-    .where(steps.c.id == bindparam("step_id"), steps.c.claim_token == bindparam("token"),
-           steps.c.state == StepState.IN_PROGRESS.value)
-    .values(state=StepState.READY.value, lease_owner=None, lease_expires_at=None, run_at=bindparam("now"),
-            attempts=steps.c.attempts - 1, updated_at=bindparam("now"))
+    .where(
+        steps.c.id == bindparam("step_id"),
+        steps.c.claim_token == bindparam("token"),
+        steps.c.state == StepState.IN_PROGRESS.value,
+    )
+    .values(
+        state=StepState.READY.value,
+        lease_owner=None,
+        lease_expires_at=None,
+        run_at=bindparam("now"),
+        attempts=steps.c.attempts - 1,
+        updated_at=bindparam("now"),
+    )
     .returning(steps.c.attempts)
 )
 
@@ -313,7 +423,9 @@ def release(conn: Connection, journal: Journal, held: Sequence[tuple[int, int, i
     """
     released = 0
     for step_id, task_id, token in held:
-        attempts = conn.execute(_RELEASE, {"step_id": step_id, "token": token, "now": journal.now}).scalar()
+        attempts = conn.execute(
+            _RELEASE, {"step_id": step_id, "token": token, "now": journal.now}
+        ).scalar()
         if attempts is not None:
             released += 1
             journal.step(step_id, task_id, StepState.IN_PROGRESS, StepState.READY, attempts)
@@ -328,8 +440,9 @@ def _scoped(q: Select[Any], namespaces: Sequence[str] | None, task_id: int | Non
     return q
 
 
-def next_run_at(conn: Connection, *, namespaces: Sequence[str] | None = None,
-                task_id: int | None = None) -> datetime | None:
+def next_run_at(
+    conn: Connection, *, namespaces: Sequence[str] | None = None, task_id: int | None = None
+) -> datetime | None:
     """When the next claimable step comes due (None when nothing waits)."""
     q = _scoped(select(steps.c.run_at).where(steps.c.state.in_(CLAIMABLE)), namespaces, task_id)
     return conn.execute(q.order_by(steps.c.run_at).limit(1)).scalar()
@@ -337,18 +450,31 @@ def next_run_at(conn: Connection, *, namespaces: Sequence[str] | None = None,
 
 def cancelled_among(conn: Connection, step_ids: set[int]) -> set[int]:
     """Which of these steps are `cancelled` now."""
-    q = select(steps.c.id).where(steps.c.id.in_(sorted(step_ids)), steps.c.state == StepState.CANCELLED.value)
+    q = select(steps.c.id).where(
+        steps.c.id.in_(sorted(step_ids)), steps.c.state == StepState.CANCELLED.value
+    )
     return set(conn.execute(q).scalars())
 
 
-def active_step_ids(conn: Connection, *, limit: int, namespaces: Sequence[str] | None = None,
-                    task_id: int | None = None) -> list[int]:
+def active_step_ids(
+    conn: Connection,
+    *,
+    limit: int,
+    namespaces: Sequence[str] | None = None,
+    task_id: int | None = None,
+) -> list[int]:
     """Ids of up to `limit` steps that are ready, waiting to retry or running."""
     q = _scoped(select(steps.c.id).where(steps.c.state.in_(ACTIVE)), namespaces, task_id)
     return list(conn.execute(q.order_by(steps.c.id).limit(limit)).scalars())
 
 
-def active_count(conn: Connection, *, namespaces: Sequence[str] | None = None, task_id: int | None = None) -> int:
+def active_count(
+    conn: Connection, *, namespaces: Sequence[str] | None = None, task_id: int | None = None
+) -> int:
     """Steps that are ready, waiting to retry or running: zero means there is nothing left to do."""
-    q = _scoped(select(func.count()).select_from(steps).where(steps.c.state.in_(ACTIVE)), namespaces, task_id)
+    q = _scoped(
+        select(func.count()).select_from(steps).where(steps.c.state.in_(ACTIVE)),
+        namespaces,
+        task_id,
+    )
     return int(conn.execute(q).scalar_one())

@@ -28,13 +28,21 @@ _EVENT = {
 }
 _FINISH = (
     update(steps)
-    .where(steps.c.id == bindparam("step_id"), steps.c.claim_token == bindparam("token"),
-           steps.c.state == StepState.IN_PROGRESS.value)
+    .where(
+        steps.c.id == bindparam("step_id"),
+        steps.c.claim_token == bindparam("token"),
+        steps.c.state == StepState.IN_PROGRESS.value,
+    )
     .values(
-        state=bindparam("target"), results=bindparam("results"), last_error=bindparam("error"),
+        state=bindparam("target"),
+        results=bindparam("results"),
+        last_error=bindparam("error"),
         attempts=steps.c.attempts - bindparam("refund"),
-        run_at=bindparam("run_at"), finished_at=bindparam("finished_at"),
-        lease_owner=None, lease_expires_at=None, updated_at=bindparam("now"),
+        run_at=bindparam("run_at"),
+        finished_at=bindparam("finished_at"),
+        lease_owner=None,
+        lease_expires_at=None,
+        updated_at=bindparam("now"),
     )
 )
 
@@ -42,10 +50,15 @@ _FINISH = (
 def _finish_params(o: Outcome, now: datetime) -> dict[str, Any]:
     state = StepState(o.state)
     return {
-        "step_id": o.step_id, "token": o.claim_token, "target": state.value, "now": now,
+        "step_id": o.step_id,
+        "token": o.claim_token,
+        "target": state.value,
+        "now": now,
         "results": o.results if state == StepState.COMPLETE else None,
         "error": o.error if state != StepState.COMPLETE else None,
-        "run_at": now + timedelta(seconds=o.retry_delay) if state == StepState.WAITING_RETRY else None,
+        "run_at": now + timedelta(seconds=o.retry_delay)
+        if state == StepState.WAITING_RETRY
+        else None,
         "finished_at": None if state == StepState.WAITING_RETRY else now,
         "refund": 1 if o.refund_attempt else 0,
     }
@@ -72,17 +85,20 @@ def _finish_batch(conn: Connection, params: list[dict[str, Any]]) -> set[int]:
     def js(value: Any) -> str | None:
         return None if value is None else json.dumps(value)
 
-    rows = conn.execute(_FINISH_MANY, {
-        "now": params[0]["now"],
-        "ids": [p["step_id"] for p in params],
-        "tokens": [p["token"] for p in params],
-        "targets": [p["target"] for p in params],
-        "results": [js(p["results"]) for p in params],
-        "errors": [js(p["error"]) for p in params],
-        "run_ats": [p["run_at"] for p in params],
-        "finished": [p["finished_at"] for p in params],
-        "refunds": [p["refund"] for p in params],
-    })
+    rows = conn.execute(
+        _FINISH_MANY,
+        {
+            "now": params[0]["now"],
+            "ids": [p["step_id"] for p in params],
+            "tokens": [p["token"] for p in params],
+            "targets": [p["target"] for p in params],
+            "results": [js(p["results"]) for p in params],
+            "errors": [js(p["error"]) for p in params],
+            "run_ats": [p["run_at"] for p in params],
+            "finished": [p["finished_at"] for p in params],
+            "refunds": [p["refund"] for p in params],
+        },
+    )
     return set(rows.scalars())
 
 
@@ -107,7 +123,9 @@ def apply_outcomes(
     children: list[int] | None = []
     check: set[int] = set()
     if any(o.exhausted for o in outcomes):  # before anything is written: it may change their states
-        systems.hold_for_outages(conn, journal, outcomes, view or systems.SystemsView(), lock=lock_tasks)
+        systems.hold_for_outages(
+            conn, journal, outcomes, view or systems.SystemsView(), lock=lock_tasks
+        )
     params = [_finish_params(o, now) for o in outcomes]
     if conn.dialect.name == "postgresql" and len(params) > 1:
         taken = _finish_batch(conn, params)
@@ -118,7 +136,9 @@ def apply_outcomes(
             continue  # cancelled, or the lease was lost and another worker owns this step now
         state = StepState(o.state)
         accepted.append(o)
-        journal.step(o.step_id, o.task_id, StepState.IN_PROGRESS, state, o.attempt, o.error, o.duration_ms)
+        journal.step(
+            o.step_id, o.task_id, StepState.IN_PROGRESS, state, o.attempt, o.error, o.duration_ms
+        )
         for name, payload in o.events:
             journal.custom(name, o.task_id, o.step_id, payload)
         if journal.collect:
@@ -133,13 +153,20 @@ def apply_outcomes(
             check.add(o.task_id)
     _record_systems(conn, journal, accepted, view or systems.SystemsView(), lock=lock_tasks)
     readied = release_children(conn, completed, journal, children)
-    settled = settle_tasks(conn, check - {task_id for _, task_id, _ in readied}, journal, lock=lock_tasks)
+    settled = settle_tasks(
+        conn, check - {task_id for _, task_id, _ in readied}, journal, lock=lock_tasks
+    )
     return accepted, settled, readied
 
 
 def _event(journal: Journal, o: Outcome, state: StepState) -> None:
-    payload: dict[str, Any] = {"task_id": o.task_id, "step_id": o.step_id, "step": o.step, "attempt": o.attempt,
-                               "duration_ms": o.duration_ms}
+    payload: dict[str, Any] = {
+        "task_id": o.task_id,
+        "step_id": o.step_id,
+        "step": o.step,
+        "attempt": o.attempt,
+        "duration_ms": o.duration_ms,
+    }
     if o.error:
         payload["error"] = o.error
     if state == StepState.WAITING_RETRY:
@@ -148,13 +175,23 @@ def _event(journal: Journal, o: Outcome, state: StepState) -> None:
     journal.events.extend(o.events)
 
 
-def _record_systems(conn: Connection, journal: Journal, accepted: list[Outcome], view: systems.SystemsView, *,
-                    lock: bool) -> None:
+def _record_systems(
+    conn: Connection,
+    journal: Journal,
+    accepted: list[Outcome],
+    view: systems.SystemsView,
+    *,
+    lock: bool,
+) -> None:
     """Feed the circuit breakers: transient failures count, answers (success or a definite error) reset."""
     seen = systems.SystemOutcomes()
     for o in accepted:
         name = o.dependent_system
-        if not name or not view.has_breaker(name) or (o.error or {}).get("class") in _NOT_THE_SYSTEMS_FAULT:
+        if (
+            not name
+            or not view.has_breaker(name)
+            or (o.error or {}).get("class") in _NOT_THE_SYSTEMS_FAULT
+        ):
             continue
         if o.probe:
             (seen.probe_failed if o.transient_failure else seen.probe_ok).add(name)
@@ -165,4 +202,9 @@ def _record_systems(conn: Connection, journal: Journal, accepted: list[Outcome],
     systems.record(conn, journal, seen, view, lock=lock)
 
 
-_NOT_THE_SYSTEMS_FAULT = {"HandlerNotFound", "HandlerUnavailable", "UndeclaredEventError", "LeaseExpired"}
+_NOT_THE_SYSTEMS_FAULT = {
+    "HandlerNotFound",
+    "HandlerUnavailable",
+    "UndeclaredEventError",
+    "LeaseExpired",
+}

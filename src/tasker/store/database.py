@@ -62,9 +62,9 @@ def resolve_url(url: str | None = None) -> str:
     """
     url = url or os.environ.get("TASKER_DATABASE_URL") or DEFAULT_URL
     if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://"):]
+        url = "postgresql://" + url[len("postgres://") :]
     if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
     return url
 
 
@@ -113,8 +113,9 @@ class Database:
             self.reader = self.writer
             # Workers' own transactions skip the ping before each checkout (a round trip per cycle): their
             # cycle already retries after a lost connection, which also discards the broken one.
-            self.cycles = create_engine(self.url, pool_size=2, max_overflow=2, pool_pre_ping=False,
-                                        pool_recycle=1800)
+            self.cycles = create_engine(
+                self.url, pool_size=2, max_overflow=2, pool_pre_ping=False, pool_recycle=1800
+            )
         else:
             raise TaskerInputError(
                 f"unsupported database '{self.dialect}'; fix: use sqlite:///path.db or postgresql://user@host/db"
@@ -152,7 +153,8 @@ class Database:
 
             if self.is_sqlite and not self.memory:
                 Path(make_url(self.url).database or "").expanduser().resolve().parent.mkdir(
-                    parents=True, exist_ok=True)
+                    parents=True, exist_ok=True
+                )
             with self.connection_errors():
                 upgrade(self.writer)
             _migrated.add(self._key())
@@ -165,14 +167,18 @@ class Database:
         """
         if self._key() in _migrated:
             return
-        if make_url(self.url).password:  # a hidden password would not paste: name the option instead
+        if make_url(
+            self.url
+        ).password:  # a hidden password would not paste: name the option instead
             upgrade_fix = "fix: run 'tasker db upgrade' with the same --database-url"
         else:
             upgrade_fix = f"fix: run 'tasker db upgrade --database-url {self.shown_url()}'"
         if self.is_sqlite and not self.memory and not self.file_exists():
             path = Path(make_url(self.url).database or "").expanduser().resolve()
-            raise SchemaError(f"database {self.shown_url()}: no such file ({path}); fix: check --database-url, "
-                              "or create it with 'tasker db upgrade'")
+            raise SchemaError(
+                f"database {self.shown_url()}: no such file ({path}); fix: check --database-url, "
+                "or create it with 'tasker db upgrade'"
+            )
         from tasker.store.migrate import current_revision, head_revision, known_revision
 
         with self.connection_errors():
@@ -182,13 +188,19 @@ class Database:
             _migrated.add(self._key())
             return
         if current is None:
-            raise SchemaError(f"database {self.shown_url()} has no Tasker schema; {upgrade_fix} "
-                              "(or set TASKER_AUTO_MIGRATE=1)")
+            raise SchemaError(
+                f"database {self.shown_url()} has no Tasker schema; {upgrade_fix} "
+                "(or set TASKER_AUTO_MIGRATE=1)"
+            )
         if not known_revision(current):
-            raise SchemaError(f"database {self.shown_url()} is at schema revision {current}, unknown to this "
-                              f"Tasker (latest {head}); fix: upgrade tasker-engine")
-        raise SchemaError(f"database {self.shown_url()} is at schema revision {current}, this Tasker needs "
-                          f"{head}; {upgrade_fix}")
+            raise SchemaError(
+                f"database {self.shown_url()} is at schema revision {current}, unknown to this "
+                f"Tasker (latest {head}); fix: upgrade tasker-engine"
+            )
+        raise SchemaError(
+            f"database {self.shown_url()} is at schema revision {current}, this Tasker needs "
+            f"{head}; {upgrade_fix}"
+        )
 
     def file_exists(self) -> bool:
         """Whether the SQLite file is there (checked without connecting, which would create it)."""
@@ -204,16 +216,31 @@ class Database:
 
     def _connect_problem(self, exc: OperationalError) -> str:
         parsed = make_url(self.url)
-        detail = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else repr(exc)
+        detail = (
+            str(exc.orig or exc).strip().splitlines()[0]
+            if str(exc.orig or exc).strip()
+            else repr(exc)
+        )
         if self.is_postgres and "does not exist" in detail and "database" in detail:
             name = parsed.database or "tasker"
-            where = " ".join(f"{flag} {value}" for flag, value in (
-                ("-h", parsed.host), ("-p", parsed.port), ("-U", parsed.username)) if value)
-            return (f"database {self.shown_url()} does not exist; fix: createdb {where + ' ' if where else ''}"
-                    f"{name} (or in psql: CREATE DATABASE \"{name}\";), then 'tasker db upgrade'")
+            where = " ".join(
+                f"{flag} {value}"
+                for flag, value in (
+                    ("-h", parsed.host),
+                    ("-p", parsed.port),
+                    ("-U", parsed.username),
+                )
+                if value
+            )
+            return (
+                f"database {self.shown_url()} does not exist; fix: createdb {where + ' ' if where else ''}"
+                f"{name} (or in psql: CREATE DATABASE \"{name}\";), then 'tasker db upgrade'"
+            )
         if self.is_postgres:
-            return (f"cannot connect to {self.shown_url()} ({detail}); fix: start PostgreSQL or correct "
-                    "--database-url / TASKER_DATABASE_URL")
+            return (
+                f"cannot connect to {self.shown_url()} ({detail}); fix: start PostgreSQL or correct "
+                "--database-url / TASKER_DATABASE_URL"
+            )
         return f"cannot open {self.shown_url()} ({detail}); fix: check the path and its permissions"
 
     @contextmanager

@@ -24,14 +24,24 @@ from sqlalchemy import Connection, Select, func, select
 
 from tasker.errors import TaskerInputError
 from tasker.events.catalog import STEP_EVENT_FOR_STATE, TASK_EVENT_FOR_STATE, Events
-from tasker.store.schema import circuit_transitions, custom_events, step_transitions, steps, task_transitions, tasks
+from tasker.store.schema import (
+    circuit_transitions,
+    custom_events,
+    step_transitions,
+    steps,
+    task_transitions,
+    tasks,
+)
 
 #: How long a hole in the ids may stay open before it counts as a rolled-back insert.
 SETTLE_SECONDS = 2.0
 
 SOURCES = ("step", "task", "circuit", "custom")
-_CIRCUIT_EVENTS = {"open": Events.CIRCUIT_OPENED, "closed": Events.CIRCUIT_CLOSED,
-                   "half_open": Events.CIRCUIT_HALF_OPEN}
+_CIRCUIT_EVENTS = {
+    "open": Events.CIRCUIT_OPENED,
+    "closed": Events.CIRCUIT_CLOSED,
+    "half_open": Events.CIRCUIT_HALF_OPEN,
+}
 _NAMES = {
     "step": tuple(STEP_EVENT_FOR_STATE.values()),
     "task": (*TASK_EVENT_FOR_STATE.values(), Events.TASK_CREATED, Events.TASK_RETRIED),
@@ -84,8 +94,16 @@ class _Filter:
     sources: tuple[str, ...] = field(default_factory=lambda: SOURCES)
 
 
-def read(conn: Connection, after: str | None = None, *, task_id: int | None = None, namespace: str | None = None,
-         names: Sequence[str] | None = None, limit: int = 1000, now: datetime) -> EventPage:
+def read(
+    conn: Connection,
+    after: str | None = None,
+    *,
+    task_id: int | None = None,
+    namespace: str | None = None,
+    names: Sequence[str] | None = None,
+    limit: int = 1000,
+    now: datetime,
+) -> EventPage:
     """The events after `after` (a cursor), oldest first, at most `limit`; filters narrow what is returned."""
     if not 1 <= limit <= 10_000:
         raise TaskerInputError("limit must be between 1 and 10000")
@@ -127,8 +145,10 @@ def read(conn: Connection, after: str | None = None, *, task_id: int | None = No
 
 def tail(conn: Connection) -> str:
     """A cursor at the current end of the log: reading from it returns only events that happen later."""
-    ids = [conn.execute(select(func.max(t.c.id))).scalar() or 0
-           for t in (step_transitions, task_transitions, circuit_transitions, custom_events)]
+    ids = [
+        conn.execute(select(func.max(t.c.id))).scalar() or 0
+        for t in (step_transitions, task_transitions, circuit_transitions, custom_events)
+    ]
     return str(Cursor(*ids))
 
 
@@ -138,7 +158,9 @@ def _source_may_match(source: str, flt: _Filter) -> bool:
         return False  # circuits belong to systems, not to a task or namespace
     if not flt.names:
         return True
-    if source == "custom":  # custom names are the templates' own: only lifecycle-only filters rule them out
+    if (
+        source == "custom"
+    ):  # custom names are the templates' own: only lifecycle-only filters rule them out
         return any(not p.startswith(_LIFECYCLE_PREFIXES) for p in flt.names)
     return any(fnmatch.fnmatchcase(name, p) for p in flt.names for name in _NAMES[source])
 
@@ -161,7 +183,9 @@ def _name_matches(name: str, patterns: tuple[str, ...]) -> bool:
     return not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def _until_hole(rows: list[dict[str, Any]], horizon: int, settled_before: datetime) -> list[dict[str, Any]]:
+def _until_hole(
+    rows: list[dict[str, Any]], horizon: int, settled_before: datetime
+) -> list[dict[str, Any]]:
     """Rows up to the first hole in the ids that may still fill (see the module docstring)."""
     out = []
     expected = horizon + 1
@@ -173,8 +197,12 @@ def _until_hole(rows: list[dict[str, Any]], horizon: int, settled_before: dateti
     return out
 
 
-def _fetch(conn: Connection, source: str, after: int, flt: _Filter, limit: int) -> list[dict[str, Any]]:
-    return {"step": _steps, "task": _tasks, "circuit": _circuits, "custom": _customs}[source](conn, after, flt, limit)
+def _fetch(
+    conn: Connection, source: str, after: int, flt: _Filter, limit: int
+) -> list[dict[str, Any]]:
+    return {"step": _steps, "task": _tasks, "circuit": _circuits, "custom": _customs}[source](
+        conn, after, flt, limit
+    )
 
 
 def _template(ns: str, name: str, version: str) -> str:
@@ -184,11 +212,29 @@ def _template(ns: str, name: str, version: str) -> str:
 def _steps(conn: Connection, after: int, flt: _Filter, limit: int) -> list[dict[str, Any]]:
     st, s, t = step_transitions, steps, tasks
     q: Select[Any] = (
-        select(st.c.id, st.c.step_id, st.c.task_id, st.c.from_state, st.c.to_state, st.c.attempt, st.c.at,
-               st.c.worker, st.c.error_class, st.c.error_message, st.c.duration_ms, s.c.name.label("step"),
-               s.c.dependent_system, t.c.namespace, t.c.name, t.c.version)
-        .join(s, s.c.id == st.c.step_id).join(t, t.c.id == st.c.task_id)
-        .where(st.c.id > after).order_by(st.c.id).limit(limit)
+        select(
+            st.c.id,
+            st.c.step_id,
+            st.c.task_id,
+            st.c.from_state,
+            st.c.to_state,
+            st.c.attempt,
+            st.c.at,
+            st.c.worker,
+            st.c.error_class,
+            st.c.error_message,
+            st.c.duration_ms,
+            s.c.name.label("step"),
+            s.c.dependent_system,
+            t.c.namespace,
+            t.c.name,
+            t.c.version,
+        )
+        .join(s, s.c.id == st.c.step_id)
+        .join(t, t.c.id == st.c.task_id)
+        .where(st.c.id > after)
+        .order_by(st.c.id)
+        .limit(limit)
     )
     if flt.task_id is not None:
         q = q.where(st.c.task_id == flt.task_id)
@@ -197,27 +243,55 @@ def _steps(conn: Connection, after: int, flt: _Filter, limit: int) -> list[dict[
     out = []
     for r in conn.execute(q):
         name = STEP_EVENT_FOR_STATE.get(r.to_state)
-        data: dict[str, Any] = {"from_state": r.from_state, "to_state": r.to_state,
-                                "dependent_system": r.dependent_system}
+        data: dict[str, Any] = {
+            "from_state": r.from_state,
+            "to_state": r.to_state,
+            "dependent_system": r.dependent_system,
+        }
         if r.error_class:
             data["error"] = {"class": r.error_class, "message": r.error_message}
         if r.duration_ms is not None:
             data["duration_ms"] = r.duration_ms
-        out.append({
-            "_id": r.id, "_skip": name is None, "id": f"step:{r.id}", "event": name or f"step.{r.to_state}",
-            "at": r.at, "task_id": r.task_id, "step_id": r.step_id, "step": r.step, "namespace": r.namespace,
-            "template": _template(r.namespace, r.name, r.version), "attempt": r.attempt, "worker": r.worker,
-            "data": data,
-        })
+        out.append(
+            {
+                "_id": r.id,
+                "_skip": name is None,
+                "id": f"step:{r.id}",
+                "event": name or f"step.{r.to_state}",
+                "at": r.at,
+                "task_id": r.task_id,
+                "step_id": r.step_id,
+                "step": r.step,
+                "namespace": r.namespace,
+                "template": _template(r.namespace, r.name, r.version),
+                "attempt": r.attempt,
+                "worker": r.worker,
+                "data": data,
+            }
+        )
     return out
 
 
 def _tasks(conn: Connection, after: int, flt: _Filter, limit: int) -> list[dict[str, Any]]:
     tt, t = task_transitions, tasks
     q: Select[Any] = (
-        select(tt.c.id, tt.c.task_id, tt.c.from_state, tt.c.to_state, tt.c.at, tt.c.worker, tt.c.reason,
-               t.c.namespace, t.c.name, t.c.version, t.c.correlation_id)
-        .join(t, t.c.id == tt.c.task_id).where(tt.c.id > after).order_by(tt.c.id).limit(limit)
+        select(
+            tt.c.id,
+            tt.c.task_id,
+            tt.c.from_state,
+            tt.c.to_state,
+            tt.c.at,
+            tt.c.worker,
+            tt.c.reason,
+            t.c.namespace,
+            t.c.name,
+            t.c.version,
+            t.c.correlation_id,
+        )
+        .join(t, t.c.id == tt.c.task_id)
+        .where(tt.c.id > after)
+        .order_by(tt.c.id)
+        .limit(limit)
     )
     if flt.task_id is not None:
         q = q.where(tt.c.task_id == flt.task_id)
@@ -229,43 +303,100 @@ def _tasks(conn: Connection, after: int, flt: _Filter, limit: int) -> list[dict[
             name = Events.TASK_CREATED if r.from_state is None else Events.TASK_RETRIED
         else:
             name = TASK_EVENT_FOR_STATE.get(r.to_state, f"task.{r.to_state}")
-        data = {"from_state": r.from_state, "to_state": r.to_state, "correlation_id": r.correlation_id}
+        data = {
+            "from_state": r.from_state,
+            "to_state": r.to_state,
+            "correlation_id": r.correlation_id,
+        }
         if r.reason:
             data["reason"] = r.reason
-        out.append({
-            "_id": r.id, "id": f"task:{r.id}", "event": name, "at": r.at, "task_id": r.task_id, "step_id": None,
-            "step": None, "namespace": r.namespace, "template": _template(r.namespace, r.name, r.version),
-            "attempt": None, "worker": r.worker, "data": data,
-        })
+        out.append(
+            {
+                "_id": r.id,
+                "id": f"task:{r.id}",
+                "event": name,
+                "at": r.at,
+                "task_id": r.task_id,
+                "step_id": None,
+                "step": None,
+                "namespace": r.namespace,
+                "template": _template(r.namespace, r.name, r.version),
+                "attempt": None,
+                "worker": r.worker,
+                "data": data,
+            }
+        )
     return out
 
 
 def _circuits(conn: Connection, after: int, flt: _Filter, limit: int) -> list[dict[str, Any]]:
     ct = circuit_transitions
     q = select(ct).where(ct.c.id > after).order_by(ct.c.id).limit(limit)
-    return [{
-        "_id": r.id, "id": f"circuit:{r.id}", "event": _CIRCUIT_EVENTS.get(r.to_state, f"circuit.{r.to_state}"),
-        "at": r.at, "task_id": None, "step_id": None, "step": None, "namespace": None, "template": None,
-        "attempt": None, "worker": r.worker,
-        "data": {"system": r.system, "from_state": r.from_state, "to_state": r.to_state, "reason": r.reason},
-    } for r in conn.execute(q)]
+    return [
+        {
+            "_id": r.id,
+            "id": f"circuit:{r.id}",
+            "event": _CIRCUIT_EVENTS.get(r.to_state, f"circuit.{r.to_state}"),
+            "at": r.at,
+            "task_id": None,
+            "step_id": None,
+            "step": None,
+            "namespace": None,
+            "template": None,
+            "attempt": None,
+            "worker": r.worker,
+            "data": {
+                "system": r.system,
+                "from_state": r.from_state,
+                "to_state": r.to_state,
+                "reason": r.reason,
+            },
+        }
+        for r in conn.execute(q)
+    ]
 
 
 def _customs(conn: Connection, after: int, flt: _Filter, limit: int) -> list[dict[str, Any]]:
     ce, s, t = custom_events, steps, tasks
     q: Select[Any] = (
-        select(ce.c.id, ce.c.name, ce.c.task_id, ce.c.step_id, ce.c.namespace, ce.c.payload, ce.c.at, ce.c.worker,
-               s.c.name.label("step"), s.c.attempts, t.c.name.label("task_name"), t.c.version)
-        .outerjoin(s, s.c.id == ce.c.step_id).outerjoin(t, t.c.id == ce.c.task_id)
-        .where(ce.c.id > after).order_by(ce.c.id).limit(limit)
+        select(
+            ce.c.id,
+            ce.c.name,
+            ce.c.task_id,
+            ce.c.step_id,
+            ce.c.namespace,
+            ce.c.payload,
+            ce.c.at,
+            ce.c.worker,
+            s.c.name.label("step"),
+            s.c.attempts,
+            t.c.name.label("task_name"),
+            t.c.version,
+        )
+        .outerjoin(s, s.c.id == ce.c.step_id)
+        .outerjoin(t, t.c.id == ce.c.task_id)
+        .where(ce.c.id > after)
+        .order_by(ce.c.id)
+        .limit(limit)
     )
     if flt.task_id is not None:
         q = q.where(ce.c.task_id == flt.task_id)
     if flt.namespace is not None:
         q = q.where(ce.c.namespace == flt.namespace)
-    return [{
-        "_id": r.id, "id": f"custom:{r.id}", "event": r.name, "at": r.at, "task_id": r.task_id,
-        "step_id": r.step_id, "step": r.step, "namespace": r.namespace,
-        "template": _template(r.namespace, r.task_name, r.version) if r.task_name else None,
-        "attempt": (r.payload or {}).get("attempt"), "worker": r.worker, "data": r.payload or {},
-    } for r in conn.execute(q)]
+    return [
+        {
+            "_id": r.id,
+            "id": f"custom:{r.id}",
+            "event": r.name,
+            "at": r.at,
+            "task_id": r.task_id,
+            "step_id": r.step_id,
+            "step": r.step,
+            "namespace": r.namespace,
+            "template": _template(r.namespace, r.task_name, r.version) if r.task_name else None,
+            "attempt": (r.payload or {}).get("attempt"),
+            "worker": r.worker,
+            "data": r.payload or {},
+        }
+        for r in conn.execute(q)
+    ]

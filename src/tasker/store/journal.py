@@ -43,27 +43,59 @@ class Journal:
     #: Circuit changes made here, (system, from, to, reason), for the worker to log once committed.
     circuits: list[tuple[str, str, str, str]] = field(default_factory=list)
 
-    def step(self, step_id: int, task_id: int, src: str | None, dst: str, attempt: int,
-             error: dict[str, Any] | None = None, duration_ms: float | None = None) -> None:
+    def step(
+        self,
+        step_id: int,
+        task_id: int,
+        src: str | None,
+        dst: str,
+        attempt: int,
+        error: dict[str, Any] | None = None,
+        duration_ms: float | None = None,
+    ) -> None:
         if dst == "ready":
             self.readied.add(step_id)
         elif dst == "in_progress":
             self.readied.discard(step_id)
-        self.step_rows.append({
-            "step_id": step_id, "task_id": task_id, "from_state": src, "to_state": dst, "attempt": attempt,
-            "at": self.now, "worker": self.worker,
-            "error_class": (error or {}).get("class"), "error_message": (error or {}).get("message"),
-            "duration_ms": duration_ms,
-        })
+        self.step_rows.append(
+            {
+                "step_id": step_id,
+                "task_id": task_id,
+                "from_state": src,
+                "to_state": dst,
+                "attempt": attempt,
+                "at": self.now,
+                "worker": self.worker,
+                "error_class": (error or {}).get("class"),
+                "error_message": (error or {}).get("message"),
+                "duration_ms": duration_ms,
+            }
+        )
 
     def task(self, task_id: int, src: str | None, dst: str, reason: str | None = None) -> None:
-        self.task_rows.append({"task_id": task_id, "from_state": src, "to_state": dst, "at": self.now,
-                               "worker": self.worker, "reason": reason})
+        self.task_rows.append(
+            {
+                "task_id": task_id,
+                "from_state": src,
+                "to_state": dst,
+                "at": self.now,
+                "worker": self.worker,
+                "reason": reason,
+            }
+        )
 
     def custom(self, name: str, task_id: int, step_id: int, payload: dict[str, Any]) -> None:
-        self.custom_rows.append({"name": name, "task_id": task_id, "step_id": step_id,
-                                 "namespace": payload.get("namespace"), "payload": payload, "at": self.now,
-                                 "worker": self.worker})
+        self.custom_rows.append(
+            {
+                "name": name,
+                "task_id": task_id,
+                "step_id": step_id,
+                "namespace": payload.get("namespace"),
+                "payload": payload,
+                "at": self.now,
+                "worker": self.worker,
+            }
+        )
 
     def event(self, name: str, payload: dict[str, Any]) -> None:
         if self.collect:
@@ -72,13 +104,21 @@ class Journal:
     def _insert_steps_pg(self, conn: Connection) -> None:
         """PostgreSQL: one cached statement over arrays instead of a re-rendered multi-row VALUES list."""
         rows = self.step_rows
-        conn.execute(_UNNEST_STEP_TRANSITIONS, {
-            "step_ids": [r["step_id"] for r in rows], "task_ids": [r["task_id"] for r in rows],
-            "froms": [r["from_state"] for r in rows], "tos": [r["to_state"] for r in rows],
-            "attempts": [r["attempt"] for r in rows], "ats": [r["at"] for r in rows],
-            "workers": [r["worker"] for r in rows], "classes": [r["error_class"] for r in rows],
-            "messages": [r["error_message"] for r in rows], "durations": [r["duration_ms"] for r in rows],
-        })
+        conn.execute(
+            _UNNEST_STEP_TRANSITIONS,
+            {
+                "step_ids": [r["step_id"] for r in rows],
+                "task_ids": [r["task_id"] for r in rows],
+                "froms": [r["from_state"] for r in rows],
+                "tos": [r["to_state"] for r in rows],
+                "attempts": [r["attempt"] for r in rows],
+                "ats": [r["at"] for r in rows],
+                "workers": [r["worker"] for r in rows],
+                "classes": [r["error_class"] for r in rows],
+                "messages": [r["error_message"] for r in rows],
+                "durations": [r["duration_ms"] for r in rows],
+            },
+        )
 
     def flush(self, conn: Connection) -> None:
         """Write the collected transition rows and wake other workers (call before the commit)."""

@@ -122,8 +122,10 @@ def _range_first(conn: Connection, query: TaskQuery, after: int | None, before: 
 def _position(conn: Connection, at: datetime, top: int) -> int:
     """The id of the first task created at or after `at` (past the newest when there is none)."""
     found = conn.execute(
-        select(tasks.c.id).where(tasks.c.created_at >= at)
-        .order_by(tasks.c.created_at, tasks.c.id).limit(1)
+        select(tasks.c.id)
+        .where(tasks.c.created_at >= at)
+        .order_by(tasks.c.created_at, tasks.c.id)
+        .limit(1)
     ).scalar()
     return int(found) if found is not None else top + 1
 

@@ -59,9 +59,13 @@ class ReadyListener:
                     while not self._stop.is_set():
                         for _ in conn.notifies(timeout=0.5):
                             self.on_ready()
-            except Exception as exc:  # a restarted or unreachable server: polling covers us meanwhile
+            except (
+                Exception
+            ) as exc:  # a restarted or unreachable server: polling covers us meanwhile
                 if self._stop.is_set():
                     return
-                log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", type(exc).__name__, delay)
+                log.warning(
+                    "LISTEN connection lost (%s); reconnecting in %.1fs", type(exc).__name__, delay
+                )
                 self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)

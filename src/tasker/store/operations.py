@@ -36,26 +36,41 @@ def _task_status(conn: Connection, task_id: int, lock: bool) -> TaskState:
     return TaskState(status)
 
 
-def cancel_task(conn: Connection, journal: Journal, task_id: int, *, lock: bool, reason: str | None = None) -> None:
+def cancel_task(
+    conn: Connection, journal: Journal, task_id: int, *, lock: bool, reason: str | None = None
+) -> None:
     """Cancel every unfinished step (a running attempt's late result is discarded) and the task."""
     now = journal.now
     status = _task_status(conn, task_id, lock)
     if status in FINISHED_TASK_STATES - {TaskState.ERROR}:
-        raise OperationError(f"task {task_id} is already {status}; only unfinished or failed tasks can be cancelled")
+        raise OperationError(
+            f"task {task_id} is already {status}; only unfinished or failed tasks can be cancelled"
+        )
     cancelled = conn.execute(
         update(steps)
         .where(steps.c.task_id == task_id, steps.c.state.in_(_CANCELLABLE))
-        .values(state=StepState.CANCELLED, lease_owner=None, lease_expires_at=None, finished_at=now, updated_at=now)
+        .values(
+            state=StepState.CANCELLED,
+            lease_owner=None,
+            lease_expires_at=None,
+            finished_at=now,
+            updated_at=now,
+        )
         .returning(steps.c.id, steps.c.name, steps.c.attempts)
     ).all()
     for r in cancelled:
         journal.step(r.id, task_id, None, StepState.CANCELLED, r.attempts)
         journal.event("step.cancelled", {"task_id": task_id, "step_id": r.id, "step": r.name})
     check_task_transition(status, TaskState.CANCELLED)
-    conn.execute(update(tasks).where(tasks.c.id == task_id)
-                 .values(status=TaskState.CANCELLED, finished_at=now, updated_at=now))
+    conn.execute(
+        update(tasks)
+        .where(tasks.c.id == task_id)
+        .values(status=TaskState.CANCELLED, finished_at=now, updated_at=now)
+    )
     journal.task(task_id, status, TaskState.CANCELLED, reason)
-    journal.event("task.cancelled", {"task_id": task_id, "from_state": status.value, "reason": reason})
+    journal.event(
+        "task.cancelled", {"task_id": task_id, "from_state": status.value, "reason": reason}
+    )
 
 
 def retry_task(conn: Connection, journal: Journal, task_id: int, *, lock: bool) -> int:
@@ -78,7 +93,9 @@ def retry_task(conn: Connection, journal: Journal, task_id: int, *, lock: bool) 
     return len(rearmed)
 
 
-def retry_step(conn: Connection, journal: Journal, task_id: int, step_name: str, *, lock: bool) -> None:
+def retry_step(
+    conn: Connection, journal: Journal, task_id: int, step_name: str, *, lock: bool
+) -> None:
     """Re-arm one `error` step with fresh attempts.
 
     A step reaches `error` only by running, so its parents were finished then and, finished states being
@@ -92,16 +109,31 @@ def retry_step(conn: Connection, journal: Journal, task_id: int, step_name: str,
             f"step '{step_name}' of task {task_id} is {row.state}; only a step in error can be retried"
         )
     _require_finished_parents(conn, task_id, row.id, step_name, "retried")
-    conn.execute(update(steps).where(steps.c.id == row.id)
-                 .values(state=StepState.READY, attempts=0, run_at=journal.now, finished_at=None,
-                         updated_at=journal.now))
+    conn.execute(
+        update(steps)
+        .where(steps.c.id == row.id)
+        .values(
+            state=StepState.READY,
+            attempts=0,
+            run_at=journal.now,
+            finished_at=None,
+            updated_at=journal.now,
+        )
+    )
     journal.step(row.id, task_id, StepState.ERROR, StepState.READY, 0)
     journal.event("step.ready", {"task_id": task_id, "step_id": row.id, "step": step_name})
     settle_tasks(conn, [task_id], journal)
 
 
-def resolve_step(conn: Connection, journal: Journal, task_id: int, step_name: str, results: dict[str, Any], *,
-                 lock: bool) -> None:
+def resolve_step(
+    conn: Connection,
+    journal: Journal,
+    task_id: int,
+    step_name: str,
+    results: dict[str, Any],
+    *,
+    lock: bool,
+) -> None:
     """An operator supplies the step's result; its dependents proceed as if it had completed."""
     status = _task_status(conn, task_id, lock)
     if status in FINISHED_TASK_STATES - {TaskState.ERROR}:
@@ -109,12 +141,26 @@ def resolve_step(conn: Connection, journal: Journal, task_id: int, step_name: st
     row = _step(conn, task_id, step_name)
     src = StepState(row.state)
     if StepState.RESOLVED_MANUALLY not in STEP_TRANSITIONS[src]:
-        hint = " (it is running: wait for the attempt or cancel the task)" if src == StepState.IN_PROGRESS else ""
-        raise OperationError(f"step '{step_name}' of task {task_id} is {src} and cannot be resolved{hint}")
+        hint = (
+            " (it is running: wait for the attempt or cancel the task)"
+            if src == StepState.IN_PROGRESS
+            else ""
+        )
+        raise OperationError(
+            f"step '{step_name}' of task {task_id} is {src} and cannot be resolved{hint}"
+        )
     _require_finished_parents(conn, task_id, row.id, step_name, "resolved")
-    conn.execute(update(steps).where(steps.c.id == row.id).values(
-        state=StepState.RESOLVED_MANUALLY, results=results, run_at=None, finished_at=journal.now,
-        updated_at=journal.now))
+    conn.execute(
+        update(steps)
+        .where(steps.c.id == row.id)
+        .values(
+            state=StepState.RESOLVED_MANUALLY,
+            results=results,
+            run_at=None,
+            finished_at=journal.now,
+            updated_at=journal.now,
+        )
+    )
     journal.step(row.id, task_id, src, StepState.RESOLVED_MANUALLY, row.attempts)
     journal.event("step.resolved", {"task_id": task_id, "step_id": row.id, "step": step_name})
     release_children(conn, [row.id], journal)
@@ -124,14 +170,17 @@ def resolve_step(conn: Connection, journal: Journal, task_id: int, step_name: st
 _UNFINISHED_PARENTS = (
     select(steps.c.name, steps.c.state)
     .select_from(step_edges.join(steps, steps.c.id == step_edges.c.parent_id))
-    .where(step_edges.c.child_id == bindparam("child"),
-           steps.c.state.not_in([s.value for s in SATISFIED_STEP_STATES]))
+    .where(
+        step_edges.c.child_id == bindparam("child"),
+        steps.c.state.not_in([s.value for s in SATISFIED_STEP_STATES]),
+    )
     .order_by(steps.c.position)
 )
 
 
-def unfinished_parents_message(task_id: int, step_name: str, action: str,
-                               parents: list[tuple[str, str]]) -> str:
+def unfinished_parents_message(
+    task_id: int, step_name: str, action: str, parents: list[tuple[str, str]]
+) -> str:
     """The refusal of an operator action that would let a step overtake its parents (pure, for tests)."""
     listed = ", ".join(f"{name} ({state})" for name, state in parents)
     noun = "parent" if len(parents) == 1 else "parents"
@@ -143,7 +192,9 @@ def unfinished_parents_message(task_id: int, step_name: str, action: str,
     )
 
 
-def _require_finished_parents(conn: Connection, task_id: int, step_id: int, step_name: str, action: str) -> None:
+def _require_finished_parents(
+    conn: Connection, task_id: int, step_id: int, step_name: str, action: str
+) -> None:
     """Refuse an action that would let `step_name`'s dependents run before its own parents finished.
 
     Resolving a `pending` step whose parent was still running released its children at once, so a
@@ -157,7 +208,9 @@ def _require_finished_parents(conn: Connection, task_id: int, step_id: int, step
 
 def _step(conn: Connection, task_id: int, name: str) -> Any:
     row = conn.execute(
-        select(steps.c.id, steps.c.state, steps.c.attempts).where(steps.c.task_id == task_id, steps.c.name == name)
+        select(steps.c.id, steps.c.state, steps.c.attempts).where(
+            steps.c.task_id == task_id, steps.c.name == name
+        )
     ).first()
     if row is None:
         q = select(steps.c.name).where(steps.c.task_id == task_id).order_by(steps.c.position)

@@ -52,13 +52,21 @@ def tasks_by_status(conn: Connection) -> dict[str, int]:
 
 def unfinished_by_status(conn: Connection, statuses: Sequence[str]) -> dict[str, int]:
     """Tasks in states a task can leave (pending, in progress, error): ranges of `(status, id)`."""
-    rows = conn.execute(select(tasks.c.status, func.count()).where(tasks.c.status.in_(statuses))
-                        .group_by(tasks.c.status))
+    rows = conn.execute(
+        select(tasks.c.status, func.count())
+        .where(tasks.c.status.in_(statuses))
+        .group_by(tasks.c.status)
+    )
     return {str(status): int(n) for status, n in rows}
 
 
-def final_by_status(conn: Connection, statuses: Sequence[str], *, before: datetime | None = None,
-                    since: datetime | None = None) -> dict[str, int]:
+def final_by_status(
+    conn: Connection,
+    statuses: Sequence[str],
+    *,
+    before: datetime | None = None,
+    since: datetime | None = None,
+) -> dict[str, int]:
     """Tasks in final states that finished before `before`, or since `since` (or have no finish).
 
     A final state is never left, so the count before a moment in the past never changes: the engine

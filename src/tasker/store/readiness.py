@@ -14,12 +14,22 @@ from sqlalchemy import and_, bindparam, case, func, select, update
 from sqlalchemy.engine import Connection
 
 from tasker.events.catalog import TASK_EVENT_FOR_STATE
-from tasker.states import FINISHED_TASK_STATES, StepState, TaskState, check_task_transition, final_task_state
+from tasker.states import (
+    FINISHED_TASK_STATES,
+    StepState,
+    TaskState,
+    check_task_transition,
+    final_task_state,
+)
 from tasker.store.journal import Journal
 from tasker.store.schema import step_edges, steps, tasks
 
-_CHILDREN = select(step_edges.c.child_id).where(step_edges.c.parent_id.in_(bindparam("parents", expanding=True)))
-_BECOMES_READY = and_(steps.c.pending_parents <= bindparam("n"), steps.c.state == StepState.PENDING.value)
+_CHILDREN = select(step_edges.c.child_id).where(
+    step_edges.c.parent_id.in_(bindparam("parents", expanding=True))
+)
+_BECOMES_READY = and_(
+    steps.c.pending_parents <= bindparam("n"), steps.c.state == StepState.PENDING.value
+)
 _RELEASE = (
     update(steps)
     .where(steps.c.id.in_(bindparam("children", expanding=True)))
@@ -37,19 +47,30 @@ _COUNTS = (
     .group_by(steps.c.task_id, steps.c.state)
 )
 _LOCK = (
-    select(tasks.c.id).where(tasks.c.id.in_(bindparam("ids", expanding=True))).order_by(tasks.c.id)
+    select(tasks.c.id)
+    .where(tasks.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(tasks.c.id)
     .with_for_update(key_share=True)
 )
-_STATUSES = select(tasks.c.id, tasks.c.status).where(tasks.c.id.in_(bindparam("ids", expanding=True)))
+_STATUSES = select(tasks.c.id, tasks.c.status).where(
+    tasks.c.id.in_(bindparam("ids", expanding=True))
+)
 _SET_STATUS = (
     update(tasks)
     .where(tasks.c.id == bindparam("task_id"))
-    .values(status=bindparam("status"), finished_at=bindparam("finished_at"), updated_at=bindparam("now"))
+    .values(
+        status=bindparam("status"),
+        finished_at=bindparam("finished_at"),
+        updated_at=bindparam("now"),
+    )
 )
 
 
 def release_children(
-    conn: Connection, parent_ids: list[int], journal: Journal, known_children: list[int] | None = None
+    conn: Connection,
+    parent_ids: list[int],
+    journal: Journal,
+    known_children: list[int] | None = None,
 ) -> list[tuple[int, int, str]]:
     """Decrement the unfinished-parent count of the parents' children; those at zero become ready.
 
@@ -71,12 +92,15 @@ def release_children(
                 readied.append((r.id, r.task_id, r.name))
                 journal.step(r.id, r.task_id, StepState.PENDING, StepState.READY, 0)
                 if journal.collect:
-                    journal.event("step.ready", {"task_id": r.task_id, "step_id": r.id, "step": r.name})
+                    journal.event(
+                        "step.ready", {"task_id": r.task_id, "step_id": r.id, "step": r.name}
+                    )
     return readied
 
 
-def settle_tasks(conn: Connection, task_ids: Iterable[int], journal: Journal, *, lock: bool = False
-                 ) -> list[tuple[int, str]]:
+def settle_tasks(
+    conn: Connection, task_ids: Iterable[int], journal: Journal, *, lock: bool = False
+) -> list[tuple[int, str]]:
     """Finalize the tasks whose steps are all settled; reopen an `error` task that has work again.
 
     With `lock` (PostgreSQL workers), the tasks' rows are locked first, in id order, so that of two
@@ -105,12 +129,18 @@ def settle_tasks(conn: Connection, task_ids: Iterable[int], journal: Journal, *,
             target = final
         check_task_transition(status, target)
         finished = journal.now if target in FINISHED_TASK_STATES else None
-        conn.execute(_SET_STATUS, {"task_id": r.id, "status": target.value, "finished_at": finished,
-                                   "now": journal.now})
+        conn.execute(
+            _SET_STATUS,
+            {"task_id": r.id, "status": target.value, "finished_at": finished, "now": journal.now},
+        )
         journal.task(r.id, status, target)
         changed.append((r.id, target.value))
         name = TASK_EVENT_FOR_STATE.get(target.value)
         if name:
-            payload: dict[str, Any] = {"task_id": r.id, "from_state": status.value, "to_state": target.value}
+            payload: dict[str, Any] = {
+                "task_id": r.id,
+                "from_state": status.value,
+                "to_state": target.value,
+            }
             journal.event(name, payload)
     return changed

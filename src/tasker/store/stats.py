@@ -20,17 +20,32 @@ def snapshot(conn: Connection, now: datetime, worker_seen_seconds: float) -> dic
     """Tasks and steps by state, the due ready queue, circuit states and live workers."""
     claimable = sorted(s.value for s in CLAIMABLE_STEP_STATES)
     task_counts = {s.value: 0 for s in TaskState}
-    task_counts.update({r[0]: int(r[1]) for r in conn.execute(
-        select(tasks.c.status, func.count()).group_by(tasks.c.status))})
+    task_counts.update(
+        {
+            r[0]: int(r[1])
+            for r in conn.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status))
+        }
+    )
     step_counts = {s.value: 0 for s in StepState}
-    step_counts.update({r[0]: int(r[1]) for r in conn.execute(
-        select(steps.c.state, func.count()).group_by(steps.c.state))})
+    step_counts.update(
+        {
+            r[0]: int(r[1])
+            for r in conn.execute(select(steps.c.state, func.count()).group_by(steps.c.state))
+        }
+    )
     ready, oldest = conn.execute(
-        select(func.count(), func.min(steps.c.run_at))
-        .where(steps.c.state.in_(claimable), steps.c.run_at <= now)
+        select(func.count(), func.min(steps.c.run_at)).where(
+            steps.c.state.in_(claimable), steps.c.run_at <= now
+        )
     ).one()
-    circuits = [(r[0], r[1]) for r in conn.execute(
-        select(dependent_systems.c.name, dependent_systems.c.circuit_state).order_by(dependent_systems.c.name))]
+    circuits = [
+        (r[0], r[1])
+        for r in conn.execute(
+            select(dependent_systems.c.name, dependent_systems.c.circuit_state).order_by(
+                dependent_systems.c.name
+            )
+        )
+    ]
     return {
         "tasks": task_counts,
         "steps": step_counts,

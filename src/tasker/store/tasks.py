@@ -15,12 +15,21 @@ from sqlalchemy.exc import IntegrityError
 from tasker.engine.model import Step, Task
 from tasker.states import StepState, TaskState
 from tasker.store.journal import Journal
-from tasker.store.schema import step_edges, step_transitions, steps, task_transitions, tasks, templates
+from tasker.store.schema import (
+    step_edges,
+    step_transitions,
+    steps,
+    task_transitions,
+    tasks,
+    templates,
+)
 from tasker.templates.graph import execution_order
 from tasker.templates.model import TaskTemplate, canonical_json
 
 _INSERT_TASKS = insert(tasks).returning(tasks.c.id, sort_by_parameter_order=True)
-_INSERT_STEPS = insert(steps).returning(steps.c.id, steps.c.task_id, steps.c.name, sort_by_parameter_order=True)
+_INSERT_STEPS = insert(steps).returning(
+    steps.c.id, steps.c.task_id, steps.c.name, sort_by_parameter_order=True
+)
 _INSERT_EDGES = insert(step_edges)
 
 
@@ -46,7 +55,9 @@ class IdentityKeys:
     window_seconds: float | None
 
 
-def identity_keys(template: TaskTemplate, context: dict[str, Any], now: datetime) -> IdentityKeys | None:
+def identity_keys(
+    template: TaskTemplate, context: dict[str, Any], now: datetime
+) -> IdentityKeys | None:
     """Keys derived from the context paths the template names, or None when it names none."""
     identity = template.identity
     if identity is None:
@@ -60,11 +71,17 @@ def identity_keys(template: TaskTemplate, context: dict[str, Any], now: datetime
     return IdentityKeys(f"id-{digest}-{bucket}", f"id-{digest}-{bucket - 1}", window)
 
 
-def find_recent_task_id(conn: Connection, namespace: str, name: str, key: str, since: datetime) -> int | None:
+def find_recent_task_id(
+    conn: Connection, namespace: str, name: str, key: str, since: datetime
+) -> int | None:
     """The task with this key created at or after `since`, if any."""
     return conn.execute(
-        select(tasks.c.id).where(tasks.c.namespace == namespace, tasks.c.name == name,
-                                 tasks.c.idempotency_key == key, tasks.c.created_at >= since)
+        select(tasks.c.id).where(
+            tasks.c.namespace == namespace,
+            tasks.c.name == name,
+            tasks.c.idempotency_key == key,
+            tasks.c.created_at >= since,
+        )
     ).scalar()
 
 
@@ -89,7 +106,10 @@ def context_differences(stored: Any, sent: Any, path: str = "$", limit: int = 20
                 else:
                     stack.append((a[k], b[k], sub))
         elif isinstance(a, list | tuple) and isinstance(b, list | tuple) and len(a) == len(b):
-            stack.extend((x, y, f"{where}[{i}]") for i, (x, y) in reversed(list(enumerate(zip(a, b, strict=True)))))
+            stack.extend(
+                (x, y, f"{where}[{i}]")
+                for i, (x, y) in reversed(list(enumerate(zip(a, b, strict=True))))
+            )
         elif _same_number(a, b):
             continue
         elif canonical_json(a) != canonical_json(b):
@@ -99,8 +119,13 @@ def context_differences(stored: Any, sent: Any, path: str = "$", limit: int = 20
 
 def _same_number(a: Any, b: Any) -> bool:
     numbers = (int, float)
-    return (isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool)
-            and not isinstance(b, bool) and a == b)
+    return (
+        isinstance(a, numbers)
+        and isinstance(b, numbers)
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+        and a == b
+    )
 
 
 def step_idempotency_key(namespace: str, name: str, task_key: str, step: str) -> str:
@@ -124,20 +149,30 @@ def template_id(conn: Connection, template: TaskTemplate, now: datetime) -> int:
     try:
         with conn.begin_nested():
             found = conn.execute(
-                insert(templates).values(
-                    namespace=template.namespace_name, name=template.name, version=template.version,
-                    content_hash=digest, definition=template.snapshot(), created_at=now,
-                ).returning(templates.c.id)
+                insert(templates)
+                .values(
+                    namespace=template.namespace_name,
+                    name=template.name,
+                    version=template.version,
+                    content_hash=digest,
+                    definition=template.snapshot(),
+                    created_at=now,
+                )
+                .returning(templates.c.id)
             ).scalar_one()
     except IntegrityError:
-        found = conn.execute(select(templates.c.id).where(templates.c.content_hash == digest)).scalar_one()
+        found = conn.execute(
+            select(templates.c.id).where(templates.c.content_hash == digest)
+        ).scalar_one()
     # Not cached: this transaction may still roll back (a duplicate task), taking the new row with it.
     return int(found)
 
 
 def find_task_id(conn: Connection, namespace: str, name: str, key: str) -> int | None:
     return conn.execute(
-        select(tasks.c.id).where(tasks.c.namespace == namespace, tasks.c.name == name, tasks.c.idempotency_key == key)
+        select(tasks.c.id).where(
+            tasks.c.namespace == namespace, tasks.c.name == name, tasks.c.idempotency_key == key
+        )
     ).scalar()
 
 
@@ -162,10 +197,14 @@ def insert_task(
 
     Returns the new task as stored, without reading it back.
     """
-    return insert_tasks(conn, journal, template, [NewTask(context, idempotency_key, correlation_id)])[0]
+    return insert_tasks(
+        conn, journal, template, [NewTask(context, idempotency_key, correlation_id)]
+    )[0]
 
 
-def insert_tasks(conn: Connection, journal: Journal, template: TaskTemplate, items: Sequence[NewTask]) -> list[Task]:
+def insert_tasks(
+    conn: Connection, journal: Journal, template: TaskTemplate, items: Sequence[NewTask]
+) -> list[Task]:
     """Insert tasks of one template with multi-row inserts (tasks, then all their steps, then edges).
 
     Raises IntegrityError when any idempotency key is taken; the caller's transaction then rolls back.
@@ -173,76 +212,171 @@ def insert_tasks(conn: Connection, journal: Journal, template: TaskTemplate, ite
     now = journal.now
     ns, name = template.namespace_name, template.name
     tid = template_id(conn, template, now)
-    task_ids = [r[0] for r in conn.execute(_INSERT_TASKS, [{
-        "namespace": ns, "name": name, "version": template.version, "template_id": tid,
-        "status": TaskState.PENDING.value, "context": item.context, "idempotency_key": item.idempotency_key,
-        "correlation_id": item.correlation_id, "created_at": now, "updated_at": now,
-    } for item in items])]
+    task_ids = [
+        r[0]
+        for r in conn.execute(
+            _INSERT_TASKS,
+            [
+                {
+                    "namespace": ns,
+                    "name": name,
+                    "version": template.version,
+                    "template_id": tid,
+                    "status": TaskState.PENDING.value,
+                    "context": item.context,
+                    "idempotency_key": item.idempotency_key,
+                    "correlation_id": item.correlation_id,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for item in items
+            ],
+        )
+    ]
     order = execution_order([(s.name, s.parents) for s in template.step_templates])
     position = {n: i for i, n in enumerate(order)}
     shapes: list[dict[str, Any]] = []
     for st in template.step_templates:
         policy = template.retry_policy(st)
         ready = not st.parents
-        shapes.append({
-            "name": st.name, "position": position[st.name], "namespace": ns,
-            "dependent_system": template.dependent_system_of(st),
-            "state": StepState.READY.value if ready else StepState.PENDING.value, "pending_parents": len(st.parents),
-            "run_at": now if ready else None, "attempts": 0, "retry_limit": policy.max_attempts,
-            "retryable": policy.retryable, "claim_token": 0, "created_at": now, "updated_at": now,
-        })
+        shapes.append(
+            {
+                "name": st.name,
+                "position": position[st.name],
+                "namespace": ns,
+                "dependent_system": template.dependent_system_of(st),
+                "state": StepState.READY.value if ready else StepState.PENDING.value,
+                "pending_parents": len(st.parents),
+                "run_at": now if ready else None,
+                "attempts": 0,
+                "retry_limit": policy.max_attempts,
+                "retryable": policy.retryable,
+                "claim_token": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
     rows = [
-        {**shape, "task_id": task_id,
-         "idempotency_key": step_idempotency_key(ns, name, item.idempotency_key, shape["name"])}
-        for task_id, item in zip(task_ids, items) for shape in shapes
+        {
+            **shape,
+            "task_id": task_id,
+            "idempotency_key": step_idempotency_key(ns, name, item.idempotency_key, shape["name"]),
+        }
+        for task_id, item in zip(task_ids, items)
+        for shape in shapes
     ]
-    ids: dict[tuple[int, str], int] = {(r.task_id, r.name): r.id for r in conn.execute(_INSERT_STEPS, rows)}
+    ids: dict[tuple[int, str], int] = {
+        (r.task_id, r.name): r.id for r in conn.execute(_INSERT_STEPS, rows)
+    }
     edges = [
         {"task_id": task_id, "parent_id": ids[(task_id, p)], "child_id": ids[(task_id, st.name)]}
-        for task_id in task_ids for st in template.step_templates for p in st.parents
+        for task_id in task_ids
+        for st in template.step_templates
+        for p in st.parents
     ]
     if edges:
         conn.execute(_INSERT_EDGES, edges)
     out = []
     for task_id, item in zip(task_ids, items):
         journal.task(task_id, None, TaskState.PENDING)
-        journal.event("task.created", {"task_id": task_id, "namespace": ns, "name": name,
-                                       "version": template.version, "correlation_id": item.correlation_id})
+        journal.event(
+            "task.created",
+            {
+                "task_id": task_id,
+                "namespace": ns,
+                "name": name,
+                "version": template.version,
+                "correlation_id": item.correlation_id,
+            },
+        )
         step_objs = []
         for shape in shapes:
             sid = ids[(task_id, shape["name"])]
             journal.step(sid, task_id, None, shape["state"], 0)
             if shape["state"] == StepState.READY:
-                journal.event("step.ready", {"task_id": task_id, "step_id": sid, "step": shape["name"]})
-            step_objs.append(Step(
-                id=sid, task_id=task_id, name=shape["name"], status=shape["state"], attempts=0,
-                retry_limit=shape["retry_limit"], retryable=shape["retryable"],
-                dependent_system=shape["dependent_system"], results=None, last_error=None, run_at=shape["run_at"],
-                started_at=None, finished_at=None, created_at=now, position=shape["position"],
-                idempotency_key=step_idempotency_key(ns, name, item.idempotency_key, shape["name"]),
-            ))
+                journal.event(
+                    "step.ready", {"task_id": task_id, "step_id": sid, "step": shape["name"]}
+                )
+            step_objs.append(
+                Step(
+                    id=sid,
+                    task_id=task_id,
+                    name=shape["name"],
+                    status=shape["state"],
+                    attempts=0,
+                    retry_limit=shape["retry_limit"],
+                    retryable=shape["retryable"],
+                    dependent_system=shape["dependent_system"],
+                    results=None,
+                    last_error=None,
+                    run_at=shape["run_at"],
+                    started_at=None,
+                    finished_at=None,
+                    created_at=now,
+                    position=shape["position"],
+                    idempotency_key=step_idempotency_key(
+                        ns, name, item.idempotency_key, shape["name"]
+                    ),
+                )
+            )
         step_objs.sort(key=lambda s: s.position)
-        out.append(Task(id=int(task_id), namespace=ns, name=name, version=template.version,
-                        status=TaskState.PENDING.value, context=item.context, idempotency_key=item.idempotency_key,
-                        correlation_id=item.correlation_id, annotations=None, created_at=now, updated_at=now,
-                        started_at=None, finished_at=None, steps=step_objs))
+        out.append(
+            Task(
+                id=int(task_id),
+                namespace=ns,
+                name=name,
+                version=template.version,
+                status=TaskState.PENDING.value,
+                context=item.context,
+                idempotency_key=item.idempotency_key,
+                correlation_id=item.correlation_id,
+                annotations=None,
+                created_at=now,
+                updated_at=now,
+                started_at=None,
+                finished_at=None,
+                steps=step_objs,
+            )
+        )
     return out
 
 
 def _step(r: Row[Any]) -> Step:
     return Step(
-        id=r.id, task_id=r.task_id, name=r.name, status=r.state, attempts=r.attempts, retry_limit=r.retry_limit,
-        retryable=r.retryable, dependent_system=r.dependent_system, results=r.results, last_error=r.last_error,
-        run_at=r.run_at, started_at=r.started_at, finished_at=r.finished_at, created_at=r.created_at,
-        position=r.position, idempotency_key=r.idempotency_key,
+        id=r.id,
+        task_id=r.task_id,
+        name=r.name,
+        status=r.state,
+        attempts=r.attempts,
+        retry_limit=r.retry_limit,
+        retryable=r.retryable,
+        dependent_system=r.dependent_system,
+        results=r.results,
+        last_error=r.last_error,
+        run_at=r.run_at,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+        created_at=r.created_at,
+        position=r.position,
+        idempotency_key=r.idempotency_key,
     )
 
 
 def _task(r: Row[Any], step_rows: Sequence[Step]) -> Task:
     return Task(
-        id=r.id, namespace=r.namespace, name=r.name, version=r.version, status=r.status, context=r.context,
-        idempotency_key=r.idempotency_key, correlation_id=r.correlation_id, annotations=r.annotations,
-        created_at=r.created_at, updated_at=r.updated_at, started_at=r.started_at, finished_at=r.finished_at,
+        id=r.id,
+        namespace=r.namespace,
+        name=r.name,
+        version=r.version,
+        status=r.status,
+        context=r.context,
+        idempotency_key=r.idempotency_key,
+        correlation_id=r.correlation_id,
+        annotations=r.annotations,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
         steps=list(step_rows),
     )
 
@@ -251,17 +385,23 @@ def get_task(conn: Connection, task_id: int) -> Task | None:
     row = conn.execute(select(tasks).where(tasks.c.id == task_id)).first()
     if row is None:
         return None
-    step_rows = conn.execute(select(steps).where(steps.c.task_id == task_id).order_by(steps.c.position)).all()
+    step_rows = conn.execute(
+        select(steps).where(steps.c.task_id == task_id).order_by(steps.c.position)
+    ).all()
     return _task(row, [_step(s) for s in step_rows])
 
 
 def get_tasks(conn: Connection, task_ids: Sequence[int]) -> list[Task]:
     if not task_ids:
         return []
-    rows = conn.execute(select(tasks).where(tasks.c.id.in_(list(task_ids))).order_by(tasks.c.id)).all()
+    rows = conn.execute(
+        select(tasks).where(tasks.c.id.in_(list(task_ids))).order_by(tasks.c.id)
+    ).all()
     by_task: dict[int, list[Step]] = {}
     for s in conn.execute(
-        select(steps).where(steps.c.task_id.in_(list(task_ids))).order_by(steps.c.task_id, steps.c.position)
+        select(steps)
+        .where(steps.c.task_id.in_(list(task_ids)))
+        .order_by(steps.c.task_id, steps.c.position)
     ):
         by_task.setdefault(s.task_id, []).append(_step(s))
     return [_task(r, by_task.get(r.id, [])) for r in rows]
@@ -302,28 +442,45 @@ def list_tasks(
 
 def task_template_definition(conn: Connection, task_id: int) -> dict[str, Any] | None:
     return conn.execute(
-        select(templates.c.definition).join(tasks, tasks.c.template_id == templates.c.id).where(tasks.c.id == task_id)
+        select(templates.c.definition)
+        .join(tasks, tasks.c.template_id == templates.c.id)
+        .where(tasks.c.id == task_id)
     ).scalar()
 
 
 def template_definition(conn: Connection, template_id: int) -> dict[str, Any]:
-    return dict(conn.execute(select(templates.c.definition).where(templates.c.id == template_id)).scalar_one())
+    return dict(
+        conn.execute(
+            select(templates.c.definition).where(templates.c.id == template_id)
+        ).scalar_one()
+    )
 
 
 def step_history(conn: Connection, task_id: int) -> list[Row[Any]]:
-    return list(conn.execute(
-        select(step_transitions).where(step_transitions.c.task_id == task_id).order_by(step_transitions.c.id)
-    ).all())
+    return list(
+        conn.execute(
+            select(step_transitions)
+            .where(step_transitions.c.task_id == task_id)
+            .order_by(step_transitions.c.id)
+        ).all()
+    )
 
 
 def task_history(conn: Connection, task_id: int) -> list[Row[Any]]:
-    return list(conn.execute(
-        select(task_transitions).where(task_transitions.c.task_id == task_id).order_by(task_transitions.c.id)
-    ).all())
+    return list(
+        conn.execute(
+            select(task_transitions)
+            .where(task_transitions.c.task_id == task_id)
+            .order_by(task_transitions.c.id)
+        ).all()
+    )
 
 
 def counts_by_status(conn: Connection) -> dict[str, int]:
-    return {r[0]: int(r[1]) for r in conn.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status))}
+    return {
+        r[0]: int(r[1])
+        for r in conn.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status))
+    }
 
 
 def clear_snapshot_cache() -> None:

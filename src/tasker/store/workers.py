@@ -21,16 +21,32 @@ SEEN_EVERY_SECONDS = 10.0
 ALIVE_WITHIN_SECONDS = 60.0
 
 
-def announce(conn: Connection, worker_id: str, *, namespaces: list[str] | None, concurrency: int,
-             now: datetime) -> None:
+def announce(
+    conn: Connection,
+    worker_id: str,
+    *,
+    namespaces: list[str] | None,
+    concurrency: int,
+    now: datetime,
+) -> None:
     conn.execute(delete(workers).where(workers.c.id == worker_id))
-    conn.execute(insert(workers).values(
-        id=worker_id, hostname=socket.gethostname()[:255], pid=os.getpid(), namespaces=namespaces,
-        concurrency=concurrency, started_at=now, last_seen_at=now, steps_run=0,
-    ))
+    conn.execute(
+        insert(workers).values(
+            id=worker_id,
+            hostname=socket.gethostname()[:255],
+            pid=os.getpid(),
+            namespaces=namespaces,
+            concurrency=concurrency,
+            started_at=now,
+            last_seen_at=now,
+            steps_run=0,
+        )
+    )
 
 
-def seen(conn: Connection, worker_id: str, *, steps_run: int, now: datetime, stopped: bool = False) -> None:
+def seen(
+    conn: Connection, worker_id: str, *, steps_run: int, now: datetime, stopped: bool = False
+) -> None:
     values: dict[str, Any] = {"last_seen_at": now, "steps_run": steps_run}
     if stopped:
         values["stopped_at"] = now
@@ -38,21 +54,41 @@ def seen(conn: Connection, worker_id: str, *, steps_run: int, now: datetime, sto
 
 
 def _alive(now: datetime, within_seconds: float) -> ColumnElement[bool]:
-    return and_(workers.c.last_seen_at >= now - timedelta(seconds=within_seconds), workers.c.stopped_at.is_(None))
+    return and_(
+        workers.c.last_seen_at >= now - timedelta(seconds=within_seconds),
+        workers.c.stopped_at.is_(None),
+    )
 
 
-def recent(conn: Connection, now: datetime, within_seconds: float = ALIVE_WITHIN_SECONDS,
-           limit: int | None = None) -> list[dict[str, Any]]:
+def recent(
+    conn: Connection,
+    now: datetime,
+    within_seconds: float = ALIVE_WITHIN_SECONDS,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
     """Workers heard from within `within_seconds` that have not stopped, most recently seen first."""
-    q = select(workers).where(_alive(now, within_seconds)).order_by(workers.c.last_seen_at.desc()).limit(limit)
+    q = (
+        select(workers)
+        .where(_alive(now, within_seconds))
+        .order_by(workers.c.last_seen_at.desc())
+        .limit(limit)
+    )
     return [dict(r._mapping) for r in conn.execute(q)]
 
 
-def count_recent(conn: Connection, now: datetime, within_seconds: float = ALIVE_WITHIN_SECONDS) -> int:
-    return int(conn.execute(select(func.count()).select_from(workers).where(_alive(now, within_seconds))).scalar()
-               or 0)
+def count_recent(
+    conn: Connection, now: datetime, within_seconds: float = ALIVE_WITHIN_SECONDS
+) -> int:
+    return int(
+        conn.execute(
+            select(func.count()).select_from(workers).where(_alive(now, within_seconds))
+        ).scalar()
+        or 0
+    )
 
 
 def prune(conn: Connection, older_than: datetime) -> int:
     """Forget workers not seen since `older_than` (their rows only serve history)."""
-    return int(conn.execute(delete(workers).where(workers.c.last_seen_at < older_than)).rowcount or 0)
+    return int(
+        conn.execute(delete(workers).where(workers.c.last_seen_at < older_than)).rowcount or 0
+    )

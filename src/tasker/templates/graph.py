@@ -22,12 +22,16 @@ def check_graph(steps: Sequence[tuple[str, Sequence[str]]]) -> None:
     seen: set[str] = set()
     for name, _ in steps:
         if name in seen:
-            raise GraphError(name, f"duplicate step name '{name}'; fix: give every step a unique name")
+            raise GraphError(
+                name, f"duplicate step name '{name}'; fix: give every step a unique name"
+            )
         seen.add(name)
     for name, parents in steps:
         for p in parents:
             if p == name:
-                raise GraphError(name, f"step '{name}' depends on itself; fix: remove it from its dependencies")
+                raise GraphError(
+                    name, f"step '{name}' depends on itself; fix: remove it from its dependencies"
+                )
             if p not in seen:
                 raise GraphError(
                     name,
@@ -37,7 +41,8 @@ def check_graph(steps: Sequence[tuple[str, Sequence[str]]]) -> None:
     cycle = find_cycle({n: list(ps) for n, ps in steps})
     if cycle:
         raise GraphError(
-            cycle[0], f"dependency cycle {' -> '.join(cycle)}; fix: remove one of these dependencies"
+            cycle[0],
+            f"dependency cycle {' -> '.join(cycle)}; fix: remove one of these dependencies",
         )
 
 
@@ -64,7 +69,7 @@ def find_cycle(parents: Mapping[str, Sequence[str]]) -> list[str] | None:
             if p not in colour:
                 continue
             if colour[p] == grey:
-                cycle = [*path[path.index(p):], p]
+                cycle = [*path[path.index(p) :], p]
                 cycle.reverse()  # parent -> child reads in execution direction
                 return cycle
             if colour[p] == white:
@@ -130,7 +135,9 @@ STATE_STYLES = {
 }
 
 
-def mermaid(steps: Sequence[tuple[str, Sequence[str]]], states: Mapping[str, str] | None = None) -> str:
+def mermaid(
+    steps: Sequence[tuple[str, Sequence[str]]], states: Mapping[str, str] | None = None
+) -> str:
     """A Mermaid flowchart of the DAG; with `states`, each step is labelled and coloured by its state."""
     ids = {name: f"s{i}" for i, (name, _) in enumerate(steps)}
     lines = ["graph TD"]

@@ -28,15 +28,40 @@ from tasker.templates.graph import GraphError, check_graph
 from tasker.templates.model import StepTemplate, TaskTemplate
 
 TOP_LEVEL_KEYS = {
-    "name", "namespace_name", "version", "description", "default_dependent_system", "schema",
-    "task_handler_class", "custom_events", "step_templates", "environments", "retry",
-    "dependent_systems", "namespace_max_in_flight", "identity",
+    "name",
+    "namespace_name",
+    "version",
+    "description",
+    "default_dependent_system",
+    "schema",
+    "task_handler_class",
+    "custom_events",
+    "step_templates",
+    "environments",
+    "retry",
+    "dependent_systems",
+    "namespace_max_in_flight",
+    "identity",
     # Accepted from Tasker YAML for compatibility; they have no effect here.
-    "module_namespace", "concurrent", "named_steps", "handler_config", "monitoring",
+    "module_namespace",
+    "concurrent",
+    "named_steps",
+    "handler_config",
+    "monitoring",
 }
 STEP_KEYS = {
-    "name", "description", "depends_on_step", "depends_on_steps", "handler_class", "default_retryable",
-    "default_retry_limit", "skippable", "dependent_system", "handler_config", "custom_events", "retry",
+    "name",
+    "description",
+    "depends_on_step",
+    "depends_on_steps",
+    "handler_class",
+    "default_retryable",
+    "default_retry_limit",
+    "skippable",
+    "dependent_system",
+    "handler_config",
+    "custom_events",
+    "retry",
 }
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
@@ -54,22 +79,31 @@ def template_files(path: str | Path) -> list[Path]:
         return [p]
     if p.is_dir():
         return sorted(f for f in p.rglob("*") if f.suffix in YAML_SUFFIXES and f.is_file())
-    raise TemplateError(f"{p}: no such file or directory; fix: pass a YAML file or a directory of them")
+    raise TemplateError(
+        f"{p}: no such file or directory; fix: pass a YAML file or a directory of them"
+    )
 
 
-def load_path(path: str | Path, *, environment: str | None = None, resolve_handlers: bool = True) -> list[TaskTemplate]:
+def load_path(
+    path: str | Path, *, environment: str | None = None, resolve_handlers: bool = True
+) -> list[TaskTemplate]:
     """Every template in a file or directory; the first bad file stops loading with its one-line reason."""
     return [
-        load_file(f, environment=environment, resolve_handlers=resolve_handlers) for f in template_files(path)
+        load_file(f, environment=environment, resolve_handlers=resolve_handlers)
+        for f in template_files(path)
     ]
 
 
-def load_file(path: str | Path, *, environment: str | None = None, resolve_handlers: bool = True) -> TaskTemplate:
+def load_file(
+    path: str | Path, *, environment: str | None = None, resolve_handlers: bool = True
+) -> TaskTemplate:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise TemplateError(f"{p}: cannot read the file ({exc.strerror}); fix: check the path") from None
+        raise TemplateError(
+            f"{p}: cannot read the file ({exc.strerror}); fix: check the path"
+        ) from None
     except UnicodeDecodeError as exc:
         raise TemplateError(
             f"{p}: not UTF-8 text (byte {exc.start}: {exc.reason}); fix: save the file as UTF-8"
@@ -79,13 +113,19 @@ def load_file(path: str | Path, *, environment: str | None = None, resolve_handl
     except safe_yaml.TemplateYamlError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise TemplateError(f"{p}{where}: {exc.problem}; fix: {exc.note} (see docs/templates.md)") from None
+        raise TemplateError(
+            f"{p}{where}: {exc.problem}; fix: {exc.note} (see docs/templates.md)"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise TemplateError(f"{p}: invalid YAML{where}: {problem}; fix: correct the YAML syntax") from None
-    return parse_template(data, source=str(p), environment=environment, resolve_handlers=resolve_handlers)
+        raise TemplateError(
+            f"{p}: invalid YAML{where}: {problem}; fix: correct the YAML syntax"
+        ) from None
+    return parse_template(
+        data, source=str(p), environment=environment, resolve_handlers=resolve_handlers
+    )
 
 
 def parse_template(
@@ -157,28 +197,38 @@ def resolve_task_handler(path: str, *, where: str) -> type:
 
     cls = _resolve(path, where)
     if not isinstance(cls, type) or not issubclass(cls, TaskHandler):
-        raise TemplateError(f"{where}: '{path}' is not a TaskHandler subclass; fix: subclass tasker.TaskHandler")
+        raise TemplateError(
+            f"{where}: '{path}' is not a TaskHandler subclass; fix: subclass tasker.TaskHandler"
+        )
     return cls
 
 
 def _resolve(path: str, where: str) -> Any:
     try:
         return import_object(path)
-    except Exception as exc:  # the module may fail in any way while importing: a SyntaxError, a bad relative path
+    except (
+        Exception
+    ) as exc:  # the module may fail in any way while importing: a SyntaxError, a bad relative path
         reason = " ".join(str(exc).split())
         if isinstance(exc, ModuleNotFoundError):
             fix = f"check the import path, and that its package is on sys.path ({_search_path()})"
         else:
             fix = "check the import path, and run the module by hand (python -c 'import ...') to see its error"
-        raise TemplateError(f"{where}: cannot import '{path}' ({type(exc).__name__}: {reason}); fix: {fix}") from None
+        raise TemplateError(
+            f"{where}: cannot import '{path}' ({type(exc).__name__}: {reason}); fix: {fix}"
+        ) from None
 
 
 def _search_path(shown: int = 3) -> str:
     """Where Python looks first, as the user can act on it: the current directory is only one entry."""
     entries = [repr(entry or os.getcwd()) for entry in sys.path[:shown]]
     more = len(sys.path) - shown
-    return "first entries " + ", ".join(entries) + (f" and {more} more" if more > 0 else "") + \
-        "; add the project's folder to PYTHONPATH or install its package"
+    return (
+        "first entries "
+        + ", ".join(entries)
+        + (f" and {more} more" if more > 0 else "")
+        + "; add the project's folder to PYTHONPATH or install its package"
+    )
 
 
 def _unknown_keys(data: Mapping[str, Any], source: str) -> list[str]:
@@ -187,7 +237,11 @@ def _unknown_keys(data: Mapping[str, Any], source: str) -> list[str]:
     for i, step in enumerate(steps if isinstance(steps, list) else []):
         if isinstance(step, dict):
             label = step.get("name", f"#{i + 1}")
-            found += [f"{source}: step '{label}': unknown key '{k}' ignored" for k in step if k not in STEP_KEYS]
+            found += [
+                f"{source}: step '{label}': unknown key '{k}' ignored"
+                for k in step
+                if k not in STEP_KEYS
+            ]
     return found
 
 
@@ -212,7 +266,9 @@ def _apply_environment(data: dict[str, Any], env: str, source: str) -> dict[str,
     if not block:
         return data
     if not isinstance(block, dict):
-        raise TemplateError(f"{source}: environments.{env} must be a mapping; fix: give it a step_templates list")
+        raise TemplateError(
+            f"{source}: environments.{env} must be a mapping; fix: give it a step_templates list"
+        )
     overrides = block.get("step_templates") or []
     steps = data.get("step_templates") or []
     if not isinstance(overrides, list):
@@ -221,7 +277,11 @@ def _apply_environment(data: dict[str, Any], env: str, source: str) -> dict[str,
         )
     if not isinstance(steps, list):
         return data  # the base step_templates is malformed; its validation says so
-    by_name = {s["name"]: i for i, s in enumerate(steps) if isinstance(s, dict) and isinstance(s.get("name"), str)}
+    by_name = {
+        s["name"]: i
+        for i, s in enumerate(steps)
+        if isinstance(s, dict) and isinstance(s.get("name"), str)
+    }
     for o in overrides:
         if not isinstance(o, dict) or not isinstance(o.get("name"), str):
             raise TemplateError(
@@ -244,6 +304,7 @@ def _apply_environment(data: dict[str, Any], env: str, source: str) -> dict[str,
 def _expand_vars(data: dict[str, Any], source: str) -> dict[str, Any]:
     def expand(value: Any, where: str) -> Any:
         if isinstance(value, str):
+
             def sub(m: re.Match[str]) -> str:
                 name, default = m.group(1), m.group(2)
                 if name in os.environ:
@@ -269,7 +330,9 @@ def _expand_vars(data: dict[str, Any], source: str) -> dict[str, Any]:
     steps = data.get("step_templates")
     for step in steps if isinstance(steps, list) else []:
         if isinstance(step, dict) and isinstance(step.get("handler_config"), dict):
-            step["handler_config"] = expand(step["handler_config"], f"step '{step.get('name')}': handler_config")
+            step["handler_config"] = expand(
+                step["handler_config"], f"step '{step.get('name')}': handler_config"
+            )
     return data
 
 
@@ -347,7 +410,11 @@ def _check_values(data: Any, source: str) -> None:
         elif isinstance(value, list):
             for i, v in enumerate(value):
                 if path == "step_templates" and isinstance(v, dict):
-                    label = f"step '{v['name']}': " if isinstance(v.get("name"), str) else f"step #{i + 1}: "
+                    label = (
+                        f"step '{v['name']}': "
+                        if isinstance(v.get("name"), str)
+                        else f"step #{i + 1}: "
+                    )
                     stack.append((label, v, depth + 1))
                 else:
                     stack.append((f"{path}[{i}]", v, depth + 1))
@@ -385,7 +452,9 @@ def _pydantic_message(exc: ValidationError, data: Mapping[str, Any], source: str
     if loc and loc[0] == "step_templates" and len(loc) > 1 and isinstance(loc[1], int):
         steps = data.get("step_templates") or []
         step = steps[loc[1]] if loc[1] < len(steps) else {}
-        label = step.get("name") if isinstance(step, dict) and step.get("name") else f"#{loc[1] + 1}"
+        label = (
+            step.get("name") if isinstance(step, dict) and step.get("name") else f"#{loc[1] + 1}"
+        )
         where += f": step '{label}'"
         loc = loc[2:]
     field = ".".join(str(p) for p in loc) or "(template)"
@@ -402,7 +471,10 @@ def _fix_for(field: str, kind: str) -> str:
         return "use a whole number of attempts between 1 and 1000"
     if "retry" in field:
         return "use non-negative seconds (at most 7 days), and a jitter between 0 and 1"
-    if field.startswith(("dependent_systems", "namespace_max_in_flight")) or "timeout_seconds" in field:
+    if (
+        field.startswith(("dependent_systems", "namespace_max_in_flight"))
+        or "timeout_seconds" in field
+    ):
         return "use a number in the range above (docs/templates.md lists every range)"
     if field == "version":
         return "use a semantic version like 1.0.0"

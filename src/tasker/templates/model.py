@@ -17,7 +17,9 @@ from tasker import bounds
 from tasker.bounds import Range
 from tasker.retry import DEFAULT_RETRY_LIMIT, RetryPolicy
 
-SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$")
+SEMVER = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$"
+)
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 DEFAULT_NAMESPACE = "default"
 DEFAULT_VERSION = "0.1.0"
@@ -216,7 +218,9 @@ class StepTemplate(_Strict):
     def parents(self) -> list[str]:
         """Every step this one waits for, `depends_on_step` first, without repeats."""
         seen: list[str] = []
-        for p in ([self.depends_on_step] if self.depends_on_step else []) + list(self.depends_on_steps):
+        for p in ([self.depends_on_step] if self.depends_on_step else []) + list(
+            self.depends_on_steps
+        ):
             if p not in seen:
                 seen.append(p)
         return seen
@@ -310,7 +314,9 @@ class TaskTemplate(_Strict):
     def retry_policy(self, step: StepTemplate) -> RetryPolicy:
         settings = (step.retry or RetrySettings()).merged_over(self.retry)
         extra = {k: v for k, v in settings.model_dump().items() if v is not None}
-        return RetryPolicy(retry_limit=step.default_retry_limit, retryable=step.default_retryable, **extra)
+        return RetryPolicy(
+            retry_limit=step.default_retry_limit, retryable=step.default_retryable, **extra
+        )
 
     def declared_events(self, step: StepTemplate | None = None) -> set[str]:
         names = {e.name for e in self.custom_events}

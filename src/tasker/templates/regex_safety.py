@@ -43,7 +43,9 @@ _REPEATS = (c.MAX_REPEAT, c.MIN_REPEAT)
 def refusal(pattern: str) -> str | None:
     """Why `pattern` is refused (one clause, no trailing period), or None when it is accepted."""
     try:
-        with warnings.catch_warnings():  # FutureWarnings about `[[`: not the template author's concern here
+        with (
+            warnings.catch_warnings()
+        ):  # FutureWarnings about `[[`: not the template author's concern here
             warnings.simplefilter("ignore")
             parsed = sre_parse.parse(pattern)
     except (re.error, OverflowError, RecursionError) as exc:
@@ -54,7 +56,8 @@ def refusal(pattern: str) -> str | None:
         outer_large = _large(av[1])
         body = _unwrap(list(av[2]))
         inner = [
-            (iop, iav) for iop, iav in _walk(body)
+            (iop, iav)
+            for iop, iav in _walk(body)
             if iop in _REPEATS and (_large(iav[1]) or (outer_large and iav[0] != iav[1]))
         ]
         if inner and not _delimited(body, inner):
@@ -113,7 +116,13 @@ def _delimited(body: list[Item], inner: list[Item]) -> bool:
     if run_chars is None:
         return False
     for op, av in body:
-        if av is not run and op in (*_REPEATS, c.BRANCH, c.SUBPATTERN, c.GROUPREF, c.GROUPREF_EXISTS):
+        if av is not run and op in (
+            *_REPEATS,
+            c.BRANCH,
+            c.SUBPATTERN,
+            c.GROUPREF,
+            c.GROUPREF_EXISTS,
+        ):
             return False  # anything else variable or compound: no claim of safety
     for op, av in body:
         sep = None if av is run else _char_test((op, av))

@@ -47,7 +47,8 @@ class BoundedSafeLoader(yaml.SafeLoader):
             self._depth += 1
             if self._depth > MAX_DEPTH:
                 raise TemplateYamlError(
-                    problem=f"nested more than {MAX_DEPTH} levels deep", problem_mark=event.start_mark,
+                    problem=f"nested more than {MAX_DEPTH} levels deep",
+                    problem_mark=event.start_mark,
                     note="flatten the value",
                 )
         if anchor:

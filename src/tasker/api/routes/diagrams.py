@@ -41,26 +41,43 @@ def _answer(diagram: Diagram, fmt: str | None, accept: str | None) -> Diagram | 
 
 
 @router.get(
-    "/handlers/{namespace}/{name}/diagram", response_model=Diagram, summary="Diagram of a template",
+    "/handlers/{namespace}/{name}/diagram",
+    response_model=Diagram,
+    summary="Diagram of a template",
     dependencies=[Depends(require(Permission.HANDLER_SHOW))],
     responses={**_TEXT, **error_responses(401, 403, 404, 422)},
 )
-def template_diagram(namespace: Namespace, name: TemplateName, engine: Engine, version: VersionQuery = None,
-                     format: DiagramFormat = None, accept: Accept = None) -> Diagram | PlainTextResponse:
+def template_diagram(
+    namespace: Namespace,
+    name: TemplateName,
+    engine: Engine,
+    version: VersionQuery = None,
+    format: DiagramFormat = None,
+    accept: Accept = None,
+) -> Diagram | PlainTextResponse:
     template = engine.get_template(f"{namespace}/{name}", version)
     pairs = [(s.name, s.parents) for s in template.step_templates]
-    return _answer(Diagram(template=template.key, task_id=None, mermaid=mermaid(pairs)), format, accept)
+    return _answer(
+        Diagram(template=template.key, task_id=None, mermaid=mermaid(pairs)), format, accept
+    )
 
 
 @router.get(
-    "/tasks/{task_id}/diagram", response_model=Diagram, summary="Diagram of a task, steps coloured by state",
+    "/tasks/{task_id}/diagram",
+    response_model=Diagram,
+    summary="Diagram of a task, steps coloured by state",
     dependencies=[Depends(require(Permission.TASK_SHOW))],
     responses={**_TEXT, **error_responses(401, 403, 404, 422)},
 )
-def task_diagram(task_id: TaskId, engine: Engine, format: DiagramFormat = None,
-                 accept: Accept = None) -> Diagram | PlainTextResponse:
+def task_diagram(
+    task_id: TaskId, engine: Engine, format: DiagramFormat = None, accept: Accept = None
+) -> Diagram | PlainTextResponse:
     task = engine.get_task(task_id)
     template = engine.task_template(task_id)
     pairs = [(s.name, s.parents) for s in template.step_templates]
     states = {s.name: s.status for s in task.steps}
-    return _answer(Diagram(template=template.key, task_id=task.id, mermaid=mermaid(pairs, states)), format, accept)
+    return _answer(
+        Diagram(template=template.key, task_id=task.id, mermaid=mermaid(pairs, states)),
+        format,
+        accept,
+    )

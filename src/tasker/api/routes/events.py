@@ -56,16 +56,27 @@ RETRY_AFTER_SECONDS = 5
 log = logging.getLogger("tasker.api.events")
 T = TypeVar("T")
 
-TaskIdQuery = Annotated[int | None, Query(ge=1, le=2**63 - 1, description="Only events of this task.")]
-NamespaceQuery = Annotated[str | None, Query(min_length=1, max_length=64, description="Only this namespace.")]
+TaskIdQuery = Annotated[
+    int | None, Query(ge=1, le=2**63 - 1, description="Only events of this task.")
+]
+NamespaceQuery = Annotated[
+    str | None, Query(min_length=1, max_length=64, description="Only this namespace.")
+]
 NameQuery = Annotated[
     list[str] | None,
-    Query(alias="name", max_length=20, description="Event names or glob patterns (`step.*`); repeatable."),
+    Query(
+        alias="name",
+        max_length=20,
+        description="Event names or glob patterns (`step.*`); repeatable.",
+    ),
 ]
 AfterQuery = Annotated[
     str | None,
-    Query(max_length=100, pattern=r"^\d{1,18}-\d{1,18}-\d{1,18}-\d{1,18}$",
-          description="Resume after this cursor (a page's `cursor` or an SSE message id)."),
+    Query(
+        max_length=100,
+        pattern=r"^\d{1,18}-\d{1,18}-\d{1,18}-\d{1,18}$",
+        description="Resume after this cursor (a page's `cursor` or an SSE message id).",
+    ),
 ]
 
 
@@ -113,8 +124,12 @@ def events_page(
     name: NameQuery = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> EventPageOut:
-    page = engine.read_events(after, task_id=task_id, namespace=namespace, names=_check_names(name), limit=limit)
-    return EventPageOut(events=[EventOut(**e) for e in page.events], cursor=page.cursor, more=page.more)
+    page = engine.read_events(
+        after, task_id=task_id, namespace=namespace, names=_check_names(name), limit=limit
+    )
+    return EventPageOut(
+        events=[EventOut(**e) for e in page.events], cursor=page.cursor, more=page.more
+    )
 
 
 class StreamHub:
@@ -136,12 +151,16 @@ class StreamHub:
     def refusal(self, client: str) -> str | None:
         """Why one more stream for `client` is refused, or None when there is room."""
         if self.open[client] >= self.per_client:
-            return (f"this client already has {self.open[client]} open event streams, the limit "
-                    "(sse_max_streams_per_client); fix: close one, or follow several tasks on one "
-                    "stream with filters")
+            return (
+                f"this client already has {self.open[client]} open event streams, the limit "
+                "(sse_max_streams_per_client); fix: close one, or follow several tasks on one "
+                "stream with filters"
+            )
         if sum(self.open.values()) >= self.total:
-            return (f"the server has {self.total} open event streams, its limit (sse_max_streams); "
-                    "fix: retry later, or poll GET /api/v1/events/page")
+            return (
+                f"the server has {self.total} open event streams, its limit (sse_max_streams); "
+                "fix: retry later, or poll GET /api/v1/events/page"
+            )
         return None
 
     def acquire(self, client: str) -> None:
@@ -207,8 +226,11 @@ class _SlotStream(StreamingResponse):
     """A stream that gives its slot back however it ends: finished, client gone, or an error."""
 
     def __init__(self, content: AsyncIterator[str], hub: StreamHub, client: str) -> None:
-        super().__init__(content, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        super().__init__(
+            content,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
         self.hub = hub
         self.client = client
 
@@ -222,8 +244,13 @@ class _SlotStream(StreamingResponse):
 @router.get(
     "/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events, one per event."},
-               **error_responses(401, 403, 422, 429)},
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "Server-Sent Events, one per event.",
+        },
+        **error_responses(401, 403, 422, 429),
+    },
     summary="Follow the event log as Server-Sent Events",
 )
 async def events_stream(
@@ -236,11 +263,14 @@ async def events_stream(
     name: NameQuery = None,
     start: Annotated[
         Literal["now", "beginning"] | None,
-        Query(description="Without a cursor: replay from the beginning or only follow what happens from now "
-                          "(default: beginning when filtering by task, else now)."),
+        Query(
+            description="Without a cursor: replay from the beginning or only follow what happens from now "
+            "(default: beginning when filtering by task, else now)."
+        ),
     ] = None,
     timeout_seconds: Annotated[
-        float | None, Query(gt=0, le=86_400, description="End the stream after this long (default: never).")
+        float | None,
+        Query(gt=0, le=86_400, description="End the stream after this long (default: never)."),
     ] = None,
     last_event_id: Annotated[str | None, Header(max_length=100)] = None,
 ) -> Response:
@@ -254,8 +284,9 @@ async def events_stream(
     refused = hub.refusal(client)
     if refused is not None:
         log.info("refused an event stream for %s: %s", client, refused)
-        return error_response(429, "too_many_streams", refused,
-                              headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        return error_response(
+            429, "too_many_streams", refused, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+        )
     hub.acquire(client)
     seen = hub.version
     try:
@@ -264,8 +295,9 @@ async def events_stream(
             origin = start or ("beginning" if task_id is not None else "now")
             cursor = await hub.run(engine.events_tail) if origin == "now" else None
         # Read once before streaming, so a bad filter is a 4xx answer rather than a broken stream.
-        first = await hub.run(engine.read_events, cursor, task_id=task_id, namespace=namespace,
-                              names=names)
+        first = await hub.run(
+            engine.read_events, cursor, task_id=task_id, namespace=namespace, names=names
+        )
     except BaseException:
         hub.release(client)
         raise
@@ -282,9 +314,16 @@ def _valid_cursor(value: str | None) -> str | None:
         return None  # a stale or foreign Last-Event-ID: follow from the default origin instead
 
 
-async def _follow(request: Request, hub: StreamHub, page: EventPage, seen: int,
-                  task_id: int | None, namespace: str | None, names: list[str] | None,
-                  timeout: float | None) -> AsyncIterator[str]:
+async def _follow(
+    request: Request,
+    hub: StreamHub,
+    page: EventPage,
+    seen: int,
+    task_id: int | None,
+    namespace: str | None,
+    names: list[str] | None,
+    timeout: float | None,
+) -> AsyncIterator[str]:
     """Yield the page's events, wait for the log to move (or a heartbeat), read on.
 
     `seen` is the hub's version taken before `page` was read, so an event written since is never
@@ -313,8 +352,9 @@ async def _follow(request: Request, hub: StreamHub, page: EventPage, seen: int,
             if deadline is not None and time.monotonic() >= deadline:
                 return
         seen = hub.version
-        page = await hub.run(hub.engine.read_events, page.cursor, task_id=task_id,
-                             namespace=namespace, names=names)
+        page = await hub.run(
+            hub.engine.read_events, page.cursor, task_id=task_id, namespace=namespace, names=names
+        )
 
 
 def _message(event: dict[str, Any]) -> str:

@@ -41,8 +41,11 @@ def _by_name(engine: Tasker) -> dict[tuple[str, str], list[TaskTemplate]]:
 
 
 @router.get(
-    "/handlers", response_model=NamespaceList, summary="List namespaces",
-    dependencies=[Depends(require(Permission.HANDLER_INDEX))], responses=error_responses(401, 403),
+    "/handlers",
+    response_model=NamespaceList,
+    summary="List namespaces",
+    dependencies=[Depends(require(Permission.HANDLER_INDEX))],
+    responses=error_responses(401, 403),
 )
 def list_namespaces(engine: Engine) -> NamespaceList:
     """Every namespace of the loaded templates, with how many templates and versions it holds."""
@@ -55,8 +58,11 @@ def list_namespaces(engine: Engine) -> NamespaceList:
 
 
 @router.get(
-    "/handlers/{namespace}", response_model=NamespaceDetail, summary="List the templates of a namespace",
-    dependencies=[Depends(require(Permission.HANDLER_INDEX))], responses=error_responses(401, 403, 404, 422),
+    "/handlers/{namespace}",
+    response_model=NamespaceDetail,
+    summary="List the templates of a namespace",
+    dependencies=[Depends(require(Permission.HANDLER_INDEX))],
+    responses=error_responses(401, 403, 404, 422),
 )
 def show_namespace(namespace: Namespace, engine: Engine) -> NamespaceDetail:
     handlers = []
@@ -66,23 +72,45 @@ def show_namespace(namespace: Namespace, engine: Engine) -> NamespaceDetail:
         numbers = [t.version for t in versions]
         newest = latest(numbers)
         description = next(t.description for t in versions if t.version == newest)
-        handlers.append(HandlerSummary(namespace=ns, name=name, description=description, versions=numbers,
-                                       latest_version=newest))
+        handlers.append(
+            HandlerSummary(
+                namespace=ns,
+                name=name,
+                description=description,
+                versions=numbers,
+                latest_version=newest,
+            )
+        )
     if not handlers:
-        known = ", ".join(engine.registry.namespaces()) or "none (start the server with --templates PATH)"
+        known = (
+            ", ".join(engine.registry.namespaces())
+            or "none (start the server with --templates PATH)"
+        )
         raise NotFoundError(f"no templates in namespace '{namespace}'; namespaces: {known}")
     return NamespaceDetail(namespace=namespace, handlers=handlers, total_handlers=len(handlers))
 
 
 @router.get(
-    "/handlers/{namespace}/{name}", response_model=HandlerDetail, summary="Show a template",
-    dependencies=[Depends(require(Permission.HANDLER_SHOW))], responses=error_responses(401, 403, 404, 422),
+    "/handlers/{namespace}/{name}",
+    response_model=HandlerDetail,
+    summary="Show a template",
+    dependencies=[Depends(require(Permission.HANDLER_SHOW))],
+    responses=error_responses(401, 403, 404, 422),
 )
-def show_handler(namespace: Namespace, name: TemplateName, engine: Engine,
-                 version: VersionQuery = None) -> HandlerDetail:
+def show_handler(
+    namespace: Namespace, name: TemplateName, engine: Engine, version: VersionQuery = None
+) -> HandlerDetail:
     """Every loaded version (or the one `?version=` names) with step templates, graph and execution order."""
     ref = f"{namespace}/{name}"
     newest = engine.get_template(ref)  # raises UnknownTemplateError naming the templates that exist
-    chosen = [engine.get_template(ref, version)] if version else engine.registry.versions(namespace, name)
-    return HandlerDetail(namespace=namespace, name=name, latest_version=newest.version,
-                         versions=[TemplateVersion.of(t) for t in chosen])
+    chosen = (
+        [engine.get_template(ref, version)]
+        if version
+        else engine.registry.versions(namespace, name)
+    )
+    return HandlerDetail(
+        namespace=namespace,
+        name=name,
+        latest_version=newest.version,
+        versions=[TemplateVersion.of(t) for t in chosen],
+    )

@@ -36,7 +36,9 @@ STATUS_TIMEOUT_SECONDS = insight.STATUS_TIMEOUT_SECONDS
 NO_STORE = "no-store"
 #: Empty means "no filter", so `?namespace=&name=` works as the unfiltered report.
 OPTIONAL_NAME = r"^([A-Za-z_][A-Za-z0-9_.\-]*)?$"
-OPTIONAL_SEMVER = r"^((0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.\-]+)?(\+[0-9A-Za-z.\-]+)?)?$"
+OPTIONAL_SEMVER = (
+    r"^((0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.\-]+)?(\+[0-9A-Za-z.\-]+)?)?$"
+)
 
 
 # -- response shapes ---------------------------------------------------------------------------------------
@@ -52,13 +54,17 @@ class DatabaseCheck(BaseModel):
 
     status: Literal["ok", "failing"]
     response_time_ms: float | None = None
-    error: str | None = Field(None, description="Why the database failed: an error class and line, or no answer.")
+    error: str | None = Field(
+        None, description="Why the database failed: an error class and line, or no answer."
+    )
 
 
 class MigrationCheck(BaseModel):
     """The schema's Alembic revision against the latest one this release ships."""
 
-    status: Literal["ok", "failing", "unknown"] = Field(description="unknown when the database did not answer.")
+    status: Literal["ok", "failing", "unknown"] = Field(
+        description="unknown when the database did not answer."
+    )
     current: str | None = Field(description="The database's revision (null: never migrated).")
     head: str | None = Field(description="The latest revision this release ships.")
     error: str | None = Field(None, description="What is wrong and the fix ('tasker db upgrade').")
@@ -71,14 +77,16 @@ class EmbeddedWorkersCheck(BaseModel):
     running: int = Field(description="Embedded workers running (or starting) now.")
     total: int = Field(description="Embedded workers this server runs (`--workers`).")
     error: str | None = Field(
-        None, description="Which worker is down, since when, its last error, when it restarts.")
+        None, description="Which worker is down, since when, its last error, when it restarts."
+    )
 
 
 class Checks(BaseModel):
     database: DatabaseCheck
     migrations: MigrationCheck
     embedded_workers: EmbeddedWorkersCheck | None = Field(
-        None, description="Only when the server runs in-process workers (`serve --workers N`).")
+        None, description="Only when the server runs in-process workers (`serve --workers N`)."
+    )
 
 
 class Ready(BaseModel):
@@ -159,7 +167,8 @@ class EmbeddedWorker(BaseModel):
     last_error: str | None = Field(description="Why its last worker died: error class and message.")
     last_error_at: datetime | None
     restart_in_seconds: float | None = Field(
-        description="While restarting: seconds until the next start.")
+        description="While restarting: seconds until the next start."
+    )
 
 
 class Circuit(BaseModel):
@@ -178,7 +187,9 @@ class Status(BaseModel):
     healthy: bool = Field(description="False only when unhealthy (the answer is then 503).")
     reasons: list[str] = Field(description="Why the status is not healthy; empty when it is.")
     checks: Checks
-    window_hours: int = Field(description="`tasks` and `steps` count the tasks created in this window.")
+    window_hours: int = Field(
+        description="`tasks` and `steps` count the tasks created in this window."
+    )
     tasks: TaskCounts | None
     steps: StepCounts | None
     backlog: Backlog | None
@@ -186,7 +197,8 @@ class Status(BaseModel):
     workers: Workers | None
     circuits: list[Circuit] | None
     embedded_workers: list[EmbeddedWorker] | None = Field(
-        None, description="Only when the server runs in-process workers (`serve --workers N`).")
+        None, description="Only when the server runs in-process workers (`serve --workers N`)."
+    )
     generated_at: datetime
 
 
@@ -212,7 +224,9 @@ class TaskFigures(BaseModel):
     cancelled: int
     resolved_manually: int
     in_flight: int
-    completion_rate: float | None = Field(description="completed / finished (complete, error, cancelled, resolved).")
+    completion_rate: float | None = Field(
+        description="completed / finished (complete, error, cancelled, resolved)."
+    )
     error_rate: float | None
     task_throughput_per_hour: float
     step_attempts: int
@@ -229,7 +243,9 @@ class TemplateKey(BaseModel):
 
 
 class TemplatePerformance(TaskFigures, TemplateKey):
-    duration_seconds: Distribution = Field(description="Start to finish of the tasks that completed.")
+    duration_seconds: Distribution = Field(
+        description="Start to finish of the tasks that completed."
+    )
 
 
 class Performance(BaseModel):
@@ -278,8 +294,10 @@ class SystemErrors(BaseModel):
 
 
 class Recommendation(BaseModel):
-    kind: str = Field(description="retries_exhausted, failing_step, slow_step, long_tail, unstable_system, "
-                                  "lost_leases")
+    kind: str = Field(
+        description="retries_exhausted, failing_step, slow_step, long_tail, unstable_system, "
+        "lost_leases"
+    )
     severity: Literal["critical", "warning", "info"]
     subject: str
     message: str
@@ -327,21 +345,35 @@ class OverviewOut(BaseModel):
     completed_last_day: int
     failed_last_hour: int = Field(description="Tasks that finished in error in the last hour.")
     failed_last_day: int
-    per_minute: list[MinuteOut] = Field(description="60 minutes, oldest first, ending with the current one.")
-    latest_failures: list[FailureOut] = Field(description="Failed step attempts, newest first, at most 10.")
+    per_minute: list[MinuteOut] = Field(
+        description="60 minutes, oldest first, ending with the current one."
+    )
+    latest_failures: list[FailureOut] = Field(
+        description="Failed step attempts, newest first, at most 10."
+    )
     generated_at: datetime
 
 
 # -- health ----------------------------------------------------------------------------------------------
-@router.get("/health/live", response_model=Live, tags=["health"], summary="Liveness: the process is up")
+@router.get(
+    "/health/live", response_model=Live, tags=["health"], summary="Liveness: the process is up"
+)
 def live(response: Response) -> dict[str, Any]:
     """Always 200 while the process serves requests; touches nothing else."""
     response.headers["Cache-Control"] = NO_STORE
-    return {"status": "ok", "service": "tasker", "version": __version__, "timestamp": datetime.now(UTC)}
+    return {
+        "status": "ok",
+        "service": "tasker",
+        "version": __version__,
+        "timestamp": datetime.now(UTC),
+    }
 
 
 @router.get(
-    "/health/ready", response_model=Ready, tags=["health"], summary="Readiness: database reachable and migrated",
+    "/health/ready",
+    response_model=Ready,
+    tags=["health"],
+    summary="Readiness: database reachable and migrated",
     responses={503: {"model": Ready, "description": "A check failed; `failed_checks` names it."}},
 )
 def ready(response: Response, engine: Engine, embedded: Embedded) -> dict[str, Any]:
@@ -361,15 +393,29 @@ def ready(response: Response, engine: Engine, embedded: Embedded) -> dict[str, A
 
 
 @router.get(
-    "/health/status", response_model=Status, tags=["health"], summary="Status: counts, backlog, workers, circuits",
+    "/health/status",
+    response_model=Status,
+    tags=["health"],
+    summary="Status: counts, backlog, workers, circuits",
     dependencies=[Depends(require(Permission.HEALTH_STATUS))],
-    responses={503: {"model": Status, "description": "Unhealthy; `reasons` says why."},
-               **error_responses(401, 403, 422)},
+    responses={
+        503: {"model": Status, "description": "Unhealthy; `reasons` says why."},
+        **error_responses(401, 403, 422),
+    },
 )
-def status(response: Response, engine: Engine, embedded: Embedded,
-           window_hours: Annotated[int, Query(ge=1, le=insight.MAX_PERIOD_HOURS,
-                                              description="Count the tasks created in this many hours.")] = 24,
-           ) -> dict[str, Any]:
+def status(
+    response: Response,
+    engine: Engine,
+    embedded: Embedded,
+    window_hours: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=insight.MAX_PERIOD_HOURS,
+            description="Count the tasks created in this many hours.",
+        ),
+    ] = 24,
+) -> dict[str, Any]:
     """healthy (200), degraded (200: a circuit is open or work waits unclaimed) or unhealthy (503).
 
     Unhealthy: the database fails its checks, or over the last hour more than half of at least 10
@@ -387,8 +433,12 @@ def status(response: Response, engine: Engine, embedded: Embedded,
 
 def _embedded_check(states: Sequence[EmbeddedWorkerState]) -> dict[str, Any]:
     down = [s for s in states if s.down]
-    return {"status": "failing" if down else "ok", "running": len(states) - len(down),
-            "total": len(states), "error": "; ".join(s.reason() for s in down) or None}
+    return {
+        "status": "failing" if down else "ok",
+        "running": len(states) - len(down),
+        "total": len(states),
+        "error": "; ".join(s.reason() for s in down) or None,
+    }
 
 
 def _add_embedded_status(report: dict[str, Any], states: Sequence[EmbeddedWorkerState]) -> None:
@@ -407,8 +457,12 @@ def _add_embedded_status(report: dict[str, Any], states: Sequence[EmbeddedWorker
 
 # -- overview --------------------------------------------------------------------------------------------
 @router.get(
-    "/overview", response_model=OverviewOut, tags=["monitoring"], summary="Overview: what the dashboard shows first",
-    dependencies=[Depends(require(Permission.HEALTH_STATUS))], responses=error_responses(401, 403),
+    "/overview",
+    response_model=OverviewOut,
+    tags=["monitoring"],
+    summary="Overview: what the dashboard shows first",
+    dependencies=[Depends(require(Permission.HEALTH_STATUS))],
+    responses=error_responses(401, 403),
 )
 def overview(response: Response, engine: Engine) -> dict[str, Any]:
     """Tasks by status, retries waiting, tasks finished in the last hour and day, step attempts per
@@ -419,12 +473,19 @@ def overview(response: Response, engine: Engine) -> dict[str, Any]:
 
 # -- metrics ---------------------------------------------------------------------------------------------
 @router.get(
-    "/metrics", tags=["monitoring"], summary="Prometheus metrics", response_class=Response,
+    "/metrics",
+    tags=["monitoring"],
+    summary="Prometheus metrics",
+    response_class=Response,
     dependencies=[Depends(require(Permission.METRICS_INDEX))],
-    responses={200: {"description": "The Prometheus text exposition format.",
-                     "content": {"text/plain": {"schema": {"type": "string"}}}},
-               503: {"model": ErrorBody, "description": "The store-wide gauges could not be read."},
-               **error_responses(401, 403)},
+    responses={
+        200: {
+            "description": "The Prometheus text exposition format.",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        503: {"model": ErrorBody, "description": "The store-wide gauges could not be read."},
+        **error_responses(401, 403),
+    },
 )
 def metrics(engine: Engine) -> Response:
     """Store-wide gauges (read from the database at each scrape) and this process's counters."""
@@ -433,33 +494,57 @@ def metrics(engine: Engine) -> Response:
     try:
         body, content_type = exposition(engine)
     except SQLAlchemyError as exc:
-        return error_response(503, "unavailable", f"metrics unavailable: the database failed ({type(exc).__name__})")
+        return error_response(
+            503, "unavailable", f"metrics unavailable: the database failed ({type(exc).__name__})"
+        )
     return Response(body, media_type=content_type)
 
 
 # -- analytics -------------------------------------------------------------------------------------------
-Period = Annotated[int, Query(ge=1, le=insight.MAX_PERIOD_HOURS, description="Tasks created in the last N hours.")]
+Period = Annotated[
+    int, Query(ge=1, le=insight.MAX_PERIOD_HOURS, description="Tasks created in the last N hours.")
+]
 NamespaceFilter = Annotated[str | None, Query(max_length=64, pattern=OPTIONAL_NAME)]
 NameFilter = Annotated[str | None, Query(max_length=128, pattern=OPTIONAL_NAME)]
 VersionFilter = Annotated[str | None, Query(max_length=64, pattern=OPTIONAL_SEMVER)]
 
 
 @router.get(
-    "/analytics/performance", response_model=Performance, tags=["analytics"], summary="Performance per template",
-    dependencies=[Depends(require(Permission.ANALYTICS_INDEX))], responses=error_responses(401, 403, 422),
+    "/analytics/performance",
+    response_model=Performance,
+    tags=["analytics"],
+    summary="Performance per template",
+    dependencies=[Depends(require(Permission.ANALYTICS_INDEX))],
+    responses=error_responses(401, 403, 422),
 )
-def performance(engine: Engine, period_hours: Period = 24, namespace: NamespaceFilter = None,
-                name: NameFilter = None, version: VersionFilter = None) -> dict[str, Any]:
+def performance(
+    engine: Engine,
+    period_hours: Period = 24,
+    namespace: NamespaceFilter = None,
+    name: NameFilter = None,
+    version: VersionFilter = None,
+) -> dict[str, Any]:
     """Per template, over the tasks created in the period: outcomes, completion rate, durations, throughput."""
     return engine.performance(period_hours, namespace=namespace, name=name, version=version)
 
 
 @router.get(
-    "/analytics/bottlenecks", response_model=Bottlenecks, tags=["analytics"], summary="Bottlenecks and advice",
-    dependencies=[Depends(require(Permission.ANALYTICS_INDEX))], responses=error_responses(401, 403, 422),
+    "/analytics/bottlenecks",
+    response_model=Bottlenecks,
+    tags=["analytics"],
+    summary="Bottlenecks and advice",
+    dependencies=[Depends(require(Permission.ANALYTICS_INDEX))],
+    responses=error_responses(401, 403, 422),
 )
-def bottlenecks(engine: Engine, period_hours: Period = 24, namespace: NamespaceFilter = None,
-                name: NameFilter = None, version: VersionFilter = None,
-                limit: Annotated[int, Query(ge=1, le=100, description="Rows per list.")] = 10) -> dict[str, Any]:
+def bottlenecks(
+    engine: Engine,
+    period_hours: Period = 24,
+    namespace: NamespaceFilter = None,
+    name: NameFilter = None,
+    version: VersionFilter = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Rows per list.")] = 10,
+) -> dict[str, Any]:
     """Slowest and most retried steps, error rates per step and dependent system, and recommendations."""
-    return engine.bottlenecks(period_hours, namespace=namespace, name=name, version=version, limit=limit)
+    return engine.bottlenecks(
+        period_hours, namespace=namespace, name=name, version=version, limit=limit
+    )

@@ -44,12 +44,24 @@ def task_detail(engine: Tasker, task: Task) -> TaskDetail:
 
 
 @router.post(
-    "/tasks", status_code=201, response_model=TaskDetail, summary="Create a task",
+    "/tasks",
+    status_code=201,
+    response_model=TaskDetail,
+    summary="Create a task",
     dependencies=[Depends(require(Permission.TASK_CREATE))],
-    responses={200: {"model": TaskDetail, "description": "The existing task for a repeated idempotency key."},
-               201: {"description": "The new task.", "headers": {"Location": {
-                   "description": "The task's URL.", "schema": {"type": "string"}}}},
-               **error_responses(400, 401, 403, 404, 409, 413, 422)},
+    responses={
+        200: {
+            "model": TaskDetail,
+            "description": "The existing task for a repeated idempotency key.",
+        },
+        201: {
+            "description": "The new task.",
+            "headers": {
+                "Location": {"description": "The task's URL.", "schema": {"type": "string"}}
+            },
+        },
+        **error_responses(400, 401, 403, 404, 409, 413, 422),
+    },
 )
 def create_task(body: TaskCreate, response: Response, engine: Engine) -> TaskDetail:
     """Create a task of a loaded template; its context is validated against the template's schema.
@@ -58,8 +70,13 @@ def create_task(body: TaskCreate, response: Response, engine: Engine) -> TaskDet
     task created the first time; a new task answers 201 with a `Location` header. The same key with a
     different context or pinned version answers 409 `idempotency_conflict`, naming what differs.
     """
-    task = engine.create_task(body.template, body.context, version=body.version,
-                              idempotency_key=body.idempotency_key, correlation_id=body.correlation_id)
+    task = engine.create_task(
+        body.template,
+        body.context,
+        version=body.version,
+        idempotency_key=body.idempotency_key,
+        correlation_id=body.correlation_id,
+    )
     if task.deduplicated:
         response.status_code = 200
     else:
@@ -73,32 +90,60 @@ def _utc(value: datetime | None, name: str) -> datetime | None:
     try:
         return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
     except OverflowError:
-        raise TaskerInputError(f"query.{name}: {value.isoformat()} is out of range in UTC") from None
+        raise TaskerInputError(
+            f"query.{name}: {value.isoformat()} is out of range in UTC"
+        ) from None
 
 
 @router.get(
-    "/tasks", response_model=TaskPage, summary="List tasks",
-    dependencies=[Depends(require(Permission.TASK_INDEX))], responses=error_responses(401, 403, 422),
+    "/tasks",
+    response_model=TaskPage,
+    summary="List tasks",
+    dependencies=[Depends(require(Permission.TASK_INDEX))],
+    responses=error_responses(401, 403, 422),
 )
 def list_tasks(
     engine: Engine,
     namespace: Annotated[str | None, Query(max_length=64, pattern=NAME_PATTERN)] = None,
     name: Annotated[str | None, Query(max_length=128, pattern=NAME_PATTERN)] = None,
     version: Annotated[str | None, Query(max_length=64, pattern=SEMVER_PATTERN)] = None,
-    status: Annotated[list[TaskState] | None, Query(
-        max_length=len(TaskState), description="Repeat for several states (any of them).")] = None,
-    created_after: Annotated[datetime | None, Query(description="Created at or after (ISO 8601; UTC if naive).")]
-    = None,
-    created_before: Annotated[datetime | None, Query(description="Created before (ISO 8601; UTC if naive).")] = None,
-    key: Annotated[str | None, Query(min_length=1, max_length=255,
-                                     description="Exact idempotency key or correlation id.")] = None,
-    after: Annotated[str | None, Query(max_length=CURSOR_MAX, pattern=CURSOR_PATTERN,
-                                       description="`next_cursor` of a page: the older tasks.")] = None,
-    before: Annotated[str | None, Query(max_length=CURSOR_MAX, pattern=CURSOR_PATTERN,
-                                        description="`prev_cursor` of a page: the newer tasks.")] = None,
+    status: Annotated[
+        list[TaskState] | None,
+        Query(max_length=len(TaskState), description="Repeat for several states (any of them)."),
+    ] = None,
+    created_after: Annotated[
+        datetime | None, Query(description="Created at or after (ISO 8601; UTC if naive).")
+    ] = None,
+    created_before: Annotated[
+        datetime | None, Query(description="Created before (ISO 8601; UTC if naive).")
+    ] = None,
+    key: Annotated[
+        str | None,
+        Query(min_length=1, max_length=255, description="Exact idempotency key or correlation id."),
+    ] = None,
+    after: Annotated[
+        str | None,
+        Query(
+            max_length=CURSOR_MAX,
+            pattern=CURSOR_PATTERN,
+            description="`next_cursor` of a page: the older tasks.",
+        ),
+    ] = None,
+    before: Annotated[
+        str | None,
+        Query(
+            max_length=CURSOR_MAX,
+            pattern=CURSOR_PATTERN,
+            description="`prev_cursor` of a page: the newer tasks.",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-    offset: Annotated[int, Query(ge=0, le=INT64_MAX, description="Legacy paging; prefer the cursors.")] = 0,
-    include_total: Annotated[bool, Query(description="Count the matches when no cursor is given.")] = True,
+    offset: Annotated[
+        int, Query(ge=0, le=INT64_MAX, description="Legacy paging; prefer the cursors.")
+    ] = 0,
+    include_total: Annotated[
+        bool, Query(description="Count the matches when no cursor is given.")
+    ] = True,
 ) -> TaskPage:
     """Tasks newest first, without their steps, with cursors to the older and newer pages.
 
@@ -106,39 +151,58 @@ def list_tasks(
     answer also carries the `total` of matches unless `include_total=false`.
     """
     query = TaskQuery(
-        namespace=namespace, name=name, version=version, statuses=tuple(s.value for s in status or ()),
-        created_from=_utc(created_after, "created_after"), created_to=_utc(created_before, "created_before"),
+        namespace=namespace,
+        name=name,
+        version=version,
+        statuses=tuple(s.value for s in status or ()),
+        created_from=_utc(created_after, "created_after"),
+        created_to=_utc(created_before, "created_before"),
         key=key,
     )
     page = engine.page_tasks(query, limit=limit, after=after, before=before, offset=offset)
     cursor = after is not None or before is not None
     total = engine.count_tasks(query) if include_total and not cursor else None
-    return TaskPage(tasks=[TaskSummary.of(t) for t in page.tasks], total=total, limit=limit, offset=offset,
-                    next_cursor=page.next_cursor, prev_cursor=page.prev_cursor)
+    return TaskPage(
+        tasks=[TaskSummary.of(t) for t in page.tasks],
+        total=total,
+        limit=limit,
+        offset=offset,
+        next_cursor=page.next_cursor,
+        prev_cursor=page.prev_cursor,
+    )
 
 
 @router.get(
-    "/tasks/{task_id}", response_model=TaskDetail, summary="Show a task with its steps",
-    dependencies=[Depends(require(Permission.TASK_SHOW))], responses=error_responses(401, 403, 404, 422),
+    "/tasks/{task_id}",
+    response_model=TaskDetail,
+    summary="Show a task with its steps",
+    dependencies=[Depends(require(Permission.TASK_SHOW))],
+    responses=error_responses(401, 403, 404, 422),
 )
 def get_task(task_id: TaskId, engine: Engine) -> TaskDetail:
     return task_detail(engine, engine.get_task(task_id))
 
 
 @router.post(
-    "/tasks/{task_id}/cancel", response_model=TaskDetail, summary="Cancel a task",
+    "/tasks/{task_id}/cancel",
+    response_model=TaskDetail,
+    summary="Cancel a task",
     dependencies=[Depends(require(Permission.TASK_CANCEL))],
     responses=error_responses(400, 401, 403, 404, 409, 413, 422),
 )
-def cancel_task(task_id: TaskId, engine: Engine,
-                body: Annotated[TaskCancel | None, Body()] = None) -> TaskDetail:
+def cancel_task(
+    task_id: TaskId, engine: Engine, body: Annotated[TaskCancel | None, Body()] = None
+) -> TaskDetail:
     """Unstarted steps never run and late results are discarded; a finished task answers 409."""
     return task_detail(engine, engine.cancel_task(task_id, reason=body.reason if body else None))
 
 
 @router.post(
-    "/tasks/{task_id}/retry", response_model=TaskDetail, summary="Retry a task in error",
-    dependencies=[Depends(require(Permission.TASK_RETRY))], responses=error_responses(401, 403, 404, 409, 422),
+    "/tasks/{task_id}/retry",
+    response_model=TaskDetail,
+    summary="Retry a task in error",
+    dependencies=[Depends(require(Permission.TASK_RETRY))],
+    responses=error_responses(401, 403, 404, 409, 422),
 )
 def retry_task(task_id: TaskId, engine: Engine) -> TaskDetail:
     """Re-arm every failed step with fresh attempts; a task that is not in `error` answers 409."""

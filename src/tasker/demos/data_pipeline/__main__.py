@@ -17,7 +17,9 @@ from tasker.demos.data_pipeline.demo import describe, run_pipeline
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasker.demos.data_pipeline", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m tasker.demos.data_pipeline", description=__doc__
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--fail-first", type=int, default=None, metavar="N")
     parser.add_argument("--output-dir", type=Path, default=None)

@@ -37,8 +37,14 @@ def attempts(engine: Tasker, task: Task) -> list[dict[str, Any]]:
     for t in engine.step_transitions(task.id):
         sid = t["step_id"]
         if t["to_state"] == "in_progress":
-            open_[sid] = {"step": names[sid], "attempt": t["attempt"], "started": t["at"], "ended": None,
-                          "outcome": None, "error": None}
+            open_[sid] = {
+                "step": names[sid],
+                "attempt": t["attempt"],
+                "started": t["at"],
+                "ended": None,
+                "outcome": None,
+                "error": None,
+            }
             out.append(open_[sid])
         elif sid in open_:
             run = open_.pop(sid)
@@ -63,8 +69,10 @@ def describe(engine: Tasker, task: Task, *, output_kept: bool = True) -> Iterato
     yield "  start_ms  end_ms  step                        attempt  outcome"
     for r in runs:
         note = f"  ({r['error']})" if r["error"] else ""
-        yield (f"  {_ms(r['started'], origin)}  {_ms(r['ended'], origin)}  {r['step']:<27} {r['attempt']:>7}  "
-               f"{r['outcome']}{note}")
+        yield (
+            f"  {_ms(r['started'], origin)}  {_ms(r['ended'], origin)}  {r['step']:<27} {r['attempt']:>7}  "
+            f"{r['outcome']}{note}"
+        )
     if task.status != "complete":
         for s in task.steps:
             if s.status == "error":
@@ -76,9 +84,11 @@ def describe(engine: Tasker, task: Task, *, output_kept: bool = True) -> Iterato
         yield f"\nthe three extractions overlapped for {overlap.total_seconds() * 1000:.0f} ms (fan-out)"
     cust = task.step("transform_customer_metrics").results or {}
     prod = task.step("transform_product_metrics").results or {}
-    yield (f"revenue {dollars(cust['revenue_cents'])} from {cust['orders_completed']} orders; "
-           f"{cust['active_customers']} active customers, {prod['units_sold']} units, "
-           f"gross margin {dollars(prod['gross_margin_cents'])}")
+    yield (
+        f"revenue {dollars(cust['revenue_cents'])} from {cust['orders_completed']} orders; "
+        f"{cust['active_customers']} active customers, {prod['units_sold']} units, "
+        f"gross margin {dollars(prod['gross_margin_cents'])}"
+    )
     yield "insights:"
     for i in (task.step("generate_insights").results or {})["insights"]:
         yield f"  [{i['severity']}] {i['message']}"
@@ -86,8 +96,10 @@ def describe(engine: Tasker, task: Task, *, output_kept: bool = True) -> Iterato
     if output_kept:
         yield f"dashboard: {dash['path']} ({dash['bytes']} bytes)"
     else:
-        yield (f"dashboard: {Path(dash['path']).name} ({dash['bytes']} bytes, in a temporary "
-               "directory removed at exit; --output-dir DIR keeps it)")
+        yield (
+            f"dashboard: {Path(dash['path']).name} ({dash['bytes']} bytes, in a temporary "
+            "directory removed at exit; --output-dir DIR keeps it)"
+        )
     sent = (task.step("send_notifications").results or {})["messages"]
     yield "notifications recorded: " + ", ".join(f"{m['channel']} to {m['to']}" for m in sent)
     notes = dict(task.annotations or {})

@@ -70,8 +70,13 @@ class ExtractHandler(StepHandler):
             )
         rows = self.records(ctx, start, end)
         ctx.logger.info("extracted %d %s", len(rows), self.table)
-        return {"table": self.table, "source": ctx.dependent_system, "count": len(rows), "records": rows,
-                "attempt": ctx.attempt}
+        return {
+            "table": self.table,
+            "source": ctx.dependent_system,
+            "count": len(rows),
+            "records": rows,
+            "attempt": ctx.attempt,
+        }
 
 
 class ExtractOrdersHandler(ExtractHandler):
@@ -79,8 +84,14 @@ class ExtractOrdersHandler(ExtractHandler):
 
     def records(self, ctx: StepContext, start: date, end: date) -> list[dict[str, Any]]:
         vol = ctx.context["volume"]
-        return warehouse.orders(ctx.context["seed"], vol["orders"], start, end,
-                                customer_count=vol["customers"], product_count=vol["products"])
+        return warehouse.orders(
+            ctx.context["seed"],
+            vol["orders"],
+            start,
+            end,
+            customer_count=vol["customers"],
+            product_count=vol["products"],
+        )
 
 
 class ExtractUsersHandler(ExtractHandler):
@@ -101,22 +112,27 @@ class TransformCustomerMetricsHandler(StepHandler):
     def process(self, ctx: StepContext) -> dict[str, Any]:
         orders = ctx.result_of("extract_orders")["records"]
         customers = ctx.result_of("extract_users")["records"]
-        return {"inputs": {"orders": len(orders), "customers": len(customers)},
-                **metrics.customer_metrics(orders, customers)}
+        return {
+            "inputs": {"orders": len(orders), "customers": len(customers)},
+            **metrics.customer_metrics(orders, customers),
+        }
 
 
 class TransformProductMetricsHandler(StepHandler):
     def process(self, ctx: StepContext) -> dict[str, Any]:
         orders = ctx.result_of("extract_orders")["records"]
         products = ctx.result_of("extract_products")["records"]
-        return {"inputs": {"orders": len(orders), "products": len(products)},
-                **metrics.product_metrics(orders, products)}
+        return {
+            "inputs": {"orders": len(orders), "products": len(products)},
+            **metrics.product_metrics(orders, products),
+        }
 
 
 class GenerateInsightsHandler(StepHandler):
     def process(self, ctx: StepContext) -> dict[str, Any]:
-        found = metrics.insights(ctx.result_of("transform_customer_metrics"),
-                                 ctx.result_of("transform_product_metrics"))
+        found = metrics.insights(
+            ctx.result_of("transform_customer_metrics"), ctx.result_of("transform_product_metrics")
+        )
         return {"insights": found, "warnings": sum(1 for i in found if i["severity"] == "warning")}
 
 
@@ -173,11 +189,16 @@ class UpdateDashboardHandler(StepHandler):
                 error_code="OUTPUT_DIR_UNWRITABLE",
             ) from None
         except OSError as exc:
-            raise RetryableError(f"could not write {target}: {exc.strerror}",
-                                 error_code="DASHBOARD_WRITE_FAILED") from exc
+            raise RetryableError(
+                f"could not write {target}: {exc.strerror}", error_code="DASHBOARD_WRITE_FAILED"
+            ) from exc
         ctx.publish("dashboard_updated", {"path": str(target), "bytes": len(body)})
-        return {"path": str(target), "bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(),
-                "sections": sorted(doc)}
+        return {
+            "path": str(target),
+            "bytes": len(body),
+            "sha256": hashlib.sha256(body).hexdigest(),
+            "sections": sorted(doc),
+        }
 
 
 class SendNotificationsHandler(StepHandler):
@@ -191,19 +212,33 @@ class SendNotificationsHandler(StepHandler):
         found = ctx.result_of("generate_insights")
         revenue = ctx.result_of("transform_customer_metrics")["revenue_cents"]
         start, end = period(ctx)
-        subject = (f"Customer analytics {start}..{end}: revenue {metrics.dollars(revenue)}, "
-                   f"{found['warnings']} warning(s)")
+        subject = (
+            f"Customer analytics {start}..{end}: revenue {metrics.dollars(revenue)}, "
+            f"{found['warnings']} warning(s)"
+        )
         lines = [f"[{i['severity']}] {i['message']}" for i in found["insights"]]
         messages: list[dict[str, Any]] = [
-            {"channel": "email", "to": to, "subject": subject, "body": "\n".join(lines),
-             "idempotency_key": f"{ctx.idempotency_key}:email:{to}"}
+            {
+                "channel": "email",
+                "to": to,
+                "subject": subject,
+                "body": "\n".join(lines),
+                "idempotency_key": f"{ctx.idempotency_key}:email:{to}",
+            }
             for to in ctx.context["notify"]
         ]
         channel = ctx.handler_config.get("slack_channel")
         if channel:
             warnings = [i["message"] for i in found["insights"] if i["severity"] == "warning"]
-            messages.append({"channel": "slack", "to": channel, "subject": subject, "body": "\n".join(warnings),
-                             "idempotency_key": f"{ctx.idempotency_key}:slack:{channel}"})
+            messages.append(
+                {
+                    "channel": "slack",
+                    "to": channel,
+                    "subject": subject,
+                    "body": "\n".join(warnings),
+                    "idempotency_key": f"{ctx.idempotency_key}:slack:{channel}",
+                }
+            )
         return {"messages": messages, "count": len(messages)}
 
 
@@ -215,10 +250,16 @@ class CustomerAnalyticsTask(TaskHandler):
         cust = task.step("transform_customer_metrics").results or {}
         found = task.step("generate_insights").results or {}
         extract = task.step("extract_orders")
-        return {"dashboard": dash.get("path"), "revenue_cents": cust.get("revenue_cents"),
-                "warnings": found.get("warnings"), "extract_orders_attempts": extract.attempts}
+        return {
+            "dashboard": dash.get("path"),
+            "revenue_cents": cust.get("revenue_cents"),
+            "warnings": found.get("warnings"),
+            "extract_orders_attempts": extract.attempts,
+        }
 
     def on_error(self, task: Task) -> dict[str, Any] | None:
         failed = [s for s in task.steps if s.status == "error"]
-        return {"failed_steps": [s.name for s in failed],
-                "reasons": {s.name: (s.last_error or {}).get("message") for s in failed}}
+        return {
+            "failed_steps": [s.name for s in failed],
+            "reasons": {s.name: (s.last_error or {}).get("message") for s in failed},
+        }

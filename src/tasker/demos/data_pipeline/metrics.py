@@ -45,7 +45,9 @@ def customer_metrics(orders: list[Record], customers: list[Record]) -> dict[str,
         count[o["customer_id"]] += 1
     segments: dict[str, dict[str, int]] = {}
     for cid, cents in spend.items():
-        seg = segments.setdefault(by_id[cid]["segment"], {"customers": 0, "orders": 0, "revenue_cents": 0})
+        seg = segments.setdefault(
+            by_id[cid]["segment"], {"customers": 0, "orders": 0, "revenue_cents": 0}
+        )
         seg["customers"] += 1
         seg["orders"] += count[cid]
         seg["revenue_cents"] += cents
@@ -63,8 +65,13 @@ def customer_metrics(orders: list[Record], customers: list[Record]) -> dict[str,
         "average_order_value_cents": round(revenue / orders_counted) if orders_counted else 0,
         "by_segment": dict(sorted(segments.items())),
         "top_customers": [
-            {"customer_id": cid, "name": by_id[cid]["name"], "segment": by_id[cid]["segment"],
-             "orders": count[cid], "revenue_cents": spend[cid]}
+            {
+                "customer_id": cid,
+                "name": by_id[cid]["name"],
+                "segment": by_id[cid]["segment"],
+                "orders": count[cid],
+                "revenue_cents": spend[cid],
+            }
             for cid in top
         ],
         "orders_without_customer": orphans,
@@ -86,7 +93,9 @@ def product_metrics(orders: list[Record], products: list[Record]) -> dict[str, A
     margin = {pid: revenue[pid] - by_id[pid]["cost_cents"] * units[pid] for pid in units}
     categories: dict[str, dict[str, int]] = {}
     for pid in units:
-        cat = categories.setdefault(by_id[pid]["category"], {"units": 0, "revenue_cents": 0, "margin_cents": 0})
+        cat = categories.setdefault(
+            by_id[pid]["category"], {"units": 0, "revenue_cents": 0, "margin_cents": 0}
+        )
         cat["units"] += units[pid]
         cat["revenue_cents"] += revenue[pid]
         cat["margin_cents"] += margin[pid]
@@ -101,8 +110,13 @@ def product_metrics(orders: list[Record], products: list[Record]) -> dict[str, A
         "margin_rate": _rate(sum(margin.values()), total_revenue),
         "by_category": dict(sorted(categories.items())),
         "top_products": [
-            {"product_id": pid, "name": by_id[pid]["name"], "category": by_id[pid]["category"],
-             "units": units[pid], "revenue_cents": revenue[pid]}
+            {
+                "product_id": pid,
+                "name": by_id[pid]["name"],
+                "category": by_id[pid]["category"],
+                "units": units[pid],
+                "revenue_cents": revenue[pid],
+            }
             for pid in top
         ],
         "unsold_products": sorted(set(by_id) - set(units)),
@@ -122,37 +136,67 @@ def insights(customers: Mapping[str, Any], products: Mapping[str, Any]) -> list[
         found.append({"kind": kind, "severity": severity, "message": message, "value": value})
 
     revenue = customers["revenue_cents"]
-    add("revenue", f"revenue {dollars(revenue)} from {customers['orders_completed']} completed orders, "
-        f"average order {dollars(customers['average_order_value_cents'])}", revenue)
+    add(
+        "revenue",
+        f"revenue {dollars(revenue)} from {customers['orders_completed']} completed orders, "
+        f"average order {dollars(customers['average_order_value_cents'])}",
+        revenue,
+    )
     orphans = customers["orders_without_customer"] + products["orders_without_product"]
     if revenue != products["revenue_cents"] or orphans:
-        add("data_quality", f"customer-side revenue {dollars(revenue)} differs from product-side revenue "
-            f"{dollars(products['revenue_cents'])}: the extracts disagree", products["revenue_cents"] - revenue,
-            "warning")
+        add(
+            "data_quality",
+            f"customer-side revenue {dollars(revenue)} differs from product-side revenue "
+            f"{dollars(products['revenue_cents'])}: the extracts disagree",
+            products["revenue_cents"] - revenue,
+            "warning",
+        )
     segments = customers["by_segment"]
     if segments and revenue:
         name, seg = max(segments.items(), key=lambda kv: (kv[1]["revenue_cents"], kv[0]))
         share = _rate(seg["revenue_cents"], revenue)
-        add("top_segment", f"{name} customers bring {share:.0%} of revenue ({seg['customers']} of "
-            f"{customers['active_customers']} active customers)", share)
+        add(
+            "top_segment",
+            f"{name} customers bring {share:.0%} of revenue ({seg['customers']} of "
+            f"{customers['active_customers']} active customers)",
+            share,
+        )
     repeat = customers["repeat_rate"]
-    add("repeat_rate", f"{repeat:.0%} of active customers ordered more than once", repeat,
-        "warning" if repeat < LOW_REPEAT_RATE else "info")
+    add(
+        "repeat_rate",
+        f"{repeat:.0%} of active customers ordered more than once",
+        repeat,
+        "warning" if repeat < LOW_REPEAT_RATE else "info",
+    )
     categories = products["by_category"]
     if categories and products["revenue_cents"]:
         name, cat = max(categories.items(), key=lambda kv: (kv[1]["revenue_cents"], kv[0]))
         share = _rate(cat["revenue_cents"], products["revenue_cents"])
-        add("top_category", f"{name} is the best-selling category with {share:.0%} of revenue", share)
-        low_name, low = min(categories.items(), key=lambda kv: (_rate(kv[1]["margin_cents"], kv[1]["revenue_cents"]),
-                                                               kv[0]))
+        add(
+            "top_category",
+            f"{name} is the best-selling category with {share:.0%} of revenue",
+            share,
+        )
+        low_name, low = min(
+            categories.items(),
+            key=lambda kv: (_rate(kv[1]["margin_cents"], kv[1]["revenue_cents"]), kv[0]),
+        )
         low_rate = _rate(low["margin_cents"], low["revenue_cents"])
         add("lowest_margin", f"{low_name} has the lowest gross margin, {low_rate:.0%}", low_rate)
     refunded = customers["refunded_cents"]
     refund_rate = _rate(refunded, revenue + refunded)
-    add("refund_rate", f"{refund_rate:.1%} of order value was refunded ({dollars(refunded)})", refund_rate,
-        "warning" if refund_rate > HIGH_REFUND_RATE else "info")
+    add(
+        "refund_rate",
+        f"{refund_rate:.1%} of order value was refunded ({dollars(refunded)})",
+        refund_rate,
+        "warning" if refund_rate > HIGH_REFUND_RATE else "info",
+    )
     if products["unsold_products"]:
         n = len(products["unsold_products"])
-        add("unsold_products", f"{n} of {products['products_total']} products did not sell in the period", n,
-            "warning")
+        add(
+            "unsold_products",
+            f"{n} of {products['products_total']} products did not sell in the period",
+            n,
+            "warning",
+        )
     return found

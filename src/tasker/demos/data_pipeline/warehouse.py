@@ -39,13 +39,15 @@ def customers(seed: int, count: int) -> list[dict[str, Any]]:
     rng = _rng(seed, "customers")
     out = []
     for i in range(1, count + 1):
-        out.append({
-            "customer_id": i,
-            "name": f"Customer {i:04d}",
-            "email": f"customer{i:04d}@example.com",
-            "segment": rng.choices(SEGMENTS, SEGMENT_WEIGHTS)[0],
-            "country": rng.choice(COUNTRIES),
-        })
+        out.append(
+            {
+                "customer_id": i,
+                "name": f"Customer {i:04d}",
+                "email": f"customer{i:04d}@example.com",
+                "segment": rng.choices(SEGMENTS, SEGMENT_WEIGHTS)[0],
+                "country": rng.choice(COUNTRIES),
+            }
+        )
     return out
 
 
@@ -55,18 +57,21 @@ def products(seed: int, count: int) -> list[dict[str, Any]]:
     for i in range(1, count + 1):
         category = CATEGORIES[(i - 1) % len(CATEGORIES)]
         price = rng.randrange(500, 20_000, 25)
-        out.append({
-            "product_id": i,
-            "name": f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS[category])}",
-            "category": category,
-            "price_cents": price,
-            "cost_cents": price * rng.randint(40, 75) // 100,
-        })
+        out.append(
+            {
+                "product_id": i,
+                "name": f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS[category])}",
+                "category": category,
+                "price_cents": price,
+                "cost_cents": price * rng.randint(40, 75) // 100,
+            }
+        )
     return out
 
 
-def orders(seed: int, count: int, start: date, end: date, *, customer_count: int,
-           product_count: int) -> list[dict[str, Any]]:
+def orders(
+    seed: int, count: int, start: date, end: date, *, customer_count: int, product_count: int
+) -> list[dict[str, Any]]:
     """`count` orders placed between `start` and `end` (inclusive), by existing customers, at catalog prices.
 
     A fifth of the customers place most orders, as in real shops, so repeat-purchase figures mean something.
@@ -79,17 +84,21 @@ def orders(seed: int, count: int, start: date, end: date, *, customer_count: int
     days = (end - start).days
     out = []
     for i in range(1, count + 1):
-        customer = rng.randint(1, regulars) if rng.random() < 0.6 else rng.randint(1, customer_count)
+        customer = (
+            rng.randint(1, regulars) if rng.random() < 0.6 else rng.randint(1, customer_count)
+        )
         product = rng.randint(1, product_count)
         quantity = rng.choice((1, 1, 1, 2, 2, 3, 4))
-        out.append({
-            "order_id": i,
-            "customer_id": customer,
-            "product_id": product,
-            "quantity": quantity,
-            "unit_price_cents": prices[product],
-            "total_cents": prices[product] * quantity,
-            "status": "refunded" if rng.random() < REFUND_RATE else "completed",
-            "placed_on": (start + timedelta(days=rng.randint(0, days))).isoformat(),
-        })
+        out.append(
+            {
+                "order_id": i,
+                "customer_id": customer,
+                "product_id": product,
+                "quantity": quantity,
+                "unit_price_cents": prices[product],
+                "total_cents": prices[product] * quantity,
+                "status": "refunded" if rng.random() < REFUND_RATE else "completed",
+                "placed_on": (start + timedelta(days=rng.randint(0, days))).isoformat(),
+            }
+        )
     return out

@@ -28,7 +28,13 @@ from typing import Any
 from tasker import Event, Task, Tasker
 from tasker.demos.ecommerce import naive, services
 from tasker.demos.ecommerce.pricing import PricedLine, price_lines
-from tasker.demos.ecommerce.services import CATALOG, CardDeclined, FaultSettings, ServiceError, Services
+from tasker.demos.ecommerce.services import (
+    CATALOG,
+    CardDeclined,
+    FaultSettings,
+    ServiceError,
+    Services,
+)
 
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE = "ecommerce/process_order"
@@ -49,29 +55,45 @@ def generate_orders(count: int, seed: int) -> list[dict[str, Any]]:
     orders = []
     for i in range(count):
         picks = rng.sample(sellable, rng.choice((1, 1, 2, 2, 3)))
-        lines = [PricedLine(p.id, p.name, Decimal(p.price_cents) / 100, rng.choice((1, 1, 1, 2, 3))) for p in picks]
-        items = [{"product_id": line.product_id, "name": line.name, "price": float(line.price),
-                  "quantity": line.quantity} for line in lines]
+        lines = [
+            PricedLine(p.id, p.name, Decimal(p.price_cents) / 100, rng.choice((1, 1, 1, 2, 3)))
+            for p in picks
+        ]
+        items = [
+            {
+                "product_id": line.product_id,
+                "name": line.name,
+                "price": float(line.price),
+                "quantity": line.quantity,
+            }
+            for line in lines
+        ]
         totals = price_lines(lines)
-        orders.append({
-            "checkout_id": f"bf-{i:05d}",
-            "cart_items": items,
-            "payment_info": {
-                "method": rng.choice(("credit_card", "credit_card", "debit_card", "paypal")),
-                "amount": float(totals.total),
-                "currency": "USD",
-                "card_last_four": f"{rng.randrange(10_000):04d}",
-                "token": f"tok_{seed}_{i:05d}",
-            },
-            "customer_info": {
-                "id": 10_000 + i,
-                "email": f"shopper{i}@example.com",
-                "name": f"Shopper {i}",
-                "tier": rng.choices(("standard", "premium", "enterprise"), (85, 12, 3))[0],
-            },
-            "shipping_info": {"address": f"{i + 1} Market Street", "city": "Springfield", "country": "US"},
-            "priority": rng.choices(("standard", "express", "overnight"), (80, 15, 5))[0],
-        })
+        orders.append(
+            {
+                "checkout_id": f"bf-{i:05d}",
+                "cart_items": items,
+                "payment_info": {
+                    "method": rng.choice(("credit_card", "credit_card", "debit_card", "paypal")),
+                    "amount": float(totals.total),
+                    "currency": "USD",
+                    "card_last_four": f"{rng.randrange(10_000):04d}",
+                    "token": f"tok_{seed}_{i:05d}",
+                },
+                "customer_info": {
+                    "id": 10_000 + i,
+                    "email": f"shopper{i}@example.com",
+                    "name": f"Shopper {i}",
+                    "tier": rng.choices(("standard", "premium", "enterprise"), (85, 12, 3))[0],
+                },
+                "shipping_info": {
+                    "address": f"{i + 1} Market Street",
+                    "city": "Springfield",
+                    "country": "US",
+                },
+                "priority": rng.choices(("standard", "express", "overnight"), (80, 15, 5))[0],
+            }
+        )
     return orders
 
 
@@ -96,22 +118,36 @@ def run_black_friday(
     if orders < 1:
         raise ValueError("orders must be at least 1")
     seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
-    faults = FaultSettings(transient_failure_rate=transient_failure_rate, decline_rate=decline_rate,
-                           max_latency_ms=max_latency_ms, seed=seed)
+    faults = FaultSettings(
+        transient_failure_rate=transient_failure_rate,
+        decline_rate=decline_rate,
+        max_latency_ms=max_latency_ms,
+        seed=seed,
+    )
     batch = generate_orders(orders, seed)
     report = progress or (lambda phase, done, total: None)
     with _database(database_url) as url:
-        tasker = Tasker(url, concurrency=concurrency, backoff_scale=backoff_scale, poll_interval=0.05,
-                        migrate=True)  # a demo writes its own data: it may set up the schema
+        tasker = Tasker(
+            url,
+            concurrency=concurrency,
+            backoff_scale=backoff_scale,
+            poll_interval=0.05,
+            migrate=True,
+        )  # a demo writes its own data: it may set up the schema
         try:
             tasker.load_templates(TEMPLATES)
-            svc = services.configure(tasker.db.writer, faults, reader=tasker.db.reader, channel="engine",
-                                     reset=True)
-            naive_side = run_naive(svc.for_channel("naive"), batch, concurrency=concurrency, progress=report)
+            svc = services.configure(
+                tasker.db.writer, faults, reader=tasker.db.reader, channel="engine", reset=True
+            )
+            naive_side = run_naive(
+                svc.for_channel("naive"), batch, concurrency=concurrency, progress=report
+            )
             svc.inventory.restock()
             _scale_circuit_breakers(tasker, backoff_scale)
             try:
-                engine_side = run_engine(tasker, svc, batch, concurrency=concurrency, progress=report)
+                engine_side = run_engine(
+                    tasker, svc, batch, concurrency=concurrency, progress=report
+                )
             finally:
                 _scale_circuit_breakers(tasker, None)
         finally:
@@ -131,8 +167,11 @@ def _scale_circuit_breakers(tasker: Tasker, scale: float | None) -> None:
         if scale is None:
             tasker.configure_system(system, cooldown_seconds=None, max_cooldown_seconds=None)
         else:
-            tasker.configure_system(system, cooldown_seconds=COOLDOWN_SECONDS * scale,
-                                    max_cooldown_seconds=MAX_COOLDOWN_SECONDS * scale)
+            tasker.configure_system(
+                system,
+                cooldown_seconds=COOLDOWN_SECONDS * scale,
+                max_cooldown_seconds=MAX_COOLDOWN_SECONDS * scale,
+            )
 
 
 @contextmanager
@@ -145,8 +184,9 @@ def _database(url: str | None) -> Iterator[str]:
 
 
 # -- the naive side -------------------------------------------------------------------------------------------
-def run_naive(svc: Services, batch: Sequence[dict[str, Any]], *, concurrency: int,
-              progress: ProgressCallback) -> dict[str, Any]:
+def run_naive(
+    svc: Services, batch: Sequence[dict[str, Any]], *, concurrency: int, progress: ProgressCallback
+) -> dict[str, Any]:
     """Every order through `naive.process_order`, `concurrency` at a time, as a web server would."""
     reasons: Counter[str] = Counter()
     done = 0
@@ -157,7 +197,9 @@ def run_naive(svc: Services, batch: Sequence[dict[str, Any]], *, concurrency: in
         reason = None
         try:
             naive.process_order(svc, order)
-        except Exception as exc:  # the naive checkout lets everything escape; the demo only classifies it
+        except (
+            Exception
+        ) as exc:  # the naive checkout lets everything escape; the demo only classifies it
             reason = _naive_reason(exc)
         with lock:
             done += 1
@@ -183,8 +225,14 @@ def _naive_reason(exc: Exception) -> str:
 
 
 # -- the engine side ------------------------------------------------------------------------------------------
-def run_engine(tasker: Tasker, svc: Services, batch: Sequence[dict[str, Any]], *, concurrency: int,
-               progress: ProgressCallback) -> dict[str, Any]:
+def run_engine(
+    tasker: Tasker,
+    svc: Services,
+    batch: Sequence[dict[str, Any]],
+    *,
+    concurrency: int,
+    progress: ProgressCallback,
+) -> dict[str, Any]:
     """Every order as a task, worked until idle; then, faults off, one retry per non-declined failure."""
     lock = threading.Lock()
     settled: set[int] = set()
@@ -199,12 +247,16 @@ def run_engine(tasker: Tasker, svc: Services, batch: Sequence[dict[str, Any]], *
                 settled.add(int(event.payload["task_id"]))
                 progress("engine", len(settled), len(batch))
 
-    unsubscribe = tasker.subscribe(on_event, "step.retry_scheduled", "task.completed", "task.failed")
+    unsubscribe = tasker.subscribe(
+        on_event, "step.retry_scheduled", "task.completed", "task.failed"
+    )
     run_id = uuid.uuid4().hex[:12]
     started = time.perf_counter()
     try:
-        ids = [tasker.create_task(TEMPLATE, order, idempotency_key=f"black-friday-{run_id}-{i:05d}").id
-               for i, order in enumerate(batch)]
+        ids = [
+            tasker.create_task(TEMPLATE, order, idempotency_key=f"black-friday-{run_id}-{i:05d}").id
+            for i, order in enumerate(batch)
+        ]
         tasker.work(concurrency=concurrency, until_idle=True, namespaces=["ecommerce"])
         failed = [t for t in tasker.get_tasks(ids) if t.status == "error"]
         to_retry = [t.id for t in failed if failure_reason(t) != DECLINED]
@@ -240,7 +292,9 @@ def failure_reason(task: Task) -> str:
 
 
 # -- figures ----------------------------------------------------------------------------------------------------
-def _side(orders: int, reasons: Counter[str], svc: Services, *, retries: int, wall: float) -> dict[str, Any]:
+def _side(
+    orders: int, reasons: Counter[str], svc: Services, *, retries: int, wall: float
+) -> dict[str, Any]:
     """One side's figures; money and orders are counted from the services' tables, not the caller's view."""
     ledger = svc.ledger()
     failed = sum(reasons.values())

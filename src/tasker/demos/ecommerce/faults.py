@@ -111,5 +111,7 @@ class FaultInjector:
     def declines(self, token: str) -> bool:
         """Whether the gateway declines this card: test tokens always, others at the seeded decline rate."""
         s = self._settings
-        return token.startswith(DECLINED_TOKEN_PREFIX) or _unit(s.seed, "decline", token) < s.decline_rate
-
+        return (
+            token.startswith(DECLINED_TOKEN_PREFIX)
+            or _unit(s.seed, "decline", token) < s.decline_rate
+        )

@@ -60,7 +60,9 @@ def calling(system: str) -> Iterator[None]:
     try:
         yield
     except RateLimited as exc:
-        raise RetryableError(str(exc), retry_after=exc.retry_after, error_code=f"{system}_RATE_LIMITED") from exc
+        raise RetryableError(
+            str(exc), retry_after=exc.retry_after, error_code=f"{system}_RATE_LIMITED"
+        ) from exc
     except ServiceError as exc:
         if exc.retryable:
             raise RetryableError(str(exc), error_code=f"{system}_{exc.code}") from exc
@@ -84,21 +86,35 @@ class ValidateCartHandler(StepHandler):
             product_id, quantity = int(item["product_id"]), int(item["quantity"])
             product = catalog.get(product_id)
             if product is None:
-                raise PermanentError(f"cart_items[{i}]: product {product_id} does not exist",
-                                     error_code="PRODUCT_NOT_FOUND")
+                raise PermanentError(
+                    f"cart_items[{i}]: product {product_id} does not exist",
+                    error_code="PRODUCT_NOT_FOUND",
+                )
             if not product.active:
-                raise PermanentError(f"cart_items[{i}]: {product.name} is no longer sold",
-                                     error_code="PRODUCT_INACTIVE")
+                raise PermanentError(
+                    f"cart_items[{i}]: {product.name} is no longer sold",
+                    error_code="PRODUCT_INACTIVE",
+                )
             if product.stock < quantity:
-                raise PermanentError(f"cart_items[{i}]: only {product.stock} of {product.name} left, "
-                                     f"{quantity} ordered", error_code="OUT_OF_STOCK")
-            lines.append(PricedLine(product_id, product.name, Decimal(product.price_cents) / 100, quantity))
+                raise PermanentError(
+                    f"cart_items[{i}]: only {product.stock} of {product.name} left, "
+                    f"{quantity} ordered",
+                    error_code="OUT_OF_STOCK",
+                )
+            lines.append(
+                PricedLine(product_id, product.name, Decimal(product.price_cents) / 100, quantity)
+            )
         totals = price_lines(lines)
         ctx.logger.info("cart validated: %d items, total %s", totals.item_count, totals.total)
         return {
             "validated_items": [
-                {"product_id": line.product_id, "name": line.name, "price": float(line.price),
-                 "quantity": line.quantity, "line_total": float(line.line_total)}
+                {
+                    "product_id": line.product_id,
+                    "name": line.name,
+                    "price": float(line.price),
+                    "quantity": line.quantity,
+                    "line_total": float(line.line_total),
+                }
                 for line in lines
             ],
             "subtotal": float(totals.subtotal),
@@ -118,7 +134,9 @@ class ProcessPaymentHandler(StepHandler):
         cart = ctx.result_of("validate_cart")
         payment = ctx.context["payment_info"]
         if not payment.get("token"):
-            raise PermanentError("payment_info.token is missing", error_code="MISSING_PAYMENT_TOKEN")
+            raise PermanentError(
+                "payment_info.token is missing", error_code="MISSING_PAYMENT_TOKEN"
+            )
         total = to_cents(cart["total"])
         if to_cents(payment["amount"]) != total:
             raise PermanentError(
@@ -128,13 +146,21 @@ class ProcessPaymentHandler(StepHandler):
         with calling("GATEWAY"):
             try:
                 charge = _services().payment.charge(
-                    order_ref=order_ref(ctx), amount_cents=total, currency=payment.get("currency", "USD"),
-                    method=payment["method"], token=payment["token"], idempotency_key=ctx.idempotency_key,
+                    order_ref=order_ref(ctx),
+                    amount_cents=total,
+                    currency=payment.get("currency", "USD"),
+                    method=payment["method"],
+                    token=payment["token"],
+                    idempotency_key=ctx.idempotency_key,
                 )
             except CardDeclined as exc:
-                raise PermanentError(f"Payment declined: {exc}", error_code="PAYMENT_DECLINED") from exc
+                raise PermanentError(
+                    f"Payment declined: {exc}", error_code="PAYMENT_DECLINED"
+                ) from exc
         if charge.replayed:
-            ctx.logger.info("charge %s already existed for this step; not charging again", charge.charge_id)
+            ctx.logger.info(
+                "charge %s already existed for this step; not charging again", charge.charge_id
+            )
         return {
             "payment_id": charge.charge_id,
             "amount_charged": from_cents(charge.amount_cents),
@@ -161,24 +187,34 @@ class UpdateInventoryHandler(StepHandler):
         if svc.payment.status(payment_id) != "succeeded":
             # An operator retried a checkout this step had already refunded: reserving stock now would
             # ship an order nobody paid for. The customer has to check out again.
-            raise PermanentError(f"charge {payment_id} was refunded; the checkout must start again",
-                                 error_code="PAYMENT_REFUNDED")
+            raise PermanentError(
+                f"charge {payment_id} was refunded; the checkout must start again",
+                error_code="PAYMENT_REFUNDED",
+            )
         with calling("INVENTORY"):
             try:
                 reservation = svc.inventory.reserve(
-                    order_ref=order_ref(ctx), items=[(line["product_id"], line["quantity"]) for line in lines],
+                    order_ref=order_ref(ctx),
+                    items=[(line["product_id"], line["quantity"]) for line in lines],
                     idempotency_key=ctx.idempotency_key,
                 )
             except OutOfStock as exc:
                 svc.payment.refund(payment_id, reason=f"out of stock: {exc}")
-                raise PermanentError(f"{exc}; charge {payment_id} refunded", error_code="OUT_OF_STOCK",
-                                     context={"refunded_payment_id": payment_id}) from exc
+                raise PermanentError(
+                    f"{exc}; charge {payment_id} refunded",
+                    error_code="OUT_OF_STOCK",
+                    context={"refunded_payment_id": payment_id},
+                ) from exc
         names = {line["product_id"]: line["name"] for line in lines}
         return {
             "reservation_id": reservation.reservation_id,
             "updated_products": [
-                {"product_id": r["product_id"], "name": names.get(r["product_id"]),
-                 "quantity_reserved": r["quantity"], "new_stock": r["new_stock"]}
+                {
+                    "product_id": r["product_id"],
+                    "name": names.get(r["product_id"]),
+                    "quantity_reserved": r["quantity"],
+                    "new_stock": r["new_stock"],
+                }
                 for r in reservation.items
             ],
             "total_items_reserved": sum(r["quantity"] for r in reservation.items),
@@ -221,7 +257,10 @@ class SendConfirmationHandler(StepHandler):
         order = ctx.result_of("create_order")
         cart = ctx.result_of("validate_cart")
         express = ctx.context.get("express_processing")
-        lines = "\n".join(f"  {i['quantity']} x {i['name']}  {i['line_total']:.2f}" for i in cart["validated_items"])
+        lines = "\n".join(
+            f"  {i['quantity']} x {i['name']}  {i['line_total']:.2f}"
+            for i in cart["validated_items"]
+        )
         body = (
             f"Hello {customer['name']},\n\nthank you for your order {order['order_number']}.\n\n{lines}\n"
             f"  Total {order['total_amount']:.2f} {cart['currency']}\n\n"
@@ -230,8 +269,10 @@ class SendConfirmationHandler(StepHandler):
         with calling("MAILER"):
             try:
                 mail = _services().mailer.send(
-                    order_ref=order_ref(ctx), to=customer["email"],
-                    subject=f"Your order {order['order_number']} is confirmed", body=body,
+                    order_ref=order_ref(ctx),
+                    to=customer["email"],
+                    subject=f"Your order {order['order_number']} is confirmed",
+                    body=body,
                     idempotency_key=ctx.idempotency_key,
                 )
             except InvalidRequest as exc:

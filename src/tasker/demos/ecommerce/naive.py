@@ -45,32 +45,51 @@ def process_order(services: Services, order: dict[str, Any]) -> Order:
         product = catalog.get(int(item["product_id"]))
         if product is None or not product.active:
             raise CheckoutError(f"Invalid cart: product {item['product_id']}")
-        lines.append(PricedLine(product.id, product.name, Decimal(product.price_cents) / 100, int(item["quantity"])))
+        lines.append(
+            PricedLine(
+                product.id, product.name, Decimal(product.price_cents) / 100, int(item["quantity"])
+            )
+        )
 
     # Step 2: calculate totals
     totals = price_lines(lines)
 
     # Step 3: process payment
     charge = services.payment.charge(
-        order_ref=ref, amount_cents=to_cents(totals.total), currency=payment_info.get("currency", "USD"),
-        method=payment_info["method"], token=payment_info["token"], idempotency_key=f"{ref}:charge",
+        order_ref=ref,
+        amount_cents=to_cents(totals.total),
+        currency=payment_info.get("currency", "USD"),
+        method=payment_info["method"],
+        token=payment_info["token"],
+        idempotency_key=f"{ref}:charge",
     )
 
     # Step 4: update inventory
     reservation = services.inventory.reserve(
-        order_ref=ref, items=[(line.product_id, line.quantity) for line in lines], idempotency_key=f"{ref}:reserve",
+        order_ref=ref,
+        items=[(line.product_id, line.quantity) for line in lines],
+        idempotency_key=f"{ref}:reserve",
     )
 
     # Step 5: create the order
     created = services.orders.create(
-        order_ref=ref, idempotency_key=f"{ref}:order", customer_email=customer["email"],
-        total_cents=to_cents(totals.total), charge_id=charge.charge_id, reservation_id=reservation.reservation_id,
-        delivery_days=EXPRESS_DELIVERY_DAYS.get(order.get("priority", "standard"), STANDARD_DELIVERY_DAYS),
+        order_ref=ref,
+        idempotency_key=f"{ref}:order",
+        customer_email=customer["email"],
+        total_cents=to_cents(totals.total),
+        charge_id=charge.charge_id,
+        reservation_id=reservation.reservation_id,
+        delivery_days=EXPRESS_DELIVERY_DAYS.get(
+            order.get("priority", "standard"), STANDARD_DELIVERY_DAYS
+        ),
     )
 
     # Step 6: send the confirmation
     services.mailer.send(
-        order_ref=ref, to=customer["email"], subject=f"Your order {created.order_number} is confirmed",
-        body=f"Thank you for your order {created.order_number}.", idempotency_key=f"{ref}:mail",
+        order_ref=ref,
+        to=customer["email"],
+        subject=f"Your order {created.order_number} is confirmed",
+        body=f"Thank you for your order {created.order_number}.",
+        idempotency_key=f"{ref}:mail",
     )
     return created

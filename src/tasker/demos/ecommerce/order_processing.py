@@ -15,10 +15,18 @@ from tasker import Task, TaskHandler
 
 #: What express and overnight orders get; `delivery_days` feeds the order's estimated delivery date.
 EXPRESS_SETTINGS: dict[str, dict[str, Any]] = {
-    "express": {"delivery_days": 2, "payment_timeout_ms": 15000, "warehouse_queue": "priority",
-                "email_template": "express_confirmation"},
-    "overnight": {"delivery_days": 1, "payment_timeout_ms": 15000, "warehouse_queue": "same_day",
-                  "email_template": "express_confirmation"},
+    "express": {
+        "delivery_days": 2,
+        "payment_timeout_ms": 15000,
+        "warehouse_queue": "priority",
+        "email_template": "express_confirmation",
+    },
+    "overnight": {
+        "delivery_days": 1,
+        "payment_timeout_ms": 15000,
+        "warehouse_queue": "same_day",
+        "email_template": "express_confirmation",
+    },
 }
 PREMIUM_TIERS = ("premium", "enterprise")
 #: Error codes of failures after which the charge has been refunded (see UpdateInventoryHandler).

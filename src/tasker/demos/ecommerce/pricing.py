@@ -73,5 +73,10 @@ def price_lines(lines: Iterable[PricedLine]) -> CartTotals:
     item_count = sum(line.quantity for line in lines)
     tax = money(subtotal * TAX_RATE)
     shipping = shipping_for(item_count)
-    return CartTotals(subtotal=subtotal, tax=tax, shipping=shipping, total=money(subtotal + tax + shipping),
-                      item_count=item_count)
+    return CartTotals(
+        subtotal=subtotal,
+        tax=tax,
+        shipping=shipping,
+        total=money(subtotal + tax + shipping),
+        item_count=item_count,
+    )

@@ -158,14 +158,18 @@ class _Service:
             raise ServiceUnavailable(self.name, "503 service unavailable")
         if fault is Fault.RATE_LIMITED:
             retry_after = self.faults.settings.rate_limit_retry_after
-            raise RateLimited(self.name, f"429 too many requests; retry after {retry_after:g}s", retry_after)
+            raise RateLimited(
+                self.name, f"429 too many requests; retry after {retry_after:g}s", retry_after
+            )
         return fault
 
     def _leave(self, fault: Fault | None) -> None:
         if fault is Fault.TIMEOUT_AFTER:
             raise ServiceTimeout(self.name, "no response within the client timeout")
 
-    def _once(self, table: Table, key: str, build: Callable[[Connection], dict[str, Any]]) -> tuple[Any, bool]:
+    def _once(
+        self, table: Table, key: str, build: Callable[[Connection], dict[str, Any]]
+    ) -> tuple[Any, bool]:
         """The row for (channel, key), or a new one with the values `build` returns; (row, replayed).
 
         Lookup, `build` (which may change other tables or raise to refuse) and insert share one
@@ -180,7 +184,9 @@ class _Service:
                 if row is not None:
                     return row, True
                 values = build(conn)
-                row = conn.execute(add, {**values, "channel": self.channel, "idempotency_key": key}).one()
+                row = conn.execute(
+                    add, {**values, "channel": self.channel, "idempotency_key": key}
+                ).one()
                 return row, False
         except IntegrityError:
             with self.reads.connect() as conn:
@@ -192,8 +198,11 @@ class _Service:
 
 _TAKE_STOCK = (
     update(products)
-    .where(products.c.id == bindparam("product"), products.c.active.is_(True),
-           products.c.stock >= bindparam("quantity"))
+    .where(
+        products.c.id == bindparam("product"),
+        products.c.active.is_(True),
+        products.c.stock >= bindparam("quantity"),
+    )
     .values(stock=products.c.stock - bindparam("quantity"))
     .returning(products.c.stock)
 )
@@ -202,7 +211,9 @@ _TAKE_STOCK = (
 @functools.cache
 def _statements(table: Table) -> tuple[Select[Any], Insert]:
     """The lookup by (channel, key) and the insert of an idempotent table, built once (hot path)."""
-    lookup = select(table).where(table.c.channel == bindparam("channel"), table.c.idempotency_key == bindparam("key"))
+    lookup = select(table).where(
+        table.c.channel == bindparam("channel"), table.c.idempotency_key == bindparam("key")
+    )
     return lookup, insert(table).returning(*table.c)
 
 
@@ -222,34 +233,62 @@ class Charge:
 class PaymentGateway(_Service):
     name: str = field(default="payment_gateway", init=False)
 
-    def charge(self, *, order_ref: str, amount_cents: int, currency: str, method: str, token: str,
-               idempotency_key: str) -> Charge:
+    def charge(
+        self,
+        *,
+        order_ref: str,
+        amount_cents: int,
+        currency: str,
+        method: str,
+        token: str,
+        idempotency_key: str,
+    ) -> Charge:
         """Charge a card once per idempotency key; a repeated key returns the first charge."""
         fault = self._enter(order_ref)
 
         def new_charge(conn: Connection) -> dict[str, Any]:
             if self.faults.declines(token):
                 raise CardDeclined(self.name, "card declined by the issuer (do_not_honor)")
-            return {"charge_id": f"ch_{uuid.uuid4().hex[:24]}", "order_ref": order_ref, "amount_cents": amount_cents,
-                    "currency": currency, "method": method, "status": "succeeded", "created_at": _now()}
+            return {
+                "charge_id": f"ch_{uuid.uuid4().hex[:24]}",
+                "order_ref": order_ref,
+                "amount_cents": amount_cents,
+                "currency": currency,
+                "method": method,
+                "status": "succeeded",
+                "created_at": _now(),
+            }
 
         row, replayed = self._once(charges, idempotency_key, new_charge)
         if row.amount_cents != amount_cents:
-            raise InvalidRequest(self.name, f"idempotency key {idempotency_key} was used for another amount")
+            raise InvalidRequest(
+                self.name, f"idempotency key {idempotency_key} was used for another amount"
+            )
         self._leave(fault)
-        return Charge(row.charge_id, row.order_ref, row.amount_cents, row.currency, row.method, row.status,
-                      row.created_at, replayed)
+        return Charge(
+            row.charge_id,
+            row.order_ref,
+            row.amount_cents,
+            row.currency,
+            row.method,
+            row.status,
+            row.created_at,
+            replayed,
+        )
 
     def status(self, charge_id: str) -> str | None:
         """A charge's status (`succeeded` or `refunded`), None for an unknown charge. Not fault-injected."""
         with self.reads.connect() as conn:
-            return conn.execute(select(charges.c.status).where(charges.c.charge_id == charge_id)).scalar()
+            return conn.execute(
+                select(charges.c.status).where(charges.c.charge_id == charge_id)
+            ).scalar()
 
     def refund(self, charge_id: str, reason: str) -> bool:
         """Refund a charge in full (compensation); True when this call refunded it."""
         with self.engine.begin() as conn:
             done = conn.execute(
-                update(charges).where(charges.c.charge_id == charge_id, charges.c.status == "succeeded")
+                update(charges)
+                .where(charges.c.charge_id == charge_id, charges.c.status == "succeeded")
                 .values(status="refunded", refund_reason=reason)
             ).rowcount
         return bool(done)
@@ -274,7 +313,9 @@ class InventoryService(_Service):
             rows = conn.execute(select(products).where(products.c.id.in_(ids))).all()
         return {r.id: Product(r.id, r.name, r.price_cents, r.stock, r.active) for r in rows}
 
-    def reserve(self, *, order_ref: str, items: Sequence[tuple[int, int]], idempotency_key: str) -> Reservation:
+    def reserve(
+        self, *, order_ref: str, items: Sequence[tuple[int, int]], idempotency_key: str
+    ) -> Reservation:
         """Take `(product_id, quantity)` out of stock, all or nothing, once per idempotency key."""
         fault = self._enter(order_ref)
         wanted: Counter[int] = Counter()
@@ -285,12 +326,20 @@ class InventoryService(_Service):
             lines = []
             # Rows are locked in product order, so two concurrent reservations cannot deadlock.
             for product_id, quantity in sorted(wanted.items()):
-                left = conn.execute(_TAKE_STOCK, {"product": product_id, "quantity": quantity}).scalar()
+                left = conn.execute(
+                    _TAKE_STOCK, {"product": product_id, "quantity": quantity}
+                ).scalar()
                 if left is None:
-                    raise OutOfStock(self.name, f"product {product_id}: fewer than {quantity} in stock")
+                    raise OutOfStock(
+                        self.name, f"product {product_id}: fewer than {quantity} in stock"
+                    )
                 lines.append({"product_id": product_id, "quantity": quantity, "new_stock": left})
-            return {"reservation_id": f"res_{uuid.uuid4().hex[:24]}", "order_ref": order_ref, "items": lines,
-                    "created_at": _now()}
+            return {
+                "reservation_id": f"res_{uuid.uuid4().hex[:24]}",
+                "order_ref": order_ref,
+                "items": lines,
+                "created_at": _now(),
+            }
 
         row, replayed = self._once(stock_reservations, idempotency_key, take_stock)
         self._leave(fault)
@@ -325,18 +374,48 @@ class OrderBook(_Service):
 
     name: str = field(default="order_book", init=False)
 
-    def create(self, *, order_ref: str, idempotency_key: str, customer_email: str, total_cents: int,
-               charge_id: str, reservation_id: str | None, delivery_days: int) -> Order:
+    def create(
+        self,
+        *,
+        order_ref: str,
+        idempotency_key: str,
+        customer_email: str,
+        total_cents: int,
+        charge_id: str,
+        reservation_id: str | None,
+        delivery_days: int,
+    ) -> Order:
         created = _now()
-        digest = hashlib.sha256(f"{self.channel}:{idempotency_key}".encode()).hexdigest()[:8].upper()
-        row, replayed = self._once(orders, idempotency_key, lambda conn: {
-            "order_number": f"ORD-{created:%Y%m%d}-{digest}", "order_ref": order_ref,
-            "customer_email": customer_email, "total_cents": total_cents, "charge_id": charge_id,
-            "reservation_id": reservation_id, "status": "confirmed",
-            "estimated_delivery": f"{created + timedelta(days=delivery_days):%B %d, %Y}", "created_at": created,
-        })
-        return Order(row.id, row.order_number, row.order_ref, row.status, row.total_cents, row.customer_email,
-                     row.charge_id, row.estimated_delivery, row.created_at, replayed)
+        digest = (
+            hashlib.sha256(f"{self.channel}:{idempotency_key}".encode()).hexdigest()[:8].upper()
+        )
+        row, replayed = self._once(
+            orders,
+            idempotency_key,
+            lambda conn: {
+                "order_number": f"ORD-{created:%Y%m%d}-{digest}",
+                "order_ref": order_ref,
+                "customer_email": customer_email,
+                "total_cents": total_cents,
+                "charge_id": charge_id,
+                "reservation_id": reservation_id,
+                "status": "confirmed",
+                "estimated_delivery": f"{created + timedelta(days=delivery_days):%B %d, %Y}",
+                "created_at": created,
+            },
+        )
+        return Order(
+            row.id,
+            row.order_number,
+            row.order_ref,
+            row.status,
+            row.total_cents,
+            row.customer_email,
+            row.charge_id,
+            row.estimated_delivery,
+            row.created_at,
+            replayed,
+        )
 
 
 @dataclass(frozen=True)
@@ -350,15 +429,25 @@ class SentMail:
 class Mailer(_Service):
     name: str = field(default="mailer", init=False)
 
-    def send(self, *, order_ref: str, to: str, subject: str, body: str, idempotency_key: str) -> SentMail:
+    def send(
+        self, *, order_ref: str, to: str, subject: str, body: str, idempotency_key: str
+    ) -> SentMail:
         """Send a mail once per idempotency key; `.invalid` addresses (RFC 2606) bounce permanently."""
         fault = self._enter(order_ref)
         if to.lower().endswith(".invalid"):
             raise InvalidRequest(self.name, f"undeliverable address {to}")
-        row, replayed = self._once(sent_mail, idempotency_key, lambda conn: {
-            "message_id": f"<{uuid.uuid4().hex}@mail.example.com>", "order_ref": order_ref, "recipient": to,
-            "subject": subject, "body": body, "created_at": _now(),
-        })
+        row, replayed = self._once(
+            sent_mail,
+            idempotency_key,
+            lambda conn: {
+                "message_id": f"<{uuid.uuid4().hex}@mail.example.com>",
+                "order_ref": order_ref,
+                "recipient": to,
+                "subject": subject,
+                "body": body,
+                "created_at": _now(),
+            },
+        )
         self._leave(fault)
         return SentMail(row.message_id, row.recipient, replayed)
 
@@ -383,8 +472,14 @@ class Ledger:
 class Services:
     """The four services of one channel, on one database and one fault injector."""
 
-    def __init__(self, engine: Engine, faults: FaultInjector, channel: str = "engine", *,
-                 reader: Engine | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        faults: FaultInjector,
+        channel: str = "engine",
+        *,
+        reader: Engine | None = None,
+    ):
         self.engine = engine
         self.reader = reader or engine
         self.faults = faults
@@ -407,21 +502,53 @@ class Services:
             known = set(conn.execute(select(products.c.id)).scalars())
             fresh = [p for p in CATALOG if p.id not in known]
             if fresh:
-                conn.execute(insert(products), [
-                    {"id": p.id, "name": p.name, "price_cents": p.price_cents, "stock": stock, "active": p.active}
-                    for p in fresh
-                ])
+                conn.execute(
+                    insert(products),
+                    [
+                        {
+                            "id": p.id,
+                            "name": p.name,
+                            "price_cents": p.price_cents,
+                            "stock": stock,
+                            "active": p.active,
+                        }
+                        for p in fresh
+                    ],
+                )
 
     def ledger(self) -> Ledger:
         """Reconcile this channel's charges against its orders, from the services' own tables."""
         with self.reader.connect() as conn:
-            paid = conn.execute(select(charges.c.order_ref).where(
-                charges.c.channel == self.channel, charges.c.status == "succeeded")).scalars().all()
-            refunded = conn.execute(select(charges.c.id).where(
-                charges.c.channel == self.channel, charges.c.status == "refunded")).scalars().all()
-            ordered = set(conn.execute(select(orders.c.order_ref).where(orders.c.channel == self.channel)).scalars())
-            mailed = conn.execute(
-                select(sent_mail.c.order_ref).where(sent_mail.c.channel == self.channel)).scalars().all()
+            paid = (
+                conn.execute(
+                    select(charges.c.order_ref).where(
+                        charges.c.channel == self.channel, charges.c.status == "succeeded"
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            refunded = (
+                conn.execute(
+                    select(charges.c.id).where(
+                        charges.c.channel == self.channel, charges.c.status == "refunded"
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            ordered = set(
+                conn.execute(
+                    select(orders.c.order_ref).where(orders.c.channel == self.channel)
+                ).scalars()
+            )
+            mailed = (
+                conn.execute(
+                    select(sent_mail.c.order_ref).where(sent_mail.c.channel == self.channel)
+                )
+                .scalars()
+                .all()
+            )
         per_order = Counter(paid)
         return Ledger(
             charges=len(paid),
@@ -435,17 +562,29 @@ class Services:
 
     def charges_for(self, order_ref: str) -> list[Mapping[str, Any]]:
         with self.reader.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(
-                select(charges).where(charges.c.channel == self.channel, charges.c.order_ref == order_ref)
-                .order_by(charges.c.id))]
+            return [
+                dict(r._mapping)
+                for r in conn.execute(
+                    select(charges)
+                    .where(charges.c.channel == self.channel, charges.c.order_ref == order_ref)
+                    .order_by(charges.c.id)
+                )
+            ]
 
 
 _registry_lock = threading.Lock()
 _current: Services | None = None
 
 
-def configure(engine: Engine, faults: FaultSettings | None = None, *, reader: Engine | None = None,
-              channel: str = "engine", reset: bool = False, stock: int = DEFAULT_STOCK) -> Services:
+def configure(
+    engine: Engine,
+    faults: FaultSettings | None = None,
+    *,
+    reader: Engine | None = None,
+    channel: str = "engine",
+    reset: bool = False,
+    stock: int = DEFAULT_STOCK,
+) -> Services:
     """Install the services the step handlers will use, on `engine` (usually `tasker.db.writer`).
 
     `reader` (usually `tasker.db.reader`) serves the reads: on SQLite the writer engine takes the write

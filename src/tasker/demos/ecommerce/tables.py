@@ -9,12 +9,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import JSON, Boolean, Column, DateTime, Integer, MetaData, String, Table, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 
 metadata = MetaData()
 
 products = Table(
-    "demo_products", metadata,
+    "demo_products",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("name", String(128), nullable=False),
     Column("price_cents", Integer, nullable=False),
@@ -23,7 +35,8 @@ products = Table(
 )
 
 charges = Table(
-    "demo_charges", metadata,
+    "demo_charges",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("charge_id", String(40), nullable=False, unique=True),
     Column("channel", String(16), nullable=False),
@@ -39,7 +52,8 @@ charges = Table(
 )
 
 stock_reservations = Table(
-    "demo_stock_reservations", metadata,
+    "demo_stock_reservations",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("reservation_id", String(40), nullable=False, unique=True),
     Column("channel", String(16), nullable=False),
@@ -51,7 +65,8 @@ stock_reservations = Table(
 )
 
 orders = Table(
-    "demo_orders", metadata,
+    "demo_orders",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("order_number", String(32), nullable=False, unique=True),
     Column("channel", String(16), nullable=False),
@@ -68,7 +83,8 @@ orders = Table(
 )
 
 sent_mail = Table(
-    "demo_sent_mail", metadata,
+    "demo_sent_mail",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("message_id", String(64), nullable=False, unique=True),
     Column("channel", String(16), nullable=False),

@@ -29,23 +29,36 @@ class RegistrationStep(ApiStepHandler):
         results = super().process_response(ctx, response)
         body = results.get("response")
         if not isinstance(body, dict) or body.get(self.id_field) is None:
-            raise PermanentError(f"{self.service} answered {response.status_code} without '{self.id_field}' "
-                                 f"[correlation_id={ctx.correlation_id}]",
-                                 error_code=f"MISSING_{self.result_id.upper()}_IN_RESPONSE")
+            raise PermanentError(
+                f"{self.service} answered {response.status_code} without '{self.id_field}' "
+                f"[correlation_id={ctx.correlation_id}]",
+                error_code=f"MISSING_{self.result_id.upper()}_IN_RESPONSE",
+            )
         results[self.result_id] = body[self.id_field]
         results["service"] = self.service
         results["status"] = "created"
         results.update(self.keep(ctx, body))
-        ctx.logger.info("%s: %s %s=%s in %.1f ms [correlation_id=%s]", ctx.step_name, self.service,
-                        self.result_id, body[self.id_field], results["response_time_ms"], ctx.correlation_id)
+        ctx.logger.info(
+            "%s: %s %s=%s in %.1f ms [correlation_id=%s]",
+            ctx.step_name,
+            self.service,
+            self.result_id,
+            body[self.id_field],
+            results["response_time_ms"],
+            ctx.correlation_id,
+        )
         return results
 
     def on_conflict(self, ctx: StepContext, response: httpx.Response) -> dict[str, Any]:
         """The resource exists and matches what we asked for: an earlier attempt (or run) made it."""
         results = super().on_conflict(ctx, response)
         results["status"] = "already_exists"
-        ctx.logger.info("%s: %s already had it, the same as requested [correlation_id=%s]", ctx.step_name,
-                        self.service, ctx.correlation_id)
+        ctx.logger.info(
+            "%s: %s already had it, the same as requested [correlation_id=%s]",
+            ctx.step_name,
+            self.service,
+            ctx.correlation_id,
+        )
         return results
 
     def keep(self, ctx: StepContext, body: dict[str, Any]) -> dict[str, Any]:
@@ -73,11 +86,16 @@ class SetupBillingProfileHandler(RegistrationStep):
     result_id = "profile_id"
 
     def build_request(self, ctx: StepContext) -> ApiRequest:
-        return ApiRequest("POST", "/billing_profiles", json=payloads.billing_body(ctx.context, self.user(ctx)))
+        return ApiRequest(
+            "POST", "/billing_profiles", json=payloads.billing_body(ctx.context, self.user(ctx))
+        )
 
     def keep(self, ctx: StepContext, body: dict[str, Any]) -> dict[str, Any]:
-        return {"user_id": body.get("user_id"), "plan": body.get("plan"),
-                "monthly_price_cents": body.get("monthly_price_cents")}
+        return {
+            "user_id": body.get("user_id"),
+            "plan": body.get("plan"),
+            "monthly_price_cents": body.get("monthly_price_cents"),
+        }
 
 
 class InitializePreferencesHandler(RegistrationStep):
@@ -85,7 +103,9 @@ class InitializePreferencesHandler(RegistrationStep):
     result_id = "preferences_id"
 
     def build_request(self, ctx: StepContext) -> ApiRequest:
-        return ApiRequest("POST", "/preferences", json=payloads.preferences_body(ctx.context, self.user(ctx)))
+        return ApiRequest(
+            "POST", "/preferences", json=payloads.preferences_body(ctx.context, self.user(ctx))
+        )
 
     def keep(self, ctx: StepContext, body: dict[str, Any]) -> dict[str, Any]:
         return {"user_id": body.get("user_id"), "newsletter": body.get("newsletter")}
@@ -98,12 +118,18 @@ class SendWelcomeSequenceHandler(RegistrationStep):
     def build_request(self, ctx: StepContext) -> ApiRequest:
         billing = ctx.results.get("setup_billing_profile") or {}
         plan = billing.get("plan") or payloads.plan_of(ctx.context)
-        return ApiRequest("POST", "/welcome_sequences",
-                          json=payloads.welcome_body(ctx.context, self.user(ctx), plan))
+        return ApiRequest(
+            "POST",
+            "/welcome_sequences",
+            json=payloads.welcome_body(ctx.context, self.user(ctx), plan),
+        )
 
     def keep(self, ctx: StepContext, body: dict[str, Any]) -> dict[str, Any]:
-        return {"plan": body.get("plan"), "emails_sent": body.get("emails_sent"),
-                "email_ids": [e.get("id") for e in body.get("emails") or []]}
+        return {
+            "plan": body.get("plan"),
+            "emails_sent": body.get("emails_sent"),
+            "email_ids": [e.get("id") for e in body.get("emails") or []],
+        }
 
 
 class UpdateUserStatusHandler(RegistrationStep):
@@ -112,8 +138,13 @@ class UpdateUserStatusHandler(RegistrationStep):
 
     def build_request(self, ctx: StepContext) -> ApiRequest:
         done = [s for s in payloads.STEPS if s in ctx.results]
-        return ApiRequest("PUT", f"/users/{self.user(ctx)['user_id']}/status", json=payloads.status_body(done))
+        return ApiRequest(
+            "PUT", f"/users/{self.user(ctx)['user_id']}/status", json=payloads.status_body(done)
+        )
 
     def keep(self, ctx: StepContext, body: dict[str, Any]) -> dict[str, Any]:
-        return {"status": body.get("status"), "registration_complete": body.get("status") == "registration_complete",
-                "completed_steps": body.get("completed_steps")}
+        return {
+            "status": body.get("status"),
+            "registration_complete": body.get("status") == "registration_complete",
+            "completed_steps": body.get("completed_steps"),
+        }

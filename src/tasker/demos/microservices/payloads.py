@@ -11,14 +11,24 @@ from __future__ import annotations
 from typing import Any
 
 #: Which step of the workflow talks to which service (the step names are the template's).
-STEPS = ("create_user_account", "setup_billing_profile", "initialize_preferences", "send_welcome_sequence",
-         "update_user_status")
+STEPS = (
+    "create_user_account",
+    "setup_billing_profile",
+    "initialize_preferences",
+    "send_welcome_sequence",
+    "update_user_status",
+)
 
 #: Plan-specific welcome content: the features to announce and the onboarding steps to suggest.
 PLAN_FEATURES: dict[str, list[str]] = {
     "free": ["basic_features", "community_support"],
     "pro": ["analytics", "priority_support", "integrations"],
-    "enterprise": ["advanced_analytics", "priority_support", "custom_integrations", "dedicated_account_manager"],
+    "enterprise": [
+        "advanced_analytics",
+        "priority_support",
+        "custom_integrations",
+        "dedicated_account_manager",
+    ],
 }
 BASE_ONBOARDING = ["complete_profile", "verify_email", "tour_dashboard"]
 PLAN_ONBOARDING: dict[str, list[str]] = {
@@ -57,8 +67,12 @@ def billing_body(context: dict[str, Any], user: dict[str, Any]) -> dict[str, Any
     """POST /billing_profiles: the plan is billed even when free (a $0 profile), as in the story."""
     info = user_info(context)
     billing = context.get("billing_info") or {}
-    body: dict[str, Any] = {"user_id": user["user_id"], "email": info["email"], "name": info["name"],
-                            "plan": plan_of(context)}
+    body: dict[str, Any] = {
+        "user_id": user["user_id"],
+        "email": info["email"],
+        "name": info["name"],
+        "plan": plan_of(context),
+    }
     if billing.get("payment_method"):
         body["payment_method"] = billing["payment_method"]
     address = {k: v for k, v in (billing.get("billing_address") or {}).items() if v is not None}
@@ -90,18 +104,40 @@ def welcome_body(context: dict[str, Any], user: dict[str, Any], plan: str) -> di
     features = PLAN_FEATURES.get(plan, PLAN_FEATURES["free"])
     onboarding = BASE_ONBOARDING + PLAN_ONBOARDING.get(plan, [])
     emails = [
-        {"kind": "welcome", "subject": f"Welcome to GrowthCorp, {name}!",
-         "body": f"Hi {name}, your {plan} account is ready."},
-        {"kind": "getting_started", "subject": "Your first steps",
-         "body": "Start here: " + ", ".join(s.replace("_", " ") for s in onboarding) + "."},
+        {
+            "kind": "welcome",
+            "subject": f"Welcome to GrowthCorp, {name}!",
+            "body": f"Hi {name}, your {plan} account is ready.",
+        },
+        {
+            "kind": "getting_started",
+            "subject": "Your first steps",
+            "body": "Start here: " + ", ".join(s.replace("_", " ") for s in onboarding) + ".",
+        },
     ]
     if plan != "free":
-        emails.append({"kind": f"{plan}_features", "subject": f"What your {plan.title()} plan includes",
-                       "body": "Included: " + ", ".join(f.replace("_", " ") for f in features) + "."})
+        emails.append(
+            {
+                "kind": f"{plan}_features",
+                "subject": f"What your {plan.title()} plan includes",
+                "body": "Included: " + ", ".join(f.replace("_", " ") for f in features) + ".",
+            }
+        )
     if plan == "enterprise":
-        emails.append({"kind": "account_manager", "subject": "Meet your account manager",
-                       "body": "Your dedicated account manager will reach out to schedule a kickoff call."})
-    return {"user_id": user["user_id"], "recipient": info["email"], "name": name, "plan": plan, "emails": emails}
+        emails.append(
+            {
+                "kind": "account_manager",
+                "subject": "Meet your account manager",
+                "body": "Your dedicated account manager will reach out to schedule a kickoff call.",
+            }
+        )
+    return {
+        "user_id": user["user_id"],
+        "recipient": info["email"],
+        "name": name,
+        "plan": plan,
+        "emails": emails,
+    }
 
 
 def status_body(completed_steps: list[str]) -> dict[str, Any]:

@@ -29,20 +29,37 @@ from tasker.demos.observability.wiring import attach
 BACKOFF_SCALE = 0.01
 
 
-def run_demo(orders: int = 30, *, seed: int = 7, slow_ms: float = 100.0, database_url: str | None = None,
-             ) -> dict[str, Any]:
+def run_demo(
+    orders: int = 30,
+    *,
+    seed: int = 7,
+    slow_ms: float = 100.0,
+    database_url: str | None = None,
+) -> dict[str, Any]:
     """Run `orders` checkouts with 10% transient faults, 5% declined cards and up to 150 ms of latency."""
     with tempfile.TemporaryDirectory() as scratch:
         url = database_url or f"sqlite:///{Path(scratch) / 'observability.db'}"
-        engine = Tasker(url, concurrency=8, backoff_scale=BACKOFF_SCALE, poll_interval=0.05, migrate=True)
+        engine = Tasker(
+            url, concurrency=8, backoff_scale=BACKOFF_SCALE, poll_interval=0.05, migrate=True
+        )
         try:
             engine.load_templates(TEMPLATES)
-            for system in SYSTEMS:  # compress the circuit breakers' cool-downs like the retry delays
-                engine.configure_system(system, cooldown_seconds=COOLDOWN_SECONDS * BACKOFF_SCALE,
-                                        max_cooldown_seconds=MAX_COOLDOWN_SECONDS * BACKOFF_SCALE)
-            services.configure(engine.db.writer, FaultSettings(transient_failure_rate=0.1, decline_rate=0.05,
-                                                               max_latency_ms=150, seed=seed),
-                               reader=engine.db.reader, reset=True)
+            for (
+                system
+            ) in SYSTEMS:  # compress the circuit breakers' cool-downs like the retry delays
+                engine.configure_system(
+                    system,
+                    cooldown_seconds=COOLDOWN_SECONDS * BACKOFF_SCALE,
+                    max_cooldown_seconds=MAX_COOLDOWN_SECONDS * BACKOFF_SCALE,
+                )
+            services.configure(
+                engine.db.writer,
+                FaultSettings(
+                    transient_failure_rate=0.1, decline_rate=0.05, max_latency_ms=150, seed=seed
+                ),
+                reader=engine.db.reader,
+                reset=True,
+            )
             sink = MemorySink()
             monitoring = attach(engine, sink=sink, thresholds_ms={}, slow_step_ms=slow_ms)
             try:
@@ -53,8 +70,12 @@ def run_demo(orders: int = 30, *, seed: int = 7, slow_ms: float = 100.0, databas
                 business = monitoring.business.snapshot()
             finally:
                 monitoring.detach()
-            return {"business": business, "alerts": sink.alerts, "performance": engine.performance(1),
-                    "bottlenecks": engine.bottlenecks(1, limit=5)}
+            return {
+                "business": business,
+                "alerts": sink.alerts,
+                "performance": engine.performance(1),
+                "bottlenecks": engine.bottlenecks(1, limit=5),
+            }
         finally:
             services.reset_registry()
             engine.close()
@@ -67,9 +88,11 @@ def render(result: dict[str, Any]) -> str:
         "business metrics (BusinessMetricsSubscriber)",
         f"  orders completed   {b.orders_completed}",
         f"  orders failed      {b.orders_failed}  {dict(sorted(b.failures_by_reason.items()))}",
-        "  revenue            " + ", ".join(f"{amount:.2f} {cur}" for cur, amount in sorted(b.revenue.items())),
+        "  revenue            "
+        + ", ".join(f"{amount:.2f} {cur}" for cur, amount in sorted(b.revenue.items())),
         f"  checkout seconds   p50 {d['p50']:.3f}  p95 {d['p95']:.3f}  max {d['max']:.3f}"
-        if d["count"] else "  checkout seconds   -",
+        if d["count"]
+        else "  checkout seconds   -",
         "",
         "alerts (PerformanceSubscriber)",
     ]
@@ -81,24 +104,37 @@ def render(result: dict[str, Any]) -> str:
     lines += ["", "analytics (Tasker.performance / Tasker.bottlenecks, last hour)"]
     for t in result["performance"]["templates"]:
         dur = t["duration_seconds"]
-        lines.append(f"  {t['namespace']}/{t['name']}@{t['version']}: {t['completed']} completed, {t['failed']} "
-                     f"failed, completion rate {t['completion_rate']:.1%}, p95 {dur['p95']}s, "
-                     f"{t['step_retries']} retries")
+        lines.append(
+            f"  {t['namespace']}/{t['name']}@{t['version']}: {t['completed']} completed, {t['failed']} "
+            f"failed, completion rate {t['completion_rate']:.1%}, p95 {dur['p95']}s, "
+            f"{t['step_retries']} retries"
+        )
     for r in result["bottlenecks"]["recommendations"]:
         lines.append(f"  [{r['severity']}] {r['message']}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasker.demos.observability", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m tasker.demos.observability", description=__doc__
+    )
     parser.add_argument("--orders", type=int, default=30)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--slow-ms", type=float, default=100.0, help="alert on attempts slower than this")
-    parser.add_argument("--database", default=None,
-                        help="keep the run in this store (e.g. sqlite:///observability.db) to explore it afterwards "
-                             "with 'tasker serve'; default: a scratch SQLite file")
+    parser.add_argument(
+        "--slow-ms", type=float, default=100.0, help="alert on attempts slower than this"
+    )
+    parser.add_argument(
+        "--database",
+        default=None,
+        help="keep the run in this store (e.g. sqlite:///observability.db) to explore it afterwards "
+        "with 'tasker serve'; default: a scratch SQLite file",
+    )
     args = parser.parse_args(argv)
     if args.orders < 1:
         parser.error("--orders must be at least 1")
-    print(render(run_demo(args.orders, seed=args.seed, slow_ms=args.slow_ms, database_url=args.database)))
+    print(
+        render(
+            run_demo(args.orders, seed=args.seed, slow_ms=args.slow_ms, database_url=args.database)
+        )
+    )
     return 0

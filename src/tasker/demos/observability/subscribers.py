@@ -94,8 +94,14 @@ class PerformanceSubscriber(Subscriber):
 
     subscribed_events = (Events.STEP_COMPLETED, Events.STEP_FAILED, Events.STEP_RETRY_SCHEDULED)
 
-    def __init__(self, *, slow_step_ms: float = 5000.0, thresholds_ms: Mapping[str, float] | None = None,
-                 sink: AlertSink | None = None, alert_on_retry: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        slow_step_ms: float = 5000.0,
+        thresholds_ms: Mapping[str, float] | None = None,
+        sink: AlertSink | None = None,
+        alert_on_retry: bool = True,
+    ) -> None:
         self.slow_step_ms = slow_step_ms
         self.thresholds_ms = dict(thresholds_ms or {})
         self.sink: AlertSink = sink or LogSink()
@@ -107,18 +113,32 @@ class PerformanceSubscriber(Subscriber):
 
     def _emit(self, kind: str, severity: str, event: Event, message: str, **figures: Any) -> None:
         p = event.payload
-        self.sink(Alert(kind, severity, message, int(p["task_id"]), str(p.get("step")), int(p.get("attempt") or 0),
-                        figures))
+        self.sink(
+            Alert(
+                kind,
+                severity,
+                message,
+                int(p["task_id"]),
+                str(p.get("step")),
+                int(p.get("attempt") or 0),
+                figures,
+            )
+        )
 
     def _check_speed(self, event: Event) -> None:
         p = event.payload
         duration = p.get("duration_ms")
         threshold = self.threshold_ms(str(p.get("step")))
         if duration is not None and duration > threshold:
-            self._emit("slow_step", "warning", event,
-                       f"step {p['step']} of task {p['task_id']} took {duration:.0f} ms "
-                       f"(attempt {p.get('attempt')}, threshold {threshold:.0f} ms)",
-                       duration_ms=round(duration, 1), threshold_ms=threshold)
+            self._emit(
+                "slow_step",
+                "warning",
+                event,
+                f"step {p['step']} of task {p['task_id']} took {duration:.0f} ms "
+                f"(attempt {p.get('attempt')}, threshold {threshold:.0f} ms)",
+                duration_ms=round(duration, 1),
+                threshold_ms=threshold,
+            )
 
     def handle_step_completed(self, event: Event) -> None:
         self._check_speed(event)
@@ -126,11 +146,16 @@ class PerformanceSubscriber(Subscriber):
     def handle_step_failed(self, event: Event) -> None:
         p = event.payload
         error = p.get("error") or {}
-        self._emit("step_failed", "critical", event,
-                   f"step {p['step']} of task {p['task_id']} failed for good on attempt {p.get('attempt')}: "
-                   f"{error.get('class')}: {error.get('message')}",
-                   error_class=error.get("class"), error_code=error.get("error_code"),
-                   retryable=error.get("retryable"))
+        self._emit(
+            "step_failed",
+            "critical",
+            event,
+            f"step {p['step']} of task {p['task_id']} failed for good on attempt {p.get('attempt')}: "
+            f"{error.get('class')}: {error.get('message')}",
+            error_class=error.get("class"),
+            error_code=error.get("error_code"),
+            retryable=error.get("retryable"),
+        )
         self._check_speed(event)
 
     def handle_step_retry_scheduled(self, event: Event) -> None:
@@ -141,10 +166,16 @@ class PerformanceSubscriber(Subscriber):
         error = p.get("error") or {}
         delay = p.get("retry_in_seconds")
         when = f"in {delay:.3g}s" if isinstance(delay, int | float) else "soon"
-        self._emit("step_retry", "warning", event,
-                   f"step {p['step']} of task {p['task_id']} failed attempt {p.get('attempt')} "
-                   f"({error.get('class')}: {error.get('message')}); retrying {when}",
-                   error_class=error.get("class"), error_code=error.get("error_code"), retry_in_seconds=delay)
+        self._emit(
+            "step_retry",
+            "warning",
+            event,
+            f"step {p['step']} of task {p['task_id']} failed attempt {p.get('attempt')} "
+            f"({error.get('class')}: {error.get('message')}); retrying {when}",
+            error_class=error.get("class"),
+            error_code=error.get("error_code"),
+            retry_in_seconds=delay,
+        )
 
 
 # -- business metrics -------------------------------------------------------------------------------------------
@@ -175,8 +206,13 @@ class BusinessMetricsSubscriber(Subscriber):
 
     subscribed_events = (Events.TASK_COMPLETED, Events.TASK_FAILED)
 
-    def __init__(self, engine: Tasker | None = None, *, template: tuple[str, str] = CHECKOUT,
-                 registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        engine: Tasker | None = None,
+        *,
+        template: tuple[str, str] = CHECKOUT,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self._engine = engine
         self._own_engine = False
         self.template = template
@@ -203,9 +239,13 @@ class BusinessMetricsSubscriber(Subscriber):
     def _enqueue(self, outcome: str, task_id: int) -> None:
         with self._lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._drain, name="business-metrics", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._drain, name="business-metrics", daemon=True
+                )
                 self._thread.start()
-                atexit.register(self.flush, 5.0)  # a short-lived process (`tasker run`) still records its task
+                atexit.register(
+                    self.flush, 5.0
+                )  # a short-lived process (`tasker run`) still records its task
         self._queue.put((outcome, task_id))
 
     def _drain(self) -> None:
@@ -216,7 +256,9 @@ class BusinessMetricsSubscriber(Subscriber):
                     return
                 self._record(*item)
             except Exception:
-                log.exception("business metrics: could not record task %s", item[1] if item else None)
+                log.exception(
+                    "business metrics: could not record task %s", item[1] if item else None
+                )
             finally:
                 self._queue.task_done()
 
@@ -234,7 +276,11 @@ class BusinessMetricsSubscriber(Subscriber):
             return
         if outcome == "failed":
             failed = next((s for s in task.steps if s.status == "error"), None)
-            reason = ((failed.last_error or {}).get("error_code") or failed.name) if failed else task.status
+            reason = (
+                ((failed.last_error or {}).get("error_code") or failed.name)
+                if failed
+                else task.status
+            )
             with self._lock:
                 self._failed[task_id] = str(reason)
             log.info("checkout of task %s failed: %s", task_id, reason)
@@ -253,8 +299,13 @@ class BusinessMetricsSubscriber(Subscriber):
             self._revenue[currency] = self._revenue.get(currency, Decimal("0")) + amount
             if duration is not None:
                 self._durations.append(duration)
-        log.info("checkout of task %s completed: %s %s in %ss", task_id, amount, currency,
-                 f"{duration:.3f}" if duration is not None else "?")
+        log.info(
+            "checkout of task %s completed: %s %s in %ss",
+            task_id,
+            amount,
+            currency,
+            f"{duration:.3f}" if duration is not None else "?",
+        )
         if self._prometheus:
             self._prometheus.completed.inc()
             self._prometheus.revenue.labels(currency).inc(float(amount))
@@ -312,10 +363,24 @@ class _Exported:
     def __init__(self, registry: CollectorRegistry) -> None:
         from prometheus_client import Counter, Histogram
 
-        self.completed = Counter("checkout_orders_completed", "Checkouts completed.", registry=registry)
-        self.failed = Counter("checkout_orders_failed", "Checkouts that failed, by reason.", ["reason"],
-                              registry=registry)
-        self.revenue = Counter("checkout_revenue", "Amount charged for completed checkouts.", ["currency"],
-                               registry=registry)
-        self.duration = Histogram("checkout_duration_seconds", "Checkout duration, first step to last.",
-                                  registry=registry, buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+        self.completed = Counter(
+            "checkout_orders_completed", "Checkouts completed.", registry=registry
+        )
+        self.failed = Counter(
+            "checkout_orders_failed",
+            "Checkouts that failed, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.revenue = Counter(
+            "checkout_revenue",
+            "Amount charged for completed checkouts.",
+            ["currency"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "checkout_duration_seconds",
+            "Checkout duration, first step to last.",
+            registry=registry,
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+        )

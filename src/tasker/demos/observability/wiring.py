@@ -47,15 +47,30 @@ def checkout_thresholds(engine: Tasker, share: float = SLOW_SHARE_OF_TIMEOUT) ->
         template = engine.get_template(f"{CHECKOUT[0]}/{CHECKOUT[1]}")
     except TaskerError:
         return {}
-    return {s.name: s.timeout_seconds * 1000 * share for s in template.step_templates if s.timeout_seconds}
+    return {
+        s.name: s.timeout_seconds * 1000 * share
+        for s in template.step_templates
+        if s.timeout_seconds
+    }
 
 
-def attach(engine: Tasker, *, sink: AlertSink | None = None, thresholds_ms: Mapping[str, float] | None = None,
-           slow_step_ms: float = DEFAULT_SLOW_STEP_MS, alert_on_retry: bool = True,
-           registry: CollectorRegistry | None = None) -> Monitoring:
+def attach(
+    engine: Tasker,
+    *,
+    sink: AlertSink | None = None,
+    thresholds_ms: Mapping[str, float] | None = None,
+    slow_step_ms: float = DEFAULT_SLOW_STEP_MS,
+    alert_on_retry: bool = True,
+    registry: CollectorRegistry | None = None,
+) -> Monitoring:
     """Attach the business-metrics and performance subscribers to `engine`; `detach()` undoes it."""
     business = BusinessMetricsSubscriber(engine, registry=registry)
     performance = PerformanceSubscriber(
-        slow_step_ms=slow_step_ms, sink=sink, alert_on_retry=alert_on_retry,
-        thresholds_ms=checkout_thresholds(engine) if thresholds_ms is None else thresholds_ms)
-    return Monitoring(business, performance, [engine.add_subscriber(business), engine.add_subscriber(performance)])
+        slow_step_ms=slow_step_ms,
+        sink=sink,
+        alert_on_retry=alert_on_retry,
+        thresholds_ms=checkout_thresholds(engine) if thresholds_ms is None else thresholds_ms,
+    )
+    return Monitoring(
+        business, performance, [engine.add_subscriber(business), engine.add_subscriber(performance)]
+    )

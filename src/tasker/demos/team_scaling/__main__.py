@@ -15,7 +15,9 @@ from tasker.demos.team_scaling.demo import describe, run_story
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasker.demos.team_scaling", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m tasker.demos.team_scaling", description=__doc__
+    )
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tasker-teams-") as tmp:

@@ -26,7 +26,9 @@ def simulate_lost_reply(ctx: StepContext) -> None:
     """Fail the first attempts named in `simulate_failures` after the step's work is done (a lost reply)."""
     planned = int(ctx.context.get("simulate_failures", {}).get(ctx.step_name, 0))
     if ctx.attempt <= planned:
-        raise RetryableError(f"connection lost before the reply (simulated failure {ctx.attempt} of {planned})")
+        raise RetryableError(
+            f"connection lost before the reply (simulated failure {ctx.attempt} of {planned})"
+        )
 
 
 class ValidateRefundRequestHandler(StepHandler):
@@ -36,13 +38,23 @@ class ValidateRefundRequestHandler(StepHandler):
         tid, email = ctx.context["ticket_id"], ctx.context["customer_email"]
         ticket = services.current().ticket(tid)
         if ticket is None:
-            raise PermanentError(f"ticket {tid} does not exist; fix: check ticket_id", error_code="TICKET_NOT_FOUND")
+            raise PermanentError(
+                f"ticket {tid} does not exist; fix: check ticket_id", error_code="TICKET_NOT_FOUND"
+            )
         if ticket.status != "open":
-            raise PermanentError(f"ticket {tid} is {ticket.status}, not open", error_code="TICKET_NOT_OPEN")
+            raise PermanentError(
+                f"ticket {tid} is {ticket.status}, not open", error_code="TICKET_NOT_OPEN"
+            )
         if ticket.customer_email.lower() != email.lower():
-            raise PermanentError(f"ticket {tid} belongs to another customer than {email}",
-                                 error_code="TICKET_CUSTOMER_MISMATCH")
-        return {"ticket_id": tid, "customer_email": email, "amount_cents": ctx.context["amount_cents"]}
+            raise PermanentError(
+                f"ticket {tid} belongs to another customer than {email}",
+                error_code="TICKET_CUSTOMER_MISMATCH",
+            )
+        return {
+            "ticket_id": tid,
+            "customer_email": email,
+            "amount_cents": ctx.context["amount_cents"],
+        }
 
 
 class CheckRefundPolicyHandler(StepHandler):
@@ -50,20 +62,31 @@ class CheckRefundPolicyHandler(StepHandler):
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
         cfg = ctx.handler_config
-        today = date.fromisoformat(ctx.context["requested_on"]) if "requested_on" in ctx.context \
+        today = (
+            date.fromisoformat(ctx.context["requested_on"])
+            if "requested_on" in ctx.context
             else datetime.now(UTC).date()
+        )
         age = (today - date.fromisoformat(ctx.context["purchased_on"])).days
         window = int(cfg.get("refund_window_days", 30))
         if age > window:
-            raise PermanentError(f"purchase is {age} days old, outside the {window}-day refund window",
-                                 error_code="OUTSIDE_REFUND_WINDOW")
+            raise PermanentError(
+                f"purchase is {age} days old, outside the {window}-day refund window",
+                error_code="OUTSIDE_REFUND_WINDOW",
+            )
         reason = ctx.context["reason"]
         if reason in cfg.get("no_refund_reasons", []):
-            raise PermanentError(f"refund reason '{reason}' is not covered by the refund policy",
-                                 error_code="REASON_NOT_COVERED")
+            raise PermanentError(
+                f"refund reason '{reason}' is not covered by the refund policy",
+                error_code="REASON_NOT_COVERED",
+            )
         limit = int(cfg.get("auto_approve_limit_cents", 10_000))
         amount = ctx.context["amount_cents"]
-        return {"purchase_age_days": age, "requires_approval": amount > limit, "auto_approve_limit_cents": limit}
+        return {
+            "purchase_age_days": age,
+            "requires_approval": amount > limit,
+            "auto_approve_limit_cents": limit,
+        }
 
 
 class GetManagerApprovalHandler(StepHandler):
@@ -82,7 +105,7 @@ class GetManagerApprovalHandler(StepHandler):
             raise PermanentError(
                 f"refund of {dollars(ctx.context['amount_cents'])} is above the "
                 f"{dollars(policy['auto_approve_limit_cents'])} auto-approval limit; fix: a manager resolves this "
-                "step by hand with {\"approved_by\": \"<manager>\"}",
+                'step by hand with {"approved_by": "<manager>"}',
                 error_code="APPROVAL_REQUIRED",
             )
         return {"approved": True, "approved_by": manager}
@@ -96,9 +119,13 @@ class ExecuteRefundWorkflowHandler(StepHandler):
         version = ctx.handler_config.get("payments_version")
         child_id = ctx.create_task(
             template,
-            {"payment_id": ctx.context["payment_id"], "amount_cents": ctx.context["amount_cents"],
-             "reason": ctx.context["reason"], "requested_by": "customer_success",
-             "ticket_id": ctx.context["ticket_id"]},
+            {
+                "payment_id": ctx.context["payment_id"],
+                "amount_cents": ctx.context["amount_cents"],
+                "reason": ctx.context["reason"],
+                "requested_by": "customer_success",
+                "ticket_id": ctx.context["ticket_id"],
+            },
             version=None if version in (None, "", "latest") else str(version),
         )
         simulate_lost_reply(ctx)
@@ -119,12 +146,20 @@ class WaitForRefundHandler(StepHandler):
         child = ctx.get_task(child_id)
         if child.status in FINISHED_OK:
             refund = child.step("process_gateway_refund").results or {}
-            return {"payments_task_id": child_id, "payments_status": child.status,
-                    "refund_id": refund.get("refund_id"), "polls": ctx.attempt}
+            return {
+                "payments_task_id": child_id,
+                "payments_status": child.status,
+                "refund_id": refund.get("refund_id"),
+                "polls": ctx.attempt,
+            }
         if child.status in FINISHED_BADLY:
             failed = next((s for s in child.steps if s.status == "error"), None)
             # the child's own "fix:" is for the payments team; this step's reader gets the reason and its own fix
-            reason = str((failed.last_error or {}).get("message", "")).split("; fix:")[0] if failed else ""
+            reason = (
+                str((failed.last_error or {}).get("message", "")).split("; fix:")[0]
+                if failed
+                else ""
+            )
             why = f" at step {failed.name}: {reason}" if failed else ""
             raise PermanentError(
                 f"payments task {child_id} ended {child.status}{why}; fix: once the payments team has retried or "
@@ -132,10 +167,16 @@ class WaitForRefundHandler(StepHandler):
                 error_code="PAYMENTS_REFUND_FAILED",
             )
         first = float(ctx.handler_config.get("poll_seconds", 1))
-        delay = min(first * 2 ** (ctx.attempt - 1), float(ctx.handler_config.get("max_poll_seconds", 60)))
+        delay = min(
+            first * 2 ** (ctx.attempt - 1), float(ctx.handler_config.get("max_poll_seconds", 60))
+        )
         # Not an outage of anything: the refund is simply not done yet, so the breaker must not count it.
-        raise RetryableError(f"payments task {child_id} is {child.status}", retry_after=delay,
-                             error_code="PAYMENTS_REFUND_RUNNING", system_fault=False)
+        raise RetryableError(
+            f"payments task {child_id} is {child.status}",
+            retry_after=delay,
+            error_code="PAYMENTS_REFUND_RUNNING",
+            system_fault=False,
+        )
 
 
 class UpdateTicketStatusHandler(StepHandler):

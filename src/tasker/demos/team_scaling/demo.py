@@ -43,37 +43,56 @@ def seed_world() -> services.World:
 def refund_request(ticket_id: str = "T-1001", **overrides: Any) -> dict[str, Any]:
     """A customer-success refund context for the seeded ticket (a damaged item bought five days ago)."""
     purchased = datetime.now(UTC).date() - timedelta(days=5)
-    return {"ticket_id": ticket_id, "customer_email": "ada@example.com", "payment_id": "pay_1001",
-            "amount_cents": 4_999, "reason": "damaged", "purchased_on": purchased.isoformat(), **overrides}
+    return {
+        "ticket_id": ticket_id,
+        "customer_email": "ada@example.com",
+        "payment_id": "pay_1001",
+        "amount_cents": 4_999,
+        "reason": "damaged",
+        "purchased_on": purchased.isoformat(),
+        **overrides,
+    }
 
 
 def run_story(engine: Tasker) -> dict[str, int]:
     world = seed_world()
     engine.load_templates(PAYMENTS_2_0_0)
     engine.load_templates(CUSTOMER_SUCCESS_1_3_0)
-    before_deploy = engine.create_task(PAYMENTS, {"payment_id": "pay_1003", "amount_cents": 2_500,
-                                                  "reason": "duplicate_charge"})
+    before_deploy = engine.create_task(
+        PAYMENTS, {"payment_id": "pay_1003", "amount_cents": 2_500, "reason": "duplicate_charge"}
+    )
     engine.load_templates(PAYMENTS_2_1_0)  # the deploy: 2.1.0 is now the latest, 2.0.0 stays loaded
-    pinned = engine.create_task(PAYMENTS, {"payment_id": "pay_1002", "amount_cents": 3_000, "reason": "goodwill"},
-                                version="2.0.0")
+    pinned = engine.create_task(
+        PAYMENTS,
+        {"payment_id": "pay_1002", "amount_cents": 3_000, "reason": "goodwill"},
+        version="2.0.0",
+    )
     request = engine.create_task(CUSTOMER_SUCCESS, refund_request())
     world.fail_gateway(1)  # the next gateway call times out
     engine.work(until_idle=True)
     child = engine.get_task(request.id).step("execute_refund_workflow").results or {}
-    return {"before_deploy": before_deploy.id, "pinned": pinned.id, "customer_success": request.id,
-            "spawned": int(child["payments_task_id"])}
+    return {
+        "before_deploy": before_deploy.id,
+        "pinned": pinned.id,
+        "customer_success": request.id,
+        "spawned": int(child["payments_task_id"]),
+    }
 
 
 def _steps(task: Task) -> str:
-    return ", ".join(f"{s.name}" + (f" (x{s.attempts})" if s.attempts > 1 else "") for s in task.steps)
+    return ", ".join(
+        f"{s.name}" + (f" (x{s.attempts})" if s.attempts > 1 else "") for s in task.steps
+    )
 
 
 def describe(engine: Tasker, ids: dict[str, int]) -> Iterator[str]:
     world = services.current()
-    labels = {"before_deploy": "payments refund created before the 2.1.0 deploy",
-              "pinned": "payments refund pinned to version 2.0.0",
-              "customer_success": "customer-success refund request for ticket T-1001",
-              "spawned": "payments refund created by that request's step"}
+    labels = {
+        "before_deploy": "payments refund created before the 2.1.0 deploy",
+        "pinned": "payments refund pinned to version 2.0.0",
+        "customer_success": "customer-success refund request for ticket T-1001",
+        "spawned": "payments refund created by that request's step",
+    }
     yield "templates loaded: " + ", ".join(t.key for t in engine.registry.all())
     for label, task_id in ids.items():
         task = engine.get_task(task_id)
@@ -83,13 +102,19 @@ def describe(engine: Tasker, ids: dict[str, int]) -> Iterator[str]:
     request = engine.get_task(ids["customer_success"])
     waited = request.step("wait_for_refund")
     done = waited.results or {}
-    yield (f"\nwait_for_refund polled payments task {done.get('payments_task_id')} {waited.attempts} time(s) "
-           f"without holding a worker; refund {done.get('refund_id')}")
+    yield (
+        f"\nwait_for_refund polled payments task {done.get('payments_task_id')} {waited.attempts} time(s) "
+        f"without holding a worker; refund {done.get('refund_id')}"
+    )
     ticket = world.ticket("T-1001")
     if ticket is not None:
         yield f"ticket {ticket.ticket_id}: {ticket.status} ({'; '.join(ticket.notes)})"
-    yield (f"gateway: {world.gateway_calls} calls, {len(world.refunds)} refunds issued: "
-           + ", ".join(f"{r.refund_id} {r.payment_id} {r.amount_cents}c" for r in world.refunds.values()))
+    yield (
+        f"gateway: {world.gateway_calls} calls, {len(world.refunds)} refunds issued: "
+        + ", ".join(
+            f"{r.refund_id} {r.payment_id} {r.amount_cents}c" for r in world.refunds.values()
+        )
+    )
     yield "outbox:"
     for m in world.outbox.values():
         yield f"  {m.sender:<17} -> {m.to}: {m.subject}"

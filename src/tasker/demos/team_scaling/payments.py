@@ -26,14 +26,21 @@ class ValidatePaymentEligibilityHandler(StepHandler):
         pid, amount = ctx.context["payment_id"], ctx.context["amount_cents"]
         pay = services.current().payment(pid)
         if pay is None:
-            raise PermanentError(f"payment {pid} does not exist; fix: check payment_id", error_code="PAYMENT_NOT_FOUND")
+            raise PermanentError(
+                f"payment {pid} does not exist; fix: check payment_id",
+                error_code="PAYMENT_NOT_FOUND",
+            )
         if amount > pay.refundable_cents:
             raise PermanentError(
                 f"refund of {dollars(amount)} exceeds the {dollars(pay.refundable_cents)} left on payment {pid}",
                 error_code="REFUND_EXCEEDS_PAYMENT",
             )
-        return {"payment_id": pid, "amount_cents": amount, "refundable_cents": pay.refundable_cents,
-                "customer_email": pay.customer_email}
+        return {
+            "payment_id": pid,
+            "amount_cents": amount,
+            "refundable_cents": pay.refundable_cents,
+            "customer_email": pay.customer_email,
+        }
 
 
 class ScreenForFraudHandler(StepHandler):
@@ -62,12 +69,17 @@ class ProcessGatewayRefundHandler(StepHandler):
     def process(self, ctx: StepContext) -> dict[str, Any]:
         try:
             refund = services.current().gateway_refund(
-                ctx.context["payment_id"], ctx.context["amount_cents"], ctx.context["reason"], key=ctx.idempotency_key
+                ctx.context["payment_id"],
+                ctx.context["amount_cents"],
+                ctx.context["reason"],
+                key=ctx.idempotency_key,
             )
         except GatewayUnavailable as exc:
             raise RetryableError(str(exc), error_code="GATEWAY_UNAVAILABLE") from exc
         except RefundRefused as exc:
-            raise PermanentError(f"the gateway refused the refund: {exc}", error_code="REFUND_REFUSED") from exc
+            raise PermanentError(
+                f"the gateway refused the refund: {exc}", error_code="REFUND_REFUSED"
+            ) from exc
         return {"refund_id": refund.refund_id, "amount_cents": refund.amount_cents}
 
 
@@ -76,7 +88,9 @@ class UpdatePaymentRecordsHandler(StepHandler):
         world = services.current()
         refund = world.refund_by_id(ctx.result_of("process_gateway_refund")["refund_id"])
         if refund is None:
-            raise PermanentError("the gateway has no record of the refund it returned", error_code="REFUND_MISSING")
+            raise PermanentError(
+                "the gateway has no record of the refund it returned", error_code="REFUND_MISSING"
+            )
         left = world.record_refund(refund)
         return {"refund_id": refund.refund_id, "remaining_refundable_cents": left}
 
@@ -89,5 +103,8 @@ class SendRefundReceiptHandler(StepHandler):
         refund = ctx.result_of("process_gateway_refund")
         subject = f"Receipt: {dollars(refund['amount_cents'])} refunded ({refund['refund_id']})"
         services.current().send(Message("payments", email, subject, ctx.idempotency_key))
-        return {"sent_to": email, "subject": subject,
-                "workflow": f"{ctx.namespace}/{ctx.task_name}@{ctx.version}"}
+        return {
+            "sent_to": email,
+            "subject": subject,
+            "workflow": f"{ctx.namespace}/{ctx.task_name}@{ctx.version}",
+        }

@@ -84,7 +84,9 @@ class World:
         with self._lock:
             self.gateway_failures_left = times
 
-    def gateway_refund(self, payment_id: str, amount_cents: int, reason: str, *, key: str) -> Refund:
+    def gateway_refund(
+        self, payment_id: str, amount_cents: int, reason: str, *, key: str
+    ) -> Refund:
         """Refund through the gateway; the same key returns the same refund however often it is sent."""
         with self._lock:
             self.gateway_calls += 1
@@ -96,10 +98,14 @@ class World:
             pay = self.payments.get(payment_id)
             if pay is None:
                 raise RefundRefused(f"no payment {payment_id}")
-            issued = sum(r.amount_cents for r in self.refunds.values() if r.payment_id == payment_id)
+            issued = sum(
+                r.amount_cents for r in self.refunds.values() if r.payment_id == payment_id
+            )
             if amount_cents > pay.amount_cents - issued:
-                raise RefundRefused(f"{amount_cents} cents is more than the {pay.amount_cents - issued} cents left "
-                                    f"to refund on {payment_id}")
+                raise RefundRefused(
+                    f"{amount_cents} cents is more than the {pay.amount_cents - issued} cents left "
+                    f"to refund on {payment_id}"
+                )
             refund = Refund(f"re_{len(self.refunds) + 1:05d}", payment_id, amount_cents, reason)
             self.refunds[key] = refund
             return refund

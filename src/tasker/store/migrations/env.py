@@ -9,7 +9,9 @@ from tasker.store.database import resolve_url
 from tasker.store.schema import metadata
 
 config = context.config
-engine = config.attributes.get("engine") or create_engine(resolve_url(config.get_main_option("sqlalchemy.url")))
+engine = config.attributes.get("engine") or create_engine(
+    resolve_url(config.get_main_option("sqlalchemy.url"))
+)
 
 with engine.begin() as connection:
     context.configure(

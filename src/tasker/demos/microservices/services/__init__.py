@@ -8,6 +8,11 @@ starts all four on free loopback ports and stops them; `python -m tasker.demos.m
 them until Ctrl-C.
 """
 
-from tasker.demos.microservices.services.runner import ENV_VARS, SERVICES, ServiceFleet, ServiceHandle
+from tasker.demos.microservices.services.runner import (
+    ENV_VARS,
+    SERVICES,
+    ServiceFleet,
+    ServiceHandle,
+)
 
 __all__ = ["ENV_VARS", "SERVICES", "ServiceFleet", "ServiceHandle"]

@@ -17,16 +17,25 @@ from tasker.demos.microservices.services.runner import ServiceFleet
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasker.demos.microservices.services", description=__doc__)
-    parser.add_argument("data_dir", nargs="?", default=None, help="where the services keep their SQLite files")
-    parser.add_argument("--base-port", type=int, default=8001, help="user service port; the others follow (0: free)")
+    parser = argparse.ArgumentParser(
+        prog="python -m tasker.demos.microservices.services", description=__doc__
+    )
+    parser.add_argument(
+        "data_dir", nargs="?", default=None, help="where the services keep their SQLite files"
+    )
+    parser.add_argument(
+        "--base-port", type=int, default=8001, help="user service port; the others follow (0: free)"
+    )
     args = parser.parse_args(argv)
     try:
         fleet = ServiceFleet(args.data_dir, base_port=args.base_port or None)
         fleet.start()
     except OSError as exc:
-        print(f"error: cannot listen on ports {args.base_port}..{args.base_port + 3} ({exc.strerror}); "
-              "fix: pass another --base-port, or 0 for free ports", file=sys.stderr)
+        print(
+            f"error: cannot listen on ports {args.base_port}..{args.base_port + 3} ({exc.strerror}); "
+            "fix: pass another --base-port, or 0 for free ports",
+            file=sys.stderr,
+        )
         return 2
     signal.signal(signal.SIGTERM, _stop)
     with fleet:

@@ -91,7 +91,9 @@ class Service:
         app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
         self._add_admin_routes(app)
         self.add_routes(app)
-        app.add_middleware(ServiceMiddleware, service=self.display_name, store=self.store, faults=self.faults)
+        app.add_middleware(
+            ServiceMiddleware, service=self.display_name, store=self.store, faults=self.faults
+        )
         self.app = app
 
     def add_routes(self, app: FastAPI) -> None:
@@ -102,8 +104,10 @@ class Service:
         return row
 
     def state(self) -> dict[str, Any]:
-        rows = {t: [self.present(t, r) for r in self.store.rows(f"SELECT * FROM {t} ORDER BY id")]
-                for t in self.tables}
+        rows = {
+            t: [self.present(t, r) for r in self.store.rows(f"SELECT * FROM {t} ORDER BY id")]
+            for t in self.tables
+        }
         return {
             "service": self.display_name,
             "counts": {t: len(r) for t, r in rows.items()},
@@ -127,8 +131,12 @@ class Service:
             if current["down"] and current["down_mode"] == "refuse":
                 if self.on_refuse is None:
                     self.faults.clear()
-                    raise ServiceError(422, "unsupported", "down_mode 'refuse' needs the service runner; "
-                                       "start the service with tasker.demos.microservices.services.runner")
+                    raise ServiceError(
+                        422,
+                        "unsupported",
+                        "down_mode 'refuse' needs the service runner; "
+                        "start the service with tasker.demos.microservices.services.runner",
+                    )
                 self.on_refuse(current["down_remaining_seconds"])
             return current
 
@@ -151,7 +159,9 @@ def now() -> float:
 
 
 async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-    return JSONResponse({"error": {"code": exc.code, "message": exc.message}, **exc.extra}, status_code=exc.status)
+    return JSONResponse(
+        {"error": {"code": exc.code, "message": exc.message}, **exc.extra}, status_code=exc.status
+    )
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

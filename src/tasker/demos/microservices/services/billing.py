@@ -1,8 +1,8 @@
 """BillingService: one billing profile per user, priced by plan.
 
-    POST /billing_profiles          create (201); 409 with the existing profile if the user has one;
-                                    422 when a paid plan comes without a payment method
-    GET  /billing_profiles/{id}, GET /billing_profiles?user_id=...
+POST /billing_profiles          create (201); 409 with the existing profile if the user has one;
+                                422 when a paid plan comes without a payment method
+GET  /billing_profiles/{id}, GET /billing_profiles?user_id=...
 """
 
 from __future__ import annotations
@@ -75,23 +75,43 @@ class BillingService(Service):
         @app.post("/billing_profiles", status_code=201)
         def create_profile(body: NewProfile, request: Request) -> dict[str, Any]:
             if body.plan != "free" and not body.payment_method:
-                raise ServiceError(422, "validation_failed",
-                                   f"payment_method: required for the {body.plan} plan")
+                raise ServiceError(
+                    422, "validation_failed", f"payment_method: required for the {body.plan} plan"
+                )
             with self.store.transaction() as conn:
-                existing = conn.execute("SELECT * FROM billing_profiles WHERE user_id = ? ORDER BY id LIMIT 1",
-                                        (body.user_id,)).fetchone()
+                existing = conn.execute(
+                    "SELECT * FROM billing_profiles WHERE user_id = ? ORDER BY id LIMIT 1",
+                    (body.user_id,),
+                ).fetchone()
                 if existing is not None:
-                    raise conflict(f"user {body.user_id} already has a billing profile",
-                                   _profile(dict(existing)))
-                address = body.billing_address.model_dump(exclude_none=True) if body.billing_address else None
+                    raise conflict(
+                        f"user {body.user_id} already has a billing profile",
+                        _profile(dict(existing)),
+                    )
+                address = (
+                    body.billing_address.model_dump(exclude_none=True)
+                    if body.billing_address
+                    else None
+                )
                 cur = conn.execute(
                     "INSERT INTO billing_profiles (user_id, email, name, plan, monthly_price_cents, currency, "
                     "payment_method, billing_address_json, status, correlation_id, created_at) "
                     "VALUES (?, ?, ?, ?, ?, 'USD', ?, ?, 'active', ?, ?)",
-                    (body.user_id, body.email, body.name, body.plan, PRICES[body.plan], body.payment_method,
-                     json.dumps(address) if address is not None else None, correlation_id(request), now()),
+                    (
+                        body.user_id,
+                        body.email,
+                        body.name,
+                        body.plan,
+                        PRICES[body.plan],
+                        body.payment_method,
+                        json.dumps(address) if address is not None else None,
+                        correlation_id(request),
+                        now(),
+                    ),
                 )
-                row = conn.execute("SELECT * FROM billing_profiles WHERE id = ?", (cur.lastrowid,)).fetchone()
+                row = conn.execute(
+                    "SELECT * FROM billing_profiles WHERE id = ?", (cur.lastrowid,)
+                ).fetchone()
             return _profile(dict(row))
 
         @app.get("/billing_profiles/{profile_id}")
@@ -106,7 +126,9 @@ class BillingService(Service):
             if user_id is None:
                 rows = self.store.rows("SELECT * FROM billing_profiles ORDER BY id")
             else:
-                rows = self.store.rows("SELECT * FROM billing_profiles WHERE user_id = ? ORDER BY id", (user_id,))
+                rows = self.store.rows(
+                    "SELECT * FROM billing_profiles WHERE user_id = ? ORDER BY id", (user_id,)
+                )
             return [_profile(r) for r in rows]
 
     def present(self, table: str, row: dict[str, Any]) -> dict[str, Any]:

@@ -24,24 +24,42 @@ class FaultSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    down: bool | None = Field(None, description="Down until DELETE /admin/faults (or the runner's resume()).")
-    down_seconds: float | None = Field(None, gt=0, description="Down for this many seconds, then healthy again.")
+    down: bool | None = Field(
+        None, description="Down until DELETE /admin/faults (or the runner's resume())."
+    )
+    down_seconds: float | None = Field(
+        None, gt=0, description="Down for this many seconds, then healthy again."
+    )
     down_mode: DownMode | None = Field(
-        None, description="'unavailable': answer 503; 'refuse': stop listening (connection refused)."
+        None,
+        description="'unavailable': answer 503; 'refuse': stop listening (connection refused).",
     )
     rate_limit_requests: int | None = Field(None, ge=0, description="The next N requests get 429.")
-    rate_limit_seconds: float | None = Field(None, ge=0, description="Every request for N seconds gets 429.")
-    retry_after: float | None = Field(None, ge=0, description="Retry-After (seconds) on 429 and 503 answers.")
-    latency_ms: float | None = Field(None, ge=0, description="Added to every request before it is handled.")
+    rate_limit_seconds: float | None = Field(
+        None, ge=0, description="Every request for N seconds gets 429."
+    )
+    retry_after: float | None = Field(
+        None, ge=0, description="Retry-After (seconds) on 429 and 503 answers."
+    )
+    latency_ms: float | None = Field(
+        None, ge=0, description="Added to every request before it is handled."
+    )
     latency_requests: int | None = Field(
         None, ge=0, description="Only the next N requests get latency_ms (0: every request)."
     )
-    error_rate: float | None = Field(None, ge=0, le=1, description="Share of requests answered with error_status.")
-    error_status: int | None = Field(None, ge=500, le=599, description="Status of error_rate failures (500).")
-    error_after_work: bool | None = Field(
-        None, description="error_rate failures happen after the work was done and stored (a lost response)."
+    error_rate: float | None = Field(
+        None, ge=0, le=1, description="Share of requests answered with error_status."
     )
-    seed: int | None = Field(None, description="Seed of the error_rate draws, for reproducible runs.")
+    error_status: int | None = Field(
+        None, ge=500, le=599, description="Status of error_rate failures (500)."
+    )
+    error_after_work: bool | None = Field(
+        None,
+        description="error_rate failures happen after the work was done and stored (a lost response).",
+    )
+    seed: int | None = Field(
+        None, description="Seed of the error_rate draws, for reproducible runs."
+    )
 
     @model_validator(mode="after")
     def _one_down(self) -> FaultSpec:
@@ -96,7 +114,9 @@ class Faults:
             if spec.rate_limit_requests is not None:
                 self.rate_limited_requests = spec.rate_limit_requests
             if spec.rate_limit_seconds is not None:
-                self.rate_limited_until = now + spec.rate_limit_seconds if spec.rate_limit_seconds else None
+                self.rate_limited_until = (
+                    now + spec.rate_limit_seconds if spec.rate_limit_seconds else None
+                )
             if spec.retry_after is not None:
                 self.retry_after = spec.retry_after
             if spec.latency_ms is not None:
@@ -130,19 +150,31 @@ class Faults:
                 if not self.latency_requests:  # that was the last slow one
                     self.latency = 0.0
             if self._down(now):
-                return Verdict(503, "unavailable", f"{self.service} is down (injected fault)", self.retry_after,
-                               latency)
+                return Verdict(
+                    503,
+                    "unavailable",
+                    f"{self.service} is down (injected fault)",
+                    self.retry_after,
+                    latency,
+                )
             if self.rate_limited_until is not None and now >= self.rate_limited_until:
                 self.rate_limited_until = None
             if self.rate_limited_requests > 0 or self.rate_limited_until is not None:
                 self.rate_limited_requests = max(0, self.rate_limited_requests - 1)
                 retry_after = self.retry_after if self.retry_after is not None else 1.0
-                return Verdict(429, "rate_limited", f"{self.service}: too many requests (injected fault)",
-                               retry_after, latency)
+                return Verdict(
+                    429,
+                    "rate_limited",
+                    f"{self.service}: too many requests (injected fault)",
+                    retry_after,
+                    latency,
+                )
             if self.error_rate and self._rng.random() < self.error_rate:
                 message = f"{self.service}: internal error (injected fault)"
                 if self.error_after_work:
-                    return Verdict(latency=latency, fail_after_work=self.error_status, message=message)
+                    return Verdict(
+                        latency=latency, fail_after_work=self.error_status, message=message
+                    )
                 return Verdict(self.error_status, "internal_error", message, None, latency)
             return Verdict(latency=latency)
 
@@ -155,10 +187,14 @@ class Faults:
             return {
                 "down": down,
                 "down_mode": self.down_mode,
-                "down_remaining_seconds": (None if not down or until == float("inf") or until is None
-                                           else round(until - now, 3)),
+                "down_remaining_seconds": (
+                    None
+                    if not down or until == float("inf") or until is None
+                    else round(until - now, 3)
+                ),
                 "rate_limit_requests": self.rate_limited_requests,
-                "rate_limited": self.rate_limited_until is not None and now < self.rate_limited_until,
+                "rate_limited": self.rate_limited_until is not None
+                and now < self.rate_limited_until,
                 "retry_after": self.retry_after,
                 "latency_ms": self.latency * 1000,
                 "latency_requests": self.latency_requests,

@@ -51,7 +51,9 @@ class ServiceMiddleware:
             return
         started = time.time()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        correlation_id = headers.get("x-correlation-id") or f"{self.service}-{uuid.uuid4().hex[:12]}"
+        correlation_id = (
+            headers.get("x-correlation-id") or f"{self.service}-{uuid.uuid4().hex[:12]}"
+        )
         scope.setdefault("state", {})["correlation_id"] = correlation_id
         key = headers.get("idempotency-key") if scope["method"] in MUTATING else None
         verdict = self.faults.decide()
@@ -62,7 +64,9 @@ class ServiceMiddleware:
             fault: str | None = verdict.code
             replayed = False
         elif key:
-            response, replayed = await self._idempotent(scope, receive, key, correlation_id, verdict)
+            response, replayed = await self._idempotent(
+                scope, receive, key, correlation_id, verdict
+            )
             fault = "error_after_work" if verdict.fail_after_work else None
         else:
             response = await _capture(self.app, scope, receive)
@@ -72,7 +76,9 @@ class ServiceMiddleware:
                 response = _error(verdict.fail_after_work, "internal_error", verdict.message, None)
                 fault = "error_after_work"
         status, resp_headers, body = response
-        resp_headers = [h for h in resp_headers if h[0].lower() not in (b"x-correlation-id", b"content-length")]
+        resp_headers = [
+            h for h in resp_headers if h[0].lower() not in (b"x-correlation-id", b"content-length")
+        ]
         resp_headers.append((b"content-length", str(len(body)).encode()))
         resp_headers.append((b"x-correlation-id", correlation_id.encode("latin-1")))
         if replayed:
@@ -82,20 +88,30 @@ class ServiceMiddleware:
         await send({"type": "http.response.start", "status": status, "headers": resp_headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _idempotent(self, scope: Scope, receive: Receive, key: str, correlation_id: str,
-                          verdict: Verdict) -> tuple[Response, bool]:
+    async def _idempotent(
+        self, scope: Scope, receive: Receive, key: str, correlation_id: str, verdict: Verdict
+    ) -> tuple[Response, bool]:
         body = await _read_body(receive)
         fingerprint = _fingerprint(scope["method"], scope["path"], body)
         lock = self._key_locks.setdefault(key, asyncio.Lock())
         async with lock:
-            stored = self.store.row("SELECT fingerprint, status, body FROM idempotency_keys WHERE key = ?", (key,))
+            stored = self.store.row(
+                "SELECT fingerprint, status, body FROM idempotency_keys WHERE key = ?", (key,)
+            )
             if stored is not None:
                 if stored["fingerprint"] != fingerprint:
-                    return _error(422, "idempotency_key_reused",
-                                  f"Idempotency-Key '{key}' was already used for a different request; "
-                                  "send a new key for a new request", None), False
-                return (stored["status"], [(b"content-type", b"application/json")],
-                        stored["body"].encode()), True
+                    return _error(
+                        422,
+                        "idempotency_key_reused",
+                        f"Idempotency-Key '{key}' was already used for a different request; "
+                        "send a new key for a new request",
+                        None,
+                    ), False
+                return (
+                    stored["status"],
+                    [(b"content-type", b"application/json")],
+                    stored["body"].encode(),
+                ), True
             response = await _capture(self.app, scope, _replay(body))
             status = response[0]
             if status < 500 and status != 429:
@@ -103,20 +119,44 @@ class ServiceMiddleware:
                     conn.execute(
                         "INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, status, body, correlation_id, "
                         "created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                        (key, fingerprint, status, response[2].decode(), correlation_id, time.time()),
+                        (
+                            key,
+                            fingerprint,
+                            status,
+                            response[2].decode(),
+                            correlation_id,
+                            time.time(),
+                        ),
                     )
         if verdict.fail_after_work:
             return _error(verdict.fail_after_work, "internal_error", verdict.message, None), False
         return response, False
 
-    def _log(self, scope: Scope, status: int, correlation_id: str, key: str | None, replayed: bool,
-             fault: str | None, started: float) -> None:
+    def _log(
+        self,
+        scope: Scope,
+        status: int,
+        correlation_id: str,
+        key: str | None,
+        replayed: bool,
+        fault: str | None,
+        started: float,
+    ) -> None:
         with self.store.transaction() as conn:
             conn.execute(
                 "INSERT INTO requests (method, path, status, correlation_id, idempotency_key, replayed, fault, "
                 "started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (scope["method"], scope["path"], status, correlation_id, key, int(replayed), fault, started,
-                 time.time()),
+                (
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    correlation_id,
+                    key,
+                    int(replayed),
+                    fault,
+                    started,
+                    time.time(),
+                ),
             )
 
 

@@ -73,27 +73,49 @@ class NotificationService(Service):
             with self.store.transaction() as conn:
                 seq = conn.execute(
                     "INSERT INTO welcome_sequences (user_id, recipient, plan, correlation_id, created_at) "
-                    "VALUES (?, ?, ?, ?, ?)", (body.user_id, body.recipient, body.plan, corr, at),
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (body.user_id, body.recipient, body.plan, corr, at),
                 ).lastrowid
                 emails = []
                 for mail in body.emails:
                     email_id = conn.execute(
                         "INSERT INTO emails (sequence_id, user_id, recipient, kind, subject, body, correlation_id, "
                         "sent_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (seq, body.user_id, body.recipient, mail.kind, mail.subject, mail.body, corr, at),
+                        (
+                            seq,
+                            body.user_id,
+                            body.recipient,
+                            mail.kind,
+                            mail.subject,
+                            mail.body,
+                            corr,
+                            at,
+                        ),
                     ).lastrowid
                     emails.append({"id": email_id, "kind": mail.kind, "subject": mail.subject})
-            return {"id": seq, "user_id": body.user_id, "recipient": body.recipient, "plan": body.plan,
-                    "emails": emails, "emails_sent": len(emails), "correlation_id": corr, "created_at": at}
+            return {
+                "id": seq,
+                "user_id": body.user_id,
+                "recipient": body.recipient,
+                "plan": body.plan,
+                "emails": emails,
+                "emails_sent": len(emails),
+                "correlation_id": corr,
+                "created_at": at,
+            }
 
         @app.get("/welcome_sequences")
         def find_sequences(user_id: int | None = None) -> list[dict[str, Any]]:
             if user_id is None:
                 return self.store.rows("SELECT * FROM welcome_sequences ORDER BY id")
-            return self.store.rows("SELECT * FROM welcome_sequences WHERE user_id = ? ORDER BY id", (user_id,))
+            return self.store.rows(
+                "SELECT * FROM welcome_sequences WHERE user_id = ? ORDER BY id", (user_id,)
+            )
 
         @app.get("/emails")
         def find_emails(recipient: str | None = None) -> list[dict[str, Any]]:
             if recipient is None:
                 return self.store.rows("SELECT * FROM emails ORDER BY id")
-            return self.store.rows("SELECT * FROM emails WHERE recipient = ? ORDER BY id", (recipient,))
+            return self.store.rows(
+                "SELECT * FROM emails WHERE recipient = ? ORDER BY id", (recipient,)
+            )

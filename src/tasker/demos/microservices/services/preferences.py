@@ -1,7 +1,7 @@
 """PreferencesService: one set of notification and display preferences per user.
 
-    POST /preferences               create (201); 409 with the existing preferences if the user has them
-    GET  /preferences/{user_id}
+POST /preferences               create (201); 409 with the existing preferences if the user has them
+GET  /preferences/{user_id}
 """
 
 from __future__ import annotations
@@ -11,7 +11,13 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasker.demos.microservices.services.base import Service, conflict, correlation_id, not_found, now
+from tasker.demos.microservices.services.base import (
+    Service,
+    conflict,
+    correlation_id,
+    not_found,
+    now,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS preferences (
@@ -56,24 +62,41 @@ class PreferencesService(Service):
         @app.post("/preferences", status_code=201)
         def create_preferences(body: NewPreferences, request: Request) -> dict[str, Any]:
             with self.store.transaction() as conn:
-                existing = conn.execute("SELECT * FROM preferences WHERE user_id = ? ORDER BY id LIMIT 1",
-                                        (body.user_id,)).fetchone()
+                existing = conn.execute(
+                    "SELECT * FROM preferences WHERE user_id = ? ORDER BY id LIMIT 1",
+                    (body.user_id,),
+                ).fetchone()
                 if existing is not None:
-                    raise conflict(f"user {body.user_id} already has preferences", _prefs(dict(existing)))
+                    raise conflict(
+                        f"user {body.user_id} already has preferences", _prefs(dict(existing))
+                    )
                 cur = conn.execute(
                     "INSERT INTO preferences (user_id, marketing_emails, product_updates, newsletter, "
                     "newsletter_frequency, theme, language, timezone, correlation_id, created_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (body.user_id, int(body.marketing_emails), int(body.product_updates), int(body.newsletter),
-                     body.newsletter_frequency, body.theme, body.language, body.timezone, correlation_id(request),
-                     now()),
+                    (
+                        body.user_id,
+                        int(body.marketing_emails),
+                        int(body.product_updates),
+                        int(body.newsletter),
+                        body.newsletter_frequency,
+                        body.theme,
+                        body.language,
+                        body.timezone,
+                        correlation_id(request),
+                        now(),
+                    ),
                 )
-                row = conn.execute("SELECT * FROM preferences WHERE id = ?", (cur.lastrowid,)).fetchone()
+                row = conn.execute(
+                    "SELECT * FROM preferences WHERE id = ?", (cur.lastrowid,)
+                ).fetchone()
             return _prefs(dict(row))
 
         @app.get("/preferences/{user_id}")
         def get_preferences(user_id: int) -> dict[str, Any]:
-            row = self.store.row("SELECT * FROM preferences WHERE user_id = ? ORDER BY id LIMIT 1", (user_id,))
+            row = self.store.row(
+                "SELECT * FROM preferences WHERE user_id = ? ORDER BY id LIMIT 1", (user_id,)
+            )
             if row is None:
                 raise not_found(f"user {user_id} has no preferences")
             return _prefs(row)

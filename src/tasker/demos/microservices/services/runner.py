@@ -105,11 +105,21 @@ class ServiceHandle:
             sock.bind((self.host, self.port))
             sock.listen(128)
             self.port = sock.getsockname()[1]
-            config = uvicorn.Config(self.service.app, log_level="warning", access_log=False, lifespan="off",
-                                    timeout_graceful_shutdown=1, timeout_keep_alive=5)
+            config = uvicorn.Config(
+                self.service.app,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=1,
+                timeout_keep_alive=5,
+            )
             server = uvicorn.Server(config)
-            thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True,
-                                      name=f"service-{self.name}")
+            thread = threading.Thread(
+                target=server.run,
+                kwargs={"sockets": [sock]},
+                daemon=True,
+                name=f"service-{self.name}",
+            )
             thread.start()
             self._server, self._thread, self._socket = server, thread, sock
             self._wait_healthy()
@@ -166,8 +176,10 @@ class ServiceHandle:
             except httpx.HTTPError:
                 pass
             time.sleep(0.02)
-        raise ServiceUnavailable(f"{self.service.display_name} did not answer on {self.url} within "
-                                 f"{STARTUP_TIMEOUT:.0f} s")
+        raise ServiceUnavailable(
+            f"{self.service.display_name} did not answer on {self.url} within "
+            f"{STARTUP_TIMEOUT:.0f} s"
+        )
 
     # -- faults and state ---------------------------------------------------------------------------------
     def set_faults(self, **spec: Any) -> dict[str, Any]:
@@ -188,7 +200,9 @@ class ServiceHandle:
 
     def requests(self, after_id: int = 0) -> list[dict[str, Any]]:
         """The service's request log: method, path, status, correlation id, key, started/finished."""
-        return self.service.store.rows("SELECT * FROM requests WHERE id > ? ORDER BY id", (after_id,))
+        return self.service.store.rows(
+            "SELECT * FROM requests WHERE id > ? ORDER BY id", (after_id,)
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -200,12 +214,21 @@ class ServiceHandle:
 class ServiceFleet:
     """The four services, started together on free loopback ports and stopped together."""
 
-    def __init__(self, data_dir: str | Path | None = None, *, host: str = "127.0.0.1",
-                 base_port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        *,
+        host: str = "127.0.0.1",
+        base_port: int | None = None,
+    ) -> None:
         """`base_port` None: free ports; else user, billing, preferences, notification on base_port + 0..3."""
-        self._tmp = None if data_dir is not None else tempfile.mkdtemp(prefix="tasker-microservices-")
+        self._tmp = (
+            None if data_dir is not None else tempfile.mkdtemp(prefix="tasker-microservices-")
+        )
         self.data_dir = Path(data_dir if data_dir is not None else self._tmp)  # type: ignore[arg-type]
-        self.handles = {name: ServiceHandle(cls(self.data_dir), host) for name, cls in SERVICES.items()}
+        self.handles = {
+            name: ServiceHandle(cls(self.data_dir), host) for name, cls in SERVICES.items()
+        }
         if base_port is not None:
             for offset, handle in enumerate(self.handles.values()):
                 handle.port = base_port + offset
@@ -214,8 +237,12 @@ class ServiceFleet:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def start(self) -> None:
@@ -227,7 +254,9 @@ class ServiceFleet:
             raise
 
     def close(self) -> None:
-        with ThreadPoolExecutor(len(self.handles)) as pool:  # each server takes a loop tick or two to stop
+        with ThreadPoolExecutor(
+            len(self.handles)
+        ) as pool:  # each server takes a loop tick or two to stop
             list(pool.map(ServiceHandle.close, self.handles.values()))
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)

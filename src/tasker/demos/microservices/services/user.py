@@ -1,8 +1,8 @@
 """UserService: accounts, one per email address.
 
-    POST /users                     create (201); 409 with the existing user if the email is taken
-    GET  /users/{id}, GET /users?email=...
-    PUT  /users/{id}/status         set the registration status (200); 404 for an unknown user
+POST /users                     create (201); 409 with the existing user if the email is taken
+GET  /users/{id}, GET /users?email=...
+PUT  /users/{id}/status         set the registration status (200); 404 for an unknown user
 """
 
 from __future__ import annotations
@@ -13,7 +13,14 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasker.demos.microservices.services.base import Email, Service, conflict, correlation_id, not_found, now
+from tasker.demos.microservices.services.base import (
+    Email,
+    Service,
+    conflict,
+    correlation_id,
+    not_found,
+    now,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -65,16 +72,29 @@ class UserService(Service):
         @app.post("/users", status_code=201)
         def create_user(body: NewUser, request: Request) -> dict[str, Any]:
             with self.store.transaction() as conn:
-                existing = conn.execute("SELECT * FROM users WHERE email = ? ORDER BY id LIMIT 1",
-                                        (body.email,)).fetchone()
+                existing = conn.execute(
+                    "SELECT * FROM users WHERE email = ? ORDER BY id LIMIT 1", (body.email,)
+                ).fetchone()
                 if existing is not None:
-                    raise conflict(f"a user with email {body.email} already exists", _user(dict(existing)))
+                    raise conflict(
+                        f"a user with email {body.email} already exists", _user(dict(existing))
+                    )
                 at = now()
                 cur = conn.execute(
                     "INSERT INTO users (email, name, plan, source, phone, marketing_consent, referral_code, status, "
                     "correlation_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-                    (body.email, body.name, body.plan, body.source, body.phone, int(body.marketing_consent),
-                     body.referral_code, correlation_id(request), at, at),
+                    (
+                        body.email,
+                        body.name,
+                        body.plan,
+                        body.source,
+                        body.phone,
+                        int(body.marketing_consent),
+                        body.referral_code,
+                        correlation_id(request),
+                        at,
+                        at,
+                    ),
                 )
                 row = conn.execute("SELECT * FROM users WHERE id = ?", (cur.lastrowid,)).fetchone()
             return _user(dict(row))
@@ -87,7 +107,12 @@ class UserService(Service):
         def find_users(email: str | None = None) -> list[dict[str, Any]]:
             if email is None:
                 return [_user(r) for r in self.store.rows("SELECT * FROM users ORDER BY id")]
-            return [_user(r) for r in self.store.rows("SELECT * FROM users WHERE email = ? ORDER BY id", (email,))]
+            return [
+                _user(r)
+                for r in self.store.rows(
+                    "SELECT * FROM users WHERE email = ? ORDER BY id", (email,)
+                )
+            ]
 
         @app.put("/users/{user_id}/status")
         def set_status(user_id: int, body: StatusUpdate, request: Request) -> dict[str, Any]:
@@ -95,7 +120,13 @@ class UserService(Service):
                 found = conn.execute(
                     "UPDATE users SET status = ?, completed_steps_json = ?, status_correlation_id = ?, updated_at = ? "
                     "WHERE id = ?",
-                    (body.status, json.dumps(body.completed_steps), correlation_id(request), now(), user_id),
+                    (
+                        body.status,
+                        json.dumps(body.completed_steps),
+                        correlation_id(request),
+                        now(),
+                        user_id,
+                    ),
                 ).rowcount
             if not found:
                 raise not_found(f"no user with id {user_id}")

@@ -13,19 +13,19 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0005'
-down_revision = '0004'
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('tasker_dependent_systems') as batch:
-        batch.add_column(sa.Column('failing_since', sa.DateTime(timezone=True), nullable=True))
-        batch.add_column(sa.Column('max_outage_seconds', sa.Float(), nullable=True))
+    with op.batch_alter_table("tasker_dependent_systems") as batch:
+        batch.add_column(sa.Column("failing_since", sa.DateTime(timezone=True), nullable=True))
+        batch.add_column(sa.Column("max_outage_seconds", sa.Float(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('tasker_dependent_systems') as batch:
-        batch.drop_column('max_outage_seconds')
-        batch.drop_column('failing_since')
+    with op.batch_alter_table("tasker_dependent_systems") as batch:
+        batch.drop_column("max_outage_seconds")
+        batch.drop_column("failing_since")
