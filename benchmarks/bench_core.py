@@ -131,7 +131,9 @@ def main() -> None:
         print(json.dumps(result))
         return
     table = Table(
-        title=f"Tasker core benchmark ({args.store}, 5-step no-op chain, median of {args.runs} runs)"
+        title=(
+            f"Tasker core benchmark ({args.store}, 5-step no-op chain, median of {args.runs} runs)"
+        )
     )
     table.add_column("measure")
     table.add_column("result", justify="right")

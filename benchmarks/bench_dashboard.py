@@ -64,7 +64,7 @@ def template_yaml(namespace: str, name: str, version: str) -> str:
         )
     return (
         f"name: {name}\nnamespace_name: {namespace}\nversion: {version}\n"
-        f"description: Dashboard benchmark workload.\nstep_templates:\n" + "\n".join(steps) + "\n"
+        "description: Dashboard benchmark workload.\nstep_templates:\n" + "\n".join(steps) + "\n"
     )
 
 
@@ -541,7 +541,8 @@ def main() -> None:
         started = time.perf_counter()
         read = rollups.catch_up(engine.db.write, max_seconds=3600)
         print(
-            f"analytics rollups caught up: {read:,} transition ids in {time.perf_counter() - started:.0f} s"
+            f"analytics rollups caught up: {read:,} transition ids in"
+            f" {time.perf_counter() - started:.0f} s"
         )
         results = engine_pages(engine, args.runs)
         if not args.no_html:

@@ -145,8 +145,9 @@ def main() -> None:
                 states[s] = state
     alone = statistics.median(times["alone"])
     table = Table(
-        title=f"{INNOCENT} innocent 3-step tasks, concurrency 4, {args.store}, "
-        f"median of {args.runs}"
+        title=(
+            f"{INNOCENT} innocent 3-step tasks, concurrency 4, {args.store}, median of {args.runs}"
+        )
     )
     for col in ("scenario", "innocent tasks done (s)", "vs alone", "default circuit at the end"):
         table.add_column(col)

@@ -54,8 +54,9 @@ def span_steps_per_second(t: Tasker, since_task_id: int = 0) -> tuple[float, int
     with t.db.read() as c:
         row = c.execute(
             sa.text(
-                "select min(at) filter (where to_state = 'in_progress'), max(at) filter (where to_state = 'complete'),"
-                " count(*) filter (where to_state = 'complete') from tasker_step_transitions where task_id > :since"
+                "select min(at) filter (where to_state = 'in_progress'), max(at) filter (where"
+                " to_state = 'complete'), count(*) filter (where to_state = 'complete') from"
+                " tasker_step_transitions where task_id > :since"
             ),
             {"since": since_task_id},
         ).one()
@@ -119,7 +120,8 @@ def growth(backlog: int, measured_steps: int, concurrency: int) -> float:
                 return int(
                     c.execute(
                         sa.text(
-                            "select count(*) from tasker_step_transitions where to_state = 'complete'"
+                            "select count(*) from tasker_step_transitions where to_state ="
+                            " 'complete'"
                         )
                     ).scalar_one()
                 )
@@ -138,7 +140,8 @@ def growth(backlog: int, measured_steps: int, concurrency: int) -> float:
             ).scalar_one()
             nth = c.execute(
                 sa.text(
-                    "select at from tasker_step_transitions where to_state = 'complete' order by at offset :n limit 1"
+                    "select at from tasker_step_transitions where to_state = 'complete' order by at"
+                    " offset :n limit 1"
                 ),
                 {"n": measured_steps - 1},
             ).scalar_one()
@@ -171,7 +174,8 @@ def recovery(lease: float) -> float:
             with t.db.read() as c:
                 reclaimed = c.execute(
                     sa.text(
-                        "select max(at) from tasker_step_transitions where to_state = 'in_progress' and attempt = 2"
+                        "select max(at) from tasker_step_transitions where to_state = 'in_progress'"
+                        " and attempt = 2"
                     )
                 ).scalar_one()
             survivor.stop()
@@ -295,7 +299,7 @@ def main() -> None:
         if "steps_per_s_2_workers" in res:
             res["ratio_vs_dbos_2_workers"] = res["steps_per_s_2_workers"] / rate  # type: ignore[operator]
     if args.json:
-        print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in res.items()}))
+        print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in res.items()}))
         return
     table = Table(
         title=f"Tasker on PostgreSQL ({os.cpu_count()} CPUs; medians of {args.runs} runs)"

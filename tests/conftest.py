@@ -85,7 +85,8 @@ def _wipe_postgres(url: str) -> None:
         r[0]
         for r in db.writer.connect().execute(
             sa.text(
-                "select tablename from pg_tables where schemaname = 'public' and tablename like 'tasker_%'"
+                "select tablename from pg_tables where schemaname = 'public' and tablename like"
+                " 'tasker_%'"
             )
         )
     ]

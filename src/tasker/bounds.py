@@ -112,7 +112,8 @@ def check_system_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(settings) - set(SYSTEM_SETTINGS))
     if unknown:
         raise ValueError(
-            f"unknown dependent-system setting(s): {', '.join(unknown)}; known: {', '.join(SYSTEM_SETTINGS)}"
+            f"unknown dependent-system setting(s): {', '.join(unknown)}; known:"
+            f" {', '.join(SYSTEM_SETTINGS)}"
         )
     out: dict[str, Any] = {}
     for name, value in settings.items():

@@ -47,8 +47,9 @@ def _validator(template_key: str, schema: dict[str, Any]) -> Draft202012Validato
             why = refusal(pattern)
             if why:
                 raise TaskerInputError(
-                    f"the schema of {template_key} is refused at {path or '/'}: pattern '{pattern[:80]}' "
-                    f"{why}; fix: correct the template's schema (see docs/templates.md)"
+                    f"the schema of {template_key} is refused at {path or '/'}: pattern"
+                    f" '{pattern[:80]}' {why}; fix: correct the template's schema (see"
+                    " docs/templates.md)"
                 )
         v = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
         _validators[key] = v
@@ -99,8 +100,8 @@ def validate_context(
         Exception
     ) as exc:  # e.g. a $ref the schema cannot resolve: the template is at fault, not the context
         raise TaskerInputError(
-            f"the schema of {template_key} cannot be applied ({type(exc).__name__}: {exc}); fix: correct the "
-            "template's schema"
+            f"the schema of {template_key} cannot be applied ({type(exc).__name__}: {exc}); fix:"
+            " correct the template's schema"
         ) from None
     if errors:
         raise ContextValidationError(template_key, [(e.json_path, _message(e)) for e in errors])

@@ -121,6 +121,7 @@ class IdempotencyConflict(TaskerInputError):
         more = f" (and {len(differences) - 10} more)" if len(differences) > 10 else ""
         shown = "; ".join(differences[:10]) + more
         super().__init__(
-            f"idempotency key {key[:80]!r} of {template} was used for task {task_id} with a different payload: "
-            f"{shown}; fix: send the same payload to get task {task_id} back, or use a new key for a new task"
+            f"idempotency key {key[:80]!r} of {template} was used for task {task_id} with a"
+            f" different payload: {shown}; fix: send the same payload to get task {task_id} back,"
+            " or use a new key for a new task"
         )

@@ -127,7 +127,8 @@ class Settings:
         unknown = sorted(set(data) - known)
         if unknown:
             raise TaskerInputError(
-                f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+                f"{source}: unknown setting(s) {', '.join(unknown)}; known:"
+                f" {', '.join(sorted(known))}"
             )
         out: dict[str, Any] = {}
         for f in fields(cls):

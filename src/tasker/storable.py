@@ -70,7 +70,10 @@ def _scalar_problem(value: object) -> str | None:
         except (
             ValueError
         ):  # past Python's int-to-text limit (4,300 digits): json.dumps refuses it too
-            return f"is an integer of about {int(value.bit_length() * 0.30103):,} digits; send it as a string"
+            return (
+                f"is an integer of about {int(value.bit_length() * 0.30103):,} digits; send it as a"
+                " string"
+            )
         return None
     if isinstance(value, float):
         if not math.isfinite(value):

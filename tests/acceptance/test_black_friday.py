@@ -151,8 +151,8 @@ def test_the_verdict_reads_naturally_when_counts_are_zero() -> None:
     )
     assert (
         "Tasker: no orders failed; no customer was charged without an order or charged twice. "
-        "No order needed the operator's retry."
-    ) in text
+        "No order needed the operator's retry." in text
+    )
     assert " 0 " not in text
     busy = {
         **engine,
@@ -166,8 +166,8 @@ def test_the_verdict_reads_naturally_when_counts_are_zero() -> None:
     text = _verdict({"naive": naive, "engine": busy})
     assert (
         "Naive: 132 of 1000 checkouts failed (13.2%); 1 customer was charged without getting "
-        "an order."
-    ) in text
+        "an order." in text
+    )
     assert "Tasker: 2 orders failed, all on declined cards;" in text
     assert "3 orders (0.30%) needed the operator's retry and all of them completed." in text
 

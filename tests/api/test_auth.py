@@ -57,7 +57,9 @@ def small_app(engine: Tasker, settings: Settings) -> FastAPI:
         return {"ok": "listed"}
 
     @app.post("/tasks")
-    def create(who: Principal = Depends(require(Permission.TASK_CREATE))) -> dict[str, str]:  # noqa: B008
+    def create(
+        who: Principal = Depends(require(Permission.TASK_CREATE)),
+    ) -> dict[str, str]:
         return {"kind": who.kind, "name": who.name}
 
     return app

@@ -295,10 +295,16 @@ def test_http_errors_from_other_routes_keep_the_body_shape(app: Any) -> None:
         r = c.get("/api/v1/test-only/raise", params={"kind": "nested"})
         assert error_of(r, 401, "unauthorized")["message"] == "no key"
         assert r.headers["www-authenticate"] == "Bearer"
-        assert error_of(
-            c.get("/api/v1/test-only/raise", params={"kind": "flat"}), 403, "forbidden"
-        )["message"] == ("lacks tasker.task:show")
-        assert error_of(c.get("/api/v1/test-only/raise", params={"kind": "x"}), 503, "unavailable")[
-            "message"
-        ] == ("database unreachable")
+        assert (
+            error_of(c.get("/api/v1/test-only/raise", params={"kind": "flat"}), 403, "forbidden")[
+                "message"
+            ]
+            == "lacks tasker.task:show"
+        )
+        assert (
+            error_of(c.get("/api/v1/test-only/raise", params={"kind": "x"}), 503, "unavailable")[
+                "message"
+            ]
+            == "database unreachable"
+        )
         error_of(c.get("/api/v1/test-only/raise"), 422, "validation_error")

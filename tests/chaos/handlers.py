@@ -50,7 +50,8 @@ class Effect(StepHandler):
         try:
             conn = _connection()
             conn.execute(
-                "INSERT INTO chaos_attempts (idempotency_key, step, attempt, pid) VALUES (%s, %s, %s, %s)",
+                "INSERT INTO chaos_attempts (idempotency_key, step, attempt, pid) VALUES (%s, %s,"
+                " %s, %s)",
                 (ctx.idempotency_key, ctx.step_name, ctx.attempt, os.getpid()),
             )
             time.sleep(random.uniform(lo, hi))

@@ -264,7 +264,8 @@ def wipe_store(url: str) -> None:
             names = {t.name for t in metadata.sorted_tables} | set(
                 conn.execute(
                     sa.text(
-                        "select tablename from pg_tables where schemaname = 'public' and tablename like 'tasker_%'"
+                        "select tablename from pg_tables where schemaname = 'public' and tablename"
+                        " like 'tasker_%'"
                     )
                 ).scalars()
             )

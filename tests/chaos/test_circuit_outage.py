@@ -128,8 +128,8 @@ def test_outage_of_a_dependent_system_costs_no_task(
 
     closed_after = history[-1]["at"].timestamp() - healthy_at
     print(
-        f"\n[chaos c] outage {OUTAGE_SECONDS:g}s; circuit opened once, {reopened} failed probes reopened it, "
-        f"closed {closed_after:.1f}s after recovery; all {TASKS} tasks complete "
-        f"{float(finished_at) - healthy_at:.1f}s after recovery; {executions} executions "
-        f"({during_outage} during the outage); max attempts {max_attempts}/{RETRY_LIMIT}"
+        f"\n[chaos c] outage {OUTAGE_SECONDS:g}s; circuit opened once, {reopened} failed probes"
+        f" reopened it, closed {closed_after:.1f}s after recovery; all {TASKS} tasks complete"
+        f" {float(finished_at) - healthy_at:.1f}s after recovery; {executions} executions"
+        f" ({during_outage} during the outage); max attempts {max_attempts}/{RETRY_LIMIT}"
     )

@@ -104,7 +104,7 @@ def test_a_paused_worker_cannot_overwrite_a_step_completed_elsewhere(
         assert fleet.stop_all(30) == {a.pid: 0}, fleet.logs()
 
     print(
-        f"\n[chaos d] worker paused past its {LEASE:g}s lease: step reclaimed and its task completed by "
-        f"another worker {reclaimed_in:.1f}s after the pause (including that worker's start-up); the late "
-        f"result of the paused worker was discarded"
+        f"\n[chaos d] worker paused past its {LEASE:g}s lease: step reclaimed and its task"
+        f" completed by another worker {reclaimed_in:.1f}s after the pause (including that worker's"
+        " start-up); the late result of the paused worker was discarded"
     )

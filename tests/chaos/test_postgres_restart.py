@@ -117,7 +117,8 @@ def test_workers_survive_a_postgres_restart(
             assert set(completes.values()) == {1}, {k: v for k, v in completes.items() if v != 1}
             assert rows(
                 db,
-                "select count(*) from tasker_steps where state <> 'complete' or attempts > retry_limit",
+                "select count(*) from tasker_steps where state <> 'complete' or attempts >"
+                " retry_limit",
             ) == [(0,)]
             lost = scalar(
                 db, "select count(*) from tasker_step_transitions where error_class is not null"
@@ -133,9 +134,9 @@ def test_workers_survive_a_postgres_restart(
         drop_dead_pooled_connections()
 
     print(
-        f"\n[chaos b] server down {DOWN_SECONDS:g}s (stop to ready {down_for:.1f}s); "
-        f"longest pause in step completions {float(stall):.2f}s; "
-        f"{before}/{TASKS} tasks and {steps_before} steps complete before it; first step completed "
-        f"{first_step_after:.2f}s after the server was back, all tasks {all_done_after:.1f}s after; "
-        f"{noticed}/2 workers logged the outage; {lost} failed attempts"
+        f"\n[chaos b] server down {DOWN_SECONDS:g}s (stop to ready {down_for:.1f}s); longest pause"
+        f" in step completions {float(stall):.2f}s; {before}/{TASKS} tasks and {steps_before} steps"
+        f" complete before it; first step completed {first_step_after:.2f}s after the server was"
+        f" back, all tasks {all_done_after:.1f}s after; {noticed}/2 workers logged the outage;"
+        f" {lost} failed attempts"
     )

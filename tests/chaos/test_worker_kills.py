@@ -155,8 +155,8 @@ def test_sigkill_a_worker_every_second(
         assert (
             scalar(
                 db,
-                "select count(*) from tasker_step_transitions t join tasker_steps s on s.id = t.step_id "
-                "where t.to_state = 'complete' and t.attempt <> s.attempts",
+                "select count(*) from tasker_step_transitions t join tasker_steps s on s.id ="
+                " t.step_id where t.to_state = 'complete' and t.attempt <> s.attempts",
             )
             == 0
         )
@@ -166,9 +166,9 @@ def test_sigkill_a_worker_every_second(
     assert lease_expired > 0, "the kills should have caught running steps"
     hit_running = sum(1 for _, _, wid in kills if wid)
     print(
-        f"\n[chaos a] {len(kills)} SIGKILLs ({hit_running} of running workers, the others of replacements "
-        f"still starting); all {TASKS} tasks complete {elapsed:.1f}s after the kills began "
-        f"({done_at_last_kill} complete at the last kill); {executions} executions for {TASKS * STEPS} steps: "
-        f"{executions - TASKS * STEPS} re-executions over {reexecuted} steps; {lease_expired} leases expired; "
-        f"max attempts {max_attempts}"
+        f"\n[chaos a] {len(kills)} SIGKILLs ({hit_running} of running workers, the others of"
+        f" replacements still starting); all {TASKS} tasks complete {elapsed:.1f}s after the kills"
+        f" began ({done_at_last_kill} complete at the last kill); {executions} executions for"
+        f" {TASKS * STEPS} steps: {executions - TASKS * STEPS} re-executions over {reexecuted}"
+        f" steps; {lease_expired} leases expired; max attempts {max_attempts}"
     )

@@ -172,7 +172,11 @@ def test_a_503_then_201_completes_after_one_retry_with_the_same_keys(
     assert (
         requests[0]["json"]
         == requests[1]["json"]
-        == {"key": key, "name": "widget", "size": {"w": 2, "h": 3}}
+        == {
+            "key": key,
+            "name": "widget",
+            "size": {"w": 2, "h": 3},
+        }
     )
     assert (
         requests[0]["client"] == requests[1]["client"]
@@ -315,7 +319,8 @@ def test_a_step_without_a_url_fails_at_once_with_a_clear_message(
     create = task.step("create")
     assert (create.status, create.attempts) == ("error", 1)
     assert create.last_error is not None
-    assert create.last_error["message"] == (
-        "step 'create': handler_config.url is missing; set it to the service's "
+    assert (
+        create.last_error["message"]
+        == "step 'create': handler_config.url is missing; set it to the service's "
         "base URL, e.g. url: http://localhost:8001"
     )

@@ -172,9 +172,9 @@ def test_a_subscriber_attached_to_the_engine_sees_the_task_complete(tasker, writ
     watch = Watch()
     tasker.add_subscriber(watch)
     path = write_template(
-        "name: watched\nnamespace_name: events_sub\nversion: 1.0.0\nstep_templates:\n"
-        "  - name: one\n    handler_class: tests.integration.handlers:Scripted\n"
-        "  - name: two\n    depends_on_step: one\n    handler_class: tests.integration.handlers:Scripted\n"
+        "name: watched\nnamespace_name: events_sub\nversion: 1.0.0\nstep_templates:\n  - name:"
+        " one\n    handler_class: tests.integration.handlers:Scripted\n  - name: two\n   "
+        " depends_on_step: one\n    handler_class: tests.integration.handlers:Scripted\n"
     )
     tasker.load_templates(path)
     task = tasker.run(tasker.create_task("events_sub/watched", {"key": key}).id)

@@ -605,6 +605,6 @@ def test_cli_rejects_a_bad_log_level_in_one_line(
     result = CliRunner().invoke(cli, ["templates", "list"])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        "error: log_level 'LOUD' (TASKER_LOG_LEVEL or the config file) is not a level; fix: use one of DEBUG, INFO, "
-        "WARNING, ERROR, CRITICAL"
+        "error: log_level 'LOUD' (TASKER_LOG_LEVEL or the config file) is not a level; fix: use one"
+        " of DEBUG, INFO, WARNING, ERROR, CRITICAL"
     ]

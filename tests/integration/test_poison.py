@@ -475,7 +475,8 @@ def test_a_probe_that_fails_by_its_own_bug_closes_the_circuit(
     tasker: Tasker, tmp_path: Path
 ) -> None:
     """The first attempt's RetryableError opens the circuit (threshold 1); the probe then fails with a
-    ValueError, which says nothing about the system: the circuit closes and the step spends the attempt."""
+    ValueError, which says nothing about the system: the circuit closes and the step spends the attempt.
+    """
     templates = tmp_path / "templates"
     tasker.load_templates(
         _write(

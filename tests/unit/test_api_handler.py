@@ -74,9 +74,9 @@ def make_ctx(
         version="1.0.0",
         context=context or {},
         results={},
-        handler_config={"url": BASE, "timeout_seconds": 5}
-        if handler_config is None
-        else handler_config,
+        handler_config=(
+            {"url": BASE, "timeout_seconds": 5} if handler_config is None else handler_config
+        ),
         attempt=2,
         retry_limit=3,
         idempotency_key="idem-123",

@@ -29,7 +29,10 @@ H = "tests.unit.sample_handlers"
 
 def _imported_after(code: str) -> set[str]:
     """Top-level packages a fresh interpreter has imported after running `code`."""
-    probe = f"{code}\nimport sys, json\nprint(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    probe = (
+        f"{code}\nimport sys, json\nprint(json.dumps(sorted({{m.split('.')[0] for m in"
+        " sys.modules})))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
@@ -43,8 +46,8 @@ def test_import_tasker_loads_no_heavy_package() -> None:
 @pytest.mark.parametrize("argv", [["--help"], ["--version"]])
 def test_help_and_version_load_no_heavy_package(argv: list[str]) -> None:
     code = (
-        f"import sys\nsys.argv = ['tasker', *{argv!r}]\nfrom tasker.cli.main import main\ntry:\n    main()\n"
-        "except SystemExit:\n    pass"
+        f"import sys\nsys.argv = ['tasker', *{argv!r}]\nfrom tasker.cli.main import main\ntry:\n   "
+        " main()\nexcept SystemExit:\n    pass"
     )
     assert not _imported_after(code) & set(HEAVY)
 

@@ -244,8 +244,8 @@ def test_mermaid_with_states_gives_each_step_a_class(steps: Steps, data: st.Data
 
 def test_mermaid_example() -> None:
     text = mermaid([("a", []), ("b", ["a"])], {"a": "complete"})
-    assert text == (
-        "graph TD\n"
+    assert (
+        text == "graph TD\n"
         '    s0["a<br/>complete"]\n'
         '    s1["b<br/>pending"]\n'
         "    s0 --> s1\n"

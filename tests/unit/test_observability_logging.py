@@ -137,7 +137,10 @@ def test_level_filters_lines() -> None:
         (
             "json",
             "LOUD",
-            "log level 'LOUD' is not supported; fix: use one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+            (
+                "log level 'LOUD' is not supported; fix: use one of DEBUG, INFO, WARNING, ERROR,"
+                " CRITICAL"
+            ),
         ),
     ],
 )

@@ -81,8 +81,7 @@ def test_the_text_of_an_escape_is_not_a_nul() -> None:
 def test_paths_name_the_first_problem() -> None:
     assert (
         str(find_unstorable({"a": [1, {"b": math.nan}]}))
-        == "results.a[1].b: is nan, which is not JSON; "
-        "use null or a string"
+        == "results.a[1].b: is nan, which is not JSON; use null or a string"
     )
     assert "results['odd key'][0]" in str(find_unstorable({"odd key": ["\x00"]}))
     assert "(the key)" in str(find_unstorable({"\udc80": 1}))

@@ -577,8 +577,10 @@ def test_environment_override_for_unknown_step_is_refused(
 def test_environment_override_is_validated_after_merging(write: Write) -> None:
     path = write(
         two_steps(
-            top="environments:\n  production:\n    step_templates:\n"
-            "      - name: b\n        default_retry_limit: 0\n"
+            top=(
+                "environments:\n  production:\n    step_templates:\n"
+                "      - name: b\n        default_retry_limit: 0\n"
+            )
         )
     )
     load_file(path)
@@ -673,8 +675,10 @@ def test_variables_expand_after_the_environment_merge(
     monkeypatch.setenv("TASKER_UT_PROD_URL", "https://prod.example.com")
     path = write(
         two_steps(
-            top="environments:\n  production:\n    step_templates:\n"
-            "      - name: a\n        handler_config: {url: '${TASKER_UT_PROD_URL}'}\n"
+            top=(
+                "environments:\n  production:\n    step_templates:\n"
+                "      - name: a\n        handler_config: {url: '${TASKER_UT_PROD_URL}'}\n"
+            )
         )
     )
     assert load_file(path, environment="production").step("a").handler_config == {
@@ -734,7 +738,7 @@ steps = st.fixed_dictionaries(
         "handler_class": st.sampled_from([OK, NOT_HANDLER]) | json_values,
     },
     optional={
-        k: (step_names if k.startswith("depends") else json_values)
+        k: step_names if k.startswith("depends") else json_values
         for k in sorted(STEP_KEYS - {"name", "handler_class"})
     },
 )
@@ -748,14 +752,16 @@ templates = st.fixed_dictionaries(
             k: json_values
             for k in sorted(TOP_LEVEL_KEYS - {"name", "step_templates", "environments"})
         },
-        "environments": st.dictionaries(
-            st.sampled_from(["development", "production"]),
-            st.fixed_dictionaries(
-                {}, optional={"step_templates": st.lists(steps, max_size=2) | json_values}
+        "environments": (
+            st.dictionaries(
+                st.sampled_from(["development", "production"]),
+                st.fixed_dictionaries(
+                    {}, optional={"step_templates": st.lists(steps, max_size=2) | json_values}
+                )
+                | json_values,
             )
-            | json_values,
-        )
-        | json_values,
+            | json_values
+        ),
     },
 )
 
@@ -847,8 +853,10 @@ def test_numbers_in_range_still_load(write: Write) -> None:
         write(
             two_steps(
                 top=top,
-                extra_b="    default_retry_limit: 5.0\n"
-                "    handler_config:\n      timeout_seconds: 604800\n",
+                extra_b=(
+                    "    default_retry_limit: 5.0\n"
+                    "    handler_config:\n      timeout_seconds: 604800\n"
+                ),
             )
         )
     )

@@ -204,7 +204,8 @@ def test_parse_results() -> None:
 
 
 def test_query_drops_empty_values_and_repeats_lists() -> None:
-    assert query("/tasks", namespace="", status=["error", "pending"], after=None) == (
-        "/tasks?status=error&status=pending"
+    assert (
+        query("/tasks", namespace="", status=["error", "pending"], after=None)
+        == "/tasks?status=error&status=pending"
     )
     assert query("/tasks") == "/tasks"

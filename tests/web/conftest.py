@@ -118,14 +118,14 @@ def browser() -> Iterator[Browser]:
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.fail(
-            "Playwright for Python is not installed; fix: pip install -e '.[test]' (no browser download "
-            "is needed: the tests drive Debian's chromium)",
+            "Playwright for Python is not installed; fix: pip install -e '.[test]' (no browser"
+            " download is needed: the tests drive Debian's chromium)",
             pytrace=False,
         )
     if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
         pytest.fail(
-            f"no Chromium at {CHROMIUM}; fix: apt-get install -y chromium (.ci/run does it when it is "
-            "missing) or point TASKER_TEST_CHROMIUM at a Chromium binary",
+            f"no Chromium at {CHROMIUM}; fix: apt-get install -y chromium (.ci/run does it when it"
+            " is missing) or point TASKER_TEST_CHROMIUM at a Chromium binary",
             pytrace=False,
         )
     pw = sync_playwright().start()

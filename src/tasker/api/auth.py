@@ -117,16 +117,18 @@ def auth_warning(settings: Settings) -> str | None:
     """What `tasker serve` should warn about at start-up, or None when the configuration looks safe."""
     if not settings.auth_enabled:
         return (
-            "authentication is OFF: anyone who can reach this server can create, cancel and retry tasks; "
-            "set TASKER_AUTH_ENABLED=true before exposing it beyond this machine (see docs/authentication.md)"
+            "authentication is OFF: anyone who can reach this server can create, cancel and retry"
+            " tasks; set TASKER_AUTH_ENABLED=true before exposing it beyond this machine (see"
+            " docs/authentication.md)"
         )
     if (
         settings.jwt_secret is not None
         and len(settings.jwt_secret.encode("utf-8")) < MIN_SECRET_BYTES
     ):
         return (
-            f"TASKER_JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes, so HS256 tokens signed with it can be "
-            "brute-forced; use a long random secret (python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            f"TASKER_JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes, so HS256 tokens signed"
+            " with it can be brute-forced; use a long random secret (python -c 'import secrets;"
+            " print(secrets.token_urlsafe(48))')"
         )
     return None
 
@@ -157,8 +159,8 @@ def _public_key(setting: str) -> RSAPublicKey:
                 exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a readable file"
             )
             raise AuthConfigError(
-                f"TASKER_JWT_PUBLIC_KEY: cannot read the PEM file {setting!r} ({reason}); fix: give PEM text or the "
-                "path of a PEM file holding an RSA public key"
+                f"TASKER_JWT_PUBLIC_KEY: cannot read the PEM file {setting!r} ({reason}); fix: give"
+                " PEM text or the path of a PEM file holding an RSA public key"
             ) from None
     elif "\\n" in text and "\n" not in text:  # PEM text squeezed into one line of an env file
         text = text.replace("\\n", "\n")
@@ -166,8 +168,8 @@ def _public_key(setting: str) -> RSAPublicKey:
         key = load_pem_public_key(text.encode("utf-8"))
     except (ValueError, TypeError):
         raise AuthConfigError(
-            "TASKER_JWT_PUBLIC_KEY is not a PEM public key; fix: give the '-----BEGIN PUBLIC KEY-----' block "
-            "of the RSA key pair that signs the tokens"
+            "TASKER_JWT_PUBLIC_KEY is not a PEM public key; fix: give the '-----BEGIN PUBLIC"
+            " KEY-----' block of the RSA key pair that signs the tokens"
         ) from None
     if not isinstance(key, RSAPublicKey):
         raise AuthConfigError(
@@ -193,7 +195,8 @@ def verify_jwt(token: str, settings: Settings) -> Principal:
     keys = _jwt_keys(settings)
     if not keys:
         raise CredentialError(
-            "bearer token is neither an API key nor accepted as a JWT (this server has no JWT key configured)"
+            "bearer token is neither an API key nor accepted as a JWT (this server has no JWT key"
+            " configured)"
         )
     if len(token) > MAX_TOKEN_CHARS:
         raise CredentialError(f"bearer token is longer than {MAX_TOKEN_CHARS} characters")
@@ -234,7 +237,10 @@ def _jwt_reason(exc: jwt.PyJWTError, settings: Settings) -> str:
         return f"JWT lacks the required claim '{exc.claim}'"
     if isinstance(exc, jwt.InvalidAudienceError):
         if settings.jwt_audience is None:
-            return "JWT names an audience but this server expects none (set TASKER_JWT_AUDIENCE to accept it)"
+            return (
+                "JWT names an audience but this server expects none (set TASKER_JWT_AUDIENCE to"
+                " accept it)"
+            )
         return "JWT audience does not match this server's"
     if isinstance(exc, jwt.InvalidIssuerError):
         return "JWT issuer does not match this server's"

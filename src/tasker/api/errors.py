@@ -82,10 +82,19 @@ _DESCRIPTIONS = {
     401: "No credential, or a bad one (authentication is on).",
     403: "The credential lacks the permission this route needs.",
     404: "No such task, step, namespace or template.",
-    409: "The operation does not apply to the current state (e.g. retrying a task that is not in error).",
+    409: (
+        "The operation does not apply to the current state (e.g. retrying a task that is not in"
+        " error)."
+    ),
     413: "The body is larger than the server's limit (`max_body_bytes`).",
-    422: "The request is malformed (every bad field with its path) or the context violates the template's schema.",
-    429: "Too many open event streams for this credential or in total; retry after `Retry-After` seconds.",
+    422: (
+        "The request is malformed (every bad field with its path) or the context violates the"
+        " template's schema."
+    ),
+    429: (
+        "Too many open event streams for this credential or in total; retry after `Retry-After`"
+        " seconds."
+    ),
 }
 #: The engine's messages point at CLI commands; an API client is told the matching route instead.
 _HINTS = {

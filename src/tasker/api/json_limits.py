@@ -114,7 +114,7 @@ def body_problem(text: str) -> ErrorDetail | None:
             if len(stack) >= MAX_BODY_DEPTH:
                 return ErrorDetail(
                     path=_path(stack),
-                    message=(f"nests deeper than {MAX_BODY_DEPTH} levels; fix: flatten the data"),
+                    message=f"nests deeper than {MAX_BODY_DEPTH} levels; fix: flatten the data",
                 )
             stack.append(_Frame(is_object=first == "{"))
         elif first in "]}":
@@ -135,7 +135,7 @@ def body_problem(text: str) -> ErrorDetail | None:
         elif token in _NON_FINITE:
             return ErrorDetail(
                 path=_path(stack),
-                message=(f"{token} is not a finite JSON number; fix: send a finite number or null"),
+                message=f"{token} is not a finite JSON number; fix: send a finite number or null",
             )
         elif first.isdigit() or (first == "-" and len(token) > 1 and token[1].isdigit()):
             problem = _number_problem(token)

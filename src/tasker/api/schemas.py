@@ -61,7 +61,10 @@ VersionQuery = Annotated[
 DiagramFormat = Annotated[
     Literal["json", "text"] | None,
     Query(
-        description="`json` (the default) or `text` (the bare Mermaid source); `Accept: text/plain` also asks for text."
+        description=(
+            "`json` (the default) or `text` (the bare Mermaid source); `Accept: text/plain` also"
+            " asks for text."
+        )
     ),
 ]
 

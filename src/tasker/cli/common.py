@@ -134,7 +134,8 @@ def state(ctx: click.Context) -> State:
 
 def _configure_logging(ctx: click.Context, st: State) -> None:
     """Once, before any command: structlog for every log line. Interactive commands show warnings unless a
-    level is given; long-running ones (`worker`, `serve`) apply `meta["tasker.log_level"]` themselves."""
+    level is given; long-running ones (`worker`, `serve`) apply `meta["tasker.log_level"]` themselves.
+    """
     from tasker.observability.logging import LEVELS, configure_logging
 
     log_level: str | None = st.given.get("log_level")
@@ -159,7 +160,10 @@ def templates_option(f: Any) -> Any:
         "templates",
         multiple=True,
         type=click.Path(),
-        help="Template YAML file or directory (repeatable). Default: TASKER_TEMPLATE_PATH or ./templates.",
+        help=(
+            "Template YAML file or directory (repeatable). Default: TASKER_TEMPLATE_PATH or"
+            " ./templates."
+        ),
     )(f)
 
 
@@ -200,8 +204,8 @@ def read_json(value: str, what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise TaskerInputError(
-            f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}; fix: pass a JSON object "
-            "or @file.json"
+            f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}; fix: pass"
+            " a JSON object or @file.json"
         ) from None
 
 

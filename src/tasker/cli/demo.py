@@ -122,7 +122,10 @@ def demo_templates(name: str | None) -> None:
 @click.option(
     "--database-url",
     default=None,
-    help="Run on this store (its demo_* tables are recreated). Default: a fresh temporary SQLite file.",
+    help=(
+        "Run on this store (its demo_* tables are recreated). Default: a fresh temporary SQLite"
+        " file."
+    ),
 )
 def black_friday(
     orders: int,
@@ -157,8 +160,8 @@ def black_friday(
         return
     out = Console()
     out.print(
-        f"[bold]Black Friday[/]: {orders} orders, transient failure rate {transient_failure_rate:g} per "
-        f"service call, decline rate {decline_rate:g}, seed {seed}"
+        f"[bold]Black Friday[/]: {orders} orders, transient failure rate {transient_failure_rate:g}"
+        f" per service call, decline rate {decline_rate:g}, seed {seed}"
     )
     out.print(
         Columns(
@@ -299,9 +302,9 @@ def _engine_verdict(engine: dict[str, Any]) -> str:
             else (
                 "all of them completed"
                 if recovered == operator
-                else "none of them completed"
-                if recovered == 0
-                else f"{recovered} of them completed"
+                else (
+                    "none of them completed" if recovered == 0 else f"{recovered} of them completed"
+                )
             )
         )
         retry = (
@@ -376,8 +379,10 @@ MUST_BE_ZERO = frozenset(
     type=click.Choice(["refuse", "unavailable"]),
     default="refuse",
     show_default=True,
-    help="How BillingService is down: 'refuse' stops listening (connection refused), 'unavailable' "
-    "answers 503.",
+    help=(
+        "How BillingService is down: 'refuse' stops listening (connection refused), 'unavailable' "
+        "answers 503."
+    ),
 )
 @click.option(
     "--seed",
@@ -450,16 +455,18 @@ def registration_outage(
     engine = result["engine"]
     out = Console()
     out.print(
-        f"[bold]Registration outage[/]: {registrations} registrations, BillingService down "
-        f"{outage_seconds:g} s ({outage_mode}), "
-        f"{f'{workers} worker processes' if workers else 'one in-process worker'}, seed {engine['seed']}"
+        f"[bold]Registration outage[/]: {registrations} registrations, BillingService down"
+        f" {outage_seconds:g} s ({outage_mode}),"
+        f" {f'{workers} worker processes' if workers else 'one in-process worker'}, seed"
+        f" {engine['seed']}"
     )
     out.print()
     out.print("[bold]Timeline[/] (engine side, from the event log)")
     for entry in engine["timeline"]:
         at = datetime.fromisoformat(entry["at"]).astimezone()
         out.print(
-            f"  {at:%H:%M:%S}.{at.microsecond // 100_000}  (+{entry['offset_seconds']:6.1f} s)  {entry['text']}",
+            f"  {at:%H:%M:%S}.{at.microsecond // 100_000}  (+{entry['offset_seconds']:6.1f} s) "
+            f" {entry['text']}",
             highlight=False,
         )
     out.print()
@@ -491,15 +498,15 @@ def _live(console: Console, *, enabled: bool) -> Iterator[Callable[[Any], None]]
 def _progress_view(p: Any) -> Table:
     if p.phase == "naive":
         title = (
-            f"naive coordinator, BillingService down: {p.completed + p.failed}/{p.total} registrations tried, "
-            f"{p.failed} failed"
+            f"naive coordinator, BillingService down: {p.completed + p.failed}/{p.total}"
+            f" registrations tried, {p.failed} failed"
         )
     elif p.phase == "starting":
         title = "starting the services and the workers"
     elif p.outage_left is not None:
         title = (
-            f"+{p.elapsed:5.1f} s  BillingService [bold red]DOWN[/], back in {p.outage_left:4.1f} s  "
-            f"circuit billing_service: {_circuit(p.circuit)}"
+            f"+{p.elapsed:5.1f} s  BillingService [bold red]DOWN[/], back in {p.outage_left:4.1f} s"
+            f"  circuit billing_service: {_circuit(p.circuit)}"
         )
     else:
         title = (
@@ -510,10 +517,11 @@ def _progress_view(p: Any) -> Table:
         title=title,
         title_justify="left",
         caption=(
-            f"{p.completed}/{p.total} registrations complete, {p.waiting} waiting for billing, {p.failed} failed"
-        )
-        if p.phase != "naive"
-        else None,
+            f"{p.completed}/{p.total} registrations complete, {p.waiting} waiting for billing,"
+            f" {p.failed} failed"
+            if p.phase != "naive"
+            else None
+        ),
         caption_justify="left",
     )
     states = {
@@ -590,11 +598,12 @@ def _registration_verdict(result: dict[str, dict[str, Any]]) -> str:
         else ""
     )
     return (
-        f"\nNaive: {naive['failed']} of {naive['registrations']} registrations failed; "
-        f"{naive['users_without_billing']} users left without billing, {naive['users_without_preferences']} "
-        f"without preferences, {naive['users_without_welcome']} without a welcome mail: "
-        f"{naive['manual_interventions']} to repair by hand.\n"
-        f"Tasker: {engine['completed']} of {engine['registrations']} completed by themselves{when}; "
-        f"{duplicates} duplicates in the services, {engine['steps_over_retry_limit']} steps over their retry "
-        f"limit, {engine['manual_interventions']} manual interventions."
+        f"\nNaive: {naive['failed']} of {naive['registrations']} registrations failed;"
+        f" {naive['users_without_billing']} users left without billing,"
+        f" {naive['users_without_preferences']} without preferences,"
+        f" {naive['users_without_welcome']} without a welcome mail: {naive['manual_interventions']}"
+        f" to repair by hand.\nTasker: {engine['completed']} of {engine['registrations']} completed"
+        f" by themselves{when}; {duplicates} duplicates in the services,"
+        f" {engine['steps_over_retry_limit']} steps over their retry limit,"
+        f" {engine['manual_interventions']} manual interventions."
     )

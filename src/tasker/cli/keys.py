@@ -22,8 +22,10 @@ def keys() -> None:
 
 
 @keys.command(
-    help=f"Create a key and print it once. Permissions: {', '.join(PERMISSIONS)}; wildcards: "
-    f"{', '.join(WILDCARDS)}."
+    help=(
+        f"Create a key and print it once. Permissions: {', '.join(PERMISSIONS)}; wildcards: "
+        f"{', '.join(WILDCARDS)}."
+    )
 )
 @click.option("--name", required=True, help="A unique name for the key (who or what uses it).")
 @click.option(
@@ -47,8 +49,8 @@ def create(
     wanted = [*(permission_list.split(",") if permission_list else []), *permission_items]
     record, secret = state(ctx).engine(load=False).create_api_key(name, wanted)
     err_console.print(
-        f"created API key '{record.name}' ({record.prefix}) with {', '.join(record.permissions)}; it is shown "
-        "once, so store it now (only its digest is kept):",
+        f"created API key '{record.name}' ({record.prefix}) with {', '.join(record.permissions)};"
+        " it is shown once, so store it now (only its digest is kept):",
         highlight=False,
         soft_wrap=True,
     )
@@ -90,6 +92,7 @@ def revoke(ctx: click.Context, name: str) -> None:
     record = state(ctx).engine(load=False, access="read").revoke_api_key(name)
     assert record.revoked_at is not None
     console.print(
-        f"API key '{record.name}' ({record.prefix}) revoked at {record.revoked_at:%Y-%m-%d %H:%M:%S} UTC",
+        f"API key '{record.name}' ({record.prefix}) revoked at"
+        f" {record.revoked_at:%Y-%m-%d %H:%M:%S} UTC",
         highlight=False,
     )

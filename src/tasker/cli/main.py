@@ -89,8 +89,8 @@ class LazyGroup(TaskerGroup):
             command = getattr(importlib.import_module(module_name), attr)
         except ImportError as exc:
             _error(
-                f"'tasker {cmd_name}' is not available in this installation ({exc}); fix: reinstall "
-                "tasker-engine"
+                f"'tasker {cmd_name}' is not available in this installation ({exc}); fix: reinstall"
+                " tasker-engine"
             )
             ctx.exit(2)
         add_global_options(command)

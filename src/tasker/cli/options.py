@@ -35,8 +35,10 @@ def global_params() -> list[click.Parameter]:
             default=None,
             expose_value=False,
             callback=_record,
-            help="Store URL (sqlite:///path or postgresql://...). Default: TASKER_DATABASE_URL or "
-            "./tasker.db",
+            help=(
+                "Store URL (sqlite:///path or postgresql://...). Default: TASKER_DATABASE_URL or "
+                "./tasker.db"
+            ),
         ),
         click.Option(
             ["--config", "config_file"],
@@ -60,7 +62,9 @@ def global_params() -> list[click.Parameter]:
             default=None,
             expose_value=False,
             callback=_record,
-            help="Log lines as JSON objects or readable text. Default: TASKER_LOG_FORMAT or console.",
+            help=(
+                "Log lines as JSON objects or readable text. Default: TASKER_LOG_FORMAT or console."
+            ),
         ),
         click.Option(
             ["--log-level"],
@@ -68,8 +72,10 @@ def global_params() -> list[click.Parameter]:
             default=None,
             expose_value=False,
             callback=_record,
-            help="Log threshold. Default: TASKER_LOG_LEVEL, or INFO for worker/serve and WARNING for "
-            "other commands.",
+            help=(
+                "Log threshold. Default: TASKER_LOG_LEVEL, or INFO for worker/serve and WARNING for"
+                " other commands."
+            ),
         ),
     ]
 

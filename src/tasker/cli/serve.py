@@ -21,8 +21,10 @@ from tasker.cli.common import templates_option
     type=click.IntRange(0, 64),
     default=0,
     show_default=True,
-    help="In-process workers that run steps alongside the API, restarted with backoff "
-    "if they die (0: serve only).",
+    help=(
+        "In-process workers that run steps alongside the API, restarted with backoff "
+        "if they die (0: serve only)."
+    ),
 )
 @click.option(
     "--concurrency",

@@ -145,7 +145,8 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as exc:
         fail(
-            f"cannot listen on {host}:{port} ({exc.strerror or exc}); fix: choose another --port or --host"
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); fix: choose another --port or"
+            " --host"
         )
         raise  # unreachable: fail() exits
     sock.listen(2048)

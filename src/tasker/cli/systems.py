@@ -140,8 +140,10 @@ def _cooldown(row: dict[str, Any]) -> str:
     "--max-outage-seconds",
     type=Bounded(bounds.MAX_OUTAGE_SECONDS),
     default=None,
-    help="How long steps wait for this system while it answers nothing before they fail "
-    "(default 3600, at most a week).",
+    help=(
+        "How long steps wait for this system while it answers nothing before they fail "
+        "(default 3600, at most a week)."
+    ),
 )
 @click.option("--clear-max-in-flight", is_flag=True, help="Remove the in-flight limit.")
 @click.pass_context

@@ -224,8 +224,8 @@ def retry_step(ctx: click.Context, task_id: int, step: str) -> None:
     """Re-arm one failed step of a task with fresh attempts (a worker then runs it)."""
     task = state(ctx).engine(load=False, access="read").retry_step(task_id, step)
     _say(
-        f"step {step} of task {task.id} is {task.step(step).status}; task is {task.status}; run a worker "
-        "(tasker worker) to process it"
+        f"step {step} of task {task.id} is {task.step(step).status}; task is {task.status}; run a"
+        " worker (tasker worker) to process it"
     )
 
 

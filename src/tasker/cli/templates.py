@@ -52,8 +52,8 @@ def validate(ctx: click.Context, paths: tuple[str, ...]) -> None:
             continue
         if found.key in seen and seen[found.key] != file:
             problems.append(
-                f"{file}: template {found.key} is also defined in {seen[found.key]}; fix: give one of "
-                "them another version"
+                f"{file}: template {found.key} is also defined in {seen[found.key]}; fix: give one"
+                " of them another version"
             )
         seen.setdefault(found.key, file)
         for w in found.warnings:

@@ -44,13 +44,18 @@ log = logging.getLogger("tasker.worker")
     "--metrics-port",
     type=click.IntRange(1, 65535),
     default=None,
-    help="Serve this worker's Prometheus metrics on http://0.0.0.0:PORT/metrics (or TASKER_METRICS_PORT).",
+    help=(
+        "Serve this worker's Prometheus metrics on http://0.0.0.0:PORT/metrics (or"
+        " TASKER_METRICS_PORT)."
+    ),
 )
 @click.option(
     "--store-metrics",
     is_flag=True,
-    help="With --metrics-port: also the store-wide gauges (tasks, steps, queue, circuits); one target "
-    "is enough.",
+    help=(
+        "With --metrics-port: also the store-wide gauges (tasks, steps, queue, circuits); one"
+        " target is enough."
+    ),
 )
 @templates_option
 @click.pass_context
@@ -74,8 +79,8 @@ def worker(
     engine = st.engine(templates)
     if not len(engine.registry):
         log.warning(
-            "no templates are loaded, so this worker cannot run any step; fix: pass --templates PATH "
-            "or set TASKER_TEMPLATE_PATH"
+            "no templates are loaded, so this worker cannot run any step; fix: pass --templates"
+            " PATH or set TASKER_TEMPLATE_PATH"
         )
     names = (
         [n.strip() for n in namespaces.split(",") if n.strip()]

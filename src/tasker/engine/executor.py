@@ -422,7 +422,8 @@ def _check_results(result: Any, handler_cls: type) -> dict[str, Any]:
         return {}
     if not isinstance(result, dict):
         raise InvalidResultError(
-            f"{handler_cls.__name__}.process returned {type(result).__name__}; it must return a dict (or None)"
+            f"{handler_cls.__name__}.process returned {type(result).__name__}; it must return a"
+            " dict (or None)"
         )
     problem = find_unstorable(result)
     if problem is not None:

@@ -222,7 +222,8 @@ def _judge(report: dict[str, Any]) -> tuple[str, list[str]]:
     for c in report["circuits"]:
         if c["circuit_state"] != systems.CLOSED:
             degraded.append(
-                f"the circuit of dependent system '{c['name']}' is {c['circuit_state'].replace('_', '-')}"
+                f"the circuit of dependent system '{c['name']}' is"
+                f" {c['circuit_state'].replace('_', '-')}"
             )
     backlog = report["backlog"]
     if backlog["overdue_steps"]:
@@ -528,9 +529,9 @@ def _bottlenecks(
                 "failure_rate": _rate(failures, c.attempts),
                 "retries_per_step": _rate(c.retries, c.steps),
                 "duration_ms": _dist(d, 1),
-                "share_of_template_time": round((d.total or 0.0) / whole, 4)
-                if d and whole
-                else None,
+                "share_of_template_time": (
+                    round((d.total or 0.0) / whole, 4) if d and whole else None
+                ),
                 "top_errors": _top(c.error_classes),
             }
         )
@@ -633,9 +634,10 @@ def recommendations(
                     "retries_exhausted",
                     "critical",
                     subject,
-                    f"step '{r['step']}' of {ref} ended in error after being retried in "
-                    f"{r['errors_after_retries']} task(s) (retry limit {r['retry_limit']}, mostly {top}): its failures "
-                    f"outlast the retries; raise default_retry_limit or the backoff, or fix '{r['dependent_system']}'",
+                    f"step '{r['step']}' of {ref} ended in error after being retried in"
+                    f" {r['errors_after_retries']} task(s) (retry limit {r['retry_limit']}, mostly"
+                    f" {top}): its failures outlast the retries; raise default_retry_limit or the"
+                    f" backoff, or fix '{r['dependent_system']}'",
                     errors_after_retries=r["errors_after_retries"],
                     retry_limit=r["retry_limit"],
                 )
@@ -644,9 +646,15 @@ def recommendations(
         if r["attempts"] >= MIN_SAMPLE and rate >= FAILING_RATE:
             failures = r["retries"] + r["errors"]
             if top == "StepTimeoutError":
-                hint = "most failures are timeouts: raise handler_config.timeout_seconds or make the call faster"
+                hint = (
+                    "most failures are timeouts: raise handler_config.timeout_seconds or make the"
+                    " call faster"
+                )
             elif r["retries"] == 0:
-                hint = "the failures are permanent (never retried): check the input data or the handler"
+                hint = (
+                    "the failures are permanent (never retried): check the input data or the"
+                    " handler"
+                )
             else:
                 hint = f"retries absorb them, but check '{r['dependent_system']}'"
             out.append(
@@ -654,8 +662,8 @@ def recommendations(
                     "failing_step",
                     "critical" if rate >= CRITICAL_RATE else "warning",
                     subject,
-                    f"step '{r['step']}' of {ref} failed {failures} of its {r['attempts']} attempts ({rate:.0%}, "
-                    f"mostly {top}): {hint}",
+                    f"step '{r['step']}' of {ref} failed {failures} of its {r['attempts']} attempts"
+                    f" ({rate:.0%}, mostly {top}): {hint}",
                     failure_rate=rate,
                     failures=failures,
                     attempts=r["attempts"],
@@ -677,9 +685,9 @@ def recommendations(
                     "slow_step",
                     "warning",
                     subject,
-                    f"step '{r['step']}' takes {share:.0%} of the step time of {ref} (p95 {d['p95']:.0f} ms, "
-                    f"average {d['avg']:.0f} ms): it is the bottleneck; make it faster, cache its calls, or split "
-                    "it into steps that run in parallel",
+                    f"step '{r['step']}' takes {share:.0%} of the step time of {ref} (p95"
+                    f" {d['p95']:.0f} ms, average {d['avg']:.0f} ms): it is the bottleneck; make it"
+                    " faster, cache its calls, or split it into steps that run in parallel",
                     share_of_template_time=share,
                     p95_ms=d["p95"],
                 )
@@ -695,9 +703,9 @@ def recommendations(
                     "long_tail",
                     "info",
                     subject,
-                    f"step '{r['step']}' of {ref} has a long tail: p95 {d['p95']:.0f} ms is "
-                    f"{d['p95'] / d['p50']:.1f}x the median {d['p50']:.0f} ms; give its calls a client timeout "
-                    "shorter than handler_config.timeout_seconds",
+                    f"step '{r['step']}' of {ref} has a long tail: p95 {d['p95']:.0f} ms is"
+                    f" {d['p95'] / d['p50']:.1f}x the median {d['p50']:.0f} ms; give its calls a"
+                    " client timeout shorter than handler_config.timeout_seconds",
                     p50_ms=d["p50"],
                     p95_ms=d["p95"],
                 )
@@ -719,9 +727,10 @@ def recommendations(
                 "unstable_system",
                 "critical" if circuit != systems.CLOSED or rate >= CRITICAL_RATE else "warning",
                 name,
-                f"dependent system '{name}' failed {sysrow['failures']} of {sysrow['attempts']} attempts ({rate:.0%}, "
-                f"mostly {top}); its circuit is {circuit.replace('_', '-')}; tune it with 'tasker systems set {name} "
-                "--failure-threshold N --cooldown-seconds S'",
+                f"dependent system '{name}' failed {sysrow['failures']} of {sysrow['attempts']}"
+                f" attempts ({rate:.0%}, mostly {top}); its circuit is {circuit.replace('_', '-')};"
+                f" tune it with 'tasker systems set {name} --failure-threshold N"
+                " --cooldown-seconds S'",
                 failure_rate=rate,
                 attempts=sysrow["attempts"],
             )
@@ -733,8 +742,8 @@ def recommendations(
                 "lost_leases",
                 "warning",
                 "workers",
-                f"{lost} attempts were lost to expired leases: a worker crashed, was killed or stalled for longer "
-                "than lease_seconds; check the workers' health and logs",
+                f"{lost} attempts were lost to expired leases: a worker crashed, was killed or"
+                " stalled for longer than lease_seconds; check the workers' health and logs",
                 lost_attempts=lost,
             )
         )

@@ -383,8 +383,8 @@ class Worker:
         error = describe_error(refused, retryable=False, system_fault=False)
         error["class"] = "OutcomeNotStorable"
         error["message"] = storable_text(
-            f"the store refused this attempt's outcome ({outcome.state}): {type(refused).__name__}: "
-            f"{safe_str(refused)}",
+            f"the store refused this attempt's outcome ({outcome.state}): {type(refused).__name__}:"
+            f" {safe_str(refused)}",
             MAX_MESSAGE_CHARS,
         )
         log.error(

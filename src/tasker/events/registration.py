@@ -31,8 +31,9 @@ def configured_subscribers(
             found.append((path, import_object(path)))
         except Exception as exc:
             raise TaskerInputError(
-                f"subscribers: cannot import '{path}' ({type(exc).__name__}: {exc}); fix: use an import path "
-                "like 'package.module:ClassName' importable from the current environment"
+                f"subscribers: cannot import '{path}' ({type(exc).__name__}: {exc}); fix: use an"
+                " import path like 'package.module:ClassName' importable from the current"
+                " environment"
             ) from None
     if include_entry_points:
         for ep in entry_points(group=ENTRY_POINT_GROUP):

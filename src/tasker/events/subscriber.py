@@ -29,7 +29,8 @@ class Subscriber:
 
     def bind(self, engine: Any) -> None:
         """Called with the engine when the subscriber is added to one (`Tasker.add_subscriber`, or from
-        configuration): override to keep it, e.g. to read the task an event names. The default ignores it."""
+        configuration): override to keep it, e.g. to read the task an event names. The default ignores it.
+        """
 
     def attach(self, bus: EventBus) -> Callable[[], None]:
         """Subscribe to `bus`; returns a function that detaches this subscriber again."""

@@ -128,8 +128,10 @@ class ApiStepHandler(StepHandler):
             raise _http_error(
                 PermanentError,
                 response,
-                hint="(no 'existing' resource in the body to compare "
-                "with; override on_conflict to resolve it)",
+                hint=(
+                    "(no 'existing' resource in the body to compare "
+                    "with; override on_conflict to resolve it)"
+                ),
             )
         existing = body["existing"]
         differing = [
@@ -319,8 +321,10 @@ def classify_status(response: httpx.Response) -> PermanentError | RetryableError
         return _http_error(
             PermanentError,
             response,
-            hint="(redirects are not followed; point handler_config.url "
-            f"at the final address{': ' + where if where else ''})",
+            hint=(
+                "(redirects are not followed; point handler_config.url "
+                f"at the final address{': ' + where if where else ''})"
+            ),
         )
     return _http_error(PermanentError, response)
 
@@ -607,8 +611,9 @@ def _checked(transport: Any, kind: type[T]) -> T | None:
     if transport is None or isinstance(transport, kind):
         return transport
     raise TypeError(
-        f"transport {type(transport).__name__} is not an {kind.__module__}.{kind.__qualname__}; "
-        "use httpx.HTTPTransport for ApiStepHandler and httpx.AsyncHTTPTransport for AsyncApiStepHandler"
+        f"transport {type(transport).__name__} is not an {kind.__module__}.{kind.__qualname__}; use"
+        " httpx.HTTPTransport for ApiStepHandler and httpx.AsyncHTTPTransport for"
+        " AsyncApiStepHandler"
     )
 
 

@@ -88,15 +88,17 @@ class StepContext:
             return self.results[step_name]
         except KeyError:
             raise KeyError(
-                f"no results for step '{step_name}'; finished steps: {', '.join(self.results) or 'none'}"
+                f"no results for step '{step_name}'; finished steps:"
+                f" {', '.join(self.results) or 'none'}"
             ) from None
 
     def publish(self, event: str, payload: Mapping[str, Any] | None = None) -> None:
         """Publish a custom event declared in the template; delivered after the step's outcome is stored."""
         if event not in self.declared_events:
             raise UndeclaredEventError(
-                f"event '{event}' is not declared in custom_events of {self.namespace}/{self.task_name}; "
-                f"declared: {', '.join(sorted(self.declared_events)) or 'none'}"
+                f"event '{event}' is not declared in custom_events of"
+                f" {self.namespace}/{self.task_name}; declared:"
+                f" {', '.join(sorted(self.declared_events)) or 'none'}"
             )
         self.published.append((event, dict(payload or {})))
 

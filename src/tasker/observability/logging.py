@@ -170,7 +170,8 @@ def _check(fmt: str, level: str) -> str:
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever `sys.stderr` is at each record, not the one there was at configuration time, so a
-    harness that swaps standard error (click's CliRunner, pytest) never leaves us writing to a closed file."""
+    harness that swaps standard error (click's CliRunner, pytest) never leaves us writing to a closed file.
+    """
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)

@@ -156,7 +156,8 @@ class EngineMetrics:
         r.register(self.steps)
         self.claim_latency = Histogram(
             "tasker_claim_latency_seconds",
-            "From the start of a worker's claim to the commit that hands it the steps, per cycle that claimed.",
+            "From the start of a worker's claim to the commit that hands it the steps, per cycle"
+            " that claimed.",
             registry=r,
             buckets=CLAIM_BUCKETS,
         )
@@ -318,7 +319,8 @@ def _families() -> tuple[GaugeMetricFamily, ...]:
         GaugeMetricFamily("tasker_steps", "Steps by state.", labels=["state"]),
         GaugeMetricFamily(
             "tasker_ready_queue_depth",
-            "Steps ready or waiting to retry whose run_at has come: claimable now, not yet claimed.",
+            "Steps ready or waiting to retry whose run_at has come: claimable now, not yet"
+            " claimed.",
         ),
         GaugeMetricFamily(
             "tasker_ready_queue_oldest_seconds",
@@ -384,7 +386,8 @@ def serve_metrics(port: int, engine: Tasker | None = None, *, addr: str = "0.0.0
         )
     except OSError as exc:
         raise TaskerInputError(
-            f"cannot serve metrics on {addr}:{port} ({exc.strerror or exc}); fix: choose a free --metrics-port"
+            f"cannot serve metrics on {addr}:{port} ({exc.strerror or exc}); fix: choose a free"
+            " --metrics-port"
         ) from None
     log.info("serving Prometheus metrics on http://%s:%d/metrics", addr, port)
     return server

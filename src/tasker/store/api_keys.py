@@ -66,8 +66,8 @@ def check_permissions(names: Iterable[str]) -> tuple[str, ...]:
             continue
         if name not in GRANTABLE:
             raise TaskerInputError(
-                f"unknown permission '{name}'; valid permissions: {', '.join(PERMISSIONS)}; wildcards: "
-                f"{', '.join(WILDCARDS)}"
+                f"unknown permission '{name}'; valid permissions: {', '.join(PERMISSIONS)};"
+                f" wildcards: {', '.join(WILDCARDS)}"
             )
         if name not in out:
             out.append(name)
@@ -81,8 +81,8 @@ def check_permissions(names: Iterable[str]) -> tuple[str, ...]:
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise TaskerInputError(
-            f"invalid API key name {name!r}; fix: use 1 to 128 letters, digits or '_.@-', starting with a letter "
-            "or digit"
+            f"invalid API key name {name!r}; fix: use 1 to 128 letters, digits or '_.@-', starting"
+            " with a letter or digit"
         )
     return name
 

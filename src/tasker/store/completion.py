@@ -56,9 +56,9 @@ def _finish_params(o: Outcome, now: datetime) -> dict[str, Any]:
         "now": now,
         "results": o.results if state == StepState.COMPLETE else None,
         "error": o.error if state != StepState.COMPLETE else None,
-        "run_at": now + timedelta(seconds=o.retry_delay)
-        if state == StepState.WAITING_RETRY
-        else None,
+        "run_at": (
+            now + timedelta(seconds=o.retry_delay) if state == StepState.WAITING_RETRY else None
+        ),
         "finished_at": None if state == StepState.WAITING_RETRY else now,
         "refund": 1 if o.refund_attempt else 0,
     }

@@ -84,7 +84,8 @@ class Database:
             parsed = make_url(self.url)
         except ArgumentError:
             raise TaskerInputError(
-                f"'{self.url}' is not a database URL; fix: use sqlite:///path.db or postgresql://user@host/db"
+                f"'{self.url}' is not a database URL; fix: use sqlite:///path.db or"
+                " postgresql://user@host/db"
             ) from None
         self.dialect = parsed.get_backend_name()
         self.memory = False
@@ -118,7 +119,8 @@ class Database:
             )
         else:
             raise TaskerInputError(
-                f"unsupported database '{self.dialect}'; fix: use sqlite:///path.db or postgresql://user@host/db"
+                f"unsupported database '{self.dialect}'; fix: use sqlite:///path.db or"
+                " postgresql://user@host/db"
             )
         try:
             if migrate is None:
@@ -233,13 +235,14 @@ class Database:
                 if value
             )
             return (
-                f"database {self.shown_url()} does not exist; fix: createdb {where + ' ' if where else ''}"
-                f"{name} (or in psql: CREATE DATABASE \"{name}\";), then 'tasker db upgrade'"
+                f"database {self.shown_url()} does not exist; fix: createdb"
+                f' {where + " " if where else ""}{name} (or in psql: CREATE DATABASE "{name}";),'
+                " then 'tasker db upgrade'"
             )
         if self.is_postgres:
             return (
-                f"cannot connect to {self.shown_url()} ({detail}); fix: start PostgreSQL or correct "
-                "--database-url / TASKER_DATABASE_URL"
+                f"cannot connect to {self.shown_url()} ({detail}); fix: start PostgreSQL or correct"
+                " --database-url / TASKER_DATABASE_URL"
             )
         return f"cannot open {self.shown_url()} ({detail}); fix: check the path and its permissions"
 

@@ -69,8 +69,8 @@ class Cursor:
         parts = text.split("-")
         if len(parts) != 4 or not all(p.isdigit() and len(p) <= 18 for p in parts):
             raise TaskerInputError(
-                f"invalid event cursor {text[:40]!r}; fix: pass back the `cursor` (or SSE id) of an earlier "
-                "page, four numbers joined by '-', or omit it to read from the start"
+                f"invalid event cursor {text[:40]!r}; fix: pass back the `cursor` (or SSE id) of an"
+                " earlier page, four numbers joined by '-', or omit it to read from the start"
             )
         return cls(*(int(p) for p in parts))
 

@@ -106,7 +106,8 @@ def retry_step(
     row = _step(conn, task_id, step_name)
     if row.state != StepState.ERROR:
         raise OperationError(
-            f"step '{step_name}' of task {task_id} is {row.state}; only a step in error can be retried"
+            f"step '{step_name}' of task {task_id} is {row.state}; only a step in error can be"
+            " retried"
         )
     _require_finished_parents(conn, task_id, row.id, step_name, "retried")
     conn.execute(
@@ -186,9 +187,9 @@ def unfinished_parents_message(
     noun = "parent" if len(parents) == 1 else "parents"
     verb = "is" if len(parents) == 1 else "are"
     return (
-        f"step '{step_name}' of task {task_id} cannot be {action} while its {noun} {listed} {verb} not "
-        f"finished; fix: resolve or wait for the {noun} first (a step runs only after every parent is "
-        "complete, resolved or skipped)"
+        f"step '{step_name}' of task {task_id} cannot be {action} while its {noun} {listed} {verb}"
+        f" not finished; fix: resolve or wait for the {noun} first (a step runs only after every"
+        " parent is complete, resolved or skipped)"
     )
 
 

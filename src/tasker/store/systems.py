@@ -403,7 +403,8 @@ def _apply(
             name,
             CLOSED,
             OPEN,
-            f"{failures} consecutive retryable failures (threshold {threshold}); probe in {base:g}s",
+            f"{failures} consecutive retryable failures (threshold {threshold}); probe in"
+            f" {base:g}s",
         )
         return
     conn.execute(

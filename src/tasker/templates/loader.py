@@ -138,7 +138,8 @@ def parse_template(
     """Validate a template given as plain data (what a YAML file holds)."""
     if not isinstance(data, dict):
         raise TemplateError(
-            f"{source}: a template must be a mapping with name and step_templates; fix: see docs/templates.md"
+            f"{source}: a template must be a mapping with name and step_templates; fix: see"
+            " docs/templates.md"
         )
     _check_values(data, source)
     warnings = _unknown_keys(data, source)
@@ -187,7 +188,8 @@ def resolve_step_handler(path: str, *, where: str) -> type:
     cls = _resolve(path, where)
     if not isinstance(cls, type) or not issubclass(cls, StepHandler):
         raise TemplateError(
-            f"{where}: handler_class '{path}' is not a StepHandler subclass; fix: subclass tasker.StepHandler"
+            f"{where}: handler_class '{path}' is not a StepHandler subclass; fix: subclass"
+            " tasker.StepHandler"
         )
     return cls
 
@@ -213,7 +215,10 @@ def _resolve(path: str, where: str) -> Any:
         if isinstance(exc, ModuleNotFoundError):
             fix = f"check the import path, and that its package is on sys.path ({_search_path()})"
         else:
-            fix = "check the import path, and run the module by hand (python -c 'import ...') to see its error"
+            fix = (
+                "check the import path, and run the module by hand (python -c 'import ...') to see"
+                " its error"
+            )
         raise TemplateError(
             f"{where}: cannot import '{path}' ({type(exc).__name__}: {reason}); fix: {fix}"
         ) from None
@@ -273,7 +278,8 @@ def _apply_environment(data: dict[str, Any], env: str, source: str) -> dict[str,
     steps = data.get("step_templates") or []
     if not isinstance(overrides, list):
         raise TemplateError(
-            f"{source}: environments.{env}.step_templates must be a list; fix: list step overrides by 'name'"
+            f"{source}: environments.{env}.step_templates must be a list; fix: list step overrides"
+            " by 'name'"
         )
     if not isinstance(steps, list):
         return data  # the base step_templates is malformed; its validation says so
@@ -285,13 +291,13 @@ def _apply_environment(data: dict[str, Any], env: str, source: str) -> dict[str,
     for o in overrides:
         if not isinstance(o, dict) or not isinstance(o.get("name"), str):
             raise TemplateError(
-                f"{source}: environments.{env}.step_templates entries need a 'name'; fix: add the name of "
-                "the step each entry overrides"
+                f"{source}: environments.{env}.step_templates entries need a 'name'; fix: add the"
+                " name of the step each entry overrides"
             )
         if o["name"] not in by_name:
             raise TemplateError(
-                f"{source}: environments.{env}: override for unknown step '{o['name']}'; fix: use one of "
-                f"{', '.join(str(n) for n in by_name)}"
+                f"{source}: environments.{env}: override for unknown step '{o['name']}'; fix: use"
+                f" one of {', '.join(str(n) for n in by_name)}"
             )
         i = by_name[o["name"]]
         steps[i] = _deep_merge(steps[i], o)
@@ -312,8 +318,8 @@ def _expand_vars(data: dict[str, Any], source: str) -> dict[str, Any]:
                 if default is not None:
                     return default
                 raise TemplateError(
-                    f"{source}: {where}: environment variable {name} is not set; fix: set it or write "
-                    f"${{{name}:-default}}"
+                    f"{source}: {where}: environment variable {name} is not set; fix: set it or"
+                    f" write ${{{name}:-default}}"
                 )
 
             whole = VAR.fullmatch(value)
@@ -359,17 +365,18 @@ def _check_schema(schema: dict[str, Any], source: str) -> None:
     except SchemaError as exc:
         path = "/".join(str(p) for p in exc.absolute_path) or "(root)"
         raise TemplateError(
-            f"{source}: schema is not valid JSON Schema at {path}: {exc.message}; fix: correct the schema "
-            "(Draft 2020-12)"
+            f"{source}: schema is not valid JSON Schema at {path}: {exc.message}; fix: correct the"
+            " schema (Draft 2020-12)"
         ) from None
     for path, pattern in regex_safety.schema_patterns(schema):
         why = regex_safety.refusal(pattern)
         if why:
             shown = pattern if len(pattern) <= 80 else pattern[:77] + "..."
             raise TemplateError(
-                f"{source}: schema{path}: pattern '{shown}' is refused: {why}, which can take exponential "
-                "time on a context string; fix: remove the nested repetition, use a possessive "
-                "quantifier or an atomic group, or validate the value in a step (see docs/templates.md)"
+                f"{source}: schema{path}: pattern '{shown}' is refused: {why}, which can take"
+                " exponential time on a context string; fix: remove the nested repetition, use a"
+                " possessive quantifier or an atomic group, or validate the value in a step (see"
+                " docs/templates.md)"
             )
 
 
@@ -390,7 +397,8 @@ def _check_values(data: Any, source: str) -> None:
         where = path.removesuffix(": ") or "(template)"
         if depth > MAX_DEPTH:
             raise TemplateError(
-                f"{source}: {where}: nested more than {MAX_DEPTH} levels deep; fix: flatten the value"
+                f"{source}: {where}: nested more than {MAX_DEPTH} levels deep; fix: flatten the"
+                " value"
             )
         if isinstance(value, float) and not math.isfinite(value):
             raise TemplateError(
@@ -404,7 +412,8 @@ def _check_values(data: Any, source: str) -> None:
             for k, v in value.items():
                 if isinstance(k, str) and _unstorable(k):
                     raise TemplateError(
-                        f"{source}: {where}: a key holds a NUL character or a lone surrogate; fix: rename it"
+                        f"{source}: {where}: a key holds a NUL character or a lone surrogate; fix:"
+                        " rename it"
                     )
                 stack.append((_child(path, str(k)), v, depth + 1))
         elif isinstance(value, list):
@@ -440,8 +449,9 @@ def _check_retry(template: TaskTemplate, step: StepTemplate, source: str) -> Non
         template.retry_policy(step)
     except ValueError as exc:
         raise TemplateError(
-            f"{source}: step '{step.name}': retry: {exc}; fix: use finite, non-negative seconds with "
-            "backoff_max_seconds >= backoff_base_seconds (template and step retry blocks are merged)"
+            f"{source}: step '{step.name}': retry: {exc}; fix: use finite, non-negative seconds"
+            " with backoff_max_seconds >= backoff_base_seconds (template and step retry blocks are"
+            " merged)"
         ) from None
 
 

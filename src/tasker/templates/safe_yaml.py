@@ -75,8 +75,10 @@ class BoundedSafeLoader(yaml.SafeLoader):
         self._alias_nodes += expanded_size(node, self._sizes)
         if self._alias_nodes > MAX_ALIAS_NODES:
             raise TemplateYamlError(
-                problem=f"aliases expand to more than {MAX_ALIAS_NODES} repeated YAML nodes "
-                f"(alias *{anchor})",
+                problem=(
+                    f"aliases expand to more than {MAX_ALIAS_NODES} repeated YAML nodes "
+                    f"(alias *{anchor})"
+                ),
                 problem_mark=event.start_mark,
                 note="write the values out, or share smaller values through anchors and aliases",
             )

@@ -264,8 +264,10 @@ async def events_stream(
     start: Annotated[
         Literal["now", "beginning"] | None,
         Query(
-            description="Without a cursor: replay from the beginning or only follow what happens from now "
-            "(default: beginning when filtering by task, else now)."
+            description=(
+                "Without a cursor: replay from the beginning or only follow what happens from now "
+                "(default: beginning when filtering by task, else now)."
+            )
         ),
     ] = None,
     timeout_seconds: Annotated[

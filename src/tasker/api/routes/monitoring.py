@@ -295,8 +295,9 @@ class SystemErrors(BaseModel):
 
 class Recommendation(BaseModel):
     kind: str = Field(
-        description="retries_exhausted, failing_step, slow_step, long_tail, unstable_system, "
-        "lost_leases"
+        description=(
+            "retries_exhausted, failing_step, slow_step, long_tail, unstable_system, lost_leases"
+        )
     )
     severity: Literal["critical", "warning", "info"]
     subject: str

@@ -70,8 +70,8 @@ def describe(engine: Tasker, task: Task, *, output_kept: bool = True) -> Iterato
     for r in runs:
         note = f"  ({r['error']})" if r["error"] else ""
         yield (
-            f"  {_ms(r['started'], origin)}  {_ms(r['ended'], origin)}  {r['step']:<27} {r['attempt']:>7}  "
-            f"{r['outcome']}{note}"
+            f"  {_ms(r['started'], origin)}  {_ms(r['ended'], origin)}  {r['step']:<27}"
+            f" {r['attempt']:>7}  {r['outcome']}{note}"
         )
     if task.status != "complete":
         for s in task.steps:
@@ -81,7 +81,10 @@ def describe(engine: Tasker, task: Task, *, output_kept: bool = True) -> Iterato
     first = [r for r in runs if r["step"] in EXTRACTS and r["attempt"] == 1]
     if len(first) == len(EXTRACTS):
         overlap = min(r["ended"] for r in first) - max(r["started"] for r in first)
-        yield f"\nthe three extractions overlapped for {overlap.total_seconds() * 1000:.0f} ms (fan-out)"
+        yield (
+            f"\nthe three extractions overlapped for {overlap.total_seconds() * 1000:.0f} ms"
+            " (fan-out)"
+        )
     cust = task.step("transform_customer_metrics").results or {}
     prod = task.step("transform_product_metrics").results or {}
     yield (

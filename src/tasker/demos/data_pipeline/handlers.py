@@ -32,7 +32,8 @@ def period(ctx: StepContext) -> tuple[date, date]:
     start, end = date.fromisoformat(rng["start_date"]), date.fromisoformat(rng["end_date"])
     if end < start:
         raise PermanentError(
-            f"date_range.end_date {end} is before date_range.start_date {start}; fix: swap or correct the dates",
+            f"date_range.end_date {end} is before date_range.start_date {start}; fix: swap or"
+            " correct the dates",
             error_code="INVALID_DATE_RANGE",
         )
     return start, end
@@ -184,8 +185,8 @@ class UpdateDashboardHandler(StepHandler):
             os.replace(tmp, target)
         except (FileExistsError, NotADirectoryError, PermissionError) as exc:
             raise PermanentError(
-                f"output_dir '{out_dir}' is not a writable directory ({exc.strerror}); fix: set output_dir "
-                "in the task context to a directory this worker can write",
+                f"output_dir '{out_dir}' is not a writable directory ({exc.strerror}); fix: set"
+                " output_dir in the task context to a directory this worker can write",
                 error_code="OUTPUT_DIR_UNWRITABLE",
             ) from None
         except OSError as exc:

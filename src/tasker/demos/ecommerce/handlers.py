@@ -140,7 +140,8 @@ class ProcessPaymentHandler(StepHandler):
         total = to_cents(cart["total"])
         if to_cents(payment["amount"]) != total:
             raise PermanentError(
-                f"payment amount {money(payment['amount'])} does not match the cart total {money(cart['total'])}",
+                f"payment amount {money(payment['amount'])} does not match the cart total"
+                f" {money(cart['total'])}",
                 error_code="PAYMENT_AMOUNT_MISMATCH",
             )
         with calling("GATEWAY"):
@@ -262,9 +263,10 @@ class SendConfirmationHandler(StepHandler):
             for i in cart["validated_items"]
         )
         body = (
-            f"Hello {customer['name']},\n\nthank you for your order {order['order_number']}.\n\n{lines}\n"
-            f"  Total {order['total_amount']:.2f} {cart['currency']}\n\n"
-            f"{'Express delivery' if express else 'Estimated delivery'}: {order['estimated_delivery']}\n"
+            f"Hello {customer['name']},\n\nthank you for your order"
+            f" {order['order_number']}.\n\n{lines}\n  Total {order['total_amount']:.2f}"
+            f" {cart['currency']}\n\n{'Express delivery' if express else 'Estimated delivery'}:"
+            f" {order['estimated_delivery']}\n"
         )
         with calling("MAILER"):
             try:

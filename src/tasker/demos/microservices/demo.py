@@ -325,9 +325,9 @@ def _engine_figures(
         "waiting_at_recovery": sum(
             1 for t in tasks if t.finished_at is None or _aware(t.finished_at) > up_at
         ),
-        "recovery_to_last_completion_seconds": round((last - up_at).total_seconds(), 3)
-        if last
-        else None,
+        "recovery_to_last_completion_seconds": (
+            round((last - up_at).total_seconds(), 3) if last else None
+        ),
         "outage_started_at": down_at.isoformat(),
         "service_recovered_at": up_at.isoformat(),
         "last_completion_at": last.isoformat() if last else None,
@@ -397,7 +397,10 @@ def timeline(
             (
                 at,
                 "event log",
-                f"{len(queued)} user registrations automatically queued for retry, waiting for BillingService",
+                (
+                    f"{len(queued)} user registrations automatically queued for retry, waiting for"
+                    " BillingService"
+                ),
             )
         )
     probes = [e for e in circuit if e["event"] == "circuit.half_open" and _at(e) < up_at]
@@ -406,7 +409,10 @@ def timeline(
             (
                 _at(probes[-1]),
                 "event log",
-                f"{len(probes)} circuit probe(s) while it was down, each one failed and was given back",
+                (
+                    f"{len(probes)} circuit probe(s) while it was down, each one failed and was"
+                    " given back"
+                ),
             )
         )
     entries.append((up_at, "demo", "BillingService healthy again"))
@@ -437,8 +443,10 @@ def timeline(
         (
             max(at for at, _, _ in entries),
             "summary",
-            f"{manual if manual else 'Zero'} manual intervention{'s' if manual != 1 else ''} "
-            "required",
+            (
+                f"{manual if manual else 'Zero'} manual intervention{'s' if manual != 1 else ''} "
+                "required"
+            ),
         )
     )
     entries.sort(key=lambda item: item[0])

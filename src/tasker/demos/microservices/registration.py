@@ -52,9 +52,11 @@ class UserRegistrationHandler(TaskHandler):
             "error_code": error.get("error_code"),
             "error": error.get("message"),
             "completed_steps": done,
-            "resume": f"once {failed.dependent_system} is healthy: tasker tasks retry {task.id}"
-            if failed
-            else None,
+            "resume": (
+                f"once {failed.dependent_system} is healthy: tasker tasks retry {task.id}"
+                if failed
+                else None
+            ),
             "correlation_id": task.correlation_id,
         }
 

@@ -90,9 +90,11 @@ def render(result: dict[str, Any]) -> str:
         f"  orders failed      {b.orders_failed}  {dict(sorted(b.failures_by_reason.items()))}",
         "  revenue            "
         + ", ".join(f"{amount:.2f} {cur}" for cur, amount in sorted(b.revenue.items())),
-        f"  checkout seconds   p50 {d['p50']:.3f}  p95 {d['p95']:.3f}  max {d['max']:.3f}"
-        if d["count"]
-        else "  checkout seconds   -",
+        (
+            f"  checkout seconds   p50 {d['p50']:.3f}  p95 {d['p95']:.3f}  max {d['max']:.3f}"
+            if d["count"]
+            else "  checkout seconds   -"
+        ),
         "",
         "alerts (PerformanceSubscriber)",
     ]
@@ -105,9 +107,9 @@ def render(result: dict[str, Any]) -> str:
     for t in result["performance"]["templates"]:
         dur = t["duration_seconds"]
         lines.append(
-            f"  {t['namespace']}/{t['name']}@{t['version']}: {t['completed']} completed, {t['failed']} "
-            f"failed, completion rate {t['completion_rate']:.1%}, p95 {dur['p95']}s, "
-            f"{t['step_retries']} retries"
+            f"  {t['namespace']}/{t['name']}@{t['version']}: {t['completed']} completed,"
+            f" {t['failed']} failed, completion rate {t['completion_rate']:.1%}, p95 {dur['p95']}s,"
+            f" {t['step_retries']} retries"
         )
     for r in result["bottlenecks"]["recommendations"]:
         lines.append(f"  [{r['severity']}] {r['message']}")
@@ -126,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--database",
         default=None,
-        help="keep the run in this store (e.g. sqlite:///observability.db) to explore it afterwards "
-        "with 'tasker serve'; default: a scratch SQLite file",
+        help=(
+            "keep the run in this store (e.g. sqlite:///observability.db) to explore it afterwards "
+            "with 'tasker serve'; default: a scratch SQLite file"
+        ),
     )
     args = parser.parse_args(argv)
     if args.orders < 1:

@@ -150,8 +150,8 @@ class PerformanceSubscriber(Subscriber):
             "step_failed",
             "critical",
             event,
-            f"step {p['step']} of task {p['task_id']} failed for good on attempt {p.get('attempt')}: "
-            f"{error.get('class')}: {error.get('message')}",
+            f"step {p['step']} of task {p['task_id']} failed for good on attempt"
+            f" {p.get('attempt')}: {error.get('class')}: {error.get('message')}",
             error_class=error.get("class"),
             error_code=error.get("error_code"),
             retryable=error.get("retryable"),

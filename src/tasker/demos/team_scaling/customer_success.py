@@ -103,9 +103,9 @@ class GetManagerApprovalHandler(StepHandler):
         manager = ctx.context.get("manager_id")
         if not manager:
             raise PermanentError(
-                f"refund of {dollars(ctx.context['amount_cents'])} is above the "
-                f"{dollars(policy['auto_approve_limit_cents'])} auto-approval limit; fix: a manager resolves this "
-                'step by hand with {"approved_by": "<manager>"}',
+                f"refund of {dollars(ctx.context['amount_cents'])} is above the"
+                f" {dollars(policy['auto_approve_limit_cents'])} auto-approval limit; fix: a"
+                ' manager resolves this step by hand with {"approved_by": "<manager>"}',
                 error_code="APPROVAL_REQUIRED",
             )
         return {"approved": True, "approved_by": manager}
@@ -162,8 +162,8 @@ class WaitForRefundHandler(StepHandler):
             )
             why = f" at step {failed.name}: {reason}" if failed else ""
             raise PermanentError(
-                f"payments task {child_id} ended {child.status}{why}; fix: once the payments team has retried or "
-                "resolved it, retry this task",
+                f"payments task {child_id} ended {child.status}{why}; fix: once the payments team"
+                " has retried or resolved it, retry this task",
                 error_code="PAYMENTS_REFUND_FAILED",
             )
         first = float(ctx.handler_config.get("poll_seconds", 1))

@@ -103,8 +103,8 @@ def describe(engine: Tasker, ids: dict[str, int]) -> Iterator[str]:
     waited = request.step("wait_for_refund")
     done = waited.results or {}
     yield (
-        f"\nwait_for_refund polled payments task {done.get('payments_task_id')} {waited.attempts} time(s) "
-        f"without holding a worker; refund {done.get('refund_id')}"
+        f"\nwait_for_refund polled payments task {done.get('payments_task_id')} {waited.attempts}"
+        f" time(s) without holding a worker; refund {done.get('refund_id')}"
     )
     ticket = world.ticket("T-1001")
     if ticket is not None:

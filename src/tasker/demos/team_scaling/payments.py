@@ -32,7 +32,8 @@ class ValidatePaymentEligibilityHandler(StepHandler):
             )
         if amount > pay.refundable_cents:
             raise PermanentError(
-                f"refund of {dollars(amount)} exceeds the {dollars(pay.refundable_cents)} left on payment {pid}",
+                f"refund of {dollars(amount)} exceeds the {dollars(pay.refundable_cents)} left on"
+                f" payment {pid}",
                 error_code="REFUND_EXCEEDS_PAYMENT",
             )
         return {
@@ -56,8 +57,8 @@ class ScreenForFraudHandler(StepHandler):
         limit = int(ctx.handler_config.get("review_above_cents", 50_000))
         if amount > limit:
             raise PermanentError(
-                f"refund of {dollars(amount)} is above the {dollars(limit)} review limit and needs the risk team; "
-                "fix: after review, resolve this step by hand",
+                f"refund of {dollars(amount)} is above the {dollars(limit)} review limit and needs"
+                " the risk team; fix: after review, resolve this step by hand",
                 error_code="MANUAL_REVIEW_REQUIRED",
             )
         return {"risk": "low", "review_above_cents": limit}

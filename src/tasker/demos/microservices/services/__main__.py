@@ -32,8 +32,8 @@ def main(argv: list[str]) -> int:
         fleet.start()
     except OSError as exc:
         print(
-            f"error: cannot listen on ports {args.base_port}..{args.base_port + 3} ({exc.strerror}); "
-            "fix: pass another --base-port, or 0 for free ports",
+            f"error: cannot listen on ports {args.base_port}..{args.base_port + 3}"
+            f" ({exc.strerror}); fix: pass another --base-port, or 0 for free ports",
             file=sys.stderr,
         )
         return 2

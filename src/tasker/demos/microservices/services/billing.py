@@ -94,9 +94,9 @@ class BillingService(Service):
                     else None
                 )
                 cur = conn.execute(
-                    "INSERT INTO billing_profiles (user_id, email, name, plan, monthly_price_cents, currency, "
-                    "payment_method, billing_address_json, status, correlation_id, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, 'USD', ?, ?, 'active', ?, ?)",
+                    "INSERT INTO billing_profiles (user_id, email, name, plan, monthly_price_cents,"
+                    " currency, payment_method, billing_address_json, status, correlation_id,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, 'USD', ?, ?, 'active', ?, ?)",
                     (
                         body.user_id,
                         body.email,

@@ -55,7 +55,9 @@ class FaultSpec(BaseModel):
     )
     error_after_work: bool | None = Field(
         None,
-        description="error_rate failures happen after the work was done and stored (a lost response).",
+        description=(
+            "error_rate failures happen after the work was done and stored (a lost response)."
+        ),
     )
     seed: int | None = Field(
         None, description="Seed of the error_rate draws, for reproducible runs."
@@ -193,8 +195,9 @@ class Faults:
                     else round(until - now, 3)
                 ),
                 "rate_limit_requests": self.rate_limited_requests,
-                "rate_limited": self.rate_limited_until is not None
-                and now < self.rate_limited_until,
+                "rate_limited": (
+                    self.rate_limited_until is not None and now < self.rate_limited_until
+                ),
                 "retry_after": self.retry_after,
                 "latency_ms": self.latency * 1000,
                 "latency_requests": self.latency_requests,

@@ -100,13 +100,16 @@ class ServiceMiddleware:
             )
             if stored is not None:
                 if stored["fingerprint"] != fingerprint:
-                    return _error(
-                        422,
-                        "idempotency_key_reused",
-                        f"Idempotency-Key '{key}' was already used for a different request; "
-                        "send a new key for a new request",
-                        None,
-                    ), False
+                    return (
+                        _error(
+                            422,
+                            "idempotency_key_reused",
+                            f"Idempotency-Key '{key}' was already used for a different request; "
+                            "send a new key for a new request",
+                            None,
+                        ),
+                        False,
+                    )
                 return (
                     stored["status"],
                     [(b"content-type", b"application/json")],
@@ -117,8 +120,8 @@ class ServiceMiddleware:
             if status < 500 and status != 429:
                 with self.store.transaction() as conn:
                     conn.execute(
-                        "INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, status, body, correlation_id, "
-                        "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        "INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, status, body,"
+                        " correlation_id, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                         (
                             key,
                             fingerprint,
@@ -144,8 +147,8 @@ class ServiceMiddleware:
     ) -> None:
         with self.store.transaction() as conn:
             conn.execute(
-                "INSERT INTO requests (method, path, status, correlation_id, idempotency_key, replayed, fault, "
-                "started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO requests (method, path, status, correlation_id, idempotency_key,"
+                " replayed, fault, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     scope["method"],
                     scope["path"],

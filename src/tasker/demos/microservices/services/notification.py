@@ -72,15 +72,15 @@ class NotificationService(Service):
             at = now()
             with self.store.transaction() as conn:
                 seq = conn.execute(
-                    "INSERT INTO welcome_sequences (user_id, recipient, plan, correlation_id, created_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO welcome_sequences (user_id, recipient, plan, correlation_id,"
+                    " created_at) VALUES (?, ?, ?, ?, ?)",
                     (body.user_id, body.recipient, body.plan, corr, at),
                 ).lastrowid
                 emails = []
                 for mail in body.emails:
                     email_id = conn.execute(
-                        "INSERT INTO emails (sequence_id, user_id, recipient, kind, subject, body, correlation_id, "
-                        "sent_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO emails (sequence_id, user_id, recipient, kind, subject, body,"
+                        " correlation_id, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             seq,
                             body.user_id,

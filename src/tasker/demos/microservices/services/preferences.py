@@ -71,9 +71,9 @@ class PreferencesService(Service):
                         f"user {body.user_id} already has preferences", _prefs(dict(existing))
                     )
                 cur = conn.execute(
-                    "INSERT INTO preferences (user_id, marketing_emails, product_updates, newsletter, "
-                    "newsletter_frequency, theme, language, timezone, correlation_id, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO preferences (user_id, marketing_emails, product_updates,"
+                    " newsletter, newsletter_frequency, theme, language, timezone, correlation_id,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         body.user_id,
                         int(body.marketing_emails),

@@ -81,8 +81,9 @@ class UserService(Service):
                     )
                 at = now()
                 cur = conn.execute(
-                    "INSERT INTO users (email, name, plan, source, phone, marketing_consent, referral_code, status, "
-                    "correlation_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                    "INSERT INTO users (email, name, plan, source, phone, marketing_consent,"
+                    " referral_code, status, correlation_id, created_at, updated_at) VALUES (?, ?,"
+                    " ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
                     (
                         body.email,
                         body.name,
@@ -118,8 +119,8 @@ class UserService(Service):
         def set_status(user_id: int, body: StatusUpdate, request: Request) -> dict[str, Any]:
             with self.store.transaction() as conn:
                 found = conn.execute(
-                    "UPDATE users SET status = ?, completed_steps_json = ?, status_correlation_id = ?, updated_at = ? "
-                    "WHERE id = ?",
+                    "UPDATE users SET status = ?, completed_steps_json = ?, status_correlation_id ="
+                    " ?, updated_at = ? WHERE id = ?",
                     (
                         body.status,
                         json.dumps(body.completed_steps),
