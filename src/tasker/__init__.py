@@ -12,9 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tasker.engine.model import Step, Task
-    from tasker.engine.tasker import Tasker
-    from tasker.errors import (
+    from tasker.domain.errors import (
         ContextValidationError,
         IdempotencyConflict,
         NotFoundError,
@@ -27,13 +25,15 @@ if TYPE_CHECKING:
         TemplateError,
         UnknownTemplateError,
     )
+    from tasker.domain.events import Events
+    from tasker.domain.records import Step, Task
+    from tasker.domain.retry import RetryPolicy
+    from tasker.domain.states import StepState, TaskState
+    from tasker.engine.tasker import Tasker
     from tasker.events.bus import Event, EventBus
-    from tasker.events.catalog import Events
     from tasker.events.subscriber import Subscriber
     from tasker.handlers.api import ApiRequest, ApiStepHandler, AsyncApiStepHandler
     from tasker.handlers.base import StepContext, StepHandler, TaskHandler, UndeclaredEventError
-    from tasker.retry import RetryPolicy
-    from tasker.states import StepState, TaskState
     from tasker.templates.model import StepTemplate, TaskTemplate
 
 __version__ = "0.1.0"
@@ -88,20 +88,20 @@ _ERRORS = (
 
 #: Public name -> the module that defines it.
 _SOURCES: dict[str, str] = {
-    **dict.fromkeys(_ERRORS, "tasker.errors"),
+    **dict.fromkeys(_ERRORS, "tasker.domain.errors"),
     **dict.fromkeys(("ApiRequest", "ApiStepHandler", "AsyncApiStepHandler"), "tasker.handlers.api"),
     **dict.fromkeys(
         ("StepContext", "StepHandler", "TaskHandler", "UndeclaredEventError"),
         "tasker.handlers.base",
     ),
-    **dict.fromkeys(("Step", "Task"), "tasker.engine.model"),
+    **dict.fromkeys(("Step", "Task"), "tasker.domain.records"),
     **dict.fromkeys(("Event", "EventBus"), "tasker.events.bus"),
-    **dict.fromkeys(("StepState", "TaskState"), "tasker.states"),
+    **dict.fromkeys(("StepState", "TaskState"), "tasker.domain.states"),
     **dict.fromkeys(("StepTemplate", "TaskTemplate"), "tasker.templates.model"),
     "Tasker": "tasker.engine.tasker",
-    "Events": "tasker.events.catalog",
+    "Events": "tasker.domain.events",
     "Subscriber": "tasker.events.subscriber",
-    "RetryPolicy": "tasker.retry",
+    "RetryPolicy": "tasker.domain.retry",
 }
 
 

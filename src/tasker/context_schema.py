@@ -11,7 +11,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from tasker.errors import ContextValidationError, TaskerInputError
+from tasker.domain.errors import ContextValidationError, TaskerInputError
 from tasker.templates.regex_safety import refusal, schema_patterns
 
 _validators: dict[int, Draft202012Validator] = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from tasker.errors import TaskerInputError, UnknownTemplateError
+from tasker.domain.errors import TaskerInputError, UnknownTemplateError
 from tasker.templates.model import DEFAULT_NAMESPACE, SEMVER, TaskTemplate, semver_key
 
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from tasker import bounds
-from tasker.bounds import Range
-from tasker.errors import TaskerInputError
+from tasker.domain import bounds
+from tasker.domain.bounds import Range
+from tasker.domain.errors import TaskerInputError
 
 CONFIG_ENV = "TASKER_CONFIG"
 DEFAULT_CONFIG_FILE = "tasker.toml"

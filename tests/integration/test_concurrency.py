@@ -9,7 +9,7 @@ from collections import Counter
 from datetime import UTC, datetime
 
 from tasker import Tasker
-from tasker.engine.model import Outcome
+from tasker.domain.records import Outcome
 from tasker.store import claims, completion
 from tasker.store.journal import Journal
 from tests.integration import handlers as h

@@ -22,7 +22,7 @@ from tasker import Tasker
 from tasker.demos.microservices import payloads
 from tasker.demos.microservices.demo import TEMPLATE, TEMPLATES
 from tasker.demos.microservices.services import ServiceFleet
-from tasker.errors import ContextValidationError
+from tasker.domain.errors import ContextValidationError
 from tests.chaos.support import wait_for
 
 

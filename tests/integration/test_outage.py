@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tasker import Tasker
-from tasker.failures import DEFAULT_MAX_OUTAGE_SECONDS, outage_verdict
+from tasker.domain.failures import DEFAULT_MAX_OUTAGE_SECONDS, outage_verdict
 from tests.chaos.support import wait_for
 
 P = "tests.integration.poison_handlers"

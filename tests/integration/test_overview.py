@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select, update
 
 from tasker import Tasker
+from tasker.domain.states import TaskState
 from tasker.engine.queries import (
     CHART_MINUTES,
     MESSAGE_CHARS,
@@ -17,7 +18,6 @@ from tasker.engine.queries import (
     SETTLED_REFRESH,
     FinalCounts,
 )
-from tasker.states import TaskState
 from tasker.store.schema import step_transitions, steps, tasks
 from tests.integration.support import step
 

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from tasker import Tasker
-from tasker.failures import is_system_fault
-from tasker.storable import MAX_MESSAGE_CHARS
+from tasker.domain.failures import is_system_fault
+from tasker.domain.storable import MAX_MESSAGE_CHARS
 from tests.chaos.support import Fleet, wait_for
 from tests.integration.poison_handlers import runs
 

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from tasker.cli import run as run_module
 from tasker.cli.main import cli
 from tasker.cli.render import step_cost, waiting_line, waiting_reason
-from tasker.engine.model import Step, Task
+from tasker.domain.records import Step, Task
 
 TEMPLATE = """\
 name: flaky_mail

@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 
 from tasker import Tasker
 from tasker.api.auth import Permission
-from tasker.errors import NotFoundError, TaskerInputError
+from tasker.domain.errors import NotFoundError, TaskerInputError
 from tasker.store import api_keys as key_store
 from tasker.store.schema import api_keys
 

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 import tasker
 from tasker.cli.main import COMMANDS, cli
 from tasker.context_schema import validate_context
-from tasker.errors import ContextValidationError, TemplateError
+from tasker.domain.errors import ContextValidationError, TemplateError
 from tasker.templates.loader import resolve_step_handler
 
 HEAVY = ("sqlalchemy", "rich", "jsonschema", "fastapi", "pydantic", "alembic", "structlog", "yaml")

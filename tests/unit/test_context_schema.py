@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tasker.context_schema import apply_defaults, validate_context
-from tasker.errors import ContextValidationError, TaskerInputError
+from tasker.domain.errors import ContextValidationError, TaskerInputError
 from tasker.templates.regex_safety import refusal, schema_patterns
 
 ORDER_SCHEMA: dict[str, Any] = {

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import structlog
 
-from tasker.errors import TaskerInputError
+from tasker.domain.errors import TaskerInputError
 from tasker.observability.logging import (
     STEP_FIELDS,
     bind_step_context,

@@ -11,8 +11,8 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from tasker.engine.model import ClaimedStep, Outcome
-from tasker.errors import TaskerInputError
+from tasker.domain.errors import TaskerInputError
+from tasker.domain.records import ClaimedStep, Outcome
 from tasker.observability import metrics
 from tasker.store.database import Database
 from tasker.templates.model import TaskTemplate

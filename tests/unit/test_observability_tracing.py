@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-from tasker.engine.model import ClaimedStep
+from tasker.domain.records import ClaimedStep
 from tasker.observability import tracing
 from tasker.observability.logging import configure_logging
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasker.errors import TaskerInputError, UnknownTemplateError
+from tasker.domain.errors import TaskerInputError, UnknownTemplateError
 from tasker.registry import TemplateRef, TemplateRegistry, parse_ref
 from tasker.templates.model import TaskTemplate, semver_key
 

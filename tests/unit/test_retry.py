@@ -10,7 +10,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from tasker.retry import DEFAULT_RETRY_LIMIT, MAX_DELAY_SECONDS, RetryPolicy
+from tasker.domain.retry import DEFAULT_RETRY_LIMIT, MAX_DELAY_SECONDS, RetryPolicy
 
 seconds = st.floats(
     min_value=0, max_value=MAX_DELAY_SECONDS / 4, allow_nan=False, allow_infinity=False

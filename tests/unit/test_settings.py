@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasker import bounds
-from tasker.errors import TaskerInputError
+from tasker.domain import bounds
+from tasker.domain.errors import TaskerInputError
 from tasker.settings import NUMBER_RANGES, Settings
 
 ENV = {

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasker.errors import InvalidTransitionError
-from tasker.states import (
+from tasker.domain.errors import InvalidTransitionError
+from tasker.domain.states import (
     ACTIVE_STEP_STATES,
     STEP_TRANSITIONS,
     TASK_TRANSITIONS,

@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasker.storable import (
+from tasker.domain.storable import (
     MAX_DEPTH,
     MAX_MESSAGE_CHARS,
     find_unstorable,

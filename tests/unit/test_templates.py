@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasker.errors import TaskerInputError, TemplateError
+from tasker.domain.errors import TaskerInputError, TemplateError
 from tasker.templates import TaskTemplate, load_file, load_path, parse_template
 from tasker.templates.loader import STEP_KEYS, TOP_LEVEL_KEYS, template_files
 

@@ -35,7 +35,7 @@ from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from tasker.api.errors import error_body
-from tasker.errors import TaskerInputError
+from tasker.domain.errors import TaskerInputError
 from tasker.settings import Settings
 from tasker.store.api_keys import GRANTABLE, PERMISSIONS, grants, looks_like_key
 from tasker.web.session import SESSION_COOKIE

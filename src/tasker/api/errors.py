@@ -23,7 +23,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tasker.api.rendering import SafeJSONResponse
-from tasker.errors import (
+from tasker.domain.errors import (
     ContextValidationError,
     IdempotencyConflict,
     InvalidTransitionError,

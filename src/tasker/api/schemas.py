@@ -16,8 +16,8 @@ from typing import Annotated, Any, Literal
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tasker.engine.model import Step, Task
-from tasker.states import TaskState
+from tasker.domain.records import Step, Task
+from tasker.domain.states import TaskState
 from tasker.templates.graph import execution_levels, execution_order
 from tasker.templates.model import TaskTemplate, semver_key
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
-from tasker.errors import TaskerInputError
+from tasker.domain.errors import TaskerInputError
 
 if TYPE_CHECKING:
     from rich.console import Console

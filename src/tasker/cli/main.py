@@ -19,7 +19,7 @@ import click
 from tasker import __version__
 from tasker.cli.common import State
 from tasker.cli.options import add_global_options, global_params
-from tasker.errors import TaskerError, TaskerInputError
+from tasker.domain.errors import TaskerError, TaskerInputError
 
 #: name -> (module:attribute, the short help `tasker --help` shows without importing the module).
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.table import Table
 
-from tasker.engine.model import Step, Task
+from tasker.domain.records import Step, Task
 from tasker.templates.graph import execution_levels, mermaid
 from tasker.templates.model import TaskTemplate
 

@@ -25,11 +25,11 @@ from rich.text import Text
 
 from tasker.cli.common import console, err_console, read_json, state, templates_option
 from tasker.cli.render import run_steps_table, task_header, waiting_line
-from tasker.engine.model import Task
+from tasker.domain.errors import TaskerInputError
+from tasker.domain.records import Task
+from tasker.domain.states import SATISFIED_STEP_STATES, StepState
 from tasker.engine.tasker import Tasker
-from tasker.errors import TaskerInputError
 from tasker.events.bus import Event
-from tasker.states import SATISFIED_STEP_STATES, StepState
 
 DONE = {s.value for s in SATISFIED_STEP_STATES} | {StepState.ERROR.value, StepState.CANCELLED.value}
 #: Redraw at least this often without an event (a circuit changed by another process, say).

@@ -6,13 +6,13 @@ from typing import Any
 
 import click
 
-from tasker import bounds
-from tasker.bounds import Range
 from tasker.cli.common import echo_json, json_option, state
+from tasker.domain import bounds
+from tasker.domain.bounds import Range
 
 
 class Bounded(click.ParamType[Any, Any]):
-    """A number within one of the ranges of `tasker.bounds`, the same the templates and the engine use.
+    """A number within one of the ranges of `tasker.domain.bounds`, the same the templates and the engine use.
 
     `click.FloatRange` accepts `nan` and `inf` (they fail no comparison), which then crashed every
     worker when the circuit opened; this type refuses them with click's one-line usage error.

@@ -14,9 +14,9 @@ from typing import Any
 import click
 
 from tasker.cli.common import echo_json, json_option, read_json, state, templates_option
-from tasker.engine.model import Task
-from tasker.errors import TaskerInputError
-from tasker.states import TaskState
+from tasker.domain.errors import TaskerInputError
+from tasker.domain.records import Task
+from tasker.domain.states import TaskState
 
 
 @click.group()

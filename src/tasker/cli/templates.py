@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from tasker.cli.common import echo_json, json_option, state, templates_option
-from tasker.errors import TemplateError
+from tasker.domain.errors import TemplateError
 from tasker.registry import TemplateRegistry, parse_ref
 from tasker.templates.loader import (
     load_file,

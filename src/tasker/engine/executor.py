@@ -21,16 +21,22 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tasker.domain.errors import PermanentError, RetryableError, StepFailure, StepTimeoutError
+from tasker.domain.failures import GAVE_UP, is_system_fault
+from tasker.domain.records import ClaimedStep, Outcome
+from tasker.domain.retry import MAX_DELAY_SECONDS, RetryPolicy
+from tasker.domain.states import StepState
+from tasker.domain.storable import (
+    MAX_MESSAGE_CHARS,
+    find_unstorable,
+    safe_str,
+    storable,
+    storable_text,
+)
 from tasker.engine.handler_threads import HandlerThreads
-from tasker.engine.model import ClaimedStep, Outcome
-from tasker.errors import PermanentError, RetryableError, StepFailure, StepTimeoutError
-from tasker.failures import GAVE_UP, is_system_fault
 from tasker.handlers.base import StepContext, TaskPort
 from tasker.observability import tracing
 from tasker.observability.logging import bind_step_context
-from tasker.retry import MAX_DELAY_SECONDS, RetryPolicy
-from tasker.states import StepState
-from tasker.storable import MAX_MESSAGE_CHARS, find_unstorable, safe_str, storable, storable_text
 from tasker.templates.model import StepTemplate, TaskTemplate
 
 

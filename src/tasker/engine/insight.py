@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, text
 
-from tasker.errors import TaskerInputError
-from tasker.states import StepState, TaskState
+from tasker.domain.errors import TaskerInputError
+from tasker.domain.states import StepState, TaskState
 from tasker.store import analytics, rollups, systems
 from tasker.store import workers as workers_store
 from tasker.store.database import Database

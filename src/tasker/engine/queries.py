@@ -18,9 +18,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection
 
-from tasker.engine.model import Task
-from tasker.errors import TaskerInputError
-from tasker.states import TERMINAL_TASK_STATES, TaskState
+from tasker.domain.errors import TaskerInputError
+from tasker.domain.records import Task
+from tasker.domain.states import TERMINAL_TASK_STATES, TaskState
 from tasker.store import listing
 from tasker.store import overview as overview_store
 from tasker.store.database import Database

@@ -9,8 +9,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from tasker.domain.retry import RetryPolicy
 from tasker.registry import TemplateRegistry
-from tasker.retry import RetryPolicy
 from tasker.templates.loader import resolve_step_handler, resolve_task_handler
 from tasker.templates.model import StepTemplate, TaskTemplate
 

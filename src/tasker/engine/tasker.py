@@ -20,17 +20,17 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from tasker.context_schema import validate_context
+from tasker.domain.errors import IdempotencyConflict, NotFoundError, TaskerInputError
+from tasker.domain.records import Task
+from tasker.domain.states import FINISHED_TASK_STATES
 from tasker.engine import queries
 from tasker.engine.handler_threads import HandlerThreads
-from tasker.engine.model import Task
 from tasker.engine.queries import Overview, TaskPage, TaskQuery
 from tasker.engine.resolver import Resolver
 from tasker.engine.worker import Worker, WorkerOptions
-from tasker.errors import IdempotencyConflict, NotFoundError, TaskerInputError
 from tasker.events.bus import Event, EventBus
 from tasker.events.subscriber import Subscriber
 from tasker.registry import TemplateRegistry
-from tasker.states import FINISHED_TASK_STATES
 from tasker.store import api_keys as key_store
 from tasker.store import event_log, operations, systems
 from tasker.store import tasks as task_store
@@ -123,7 +123,7 @@ class Tasker:
     def configure_system(self, name: str, **settings: Any) -> None:
         """Set `max_in_flight`, `failure_threshold`, `cooldown_seconds`, `max_cooldown_seconds` of a system.
 
-        Values outside the ranges of `tasker.bounds` (NaN, infinity, booleans, absurd sizes) are refused
+        Values outside the ranges of `tasker.domain.bounds` (NaN, infinity, booleans, absurd sizes) are refused
         with `TaskerInputError` before anything is written.
         """
         try:

@@ -23,16 +23,16 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from tasker.domain.errors import TaskerError
+from tasker.domain.records import ClaimedStep, Outcome
+from tasker.domain.states import FINISHED_TASK_STATES, StepState
+from tasker.domain.storable import MAX_MESSAGE_CHARS, safe_str, storable_text
 from tasker.engine.executor import describe_error, execute
 from tasker.engine.handler_threads import HandlerThreads
-from tasker.engine.model import ClaimedStep, Outcome
 from tasker.engine.resolver import Resolver
-from tasker.errors import TaskerError
 from tasker.events.bus import EventBus
 from tasker.handlers.base import TaskPort
 from tasker.observability import metrics, tracing
-from tasker.states import FINISHED_TASK_STATES, StepState
-from tasker.storable import MAX_MESSAGE_CHARS, safe_str, storable_text
 from tasker.store import claims, completion, systems
 from tasker.store import workers as worker_registry
 from tasker.store.database import Database

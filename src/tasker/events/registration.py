@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterable
 from importlib.metadata import entry_points
 
-from tasker.errors import TaskerInputError
+from tasker.domain.errors import TaskerInputError
 from tasker.events.subscriber import Subscriber
 from tasker.templates.loader import import_object
 

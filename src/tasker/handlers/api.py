@@ -29,7 +29,7 @@ from typing import Any, ClassVar, TypeVar
 
 import httpx
 
-from tasker.errors import PermanentError, RetryableError
+from tasker.domain.errors import PermanentError, RetryableError
 from tasker.handlers.base import StepContext, StepHandler
 from tasker.observability import metrics, tracing
 

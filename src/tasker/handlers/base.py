@@ -11,10 +11,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tasker.errors import TaskerError
+from tasker.domain.errors import TaskerError
 
 if TYPE_CHECKING:
-    from tasker.engine.model import Task
+    from tasker.domain.records import Task
 
 
 class UndeclaredEventError(TaskerError):

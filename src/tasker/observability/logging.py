@@ -26,7 +26,7 @@ import structlog
 from structlog.contextvars import bind_contextvars, reset_contextvars
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from tasker.errors import TaskerInputError
+from tasker.domain.errors import TaskerInputError
 
 #: The fields every line emitted while a step attempt runs carries.
 STEP_FIELDS = ("task_id", "template", "step", "attempt", "correlation_id")

@@ -44,7 +44,7 @@ from tasker.store.workers import ALIVE_WITHIN_SECONDS
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from tasker.engine.model import ClaimedStep, Outcome
+    from tasker.domain.records import ClaimedStep, Outcome
     from tasker.engine.tasker import Tasker
     from tasker.store.database import Database
     from tasker.templates.model import TaskTemplate
@@ -378,7 +378,7 @@ def serve_metrics(port: int, engine: Tasker | None = None, *, addr: str = "0.0.0
     """
     from prometheus_client import start_http_server
 
-    from tasker.errors import TaskerInputError
+    from tasker.domain.errors import TaskerInputError
 
     try:
         server, _thread = start_http_server(

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
-    from tasker.engine.model import ClaimedStep, Task
+    from tasker.domain.records import ClaimedStep, Task
     from tasker.store.database import Database
 
 log = logging.getLogger("tasker.tracing")
@@ -217,7 +217,7 @@ def record_task_spans(db: Database, settled: Sequence[tuple[int, str]]) -> None:
     t = _tracers()
     if t is None or not settled:
         return
-    from tasker.states import FINISHED_TASK_STATES
+    from tasker.domain.states import FINISHED_TASK_STATES
     from tasker.store.tasks import get_tasks
 
     finished = {s.value for s in FINISHED_TASK_STATES}

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import insert, or_, select, update
 from sqlalchemy.engine import Connection
 
-from tasker.errors import TaskerInputError
+from tasker.domain.errors import TaskerInputError
 from tasker.store.schema import api_keys
 
 KEY_PREFIX = "tk_"

@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
-from tasker.engine.model import ClaimedStep
-from tasker.states import (
+from tasker.domain.records import ClaimedStep
+from tasker.domain.states import (
     ACTIVE_STEP_STATES,
     CLAIMABLE_STEP_STATES,
     SATISFIED_STEP_STATES,

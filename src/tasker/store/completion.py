@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import bindparam, text, update
 from sqlalchemy.engine import Connection
 
-from tasker.engine.model import Outcome
-from tasker.states import StepState
+from tasker.domain.records import Outcome
+from tasker.domain.states import StepState
 from tasker.store import systems
 from tasker.store.journal import Journal
 from tasker.store.readiness import release_children, settle_tasks

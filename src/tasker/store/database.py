@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.pool import NullPool, QueuePool
 
-from tasker.errors import TaskerInputError
+from tasker.domain.errors import TaskerInputError
 
 DEFAULT_URL = "sqlite:///tasker.db"
 #: Environment switch of automatic migrations (the `auto_migrate` setting): unset means "SQLite only".

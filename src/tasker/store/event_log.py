@@ -22,8 +22,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, func, select
 
-from tasker.errors import TaskerInputError
-from tasker.events.catalog import STEP_EVENT_FOR_STATE, TASK_EVENT_FOR_STATE, Events
+from tasker.domain.errors import TaskerInputError
+from tasker.domain.events import STEP_EVENT_FOR_STATE, TASK_EVENT_FOR_STATE, Events
 from tasker.store.schema import (
     circuit_transitions,
     custom_events,

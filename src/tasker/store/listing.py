@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Connection, Select, func, or_, select, union_all
 
-from tasker.engine.model import Task
+from tasker.domain.records import Task
 from tasker.store.schema import tasks
 from tasker.store.tasks import _task
 

@@ -7,8 +7,8 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
 
-from tasker.errors import NotFoundError, OperationError
-from tasker.states import (
+from tasker.domain.errors import NotFoundError, OperationError
+from tasker.domain.states import (
     FINISHED_TASK_STATES,
     SATISFIED_STEP_STATES,
     STEP_TRANSITIONS,

@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import and_, bindparam, case, func, select, update
 from sqlalchemy.engine import Connection
 
-from tasker.events.catalog import TASK_EVENT_FOR_STATE
-from tasker.states import (
+from tasker.domain.events import TASK_EVENT_FOR_STATE
+from tasker.domain.states import (
     FINISHED_TASK_STATES,
     StepState,
     TaskState,

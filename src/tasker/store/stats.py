@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from tasker.states import CLAIMABLE_STEP_STATES, StepState, TaskState
+from tasker.domain.states import CLAIMABLE_STEP_STATES, StepState, TaskState
 from tasker.store.schema import dependent_systems, steps, tasks
 from tasker.store.workers import count_recent
 

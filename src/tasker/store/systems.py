@@ -1,7 +1,7 @@
 """Dependent systems: the shared circuit breaker and the in-flight limits every worker honours.
 
 A system's row exists once it is configured or has failed. The circuit opens after N consecutive
-failures that are the system's fault (`tasker.failures`: connection errors, timeouts, `RetryableError`);
+failures that are the system's fault (`tasker.domain.failures`: connection errors, timeouts, `RetryableError`);
 the `default` system, shared by every template that names none, has no circuit until configured.
 While a circuit is open its steps are not claimed, so they wait without spending attempts.
 After the cool-down one worker turns it half-open and claims a single probe step: success closes the
@@ -24,10 +24,10 @@ from typing import Any
 from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
-from tasker.bounds import check_system_settings
-from tasker.engine.model import Outcome
-from tasker.failures import DEFAULT_MAX_OUTAGE_SECONDS, GAVE_UP, outage_verdict
-from tasker.states import StepState
+from tasker.domain.bounds import check_system_settings
+from tasker.domain.failures import DEFAULT_MAX_OUTAGE_SECONDS, GAVE_UP, outage_verdict
+from tasker.domain.records import Outcome
+from tasker.domain.states import StepState
 from tasker.store.journal import Journal
 from tasker.store.schema import circuit_transitions, dependent_systems, namespace_limits, steps
 from tasker.templates.model import DEFAULT_DEPENDENT_SYSTEM
@@ -505,7 +505,7 @@ def open_until(conn: Connection, system: str) -> datetime | None:
 def configure(conn: Connection, name: str, now: datetime, **settings: Any) -> None:
     """Set a system's limits and breaker settings (None clears a setting back to the default).
 
-    Values are checked against `tasker.bounds` (ValueError naming the setting): a NaN or infinite
+    Values are checked against `tasker.domain.bounds` (ValueError naming the setting): a NaN or infinite
     cool-down stored here made every worker crash when the circuit opened.
     """
     settings = check_system_settings(settings)

@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy import Connection, Row, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from tasker.engine.model import Step, Task
-from tasker.states import StepState, TaskState
+from tasker.domain.records import Step, Task
+from tasker.domain.states import StepState, TaskState
 from tasker.store.journal import Journal
 from tasker.store.schema import (
     step_edges,

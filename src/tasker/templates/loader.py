@@ -22,7 +22,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import ValidationError
 
-from tasker.errors import TemplateError
+from tasker.domain.errors import TemplateError
 from tasker.templates import regex_safety, safe_yaml
 from tasker.templates.graph import GraphError, check_graph
 from tasker.templates.model import StepTemplate, TaskTemplate

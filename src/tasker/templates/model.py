@@ -13,9 +13,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator
 
-from tasker import bounds
-from tasker.bounds import Range
-from tasker.retry import DEFAULT_RETRY_LIMIT, RetryPolicy
+from tasker.domain import bounds
+from tasker.domain.bounds import Range
+from tasker.domain.retry import DEFAULT_RETRY_LIMIT, RetryPolicy
 
 SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$"
@@ -57,7 +57,7 @@ def _prerelease_key(pre: str) -> str:
 
 
 def _within(limits: Range) -> BeforeValidator:
-    """Check a number against its range in `tasker.bounds` before pydantic coerces it.
+    """Check a number against its range in `tasker.domain.bounds` before pydantic coerces it.
 
     Pydantic's lax mode would take `true` as 1 and `.nan`/`.inf` as floats that pass every `ge`/`le`;
     the shared range refuses them, so a template, the CLI and the engine agree on what is valid.

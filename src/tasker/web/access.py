@@ -25,7 +25,7 @@ from tasker.api.auth import (
     verify_credential,
 )
 from tasker.api.deps import get_settings
-from tasker.errors import NotFoundError, TaskerInputError
+from tasker.domain.errors import NotFoundError, TaskerInputError
 from tasker.web.rendering import current_path, render_html
 from tasker.web.session import (
     FLASH_COOKIE,

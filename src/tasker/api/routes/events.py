@@ -40,8 +40,8 @@ from tasker.api.auth import Permission, Principal, require
 from tasker.api.deps import get_engine
 from tasker.api.errors import error_response, error_responses
 from tasker.api.rendering import dumps
+from tasker.domain.errors import TaskerInputError
 from tasker.engine.tasker import Tasker
-from tasker.errors import TaskerInputError
 from tasker.settings import Settings
 from tasker.store.event_log import Cursor, EventPage
 

@@ -25,8 +25,8 @@ from tasker.api.schemas import (
     VersionQuery,
     latest,
 )
+from tasker.domain.errors import NotFoundError
 from tasker.engine.tasker import Tasker
-from tasker.errors import NotFoundError
 from tasker.templates.model import TaskTemplate
 
 router = APIRouter(tags=["handlers"])

@@ -20,9 +20,9 @@ from tasker.api.schemas import (
     TaskId,
     parents_by_step,
 )
-from tasker.engine.model import Step, Task
+from tasker.domain.errors import NotFoundError
+from tasker.domain.records import Step, Task
 from tasker.engine.tasker import Tasker
-from tasker.errors import NotFoundError
 
 router = APIRouter(tags=["steps"])
 Engine = Annotated[Tasker, Depends(get_engine)]

@@ -25,11 +25,11 @@ from tasker.api.schemas import (
     TaskPage,
     TaskSummary,
 )
-from tasker.engine.model import Task
+from tasker.domain.errors import TaskerInputError
+from tasker.domain.records import Task
+from tasker.domain.states import TaskState
 from tasker.engine.queries import TaskQuery
 from tasker.engine.tasker import Tasker
-from tasker.errors import TaskerInputError
-from tasker.states import TaskState
 
 router = APIRouter(tags=["tasks"])
 Engine = Annotated[Tasker, Depends(get_engine)]

@@ -14,8 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tasker.api.auth import Permission
+from tasker.domain.errors import TaskerInputError
 from tasker.engine.tasker import Tasker
-from tasker.errors import TaskerInputError
 from tasker.web.access import Pages, page, viewer
 from tasker.web.charts import hbars
 from tasker.web.rendering import percent

@@ -11,9 +11,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tasker.api.auth import Permission
+from tasker.domain.events import Events
+from tasker.domain.states import StepState, TaskState
 from tasker.engine.tasker import Tasker
-from tasker.events.catalog import Events
-from tasker.states import StepState, TaskState
 from tasker.templates.model import TaskTemplate
 from tasker.web.access import Pages, page, viewer
 from tasker.web.rendering import query

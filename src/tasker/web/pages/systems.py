@@ -17,8 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tasker.api.auth import Permission
+from tasker.domain.errors import NotFoundError
 from tasker.engine.tasker import Tasker
-from tasker.errors import NotFoundError
 from tasker.web.access import Pages, actor, page, read_form, redirect, viewer
 from tasker.web.charts import state_band
 

@@ -18,16 +18,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tasker.api.auth import Permission
-from tasker.engine.model import Step, Task
-from tasker.engine.tasker import Tasker
-from tasker.errors import TaskerInputError
-from tasker.states import (
+from tasker.domain.errors import TaskerInputError
+from tasker.domain.records import Step, Task
+from tasker.domain.states import (
     FINISHED_TASK_STATES,
     STEP_TRANSITIONS,
     TERMINAL_TASK_STATES,
     StepState,
     TaskState,
 )
+from tasker.engine.tasker import Tasker
 from tasker.templates.model import TaskTemplate
 from tasker.web.access import Pages, Viewer, actor, field_of, page, read_form, redirect, viewer
 from tasker.web.dag import layout

@@ -14,10 +14,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tasker.api.auth import Permission
+from tasker.domain.errors import TaskerInputError
+from tasker.domain.states import TaskState
 from tasker.engine.queries import TaskQuery
 from tasker.engine.tasker import Tasker
-from tasker.errors import TaskerInputError
-from tasker.states import TaskState
 from tasker.web.access import Pages, actor, field_of, page, read_form, redirect, viewer
 from tasker.web.pages.login import safe_next
 from tasker.web.rendering import query

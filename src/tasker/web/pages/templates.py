@@ -17,8 +17,8 @@ from starlette.responses import Response
 
 from tasker.api.auth import Permission
 from tasker.context_schema import apply_defaults
+from tasker.domain.errors import ContextValidationError, TaskerInputError
 from tasker.engine.tasker import Tasker
-from tasker.errors import ContextValidationError, TaskerInputError
 from tasker.templates.model import TaskTemplate
 from tasker.web.access import Pages, Viewer, actor, field_of, page, read_form, redirect, viewer
 from tasker.web.dag import layout

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from tasker.errors import InvalidTransitionError
+from tasker.domain.errors import InvalidTransitionError
 
 
 class StepState(StrEnum):

@@ -122,7 +122,7 @@ class Outcome:
     def transient_failure(self) -> bool:
         """A failure that says the dependent system is unwell, as opposed to an answer or a bug.
 
-        `tasker.failures.is_system_fault` decides, when the attempt's error is described: connection
+        `tasker.domain.failures.is_system_fault` decides, when the attempt's error is described: connection
         errors, timeouts and `RetryableError`s (unless `system_fault=False`) count; a `KeyError` in a
         handler, or a "not done yet", is retried but is no such sign.
         """

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from tasker.errors import RetryableError, StepFailure
+from tasker.domain.errors import RetryableError, StepFailure
 
 #: How long steps wait for a dependent system that answers nothing, unless the system says otherwise.
 DEFAULT_MAX_OUTAGE_SECONDS = 3600.0
