@@ -29,8 +29,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test lint
 	$(BIN)/python -m pytest -q
 
+## Lint, format check and strict type check of the package, the tests and the benchmarks.
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src/
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
 bench: $(VENV)/.installed

@@ -11,7 +11,7 @@ import os
 import shutil
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from tasker import Tasker
 from tasker.store.database import Database
 from tasker.store.schema import metadata
 from tasker.store.tasks import clear_snapshot_cache
+from tests.fixture_types import MakeTasker, WriteTemplate
 
 # Property tests check behaviour, not speed: on a loaded 2-core machine generation can be slow, and a
 # health check or deadline tripping on that would be a flaky failure unrelated to the code.
@@ -114,7 +115,7 @@ def store_url(
 
 
 @pytest.fixture
-def make_tasker(store_url: str) -> Iterator[Callable[..., Tasker]]:
+def make_tasker(store_url: str) -> Iterator[MakeTasker]:
     """Build engines on the test's store (several may share it, as several processes would)."""
     made: list[Tasker] = []
 
@@ -130,12 +131,12 @@ def make_tasker(store_url: str) -> Iterator[Callable[..., Tasker]]:
 
 
 @pytest.fixture
-def tasker(make_tasker: Callable[..., Tasker]) -> Tasker:
+def tasker(make_tasker: MakeTasker) -> Tasker:
     return make_tasker()
 
 
 @pytest.fixture
-def write_template(tmp_path: Path) -> Callable[[str, str], Path]:
+def write_template(tmp_path: Path) -> WriteTemplate:
     """Write a YAML template text to a file in the test's directory and return its path."""
 
     def write(text: str, name: str = "template.yaml") -> Path:

@@ -283,7 +283,9 @@ def test_a_source_that_stays_down_fails_only_its_branch(engine: Tasker, tmp_path
     states = {s.name: s.status for s in task.steps}
     assert states["extract_products"] == "error"
     assert task.step("extract_products").attempts == 3
-    message = (task.step("extract_products").last_error or {})["message"]
+    error = task.step("extract_products").last_error
+    assert error is not None
+    message = error["message"]
     assert "gave up after 3 attempts" in message
     assert "past its max_outage_seconds=1" in message
     # the independent branch ran to the end; what needs the products never started
@@ -299,7 +301,7 @@ def test_a_source_that_stays_down_fails_only_its_branch(engine: Tasker, tmp_path
     } == {"pending"}
     assert task.annotations == {
         "failed_steps": ["extract_products"],
-        "reasons": {"extract_products": task.step("extract_products").last_error["message"]},
+        "reasons": {"extract_products": message},
     }
 
 
@@ -309,6 +311,7 @@ def test_a_backwards_date_range_fails_at_once(engine: Tasker, tmp_path: Path) ->
     for name in EXTRACTS:
         step = task.step(name)
         assert (step.status, step.attempts) == ("error", 1)
+        assert step.last_error is not None
         assert (
             "date_range.end_date 2024-04-01 is before date_range.start_date 2024-05-01"
             in step.last_error["message"]
@@ -329,6 +332,7 @@ def test_an_output_dir_that_cannot_exist_fails_the_dashboard_only(
     assert task.status == "error"
     dash = task.step("update_dashboard")
     assert (dash.status, dash.attempts) == ("error", 1)
+    assert dash.last_error is not None
     assert dash.last_error["error_code"] == "OUTPUT_DIR_UNWRITABLE"
     assert "fix: set output_dir" in dash.last_error["message"]
     assert task.step("send_notifications").status == "complete"

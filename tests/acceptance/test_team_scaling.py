@@ -203,9 +203,10 @@ def test_waiting_holds_no_worker_and_an_operator_retry_finishes_the_wait(
     assert child.status == "pending"
     wait = stuck.step("wait_for_refund")
     assert (stuck.status, wait.status, wait.attempts) == ("error", "error", 20)
+    assert wait.last_error is not None
     assert (
         f"payments task {child.id} is pending (gave up after 20 attempts)"
-        in (wait.last_error or {})["message"]
+        in wait.last_error["message"]
     )
     polls = [
         t
@@ -241,12 +242,15 @@ def test_a_failed_payments_task_fails_the_request_with_its_reason(
     failed = engine.get_task(request.id)
     [child] = payments_tasks(engine)
     assert child.status == "error"
-    assert child.step("screen_for_fraud").last_error["error_code"] == "MANUAL_REVIEW_REQUIRED"
+    screening_error = child.step("screen_for_fraud").last_error
+    assert screening_error is not None
+    assert screening_error["error_code"] == "MANUAL_REVIEW_REQUIRED"
     wait = failed.step("wait_for_refund")
     assert (failed.status, wait.status) == (
         "error",
         "error",
     )  # after one poll, or two if payments was still running
+    assert wait.last_error is not None
     assert wait.last_error["error_code"] == "PAYMENTS_REFUND_FAILED"
     reason = f"payments task {child.id} ended error at step screen_for_fraud: refund of $600.00"
     assert reason in wait.last_error["message"]
@@ -276,6 +280,7 @@ def test_a_large_refund_stops_for_a_manager_before_any_money_moves(
     stopped = engine.get_task(request.id)
     approval = stopped.step("get_manager_approval")
     assert (stopped.status, approval.status, approval.attempts) == ("error", "error", 1)
+    assert approval.last_error is not None
     assert approval.last_error["error_code"] == "APPROVAL_REQUIRED"
     assert "above the $100.00 auto-approval limit" in approval.last_error["message"]
     assert payments_tasks(engine) == []
@@ -314,7 +319,8 @@ def test_requests_the_policy_refuses_never_reach_payments(
     engine.work(until_idle=True)
     task = engine.get_task(request.id)
     assert (task.status, task.step(step).status, task.step(step).attempts) == ("error", "error", 1)
-    assert task.step(step).last_error["error_code"] == code
+    error = task.step(step).last_error
+    assert error is not None and error["error_code"] == code
     assert payments_tasks(engine) == []
 
 

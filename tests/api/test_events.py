@@ -16,6 +16,7 @@ from tasker import Tasker
 from tasker.api.app import create_app
 from tasker.settings import Settings
 from tests.chaos.support import Fleet
+from tests.fixture_types import LoadTemplate
 from tests.servers import serving
 
 HANDLER = "tests.integration.test_worker_process:FileStep"
@@ -101,7 +102,7 @@ def test_a_client_streams_the_step_events_of_a_task_run_by_another_process(
 
 
 def test_reconnecting_with_last_event_id_resumes_after_it(
-    tasker: Tasker, served: str, load, key: str
+    tasker: Tasker, served: str, load: LoadTemplate, key: str
 ) -> None:
     from tests.integration.support import step
 
@@ -121,7 +122,9 @@ def test_reconnecting_with_last_event_id_resumes_after_it(
     assert resumed == ids[3:]
 
 
-def test_the_json_page_and_bad_filters(tasker: Tasker, served: str, load, key: str) -> None:
+def test_the_json_page_and_bad_filters(
+    tasker: Tasker, served: str, load: LoadTemplate, key: str
+) -> None:
     from tests.integration.support import step
 
     ref = load("paged", [step("a")])

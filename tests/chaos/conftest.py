@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import yaml
 from tasker import Tasker
 from tasker.store.tasks import clear_snapshot_cache
 from tests.chaos.support import ensure_postgres_up, require_postgres, scratch_engine, wipe_store
+from tests.fixture_types import TemplateFile
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def engine(chaos_url: str) -> Iterator[Tasker]:
 
 
 @pytest.fixture
-def template_file(tmp_path: Path) -> Callable[..., Path]:
+def template_file(tmp_path: Path) -> TemplateFile:
     def write(name: str, steps: list[dict[str, Any]], **top: Any) -> Path:
         data: dict[str, Any] = {
             "name": name,

@@ -17,6 +17,7 @@ import pytest
 
 from tasker import Tasker
 from tests.chaos.support import Fleet, chain, rows, scalar, scratch_engine, wait_for
+from tests.fixture_types import TemplateFile
 
 TASKS = 50
 OUTAGE_SECONDS = 30.0
@@ -29,7 +30,7 @@ pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
 @pytest.mark.timeout(180)
 def test_outage_of_a_dependent_system_costs_no_task(
-    chaos_url: str, engine: Tasker, template_file, tmp_path: Path
+    chaos_url: str, engine: Tasker, template_file: TemplateFile, tmp_path: Path
 ) -> None:
     path = template_file(
         "partner_call",

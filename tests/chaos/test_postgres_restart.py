@@ -27,6 +27,7 @@ from tests.chaos.support import (
     scratch_engine,
     wait_for,
 )
+from tests.fixture_types import TemplateFile
 
 TASKS = 200
 STEPS = 5
@@ -49,7 +50,7 @@ def _count(db: sa.Engine, sql: str) -> int | None:
 
 @pytest.mark.timeout(180)
 def test_workers_survive_a_postgres_restart(
-    chaos_url: str, engine: Tasker, template_file, tmp_path: Path
+    chaos_url: str, engine: Tasker, template_file: TemplateFile, tmp_path: Path
 ) -> None:
     path = template_file(
         "sleepy",

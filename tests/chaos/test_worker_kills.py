@@ -25,6 +25,7 @@ from tests.chaos.support import (
     scratch_engine,
     wait_for,
 )
+from tests.fixture_types import TemplateFile
 
 TASKS = 500
 STEPS = 5
@@ -53,7 +54,7 @@ def _make_tables(url: str) -> None:
 
 @pytest.mark.timeout(240)
 def test_sigkill_a_worker_every_second(
-    chaos_url: str, engine: Tasker, template_file, tmp_path: Path
+    chaos_url: str, engine: Tasker, template_file: TemplateFile, tmp_path: Path
 ) -> None:
     _make_tables(chaos_url)
     # Steps take 50-150 ms so that the fleet is busy for the whole kill window and every kill lands on

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 
 from tasker import Tasker
 from tasker.store.database import Database
+from tests.fixture_types import LoadTemplate, WriteTemplate
 from tests.integration.support import template_yaml
 
 
@@ -39,7 +39,7 @@ def key() -> str:
 
 
 @pytest.fixture
-def load(tasker: Tasker, write_template: Callable[..., Path]) -> Callable[..., str]:
+def load(tasker: Tasker, write_template: WriteTemplate) -> LoadTemplate:
     """Write a template built from steps, load it into `tasker`, return its reference `ns/name`."""
 
     def _load(name: str, steps: list[dict[str, Any]], **top: Any) -> str:

@@ -12,6 +12,7 @@ from tasker import Tasker
 from tasker.domain.records import Outcome
 from tasker.store import claims, completion
 from tasker.store.journal import Journal
+from tests.fixture_types import LoadTemplate, MakeTasker, WriteTemplate
 from tests.integration import handlers as h
 from tests.integration.support import history, step, step_history, template_yaml, to_states
 
@@ -28,7 +29,7 @@ def _interval(key: str, name: str) -> tuple[float, float]:
     return call["start"], call["end"]
 
 
-def test_independent_steps_run_in_parallel(tasker: Tasker, load, key: str) -> None:
+def test_independent_steps_run_in_parallel(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     ref = load("diamond", DIAMOND)
     task = tasker.run(tasker.create_task(ref, {"key": key}).id, concurrency=2)
 
@@ -41,7 +42,9 @@ def test_independent_steps_run_in_parallel(tasker: Tasker, load, key: str) -> No
     assert set(h.calls(key, "join")[0]["results"]) == {"start", "left", "right"}
 
 
-def test_concurrency_one_runs_steps_one_at_a_time(tasker: Tasker, load, key: str) -> None:
+def test_concurrency_one_runs_steps_one_at_a_time(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
     ref = load("diamond", DIAMOND)
     task = tasker.run(tasker.create_task(ref, {"key": key}).id, concurrency=1)
 
@@ -50,7 +53,9 @@ def test_concurrency_one_runs_steps_one_at_a_time(tasker: Tasker, load, key: str
     assert l1 <= r0 or r1 <= l0, "with concurrency 1 the middle steps must not overlap"
 
 
-def test_two_workers_process_many_tasks_exactly_once(make_tasker, write_template, key: str) -> None:
+def test_two_workers_process_many_tasks_exactly_once(
+    make_tasker: MakeTasker, write_template: WriteTemplate, key: str
+) -> None:
     path = write_template(
         template_yaml(
             "chain3",
@@ -78,10 +83,10 @@ def test_two_workers_process_many_tasks_exactly_once(make_tasker, write_template
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(e,), daemon=True) for e in engines]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(90)
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
     assert not any(t.is_alive() for t in threads)
     assert errors == []
     assert sum(ran) == 150
@@ -106,11 +111,11 @@ def test_two_workers_process_many_tasks_exactly_once(make_tasker, write_template
             "complete",
         ]
         # Each step saw the results of the steps before it, whichever worker ran them.
-        assert [s.results["n"] for s in t.steps] == [t.context["n"]] * 3
+        assert [(s.results or {})["n"] for s in t.steps] == [t.context["n"]] * 3
 
 
 def test_expired_lease_of_a_crashed_worker_is_reclaimed_and_its_late_completion_fenced(
-    tasker: Tasker, load, key: str
+    tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
     ref = load("chain", [step("a"), step("b", after="a")])
     task_id = tasker.create_task(ref, {"key": key}).id
@@ -169,7 +174,7 @@ def test_expired_lease_of_a_crashed_worker_is_reclaimed_and_its_late_completion_
 
 
 def test_late_completion_while_waiting_to_be_reclaimed_is_fenced(
-    tasker: Tasker, load, key: str
+    tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
     """The lease ran out and was reclaimed, but no worker re-ran the step yet: the late result still loses."""
     ref = load("chain", [step("a"), step("b", after="a")])
@@ -203,10 +208,12 @@ def test_late_completion_while_waiting_to_be_reclaimed_is_fenced(
     assert tasker.get_task(task_id).step("b").status == "pending"
     task = tasker.run(task_id)
     assert task.status == "complete"
-    assert task.step("a").results["attempt"] == 2
+    assert (task.step("a").results or {})["attempt"] == 2
 
 
-def test_lease_lost_on_the_last_attempt_fails_the_step(tasker: Tasker, load, key: str) -> None:
+def test_lease_lost_on_the_last_attempt_fails_the_step(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
     ref = load("once", [step("a", default_retry_limit=1), step("b", after="a")])
     task_id = tasker.create_task(ref, {"key": key}).id
     pg = tasker.db.is_postgres
@@ -220,11 +227,14 @@ def test_lease_lost_on_the_last_attempt_fails_the_step(tasker: Tasker, load, key
     task = tasker.get_task(task_id)
     assert task.status == "error"
     assert task.step("a").status == "error"
-    assert task.step("a").last_error["class"] == "LeaseExpired"
+    error = task.step("a").last_error
+    assert error is not None and error["class"] == "LeaseExpired"
     assert h.calls(key) == []
 
 
-def test_graceful_stop_lets_the_running_step_finish(tasker: Tasker, load, key: str) -> None:
+def test_graceful_stop_lets_the_running_step_finish(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
     ref = load("gated", [step("a", "Gated"), step("b", after="a")])
     task_id = tasker.create_task(ref, {"key": key}).id
     worker = tasker.worker(concurrency=2)
@@ -259,7 +269,7 @@ def test_graceful_stop_lets_the_running_step_finish(tasker: Tasker, load, key: s
     assert tasker.run(task_id).status == "complete"
 
 
-def test_stop_of_an_idle_worker_returns(tasker: Tasker, load) -> None:
+def test_stop_of_an_idle_worker_returns(tasker: Tasker, load: LoadTemplate) -> None:
     load("one", [step("a")])
     worker = tasker.worker()
     out: dict = {}

@@ -13,6 +13,7 @@ from tasker import (
     TaskerInputError,
     UnknownTemplateError,
 )
+from tests.fixture_types import LoadTemplate, MakeTasker, WriteTemplate
 from tests.integration import handlers as h
 from tests.integration.support import step
 
@@ -36,7 +37,9 @@ SCHEMA = {
 
 
 # -- idempotency --------------------------------------------------------------------------------------
-def test_same_explicit_key_returns_the_same_task(tasker: Tasker, load, key: str) -> None:
+def test_same_explicit_key_returns_the_same_task(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
     ref = load("one", [step("a")])
     first = tasker.create_task(ref, {"key": key, "n": 1}, idempotency_key=f"order-{key}")
     second = tasker.create_task(ref, {"key": key, "n": 1}, idempotency_key=f"order-{key}")
@@ -52,7 +55,9 @@ def test_same_explicit_key_returns_the_same_task(tasker: Tasker, load, key: str)
     assert tasker.list_tasks()[1] == 2
 
 
-def test_without_a_key_every_create_is_a_new_task(tasker: Tasker, load, key: str) -> None:
+def test_without_a_key_every_create_is_a_new_task(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
     ref = load("one", [step("a")])
     first = tasker.create_task(ref, {"key": key, "a": 1})
     second = tasker.create_task(ref, {"key": key, "a": 1})
@@ -64,7 +69,9 @@ def test_without_a_key_every_create_is_a_new_task(tasker: Tasker, load, key: str
     assert tasker.list_tasks()[1] == 5
 
 
-def test_identity_makes_equal_requests_one_task_forever(tasker: Tasker, load, key: str) -> None:
+def test_identity_makes_equal_requests_one_task_forever(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
     ref = load("one", [step("a")], identity={"from": ["customer.id", "cart"]})
     first = tasker.create_task(
         ref, {"key": key, "customer": {"id": 7, "name": "Ada"}, "cart": [1, 2]}
@@ -83,7 +90,7 @@ def test_identity_makes_equal_requests_one_task_forever(tasker: Tasker, load, ke
     assert len(h.calls(key, "a")) == 2
 
 
-def test_identity_within_a_window(tasker: Tasker, load, key: str) -> None:
+def test_identity_within_a_window(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     ref = load("win", [step("a")], identity={"from": ["customer"], "window_seconds": 0.5})
     first = tasker.create_task(ref, {"key": key, "customer": "ada"})
     assert tasker.create_task(ref, {"key": key, "customer": "ada"}).id == first.id
@@ -94,14 +101,14 @@ def test_identity_within_a_window(tasker: Tasker, load, key: str) -> None:
     assert later.id != first.id and not later.deduplicated
 
 
-def test_identity_is_validated_at_load(tasker: Tasker, load) -> None:
+def test_identity_is_validated_at_load(tasker: Tasker, load: LoadTemplate) -> None:
     with pytest.raises(TaskerInputError, match="identity"):
         load("bad", [step("a")], identity={"from": [], "window_seconds": 10})
     with pytest.raises(TaskerInputError, match="window_seconds"):
         load("bad2", [step("a")], identity={"from": ["a"], "window_seconds": -1})
 
 
-def test_duplicate_does_not_run_twice(tasker: Tasker, load, key: str) -> None:
+def test_duplicate_does_not_run_twice(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     ref = load("one", [step("a")])
     for _ in range(3):
         tasker.create_task(ref, {"key": key}, idempotency_key=f"k-{key}")
@@ -110,7 +117,9 @@ def test_duplicate_does_not_run_twice(tasker: Tasker, load, key: str) -> None:
 
 
 @pytest.mark.parametrize("bad", ["", "x" * 256])
-def test_invalid_idempotency_key_is_refused(tasker: Tasker, load, key: str, bad: str) -> None:
+def test_invalid_idempotency_key_is_refused(
+    tasker: Tasker, load: LoadTemplate, key: str, bad: str
+) -> None:
     ref = load("one", [step("a")])
     with pytest.raises(TaskerInputError, match="idempotency_key"):
         tasker.create_task(ref, {"key": key}, idempotency_key=bad)
@@ -118,7 +127,7 @@ def test_invalid_idempotency_key_is_refused(tasker: Tasker, load, key: str, bad:
 
 
 def test_concurrent_creation_of_the_same_key_makes_one_task(
-    make_tasker, write_template, key: str
+    make_tasker: MakeTasker, write_template: WriteTemplate, key: str
 ) -> None:
     from tests.integration.support import template_yaml
 
@@ -161,7 +170,7 @@ def test_concurrent_creation_of_the_same_key_makes_one_task(
 
 # -- validation ---------------------------------------------------------------------------------------
 def test_context_violations_are_reported_together_with_paths(
-    tasker: Tasker, load, key: str
+    tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
     ref = load("validated", [step("a")], schema=SCHEMA)
     with pytest.raises(ContextValidationError) as info:
@@ -183,7 +192,7 @@ def test_context_violations_are_reported_together_with_paths(
     assert tasker.list_tasks()[1] == 0
 
 
-def test_defaults_are_applied_and_stored(tasker: Tasker, load, key: str) -> None:
+def test_defaults_are_applied_and_stored(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     ref = load("validated", [step("a")], schema=SCHEMA)
     task = tasker.create_task(
         ref,
@@ -204,7 +213,7 @@ def test_defaults_are_applied_and_stored(tasker: Tasker, load, key: str) -> None
     assert tasker.create_task(ref, expected, idempotency_key=f"order-7-{key}").id == task.id
 
 
-def test_unknown_template_lists_the_known_ones(tasker: Tasker, load) -> None:
+def test_unknown_template_lists_the_known_ones(tasker: Tasker, load: LoadTemplate) -> None:
     load("one", [step("a")])
     load("two", [step("a")], version="2.1.0")
     with pytest.raises(UnknownTemplateError) as info:
@@ -217,7 +226,7 @@ def test_unknown_template_lists_the_known_ones(tasker: Tasker, load) -> None:
 
 
 # -- template versions --------------------------------------------------------------------------------
-def test_task_keeps_its_template_version(tasker: Tasker, load, key: str) -> None:
+def test_task_keeps_its_template_version(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     ref = load(
         "evolving",
         [step("a", handler_config={"value": "v1"}), step("b", after="a")],
@@ -240,15 +249,15 @@ def test_task_keeps_its_template_version(tasker: Tasker, load, key: str) -> None
     old_done, new_done, pinned_done = tasker.get_tasks([old.id, new.id, pinned.id])
     assert [s.name for s in old_done.steps] == ["a", "b"]
     assert old_done.status == new_done.status == pinned_done.status == "complete"
-    assert old_done.step("a").results["value"] == "v1"
-    assert pinned_done.step("a").results["value"] == "v1"
-    assert new_done.step("a").results["value"] == "v2"
+    assert (old_done.step("a").results or {})["value"] == "v1"
+    assert (pinned_done.step("a").results or {})["value"] == "v1"
+    assert (new_done.step("a").results or {})["value"] == "v2"
     assert tasker.task_template(old.id).version == "1.0.0"
     assert [s.name for s in tasker.task_template(old.id).step_templates] == ["a", "b"]
 
 
 def test_running_task_is_not_changed_by_a_reload_of_its_version(
-    tasker: Tasker, load, key: str
+    tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
     """Reloading the same version with other steps (a careless deploy) does not alter existing tasks."""
     ref = load("reloaded", [step("a", handler_config={"value": "before"}), step("b", after="a")])
@@ -256,13 +265,13 @@ def test_running_task_is_not_changed_by_a_reload_of_its_version(
     load("reloaded", [step("a", handler_config={"value": "after"})])
     done = tasker.run(task.id)
     assert [s.name for s in done.steps] == ["a", "b"]
-    assert done.step("a").results["value"] == "before"
+    assert (done.step("a").results or {})["value"] == "before"
     assert done.status == "complete"
 
 
 # -- task handler hooks -------------------------------------------------------------------------------
 def test_task_handler_prepares_context_and_annotates_on_complete(
-    tasker: Tasker, load, key: str
+    tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
     ref = load(
         "order",
@@ -286,7 +295,7 @@ def test_task_handler_prepares_context_and_annotates_on_complete(
     assert h.calls(key, kind="on_error") == []
 
 
-def test_task_handler_annotates_on_error(tasker: Tasker, load, key: str) -> None:
+def test_task_handler_annotates_on_error(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     ref = load(
         "order_fail",
         [step("a"), step("b", after="a", handler_config={"always_fail": "permanent"})],

@@ -8,10 +8,11 @@ import pytest
 
 from tasker import Tasker, TaskerInputError
 from tasker.store.event_log import Cursor, _until_hole
+from tests.fixture_types import LoadTemplate
 from tests.integration.support import step
 
 
-def _run_publishing_task(tasker: Tasker, load, key: str) -> int:
+def _run_publishing_task(tasker: Tasker, load: LoadTemplate, key: str) -> int:
     ref = load(
         "logged",
         [
@@ -36,7 +37,7 @@ def _run_publishing_task(tasker: Tasker, load, key: str) -> int:
 
 
 def test_the_log_holds_a_tasks_lifecycle_and_custom_events_in_order(
-    tasker: Tasker, load, key: str
+    tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
     task_id = _run_publishing_task(tasker, load, key)
     page = tasker.read_events(task_id=task_id)
@@ -63,7 +64,7 @@ def test_the_log_holds_a_tasks_lifecycle_and_custom_events_in_order(
 
 
 def test_small_pages_resume_from_their_cursor_without_loss_or_repeat(
-    tasker: Tasker, load, key: str
+    tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
     task_id = _run_publishing_task(tasker, load, key)
     whole = [e["id"] for e in tasker.read_events(task_id=task_id).events]
@@ -81,7 +82,9 @@ def test_small_pages_resume_from_their_cursor_without_loss_or_repeat(
     assert pieces == whole
 
 
-def test_filters_by_name_pattern_task_and_namespace(tasker: Tasker, load, key: str) -> None:
+def test_filters_by_name_pattern_task_and_namespace(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
     task_id = _run_publishing_task(tasker, load, key)
     steps_only = tasker.read_events(task_id=task_id, names=["step.*"]).events
     assert steps_only and all(e["event"].startswith("step.") for e in steps_only)
@@ -93,7 +96,7 @@ def test_filters_by_name_pattern_task_and_namespace(tasker: Tasker, load, key: s
     assert tasker.read_events(task_id=task_id + 1000).events == []
 
 
-def test_tail_starts_after_everything_so_far(tasker: Tasker, load, key: str) -> None:
+def test_tail_starts_after_everything_so_far(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     first = _run_publishing_task(tasker, load, key)
     tail = tasker.events_tail()
     assert tasker.read_events(tail).events == []

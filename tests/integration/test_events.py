@@ -5,12 +5,13 @@ from __future__ import annotations
 import threading
 
 from tasker import Event, Tasker
+from tests.fixture_types import LoadTemplate, WriteTemplate
 from tests.integration import handlers as h
 from tests.integration.support import step, step_history
 
 
 def test_declared_custom_event_reaches_a_subscriber_after_the_step(
-    tasker: Tasker, load, key: str
+    tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
     ref = load(
         "publishing",
@@ -67,7 +68,9 @@ def test_declared_custom_event_reaches_a_subscriber_after_the_step(
     assert names[-1] == "task.completed"
 
 
-def test_undeclared_event_fails_the_step_as_retryable(tasker: Tasker, load, key: str) -> None:
+def test_undeclared_event_fails_the_step_as_retryable(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
     """`UndeclaredEventError` is a `TaskerError`: the engine treats it like any unexpected exception, i.e.
     retryable until the retry limit, then `error`. Nothing is published for the undeclared name."""
     ref = load(
@@ -89,6 +92,7 @@ def test_undeclared_event_fails_the_step_as_retryable(tasker: Tasker, load, key:
 
     a = task.step("a")
     assert (task.status, a.status, a.attempts) == ("error", "error", 2)
+    assert a.last_error is not None
     assert a.last_error["class"] == "UndeclaredEventError"
     assert "not.declared" in a.last_error["message"] and "ok.event" in a.last_error["message"]
     assert a.last_error["retryable"] is True
@@ -101,7 +105,9 @@ def test_undeclared_event_fails_the_step_as_retryable(tasker: Tasker, load, key:
     assert len(h.calls(key, "a")) == 2
 
 
-def test_failing_subscriber_does_not_fail_the_step(tasker: Tasker, load, key: str) -> None:
+def test_failing_subscriber_does_not_fail_the_step(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
     ref = load(
         "publishing",
         [
@@ -128,7 +134,7 @@ def test_failing_subscriber_does_not_fail_the_step(tasker: Tasker, load, key: st
     assert after == ["thing.happened", "task.completed"]
 
 
-def test_unsubscribe_and_lifecycle_events(tasker: Tasker, load, key: str) -> None:
+def test_unsubscribe_and_lifecycle_events(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     ref = load("flaky", [step("a", handler_config={"fail": ["retryable"]}), step("b", after="a")])
     events: list[Event] = []
     lock = threading.Lock()
@@ -154,7 +160,9 @@ def test_unsubscribe_and_lifecycle_events(tasker: Tasker, load, key: str) -> Non
     assert len(events) == before
 
 
-def test_a_subscriber_attached_to_the_engine_sees_the_task_complete(tasker, write_template, key):  # type: ignore[no-untyped-def]
+def test_a_subscriber_attached_to_the_engine_sees_the_task_complete(
+    tasker, write_template: WriteTemplate, key
+):  # type: ignore[no-untyped-def]
     from tasker import Subscriber
 
     class Watch(Subscriber):

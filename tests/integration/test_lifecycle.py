@@ -5,12 +5,13 @@ from __future__ import annotations
 import itertools
 
 from tasker import Tasker
+from tests.fixture_types import LoadTemplate
 from tests.integration import handlers as h
 from tests.integration.support import history, step, step_history, to_states
 
 
 def test_linear_chain_completes_and_each_step_sees_earlier_results(
-    tasker: Tasker, load, key: str
+    tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
     ref = load(
         "chain",
@@ -46,7 +47,7 @@ def test_linear_chain_completes_and_each_step_sees_earlier_results(
     assert runs["a"]["end"] <= runs["b"]["start"] and runs["b"]["end"] <= runs["c"]["start"]
 
 
-def test_transitions_are_recorded_in_order(tasker: Tasker, load, key: str) -> None:
+def test_transitions_are_recorded_in_order(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     ref = load("chain", [step("a"), step("b", after="a"), step("c", after="b")])
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
     assert task.status == "complete"
@@ -90,7 +91,7 @@ def test_transitions_are_recorded_in_order(tasker: Tasker, load, key: str) -> No
     )
 
 
-def test_work_until_idle_runs_every_task(tasker: Tasker, load, key: str) -> None:
+def test_work_until_idle_runs_every_task(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     ref = load("chain", [step("a"), step("b", after="a")])
     ids = [tasker.create_task(ref, {"key": key, "n": i}).id for i in range(5)]
     ran = tasker.work(concurrency=3, until_idle=True)
@@ -99,7 +100,7 @@ def test_work_until_idle_runs_every_task(tasker: Tasker, load, key: str) -> None
 
 
 def test_permanent_error_fails_the_step_at_once_and_blocks_dependents(
-    tasker: Tasker, load, key: str
+    tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
     ref = load(
         "perm",
@@ -141,7 +142,7 @@ def test_permanent_error_fails_the_step_at_once_and_blocks_dependents(
 
 
 def test_independent_branch_runs_to_the_end_before_the_task_fails(
-    tasker: Tasker, load, key: str
+    tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
     """Diamond: `left` fails permanently at once, `right` is a longer chain that still completes."""
     ref = load(
@@ -180,7 +181,9 @@ def test_independent_branch_runs_to_the_end_before_the_task_fails(
     assert len(failed_at) == 1
 
 
-def test_run_of_a_finished_task_returns_it_unchanged(tasker: Tasker, load, key: str) -> None:
+def test_run_of_a_finished_task_returns_it_unchanged(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
     ref = load("one", [step("a")])
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
     again = tasker.run(task.id)

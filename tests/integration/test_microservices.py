@@ -94,7 +94,7 @@ def test_registration_completes_and_the_correlation_id_reaches_every_service(
     seen = calls(fleet, corr)
     assert [(r["method"], r["path"]) for r in seen["user"]] == [
         ("POST", "/users"),
-        ("PUT", f"/users/{task.step('create_user_account').results['user_id']}/status"),
+        ("PUT", f"/users/{(task.step('create_user_account').results or {})['user_id']}/status"),
     ]
     assert [r["path"] for r in seen["billing"]] == ["/billing_profiles"]
     assert [r["path"] for r in seen["preferences"]] == ["/preferences"]
@@ -143,7 +143,7 @@ def test_free_plan_gets_the_free_welcome_and_a_zero_priced_profile(
         "product_updates": False,
         "newsletter": False,
     }
-    assert task.step("setup_billing_profile").results["monthly_price_cents"] == 0
+    assert (task.step("setup_billing_profile").results or {})["monthly_price_cents"] == 0
     kinds = [
         e["kind"]
         for e in fleet.notification.state()["rows"]["emails"]

@@ -35,6 +35,7 @@ from tasker.observability import metrics, tracing
 from tasker.observability.logging import STEP_FIELDS, configure_logging
 from tasker.store.database import Database
 from tasker.store.schema import dependent_systems, steps, workers
+from tests.fixture_types import LoadTemplate, WriteTemplate
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = "tests.integration.test_observability"
@@ -141,7 +142,7 @@ def no_global_provider(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # -- logs -------------------------------------------------------------------------------------------------
 def test_every_line_of_an_attempt_carries_the_step_fields(
-    tasker: Tasker, load, key: str, json_lines: Callable[[], list[dict[str, Any]]]
+    tasker: Tasker, load: LoadTemplate, key: str, json_lines: Callable[[], list[dict[str, Any]]]
 ) -> None:
     ref = load("logged", LOGGING_STEPS)
     task = tasker.run(tasker.create_task(ref, {"key": key, "correlation_id": "order-77"}).id)
@@ -179,7 +180,7 @@ def test_every_line_of_an_attempt_carries_the_step_fields(
 
 
 def test_handler_lines_get_the_generated_correlation_id(
-    tasker: Tasker, load, key: str, json_lines: Callable[[], list[dict[str, Any]]]
+    tasker: Tasker, load: LoadTemplate, key: str, json_lines: Callable[[], list[dict[str, Any]]]
 ) -> None:
     ref = load("uncorrelated", LOGGING_STEPS)
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)  # no correlation_id in the context
@@ -207,7 +208,7 @@ def _samples(engine: Tasker | None) -> dict[tuple[str, tuple[tuple[str, str], ..
 
 
 def test_metrics_after_a_task_with_a_retry_and_a_failure(
-    tasker: Tasker, load, key: str, fresh_metrics: metrics.EngineMetrics
+    tasker: Tasker, load: LoadTemplate, key: str, fresh_metrics: metrics.EngineMetrics
 ) -> None:
     ref = load(
         "charged",
@@ -267,7 +268,7 @@ def test_metrics_after_a_task_with_a_retry_and_a_failure(
 
 
 def test_queue_circuit_and_worker_gauges(
-    tasker: Tasker, load, key: str, fresh_metrics: metrics.EngineMetrics
+    tasker: Tasker, load: LoadTemplate, key: str, fresh_metrics: metrics.EngineMetrics
 ) -> None:
     ref = load("queued", [_step("only", "AsyncLogs")])
     first = tasker.create_task(ref, {"key": key, "n": 1})
@@ -314,7 +315,9 @@ def test_queue_circuit_and_worker_gauges(
     assert got[("tasker_circuit_state", (("system", "inventory"),))] == 0
 
 
-def test_worker_process_serves_its_metrics(store_url: str, tmp_path: Path, write_template) -> None:
+def test_worker_process_serves_its_metrics(
+    store_url: str, tmp_path: Path, write_template: WriteTemplate
+) -> None:
     """`tasker worker --metrics-port`: a separate process runs a task and exposes what it observed."""
     path = write_template(
         textwrap.dedent("""\
@@ -397,7 +400,7 @@ def test_worker_process_serves_its_metrics(store_url: str, tmp_path: Path, write
 
 # -- traces -----------------------------------------------------------------------------------------------
 def test_spans_of_a_task_share_one_trace(
-    tasker: Tasker, load, key: str, spans: InMemorySpanExporter
+    tasker: Tasker, load: LoadTemplate, key: str, spans: InMemorySpanExporter
 ) -> None:
     ref = load("traced", LOGGING_STEPS)
     tasks = [tasker.run(tasker.create_task(ref, {"key": key, "n": n}).id) for n in (1, 2)]
@@ -416,15 +419,17 @@ def test_spans_of_a_task_share_one_trace(
         assert len(mine) == 4
         root = task_spans[0]
         assert root.context.span_id == task_span_id and root.parent is None
+        assert root.attributes is not None
         assert root.attributes["tasker.status"] == "complete"
-        assert root.start_time <= min(s.start_time for s in step_spans)
-        assert root.end_time >= max(s.end_time for s in step_spans)
+        assert root.start_time is not None and root.end_time is not None
+        assert all(s.start_time is not None and s.start_time >= root.start_time for s in step_spans)
+        assert all(s.end_time is not None and s.end_time <= root.end_time for s in step_spans)
         assert all(s.parent is not None and s.parent.span_id == task_span_id for s in step_spans)
         attempts = sorted(
             (
-                s.attributes["tasker.step"],
-                s.attributes["tasker.attempt"],
-                s.attributes["tasker.outcome"],
+                (s.attributes or {})["tasker.step"],
+                (s.attributes or {})["tasker.attempt"],
+                (s.attributes or {})["tasker.outcome"],
             )
             for s in step_spans
         )
@@ -433,10 +438,12 @@ def test_spans_of_a_task_share_one_trace(
             ("sync_step", 1, "retry"),
             ("sync_step", 2, "complete"),
         ]
-        failed = next(s for s in step_spans if s.attributes["tasker.outcome"] == "retry")
+        failed = next(s for s in step_spans if (s.attributes or {})["tasker.outcome"] == "retry")
+        assert failed.attributes is not None
         assert failed.attributes["tasker.error_class"] == "RetryableError"
         assert failed.status.status_code.name == "ERROR"
         for s in step_spans:
+            assert s.attributes is not None
             assert s.attributes["tasker.task_id"] == task.id
             assert s.attributes["tasker.template"] == "itest/traced@1.0.0"
             assert s.attributes["tasker.correlation_id"] == task.correlation_id
@@ -445,17 +452,17 @@ def test_spans_of_a_task_share_one_trace(
             span = next(
                 s
                 for s in step_spans
-                if s.attributes["tasker.step"] == name
-                and s.attributes["tasker.outcome"] == "complete"
+                if (s.attributes or {})["tasker.step"] == name
+                and (s.attributes or {})["tasker.outcome"] == "complete"
             )
-            parent = task.step(name).results["headers"]["traceparent"]
+            parent = (task.step(name).results or {})["headers"]["traceparent"]
             assert parent == f"00-{trace_id:032x}-{span.context.span_id:016x}-01"
         trace_ids.add(trace_id)
     assert len(trace_ids) == 2
 
 
 def test_a_failed_task_span_is_an_error(
-    tasker: Tasker, load, key: str, spans: InMemorySpanExporter
+    tasker: Tasker, load: LoadTemplate, key: str, spans: InMemorySpanExporter
 ) -> None:
     ref = load("traced_failure", [_step("charge", "Decline")])
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
@@ -463,12 +470,13 @@ def test_a_failed_task_span_is_an_error(
     (root,) = [s for s in spans.get_finished_spans() if s.name.startswith("tasker.task ")]
     assert root.status.status_code.name == "ERROR" and "charge" in (root.status.description or "")
     (step_span,) = [s for s in spans.get_finished_spans() if s.name == "tasker.step charge"]
+    assert step_span.attributes is not None
     assert step_span.attributes["tasker.outcome"] == "error"
     assert step_span.attributes["tasker.error_class"] == "Declined"
 
 
 def test_no_spans_and_no_headers_without_a_provider(
-    tasker: Tasker, load, key: str, no_global_provider: None
+    tasker: Tasker, load: LoadTemplate, key: str, no_global_provider: None
 ) -> None:
     exporter = InMemorySpanExporter()
     TracerProvider().add_span_processor(
@@ -527,7 +535,11 @@ def test_runs_without_opentelemetry_installed(store_url: str, tmp_path: Path) ->
 
 
 def test_a_store_that_cannot_be_read_costs_the_task_span_only(
-    tasker: Tasker, load, key: str, spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+    tasker: Tasker,
+    load: LoadTemplate,
+    key: str,
+    spans: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     ref = load("traced_unreadable", [_step("only", "AsyncLogs")])
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
@@ -552,7 +564,9 @@ def restore_logging() -> Iterator[None]:
     structlog.configure(**config)
 
 
-def test_cli_log_options(store_url: str, write_template, restore_logging: None) -> None:
+def test_cli_log_options(
+    store_url: str, write_template: WriteTemplate, restore_logging: None
+) -> None:
     from click.testing import CliRunner
 
     from tasker.cli.main import cli

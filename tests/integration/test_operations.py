@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from tasker import NotFoundError, OperationError, Tasker, TaskerInputError
+from tests.fixture_types import LoadTemplate, MakeTasker, WriteTemplate
 from tests.integration import handlers as h
 from tests.integration.support import step, step_history, to_states
 
 
-def _in_thread(fn, *args, **kwargs) -> tuple[threading.Thread, dict]:
-    out: dict = {}
+def _in_thread(
+    fn: Callable[..., object], *args: Any, **kwargs: Any
+) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
 
     def target() -> None:
         try:
@@ -31,7 +36,9 @@ def _wait_started(key: str, name: str) -> None:
 
 
 # -- cancel -------------------------------------------------------------------------------------------
-def test_cancel_while_running_discards_the_late_result(tasker: Tasker, load, key: str) -> None:
+def test_cancel_while_running_discards_the_late_result(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
     ref = load("gated", [step("a", "Gated"), step("b", after="a"), step("c", after="b")])
     task_id = tasker.create_task(ref, {"key": key}).id
     seen: list[str] = []
@@ -69,7 +76,7 @@ def test_cancel_while_running_discards_the_late_result(tasker: Tasker, load, key
 
 
 def test_worker_stops_waiting_for_a_step_of_a_cancelled_task(
-    make_tasker, write_template, key: str
+    make_tasker: MakeTasker, write_template: WriteTemplate, key: str
 ) -> None:
     """With short leases the heartbeat notices the cancel and drops the attempt without waiting for it."""
     from tests.integration.support import template_yaml
@@ -97,7 +104,7 @@ def test_worker_stops_waiting_for_a_step_of_a_cancelled_task(
     assert h.calls(key, "b") == []
 
 
-def test_cancel_a_pending_task_runs_nothing(tasker: Tasker, load, key: str) -> None:
+def test_cancel_a_pending_task_runs_nothing(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     ref = load("chain", [step("a"), step("b", after="a")])
     task_id = tasker.create_task(ref, {"key": key}).id
     task = tasker.cancel_task(task_id)
@@ -107,7 +114,7 @@ def test_cancel_a_pending_task_runs_nothing(tasker: Tasker, load, key: str) -> N
     assert [r["to_state"] for r in tasker.task_transitions(task_id)] == ["pending", "cancelled"]
 
 
-def test_cancel_a_failed_task(tasker: Tasker, load, key: str) -> None:
+def test_cancel_a_failed_task(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     h.set_fault(key, "b")
     ref = load(
         "toggle",
@@ -122,7 +129,7 @@ def test_cancel_a_failed_task(tasker: Tasker, load, key: str) -> None:
         tasker.retry_task(task.id)
 
 
-def test_cancel_a_finished_task_is_refused(tasker: Tasker, load, key: str) -> None:
+def test_cancel_a_finished_task_is_refused(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     ref = load("one", [step("a")])
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
     with pytest.raises(OperationError, match="complete"):
@@ -133,7 +140,9 @@ def test_cancel_a_finished_task_is_refused(tasker: Tasker, load, key: str) -> No
 
 
 # -- retry --------------------------------------------------------------------------------------------
-def test_retry_task_rearms_failed_steps_with_fresh_attempts(tasker: Tasker, load, key: str) -> None:
+def test_retry_task_rearms_failed_steps_with_fresh_attempts(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
     h.set_fault(key, "b")
     ref = load(
         "toggle",
@@ -191,7 +200,9 @@ def test_retry_task_rearms_failed_steps_with_fresh_attempts(tasker: Tasker, load
     ]
 
 
-def test_retry_task_rearms_every_failed_branch(tasker: Tasker, load, key: str) -> None:
+def test_retry_task_rearms_every_failed_branch(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
     h.set_fault(key, "left")
     h.set_fault(key, "right")
     ref = load(
@@ -213,7 +224,9 @@ def test_retry_task_rearms_every_failed_branch(tasker: Tasker, load, key: str) -
     assert done.step("join").results == {"step": "join", "ok": True}
 
 
-def test_retry_of_a_task_not_in_error_is_refused(tasker: Tasker, load, key: str) -> None:
+def test_retry_of_a_task_not_in_error_is_refused(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
     ref = load("one", [step("a")])
     task = tasker.create_task(ref, {"key": key})
     with pytest.raises(OperationError, match="pending"):
@@ -225,7 +238,7 @@ def test_retry_of_a_task_not_in_error_is_refused(tasker: Tasker, load, key: str)
         tasker.retry_task(999_999)
 
 
-def test_retry_step(tasker: Tasker, load, key: str) -> None:
+def test_retry_step(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     h.set_fault(key, "b")
     ref = load(
         "toggle",
@@ -252,7 +265,9 @@ def test_retry_step(tasker: Tasker, load, key: str) -> None:
 
 
 # -- resolve ------------------------------------------------------------------------------------------
-def test_resolve_a_failed_step_lets_dependents_proceed(tasker: Tasker, load, key: str) -> None:
+def test_resolve_a_failed_step_lets_dependents_proceed(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
     h.set_fault(key, "b")
     ref = load(
         "toggle",
@@ -291,7 +306,9 @@ def test_resolve_a_failed_step_lets_dependents_proceed(tasker: Tasker, load, key
         tasker.resolve_step(task.id, "d", {})
 
 
-def test_resolve_the_last_failed_step_settles_the_task(tasker: Tasker, load, key: str) -> None:
+def test_resolve_the_last_failed_step_settles_the_task(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
     h.set_fault(key, "b")
     ref = load("toggle", [step("a", "Toggle"), step("b", "Toggle", after="a")])
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
@@ -306,7 +323,7 @@ def test_resolve_the_last_failed_step_settles_the_task(tasker: Tasker, load, key
     ]
 
 
-def test_resolve_step_refuses_bad_requests(tasker: Tasker, load, key: str) -> None:
+def test_resolve_step_refuses_bad_requests(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     h.set_fault(key, "b")
     ref = load(
         "toggle",
@@ -329,7 +346,7 @@ def test_resolve_step_refuses_bad_requests(tasker: Tasker, load, key: str) -> No
 
 
 def test_resolving_a_pending_step_whose_parent_is_running_is_refused(
-    tasker: Tasker, load, key: str
+    tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
     """Issue 9, point 7: resolving `b` while `a` runs would release `c` before `a` finished."""
     ref = load("gated", [step("a", "Gated"), step("b", after="a"), step("c", after="b")])
@@ -354,13 +371,14 @@ def test_resolving_a_pending_step_whose_parent_is_running_is_refused(
     done = tasker.get_task(task_id)
     assert done.status == "complete"
     finished_a = done.step("a").finished_at
-    assert finished_a is not None and done.step("c").started_at is not None
-    assert finished_a <= done.step("c").started_at
+    started_c = done.step("c").started_at
+    assert finished_a is not None and started_c is not None
+    assert finished_a <= started_c
     assert not any(r["to_state"] == "resolved_manually" for r in step_history(tasker, task_id, "b"))
 
 
 def test_resolving_below_a_failed_parent_names_every_unfinished_parent(
-    tasker: Tasker, load, key: str
+    tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
     h.set_fault(key, "b")
     ref = load(
@@ -411,7 +429,9 @@ def test_unfinished_parents_message_lists_them_in_order() -> None:
     )
 
 
-def test_cancel_storm_while_workers_run(make_tasker, write_template, key: str) -> None:
+def test_cancel_storm_while_workers_run(
+    make_tasker: MakeTasker, write_template: WriteTemplate, key: str
+) -> None:
     """Operators cancel tasks while two workers claim and complete them (on PostgreSQL a cancel and a
     claim may deadlock; the engine must absorb that). Every task ends complete or cancelled, and nothing
     of a cancelled task starts or completes after its cancel."""
@@ -434,8 +454,8 @@ def test_cancel_storm_while_workers_run(make_tasker, write_template, key: str) -
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(e,), daemon=True) for e in engines]
-    for t in threads:
-        t.start()
+    for thread in threads:
+        thread.start()
     for task_id in ids:
         try:
             operator.cancel_task(task_id)
@@ -443,8 +463,8 @@ def test_cancel_storm_while_workers_run(make_tasker, write_template, key: str) -
             refused.append(task_id)  # it finished first
         except Exception as exc:
             errors.append(exc)
-    for t in threads:
-        t.join(60)
+    for thread in threads:
+        thread.join(60)
     assert not any(t.is_alive() for t in threads)
     assert errors == []
     tasks = operator.get_tasks(ids)
@@ -482,7 +502,9 @@ def _wait_for_state(
         time.sleep(0.02)
 
 
-def test_resolve_a_step_waiting_to_retry_wakes_the_worker(tasker: Tasker, load, key: str) -> None:
+def test_resolve_a_step_waiting_to_retry_wakes_the_worker(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
     """The service asked for 30 s; an operator supplies the result instead, and the worker goes on at once."""
     ref = load(
         "slow_retry", [step("a", handler_config={"fail": ["retry_after:30"]}), step("b", after="a")]
@@ -505,7 +527,7 @@ def test_resolve_a_step_waiting_to_retry_wakes_the_worker(tasker: Tasker, load, 
     ]
 
 
-def test_cancel_a_task_waiting_to_retry(tasker: Tasker, load, key: str) -> None:
+def test_cancel_a_task_waiting_to_retry(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     ref = load(
         "slow_retry", [step("a", handler_config={"fail": ["retry_after:30"]}), step("b", after="a")]
     )
@@ -520,7 +542,7 @@ def test_cancel_a_task_waiting_to_retry(tasker: Tasker, load, key: str) -> None:
     assert len(h.calls(key, "a")) == 1
 
 
-def test_worker_only_runs_its_namespaces(tasker: Tasker, load, key: str) -> None:
+def test_worker_only_runs_its_namespaces(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     mine = load("mine", [step("a")], namespace="payments")
     theirs = load("theirs", [step("a")], namespace="shipping")
     t1 = tasker.create_task(mine, {"key": key})

@@ -74,6 +74,7 @@ def test_one_task_alone_survives_an_outage_longer_than_its_retries(
 
     def waiting() -> bool:
         step = tasker.get_task(task_id).step("charge")
+        assert step.last_error is not None
         return (
             step.status == "waiting_retry" and "waiting for 'billing'" in step.last_error["message"]
         )
@@ -108,7 +109,9 @@ def test_a_step_gives_up_after_max_outage_seconds(tasker: Tasker, tmp_path: Path
     (tmp_path / "down").touch()
     task = tasker.run(tasker.create_task(ref, {"dir": str(tmp_path)}).id)
     assert task.status == "error"
-    message = task.step("charge").last_error["message"]
+    error = task.step("charge").last_error
+    assert error is not None
+    message = error["message"]
     assert "past its max_outage_seconds=0.6" in message and "gave up after 3 attempts" in message
 
 

@@ -253,6 +253,7 @@ def test_sync_timeouts_count_from_the_handlers_start(tasker: Tasker, tmp_path: P
     tasker.work(worker=w)
     for task_id in hung:
         step = tasker.get_task(task_id).step("hang")
+        assert step.last_error is not None
         assert step.status == "error" and step.last_error["class"] == "StepTimeoutError"
         assert runs(tmp_path, task_id, "hang", "starts") == 1, (
             "an attempt was spent before its handler started"
@@ -279,6 +280,7 @@ def test_handler_bugs_do_not_open_the_default_circuit(tasker: Tasker, tmp_path: 
     for task_id in bad:
         step = tasker.get_task(task_id).step("bad")
         assert step.status == "error" and step.attempts == 3
+        assert step.last_error is not None
         assert step.last_error["class"] == "KeyError" and step.last_error["system_fault"] is False
     for task_id in good:
         task = tasker.get_task(task_id)
@@ -435,7 +437,8 @@ def test_run_returns_when_a_handler_calls_sys_exit(tasker: Tasker, tmp_path: Pat
     tasker.load_templates(_poison_template(tmp_path / "templates", "system_exit", retry_limit=1))
     task = tasker.run(tasker.create_task("poison/bad_system_exit", {"dir": str(tmp_path)}).id)
     assert task.status == "error"
-    assert task.step("bad").last_error["class"] == "SystemExit"
+    error = task.step("bad").last_error
+    assert error is not None and error["class"] == "SystemExit"
 
 
 def test_stuck_handler_threads_are_reported_as_a_metric(tasker: Tasker, tmp_path: Path) -> None:

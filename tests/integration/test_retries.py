@@ -6,6 +6,7 @@ import itertools
 import time
 
 from tasker import Tasker
+from tests.fixture_types import LoadTemplate, MakeTasker, WriteTemplate
 from tests.integration import handlers as h
 from tests.integration.support import step, step_history, to_states
 
@@ -20,7 +21,7 @@ def _gaps(rows: list[dict]) -> list[float]:
     return out
 
 
-def test_retry_then_success(tasker: Tasker, load, key: str) -> None:
+def test_retry_then_success(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     ref = load(
         "flaky",
         [step("a", handler_config={"fail": ["retryable", "retryable"]}), step("b", after="a")],
@@ -53,7 +54,7 @@ def test_retry_then_success(tasker: Tasker, load, key: str) -> None:
     assert task.step("b").attempts == 1 and task.step("b").status == "complete"
 
 
-def test_retries_exhausted(tasker: Tasker, load, key: str) -> None:
+def test_retries_exhausted(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     ref = load(
         "exhaust",
         [
@@ -69,6 +70,7 @@ def test_retries_exhausted(tasker: Tasker, load, key: str) -> None:
     assert a.retry_limit == 4
     assert a.attempts == 4
     assert len(h.calls(key, "a")) == 4
+    assert a.last_error is not None
     assert a.last_error["class"] == "RetryableError"
     assert a.last_error["error_code"] == "TRANSIENT"
     assert "gave up after 4 attempts" in a.last_error["message"]
@@ -82,7 +84,7 @@ def test_retries_exhausted(tasker: Tasker, load, key: str) -> None:
     )
 
 
-def test_not_retryable_step_is_never_retried(tasker: Tasker, load, key: str) -> None:
+def test_not_retryable_step_is_never_retried(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     ref = load(
         "once",
         [
@@ -100,13 +102,14 @@ def test_not_retryable_step_is_never_retried(tasker: Tasker, load, key: str) -> 
     a = task.step("a")
     assert a.attempts == 1
     assert a.retryable is False
+    assert a.last_error is not None
     assert a.last_error["class"] == "RetryableError"
     assert "gave up" not in a.last_error["message"]
     assert len(h.calls(key, "a")) == 1
     assert "waiting_retry" not in to_states(step_history(tasker, task.id, "a"))
 
 
-def test_unexpected_exception_is_retryable(tasker: Tasker, load, key: str) -> None:
+def test_unexpected_exception_is_retryable(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     ref = load("bug", [step("a", handler_config={"fail": ["value"]})])
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
 
@@ -118,18 +121,21 @@ def test_unexpected_exception_is_retryable(tasker: Tasker, load, key: str) -> No
     assert retry["error_message"] == "a failed on attempt 1"
 
 
-def test_unexpected_exception_exhausts_with_a_traceback(tasker: Tasker, load, key: str) -> None:
+def test_unexpected_exception_exhausts_with_a_traceback(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
     ref = load("bug", [step("a", default_retry_limit=2, handler_config={"always_fail": "value"})])
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
 
     a = task.step("a")
     assert (task.status, a.status, a.attempts) == ("error", "error", 2)
+    assert a.last_error is not None
     assert a.last_error["class"] == "ValueError"
     assert a.last_error["retryable"] is True
     assert "Traceback" in a.last_error["traceback"]
 
 
-def test_retry_after_is_honoured(tasker: Tasker, load, key: str) -> None:
+def test_retry_after_is_honoured(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     ref = load("rate_limited", [step("a", handler_config={"fail": ["retry_after:0.3"]})])
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
 
@@ -143,7 +149,7 @@ def test_retry_after_is_honoured(tasker: Tasker, load, key: str) -> None:
     assert _gaps(rows)[0] >= 0.3
 
 
-def test_exponential_backoff_grows(tasker: Tasker, load, key: str) -> None:
+def test_exponential_backoff_grows(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     ref = load(
         "backoff",
         [
@@ -170,7 +176,7 @@ def test_exponential_backoff_grows(tasker: Tasker, load, key: str) -> None:
     assert handler_gaps[0] < handler_gaps[2]
 
 
-def test_backoff_is_capped(tasker: Tasker, load, key: str) -> None:
+def test_backoff_is_capped(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     ref = load(
         "capped",
         [
@@ -190,7 +196,9 @@ def test_backoff_is_capped(tasker: Tasker, load, key: str) -> None:
     assert all(g >= 0.05 for g in _gaps(rows))
 
 
-def test_async_handler_past_its_timeout_is_cancelled(tasker: Tasker, load, key: str) -> None:
+def test_async_handler_past_its_timeout_is_cancelled(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
     ref = load(
         "slow_async",
         [
@@ -208,6 +216,7 @@ def test_async_handler_past_its_timeout_is_cancelled(tasker: Tasker, load, key: 
     assert time.monotonic() - started < 5  # the handler did not sleep to the end
     a = task.step("a")
     assert (task.status, a.status, a.attempts) == ("error", "error", 2)
+    assert a.last_error is not None
     assert a.last_error["class"] == "StepTimeoutError"
     assert "timed out after 0.2s" in a.last_error["message"]
     assert a.results is None
@@ -224,7 +233,7 @@ def test_async_handler_past_its_timeout_is_cancelled(tasker: Tasker, load, key: 
 
 
 def test_sync_handler_past_its_timeout_is_failed_and_its_late_result_discarded(
-    tasker: Tasker, load, key: str
+    tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
     ref = load(
         "slow_sync",
@@ -257,7 +266,7 @@ def test_sync_handler_past_its_timeout_is_failed_and_its_late_result_discarded(
     assert h.calls(key, "b")[0]["results"]["a"]["late"] is False
 
 
-def test_sync_timeout_exhausted_is_an_error(tasker: Tasker, load, key: str) -> None:
+def test_sync_timeout_exhausted_is_an_error(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     ref = load(
         "slow_sync_once",
         [
@@ -272,6 +281,7 @@ def test_sync_timeout_exhausted_is_an_error(tasker: Tasker, load, key: str) -> N
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
     a = task.step("a")
     assert (task.status, a.status, a.attempts) == ("error", "error", 1)
+    assert a.last_error is not None
     assert a.last_error["class"] == "StepTimeoutError"
     assert a.results is None
     deadline = time.monotonic() + 5
@@ -283,7 +293,7 @@ def test_sync_timeout_exhausted_is_an_error(tasker: Tasker, load, key: str) -> N
 
 
 def test_result_that_is_not_a_json_object_fails_the_step_permanently(
-    tasker: Tasker, load, key: str
+    tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
     ref = load(
         "bad_results",
@@ -297,12 +307,15 @@ def test_result_that_is_not_a_json_object_fails_the_step_permanently(
     for name, words in (("as_list", "returned list"), ("not_json", "not JSON")):
         s = task.step(name)
         assert (s.status, s.attempts) == ("error", 1)
+        assert s.last_error is not None
         assert words in s.last_error["message"]
         assert s.results is None
         assert len(h.calls(key, name)) == 1
 
 
-def test_long_step_keeps_its_lease_by_heartbeat(make_tasker, write_template, key: str) -> None:
+def test_long_step_keeps_its_lease_by_heartbeat(
+    make_tasker: MakeTasker, write_template: WriteTemplate, key: str
+) -> None:
     """A step that runs for several lease periods is not reclaimed by another worker while it heartbeats."""
     from tests.integration.support import template_yaml
 

@@ -24,6 +24,7 @@ from click.testing import CliRunner
 
 from tasker import PermanentError, RetryableError, StepContext, StepHandler, Tasker
 from tasker.cli.main import cli
+from tests.fixture_types import MakeTasker, WriteTemplate
 from tests.integration.support import FAST_RETRY, step, template_yaml
 
 HANDLER = "tests.integration.test_systems:Tracked"
@@ -187,7 +188,9 @@ def statuses(engine: Tasker, ids: list[int]) -> Counter[str]:
 
 
 # -- in-flight limits ------------------------------------------------------------------------------------
-def test_system_max_in_flight_holds_across_engines(make_tasker, write_template, key: str) -> None:
+def test_system_max_in_flight_holds_across_engines(
+    make_tasker: MakeTasker, write_template: WriteTemplate, key: str
+) -> None:
     producer = make_tasker()
     ref = load(
         producer,
@@ -217,7 +220,9 @@ def test_system_max_in_flight_holds_across_engines(make_tasker, write_template, 
     assert row is not None and row["max_in_flight"] == 2 and row["in_flight"] == 0
 
 
-def test_namespace_limit_holds_across_engines(make_tasker, write_template, key: str) -> None:
+def test_namespace_limit_holds_across_engines(
+    make_tasker: MakeTasker, write_template: WriteTemplate, key: str
+) -> None:
     producer = make_tasker()
     capped = load(
         producer,
@@ -251,7 +256,9 @@ def test_namespace_limit_holds_across_engines(make_tasker, write_template, key: 
     assert board(f"{key}:free").max_seen > 3
 
 
-def test_limits_declared_in_yaml_are_stored(tasker: Tasker, write_template, key: str) -> None:
+def test_limits_declared_in_yaml_are_stored(
+    tasker: Tasker, write_template: WriteTemplate, key: str
+) -> None:
     load(
         tasker,
         write_template,
@@ -272,7 +279,7 @@ def test_limits_declared_in_yaml_are_stored(tasker: Tasker, write_template, key:
 
 # -- circuit breaker -------------------------------------------------------------------------------------
 def test_circuit_opens_after_threshold_and_open_circuit_spends_no_attempts(
-    tasker: Tasker, write_template, key: str
+    tasker: Tasker, write_template: WriteTemplate, key: str
 ) -> None:
     ref = load(
         tasker,
@@ -329,7 +336,7 @@ def test_circuit_opens_after_threshold_and_open_circuit_spends_no_attempts(
 
 
 def test_steps_ready_when_the_circuit_opens_are_not_claimed(
-    tasker: Tasker, write_template, key: str
+    tasker: Tasker, write_template: WriteTemplate, key: str
 ) -> None:
     ref = load(
         tasker,
@@ -358,7 +365,7 @@ def test_steps_ready_when_the_circuit_opens_are_not_claimed(
 
 
 def test_half_open_lets_one_probe_through_and_its_success_closes(
-    tasker: Tasker, write_template, key: str
+    tasker: Tasker, write_template: WriteTemplate, key: str
 ) -> None:
     ref = load(
         tasker,
@@ -407,7 +414,9 @@ def test_half_open_lets_one_probe_through_and_its_success_closes(
     assert {s.attempts for t in tasker.get_tasks(ids) for s in t.steps} == {2}
 
 
-def test_half_open_admits_one_probe_across_engines(make_tasker, write_template, key: str) -> None:
+def test_half_open_admits_one_probe_across_engines(
+    make_tasker: MakeTasker, write_template: WriteTemplate, key: str
+) -> None:
     producer = make_tasker()
     ref = load(
         producer,
@@ -452,7 +461,7 @@ def test_half_open_admits_one_probe_across_engines(make_tasker, write_template, 
 
 
 def test_failed_probe_reopens_with_doubled_cooldown_and_keeps_its_attempt(
-    tasker: Tasker, write_template, key: str
+    tasker: Tasker, write_template: WriteTemplate, key: str
 ) -> None:
     # retry limit 2: a failed probe on the last attempt would put the step in error, were the attempt counted
     ref = load(
@@ -504,7 +513,9 @@ def test_failed_probe_reopens_with_doubled_cooldown_and_keeps_its_attempt(
     assert circuit(tasker, "shaky")["consecutive_failures"] == 0
 
 
-def test_permanent_errors_do_not_trip_the_circuit(tasker: Tasker, write_template, key: str) -> None:
+def test_permanent_errors_do_not_trip_the_circuit(
+    tasker: Tasker, write_template: WriteTemplate, key: str
+) -> None:
     ref = load(
         tasker,
         write_template,
@@ -527,7 +538,7 @@ def test_permanent_errors_do_not_trip_the_circuit(tasker: Tasker, write_template
 
 
 def test_systems_cli_lists_systems_and_resets_a_circuit(
-    tasker: Tasker, store_url: str, write_template, key: str
+    tasker: Tasker, store_url: str, write_template: WriteTemplate, key: str
 ) -> None:
     ref = load(
         tasker,
@@ -570,7 +581,7 @@ def test_systems_cli_lists_systems_and_resets_a_circuit(
 
 
 def test_not_ready_yet_is_retried_without_counting_against_the_system(
-    tasker: Tasker, write_template, key: str
+    tasker: Tasker, write_template: WriteTemplate, key: str
 ) -> None:
     """`RetryableError(system_fault=False)`: the step polls (spending attempts) but the circuit stays closed."""
     ref = load(
@@ -593,7 +604,7 @@ def test_not_ready_yet_is_retried_without_counting_against_the_system(
 
 
 def test_the_same_failures_as_system_faults_open_the_circuit(
-    tasker: Tasker, write_template, key: str
+    tasker: Tasker, write_template: WriteTemplate, key: str
 ) -> None:
     ref = load(
         tasker,

@@ -55,6 +55,7 @@ def test_a_step_whose_handler_cannot_be_loaded_waits_for_a_worker_that_can(
     step = task.step("haunt")
     assert task.status != "error" and step.status == "waiting_retry"
     assert step.attempts == 0, "a worker that cannot load the handler must not spend an attempt"
+    assert step.last_error is not None
     assert step.last_error["class"] == "HandlerUnavailable"
     assert step.last_error["message"].startswith(f"waiting: no worker can load {module}:Ghost")
     report = {s["name"]: s for s in tasker.systems()}["default"]

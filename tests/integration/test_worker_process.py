@@ -100,7 +100,7 @@ def test_worker_process_runs_tasks_created_elsewhere(
     wait_for(lambda: _finished(tasker, ids), 45, "the worker process to complete every task")
 
     for t in tasker.get_tasks(ids):
-        assert [s.results["pid"] for s in t.steps] == [w.pid] * 3
+        assert [(s.results or {})["pid"] for s in t.steps] == [w.pid] * 3
         assert all(s.attempts == 1 for s in t.steps)
     assert fleet.stop_all(20) == {w.pid: 0}
     log = w.log()

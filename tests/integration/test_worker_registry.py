@@ -6,11 +6,12 @@ import threading
 import time
 
 from tasker import Tasker
+from tests.fixture_types import LoadTemplate
 from tests.integration.support import step
 
 
 def test_a_long_running_worker_is_listed_while_it_runs_and_marked_stopped_after(
-    tasker: Tasker, load, key: str
+    tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
     ref = load("listed", [step("only")])
     task_id = tasker.create_task(ref, {"key": key}).id
@@ -34,7 +35,9 @@ def test_a_long_running_worker_is_listed_while_it_runs_and_marked_stopped_after(
     assert worker.id not in {w["id"] for w in tasker.workers()}
 
 
-def test_running_one_task_does_not_register_a_worker(tasker: Tasker, load, key: str) -> None:
+def test_running_one_task_does_not_register_a_worker(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
     ref = load("unlisted", [step("only")])
     assert tasker.run(tasker.create_task(ref, {"key": key}).id).status == "complete"
     assert tasker.workers() == []

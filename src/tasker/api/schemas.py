@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tasker.domain.records import Step, Task
+from tasker.domain.records import FailureRecord, Step, Task
 from tasker.domain.states import TaskState
 from tasker.templates.graph import execution_levels, execution_order
 from tasker.templates.model import TaskTemplate, semver_key
@@ -228,7 +228,7 @@ class StepError(BaseModel):
     context: dict[str, Any] | None = None
 
     @classmethod
-    def of(cls, raw: dict[str, Any] | None) -> StepError | None:
+    def of(cls, raw: FailureRecord | None) -> StepError | None:
         if not raw:
             return None
         code, context = raw.get("error_code"), raw.get("context")

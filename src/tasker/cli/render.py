@@ -157,7 +157,7 @@ def waiting_reason(
     if info.get("circuit_state") == "half_open":
         return f"circuit '{name}' half-open, a probe decides"
     if step.status == "waiting_retry" and step.run_at and step.run_at > now:
-        if (step.last_error or {}).get("waiting_for_system"):  # the outage hold: no attempt spent
+        if step.last_error and step.last_error.get("waiting_for_system"):  # the outage hold: no attempt spent
             return f"'{name}' answers nothing, next try {_clock(step.run_at)} (attempts not spent)"
         return f"retry {step.attempts + 1}/{step.retry_limit} at {_clock(step.run_at)}"
     limit = info.get("max_in_flight")

@@ -4,7 +4,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NotRequired, Required, TypedDict
+
+from tasker.domain.states import StepState, TaskState
+
+#: A failure as the engine records it: in `Step.last_error`, in the API, in an attempt's outcome.
+#: It stays a JSON object (the stored and served form); the keys are fixed here so that every reader
+#: is type-checked. Functional syntax because one key is `class`.
+FailureRecord = TypedDict(
+    "FailureRecord",
+    {
+        # The exception's class name, e.g. `RetryableError`, `LeaseExpired`, `OutcomeNotStorable`.
+        "class": Required[str],
+        "message": Required[str],
+        # The engine tries the step again (before the retry limit is spent).
+        "retryable": NotRequired[bool],
+        # The failure says the dependent system is unwell (it counts towards its circuit breaker).
+        "system_fault": NotRequired[bool],
+        # A handler's own code (`StepFailure.error_code`, `HTTP_409`) and its JSON context.
+        "error_code": NotRequired[str],
+        "context": NotRequired[Any],
+        "traceback": NotRequired[str],
+        # The handler asked for a retry delay the engine could not use; why.
+        "retry_after_ignored": NotRequired[str],
+        # The handler class no worker could import (`HandlerUnavailable`).
+        "handler": NotRequired[str],
+        # The step waits for this dependent system to answer again; no attempt is spent meanwhile.
+        "waiting_for_system": NotRequired[str],
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -12,13 +40,13 @@ class Step:
     id: int
     task_id: int
     name: str
-    status: str
+    status: StepState
     attempts: int
     retry_limit: int
     retryable: bool
     dependent_system: str
     results: dict[str, Any] | None
-    last_error: dict[str, Any] | None
+    last_error: FailureRecord | None
     run_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
@@ -39,7 +67,7 @@ class Task:
     namespace: str
     name: str
     version: str
-    status: str
+    status: TaskState
     context: dict[str, Any]
     idempotency_key: str
     correlation_id: str
@@ -87,7 +115,7 @@ class ClaimedStep:
     context: dict[str, Any]
     correlation_id: str
     results: dict[str, dict[str, Any]]
-    from_state: str
+    from_state: StepState
     #: Ids of every step of the task by name, so completing this step can ready its children by id.
     step_ids: dict[str, int] = field(default_factory=dict)
     #: This attempt is the one probe let through a half-open circuit.
@@ -102,9 +130,10 @@ class Outcome:
     task_id: int
     claim_token: int
     attempt: int
-    state: str  # complete | waiting_retry | error
+    #: complete, waiting_retry or error.
+    state: StepState
     results: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
+    error: FailureRecord | None = None
     retry_delay: float = 0.0
     duration_ms: float = 0.0
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -126,7 +155,7 @@ class Outcome:
         errors, timeouts and `RetryableError`s (unless `system_fault=False`) count; a `KeyError` in a
         handler, or a "not done yet", is retried but is no such sign.
         """
-        error = self.error or {}
-        if self.state == "complete" or not error.get("retryable"):
+        error = self.error
+        if error is None or self.state == StepState.COMPLETE or not error.get("retryable"):
             return False
         return error.get("system_fault") is True

@@ -23,7 +23,7 @@ from typing import Any
 
 from tasker.domain.errors import PermanentError, RetryableError, StepFailure, StepTimeoutError
 from tasker.domain.failures import GAVE_UP, is_system_fault
-from tasker.domain.records import ClaimedStep, Outcome
+from tasker.domain.records import ClaimedStep, FailureRecord, Outcome
 from tasker.domain.retry import MAX_DELAY_SECONDS, RetryPolicy
 from tasker.domain.states import StepState
 from tasker.domain.storable import (
@@ -65,7 +65,7 @@ def build_context(
 
 def describe_error(
     exc: BaseException, *, retryable: bool, system_fault: bool | None = None
-) -> dict[str, Any]:
+) -> FailureRecord:
     """The stored form of a failure: class, message (escaped, cut to `MAX_MESSAGE_CHARS`), whether it is
     retried, whether it counts against the dependent system, and where it came from.
 
@@ -73,7 +73,7 @@ def describe_error(
     """
     fault = is_system_fault(exc) if system_fault is None else system_fault
     message = storable_text(safe_str(exc), MAX_MESSAGE_CHARS) or type(exc).__name__
-    err: dict[str, Any] = {
+    err: FailureRecord = {
         "class": storable_text(type(exc).__name__, 200),
         "message": message,
         "retryable": retryable,
@@ -175,7 +175,7 @@ def _log_outcome(claimed: ClaimedStep, outcome: Outcome) -> None:
     if outcome.state == StepState.COMPLETE:
         log.debug("step %s complete in %.1f ms", claimed.name, outcome.duration_ms)
         return
-    error = outcome.error or {}
+    error: FailureRecord = outcome.error or {"class": "", "message": ""}
     if outcome.state == StepState.WAITING_RETRY:
         log.info(
             "attempt %d of step %s failed, retry in %.1fs: %s: %.500s",
@@ -281,7 +281,7 @@ def _failure(
     return outcome
 
 
-def _retry_after(exc: BaseException, error: dict[str, Any]) -> float | None:
+def _retry_after(exc: BaseException, error: FailureRecord) -> float | None:
     """The delay a `RetryableError` asks for, when it is a usable number of seconds (else noted)."""
     if not isinstance(exc, RetryableError):
         return None
@@ -458,7 +458,11 @@ def _events(ctx: StepContext) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _failed(
-    claimed: ClaimedStep, started: float, error: dict[str, Any], state: str, ctx: StepContext
+    claimed: ClaimedStep,
+    started: float,
+    error: FailureRecord,
+    state: StepState,
+    ctx: StepContext,
 ) -> Outcome:
     return Outcome(
         step_id=claimed.step_id,

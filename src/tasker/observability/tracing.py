@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
-    from tasker.domain.records import ClaimedStep, Task
+    from tasker.domain.records import ClaimedStep, FailureRecord, Task
     from tasker.store.database import Database
 
 log = logging.getLogger("tasker.tracing")
@@ -194,7 +194,7 @@ def step_span(claimed: ClaimedStep, template: str) -> AbstractContextManager[Any
     return current
 
 
-def end_step(span: Any, state: str, error: dict[str, Any] | None) -> None:
+def end_step(span: Any, state: str, error: FailureRecord | None) -> None:
     """Put the attempt's outcome on its span: `tasker.outcome`, and for failures the error class and status."""
     if span is None:
         return

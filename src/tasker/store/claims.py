@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
-from tasker.domain.records import ClaimedStep
+from tasker.domain.records import ClaimedStep, FailureRecord
 from tasker.domain.states import (
     ACTIVE_STEP_STATES,
     CLAIMABLE_STEP_STATES,
@@ -264,7 +264,7 @@ def _take(
                 context=k.context,
                 correlation_id=k.correlation_id,
                 results=k.results,
-                from_state=from_state[r.id],
+                from_state=StepState(from_state[r.id]),
                 step_ids=k.step_ids,
             )
         )
@@ -356,7 +356,7 @@ def reclaim_expired(
     reclaimed = 0
     failed_tasks = set()
     for r in expired:
-        error = {
+        error: FailureRecord = {
             "class": "LeaseExpired",
             "message": f"worker {r.lease_owner} stopped heartbeating; the attempt is presumed lost",
             "retryable": True,

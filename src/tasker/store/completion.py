@@ -190,7 +190,7 @@ def _record_systems(
         if (
             not name
             or not view.has_breaker(name)
-            or (o.error or {}).get("class") in _NOT_THE_SYSTEMS_FAULT
+            or (o.error is not None and o.error["class"] in _NOT_THE_SYSTEMS_FAULT)
         ):
             continue
         if o.probe:

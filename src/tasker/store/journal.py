@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, text
 
+from tasker.domain.records import FailureRecord
 from tasker.store.schema import custom_events, step_transitions, task_transitions
 
 _INSERT_STEP = insert(step_transitions)
@@ -50,7 +51,7 @@ class Journal:
         src: str | None,
         dst: str,
         attempt: int,
-        error: dict[str, Any] | None = None,
+        error: FailureRecord | None = None,
         duration_ms: float | None = None,
     ) -> None:
         if dst == "ready":
@@ -66,8 +67,8 @@ class Journal:
                 "attempt": attempt,
                 "at": self.now,
                 "worker": self.worker,
-                "error_class": (error or {}).get("class"),
-                "error_message": (error or {}).get("message"),
+                "error_class": error["class"] if error else None,
+                "error_message": error["message"] if error else None,
                 "duration_ms": duration_ms,
             }
         )

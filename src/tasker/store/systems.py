@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 
 from tasker.domain.bounds import check_system_settings
 from tasker.domain.failures import DEFAULT_MAX_OUTAGE_SECONDS, GAVE_UP, outage_verdict
-from tasker.domain.records import Outcome
+from tasker.domain.records import FailureRecord, Outcome
 from tasker.domain.states import StepState
 from tasker.store.journal import Journal
 from tasker.store.schema import circuit_transitions, dependent_systems, namespace_limits, steps
@@ -459,13 +459,15 @@ def hold_for_outages(
             unanswered_failures=row.consecutive_failures + 1,
             attempts=o.attempt,
         )
-        error = dict(o.error or {})
+        error: FailureRecord = (
+            {**o.error} if o.error is not None else {"class": "Error", "message": ""}
+        )
         message = str(error.get("message", ""))
         suffix = GAVE_UP.format(o.attempt)
         if message.endswith(suffix):
             message = message[: -len(suffix)]
         if verdict.hold:
-            o.state = StepState.WAITING_RETRY.value
+            o.state = StepState.WAITING_RETRY
             o.refund_attempt = True
             o.retry_delay = _seconds(
                 row.current_cooldown_seconds or row.cooldown_seconds, DEFAULT_COOLDOWN_SECONDS
@@ -477,7 +479,7 @@ def hold_for_outages(
             )
             error["waiting_for_system"] = row.name
         else:
-            o.state = StepState.ERROR.value
+            o.state = StepState.ERROR
             o.refund_attempt = False
             reason = (
                 f"'{row.name}' has answered nothing for {verdict.silent_seconds:.0f}s, past its "

@@ -76,7 +76,7 @@ def describe(engine: Tasker, task: Task, *, output_kept: bool = True) -> Iterato
     if task.status != "complete":
         for s in task.steps:
             if s.status == "error":
-                yield f"\n{s.name} failed: {(s.last_error or {}).get('message')}"
+                yield f"\n{s.name} failed: {s.last_error['message'] if s.last_error else None}"
         return
     first = [r for r in runs if r["step"] in EXTRACTS and r["attempt"] == 1]
     if len(first) == len(EXTRACTS):

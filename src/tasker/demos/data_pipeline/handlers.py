@@ -262,5 +262,5 @@ class CustomerAnalyticsTask(TaskHandler):
         failed = [s for s in task.steps if s.status == "error"]
         return {
             "failed_steps": [s.name for s in failed],
-            "reasons": {s.name: (s.last_error or {}).get("message") for s in failed},
+            "reasons": {s.name: s.last_error["message"] if s.last_error else None for s in failed},
         }

@@ -285,7 +285,7 @@ def failure_reason(task: Task) -> str:
         return task.status
     for step in task.steps:
         if step.status == "error":
-            if (step.last_error or {}).get("error_code") == "PAYMENT_DECLINED":
+            if step.last_error and step.last_error.get("error_code") == "PAYMENT_DECLINED":
                 return DECLINED
             return step.dependent_system
     return task.status

@@ -63,7 +63,7 @@ class OrderProcessingHandler(TaskHandler):
         payment = next((s for s in task.steps if s.name == "process_payment"), None)
         charged = payment is not None and payment.status in ("complete", "resolved_manually")
         first = failed[0] if failed else None
-        error = (first.last_error or {}) if first else {}
+        error: dict[str, Any] = dict(first.last_error or {}) if first else {}
         refunded = error.get("error_code") in REFUNDED_ON
         return {
             "failed_step": first.name if first else None,

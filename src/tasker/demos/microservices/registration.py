@@ -44,7 +44,7 @@ class UserRegistrationHandler(TaskHandler):
 
     def on_error(self, task: Task) -> dict[str, Any]:
         failed = next((s for s in task.steps if s.status == "error"), None)
-        error = (failed.last_error or {}) if failed else {}
+        error: dict[str, Any] = dict(failed.last_error or {}) if failed else {}
         done = [s.name for s in task.steps if s.status in ("complete", "resolved_manually")]
         return {
             "failed_step": failed.name if failed else None,

@@ -277,7 +277,7 @@ class BusinessMetricsSubscriber(Subscriber):
         if outcome == "failed":
             failed = next((s for s in task.steps if s.status == "error"), None)
             reason = (
-                ((failed.last_error or {}).get("error_code") or failed.name)
+                ((failed.last_error and failed.last_error.get("error_code")) or failed.name)
                 if failed
                 else task.status
             )

@@ -156,7 +156,7 @@ class WaitForRefundHandler(StepHandler):
             failed = next((s for s in child.steps if s.status == "error"), None)
             # the child's own "fix:" is for the payments team; this step's reader gets the reason and its own fix
             reason = (
-                str((failed.last_error or {}).get("message", "")).split("; fix:")[0]
+                (failed.last_error["message"] if failed.last_error else "").split("; fix:")[0]
                 if failed
                 else ""
             )
