@@ -1,9 +1,11 @@
-"""Error types a user meets: the two that classify a handler failure, and the ones the engine raises.
+"""Error types a user meets: the two that classify a handler failure, and the ones the engine
+raises.
 
-Handlers raise `PermanentError` or `RetryableError` to tell the engine what a failure means; every other
-exception is treated as retryable because a bug-free handler only fails for reasons outside its control.
-Errors the user causes with bad input (`TaskerInputError` and its children) carry a one-line message that
-names where the problem is and how to fix it, so the CLI and API can show them without a traceback.
+Handlers raise `PermanentError` or `RetryableError` to tell the engine what a failure means; every
+other exception is treated as retryable because a bug-free handler only fails for reasons outside
+its control. Errors the user causes with bad input (`TaskerInputError` and its children) carry a
+one-line message that names where the problem is and how to fix it, so the CLI and API can show them
+without a traceback.
 """
 
 from __future__ import annotations
@@ -28,15 +30,17 @@ class StepFailure(Exception):
 
 
 class PermanentError(StepFailure):
-    """The step cannot succeed by trying again (a declined card, a missing record): it goes to `error` now."""
+    """The step cannot succeed by trying again (a declined card, a missing record): it goes to
+    `error` now."""
 
 
 class RetryableError(StepFailure):
-    """A transient failure: the step is tried again after `retry_after` seconds, or after engine backoff.
+    """A transient failure: the step is tried again after `retry_after` seconds, or after engine
+    backoff.
 
-    `system_fault=False` says the step's dependent system is healthy and the step is simply not done yet
-    (a child task still running, a report not generated): it is retried the same way but does not count
-    towards opening the system's circuit breaker.
+    `system_fault=False` says the step's dependent system is healthy and the step is simply not done
+    yet (a child task still running, a report not generated): it is retried the same way but does
+    not count towards opening the system's circuit breaker.
     """
 
     def __init__(
@@ -56,11 +60,13 @@ class RetryableError(StepFailure):
 
 
 class StepTimeoutError(RetryableError):
-    """The attempt ran past `handler_config.timeout_seconds`; its late result, if any, is discarded."""
+    """The attempt ran past `handler_config.timeout_seconds`; its late result, if any, is
+    discarded."""
 
 
 class TaskerInputError(TaskerError):
-    """Bad input from a user: a template, a context, an identifier. The message is one line and says the fix."""
+    """Bad input from a user: a template, a context, an identifier. The message is one line and says
+    the fix."""
 
 
 class TemplateError(TaskerInputError):
@@ -68,7 +74,8 @@ class TemplateError(TaskerInputError):
 
 
 class ContextValidationError(TaskerInputError):
-    """A task context that violates the template's JSON Schema; `violations` lists every one with its path."""
+    """A task context that violates the template's JSON Schema; `violations` lists every one with
+    its path."""
 
     def __init__(self, template: str, violations: list[tuple[str, str]]):
         self.template = template
@@ -81,7 +88,8 @@ class ContextValidationError(TaskerInputError):
 
 
 class UnknownTemplateError(TaskerInputError):
-    """A task was requested for a template that is not registered; the message names those that are."""
+    """A task was requested for a template that is not registered; the message names those that
+    are."""
 
     def __init__(self, requested: str, known: list[str]):
         self.requested = requested
@@ -125,3 +133,25 @@ class IdempotencyConflict(TaskerInputError):
             f" different payload: {shown}; fix: send the same payload to get task {task_id} back,"
             " or use a new key for a new task"
         )
+
+
+class StoreError(TaskerError):
+    """The database refused or failed a transaction. The driver's own error is the `__cause__`.
+
+    Only `tasker.store` speaks to the database; it turns driver errors into these so that the layers
+    above decide what to do (retry, pause, report) without knowing SQLAlchemy or the driver.
+    """
+
+
+class StoreUnavailable(StoreError):
+    """The transaction failed for a reason that passes (a lost connection, a server restarting, a
+    busy SQLite file, a deadlock): it changed nothing and may be run again later."""
+
+
+class StoreContention(StoreUnavailable):
+    """PostgreSQL aborted the transaction to break a deadlock or a serialization conflict; running
+    it again at once is the fix."""
+
+
+class StoreConflict(StoreError):
+    """A unique constraint refused the write: someone else created the same row first."""

@@ -1,7 +1,7 @@
 """`Tasker`: the engine object users hold. Opens a store, loads templates, creates and runs tasks.
 
-Every method is a thin use case over the store and the worker, so the CLI, the API and tests all drive
-the same code paths.
+Every method is a thin use case over the store and the worker, so the CLI, the API and tests all
+drive the same code paths.
 """
 
 from __future__ import annotations
@@ -17,10 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from tasker.context_schema import validate_context
-from tasker.domain.errors import IdempotencyConflict, NotFoundError, TaskerInputError
+from tasker.domain.errors import (
+    IdempotencyConflict,
+    NotFoundError,
+    StoreConflict,
+    StoreContention,
+    StoreError,
+    TaskerInputError,
+)
 from tasker.domain.records import Task
 from tasker.domain.states import FINISHED_TASK_STATES
 from tasker.engine import queries
@@ -44,7 +50,6 @@ from tasker.templates.model import TaskTemplate, semver_key
 log = logging.getLogger("tasker")
 
 #: PostgreSQL deadlock_detected and serialization_failure: the transaction may simply be run again.
-_RETRY_SQLSTATES = frozenset({"40P01", "40001"})
 _OPERATION_ATTEMPTS = 5
 
 
@@ -93,9 +98,10 @@ class Tasker:
             for p in [templates] if isinstance(templates, (str, Path)) else templates:
                 self.load_templates(p)
 
-    # -- templates ------------------------------------------------------------------------------------
+    # -- templates ---------------------------------------------------------------------------------
     def load_templates(self, path: str | Path) -> list[TaskTemplate]:
-        """Load and register every template in a YAML file or directory; bad files raise `TemplateError`."""
+        """Load and register every template in a YAML file or directory; bad files raise
+        `TemplateError`."""
         loaded = load_path(path)
         for t in loaded:
             self.registry.register(t)
@@ -119,12 +125,13 @@ class Tasker:
                         conn, t.namespace_name, t.namespace_max_in_flight, now
                     )
 
-    # -- dependent systems ----------------------------------------------------------------------------
+    # -- dependent systems -------------------------------------------------------------------------
     def configure_system(self, name: str, **settings: Any) -> None:
-        """Set `max_in_flight`, `failure_threshold`, `cooldown_seconds`, `max_cooldown_seconds` of a system.
+        """Set `max_in_flight`, `failure_threshold`, `cooldown_seconds`, `max_cooldown_seconds` of a
+        system.
 
-        Values outside the ranges of `tasker.domain.bounds` (NaN, infinity, booleans, absurd sizes) are refused
-        with `TaskerInputError` before anything is written.
+        Values outside the ranges of `tasker.domain.bounds` (NaN, infinity, booleans, absurd sizes)
+        are refused with `TaskerInputError` before anything is written.
         """
         try:
             with self.db.write() as conn:
@@ -133,12 +140,14 @@ class Tasker:
             raise TaskerInputError(f"dependent system '{name}': {exc}") from None
 
     def set_namespace_limit(self, namespace: str, max_in_flight: int | None) -> None:
-        """Cap the steps of a namespace running at once across all workers (None removes the cap)."""
+        """Cap the steps of a namespace running at once across all workers (None removes the
+        cap)."""
         with self.db.write() as conn:
             systems.set_namespace_limit(conn, namespace, max_in_flight, utcnow())
 
     def systems(self) -> list[dict[str, Any]]:
-        """Each dependent system: circuit state, consecutive failures, in flight, waiting, limits."""
+        """Each dependent system: circuit state, consecutive failures, in flight, waiting,
+        limits."""
         with self.db.read() as conn:
             return systems.report(conn)
 
@@ -175,7 +184,7 @@ class Tasker:
     def get_template(self, ref: str, version: str | None = None) -> TaskTemplate:
         return self.registry.get(ref, version)
 
-    # -- tasks ----------------------------------------------------------------------------------------
+    # -- tasks -------------------------------------------------------------------------------------
     def create_task(
         self,
         template: str,
@@ -187,8 +196,8 @@ class Tasker:
     ) -> Task:
         """Create a task (validated, defaults applied, template pinned); idempotent by intent.
 
-        With an explicit `idempotency_key`, a repeated request returns the first task (for as long as
-        it is kept) with `deduplicated=True`; the same key with another payload raises
+        With an explicit `idempotency_key`, a repeated request returns the first task (for as long
+        as it is kept) with `deduplicated=True`; the same key with another payload raises
         `IdempotencyConflict`. A template with `identity: {from: [...], window_seconds: N}` derives
         the key from those context paths, so equal requests within the window are one task. Without
         either, every call creates a new task.
@@ -219,7 +228,7 @@ class Tasker:
             with self.db.write() as conn:
                 task = task_store.insert_task(conn, journal, tmpl, ctx, key, corr)
                 journal.flush(conn)
-        except IntegrityError:
+        except StoreConflict:
             existing = self._find(tmpl, key)
             if existing is None:
                 raise
@@ -240,11 +249,12 @@ class Tasker:
         version: str | None = None,
         chunk_size: int = 500,
     ) -> list[int]:
-        """Create many tasks of one template with multi-row inserts; returns their ids in input order.
+        """Create many tasks of one template with multi-row inserts; returns their ids in input
+        order.
 
-        Each context is validated like `create_task`'s, and the whole batch is refused if any is invalid.
-        Every context is a new task, unless the template declares `identity:`: then equal identities
-        are one task, as with `create_task`.
+        Each context is validated like `create_task`'s, and the whole batch is refused if any is
+        invalid. Every context is a new task, unless the template declares `identity:`: then equal
+        identities are one task, as with `create_task`.
         """
         tmpl = self.registry.get(template, version)
         handler = None
@@ -279,9 +289,7 @@ class Tasker:
                 with self.db.write() as conn:
                     created = task_store.insert_tasks(conn, journal, tmpl, chunk)
                     journal.flush(conn)
-            except (
-                IntegrityError
-            ):  # a key already exists: fall back to one by one, which deduplicates
+            except StoreConflict:  # a key already exists: fall back to one by one (deduplicates)
                 ids.extend(
                     self.create_task(template, it.context, version=tmpl.version).id for it in chunk
                 )
@@ -309,10 +317,12 @@ class Tasker:
         *,
         pinned: bool,
     ) -> None:
-        """Refuse an explicit idempotency key reused with another version or context (`IdempotencyConflict`).
+        """Refuse an explicit idempotency key reused with another version or context
+        (`IdempotencyConflict`).
 
-        An unpinned retry that lands after a deploy of a newer version is the same request: its context is
-        compared as the first task's version would have prepared it, when that version is still loaded.
+        An unpinned retry that lands after a deploy of a newer version is the same request: its
+        context is compared as the first task's version would have prepared it, when that version is
+        still loaded.
         """
         differences: list[str] = []
         if found.version != tmpl.version:
@@ -386,7 +396,8 @@ class Tasker:
         before: str | None = None,
         offset: int = 0,
     ) -> TaskPage:
-        """A keyset page of tasks, newest first, without steps: `after`/`before` are the cursors of a page.
+        """A keyset page of tasks, newest first, without steps: `after`/`before` are the cursors of
+        a page.
 
         Fast at any depth and any table size (an index walk from the cursor, no OFFSET, no COUNT);
         `offset` is only for the API's older clients.
@@ -400,7 +411,8 @@ class Tasker:
         return queries.count_tasks(self.db, query or TaskQuery())
 
     def overview(self) -> Overview:
-        """Tasks by status, retries waiting, recent outcomes, attempts per minute, latest failures."""
+        """Tasks by status, retries waiting, recent outcomes, attempts per minute, latest
+        failures."""
         return queries.overview(self.db, self._final_counts)
 
     def template_versions(self) -> list[TaskTemplate]:
@@ -425,7 +437,7 @@ class Tasker:
             raise NotFoundError(f"no task with id {task_id}")
         return TaskTemplate.from_snapshot(definition)
 
-    # -- operations -----------------------------------------------------------------------------------
+    # -- operations --------------------------------------------------------------------------------
     def cancel_task(self, task_id: int, reason: str | None = None) -> Task:
         self._operate(operations.cancel_task, task_id, reason=reason)
         return self.get_task(task_id)
@@ -452,9 +464,9 @@ class Tasker:
         return self.get_task(task_id)
 
     def _operate(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        # An operator action locks the task, then its steps; a worker claiming a pending task's first step
-        # locks the step, then the task. On PostgreSQL the two can deadlock: the server aborts one of them,
-        # and the action, which changed nothing, is simply run again.
+        # An operator action locks the task, then its steps; a worker claiming a pending task's
+        # first step locks the step, then the task. On PostgreSQL the two can deadlock: the server
+        # aborts one of them, and the action, which changed nothing, is simply run again.
         for attempt in range(1, _OPERATION_ATTEMPTS + 1):
             try:
                 with self.db.write() as conn:
@@ -463,11 +475,8 @@ class Tasker:
                     )  # stamped once the write lock is held, in commit order
                     out = fn(conn, journal, *args, lock=self.db.is_postgres, **kwargs)
                     journal.flush(conn)
-            except DBAPIError as exc:
-                if (
-                    attempt == _OPERATION_ATTEMPTS
-                    or getattr(exc.orig, "sqlstate", None) not in _RETRY_SQLSTATES
-                ):
+            except StoreContention:
+                if attempt == _OPERATION_ATTEMPTS:
                     raise
                 time.sleep(0.02 * attempt)
                 continue
@@ -485,7 +494,7 @@ class Tasker:
                 .values(annotations={**current, **annotations})
             )
 
-    # -- running --------------------------------------------------------------------------------------
+    # -- running -----------------------------------------------------------------------------------
     def worker(self, **overrides: Any) -> Worker:
         """A worker on this engine's store; options as `WorkerOptions`, defaults from the engine."""
         shared = overrides.pop("_shared", None)
@@ -521,7 +530,8 @@ class Tasker:
         return self.get_task(task_id)
 
     def run(self, task_id: int, *, concurrency: int | None = None) -> Task:
-        """Run one task to completion in this process, retries and backoff included; returns its final state."""
+        """Run one task to completion in this process, retries and backoff included; returns its
+        final state."""
         if self._status(task_id) in FINISHED_TASK_STATES:
             return self.get_task(task_id)
         runner = self._get_runner()
@@ -549,7 +559,8 @@ class Tasker:
         namespaces: Sequence[str] | None = None,
         worker: Worker | None = None,
     ) -> int:
-        """Process ready steps; with `until_idle`, return once nothing is left to run (retries included).
+        """Process ready steps; with `until_idle`, return once nothing is left to run (retries
+        included).
 
         Returns the number of step attempts this call ran.
         """
@@ -603,7 +614,7 @@ class Tasker:
                     "task handler hook failed for task %s; the task is not affected", task_id
                 )
 
-    # -- API keys -------------------------------------------------------------------------------------
+    # -- API keys ----------------------------------------------------------------------------------
     def create_api_key(
         self, name: str, permissions: Sequence[str] | str
     ) -> tuple[key_store.ApiKey, str]:
@@ -632,7 +643,7 @@ class Tasker:
                     permissions=grants,
                     now=utcnow(),
                 )
-        except IntegrityError:  # a concurrent create took the name
+        except StoreConflict:  # a concurrent create took the name
             raise taken from None
         return record, secret
 
@@ -652,7 +663,8 @@ class Tasker:
         return record
 
     def authenticate_api_key(self, key: str) -> key_store.ApiKey | None:
-        """The active key matching `key`, or None (unknown, malformed or revoked); records when it was used."""
+        """The active key matching `key`, or None (unknown, malformed or revoked); records when it
+        was used."""
         if not isinstance(key, str) or not key_store.looks_like_key(key):
             return None
         with self.db.read() as conn:
@@ -664,19 +676,21 @@ class Tasker:
             try:
                 with self.db.write() as conn:
                     key_store.touch(conn, record.id, now)
-            except DBAPIError:  # bookkeeping only: a busy store must not refuse a valid key
+            except StoreError:  # bookkeeping only: a busy store must not refuse a valid key
                 log.warning("could not record the use of API key %s", record.prefix, exc_info=True)
         return record
 
-    # -- health, status and analytics (tasker.engine.insight) ---------------------------------------
+    # -- health, status and analytics (tasker.engine.insight) --------------------------------------
     def readiness(self, *, timeout: float = 5.0) -> dict[str, Any]:
-        """Whether the database answers within `timeout` seconds and is migrated to the latest revision."""
+        """Whether the database answers within `timeout` seconds and is migrated to the latest
+        revision."""
         from tasker.engine import insight
 
         return insight.readiness(self.db, timeout=timeout)
 
     def status(self, *, window_hours: int = 24) -> dict[str, Any]:
-        """Tasks and steps by state, backlog, workers seen recently, circuits, and a health verdict."""
+        """Tasks and steps by state, backlog, workers seen recently, circuits, and a health
+        verdict."""
         from tasker.engine import insight
 
         return insight.status(self.db, window_hours=window_hours)
@@ -689,7 +703,8 @@ class Tasker:
         name: str | None = None,
         version: str | None = None,
     ) -> dict[str, Any]:
-        """Per template over the period: started, completed, failed, completion rate, p50/p95 durations."""
+        """Per template over the period: started, completed, failed, completion rate, p50/p95
+        durations."""
         from tasker.engine import insight
 
         return insight.performance(
@@ -705,7 +720,8 @@ class Tasker:
         version: str | None = None,
         limit: int = 10,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """`performance` and `bottlenecks` of one scope from one read (what a dashboard shows at once)."""
+        """`performance` and `bottlenecks` of one scope from one read (what a dashboard shows at
+        once)."""
         from tasker.engine import insight
 
         return insight.reports(
@@ -721,14 +737,15 @@ class Tasker:
         version: str | None = None,
         limit: int = 10,
     ) -> dict[str, Any]:
-        """Slowest and most retried steps, error rates per step and dependent system, recommendations."""
+        """Slowest and most retried steps, error rates per step and dependent system,
+        recommendations."""
         from tasker.engine import insight
 
         return insight.bottlenecks(
             self.db, period_hours, namespace=namespace, name=name, version=version, limit=limit
         )
 
-    # -- events ---------------------------------------------------------------------------------------
+    # -- events ------------------------------------------------------------------------------------
     def subscribe(self, listener: Callable[[Event], None], *patterns: str) -> Callable[[], None]:
         """Call `listener` for events whose names match the glob patterns (all when none)."""
         return self.bus.subscribe(listener, *patterns)
@@ -742,9 +759,11 @@ class Tasker:
         names: Sequence[str] | None = None,
         limit: int = 1000,
     ) -> event_log.EventPage:
-        """Events from the durable log (every worker process's), oldest first, after the cursor `after`.
+        """Events from the durable log (every worker process's), oldest first, after the cursor
+        `after`.
 
-        Pass the page's `cursor` back as `after` to continue; `names` takes glob patterns (`step.*`).
+        Pass the page's `cursor` back as `after` to continue; `names` takes glob patterns
+        (`step.*`).
         """
         with self.db.read() as conn:
             return event_log.read(
@@ -763,7 +782,8 @@ class Tasker:
             return event_log.tail(conn)
 
     def add_subscriber(self, subscriber: Subscriber) -> Callable[[], None]:
-        """Attach a `Subscriber` (after handing it this engine with `bind`); returns a function that detaches it."""
+        """Attach a `Subscriber` (after handing it this engine with `bind`); returns a function that
+        detaches it."""
         subscriber.bind(self)
         return subscriber.attach(self.bus)
 
@@ -801,7 +821,8 @@ def _dedup(task: Task) -> Task:
 class _Runner:
     """A background event loop with long-lived executors that the blocking `run`/`work` calls reuse.
 
-    Starting an event loop and thread pools for every call would cost more than running a short task.
+    Starting an event loop and thread pools for every call would cost more than running a short
+    task.
     """
 
     def __init__(self) -> None:

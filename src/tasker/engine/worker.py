@@ -1,9 +1,9 @@
 """The worker: claims ready steps, runs their handlers concurrently, and stores their outcomes.
 
-One asyncio loop per worker coordinates everything; all database work happens on one dedicated thread, in
-cycles that apply every outcome finished since the last cycle and claim new work in the same transaction.
-That batches writes under load (fewer transactions per step) and lets a chain's next step be claimed by
-the transaction that made it ready, without waiting for a poll.
+One asyncio loop per worker coordinates everything; all database work happens on one dedicated
+thread, in cycles that apply every outcome finished since the last cycle and claim new work in the
+same transaction. That batches writes under load (fewer transactions per step) and lets a chain's
+next step be claimed by the transaction that made it ready, without waiting for a poll.
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-
-from tasker.domain.errors import TaskerError
+from tasker.domain.errors import StoreError, StoreUnavailable, TaskerError
 from tasker.domain.records import ClaimedStep, Outcome
 from tasker.domain.states import FINISHED_TASK_STATES, StepState
 from tasker.domain.storable import MAX_MESSAGE_CHARS, safe_str, storable_text
@@ -47,14 +45,10 @@ VIEW_TTL_SECONDS = 0.25
 UNLOADABLE_RETRY_SECONDS = 10.0
 
 
-def _transient(exc: DBAPIError) -> bool:
-    """A lost connection, a restarting server or a deadlock victim: retry the cycle. Anything else is a bug."""
-    return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
-
-
 def _outage(exc: BaseException) -> bool:
-    """A failed cycle that pauses the worker (the database is unreachable), as opposed to one to isolate."""
-    return isinstance(exc, DBAPIError) and _transient(exc)
+    """A failed cycle that pauses the worker (a lost connection, a restarting server, a deadlock
+    victim), as opposed to one to isolate: anything else is a bug."""
+    return isinstance(exc, StoreUnavailable)
 
 
 def new_worker_id() -> str:
@@ -128,18 +122,21 @@ class Worker:
         )
         self._own_threads = handler_threads is None
         self._stuck_seen = 0
-        #: Handlers this worker could not import (logged once each), and the steps it handed back so.
+        #: Handlers this worker could not import (logged once each), and the steps it handed back
+        #: so.
         self._unloadable_handlers: set[str] = set()
         self._unloadable_steps: set[int] = set()
         self.steps_run = 0
-        #: Attempts cut off at the end of the grace period; their sync handlers may still be running.
+        #: Attempts cut off at the end of the grace period; their sync handlers may still be
+        #: running.
         self.abandoned = 0
         #: Task handler hooks still running; the worker waits for them before it returns.
         self._hooks: set[asyncio.Future[None]] = set()
 
-    # -- control from other threads -------------------------------------------------------------------
+    # -- control from other threads ----------------------------------------------------------------
     def notify(self) -> None:
-        """Work may be ready (a task was created, a step re-armed): look now instead of at the next poll."""
+        """Work may be ready (a task was created, a step re-armed): look now instead of at the next
+        poll."""
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None and not loop.is_closed():
             loop.call_soon_threadsafe(wake.set)
@@ -149,7 +146,7 @@ class Worker:
         self._stop = True
         self.notify()
 
-    # -- the loop -------------------------------------------------------------------------------------
+    # -- the loop ----------------------------------------------------------------------------------
     async def run(self, *, until_idle: bool = False) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
@@ -169,7 +166,8 @@ class Worker:
             self.opts.concurrency,
             self.db.safe_url(),
         )
-        # Long-running workers register, so health and status can list them; a `run` of one task does not.
+        # Long-running workers register, so health and status can list them; a `run` of one task
+        # does not.
         registered = not until_idle and await self._register(db_thread)
         next_seen = time.monotonic() + worker_registry.SEEN_EVERY_SECONDS
         listener = None
@@ -314,7 +312,8 @@ class Worker:
     def _deliver(self, cycle: _Cycle, pool: ThreadPoolExecutor) -> None:
         """After a committed cycle: publish its events, record task spans, call task handler hooks.
 
-        None of this may stop the worker: a failing subscriber or hook is logged and the loop goes on.
+        None of this may stop the worker: a failing subscriber or hook is logged and the loop goes
+        on.
         """
         assert self._loop is not None
         try:
@@ -341,11 +340,12 @@ class Worker:
         outcomes: list[tuple[Outcome, ClaimedStep]],
         exc: Exception,
     ) -> _Cycle | None:
-        """A cycle failed with an error that is not an outage: store its outcomes one by one instead.
+        """A cycle failed with an error that is not an outage: store its outcomes one by one
+        instead.
 
-        The innocent outcomes are stored once (never re-run); the one the store refuses is stored as a
-        failure of its step that names the store's error. Returns the merged cycle, or None when the
-        database became unreachable meanwhile (the outcomes wait for the next cycle).
+        The innocent outcomes are stored once (never re-run); the one the store refuses is stored as
+        a failure of its step that names the store's error. Returns the merged cycle, or None when
+        the database became unreachable meanwhile (the outcomes wait for the next cycle).
         """
         assert self._loop is not None
         log.error(
@@ -360,7 +360,7 @@ class Worker:
         for index, item in enumerate(outcomes):
             try:
                 cycle = await self._loop.run_in_executor(db_thread, self._store_one, item)
-            except DBAPIError:  # `_store_one` lets only outages through
+            except StoreError:  # `_store_one` lets only outages through
                 self._done = outcomes[index:] + self._done
                 return None if not merged.settled and not merged.events else merged
             merged.settled += cycle.settled
@@ -371,7 +371,8 @@ class Worker:
         return merged
 
     def _store_one(self, item: tuple[Outcome, ClaimedStep]) -> _Cycle:
-        """Store one outcome in a cycle of its own; if the store refuses it, store the refusal instead."""
+        """Store one outcome in a cycle of its own; if the store refuses it, store the refusal
+        instead."""
         refused: Exception
         try:
             return self._db_cycle([item], 0, False, None, False)
@@ -454,7 +455,7 @@ class Worker:
         outcome.refund_attempt = True
         return outcome
 
-    # -- the worker registry --------------------------------------------------------------------------
+    # -- the worker registry -----------------------------------------------------------------------
     async def _register(self, db_thread: ThreadPoolExecutor) -> bool:
         def write() -> None:
             with self.db.write() as conn:
@@ -468,7 +469,7 @@ class Worker:
 
         try:
             await asyncio.get_running_loop().run_in_executor(db_thread, write)
-        except DBAPIError as exc:  # bookkeeping: a worker that cannot register still works
+        except StoreError as exc:  # bookkeeping: a worker that cannot register still works
             log.warning(
                 "worker %s could not register (%s); it runs unlisted", self.id, type(exc).__name__
             )
@@ -481,10 +482,10 @@ class Worker:
                 worker_registry.seen(
                     conn, self.id, steps_run=self.steps_run, now=utcnow(), stopped=stopped
                 )
-        except DBAPIError as exc:
+        except StoreError as exc:
             log.debug("worker %s: registry refresh failed (%s)", self.id, type(exc).__name__)
 
-    # -- database cycle (runs on the db thread) ---------------------------------------------------------
+    # -- database cycle (runs on the db thread) ----------------------------------------------------
     def _db_cycle(
         self,
         done: list[tuple[Outcome, ClaimedStep]],
@@ -493,13 +494,14 @@ class Worker:
         heartbeat: list[int] | None,
         reclaim: bool,
     ) -> _Cycle:
-        """One transaction: extend leases, store outcomes, reclaim expired leases, claim new work."""
+        """One transaction: extend leases, store outcomes, reclaim expired leases, claim new
+        work."""
         pg = self.db.is_postgres
         known = self._known_tasks(done)
         view = self._view if time.monotonic() - self._view_at < VIEW_TTL_SECONDS else None
         with self.db.cycle() as conn:
-            # Stamped once the write lock is held (SQLite: at BEGIN IMMEDIATE) so that transition times
-            # follow commit order, even when this cycle waited for an operator's transaction.
+            # Stamped once the write lock is held (SQLite: at BEGIN IMMEDIATE) so that transition
+            # times follow commit order, even when this cycle waited for an operator's transaction.
             journal = Journal(utcnow(), self.id, collect=self.bus.has_listeners)
             if view is None:
                 view = systems.load_view(conn)
@@ -522,8 +524,9 @@ class Worker:
                 conn, journal, [o for o, _ in done], lock_tasks=pg, view=view
             )
             if any(o.transient_failure or o.probe for o, _ in done):
-                # A circuit may have moved in this very transaction: plan this cycle's claims on the new
-                # state, or the cycle that opens a circuit would still claim (and spend attempts on) its steps.
+                # A circuit may have moved in this very transaction: plan this cycle's claims on the
+                # new state, or the cycle that opens a circuit would still claim (and spend attempts
+                # on) its steps.
                 view = systems.load_view(conn)
                 self._view, self._view_at = view, time.monotonic()
             if reclaim:
@@ -565,7 +568,8 @@ class Worker:
                 if not self.resolver.known(tid):
                     self.resolver.add_snapshot(tid, template_definition(conn, tid))
             journal.flush(conn)
-        # Committed: only now do these outcomes count (a failed cycle is run again with the same outcomes).
+        # Committed: only now do these outcomes count (a failed cycle is run again with the same
+        # outcomes).
         metrics.observe_cycle(
             done,
             accepted,
@@ -579,7 +583,8 @@ class Worker:
         return _Cycle(claimed, scanned_full, settled, journal.events, held, cancelled)
 
     def _known_tasks(self, done: list[tuple[Outcome, ClaimedStep]]) -> dict[int, claims.KnownTask]:
-        """What the completed steps' claims tell about their tasks, to claim their children from memory."""
+        """What the completed steps' claims tell about their tasks, to claim their children from
+        memory."""
         known: dict[int, claims.KnownTask] = {}
         for outcome, c in done:
             if outcome.state != StepState.COMPLETE:
@@ -619,12 +624,13 @@ class Worker:
             )
         return False, (due - utcnow()).total_seconds() if due else None
 
-    # -- steps --------------------------------------------------------------------------------------------
+    # -- steps -------------------------------------------------------------------------------------
     def _has_task_handler(self, task_id: int) -> bool:
         """Whether a settled task's template names a task handler whose hooks must run."""
         template_id = self._task_templates.pop(task_id, None)
         if template_id is None or not self.resolver.known(template_id):
-            return True  # settled by this worker on another's behalf (an expired lease): let the engine look
+            # settled by this worker on another's behalf (an expired lease): let the engine look
+            return True
         return bool(self.resolver.template(template_id).task_handler_class)
 
     def _start(self, claimed: ClaimedStep) -> None:
@@ -664,7 +670,8 @@ class Worker:
             self._wake.set()
 
     async def _attempt(self, claimed: ClaimedStep, threads: HandlerThreads) -> Outcome:
-        """Run one attempt; whatever goes wrong, even in the engine's own code, ends as an outcome."""
+        """Run one attempt; whatever goes wrong, even in the engine's own code, ends as an
+        outcome."""
         try:
             template = self.resolver.template(claimed.template_id)
             step = template.step(claimed.name)
@@ -703,7 +710,8 @@ class Worker:
             )
 
     def _drop_lost(self, held: set[int], cancelled: set[int]) -> None:
-        """Stop running steps whose lease this worker lost (cancelled task, or reclaimed after a stall)."""
+        """Stop running steps whose lease this worker lost (cancelled task, or reclaimed after a
+        stall)."""
         for step_id, (task, claimed) in list(self._inflight.items()):
             if step_id not in held:
                 if step_id in cancelled:
@@ -726,7 +734,8 @@ class Worker:
                 self._inflight.pop(step_id, None)
 
     async def _abandon(self, db_thread: ThreadPoolExecutor) -> None:
-        """The grace period is over: cancel what still runs and hand those steps back to other workers."""
+        """The grace period is over: cancel what still runs and hand those steps back to other
+        workers."""
         held = [(c.step_id, c.task_id, c.claim_token) for _, c in self._inflight.values()]
         for task, _ in list(self._inflight.values()):
             task.cancel()

@@ -2,13 +2,14 @@
 
 SQLite is opened in WAL mode with a busy timeout, and every write transaction starts with
 `BEGIN IMMEDIATE` so that two writers queue for the lock instead of failing on upgrade; reads use a
-separate engine with deferred transactions so they never wait for a writer. An in-memory SQLite store
-(`sqlite://`, for users' unit tests) is one connection that every transaction takes in turn.
+separate engine with deferred transactions so they never wait for a writer. An in-memory SQLite
+store (`sqlite://`, for users' unit tests) is one connection that every transaction takes in turn.
 
-Opening a store never surprises (docs/configuration.md, "Migrations"): the embedded SQLite default is
-migrated on first use, but a PostgreSQL database is only migrated when asked (`tasker db upgrade`,
-`migrate=True` or `TASKER_AUTO_MIGRATE=1`); otherwise a database without the Tasker schema, or one
-that does not exist, is one line naming it and the fix, and nothing is created in it.
+Opening a store never surprises (docs/configuration.md, "Migrations"): the embedded SQLite default
+is migrated on first use, but a PostgreSQL database is only migrated when asked
+(`tasker db upgrade`, `migrate=True` or `TASKER_AUTO_MIGRATE=1`); otherwise a database without the
+Tasker schema, or one that does not exist, is one line naming it and the fix, and nothing is created
+in it.
 """
 
 from __future__ import annotations
@@ -22,13 +23,26 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
 from sqlalchemy.pool import NullPool, QueuePool
 
-from tasker.domain.errors import TaskerInputError
+from tasker.domain.errors import (
+    StoreConflict,
+    StoreContention,
+    StoreError,
+    StoreUnavailable,
+    TaskerInputError,
+)
 
 DEFAULT_URL = "sqlite:///tasker.db"
-#: Environment switch of automatic migrations (the `auto_migrate` setting): unset means "SQLite only".
+#: Environment switch of automatic migrations (the `auto_migrate` setting): unset means "SQLite
+#: only".
 AUTO_MIGRATE_ENV = "TASKER_AUTO_MIGRATE"
 
 _migrated: set[str] = set()
@@ -69,7 +83,8 @@ def resolve_url(url: str | None = None) -> str:
 
 
 class Database:
-    """The two engines of one store (writes and reads; the same one on PostgreSQL) and its dialect."""
+    """The two engines of one store (writes and reads; the same one on PostgreSQL) and its
+    dialect."""
 
     def __init__(self, url: str | None = None, *, migrate: bool | None = None, pool_size: int = 10):
         """Open the store at `url`; `migrate` says what to do with its schema.
@@ -93,10 +108,12 @@ class Database:
             database = parsed.database or ""
             self.memory = database in ("", ":memory:") or "mode=memory" in self.url
             if not self.memory and migrate is not False:
-                # Only a store that may be migrated gets its folder; a read-only look creates nothing.
+                # Only a store that may be migrated gets its folder; a read-only look creates
+                # nothing.
                 Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
             if self.memory:
-                # One connection holds the whole database: reads, writes and workers share it in turn.
+                # One connection holds the whole database: reads, writes and workers share it in
+                # turn.
                 self.writer = _sqlite_engine(self.url, immediate=True)
                 self.reader = self.writer
             else:
@@ -112,8 +129,9 @@ class Database:
                 pool_recycle=1800,
             )
             self.reader = self.writer
-            # Workers' own transactions skip the ping before each checkout (a round trip per cycle): their
-            # cycle already retries after a lost connection, which also discards the broken one.
+            # Workers' own transactions skip the ping before each checkout (a round trip per cycle):
+            # their cycle already retries after a lost connection, which also discards the broken
+            # one.
             self.cycles = create_engine(
                 self.url, pool_size=2, max_overflow=2, pool_pre_ping=False, pool_recycle=1800
             )
@@ -143,7 +161,8 @@ class Database:
         return self.dialect == "sqlite"
 
     def _key(self) -> str:
-        """What `_migrated` remembers: the URL, or this object for a memory store (each one is new)."""
+        """What `_migrated` remembers: the URL, or this object for a memory store (each one is
+        new)."""
         return f"{self.url}#{id(self)}" if self.memory else self.url
 
     def migrate(self) -> None:
@@ -215,6 +234,10 @@ class Database:
             yield
         except OperationalError as exc:
             raise SchemaError(self._connect_problem(exc)) from None
+        except StoreUnavailable as exc:
+            if not isinstance(exc.__cause__, OperationalError):
+                raise
+            raise SchemaError(self._connect_problem(exc.__cause__)) from None
 
     def _connect_problem(self, exc: OperationalError) -> str:
         parsed = make_url(self.url)
@@ -249,18 +272,18 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction, committed on success and rolled back on error."""
-        with self.writer.begin() as conn:
+        with store_errors(), self.writer.begin() as conn:
             yield conn
 
     @contextmanager
     def cycle(self) -> Iterator[Connection]:
         """A worker's write transaction (see `cycles`)."""
-        with self.cycles.begin() as conn:
+        with store_errors(), self.cycles.begin() as conn:
             yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.reader.connect() as conn:
+        with store_errors(), self.reader.connect() as conn:
             yield conn
 
     def dispose(self) -> None:
@@ -278,12 +301,41 @@ class Database:
         return self.safe_url().replace("postgresql+psycopg://", "postgresql://", 1)
 
 
+#: PostgreSQL's deadlock_detected and serialization_failure: the transaction may simply run again.
+CONTENTION_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def translated(exc: DBAPIError) -> StoreError:
+    """The store's own error for a driver error, for the layers above (the driver's is its
+    cause)."""
+    original = exc.orig if exc.orig is not None else exc
+    lines = str(original).strip().splitlines()
+    message = f"{type(original).__name__}: {lines[0] if lines else type(original).__name__}"
+    if getattr(exc.orig, "sqlstate", None) in CONTENTION_SQLSTATES:
+        return StoreContention(message)
+    if isinstance(exc, IntegrityError):
+        return StoreConflict(message)
+    if exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)):
+        return StoreUnavailable(message)
+    return StoreError(message)
+
+
+@contextmanager
+def store_errors() -> Iterator[None]:
+    """Raise driver errors as `StoreError`s (see `translated`)."""
+    try:
+        yield
+    except DBAPIError as exc:
+        raise translated(exc) from exc
+
+
 def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
     memory = ":memory:" in url or url.rstrip("/") == "sqlite:" or "mode=memory" in url
     kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
     if memory:
-        # A pool of one: the single connection is the database, and a thread that wants it waits until
-        # the transaction holding it ends (two transactions cannot interleave on one connection).
+        # A pool of one: the single connection is the database, and a thread that wants it waits
+        # until the transaction holding it ends (two transactions cannot interleave on one
+        # connection).
         kwargs.update(poolclass=QueuePool, pool_size=1, max_overflow=0, pool_timeout=60)
     elif os.environ.get("TASKER_SQLITE_NULLPOOL"):
         kwargs["poolclass"] = NullPool
@@ -291,7 +343,8 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # Let SQLAlchemy's begin() emit our own BEGIN, as the pysqlite driver's implicit one is deferred.
+        # Let SQLAlchemy's begin() emit our own BEGIN, as the pysqlite driver's implicit one is
+        # deferred.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         if not memory:

@@ -1,9 +1,10 @@
 """Health, Prometheus metrics and analytics: what operators, load balancers and dashboards read.
 
-`/health/live` and `/health/ready` are always open (a load balancer has no credentials); status, metrics
-and analytics need their permissions. Health answers carry `Cache-Control: no-store` so that no proxy
-serves yesterday's verdict. The routes are thin: the figures come from `tasker.engine.insight`, whose
-probes run under a deadline, so a hung database answers 503 in time instead of hanging the probe.
+`/health/live` and `/health/ready` are always open (a load balancer has no credentials); status,
+metrics and analytics need their permissions. Health answers carry `Cache-Control: no-store` so that
+no proxy serves yesterday's verdict. The routes are thin: the figures come from
+`tasker.engine.insight`, whose probes run under a deadline, so a hung database answers 503 in time
+instead of hanging the probe.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.exc import SQLAlchemyError
 
 from tasker import __version__
 from tasker.api.auth import Permission, require
 from tasker.api.deps import get_engine
 from tasker.api.embedded import EmbeddedWorkers, EmbeddedWorkerState, get_embedded_workers
 from tasker.api.errors import ErrorBody, error_response, error_responses
+from tasker.domain.errors import StoreError
 from tasker.engine import insight
 from tasker.engine.tasker import Tasker
 
@@ -41,7 +42,7 @@ OPTIONAL_SEMVER = (
 )
 
 
-# -- response shapes ---------------------------------------------------------------------------------------
+# -- response shapes -------------------------------------------------------------------------------
 class Live(BaseModel):
     status: Literal["ok"]
     service: str
@@ -355,7 +356,7 @@ class OverviewOut(BaseModel):
     generated_at: datetime
 
 
-# -- health ----------------------------------------------------------------------------------------------
+# -- health ----------------------------------------------------------------------------------------
 @router.get(
     "/health/live", response_model=Live, tags=["health"], summary="Liveness: the process is up"
 )
@@ -456,7 +457,7 @@ def _add_embedded_status(report: dict[str, Any], states: Sequence[EmbeddedWorker
         report["status"] = "degraded"
 
 
-# -- overview --------------------------------------------------------------------------------------------
+# -- overview --------------------------------------------------------------------------------------
 @router.get(
     "/overview",
     response_model=OverviewOut,
@@ -472,7 +473,7 @@ def overview(response: Response, engine: Engine) -> dict[str, Any]:
     return dataclasses.asdict(engine.overview())
 
 
-# -- metrics ---------------------------------------------------------------------------------------------
+# -- metrics ---------------------------------------------------------------------------------------
 @router.get(
     "/metrics",
     tags=["monitoring"],
@@ -494,14 +495,15 @@ def metrics(engine: Engine) -> Response:
 
     try:
         body, content_type = exposition(engine)
-    except SQLAlchemyError as exc:
+    except StoreError as exc:
+        failed = type(exc.__cause__ or exc).__name__
         return error_response(
-            503, "unavailable", f"metrics unavailable: the database failed ({type(exc).__name__})"
+            503, "unavailable", f"metrics unavailable: the database failed ({failed})"
         )
     return Response(body, media_type=content_type)
 
 
-# -- analytics -------------------------------------------------------------------------------------------
+# -- analytics -------------------------------------------------------------------------------------
 Period = Annotated[
     int, Query(ge=1, le=insight.MAX_PERIOD_HOURS, description="Tasks created in the last N hours.")
 ]
@@ -525,7 +527,8 @@ def performance(
     name: NameFilter = None,
     version: VersionFilter = None,
 ) -> dict[str, Any]:
-    """Per template, over the tasks created in the period: outcomes, completion rate, durations, throughput."""
+    """Per template, over the tasks created in the period: outcomes, completion rate, durations,
+    throughput."""
     return engine.performance(period_hours, namespace=namespace, name=name, version=version)
 
 
@@ -545,7 +548,8 @@ def bottlenecks(
     version: VersionFilter = None,
     limit: Annotated[int, Query(ge=1, le=100, description="Rows per list.")] = 10,
 ) -> dict[str, Any]:
-    """Slowest and most retried steps, error rates per step and dependent system, and recommendations."""
+    """Slowest and most retried steps, error rates per step and dependent system, and
+    recommendations."""
     return engine.bottlenecks(
         period_hours, namespace=namespace, name=name, version=version, limit=limit
     )
