@@ -16,9 +16,16 @@ DEFAULT_RETRY_LIMIT = 3
 MAX_DELAY_SECONDS = 7 * 24 * 3600.0
 
 
+def may_retry(*, retryable: bool, retry_limit: int, attempts: int) -> bool:
+    """Whether a step that has made `attempts` attempts gets another: `retry_limit` counts attempts
+    in all, the first included. Also the rule for a step whose worker lost its lease."""
+    return retryable and attempts < retry_limit
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Backoff of one step. `retry_limit` counts attempts in all, so 3 means one try and two retries."""
+    """Backoff of one step. `retry_limit` counts attempts in all, so 3 means one try and two
+    retries."""
 
     retry_limit: int = DEFAULT_RETRY_LIMIT
     retryable: bool = True
@@ -59,10 +66,11 @@ class RetryPolicy:
 
     def may_retry(self, attempts: int) -> bool:
         """Whether a step that has now failed `attempts` times gets another attempt."""
-        return self.retryable and attempts < self.retry_limit
+        return may_retry(retryable=self.retryable, retry_limit=self.retry_limit, attempts=attempts)
 
     def exponential_delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        """Delay after failed attempt number `attempt` (1-based): base * 2**(attempt-1), jittered, capped."""
+        """Delay after failed attempt number `attempt` (1-based): base * 2**(attempt-1), jittered,
+        capped."""
         try:
             raw = min(
                 math.ldexp(self.backoff_base_seconds, max(attempt - 1, 0)), self.backoff_max_seconds
@@ -79,7 +87,8 @@ class RetryPolicy:
     def delay(
         self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None
     ) -> float:
-        """Seconds to wait before the next attempt; a server-requested delay wins, capped for safety."""
+        """Seconds to wait before the next attempt; a server-requested delay wins, capped for
+        safety."""
         if retry_after is not None:
             return max(0.0, min(float(retry_after), self.max_server_delay_seconds))
         return self.exponential_delay(attempt, rng)

@@ -1,7 +1,14 @@
-"""The task and step state machines of DESIGN section 4: states, the legal transitions, and the checks.
+"""The task and step state machines: states, the legal transitions, and the checks.
 
-Kept free of I/O so that the rules can be tested exhaustively; the store consults `check_step_transition`
-and `check_task_transition` before it writes a transition row.
+A step is created `pending` (or `ready` when it has no parents), is claimed `in_progress`, and ends
+`complete`, `error` (retried by an operator back to `ready`), `cancelled`, `resolved_manually` or
+`skipped`; a failed attempt with tries left waits in `waiting_retry`. A task goes `pending`,
+`in_progress`, then settles by its steps (`final_task_state`).
+
+Kept free of I/O so that the rules can be tested exhaustively. The store checks every transition it
+records against these tables (`tasker.store.journal.Journal` calls `check_step_transition` and
+`check_task_transition`, a set lookup) and an illegal one raises `InvalidTransitionError`, which
+rolls its transaction back.
 """
 
 from __future__ import annotations
@@ -62,38 +69,71 @@ TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
 CLAIMABLE_STEP_STATES = frozenset({S.READY, S.WAITING_RETRY})
 #: Steps that still hold the task open: while any exists the task cannot be finalized.
 ACTIVE_STEP_STATES = frozenset({S.READY, S.IN_PROGRESS, S.WAITING_RETRY})
+#: Steps that are queued, running or stuck in error: what the systems report and the overview
+#: count.
+REPORTED_STEP_STATES = ACTIVE_STEP_STATES | {S.ERROR}
 #: Steps whose dependents may run.
 SATISFIED_STEP_STATES = frozenset({S.COMPLETE, S.RESOLVED_MANUALLY, S.SKIPPED})
 TERMINAL_STEP_STATES = frozenset({S.COMPLETE, S.CANCELLED, S.RESOLVED_MANUALLY, S.SKIPPED})
 TERMINAL_TASK_STATES = frozenset({T.COMPLETE, T.CANCELLED, T.RESOLVED_MANUALLY})
 FINISHED_TASK_STATES = TERMINAL_TASK_STATES | {T.ERROR}
 
+#: The states a step is created in (its first transition row has no from-state): `ready` without
+#: parents, else `pending`.
+INITIAL_STEP_STATES = frozenset({S.PENDING, S.READY})
+INITIAL_TASK_STATES = frozenset({T.PENDING})
+#: A cancellation moves a task's unfinished steps from several states in one statement and records
+#: no from-state; it takes only steps whose state may go to `cancelled`.
+UNRECORDED_SOURCE_STEP_STATES = INITIAL_STEP_STATES | {S.CANCELLED}
+
+# Every legal (from, to) pair, from-state None for a row that records none. Enum members hash and
+# compare like their values, so a pair of plain strings read from the database is found too.
+_STEP_MOVES = frozenset(
+    [(src, dst) for src, dsts in STEP_TRANSITIONS.items() for dst in dsts]
+    + [(None, dst) for dst in UNRECORDED_SOURCE_STEP_STATES]
+)
+_TASK_MOVES = frozenset(
+    [(src, dst) for src, dsts in TASK_TRANSITIONS.items() for dst in dsts]
+    + [(None, dst) for dst in INITIAL_TASK_STATES]
+)
+
 
 def can_transition_step(src: StepState, dst: StepState) -> bool:
     return dst in STEP_TRANSITIONS[src]
 
 
-def check_step_transition(src: StepState | str, dst: StepState | str) -> None:
-    s, d = StepState(src), StepState(dst)
-    if d not in STEP_TRANSITIONS[s]:
-        raise InvalidTransitionError(f"step cannot go from '{s}' to '{d}'")
+def check_step_transition(src: StepState | str | None, dst: StepState | str) -> None:
+    """Raise `InvalidTransitionError` unless a step may go from `src` to `dst` (`ValueError` for a
+    name that is no state). `src` None is a row without a from-state: a step's creation, or a
+    cancellation (`UNRECORDED_SOURCE_STEP_STATES`)."""
+    if (src, dst) in _STEP_MOVES:
+        return
+    d = StepState(dst)
+    s = "(none)" if src is None else StepState(src)
+    raise InvalidTransitionError(f"step cannot go from '{s}' to '{d}'")
 
 
 def can_transition_task(src: TaskState, dst: TaskState) -> bool:
     return dst in TASK_TRANSITIONS[src]
 
 
-def check_task_transition(src: TaskState | str, dst: TaskState | str) -> None:
-    s, d = TaskState(src), TaskState(dst)
-    if d not in TASK_TRANSITIONS[s]:
-        raise InvalidTransitionError(f"task cannot go from '{s}' to '{d}'")
+def check_task_transition(src: TaskState | str | None, dst: TaskState | str) -> None:
+    """Raise `InvalidTransitionError` unless a task may go from `src` to `dst` (`ValueError` for a
+    name that is no state). `src` None is the task's creation (`INITIAL_TASK_STATES`)."""
+    if (src, dst) in _TASK_MOVES:
+        return
+    d = TaskState(dst)
+    s = "(none)" if src is None else TaskState(src)
+    raise InvalidTransitionError(f"task cannot go from '{s}' to '{d}'")
 
 
 def final_task_state(counts: dict[str, int]) -> TaskState | None:
-    """The state a task settles in given how many of its steps are in each state, or None while it runs.
+    """The state a task settles in given how many of its steps are in each state, or None while it
+    runs.
 
-    A task is finished once no step is active: nothing can make a pending step ready any more. Then an
-    `error` step makes the task `error`; a step resolved by an operator makes it `resolved_manually`.
+    A task is finished once no step is active: nothing can make a pending step ready any more. Then
+    an `error` step makes the task `error`; a step resolved by an operator makes it
+    `resolved_manually`.
     """
     if any(counts.get(s, 0) for s in ACTIVE_STEP_STATES):
         return None

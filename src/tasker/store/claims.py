@@ -1,7 +1,9 @@
-"""Claiming ready steps under a lease, extending leases, reclaiming expired ones and handing steps back.
+"""Claiming ready steps under a lease, extending leases, reclaiming expired ones and handing steps
+back.
 
-A claim sets a fresh claim token (a per-step counter) that every later write of that attempt must present:
-a worker that lost its lease, to a pause or a partition, cannot overwrite what another worker did.
+A claim sets a fresh claim token (a per-step counter) that every later write of that attempt must
+present: a worker that lost its lease, to a pause or a partition, cannot overwrite what another
+worker did.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any
 from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
+from tasker.domain.circuits import ClaimPlan
 from tasker.domain.records import ClaimedStep, FailureRecord
+from tasker.domain.retry import may_retry
 from tasker.domain.states import (
     ACTIVE_STEP_STATES,
     CLAIMABLE_STEP_STATES,
@@ -26,7 +30,6 @@ from tasker.store import systems
 from tasker.store.journal import Journal
 from tasker.store.readiness import settle_tasks
 from tasker.store.schema import steps, tasks
-from tasker.store.systems import ClaimPlan
 
 CLAIMABLE = sorted(s.value for s in CLAIMABLE_STEP_STATES)
 SATISFIED = sorted(s.value for s in SATISFIED_STEP_STATES)
@@ -36,8 +39,8 @@ ACTIVE = sorted(s.value for s in ACTIVE_STEP_STATES)
 def _candidates(
     *, namespaces: bool, task: bool, skip_locked: bool, restricted: bool
 ) -> Select[Any]:
-    """Claimable steps, oldest run_at first; `restricted` also skips blocked systems and returns each
-    step's system and namespace so limits can be checked."""
+    """Claimable steps, oldest run_at first; `restricted` also skips blocked systems and returns
+    each step's system and namespace so limits can be checked."""
     columns = [steps.c.id, steps.c.state] + (
         [steps.c.dependent_system, steps.c.namespace] if restricted else []
     )
@@ -102,8 +105,8 @@ _TASK_STEPS = select(
 
 @dataclass
 class KnownTask:
-    """What a worker already knows of a task whose step it just completed: enough to run the next step
-    without reading the task again. `parents_of` maps each step name to its parents' names."""
+    """What a worker already knows of a task whose step it just completed: enough to run the next
+    step without reading the task again. `parents_of` maps each step name to its parents' names."""
 
     context: dict[str, Any]
     correlation_id: str
@@ -125,10 +128,11 @@ def claim(
     task_id: int | None = None,
     plan: ClaimPlan | None = None,
 ) -> list[ClaimedStep]:
-    """Claim up to `limit` steps whose run_at has come, oldest first, with everything needed to run them.
+    """Claim up to `limit` steps whose run_at has come, oldest first, with everything needed to run
+    them.
 
-    With a `plan`, steps of blocked systems are left alone and in-flight limits are respected; the first
-    step claimed for a half-open system becomes its probe.
+    With a `plan`, steps of blocked systems are left alone and in-flight limits are respected; the
+    first step claimed for a half-open system becomes its probe.
     """
     if limit <= 0:
         return []
@@ -176,7 +180,8 @@ def claim_readied(
     limit: int,
     lease_seconds: float,
 ) -> list[ClaimedStep]:
-    """Claim steps this transaction just made ready (a chain's next step) without waiting for a poll.
+    """Claim steps this transaction just made ready (a chain's next step) without waiting for a
+    poll.
 
     This transaction holds their rows already, so no other worker can take them first.
     """
@@ -287,7 +292,8 @@ _EXTEND = (
 def extend_leases(
     conn: Connection, *, worker: str, step_ids: Sequence[int], now: datetime, lease_seconds: float
 ) -> set[int]:
-    """Extend this worker's leases; returns the ids it still holds (others were cancelled or reclaimed)."""
+    """Extend this worker's leases; returns the ids it still holds (others were cancelled or
+    reclaimed)."""
     if not step_ids:
         return set()
     rows = conn.execute(
@@ -345,7 +351,8 @@ _REAP = (
 def reclaim_expired(
     conn: Connection, journal: Journal, *, skip_locked: bool, limit: int = 500
 ) -> int:
-    """Steps whose lease ran out (their worker died or stalled) count a retryable failure and run again.
+    """Steps whose lease ran out (their worker died or stalled) count a retryable failure and run
+    again.
 
     Those out of attempts go to `error`. Returns how many steps were reclaimed.
     """
@@ -361,8 +368,11 @@ def reclaim_expired(
             "message": f"worker {r.lease_owner} stopped heartbeating; the attempt is presumed lost",
             "retryable": True,
             "system_fault": False,
+            "no_system_evidence": True,
         }
-        retry = bool(r.retryable) and r.attempts < r.retry_limit
+        retry = may_retry(
+            retryable=bool(r.retryable), retry_limit=r.retry_limit, attempts=r.attempts
+        )
         target = StepState.WAITING_RETRY if retry else StepState.ERROR
         done = conn.execute(
             _REAP,

@@ -1,7 +1,9 @@
-"""Applying attempt outcomes: the single completion transaction of DESIGN section 4.
+"""Applying attempt outcomes: the single completion transaction.
 
 Result, state change, transition row, children readiness and task finalization are written together,
-each step fenced by its claim token, for a whole batch of outcomes at once.
+each step fenced by its claim token (a stale worker's late outcome changes nothing), for a whole
+batch of outcomes at once. The circuit breakers of the steps' dependent systems hear of the outcomes
+in the same transaction (`tasker.domain.failures.system_evidence` classifies each one).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 from sqlalchemy import bindparam, text, update
 from sqlalchemy.engine import Connection
 
+from tasker.domain.failures import SystemEvidence, outcome_evidence
 from tasker.domain.records import Outcome
 from tasker.domain.states import StepState
 from tasker.store import systems
@@ -64,23 +67,25 @@ def _finish_params(o: Outcome, now: datetime) -> dict[str, Any]:
     }
 
 
-_FINISH_MANY = text("""
+_FINISH_MANY = text(f"""
     UPDATE tasker_steps AS s
        SET state = v.target, results = v.results, last_error = v.error, run_at = v.run_at,
            finished_at = v.finished_at, attempts = s.attempts - v.refund,
            lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
       FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS integer[]), CAST(:targets AS text[]),
-                  CAST(CAST(:results AS text[]) AS jsonb[]), CAST(CAST(:errors AS text[]) AS jsonb[]),
-                  CAST(:run_ats AS timestamptz[]), CAST(:finished AS timestamptz[]), CAST(:refunds AS integer[]))
+                  CAST(CAST(:results AS text[]) AS jsonb[]),
+                  CAST(CAST(:errors AS text[]) AS jsonb[]),
+                  CAST(:run_ats AS timestamptz[]), CAST(:finished AS timestamptz[]),
+                  CAST(:refunds AS integer[]))
            AS v(id, token, target, results, error, run_at, finished_at, refund)
-     WHERE s.id = v.id AND s.claim_token = v.token AND s.state = 'in_progress'
+     WHERE s.id = v.id AND s.claim_token = v.token AND s.state = '{StepState.IN_PROGRESS.value}'
     RETURNING s.id
 """)
 
 
 def _finish_batch(conn: Connection, params: list[dict[str, Any]]) -> set[int]:
-    """PostgreSQL: fence and store every outcome in one statement whose text never changes (arrays of
-    values, unnested), so it is compiled and planned once instead of once per batch size."""
+    """PostgreSQL: fence and store every outcome in one statement whose text never changes (arrays
+    of values, unnested), so it is compiled and planned once instead of once per batch size."""
 
     def js(value: Any) -> str | None:
         return None if value is None else json.dumps(value)
@@ -112,8 +117,8 @@ def apply_outcomes(
 ) -> tuple[list[Outcome], list[tuple[int, str]], list[tuple[int, int, str]]]:
     """Store outcomes.
 
-    Returns the outcomes accepted (the others lost their claim), the tasks that settled, and the steps
-    that became ready as (step_id, task_id, name).
+    Returns the outcomes accepted (the others lost their claim), the tasks that settled, and the
+    steps that became ready as (step_id, task_id, name).
     """
     if not outcomes:
         return [], [], []
@@ -183,28 +188,20 @@ def _record_systems(
     *,
     lock: bool,
 ) -> None:
-    """Feed the circuit breakers: transient failures count, answers (success or a definite error) reset."""
+    """Feed the circuit breakers: transient failures count, answers (success or a definite error)
+    reset."""
     seen = systems.SystemOutcomes()
     for o in accepted:
         name = o.dependent_system
-        if (
-            not name
-            or not view.has_breaker(name)
-            or (o.error is not None and o.error["class"] in _NOT_THE_SYSTEMS_FAULT)
-        ):
+        if not name or not view.has_breaker(name):
+            continue
+        evidence = outcome_evidence(o)
+        if evidence == SystemEvidence.NONE:
             continue
         if o.probe:
-            (seen.probe_failed if o.transient_failure else seen.probe_ok).add(name)
-        elif o.transient_failure:
+            (seen.probe_failed if evidence == SystemEvidence.FAULT else seen.probe_ok).add(name)
+        elif evidence == SystemEvidence.FAULT:
             seen.failures[name] += 1
         else:
             seen.answered.add(name)
     systems.record(conn, journal, seen, view, lock=lock)
-
-
-_NOT_THE_SYSTEMS_FAULT = {
-    "HandlerNotFound",
-    "HandlerUnavailable",
-    "UndeclaredEventError",
-    "LeaseExpired",
-}

@@ -1,14 +1,16 @@
-"""The durable event log: every engine event, from every worker process, read back from the database.
+"""The durable event log: every engine event, from every worker process, read back from the
+database.
 
-Lifecycle events are not written twice: each one is exactly one transition row (a step's, a task's or a
-circuit's), so the transition tables *are* the log, and only custom events (`ctx.publish`) have a table
-of their own. Reading merges the four sources in time order.
+Lifecycle events are not written twice: each one is exactly one transition row (a step's, a task's
+or a circuit's), so the transition tables *are* the log, and only custom events (`ctx.publish`) have
+a table of their own. Reading merges the four sources in time order.
 
 Positions are per-source id horizons. On PostgreSQL ids are allocated before commit, so a row with a
-smaller id can become visible after a larger one (two transactions committing out of order). A reader
-that jumped over such a hole would lose the late row for good, so a horizon only moves past a missing id
-once the rows behind the hole are `SETTLE_SECONDS` old: by then the hole is a rolled-back insert, not a
-transaction still committing. Within that window a page stops at the hole and the next page continues.
+smaller id can become visible after a larger one (two transactions committing out of order). A
+reader that jumped over such a hole would lose the late row for good, so a horizon only moves past a
+missing id once the rows behind the hole are `SETTLE_SECONDS` old: by then the hole is a rolled-back
+insert, not a transaction still committing. Within that window a page stops at the hole and the next
+page continues.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, func, select
 
+from tasker.domain.circuits import CircuitState
 from tasker.domain.errors import TaskerInputError
 from tasker.domain.events import STEP_EVENT_FOR_STATE, TASK_EVENT_FOR_STATE, Events
+from tasker.domain.states import TaskState
 from tasker.store.schema import (
     circuit_transitions,
     custom_events,
@@ -38,9 +42,9 @@ SETTLE_SECONDS = 2.0
 
 SOURCES = ("step", "task", "circuit", "custom")
 _CIRCUIT_EVENTS = {
-    "open": Events.CIRCUIT_OPENED,
-    "closed": Events.CIRCUIT_CLOSED,
-    "half_open": Events.CIRCUIT_HALF_OPEN,
+    CircuitState.OPEN: Events.CIRCUIT_OPENED,
+    CircuitState.CLOSED: Events.CIRCUIT_CLOSED,
+    CircuitState.HALF_OPEN: Events.CIRCUIT_HALF_OPEN,
 }
 _NAMES = {
     "step": tuple(STEP_EVENT_FOR_STATE.values()),
@@ -52,7 +56,8 @@ _LIFECYCLE_PREFIXES = ("step.", "task.", "circuit.")
 
 @dataclass(frozen=True)
 class Cursor:
-    """How far a reader got in each source: every row at or below these ids has been seen or skipped."""
+    """How far a reader got in each source: every row at or below these ids has been seen or
+    skipped."""
 
     step: int = 0
     task: int = 0
@@ -104,7 +109,8 @@ def read(
     limit: int = 1000,
     now: datetime,
 ) -> EventPage:
-    """The events after `after` (a cursor), oldest first, at most `limit`; filters narrow what is returned."""
+    """The events after `after` (a cursor), oldest first, at most `limit`; filters narrow what is
+    returned."""
     if not 1 <= limit <= 10_000:
         raise TaskerInputError("limit must be between 1 and 10000")
     cursor = Cursor.parse(after)
@@ -120,7 +126,8 @@ def read(
     horizons = {s: cursor.get(s) for s in SOURCES}
     out: list[dict[str, Any]] = []
     more = any(n >= limit for n in fetched.values())
-    # k-way merge by time; each source is consumed in id order, so every cursor handed out is a clean prefix
+    # k-way merge by time; each source is consumed in id order, so every cursor handed out is a
+    # clean prefix
     heap: list[tuple[datetime, int, int, int, dict[str, Any], str]] = []
     order_of = {s: i for i, s in enumerate(heads)}
     for source, it in heads.items():
@@ -144,7 +151,8 @@ def read(
 
 
 def tail(conn: Connection) -> str:
-    """A cursor at the current end of the log: reading from it returns only events that happen later."""
+    """A cursor at the current end of the log: reading from it returns only events that happen
+    later."""
     ids = [
         conn.execute(select(func.max(t.c.id))).scalar() or 0
         for t in (step_transitions, task_transitions, circuit_transitions, custom_events)
@@ -152,7 +160,7 @@ def tail(conn: Connection) -> str:
     return str(Cursor(*ids))
 
 
-# -- sources ------------------------------------------------------------------------------------------
+# -- sources ---------------------------------------------------------------------------------------
 def _source_may_match(source: str, flt: _Filter) -> bool:
     if source == "circuit" and (flt.task_id is not None or flt.namespace is not None):
         return False  # circuits belong to systems, not to a task or namespace
@@ -169,8 +177,8 @@ _OPENING = frozenset({Events.TASK_CREATED, Events.TASK_STARTED, Events.TASK_RETR
 
 
 def _rank(row: dict[str, Any]) -> int:
-    """Order of events one transaction wrote at the same instant: a task opens, its steps move, their
-    custom events follow, circuits react, and the task closes last."""
+    """Order of events one transaction wrote at the same instant: a task opens, its steps move,
+    their custom events follow, circuits react, and the task closes last."""
     event = row["event"]
     if event.startswith("task."):
         return 0 if event in _OPENING else 4
@@ -299,7 +307,7 @@ def _tasks(conn: Connection, after: int, flt: _Filter, limit: int) -> list[dict[
         q = q.where(t.c.namespace == flt.namespace)
     out = []
     for r in conn.execute(q):
-        if r.to_state == "pending":
+        if r.to_state == TaskState.PENDING:
             name = Events.TASK_CREATED if r.from_state is None else Events.TASK_RETRIED
         else:
             name = TASK_EVENT_FOR_STATE.get(r.to_state, f"task.{r.to_state}")

@@ -1,7 +1,11 @@
 """What one transaction records besides its updates: transition rows and the events to publish.
 
-Collected while the transaction runs and written with one multi-row insert per table at the end, so a
-cycle that finishes ten steps and readies ten more still costs two inserts.
+Collected while the transaction runs and written with one multi-row insert per table at the end, so
+a cycle that finishes ten steps and readies ten more still costs two inserts.
+
+Every step and task transition is checked against the state machines (`tasker.domain.states`) as it
+is recorded: an illegal one raises `InvalidTransitionError`, and the transaction that made it rolls
+back. The check is a set lookup, no query.
 """
 
 from __future__ import annotations
@@ -13,6 +17,13 @@ from typing import Any
 from sqlalchemy import Connection, insert, text
 
 from tasker.domain.records import FailureRecord
+from tasker.domain.states import (
+    StepState,
+    TaskState,
+    check_step_transition,
+    check_task_transition,
+)
+from tasker.store.notify import notify_ready
 from tasker.store.schema import custom_events, step_transitions, task_transitions
 
 _INSERT_STEP = insert(step_transitions)
@@ -20,10 +31,12 @@ _INSERT_TASK = insert(task_transitions)
 _INSERT_CUSTOM = insert(custom_events)
 _UNNEST_STEP_TRANSITIONS = text("""
     INSERT INTO tasker_step_transitions
-           (step_id, task_id, from_state, to_state, attempt, at, worker, error_class, error_message, duration_ms)
-    SELECT * FROM unnest(CAST(:step_ids AS bigint[]), CAST(:task_ids AS bigint[]), CAST(:froms AS text[]),
-                         CAST(:tos AS text[]), CAST(:attempts AS integer[]), CAST(:ats AS timestamptz[]),
-                         CAST(:workers AS text[]), CAST(:classes AS text[]), CAST(:messages AS text[]),
+           (step_id, task_id, from_state, to_state, attempt, at, worker, error_class, error_message,
+            duration_ms)
+    SELECT * FROM unnest(CAST(:step_ids AS bigint[]), CAST(:task_ids AS bigint[]),
+                         CAST(:froms AS text[]), CAST(:tos AS text[]), CAST(:attempts AS integer[]),
+                         CAST(:ats AS timestamptz[]), CAST(:workers AS text[]),
+                         CAST(:classes AS text[]), CAST(:messages AS text[]),
                          CAST(:durations AS double precision[]))
 """)
 
@@ -35,11 +48,13 @@ class Journal:
     step_rows: list[dict[str, Any]] = field(default_factory=list)
     task_rows: list[dict[str, Any]] = field(default_factory=list)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    #: Custom events (`ctx.publish`) to store in the durable event log, whether or not anyone listens here.
+    #: Custom events (`ctx.publish`) to store in the durable event log, whether or not anyone
+    #: listens here.
     custom_rows: list[dict[str, Any]] = field(default_factory=list)
     #: False when nobody listens to events: hot paths then skip building payloads nobody would read.
     collect: bool = True
-    #: Steps made ready here and not claimed by this same transaction: other workers should hear of them.
+    #: Steps made ready here and not claimed by this same transaction: other workers should hear of
+    #: them.
     readied: set[int] = field(default_factory=set)
     #: Circuit changes made here, (system, from, to, reason), for the worker to log once committed.
     circuits: list[tuple[str, str, str, str]] = field(default_factory=list)
@@ -48,15 +63,18 @@ class Journal:
         self,
         step_id: int,
         task_id: int,
-        src: str | None,
-        dst: str,
+        src: StepState | str | None,
+        dst: StepState | str,
         attempt: int,
         error: FailureRecord | None = None,
         duration_ms: float | None = None,
     ) -> None:
-        if dst == "ready":
+        """Record a step's transition (src None: its creation or a cancellation, see
+        `check_step_transition`); raises `InvalidTransitionError` if the move is illegal."""
+        check_step_transition(src, dst)
+        if dst == StepState.READY:
             self.readied.add(step_id)
-        elif dst == "in_progress":
+        elif dst == StepState.IN_PROGRESS:
             self.readied.discard(step_id)
         self.step_rows.append(
             {
@@ -73,7 +91,16 @@ class Journal:
             }
         )
 
-    def task(self, task_id: int, src: str | None, dst: str, reason: str | None = None) -> None:
+    def task(
+        self,
+        task_id: int,
+        src: TaskState | str | None,
+        dst: TaskState | str,
+        reason: str | None = None,
+    ) -> None:
+        """Record a task's transition (src None: its creation); raises `InvalidTransitionError` if
+        the move is illegal."""
+        check_task_transition(src, dst)
         self.task_rows.append(
             {
                 "task_id": task_id,
@@ -103,7 +130,8 @@ class Journal:
             self.events.append((name, payload))
 
     def _insert_steps_pg(self, conn: Connection) -> None:
-        """PostgreSQL: one cached statement over arrays instead of a re-rendered multi-row VALUES list."""
+        """PostgreSQL: one cached statement over arrays instead of a re-rendered multi-row VALUES
+        list."""
         rows = self.step_rows
         conn.execute(
             _UNNEST_STEP_TRANSITIONS,
@@ -124,8 +152,6 @@ class Journal:
     def flush(self, conn: Connection) -> None:
         """Write the collected transition rows and wake other workers (call before the commit)."""
         if self.readied and conn.dialect.name == "postgresql":
-            from tasker.store.notify import notify_ready
-
             notify_ready(conn)
             self.readied = set()
         if self.step_rows:

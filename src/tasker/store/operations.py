@@ -14,6 +14,7 @@ from tasker.domain.states import (
     STEP_TRANSITIONS,
     StepState,
     TaskState,
+    can_transition_step,
     check_task_transition,
 )
 from tasker.store.journal import Journal
@@ -26,9 +27,9 @@ _CANCELLABLE = sorted(s.value for s in StepState if StepState.CANCELLED in STEP_
 def _task_status(conn: Connection, task_id: int, lock: bool) -> TaskState:
     q = select(tasks.c.status).where(tasks.c.id == task_id)
     if lock:
-        # FOR NO KEY UPDATE: serialises operations and completions on the task, yet lets other workers'
-        # foreign-key checks (KEY SHARE, taken when they insert a transition row) through instead of
-        # queueing them behind this transaction, which deadlocked with their step locks.
+        # FOR NO KEY UPDATE: serialises operations and completions on the task, yet lets other
+        # workers' foreign-key checks (KEY SHARE, taken when they insert a transition row) through
+        # instead of queueing them behind this transaction, which deadlocked with their step locks.
         q = q.with_for_update(key_share=True)
     status = conn.execute(q).scalar()
     if status is None:
@@ -98,9 +99,9 @@ def retry_step(
 ) -> None:
     """Re-arm one `error` step with fresh attempts.
 
-    A step reaches `error` only by running, so its parents were finished then and, finished states being
-    final, still are; the check is kept anyway so that no operator action can ever make a step ready
-    ahead of its parents.
+    A step reaches `error` only by running, so its parents were finished then and, finished states
+    being final, still are; the check is kept anyway so that no operator action can ever make a step
+    ready ahead of its parents.
     """
     _task_status(conn, task_id, lock)
     row = _step(conn, task_id, step_name)
@@ -141,7 +142,7 @@ def resolve_step(
         raise OperationError(f"task {task_id} is {status}; its steps can no longer be resolved")
     row = _step(conn, task_id, step_name)
     src = StepState(row.state)
-    if StepState.RESOLVED_MANUALLY not in STEP_TRANSITIONS[src]:
+    if not can_transition_step(src, StepState.RESOLVED_MANUALLY):
         hint = (
             " (it is running: wait for the attempt or cancel the task)"
             if src == StepState.IN_PROGRESS
@@ -182,7 +183,8 @@ _UNFINISHED_PARENTS = (
 def unfinished_parents_message(
     task_id: int, step_name: str, action: str, parents: list[tuple[str, str]]
 ) -> str:
-    """The refusal of an operator action that would let a step overtake its parents (pure, for tests)."""
+    """The refusal of an operator action that would let a step overtake its parents (pure, for
+    tests)."""
     listed = ", ".join(f"{name} ({state})" for name, state in parents)
     noun = "parent" if len(parents) == 1 else "parents"
     verb = "is" if len(parents) == 1 else "are"
@@ -199,8 +201,8 @@ def _require_finished_parents(
     """Refuse an action that would let `step_name`'s dependents run before its own parents finished.
 
     Resolving a `pending` step whose parent was still running released its children at once, so a
-    grandchild could run before its grandparent: the DAG order broke. The operator is told which parents
-    to resolve or wait for; the action does not wait by itself (docs/operations.md).
+    grandchild could run before its grandparent: the DAG order broke. The operator is told which
+    parents to resolve or wait for; the action does not wait by itself (docs/operations.md).
     """
     unfinished = [(r.name, r.state) for r in conn.execute(_UNFINISHED_PARENTS, {"child": step_id})]
     if unfinished:

@@ -1,7 +1,8 @@
 """Incremental readiness and task finalization, shared by step completion and operator actions.
 
-Both run inside the caller's transaction, so a result, its children becoming ready and the task settling
-commit together or not at all. Statements are built once at import; each call only binds values.
+Both run inside the caller's transaction, so a result, its children becoming ready and the task
+settling commit together or not at all. Statements are built once at import; each call only binds
+values.
 """
 
 from __future__ import annotations
@@ -74,9 +75,9 @@ def release_children(
 ) -> list[tuple[int, int, str]]:
     """Decrement the unfinished-parent count of the parents' children; those at zero become ready.
 
-    `known_children` lists the children of `parent_ids` (one entry per edge) when the caller knows them
-    from the template, which saves reading the edges. Returns (step_id, task_id, name) of each step
-    that became ready.
+    `known_children` lists the children of `parent_ids` (one entry per edge) when the caller knows
+    them from the template, which saves reading the edges. Returns (step_id, task_id, name) of each
+    step that became ready.
     """
     if not parent_ids:
         return []
@@ -104,8 +105,9 @@ def settle_tasks(
     """Finalize the tasks whose steps are all settled; reopen an `error` task that has work again.
 
     With `lock` (PostgreSQL workers), the tasks' rows are locked first, in id order, so that of two
-    siblings finishing at once in two workers, the second to count sees the first's committed state and
-    the task settles exactly once. Returns (task_id, new status) for each task whose status changed.
+    siblings finishing at once in two workers, the second to count sees the first's committed state
+    and the task settles exactly once. Returns (task_id, new status) for each task whose status
+    changed.
     """
     ids = sorted(set(task_ids))
     if not ids:

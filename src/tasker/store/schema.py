@@ -1,8 +1,8 @@
-"""The database schema (DESIGN section 4), one definition for SQLite and PostgreSQL.
+"""The database schema, one definition for SQLite and PostgreSQL.
 
-The steps table is both the state and the queue: a partial index over claimable rows keeps finding work an
-indexed lookup however many finished steps the table holds, and `pending_parents` makes readiness
-incremental instead of a scan of the task's graph.
+The steps table is both the state and the queue: a partial index over claimable rows keeps finding
+work an indexed lookup however many finished steps the table holds, and `pending_parents` makes
+readiness incremental instead of a scan of the task's graph.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
+
+from tasker.domain.circuits import CircuitState
+from tasker.domain.states import StepState
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -65,9 +68,17 @@ metadata = MetaData(
     }
 )
 
-CLAIMABLE = "state IN ('ready', 'waiting_retry')"
-#: Steps that are queued, running or stuck in error: what the systems report and the overview count.
-ACTIVE = "state IN ('ready', 'waiting_retry', 'in_progress', 'error')"
+
+def _state_in(*states: StepState) -> str:
+    """A partial index's condition on the steps' state (the text the migrations created)."""
+    return f"state IN ({', '.join(repr(s.value) for s in states)})"
+
+
+#: `CLAIMABLE_STEP_STATES`, in the order of the index the migrations made.
+CLAIMABLE = _state_in(StepState.READY, StepState.WAITING_RETRY)
+#: `REPORTED_STEP_STATES`: queued, running or stuck in error (the systems report, the overview).
+ACTIVE = _state_in(StepState.READY, StepState.WAITING_RETRY, StepState.IN_PROGRESS, StepState.ERROR)
+_RUNNING = f"state = '{StepState.IN_PROGRESS.value}'"
 
 templates = Table(
     "tasker_templates",
@@ -148,8 +159,8 @@ steps = Table(
     Index(
         "ix_tasker_steps_leased",
         "lease_expires_at",
-        postgresql_where=text("state = 'in_progress'"),
-        sqlite_where=text("state = 'in_progress'"),
+        postgresql_where=text(_RUNNING),
+        sqlite_where=text(_RUNNING),
     ),
     # Systems report and overview: active steps by system, without reading the finished millions.
     Index(
@@ -207,7 +218,12 @@ dependent_systems = Table(
     "tasker_dependent_systems",
     metadata,
     Column("name", String(128), primary_key=True),
-    Column("circuit_state", String(16), nullable=False, server_default=text("'closed'")),
+    Column(
+        "circuit_state",
+        String(16),
+        nullable=False,
+        server_default=text(f"'{CircuitState.CLOSED.value}'"),
+    ),
     Column("consecutive_failures", Integer, nullable=False, server_default=text("0")),
     Column("failure_threshold", Integer, nullable=True),
     Column("cooldown_seconds", Float, nullable=True),
@@ -244,8 +260,9 @@ circuit_transitions = Table(
     Index(None, "system", "at"),
 )
 
-#: Custom events published by handlers (`ctx.publish`). Lifecycle events need no table of their own: each
-#: is exactly one transition row, so the transition tables plus this one are the durable event log.
+#: Custom events published by handlers (`ctx.publish`). Lifecycle events need no table of their own:
+#: each is exactly one transition row, so the transition tables plus this one are the durable event
+#: log.
 custom_events = Table(
     "tasker_custom_events",
     metadata,
@@ -260,8 +277,8 @@ custom_events = Table(
     Index(None, "task_id"),
 )
 
-#: Worker processes announce themselves and refresh `last_seen_at` with their heartbeat, so health and
-#: status can say which workers are alive without asking them.
+#: Worker processes announce themselves and refresh `last_seen_at` with their heartbeat, so health
+#: and status can say which workers are alive without asking them.
 workers = Table(
     "tasker_workers",
     metadata,
@@ -277,8 +294,8 @@ workers = Table(
     Index(None, "last_seen_at"),
 )
 
-#: API keys: only a SHA-256 digest of the secret is stored; `prefix` (the first characters of the key)
-#: lets an operator recognise a key in listings without it being usable.
+#: API keys: only a SHA-256 digest of the secret is stored; `prefix` (the first characters of the
+#: key) lets an operator recognise a key in listings without it being usable.
 api_keys = Table(
     "tasker_api_keys",
     metadata,
