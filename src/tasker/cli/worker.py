@@ -1,7 +1,8 @@
 """`tasker worker`: a long-running process that claims and runs steps until SIGTERM or SIGINT.
 
-On a signal it stops claiming, lets in-flight steps finish for up to the grace period, then hands the
-rest back to other workers. Several workers cooperate through the database with no other configuration.
+On a signal it stops claiming, lets in-flight steps finish for up to the grace period, then hands
+the rest back to other workers. Several workers cooperate through the database with no other
+configuration.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ import click
 
 from tasker.cli.common import state, templates_option
 from tasker.engine.worker import Worker
+from tasker.observability.logging import set_level
+from tasker.observability.metrics import serve_metrics
+
+# This module loads only when `tasker worker` runs (`tasker.cli.main` imports commands on first
+# use), so `tasker --help` starts fast (benchmarks/bench_startup.py) whatever it imports.
 
 log = logging.getLogger("tasker.worker")
 
@@ -71,8 +77,6 @@ def worker(
 ) -> None:
     """Run steps from the store until stopped."""
     st = state(ctx)
-    from tasker.observability.logging import set_level
-
     set_level(
         ctx.meta.get("tasker.log_level") or ("DEBUG" if st.verbose else st.settings.log_level)
     )
@@ -104,15 +108,13 @@ def worker(
     port = metrics_port or st.settings.metrics_port
     server = None
     if port:
-        from tasker.observability.metrics import serve_metrics
-
         server = serve_metrics(port, engine if store_metrics else None)
     asyncio.run(main())
     if server is not None:
         server.shutdown()
     if w.abandoned:
-        # Abandoned sync handlers cannot be interrupted, and the interpreter would wait for their threads at
-        # exit: their steps are already handed back, so leave without them.
+        # Abandoned sync handlers cannot be interrupted, and the interpreter would wait for their
+        # threads at exit: their steps are already handed back, so leave without them.
         log.warning(
             "worker %s exits without waiting for %d abandoned step handler(s)", w.id, w.abandoned
         )
@@ -121,7 +123,8 @@ def worker(
 
 
 def _stopper(w: Worker, sig: signal.Signals, seen: list[str]) -> Callable[[], None]:
-    """One log line per signal received (`seen` lists them): the first stops claiming, later ones say so."""
+    """One log line per signal received (`seen` lists them): the first stops claiming, later ones
+    say so."""
 
     def stop() -> None:
         seen.append(sig.name)

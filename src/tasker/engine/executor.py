@@ -1,11 +1,11 @@
 """Run one attempt of one step and classify whatever happened into an `Outcome`.
 
-Sync handlers run on handler threads (`handler_threads`) and async ones on their own task of the worker's
-event loop. Whatever a handler does (raise anything, `SystemExit` and `CancelledError` included, return
-something unstorable, hang, swallow its cancellation) ends as a recorded outcome; only the worker's own
-cancellation of the attempt passes through. A timeout counts from when the handler starts. A timed-out
-async handler is cancelled; a sync one cannot be interrupted in Python, so its thread is abandoned
-(and replaced) and whatever it returns later is dropped.
+Sync handlers run on handler threads (`handler_threads`) and async ones on their own task of the
+worker's event loop. Whatever a handler does (raise anything, `SystemExit` and `CancelledError`
+included, return something unstorable, hang, swallow its cancellation) ends as a recorded outcome;
+only the worker's own cancellation of the attempt passes through. A timeout counts from when the
+handler starts. A timed-out async handler is cancelled; a sync one cannot be interrupted in Python,
+so its thread is abandoned (and replaced) and whatever it returns later is dropped.
 """
 
 from __future__ import annotations
@@ -13,35 +13,45 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-import json
 import logging
-import math
 import time
-import traceback
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from tasker.domain.errors import PermanentError, RetryableError, StepFailure, StepTimeoutError
-from tasker.domain.failures import GAVE_UP, is_system_fault
 from tasker.domain.records import ClaimedStep, FailureRecord, Outcome
-from tasker.domain.retry import MAX_DELAY_SECONDS, RetryPolicy
+from tasker.domain.retry import RetryPolicy
 from tasker.domain.states import StepState
-from tasker.domain.storable import (
-    MAX_MESSAGE_CHARS,
-    find_unstorable,
-    safe_str,
-    storable,
-    storable_text,
-)
+from tasker.domain.storable import find_unstorable, storable
+from tasker.domain.templates import StepTemplate, TaskTemplate
+from tasker.engine import outcomes
 from tasker.engine.handler_threads import HandlerThreads
-from tasker.handlers.base import StepContext, TaskPort
-from tasker.observability import tracing
-from tasker.observability.logging import bind_step_context
-from tasker.templates.model import StepTemplate, TaskTemplate
+from tasker.engine.hooks import Hooks
+from tasker.engine.outcomes import HandlerTimedOut, InvalidResultError
+from tasker.handlers.base import ServiceCallSink, StepContext, TaskPort
+
+log = logging.getLogger("tasker.executor")
+
+_NO_HOOKS = Hooks()
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What every attempt of one worker shares: its handler threads, its backoff scale, the engine
+    operations its handlers may call, and its hooks."""
+
+    threads: HandlerThreads
+    backoff_scale: float = 1.0
+    tasks: TaskPort | None = None
+    hooks: Hooks = field(default=_NO_HOOKS)
 
 
 def build_context(
-    claimed: ClaimedStep, template: TaskTemplate, step: StepTemplate, tasks: TaskPort | None = None
+    claimed: ClaimedStep,
+    template: TaskTemplate,
+    step: StepTemplate,
+    tasks: TaskPort | None = None,
+    on_service_call: ServiceCallSink | None = None,
 ) -> StepContext:
     return StepContext(
         task_id=claimed.task_id,
@@ -60,59 +70,8 @@ def build_context(
         dependent_system=claimed.dependent_system,
         declared_events=frozenset(template.declared_events(step)),
         _tasks=tasks,
+        _on_service_call=on_service_call,
     )
-
-
-def describe_error(
-    exc: BaseException, *, retryable: bool, system_fault: bool | None = None
-) -> FailureRecord:
-    """The stored form of a failure: class, message (escaped, cut to `MAX_MESSAGE_CHARS`), whether it is
-    retried, whether it counts against the dependent system, and where it came from.
-
-    Never raises, whatever the exception does: its `__str__` may raise, its context may not be JSON.
-    """
-    fault = is_system_fault(exc) if system_fault is None else system_fault
-    message = storable_text(safe_str(exc), MAX_MESSAGE_CHARS) or type(exc).__name__
-    err: FailureRecord = {
-        "class": storable_text(type(exc).__name__, 200),
-        "message": message,
-        "retryable": retryable,
-        "system_fault": retryable and fault,
-    }
-    if isinstance(exc, StepFailure):
-        code = getattr(exc, "error_code", None)
-        if code:
-            err["error_code"] = storable_text(safe_str(code), 200)
-        context = getattr(exc, "context", None)
-        if context:
-            err["context"] = _bounded(storable(context))
-    else:
-        err["traceback"] = _traceback(exc)
-    return err
-
-
-def _traceback(exc: BaseException) -> str:
-    try:
-        text = "".join(traceback.format_exception(exc, limit=-6))
-    except (
-        BaseException
-    ) as failure:  # formatting calls the exception's __str__, which may be broken
-        text = f"(no traceback: formatting it raised {type(failure).__name__})"
-    return storable_text(text[-4000:])
-
-
-def _bounded(value: Any) -> Any:
-    """Error context within `MAX_MESSAGE_CHARS` once encoded, or a note saying how large it was."""
-    encoded = json.dumps(value)
-    if len(encoded) <= MAX_MESSAGE_CHARS:
-        return value
-    return {
-        "truncated": f"error context of {len(encoded):,} characters is not stored in full",
-        "excerpt": encoded[:1024],
-    }
-
-
-log = logging.getLogger("tasker.executor")
 
 
 async def execute(
@@ -121,53 +80,37 @@ async def execute(
     step: StepTemplate,
     handler_cls: type,
     policy: RetryPolicy,
-    threads: HandlerThreads,
-    *,
-    backoff_scale: float = 1.0,
-    tasks: TaskPort | None = None,
+    rt: Runtime,
 ) -> Outcome:
-    """One attempt, with the step's fields on every log line it causes and, when tracing is on, in its span.
+    """One attempt, inside the scope its hooks open (the step's fields on every log line it causes,
+    its span when tracing is on).
 
-    Runs for every step, so it stays cheap: a few microseconds when debug logs and tracing are off.
+    Runs for every step, so it stays cheap: a few microseconds when debug logs are off, nothing more
+    for hooks that open no scope.
     """
-    key = template.key
-    with bind_step_context(
-        task_id=claimed.task_id,
-        template=key,
-        step=claimed.name,
-        attempt=claimed.attempt,
-        correlation_id=claimed.correlation_id,
-    ):
-        debug = log.isEnabledFor(logging.DEBUG)
-        if debug:
-            log.debug("attempt %d of step %s started", claimed.attempt, claimed.name)
-        traced = tracing.step_span(claimed, key)  # None unless tracing is configured
-        if traced is None:
-            outcome = await _attempt(
-                claimed,
-                template,
-                step,
-                handler_cls,
-                policy,
-                threads,
-                backoff_scale=backoff_scale,
-                tasks=tasks,
-            )
-        else:
-            with traced as span:
-                outcome = await _attempt(
-                    claimed,
-                    template,
-                    step,
-                    handler_cls,
-                    policy,
-                    threads,
-                    backoff_scale=backoff_scale,
-                    tasks=tasks,
-                )
-                tracing.end_step(span, outcome.state, outcome.error)
-        if debug or outcome.state != StepState.COMPLETE:
-            _log_outcome(claimed, outcome)
+    scope = rt.hooks.attempt_scope(claimed, template.key)
+    if scope is None:
+        return await _logged(claimed, template, step, handler_cls, policy, rt)
+    with scope:
+        outcome = await _logged(claimed, template, step, handler_cls, policy, rt)
+        scope.finished(outcome)
+    return outcome
+
+
+async def _logged(
+    claimed: ClaimedStep,
+    template: TaskTemplate,
+    step: StepTemplate,
+    handler_cls: type,
+    policy: RetryPolicy,
+    rt: Runtime,
+) -> Outcome:
+    debug = log.isEnabledFor(logging.DEBUG)
+    if debug:
+        log.debug("attempt %d of step %s started", claimed.attempt, claimed.name)
+    outcome = await _attempt(claimed, template, step, handler_cls, policy, rt)
+    if debug or outcome.state != StepState.COMPLETE:
+        _log_outcome(claimed, outcome)
     return outcome
 
 
@@ -201,14 +144,12 @@ async def _attempt(
     step: StepTemplate,
     handler_cls: type,
     policy: RetryPolicy,
-    threads: HandlerThreads,
-    *,
-    backoff_scale: float = 1.0,
-    tasks: TaskPort | None = None,
+    rt: Runtime,
 ) -> Outcome:
-    """Run the handler and turn whatever it does into an outcome: only the worker's own cancellation of
-    this attempt (a lost lease, the end of the grace period) passes through."""
-    ctx = build_context(claimed, template, step, tasks)
+    """Run the handler and turn whatever it does into an outcome (`outcomes` decides which): only
+    the worker's own cancellation of this attempt (a lost lease, the end of the grace period)
+    passes through."""
+    ctx = build_context(claimed, template, step, rt.tasks, rt.hooks.service_call)
     timeout = step.timeout_seconds
     started = time.perf_counter()
     try:
@@ -220,7 +161,7 @@ async def _attempt(
             # run on another thread, which does not inherit context variables: give it this task's
             # (log fields, span). The timeout counts from when the thread starts the handler.
             started, result = await _run_sync(
-                threads, contextvars.copy_context().run, process, ctx, timeout
+                rt.threads, contextvars.copy_context().run, process, ctx, timeout
             )
             if inspect.isawaitable(result):
                 remaining = (
@@ -231,16 +172,17 @@ async def _attempt(
     except BaseException as exc:
         if isinstance(exc, asyncio.CancelledError) and _cancelled_by_worker():
             raise
-        return _failure(claimed, started, _unwrap(exc), policy, backoff_scale, ctx, timeout)
-    return Outcome(
-        step_id=claimed.step_id,
-        task_id=claimed.task_id,
-        claim_token=claimed.claim_token,
-        attempt=claimed.attempt,
-        state=StepState.COMPLETE,
-        results=results,
-        duration_ms=(time.perf_counter() - started) * 1000,
-        events=_events(ctx),
+        return outcomes.failed(
+            claimed,
+            _unwrap(exc),
+            policy,
+            backoff_scale=rt.backoff_scale,
+            timeout=timeout,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            events=_events(ctx),
+        )
+    return outcomes.completed(
+        claimed, results, (time.perf_counter() - started) * 1000, _events(ctx)
     )
 
 
@@ -249,62 +191,6 @@ def _cancelled_by_worker() -> bool:
     raised `CancelledError` itself (which is the handler's failure, not a lost lease)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
-
-
-def _failure(
-    claimed: ClaimedStep,
-    started: float,
-    exc: BaseException,
-    policy: RetryPolicy,
-    backoff_scale: float,
-    ctx: StepContext,
-    timeout: float | None,
-) -> Outcome:
-    """Classify a failed attempt: permanent now, retried after a delay, or retries exhausted."""
-    if isinstance(exc, (PermanentError, InvalidResultError)):
-        return _failed(claimed, started, describe_error(exc, retryable=False), StepState.ERROR, ctx)
-    if isinstance(exc, HandlerTimedOut):
-        exc = StepTimeoutError(
-            f"timed out after {timeout:g}s (handler_config.timeout_seconds)" + exc.note
-        )
-    error = describe_error(exc, retryable=True)
-    retry_after = _retry_after(exc, error)
-    if not policy.may_retry(claimed.attempt):
-        outcome = _failed(claimed, started, error, StepState.ERROR, ctx)
-        if policy.retryable:
-            error["message"] = f"{error['message']}{GAVE_UP.format(claimed.attempt)}"
-            outcome.exhausted = True  # the store may still hold it while its system is down
-        return outcome
-    delay = min(policy.delay(claimed.attempt, retry_after) * backoff_scale, MAX_DELAY_SECONDS)
-    outcome = _failed(claimed, started, error, StepState.WAITING_RETRY, ctx)
-    outcome.retry_delay = delay
-    return outcome
-
-
-def _retry_after(exc: BaseException, error: FailureRecord) -> float | None:
-    """The delay a `RetryableError` asks for, when it is a usable number of seconds (else noted)."""
-    if not isinstance(exc, RetryableError):
-        return None
-    value = getattr(exc, "retry_after", None)
-    if value is None:
-        return None
-    if (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value >= 0
-    ):
-        return float(value)
-    error["retry_after_ignored"] = storable_text(safe_str(value), 200)
-    return None
-
-
-class HandlerTimedOut(Exception):
-    """The handler ran past its timeout; `note` says if it had to be left running."""
-
-    def __init__(self, note: str = ""):
-        super().__init__(note)
-        self.note = note
 
 
 class _Escaped(Exception):
@@ -408,19 +294,14 @@ QUEUED_POLL_SECONDS = 0.05
 
 def _contained(fn: Callable[..., Any], *args: Any) -> Any:
     """Run on the handler thread: a `BaseException` that is not an `Exception` (SystemExit,
-    KeyboardInterrupt, GeneratorExit) travels back wrapped, so that awaiting the outcome never raises
-    it where asyncio would let it out of the event loop."""
+    KeyboardInterrupt, GeneratorExit) travels back wrapped, so that awaiting the outcome never
+    raises it where asyncio would let it out of the event loop."""
     try:
         return fn(*args)
     except Exception:
         raise
     except BaseException as exc:
         raise _Escaped(exc) from None
-
-
-class InvalidResultError(Exception):
-    """A handler returned something that cannot be stored as a JSON object: a bug, so the step fails
-    without retrying, with the path of the first offending value."""
 
 
 def _check_results(result: Any, handler_cls: type) -> dict[str, Any]:
@@ -455,22 +336,3 @@ def _events(ctx: StepContext) -> list[tuple[str, dict[str, Any]]]:
         )
         for name, payload in ctx.published
     ]
-
-
-def _failed(
-    claimed: ClaimedStep,
-    started: float,
-    error: FailureRecord,
-    state: StepState,
-    ctx: StepContext,
-) -> Outcome:
-    return Outcome(
-        step_id=claimed.step_id,
-        task_id=claimed.task_id,
-        claim_token=claimed.claim_token,
-        attempt=claimed.attempt,
-        state=state,
-        error=error,
-        duration_ms=(time.perf_counter() - started) * 1000,
-        events=_events(ctx),
-    )

@@ -1,15 +1,17 @@
-"""Threads for synchronous step handlers, where a hung handler costs its own thread and nothing else.
+"""Threads for synchronous step handlers, where a hung handler costs its own thread and nothing
+else.
 
 Python cannot interrupt a thread. With a plain `ThreadPoolExecutor`, a handler that hangs past its
-timeout keeps its pool thread: the steps queued behind it wait, their timeouts tick while they wait (so
-attempts were spent before their handlers ever started), and the interpreter joins the thread at exit (so
-`tasker worker` ignored SIGTERM). Here instead:
+timeout keeps its pool thread: the steps queued behind it wait, their timeouts tick while they wait
+(so attempts were spent before their handlers ever started), and the interpreter joins the thread at
+exit (so `tasker worker` ignored SIGTERM). Here instead:
 
-- `Call.started_at` is set when a thread actually begins the handler, so a timeout counts from there;
-- a call that overstays is *abandoned*: its thread is written off as stuck and a fresh thread takes its
-  place, up to `max_stuck` replacements at a time (default: four per slot). Beyond that cap no more
-  threads are made and the worker shrinks its room by the overflow (`overflow`), so threads stay
-  bounded by `size + max_stuck` however many handlers hang;
+- `Call.started_at` is set when a thread actually begins the handler, so a timeout counts from
+  there;
+- a call that overstays is *abandoned*: its thread is written off as stuck and a fresh thread takes
+  its place, up to `max_stuck` replacements at a time (default: four per slot). Beyond that cap no
+  more threads are made and the worker shrinks its room by the overflow (`overflow`), so threads
+  stay bounded by `size + max_stuck` however many handlers hang;
 - every thread is a daemon, so a process that is told to stop never waits for a stuck handler.
 
 A stuck thread that does return later goes back to work (or ends, if the pool is full again).
@@ -31,8 +33,8 @@ from typing import Any
 log = logging.getLogger("tasker.worker")
 
 #: Replacement threads a pool makes for stuck ones, per slot of its size, before it stops replacing.
-#: A parked thread costs little (its stack is reserved, hardly touched), so be generous: a burst of hung
-#: handlers must not shrink the worker while its other steps are healthy.
+#: A parked thread costs little (its stack is reserved, hardly touched), so be generous: a burst of
+#: hung handlers must not shrink the worker while its other steps are healthy.
 DEFAULT_STUCK_PER_SLOT = 4
 
 
@@ -52,12 +54,14 @@ class Call:
         self.thread: threading.Thread | None = None
 
     def abandon(self) -> None:
-        """Give up on this call: if it has not started it never will; if it runs, its thread is stuck."""
+        """Give up on this call: if it has not started it never will; if it runs, its thread is
+        stuck."""
         self._pool._abandon(self)
 
 
 class HandlerThreads:
-    """A pool of daemon threads of `size` working threads, which replaces threads stuck in handlers."""
+    """A pool of daemon threads of `size` working threads, which replaces threads stuck in
+    handlers."""
 
     def __init__(self, size: int, *, max_stuck: int | None = None, name: str = "tasker-step"):
         if size < 1:
@@ -73,7 +77,7 @@ class HandlerThreads:
         self._closed = False
         self._serial = 0
 
-    # -- what the worker reads -------------------------------------------------------------------------
+    # -- what the worker reads ---------------------------------------------------------------------
     @property
     def stuck(self) -> int:
         """Threads still inside a handler that was abandoned (timed out or cut off)."""
@@ -81,10 +85,11 @@ class HandlerThreads:
 
     @property
     def overflow(self) -> int:
-        """Stuck threads beyond the replacement cap: each one costs the worker a slot until it returns."""
+        """Stuck threads beyond the replacement cap: each one costs the worker a slot until it
+        returns."""
         return max(0, len(self._stuck) - self.max_stuck)
 
-    # -- use ---------------------------------------------------------------------------------------------
+    # -- use ---------------------------------------------------------------------------------------
     def submit(self, fn: Callable[..., Any], *args: Any) -> Call:
         call = Call(self, fn, args)
         if self._closed:
@@ -98,16 +103,18 @@ class HandlerThreads:
         return call
 
     def shutdown(self) -> None:
-        """Stop idle threads; busy and stuck ones end when their handler returns (they are daemons)."""
+        """Stop idle threads; busy and stuck ones end when their handler returns (they are
+        daemons)."""
         with self._lock:
             self._closed = True
             threads = self._working
         for _ in range(threads):
             self._queue.put(None)
 
-    # -- internals ---------------------------------------------------------------------------------------
+    # -- internals ---------------------------------------------------------------------------------
     def _room(self) -> bool:
-        """Whether another working thread may start (stuck threads past the cap take room). Locked."""
+        """Whether another working thread may start (stuck threads past the cap take room).
+        Locked."""
         return self._working + max(0, len(self._stuck) - self.max_stuck) < self.size
 
     def _spawn(self) -> None:
@@ -165,7 +172,8 @@ class HandlerThreads:
             self._idle.release()
 
     def _rejoin(self, me: threading.Thread) -> bool:
-        """After a call: a stuck thread that returned works again if the pool is short of threads."""
+        """After a call: a stuck thread that returned works again if the pool is short of
+        threads."""
         with self._lock:  # locked: `_abandon` may be marking this very thread stuck right now
             if me not in self._stuck:
                 return True

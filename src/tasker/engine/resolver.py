@@ -10,9 +10,9 @@ import threading
 from typing import Any
 
 from tasker.domain.retry import RetryPolicy
+from tasker.domain.templates import StepTemplate, TaskTemplate
 from tasker.registry import TemplateRegistry
 from tasker.templates.loader import resolve_step_handler, resolve_task_handler
-from tasker.templates.model import StepTemplate, TaskTemplate
 
 
 class Resolver:

@@ -1,9 +1,10 @@
 """Step handlers that call an HTTP service: `ApiStepHandler` (sync) and `AsyncApiStepHandler`.
 
-A service call is the step most likely to fail for reasons outside the workflow, so the classification
-lives here once instead of in every handler: what a status code means (retry or give up), how long a
-server asked us to wait, and when a 409 is really our own earlier attempt succeeding. Every request
-carries the step's idempotency key, so a retry after a lost response cannot create a second resource.
+A service call is the step most likely to fail for reasons outside the workflow, so the
+classification lives here once instead of in every handler: what a status code means (retry or give
+up), how long a server asked us to wait, and when a 409 is really our own earlier attempt
+succeeding. Every request carries the step's idempotency key, so a retry after a lost response
+cannot create a second resource.
 
 Subclasses only say what to send (`build_request`) and what to keep (`process_response`).
 """
@@ -30,28 +31,31 @@ from typing import Any, ClassVar, TypeVar
 import httpx
 
 from tasker.domain.errors import PermanentError, RetryableError
+from tasker.domain.hooks import ServiceCall
 from tasker.handlers.base import StepContext, StepHandler
 from tasker.observability import metrics, tracing
 
-#: HTTP timeout when the step has no `handler_config.timeout_seconds` (the engine then enforces none).
+#: HTTP timeout when the step has no `handler_config.timeout_seconds` (the engine then enforces
+#: none).
 DEFAULT_TIMEOUT_SECONDS = 30.0
-#: What the HTTP call leaves of `timeout_seconds` for the engine: 10%, at least a quarter second (or half of
-#: a shorter timeout). The call's own timeout then fires first and the attempt is recorded as a (retryable)
-#: timeout naming the URL, not as a bare step timeout.
+#: What the HTTP call leaves of `timeout_seconds` for the engine: 10%, at least a quarter second (or
+#: half of a shorter timeout). The call's own timeout then fires first and the attempt is recorded
+#: as a (retryable) timeout naming the URL, not as a bare step timeout.
 HTTP_TIMEOUT_MARGIN_SHARE = 0.1
 HTTP_TIMEOUT_MIN_MARGIN_SECONDS = 0.25
 #: A server may ask for a long pause; beyond five minutes it is an outage for the circuit breaker.
 MAX_RETRY_AFTER_SECONDS = 300.0
-#: Service messages copied into errors are cut to this many characters (errors are stored per attempt).
+#: Service messages copied into errors are cut to this many characters (errors are stored per
+#: attempt).
 MESSAGE_LIMIT = 300
 #: At most this many cached clients (per event loop for async ones); the oldest is dropped beyond.
 MAX_CACHED_CLIENTS = 64
 
 STARTED, COMPLETED, FAILED = "service_call_started", "service_call_completed", "service_call_failed"
 THROTTLED_STATUSES = frozenset({429, 503})
-#: Answers that say the service itself is unwell (overloaded, down, its upstream timing out): they count
-#: towards opening its circuit. Other 5xx answers (a 500 for this one request, say) are retried but are
-#: no sign of an outage.
+#: Answers that say the service itself is unwell (overloaded, down, its upstream timing out): they
+#: count towards opening its circuit. Other 5xx answers (a 500 for this one request, say) are
+#: retried but are no sign of an outage.
 SYSTEM_FAULT_STATUSES = frozenset({408, 429, 502, 503, 504})
 
 T = TypeVar("T")
@@ -66,7 +70,8 @@ except (
 
 @dataclass
 class ApiRequest:
-    """What one step sends: `path` is joined to `handler_config["url"]`; `json` is the body, if any."""
+    """What one step sends: `path` is joined to `handler_config["url"]`; `json` is the body, if
+    any."""
 
     method: str = "POST"
     path: str = ""
@@ -92,7 +97,8 @@ class _Call:
 
 
 class ApiStepHandler(StepHandler):
-    """A step that makes one HTTP call with a shared, keep-alive `httpx.Client` (runs in the thread pool).
+    """A step that makes one HTTP call with a shared, keep-alive `httpx.Client` (runs in the thread
+    pool).
 
     Implement `build_request`; override `process_response` (calling `super()`) to pick what the next
     steps need, and `on_conflict` when a 409 means something else for your service. Set the class
@@ -101,7 +107,8 @@ class ApiStepHandler(StepHandler):
 
     #: Transport for the cached client; None means httpx's default (real sockets).
     transport: ClassVar[httpx.BaseTransport | httpx.AsyncBaseTransport | None] = None
-    #: Dotted request fields a 409's existing resource need not echo (a password, say) to count as identical.
+    #: Dotted request fields a 409's existing resource need not echo (a password, say) to count as
+    #: identical.
     conflict_ignore_fields: ClassVar[frozenset[str]] = frozenset()
 
     def build_request(self, ctx: StepContext) -> ApiRequest:
@@ -120,8 +127,9 @@ class ApiStepHandler(StepHandler):
     def on_conflict(self, ctx: StepContext, response: httpx.Response) -> dict[str, Any]:
         """A 409 whose `existing` resource matches what we sent is our own earlier attempt: success.
 
-        Services answer `{"error": {...}, "existing": {...}}`; every field of the request JSON must equal
-        the existing resource's (recursively, on the keys the request has). Anything else is permanent.
+        Services answer `{"error": {...}, "existing": {...}}`; every field of the request JSON must
+        equal the existing resource's (recursively, on the keys the request has). Anything else is
+        permanent.
         """
         body = _json_or_none(response)
         if not isinstance(body, dict) or "existing" not in body:
@@ -150,7 +158,7 @@ class ApiStepHandler(StepHandler):
         resolved.elapsed = timedelta(milliseconds=elapsed_ms(response))
         return {**self.process_response(ctx, resolved), "conflict_resolved": True}
 
-    # -- the call ---------------------------------------------------------------------------------------
+    # -- the call ----------------------------------------------------------------------------------
     def process(self, ctx: StepContext) -> dict[str, Any]:
         call = self._prepare(ctx)
         client = _clients.sync_client(call.base_url, call.timeout, self.transport)
@@ -280,7 +288,8 @@ class ApiStepHandler(StepHandler):
 
 
 class AsyncApiStepHandler(ApiStepHandler):
-    """The same hooks, with `async def process` on the worker's event loop and a per-loop `httpx.AsyncClient`."""
+    """The same hooks, with `async def process` on the worker's event loop and a per-loop
+    `httpx.AsyncClient`."""
 
     async def process(self, ctx: StepContext) -> dict[str, Any]:  # type: ignore[override]
         call = self._prepare(ctx)
@@ -304,9 +313,10 @@ class AsyncApiStepHandler(ApiStepHandler):
         return self._received(ctx, call, response, time.perf_counter() - started)
 
 
-# -- classification ---------------------------------------------------------------------------------------
+# -- classification --------------------------------------------------------------------------------
 def classify_status(response: httpx.Response) -> PermanentError | RetryableError:
-    """The error for a non-2xx, non-409 answer: throttling and server faults retry, client mistakes do not."""
+    """The error for a non-2xx, non-409 answer: throttling and server faults retry, client mistakes
+    do not."""
     status = response.status_code
     if status in THROTTLED_STATUSES:
         return _http_error(
@@ -330,7 +340,8 @@ def classify_status(response: httpx.Response) -> PermanentError | RetryableError
 
 
 def classify_transport_error(exc: httpx.HTTPError) -> tuple[str, bool]:
-    """(error kind, retryable) for a request that got no response: the network retries, our own bugs do not."""
+    """(error kind, retryable) for a request that got no response: the network retries, our own bugs
+    do not."""
     if isinstance(exc, httpx.TimeoutException):
         return "timeout", True
     if isinstance(exc, httpx.ConnectError):
@@ -347,7 +358,8 @@ def classify_transport_error(exc: httpx.HTTPError) -> tuple[str, bool]:
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds or HTTP-date), capped; None when absent or unreadable.
+    """Seconds from a `Retry-After` header (delta-seconds or HTTP-date), capped; None when absent or
+    unreadable.
 
     None leaves the delay to the engine's exponential backoff; a date in the past means "now" (0).
     """
@@ -370,7 +382,8 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 
 
 def service_message(response: httpx.Response) -> str:
-    """The service's own explanation: a JSON body's error/message/detail, else its text, on one short line."""
+    """The service's own explanation: a JSON body's error/message/detail, else its text, on one
+    short line."""
     body = _json_or_none(response)
     if isinstance(body, dict):
         for key in ("error", "message", "detail"):
@@ -382,7 +395,8 @@ def service_message(response: httpx.Response) -> str:
 
 
 def differing_fields(sent: Any, existing: Any, path: str = "") -> list[str]:
-    """Dotted paths of the request fields whose value differs from (or is missing in) the existing resource."""
+    """Dotted paths of the request fields whose value differs from (or is missing in) the existing
+    resource."""
     if isinstance(sent, dict):
         if not isinstance(existing, dict):
             return [path or "(body)"]
@@ -458,7 +472,7 @@ def _http_error(
     return PermanentError(message, error_code=f"HTTP_{status}", context=context)
 
 
-# -- configuration --------------------------------------------------------------------------------------
+# -- configuration ---------------------------------------------------------------------------------
 def _base_url(ctx: StepContext) -> str:
     url = ctx.handler_config.get("url")
     fix = "set it to the service's base URL, e.g. url: http://localhost:8001"
@@ -501,7 +515,8 @@ def _http_timeout(ctx: StepContext) -> float:
 
 
 def _join(base_url: str, path: str, ctx: StepContext) -> httpx.URL:
-    """`path` appended to the base URL's path (not RFC 3986 resolution, which would drop its last segment)."""
+    """`path` appended to the base URL's path (not RFC 3986 resolution, which would drop its last
+    segment)."""
     base = httpx.URL(base_url)
     if not path:
         return base
@@ -517,13 +532,17 @@ def _join(base_url: str, path: str, ctx: StepContext) -> httpx.URL:
     )
 
 
-# -- clients ------------------------------------------------------------------------------------------
+# -- clients ---------------------------------------------------------------------------------------
 class _ClientCache:
     """Keep-alive clients shared by every attempt, keyed by base URL, timeout and transport.
 
-    Sync clients are shared across threads (httpx.Client is thread-safe); async clients belong to one
-    event loop, so they are kept per loop and forgotten with it. A client dropped from a full cache is not
-    closed, because another attempt may still be using it; its sockets close when it is collected.
+    One cache per process (`_clients`), deliberately: it is a pool of connections, not engine state.
+    Keys hold everything a client is made from, so engines in one process share keep-alive
+    connections and nothing else; clients are closed at exit. Sync clients are shared across threads
+    (httpx.Client is thread-safe); async clients belong to one event loop, so they are kept per loop
+    and forgotten with it. A client dropped from a full
+    cache is not closed, because another attempt may still be using it; its sockets close when it is
+    collected.
     """
 
     def __init__(self) -> None:
@@ -582,7 +601,8 @@ class _ClientCache:
             self._atexit = True
 
     def close(self) -> None:
-        """Close every cached client; async ones only where their loop can still run (else they are dropped)."""
+        """Close every cached client; async ones only where their loop can still run (else they are
+        dropped)."""
         with self._lock:
             sync = list(self._sync.values())
             self._sync.clear()
@@ -602,7 +622,8 @@ _clients = _ClientCache()
 
 @functools.cache
 def _ssl_context() -> ssl.SSLContext:
-    """One TLS context for every client: building one loads the CA bundle (a tenth of a second or more)."""
+    """One TLS context for every client: building one loads the CA bundle (a tenth of a second or
+    more)."""
     return httpx.create_ssl_context()
 
 
@@ -617,7 +638,7 @@ def _checked(transport: Any, kind: type[T]) -> T | None:
     )
 
 
-# -- small helpers ------------------------------------------------------------------------------------
+# -- small helpers ---------------------------------------------------------------------------------
 def _publish(ctx: StepContext, event: str, payload: dict[str, Any]) -> None:
     """Publish only what the template declares: undeclared service events are simply not wanted."""
     if event in ctx.declared_events:
@@ -625,10 +646,19 @@ def _publish(ctx: StepContext, event: str, payload: dict[str, Any]) -> None:
 
 
 def _observe(ctx: StepContext, call: _Call, status: str, seconds: float) -> None:
+    """Report the call to the worker's hooks; a context made outside an engine (a handler's own
+    test) feeds the process's default metrics instead."""
     try:
-        metrics.observe_api_call(
-            system=ctx.dependent_system, method=call.request.method, status=status, seconds=seconds
-        )
+        sink = ctx._on_service_call
+        if sink is not None:
+            sink(ServiceCall(ctx.dependent_system, call.request.method, status, seconds))
+        else:
+            metrics.observe_api_call(
+                system=ctx.dependent_system,
+                method=call.request.method,
+                status=status,
+                seconds=seconds,
+            )
     except Exception:  # a metrics fault must never fail the business step
         ctx.logger.exception("recording the API call metric failed")
 

@@ -1,7 +1,8 @@
 """What user code implements (`StepHandler`, `TaskHandler`) and sees (`StepContext`).
 
-The context is deliberately narrow: a handler gets its inputs, a stable idempotency key and a way to log
-and publish, but no store or engine object, so business logic cannot reach around the engine's guarantees.
+The context is deliberately narrow: a handler gets its inputs, a stable idempotency key and a way to
+log and publish, but no store or engine object, so business logic cannot reach around the engine's
+guarantees.
 """
 
 from __future__ import annotations
@@ -12,13 +13,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tasker.domain.errors import TaskerError
+from tasker.domain.failures import NoSystemEvidence
+from tasker.domain.hooks import ServiceCall
 
 if TYPE_CHECKING:
     from tasker.domain.records import Task
 
 
-class UndeclaredEventError(TaskerError):
+class UndeclaredEventError(TaskerError, NoSystemEvidence):
     """A handler published a custom event its template does not declare under `custom_events`."""
+
+
+#: Where a step context reports its handler's calls to dependent systems (the worker's hooks).
+ServiceCallSink = Callable[[ServiceCall], None]
 
 
 class TaskPort(Protocol):
@@ -59,10 +66,13 @@ class StepContext:
     published: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     _logger: logging.LoggerAdapter[logging.Logger] | None = None
     _tasks: TaskPort | None = None
+    #: Set by the worker that runs the attempt; None for a context made outside an engine.
+    _on_service_call: ServiceCallSink | None = None
 
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
-        """A logger whose records carry task, step, attempt and correlation id (and a call's own `extra`)."""
+        """A logger whose records carry task, step, attempt and correlation id (and a call's own
+        `extra`)."""
         if self._logger is None:
             from tasker.observability.logging import step_logger
 
@@ -83,7 +93,8 @@ class StepContext:
         return self.attempt > 1
 
     def result_of(self, step_name: str) -> dict[str, Any]:
-        """Results of a finished step; a missing one is a template mistake, so it raises with the names known."""
+        """Results of a finished step; a missing one is a template mistake, so it raises with the
+        names known."""
         try:
             return self.results[step_name]
         except KeyError:
@@ -93,7 +104,8 @@ class StepContext:
             ) from None
 
     def publish(self, event: str, payload: Mapping[str, Any] | None = None) -> None:
-        """Publish a custom event declared in the template; delivered after the step's outcome is stored."""
+        """Publish a custom event declared in the template; delivered after the step's outcome is
+        stored."""
         if event not in self.declared_events:
             raise UndeclaredEventError(
                 f"event '{event}' is not declared in custom_events of"
@@ -112,10 +124,10 @@ class StepContext:
     ) -> int:
         """Start another task (any namespace) from this step; returns its id.
 
-        Idempotent across the retries of this step: the child's idempotency key derives from this step's, so
-        a step that dies after creating the child finds the same task on its next attempt instead of starting
-        a second one. Pass a distinct `key` to start several tasks of one template from one step. The child
-        inherits this task's correlation id.
+        Idempotent across the retries of this step: the child's idempotency key derives from this
+        step's, so a step that dies after creating the child finds the same task on its next attempt
+        instead of starting a second one. Pass a distinct `key` to start several tasks of one
+        template from one step. The child inherits this task's correlation id.
         """
         if self._tasks is None:
             raise TaskerError(
@@ -131,9 +143,11 @@ class StepContext:
         return task.id
 
     def get_task(self, task_id: int) -> Task:
-        """Read another task (status, steps and their results): e.g. a child created with `create_task`.
+        """Read another task (status, steps and their results): e.g. a child created with
+        `create_task`.
 
-        To wait for a child without holding a worker, raise `RetryableError(retry_after=...)` while it runs.
+        To wait for a child without holding a worker, raise `RetryableError(retry_after=...)` while
+        it runs.
         """
         if self._tasks is None:
             raise TaskerError(
@@ -143,10 +157,11 @@ class StepContext:
 
 
 class StepHandler:
-    """Base class of step handlers: implement `process(ctx)` (plain or `async def`) returning a dict.
+    """Base class of step handlers: implement `process(ctx)` (plain or `async def`) returning a
+    dict.
 
-    Raise `PermanentError` for failures that retrying cannot fix and `RetryableError` for transient ones;
-    any other exception counts as retryable. One instance handles one attempt.
+    Raise `PermanentError` for failures that retrying cannot fix and `RetryableError` for transient
+    ones; any other exception counts as retryable. One instance handles one attempt.
     """
 
     process: (
@@ -159,7 +174,8 @@ class StepHandler:
 
 
 class TaskHandler:
-    """Optional workflow-level hooks named by a template's `task_handler_class` (the "ConfiguredTask").
+    """Optional workflow-level hooks named by a template's `task_handler_class` (the
+    "ConfiguredTask").
 
     `prepare_context` derives settings before the first step and its result is what is stored; the
     `on_complete` / `on_error` hooks return annotations that are stored with the task.

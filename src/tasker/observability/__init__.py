@@ -1,1 +1,2 @@
-"""Logs, metrics and traces: fed by the engine, never calling back into it."""
+"""Logs, metrics and traces, attached to workers as hooks (`tasker.domain.hooks`,
+`observability.hooks.default_hooks`): the engine never imports this package's modules."""

@@ -1,16 +1,25 @@
-"""Prometheus metrics: store-wide gauges read at scrape time, and what this process's workers observed.
+"""Prometheus metrics: store-wide gauges read at scrape time, and what this process's workers
+observed.
 
 Two sources, one exposition:
 
-- `DatabaseCollector` answers each scrape with a handful of grouped queries (tasks and steps by state, the
-  ready queue, circuits, live workers). The database is the truth shared by every process, so these gauges
-  are the same whichever process is scraped; nothing is kept in memory between scrapes.
-- `EngineMetrics` holds counters and histograms fed by the workers of this process after each cycle commits
-  (so only outcomes the store accepted count), and by `ApiStepHandler` for each outgoing call.
+- `DatabaseCollector` answers each scrape with a handful of grouped queries (tasks and steps by
+  state, the ready queue, circuits, live workers). The database is the truth shared by every
+  process, so these gauges are the same whichever process is scraped; nothing is kept in memory
+  between scrapes.
+- `EngineMetrics` holds counters and histograms fed by workers after each cycle commits (so only
+  outcomes the store accepted count), and by `ApiStepHandler` for each outgoing call. Workers feed
+  them through `MetricsHooks`, one of the worker hooks (`tasker.domain.hooks`) a `Tasker` installs:
+  the engine never imports this module.
+
+Who owns which metrics: a `MetricsHooks(metrics)` feeds the `EngineMetrics` it was given, so an
+application with two engines can give each its own. Without one it feeds the process's default
+`EngineMetrics`, made on first use (not at import) and replaced with `set_engine_metrics` (as tests
+do); that default is what `tasker worker --metrics-port` and the API's `/metrics` expose.
 
 Metrics live in a registry of our own, never prometheus_client's global one, so tests and embedding
-applications can make fresh ones (`set_engine_metrics`). Labels are bounded: template keys, step names,
-error class names, system names; never task ids.
+applications can make fresh ones. Labels are bounded: template keys, step names, error class names,
+system names; never task ids.
 """
 
 from __future__ import annotations
@@ -19,17 +28,19 @@ import logging
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from itertools import accumulate
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
+    start_http_server,
 )
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -39,15 +50,19 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from tasker.domain.circuits import CircuitState
+from tasker.domain.errors import TaskerInputError
+from tasker.domain.hooks import CycleReport, ServiceCall, WorkerHooks
+from tasker.domain.states import StepState
+from tasker.store import stats
 from tasker.store.workers import ALIVE_WITHIN_SECONDS
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
     from tasker.domain.records import ClaimedStep, Outcome
-    from tasker.engine.tasker import Tasker
+    from tasker.domain.templates import TaskTemplate
     from tasker.store.database import Database
-    from tasker.templates.model import TaskTemplate
 
 log = logging.getLogger("tasker.metrics")
 
@@ -55,14 +70,19 @@ STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 CLAIM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: Step state after an attempt -> the `outcome` label.
-OUTCOMES = {"complete": "complete", "waiting_retry": "retry", "error": "error"}
+OUTCOMES: dict[str, str] = {
+    StepState.COMPLETE: StepState.COMPLETE.value,
+    StepState.WAITING_RETRY: "retry",
+    StepState.ERROR: StepState.ERROR.value,
+}
 #: A worker counts as alive when it wrote `last_seen_at` this recently.
 WORKER_SEEN_SECONDS = ALIVE_WITHIN_SECONDS
-CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+CIRCUIT_VALUES = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
 
 
 class _StepSeries:
-    """One (template, step): duration buckets (not cumulative), sum, outcomes and failures by class."""
+    """One (template, step): duration buckets (not cumulative), sum, outcomes and failures by
+    class."""
 
     __slots__ = ("buckets", "failures", "outcomes", "total")
 
@@ -76,9 +96,9 @@ class _StepSeries:
 class StepMetrics(Collector):
     """The per-step series, kept as plain numbers and turned into metric families at scrape time.
 
-    A worker records a whole cycle's outcomes under one lock; prometheus_client's own histogram and counters
-    would take a lock per bucket and per counter for every step, several microseconds a step on a path that
-    runs thousands of steps a second.
+    A worker records a whole cycle's outcomes under one lock; prometheus_client's own histogram and
+    counters would take a lock per bucket and per counter for every step, several microseconds a
+    step on a path that runs thousands of steps a second.
     """
 
     def __init__(self) -> None:
@@ -175,8 +195,6 @@ class EngineMetrics:
             registry=r,
         )
         if process_metrics:
-            from prometheus_client import ProcessCollector
-
             ProcessCollector(namespace="tasker", registry=r)
 
     def observe_attempt(
@@ -185,31 +203,57 @@ class EngineMetrics:
         """One attempt (the worker records a cycle's attempts at once with `steps.record`)."""
         self.steps.record([(template, step, state, seconds, error_class)])
 
+    def observe_api_call(self, system: str, method: str, status: str, seconds: float) -> None:
+        """One outgoing service call (status: the HTTP code or the kind of error)."""
+        self.api_calls.labels(system or "unknown", method.upper(), str(status)).observe(seconds)
 
-_current = EngineMetrics(process_metrics=True)
+
+class _Default:
+    """The process's default metrics: made on first use, replaceable (`set_engine_metrics`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.metrics: EngineMetrics | None = None
+
+    def get(self) -> EngineMetrics:
+        current = self.metrics
+        if current is None:
+            with self._lock:
+                current = self.metrics
+                if current is None:
+                    current = self.metrics = EngineMetrics(process_metrics=True)
+        return current
+
+    def swap(self, metrics: EngineMetrics) -> EngineMetrics:
+        previous = self.get()
+        with self._lock:
+            self.metrics = metrics
+        return previous
+
+
+_default = _Default()
 
 
 def engine_metrics() -> EngineMetrics:
-    """The in-process metrics the engine feeds now."""
-    return _current
+    """The process's default metrics: what workers without metrics of their own feed."""
+    return _default.get()
 
 
 def set_engine_metrics(metrics: EngineMetrics) -> EngineMetrics:
-    """Feed a fresh set of metrics from now on (tests, or an application with its own registry); returns the
-    previous one so it can be put back."""
-    global _current
-    previous, _current = _current, metrics
-    return previous
+    """Make `metrics` the process's default from now on (tests, or an application with its own
+    registry); returns the previous one so it can be put back."""
+    return _default.swap(metrics)
 
 
 def observe_stuck_handlers(worker: str, stuck: int) -> None:
     """How many of a worker's handler threads are stuck in timed-out handlers now."""
-    _current.stuck_handlers.labels(worker).set(stuck)
+    _default.get().stuck_handlers.labels(worker).set(stuck)
 
 
 def observe_api_call(system: str, method: str, status: str, seconds: float) -> None:
-    """Record one outgoing service call made by an `ApiStepHandler` (status: HTTP code or error kind)."""
-    _current.api_calls.labels(system or "unknown", method.upper(), str(status)).observe(seconds)
+    """Record one outgoing service call made by an `ApiStepHandler` outside a worker's hooks
+    (status: HTTP code or error kind)."""
+    _default.get().observe_api_call(system, method, status, seconds)
 
 
 def observe_cycle(
@@ -220,14 +264,12 @@ def observe_cycle(
 ) -> None:
     """What one committed worker cycle did: the attempts it stored, and how long its claim took.
 
-    `done` pairs each outcome with its claim (for the template); only the `accepted` outcomes count: the
-    others lost their lease and another worker owns the step now.
+    `done` pairs each outcome with its claim (for the template); only the `accepted` outcomes count:
+    the others lost their lease and another worker owns the step now.
     """
     try:
-        _observe_cycle(_current, done, accepted, template_of, claim_seconds)
-    except (
-        Exception
-    ):  # the cycle is committed: a metrics fault must not make the worker run it again
+        _observe_cycle(_default.get(), done, accepted, lambda t: template_of(t).key, claim_seconds)
+    except Exception:  # the cycle is committed: a metrics fault must not make the worker rerun it
         log.exception("recording the metrics of a worker cycle failed")
 
 
@@ -235,7 +277,7 @@ def _observe_cycle(
     m: EngineMetrics,
     done: Sequence[tuple[Outcome, ClaimedStep]],
     accepted: Sequence[Outcome],
-    template_of: Callable[[int], TaskTemplate],
+    template_key: Callable[[int], str],
     claim_seconds: float | None,
 ) -> None:
     if claim_seconds is not None:
@@ -252,7 +294,7 @@ def _observe_cycle(
         key = keys.get(claimed.template_id)
         if key is None:
             try:
-                key = template_of(claimed.template_id).key
+                key = template_key(claimed.template_id)
             except KeyError:
                 key = "unknown"
             keys[claimed.template_id] = key
@@ -269,9 +311,33 @@ def _observe_cycle(
     m.steps.record(rows)
 
 
-# -- store-wide gauges, read at scrape time ------------------------------------------------------------
+class MetricsHooks(WorkerHooks):
+    """The worker hooks that feed metrics: `metrics`, or the process's default when None (looked up
+    at each observation, so `set_engine_metrics` takes effect on running workers too)."""
+
+    def __init__(self, metrics: EngineMetrics | None = None):
+        self._metrics = metrics
+
+    @property
+    def metrics(self) -> EngineMetrics:
+        return self._metrics if self._metrics is not None else _default.get()
+
+    def on_cycle(self, report: CycleReport) -> None:
+        _observe_cycle(
+            self.metrics, report.done, report.accepted, report.template_key, report.claim_seconds
+        )
+
+    def on_stuck_handlers(self, worker_id: str, stuck: int) -> None:
+        self.metrics.stuck_handlers.labels(worker_id).set(stuck)
+
+    def on_service_call(self, call: ServiceCall) -> None:
+        self.metrics.observe_api_call(call.system, call.method, call.status, call.seconds)
+
+
+# -- store-wide gauges, read at scrape time --------------------------------------------------------
 class DatabaseCollector(Collector):
-    """Gauges computed from the store at each scrape: one grouped query per subject, all in one read."""
+    """Gauges computed from the store at each scrape: one grouped query per subject, all in one
+    read."""
 
     def __init__(self, db: Database):
         self.db = db
@@ -342,47 +408,59 @@ def _families() -> tuple[GaugeMetricFamily, ...]:
     )
 
 
-def _read(db: Database) -> dict[str, Any]:
-    from tasker.store import stats
+def _read(db: Database) -> Mapping[str, Any]:
+    return stats.read(db, datetime.now(UTC), WORKER_SEEN_SECONDS)
 
-    with db.read() as conn:
-        return stats.snapshot(conn, datetime.now(UTC), WORKER_SEEN_SECONDS)
+
+class HasDatabase(Protocol):
+    """Whatever holds the store to read the gauges from (a `Tasker`)."""
+
+    @property
+    def db(self) -> Database: ...
 
 
 class _Exposed(Collector):
-    """The store's gauges (when there is a store) followed by this process's metrics, as one collector."""
+    """The store's gauges (when there is a store) followed by in-process metrics, as one
+    collector."""
 
-    def __init__(self, db: Database | None):
+    def __init__(self, db: Database | None, metrics: EngineMetrics | None):
         self.database = DatabaseCollector(db) if db is not None else None
+        self.metrics = metrics
 
     def collect(self) -> Iterable[Metric]:
         if self.database is not None:
             yield from self.database.collect()
-        yield from _current.registry.collect()
+        metrics = self.metrics if self.metrics is not None else _default.get()
+        yield from metrics.registry.collect()
 
 
-def exposition(engine: Tasker | None) -> tuple[bytes, str]:
+def exposition(
+    engine: HasDatabase | None, metrics: EngineMetrics | None = None
+) -> tuple[bytes, str]:
     """The `/metrics` answer: body in the Prometheus text format and its content type.
 
-    With an engine, the store-wide gauges are read from its database for this scrape; with None, only the
-    in-process metrics are exposed.
+    With an engine, the store-wide gauges are read from its database for this scrape; with None,
+    only the in-process metrics are exposed: `metrics`, or the process's default.
     """
-    return generate_latest(_Exposed(engine.db if engine is not None else None)), CONTENT_TYPE_LATEST
+    exposed = _Exposed(engine.db if engine is not None else None, metrics)
+    return generate_latest(exposed), CONTENT_TYPE_LATEST
 
 
-def serve_metrics(port: int, engine: Tasker | None = None, *, addr: str = "0.0.0.0") -> WSGIServer:
+def serve_metrics(
+    port: int,
+    engine: HasDatabase | None = None,
+    *,
+    addr: str = "0.0.0.0",
+    metrics: EngineMetrics | None = None,
+) -> WSGIServer:
     """Serve `/metrics` from a background thread (a worker process's own metrics endpoint).
 
-    Pass `engine` to add the store-wide gauges: every process would report the same values, so one scrape
-    target for them (the API, or one worker) is enough; leave it out on the others.
+    Pass `engine` to add the store-wide gauges: every process would report the same values, so one
+    scrape target for them (the API, or one worker) is enough; leave it out on the others.
     """
-    from prometheus_client import start_http_server
-
-    from tasker.domain.errors import TaskerInputError
-
     try:
         server, _thread = start_http_server(
-            port, addr, registry=_Exposed(engine.db if engine else None)
+            port, addr, registry=_Exposed(engine.db if engine else None, metrics)
         )
     except OSError as exc:
         raise TaskerInputError(

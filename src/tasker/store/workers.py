@@ -1,8 +1,8 @@
 """The registry of worker processes: who is running, since when, and when each was last heard from.
 
 Long-running workers write their row at start, refresh `last_seen_at` every few seconds and stamp
-`stopped_at` on a clean exit; a worker killed outright simply stops being seen. Health and status read
-it instead of asking the workers, which may be on other machines.
+`stopped_at` on a clean exit; a worker killed outright simply stops being seen. Health and status
+read it instead of asking the workers, which may be on other machines.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from tasker.store.schema import workers
 #: How often a running worker refreshes its row, and how long after that it still counts as alive.
 SEEN_EVERY_SECONDS = 10.0
 ALIVE_WITHIN_SECONDS = 60.0
+#: A worker starting forgets the rows of workers not seen for this long (a day): stopped and
+#: vanished workers stay in the table that long for an operator to look at, then their rows go.
+PRUNE_AFTER_SECONDS = 86_400.0
 
 
 def announce(
@@ -66,7 +69,8 @@ def recent(
     within_seconds: float = ALIVE_WITHIN_SECONDS,
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Workers heard from within `within_seconds` that have not stopped, most recently seen first."""
+    """Workers heard from within `within_seconds` that have not stopped, most recently seen
+    first."""
     q = (
         select(workers)
         .where(_alive(now, within_seconds))

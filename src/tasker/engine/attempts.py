@@ -1,0 +1,174 @@
+"""The worker's execute part: each claimed step runs as its own asyncio task, to an outcome.
+
+It holds what runs (`running`) and what finished since the last cycle took it (`finished`), and
+stops attempts when the worker lost their leases or gave up on them. What an attempt comes to is
+decided in `tasker.engine.outcomes`; this module only says which case it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from tasker.domain.errors import TaskerError
+from tasker.domain.records import ClaimedStep, Outcome
+from tasker.domain.states import StepState
+from tasker.domain.storable import storable_text
+from tasker.engine import outcomes
+from tasker.engine.executor import Runtime, execute
+from tasker.engine.resolver import Resolver
+
+log = logging.getLogger("tasker.worker")
+
+Finished = list[tuple[Outcome, ClaimedStep]]
+
+
+class Attempts:
+    """The attempts of one worker."""
+
+    def __init__(
+        self, worker_id: str, resolver: Resolver, rt: Runtime, on_finished: Callable[[], None]
+    ):
+        self.worker_id = worker_id
+        self.resolver = resolver
+        self.rt = rt
+        self._on_finished = on_finished
+        self.running: dict[int, tuple[asyncio.Task[None], ClaimedStep]] = {}
+        self.finished: Finished = []
+        self.steps_run = 0
+        #: The template of each task this worker ran a step of, until the task settles.
+        self._templates: dict[int, int] = {}
+        #: Handlers this worker could not import (logged once each), and the steps it handed back
+        #: so.
+        self._unloadable_handlers: set[str] = set()
+        self.unloadable_steps: set[int] = set()
+
+    # -- the cycle's side --------------------------------------------------------------------------
+    def take(self) -> Finished:
+        """The outcomes finished since the last call, for a cycle to store."""
+        done, self.finished = self.finished, []
+        return done
+
+    def put_back(self, done: Finished) -> None:
+        """Outcomes a cycle could not store (an outage): the next cycle stores them first."""
+        self.finished = done + self.finished
+
+    def template_of(self, task_id: int) -> int | None:
+        """The template of a task that settled, if this worker ran one of its steps (forgotten
+        now)."""
+        return self._templates.pop(task_id, None)
+
+    # -- running -----------------------------------------------------------------------------------
+    def start(self, claimed: ClaimedStep) -> None:
+        self._templates[claimed.task_id] = claimed.template_id
+        task = asyncio.get_running_loop().create_task(self._run(claimed))
+        self.running[claimed.step_id] = (task, claimed)
+
+    async def _run(self, claimed: ClaimedStep) -> None:
+        try:
+            outcome = await self._attempt(claimed)
+        except asyncio.CancelledError:
+            self.running.pop(claimed.step_id, None)
+            raise
+        self.running.pop(claimed.step_id, None)
+        self.steps_run += 1
+        self.finished.append((outcome, claimed))
+        self._on_finished()
+
+    async def _attempt(self, claimed: ClaimedStep) -> Outcome:
+        """Run one attempt; whatever goes wrong, even in the engine's own code, ends as an
+        outcome."""
+        try:
+            template = self.resolver.template(claimed.template_id)
+            step = template.step(claimed.name)
+            try:
+                handler_cls = self.resolver.handler_class(claimed.template_id, claimed.name)
+            except TaskerError as exc:
+                return outcomes.finish(
+                    self._unloadable(claimed, step.handler_class, exc), claimed, None
+                )
+            outcome = await execute(
+                claimed,
+                template,
+                step,
+                handler_cls,
+                self.resolver.policy(claimed.template_id, claimed.name),
+                self.rt,
+            )
+            return outcomes.finish(outcome, claimed, self._children(outcome, claimed))
+        except asyncio.CancelledError:
+            raise
+        except (
+            Exception
+        ) as exc:  # a bug of the engine's: the step fails visibly, the worker goes on
+            log.exception(
+                "worker %s: running step %d (%s) failed in the engine",
+                self.worker_id,
+                claimed.step_id,
+                claimed.name,
+            )
+            return outcomes.finish(outcomes.engine_fault(claimed, exc), claimed, None)
+
+    def _children(self, outcome: Outcome, claimed: ClaimedStep) -> list[str] | None:
+        if outcome.state != StepState.COMPLETE:
+            return None
+        try:
+            return self.resolver.children_of(claimed.template_id, claimed.name)
+        except Exception:
+            return None
+
+    def _unloadable(self, claimed: ClaimedStep, handler: str, exc: Exception) -> Outcome:
+        if handler not in self._unloadable_handlers:
+            self._unloadable_handlers.add(handler)
+            log.error(
+                "worker %s cannot load handler %s for step %s of task %d: %s; leaving such steps "
+                "for workers that can",
+                self.worker_id,
+                handler,
+                claimed.name,
+                claimed.task_id,
+                storable_text(exc, 1000),
+            )
+        self.unloadable_steps.add(claimed.step_id)
+        return outcomes.unloadable(
+            claimed,
+            handler,
+            exc,
+            worker_id=self.worker_id,
+            backoff_scale=self.rt.backoff_scale,
+        )
+
+    # -- stopping ----------------------------------------------------------------------------------
+    def drop_lost(self, held: set[int], cancelled: set[int]) -> None:
+        """Stop running steps whose lease this worker lost (cancelled task, or reclaimed after a
+        stall)."""
+        for step_id, (task, claimed) in list(self.running.items()):
+            if step_id in held:
+                continue
+            if step_id in cancelled:
+                log.info(
+                    "worker %s: step %d (%s) of task %d was cancelled; stopping it",
+                    self.worker_id,
+                    step_id,
+                    claimed.name,
+                    claimed.task_id,
+                )
+            else:
+                log.warning(
+                    "worker %s lost step %d (%s) of task %d; stopping it",
+                    self.worker_id,
+                    step_id,
+                    claimed.name,
+                    claimed.task_id,
+                )
+            task.cancel()
+            self.running.pop(step_id, None)
+
+    def cancel_all(self) -> list[tuple[int, int, int]]:
+        """Stop every running attempt; returns their claims as (step id, task id, claim token)."""
+        held = [(c.step_id, c.task_id, c.claim_token) for _, c in self.running.values()]
+        for task, _ in list(self.running.values()):
+            task.cancel()
+        self.running.clear()
+        return held

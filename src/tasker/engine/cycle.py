@@ -1,0 +1,296 @@
+"""The worker's database cycle: one transaction that extends leases (heartbeat), stores the outcomes
+finished since the last cycle (settle), reclaims expired leases, and claims new work.
+
+Everything here runs on the worker's one database thread. Under load, outcomes queue while a cycle
+runs and are committed together, so the number of transactions per step falls as load rises; a
+chain's next step is claimed by the transaction that made it ready, without waiting for a poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from tasker.domain.hooks import CircuitMoved, CycleReport
+from tasker.domain.records import ClaimedStep, Outcome
+from tasker.domain.states import StepState
+from tasker.engine import outcomes
+from tasker.engine.hooks import Hooks
+from tasker.engine.resolver import Resolver
+from tasker.events.bus import EventBus
+from tasker.store import claims, completion, systems
+from tasker.store.database import Database
+from tasker.store.journal import Journal
+from tasker.store.tasks import template_definition
+
+log = logging.getLogger("tasker.worker")
+
+#: How long a worker trusts its picture of circuits and limits before reading it again.
+VIEW_TTL_SECONDS = 0.25
+
+Done = list[tuple[Outcome, ClaimedStep]]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class CyclePlan:
+    """What one cycle is to do."""
+
+    #: Outcomes to store, each with the claim it ends.
+    done: Done
+    #: At most this many steps to claim (0: none).
+    claim_limit: int = 0
+    #: Scan the ready queue, rather than only claim the children the stored outcomes made ready.
+    scan: bool = False
+    #: The running steps whose leases to extend (None: no heartbeat this cycle).
+    heartbeat: list[int] | None = None
+    #: Reclaim expired leases of other workers.
+    reclaim: bool = False
+
+
+@dataclass(slots=True)
+class CycleResult:
+    claimed: list[ClaimedStep] = field(default_factory=list)
+    #: Whether a scan filled the room it had (more may wait), or None when no scan ran this cycle.
+    scanned_full: bool | None = None
+    settled: list[tuple[int, str]] = field(default_factory=list)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: The leases the heartbeat still holds (None: no heartbeat, or the cycle was stored piecemeal).
+    held: set[int] | None = None
+    #: Steps whose lease this worker lost and that are `cancelled` now (an operator's cancel).
+    cancelled: set[int] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Which steps a worker may claim."""
+
+    namespaces: Sequence[str] | None
+    task_id: int | None
+    lease_seconds: float
+
+
+class Cycles:
+    """Runs a worker's cycles against the store (on its database thread only)."""
+
+    def __init__(
+        self,
+        db: Database,
+        resolver: Resolver,
+        worker_id: str,
+        scope: Scope,
+        hooks: Hooks,
+        bus: EventBus,
+    ) -> None:
+        self.db = db
+        self.bus = bus
+        self.resolver = resolver
+        self.worker_id = worker_id
+        self.scope = scope
+        self.hooks = hooks
+        self._view = systems.SystemsView()
+        self._view_at = 0.0
+
+    def run(self, plan: CyclePlan) -> CycleResult:
+        """One transaction: extend leases, store outcomes, reclaim expired leases, claim new
+        work."""
+        pg = self.db.is_postgres
+        scope = self.scope
+        done = plan.done
+        known = self._known_tasks(done)
+        view = self._view if time.monotonic() - self._view_at < VIEW_TTL_SECONDS else None
+        with self.db.cycle() as conn:
+            # Stamped once the write lock is held (SQLite: at BEGIN IMMEDIATE) so that transition
+            # times follow commit order, even when this cycle waited for an operator's transaction.
+            journal = Journal(utcnow(), self.worker_id, collect=self.bus.has_listeners)
+            if view is None:
+                view = self._load_view(conn)
+            held = None
+            cancelled: set[int] = set()
+            if plan.heartbeat is not None:
+                held = claims.extend_leases(
+                    conn,
+                    worker=self.worker_id,
+                    step_ids=plan.heartbeat,
+                    now=journal.now,
+                    lease_seconds=scope.lease_seconds,
+                )
+                lost = set(plan.heartbeat) - held
+                if lost:  # rare: say why in the log (a cancel is news, a reclaim is a fault)
+                    cancelled = claims.cancelled_among(conn, lost)
+            accepted, settled, readied = completion.apply_outcomes(
+                conn, journal, [o for o, _ in done], lock_tasks=pg, view=view
+            )
+            if any(o.transient_failure or o.probe for o, _ in done):
+                # A circuit may have moved in this very transaction: plan this cycle's claims on the
+                # new state, or the cycle that opens a circuit would still claim (and spend attempts
+                # on) its steps.
+                view = self._load_view(conn)
+            if plan.reclaim:
+                claims.reclaim_expired(conn, journal, skip_locked=pg)
+            claim_started = time.perf_counter()
+            claimed, scanned_full = self._claim(conn, journal, plan, view, readied, known)
+            for tid in {c.template_id for c in claimed}:
+                if not self.resolver.known(tid):
+                    self.resolver.add_snapshot(tid, template_definition(conn, tid))
+            journal.flush(conn)
+        # Committed: only now do these outcomes count (a failed cycle is run again with the same
+        # outcomes).
+        if self.hooks.wants_cycles:
+            self.hooks.cycle(
+                CycleReport(
+                    self.worker_id,
+                    done,
+                    accepted,
+                    claimed,
+                    time.perf_counter() - claim_started if claimed else None,
+                    self._template_key,
+                )
+            )
+        for system, src, dst, reason in journal.circuits:  # committed: an operator wants to know
+            log.warning(
+                "worker %s: circuit of '%s' %s -> %s: %s", self.worker_id, system, src, dst, reason
+            )
+            self.hooks.circuit_change(self.worker_id, CircuitMoved(system, src, dst, reason))
+        return CycleResult(claimed, scanned_full, settled, journal.events, held, cancelled)
+
+    def _load_view(self, conn: Any) -> systems.SystemsView:
+        view = systems.load_view(conn)
+        self._view, self._view_at = view, time.monotonic()
+        return view
+
+    def _claim(
+        self,
+        conn: Any,
+        journal: Journal,
+        plan: CyclePlan,
+        view: systems.SystemsView,
+        readied: list[tuple[int, int, str]],
+        known: dict[int, claims.KnownTask],
+    ) -> tuple[list[ClaimedStep], bool | None]:
+        """Claim: the children the stored outcomes made ready, from memory, then a scan of the
+        queue when planned. Returns the claims and whether a scan filled its room."""
+        pg = self.db.is_postgres
+        scope = self.scope
+        scan = plan.scan
+        if view.empty:
+            claimed = claims.claim_readied(
+                conn,
+                journal,
+                readied,
+                known,
+                worker=self.worker_id,
+                limit=plan.claim_limit,
+                lease_seconds=scope.lease_seconds,
+            )
+        else:  # limits or circuits apply: the scan below checks every step against them
+            claimed = []
+            scan = scan or bool(readied)
+        remaining = plan.claim_limit - len(claimed)
+        if not scan or remaining <= 0:
+            return claimed, None  # chained claims may fill the room: nothing learnt, keep looking
+        claim_plan = None if view.empty else systems.plan_claim(conn, journal, view, lock=pg)
+        more = claims.claim(
+            conn,
+            journal,
+            worker=self.worker_id,
+            limit=remaining,
+            lease_seconds=scope.lease_seconds,
+            skip_locked=pg,
+            namespaces=scope.namespaces,
+            task_id=scope.task_id,
+            plan=claim_plan,
+        )
+        return claimed + more, len(more) >= remaining
+
+    def _template_key(self, template_id: int) -> str:
+        return self.resolver.template(template_id).key
+
+    def _known_tasks(self, done: Done) -> dict[int, claims.KnownTask]:
+        """What the completed steps' claims tell about their tasks, to claim their children from
+        memory."""
+        known: dict[int, claims.KnownTask] = {}
+        for outcome, c in done:
+            if outcome.state != StepState.COMPLETE:
+                continue
+            k = known.get(c.task_id)
+            if k is None:
+                k = known[c.task_id] = claims.KnownTask(
+                    c.context,
+                    c.correlation_id,
+                    c.template_id,
+                    dict(c.results),
+                    c.step_ids,
+                    self.resolver.parents_of(c.template_id),
+                )
+            k.results[c.name] = outcome.results or {}
+        return known
+
+    # -- when a cycle fails ------------------------------------------------------------------------
+    def store_one(self, item: tuple[Outcome, ClaimedStep]) -> CycleResult:
+        """Store one outcome in a cycle of its own; if the store refuses it, store the refusal
+        instead. Only an outage is raised."""
+        try:
+            return self.run(CyclePlan([item]))
+        except Exception as exc:
+            if outcomes.is_outage(exc):
+                raise
+            refusal = exc
+        outcome, claimed = item
+        stand_in = outcomes.refused(outcome, refusal)
+        log.error(
+            "worker %s: step %d (%s) of task %d: %s",
+            self.worker_id,
+            outcome.step_id,
+            claimed.name,
+            outcome.task_id,
+            stand_in.error["message"] if stand_in.error else "",
+        )
+        try:
+            return self.run(CyclePlan([(stand_in, claimed)]))
+        except Exception as exc:
+            if outcomes.is_outage(exc):
+                raise
+            log.exception(
+                "worker %s: could not store the failure of step %d either; its lease will expire",
+                self.worker_id,
+                outcome.step_id,
+            )
+        return CycleResult()
+
+    # -- outside cycles ----------------------------------------------------------------------------
+    def idle_check(self, unloadable_steps: set[int]) -> tuple[bool, float | None]:
+        """Whether nothing is left for this worker to run, and else how long until the next step
+        is due (None: unknown, or due now)."""
+        scope = self.scope
+        with self.db.read() as conn:
+            active = claims.active_count(conn, namespaces=scope.namespaces, task_id=scope.task_id)
+            if not active:
+                return True, None
+            if unloadable_steps and active <= len(unloadable_steps):
+                # all that is left may be steps this worker cannot load: waiting would be forever
+                left = claims.active_step_ids(
+                    conn,
+                    limit=len(unloadable_steps) + 1,
+                    namespaces=scope.namespaces,
+                    task_id=scope.task_id,
+                )
+                if set(left) <= unloadable_steps:
+                    return True, None
+            due = claims.next_run_at(conn, namespaces=scope.namespaces, task_id=scope.task_id)
+        return False, (due - utcnow()).total_seconds() if due else None
+
+    def release(self, held: list[tuple[int, int, int]]) -> int:
+        """Hand steps back unspent (the grace period is over); returns how many were released."""
+        journal = Journal(utcnow(), self.worker_id)
+        with self.db.write() as conn:
+            released = claims.release(conn, journal, held)
+            journal.flush(conn)
+        return released
