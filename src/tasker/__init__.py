@@ -29,47 +29,55 @@ if TYPE_CHECKING:
     from tasker.domain.records import Step, Task
     from tasker.domain.retry import RetryPolicy
     from tasker.domain.states import StepState, TaskState
+    from tasker.domain.templates import StepTemplate, TaskTemplate
     from tasker.engine.tasker import Tasker
     from tasker.events.bus import Event, EventBus
     from tasker.events.subscriber import Subscriber
     from tasker.handlers.api import ApiRequest, ApiStepHandler, AsyncApiStepHandler
     from tasker.handlers.base import StepContext, StepHandler, TaskHandler, UndeclaredEventError
-    from tasker.templates.model import StepTemplate, TaskTemplate
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ApiRequest",
+#: The public API, grouped by what a user does with it (so not sorted), pinned by
+#: tests/unit/test_public_api.py.
+__all__ = [  # noqa: RUF022
+    # -- the engine: open a store, load templates, create and run tasks
+    "Tasker",
+    "__version__",
+    # -- templates: what a workflow is (loaded from YAML by `Tasker.load_templates`)
+    "StepTemplate",
+    "TaskTemplate",
+    "RetryPolicy",
+    # -- handlers: the user code a step or a task runs
+    "StepHandler",
+    "StepContext",
+    "TaskHandler",
     "ApiStepHandler",
     "AsyncApiStepHandler",
+    "ApiRequest",
+    # -- errors: what handlers raise to steer retries, and what the engine raises to callers
+    "TaskerError",
+    "TaskerInputError",
+    "RetryableError",
+    "PermanentError",
+    "StepTimeoutError",
+    "TemplateError",
+    "UnknownTemplateError",
     "ContextValidationError",
-    "Event",
-    "EventBus",
-    "Events",
     "IdempotencyConflict",
     "NotFoundError",
     "OperationError",
-    "PermanentError",
-    "RetryPolicy",
-    "RetryableError",
-    "Step",
-    "StepContext",
-    "StepHandler",
-    "StepState",
-    "StepTemplate",
-    "StepTimeoutError",
-    "Subscriber",
-    "Task",
-    "TaskHandler",
-    "TaskState",
-    "TaskTemplate",
-    "Tasker",
-    "TaskerError",
-    "TaskerInputError",
-    "TemplateError",
     "UndeclaredEventError",
-    "UnknownTemplateError",
-    "__version__",
+    # -- events: live events of this process, and subscribers to them
+    "Event",
+    "EventBus",
+    "Events",
+    "Subscriber",
+    # -- records and states: what the engine hands back
+    "Task",
+    "Step",
+    "TaskState",
+    "StepState",
 ]
 
 _ERRORS = (
@@ -97,7 +105,7 @@ _SOURCES: dict[str, str] = {
     **dict.fromkeys(("Step", "Task"), "tasker.domain.records"),
     **dict.fromkeys(("Event", "EventBus"), "tasker.events.bus"),
     **dict.fromkeys(("StepState", "TaskState"), "tasker.domain.states"),
-    **dict.fromkeys(("StepTemplate", "TaskTemplate"), "tasker.templates.model"),
+    **dict.fromkeys(("StepTemplate", "TaskTemplate"), "tasker.domain.templates"),
     "Tasker": "tasker.engine.tasker",
     "Events": "tasker.domain.events",
     "Subscriber": "tasker.events.subscriber",

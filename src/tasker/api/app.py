@@ -1,11 +1,11 @@
 """`create_app`: the FastAPI application over one `Tasker` engine.
 
-Every router is mounted under one prefix, `/api/v1`; the OpenAPI spec is served at `/openapi.json` and
-Swagger UI at `/docs`, from the package's own assets and behind the auth setting (`docs.py`). The spec
-declares both credentials the API accepts (an `X-API-Key` header and a JWT bearer token) and marks
-every route that answers 401 as needing one of them, so generated clients and Swagger's "Authorize"
-button know what to send; and it documents every 422 with the API's own error body, which is what
-`errors.py` answers instead of FastAPI's default.
+Every router is mounted under one prefix, `/api/v1`; the OpenAPI spec is served at `/openapi.json`
+and Swagger UI at `/docs`, from the package's own assets and behind the auth setting (`docs.py`).
+The spec declares both credentials the API accepts (an `X-API-Key` header and a JWT bearer token)
+and marks every route that answers 401 as needing one of them, so generated clients and Swagger's
+"Authorize" button know what to send; and it documents every 422 with the API's own error body,
+which is what `errors.py` answers instead of FastAPI's default.
 """
 
 from __future__ import annotations
@@ -30,16 +30,19 @@ from tasker.web.router import install_dashboard
 API_PREFIX = "/api/v1"
 API_KEY_HEADER = "X-API-Key"
 
-_DESCRIPTION = """\
-Drive the Tasker workflow engine: create tasks from the templates the server loaded, follow their steps,
-cancel, retry and resolve them, discover templates and draw their diagrams.
-
-Every error answers one JSON shape: `{"error": {"status", "code", "message", "details": [{"path", "message"}]}}`.
-"""
+_DESCRIPTION = (
+    "Drive the Tasker workflow engine: create tasks from the templates the server loaded, follow"
+    " their steps,\n"
+    "cancel, retry and resolve them, discover templates and draw their diagrams.\n"
+    "\n"
+    'Every error answers one JSON shape: `{"error": {"status", "code", "message", "details":'
+    ' [{"path", "message"}]}}`.\n'
+)
 
 
 def create_app(engine: Tasker, settings: Settings | None = None) -> FastAPI:
-    """The API app over `engine`; `settings` defaults to `Settings()` (auth off, 1 MiB body limit)."""
+    """The API app over `engine`; `settings` defaults to `Settings()` (auth off, 1 MiB body
+    limit)."""
     settings = settings or Settings()
     app = FastAPI(
         title="Tasker API",
@@ -59,7 +62,8 @@ def create_app(engine: Tasker, settings: Settings | None = None) -> FastAPI:
     install_dashboard(app, settings)  # the web dashboard at "/", its assets at /static/dashboard
     install_error_handlers(app)
     # The last added runs first. From the outside in: security headers on every answer; CatchAll;
-    # URL and header sizes; HEAD served as GET; the body size limit; the JSON shape limits; the routes.
+    # URL and header sizes; HEAD served as GET; the body size limit; the JSON shape limits; the
+    # routes.
     app.add_middleware(JsonBodyLimits)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HeadAsGet)
@@ -93,7 +97,8 @@ def _finish_spec(app: FastAPI) -> None:
         schemes: dict[str, Any] = spec.setdefault("components", {}).setdefault(
             "securitySchemes", {}
         )
-        # Auth dependencies built on fastapi.security declare their own schemes: reuse those, add the rest.
+        # Auth dependencies built on fastapi.security declare their own schemes: reuse those, add
+        # the rest.
         api_key = next(
             (
                 n

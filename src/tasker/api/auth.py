@@ -4,18 +4,18 @@ Routes declare what they need and nothing else:
 
     @router.post("/tasks", dependencies=[Depends(require(Permission.TASK_CREATE))])
 
-Authentication is off by default (a laptop needs none) and then `require` lets every request through; the
-server warns about it at start-up (`auth_warning`). When it is on, a request carries one credential:
-`X-API-Key: <key>`, or `Authorization: Bearer <token>` where the token is an API key or a JWT. Without
-either, a GET or HEAD may carry the dashboard's session cookie (`tasker.web.session`); a cookie never
-authorises a write, so a cross-site form cannot act through the API. Missing, bad,
-expired or revoked credentials get 401 with a `WWW-Authenticate` challenge; a good credential without the
-permission gets 403. Both use the API's error body (`tasker.api.errors`); messages say what is wrong and
-never repeat the credential.
+Authentication is off by default (a laptop needs none) and then `require` lets every request
+through; the server warns about it at start-up (`auth_warning`). When it is on, a request carries
+one credential: `X-API-Key: <key>`, or `Authorization: Bearer <token>` where the token is an API key
+or a JWT. Without either, a GET or HEAD may carry the dashboard's session cookie
+(`tasker.web.session`); a cookie never authorises a write, so a cross-site form cannot act through
+the API. Missing, bad, expired or revoked credentials get 401 with a `WWW-Authenticate` challenge; a
+good credential without the permission gets 403. Both use the API's error body
+(`tasker.api.errors`); messages say what is wrong and never repeat the credential.
 
-JWTs are verified with the algorithm the server configured for them, never one the token picks: HS256 only
-when `jwt_secret` is set, RS256 only when `jwt_public_key` is, so a token signed with HS256 using the public
-key as the secret (the classic confusion) or with `alg: none` is refused.
+JWTs are verified with the algorithm the server configured for them, never one the token picks:
+HS256 only when `jwt_secret` is set, RS256 only when `jwt_public_key` is, so a token signed with
+HS256 using the public key as the secret (the classic confusion) or with `alg: none` is refused.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ class Permission:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who made a request: `kind` is "anonymous" (auth off), "api_key" or "jwt"; `name` the key or subject."""
+    """Who made a request: `kind` is "anonymous" (auth off), "api_key" or "jwt"; `name` the key or
+    subject."""
 
     kind: str
     name: str
@@ -110,11 +111,12 @@ class AuthConfigError(TaskerInputError):
     """The server's own JWT settings are unusable (an unreadable or invalid public key, say)."""
 
 
-# -- start-up checks ---------------------------------------------------------------------------------------
+# -- start-up checks -------------------------------------------------------------------------------
 
 
 def auth_warning(settings: Settings) -> str | None:
-    """What `tasker serve` should warn about at start-up, or None when the configuration looks safe."""
+    """What `tasker serve` should warn about at start-up, or None when the configuration looks
+    safe."""
     if not settings.auth_enabled:
         return (
             "authentication is OFF: anyone who can reach this server can create, cancel and retry"
@@ -134,7 +136,8 @@ def auth_warning(settings: Settings) -> str | None:
 
 
 def check_auth_settings(settings: Settings) -> None:
-    """Fail at start-up, with one line, on JWT settings that would make every bearer token fail later."""
+    """Fail at start-up, with one line, on JWT settings that would make every bearer token fail
+    later."""
     if settings.auth_enabled and settings.jwt_public_key:
         _public_key(settings.jwt_public_key)
     if (
@@ -187,11 +190,12 @@ def _jwt_keys(settings: Settings) -> dict[str, Any]:
     return keys
 
 
-# -- verification ------------------------------------------------------------------------------------------
+# -- verification ----------------------------------------------------------------------------------
 
 
 def verify_jwt(token: str, settings: Settings) -> Principal:
-    """The principal a JWT stands for; raises `CredentialError` for any token that does not verify."""
+    """The principal a JWT stands for; raises `CredentialError` for any token that does not
+    verify."""
     keys = _jwt_keys(settings)
     if not keys:
         raise CredentialError(
@@ -255,7 +259,8 @@ def _subject(claims: dict[str, Any]) -> str:
 
 
 def _claimed_permissions(claims: dict[str, Any]) -> frozenset[str]:
-    """Grants from a `permissions` list and/or a space-separated `scope`; names we do not know grant nothing."""
+    """Grants from a `permissions` list and/or a space-separated `scope`; names we do not know grant
+    nothing."""
     found: set[str] = set()
     listed = claims.get("permissions")
     if listed is not None:
@@ -334,7 +339,7 @@ async def verify_credential(request: Request, kind: str, value: str) -> Principa
     if kind == "api_key":
         engine = request.app.state.tasker
         record = await run_in_threadpool(
-            engine.authenticate_api_key, value
+            engine.keys.authenticate, value
         )  # a DB read: off the event loop
         if record is None:
             raise CredentialError("invalid or revoked API key")
@@ -344,11 +349,12 @@ async def verify_credential(request: Request, kind: str, value: str) -> Principa
     return principal
 
 
-# -- the dependency ----------------------------------------------------------------------------------------
+# -- the dependency --------------------------------------------------------------------------------
 
 
 class PermissionCheck:
-    """The dependency `require` builds; `permission` says what it checks (tests read it off the routes).
+    """The dependency `require` builds; `permission` says what it checks (tests read it off the
+    routes).
 
     `permission=None` checks only that the credential is valid (`require_credential`).
     """
@@ -405,14 +411,16 @@ class PermissionCheck:
 
 
 def require_credential() -> Callable[..., Awaitable[Principal]]:
-    """A dependency that lets through any caller with a valid credential (everyone when auth is off)."""
+    """A dependency that lets through any caller with a valid credential (everyone when auth is
+    off)."""
     return PermissionCheck(None)
 
 
 def require(permission: str) -> Callable[..., Awaitable[Principal]]:
-    """A FastAPI dependency that lets a request through only with `permission` (always when auth is off).
+    """A FastAPI dependency that lets a request through only with `permission` (always when auth is
+    off).
 
-    Its result is the caller (`Principal`). An unknown permission name fails here, when the route module is
-    imported, rather than on a request.
+    Its result is the caller (`Principal`). An unknown permission name fails here, when the route
+    module is imported, rather than on a request.
     """
     return PermissionCheck(permission)

@@ -1,4 +1,5 @@
-"""What route functions receive by dependency injection: the engine and the settings of this server."""
+"""What route functions receive by dependency injection: the engine and the settings of this
+server."""
 
 from __future__ import annotations
 

@@ -3,9 +3,10 @@
     {"error": {"status": 422, "code": "invalid_context", "message": "...",
                "details": [{"path": "$.user_info.email", "message": "'x' is not a 'email'"}]}}
 
-Engine exceptions keep their one-line messages (they already say what is wrong and how to fix it); request
-validation errors are rewritten with the path of each bad field; anything unexpected is logged with its
-traceback and answered with a bare `internal_error`, so no response ever carries server internals.
+Engine exceptions keep their one-line messages (they already say what is wrong and how to fix it);
+request validation errors are rewritten with the path of each bad field; anything unexpected is
+logged with its traceback and answered with a bare `internal_error`, so no response ever carries
+server internals.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from tasker.domain.errors import (
 )
 
 log = logging.getLogger("tasker.api")
-#: Set on the scope of a HEAD request that runs as GET (middleware.HeadAsGet), so messages name HEAD.
+#: Set on the scope of a HEAD request that runs as GET (middleware.HeadAsGet), so messages name
+#: HEAD.
 HEAD_SCOPE_KEY = "tasker.head"
 
 
@@ -104,7 +106,8 @@ _HINTS = {
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The `responses=` of a route: each status it may answer with the error body, for the OpenAPI spec."""
+    """The `responses=` of a route: each status it may answer with the error body, for the OpenAPI
+    spec."""
     return {
         s: {"model": ErrorBody, "description": _DESCRIPTIONS.get(s, HTTPStatus(s).phrase)}
         for s in statuses
@@ -112,7 +115,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def _clip(text: str, limit: int) -> str:
-    """Messages may quote what the client sent (a failing value, a key): never echo a megabyte back."""
+    """Messages may quote what the client sent (a failing value, a key): never echo a megabyte
+    back."""
     return text if len(text) <= limit else text[: limit - 15] + "... (truncated)"
 
 
@@ -143,7 +147,7 @@ def _api_message(exc: Exception) -> str:
     return text
 
 
-# -- engine exceptions --------------------------------------------------------------------------------------
+# -- engine exceptions -----------------------------------------------------------------------------
 def _tasker_error(request: Request, exc: Exception) -> SafeJSONResponse:
     message = _api_message(exc)
     if isinstance(exc, ContextValidationError):
@@ -172,9 +176,10 @@ def _internal(request: Request | Scope, exc: BaseException) -> SafeJSONResponse:
     )
 
 
-# -- request validation -------------------------------------------------------------------------------------
+# -- request validation ----------------------------------------------------------------------------
 def field_path(loc: Sequence[str | int]) -> str:
-    """`("body", "context", "items", 0)` -> `$.context.items[0]`; `("query", "limit")` -> `query.limit`."""
+    """`("body", "context", "items", 0)` -> `$.context.items[0]`; `("query", "limit")` ->
+    `query.limit`."""
     if not loc:
         return "$"
     where, rest = loc[0], list(loc[1:])
@@ -222,7 +227,7 @@ def _request_validation(request: Request, exc: Exception) -> SafeJSONResponse:
     return error_response(422, "validation_error", message, details)
 
 
-# -- HTTP errors raised by Starlette, FastAPI or other routes ---------------------------------------------------
+# -- HTTP errors raised by Starlette, FastAPI or other routes --------------------------------------
 def _http_error(request: Request, exc: Exception) -> SafeJSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
@@ -254,7 +259,8 @@ def _http_error(request: Request, exc: Exception) -> SafeJSONResponse:
 
 
 def _parse_failure(cause: BaseException | None) -> str:
-    """Why the JSON parser gave up, when json_limits let the body through (it bounds depth and numbers)."""
+    """Why the JSON parser gave up, when json_limits let the body through (it bounds depth and
+    numbers)."""
     if isinstance(cause, UnicodeError):
         return "the body is not valid UTF-8 text; fix: send a UTF-8 JSON object"
     if isinstance(cause, RecursionError):
@@ -289,8 +295,8 @@ def _allowed_methods(request: Request) -> str:
 class CatchAll:
     """Outermost middleware: an exception no handler took becomes a logged 500 with the error body.
 
-    Starlette's own last-resort handler re-raises after answering (the server logs it twice); this one
-    answers once and keeps the traceback in the log, out of the response.
+    Starlette's own last-resort handler re-raises after answering (the server logs it twice); this
+    one answers once and keeps the traceback in the log, out of the response.
     """
 
     def __init__(self, app: ASGIApp) -> None:

@@ -1,8 +1,8 @@
 """A cap on request body size, answered with 413 before a large body is read into memory.
 
-A declared `Content-Length` over the limit is refused at once. A chunked body has no length up front, so
-the bytes are counted as they stream in and the request is cut off as soon as the count passes the limit:
-a client cannot get round the cap by leaving the header out.
+A declared `Content-Length` over the limit is refused at once. A chunked body has no length up
+front, so the bytes are counted as they stream in and the request is cut off as soon as the count
+passes the limit: a client cannot get round the cap by leaving the header out.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from tasker.api.errors import error_response
 
 
 class BodyTooLarge(HTTPException):
-    """Raised from `receive` once a streamed body passes the limit; FastAPI lets HTTPExceptions through."""
+    """Raised from `receive` once a streamed body passes the limit; FastAPI lets HTTPExceptions
+    through."""
 
     def __init__(self, limit: int):
         super().__init__(413, too_large_message(limit))

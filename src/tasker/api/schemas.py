@@ -1,10 +1,12 @@
-"""The shapes the REST API accepts and returns (pydantic), and how engine objects are turned into them.
+"""The shapes the REST API accepts and returns (pydantic), and how engine objects are turned into
+them.
 
-Every request body forbids unknown fields and bounds its sizes, and every free-form JSON value a client
-sends (a task context, a step result) is checked for what Python's JSON parser lets through but a store
-cannot keep: NaN and Infinity, NUL characters and lone surrogates (PostgreSQL refuses them), and nesting
-deep enough to exhaust the recursion limit of a validator. Response models are declared precisely
-because the OpenAPI spec is generated from them and a schemathesis run holds every response to it.
+Every request body forbids unknown fields and bounds its sizes, and every free-form JSON value a
+client sends (a task context, a step result) is checked for what Python's JSON parser lets through
+but a store cannot keep: NaN and Infinity, NUL characters and lone surrogates (PostgreSQL refuses
+them), and nesting deep enough to exhaust the recursion limit of a validator. Response models are
+declared precisely because the OpenAPI spec is generated from them and a schemathesis run holds
+every response to it.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from typing import Annotated, Any, Literal
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tasker.domain.graph import execution_levels, execution_order
 from tasker.domain.records import FailureRecord, Step, Task
 from tasker.domain.states import TaskState
-from tasker.templates.graph import execution_levels, execution_order
-from tasker.templates.model import TaskTemplate, semver_key
+from tasker.domain.templates import TaskTemplate, semver_key
 
 INT64_MAX = 2**63 - 1
 #: How deep a context or result may nest; business data rarely passes 10 levels.
@@ -32,7 +34,7 @@ REF_PATTERN = r"^([A-Za-z_][A-Za-z0-9_.\-]*/)?[A-Za-z_][A-Za-z0-9_.\-]*(@[0-9A-Z
 #: Printable text on one line: idempotency keys, correlation ids.
 TOKEN_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
-# -- path and query parameters ----------------------------------------------------------------------------
+# -- path and query parameters ---------------------------------------------------------------------
 TaskId = Annotated[int, Path(ge=1, le=INT64_MAX, description="The task's id.", examples=[1])]
 StepName = Annotated[
     str,
@@ -69,7 +71,7 @@ DiagramFormat = Annotated[
 ]
 
 
-# -- JSON values from clients -----------------------------------------------------------------------------
+# -- JSON values from clients ----------------------------------------------------------------------
 def _bad_text(text: str) -> str | None:
     if "\x00" in text:
         return "contains a NUL character"
@@ -81,7 +83,8 @@ def _bad_text(text: str) -> str | None:
 
 
 def check_json(value: Any, root: str) -> Any:
-    """Return `value` if a store can keep it, else raise ValueError naming the JSON path of the problem.
+    """Return `value` if a store can keep it, else raise ValueError naming the JSON path of the
+    problem.
 
     Iterative, so a hostile document cannot exhaust the stack of the check itself.
     """
@@ -123,9 +126,10 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-# -- request bodies ---------------------------------------------------------------------------------------
+# -- request bodies --------------------------------------------------------------------------------
 class TaskCreate(_Body):
-    """A request for a task of a template the server loaded (never a handler class or an import path)."""
+    """A request for a task of a template the server loaded (never a handler class or an import
+    path)."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -217,9 +221,10 @@ class StepResolve(_Body):
         return dict(check_json(v, "$.result"))
 
 
-# -- tasks and steps --------------------------------------------------------------------------------------
+# -- tasks and steps -------------------------------------------------------------------------------
 class StepError(BaseModel):
-    """Why the last attempt failed. A handler's traceback stays in the store: it names server paths."""
+    """Why the last attempt failed. A handler's traceback stays in the store: it names server
+    paths."""
 
     error_class: str
     message: str
@@ -414,7 +419,7 @@ def parents_by_step(template: TaskTemplate) -> dict[str, list[str]]:
     return {s.name: s.parents for s in template.step_templates}
 
 
-# -- handler discovery ------------------------------------------------------------------------------------
+# -- handler discovery -----------------------------------------------------------------------------
 class NamespaceOut(BaseModel):
     name: str
     handler_count: int = Field(description="Templates (by name) in the namespace.")
@@ -441,7 +446,8 @@ class NamespaceDetail(BaseModel):
 
 
 class StepTemplateOut(BaseModel):
-    """A step of a template. `handler_config` values are not shown: `${VAR}` may have put secrets there."""
+    """A step of a template. `handler_config` values are not shown: `${VAR}` may have put secrets
+    there."""
 
     name: str
     description: str | None
@@ -561,7 +567,7 @@ def latest(versions: list[str]) -> str:
     return max(versions, key=semver_key)
 
 
-# -- diagrams ---------------------------------------------------------------------------------------------
+# -- diagrams --------------------------------------------------------------------------------------
 class Diagram(BaseModel):
     template: str = Field(description="`namespace/name@version` the diagram was drawn from.")
     task_id: int | None = Field(

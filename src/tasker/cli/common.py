@@ -1,8 +1,8 @@
 """What every command shares: settings, opening the engine, reading JSON arguments, printing errors.
 
-Kept light on purpose: `tasker --help` and `tasker --version` import this module, so Rich, SQLAlchemy
-and the engine load only when a command needs them (`console` and `err_console` are created on first
-use; see `__getattr__`).
+Kept light on purpose: `tasker --help` and `tasker --version` import this module, so Rich,
+SQLAlchemy and the engine load only when a command needs them (`console` and `err_console` are
+created on first use; see `__getattr__`).
 """
 
 from __future__ import annotations
@@ -48,11 +48,13 @@ def __getattr__(name: str) -> Any:
 
 
 class State:
-    """The options of one `tasker` invocation, wherever they were given, and the settings they select.
+    """The options of one `tasker` invocation, wherever they were given, and the settings they
+    select.
 
     Global options may come before or after the subcommand (`tasker --database-url X tasks list` and
-    `tasker tasks list --database-url X`); each level records what it was given in `given`, the later
-    (inner) level winning, and the settings are read once, on first use, after every level is parsed.
+    `tasker tasks list --database-url X`); each level records what it was given in `given`, the
+    later (inner) level winning, and the settings are read once, on first use, after every level is
+    parsed.
     """
 
     def __init__(self) -> None:
@@ -100,7 +102,8 @@ class State:
         if access == "read":
             engine = Tasker(self.database_url, migrate=False, **kwargs)
         else:
-            # None: the store's own default (SQLite migrates, PostgreSQL checks); True/False: as set.
+            # None: the store's own default (SQLite migrates, PostgreSQL checks); True/False: as
+            # set.
             engine = Tasker(self.database_url, migrate=None if auto is None else auto, **kwargs)
         if access == "read" or auto is False:
             try:
@@ -133,8 +136,9 @@ def state(ctx: click.Context) -> State:
 
 
 def _configure_logging(ctx: click.Context, st: State) -> None:
-    """Once, before any command: structlog for every log line. Interactive commands show warnings unless a
-    level is given; long-running ones (`worker`, `serve`) apply `meta["tasker.log_level"]` themselves.
+    """Once, before any command: structlog for every log line. Interactive commands show warnings
+    unless a level is given; long-running ones (`worker`, `serve`) apply `meta["tasker.log_level"]`
+    themselves.
     """
     from tasker.observability.logging import LEVELS, configure_logging
 
@@ -178,7 +182,8 @@ def json_option(f: Any) -> Any:
 
 
 def echo_json(value: Any) -> None:
-    """Print `value` as indented JSON; datetimes become ISO 8601 text, other odd values their str()."""
+    """Print `value` as indented JSON; datetimes become ISO 8601 text, other odd values their
+    str()."""
     click.echo(json.dumps(value, indent=2, default=_json_default, ensure_ascii=False))
 
 

@@ -1,9 +1,11 @@
-"""`tasker demo ...`: runnable versions of the stories, to see the engine's promises hold on your machine.
+"""`tasker demo ...`: runnable versions of the stories, to see the engine's promises hold on your
+machine.
 
-`tasker demo black-friday` runs the e-commerce story: the same orders through a naive checkout and through
-the workflow engine, over the same flaky services, and reconciles each side from the services' own books.
-The demo code lives in `tasker.demos` (installed with the package, so the demos work from any
-directory) and is imported when the command runs, so the CLI does not pay for it at start.
+`tasker demo black-friday` runs the e-commerce story: the same orders through a naive checkout and
+through the workflow engine, over the same flaky services, and reconciles each side from the
+services' own books. The demo code lives in `tasker.demos` (installed with the package, so the demos
+work from any directory) and is imported when the command runs, so the CLI does not pay for it at
+start.
 """
 
 from __future__ import annotations
@@ -28,8 +30,12 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+
+from tasker.domain.states import StepState
+from tasker.store.database import backend_name
+
+# Imports inside the commands below are deliberate: Rich, the engine and the consoles load only when
+# a command runs, so `tasker ... --help` starts fast (benchmarks/bench_startup.py).
 
 PHASES = {
     "naive": "naive checkout",
@@ -37,7 +43,8 @@ PHASES = {
     "operator_retry": "operator retry",
 }
 
-#: (label, key of the figure) of the rows every side shows, in order; the failures by reason follow "failed".
+#: (label, key of the figure) of the rows every side shows, in order; the failures by reason follow
+#: "failed".
 ROWS: list[tuple[str, str]] = [
     ("orders", "orders"),
     ("completed", "completed"),
@@ -137,8 +144,9 @@ def black_friday(
 ) -> None:
     """The Black Friday story: a naive checkout and the workflow engine, same orders, same faults.
 
-    After the engine has finished, the faults are switched off and every task that failed for any reason
-    but a declined card is retried once, as an operator would once the dependencies are healthy.
+    After the engine has finished, the faults are switched off and every task that failed for any
+    reason but a declined card is retried once, as an operator would once the dependencies are
+    healthy.
     """
     from tasker.demos.ecommerce.demo import run_black_friday
 
@@ -176,11 +184,7 @@ def black_friday(
 
 def _check_url(url: str) -> None:
     """Refuse a store URL the engine cannot open before any work starts, as a usage error."""
-    try:
-        backend = make_url(url).get_backend_name()
-    except ArgumentError:
-        backend = None
-    if backend not in ("sqlite", "postgresql", "postgres"):
+    if backend_name(url) not in ("sqlite", "postgresql", "postgres"):
         raise click.BadParameter(
             f"'{url}' is not a store URL; use sqlite:///path.db or postgresql://user@host/db",
             param_hint="--database-url",
@@ -233,7 +237,8 @@ CHECKOUT_MUST_BE_ZERO = frozenset({"charged_without_order", "double_charges"})
 
 
 def _cell(key: str, value: Any, must_be_zero: frozenset[str] = CHECKOUT_MUST_BE_ZERO) -> str:
-    """A table cell: '-' for no value, two decimals for floats, red for a non-zero figure that must be zero."""
+    """A table cell: '-' for no value, two decimals for floats, red for a non-zero figure that must
+    be zero."""
     if value is None:
         return "-"
     if key in must_be_zero and value:
@@ -244,7 +249,8 @@ def _cell(key: str, value: Any, must_be_zero: frozenset[str] = CHECKOUT_MUST_BE_
 
 
 def _verdict(result: dict[str, dict[str, Any]]) -> str:
-    """Two sentences a person reads aloud: a zero says "no orders failed", not "0 failed, 0 of them"."""
+    """Two sentences a person reads aloud: a zero says "no orders failed", not "0 failed, 0 of
+    them"."""
     naive, engine = result["naive"], result["engine"]
     return f"\nNaive: {_naive_verdict(naive)}\nTasker: {_engine_verdict(engine)}"
 
@@ -313,7 +319,7 @@ def _engine_verdict(engine: dict[str, Any]) -> str:
     return f"{outcome}; {money}. {retry}"
 
 
-# -- registration-outage --------------------------------------------------------------------------------------
+# -- registration-outage ---------------------------------------------------------------------------
 #: (label, key) of the rows both sides of the registration-outage demo show, in order.
 REGISTRATION_ROWS: list[tuple[str, str]] = [
     ("registrations", "registrations"),
@@ -415,10 +421,11 @@ def registration_outage(
 ) -> None:
     """The microservices story: BillingService goes down while users register, then comes back.
 
-    Four real HTTP services run on free loopback ports. A naive sequential coordinator registers the users
-    during the outage and leaves them half-registered; the workflow engine, with worker processes, queues
-    them behind the billing circuit breaker and completes every one when BillingService is back. The
-    timeline is read from the engine's event log, and each service's own state is checked for duplicates.
+    Four real HTTP services run on free loopback ports. A naive sequential coordinator registers the
+    users during the outage and leaves them half-registered; the workflow engine, with worker
+    processes, queues them behind the billing circuit breaker and completes every one when
+    BillingService is back. The timeline is read from the engine's event log, and each service's own
+    state is checked for duplicates.
     """
     import logging
 
@@ -483,7 +490,8 @@ def registration_outage(
 
 @contextmanager
 def _live(console: Console, *, enabled: bool) -> Iterator[Callable[[Any], None]]:
-    """A monitor drawing the demo's progress (steps by state, the billing circuit) on stderr, or a silent one."""
+    """A monitor drawing the demo's progress (steps by state, the billing circuit) on stderr, or a
+    silent one."""
     if not enabled:
         yield lambda progress: None
         return
@@ -525,12 +533,12 @@ def _progress_view(p: Any) -> Table:
         caption_justify="left",
     )
     states = {
-        "pending": "pending",
-        "ready": "ready",
-        "waiting_retry": "retry",
-        "in_progress": "running",
-        "complete": "done",
-        "error": "error",
+        StepState.PENDING: "pending",
+        StepState.READY: "ready",
+        StepState.WAITING_RETRY: "retry",
+        StepState.IN_PROGRESS: "running",
+        StepState.COMPLETE: "done",
+        StepState.ERROR: "error",
     }
     table.add_column("step")
     for header in states.values():

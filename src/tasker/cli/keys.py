@@ -1,7 +1,8 @@
-"""`tasker keys`: API keys for the REST API (created, listed, revoked; a key is shown once at creation).
+"""`tasker keys`: API keys for the REST API (created, listed, revoked; a key is shown once at
+creation).
 
-`create` prints the key alone on stdout and everything else on stderr, so `KEY=$(tasker keys create ...)`
-captures exactly the key.
+`create` prints the key alone on stdout and everything else on stderr, so
+`KEY=$(tasker keys create ...)` captures exactly the key.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def create(
     ctx: click.Context, name: str, permission_list: str | None, permission_items: tuple[str, ...]
 ) -> None:
     wanted = [*(permission_list.split(",") if permission_list else []), *permission_items]
-    record, secret = state(ctx).engine(load=False).create_api_key(name, wanted)
+    record, secret = state(ctx).engine(load=False).keys.create(name, wanted)
     err_console.print(
         f"created API key '{record.name}' ({record.prefix}) with {', '.join(record.permissions)};"
         " it is shown once, so store it now (only its digest is kept):",
@@ -61,7 +62,7 @@ def create(
 @click.pass_context
 def list_(ctx: click.Context) -> None:
     """List keys (name, prefix, permissions, dates); secrets are never shown."""
-    rows = state(ctx).engine(load=False, access="read").list_api_keys()
+    rows = state(ctx).engine(load=False, access="read").keys.all()
     table = Table(title=f"{len(rows)} API keys", box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("name / prefix", no_wrap=True)
     table.add_column("status", no_wrap=True)
@@ -89,7 +90,7 @@ def list_(ctx: click.Context) -> None:
 @click.pass_context
 def revoke(ctx: click.Context, name: str) -> None:
     """Revoke a key: requests that carry it get 401 from now on."""
-    record = state(ctx).engine(load=False, access="read").revoke_api_key(name)
+    record = state(ctx).engine(load=False, access="read").keys.revoke(name)
     assert record.revoked_at is not None
     console.print(
         f"API key '{record.name}' ({record.prefix}) revoked at"

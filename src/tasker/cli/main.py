@@ -1,10 +1,11 @@
-"""`tasker`: the command line. Errors print one line and exit non-zero; `--verbose` shows tracebacks.
+"""`tasker`: the command line. Errors print one line and exit non-zero; `--verbose` shows
+tracebacks.
 
-Exit codes: 0 success, 1 a task or operation ended in failure, 2 bad input (template, context, id, flag,
-database URL or schema).
+Exit codes: 0 success, 1 a task or operation ended in failure, 2 bad input (template, context, id,
+flag, database URL or schema).
 
-Subcommands are imported when they run (`LazyGroup`), so `tasker --help` and `tasker --version` start
-without loading the engine, SQLAlchemy or Rich (docs/benchmarks.md, "Start-up").
+Subcommands are imported when they run (`LazyGroup`), so `tasker --help` and `tasker --version`
+start without loading the engine, SQLAlchemy or Rich (docs/benchmarks.md, "Start-up").
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ def _verbose(ctx: click.Context) -> bool:
 def cli(ctx: click.Context) -> None:
     """Tasker: reliable, observable multi-step workflows."""
     ctx.ensure_object(State)
-    # Like `python -m`, the current directory is importable, so handler_class paths resolve in a project.
+    # Like `python -m`, the current directory is importable, so handler_class paths resolve in a
+    # project.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
 

@@ -1,10 +1,10 @@
 """The global options (`--database-url`, `--config`, `--verbose`, `--log-format`, `--log-level`).
 
 Users put them where they think of them: `tasker --database-url X tasks list` and
-`tasker tasks list --database-url X` mean the same. `add_global_options` gives every command and group
-the same options (a command's own option of the same name wins, as the demos' `--database-url` does);
-each records what it was given in the invocation's `State`, and `State` reads the settings only once
-every level has been parsed.
+`tasker tasks list --database-url X` mean the same. `add_global_options` gives every command and
+group the same options (a command's own option of the same name wins, as the demos' `--database-url`
+does); each records what it was given in the invocation's `State`, and `State` reads the settings
+only once every level has been parsed.
 """
 
 from __future__ import annotations
@@ -83,9 +83,9 @@ def global_params() -> list[click.Parameter]:
 def add_global_options(command: click.Command) -> click.Command:
     """Give `command` (and, for a group, every subcommand) the global options, once.
 
-    An option whose flag the command already uses is left out, so a command's own `--database-url` or
-    `-v` keeps its meaning. Leaf commands read the settings and configure logging before they run, so
-    a bad setting is one line even for commands that never open the store.
+    An option whose flag the command already uses is left out, so a command's own `--database-url`
+    or `-v` keeps its meaning. Leaf commands read the settings and configure logging before they
+    run, so a bad setting is one line even for commands that never open the store.
     """
     if getattr(command, "_tasker_globals", False):
         return command

@@ -9,20 +9,22 @@ from typing import Any
 
 from rich.table import Table
 
+from tasker.domain.graph import execution_levels, mermaid
 from tasker.domain.records import Step, Task
-from tasker.templates.graph import execution_levels, mermaid
-from tasker.templates.model import TaskTemplate
+from tasker.domain.states import CLAIMABLE_STEP_STATES, TERMINAL_STEP_STATES, StepState
+from tasker.domain.templates import TaskTemplate
 
-STATE_COLOURS = {
-    "complete": "green",
-    "resolved_manually": "blue",
-    "error": "red",
-    "cancelled": "bright_black",
-    "in_progress": "yellow",
-    "waiting_retry": "dark_orange",
-    "ready": "cyan",
-    "pending": "white",
-    "skipped": "bright_black",
+#: Colours of step and task states (a task's states are step states too).
+STATE_COLOURS: dict[str, str] = {
+    StepState.COMPLETE: "green",
+    StepState.RESOLVED_MANUALLY: "blue",
+    StepState.ERROR: "red",
+    StepState.CANCELLED: "bright_black",
+    StepState.IN_PROGRESS: "yellow",
+    StepState.WAITING_RETRY: "dark_orange",
+    StepState.READY: "cyan",
+    StepState.PENDING: "white",
+    StepState.SKIPPED: "bright_black",
 }
 
 
@@ -123,7 +125,7 @@ def task_mermaid(t: TaskTemplate, task: Task) -> str:
 
 # -- `tasker run`: why a step waits, and what each step cost ------------------------------------
 #: Step states after which a step does no more work (its clock stops).
-FINISHED_STEPS = frozenset({"complete", "error", "cancelled", "resolved_manually", "skipped"})
+FINISHED_STEPS = TERMINAL_STEP_STATES | {StepState.ERROR}
 #: A ready step not claimed this long after its run_at is being held back (a namespace limit).
 OVERDUE_SECONDS = 1.0
 
@@ -146,7 +148,7 @@ def waiting_reason(
     outage hold (a step out of attempts waiting for a system that answers nothing), the step's own
     retry schedule, then the in-flight limits of its system and of its namespace.
     """
-    if step.status not in ("ready", "waiting_retry"):
+    if step.status not in CLAIMABLE_STEP_STATES:
         return None
     info = system or {}
     name = step.dependent_system
@@ -156,8 +158,9 @@ def waiting_reason(
         return f"circuit '{name}' open{probe}"
     if info.get("circuit_state") == "half_open":
         return f"circuit '{name}' half-open, a probe decides"
-    if step.status == "waiting_retry" and step.run_at and step.run_at > now:
-        if step.last_error and step.last_error.get("waiting_for_system"):  # the outage hold: no attempt spent
+    if step.status == StepState.WAITING_RETRY and step.run_at and step.run_at > now:
+        # the outage hold: no attempt spent
+        if step.last_error and step.last_error.get("waiting_for_system"):
             return f"'{name}' answers nothing, next try {_clock(step.run_at)} (attempts not spent)"
         return f"retry {step.attempts + 1}/{step.retry_limit} at {_clock(step.run_at)}"
     limit = info.get("max_in_flight")
@@ -228,9 +231,9 @@ def step_cost(
     last_error = ""
     for i, row in enumerate(rows):
         at: datetime = row["at"]
-        if start is None and row["to_state"] in ("ready", "in_progress"):
+        if start is None and row["to_state"] in (StepState.READY, StepState.IN_PROGRESS):
             start = at
-        if row["to_state"] == "in_progress":
+        if row["to_state"] == StepState.IN_PROGRESS:
             end = rows[i + 1]["at"] if i + 1 < len(rows) else now
             running += max(0.0, (end - at).total_seconds())
             probes += at in probes_at

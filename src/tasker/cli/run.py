@@ -27,7 +27,12 @@ from tasker.cli.common import console, err_console, read_json, state, templates_
 from tasker.cli.render import run_steps_table, task_header, waiting_line
 from tasker.domain.errors import TaskerInputError
 from tasker.domain.records import Task
-from tasker.domain.states import SATISFIED_STEP_STATES, StepState
+from tasker.domain.states import (
+    CLAIMABLE_STEP_STATES,
+    SATISFIED_STEP_STATES,
+    StepState,
+    TaskState,
+)
 from tasker.engine.tasker import Tasker
 from tasker.events.bus import Event
 
@@ -98,7 +103,7 @@ def run(
         finally:
             watch.changed.set()
 
-    unsubscribe = engine.subscribe(watch.on_event, "step.*", "task.*", "circuit.*")
+    unsubscribe = engine.bus.subscribe(watch.on_event, "step.*", "task.*", "circuit.*")
     runner = threading.Thread(target=drive, name="tasker-run", daemon=True)
     try:
         runner.start()
@@ -111,9 +116,9 @@ def run(
     final: Task = outcome["task"]
     console.print(task_header(final), highlight=False)
     systems = {s.dependent_system for s in final.steps}
-    history = [row for name in sorted(systems) for row in engine.circuit_history(name)]
-    console.print(run_steps_table(final, engine.step_transitions(final.id), history))
-    ctx.exit(0 if final.status in ("complete", "resolved_manually") else 1)
+    history = [row for name in sorted(systems) for row in engine.systems.circuit_history(name)]
+    console.print(run_steps_table(final, engine.history.step_transitions(final.id), history))
+    ctx.exit(0 if final.status in (TaskState.COMPLETE, TaskState.RESOLVED_MANUALLY) else 1)
 
 
 class Watch:
@@ -139,10 +144,10 @@ class Watch:
     def refresh(self) -> None:
         """Read the task, and the systems report when a step is claimable but may be held back."""
         self.task = self.engine.get_task(self.task.id)
-        held = any(s.status in ("ready", "waiting_retry") for s in self.task.steps)
+        held = any(s.status in CLAIMABLE_STEP_STATES for s in self.task.steps)
         if held and time.monotonic() - self._systems_read >= SYSTEMS_INTERVAL:
-            self._systems = self.engine.systems()
-            self._limits = self.engine.namespace_limits()
+            self._systems = self.engine.systems.report()
+            self._limits = self.engine.systems.namespace_limits()
             self._systems_read = time.monotonic()
 
     def progress(self) -> tuple[int, str, str]:

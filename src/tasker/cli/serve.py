@@ -1,4 +1,5 @@
-"""`tasker serve`: the command line of the API server; the server itself lives in `tasker.cli.serving`."""
+"""`tasker serve`: the command line of the API server; the server itself lives in
+`tasker.cli.serving`."""
 
 from __future__ import annotations
 

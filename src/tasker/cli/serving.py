@@ -1,14 +1,16 @@
-"""What `tasker serve` runs: the REST API (uvicorn), optionally with in-process workers that run the steps.
+"""What `tasker serve` runs: the REST API (uvicorn), optionally with in-process workers that run the
+steps.
 
-Kept apart from the command's definition so that every other command starts without importing FastAPI.
+Kept apart from the command's definition so that every other command starts without importing
+FastAPI.
 
-With `--workers N` one command both serves and executes, which is what a laptop or a small deployment
-wants; a fleet runs `tasker serve` and separate `tasker worker` processes on the same PostgreSQL. The
-workers run on their own threads and event loops, so a busy handler never delays an HTTP answer. A
-supervisor restarts a worker that dies (with backoff, logging why) and tells the health routes, so
-`/health/ready` answers 503 while one is down instead of lying. On SIGTERM or SIGINT the server
-stops accepting requests and the workers stop claiming at once; in-flight requests and steps finish
-(steps for up to the grace period), then the process exits 0.
+With `--workers N` one command both serves and executes, which is what a laptop or a small
+deployment wants; a fleet runs `tasker serve` and separate `tasker worker` processes on the same
+PostgreSQL. The workers run on their own threads and event loops, so a busy handler never delays an
+HTTP answer. A supervisor restarts a worker that dies (with backoff, logging why) and tells the
+health routes, so `/health/ready` answers 503 while one is down instead of lying. On SIGTERM or
+SIGINT the server stops accepting requests and the workers stop claiming at once; in-flight requests
+and steps finish (steps for up to the grace period), then the process exits 0.
 """
 
 from __future__ import annotations
@@ -91,7 +93,8 @@ def serve_api(
     app = create_app(engine, settings)
     if workers:
         attach(app, pool)  # the health routes report the embedded workers: down means not ready
-    # log_config=None: uvicorn's own lines go through the same handler (and format) as every other line.
+    # log_config=None: uvicorn's own lines go through the same handler (and format) as every other
+    # line.
     logging.getLogger("uvicorn.error").addFilter(_drop_colour)
     config = uvicorn.Config(
         app,
@@ -129,13 +132,15 @@ def _handler_threads_left(timeout: float) -> int:
 
 
 def _drop_colour(record: logging.LogRecord) -> bool:
-    """uvicorn attaches an ANSI-coloured copy of some messages; structured lines would print it as a field."""
+    """uvicorn attaches an ANSI-coloured copy of some messages; structured lines would print it as a
+    field."""
     record.__dict__.pop("color_message", None)
     return True
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    """Bind before anything else starts, so a busy port or a bad host is one clear line and exit 2."""
+    """Bind before anything else starts, so a busy port or a bad host is one clear line and exit
+    2."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -155,7 +160,8 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, telling the workers to stop as soon as a signal arrives and not re-raising it.
+    """uvicorn's server, telling the workers to stop as soon as a signal arrives and not re-raising
+    it.
 
     uvicorn re-raises a captured SIGTERM after its shutdown, which would kill the process before the
     workers drain; here the command itself exits once everything has stopped.

@@ -10,9 +10,13 @@ from tasker.cli.common import echo_json, json_option, state
 from tasker.domain import bounds
 from tasker.domain.bounds import Range
 
+# Imports inside the commands below are deliberate: Rich, the engine and the consoles load only when
+# a command runs, so `tasker ... --help` starts fast (benchmarks/bench_startup.py).
+
 
 class Bounded(click.ParamType[Any, Any]):
-    """A number within one of the ranges of `tasker.domain.bounds`, the same the templates and the engine use.
+    """A number within one of the ranges of `tasker.domain.bounds`, the same the templates and the
+    engine use.
 
     `click.FloatRange` accepts `nan` and `inf` (they fail no comparison), which then crashed every
     worker when the circuit opened; this type refuses them with click's one-line usage error.
@@ -33,20 +37,22 @@ class Bounded(click.ParamType[Any, Any]):
 @json_option
 @click.pass_context
 def systems(ctx: click.Context, as_json: bool) -> None:
-    """Dependent systems: circuit state, failures, steps in flight and waiting (list when no subcommand)."""
+    """Dependent systems: circuit state, failures, steps in flight and waiting (list when no
+    subcommand)."""
     if ctx.invoked_subcommand is None:
         ctx.invoke(list_, as_json=as_json)
 
 
 def system_rows(ctx: click.Context) -> list[dict[str, Any]]:
-    """The engine's report of each system, with the cool-down in force now (`current_cooldown_seconds`).
+    """The engine's report of each system, with the cool-down in force now
+    (`current_cooldown_seconds`).
 
     The cool-down doubles after each failed probe up to its cap, so the base alone would tell an
     operator a wrong time to wait; it is None while the circuit is closed.
     """
     engine = state(ctx).engine(load=False, access="read")
     try:
-        return engine.systems()
+        return engine.systems.report()
     finally:
         engine.close()
 
@@ -171,7 +177,7 @@ def set_(
     }
     if clear_max_in_flight:
         settings["max_in_flight"] = None
-    state(ctx).engine(load=False).configure_system(name, **settings)
+    state(ctx).engine(load=False).systems.configure(name, **settings)
     _say(f"{name}: {settings or 'unchanged'}")
 
 
@@ -180,7 +186,7 @@ def set_(
 @click.pass_context
 def reset(ctx: click.Context, name: str) -> None:
     """Close a system's circuit by hand."""
-    if not state(ctx).engine(load=False, access="read").reset_circuit(name):
+    if not state(ctx).engine(load=False, access="read").systems.reset_circuit(name):
         _say(f"no dependent system named {name}")
         raise click.exceptions.Exit(2)
     _say(f"{name}: circuit closed")
@@ -189,13 +195,14 @@ def reset(ctx: click.Context, name: str) -> None:
 @click.group(invoke_without_command=True)
 @click.pass_context
 def limits(ctx: click.Context) -> None:
-    """In-flight limits per namespace (list when no subcommand); per system see `tasker systems set`."""
+    """In-flight limits per namespace (list when no subcommand); per system see
+    `tasker systems set`."""
     if ctx.invoked_subcommand is None:
         from rich.table import Table
 
         from tasker.cli.common import console
 
-        rows = state(ctx).engine(load=False, access="read").namespace_limits()
+        rows = state(ctx).engine(load=False, access="read").systems.namespace_limits()
         table = Table(title="namespace limits")
         table.add_column("namespace")
         table.add_column("max in flight")
@@ -210,7 +217,7 @@ def limits(ctx: click.Context) -> None:
 @click.pass_context
 def limits_set(ctx: click.Context, namespace: str, max_in_flight: int) -> None:
     """Cap the steps of NAMESPACE running at once across all workers."""
-    state(ctx).engine(load=False).set_namespace_limit(namespace, max_in_flight)
+    state(ctx).engine(load=False).systems.set_namespace_limit(namespace, max_in_flight)
     _say(f"{namespace}: at most {max_in_flight} steps in flight")
 
 
@@ -219,7 +226,7 @@ def limits_set(ctx: click.Context, namespace: str, max_in_flight: int) -> None:
 @click.pass_context
 def limits_clear(ctx: click.Context, namespace: str) -> None:
     """Remove the cap of NAMESPACE."""
-    state(ctx).engine(load=False).set_namespace_limit(namespace, None)
+    state(ctx).engine(load=False).systems.set_namespace_limit(namespace, None)
     _say(f"{namespace}: no limit")
 
 

@@ -1,7 +1,7 @@
 """`tasker tasks list|show|create|cancel|retry|retry-step|resolve`.
 
-Read-only commands (`list`, `show`) open the store with access "read": against a database without the
-Tasker schema they say so in one line and create nothing. `create` queues a task for the workers
+Read-only commands (`list`, `show`) open the store with access "read": against a database without
+the Tasker schema they say so in one line and create nothing. `create` queues a task for the workers
 (`tasker worker`, or `tasker serve --workers N`) and prints its id, so scripts can
 `ID=$(tasker tasks create ...)`; `tasker run` is the command that creates and runs one here.
 """
@@ -17,6 +17,9 @@ from tasker.cli.common import echo_json, json_option, read_json, state, template
 from tasker.domain.errors import TaskerInputError
 from tasker.domain.records import Task
 from tasker.domain.states import TaskState
+
+# Imports inside the commands below are deliberate: Rich, the engine and the consoles load only when
+# a command runs, so `tasker ... --help` starts fast (benchmarks/bench_startup.py).
 
 
 @click.group()
@@ -105,7 +108,8 @@ def show(
 ) -> None:
     """Every step of a task with state, attempts, last error, times and durations.
 
-    With --json: the whole task (context, annotations, and every step with its results and last error).
+    With --json: the whole task (context, annotations, and every step with its results and last
+    error).
     """
     engine = state(ctx).engine(load=False, access="read")
     task = engine.get_task(task_id)
@@ -130,7 +134,7 @@ def show(
             console.print(f"[bold]Results of {s.name}:[/]", highlight=False)
             console.print_json(data=s.results, default=str)
     if show_mermaid:
-        click.echo(task_mermaid(engine.task_template(task_id), task), nl=False)
+        click.echo(task_mermaid(engine.templates.of_task(task_id), task), nl=False)
 
 
 @tasks.command()
@@ -160,10 +164,11 @@ def create(
     templates: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Queue a task from template NS/NAME[@VERSION] for the workers and print its id (it does not run here).
+    """Queue a task from template NS/NAME[@VERSION] for the workers and print its id (it does not
+    run here).
 
-    A worker (`tasker worker`, or `tasker serve --workers N`) on the same store runs it; `tasker run`
-    creates a task and runs it here instead.
+    A worker (`tasker worker`, or `tasker serve --workers N`) on the same store runs it;
+    `tasker run` creates a task and runs it here instead.
     """
     value = read_json(context, "--context")
     if not isinstance(value, dict):

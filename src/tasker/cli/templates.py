@@ -1,8 +1,9 @@
-"""`tasker templates validate|list|show`: templates are read from YAML files; the store is never opened.
+"""`tasker templates validate|list|show`: templates are read from YAML files; the store is never
+opened.
 
 `validate` checks every file it is given and reports every problem it finds (the structure of each
-file, then each handler class that cannot be imported, then templates defined twice) before exiting 2,
-so one run shows all there is to fix.
+file, then each handler class that cannot be imported, then templates defined twice) before exiting
+2, so one run shows all there is to fix.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import click
 
 from tasker.cli.common import echo_json, json_option, state, templates_option
 from tasker.domain.errors import TemplateError
+from tasker.domain.templates import TaskTemplate
 from tasker.registry import TemplateRegistry, parse_ref
 from tasker.templates.loader import (
     load_file,
@@ -22,7 +24,9 @@ from tasker.templates.loader import (
     resolve_task_handler,
     template_files,
 )
-from tasker.templates.model import TaskTemplate
+
+# Imports inside the commands below are deliberate: Rich, the engine and the consoles load only when
+# a command runs, so `tasker ... --help` starts fast (benchmarks/bench_startup.py).
 
 
 @click.group()
@@ -34,7 +38,8 @@ def templates() -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.pass_context
 def validate(ctx: click.Context, paths: tuple[str, ...]) -> None:
-    """Check template files (or directories) and report every problem, one line each; exit 2 if any."""
+    """Check template files (or directories) and report every problem, one line each; exit 2 if
+    any."""
     from tasker.cli.common import console, err_console
 
     problems: list[str] = []
@@ -76,7 +81,8 @@ def validate(ctx: click.Context, paths: tuple[str, ...]) -> None:
 
 
 def _check_file(file: Path) -> tuple[TaskTemplate | None, list[str]]:
-    """The template of `file` and every problem in it: its structure first, then each handler import."""
+    """The template of `file` and every problem in it: its structure first, then each handler
+    import."""
     try:
         found = load_file(file, resolve_handlers=False)
     except TemplateError as exc:
@@ -112,7 +118,8 @@ def _registry(ctx: click.Context, paths: tuple[str, ...]) -> TemplateRegistry:
 
 
 def template_json(t: TaskTemplate, *, full: bool = False) -> dict[str, Any]:
-    """A template as `--json` prints it; `full` adds the steps with their retry policies and the schema."""
+    """A template as `--json` prints it; `full` adds the steps with their retry policies and the
+    schema."""
     data: dict[str, Any] = {
         "namespace": t.namespace_name,
         "name": t.name,
@@ -124,7 +131,7 @@ def template_json(t: TaskTemplate, *, full: bool = False) -> dict[str, Any]:
     }
     if not full:
         return data
-    from tasker.templates.graph import execution_levels
+    from tasker.domain.graph import execution_levels
 
     steps = []
     for s in t.step_templates:
@@ -189,7 +196,8 @@ def list_(ctx: click.Context, templates: tuple[str, ...], as_json: bool) -> None
 def show(
     ctx: click.Context, ref: str, templates: tuple[str, ...], mermaid_only: bool, as_json: bool
 ) -> None:
-    """Show one template (NS/NAME[@VERSION]): steps, dependencies, retries, order and a Mermaid diagram."""
+    """Show one template (NS/NAME[@VERSION]): steps, dependencies, retries, order and a Mermaid
+    diagram."""
     from tasker.cli.render import template_mermaid, template_order, template_steps_table
 
     registry = _registry(ctx, templates)

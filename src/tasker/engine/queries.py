@@ -1,4 +1,4 @@
-"""The reads behind the dashboard: keyset pages of tasks, the overview, the template versions.
+"""Pages of tasks for the dashboard and the API: the `engine.listing` part of `Tasker`.
 
 The dashboard and the JSON API are delivery layers: they hold no SQL and call these use cases
 through the `Tasker` facade. Each read is bounded by an index (migration 0004), so a page costs the
@@ -13,79 +13,48 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-
-from sqlalchemy import Connection
+from datetime import UTC, datetime
 
 from tasker.domain.errors import TaskerInputError
-from tasker.domain.records import Task
-from tasker.domain.states import TERMINAL_TASK_STATES, TaskState
+from tasker.domain.listing import TaskPage, TaskQuery
+from tasker.domain.states import TaskState
 from tasker.store import listing
-from tasker.store import overview as overview_store
 from tasker.store.database import Database
 
 #: The most tasks one page may hold (the API's and the dashboard's limit).
 MAX_PAGE = 500
-#: Minutes in the overview's throughput chart, the current (partial) minute included.
-CHART_MINUTES = 60
-LATEST_FAILURES = 10
-#: Error messages in the overview are cut to this many characters: ten rows, not ten tracebacks.
-MESSAGE_CHARS = 300
 _CURSOR_TAG = "t1:"
 _INT64_MAX = 2**63 - 1
 
 
-@dataclass(frozen=True)
-class TaskQuery:
-    """Which tasks a listing shows; every field empty means all tasks."""
+class TaskListing:
+    """Keyset pages of the tasks of one store, newest first, and full counts for the API."""
 
-    namespace: str | None = None
-    name: str | None = None  # template name
-    version: str | None = None
-    statuses: tuple[str, ...] = ()  # TaskState values
-    created_from: datetime | None = None  # inclusive
-    created_to: datetime | None = None  # exclusive
-    key: str | None = None  # exact idempotency key OR correlation id
+    def __init__(self, db: Database):
+        self.db = db
 
+    def page(
+        self,
+        query: TaskQuery | None = None,
+        *,
+        limit: int = 50,
+        after: str | None = None,
+        before: str | None = None,
+        offset: int = 0,
+    ) -> TaskPage:
+        """A keyset page of tasks, newest first, without steps: `after`/`before` are the cursors of
+        a page.
 
-@dataclass(frozen=True)
-class TaskPage:
-    """One page of tasks, newest first, and the cursors to its neighbours (None at either end)."""
+        Fast at any depth and any table size (an index walk from the cursor, no OFFSET, no COUNT);
+        `offset` is only for the API's older clients.
+        """
+        return page_tasks(
+            self.db, query or TaskQuery(), limit=limit, after=after, before=before, offset=offset
+        )
 
-    tasks: list[Task]  # Task.steps is [] in listings
-    next_cursor: str | None  # older tasks: pass as after=
-    prev_cursor: str | None  # newer tasks: pass as before=
-
-
-@dataclass(frozen=True)
-class MinuteCount:
-    minute: datetime  # UTC, start of the minute
-    completed: int  # step attempts that completed in that minute
-    failed: int  # step attempts that failed (waiting_retry or error) in it
-
-
-@dataclass(frozen=True)
-class FailureRow:
-    task_id: int
-    template: str  # "ns/name@version"
-    step: str
-    error_class: str
-    message: str  # cut to MESSAGE_CHARS
-    at: datetime
-
-
-@dataclass(frozen=True)
-class Overview:
-    tasks_by_status: dict[str, int]  # every TaskState value present, 0 when none
-    steps_waiting_retry: int
-    completed_last_hour: int  # tasks that finished complete in the last hour
-    completed_last_day: int
-    failed_last_hour: int  # tasks that finished in error in the last hour
-    failed_last_day: int
-    per_minute: list[MinuteCount]  # exactly CHART_MINUTES entries, oldest first, ending now
-    latest_failures: list[FailureRow]  # newest first, at most LATEST_FAILURES
-    generated_at: datetime
+    def count(self, query: TaskQuery | None = None) -> int:
+        """How many tasks match `query`; reads every match, so listings do not call it."""
+        return listing.count_matching(self.db, check_query(query or TaskQuery()))
 
 
 # -- cursors ---------------------------------------------------------------------------------------
@@ -163,11 +132,9 @@ def page_tasks(
         raise TaskerInputError("offset: must be between 0 and 2**63-1")
     after_id = decode_cursor(after, "after") if after is not None else None
     before_id = decode_cursor(before, "before") if before is not None else None
-    query = check_query(query)
-    with db.read() as conn:
-        found = listing.page(
-            conn, query, limit=limit + 1, after=after_id, before=before_id, offset=offset
-        )
+    found = listing.read_page(
+        db, check_query(query), limit=limit + 1, after=after_id, before=before_id, offset=offset
+    )
     more = len(found) > limit
     if before_id is not None:
         found = found[:limit][::-1]  # read upwards; the extra row is the newest one
@@ -185,93 +152,4 @@ def page_tasks(
         tasks=found,
         next_cursor=encode_cursor(found[-1].id) if older else None,
         prev_cursor=encode_cursor(found[0].id) if newer else None,
-    )
-
-
-def count_tasks(db: Database, query: TaskQuery) -> int:
-    """How many tasks match (a full count: the API's legacy `total`, never a dashboard page)."""
-    query = check_query(query)
-    with db.read() as conn:
-        return listing.count(conn, query)
-
-
-# -- overview -----------------------------------------------------------------------------------
-#: Tasks that finished longer ago than this count as settled: no late commit can still add to them.
-SETTLED_MARGIN = timedelta(minutes=5)
-#: How long a settled count is reused before it is counted again (one full index scan each time).
-SETTLED_REFRESH = timedelta(minutes=10)
-
-
-class FinalCounts:
-    """Counts of tasks in final states, split at a moment in the past: a view reads the recent only.
-
-    A grouped count of every task is an index-only scan of the whole table (~130 ms at 1,000,000 on
-    PostgreSQL, measured in docs/benchmarks.md). Complete, cancelled and resolved tasks never change
-    state again, so those that finished before `cutoff` are counted once and kept; each view adds
-    the ones finished since (a short range of `(status, finished_at)`). The cutoff trails the clock
-    by `SETTLED_MARGIN`, so a transaction that commits late with an earlier timestamp is still seen,
-    and is moved forward every `SETTLED_REFRESH`. One per engine: nothing is shared between stores.
-    """
-
-    def __init__(self) -> None:
-        self.cutoff: datetime | None = None
-        self.settled: dict[str, int] = {}
-
-    def counts(self, conn: Connection, now: datetime) -> dict[str, int]:
-        final = sorted(s.value for s in TERMINAL_TASK_STATES)
-        if self.cutoff is None or not now - SETTLED_REFRESH - SETTLED_MARGIN < self.cutoff <= now:
-            self.cutoff = now - SETTLED_MARGIN
-            self.settled = overview_store.final_by_status(conn, final, before=self.cutoff)
-        recent = overview_store.final_by_status(conn, final, since=self.cutoff)
-        unfinished = [s.value for s in TaskState if s not in TERMINAL_TASK_STATES]
-        out = overview_store.unfinished_by_status(conn, unfinished)
-        for status in final:
-            out[status] = self.settled.get(status, 0) + recent.get(status, 0)
-        return out
-
-
-def overview(
-    db: Database, final: FinalCounts | None = None, now: datetime | None = None
-) -> Overview:
-    """What an operator looks at first; each figure is one indexed query (store.overview).
-
-    Without `final` (the engine keeps one), tasks are counted by status over the whole table.
-    """
-    now = now or datetime.now(UTC)
-    current = now.replace(second=0, microsecond=0)
-    first_minute = current - timedelta(minutes=CHART_MINUTES - 1)
-    with db.read() as conn:
-        by_status = final.counts(conn, now) if final else overview_store.tasks_by_status(conn)
-        waiting = overview_store.steps_waiting_retry(conn)
-        finished = overview_store.finished_since(
-            conn, hour=now - timedelta(hours=1), day=now - timedelta(days=1)
-        )
-        minutes = overview_store.attempts_per_minute(conn, first_minute)
-        failures = overview_store.latest_failures(conn, LATEST_FAILURES)
-    counts = {s.value: by_status.get(s.value, 0) for s in TaskState}
-    chart = []
-    for i in range(CHART_MINUTES):
-        minute = first_minute + timedelta(minutes=i)
-        completed, failed = minutes.get(int(minute.timestamp()) // 60, (0, 0))
-        chart.append(MinuteCount(minute=minute, completed=completed, failed=failed))
-    return Overview(
-        tasks_by_status=counts,
-        steps_waiting_retry=waiting,
-        completed_last_hour=finished.completed_hour,
-        completed_last_day=finished.completed_day,
-        failed_last_hour=finished.failed_hour,
-        failed_last_day=finished.failed_day,
-        per_minute=chart,
-        latest_failures=[
-            FailureRow(
-                task_id=f.task_id,
-                template=f"{f.namespace}/{f.name}@{f.version}",
-                step=f.step,
-                error_class=f.error_class or "Error",
-                message=(f.message or "")[:MESSAGE_CHARS],
-                at=f.at,
-            )
-            for f in failures
-        ],
-        generated_at=now,
     )

@@ -1,15 +1,17 @@
-"""The queries behind health status and analytics: counts, rates and duration percentiles, both dialects.
+"""The queries behind health status and analytics: counts, rates and duration percentiles, both
+dialects.
 
-Every query is bounded by an index: history is read through the tasks created in the period (index on
-`tasks.created_at`) and joined to their transitions by `task_id` (the transitions tables are indexed on
-`task_id` and `step_id` only, never on `at`); the live backlog is read through the partial indexes over
-claimable and leased steps, so its cost follows the size of the queue, not of the history.
+Every query is bounded by an index: history is read through the tasks created in the period (index
+on `tasks.created_at`) and joined to their transitions by `task_id` (the transitions tables are
+indexed on `task_id` and `step_id` only, never on `at`); the live backlog is read through the
+partial indexes over claimable and leased steps, so its cost follows the size of the queue, not of
+the history.
 
-Percentiles are exact nearest-rank values (the smallest value with at least p% of the values at or below
-it) computed by the database with window functions: `row_number()` and `count()` over each group, then
-the row whose rank is `ceil(p * n)`. SQLite has no percentile aggregate but has window functions (3.25+),
-and one method for both stores gives both the same answer; only the rows of the period are sorted, and
-only one row per group leaves the database.
+Percentiles are exact nearest-rank values (the smallest value with at least p% of the values at or
+below it) computed by the database with window functions: `row_number()` and `count()` over each
+group, then the row whose rank is `ceil(p * n)`. SQLite has no percentile aggregate but has window
+functions (3.25+), and one method for both stores gives both the same answer; only the rows of the
+period are sorted, and only one row per group leaves the database.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from sqlalchemy import Float, Select, and_, case, cast, extract, func, select, t
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
+from tasker.domain.states import StepState, TaskState
 from tasker.store.schema import CLAIMABLE, step_transitions, steps, tasks
 
-#: Outcomes of an attempt: the transitions out of `in_progress` that end one (a graceful release back to
-#: `ready` and a cancellation do not count as attempts that ran their course).
-ATTEMPT_OUTCOMES = ("complete", "waiting_retry", "error")
+#: Outcomes of an attempt: the transitions out of `in_progress` that end one (a graceful release
+#: back to `ready` and a cancellation do not count as attempts that ran their course).
+ATTEMPT_OUTCOMES = (StepState.COMPLETE.value, StepState.WAITING_RETRY.value, StepState.ERROR.value)
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ class Distribution:
 
 @dataclass
 class TaskOutcomes:
-    """Tasks of one template created in the scope: how many, how many started, how many in each state."""
+    """Tasks of one template created in the scope: how many, how many started, how many in each
+    state."""
 
     created: int = 0
     started: int = 0
@@ -81,7 +85,8 @@ class StepCounts:
     completed: int = 0
     retries: int = 0
     errors: int = 0
-    #: `error` after at least one retry: the step ran out of attempts (or failed for good on a retry).
+    #: `error` after at least one retry: the step ran out of attempts (or failed for good on a
+    #: retry).
     errors_after_retries: int = 0
     steps: int = 0
     retry_limit: int = 0
@@ -142,7 +147,7 @@ def _f(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-# -- tasks ----------------------------------------------------------------------------------------------
+# -- tasks -----------------------------------------------------------------------------------------
 def task_outcomes(conn: Connection, scope: Scope) -> dict[TemplateKey, TaskOutcomes]:
     """Per template: tasks created in the scope, how many started, and their current states."""
     q = (
@@ -167,16 +172,19 @@ def task_outcomes(conn: Connection, scope: Scope) -> dict[TemplateKey, TaskOutco
 
 
 def task_durations(conn: Connection, scope: Scope) -> dict[TemplateKey, Distribution]:
-    """Per template: seconds from start to finish of the tasks created in the scope that completed."""
+    """Per template: seconds from start to finish of the tasks created in the scope that
+    completed."""
     value = _seconds(conn.dialect.name, tasks.c.started_at, tasks.c.finished_at)
     keys = [tasks.c.namespace, tasks.c.name, tasks.c.version]
     q = select(tasks.c.id).where(
-        *scope.conditions(), tasks.c.status == "complete", tasks.c.started_at.is_not(None)
+        *scope.conditions(),
+        tasks.c.status == TaskState.COMPLETE.value,
+        tasks.c.started_at.is_not(None),
     )
     return {(k[0], k[1], k[2]): d for k, d in _distributions(conn, keys, value, q).items()}
 
 
-# -- steps ----------------------------------------------------------------------------------------------
+# -- steps -----------------------------------------------------------------------------------------
 def _attempts(scope: Scope) -> Select[Any]:
     """The attempt outcomes of the tasks in the scope, joined to their task and step rows."""
     joined = tasks.join(step_transitions, step_transitions.c.task_id == tasks.c.id).join(
@@ -187,7 +195,7 @@ def _attempts(scope: Scope) -> Select[Any]:
         .select_from(joined)
         .where(
             *scope.conditions(),
-            step_transitions.c.from_state == "in_progress",
+            step_transitions.c.from_state == StepState.IN_PROGRESS.value,
             step_transitions.c.to_state.in_(ATTEMPT_OUTCOMES),
         )
     )
@@ -207,17 +215,18 @@ def _count(condition: ColumnElement[bool]) -> ColumnElement[int]:
 
 
 def step_counts(conn: Connection, scope: Scope) -> dict[StepKey, StepCounts]:
-    """Per step of each template: attempts, completions, retries, errors, steps attempted, error classes."""
+    """Per step of each template: attempts, completions, retries, errors, steps attempted, error
+    classes."""
     to = step_transitions.c.to_state
     q = (
         _attempts(scope)
         .with_only_columns(
             *_STEP_KEYS,
             func.count(),
-            _count(to == "complete"),
-            _count(to == "waiting_retry"),
-            _count(to == "error"),
-            _count(and_(to == "error", step_transitions.c.attempt > 1)),
+            _count(to == StepState.COMPLETE.value),
+            _count(to == StepState.WAITING_RETRY.value),
+            _count(to == StepState.ERROR.value),
+            _count(and_(to == StepState.ERROR.value, step_transitions.c.attempt > 1)),
             func.count(step_transitions.c.step_id.distinct()),
             func.max(steps.c.retry_limit),
         )
@@ -266,7 +275,7 @@ def step_states(conn: Connection, since: datetime) -> dict[str, int]:
     return {str(state): int(n) for state, n in conn.execute(q)}
 
 
-# -- the live backlog --------------------------------------------------------------------------------------
+# -- the live backlog ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Backlog:
     due_steps: int
@@ -278,8 +287,12 @@ class Backlog:
     tasks_in_error: int
 
 
+_OPEN = (TaskState.PENDING.value, TaskState.IN_PROGRESS.value, TaskState.ERROR.value)
+
+
 def backlog(conn: Connection, now: datetime, overdue_before: datetime) -> Backlog:
-    """Steps waiting for a worker now (due, and due for longer than they should), later, and running.
+    """Steps waiting for a worker now (due, and due for longer than they should), later, and
+    running.
 
     The predicates are written exactly as the partial indexes' so that both dialects use them.
     """
@@ -299,7 +312,7 @@ def backlog(conn: Connection, now: datetime, overdue_before: datetime) -> Backlo
         str(status): int(n)
         for status, n in conn.execute(
             select(tasks.c.status, func.count())
-            .where(tasks.c.status.in_(("pending", "in_progress", "error")))
+            .where(tasks.c.status.in_(_OPEN))
             .group_by(tasks.c.status)
         )
     }
@@ -309,6 +322,6 @@ def backlog(conn: Connection, now: datetime, overdue_before: datetime) -> Backlo
         oldest_due_at=oldest if due else None,
         scheduled_steps=int(scheduled or 0),
         running_steps=int(running or 0),
-        active_tasks=int(by_status.get("pending", 0)) + int(by_status.get("in_progress", 0)),
-        tasks_in_error=int(by_status.get("error", 0)),
+        active_tasks=by_status.get(TaskState.PENDING, 0) + by_status.get(TaskState.IN_PROGRESS, 0),
+        tasks_in_error=by_status.get(TaskState.ERROR, 0),
     )

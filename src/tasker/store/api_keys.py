@@ -1,12 +1,13 @@
 """API keys: what a key looks like, what it may be granted, and the queries on `tasker_api_keys`.
 
-A key is `tk_<8 hex>_<43 url-safe characters>` (256 random bits). Only its SHA-256 digest is stored, so a
-copy of the database cannot be used to call the API; the `tk_<8 hex>` prefix is stored in the clear so
-an operator can tell keys apart in listings and logs. Lookup is by digest (an indexed, unique column): a
-digest leaks nothing an attacker could use to guess a key byte by byte, unlike comparing the keys.
+A key is `tk_<8 hex>_<43 url-safe characters>` (256 random bits). Only its SHA-256 digest is stored,
+so a copy of the database cannot be used to call the API; the `tk_<8 hex>` prefix is stored in the
+clear so an operator can tell keys apart in listings and logs. Lookup is by digest (an indexed,
+unique column): a digest leaks nothing an attacker could use to guess a key byte by byte, unlike
+comparing the keys.
 
-The permission vocabulary lives here rather than in the API package because the engine validates grants
-when it creates a key, and the engine may not depend on the delivery layer.
+The permission vocabulary lives here rather than in the API package because the engine validates
+grants when it creates a key, and the engine may not depend on the delivery layer.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ PERMISSIONS: tuple[str, ...] = tuple(
 #: `*` grants everything, `<resource>:*` every action of one resource.
 WILDCARDS: tuple[str, ...] = ("*", *(f"{r}:*" for r in RESOURCES))
 GRANTABLE = frozenset(PERMISSIONS) | frozenset(WILDCARDS)
-#: A key's `last_used_at` is written at most this often, so authenticating is a read, not a write, per request.
+#: A key's `last_used_at` is written at most this often, so authenticating is a read, not a write,
+#: per request.
 TOUCH_EVERY = timedelta(minutes=1)
 
 
@@ -58,7 +60,8 @@ def grants(granted: Iterable[str], needed: str) -> bool:
 
 
 def check_permissions(names: Iterable[str]) -> tuple[str, ...]:
-    """The grants, deduplicated in the order given; an unknown name is refused with the valid ones listed."""
+    """The grants, deduplicated in the order given; an unknown name is refused with the valid ones
+    listed."""
     out: list[str] = []
     for raw in names:
         name = raw.strip()
@@ -94,7 +97,8 @@ def generate_key() -> tuple[str, str]:
 
 
 def looks_like_key(value: str) -> bool:
-    """Whether a credential has the shape of one of our keys (so a bearer token can be one, not a JWT)."""
+    """Whether a credential has the shape of one of our keys (so a bearer token can be one, not a
+    JWT)."""
     return bool(_KEY_RE.match(value))
 
 
@@ -203,7 +207,8 @@ def find_by_key(conn: Connection, key: str) -> ApiKey | None:
 
 
 def touch(conn: Connection, key_id: int, now: datetime, every: timedelta = TOUCH_EVERY) -> None:
-    """Record a use, unless one was recorded less than `every` ago (the condition settles racing writers)."""
+    """Record a use, unless one was recorded less than `every` ago (the condition settles racing
+    writers)."""
     conn.execute(
         update(api_keys)
         .where(

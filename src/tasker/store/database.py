@@ -45,9 +45,6 @@ DEFAULT_URL = "sqlite:///tasker.db"
 #: only".
 AUTO_MIGRATE_ENV = "TASKER_AUTO_MIGRATE"
 
-_migrated: set[str] = set()
-_migrate_lock = threading.Lock()
-
 
 class SchemaError(TaskerInputError):
     """The store is not usable as it is: no database, no Tasker schema, or another revision of it.
@@ -67,6 +64,14 @@ def env_auto_migrate() -> bool | None:
     if raw in ("0", "false", "no", "off"):
         return False
     raise TaskerInputError(f"{AUTO_MIGRATE_ENV}={raw!r} is not a boolean; fix: set it to 1 or 0")
+
+
+def backend_name(url: str) -> str | None:
+    """The database a URL names (`sqlite`, `postgresql`, ...), or None when it is not a URL."""
+    try:
+        return make_url(url).get_backend_name()
+    except ArgumentError:
+        return None
 
 
 def resolve_url(url: str | None = None) -> str:
@@ -95,6 +100,11 @@ class Database:
         raises `SchemaError` naming the fix, so that no table is created where nobody asked.
         """
         self.url = resolve_url(url)
+        #: The schema was found current (or migrated) through this object: not checked again.
+        self._migrated = False
+        self._migrate_lock = threading.Lock()
+        #: Template snapshot ids this store holds, by content hash (`tasker.store.tasks`).
+        self.template_ids: dict[str, int] = {}
         try:
             parsed = make_url(self.url)
         except ArgumentError:
@@ -160,16 +170,13 @@ class Database:
     def is_sqlite(self) -> bool:
         return self.dialect == "sqlite"
 
-    def _key(self) -> str:
-        """What `_migrated` remembers: the URL, or this object for a memory store (each one is
-        new)."""
-        return f"{self.url}#{id(self)}" if self.memory else self.url
-
     def migrate(self) -> None:
-        """Bring the schema to the latest migration, once per process and URL."""
-        with _migrate_lock:
-            if self._key() in _migrated:
+        """Bring the schema to the latest migration (checked once per `Database`)."""
+        with self._migrate_lock:
+            if self._migrated:
                 return
+            # Alembic is imported only to migrate or check (~120 ms): `from tasker import Tasker`
+            # and a store opened with migrate=False never pay for it.
             from tasker.store.migrate import upgrade
 
             if self.is_sqlite and not self.memory:
@@ -178,7 +185,7 @@ class Database:
                 )
             with self.connection_errors():
                 upgrade(self.writer)
-            _migrated.add(self._key())
+            self._migrated = True
 
     def require_schema(self) -> None:
         """Raise `SchemaError` unless the Tasker schema is at the latest revision; create nothing.
@@ -186,7 +193,7 @@ class Database:
         An SQLite file that does not exist is reported without being created, and a PostgreSQL
         database that does not exist or does not answer is one line with the fix.
         """
-        if self._key() in _migrated:
+        if self._migrated:
             return
         if make_url(
             self.url
@@ -200,13 +207,17 @@ class Database:
                 f"database {self.shown_url()}: no such file ({path}); fix: check --database-url, "
                 "or create it with 'tasker db upgrade'"
             )
-        from tasker.store.migrate import current_revision, head_revision, known_revision
+        from tasker.store.migrate import (  # lazily, as in `migrate`
+            current_revision,
+            head_revision,
+            known_revision,
+        )
 
         with self.connection_errors():
             current = current_revision(self.writer)
         head = head_revision()
         if current == head:
-            _migrated.add(self._key())
+            self._migrated = True
             return
         if current is None:
             raise SchemaError(

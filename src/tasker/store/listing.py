@@ -17,16 +17,15 @@ short index scans instead of a scan and sort of every task in those states.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Select, func, or_, select, union_all
 
+from tasker.domain.listing import TaskQuery
 from tasker.domain.records import Task
+from tasker.store.database import Database
 from tasker.store.schema import tasks
 from tasker.store.tasks import _task
-
-if TYPE_CHECKING:
-    from tasker.engine.queries import TaskQuery
 
 
 def conditions(query: TaskQuery) -> list[ColumnElement[bool]]:
@@ -140,3 +139,23 @@ def count(conn: Connection, query: TaskQuery) -> int:
     if query.statuses:
         conds.append(tasks.c.status.in_(list(query.statuses)))
     return int(conn.execute(select(func.count()).select_from(tasks).where(*conds)).scalar_one())
+
+
+def read_page(
+    db: Database,
+    query: TaskQuery,
+    *,
+    limit: int,
+    after: int | None = None,
+    before: int | None = None,
+    offset: int = 0,
+) -> list[Task]:
+    """`page` in a read transaction of its own."""
+    with db.read() as conn:
+        return page(conn, query, limit=limit, after=after, before=before, offset=offset)
+
+
+def count_matching(db: Database, query: TaskQuery) -> int:
+    """`count` in a read transaction of its own."""
+    with db.read() as conn:
+        return count(conn, query)

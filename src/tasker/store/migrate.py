@@ -1,4 +1,5 @@
-"""Alembic, driven from code: the migrations ship inside the package (see `Database` for when they run)."""
+"""Alembic, driven from code: the migrations ship inside the package (see `Database` for when they
+run)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """PostgreSQL wake-ups: a transaction that makes steps ready sends NOTIFY; idle workers LISTEN.
 
-Notifications are only a hint to look now: a worker that misses one (a dropped connection, a restart)
-still finds the work at its next poll. PostgreSQL delivers a NOTIFY when its transaction commits and
-folds identical ones in the same transaction into one.
+Notifications are only a hint to look now: a worker that misses one (a dropped connection, a
+restart) still finds the work at its next poll. PostgreSQL delivers a NOTIFY when its transaction
+commits and folds identical ones in the same transaction into one.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def _libpq_url(sqlalchemy_url: str) -> str:
 
 
 class ReadyListener:
-    """A thread holding one LISTEN connection; calls `on_ready` for every notification (and on reconnect)."""
+    """A thread holding one LISTEN connection; calls `on_ready` for every notification (and on
+    reconnect)."""
 
     def __init__(self, sqlalchemy_url: str, on_ready: Callable[[], None]):
         self.url = _libpq_url(sqlalchemy_url)

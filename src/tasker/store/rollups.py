@@ -58,6 +58,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
+from tasker.domain.states import TERMINAL_TASK_STATES, StepState, TaskState
+from tasker.store import systems
 from tasker.store.analytics import (
     ATTEMPT_OUTCOMES,
     Distribution,
@@ -67,6 +69,7 @@ from tasker.store.analytics import (
     TaskOutcomes,
     TemplateKey,
 )
+from tasker.store.database import Database
 from tasker.store.schema import (
     rollup_cursors,
     step_duration_rollups,
@@ -88,8 +91,8 @@ GRACE_SECONDS = 600.0
 #: Ids read per catch-up transaction; gaps remembered at most (the newest are kept).
 BATCH_IDS = 100_000
 MAX_GAPS = 1_000
-FINAL_TASK_STATES = ("complete", "cancelled", "resolved_manually")
-OPEN_TASK_STATES = ("pending", "in_progress", "error")
+FINAL_TASK_STATES = tuple(sorted(s.value for s in TERMINAL_TASK_STATES))
+OPEN_TASK_STATES = tuple(s.value for s in TaskState if s not in TERMINAL_TASK_STATES)
 STEP_SOURCE, TASK_SOURCE = "step_transitions", "task_transitions"
 #: The rollups' time slot (column `hour` holds the slot's start): short enough that the raw partial
 #: first slot of a period stays cheap, long enough that a day is 48 slots.
@@ -237,7 +240,7 @@ class StepFacts:
         hour = _hour(r.created_at)
         cell = self.cells.setdefault((hour, key, r.to_state, r.error_class or ""), _StepCell())
         cell.attempts += 1
-        cell.after_retries += int(r.to_state == "error" and r.attempt > 1)
+        cell.after_retries += int(r.to_state == StepState.ERROR and r.attempt > 1)
         cell.first_outcomes += int(bool(r.first))
         cell.retry_limit = max(cell.retry_limit, int(r.retry_limit))
         if r.duration_ms is not None:
@@ -261,7 +264,7 @@ class TaskFacts:
         cell = self.cells.setdefault((_hour(created_at), key, status), _TaskCell())
         cell.tasks += 1
         cell.started += int(started_at is not None)
-        if status == "complete" and started_at is not None and finished_at is not None:
+        if status == TaskState.COMPLETE and started_at is not None and finished_at is not None:
             cell.durations.add((finished_at - started_at).total_seconds())
 
 
@@ -269,7 +272,7 @@ _PRIOR = step_transitions.alias("prior")
 _FIRST = ~exists().where(
     _PRIOR.c.step_id == step_transitions.c.step_id,
     _PRIOR.c.id < step_transitions.c.id,
-    _PRIOR.c.from_state == "in_progress",
+    _PRIOR.c.from_state == StepState.IN_PROGRESS.value,
     _PRIOR.c.to_state.in_(ATTEMPT_OUTCOMES),
 )
 
@@ -299,7 +302,7 @@ def _step_rows(conn: Connection, *where: ColumnElement[bool]) -> Iterable[Row[An
             )
         )
         .where(
-            step_transitions.c.from_state == "in_progress",
+            step_transitions.c.from_state == StepState.IN_PROGRESS.value,
             step_transitions.c.to_state.in_(ATTEMPT_OUTCOMES),
             *where,
         )
@@ -686,9 +689,9 @@ def step_report(
     def count(key: StepKey, outcome: str, cls: str, cell: _StepCell) -> None:
         c = counts.setdefault(key, StepCounts())
         c.attempts += cell.attempts
-        c.completed += cell.attempts if outcome == "complete" else 0
-        c.retries += cell.attempts if outcome == "waiting_retry" else 0
-        c.errors += cell.attempts if outcome == "error" else 0
+        c.completed += cell.attempts if outcome == StepState.COMPLETE else 0
+        c.retries += cell.attempts if outcome == StepState.WAITING_RETRY else 0
+        c.errors += cell.attempts if outcome == StepState.ERROR else 0
         c.errors_after_retries += cell.after_retries
         if cls:
             c.error_classes[cls] = c.error_classes.get(cls, 0) + cell.attempts
@@ -840,3 +843,33 @@ def task_report(
     for ns, name, version, status, n, started in conn.execute(open_q):
         count((ns, name, version), status, _TaskCell(int(n), int(started)))
     return outcomes, {key: h.distribution() for key, h in hists.items()}
+
+
+@dataclass(frozen=True)
+class ReportFigures:
+    """What the performance and bottlenecks reports are computed from, read at one instant."""
+
+    outcomes: dict[TemplateKey, TaskOutcomes]
+    task_durations: dict[TemplateKey, Distribution]
+    step_counts: dict[StepKey, StepCounts]
+    step_durations: dict[StepKey, Distribution]
+    #: Dependent system -> its circuit state.
+    circuits: dict[str, str]
+
+
+def read_reports(db: Database, scope: Scope) -> ReportFigures:
+    """Bring the rollups up to date, then read the figures of a report in one snapshot.
+
+    The rollups, the rows not rolled up yet and the open tasks must be read at one instant, or a
+    task finishing between two reads would be counted twice or not at all: PostgreSQL reads in a
+    REPEATABLE READ transaction; a SQLite read transaction is a snapshot already.
+    """
+    catch_up(db.write)
+    with db.read() as conn:
+        if db.is_postgres:
+            conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            outcomes, task_durations = task_report(conn, scope)
+            counts, durations = step_report(conn, scope)
+            circuits = {c["name"]: c["circuit_state"] for c in systems.report(conn)}
+    return ReportFigures(outcomes, task_durations, counts, durations, circuits)

@@ -1,4 +1,5 @@
-"""Creating and reading tasks. Creation writes the task, its steps, edges and first transitions at once."""
+"""Creating and reading tasks. Creation writes the task, its steps, edges and first transitions at
+once."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, func, insert, select
+from sqlalchemy import Connection, Row, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from tasker.domain.graph import execution_order
 from tasker.domain.records import Step, Task
 from tasker.domain.states import StepState, TaskState
+from tasker.domain.templates import TaskTemplate, canonical_json
+from tasker.store.database import Database
 from tasker.store.journal import Journal
 from tasker.store.schema import (
     step_edges,
@@ -23,8 +27,6 @@ from tasker.store.schema import (
     tasks,
     templates,
 )
-from tasker.templates.graph import execution_order
-from tasker.templates.model import TaskTemplate, canonical_json
 
 _INSERT_TASKS = insert(tasks).returning(tasks.c.id, sort_by_parameter_order=True)
 _INSERT_STEPS = insert(steps).returning(
@@ -41,7 +43,8 @@ def derived_idempotency_key(template: TaskTemplate, context: dict[str, Any]) -> 
 
 
 def fresh_idempotency_key() -> str:
-    """A key no other task has: without an explicit key or `identity:`, every create is a new task."""
+    """A key no other task has: without an explicit key or `identity:`, every create is a new
+    task."""
     return f"new-{uuid.uuid4().hex}"
 
 
@@ -86,11 +89,12 @@ def find_recent_task_id(
 
 
 def context_differences(stored: Any, sent: Any, path: str = "$", limit: int = 20) -> list[str]:
-    """JSON paths where two contexts differ (at most `limit`, sorted), to name an idempotency key's reuse.
+    """JSON paths where two contexts differ (at most `limit`, sorted), to name an idempotency key's
+    reuse.
 
-    Compared as stored JSON (canonical text), so `1` and `1.0` or a tuple and a list are not differences
-    a round trip through the database would invent. Iterative: a context's depth is bounded elsewhere,
-    but a check should not be the thing that overflows the stack.
+    Compared as stored JSON (canonical text), so `1` and `1.0` or a tuple and a list are not
+    differences a round trip through the database would invent. Iterative: a context's depth is
+    bounded elsewhere, but a check should not be the thing that overflows the stack.
     """
     out: list[str] = []
     stack: list[tuple[Any, Any, str]] = [(stored, sent, path)]
@@ -132,19 +136,22 @@ def step_idempotency_key(namespace: str, name: str, task_key: str, step: str) ->
     return hashlib.sha256(f"{namespace}/{name}/{task_key}/{step}".encode()).hexdigest()[:32]
 
 
-_snapshot_ids: dict[tuple[str, str], int] = {}
+def template_id(
+    conn: Connection, template: TaskTemplate, now: datetime, known: dict[str, int] | None = None
+) -> int:
+    """Get or store the template snapshot; identical definitions share one row.
 
-
-def template_id(conn: Connection, template: TaskTemplate, now: datetime) -> int:
-    """Get or store the template snapshot; identical definitions share one row."""
+    `known` remembers the ids of snapshots found committed (`Database.template_ids`: one per store
+    object, so a store wiped and opened again starts afresh).
+    """
     digest = template.content_hash()
-    cache_key = (str(conn.engine.url), digest)
-    cached = _snapshot_ids.get(cache_key)
+    cached = known.get(digest) if known is not None else None
     if cached is not None:
         return cached
     found = conn.execute(select(templates.c.id).where(templates.c.content_hash == digest)).scalar()
     if found is not None:
-        _snapshot_ids[cache_key] = int(found)  # committed already: safe to remember
+        if known is not None:
+            known[digest] = int(found)  # committed already: safe to remember
         return int(found)
     try:
         with conn.begin_nested():
@@ -164,7 +171,8 @@ def template_id(conn: Connection, template: TaskTemplate, now: datetime) -> int:
         found = conn.execute(
             select(templates.c.id).where(templates.c.content_hash == digest)
         ).scalar_one()
-    # Not cached: this transaction may still roll back (a duplicate task), taking the new row with it.
+    # Not cached: this transaction may still roll back (a duplicate task), taking the new row with
+    # it.
     return int(found)
 
 
@@ -193,7 +201,8 @@ def insert_task(
     idempotency_key: str,
     correlation_id: str,
 ) -> Task:
-    """Insert one task with its steps and edges; raises IntegrityError when the idempotency key is taken.
+    """Insert one task with its steps and edges; raises IntegrityError when the idempotency key is
+    taken.
 
     Returns the new task as stored, without reading it back.
     """
@@ -202,16 +211,36 @@ def insert_task(
     )[0]
 
 
-def insert_tasks(
-    conn: Connection, journal: Journal, template: TaskTemplate, items: Sequence[NewTask]
+def create_tasks(
+    db: Database, journal: Journal, template: TaskTemplate, items: Sequence[NewTask]
 ) -> list[Task]:
-    """Insert tasks of one template with multi-row inserts (tasks, then all their steps, then edges).
+    """Insert tasks (`insert_tasks`) in a write transaction of their own, with their transitions.
 
-    Raises IntegrityError when any idempotency key is taken; the caller's transaction then rolls back.
+    Raises `StoreConflict` when an idempotency key is taken; nothing is written then.
+    """
+    with db.write() as conn:
+        created = insert_tasks(conn, journal, template, items, known=db.template_ids)
+        journal.flush(conn)
+    return created
+
+
+def insert_tasks(
+    conn: Connection,
+    journal: Journal,
+    template: TaskTemplate,
+    items: Sequence[NewTask],
+    *,
+    known: dict[str, int] | None = None,
+) -> list[Task]:
+    """Insert tasks of one template with multi-row inserts (tasks, then all their steps, then
+    edges).
+
+    Raises IntegrityError when any idempotency key is taken; the caller's transaction then rolls
+    back.
     """
     now = journal.now
     ns, name = template.namespace_name, template.name
-    tid = template_id(conn, template, now)
+    tid = template_id(conn, template, now, known)
     task_ids = [
         r[0]
         for r in conn.execute(
@@ -419,7 +448,8 @@ def list_tasks(
     limit: int = 50,
     offset: int = 0,
 ) -> tuple[list[Task], int]:
-    """A page of tasks (newest first, without steps) and the total count that matches the filters."""
+    """A page of tasks (newest first, without steps) and the total count that matches the
+    filters."""
     conds = []
     if namespace:
         conds.append(tasks.c.namespace == namespace)
@@ -476,13 +506,65 @@ def task_history(conn: Connection, task_id: int) -> list[Row[Any]]:
     )
 
 
-def counts_by_status(conn: Connection) -> dict[str, int]:
-    return {
-        r[0]: int(r[1])
-        for r in conn.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status))
-    }
+# -- in a transaction of their own -----------------------------------------------------------------
+def read_task(db: Database, task_id: int) -> Task | None:
+    with db.read() as conn:
+        return get_task(conn, task_id)
 
 
-def clear_snapshot_cache() -> None:
-    """Forget cached template-snapshot ids (after a store is wiped, as tests do)."""
-    _snapshot_ids.clear()
+def read_tasks(db: Database, task_ids: Sequence[int]) -> list[Task]:
+    with db.read() as conn:
+        return get_tasks(conn, task_ids)
+
+
+def read_list(db: Database, *, limit: int, offset: int, **filters: Any) -> tuple[list[Task], int]:
+    with db.read() as conn:
+        return list_tasks(conn, limit=limit, offset=offset, **filters)
+
+
+def status_of(db: Database, task_id: int) -> TaskState | None:
+    """The task's state, or None when there is no such task (one indexed read, no steps)."""
+    with db.read() as conn:
+        status = conn.execute(select(tasks.c.status).where(tasks.c.id == task_id)).scalar()
+    return None if status is None else TaskState(status)
+
+
+def find_id(db: Database, namespace: str, name: str, key: str) -> int | None:
+    with db.read() as conn:
+        return find_task_id(conn, namespace, name, key)
+
+
+def find_recent_id(
+    db: Database, namespace: str, name: str, key: str, since: datetime
+) -> int | None:
+    with db.read() as conn:
+        return find_recent_task_id(conn, namespace, name, key, since)
+
+
+def snapshot_of(db: Database, task_id: int) -> dict[str, Any] | None:
+    """The template definition a task was created with (`TaskTemplate.from_snapshot` reads it)."""
+    with db.read() as conn:
+        return task_template_definition(conn, task_id)
+
+
+def annotate(db: Database, task_id: int, annotations: dict[str, Any]) -> None:
+    """Merge `annotations` into the task's (what task handlers' hooks return)."""
+    with db.write() as conn:
+        current = conn.execute(select(tasks.c.annotations).where(tasks.c.id == task_id)).scalar()
+        conn.execute(
+            update(tasks)
+            .where(tasks.c.id == task_id)
+            .values(annotations={**(current or {}), **annotations})
+        )
+
+
+def read_step_transitions(db: Database, task_id: int) -> list[dict[str, Any]]:
+    """The rows of `tasker_step_transitions` of a task, oldest first, as dicts."""
+    with db.read() as conn:
+        return [dict(r._mapping) for r in step_history(conn, task_id)]
+
+
+def read_task_transitions(db: Database, task_id: int) -> list[dict[str, Any]]:
+    """The rows of `tasker_task_transitions` of a task, oldest first, as dicts."""
+    with db.read() as conn:
+        return [dict(r._mapping) for r in task_history(conn, task_id)]

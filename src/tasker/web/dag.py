@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from tasker.templates.graph import execution_levels
+from tasker.domain.graph import execution_levels
+from tasker.domain.states import StepState
 
 NODE_W = 160
 NODE_H = 40
@@ -85,7 +86,7 @@ def layout(
             nodes[name] = Node(
                 name=name,
                 label=label(name),
-                state=(states or {}).get(name, "pending"),
+                state=(states or {}).get(name, StepState.PENDING),
                 x=PAD + c * (NODE_W + COL_GAP),
                 y=PAD + offset + i * (NODE_H + ROW_GAP),
             )

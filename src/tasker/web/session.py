@@ -1,9 +1,9 @@
 """The dashboard's session cookie, its CSRF tokens and its flash messages.
 
 Why a cookie that carries the credential rather than a server-side session: the dashboard has no
-tables of its own (DESIGN section 3: no SQL outside the store), and re-verifying the API key or JWT
-on every request with the API's own code means a revoked key or an expired token ends the session
-at once, with the same permissions the API would grant. The credential is encrypted and
+tables of its own (docs/architecture.md: no SQL outside the store), and re-verifying the API key or
+JWT on every request with the API's own code means a revoked key or an expired token ends the
+session at once, with the same permissions the API would grant. The credential is encrypted and
 authenticated (Fernet: AES-128-CBC + HMAC-SHA256) with a key derived from the server's secret, so
 the cookie is opaque to whoever sees it and cannot be forged; it is HttpOnly and SameSite=Strict.
 

@@ -13,9 +13,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from tasker.domain.states import TERMINAL_STEP_STATES, StepState
+
 #: States whose spans are drawn; `pending` (waiting for parents) is the gap before the first bar.
-DRAWN = {"ready": "queued", "in_progress": "run", "waiting_retry": "wait"}
-FINAL = {"complete", "error", "cancelled", "resolved_manually", "skipped"}
+DRAWN: dict[str, str] = {
+    StepState.READY: "queued",
+    StepState.IN_PROGRESS: "run",
+    StepState.WAITING_RETRY: "wait",
+}
+FINAL: frozenset[str] = TERMINAL_STEP_STATES | {StepState.ERROR}
 #: How a bar is drawn, by its kind and (for attempts) what came next; the legend lists these, in
 #: this order, so it says exactly what the colours mean. An attempt that went back to `ready`
 #: (its lease expired) failed and will run again, like one that went to `waiting_retry`.
@@ -30,11 +36,11 @@ LOOKS = {
 }
 #: Always in the legend; the rarer looks only when a bar is drawn so.
 USUAL_LOOKS = ("complete", "retry", "error", "running", "wait", "queued")
-_RUN_LOOKS = {
-    "complete": "complete",
-    "waiting_retry": "retry",
-    "ready": "retry",
-    "error": "error",
+_RUN_LOOKS: dict[str, str] = {
+    StepState.COMPLETE: "complete",
+    StepState.WAITING_RETRY: "retry",
+    StepState.READY: "retry",
+    StepState.ERROR: "error",
     "": "running",
 }
 #: The SVG is stretched to the page's width: 150 + 1120 + 40 is about that width at 1366 pixels,

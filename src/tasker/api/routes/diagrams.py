@@ -1,7 +1,7 @@
 """Mermaid diagrams of a template's DAG, and of a task with each step coloured by its state.
 
-JSON (`{"mermaid": "graph TD ..."}`) by default, so the answer fits the rest of the API; the bare Mermaid
-source with `?format=text` or `Accept: text/plain`, for piping into a renderer.
+JSON (`{"mermaid": "graph TD ..."}`) by default, so the answer fits the rest of the API; the bare
+Mermaid source with `?format=text` or `Accept: text/plain`, for piping into a renderer.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from tasker.api.auth import Permission, require
 from tasker.api.deps import get_engine
 from tasker.api.errors import error_responses
 from tasker.api.schemas import Diagram, DiagramFormat, Namespace, TaskId, TemplateName, VersionQuery
+from tasker.domain.graph import mermaid
 from tasker.engine.tasker import Tasker
-from tasker.templates.graph import mermaid
 
 router = APIRouter(tags=["diagrams"])
 Engine = Annotated[Tasker, Depends(get_engine)]
@@ -55,7 +55,7 @@ def template_diagram(
     format: DiagramFormat = None,
     accept: Accept = None,
 ) -> Diagram | PlainTextResponse:
-    template = engine.get_template(f"{namespace}/{name}", version)
+    template = engine.templates.get(f"{namespace}/{name}", version)
     pairs = [(s.name, s.parents) for s in template.step_templates]
     return _answer(
         Diagram(template=template.key, task_id=None, mermaid=mermaid(pairs)), format, accept
@@ -73,7 +73,7 @@ def task_diagram(
     task_id: TaskId, engine: Engine, format: DiagramFormat = None, accept: Accept = None
 ) -> Diagram | PlainTextResponse:
     task = engine.get_task(task_id)
-    template = engine.task_template(task_id)
+    template = engine.templates.of_task(task_id)
     pairs = [(s.name, s.parents) for s in template.step_templates]
     states = {s.name: s.status for s in task.steps}
     return _answer(

@@ -1,8 +1,9 @@
-"""`GET /events`: the durable event log as Server-Sent Events, and as JSON pages for polling clients.
+"""`GET /events`: the durable event log as Server-Sent Events, and as JSON pages for polling
+clients.
 
 The stream reads the database, not an in-process bus, so a client sees the events of every worker
-process. Each SSE message's `id` is a cursor: a reconnecting client sends it back as `Last-Event-ID` and
-resumes right after the last event it received.
+process. Each SSE message's `id` is a cursor: a reconnecting client sends it back as `Last-Event-ID`
+and resumes right after the last event it received.
 
 Streams must not starve ordinary requests: 500 streams each polling the database four times a
 second on the server's shared thread pool slowed `GET /tasks/1` from 16 ms to 4.7 s. So
@@ -124,7 +125,7 @@ def events_page(
     name: NameQuery = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> EventPageOut:
-    page = engine.read_events(
+    page = engine.history.read_events(
         after, task_id=task_id, namespace=namespace, names=_check_names(name), limit=limit
     )
     return EventPageOut(
@@ -144,7 +145,8 @@ class StreamHub:
         self._executor: ThreadPoolExecutor | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._moved = asyncio.Event()
-        #: Bumped whenever the watcher sees the log's end move; streams compare it to what they read.
+        #: Bumped whenever the watcher sees the log's end move; streams compare it to what they
+        #: read.
         self.version = 0
 
     # -- slots ----------------------------------------------------------------------------------
@@ -190,7 +192,7 @@ class StreamHub:
         last: str | None = None
         while True:
             try:
-                tail = await self.run(self.engine.events_tail)
+                tail = await self.run(self.engine.history.events_tail)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the database is away: streams keep their heartbeat, we try again
@@ -295,10 +297,10 @@ async def events_stream(
         cursor = after or _valid_cursor(last_event_id)
         if cursor is None:
             origin = start or ("beginning" if task_id is not None else "now")
-            cursor = await hub.run(engine.events_tail) if origin == "now" else None
+            cursor = await hub.run(engine.history.events_tail) if origin == "now" else None
         # Read once before streaming, so a bad filter is a 4xx answer rather than a broken stream.
         first = await hub.run(
-            engine.read_events, cursor, task_id=task_id, namespace=namespace, names=names
+            engine.history.read_events, cursor, task_id=task_id, namespace=namespace, names=names
         )
     except BaseException:
         hub.release(client)
@@ -355,7 +357,11 @@ async def _follow(
                 return
         seen = hub.version
         page = await hub.run(
-            hub.engine.read_events, page.cursor, task_id=task_id, namespace=namespace, names=names
+            hub.engine.history.read_events,
+            page.cursor,
+            task_id=task_id,
+            namespace=namespace,
+            names=names,
         )
 
 

@@ -1,7 +1,8 @@
 """Handler discovery: the namespaces, the templates of a namespace, and one template in full.
 
-Unlike the Ruby engine, the dependency graph and execution order count every dependency, those declared
-with `depends_on_steps` as well as `depends_on_step`, and every listed namespace can be opened.
+Unlike the Ruby engine, the dependency graph and execution order count every dependency, those
+declared with `depends_on_steps` as well as `depends_on_step`, and every listed namespace can be
+opened.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from tasker.api.schemas import (
     latest,
 )
 from tasker.domain.errors import NotFoundError
+from tasker.domain.templates import TaskTemplate
 from tasker.engine.tasker import Tasker
-from tasker.templates.model import TaskTemplate
 
 router = APIRouter(tags=["handlers"])
 Engine = Annotated[Tasker, Depends(get_engine)]
@@ -100,11 +101,14 @@ def show_namespace(namespace: Namespace, engine: Engine) -> NamespaceDetail:
 def show_handler(
     namespace: Namespace, name: TemplateName, engine: Engine, version: VersionQuery = None
 ) -> HandlerDetail:
-    """Every loaded version (or the one `?version=` names) with step templates, graph and execution order."""
+    """Every loaded version (or the one `?version=` names) with step templates, graph and execution
+    order."""
     ref = f"{namespace}/{name}"
-    newest = engine.get_template(ref)  # raises UnknownTemplateError naming the templates that exist
+    newest = engine.templates.get(
+        ref
+    )  # raises UnknownTemplateError naming the templates that exist
     chosen = (
-        [engine.get_template(ref, version)]
+        [engine.templates.get(ref, version)]
         if version
         else engine.registry.versions(namespace, name)
     )

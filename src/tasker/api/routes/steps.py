@@ -1,5 +1,5 @@
-"""Steps of a task: list and show (state, attempts, results, last error, timings, transitions), resolve by
-hand with a result, retry one step."""
+"""Steps of a task: list and show (state, attempts, results, last error, timings, transitions),
+resolve by hand with a result, retry one step."""
 
 from __future__ import annotations
 
@@ -47,8 +47,8 @@ def _step(task: Task, name: str) -> Step:
 def list_steps(task_id: TaskId, engine: Engine) -> StepList:
     """Every step in execution order, each with its transitions."""
     task = engine.get_task(task_id)
-    parents = parents_by_step(engine.task_template(task_id))
-    transitions = engine.step_transitions(task_id)
+    parents = parents_by_step(engine.templates.of_task(task_id))
+    transitions = engine.history.step_transitions(task_id)
     return StepList(
         task_id=task.id,
         steps=[StepDetail.detail(s, parents.get(s.name, []), transitions) for s in task.steps],
@@ -64,8 +64,10 @@ def list_steps(task_id: TaskId, engine: Engine) -> StepList:
 )
 def get_step(task_id: TaskId, step_name: StepName, engine: Engine) -> StepDetail:
     step = _step(engine.get_task(task_id), step_name)
-    parents = parents_by_step(engine.task_template(task_id))
-    return StepDetail.detail(step, parents.get(step.name, []), engine.step_transitions(task_id))
+    parents = parents_by_step(engine.templates.of_task(task_id))
+    return StepDetail.detail(
+        step, parents.get(step.name, []), engine.history.step_transitions(task_id)
+    )
 
 
 @router.post(
@@ -81,7 +83,8 @@ def resolve_step(
     engine: Engine,
     body: Annotated[StepResolve | None, Body()] = None,
 ) -> TaskDetail:
-    """Complete a step that has not completed with `result`; its dependents proceed as if it had run.
+    """Complete a step that has not completed with `result`; its dependents proceed as if it had
+    run.
 
     Answers the task, since its state may change too; a complete or cancelled step answers 409.
     """

@@ -1,7 +1,8 @@
-"""Tasks: create (idempotent), list with filters and pagination, show one with its steps, cancel, retry.
+"""Tasks: create (idempotent), list with filters and pagination, show one with its steps, cancel,
+retry.
 
-Routes are thin: parse, call the engine, serialise. The engine blocks (SQLAlchemy), so they are plain
-`def` functions that FastAPI runs in its thread pool.
+Routes are thin: parse, call the engine, serialise. The engine blocks (SQLAlchemy), so they are
+plain `def` functions that FastAPI runs in its thread pool.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from tasker.api.schemas import (
     TaskSummary,
 )
 from tasker.domain.errors import TaskerInputError
+from tasker.domain.listing import TaskQuery
 from tasker.domain.records import Task
 from tasker.domain.states import TaskState
-from tasker.engine.queries import TaskQuery
 from tasker.engine.tasker import Tasker
 
 router = APIRouter(tags=["tasks"])
@@ -40,7 +41,9 @@ CURSOR_MAX = 64
 
 
 def task_detail(engine: Tasker, task: Task) -> TaskDetail:
-    return TaskDetail.detail(task, engine.task_template(task.id), engine.task_transitions(task.id))
+    return TaskDetail.detail(
+        task, engine.templates.of_task(task.id), engine.history.task_transitions(task.id)
+    )
 
 
 @router.post(
@@ -66,9 +69,10 @@ def task_detail(engine: Tasker, task: Task) -> TaskDetail:
 def create_task(body: TaskCreate, response: Response, engine: Engine) -> TaskDetail:
     """Create a task of a loaded template; its context is validated against the template's schema.
 
-    A repeated `idempotency_key` (or, without one, the same template and context) answers 200 with the
-    task created the first time; a new task answers 201 with a `Location` header. The same key with a
-    different context or pinned version answers 409 `idempotency_conflict`, naming what differs.
+    A repeated `idempotency_key` (or, without one, the same template and context) answers 200 with
+    the task created the first time; a new task answers 201 with a `Location` header. The same key
+    with a different context or pinned version answers 409 `idempotency_conflict`, naming what
+    differs.
     """
     task = engine.create_task(
         body.template,
@@ -159,9 +163,9 @@ def list_tasks(
         created_to=_utc(created_before, "created_before"),
         key=key,
     )
-    page = engine.page_tasks(query, limit=limit, after=after, before=before, offset=offset)
+    page = engine.listing.page(query, limit=limit, after=after, before=before, offset=offset)
     cursor = after is not None or before is not None
-    total = engine.count_tasks(query) if include_total and not cursor else None
+    total = engine.listing.count(query) if include_total and not cursor else None
     return TaskPage(
         tasks=[TaskSummary.of(t) for t in page.tasks],
         total=total,

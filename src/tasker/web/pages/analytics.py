@@ -1,8 +1,8 @@
 """Analytics over a chosen window: performance per template and bottlenecks, with bar charts.
 
-The figures are those of `Tasker.performance` and `Tasker.bottlenecks`, the same reports as
-`/api/v1/analytics/*`, computed together from one read (`Tasker.analytics`), and need
-the same permission (`tasker.analytics:index`).
+The figures are those of `engine.insight.performance` and `engine.insight.bottlenecks`, the same
+reports as `/api/v1/analytics/*`, computed together from one read (`engine.insight.analytics`),
+and need the same permission (`tasker.analytics:index`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from tasker.api.auth import Permission
 from tasker.domain.errors import TaskerInputError
+from tasker.domain.reports import Bottlenecks, Performance, TemplatePerformance
 from tasker.engine.tasker import Tasker
 from tasker.web.access import Pages, page, viewer
 from tasker.web.charts import hbars
@@ -27,34 +28,34 @@ WINDOWS = (1, 6, 24, 72, 168, 720)
 
 def _reports(
     engine: Tasker, hours: int, namespace: str | None, name: str | None
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Both reports from one read: `Tasker.analytics` answers what `Tasker.performance` and
-    `Tasker.bottlenecks` do, but catches the rollups up and reads the figures once, not twice."""
-    return engine.analytics(hours, namespace=namespace, name=name)
+) -> tuple[Performance, Bottlenecks]:
+    """Both reports from one read: `engine.insight.analytics` answers what its `performance` and
+    `bottlenecks` do, but catches the rollups up and reads the figures once, not twice."""
+    return engine.insight.analytics(hours, namespace=namespace, name=name)
 
 
-def charts(perf: dict[str, Any], bottle: dict[str, Any]) -> dict[str, Any]:
+def charts(perf: Performance, bottle: Bottlenecks) -> dict[str, Any]:
     """The page's bar charts: p95 duration per template, slowest steps, step error rates."""
 
-    def ref(r: dict[str, Any]) -> str:
-        return f"{r['namespace']}/{r['name']}@{r['version']}"
+    def ref(r: TemplatePerformance) -> str:
+        return f"{r.namespace}/{r.name}@{r.version}"
 
     p95 = [
-        (ref(r), r["duration_seconds"]["p95"] or 0.0, duration(r["duration_seconds"]["p95"]))
-        for r in perf["templates"]
+        (ref(r), r.duration_seconds.p95 or 0.0, duration(r.duration_seconds.p95))
+        for r in perf.templates
     ]
     slow = [
         (
-            f"{r['name']}:{r['step']}",
-            r["duration_ms"]["p95"] or 0.0,
-            duration((r["duration_ms"]["p95"] or 0.0) / 1000),
+            f"{r.name}:{r.step}",
+            r.duration_ms.p95 or 0.0,
+            duration((r.duration_ms.p95 or 0.0) / 1000),
         )
-        for r in bottle["slowest_steps"]
+        for r in bottle.slowest_steps
     ]
     erring = [
-        (f"{r['name']}:{r['step']}", r["failure_rate"] or 0.0, percent(r["failure_rate"]))
-        for r in bottle["step_error_rates"]
-        if r["failure_rate"]
+        (f"{r.name}:{r.step}", r.failure_rate or 0.0, percent(r.failure_rate))
+        for r in bottle.step_error_rates
+        if r.failure_rate
     ]
     return {"p95": hbars(p95), "slow": hbars(slow), "errors": hbars(erring)}
 

@@ -13,8 +13,8 @@ from starlette.responses import Response
 from tasker.api.auth import Permission
 from tasker.domain.events import Events
 from tasker.domain.states import StepState, TaskState
+from tasker.domain.templates import TaskTemplate
 from tasker.engine.tasker import Tasker
-from tasker.templates.model import TaskTemplate
 from tasker.web.access import Pages, page, viewer
 from tasker.web.rendering import query
 
@@ -69,5 +69,5 @@ async def events(request: Request) -> Response:
         event=event,
         error=error,
         stream=stream,
-        event_names=event_names(engine.template_versions()),
+        event_names=event_names(engine.templates.versions()),
     )

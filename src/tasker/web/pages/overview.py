@@ -14,18 +14,30 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tasker.api.auth import Permission
+from tasker.domain.states import TaskState
 from tasker.engine.tasker import Tasker
 from tasker.web.access import Pages, page, viewer
 from tasker.web.charts import stacked_columns
 
 pages = Pages()
 #: The order of the status cards; every other state follows.
-CARDS = ("in_progress", "pending", "error", "complete", "cancelled", "resolved_manually")
+CARDS: tuple[str, ...] = (
+    TaskState.IN_PROGRESS,
+    TaskState.PENDING,
+    TaskState.ERROR,
+    TaskState.COMPLETE,
+    TaskState.CANCELLED,
+    TaskState.RESOLVED_MANUALLY,
+)
 
 
 def _gather(engine: Tasker) -> dict[str, Any]:
     """Every read of the page on one worker thread: a handful of indexed queries, none per row."""
-    return {"overview": engine.overview(), "workers": engine.workers(), "systems": engine.systems()}
+    return {
+        "overview": engine.insight.overview(),
+        "workers": engine.systems.workers(),
+        "systems": engine.systems.report(),
+    }
 
 
 @pages.get("/")

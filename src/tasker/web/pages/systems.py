@@ -29,7 +29,7 @@ HISTORY_ROWS = 200
 
 
 def _gather(engine: Tasker) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    return engine.systems(), engine.namespace_limits()
+    return engine.systems.report(), engine.systems.namespace_limits()
 
 
 @pages.get("/systems")
@@ -59,7 +59,9 @@ async def system(request: Request) -> Response:
         raise NotFoundError(
             f"no dependent system '{name[:128]}'; fix: pick one from the systems page"
         )
-    history = await run_in_threadpool(partial(engine.circuit_history, name, last=HISTORY_ROWS))
+    history = await run_in_threadpool(
+        partial(engine.systems.circuit_history, name, last=HISTORY_ROWS)
+    )
     band = state_band(history, datetime.now(UTC))
     return page(
         request,
@@ -80,7 +82,7 @@ async def reset(request: Request) -> Response:
     name = request.path_params["name"]
     form = await read_form(request)
     await actor(request, form, RESET_PERMISSION)
-    found = await run_in_threadpool(request.app.state.tasker.reset_circuit, name)
+    found = await run_in_threadpool(request.app.state.tasker.systems.reset_circuit, name)
     back = "/systems"
     if not found:
         return redirect(request, back, "error", f"no dependent system '{name[:128]}' to reset")

@@ -27,8 +27,8 @@ from tasker.domain.states import (
     StepState,
     TaskState,
 )
+from tasker.domain.templates import TaskTemplate
 from tasker.engine.tasker import Tasker
-from tasker.templates.model import TaskTemplate
 from tasker.web.access import Pages, Viewer, actor, field_of, page, read_form, redirect, viewer
 from tasker.web.dag import layout
 from tasker.web.pages.events import event_names
@@ -95,7 +95,11 @@ def resolvable(task: Task, step: Step) -> bool:
 
 
 def _read(engine: Tasker, task_id: int) -> tuple[Task, TaskTemplate, list[dict[str, Any]]]:
-    return engine.get_task(task_id), engine.task_template(task_id), engine.step_transitions(task_id)
+    return (
+        engine.get_task(task_id),
+        engine.templates.of_task(task_id),
+        engine.history.step_transitions(task_id),
+    )
 
 
 def _task_id(raw: str) -> int:

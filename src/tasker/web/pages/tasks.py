@@ -1,4 +1,4 @@
-"""The tasks list: filters in the URL, keyset pages (`Tasker.page_tasks` cursors), bulk actions.
+"""The tasks list: filters in the URL, keyset pages (`engine.listing.page` cursors), bulk actions.
 
 One page of tasks is one indexed read, whatever the table's size: no OFFSET, no COUNT, no read per
 row. Needs `tasker.task:index`; bulk actions need the permission of the API route each one mirrors.
@@ -15,8 +15,8 @@ from starlette.responses import Response
 
 from tasker.api.auth import Permission
 from tasker.domain.errors import TaskerInputError
+from tasker.domain.listing import TaskQuery
 from tasker.domain.states import TaskState
-from tasker.engine.queries import TaskQuery
 from tasker.engine.tasker import Tasker
 from tasker.web.access import Pages, actor, field_of, page, read_form, redirect, viewer
 from tasker.web.pages.login import safe_next
@@ -90,7 +90,11 @@ async def tasks(request: Request) -> Response:
     if not filters.errors:
         try:
             found = await run_in_threadpool(
-                engine.page_tasks, filters.task_query(), limit=PAGE_SIZE, after=after, before=before
+                engine.listing.page,
+                filters.task_query(),
+                limit=PAGE_SIZE,
+                after=after,
+                before=before,
             )
         except TaskerInputError as exc:
             filters.errors["_"] = str(exc)

@@ -1,7 +1,7 @@
 """Templates: every namespace, name and version loaded; a template's diagram, steps, schema, and
 a form that creates a task from it, prefilled with the schema's defaults.
 
-Reads the registry only (`Tasker.template_versions`, `get_template`): no database. Listing needs
+Reads the registry only (`engine.templates.versions`, `.get`): no database. Listing needs
 `tasker.handler:index`, a template `tasker.handler:show`, creating a task `tasker.task:create`, the
 permissions of `/api/v1/handlers` and `POST /api/v1/tasks`.
 """
@@ -18,8 +18,8 @@ from starlette.responses import Response
 from tasker.api.auth import Permission
 from tasker.context_schema import apply_defaults
 from tasker.domain.errors import ContextValidationError, TaskerInputError
+from tasker.domain.templates import TaskTemplate
 from tasker.engine.tasker import Tasker
-from tasker.templates.model import TaskTemplate
 from tasker.web.access import Pages, Viewer, actor, field_of, page, read_form, redirect, viewer
 from tasker.web.dag import layout
 
@@ -30,7 +30,7 @@ pages = Pages()
 async def templates(request: Request) -> Response:
     v = await viewer(request, Permission.HANDLER_INDEX)
     engine: Tasker = request.app.state.tasker
-    found = engine.template_versions()
+    found = engine.templates.versions()
     return page(
         request,
         v,
@@ -72,10 +72,10 @@ async def render_template(
     errors: list[tuple[str, str]] | None = None,
 ) -> Response:
     engine: Tasker = request.app.state.tasker
-    template = engine.get_template(f"{namespace}/{name}", version or None)
+    template = engine.templates.get(f"{namespace}/{name}", version or None)
     versions = [
         t.version
-        for t in engine.template_versions()
+        for t in engine.templates.versions()
         if t.namespace_name == namespace and t.name == name
     ]
     pairs = [(s.name, s.parents) for s in template.step_templates]

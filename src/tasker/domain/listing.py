@@ -1,0 +1,34 @@
+"""What a listing of tasks asks for and what one page of it holds (the dashboard's and the API's).
+
+Records only: the store reads them (`tasker.store.listing`), the engine validates them and encodes
+the cursors (`tasker.engine.queries`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from tasker.domain.records import Task
+
+
+@dataclass(frozen=True)
+class TaskQuery:
+    """Which tasks a listing shows; every field empty means all tasks."""
+
+    namespace: str | None = None
+    name: str | None = None  # template name
+    version: str | None = None
+    statuses: tuple[str, ...] = ()  # TaskState values
+    created_from: datetime | None = None  # inclusive
+    created_to: datetime | None = None  # exclusive
+    key: str | None = None  # exact idempotency key OR correlation id
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """One page of tasks, newest first, and the cursors to its neighbours (None at either end)."""
+
+    tasks: list[Task]  # Task.steps is [] in listings
+    next_cursor: str | None  # older tasks: pass as after=
+    prev_cursor: str | None  # newer tasks: pass as before=

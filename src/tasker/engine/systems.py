@@ -1,0 +1,100 @@
+"""Dependent systems, namespace limits and workers: the `engine.systems` part of `Tasker`.
+
+Circuit breakers and concurrency limits are stored, so every worker on the store honours them;
+this part sets and reads them, and lists the long-running workers heard from recently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from tasker.domain.errors import TaskerInputError
+from tasker.domain.templates import TaskTemplate
+from tasker.engine.running import RunningWorkers
+from tasker.events.bus import EventBus
+from tasker.store import systems as system_store
+from tasker.store import workers as workers_store
+from tasker.store.database import Database
+from tasker.store.transactions import journaled
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Systems:
+    """Circuits and limits of the dependent systems and namespaces of one store, and its workers."""
+
+    def __init__(self, db: Database, bus: EventBus, running: RunningWorkers):
+        self.db = db
+        self.bus = bus
+        self._running = running
+
+    def configure(self, name: str, **settings: Any) -> None:
+        """Set `max_in_flight`, `failure_threshold`, `cooldown_seconds`, `max_cooldown_seconds` of
+        a system.
+
+        Values outside the ranges of `tasker.domain.bounds` (NaN, infinity, booleans, absurd sizes)
+        are refused with `TaskerInputError` before anything is written.
+        """
+        try:
+            with self.db.write() as conn:
+                system_store.configure(conn, name, utcnow(), **settings)
+        except ValueError as exc:
+            raise TaskerInputError(f"dependent system '{name}': {exc}") from None
+
+    def apply_templates(self, loaded: Sequence[TaskTemplate]) -> None:
+        """Store the limits and breaker settings templates declare, so every worker honours them."""
+        declared = [t for t in loaded if t.dependent_systems or t.namespace_max_in_flight]
+        if not declared:
+            return
+        now = utcnow()
+        with self.db.write() as conn:
+            for t in declared:
+                for name, cfg in t.dependent_systems.items():
+                    system_store.configure(conn, name, now, **cfg.model_dump(exclude_none=True))
+                if t.namespace_max_in_flight:
+                    system_store.set_namespace_limit(
+                        conn, t.namespace_name, t.namespace_max_in_flight, now
+                    )
+
+    def set_namespace_limit(self, namespace: str, max_in_flight: int | None) -> None:
+        """Cap the steps of a namespace running at once across all workers (None removes the
+        cap)."""
+        with self.db.write() as conn:
+            system_store.set_namespace_limit(conn, namespace, max_in_flight, utcnow())
+
+    def report(self) -> list[dict[str, Any]]:
+        """Each dependent system: circuit state, consecutive failures, in flight, waiting,
+        limits."""
+        with self.db.read() as conn:
+            return system_store.report(conn)
+
+    def namespace_limits(self) -> dict[str, int]:
+        """Namespace -> the most of its steps that may run at once."""
+        with self.db.read() as conn:
+            return system_store.namespace_limit_rows(conn)
+
+    def circuit_history(
+        self, system: str | None = None, *, last: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Circuit changes, oldest first (with `last`: only the newest `last`)."""
+        with self.db.read() as conn:
+            return system_store.circuit_history(conn, system, last=last)
+
+    def reset_circuit(self, system: str) -> bool:
+        """Close a system's circuit by hand (an operator knows it is healthy again)."""
+        found, events = journaled(self.db, lambda conn, j: system_store.reset(conn, j, system))
+        for name, payload in events:
+            self.bus.publish(name, payload)
+        self._running.notify()
+        return found
+
+    def workers(
+        self, within_seconds: float = workers_store.ALIVE_WITHIN_SECONDS
+    ) -> list[dict[str, Any]]:
+        """Long-running workers heard from within `within_seconds` (any process, any machine)."""
+        with self.db.read() as conn:
+            return workers_store.recent(conn, utcnow(), within_seconds)
