@@ -29,11 +29,13 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test lint
 	$(BIN)/python -m pytest -q
 
-## Lint, format check and strict type check of the package, the tests and the benchmarks.
+## Lint, format check and strict type check of the package, the tests and the benchmarks, then
+## the import contract that keeps the layers pointing down (pyproject.toml, [tool.importlinter]).
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_core.py --store sqlite

@@ -1,12 +1,13 @@
 """Dashboard benchmark (issue #10): each page's server time on PostgreSQL with 1,000,000 tasks.
 
-Fills a PostgreSQL database with tasks of four templates over 30 days (5 steps each, so 5,000,000 steps,
-with their step and task transitions) using set-based SQL, then times the engine calls behind each
-dashboard page (the dashboard holds no SQL: the facade calls are the server's database time) and, when
-the dashboard is installed, the full HTML pages through the ASGI app with the bytes each transfers.
+Fills a PostgreSQL database with tasks of four templates over 30 days (5 steps each, so 5,000,000
+steps, with their step and task transitions) using set-based SQL, then times the engine calls behind
+each dashboard page (the dashboard holds no SQL: the facade calls are the server's database time)
+and, when the dashboard is installed, the full HTML pages through the ASGI app with the bytes each
+transfers.
 
-    python benchmarks/bench_dashboard.py                      # 1,000,000 tasks on a scratch database
-    python benchmarks/bench_dashboard.py --tasks 100000 --runs 20
+    python benchmarks/bench_dashboard.py                      # 1,000,000 tasks on a scratch
+    database python benchmarks/bench_dashboard.py --tasks 100000 --runs 20
     python benchmarks/bench_dashboard.py --database-url postgresql://postgres@127.0.0.1/db --keep
 
 With --database-url the database must be empty (it is migrated and filled) unless --reuse is given,
@@ -36,7 +37,8 @@ import sqlalchemy as sa  # noqa: E402
 
 from benchmarks.fleet import ADMIN_URL, percentile, scratch_database  # noqa: E402
 from tasker import Tasker  # noqa: E402
-from tasker.engine.queries import TaskQuery, encode_cursor  # noqa: E402
+from tasker.domain.listing import TaskQuery  # noqa: E402
+from tasker.engine.queries import encode_cursor  # noqa: E402
 from tasker.store import rollups  # noqa: E402
 from tasker.store import tasks as task_store  # noqa: E402
 
@@ -74,10 +76,11 @@ def load_templates(engine: Tasker, folder: Path) -> None:
     engine.load_templates(folder)
 
 
-# -- filling ------------------------------------------------------------------------------------------
+# -- filling ---------------------------------------------------------------------------------------
 TASKS_SQL = """
 INSERT INTO tasker_tasks (namespace, name, version, template_id, status, context, idempotency_key,
-                          correlation_id, annotations, created_at, updated_at, started_at, finished_at)
+                          correlation_id, annotations, created_at, updated_at, started_at,
+                          finished_at)
 SELECT t.ns, t.nm, t.ver, t.tid, s.status, jsonb_build_object('order_id', g, 'amount', g % 1000),
        'bench-' || g, 'corr-' || g, NULL, c.at, c.at + s.took, c.at + interval '1 second',
        CASE WHEN s.status IN ('pending', 'in_progress') THEN NULL ELSE c.at + s.took END
@@ -110,21 +113,23 @@ END
 """
 
 STEPS_SQL = f"""
-INSERT INTO tasker_steps (task_id, name, position, namespace, dependent_system, state, pending_parents,
-                          run_at, attempts, retry_limit, retryable, lease_owner, lease_expires_at,
-                          claim_token, idempotency_key, results, last_error, created_at, updated_at,
-                          started_at, finished_at)
-SELECT t.id, (CAST(:steps AS text[]))[p + 1], p, t.namespace, (CAST(:systems AS text[]))[p + 1], x.state,
+INSERT INTO tasker_steps (task_id, name, position, namespace, dependent_system, state,
+                          pending_parents, run_at, attempts, retry_limit, retryable, lease_owner,
+                          lease_expires_at, claim_token, idempotency_key, results, last_error,
+                          created_at, updated_at, started_at, finished_at)
+SELECT t.id, (CAST(:steps AS text[]))[p + 1], p, t.namespace, (CAST(:systems AS text[]))[p + 1],
+       x.state,
        CASE WHEN x.state = 'pending' THEN 1 ELSE 0 END,
-       CASE WHEN x.state IN ('ready', 'waiting_retry') THEN t.created_at + p * interval '2 second' END,
+       CASE WHEN x.state IN ('ready', 'waiting_retry')
+            THEN t.created_at + p * interval '2 second' END,
        CASE WHEN x.state = 'error' THEN 3 WHEN x.state IN ('pending', 'ready', 'cancelled') THEN 0
             ELSE 1 END,
        3, true,
        CASE WHEN x.state = 'in_progress' THEN 'bench-worker' END,
        CASE WHEN x.state = 'in_progress' THEN :now + interval '30 second' END,
        0, md5(t.id || '/' || p), CASE WHEN x.state = 'complete' THEN '{{"ok": true}}'::jsonb END,
-       CASE WHEN x.state IN ('error', 'waiting_retry')
-            THEN '{{"class": "PermanentError", "message": "card declined", "retryable": false}}'::jsonb
+       CASE WHEN x.state IN ('error', 'waiting_retry') THEN
+         '{{"class": "PermanentError", "message": "card declined", "retryable": false}}'::jsonb
        END,
        t.created_at, t.updated_at, t.created_at + p * interval '2 second',
        CASE WHEN x.state IN ('complete', 'error', 'resolved_manually')
@@ -269,7 +274,7 @@ def fill(engine: Tasker, tasks: int, now: datetime, chunk: int = 100_000) -> dic
     return timings
 
 
-# -- timing -------------------------------------------------------------------------------------------
+# -- timing ----------------------------------------------------------------------------------------
 @dataclass
 class Result:
     page: str
@@ -306,77 +311,77 @@ def engine_pages(engine: Tasker, runs: int) -> list[Result]:
     def walk_ten() -> int:
         cursor, seen = None, 0
         for _ in range(10):
-            page = engine.page_tasks(limit=50, after=cursor)
+            page = engine.listing.page(limit=50, after=cursor)
             seen += len(page.tasks)
             cursor = page.next_cursor
         return seen
 
     listing: list[tuple[str, Callable[[], Any]]] = [
-        ("tasks: first page", lambda: engine.page_tasks(limit=50)),
+        ("tasks: first page", lambda: engine.listing.page(limit=50)),
         ("tasks: page 10 (ten pages via cursors, per page)", walk_ten),
-        ("tasks: middle page (after=)", lambda: engine.page_tasks(limit=50, after=middle)),
+        ("tasks: middle page (after=)", lambda: engine.listing.page(limit=50, after=middle)),
         (
             "tasks: back from the middle (before=)",
-            lambda: engine.page_tasks(limit=50, before=middle),
+            lambda: engine.listing.page(limit=50, before=middle),
         ),
         (
             "tasks: last pages (after= near the oldest)",
-            lambda: engine.page_tasks(limit=50, after=deep),
+            lambda: engine.listing.page(limit=50, after=deep),
         ),
-        ("tasks: namespace=payments", lambda: engine.page_tasks(TaskQuery(namespace="payments"))),
-        ("tasks: namespace=crm (1%)", lambda: engine.page_tasks(TaskQuery(namespace="crm"))),
+        ("tasks: namespace=payments", lambda: engine.listing.page(TaskQuery(namespace="payments"))),
+        ("tasks: namespace=crm (1%)", lambda: engine.listing.page(TaskQuery(namespace="crm"))),
         (
             "tasks: template shop/process_order",
-            lambda: engine.page_tasks(TaskQuery(namespace="shop", name="process_order")),
+            lambda: engine.listing.page(TaskQuery(namespace="shop", name="process_order")),
         ),
         (
             "tasks: template + version 1.0.0",
-            lambda: engine.page_tasks(
+            lambda: engine.listing.page(
                 TaskQuery(namespace="shop", name="process_order", version="1.0.0")
             ),
         ),
-        ("tasks: status=error", lambda: engine.page_tasks(TaskQuery(statuses=("error",)))),
+        ("tasks: status=error", lambda: engine.listing.page(TaskQuery(statuses=("error",)))),
         (
             "tasks: status=error, middle page",
-            lambda: engine.page_tasks(TaskQuery(statuses=("error",)), after=middle),
+            lambda: engine.listing.page(TaskQuery(statuses=("error",)), after=middle),
         ),
         (
             "tasks: status in (pending, in_progress, error)",
-            lambda: engine.page_tasks(TaskQuery(statuses=("pending", "in_progress", "error"))),
+            lambda: engine.listing.page(TaskQuery(statuses=("pending", "in_progress", "error"))),
         ),
         (
             "tasks: crm + status=error",
-            lambda: engine.page_tasks(
+            lambda: engine.listing.page(
                 TaskQuery(namespace="crm", name="sync_contact", statuses=("error",))
             ),
         ),
         (
             "tasks: created on one day 15 days ago",
-            lambda: engine.page_tasks(
+            lambda: engine.listing.page(
                 TaskQuery(created_from=day, created_to=day + timedelta(days=1))
             ),
         ),
         (
             "tasks: created that day + status=error",
-            lambda: engine.page_tasks(
+            lambda: engine.listing.page(
                 TaskQuery(created_from=day, created_to=day + timedelta(days=1), statuses=("error",))
             ),
         ),
         (
             "tasks: created that day + namespace=crm",
-            lambda: engine.page_tasks(
+            lambda: engine.listing.page(
                 TaskQuery(created_from=day, created_to=day + timedelta(days=1), namespace="crm")
             ),
         ),
         (
             "tasks: key = idempotency key",
-            lambda: engine.page_tasks(TaskQuery(key=f"bench-{newest // 3}")),
+            lambda: engine.listing.page(TaskQuery(key=f"bench-{newest // 3}")),
         ),
         (
             "tasks: key = correlation id",
-            lambda: engine.page_tasks(TaskQuery(key=f"corr-{newest // 2}")),
+            lambda: engine.listing.page(TaskQuery(key=f"corr-{newest // 2}")),
         ),
-        ("tasks: key matching nothing", lambda: engine.page_tasks(TaskQuery(key="no-such-key"))),
+        ("tasks: key matching nothing", lambda: engine.listing.page(TaskQuery(key="no-such-key"))),
     ]
     results = []
     for label, fn in listing:
@@ -389,36 +394,40 @@ def engine_pages(engine: Tasker, runs: int) -> list[Result]:
         results.append(Result(label, "page_tasks", p50, p95, rows))
 
     def overview_page() -> Any:
-        return engine.overview(), engine.workers(), engine.systems()
+        return engine.insight.overview(), engine.systems.workers(), engine.systems.report()
 
     def detail_page() -> Any:
         return (
             engine.get_task(detail_id),
-            engine.step_transitions(detail_id),
-            engine.task_transitions(detail_id),
-            engine.task_template(detail_id),
+            engine.history.step_transitions(detail_id),
+            engine.history.task_transitions(detail_id),
+            engine.templates.of_task(detail_id),
         )
 
     def systems_page() -> Any:
-        return engine.systems(), engine.namespace_limits(), engine.circuit_history()
+        return (
+            engine.systems.report(),
+            engine.systems.namespace_limits(),
+            engine.systems.circuit_history(),
+        )
 
     def analytics_page() -> Any:
-        return engine.performance(24), engine.bottlenecks(24)
+        return engine.insight.performance(24), engine.insight.bottlenecks(24)
 
     pages: list[tuple[str, str, Callable[[], Any]]] = [
         ("overview", "overview + workers + systems", overview_page),
-        ("overview: engine.overview() alone", "overview", engine.overview),
+        ("overview: engine.insight.overview() alone", "overview", engine.insight.overview),
         (
             "task detail (a task in error)",
             "get_task + step/task_transitions + task_template",
             detail_page,
         ),
-        ("templates", "template_versions", engine.template_versions),
+        ("templates", "template_versions", engine.templates.versions),
         ("systems", "systems + namespace_limits + circuit_history", systems_page),
         ("analytics (24 h)", "performance(24) + bottlenecks(24)", analytics_page),
-        ("analytics: performance(24)", "performance", lambda: engine.performance(24)),
-        ("analytics: bottlenecks(24)", "bottlenecks", lambda: engine.bottlenecks(24)),
-        ("events (last 100)", "read_events", lambda: engine.read_events(limit=100)),
+        ("analytics: performance(24)", "performance", lambda: engine.insight.performance(24)),
+        ("analytics: bottlenecks(24)", "bottlenecks", lambda: engine.insight.bottlenecks(24)),
+        ("events (last 100)", "read_events", lambda: engine.history.read_events(limit=100)),
     ]
     for label, calls, fn in pages:
         p50, p95, _ = timed(fn, runs)
@@ -430,7 +439,8 @@ ASSET = re.compile(r'(?:href|src)="(/static/[^"]+)"')
 
 
 def html_pages(engine: Tasker, runs: int) -> list[Result]:
-    """Full pages through the ASGI app (auth off): server time and bytes of the page and its assets."""
+    """Full pages through the ASGI app (auth off): server time and bytes of the page and its
+    assets."""
     try:
         from fastapi.testclient import TestClient
 

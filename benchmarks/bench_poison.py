@@ -3,9 +3,11 @@
 Three scenarios, each on a fresh store, each the median of several alternating runs:
 
 - alone: 30 innocent 3-step tasks, worked at concurrency 4;
-- beside a bug: the same 30 tasks created interleaved with 30 tasks of a template whose handler raises
-  `KeyError` on every attempt (retry limit 3): the innocent tasks' completion time is measured;
-- beside hung handlers: the same 30 tasks beside 8 tasks whose sync handlers hang past a 0.2 s timeout.
+- beside a bug: the same 30 tasks created interleaved with 30 tasks of a template whose handler
+  raises `KeyError` on every attempt (retry limit 3): the innocent tasks' completion time is
+  measured;
+- beside hung handlers: the same 30 tasks beside 8 tasks whose sync handlers hang past a 0.2 s
+  timeout.
 
 Printed: the median seconds until the last innocent task completed, its ratio to "alone", and the
 circuit state of the shared `default` system at the end. Run from the repository root:
@@ -118,7 +120,7 @@ def run(store: str, scenario: str, workdir: Path) -> tuple[float, str]:
                 break
             time.sleep(0.02)
         runner.join(timeout=120)
-        circuits = {s["name"]: s["circuit_state"] for s in engine.systems()}
+        circuits = {s["name"]: s["circuit_state"] for s in engine.systems.report()}
         return (done_at or float("inf")) - started, circuits.get("default", "closed (no row)")
     finally:
         engine.close()

@@ -1,13 +1,14 @@
-"""PostgreSQL fleet benchmarks (issue: fleet of workers), each on a scratch database, printing a table.
+"""PostgreSQL fleet benchmarks (issue: fleet of workers), each on a scratch database, printing a
+table.
 
-  a. throughput: 1,000 tasks of the 5-step no-op chain, worked by 1 and by 2 `tasker worker` processes;
-  b. claim latency with idle workers: step ready -> handler started, p50 and p99;
+  a. throughput: 1,000 tasks of the 5-step no-op chain, worked by 1 and by 2 `tasker worker`
+  processes; b. claim latency with idle workers: step ready -> handler started, p50 and p99;
   c. cost growth: steps/s with 1,000 and with 100,000 tasks already waiting;
   d. recovery: time from SIGKILL of a worker to its steps running on another worker;
   e. the same 5-step workload on DBOS (pip install 'tasker-engine[bench]') against the same server.
 
-Throughput is measured from the transition log (first claim to last completion), so worker start-up and
-polling do not count. Run from the repository root:
+Throughput is measured from the transition log (first claim to last completion), so worker start-up
+and polling do not count. Run from the repository root:
 
     python benchmarks/bench_postgres.py [--runs 3] [--backlog 100000] [--skip dbos,growth]
 """
@@ -20,6 +21,7 @@ import os
 import statistics
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,8 +85,8 @@ def throughput(workers: int, tasks: int, concurrency: int) -> float:
 
 
 def claim_latency(samples: int) -> tuple[float, float]:
-    """ms from a ready step being committed (create_task has returned) to its handler running, with one
-    idle, listening worker in another process. The handler stamps its own start time."""
+    """ms from a ready step being committed (create_task has returned) to its handler running, with
+    one idle, listening worker in another process. The handler stamps its own start time."""
     with scratch_database() as url:
         t = engine(url)
         proc = WorkerProcess(url, concurrency=8)
@@ -107,8 +109,8 @@ def claim_latency(samples: int) -> tuple[float, float]:
 
 
 def growth(backlog: int, measured_steps: int, concurrency: int) -> float:
-    """steps/s over the first `measured_steps` completions by 2 workers, with `backlog` tasks all due at
-    the start: finding work must cost the same however long the queue is."""
+    """steps/s over the first `measured_steps` completions by 2 workers, with `backlog` tasks all
+    due at the start: finding work must cost the same however long the queue is."""
     with scratch_database() as url:
         t = engine(url)
         t.create_tasks(REF, [{"backlog": i} for i in range(backlog)], chunk_size=2000)
@@ -133,12 +135,12 @@ def growth(backlog: int, measured_steps: int, concurrency: int) -> float:
             for p in procs:
                 p.stop()
         with t.db.read() as c:
-            first = c.execute(
+            first: datetime = c.execute(
                 sa.text(
                     "select min(at) from tasker_step_transitions where to_state = 'in_progress'"
                 )
             ).scalar_one()
-            nth = c.execute(
+            nth: datetime = c.execute(
                 sa.text(
                     "select at from tasker_step_transitions where to_state = 'complete' order by at"
                     " offset :n limit 1"
@@ -172,7 +174,7 @@ def recovery(lease: float) -> float:
                 timeout=lease * 3 + 10,
             )
             with t.db.read() as c:
-                reclaimed = c.execute(
+                reclaimed: datetime = c.execute(
                     sa.text(
                         "select max(at) from tasker_step_transitions where to_state = 'in_progress'"
                         " and attempt = 2"
@@ -186,7 +188,8 @@ def recovery(lease: float) -> float:
 
 
 def dbos_workload(url: str, tasks: int, concurrency: int, sequential: int) -> tuple[float, float]:
-    """(ms per 5-step workflow run sequentially, steps/s for `tasks` workflows through a DBOS queue)."""
+    """(ms per 5-step workflow run sequentially, steps/s for `tasks` workflows through a DBOS
+    queue)."""
     from dbos import DBOS, DBOSConfig
 
     DBOS(
@@ -198,18 +201,21 @@ def dbos_workload(url: str, tasks: int, concurrency: int, sequential: int) -> tu
         )
     )
 
-    @DBOS.step()
+    # dbos is an optional dependency (the bench extra) and not type-checked: its decorators are
+    # untyped.
+    @DBOS.step()  # type: ignore[untyped-decorator]
     def noop(i: int) -> dict[str, bool]:
         return {"ok": True}
 
-    @DBOS.workflow()
+    @DBOS.workflow()  # type: ignore[untyped-decorator]
     def linear5(i: int) -> int:
         for _ in range(STEPS):
             noop(i)
         return i
 
     DBOS.launch()
-    # DBOS polls its queue table; 0.1 s instead of the 1 s default, so polling does not cap its throughput.
+    # DBOS polls its queue table; 0.1 s instead of the 1 s default, so polling does not cap its
+    # throughput.
     queue = DBOS.register_queue(
         "tasker_bench", worker_concurrency=concurrency, polling_interval_sec=0.1
     )
@@ -245,7 +251,8 @@ def tasker_sequential(url: str, n: int) -> float:
 
 
 class _Reported(dict[str, object]):
-    """Results that are also written to stderr as they are measured, so a late failure loses nothing."""
+    """Results that are also written to stderr as they are measured, so a late failure loses
+    nothing."""
 
     def __setitem__(self, key: str, value: object) -> None:
         super().__setitem__(key, value)
@@ -280,13 +287,11 @@ def main() -> None:
         p50, p99 = claim_latency(args.latency_samples)
         res["claim_latency_ms_p50"], res["claim_latency_ms_p99"] = p50, p99
     if "growth" not in skip:
-        res["steps_per_s_1k_waiting"] = growth(1000, args.tasks * STEPS, args.concurrency)
-        res[f"steps_per_s_{args.backlog // 1000}k_waiting"] = growth(
-            args.backlog, args.tasks * STEPS, args.concurrency
-        )
-        res["growth_ratio"] = (
-            res[f"steps_per_s_{args.backlog // 1000}k_waiting"] / res["steps_per_s_1k_waiting"]
-        )  # type: ignore[operator]
+        small = growth(1000, args.tasks * STEPS, args.concurrency)
+        res["steps_per_s_1k_waiting"] = small
+        large = growth(args.backlog, args.tasks * STEPS, args.concurrency)
+        res[f"steps_per_s_{args.backlog // 1000}k_waiting"] = large
+        res["growth_ratio"] = large / small
     if "recovery" not in skip:
         res["lease_seconds"] = args.lease
         res["recovery_seconds"] = statistics.median(recovery(args.lease) for _ in range(args.runs))

@@ -1,10 +1,11 @@
-"""Start-up time of `import tasker`, `tasker --version` and `tasker --help`, each in a fresh interpreter.
+"""Start-up time of `import tasker`, `tasker --version` and `tasker --help`, each in a fresh
+interpreter.
 
     python benchmarks/bench_startup.py [--runs 20] [--src PATH]
 
-`--src` points at another copy of `src/` (e.g. an older commit from `git archive`) to compare. Prints
-the median and the best wall time of each command and what an empty interpreter costs on this machine;
-`python -X importtime -c "import tasker"` says where the rest goes.
+`--src` points at another copy of `src/` (e.g. an older commit from `git archive`) to compare.
+Prints the median and the best wall time of each command and what an empty interpreter costs on this
+machine; `python -X importtime -c "import tasker"` says where the rest goes.
 """
 
 from __future__ import annotations

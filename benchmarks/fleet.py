@@ -1,5 +1,5 @@
-"""Helpers for the PostgreSQL fleet benchmarks: scratch databases, worker processes, timings from the
-transition log (so no polling interval quantises the figures)."""
+"""Helpers for the PostgreSQL fleet benchmarks: scratch databases, worker processes, timings from
+the transition log (so no polling interval quantises the figures)."""
 
 from __future__ import annotations
 

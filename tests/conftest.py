@@ -1,8 +1,8 @@
 """Fixtures shared by every test: a fresh store on SQLite and on PostgreSQL for each test that asks.
 
-PostgreSQL is the real server (never a mock): `TASKER_TEST_PG_URL` names a scratch database (`.ci/run`
-creates one per run); without it a scratch database is created here and dropped at the end. Set
-`TASKER_TEST_STORES=sqlite` to run the SQLite half alone on a machine without PostgreSQL.
+PostgreSQL is the real server (never a mock): `TASKER_TEST_PG_URL` names a scratch database
+(`.ci/run` creates one per run); without it a scratch database is created here and dropped at the
+end. Set `TASKER_TEST_STORES=sqlite` to run the SQLite half alone on a machine without PostgreSQL.
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from hypothesis import HealthCheck, settings
 from tasker import Tasker
 from tasker.store.database import Database
 from tasker.store.schema import metadata
-from tasker.store.tasks import clear_snapshot_cache
 from tests.fixture_types import MakeTasker, WriteTemplate
 
-# Property tests check behaviour, not speed: on a loaded 2-core machine generation can be slow, and a
-# health check or deadline tripping on that would be a flaky failure unrelated to the code.
+# Property tests check behaviour, not speed: on a loaded 2-core machine generation can be slow, and
+# a health check or deadline tripping on that would be a flaky failure unrelated to the code.
 settings.register_profile("tasker", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("tasker")
 
@@ -102,7 +101,6 @@ def store_url(
     request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
 ) -> Iterator[str]:
     """A URL of an empty, migrated store; the test runs once per store."""
-    clear_snapshot_cache()
     if request.param == "sqlite":
         target = tmp_path / "tasker.db"
         shutil.copy(sqlite_template, target)
@@ -111,7 +109,6 @@ def store_url(
         url = request.getfixturevalue("pg_url")
         _wipe_postgres(url)
         yield url
-    clear_snapshot_cache()
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
-"""Serve an ASGI app for a test: uvicorn in a background thread, on a socket bound to a free loopback port;
-or run the real `tasker serve` command as a process and learn its address from its log.
+"""Serve an ASGI app for a test: uvicorn in a background thread, on a socket bound to a free
+loopback port; or run the real `tasker serve` command as a process and learn its address from its
+log.
 
-Binding the socket first (port 0) and handing it to uvicorn leaves no window in which another process
-could take the port. Streaming and real HTTP clients need this; a buffered test client would not do.
+Binding the socket first (port 0) and handing it to uvicorn leaves no window in which another
+process could take the port. Streaming and real HTTP clients need this; a buffered test client would
+not do.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def serving(app: Any, **config: Any) -> Iterator[str]:
 
 
 class ServeProcess:
-    """A running `tasker serve` process: its base URL (`.../api/v1`) and every stderr line it wrote."""
+    """A running `tasker serve` process: its base URL (`.../api/v1`) and every stderr line it
+    wrote."""
 
     def __init__(self, proc: subprocess.Popen[str], lines: queue.Queue[str]):
         self.proc = proc
@@ -69,8 +72,8 @@ class ServeProcess:
 def serve_process(
     args: Sequence[str], *, cwd: Path, env: Mapping[str, str], start_timeout: float = 30
 ) -> Iterator[ServeProcess]:
-    """Start `python -m tasker.cli.main serve ARGS` and yield it once it logs the address it serves on;
-    kill it afterwards if the test did not stop it."""
+    """Start `python -m tasker.cli.main serve ARGS` and yield it once it logs the address it serves
+    on; kill it afterwards if the test did not stop it."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "tasker.cli.main", "serve", *args],
         cwd=cwd,
@@ -82,7 +85,12 @@ def serve_process(
     lines: queue.Queue[str] = queue.Queue()
     stream = proc.stderr
     assert stream is not None
-    threading.Thread(target=lambda: [lines.put(line) for line in stream], daemon=True).start()
+
+    def pump() -> None:
+        for line in stream:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
     served = ServeProcess(proc, lines)
     try:
         deadline = time.monotonic() + start_timeout

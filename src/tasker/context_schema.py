@@ -35,10 +35,12 @@ FORMAT_NAMES = {
 
 
 def _validator(template_key: str, schema: dict[str, Any]) -> Draft202012Validator:
-    """The cached validator of a schema, built once its patterns are known not to backtrack for minutes.
+    """The cached validator of a schema, built once its patterns are known not to backtrack for
+    minutes.
 
     Templates loaded from files are checked by the loader already; this covers one built in code and
-    handed to `Tasker.register_template`, whose patterns would otherwise run on API callers' strings.
+    handed to `engine.templates.register`, whose patterns would otherwise run on API callers'
+    strings.
     """
     key = id(schema)
     v = _validators.get(key)
@@ -81,7 +83,8 @@ def apply_defaults(schema: Any, instance: Any) -> Any:
 def validate_context(
     template_key: str, schema: dict[str, Any] | None, context: Any
 ) -> dict[str, Any]:
-    """Return the context with defaults applied, or raise `ContextValidationError` listing every violation."""
+    """Return the context with defaults applied, or raise `ContextValidationError` listing every
+    violation."""
     if not isinstance(context, dict):
         kind = type(context).__name__
         raise ContextValidationError(

@@ -1,7 +1,8 @@
-"""Which templates exist: namespace / name / semantic version, with `default` namespace and latest version.
+"""Which templates exist: namespace / name / semantic version, with `default` namespace and latest
+version.
 
-The same name may live in two namespaces and several versions may coexist, so a running task keeps the
-version it was created with while new tasks take the latest.
+The same name may live in two namespaces and several versions may coexist, so a running task keeps
+the version it was created with while new tasks take the latest.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import threading
 from dataclasses import dataclass
 
 from tasker.domain.errors import TaskerInputError, UnknownTemplateError
-from tasker.templates.model import DEFAULT_NAMESPACE, SEMVER, TaskTemplate, semver_key
+from tasker.domain.templates import DEFAULT_NAMESPACE, SEMVER, TaskTemplate, semver_key
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ def parse_ref(text: str, version: str | None = None) -> TemplateRef:
 
 
 class TemplateRegistry:
-    """Thread-safe map of loaded templates. Registering the same key again replaces it (a reload)."""
+    """Thread-safe map of loaded templates. Registering the same key again replaces it (a
+    reload)."""
 
     def __init__(self) -> None:
         self._by_name: dict[tuple[str, str], dict[str, TaskTemplate]] = {}

@@ -1,8 +1,8 @@
 """One settings object, read from `TASKER_*` environment variables and an optional TOML file.
 
-Defaults work on a laptop with nothing installed: an embedded SQLite file in the current directory and
-templates from `./templates` when that folder exists. Precedence: explicit argument > environment >
-config file > default.
+Defaults work on a laptop with nothing installed: an embedded SQLite file in the current directory
+and templates from `./templates` when that folder exists. Precedence: explicit argument >
+environment > config file > default.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ NUMBER_RANGES: dict[str, Range] = {
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
-    #: Migrate the schema when a command opens the store: None (default) for the embedded SQLite only;
-    #: PostgreSQL waits for `tasker db upgrade` unless this is true (docs/configuration.md).
+    #: Migrate the schema when a command opens the store: None (default) for the embedded SQLite
+    #: only; PostgreSQL waits for `tasker db upgrade` unless this is true (docs/configuration.md).
     auto_migrate: bool | None = None
     template_paths: tuple[str, ...] = ()
     environment: str = "development"
@@ -48,10 +48,10 @@ class Settings:
     poll_interval: float = 0.5
     grace_seconds: float = 30.0
     namespaces: tuple[str, ...] = field(default_factory=tuple)
-    #: Import paths (`pkg.module:Class`) of `Subscriber` classes attached to every engine the CLI opens;
-    #: classes advertised under the `tasker.subscribers` entry point group are attached too.
+    #: Import paths (`pkg.module:Class`) of `Subscriber` classes attached to every engine the CLI
+    #: opens; classes advertised under the `tasker.subscribers` entry point group are attached too.
     subscribers: tuple[str, ...] = field(default_factory=tuple)
-    # -- API server ----------------------------------------------------------------------------------
+    # -- API server --------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     #: Authentication is off by default for local use; `tasker serve` warns when it is.
@@ -64,18 +64,19 @@ class Settings:
     jwt_issuer: str | None = None
     #: Request bodies larger than this are refused with 413.
     max_body_bytes: int = 1_048_576
-    #: Open `GET /events` streams allowed per credential (API key, JWT subject, or client address when
-    #: auth is off) and in total; one more is answered 429 with Retry-After.
+    #: Open `GET /events` streams allowed per credential (API key, JWT subject, or client address
+    #: when auth is off) and in total; one more is answered 429 with Retry-After.
     sse_max_streams_per_client: int = 10
     sse_max_streams: int = 100
-    #: Seconds between keep-alive comments on an idle event stream; a dead client is found when one fails.
+    #: Seconds between keep-alive comments on an idle event stream; a dead client is found when one
+    #: fails.
     sse_heartbeat_seconds: float = 15.0
     #: With auth on, `/docs` and `/openapi.json` need a credential unless this makes them public.
     docs_public: bool = False
-    #: Signs and encrypts the dashboard's session cookie and its CSRF tokens; None: a random secret per
-    #: process (sessions end when the server restarts). Set it when several servers share a URL.
+    #: Signs and encrypts the dashboard's session cookie and its CSRF tokens; None: a random secret
+    #: per process (sessions end when the server restarts). Set it when several servers share a URL.
     session_secret: str | None = None
-    # -- observability ---------------------------------------------------------------------------------
+    # -- observability -----------------------------------------------------------------------------
     #: "json" (structlog JSON lines) or "console" (human-readable); level as in `logging`.
     log_format: str = "console"
     log_level: str = "INFO"
@@ -163,7 +164,8 @@ class Settings:
         return settings
 
     def templates(self, explicit: tuple[str, ...] | list[str] | None = None) -> list[str]:
-        """Template locations to load: those given, else the configured ones, else ./templates if present."""
+        """Template locations to load: those given, else the configured ones, else ./templates if
+        present."""
         if explicit:
             return list(explicit)
         if self.template_paths:

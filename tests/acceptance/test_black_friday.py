@@ -1,7 +1,9 @@
-"""The Black Friday demo tells the story's numbers truthfully, on both stores and from the command line.
+"""The Black Friday demo tells the story's numbers truthfully, on both stores and from the command
+line.
 
-The figures come from the simulated services' own tables, and faults are a seeded hash of (service, order,
-call), so a fixed seed replays the same run: the assertions below are about invariants, never timings.
+The figures come from the simulated services' own tables, and faults are a seeded hash of (service,
+order, call), so a fixed seed replays the same run: the assertions below are about invariants, never
+timings.
 """
 
 from __future__ import annotations
@@ -37,10 +39,12 @@ KEYS = {
 
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated SQLite file for `store_url` to copy (overrides the shared fixture of tests/conftest.py).
+    """A migrated SQLite file for `store_url` to copy (overrides the shared fixture of
+    tests/conftest.py).
 
-    The shared one runs `PRAGMA wal_checkpoint` inside a write transaction, which SQLite refuses with
-    "database table is locked"; here the checkpoint runs on a plain connection once the engine is closed.
+    The shared one runs `PRAGMA wal_checkpoint` inside a write transaction, which SQLite refuses
+    with "database table is locked"; here the checkpoint runs on a plain connection once the engine
+    is closed.
     """
     path = tmp_path_factory.mktemp("sqlite-template-black-friday") / "template.db"
     Database(f"sqlite:///{path}").dispose()

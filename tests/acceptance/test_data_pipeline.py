@@ -1,14 +1,15 @@
-"""The customer analytics pipeline on both stores: fan-out, fan-in, a flaky source, and real numbers.
+"""The customer analytics pipeline on both stores: fan-out, fan-in, a flaky source, and real
+numbers.
 
-Timing facts (which steps overlapped, which waited for which) are read from the transitions table, the
-engine's own record, never from wall-clock measurements in the test.
+Timing facts (which steps overlapped, which waited for which) are read from the transitions table,
+the engine's own record, never from wall-clock measurements in the test.
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,7 @@ def test_flaky_extract_recovers_on_retry(engine: Tasker, tmp_path: Path) -> None
     assert [s.attempts for s in task.steps if s.name != "extract_orders"] == [1] * 7
     failed = [
         t
-        for t in engine.step_transitions(task.id)
+        for t in engine.history.step_transitions(task.id)
         if t["step_id"] == orders.id and t["to_state"] == "waiting_retry"
     ]
     assert [t["attempt"] for t in failed] == [1, 2]
@@ -177,12 +178,12 @@ def test_the_same_seed_extracts_the_same_records() -> None:
 
 
 def test_metrics_on_a_hand_made_dataset() -> None:
-    customers = [
+    customers: list[Mapping[str, Any]] = [
         {"customer_id": 1, "name": "A", "segment": "consumer"},
         {"customer_id": 2, "name": "B", "segment": "business"},
         {"customer_id": 3, "name": "C", "segment": "consumer"},
     ]
-    products = [
+    products: list[Mapping[str, Any]] = [
         {
             "product_id": 10,
             "name": "Mug",
@@ -206,7 +207,9 @@ def test_metrics_on_a_hand_made_dataset() -> None:
         },
     ]
 
-    def order(oid: int, cid: int, pid: int, qty: int, status: str = "completed") -> dict[str, Any]:
+    def order(
+        oid: int, cid: int, pid: int, qty: int, status: str = "completed"
+    ) -> Mapping[str, Any]:
         unit = next(p["price_cents"] for p in products if p["product_id"] == pid)
         return {
             "order_id": oid,
@@ -265,7 +268,8 @@ def test_metrics_on_a_hand_made_dataset() -> None:
 def test_a_sequential_worker_shows_no_overlap(
     make_tasker: Callable[..., Tasker], tmp_path: Path
 ) -> None:
-    """The control for the fan-out test: with room for one step at a time, the extractions cannot overlap."""
+    """The control for the fan-out test: with room for one step at a time, the extractions cannot
+    overlap."""
     engine = make_tasker(concurrency=1)
     engine.load_templates(TEMPLATES)
     task = run(engine, tmp_path, simulate_failures={"extract_orders": 0})
@@ -277,7 +281,7 @@ def test_a_sequential_worker_shows_no_overlap(
 def test_a_source_that_stays_down_fails_only_its_branch(engine: Tasker, tmp_path: Path) -> None:
     # A source that answers nothing is waited for (the outage promise) up to its max_outage_seconds,
     # an hour by default; one second here, so that the step gives up within the test.
-    engine.configure_system("catalog", max_outage_seconds=1)
+    engine.systems.configure("catalog", max_outage_seconds=1)
     task = run(engine, tmp_path, simulate_failures={"extract_orders": 0, "extract_products": 9})
     assert task.status == "error"
     states = {s.name: s.status for s in task.steps}

@@ -1,4 +1,5 @@
-"""The e-commerce story's checkout as a workflow, on both stores: what the customer and the services see.
+"""The e-commerce story's checkout as a workflow, on both stores: what the customer and the services
+see.
 
 Faults are scripted (the next calls of a service fail in a given way) so each test tells one story:
 a declined card, a gateway that charged but timed out, a rate limiter, stock that ran out, an outage
@@ -33,7 +34,7 @@ STEPS = [
     "create_order",
     "send_confirmation",
 ]
-SAMPLE_CART = [
+SAMPLE_CART: list[dict[str, Any]] = [
     {"product_id": 1, "name": "Classic Cotton T-Shirt", "price": 29.99, "quantity": 2},
     {"product_id": 2, "name": "Canvas Sneakers", "price": 49.99, "quantity": 1},
 ]
@@ -48,7 +49,8 @@ def order(
     email: str = "customer@example.com",
     **extra: Any,
 ) -> dict[str, Any]:
-    """A checkout context paying exactly the priced total of `cart` (default: the story's sample cart)."""
+    """A checkout context paying exactly the priced total of `cart` (default: the story's sample
+    cart)."""
     cart = copy.deepcopy(cart or SAMPLE_CART)
     prices = {p.id: p for p in CATALOG}
     total = price_lines(
@@ -75,10 +77,12 @@ def order(
 
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated SQLite file for `store_url` to copy (overrides the shared fixture of tests/conftest.py).
+    """A migrated SQLite file for `store_url` to copy (overrides the shared fixture of
+    tests/conftest.py).
 
-    The shared one runs `PRAGMA wal_checkpoint` inside a write transaction, which SQLite refuses with
-    "database table is locked"; here the checkpoint runs on a plain connection once the engine is closed.
+    The shared one runs `PRAGMA wal_checkpoint` inside a write transaction, which SQLite refuses
+    with "database table is locked"; here the checkpoint runs on a plain connection once the engine
+    is closed.
     """
     path = tmp_path_factory.mktemp("sqlite-template-ecommerce") / "template.db"
     Database(f"sqlite:///{path}").dispose()
@@ -220,7 +224,7 @@ def test_stock_taken_after_payment_is_permanent_and_refunds_the_charge(
         if event.payload.get("step") == "process_payment":
             shop.inventory.set_stock(4, 0)
 
-    engine.subscribe(another_shopper_takes_the_last_cap, "step.started")
+    engine.bus.subscribe(another_shopper_takes_the_last_cap, "step.started")
     task = run(engine, order(cart))
 
     assert task.status == "error"
@@ -253,12 +257,12 @@ def test_rate_limited_charge_waits_for_retry_after(engine: Tasker, shop: Service
     assert task.status == "complete"
     assert task.step("process_payment").attempts == 2
     step_id = task.step("process_payment").id
-    history = [t for t in engine.step_transitions(task.id) if t["step_id"] == step_id]
+    history = [t for t in engine.history.step_transitions(task.id) if t["step_id"] == step_id]
     waited = next(t for t in history if t["to_state"] == "waiting_retry")
     second = next(t for t in history if t["to_state"] == "in_progress" and t["attempt"] == 2)
     assert "retry after 4s" in waited["error_message"]
-    # The gateway asked for 4 s, scaled like every delay by the engine's backoff_scale; the exponential
-    # backoff alone would have waited about 1 s scaled.
+    # The gateway asked for 4 s, scaled like every delay by the engine's backoff_scale; the
+    # exponential backoff alone would have waited about 1 s scaled.
     assert second["at"] - waited["at"] >= timedelta(seconds=4.0 * BACKOFF_SCALE)
 
 
@@ -301,8 +305,9 @@ def test_a_gateway_down_for_every_attempt_is_waited_for(engine: Tasker, shop: Se
 def test_failed_task_completes_when_retried_after_the_outage(
     engine: Tasker, shop: Services
 ) -> None:
-    # Past its max_outage_seconds a system's outage fails the step; then an operator's retry resumes.
-    engine.configure_system("payment_gateway", max_outage_seconds=0.01)
+    # Past its max_outage_seconds a system's outage fails the step; then an operator's retry
+    # resumes.
+    engine.systems.configure("payment_gateway", max_outage_seconds=0.01)
     shop.faults.script("payment_gateway", Fault.UNAVAILABLE, Fault.UNAVAILABLE, Fault.UNAVAILABLE)
 
     task = run(engine, order())

@@ -1,7 +1,7 @@
 """The story's event-driven monitoring: checkout orders run with both example subscribers attached.
 
-Faults are injected the way the e-commerce tests do it (scripted service outcomes, a declined card) plus
-one slow mailer call, and the test checks what an operator and the business would be told.
+Faults are injected the way the e-commerce tests do it (scripted service outcomes, a declined card)
+plus one slow mailer call, and the test checks what an operator and the business would be told.
 """
 
 from __future__ import annotations
@@ -166,7 +166,8 @@ def test_default_thresholds_come_from_the_step_timeouts(
 def test_business_subscriber_named_in_configuration(
     engine: Tasker, shop: Services, store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Configuration creates the subscriber without arguments: it reads the configured database itself."""
+    """Configuration creates the subscriber without arguments: it reads the configured database
+    itself."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TASKER_CONFIG", raising=False)
     monkeypatch.setenv("TASKER_DATABASE_URL", store_url)

@@ -1,10 +1,10 @@
 """`tasker demo registration-outage` tells the microservices story truthfully, with small numbers.
 
-BillingService is really down (its port refuses connections) while the registrations are submitted; the
-figures come from the services' own SQLite files and from the engine's durable event log. The assertions
-are the story's promises: every registration completes by itself soon after billing is back, nothing is
-duplicated, no step exceeds its retry limit, nobody intervenes; the naive coordinator leaves every user
-half-registered.
+BillingService is really down (its port refuses connections) while the registrations are submitted;
+the figures come from the services' own SQLite files and from the engine's durable event log. The
+assertions are the story's promises: every registration completes by itself soon after billing is
+back, nothing is duplicated, no step exceeds its retry limit, nobody intervenes; the naive
+coordinator leaves every user half-registered.
 """
 
 from __future__ import annotations
@@ -94,8 +94,9 @@ def test_registrations_wait_out_the_outage_and_finish_by_themselves(store_url: s
 
 
 def test_one_registration_alone_waits_out_an_outage_longer_than_its_retries() -> None:
-    """A quiet night: no other registration helps open the circuit. Billing refuses for longer than the
-    step's three attempts take, yet the registration completes by itself once billing is back."""
+    """A quiet night: no other registration helps open the circuit. Billing refuses for longer than
+    the step's three attempts take, yet the registration completes by itself once billing is
+    back."""
     result = run(
         "--registrations", "1", "--outage-seconds", "4", "--workers", "0", "--seed", "5", "--json"
     )

@@ -1,7 +1,8 @@
-"""Two teams' `process_refund` on both stores: namespaces, versions side by side, and a cross-namespace task.
+"""Two teams' `process_refund` on both stores: namespaces, versions side by side, and a
+cross-namespace task.
 
-The simulated ledger, gateway, support desk and outbox (tasker/demos/team_scaling/services.py) are the
-witnesses: a refund must reach the gateway exactly once whatever the engine retried.
+The simulated ledger, gateway, support desk and outbox (tasker/demos/team_scaling/services.py) are
+the witnesses: a refund must reach the gateway exactly once whatever the engine retried.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ def payments_tasks(engine: Tasker) -> list[Task]:
 
 
 def test_same_name_in_two_namespaces_are_two_workflows(engine: Tasker) -> None:
-    cs = engine.get_template(CUSTOMER_SUCCESS)
-    pay = engine.get_template(PAYMENTS)
+    cs = engine.templates.get(CUSTOMER_SUCCESS)
+    pay = engine.templates.get(PAYMENTS)
     assert (cs.key, pay.key) == (
         "customer_success/process_refund@1.3.0",
         "payments/process_refund@2.1.0",
@@ -118,19 +119,22 @@ def test_a_task_keeps_its_version_through_a_deploy(
         == "2.1.0"
     )
 
-    # A worker started after the deploy has only 2.1.0 on disk: it runs the old task from its snapshot.
+    # A worker started after the deploy has only 2.1.0 on disk: it runs the old task from its
+    # snapshot.
     after = make_tasker(backoff_scale=BACKOFF_SCALE)
     after.load_templates(PAYMENTS_2_1_0)
     done = after.run(task.id)
     assert (done.status, done.version, names(done)) == ("complete", "2.0.0", STEPS_2_0_0)
-    assert after.task_template(task.id).key == "payments/process_refund@2.0.0"
+    assert after.templates.of_task(task.id).key == "payments/process_refund@2.0.0"
     receipt = done.step("notify_customer").results or {}
     assert receipt["workflow"] == "payments/process_refund@2.0.0"
     # 2.0.0 is a chain: the receipt waited for the ledger (in 2.1.0 the two run side by side).
-    assert (
-        done.step("notify_customer").started_at >= done.step("update_payment_records").finished_at
-    )
-    assert world.payment("pay_1003").refunded_cents == 2_500
+    receipt_started = done.step("notify_customer").started_at
+    ledger_finished = done.step("update_payment_records").finished_at
+    assert receipt_started is not None and ledger_finished is not None
+    assert receipt_started >= ledger_finished
+    payment = world.payment("pay_1003")
+    assert payment is not None and payment.refunded_cents == 2_500
 
 
 def test_a_refund_request_asks_payments_and_waits_for_it(
@@ -163,7 +167,8 @@ def test_a_refund_request_asks_payments_and_waits_for_it(
     assert waited["payments_status"] == "complete"
 
     assert len(world.refunds) == 1
-    assert world.payment("pay_1001").refunded_cents == 4_999
+    payment = world.payment("pay_1001")
+    assert payment is not None and payment.refunded_cents == 4_999
     ticket = world.ticket("T-1001")
     assert ticket is not None and ticket.status == "refunded"
     assert sorted(m.sender for m in world.outbox.values() if m.to == "ada@example.com") == [
@@ -187,7 +192,8 @@ def test_a_retried_step_gets_the_same_payments_task(engine: Tasker, world: servi
 def test_waiting_holds_no_worker_and_an_operator_retry_finishes_the_wait(
     make_tasker: Callable[..., Tasker], world: services.World
 ) -> None:
-    """Only customer success runs, so the payments task never moves: the wait polls until its attempts run out.
+    """Only customer success runs, so the payments task never moves: the wait polls until its
+    attempts run out.
 
     Every poll is a retry scheduled in the store, not a sleeping worker; the circuit breaker of the
     polling step's system stays closed (a poll is not a system fault); and once payments has run,
@@ -210,11 +216,11 @@ def test_waiting_holds_no_worker_and_an_operator_retry_finishes_the_wait(
     )
     polls = [
         t
-        for t in engine.step_transitions(request.id)
+        for t in engine.history.step_transitions(request.id)
         if t["step_id"] == wait.id and t["to_state"] == "waiting_retry"
     ]
     assert len(polls) == 19
-    [system] = [s for s in engine.systems() if s["name"] == "payments_workflow"]
+    [system] = [s for s in engine.systems.report() if s["name"] == "payments_workflow"]
     assert (system["circuit_state"], system["consecutive_failures"]) == (
         "closed",
         0,
@@ -256,7 +262,8 @@ def test_a_failed_payments_task_fails_the_request_with_its_reason(
     assert reason in wait.last_error["message"]
     assert world.refunds == {}
 
-    # The risk team reviews and resolves its step; payments finishes; customer success retries its request.
+    # The risk team reviews and resolves its step; payments finishes; customer success retries its
+    # request.
     engine.resolve_step(child.id, "screen_for_fraud", {"risk": "reviewed", "reviewer": "rita"})
     engine.work(until_idle=True)
     assert engine.get_task(child.id).status == "resolved_manually"

@@ -1,5 +1,5 @@
-"""Fixtures of the API tests: an engine with two small templates on the test's store, the app over it,
-and a test client. Every test that takes `client` runs on SQLite and on PostgreSQL."""
+"""Fixtures of the API tests: an engine with two small templates on the test's store, the app over
+it, and a test client. Every test that takes `client` runs on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -119,7 +119,8 @@ def client(app: FastAPI) -> Iterator[TestClient]:
 
 
 def error_of(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
-    """Assert the response is the API's error body with this status (and code); return its `error`."""
+    """Assert the response is the API's error body with this status (and code); return its
+    `error`."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     body = ErrorBody.model_validate(response.json()).error

@@ -1,4 +1,5 @@
-"""Step handlers of the API tests, driven by the task context so that a request decides the outcome."""
+"""Step handlers of the API tests, driven by the task context so that a request decides the
+outcome."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from tasker import PermanentError, StepContext, StepHandler
 
 
 class Step(StepHandler):
-    """Succeeds with its name and the context's `amount`; fails permanently when `context.fail` names it."""
+    """Succeeds with its name and the context's `amount`; fails permanently when `context.fail`
+    names it."""
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
         if ctx.context.get("fail") == ctx.step_name:

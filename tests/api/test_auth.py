@@ -1,5 +1,5 @@
-"""Authentication and authorisation over HTTP: the `require` dependency, and the 401/403/200 matrix over every
-route of the real app, on both stores."""
+"""Authentication and authorisation over HTTP: the `require` dependency, and the 401/403/200 matrix
+over every route of the real app, on both stores."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def bearer(value: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {value}"}
 
 
-# -- `require` on a small app ------------------------------------------------------------------------------
+# -- `require` on a small app ----------------------------------------------------------------------
 
 
 def small_app(engine: Tasker, settings: Settings) -> FastAPI:
@@ -96,7 +96,7 @@ def test_no_credential_is_401_with_a_challenge_and_the_api_error_body(client: Te
 def test_an_api_key_with_the_permission_passes_and_one_without_gets_403(
     tasker: Tasker, client: TestClient
 ) -> None:
-    _, reader = tasker.create_api_key("reader", ["tasker.task:index"])
+    _, reader = tasker.keys.create("reader", ["tasker.task:index"])
     assert client.get("/tasks", headers={"X-API-Key": reader}).json() == {"ok": "listed"}
     response = client.post("/tasks", headers={"X-API-Key": reader})
     assert response.status_code == 403
@@ -110,15 +110,15 @@ def test_an_api_key_with_the_permission_passes_and_one_without_gets_403(
 
 
 def test_an_api_key_may_be_sent_as_a_bearer_token(tasker: Tasker, client: TestClient) -> None:
-    _, key = tasker.create_api_key("ci", ["tasker.task:create"])
+    _, key = tasker.keys.create("ci", ["tasker.task:create"])
     assert client.post("/tasks", headers=bearer(key)).json() == {"kind": "api_key", "name": "ci"}
     assert client.post("/tasks", headers={"Authorization": f"bEaReR   {key}  "}).status_code == 200
 
 
 def test_wildcards_grant_a_resource_or_everything(tasker: Tasker, client: TestClient) -> None:
-    _, tasks_key = tasker.create_api_key("tasks", ["tasker.task:*"])
-    _, admin = tasker.create_api_key("admin", ["*"])
-    _, other = tasker.create_api_key("steps", ["tasker.workflow_step:*"])
+    _, tasks_key = tasker.keys.create("tasks", ["tasker.task:*"])
+    _, admin = tasker.keys.create("admin", ["*"])
+    _, other = tasker.keys.create("steps", ["tasker.workflow_step:*"])
     for key in (tasks_key, admin):
         assert client.post("/tasks", headers={"X-API-Key": key}).status_code == 200
     assert client.post("/tasks", headers={"X-API-Key": other}).status_code == 403
@@ -145,15 +145,15 @@ def test_bad_credentials_are_401(client: TestClient, headers: dict[str, str], me
 
 
 def test_a_revoked_key_is_refused_at_once(tasker: Tasker, client: TestClient) -> None:
-    _, key = tasker.create_api_key("leaked", ["*"])
+    _, key = tasker.keys.create("leaked", ["*"])
     assert client.get("/tasks", headers={"X-API-Key": key}).status_code == 200
-    tasker.revoke_api_key("leaked")
+    tasker.keys.revoke("leaked")
     assert_401(client.get("/tasks", headers={"X-API-Key": key}), "invalid or revoked API key")
     assert_401(client.get("/tasks", headers=bearer(key)), "invalid or revoked API key")
 
 
 def test_messages_never_echo_the_credential(tasker: Tasker, client: TestClient) -> None:
-    _, key = tasker.create_api_key("ci", ["tasker.task:index"])
+    _, key = tasker.keys.create("ci", ["tasker.task:index"])
     secret = key.split("_", 2)[2]
     for headers in (
         {"Authorization": key},
@@ -206,7 +206,7 @@ def test_unknown_permissions_fail_when_routes_are_declared() -> None:
         require("tasker.task:destroy")
 
 
-# -- the matrix over the real app ----------------------------------------------------------------------------
+# -- the matrix over the real app ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,8 @@ class Endpoint:
 
 
 def routes_of(app: FastAPI) -> list[Endpoint]:
-    """Every API route of the app with the permission its `require` checks, as FastAPI will serve it."""
+    """Every API route of the app with the permission its `require` checks, as FastAPI will serve
+    it."""
     try:  # FastAPI >= 0.16x nests included routers; older releases flatten them into app.routes
         from fastapi.routing import iter_route_contexts
 
@@ -274,8 +275,8 @@ def test_401_403_200_matrix_over_every_route(tasker: Tasker) -> None:
     endpoints = [e for e in routes_of(app) if e.permission is not None]
     keys: dict[str, tuple[str, str]] = {}
     for i, permission in enumerate(sorted({e.permission for e in endpoints if e.permission})):
-        _, exact = tasker.create_api_key(f"only-{i}", [permission])
-        _, others = tasker.create_api_key(
+        _, exact = tasker.keys.create(f"only-{i}", [permission])
+        _, others = tasker.keys.create(
             f"all-but-{i}", [p for p in Permission.ALL if p != permission]
         )
         keys[permission] = (exact, others)
@@ -311,7 +312,8 @@ def test_401_403_200_matrix_over_every_route(tasker: Tasker) -> None:
 
 
 def test_the_checkout_story_with_keys(tasker: Tasker, tmp_path: Path) -> None:
-    """What an operator does with auth on: a creating key creates (201), a reading key reads, others are refused."""
+    """What an operator does with auth on: a creating key creates (201), a reading key reads, others
+    are refused."""
     path = tmp_path / "shop.yaml"
     path.write_text(
         yaml.safe_dump(
@@ -326,8 +328,8 @@ def test_the_checkout_story_with_keys(tasker: Tasker, tmp_path: Path) -> None:
         )
     )
     tasker.load_templates(path)
-    _, creator = tasker.create_api_key("shop-frontend", ["tasker.task:create"])
-    _, reader = tasker.create_api_key("dashboard", ["tasker.task:index", "tasker.task:show"])
+    _, creator = tasker.keys.create("shop-frontend", ["tasker.task:create"])
+    _, reader = tasker.keys.create("dashboard", ["tasker.task:index", "tasker.task:show"])
     body = {"template": "shop/checkout", "context": {"order": 1}}
     with TestClient(create_app(tasker, ON)) as c:
         assert c.post("/api/v1/tasks", json=body).status_code == 401
@@ -338,5 +340,5 @@ def test_the_checkout_story_with_keys(tasker: Tasker, tmp_path: Path) -> None:
         assert c.get(f"/api/v1/tasks/{task_id}", headers={"X-API-Key": creator}).status_code == 403
         shown = c.get(f"/api/v1/tasks/{task_id}", headers={"X-API-Key": reader})
         assert shown.status_code == 200 and shown.json()["id"] == task_id
-    used = {k.name: k.last_used_at for k in tasker.list_api_keys()}
+    used = {k.name: k.last_used_at for k in tasker.keys.all()}
     assert used["shop-frontend"] is not None and used["dashboard"] is not None

@@ -1,4 +1,5 @@
-"""`GET /api/v1/events`: the durable event log over Server-Sent Events, fed by a separate worker process."""
+"""`GET /api/v1/events`: the durable event log over Server-Sent Events, fed by a separate worker
+process."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ HANDLER = "tests.integration.test_worker_process:FileStep"
 
 @pytest.fixture
 def served(tasker: Tasker) -> Iterator[str]:
-    """The real app under uvicorn on a loopback port (streams need a real server, not a buffered client)."""
+    """The real app under uvicorn on a loopback port (streams need a real server, not a buffered
+    client)."""
     with serving(create_app(tasker, Settings())) as url:
         yield f"{url}/api/v1"
 
@@ -142,7 +144,8 @@ def test_the_json_page_and_bad_filters(
         rest = client.get(
             f"{served}/events/page", params={"task_id": task_id, "after": page["cursor"]}
         ).json()
-        # a cursor from a filtered read skipped only the sources the filter read: here the task events remain
+        # a cursor from a filtered read skipped only the sources the filter read: here the task
+        # events remain
         assert [e["event"] for e in rest["events"]] == [
             "task.created",
             "task.started",
@@ -162,7 +165,7 @@ def test_the_json_page_and_bad_filters(
         assert client.get(f"{served}/events", params={"after": "nope"}).status_code == 422
 
 
-# -- limits, heartbeat and slots ------------------------------------------------------------------------------
+# -- limits, heartbeat and slots -------------------------------------------------------------------
 def _wait_until(condition: Any, seconds: float = 10.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

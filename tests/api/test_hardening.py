@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import pytest
-from fastapi import HTTPException
+from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
 
 from tasker import Tasker
@@ -235,7 +235,7 @@ def test_the_default_limit_is_one_mebibyte(client: TestClient) -> None:
 
 
 def test_a_bad_content_length_is_400() -> None:
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover - never reached
         raise AssertionError("the limit must answer first")
@@ -243,7 +243,7 @@ def test_a_bad_content_length_is_400() -> None:
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"{}", "more_body": False}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     for length in (b"abc", b"-5"):
@@ -276,7 +276,7 @@ def test_an_unexpected_error_is_a_logged_500_without_internals(
     assert any("cannot open /srv/secret" in (r.exc_text or "") for r in caplog.records)
 
 
-def test_http_errors_from_other_routes_keep_the_body_shape(app: Any) -> None:
+def test_http_errors_from_other_routes_keep_the_body_shape(app: FastAPI) -> None:
     @app.get("/api/v1/test-only/raise")
     def raising(kind: str) -> None:
         if kind == "nested":

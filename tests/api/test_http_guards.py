@@ -113,7 +113,7 @@ def test_docs_load_only_local_assets(client: TestClient) -> None:
 
 
 def test_docs_and_spec_follow_the_auth_setting(make_client: Any, engine: Tasker) -> None:
-    _, key = engine.create_api_key("docs-reader", ["tasker.task:show"])  # any permission will do
+    _, key = engine.keys.create("docs-reader", ["tasker.task:show"])  # any permission will do
     closed = make_client(AUTH_ON)
     for path in ("/docs", "/openapi.json"):
         error_of(closed.get(path), 401, "unauthorized")

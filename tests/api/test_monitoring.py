@@ -1,8 +1,8 @@
 """Health, status, `/metrics` and analytics routes, on both stores, through the real app.
 
-Broken databases are real too: an SQLite file nobody migrated, a schema one revision behind, a port where
-nothing listens, and a server that accepts connections and never answers (the hung database a readiness
-probe must not hang on).
+Broken databases are real too: an SQLite file nobody migrated, a schema one revision behind, a port
+where nothing listens, and a server that accepts connections and never answers (the hung database a
+readiness probe must not hang on).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def api(tasker: Tasker) -> TestClient:
     return make_api(tasker)
 
 
-# -- live and ready ------------------------------------------------------------------------------------------
+# -- live and ready --------------------------------------------------------------------------------
 def test_live_answers_without_touching_anything(api: TestClient) -> None:
     r = api.get(f"{PREFIX}/health/live")
     assert r.status_code == 200
@@ -164,7 +164,7 @@ def test_ready_and_status_answer_503_in_time_when_the_database_hangs(
     assert sum(t.name == "tasker-ready-probe" for t in threading.enumerate()) <= 1
 
 
-# -- status -----------------------------------------------------------------------------------------------------
+# -- status ----------------------------------------------------------------------------------------
 def test_status_counts_tasks_steps_and_workers(
     tasker: Tasker, api: TestClient, tmp_path: Path
 ) -> None:
@@ -252,7 +252,7 @@ def test_status_is_degraded_while_a_circuit_is_open(
             )
         ],
     )
-    tasker.configure_system("billing", failure_threshold=1, cooldown_seconds=600)
+    tasker.systems.configure("billing", failure_threshold=1, cooldown_seconds=600)
     task_id = tasker.create_task(ref, {"key": "outage"}).id
     # the step now waits for billing (the outage hold), so run a worker only until the circuit opens
     worker = tasker.worker(concurrency=1)
@@ -261,7 +261,7 @@ def test_status_is_degraded_while_a_circuit_is_open(
         job = asyncio.ensure_future(worker.run())
         for _ in range(100):
             await asyncio.sleep(0.05)
-            if tasker.circuit_history("billing"):
+            if tasker.systems.circuit_history("billing"):
                 break
         worker.stop()
         await job
@@ -316,7 +316,7 @@ def test_status_window_is_validated(api: TestClient) -> None:
         assert r.json()["error"]["details"][0]["path"] == "query.window_hours"
 
 
-# -- metrics ----------------------------------------------------------------------------------------------------
+# -- metrics ---------------------------------------------------------------------------------------
 def test_metrics_are_prometheus_text(tasker: Tasker, api: TestClient, tmp_path: Path) -> None:
     ref = load(tasker, tmp_path, "metered", [step("a")])
     tasker.run(tasker.create_task(ref, {"key": "m"}).id)
@@ -329,7 +329,7 @@ def test_metrics_are_prometheus_text(tasker: Tasker, api: TestClient, tmp_path: 
     assert "tasker_database_up 1.0" in r.text
 
 
-# -- analytics --------------------------------------------------------------------------------------------------
+# -- analytics -------------------------------------------------------------------------------------
 def test_performance_route(tasker: Tasker, api: TestClient, tmp_path: Path) -> None:
     ref = load(tasker, tmp_path, "perf", [step("a"), step("b", after="a")])
     for i in range(3):
@@ -364,7 +364,7 @@ def test_performance_route(tasker: Tasker, api: TestClient, tmp_path: Path) -> N
 
 def test_bottlenecks_route(tasker: Tasker, api: TestClient, tmp_path: Path) -> None:
     ref = load(tasker, tmp_path, "choke", [step("a", handler_config={"fail": ["retryable"]})])
-    tasker.configure_system("default", failure_threshold=1000)
+    tasker.systems.configure("default", failure_threshold=1000)
     for i in range(5):
         tasker.run(tasker.create_task(ref, {"key": f"b{i}"}).id)
 
@@ -400,11 +400,11 @@ def test_analytics_parameters_are_validated(
     assert r.json()["error"]["details"][0]["path"] == field
 
 
-# -- authorisation ----------------------------------------------------------------------------------------------
+# -- authorisation ---------------------------------------------------------------------------------
 @pytest.fixture
 def guarded(tasker: Tasker) -> tuple[TestClient, Callable[[str], dict[str, str]]]:
     def key(*permissions: str) -> dict[str, str]:
-        _, secret = tasker.create_api_key(f"k{time.monotonic_ns()}", list(permissions))
+        _, secret = tasker.keys.create(f"k{time.monotonic_ns()}", list(permissions))
         return {"X-API-Key": secret}
 
     return make_api(tasker, auth_enabled=True), key

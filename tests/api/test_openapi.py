@@ -1,4 +1,5 @@
-"""The OpenAPI spec: every route under the prefix, credentials declared, errors documented; Swagger UI."""
+"""The OpenAPI spec: every route under the prefix, credentials declared, errors documented; Swagger
+UI."""
 
 from __future__ import annotations
 

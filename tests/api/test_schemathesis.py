@@ -1,9 +1,11 @@
-"""Schemathesis against the served OpenAPI spec: generated requests, valid and invalid, for every operation.
+"""Schemathesis against the served OpenAPI spec: generated requests, valid and invalid, for every
+operation.
 
-Checks: no 5xx ever, and every response conforms to the spec (status code documented, content type and
-headers declared, body valid against its schema). SQLite only, 25 examples per operation, to keep the run short;
-the routes themselves are tested on both stores elsewhere. Streaming `GET /events` is left out: its
-response never ends, so a generated request would wait for its timeout.
+Checks: no 5xx ever, and every response conforms to the spec (status code documented, content type
+and headers declared, body valid against its schema). SQLite only, 25 examples per operation, to
+keep the run short; the routes themselves are tested on both stores elsewhere. Streaming
+`GET /events` is left out: its response never ends, so a generated request would wait for its
+timeout.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import schemathesis
@@ -75,8 +77,9 @@ def fuzzed_app(fuzzed_engine: Tasker) -> FastAPI:
     return create_app(fuzzed_engine)
 
 
-# The spec does not depend on the engine, so it is read at collection from an app over none; the requests
-# go to `fuzzed_app`. (schemathesis.pytest.from_fixture would defer this, but it breaks on pytest >= 9.)
+# The spec does not depend on the engine, so it is read at collection from an app over none; the
+# requests go to `fuzzed_app`. (schemathesis.pytest.from_fixture would defer this, but it breaks on
+# pytest >= 9.)
 schema = schemathesis.openapi.from_dict(create_app(cast(Tasker, None)).openapi()).exclude(
     path="/api/v1/events"
 )
@@ -94,5 +97,5 @@ schema = schemathesis.openapi.from_dict(create_app(cast(Tasker, None)).openapi()
         HealthCheck.data_too_large,
     ],
 )
-def test_the_api_conforms_to_its_spec(case: schemathesis.Case, fuzzed_app: FastAPI) -> None:
+def test_the_api_conforms_to_its_spec(case: schemathesis.Case[Any], fuzzed_app: FastAPI) -> None:
     case.call_and_validate(app=fuzzed_app, checks=CHECKS)

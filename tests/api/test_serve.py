@@ -1,5 +1,5 @@
-"""`tasker serve`: bad options are one line and exit 2; a real server with in-process workers runs a task
-created over HTTP to completion and stops cleanly on SIGTERM."""
+"""`tasker serve`: bad options are one line and exit 2; a real server with in-process workers runs a
+task created over HTTP to completion and stops cleanly on SIGTERM."""
 
 from __future__ import annotations
 

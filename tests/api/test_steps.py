@@ -1,4 +1,5 @@
-"""Steps over HTTP: list and show with transitions, resolve by hand with a result, retry one step."""
+"""Steps over HTTP: list and show with transitions, resolve by hand with a result, retry one
+step."""
 
 from __future__ import annotations
 
@@ -104,8 +105,9 @@ def test_resolve_refuses_finished_steps_and_bad_results(client: TestClient, engi
         client.post(f"{API}/tasks/{task_id}/steps/validate/resolve", json={}), 409, "conflict"
     )
     assert "validate' of task" in error["message"] and "complete" in error["message"]
-    # A pending step cannot overtake its unfinished parents (409 naming them); once they are resolved or
-    # complete it may be resolved before it runs, and an empty body resolves with an empty result.
+    # A pending step cannot overtake its unfinished parents (409 naming them); once they are
+    # resolved or complete it may be resolved before it runs, and an empty body resolves with an
+    # empty result.
     error = error_of(client.post(f"{API}/tasks/{task_id}/steps/ship/resolve"), 409, "conflict")
     assert "parent charge (error) is not finished" in error["message"], error
     error_of(client.post(f"{API}/tasks/424242/steps/validate/resolve", json={}), 404)

@@ -1,4 +1,5 @@
-"""Tasks over HTTP: create (201/200 idempotent), list with filters and pagination, show, cancel, retry."""
+"""Tasks over HTTP: create (201/200 idempotent), list with filters and pagination, show, cancel,
+retry."""
 
 from __future__ import annotations
 
@@ -177,7 +178,7 @@ def test_list_filters_and_paginates_newest_first(client: TestClient, engine: Tas
     assert ids_for(offset=2**63 - 1) == []
 
 
-BAD_FILTERS = [
+BAD_FILTERS: list[dict[str, str | int]] = [
     {"limit": 0},
     {"limit": 501},
     {"limit": "ten"},

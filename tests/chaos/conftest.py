@@ -10,20 +10,18 @@ import pytest
 import yaml
 
 from tasker import Tasker
-from tasker.store.tasks import clear_snapshot_cache
 from tests.chaos.support import ensure_postgres_up, require_postgres, scratch_engine, wipe_store
 from tests.fixture_types import TemplateFile
 
 
 @pytest.fixture
 def chaos_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The session's scratch PostgreSQL database, emptied of tasker rows (and of the tests' own tables after)."""
+    """The session's scratch PostgreSQL database, emptied of tasker rows (and of the tests' own
+    tables after)."""
     require_postgres()
     pg_url: str = request.getfixturevalue("pg_url")
-    clear_snapshot_cache()
     wipe_store(pg_url)
     yield pg_url
-    clear_snapshot_cache()
     ensure_postgres_up()
     with scratch_engine(pg_url) as db, db.begin() as conn:
         conn.exec_driver_sql("DROP TABLE IF EXISTS chaos_effects, chaos_attempts")

@@ -1,9 +1,10 @@
-"""Step handlers run by the worker processes of the fault tests (imported through their handler_class paths).
+"""Step handlers run by the worker processes of the fault tests (imported through their
+handler_class paths).
 
-`Effect` behaves like a real handler with an external side effect: it makes the effect idempotent with the
-step's idempotency key (a unique key, ON CONFLICT DO NOTHING), and also logs every raw execution so that
-the test can count how often delivery was repeated. Both tables live in the test's PostgreSQL database,
-named by `CHAOS_PG_URL` in the worker's environment.
+`Effect` behaves like a real handler with an external side effect: it makes the effect idempotent
+with the step's idempotency key (a unique key, ON CONFLICT DO NOTHING), and also logs every raw
+execution so that the test can count how often delivery was repeated. Both tables live in the test's
+PostgreSQL database, named by `CHAOS_PG_URL` in the worker's environment.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def _drop_connection() -> None:
 
 
 class Effect(StepHandler):
-    """Logs the execution, works for `handler_config.sleep` = [min, max] seconds, then makes its effect once."""
+    """Logs the execution, works for `handler_config.sleep` = [min, max] seconds, then makes its
+    effect once."""
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
         import psycopg
@@ -75,7 +77,8 @@ class Sleep(StepHandler):
 
 
 class Outage(StepHandler):
-    """Calls a dependent system that is down until the time (epoch seconds) written in `context.outage_file`."""
+    """Calls a dependent system that is down until the time (epoch seconds) written in
+    `context.outage_file`."""
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
         down_until = float(Path(ctx.context["outage_file"]).read_text())
@@ -85,8 +88,8 @@ class Outage(StepHandler):
 
 
 class SlowOnce(StepHandler):
-    """Appends its pid to `<context.dir>/<step id>.runs`; the first execution of a step takes `context.slow`
-    seconds, later ones (another worker's retry) are quick."""
+    """Appends its pid to `<context.dir>/<step id>.runs`; the first execution of a step takes
+    `context.slow` seconds, later ones (another worker's retry) are quick."""
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
         runs = Path(ctx.context["dir"]) / f"{ctx.step_id}.runs"

@@ -1,9 +1,11 @@
-"""Helpers of the fault tests: real `tasker worker` processes, killing them, waiting, restarting PostgreSQL.
+"""Helpers of the fault tests: real `tasker worker` processes, killing them, waiting, restarting
+PostgreSQL.
 
-Every process started here is tracked by a `Fleet` and killed when the `with` block ends, whatever happened
-in it; as a second line of defence each child asks Linux to SIGKILL it when the test process dies
-(`PR_SET_PDEATHSIG`), so that a test killed by its timeout leaves no worker behind. The death signal fires
-when the *thread* that spawned the child ends, so spawn workers from the test's main thread only.
+Every process started here is tracked by a `Fleet` and killed when the `with` block ends, whatever
+happened in it; as a second line of defence each child asks Linux to SIGKILL it when the test
+process dies (`PR_SET_PDEATHSIG`), so that a test killed by its timeout leaves no worker behind. The
+death signal fires when the *thread* that spawned the child ends, so spawn workers from the test's
+main thread only.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def require_postgres() -> None:
 
 
 def tasker_command() -> list[str]:
-    """The `tasker` console script of this interpreter's environment (or the same entry point through -c)."""
+    """The `tasker` console script of this interpreter's environment (or the same entry point
+    through -c)."""
     script = Path(sys.executable).parent / "tasker"
     if script.exists():
         return [str(script)]
@@ -110,7 +113,8 @@ class WorkerProcess:
 
 
 class Fleet:
-    """Starts `tasker worker` processes on one store and guarantees they are gone when the block ends."""
+    """Starts `tasker worker` processes on one store and guarantees they are gone when the block
+    ends."""
 
     def __init__(
         self,
@@ -189,7 +193,8 @@ class Fleet:
         w.wait(10)
 
     def stop_all(self, timeout: float = 30) -> dict[int, int | None]:
-        """SIGTERM every live worker and wait for them; returns pid -> exit code (None: still running)."""
+        """SIGTERM every live worker and wait for them; returns pid -> exit code (None: still
+        running)."""
         live = self.alive()
         for w in live:
             w.signal(signal.SIGTERM)
@@ -197,10 +202,12 @@ class Fleet:
         return {w.pid: w.wait(max(0.1, deadline - time.monotonic())) for w in live}
 
     def pause(self, w: WorkerProcess, db: sa.Engine, attempts: int = 50) -> None:
-        """SIGSTOP `w` at a moment it holds no open transaction (no row locks), as a stalled process would.
+        """SIGSTOP `w` at a moment it holds no open transaction (no row locks), as a stalled process
+        would.
 
-        A process stopped inside its short claim transaction would keep its rows locked until it resumes;
-        that is another scenario, so stop again until no session but this one is in a transaction.
+        A process stopped inside its short claim transaction would keep its rows locked until it
+        resumes; that is another scenario, so stop again until no session but this one is in a
+        transaction.
         """
         for _ in range(attempts):
             w.signal(signal.SIGSTOP)
@@ -231,7 +238,8 @@ class Fleet:
 
 
 def chain(n: int, handler: str, **step: Any) -> list[dict[str, Any]]:
-    """Template entries of n steps s1 -> s2 -> ... -> sn, each run by `handler` of tests.chaos.handlers."""
+    """Template entries of n steps s1 -> s2 -> ... -> sn, each run by `handler` of
+    tests.chaos.handlers."""
     out = []
     for i in range(1, n + 1):
         s: dict[str, Any] = {"name": f"s{i}", "handler_class": f"{HANDLERS}:{handler}", **step}
@@ -244,7 +252,8 @@ def chain(n: int, handler: str, **step: Any) -> list[dict[str, Any]]:
 def wait_for(
     predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
 ) -> Any:
-    """Poll `predicate` until it returns something truthy (returned), or fail after `timeout` seconds."""
+    """Poll `predicate` until it returns something truthy (returned), or fail after `timeout`
+    seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -255,7 +264,7 @@ def wait_for(
         time.sleep(interval)
 
 
-# -- the store ---------------------------------------------------------------------------------------------
+# -- the store -------------------------------------------------------------------------------------
 def wipe_store(url: str) -> None:
     """Empty every tasker table of the scratch database (the chaos tests use `pg_url` directly)."""
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
@@ -285,7 +294,8 @@ def wipe_store(url: str) -> None:
 
 @contextlib.contextmanager
 def scratch_engine(url: str) -> Iterator[sa.Engine]:
-    """An engine for the test's own queries that survives a server restart (no pooled connections)."""
+    """An engine for the test's own queries that survives a server restart (no pooled
+    connections)."""
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         yield engine
@@ -316,7 +326,7 @@ def complete_transition_counts(engine: sa.Engine) -> dict[int, int]:
     }
 
 
-# -- the server ------------------------------------------------------------------------------------------
+# -- the server ------------------------------------------------------------------------------------
 def pg_cluster() -> tuple[str, str]:
     versions = sorted(os.listdir("/etc/postgresql"))
     if not versions:
@@ -335,8 +345,9 @@ def pg_ready(timeout: float = 2) -> bool:
 
 
 def restart_postgres(down_seconds: float = 0.0, timeout: float = 60) -> float:
-    """Restart the local cluster (as root, `pg_ctlcluster`; fast shutdown: every connection is closed and open
-    transactions are rolled back), staying down `down_seconds`, and wait until it accepts connections.
+    """Restart the local cluster (as root, `pg_ctlcluster`; fast shutdown: every connection is
+    closed and open transactions are rolled back), staying down `down_seconds`, and wait until it
+    accepts connections.
 
     Returns the seconds from the stop command to the server being ready again.
     """
@@ -354,7 +365,8 @@ def restart_postgres(down_seconds: float = 0.0, timeout: float = 60) -> float:
 
 
 def ensure_postgres_up(timeout: float = 60) -> None:
-    """Start the cluster if it is down (a failed restart must not leave the shared server stopped)."""
+    """Start the cluster if it is down (a failed restart must not leave the shared server
+    stopped)."""
     if pg_ready():
         return
     version, name = pg_cluster()
@@ -368,10 +380,12 @@ def ensure_postgres_up(timeout: float = 60) -> None:
 
 
 def drop_dead_pooled_connections() -> None:
-    """After a server restart every pooled connection of this process is dead: empty every engine's pool.
+    """After a server restart every pooled connection of this process is dead: empty every engine's
+    pool.
 
-    Fixtures outlive the test (the session's admin engine of `pg_url`, engines of other helpers) and do
-    not pre-ping; without this their next statement would fail on a connection the restart closed.
+    Fixtures outlive the test (the session's admin engine of `pg_url`, engines of other helpers) and
+    do not pre-ping; without this their next statement would fail on a connection the restart
+    closed.
     """
     for obj in gc.get_objects():
         if isinstance(obj, sa.Engine) and obj.dialect.name == "postgresql":

@@ -1,10 +1,11 @@
 """Fault test (c): a dependent system fails every call for 30 s, then is healthy again.
 
 50 tasks, retry limit 3, two worker processes, the system's circuit declared in the template
-(`failure_threshold: 5, cooldown_seconds: 2, max_cooldown_seconds: 5`). Without the breaker the steps
-would exhaust their three attempts within seconds; with it they wait, only probes touch the system (their
-attempts given back), and every task completes once the system recovers. The circuit opens once and closes
-once; the probes that fail in between reopen it (half_open -> open), which is expected.
+(`failure_threshold: 5, cooldown_seconds: 2, max_cooldown_seconds: 5`). Without the breaker the
+steps would exhaust their three attempts within seconds; with it they wait, only probes touch the
+system (their attempts given back), and every task completes once the system recovers. The circuit
+opens once and closes once; the probes that fail in between reopen it (half_open -> open), which is
+expected.
 """
 
 from __future__ import annotations
@@ -64,20 +65,18 @@ def test_outage_of_a_dependent_system_costs_no_task(
         ]
 
         def all_done() -> bool:
-            return (
-                scalar(
-                    db,
-                    "select count(*) from tasker_tasks where status not in "
-                    "('complete', 'error', 'cancelled')",
-                )
-                == 0
+            unfinished: int = scalar(
+                db,
+                "select count(*) from tasker_tasks where status not in "
+                "('complete', 'error', 'cancelled')",
             )
+            return unfinished == 0
 
         bound = OUTAGE_SECONDS + 60
         try:
             wait_for(all_done, bound, "every task to finish after the outage", interval=0.25)
         except AssertionError:
-            raise AssertionError(f"{engine.systems()}\n{fleet.logs()}") from None
+            raise AssertionError(f"{engine.systems.report()}\n{fleet.logs()}") from None
         assert fleet.stop_all(30) == {w.pid: 0 for w in workers}, fleet.logs()
 
         statuses = Counter(t.status for t in engine.get_tasks(ids))
@@ -104,7 +103,7 @@ def test_outage_of_a_dependent_system_costs_no_task(
         )
         finished_at = scalar(db, "select extract(epoch from max(finished_at)) from tasker_tasks")
 
-    history = engine.circuit_history(SYSTEM)
+    history = engine.systems.circuit_history(SYSTEM)
     moves = Counter((r["from_state"], r["to_state"]) for r in history)
     assert moves[("closed", "open")] == 1, history
     assert sum(n for (_, dst), n in moves.items() if dst == "closed") == 1, history
@@ -124,7 +123,7 @@ def test_outage_of_a_dependent_system_costs_no_task(
             "probe failed; next probe in 5s",
         ][: len(reasons[:3])]
     )
-    row = next(r for r in engine.systems() if r["name"] == SYSTEM)
+    row = next(r for r in engine.systems.report() if r["name"] == SYSTEM)
     assert row["circuit_state"] == "closed" and row["consecutive_failures"] == 0
 
     closed_after = history[-1]["at"].timestamp() - healthy_at

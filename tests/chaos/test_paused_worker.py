@@ -1,8 +1,9 @@
-"""Fault test: a worker paused (SIGSTOP) past its lease while it runs a step, then resumed (SIGCONT).
+"""Fault test: a worker paused (SIGSTOP) past its lease while it runs a step, then resumed
+(SIGCONT).
 
-Another worker reclaims the step when the lease runs out, runs it again and completes the task. The paused
-worker wakes up with a finished handler and a stale claim: it must not overwrite the step, must not complete
-it a second time, and must go on working normally.
+Another worker reclaims the step when the lease runs out, runs it again and completes the task. The
+paused worker wakes up with a finished handler and a stale claim: it must not overwrite the step,
+must not complete it a second time, and must go on working normally.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def test_a_paused_worker_cannot_overwrite_a_step_completed_elsewhere(
             before = engine.get_task(task_id).step("s1")
         finally:
             a.signal(signal.SIGCONT)
-        # the paused worker's handler returns SLOW seconds after it began; give it two heartbeats more
+        # the paused worker's handler returns SLOW seconds after it began; give it two heartbeats
+        # more
         time.sleep(max(0.0, began + SLOW + 2 * LEASE / 3 + 0.5 - time.monotonic()))
 
         after = engine.get_task(task_id).step("s1")
@@ -75,7 +77,7 @@ def test_a_paused_worker_cannot_overwrite_a_step_completed_elsewhere(
         assert (
             after.attempts == 2
         )  # the paused worker's attempt was lost (LeaseExpired), the second one ran
-        history = [r for r in engine.step_transitions(task_id) if r["step_id"] == s1.id]
+        history = [r for r in engine.history.step_transitions(task_id) if r["step_id"] == s1.id]
         assert [
             (r["from_state"], r["to_state"], r["worker"])
             for r in history

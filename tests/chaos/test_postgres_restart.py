@@ -1,9 +1,10 @@
-"""Fault test (b): PostgreSQL restarts in the middle of a run; the workers reconnect and finish everything.
+"""Fault test (b): PostgreSQL restarts in the middle of a run; the workers reconnect and finish
+everything.
 
-The shared local server is stopped (`pg_ctlcluster ... stop`, fast mode: every connection is closed and
-every open transaction rolled back), left down for longer than the workers' lease, and started again. It
-stays inside this one test, and the server is started again whatever happens, so that the tests after this
-one find it up.
+The shared local server is stopped (`pg_ctlcluster ... stop`, fast mode: every connection is closed
+and every open transaction rolled back), left down for longer than the workers' lease, and started
+again. It stays inside this one test, and the server is started again whatever happens, so that the
+tests after this one find it up.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from tests.fixture_types import TemplateFile
 TASKS = 200
 STEPS = 5
 COMPLETION_BOUND = 90.0
-#: The server stays down longer than a lease: when it is back, the workers race to reclaim each other's
-#: steps while still running them, and only the claim-token fence keeps a step from completing twice.
+#: The server stays down longer than a lease: when it is back, the workers race to reclaim each
+#: other's steps while still running them, and only the claim-token fence keeps a step from
+#: completing twice.
 DOWN_SECONDS = 3.0
 LEASE = 2.0
 

@@ -1,9 +1,11 @@
-"""Fault test (a): SIGKILL one of four worker processes every second for ten seconds, restarting each.
+"""Fault test (a): SIGKILL one of four worker processes every second for ten seconds, restarting
+each.
 
-Every task must complete, no step may be `complete` twice in the transitions, and each step's side effect,
-made idempotent by the step's idempotency key as a real handler would, must exist exactly once. Delivery
-is at-least-once per attempt, so the raw executions (`chaos_attempts`) may exceed one per step: a worker
-killed between the effect and the completion commit runs the step again; their count is reported.
+Every task must complete, no step may be `complete` twice in the transitions, and each step's side
+effect, made idempotent by the step's idempotency key as a real handler would, must exist exactly
+once. Delivery is at-least-once per attempt, so the raw executions (`chaos_attempts`) may exceed one
+per step: a worker killed between the effect and the completion commit runs the step again; their
+count is reported.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ STEPS = 5
 WORKERS = 4
 KILL_SECONDS = 10
 COMPLETION_BOUND = 120.0
-#: Lost attempts count against the retry limit (DESIGN section 4); a step can be caught by several kills.
+#: Lost attempts count against the retry limit (docs/architecture.md, "Decisions"); a step can be
+#: caught by several kills.
 RETRY_LIMIT = 10
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
@@ -57,8 +60,8 @@ def test_sigkill_a_worker_every_second(
     chaos_url: str, engine: Tasker, template_file: TemplateFile, tmp_path: Path
 ) -> None:
     _make_tables(chaos_url)
-    # Steps take 50-150 ms so that the fleet is busy for the whole kill window and every kill lands on
-    # running steps; with a few ms per step the 2,500 steps would be done before the third kill.
+    # Steps take 50-150 ms so that the fleet is busy for the whole kill window and every kill lands
+    # on running steps; with a few ms per step the 2,500 steps would be done before the third kill.
     path = template_file(
         "effects",
         chain(
@@ -94,13 +97,17 @@ def test_sigkill_a_worker_every_second(
             victim = rng.choice(started or live)
             fleet.kill(victim)
             kills.append((time.monotonic() - t0, victim.pid, victim.worker_id()))
-            fleet.spawn()  # its replacement (spawned from this thread: see support's PDEATHSIG note)
+            # its replacement (spawned from this thread: see support's PDEATHSIG note)
+            fleet.spawn()
         done_at_last_kill = scalar(
             db, "select count(*) from tasker_tasks where status = 'complete'"
         )
 
         def all_done() -> bool:
-            return scalar(db, "select count(*) from tasker_tasks where status <> 'complete'") == 0
+            pending: int = scalar(
+                db, "select count(*) from tasker_tasks where status <> 'complete'"
+            )
+            return pending == 0
 
         try:
             wait_for(

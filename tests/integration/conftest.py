@@ -19,8 +19,9 @@ from tests.integration.support import template_yaml
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated SQLite file, copied for each test (overrides the shared fixture).
 
-    The shared one runs `PRAGMA wal_checkpoint` inside the write transaction of `Database.write()`, where
-    SQLite refuses it ("database table is locked"); here the checkpoint runs once every engine is closed.
+    The shared one runs `PRAGMA wal_checkpoint` inside the write transaction of `Database.write()`,
+    where SQLite refuses it ("database table is locked"); here the checkpoint runs once every engine
+    is closed.
     """
     path = tmp_path_factory.mktemp("sqlite-template-integration") / "template.db"
     Database(f"sqlite:///{path}").dispose()

@@ -1,8 +1,8 @@
 """Step and task handlers used by the integration tests, with thread-safe recorders to observe them.
 
-Every task context carries a `key` unique to the test (and store) that created it; handlers record what
-they saw under that key, so tests running on both stores in one process never see each other's calls.
-Handlers are driven by their `handler_config` so that one class serves many templates.
+Every task context carries a `key` unique to the test (and store) that created it; handlers record
+what they saw under that key, so tests running on both stores in one process never see each other's
+calls. Handlers are driven by their `handler_config` so that one class serves many templates.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ _started: dict[str, threading.Event] = {}
 _faults: set[tuple[str, str]] = set()
 
 
-# -- recorders ----------------------------------------------------------------------------------------
+# -- recorders -------------------------------------------------------------------------------------
 def record(key: str, **entry: Any) -> dict[str, Any]:
     with _lock:
         _calls[key].append(entry)
@@ -88,12 +88,12 @@ def _raise(kind: str, ctx: StepContext) -> None:
     raise AssertionError(f"unknown failure kind {kind!r}")
 
 
-# -- step handlers ------------------------------------------------------------------------------------
+# -- step handlers ---------------------------------------------------------------------------------
 class Scripted(StepHandler):
     """Records each attempt; `handler_config.fail` lists a failure kind per attempt (null: succeed).
 
-    `handler_config.sleep` makes the attempt take that long; the result names the step and the attempt
-    and echoes `handler_config.value`.
+    `handler_config.sleep` makes the attempt take that long; the result names the step and the
+    attempt and echoes `handler_config.value`.
     """
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
@@ -129,7 +129,8 @@ class Scripted(StepHandler):
 
 
 class Effect(StepHandler):
-    """An external side effect made once per idempotency key (a charge): counts effects and calls."""
+    """An external side effect made once per idempotency key (a charge): counts effects and
+    calls."""
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
         key = _key(ctx)
@@ -161,7 +162,8 @@ class Effect(StepHandler):
 
 
 class Toggle(StepHandler):
-    """Fails permanently while a fault is set for (key, step) with `set_fault`; succeeds otherwise."""
+    """Fails permanently while a fault is set for (key, step) with `set_fault`; succeeds
+    otherwise."""
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
         key = _key(ctx)
@@ -178,7 +180,8 @@ class Toggle(StepHandler):
 
 
 class Gated(StepHandler):
-    """Signals `started(key:step)`, then waits (up to 10 s) for `gate(key:step)` before it returns."""
+    """Signals `started(key:step)`, then waits (up to 10 s) for `gate(key:step)` before it
+    returns."""
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
         key = _key(ctx)
@@ -215,7 +218,8 @@ class AsyncSleeper(StepHandler):
 
 
 class SlowFirstAttempt(StepHandler):
-    """A sync handler that sleeps past its timeout on attempt 1 (returning a late result) and is fast after."""
+    """A sync handler that sleeps past its timeout on attempt 1 (returning a late result) and is
+    fast after."""
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
         key = _key(ctx)
@@ -244,7 +248,7 @@ class Publisher(StepHandler):
         return {"published": list(ctx.handler_config.get("events", []))}
 
 
-# -- task handlers ------------------------------------------------------------------------------------
+# -- task handlers ---------------------------------------------------------------------------------
 class OrderTaskHandler(TaskHandler):
     """Derives `express` from `priority` before the first step; annotates the task when it ends."""
 
@@ -267,7 +271,8 @@ class OrderTaskHandler(TaskHandler):
 
 
 class BadResult(StepHandler):
-    """Returns what a handler must not: a list, or a dict that is not JSON (`handler_config.kind`)."""
+    """Returns what a handler must not: a list, or a dict that is not JSON
+    (`handler_config.kind`)."""
 
     def process(self, ctx: StepContext) -> Any:
         record(_key(ctx), kind="attempt", step=ctx.step_name, attempt=ctx.attempt)
@@ -277,7 +282,8 @@ class BadResult(StepHandler):
 
 
 class SpawnChild(StepHandler):
-    """Starts a task of `handler_config.child` and fails the first attempt after doing so (once per key)."""
+    """Starts a task of `handler_config.child` and fails the first attempt after doing so (once per
+    key)."""
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
         child = ctx.create_task(ctx.handler_config["child"], {"key": ctx.context["key"], "n": 1})
@@ -290,7 +296,8 @@ class SpawnChild(StepHandler):
 
 
 class AwaitChild(StepHandler):
-    """Polls the child task without holding the worker: a RetryableError with retry_after while it runs."""
+    """Polls the child task without holding the worker: a RetryableError with retry_after while it
+    runs."""
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
         child = ctx.get_task(ctx.result_of("spawn")["child"])

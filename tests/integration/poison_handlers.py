@@ -1,4 +1,5 @@
-"""Handlers that misbehave in every way a handler can, and an innocent one that counts its executions.
+"""Handlers that misbehave in every way a handler can, and an innocent one that counts its
+executions.
 
 `Poison` does what `handler_config.mode` says; `Innocent` appends one line per execution to
 `<dir>/<task>-<step>.runs` (so that worker processes can be observed too) and returns quickly.
@@ -24,9 +25,9 @@ class BrokenStr(Exception):
 class SneakyDict(dict[str, Any]):
     """Looks storable the first time it is walked, and shows what it really holds afterwards.
 
-    The engine's own check sees the harmless first view, so the outcome reaches the store and is refused
-    there (the store encodes the real content): the outcome the store refuses, which must cost no other
-    step.
+    The engine's own check sees the harmless first view, so the outcome reaches the store and is
+    refused there (the store encodes the real content): the outcome the store refuses, which must
+    cost no other step.
     """
 
     walked = False
@@ -80,7 +81,8 @@ def _poison(mode: str) -> Any:
         err.retry_after = float("nan")
         raise err
     if mode == "key_error":
-        return {"missing": {}["nope"]}
+        empty: dict[str, Any] = {}
+        return {"missing": empty["nope"]}
     raise AssertionError(f"unknown poison mode {mode}")
 
 

@@ -1,4 +1,5 @@
-"""Helpers for the integration tests: templates built as data and views of the transition history."""
+"""Helpers for the integration tests: templates built as data and views of the transition
+history."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def template_yaml(
 def history(tasker: Tasker, task_id: int) -> dict[int, list[dict[str, Any]]]:
     """Step transitions grouped by step id, in the order they were written."""
     out: dict[int, list[dict[str, Any]]] = {}
-    for row in tasker.step_transitions(task_id):
+    for row in tasker.history.step_transitions(task_id):
         out.setdefault(row["step_id"], []).append(row)
     return out
 

@@ -1,8 +1,9 @@
-"""Analytics on both stores: outcomes per template, exact percentiles, the period window, filters, bottlenecks.
+"""Analytics on both stores: outcomes per template, exact percentiles, the period window, filters,
+bottlenecks.
 
 Durations that tests assert exactly are written into the rows after the run (timestamps of tasks,
-`duration_ms` of step transitions), so the figures do not depend on how fast this machine is; everything
-else (attempts, retries, failures) comes from real runs of the engine.
+`duration_ms` of step transitions), so the figures do not depend on how fast this machine is;
+everything else (attempts, retries, failures) comes from real runs of the engine.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import pytest
 from sqlalchemy import and_, insert, select, update
 
 from tasker import Tasker, TaskerInputError
-from tasker.engine.insight import recommendations
+from tasker.domain.reports import StepBottleneck, SystemErrors
+from tasker.engine import insight
 from tasker.store import analytics, rollups
 from tasker.store.rollups import BUCKET_ERROR
 from tasker.store.schema import step_transitions, steps, tasks
@@ -73,7 +75,7 @@ def test_performance_counts_outcomes_per_template(tasker: Tasker, load: Load, ke
         tasker.create_task(bad, {"key": key, "n": i})
     tasker.work(until_idle=True)
 
-    report = tasker.performance(24)
+    report = tasker.insight.performance(24).model_dump()
 
     g = _template(report, "good")
     assert (g["namespace"], g["version"]) == ("itest", "1.0.0")
@@ -126,7 +128,7 @@ def test_task_duration_percentiles_are_nearest_rank_within_the_bucket_error(
     )  # 1..20 s, stored out of order
     tasker.create_task(ref, {"key": key, "n": "still pending"})  # not finished: no duration
 
-    d = _template(tasker.performance(1), "timed")["duration_seconds"]
+    d = _template(tasker.insight.performance(1).model_dump(), "timed")["duration_seconds"]
 
     # nearest rank: p50 is the 10th of 20 sorted values, p95 the 19th; count, avg and max are exact
     assert d == {"count": 20, "avg": 10.5, "p50": _near(10.0), "p95": _near(19.0), "max": 20.0}
@@ -138,7 +140,7 @@ def test_single_sample_is_its_own_percentiles(tasker: Tasker, load: Load, key: s
     tasker.work(until_idle=True)
     _set_durations(tasker, [task_id], [2.5])
 
-    d = _template(tasker.performance(1), "once")["duration_seconds"]
+    d = _template(tasker.insight.performance(1).model_dump(), "once")["duration_seconds"]
 
     assert d == {"count": 1, "avg": 2.5, "p50": 2.5, "p95": 2.5, "max": 2.5}
 
@@ -155,10 +157,10 @@ def test_period_counts_tasks_created_in_it(tasker: Tasker, load: Load, key: str)
             .values(created_at=datetime.now(UTC) - timedelta(hours=3))
         )
 
-    assert _template(tasker.performance(1), "windowed")["created"] == 1
-    assert _template(tasker.performance(4), "windowed")["created"] == 2
-    assert tasker.bottlenecks(1)["scope"] == {"tasks": 1, "step_attempts": 1}
-    assert tasker.bottlenecks(4)["scope"] == {"tasks": 2, "step_attempts": 2}
+    assert _template(tasker.insight.performance(1).model_dump(), "windowed")["created"] == 1
+    assert _template(tasker.insight.performance(4).model_dump(), "windowed")["created"] == 2
+    assert tasker.insight.bottlenecks(1).model_dump()["scope"] == {"tasks": 1, "step_attempts": 1}
+    assert tasker.insight.bottlenecks(4).model_dump()["scope"] == {"tasks": 2, "step_attempts": 2}
 
 
 def test_filters_select_one_template(tasker: Tasker, load: Load, key: str) -> None:
@@ -173,7 +175,7 @@ def test_filters_select_one_template(tasker: Tasker, load: Load, key: str) -> No
     def names(**filters: Any) -> list[tuple[str, str, str]]:
         return [
             (t["namespace"], t["name"], t["version"])
-            for t in tasker.performance(24, **filters)["templates"]
+            for t in tasker.insight.performance(24, **filters).model_dump()["templates"]
         ]
 
     assert names() == [
@@ -185,16 +187,16 @@ def test_filters_select_one_template(tasker: Tasker, load: Load, key: str) -> No
     assert names(name="alpha", version="2.0.0") == [("itest", "alpha", "2.0.0")]
     assert names(namespace="", name="", version="") == names()  # empty means no filter
     assert names(namespace="nobody") == []
-    report = tasker.bottlenecks(24, namespace="other")
+    report = tasker.insight.bottlenecks(24, namespace="other").model_dump()
     assert report["filters"] == {"namespace": "other", "name": None, "version": None}
     assert [(r["namespace"], r["step"]) for r in report["slowest_steps"]] == [("other", "a")]
 
 
 def test_empty_store_reports_zeros_not_errors(tasker: Tasker) -> None:
-    perf = tasker.performance(24)
+    perf = tasker.insight.performance(24).model_dump()
     assert perf["templates"] == []
     assert (perf["totals"]["created"], perf["totals"]["completion_rate"]) == (0, None)
-    b = tasker.bottlenecks(24)
+    b = tasker.insight.bottlenecks(24).model_dump()
     assert b["scope"] == {"tasks": 0, "step_attempts": 0}
     assert b["slowest_steps"] == b["recommendations"] == b["error_classes"] == []
 
@@ -202,15 +204,15 @@ def test_empty_store_reports_zeros_not_errors(tasker: Tasker) -> None:
 @pytest.mark.parametrize(
     ("call", "field"),
     [
-        (lambda t: t.performance(0), "period_hours"),
-        (lambda t: t.performance(2161), "period_hours"),
-        (lambda t: t.performance(1.5), "period_hours"),
-        (lambda t: t.performance(True), "period_hours"),
-        (lambda t: t.performance(24, namespace="bad name"), "namespace"),
-        (lambda t: t.performance(24, name="x" * 129), "name"),
-        (lambda t: t.bottlenecks(24, version="1.x"), "version"),
-        (lambda t: t.bottlenecks(24, limit=0), "limit"),
-        (lambda t: t.status(window_hours=0), "window_hours"),
+        (lambda t: t.insight.performance(0), "period_hours"),
+        (lambda t: t.insight.performance(2161), "period_hours"),
+        (lambda t: t.insight.performance(1.5), "period_hours"),
+        (lambda t: t.insight.performance(True), "period_hours"),
+        (lambda t: t.insight.performance(24, namespace="bad name"), "namespace"),
+        (lambda t: t.insight.performance(24, name="x" * 129), "name"),
+        (lambda t: t.insight.bottlenecks(24, version="1.x"), "version"),
+        (lambda t: t.insight.bottlenecks(24, limit=0), "limit"),
+        (lambda t: t.insight.status(window_hours=0), "window_hours"),
     ],
 )
 def test_bad_parameters_are_input_errors_naming_the_field(
@@ -245,16 +247,16 @@ def test_bottlenecks_find_slow_retried_and_failing_steps(
         ],
     )
     for system in ("sys_fast", "sys_flaky", "sys_doomed", "sys_bad"):
-        tasker.configure_system(
+        tasker.systems.configure(
             system, failure_threshold=1000
         )  # keep the circuits out of this test
     # and the outage hold: "doomed" fails its two attempts and stops, as if sys_doomed answered
-    tasker.configure_system("sys_doomed", max_outage_seconds=0.001)
+    tasker.systems.configure("sys_doomed", max_outage_seconds=0.001)
     ids = [tasker.create_task(ref, {"key": key, "n": i}).id for i in range(5)]
     tasker.work(until_idle=True, concurrency=8)
     _set_step_durations(tasker, ids, "fast", [5000.0, 100.0, 400.0, 200.0, 300.0])
 
-    report = tasker.bottlenecks(24)
+    report = tasker.insight.bottlenecks(24).model_dump()
 
     assert report["scope"] == {"tasks": 5, "step_attempts": 5 + 15 + 10 + 5}
     slowest = report["slowest_steps"][0]
@@ -309,11 +311,11 @@ def test_bottlenecks_find_slow_retried_and_failing_steps(
 
 def test_bottlenecks_limit_bounds_every_list(tasker: Tasker, load: Load, key: str) -> None:
     ref = load("wide", [step(f"s{i}", handler_config={"fail": ["retryable"]}) for i in range(4)])
-    tasker.configure_system("default", failure_threshold=1000)
+    tasker.systems.configure("default", failure_threshold=1000)
     tasker.create_task(ref, {"key": key})
     tasker.work(until_idle=True)
 
-    report = tasker.bottlenecks(24, limit=2)
+    report = tasker.insight.bottlenecks(24, limit=2).model_dump()
 
     assert (
         len(report["slowest_steps"])
@@ -321,7 +323,19 @@ def test_bottlenecks_limit_bounds_every_list(tasker: Tasker, load: Load, key: st
         == len(report["step_error_rates"])
         == 2
     )
-    assert len(tasker.bottlenecks(24)["step_error_rates"]) == 4
+    assert len(tasker.insight.bottlenecks(24).model_dump()["step_error_rates"]) == 4
+
+
+def recommendations(
+    steps: list[dict[str, Any]], systems: list[dict[str, Any]], classes: dict[str, int]
+) -> list[dict[str, Any]]:
+    """`insight.recommendations` on rows written as the API serves them, advice as it serves it."""
+    advice = insight.recommendations(
+        [StepBottleneck.model_validate(r) for r in steps],
+        [SystemErrors.model_validate(r) for r in systems],
+        classes,
+    )
+    return [a.model_dump() for a in advice]
 
 
 def _figures(**overrides: Any) -> dict[str, Any]:
@@ -419,7 +433,7 @@ def test_small_samples_give_no_rate_advice() -> None:
     assert [a["kind"] for a in recommendations([few], [], {})] == []
 
 
-# -- rollups: the hourly rows agree with the raw tables -------------------------------------------------
+# -- rollups: the hourly rows agree with the raw tables --------------------------------------------
 def _raw_counts(tasker: Tasker, hours: int) -> tuple[Any, Any]:
     scope = analytics.Scope(datetime.now(UTC) - timedelta(hours=hours))
     with tasker.db.read() as conn:
@@ -427,7 +441,7 @@ def _raw_counts(tasker: Tasker, hours: int) -> tuple[Any, Any]:
 
 
 def _rolled_counts(tasker: Tasker, hours: int) -> tuple[Any, Any]:
-    tasker.bottlenecks(hours)  # catches up
+    tasker.insight.bottlenecks(hours).model_dump()  # catches up
     scope = analytics.Scope(datetime.now(UTC) - timedelta(hours=hours))
     with tasker.db.read() as conn:
         return rollups.task_report(conn, scope)[0], rollups.step_report(conn, scope)[0]
@@ -435,7 +449,7 @@ def _rolled_counts(tasker: Tasker, hours: int) -> tuple[Any, Any]:
 
 def test_rollups_add_up_across_catch_ups_and_hours(tasker: Tasker, load: Load, key: str) -> None:
     ref = load("rolled", [step("a"), step("b", after="a", handler_config={"fail": ["retryable"]})])
-    tasker.configure_system("default", failure_threshold=1000)
+    tasker.systems.configure("default", failure_threshold=1000)
     first = [tasker.create_task(ref, {"key": key, "n": i}).id for i in range(3)]
     tasker.work(until_idle=True)
     with tasker.db.write() as conn:  # spread them over whole and partial hours of the periods below
@@ -452,7 +466,7 @@ def test_rollups_add_up_across_catch_ups_and_hours(tasker: Tasker, load: Load, k
 
     for hours in (1, 2, 3, 24):
         assert _rolled_counts(tasker, hours) == _raw_counts(tasker, hours)
-    assert _template(tasker.performance(24), "rolled")["created"] == 5
+    assert _template(tasker.insight.performance(24).model_dump(), "rolled")["created"] == 5
 
 
 def test_an_id_committed_late_is_rolled_up_when_it_appears(
@@ -478,9 +492,9 @@ def test_an_id_committed_late_is_rolled_up_when_it_appears(
         slow.execute(insert(step_transitions), row)  # takes an id, not committed yet
         tasker.create_task(ref, {"key": key, "n": 2})
         tasker.work(until_idle=True)  # commits larger ids
-        before = tasker.bottlenecks(24)["error_classes"]
+        before = tasker.insight.bottlenecks(24).model_dump()["error_classes"]
         slow.commit()
-    after = tasker.bottlenecks(24)["error_classes"]
+    after = tasker.insight.bottlenecks(24).model_dump()["error_classes"]
 
     assert before == []
     assert after == [{"error_class": "LateError", "count": 1}]

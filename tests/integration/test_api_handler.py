@@ -1,7 +1,8 @@
-"""ApiStepHandler through the engine against a real HTTP service (uvicorn on a loopback port), on both stores.
+"""ApiStepHandler through the engine against a real HTTP service (uvicorn on a loopback port), on
+both stores.
 
-The service is a tiny ASGI app that answers each path from a script and records every request it got,
-with its headers and arrival time, so the tests see what really went over the wire.
+The service is a tiny ASGI app that answers each path from a script and records every request it
+got, with its headers and arrival time, so the tests see what really went over the wire.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ HERE = "tests.integration.test_api_handler"
 SERVICE_EVENTS = ["service_call_started", "service_call_completed", "service_call_failed"]
 
 
-# -- the service ----------------------------------------------------------------------------------------
+# -- the service -----------------------------------------------------------------------------------
 @dataclass
 class Reply:
     status: int
@@ -35,7 +36,8 @@ class Reply:
 
 
 class ScriptedService:
-    """Answers `/things/<script>` with the script's replies in turn (the last one repeats); records requests."""
+    """Answers `/things/<script>` with the script's replies in turn (the last one repeats); records
+    requests."""
 
     def __init__(self) -> None:
         self.url = ""
@@ -90,14 +92,15 @@ class ScriptedService:
 
 @pytest.fixture(scope="module")
 def service() -> Iterator[ScriptedService]:
-    """The service served by uvicorn in a background thread on a free loopback port, stopped after the module."""
+    """The service served by uvicorn in a background thread on a free loopback port, stopped after
+    the module."""
     app = ScriptedService()
     with serving(app, lifespan="off") as url:
         app.url = url
         yield app
 
 
-# -- handlers the templates name -----------------------------------------------------------------------
+# -- handlers the templates name -------------------------------------------------------------------
 class PutThing:
     def build_request(self, ctx: StepContext) -> ApiRequest:
         return ApiRequest(
@@ -137,7 +140,7 @@ def received_gaps(requests: list[dict[str, Any]]) -> list[float]:
     return [b["at"] - a["at"] for a, b in itertools.pairwise(requests)]
 
 
-# -- tests ----------------------------------------------------------------------------------------------
+# -- tests -----------------------------------------------------------------------------------------
 @FLAVOURS
 def test_a_503_then_201_completes_after_one_retry_with_the_same_keys(
     tasker: Tasker, load: Callable[..., str], key: str, service: ScriptedService, handler: str
@@ -149,7 +152,7 @@ def test_a_503_then_201_completes_after_one_retry_with_the_same_keys(
     )
     ref = load("api_retry", [api_step("create", service, handler)], custom_events=SERVICE_EVENTS)
     heard: list[Event] = []
-    tasker.subscribe(heard.append, "service_call_*")
+    tasker.bus.subscribe(heard.append, "service_call_*")
     task = tasker.run(tasker.create_task(ref, {"key": key, "correlation_id": f"reg-{key}"}).id)
 
     create = task.step("create")

@@ -1,8 +1,8 @@
 """Opening a store never surprises (issue 11, point 4), and the CLI commands that use one (point 8).
 
 Read-only commands against a database without the Tasker schema create nothing and name the fix;
-PostgreSQL is migrated only when asked; a database that does not exist is one line; `sqlite://` works
-for users' unit tests. Each test runs on SQLite and on the real PostgreSQL where it matters.
+PostgreSQL is migrated only when asked; a database that does not exist is one line; `sqlite://`
+works for users' unit tests. Each test runs on SQLite and on the real PostgreSQL where it matters.
 """
 
 from __future__ import annotations
@@ -46,17 +46,17 @@ def invoke(*argv: str, env: dict[str, str] | None = None) -> Result:
 def empty_store(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[tuple[str, Callable[[], set[str]]]]:
-    """A database that exists, holds a table of someone else's and no Tasker schema; and its table names."""
+    """A database that exists, holds a table of someone else's and no Tasker schema; and its table
+    names."""
     if request.param == "sqlite":
         path = tmp_path / "other.db"
-        with sqlite3.connect(path) as conn:
-            conn.execute("create table invoices (id integer primary key)")
+        with sqlite3.connect(path) as db:
+            db.execute("create table invoices (id integer primary key)")
 
         def sqlite_tables() -> set[str]:
-            with sqlite3.connect(path) as conn:
+            with sqlite3.connect(path) as db:
                 return {
-                    r[0]
-                    for r in conn.execute("select name from sqlite_master where type = 'table'")
+                    r[0] for r in db.execute("select name from sqlite_master where type = 'table'")
                 }
 
         yield f"sqlite:///{path}", sqlite_tables
@@ -208,7 +208,7 @@ def test_an_in_memory_store_works_for_unit_tests(tmp_path: Path) -> None:
         assert other.list_tasks()[1] == 0  # each sqlite:// engine is its own database
 
 
-# -- commands on a migrated store ---------------------------------------------------------------------
+# -- commands on a migrated store ------------------------------------------------------------------
 @pytest.fixture
 def templates_dir(write_template: Callable[[str, str], Path]) -> Path:
     write_template(
@@ -295,7 +295,7 @@ def test_retry_step_rearms_one_failed_step(
 
 
 def test_systems_show_the_current_cooldown(store_url: str, tasker: Tasker) -> None:
-    tasker.configure_system("billing", cooldown_seconds=30)
+    tasker.systems.configure("billing", cooldown_seconds=30)
     now = datetime.now(UTC)
     with tasker.db.write() as conn:
         conn.execute(
@@ -317,7 +317,7 @@ def test_systems_show_the_current_cooldown(store_url: str, tasker: Tasker) -> No
     assert (billing["cooldown_seconds"], billing["current_cooldown_seconds"]) == (30, 120)
     assert "120s (base 30s)" in table.output
     # and /health/status is not "healthy" while the circuit is open
-    status = tasker.status()
+    status = tasker.insight.status().model_dump()
     assert status["status"] == "degraded"
     assert "the circuit of dependent system 'billing' is open" in status["reasons"]
 

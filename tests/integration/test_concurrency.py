@@ -7,9 +7,11 @@ import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from typing import Any
 
 from tasker import Tasker
 from tasker.domain.records import Outcome
+from tasker.domain.states import StepState
 from tasker.store import claims, completion
 from tasker.store.journal import Journal
 from tests.fixture_types import LoadTemplate, MakeTasker, WriteTemplate
@@ -105,7 +107,7 @@ def test_two_workers_process_many_tasks_exactly_once(
         for rows in history(producer, t.id).values():
             assert to_states(rows).count("complete") == 1
             assert to_states(rows).count("in_progress") == 1
-        assert [r["to_state"] for r in producer.task_transitions(t.id)] == [
+        assert [r["to_state"] for r in producer.history.task_transitions(t.id)] == [
             "pending",
             "in_progress",
             "complete",
@@ -153,13 +155,14 @@ def test_expired_lease_of_a_crashed_worker_is_reclaimed_and_its_late_completion_
     assert (lost["at"] - rows[1]["at"]).total_seconds() >= 0.4  # not before the lease ran out
     assert rows[1]["worker"] == "crashed-worker" and rows[3]["worker"] != "crashed-worker"
 
-    # The crashed worker wakes up and reports its old attempt: fenced by the claim token, nothing changes.
+    # The crashed worker wakes up and reports its old attempt: fenced by the claim token, nothing
+    # changes.
     late = Outcome(
         step_id=claimed.step_id,
         task_id=task_id,
         claim_token=claimed.claim_token,
         attempt=claimed.attempt,
-        state="complete",
+        state=StepState.COMPLETE,
         results={"from": "the crashed worker"},
     )
     journal = Journal(datetime.now(UTC), "crashed-worker")
@@ -176,7 +179,8 @@ def test_expired_lease_of_a_crashed_worker_is_reclaimed_and_its_late_completion_
 def test_late_completion_while_waiting_to_be_reclaimed_is_fenced(
     tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
-    """The lease ran out and was reclaimed, but no worker re-ran the step yet: the late result still loses."""
+    """The lease ran out and was reclaimed, but no worker re-ran the step yet: the late result still
+    loses."""
     ref = load("chain", [step("a"), step("b", after="a")])
     task_id = tasker.create_task(ref, {"key": key}).id
     pg = tasker.db.is_postgres
@@ -197,7 +201,7 @@ def test_late_completion_while_waiting_to_be_reclaimed_is_fenced(
         task_id=task_id,
         claim_token=claimed.claim_token,
         attempt=claimed.attempt,
-        state="complete",
+        state=StepState.COMPLETE,
         results={"from": "the crashed worker"},
     )
     journal = Journal(datetime.now(UTC), "crashed-worker")
@@ -238,7 +242,7 @@ def test_graceful_stop_lets_the_running_step_finish(
     ref = load("gated", [step("a", "Gated"), step("b", after="a")])
     task_id = tasker.create_task(ref, {"key": key}).id
     worker = tasker.worker(concurrency=2)
-    out: dict = {}
+    out: dict[str, Any] = {}
 
     def serve() -> None:
         try:
@@ -272,7 +276,7 @@ def test_graceful_stop_lets_the_running_step_finish(
 def test_stop_of_an_idle_worker_returns(tasker: Tasker, load: LoadTemplate) -> None:
     load("one", [step("a")])
     worker = tasker.worker()
-    out: dict = {}
+    out: dict[str, Any] = {}
     thread = threading.Thread(
         target=lambda: out.setdefault("ran", tasker.work(worker=worker, until_idle=False)),
         daemon=True,

@@ -1,4 +1,5 @@
-"""Creating tasks: idempotency, context validation and defaults, template pinning, task handler hooks."""
+"""Creating tasks: idempotency, context validation and defaults, template pinning, task handler
+hooks."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from tasker import (
     ContextValidationError,
     IdempotencyConflict,
+    Task,
     Tasker,
     TaskerInputError,
     UnknownTemplateError,
@@ -36,7 +38,7 @@ SCHEMA = {
 }
 
 
-# -- idempotency --------------------------------------------------------------------------------------
+# -- idempotency -----------------------------------------------------------------------------------
 def test_same_explicit_key_returns_the_same_task(
     tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
@@ -137,8 +139,8 @@ def test_concurrent_creation_of_the_same_key_makes_one_task(
         e.load_templates(path)
     n = 8
     barrier = threading.Barrier(n)
-    results: list = []
-    errors: list = []
+    results: list[Task] = []
+    errors: list[BaseException] = []
     lock = threading.Lock()
 
     def create(i: int) -> None:
@@ -164,11 +166,11 @@ def test_concurrent_creation_of_the_same_key_makes_one_task(
     assert sum(1 for t in results if not t.deduplicated) == 1
     tasks, total = engines[0].list_tasks()
     assert total == 1
-    assert len(engines[0].task_transitions(tasks[0].id)) == 1
+    assert len(engines[0].history.task_transitions(tasks[0].id)) == 1
     assert engines[0].work(until_idle=True) == 1
 
 
-# -- validation ---------------------------------------------------------------------------------------
+# -- validation ------------------------------------------------------------------------------------
 def test_context_violations_are_reported_together_with_paths(
     tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
@@ -225,7 +227,7 @@ def test_unknown_template_lists_the_known_ones(tasker: Tasker, load: LoadTemplat
     assert "itest/two@2.1.0" in str(info.value)
 
 
-# -- template versions --------------------------------------------------------------------------------
+# -- template versions -----------------------------------------------------------------------------
 def test_task_keeps_its_template_version(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     ref = load(
         "evolving",
@@ -252,14 +254,15 @@ def test_task_keeps_its_template_version(tasker: Tasker, load: LoadTemplate, key
     assert (old_done.step("a").results or {})["value"] == "v1"
     assert (pinned_done.step("a").results or {})["value"] == "v1"
     assert (new_done.step("a").results or {})["value"] == "v2"
-    assert tasker.task_template(old.id).version == "1.0.0"
-    assert [s.name for s in tasker.task_template(old.id).step_templates] == ["a", "b"]
+    assert tasker.templates.of_task(old.id).version == "1.0.0"
+    assert [s.name for s in tasker.templates.of_task(old.id).step_templates] == ["a", "b"]
 
 
 def test_running_task_is_not_changed_by_a_reload_of_its_version(
     tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
-    """Reloading the same version with other steps (a careless deploy) does not alter existing tasks."""
+    """Reloading the same version with other steps (a careless deploy) does not alter existing
+    tasks."""
     ref = load("reloaded", [step("a", handler_config={"value": "before"}), step("b", after="a")])
     task = tasker.create_task(ref, {"key": key})
     load("reloaded", [step("a", handler_config={"value": "after"})])
@@ -269,7 +272,7 @@ def test_running_task_is_not_changed_by_a_reload_of_its_version(
     assert done.status == "complete"
 
 
-# -- task handler hooks -------------------------------------------------------------------------------
+# -- task handler hooks ----------------------------------------------------------------------------
 def test_task_handler_prepares_context_and_annotates_on_complete(
     tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:

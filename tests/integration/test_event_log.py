@@ -1,4 +1,5 @@
-"""The durable event log: lifecycle and custom events read back from the database, with resumable cursors."""
+"""The durable event log: lifecycle and custom events read back from the database, with resumable
+cursors."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def test_the_log_holds_a_tasks_lifecycle_and_custom_events_in_order(
     tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
     task_id = _run_publishing_task(tasker, load, key)
-    page = tasker.read_events(task_id=task_id)
+    page = tasker.history.read_events(task_id=task_id)
     names = [(e["event"], e["step"]) for e in page.events]
     assert names[0] == ("task.created", None)
     assert ("payment.charged", "charge") in names
@@ -67,11 +68,11 @@ def test_small_pages_resume_from_their_cursor_without_loss_or_repeat(
     tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
     task_id = _run_publishing_task(tasker, load, key)
-    whole = [e["id"] for e in tasker.read_events(task_id=task_id).events]
+    whole = [e["id"] for e in tasker.history.read_events(task_id=task_id).events]
     pieces: list[str] = []
     cursor = None
     for _ in range(100):
-        page = tasker.read_events(cursor, task_id=task_id, limit=3)
+        page = tasker.history.read_events(cursor, task_id=task_id, limit=3)
         pieces += [e["id"] for e in page.events]
         if not page.events and not page.more:
             break
@@ -86,22 +87,22 @@ def test_filters_by_name_pattern_task_and_namespace(
     tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
     task_id = _run_publishing_task(tasker, load, key)
-    steps_only = tasker.read_events(task_id=task_id, names=["step.*"]).events
+    steps_only = tasker.history.read_events(task_id=task_id, names=["step.*"]).events
     assert steps_only and all(e["event"].startswith("step.") for e in steps_only)
-    completed = tasker.read_events(names=["*.completed"]).events
+    completed = tasker.history.read_events(names=["*.completed"]).events
     assert {e["event"] for e in completed} == {"step.completed", "task.completed"}
-    custom = tasker.read_events(names=["payment.*"]).events
+    custom = tasker.history.read_events(names=["payment.*"]).events
     assert [e["event"] for e in custom] == ["payment.charged"]
-    assert tasker.read_events(namespace="nowhere").events == []
-    assert tasker.read_events(task_id=task_id + 1000).events == []
+    assert tasker.history.read_events(namespace="nowhere").events == []
+    assert tasker.history.read_events(task_id=task_id + 1000).events == []
 
 
 def test_tail_starts_after_everything_so_far(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     first = _run_publishing_task(tasker, load, key)
-    tail = tasker.events_tail()
-    assert tasker.read_events(tail).events == []
+    tail = tasker.history.events_tail()
+    assert tasker.history.read_events(tail).events == []
     second = tasker.create_task("itest/logged", {"key": key + "-2"}).id
-    seen = tasker.read_events(tail).events
+    seen = tasker.history.read_events(tail).events
     assert {e["task_id"] for e in seen} == {second} and first != second
 
 
@@ -110,7 +111,7 @@ def test_tail_starts_after_everything_so_far(tasker: Tasker, load: LoadTemplate,
 )
 def test_a_malformed_cursor_is_refused_with_a_fix(tasker: Tasker, bad: str) -> None:
     with pytest.raises(TaskerInputError, match="invalid event cursor"):
-        tasker.read_events(bad)
+        tasker.history.read_events(bad)
 
 
 def test_a_fresh_hole_stops_the_page_and_an_old_one_is_skipped() -> None:

@@ -40,9 +40,9 @@ def test_declared_custom_event_reaches_a_subscriber_after_the_step(
             (event, tasker.get_task(event.payload["task_id"]).step(event.payload["step"]).status)
         )
 
-    tasker.subscribe(listener, "payment.*", "order.announced")
+    tasker.bus.subscribe(listener, "payment.*", "order.announced")
     names: list[str] = []
-    tasker.subscribe(lambda e: names.append(e.name))
+    tasker.bus.subscribe(lambda e: names.append(e.name))
 
     task = tasker.run(task_id)
 
@@ -71,8 +71,9 @@ def test_declared_custom_event_reaches_a_subscriber_after_the_step(
 def test_undeclared_event_fails_the_step_as_retryable(
     tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
-    """`UndeclaredEventError` is a `TaskerError`: the engine treats it like any unexpected exception, i.e.
-    retryable until the retry limit, then `error`. Nothing is published for the undeclared name."""
+    """`UndeclaredEventError` is a `TaskerError`: the engine treats it like any unexpected
+    exception, i.e. retryable until the retry limit, then `error`. Nothing is published for the
+    undeclared name."""
     ref = load(
         "undeclared",
         [
@@ -87,7 +88,7 @@ def test_undeclared_event_fails_the_step_as_retryable(
         ],
     )
     heard: list[str] = []
-    tasker.subscribe(lambda e: heard.append(e.name), "not.*")
+    tasker.bus.subscribe(lambda e: heard.append(e.name), "not.*")
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
 
     a = task.step("a")
@@ -124,9 +125,9 @@ def test_failing_subscriber_does_not_fail_the_step(
     def broken(event: Event) -> None:
         raise RuntimeError(f"subscriber bug on {event.name}")
 
-    tasker.subscribe(broken)  # every event, lifecycle ones included
+    tasker.bus.subscribe(broken)  # every event, lifecycle ones included
     after: list[str] = []
-    tasker.subscribe(lambda e: after.append(e.name), "thing.*", "task.completed")
+    tasker.bus.subscribe(lambda e: after.append(e.name), "thing.*", "task.completed")
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
 
     assert task.status == "complete"
@@ -143,7 +144,7 @@ def test_unsubscribe_and_lifecycle_events(tasker: Tasker, load: LoadTemplate, ke
         with lock:
             events.append(e)
 
-    stop = tasker.subscribe(listener, "task.*", "step.retry_scheduled", "step.completed")
+    stop = tasker.bus.subscribe(listener, "task.*", "step.retry_scheduled", "step.completed")
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
     assert task.status == "complete"
     names = [e.name for e in events]
@@ -161,8 +162,8 @@ def test_unsubscribe_and_lifecycle_events(tasker: Tasker, load: LoadTemplate, ke
 
 
 def test_a_subscriber_attached_to_the_engine_sees_the_task_complete(
-    tasker, write_template: WriteTemplate, key
-):  # type: ignore[no-untyped-def]
+    tasker: Tasker, write_template: WriteTemplate, key: str
+) -> None:
     from tasker import Subscriber
 
     class Watch(Subscriber):
@@ -170,10 +171,10 @@ def test_a_subscriber_attached_to_the_engine_sees_the_task_complete(
             self.completed: list[int] = []
             self.steps: list[str] = []
 
-        def handle_task_completed(self, event):  # type: ignore[no-untyped-def]
+        def handle_task_completed(self, event: Event) -> None:
             self.completed.append(event.payload["task_id"])
 
-        def handle_step_completed(self, event):  # type: ignore[no-untyped-def]
+        def handle_step_completed(self, event: Event) -> None:
             self.steps.append(event.payload["step"])
 
     Watch.subscribe_to("task.completed", "step.completed")

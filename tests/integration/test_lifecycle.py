@@ -1,4 +1,5 @@
-"""A task's life from creation to its final state: results flow down the DAG, every change is recorded."""
+"""A task's life from creation to its final state: results flow down the DAG, every change is
+recorded."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def test_transitions_are_recorded_in_order(tasker: Tasker, load: LoadTemplate, k
     task = tasker.run(tasker.create_task(ref, {"key": key}).id)
     assert task.status == "complete"
 
-    rows = tasker.task_transitions(task.id)
+    rows = tasker.history.task_transitions(task.id)
     assert [(r["from_state"], r["to_state"]) for r in rows] == [
         (None, "pending"),
         ("pending", "in_progress"),
@@ -134,7 +135,7 @@ def test_permanent_error_fails_the_step_at_once_and_blocks_dependents(
     assert rows[-1]["error_class"] == "PermanentError"
     assert rows[-1]["error_message"] == "b failed on attempt 1"
     assert "waiting_retry" not in to_states(rows)
-    assert [r["to_state"] for r in tasker.task_transitions(task.id)] == [
+    assert [r["to_state"] for r in tasker.history.task_transitions(task.id)] == [
         "pending",
         "in_progress",
         "error",
@@ -158,7 +159,7 @@ def test_independent_branch_runs_to_the_end_before_the_task_fails(
     )
     task_id = tasker.create_task(ref, {"key": key}).id
     failed_at: list[object] = []
-    tasker.subscribe(lambda e: failed_at.append(e.payload), "task.failed")
+    tasker.bus.subscribe(lambda e: failed_at.append(e.payload), "task.failed")
 
     task = tasker.run(task_id, concurrency=2)
 
@@ -170,7 +171,7 @@ def test_independent_branch_runs_to_the_end_before_the_task_fails(
     assert task.step("join").status == "pending"
     assert h.calls(key, "join") == []
     # The task failed only after the last step of the other branch completed.
-    task_rows = tasker.task_transitions(task_id)
+    task_rows = tasker.history.task_transitions(task_id)
     assert task_rows[-1]["to_state"] == "error"
     assert task_rows[-1]["at"] >= step_history(tasker, task_id, "right3")[-1]["at"]
     assert (

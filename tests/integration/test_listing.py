@@ -15,7 +15,8 @@ import pytest
 from sqlalchemy import bindparam, select, update
 
 from tasker import Tasker, TaskerInputError
-from tasker.engine.queries import TaskPage, TaskQuery, decode_cursor, encode_cursor
+from tasker.domain.listing import TaskPage, TaskQuery
+from tasker.engine.queries import decode_cursor, encode_cursor
 from tasker.store import listing
 from tasker.store.schema import tasks
 from tests.integration.support import step
@@ -94,10 +95,10 @@ def _expected(rows: list[Row], q: TaskQuery) -> list[int]:
 
 def _walk(tasker: Tasker, q: TaskQuery, limit: int) -> list[TaskPage]:
     """Every page from the first, forward through `next_cursor`."""
-    pages = [tasker.page_tasks(q, limit=limit)]
+    pages = [tasker.listing.page(q, limit=limit)]
     assert pages[0].prev_cursor is None
     while pages[-1].next_cursor is not None:
-        pages.append(tasker.page_tasks(q, limit=limit, after=pages[-1].next_cursor))
+        pages.append(tasker.listing.page(q, limit=limit, after=pages[-1].next_cursor))
         assert len(pages) < 1000
     return pages
 
@@ -140,7 +141,7 @@ def test_pages_forward_and_back_visit_every_task_once_for_every_filter(
             # Back from the last page through prev_cursor: the same pages in reverse order.
             back = [pages[-1]]
             while back[-1].prev_cursor is not None:
-                back.append(tasker.page_tasks(q, limit=limit, before=back[-1].prev_cursor))
+                back.append(tasker.listing.page(q, limit=limit, before=back[-1].prev_cursor))
                 assert len(back) <= len(pages)
             assert [_ids(p) for p in reversed(back)] == [_ids(p) for p in pages], (q, limit)
             assert back[-1].prev_cursor is None
@@ -151,17 +152,19 @@ def test_a_walk_stays_consistent_while_tasks_are_created(
 ) -> None:
     ref = load("gamma", [step("a")])
     tasker.create_tasks(ref, [{"key": key, "n": i} for i in range(30)])
-    first = tasker.page_tasks(limit=10)
+    first = tasker.listing.page(limit=10)
     tasker.create_tasks(
         ref, [{"key": key, "n": 100 + i} for i in range(5)]
     )  # newer than the first page
     seen = _ids(first)
     page = first
     while page.next_cursor:
-        page = tasker.page_tasks(limit=10, after=page.next_cursor)
+        page = tasker.listing.page(limit=10, after=page.next_cursor)
         seen += _ids(page)
     assert len(seen) == 30 and len(set(seen)) == 30
-    newest = tasker.page_tasks(limit=10, before=first.prev_cursor or encode_cursor(_ids(first)[0]))
+    newest = tasker.listing.page(
+        limit=10, before=first.prev_cursor or encode_cursor(_ids(first)[0])
+    )
     assert len(newest.tasks) == 5 and newest.prev_cursor is None and newest.next_cursor is not None
     assert min(_ids(newest)) > max(_ids(first))
 
@@ -174,11 +177,11 @@ def test_key_finds_a_task_by_idempotency_key_or_correlation_id(
     by_corr = tasker.create_task(ref, {"key": key, "n": 2}, correlation_id=f"corr-{key}")
     both = tasker.create_task(ref, {"key": key, "n": 3}, idempotency_key=f"shared-{key}")
     other = tasker.create_task(ref, {"key": key, "n": 4}, correlation_id=f"shared-{key}")
-    assert _ids(tasker.page_tasks(TaskQuery(key=f"order-{key}"))) == [by_key.id]
-    assert _ids(tasker.page_tasks(TaskQuery(key=f"corr-{key}"))) == [by_corr.id]
-    assert _ids(tasker.page_tasks(TaskQuery(key=f"shared-{key}"))) == [other.id, both.id]
-    assert _ids(tasker.page_tasks(TaskQuery(key=f"order-{key}", namespace="other"))) == []
-    assert _ids(tasker.page_tasks(TaskQuery(key="order"))) == []  # exact, not a prefix
+    assert _ids(tasker.listing.page(TaskQuery(key=f"order-{key}"))) == [by_key.id]
+    assert _ids(tasker.listing.page(TaskQuery(key=f"corr-{key}"))) == [by_corr.id]
+    assert _ids(tasker.listing.page(TaskQuery(key=f"shared-{key}"))) == [other.id, both.id]
+    assert _ids(tasker.listing.page(TaskQuery(key=f"order-{key}", namespace="other"))) == []
+    assert _ids(tasker.listing.page(TaskQuery(key="order"))) == []  # exact, not a prefix
 
 
 def test_empty_strings_mean_any_and_bad_input_is_refused(
@@ -187,7 +190,7 @@ def test_empty_strings_mean_any_and_bad_input_is_refused(
     ref = load("epsilon", [step("a")])
     ids = tasker.create_tasks(ref, [{"key": key, "n": i} for i in range(3)])
     assert (
-        _ids(tasker.page_tasks(TaskQuery(namespace="", name="", version="", key=""))) == ids[::-1]
+        _ids(tasker.listing.page(TaskQuery(namespace="", name="", version="", key=""))) == ids[::-1]
     )
     for bad in (
         {"after": "nope!"},
@@ -199,9 +202,9 @@ def test_empty_strings_mean_any_and_bad_input_is_refused(
         {"after": encode_cursor(1), "offset": 1},
     ):
         with pytest.raises(TaskerInputError):
-            tasker.page_tasks(**bad)  # type: ignore[arg-type]
+            tasker.listing.page(**bad)
     with pytest.raises(TaskerInputError, match="unknown task state"):
-        tasker.page_tasks(TaskQuery(statuses=("done",)))
+        tasker.listing.page(TaskQuery(statuses=("done",)))
     assert decode_cursor(encode_cursor(2**63 - 1)) == 2**63 - 1
     with pytest.raises(TaskerInputError):
         decode_cursor(encode_cursor(2**63))
@@ -212,13 +215,13 @@ def test_an_empty_page_links_back_to_where_it_came_from(
 ) -> None:
     ref = load("zeta", [step("a")])
     ids = tasker.create_tasks(ref, [{"key": key, "n": i} for i in range(4)])
-    past_end = tasker.page_tasks(limit=2, after=encode_cursor(min(ids)))
+    past_end = tasker.listing.page(limit=2, after=encode_cursor(min(ids)))
     assert past_end.tasks == [] and past_end.next_cursor is None
     assert past_end.prev_cursor is not None
-    assert _ids(tasker.page_tasks(limit=2, before=past_end.prev_cursor)) == [ids[1], ids[0]]
-    above = tasker.page_tasks(limit=2, before=encode_cursor(max(ids)))
+    assert _ids(tasker.listing.page(limit=2, before=past_end.prev_cursor)) == [ids[1], ids[0]]
+    above = tasker.listing.page(limit=2, before=encode_cursor(max(ids)))
     assert above.tasks == [] and above.prev_cursor is None and above.next_cursor is not None
-    assert _ids(tasker.page_tasks(limit=2, after=above.next_cursor)) == [ids[3], ids[2]]
+    assert _ids(tasker.listing.page(limit=2, after=above.next_cursor)) == [ids[3], ids[2]]
 
 
 def test_offset_pages_for_older_api_clients_and_the_count(
@@ -226,19 +229,19 @@ def test_offset_pages_for_older_api_clients_and_the_count(
 ) -> None:
     ref = load("eta", [step("a")])
     ids = tasker.create_tasks(ref, [{"key": key, "n": i} for i in range(9)])[::-1]
-    page = tasker.page_tasks(limit=4, offset=4)
+    page = tasker.listing.page(limit=4, offset=4)
     assert _ids(page) == ids[4:8] and page.prev_cursor is not None and page.next_cursor is not None
-    assert _ids(tasker.page_tasks(limit=4, after=page.next_cursor)) == ids[8:]
-    assert tasker.count_tasks() == 9
-    assert tasker.count_tasks(TaskQuery(namespace="itest", statuses=("pending", "error"))) == 9
-    assert tasker.count_tasks(TaskQuery(statuses=("complete",))) == 0
+    assert _ids(tasker.listing.page(limit=4, after=page.next_cursor)) == ids[8:]
+    assert tasker.listing.count() == 9
+    assert tasker.listing.count(TaskQuery(namespace="itest", statuses=("pending", "error"))) == 9
+    assert tasker.listing.count(TaskQuery(statuses=("complete",))) == 0
 
 
 def test_template_versions_lists_every_loaded_version_in_order(tasker: Tasker, load: Load) -> None:
     for version in ("1.10.0", "1.9.0", "2.0.0-rc.1", "2.0.0"):
         load("theta", [step("a")], version=version)
     load("iota", [step("a")], namespace="aaa")
-    found = [(t.namespace_name, t.name, t.version) for t in tasker.template_versions()]
+    found = [(t.namespace_name, t.name, t.version) for t in tasker.templates.versions()]
     assert found == [
         ("aaa", "iota", "1.0.0"),
         ("itest", "theta", "1.9.0"),
@@ -252,7 +255,8 @@ def test_template_versions_lists_every_loaded_version_in_order(tasker: Tasker, l
 def test_both_ways_of_reading_a_creation_range_give_the_same_pages(
     tasker: Tasker, load: Load, key: str, range_first: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Whichever plan `_range_first` picks (reading the range, or walking ids), the pages are exact."""
+    """Whichever plan `_range_first` picks (reading the range, or walking ids), the pages are
+    exact."""
     rows = _fill(tasker, load, key, n=120)
     monkeypatch.setattr(listing, "_range_first", lambda *args: range_first)
     middle = BASE + timedelta(minutes=30)
@@ -265,5 +269,5 @@ def test_both_ways_of_reading_a_creation_range_give_the_same_pages(
         assert [i for p in pages for i in _ids(p)] == _expected(rows, q), q
         back = [pages[-1]]
         while back[-1].prev_cursor is not None:
-            back.append(tasker.page_tasks(q, limit=6, before=back[-1].prev_cursor))
+            back.append(tasker.listing.page(q, limit=6, before=back[-1].prev_cursor))
         assert [_ids(p) for p in reversed(back)] == [_ids(p) for p in pages], q

@@ -1,8 +1,8 @@
 """The registration workflow against the four real example services, and the services' own contract.
 
-The services run on free loopback ports (one fleet per module, faults cleared and every service listening
-again after each test); each test registers its own users, so tests never see each other's rows. Tests
-that run the workflow use the `store_url` stores (SQLite and PostgreSQL).
+The services run on free loopback ports (one fleet per module, faults cleared and every service
+listening again after each test); each test registers its own users, so tests never see each other's
+rows. Tests that run the workflow use the `store_url` stores (SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from tasker import Tasker
+from tasker import Task, Tasker
 from tasker.demos.microservices import payloads
 from tasker.demos.microservices.demo import TEMPLATE, TEMPLATES
 from tasker.demos.microservices.services import ServiceFleet
@@ -79,7 +79,7 @@ def user_rows(fleet: ServiceFleet, email: str) -> list[dict[str, Any]]:
     return [u for u in fleet.user.state()["rows"]["users"] if u["email"] == email]
 
 
-# -- the workflow ----------------------------------------------------------------------------------------------
+# -- the workflow ----------------------------------------------------------------------------------
 def test_registration_completes_and_the_correlation_id_reaches_every_service(
     engine: Tasker, fleet: ServiceFleet
 ) -> None:
@@ -115,8 +115,9 @@ def test_registration_completes_and_the_correlation_id_reaches_every_service(
         "enterprise_features",
         "account_manager",
     }
-    # the handlers published their service calls, with the correlation id, into the durable event log
-    events = engine.read_events(task_id=task.id, names=["service_call_*"]).events
+    # the handlers published their service calls, with the correlation id, into the durable event
+    # log
+    events = engine.history.read_events(task_id=task.id, names=["service_call_*"]).events
     assert {e["event"] for e in events} == {"service_call_started", "service_call_completed"}
     assert {
         e["data"]["correlation_id"] for e in events if e["event"] == "service_call_started"
@@ -240,7 +241,8 @@ def test_a_response_slower_than_the_timeout_is_retried_without_a_second_profile(
     (tmp_path / "registration.yaml").write_text(yaml.safe_dump(definition))
     engine = make_tasker(poll_interval=0.05, backoff_scale=0.1)
     engine.load_templates(tmp_path / "registration.yaml")
-    # the first call is answered after 1.2 s: the step gives up at 0.45 s, the service still creates the profile
+    # the first call is answered after 1.2 s: the step gives up at 0.45 s, the service still creates
+    # the profile
     fleet.billing.set_faults(latency_ms=1200, latency_requests=1)
     context = registration()
 
@@ -264,7 +266,8 @@ def test_a_lost_response_is_retried_without_a_second_welcome_mail(
         monkeypatch.setenv(var, url)
     engine = make_tasker(poll_interval=0.05, backoff_scale=0.1)
     engine.load_templates(TEMPLATES)
-    # seed 1 draws 0.13 then 0.85: the first call sends the mail and answers 500, the second gets through
+    # seed 1 draws 0.13 then 0.85: the first call sends the mail and answers 500, the second gets
+    # through
     fleet.notification.set_faults(error_rate=0.5, error_after_work=True, seed=1)
     context = registration("pro")
 
@@ -289,24 +292,26 @@ def test_a_lost_response_is_retried_without_a_second_welcome_mail(
 def test_one_registration_alone_survives_billing_down_longer_than_its_retries(
     make_tasker: Callable[..., Tasker], fleet: ServiceFleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The outage promise for a quiet night: no other registration opens the circuit, the step runs out
-    of its 3 attempts while billing refuses, and it waits; it completes once billing is back."""
+    """The outage promise for a quiet night: no other registration opens the circuit, the step runs
+    out of its 3 attempts while billing refuses, and it waits; it completes once billing is back."""
     for var, url in fleet.env().items():
         monkeypatch.setenv(var, url)
     engine = make_tasker(poll_interval=0.05, backoff_scale=0.1)
     engine.load_templates(TEMPLATES)
-    engine.configure_system("billing_service", cooldown_seconds=0.2, max_cooldown_seconds=0.4)
+    engine.systems.configure("billing_service", cooldown_seconds=0.2, max_cooldown_seconds=0.4)
     fleet.billing.refuse()
     context = registration()
     task_id = engine.create_task(TEMPLATE, context).id
-    finished: list[Tasker | Any] = []
+    finished: list[Task] = []
     runner = threading.Thread(target=lambda: finished.append(engine.run(task_id)), daemon=True)
     runner.start()
 
     def waiting_for_billing() -> bool:
         step = engine.get_task(task_id).step("setup_billing_profile")
-        return step.status == "waiting_retry" and "waiting for 'billing_service'" in (
-            (step.last_error or {}).get("message", "")
+        return (
+            step.status == "waiting_retry"
+            and step.last_error is not None
+            and "waiting for 'billing_service'" in step.last_error["message"]
         )
 
     wait_for(waiting_for_billing, 30, "the billing step to wait for billing instead of failing")
@@ -330,7 +335,7 @@ def test_billing_down_past_max_outage_fails_the_task_and_a_retry_completes_it(
         monkeypatch.setenv(var, url)
     engine = make_tasker(poll_interval=0.05, backoff_scale=0.1)
     engine.load_templates(TEMPLATES)
-    engine.configure_system(
+    engine.systems.configure(
         "billing_service", cooldown_seconds=0.1, max_cooldown_seconds=0.2, max_outage_seconds=1.0
     )
     fleet.billing.refuse()
@@ -376,7 +381,7 @@ def test_an_invalid_registration_is_refused_before_any_service_call(
     assert sum(len(h.requests()) for h in fleet.handles.values()) == before
 
 
-# -- the services' contract ----------------------------------------------------------------------------------------
+# -- the services' contract ------------------------------------------------------------------------
 def test_a_repeated_idempotency_key_replays_the_stored_response(fleet: ServiceFleet) -> None:
     body = {"email": f"{uuid.uuid4().hex[:8]}@example.com", "name": "Ada", "plan": "free"}
     key = {"Idempotency-Key": uuid.uuid4().hex, "X-Correlation-ID": "corr-replay"}

@@ -31,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert, update
 
 from tasker import PermanentError, RetryableError, StepContext, StepHandler, Tasker
+from tasker.engine.settle import SettledBatch
 from tasker.observability import metrics, tracing
 from tasker.observability.logging import STEP_FIELDS, configure_logging
 from tasker.store.database import Database
@@ -42,7 +43,7 @@ HERE = "tests.integration.test_observability"
 plain = logging.getLogger("obs_test.plain")
 
 
-# -- handlers -------------------------------------------------------------------------------------------
+# -- handlers --------------------------------------------------------------------------------------
 class SyncLogs(StepHandler):
     """Logs three ways from the thread pool; fails its first attempt so the engine logs a retry."""
 
@@ -94,7 +95,7 @@ LOGGING_STEPS = [
 ]
 
 
-# -- fixtures -------------------------------------------------------------------------------------------
+# -- fixtures --------------------------------------------------------------------------------------
 @pytest.fixture
 def json_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
     """JSON logging at DEBUG into a buffer; yields a function returning the parsed lines so far."""
@@ -140,7 +141,7 @@ def no_global_provider(monkeypatch: pytest.MonkeyPatch) -> None:
     tracing.set_tracer_provider(None)
 
 
-# -- logs -------------------------------------------------------------------------------------------------
+# -- logs ------------------------------------------------------------------------------------------
 def test_every_line_of_an_attempt_carries_the_step_fields(
     tasker: Tasker, load: LoadTemplate, key: str, json_lines: Callable[[], list[dict[str, Any]]]
 ) -> None:
@@ -196,7 +197,7 @@ def test_handler_lines_get_the_generated_correlation_id(
     assert {ln["correlation_id"] for ln in handler_lines} == {task.correlation_id}
 
 
-# -- metrics ----------------------------------------------------------------------------------------------
+# -- metrics ---------------------------------------------------------------------------------------
 def _samples(engine: Tasker | None) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     body, content_type = metrics.exposition(engine)
     assert content_type.startswith("text/plain")
@@ -296,9 +297,9 @@ def test_queue_circuit_and_worker_gauges(
                     stopped_at=stopped,
                 )
             )
-    tasker.configure_system("payments", failure_threshold=3)
-    tasker.configure_system("mailer", failure_threshold=3)
-    tasker.configure_system("inventory", failure_threshold=3)
+    tasker.systems.configure("payments", failure_threshold=3)
+    tasker.systems.configure("mailer", failure_threshold=3)
+    tasker.systems.configure("inventory", failure_threshold=3)
     with tasker.db.write() as conn:
         for name, circuit in [("payments", "open"), ("mailer", "half_open")]:
             conn.execute(
@@ -318,7 +319,8 @@ def test_queue_circuit_and_worker_gauges(
 def test_worker_process_serves_its_metrics(
     store_url: str, tmp_path: Path, write_template: WriteTemplate
 ) -> None:
-    """`tasker worker --metrics-port`: a separate process runs a task and exposes what it observed."""
+    """`tasker worker --metrics-port`: a separate process runs a task and exposes what it
+    observed."""
     path = write_template(
         textwrap.dedent("""\
         name: served
@@ -398,7 +400,7 @@ def test_worker_process_serves_its_metrics(
         engine.close()
 
 
-# -- traces -----------------------------------------------------------------------------------------------
+# -- traces ----------------------------------------------------------------------------------------
 def test_spans_of_a_task_share_one_trace(
     tasker: Tasker, load: LoadTemplate, key: str, spans: InMemorySpanExporter
 ) -> None:
@@ -493,7 +495,8 @@ def test_no_spans_and_no_headers_without_a_provider(
 
 
 def test_runs_without_opentelemetry_installed(store_url: str, tmp_path: Path) -> None:
-    """The `otel` extra is optional: with the package unimportable, tasks run and nothing imports it."""
+    """The `otel` extra is optional: with the package unimportable, tasks run and nothing imports
+    it."""
     script = textwrap.dedent(f"""
         import sys
         sys.modules["opentelemetry"] = None  # as if the package were not installed
@@ -513,8 +516,10 @@ def test_runs_without_opentelemetry_installed(store_url: str, tmp_path: Path) ->
         engine.load_templates(path)
         task = engine.run(engine.create_task("itest/bare", {{}}).id)
         body, _ = exposition(engine)
-        print(task.status, task.step("only").results, tracing.enabled(), b"tasker_step_outcomes_total" in body,
-              [m for m in sys.modules if m.startswith("opentelemetry") and sys.modules[m] is not None])
+        print(task.status, task.step("only").results, tracing.enabled(),
+              b"tasker_step_outcomes_total" in body,
+              [m for m in sys.modules
+               if m.startswith("opentelemetry") and sys.modules[m] is not None])
         engine.close()
     """)
     template = tmp_path / "bare.yaml"
@@ -547,13 +552,14 @@ def test_a_store_that_cannot_be_read_costs_the_task_span_only(
     unreachable = Database("postgresql://postgres@127.0.0.1:1/nowhere", migrate=False)
     spans.clear()
     with caplog.at_level(logging.ERROR, logger="tasker.tracing"):
-        tracing.record_task_spans(unreachable, [(task.id, "complete")])  # logged, never raised
+        # the settled tasks are read when a hook first asks: logged, never raised
+        tracing.record_task_spans(SettledBatch(unreachable, [(task.id, "complete")]))
     assert "could not record the task spans" in caplog.text
     assert spans.get_finished_spans() == ()
     unreachable.dispose()
 
 
-# -- the command line -------------------------------------------------------------------------------------
+# -- the command line ------------------------------------------------------------------------------
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
     root = logging.getLogger()

@@ -1,4 +1,5 @@
-"""Operator actions on live and failed tasks: cancel, retry a task or a step, resolve a step by hand."""
+"""Operator actions on live and failed tasks: cancel, retry a task or a step, resolve a step by
+hand."""
 
 from __future__ import annotations
 
@@ -35,14 +36,14 @@ def _wait_started(key: str, name: str) -> None:
     assert h.started(f"{key}:{name}").wait(10), f"step {name} never started"
 
 
-# -- cancel -------------------------------------------------------------------------------------------
+# -- cancel ----------------------------------------------------------------------------------------
 def test_cancel_while_running_discards_the_late_result(
     tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
     ref = load("gated", [step("a", "Gated"), step("b", after="a"), step("c", after="b")])
     task_id = tasker.create_task(ref, {"key": key}).id
     seen: list[str] = []
-    tasker.subscribe(lambda e: seen.append(e.name), "step.*", "task.*")
+    tasker.bus.subscribe(lambda e: seen.append(e.name), "step.*", "task.*")
     worker, out = _in_thread(tasker.run, task_id)
     _wait_started(key, "a")
 
@@ -68,7 +69,7 @@ def test_cancel_while_running_discards_the_late_result(
     assert h.calls(key, "b") == [] and h.calls(key, "c") == []
     assert to_states(step_history(tasker, task_id, "a")) == ["ready", "in_progress", "cancelled"]
     assert to_states(step_history(tasker, task_id, "b")) == ["pending", "cancelled"]
-    rows = tasker.task_transitions(task_id)
+    rows = tasker.history.task_transitions(task_id)
     assert [r["to_state"] for r in rows] == ["pending", "in_progress", "cancelled"]
     assert rows[-1]["reason"] == "customer asked"
     assert "step.completed" not in seen
@@ -78,7 +79,8 @@ def test_cancel_while_running_discards_the_late_result(
 def test_worker_stops_waiting_for_a_step_of_a_cancelled_task(
     make_tasker: MakeTasker, write_template: WriteTemplate, key: str
 ) -> None:
-    """With short leases the heartbeat notices the cancel and drops the attempt without waiting for it."""
+    """With short leases the heartbeat notices the cancel and drops the attempt without waiting for
+    it."""
     from tests.integration.support import template_yaml
 
     tasker = make_tasker(lease_seconds=0.6)
@@ -111,7 +113,10 @@ def test_cancel_a_pending_task_runs_nothing(tasker: Tasker, load: LoadTemplate, 
     assert task.status == "cancelled"
     assert tasker.work(until_idle=True) == 0
     assert h.calls(key) == []
-    assert [r["to_state"] for r in tasker.task_transitions(task_id)] == ["pending", "cancelled"]
+    assert [r["to_state"] for r in tasker.history.task_transitions(task_id)] == [
+        "pending",
+        "cancelled",
+    ]
 
 
 def test_cancel_a_failed_task(tasker: Tasker, load: LoadTemplate, key: str) -> None:
@@ -139,7 +144,7 @@ def test_cancel_a_finished_task_is_refused(tasker: Tasker, load: LoadTemplate, k
         tasker.cancel_task(999_999)
 
 
-# -- retry --------------------------------------------------------------------------------------------
+# -- retry -----------------------------------------------------------------------------------------
 def test_retry_task_rearms_failed_steps_with_fresh_attempts(
     tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
@@ -187,7 +192,7 @@ def test_retry_task_rearms_failed_steps_with_fresh_attempts(
         "in_progress",
         "complete",
     ]
-    assert [r["to_state"] for r in tasker.task_transitions(task.id)] == [
+    assert [r["to_state"] for r in tasker.history.task_transitions(task.id)] == [
         "pending",
         "in_progress",
         "error",
@@ -264,7 +269,7 @@ def test_retry_step(tasker: Tasker, load: LoadTemplate, key: str) -> None:
     assert len(h.calls(key, "a")) == 1
 
 
-# -- resolve ------------------------------------------------------------------------------------------
+# -- resolve ---------------------------------------------------------------------------------------
 def test_resolve_a_failed_step_lets_dependents_proceed(
     tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
@@ -297,7 +302,7 @@ def test_resolve_a_failed_step_lets_dependents_proceed(
     assert h.calls(key, "d")[0]["results"]["b"] == supplied
     assert len(h.calls(key, "b")) == 1
     assert to_states(step_history(tasker, task.id, "b"))[-2:] == ["error", "resolved_manually"]
-    assert [r["to_state"] for r in tasker.task_transitions(task.id)][-3:] == [
+    assert [r["to_state"] for r in tasker.history.task_transitions(task.id)][-3:] == [
         "pending",
         "in_progress",
         "resolved_manually",
@@ -315,7 +320,7 @@ def test_resolve_the_last_failed_step_settles_the_task(
     done = tasker.resolve_step(task.id, "b", {"ok": "by hand"})
     assert done.status == "resolved_manually"
     assert done.finished_at is not None
-    assert [r["to_state"] for r in tasker.task_transitions(task.id)] == [
+    assert [r["to_state"] for r in tasker.history.task_transitions(task.id)] == [
         "pending",
         "in_progress",
         "error",
@@ -407,7 +412,8 @@ def test_resolving_below_a_failed_parent_names_every_unfinished_parent(
         tasker.resolve_step(task.id, "e", {})
     assert tasker.get_task(task.id).step("d").status == "pending"
 
-    # Parents first: then the child may be resolved too, and the task settles without running anything.
+    # Parents first: then the child may be resolved too, and the task settles without running
+    # anything.
     tasker.resolve_step(task.id, "b", {"by": "hand"})
     assert tasker.get_task(task.id).step("d").status == "ready"
     tasker.resolve_step(task.id, "d", {"by": "hand"})
@@ -432,9 +438,9 @@ def test_unfinished_parents_message_lists_them_in_order() -> None:
 def test_cancel_storm_while_workers_run(
     make_tasker: MakeTasker, write_template: WriteTemplate, key: str
 ) -> None:
-    """Operators cancel tasks while two workers claim and complete them (on PostgreSQL a cancel and a
-    claim may deadlock; the engine must absorb that). Every task ends complete or cancelled, and nothing
-    of a cancelled task starts or completes after its cancel."""
+    """Operators cancel tasks while two workers claim and complete them (on PostgreSQL a cancel and
+    a claim may deadlock; the engine must absorb that). Every task ends complete or cancelled, and
+    nothing of a cancelled task starts or completes after its cancel."""
     from tests.integration.support import history, template_yaml
 
     path = write_template(
@@ -477,14 +483,15 @@ def test_cancel_storm_while_workers_run(
         assert {s.status for s in t.steps} <= {"complete", "cancelled"}
         by_step = history(operator, t.id)
         for s in t.steps:
-            # The last word on each step is its final state: nothing happened to it after the cancel.
+            # The last word on each step is its final state: nothing happened to it after the
+            # cancel.
             assert by_step[s.id][-1]["to_state"] == s.status
         if t.step("a").status == "cancelled":
             # a never completed, so its children never started.
             assert all("in_progress" not in to_states(by_step[t.step(n).id]) for n in ("b", "c"))
         if operator.db.is_sqlite:
             # One writer at a time: transition times follow commit order.
-            cancelled_at = operator.task_transitions(t.id)[-1]["at"]
+            cancelled_at = operator.history.task_transitions(t.id)[-1]["at"]
             for rows in by_step.values():
                 assert all(
                     r["at"] <= cancelled_at
@@ -505,7 +512,8 @@ def _wait_for_state(
 def test_resolve_a_step_waiting_to_retry_wakes_the_worker(
     tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
-    """The service asked for 30 s; an operator supplies the result instead, and the worker goes on at once."""
+    """The service asked for 30 s; an operator supplies the result instead, and the worker goes on
+    at once."""
     ref = load(
         "slow_retry", [step("a", handler_config={"fail": ["retry_after:30"]}), step("b", after="a")]
     )

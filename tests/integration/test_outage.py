@@ -1,5 +1,5 @@
-"""The outage promise for one task: a dependent system that is down for longer than a step's retry budget
-costs the task nothing; it completes after recovery (issue #11)."""
+"""The outage promise for one task: a dependent system that is down for longer than a step's retry
+budget costs the task nothing; it completes after recovery (issue #11)."""
 
 from __future__ import annotations
 
@@ -86,12 +86,12 @@ def test_one_task_alone_survives_an_outage_longer_than_its_retries(
     task = result["task"]
     assert task.status == "complete", task.step("charge").last_error
     assert task.step("charge").attempts <= 3
-    history = tasker.circuit_history("billing")
+    history = tasker.systems.circuit_history("billing")
     moves = [(r["from_state"], r["to_state"]) for r in history]
-    assert tasker.circuit_history("billing", last=2) == history[-2:]
+    assert tasker.systems.circuit_history("billing", last=2) == history[-2:]
     assert moves[0] == ("closed", "open"), "its failures kept counting until the circuit opened"
     assert moves[-1] == ("half_open", "closed"), "a probe decided when it ran again"
-    state = {s["name"]: s for s in tasker.systems()}["billing"]
+    state = {s["name"]: s for s in tasker.systems.report()}["billing"]
     assert state["circuit_state"] == "closed" and state["failing_since"] is None
     logged = [r.getMessage() for r in caplog.records if "circuit of 'billing'" in r.getMessage()]
     assert any("closed -> open" in m for m in logged) and any(
@@ -124,7 +124,7 @@ def test_a_service_that_answers_500_still_stops_at_its_retry_limit(
     task = tasker.run(tasker.create_task(ref, {"dir": str(tmp_path)}).id)
     assert task.status == "error"
     assert task.step("charge").attempts == 3 and _calls(tmp_path) == 3
-    assert tasker.circuit_history("billing") == []
+    assert tasker.systems.circuit_history("billing") == []
 
 
 def test_the_default_is_an_hour() -> None:
@@ -172,7 +172,7 @@ def test_max_outage_is_set_from_the_command_line(tasker: Tasker, store_url: str)
         ["--database-url", store_url, "systems", "set", "billing", "--max-outage-seconds", "90"],
     )
     assert ok.exit_code == 0, ok.output
-    assert {s["name"]: s for s in tasker.systems()}["billing"]["max_outage_seconds"] == 90
+    assert {s["name"]: s for s in tasker.systems.report()}["billing"]["max_outage_seconds"] == 90
     for bad in ("nan", "inf", "0", "1e9"):
         refused = runner.invoke(
             cli,

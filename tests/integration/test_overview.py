@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 
 from tasker import Tasker
 from tasker.domain.states import TaskState
-from tasker.engine.queries import (
+from tasker.store.overview import (
     CHART_MINUTES,
     MESSAGE_CHARS,
     SETTLED_MARGIN,
@@ -26,7 +26,7 @@ Load = Callable[..., str]
 
 def test_an_empty_store_has_zeros_and_sixty_minutes_ending_now(tasker: Tasker) -> None:
     before = datetime.now(UTC).replace(second=0, microsecond=0)
-    view = tasker.overview()
+    view = tasker.insight.overview()
     assert view.tasks_by_status == {s.value: 0 for s in TaskState}
     assert (
         view.steps_waiting_retry,
@@ -57,7 +57,7 @@ def test_counts_outcomes_chart_and_failures_from_real_runs(
     for task_id in [*ok, *failed, retried]:
         tasker.run(task_id)
 
-    view = tasker.overview()
+    view = tasker.insight.overview()
     assert view.tasks_by_status["complete"] == 4 and view.tasks_by_status["error"] == 2
     assert view.tasks_by_status["pending"] == 1 and sum(view.tasks_by_status.values()) == 7
     assert (view.completed_last_hour, view.completed_last_day) == (4, 4)
@@ -80,7 +80,7 @@ def test_counts_outcomes_chart_and_failures_from_real_runs(
             .where(steps.c.task_id == waiting, steps.c.name == "a")
             .values(state="waiting_retry")
         )
-    assert tasker.overview().steps_waiting_retry == 1
+    assert tasker.insight.overview().steps_waiting_retry == 1
 
 
 def test_windows_buckets_and_the_latest_ten(tasker: Tasker, load: Load, key: str) -> None:
@@ -122,7 +122,7 @@ def test_windows_buckets_and_the_latest_ten(tasker: Tasker, load: Load, key: str
         total_failed = conn.execute(
             select(step_transitions.c.id).where(step_transitions.c.to_state == "error")
         ).all()
-    view = tasker.overview()
+    view = tasker.insight.overview()
     assert (view.completed_last_hour, view.completed_last_day) == (1, 2)
     assert (view.failed_last_hour, view.failed_last_day) == (11, 12)
     assert len(total_failed) == 12
@@ -163,7 +163,7 @@ def test_final_counts_reuse_the_settled_part_and_stay_exact(
         moved = final.counts(conn, datetime.now(UTC) + SETTLED_REFRESH + SETTLED_MARGIN)
         assert final.cutoff is not None and cutoff is not None and final.cutoff > cutoff
         assert moved == later
-    assert tasker.overview().tasks_by_status == {
+    assert tasker.insight.overview().tasks_by_status == {
         **{s.value: 0 for s in TaskState},
         "complete": 4,
         "cancelled": 1,

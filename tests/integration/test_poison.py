@@ -1,4 +1,5 @@
-"""One bad step never costs another: whatever a handler does, the worker lives and innocent steps run once.
+"""One bad step never costs another: whatever a handler does, the worker lives and innocent steps
+run once.
 
 Each poison runs beside eight innocent tasks on both stores; the poison step must end in a definite
 state with a clear error, and every innocent step must have executed exactly once (issue #9).
@@ -227,8 +228,8 @@ def test_async_handler_that_swallows_cancellation_is_timed_out(
 
 
 def test_sync_timeouts_count_from_the_handlers_start(tasker: Tasker, tmp_path: Path) -> None:
-    """Eight hanging handlers at concurrency 2: none spends an attempt before it starts, and quick steps
-    are not stuck behind the hung threads."""
+    """Eight hanging handlers at concurrency 2: none spends an attempt before it starts, and quick
+    steps are not stuck behind the hung threads."""
     templates = tmp_path / "templates"
     tasker.load_templates(
         _write(
@@ -264,8 +265,8 @@ def test_sync_timeouts_count_from_the_handlers_start(tasker: Tasker, tmp_path: P
 
 
 def test_handler_bugs_do_not_open_the_default_circuit(tasker: Tasker, tmp_path: Path) -> None:
-    """A KeyError in one template's handler spends that step's attempts; it is no outage of `default`,
-    so an innocent template sharing the system runs as if alone."""
+    """A KeyError in one template's handler spends that step's attempts; it is no outage of
+    `default`, so an innocent template sharing the system runs as if alone."""
     templates = tmp_path / "templates"
     tasker.load_templates(_poison_template(templates, "key_error", retry_limit=3))
     tasker.load_templates(_write(templates, "innocent", _innocent_steps()))
@@ -285,13 +286,13 @@ def test_handler_bugs_do_not_open_the_default_circuit(tasker: Tasker, tmp_path: 
     for task_id in good:
         task = tasker.get_task(task_id)
         assert task.status == "complete" and all(s.attempts == 1 for s in task.steps)
-    circuits = {s["name"]: s for s in tasker.systems()}
+    circuits = {s["name"]: s for s in tasker.systems.report()}
     assert circuits.get("default", {}).get("circuit_state", "closed") == "closed"
 
 
 def test_a_configured_default_system_still_breaks(tasker: Tasker, tmp_path: Path) -> None:
     """Opting the default system in gives it a circuit like any other (retryable errors count)."""
-    tasker.configure_system("default", failure_threshold=2)
+    tasker.systems.configure("default", failure_threshold=2)
     templates = tmp_path / "templates"
     tasker.load_templates(
         _write(
@@ -317,7 +318,7 @@ def test_a_configured_default_system_still_breaks(tasker: Tasker, tmp_path: Path
         await job
 
     asyncio.run(run_briefly())
-    states = {s["name"]: s["circuit_state"] for s in tasker.systems()}
+    states = {s["name"]: s["circuit_state"] for s in tasker.systems.report()}
     assert states.get("default") in {"open", "half_open"}, states
     assert all(tasker.get_task(i).status != "error" for i in ids)
 
@@ -339,7 +340,7 @@ def test_system_fault_classification() -> None:
     assert not is_system_fault(SystemExit(1))
 
 
-# -- a real `tasker worker` process -----------------------------------------------------------------------
+# -- a real `tasker worker` process ----------------------------------------------------------------
 PROCESS_POISONS = [
     "system_exit",
     "keyboard_interrupt",
@@ -477,8 +478,9 @@ def test_stuck_handler_threads_are_reported_as_a_metric(tasker: Tasker, tmp_path
 def test_a_probe_that_fails_by_its_own_bug_closes_the_circuit(
     tasker: Tasker, tmp_path: Path
 ) -> None:
-    """The first attempt's RetryableError opens the circuit (threshold 1); the probe then fails with a
-    ValueError, which says nothing about the system: the circuit closes and the step spends the attempt.
+    """The first attempt's RetryableError opens the circuit (threshold 1); the probe then fails with
+    a ValueError, which says nothing about the system: the circuit closes and the step spends the
+    attempt.
     """
     templates = tmp_path / "templates"
     tasker.load_templates(
@@ -500,10 +502,12 @@ def test_a_probe_that_fails_by_its_own_bug_closes_the_circuit(
     task = tasker.run(tasker.create_task("poison/probe", {"key": f"{tmp_path}-probe"}).id)
     assert task.status == "complete"
     assert task.step("call").attempts == 3, "the failed probe's attempt is spent, not refunded"
-    moves = [(r["from_state"], r["to_state"], r["reason"]) for r in tasker.circuit_history("svc")]
+    moves = [
+        (r["from_state"], r["to_state"], r["reason"]) for r in tasker.systems.circuit_history("svc")
+    ]
     assert [m[:2] for m in moves] == [
         ("closed", "open"),
         ("open", "half_open"),
         ("half_open", "closed"),
     ]
-    assert {s["name"]: s["circuit_state"] for s in tasker.systems()}["svc"] == "closed"
+    assert {s["name"]: s["circuit_state"] for s in tasker.systems.report()}["svc"] == "closed"

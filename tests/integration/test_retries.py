@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from typing import Any
 
 from tasker import Tasker
 from tests.fixture_types import LoadTemplate, MakeTasker, WriteTemplate
@@ -11,7 +12,7 @@ from tests.integration import handlers as h
 from tests.integration.support import step, step_history, to_states
 
 
-def _gaps(rows: list[dict]) -> list[float]:
+def _gaps(rows: list[dict[str, Any]]) -> list[float]:
     """Seconds between each `waiting_retry` row and the next `in_progress` row of one step."""
     out = []
     for i, row in enumerate(rows):
@@ -316,7 +317,8 @@ def test_result_that_is_not_a_json_object_fails_the_step_permanently(
 def test_long_step_keeps_its_lease_by_heartbeat(
     make_tasker: MakeTasker, write_template: WriteTemplate, key: str
 ) -> None:
-    """A step that runs for several lease periods is not reclaimed by another worker while it heartbeats."""
+    """A step that runs for several lease periods is not reclaimed by another worker while it
+    heartbeats."""
     from tests.integration.support import template_yaml
 
     path = write_template(

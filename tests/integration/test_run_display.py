@@ -17,10 +17,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from tasker.cli import common
 from tasker.cli import run as run_module
 from tasker.cli.main import cli
 from tasker.cli.render import step_cost, waiting_line, waiting_reason
 from tasker.domain.records import Step, Task
+from tasker.domain.states import TaskState
 
 TEMPLATE = """\
 name: flaky_mail
@@ -48,7 +50,7 @@ def test_run_says_why_it_waits_and_what_each_step_cost(
 ) -> None:
     # No fallback refresh within the run: every reason seen must have come from an engine event.
     monkeypatch.setattr(run_module, "FALLBACK_SECONDS", 60.0)
-    monkeypatch.setattr(run_module.console, "width", 160)  # one line per row, to read the cells
+    monkeypatch.setattr(common.console, "width", 160)  # one line per row, to read the cells
     (tmp_path / "flaky.yaml").write_text(TEMPLATE)
 
     context = f'{{"key": "{key}"}}'
@@ -113,7 +115,7 @@ def _task(*steps: Step) -> Task:
         namespace="payments",
         name="refund",
         version="1.0.0",
-        status="in_progress",
+        status=TaskState.IN_PROGRESS,
         context={},
         idempotency_key="k",
         correlation_id="c",

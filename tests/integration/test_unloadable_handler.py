@@ -1,4 +1,5 @@
-"""A worker that cannot import a step's handler leaves the step to a worker that can, spending nothing."""
+"""A worker that cannot import a step's handler leaves the step to a worker that can, spending
+nothing."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def test_a_step_whose_handler_cannot_be_loaded_waits_for_a_worker_that_can(
     assert step.last_error is not None
     assert step.last_error["class"] == "HandlerUnavailable"
     assert step.last_error["message"].startswith(f"waiting: no worker can load {module}:Ghost")
-    report = {s["name"]: s for s in tasker.systems()}["default"]
+    report = {s["name"]: s for s in tasker.systems.report()}["default"]
     assert report["unloadable_handlers"] == {f"{module}:Ghost": 1}
     from click.testing import CliRunner
 

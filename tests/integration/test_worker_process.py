@@ -1,8 +1,9 @@
-"""`tasker worker` as a real process: it runs tasks created elsewhere, stops gracefully on SIGTERM, and hands
-back a step still running when its grace period ends so that another worker completes it.
+"""`tasker worker` as a real process: it runs tasks created elsewhere, stops gracefully on SIGTERM,
+and hands back a step still running when its grace period ends so that another worker completes it.
 
-Each test runs on SQLite and on PostgreSQL. The handlers below are imported by the worker processes from
-this module (they run with the repository on PYTHONPATH) and report through files in the test's directory.
+Each test runs on SQLite and on PostgreSQL. The handlers below are imported by the worker processes
+from this module (they run with the repository on PYTHONPATH) and report through files in the test's
+directory.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,8 @@ HANDLER = "tests.integration.test_worker_process:FileStep"
 class FileStep(StepHandler):
     """Writes `<task>-<step>.started` (one line per execution), sleeps, writes `.finished`.
 
-    `handler_config.sleep` is the time an execution takes; with `slow_once` only the first execution of the
-    step is slow (a retry after a hand-back is quick).
+    `handler_config.sleep` is the time an execution takes; with `slow_once` only the first execution
+    of the step is slow (a retry after a hand-back is quick).
     """
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
@@ -64,7 +66,7 @@ def _step(name: str, after: str | None = None, **config: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def fleet_factory(store_url: str, tmp_path: Path):
+def fleet_factory(store_url: str, tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
     fleets: list[Fleet] = []
 
     def make(templates: Path, **kwargs: Any) -> Fleet:
@@ -84,7 +86,7 @@ def _finished(engine: Tasker, ids: list[int]) -> bool:
 
 @pytest.mark.timeout(90)
 def test_worker_process_runs_tasks_created_elsewhere(
-    tasker: Tasker, fleet_factory, tmp_path: Path
+    tasker: Tasker, fleet_factory: Callable[..., Fleet], tmp_path: Path
 ) -> None:
     path = _template(
         tmp_path / "templates",
@@ -110,7 +112,7 @@ def test_worker_process_runs_tasks_created_elsewhere(
 
 @pytest.mark.timeout(90)
 def test_sigterm_lets_the_running_step_finish(
-    tasker: Tasker, fleet_factory, tmp_path: Path
+    tasker: Tasker, fleet_factory: Callable[..., Fleet], tmp_path: Path
 ) -> None:
     path = _template(tmp_path / "templates", "slow", [_step("work", sleep=1.5)])
     tasker.load_templates(path)
@@ -143,7 +145,7 @@ def test_sigterm_lets_the_running_step_finish(
 
 @pytest.mark.timeout(120)
 def test_step_running_past_the_grace_period_is_released_to_another_worker(
-    tasker: Tasker, fleet_factory, tmp_path: Path
+    tasker: Tasker, fleet_factory: Callable[..., Fleet], tmp_path: Path
 ) -> None:
     path = _template(
         tmp_path / "templates",
@@ -170,7 +172,7 @@ def test_step_running_past_the_grace_period_is_released_to_another_worker(
     assert step.attempts == 0, "a released step keeps its attempt"
     moves = [
         (r["from_state"], r["to_state"], r["worker"])
-        for r in tasker.step_transitions(task_id)
+        for r in tasker.history.step_transitions(task_id)
         if r["step_id"] == step.id
     ]
     assert moves[-1] == ("in_progress", "ready", first_id)
@@ -189,7 +191,7 @@ def test_step_running_past_the_grace_period_is_released_to_another_worker(
     assert work.attempts == 1 and work.results == {"pid": second.pid, "attempt": 1}
     done = [
         r
-        for r in tasker.step_transitions(task_id)
+        for r in tasker.history.step_transitions(task_id)
         if r["step_id"] == work.id and r["to_state"] == "complete"
     ]
     assert [r["worker"] for r in done] == [second_id]

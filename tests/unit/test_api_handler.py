@@ -1,7 +1,9 @@
-"""ApiStepHandler and AsyncApiStepHandler without the engine: classification, headers, hooks, clients.
+"""ApiStepHandler and AsyncApiStepHandler without the engine: classification, headers, hooks,
+clients.
 
 Responses come from `httpx.MockTransport`; the connection-refused and read-timeout cases use real
-loopback sockets. Every behaviour is checked on both flavours (sync and async) through one `call` helper.
+loopback sockets. Every behaviour is checked on both flavours (sync and async) through one `call`
+helper.
 """
 
 from __future__ import annotations
@@ -89,13 +91,15 @@ def make_ctx(
 def call(
     base: type[ApiStepHandler], ctx: StepContext, respond: Respond | None = None, **attrs: Any
 ) -> dict[str, Any]:
-    """Run one attempt of a handler derived from `base`, answered by `respond` (None: real sockets)."""
+    """Run one attempt of a handler derived from `base`, answered by `respond` (None: real
+    sockets)."""
     if respond is not None:
         attrs["transport"] = httpx.MockTransport(respond)
     handler = type("Handler", (base,), attrs)()
     out = handler.process(ctx)
     if inspect.iscoroutine(out):
         out = asyncio.run(out)
+    assert isinstance(out, dict)
     return out
 
 
@@ -131,7 +135,7 @@ def observed(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return seen
 
 
-# -- success ----------------------------------------------------------------------------------------------
+# -- success ---------------------------------------------------------------------------------------
 def test_success_returns_body_status_time_correlation_and_url(
     flavour: type[ApiStepHandler],
 ) -> None:
@@ -211,7 +215,7 @@ def test_path_is_appended_to_the_configured_url(
     assert seen[0].content == b""  # no body unless json is given
 
 
-# -- permanent failures -----------------------------------------------------------------------------------
+# -- permanent failures ----------------------------------------------------------------------------
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 422, 410, 418])
 def test_client_errors_are_permanent_with_the_service_message(
     flavour: type[ApiStepHandler], status: int
@@ -276,7 +280,7 @@ def test_a_redirect_is_permanent_and_names_the_new_address(flavour: type[ApiStep
     )
 
 
-# -- retryable failures -----------------------------------------------------------------------------------
+# -- retryable failures ----------------------------------------------------------------------------
 @pytest.mark.parametrize("status", [408, 500, 502, 504, 507])
 def test_server_errors_are_retryable_with_engine_backoff(
     flavour: type[ApiStepHandler], status: int
@@ -458,7 +462,7 @@ def test_the_http_timeout_fires_before_the_step_timeout(
     assert all(low <= t <= high for t in timeouts.values())
 
 
-# -- 409: idempotent creation ------------------------------------------------------------------------------
+# -- 409: idempotent creation ----------------------------------------------------------------------
 def conflict(existing: Any) -> Respond:
     return answer(
         409, {"error": {"code": "conflict", "message": "user exists"}, "existing": existing}
@@ -547,7 +551,7 @@ def test_conflict_ignore_fields_skips_fields_the_service_does_not_echo() -> None
     assert out["conflict_resolved"] is True
 
 
-# -- configuration mistakes -------------------------------------------------------------------------------
+# -- configuration mistakes ------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("config", "words"),
     [
@@ -605,7 +609,7 @@ def test_a_sync_only_transport_is_refused_for_the_async_handler() -> None:
         call(AsyncUsers, make_ctx(), transport=httpx.HTTPTransport())
 
 
-# -- events, metrics, logs ---------------------------------------------------------------------------------
+# -- events, metrics, logs -------------------------------------------------------------------------
 def test_declared_service_events_are_published(flavour: type[ApiStepHandler]) -> None:
     ctx = make_ctx(events=EVENTS)
     out = call(flavour, ctx, answer(200, {"id": 1}))
@@ -699,7 +703,7 @@ def test_each_call_is_logged_with_method_url_status_and_time(
     assert record.correlation_id == "corr-abc"  # type: ignore[attr-defined]
 
 
-# -- clients ---------------------------------------------------------------------------------------------
+# -- clients ---------------------------------------------------------------------------------------
 def test_sync_clients_are_reused_per_url_and_timeout() -> None:
     cache = api._ClientCache()
     try:

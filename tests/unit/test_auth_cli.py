@@ -39,7 +39,7 @@ def test_create_prints_the_key_alone_on_stdout_and_stores_its_digest(store_url: 
         and key not in result.stderr
     )
     with Tasker(store_url) as engine:
-        found = engine.authenticate_api_key(key)
+        found = engine.keys.authenticate(key)
         assert found is not None
         assert found.permissions == (
             "tasker.task:create",
@@ -135,7 +135,7 @@ def test_revoke_makes_the_key_unusable_and_unknown_names_exit_2(store_url: str) 
         and "revoked at" in result.stdout
     )
     with Tasker(store_url) as engine:
-        assert engine.authenticate_api_key(key) is None
+        assert engine.keys.authenticate(key) is None
     unknown = keys(store_url, "revoke", "nobody")
     assert unknown.exit_code == 2 and "no API key named 'nobody'" in unknown.stderr
     assert "tasker keys list" in unknown.stderr

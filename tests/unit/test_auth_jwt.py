@@ -1,4 +1,5 @@
-"""JWT bearer tokens: HS256 and RS256, claims, algorithm confusion, `none`, malformed tokens, settings."""
+"""JWT bearer tokens: HS256 and RS256, claims, algorithm confusion, `none`, malformed tokens,
+settings."""
 
 from __future__ import annotations
 
@@ -273,7 +274,7 @@ def test_without_a_jwt_key_bearer_tokens_are_refused() -> None:
         verify_jwt(jwt.encode(claims(), SECRET, algorithm="HS256"), Settings(auth_enabled=True))
 
 
-# -- settings ----------------------------------------------------------------------------------------------
+# -- settings --------------------------------------------------------------------------------------
 
 
 def test_warnings_at_start_up() -> None:

@@ -1,4 +1,5 @@
-"""API keys: format, hashing, permission vocabulary, and the engine's key management on both stores."""
+"""API keys: format, hashing, permission vocabulary, and the engine's key management on both
+stores."""
 
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ def test_bad_key_names_are_refused(name: str) -> None:
         key_store.check_name(name)
 
 
-# -- the engine on both stores -----------------------------------------------------------------------------
+# -- the engine on both stores ---------------------------------------------------------------------
 
 
 def _stored_hash(tasker: Tasker, name: str) -> str:
@@ -107,79 +108,79 @@ def _stored_hash(tasker: Tasker, name: str) -> str:
 
 
 def test_a_created_key_is_stored_as_a_digest_only_and_authenticates(tasker: Tasker) -> None:
-    record, key = tasker.create_api_key("ci", ["tasker.task:create", "tasker.task:show"])
+    record, key = tasker.keys.create("ci", ["tasker.task:create", "tasker.task:show"])
     assert record.name == "ci" and record.permissions == ("tasker.task:create", "tasker.task:show")
     assert key.startswith(record.prefix) and not record.revoked
     assert _stored_hash(tasker, "ci") == hashlib.sha256(key.encode()).hexdigest()
     with tasker.db.read() as conn:
         row = conn.execute(select(api_keys)).one()
     assert key not in [str(v) for v in row]  # the secret is stored nowhere
-    found = tasker.authenticate_api_key(key)
+    found = tasker.keys.authenticate(key)
     assert found is not None and found.name == "ci" and found.can("tasker.task:show")
     assert not found.can("tasker.task:cancel")
 
 
 def test_permissions_may_be_given_as_a_comma_separated_string(tasker: Tasker) -> None:
-    record, _ = tasker.create_api_key("ops", "tasker.task:*,tasker.metrics:index")
+    record, _ = tasker.keys.create("ops", "tasker.task:*,tasker.metrics:index")
     assert record.permissions == ("tasker.task:*", "tasker.metrics:index")
 
 
 def test_unknown_malformed_and_revoked_keys_do_not_authenticate(tasker: Tasker) -> None:
-    _, key = tasker.create_api_key("ci", ["*"])
+    _, key = tasker.keys.create("ci", ["*"])
     other, _ = key_store.generate_key()
-    assert tasker.authenticate_api_key(other) is None  # well-formed, never issued
-    assert tasker.authenticate_api_key(key + "x") is None
-    assert tasker.authenticate_api_key("") is None
-    assert tasker.authenticate_api_key(key.upper()) is None
-    revoked = tasker.revoke_api_key("ci")
+    assert tasker.keys.authenticate(other) is None  # well-formed, never issued
+    assert tasker.keys.authenticate(key + "x") is None
+    assert tasker.keys.authenticate("") is None
+    assert tasker.keys.authenticate(key.upper()) is None
+    revoked = tasker.keys.revoke("ci")
     assert revoked.revoked and revoked.revoked_at is not None
-    assert tasker.authenticate_api_key(key) is None
-    again = tasker.revoke_api_key("ci")
+    assert tasker.keys.authenticate(key) is None
+    again = tasker.keys.revoke("ci")
     assert again.revoked_at == revoked.revoked_at  # the first revocation date is kept
 
 
 def test_names_are_unique_even_after_revocation(tasker: Tasker) -> None:
-    tasker.create_api_key("ci", ["*"])
+    tasker.keys.create("ci", ["*"])
     with pytest.raises(TaskerInputError, match="already exists"):
-        tasker.create_api_key("ci", ["*"])
-    tasker.revoke_api_key("ci")
+        tasker.keys.create("ci", ["*"])
+    tasker.keys.revoke("ci")
     with pytest.raises(TaskerInputError, match="already exists"):
-        tasker.create_api_key("ci", ["*"])
+        tasker.keys.create("ci", ["*"])
 
 
 def test_creation_refuses_bad_input_without_storing_anything(tasker: Tasker) -> None:
     with pytest.raises(TaskerInputError, match=r"unknown permission 'tasker\.task:destroy'"):
-        tasker.create_api_key("ci", ["tasker.task:destroy"])
+        tasker.keys.create("ci", ["tasker.task:destroy"])
     with pytest.raises(TaskerInputError, match="invalid API key name"):
-        tasker.create_api_key("bad name", ["*"])
-    assert tasker.list_api_keys() == []
+        tasker.keys.create("bad name", ["*"])
+    assert tasker.keys.all() == []
 
 
 def test_revoking_an_unknown_key_says_how_to_find_keys(tasker: Tasker) -> None:
     with pytest.raises(NotFoundError, match="tasker keys list"):
-        tasker.revoke_api_key("nobody")
+        tasker.keys.revoke("nobody")
 
 
 def test_keys_are_listed_by_name_without_secrets(tasker: Tasker) -> None:
-    tasker.create_api_key("zeta", ["*"])
-    tasker.create_api_key("alpha", ["tasker.metrics:index"])
-    tasker.revoke_api_key("zeta")
-    listed = tasker.list_api_keys()
+    tasker.keys.create("zeta", ["*"])
+    tasker.keys.create("alpha", ["tasker.metrics:index"])
+    tasker.keys.revoke("zeta")
+    listed = tasker.keys.all()
     assert [(k.name, k.revoked) for k in listed] == [("alpha", False), ("zeta", True)]
     assert not any(hasattr(k, "key_hash") for k in listed)
 
 
 def test_last_used_is_written_at_most_once_a_minute(tasker: Tasker) -> None:
-    record, key = tasker.create_api_key("ci", ["*"])
+    record, key = tasker.keys.create("ci", ["*"])
     assert record.last_used_at is None
-    tasker.authenticate_api_key(key)
-    first = tasker.list_api_keys()[0].last_used_at
+    tasker.keys.authenticate(key)
+    first = tasker.keys.all()[0].last_used_at
     assert first is not None
-    tasker.authenticate_api_key(key)
-    assert tasker.list_api_keys()[0].last_used_at == first  # within the minute: no write
+    tasker.keys.authenticate(key)
+    assert tasker.keys.all()[0].last_used_at == first  # within the minute: no write
     earlier = first - timedelta(minutes=2)
     with tasker.db.write() as conn:
         conn.execute(update(api_keys).values(last_used_at=earlier))
-    tasker.authenticate_api_key(key)
-    latest = tasker.list_api_keys()[0].last_used_at
+    tasker.keys.authenticate(key)
+    latest = tasker.keys.all()[0].last_used_at
     assert latest is not None and latest > earlier + timedelta(minutes=1)

@@ -1,8 +1,8 @@
-"""The CLI a user expects, without a store: start-up imports, global options anywhere, JSON output of
-templates, `templates validate` reporting every problem, and the messages of issue 11.
+"""The CLI a user expects, without a store: start-up imports, global options anywhere, JSON output
+of templates, `templates validate` reporting every problem, and the messages of issue 11.
 
-Start-up speed is measured by the benchmark of docs/benchmarks.md ("Start-up"), never timed here: these
-tests check the cause instead (what `import tasker` and `tasker --help` import).
+Start-up speed is measured by the benchmark of docs/benchmarks.md ("Start-up"), never timed here:
+these tests check the cause instead (what `import tasker` and `tasker --help` import).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Task context validation: Draft 2020-12 with formats, every violation with its path, defaults applied."""
+"""Task context validation: Draft 2020-12 with formats, every violation with its path, defaults
+applied."""
 
 from __future__ import annotations
 
@@ -198,7 +199,7 @@ def test_validator_follows_a_new_schema_object() -> None:
     violations(strict, {"n": "1"})
 
 
-# --- property: whatever validates comes back with every top-level default --------------------------
+# --- property: whatever validates comes back with every top-level default -------------------------
 
 NAMES = ["alpha", "beta", "gamma", "delta", "eps", "zeta"]
 VALUES = {
@@ -250,7 +251,7 @@ def test_validated_context_has_all_top_level_defaults(
     assert set(out) - set(context) <= {n for n, s in schema["properties"].items() if "default" in s}
 
 
-# -- schema patterns: exponential backtracking is refused at template load ------------------------------
+# -- schema patterns: exponential backtracking is refused at template load -------------------------
 
 CATASTROPHIC = [
     r"(a+)+$",

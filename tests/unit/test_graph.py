@@ -1,4 +1,5 @@
-"""The step DAG: random DAGs are accepted and ordered, back edges are cycles, defects name their step."""
+"""The step DAG: random DAGs are accepted and ordered, back edges are cycles, defects name their
+step."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasker.templates.graph import (
+from tasker.domain.graph import (
     STATE_STYLES,
     GraphError,
     check_graph,
@@ -25,7 +26,8 @@ Steps = list[tuple[str, list[str]]]
 
 @st.composite
 def dags(draw: st.DrawFn, min_size: int = 1, max_size: int = 25) -> Steps:
-    """A random DAG: each step's parents are drawn among earlier steps, then declarations are shuffled."""
+    """A random DAG: each step's parents are drawn among earlier steps, then declarations are
+    shuffled."""
     size = draw(st.integers(min_value=min_size, max_value=max_size))
     names = [f"step_{i}" for i in range(size)]
     steps: Steps = []
@@ -196,7 +198,7 @@ def test_any_duplicate_is_refused(steps: Steps, data: st.DataObject) -> None:
     assert info.value.step == name
 
 
-# --- mermaid ---------------------------------------------------------------------------------------
+# --- mermaid --------------------------------------------------------------------------------------
 
 
 def parse_mermaid(
@@ -258,7 +260,8 @@ def test_mermaid_example() -> None:
 
 # -- depth: the graph code is iterative ------------------------------------------------------------
 def _reference_order(steps: Steps) -> list[str]:
-    """The specification of `execution_order`: repeatedly take the first declared step that is free."""
+    """The specification of `execution_order`: repeatedly take the first declared step that is
+    free."""
     placed: list[str] = []
     remaining = [name for name, _ in steps]
     parents = {name: set(ps) for name, ps in steps}

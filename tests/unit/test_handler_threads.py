@@ -1,4 +1,5 @@
-"""Handler threads: a hung handler costs its own thread and nothing else, within a bounded number of threads."""
+"""Handler threads: a hung handler costs its own thread and nothing else, within a bounded number of
+threads."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The log pipeline: formats, step fields through context variables, idempotent configuration, bad input."""
+"""The log pipeline: formats, step fields through context variables, idempotent configuration, bad
+input."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from tasker.observability.logging import (
     step_logger,
 )
 
-FIELDS = {
+FIELDS: dict[str, Any] = {
     "task_id": 7,
     "template": "shop/checkout@1.0.0",
     "step": "charge",
@@ -177,7 +178,8 @@ def test_step_logger_merges_a_calls_extra() -> None:
 
 
 def test_thread_pool_threads_see_the_fields_only_through_a_copied_context() -> None:
-    """Why the executor runs sync handlers with `copy_context().run`: a bare thread starts without them."""
+    """Why the executor runs sync handlers with `copy_context().run`: a bare thread starts without
+    them."""
     buf = io.StringIO()
     configure_logging("json", "INFO", stream=buf)
 
@@ -233,7 +235,8 @@ def test_lines_from_other_threads_keep_their_own_context() -> None:
 
 
 def test_default_stream_follows_sys_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A harness that swaps standard error (CliRunner, pytest) gets the lines, and never a closed file later."""
+    """A harness that swaps standard error (CliRunner, pytest) gets the lines, and never a closed
+    file later."""
     configure_logging("json", "INFO")
     first, second = io.StringIO(), io.StringIO()
     monkeypatch.setattr("sys.stderr", first)

@@ -1,5 +1,5 @@
-"""In-process metrics and the exposition, on fresh registries; the store-wide gauges are tested end to end in
-tests/integration/test_observability.py."""
+"""In-process metrics and the exposition, on fresh registries; the store-wide gauges are tested end
+to end in tests/integration/test_observability.py."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from tasker.domain.errors import TaskerInputError
-from tasker.domain.records import ClaimedStep, Outcome
+from tasker.domain.records import ClaimedStep, FailureRecord, Outcome
+from tasker.domain.states import StepState
+from tasker.domain.templates import TaskTemplate
 from tasker.observability import metrics
 from tasker.store.database import Database
-from tasker.templates.model import TaskTemplate
 
 TEMPLATE = TaskTemplate.model_validate(
     {
@@ -48,14 +49,14 @@ def _claimed(step_id: int, template_id: int = 1) -> ClaimedStep:
         context={},
         correlation_id="c",
         results={},
-        from_state="ready",
+        from_state=StepState.READY,
     )
 
 
 def _outcome(
     step_id: int, state: str, error_class: str | None = None, ms: float = 250.0
 ) -> Outcome:
-    error = (
+    error: FailureRecord | None = (
         {"class": error_class, "message": "x", "retryable": state == "waiting_retry"}
         if error_class
         else None
@@ -65,7 +66,7 @@ def _outcome(
         task_id=100 + step_id,
         claim_token=1,
         attempt=1,
-        state=state,
+        state=StepState(state),
         error=error,
         duration_ms=ms,
     )
@@ -220,7 +221,10 @@ def test_serve_metrics_answers_over_http(fresh: metrics.EngineMetrics) -> None:
         port = server.server_port
         response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
         assert response.status_code == 200
-        sample = 'tasker_api_call_duration_seconds_count{method="GET",status="200",system="inventory"} 1.0'
+        sample = (
+            'tasker_api_call_duration_seconds_count{method="GET",status="200",system="inventory"}'
+            " 1.0"
+        )
         assert sample in response.text
         with pytest.raises(TaskerInputError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
             metrics.serve_metrics(port, addr="127.0.0.1")

@@ -18,9 +18,10 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
 
 from tasker.domain.records import ClaimedStep
+from tasker.domain.states import StepState
 from tasker.observability import tracing
 from tasker.observability.logging import configure_logging
 
@@ -39,7 +40,7 @@ def _claimed(task_id: int = 5, attempt: int = 1, correlation_id: str = "corr-1")
         context={},
         correlation_id=correlation_id,
         results={},
-        from_state="ready",
+        from_state=StepState.READY,
     )
 
 
@@ -57,7 +58,7 @@ def no_provider(monkeypatch: pytest.MonkeyPatch) -> None:
     tracing.set_tracer_provider(None)
 
 
-def _provider(sampler: object | None = None) -> tuple[TracerProvider, InMemorySpanExporter]:
+def _provider(sampler: Sampler | None = None) -> tuple[TracerProvider, InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider(sampler=sampler) if sampler is not None else TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -169,7 +170,8 @@ def test_log_lines_name_the_current_span(exporter: InMemorySpanExporter) -> None
 
 @pytest.mark.parametrize("ratio", [0.0, 1.0])
 def test_step_spans_follow_the_providers_sampling_of_the_task(ratio: float) -> None:
-    """The attempt spans of a task are kept or dropped together, as the provider would decide for the task."""
+    """The attempt spans of a task are kept or dropped together, as the provider would decide for
+    the task."""
     provider, exporter = _provider(ParentBased(TraceIdRatioBased(ratio)))
     tracing.set_tracer_provider(provider)
     try:

@@ -1,4 +1,5 @@
-"""The template registry: namespaces, semantic-version resolution, exact versions and reference parsing."""
+"""The template registry: namespaces, semantic-version resolution, exact versions and reference
+parsing."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tasker.domain.errors import TaskerInputError, UnknownTemplateError
+from tasker.domain.templates import TaskTemplate, semver_key
 from tasker.registry import TemplateRef, TemplateRegistry, parse_ref
-from tasker.templates.model import TaskTemplate, semver_key
 
 
 def make(

@@ -1,10 +1,12 @@
-"""RetryPolicy: exponential backoff, jitter, server-requested delays, attempt counting and validation."""
+"""RetryPolicy: exponential backoff, jitter, server-requested delays, attempt counting and
+validation."""
 
 from __future__ import annotations
 
 import math
 import random
 from fractions import Fraction
+from typing import Any
 
 import pytest
 from hypothesis import assume, given
@@ -215,4 +217,5 @@ def test_from_dict_fills_defaults() -> None:
 @pytest.mark.parametrize("field", ["backoff_max_seconds", "max_server_delay_seconds"])
 def test_delays_past_a_week_are_refused(field: str) -> None:
     with pytest.raises(ValueError, match="7 days"):
-        RetryPolicy(**{field: MAX_DELAY_SECONDS * 2})
+        too_long: dict[str, Any] = {field: MAX_DELAY_SECONDS * 2}
+        RetryPolicy(**too_long)

@@ -1,4 +1,5 @@
-"""Settings: every number has a documented range; NaN, Infinity, booleans and absurd values are refused."""
+"""Settings: every number has a documented range; NaN, Infinity, booleans and absurd values are
+refused."""
 
 from __future__ import annotations
 

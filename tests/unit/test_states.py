@@ -1,4 +1,5 @@
-"""The step and task state machines: the full product of transitions, terminal states and finalization."""
+"""The step and task state machines: the full product of transitions, terminal states and
+finalization."""
 
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ from tasker.domain.states import (
 S = StepState
 T = TaskState
 
-# The legal moves written out independently of the module, from DESIGN section 4, so that an accidental
-# edit of the table (a state gaining or losing a way out) fails here.
+# The legal moves written out independently of the module, from docs/architecture.md ("States"),
+# so that an accidental edit of the table (a state gaining or losing a way out) fails here.
 EXPECTED_STEP: dict[StepState, set[StepState]] = {
     S.PENDING: {S.READY, S.CANCELLED, S.RESOLVED_MANUALLY, S.SKIPPED},
     S.READY: {S.IN_PROGRESS, S.CANCELLED, S.RESOLVED_MANUALLY, S.SKIPPED},
@@ -145,7 +146,7 @@ def test_unknown_state_name_is_refused() -> None:
         check_task_transition("bogus", "complete")
 
 
-# --- final_task_state --------------------------------------------------------------------------------
+# --- final_task_state -----------------------------------------------------------------------------
 
 counts_st = st.dictionaries(
     st.sampled_from([s.value for s in StepState]),

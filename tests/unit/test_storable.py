@@ -1,5 +1,5 @@
-"""Making handler output storable: results are checked (with the path of the first problem), diagnostics
-are escaped; both never raise, whatever they are given."""
+"""Making handler output storable: results are checked (with the path of the first problem),
+diagnostics are escaped; both never raise, whatever they are given."""
 
 from __future__ import annotations
 

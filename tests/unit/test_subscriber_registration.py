@@ -1,4 +1,5 @@
-"""Subscribers named in settings are imported, checked and instantiated; mistakes are clear errors."""
+"""Subscribers named in settings are imported, checked and instantiated; mistakes are clear
+errors."""
 
 from __future__ import annotations
 

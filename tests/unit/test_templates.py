@@ -1,4 +1,5 @@
-"""Loading YAML task templates: a valid round trip, and every broken file refused in one line that says the fix."""
+"""Loading YAML task templates: a valid round trip, and every broken file refused in one line that
+says the fix."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def refused(path: Path, *needles: str, **kwargs: Any) -> str:
     return msg
 
 
-# --- a valid template ----------------------------------------------------------------------------------
+# --- a valid template -----------------------------------------------------------------------------
 
 FULL = f"""
 name: process_order
@@ -228,7 +229,7 @@ def test_numeric_version_is_refused_but_quoted_is_fine(write: Write) -> None:
     assert load_file(write(two_steps(top="version: '2.0.0-rc.1'\n"))).version == "2.0.0-rc.1"
 
 
-# --- broken files ---------------------------------------------------------------------------------------
+# --- broken files ---------------------------------------------------------------------------------
 
 
 def test_invalid_yaml_names_the_line(write: Write) -> None:
@@ -483,7 +484,7 @@ def test_malformed_shapes_are_refused_not_crashed(write: Write) -> None:
     refused(write(two_steps(extra_a="    handler_config: [1]\n")), "step 'a'", "handler_config")
 
 
-# --- warnings -------------------------------------------------------------------------------------------
+# --- warnings -------------------------------------------------------------------------------------
 
 
 def test_unknown_keys_warn_but_load(write: Write) -> None:
@@ -498,7 +499,7 @@ def test_unknown_keys_warn_but_load(write: Write) -> None:
     assert all("\n" not in w for w in warnings)
 
 
-# --- environments ---------------------------------------------------------------------------------------
+# --- environments ---------------------------------------------------------------------------------
 
 ENV_TEMPLATE = f"""
 name: notify
@@ -601,7 +602,7 @@ def test_malformed_environment_blocks(write: Write, block: str) -> None:
     refused(write(two_steps(top=block)), "environments", environment="production")
 
 
-# --- ${VAR} expansion -----------------------------------------------------------------------------------
+# --- ${VAR} expansion -----------------------------------------------------------------------------
 
 
 def test_variables_are_expanded_in_handler_config(
@@ -686,7 +687,7 @@ def test_variables_expand_after_the_environment_merge(
     }
 
 
-# --- directories ----------------------------------------------------------------------------------------
+# --- directories ----------------------------------------------------------------------------------
 
 
 def test_loading_a_directory(tmp_path: Path, write: Write) -> None:
@@ -718,7 +719,7 @@ def test_empty_directory_loads_nothing(tmp_path: Path) -> None:
     assert load_path(tmp_path / "empty") == []
 
 
-# --- property: no input crashes the loader ----------------------------------------------------------------
+# --- property: no input crashes the loader --------------------------------------------------------
 
 json_values = st.recursive(
     st.none()
@@ -780,7 +781,7 @@ def test_any_data_loads_or_is_refused_in_one_line(data: Any) -> None:
     assert TaskTemplate.from_snapshot(t.snapshot()) == t
 
 
-# --- numbers: NaN, Infinity, booleans and absurd magnitudes are refused --------------------------------
+# --- numbers: NaN, Infinity, booleans and absurd magnitudes are refused ---------------------------
 
 
 @pytest.mark.parametrize(
@@ -873,7 +874,7 @@ def test_an_expanded_variable_that_overflows_to_infinity_stays_text(
     assert t.step("b").handler_config["limit"] == "1e999"
 
 
-# --- depth: any chain length loads; nesting is bounded ----------------------------------------------------
+# --- depth: any chain length loads; nesting is bounded --------------------------------------------
 
 
 def test_a_chain_of_5000_steps_declared_child_first_loads(write: Write) -> None:
@@ -908,7 +909,7 @@ def test_deeply_nested_data_is_refused_by_parse_template() -> None:
         parse_template(data, source="deep.yaml")
 
 
-# --- YAML aliases: small reuse is fine, a bomb is refused at once ----------------------------------------
+# --- YAML aliases: small reuse is fine, a bomb is refused at once ---------------------------------
 
 
 def test_small_anchors_aliases_and_merge_keys_load(write: Write) -> None:
@@ -950,7 +951,7 @@ def test_a_recursive_alias_is_refused(write: Write) -> None:
     refused(write(text), "recursive alias", "line 9")
 
 
-# --- schema patterns that backtrack exponentially are refused ---------------------------------------------
+# --- schema patterns that backtrack exponentially are refused -------------------------------------
 
 
 @pytest.mark.parametrize(

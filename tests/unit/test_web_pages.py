@@ -18,7 +18,6 @@ from sqlalchemy import insert, update
 
 from tasker import Tasker, TaskerInputError
 from tasker.api.app import create_app
-from tasker.engine import insight
 from tasker.settings import Settings
 from tasker.store.schema import dependent_systems
 from tasker.web.session import SESSION_COOKIE
@@ -208,19 +207,20 @@ def test_static_assets_are_cached_and_small(client: TestClient) -> None:
 
 
 def test_the_analytics_page_reads_both_reports_at_once(engine: Tasker) -> None:
-    """`insight.reports` (one read, for the page) answers what the API's two reports answer."""
+    """`insight.analytics` (one read, for the page) answers what the API's two reports answer."""
     failed_task(engine)
     engine.run(engine.create_task("apitest/order", {"email": "ada@example.com"}).id)
-    perf, bottle = insight.reports(engine.db, 24, namespace="apitest")
+    perf_report, bottle_report = engine.insight.analytics(24, namespace="apitest")
+    perf, bottle = perf_report.model_dump(), bottle_report.model_dump()
 
     def same(report: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in report.items() if k not in ("generated_at", "since")}
 
-    assert same(perf) == same(engine.performance(24, namespace="apitest"))
-    assert same(bottle) == same(engine.bottlenecks(24, namespace="apitest"))
+    assert same(perf) == same(engine.insight.performance(24, namespace="apitest").model_dump())
+    assert same(bottle) == same(engine.insight.bottlenecks(24, namespace="apitest").model_dump())
     assert perf["totals"]["created"] == 2 and bottle["scope"]["tasks"] == 2
     with pytest.raises(TaskerInputError):
-        insight.reports(engine.db, 24, limit=0)
+        engine.insight.analytics(24, limit=0)
 
 
 def test_only_an_open_circuit_offers_a_reset(client: TestClient, engine: Tasker) -> None:
@@ -246,7 +246,7 @@ def test_only_an_open_circuit_offers_a_reset(client: TestClient, engine: Tasker)
 @pytest.fixture
 def secured(engine: Tasker) -> Iterator[tuple[TestClient, dict[str, str]]]:
     keys = {
-        name: engine.create_api_key(name, grants)[1]
+        name: engine.keys.create(name, grants)[1]
         for name, grants in (("admin", ["*"]), ("viewer", READ_ONLY))
     }
     with TestClient(create_app(engine, Settings(auth_enabled=True)), follow_redirects=False) as c:
@@ -336,7 +336,7 @@ def test_logout_and_revoked_keys_end_the_session(
     client, keys = secured
     sign_in(client, keys["admin"])
     assert client.get("/tasks").status_code == 200
-    engine.revoke_api_key("admin")
+    engine.keys.revoke("admin")
     assert client.get("/tasks").headers["location"].startswith("/login")
     sign_in(client, keys["viewer"])
     token = csrf(client.get("/tasks").text)

@@ -1,10 +1,12 @@
-"""Fill a store with many tasks fast: one set-based INSERT ... SELECT per table, on SQLite and PostgreSQL.
+"""Fill a store with many tasks fast: one set-based INSERT ... SELECT per table, on SQLite and
+PostgreSQL.
 
-`Tasker.create_tasks` writes a task, its steps, their transitions and two events per task, which takes
-30 s to over a minute for 100,000 tasks on a busy 2-core machine; the tasks list only needs the rows of
-`tasker_tasks` and `tasker_steps`. The rows written here are what `insert_tasks` writes for a new task of a
-template whose steps have no parents (pending task, ready steps), with keys `<prefix>-<n>`; only the
-journal (transitions and events) is left out. It is real data in the real store: no mock.
+`Tasker.create_tasks` writes a task, its steps, their transitions and two events per task, which
+takes 30 s to over a minute for 100,000 tasks on a busy 2-core machine; the tasks list only needs
+the rows of `tasker_tasks` and `tasker_steps`. The rows written here are what `insert_tasks` writes
+for a new task of a template whose steps have no parents (pending task, ready steps), with keys
+`<prefix>-<n>`; only the journal (transitions and events) is left out. It is real data in the real
+store: no mock.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ def _numbers(count: int) -> Select[tuple[int]]:
 
 
 def bulk_tasks(engine: Tasker, template: str, count: int, prefix: str = "bulk") -> list[int]:
-    """Insert `count` pending tasks of `template` (steps without parents only); returns their ids, oldest first."""
+    """Insert `count` pending tasks of `template` (steps without parents only); returns their ids,
+    oldest first."""
     tmpl = engine.registry.get(template)
     assert all(not st.parents for st in tmpl.step_templates), "bulk_tasks writes no step edges"
     now = datetime.now(UTC)

@@ -1,12 +1,13 @@
-"""Fixtures of the browser tests: the real app served by uvicorn, an in-process worker, and Chromium.
+"""Fixtures of the browser tests: the real app served by uvicorn, an in-process worker, and
+Chromium.
 
 Chromium is Debian's package (`apt-get install chromium`, which `.ci/run` does when it is missing),
 driven by Playwright for Python through `executable_path`: no browser is ever downloaded. Without it
 every browser test fails at once with one clear line saying how to fix it, rather than hanging.
 
-Every test gets a fresh browser context (1366x768) whose console errors, uncaught page errors, failed
-requests and HTTP error answers are collected; the test fails at teardown if there was any it did not
-declare (`watch.allow(422)` for a form that is expected to be refused).
+Every test gets a fresh browser context (1366x768) whose console errors, uncaught page errors,
+failed requests and HTTP error answers are collected; the test fails at teardown if there was any it
+did not declare (`watch.allow(422)` for a form that is expected to be refused).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
         Page,
         Request,
         Response,
+        ViewportSize,
         WebError,
     )
 
@@ -50,7 +52,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-VIEWPORT = {"width": 1366, "height": 768}
+VIEWPORT: ViewportSize = {"width": 1366, "height": 768}
 #: Playwright's waits (clicks, expect) give up after this many ms: a broken page fails fast.
 TIMEOUT_MS = 10_000
 
@@ -104,12 +106,11 @@ PING = {
 ORDER_STEPS = ("validate", "charge", "reserve", "ship")
 
 
-def sqlite_only(test: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a test on SQLite alone: for pages whose behaviour does not depend on the store."""
-    return pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)(test)
+#: Run a test on SQLite alone: for pages whose behaviour does not depend on the store.
+sqlite_only = pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 
 
-# -- the browser --------------------------------------------------------------------------------------
+# -- the browser -----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -144,7 +145,8 @@ def browser() -> Iterator[Browser]:
 
 @dataclass
 class Watch:
-    """What went wrong in a browser context: console errors, page errors, failed requests, HTTP errors."""
+    """What went wrong in a browser context: console errors, page errors, failed requests, HTTP
+    errors."""
 
     problems: list[str] = field(default_factory=list)
     allowed: set[int] = field(default_factory=set)
@@ -152,7 +154,8 @@ class Watch:
     seen_allowed: list[tuple[int, str]] = field(default_factory=list)
 
     def allow(self, *statuses: int) -> None:
-        """Declare HTTP error answers this test expects (a refused form's 422, a forbidden action's 403)."""
+        """Declare HTTP error answers this test expects (a refused form's 422, a forbidden action's
+        403)."""
         self.allowed.update(statuses)
 
     def attach(self, context: BrowserContext) -> None:
@@ -177,9 +180,9 @@ class Watch:
 
     def _request_failed(self, request: Request) -> None:
         failure = request.failure or "?"
-        # Leaving a page aborts whatever it was still loading (its event stream, a fetch, the favicon): not
-        # a failure in itself. An asset refused for its type or status is caught as a console error or an
-        # HTTP error answer above.
+        # Leaving a page aborts whatever it was still loading (its event stream, a fetch, the
+        # favicon): not a failure in itself. An asset refused for its type or status is caught as a
+        # console error or an HTTP error answer above.
         if "ERR_ABORTED" in failure:
             return
         self.problems.append(f"request failed: {request.method} {request.url} ({failure})")
@@ -226,7 +229,7 @@ def page(browser_context: BrowserContext) -> Page:
     return browser_context.new_page()
 
 
-# -- the engine, the server and a worker ---------------------------------------------------------------
+# -- the engine, the server and a worker -----------------------------------------------------------
 
 
 @pytest.fixture
@@ -246,7 +249,8 @@ def engine(make_tasker: Callable[..., Tasker], web_templates: Path) -> Tasker:
 
 
 class InProcessWorker:
-    """A long-running worker on its own thread and event loop, as `tasker serve --workers 1` runs one."""
+    """A long-running worker on its own thread and event loop, as `tasker serve --workers 1` runs
+    one."""
 
     def __init__(self, engine: Tasker, concurrency: int = 4):
         self.engine = engine
@@ -272,7 +276,8 @@ class InProcessWorker:
 
 @dataclass
 class Dashboard:
-    """The app served on a loopback port, with its engine; `api` is an HTTP client on the same server."""
+    """The app served on a loopback port, with its engine; `api` is an HTTP client on the same
+    server."""
 
     url: str
     engine: Tasker
@@ -286,7 +291,8 @@ class Dashboard:
 
 @pytest.fixture
 def serve(engine: Tasker) -> Iterator[Callable[..., Dashboard]]:
-    """`serve(settings=None, worker=False)`: serve the real app over `engine`, optionally with a worker."""
+    """`serve(settings=None, worker=False)`: serve the real app over `engine`, optionally with a
+    worker."""
     with contextlib.ExitStack() as stack:
 
         def start(settings: Settings | None = None, *, worker: bool = False) -> Dashboard:

@@ -1,4 +1,5 @@
-"""Step handlers of the browser tests: the task context decides how long a step takes and whether it fails."""
+"""Step handlers of the browser tests: the task context decides how long a step takes and whether it
+fails."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from tasker import PermanentError, RetryableError, StepContext, StepHandler
 
 
 class Step(StepHandler):
-    """Waits while the file `context.hold` exists (at most 30 s), sleeps `context.sleep` seconds, then
-    succeeds with its name.
+    """Waits while the file `context.hold` exists (at most 30 s), sleeps `context.sleep` seconds,
+    then succeeds with its name.
 
-    Fails permanently when `context.fail` names the step, and, when `context.fail_flag` names a file, only
-    while that file exists: deleting it "fixes the bug", so a retry from the page then succeeds. Fails
-    with a retryable error (the dependent system's fault, which counts towards its circuit) when
-    `context.transient` names the step, while the file `context.transient_flag` exists.
+    Fails permanently when `context.fail` names the step, and, when `context.fail_flag` names a
+    file, only while that file exists: deleting it "fixes the bug", so a retry from the page then
+    succeeds. Fails with a retryable error (the dependent system's fault, which counts towards its
+    circuit) when `context.transient` names the step, while the file `context.transient_flag`
+    exists.
     """
 
     def process(self, ctx: StepContext) -> dict[str, Any]:

@@ -92,17 +92,20 @@ def dag_states(page: Page) -> dict[str, str]:
 
 
 def csrf_token(page: Page) -> str:
-    """The page's CSRF token, read from a form that carries one (the logout form does, when signed in)."""
+    """The page's CSRF token, read from a form that carries one (the logout form does, when signed
+    in)."""
     token = page.locator("input[name=csrf_token]").first.get_attribute("value")
     assert token, "no csrf_token field on the page"
     return token
 
 
 def post_from_page(page: Page, path: str, fields: dict[str, str]) -> int:
-    """POST a urlencoded form from inside the page (its cookies, its origin); returns the HTTP status."""
+    """POST a urlencoded form from inside the page (its cookies, its origin); returns the HTTP
+    status."""
     status: int = page.evaluate(
         """async ([path, fields]) => {
-            const r = await fetch(path, {method: 'POST', body: new URLSearchParams(fields), redirect: 'manual'});
+            const r = await fetch(
+                path, {method: 'POST', body: new URLSearchParams(fields), redirect: 'manual'});
             return r.type === 'opaqueredirect' ? 303 : r.status;
         }""",
         [path, fields],

@@ -1,6 +1,6 @@
-"""The dashboard with the API's auth on: no session leads to the sign-in page; a read-only key sees no
-action and a forged action answers 403; an action without (or with a wrong) CSRF token is refused;
-logout ends the session; the session cookie never authorises an API write."""
+"""The dashboard with the API's auth on: no session leads to the sign-in page; a read-only key sees
+no action and a forged action answers 403; an action without (or with a wrong) CSRF token is
+refused; logout ends the session; the session cookie never authorises an API write."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def secured(serve: Callable[..., Dashboard]) -> tuple[Dashboard, dict[str, str],
     dashboard = serve(Settings(auth_enabled=True))
     engine = dashboard.engine
     keys = {
-        name: engine.create_api_key(name, grants)[1]
+        name: engine.keys.create(name, grants)[1]
         for name, grants in (("admin", ["*"]), ("viewer", READ_ONLY))
     }
     failed = engine.create_task("webtest/order", {"email": "bob@example.com", "fail": "charge"}).id
@@ -149,7 +149,7 @@ def test_read_only_key_sees_no_action_and_forged_action_is_403(
     task = dashboard.engine.get_task(failed)
     assert task.status == "error"
     assert next(s for s in task.steps if s.name == "charge").status == "error"
-    assert dashboard.engine.page_tasks(limit=10).tasks[0].id == failed, "a task was created"
+    assert dashboard.engine.listing.page(limit=10).tasks[0].id == failed, "a task was created"
 
 
 @sqlite_only

@@ -1,5 +1,6 @@
-"""Every page of the dashboard loads in Chromium with no console error, no failed request and no request
-leaving the machine; the navigation works from the keyboard; the events page streams live."""
+"""Every page of the dashboard loads in Chromium with no console error, no failed request and no
+request leaving the machine; the navigation works from the keyboard; the events page streams
+live."""
 
 from __future__ import annotations
 
@@ -170,7 +171,7 @@ def test_create_task_form_shows_schema_violations_then_creates(
     field.fill("{not json")
     submit(form)
     expect(page.locator("form#create-task .field-error")).to_be_visible()
-    assert dashboard.engine.page_tasks().tasks == [], "a refused form created a task"
+    assert dashboard.engine.listing.page().tasks == [], "a refused form created a task"
     assert any(status == 422 for status, _ in watch.seen_allowed), (
         "the refused form did not answer 422"
     )
@@ -179,7 +180,7 @@ def test_create_task_form_shows_schema_violations_then_creates(
         '{"email": "new@example.com", "amount": 7}'
     )
     submit(page.locator("form#create-task"))
-    created = dashboard.engine.page_tasks().tasks
+    created = dashboard.engine.listing.page().tasks
     assert len(created) == 1 and created[0].context["email"] == "new@example.com", created
     assert created[0].context["currency"] == "EUR", "the schema's default was not applied"
     expect(page.locator("#flash")).to_be_visible()

@@ -1,9 +1,10 @@
 """Screenshots of every page at 1366x768 over a realistic store: the checkout example's orders, most
-complete, some declined (in error), some retried after transient faults, a few waiting, a worker alive.
+complete, some declined (in error), some retried after transient faults, a few waiting, a worker
+alive.
 
 The test always renders and checks every page; it writes `docs/dashboard/<page>.png` only when
-`TASKER_UPDATE_SCREENSHOTS=1` (otherwise into its temporary directory), so that running the suite does
-not rewrite the committed images:
+`TASKER_UPDATE_SCREENSHOTS=1` (otherwise into its temporary directory), so that running the suite
+does not rewrite the committed images:
 
     TASKER_UPDATE_SCREENSHOTS=1 .venv/bin/python -m pytest -q tests/web/test_screenshots.py
 """
@@ -36,7 +37,8 @@ DECLINED = (3, 11, 26)
 
 @pytest.fixture
 def shop(make_tasker: Callable[..., Tasker]) -> Iterator[tuple[Tasker, dict[str, int]]]:
-    """An engine with the checkout template and ORDERS orders worked until idle, plus 4 waiting ones."""
+    """An engine with the checkout template and ORDERS orders worked until idle, plus 4 waiting
+    ones."""
     engine = make_tasker(backoff_scale=0.01, concurrency=8)
     engine.load_templates(TEMPLATES)
     faults = FaultSettings(
@@ -44,7 +46,7 @@ def shop(make_tasker: Callable[..., Tasker]) -> Iterator[tuple[Tasker, dict[str,
     )
     services.configure(engine.db.writer, faults, reader=engine.db.reader, reset=True)
     for system in SYSTEMS:
-        engine.configure_system(
+        engine.systems.configure(
             system,
             cooldown_seconds=COOLDOWN_SECONDS * 0.01,
             max_cooldown_seconds=COOLDOWN_SECONDS * 0.05,

@@ -1,7 +1,7 @@
 """The task pages against a running worker, on SQLite and PostgreSQL: a task created through the API
 shows up and its DAG turns complete step by step without a reload; a failed task shows its error and
-"retry" makes it complete; the resolve form refuses bad JSON inline and, with good JSON, resolves the step
-so that the task runs to its end."""
+"retry" makes it complete; the resolve form refuses bad JSON inline and, with good JSON, resolves
+the step so that the task runs to its end."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from playwright.sync_api import Page, expect
 from tests.web.conftest import ORDER_STEPS, Dashboard, Watch, sqlite_only
 from tests.web.helpers import Confirmations, create_via_api, dag_states, submit, wait_for_status
 
-#: Records every distinct set of DAG states the page shows, whether the nodes are redrawn or updated.
+#: Records every distinct set of DAG states the page shows, whether the nodes are redrawn or
+#: updated.
 RECORD_DAG = """() => {
     window.__sameDocument = true;
     window.__dagSeen = [];
@@ -199,7 +200,7 @@ def test_cancel_from_the_page(serve: Callable[..., Dashboard], page: Page) -> No
 def test_reset_an_open_circuit(serve: Callable[..., Dashboard], page: Page, tmp_path: Path) -> None:
     dashboard = serve(worker=True)
     engine = dashboard.engine
-    engine.configure_system("payments", failure_threshold=1, cooldown_seconds=3600)
+    engine.systems.configure("payments", failure_threshold=1, cooldown_seconds=3600)
     down = tmp_path / "payments-is-down"
     down.touch()
     task_id = create_via_api(
@@ -207,10 +208,10 @@ def test_reset_an_open_circuit(serve: Callable[..., Dashboard], page: Page, tmp_
     )
     deadline = time.monotonic() + 20
     while not any(
-        s["name"] == "payments" and s["circuit_state"] == "open" for s in engine.systems()
+        s["name"] == "payments" and s["circuit_state"] == "open" for s in engine.systems.report()
     ):
         assert time.monotonic() < deadline, (
-            f"the circuit of payments never opened: {engine.systems()}"
+            f"the circuit of payments never opened: {engine.systems.report()}"
         )
         time.sleep(0.05)
     down.unlink()  # the system is back; its circuit stays open for an hour unless reset

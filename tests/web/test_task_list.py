@@ -1,5 +1,5 @@
-"""The tasks page over 100,000 tasks (inserted in bulk, see bulk.py), on SQLite and PostgreSQL: it pages
-forward and back by keyset, filters by template, status and key (every filter in the URL), and
+"""The tasks page over 100,000 tasks (inserted in bulk, see bulk.py), on SQLite and PostgreSQL: it
+pages forward and back by keyset, filters by template, status and key (every filter in the URL), and
 bulk-cancels selected rows."""
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ from tests.web.helpers import Confirmations, row_ids, set_field, submit, wait_fo
 MANY = 100_000
 ORDERS = 60
 PAGE = 50
-#: Seconds a page of the list may take to load, with the whole browser round trip: generous, since the
-#: benchmark measures the real figures, but an OFFSET walk or a COUNT(*) per page at this size shows.
+#: Seconds a page of the list may take to load, with the whole browser round trip: generous, since
+#: the benchmark measures the real figures, but an OFFSET walk or a COUNT(*) per page at this size
+#: shows.
 SLOW = 5.0
 
 
 def _fill(dashboard: Dashboard) -> dict[str, list[int]]:
-    """60 orders made by the engine (the oldest; 2 run to complete), then 100,000 pings inserted in bulk."""
+    """60 orders made by the engine (the oldest; 2 run to complete), then 100,000 pings inserted in
+    bulk."""
     engine = dashboard.engine
     orders = engine.create_tasks(
         "webtest/order", [{"email": f"o{i}@example.com", "amount": i} for i in range(ORDERS)]
@@ -53,7 +55,8 @@ def test_tasks_page_with_100k_tasks(dashboard: Dashboard, page: Page) -> None:
     assert pages[0] == newest[:PAGE], "the first page is not the newest tasks, newest first"
     expect(page.locator("a#prev-page")).to_have_count(0)
 
-    # Forward three pages, then back two: each page is the next slice of ids, with no gap or overlap.
+    # Forward three pages, then back two: each page is the next slice of ids, with no gap or
+    # overlap.
     for n in range(1, 4):
         took = _load(page, page.locator("a#next-page").click)
         assert took < SLOW, f"page {n + 1} took {took:.1f} s"

@@ -1,9 +1,10 @@
-"""The ranges every number a user configures must fall in: settings, templates, `tasker systems set`.
+"""The ranges every number a user configures must fall in: settings, templates,
+`tasker systems set`.
 
-One place, so a cool-down the CLI refuses is refused by a template and by `Tasker.configure_system` too.
-A number outside its range is refused at load with one line instead of crashing a worker later: a NaN
-cool-down made every worker fail when its circuit opened, an infinite timeout meant no timeout at all,
-and `true` slipped through where a count belongs because `bool` is an `int` in Python.
+One place, so a cool-down the CLI refuses is refused by a template and by `engine.systems.configure`
+too. A number outside its range is refused at load with one line instead of crashing a worker later:
+a NaN cool-down made every worker fail when its circuit opened, an infinite timeout meant no timeout
+at all, and `true` slipped through where a count belongs because `bool` is an `int` in Python.
 
 Pure functions and constants only; the callers turn the `ValueError` into their own one-line error.
 """
@@ -40,8 +41,9 @@ class Range:
     def check(self, value: Any) -> int | float:
         """`value` as a number in range, or `ValueError` saying what is wrong and what is expected.
 
-        Booleans are refused although Python counts them as integers, and so are NaN and the infinities
-        (they compare false with every bound, so a plain `low <= x <= high` test lets NaN through).
+        Booleans are refused although Python counts them as integers, and so are NaN and the
+        infinities (they compare false with every bound, so a plain `low <= x <= high` test lets NaN
+        through).
         """
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{_show(value)} is not a number; use {self.describe()}")
@@ -79,17 +81,18 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-# -- templates ------------------------------------------------------------------------------------------
+# -- templates -------------------------------------------------------------------------------------
 RETRY_LIMIT = Range(1, 1000, integer=True, unit="attempts")
 TIMEOUT_SECONDS = Range(0, WEEK_SECONDS, low_open=True, unit="seconds")
 BACKOFF_SECONDS = Range(0, WEEK_SECONDS, unit="seconds")
 JITTER = Range(0, 1)
 SERVER_DELAY_SECONDS = Range(0, WEEK_SECONDS, unit="seconds")
 NAMESPACE_MAX_IN_FLIGHT = Range(1, 1_000_000, integer=True, unit="steps")
-#: `identity.window_seconds`: how long requests with the same identity are one task (a year at most).
+#: `identity.window_seconds`: how long requests with the same identity are one task (a year at
+#: most).
 IDENTITY_WINDOW_SECONDS = Range(0, 366 * DAY_SECONDS, low_open=True, unit="seconds")
 
-# -- dependent systems (templates, `tasker systems set`, `Tasker.configure_system`) ------------------
+# -- dependent systems (templates, `tasker systems set`, `engine.systems.configure`) ---------------
 MAX_IN_FLIGHT = Range(1, 100_000, integer=True, unit="steps")
 FAILURE_THRESHOLD = Range(1, 10_000, integer=True, unit="failures")
 COOLDOWN_SECONDS = Range(0, DAY_SECONDS, low_open=True, unit="seconds")
@@ -127,7 +130,7 @@ def check_system_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-# -- settings (environment and tasker.toml) ------------------------------------------------------------
+# -- settings (environment and tasker.toml) --------------------------------------------------------
 CONCURRENCY = Range(1, 1024, integer=True, unit="steps")
 LEASE_SECONDS = Range(0, DAY_SECONDS, low_open=True, unit="seconds")
 POLL_INTERVAL = Range(0, 3600, low_open=True, unit="seconds")

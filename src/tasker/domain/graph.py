@@ -80,7 +80,8 @@ def find_cycle(parents: Mapping[str, Sequence[str]]) -> list[str] | None:
 
 
 def execution_levels(steps: Sequence[tuple[str, Sequence[str]]]) -> list[list[str]]:
-    """Steps grouped by depth: every step of a level can run in parallel once the levels before are done."""
+    """Steps grouped by depth: every step of a level can run in parallel once the levels before are
+    done."""
     order = {name: i for i, (name, _) in enumerate(steps)}
     parents = {name: list(ps) for name, ps in steps}
     level: dict[str, int] = {}
@@ -95,8 +96,8 @@ def execution_levels(steps: Sequence[tuple[str, Sequence[str]]]) -> list[list[st
 def execution_order(steps: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
     """A topological order that keeps declaration order among steps that are free at the same time.
 
-    Kahn's algorithm with a heap of declaration positions: at each point the earliest-declared step whose
-    parents are all placed comes next, in O(n log n + edges) rather than a rescan per step.
+    Kahn's algorithm with a heap of declaration positions: at each point the earliest-declared step
+    whose parents are all placed comes next, in O(n log n + edges) rather than a rescan per step.
     """
     position = {name: i for i, (name, _) in enumerate(steps)}
     waiting = {name: len(set(ps)) for name, ps in steps}
@@ -138,7 +139,8 @@ STATE_STYLES = {
 def mermaid(
     steps: Sequence[tuple[str, Sequence[str]]], states: Mapping[str, str] | None = None
 ) -> str:
-    """A Mermaid flowchart of the DAG; with `states`, each step is labelled and coloured by its state."""
+    """A Mermaid flowchart of the DAG; with `states`, each step is labelled and coloured by its
+    state."""
     ids = {name: f"s{i}" for i, (name, _) in enumerate(steps)}
     lines = ["graph TD"]
     for name, _ in steps:

@@ -1,4 +1,5 @@
-"""Read models handed to users (`Task`, `Step`) and the records a worker passes around while it runs steps."""
+"""Read models handed to users (`Task`, `Step`) and the records a worker passes around while it runs
+steps."""
 
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ FailureRecord = TypedDict(
         "handler": NotRequired[str],
         # The step waits for this dependent system to answer again; no attempt is spent meanwhile.
         "waiting_for_system": NotRequired[str],
+        # The failure says nothing about the dependent system, not even that it answered (the
+        # handler could not be loaded, or broke the template's contract): the circuit ignores it.
+        "no_system_evidence": NotRequired[bool],
     },
 )
 
@@ -144,16 +148,17 @@ class Outcome:
     probe: bool = False
     #: A failed circuit probe: the attempt is given back, the step waits for the circuit instead.
     refund_attempt: bool = False
-    #: The attempt failed and the step's retry limit allows no other (the outage hold may still wait).
+    #: The attempt failed and the step's retry limit allows no other (the outage hold may still
+    #: wait).
     exhausted: bool = False
 
     @property
     def transient_failure(self) -> bool:
         """A failure that says the dependent system is unwell, as opposed to an answer or a bug.
 
-        `tasker.domain.failures.is_system_fault` decides, when the attempt's error is described: connection
-        errors, timeouts and `RetryableError`s (unless `system_fault=False`) count; a `KeyError` in a
-        handler, or a "not done yet", is retried but is no such sign.
+        `tasker.domain.failures.is_system_fault` decides, when the attempt's error is described:
+        connection errors, timeouts and `RetryableError`s (unless `system_fault=False`) count; a
+        `KeyError` in a handler, or a "not done yet", is retried but is no such sign.
         """
         error = self.error
         if error is None or self.state == StepState.COMPLETE or not error.get("retryable"):

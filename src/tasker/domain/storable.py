@@ -1,9 +1,10 @@
 """What a handler hands back, made storable before it reaches the database.
 
-`json.dumps` accepts things no store keeps: a NUL character (PostgreSQL's jsonb refuses `\\u0000`), a
-lone surrogate (not Unicode; jsonb refuses it and SQLite stores text no response can encode), NaN and
-Infinity (not JSON), a dict nested in itself. Met inside the completion transaction, any of them used to
-roll back every outcome of the cycle and kill the worker. They are met here instead, in pure code:
+`json.dumps` accepts things no store keeps: a NUL character (PostgreSQL's jsonb refuses `\\u0000`),
+a lone surrogate (not Unicode; jsonb refuses it and SQLite stores text no response can encode), NaN
+and Infinity (not JSON), a dict nested in itself. Met inside the completion transaction, any of them
+used to roll back every outcome of the cycle and kill the worker. They are met here instead, in pure
+code:
 
 - results are a step's promise to its children, so a result that cannot be stored as it is fails the
   step with an `InvalidResultError` naming the path (`results.items[3].price: is nan ...`);
@@ -93,11 +94,12 @@ def _child(path: str, key: object) -> str:
 
 
 def find_unstorable(value: object, root: str = "results") -> Unstorable | None:
-    """The first place in `value` that no store can keep as JSON, or None when all of it can be kept.
+    """The first place in `value` that no store can keep as JSON, or None when all of it can be
+    kept.
 
-    Storable means: `json.dumps` encodes it (no NaN, no foreign objects, no cycles), the text is valid
-    UTF-8 (no lone surrogates) and holds no NUL. That check runs at C speed on every step's results;
-    only when it fails is the value walked to name the place.
+    Storable means: `json.dumps` encodes it (no NaN, no foreign objects, no cycles), the text is
+    valid UTF-8 (no lone surrogates) and holds no NUL. That check runs at C speed on every step's
+    results; only when it fails is the value walked to name the place.
     """
     try:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False)
@@ -141,7 +143,8 @@ def _locate(value: object, root: str) -> Unstorable | None:
 
 
 def storable_text(text: object, limit: int | None = None) -> str:
-    """`text` as a string any store keeps and any client can decode; cut to `limit` characters if given.
+    """`text` as a string any store keeps and any client can decode; cut to `limit` characters if
+    given.
 
     Never raises: an object whose `__str__` fails is described by its type instead.
     """
@@ -196,8 +199,9 @@ def json_key(key: bool | float | None) -> str:
 
 
 def storable(value: object, depth: int = 0) -> Any:
-    """A copy of `value` that every store keeps: text escaped, non-finite numbers and foreign objects
-    turned into strings, keys made strings, nesting past `MAX_DEPTH` cut. For diagnostics only.
+    """A copy of `value` that every store keeps: text escaped, non-finite numbers and foreign
+    objects turned into strings, keys made strings, nesting past `MAX_DEPTH` cut. For diagnostics
+    only.
     """
     if value is None or isinstance(value, bool):
         return value

@@ -1,7 +1,8 @@
 """Task and step templates: the parsed, validated form of a YAML workflow definition.
 
-The models accept the Tasker YAML keys unchanged (DESIGN section 2) plus the additive `retry:` block. They
-are frozen: once loaded, a template is a value, and its JSON form is the snapshot pinned to every task.
+The models accept the YAML keys of the Ruby Tasker unchanged (docs/templates.md) plus the
+additive `retry:` block. They are frozen: once loaded, a template is a value, and its JSON form is
+the snapshot pinned to every task.
 """
 
 from __future__ import annotations
@@ -41,10 +42,12 @@ def semver_key(version: str) -> tuple[int, int, int, int, str]:
 
 
 def _prerelease_key(pre: str) -> str:
-    """Pre-release identifiers encoded so that string order is semver precedence (rc.2 < rc.10 < rc.x).
+    """Pre-release identifiers encoded so that string order is semver precedence (rc.2 < rc.10 <
+    rc.x).
 
-    A numeric identifier becomes '0' + its length + its digits (numbers compare by value, below any word);
-    a word becomes '1' + itself; identifiers are joined by NUL, which sorts below every allowed character.
+    A numeric identifier becomes '0' + its length + its digits (numbers compare by value, below any
+    word); a word becomes '1' + itself; identifiers are joined by NUL, which sorts below every
+    allowed character.
     """
     parts = []
     for ident in pre.split(".") if pre else []:
@@ -59,8 +62,9 @@ def _prerelease_key(pre: str) -> str:
 def _within(limits: Range) -> BeforeValidator:
     """Check a number against its range in `tasker.domain.bounds` before pydantic coerces it.
 
-    Pydantic's lax mode would take `true` as 1 and `.nan`/`.inf` as floats that pass every `ge`/`le`;
-    the shared range refuses them, so a template, the CLI and the engine agree on what is valid.
+    Pydantic's lax mode would take `true` as 1 and `.nan`/`.inf` as floats that pass every
+    `ge`/`le`; the shared range refuses them, so a template, the CLI and the engine agree on what is
+    valid.
     """
     return BeforeValidator(lambda v: v if v is None else limits.check(v))
 
@@ -109,12 +113,13 @@ class DependentSystemSettings(_Strict):
 
 
 class TaskIdentity(_Strict):
-    """`identity:` opts a template in to keys derived from the context: requests whose values at these
-    paths are equal are one task (within `window_seconds` of the first, or for as long as it is kept).
+    """`identity:` opts a template in to keys derived from the context: requests whose values at
+    these paths are equal are one task (within `window_seconds` of the first, or for as long as it
+    is kept).
 
     `from: [customer_id, cart_items]` with `window_seconds: 60` makes "the same cart from the same
-    customer within a minute" one order. Without `identity:` (and without an explicit idempotency key)
-    every create makes a new task.
+    customer within a minute" one order. Without `identity:` (and without an explicit idempotency
+    key) every create makes a new task.
     """
 
     from_: list[str] = Field(alias="from", min_length=1, max_length=32)
@@ -278,8 +283,8 @@ class TaskTemplate(_Strict):
     def __eq__(self, other: object) -> bool:
         """Templates are values: equal definitions are equal wherever they were loaded from.
 
-        Pydantic's own equality also compares the private `_source` and `_warnings`, so a template restored
-        from its snapshot never equalled the one it was taken from.
+        Pydantic's own equality also compares the private `_source` and `_warnings`, so a template
+        restored from its snapshot never equalled the one it was taken from.
         """
         if not isinstance(other, TaskTemplate):
             return NotImplemented
@@ -328,7 +333,8 @@ class TaskTemplate(_Strict):
         return names
 
     def content_hash(self) -> str:
-        """SHA-256 of the snapshot, computed once: identical definitions share one stored snapshot."""
+        """SHA-256 of the snapshot, computed once: identical definitions share one stored
+        snapshot."""
         if self._digest is None:
             self._digest = hashlib.sha256(canonical_json(self.snapshot()).encode()).hexdigest()
         return self._digest

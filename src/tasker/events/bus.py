@@ -1,4 +1,5 @@
-"""In-process publish/subscribe. A failing subscriber is logged and isolated: it never fails a step."""
+"""In-process publish/subscribe. A failing subscriber is logged and isolated: it never fails a
+step."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ class EventBus:
         self._lock = threading.Lock()
 
     def subscribe(self, listener: Listener, *patterns: str) -> Callable[[], None]:
-        """Call `listener` for events matching any glob pattern (all events when none); returns unsubscribe."""
+        """Call `listener` for events matching any glob pattern (all events when none); returns
+        unsubscribe."""
         entry = (patterns or ("*",), listener)
         with self._lock:
             self._listeners.append(entry)

@@ -1,9 +1,10 @@
 """Subscribers named in configuration or advertised by installed packages, attached without code.
 
-Settings list import paths (`subscribers = ["pkg.module:Class"]` in tasker.toml, or TASKER_SUBSCRIBERS);
-packages advertise classes under the `tasker.subscribers` entry point group. Each class is instantiated
-with no arguments. A path that does not import, or names something other than a `Subscriber`, is a
-configuration mistake reported at start-up rather than an event silently never handled.
+Settings list import paths (`subscribers = ["pkg.module:Class"]` in tasker.toml, or
+TASKER_SUBSCRIBERS); packages advertise classes under the `tasker.subscribers` entry point group.
+Each class is instantiated with no arguments. A path that does not import, or names something other
+than a `Subscriber`, is a configuration mistake reported at start-up rather than an event silently
+never handled.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ ENTRY_POINT_GROUP = "tasker.subscribers"
 def configured_subscribers(
     paths: Iterable[str], *, include_entry_points: bool = True
 ) -> list[Subscriber]:
-    """Instances of the subscriber classes named by `paths` and, optionally, by installed entry points."""
+    """Instances of the subscriber classes named by `paths` and, optionally, by installed entry
+    points."""
     found: list[tuple[str, object]] = []
     for path in paths:
         try:

@@ -1,9 +1,9 @@
 """`Subscriber`: react to engine events by name, in the style of Tasker's subscribers.
 
-List the events with `subscribe_to(...)` (or a `subscribed_events` class attribute) and implement one
-`handle_<event>` method per event, dots turned to underscores: `task.completed` -> `handle_task_completed`.
-Events without a method of their own go to `handle_event`. A subscriber that raises is logged and
-isolated by the bus: it never fails a step.
+List the events with `subscribe_to(...)` (or a `subscribed_events` class attribute) and implement
+one `handle_<event>` method per event, dots turned to underscores: `task.completed` ->
+`handle_task_completed`. Events without a method of their own go to `handle_event`. A subscriber
+that raises is logged and isolated by the bus: it never fails a step.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ class Subscriber:
         return "handle_" + event.replace(".", "_").replace("-", "_")
 
     def bind(self, engine: Any) -> None:
-        """Called with the engine when the subscriber is added to one (`Tasker.add_subscriber`, or from
-        configuration): override to keep it, e.g. to read the task an event names. The default ignores it.
+        """Called with the engine when the subscriber is added to one (`Tasker.add_subscriber`, or
+        from configuration): override to keep it, e.g. to read the task an event names. The default
+        ignores it.
         """
 
     def attach(self, bus: EventBus) -> Callable[[], None]:
@@ -48,4 +49,5 @@ class Subscriber:
             handler(event)
 
     def handle_event(self, event: Event) -> None:
-        """Events without a `handle_<event>` method of their own arrive here; the default ignores them."""
+        """Events without a `handle_<event>` method of their own arrive here; the default ignores
+        them."""

@@ -1,7 +1,7 @@
 """Task templates: YAML workflow definitions, their validation and their step graph."""
 
+from tasker.domain.templates import CustomEvent, RetrySettings, StepTemplate, TaskTemplate
 from tasker.templates.loader import load_file, load_path, parse_template
-from tasker.templates.model import CustomEvent, RetrySettings, StepTemplate, TaskTemplate
 
 __all__ = [
     "CustomEvent",

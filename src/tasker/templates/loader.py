@@ -1,8 +1,9 @@
-"""Load task templates from YAML files and refuse bad ones with one line that says where and how to fix.
+"""Load task templates from YAML files and refuse bad ones with one line that says where and how to
+fix.
 
-Loading is where trust is decided: `handler_class` import paths are resolved here, from files the operator
-put on disk, never from API input. Environment blocks are merged and `${VAR}` references are expanded
-before validation, so what is validated is what runs.
+Loading is where trust is decided: `handler_class` import paths are resolved here, from files the
+operator put on disk, never from API input. Environment blocks are merged and `${VAR}` references
+are expanded before validation, so what is validated is what runs.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from jsonschema.exceptions import SchemaError
 from pydantic import ValidationError
 
 from tasker.domain.errors import TemplateError
+from tasker.domain.graph import GraphError, check_graph
+from tasker.domain.templates import StepTemplate, TaskTemplate
 from tasker.templates import regex_safety, safe_yaml
-from tasker.templates.graph import GraphError, check_graph
-from tasker.templates.model import StepTemplate, TaskTemplate
 
 TOP_LEVEL_KEYS = {
     "name",
@@ -87,7 +88,8 @@ def template_files(path: str | Path) -> list[Path]:
 def load_path(
     path: str | Path, *, environment: str | None = None, resolve_handlers: bool = True
 ) -> list[TaskTemplate]:
-    """Every template in a file or directory; the first bad file stops loading with its one-line reason."""
+    """Every template in a file or directory; the first bad file stops loading with its one-line
+    reason."""
     return [
         load_file(f, environment=environment, resolve_handlers=resolve_handlers)
         for f in template_files(path)
@@ -225,7 +227,8 @@ def _resolve(path: str, where: str) -> Any:
 
 
 def _search_path(shown: int = 3) -> str:
-    """Where Python looks first, as the user can act on it: the current directory is only one entry."""
+    """Where Python looks first, as the user can act on it: the current directory is only one
+    entry."""
     entries = [repr(entry or os.getcwd()) for entry in sys.path[:shown]]
     more = len(sys.path) - shown
     return (
@@ -343,10 +346,11 @@ def _expand_vars(data: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def _scalar(text: str) -> Any:
-    """A whole-value `${VAR}` keeps a number's or boolean's type, so `timeout_seconds: ${T}` stays a number.
+    """A whole-value `${VAR}` keeps a number's or boolean's type, so `timeout_seconds: ${T}` stays a
+    number.
 
-    Only plain decimal numbers and true/false convert: YAML's own typing would turn an account number
-    '0123' into 83, 'on' into True, '#secret' into None and '2024-01-01' into a date.
+    Only plain decimal numbers and true/false convert: YAML's own typing would turn an account
+    number '0123' into 83, 'on' into True, '#secret' into None and '2024-01-01' into a date.
     """
     t = text.strip()
     if NUMBER.fullmatch(t):
@@ -385,11 +389,13 @@ MAX_DEPTH = safe_yaml.MAX_DEPTH
 
 
 def _check_values(data: Any, source: str) -> None:
-    """Refuse what no later step could store or walk: deep nesting, NaN/Infinity, NUL and lone surrogates.
+    """Refuse what no later step could store or walk: deep nesting, NaN/Infinity, NUL and lone
+    surrogates.
 
-    Runs before anything recursive (environment merging copies the data) and walks with an explicit stack.
-    A template's values end up in its JSON snapshot, which PostgreSQL refuses with NaN, NUL or a lone
-    surrogate inside, so creating a task from such a template would fail on one store only.
+    Runs before anything recursive (environment merging copies the data) and walks with an explicit
+    stack. A template's values end up in its JSON snapshot, which PostgreSQL refuses with NaN, NUL
+    or a lone surrogate inside, so creating a task from such a template would fail on one store
+    only.
     """
     stack: list[tuple[str, Any, int]] = [("", data, 0)]
     while stack:

@@ -1,15 +1,15 @@
 """Refuse JSON Schema regexes that can backtrack for minutes: the `pattern`s of a template's schema.
 
 Python's `re` backtracks, and a pattern such as `(a+)+$`, `(a|a)*` or `(.*a){20}` takes exponential
-time on a short string that almost matches. Task contexts come from API callers, so one such pattern in
-a template lets any caller stall the server. The check is static, at template load, on the parsed
+time on a short string that almost matches. Task contexts come from API callers, so one such pattern
+in a template lets any caller stall the server. The check is static, at template load, on the parsed
 pattern (`re._parser`), and conservative: it refuses
 
-- an unbounded repetition (`*`, `+`, `{n,}`, or more than `LARGE_REPEAT` times) nested inside another
-  repetition (`(a+)+`, `(.*a){20}`), and a repetition of variable length (`a{1,3}`, `a?`) nested
-  inside an unbounded one, unless the outer body is delimited: it holds exactly one such inner
-  repetition, of a single character class, beside a mandatory separator character that this class
-  cannot match (`(-[a-z]+)*`, `([a-z0-9-]+\\.)+`, `(/[^/]+)*` are accepted);
+- an unbounded repetition (`*`, `+`, `{n,}`, or more than `LARGE_REPEAT` times) nested inside
+  another repetition (`(a+)+`, `(.*a){20}`), and a repetition of variable length (`a{1,3}`, `a?`)
+  nested inside an unbounded one, unless the outer body is delimited: it holds exactly one such
+  inner repetition, of a single character class, beside a mandatory separator character that this
+  class cannot match (`(-[a-z]+)*`, `([a-z0-9-]+\\.)+`, `(/[^/]+)*` are accepted);
 - inside an unbounded repetition, an alternation whose branches can begin with the same character or
   match nothing (`(a|a)*`, `(\\w|\\d)+`, `(a|)+`).
 
@@ -81,7 +81,8 @@ def _large(high: int) -> bool:
 
 
 def _walk(items: list[Item]) -> Iterator[Item]:
-    """Every item of a parsed pattern, depth-first, except inside atomic groups and possessive repeats."""
+    """Every item of a parsed pattern, depth-first, except inside atomic groups and possessive
+    repeats."""
     stack = list(reversed(items))
     while stack:
         op, av = stack.pop()
@@ -104,7 +105,8 @@ def _sub_items(op: Any, av: Any) -> list[Item]:
 
 
 def _delimited(body: list[Item], inner: list[Item]) -> bool:
-    """Whether the repeated `body` is one character-class run beside a separator it cannot consume."""
+    """Whether the repeated `body` is one character-class run beside a separator it cannot
+    consume."""
     if len(inner) != 1:
         return False
     run = inner[0][1]  # compared by identity: _walk re-packs the (op, av) tuples
@@ -216,7 +218,8 @@ _CATEGORIES: dict[Any, CharTest] = {
 def schema_patterns(schema: Any) -> Iterator[tuple[str, str]]:
     """(JSON path, pattern) of every `pattern` and `patternProperties` key in a schema, iteratively.
 
-    Values that are data rather than schema (`const`, `enum`, `default`, `examples`) are not searched.
+    Values that are data rather than schema (`const`, `enum`, `default`, `examples`) are not
+    searched.
     """
     stack: list[tuple[str, Any]] = [("", schema)]
     while stack:

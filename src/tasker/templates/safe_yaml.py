@@ -1,11 +1,12 @@
 """YAML parsing for templates that cannot be made to burn minutes, gigabytes or the Python stack.
 
-PyYAML's composer shares one node for every use of an alias, so a "billion laughs" file of a few hundred
-bytes parses quickly, then expands exponentially in everything that copies it (environment merging,
-validation, the snapshot's JSON). Aliases are therefore allowed only while the copies they make stay
-small: the nodes repeated through aliases may total at most `MAX_ALIAS_NODES`. A recursive alias (a node
-that contains itself) has no JSON form and is refused, and nesting is capped at `MAX_DEPTH` levels so
-that the recursive composer (and every later walk) stays far from Python's recursion limit.
+PyYAML's composer shares one node for every use of an alias, so a "billion laughs" file of a few
+hundred bytes parses quickly, then expands exponentially in everything that copies it (environment
+merging, validation, the snapshot's JSON). Aliases are therefore allowed only while the copies they
+make stay small: the nodes repeated through aliases may total at most `MAX_ALIAS_NODES`. A recursive
+alias (a node that contains itself) has no JSON form and is refused, and nesting is capped at
+`MAX_DEPTH` levels so that the recursive composer (and every later walk) stays far from Python's
+recursion limit.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ MAX_DEPTH = 64
 
 
 class TemplateYamlError(yaml.MarkedYAMLError):
-    """A file that is valid YAML but refused as a template; `problem_mark` says where, `note` the fix."""
+    """A file that is valid YAML but refused as a template; `problem_mark` says where, `note` the
+    fix."""
 
 
 class BoundedSafeLoader(yaml.SafeLoader):
@@ -87,9 +89,10 @@ class BoundedSafeLoader(yaml.SafeLoader):
 def expanded_size(node: Node, memo: dict[int, int]) -> int:
     """How many nodes `node` stands for once every alias inside it is copied out.
 
-    Iterative post-order walk with a memo keyed by node identity: an alias is the same node object as
-    its anchor, so shared sub-trees are measured once and the walk stays linear in the written file.
-    Only called on complete nodes (the composer refuses recursive aliases first), so it terminates.
+    Iterative post-order walk with a memo keyed by node identity: an alias is the same node object
+    as its anchor, so shared sub-trees are measured once and the walk stays linear in the written
+    file. Only called on complete nodes (the composer refuses recursive aliases first), so it
+    terminates.
     """
     stack: list[tuple[Node, bool]] = [(node, False)]
     while stack:

@@ -1,7 +1,7 @@
 """The customer analytics pipeline announced by the microservices story, as a runnable example.
 
-Three extractions fan out in parallel, two transforms fan back in on the extractions they need, one step
-derives insights from both, and two deliveries follow:
+Three extractions fan out in parallel, two transforms fan back in on the extractions they need, one
+step derives insights from both, and two deliveries follow:
 
     extract_orders ─┬─> transform_customer_metrics ─┐
     extract_users ──┘                               ├─> generate_insights ─┬─> update_dashboard
@@ -12,5 +12,6 @@ derives insights from both, and two deliveries follow:
 - `warehouse.py`: the synthetic source system, deterministic from a seed and a date range;
 - `metrics.py`: the aggregates and findings, as pure functions over plain records;
 - `handlers.py`: the step handlers (thin: read upstream results, call `metrics`, return a dict);
-- `__main__.py`: `python -m tasker.demos.data_pipeline` runs one pipeline on a temporary SQLite store.
+- `__main__.py`: `python -m tasker.demos.data_pipeline` runs one pipeline on a temporary SQLite
+  store.
 """

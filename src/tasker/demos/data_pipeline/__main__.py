@@ -1,7 +1,8 @@
 """`python -m tasker.demos.data_pipeline`: one customer analytics run on a temporary SQLite store.
 
-Options: `--seed N`, `--fail-first N` (failed first attempts of extract_orders; the template says 2),
-`--output-dir DIR` (kept; by default a temporary directory removed at the end), `--database-url URL`.
+Options: `--seed N`, `--fail-first N` (failed first attempts of extract_orders; the template says
+2), `--output-dir DIR` (kept; by default a temporary directory removed at the end),
+`--database-url URL`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tasker import Tasker, TaskerError
+from tasker import Tasker, TaskerError, TaskState
 from tasker.demos.data_pipeline.demo import describe, run_pipeline
 
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         except TaskerError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    return 0 if task.status == "complete" else 1
+    return 0 if task.status == TaskState.COMPLETE else 1
 
 
 if __name__ == "__main__":

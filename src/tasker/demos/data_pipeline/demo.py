@@ -1,4 +1,5 @@
-"""Run the pipeline once and describe what happened: a timeline of step attempts and the figures computed.
+"""Run the pipeline once and describe what happened: a timeline of step attempts and the figures
+computed.
 
 Used by `python -m tasker.demos.data_pipeline`; the acceptance tests drive the engine directly.
 """
@@ -10,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tasker import Task, Tasker
+from tasker import StepState, Task, Tasker, TaskState
 from tasker.demos.data_pipeline.metrics import dollars
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -26,17 +27,18 @@ def run_pipeline(engine: Tasker, output_dir: Path, **context: Any) -> Task:
 
 
 def attempts(engine: Tasker, task: Task) -> list[dict[str, Any]]:
-    """Every attempt of every step as {step, attempt, started, ended, outcome, error}, in start order.
+    """Every attempt of every step as {step, attempt, started, ended, outcome, error}, in start
+    order.
 
-    Built from the transitions table: an attempt starts with the move to `in_progress` and ends with the
-    next transition of the same step.
+    Built from the transitions table: an attempt starts with the move to `in_progress` and ends with
+    the next transition of the same step.
     """
     names = {s.id: s.name for s in task.steps}
     open_: dict[int, dict[str, Any]] = {}
     out: list[dict[str, Any]] = []
-    for t in engine.step_transitions(task.id):
+    for t in engine.history.step_transitions(task.id):
         sid = t["step_id"]
-        if t["to_state"] == "in_progress":
+        if t["to_state"] == StepState.IN_PROGRESS:
             open_[sid] = {
                 "step": names[sid],
                 "attempt": t["attempt"],
@@ -73,9 +75,9 @@ def describe(engine: Tasker, task: Task, *, output_kept: bool = True) -> Iterato
             f"  {_ms(r['started'], origin)}  {_ms(r['ended'], origin)}  {r['step']:<27}"
             f" {r['attempt']:>7}  {r['outcome']}{note}"
         )
-    if task.status != "complete":
+    if task.status != TaskState.COMPLETE:
         for s in task.steps:
-            if s.status == "error":
+            if s.status == StepState.ERROR:
                 yield f"\n{s.name} failed: {s.last_error['message'] if s.last_error else None}"
         return
     first = [r for r in runs if r["step"] in EXTRACTS and r["attempt"] == 1]

@@ -1,12 +1,12 @@
 """Step handlers of `data_pipeline/customer_analytics`, and its task handler.
 
-The handlers are thin on purpose: an extraction asks the (synthetic) source for its table, a transform
-reads its parents' records with `ctx.result_of` and hands them to `metrics`, a delivery publishes what
-the insights step found. Data flows only through step results, so every intermediate table is stored
-with its step and a retried step reads exactly what its parents produced.
+The handlers are thin on purpose: an extraction asks the (synthetic) source for its table, a
+transform reads its parents' records with `ctx.result_of` and hands them to `metrics`, a delivery
+publishes what the insights step found. Data flows only through step results, so every intermediate
+table is stored with its step and a retried step reads exactly what its parents produced.
 
-A source that drops the connection raises `RetryableError`; a request the source can never answer (an
-end date before the start date) raises `PermanentError` so no attempt is wasted on it.
+A source that drops the connection raises `RetryableError`; a request the source can never answer
+(an end date before the start date) raises `PermanentError` so no attempt is wasted on it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,15 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from tasker import PermanentError, RetryableError, StepContext, StepHandler, Task, TaskHandler
+from tasker import (
+    PermanentError,
+    RetryableError,
+    StepContext,
+    StepHandler,
+    StepState,
+    Task,
+    TaskHandler,
+)
 from tasker.demos.data_pipeline import metrics, warehouse
 
 DASHBOARD_PREFIX = "customer_analytics"
@@ -40,7 +48,8 @@ def period(ctx: StepContext) -> tuple[date, date]:
 
 
 def failures_planned(ctx: StepContext) -> int:
-    """How many first attempts of this step fail: the context's `simulate_failures` wins over handler_config."""
+    """How many first attempts of this step fail: the context's `simulate_failures` wins over
+    handler_config."""
     planned = ctx.context.get("simulate_failures", {}).get(ctx.step_name)
     if planned is None:
         planned = ctx.handler_config.get("fail_first_attempts", 0)
@@ -48,10 +57,11 @@ def failures_planned(ctx: StepContext) -> int:
 
 
 class ExtractHandler(StepHandler):
-    """Fetch one table from its source: wait the source's latency, maybe drop the connection, return records.
+    """Fetch one table from its source: wait the source's latency, maybe drop the connection, return
+    records.
 
-    The failure comes after the latency, as a real dropped connection would, so the failed attempt is
-    visible in the step's transitions with its duration.
+    The failure comes after the latency, as a real dropped connection would, so the failed attempt
+    is visible in the step's transitions with its duration.
     """
 
     table = ""
@@ -138,7 +148,8 @@ class GenerateInsightsHandler(StepHandler):
 
 
 def dashboard(ctx: StepContext) -> dict[str, Any]:
-    """The dashboard document: KPIs, breakdowns and findings, with no clock in it, so a rerun is byte-identical."""
+    """The dashboard document: KPIs, breakdowns and findings, with no clock in it, so a rerun is
+    byte-identical."""
     cust = ctx.result_of("transform_customer_metrics")
     prod = ctx.result_of("transform_product_metrics")
     start, end = period(ctx)
@@ -165,10 +176,11 @@ def dashboard(ctx: StepContext) -> dict[str, Any]:
 
 
 class UpdateDashboardHandler(StepHandler):
-    """Write the dashboard file atomically (temporary file, then rename), so readers never see half of it.
+    """Write the dashboard file atomically (temporary file, then rename), so readers never see half
+    of it.
 
-    A directory that cannot exist (a file in the way, no permission) is the context's fault: permanent.
-    Any other I/O error (a full disk) may pass: retryable.
+    A directory that cannot exist (a file in the way, no permission) is the context's fault:
+    permanent. Any other I/O error (a full disk) may pass: retryable.
     """
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
@@ -205,8 +217,8 @@ class UpdateDashboardHandler(StepHandler):
 class SendNotificationsHandler(StepHandler):
     """Record the messages that would go out: one email per recipient and one chat post.
 
-    Each message carries a key derived from the step's idempotency key, which a real mailer would use to
-    drop the duplicate when a retry follows a send whose acknowledgement was lost.
+    Each message carries a key derived from the step's idempotency key, which a real mailer would
+    use to drop the duplicate when a retry follows a send whose acknowledgement was lost.
     """
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
@@ -244,7 +256,8 @@ class SendNotificationsHandler(StepHandler):
 
 
 class CustomerAnalyticsTask(TaskHandler):
-    """Annotate the finished task with what an operator looks for first: the file, the revenue, the warnings."""
+    """Annotate the finished task with what an operator looks for first: the file, the revenue, the
+    warnings."""
 
     def on_complete(self, task: Task) -> dict[str, Any] | None:
         dash = task.step("update_dashboard").results or {}
@@ -259,7 +272,7 @@ class CustomerAnalyticsTask(TaskHandler):
         }
 
     def on_error(self, task: Task) -> dict[str, Any] | None:
-        failed = [s for s in task.steps if s.status == "error"]
+        failed = [s for s in task.steps if s.status == StepState.ERROR]
         return {
             "failed_steps": [s.name for s in failed],
             "reasons": {s.name: s.last_error["message"] if s.last_error else None for s in failed},

@@ -31,7 +31,8 @@ def _completed(orders: Iterable[Record]) -> list[Record]:
 
 
 def customer_metrics(orders: list[Record], customers: list[Record]) -> dict[str, Any]:
-    """Who buys: active and repeat customers, revenue and average order by segment, the top spenders."""
+    """Who buys: active and repeat customers, revenue and average order by segment, the top
+    spenders."""
     by_id = {c["customer_id"]: c for c in customers}
     spend: dict[int, int] = defaultdict(int)
     count: dict[int, int] = defaultdict(int)
@@ -79,7 +80,8 @@ def customer_metrics(orders: list[Record], customers: list[Record]) -> dict[str,
 
 
 def product_metrics(orders: list[Record], products: list[Record]) -> dict[str, Any]:
-    """What sells: units, revenue and gross margin per category, the best sellers and what did not sell."""
+    """What sells: units, revenue and gross margin per category, the best sellers and what did not
+    sell."""
     by_id = {p["product_id"]: p for p in products}
     units: dict[int, int] = defaultdict(int)
     revenue: dict[int, int] = defaultdict(int)
@@ -125,10 +127,12 @@ def product_metrics(orders: list[Record], products: list[Record]) -> dict[str, A
 
 
 def insights(customers: Mapping[str, Any], products: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Findings a person would act on, each with a severity (`info` or `warning`) and the figure behind it.
+    """Findings a person would act on, each with a severity (`info` or `warning`) and the figure
+    behind it.
 
-    The two transforms computed revenue from different joins; they must agree, and a mismatch (an order
-    whose customer or product the extracts did not return) is reported as a data-quality warning.
+    The two transforms computed revenue from different joins; they must agree, and a mismatch (an
+    order whose customer or product the extracts did not return) is reported as a data-quality
+    warning.
     """
     found: list[dict[str, Any]] = []
 

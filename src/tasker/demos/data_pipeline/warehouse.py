@@ -1,10 +1,11 @@
 """The pipeline's source system: a synthetic warehouse of customers, products and orders.
 
 Every table is a pure function of the seed (and, for orders, the date range), so a pipeline run is
-reproducible: the same context extracts the same records on every attempt and every machine, and a test
-can recompute any aggregate from the records the extract steps stored. The three tables are generated
-independently, as three source systems would be, yet they agree: an order's customer exists and its
-unit price is the catalog price, because the order generator derives both from the same seed.
+reproducible: the same context extracts the same records on every attempt and every machine, and a
+test can recompute any aggregate from the records the extract steps stored. The three tables are
+generated independently, as three source systems would be, yet they agree: an order's customer
+exists and its unit price is the catalog price, because the order generator derives both from the
+same seed.
 
 Money is in integer cents throughout, so sums are exact.
 """
@@ -72,9 +73,11 @@ def products(seed: int, count: int) -> list[dict[str, Any]]:
 def orders(
     seed: int, count: int, start: date, end: date, *, customer_count: int, product_count: int
 ) -> list[dict[str, Any]]:
-    """`count` orders placed between `start` and `end` (inclusive), by existing customers, at catalog prices.
+    """`count` orders placed between `start` and `end` (inclusive), by existing customers, at
+    catalog prices.
 
-    A fifth of the customers place most orders, as in real shops, so repeat-purchase figures mean something.
+    A fifth of the customers place most orders, as in real shops, so repeat-purchase figures mean
+    something.
     """
     if end < start:
         raise ValueError(f"end date {end} is before start date {start}")

@@ -1,13 +1,15 @@
-"""The Black Friday demo: the same orders through the naive checkout and through the workflow engine.
+"""The Black Friday demo: the same orders through the naive checkout and through the workflow
+engine.
 
-Both sides call the same simulated services with the same faults (the same first-attempt failures for the
-same orders, the same declined cards), and both are judged by the services' own tables rather than by what
-the callers believe: how many customers were charged without getting an order, how many were charged
-twice. The naive side is the story's 3 AM; the engine side is the story's "after": automatic retries,
-idempotent charges, and an operator who, once the dependencies are healthy, retries the few tasks that
-ran out of attempts with one command each.
+Both sides call the same simulated services with the same faults (the same first-attempt failures
+for the same orders, the same declined cards), and both are judged by the services' own tables
+rather than by what the callers believe: how many customers were charged without getting an order,
+how many were charged twice. The naive side is the story's 3 AM; the engine side is the story's
+"after": automatic retries, idempotent charges, and an operator who, once the dependencies are
+healthy, retries the few tasks that ran out of attempts with one command each.
 
-`run_black_friday()` returns `{"naive": {...}, "engine": {...}}`; `tasker demo black-friday` renders it.
+`run_black_friday()` returns `{"naive": {...}, "engine": {...}}`; `tasker demo black-friday` renders
+it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from tasker import Event, Task, Tasker
+from tasker import Event, StepState, Task, Tasker, TaskState
 from tasker.demos.ecommerce import naive, services
 from tasker.demos.ecommerce.pricing import PricedLine, price_lines
 from tasker.demos.ecommerce.services import (
@@ -49,7 +51,8 @@ ProgressCallback = Callable[[str, int, int], None]
 
 
 def generate_orders(count: int, seed: int) -> list[dict[str, Any]]:
-    """`count` plausible checkouts, reproducible from `seed`, each paying exactly its priced total."""
+    """`count` plausible checkouts, reproducible from `seed`, each paying exactly its priced
+    total."""
     rng = random.Random(seed)
     sellable = [p for p in CATALOG if p.active]
     orders = []
@@ -111,9 +114,10 @@ def run_black_friday(
 ) -> dict[str, dict[str, Any]]:
     """Run `orders` checkouts through both sides and return their figures.
 
-    Without `database_url` the run uses a fresh temporary SQLite file; with one, the demo's service tables
-    are dropped and recreated there (the engine's tables are left alone; its tasks get run-unique keys).
-    `backoff_scale` shrinks every retry delay, a gateway's `retry_after` included, so a run takes seconds.
+    Without `database_url` the run uses a fresh temporary SQLite file; with one, the demo's service
+    tables are dropped and recreated there (the engine's tables are left alone; its tasks get
+    run-unique keys). `backoff_scale` shrinks every retry delay, a gateway's `retry_after` included,
+    so a run takes seconds.
     """
     if orders < 1:
         raise ValueError("orders must be at least 1")
@@ -157,17 +161,18 @@ def run_black_friday(
 
 
 def _scale_circuit_breakers(tasker: Tasker, scale: float | None) -> None:
-    """Compress the circuit breakers' cool-downs like every retry delay (None: back to the defaults).
+    """Compress the circuit breakers' cool-downs like every retry delay (None: back to the
+    defaults).
 
-    Under heavy faults a system can fail five times in a row and open its circuit; its steps then wait
-    the cool-down without spending attempts. `backoff_scale` does not reach those cool-downs, so without
-    this a demo with compressed backoff would sit idle for real-time seconds.
+    Under heavy faults a system can fail five times in a row and open its circuit; its steps then
+    wait the cool-down without spending attempts. `backoff_scale` does not reach those cool-downs,
+    so without this a demo with compressed backoff would sit idle for real-time seconds.
     """
     for system in SYSTEMS:
         if scale is None:
-            tasker.configure_system(system, cooldown_seconds=None, max_cooldown_seconds=None)
+            tasker.systems.configure(system, cooldown_seconds=None, max_cooldown_seconds=None)
         else:
-            tasker.configure_system(
+            tasker.systems.configure(
                 system,
                 cooldown_seconds=COOLDOWN_SECONDS * scale,
                 max_cooldown_seconds=MAX_COOLDOWN_SECONDS * scale,
@@ -183,7 +188,7 @@ def _database(url: str | None) -> Iterator[str]:
         yield f"sqlite:///{Path(tmp) / 'black_friday.db'}"
 
 
-# -- the naive side -------------------------------------------------------------------------------------------
+# -- the naive side --------------------------------------------------------------------------------
 def run_naive(
     svc: Services, batch: Sequence[dict[str, Any]], *, concurrency: int, progress: ProgressCallback
 ) -> dict[str, Any]:
@@ -224,7 +229,7 @@ def _naive_reason(exc: Exception) -> str:
     return type(exc).__name__
 
 
-# -- the engine side ------------------------------------------------------------------------------------------
+# -- the engine side -------------------------------------------------------------------------------
 def run_engine(
     tasker: Tasker,
     svc: Services,
@@ -233,7 +238,8 @@ def run_engine(
     concurrency: int,
     progress: ProgressCallback,
 ) -> dict[str, Any]:
-    """Every order as a task, worked until idle; then, faults off, one retry per non-declined failure."""
+    """Every order as a task, worked until idle; then, faults off, one retry per non-declined
+    failure."""
     lock = threading.Lock()
     settled: set[int] = set()
     retries = 0
@@ -247,7 +253,7 @@ def run_engine(
                 settled.add(int(event.payload["task_id"]))
                 progress("engine", len(settled), len(batch))
 
-    unsubscribe = tasker.subscribe(
+    unsubscribe = tasker.bus.subscribe(
         on_event, "step.retry_scheduled", "task.completed", "task.failed"
     )
     run_id = uuid.uuid4().hex[:12]
@@ -258,9 +264,10 @@ def run_engine(
             for i, order in enumerate(batch)
         ]
         tasker.work(concurrency=concurrency, until_idle=True, namespaces=["ecommerce"])
-        failed = [t for t in tasker.get_tasks(ids) if t.status == "error"]
+        failed = [t for t in tasker.get_tasks(ids) if t.status == TaskState.ERROR]
         to_retry = [t.id for t in failed if failure_reason(t) != DECLINED]
-        # The operator's part: the dependencies are healthy again, so each stuck order gets one retry.
+        # The operator's part: the dependencies are healthy again, so each stuck order gets one
+        # retry.
         svc.faults.disable()
         for n, task_id in enumerate(to_retry, 1):
             tasker.retry_task(task_id)
@@ -271,31 +278,32 @@ def run_engine(
     finally:
         unsubscribe()
     wall = time.perf_counter() - started
-    reasons = Counter(failure_reason(t) for t in final if t.status != "complete")
+    reasons = Counter(failure_reason(t) for t in final if t.status != TaskState.COMPLETE)
     side = _side(len(batch), reasons, svc, retries=retries, wall=wall)
     status = {t.id: t.status for t in final}
     side["failed_before_retry"] = len(failed)
-    side["recovered_by_retry"] = sum(1 for i in to_retry if status[i] == "complete")
+    side["recovered_by_retry"] = sum(1 for i in to_retry if status[i] == TaskState.COMPLETE)
     return side
 
 
 def failure_reason(task: Task) -> str:
     """Why a task did not complete: `declined`, or the dependent system of its failed step."""
-    if task.status not in ("error", "cancelled"):
+    if task.status not in (TaskState.ERROR, TaskState.CANCELLED):
         return task.status
     for step in task.steps:
-        if step.status == "error":
+        if step.status == StepState.ERROR:
             if step.last_error and step.last_error.get("error_code") == "PAYMENT_DECLINED":
                 return DECLINED
             return step.dependent_system
     return task.status
 
 
-# -- figures ----------------------------------------------------------------------------------------------------
+# -- figures ---------------------------------------------------------------------------------------
 def _side(
     orders: int, reasons: Counter[str], svc: Services, *, retries: int, wall: float
 ) -> dict[str, Any]:
-    """One side's figures; money and orders are counted from the services' tables, not the caller's view."""
+    """One side's figures; money and orders are counted from the services' tables, not the caller's
+    view."""
     ledger = svc.ledger()
     failed = sum(reasons.values())
     return {

@@ -1,10 +1,10 @@
 """Fault injection for the simulated services: which call fails, how, and how slowly.
 
-Decisions are a seeded hash of (service, order reference, n-th call of that service for that order) rather
-than draws from a shared random stream. A run is therefore reproducible whatever the thread scheduling,
-and the naive checkout and the workflow meet exactly the same first-attempt faults for the same orders,
-which makes the comparison fair. Declines are a seeded hash of the card token, so both sides see the same
-declined cards.
+Decisions are a seeded hash of (service, order reference, n-th call of that service for that order)
+rather than draws from a shared random stream. A run is therefore reproducible whatever the thread
+scheduling, and the naive checkout and the workflow meet exactly the same first-attempt faults for
+the same orders, which makes the comparison fair. Declines are a seeded hash of the card token, so
+both sides see the same declined cards.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ DECLINED_TOKEN_PREFIX = "tok_declined"
 class FaultSettings:
     """How unreliable the services are.
 
-    `transient_failure_rate` is the probability that any one call fails transiently; `decline_rate` the
-    share of card tokens the gateway declines; each call sleeps up to `max_latency_ms`.
+    `transient_failure_rate` is the probability that any one call fails transiently; `decline_rate`
+    the share of card tokens the gateway declines; each call sleeps up to `max_latency_ms`.
     """
 
     transient_failure_rate: float = 0.0
@@ -53,18 +53,21 @@ class FaultSettings:
             raise ValueError("max_latency_ms and rate_limit_retry_after must be >= 0")
 
     def without_faults(self) -> FaultSettings:
-        """The same settings with no transient failures (declines stay: they are the customer's card)."""
+        """The same settings with no transient failures (declines stay: they are the customer's
+        card)."""
         return replace(self, transient_failure_rate=0.0)
 
 
 def _unit(*parts: object) -> float:
-    """A uniform number in [0, 1) from a hash of `parts`: reproducible and independent of call order."""
+    """A uniform number in [0, 1) from a hash of `parts`: reproducible and independent of call
+    order."""
     digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
 class FaultInjector:
-    """Decides, thread-safely, which calls fail; tests can also script the next outcomes of a service."""
+    """Decides, thread-safely, which calls fail; tests can also script the next outcomes of a
+    service."""
 
     def __init__(self, settings: FaultSettings | None = None):
         self._lock = threading.Lock()
@@ -81,13 +84,15 @@ class FaultInjector:
             self._settings = settings
 
     def disable(self) -> None:
-        """Switch transient failures off and drop scripted ones (the dependency is healthy again)."""
+        """Switch transient failures off and drop scripted ones (the dependency is healthy
+        again)."""
         with self._lock:
             self._settings = self._settings.without_faults()
             self._scripts.clear()
 
     def script(self, service: str, *outcomes: Fault | None) -> None:
-        """Force the next calls of `service` to these outcomes (None = succeed), before random faults apply."""
+        """Force the next calls of `service` to these outcomes (None = succeed), before random
+        faults apply."""
         with self._lock:
             self._scripts.setdefault(service, deque()).extend(outcomes)
 
@@ -109,7 +114,8 @@ class FaultInjector:
         return next(f for bound, f in FAULT_MIX if kind < bound), latency
 
     def declines(self, token: str) -> bool:
-        """Whether the gateway declines this card: test tokens always, others at the seeded decline rate."""
+        """Whether the gateway declines this card: test tokens always, others at the seeded decline
+        rate."""
         s = self._settings
         return (
             token.startswith(DECLINED_TOKEN_PREFIX)

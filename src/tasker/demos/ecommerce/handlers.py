@@ -1,11 +1,12 @@
 """The five step handlers of `ecommerce/process_order`: one focused class per step of the checkout.
 
-Each handler turns the services' answers into the engine's two failure classes, and that classification
-is the whole reliability story: a declined card or missing stock is a `PermanentError` (retrying cannot
-help, and must not charge again), an unavailable or slow dependency is a `RetryableError` (honouring a
-rate limiter's `retry_after`). Every call that changes the world carries `ctx.idempotency_key`, which is
-stable across retries of the step, so the payment gateway replays the first charge instead of making a
-second one when a retry follows a timeout that did charge.
+Each handler turns the services' answers into the engine's two failure classes, and that
+classification is the whole reliability story: a declined card or missing stock is a
+`PermanentError` (retrying cannot help, and must not charge again), an unavailable or slow
+dependency is a `RetryableError` (honouring a rate limiter's `retry_after`). Every call that changes
+the world carries `ctx.idempotency_key`, which is stable across retries of the step, so the payment
+gateway replays the first charge instead of making a second one when a retry follows a timeout that
+did charge.
 """
 
 from __future__ import annotations
@@ -45,17 +46,19 @@ def _services() -> Services:
 
 
 def order_ref(ctx: StepContext) -> str:
-    """The reference every service call of this checkout carries: the storefront's id, else the task's."""
+    """The reference every service call of this checkout carries: the storefront's id, else the
+    task's."""
     given = ctx.context.get("checkout_id")
     return str(given) if given else f"task-{ctx.task_id}"
 
 
 @contextmanager
 def calling(system: str) -> Iterator[None]:
-    """Classify a service failure not handled more specifically: retryable ones retry, the rest stop.
+    """Classify a service failure not handled more specifically: retryable ones retry, the rest
+    stop.
 
-    The error code names the system and the failure (`GATEWAY_TIMEOUT`, `MAILER_UNAVAILABLE`, ...), so an
-    operator reading a failed step knows where to look without reading a traceback.
+    The error code names the system and the failure (`GATEWAY_TIMEOUT`, `MAILER_UNAVAILABLE`, ...),
+    so an operator reading a failed step knows where to look without reading a traceback.
     """
     try:
         yield
@@ -176,9 +179,9 @@ class ProcessPaymentHandler(StepHandler):
 class UpdateInventoryHandler(StepHandler):
     """Reserve the stock of every line, all or nothing.
 
-    Stock can run out between validation and reservation (another checkout took the last one). The card is
-    already charged by then, so the step refunds it before failing: a permanent failure here must not
-    leave a customer charged for an order that will never exist.
+    Stock can run out between validation and reservation (another checkout took the last one). The
+    card is already charged by then, so the step refunds it before failing: a permanent failure here
+    must not leave a customer charged for an order that will never exist.
     """
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
@@ -186,8 +189,8 @@ class UpdateInventoryHandler(StepHandler):
         payment_id = ctx.result_of("process_payment")["payment_id"]
         svc = _services()
         if svc.payment.status(payment_id) != "succeeded":
-            # An operator retried a checkout this step had already refunded: reserving stock now would
-            # ship an order nobody paid for. The customer has to check out again.
+            # An operator retried a checkout this step had already refunded: reserving stock now
+            # would ship an order nobody paid for. The customer has to check out again.
             raise PermanentError(
                 f"charge {payment_id} was refunded; the checkout must start again",
                 error_code="PAYMENT_REFUNDED",
@@ -224,7 +227,8 @@ class UpdateInventoryHandler(StepHandler):
 
 
 class CreateOrderHandler(StepHandler):
-    """Record the order, linking the charge and the reservation; one order per step idempotency key."""
+    """Record the order, linking the charge and the reservation; one order per step idempotency
+    key."""
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
         customer = ctx.context["customer_info"]
@@ -251,7 +255,8 @@ class CreateOrderHandler(StepHandler):
 
 
 class SendConfirmationHandler(StepHandler):
-    """Mail the order confirmation once; an undeliverable address is permanent, a flaky mailer is not."""
+    """Mail the order confirmation once; an undeliverable address is permanent, a flaky mailer is
+    not."""
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
         customer = ctx.context["customer_info"]

@@ -1,18 +1,20 @@
-"""The story's "before": the monolithic `CheckoutService#process_order`, rewritten in Python for the demo.
+"""The story's "before": the monolithic `CheckoutService#process_order`, rewritten in Python for the
+demo.
 
-One function does everything in sequence against the same simulated services as the workflow, with the
-same faults, and no retries: any exception propagates to the caller, exactly like the story's
-`rescue => e; logger.error; raise`. It exists to be measured, not imitated. Its failure modes are the ones
-the story lists:
+One function does everything in sequence against the same simulated services as the workflow, with
+the same faults, and no retries: any exception propagates to the caller, exactly like the story's
+`rescue => e; logger.error; raise`. It exists to be measured, not imitated. Its failure modes are
+the ones the story lists:
 
-- the gateway times out after charging: the customer is charged, the checkout "fails", no order exists;
+- the gateway times out after charging: the customer is charged, the checkout "fails", no order
+  exists;
 - the inventory call fails after the charge: charged, no order;
-- the mailer fails after the order is created: the order exists but the checkout reports a failure and
-  the customer never hears about it.
+- the mailer fails after the order is created: the order exists but the checkout reports a failure
+  and the customer never hears about it.
 
-It uses fresh idempotency keys per call (it never retries, so it has nothing to replay) and the order's
-`checkout_id` as the order reference, so the services inject the same first-attempt faults into it as into
-the workflow's steps for the same order.
+It uses fresh idempotency keys per call (it never retries, so it has nothing to replay) and the
+order's `checkout_id` as the order reference, so the services inject the same first-attempt faults
+into it as into the workflow's steps for the same order.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class CheckoutError(Exception):
 
 
 def process_order(services: Services, order: dict[str, Any]) -> Order:
-    """Validate, price, charge, reserve, record and confirm one order; the first failure propagates."""
+    """Validate, price, charge, reserve, record and confirm one order; the first failure
+    propagates."""
     ref = str(order["checkout_id"])
     cart_items: list[dict[str, Any]] = order["cart_items"]
     payment_info: dict[str, Any] = order["payment_info"]

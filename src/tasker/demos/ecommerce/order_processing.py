@@ -1,9 +1,11 @@
-"""`OrderProcessingHandler`: the workflow-level logic of `ecommerce/process_order` (the "ConfiguredTask").
+"""`OrderProcessingHandler`: the workflow-level logic of `ecommerce/process_order` (the
+"ConfiguredTask").
 
-The steps know nothing of each other; what concerns the whole checkout lives here. Before the first step,
-the order's priority and the customer's tier become explicit settings in the stored context (so every
-step, and anyone inspecting the task later, reads the same decision). When the task ends, its outcome is
-summarised in annotations an operator or a dashboard can read without opening every step.
+The steps know nothing of each other; what concerns the whole checkout lives here. Before the first
+step, the order's priority and the customer's tier become explicit settings in the stored context
+(so every step, and anyone inspecting the task later, reads the same decision). When the task ends,
+its outcome is summarised in annotations an operator or a dashboard can read without opening every
+step.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from tasker import Task, TaskHandler
+from tasker import StepState, Task, TaskHandler
 
 #: What express and overnight orders get; `delivery_days` feeds the order's estimated delivery date.
 EXPRESS_SETTINGS: dict[str, dict[str, Any]] = {
@@ -35,7 +37,8 @@ REFUNDED_ON = ("OUT_OF_STOCK", "PAYMENT_REFUNDED")
 
 class OrderProcessingHandler(TaskHandler):
     def prepare_context(self, context: dict[str, Any]) -> dict[str, Any]:
-        """Add `express_processing` for express/overnight orders and `premium_processing` for premium tiers."""
+        """Add `express_processing` for express/overnight orders and `premium_processing` for
+        premium tiers."""
         ctx = copy.deepcopy(context)
         priority = ctx.get("priority", "standard")
         if priority in EXPRESS_SETTINGS:
@@ -58,10 +61,14 @@ class OrderProcessingHandler(TaskHandler):
         }
 
     def on_error(self, task: Task) -> dict[str, Any]:
-        """Which step failed and whether money is held without an order, which an operator must know first."""
-        failed = [s for s in task.steps if s.status == "error"]
+        """Which step failed and whether money is held without an order, which an operator must know
+        first."""
+        failed = [s for s in task.steps if s.status == StepState.ERROR]
         payment = next((s for s in task.steps if s.name == "process_payment"), None)
-        charged = payment is not None and payment.status in ("complete", "resolved_manually")
+        charged = payment is not None and payment.status in (
+            StepState.COMPLETE,
+            StepState.RESOLVED_MANUALLY,
+        )
         first = failed[0] if failed else None
         error: dict[str, Any] = dict(first.last_error or {}) if first else {}
         refunded = error.get("error_code") in REFUNDED_ON

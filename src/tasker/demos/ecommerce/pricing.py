@@ -1,8 +1,9 @@
-"""Cart pricing shared by the workflow's `validate_cart` step, the naive checkout and the demo's order generator.
+"""Cart pricing shared by the workflow's `validate_cart` step, the naive checkout and the demo's
+order generator.
 
-Money is computed in `Decimal` and rounded half-up to cents, so the three callers agree to the cent: the
-payment step refuses a charge whose amount differs from the priced cart, and the demo must produce orders
-whose `payment_info.amount` passes that check.
+Money is computed in `Decimal` and rounded half-up to cents, so the three callers agree to the cent:
+the payment step refuses a charge whose amount differs from the priced cart, and the demo must
+produce orders whose `payment_info.amount` passes that check.
 """
 
 from __future__ import annotations

@@ -1,25 +1,27 @@
-"""Simulated services of the e-commerce story: a payment gateway, an inventory service, an order book, a mailer.
+"""Simulated services of the e-commerce story: a payment gateway, an inventory service, an order
+book, a mailer.
 
-They keep their state in tables of the engine's own database (`demo_*`, their own `MetaData`, SQLite or
-PostgreSQL), so that the demo can count what really happened from the services' side: a charge is a row
-in `demo_charges` whether or not the caller ever heard about it. That is the point of the story: a
-"failed" checkout may still have charged the card.
+They keep their state in tables of the engine's own database (`demo_*`, their own `MetaData`, SQLite
+or PostgreSQL), so that the demo can count what really happened from the services' side: a charge is
+a row in `demo_charges` whether or not the caller ever heard about it. That is the point of the
+story: a "failed" checkout may still have charged the card.
 
 Faults are injected the way real dependencies fail:
 
 - `unavailable`: the call fails before doing anything (HTTP 503);
-- `timeout_after`: the call did its work (the card is charged, the stock reserved, the mail sent) but the
-  caller gets a timeout, so it cannot tell that it did;
+- `timeout_after`: the call did its work (the card is charged, the stock reserved, the mail sent)
+  but the caller gets a timeout, so it cannot tell that it did;
 - `rate_limited`: the call is refused with a `retry_after` the caller should honour;
 - declines and missing stock are permanent answers, not faults: retrying cannot change them.
 
-Every mutating call takes an idempotency key and replays its first answer for the same key, as payment
-gateways do: that is what lets the workflow retry a charge after a timeout without charging twice.
+Every mutating call takes an idempotency key and replays its first answer for the same key, as
+payment gateways do: that is what lets the workflow retry a charge after a timeout without charging
+twice.
 
 Tables are in `tasker.demos.ecommerce.tables`, fault decisions in `tasker.demos.ecommerce.faults`.
 
-The handlers find the services through `current()`, installed by `configure()`; one process serves one
-configuration at a time, which is what a worker process of a real shop looks like.
+The handlers find the services through `current()`, installed by `configure()`; one process serves
+one configuration at a time, which is what a worker process of a real shop looks like.
 """
 
 from __future__ import annotations
@@ -78,9 +80,10 @@ __all__ = [
 ]
 
 
-# -- errors -------------------------------------------------------------------------------------------------
+# -- errors ----------------------------------------------------------------------------------------
 class ServiceError(Exception):
-    """A service's answer other than success; `retryable` says whether asking again can change it."""
+    """A service's answer other than success; `retryable` says whether asking again can change
+    it."""
 
     retryable = True
     code = "SERVICE_ERROR"
@@ -119,7 +122,8 @@ class OutOfStock(ServiceError):
 
 
 class InvalidRequest(ServiceError):
-    """The request itself is wrong (an idempotency key reused for another amount, an undeliverable address)."""
+    """The request itself is wrong (an idempotency key reused for another amount, an undeliverable
+    address)."""
 
     retryable = False
     code = "INVALID_REQUEST"
@@ -129,13 +133,14 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-# -- the services -------------------------------------------------------------------------------------------
+# -- the services ----------------------------------------------------------------------------------
 @dataclass
 class _Service:
-    """What every simulated service shares: its tables' engine, the fault injector and the caller's channel.
+    """What every simulated service shares: its tables' engine, the fault injector and the caller's
+    channel.
 
-    `channel` names who calls ("naive" or "engine"): both sides of the demo share the tables and the demo
-    reconciles each side on its own rows.
+    `channel` names who calls ("naive" or "engine"): both sides of the demo share the tables and the
+    demo reconciles each side on its own rows.
     """
 
     engine: Engine
@@ -150,7 +155,8 @@ class _Service:
         return self.reader or self.engine
 
     def _enter(self, order_ref: str) -> Fault | None:
-        """Apply latency and the faults that stop a call before it does anything; return the rest."""
+        """Apply latency and the faults that stop a call before it does anything; return the
+        rest."""
         fault, latency = self.faults.next_fault(self.name, self.channel, order_ref)
         if latency:
             time.sleep(latency)
@@ -170,11 +176,13 @@ class _Service:
     def _once(
         self, table: Table, key: str, build: Callable[[Connection], dict[str, Any]]
     ) -> tuple[Any, bool]:
-        """The row for (channel, key), or a new one with the values `build` returns; (row, replayed).
+        """The row for (channel, key), or a new one with the values `build` returns; (row,
+        replayed).
 
         Lookup, `build` (which may change other tables or raise to refuse) and insert share one
-        transaction, so a refusal leaves nothing behind. Two concurrent first calls with one key cannot both
-        insert: the loser's transaction is rolled back on the unique key and it returns the winner's row.
+        transaction, so a refusal leaves nothing behind. Two concurrent first calls with one key
+        cannot both insert: the loser's transaction is rolled back on the unique key and it returns
+        the winner's row.
         """
         lookup, add = _statements(table)
         params = {"channel": self.channel, "key": key}
@@ -277,7 +285,8 @@ class PaymentGateway(_Service):
         )
 
     def status(self, charge_id: str) -> str | None:
-        """A charge's status (`succeeded` or `refunded`), None for an unknown charge. Not fault-injected."""
+        """A charge's status (`succeeded` or `refunded`), None for an unknown charge. Not
+        fault-injected."""
         with self.reads.connect() as conn:
             return conn.execute(
                 select(charges.c.status).where(charges.c.charge_id == charge_id)
@@ -432,7 +441,8 @@ class Mailer(_Service):
     def send(
         self, *, order_ref: str, to: str, subject: str, body: str, idempotency_key: str
     ) -> SentMail:
-        """Send a mail once per idempotency key; `.invalid` addresses (RFC 2606) bounce permanently."""
+        """Send a mail once per idempotency key; `.invalid` addresses (RFC 2606) bounce
+        permanently."""
         fault = self._enter(order_ref)
         if to.lower().endswith(".invalid"):
             raise InvalidRequest(self.name, f"undeliverable address {to}")
@@ -452,7 +462,7 @@ class Mailer(_Service):
         return SentMail(row.message_id, row.recipient, replayed)
 
 
-# -- the bundle, reconciliation and the registry ---------------------------------------------------------
+# -- the bundle, reconciliation and the registry ---------------------------------------------------
 @dataclass(frozen=True)
 class Ledger:
     """One channel's books as the services see them, whatever the callers believe."""
@@ -587,9 +597,9 @@ def configure(
 ) -> Services:
     """Install the services the step handlers will use, on `engine` (usually `tasker.db.writer`).
 
-    `reader` (usually `tasker.db.reader`) serves the reads: on SQLite the writer engine takes the write
-    lock for every transaction, reads included. With `reset` the demo tables are dropped and recreated,
-    so a run starts from an empty ledger.
+    `reader` (usually `tasker.db.reader`) serves the reads: on SQLite the writer engine takes the
+    write lock for every transaction, reads included. With `reset` the demo tables are dropped and
+    recreated, so a run starts from an empty ledger.
     """
     global _current
     services = Services(engine, FaultInjector(faults), channel, reader=reader)
@@ -600,9 +610,11 @@ def configure(
 
 
 def current() -> Services:
-    """The configured services; without `configure()`, fault-free ones on the engine's default database.
+    """The configured services; without `configure()`, fault-free ones on the engine's default
+    database.
 
-    The fallback lets `tasker run ecommerce/process_order` work from the command line on the same store.
+    The fallback lets `tasker run ecommerce/process_order` work from the command line on the same
+    store.
     """
     global _current
     with _registry_lock:

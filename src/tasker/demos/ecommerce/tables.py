@@ -1,8 +1,10 @@
-"""The simulated services' own tables (`demo_*`), kept in the engine's database under their own `MetaData`.
+"""The simulated services' own tables (`demo_*`), kept in the engine's database under their own
+`MetaData`.
 
-They are the services' side of the books: the demo reconciles charges against orders from these rows, not
-from what the callers (the naive checkout or the workflow) believe happened. Every mutating table is unique
-on (channel, idempotency key), which is how the services make a repeated request harmless.
+They are the services' side of the books: the demo reconciles charges against orders from these
+rows, not from what the callers (the naive checkout or the workflow) believe happened. Every
+mutating table is unique on (channel, idempotency key), which is how the services make a repeated
+request harmless.
 """
 
 from __future__ import annotations
@@ -107,7 +109,8 @@ class Product:
     active: bool = True
 
 
-#: The catalog the demo sells; products 1 and 2 make the story's sample cart (2 x 29.99 + 1 x 49.99).
+#: The catalog the demo sells; products 1 and 2 make the story's sample cart (2 x 29.99 + 1 x
+#: 49.99).
 CATALOG: tuple[Product, ...] = (
     Product(1, "Classic Cotton T-Shirt", 2999, 0),
     Product(2, "Canvas Sneakers", 4999, 0),

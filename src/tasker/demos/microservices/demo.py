@@ -2,18 +2,18 @@
 
 The story's night, re-enacted with real HTTP services and real worker processes:
 
-- **naive side**: the same registrations through `naive.register`, the sequential coordinator, during the
-  same outage. Every registration stops at billing and leaves a user with no billing profile, no
-  preferences and no welcome mail, counted from the services' own tables;
-- **engine side**: the four services on free ports, a fresh store, worker processes (`tasker worker`),
-  BillingService taken down ("connection refused"), the registrations submitted as
-  `blog_examples/user_registration` tasks. The billing steps fail, the billing circuit opens, the
-  registrations wait without spending attempts; BillingService comes back after `outage_seconds` and the
-  next circuit probe lets them all finish. The timeline is read back from the durable event log, which
-  holds the events of every worker process; the services are reconciled for duplicates.
+- **naive side**: the same registrations through `naive.register`, the sequential coordinator,
+  during the same outage. Every registration stops at billing and leaves a user with no billing
+  profile, no preferences and no welcome mail, counted from the services' own tables;
+- **engine side**: the four services on free ports, a fresh store, worker processes
+  (`tasker worker`), BillingService taken down ("connection refused"), the registrations submitted
+  as `blog_examples/user_registration` tasks. The billing steps fail, the billing circuit opens, the
+  registrations wait without spending attempts; BillingService comes back after `outage_seconds` and
+  the next circuit probe lets them all finish. The timeline is read back from the durable event log,
+  which holds the events of every worker process; the services are reconciled for duplicates.
 
-`run_registration_outage()` returns `{"naive": {...}, "engine": {...}}`; `tasker demo registration-outage`
-renders it (docs/microservices.md).
+`run_registration_outage()` returns `{"naive": {...}, "engine": {...}}`;
+`tasker demo registration-outage` renders it (docs/microservices.md).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import httpx
 
-from tasker import Task, Tasker
+from tasker import StepState, Task, Tasker, TaskState
 from tasker.demos.microservices import naive
 from tasker.demos.microservices.reconcile import partial, reconcile
 from tasker.demos.microservices.services.runner import ServiceFleet
@@ -85,7 +85,8 @@ Monitor = Callable[[Progress], None]
 
 
 def generate_registrations(count: int, seed: int) -> list[dict[str, Any]]:
-    """`count` sign-ups, reproducible from `seed`: mostly pro, some enterprise and free; paid ones have a card."""
+    """`count` sign-ups, reproducible from `seed`: mostly pro, some enterprise and free; paid ones
+    have a card."""
     rng = random.Random(seed)
     out = []
     for i in range(count):
@@ -132,8 +133,8 @@ def run_registration_outage(
 ) -> dict[str, dict[str, Any]]:
     """Both sides of the story; `workers` worker processes (0: one worker inside this process).
 
-    Without `database_url` the engine uses a fresh temporary SQLite file; the services always keep their
-    state in a temporary directory, one per side, so each side is reconciled on its own.
+    Without `database_url` the engine uses a fresh temporary SQLite file; the services always keep
+    their state in a temporary directory, one per side, so each side is reconciled on its own.
     """
     if registrations < 1:
         raise ValueError("registrations must be at least 1")
@@ -165,7 +166,7 @@ def run_registration_outage(
     return {"naive": naive_side, "engine": engine_side}
 
 
-# -- the naive side -------------------------------------------------------------------------------------------
+# -- the naive side --------------------------------------------------------------------------------
 def run_naive(
     batch: Sequence[dict[str, Any]],
     data_dir: Path,
@@ -174,7 +175,8 @@ def run_naive(
     latency_ms: float = 20.0,
     monitor: Monitor | None = None,
 ) -> dict[str, Any]:
-    """Every registration through the sequential coordinator while the service is down, then the tally."""
+    """Every registration through the sequential coordinator while the service is down, then the
+    tally."""
     report = monitor or (lambda progress: None)
     failed_at: Counter[str] = Counter()
     started = time.perf_counter()
@@ -211,7 +213,7 @@ def run_naive(
     }
 
 
-# -- the engine side ------------------------------------------------------------------------------------------
+# -- the engine side -------------------------------------------------------------------------------
 def run_engine(
     batch: Sequence[dict[str, Any]],
     data_dir: Path,
@@ -224,7 +226,8 @@ def run_engine(
     database_url: str | None = None,
     monitor: Monitor | None = None,
 ) -> dict[str, Any]:
-    """The registrations as tasks, worked by `workers` processes through the outage; figures and timeline."""
+    """The registrations as tasks, worked by `workers` processes through the outage; figures and
+    timeline."""
     report = monitor or (lambda progress: None)
     total = len(batch)
     report(Progress("starting", total))
@@ -241,8 +244,8 @@ def run_engine(
                 system
             ) in SYSTEMS:  # a store used before may hold an open circuit from an earlier run
                 if _circuit_state(tasker, system) != "closed":
-                    tasker.reset_circuit(system)
-            cursor = tasker.events_tail()
+                    tasker.systems.reset_circuit(system)
+            cursor = tasker.history.events_tail()
             _slow_down(fleet, latency_ms)
             with _workers(tasker, url, workers, concurrency, fleet.env(), data_dir):
                 run_id = uuid.uuid4().hex[:10]
@@ -315,9 +318,13 @@ def _engine_figures(
     return {
         "registrations": len(tasks),
         "completed": _count(tasks, "complete"),
-        "failed": sum(1 for t in tasks if t.status != "complete"),
+        "failed": sum(1 for t in tasks if t.status != TaskState.COMPLETE),
         "failed_by_step": dict(
-            sorted(Counter(s.name for t in tasks for s in t.steps if s.status == "error").items())
+            sorted(
+                Counter(
+                    s.name for t in tasks for s in t.steps if s.status == StepState.ERROR
+                ).items()
+            )
         ),
         **figures,
         "retries": sum(1 for e in events if e["event"] == "step.retry_scheduled"),
@@ -350,7 +357,8 @@ def timeline(
     total: int,
     outage_mode: OutageMode = "refuse",
 ) -> list[dict[str, Any]]:
-    """The story's log, from the event log plus the two moments the demo itself caused (down, back up)."""
+    """The story's log, from the event log plus the two moments the demo itself caused (down, back
+    up)."""
     how = "connection refused" if outage_mode == "refuse" else "503 Service Unavailable"
     entries: list[tuple[datetime, str, str]] = [
         (down_at, "demo", f"BillingService goes down ({how})")
@@ -381,8 +389,8 @@ def timeline(
                 f"circuit {OUTAGE_SYSTEM} opened: {opened['data'].get('reason')}",
             )
         )
-    # Registrations still waiting for billing when it came back, queued from when they got there (or from
-    # the moment the circuit opened, when they stop spending attempts), whichever is later.
+    # Registrations still waiting for billing when it came back, queued from when they got there (or
+    # from the moment the circuit opened, when they stop spending attempts), whichever is later.
     waiting_since: dict[int, datetime] = {}
     for e in billing:
         if e["event"] in ("step.ready", "step.retry_scheduled") and _at(e) < up_at:
@@ -461,7 +469,7 @@ def timeline(
     ]
 
 
-# -- helpers ----------------------------------------------------------------------------------------------------
+# -- helpers ---------------------------------------------------------------------------------------
 def _progress(
     tasker: Tasker,
     ids: Sequence[int],
@@ -486,7 +494,7 @@ def _progress(
         elapsed=(_now() - down_at).total_seconds(),
         outage_left=left,
         completed=_count(tasks, "complete"),
-        failed=sum(1 for t in tasks if t.status in ("error", "cancelled")),
+        failed=sum(1 for t in tasks if t.status in (TaskState.ERROR, TaskState.CANCELLED)),
         waiting=waiting,
         circuit=_circuit_state(tasker, OUTAGE_SYSTEM),
         service_up=service_up,
@@ -495,7 +503,7 @@ def _progress(
 
 
 def _circuit_state(tasker: Tasker, system: str) -> str:
-    for row in tasker.systems():
+    for row in tasker.systems.report():
         if row.get("name") == system:
             return str(row.get("circuit_state") or row.get("circuit") or "closed")
     return "closed"
@@ -504,15 +512,18 @@ def _circuit_state(tasker: Tasker, system: str) -> str:
 def _read_events(
     tasker: Tasker, cursor: str, ids: set[int], *, expected_completions: int
 ) -> list[dict[str, Any]]:
-    """Every lifecycle event of this run's tasks, and the outage system's circuit changes, oldest first.
+    """Every lifecycle event of this run's tasks, and the outage system's circuit changes, oldest
+    first.
 
-    The log may hold back the newest rows for a moment (PostgreSQL commits out of id order), so reading
-    goes on until every completion the tasks show has been seen, for at most a few seconds.
+    The log may hold back the newest rows for a moment (PostgreSQL commits out of id order), so
+    reading goes on until every completion the tasks show has been seen, for at most a few seconds.
     """
     out: list[dict[str, Any]] = []
     give_up = time.monotonic() + 5.0
     while True:
-        page = tasker.read_events(cursor, names=["task.*", "step.*", "circuit.*"], limit=1000)
+        page = tasker.history.read_events(
+            cursor, names=["task.*", "step.*", "circuit.*"], limit=1000
+        )
         cursor = page.cursor
         for e in page.events:
             if e.get("task_id") in ids or (
@@ -532,7 +543,8 @@ def _count(tasks: Sequence[Task], status: str) -> int:
 
 
 def _slow_down(fleet: ServiceFleet, latency_ms: float) -> None:
-    """A little latency on every call, as real services have (and so that parallel branches overlap)."""
+    """A little latency on every call, as real services have (and so that parallel branches
+    overlap)."""
     if latency_ms:
         for handle in fleet.handles.values():
             handle.set_faults(latency_ms=latency_ms)
@@ -567,7 +579,8 @@ def _short(text: str, limit: int = 110) -> str:
 
 @contextmanager
 def _environment(values: dict[str, str]) -> Iterator[None]:
-    """Set the service URLs the template reads while the engine side runs, and restore them after."""
+    """Set the service URLs the template reads while the engine side runs, and restore them
+    after."""
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
@@ -593,7 +606,8 @@ def _database(url: str | None, data_dir: Path) -> Iterator[str]:
 def _workers(
     tasker: Tasker, url: str, count: int, concurrency: int, env: dict[str, str], log_dir: Path
 ) -> Iterator[None]:
-    """`count` `tasker worker` processes on the store (0: one worker thread in this process), stopped after.
+    """`count` `tasker worker` processes on the store (0: one worker thread in this process),
+    stopped after.
 
     Their logs go to worker-N.log in `log_dir` (a pipe nobody reads would fill up and block them).
     """
@@ -612,8 +626,9 @@ def _workers(
             worker.stop()
             thread.join(timeout=30)
         return
-    # The store URL goes in the environment, not on the command line where `ps` would show its password.
-    # The handlers live in the `tasker` package the workers run, so no path needs adding for them.
+    # The store URL goes in the environment, not on the command line where `ps` would show its
+    # password. The handlers live in the `tasker` package the workers run, so no path needs adding
+    # for them.
     child_env = {**os.environ, **env, "TASKER_DATABASE_URL": url, "TASKER_POLL_INTERVAL": "0.1"}
     command = [
         sys.executable,
@@ -665,7 +680,8 @@ class WorkerStartError(RuntimeError):
 def _wait_for_workers(
     tasker: Tasker, procs: Sequence[subprocess.Popen[bytes]], logs: Sequence[Path]
 ) -> None:
-    """Until every process has registered in the store's worker registry, so the outage starts on a live fleet."""
+    """Until every process has registered in the store's worker registry, so the outage starts on a
+    live fleet."""
     pids = {p.pid for p in procs}
     give_up = time.monotonic() + WORKER_START_TIMEOUT_SECONDS
     while time.monotonic() < give_up:
@@ -676,7 +692,7 @@ def _wait_for_workers(
                     f"a worker process exited with code {p.returncode}: "
                     f"{lines[-1] if lines else 'no output'}"
                 )
-        if pids <= {int(w["pid"]) for w in tasker.workers(within_seconds=60)}:
+        if pids <= {int(w["pid"]) for w in tasker.systems.workers(within_seconds=60)}:
             return
         time.sleep(0.1)
     raise WorkerStartError(

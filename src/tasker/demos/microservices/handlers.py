@@ -1,9 +1,10 @@
-"""The step handlers of `blog_examples/user_registration`: one HTTP call each, to the step's own service.
+"""The step handlers of `blog_examples/user_registration`: one HTTP call each, to the step's own
+service.
 
-Everything about HTTP (idempotency key and correlation id headers, status classification, Retry-After,
-409 resolution, timings, the service_call_* events) comes from `tasker.ApiStepHandler`; these classes only
-say what to send (`payloads.py`, shared with the naive coordinator) and what to keep for later steps.
-Every result carries the correlation id, and every log line names it.
+Everything about HTTP (idempotency key and correlation id headers, status classification,
+Retry-After, 409 resolution, timings, the service_call_* events) comes from `tasker.ApiStepHandler`;
+these classes only say what to send (`payloads.py`, shared with the naive coordinator) and what to
+keep for later steps. Every result carries the correlation id, and every log line names it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from tasker.demos.microservices import payloads
 
 
 class RegistrationStep(ApiStepHandler):
-    """What the five steps share: a required id in the response, and results that name the service."""
+    """What the five steps share: a required id in the response, and results that name the
+    service."""
 
     service: ClassVar[str] = ""
     #: The field of the response body that must be there (the created resource's id).
@@ -50,7 +52,8 @@ class RegistrationStep(ApiStepHandler):
         return results
 
     def on_conflict(self, ctx: StepContext, response: httpx.Response) -> dict[str, Any]:
-        """The resource exists and matches what we asked for: an earlier attempt (or run) made it."""
+        """The resource exists and matches what we asked for: an earlier attempt (or run) made
+        it."""
         results = super().on_conflict(ctx, response)
         results["status"] = "already_exists"
         ctx.logger.info(

@@ -1,11 +1,12 @@
-"""The story's "before": a registration coordinator that calls the four services in order, and nothing more.
+"""The story's "before": a registration coordinator that calls the four services in order, and
+nothing more.
 
-It makes the same requests as the workflow (`payloads.py`), with plain httpx calls, one after the other:
-create the user, set up billing, initialise preferences, send the welcome sequence, mark the user
-registered. It has no retries, no idempotency keys and no memory of what it did: the first failure
-propagates, and whatever was already created stays behind. That is the 4:30 AM of the story: users with
-an account but no billing profile, no preferences, no welcome mail, found later by hand. It exists to be
-measured, not imitated.
+It makes the same requests as the workflow (`payloads.py`), with plain httpx calls, one after the
+other: create the user, set up billing, initialise preferences, send the welcome sequence, mark the
+user registered. It has no retries, no idempotency keys and no memory of what it did: the first
+failure propagates, and whatever was already created stays behind. That is the 4:30 AM of the story:
+users with an account but no billing profile, no preferences, no welcome mail, found later by hand.
+It exists to be measured, not imitated.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ class RegistrationFailed(Exception):
 def register(
     client: httpx.Client, urls: Mapping[str, str], context: dict[str, Any]
 ) -> dict[str, Any]:
-    """Register one user across the four services; raises `RegistrationFailed` at the first failure."""
+    """Register one user across the four services; raises `RegistrationFailed` at the first
+    failure."""
     headers = (
         {"X-Correlation-ID": str(context.get("correlation_id") or "")}
         if context.get("correlation_id")

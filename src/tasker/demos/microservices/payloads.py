@@ -1,9 +1,9 @@
 """What a registration sends to each service, built from the registration's context.
 
-Shared by the workflow's step handlers and the naive coordinator, so both sides of the demo make exactly
-the same requests. Bodies are pure functions of the context and earlier results, never of the clock or
-the attempt: a retry under the same `Idempotency-Key` must send the same body, or the service refuses it
-as a different request.
+Shared by the workflow's step handlers and the naive coordinator, so both sides of the demo make
+exactly the same requests. Bodies are pure functions of the context and earlier results, never of
+the clock or the attempt: a retry under the same `Idempotency-Key` must send the same body, or the
+service refuses it as a different request.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def plan_of(context: dict[str, Any]) -> str:
 
 
 def user_body(context: dict[str, Any]) -> dict[str, Any]:
-    """POST /users. Only fields the service stores, so a 409's `existing` user can be compared field by field."""
+    """POST /users. Only fields the service stores, so a 409's `existing` user can be compared field
+    by field."""
     info = user_info(context)
     prefs = context.get("preferences") or {}
     body: dict[str, Any] = {
@@ -82,7 +83,8 @@ def billing_body(context: dict[str, Any], user: dict[str, Any]) -> dict[str, Any
 
 
 def preferences_body(context: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
-    """POST /preferences: the booleans the user chose (schema defaults: false) and sensible display defaults."""
+    """POST /preferences: the booleans the user chose (schema defaults: false) and sensible display
+    defaults."""
     prefs = context.get("preferences") or {}
     newsletter = bool(prefs.get("newsletter", False))
     return {

@@ -1,7 +1,7 @@
 """Count, from the services' own state, what a registration run left behind.
 
-This is what Marcus did by hand at 4:30 AM in the story, checking each service to see which users were in
-which state. Neither coordinator's opinion counts here: only the rows each service stored.
+This is what Marcus did by hand at 4:30 AM in the story, checking each service to see which users
+were in which state. Neither coordinator's opinion counts here: only the rows each service stored.
 """
 
 from __future__ import annotations

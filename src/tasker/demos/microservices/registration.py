@@ -1,9 +1,11 @@
-"""`UserRegistrationHandler`: the workflow-level logic of `blog_examples/user_registration` (the "ConfiguredTask").
+"""`UserRegistrationHandler`: the workflow-level logic of `blog_examples/user_registration` (the
+"ConfiguredTask").
 
-The steps know only their own service. What concerns the whole registration is summarised here when the
-task ends, as annotations stored with the task: how long each service took, how much the parallel
-billing/preferences branches saved, and the outcome; or, on failure, which service stopped it and what
-state the user was left in, so whoever looks at it knows what `tasker tasks retry` will resume.
+The steps know only their own service. What concerns the whole registration is summarised here when
+the task ends, as annotations stored with the task: how long each service took, how much the
+parallel billing/preferences branches saved, and the outcome; or, on failure, which service stopped
+it and what state the user was left in, so whoever looks at it knows what `tasker tasks retry` will
+resume.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from tasker import Step, Task, TaskHandler
+from tasker import Step, StepState, Task, TaskHandler
 
 PARALLEL = ("setup_billing_profile", "initialize_preferences")
 
@@ -43,9 +45,13 @@ class UserRegistrationHandler(TaskHandler):
         }
 
     def on_error(self, task: Task) -> dict[str, Any]:
-        failed = next((s for s in task.steps if s.status == "error"), None)
+        failed = next((s for s in task.steps if s.status == StepState.ERROR), None)
         error: dict[str, Any] = dict(failed.last_error or {}) if failed else {}
-        done = [s.name for s in task.steps if s.status in ("complete", "resolved_manually")]
+        done = [
+            s.name
+            for s in task.steps
+            if s.status in (StepState.COMPLETE, StepState.RESOLVED_MANUALLY)
+        ]
         return {
             "failed_step": failed.name if failed else None,
             "failed_service": failed.dependent_system if failed else None,
@@ -62,7 +68,8 @@ class UserRegistrationHandler(TaskHandler):
 
 
 def service_timings(task: Task) -> dict[str, dict[str, Any]]:
-    """Per step: its service, the successful call's response time, the attempt's duration, attempts used."""
+    """Per step: its service, the successful call's response time, the attempt's duration, attempts
+    used."""
     out = {}
     for step in task.steps:
         results = step.results or {}
@@ -76,7 +83,8 @@ def service_timings(task: Task) -> dict[str, dict[str, Any]]:
 
 
 def parallel_saving_ms(task: Task) -> float:
-    """What running billing and preferences side by side saved: their summed durations minus their span.
+    """What running billing and preferences side by side saved: their summed durations minus their
+    span.
 
     Zero when they did not overlap (for instance when billing was down and finished long after).
     """

@@ -1,7 +1,8 @@
 """The monitoring demo: checkout orders through flaky, slow services, watched by both subscribers.
 
-Prints what the business subscriber counted, the alerts the performance subscriber raised, and what the
-engine's analytics make of the same run (`Tasker.performance` and `Tasker.bottlenecks`).
+Prints what the business subscriber counted, the alerts the performance subscriber raised, and what
+the engine's analytics make of the same run (`engine.insight.performance` and
+`engine.insight.bottlenecks`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tasker.demos.ecommerce.demo import (
 from tasker.demos.ecommerce.services import FaultSettings
 from tasker.demos.observability.subscribers import MemorySink
 from tasker.demos.observability.wiring import attach
+from tasker.domain.reports import Bottlenecks, Performance
 
 BACKOFF_SCALE = 0.01
 
@@ -36,7 +38,8 @@ def run_demo(
     slow_ms: float = 100.0,
     database_url: str | None = None,
 ) -> dict[str, Any]:
-    """Run `orders` checkouts with 10% transient faults, 5% declined cards and up to 150 ms of latency."""
+    """Run `orders` checkouts with 10% transient faults, 5% declined cards and up to 150 ms of
+    latency."""
     with tempfile.TemporaryDirectory() as scratch:
         url = database_url or f"sqlite:///{Path(scratch) / 'observability.db'}"
         engine = Tasker(
@@ -47,7 +50,7 @@ def run_demo(
             for (
                 system
             ) in SYSTEMS:  # compress the circuit breakers' cool-downs like the retry delays
-                engine.configure_system(
+                engine.systems.configure(
                     system,
                     cooldown_seconds=COOLDOWN_SECONDS * BACKOFF_SCALE,
                     max_cooldown_seconds=MAX_COOLDOWN_SECONDS * BACKOFF_SCALE,
@@ -73,8 +76,8 @@ def run_demo(
             return {
                 "business": business,
                 "alerts": sink.alerts,
-                "performance": engine.performance(1),
-                "bottlenecks": engine.bottlenecks(1, limit=5),
+                "performance": engine.insight.performance(1),
+                "bottlenecks": engine.insight.bottlenecks(1, limit=5),
             }
         finally:
             services.reset_registry()
@@ -103,16 +106,17 @@ def render(result: dict[str, Any]) -> str:
     for kind in sorted(kinds):
         first = next(a for a in result["alerts"] if a.kind == kind)
         lines.append(f"  e.g. [{first.severity}] {first.message}")
-    lines += ["", "analytics (Tasker.performance / Tasker.bottlenecks, last hour)"]
-    for t in result["performance"]["templates"]:
-        dur = t["duration_seconds"]
+    lines += ["", "analytics (engine.insight.performance / .bottlenecks, last hour)"]
+    performance: Performance = result["performance"]
+    bottlenecks: Bottlenecks = result["bottlenecks"]
+    for t in performance.templates:
         lines.append(
-            f"  {t['namespace']}/{t['name']}@{t['version']}: {t['completed']} completed,"
-            f" {t['failed']} failed, completion rate {t['completion_rate']:.1%}, p95 {dur['p95']}s,"
-            f" {t['step_retries']} retries"
+            f"  {t.namespace}/{t.name}@{t.version}: {t.completed} completed,"
+            f" {t.failed} failed, completion rate {t.completion_rate or 0.0:.1%},"
+            f" p95 {t.duration_seconds.p95}s, {t.step_retries} retries"
         )
-    for r in result["bottlenecks"]["recommendations"]:
-        lines.append(f"  [{r['severity']}] {r['message']}")
+    for r in bottlenecks.recommendations:
+        lines.append(f"  [{r.severity}] {r.message}")
     return "\n".join(lines)
 
 

@@ -1,20 +1,23 @@
-"""Event-driven monitoring of the checkout: business figures and performance alerts, as two subscribers.
+"""Event-driven monitoring of the checkout: business figures and performance alerts, as two
+subscribers.
 
-`BusinessMetricsSubscriber` counts what the business cares about (orders completed, revenue, how long a
-checkout takes, why orders failed) from the `task.completed` and `task.failed` events of
-`ecommerce/process_order`. Task events carry only the task's id, and the revenue lives in the step results
-(`process_payment.amount_charged`), so the subscriber reads the task back from the store: on a thread of
-its own, because events are delivered on the worker's loop and a subscriber must return at once.
+`BusinessMetricsSubscriber` counts what the business cares about (orders completed, revenue, how
+long a checkout takes, why orders failed) from the `task.completed` and `task.failed` events of
+`ecommerce/process_order`. Task events carry only the task's id, and the revenue lives in the step
+results (`process_payment.amount_charged`), so the subscriber reads the task back from the store: on
+a thread of its own, because events are delivered on the worker's loop and a subscriber must return
+at once.
 
-`PerformanceSubscriber` needs nothing but the step events' payloads (`duration_ms`, `error`, `attempt`): it
-raises an alert for an attempt slower than its threshold, a step that failed for good, and a retry. Alerts
-go to a sink, any callable taking an `Alert`: `LogSink` (the default) logs them; `MemorySink` keeps them
-for tests and dashboards; a pager or a chat webhook is a few lines (keep it quick, or queue).
+`PerformanceSubscriber` needs nothing but the step events' payloads (`duration_ms`, `error`,
+`attempt`): it raises an alert for an attempt slower than its threshold, a step that failed for
+good, and a retry. Alerts go to a sink, any callable taking an `Alert`: `LogSink` (the default) logs
+them; `MemorySink` keeps them for tests and dashboards; a pager or a chat webhook is a few lines
+(keep it quick, or queue).
 
 Both can be named in configuration (`subscribers = ["tasker.demos.observability.subscribers:
-BusinessMetricsSubscriber"]`), which creates them without arguments and hands them the engine through
-`bind`, so the business subscriber reads tasks through the engine it is attached to. In code, prefer
-`tasker.demos.observability.wiring.attach(engine)`.
+BusinessMetricsSubscriber"]`), which creates them without arguments and hands them the engine
+through `bind`, so the business subscriber reads tasks through the engine it is attached to. In
+code, prefer `tasker.demos.observability.wiring.attach(engine)`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from tasker import Event, Events, Subscriber, Tasker
+from tasker import Event, Events, StepState, Subscriber, Tasker
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -40,7 +43,7 @@ log = logging.getLogger("tasker.demos.observability")
 CHECKOUT = ("ecommerce", "process_order")
 
 
-# -- alerts -----------------------------------------------------------------------------------------------
+# -- alerts ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Alert:
     """Something an operator should look at: `kind` is slow_step, step_failed or step_retry."""
@@ -178,7 +181,7 @@ class PerformanceSubscriber(Subscriber):
         )
 
 
-# -- business metrics -------------------------------------------------------------------------------------------
+# -- business metrics ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BusinessMetrics:
     """A snapshot of the checkout's business figures (durations in seconds, start to finish)."""
@@ -197,11 +200,12 @@ def _nearest_rank(sorted_values: list[float], p: float) -> float | None:
 
 
 class BusinessMetricsSubscriber(Subscriber):
-    """Orders completed, revenue per currency, checkout duration and failure reasons of the checkout.
+    """Orders completed, revenue per currency, checkout duration and failure reasons of the
+    checkout.
 
     Pass a prometheus_client `CollectorRegistry` to export the same figures as
-    `checkout_orders_completed_total`, `checkout_orders_failed_total{reason}`, `checkout_revenue_total{currency}`
-    and the `checkout_duration_seconds` histogram.
+    `checkout_orders_completed_total`, `checkout_orders_failed_total{reason}`,
+    `checkout_revenue_total{currency}` and the `checkout_duration_seconds` histogram.
     """
 
     subscribed_events = (Events.TASK_COMPLETED, Events.TASK_FAILED)
@@ -275,7 +279,7 @@ class BusinessMetricsSubscriber(Subscriber):
         if (task.namespace, task.name) != self.template:
             return
         if outcome == "failed":
-            failed = next((s for s in task.steps if s.status == "error"), None)
+            failed = next((s for s in task.steps if s.status == StepState.ERROR), None)
             reason = (
                 ((failed.last_error and failed.last_error.get("error_code")) or failed.name)
                 if failed
@@ -313,7 +317,8 @@ class BusinessMetricsSubscriber(Subscriber):
                 self._prometheus.duration.observe(duration)
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every event received so far is recorded; False if that took longer than `timeout`."""
+        """Wait until every event received so far is recorded; False if that took longer than
+        `timeout`."""
         done = threading.Event()
 
         def wait() -> None:
@@ -345,7 +350,8 @@ class BusinessMetricsSubscriber(Subscriber):
             )
 
     def close(self) -> None:
-        """Stop the reader thread (after what is queued) and close the engine opened from configuration."""
+        """Stop the reader thread (after what is queued) and close the engine opened from
+        configuration."""
         with self._lock:
             thread, self._thread = self._thread, None
         if thread is not None:

@@ -1,8 +1,8 @@
 """`attach(engine)`: both monitoring subscribers on an engine running the checkout, in one call.
 
-Slow-step thresholds default to half of each checkout step's `handler_config.timeout_seconds` (a step
-that uses half its time budget is worth a look before it starts timing out); pass `thresholds_ms` to
-choose your own.
+Slow-step thresholds default to half of each checkout step's `handler_config.timeout_seconds` (a
+step that uses half its time budget is worth a look before it starts timing out); pass
+`thresholds_ms` to choose your own.
 """
 
 from __future__ import annotations
@@ -42,9 +42,10 @@ class Monitoring:
 
 
 def checkout_thresholds(engine: Tasker, share: float = SLOW_SHARE_OF_TIMEOUT) -> dict[str, float]:
-    """Per step of the loaded checkout template: `share` of its timeout, in ms (empty if not loaded)."""
+    """Per step of the loaded checkout template: `share` of its timeout, in ms (empty if not
+    loaded)."""
     try:
-        template = engine.get_template(f"{CHECKOUT[0]}/{CHECKOUT[1]}")
+        template = engine.templates.get(f"{CHECKOUT[0]}/{CHECKOUT[1]}")
     except TaskerError:
         return {}
     return {

@@ -1,4 +1,5 @@
-"""`python -m tasker.demos.team_scaling`: the two teams' refunds and the 2.1.0 deploy, on a temporary SQLite store.
+"""`python -m tasker.demos.team_scaling`: the two teams' refunds and the 2.1.0 deploy, on a
+temporary SQLite store.
 
 Option: `--database-url URL` to run on another store (PostgreSQL, say).
 """
@@ -10,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tasker import Tasker, TaskerError
+from tasker import Tasker, TaskerError, TaskState
 from tasker.demos.team_scaling.demo import describe, run_story
 
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
                 ids = run_story(engine)
                 for line in describe(engine, ids):
                     print(line)
-                ok = all(engine.get_task(i).status == "complete" for i in ids.values())
+                ok = all(engine.get_task(i).status == TaskState.COMPLETE for i in ids.values())
         except TaskerError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -1,11 +1,12 @@
 """The customer-success team's step handlers for `customer_success/process_refund`.
 
-This team owns the ticket, the refund policy and the approval; it does not move money. For that it asks
-the payments team's workflow, the way it would call another team's service: `execute_refund_workflow`
-creates a `payments/process_refund` task with `ctx.create_task` (idempotent across the step's retries,
-so a lost reply never asks for the refund twice), and `wait_for_refund` reads that task with
-`ctx.get_task`, raising `RetryableError(retry_after=...)` while it is still running, so the wait holds
-no worker and survives restarts. A payments task that fails makes this step fail with its reason.
+This team owns the ticket, the refund policy and the approval; it does not move money. For that it
+asks the payments team's workflow, the way it would call another team's service:
+`execute_refund_workflow` creates a `payments/process_refund` task with `ctx.create_task`
+(idempotent across the step's retries, so a lost reply never asks for the refund twice), and
+`wait_for_refund` reads that task with `ctx.get_task`, raising `RetryableError(retry_after=...)`
+while it is still running, so the wait holds no worker and survives restarts. A payments task that
+fails makes this step fail with its reason.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any
 
-from tasker import PermanentError, RetryableError, StepContext, StepHandler
+from tasker import PermanentError, RetryableError, StepContext, StepHandler, StepState
 from tasker.demos.team_scaling import services
 from tasker.demos.team_scaling.payments import dollars
 from tasker.demos.team_scaling.services import Message
@@ -23,7 +24,8 @@ FINISHED_BADLY = ("error", "cancelled")
 
 
 def simulate_lost_reply(ctx: StepContext) -> None:
-    """Fail the first attempts named in `simulate_failures` after the step's work is done (a lost reply)."""
+    """Fail the first attempts named in `simulate_failures` after the step's work is done (a lost
+    reply)."""
     planned = int(ctx.context.get("simulate_failures", {}).get(ctx.step_name, 0))
     if ctx.attempt <= planned:
         raise RetryableError(
@@ -93,7 +95,8 @@ class GetManagerApprovalHandler(StepHandler):
     """Small refunds are approved by policy; larger ones need the manager named in the context.
 
     Without one the step stops (`PermanentError`: retrying cannot produce a manager). A manager who
-    approves later resolves the step by hand with `{"approved_by": "<manager>"}` and the refund proceeds.
+    approves later resolves the step by hand with `{"approved_by": "<manager>"}` and the refund
+    proceeds.
     """
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
@@ -112,7 +115,8 @@ class GetManagerApprovalHandler(StepHandler):
 
 
 class ExecuteRefundWorkflowHandler(StepHandler):
-    """Create the payments team's refund task: a cross-namespace call, made once however often this step runs."""
+    """Create the payments team's refund task: a cross-namespace call, made once however often this
+    step runs."""
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
         template = ctx.handler_config.get("payments_template", "payments/process_refund")
@@ -135,10 +139,11 @@ class ExecuteRefundWorkflowHandler(StepHandler):
 
 
 class WaitForRefundHandler(StepHandler):
-    """Poll the payments task: done -> its refund, failed -> fail with its reason, else ask to be run again later.
+    """Poll the payments task: done -> its refund, failed -> fail with its reason, else ask to be
+    run again later.
 
-    The poll interval doubles from `poll_seconds` up to `max_poll_seconds`: a refund that finishes in a
-    second is seen at once, one held up by an outage costs a poll a minute, not one a second.
+    The poll interval doubles from `poll_seconds` up to `max_poll_seconds`: a refund that finishes
+    in a second is seen at once, one held up by an outage costs a poll a minute, not one a second.
     """
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
@@ -153,8 +158,9 @@ class WaitForRefundHandler(StepHandler):
                 "polls": ctx.attempt,
             }
         if child.status in FINISHED_BADLY:
-            failed = next((s for s in child.steps if s.status == "error"), None)
-            # the child's own "fix:" is for the payments team; this step's reader gets the reason and its own fix
+            failed = next((s for s in child.steps if s.status == StepState.ERROR), None)
+            # the child's own "fix:" is for the payments team; this step's reader gets the reason
+            # and its own fix
             reason = (
                 (failed.last_error["message"] if failed.last_error else "").split("; fix:")[0]
                 if failed
@@ -170,7 +176,8 @@ class WaitForRefundHandler(StepHandler):
         delay = min(
             first * 2 ** (ctx.attempt - 1), float(ctx.handler_config.get("max_poll_seconds", 60))
         )
-        # Not an outage of anything: the refund is simply not done yet, so the breaker must not count it.
+        # Not an outage of anything: the refund is simply not done yet, so the breaker must not
+        # count it.
         raise RetryableError(
             f"payments task {child_id} is {child.status}",
             retry_after=delay,
@@ -188,7 +195,8 @@ class UpdateTicketStatusHandler(StepHandler):
 
 
 class NotifyCustomerHandler(StepHandler):
-    """Tell the customer the ticket is settled (payments sends its own receipt: two teams, two messages)."""
+    """Tell the customer the ticket is settled (payments sends its own receipt: two teams, two
+    messages)."""
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
         email = ctx.context["customer_email"]

@@ -1,11 +1,13 @@
-"""The team-scaling story, run end to end: two teams' `process_refund`, a deploy of 2.1.0, a cross-namespace call.
+"""The team-scaling story, run end to end: two teams' `process_refund`, a deploy of 2.1.0, a
+cross-namespace call.
 
-1. Payments 2.0.0 and customer success 1.3.0 are loaded; the payments team starts a refund of its own.
+1. Payments 2.0.0 and customer success 1.3.0 are loaded; the payments team starts a refund of its
+   own.
 2. Payments deploys 2.1.0 (loaded beside 2.0.0); a caller pins 2.0.0 explicitly for one more refund.
-3. A customer's ticket becomes a customer-success refund, which asks payments for the money by creating a
-   `payments/process_refund` task (unpinned, so 2.1.0) and waits for it.
-4. One worker runs everything: the task created before the deploy runs 2.0.0's four steps, the new one
-   2.1.0's five. The gateway times out once on the way; the refund still happens exactly once.
+3. A customer's ticket becomes a customer-success refund, which asks payments for the money by
+   creating a `payments/process_refund` task (unpinned, so 2.1.0) and waits for it.
+4. One worker runs everything: the task created before the deploy runs 2.0.0's four steps, the new
+   one 2.1.0's five. The gateway times out once on the way; the refund still happens exactly once.
 
 `run_story(engine)` returns the task ids; `describe(engine, ids)` turns them into lines to print.
 """
@@ -41,7 +43,8 @@ def seed_world() -> services.World:
 
 
 def refund_request(ticket_id: str = "T-1001", **overrides: Any) -> dict[str, Any]:
-    """A customer-success refund context for the seeded ticket (a damaged item bought five days ago)."""
+    """A customer-success refund context for the seeded ticket (a damaged item bought five days
+    ago)."""
     purchased = datetime.now(UTC).date() - timedelta(days=5)
     return {
         "ticket_id": ticket_id,

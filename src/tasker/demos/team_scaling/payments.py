@@ -1,9 +1,10 @@
 """The payments team's step handlers for `payments/process_refund` (2.0.0 and 2.1.0 share them).
 
-Versions pin a workflow's structure (its steps, their order, their retry policy), not the Python code:
-a task created on 2.0.0 runs 2.0.0's steps after 2.1.0 is deployed, but those steps call the classes
-that are installed. So a handler shared by two versions stays compatible with both, and a step whose
-behaviour must change gets a new class (here `ScreenForFraudHandler`, which only 2.1.0 has).
+Versions pin a workflow's structure (its steps, their order, their retry policy), not the Python
+code: a task created on 2.0.0 runs 2.0.0's steps after 2.1.0 is deployed, but those steps call the
+classes that are installed. So a handler shared by two versions stays compatible with both, and a
+step whose behaviour must change gets a new class (here `ScreenForFraudHandler`, which only 2.1.0
+has).
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ class ValidatePaymentEligibilityHandler(StepHandler):
 class ScreenForFraudHandler(StepHandler):
     """New in 2.1.0: large refunds wait for the risk team.
 
-    The hold is a `PermanentError` on purpose: retrying cannot approve it, a person must. After review,
-    the risk team resolves the step by hand (`tasker tasks resolve ID screen_for_fraud`) and the refund
-    proceeds as if the screen had passed.
+    The hold is a `PermanentError` on purpose: retrying cannot approve it, a person must. After
+    review, the risk team resolves the step by hand (`tasker tasks resolve ID screen_for_fraud`) and
+    the refund proceeds as if the screen had passed.
     """
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
@@ -65,7 +66,8 @@ class ScreenForFraudHandler(StepHandler):
 
 
 class ProcessGatewayRefundHandler(StepHandler):
-    """Refund through the gateway under the step's idempotency key, so a retry after a timeout refunds once."""
+    """Refund through the gateway under the step's idempotency key, so a retry after a timeout
+    refunds once."""
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
         try:
@@ -97,7 +99,8 @@ class UpdatePaymentRecordsHandler(StepHandler):
 
 
 class SendRefundReceiptHandler(StepHandler):
-    """Mail the customer a receipt; the outbox keys messages by the step's idempotency key, so a resend is one mail."""
+    """Mail the customer a receipt; the outbox keys messages by the step's idempotency key, so a
+    resend is one mail."""
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
         email = ctx.result_of("validate_payment_eligibility")["customer_email"]

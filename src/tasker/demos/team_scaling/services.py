@@ -1,9 +1,10 @@
-"""The systems both teams call, simulated in memory: a payment ledger with its gateway, a support desk, an outbox.
+"""The systems both teams call, simulated in memory: a payment ledger with its gateway, a support
+desk, an outbox.
 
-They live in one process (`current()`), which is what the example and its tests run; a real deployment
-has real services here. What matters is kept faithful: a gateway refund is idempotent on the key the
-caller sends (a replayed request returns the first refund, never a second one), a refund can never
-exceed what is left of the payment, and the gateway can be told to fail its next calls.
+They live in one process (`current()`), which is what the example and its tests run; a real
+deployment has real services here. What matters is kept faithful: a gateway refund is idempotent on
+the key the caller sends (a replayed request returns the first refund, never a second one), a refund
+can never exceed what is left of the payment, and the gateway can be told to fail its next calls.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class World:
         self.gateway_failures_left = 0
         self.gateway_calls = 0
 
-    # -- payments team's systems ------------------------------------------------------------------------
+    # -- payments team's systems -------------------------------------------------------------------
     def add_payment(self, payment: Payment) -> None:
         with self._lock:
             self.payments[payment.payment_id] = payment
@@ -87,7 +88,8 @@ class World:
     def gateway_refund(
         self, payment_id: str, amount_cents: int, reason: str, *, key: str
     ) -> Refund:
-        """Refund through the gateway; the same key returns the same refund however often it is sent."""
+        """Refund through the gateway; the same key returns the same refund however often it is
+        sent."""
         with self._lock:
             self.gateway_calls += 1
             if self.gateway_failures_left > 0:
@@ -123,7 +125,7 @@ class World:
         with self._lock:
             return next((r for r in self.refunds.values() if r.refund_id == refund_id), None)
 
-    # -- customer success team's systems ----------------------------------------------------------------
+    # -- customer success team's systems -----------------------------------------------------------
     def open_ticket(self, ticket: Ticket) -> None:
         with self._lock:
             self.tickets[ticket.ticket_id] = ticket
@@ -140,7 +142,7 @@ class World:
                 t.notes.append(note)
             return t
 
-    # -- shared -----------------------------------------------------------------------------------------
+    # -- shared ------------------------------------------------------------------------------------
     def send(self, message: Message) -> None:
         with self._lock:
             self.outbox[message.key] = message

@@ -1,7 +1,8 @@
-"""Run the four services until Ctrl-C: `python -m tasker.demos.microservices.services [--base-port 8001] [DATA_DIR]`.
+"""Run the four services until Ctrl-C:
+`python -m tasker.demos.microservices.services [--base-port 8001] [DATA_DIR]`.
 
-By default they listen on 127.0.0.1:8001..8004 (user, billing, preferences, notification), the URLs the
-registration template falls back to, and keep their state in a temporary directory. Prints the
+By default they listen on 127.0.0.1:8001..8004 (user, billing, preferences, notification), the URLs
+the registration template falls back to, and keep their state in a temporary directory. Prints the
 environment variables the template reads, ready to paste into another shell.
 """
 

@@ -1,10 +1,12 @@
 """The shared shape of the four example services: a FastAPI app over its own SQLite file.
 
 A subclass declares its tables and adds its resource routes; the base gives every service the same
-error format, the same fault-injection and inspection endpoints, and the middleware of `middleware.py`
-(faults, correlation ids, idempotency keys, request log). Errors always have one shape:
+error format, the same fault-injection and inspection endpoints, and the middleware of
+`middleware.py` (faults, correlation ids, idempotency keys, request log). Errors always have one
+shape:
 
-    {"error": {"code": "conflict", "message": "..."}, "existing": {...}}     # 409 carries the resource
+    {"error": {"code": "conflict", "message": "..."}, "existing": {...}}     # 409 carries the
+    resource
 
 Admin endpoints (never subject to faults, never logged):
 
@@ -36,7 +38,8 @@ from tasker.demos.microservices.services.store import Store
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z0-9-]{2,}$")
 PLANS = ("free", "pro", "enterprise")
 
-#: Called by POST /admin/faults with down_mode "refuse": stop listening for `seconds` (None: until resumed).
+#: Called by POST /admin/faults with down_mode "refuse": stop listening for `seconds` (None: until
+#: resumed).
 RefuseHook = Callable[[float | None], None]
 
 

@@ -1,9 +1,11 @@
-"""Fault injection for the example services: the ways real dependencies fail, switchable at run time.
+"""Fault injection for the example services: the ways real dependencies fail, switchable at run
+time.
 
-A service's faults are set through `POST /admin/faults` (merged over the current ones) and cleared with
-`DELETE /admin/faults`. Every fault is decided per request, before the request reaches the service's own
-code, except `error_after_work`, which lets the work happen and then answers with an error: the caller
-cannot tell whether its call took effect, which is what idempotency keys exist for.
+A service's faults are set through `POST /admin/faults` (merged over the current ones) and cleared
+with `DELETE /admin/faults`. Every fault is decided per request, before the request reaches the
+service's own code, except `error_after_work`, which lets the work happen and then answers with an
+error: the caller cannot tell whether its call took effect, which is what idempotency keys exist
+for.
 """
 
 from __future__ import annotations

@@ -1,17 +1,20 @@
-"""What every example service does around its own code: faults, correlation ids, idempotency, a request log.
+"""What every example service does around its own code: faults, correlation ids, idempotency, a
+request log.
 
-A plain ASGI middleware, so the four services get the same behaviour without repeating it in each route:
+A plain ASGI middleware, so the four services get the same behaviour without repeating it in each
+route:
 
-- the injected faults (`faults.py`) are decided first: a down or rate-limited service answers before its
-  code runs;
+- the injected faults (`faults.py`) are decided first: a down or rate-limited service answers before
+  its code runs;
 - `X-Correlation-ID` is taken from the request (or generated), handed to the route as
   `request.state.correlation_id`, and echoed on the response;
-- a mutating request with an `Idempotency-Key` is answered once: a repeat with the same method, path and
-  body gets the stored response with the same status (and `Idempotent-Replayed: true`); a repeat with a
-  different request is refused with 422. Requests with the same key are serialised, so two concurrent
-  repeats cannot both do the work. Responses are stored unless they are 5xx or 429, which say "try again";
-- every request is logged with its interval, status and correlation id (`GET /admin/requests`), which is
-  how the tests see that billing and preferences really ran at the same time.
+- a mutating request with an `Idempotency-Key` is answered once: a repeat with the same method, path
+  and body gets the stored response with the same status (and `Idempotent-Replayed: true`); a repeat
+  with a different request is refused with 422. Requests with the same key are serialised, so two
+  concurrent repeats cannot both do the work. Responses are stored unless they are 5xx or 429, which
+  say "try again";
+- every request is logged with its interval, status and correlation id (`GET /admin/requests`),
+  which is how the tests see that billing and preferences really ran at the same time.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
     POST /welcome_sequences         send every email of the sequence now (201)
     GET  /welcome_sequences?user_id=..., GET /emails?recipient=...
 
-Like a real email provider it does not refuse a second sequence to the same person: each request sends
-mail. Only an `Idempotency-Key` makes a repeated request harmless, so the duplicate emails the demo
-counts here measure whether the caller used its keys well.
+Like a real email provider it does not refuse a second sequence to the same person: each request
+sends mail. Only an `Idempotency-Key` makes a repeated request harmless, so the duplicate emails the
+demo counts here measure whether the caller used its keys well.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""Start the four services on free loopback ports, inject outages, stop them: what the demo and tests use.
+"""Start the four services on free loopback ports, inject outages, stop them: what the demo and
+tests use.
 
-Each service runs its own uvicorn server on a background thread, on a socket the runner binds itself, so
-the runner can really stop listening (callers get "connection refused", as during a deployment) and listen
-again later on the same port:
+Each service runs its own uvicorn server on a background thread, on a socket the runner binds
+itself, so the runner can really stop listening (callers get "connection refused", as during a
+deployment) and listen again later on the same port:
 
     with ServiceFleet() as fleet:                   # a temporary data directory, removed after
         os.environ.update(fleet.env())              # USER_SERVICE_URL=http://127.0.0.1:PORT, ...
@@ -54,7 +55,8 @@ _client_lock = threading.Lock()
 
 
 def admin_client() -> httpx.Client:
-    """One keep-alive client for health checks and admin calls (a new client per call costs ~50 ms of TLS setup)."""
+    """One keep-alive client for health checks and admin calls (a new client per call costs ~50 ms
+    of TLS setup)."""
     global _client
     with _client_lock:
         if _client is None:
@@ -94,7 +96,7 @@ class ServiceHandle:
     def listening(self) -> bool:
         return self._server is not None
 
-    # -- lifecycle ------------------------------------------------------------------------------------------
+    # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
         """Listen (on a free port the first time, on the same port after) and wait until healthy."""
         with self._lock:
@@ -126,7 +128,8 @@ class ServiceHandle:
             self.started_at = time.time()
 
     def stop(self) -> None:
-        """Stop listening: new connections are refused; requests in flight get a second to finish."""
+        """Stop listening: new connections are refused; requests in flight get a second to
+        finish."""
         with self._lock:
             server, thread = self._server, self._thread
             if server is None or thread is None:
@@ -151,7 +154,8 @@ class ServiceHandle:
                 self._resume_timer.start()
 
     def resume(self) -> None:
-        """Back up after `refuse()` or a down fault: the down fault is cleared and the service listens."""
+        """Back up after `refuse()` or a down fault: the down fault is cleared and the service
+        listens."""
         with self._lock:
             self._cancel_timer()
             self.service.faults.apply(FaultSpec(down=False))
@@ -181,9 +185,10 @@ class ServiceHandle:
             f"{STARTUP_TIMEOUT:.0f} s"
         )
 
-    # -- faults and state ---------------------------------------------------------------------------------
+    # -- faults and state --------------------------------------------------------------------------
     def set_faults(self, **spec: Any) -> dict[str, Any]:
-        """POST /admin/faults (see `FaultSpec`); applied directly while the service is not listening."""
+        """POST /admin/faults (see `FaultSpec`); applied directly while the service is not
+        listening."""
         if not self.listening:
             self.service.faults.apply(FaultSpec(**spec))
             return self.service.faults.describe()
@@ -199,7 +204,8 @@ class ServiceHandle:
         return self.service.state()
 
     def requests(self, after_id: int = 0) -> list[dict[str, Any]]:
-        """The service's request log: method, path, status, correlation id, key, started/finished."""
+        """The service's request log: method, path, status, correlation id, key,
+        started/finished."""
         return self.service.store.rows(
             "SELECT * FROM requests WHERE id > ? ORDER BY id", (after_id,)
         )
@@ -221,7 +227,8 @@ class ServiceFleet:
         host: str = "127.0.0.1",
         base_port: int | None = None,
     ) -> None:
-        """`base_port` None: free ports; else user, billing, preferences, notification on base_port + 0..3."""
+        """`base_port` None: free ports; else user, billing, preferences, notification on base_port
+        + 0..3."""
         self._tmp = (
             None if data_dir is not None else tempfile.mkdtemp(prefix="tasker-microservices-")
         )

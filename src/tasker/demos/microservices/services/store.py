@@ -1,8 +1,9 @@
 """A service's own persistent state: one SQLite file, one connection, one lock.
 
-Each example service owns its data the way a real microservice owns its database: nobody else reads the
-file, and the demo counts duplicates from what the service itself stored. Every stored row carries the
-correlation id of the request that wrote it, so a registration can be traced through all four services.
+Each example service owns its data the way a real microservice owns its database: nobody else reads
+the file, and the demo counts duplicates from what the service itself stored. Every stored row
+carries the correlation id of the request that wrote it, so a registration can be traced through all
+four services.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic unit of work; the lock makes check-then-insert (409 on a duplicate) race-free."""
+        """One atomic unit of work; the lock makes check-then-insert (409 on a duplicate)
+        race-free."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
