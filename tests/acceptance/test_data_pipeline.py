@@ -80,7 +80,7 @@ def test_flaky_extract_recovers_on_retry(engine: Tasker, tmp_path: Path) -> None
         if t["step_id"] == orders.id and t["to_state"] == "waiting_retry"
     ]
     assert [t["attempt"] for t in failed] == [1, 2]
-    assert all("connection reset" in t["error_message"] for t in failed)
+    assert all("connection reset" in (t["error_message"] or "") for t in failed)
     assert task.annotations is not None and task.annotations["extract_orders_attempts"] == 3
 
 

@@ -260,7 +260,7 @@ def test_rate_limited_charge_waits_for_retry_after(engine: Tasker, shop: Service
     history = [t for t in engine.history.step_transitions(task.id) if t["step_id"] == step_id]
     waited = next(t for t in history if t["to_state"] == "waiting_retry")
     second = next(t for t in history if t["to_state"] == "in_progress" and t["attempt"] == 2)
-    assert "retry after 4s" in waited["error_message"]
+    assert "retry after 4s" in (waited["error_message"] or "")
     # The gateway asked for 4 s, scaled like every delay by the engine's backoff_scale; the
     # exponential backoff alone would have waited about 1 s scaled.
     assert second["at"] - waited["at"] >= timedelta(seconds=4.0 * BACKOFF_SCALE)

@@ -84,7 +84,7 @@ def test_a_paused_worker_cannot_overwrite_a_step_completed_elsewhere(
             if r["to_state"] == "complete"
         ] == [("in_progress", "complete", b_id)]
         (expired,) = [r for r in history if r["error_class"] == "LeaseExpired"]
-        assert a_id in expired["error_message"]
+        assert a_id in (expired["error_message"] or "")
         assert runs.read_text().split() == [str(a.pid), str(b.pid)]
         assert rows(
             db,

@@ -3,11 +3,13 @@ history."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
 
 from tasker import Tasker
+from tasker.domain.history import StepTransition
 
 H = "tests.integration.handlers"
 FAST_RETRY = {"backoff_base_seconds": 0.01, "backoff_max_seconds": 0.05}
@@ -45,18 +47,18 @@ def template_yaml(
     return yaml.safe_dump(data, sort_keys=False)
 
 
-def history(tasker: Tasker, task_id: int) -> dict[int, list[dict[str, Any]]]:
+def history(tasker: Tasker, task_id: int) -> dict[int, list[StepTransition]]:
     """Step transitions grouped by step id, in the order they were written."""
-    out: dict[int, list[dict[str, Any]]] = {}
+    out: dict[int, list[StepTransition]] = {}
     for row in tasker.history.step_transitions(task_id):
         out.setdefault(row["step_id"], []).append(row)
     return out
 
 
-def step_history(tasker: Tasker, task_id: int, name: str) -> list[dict[str, Any]]:
+def step_history(tasker: Tasker, task_id: int, name: str) -> list[StepTransition]:
     task = tasker.get_task(task_id)
     return history(tasker, task_id).get(task.step(name).id, [])
 
 
-def to_states(rows: list[dict[str, Any]]) -> list[str]:
+def to_states(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return [r["to_state"] for r in rows]

@@ -188,7 +188,8 @@ def test_a_503_then_201_completes_after_one_retry_with_the_same_keys(
         r for r in step_history(tasker, task.id, "create") if r["to_state"] == "waiting_retry"
     )
     assert retry["error_class"] == "RetryableError"
-    assert "answered 503" in retry["error_message"] and "warming up" in retry["error_message"]
+    message = retry["error_message"] or ""
+    assert "answered 503" in message and "warming up" in message
     # The template declares the service events: one started/failed and one started/completed pair.
     assert [(e.name, e.payload.get("status")) for e in heard] == [
         ("service_call_started", None),
@@ -213,7 +214,9 @@ def test_a_429_with_retry_after_2_is_not_retried_before_2_seconds(
     rows = step_history(tasker, task.id, "create")
     assert to_states(rows) == ["ready", "in_progress", "waiting_retry", "in_progress", "complete"]
     waiting = rows[2]
-    assert waiting["error_class"] == "RetryableError" and "answered 429" in waiting["error_message"]
+    assert waiting["error_class"] == "RetryableError" and "answered 429" in (
+        waiting["error_message"] or ""
+    )
     assert (rows[3]["at"] - waiting["at"]).total_seconds() >= 2.0
     assert received_gaps(service.received(f"{key}/create"))[0] >= 2.0
 
@@ -276,7 +279,7 @@ def test_a_service_slower_than_the_timeout_is_a_retryable_read_timeout(
     )
     # The HTTP timeout (90% of timeout_seconds) fired before the engine's: the error names the call.
     assert retry["error_class"] == "RetryableError"
-    assert retry["error_message"].startswith(
+    assert (retry["error_message"] or "").startswith(
         f"POST {service.url}/things/{key}/create failed: timeout"
     )
 

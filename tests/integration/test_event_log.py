@@ -4,11 +4,12 @@ cursors."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import pytest
 
 from tasker import Tasker, TaskerInputError
-from tasker.store.event_log import Cursor, _until_hole
+from tasker.store.event_log import Cursor, _Pending, _until_hole
 from tests.fixture_types import LoadTemplate
 from tests.integration.support import step
 
@@ -118,8 +119,8 @@ def test_a_fresh_hole_stops_the_page_and_an_old_one_is_skipped() -> None:
     now = datetime.now(UTC)
     old, fresh = now - timedelta(seconds=10), now
 
-    def rows(*spec: tuple[int, datetime]) -> list[dict[str, object]]:
-        return [{"_id": i, "at": at} for i, at in spec]
+    def rows(*spec: tuple[int, datetime]) -> list[_Pending]:
+        return [cast(_Pending, {"_id": i, "at": at}) for i, at in spec]
 
     settled = now - timedelta(seconds=2)
     # 3 is missing and 4 was written just now: 3 may still be committing, so stop before 4

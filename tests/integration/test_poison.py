@@ -287,7 +287,8 @@ def test_handler_bugs_do_not_open_the_default_circuit(tasker: Tasker, tmp_path: 
         task = tasker.get_task(task_id)
         assert task.status == "complete" and all(s.attempts == 1 for s in task.steps)
     circuits = {s["name"]: s for s in tasker.systems.report()}
-    assert circuits.get("default", {}).get("circuit_state", "closed") == "closed"
+    default = circuits.get("default")
+    assert default is None or default["circuit_state"] == "closed"
 
 
 def test_a_configured_default_system_still_breaks(tasker: Tasker, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tasker import Tasker
@@ -12,7 +13,7 @@ from tests.integration import handlers as h
 from tests.integration.support import step, step_history, to_states
 
 
-def _gaps(rows: list[dict[str, Any]]) -> list[float]:
+def _gaps(rows: Sequence[Mapping[str, Any]]) -> list[float]:
     """Seconds between each `waiting_retry` row and the next `in_progress` row of one step."""
     out = []
     for i, row in enumerate(rows):

@@ -19,6 +19,8 @@ from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tasker.domain.graph import execution_levels, execution_order
+from tasker.domain.history import StepTransition as StepTransitionRecord
+from tasker.domain.history import TaskTransition as TaskTransitionRecord
 from tasker.domain.records import FailureRecord, Step, Task
 from tasker.domain.states import TaskState
 from tasker.domain.templates import TaskTemplate, semver_key
@@ -315,7 +317,7 @@ class StepDetail(StepOut):
 
     @classmethod
     def detail(
-        cls, step: Step, parents: list[str], transitions: list[dict[str, Any]]
+        cls, step: Step, parents: list[str], transitions: list[StepTransitionRecord]
     ) -> StepDetail:
         rows = [
             StepTransition.model_validate(t) for t in transitions if t.get("step_id") == step.id
@@ -382,7 +384,7 @@ class TaskDetail(TaskSummary):
 
     @classmethod
     def detail(
-        cls, task: Task, template: TaskTemplate, transitions: list[dict[str, Any]]
+        cls, task: Task, template: TaskTemplate, transitions: list[TaskTransitionRecord]
     ) -> TaskDetail:
         parents = parents_by_step(template)
         counts: dict[str, int] = {}

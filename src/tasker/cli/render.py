@@ -10,6 +10,7 @@ from typing import Any
 from rich.table import Table
 
 from tasker.domain.graph import execution_levels, mermaid
+from tasker.domain.history import CircuitChange, StepTransition
 from tasker.domain.records import Step, Task
 from tasker.domain.states import CLAIMABLE_STEP_STATES, TERMINAL_STEP_STATES, StepState
 from tasker.domain.templates import TaskTemplate
@@ -251,8 +252,8 @@ def step_cost(
 
 def run_steps_table(
     task: Task,
-    transitions: Sequence[Mapping[str, Any]],
-    circuit_history: Sequence[Mapping[str, Any]],
+    transitions: Sequence[StepTransition],
+    circuit_history: Sequence[CircuitChange],
     now: datetime | None = None,
 ) -> Table:
     """The final table of `tasker run`: per step its attempts, probes, total and waiting time and
@@ -261,13 +262,13 @@ def run_steps_table(
     `transitions` are the task's step transition rows (every attempt, failed ones included) and
     `circuit_history` the circuit transitions of the task's dependent systems.
     """
-    by_step: dict[int, list[Mapping[str, Any]]] = {}
+    by_step: dict[int, list[StepTransition]] = {}
     for row in transitions:
         by_step.setdefault(int(row["step_id"]), []).append(row)
     probe_times: dict[str, list[datetime]] = {}
-    for row in circuit_history:
-        if row["to_state"] == "half_open":
-            probe_times.setdefault(str(row["system"]), []).append(row["at"])
+    for change in circuit_history:
+        if change["to_state"] == "half_open":
+            probe_times.setdefault(str(change["system"]), []).append(change["at"])
     table = Table(show_lines=False, expand=False)
     for col in ("step", "state", "attempts", "probes", "total", "waited"):
         right = col in ("probes", "total", "waited")

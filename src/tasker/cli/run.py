@@ -26,6 +26,7 @@ from rich.text import Text
 from tasker.cli.common import console, err_console, read_json, state, templates_option
 from tasker.cli.render import run_steps_table, task_header, waiting_line
 from tasker.domain.errors import TaskerInputError
+from tasker.domain.history import SystemReport
 from tasker.domain.records import Task
 from tasker.domain.states import (
     CLAIMABLE_STEP_STATES,
@@ -129,7 +130,7 @@ class Watch:
         self.task = task
         #: Set by any event of this task or any circuit change (from the worker's thread).
         self.changed = threading.Event()
-        self._systems: list[dict[str, Any]] = []
+        self._systems: list[SystemReport] = []
         self._limits: dict[str, int] = {}
         self._systems_read = 0.0
 

@@ -9,6 +9,7 @@ import click
 from tasker.cli.common import echo_json, json_option, state
 from tasker.domain import bounds
 from tasker.domain.bounds import Range
+from tasker.domain.history import SystemReport
 
 # Imports inside the commands below are deliberate: Rich, the engine and the consoles load only when
 # a command runs, so `tasker ... --help` starts fast (benchmarks/bench_startup.py).
@@ -43,7 +44,7 @@ def systems(ctx: click.Context, as_json: bool) -> None:
         ctx.invoke(list_, as_json=as_json)
 
 
-def system_rows(ctx: click.Context) -> list[dict[str, Any]]:
+def system_rows(ctx: click.Context) -> list[SystemReport]:
     """The engine's report of each system, with the cool-down in force now
     (`current_cooldown_seconds`).
 
@@ -107,7 +108,7 @@ def list_(ctx: click.Context, as_json: bool) -> None:
             )
 
 
-def _cooldown(row: dict[str, Any]) -> str:
+def _cooldown(row: SystemReport) -> str:
     """ "30s" while closed; "120s (base 30s)" once failed probes have doubled it."""
     base: float = row["cooldown_seconds"]
     current: float | None = row.get("current_cooldown_seconds")

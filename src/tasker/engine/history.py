@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
+from tasker.domain.history import StepTransition, TaskTransition
 from tasker.store import event_log
 from tasker.store import tasks as task_store
 from tasker.store.database import Database
@@ -23,11 +23,11 @@ class History:
     def __init__(self, db: Database):
         self.db = db
 
-    def step_transitions(self, task_id: int) -> list[dict[str, Any]]:
+    def step_transitions(self, task_id: int) -> list[StepTransition]:
         """Every state change of the task's steps, oldest first: the audit trail."""
         return task_store.read_step_transitions(self.db, task_id)
 
-    def task_transitions(self, task_id: int) -> list[dict[str, Any]]:
+    def task_transitions(self, task_id: int) -> list[TaskTransition]:
         """Every state change of the task itself, oldest first."""
         return task_store.read_task_transitions(self.db, task_id)
 

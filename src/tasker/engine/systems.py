@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tasker.domain.errors import TaskerInputError
+from tasker.domain.history import CircuitChange, SystemReport, WorkerRecord
 from tasker.domain.templates import TaskTemplate
 from tasker.engine.running import RunningWorkers
 from tasker.events.bus import EventBus
@@ -66,7 +67,7 @@ class Systems:
         with self.db.write() as conn:
             system_store.set_namespace_limit(conn, namespace, max_in_flight, utcnow())
 
-    def report(self) -> list[dict[str, Any]]:
+    def report(self) -> list[SystemReport]:
         """Each dependent system: circuit state, consecutive failures, in flight, waiting,
         limits."""
         with self.db.read() as conn:
@@ -79,7 +80,7 @@ class Systems:
 
     def circuit_history(
         self, system: str | None = None, *, last: int | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[CircuitChange]:
         """Circuit changes, oldest first (with `last`: only the newest `last`)."""
         with self.db.read() as conn:
             return system_store.circuit_history(conn, system, last=last)
@@ -94,7 +95,7 @@ class Systems:
 
     def workers(
         self, within_seconds: float = workers_store.ALIVE_WITHIN_SECONDS
-    ) -> list[dict[str, Any]]:
+    ) -> list[WorkerRecord]:
         """Long-running workers heard from within `within_seconds` (any process, any machine)."""
         with self.db.read() as conn:
             return workers_store.recent(conn, utcnow(), within_seconds)

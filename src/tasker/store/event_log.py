@@ -20,13 +20,14 @@ import heapq
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, Select, func, select
 
 from tasker.domain.circuits import CircuitState
 from tasker.domain.errors import TaskerInputError
 from tasker.domain.events import STEP_EVENT_FOR_STATE, TASK_EVENT_FOR_STATE, Events
+from tasker.domain.history import EventFields, EventRecord
 from tasker.domain.states import TaskState
 from tasker.store.schema import (
     circuit_transitions,
@@ -83,9 +84,19 @@ class Cursor:
         return int(getattr(self, source))
 
 
+class _Pending(EventFields, total=False):
+    """An event as a source reads it, before the merge hands it out as an `EventRecord`."""
+
+    #: The row's id in its source (popped once the event is merged).
+    _id: int
+    #: Not an event a reader is shown, but its id moves the source's horizon.
+    _skip: bool
+    cursor: str
+
+
 @dataclass
 class EventPage:
-    events: list[dict[str, Any]]
+    events: list[EventRecord]
     cursor: str
     #: True when a source had more rows than the page could take: read again at once.
     more: bool = False
@@ -117,18 +128,18 @@ def read(
     flt = _Filter(task_id, namespace, tuple(names or ()))
     flt.sources = tuple(s for s in SOURCES if _source_may_match(s, flt))
     settled_before = now - timedelta(seconds=SETTLE_SECONDS)
-    heads: dict[str, Iterator[dict[str, Any]]] = {}
+    heads: dict[str, Iterator[_Pending]] = {}
     fetched: dict[str, int] = {}
     for source in flt.sources:
         rows = _fetch(conn, source, cursor.get(source), flt, limit)
         fetched[source] = len(rows)
         heads[source] = iter(_until_hole(rows, cursor.get(source), settled_before))
     horizons = {s: cursor.get(s) for s in SOURCES}
-    out: list[dict[str, Any]] = []
+    out: list[EventRecord] = []
     more = any(n >= limit for n in fetched.values())
     # k-way merge by time; each source is consumed in id order, so every cursor handed out is a
     # clean prefix
-    heap: list[tuple[datetime, int, int, int, dict[str, Any], str]] = []
+    heap: list[tuple[datetime, int, int, int, _Pending, str]] = []
     order_of = {s: i for i, s in enumerate(heads)}
     for source, it in heads.items():
         first = next(it, None)
@@ -144,7 +155,7 @@ def read(
         if row.pop("_skip", False) or not _name_matches(row["event"], flt.names):
             continue
         row["cursor"] = str(Cursor(**horizons))
-        out.append(row)
+        out.append(cast(EventRecord, row))
     if heap:
         more = True
     return EventPage(out, str(Cursor(**horizons)), more)
@@ -176,7 +187,7 @@ def _source_may_match(source: str, flt: _Filter) -> bool:
 _OPENING = frozenset({Events.TASK_CREATED, Events.TASK_STARTED, Events.TASK_RETRIED})
 
 
-def _rank(row: dict[str, Any]) -> int:
+def _rank(row: _Pending) -> int:
     """Order of events one transaction wrote at the same instant: a task opens, its steps move,
     their custom events follow, circuits react, and the task closes last."""
     event = row["event"]
@@ -191,11 +202,9 @@ def _name_matches(name: str, patterns: tuple[str, ...]) -> bool:
     return not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def _until_hole(
-    rows: list[dict[str, Any]], horizon: int, settled_before: datetime
-) -> list[dict[str, Any]]:
+def _until_hole(rows: list[_Pending], horizon: int, settled_before: datetime) -> list[_Pending]:
     """Rows up to the first hole in the ids that may still fill (see the module docstring)."""
-    out = []
+    out: list[_Pending] = []
     expected = horizon + 1
     for row in rows:
         if row["_id"] != expected and row["at"] > settled_before:
@@ -205,9 +214,7 @@ def _until_hole(
     return out
 
 
-def _fetch(
-    conn: Connection, source: str, after: int, flt: _Filter, limit: int
-) -> list[dict[str, Any]]:
+def _fetch(conn: Connection, source: str, after: int, flt: _Filter, limit: int) -> list[_Pending]:
     return {"step": _steps, "task": _tasks, "circuit": _circuits, "custom": _customs}[source](
         conn, after, flt, limit
     )
@@ -217,7 +224,7 @@ def _template(ns: str, name: str, version: str) -> str:
     return f"{ns}/{name}@{version}"
 
 
-def _steps(conn: Connection, after: int, flt: _Filter, limit: int) -> list[dict[str, Any]]:
+def _steps(conn: Connection, after: int, flt: _Filter, limit: int) -> list[_Pending]:
     st, s, t = step_transitions, steps, tasks
     q: Select[Any] = (
         select(
@@ -248,7 +255,7 @@ def _steps(conn: Connection, after: int, flt: _Filter, limit: int) -> list[dict[
         q = q.where(st.c.task_id == flt.task_id)
     if flt.namespace is not None:
         q = q.where(t.c.namespace == flt.namespace)
-    out = []
+    out: list[_Pending] = []
     for r in conn.execute(q):
         name = STEP_EVENT_FOR_STATE.get(r.to_state)
         data: dict[str, Any] = {
@@ -280,7 +287,7 @@ def _steps(conn: Connection, after: int, flt: _Filter, limit: int) -> list[dict[
     return out
 
 
-def _tasks(conn: Connection, after: int, flt: _Filter, limit: int) -> list[dict[str, Any]]:
+def _tasks(conn: Connection, after: int, flt: _Filter, limit: int) -> list[_Pending]:
     tt, t = task_transitions, tasks
     q: Select[Any] = (
         select(
@@ -305,7 +312,7 @@ def _tasks(conn: Connection, after: int, flt: _Filter, limit: int) -> list[dict[
         q = q.where(tt.c.task_id == flt.task_id)
     if flt.namespace is not None:
         q = q.where(t.c.namespace == flt.namespace)
-    out = []
+    out: list[_Pending] = []
     for r in conn.execute(q):
         if r.to_state == TaskState.PENDING:
             name = Events.TASK_CREATED if r.from_state is None else Events.TASK_RETRIED
@@ -337,7 +344,7 @@ def _tasks(conn: Connection, after: int, flt: _Filter, limit: int) -> list[dict[
     return out
 
 
-def _circuits(conn: Connection, after: int, flt: _Filter, limit: int) -> list[dict[str, Any]]:
+def _circuits(conn: Connection, after: int, flt: _Filter, limit: int) -> list[_Pending]:
     ct = circuit_transitions
     q = select(ct).where(ct.c.id > after).order_by(ct.c.id).limit(limit)
     return [
@@ -364,7 +371,7 @@ def _circuits(conn: Connection, after: int, flt: _Filter, limit: int) -> list[di
     ]
 
 
-def _customs(conn: Connection, after: int, flt: _Filter, limit: int) -> list[dict[str, Any]]:
+def _customs(conn: Connection, after: int, flt: _Filter, limit: int) -> list[_Pending]:
     ce, s, t = custom_events, steps, tasks
     q: Select[Any] = (
         select(

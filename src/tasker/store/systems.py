@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -58,6 +58,7 @@ from tasker.domain.circuits import (
 )
 from tasker.domain.events import Events
 from tasker.domain.failures import DEFAULT_MAX_OUTAGE_SECONDS, SystemEvidence, outcome_evidence
+from tasker.domain.history import CircuitChange, SystemReport
 from tasker.domain.records import Outcome
 from tasker.domain.states import REPORTED_STEP_STATES, StepState
 from tasker.domain.templates import DEFAULT_DEPENDENT_SYSTEM
@@ -445,7 +446,7 @@ _REPORTED_COUNTS = (
 )
 
 
-def report(conn: Connection) -> list[dict[str, Any]]:
+def report(conn: Connection) -> list[SystemReport]:
     """Every dependent system seen in steps or configured: circuit, failures, in flight, waiting."""
     rows = {r.name: r for r in conn.execute(select(dependent_systems))}
     counts: dict[str, Counter[str]] = {}
@@ -453,7 +454,7 @@ def report(conn: Connection) -> list[dict[str, Any]]:
         counts.setdefault(system, Counter())[state] = int(n)
     unloadable = _unloadable_handlers(conn)
     names = sorted(set(rows) | set(counts))
-    out = []
+    out: list[SystemReport] = []
     for name in names:
         r = rows.get(name)
         c = counts.get(name, Counter())
@@ -509,16 +510,17 @@ def _unloadable_handlers(conn: Connection) -> dict[str, dict[str, int]]:
 
 def circuit_history(
     conn: Connection, system: str | None = None, *, last: int | None = None
-) -> list[dict[str, Any]]:
+) -> list[CircuitChange]:
     """Circuit changes, oldest first; with `last`, only the newest `last` of them (read from the
     end)."""
     q = select(circuit_transitions)
     if system:
         q = q.where(circuit_transitions.c.system == system)
     if last is None:
-        return [dict(r._mapping) for r in conn.execute(q.order_by(circuit_transitions.c.id))]
+        rows = conn.execute(q.order_by(circuit_transitions.c.id))
+        return [cast(CircuitChange, dict(r._mapping)) for r in rows]
     newest = conn.execute(q.order_by(circuit_transitions.c.id.desc()).limit(last))
-    return [dict(r._mapping) for r in newest][::-1]
+    return [cast(CircuitChange, dict(r._mapping)) for r in newest][::-1]
 
 
 def namespace_limit_rows(conn: Connection) -> dict[str, int]:

@@ -8,12 +8,13 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, Row, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from tasker.domain.graph import execution_order
+from tasker.domain.history import StepTransition, TaskTransition
 from tasker.domain.records import Step, Task
 from tasker.domain.states import StepState, TaskState
 from tasker.domain.templates import TaskTemplate, canonical_json
@@ -558,13 +559,13 @@ def annotate(db: Database, task_id: int, annotations: dict[str, Any]) -> None:
         )
 
 
-def read_step_transitions(db: Database, task_id: int) -> list[dict[str, Any]]:
+def read_step_transitions(db: Database, task_id: int) -> list[StepTransition]:
     """The rows of `tasker_step_transitions` of a task, oldest first, as dicts."""
     with db.read() as conn:
-        return [dict(r._mapping) for r in step_history(conn, task_id)]
+        return [cast(StepTransition, dict(r._mapping)) for r in step_history(conn, task_id)]
 
 
-def read_task_transitions(db: Database, task_id: int) -> list[dict[str, Any]]:
+def read_task_transitions(db: Database, task_id: int) -> list[TaskTransition]:
     """The rows of `tasker_task_transitions` of a task, oldest first, as dicts."""
     with db.read() as conn:
-        return [dict(r._mapping) for r in task_history(conn, task_id)]
+        return [cast(TaskTransition, dict(r._mapping)) for r in task_history(conn, task_id)]

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import socket
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Connection, and_, delete, func, insert, select, update
 
+from tasker.domain.history import WorkerRecord
 from tasker.store.schema import workers
 
 #: How often a running worker refreshes its row, and how long after that it still counts as alive.
@@ -68,7 +69,7 @@ def recent(
     now: datetime,
     within_seconds: float = ALIVE_WITHIN_SECONDS,
     limit: int | None = None,
-) -> list[dict[str, Any]]:
+) -> list[WorkerRecord]:
     """Workers heard from within `within_seconds` that have not stopped, most recently seen
     first."""
     q = (
@@ -77,7 +78,7 @@ def recent(
         .order_by(workers.c.last_seen_at.desc())
         .limit(limit)
     )
-    return [dict(r._mapping) for r in conn.execute(q)]
+    return [cast(WorkerRecord, dict(r._mapping)) for r in conn.execute(q)]
 
 
 def count_recent(

@@ -42,6 +42,7 @@ from tasker.api.deps import get_engine
 from tasker.api.errors import error_response, error_responses
 from tasker.api.rendering import dumps
 from tasker.domain.errors import TaskerInputError
+from tasker.domain.history import EventRecord
 from tasker.engine.tasker import Tasker
 from tasker.settings import Settings
 from tasker.store.event_log import Cursor, EventPage
@@ -365,7 +366,7 @@ async def _follow(
         )
 
 
-def _message(event: dict[str, Any]) -> str:
+def _message(event: EventRecord) -> str:
     data = dumps(event, default=_iso)
     return f"id: {event['cursor']}\nevent: {event['event']}\ndata: {data}\n\n"
 

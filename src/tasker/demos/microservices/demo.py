@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +41,7 @@ from tasker import StepState, Task, Tasker, TaskState
 from tasker.demos.microservices import naive
 from tasker.demos.microservices.reconcile import partial, reconcile
 from tasker.demos.microservices.services.runner import ServiceFleet
+from tasker.domain.history import EventRecord
 
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE = "blog_examples/user_registration"
@@ -291,7 +292,7 @@ def run_engine(
 
 def _engine_figures(
     tasks: list[Task],
-    events: list[dict[str, Any]],
+    events: Sequence[Mapping[str, Any]],
     figures: dict[str, int],
     *,
     down_at: datetime,
@@ -350,7 +351,7 @@ def _engine_figures(
 
 
 def timeline(
-    events: list[dict[str, Any]],
+    events: Sequence[Mapping[str, Any]],
     *,
     down_at: datetime,
     up_at: datetime,
@@ -511,14 +512,14 @@ def _circuit_state(tasker: Tasker, system: str) -> str:
 
 def _read_events(
     tasker: Tasker, cursor: str, ids: set[int], *, expected_completions: int
-) -> list[dict[str, Any]]:
+) -> list[EventRecord]:
     """Every lifecycle event of this run's tasks, and the outage system's circuit changes, oldest
     first.
 
     The log may hold back the newest rows for a moment (PostgreSQL commits out of id order), so
     reading goes on until every completion the tasks show has been seen, for at most a few seconds.
     """
-    out: list[dict[str, Any]] = []
+    out: list[EventRecord] = []
     give_up = time.monotonic() + 5.0
     while True:
         page = tasker.history.read_events(
@@ -565,7 +566,7 @@ def _aware(at: datetime) -> datetime:
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
-def _at(event: dict[str, Any]) -> datetime:
+def _at(event: Mapping[str, Any]) -> datetime:
     at = event["at"]
     if isinstance(at, str):
         at = datetime.fromisoformat(at)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -18,6 +17,7 @@ from starlette.responses import Response
 
 from tasker.api.auth import Permission
 from tasker.domain.errors import NotFoundError
+from tasker.domain.history import SystemReport
 from tasker.engine.tasker import Tasker
 from tasker.web.access import Pages, actor, page, read_form, redirect, viewer
 from tasker.web.charts import state_band
@@ -28,7 +28,7 @@ RESET_PERMISSION = Permission.TASK_UPDATE
 HISTORY_ROWS = 200
 
 
-def _gather(engine: Tasker) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def _gather(engine: Tasker) -> tuple[list[SystemReport], dict[str, int]]:
     return engine.systems.report(), engine.systems.namespace_limits()
 
 

@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from tasker.api.auth import Permission
 from tasker.domain.errors import TaskerInputError
+from tasker.domain.history import StepTransition
 from tasker.domain.records import Step, Task
 from tasker.domain.states import (
     FINISHED_TASK_STATES,
@@ -61,7 +62,7 @@ class StepView:
     can_resolve: bool
 
 
-def attempts_of(step_id: int, transitions: list[dict[str, Any]]) -> list[Attempt]:
+def attempts_of(step_id: int, transitions: list[StepTransition]) -> list[Attempt]:
     """The attempts of one step: each `in_progress` transition and the one that ended it."""
     rows = [t for t in transitions if t["step_id"] == step_id]
     out: list[Attempt] = []
@@ -94,7 +95,7 @@ def resolvable(task: Task, step: Step) -> bool:
         return False
 
 
-def _read(engine: Tasker, task_id: int) -> tuple[Task, TaskTemplate, list[dict[str, Any]]]:
+def _read(engine: Tasker, task_id: int) -> tuple[Task, TaskTemplate, list[StepTransition]]:
     return (
         engine.get_task(task_id),
         engine.templates.of_task(task_id),
