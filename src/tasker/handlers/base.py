@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from tasker.domain.errors import TaskerError
 from tasker.domain.failures import NoSystemEvidence
 from tasker.domain.hooks import ServiceCall
+from tasker.observability.logging import step_logger
 
 if TYPE_CHECKING:
     from tasker.domain.records import Task
@@ -74,8 +75,6 @@ class StepContext:
         """A logger whose records carry task, step, attempt and correlation id (and a call's own
         `extra`)."""
         if self._logger is None:
-            from tasker.observability.logging import step_logger
-
             self._logger = step_logger(
                 f"tasker.handlers.{self.namespace}.{self.task_name}",
                 {

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from tasker.domain.errors import TemplateError
 from tasker.domain.graph import GraphError, check_graph
 from tasker.domain.templates import StepTemplate, TaskTemplate
+from tasker.handlers.base import StepHandler, TaskHandler
 from tasker.templates import regex_safety, safe_yaml
 
 TOP_LEVEL_KEYS = {
@@ -185,8 +186,6 @@ def import_object(path: str) -> Any:
 
 
 def resolve_step_handler(path: str, *, where: str) -> type:
-    from tasker.handlers.base import StepHandler
-
     cls = _resolve(path, where)
     if not isinstance(cls, type) or not issubclass(cls, StepHandler):
         raise TemplateError(
@@ -197,8 +196,6 @@ def resolve_step_handler(path: str, *, where: str) -> type:
 
 
 def resolve_task_handler(path: str, *, where: str) -> type:
-    from tasker.handlers.base import TaskHandler
-
     cls = _resolve(path, where)
     if not isinstance(cls, type) or not issubclass(cls, TaskHandler):
         raise TemplateError(
