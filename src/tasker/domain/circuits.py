@@ -175,9 +175,9 @@ class CircuitChange:
 # -- outcomes of attempts --------------------------------------------------------------------------
 
 
-def on_probe_success(c: Circuit) -> CircuitChange:
-    """The probe went through: the system is back. The circuit closes and forgets its failures."""
-    closed = replace(
+def _closed(c: Circuit) -> Circuit:
+    """`c` closed with its failure streak, cool-down, probe and outage clock forgotten."""
+    return replace(
         c,
         state=C.CLOSED,
         consecutive_failures=0,
@@ -186,6 +186,11 @@ def on_probe_success(c: Circuit) -> CircuitChange:
         probe_step_id=None,
         failing_since=None,
     )
+
+
+def on_probe_success(c: Circuit) -> CircuitChange:
+    """The probe went through: the system is back. The circuit closes and forgets its failures."""
+    closed = _closed(c)
     return CircuitChange(closed, CircuitTransition(c.state, C.CLOSED, "probe succeeded"))
 
 
@@ -267,15 +272,7 @@ ANSWER_COLUMNS = ("consecutive_failures", "failing_since")
 def on_reset(c: Circuit) -> CircuitChange:
     """An operator closes the circuit and clears its streak (`tasker systems reset`). Changes
     `RESET_COLUMNS` only."""
-    closed = replace(
-        c,
-        state=C.CLOSED,
-        consecutive_failures=0,
-        current_cooldown_seconds=None,
-        open_until=None,
-        probe_step_id=None,
-        failing_since=None,
-    )
+    closed = _closed(c)
     moved = CircuitTransition(c.state, C.CLOSED, "reset by an operator")
     return CircuitChange(closed, moved if c.state != C.CLOSED else None)
 

@@ -495,11 +495,8 @@ def _dedup(task: Task) -> Task:
 
 
 class _WorkerPort:
-    """What an engine's workers reach of it: the task operations handlers perform
-    (`ctx.create_task`, `ctx.get_task`) and storing what task handlers' hooks return.
-
-    Kept apart so that `annotate` stays off the public surface of `Tasker`.
-    """
+    """What an engine's workers reach of it (`TaskPort`): the task operations handlers perform,
+    `ctx.create_task` and `ctx.get_task`, and nothing else of the `Tasker`."""
 
     def __init__(self, engine: Tasker):
         self._engine = engine
@@ -523,10 +520,6 @@ class _WorkerPort:
 
     def get_task(self, task_id: int) -> Task:
         return self._engine.get_task(task_id)
-
-    def annotate(self, task_id: int, annotations: dict[str, Any]) -> None:
-        """Merge annotations into the task's record (what task handlers' hooks return)."""
-        task_store.annotate(self._engine.db, task_id, annotations)
 
 
 class _Runner:
