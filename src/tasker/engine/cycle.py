@@ -29,9 +29,6 @@ from tasker.store.tasks import template_definition
 
 log = logging.getLogger("tasker.worker")
 
-#: How long a worker trusts its picture of circuits and limits before reading it again.
-VIEW_TTL_SECONDS = 0.25
-
 Done = list[tuple[Outcome, ClaimedStep]]
 
 
@@ -88,6 +85,7 @@ class Cycles:
         scope: Scope,
         hooks: Hooks,
         bus: EventBus,
+        views: systems.ViewCache | None = None,
     ) -> None:
         self.db = db
         self.bus = bus
@@ -95,8 +93,7 @@ class Cycles:
         self.worker_id = worker_id
         self.scope = scope
         self.hooks = hooks
-        self._view = systems.SystemsView()
-        self._view_at = 0.0
+        self._views = views or systems.ViewCache()
 
     def run(self, plan: CyclePlan) -> CycleResult:
         """One transaction: extend leases, store outcomes, reclaim expired leases, claim new
@@ -105,13 +102,13 @@ class Cycles:
         scope = self.scope
         done = plan.done
         known = self._known_tasks(done)
-        view = self._view if time.monotonic() - self._view_at < VIEW_TTL_SECONDS else None
+        view = self._views.fresh()
         with self.db.cycle() as conn:
             # Stamped once the write lock is held (SQLite: at BEGIN IMMEDIATE) so that transition
             # times follow commit order, even when this cycle waited for an operator's transaction.
             journal = Journal(utcnow(), self.worker_id, collect=self.bus.has_listeners)
             if view is None:
-                view = self._load_view(conn)
+                view = self._views.load(conn)
             held = None
             cancelled: set[int] = set()
             if plan.heartbeat is not None:
@@ -132,7 +129,7 @@ class Cycles:
                 # A circuit may have moved in this very transaction: plan this cycle's claims on the
                 # new state, or the cycle that opens a circuit would still claim (and spend attempts
                 # on) its steps.
-                view = self._load_view(conn)
+                view = self._views.load(conn)
             if plan.reclaim:
                 claims.reclaim_expired(conn, journal, skip_locked=pg)
             claim_started = time.perf_counter()
@@ -160,11 +157,6 @@ class Cycles:
             )
             self.hooks.circuit_change(self.worker_id, CircuitMoved(system, src, dst, reason))
         return CycleResult(claimed, scanned_full, settled, journal.events, held, cancelled)
-
-    def _load_view(self, conn: Any) -> systems.SystemsView:
-        view = systems.load_view(conn)
-        self._view, self._view_at = view, time.monotonic()
-        return view
 
     def _claim(
         self,

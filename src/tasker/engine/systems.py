@@ -32,6 +32,8 @@ class Systems:
         self.db = db
         self.bus = bus
         self._running = running
+        #: The view of circuits and limits this engine's workers plan their claims on.
+        self.views = system_store.ViewCache()
 
     def configure(self, name: str, **settings: Any) -> None:
         """Set `max_in_flight`, `failure_threshold`, `cooldown_seconds`, `max_cooldown_seconds` of
@@ -43,6 +45,7 @@ class Systems:
         try:
             with self.db.write() as conn:
                 system_store.configure(conn, name, utcnow(), **settings)
+            self.views.invalidate()
         except ValueError as exc:
             raise TaskerInputError(f"dependent system '{name}': {exc}") from None
 
@@ -60,12 +63,14 @@ class Systems:
                     system_store.set_namespace_limit(
                         conn, t.namespace_name, t.namespace_max_in_flight, now
                     )
+        self.views.invalidate()
 
     def set_namespace_limit(self, namespace: str, max_in_flight: int | None) -> None:
         """Cap the steps of a namespace running at once across all workers (None removes the
         cap)."""
         with self.db.write() as conn:
             system_store.set_namespace_limit(conn, namespace, max_in_flight, utcnow())
+        self.views.invalidate()
 
     def report(self) -> list[SystemReport]:
         """Each dependent system: circuit state, consecutive failures, in flight, waiting,
@@ -88,6 +93,7 @@ class Systems:
     def reset_circuit(self, system: str) -> bool:
         """Close a system's circuit by hand (an operator knows it is healthy again)."""
         found, events = journaled(self.db, lambda conn, j: system_store.reset(conn, j, system))
+        self.views.invalidate()
         for name, payload in events:
             self.bus.publish(name, payload)
         self._running.notify()

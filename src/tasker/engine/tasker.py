@@ -39,7 +39,6 @@ from tasker.domain.errors import (
     TaskerInputError,
 )
 from tasker.domain.records import Task
-from tasker.domain.states import FINISHED_TASK_STATES, TaskState
 from tasker.domain.templates import TaskTemplate
 from tasker.engine.handler_threads import HandlerThreads
 from tasker.engine.history import History
@@ -307,14 +306,6 @@ class Tasker:
             )
         return task
 
-    def _status(self, task_id: int) -> TaskState:
-        status = task_store.status_of(self.db, task_id)
-        if status is None:
-            raise NotFoundError(
-                f"no task with id {task_id}; fix: list tasks with 'tasker tasks list'"
-            )
-        return status
-
     def get_tasks(self, task_ids: Sequence[int]) -> list[Task]:
         """Several tasks with their steps, by id (ids that do not exist are left out)."""
         return task_store.read_tasks(self.db, list(task_ids))
@@ -393,22 +384,21 @@ class Tasker:
             opts,
             tasks=self._port,
             hooks=hooks,
+            views=self.systems.views,
             **threads,
         )
 
     async def arun(self, task_id: int, *, concurrency: int | None = None) -> Task:
         """Run one task to the end in this process (async form of `run`)."""
-        if self._status(task_id) not in FINISHED_TASK_STATES:
-            await self._drive(
-                self.worker(concurrency=concurrency, task_id=task_id), until_idle=True
-            )
+        await self._drive(self.worker(concurrency=concurrency, task_id=task_id), until_idle=True)
         return self.get_task(task_id)
 
     def run(self, task_id: int, *, concurrency: int | None = None) -> Task:
         """Run one task to completion in this process, retries and backoff included; returns its
-        final state."""
-        if self._status(task_id) in FINISHED_TASK_STATES:
-            return self.get_task(task_id)
+        final state.
+
+        No read comes first: a task that is already finished (or does not exist) leaves the worker
+        nothing to claim, and the read at the end returns it (or raises `NotFoundError`)."""
         runner = self._get_runner()
         w = self.worker(concurrency=concurrency, task_id=task_id, _shared=runner)
         runner.call(self._drive(w, until_idle=True))

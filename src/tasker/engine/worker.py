@@ -35,7 +35,7 @@ from typing import Any
 from tasker.domain.errors import StoreError
 from tasker.domain.hooks import WorkerHooks
 from tasker.domain.records import ClaimedStep, Outcome
-from tasker.domain.states import FINISHED_TASK_STATES
+from tasker.domain.states import FINISHED_TASK_STATES, StepState
 from tasker.domain.storable import storable_text
 from tasker.engine import outcomes
 from tasker.engine.attempts import Attempts
@@ -50,6 +50,7 @@ from tasker.engine.wakeups import Wakeups
 from tasker.events.bus import EventBus
 from tasker.handlers.base import TaskPort
 from tasker.store.database import Database
+from tasker.store.systems import ViewCache
 
 log = logging.getLogger("tasker.worker")
 FINISHED = {s.value for s in FINISHED_TASK_STATES}
@@ -114,6 +115,7 @@ class Worker:
         db_executor: ThreadPoolExecutor | None = None,
         handler_pool: ThreadPoolExecutor | None = None,
         handler_threads: HandlerThreads | None = None,
+        views: ViewCache | None = None,
     ):
         self.db = db
         self.resolver = resolver
@@ -132,7 +134,7 @@ class Worker:
         rt = Runtime(self.threads, options.backoff_scale, tasks, self.hooks)
         self.attempts = Attempts(self.id, resolver, rt, self.wakeups.wake)
         scope = Scope(options.namespaces, options.task_id, lease)
-        self.cycles = Cycles(db, resolver, self.id, scope, self.hooks, bus)
+        self.cycles = Cycles(db, resolver, self.id, scope, self.hooks, bus, views)
         self.heartbeat = Every(lease / 3)
         self.reclaim = Every(min(1.0, lease / 4))
         self.registry = Registry(db, self.id, options.namespaces, options.concurrency)
@@ -210,7 +212,12 @@ class Worker:
     async def _main(self, until_idle: bool, io: _Threads) -> None:
         """Claim, execute, settle: a cycle whenever there are outcomes to store, room to claim into
         or leases to extend; else wait for a wake-up."""
-        self.heartbeat.done(time.monotonic())  # the first beat is due a third of a lease from now
+        started = time.monotonic()
+        self.heartbeat.done(started)  # the first beat is due a third of a lease from now
+        if self.opts.task_id is not None:
+            # `Tasker.run()` starts a worker per task: reclaiming the store's expired leases is the
+            # long-running workers' job, and this one only joins in once it has run a while.
+            self.reclaim.done(started)
         self._stop_deadline = None
         while True:
             now = time.monotonic()
@@ -305,7 +312,10 @@ class Worker:
         if result.claimed:
             self.hooks.claimed(self.id, result.claimed)
         if plan.scan and result.scanned_full is not None:
-            self.wakeups.claim_due = result.scanned_full
+            self.wakeups.scanned(result.scanned_full)
+        for outcome, _ in plan.done:
+            if outcome.state == StepState.WAITING_RETRY:
+                self.wakeups.retry_at(now + outcome.retry_delay)
 
     def _settles_my_task(self, settled: list[tuple[int, str]]) -> bool:
         task_id = self.opts.task_id
@@ -318,6 +328,7 @@ class Worker:
         now = time.monotonic()
         if self.attempts.running:
             wait = min(wait, self.heartbeat.remaining(now))
+        wait = max(0.0, min(wait, self.wakeups.until_retry(now)))
         if self._stop_deadline is not None:
             wait = min(wait, max(0.0, self._stop_deadline - now))
         return wait

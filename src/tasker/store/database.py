@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DBAPIError,
+    DisconnectionError,
     IntegrityError,
     InterfaceError,
     OperationalError,
@@ -132,19 +134,17 @@ class Database:
             self.cycles = self.writer
         elif self.dialect == "postgresql":
             self.writer = create_engine(
-                self.url,
-                pool_size=pool_size,
-                max_overflow=pool_size,
-                pool_pre_ping=True,
-                pool_recycle=1800,
+                self.url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800
             )
-            self.reader = self.writer
-            # Workers' own transactions skip the ping before each checkout (a round trip per cycle):
-            # their cycle already retries after a lost connection, which also discards the broken
-            # one.
-            self.cycles = create_engine(
-                self.url, pool_size=2, max_overflow=2, pool_pre_ping=False, pool_recycle=1800
-            )
+            _ping_when_idle(self.writer)
+            # Reads need no transaction: under READ COMMITTED every statement reads its own
+            # snapshot anyway, so BEGIN and ROLLBACK would be two round trips for nothing (and the
+            # ROLLBACK makes psycopg drop its prepared statements with DEALLOCATE ALL). A read that
+            # needs one snapshot for several statements opens its own transaction.
+            self.reader = self.writer.execution_options(isolation_level="AUTOCOMMIT")
+            # Workers' own transactions skip the ping entirely: their cycle already retries after a
+            # lost connection, which also discards the broken one.
+            self.cycles = create_engine(self.url, pool_size=2, max_overflow=2, pool_recycle=1800)
         else:
             raise TaskerInputError(
                 f"unsupported database '{self.dialect}'; fix: use sqlite:///path.db or"
@@ -301,7 +301,7 @@ class Database:
         if self.cycles is not self.writer:
             self.cycles.dispose()
         self.writer.dispose()
-        if self.reader is not self.writer:
+        if self.reader.pool is not self.writer.pool:
             self.reader.dispose()
 
     def safe_url(self) -> str:
@@ -338,6 +338,37 @@ def store_errors() -> Iterator[None]:
         yield
     except DBAPIError as exc:
         raise translated(exc) from exc
+
+
+#: A pooled PostgreSQL connection idle for longer than this is pinged before it is handed out.
+IDLE_PING_SECONDS = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Ping a pooled connection before reuse only when it sat idle for a while.
+
+    SQLAlchemy's `pool_pre_ping` costs a round trip on every checkout, which is most of the fixed
+    cost of a short operation. A connection in steady use is alive; one that idled through a
+    server restart (which takes longer than `IDLE_PING_SECONDS`) is found dead by the ping and
+    replaced, as `pool_pre_ping` would. A connection that dies while in use fails its statement,
+    and SQLAlchemy then discards every connection the pool held before that moment.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < IDLE_PING_SECONDS:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            raise DisconnectionError(f"pooled connection found dead: {exc}") from exc
+        if not alive:
+            raise DisconnectionError("pooled connection found dead")
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> Engine:

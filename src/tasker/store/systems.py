@@ -20,6 +20,9 @@ tests/integration/test_circuit_sql.py checks those statements against the policy
 
 from __future__ import annotations
 
+import math
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -109,6 +112,42 @@ class SystemsView:
     def has_failures(self, system: str) -> bool:
         row = self.systems.get(system)
         return row is not None and row.consecutive_failures > 0
+
+
+#: How long a worker trusts its picture of circuits and limits before reading it again.
+VIEW_TTL_SECONDS = 0.25
+
+
+class ViewCache:
+    """The systems view shared by the workers of one engine, trusted for `ttl` seconds.
+
+    Every worker plans its claims on this view; reading it costs two statements. A `Tasker.run()`
+    starts a worker per task, so a view per worker would be read again for every task. Changes an
+    operator makes through the same engine drop it at once (`invalidate`); changes from other
+    processes are seen within `ttl`, as before.
+    """
+
+    def __init__(self, ttl: float = VIEW_TTL_SECONDS) -> None:
+        self.ttl = ttl
+        self._view = SystemsView()
+        self._at = -math.inf
+        self._lock = threading.Lock()
+
+    def fresh(self) -> SystemsView | None:
+        """The view, or None when it is older than `ttl` (or dropped)."""
+        with self._lock:
+            return self._view if time.monotonic() - self._at < self.ttl else None
+
+    def load(self, conn: Connection) -> SystemsView:
+        """Read the view in the caller's transaction and keep it."""
+        view = load_view(conn)
+        with self._lock:
+            self._view, self._at = view, time.monotonic()
+        return view
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._at = -math.inf
 
 
 def load_view(conn: Connection) -> SystemsView:

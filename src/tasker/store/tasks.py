@@ -523,13 +523,6 @@ def read_list(db: Database, *, limit: int, offset: int, **filters: Any) -> tuple
         return list_tasks(conn, limit=limit, offset=offset, **filters)
 
 
-def status_of(db: Database, task_id: int) -> TaskState | None:
-    """The task's state, or None when there is no such task (one indexed read, no steps)."""
-    with db.read() as conn:
-        status = conn.execute(select(tasks.c.status).where(tasks.c.id == task_id)).scalar()
-    return None if status is None else TaskState(status)
-
-
 def find_id(db: Database, namespace: str, name: str, key: str) -> int | None:
     with db.read() as conn:
         return find_task_id(conn, namespace, name, key)
