@@ -153,7 +153,9 @@ class Probe:
     def __init__(self, engines: list[sa.Engine]):
         self.lock = threading.Lock()
         self.counts = Counts()
-        for engine in {id(e): e for e in engines}.values():
+        # One listener per pool: the PostgreSQL reader is the writer with autocommit (an option
+        # engine whose events are the writer's), so attaching to both would count twice.
+        for engine in {id(e.pool): e for e in reversed(engines)}.values():
             self._attach(engine)
 
     def snapshot(self) -> Counts:
@@ -194,15 +196,25 @@ class Probe:
 
             return fn
 
+        def bump_txn(name: str) -> Callable[..., None]:
+            """BEGIN/COMMIT/ROLLBACK events, except on autocommit connections (nothing is sent)."""
+            count = bump(name)
+
+            def fn(conn: Any, *_: Any) -> None:
+                if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+                    count()
+
+            return fn
+
         def reset(dbapi_conn: Any, record: Any, state: Any) -> None:
             if not state.transaction_was_reset and not state.terminate_only:
                 with lock:
                     c.resets += 1
 
         event.listen(engine, "before_cursor_execute", before)
-        event.listen(engine, "begin", bump("begin"))
-        event.listen(engine, "commit", bump("commit"))
-        event.listen(engine, "rollback", bump("rollback"))
+        event.listen(engine, "begin", bump_txn("begin"))
+        event.listen(engine, "commit", bump_txn("commit"))
+        event.listen(engine, "rollback", bump_txn("rollback"))
         event.listen(engine.pool, "checkout", bump("checkouts"))
         event.listen(engine.pool, "connect", bump("connects"))
         event.listen(engine.pool, "reset", reset)

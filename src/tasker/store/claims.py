@@ -50,7 +50,7 @@ def _candidates(
     if namespaces:
         q = q.where(steps.c.namespace.in_(bindparam("namespaces", expanding=True)))
     if task:
-        q = q.where(steps.c.task_id == bindparam("task_id"))
+        q = q.where(steps.c.task_id == bindparam("scope_task"))
     q = q.order_by(steps.c.run_at, steps.c.id).limit(bindparam("limit"))
     return q.with_for_update(skip_locked=True) if skip_locked else q
 
@@ -62,29 +62,31 @@ _CANDIDATES = {
 _RESTRICTED = {
     f: _candidates(namespaces=f[0], task=f[1], skip_locked=f[2], restricted=True) for f in _FLAGS
 }
+_TAKE_VALUES: dict[Any, Any] = {
+    steps.c.state: StepState.IN_PROGRESS.value,
+    steps.c.lease_owner: bindparam("worker"),
+    steps.c.lease_expires_at: bindparam("lease_until"),
+    steps.c.claim_token: steps.c.claim_token + 1,
+    steps.c.attempts: steps.c.attempts + 1,
+    steps.c.started_at: bindparam("now"),
+    steps.c.finished_at: None,
+    steps.c.updated_at: bindparam("now"),
+}
+_TAKE_RETURNING = (
+    steps.c.id,
+    steps.c.task_id,
+    steps.c.name,
+    steps.c.attempts,
+    steps.c.retry_limit,
+    steps.c.claim_token,
+    steps.c.idempotency_key,
+    steps.c.dependent_system,
+)
 _TAKE = (
     update(steps)
     .where(steps.c.id.in_(bindparam("ids", expanding=True)), steps.c.state.in_(CLAIMABLE))
-    .values(
-        state=StepState.IN_PROGRESS.value,
-        lease_owner=bindparam("worker"),
-        lease_expires_at=bindparam("lease_until"),
-        claim_token=steps.c.claim_token + 1,
-        attempts=steps.c.attempts + 1,
-        started_at=bindparam("now"),
-        finished_at=None,
-        updated_at=bindparam("now"),
-    )
-    .returning(
-        steps.c.id,
-        steps.c.task_id,
-        steps.c.name,
-        steps.c.attempts,
-        steps.c.retry_limit,
-        steps.c.claim_token,
-        steps.c.idempotency_key,
-        steps.c.dependent_system,
-    )
+    .values(_TAKE_VALUES)
+    .returning(*_TAKE_RETURNING)
 )
 _TASKS = select(
     tasks.c.id, tasks.c.status, tasks.c.context, tasks.c.correlation_id, tasks.c.template_id
@@ -140,8 +142,10 @@ def claim(
     if namespaces:
         params["namespaces"] = list(namespaces)
     if task_id is not None:
-        params["task_id"] = task_id
+        params["scope_task"] = task_id
     key = (bool(namespaces), task_id is not None, skip_locked)
+    if (plan is None or plan.unrestricted) and conn.dialect.name == "postgresql":
+        return _pick_and_take_pg(conn, journal, key, params, worker, lease_seconds)
     if plan is None or plan.unrestricted:
         picked = conn.execute(_CANDIDATES[key], params).all()
         if not picked:
@@ -168,6 +172,39 @@ def claim(
             claimed[i] = replace(c, probe=True)
     systems.settle_probes(conn, plan, probe_steps, journal.now)
     return claimed
+
+
+def _pick_and_take(flags: tuple[bool, bool, bool]) -> Any:
+    """PostgreSQL: pick the candidates and take them in one statement (`UPDATE ... FROM` the locked
+    candidates), returning each step's state before the claim for its transition."""
+    picked = _CANDIDATES[flags].subquery("picked")
+    return (
+        update(steps)
+        .where(steps.c.id == picked.c.id, steps.c.state.in_(CLAIMABLE))
+        .values(_TAKE_VALUES)
+        .returning(*_TAKE_RETURNING, picked.c.state.label("from_state"))
+    )
+
+
+_PICK_AND_TAKE = {f: _pick_and_take(f) for f in _FLAGS if f[2]}
+
+
+def _pick_and_take_pg(
+    conn: Connection,
+    journal: Journal,
+    flags: tuple[bool, bool, bool],
+    params: dict[str, Any],
+    worker: str,
+    lease_seconds: float,
+) -> list[ClaimedStep]:
+    now = journal.now
+    rows = conn.execute(
+        _PICK_AND_TAKE[(flags[0], flags[1], True)],
+        {**params, "worker": worker, "lease_until": now + timedelta(seconds=lease_seconds)},
+    ).all()
+    if not rows:
+        return []
+    return _claimed(conn, journal, rows, {r.id: r.from_state for r in rows}, {})
 
 
 def claim_readied(
@@ -218,6 +255,19 @@ def _take(
     ).all()
     if not claimed:
         return []
+    return _claimed(conn, journal, claimed, from_state, known)
+
+
+def _claimed(
+    conn: Connection,
+    journal: Journal,
+    claimed: Sequence[Any],
+    from_state: dict[int, str],
+    known: dict[int, KnownTask],
+) -> list[ClaimedStep]:
+    """Journal the claims and gather what their handlers need (reading the tasks it does not know
+    yet, and starting those that were pending)."""
+    now = journal.now
 
     def fully_known(task_id: int, name: str) -> bool:
         k = known.get(task_id)

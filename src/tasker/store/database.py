@@ -293,6 +293,17 @@ class Database:
             yield conn
 
     @contextmanager
+    def single(self) -> Iterator[Connection]:
+        """A connection for work done in one statement, which commits by itself on PostgreSQL (no
+        BEGIN and COMMIT round trips); a write transaction on SQLite."""
+        if not self.is_postgres:
+            with self.write() as conn:
+                yield conn
+            return
+        with store_errors(), self.reader.connect() as conn:
+            yield conn
+
+    @contextmanager
     def read(self) -> Iterator[Connection]:
         with store_errors(), self.reader.connect() as conn:
             yield conn

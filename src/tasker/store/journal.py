@@ -23,21 +23,32 @@ from tasker.domain.states import (
     check_step_transition,
     check_task_transition,
 )
-from tasker.store.notify import notify_ready
+from tasker.store.notify import CHANNEL
 from tasker.store.schema import custom_events, step_transitions, task_transitions
 
 _INSERT_STEP = insert(step_transitions)
 _INSERT_TASK = insert(task_transitions)
 _INSERT_CUSTOM = insert(custom_events)
-_UNNEST_STEP_TRANSITIONS = text("""
-    INSERT INTO tasker_step_transitions
-           (step_id, task_id, from_state, to_state, attempt, at, worker, error_class, error_message,
-            duration_ms)
-    SELECT * FROM unnest(CAST(:step_ids AS bigint[]), CAST(:task_ids AS bigint[]),
-                         CAST(:froms AS text[]), CAST(:tos AS text[]), CAST(:attempts AS integer[]),
-                         CAST(:ats AS timestamptz[]), CAST(:workers AS text[]),
-                         CAST(:classes AS text[]), CAST(:messages AS text[]),
-                         CAST(:durations AS double precision[]))
+#: PostgreSQL: every transition row of a transaction and its NOTIFY in one statement whose text
+#: never changes (arrays of values, unnested), so psycopg prepares it once and a flush is one round
+#: trip instead of up to three.
+_FLUSH_PG = text(f"""
+    WITH step_rows AS (
+        INSERT INTO tasker_step_transitions
+               (step_id, task_id, from_state, to_state, attempt, at, worker, error_class,
+                error_message, duration_ms)
+        SELECT * FROM unnest(CAST(:step_ids AS bigint[]), CAST(:task_ids AS bigint[]),
+                             CAST(:froms AS text[]), CAST(:tos AS text[]),
+                             CAST(:attempts AS integer[]), CAST(:ats AS timestamptz[]),
+                             CAST(:workers AS text[]), CAST(:classes AS text[]),
+                             CAST(:messages AS text[]), CAST(:durations AS double precision[]))
+    ), task_rows AS (
+        INSERT INTO tasker_task_transitions (task_id, from_state, to_state, at, worker, reason)
+        SELECT * FROM unnest(CAST(:t_task_ids AS bigint[]), CAST(:t_froms AS text[]),
+                             CAST(:t_tos AS text[]), CAST(:t_ats AS timestamptz[]),
+                             CAST(:t_workers AS text[]), CAST(:t_reasons AS text[]))
+    )
+    SELECT pg_notify('{CHANNEL}', '') WHERE CAST(:notify AS boolean)
 """)
 
 
@@ -129,40 +140,45 @@ class Journal:
         if self.collect:
             self.events.append((name, payload))
 
-    def _insert_steps_pg(self, conn: Connection) -> None:
-        """PostgreSQL: one cached statement over arrays instead of a re-rendered multi-row VALUES
-        list."""
-        rows = self.step_rows
+    def _flush_pg(self, conn: Connection, notify: bool) -> None:
+        steps, tasks = self.step_rows, self.task_rows
         conn.execute(
-            _UNNEST_STEP_TRANSITIONS,
+            _FLUSH_PG,
             {
-                "step_ids": [r["step_id"] for r in rows],
-                "task_ids": [r["task_id"] for r in rows],
-                "froms": [r["from_state"] for r in rows],
-                "tos": [r["to_state"] for r in rows],
-                "attempts": [r["attempt"] for r in rows],
-                "ats": [r["at"] for r in rows],
-                "workers": [r["worker"] for r in rows],
-                "classes": [r["error_class"] for r in rows],
-                "messages": [r["error_message"] for r in rows],
-                "durations": [r["duration_ms"] for r in rows],
+                "step_ids": [r["step_id"] for r in steps],
+                "task_ids": [r["task_id"] for r in steps],
+                "froms": [r["from_state"] for r in steps],
+                "tos": [r["to_state"] for r in steps],
+                "attempts": [r["attempt"] for r in steps],
+                "ats": [r["at"] for r in steps],
+                "workers": [r["worker"] for r in steps],
+                "classes": [r["error_class"] for r in steps],
+                "messages": [r["error_message"] for r in steps],
+                "durations": [r["duration_ms"] for r in steps],
+                "t_task_ids": [r["task_id"] for r in tasks],
+                "t_froms": [r["from_state"] for r in tasks],
+                "t_tos": [r["to_state"] for r in tasks],
+                "t_ats": [r["at"] for r in tasks],
+                "t_workers": [r["worker"] for r in tasks],
+                "t_reasons": [r["reason"] for r in tasks],
+                "notify": notify,
             },
         )
 
     def flush(self, conn: Connection) -> None:
         """Write the collected transition rows and wake other workers (call before the commit)."""
-        if self.readied and conn.dialect.name == "postgresql":
-            notify_ready(conn)
+        if conn.dialect.name == "postgresql":
+            notify = bool(self.readied)
+            if self.step_rows or self.task_rows or notify:
+                self._flush_pg(conn, notify)
             self.readied = set()
-        if self.step_rows:
-            if conn.dialect.name == "postgresql" and len(self.step_rows) > 1:
-                self._insert_steps_pg(conn)
-            else:
+        else:
+            if self.step_rows:
                 conn.execute(_INSERT_STEP, self.step_rows)
-            self.step_rows = []
-        if self.task_rows:
-            conn.execute(_INSERT_TASK, self.task_rows)
-            self.task_rows = []
+            if self.task_rows:
+                conn.execute(_INSERT_TASK, self.task_rows)
+        self.step_rows = []
+        self.task_rows = []
         if self.custom_rows:
             conn.execute(_INSERT_CUSTOM, self.custom_rows)
             self.custom_rows = []

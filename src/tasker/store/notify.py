@@ -11,18 +11,11 @@ import logging
 import threading
 from collections.abc import Callable
 
-from sqlalchemy import text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import make_url
 
 log = logging.getLogger("tasker.notify")
 
 CHANNEL = "tasker_ready"
-_NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', '')")
-
-
-def notify_ready(conn: Connection) -> None:
-    """Tell listening workers that steps became ready (delivered when this transaction commits)."""
-    conn.execute(_NOTIFY)
 
 
 def _libpq_url(sqlalchemy_url: str) -> str:

@@ -42,19 +42,19 @@ _RELEASE = (
     )
     .returning(steps.c.id, steps.c.task_id, steps.c.name, steps.c.state)
 )
+#: Each task's status with the count of its steps in each state: one statement, read after the
+#: lock (a read in the locking statement would use a snapshot from before the wait).
 _COUNTS = (
-    select(steps.c.task_id, steps.c.state, func.count())
-    .where(steps.c.task_id.in_(bindparam("ids", expanding=True)))
-    .group_by(steps.c.task_id, steps.c.state)
+    select(tasks.c.id, tasks.c.status, steps.c.state, func.count(steps.c.id))
+    .select_from(tasks.outerjoin(steps, steps.c.task_id == tasks.c.id))
+    .where(tasks.c.id.in_(bindparam("ids", expanding=True)))
+    .group_by(tasks.c.id, tasks.c.status, steps.c.state)
 )
 _LOCK = (
     select(tasks.c.id)
     .where(tasks.c.id.in_(bindparam("ids", expanding=True)))
     .order_by(tasks.c.id)
     .with_for_update(key_share=True)
-)
-_STATUSES = select(tasks.c.id, tasks.c.status).where(
-    tasks.c.id.in_(bindparam("ids", expanding=True))
 )
 _SET_STATUS = (
     update(tasks)
@@ -114,13 +114,17 @@ def settle_tasks(
         return []
     if lock:
         conn.execute(_LOCK, {"ids": ids}).all()
-    counts: dict[int, dict[str, int]] = {i: {} for i in ids}
-    for task_id, state, n in conn.execute(_COUNTS, {"ids": ids}):
-        counts[task_id][state] = int(n)
+    counts: dict[int, dict[str, int]] = {}
+    statuses: dict[int, str] = {}
+    for task_id, task_status, state, n in conn.execute(_COUNTS, {"ids": ids}):
+        statuses[task_id] = task_status
+        step_counts = counts.setdefault(task_id, {})
+        if state is not None:
+            step_counts[state] = int(n)
     changed: list[tuple[int, str]] = []
-    for r in conn.execute(_STATUSES, {"ids": ids}):
-        final = final_task_state(counts[r.id])
-        status = TaskState(r.status)
+    for task_id in sorted(statuses):
+        final = final_task_state(counts[task_id])
+        status = TaskState(statuses[task_id])
         if final is None:
             if status != TaskState.ERROR:
                 continue
@@ -133,14 +137,19 @@ def settle_tasks(
         finished = journal.now if target in FINISHED_TASK_STATES else None
         conn.execute(
             _SET_STATUS,
-            {"task_id": r.id, "status": target.value, "finished_at": finished, "now": journal.now},
+            {
+                "task_id": task_id,
+                "status": target.value,
+                "finished_at": finished,
+                "now": journal.now,
+            },
         )
-        journal.task(r.id, status, target)
-        changed.append((r.id, target.value))
+        journal.task(task_id, status, target)
+        changed.append((task_id, target.value))
         name = TASK_EVENT_FOR_STATE.get(target.value)
         if name:
             payload: dict[str, Any] = {
-                "task_id": r.id,
+                "task_id": task_id,
                 "from_state": status.value,
                 "to_state": target.value,
             }
