@@ -23,8 +23,10 @@ The estimate of round trips is statements + BEGIN + COMMIT + ROLLBACK + pre-ping
 check-in sends nothing, as the connection is no longer in a transaction: the wire shows it).
 
 On PostgreSQL the client connects through a counting TCP proxy, so the wire is counted too:
-  round trips  client messages that wait for the server's ReadyForQuery: simple Query ('Q') and Sync
-               ('S'); connection start-up is excluded and reported as connections;
+  round trips  client messages that wait for the server: simple Query ('Q') and Sync ('S'), each
+               answered by a ReadyForQuery, and, in pipeline mode, a Flush ('H') that asks for the
+               answers of the statements sent since the last Sync or Flush (the transaction goes on:
+               no ReadyForQuery); connection start-up is excluded and reported as connections;
   executions   Execute ('E') plus simple Query messages, prepares (Parse of a named statement
                without Execute in its round trip) and `DEALLOCATE ALL`s, as psycopg sends them;
 and the server: WAL bytes (`pg_current_wal_insert_lsn()` before and after, read from a separate
@@ -236,6 +238,10 @@ class Wire:
     connections: int = 0
     round_trips: int = 0
     ready: int = 0  # ReadyForQuery after start-up, from the server: should equal round_trips
+    #: Flushes that asked for the answers of statements sent since the last Sync or Flush: in
+    #: pipeline mode the client waits for them without ending the transaction (a round trip
+    #: that no ReadyForQuery answers).
+    flushes: int = 0
     executions: int = 0
     prepares: int = 0
     deallocate_all: int = 0
@@ -360,6 +366,15 @@ class WireProxy:
                 batch["execute"] = True
                 with lock:
                     w.executions += 1
+            elif t == ord("H"):
+                if batch["kind"] is None:
+                    return  # nothing sent since the last Sync or Flush: no answer to wait for
+                k = batch["kind"]
+                with lock:
+                    w.round_trips += 1
+                    w.flushes += 1
+                    w.kinds[k] += 1
+                batch.update(kind=None, execute=False, parse_named=False)
             elif t == ord("S"):
                 k = batch["kind"] or "(sync)"
                 prepare = batch["parse_named"] and not batch["execute"]
@@ -630,7 +645,8 @@ ROWS: list[tuple[str, str]] = [
     ("resets", "pool resets (rollback at check-in)"),
     ("connects", "new connections"),
     ("round_trips_estimate", "round trips, estimated (stmts+txn+pings)"),
-    ("wire_round_trips", "round trips on the wire (Query + Sync)"),
+    ("wire_round_trips", "round trips on the wire (Query + Sync + Flush)"),
+    ("wire_flushes", "  of which pipeline flushes"),
     ("wire_executions", "server executions (Execute + Query)"),
     ("wire_prepares", "  prepares (extra round trip)"),
     ("wire_deallocate_all", "  DEALLOCATE ALL"),
@@ -676,7 +692,8 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
     for store, r in results.items():
         if "other_active_backends" in r:
             agree = all(
-                r[p]["wire_ready"] == r[p]["wire_round_trips"] for p in ("sequential", "batch")
+                r[p]["wire_ready"] == r[p]["wire_round_trips"] - r[p]["wire_flushes"]
+                for p in ("sequential", "batch")
             )
             console.print(
                 f"{store}: other busy client backends at the start:"

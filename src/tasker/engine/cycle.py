@@ -103,6 +103,8 @@ class Cycles:
         done = plan.done
         known = self._known_tasks(done)
         view = self._views.fresh()
+        if pg and view is not None and view.empty and self._pipelines(plan):
+            return self._pipelined(plan, known)
         with self.db.cycle() as conn:
             # Stamped once the write lock is held (SQLite: at BEGIN IMMEDIATE) so that transition
             # times follow commit order, even when this cycle waited for an operator's transaction.
@@ -157,6 +159,56 @@ class Cycles:
             )
             self.hooks.circuit_change(self.worker_id, CircuitMoved(system, src, dst, reason))
         return CycleResult(claimed, scanned_full, settled, journal.events, held, cancelled)
+
+    @staticmethod
+    def _pipelines(plan: CyclePlan) -> bool:
+        """Whether `pg_cycle` can run this cycle: no lease to extend or reclaim, and outcomes that
+        move no circuit (with no limit or circuit in play, checked by the caller)."""
+        from tasker.store.pg_cycle import eligible
+
+        return (
+            plan.heartbeat is None
+            and not plan.reclaim
+            and all(eligible(outcome) for outcome, _ in plan.done)
+        )
+
+    def _pipelined(self, plan: CyclePlan, known: dict[int, claims.KnownTask]) -> CycleResult:
+        """The common cycle on PostgreSQL, in two round trips (`tasker.store.pg_cycle`)."""
+        from tasker.store.pg_cycle import run_cycle
+
+        scope = self.scope
+        journal = Journal(utcnow(), self.worker_id, collect=self.bus.has_listeners)
+        started = time.perf_counter()
+        with self.db.pipelined() as conn:
+            cycle = run_cycle(
+                conn,
+                journal,
+                [o for o, _ in plan.done],
+                known,
+                worker=self.worker_id,
+                room=plan.claim_limit,
+                scan=plan.scan,
+                namespaces=scope.namespaces,
+                task_id=scope.task_id,
+                lease_seconds=scope.lease_seconds,
+            )
+            for tid in {c.template_id for c in cycle.claimed}:
+                if not self.resolver.known(tid):
+                    self.resolver.add_snapshot(tid, template_definition(conn, tid))
+        if self.hooks.wants_cycles:
+            self.hooks.cycle(
+                CycleReport(
+                    self.worker_id,
+                    plan.done,
+                    cycle.accepted,
+                    cycle.claimed,
+                    time.perf_counter() - started if cycle.claimed else None,
+                    self._template_key,
+                )
+            )
+        return CycleResult(
+            cycle.claimed, cycle.scanned_full, cycle.settled, journal.events, None, set()
+        )
 
     def _claim(
         self,

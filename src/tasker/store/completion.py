@@ -147,7 +147,7 @@ def apply_outcomes(
         for name, payload in o.events:
             journal.custom(name, o.task_id, o.step_id, payload)
         if journal.collect:
-            _event(journal, o, state)
+            outcome_event(journal, o, state)
         if state == StepState.COMPLETE:
             completed.append(o.step_id)
             if o.children is None or children is None:
@@ -164,7 +164,8 @@ def apply_outcomes(
     return accepted, settled, readied
 
 
-def _event(journal: Journal, o: Outcome, state: StepState) -> None:
+def outcome_event(journal: Journal, o: Outcome, state: StepState) -> None:
+    """The event of a stored outcome (`step.completed`, `step.retry_scheduled`, `step.failed`)."""
     payload: dict[str, Any] = {
         "task_id": o.task_id,
         "step_id": o.step_id,

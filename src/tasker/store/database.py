@@ -304,6 +304,13 @@ class Database:
             yield conn
 
     @contextmanager
+    def pipelined(self) -> Iterator[Connection]:
+        """PostgreSQL: a worker's connection, not in a transaction, for code that drives the driver
+        itself (`tasker.store.pg_cycle`); the driver's errors are raised as the store's."""
+        with store_errors(), driver_errors(), self.cycles.connect() as conn:
+            yield conn
+
+    @contextmanager
     def read(self) -> Iterator[Connection]:
         with store_errors(), self.reader.connect() as conn:
             yield conn
@@ -380,6 +387,30 @@ def _ping_when_idle(engine: Engine) -> None:
             raise DisconnectionError(f"pooled connection found dead: {exc}") from exc
         if not alive:
             raise DisconnectionError("pooled connection found dead")
+
+
+@contextmanager
+def driver_errors() -> Iterator[None]:
+    """Raise psycopg's own errors (from code that uses the driver directly) as `StoreError`s,
+    classified as `translated` classifies SQLAlchemy's."""
+    try:
+        yield
+    except Exception as exc:
+        if not type(exc).__module__.startswith("psycopg"):
+            raise
+        import psycopg  # installed: it raised
+
+        if not isinstance(exc, psycopg.Error):
+            raise
+        lines = str(exc).strip().splitlines()
+        message = f"{type(exc).__name__}: {lines[0] if lines else type(exc).__name__}"
+        if exc.sqlstate in CONTENTION_SQLSTATES:
+            raise StoreContention(message) from exc
+        if isinstance(exc, psycopg.IntegrityError):
+            raise StoreConflict(message) from exc
+        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+            raise StoreUnavailable(message) from exc
+        raise StoreError(message) from exc
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> Engine:

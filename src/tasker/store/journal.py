@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, text
+from sqlalchemy import Connection, insert
 
 from tasker.domain.records import FailureRecord
 from tasker.domain.states import (
@@ -32,24 +32,23 @@ _INSERT_CUSTOM = insert(custom_events)
 #: PostgreSQL: every transition row of a transaction and its NOTIFY in one statement whose text
 #: never changes (arrays of values, unnested), so psycopg prepares it once and a flush is one round
 #: trip instead of up to three.
-_FLUSH_PG = text(f"""
+_FLUSH_PG = f"""
     WITH step_rows AS (
         INSERT INTO tasker_step_transitions
                (step_id, task_id, from_state, to_state, attempt, at, worker, error_class,
                 error_message, duration_ms)
-        SELECT * FROM unnest(CAST(:step_ids AS bigint[]), CAST(:task_ids AS bigint[]),
-                             CAST(:froms AS text[]), CAST(:tos AS text[]),
-                             CAST(:attempts AS integer[]), CAST(:ats AS timestamptz[]),
-                             CAST(:workers AS text[]), CAST(:classes AS text[]),
-                             CAST(:messages AS text[]), CAST(:durations AS double precision[]))
+        SELECT * FROM unnest(%(step_ids)s::bigint[], %(task_ids)s::bigint[],
+                             %(froms)s::text[], %(tos)s::text[], %(attempts)s::integer[],
+                             %(ats)s::timestamptz[], %(workers)s::text[], %(classes)s::text[],
+                             %(messages)s::text[], %(durations)s::double precision[])
     ), task_rows AS (
         INSERT INTO tasker_task_transitions (task_id, from_state, to_state, at, worker, reason)
-        SELECT * FROM unnest(CAST(:t_task_ids AS bigint[]), CAST(:t_froms AS text[]),
-                             CAST(:t_tos AS text[]), CAST(:t_ats AS timestamptz[]),
-                             CAST(:t_workers AS text[]), CAST(:t_reasons AS text[]))
+        SELECT * FROM unnest(%(t_task_ids)s::bigint[], %(t_froms)s::text[], %(t_tos)s::text[],
+                             %(t_ats)s::timestamptz[], %(t_workers)s::text[],
+                             %(t_reasons)s::text[])
     )
-    SELECT pg_notify('{CHANNEL}', '') WHERE CAST(:notify AS boolean)
-""")
+    SELECT pg_notify('{CHANNEL}', '') WHERE %(notify)s
+"""
 
 
 @dataclass
@@ -140,38 +139,41 @@ class Journal:
         if self.collect:
             self.events.append((name, payload))
 
-    def _flush_pg(self, conn: Connection, notify: bool) -> None:
-        steps, tasks = self.step_rows, self.task_rows
-        conn.execute(
-            _FLUSH_PG,
-            {
-                "step_ids": [r["step_id"] for r in steps],
-                "task_ids": [r["task_id"] for r in steps],
-                "froms": [r["from_state"] for r in steps],
-                "tos": [r["to_state"] for r in steps],
-                "attempts": [r["attempt"] for r in steps],
-                "ats": [r["at"] for r in steps],
-                "workers": [r["worker"] for r in steps],
-                "classes": [r["error_class"] for r in steps],
-                "messages": [r["error_message"] for r in steps],
-                "durations": [r["duration_ms"] for r in steps],
-                "t_task_ids": [r["task_id"] for r in tasks],
-                "t_froms": [r["from_state"] for r in tasks],
-                "t_tos": [r["to_state"] for r in tasks],
-                "t_ats": [r["at"] for r in tasks],
-                "t_workers": [r["worker"] for r in tasks],
-                "t_reasons": [r["reason"] for r in tasks],
-                "notify": notify,
-            },
-        )
+    def flush_statement(self) -> tuple[str, dict[str, Any]] | None:
+        """PostgreSQL: the statement (psycopg's placeholders) that writes the collected transition
+        rows and the NOTIFY, with its values, or None when there is nothing to write. The rows are
+        taken: the caller runs it before the commit (custom events are left for it to write)."""
+        steps, tasks, notify = self.step_rows, self.task_rows, bool(self.readied)
+        self.step_rows, self.task_rows, self.readied = [], [], set()
+        if not (steps or tasks or notify):
+            return None
+        params = {
+            "step_ids": [r["step_id"] for r in steps],
+            "task_ids": [r["task_id"] for r in steps],
+            "froms": [r["from_state"] for r in steps],
+            "tos": [r["to_state"] for r in steps],
+            "attempts": [r["attempt"] for r in steps],
+            "ats": [r["at"] for r in steps],
+            "workers": [r["worker"] for r in steps],
+            "classes": [r["error_class"] for r in steps],
+            "messages": [r["error_message"] for r in steps],
+            "durations": [r["duration_ms"] for r in steps],
+            "t_task_ids": [r["task_id"] for r in tasks],
+            "t_froms": [r["from_state"] for r in tasks],
+            "t_tos": [r["to_state"] for r in tasks],
+            "t_ats": [r["at"] for r in tasks],
+            "t_workers": [r["worker"] for r in tasks],
+            "t_reasons": [r["reason"] for r in tasks],
+            "notify": notify,
+        }
+        return _FLUSH_PG, params
 
     def flush(self, conn: Connection) -> None:
         """Write the collected transition rows and wake other workers (call before the commit)."""
         if conn.dialect.name == "postgresql":
-            notify = bool(self.readied)
-            if self.step_rows or self.task_rows or notify:
-                self._flush_pg(conn, notify)
-            self.readied = set()
+            statement = self.flush_statement()
+            if statement is not None:
+                conn.exec_driver_sql(*statement)
         else:
             if self.step_rows:
                 conn.execute(_INSERT_STEP, self.step_rows)

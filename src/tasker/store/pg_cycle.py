@@ -1,0 +1,491 @@
+"""PostgreSQL: a worker's cycle in two round trips.
+
+The general cycle (`tasker.engine.cycle`, through `completion`, `readiness` and `claims`) sends one
+statement at a time and waits for each. Here the common cycle, the one that stores outcomes, readies
+children, claims work and settles finished tasks when no limit or circuit is in play, is sent in
+psycopg's pipeline mode on a connection whose transaction is opened and closed by hand:
+
+1. `BEGIN` and one statement (`_first`): store the outcomes fenced by their claim tokens, release
+   the children of the completed steps (and claim those that become ready, when there is room for
+   all of them), pick and claim due steps from the queue, and start the tasks of those steps.
+   Its rows come back before anything else is sent, because what to write next depends on them;
+2. the reads of tasks this worker does not know yet, the lock of the tasks that may settle, the
+   settle statement (`_SETTLE`), the transition rows and custom events, and `COMMIT`: sent
+   together, answered together.
+
+Statements after the first see every row committed before they start (READ COMMITTED), which is
+why the lock of a task and the count of its steps are two statements, as in `readiness`; the
+pipeline only spares the waiting between them. Whatever this module decides in SQL is what the
+pure policies decide (`tasker.domain.states`): the settle statement's decision is built from the
+state sets and the transition table, and a test compares it with `final_task_state` over every
+combination of step states it can meet.
+
+The texts never change (values travel as arrays), so psycopg prepares each one once per connection,
+and the claim statement names its states as literals, so the partial claim index serves it under a
+generic plan too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from psycopg.pq import TransactionStatus
+from psycopg.types.json import Jsonb
+from sqlalchemy import Connection
+
+from tasker.domain.events import TASK_EVENT_FOR_STATE
+from tasker.domain.records import ClaimedStep, Outcome
+from tasker.domain.states import (
+    ACTIVE_STEP_STATES,
+    CLAIMABLE_STEP_STATES,
+    FINISHED_TASK_STATES,
+    SATISFIED_STEP_STATES,
+    TASK_TRANSITIONS,
+    StepState,
+    TaskState,
+)
+from tasker.store.claims import KnownTask
+from tasker.store.completion import outcome_event
+from tasker.store.journal import Journal
+
+S, T = StepState, TaskState
+
+
+def _in(states: Sequence[str]) -> str:
+    return "(" + ", ".join(f"'{s}'" for s in sorted(states)) + ")"
+
+
+_CLAIMABLE = _in([s.value for s in CLAIMABLE_STEP_STATES])
+_TAKE = f"""state = '{S.IN_PROGRESS.value}', lease_owner = %(worker)s,
+           lease_expires_at = %(lease_until)s, claim_token = s.claim_token + 1,
+           attempts = s.attempts + 1, started_at = %(now)s, finished_at = NULL,
+           updated_at = %(now)s"""
+_BECOMES_READY = f"s.pending_parents <= r.n AND s.state = '{S.PENDING.value}'"
+_CLAIM_IT = f"{_BECOMES_READY} AND %(take)s"
+_COLUMNS = "s.id, s.task_id, s.name, s.attempts, s.retry_limit, s.claim_token, s.idempotency_key,"
+_COLUMNS += " s.dependent_system"
+
+
+def _first(namespaces: bool, task: bool) -> str:
+    scope = ""
+    if namespaces:
+        scope += " AND namespace = ANY(%(namespaces)s::text[])"
+    if task:
+        scope += " AND task_id = %(scope_task)s"
+    return f"""
+    WITH v AS (
+        SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::integer[], %(targets)s::text[],
+                             %(results)s::jsonb[], %(errors)s::jsonb[],
+                             %(run_ats)s::timestamptz[], %(finished)s::timestamptz[],
+                             %(refunds)s::integer[])
+             AS v(id, token, target, results, error, run_at, finished_at, refund)
+    ), fin AS (
+        UPDATE tasker_steps s
+           SET state = v.target, results = v.results, last_error = v.error, run_at = v.run_at,
+               finished_at = v.finished_at, attempts = s.attempts - v.refund,
+               lease_owner = NULL, lease_expires_at = NULL, updated_at = %(now)s
+          FROM v
+         WHERE s.id = v.id AND s.claim_token = v.token AND s.state = '{S.IN_PROGRESS.value}'
+        RETURNING s.id, s.state
+    ), rel_in AS (
+        SELECT e.child AS id, count(*) AS n
+          FROM unnest(%(parents)s::bigint[], %(children)s::bigint[]) AS e(parent, child)
+          JOIN fin ON fin.id = e.parent AND fin.state = '{S.COMPLETE.value}'
+         GROUP BY e.child
+    ), rel AS (
+        UPDATE tasker_steps s
+           SET pending_parents = s.pending_parents - r.n,
+               state = CASE WHEN {_BECOMES_READY}
+                            THEN CASE WHEN %(take)s THEN '{S.IN_PROGRESS.value}'
+                                      ELSE '{S.READY.value}' END
+                            ELSE s.state END,
+               run_at = CASE WHEN {_BECOMES_READY} THEN %(now)s ELSE s.run_at END,
+               lease_owner = CASE WHEN {_CLAIM_IT} THEN %(worker)s ELSE s.lease_owner END,
+               lease_expires_at = CASE WHEN {_CLAIM_IT} THEN %(lease_until)s
+                                       ELSE s.lease_expires_at END,
+               claim_token = s.claim_token + CASE WHEN {_CLAIM_IT} THEN 1 ELSE 0 END,
+               attempts = s.attempts + CASE WHEN {_CLAIM_IT} THEN 1 ELSE 0 END,
+               started_at = CASE WHEN {_CLAIM_IT} THEN %(now)s ELSE s.started_at END,
+               updated_at = %(now)s
+          FROM rel_in r
+         WHERE s.id = r.id
+        RETURNING {_COLUMNS}, s.state
+    ), picked AS (
+        SELECT id, state FROM tasker_steps
+         WHERE state IN {_CLAIMABLE} AND run_at <= %(now)s{scope}
+         ORDER BY run_at, id
+         LIMIT %(scan_limit)s
+           FOR UPDATE SKIP LOCKED
+    ), took AS (
+        UPDATE tasker_steps s SET {_TAKE}
+          FROM picked
+         WHERE s.id = picked.id AND s.state IN {_CLAIMABLE}
+        RETURNING {_COLUMNS}, picked.state
+    ), started AS (
+        UPDATE tasker_tasks t
+           SET status = '{T.IN_PROGRESS.value}', started_at = %(now)s, updated_at = %(now)s
+         WHERE t.id IN (SELECT task_id FROM took) AND t.status = '{T.PENDING.value}'
+        RETURNING t.id
+    )
+    SELECT 'f' AS kind, id, NULL::bigint, NULL, NULL::integer, NULL::integer, NULL::integer,
+           NULL, NULL, state
+      FROM fin
+    UNION ALL SELECT 'r', * FROM rel
+    UNION ALL SELECT 't', * FROM took
+    UNION ALL SELECT 's', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM started
+    """
+
+
+_FIRST = {(ns, tk): _first(ns, tk) for ns in (False, True) for tk in (False, True)}
+
+_TASKS = """SELECT id, context, correlation_id, template_id FROM tasker_tasks
+             WHERE id = ANY(%(ids)s::bigint[])"""
+_TASK_STEPS = """SELECT task_id, id, name, state, results FROM tasker_steps
+                  WHERE task_id = ANY(%(ids)s::bigint[])"""
+_LOCK = """SELECT id FROM tasker_tasks WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id
+           FOR NO KEY UPDATE"""
+
+
+def _settle() -> str:
+    """Settle tasks by their steps, as `readiness.settle_tasks` does with `final_task_state`.
+
+    The order of the CASE is that function's; the states come from the state sets, and a move the
+    transition table forbids fails the statement (and the transaction) as `check_task_transition`
+    would, by casting its description to a boolean.
+    """
+    active = _in([s.value for s in ACTIVE_STEP_STATES])
+    ended = _in([t.value for t in FINISHED_TASK_STATES - {T.ERROR}])
+    finished = _in([t.value for t in FINISHED_TASK_STATES])
+    legal = ", ".join(
+        f"('{src.value}', '{dst.value}')"
+        for src, dsts in sorted(TASK_TRANSITIONS.items())
+        for dst in sorted(dsts)
+    )
+    return f"""
+    WITH counted AS (
+        SELECT t.id, t.status,
+               count(s.id) FILTER (WHERE s.state IN {active}) AS active,
+               count(s.id) FILTER (WHERE s.state = '{S.ERROR.value}') AS failed,
+               count(s.id) FILTER (WHERE s.state = '{S.CANCELLED.value}') AS cancelled,
+               count(s.id) FILTER (WHERE s.state = '{S.PENDING.value}') AS pending,
+               count(s.id) FILTER (WHERE s.state = '{S.RESOLVED_MANUALLY.value}') AS resolved
+          FROM tasker_tasks t LEFT JOIN tasker_steps s ON s.task_id = t.id
+         WHERE t.id = ANY(%(ids)s::bigint[])
+         GROUP BY t.id, t.status
+    ), finals AS (
+        SELECT id, status,
+               CASE WHEN active > 0 THEN NULL
+                    WHEN failed > 0 THEN '{T.ERROR.value}'
+                    WHEN cancelled > 0 THEN '{T.CANCELLED.value}'
+                    WHEN pending > 0 THEN '{T.ERROR.value}'
+                    WHEN resolved > 0 THEN '{T.RESOLVED_MANUALLY.value}'
+                    ELSE '{T.COMPLETE.value}' END AS final
+          FROM counted
+    ), decided AS (
+        SELECT id, status AS src,
+               CASE WHEN final IS NULL
+                    THEN CASE WHEN status = '{T.ERROR.value}' THEN '{T.PENDING.value}' END
+                    WHEN final = status OR status IN {ended} THEN NULL
+                    ELSE final END AS dst
+          FROM finals
+    ), checked AS (
+        SELECT id, src, dst FROM decided
+         WHERE dst IS NOT NULL
+           AND CASE WHEN (src, dst) IN ({legal}) THEN true
+                    ELSE CAST('task cannot go from ' || src || ' to ' || dst AS boolean) END
+    ), moved AS (
+        UPDATE tasker_tasks t
+           SET status = c.dst, updated_at = %(now)s,
+               finished_at = CASE WHEN c.dst IN {finished} THEN %(now)s END
+          FROM checked c
+         WHERE t.id = c.id
+        RETURNING t.id, c.src, c.dst
+    ), logged AS (
+        INSERT INTO tasker_task_transitions (task_id, from_state, to_state, at, worker)
+        SELECT id, src, dst, %(now)s, %(worker)s FROM moved
+    )
+    SELECT id, src, dst FROM moved ORDER BY id
+    """
+
+
+_SETTLE = _settle()
+_CUSTOM = """INSERT INTO tasker_custom_events (name, task_id, step_id, namespace, payload, at,
+                                               worker)
+             VALUES (%(name)s, %(task_id)s, %(step_id)s, %(namespace)s, %(payload)s, %(at)s,
+                     %(worker)s)"""
+
+
+def eligible(outcome: Outcome) -> bool:
+    """Whether this cycle can store the outcome: no circuit, hold or refund is involved."""
+    if outcome.exhausted or outcome.probe or outcome.refund_attempt or outcome.transient_failure:
+        return False
+    return outcome.state != S.COMPLETE or outcome.children is not None
+
+
+@dataclass
+class Cycle:
+    """What one pipelined cycle did."""
+
+    accepted: list[Outcome] = field(default_factory=list)
+    settled: list[tuple[int, str]] = field(default_factory=list)
+    claimed: list[ClaimedStep] = field(default_factory=list)
+    #: Whether the queue scan filled its room (None: no scan).
+    scanned_full: bool | None = None
+
+
+@dataclass
+class _Claim:
+    """A claimed row, before its task's context and results are attached."""
+
+    step_id: int
+    task_id: int
+    name: str
+    attempt: int
+    retry_limit: int
+    claim_token: int
+    idempotency_key: str
+    dependent_system: str
+    from_state: StepState
+
+
+def run_cycle(
+    conn: Connection,
+    journal: Journal,
+    outcomes: Sequence[Outcome],
+    known: dict[int, KnownTask],
+    *,
+    worker: str,
+    room: int,
+    scan: bool,
+    namespaces: Sequence[str] | None,
+    task_id: int | None,
+    lease_seconds: float,
+) -> Cycle:
+    """Run one cycle on `conn` (a connection of the store's PostgreSQL pool, not in a
+    transaction); the transaction is committed when this returns. Raises `psycopg.Error` after
+    rolling back."""
+    raw: psycopg.Connection[Any] = conn.connection.driver_connection  # type: ignore[assignment]
+    raw.autocommit = True  # BEGIN and COMMIT are ours to send, inside the pipeline
+    try:
+        with raw.pipeline():
+            receive = _send(
+                raw,
+                journal,
+                outcomes,
+                known,
+                worker,
+                room,
+                scan,
+                namespaces,
+                task_id,
+                lease_seconds,
+            )
+        # Leaving the pipeline sent its Sync: round trip 2 answered everything queued after the
+        # first statement, COMMIT included.
+        return receive()
+    except BaseException:
+        if raw.broken or raw.closed:
+            conn.invalidate()
+        elif raw.info.transaction_status != TransactionStatus.IDLE:
+            try:
+                raw.execute("ROLLBACK")
+            except psycopg.Error:
+                conn.invalidate()  # a connection in an unknown state is not handed out again
+        raise
+    finally:
+        if not raw.closed:
+            raw.autocommit = False
+
+
+def _send(
+    raw: psycopg.Connection[Any],
+    journal: Journal,
+    outcomes: Sequence[Outcome],
+    known: dict[int, KnownTask],
+    worker: str,
+    room: int,
+    scan: bool,
+    namespaces: Sequence[str] | None,
+    task_id: int | None,
+    lease_seconds: float,
+) -> Callable[[], Cycle]:
+    """Round trip 1, then queue round trip 2; returns what reads its answers."""
+    now = journal.now
+    out = Cycle()
+    by_id = {o.step_id: o for o in outcomes}
+    edges = [(o.step_id, child) for o in outcomes if o.children for child in o.children]
+    children = {child for _, child in edges}
+    take = 0 < len(children) <= room  # claim the children that become ready, when all fit
+    scan_limit = max(0, room - (len(children) if take else 0)) if scan else 0
+    params: dict[str, Any] = {
+        "now": now,
+        "worker": worker,
+        "lease_until": now + timedelta(seconds=lease_seconds),
+        "ids": [o.step_id for o in outcomes],
+        "tokens": [o.claim_token for o in outcomes],
+        "targets": [o.state.value for o in outcomes],
+        "results": [_json(o.results if o.state == S.COMPLETE else None) for o in outcomes],
+        "errors": [_json(o.error if o.state != S.COMPLETE else None) for o in outcomes],
+        "run_ats": [
+            now + timedelta(seconds=o.retry_delay) if o.state == S.WAITING_RETRY else None
+            for o in outcomes
+        ],
+        "finished": [None if o.state == S.WAITING_RETRY else now for o in outcomes],
+        "refunds": [1 if o.refund_attempt else 0 for o in outcomes],
+        "parents": [p for p, _ in edges],
+        "children": [c for _, c in edges],
+        "take": take,
+        "scan_limit": scan_limit,
+        "namespaces": list(namespaces or []),
+        "scope_task": task_id,
+    }
+    cur = raw.cursor()
+    cur.execute("BEGIN")
+    cur.execute(_FIRST[(bool(namespaces), task_id is not None)], params, prepare=True)
+    rows = cur.fetchall()  # round trip 1
+
+    check: set[int] = set()
+    readied_tasks: set[int] = set()
+    claims: list[_Claim] = []
+    for kind, step_id, row_task, name, attempts, retry_limit, token, key, system, state in rows:
+        if kind == "f":
+            o = by_id[step_id]
+            out.accepted.append(o)
+            journal.step(
+                o.step_id, o.task_id, S.IN_PROGRESS, o.state, o.attempt, o.error, o.duration_ms
+            )
+            for event_name, payload in o.events:
+                journal.custom(event_name, o.task_id, o.step_id, payload)
+            if journal.collect:
+                outcome_event(journal, o, o.state)
+            if o.state != S.WAITING_RETRY:
+                check.add(o.task_id)
+        elif kind == "r":
+            if state not in (S.READY, S.IN_PROGRESS):
+                continue  # a child still waiting for other parents (or cancelled meanwhile)
+            readied_tasks.add(row_task)
+            journal.step(step_id, row_task, S.PENDING, S.READY, 0)
+            if journal.collect:
+                journal.event("step.ready", {"task_id": row_task, "step_id": step_id, "step": name})
+            if state == S.IN_PROGRESS:
+                claims.append(
+                    _Claim(
+                        step_id, row_task, name, attempts, retry_limit, token, key, system, S.READY
+                    )
+                )
+        elif kind == "t":
+            claims.append(
+                _Claim(step_id, row_task, name, attempts, retry_limit, token, key, system, S(state))
+            )
+        else:  # "s": a task started by this claim
+            journal.task(step_id, T.PENDING, T.IN_PROGRESS)
+            journal.event("task.started", {"task_id": step_id})
+    for c in claims:
+        journal.step(c.step_id, c.task_id, c.from_state, S.IN_PROGRESS, c.attempt)
+        if journal.collect:
+            journal.event(
+                "step.started",
+                {"task_id": c.task_id, "step_id": c.step_id, "step": c.name, "attempt": c.attempt},
+            )
+    if scan:
+        out.scanned_full = sum(1 for c in claims if c.step_id not in children) >= scan_limit
+
+    unknown = sorted({c.task_id for c in claims if not _fully_known(known, c)})
+    settle = sorted(check - readied_tasks)
+    task_cur = raw.cursor()
+    steps_cur = raw.cursor()
+    settle_cur = raw.cursor()
+    if unknown:
+        task_cur.execute(_TASKS, {"ids": unknown}, prepare=True)
+        steps_cur.execute(_TASK_STEPS, {"ids": unknown}, prepare=True)
+    if settle:
+        cur.execute(_LOCK, {"ids": settle}, prepare=True)
+        settle_cur.execute(_SETTLE, {"ids": settle, "now": now, "worker": worker}, prepare=True)
+    flush = journal.flush_statement()
+    if flush is not None:
+        cur.execute(flush[0], flush[1], prepare=True)
+    if journal.custom_rows:
+        cur.executemany(
+            _CUSTOM, [{**r, "payload": Jsonb(r["payload"])} for r in journal.custom_rows]
+        )
+        journal.custom_rows = []
+    cur.execute("COMMIT")
+
+    def receive() -> Cycle:
+        if settle:
+            for settled_id, src, dst in settle_cur.fetchall():
+                out.settled.append((settled_id, dst))
+                _settled_event(journal, settled_id, src, dst)
+        if claims:
+            out.claimed = _claimed(claims, known, task_cur, steps_cur, bool(unknown))
+        return out
+
+    return receive
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _fully_known(known: dict[int, KnownTask], c: _Claim) -> bool:
+    k = known.get(c.task_id)
+    return k is not None and all(p in k.results for p in k.parents_of.get(c.name, ()))
+
+
+def _settled_event(journal: Journal, task_id: int, src: str, dst: str) -> None:
+    name = TASK_EVENT_FOR_STATE.get(dst)
+    if name:
+        journal.event(name, {"task_id": task_id, "from_state": src, "to_state": dst})
+
+
+def _claimed(
+    claims: list[_Claim],
+    known: dict[int, KnownTask],
+    task_cur: psycopg.Cursor[Any],
+    steps_cur: psycopg.Cursor[Any],
+    read: bool,
+) -> list[ClaimedStep]:
+    if read:
+        results: dict[int, dict[str, dict[str, Any]]] = {}
+        step_ids: dict[int, dict[str, int]] = {}
+        satisfied = {s.value for s in SATISFIED_STEP_STATES}
+        for t_id, s_id, name, state, step_results in steps_cur.fetchall():
+            step_ids.setdefault(t_id, {})[name] = s_id
+            if state in satisfied:
+                results.setdefault(t_id, {})[name] = step_results or {}
+        known = dict(known)
+        for t_id, context, correlation_id, template_id in task_cur.fetchall():
+            known[t_id] = KnownTask(
+                context,
+                correlation_id,
+                template_id,
+                results.get(t_id, {}),
+                step_ids.get(t_id, {}),
+                {},
+            )
+    out = [
+        ClaimedStep(
+            step_id=c.step_id,
+            task_id=c.task_id,
+            name=c.name,
+            template_id=known[c.task_id].template_id,
+            attempt=c.attempt,
+            retry_limit=c.retry_limit,
+            claim_token=c.claim_token,
+            idempotency_key=c.idempotency_key,
+            dependent_system=c.dependent_system,
+            context=known[c.task_id].context,
+            correlation_id=known[c.task_id].correlation_id,
+            results=known[c.task_id].results,
+            from_state=c.from_state,
+            step_ids=known[c.task_id].step_ids,
+        )
+        for c in claims
+    ]
+    out.sort(key=lambda c: (c.task_id, c.step_id))
+    return out
