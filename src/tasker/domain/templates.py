@@ -12,7 +12,15 @@ import json
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 from tasker.domain import bounds
 from tasker.domain.bounds import Range
@@ -181,6 +189,10 @@ class StepTemplate(_Strict):
     handler_config: dict[str, Any] = Field(default_factory=dict)
     custom_events: list[CustomEvent] = Field(default_factory=list)
     retry: RetrySettings | None = None
+    #: Run a sync handler on the worker's own thread instead of handing it to a handler thread
+    #: (None: as the template says). For handlers that take well under a millisecond and never
+    #: block: see docs/handlers.md, "Inline handlers".
+    run_inline: bool | None = None
 
     @field_validator("name")
     @classmethod
@@ -188,6 +200,15 @@ class StepTemplate(_Strict):
         if not NAME.match(v):
             raise ValueError("use letters, digits, '_', '-' or '.', starting with a letter or '_'")
         return v
+
+    @model_validator(mode="after")
+    def _inline_has_no_timeout(self) -> StepTemplate:
+        if self.run_inline and self.timeout_seconds is not None:
+            raise ValueError(
+                "run_inline and handler_config.timeout_seconds cannot go together: an inline"
+                " handler runs on the worker's thread and cannot be interrupted; remove one"
+            )
+        return self
 
     @field_validator("custom_events", mode="before")
     @classmethod
@@ -250,6 +271,8 @@ class TaskTemplate(_Strict):
     dependent_systems: dict[str, DependentSystemSettings] = Field(default_factory=dict)
     namespace_max_in_flight: NamespaceMaxInFlight = None
     identity: TaskIdentity | None = None
+    #: The default of the steps' `run_inline` (see `StepTemplate.run_inline`).
+    run_inline: bool = False
 
     _source: str | None = PrivateAttr(default=None)
     _warnings: list[str] = PrivateAttr(default_factory=list)
@@ -315,6 +338,14 @@ class TaskTemplate(_Strict):
 
     def dependent_system_of(self, step: StepTemplate) -> str:
         return step.dependent_system or self.default_dependent_system
+
+    def runs_inline(self, step: StepTemplate) -> bool:
+        """Whether a sync handler of this step runs on the worker's own thread: the step's
+        `run_inline`, else the template's, which passes over steps with a timeout (only a handler
+        thread can be abandoned when its time is up)."""
+        if step.run_inline is not None:
+            return step.run_inline
+        return self.run_inline and step.timeout_seconds is None
 
     def retry_policy(self, step: StepTemplate) -> RetryPolicy:
         settings = (step.retry or RetrySettings()).merged_over(self.retry)

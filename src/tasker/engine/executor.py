@@ -157,6 +157,12 @@ async def _attempt(
         process = handler.process
         if inspect.iscoroutinefunction(process):
             result = await _run_async(process(ctx), timeout)
+        elif template.runs_inline(step):
+            # Opted in (`run_inline`): no hand-off to a handler thread and back. The worker's loop
+            # waits for the handler; a `BaseException` comes back wrapped, as from a thread.
+            result = _contained(process, ctx)
+            if inspect.isawaitable(result):
+                result = await _run_async(result, timeout)
         else:
             # run on another thread, which does not inherit context variables: give it this task's
             # (log fields, span). The timeout counts from when the thread starts the handler.

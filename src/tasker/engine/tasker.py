@@ -361,6 +361,7 @@ class Tasker:
     def worker(self, **overrides: Any) -> Worker:
         """A worker on this engine's store; options as `WorkerOptions`, defaults from the engine."""
         shared = overrides.pop("_shared", None)
+        inline_db = overrides.pop("_inline_db", False)
         hooks = overrides.pop("hooks", None)  # worker hooks; default: logs, metrics, traces
         hooks = default_hooks() if hooks is None else hooks
         opts = WorkerOptions(
@@ -385,6 +386,7 @@ class Tasker:
             tasks=self._port,
             hooks=hooks,
             views=self.systems.views,
+            inline_db=inline_db,
             **threads,
         )
 
@@ -400,8 +402,17 @@ class Tasker:
         No read comes first: a task that is already finished (or does not exist) leaves the worker
         nothing to claim, and the read at the end returns it (or raises `NotFoundError`)."""
         runner = self._get_runner()
-        w = self.worker(concurrency=concurrency, task_id=task_id, _shared=runner)
-        runner.call(self._drive(w, until_idle=True))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # the usual case: drive the task from this thread
+            w = self.worker(
+                concurrency=concurrency, task_id=task_id, _shared=runner, _inline_db=True
+            )
+            with asyncio.Runner() as here:
+                here.run(self._drive(w, until_idle=True))
+        else:  # called from a running event loop: it must not be blocked by our own loop
+            w = self.worker(concurrency=concurrency, task_id=task_id, _shared=runner)
+            runner.call(self._drive(w, until_idle=True))
         return self.get_task(task_id)
 
     async def awork(

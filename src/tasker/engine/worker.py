@@ -77,15 +77,34 @@ class _Threads:
     (settled tasks' hooks), whose jobs the worker waits for before it returns."""
 
     def __init__(
-        self, worker_id: str, db: ThreadPoolExecutor | None, pool: ThreadPoolExecutor | None
+        self,
+        worker_id: str,
+        db: ThreadPoolExecutor | None,
+        pool: ThreadPoolExecutor | None,
+        *,
+        inline_db: bool = False,
     ):
         self.loop = asyncio.get_running_loop()
-        self._own_db, self._own_pool = db is None, pool is None
-        self.db_thread = db or ThreadPoolExecutor(1, thread_name_prefix=f"tasker-db-{worker_id}")
+        #: Database calls run on the loop's own thread (a `Tasker.run()` in the caller's thread:
+        #: one task, nothing else for the loop to do meanwhile but wait for its handlers).
+        self.inline_db = inline_db
+        self._own_db, self._own_pool = db is None and not inline_db, pool is None
+        self.db_thread = (
+            None
+            if inline_db
+            else db or ThreadPoolExecutor(1, thread_name_prefix=f"tasker-db-{worker_id}")
+        )
         self.pool = pool or ThreadPoolExecutor(4, thread_name_prefix="tasker-hooks")
         self.pending: set[asyncio.Future[None]] = set()
 
     def on_db(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        if self.db_thread is None:
+            done: asyncio.Future[Any] = self.loop.create_future()
+            try:
+                done.set_result(fn(*args))
+            except Exception as exc:
+                done.set_exception(exc)
+            return done
         return self.loop.run_in_executor(self.db_thread, fn, *args)
 
     def background(self, fn: Callable[..., None], *args: Any) -> None:
@@ -94,7 +113,7 @@ class _Threads:
         job.add_done_callback(self.pending.discard)
 
     async def close(self) -> None:
-        if self._own_db:
+        if self._own_db and self.db_thread is not None:
             self.db_thread.shutdown(wait=True)
         if self.pending:  # else a finished task could miss its on_complete annotations
             await asyncio.gather(*self.pending, return_exceptions=True)
@@ -116,6 +135,7 @@ class Worker:
         handler_pool: ThreadPoolExecutor | None = None,
         handler_threads: HandlerThreads | None = None,
         views: ViewCache | None = None,
+        inline_db: bool = False,
     ):
         self.db = db
         self.resolver = resolver
@@ -129,6 +149,7 @@ class Worker:
         )
         self._own_threads = handler_threads is None
         self._shared_db, self._shared_pool = db_executor, handler_pool
+        self._inline_db = inline_db
         lease = options.lease_seconds
         self.wakeups = Wakeups(options.poll_interval)
         rt = Runtime(self.threads, options.backoff_scale, tasks, self.hooks)
@@ -178,7 +199,7 @@ class Worker:
         Long-running workers register (a `run` of one task does not), refresh their row from a side
         task, and listen for work other processes make.
         """
-        io = _Threads(self.id, self._shared_db, self._shared_pool)
+        io = _Threads(self.id, self._shared_db, self._shared_pool, inline_db=self._inline_db)
         self.wakeups.open(io.loop)
         opts = self.opts
         log.info(

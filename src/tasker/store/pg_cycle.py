@@ -79,11 +79,9 @@ def _first(namespaces: bool, task: bool) -> str:
         scope += " AND task_id = %(scope_task)s"
     return f"""
     WITH v AS (
-        SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::integer[], %(targets)s::text[],
-                             %(results)s::jsonb[], %(errors)s::jsonb[],
-                             %(run_ats)s::timestamptz[], %(finished)s::timestamptz[],
-                             %(refunds)s::integer[])
-             AS v(id, token, target, results, error, run_at, finished_at, refund)
+        SELECT * FROM jsonb_to_recordset(%(outcomes)s::jsonb)
+             AS v(id bigint, token integer, target text, results jsonb, error jsonb,
+                  run_at timestamptz, finished_at timestamptz, refund integer)
     ), fin AS (
         UPDATE tasker_steps s
            SET state = v.target, results = v.results, last_error = v.error, run_at = v.run_at,
@@ -94,7 +92,7 @@ def _first(namespaces: bool, task: bool) -> str:
         RETURNING s.id, s.state
     ), rel_in AS (
         SELECT e.child AS id, count(*) AS n
-          FROM unnest(%(parents)s::bigint[], %(children)s::bigint[]) AS e(parent, child)
+          FROM jsonb_to_recordset(%(edges)s::jsonb) AS e(parent bigint, child bigint)
           JOIN fin ON fin.id = e.parent AND fin.state = '{S.COMPLETE.value}'
          GROUP BY e.child
     ), rel AS (
@@ -326,19 +324,28 @@ def _send(
         "now": now,
         "worker": worker,
         "lease_until": now + timedelta(seconds=lease_seconds),
-        "ids": [o.step_id for o in outcomes],
-        "tokens": [o.claim_token for o in outcomes],
-        "targets": [o.state.value for o in outcomes],
-        "results": [_json(o.results if o.state == S.COMPLETE else None) for o in outcomes],
-        "errors": [_json(o.error if o.state != S.COMPLETE else None) for o in outcomes],
-        "run_ats": [
-            now + timedelta(seconds=o.retry_delay) if o.state == S.WAITING_RETRY else None
-            for o in outcomes
-        ],
-        "finished": [None if o.state == S.WAITING_RETRY else now for o in outcomes],
-        "refunds": [1 if o.refund_attempt else 0 for o in outcomes],
-        "parents": [p for p, _ in edges],
-        "children": [c for _, c in edges],
+        # Values travel as one JSON document per list (json.dumps is C; dumping a dozen Python
+        # lists as typed arrays costs more than the statement).
+        "outcomes": json.dumps(
+            [
+                {
+                    "id": o.step_id,
+                    "token": o.claim_token,
+                    "target": o.state.value,
+                    "results": o.results if o.state == S.COMPLETE else None,
+                    "error": o.error if o.state != S.COMPLETE else None,
+                    "run_at": (
+                        (now + timedelta(seconds=o.retry_delay)).isoformat()
+                        if o.state == S.WAITING_RETRY
+                        else None
+                    ),
+                    "finished_at": None if o.state == S.WAITING_RETRY else now.isoformat(),
+                    "refund": 1 if o.refund_attempt else 0,
+                }
+                for o in outcomes
+            ]
+        ),
+        "edges": json.dumps([{"parent": p, "child": c} for p, c in edges]),
         "take": take,
         "scan_limit": scan_limit,
         "namespaces": list(namespaces or []),
@@ -426,10 +433,6 @@ def _send(
         return out
 
     return receive
-
-
-def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)
 
 
 def _fully_known(known: dict[int, KnownTask], c: _Claim) -> bool:

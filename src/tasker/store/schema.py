@@ -175,9 +175,11 @@ steps = Table(
 step_edges = Table(
     "tasker_step_edges",
     metadata,
-    Column("task_id", Id, ForeignKey("tasker_tasks.id", ondelete="CASCADE"), nullable=False),
-    Column("parent_id", Id, ForeignKey("tasker_steps.id", ondelete="CASCADE"), primary_key=True),
-    Column("child_id", Id, ForeignKey("tasker_steps.id", ondelete="CASCADE"), primary_key=True),
+    # No foreign keys on the log tables (edges, transitions, custom events): the store writes their
+    # rows with the task and step they name (migration 0007).
+    Column("task_id", Id, nullable=False),
+    Column("parent_id", Id, primary_key=True),
+    Column("child_id", Id, primary_key=True),
     Index(None, "child_id"),
 )
 
@@ -185,7 +187,7 @@ task_transitions = Table(
     "tasker_task_transitions",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("task_id", Id, ForeignKey("tasker_tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("task_id", Id, nullable=False),
     Column("from_state", String(32), nullable=True),
     Column("to_state", String(32), nullable=False),
     Column("at", UTCDateTime, nullable=False),
@@ -198,8 +200,8 @@ step_transitions = Table(
     "tasker_step_transitions",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("step_id", Id, ForeignKey("tasker_steps.id", ondelete="CASCADE"), nullable=False),
-    Column("task_id", Id, ForeignKey("tasker_tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("step_id", Id, nullable=False),
+    Column("task_id", Id, nullable=False),
     Column("from_state", String(32), nullable=True),
     Column("to_state", String(32), nullable=False),
     Column("attempt", Integer, nullable=False),
@@ -268,7 +270,7 @@ custom_events = Table(
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("name", String(128), nullable=False),
-    Column("task_id", Id, ForeignKey("tasker_tasks.id", ondelete="CASCADE"), nullable=True),
+    Column("task_id", Id, nullable=True),
     Column("step_id", Id, nullable=True),
     Column("namespace", String(64), nullable=True),
     Column("payload", Json, nullable=False),

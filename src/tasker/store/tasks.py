@@ -246,9 +246,8 @@ _CREATE_PG = text(f"""
                                   idempotency_key, correlation_id, created_at, updated_at)
         SELECT :ns, :name, :version, :template_id, '{TaskState.PENDING.value}', v.context, v.key,
                v.correlation_id, :now, :now
-          FROM unnest(CAST(CAST(:contexts AS text[]) AS jsonb[]), CAST(:keys AS text[]),
-                      CAST(:correlation_ids AS text[])) WITH ORDINALITY
-               AS v(context, key, correlation_id, ord)
+          FROM jsonb_to_recordset(CAST(:items AS jsonb))
+               AS v(context jsonb, key text, correlation_id text, ord integer)
          ORDER BY v.ord
         RETURNING id, idempotency_key
     ), numbered AS (
@@ -261,21 +260,19 @@ _CREATE_PG = text(f"""
                CASE WHEN s.state = '{StepState.READY.value}' THEN CAST(:now AS timestamptz) END,
                0, s.retry_limit, s.retryable, 0, :now, :now, k.step_key
           FROM numbered t
-          CROSS JOIN unnest(CAST(:s_names AS text[]), CAST(:s_positions AS integer[]),
-                            CAST(:s_systems AS text[]), CAST(:s_states AS text[]),
-                            CAST(:s_pending AS integer[]), CAST(:s_limits AS integer[]),
-                            CAST(:s_retryable AS boolean[])) WITH ORDINALITY
-               AS s(name, position, system, state, pending, retry_limit, retryable, ord)
-          JOIN unnest(CAST(:k_task_keys AS text[]), CAST(:k_names AS text[]),
-                      CAST(:k_keys AS text[])) AS k(task_key, name, step_key)
+          CROSS JOIN jsonb_to_recordset(CAST(:shapes AS jsonb))
+               AS s(name text, position integer, system text, state text, pending integer,
+                    retry_limit integer, retryable boolean, ord integer)
+          JOIN jsonb_to_recordset(CAST(:keys AS jsonb))
+               AS k(task_key text, name text, step_key text)
             ON k.task_key = t.idempotency_key AND k.name = s.name
          ORDER BY t.ord, s.ord
         RETURNING id, task_id, name, state
     ), new_edges AS (
         INSERT INTO tasker_step_edges (task_id, parent_id, child_id)
         SELECT p.task_id, p.id, c.id
-          FROM unnest(CAST(:e_parents AS text[]), CAST(:e_children AS text[]))
-               WITH ORDINALITY AS e(parent, child, ord)
+          FROM jsonb_to_recordset(CAST(:edges AS jsonb))
+               AS e(parent text, child text, ord integer)
           JOIN new_steps p ON p.name = e.parent
           JOIN new_steps c ON c.name = e.child AND c.task_id = p.task_id
          ORDER BY p.task_id, e.ord
@@ -345,21 +342,42 @@ def _insert_tasks_pg(
             "template_id": tid,
             "now": now,
             "worker": journal.worker,
-            "contexts": [json.dumps(item.context) for item in items],
-            "keys": [item.idempotency_key for item in items],
-            "correlation_ids": [item.correlation_id for item in items],
-            "s_names": [sh["name"] for sh in shapes],
-            "s_positions": [sh["position"] for sh in shapes],
-            "s_systems": [sh["dependent_system"] for sh in shapes],
-            "s_states": [sh["state"] for sh in shapes],
-            "s_pending": [sh["pending_parents"] for sh in shapes],
-            "s_limits": [sh["retry_limit"] for sh in shapes],
-            "s_retryable": [sh["retryable"] for sh in shapes],
-            "k_task_keys": [k for k, _ in keys],
-            "k_names": [n for _, n in keys],
-            "k_keys": [step_idempotency_key(ns, name, k, n) for k, n in keys],
-            "e_parents": [e[0] for e in edges],
-            "e_children": [e[1] for e in edges],
+            # One JSON document per list: cheaper to send than typed arrays.
+            "items": json.dumps(
+                [
+                    {
+                        "context": item.context,
+                        "key": item.idempotency_key,
+                        "correlation_id": item.correlation_id,
+                        "ord": i,
+                    }
+                    for i, item in enumerate(items)
+                ]
+            ),
+            "shapes": json.dumps(
+                [
+                    {
+                        "name": sh["name"],
+                        "position": sh["position"],
+                        "system": sh["dependent_system"],
+                        "state": sh["state"],
+                        "pending": sh["pending_parents"],
+                        "retry_limit": sh["retry_limit"],
+                        "retryable": sh["retryable"],
+                        "ord": i,
+                    }
+                    for i, sh in enumerate(shapes)
+                ]
+            ),
+            "keys": json.dumps(
+                [
+                    {"task_key": k, "name": n, "step_key": step_idempotency_key(ns, name, k, n)}
+                    for k, n in keys
+                ]
+            ),
+            "edges": json.dumps(
+                [{"parent": p, "child": c, "ord": i} for i, (p, c) in enumerate(edges)]
+            ),
         },
     ).all()
     task_of_key = {r.idempotency_key: r.task_id for r in rows}
