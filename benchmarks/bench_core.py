@@ -1,6 +1,8 @@
 """Core engine benchmark on the embedded store: a 5-step no-op chain.
 
-(a) sequential: create one task and run it to completion, median milliseconds over N runs;
+(a) sequential: create one task and run it to completion, median milliseconds over N runs, with
+    threaded handlers and with `run_inline` ones, and DBOS running the same 5-step workflow on the
+    same store (SQLite file or PostgreSQL server) called directly (skip with --no-dbos);
 (b) throughput: create 1,000 tasks, then work them with concurrency 32: steps per second.
 
 Each figure is the median of several runs on a fresh database. Run from the repository root:
@@ -26,9 +28,11 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from benchmarks.bench_postgres import dbos_workload  # noqa: E402
 from tasker import Tasker  # noqa: E402
 
 TEMPLATE = ROOT / "benchmarks" / "templates" / "linear5.yaml"
+INLINE_TEMPLATE = ROOT / "benchmarks" / "templates" / "linear5_inline.yaml"
 STEPS = 5
 
 
@@ -60,14 +64,16 @@ def drop(url: str) -> None:
     admin.dispose()
 
 
-def sequential(url: str, n: int) -> float:
-    """Median ms to create and run one 5-step task."""
+def sequential(url: str, n: int, ref: str = "bench/linear5") -> float:
+    """Median ms to create and run one 5-step task (`ref`: the chain, or the chain with
+    `run_inline` handlers)."""
     engine = Tasker(url, poll_interval=0.5, migrate=True)
     engine.load_templates(TEMPLATE)
+    engine.load_templates(INLINE_TEMPLATE)
     times = []
     for i in range(n + 3):
         t0 = time.perf_counter()
-        task = engine.create_task("bench/linear5", {"i": i, "run": uuid.uuid4().hex})
+        task = engine.create_task(ref, {"i": i, "run": uuid.uuid4().hex})
         done = engine.run(task.id)
         elapsed = (time.perf_counter() - t0) * 1000
         assert done.status == "complete", done.status
@@ -103,15 +109,23 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-dbos", action="store_true", help="skip DBOS (needs the bench extra)")
     args = ap.parse_args()
-    seq, thr, cre = [], [], []
+    seq, inline, peer, thr, cre = [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.runs):
             url = fresh_url(args.store, Path(tmp))
             try:
                 seq.append(sequential(url, args.sequential_tasks))
+                inline.append(sequential(url, args.sequential_tasks, "bench/linear5_inline"))
             finally:
                 drop(url)
+            if not args.no_dbos:
+                url = fresh_url(args.store, Path(tmp))
+                try:
+                    peer.append(dbos_workload(url, 0, 1, args.sequential_tasks)[0])
+                finally:
+                    drop(url)
             url = fresh_url(args.store, Path(tmp))
             try:
                 s, c = throughput(url, args.tasks, args.concurrency)
@@ -122,6 +136,8 @@ def main() -> None:
     result = {
         "store": args.store,
         "sequential_ms_per_task": round(statistics.median(seq), 2),
+        "sequential_inline_ms_per_task": round(statistics.median(inline), 2),
+        "dbos_sequential_ms_per_workflow": round(statistics.median(peer), 2) if peer else None,
         "throughput_steps_per_s": round(statistics.median(thr), 1),
         "create_tasks_per_s": round(statistics.median(cre), 1),
         "runs": args.runs,
@@ -143,6 +159,23 @@ def main() -> None:
         f"{result['sequential_ms_per_task']:.2f} ms",
         ", ".join(f"{x:.2f}" for x in seq),
     )
+    table.add_row(
+        "sequential, handlers run_inline",
+        f"{result['sequential_inline_ms_per_task']:.2f} ms",
+        ", ".join(f"{x:.2f}" for x in inline),
+    )
+    if peer:
+        table.add_row(
+            "DBOS, same store: one 5-step workflow called directly",
+            f"{result['dbos_sequential_ms_per_workflow']:.2f} ms",
+            ", ".join(f"{x:.2f}" for x in peer),
+        )
+        table.add_row(
+            "ratio DBOS / Tasker (sequential; inline)",
+            f"{statistics.median(peer) / statistics.median(seq):.2f}x;"
+            f" {statistics.median(peer) / statistics.median(inline):.2f}x",
+            "",
+        )
     table.add_row(
         f"throughput: {args.tasks} tasks, concurrency {args.concurrency}",
         f"{result['throughput_steps_per_s']:.0f} steps/s",

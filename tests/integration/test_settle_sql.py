@@ -21,14 +21,9 @@ from sqlalchemy.engine import Connection
 
 from tasker.domain.errors import InvalidTransitionError, StoreError
 from tasker.domain.records import Outcome
-from tasker.domain.states import (
-    FINISHED_TASK_STATES,
-    StepState,
-    TaskState,
-    check_task_transition,
-    final_task_state,
-)
+from tasker.domain.states import StepState, TaskState, settle_move
 from tasker.store import readiness
+from tasker.store.cycle_rows import Cycle
 from tasker.store.database import Database
 from tasker.store.journal import Journal
 from tasker.store.schema import step_transitions, steps, task_transitions, tasks, templates
@@ -50,16 +45,7 @@ def db(store_url: str) -> Iterator[Database]:
 def expected(status: TaskState, states: tuple[StepState, ...]) -> TaskState | None:
     """What the pure policy makes of it: the new status, None for no change; raises for a move the
     transition table forbids."""
-    final = final_task_state({s.value: 1 for s in states})
-    if final is None:
-        target = TaskState.PENDING if status == TaskState.ERROR else None
-    elif final == status or status in FINISHED_TASK_STATES - {TaskState.ERROR}:
-        target = None
-    else:
-        target = final
-    if target is not None:
-        check_task_transition(status, target)
-    return target
+    return settle_move(status, {s.value: 1 for s in states})
 
 
 def put_tasks(conn: Connection, cases: list[tuple[TaskState, tuple[StepState, ...]]]) -> list[int]:
@@ -219,8 +205,8 @@ def test_a_pipelined_cycle_that_fails_leaves_nothing_and_its_connection_works(
         step="s0",
     )
 
-    def cycle() -> pg_cycle.Cycle:
-        with db.pipelined() as conn:
+    def cycle() -> Cycle:
+        with db.direct() as conn:
             return pg_cycle.run_cycle(
                 conn,
                 Journal(NOW, "w"),

@@ -147,3 +147,22 @@ def final_task_state(counts: dict[str, int]) -> TaskState | None:
     if counts.get(S.RESOLVED_MANUALLY, 0):
         return T.RESOLVED_MANUALLY
     return T.COMPLETE
+
+
+def settle_move(status: TaskState | str, counts: dict[str, int]) -> TaskState | None:
+    """Where a task in `status` goes given how many of its steps are in each state, or None when it
+    stays: to `final_task_state` once no step is active; an `error` task with work again (an
+    operator's retry or resolution) back to `pending`; a finished task nowhere. Raises
+    `InvalidTransitionError` for a move the transition table forbids."""
+    status = TaskState(status)
+    final = final_task_state(counts)
+    if final is None:
+        if status != T.ERROR:
+            return None
+        target = T.PENDING
+    elif final == status or status in FINISHED_TASK_STATES - {T.ERROR}:
+        return None
+    else:
+        target = final
+    check_task_transition(status, target)
+    return target

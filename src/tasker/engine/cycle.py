@@ -22,7 +22,7 @@ from tasker.engine import outcomes
 from tasker.engine.hooks import Hooks
 from tasker.engine.resolver import Resolver
 from tasker.events.bus import EventBus
-from tasker.store import claims, completion, systems
+from tasker.store import claims, completion, cycle_rows, systems
 from tasker.store.database import Database
 from tasker.store.journal import Journal
 from tasker.store.tasks import template_definition
@@ -95,16 +95,17 @@ class Cycles:
         self.hooks = hooks
         self._views = views or systems.ViewCache()
 
-    def run(self, plan: CyclePlan) -> CycleResult:
+    def run(self, plan: CyclePlan, *, direct: bool = True) -> CycleResult:
         """One transaction: extend leases, store outcomes, reclaim expired leases, claim new
-        work."""
+        work. `direct=False` keeps to the general path (storing outcomes one by one after a
+        failed cycle must not depend on the path that may have failed)."""
         pg = self.db.is_postgres
         scope = self.scope
         done = plan.done
         known = self._known_tasks(done)
         view = self._views.fresh()
-        if pg and view is not None and view.empty and self._pipelines(plan):
-            return self._pipelined(plan, known)
+        if direct and view is not None and view.empty and self._direct(plan):
+            return self._run_direct(plan, known)
         with self.db.cycle() as conn:
             # Stamped once the write lock is held (SQLite: at BEGIN IMMEDIATE) so that transition
             # times follow commit order, even when this cycle waited for an operator's transaction.
@@ -160,26 +161,29 @@ class Cycles:
             self.hooks.circuit_change(self.worker_id, CircuitMoved(system, src, dst, reason))
         return CycleResult(claimed, scanned_full, settled, journal.events, held, cancelled)
 
-    @staticmethod
-    def _pipelines(plan: CyclePlan) -> bool:
-        """Whether `pg_cycle` can run this cycle: no lease to extend or reclaim, and outcomes that
-        move no circuit (with no limit or circuit in play, checked by the caller)."""
-        from tasker.store.pg_cycle import eligible
-
+    def _direct(self, plan: CyclePlan) -> bool:
+        """Whether the driver-level cycle can run this one: no lease to extend or reclaim, and
+        outcomes that move no circuit (no limit or circuit in play is checked by the caller)."""
+        if self.db.memory:
+            return False  # the shared in-memory connection: keep to the general path
         return (
             plan.heartbeat is None
             and not plan.reclaim
-            and all(eligible(outcome) for outcome, _ in plan.done)
+            and all(cycle_rows.eligible(outcome) for outcome, _ in plan.done)
         )
 
-    def _pipelined(self, plan: CyclePlan, known: dict[int, claims.KnownTask]) -> CycleResult:
-        """The common cycle on PostgreSQL, in two round trips (`tasker.store.pg_cycle`)."""
-        from tasker.store.pg_cycle import run_cycle
+    def _run_direct(self, plan: CyclePlan, known: dict[int, claims.KnownTask]) -> CycleResult:
+        """The common cycle with fixed statements on the driver: two round trips on PostgreSQL
+        (`tasker.store.pg_cycle`), no SQLAlchemy on SQLite (`tasker.store.sqlite_cycle`)."""
+        if self.db.is_postgres:
+            from tasker.store.pg_cycle import run_cycle
+        else:
+            from tasker.store.sqlite_cycle import run_cycle
 
         scope = self.scope
         journal = Journal(utcnow(), self.worker_id, collect=self.bus.has_listeners)
         started = time.perf_counter()
-        with self.db.pipelined() as conn:
+        with self.db.direct() as conn:
             cycle = run_cycle(
                 conn,
                 journal,
@@ -282,7 +286,7 @@ class Cycles:
         """Store one outcome in a cycle of its own; if the store refuses it, store the refusal
         instead. Only an outage is raised."""
         try:
-            return self.run(CyclePlan([item]))
+            return self.run(CyclePlan([item]), direct=False)
         except Exception as exc:
             if outcomes.is_outage(exc):
                 raise
@@ -298,7 +302,7 @@ class Cycles:
             stand_in.error["message"] if stand_in.error else "",
         )
         try:
-            return self.run(CyclePlan([(stand_in, claimed)]))
+            return self.run(CyclePlan([(stand_in, claimed)]), direct=False)
         except Exception as exc:
             if outcomes.is_outage(exc):
                 raise

@@ -15,6 +15,7 @@ in it.
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -304,9 +305,10 @@ class Database:
             yield conn
 
     @contextmanager
-    def pipelined(self) -> Iterator[Connection]:
-        """PostgreSQL: a worker's connection, not in a transaction, for code that drives the driver
-        itself (`tasker.store.pg_cycle`); the driver's errors are raised as the store's."""
+    def direct(self) -> Iterator[Connection]:
+        """A worker's connection, not in a transaction, for code that drives the driver itself
+        (`tasker.store.pg_cycle`, `tasker.store.sqlite_cycle`); the driver's errors are raised as
+        the store's."""
         with store_errors(), driver_errors(), self.cycles.connect() as conn:
             yield conn
 
@@ -395,6 +397,14 @@ def driver_errors() -> Iterator[None]:
     classified as `translated` classifies SQLAlchemy's."""
     try:
         yield
+    except sqlite3.Error as exc:
+        lines = str(exc).strip().splitlines()
+        message = f"{type(exc).__name__}: {lines[0] if lines else type(exc).__name__}"
+        if isinstance(exc, sqlite3.IntegrityError):
+            raise StoreConflict(message) from exc
+        if isinstance(exc, (sqlite3.OperationalError, sqlite3.InterfaceError)):
+            raise StoreUnavailable(message) from exc
+        raise StoreError(message) from exc
     except Exception as exc:
         if not type(exc).__module__.startswith("psycopg"):
             raise

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -38,19 +37,23 @@ from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection
 
-from tasker.domain.events import TASK_EVENT_FOR_STATE
-from tasker.domain.records import ClaimedStep, Outcome
+from tasker.domain.records import Outcome
 from tasker.domain.states import (
     ACTIVE_STEP_STATES,
     CLAIMABLE_STEP_STATES,
     FINISHED_TASK_STATES,
-    SATISFIED_STEP_STATES,
     TASK_TRANSITIONS,
     StepState,
     TaskState,
 )
 from tasker.store.claims import KnownTask
-from tasker.store.completion import outcome_event
+from tasker.store.cycle_rows import (
+    Cycle,
+    claimed_steps,
+    fully_known,
+    record_rows,
+    settled_event,
+)
 from tasker.store.journal import Journal
 
 S, T = StepState, TaskState
@@ -218,39 +221,6 @@ _CUSTOM = """INSERT INTO tasker_custom_events (name, task_id, step_id, namespace
                      %(worker)s)"""
 
 
-def eligible(outcome: Outcome) -> bool:
-    """Whether this cycle can store the outcome: no circuit, hold or refund is involved."""
-    if outcome.exhausted or outcome.probe or outcome.refund_attempt or outcome.transient_failure:
-        return False
-    return outcome.state != S.COMPLETE or outcome.children is not None
-
-
-@dataclass
-class Cycle:
-    """What one pipelined cycle did."""
-
-    accepted: list[Outcome] = field(default_factory=list)
-    settled: list[tuple[int, str]] = field(default_factory=list)
-    claimed: list[ClaimedStep] = field(default_factory=list)
-    #: Whether the queue scan filled its room (None: no scan).
-    scanned_full: bool | None = None
-
-
-@dataclass
-class _Claim:
-    """A claimed row, before its task's context and results are attached."""
-
-    step_id: int
-    task_id: int
-    name: str
-    attempt: int
-    retry_limit: int
-    claim_token: int
-    idempotency_key: str
-    dependent_system: str
-    from_state: StepState
-
-
 def run_cycle(
     conn: Connection,
     journal: Journal,
@@ -356,54 +326,13 @@ def _send(
     cur.execute(_FIRST[(bool(namespaces), task_id is not None)], params, prepare=True)
     rows = cur.fetchall()  # round trip 1
 
-    check: set[int] = set()
-    readied_tasks: set[int] = set()
-    claims: list[_Claim] = []
-    for kind, step_id, row_task, name, attempts, retry_limit, token, key, system, state in rows:
-        if kind == "f":
-            o = by_id[step_id]
-            out.accepted.append(o)
-            journal.step(
-                o.step_id, o.task_id, S.IN_PROGRESS, o.state, o.attempt, o.error, o.duration_ms
-            )
-            for event_name, payload in o.events:
-                journal.custom(event_name, o.task_id, o.step_id, payload)
-            if journal.collect:
-                outcome_event(journal, o, o.state)
-            if o.state != S.WAITING_RETRY:
-                check.add(o.task_id)
-        elif kind == "r":
-            if state not in (S.READY, S.IN_PROGRESS):
-                continue  # a child still waiting for other parents (or cancelled meanwhile)
-            readied_tasks.add(row_task)
-            journal.step(step_id, row_task, S.PENDING, S.READY, 0)
-            if journal.collect:
-                journal.event("step.ready", {"task_id": row_task, "step_id": step_id, "step": name})
-            if state == S.IN_PROGRESS:
-                claims.append(
-                    _Claim(
-                        step_id, row_task, name, attempts, retry_limit, token, key, system, S.READY
-                    )
-                )
-        elif kind == "t":
-            claims.append(
-                _Claim(step_id, row_task, name, attempts, retry_limit, token, key, system, S(state))
-            )
-        else:  # "s": a task started by this claim
-            journal.task(step_id, T.PENDING, T.IN_PROGRESS)
-            journal.event("task.started", {"task_id": step_id})
-    for c in claims:
-        journal.step(c.step_id, c.task_id, c.from_state, S.IN_PROGRESS, c.attempt)
-        if journal.collect:
-            journal.event(
-                "step.started",
-                {"task_id": c.task_id, "step_id": c.step_id, "step": c.name, "attempt": c.attempt},
-            )
-    if scan:
+    seen = record_rows(journal, rows, by_id, out)
+    claims = seen.claims
+    if scan_limit:  # else, as in the general path, no scan ran: nothing learnt
         out.scanned_full = sum(1 for c in claims if c.step_id not in children) >= scan_limit
 
-    unknown = sorted({c.task_id for c in claims if not _fully_known(known, c)})
-    settle = sorted(check - readied_tasks)
+    unknown = sorted({c.task_id for c in claims if not fully_known(known, c)})
+    settle = seen.to_settle
     task_cur = raw.cursor()
     steps_cur = raw.cursor()
     settle_cur = raw.cursor()
@@ -427,68 +356,11 @@ def _send(
         if settle:
             for settled_id, src, dst in settle_cur.fetchall():
                 out.settled.append((settled_id, dst))
-                _settled_event(journal, settled_id, src, dst)
+                settled_event(journal, settled_id, src, dst)
         if claims:
-            out.claimed = _claimed(claims, known, task_cur, steps_cur, bool(unknown))
+            tasks = task_cur.fetchall() if unknown else []
+            steps = steps_cur.fetchall() if unknown else []
+            out.claimed = claimed_steps(claims, known, tasks, steps)
         return out
 
     return receive
-
-
-def _fully_known(known: dict[int, KnownTask], c: _Claim) -> bool:
-    k = known.get(c.task_id)
-    return k is not None and all(p in k.results for p in k.parents_of.get(c.name, ()))
-
-
-def _settled_event(journal: Journal, task_id: int, src: str, dst: str) -> None:
-    name = TASK_EVENT_FOR_STATE.get(dst)
-    if name:
-        journal.event(name, {"task_id": task_id, "from_state": src, "to_state": dst})
-
-
-def _claimed(
-    claims: list[_Claim],
-    known: dict[int, KnownTask],
-    task_cur: psycopg.Cursor[Any],
-    steps_cur: psycopg.Cursor[Any],
-    read: bool,
-) -> list[ClaimedStep]:
-    if read:
-        results: dict[int, dict[str, dict[str, Any]]] = {}
-        step_ids: dict[int, dict[str, int]] = {}
-        satisfied = {s.value for s in SATISFIED_STEP_STATES}
-        for t_id, s_id, name, state, step_results in steps_cur.fetchall():
-            step_ids.setdefault(t_id, {})[name] = s_id
-            if state in satisfied:
-                results.setdefault(t_id, {})[name] = step_results or {}
-        known = dict(known)
-        for t_id, context, correlation_id, template_id in task_cur.fetchall():
-            known[t_id] = KnownTask(
-                context,
-                correlation_id,
-                template_id,
-                results.get(t_id, {}),
-                step_ids.get(t_id, {}),
-                {},
-            )
-    out = [
-        ClaimedStep(
-            step_id=c.step_id,
-            task_id=c.task_id,
-            name=c.name,
-            template_id=known[c.task_id].template_id,
-            attempt=c.attempt,
-            retry_limit=c.retry_limit,
-            claim_token=c.claim_token,
-            idempotency_key=c.idempotency_key,
-            dependent_system=c.dependent_system,
-            context=known[c.task_id].context,
-            correlation_id=known[c.task_id].correlation_id,
-            results=known[c.task_id].results,
-            from_state=c.from_state,
-            step_ids=known[c.task_id].step_ids,
-        )
-        for c in claims
-    ]
-    out.sort(key=lambda c: (c.task_id, c.step_id))
-    return out

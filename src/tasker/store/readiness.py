@@ -19,8 +19,7 @@ from tasker.domain.states import (
     FINISHED_TASK_STATES,
     StepState,
     TaskState,
-    check_task_transition,
-    final_task_state,
+    settle_move,
 )
 from tasker.store.journal import Journal
 from tasker.store.schema import step_edges, steps, tasks
@@ -123,17 +122,10 @@ def settle_tasks(
             step_counts[state] = int(n)
     changed: list[tuple[int, str]] = []
     for task_id in sorted(statuses):
-        final = final_task_state(counts[task_id])
         status = TaskState(statuses[task_id])
-        if final is None:
-            if status != TaskState.ERROR:
-                continue
-            target = TaskState.PENDING  # an operator unblocked it; a worker will pick it up again
-        elif final == status or status in FINISHED_TASK_STATES - {TaskState.ERROR}:
+        target = settle_move(status, counts[task_id])
+        if target is None:
             continue
-        else:
-            target = final
-        check_task_transition(status, target)
         finished = journal.now if target in FINISHED_TASK_STATES else None
         conn.execute(
             _SET_STATUS,

@@ -1,0 +1,346 @@
+"""SQLite: the common worker cycle with fixed statements on the `sqlite3` connection itself.
+
+On SQLite a round trip costs nothing; what a cycle costs is Python: building, compiling and binding
+each statement through SQLAlchemy took most of a cycle's time (about 1.5 ms for six statements on
+the machine of docs/benchmarks.md), against some 0.2 ms in SQLite itself. Here the same cycle as
+`pg_cycle` (store outcomes fenced by their claim tokens, release the children and claim those that
+become ready, claim from the queue, start their tasks, settle finished tasks, write the transition
+rows) runs as fixed SQL texts that `sqlite3` keeps prepared in its statement cache, values bound as
+SQLAlchemy would bind them (times as naive UTC text, JSON as text). The write lock is taken at the
+start (`BEGIN IMMEDIATE`), so nothing another worker does can interleave; settling decides with the
+pure `settle_move`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection
+
+from tasker.domain.events import TASK_EVENT_FOR_STATE
+from tasker.domain.records import Outcome
+from tasker.domain.states import (
+    CLAIMABLE_STEP_STATES,
+    FINISHED_TASK_STATES,
+    StepState,
+    TaskState,
+    settle_move,
+)
+from tasker.store.claims import KnownTask
+from tasker.store.cycle_rows import Cycle, Row, claimed_steps, fully_known, record_rows
+from tasker.store.journal import Journal
+
+S, T = StepState, TaskState
+_CLAIMABLE = "(" + ", ".join(f"'{s.value}'" for s in sorted(CLAIMABLE_STEP_STATES)) + ")"
+_RETURNING = (
+    "id, task_id, name, attempts, retry_limit, claim_token, idempotency_key, dependent_system,"
+    " state"
+)
+
+_FINISH = f"""
+    UPDATE tasker_steps
+       SET state = ?, results = ?, last_error = ?, attempts = attempts - ?, run_at = ?,
+           finished_at = ?, lease_owner = NULL, lease_expires_at = NULL, updated_at = ?
+     WHERE id = ? AND claim_token = ? AND state = '{S.IN_PROGRESS.value}'
+    RETURNING id, state"""
+_BECOMES = f"pending_parents <= :n AND state = '{S.PENDING.value}'"
+_RELEASE = f"""
+    UPDATE tasker_steps
+       SET pending_parents = pending_parents - :n,
+           state = CASE WHEN {_BECOMES} THEN CASE WHEN :take THEN '{S.IN_PROGRESS.value}'
+                                                  ELSE '{S.READY.value}' END
+                        ELSE state END,
+           run_at = CASE WHEN {_BECOMES} THEN :now ELSE run_at END,
+           lease_owner = CASE WHEN {_BECOMES} AND :take THEN :worker ELSE lease_owner END,
+           lease_expires_at = CASE WHEN {_BECOMES} AND :take THEN :lease_until
+                                   ELSE lease_expires_at END,
+           claim_token = claim_token + CASE WHEN {_BECOMES} AND :take THEN 1 ELSE 0 END,
+           attempts = attempts + CASE WHEN {_BECOMES} AND :take THEN 1 ELSE 0 END,
+           started_at = CASE WHEN {_BECOMES} AND :take THEN :now ELSE started_at END,
+           updated_at = :now
+     WHERE id = :id
+    RETURNING {_RETURNING}"""
+_TAKE = f"""
+    UPDATE tasker_steps
+       SET state = '{S.IN_PROGRESS.value}', lease_owner = :worker, lease_expires_at = :lease_until,
+           claim_token = claim_token + 1, attempts = attempts + 1, started_at = :now,
+           finished_at = NULL, updated_at = :now
+     WHERE id = :id AND state IN {_CLAIMABLE}
+    RETURNING {_RETURNING}"""
+_START = f"""
+    UPDATE tasker_tasks SET status = '{T.IN_PROGRESS.value}', started_at = ?, updated_at = ?
+     WHERE id = ? AND status = '{T.PENDING.value}'
+    RETURNING id"""
+_SET_STATUS = "UPDATE tasker_tasks SET status = ?, finished_at = ?, updated_at = ? WHERE id = ?"
+_STEP_ROW = """
+    INSERT INTO tasker_step_transitions
+           (step_id, task_id, from_state, to_state, attempt, at, worker, error_class,
+            error_message, duration_ms)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+_TASK_ROW = """
+    INSERT INTO tasker_task_transitions (task_id, from_state, to_state, at, worker, reason)
+    VALUES (?, ?, ?, ?, ?, ?)"""
+_CUSTOM_ROW = """
+    INSERT INTO tasker_custom_events (name, task_id, step_id, namespace, payload, at, worker)
+    VALUES (?, ?, ?, ?, ?, ?, ?)"""
+
+
+def _scan(namespaces: int, task: bool) -> str:
+    scope = ""
+    if namespaces:
+        scope += f" AND namespace IN ({', '.join('?' * namespaces)})"
+    if task:
+        scope += " AND task_id = ?"
+    return f"""
+    SELECT id, state FROM tasker_steps
+     WHERE state IN {_CLAIMABLE} AND run_at <= ?{scope}
+     ORDER BY run_at, id LIMIT ?"""
+
+
+def _in(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def stamp(value: datetime | None) -> str | None:
+    """A time as SQLAlchemy stores it on SQLite (`UTCDateTime`): naive UTC, microseconds always."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _loads(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def run_cycle(
+    conn: Connection,
+    journal: Journal,
+    outcomes: Sequence[Outcome],
+    known: dict[int, KnownTask],
+    *,
+    worker: str,
+    room: int,
+    scan: bool,
+    namespaces: Sequence[str] | None,
+    task_id: int | None,
+    lease_seconds: float,
+) -> Cycle:
+    """Run one cycle on `conn` (a connection of the store's SQLite engine, not in a transaction);
+    committed when this returns, rolled back if it raises."""
+    raw: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
+    cur = raw.cursor()
+    cur.execute("BEGIN IMMEDIATE")
+    try:
+        out = _cycle(
+            cur, journal, outcomes, known, worker, room, scan, namespaces, task_id, lease_seconds
+        )
+        cur.execute("COMMIT")
+    except BaseException:
+        if raw.in_transaction:
+            raw.execute("ROLLBACK")
+        raise
+    return out
+
+
+def _cycle(
+    cur: sqlite3.Cursor,
+    journal: Journal,
+    outcomes: Sequence[Outcome],
+    known: dict[int, KnownTask],
+    worker: str,
+    room: int,
+    scan: bool,
+    namespaces: Sequence[str] | None,
+    task_id: int | None,
+    lease_seconds: float,
+) -> Cycle:
+    now = journal.now
+    at = stamp(now)
+    out = Cycle()
+    rows: list[Row] = []
+    completed: set[int] = set()
+    for o in outcomes:
+        state = o.state
+        run_at = now + timedelta(seconds=o.retry_delay) if state == S.WAITING_RETRY else None
+        stored = cur.execute(
+            _FINISH,
+            (
+                state.value,
+                _json(o.results) if state == S.COMPLETE else None,
+                _json(o.error) if state != S.COMPLETE else None,
+                1 if o.refund_attempt else 0,
+                stamp(run_at),
+                None if state == S.WAITING_RETRY else at,
+                at,
+                o.step_id,
+                o.claim_token,
+            ),
+        ).fetchone()
+        if stored is not None:
+            rows.append(("f", stored[0], None, None, None, None, None, None, None, stored[1]))
+            if stored[1] == S.COMPLETE:
+                completed.add(o.step_id)
+    counts: dict[int, int] = {}
+    for o in outcomes:
+        if o.step_id in completed:
+            for child in o.children or ():
+                counts[child] = counts.get(child, 0) + 1
+    take = 0 < len(counts) <= room  # claim the children that become ready, when all fit
+    lease_until = stamp(now + timedelta(seconds=lease_seconds))
+    for child, n in counts.items():
+        r = cur.execute(
+            _RELEASE,
+            {
+                "n": n,
+                "take": take,
+                "now": at,
+                "worker": worker,
+                "lease_until": lease_until,
+                "id": child,
+            },
+        ).fetchone()
+        if r is not None:
+            rows.append(("r", *r))
+    scan_limit = max(0, room - (len(counts) if take else 0)) if scan else 0
+    if scan_limit:
+        params: list[Any] = [at, *(namespaces or ())]
+        if task_id is not None:
+            params.append(task_id)
+        picked = cur.execute(
+            _scan(len(namespaces or ()), task_id is not None), [*params, scan_limit]
+        ).fetchall()
+        starting: set[int] = set()
+        for step_id, from_state in picked:
+            r = cur.execute(
+                _TAKE, {"worker": worker, "lease_until": lease_until, "now": at, "id": step_id}
+            ).fetchone()
+            if r is not None:
+                rows.append(("t", *r[:-1], from_state))
+                starting.add(r[1])
+        for t_id in sorted(starting):
+            if cur.execute(_START, (at, at, t_id)).fetchone() is not None:
+                rows.append(("s", t_id, None, None, None, None, None, None, None, None))
+        out.scanned_full = len(picked) >= scan_limit
+    seen = record_rows(journal, rows, {o.step_id: o for o in outcomes}, out)
+    if seen.to_settle:
+        _settle(cur, journal, seen.to_settle, out)
+    unknown = sorted({c.task_id for c in seen.claims if not fully_known(known, c)})
+    if seen.claims:
+        tasks: list[tuple[int, Any, str, int]] = []
+        steps: list[tuple[int, int, str, str, Any]] = []
+        if unknown:
+            marks = _in(len(unknown))
+            tasks = [
+                (r[0], _loads(r[1]), r[2], r[3])
+                for r in cur.execute(
+                    "SELECT id, context, correlation_id, template_id FROM tasker_tasks"
+                    f" WHERE id IN ({marks})",
+                    unknown,
+                )
+            ]
+            steps = [
+                (r[0], r[1], r[2], r[3], _loads(r[4]))
+                for r in cur.execute(
+                    "SELECT task_id, id, name, state, results FROM tasker_steps"
+                    f" WHERE task_id IN ({marks})",
+                    unknown,
+                )
+            ]
+        out.claimed = claimed_steps(seen.claims, known, tasks, steps)
+    _flush(cur, journal)
+    return out
+
+
+def _settle(cur: sqlite3.Cursor, journal: Journal, ids: list[int], out: Cycle) -> None:
+    """`readiness.settle_tasks`, on the driver: the pure `settle_move` decides."""
+    statuses: dict[int, str] = {}
+    counts: dict[int, dict[str, int]] = {}
+    for t_id, status, state, n in cur.execute(
+        "SELECT t.id, t.status, s.state, count(s.id) FROM tasker_tasks t"
+        " LEFT JOIN tasker_steps s ON s.task_id = t.id"
+        f" WHERE t.id IN ({_in(len(ids))}) GROUP BY t.id, t.status, s.state",
+        ids,
+    ):
+        statuses[t_id] = status
+        if state is not None:
+            counts.setdefault(t_id, {})[state] = int(n)
+    at = stamp(journal.now)
+    for t_id in sorted(statuses):
+        status = TaskState(statuses[t_id])
+        target = settle_move(status, counts.get(t_id, {}))
+        if target is None:
+            continue
+        cur.execute(
+            _SET_STATUS, (target.value, at if target in FINISHED_TASK_STATES else None, at, t_id)
+        )
+        journal.task(t_id, status, target)
+        out.settled.append((t_id, target.value))
+        name = TASK_EVENT_FOR_STATE.get(target.value)
+        if name:
+            journal.event(
+                name, {"task_id": t_id, "from_state": status.value, "to_state": target.value}
+            )
+
+
+def _flush(cur: sqlite3.Cursor, journal: Journal) -> None:
+    """The journal's rows, as `Journal.flush` writes them on SQLite."""
+    if journal.step_rows:
+        cur.executemany(
+            _STEP_ROW,
+            [
+                (
+                    r["step_id"],
+                    r["task_id"],
+                    None if r["from_state"] is None else str(r["from_state"]),
+                    str(r["to_state"]),
+                    r["attempt"],
+                    stamp(r["at"]),
+                    r["worker"],
+                    r["error_class"],
+                    r["error_message"],
+                    r["duration_ms"],
+                )
+                for r in journal.step_rows
+            ],
+        )
+    if journal.task_rows:
+        cur.executemany(
+            _TASK_ROW,
+            [
+                (
+                    r["task_id"],
+                    None if r["from_state"] is None else str(r["from_state"]),
+                    str(r["to_state"]),
+                    stamp(r["at"]),
+                    r["worker"],
+                    r["reason"],
+                )
+                for r in journal.task_rows
+            ],
+        )
+    if journal.custom_rows:
+        cur.executemany(
+            _CUSTOM_ROW,
+            [
+                (
+                    r["name"],
+                    r["task_id"],
+                    r["step_id"],
+                    r["namespace"],
+                    json.dumps(r["payload"]),
+                    stamp(r["at"]),
+                    r["worker"],
+                )
+                for r in journal.custom_rows
+            ],
+        )
+    journal.step_rows, journal.task_rows, journal.custom_rows = [], [], []
+    journal.readied = set()

@@ -1,0 +1,105 @@
+"""Who runs what: `Tasker.run()` drives the task from the caller's thread, sync handlers run on
+handler threads unless their step or template opts into `run_inline`, and steps of parallel branches
+still overlap (issue 13, point 3)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from tasker import Tasker, TaskerInputError
+from tests.fixture_types import LoadTemplate, WriteTemplate
+from tests.integration import handlers as h
+from tests.integration.support import step, template_yaml
+
+
+def test_run_drives_the_task_from_the_callers_thread(tasker: Tasker, load: LoadTemplate) -> None:
+    ref = load(
+        "inline_mix",
+        [
+            step("threaded"),
+            step("inline", after="threaded", run_inline=True),
+            step(
+                "inline_failing",
+                after="inline",
+                run_inline=True,
+                handler_config={"fail": ["retryable"]},
+            ),
+        ],
+    )
+    task = tasker.run(tasker.create_task(ref, {"key": "inline-mix"}).id)
+    assert task.status == "complete"
+    me = threading.get_ident()
+    thread_of = {c["step"]: c["thread"] for c in h.calls("inline-mix", kind="attempt")}
+    assert thread_of["inline"] == me
+    assert thread_of["inline_failing"] == me  # its retry too
+    assert thread_of["threaded"] != me
+    assert [c["attempt"] for c in h.calls("inline-mix", "inline_failing", "attempt")] == [1, 2]
+
+
+def test_a_template_default_makes_its_untimed_steps_inline(
+    tasker: Tasker, load: LoadTemplate
+) -> None:
+    ref = load(
+        "inline_default",
+        [
+            step("quick"),
+            step("timed", after="quick", handler_config={"timeout_seconds": 5}),
+            step("opted_out", after="timed", run_inline=False),
+        ],
+        run_inline=True,
+    )
+    tasker.run(tasker.create_task(ref, {"key": "inline-default"}).id)
+    me = threading.get_ident()
+    thread_of = {c["step"]: c["thread"] for c in h.calls("inline-default", kind="attempt")}
+    assert thread_of == {
+        "quick": me,
+        "timed": thread_of["timed"],
+        "opted_out": thread_of["opted_out"],
+    }
+    assert me not in (thread_of["timed"], thread_of["opted_out"])
+
+
+def test_parallel_branches_still_overlap_when_run_drives_the_task(
+    tasker: Tasker, load: LoadTemplate
+) -> None:
+    ref = load(
+        "inline_parallel",
+        [
+            step("root"),
+            step("left", after="root", handler_config={"sleep": 0.3}),
+            step("right", after="root", handler_config={"sleep": 0.3}),
+        ],
+    )
+    tasker.run(tasker.create_task(ref, {"key": "inline-parallel"}).id, concurrency=4)
+    left, right = (h.calls("inline-parallel", s, "attempt")[0] for s in ("left", "right"))
+    assert left["start"] < right["end"] and right["start"] < left["end"]
+
+
+def test_run_from_inside_an_event_loop_uses_the_background_loop(
+    tasker: Tasker, load: LoadTemplate
+) -> None:
+    ref = load("inline_in_loop", [step("only", run_inline=True)])
+
+    async def caller() -> str:
+        task = tasker.run(tasker.create_task(ref, {"key": "inline-in-loop"}).id)
+        return task.status
+
+    assert asyncio.run(caller()) == "complete"
+    [call] = h.calls("inline-in-loop", kind="attempt")
+    assert call["thread"] != threading.get_ident()  # the engine's runner thread ran it
+
+
+def test_run_inline_with_a_timeout_is_refused_with_the_reason(
+    tasker: Tasker, write_template: WriteTemplate
+) -> None:
+    text = template_yaml(
+        "inline_timed",
+        [step("only", run_inline=True, handler_config={"timeout_seconds": 1})],
+    )
+    path: Path = write_template(text, "inline_timed.yaml")
+    with pytest.raises(TaskerInputError, match=r"run_inline and handler_config\.timeout_seconds"):
+        tasker.load_templates(path)
