@@ -44,6 +44,7 @@ TOP_LEVEL_KEYS = {
     "dependent_systems",
     "namespace_max_in_flight",
     "identity",
+    "run_inline",
     # Accepted from Tasker YAML for compatibility; they have no effect here.
     "module_namespace",
     "concurrent",
@@ -64,6 +65,7 @@ STEP_KEYS = {
     "handler_config",
     "custom_events",
     "retry",
+    "run_inline",
 }
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
