@@ -7,7 +7,8 @@ Two workloads of the no-op chain in benchmarks/templates/linear5.yaml, each on a
      totals divided by the number of tasks (creation and working are also reported apart).
 
 What is counted, in the client (SQLAlchemy events on every engine the `Database` owns: writer,
-reader, cycles):
+reader, cycles; on SQLite, sqlite3's trace callback instead, which also sees the statements of the
+driver-level cycle and counts one statement per parameter set of an executemany):
   statements   `before_cursor_execute`, one per cursor execution: an `executemany` batch (or an
                insertmanyvalues batch) is one statement, its parameter sets are counted as rows;
                SQLite's `BEGIN [IMMEDIATE]` (issued by the store's `begin` hook) is not a statement
@@ -167,6 +168,9 @@ class Probe:
     def _attach(self, engine: sa.Engine) -> None:
         c = self.counts
         lock = self.lock
+        if engine.dialect.name == "sqlite":
+            self._attach_sqlite(engine)
+            return
 
         def before(
             conn: Any, cursor: Any, stmt: str, params: Any, context: Any, many: bool
@@ -228,6 +232,39 @@ class Probe:
             return ping(dbapi_connection)
 
         engine.dialect.do_ping = do_ping  # type: ignore[method-assign]
+
+    def _attach_sqlite(self, engine: sa.Engine) -> None:
+        """SQLite: sqlite3's trace callback sees every statement the library runs, whoever sends
+        it (SQLAlchemy, or the driver-level cycle that bypasses it), one per parameter set."""
+        c, lock = self.counts, self.lock
+
+        def trace(stmt: str) -> None:
+            head = stmt.lstrip()[:8].upper()
+            with lock:
+                if head.startswith("BEGIN"):
+                    c.begin += 1
+                elif head.startswith("COMMIT"):
+                    c.commit += 1
+                elif head.startswith("ROLLBACK"):
+                    c.rollback += 1
+                elif not head.startswith("PRAGMA"):
+                    c.statements += 1
+                    c.rows += 1
+                    c.kinds[kind(stmt)] += 1
+
+        def checkout(dbapi_conn: Any, *_: Any) -> None:
+            dbapi_conn.set_trace_callback(trace)
+            with lock:
+                c.checkouts += 1
+
+        def reset(dbapi_conn: Any, record: Any, state: Any) -> None:
+            if not state.transaction_was_reset and not state.terminate_only:
+                with lock:
+                    c.resets += 1
+
+        event.listen(engine.pool, "checkout", checkout)
+        event.listen(engine.pool, "connect", lambda *_: setattr(c, "connects", c.connects + 1))
+        event.listen(engine.pool, "reset", reset)
 
 
 # --- the wire ------------------------------------------------------------------------------------

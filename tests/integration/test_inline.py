@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -30,14 +31,15 @@ def test_run_drives_the_task_from_the_callers_thread(tasker: Tasker, load: LoadT
             ),
         ],
     )
-    task = tasker.run(tasker.create_task(ref, {"key": "inline-mix"}).id)
+    key = f"inline-mix-{uuid.uuid4().hex}"  # the handlers' records are per key and per process
+    task = tasker.run(tasker.create_task(ref, {"key": key}).id)
     assert task.status == "complete"
     me = threading.get_ident()
-    thread_of = {c["step"]: c["thread"] for c in h.calls("inline-mix", kind="attempt")}
+    thread_of = {c["step"]: c["thread"] for c in h.calls(key, kind="attempt")}
     assert thread_of["inline"] == me
     assert thread_of["inline_failing"] == me  # its retry too
     assert thread_of["threaded"] != me
-    assert [c["attempt"] for c in h.calls("inline-mix", "inline_failing", "attempt")] == [1, 2]
+    assert [c["attempt"] for c in h.calls(key, "inline_failing", "attempt")] == [1, 2]
 
 
 def test_a_template_default_makes_its_untimed_steps_inline(
@@ -52,9 +54,10 @@ def test_a_template_default_makes_its_untimed_steps_inline(
         ],
         run_inline=True,
     )
-    tasker.run(tasker.create_task(ref, {"key": "inline-default"}).id)
+    key = f"inline-default-{uuid.uuid4().hex}"
+    tasker.run(tasker.create_task(ref, {"key": key}).id)
     me = threading.get_ident()
-    thread_of = {c["step"]: c["thread"] for c in h.calls("inline-default", kind="attempt")}
+    thread_of = {c["step"]: c["thread"] for c in h.calls(key, kind="attempt")}
     assert thread_of == {
         "quick": me,
         "timed": thread_of["timed"],
@@ -74,8 +77,9 @@ def test_parallel_branches_still_overlap_when_run_drives_the_task(
             step("right", after="root", handler_config={"sleep": 0.3}),
         ],
     )
-    tasker.run(tasker.create_task(ref, {"key": "inline-parallel"}).id, concurrency=4)
-    left, right = (h.calls("inline-parallel", s, "attempt")[0] for s in ("left", "right"))
+    key = f"inline-parallel-{uuid.uuid4().hex}"
+    tasker.run(tasker.create_task(ref, {"key": key}).id, concurrency=4)
+    left, right = (h.calls(key, s, "attempt")[0] for s in ("left", "right"))
     assert left["start"] < right["end"] and right["start"] < left["end"]
 
 
@@ -83,13 +87,14 @@ def test_run_from_inside_an_event_loop_uses_the_background_loop(
     tasker: Tasker, load: LoadTemplate
 ) -> None:
     ref = load("inline_in_loop", [step("only", run_inline=True)])
+    key = f"inline-in-loop-{uuid.uuid4().hex}"
 
     async def caller() -> str:
-        task = tasker.run(tasker.create_task(ref, {"key": "inline-in-loop"}).id)
+        task = tasker.run(tasker.create_task(ref, {"key": key}).id)
         return task.status
 
     assert asyncio.run(caller()) == "complete"
-    [call] = h.calls("inline-in-loop", kind="attempt")
+    [call] = h.calls(key, kind="attempt")
     assert call["thread"] != threading.get_ident()  # the engine's runner thread ran it
 
 

@@ -9,6 +9,8 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+import pytest
+
 from tasker.engine.wakeups import Wakeups
 
 
@@ -73,7 +75,7 @@ def test_a_retry_coming_due_makes_a_scan_due() -> None:
         w = await opened()
         now = time.monotonic()
         w.retry_at(now + 0.02)
-        assert 0 < w.until_retry(now) <= 0.02
+        assert w.until_retry(now) == pytest.approx(0.02)
         w.wake()
         await w.wait(5.0)
         assert not w.claim_due  # not yet due
