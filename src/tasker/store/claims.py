@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, select, update
+from sqlalchemy import Select, bindparam, func, select, text, update
 from sqlalchemy.engine import Connection
 
 from tasker.domain.circuits import ClaimPlan
@@ -29,6 +29,8 @@ from tasker.domain.states import (
 from tasker.store import systems
 from tasker.store.journal import Journal
 from tasker.store.readiness import settle_tasks
+from tasker.store.schema import CLAIMABLE as CLAIMABLE_SQL
+from tasker.store.schema import RUNNING as RUNNING_SQL
 from tasker.store.schema import steps, tasks
 
 CLAIMABLE = sorted(s.value for s in CLAIMABLE_STEP_STATES)
@@ -44,7 +46,9 @@ def _candidates(
     columns = [steps.c.id, steps.c.state] + (
         [steps.c.dependent_system, steps.c.namespace] if restricted else []
     )
-    q = select(*columns).where(steps.c.state.in_(CLAIMABLE), steps.c.run_at <= bindparam("now"))
+    # The states as literals (`CLAIMABLE_SQL`), not bind parameters: under a generic plan, only a
+    # literal condition lets PostgreSQL use the partial claim index (docs/benchmarks.md).
+    q = select(*columns).where(text(CLAIMABLE_SQL), steps.c.run_at <= bindparam("now"))
     if restricted:
         q = q.where(steps.c.dependent_system.not_in(bindparam("blocked", expanding=True)))
     if namespaces:
@@ -368,10 +372,7 @@ def _expired(skip_locked: bool) -> Select[Any]:
             steps.c.retryable,
             steps.c.lease_owner,
         )
-        .where(
-            steps.c.state == StepState.IN_PROGRESS.value,
-            steps.c.lease_expires_at < bindparam("now"),
-        )
+        .where(text(RUNNING_SQL), steps.c.lease_expires_at < bindparam("now"))
         .order_by(steps.c.lease_expires_at)
         .limit(bindparam("limit"))
     )
@@ -504,7 +505,7 @@ def next_run_at(
     conn: Connection, *, namespaces: Sequence[str] | None = None, task_id: int | None = None
 ) -> datetime | None:
     """When the next claimable step comes due (None when nothing waits)."""
-    q = _scoped(select(steps.c.run_at).where(steps.c.state.in_(CLAIMABLE)), namespaces, task_id)
+    q = _scoped(select(steps.c.run_at).where(text(CLAIMABLE_SQL)), namespaces, task_id)
     return conn.execute(q.order_by(steps.c.run_at).limit(1)).scalar()
 
 

@@ -78,7 +78,7 @@ def _state_in(*states: StepState) -> str:
 CLAIMABLE = _state_in(StepState.READY, StepState.WAITING_RETRY)
 #: `REPORTED_STEP_STATES`: queued, running or stuck in error (the systems report, the overview).
 ACTIVE = _state_in(StepState.READY, StepState.WAITING_RETRY, StepState.IN_PROGRESS, StepState.ERROR)
-_RUNNING = f"state = '{StepState.IN_PROGRESS.value}'"
+RUNNING = f"state = '{StepState.IN_PROGRESS.value}'"
 
 templates = Table(
     "tasker_templates",
@@ -150,17 +150,19 @@ steps = Table(
     Column("finished_at", UTCDateTime, nullable=True),
     UniqueConstraint("task_id", "name"),
     Index(None, "task_id", "state"),
+    # The claim's order, `run_at, id`, read straight from the index (migration 0008).
     Index(
         "ix_tasker_steps_claimable",
         "run_at",
+        "id",
         postgresql_where=text(CLAIMABLE),
         sqlite_where=text(CLAIMABLE),
     ),
     Index(
         "ix_tasker_steps_leased",
         "lease_expires_at",
-        postgresql_where=text(_RUNNING),
-        sqlite_where=text(_RUNNING),
+        postgresql_where=text(RUNNING),
+        sqlite_where=text(RUNNING),
     ),
     # Systems report and overview: active steps by system, without reading the finished millions.
     Index(
