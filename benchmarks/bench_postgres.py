@@ -36,6 +36,8 @@ from tasker import Tasker  # noqa: E402
 
 TEMPLATE = ROOT / "benchmarks" / "templates"
 REF = "bench/linear5"
+#: The same chain with `run_inline` handlers (`--inline`): no hand-off to a handler thread.
+INLINE_REF = "bench/linear5_inline"
 STEPS = 5
 
 
@@ -273,8 +275,16 @@ def main() -> None:
         "--skip", default="", help="comma-separated: throughput,latency,growth,recovery,dbos"
     )
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--inline",
+        action="store_true",
+        help="handlers run_inline (as DBOS runs its steps)",
+    )
     args = ap.parse_args()
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if args.inline:
+        global REF
+        REF = INLINE_REF
     res: dict[str, object] = _Reported({"cpus": os.cpu_count(), "runs": args.runs})
     if "throughput" not in skip:
         res["steps_per_s_1_worker"] = statistics.median(

@@ -104,8 +104,18 @@ class Cycles:
         done = plan.done
         known = self._known_tasks(done)
         view = self._views.fresh()
-        if direct and view is not None and view.empty and self._direct(plan):
-            return self._run_direct(plan, known)
+        if direct and self._direct(plan):
+            # The driver-level cycle needs to know that no limit or circuit is in play and, when
+            # a reclaim is due, that no lease has expired: one short read when it does not know.
+            expired = False
+            if view is None or plan.reclaim:
+                with self.db.read() as conn:
+                    if view is None:
+                        view = self._views.load(conn)
+                    if plan.reclaim:
+                        expired = claims.any_expired(conn, utcnow())
+            if view.empty and not expired:
+                return self._run_direct(plan, known)
         with self.db.cycle() as conn:
             # Stamped once the write lock is held (SQLite: at BEGIN IMMEDIATE) so that transition
             # times follow commit order, even when this cycle waited for an operator's transaction.
@@ -162,14 +172,13 @@ class Cycles:
         return CycleResult(claimed, scanned_full, settled, journal.events, held, cancelled)
 
     def _direct(self, plan: CyclePlan) -> bool:
-        """Whether the driver-level cycle can run this one: no lease to extend or reclaim, and
-        outcomes that move no circuit (no limit or circuit in play is checked by the caller)."""
+        """Whether the driver-level cycle can run this one: no lease to extend, and outcomes that
+        move no circuit (the caller checks that no limit or circuit is in play and that no lease
+        waits to be reclaimed)."""
         if self.db.memory:
             return False  # the shared in-memory connection: keep to the general path
-        return (
-            plan.heartbeat is None
-            and not plan.reclaim
-            and all(cycle_rows.eligible(outcome) for outcome, _ in plan.done)
+        return plan.heartbeat is None and all(
+            cycle_rows.eligible(outcome) for outcome, _ in plan.done
         )
 
     def _run_direct(self, plan: CyclePlan, known: dict[int, claims.KnownTask]) -> CycleResult:

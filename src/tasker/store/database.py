@@ -145,7 +145,16 @@ class Database:
             self.reader = self.writer.execution_options(isolation_level="AUTOCOMMIT")
             # Workers' own transactions skip the ping entirely: their cycle already retries after a
             # lost connection, which also discards the broken one.
-            self.cycles = create_engine(self.url, pool_size=2, max_overflow=2, pool_recycle=1800)
+            self.cycles = create_engine(
+                self.url,
+                pool_size=2,
+                max_overflow=2,
+                pool_recycle=1800,
+                # The workers' statements are prepared (psycopg) and written so that one plan fits
+                # every call (literal states, indexes that serve their order): plan them once per
+                # connection instead of at every execution (docs/benchmarks.md has both plans).
+                connect_args={"options": "-c plan_cache_mode=force_generic_plan"},
+            )
         else:
             raise TaskerInputError(
                 f"unsupported database '{self.dialect}'; fix: use sqlite:///path.db or"

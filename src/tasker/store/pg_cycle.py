@@ -178,7 +178,7 @@ def _settle() -> str:
           FROM tasker_tasks t LEFT JOIN tasker_steps s ON s.task_id = t.id
          WHERE t.id = ANY(%(ids)s::bigint[])
          GROUP BY t.id, t.status
-    ), finals AS (
+    ), finals AS MATERIALIZED (
         SELECT id, status,
                CASE WHEN active > 0 THEN NULL
                     WHEN failed > 0 THEN '{T.ERROR.value}'
@@ -187,7 +187,7 @@ def _settle() -> str:
                     WHEN resolved > 0 THEN '{T.RESOLVED_MANUALLY.value}'
                     ELSE '{T.COMPLETE.value}' END AS final
           FROM counted
-    ), decided AS (
+    ), decided AS MATERIALIZED (
         SELECT id, status AS src,
                CASE WHEN final IS NULL
                     THEN CASE WHEN status = '{T.ERROR.value}' THEN '{T.PENDING.value}' END
@@ -201,14 +201,14 @@ def _settle() -> str:
                     ELSE CAST('task cannot go from ' || src || ' to ' || dst AS boolean) END
     ), moved AS (
         UPDATE tasker_tasks t
-           SET status = c.dst, updated_at = %(now)s,
-               finished_at = CASE WHEN c.dst IN {finished} THEN %(now)s END
+           SET status = c.dst, updated_at = %(now)s::timestamptz,
+               finished_at = CASE WHEN c.dst IN {finished} THEN %(now)s::timestamptz END
           FROM checked c
          WHERE t.id = c.id
         RETURNING t.id, c.src, c.dst
     ), logged AS (
         INSERT INTO tasker_task_transitions (task_id, from_state, to_state, at, worker)
-        SELECT id, src, dst, %(now)s, %(worker)s FROM moved
+        SELECT id, src, dst, %(now)s::timestamptz, %(worker)s::text FROM moved
     )
     SELECT id, src, dst FROM moved ORDER BY id
     """
