@@ -108,3 +108,15 @@ def test_run_inline_with_a_timeout_is_refused_with_the_reason(
     path: Path = write_template(text, "inline_timed.yaml")
     with pytest.raises(TaskerInputError, match=r"run_inline and handler_config\.timeout_seconds"):
         tasker.load_templates(path)
+
+
+def test_run_and_get_task_refuse_a_task_object_with_the_fix(
+    tasker: Tasker, load: LoadTemplate
+) -> None:
+    ref = load("inline_args", [step("only", run_inline=True)])
+    task = tasker.create_task(ref, {"key": f"inline-args-{uuid.uuid4().hex}"})
+    with pytest.raises(TaskerInputError, match=rf"use {task.id} \(task.id\)"):
+        tasker.run(task)  # type: ignore[arg-type]
+    with pytest.raises(TaskerInputError, match="a task id is an integer, not 'abc'"):
+        tasker.get_task("abc")  # type: ignore[arg-type]
+    assert tasker.run(str(task.id)).status == "complete"  # type: ignore[arg-type]

@@ -299,7 +299,7 @@ class Tasker:
         return task_store.find_id(self.db, tmpl.namespace_name, tmpl.name, key)
 
     def get_task(self, task_id: int) -> Task:
-        task = task_store.read_task(self.db, int(task_id))
+        task = task_store.read_task(self.db, _task_id(task_id))
         if task is None:
             raise NotFoundError(
                 f"no task with id {task_id}; fix: list tasks with 'tasker tasks list'"
@@ -392,6 +392,7 @@ class Tasker:
 
     async def arun(self, task_id: int, *, concurrency: int | None = None) -> Task:
         """Run one task to the end in this process (async form of `run`)."""
+        task_id = _task_id(task_id)
         await self._drive(self.worker(concurrency=concurrency, task_id=task_id), until_idle=True)
         return self.get_task(task_id)
 
@@ -401,6 +402,7 @@ class Tasker:
 
         No read comes first: a task that is already finished (or does not exist) leaves the worker
         nothing to claim, and the read at the end returns it (or raises `NotFoundError`)."""
+        task_id = _task_id(task_id)
         runner = self._get_runner()
         try:
             asyncio.get_running_loop()
@@ -521,6 +523,18 @@ class _WorkerPort:
 
     def get_task(self, task_id: int) -> Task:
         return self._engine.get_task(task_id)
+
+
+def _task_id(value: object) -> int:
+    """A task id as given by a caller: an int (or a digit string), not the `Task` itself."""
+    if isinstance(value, Task):
+        raise TaskerInputError(f"pass the task's id, not the task: use {value.id} (task.id)")
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TaskerInputError(f"a task id is an integer, not {type(value).__name__}")
+    try:
+        return int(value)
+    except ValueError:
+        raise TaskerInputError(f"a task id is an integer, not {value!r}") from None
 
 
 class _Runner:
