@@ -1,0 +1,160 @@
+"""Does the engine slow down as finished work piles up? (issue 13, points 5 and 6)
+
+On a scratch PostgreSQL database, measures with an empty store, then again after writing
+`--finished` finished 5-step tasks (default 1,000,000; `--big` for 10,000,000) straight into the
+tables with `generate_series` (tasks spread over the last 30 days, their steps, edges and
+transitions, as the engine would leave them), analyzed:
+
+  - one 5-step task created and run (`Tasker.run`, handlers `run_inline`): claim and completion;
+  - `insight.status()`, `insight.performance(24)` (after one warm-up call that brings the analytics
+    rollups up to date, reported apart) and the first page of `list_tasks`.
+
+Each figure is a median over `--samples` calls. Run from the repository root:
+
+    python benchmarks/bench_growth.py [--finished 1000000 | --big] [--samples 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import psycopg  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from benchmarks.fleet import scratch_database  # noqa: E402
+from tasker import Tasker  # noqa: E402
+
+TEMPLATES = ROOT / "benchmarks" / "templates"
+REF = "bench/linear5_inline"
+
+FILL = [
+    """INSERT INTO tasker_tasks (namespace, name, version, template_id, status, context,
+                                 idempotency_key, correlation_id, created_at, updated_at,
+                                 started_at, finished_at)
+       SELECT 'bench', 'linear5_inline', '1.0.0', %(template_id)s, 'complete', '{}'::jsonb,
+              'grown-' || g, 'grown-' || g, x.at, x.at + interval '50 ms', x.at,
+              x.at + interval '50 ms'
+         FROM generate_series(1, %(n)s) g,
+              LATERAL (SELECT now() - interval '1 hour'
+                              - (g %% 2592000) * interval '1 second' AS at) x""",
+    """INSERT INTO tasker_steps (task_id, name, position, namespace, dependent_system, state,
+                                 pending_parents, attempts, retry_limit, retryable, claim_token,
+                                 idempotency_key, results, created_at, updated_at, started_at,
+                                 finished_at)
+       SELECT t.id, 's' || p, p - 1, 'bench', 'default', 'complete', 0, 1, 3, true, 1,
+              md5(t.id || '-' || p), '{}'::jsonb, t.created_at, t.finished_at, t.started_at,
+              t.finished_at
+         FROM tasker_tasks t CROSS JOIN generate_series(1, 5) p
+        WHERE t.idempotency_key LIKE 'grown-%%'""",
+    """INSERT INTO tasker_step_edges (task_id, parent_id, child_id)
+       SELECT c.task_id, p.id, c.id
+         FROM tasker_steps c
+         JOIN tasker_tasks t ON t.id = c.task_id AND t.idempotency_key LIKE 'grown-%%'
+         JOIN tasker_steps p ON p.task_id = c.task_id AND p.name = 's' || c.position
+        WHERE c.position > 0""",
+    """INSERT INTO tasker_step_transitions (step_id, task_id, from_state, to_state, attempt, at,
+                                            worker, duration_ms)
+       SELECT s.id, s.task_id, m.src, m.dst, m.attempt, s.finished_at, 'grown', m.ms
+         FROM tasker_steps s
+         JOIN tasker_tasks t ON t.id = s.task_id AND t.idempotency_key LIKE 'grown-%%'
+        CROSS JOIN (VALUES (NULL, 'ready', 0, NULL::float8),
+                           ('ready', 'in_progress', 1, NULL),
+                           ('in_progress', 'complete', 1, 1.0)) AS m(src, dst, attempt, ms)""",
+    """INSERT INTO tasker_task_transitions (task_id, from_state, to_state, at, worker)
+       SELECT t.id, m.src, m.dst, t.finished_at, 'grown'
+         FROM tasker_tasks t
+        CROSS JOIN (VALUES (NULL, 'pending'), ('pending', 'in_progress'),
+                           ('in_progress', 'complete')) AS m(src, dst)
+        WHERE t.idempotency_key LIKE 'grown-%%'""",
+]
+
+
+def median_ms(fn: Callable[[], Any], samples: int) -> float:
+    times = []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def measure(t: Tasker, samples: int) -> dict[str, float]:
+    def sequential() -> None:
+        t.run(t.create_task(REF, {}).id)
+
+    for _ in range(3):
+        sequential()
+    t0 = time.perf_counter()
+    t.insight.performance(24)  # warm-up: the rollups catch up with everything not rolled up yet
+    warm = (time.perf_counter() - t0) * 1000
+    return {
+        "sequential_task_ms": median_ms(sequential, samples),
+        "status_ms": median_ms(t.insight.status, samples),
+        "performance_24h_ms": median_ms(lambda: t.insight.performance(24), samples),
+        "performance_first_call_ms": warm,
+        "list_first_page_ms": median_ms(lambda: t.list_tasks(limit=50), samples),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--finished", type=int, default=1_000_000)
+    ap.add_argument("--big", action="store_true", help="10,000,000 finished tasks")
+    ap.add_argument("--samples", type=int, default=20)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    finished = 10_000_000 if args.big else args.finished
+    with scratch_database() as url:
+        t = Tasker(url, migrate=True, templates=TEMPLATES)
+        empty = measure(t, args.samples)
+        with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+            template_id = conn.execute(
+                "SELECT template_id FROM tasker_tasks ORDER BY id LIMIT 1"
+            ).fetchone()
+            assert template_id is not None
+            t0 = time.perf_counter()
+            for sql in FILL:
+                conn.execute(sql, {"n": finished, "template_id": template_id[0]})
+            conn.execute("VACUUM ANALYZE")
+            fill_s = time.perf_counter() - t0
+        t.close()
+        t = Tasker(url, templates=TEMPLATES)
+        grown = measure(t, args.samples)
+        t.close()
+    result: dict[str, Any] = {"finished": finished, "fill_seconds": round(fill_s, 1)}
+    for key in empty:
+        result[f"{key}_empty"] = round(empty[key], 2)
+        result[f"{key}_grown"] = round(grown[key], 2)
+        result[f"{key}_ratio"] = round(grown[key] / empty[key], 2) if empty[key] else None
+    if args.json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"Empty store vs {finished:,} finished tasks (medians of {args.samples})")
+    for col in ("measure", "empty", "grown", "grown / empty"):
+        table.add_column(col, justify="right" if col != "measure" else "left")
+    for key in empty:
+        table.add_row(
+            key,
+            f"{empty[key]:.2f}",
+            f"{grown[key]:.2f}",
+            f"{grown[key] / empty[key]:.2f}" if empty[key] else "-",
+        )
+    Console().print(table)
+    Console().print(f"filled in {fill_s:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
