@@ -23,7 +23,7 @@ from tasker.domain.errors import InvalidTransitionError, StoreError
 from tasker.domain.records import Outcome
 from tasker.domain.states import StepState, TaskState, settle_move
 from tasker.store import readiness
-from tasker.store.cycle_rows import Cycle
+from tasker.store.cycle_rows import Cycle, CycleInput
 from tasker.store.database import Database
 from tasker.store.journal import Journal
 from tasker.store.schema import step_transitions, steps, task_transitions, tasks, templates
@@ -207,9 +207,7 @@ def test_a_pipelined_cycle_that_fails_leaves_nothing_and_its_connection_works(
 
     def cycle() -> Cycle:
         with db.direct() as conn:
-            return pg_cycle.run_cycle(
-                conn,
-                Journal(NOW, "w"),
+            work = CycleInput(
                 [outcome],
                 {},
                 worker="w",
@@ -219,6 +217,7 @@ def test_a_pipelined_cycle_that_fails_leaves_nothing_and_its_connection_works(
                 task_id=None,
                 lease_seconds=30,
             )
+            return pg_cycle.run_cycle(conn, Journal(NOW, "w"), work)
 
     for _ in range(2):  # the second run finds the same row and a working connection
         with pytest.raises(StoreError, match="task cannot go from error to complete"):

@@ -196,14 +196,16 @@ class Cycles:
             cycle = run_cycle(
                 conn,
                 journal,
-                [o for o, _ in plan.done],
-                known,
-                worker=self.worker_id,
-                room=plan.claim_limit,
-                scan=plan.scan,
-                namespaces=scope.namespaces,
-                task_id=scope.task_id,
-                lease_seconds=scope.lease_seconds,
+                cycle_rows.CycleInput(
+                    [o for o, _ in plan.done],
+                    known,
+                    worker=self.worker_id,
+                    room=plan.claim_limit,
+                    scan=plan.scan,
+                    namespaces=scope.namespaces,
+                    task_id=scope.task_id,
+                    lease_seconds=scope.lease_seconds,
+                ),
             )
             for tid in {c.template_id for c in cycle.claimed}:
                 if not self.resolver.known(tid):

@@ -8,7 +8,7 @@ worker did.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -120,6 +120,88 @@ class KnownTask:
     results: dict[str, dict[str, Any]]
     step_ids: dict[str, int]
     parents_of: dict[str, list[str]]
+
+    def covers(self, step: str) -> bool:
+        """Whether this holds everything the step's handler needs: the results of all its
+        parents."""
+        return all(p in self.results for p in self.parents_of.get(step, ()))
+
+
+def unknown_tasks(known: dict[int, KnownTask], claims: Iterable[Claim]) -> list[int]:
+    """The tasks of these claims that must be read: not known, or known without some parent's
+    results."""
+    return sorted(
+        {c.task_id for c in claims if c.task_id not in known or not known[c.task_id].covers(c.name)}
+    )
+
+
+@dataclass
+class Claim:
+    """A claimed row, before its task's context and results are attached."""
+
+    step_id: int
+    task_id: int
+    name: str
+    attempt: int
+    retry_limit: int
+    claim_token: int
+    idempotency_key: str
+    dependent_system: str
+    from_state: StepState
+
+
+def journal_claims(journal: Journal, claims: Iterable[Claim]) -> None:
+    """Record each claim's transition to `in_progress` and its `step.started` event."""
+    for c in claims:
+        journal.step(c.step_id, c.task_id, c.from_state, StepState.IN_PROGRESS, c.attempt)
+        if journal.collect:
+            journal.event(
+                "step.started",
+                {"task_id": c.task_id, "step_id": c.step_id, "step": c.name, "attempt": c.attempt},
+            )
+
+
+def claimed_steps(
+    claims: Sequence[Claim],
+    known: dict[int, KnownTask],
+    task_rows: Iterable[tuple[int, Any, str, int]] = (),
+    step_rows: Iterable[tuple[int, int, str, str, Any]] = (),
+) -> list[ClaimedStep]:
+    """The claims with their tasks' context and results: from `known`, or from the rows read for
+    the tasks it does not cover ((id, context, correlation_id, template_id) and (task_id, id, name,
+    state, results), JSON decoded), in (task, step) order."""
+    results: dict[int, dict[str, dict[str, Any]]] = {}
+    step_ids: dict[int, dict[str, int]] = {}
+    for t_id, s_id, name, state, step_results in step_rows:
+        step_ids.setdefault(t_id, {})[name] = s_id
+        if state in SATISFIED:
+            results.setdefault(t_id, {})[name] = step_results or {}
+    known = dict(known)
+    for t_id, context, correlation_id, template_id in task_rows:
+        known[t_id] = KnownTask(
+            context, correlation_id, template_id, results.get(t_id, {}), step_ids.get(t_id, {}), {}
+        )
+    out = [
+        ClaimedStep(
+            step_id=c.step_id,
+            task_id=c.task_id,
+            name=c.name,
+            template_id=known[c.task_id].template_id,
+            attempt=c.attempt,
+            retry_limit=c.retry_limit,
+            claim_token=c.claim_token,
+            idempotency_key=c.idempotency_key,
+            dependent_system=c.dependent_system,
+            context=known[c.task_id].context,
+            correlation_id=known[c.task_id].correlation_id,
+            results=known[c.task_id].results,
+            from_state=c.from_state,
+            step_ids=known[c.task_id].step_ids,
+        )
+        for c in claims
+    ]
+    out.sort(key=lambda c: (c.task_id, c.step_id))
+    return out
 
 
 def claim(
@@ -271,64 +353,38 @@ def _claimed(
 ) -> list[ClaimedStep]:
     """Journal the claims and gather what their handlers need (reading the tasks it does not know
     yet, and starting those that were pending)."""
-    now = journal.now
-
-    def fully_known(task_id: int, name: str) -> bool:
-        k = known.get(task_id)
-        return k is not None and all(p in k.results for p in k.parents_of.get(name, ()))
-
-    unknown = sorted({r.task_id for r in claimed if not fully_known(r.task_id, r.name)})
+    claims = [
+        Claim(
+            r.id,
+            r.task_id,
+            r.name,
+            r.attempts,
+            r.retry_limit,
+            r.claim_token,
+            r.idempotency_key,
+            r.dependent_system,
+            StepState(from_state[r.id]),
+        )
+        for r in claimed
+    ]
+    unknown = unknown_tasks(known, claims)
+    task_rows: list[tuple[int, Any, str, int]] = []
+    step_rows: list[tuple[int, int, str, str, Any]] = []
     if unknown:
-        task_rows = {r.id: r for r in conn.execute(_TASKS, {"ids": unknown})}
-        starting = [i for i in unknown if task_rows[i].status == TaskState.PENDING]
+        tasks_read = conn.execute(_TASKS, {"ids": unknown}).all()
+        starting = [r.id for r in tasks_read if r.status == TaskState.PENDING]
         if starting:
-            conn.execute(_START_TASKS, {"ids": starting, "now": now})
+            conn.execute(_START_TASKS, {"ids": starting, "now": journal.now})
             for i in starting:
                 journal.task(i, TaskState.PENDING, TaskState.IN_PROGRESS)
                 journal.event("task.started", {"task_id": i})
-        results: dict[int, dict[str, dict[str, Any]]] = {i: {} for i in unknown}
-        step_ids: dict[int, dict[str, int]] = {i: {} for i in unknown}
-        for r in conn.execute(_TASK_STEPS, {"ids": unknown}):
-            step_ids[r.task_id][r.name] = r.id
-            if r.state in SATISFIED:
-                results[r.task_id][r.name] = r.results or {}
-        for i in unknown:
-            t = task_rows[i]
-            known = {
-                **known,
-                i: KnownTask(
-                    t.context, t.correlation_id, t.template_id, results[i], step_ids[i], {}
-                ),
-            }
-    out = []
-    for r in claimed:
-        k = known[r.task_id]
-        journal.step(r.id, r.task_id, from_state[r.id], StepState.IN_PROGRESS, r.attempts)
-        if journal.collect:
-            journal.event(
-                "step.started",
-                {"task_id": r.task_id, "step_id": r.id, "step": r.name, "attempt": r.attempts},
-            )
-        out.append(
-            ClaimedStep(
-                step_id=r.id,
-                task_id=r.task_id,
-                name=r.name,
-                template_id=k.template_id,
-                attempt=r.attempts,
-                retry_limit=r.retry_limit,
-                claim_token=r.claim_token,
-                idempotency_key=r.idempotency_key,
-                dependent_system=r.dependent_system,
-                context=k.context,
-                correlation_id=k.correlation_id,
-                results=k.results,
-                from_state=StepState(from_state[r.id]),
-                step_ids=k.step_ids,
-            )
-        )
-    out.sort(key=lambda c: (c.task_id, c.step_id))
-    return out
+        task_rows = [(r.id, r.context, r.correlation_id, r.template_id) for r in tasks_read]
+        step_rows = [
+            (r.task_id, r.id, r.name, r.state, r.results)
+            for r in conn.execute(_TASK_STEPS, {"ids": unknown})
+        ]
+    journal_claims(journal, claims)
+    return claimed_steps(claims, known, task_rows, step_rows)
 
 
 _EXTEND = (

@@ -13,15 +13,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasker.domain.events import TASK_EVENT_FOR_STATE
 from tasker.domain.records import ClaimedStep, Outcome
-from tasker.domain.states import SATISFIED_STEP_STATES, StepState, TaskState
-from tasker.store.claims import KnownTask
+from tasker.domain.states import StepState, TaskState
+from tasker.store.claims import Claim, KnownTask, journal_claims
 from tasker.store.completion import outcome_event
 from tasker.store.journal import Journal
 
 S, T = StepState, TaskState
-SATISFIED = frozenset(s.value for s in SATISFIED_STEP_STATES)
 
 #: A row the first statement returns: (kind, id, task_id, name, attempts, retry_limit,
 #: claim_token, idempotency_key, dependent_system, state). Kinds: "f" an outcome stored (id and the
@@ -39,6 +37,30 @@ def eligible(outcome: Outcome) -> bool:
     return outcome.state != S.COMPLETE or outcome.children is not None
 
 
+@dataclass(frozen=True)
+class CycleInput:
+    """What one driver-level cycle is to do: store `outcomes`, then claim into `room` (the
+    children the outcomes make ready first, then, with `scan`, due steps in scope)."""
+
+    outcomes: Sequence[Outcome]
+    #: What the worker knows of the outcomes' tasks (to claim their children without a read).
+    known: dict[int, KnownTask]
+    worker: str
+    room: int
+    scan: bool
+    namespaces: Sequence[str] | None
+    task_id: int | None
+    lease_seconds: float
+
+    def claim_split(self, children: int) -> tuple[bool, int]:
+        """(claim the children that become ready, how many due steps a scan may claim): the
+        children are claimed in the update that readies them when all `children` fit the room;
+        the scan takes the room that is left."""
+        take = 0 < children <= self.room
+        scan_limit = max(0, self.room - (children if take else 0)) if self.scan else 0
+        return take, scan_limit
+
+
 @dataclass
 class Cycle:
     """What one driver-level cycle did."""
@@ -48,21 +70,6 @@ class Cycle:
     claimed: list[ClaimedStep] = field(default_factory=list)
     #: Whether the queue scan filled its room (None: no scan).
     scanned_full: bool | None = None
-
-
-@dataclass
-class Claim:
-    """A claimed row, before its task's context and results are attached."""
-
-    step_id: int
-    task_id: int
-    name: str
-    attempt: int
-    retry_limit: int
-    claim_token: int
-    idempotency_key: str
-    dependent_system: str
-    from_state: StepState
 
 
 @dataclass
@@ -116,72 +123,5 @@ def record_rows(
         else:  # "s": a task started by this claim
             journal.task(step_id, T.PENDING, T.IN_PROGRESS)
             journal.event("task.started", {"task_id": step_id})
-    for c in seen.claims:
-        journal.step(c.step_id, c.task_id, c.from_state, S.IN_PROGRESS, c.attempt)
-        if journal.collect:
-            journal.event(
-                "step.started",
-                {"task_id": c.task_id, "step_id": c.step_id, "step": c.name, "attempt": c.attempt},
-            )
+    journal_claims(journal, seen.claims)
     return seen
-
-
-def fully_known(known: dict[int, KnownTask], c: Claim) -> bool:
-    """Whether the worker knows everything the claimed step's handler needs (the results of all its
-    parents), so that its task need not be read."""
-    k = known.get(c.task_id)
-    return k is not None and all(p in k.results for p in k.parents_of.get(c.name, ()))
-
-
-def settled_event(journal: Journal, task_id: int, src: str, dst: str) -> None:
-    name = TASK_EVENT_FOR_STATE.get(dst)
-    if name:
-        journal.event(name, {"task_id": task_id, "from_state": src, "to_state": dst})
-
-
-def claimed_steps(
-    claims: Sequence[Claim],
-    known: dict[int, KnownTask],
-    task_rows: Iterable[tuple[int, Any, str, int]],
-    step_rows: Iterable[tuple[int, int, str, str, Any]],
-) -> list[ClaimedStep]:
-    """The claims with their tasks' context and results: from `known`, or from the rows read for
-    the tasks it does not cover ((id, context, correlation_id, template_id) and (task_id, id, name,
-    state, results), JSON decoded)."""
-    results: dict[int, dict[str, dict[str, Any]]] = {}
-    step_ids: dict[int, dict[str, int]] = {}
-    for t_id, s_id, name, state, step_results in step_rows:
-        step_ids.setdefault(t_id, {})[name] = s_id
-        if state in SATISFIED:
-            results.setdefault(t_id, {})[name] = step_results or {}
-    known = dict(known)
-    for t_id, context, correlation_id, template_id in task_rows:
-        known[t_id] = KnownTask(
-            context,
-            correlation_id,
-            template_id,
-            results.get(t_id, {}),
-            step_ids.get(t_id, {}),
-            {},
-        )
-    out = [
-        ClaimedStep(
-            step_id=c.step_id,
-            task_id=c.task_id,
-            name=c.name,
-            template_id=known[c.task_id].template_id,
-            attempt=c.attempt,
-            retry_limit=c.retry_limit,
-            claim_token=c.claim_token,
-            idempotency_key=c.idempotency_key,
-            dependent_system=c.dependent_system,
-            context=known[c.task_id].context,
-            correlation_id=known[c.task_id].correlation_id,
-            results=known[c.task_id].results,
-            from_state=c.from_state,
-            step_ids=known[c.task_id].step_ids,
-        )
-        for c in claims
-    ]
-    out.sort(key=lambda c: (c.task_id, c.step_id))
-    return out

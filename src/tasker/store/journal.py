@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert
 
+from tasker.domain.events import TASK_EVENT_FOR_STATE
 from tasker.domain.records import FailureRecord
 from tasker.domain.states import (
     StepState,
@@ -149,6 +150,12 @@ class Journal:
     def event(self, name: str, payload: dict[str, Any]) -> None:
         if self.collect:
             self.events.append((name, payload))
+
+    def task_settled(self, task_id: int, src: str, dst: str) -> None:
+        """The event of a task that settled from `src` to `dst`, when that state has one."""
+        name = TASK_EVENT_FOR_STATE.get(dst)
+        if name:
+            self.event(name, {"task_id": task_id, "from_state": src, "to_state": dst})
 
     def flush_statement(self) -> tuple[str, dict[str, Any]] | None:
         """PostgreSQL: the statement (psycopg's placeholders) that writes the collected transition

@@ -37,7 +37,6 @@ from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection
 
-from tasker.domain.records import Outcome
 from tasker.domain.states import (
     ACTIVE_STEP_STATES,
     CLAIMABLE_STEP_STATES,
@@ -46,14 +45,8 @@ from tasker.domain.states import (
     StepState,
     TaskState,
 )
-from tasker.store.claims import KnownTask
-from tasker.store.cycle_rows import (
-    Cycle,
-    claimed_steps,
-    fully_known,
-    record_rows,
-    settled_event,
-)
+from tasker.store.claims import claimed_steps, unknown_tasks
+from tasker.store.cycle_rows import Cycle, CycleInput, record_rows
 from tasker.store.journal import Journal
 
 S, T = StepState, TaskState
@@ -221,19 +214,7 @@ _CUSTOM = """INSERT INTO tasker_custom_events (name, task_id, step_id, namespace
                      %(worker)s)"""
 
 
-def run_cycle(
-    conn: Connection,
-    journal: Journal,
-    outcomes: Sequence[Outcome],
-    known: dict[int, KnownTask],
-    *,
-    worker: str,
-    room: int,
-    scan: bool,
-    namespaces: Sequence[str] | None,
-    task_id: int | None,
-    lease_seconds: float,
-) -> Cycle:
+def run_cycle(conn: Connection, journal: Journal, work: CycleInput) -> Cycle:
     """Run one cycle on `conn` (a connection of the store's PostgreSQL pool, not in a
     transaction); the transaction is committed when this returns. Raises `psycopg.Error` after
     rolling back."""
@@ -241,18 +222,7 @@ def run_cycle(
     raw.autocommit = True  # BEGIN and COMMIT are ours to send, inside the pipeline
     try:
         with raw.pipeline():
-            receive = _send(
-                raw,
-                journal,
-                outcomes,
-                known,
-                worker,
-                room,
-                scan,
-                namespaces,
-                task_id,
-                lease_seconds,
-            )
+            receive = _send(raw, journal, work)
         # Leaving the pipeline sent its Sync: round trip 2 answered everything queued after the
         # first statement, COMMIT included.
         return receive()
@@ -270,30 +240,19 @@ def run_cycle(
             raw.autocommit = False
 
 
-def _send(
-    raw: psycopg.Connection[Any],
-    journal: Journal,
-    outcomes: Sequence[Outcome],
-    known: dict[int, KnownTask],
-    worker: str,
-    room: int,
-    scan: bool,
-    namespaces: Sequence[str] | None,
-    task_id: int | None,
-    lease_seconds: float,
-) -> Callable[[], Cycle]:
+def _send(raw: psycopg.Connection[Any], journal: Journal, work: CycleInput) -> Callable[[], Cycle]:
     """Round trip 1, then queue round trip 2; returns what reads its answers."""
     now = journal.now
     out = Cycle()
+    outcomes, known = work.outcomes, work.known
     by_id = {o.step_id: o for o in outcomes}
     edges = [(o.step_id, child) for o in outcomes if o.children for child in o.children]
     children = {child for _, child in edges}
-    take = 0 < len(children) <= room  # claim the children that become ready, when all fit
-    scan_limit = max(0, room - (len(children) if take else 0)) if scan else 0
+    take, scan_limit = work.claim_split(len(children))
     params: dict[str, Any] = {
         "now": now,
-        "worker": worker,
-        "lease_until": now + timedelta(seconds=lease_seconds),
+        "worker": work.worker,
+        "lease_until": now + timedelta(seconds=work.lease_seconds),
         # Values travel as one JSON document per list (json.dumps is C; dumping a dozen Python
         # lists as typed arrays costs more than the statement).
         "outcomes": json.dumps(
@@ -318,12 +277,12 @@ def _send(
         "edges": json.dumps([{"parent": p, "child": c} for p, c in edges]),
         "take": take,
         "scan_limit": scan_limit,
-        "namespaces": list(namespaces or []),
-        "scope_task": task_id,
+        "namespaces": list(work.namespaces or []),
+        "scope_task": work.task_id,
     }
     cur = raw.cursor()
     cur.execute("BEGIN")
-    cur.execute(_FIRST[(bool(namespaces), task_id is not None)], params, prepare=True)
+    cur.execute(_FIRST[(bool(work.namespaces), work.task_id is not None)], params, prepare=True)
     rows = cur.fetchall()  # round trip 1
 
     seen = record_rows(journal, rows, by_id, out)
@@ -331,7 +290,7 @@ def _send(
     if scan_limit:  # else, as in the general path, no scan ran: nothing learnt
         out.scanned_full = sum(1 for c in claims if c.step_id not in children) >= scan_limit
 
-    unknown = sorted({c.task_id for c in claims if not fully_known(known, c)})
+    unknown = unknown_tasks(known, claims)
     settle = seen.to_settle
     task_cur = raw.cursor()
     steps_cur = raw.cursor()
@@ -341,7 +300,9 @@ def _send(
         steps_cur.execute(_TASK_STEPS, {"ids": unknown}, prepare=True)
     if settle:
         cur.execute(_LOCK, {"ids": settle}, prepare=True)
-        settle_cur.execute(_SETTLE, {"ids": settle, "now": now, "worker": worker}, prepare=True)
+        settle_cur.execute(
+            _SETTLE, {"ids": settle, "now": now, "worker": work.worker}, prepare=True
+        )
     flush = journal.flush_statement()
     if flush is not None:
         cur.execute(flush[0], flush[1], prepare=True)
@@ -356,7 +317,7 @@ def _send(
         if settle:
             for settled_id, src, dst in settle_cur.fetchall():
                 out.settled.append((settled_id, dst))
-                settled_event(journal, settled_id, src, dst)
+                journal.task_settled(settled_id, src, dst)
         if claims:
             tasks = task_cur.fetchall() if unknown else []
             steps = steps_cur.fetchall() if unknown else []

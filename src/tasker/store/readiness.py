@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
 
 from sqlalchemy import and_, bindparam, case, func, select, update
 from sqlalchemy.engine import Connection
 
-from tasker.domain.events import TASK_EVENT_FOR_STATE
 from tasker.domain.states import (
     FINISHED_TASK_STATES,
     StepState,
@@ -138,12 +136,5 @@ def settle_tasks(
         )
         journal.task(task_id, status, target)
         changed.append((task_id, target.value))
-        name = TASK_EVENT_FOR_STATE.get(target.value)
-        if name:
-            payload: dict[str, Any] = {
-                "task_id": task_id,
-                "from_state": status.value,
-                "to_state": target.value,
-            }
-            journal.event(name, payload)
+        journal.task_settled(task_id, status.value, target.value)
     return changed

@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection
 
-from tasker.domain.events import TASK_EVENT_FOR_STATE
-from tasker.domain.records import Outcome
 from tasker.domain.states import (
     CLAIMABLE_STEP_STATES,
     FINISHED_TASK_STATES,
@@ -30,8 +27,8 @@ from tasker.domain.states import (
     TaskState,
     settle_move,
 )
-from tasker.store.claims import KnownTask
-from tasker.store.cycle_rows import Cycle, Row, claimed_steps, fully_known, record_rows
+from tasker.store.claims import claimed_steps, unknown_tasks
+from tasker.store.cycle_rows import Cycle, CycleInput, Row, record_rows
 from tasker.store.journal import Journal
 
 S, T = StepState, TaskState
@@ -80,13 +77,14 @@ _STEP_ROW = """
     INSERT INTO tasker_step_transitions
            (step_id, task_id, from_state, to_state, attempt, at, worker, error_class,
             error_message, duration_ms)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+    VALUES (:step_id, :task_id, :from_state, :to_state, :attempt, :at, :worker, :error_class,
+            :error_message, :duration_ms)"""
 _TASK_ROW = """
     INSERT INTO tasker_task_transitions (task_id, from_state, to_state, at, worker, reason)
-    VALUES (?, ?, ?, ?, ?, ?)"""
+    VALUES (:task_id, :from_state, :to_state, :at, :worker, :reason)"""
 _CUSTOM_ROW = """
     INSERT INTO tasker_custom_events (name, task_id, step_id, namespace, payload, at, worker)
-    VALUES (?, ?, ?, ?, ?, ?, ?)"""
+    VALUES (:name, :task_id, :step_id, :namespace, :payload, :at, :worker)"""
 
 
 def _scan(namespaces: int, task: bool) -> str:
@@ -120,28 +118,14 @@ def _loads(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def run_cycle(
-    conn: Connection,
-    journal: Journal,
-    outcomes: Sequence[Outcome],
-    known: dict[int, KnownTask],
-    *,
-    worker: str,
-    room: int,
-    scan: bool,
-    namespaces: Sequence[str] | None,
-    task_id: int | None,
-    lease_seconds: float,
-) -> Cycle:
+def run_cycle(conn: Connection, journal: Journal, work: CycleInput) -> Cycle:
     """Run one cycle on `conn` (a connection of the store's SQLite engine, not in a transaction);
     committed when this returns, rolled back if it raises."""
     raw: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
     cur = raw.cursor()
     cur.execute("BEGIN IMMEDIATE")
     try:
-        out = _cycle(
-            cur, journal, outcomes, known, worker, room, scan, namespaces, task_id, lease_seconds
-        )
+        out = _cycle(cur, journal, work)
         cur.execute("COMMIT")
     except BaseException:
         if raw.in_transaction:
@@ -150,18 +134,9 @@ def run_cycle(
     return out
 
 
-def _cycle(
-    cur: sqlite3.Cursor,
-    journal: Journal,
-    outcomes: Sequence[Outcome],
-    known: dict[int, KnownTask],
-    worker: str,
-    room: int,
-    scan: bool,
-    namespaces: Sequence[str] | None,
-    task_id: int | None,
-    lease_seconds: float,
-) -> Cycle:
+def _cycle(cur: sqlite3.Cursor, journal: Journal, work: CycleInput) -> Cycle:
+    outcomes, known, worker = work.outcomes, work.known, work.worker
+    namespaces, task_id = work.namespaces, work.task_id
     now = journal.now
     at = stamp(now)
     out = Cycle()
@@ -193,8 +168,8 @@ def _cycle(
         if o.step_id in completed:
             for child in o.children or ():
                 counts[child] = counts.get(child, 0) + 1
-    take = 0 < len(counts) <= room  # claim the children that become ready, when all fit
-    lease_until = stamp(now + timedelta(seconds=lease_seconds))
+    take, scan_limit = work.claim_split(len(counts))
+    lease_until = stamp(now + timedelta(seconds=work.lease_seconds))
     for child, n in counts.items():
         r = cur.execute(
             _RELEASE,
@@ -209,7 +184,6 @@ def _cycle(
         ).fetchone()
         if r is not None:
             rows.append(("r", *r))
-    scan_limit = max(0, room - (len(counts) if take else 0)) if scan else 0
     if scan_limit:
         params: list[Any] = [at, *(namespaces or ())]
         if task_id is not None:
@@ -232,7 +206,7 @@ def _cycle(
     seen = record_rows(journal, rows, {o.step_id: o for o in outcomes}, out)
     if seen.to_settle:
         _settle(cur, journal, seen.to_settle, out)
-    unknown = sorted({c.task_id for c in seen.claims if not fully_known(known, c)})
+    unknown = unknown_tasks(known, seen.claims)
     if seen.claims:
         tasks: list[tuple[int, Any, str, int]] = []
         steps: list[tuple[int, int, str, str, Any]] = []
@@ -283,64 +257,22 @@ def _settle(cur: sqlite3.Cursor, journal: Journal, ids: list[int], out: Cycle) -
         )
         journal.task(t_id, status, target)
         out.settled.append((t_id, target.value))
-        name = TASK_EVENT_FOR_STATE.get(target.value)
-        if name:
-            journal.event(
-                name, {"task_id": t_id, "from_state": status.value, "to_state": target.value}
-            )
+        journal.task_settled(t_id, status.value, target.value)
 
 
 def _flush(cur: sqlite3.Cursor, journal: Journal) -> None:
-    """The journal's rows, as `Journal.flush` writes them on SQLite."""
+    """The journal's rows, as `Journal.flush` writes them on SQLite (times as `stamp` stores
+    them, payloads as JSON text)."""
+
+    def stamped(rows: list[dict[str, Any]], **also: Any) -> list[dict[str, Any]]:
+        return [{**r, "at": stamp(r["at"]), **{k: f(r) for k, f in also.items()}} for r in rows]
+
     if journal.step_rows:
-        cur.executemany(
-            _STEP_ROW,
-            [
-                (
-                    r["step_id"],
-                    r["task_id"],
-                    None if r["from_state"] is None else str(r["from_state"]),
-                    str(r["to_state"]),
-                    r["attempt"],
-                    stamp(r["at"]),
-                    r["worker"],
-                    r["error_class"],
-                    r["error_message"],
-                    r["duration_ms"],
-                )
-                for r in journal.step_rows
-            ],
-        )
+        cur.executemany(_STEP_ROW, stamped(journal.step_rows))
     if journal.task_rows:
-        cur.executemany(
-            _TASK_ROW,
-            [
-                (
-                    r["task_id"],
-                    None if r["from_state"] is None else str(r["from_state"]),
-                    str(r["to_state"]),
-                    stamp(r["at"]),
-                    r["worker"],
-                    r["reason"],
-                )
-                for r in journal.task_rows
-            ],
-        )
+        cur.executemany(_TASK_ROW, stamped(journal.task_rows))
     if journal.custom_rows:
-        cur.executemany(
-            _CUSTOM_ROW,
-            [
-                (
-                    r["name"],
-                    r["task_id"],
-                    r["step_id"],
-                    r["namespace"],
-                    json.dumps(r["payload"]),
-                    stamp(r["at"]),
-                    r["worker"],
-                )
-                for r in journal.custom_rows
-            ],
-        )
+        rows = stamped(journal.custom_rows, payload=lambda r: json.dumps(r["payload"]))
+        cur.executemany(_CUSTOM_ROW, rows)
     journal.step_rows, journal.task_rows, journal.custom_rows = [], [], []
     journal.readied = set()
