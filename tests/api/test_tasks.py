@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tasker import Tasker
+from tasker.engine import queries
 from tests.api.conftest import create, error_of
 
 API = "/api/v1"
@@ -155,6 +157,7 @@ def test_list_filters_and_paginates_newest_first(client: TestClient, engine: Tas
 
     page = client.get(f"{API}/tasks", params={"limit": 2}).json()
     assert page["total"] == 5 and page["limit"] == 2 and page["offset"] == 0
+    assert page["total_capped"] is False
     assert [t["id"] for t in page["tasks"]] == [ping, old]
     assert "steps" not in page["tasks"][0]
     rest = client.get(f"{API}/tasks", params={"limit": 2, "offset": 4}).json()
@@ -176,6 +179,23 @@ def test_list_filters_and_paginates_newest_first(client: TestClient, engine: Tas
         len(ids_for(created_after=(now - timedelta(hours=1)).replace(tzinfo=None).isoformat())) == 5
     )
     assert ids_for(offset=2**63 - 1) == []
+
+
+def test_the_total_stops_counting_at_the_cap(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(4):
+        create(client, context={"email": f"u{i}@example.com"})
+    monkeypatch.setattr(queries, "TOTAL_CAP", 3)
+
+    page = client.get(f"{API}/tasks", params={"limit": 1}).json()
+    assert (page["total"], page["total_capped"]) == (3, True)
+    page = client.get(f"{API}/tasks", params={"limit": 1, "name": "order"}).json()
+    assert (page["total"], page["total_capped"]) == (3, True)
+    page = client.get(f"{API}/tasks", params={"include_total": "false"}).json()
+    assert (page["total"], page["total_capped"]) == (None, None)
+    page = client.get(f"{API}/tasks", params={"status": "complete"}).json()
+    assert (page["total"], page["total_capped"]) == (0, False)
 
 
 BAD_FILTERS: list[dict[str, str | int]] = [

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import bindparam, select, update
 
 from tasker import Tasker, TaskerInputError
-from tasker.domain.listing import TaskPage, TaskQuery
+from tasker.domain.listing import TaskPage, TaskQuery, Total
 from tasker.engine.queries import decode_cursor, encode_cursor
 from tasker.store import listing
 from tasker.store.schema import tasks
@@ -235,6 +235,23 @@ def test_offset_pages_for_older_api_clients_and_the_count(
     assert tasker.listing.count() == 9
     assert tasker.listing.count(TaskQuery(namespace="itest", statuses=("pending", "error"))) == 9
     assert tasker.listing.count(TaskQuery(statuses=("complete",))) == 0
+
+
+def test_the_total_is_counted_up_to_a_cap(tasker: Tasker, load: Load, key: str) -> None:
+    ref = load("theta", [step("a")])
+    tasker.create_tasks(ref, [{"key": key, "n": i} for i in range(7)])
+    pending = TaskQuery(statuses=("pending",))
+
+    assert tasker.listing.total(cap=3) == Total(count=3, capped=True)
+    assert tasker.listing.total(pending, cap=7) == Total(count=7, capped=False)
+    assert tasker.listing.total(pending, cap=6) == Total(count=6, capped=True)
+    assert tasker.listing.total(TaskQuery(statuses=("complete",)), cap=0) == Total(0, False)
+    assert tasker.listing.total() == Total(count=7, capped=False)  # TOTAL_CAP by default
+    found, total = tasker.list_tasks(limit=2, count_cap=5)
+    assert len(found) == 2 and total == 5
+    assert tasker.list_tasks(status="pending", offset=6)[1] == 7
+    with pytest.raises(TaskerInputError, match="cap"):
+        tasker.listing.total(cap=-1)
 
 
 def test_template_versions_lists_every_loaded_version_in_order(tasker: Tasker, load: Load) -> None:

@@ -102,7 +102,7 @@ PARTS: dict[str, tuple[type, set[str]]] = {
         Insight,
         {"readiness", "status", "performance", "bottlenecks", "analytics", "overview"},
     ),
-    "listing": (TaskListing, {"page", "count"}),
+    "listing": (TaskListing, {"page", "count", "total"}),
     "history": (History, {"step_transitions", "task_transitions", "read_events", "events_tail"}),
     "keys": (ApiKeys, {"create", "all", "revoke", "authenticate"}),
 }

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tasker.domain.graph import execution_levels, execution_order
 from tasker.domain.history import StepTransition as StepTransitionRecord
 from tasker.domain.history import TaskTransition as TaskTransitionRecord
+from tasker.domain.listing import TOTAL_CAP
 from tasker.domain.records import FailureRecord, Step, Task
 from tasker.domain.states import TaskState
 from tasker.domain.templates import TaskTemplate, semver_key
@@ -403,9 +404,16 @@ class TaskPage(BaseModel):
     tasks: list[TaskSummary]
     total: int | None = Field(
         description=(
-            "How many tasks match the filters, across all pages; null on cursor pages and with "
-            "`include_total=false`, which never count (counting visits every matching task)."
+            f"How many tasks match the filters, across all pages, counted up to {TOTAL_CAP:,} "
+            "(see `total_capped`); null on cursor pages and with `include_total=false`."
         )
+    )
+    total_capped: bool | None = Field(
+        None,
+        description=(
+            f"True when more than {TOTAL_CAP:,} tasks match: counting stopped there, so `total` "
+            "means at least that many. Null when `total` is."
+        ),
     )
     limit: int
     offset: int

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from tasker.domain.graph import execution_levels, mermaid
 from tasker.domain.history import CircuitChange, StepTransition
+from tasker.domain.listing import Total
 from tasker.domain.records import Step, Task
 from tasker.domain.states import CLAIMABLE_STEP_STATES, TERMINAL_STEP_STATES, StepState
 from tasker.domain.templates import TaskTemplate
@@ -72,8 +73,9 @@ def steps_table(task: Task) -> Table:
     return table
 
 
-def tasks_table(tasks: list[Task], total: int) -> Table:
-    table = Table(title=f"{len(tasks)} of {total} tasks")
+def tasks_table(tasks: list[Task], total: Total) -> Table:
+    more = "+" if total.capped else ""
+    table = Table(title=f"{len(tasks)} of {total.count:,}{more} tasks")
     for col in ("id", "template", "status", "created", "duration", "correlation id"):
         table.add_column(col)
     for t in tasks:

@@ -15,8 +15,10 @@ import click
 
 from tasker.cli.common import echo_json, json_option, read_json, state, templates_option
 from tasker.domain.errors import TaskerInputError
+from tasker.domain.listing import TaskQuery
 from tasker.domain.records import Task
 from tasker.domain.states import TaskState
+from tasker.engine.queries import MAX_PAGE
 
 # Imports inside the commands below are deliberate: Rich, the engine and the consoles load only when
 # a command runs, so `tasker ... --help` starts fast (benchmarks/bench_startup.py).
@@ -45,7 +47,7 @@ def task_json(task: Task, *, steps: bool = True) -> dict[str, Any]:
 @click.option("--status", type=click.Choice([s.value for s in TaskState]), default=None)
 @click.option("--namespace", default=None)
 @click.option("--name", default=None)
-@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(1, MAX_PAGE), default=20, show_default=True)
 @click.option("--offset", type=click.IntRange(0), default=0)
 @json_option
 @click.pass_context
@@ -60,13 +62,14 @@ def list_(
 ) -> None:
     """List tasks, newest first."""
     engine = state(ctx).engine(load=False, access="read")
-    found, total = engine.list_tasks(
-        status=status, namespace=namespace, name=name, limit=limit, offset=offset
-    )
+    query = TaskQuery(namespace=namespace, name=name, statuses=(status,) if status else ())
+    found = engine.listing.page(query, limit=limit, offset=offset).tasks
+    total = engine.listing.total(query)
     if as_json:
         echo_json(
             {
-                "total": total,
+                "total": total.count,
+                "total_capped": total.capped,
                 "limit": limit,
                 "offset": offset,
                 "tasks": [task_json(t, steps=False) for t in found],

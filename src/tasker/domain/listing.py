@@ -25,6 +25,22 @@ class TaskQuery:
     key: str | None = None  # exact idempotency key OR correlation id
 
 
+#: Matches a listing counts at most; past it the count says "at least this many" (`Total.capped`).
+TOTAL_CAP = 10_000
+
+
+@dataclass(frozen=True)
+class Total:
+    """How many tasks match a listing, counted up to a cap so the count stays a short index read.
+
+    `capped` means counting stopped at `count`: at least that many match. An exact count of all
+    history visits every matching task (a second at 10,000,000), which no page should wait for.
+    """
+
+    count: int
+    capped: bool
+
+
 @dataclass(frozen=True)
 class TaskPage:
     """One page of tasks, newest first, and the cursors to its neighbours (None at either end)."""

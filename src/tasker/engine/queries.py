@@ -16,7 +16,7 @@ import binascii
 from datetime import UTC, datetime
 
 from tasker.domain.errors import TaskerInputError
-from tasker.domain.listing import TaskPage, TaskQuery
+from tasker.domain.listing import TOTAL_CAP, TaskPage, TaskQuery, Total
 from tasker.domain.states import TaskState
 from tasker.store import listing
 from tasker.store.database import Database
@@ -53,8 +53,17 @@ class TaskListing:
         )
 
     def count(self, query: TaskQuery | None = None) -> int:
-        """How many tasks match `query`; reads every match, so listings do not call it."""
+        """How many tasks match `query`, exactly; reads every match, so listings do not call it."""
         return listing.count_matching(self.db, check_query(query or TaskQuery()))
+
+    def total(self, query: TaskQuery | None = None, *, cap: int | None = None) -> Total:
+        """How many tasks match `query`, counted up to `cap` (`TOTAL_CAP` by default; a read of at
+        most `cap + 1` index entries): what a listing shows as "N tasks" or "10,000+ tasks"."""
+        cap = TOTAL_CAP if cap is None else cap
+        if cap < 0:
+            raise TaskerInputError("cap: must be 0 or more")
+        found = listing.count_matching(self.db, check_query(query or TaskQuery()), cap)
+        return Total(count=min(found, cap), capped=found > cap)
 
 
 # -- cursors ---------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from tasker.domain.errors import (
     StoreConflict,
     TaskerInputError,
 )
+from tasker.domain.listing import TOTAL_CAP, TaskQuery
 from tasker.domain.records import Task
 from tasker.domain.templates import TaskTemplate
 from tasker.engine.handler_threads import HandlerThreads
@@ -311,10 +312,34 @@ class Tasker:
         return task_store.read_tasks(self.db, list(task_ids))
 
     def list_tasks(
-        self, *, limit: int = 50, offset: int = 0, **filters: Any
+        self,
+        *,
+        namespace: str | None = None,
+        name: str | None = None,
+        version: str | None = None,
+        status: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        count_cap: int = TOTAL_CAP,
     ) -> tuple[list[Task], int]:
-        """A page of tasks (newest first, without steps) and how many match the filters."""
-        return task_store.read_list(self.db, limit=limit, offset=offset, **filters)
+        """A page of tasks (newest first, without steps) and how many match, up to `count_cap`.
+
+        A total equal to `count_cap` means "at least that many": counting stops there so the call
+        stays a short index read on a store with millions of tasks. `engine.listing.count(query)`
+        counts exactly; `engine.listing.page(query, after=cursor)` pages by cursor at any depth.
+        """
+        query = TaskQuery(
+            namespace=namespace,
+            name=name,
+            version=version,
+            statuses=(status,) if status else (),
+            created_from=created_after,
+            created_to=created_before,
+        )
+        found = self.listing.page(query, limit=limit, offset=offset)
+        return found.tasks, self.listing.total(query, cap=count_cap).count
 
     # -- operations --------------------------------------------------------------------------------
     def cancel_task(self, task_id: int, reason: str | None = None) -> Task:

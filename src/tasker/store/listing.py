@@ -133,12 +133,21 @@ def _order(column: Any, upwards: bool) -> Any:
     return column.asc() if upwards else column.desc()
 
 
-def count(conn: Connection, query: TaskQuery) -> int:
-    """How many tasks match: visits every one of them, so only the API's legacy `total` asks."""
+def count(conn: Connection, query: TaskQuery, cap: int | None = None) -> int:
+    """How many tasks match, counting at most `cap + 1` of them (all when `cap` is None).
+
+    With a cap the count is an index read of at most `cap + 1` entries whatever the table holds;
+    a result above `cap` means "more than `cap`".
+    """
     conds = conditions(query)
     if query.statuses:
         conds.append(tasks.c.status.in_(list(query.statuses)))
-    return int(conn.execute(select(func.count()).select_from(tasks).where(*conds)).scalar_one())
+    if cap is None:
+        stmt = select(func.count()).select_from(tasks).where(*conds)
+    else:
+        matches = select(tasks.c.id).where(*conds).limit(cap + 1).subquery()
+        stmt = select(func.count()).select_from(matches)
+    return int(conn.execute(stmt).scalar_one())
 
 
 def read_page(
@@ -155,7 +164,7 @@ def read_page(
         return page(conn, query, limit=limit, after=after, before=before, offset=offset)
 
 
-def count_matching(db: Database, query: TaskQuery) -> int:
+def count_matching(db: Database, query: TaskQuery, cap: int | None = None) -> int:
     """`count` in a read transaction of its own."""
     with db.read() as conn:
-        return count(conn, query)
+        return count(conn, query, cap)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Row, func, insert, select, text, update
+from sqlalchemy import Connection, Row, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from tasker.domain.graph import execution_order
@@ -598,40 +598,6 @@ def get_tasks(conn: Connection, task_ids: Sequence[int]) -> list[Task]:
     return [_task(r, by_task.get(r.id, [])) for r in rows]
 
 
-def list_tasks(
-    conn: Connection,
-    *,
-    namespace: str | None = None,
-    name: str | None = None,
-    version: str | None = None,
-    status: str | None = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
-    limit: int = 50,
-    offset: int = 0,
-) -> tuple[list[Task], int]:
-    """A page of tasks (newest first, without steps) and the total count that matches the
-    filters."""
-    conds = []
-    if namespace:
-        conds.append(tasks.c.namespace == namespace)
-    if name:
-        conds.append(tasks.c.name == name)
-    if version:
-        conds.append(tasks.c.version == version)
-    if status:
-        conds.append(tasks.c.status == status)
-    if created_after:
-        conds.append(tasks.c.created_at >= created_after)
-    if created_before:
-        conds.append(tasks.c.created_at < created_before)
-    total = conn.execute(select(func.count()).select_from(tasks).where(*conds)).scalar_one()
-    rows = conn.execute(
-        select(tasks).where(*conds).order_by(tasks.c.id.desc()).limit(limit).offset(offset)
-    ).all()
-    return [_task(r, []) for r in rows], int(total)
-
-
 def task_template_definition(conn: Connection, task_id: int) -> dict[str, Any] | None:
     return conn.execute(
         select(templates.c.definition)
@@ -677,11 +643,6 @@ def read_task(db: Database, task_id: int) -> Task | None:
 def read_tasks(db: Database, task_ids: Sequence[int]) -> list[Task]:
     with db.read() as conn:
         return get_tasks(conn, task_ids)
-
-
-def read_list(db: Database, *, limit: int, offset: int, **filters: Any) -> tuple[list[Task], int]:
-    with db.read() as conn:
-        return list_tasks(conn, limit=limit, offset=offset, **filters)
 
 
 def find_id(db: Database, namespace: str, name: str, key: str) -> int | None:

@@ -27,7 +27,7 @@ from tasker.api.schemas import (
     TaskSummary,
 )
 from tasker.domain.errors import TaskerInputError
-from tasker.domain.listing import TaskQuery
+from tasker.domain.listing import TOTAL_CAP, TaskQuery
 from tasker.domain.records import Task
 from tasker.domain.states import TaskState
 from tasker.engine.tasker import Tasker
@@ -146,7 +146,8 @@ def list_tasks(
         int, Query(ge=0, le=INT64_MAX, description="Legacy paging; prefer the cursors.")
     ] = 0,
     include_total: Annotated[
-        bool, Query(description="Count the matches when no cursor is given.")
+        bool,
+        Query(description=(f"Count the matches (up to {TOTAL_CAP:,}) when no cursor is given.")),
     ] = True,
 ) -> TaskPage:
     """Tasks newest first, without their steps, with cursors to the older and newer pages.
@@ -165,10 +166,11 @@ def list_tasks(
     )
     page = engine.listing.page(query, limit=limit, after=after, before=before, offset=offset)
     cursor = after is not None or before is not None
-    total = engine.listing.count(query) if include_total and not cursor else None
+    total = engine.listing.total(query) if include_total and not cursor else None
     return TaskPage(
         tasks=[TaskSummary.of(t) for t in page.tasks],
-        total=total,
+        total=total.count if total else None,
+        total_capped=total.capped if total else None,
         limit=limit,
         offset=offset,
         next_cursor=page.next_cursor,
