@@ -94,7 +94,10 @@ def test_performance_counts_outcomes_per_template(tasker: Tasker, load: Load, ke
         0,
         0,
     )
-    assert g["step_throughput_per_hour"] == round(4 / 24, 4)
+    # Per hour of the window, which starts at the slot 24 hours ago (up to one slot longer).
+    hours = (report["generated_at"] - report["since"]).total_seconds() / 3600
+    assert 24 <= hours <= 24 + rollups.SLOT_MINUTES / 60
+    assert g["step_throughput_per_hour"] == round(4 / hours, 4)
     assert g["duration_seconds"]["count"] == 2
     assert g["duration_seconds"]["p95"] is not None and g["duration_seconds"]["p95"] >= 0
     b = _template(report, "bad")
@@ -498,3 +501,62 @@ def test_an_id_committed_late_is_rolled_up_when_it_appears(
 
     assert before == []
     assert after == [{"error_class": "LateError", "count": 1}]
+
+
+def _mixed_store(tasker: Tasker, load: Load, key: str) -> None:
+    """Tasks in every kind of state: complete, error, cancelled, pending, with skipped work."""
+    good = load("mixgood", [step("a"), step("b", after="a")])
+    bad = load("mixbad", [step("a"), step("b", after="a", handler_config={"always_fail": "x"})])
+    ids = [tasker.create_task(good, {"key": key, "n": i}).id for i in range(3)]
+    tasker.cancel_task(ids[0])
+    for i in range(2):
+        tasker.create_task(bad, {"key": key, "n": i})
+    tasker.work(until_idle=True)
+
+
+def test_task_rollups_count_steps_by_state_as_the_raw_tables(
+    tasker: Tasker, load: Load, key: str
+) -> None:
+    _mixed_store(tasker, load, key)
+    scope = analytics.Scope(datetime.now(UTC) - timedelta(hours=2))
+
+    def both() -> tuple[Any, Any]:
+        with tasker.db.read() as conn:
+            return rollups.task_report(conn, scope)[0], analytics.task_outcomes(conn, scope)
+
+    rolled, raw = both()  # nothing rolled up yet: all of it is read as the tail
+    assert rolled == raw
+    assert raw[("itest", "mixgood", "1.0.0")].steps == {"complete": 4, "cancelled": 2}
+    assert raw[("itest", "mixbad", "1.0.0")].steps == {"complete": 2, "error": 2}
+    rollups.catch_up(tasker.db.write)
+    tasker.create_task("itest/mixgood", {"key": key, "n": "open"})  # pending: the live part
+    rolled, raw = both()
+    assert rolled == raw
+    assert raw[("itest", "mixgood", "1.0.0")].steps == {
+        "complete": 4,
+        "cancelled": 2,
+        "ready": 1,
+        "pending": 1,
+    }
+
+
+def test_status_counts_what_the_raw_tables_hold_from_its_window(
+    tasker: Tasker, load: Load, key: str
+) -> None:
+    _mixed_store(tasker, load, key)
+    tasker.create_task("itest/mixgood", {"key": key, "n": "open"})
+    for round_ in range(2):  # the second call finds nothing new to roll up: the same answer
+        report = tasker.insight.status().model_dump()
+        assert report["since"] <= datetime.now(UTC) - timedelta(hours=24)
+        with tasker.db.read() as conn:
+            raw = analytics.task_outcomes(conn, analytics.Scope(report["since"]))
+        tasks_by, steps_by = analytics.TaskOutcomes(), analytics.TaskOutcomes()
+        for o in raw.values():
+            rollups.add_counts(tasks_by.by_status, o.by_status)
+            rollups.add_counts(steps_by.steps, o.steps)
+        assert {k: v for k, v in report["tasks"].items() if v and k != "total"} == (
+            tasks_by.by_status
+        ), round_
+        assert {k: v for k, v in report["steps"].items() if v and k != "total"} == steps_by.steps
+        assert report["steps"]["total"] == 12
+        assert report["last_hour"]["finished_tasks"] == 5  # complete, in error and cancelled

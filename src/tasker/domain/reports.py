@@ -171,7 +171,15 @@ class Status(BaseModel):
     reasons: list[str] = Field(description="Why the status is not healthy; empty when it is.")
     checks: Checks
     window_hours: int = Field(
-        description="`tasks` and `steps` count the tasks created in this window."
+        description="`tasks` and `steps` count the tasks created in this window (from `since`)."
+    )
+    since: datetime | None = Field(
+        None,
+        description=(
+            "Where the window starts: the beginning of the 30-minute slot `window_hours` ago, so "
+            "the counts read whole slots of the analytics rollups. Null when the store did not "
+            "answer."
+        ),
     )
     tasks: TaskCounts | None
     steps: StepCounts | None

@@ -239,7 +239,9 @@ def _collect_status(db: Database, window_hours: int) -> Status:
         for status, n in o.by_status.items():
             tasks[status] = tasks.get(status, 0) + n
     steps = {s.value: 0 for s in StepState}
-    steps.update(f.step_states)
+    for o in f.outcomes.values():
+        for state, n in o.steps.items():
+            steps[state] = steps.get(state, 0) + n
     hour = _sum_outcomes(f.hour_tasks.values())
     finished = sum(hour.by_status.get(s, 0) for s in FINISHED_TASK_STATES)
     failed = hour.by_status.get(TaskState.ERROR, 0)
@@ -255,6 +257,7 @@ def _collect_status(db: Database, window_hours: int) -> Status:
             migrations=MigrationCheck(status="ok", current=None, head=None),
         ),
         window_hours=window_hours,
+        since=f.since,
         tasks=TaskCounts(**tasks, total=sum(tasks.values())),
         steps=StepCounts(**steps, total=sum(steps.values())),
         backlog=Backlog(
@@ -355,9 +358,11 @@ def scope(
             raise TaskerInputError(
                 f"{field} {value!r} is not {what}; fix: correct it or leave it out"
             )
-    return analytics.Scope(
-        utcnow() - timedelta(hours=period_hours), namespace or None, name or None, version or None
-    )
+    # The window starts at the beginning of the rollup slot `period_hours` ago: a report then reads
+    # whole slots of the rollups and never the raw rows of a partial first slot, whose size grows
+    # with the rate of work (docs/analytics.md, "Windows").
+    since = rollups.slot_start(utcnow() - timedelta(hours=period_hours))
+    return analytics.Scope(since, namespace or None, name or None, version or None)
 
 
 def _dist(dist: analytics.Distribution | None, digits: int = 3) -> Distribution:
@@ -369,11 +374,11 @@ def _dist(dist: analytics.Distribution | None, digits: int = 3) -> Distribution:
     return Distribution(count=d.count, avg=r(d.avg), p50=r(d.p50), p95=r(d.p95), max=r(d.max))
 
 
-def _header(s: analytics.Scope, period_hours: int) -> ReportHeader:
+def _header(s: analytics.Scope, period_hours: int, now: datetime | None = None) -> ReportHeader:
     return ReportHeader(
         period_hours=period_hours,
         since=s.since,
-        generated_at=utcnow(),
+        generated_at=now or utcnow(),
         filters=Filters(namespace=s.namespace, name=s.name, version=s.version),
     )
 
@@ -392,6 +397,7 @@ def _performance(
     s: analytics.Scope, period_hours: int, figures: rollups.ReportFigures
 ) -> Performance:
     """The performance report from the figures read (apart, so `analytics` can share one read)."""
+    now = utcnow()
     per_template: dict[analytics.TemplateKey, list[analytics.StepCounts]] = {}
     for key, c in figures.step_counts.items():
         per_template.setdefault((key[0], key[1], key[2]), []).append(c)
@@ -404,19 +410,25 @@ def _performance(
                 name=tkey[1],
                 version=tkey[2],
                 duration_seconds=_dist(figures.task_durations.get(tkey)),
-                **_figures(o, per_template.get(tkey, []), period_hours).model_dump(),
+                **_figures(o, per_template.get(tkey, []), _hours(s, now)).model_dump(),
             )
         )
     totals = _sum_outcomes(figures.outcomes.values())
     return Performance(
-        **dict(_header(s, period_hours)),
-        totals=_figures(totals, list(figures.step_counts.values()), period_hours),
+        **dict(_header(s, period_hours, now)),
+        totals=_figures(totals, list(figures.step_counts.values()), _hours(s, now)),
         templates=rows,
     )
 
 
+def _hours(s: analytics.Scope, now: datetime) -> float:
+    """How long the window of a report is at `now` (its `generated_at`): throughput is per hour of
+    it, the window being up to one slot longer than `period_hours`."""
+    return max((now - s.since).total_seconds() / 3600, 1 / 60)
+
+
 def _figures(
-    o: analytics.TaskOutcomes, counts: list[analytics.StepCounts], hours: int
+    o: analytics.TaskOutcomes, counts: list[analytics.StepCounts], hours: float
 ) -> TaskFigures:
     b = o.by_status
     completed, failed = b.get(TaskState.COMPLETE, 0), b.get(TaskState.ERROR, 0)

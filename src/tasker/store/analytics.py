@@ -75,6 +75,8 @@ class TaskOutcomes:
     created: int = 0
     started: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
+    #: The steps of these tasks by state.
+    steps: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -149,7 +151,8 @@ def _f(value: Any) -> float | None:
 
 # -- tasks -----------------------------------------------------------------------------------------
 def task_outcomes(conn: Connection, scope: Scope) -> dict[TemplateKey, TaskOutcomes]:
-    """Per template: tasks created in the scope, how many started, and their current states."""
+    """Per template: tasks created in the scope, how many started, their current states, and their
+    steps by state. Reads every task of the scope: the reference the rollups are tested against."""
     q = (
         select(
             tasks.c.namespace,
@@ -168,6 +171,14 @@ def task_outcomes(conn: Connection, scope: Scope) -> dict[TemplateKey, TaskOutco
         o.created += int(n)
         o.started += int(started)
         o.by_status[status] = o.by_status.get(status, 0) + int(n)
+    by_state = (
+        select(tasks.c.namespace, tasks.c.name, tasks.c.version, steps.c.state, func.count())
+        .select_from(tasks.join(steps, steps.c.task_id == tasks.c.id))
+        .where(*scope.conditions())
+        .group_by(tasks.c.namespace, tasks.c.name, tasks.c.version, steps.c.state)
+    )
+    for ns, name, version, state, n in conn.execute(by_state):
+        out[(ns, name, version)].steps[str(state)] = int(n)
     return out
 
 
@@ -262,17 +273,6 @@ def step_durations(conn: Connection, scope: Scope) -> dict[StepKey, Distribution
     """Per step of each template: the distribution of attempt durations in milliseconds."""
     got = _distributions(conn, list(_STEP_KEYS), step_transitions.c.duration_ms, _attempts(scope))
     return {(k[0], k[1], k[2], k[3], k[4]): d for k, d in got.items()}
-
-
-def step_states(conn: Connection, since: datetime) -> dict[str, int]:
-    """How many steps of the tasks created since `since` are in each state."""
-    q = (
-        select(steps.c.state, func.count())
-        .select_from(tasks.join(steps, steps.c.task_id == tasks.c.id))
-        .where(tasks.c.created_at >= since)
-        .group_by(steps.c.state)
-    )
-    return {str(state): int(n) for state, n in conn.execute(q)}
 
 
 # -- the live backlog ------------------------------------------------------------------------------

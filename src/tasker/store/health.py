@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from sqlalchemy import text
 
 from tasker.domain.reports import Circuit, Worker
-from tasker.store import analytics, systems
+from tasker.store import analytics, rollups, systems
 from tasker.store import workers as workers_store
 from tasker.store.database import Database
 
@@ -86,15 +86,20 @@ def probe(db: Database) -> Probe:
     return Probe(current, round((time.perf_counter() - started) * 1000, 3))
 
 
+#: How long a status call may spend rolling up new transitions before it reads the rest as the
+#: tail: a store that no report has read for a long while is caught up over several calls.
+STATUS_CATCH_UP_SECONDS = 2.0
+
+
 @dataclass(frozen=True)
 class StatusFigures:
-    """What `/health/status` reads, in one read of the store; the engine judges it."""
+    """What `/health/status` reads, in one snapshot of the store; the engine judges it."""
 
-    #: Tasks created in the window, per template.
+    #: Where the window starts: the beginning of the rollup slot `window_hours` ago.
+    since: datetime
+    #: Tasks created in the window, per template, with their steps by state.
     outcomes: dict[analytics.TemplateKey, analytics.TaskOutcomes]
-    #: Steps of the tasks created in the window, by state.
-    step_states: dict[str, int]
-    #: Tasks created in the last hour and their step attempts.
+    #: Tasks created since the slot an hour ago, and their step attempts.
     hour_tasks: dict[analytics.TemplateKey, analytics.TaskOutcomes]
     hour_steps: dict[analytics.StepKey, analytics.StepCounts]
     backlog: analytics.Backlog
@@ -111,15 +116,21 @@ def status_figures(
     overdue_seconds: float,
     worker_seen_seconds: float,
 ) -> StatusFigures:
-    """The figures of a status report (`tasker.engine.insight.Insight.status`) in one read."""
-    since = now - timedelta(hours=window_hours)
-    last_hour = analytics.Scope(now - timedelta(hours=1))
-    with db.read() as conn:
+    """The figures of a status report (`tasker.engine.insight.Insight.status`) in one snapshot.
+
+    Counts come from the analytics rollups over whole slots (`tasker.store.rollups`), the tasks
+    still open and the rows not rolled up yet: what the status reads grows with the work in flight
+    and the time since the last report, not with the history the store holds.
+    """
+    since = rollups.slot_start(now - timedelta(hours=window_hours))
+    last_hour = analytics.Scope(rollups.slot_start(now - timedelta(hours=1)))
+    rollups.catch_up(db.write, max_seconds=STATUS_CATCH_UP_SECONDS)
+    with rollups.snapshot(db) as conn:
         return StatusFigures(
-            outcomes=analytics.task_outcomes(conn, analytics.Scope(since)),
-            step_states=analytics.step_states(conn, since),
-            hour_tasks=analytics.task_outcomes(conn, last_hour),
-            hour_steps=analytics.step_counts(conn, last_hour),
+            since=since,
+            outcomes=rollups.task_report(conn, analytics.Scope(since))[0],
+            hour_tasks=rollups.task_report(conn, last_hour)[0],
+            hour_steps=rollups.step_report(conn, last_hour)[0],
             backlog=analytics.backlog(conn, now, now - timedelta(seconds=overdue_seconds)),
             workers=[
                 Worker.model_validate(w)

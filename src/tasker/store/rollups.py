@@ -34,8 +34,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -188,8 +188,8 @@ class Histogram:
         )
 
 
-def _hour(at: datetime) -> datetime:
-    """The start of the slot holding `at`."""
+def slot_start(at: datetime) -> datetime:
+    """The start of the slot holding `at` (UTC): where a report's window begins."""
     at = at.astimezone(UTC)
     return at.replace(minute=at.minute - at.minute % SLOT_MINUTES, second=0, microsecond=0)
 
@@ -215,11 +215,20 @@ class _TaskCell:
     tasks: int = 0
     started: int = 0
     durations: Histogram = field(default_factory=Histogram)
+    #: The steps of these tasks by state.
+    steps: dict[str, int] = field(default_factory=dict)
 
     def merge(self, other: _TaskCell) -> None:
         self.tasks += other.tasks
         self.started += other.started
         self.durations.merge(other.durations)
+        add_counts(self.steps, other.steps)
+
+
+def add_counts(into: dict[str, int], more: dict[str, int]) -> None:
+    """Add counts by name (steps by state) into `into`."""
+    for k, n in more.items():
+        into[k] = into.get(k, 0) + n
 
 
 #: (hour, step key, outcome, error class or '')
@@ -237,7 +246,7 @@ class StepFacts:
 
     def add(self, r: Row[Any]) -> None:
         key: StepKey = (r.namespace, r.name, r.version, r.step, r.dependent_system)
-        hour = _hour(r.created_at)
+        hour = slot_start(r.created_at)
         cell = self.cells.setdefault((hour, key, r.to_state, r.error_class or ""), _StepCell())
         cell.attempts += 1
         cell.after_retries += int(r.to_state == StepState.ERROR and r.attempt > 1)
@@ -260,10 +269,12 @@ class TaskFacts:
         status: str,
         started_at: datetime | None,
         finished_at: datetime | None,
+        steps: dict[str, int] | None = None,
     ) -> None:
-        cell = self.cells.setdefault((_hour(created_at), key, status), _TaskCell())
+        cell = self.cells.setdefault((slot_start(created_at), key, status), _TaskCell())
         cell.tasks += 1
         cell.started += int(started_at is not None)
+        add_counts(cell.steps, steps or {})
         if status == TaskState.COMPLETE and started_at is not None and finished_at is not None:
             cell.durations.add((finished_at - started_at).total_seconds())
 
@@ -315,6 +326,7 @@ def _task_rows(conn: Connection, *where: ColumnElement[bool]) -> Iterable[Row[An
     q = (
         select(
             task_transitions.c.id,
+            task_transitions.c.task_id,
             task_transitions.c.to_state.label("status"),
             tasks.c.created_at,
             tasks.c.namespace,
@@ -329,16 +341,35 @@ def _task_rows(conn: Connection, *where: ColumnElement[bool]) -> Iterable[Row[An
     return conn.execute(q)
 
 
-def _add_tasks(facts: TaskFacts, rows: Iterable[Row[Any]], taken: set[int] | None = None) -> None:
-    for r in rows:
-        if taken is None or r.id in taken:
-            facts.add(
-                r.created_at,
-                (r.namespace, r.name, r.version),
-                r.status,
-                r.started_at,
-                r.finished_at,
-            )
+def step_states(conn: Connection, task_ids: Iterable[int]) -> dict[int, dict[str, int]]:
+    """The steps of these tasks counted by state, per task (by primary-key ranges of steps)."""
+    ids = sorted(set(task_ids))
+    out: dict[int, dict[str, int]] = {}
+    for i in range(0, len(ids), 1000):
+        rows = conn.execute(
+            select(steps.c.task_id, steps.c.state, func.count())
+            .where(steps.c.task_id.in_(ids[i : i + 1000]))
+            .group_by(steps.c.task_id, steps.c.state)
+        )
+        for task_id, state, n in rows:
+            out.setdefault(int(task_id), {})[str(state)] = int(n)
+    return out
+
+
+def _add_tasks(
+    conn: Connection, facts: TaskFacts, rows: Iterable[Row[Any]], taken: set[int] | None = None
+) -> None:
+    chosen = [r for r in rows if taken is None or r.id in taken]
+    states = step_states(conn, (r.task_id for r in chosen))
+    for r in chosen:
+        facts.add(
+            r.created_at,
+            (r.namespace, r.name, r.version),
+            r.status,
+            r.started_at,
+            r.finished_at,
+            states.get(int(r.task_id), {}),
+        )
 
 
 # -- the cursor
@@ -568,15 +599,23 @@ def _write_steps(conn: Connection, facts: StepFacts) -> None:
 
 def _write_tasks(conn: Connection, facts: TaskFacts) -> None:
     cells = {
-        (hour, *key, status): {"tasks": c.tasks, "started": c.started, **_hist_values(c.durations)}
+        (hour, *key, status): {
+            "tasks": c.tasks,
+            "started": c.started,
+            **_hist_values(c.durations),
+            "step_states": json.dumps(c.steps, sort_keys=True),
+        }
         for (hour, key, status), c in facts.cells.items()
     }
 
     def merge(old: Row[Any], new: dict[str, Any]) -> dict[str, Any]:
+        states: dict[str, int] = json.loads(old.step_states)
+        add_counts(states, json.loads(new["step_states"]))
         return {
             "tasks": old.tasks + new["tasks"],
             "started": old.started + new["started"],
             **_merge_hist(old, new),
+            "step_states": json.dumps(states, sort_keys=True),
         }
 
     _store(conn, task_rollups, _TASK_PK, cells, merge)
@@ -626,7 +665,7 @@ def _roll_steps(conn: Connection, where: ColumnElement[bool], taken: set[int]) -
 
 def _roll_tasks(conn: Connection, where: ColumnElement[bool], taken: set[int]) -> None:
     facts = TaskFacts()
-    _add_tasks(facts, _task_rows(conn, where), taken)
+    _add_tasks(conn, facts, _task_rows(conn, where), taken)
     _write_tasks(conn, facts)
 
 
@@ -641,7 +680,7 @@ def clear(conn: Connection) -> None:
 # -----------------------------------------------------------------------------------
 def _edge(since: datetime) -> datetime:
     """The first whole hour of a period from `since`: earlier tasks are read from the raw rows."""
-    hour = _hour(since)
+    hour = slot_start(since)
     return hour if hour == since else hour + HOUR
 
 
@@ -758,6 +797,7 @@ def task_report(
     facts = TaskFacts()
     cursor = _read_cursor(conn, TASK_SOURCE, lock=False) or Cursor()
     _add_tasks(
+        conn,
         facts,
         _task_rows(
             conn,
@@ -768,6 +808,7 @@ def task_report(
     )
     if edge > scope.since:
         q = select(
+            tasks.c.id,
             tasks.c.created_at,
             tasks.c.namespace,
             tasks.c.name,
@@ -781,13 +822,16 @@ def task_report(
             tasks.c.status.in_(FINAL_TASK_STATES),
             *_template_filter(scope, tasks),
         )
-        for raw in conn.execute(q):
+        raws = conn.execute(q).all()
+        states = step_states(conn, (raw.id for raw in raws))
+        for raw in raws:
             facts.add(
                 raw.created_at,
                 (raw.namespace, raw.name, raw.version),
                 raw.status,
                 raw.started_at,
                 raw.finished_at,
+                states.get(int(raw.id), {}),
             )
     outcomes: dict[TemplateKey, TaskOutcomes] = {}
     hists: dict[TemplateKey, Histogram] = {}
@@ -797,6 +841,7 @@ def task_report(
         o.created += cell.tasks
         o.started += cell.started
         o.by_status[status] = o.by_status.get(status, 0) + cell.tasks
+        add_counts(o.steps, cell.steps)
         if cell.durations.count:
             hists.setdefault(key, Histogram()).merge(cell.durations)
 
@@ -815,13 +860,17 @@ def task_report(
         t.low,
         t.high,
         t.buckets,
+        t.step_states,
     ).where(*_window(scope, task_rollups))
     for row in conn.execute(rolled):
         count(
             (row[0], row[1], row[2]),
             row[3],
             _TaskCell(
-                int(row[4]), int(row[5]), Histogram.decode(row[6], row[7], row[8], row[9], row[10])
+                int(row[4]),
+                int(row[5]),
+                Histogram.decode(row[6], row[7], row[8], row[9], row[10]),
+                json.loads(row[11]),
             ),
         )
     open_q = (
@@ -842,7 +891,28 @@ def task_report(
     )
     for ns, name, version, status, n, started in conn.execute(open_q):
         count((ns, name, version), status, _TaskCell(int(n), int(started)))
+    for template, live in open_step_states(conn, scope).items():
+        add_counts(outcomes.setdefault(template, TaskOutcomes()).steps, live)
     return outcomes, {key: h.distribution() for key, h in hists.items()}
+
+
+def open_step_states(conn: Connection, scope: Scope) -> dict[TemplateKey, dict[str, int]]:
+    """Per template, the steps of the scope's open tasks (pending, in progress, error) by state:
+    the tasks through `(status, created_at)`, their steps by `task_id`; the live part only."""
+    q = (
+        select(tasks.c.namespace, tasks.c.name, tasks.c.version, steps.c.state, func.count())
+        .select_from(tasks.join(steps, steps.c.task_id == tasks.c.id))
+        .where(
+            tasks.c.status.in_(OPEN_TASK_STATES),
+            tasks.c.created_at >= scope.since,
+            *_template_filter(scope, tasks),
+        )
+        .group_by(tasks.c.namespace, tasks.c.name, tasks.c.version, steps.c.state)
+    )
+    out: dict[TemplateKey, dict[str, int]] = {}
+    for ns, name, version, state, n in conn.execute(q):
+        out.setdefault((ns, name, version), {})[str(state)] = int(n)
+    return out
 
 
 @dataclass(frozen=True)
@@ -860,16 +930,23 @@ class ReportFigures:
 def read_reports(db: Database, scope: Scope) -> ReportFigures:
     """Bring the rollups up to date, then read the figures of a report in one snapshot.
 
-    The rollups, the rows not rolled up yet and the open tasks must be read at one instant, or a
-    task finishing between two reads would be counted twice or not at all: PostgreSQL reads in a
-    REPEATABLE READ transaction; a SQLite read transaction is a snapshot already.
+    The rollups, the rows not rolled up yet and the open tasks are read in one `snapshot`.
     """
     catch_up(db.write)
+    with snapshot(db) as conn:
+        outcomes, task_durations = task_report(conn, scope)
+        counts, durations = step_report(conn, scope)
+        circuits = {c["name"]: c["circuit_state"] for c in systems.report(conn)}
+    return ReportFigures(outcomes, task_durations, counts, durations, circuits)
+
+
+@contextmanager
+def snapshot(db: Database) -> Iterator[Connection]:
+    """A read transaction that sees one instant: the rollups, the rows not rolled up yet and the
+    open tasks must agree, or a task finishing between two reads is counted twice or not at all.
+    PostgreSQL reads in REPEATABLE READ; a SQLite read transaction is a snapshot already."""
     with db.read() as conn:
         if db.is_postgres:
             conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
-            outcomes, task_durations = task_report(conn, scope)
-            counts, durations = step_report(conn, scope)
-            circuits = {c["name"]: c["circuit_state"] for c in systems.report(conn)}
-    return ReportFigures(outcomes, task_durations, counts, durations, circuits)
+            yield conn

@@ -369,6 +369,8 @@ task_rollups = Table(
     Column("low", Float, nullable=True),
     Column("high", Float, nullable=True),
     Column("buckets", Text, nullable=False),
+    #: The steps of these tasks by state (JSON {state: count}): a final task's steps never change.
+    Column("step_states", Text, nullable=False, server_default="{}"),
 )
 
 #: How far each rollup has read its transitions table: every id <= `last_id` is rolled up except the
