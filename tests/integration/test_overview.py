@@ -7,7 +7,7 @@ import itertools
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from tasker import Tasker
 from tasker.domain.states import TaskState
@@ -15,6 +15,7 @@ from tasker.store.overview import (
     CHART_MINUTES,
     MESSAGE_CHARS,
     SETTLED_MARGIN,
+    SETTLED_RECOUNT,
     SETTLED_REFRESH,
     FinalCounts,
 )
@@ -169,3 +170,11 @@ def test_final_counts_reuse_the_settled_part_and_stay_exact(
         "cancelled": 1,
     }
     assert cancelled
+    with tasker.db.write() as conn:  # deleted by hand: seen at the next whole recount
+        conn.execute(delete(steps).where(steps.c.task_id == old[0]))
+        conn.execute(delete(tasks).where(tasks.c.id == old[0]))
+    with tasker.db.read() as conn:
+        later = datetime.now(UTC) + SETTLED_REFRESH + SETTLED_MARGIN
+        assert final.counts(conn, later)["complete"] == 4  # the settled part, moved forward
+        recounted = final.counts(conn, later + SETTLED_RECOUNT)
+        assert recounted["complete"] == 3 and recounted["cancelled"] == 1

@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Protocol
@@ -55,6 +55,7 @@ from tasker.domain.errors import TaskerInputError
 from tasker.domain.hooks import CycleReport, ServiceCall, WorkerHooks
 from tasker.domain.states import StepState
 from tasker.store import stats
+from tasker.store.overview import FinalCounts
 from tasker.store.workers import ALIVE_WITHIN_SECONDS
 
 if TYPE_CHECKING:
@@ -77,7 +78,11 @@ OUTCOMES: dict[str, str] = {
 }
 #: A worker counts as alive when it wrote `last_seen_at` this recently.
 WORKER_SEEN_SECONDS = ALIVE_WITHIN_SECONDS
-CIRCUIT_VALUES = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
+CIRCUIT_VALUES: dict[str, int] = {
+    CircuitState.CLOSED: 0,
+    CircuitState.HALF_OPEN: 1,
+    CircuitState.OPEN: 2,
+}
 
 
 class _StepSeries:
@@ -341,6 +346,7 @@ class DatabaseCollector(Collector):
 
     def __init__(self, db: Database):
         self.db = db
+        self._final = FinalCounts()
 
     def describe(self) -> Iterable[Metric]:
         """Names only: registering the collector must not query the database."""
@@ -352,7 +358,7 @@ class DatabaseCollector(Collector):
             "tasker_database_up", "1 when the last scrape could read the store, else 0."
         )
         try:
-            snapshot = _read(self.db)
+            snapshot = stats.read(self.db, datetime.now(UTC), WORKER_SEEN_SECONDS, self._final)
         except Exception as exc:  # a scrape must answer (with up=0) whatever the store does
             log.warning(
                 "metrics: cannot read the store %s (%s: %s)",
@@ -382,7 +388,12 @@ class DatabaseCollector(Collector):
 def _families() -> tuple[GaugeMetricFamily, ...]:
     return (
         GaugeMetricFamily("tasker_tasks", "Tasks by state.", labels=["state"]),
-        GaugeMetricFamily("tasker_steps", "Steps by state.", labels=["state"]),
+        GaugeMetricFamily(
+            "tasker_steps",
+            "Steps in the states a step can leave (pending, ready, in_progress, waiting_retry,"
+            " error).",
+            labels=["state"],
+        ),
         GaugeMetricFamily(
             "tasker_ready_queue_depth",
             "Steps ready or waiting to retry whose run_at has come: claimable now, not yet"
@@ -406,10 +417,6 @@ def _families() -> tuple[GaugeMetricFamily, ...]:
             "tasker_metrics_scrape_seconds", "Time spent reading the store for this scrape."
         ),
     )
-
-
-def _read(db: Database) -> Mapping[str, Any]:
-    return stats.read(db, datetime.now(UTC), WORKER_SEEN_SECONDS)
 
 
 class HasDatabase(Protocol):

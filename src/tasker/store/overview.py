@@ -19,7 +19,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Integer, case, cast, func, or_, select, text, union_all
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Integer,
+    case,
+    cast,
+    func,
+    or_,
+    select,
+    text,
+    union_all,
+)
 
 from tasker.domain.reports import FailureRow, MinuteCount, Overview
 from tasker.domain.states import TERMINAL_TASK_STATES, StepState, TaskState
@@ -35,8 +46,10 @@ LATEST_FAILURES = 10
 MESSAGE_CHARS = 300
 #: Tasks that finished longer ago than this count as settled: no late commit can still add to them.
 SETTLED_MARGIN = timedelta(minutes=5)
-#: How long a settled count is reused before it is counted again (one full index scan each time).
+#: How often the settled count moves forward (by counting the range of finish times it moves over).
 SETTLED_REFRESH = timedelta(minutes=10)
+#: How often the settled count is counted whole again (one index-only scan of all finished tasks).
+SETTLED_RECOUNT = timedelta(hours=6)
 
 
 @dataclass(frozen=True)
@@ -82,16 +95,19 @@ def final_by_status(
     before: datetime | None = None,
     since: datetime | None = None,
 ) -> dict[str, int]:
-    """Tasks in final states that finished before `before`, or since `since` (or have no finish).
+    """Tasks in final states that finished in `[since, before)`; without `before`, since `since`
+    or with no finish at all (ranges of `(status, finished_at)`).
 
-    A final state is never left, so the count before a moment in the past never changes: the engine
-    counts it once and adds the recent range of `(status, finished_at)` at each view.
+    A final state is never left, so the count before a moment in the past never changes: the
+    engine counts it once, moves it forward by the range in between, and adds the recent range.
     """
-    cond = tasks.c.status.in_(statuses)
+    where: list[ColumnElement[bool]] = [tasks.c.status.in_(statuses)]
     if before is not None:
-        where = [cond, tasks.c.finished_at < before]
+        where.append(tasks.c.finished_at < before)
+        if since is not None:
+            where.append(tasks.c.finished_at >= since)
     else:
-        where = [cond, or_(tasks.c.finished_at >= since, tasks.c.finished_at.is_(None))]
+        where.append(or_(tasks.c.finished_at >= since, tasks.c.finished_at.is_(None)))
     rows = conn.execute(select(tasks.c.status, func.count()).where(*where).group_by(tasks.c.status))
     return {str(status): int(n) for status, n in rows}
 
@@ -212,18 +228,32 @@ class FinalCounts:
     state again, so those that finished before `cutoff` are counted once and kept; each view adds
     the ones finished since (a short range of `(status, finished_at)`). The cutoff trails the clock
     by `SETTLED_MARGIN`, so a transaction that commits late with an earlier timestamp is still seen,
-    and is moved forward every `SETTLED_REFRESH`. One per engine: nothing is shared between stores.
+    and is moved forward every `SETTLED_REFRESH` by counting the range it moves over. Every
+    `SETTLED_RECOUNT` the settled part is counted whole again, which corrects it for tasks deleted
+    since (by hand or by retention). One per engine: nothing is shared between stores.
     """
 
     def __init__(self) -> None:
         self.cutoff: datetime | None = None
+        self.counted_at: datetime | None = None
         self.settled: dict[str, int] = {}
 
     def counts(self, conn: Connection, now: datetime) -> dict[str, int]:
         final = sorted(s.value for s in TERMINAL_TASK_STATES)
-        if self.cutoff is None or not now - SETTLED_REFRESH - SETTLED_MARGIN < self.cutoff <= now:
-            self.cutoff = now - SETTLED_MARGIN
-            self.settled = final_by_status(conn, final, before=self.cutoff)
+        cutoff = now - SETTLED_MARGIN
+        if (
+            self.cutoff is None
+            or self.counted_at is None
+            or self.cutoff > cutoff
+            or not now - SETTLED_RECOUNT < self.counted_at <= now
+        ):
+            self.cutoff, self.counted_at = cutoff, now
+            self.settled = final_by_status(conn, final, before=cutoff)
+        elif self.cutoff <= cutoff - SETTLED_REFRESH:
+            moved = final_by_status(conn, final, since=self.cutoff, before=cutoff)
+            for status, n in moved.items():
+                self.settled[status] = self.settled.get(status, 0) + n
+            self.cutoff = cutoff
         recent = final_by_status(conn, final, since=self.cutoff)
         unfinished = [s.value for s in TaskState if s not in TERMINAL_TASK_STATES]
         out = unfinished_by_status(conn, unfinished)
