@@ -85,6 +85,9 @@ def _first(namespaces: bool, task: bool) -> str:
                lease_owner = NULL, lease_expires_at = NULL, updated_at = %(now)s
           FROM v
          WHERE s.id = v.id AND s.claim_token = v.token AND s.state = '{S.IN_PROGRESS.value}'
+           -- by primary key, not a hash of every running step of the store (the planner's
+           -- choice for a JSON recordset joined to the partial index of running steps)
+           AND s.id = ANY(ARRAY(SELECT id FROM v))
         RETURNING s.id, s.state
     ), rel_in AS (
         SELECT e.child AS id, count(*) AS n
