@@ -35,7 +35,7 @@ from sqlalchemy import (
 from tasker.domain.reports import FailureRow, MinuteCount, Overview
 from tasker.domain.states import TERMINAL_TASK_STATES, StepState, TaskState
 from tasker.store.database import Database
-from tasker.store.schema import ACTIVE, step_transitions, steps, tasks
+from tasker.store.schema import ACTIVE, OUTCOMES, step_transitions, steps, tasks
 
 #: Transitions that end an attempt in failure (a graceful release back to `ready` is not one).
 FAILED_STATES = (StepState.WAITING_RETRY.value, StepState.ERROR.value)
@@ -164,6 +164,7 @@ def attempts_per_minute(conn: Connection, since: datetime) -> dict[int, tuple[in
     rows = conn.execute(
         select(minute, func.count() - failed, failed)
         .where(
+            text(OUTCOMES),  # the partial index's predicate, as written (SQLite matches text)
             st.c.to_state.in_((StepState.COMPLETE.value, *FAILED_STATES)),
             st.c.at >= since,
             st.c.from_state == StepState.IN_PROGRESS.value,
@@ -182,7 +183,7 @@ def latest_failures(conn: Connection, limit: int) -> list[Failure]:
     st = step_transitions
     branches = [
         select(st.c.id, st.c.task_id, st.c.step_id, st.c.at, st.c.error_class, st.c.error_message)
-        .where(st.c.to_state == state, st.c.error_class.is_not(None))
+        .where(text(OUTCOMES), st.c.to_state == state, st.c.error_class.is_not(None))
         .order_by(st.c.at.desc(), st.c.id.desc())
         .limit(limit)
         .subquery()

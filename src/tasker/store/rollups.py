@@ -281,6 +281,7 @@ class TaskFacts:
 
 _PRIOR = step_transitions.alias("prior")
 _FIRST = ~exists().where(
+    _PRIOR.c.task_id == step_transitions.c.task_id,  # the index that serves it (migration 0010)
     _PRIOR.c.step_id == step_transitions.c.step_id,
     _PRIOR.c.id < step_transitions.c.id,
     _PRIOR.c.from_state == StepState.IN_PROGRESS.value,

@@ -79,6 +79,11 @@ CLAIMABLE = _state_in(StepState.READY, StepState.WAITING_RETRY)
 #: `REPORTED_STEP_STATES`: queued, running or stuck in error (the systems report, the overview).
 ACTIVE = _state_in(StepState.READY, StepState.WAITING_RETRY, StepState.IN_PROGRESS, StepState.ERROR)
 RUNNING = f"state = '{StepState.IN_PROGRESS.value}'"
+#: The partial index of attempt outcomes on step transitions (the overview's reads repeat it).
+OUTCOMES = (
+    f"to_state IN ('{StepState.COMPLETE.value}', '{StepState.WAITING_RETRY.value}', "
+    f"'{StepState.ERROR.value}')"
+)
 
 templates = Table(
     "tasker_templates",
@@ -148,8 +153,8 @@ steps = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("started_at", UTCDateTime, nullable=True),
     Column("finished_at", UTCDateTime, nullable=True),
+    # Also how every read of a task's steps finds them (by its `task_id` prefix).
     UniqueConstraint("task_id", "name"),
-    Index(None, "task_id", "state"),
     # The claim's order, `run_at, id`, read straight from the index (migration 0008).
     Index(
         "ix_tasker_steps_claimable",
@@ -212,10 +217,17 @@ step_transitions = Table(
     Column("error_class", String(255), nullable=True),
     Column("error_message", Text, nullable=True),
     Column("duration_ms", Float, nullable=True),
-    Index(None, "step_id"),
+    # A task's history; one step's earlier outcomes are read by task and step (migration 0010).
     Index(None, "task_id"),
-    # The overview's attempts per minute and latest failures: the last rows of one target state.
-    Index(None, "to_state", "at"),
+    # The overview's attempts per minute and latest failures: the last rows of one outcome. Only
+    # outcomes are entered (one row of a step's three), migration 0011.
+    Index(
+        "ix_tasker_step_transitions_outcomes",
+        "to_state",
+        "at",
+        postgresql_where=text(OUTCOMES),
+        sqlite_where=text(OUTCOMES),
+    ),
 )
 
 dependent_systems = Table(
