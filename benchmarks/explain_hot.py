@@ -16,7 +16,7 @@ import argparse
 import json
 import re
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
+from sqlalchemy import func, select, text  # noqa: E402
+from sqlalchemy.dialects import postgresql  # noqa: E402
 
 from benchmarks.fleet import scratch_database  # noqa: E402
 from tasker import Tasker  # noqa: E402
-from tasker.store import journal, pg_cycle  # noqa: E402
+from tasker.domain.listing import TOTAL_CAP, TaskQuery  # noqa: E402
+from tasker.domain.states import TERMINAL_TASK_STATES  # noqa: E402
+from tasker.store import claims, journal, listing, pg_cycle, rollups  # noqa: E402
+from tasker.store import tasks as task_store  # noqa: E402
 from tasker.store.claims import _candidates  # noqa: E402
+from tasker.store.schema import CLAIMABLE, steps, tasks  # noqa: E402
 
 TEMPLATES = ROOT / "benchmarks" / "templates"
 
@@ -60,6 +66,14 @@ def literal(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+PLANS: list[str] = []
+
+
+def emit(line: str = "") -> None:
+    print(line)
+    PLANS.append(line)
+
+
 def explain(conn: psycopg.Connection[Any], name: str, sql: str, params: dict[str, Any]) -> None:
     text, values = positional(sql, params)
     conn.execute(f"PREPARE {name} AS {text}")
@@ -67,31 +81,47 @@ def explain(conn: psycopg.Connection[Any], name: str, sql: str, params: dict[str
     for mode in ("force_custom_plan", "force_generic_plan"):
         conn.execute(f"SET plan_cache_mode = {mode}")
         rows = conn.execute(f"EXPLAIN (COSTS OFF) EXECUTE {name}({args})").fetchall()
-        print(f"\n-- {name}, {mode}")
+        emit(f"\n-- {name}, {mode}")
         for (line,) in rows:
-            print(line)
+            emit(line)
     conn.execute(f"DEALLOCATE {name}")
+
+
+def explain_core(
+    conn: psycopg.Connection[Any], name: str, stmt: Any, params: dict[str, Any] | None = None
+) -> None:
+    """A SQLAlchemy statement, rendered for psycopg with its IN lists expanded."""
+    compiled = stmt.compile(
+        dialect=postgresql.psycopg.dialect(),  # type: ignore[no-untyped-call]
+        compile_kwargs={"render_postcompile": True},
+    )
+    values = dict(compiled.params)
+    values.update(params or {})
+    explain(conn, name, str(compiled), values)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--backlog", type=int, default=20000)
+    ap.add_argument("--out", type=Path, help="also write the plans to this file (docs/plans.md)")
     args = ap.parse_args()
     with scratch_database() as url:
         t = Tasker(url, migrate=True, templates=TEMPLATES)
         t.create_tasks("bench/linear5", [{"i": i} for i in range(args.backlog)], chunk_size=2000)
         t.work(concurrency=32, until_idle=True)  # as many finished tasks as will wait
         t.create_tasks("bench/linear5", [{"i": i} for i in range(args.backlog)], chunk_size=2000)
+        t.insight.status()  # the rollups caught up, as a running store keeps them
         t.close()
         now = datetime.now(UTC)
         with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
             conn.execute("ANALYZE")
-            # the general path's claim (SQLAlchemy Core, rendered for psycopg)
-            from sqlalchemy.dialects import postgresql
-
+            found = conn.execute("SELECT template_id FROM tasker_tasks LIMIT 1").fetchone()
+            assert found is not None
+            tid = found[0]
+            emit(f"# backlog {args.backlog} ready 5-step tasks, as many finished; analyzed")
+            emit("\n## The workers' statements (prepared; planned once: force_generic_plan)")
             q = _candidates(namespaces=False, task=False, skip_locked=True, restricted=False)
-            general = str(q.compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
-            explain(conn, "claim_general", general, {"now": now, "limit": 32})
+            explain_core(conn, "claim_general", q, {"now": now, "limit": 32})
             first = pg_cycle._FIRST[(False, False)]
             explain(
                 conn,
@@ -117,6 +147,63 @@ def main() -> None:
                 journal._FLUSH_PG,
                 {"steps": json.dumps([]), "tasks": json.dumps([]), "notify": False},
             )
+            explain_core(conn, "reclaim_expired", claims._EXPIRED[True], {"now": now, "limit": 500})
+            explain_core(conn, "any_expired", claims._ANY_EXPIRED, {"now": now})
+            next_run = (
+                select(steps.c.run_at).where(text(CLAIMABLE)).order_by(steps.c.run_at).limit(1)
+            )
+            explain_core(conn, "next_run_at", next_run)
+            create = {
+                "ns": "bench",
+                "name": "linear5",
+                "version": "1.0.0",
+                "template_id": tid,
+                "now": now,
+                "worker": "w",
+                "items": json.dumps([]),
+                "shapes": json.dumps([]),
+                "keys": json.dumps([]),
+                "edges": json.dumps([]),
+            }
+            explain_core(conn, "create_tasks", task_store._CREATE_PG, create)
+            emit("\n## What an operator reads (plan_cache_mode auto: custom, generic after 5)")
+            everything = TaskQuery()
+            explain_core(conn, "list_first_page", page_statement(everything))
+            explain_core(
+                conn, "list_page_by_status", page_statement(TaskQuery(statuses=("error",)))
+            )
+            explain_core(conn, "list_total_capped", count_statement(everything, TOTAL_CAP))
+            since = rollups.slot_start(now - timedelta(hours=24))
+            explain_core(conn, "status_open_steps", open_steps_statement(since))
+            final = sorted(s.value for s in TERMINAL_TASK_STATES)
+            recent = select(tasks.c.status, func.count()).where(
+                tasks.c.status.in_(final), tasks.c.finished_at >= now - timedelta(minutes=5)
+            )
+            explain_core(conn, "final_counts_recent", recent.group_by(tasks.c.status))
+    if args.out:
+        args.out.write_text("\n".join(PLANS) + "\n")
+
+
+def page_statement(query: TaskQuery) -> Any:
+    """The first page of a listing, as `tasker.store.listing.page` builds it (no cursor)."""
+    conds = listing.conditions(query)
+    if query.statuses:
+        conds.append(tasks.c.status == query.statuses[0])
+    return select(tasks).where(*conds).order_by(tasks.c.id.desc()).limit(51)
+
+
+def count_statement(query: TaskQuery, cap: int) -> Any:
+    matches = select(tasks.c.id).where(*listing.conditions(query)).limit(cap + 1).subquery()
+    return select(func.count()).select_from(matches)
+
+
+def open_steps_statement(since: datetime) -> Any:
+    return (
+        select(tasks.c.namespace, tasks.c.name, tasks.c.version, steps.c.state, func.count())
+        .select_from(tasks.join(steps, steps.c.task_id == tasks.c.id))
+        .where(tasks.c.status.in_(rollups.OPEN_TASK_STATES), tasks.c.created_at >= since)
+        .group_by(tasks.c.namespace, tasks.c.name, tasks.c.version, steps.c.state)
+    )
 
 
 if __name__ == "__main__":
