@@ -84,10 +84,11 @@ def _first(namespaces: bool, task: bool) -> str:
                finished_at = v.finished_at, attempts = s.attempts - v.refund,
                lease_owner = NULL, lease_expires_at = NULL, updated_at = %(now)s
           FROM v
-         WHERE s.id = v.id AND s.claim_token = v.token AND s.state = '{S.IN_PROGRESS.value}'
-           -- by primary key, not a hash of every running step of the store (the planner's
-           -- choice for a JSON recordset joined to the partial index of running steps)
-           AND s.id = ANY(ARRAY(SELECT id FROM v))
+         WHERE s.id = ANY(ARRAY(SELECT id FROM v)) AND s.id = v.id AND s.claim_token = v.token
+           -- The state is tested through coalesce (never null: the same test) so that the planner
+           -- cannot use the partial index of running steps and reads these rows by primary key,
+           -- instead of every running step of the store, which its generic plan chose.
+           AND coalesce(s.state, '') = '{S.IN_PROGRESS.value}'
         RETURNING s.id, s.state
     ), rel_in AS (
         SELECT e.child AS id, count(*) AS n
