@@ -229,7 +229,7 @@ def _cycle(cur: sqlite3.Cursor, journal: Journal, work: CycleInput) -> Cycle:
                 )
             ]
         out.claimed = claimed_steps(seen.claims, known, tasks, steps)
-    _flush(cur, journal)
+    flush_rows(cur, journal)
     return out
 
 
@@ -260,7 +260,7 @@ def _settle(cur: sqlite3.Cursor, journal: Journal, ids: list[int], out: Cycle) -
         journal.task_settled(t_id, status.value, target.value)
 
 
-def _flush(cur: sqlite3.Cursor, journal: Journal) -> None:
+def flush_rows(cur: sqlite3.Cursor, journal: Journal) -> None:
     """The journal's rows, as `Journal.flush` writes them on SQLite (times as `stamp` stores
     them, payloads as JSON text)."""
 

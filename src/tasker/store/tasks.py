@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from tasker.store.schema import (
     tasks,
     templates,
 )
+from tasker.store.sqlite_cycle import flush_rows, stamp
 
 _INSERT_TASKS = insert(tasks).returning(tasks.c.id, sort_by_parameter_order=True)
 _INSERT_STEPS = insert(steps).returning(
@@ -227,10 +229,15 @@ def create_tasks(
     Raises `StoreConflict` when an idempotency key is taken; nothing is written then.
     """
     digest = template.content_hash()
-    if db.is_postgres and digest in db.template_ids and items:
-        # The common case: one statement, committed by itself (one round trip in all).
-        with db.single() as conn:
-            return _insert_tasks_pg(conn, journal, template, items, db.template_ids[digest])
+    if digest in db.template_ids and items:
+        tid = db.template_ids[digest]
+        if db.is_postgres:
+            # The common case: one statement, committed by itself (one round trip in all).
+            with db.single() as conn:
+                return _insert_tasks_pg(conn, journal, template, items, tid)
+        # SQLite: fixed statements on the driver (SQLAlchemy's compiling was most of the cost).
+        with db.direct() as conn:
+            return _insert_tasks_sqlite(conn, journal, template, items, tid)
     with db.write() as conn:
         created = insert_tasks(conn, journal, template, items, known=db.template_ids)
         journal.flush(conn)
@@ -387,6 +394,96 @@ def _insert_tasks_pg(
     check_task_transition(None, TaskState.PENDING)
     task_ids = [task_of_key[item.idempotency_key] for item in items]
     return _created(journal, template, items, task_ids, shapes, ids, record=False)
+
+
+_TASK_SQLITE = f"""
+    INSERT INTO tasker_tasks (namespace, name, version, template_id, status, context,
+                              idempotency_key, correlation_id, created_at, updated_at)
+    VALUES (?, ?, ?, ?, '{TaskState.PENDING.value}', ?, ?, ?, ?, ?)
+    RETURNING id"""
+_STEP_SQLITE = """
+    INSERT INTO tasker_steps (task_id, name, position, namespace, dependent_system, state,
+                              pending_parents, run_at, attempts, retry_limit, retryable,
+                              claim_token, idempotency_key, created_at, updated_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, 0, ?, ?, ?)
+    RETURNING id"""
+_EDGE_SQLITE = "INSERT INTO tasker_step_edges (task_id, parent_id, child_id) VALUES (?, ?, ?)"
+
+
+def _insert_tasks_sqlite(
+    conn: Connection,
+    journal: Journal,
+    template: TaskTemplate,
+    items: Sequence[NewTask],
+    tid: int,
+) -> list[Task]:
+    """`insert_tasks` with fixed statements on the `sqlite3` connection (`conn` from
+    `Database.direct`), with its transitions, in a transaction of its own: the rows that
+    `insert_tasks` and `Journal.flush` write, values bound as SQLAlchemy binds them (a test compares
+    them). Raises `StoreConflict` (through `Database.direct`) when an idempotency key is taken."""
+    raw: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
+    now = journal.now
+    at = stamp(now)
+    ns, name = template.namespace_name, template.name
+    shapes = _step_shapes(template, now)
+    cur = raw.cursor()
+    cur.execute("BEGIN IMMEDIATE")
+    try:
+        task_ids: list[int] = []
+        ids: dict[tuple[int, str], int] = {}
+        for item in items:
+            cur.execute(
+                _TASK_SQLITE,
+                (
+                    ns,
+                    name,
+                    template.version,
+                    tid,
+                    json.dumps(item.context),
+                    item.idempotency_key,
+                    item.correlation_id,
+                    at,
+                    at,
+                ),
+            )
+            task_id = int(cur.fetchone()[0])
+            task_ids.append(task_id)
+            for sh in shapes:
+                cur.execute(
+                    _STEP_SQLITE,
+                    (
+                        task_id,
+                        sh["name"],
+                        sh["position"],
+                        sh["namespace"],
+                        sh["dependent_system"],
+                        sh["state"],
+                        sh["pending_parents"],
+                        stamp(sh["run_at"]),
+                        sh["retry_limit"],
+                        sh["retryable"],
+                        step_idempotency_key(ns, name, item.idempotency_key, sh["name"]),
+                        at,
+                        at,
+                    ),
+                )
+                ids[(task_id, sh["name"])] = int(cur.fetchone()[0])
+        edges = [
+            (task_id, ids[(task_id, p)], ids[(task_id, st.name)])
+            for task_id in task_ids
+            for st in template.step_templates
+            for p in st.parents
+        ]
+        if edges:
+            cur.executemany(_EDGE_SQLITE, edges)
+        created = _created(journal, template, items, task_ids, shapes, ids, record=True)
+        flush_rows(cur, journal)
+        cur.execute("COMMIT")
+    except BaseException:
+        if raw.in_transaction:
+            raw.execute("ROLLBACK")
+        raise
+    return created
 
 
 def insert_tasks(
