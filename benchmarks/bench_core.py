@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from benchmarks.bench_postgres import dbos_workload  # noqa: E402
+from benchmarks.bench_postgres import dbos_sequential  # noqa: E402
 from tasker import Tasker  # noqa: E402
 
 TEMPLATE = ROOT / "benchmarks" / "templates" / "linear5.yaml"
@@ -123,7 +123,7 @@ def main() -> None:
             if not args.no_dbos:
                 url = fresh_url(args.store, Path(tmp))
                 try:
-                    peer.append(dbos_workload(url, 0, 1, args.sequential_tasks)[0])
+                    peer.append(dbos_sequential(url, args.sequential_tasks))
                 finally:
                     drop(url)
             url = fresh_url(args.store, Path(tmp))

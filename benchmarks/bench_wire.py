@@ -637,6 +637,66 @@ def measure(store: str, tasks: int, batch: int, workdir: Path) -> dict[str, Any]
     return result
 
 
+def measure_dbos(tasks: int, workdir: Path) -> dict[str, Any]:
+    """The same sequential workload on DBOS through the same proxy: a 5-step workflow (no-op
+    steps) called directly, one at a time. Counted on the wire and in the server only (DBOS's own
+    SQLAlchemy engines are not instrumented): per workflow, the median of `tasks` for round trips,
+    executions and WAL bytes; the server's statistics over all of them, from idle to idle."""
+    from dbos import DBOS, DBOSConfig
+
+    with scratch("postgresql", workdir) as (url, proxy, server):
+        assert proxy is not None and server is not None
+        DBOS(
+            config=DBOSConfig(
+                name="tasker-wire",
+                system_database_url=url.replace("+psycopg", ""),
+                log_level="WARNING",
+                run_migrations=True,
+            )
+        )
+
+        # dbos is an optional dependency (the bench extra): its decorators are untyped.
+        @DBOS.step()  # type: ignore[untyped-decorator]
+        def noop(i: int) -> dict[str, bool]:
+            return {"ok": True}
+
+        @DBOS.workflow()  # type: ignore[untyped-decorator]
+        def linear5(i: int) -> int:
+            for _ in range(STEPS):
+                noop(i)
+            return i
+
+        DBOS.launch()
+        try:
+            for i in range(3):
+                linear5(-1 - i)
+            wires: list[Wire] = []
+            wal: list[int] = []
+            before_stats = server.settled_stats()
+            w_all = proxy.snapshot()
+            for i in range(tasks):
+                lsn, w0 = server.lsn(), proxy.snapshot()
+                linear5(i)
+                wires.append(proxy.snapshot().minus(w0))
+                wal.append(server.lsn() - lsn)
+            whole = proxy.snapshot().minus(w_all)
+        finally:
+            DBOS.destroy(destroy_registry=True)
+        after = server.settled_stats()
+    seq: dict[str, Any] = {
+        f"wire_{f.name}": statistics.median(getattr(w, f.name) for w in wires) for f in WIRE_NUM
+    }
+    for k in STAT_COLUMNS:
+        seq[f"server_{k}"] = (after[k] - before_stats[k]) / tasks
+    seq["server_xact_commit"] -= whole.connections / tasks
+    seq["server_wal_bytes"] = statistics.median(wal)
+    seq["tasks"] = tasks
+    kinds: Counter[str] = Counter()
+    for w in wires:
+        kinds.update(w.kinds)
+    return {"sequential": seq, "sequential_wire_kinds": top_kinds(kinds, tasks)}
+
+
 @contextmanager
 def _plain(s: Store, out: list[Measured]) -> Iterator[None]:
     """Client and wire counts of the block, without closing connections (warm pools)."""
@@ -706,6 +766,9 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
     console = Console()
     cols: list[tuple[str, dict[str, float]]] = []
     for store, r in results.items():
+        if store == "dbos":
+            cols.append(("DBOS (PostgreSQL), one workflow", r["sequential"]))
+            continue
         cols.append((f"{store} run()", r["sequential"]))
         cols.append((f"{store} batch", r["batch"]))
     table = Table(
@@ -726,6 +789,23 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
             cells.append("-" if v is None else f"{fmt(v)} / {fmt(v / STEPS)}")
         table.add_row(label, *cells)
     console.print(table)
+    if "dbos" in results and "postgresql" in results:
+        ours, theirs = results["postgresql"]["sequential"], results["dbos"]["sequential"]
+        side = Table(title="Sequential 5-step task on PostgreSQL: Tasker run() / DBOS workflow")
+        for col in ("per task", "Tasker", "DBOS", "Tasker / DBOS"):
+            side.add_column(col, justify="left" if col == "per task" else "right")
+        for key, label in (
+            ("wire_round_trips", "round trips on the wire"),
+            ("wire_executions", "server executions"),
+            ("server_xact_commit", "commits"),
+            ("server_tup_inserted", "rows inserted"),
+            ("server_tup_updated", "rows updated"),
+            ("server_wal_bytes", "WAL bytes"),
+        ):
+            a, b = ours.get(key), theirs.get(key)
+            ratio = f"{a / b:.2f}" if a is not None and b else "-"
+            side.add_row(label, fmt(a), fmt(b), ratio)
+        console.print(side)
     for store, r in results.items():
         if "other_active_backends" in r:
             agree = all(
@@ -762,12 +842,17 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=20, help="sequential tasks (median reported)")
     ap.add_argument("--batch", type=int, default=500, help="tasks in the batch")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--no-dbos", action="store_true", help="skip DBOS's workflow on PostgreSQL (the peer)"
+    )
     args = ap.parse_args()
     stores = ["sqlite", "postgresql"] if args.store == "both" else [args.store]
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for store in stores:
             results[store] = measure(store, args.tasks, args.batch, Path(tmp))
+        if "postgresql" in stores and not args.no_dbos:
+            results["dbos"] = measure_dbos(args.tasks, Path(tmp))
     if args.json:
         print(json.dumps(results, indent=1))
         return
