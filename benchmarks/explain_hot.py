@@ -135,6 +135,7 @@ def main() -> None:
                     "edges": json.dumps([]),
                     "take": False,
                     "scan_limit": 32,
+                    "check_expired": True,
                 },
             )
             explain(
@@ -148,7 +149,6 @@ def main() -> None:
                 {"steps": json.dumps([]), "tasks": json.dumps([]), "notify": False},
             )
             explain_core(conn, "reclaim_expired", claims._EXPIRED[True], {"now": now, "limit": 500})
-            explain_core(conn, "any_expired", claims._ANY_EXPIRED, {"now": now})
             next_run = (
                 select(steps.c.run_at).where(text(CLAIMABLE)).order_by(steps.c.run_at).limit(1)
             )

@@ -261,6 +261,76 @@ def test_namespace_limit_holds_across_engines(
     assert board(f"{key}:free").max_seen > 3
 
 
+def test_a_limit_set_elsewhere_binds_a_worker_that_read_the_systems_before(
+    make_tasker: MakeTasker, write_template: WriteTemplate, key: str
+) -> None:
+    """The driver-level cycle checks for limits and circuits in its own transaction, so a worker
+    whose cached view is fresh and empty still obeys a limit another process set a moment ago."""
+    worker, operator = make_tasker(), make_tasker()
+    ref = load(
+        worker,
+        write_template,
+        "late_limit",
+        [tracked("work", "late", config={"sleep": 0.03})],
+        namespace="late_ns",
+        retry=FAST_RETRY,
+    )
+    worker.run(worker.create_task(ref, {"key": key, "n": "warm"}).id)
+    assert worker.systems.views.last().empty  # what it knows of the systems: no limit
+    operator.systems.set_namespace_limit("late_ns", 1)
+    ids = [worker.create_task(ref, {"key": key, "n": i}).id for i in range(6)]
+
+    assert worker.work(concurrency=8, until_idle=True) == 6
+
+    assert statuses(worker, ids) == {"complete": 6}
+    assert board(f"{key}:late").max_seen == 1
+
+
+def test_the_driver_gate_agrees_with_the_systems_view(tasker: Tasker) -> None:
+    """`GATE_SQL` (checked by the driver-level cycles) says "open" exactly when the systems view
+    the general path reads is empty, for every kind of row that makes it non-empty."""
+    from tasker.store import systems as system_store
+    from tasker.store.cycle_rows import GATE_SQL
+
+    def agree() -> bool:
+        with tasker.db.read() as conn:
+            open_ = bool(conn.exec_driver_sql(f"SELECT {GATE_SQL}").scalar())
+            assert open_ == system_store.load_view(conn).empty
+            return open_
+
+    assert agree()
+    tasker.systems.configure("billing", cooldown_seconds=5)  # configured, nothing restrictive
+    assert agree()
+    tasker.systems.configure("billing", max_in_flight=3)
+    assert not agree()
+    tasker.systems.configure("billing", max_in_flight=None)
+    assert agree()
+    tasker.systems.configure("default", failure_threshold=4)
+    assert not agree()
+    tasker.systems.configure("default", failure_threshold=None)
+    assert agree()
+    with tasker.db.write() as conn:
+        conn.exec_driver_sql(
+            "UPDATE tasker_dependent_systems SET consecutive_failures = 2 WHERE name = 'billing'"
+        )
+    assert not agree()
+    with tasker.db.write() as conn:
+        conn.exec_driver_sql(
+            "UPDATE tasker_dependent_systems SET consecutive_failures = 0,"
+            " circuit_state = 'half_open' WHERE name = 'billing'"
+        )
+    assert not agree()
+    with tasker.db.write() as conn:
+        conn.exec_driver_sql(
+            "UPDATE tasker_dependent_systems SET circuit_state = 'closed' WHERE name = 'billing'"
+        )
+    assert agree()
+    tasker.systems.set_namespace_limit("capped", 2)
+    assert not agree()
+    tasker.systems.set_namespace_limit("capped", None)
+    assert agree()
+
+
 def test_limits_declared_in_yaml_are_stored(
     tasker: Tasker, write_template: WriteTemplate, key: str
 ) -> None:

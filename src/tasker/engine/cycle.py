@@ -103,19 +103,15 @@ class Cycles:
         scope = self.scope
         done = plan.done
         known = self._known_tasks(done)
+        if direct and self._direct(plan) and self._views.last().empty:
+            # The driver-level cycle checks in its own transaction that no limit, circuit or
+            # failure is on record (the cached view, however old, only chose to try it) and, when
+            # a reclaim is due, whether a lease has run out: no read before it.
+            result = self._run_direct(plan, known)
+            if result is not None:
+                return result
+            self._views.invalidate()  # shut: the store has what the view did not show
         view = self._views.fresh()
-        if direct and self._direct(plan):
-            # The driver-level cycle needs to know that no limit or circuit is in play and, when
-            # a reclaim is due, that no lease has expired: one short read when it does not know.
-            expired = False
-            if view is None or plan.reclaim:
-                with self.db.read() as conn:
-                    if view is None:
-                        view = self._views.load(conn)
-                    if plan.reclaim:
-                        expired = claims.any_expired(conn, utcnow())
-            if view.empty and not expired:
-                return self._run_direct(plan, known)
         with self.db.cycle() as conn:
             # Stamped once the write lock is held (SQLite: at BEGIN IMMEDIATE) so that transition
             # times follow commit order, even when this cycle waited for an operator's transaction.
@@ -181,9 +177,14 @@ class Cycles:
             cycle_rows.eligible(outcome) for outcome, _ in plan.done
         )
 
-    def _run_direct(self, plan: CyclePlan, known: dict[int, claims.KnownTask]) -> CycleResult:
+    def _run_direct(
+        self, plan: CyclePlan, known: dict[int, claims.KnownTask]
+    ) -> CycleResult | None:
         """The common cycle with fixed statements on the driver: two round trips on PostgreSQL
-        (`tasker.store.pg_cycle`), no SQLAlchemy on SQLite (`tasker.store.sqlite_cycle`)."""
+        (`tasker.store.pg_cycle`), no SQLAlchemy on SQLite (`tasker.store.sqlite_cycle`).
+
+        None when its gate was shut (it did nothing: the general path runs the plan). A lease
+        found expired is reclaimed at once by a general cycle of its own."""
         if self.db.is_postgres:
             from tasker.store.pg_cycle import run_cycle
         else:
@@ -205,8 +206,11 @@ class Cycles:
                     namespaces=scope.namespaces,
                     task_id=scope.task_id,
                     lease_seconds=scope.lease_seconds,
+                    check_expired=plan.reclaim,
                 ),
             )
+            if cycle.shut:
+                return None
             for tid in {c.template_id for c in cycle.claimed}:
                 if not self.resolver.known(tid):
                     self.resolver.add_snapshot(tid, template_definition(conn, tid))
@@ -221,9 +225,14 @@ class Cycles:
                     self._template_key,
                 )
             )
-        return CycleResult(
+        result = CycleResult(
             cycle.claimed, cycle.scanned_full, cycle.settled, journal.events, None, set()
         )
+        if cycle.expired:  # rare: a worker died holding steps
+            reclaimed = self.run(CyclePlan([], reclaim=True), direct=False)
+            result.settled += reclaimed.settled
+            result.events += reclaimed.events
+        return result
 
     def _claim(
         self,

@@ -565,18 +565,6 @@ def next_run_at(
     return conn.execute(q.order_by(steps.c.run_at).limit(1)).scalar()
 
 
-_ANY_EXPIRED = (
-    select(steps.c.id)
-    .where(text(RUNNING_SQL), steps.c.lease_expires_at < bindparam("now"))
-    .limit(1)
-)
-
-
-def any_expired(conn: Connection, now: datetime) -> bool:
-    """Whether some lease has run out (one lookup in the partial index of running steps)."""
-    return conn.execute(_ANY_EXPIRED, {"now": now}).first() is not None
-
-
 def cancelled_among(conn: Connection, step_ids: set[int]) -> set[int]:
     """Which of these steps are `cancelled` now."""
     q = select(steps.c.id).where(

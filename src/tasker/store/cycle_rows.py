@@ -13,11 +13,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tasker.domain.circuits import CircuitState
 from tasker.domain.records import ClaimedStep, Outcome
 from tasker.domain.states import StepState, TaskState
+from tasker.domain.templates import DEFAULT_DEPENDENT_SYSTEM
 from tasker.store.claims import Claim, KnownTask, journal_claims
 from tasker.store.completion import outcome_event
 from tasker.store.journal import Journal
+from tasker.store.schema import RUNNING
 
 S, T = StepState, TaskState
 
@@ -51,6 +54,8 @@ class CycleInput:
     namespaces: Sequence[str] | None
     task_id: int | None
     lease_seconds: float
+    #: Also report whether some lease has run out (a reclaim is due; the general path does it).
+    check_expired: bool = False
 
     def claim_split(self, children: int) -> tuple[bool, int]:
         """(claim the children that become ready, how many due steps a scan may claim): the
@@ -70,6 +75,28 @@ class Cycle:
     claimed: list[ClaimedStep] = field(default_factory=list)
     #: Whether the queue scan filled its room (None: no scan).
     scanned_full: bool | None = None
+    #: The gate was shut: a limit, a circuit or a failure is on record (`GATE_SQL`), so the cycle
+    #: did nothing and the general path must run it.
+    shut: bool = False
+    #: A lease has run out (asked with `check_expired`): the general path must reclaim it.
+    expired: bool = False
+
+
+#: When the driver-level cycle may run, checked in its own transaction: the systems view of
+#: `tasker.store.systems` is empty (no circuit away from closed, no failure on record, no limit),
+#: so nothing it stores or claims would need a circuit or a limit. The worker's cached view only
+#: says which path to try; this says whether the try may act.
+GATE_SQL = f"""
+    NOT EXISTS (SELECT 1 FROM tasker_dependent_systems
+                 WHERE circuit_state <> '{CircuitState.CLOSED.value}' OR consecutive_failures > 0
+                    OR max_in_flight IS NOT NULL
+                    OR (name = '{DEFAULT_DEPENDENT_SYSTEM}' AND failure_threshold IS NOT NULL))
+    AND NOT EXISTS (SELECT 1 FROM tasker_namespace_limits)"""
+#: Whether some lease has run out (one probe of the partial index of running steps, whose
+#: predicate is repeated as written: SQLite matches it by its text).
+EXPIRED_SQL = f"""
+    EXISTS (SELECT 1 FROM tasker_steps
+             WHERE {RUNNING} AND lease_expires_at < {{now}})"""
 
 
 @dataclass
@@ -91,7 +118,11 @@ def record_rows(
     """Journal what the first statement did, in the order the general path journals it."""
     seen = Recorded()
     for kind, step_id, row_task, name, attempts, retry_limit, token, key, system, state in rows:
-        if kind == "f":
+        if kind == "g":
+            out.shut = True
+        elif kind == "x":
+            out.expired = True
+        elif kind == "f":
             o = by_id[step_id]
             out.accepted.append(o)
             journal.step(

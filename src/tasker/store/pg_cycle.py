@@ -46,7 +46,7 @@ from tasker.domain.states import (
     TaskState,
 )
 from tasker.store.claims import claimed_steps, unknown_tasks
-from tasker.store.cycle_rows import Cycle, CycleInput, record_rows
+from tasker.store.cycle_rows import EXPIRED_SQL, GATE_SQL, Cycle, CycleInput, record_rows
 from tasker.store.journal import Journal
 
 S, T = StepState, TaskState
@@ -74,10 +74,14 @@ def _first(namespaces: bool, task: bool) -> str:
     if task:
         scope += " AND task_id = %(scope_task)s"
     return f"""
-    WITH v AS (
+    WITH gate AS MATERIALIZED (
+        SELECT {GATE_SQL} AS open,
+               %(check_expired)s AND {EXPIRED_SQL.format(now="%(now)s")} AS expired
+    ), v AS (
         SELECT * FROM jsonb_to_recordset(%(outcomes)s::jsonb)
              AS v(id bigint, token integer, target text, results jsonb, error jsonb,
                   run_at timestamptz, finished_at timestamptz, refund integer)
+         WHERE (SELECT open FROM gate)
     ), fin AS (
         UPDATE tasker_steps s
            SET state = v.target, results = v.results, last_error = v.error, run_at = v.run_at,
@@ -115,7 +119,7 @@ def _first(namespaces: bool, task: bool) -> str:
         RETURNING {_COLUMNS}, s.state
     ), picked AS (
         SELECT id, state FROM tasker_steps
-         WHERE state IN {_CLAIMABLE} AND run_at <= %(now)s{scope}
+         WHERE state IN {_CLAIMABLE} AND run_at <= %(now)s{scope} AND (SELECT open FROM gate)
          ORDER BY run_at, id
          LIMIT %(scan_limit)s
            FOR UPDATE SKIP LOCKED
@@ -136,6 +140,10 @@ def _first(namespaces: bool, task: bool) -> str:
     UNION ALL SELECT 'r', * FROM rel
     UNION ALL SELECT 't', * FROM took
     UNION ALL SELECT 's', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM started
+    UNION ALL SELECT 'g', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM gate
+               WHERE NOT open
+    UNION ALL SELECT 'x', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM gate
+               WHERE expired
     """
 
 
@@ -283,6 +291,7 @@ def _send(raw: psycopg.Connection[Any], journal: Journal, work: CycleInput) -> C
         "scan_limit": scan_limit,
         "namespaces": list(work.namespaces or []),
         "scope_task": work.task_id,
+        "check_expired": work.check_expired,
     }
     cur = raw.cursor()
     cur.execute("BEGIN")

@@ -28,7 +28,14 @@ from tasker.domain.states import (
     settle_move,
 )
 from tasker.store.claims import claimed_steps, unknown_tasks
-from tasker.store.cycle_rows import Cycle, CycleInput, Row, record_rows
+from tasker.store.cycle_rows import (
+    EXPIRED_SQL,
+    GATE_SQL,
+    Cycle,
+    CycleInput,
+    Row,
+    record_rows,
+)
 from tasker.store.journal import Journal
 
 S, T = StepState, TaskState
@@ -87,6 +94,10 @@ _CUSTOM_ROW = """
     VALUES (:name, :task_id, :step_id, :namespace, :payload, :at, :worker)"""
 
 
+_GATE = f"SELECT {GATE_SQL}"
+_EXPIRED = f"SELECT {EXPIRED_SQL.format(now='?')}"
+
+
 def _scan(namespaces: int, task: bool) -> str:
     scope = ""
     if namespaces:
@@ -140,6 +151,11 @@ def _cycle(cur: sqlite3.Cursor, journal: Journal, work: CycleInput) -> Cycle:
     now = journal.now
     at = stamp(now)
     out = Cycle()
+    if not cur.execute(_GATE).fetchone()[0]:
+        out.shut = True  # a limit, a circuit or a failure on record: the general path's cycle
+        return out
+    if work.check_expired:
+        out.expired = bool(cur.execute(_EXPIRED, (at,)).fetchone()[0])
     rows: list[Row] = []
     completed: set[int] = set()
     for o in outcomes:

@@ -138,6 +138,11 @@ class ViewCache:
         with self._lock:
             return self._view if time.monotonic() - self._at < self.ttl else None
 
+    def last(self) -> SystemsView:
+        """The view last read, whatever its age (empty before the first read)."""
+        with self._lock:
+            return self._view
+
     def load(self, conn: Connection) -> SystemsView:
         """Read the view in the caller's transaction and keep it."""
         view = load_view(conn)
