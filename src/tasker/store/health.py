@@ -128,9 +128,9 @@ def status_figures(
     with rollups.snapshot(db) as conn:
         return StatusFigures(
             since=since,
-            outcomes=rollups.task_report(conn, analytics.Scope(since))[0],
-            hour_tasks=rollups.task_report(conn, last_hour)[0],
-            hour_steps=rollups.step_report(conn, last_hour)[0],
+            outcomes=rollups.task_report(conn, analytics.Scope(since), durations=False)[0],
+            hour_tasks=rollups.task_report(conn, last_hour, durations=False)[0],
+            hour_steps=rollups.step_report(conn, last_hour, durations=False)[0],
             backlog=analytics.backlog(conn, now, now - timedelta(seconds=overdue_seconds)),
             workers=[
                 Worker.model_validate(w)

@@ -702,9 +702,12 @@ def _window(scope: Scope, table: Table) -> list[ColumnElement[bool]]:
 
 
 def step_report(
-    conn: Connection, scope: Scope
+    conn: Connection, scope: Scope, *, durations: bool = True
 ) -> tuple[dict[StepKey, StepCounts], dict[StepKey, Distribution]]:
-    """Per step of each template: the counts of `analytics.step_counts`, attempt durations (ms)."""
+    """Per step of each template: the counts of `analytics.step_counts`, attempt durations (ms).
+
+    `durations=False` leaves the histograms out (the status needs counts only): decoding them is
+    most of what a report over many slots costs."""
     edge = _edge(scope.since)
     facts = StepFacts()
     cursor = _read_cursor(conn, STEP_SOURCE, lock=False) or Cursor()
@@ -765,6 +768,8 @@ def step_report(
     for key, total in counts.items():
         total.steps, total.retry_limit = firsts[key].first_outcomes, firsts[key].retry_limit
     hists: dict[StepKey, Histogram] = {}
+    if not durations:
+        return counts, {}
     for (_, key), h in facts.durations.items():
         hists.setdefault(key, Histogram()).merge(h)
     d = step_duration_rollups.c
@@ -792,8 +797,11 @@ def step_report(
 def task_report(
     conn: Connection,
     scope: Scope,
+    *,
+    durations: bool = True,
 ) -> tuple[dict[TemplateKey, TaskOutcomes], dict[TemplateKey, Distribution]]:
-    """Per template: what `analytics.task_outcomes` and `analytics.task_durations` answer."""
+    """Per template: what `analytics.task_outcomes` and `analytics.task_durations` answer
+    (`durations=False`: no histograms, the distributions are left empty)."""
     edge = _edge(scope.since)
     facts = TaskFacts()
     cursor = _read_cursor(conn, TASK_SOURCE, lock=False) or Cursor()
@@ -870,7 +878,11 @@ def task_report(
             _TaskCell(
                 int(row[4]),
                 int(row[5]),
-                Histogram.decode(row[6], row[7], row[8], row[9], row[10]),
+                (
+                    Histogram.decode(row[6], row[7], row[8], row[9], row[10])
+                    if durations
+                    else Histogram()
+                ),
                 json.loads(row[11]),
             ),
         )
@@ -894,6 +906,8 @@ def task_report(
         count((ns, name, version), status, _TaskCell(int(n), int(started)))
     for template, live in open_step_states(conn, scope).items():
         add_counts(outcomes.setdefault(template, TaskOutcomes()).steps, live)
+    if not durations:
+        return outcomes, {}
     return outcomes, {key: h.distribution() for key, h in hists.items()}
 
 
