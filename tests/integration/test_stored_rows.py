@@ -168,3 +168,29 @@ if __name__ == "__main__":  # regenerate the golden file (see the module's docst
         rows = stored_rows(f"sqlite:///{d}/rows.db", Path(d))
     json.dump(rows, sys.stdout, indent=1, sort_keys=True)
     sys.stdout.write("\n")
+
+
+def test_the_driver_read_of_a_task_on_sqlite_is_the_records_sqlalchemy_builds(
+    tmp_path: Path,
+) -> None:
+    """`read_task` on SQLite reads with fixed statements on the driver; the `Task` it builds must
+    equal `get_task`'s (through SQLAlchemy's types) for tasks in every kind of state."""
+    from tasker.store import tasks as task_store
+
+    url = f"sqlite:///{tmp_path / 'read.db'}"
+    engine = Tasker(url, templates=_template(tmp_path), backoff_scale=0.0, poll_interval=0.05)
+    try:
+        done = engine.create_task("itest/rows", {"key": "done", "nested": {"a": [1, None]}}).id
+        failing = engine.create_task("itest/rows_failing", {"key": "failing"}).id
+        waiting = engine.create_task("itest/rows", {"key": "waiting"}).id
+        for task_id in (done, failing):
+            engine.run(task_id)
+        task_store.annotate(engine.db, done, {"note": "é", "n": 1.5})
+        for task_id in (done, failing, waiting, 999_999):
+            with engine.db.read() as conn:
+                expected = task_store.get_task(conn, task_id)
+            assert task_store.read_task(engine.db, task_id) == expected
+        read = task_store.read_task(engine.db, failing)
+        assert read is not None and read.steps[0].last_error is not None
+    finally:
+        engine.close()

@@ -9,7 +9,7 @@ import sqlite3
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import Connection, Row, insert, select, text, update
@@ -734,7 +734,90 @@ def task_history(conn: Connection, task_id: int) -> list[Row[Any]]:
 # -- in a transaction of their own -----------------------------------------------------------------
 def read_task(db: Database, task_id: int) -> Task | None:
     with db.read() as conn:
+        if db.is_sqlite and not db.memory:
+            return _read_task_sqlite(conn, task_id)
         return get_task(conn, task_id)
+
+
+_TASK_COLUMNS = (
+    "id, namespace, name, version, status, context, idempotency_key, correlation_id, annotations,"
+    " created_at, updated_at, started_at, finished_at"
+)
+_STEP_COLUMNS = (
+    "id, task_id, name, state, attempts, retry_limit, retryable, dependent_system, results,"
+    " last_error, run_at, started_at, finished_at, created_at, position, idempotency_key"
+)
+
+
+def _read_task_sqlite(conn: Connection, task_id: int) -> Task | None:
+    """`get_task` with fixed statements on the `sqlite3` connection, in one read transaction:
+    the record SQLAlchemy's types would build (times UTC-aware, JSON decoded; a test compares
+    them). It is the last call of every `Tasker.run()`, where compiling the two selects cost more
+    than SQLite spent answering them."""
+    raw: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
+    cur = raw.cursor()
+    cur.execute("BEGIN")
+    try:
+        t = cur.execute(f"SELECT {_TASK_COLUMNS} FROM tasker_tasks WHERE id = ?", (task_id,))
+        row = t.fetchone()
+        found = (
+            cur.execute(
+                f"SELECT {_STEP_COLUMNS} FROM tasker_steps WHERE task_id = ? ORDER BY position",
+                (task_id,),
+            ).fetchall()
+            if row is not None
+            else []
+        )
+    finally:
+        cur.execute("COMMIT")
+    if row is None:
+        return None
+    step_list = [
+        Step(
+            id=s[0],
+            task_id=s[1],
+            name=s[2],
+            status=StepState(s[3]),
+            attempts=s[4],
+            retry_limit=s[5],
+            retryable=bool(s[6]),
+            dependent_system=s[7],
+            results=_doc(s[8]),
+            last_error=_doc(s[9]),
+            run_at=_when(s[10]),
+            started_at=_when(s[11]),
+            finished_at=_when(s[12]),
+            created_at=cast(datetime, _when(s[13])),
+            position=s[14],
+            idempotency_key=s[15],
+        )
+        for s in found
+    ]
+    return Task(
+        id=row[0],
+        namespace=row[1],
+        name=row[2],
+        version=row[3],
+        status=TaskState(row[4]),
+        context=_doc(row[5]),
+        idempotency_key=row[6],
+        correlation_id=row[7],
+        annotations=_doc(row[8]),
+        created_at=cast(datetime, _when(row[9])),
+        updated_at=cast(datetime, _when(row[10])),
+        started_at=_when(row[11]),
+        finished_at=_when(row[12]),
+        steps=step_list,
+    )
+
+
+def _when(value: str | None) -> datetime | None:
+    """A time as SQLite holds it (naive UTC text), as `UTCDateTime` reads it back."""
+    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def _doc(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
 
 
 def read_tasks(db: Database, task_ids: Sequence[int]) -> list[Task]:
