@@ -118,8 +118,8 @@ def main() -> None:
             found = conn.execute("SELECT template_id FROM tasker_tasks LIMIT 1").fetchone()
             assert found is not None
             tid = found[0]
-            emit(f"# backlog {args.backlog} ready 5-step tasks, as many finished; analyzed")
-            emit("\n## The workers' statements (prepared; planned once: force_generic_plan)")
+            emit(f"-- backlog: {args.backlog} ready 5-step tasks, as many finished; analyzed")
+            emit("\n-- == the workers' statements (prepared; planned once: force_generic_plan)")
             q = _candidates(namespaces=False, task=False, skip_locked=True, restricted=False)
             explain_core(conn, "claim_general", q, {"now": now, "limit": 32})
             first = pg_cycle._FIRST[(False, False)]
@@ -166,7 +166,7 @@ def main() -> None:
                 "edges": json.dumps([]),
             }
             explain_core(conn, "create_tasks", task_store._CREATE_PG, create)
-            emit("\n## What an operator reads (plan_cache_mode auto: custom, generic after 5)")
+            emit("\n-- == what an operator reads (plan_cache_mode auto: custom, generic after 5)")
             everything = TaskQuery()
             explain_core(conn, "list_first_page", page_statement(everything))
             explain_core(
@@ -181,7 +181,15 @@ def main() -> None:
             )
             explain_core(conn, "final_counts_recent", recent.group_by(tasks.c.status))
     if args.out:
-        args.out.write_text("\n".join(PLANS) + "\n")
+        header = [
+            "# Plans of the hot statements, custom and generic",
+            "",
+            f"Written by `python benchmarks/explain_hot.py --backlog {args.backlog} --out "
+            f"{args.out}` on a scratch database (docs/benchmarks.md says when and where).",
+            "",
+            "```",
+        ]
+        args.out.write_text("\n".join(header + PLANS + ["```"]) + "\n")
 
 
 def page_statement(query: TaskQuery) -> Any:

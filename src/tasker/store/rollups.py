@@ -41,16 +41,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Row,
     Table,
     and_,
     bindparam,
+    cast,
     delete,
     exists,
     func,
     insert,
     or_,
     select,
+    true,
     tuple_,
     update,
 )
@@ -773,24 +776,12 @@ def step_report(
     for (_, key), h in facts.durations.items():
         hists.setdefault(key, Histogram()).merge(h)
     d = step_duration_rollups.c
-    for row in conn.execute(
-        select(
-            d.namespace,
-            d.name,
-            d.version,
-            d.step,
-            d.dependent_system,
-            d.samples,
-            d.total,
-            d.low,
-            d.high,
-            d.buckets,
-        ).where(*_window(scope, step_duration_rollups))
-    ):
-        key = (row[0], row[1], row[2], row[3], row[4])
-        hists.setdefault(key, Histogram()).merge(
-            Histogram.decode(row[5], row[6], row[7], row[8], row[9])
-        )
+    keys = [d.namespace, d.name, d.version, d.step, d.dependent_system]
+    for rolled_key, h in merged_histograms(
+        conn, step_duration_rollups, keys, _window(scope, step_duration_rollups)
+    ).items():
+        key = (rolled_key[0], rolled_key[1], rolled_key[2], rolled_key[3], rolled_key[4])
+        hists.setdefault(key, Histogram()).merge(h)
     return counts, {key: h.distribution() for key, h in hists.items()}
 
 
@@ -864,28 +855,20 @@ def task_report(
         t.status,
         t.tasks,
         t.started,
-        t.samples,
-        t.total,
-        t.low,
-        t.high,
-        t.buckets,
         t.step_states,
     ).where(*_window(scope, task_rollups))
     for row in conn.execute(rolled):
         count(
             (row[0], row[1], row[2]),
             row[3],
-            _TaskCell(
-                int(row[4]),
-                int(row[5]),
-                (
-                    Histogram.decode(row[6], row[7], row[8], row[9], row[10])
-                    if durations
-                    else Histogram()
-                ),
-                json.loads(row[11]),
-            ),
+            _TaskCell(int(row[4]), int(row[5]), Histogram(), json.loads(row[6])),
         )
+    if durations:
+        keys = [t.namespace, t.name, t.version]
+        for rolled_key, h in merged_histograms(
+            conn, task_rollups, keys, _window(scope, task_rollups)
+        ).items():
+            hists.setdefault((rolled_key[0], rolled_key[1], rolled_key[2]), Histogram()).merge(h)
     open_q = (
         select(
             tasks.c.namespace,
@@ -909,6 +892,53 @@ def task_report(
     if not durations:
         return outcomes, {}
     return outcomes, {key: h.distribution() for key, h in hists.items()}
+
+
+def merged_histograms(
+    conn: Connection,
+    table: Table,
+    keys: Sequence[ColumnElement[Any]],
+    where: Sequence[ColumnElement[bool]],
+) -> dict[tuple[Any, ...], Histogram]:
+    """The histograms of `table`'s rows in `where`, merged per `keys` by the database: sums,
+    minima and maxima, and the bucket counts added up from the rows' JSON (`jsonb_each_text` on
+    PostgreSQL, `json_each` on SQLite). A 24-hour report merges some 300 slot rows; decoding each
+    in Python made it grow with the number of slots."""
+    c = table.c
+    out: dict[tuple[Any, ...], Histogram] = {}
+    totals = (
+        select(*keys, func.sum(c.samples), func.sum(c.total), func.min(c.low), func.max(c.high))
+        .where(*where, c.samples > 0)
+        .group_by(*keys)
+    )
+    k = len(keys)
+    for row in conn.execute(totals):
+        out[tuple(row[:k])] = Histogram(
+            int(row[k]), float(row[k + 1]), _opt(row[k + 2]), _opt(row[k + 3]), {}
+        )
+    if not out:
+        return out
+    if conn.dialect.name == "postgresql":
+        pairs: Any = (
+            func.jsonb_each_text(cast(c.buckets, postgresql.JSONB))
+            .table_valued("key", "value", name="b")
+            .lateral()
+        )
+    else:
+        pairs = func.json_each(c.buckets).table_valued("key", "value", name="b")
+    counted = (
+        select(*keys, pairs.c.key, func.sum(cast(pairs.c.value, BigInteger)))
+        .select_from(table.join(pairs, true()))
+        .where(*where, c.samples > 0)
+        .group_by(*keys, pairs.c.key)
+    )
+    for row in conn.execute(counted):
+        out[tuple(row[:k])].buckets[str(row[k])] = int(row[k + 1])
+    return out
+
+
+def _opt(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def open_step_states(conn: Connection, scope: Scope) -> dict[TemplateKey, dict[str, int]]:
