@@ -147,7 +147,16 @@ def _first(namespaces: bool, task: bool) -> str:
     """
 
 
-_FIRST = {(ns, tk): _first(ns, tk) for ns in (False, True) for tk in (False, True)}
+def compact(sql: str) -> str:
+    """The statement without its comments and runs of whitespace (none of its literals holds
+    either). psycopg converts a statement's placeholders once and caches the result only for texts
+    of at most 4,096 characters; the first statement, indented, was longer and was parsed again at
+    every cycle (0.1 ms)."""
+    lines = [line.split("--", 1)[0] for line in sql.splitlines()]
+    return " ".join(" ".join(lines).split())
+
+
+_FIRST = {(ns, tk): compact(_first(ns, tk)) for ns in (False, True) for tk in (False, True)}
 
 _TASKS = """SELECT id, context, correlation_id, template_id FROM tasker_tasks
              WHERE id = ANY(%(ids)s::bigint[])"""
