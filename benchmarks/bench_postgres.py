@@ -1,7 +1,7 @@
 """PostgreSQL fleet benchmarks (issue: fleet of workers), each on a scratch database, printing a
 table.
 
-  a. throughput: 1,000 tasks of the 5-step no-op chain, worked by 1 and by 2 `tasker worker`
+  a. throughput: 4,000 tasks of the 5-step no-op chain, worked by 1 and by 2 `tasker worker`
   processes; b. claim latency with idle workers: step ready -> handler started, p50 and p99;
   c. cost growth: steps/s with 1,000 and with 100,000 tasks already waiting;
   d. recovery: time from SIGKILL of a worker to its steps running on another worker;
@@ -275,7 +275,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--tasks", type=int, default=1000)
+    ap.add_argument(
+        "--tasks",
+        type=int,
+        default=4000,
+        help="tasks of the fleet runs: 4,000 (20,000 steps) keep ramp-up and the last chain a"
+        " small part of a run at 10,000 steps/s",
+    )
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--backlog", type=int, default=100_000)
     ap.add_argument("--latency-samples", type=int, default=200)
