@@ -205,30 +205,7 @@ def recovery(lease: float) -> float:
 
 def dbos_sequential(url: str, n: int) -> float:
     """ms per 5-step DBOS workflow called directly, one after another (median of `n`)."""
-    from dbos import DBOS, DBOSConfig
-
-    DBOS(
-        config=DBOSConfig(
-            name="tasker-bench",
-            system_database_url=url.replace("+psycopg", ""),
-            log_level="WARNING",
-            run_migrations=True,
-        )
-    )
-
-    # dbos is an optional dependency (the bench extra) and not type-checked: its decorators are
-    # untyped.
-    @DBOS.step()  # type: ignore[untyped-decorator]
-    def noop(i: int) -> dict[str, bool]:
-        return {"ok": True}
-
-    @DBOS.workflow()  # type: ignore[untyped-decorator]
-    def linear5(i: int) -> int:
-        for _ in range(STEPS):
-            noop(i)
-        return i
-
-    DBOS.launch()
+    linear5 = dbos_fleet.launch(url)
     try:
         for i in range(3):
             linear5(-i - 1)
@@ -238,7 +215,7 @@ def dbos_sequential(url: str, n: int) -> float:
             linear5(i)
             times.append((time.perf_counter() - t0) * 1000)
     finally:
-        DBOS.destroy(destroy_registry=True)
+        dbos_fleet.destroy()
     return statistics.median(times)
 
 

@@ -642,31 +642,11 @@ def measure_dbos(tasks: int, workdir: Path) -> dict[str, Any]:
     steps) called directly, one at a time. Counted on the wire and in the server only (DBOS's own
     SQLAlchemy engines are not instrumented): per workflow, the median of `tasks` for round trips,
     executions and WAL bytes; the server's statistics over all of them, from idle to idle."""
-    from dbos import DBOS, DBOSConfig
+    from benchmarks import dbos_fleet
 
     with scratch("postgresql", workdir) as (url, proxy, server):
         assert proxy is not None and server is not None
-        DBOS(
-            config=DBOSConfig(
-                name="tasker-wire",
-                system_database_url=url.replace("+psycopg", ""),
-                log_level="WARNING",
-                run_migrations=True,
-            )
-        )
-
-        # dbos is an optional dependency (the bench extra): its decorators are untyped.
-        @DBOS.step()  # type: ignore[untyped-decorator]
-        def noop(i: int) -> dict[str, bool]:
-            return {"ok": True}
-
-        @DBOS.workflow()  # type: ignore[untyped-decorator]
-        def linear5(i: int) -> int:
-            for _ in range(STEPS):
-                noop(i)
-            return i
-
-        DBOS.launch()
+        linear5 = dbos_fleet.launch(url)
         try:
             for i in range(3):
                 linear5(-1 - i)
@@ -681,7 +661,7 @@ def measure_dbos(tasks: int, workdir: Path) -> dict[str, Any]:
                 wal.append(server.lsn() - lsn)
             whole = proxy.snapshot().minus(w_all)
         finally:
-            DBOS.destroy(destroy_registry=True)
+            dbos_fleet.destroy()
         after = server.settled_stats()
     seq: dict[str, Any] = {
         f"wire_{f.name}": statistics.median(getattr(w, f.name) for w in wires) for f in WIRE_NUM

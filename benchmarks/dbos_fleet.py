@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,12 @@ def _config(url: str) -> Any:
     )
 
 
-def _define() -> None:
-    """The workflow and its step, registered under the names the client enqueues."""
+def _define() -> Callable[[int], int]:
+    """The workflow (5 no-op steps, run in the workflow's thread as DBOS does) and its step,
+    registered under the names the client enqueues."""
     from dbos import DBOS
 
+    # dbos is an optional dependency (the bench extra): its decorators are untyped.
     @DBOS.step()  # type: ignore[untyped-decorator]
     def noop(i: int) -> dict[str, bool]:
         return {"ok": True}
@@ -55,6 +58,25 @@ def _define() -> None:
         for _ in range(STEPS):
             noop(i)
         return i
+
+    workflow: Callable[[int], int] = linear5
+    return workflow
+
+
+def launch(url: str) -> Callable[[int], int]:
+    """DBOS started in this process on `url` (SQLite or PostgreSQL), with the workflow to call."""
+    from dbos import DBOS
+
+    DBOS(config=_config(url.replace("+psycopg", "")))
+    workflow = _define()
+    DBOS.launch()
+    return workflow
+
+
+def destroy() -> None:
+    from dbos import DBOS
+
+    DBOS.destroy(destroy_registry=True)
 
 
 def prepare(url: str) -> None:
@@ -137,9 +159,7 @@ def throughput(url: str, workers: int, tasks: int, concurrency: int) -> tuple[fl
 def _worker(url: str, concurrency: int) -> None:
     from dbos import DBOS
 
-    DBOS(config=_config(url))
-    _define()
-    DBOS.launch()
+    launch(url)
     # DBOS polls its queue table; 0.1 s instead of the 1 s default, so polling does not cap its
     # throughput (as in bench_postgres's one-process run).
     DBOS.register_queue(QUEUE, worker_concurrency=concurrency, polling_interval_sec=0.1)
@@ -152,7 +172,7 @@ def _worker(url: str, concurrency: int) -> None:
     signal.signal(signal.SIGTERM, on_term)
     while not stop:
         time.sleep(0.1)
-    DBOS.destroy(destroy_registry=True)
+    destroy()
     os._exit(0)
 
 
