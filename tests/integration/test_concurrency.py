@@ -9,12 +9,9 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
-
 from tasker import Tasker
 from tasker.domain.records import Outcome
 from tasker.domain.states import StepState
-from tasker.engine.cycle import CyclePlan, Cycles
 from tasker.store import claims, completion
 from tasker.store.journal import Journal
 from tests.fixture_types import LoadTemplate, MakeTasker, WriteTemplate
@@ -291,43 +288,3 @@ def test_stop_of_an_idle_worker_returns(tasker: Tasker, load: LoadTemplate) -> N
     thread.join(10)
     assert not thread.is_alive()
     assert out["ran"] == 0
-
-
-def test_an_idle_worker_claims_on_its_loop_and_a_busy_one_on_its_database_thread(
-    tasker: Tasker, load: LoadTemplate, key: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An idle PostgreSQL worker runs the claim that follows a NOTIFY on its loop (no thread hops
-    in the claim latency); cycles that store outcomes, and every cycle on SQLite, keep to the
-    database thread."""
-    seen: list[tuple[str, bool]] = []
-    run = Cycles.run
-
-    def recording(self: Cycles, plan: CyclePlan, **kw: Any) -> Any:
-        seen.append((threading.current_thread().name, bool(plan.done)))
-        return run(self, plan, **kw)
-
-    monkeypatch.setattr(Cycles, "run", recording)
-    ref = load("idle_claim", [step("a"), step("b", after="a")])
-    worker = tasker.worker(concurrency=2)
-    out: dict[str, Any] = {}
-    thread = threading.Thread(
-        target=lambda: out.setdefault("ran", tasker.work(worker=worker, until_idle=False)),
-        daemon=True,
-    )
-    thread.start()
-    time.sleep(0.3)  # idle now: it polled and found nothing
-    task_id = tasker.create_task(ref, {"key": key}).id
-    deadline = time.monotonic() + 10
-    while tasker.get_task(task_id).status != "complete" and time.monotonic() < deadline:
-        time.sleep(0.02)
-    worker.stop()
-    thread.join(10)
-
-    assert tasker.get_task(task_id).status == "complete"
-    storing = {name for name, done in seen if done}
-    assert storing and all(name.startswith("tasker-db") for name in storing), seen
-    claims_on_loop = [name for name, done in seen if not done and not name.startswith("tasker-db")]
-    if tasker.db.is_postgres:
-        assert claims_on_loop, seen
-    else:
-        assert claims_on_loop == [], seen

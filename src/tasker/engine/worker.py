@@ -301,13 +301,7 @@ class Worker:
         """Run one cycle. An outage keeps its outcomes for the next one, after a pause; any other
         failure is isolated to the outcome that caused it. None: nothing was committed."""
         try:
-            if self._idle_claim(plan, io):
-                # Nothing runs and the store answers: the loop has nothing to do but wait for this
-                # cycle, so it runs it itself instead of handing it to the database thread and
-                # back (two thread hops of a step's claim latency).
-                result: CycleResult | None = self.cycles.run(plan)
-            else:
-                result = await io.on_db(self.cycles.run, plan)
+            result: CycleResult | None = await io.on_db(self.cycles.run, plan)
         except Exception as exc:
             if outcomes.is_outage(exc):
                 self.attempts.put_back(plan.done)
@@ -318,20 +312,6 @@ class Worker:
         if result is not None:
             self._outage.clear()
         return result
-
-    def _idle_claim(self, plan: CyclePlan, io: _Threads) -> bool:
-        """Whether this cycle may run on the loop: a claim with nothing stored, no attempt running
-        (no handler to serve, no heartbeat due), no outage suspected, on PostgreSQL (where a
-        claim follows a NOTIFY; a SQLite write may wait up to its busy timeout for another
-        process). Everything else keeps to the database thread."""
-        return (
-            io.db_thread is not None
-            and self.db.is_postgres
-            and not plan.done
-            and plan.heartbeat is None
-            and not self.attempts.running
-            and not self._outage.failures
-        )
 
     def _after_cycle(
         self, plan: CyclePlan, result: CycleResult, now: float, io: _Threads, until_idle: bool
