@@ -13,14 +13,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasker.domain.circuits import CircuitState
 from tasker.domain.records import ClaimedStep, Outcome
 from tasker.domain.states import StepState, TaskState
-from tasker.domain.templates import DEFAULT_DEPENDENT_SYSTEM
 from tasker.store.claims import Claim, KnownTask, journal_claims
 from tasker.store.completion import outcome_event
 from tasker.store.journal import Journal
 from tasker.store.schema import RUNNING
+from tasker.store.systems import RESTRICTING_SQL
 
 S, T = StepState, TaskState
 
@@ -87,10 +86,7 @@ class Cycle:
 #: so nothing it stores or claims would need a circuit or a limit. The worker's cached view only
 #: says which path to try; this says whether the try may act.
 GATE_SQL = f"""
-    NOT EXISTS (SELECT 1 FROM tasker_dependent_systems
-                 WHERE circuit_state <> '{CircuitState.CLOSED.value}' OR consecutive_failures > 0
-                    OR max_in_flight IS NOT NULL
-                    OR (name = '{DEFAULT_DEPENDENT_SYSTEM}' AND failure_threshold IS NOT NULL))
+    NOT EXISTS (SELECT 1 FROM tasker_dependent_systems WHERE {RESTRICTING_SQL})
     AND NOT EXISTS (SELECT 1 FROM tasker_namespace_limits)"""
 #: Whether some lease has run out (one probe of the partial index of running steps, whose
 #: predicate is repeated as written: SQLite matches it by its text).

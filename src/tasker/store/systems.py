@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -75,15 +75,15 @@ _EVENTS = {
     HALF_OPEN: Events.CIRCUIT_HALF_OPEN,
 }
 
-_VIEW = select(dependent_systems).where(
-    or_(
-        dependent_systems.c.circuit_state != CLOSED.value,
-        dependent_systems.c.consecutive_failures > 0,
-        dependent_systems.c.max_in_flight.is_not(None),
-        (dependent_systems.c.name == DEFAULT_DEPENDENT_SYSTEM)
-        & dependent_systems.c.failure_threshold.is_not(None),
-    )
+#: The dependent systems that restrict claims or have failures on record: a circuit away from
+#: closed, a failure on record, a limit, or a configured `default` breaker. As literal SQL, for the
+#: view below and for the driver-level cycle's gate (`tasker.store.cycle_rows.GATE_SQL`).
+RESTRICTING_SQL = (
+    f"circuit_state <> '{CLOSED.value}' OR consecutive_failures > 0"
+    " OR max_in_flight IS NOT NULL"
+    f" OR (name = '{DEFAULT_DEPENDENT_SYSTEM}' AND failure_threshold IS NOT NULL)"
 )
+_VIEW = select(dependent_systems).where(text(RESTRICTING_SQL))
 _NS_LIMITS = select(namespace_limits)
 
 
