@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any, cast
 
 from sqlalchemy import Connection, Row, insert, select, text, update
@@ -629,7 +630,8 @@ def _created(
     return out
 
 
-def _step(r: Row[Any]) -> Step:
+def _step(r: Row[Any] | SimpleNamespace) -> Step:
+    """A step record from a row of `tasker_steps` (SQLAlchemy's, or `_sqlite_row`'s)."""
     return Step(
         id=r.id,
         task_id=r.task_id,
@@ -650,7 +652,8 @@ def _step(r: Row[Any]) -> Step:
     )
 
 
-def _task(r: Row[Any], step_rows: Sequence[Step]) -> Task:
+def _task(r: Row[Any] | SimpleNamespace, step_rows: Sequence[Step]) -> Task:
+    """A task record from a row of `tasker_tasks` (SQLAlchemy's, or `_sqlite_row`'s)."""
     return Task(
         id=r.id,
         namespace=r.namespace,
@@ -747,6 +750,9 @@ _STEP_COLUMNS = (
     "id, task_id, name, state, attempts, retry_limit, retryable, dependent_system, results,"
     " last_error, run_at, started_at, finished_at, created_at, position, idempotency_key"
 )
+#: Columns SQLAlchemy's types decode (`UTCDateTime`, `Json`, `Boolean`), decoded here alike.
+_TIMES = {"created_at", "updated_at", "started_at", "finished_at", "run_at"}
+_DOCS = {"context", "annotations", "results", "last_error"}
 
 
 def _read_task_sqlite(conn: Connection, task_id: int) -> Task | None:
@@ -772,52 +778,25 @@ def _read_task_sqlite(conn: Connection, task_id: int) -> Task | None:
         cur.execute("COMMIT")
     if row is None:
         return None
-    step_list = [
-        Step(
-            id=s[0],
-            task_id=s[1],
-            name=s[2],
-            status=StepState(s[3]),
-            attempts=s[4],
-            retry_limit=s[5],
-            retryable=bool(s[6]),
-            dependent_system=s[7],
-            results=_doc(s[8]),
-            last_error=_doc(s[9]),
-            run_at=_when(s[10]),
-            started_at=_when(s[11]),
-            finished_at=_when(s[12]),
-            created_at=cast(datetime, _when(s[13])),
-            position=s[14],
-            idempotency_key=s[15],
-        )
-        for s in found
-    ]
-    return Task(
-        id=row[0],
-        namespace=row[1],
-        name=row[2],
-        version=row[3],
-        status=TaskState(row[4]),
-        context=_doc(row[5]),
-        idempotency_key=row[6],
-        correlation_id=row[7],
-        annotations=_doc(row[8]),
-        created_at=cast(datetime, _when(row[9])),
-        updated_at=cast(datetime, _when(row[10])),
-        started_at=_when(row[11]),
-        finished_at=_when(row[12]),
-        steps=step_list,
+    return _task(
+        _sqlite_row(_TASK_COLUMNS, row), [_step(_sqlite_row(_STEP_COLUMNS, s)) for s in found]
     )
 
 
-def _when(value: str | None) -> datetime | None:
-    """A time as SQLite holds it (naive UTC text), as `UTCDateTime` reads it back."""
-    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
-
-
-def _doc(value: str | None) -> Any:
-    return None if value is None else json.loads(value)
+def _sqlite_row(columns: str, values: Sequence[Any]) -> SimpleNamespace:
+    """A row as SQLite returns it, decoded as SQLAlchemy's column types would decode it: times as
+    UTC-aware datetimes (stored as naive UTC text), JSON documents, booleans."""
+    decoded: dict[str, Any] = {}
+    for name, value in zip(columns.split(", "), values):
+        name = name.strip()
+        if value is not None and name in _TIMES:
+            value = datetime.fromisoformat(value).replace(tzinfo=UTC)
+        elif value is not None and name in _DOCS:
+            value = json.loads(value)
+        elif name == "retryable":
+            value = bool(value)
+        decoded[name] = value
+    return SimpleNamespace(**decoded)
 
 
 def read_tasks(db: Database, task_ids: Sequence[int]) -> list[Task]:
