@@ -363,6 +363,9 @@ def step_states(conn: Connection, task_ids: Iterable[int]) -> dict[int, dict[str
 def _add_tasks(
     conn: Connection, facts: TaskFacts, rows: Iterable[Row[Any]], taken: set[int] | None = None
 ) -> None:
+    """Add final tasks to `facts` with their steps by state: `rows` name each task (`task_id`),
+    its state (`status`), creation, template and times; with `taken`, only the rows whose `id`
+    (a transition's) is in it."""
     chosen = [r for r in rows if taken is None or r.id in taken]
     states = step_states(conn, (r.task_id for r in chosen))
     for r in chosen:
@@ -770,9 +773,9 @@ def step_report(
         count(key, row[5], row[6], _StepCell(int(row[7]), int(row[8]), int(row[9]), int(row[10])))
     for key, total in counts.items():
         total.steps, total.retry_limit = firsts[key].first_outcomes, firsts[key].retry_limit
-    hists: dict[StepKey, Histogram] = {}
     if not durations:
         return counts, {}
+    hists: dict[StepKey, Histogram] = {}
     for (_, key), h in facts.durations.items():
         hists.setdefault(key, Histogram()).merge(h)
     d = step_duration_rollups.c
@@ -806,9 +809,9 @@ def task_report(
             *_template_filter(scope, tasks),
         ),
     )
-    if edge > scope.since:
+    if edge > scope.since:  # the partial first slot: its final tasks, from the tasks table
         q = select(
-            tasks.c.id,
+            tasks.c.id.label("task_id"),
             tasks.c.created_at,
             tasks.c.namespace,
             tasks.c.name,
@@ -822,17 +825,7 @@ def task_report(
             tasks.c.status.in_(FINAL_TASK_STATES),
             *_template_filter(scope, tasks),
         )
-        raws = conn.execute(q).all()
-        states = step_states(conn, (raw.id for raw in raws))
-        for raw in raws:
-            facts.add(
-                raw.created_at,
-                (raw.namespace, raw.name, raw.version),
-                raw.status,
-                raw.started_at,
-                raw.finished_at,
-                states.get(int(raw.id), {}),
-            )
+        _add_tasks(conn, facts, conn.execute(q))
     outcomes: dict[TemplateKey, TaskOutcomes] = {}
     hists: dict[TemplateKey, Histogram] = {}
 

@@ -18,9 +18,10 @@ from typing import TypedDict
 
 from sqlalchemy import Connection, func, select, text
 
-from tasker.domain.states import CLAIMABLE_STEP_STATES, TERMINAL_TASK_STATES, StepState, TaskState
+from tasker.domain.states import CLAIMABLE_STEP_STATES, StepState, TaskState
 from tasker.store.database import Database
 from tasker.store.overview import FinalCounts
+from tasker.store.rollups import OPEN_TASK_STATES
 from tasker.store.schema import ACTIVE, dependent_systems, steps, tasks
 from tasker.store.workers import count_recent
 
@@ -32,7 +33,6 @@ LIVE_STEP_STATES = (
     StepState.WAITING_RETRY,
     StepState.ERROR,
 )
-_OPEN_TASKS = tuple(s.value for s in TaskState if s not in TERMINAL_TASK_STATES)
 
 
 class StoreGauges(TypedDict):
@@ -62,7 +62,7 @@ def live_steps_by_state(conn: Connection) -> dict[str, int]:
         conn.execute(
             select(func.count())
             .select_from(tasks.join(steps, steps.c.task_id == tasks.c.id))
-            .where(tasks.c.status.in_(_OPEN_TASKS), steps.c.state == StepState.PENDING.value)
+            .where(tasks.c.status.in_(OPEN_TASK_STATES), steps.c.state == StepState.PENDING.value)
         ).scalar_one()
     )
     return out
