@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
-from sqlalchemy import func, select, text  # noqa: E402
+from sqlalchemy import select, text  # noqa: E402
 from sqlalchemy.dialects import postgresql  # noqa: E402
 
 from benchmarks.fleet import scratch_database  # noqa: E402
@@ -33,8 +33,10 @@ from tasker.domain.listing import TOTAL_CAP, TaskQuery  # noqa: E402
 from tasker.domain.states import TERMINAL_TASK_STATES  # noqa: E402
 from tasker.store import claims, journal, listing, pg_cycle, rollups  # noqa: E402
 from tasker.store import tasks as task_store  # noqa: E402
+from tasker.store.analytics import Scope  # noqa: E402
 from tasker.store.claims import _candidates  # noqa: E402
-from tasker.store.schema import CLAIMABLE, steps, tasks  # noqa: E402
+from tasker.store.overview import final_by_status_statement  # noqa: E402
+from tasker.store.schema import CLAIMABLE, steps  # noqa: E402
 
 TEMPLATES = ROOT / "benchmarks" / "templates"
 
@@ -168,18 +170,17 @@ def main() -> None:
             explain_core(conn, "create_tasks", task_store._CREATE_PG, create)
             emit("\n-- == what an operator reads (plan_cache_mode auto: custom, generic after 5)")
             everything = TaskQuery()
-            explain_core(conn, "list_first_page", page_statement(everything))
-            explain_core(
-                conn, "list_page_by_status", page_statement(TaskQuery(statuses=("error",)))
-            )
-            explain_core(conn, "list_total_capped", count_statement(everything, TOTAL_CAP))
-            since = rollups.slot_start(now - timedelta(hours=24))
-            explain_core(conn, "status_open_steps", open_steps_statement(since))
+            first_page = listing.page_statement(everything, limit=51)
+            explain_core(conn, "list_first_page", first_page)
+            by_status = listing.page_statement(TaskQuery(statuses=("error",)), limit=51)
+            explain_core(conn, "list_page_by_status", by_status)
+            capped = listing.count_statement(everything, TOTAL_CAP)
+            explain_core(conn, "list_total_capped", capped)
+            window = Scope(rollups.slot_start(now - timedelta(hours=24)))
+            explain_core(conn, "status_open_steps", rollups.open_steps_statement(window))
             final = sorted(s.value for s in TERMINAL_TASK_STATES)
-            recent = select(tasks.c.status, func.count()).where(
-                tasks.c.status.in_(final), tasks.c.finished_at >= now - timedelta(minutes=5)
-            )
-            explain_core(conn, "final_counts_recent", recent.group_by(tasks.c.status))
+            recent = final_by_status_statement(final, since=now - timedelta(minutes=5))
+            explain_core(conn, "final_counts_recent", recent)
     if args.out:
         header = [
             "# Plans of the hot statements, custom and generic",
@@ -190,28 +191,6 @@ def main() -> None:
             "```",
         ]
         args.out.write_text("\n".join(header + PLANS + ["```"]) + "\n")
-
-
-def page_statement(query: TaskQuery) -> Any:
-    """The first page of a listing, as `tasker.store.listing.page` builds it (no cursor)."""
-    conds = listing.conditions(query)
-    if query.statuses:
-        conds.append(tasks.c.status == query.statuses[0])
-    return select(tasks).where(*conds).order_by(tasks.c.id.desc()).limit(51)
-
-
-def count_statement(query: TaskQuery, cap: int) -> Any:
-    matches = select(tasks.c.id).where(*listing.conditions(query)).limit(cap + 1).subquery()
-    return select(func.count()).select_from(matches)
-
-
-def open_steps_statement(since: datetime) -> Any:
-    return (
-        select(tasks.c.namespace, tasks.c.name, tasks.c.version, steps.c.state, func.count())
-        .select_from(tasks.join(steps, steps.c.task_id == tasks.c.id))
-        .where(tasks.c.status.in_(rollups.OPEN_TASK_STATES), tasks.c.created_at >= since)
-        .group_by(tasks.c.namespace, tasks.c.name, tasks.c.version, steps.c.state)
-    )
 
 
 if __name__ == "__main__":

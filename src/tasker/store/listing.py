@@ -60,6 +60,24 @@ def page(
     Listings carry no steps (`Task.steps == []`): a page of 50 tasks is one query. `offset` exists
     for the API's older clients only: it skips rows one by one, so deep offsets are slow.
     """
+    range_first = not offset and _range_first(conn, query, after, before)
+    stmt = page_statement(
+        query, limit=limit, after=after, before=before, offset=offset, range_first=range_first
+    )
+    return [_task(r, []) for r in conn.execute(stmt)]
+
+
+def page_statement(
+    query: TaskQuery,
+    *,
+    limit: int,
+    after: int | None = None,
+    before: int | None = None,
+    offset: int = 0,
+    range_first: bool = False,
+) -> Select[Any]:
+    """The statement of `page`; `range_first` reads the creation-time range whole (`_range_first`
+    says when that is cheaper)."""
     conds = conditions(query)
     if after is not None:
         conds.append(tasks.c.id < after)
@@ -68,7 +86,7 @@ def page(
     upwards = before is not None
     statuses = list(query.statuses)
     stmt: Select[Any]
-    if not offset and _range_first(conn, query, after, before):
+    if range_first:
         if statuses:
             conds.append(tasks.c.status.in_(statuses))
         # MATERIALIZED keeps the planner from turning this back into a walk of the primary key.
@@ -94,7 +112,7 @@ def page(
         ]
         merged = union_all(*(select(b) for b in branches)).subquery()
         stmt = select(merged).order_by(_order(merged.c.id, upwards)).limit(limit)
-    return [_task(r, []) for r in conn.execute(stmt)]
+    return stmt
 
 
 def _range_first(conn: Connection, query: TaskQuery, after: int | None, before: int | None) -> bool:
@@ -139,15 +157,18 @@ def count(conn: Connection, query: TaskQuery, cap: int | None = None) -> int:
     With a cap the count is an index read of at most `cap + 1` entries whatever the table holds;
     a result above `cap` means "more than `cap`".
     """
+    return int(conn.execute(count_statement(query, cap)).scalar_one())
+
+
+def count_statement(query: TaskQuery, cap: int | None = None) -> Select[Any]:
+    """The statement of `count`."""
     conds = conditions(query)
     if query.statuses:
         conds.append(tasks.c.status.in_(list(query.statuses)))
     if cap is None:
-        stmt = select(func.count()).select_from(tasks).where(*conds)
-    else:
-        matches = select(tasks.c.id).where(*conds).limit(cap + 1).subquery()
-        stmt = select(func.count()).select_from(matches)
-    return int(conn.execute(stmt).scalar_one())
+        return select(func.count()).select_from(tasks).where(*conds)
+    matches = select(tasks.c.id).where(*conds).limit(cap + 1).subquery()
+    return select(func.count()).select_from(matches)
 
 
 def read_page(

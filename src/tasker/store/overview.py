@@ -23,6 +23,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Integer,
+    Select,
     case,
     cast,
     func,
@@ -101,6 +102,14 @@ def final_by_status(
     A final state is never left, so the count before a moment in the past never changes: the
     engine counts it once, moves it forward by the range in between, and adds the recent range.
     """
+    rows = conn.execute(final_by_status_statement(statuses, before=before, since=since))
+    return {str(status): int(n) for status, n in rows}
+
+
+def final_by_status_statement(
+    statuses: Sequence[str], *, before: datetime | None = None, since: datetime | None = None
+) -> Select[Any]:
+    """The statement of `final_by_status`."""
     where: list[ColumnElement[bool]] = [tasks.c.status.in_(statuses)]
     if before is not None:
         where.append(tasks.c.finished_at < before)
@@ -108,8 +117,7 @@ def final_by_status(
             where.append(tasks.c.finished_at >= since)
     else:
         where.append(or_(tasks.c.finished_at >= since, tasks.c.finished_at.is_(None)))
-    rows = conn.execute(select(tasks.c.status, func.count()).where(*where).group_by(tasks.c.status))
-    return {str(status): int(n) for status, n in rows}
+    return select(tasks.c.status, func.count()).where(*where).group_by(tasks.c.status)
 
 
 def steps_waiting_retry(conn: Connection) -> int:

@@ -43,6 +43,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Row,
+    Select,
     Table,
     and_,
     bindparam,
@@ -937,7 +938,15 @@ def _opt(value: Any) -> float | None:
 def open_step_states(conn: Connection, scope: Scope) -> dict[TemplateKey, dict[str, int]]:
     """Per template, the steps of the scope's open tasks (pending, in progress, error) by state:
     the tasks through `(status, created_at)`, their steps by `task_id`; the live part only."""
-    q = (
+    out: dict[TemplateKey, dict[str, int]] = {}
+    for ns, name, version, state, n in conn.execute(open_steps_statement(scope)):
+        out.setdefault((ns, name, version), {})[str(state)] = int(n)
+    return out
+
+
+def open_steps_statement(scope: Scope) -> Select[Any]:
+    """The statement of `open_step_states`."""
+    return (
         select(tasks.c.namespace, tasks.c.name, tasks.c.version, steps.c.state, func.count())
         .select_from(tasks.join(steps, steps.c.task_id == tasks.c.id))
         .where(
@@ -947,10 +956,6 @@ def open_step_states(conn: Connection, scope: Scope) -> dict[TemplateKey, dict[s
         )
         .group_by(tasks.c.namespace, tasks.c.name, tasks.c.version, steps.c.state)
     )
-    out: dict[TemplateKey, dict[str, int]] = {}
-    for ns, name, version, state, n in conn.execute(q):
-        out.setdefault((ns, name, version), {})[str(state)] = int(n)
-    return out
 
 
 @dataclass(frozen=True)
