@@ -157,6 +157,11 @@ class Journal:
         if name:
             self.event(name, {"task_id": task_id, "from_state": src, "to_state": dst})
 
+    def written(self) -> None:
+        """The statement that made these moves wrote their transition rows itself (PostgreSQL's
+        claim-only cycle): keep the events, drop the rows."""
+        self.step_rows, self.task_rows, self.readied = [], [], set()
+
     def flush_statement(self) -> tuple[str, dict[str, Any]] | None:
         """PostgreSQL: the statement (psycopg's placeholders) that writes the collected transition
         rows and the NOTIFY, with its values, or None when there is nothing to write. The rows are

@@ -1,4 +1,4 @@
-"""PostgreSQL: a worker's cycle in two round trips.
+"""PostgreSQL: a worker's cycle in two round trips, or one when it only claims.
 
 The general cycle (`tasker.engine.cycle`, through `completion`, `readiness` and `claims`) sends one
 statement at a time and waits for each. Here the common cycle, the one that stores outcomes, readies
@@ -12,6 +12,10 @@ psycopg's pipeline mode on a connection whose transaction is opened and closed b
 2. the reads of tasks this worker does not know yet, the lock of the tasks that may settle, the
    settle statement (`_SETTLE`), the transition rows and custom events, and `COMMIT`: sent
    together, answered together.
+
+A cycle with nothing to store (an idle worker's claim, a poll) is one round trip: `BEGIN`, a
+statement that also writes its claims' transition rows and reads the claimed tasks
+(`_claim_only`), and `COMMIT`, sent together.
 
 Statements after the first see every row committed before they start (READ COMMITTED), which is
 why the lock of a task and the count of its steps are two statements, as in `readiness`; the
@@ -67,17 +71,59 @@ _COLUMNS = "s.id, s.task_id, s.name, s.attempts, s.retry_limit, s.claim_token, s
 _COLUMNS += " s.dependent_system"
 
 
-def _first(namespaces: bool, task: bool) -> str:
+def _scope(namespaces: bool, task: bool) -> str:
     scope = ""
     if namespaces:
         scope += " AND namespace = ANY(%(namespaces)s::text[])"
     if task:
         scope += " AND task_id = %(scope_task)s"
-    return f"""
-    WITH gate AS MATERIALIZED (
+    return scope
+
+
+#: Whether this cycle may act, and whether a lease ran out (both statements open with it).
+_GATE = f"""
+    gate AS MATERIALIZED (
         SELECT {GATE_SQL} AS open,
                %(check_expired)s AND {EXPIRED_SQL.format(now="%(now)s")} AS expired
-    ), v AS (
+    )"""
+
+
+def _claim_ctes(scope: str) -> str:
+    """Pick due steps from the queue, claim them, and start their tasks (both statements)."""
+    return f"""
+    picked AS (
+        SELECT id, state FROM tasker_steps
+         WHERE state IN {_CLAIMABLE} AND run_at <= %(now)s{scope} AND (SELECT open FROM gate)
+         ORDER BY run_at, id
+         LIMIT %(scan_limit)s
+           FOR UPDATE SKIP LOCKED
+    ), took AS (
+        UPDATE tasker_steps s SET {_TAKE}
+          FROM picked
+         WHERE s.id = ANY(ARRAY(SELECT id FROM picked)) AND s.id = picked.id
+           -- coalesce, as in fin: by primary key, never a walk of the claim index's backlog
+           AND coalesce(s.state, '') IN {_CLAIMABLE}
+        RETURNING {_COLUMNS}, picked.state
+    ), started AS (
+        UPDATE tasker_tasks t
+           SET status = '{T.IN_PROGRESS.value}', started_at = %(now)s, updated_at = %(now)s
+         WHERE t.id = ANY(ARRAY(SELECT task_id FROM took))
+           AND coalesce(t.status, '') = '{T.PENDING.value}'
+        RETURNING t.id
+    )"""
+
+
+#: The rows that say the gate was shut, or that a lease ran out.
+_GATE_ROWS = """
+    UNION ALL SELECT 'g', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL{extra} FROM gate
+               WHERE NOT open
+    UNION ALL SELECT 'x', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL{extra} FROM gate
+               WHERE expired"""
+
+
+def _first(namespaces: bool, task: bool) -> str:
+    return f"""
+    WITH {_GATE}, v AS (
         SELECT * FROM jsonb_to_recordset(%(outcomes)s::jsonb)
              AS v(id bigint, token integer, target text, results jsonb, error jsonb,
                   run_at timestamptz, finished_at timestamptz, refund integer)
@@ -117,33 +163,42 @@ def _first(namespaces: bool, task: bool) -> str:
           FROM rel_in r
          WHERE s.id = r.id
         RETURNING {_COLUMNS}, s.state
-    ), picked AS (
-        SELECT id, state FROM tasker_steps
-         WHERE state IN {_CLAIMABLE} AND run_at <= %(now)s{scope} AND (SELECT open FROM gate)
-         ORDER BY run_at, id
-         LIMIT %(scan_limit)s
-           FOR UPDATE SKIP LOCKED
-    ), took AS (
-        UPDATE tasker_steps s SET {_TAKE}
-          FROM picked
-         WHERE s.id = picked.id AND s.state IN {_CLAIMABLE}
-        RETURNING {_COLUMNS}, picked.state
-    ), started AS (
-        UPDATE tasker_tasks t
-           SET status = '{T.IN_PROGRESS.value}', started_at = %(now)s, updated_at = %(now)s
-         WHERE t.id IN (SELECT task_id FROM took) AND t.status = '{T.PENDING.value}'
-        RETURNING t.id
-    )
+    ), {_claim_ctes(_scope(namespaces, task))}
     SELECT 'f' AS kind, id, NULL::bigint, NULL, NULL::integer, NULL::integer, NULL::integer,
            NULL, NULL, state
       FROM fin
     UNION ALL SELECT 'r', * FROM rel
     UNION ALL SELECT 't', * FROM took
     UNION ALL SELECT 's', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM started
-    UNION ALL SELECT 'g', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM gate
-               WHERE NOT open
-    UNION ALL SELECT 'x', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM gate
-               WHERE expired
+    {_GATE_ROWS.format(extra="")}
+    """
+
+
+def _claim_only(namespaces: bool, task: bool) -> str:
+    """A cycle with nothing to store: the claim, its transition rows (as `journal_claims` and the
+    task's start would record them; the settle statement logs its moves the same way) and the
+    claimed tasks' context and step results, so that with its `COMMIT` it is one round trip. The
+    reads see the tasks as they were before the claim, which only moved steps to `in_progress`:
+    no result a step's handler reads is among them."""
+    return f"""
+    WITH {_GATE}, {_claim_ctes(_scope(namespaces, task))}, step_log AS (
+        INSERT INTO tasker_step_transitions (step_id, task_id, from_state, to_state, attempt, at,
+                                             worker)
+        SELECT id, task_id, state, '{S.IN_PROGRESS.value}', attempts, %(now)s, %(worker)s
+          FROM took
+    ), task_log AS (
+        INSERT INTO tasker_task_transitions (task_id, from_state, to_state, at, worker)
+        SELECT id, '{T.PENDING.value}', '{T.IN_PROGRESS.value}', %(now)s, %(worker)s FROM started
+    )
+    SELECT 't' AS kind, *, NULL::jsonb AS data FROM took
+    UNION ALL SELECT 's', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM started
+    UNION ALL SELECT 'k', t.id, t.template_id, t.correlation_id, NULL, NULL, NULL, NULL, NULL,
+                     NULL, t.context
+      FROM tasker_tasks t WHERE t.id = ANY(ARRAY(SELECT task_id FROM took))
+    UNION ALL SELECT 'p', s.id, s.task_id, s.name, NULL, NULL, NULL, NULL, NULL, s.state,
+                     s.results
+      FROM tasker_steps s WHERE s.task_id = ANY(ARRAY(SELECT task_id FROM took))
+    {_GATE_ROWS.format(extra=", NULL")}
     """
 
 
@@ -157,6 +212,9 @@ def compact(sql: str) -> str:
 
 
 _FIRST = {(ns, tk): compact(_first(ns, tk)) for ns in (False, True) for tk in (False, True)}
+_CLAIM_ONLY = {
+    (ns, tk): compact(_claim_only(ns, tk)) for ns in (False, True) for tk in (False, True)
+}
 
 _TASKS = """SELECT id, context, correlation_id, template_id FROM tasker_tasks
              WHERE id = ANY(%(ids)s::bigint[])"""
@@ -302,9 +360,15 @@ def _send(raw: psycopg.Connection[Any], journal: Journal, work: CycleInput) -> C
         "scope_task": work.task_id,
         "check_expired": work.check_expired,
     }
+    variant = (bool(work.namespaces), work.task_id is not None)
     cur = raw.cursor()
     cur.execute("BEGIN")
-    cur.execute(_FIRST[(bool(work.namespaces), work.task_id is not None)], params, prepare=True)
+    if not outcomes and scan_limit:
+        claim_cur = raw.cursor()
+        claim_cur.execute(_CLAIM_ONLY[variant], params, prepare=True)
+        cur.execute("COMMIT")
+        return lambda: _claimed_only(claim_cur.fetchall(), journal, work, out)
+    cur.execute(_FIRST[variant], params, prepare=True)
     rows = cur.fetchall()  # round trip 1
 
     seen = record_rows(journal, rows, by_id, out)
@@ -347,3 +411,24 @@ def _send(raw: psycopg.Connection[Any], journal: Journal, work: CycleInput) -> C
         return out
 
     return receive
+
+
+def _claimed_only(rows: list[Any], journal: Journal, work: CycleInput, out: Cycle) -> Cycle:
+    """Read what the claim-only statement did (committed): journal it as the first statement's
+    rows are journaled, less the transition rows it wrote itself, and attach the tasks it read."""
+    claim_rows, tasks, steps = [], [], []
+    for row in rows:
+        kind = row[0]
+        if kind == "k":  # a claimed task: id, template, correlation id, context
+            tasks.append((row[1], row[10], row[3], row[2]))
+        elif kind == "p":  # a step of a claimed task: task, id, name, state, results
+            steps.append((row[2], row[1], row[3], row[9], row[10]))
+        else:
+            claim_rows.append(row[:10])
+    seen = record_rows(journal, claim_rows, {}, out)
+    journal.written()
+    claims = seen.claims
+    out.scanned_full = len(claims) >= work.claim_split(0)[1]
+    if claims:
+        out.claimed = claimed_steps(claims, work.known, tasks, steps)
+    return out

@@ -1,0 +1,203 @@
+"""A claim with nothing to store leaves what the general path leaves, and only an idle worker that
+owns its loop claims on it.
+
+On PostgreSQL such a cycle is one statement that also writes the claims' transition rows and reads
+the claimed tasks (`pg_cycle._claim_only`, sent with its `COMMIT`: one round trip); on SQLite it is
+the driver-level cycle of `sqlite_cycle`. Each is run against the general path on twin tasks in
+the same state, and every row and record they produce is compared.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from tasker import Tasker
+from tasker.domain.records import ClaimedStep
+from tasker.engine.cycle import CyclePlan, CycleResult, Cycles
+from tests.fixture_types import LoadTemplate
+from tests.integration.support import step
+
+
+def _set_steps(tasker: Tasker, task_id: int) -> None:
+    """`a` completed with results, `b` (its child) ready, `c` waiting for its second attempt and
+    due, `d` (after `b`) pending: the task itself still `pending`, as no claim started it."""
+    past = datetime.now(UTC) - timedelta(seconds=5)
+    with tasker.db.write() as conn:
+        updates = {
+            "a": "state = 'complete', results = '{\"x\": 1}', attempts = 1, finished_at = :at",
+            "b": "state = 'ready', pending_parents = 0, run_at = :at",
+            "c": "state = 'waiting_retry', attempts = 1, claim_token = 1, run_at = :at",
+        }
+        for name, assignments in updates.items():
+            conn.execute(
+                sa.text(
+                    f"UPDATE tasker_steps SET {assignments} WHERE task_id = :t AND name = :n"
+                ).bindparams(at=past, t=task_id, n=name)
+            )
+
+
+def _claimed(claims: list[ClaimedStep]) -> list[tuple[Any, ...]]:
+    return sorted(
+        (
+            c.name,
+            c.attempt,
+            c.retry_limit,
+            c.claim_token,
+            c.dependent_system,
+            {k: v for k, v in c.context.items() if k != "key"},  # the twins' keys differ
+            c.results,
+            c.from_state,
+            sorted(c.step_ids),
+        )
+        for c in claims
+    )
+
+
+def _rows(tasker: Tasker, task_id: int) -> dict[str, Any]:
+    with tasker.db.read() as conn:
+        steps = conn.execute(
+            sa.text(
+                "SELECT name, state, attempts, claim_token, lease_owner IS NOT NULL"
+                " FROM tasker_steps WHERE task_id = :t ORDER BY name"
+            ),
+            {"t": task_id},
+        ).all()
+        moves = conn.execute(
+            sa.text(
+                "SELECT s.name, x.from_state, x.to_state, x.attempt, x.worker, x.error_class,"
+                " x.duration_ms FROM tasker_step_transitions x JOIN tasker_steps s"
+                " ON s.id = x.step_id WHERE x.task_id = :t ORDER BY s.name, x.id"
+            ),
+            {"t": task_id},
+        ).all()
+        task = conn.execute(
+            sa.text("SELECT status, started_at IS NOT NULL FROM tasker_tasks WHERE id = :t"),
+            {"t": task_id},
+        ).one()
+        task_moves = conn.execute(
+            sa.text(
+                "SELECT from_state, to_state, worker, reason FROM tasker_task_transitions"
+                " WHERE task_id = :t ORDER BY id"
+            ),
+            {"t": task_id},
+        ).all()
+    return {
+        "steps": [tuple(r) for r in steps],
+        "moves": [tuple(r) for r in moves],
+        "task": tuple(task),
+        "task_moves": [tuple(r) for r in task_moves],
+    }
+
+
+def _events(result: CycleResult) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for name, payload in result.events:
+        shown = {k: v for k, v in payload.items() if k not in ("task_id", "step_id")}
+        out.append((name, shown))
+    return sorted(out, key=repr)
+
+
+@pytest.mark.parametrize("room", [1, 5])
+def test_a_claim_with_nothing_to_store_leaves_what_the_general_path_leaves(
+    tasker: Tasker, load: LoadTemplate, key: str, room: int
+) -> None:
+    ref = load(
+        "claim_only",
+        [
+            step("a"),
+            step("b", after="a"),
+            step("c", default_retry_limit=3),
+            step("d", after="b"),
+        ],
+    )
+    tasker.bus.subscribe(lambda event: None, "*")  # so that cycles collect events
+    seen: dict[bool, tuple[Any, ...]] = {}
+    for direct in (False, True):
+        task_id = tasker.create_task(ref, {"key": f"{key}-{direct}", "n": [1, 2]}).id
+        _set_steps(tasker, task_id)
+        worker = tasker.worker(task_id=task_id, worker_id="w-claims", concurrency=room)
+        result = worker.cycles.run(CyclePlan([], claim_limit=room, scan=True), direct=direct)
+        assert all(c.task_id == task_id for c in result.claimed)
+        rows = _rows(tasker, task_id)
+        seen[direct] = (
+            _claimed(result.claimed),
+            result.scanned_full,
+            result.settled,
+            _events(result),
+            rows,
+        )
+    general, driver = seen[False], seen[True]
+    assert driver == general
+    claimed = general[0]
+    assert len(claimed) == min(room, 2)
+    if room == 5:  # both due steps: `b` with its parent's results, `c` on its second attempt
+        by_name = {c[0]: c for c in claimed}
+        assert by_name["b"][6] == {"a": {"x": 1}} and by_name["b"][1] == 1
+        assert by_name["c"][1] == 2 and by_name["c"][3] == 2
+        assert general[4]["task"] == ("in_progress", True)
+        assert general[4]["task_moves"][-1][:2] == ("pending", "in_progress")
+        assert general[1] is False  # room left over: the queue was read to its end
+
+
+def test_a_claim_that_finds_nothing_writes_nothing(tasker: Tasker) -> None:
+    worker = tasker.worker(worker_id="w-empty")
+    result = worker.cycles.run(CyclePlan([], claim_limit=4, scan=True))
+    assert (result.claimed, result.settled, result.scanned_full) == ([], [], False)
+    with tasker.db.read() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM tasker_step_transitions")).scalar() == 0
+
+
+def _worker_threads(
+    tasker: Tasker, load: LoadTemplate, key: str, monkeypatch: pytest.MonkeyPatch, own_loop: bool
+) -> list[tuple[str, bool]]:
+    """The threads a long-running worker's cycles ran on, with whether each stored outcomes."""
+    seen: list[tuple[str, bool]] = []
+    run = Cycles.run
+
+    def recording(self: Cycles, plan: CyclePlan, **kw: Any) -> Any:
+        seen.append((threading.current_thread().name, bool(plan.done)))
+        return run(self, plan, **kw)
+
+    monkeypatch.setattr(Cycles, "run", recording)
+    ref = load(f"idle_claim_{own_loop}", [step("a"), step("b", after="a")])
+    worker = tasker.worker(concurrency=2, own_loop=own_loop)
+    done = threading.Event()
+
+    def serve() -> None:
+        tasker.work(worker=worker, until_idle=False)
+        done.set()
+
+    threading.Thread(target=serve, daemon=True).start()
+    time.sleep(0.3)  # idle now: it polled and found nothing
+    task_id = tasker.create_task(ref, {"key": f"{key}-{own_loop}"}).id
+    deadline = time.monotonic() + 10
+    while tasker.get_task(task_id).status != "complete" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    worker.stop()
+    assert done.wait(10)
+    assert tasker.get_task(task_id).status == "complete"
+    return seen
+
+
+@pytest.mark.parametrize("own_loop", [False, True], ids=["shared-loop", "own-loop"])
+def test_only_an_idle_worker_that_owns_its_loop_claims_on_it(
+    tasker: Tasker, load: LoadTemplate, key: str, monkeypatch: pytest.MonkeyPatch, own_loop: bool
+) -> None:
+    """A `tasker worker` process (`own_loop`) runs an idle claim on its loop on PostgreSQL: no
+    thread hops in the claim latency. Cycles that store outcomes, every cycle on SQLite, and every
+    cycle of a worker on a shared loop keep to the database thread, so no cycle holds a loop that
+    serves anything else."""
+    seen = _worker_threads(tasker, load, key, monkeypatch, own_loop)
+    storing = {name for name, stores in seen if stores}
+    assert storing and all(name.startswith("tasker-db") for name in storing), seen
+    on_loop = [name for name, stores in seen if not stores and not name.startswith("tasker-db")]
+    if own_loop and tasker.db.is_postgres:
+        assert on_loop, seen
+    else:
+        assert on_loop == [], seen
