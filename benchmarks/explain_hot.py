@@ -124,22 +124,18 @@ def main() -> None:
             emit("\n-- == the workers' statements (prepared; planned once: force_generic_plan)")
             q = _candidates(namespaces=False, task=False, skip_locked=True, restricted=False)
             explain_core(conn, "claim_general", q, {"now": now, "limit": 32})
-            first = pg_cycle._FIRST[(False, False)]
-            explain(
-                conn,
-                "cycle_first",
-                first,
-                {
-                    "now": now,
-                    "worker": "w",
-                    "lease_until": now,
-                    "outcomes": json.dumps([]),
-                    "edges": json.dumps([]),
-                    "take": False,
-                    "scan_limit": 32,
-                    "check_expired": True,
-                },
-            )
+            cycle_params = {
+                "now": now,
+                "worker": "w",
+                "lease_until": now,
+                "outcomes": json.dumps([]),
+                "edges": json.dumps([]),
+                "take": False,
+                "scan_limit": 32,
+                "check_expired": True,
+            }
+            explain(conn, "cycle_first", pg_cycle._FIRST[(False, False)], cycle_params)
+            explain(conn, "cycle_claim_only", pg_cycle._CLAIM_ONLY[(False, False)], cycle_params)
             explain(
                 conn, "cycle_settle", pg_cycle._SETTLE, {"ids": [1, 2], "now": now, "worker": "w"}
             )
