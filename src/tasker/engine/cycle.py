@@ -75,7 +75,8 @@ class Scope:
 
 
 class Cycles:
-    """Runs a worker's cycles against the store (on its database thread only)."""
+    """Runs a worker's cycles against the store, one call at a time: on the worker's database
+    thread, or on its loop for the idle claim of a worker that owns its loop."""
 
     def __init__(
         self,
