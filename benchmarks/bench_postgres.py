@@ -45,6 +45,7 @@ REF = "bench/linear5"
 INLINE_REF = "bench/linear5_inline"
 #: The one-step template whose handler stamps when it starts (claim latency); `--inline` too.
 STAMP_REF = "bench/stamp"
+STAMP_INLINE_REF = "bench/stamp_inline"
 STEPS = 5
 
 
@@ -282,7 +283,7 @@ def main() -> None:
     if args.inline:
         global REF, STAMP_REF
         REF = INLINE_REF
-        STAMP_REF = "bench/stamp_inline"
+        STAMP_REF = STAMP_INLINE_REF
     res: dict[str, object] = _Reported({"cpus": os.cpu_count(), "runs": args.runs})
     if "throughput" not in skip:
         for workers, label in ((1, "1_worker"), (2, "2_workers")):

@@ -49,7 +49,7 @@ from tasker.domain.states import (
     StepState,
     TaskState,
 )
-from tasker.store.claims import claimed_steps, unknown_tasks
+from tasker.store.claims import KnownTask, claimed_steps, unknown_tasks
 from tasker.store.cycle_rows import EXPIRED_SQL, GATE_SQL, Cycle, CycleInput, record_rows
 from tasker.store.journal import Journal
 
@@ -367,7 +367,7 @@ def _send(raw: psycopg.Connection[Any], journal: Journal, work: CycleInput) -> C
         claim_cur = raw.cursor()
         claim_cur.execute(_CLAIM_ONLY[variant], params, prepare=True)
         cur.execute("COMMIT")
-        return lambda: _claimed_only(claim_cur.fetchall(), journal, work, out)
+        return lambda: _claimed_only(claim_cur.fetchall(), journal, work.known, scan_limit, out)
     cur.execute(_FIRST[variant], params, prepare=True)
     rows = cur.fetchall()  # round trip 1
 
@@ -413,7 +413,13 @@ def _send(raw: psycopg.Connection[Any], journal: Journal, work: CycleInput) -> C
     return receive
 
 
-def _claimed_only(rows: list[Any], journal: Journal, work: CycleInput, out: Cycle) -> Cycle:
+def _claimed_only(
+    rows: list[Any],
+    journal: Journal,
+    known: dict[int, KnownTask],
+    scan_limit: int,
+    out: Cycle,
+) -> Cycle:
     """Read what the claim-only statement did (committed): journal it as the first statement's
     rows are journaled, less the transition rows it wrote itself, and attach the tasks it read."""
     claim_rows, tasks, steps = [], [], []
@@ -428,7 +434,7 @@ def _claimed_only(rows: list[Any], journal: Journal, work: CycleInput, out: Cycl
     seen = record_rows(journal, claim_rows, {}, out)
     journal.written()
     claims = seen.claims
-    out.scanned_full = len(claims) >= work.claim_split(0)[1]
+    out.scanned_full = len(claims) >= scan_limit
     if claims:
-        out.claimed = claimed_steps(claims, work.known, tasks, steps)
+        out.claimed = claimed_steps(claims, known, tasks, steps)
     return out
