@@ -31,7 +31,7 @@ T = TaskState
 # The legal moves written out independently of the module, from docs/architecture.md ("States"),
 # so that an accidental edit of the table (a state gaining or losing a way out) fails here.
 EXPECTED_STEP: dict[StepState, set[StepState]] = {
-    S.PENDING: {S.READY, S.CANCELLED, S.RESOLVED_MANUALLY, S.SKIPPED},
+    S.PENDING: {S.READY, S.CANCELLED, S.RESOLVED_MANUALLY, S.SKIPPED, S.ERROR},
     S.READY: {S.IN_PROGRESS, S.CANCELLED, S.RESOLVED_MANUALLY, S.SKIPPED},
     S.IN_PROGRESS: {S.COMPLETE, S.WAITING_RETRY, S.ERROR, S.CANCELLED, S.READY},
     S.WAITING_RETRY: {S.IN_PROGRESS, S.CANCELLED, S.RESOLVED_MANUALLY, S.ERROR},

@@ -259,6 +259,8 @@ class StepTransition(BaseModel):
     error_class: str | None
     error_message: str | None
     duration_ms: float | None
+    #: Why the step moved when no attempt moved it (a skip's condition and its value).
+    reason: str | None = None
 
 
 class TaskTransition(BaseModel):
@@ -283,6 +285,10 @@ class StepOut(BaseModel):
     )
     results: dict[str, Any] | None
     last_error: StepError | None
+    decision: str | None = Field(
+        default=None,
+        description="Why a condition or join skipped the step, or that its `when` held.",
+    )
     run_at: datetime | None = Field(
         description="When the step is (or was) due to run; retries move it forward."
     )
@@ -305,6 +311,7 @@ class StepOut(BaseModel):
             parents=parents,
             results=step.results,
             last_error=StepError.of(step.last_error),
+            decision=step.decision,
             run_at=step.run_at,
             created_at=step.created_at,
             started_at=step.started_at,

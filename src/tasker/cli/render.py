@@ -9,12 +9,13 @@ from typing import Any
 
 from rich.table import Table
 
-from tasker.domain.graph import execution_levels, mermaid
+from tasker.domain.control import JoinRule
+from tasker.domain.graph import execution_levels
 from tasker.domain.history import CircuitChange, StepTransition
 from tasker.domain.listing import Total
 from tasker.domain.records import Step, Task
 from tasker.domain.states import CLAIMABLE_STEP_STATES, TERMINAL_STEP_STATES, StepState
-from tasker.domain.templates import TaskTemplate
+from tasker.domain.templates import StepTemplate, TaskTemplate
 
 #: Colours of step and task states (a task's states are step states too).
 STATE_COLOURS: dict[str, str] = {
@@ -56,11 +57,13 @@ def steps_table(task: Task) -> Table:
     table = Table(show_lines=False, expand=False)
     for col in ("step", "state", "attempts", "started", "finished", "duration"):
         table.add_column(col, no_wrap=True)
-    table.add_column("last error", overflow="fold")
+    table.add_column("last error / decision", overflow="fold")
     for s in task.steps:
         err = ""
         if s.last_error:
             err = f"{s.last_error.get('class', '')}: {s.last_error.get('message', '')}"
+        elif s.status == StepState.SKIPPED and s.decision:
+            err = f"skipped: {s.decision}"
         table.add_row(
             s.name,
             coloured(s.status),
@@ -92,14 +95,18 @@ def tasks_table(tasks: list[Task], total: Total) -> Table:
 
 def template_steps_table(t: TaskTemplate) -> Table:
     table = Table(title=f"{t.key}" + (f" — {t.description}" if t.description else ""))
-    for col in ("step", "depends on", "handler", "retry", "backoff", "timeout", "system"):
+    columns = ["step", "depends on", "handler", "retry", "backoff", "timeout", "system"]
+    controlled = any(s.when or s.join for s in t.step_templates)
+    if controlled:
+        columns.insert(2, "condition")
+    for col in columns:
         table.add_column(col, overflow="fold")
     for s in t.step_templates:
         p = t.retry_policy(s)
         retry = f"{p.retry_limit} attempts" if p.retryable else "never retried"
         backoff = f"{p.backoff_base_seconds:g}s x2 ≤ {p.backoff_max_seconds:g}s ±{p.jitter:.0%}"
         timeout = f"{s.timeout_seconds:g}s" if s.timeout_seconds else "-"
-        table.add_row(
+        cells = [
             s.name,
             ", ".join(s.parents) or "-",
             s.handler_class,
@@ -107,8 +114,17 @@ def template_steps_table(t: TaskTemplate) -> Table:
             backoff,
             timeout,
             t.dependent_system_of(s),
-        )
+        ]
+        if controlled:
+            cells.insert(2, runs_when(s))
+        table.add_row(*cells)
     return table
+
+
+def runs_when(s: StepTemplate) -> str:
+    """A step's join and condition, as `tasker templates show` lists them."""
+    parts = ["join: any" if s.join == JoinRule.ANY else "", f"when: {s.when}" if s.when else ""]
+    return "; ".join(p for p in parts if p) or "-"
 
 
 def template_order(t: TaskTemplate) -> str:
@@ -117,13 +133,11 @@ def template_order(t: TaskTemplate) -> str:
 
 
 def template_mermaid(t: TaskTemplate) -> str:
-    return mermaid([(s.name, s.parents) for s in t.step_templates])
+    return t.mermaid()
 
 
 def task_mermaid(t: TaskTemplate, task: Task) -> str:
-    return mermaid(
-        [(s.name, s.parents) for s in t.step_templates], {s.name: s.status for s in task.steps}
-    )
+    return t.mermaid({s.name: s.status for s in task.steps})
 
 
 # -- `tasker run`: why a step waits, and what each step cost ------------------------------------
@@ -245,6 +259,8 @@ def step_cost(
             last_error = f"attempt {row['attempt']}: {message}"
     if not last_error and step.last_error:
         last_error = f"{step.last_error.get('class', '')}: {step.last_error.get('message', '')}"
+    if not last_error and step.status == StepState.SKIPPED and step.decision:
+        last_error = f"skipped: {step.decision}"
     if start is None:
         return StepCost(step.attempts, probes, None, None, last_error)
     finish = rows[-1]["at"] if step.status in FINISHED_STEPS and rows else now

@@ -6,7 +6,7 @@ Pure functions over (name, parents) pairs, so DAG validation is property-tested 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 
 
 class GraphError(ValueError):
@@ -136,19 +136,47 @@ STATE_STYLES = {
 }
 
 
+def _mermaid_text(text: str, limit: int = 60) -> str:
+    """Text made safe inside a quoted Mermaid label (quotes and markup as entities), shortened."""
+    flat = " ".join(text.split())
+    if len(flat) > limit:
+        flat = flat[: limit - 1] + "…"
+    return (
+        flat.replace("&", "#amp;")
+        .replace('"', "#quot;")
+        .replace("<", "#lt;")
+        .replace(">", "#gt;")
+        .replace("|", "#124;")
+    )
+
+
 def mermaid(
-    steps: Sequence[tuple[str, Sequence[str]]], states: Mapping[str, str] | None = None
+    steps: Sequence[tuple[str, Sequence[str]]],
+    states: Mapping[str, str] | None = None,
+    *,
+    when: Mapping[str, str] | None = None,
+    join_any: Collection[str] = (),
 ) -> str:
     """A Mermaid flowchart of the DAG; with `states`, each step is labelled and coloured by its
-    state."""
+    state. A step's condition (`when`, by step name) labels the edges into it (a step without
+    parents shows it under its name); a `join: any` step is drawn as a hexagon."""
+    when = when or {}
     ids = {name: f"s{i}" for i, (name, _) in enumerate(steps)}
     lines = ["graph TD"]
-    for name, _ in steps:
+    for name, parents in steps:
         label = name if not states else f"{name}<br/>{states.get(name, 'pending')}"
-        lines.append(f'    {ids[name]}["{label}"]')
+        if name in when and not parents:
+            label += f"<br/>when {_mermaid_text(when[name])}"
+        if name in join_any:
+            lines.append(f'    {ids[name]}{{{{"{label}<br/>join: any"}}}}')
+        else:
+            lines.append(f'    {ids[name]}["{label}"]')
     for name, parents in steps:
         for p in parents:
-            lines.append(f"    {ids[p]} --> {ids[name]}")
+            if name in when:
+                lines.append(f'    {ids[p]} -->|"{_mermaid_text(when[name])}"| {ids[name]}')
+            else:
+                lines.append(f"    {ids[p]} --> {ids[name]}")
     if states:
         used = sorted({states.get(n, "pending") for n, _ in steps})
         for st in used:

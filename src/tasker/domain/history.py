@@ -32,6 +32,9 @@ class StepTransition(TypedDict):
     error_message: str | None
     #: How long the attempt ran, on the row that ended it.
     duration_ms: float | None
+    #: Why the step moved when no attempt moved it: a skip's condition and value, the skipped
+    #: parent it followed, a condition that failed.
+    reason: str | None
 
 
 class TaskTransition(TypedDict):

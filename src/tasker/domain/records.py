@@ -57,6 +57,9 @@ class Step:
     created_at: datetime
     position: int
     idempotency_key: str
+    #: Why a control-flow decision skipped the step, or that its condition held (None: no
+    #: decision was made).
+    decision: str | None = None
 
     @property
     def duration_seconds(self) -> float | None:
@@ -143,6 +146,9 @@ class Outcome:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     #: Step ids of this step's children, when the worker knows them (saves reading the edges).
     children: list[int] | None = None
+    #: A child waits for a control-flow decision (`tasker.domain.control.gated`): only the general
+    #: path, which decides it in the same transaction, may store this outcome.
+    gates_children: bool = False
     dependent_system: str = ""
     step: str = ""
     probe: bool = False

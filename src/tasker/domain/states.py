@@ -43,7 +43,9 @@ S = StepState
 T = TaskState
 
 STEP_TRANSITIONS: dict[StepState, frozenset[StepState]] = {
-    S.PENDING: frozenset({S.READY, S.CANCELLED, S.RESOLVED_MANUALLY, S.SKIPPED}),
+    # pending -> skipped or error is a control-flow decision (`tasker.domain.control`): a condition
+    # that is false, a skipped parent, or a condition that fails to evaluate.
+    S.PENDING: frozenset({S.READY, S.CANCELLED, S.RESOLVED_MANUALLY, S.SKIPPED, S.ERROR}),
     S.READY: frozenset({S.IN_PROGRESS, S.CANCELLED, S.RESOLVED_MANUALLY, S.SKIPPED}),
     # in_progress -> ready is a graceful release (a stopping worker hands the step back unspent).
     S.IN_PROGRESS: frozenset({S.COMPLETE, S.WAITING_RETRY, S.ERROR, S.CANCELLED, S.READY}),

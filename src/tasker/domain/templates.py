@@ -24,6 +24,9 @@ from pydantic import (
 
 from tasker.domain import bounds
 from tasker.domain.bounds import Range
+from tasker.domain.control import JoinRule, StepControl, gated
+from tasker.domain.expressions import ExpressionSyntaxError, compile_expression
+from tasker.domain.graph import GraphError, execution_order, mermaid
 from tasker.domain.retry import DEFAULT_RETRY_LIMIT, RetryPolicy
 
 SEMVER = re.compile(
@@ -193,12 +196,28 @@ class StepTemplate(_Strict):
     #: (None: as the template says). For handlers that take well under a millisecond and never
     #: block: see docs/handlers.md, "Inline handlers".
     run_inline: bool | None = None
+    #: A CEL condition over `context` and the ancestors' `results`, decided when the parents are
+    #: finished: false skips the step (`tasker.domain.control`).
+    when: str | None = Field(default=None, max_length=4096)
+    #: How a step meets its parents: `all` (None, the default: a skipped parent skips it) or `any`
+    #: (it runs when at least one parent completed).
+    join: JoinRule | None = None
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         if not NAME.match(v):
             raise ValueError("use letters, digits, '_', '-' or '.', starting with a letter or '_'")
+        return v
+
+    @field_validator("join", mode="before")
+    @classmethod
+    def _join(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() in ("all", "any"):
+            v = v.strip().lower()
+            return None if v == JoinRule.ALL else v
+        if v is not None:
+            raise ValueError("join is 'all' (the default) or 'any'")
         return v
 
     @model_validator(mode="after")
@@ -277,6 +296,8 @@ class TaskTemplate(_Strict):
     _source: str | None = PrivateAttr(default=None)
     _warnings: list[str] = PrivateAttr(default_factory=list)
     _digest: str | None = PrivateAttr(default=None)
+    _controls: dict[str, StepControl] | None = PrivateAttr(default=None)
+    _gated: frozenset[str] | None = PrivateAttr(default=None)
 
     @field_validator("name", "namespace_name")
     @classmethod
@@ -363,6 +384,32 @@ class TaskTemplate(_Strict):
                 names |= {e.name for e in s.custom_events}
         return names
 
+    def controls(self) -> dict[str, StepControl]:
+        """Each step's control-flow rules (conditions compiled), computed once; raises
+        `ControlError` naming the step for a condition that does not compile or reads a step that
+        is not an ancestor."""
+        if self._controls is None:
+            self._controls = build_controls(self.step_templates)
+        return self._controls
+
+    def gated_steps(self) -> frozenset[str]:
+        """The steps that need a control-flow decision before they run (`control.gated`)."""
+        if self._gated is None:
+            controls = self.controls()
+            order = execution_order([(s.name, s.parents) for s in self.step_templates])
+            self._gated = frozenset(gated([controls[n] for n in order]))
+        return self._gated
+
+    def mermaid(self, states: dict[str, str] | None = None) -> str:
+        """The Mermaid flowchart of the steps (coloured by `states` when given), conditions on
+        the edges into their steps and `join: any` steps as hexagons."""
+        return mermaid(
+            [(s.name, s.parents) for s in self.step_templates],
+            states,
+            when={s.name: s.when for s in self.step_templates if s.when},
+            join_any={s.name for s in self.step_templates if s.join == JoinRule.ANY},
+        )
+
     def content_hash(self) -> str:
         """SHA-256 of the snapshot, computed once: identical definitions share one stored
         snapshot."""
@@ -377,3 +424,58 @@ class TaskTemplate(_Strict):
     @classmethod
     def from_snapshot(cls, data: dict[str, Any]) -> TaskTemplate:
         return cls.model_validate(data)
+
+
+class ControlError(GraphError):
+    """A step's condition or join that cannot work; `step` names it."""
+
+
+def build_controls(steps: list[StepTemplate]) -> dict[str, StepControl]:
+    """Compile each step's condition and check what it reads: only `context` and the results of
+    the step's ancestors, so that every value it names is decided before it is evaluated."""
+    parents = {s.name: s.parents for s in steps}
+    out: dict[str, StepControl] = {}
+    for s in steps:
+        when = None
+        if s.when is not None:
+            try:
+                when = compile_expression(s.when)
+            except ExpressionSyntaxError as exc:
+                raise ControlError(
+                    s.name,
+                    f"when: {exc.message} at {exc.where()} of `{_one_line(s.when)}`; fix: write a"
+                    " CEL expression over context and results (docs/templates.md, Conditions)",
+                ) from None
+            ancestors = _ancestors(s.name, parents)
+            for ref in when.references:
+                if ref.step not in ancestors:
+                    known = ", ".join(sorted(ancestors)) or "(none: it has no parents)"
+                    what = "is not a step" if ref.step not in parents else "is not an ancestor"
+                    raise ControlError(
+                        s.name,
+                        f"when: results.{ref.step} at line {ref.line}, column {ref.column}"
+                        f" {what} of '{s.name}'; fix: read the results of its ancestors only:"
+                        f" {known}",
+                    )
+        if s.join == JoinRule.ANY and not s.parents:
+            raise ControlError(
+                s.name, "join: any on a step without parents; fix: remove it or add depends_on"
+            )
+        out[s.name] = StepControl(s.name, tuple(s.parents), s.join or JoinRule.ALL, when)
+    return out
+
+
+def _ancestors(name: str, parents: dict[str, list[str]]) -> set[str]:
+    seen: set[str] = set()
+    stack = list(parents.get(name, []))
+    while stack:
+        p = stack.pop()
+        if p not in seen:
+            seen.add(p)
+            stack.extend(parents.get(p, []))
+    return seen
+
+
+def _one_line(text: str, limit: int = 80) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

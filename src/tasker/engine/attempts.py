@@ -96,7 +96,9 @@ class Attempts:
                 self.resolver.policy(claimed.template_id, claimed.name),
                 self.rt,
             )
-            return outcomes.finish(outcome, claimed, self._children(outcome, claimed))
+            return outcomes.finish(
+                outcome, claimed, self._children(outcome, claimed), template.gated_steps()
+            )
         except asyncio.CancelledError:
             raise
         except (

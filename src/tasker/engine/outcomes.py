@@ -232,9 +232,15 @@ def unloadable(
     return outcome
 
 
-def finish(outcome: Outcome, claimed: ClaimedStep, children: list[str] | None) -> Outcome:
+def finish(
+    outcome: Outcome,
+    claimed: ClaimedStep,
+    children: list[str] | None,
+    gated: frozenset[str] = frozenset(),
+) -> Outcome:
     """Complete the outcome with what the claim knows: its system and step, a probe's verdict, and
-    a completed step's children (`children` None: they could not be found, the store reads them)."""
+    a completed step's children (`children` None: they could not be found, the store reads them),
+    and whether one of them is `gated` (its template's steps that wait for a decision)."""
     outcome.dependent_system = claimed.dependent_system
     outcome.step = claimed.name
     if claimed.probe:
@@ -245,6 +251,9 @@ def finish(outcome: Outcome, claimed: ClaimedStep, children: list[str] | None) -
             outcome.refund_attempt = True
             outcome.retry_delay = 0.0
     if outcome.state == StepState.COMPLETE:
+        outcome.gates_children = bool(gated) and (
+            children is None or any(n in gated for n in children)
+        )
         if children is None:
             outcome.children = None
         elif all(n in claimed.step_ids for n in children):

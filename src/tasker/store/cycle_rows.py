@@ -33,9 +33,11 @@ Row = tuple[str, int, Any, Any, Any, Any, Any, Any, Any, Any]
 
 def eligible(outcome: Outcome) -> bool:
     """Whether a driver-level cycle can store the outcome: no circuit, hold or refund is
-    involved."""
+    involved, and no child of it waits for a control-flow decision."""
     if outcome.exhausted or outcome.probe or outcome.refund_attempt or outcome.transient_failure:
         return False
+    if outcome.gates_children:
+        return False  # a child's condition or join is decided by the general path
     return outcome.state != S.COMPLETE or outcome.children is not None
 
 

@@ -38,13 +38,13 @@ _FLUSH_PG = f"""
     WITH step_rows AS (
         INSERT INTO tasker_step_transitions
                (step_id, task_id, from_state, to_state, attempt, at, worker, error_class,
-                error_message, duration_ms)
+                error_message, duration_ms, reason)
         SELECT step_id, task_id, from_state, to_state, attempt, at, worker, error_class,
-               error_message, duration_ms
+               error_message, duration_ms, reason
           FROM jsonb_to_recordset(%(steps)s::jsonb)
                AS r(step_id bigint, task_id bigint, from_state text, to_state text,
                     attempt integer, at timestamptz, worker text, error_class text,
-                    error_message text, duration_ms double precision)
+                    error_message text, duration_ms double precision, reason text)
     ), task_rows AS (
         INSERT INTO tasker_task_transitions (task_id, from_state, to_state, at, worker, reason)
         SELECT task_id, from_state, to_state, at, worker, reason
@@ -90,9 +90,11 @@ class Journal:
         attempt: int,
         error: FailureRecord | None = None,
         duration_ms: float | None = None,
+        reason: str | None = None,
     ) -> None:
         """Record a step's transition (src None: its creation or a cancellation, see
-        `check_step_transition`); raises `InvalidTransitionError` if the move is illegal."""
+        `check_step_transition`), with why it moved when no attempt moved it (`reason`); raises
+        `InvalidTransitionError` if the move is illegal."""
         check_step_transition(src, dst)
         if dst == StepState.READY:
             self.readied.add(step_id)
@@ -110,6 +112,7 @@ class Journal:
                 "error_class": error["class"] if error else None,
                 "error_message": error["message"] if error else None,
                 "duration_ms": duration_ms,
+                "reason": reason,
             }
         )
 

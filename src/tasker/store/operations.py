@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
 
+from tasker.domain.control import CONDITION_ERROR
 from tasker.domain.errors import NotFoundError, OperationError
 from tasker.domain.states import (
     FINISHED_TASK_STATES,
@@ -74,15 +75,43 @@ def cancel_task(
     )
 
 
+def _condition_failed(last_error: Any) -> bool:
+    return isinstance(last_error, dict) and last_error.get("class") == CONDITION_ERROR
+
+
+def condition_retry_message(task_id: int, names: list[str]) -> str:
+    """The refusal to retry steps whose condition failed (pure, for tests)."""
+    noun = "step" if len(names) == 1 else "steps"
+    listed = ", ".join(repr(n) for n in names)
+    return (
+        f"{noun} {listed} of task {task_id} failed deciding a condition, and a retry would decide"
+        " the same (the context and the results it reads do not change); fix: resolve the step by"
+        f" hand (tasker tasks resolve {task_id} {names[0]} --result '{{}}') or cancel the task"
+    )
+
+
 def retry_task(conn: Connection, journal: Journal, task_id: int, *, lock: bool) -> int:
-    """Re-arm every `error` step of a failed task with fresh attempts; returns how many."""
+    """Re-arm every `error` step of a failed task with fresh attempts; returns how many. A step
+    whose condition failed (`CONDITION_ERROR`) stays in error: deciding it again would fail the
+    same way; it is refused when it is all there is to retry."""
     now = journal.now
     status = _task_status(conn, task_id, lock)
     if status != TaskState.ERROR:
         raise OperationError(f"task {task_id} is {status}; only a task in error can be retried")
+    failed = conn.execute(
+        select(steps.c.id, steps.c.name, steps.c.last_error)
+        .where(steps.c.task_id == task_id, steps.c.state == StepState.ERROR)
+        .order_by(steps.c.position)
+    ).all()
+    undecided = [r.name for r in failed if _condition_failed(r.last_error)]
+    if undecided and len(undecided) == len(failed):
+        raise OperationError(condition_retry_message(task_id, undecided))
     rearmed = conn.execute(
         update(steps)
-        .where(steps.c.task_id == task_id, steps.c.state == StepState.ERROR)
+        .where(
+            steps.c.id.in_([r.id for r in failed if r.name not in undecided]),
+            steps.c.state == StepState.ERROR,
+        )
         .values(state=StepState.READY, attempts=0, run_at=now, finished_at=None, updated_at=now)
         .returning(steps.c.id, steps.c.name)
     ).all()
@@ -110,6 +139,8 @@ def retry_step(
             f"step '{step_name}' of task {task_id} is {row.state}; only a step in error can be"
             " retried"
         )
+    if _condition_failed(row.last_error):
+        raise OperationError(condition_retry_message(task_id, [step_name]))
     _require_finished_parents(conn, task_id, row.id, step_name, "retried")
     conn.execute(
         update(steps)
@@ -211,7 +242,7 @@ def _require_finished_parents(
 
 def _step(conn: Connection, task_id: int, name: str) -> Any:
     row = conn.execute(
-        select(steps.c.id, steps.c.state, steps.c.attempts).where(
+        select(steps.c.id, steps.c.state, steps.c.attempts, steps.c.last_error).where(
             steps.c.task_id == task_id, steps.c.name == name
         )
     ).first()

@@ -65,7 +65,9 @@ _TAKE = f"""state = '{S.IN_PROGRESS.value}', lease_owner = %(worker)s,
            lease_expires_at = %(lease_until)s, claim_token = s.claim_token + 1,
            attempts = s.attempts + 1, started_at = %(now)s, finished_at = NULL,
            updated_at = %(now)s"""
-_BECOMES_READY = f"s.pending_parents <= r.n AND s.state = '{S.PENDING.value}'"
+#: A gated child stays `pending` here: the engine never sends its parent's outcome down this path
+#: (`cycle_rows.eligible`), and if one came, the step would wait rather than run undecided.
+_BECOMES_READY = f"s.pending_parents <= r.n AND s.state = '{S.PENDING.value}' AND NOT s.gated"
 _CLAIM_IT = f"{_BECOMES_READY} AND %(take)s"
 _COLUMNS = "s.id, s.task_id, s.name, s.attempts, s.retry_limit, s.claim_token, s.idempotency_key,"
 _COLUMNS += " s.dependent_system"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from sqlalchemy import and_, bindparam, case, func, select, update
+from sqlalchemy import and_, bindparam, case, false, func, select, update
 from sqlalchemy.engine import Connection
 
 from tasker.domain.states import (
@@ -19,6 +19,7 @@ from tasker.domain.states import (
     TaskState,
     settle_move,
 )
+from tasker.store.decisions import decide_gated
 from tasker.store.journal import Journal
 from tasker.store.schema import step_edges, steps, tasks
 
@@ -26,7 +27,9 @@ _CHILDREN = select(step_edges.c.child_id).where(
     step_edges.c.parent_id.in_(bindparam("parents", expanding=True))
 )
 _BECOMES_READY = and_(
-    steps.c.pending_parents <= bindparam("n"), steps.c.state == StepState.PENDING.value
+    steps.c.pending_parents <= bindparam("n"),
+    steps.c.state == StepState.PENDING.value,
+    steps.c.gated == false(),
 )
 _RELEASE = (
     update(steps)
@@ -37,7 +40,14 @@ _RELEASE = (
         run_at=case((_BECOMES_READY, bindparam("now")), else_=steps.c.run_at),
         updated_at=bindparam("now"),
     )
-    .returning(steps.c.id, steps.c.task_id, steps.c.name, steps.c.state)
+    .returning(
+        steps.c.id,
+        steps.c.task_id,
+        steps.c.name,
+        steps.c.state,
+        steps.c.gated,
+        steps.c.pending_parents,
+    )
 )
 #: Each task's status with the count of its steps in each state: one statement, read after the
 #: lock (a read in the locking statement would use a snapshot from before the wait).
@@ -70,20 +80,40 @@ def release_children(
     journal: Journal,
     known_children: list[int] | None = None,
 ) -> list[tuple[int, int, str]]:
-    """Decrement the unfinished-parent count of the parents' children; those at zero become ready.
+    """Decrement the unfinished-parent count of the parents' children; those at zero become ready,
+    or, when gated, are decided (`decisions.decide_gated`): a skipped one releases its own
+    children in turn, down the graph, in this transaction.
 
     `known_children` lists the children of `parent_ids` (one entry per edge) when the caller knows
     them from the template, which saves reading the edges. Returns (step_id, task_id, name) of each
     step that became ready.
     """
-    if not parent_ids:
-        return []
+    readied: list[tuple[int, int, str]] = []
+    while parent_ids:
+        waiting = _release(conn, parent_ids, journal, known_children, readied)
+        if not waiting:
+            break
+        more, skipped = decide_gated(conn, journal, waiting)
+        readied += more
+        parent_ids, known_children = skipped, None
+    return readied
+
+
+def _release(
+    conn: Connection,
+    parent_ids: list[int],
+    journal: Journal,
+    known_children: list[int] | None,
+    readied: list[tuple[int, int, str]],
+) -> list[tuple[int, int, str]]:
+    """One generation of `release_children`: returns the gated children that wait for a
+    decision."""
     if known_children is None:
         known_children = list(conn.execute(_CHILDREN, {"parents": parent_ids}).scalars())
     by_count: dict[int, list[int]] = {}
     for child, n in Counter(known_children).items():
         by_count.setdefault(n, []).append(child)
-    readied: list[tuple[int, int, str]] = []
+    waiting: list[tuple[int, int, str]] = []
     for n, children in by_count.items():
         for r in conn.execute(_RELEASE, {"children": children, "n": n, "now": journal.now}):
             if r.state == StepState.READY:
@@ -93,7 +123,9 @@ def release_children(
                     journal.event(
                         "step.ready", {"task_id": r.task_id, "step_id": r.id, "step": r.name}
                     )
-    return readied
+            elif r.gated and r.pending_parents <= 0 and r.state == StepState.PENDING:
+                waiting.append((r.id, r.task_id, r.name))
+    return waiting
 
 
 def settle_tasks(

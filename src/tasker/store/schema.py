@@ -153,6 +153,11 @@ steps = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("started_at", UTCDateTime, nullable=True),
     Column("finished_at", UTCDateTime, nullable=True),
+    # Waits for a control-flow decision when its parents finish instead of becoming ready
+    # (`tasker.domain.control.gated`; migration 0012).
+    Column("gated", Boolean, nullable=False, server_default=text("false")),
+    # That decision's reason: why the step was skipped, or that its condition held.
+    Column("decision", Text, nullable=True),
     # Also how every read of a task's steps finds them (by its `task_id` prefix).
     UniqueConstraint("task_id", "name"),
     # The claim's order, `run_at, id`, read straight from the index (migration 0008).
@@ -217,6 +222,8 @@ step_transitions = Table(
     Column("error_class", String(255), nullable=True),
     Column("error_message", Text, nullable=True),
     Column("duration_ms", Float, nullable=True),
+    # Why the step moved when no attempt moved it: a skip's condition and value (migration 0012).
+    Column("reason", Text, nullable=True),
     # A task's history; one step's earlier outcomes are read by task and step (migration 0010).
     Index(None, "task_id"),
     # The overview's attempts per minute and latest failures: the last rows of one outcome. Only

@@ -51,7 +51,7 @@ _FINISH = f"""
            finished_at = ?, lease_owner = NULL, lease_expires_at = NULL, updated_at = ?
      WHERE id = ? AND claim_token = ? AND state = '{S.IN_PROGRESS.value}'
     RETURNING id, state"""
-_BECOMES = f"pending_parents <= :n AND state = '{S.PENDING.value}'"
+_BECOMES = f"pending_parents <= :n AND state = '{S.PENDING.value}' AND NOT gated"  # as pg_cycle
 _RELEASE = f"""
     UPDATE tasker_steps
        SET pending_parents = pending_parents - :n,
@@ -83,9 +83,9 @@ _SET_STATUS = "UPDATE tasker_tasks SET status = ?, finished_at = ?, updated_at =
 _STEP_ROW = """
     INSERT INTO tasker_step_transitions
            (step_id, task_id, from_state, to_state, attempt, at, worker, error_class,
-            error_message, duration_ms)
+            error_message, duration_ms, reason)
     VALUES (:step_id, :task_id, :from_state, :to_state, :attempt, :at, :worker, :error_class,
-            :error_message, :duration_ms)"""
+            :error_message, :duration_ms, :reason)"""
 _TASK_ROW = """
     INSERT INTO tasker_task_transitions (task_id, from_state, to_state, at, worker, reason)
     VALUES (:task_id, :from_state, :to_state, :at, :worker, :reason)"""

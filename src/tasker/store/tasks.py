@@ -27,8 +27,10 @@ from tasker.domain.states import (
 )
 from tasker.domain.templates import TaskTemplate, canonical_json
 from tasker.store.database import Database
+from tasker.store.decisions import decide_gated
 from tasker.store.journal import Journal
 from tasker.store.notify import CHANNEL
+from tasker.store.readiness import release_children, settle_tasks
 from tasker.store.schema import (
     step_edges,
     step_transitions,
@@ -230,7 +232,7 @@ def create_tasks(
     Raises `StoreConflict` when an idempotency key is taken; nothing is written then.
     """
     digest = template.content_hash()
-    if digest in db.template_ids and items:
+    if digest in db.template_ids and items and not _decides_at_creation(template):
         tid = db.template_ids[digest]
         if db.is_postgres:
             # The common case: one statement, committed by itself (one round trip in all).
@@ -263,14 +265,14 @@ _CREATE_PG = text(f"""
     ), new_steps AS (
         INSERT INTO tasker_steps (task_id, name, position, namespace, dependent_system, state,
                                   pending_parents, run_at, attempts, retry_limit, retryable,
-                                  claim_token, created_at, updated_at, idempotency_key)
+                                  claim_token, created_at, updated_at, idempotency_key, gated)
         SELECT t.id, s.name, s.position, :ns, s.system, s.state, s.pending,
                CASE WHEN s.state = '{StepState.READY.value}' THEN CAST(:now AS timestamptz) END,
-               0, s.retry_limit, s.retryable, 0, :now, :now, k.step_key
+               0, s.retry_limit, s.retryable, 0, :now, :now, k.step_key, s.gated
           FROM numbered t
           CROSS JOIN jsonb_to_recordset(CAST(:shapes AS jsonb))
                AS s(name text, position integer, system text, state text, pending integer,
-                    retry_limit integer, retryable boolean, ord integer)
+                    retry_limit integer, retryable boolean, ord integer, gated boolean)
           JOIN jsonb_to_recordset(CAST(:keys AS jsonb))
                AS k(task_key text, name text, step_key text)
             ON k.task_key = t.idempotency_key AND k.name = s.name
@@ -299,14 +301,23 @@ _CREATE_PG = text(f"""
 """)
 
 
+def _decides_at_creation(template: TaskTemplate) -> bool:
+    """Whether a step without parents is gated (has a condition): its task's creation decides it,
+    on the general path."""
+    gated = template.gated_steps()
+    return any(not st.parents and st.name in gated for st in template.step_templates)
+
+
 def _step_shapes(template: TaskTemplate, now: datetime) -> list[dict[str, Any]]:
-    """The columns every task of this template starts its steps with, in template order."""
+    """The columns every task of this template starts its steps with, in template order. A gated
+    step without parents starts `pending`: the creation decides it (`insert_tasks`)."""
     order = execution_order([(s.name, s.parents) for s in template.step_templates])
     position = {n: i for i, n in enumerate(order)}
+    gated = template.gated_steps()
     shapes: list[dict[str, Any]] = []
     for st in template.step_templates:
         policy = template.retry_policy(st)
-        ready = not st.parents
+        ready = not st.parents and st.name not in gated
         shapes.append(
             {
                 "name": st.name,
@@ -322,6 +333,7 @@ def _step_shapes(template: TaskTemplate, now: datetime) -> list[dict[str, Any]]:
                 "claim_token": 0,
                 "created_at": now,
                 "updated_at": now,
+                "gated": st.name in gated,
             }
         )
     return shapes
@@ -373,6 +385,7 @@ def _insert_tasks_pg(
                         "retry_limit": sh["retry_limit"],
                         "retryable": sh["retryable"],
                         "ord": i,
+                        "gated": sh["gated"],
                     }
                     for i, sh in enumerate(shapes)
                 ]
@@ -405,8 +418,8 @@ _TASK_SQLITE = f"""
 _STEP_SQLITE = """
     INSERT INTO tasker_steps (task_id, name, position, namespace, dependent_system, state,
                               pending_parents, run_at, attempts, retry_limit, retryable,
-                              claim_token, idempotency_key, created_at, updated_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, 0, ?, ?, ?)
+                              claim_token, idempotency_key, created_at, updated_at, gated)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, 0, ?, ?, ?, ?)
     RETURNING id"""
 _EDGE_SQLITE = "INSERT INTO tasker_step_edges (task_id, parent_id, child_id) VALUES (?, ?, ?)"
 
@@ -466,6 +479,7 @@ def _insert_tasks_sqlite(
                         step_idempotency_key(ns, name, item.idempotency_key, sh["name"]),
                         at,
                         at,
+                        sh["gated"],
                     ),
                 )
                 ids[(task_id, sh["name"])] = int(cur.fetchone()[0])
@@ -546,7 +560,23 @@ def insert_tasks(
     ]
     if edges:
         conn.execute(_INSERT_EDGES, edges)
-    return _created(journal, template, items, task_ids, shapes, ids, record=True)
+    created = _created(journal, template, items, task_ids, shapes, ids, record=True)
+    if not _decides_at_creation(template):
+        return created
+    # Conditions of steps without parents: decided now, over the context, with what follows from
+    # them (a skip releases the step's children), and the tasks settle (all skipped: complete).
+    gated = template.gated_steps()
+    roots = [
+        (ids[(task_id, st.name)], task_id, st.name)
+        for task_id in task_ids
+        for st in template.step_templates
+        if not st.parents and st.name in gated
+    ]
+    _, skipped = decide_gated(conn, journal, roots)
+    release_children(conn, skipped, journal)
+    settle_tasks(conn, task_ids, journal)
+    decided = {t.id: t for t in get_tasks(conn, task_ids)}
+    return [decided[task_id] for task_id in task_ids]
 
 
 def _created(
@@ -649,6 +679,7 @@ def _step(r: Row[Any] | SimpleNamespace) -> Step:
         created_at=r.created_at,
         position=r.position,
         idempotency_key=r.idempotency_key,
+        decision=r.decision,
     )
 
 
@@ -748,7 +779,8 @@ _TASK_COLUMNS = (
 )
 _STEP_COLUMNS = (
     "id, task_id, name, state, attempts, retry_limit, retryable, dependent_system, results,"
-    " last_error, run_at, started_at, finished_at, created_at, position, idempotency_key"
+    " last_error, run_at, started_at, finished_at, created_at, position, idempotency_key,"
+    " decision"
 )
 #: Columns SQLAlchemy's types decode (`UTCDateTime`, `Json`, `Boolean`), decoded here alike.
 _TIMES = {"created_at", "updated_at", "started_at", "finished_at", "run_at"}

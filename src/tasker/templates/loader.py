@@ -66,6 +66,8 @@ STEP_KEYS = {
     "custom_events",
     "retry",
     "run_inline",
+    "when",
+    "join",
 }
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
@@ -157,6 +159,7 @@ def parse_template(
         raise TemplateError(_pydantic_message(exc, data, source)) from None
     try:
         check_graph([(s.name, s.parents) for s in template.step_templates])
+        template.gated_steps()  # compiles the conditions, checks what they read
     except GraphError as exc:
         raise TemplateError(f"{source}: step '{exc.step}': {exc}") from None
     if template.context_schema is not None:

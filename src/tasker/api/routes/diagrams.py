@@ -15,7 +15,6 @@ from tasker.api.auth import Permission, require
 from tasker.api.deps import get_engine
 from tasker.api.errors import error_responses
 from tasker.api.schemas import Diagram, DiagramFormat, Namespace, TaskId, TemplateName, VersionQuery
-from tasker.domain.graph import mermaid
 from tasker.engine.tasker import Tasker
 
 router = APIRouter(tags=["diagrams"])
@@ -56,9 +55,8 @@ def template_diagram(
     accept: Accept = None,
 ) -> Diagram | PlainTextResponse:
     template = engine.templates.get(f"{namespace}/{name}", version)
-    pairs = [(s.name, s.parents) for s in template.step_templates]
     return _answer(
-        Diagram(template=template.key, task_id=None, mermaid=mermaid(pairs)), format, accept
+        Diagram(template=template.key, task_id=None, mermaid=template.mermaid()), format, accept
     )
 
 
@@ -74,10 +72,9 @@ def task_diagram(
 ) -> Diagram | PlainTextResponse:
     task = engine.get_task(task_id)
     template = engine.templates.of_task(task_id)
-    pairs = [(s.name, s.parents) for s in template.step_templates]
-    states = {s.name: s.status for s in task.steps}
+    states: dict[str, str] = {s.name: s.status for s in task.steps}
     return _answer(
-        Diagram(template=template.key, task_id=task.id, mermaid=mermaid(pairs, states)),
+        Diagram(template=template.key, task_id=task.id, mermaid=template.mermaid(states)),
         format,
         accept,
     )

@@ -1,0 +1,137 @@
+"""Control flow between steps: conditions (`when:`), joins (`join: any`) and skip propagation.
+
+Pure policy, decided for one step at the moment its last parent finishes (or, for a step without
+parents, when its task is created), from that step's parents and the results its condition reads:
+never from the task's whole graph. The store persists the decision in the same transaction as the
+parent's completion (`tasker.store.decisions`).
+
+The rules (docs/templates.md, "Conditions and joins"):
+
+- `join: all` (the default): a step with a skipped parent is skipped too, without evaluating its
+  condition;
+- `join: any`: the step runs once every parent is finished and at least one completed or was
+  resolved by an operator; when all were skipped, it is skipped;
+- then its `when:` condition, if any: `true` runs the step, `false` skips it (the value and the
+  expression are recorded), anything else, or an evaluation error, fails the step for good.
+
+Only steps that can meet one of these rules are *gated*: a step with a condition, a `join: any`, or
+a parent that may end skipped. The others are made ready by their parents' completion alone, on the
+fast path, as before control flow existed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from tasker.domain.expressions import Expression, ExpressionFailure
+from tasker.domain.states import StepState
+
+#: The parent states a decision can meet: every parent is finished by then.
+_RAN = frozenset({StepState.COMPLETE, StepState.RESOLVED_MANUALLY})
+#: The class recorded on a step whose condition failed to evaluate.
+CONDITION_ERROR = "ConditionError"
+
+
+class JoinRule(StrEnum):
+    ALL = "all"
+    ANY = "any"
+
+
+class Verdict(StrEnum):
+    RUN = "run"
+    SKIP = "skip"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What becomes of a gated step: run it, skip it (with the reason), or fail it (with the
+    reason); `value` is the condition's value when one was evaluated."""
+
+    verdict: Verdict
+    reason: str = ""
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class StepControl:
+    """The control-flow rules of one step template."""
+
+    name: str
+    parents: tuple[str, ...]
+    join: JoinRule = JoinRule.ALL
+    when: Expression | None = None
+
+    @property
+    def reads(self) -> frozenset[str]:
+        """The steps whose state or results a decision reads: the parents and the condition's
+        references."""
+        return frozenset(self.parents) | (self.when.steps if self.when else frozenset())
+
+
+def may_skip(controls: Sequence[StepControl]) -> set[str]:
+    """The steps that can end `skipped`: those with a condition, a `join: all` step with such a
+    parent, a `join: any` step whose parents all are. `controls` in a topological order."""
+    out: set[str] = set()
+    for c in controls:
+        skippable = [p in out for p in c.parents]
+        joined = any(skippable) if c.join == JoinRule.ALL else bool(c.parents) and all(skippable)
+        if c.when is not None or joined:
+            out.add(c.name)
+    return out
+
+
+def gated(controls: Sequence[StepControl]) -> set[str]:
+    """The steps that need a decision before they run (see the module's doc). `controls` in a
+    topological order."""
+    skippable = may_skip(controls)
+    return {
+        c.name
+        for c in controls
+        if c.when is not None or c.join == JoinRule.ANY or any(p in skippable for p in c.parents)
+    }
+
+
+def decide(
+    control: StepControl,
+    parents: Mapping[str, StepState | str],
+    context: Any,
+    results: Mapping[str, Any],
+) -> Decision:
+    """Decide a gated step whose parents are all finished.
+
+    `parents` maps each parent to its state; `results` holds the results of the ancestors the
+    condition reads that completed or were resolved (a skipped ancestor is absent, so `has()` tells
+    it apart).
+    """
+    states = {p: StepState(parents[p]) for p in control.parents}
+    skipped = [p for p in control.parents if states[p] == StepState.SKIPPED]
+    if control.join == JoinRule.ALL and skipped:
+        noun = "parent" if len(skipped) == 1 else "parents"
+        return Decision(
+            Verdict.SKIP, f"{noun} {', '.join(repr(p) for p in skipped)} skipped (join: all)"
+        )
+    if control.join == JoinRule.ANY and not any(states[p] in _RAN for p in control.parents):
+        return Decision(Verdict.SKIP, "no parent completed (join: any)")
+    if control.when is None:
+        return Decision(Verdict.RUN)
+    expr = control.when.source
+    try:
+        value = control.when.evaluate(context, dict(results))
+    except ExpressionFailure as exc:
+        return Decision(Verdict.FAIL, f"when `{expr}` failed: {exc}")
+    if value is True:
+        return Decision(Verdict.RUN, f"when `{expr}` was true", True)
+    if value is False:
+        return Decision(Verdict.SKIP, f"when `{expr}` was false", False)
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return Decision(
+        Verdict.FAIL,
+        f"when `{expr}` must be true or false, got {type(value).__name__} {shown}",
+        None,
+    )
