@@ -76,6 +76,9 @@ ACTIVE_STEP_STATES = frozenset({S.READY, S.IN_PROGRESS, S.WAITING_RETRY})
 REPORTED_STEP_STATES = ACTIVE_STEP_STATES | {S.ERROR}
 #: Steps whose dependents may run.
 SATISFIED_STEP_STATES = frozenset({S.COMPLETE, S.RESOLVED_MANUALLY, S.SKIPPED})
+#: Steps whose results their dependents see (`ctx.results`, a condition's `results`): a skipped
+#: step has none, and is absent rather than empty so that a handler or `has()` can tell.
+RESULT_STEP_STATES = frozenset({S.COMPLETE, S.RESOLVED_MANUALLY})
 TERMINAL_STEP_STATES = frozenset({S.COMPLETE, S.CANCELLED, S.RESOLVED_MANUALLY, S.SKIPPED})
 TERMINAL_TASK_STATES = frozenset({T.COMPLETE, T.CANCELLED, T.RESOLVED_MANUALLY})
 FINISHED_TASK_STATES = TERMINAL_TASK_STATES | {T.ERROR}

@@ -22,7 +22,7 @@ from tasker.domain.retry import may_retry
 from tasker.domain.states import (
     ACTIVE_STEP_STATES,
     CLAIMABLE_STEP_STATES,
-    SATISFIED_STEP_STATES,
+    RESULT_STEP_STATES,
     StepState,
     TaskState,
 )
@@ -34,7 +34,7 @@ from tasker.store.schema import RUNNING as RUNNING_SQL
 from tasker.store.schema import steps, tasks
 
 CLAIMABLE = sorted(s.value for s in CLAIMABLE_STEP_STATES)
-SATISFIED = sorted(s.value for s in SATISFIED_STEP_STATES)
+WITH_RESULTS = sorted(s.value for s in RESULT_STEP_STATES)
 ACTIVE = sorted(s.value for s in ACTIVE_STEP_STATES)
 
 
@@ -174,7 +174,7 @@ def claimed_steps(
     step_ids: dict[int, dict[str, int]] = {}
     for t_id, s_id, name, state, step_results in step_rows:
         step_ids.setdefault(t_id, {})[name] = s_id
-        if state in SATISFIED:
+        if state in WITH_RESULTS:
             results.setdefault(t_id, {})[name] = step_results or {}
     known = dict(known)
     for t_id, context, correlation_id, template_id in task_rows:

@@ -25,8 +25,10 @@ from tasker.store.journal import Journal
 from tasker.store.schema import steps, tasks, templates
 
 _RAN = (StepState.COMPLETE.value, StepState.RESOLVED_MANUALLY.value)
-_TASKS = select(tasks.c.id, tasks.c.template_id, tasks.c.context).where(
-    tasks.c.id.in_(bindparam("ids", expanding=True))
+_TASKS = (
+    select(tasks.c.id, tasks.c.template_id, tasks.c.context, templates.c.content_hash)
+    .select_from(tasks.join(templates, templates.c.id == tasks.c.template_id))
+    .where(tasks.c.id.in_(bindparam("ids", expanding=True)))
 )
 _READS = select(steps.c.task_id, steps.c.name, steps.c.state, steps.c.results).where(
     steps.c.task_id.in_(bindparam("ids", expanding=True)),
@@ -46,19 +48,20 @@ _MOVE = (
     )
 )
 
-#: Each stored template snapshot's controls, compiled once per process (snapshots never change).
-_CONTROLS: dict[int, dict[str, StepControl]] = {}
+#: Each template snapshot's controls by its content hash, compiled once per process: a hash names
+#: one definition in every store (an id does not: two stores, or a wiped one, reuse ids).
+_CONTROLS: dict[str, dict[str, StepControl]] = {}
 _LOCK = threading.Lock()
 
 
-def controls_of(conn: Connection, template_id: int) -> dict[str, StepControl]:
-    """The control-flow rules of a stored template snapshot's steps."""
-    found = _CONTROLS.get(template_id)
+def controls_of(conn: Connection, template_id: int, digest: str) -> dict[str, StepControl]:
+    """The control-flow rules of a stored template snapshot's steps (`digest`: its hash)."""
+    found = _CONTROLS.get(digest)
     if found is None:
         definition = conn.execute(_DEFINITION, {"template_id": template_id}).scalar_one()
         found = TaskTemplate.from_snapshot(definition).controls()
         with _LOCK:
-            _CONTROLS[template_id] = found
+            _CONTROLS[digest] = found
     return found
 
 
@@ -80,11 +83,12 @@ def decide_gated(
     all finished. Returns the steps made ready, as `release_children` does, and the ids of those
     skipped (finished: their children are to be released)."""
     task_ids = sorted({task_id for _, task_id, _ in waiting})
-    found: dict[int, tuple[int, Any]] = {
-        r.id: (r.template_id, r.context) for r in conn.execute(_TASKS, {"ids": task_ids})
+    found: dict[int, tuple[int, Any, str]] = {
+        r.id: (r.template_id, r.context, r.content_hash)
+        for r in conn.execute(_TASKS, {"ids": task_ids})
     }
     controls = {
-        (step_id, task_id): controls_of(conn, found[task_id][0])[name]
+        (step_id, task_id): controls_of(conn, found[task_id][0], found[task_id][2])[name]
         for step_id, task_id, name in waiting
     }
     names = sorted({n for c in controls.values() for n in c.reads})
