@@ -239,6 +239,7 @@ def _steps(conn: Connection, after: int, flt: _Filter, limit: int) -> list[_Pend
             st.c.error_class,
             st.c.error_message,
             st.c.duration_ms,
+            st.c.reason,
             s.c.name.label("step"),
             s.c.dependent_system,
             t.c.namespace,
@@ -267,6 +268,8 @@ def _steps(conn: Connection, after: int, flt: _Filter, limit: int) -> list[_Pend
             data["error"] = {"class": r.error_class, "message": r.error_message}
         if r.duration_ms is not None:
             data["duration_ms"] = r.duration_ms
+        if r.reason:
+            data["reason"] = r.reason
         out.append(
             {
                 "_id": r.id,
