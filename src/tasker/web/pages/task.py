@@ -2,8 +2,10 @@
 and the operator's actions (cancel, retry the task, retry a step, resolve a step with JSON results).
 
 Reads: the task with its steps, its template snapshot and its step transitions (three queries by
-task id). The page then follows the task live with the API's SSE stream and JSON reads
-(static/dashboard/dashboard.js). Each action needs the permission of the API route it mirrors.
+task id). A step's control flow (its condition, `join: any`, the decision that skipped it or let it
+run) comes from the template snapshot and the step record. The page then follows the task live
+with the API's SSE stream and JSON reads (static/dashboard/dashboard.js). Each action needs the
+permission of the API route it mirrors.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tasker.api.auth import Permission
+from tasker.domain.control import CONDITION_ERROR, JoinRule
 from tasker.domain.errors import TaskerInputError
 from tasker.domain.history import StepTransition
 from tasker.domain.records import Step, Task
@@ -31,7 +34,7 @@ from tasker.domain.states import (
 from tasker.domain.templates import TaskTemplate
 from tasker.engine.tasker import Tasker
 from tasker.web.access import Pages, Viewer, actor, field_of, page, read_form, redirect, viewer
-from tasker.web.dag import layout
+from tasker.web.dag import template_layout
 from tasker.web.pages.events import event_names
 from tasker.web.timeline import waterfall
 
@@ -54,12 +57,25 @@ class Attempt:
 
 
 @dataclass(frozen=True)
+class DecisionNote:
+    """A step's control-flow decision as the page shows it: `skipped` in place of the last error,
+    `held` (its condition was true) as a small note. `parts` are the reason's text, each with
+    whether it is a `quoted` condition, shown as code."""
+
+    kind: str
+    parts: list[tuple[str, bool]]
+
+
+@dataclass(frozen=True)
 class StepView:
     step: Step
     parents: list[str]
     attempts: list[Attempt]
     handler: str
     can_resolve: bool
+    when: str | None = None
+    join_any: bool = False
+    decision: DecisionNote | None = None
 
 
 def attempts_of(step_id: int, transitions: list[StepTransition]) -> list[Attempt]:
@@ -84,6 +100,28 @@ def attempts_of(step_id: int, transitions: list[StepTransition]) -> list[Attempt
             )
         )
     return out
+
+
+def code_spans(text: str) -> list[tuple[str, bool]]:
+    """`text` split at its backticks, each part with whether it was quoted (a condition); text
+    with an unmatched backtick stays one plain part, so no quote is ever lost."""
+    parts = text.split("`")
+    if len(parts) % 2 == 0:
+        return [(text, False)]
+    return [(part, i % 2 == 1) for i, part in enumerate(parts) if part]
+
+
+def decision_note(step: Step) -> DecisionNote | None:
+    """What the page adds for a step's decision: why it was skipped, or that its condition held.
+    None without a decision, and for a condition that failed: its `ConditionError` is the step's
+    last error, shown like any other."""
+    if not step.decision:
+        return None
+    if step.status == StepState.SKIPPED:
+        return DecisionNote("skipped", code_spans(step.decision))
+    if step.last_error is not None and step.last_error["class"] == CONDITION_ERROR:
+        return None
+    return DecisionNote("held", code_spans(step.decision))
 
 
 def resolvable(task: Task, step: Step) -> bool:
@@ -121,20 +159,23 @@ async def render_task(
     form_values: dict[str, str] | None = None,
 ) -> Response:
     task, template, transitions = await run_in_threadpool(_read, request.app.state.tasker, task_id)
-    pairs = [(s.name, s.parents) for s in template.step_templates]
-    parents = dict(pairs)
-    dag = layout(pairs, {s.name: s.status for s in task.steps})
-    handlers = {s.name: s.handler_class for s in template.step_templates}
-    steps = [
-        StepView(
-            s,
-            parents.get(s.name, []),
-            attempts_of(s.id, transitions),
-            handlers.get(s.name, ""),
-            resolvable(task, s),
+    dag = template_layout(template, {s.name: s.status for s in task.steps})
+    declared = {s.name: s for s in template.step_templates}
+    steps = []
+    for s in task.steps:
+        st = declared.get(s.name)
+        steps.append(
+            StepView(
+                s,
+                st.parents if st else [],
+                attempts_of(s.id, transitions),
+                st.handler_class if st else "",
+                resolvable(task, s),
+                st.when if st else None,
+                st is not None and st.join == JoinRule.ANY,
+                decision_note(s),
+            )
         )
-        for s in task.steps
-    ]
     chart = waterfall([(s.id, s.name) for s in task.steps], transitions, datetime.now(UTC))
     return page(
         request,

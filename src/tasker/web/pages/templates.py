@@ -1,5 +1,6 @@
 """Templates: every namespace, name and version loaded; a template's diagram, steps, schema, and
-a form that creates a task from it, prefilled with the schema's defaults.
+a form that creates a task from it, prefilled with the schema's defaults. Each step's condition
+(`when:`) and join show on the diagram and next to its dependencies.
 
 Reads the registry only (`engine.templates.versions`, `.get`): no database. Listing needs
 `tasker.handler:index`, a template `tasker.handler:show`, creating a task `tasker.task:create`, the
@@ -21,7 +22,7 @@ from tasker.domain.errors import ContextValidationError, TaskerInputError
 from tasker.domain.templates import TaskTemplate
 from tasker.engine.tasker import Tasker
 from tasker.web.access import Pages, Viewer, actor, field_of, page, read_form, redirect, viewer
-from tasker.web.dag import layout
+from tasker.web.dag import template_layout
 
 pages = Pages()
 
@@ -78,7 +79,6 @@ async def render_template(
         for t in engine.templates.versions()
         if t.namespace_name == namespace and t.name == name
     ]
-    pairs = [(s.name, s.parents) for s in template.step_templates]
     return page(
         request,
         v,
@@ -88,7 +88,8 @@ async def render_template(
         status=status,
         template=template,
         versions=versions,
-        dag=layout(pairs, {}),
+        dag=template_layout(template),
+        controlled=any(s.when or s.join for s in template.step_templates),
         steps=policy(template),
         schema=template.context_schema,
         context_text=prefill(template) if context_text is None else context_text,
