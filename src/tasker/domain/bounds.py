@@ -94,6 +94,10 @@ IDENTITY_WINDOW_SECONDS = Range(0, 366 * DAY_SECONDS, low_open=True, unit="secon
 
 # -- dependent systems (templates, `tasker systems set`, `engine.systems.configure`) ---------------
 MAX_IN_FLIGHT = Range(1, 100_000, integer=True, unit="steps")
+#: A fan-out's instances running at once in one task (`max_parallel`), and how many it may have
+#: (`max_items`: 10,000 by default, at most 100,000 in one transaction).
+MAX_PARALLEL = Range(1, 100_000, integer=True, unit="instances")
+MAX_ITEMS = Range(0, 100_000, integer=True, unit="items")
 FAILURE_THRESHOLD = Range(1, 10_000, integer=True, unit="failures")
 COOLDOWN_SECONDS = Range(0, DAY_SECONDS, low_open=True, unit="seconds")
 #: How long a system may stay silent before the steps waiting for it give up (a week at most).

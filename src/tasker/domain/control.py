@@ -21,6 +21,7 @@ fast path, as before control flow existed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -33,6 +34,11 @@ from tasker.domain.states import StepState
 _RAN = frozenset({StepState.COMPLETE, StepState.RESOLVED_MANUALLY})
 #: The class recorded on a step whose condition failed to evaluate.
 CONDITION_ERROR = "ConditionError"
+#: The class recorded on a fan-out whose `foreach` failed: not a list, too long, an error.
+FANOUT_ERROR = "FanOutError"
+#: The longest list a `foreach` may give unless the step says otherwise (`max_items`).
+DEFAULT_MAX_ITEMS = 10_000
+_INSTANCE = re.compile(r"^(.+)\[(\d+)\]$")
 
 
 class JoinRule(StrEnum):
@@ -64,12 +70,16 @@ class StepControl:
     parents: tuple[str, ...]
     join: JoinRule = JoinRule.ALL
     when: Expression | None = None
+    foreach: Expression | None = None
+    max_parallel: int | None = None
+    max_items: int = DEFAULT_MAX_ITEMS
 
     @property
     def reads(self) -> frozenset[str]:
         """The steps whose state or results a decision reads: the parents and the condition's
         references."""
-        return frozenset(self.parents) | (self.when.steps if self.when else frozenset())
+        refs = [e.steps for e in (self.when, self.foreach) if e is not None]
+        return frozenset(self.parents).union(*refs)
 
 
 def may_skip(controls: Sequence[StepControl]) -> set[str]:
@@ -85,13 +95,16 @@ def may_skip(controls: Sequence[StepControl]) -> set[str]:
 
 
 def gated(controls: Sequence[StepControl]) -> set[str]:
-    """The steps that need a decision before they run (see the module's doc). `controls` in a
-    topological order."""
+    """The steps that need a decision before they run (see the module's doc; a `foreach` step's
+    decision is its expansion). `controls` in a topological order."""
     skippable = may_skip(controls)
     return {
         c.name
         for c in controls
-        if c.when is not None or c.join == JoinRule.ANY or any(p in skippable for p in c.parents)
+        if c.when is not None
+        or c.foreach is not None
+        or c.join == JoinRule.ANY
+        or any(p in skippable for p in c.parents)
     }
 
 
@@ -135,3 +148,50 @@ def decide(
         f"when `{expr}` must be true or false, got {type(value).__name__} {shown}",
         None,
     )
+
+
+def items_of(
+    control: StepControl, context: Any, results: Mapping[str, Any]
+) -> list[Any] | Decision:
+    """The items a decided-to-run fan-out expands into, or the failure that stops it: an error
+    evaluating `foreach`, a value that is not a list, or more items than `max_items`."""
+    assert control.foreach is not None
+    expr = control.foreach.source
+    try:
+        value = control.foreach.evaluate(context, dict(results))
+    except ExpressionFailure as exc:
+        return Decision(Verdict.FAIL, f"foreach `{expr}` failed: {exc}")
+    if not isinstance(value, list):
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        return Decision(
+            Verdict.FAIL,
+            f"foreach `{expr}` must give a list, got {type(value).__name__} {shown}",
+        )
+    if len(value) > control.max_items:
+        return Decision(
+            Verdict.FAIL,
+            f"foreach `{expr}` gave {len(value):,} items, more than the {control.max_items:,}"
+            f" allowed; fix: split the work, or raise max_items on step '{control.name}' (up to"
+            " 100,000)",
+        )
+    return value
+
+
+def instance_name(step: str, index: int) -> str:
+    """The name of a fan-out's instance: `step[index]` (a template's step names have no `[`)."""
+    return f"{step}[{index}]"
+
+
+def parse_instance(name: str) -> tuple[str, int] | None:
+    """(the fan-out step, the index) of an instance's name, or None for any other step."""
+    m = _INSTANCE.match(name)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def fanout_results(stored: Any) -> Any:
+    """What dependents read of a completed fan-out: the list of its instances' results in item
+    order, stored as `{"results": [...], "count": n}` (a step's results are an object)."""
+    if isinstance(stored, dict) and isinstance(stored.get("results"), list):
+        return stored["results"]
+    return stored

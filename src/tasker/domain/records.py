@@ -57,6 +57,11 @@ class Step:
     created_at: datetime
     position: int
     idempotency_key: str
+    #: A fan-out's instance: the fan-out step's id and the item's index (None otherwise).
+    instance_of: int | None = None
+    item_index: int | None = None
+    #: A fan-out step: how many instances it expanded into (None before, or for other steps).
+    fanout: int | None = None
     #: Why a control-flow decision skipped the step, or that its condition held (None: no
     #: decision was made).
     decision: str | None = None
@@ -127,6 +132,9 @@ class ClaimedStep:
     step_ids: dict[str, int] = field(default_factory=dict)
     #: This attempt is the one probe let through a half-open circuit.
     probe: bool = False
+    #: A fan-out instance's item and its index in the list (None for other steps).
+    item: Any = None
+    index: int | None = None
 
 
 @dataclass
@@ -149,6 +157,9 @@ class Outcome:
     #: A child waits for a control-flow decision (`tasker.domain.control.gated`): only the general
     #: path, which decides it in the same transaction, may store this outcome.
     gates_children: bool = False
+    #: The completion of a fan-out step whose instances all completed: the store gathers their
+    #: results into this step's (`completion.collect_fanouts`), on the general path.
+    collects: bool = False
     dependent_system: str = ""
     step: str = ""
     probe: bool = False

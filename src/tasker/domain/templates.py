@@ -24,8 +24,8 @@ from pydantic import (
 
 from tasker.domain import bounds
 from tasker.domain.bounds import Range
-from tasker.domain.control import JoinRule, StepControl, gated
-from tasker.domain.expressions import ExpressionSyntaxError, compile_expression
+from tasker.domain.control import DEFAULT_MAX_ITEMS, JoinRule, StepControl, gated
+from tasker.domain.expressions import Expression, ExpressionSyntaxError, compile_expression
 from tasker.domain.graph import GraphError, execution_order, mermaid
 from tasker.domain.retry import DEFAULT_RETRY_LIMIT, RetryPolicy
 
@@ -90,6 +90,8 @@ CooldownSeconds = Annotated[float | None, _within(bounds.COOLDOWN_SECONDS)]
 MaxOutageSeconds = Annotated[float | None, _within(bounds.MAX_OUTAGE_SECONDS)]
 IdentityWindow = Annotated[float | None, _within(bounds.IDENTITY_WINDOW_SECONDS)]
 NamespaceMaxInFlight = Annotated[int | None, _within(bounds.NAMESPACE_MAX_IN_FLIGHT)]
+MaxParallel = Annotated[int | None, _within(bounds.MAX_PARALLEL)]
+MaxItems = Annotated[int | None, _within(bounds.MAX_ITEMS)]
 
 
 class _Strict(BaseModel):
@@ -202,6 +204,13 @@ class StepTemplate(_Strict):
     #: How a step meets its parents: `all` (None, the default: a skipped parent skips it) or `any`
     #: (it runs when at least one parent completed).
     join: JoinRule | None = None
+    #: A CEL expression giving a list: the step runs once per item, as instances of its own
+    #: (`ctx.item`, `ctx.index`); dependents wait for all and read the list of their results.
+    foreach: str | None = Field(default=None, max_length=4096)
+    #: At most this many instances of one task's fan-out run at once (None: no bound).
+    max_parallel: MaxParallel = None
+    #: A list longer than this fails the step (None: `DEFAULT_MAX_ITEMS`).
+    max_items: MaxItems = None
 
     @field_validator("name")
     @classmethod
@@ -219,6 +228,14 @@ class StepTemplate(_Strict):
         if v is not None:
             raise ValueError("join is 'all' (the default) or 'any'")
         return v
+
+    @model_validator(mode="after")
+    def _fanout_keys_need_foreach(self) -> StepTemplate:
+        if self.foreach is None and (self.max_parallel is not None or self.max_items is not None):
+            raise ValueError(
+                "max_parallel and max_items bound a foreach; add foreach or remove them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _inline_has_no_timeout(self) -> StepTemplate:
@@ -400,6 +417,10 @@ class TaskTemplate(_Strict):
             self._gated = frozenset(gated([controls[n] for n in order]))
         return self._gated
 
+    def fanout_steps(self) -> frozenset[str]:
+        """The names of the steps with a `foreach`."""
+        return frozenset(s.name for s in self.step_templates if s.foreach is not None)
+
     def mermaid(self, states: dict[str, str] | None = None) -> str:
         """The Mermaid flowchart of the steps (coloured by `states` when given), conditions on
         the edges into their steps and `join: any` steps as hexagons."""
@@ -431,38 +452,54 @@ class ControlError(GraphError):
 
 
 def build_controls(steps: list[StepTemplate]) -> dict[str, StepControl]:
-    """Compile each step's condition and check what it reads: only `context` and the results of
-    the step's ancestors, so that every value it names is decided before it is evaluated."""
+    """Compile each step's condition and fan-out and check what they read: only `context` and the
+    results of the step's ancestors, so that every value they name is decided before they are
+    evaluated."""
     parents = {s.name: s.parents for s in steps}
     out: dict[str, StepControl] = {}
     for s in steps:
-        when = None
-        if s.when is not None:
-            try:
-                when = compile_expression(s.when)
-            except ExpressionSyntaxError as exc:
-                raise ControlError(
-                    s.name,
-                    f"when: {exc.message} at {exc.where()} of `{_one_line(s.when)}`; fix: write a"
-                    " CEL expression over context and results (docs/templates.md, Conditions)",
-                ) from None
-            ancestors = _ancestors(s.name, parents)
-            for ref in when.references:
-                if ref.step not in ancestors:
-                    known = ", ".join(sorted(ancestors)) or "(none: it has no parents)"
-                    what = "is not a step" if ref.step not in parents else "is not an ancestor"
-                    raise ControlError(
-                        s.name,
-                        f"when: results.{ref.step} at line {ref.line}, column {ref.column}"
-                        f" {what} of '{s.name}'; fix: read the results of its ancestors only:"
-                        f" {known}",
-                    )
+        when = _compiled(s, "when", s.when, parents)
+        foreach = _compiled(s, "foreach", s.foreach, parents)
         if s.join == JoinRule.ANY and not s.parents:
             raise ControlError(
                 s.name, "join: any on a step without parents; fix: remove it or add depends_on"
             )
-        out[s.name] = StepControl(s.name, tuple(s.parents), s.join or JoinRule.ALL, when)
+        out[s.name] = StepControl(
+            s.name,
+            tuple(s.parents),
+            s.join or JoinRule.ALL,
+            when,
+            foreach,
+            s.max_parallel,
+            DEFAULT_MAX_ITEMS if s.max_items is None else s.max_items,
+        )
     return out
+
+
+def _compiled(
+    s: StepTemplate, key: str, source: str | None, parents: dict[str, list[str]]
+) -> Expression | None:
+    if source is None:
+        return None
+    try:
+        expr = compile_expression(source)
+    except ExpressionSyntaxError as exc:
+        raise ControlError(
+            s.name,
+            f"{key}: {exc.message} at {exc.where()} of `{_one_line(source)}`; fix: write a CEL"
+            " expression over context and results (docs/templates.md, Conditions)",
+        ) from None
+    ancestors = _ancestors(s.name, parents)
+    for ref in expr.references:
+        if ref.step not in ancestors:
+            known = ", ".join(sorted(ancestors)) or "(none: it has no parents)"
+            what = "is not a step" if ref.step not in parents else "is not an ancestor"
+            raise ControlError(
+                s.name,
+                f"{key}: results.{ref.step} at line {ref.line}, column {ref.column} {what} of"
+                f" '{s.name}'; fix: read the results of its ancestors only: {known}",
+            )
+    return expr
 
 
 def _ancestors(name: str, parents: dict[str, list[str]]) -> set[str]:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from tasker.domain.control import parse_instance
 from tasker.domain.errors import TaskerError
 from tasker.domain.records import ClaimedStep, Outcome
 from tasker.domain.states import StepState
@@ -81,9 +82,16 @@ class Attempts:
         outcome."""
         try:
             template = self.resolver.template(claimed.template_id)
-            step = template.step(claimed.name)
+            instance = parse_instance(claimed.name)
+            name = instance[0] if instance else claimed.name  # an instance runs its step's code
+            step = template.step(name)
+            if step.foreach is not None and instance is None:
+                gated = template.gated_steps()
+                return outcomes.finish(
+                    outcomes.fan_in(claimed), claimed, self._children(claimed), gated
+                )
             try:
-                handler_cls = self.resolver.handler_class(claimed.template_id, claimed.name)
+                handler_cls = self.resolver.handler_class(claimed.template_id, name)
             except TaskerError as exc:
                 return outcomes.finish(
                     self._unloadable(claimed, step.handler_class, exc), claimed, None
@@ -93,11 +101,17 @@ class Attempts:
                 template,
                 step,
                 handler_cls,
-                self.resolver.policy(claimed.template_id, claimed.name),
+                self.resolver.policy(claimed.template_id, name),
                 self.rt,
             )
+            if instance is not None:
+                # An instance's only children are its fan-out step (no longer gated: it waits
+                # for its instances) and, under max_parallel, the next instance of its chain,
+                # which only the edges know.
+                children = None if step.max_parallel is not None else [instance[0]]
+                return outcomes.finish(outcome, claimed, children)
             return outcomes.finish(
-                outcome, claimed, self._children(outcome, claimed), template.gated_steps()
+                outcome, claimed, self._children(claimed, outcome), template.gated_steps()
             )
         except asyncio.CancelledError:
             raise
@@ -112,11 +126,11 @@ class Attempts:
             )
             return outcomes.finish(outcomes.engine_fault(claimed, exc), claimed, None)
 
-    def _children(self, outcome: Outcome, claimed: ClaimedStep) -> list[str] | None:
-        if outcome.state != StepState.COMPLETE:
+    def _children(self, claimed: ClaimedStep, outcome: Outcome | None = None) -> list[str] | None:
+        if outcome is not None and outcome.state != StepState.COMPLETE:
             return None
         try:
-            return self.resolver.children_of(claimed.template_id, claimed.name)
+            return self.resolver.children_of(claimed.template_id, claimed.name)  # not an instance
         except Exception:
             return None
 

@@ -135,6 +135,9 @@ class Cycles:
             accepted, settled, readied = completion.apply_outcomes(
                 conn, journal, [o for o, _ in done], lock_tasks=pg, view=view
             )
+            for o, c in done:
+                if o.collects and o.results is not None and c.task_id in known:
+                    known[c.task_id].results[c.name] = o.results  # gathered in the store
             if any(o.transient_failure or o.probe for o, _ in done):
                 # A circuit may have moved in this very transaction: plan this cycle's claims on the
                 # new state, or the cycle that opens a circuit would still claim (and spend attempts
@@ -144,6 +147,7 @@ class Cycles:
                 claims.reclaim_expired(conn, journal, skip_locked=pg)
             claim_started = time.perf_counter()
             claimed, scanned_full = self._claim(conn, journal, plan, view, readied, known)
+            claims.read_items(conn, claimed)
             for tid in {c.template_id for c in claimed}:
                 if not self.resolver.known(tid):
                     self.resolver.add_snapshot(tid, template_definition(conn, tid))
@@ -289,6 +293,9 @@ class Cycles:
         for outcome, c in done:
             if outcome.state != StepState.COMPLETE:
                 continue
+            instance = "[" in c.name  # a fan-out's instance: its result is not its siblings'
+            if instance and c.task_id in known:
+                continue
             k = known.get(c.task_id)
             if k is None:
                 k = known[c.task_id] = claims.KnownTask(
@@ -299,7 +306,8 @@ class Cycles:
                     c.step_ids,
                     self.resolver.parents_of(c.template_id),
                 )
-            k.results[c.name] = outcome.results or {}
+            if not instance:
+                k.results[c.name] = outcome.results or {}
         return known
 
     # -- when a cycle fails ------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tasker.domain.control import fanout_results
 from tasker.domain.records import ClaimedStep, FailureRecord, Outcome
 from tasker.domain.retry import RetryPolicy
 from tasker.domain.states import StepState
@@ -61,7 +62,7 @@ def build_context(
         task_name=template.name,
         version=template.version,
         context=claimed.context,
-        results=claimed.results,
+        results=_visible_results(template, claimed.results),
         handler_config=step.handler_config,
         attempt=claimed.attempt,
         retry_limit=claimed.retry_limit,
@@ -69,9 +70,19 @@ def build_context(
         correlation_id=claimed.correlation_id,
         dependent_system=claimed.dependent_system,
         declared_events=frozenset(template.declared_events(step)),
+        item=claimed.item,
+        index=claimed.index,
         _tasks=tasks,
         _on_service_call=on_service_call,
     )
+
+
+def _visible_results(template: TaskTemplate, results: dict[str, Any]) -> dict[str, Any]:
+    """The results a handler reads: a fan-out step's as the list of its instances' results."""
+    fanouts = template.fanout_steps()
+    if not fanouts or not any(n in fanouts for n in results):
+        return results
+    return {n: fanout_results(r) if n in fanouts else r for n, r in results.items()}
 
 
 async def execute(

@@ -200,6 +200,14 @@ def _retry_after(exc: BaseException, error: FailureRecord) -> float | None:
 
 
 # -- what happened around the handler --------------------------------------------------------------
+def fan_in(claimed: ClaimedStep) -> Outcome:
+    """A fan-out step whose instances all completed: it completes, and the store gathers their
+    results into its own (`completion.collect_fanouts`). No handler runs."""
+    outcome = _outcome(claimed, StepState.COMPLETE)
+    outcome.collects = True
+    return outcome
+
+
 def engine_fault(claimed: ClaimedStep, exc: BaseException) -> Outcome:
     """The engine's own code failed while running the attempt: the step fails visibly, unretried."""
     error = describe_error(exc, retryable=False, system_fault=False)

@@ -56,7 +56,9 @@ class StepContext:
     task_name: str
     version: str
     context: dict[str, Any]
-    results: Mapping[str, dict[str, Any]]
+    #: The results of the task's finished steps by name (a fan-out step's: the list of its
+    #: instances' results, in item order); steps that were skipped are absent.
+    results: Mapping[str, Any]
     handler_config: dict[str, Any]
     attempt: int
     retry_limit: int
@@ -64,6 +66,9 @@ class StepContext:
     correlation_id: str
     dependent_system: str
     declared_events: frozenset[str] = frozenset()
+    #: A fan-out instance's item (from its step's `foreach` list) and its index; None otherwise.
+    item: Any = None
+    index: int | None = None
     published: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     _logger: logging.LoggerAdapter[logging.Logger] | None = None
     _tasks: TaskPort | None = None
@@ -91,9 +96,10 @@ class StepContext:
     def is_retry(self) -> bool:
         return self.attempt > 1
 
-    def result_of(self, step_name: str) -> dict[str, Any]:
-        """Results of a finished step; a missing one is a template mistake, so it raises with the
-        names known."""
+    def result_of(self, step_name: str) -> Any:
+        """Results of a finished step (a fan-out step's: the list of its instances' results, in
+        item order); a missing one raises `KeyError` with the names known (a template mistake, or
+        a step that was skipped)."""
         try:
             return self.results[step_name]
         except KeyError:

@@ -17,6 +17,7 @@ from sqlalchemy import Select, bindparam, func, select, text, update
 from sqlalchemy.engine import Connection
 
 from tasker.domain.circuits import ClaimPlan
+from tasker.domain.control import parse_instance
 from tasker.domain.records import ClaimedStep, FailureRecord
 from tasker.domain.retry import may_retry
 from tasker.domain.states import (
@@ -104,9 +105,11 @@ _START_TASKS = (
         status=TaskState.IN_PROGRESS.value, started_at=bindparam("now"), updated_at=bindparam("now")
     )
 )
+_ITEMS = select(steps.c.id, steps.c.item).where(steps.c.id.in_(bindparam("ids", expanding=True)))
+#: A task's steps, less its fan-outs' instances (whose results their siblings do not read).
 _TASK_STEPS = select(
     steps.c.task_id, steps.c.id, steps.c.name, steps.c.state, steps.c.results
-).where(steps.c.task_id.in_(bindparam("ids", expanding=True)))
+).where(steps.c.task_id.in_(bindparam("ids", expanding=True)), steps.c.instance_of.is_(None))
 
 
 @dataclass
@@ -123,8 +126,10 @@ class KnownTask:
 
     def covers(self, step: str) -> bool:
         """Whether this holds everything the step's handler needs: the results of all its
-        parents."""
-        return all(p in self.results for p in self.parents_of.get(step, ()))
+        parents (a fan-out's instance needs those of its fan-out step's parents)."""
+        instance = parse_instance(step)
+        base = instance[0] if instance else step
+        return all(p in self.results for p in self.parents_of.get(base, ()))
 
 
 def unknown_tasks(known: dict[int, KnownTask], claims: Iterable[Claim]) -> list[int]:
@@ -173,6 +178,8 @@ def claimed_steps(
     results: dict[int, dict[str, dict[str, Any]]] = {}
     step_ids: dict[int, dict[str, int]] = {}
     for t_id, s_id, name, state, step_results in step_rows:
+        if "[" in name:
+            continue  # a fan-out's instance: its siblings' results are not its to read
         step_ids.setdefault(t_id, {})[name] = s_id
         if state in WITH_RESULTS:
             results.setdefault(t_id, {})[name] = step_results or {}
@@ -202,6 +209,26 @@ def claimed_steps(
     ]
     out.sort(key=lambda c: (c.task_id, c.step_id))
     return out
+
+
+def instance_claims(claimed: Iterable[ClaimedStep]) -> list[int]:
+    """The ids of the fan-out instances among `claimed`: their items are to be read."""
+    return [c.step_id for c in claimed if "[" in c.name]
+
+
+def attach_items(claimed: list[ClaimedStep], items: dict[int, Any]) -> None:
+    """Give each claimed fan-out instance its item (`items` by step id) and index, in place."""
+    for i, c in enumerate(claimed):
+        instance = parse_instance(c.name)
+        if instance is not None:
+            claimed[i] = replace(c, item=items.get(c.step_id), index=instance[1])
+
+
+def read_items(conn: Connection, claimed: list[ClaimedStep]) -> None:
+    """Read and attach the items of the claimed fan-out instances (one read, when there are)."""
+    ids = instance_claims(claimed)
+    if ids:
+        attach_items(claimed, {r.id: r.item for r in conn.execute(_ITEMS, {"ids": ids})})
 
 
 def claim(

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, text, update
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.engine import Connection
 
 from tasker.domain.failures import SystemEvidence, outcome_evidence
@@ -107,6 +107,46 @@ def _finish_batch(conn: Connection, params: list[dict[str, Any]]) -> set[int]:
     return set(rows.scalars())
 
 
+#: PostgreSQL: a fan-out step's results gathered from its instances' in one statement.
+_COLLECT_PG = text("""
+    UPDATE tasker_steps g
+       SET results = jsonb_build_object(
+               'count', g.fanout,
+               'results', coalesce((SELECT jsonb_agg(coalesce(i.results, '{}'::jsonb)
+                                                    ORDER BY i.item_index)
+                                      FROM tasker_steps i
+                                     WHERE i.task_id = g.task_id AND i.instance_of = g.id),
+                                   '[]'::jsonb))
+     WHERE g.id = ANY(CAST(:ids AS bigint[]))
+    RETURNING g.id, g.results
+""")
+_INSTANCE_RESULTS = (
+    select(steps.c.results)
+    .where(steps.c.task_id == bindparam("task_id"), steps.c.instance_of == bindparam("step_id"))
+    .order_by(steps.c.item_index)
+)
+_SET_RESULTS = (
+    update(steps).where(steps.c.id == bindparam("step_id")).values(results=bindparam("results"))
+)
+
+
+def collect_fanouts(conn: Connection, groups: Sequence[Outcome]) -> None:
+    """Store each completed fan-out step's results, `{"count": n, "results": [...]}` with its
+    instances' results in item order (`tasker.domain.control.fanout_results` reads them), and
+    put them on the outcomes for the rest of the cycle."""
+    if conn.dialect.name == "postgresql":
+        ids = [o.step_id for o in groups]
+        stored: dict[int, Any] = {r.id: r.results for r in conn.execute(_COLLECT_PG, {"ids": ids})}
+        for o in groups:
+            o.results = stored.get(o.step_id)
+        return
+    for o in groups:
+        found = conn.execute(_INSTANCE_RESULTS, {"task_id": o.task_id, "step_id": o.step_id})
+        values = [r or {} for r in found.scalars()]
+        o.results = {"count": len(values), "results": values}
+        conn.execute(_SET_RESULTS, {"step_id": o.step_id, "results": o.results})
+
+
 def apply_outcomes(
     conn: Connection,
     journal: Journal,
@@ -156,6 +196,9 @@ def apply_outcomes(
                 children.extend(o.children)
         if state != StepState.WAITING_RETRY:
             check.add(o.task_id)
+    groups = [o for o in accepted if o.collects]
+    if groups:
+        collect_fanouts(conn, groups)
     _record_systems(conn, journal, accepted, view or systems.SystemsView(), lock=lock_tasks)
     readied = release_children(conn, completed, journal, children)
     settled = settle_tasks(

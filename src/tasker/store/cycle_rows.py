@@ -36,8 +36,8 @@ def eligible(outcome: Outcome) -> bool:
     involved, and no child of it waits for a control-flow decision."""
     if outcome.exhausted or outcome.probe or outcome.refund_attempt or outcome.transient_failure:
         return False
-    if outcome.gates_children:
-        return False  # a child's condition or join is decided by the general path
+    if outcome.gates_children or outcome.collects:
+        return False  # a child's decision, or a fan-out's results, are the general path's
     return outcome.state != S.COMPLETE or outcome.children is not None
 
 
@@ -101,7 +101,8 @@ EXPIRED_SQL = f"""
 class Recorded:
     #: Tasks with an outcome that may end them (not a retry).
     check: set[int] = field(default_factory=set)
-    #: Tasks with a child made ready here: they go on, no need to settle them.
+    #: Tasks with a child made ready, or a step claimed, here: they go on, no need to settle them
+    #: (counting the steps of a task with a large fan-out is what a settle costs most).
     readied: set[int] = field(default_factory=set)
     claims: list[Claim] = field(default_factory=list)
 
@@ -146,6 +147,7 @@ def record_rows(
                     )
                 )
         elif kind == "t":
+            seen.readied.add(row_task)
             seen.claims.append(
                 Claim(step_id, row_task, name, attempts, retry_limit, token, key, system, S(state))
             )

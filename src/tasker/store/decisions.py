@@ -2,31 +2,57 @@
 
 A gated step (`tasker.domain.control.gated`) stays `pending` when its parents' completion brings its
 count of unfinished parents to zero; `readiness.release_children` hands it here, in the same
-transaction. The decision reads only that step's parents, the results its condition names and its
+transaction. The decision reads only that step's parents, the results its expressions name and its
 task's context (`tasker.domain.control.decide` makes it), then the step becomes `ready`, `skipped`
 (a skip finishes it: its own children are released in turn) or `error` (its condition failed).
+
+A `foreach` step that is to run expands instead (`_expand`): one step row per item, each waited for
+by the fan-out step through an ordinary edge, so that the fan-out step becomes `ready` when the last
+instance completes, on any path; a worker then completes it with the list of their results
+(`completion.collect_fanouts`). With `max_parallel: M`, instance `i + M` also waits for instance
+`i`: M chains, so at most M instances of the task run at once.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
-from tasker.domain.control import CONDITION_ERROR, Decision, StepControl, Verdict, decide
+from tasker.domain.control import (
+    CONDITION_ERROR,
+    FANOUT_ERROR,
+    Decision,
+    StepControl,
+    Verdict,
+    decide,
+    fanout_results,
+    instance_name,
+    items_of,
+)
 from tasker.domain.records import FailureRecord
 from tasker.domain.states import StepState
 from tasker.domain.storable import MAX_MESSAGE_CHARS, storable_text
 from tasker.domain.templates import TaskTemplate
 from tasker.store.journal import Journal
-from tasker.store.schema import steps, tasks, templates
+from tasker.store.schema import step_edges, steps, tasks, templates
+from tasker.store.step_keys import step_idempotency_key
 
 _RAN = (StepState.COMPLETE.value, StepState.RESOLVED_MANUALLY.value)
 _TASKS = (
-    select(tasks.c.id, tasks.c.template_id, tasks.c.context, templates.c.content_hash)
+    select(
+        tasks.c.id,
+        tasks.c.template_id,
+        tasks.c.context,
+        tasks.c.namespace,
+        tasks.c.name,
+        tasks.c.idempotency_key,
+        templates.c.content_hash,
+    )
     .select_from(tasks.join(templates, templates.c.id == tasks.c.template_id))
     .where(tasks.c.id.in_(bindparam("ids", expanding=True)))
 )
@@ -48,6 +74,19 @@ _MOVE = (
     )
 )
 
+
+@dataclass(frozen=True)
+class _Task:
+    """What a decision reads of a task: its template, its context, and what names its steps."""
+
+    template_id: int
+    digest: str
+    context: Any
+    namespace: str
+    name: str
+    key: str
+
+
 #: Each template snapshot's controls by its content hash, compiled once per process: a hash names
 #: one definition in every store (an id does not: two stores, or a wiped one, reuse ids).
 _CONTROLS: dict[str, dict[str, StepControl]] = {}
@@ -65,10 +104,34 @@ def controls_of(conn: Connection, template_id: int, digest: str) -> dict[str, St
     return found
 
 
-def condition_failure(reason: str) -> FailureRecord:
-    """The stored failure of a step whose condition could not be decided."""
+_FANOUT_STEP = select(
+    steps.c.position,
+    steps.c.namespace,
+    steps.c.dependent_system,
+    steps.c.retry_limit,
+    steps.c.retryable,
+).where(steps.c.id == bindparam("step_id"))
+_INSERT_INSTANCES = insert(steps).returning(steps.c.id, sort_by_parameter_order=True)
+_INSERT_EDGES = insert(step_edges)
+_EXPANDED = (
+    update(steps)
+    .where(steps.c.id == bindparam("step_id"), steps.c.state == StepState.PENDING.value)
+    .values(
+        pending_parents=bindparam("count"),
+        fanout=bindparam("count"),
+        gated=False,
+        decision=bindparam("decision"),
+        state=bindparam("target"),
+        run_at=bindparam("run_at"),
+        updated_at=bindparam("now"),
+    )
+)
+
+
+def condition_failure(reason: str, error_class: str = CONDITION_ERROR) -> FailureRecord:
+    """The stored failure of a step whose condition (or fan-out) could not be decided."""
     return {
-        "class": CONDITION_ERROR,
+        "class": error_class,
         "message": storable_text(reason, MAX_MESSAGE_CHARS),
         "retryable": False,
         "system_fault": False,
@@ -83,13 +146,15 @@ def decide_gated(
     all finished. Returns the steps made ready, as `release_children` does, and the ids of those
     skipped (finished: their children are to be released)."""
     task_ids = sorted({task_id for _, task_id, _ in waiting})
-    found: dict[int, tuple[int, Any, str]] = {
-        r.id: (r.template_id, r.context, r.content_hash)
+    found = {
+        r.id: _Task(
+            r.template_id, r.content_hash, r.context, r.namespace, r.name, r.idempotency_key
+        )
         for r in conn.execute(_TASKS, {"ids": task_ids})
     }
+    templates_of = {t: controls_of(conn, f.template_id, f.digest) for t, f in found.items()}
     controls = {
-        (step_id, task_id): controls_of(conn, found[task_id][0], found[task_id][2])[name]
-        for step_id, task_id, name in waiting
+        (step_id, task_id): templates_of[task_id][name] for step_id, task_id, name in waiting
     }
     names = sorted({n for c in controls.values() for n in c.reads})
     seen: dict[tuple[int, str], tuple[str, Any]] = {}
@@ -100,14 +165,19 @@ def decide_gated(
     skipped: list[int] = []
     for step_id, task_id, name in waiting:
         control = controls[(step_id, task_id)]
+        task = found[task_id]
         parents = {p: seen[(task_id, p)][0] for p in control.parents}
-        results = {}
-        if control.when is not None:
-            for ref in control.when.steps:
-                state, value = seen.get((task_id, ref), (None, None))
-                if state in _RAN:
-                    results[ref] = value if value is not None else {}
-        decision = decide(control, parents, found[task_id][1], results)
+        results = _results_read(control, task_id, seen, templates_of[task_id])
+        decision = decide(control, parents, task.context, results)
+        if decision.verdict == Verdict.RUN and control.foreach is not None:
+            items = items_of(control, task.context, results)
+            if isinstance(items, Decision):
+                _apply(conn, journal, step_id, task_id, name, items, FANOUT_ERROR)
+                continue
+            grown = _expand(conn, journal, step_id, task_id, name, items, control, task, decision)
+            if grown and not items:
+                readied.append((step_id, task_id, name))  # nothing to wait for: ready now
+            continue
         if _apply(conn, journal, step_id, task_id, name, decision):
             if decision.verdict == Verdict.RUN:
                 readied.append((step_id, task_id, name))
@@ -116,8 +186,117 @@ def decide_gated(
     return readied, skipped
 
 
+def _results_read(
+    control: StepControl,
+    task_id: int,
+    seen: dict[tuple[int, str], tuple[str, Any]],
+    template: dict[str, StepControl],
+) -> dict[str, Any]:
+    """The results a step's expressions read: of the ancestors they name that completed or were
+    resolved (a fan-out's as its list of results)."""
+    names = [e.steps for e in (control.when, control.foreach) if e is not None]
+    out: dict[str, Any] = {}
+    for ref in frozenset().union(*names):
+        state, value = seen.get((task_id, ref), (None, None))
+        if state in _RAN:
+            value = {} if value is None else value
+            step = template.get(ref)
+            out[ref] = fanout_results(value) if step and step.foreach else value
+    return out
+
+
+def _expand(
+    conn: Connection,
+    journal: Journal,
+    step_id: int,
+    task_id: int,
+    name: str,
+    items: list[Any],
+    control: StepControl,
+    task: _Task,
+    decision: Decision,
+) -> bool:
+    """Expand a fan-out step into its instances (see the module's doc); False when the step was
+    no longer `pending`. An empty list makes the step `ready` at once: it completes with `[]`."""
+    now = journal.now
+    count = len(items)
+    window = control.max_parallel
+    why = f"expanded into {count} instance{'s' if count != 1 else ''}"
+    if window is not None and window < count:
+        why += f", at most {window} at once"
+    if decision.reason:
+        why = f"{decision.reason}; {why}"
+    params = {
+        "step_id": step_id,
+        "count": count,
+        "decision": storable_text(why, MAX_MESSAGE_CHARS),
+        "target": StepState.READY.value if count == 0 else StepState.PENDING.value,
+        "run_at": now if count == 0 else None,
+        "now": now,
+    }
+    if not conn.execute(_EXPANDED, params).rowcount:
+        return False
+    journal.event(
+        "step.expanded", {"task_id": task_id, "step_id": step_id, "step": name, "count": count}
+    )
+    if count == 0:
+        journal.step(step_id, task_id, StepState.PENDING, StepState.READY, 0, reason=why)
+        journal.event("step.ready", {"task_id": task_id, "step_id": step_id, "step": name})
+        return True
+    g = conn.execute(_FANOUT_STEP, {"step_id": step_id}).one()
+    namespace, task_name, task_key = task.namespace, task.name, task.key
+    rows = []
+    for i, item in enumerate(items):
+        ready = window is None or i < window
+        instance = instance_name(name, i)
+        rows.append(
+            {
+                "task_id": task_id,
+                "name": instance,
+                "position": g.position,
+                "namespace": g.namespace,
+                "dependent_system": g.dependent_system,
+                "state": StepState.READY.value if ready else StepState.PENDING.value,
+                "pending_parents": 0 if ready else 1,
+                "run_at": now if ready else None,
+                "attempts": 0,
+                "retry_limit": g.retry_limit,
+                "retryable": g.retryable,
+                "claim_token": 0,
+                "idempotency_key": step_idempotency_key(namespace, task_name, task_key, instance),
+                "created_at": now,
+                "updated_at": now,
+                "gated": False,
+                "instance_of": step_id,
+                "item_index": i,
+                "item": item,
+            }
+        )
+    ids = list(conn.execute(_INSERT_INSTANCES, rows).scalars())
+    edges = [{"task_id": task_id, "parent_id": i, "child_id": step_id} for i in ids]
+    if window is not None:
+        edges += [
+            {"task_id": task_id, "parent_id": ids[i], "child_id": ids[i + window]}
+            for i in range(count - window)
+        ]
+    conn.execute(_INSERT_EDGES, edges)
+    for instance_id, row in zip(ids, rows):
+        journal.step(instance_id, task_id, None, row["state"], 0)
+        if row["state"] == StepState.READY and journal.collect:
+            journal.event(
+                "step.ready", {"task_id": task_id, "step_id": instance_id, "step": row["name"]}
+            )
+    return True
+
+
 def _apply(
-    conn: Connection, journal: Journal, step_id: int, task_id: int, name: str, decision: Decision
+    conn: Connection,
+    journal: Journal,
+    step_id: int,
+    task_id: int,
+    name: str,
+    decision: Decision,
+    error_class: str = CONDITION_ERROR,
 ) -> bool:
     """Store one decision (fenced on the step being `pending`); False when it was not."""
     now = journal.now
@@ -128,7 +307,7 @@ def _apply(
         target, run_at, finished = StepState.SKIPPED, None, now
     else:
         target, run_at, finished = StepState.ERROR, None, now
-        error = condition_failure(decision.reason)
+        error = condition_failure(decision.reason, error_class)
     reason = storable_text(decision.reason, MAX_MESSAGE_CHARS) if decision.reason else None
     params = {
         "decision": reason,

@@ -49,7 +49,7 @@ from tasker.domain.states import (
     StepState,
     TaskState,
 )
-from tasker.store.claims import KnownTask, claimed_steps, unknown_tasks
+from tasker.store.claims import KnownTask, attach_items, claimed_steps, unknown_tasks
 from tasker.store.cycle_rows import EXPIRED_SQL, GATE_SQL, Cycle, CycleInput, record_rows
 from tasker.store.journal import Journal
 
@@ -200,6 +200,10 @@ def _claim_only(namespaces: bool, task: bool) -> str:
     UNION ALL SELECT 'p', s.id, s.task_id, s.name, NULL, NULL, NULL, NULL, NULL, s.state,
                      s.results
       FROM tasker_steps s WHERE s.task_id = ANY(ARRAY(SELECT task_id FROM took))
+                            AND s.instance_of IS NULL
+    UNION ALL SELECT 'i', s.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, s.item
+      FROM tasker_steps s WHERE s.id = ANY(ARRAY(SELECT id FROM took))
+                            AND s.instance_of IS NOT NULL
     {_GATE_ROWS.format(extra=", NULL")}
     """
 
@@ -221,7 +225,8 @@ _CLAIM_ONLY = {
 _TASKS = """SELECT id, context, correlation_id, template_id FROM tasker_tasks
              WHERE id = ANY(%(ids)s::bigint[])"""
 _TASK_STEPS = """SELECT task_id, id, name, state, results FROM tasker_steps
-                  WHERE task_id = ANY(%(ids)s::bigint[])"""
+                  WHERE task_id = ANY(%(ids)s::bigint[]) AND instance_of IS NULL"""
+_ITEMS = "SELECT id, item FROM tasker_steps WHERE id = ANY(%(ids)s::bigint[])"
 _LOCK = """SELECT id FROM tasker_tasks WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id
            FOR NO KEY UPDATE"""
 
@@ -383,9 +388,13 @@ def _send(raw: psycopg.Connection[Any], journal: Journal, work: CycleInput) -> C
     task_cur = raw.cursor()
     steps_cur = raw.cursor()
     settle_cur = raw.cursor()
+    items_cur = raw.cursor()
+    instances = [c.step_id for c in claims if "[" in c.name]
     if unknown:
         task_cur.execute(_TASKS, {"ids": unknown}, prepare=True)
         steps_cur.execute(_TASK_STEPS, {"ids": unknown}, prepare=True)
+    if instances:
+        items_cur.execute(_ITEMS, {"ids": instances}, prepare=True)
     if settle:
         cur.execute(_LOCK, {"ids": settle}, prepare=True)
         settle_cur.execute(
@@ -410,6 +419,8 @@ def _send(raw: psycopg.Connection[Any], journal: Journal, work: CycleInput) -> C
             tasks = task_cur.fetchall() if unknown else []
             steps = steps_cur.fetchall() if unknown else []
             out.claimed = claimed_steps(claims, known, tasks, steps)
+            if instances:
+                attach_items(out.claimed, dict(items_cur.fetchall()))
         return out
 
     return receive
@@ -425,12 +436,15 @@ def _claimed_only(
     """Read what the claim-only statement did (committed): journal it as the first statement's
     rows are journaled, less the transition rows it wrote itself, and attach the tasks it read."""
     claim_rows, tasks, steps = [], [], []
+    items: dict[int, Any] = {}
     for row in rows:
         kind = row[0]
         if kind == "k":  # a claimed task: id, template, correlation id, context
             tasks.append((row[1], row[10], row[3], row[2]))
         elif kind == "p":  # a step of a claimed task: task, id, name, state, results
             steps.append((row[2], row[1], row[3], row[9], row[10]))
+        elif kind == "i":  # a claimed fan-out instance: id, item
+            items[row[1]] = row[10]
         else:
             claim_rows.append(row[:10])
     seen = record_rows(journal, claim_rows, {}, out)
@@ -439,4 +453,5 @@ def _claimed_only(
     out.scanned_full = len(claims) >= scan_limit
     if claims:
         out.claimed = claimed_steps(claims, known, tasks, steps)
+        attach_items(out.claimed, items)
     return out

@@ -158,6 +158,12 @@ steps = Table(
     Column("gated", Boolean, nullable=False, server_default=text("false")),
     # That decision's reason: why the step was skipped, or that its condition held.
     Column("decision", Text, nullable=True),
+    # A fan-out's instance: the fan-out step's id, and its item (migration 0013).
+    Column("instance_of", Id, nullable=True),
+    Column("item_index", Integer, nullable=True),
+    Column("item", Json, nullable=True),
+    # A fan-out step: how many instances it expanded into.
+    Column("fanout", Integer, nullable=True),
     # Also how every read of a task's steps finds them (by its `task_id` prefix).
     UniqueConstraint("task_id", "name"),
     # The claim's order, `run_at, id`, read straight from the index (migration 0008).

@@ -27,7 +27,7 @@ from tasker.domain.states import (
     TaskState,
     settle_move,
 )
-from tasker.store.claims import claimed_steps, unknown_tasks
+from tasker.store.claims import attach_items, claimed_steps, instance_claims, unknown_tasks
 from tasker.store.cycle_rows import (
     EXPIRED_SQL,
     GATE_SQL,
@@ -240,11 +240,18 @@ def _cycle(cur: sqlite3.Cursor, journal: Journal, work: CycleInput) -> Cycle:
                 (r[0], r[1], r[2], r[3], _loads(r[4]))
                 for r in cur.execute(
                     "SELECT task_id, id, name, state, results FROM tasker_steps"
-                    f" WHERE task_id IN ({marks})",
+                    f" WHERE task_id IN ({marks}) AND instance_of IS NULL",
                     unknown,
                 )
             ]
         out.claimed = claimed_steps(seen.claims, known, tasks, steps)
+        instances = instance_claims(out.claimed)
+        if instances:
+            found = cur.execute(
+                f"SELECT id, item FROM tasker_steps WHERE id IN ({_in(len(instances))})",
+                instances,
+            )
+            attach_items(out.claimed, {r[0]: _loads(r[1]) for r in found})
     flush_rows(cur, journal)
     return out
 

@@ -40,6 +40,7 @@ from tasker.store.schema import (
     templates,
 )
 from tasker.store.sqlite_cycle import flush_rows, stamp
+from tasker.store.step_keys import step_idempotency_key
 
 _INSERT_TASKS = insert(tasks).returning(tasks.c.id, sort_by_parameter_order=True)
 _INSERT_STEPS = insert(steps).returning(
@@ -143,10 +144,6 @@ def _same_number(a: Any, b: Any) -> bool:
         and not isinstance(b, bool)
         and a == b
     )
-
-
-def step_idempotency_key(namespace: str, name: str, task_key: str, step: str) -> str:
-    return hashlib.sha256(f"{namespace}/{name}/{task_key}/{step}".encode()).hexdigest()[:32]
 
 
 def template_id(
@@ -680,6 +677,9 @@ def _step(r: Row[Any] | SimpleNamespace) -> Step:
         position=r.position,
         idempotency_key=r.idempotency_key,
         decision=r.decision,
+        instance_of=r.instance_of,
+        item_index=r.item_index,
+        fanout=r.fanout,
     )
 
 
@@ -708,7 +708,7 @@ def get_task(conn: Connection, task_id: int) -> Task | None:
     if row is None:
         return None
     step_rows = conn.execute(
-        select(steps).where(steps.c.task_id == task_id).order_by(steps.c.position)
+        select(steps).where(steps.c.task_id == task_id).order_by(steps.c.position, steps.c.id)
     ).all()
     return _task(row, [_step(s) for s in step_rows])
 
@@ -723,7 +723,7 @@ def get_tasks(conn: Connection, task_ids: Sequence[int]) -> list[Task]:
     for s in conn.execute(
         select(steps)
         .where(steps.c.task_id.in_(list(task_ids)))
-        .order_by(steps.c.task_id, steps.c.position)
+        .order_by(steps.c.task_id, steps.c.position, steps.c.id)
     ):
         by_task.setdefault(s.task_id, []).append(_step(s))
     return [_task(r, by_task.get(r.id, [])) for r in rows]
@@ -780,7 +780,7 @@ _TASK_COLUMNS = (
 _STEP_COLUMNS = (
     "id, task_id, name, state, attempts, retry_limit, retryable, dependent_system, results,"
     " last_error, run_at, started_at, finished_at, created_at, position, idempotency_key,"
-    " decision"
+    " decision, instance_of, item_index, fanout"
 )
 #: Columns SQLAlchemy's types decode (`UTCDateTime`, `Json`, `Boolean`), decoded here alike.
 _TIMES = {"created_at", "updated_at", "started_at", "finished_at", "run_at"}
@@ -800,7 +800,7 @@ def _read_task_sqlite(conn: Connection, task_id: int) -> Task | None:
         row = t.fetchone()
         found = (
             cur.execute(
-                f"SELECT {_STEP_COLUMNS} FROM tasker_steps WHERE task_id = ? ORDER BY position",
+                f"SELECT {_STEP_COLUMNS} FROM tasker_steps WHERE task_id = ? ORDER BY position, id",
                 (task_id,),
             ).fetchall()
             if row is not None

@@ -68,6 +68,9 @@ STEP_KEYS = {
     "run_inline",
     "when",
     "join",
+    "foreach",
+    "max_parallel",
+    "max_items",
 }
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")

@@ -70,7 +70,8 @@ class RegistrationStep(ApiStepHandler):
 
     @staticmethod
     def user(ctx: StepContext) -> dict[str, Any]:
-        return ctx.result_of("create_user_account")
+        user: dict[str, Any] = ctx.result_of("create_user_account")
+        return user
 
 
 class CreateUserAccountHandler(RegistrationStep):
