@@ -304,3 +304,49 @@ class AwaitChild(StepHandler):
         if child.status != "complete":
             raise RetryableError(f"child task {child.id} is {child.status}", retry_after=0.05)
         return {"child_status": child.status, "child_correlation_id": child.correlation_id}
+
+
+class Partitions(StepHandler):
+    """Returns `handler_config.count` partitions (or the context's `count`): a number decided at
+    run time."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        count = int(ctx.context.get("count", ctx.handler_config.get("count", 3)))
+        return {"partitions": [{"name": f"p{i}", "rows": i * 10} for i in range(count)]}
+
+
+class Instance(StepHandler):
+    """A fan-out's instance: records its item, index and key; fails for good while a fault is set
+    for its own name (`set_fault(key, "process[2]")`), and once, transiently, when its name is in
+    `handler_config.flaky`."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        key = _key(ctx)
+        entry = record(
+            key,
+            kind="instance",
+            step=ctx.step_name,
+            item=ctx.item,
+            index=ctx.index,
+            idem=ctx.idempotency_key,
+            attempt=ctx.attempt,
+            results=dict(ctx.results),
+            start=time.monotonic(),
+        )
+        if ctx.handler_config.get("sleep"):
+            time.sleep(float(ctx.handler_config["sleep"]))
+        entry["end"] = time.monotonic()
+        if ctx.step_name in ctx.handler_config.get("flaky", []) and ctx.attempt == 1:
+            raise RetryableError(f"{ctx.step_name}: busy", retry_after=0.01)
+        if _has_fault(key, ctx.step_name):
+            raise PermanentError(f"{ctx.step_name}: the fault is on", error_code="FAULT")
+        return {"index": ctx.index, "item": ctx.item}
+
+
+class Collect(StepHandler):
+    """Reads a fan-out's list of results (`handler_config.of`) and records it."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        got = ctx.result_of(str(ctx.handler_config.get("of", "process")))
+        record(_key(ctx), kind="collect", step=ctx.step_name, got=got)
+        return {"count": len(got)}

@@ -289,6 +289,15 @@ class StepOut(BaseModel):
         default=None,
         description="Why a condition or join skipped the step, or that its `when` held.",
     )
+    instance_of: int | None = Field(
+        default=None, description="A fan-out's instance: the id of its fan-out step."
+    )
+    item_index: int | None = Field(
+        default=None, description="A fan-out's instance: its item's index in the list."
+    )
+    fanout: int | None = Field(
+        default=None, description="A fan-out step: how many instances it expanded into."
+    )
     run_at: datetime | None = Field(
         description="When the step is (or was) due to run; retries move it forward."
     )
@@ -312,6 +321,9 @@ class StepOut(BaseModel):
             results=step.results,
             last_error=StepError.of(step.last_error),
             decision=step.decision,
+            instance_of=step.instance_of,
+            item_index=step.item_index,
+            fanout=step.fanout,
             run_at=step.run_at,
             created_at=step.created_at,
             started_at=step.started_at,

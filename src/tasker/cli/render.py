@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,19 +54,44 @@ def task_header(task: Task) -> str:
     )
 
 
+#: A fan-out's instances listed one by one up to this many; beyond, those that completed are
+#: counted on their fan-out step's row and only the others are listed.
+LISTED_INSTANCES = 10
+
+
+def shown_steps(task: Task) -> list[Step]:
+    """The steps a table lists: every step, except the completed instances of a fan-out with
+    more than `LISTED_INSTANCES` (its row says how many are done)."""
+    counts = Counter(s.instance_of for s in task.steps if s.instance_of is not None)
+    return [
+        s
+        for s in task.steps
+        if s.instance_of is None
+        or counts[s.instance_of] <= LISTED_INSTANCES
+        or s.status != StepState.COMPLETE
+    ]
+
+
+def _label(task: Task, s: Step) -> str:
+    """A step's name as tables show it: instances indented under their fan-out step."""
+    return f"  {s.name}" if s.instance_of is not None else s.name
+
+
 def steps_table(task: Task) -> Table:
     table = Table(show_lines=False, expand=False)
     for col in ("step", "state", "attempts", "started", "finished", "duration"):
         table.add_column(col, no_wrap=True)
-    table.add_column("last error / decision", overflow="fold")
-    for s in task.steps:
+    table.add_column("last error", overflow="fold")
+    for s in shown_steps(task):
         err = ""
         if s.last_error:
             err = f"{s.last_error.get('class', '')}: {s.last_error.get('message', '')}"
         elif s.status == StepState.SKIPPED and s.decision:
             err = f"skipped: {s.decision}"
+        elif s.fanout is not None:
+            err = task.fanout_progress(s)
         table.add_row(
-            s.name,
+            _label(task, s),
             coloured(s.status),
             f"{s.attempts}/{s.retry_limit}",
             _time(s.started_at),
@@ -96,7 +122,7 @@ def tasks_table(tasks: list[Task], total: Total) -> Table:
 def template_steps_table(t: TaskTemplate) -> Table:
     table = Table(title=f"{t.key}" + (f" — {t.description}" if t.description else ""))
     columns = ["step", "depends on", "handler", "retry", "backoff", "timeout", "system"]
-    controlled = any(s.when or s.join for s in t.step_templates)
+    controlled = any(s.when or s.join or s.foreach for s in t.step_templates)
     if controlled:
         columns.insert(2, "condition")
     for col in columns:
@@ -122,8 +148,12 @@ def template_steps_table(t: TaskTemplate) -> Table:
 
 
 def runs_when(s: StepTemplate) -> str:
-    """A step's join and condition, as `tasker templates show` lists them."""
+    """A step's join, condition and fan-out, as `tasker templates show` lists them."""
     parts = ["join: any" if s.join == JoinRule.ANY else "", f"when: {s.when}" if s.when else ""]
+    if s.foreach:
+        parts.append(f"foreach: {s.foreach}")
+        if s.max_parallel:
+            parts.append(f"max_parallel: {s.max_parallel}")
     return "; ".join(p for p in parts if p) or "-"
 
 
@@ -137,7 +167,7 @@ def template_mermaid(t: TaskTemplate) -> str:
 
 
 def task_mermaid(t: TaskTemplate, task: Task) -> str:
-    return t.mermaid({s.name: s.status for s in task.steps})
+    return t.mermaid(*task.diagram_states())
 
 
 # -- `tasker run`: why a step waits, and what each step cost ------------------------------------
@@ -292,15 +322,16 @@ def run_steps_table(
         right = col in ("probes", "total", "waited")
         table.add_column(col, no_wrap=True, justify="right" if right else "left")
     table.add_column("last error", overflow="fold")
-    for s in task.steps:
+    for s in shown_steps(task):
         cost = step_cost(s, by_step.get(s.id, []), probe_times.get(s.dependent_system, []), now)
+        note = cost.last_error or task.fanout_progress(s)
         table.add_row(
-            s.name,
+            _label(task, s),
             coloured(s.status),
             f"{cost.attempts}/{s.retry_limit}",
             str(cost.probes or ""),
             _duration(cost.total_seconds),
             _duration(cost.waited_seconds),
-            cost.last_error[:200],
+            note[:200],
         )
     return table

@@ -156,19 +156,30 @@ def mermaid(
     *,
     when: Mapping[str, str] | None = None,
     join_any: Collection[str] = (),
+    foreach: Mapping[str, str] | None = None,
+    notes: Mapping[str, str] | None = None,
 ) -> str:
     """A Mermaid flowchart of the DAG; with `states`, each step is labelled and coloured by its
-    state. A step's condition (`when`, by step name) labels the edges into it (a step without
-    parents shows it under its name); a `join: any` step is drawn as a hexagon."""
+    state, and `notes` (by step name) add a line under a name. A step's condition (`when`, by step
+    name) labels the edges into it (a step without parents shows it under its name); a `join: any`
+    step is drawn as a hexagon; a `foreach` step as a stack of pages, with its list."""
     when = when or {}
+    foreach = foreach or {}
+    notes = notes or {}
     ids = {name: f"s{i}" for i, (name, _) in enumerate(steps)}
     lines = ["graph TD"]
     for name, parents in steps:
         label = name if not states else f"{name}<br/>{states.get(name, 'pending')}"
         if name in when and not parents:
             label += f"<br/>when {_mermaid_text(when[name])}"
+        if name in foreach:
+            label += f"<br/>for each in {_mermaid_text(foreach[name])}"
+        if name in notes:
+            label += f"<br/>{_mermaid_text(notes[name])}"
         if name in join_any:
             lines.append(f'    {ids[name]}{{{{"{label}<br/>join: any"}}}}')
+        elif name in foreach:
+            lines.append(f'    {ids[name]}@{{ shape: docs, label: "{label}" }}')
         else:
             lines.append(f'    {ids[name]}["{label}"]')
     for name, parents in steps:

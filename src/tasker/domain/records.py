@@ -100,15 +100,41 @@ class Task:
         for s in self.steps:
             if s.name == name:
                 return s
-        raise KeyError(
-            f"task {self.id} has no step '{name}'; steps: {', '.join(s.name for s in self.steps)}"
-        )
+        names = [s.name for s in self.steps if s.instance_of is None]
+        raise KeyError(f"task {self.id} has no step '{name}'; steps: {', '.join(names)}")
+
+    def instances(self, step: Step) -> list[Step]:
+        """A fan-out step's instances, in item order."""
+        found = [s for s in self.steps if s.instance_of == step.id]
+        return sorted(found, key=lambda s: s.item_index or 0)
+
+    def fanout_progress(self, step: Step) -> str:
+        """`n/N done` of a fan-out step's finished instances ("" for any other step, or one that
+        has not expanded)."""
+        if step.fanout is None:
+            return ""
+        done = sum(1 for s in self.instances(step) if s.status in _FINISHED_INSTANCE)
+        return f"{done}/{step.fanout} done"
+
+    def diagram_states(self) -> tuple[dict[str, str], dict[str, str]]:
+        """Each template step's state, and the notes of fan-out steps (`n/N done`), for a
+        diagram of the task."""
+        steps = [s for s in self.steps if s.instance_of is None]
+        states = {s.name: str(s.status) for s in steps}
+        notes = {s.name: self.fanout_progress(s) for s in steps if s.fanout is not None}
+        return states, notes
 
     @property
     def duration_seconds(self) -> float | None:
         if self.started_at and self.finished_at:
             return max(0.0, (self.finished_at - self.started_at).total_seconds())
         return None
+
+
+#: The instance states `fanout_progress` counts as done.
+_FINISHED_INSTANCE = frozenset(
+    {StepState.COMPLETE, StepState.RESOLVED_MANUALLY, StepState.SKIPPED, StepState.CANCELLED}
+)
 
 
 @dataclass(frozen=True)

@@ -421,12 +421,17 @@ class TaskTemplate(_Strict):
         """The names of the steps with a `foreach`."""
         return frozenset(s.name for s in self.step_templates if s.foreach is not None)
 
-    def mermaid(self, states: dict[str, str] | None = None) -> str:
-        """The Mermaid flowchart of the steps (coloured by `states` when given), conditions on
-        the edges into their steps and `join: any` steps as hexagons."""
+    def mermaid(
+        self, states: dict[str, str] | None = None, notes: dict[str, str] | None = None
+    ) -> str:
+        """The Mermaid flowchart of the steps (coloured by `states` when given, with `notes` under
+        their names: a fan-out's `n/N done`), conditions on the edges into their steps, `join:
+        any` steps as hexagons and `foreach` steps as stacks."""
         return mermaid(
             [(s.name, s.parents) for s in self.step_templates],
             states,
+            notes=notes,
+            foreach={s.name: s.foreach for s in self.step_templates if s.foreach},
             when={s.name: s.when for s in self.step_templates if s.when},
             join_any={s.name for s in self.step_templates if s.join == JoinRule.ANY},
         )

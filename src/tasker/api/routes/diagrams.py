@@ -72,9 +72,10 @@ def task_diagram(
 ) -> Diagram | PlainTextResponse:
     task = engine.get_task(task_id)
     template = engine.templates.of_task(task_id)
-    states: dict[str, str] = {s.name: s.status for s in task.steps}
     return _answer(
-        Diagram(template=template.key, task_id=task.id, mermaid=template.mermaid(states)),
+        Diagram(
+            template=template.key, task_id=task.id, mermaid=template.mermaid(*task.diagram_states())
+        ),
         format,
         accept,
     )
