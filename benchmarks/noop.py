@@ -35,3 +35,24 @@ class Stamp(StepHandler):
         import time
 
         return {"started": time.time()}
+
+
+class Partitions(StepHandler):
+    """Returns `context.count` items: the list a fan-out benchmark expands over."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        return {"items": list(range(int(ctx.context.get("count", 10_000))))}
+
+
+class Fanned(StepHandler):
+    """A fan-out's instance: no work, its index back."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        return {"i": ctx.index}
+
+
+class CountResults(StepHandler):
+    """A fan-in: how many results the fan-out gathered."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        return {"n": len(ctx.result_of("each"))}

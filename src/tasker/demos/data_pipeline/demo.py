@@ -16,6 +16,7 @@ from tasker.demos.data_pipeline.metrics import dollars
 
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE = "data_pipeline/customer_analytics"
+DAILY = "data_pipeline/daily_revenue"
 EXTRACTS = ("extract_orders", "extract_users", "extract_products")
 
 
@@ -111,3 +112,33 @@ def describe(engine: Tasker, task: Task, *, output_kept: bool = True) -> Iterato
     if not output_kept and notes.get("dashboard"):
         notes["dashboard"] = Path(notes["dashboard"]).name
     yield f"annotations: {notes}"
+
+
+def run_daily(engine: Tasker, **context: Any) -> Task:
+    """Load the templates, create one daily revenue rollup and run it to the end here."""
+    engine.load_templates(TEMPLATES)
+    return engine.run(engine.create_task(DAILY, context).id)
+
+
+def describe_daily(task: Task) -> Iterator[str]:
+    """Lines a person reads about a daily revenue rollup: the fan-out and the report."""
+    yield f"task {task.id} {task.template_key}: {task.status} in {task.duration_seconds or 0:.2f}s"
+    found = (task.step("discover_partitions").results or {}).get("partitions", [])
+    yield f"discover_partitions found {len(found)} days with orders (decided at run time)"
+    fan = task.step("aggregate_partition")
+    yield f"aggregate_partition: {fan.decision}; {task.fanout_progress(fan)}"
+    for s in task.instances(fan):
+        if s.attempts > 1 or s.status != StepState.COMPLETE:
+            yield f"  {s.name}: {s.status} after {s.attempts} attempts"
+    if task.status != TaskState.COMPLETE:
+        for s in task.steps:
+            if s.status == StepState.ERROR:
+                yield f"{s.name} failed: {s.last_error['message'] if s.last_error else None}"
+        return
+    r = task.step("build_report").results or {}
+    yield (
+        f"report: {r['partitions']} partitions, {r['orders']} orders, revenue"
+        f" {dollars(r['revenue_cents'])}, {r['refunds']} refunds, best day {r['best_day']}"
+    )
+    if r["retried_partitions"]:
+        yield "recovered after a retry: " + ", ".join(r["retried_partitions"])
