@@ -36,3 +36,37 @@ class Step(StepHandler):
         ):
             raise RetryableError(f"{ctx.step_name}: the system is down", error_code="SYSTEM_DOWN")
         return {"step": ctx.step_name, "amount": ctx.context.get("amount")}
+
+
+class Partitions(StepHandler):
+    """Discovers `context.partitions` partitions (3 unless told), after waiting while the file
+    `context.hold` exists (at most 30 s): a list the fan-out after it only knows at run time."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        hold = ctx.context.get("hold")
+        deadline = time.monotonic() + 30
+        while hold and Path(hold).exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        count = int(ctx.context.get("partitions", 3))
+        return {"partitions": [{"name": f"part-{i:03d}", "rows": i * 100} for i in range(count)]}
+
+
+class Partition(StepHandler):
+    """One instance of a fan-out over partitions: fails for good when its index is
+    `context.fail_index` (only while the file `context.fail_flag` exists, when it names one)."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        flag = ctx.context.get("fail_flag")
+        if ctx.index == ctx.context.get("fail_index") and (flag is None or Path(flag).exists()):
+            raise PermanentError(
+                f"partition {ctx.item['name']} is corrupt", error_code="CORRUPT_PARTITION"
+            )
+        return {"partition": ctx.item["name"], "rows": ctx.item["rows"]}
+
+
+class Report(StepHandler):
+    """Counts the results of the fan-out `process` and the rows it handled."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        done = ctx.result_of("process")
+        return {"count": len(done), "rows": sum(int(r["rows"]) for r in done)}

@@ -9,6 +9,10 @@ the mean row of their parents (one barycentre pass), which keeps most edges shor
 Control flow is drawn where it acts: a step's `when:` condition labels the edges into it (decided
 when those parents finish), in the gap just before the step, which is widened to fit the label; a
 step without parents carries its condition on its node; a `join: any` step is marked on its node.
+
+A `foreach` step is one node however many instances it expands into (a fan-out may have 10,000):
+drawn as a stack of cards, with a second line under its name, `for each` until it expands, then
+its progress (`n/N done`, and how many instances failed) on the task page.
 """
 
 from __future__ import annotations
@@ -30,12 +34,36 @@ PAD = 12
 LABEL_CHARS = 20
 #: Conditions on edges are cut to this many characters; the full text is in the edge's <title>.
 WHEN_CHARS = 28
+#: How far each card of a fan-out's stack sits behind the node (up and to the right), and how many
+#: cards there are; PAD leaves them room at the edges of the drawing.
+STACK_OFFSET = 3
+STACK_CARDS = 2
 #: The width of one character of an edge label (10px monospace, `.dag .edge-label` in the CSS);
 #: the padding of the box that hides the edge under the label; and the room left on each side of
 #: that box in the gap, so that a label never covers a node or the arrow head.
 WHEN_CHAR_W = 6.0
 WHEN_PAD = 3.0
 WHEN_MARGIN = 20.0
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a fan-out's instances got: `done` of `total` finished (the states
+    `Task.fanout_progress` counts), `failed` of them in error."""
+
+    done: int
+    total: int
+    failed: int = 0
+
+    @property
+    def text(self) -> str:
+        """`n/N done`, as `Task.fanout_progress` says it."""
+        return f"{self.done}/{self.total} done"
+
+    @property
+    def line(self) -> str:
+        """The node's second line: the progress, and the failures if any."""
+        return self.text + (f", {self.failed} failed" if self.failed else "")
 
 
 @dataclass(frozen=True)
@@ -54,6 +82,11 @@ class Node:
     #: True when the node itself shows the condition: the step has no parent, so no edge to
     #: carry it.
     when_on_node: bool = False
+    #: A fan-out step's `foreach` expression and `max_parallel`.
+    foreach: str | None = None
+    max_parallel: int | None = None
+    #: A fan-out step's instances, once it expanded (task page only).
+    progress: Progress | None = None
 
     @property
     def text_x(self) -> float:
@@ -61,17 +94,55 @@ class Node:
 
     @property
     def text_y(self) -> float:
-        return self.y + self.h / 2 + 5
+        """The name's baseline: centred, or on the first of two lines for a fan-out."""
+        return self.y + (20 if self.foreach is not None else self.h / 2 + 5)
 
     @property
-    def title(self) -> str:
-        """The node's tooltip: name and state, then its control flow, in full."""
-        parts = [f"{self.name}: {self.state}"]
+    def sub_y(self) -> float:
+        """The baseline of a fan-out's second line (its progress)."""
+        return self.y + 33
+
+    @property
+    def sub_text(self) -> str:
+        """A fan-out's second line: its progress once it expanded, `for each` before."""
+        if self.progress is not None:
+            return self.progress.line
+        if self.max_parallel is not None:
+            return f"for each, {self.max_parallel} at once"
+        return "for each"
+
+    @property
+    def stack(self) -> list[tuple[float, float]]:
+        """Where the cards behind a fan-out's node sit, farthest first (none for other steps)."""
+        if self.foreach is None:
+            return []
+        offsets = [STACK_OFFSET * k for k in range(STACK_CARDS, 0, -1)]
+        return [(self.x + d, self.y - d) for d in offsets]
+
+    @property
+    def about(self) -> str:
+        """The step's control flow in full, as the tooltip says it after the name and state; the
+        live page keeps it when it rewrites the state (`data-about`)."""
+        parts = []
         if self.when is not None:
             parts.append(f"runs when {one_line(self.when)}")
         if self.join_any:
             parts.append("join: any (runs when at least one parent completed)")
+        if self.foreach is not None:
+            each = f"for each item in {one_line(self.foreach)}"
+            if self.max_parallel is not None:
+                each += f", at most {self.max_parallel} at once"
+            parts.append(each)
         return "; ".join(parts)
+
+    @property
+    def title(self) -> str:
+        """The node's tooltip: name and state (and a fan-out's progress), then its control flow,
+        in full. dashboard.js builds the same text when the state changes."""
+        head = f"{self.name}: {self.state}"
+        if self.progress is not None:
+            head += f", {self.progress.line}"
+        return f"{head}; {self.about}" if self.about else head
 
 
 @dataclass(frozen=True)
@@ -109,6 +180,11 @@ class Layout:
         """Whether any step is a `join: any` (the legend then explains its border)."""
         return any(n.join_any for n in self.nodes)
 
+    @property
+    def fans_out(self) -> bool:
+        """Whether any step has a `foreach` (the legend then explains the stack)."""
+        return any(n.foreach is not None for n in self.nodes)
+
 
 def label(name: str, limit: int = LABEL_CHARS) -> str:
     return name if len(name) <= limit else name[: limit - 1] + "\u2026"
@@ -124,15 +200,21 @@ def when_label(expression: str) -> str:
     return label(one_line(expression), WHEN_CHARS)
 
 
-def template_layout(template: TaskTemplate, states: Mapping[str, str] | None = None) -> Layout:
-    """The layout of a template's steps with their conditions and joins, as both the task page
-    and the template page draw it."""
+def template_layout(
+    template: TaskTemplate,
+    states: Mapping[str, str] | None = None,
+    progress: Mapping[str, Progress] | None = None,
+) -> Layout:
+    """The layout of a template's steps with their conditions, joins and fan-outs, as both the
+    task page (with `states` and the fan-outs' `progress`) and the template page draw it."""
     steps = template.step_templates
     return layout(
         [(s.name, s.parents) for s in steps],
         states,
         when={s.name: s.when for s in steps if s.when},
         join_any={s.name for s in steps if s.join == JoinRule.ANY},
+        foreach={s.name: (s.foreach, s.max_parallel) for s in steps if s.foreach is not None},
+        progress=progress,
     )
 
 
@@ -142,12 +224,18 @@ def layout(
     *,
     when: Mapping[str, str] | None = None,
     join_any: Collection[str] = (),
+    foreach: Mapping[str, tuple[str, int | None]] | None = None,
+    progress: Mapping[str, Progress] | None = None,
 ) -> Layout:
     """Place every step; `steps` are (name, parents) in declaration order, `states` colour them,
-    `when` (step -> condition) labels the edges into a step, `join_any` marks its steps."""
+    `when` (step -> condition) labels the edges into a step, `join_any` marks its steps,
+    `foreach` (step -> expression and max_parallel) stacks a fan-out's node and `progress` adds
+    its instances' progress."""
     if not steps:
         return Layout([], [], 2 * PAD, 2 * PAD)
     when = when or {}
+    foreach = foreach or {}
+    progress = progress or {}
     columns = execution_levels(steps)
     parents = {name: list(ps) for name, ps in steps}
     row: dict[str, float] = {}
@@ -176,6 +264,9 @@ def layout(
                 when=when.get(name),
                 join_any=name in join_any,
                 when_on_node=name in when and not parents[name],
+                foreach=foreach[name][0] if name in foreach else None,
+                max_parallel=foreach[name][1] if name in foreach else None,
+                progress=progress.get(name) if name in foreach else None,
             )
     gap_of = {
         name: (gaps[c - 1] if c else 0.0) for c, level in enumerate(columns) for name in level

@@ -6,11 +6,21 @@ task id). A step's control flow (its condition, `join: any`, the decision that s
 run) comes from the template snapshot and the step record. The page then follows the task live
 with the API's SSE stream and JSON reads (static/dashboard/dashboard.js). Each action needs the
 permission of the API route it mirrors.
+
+A fan-out (`foreach`) is one step on the page however many instances it expanded into (up to
+10,000): its node shows `n/N done`, and its entry a table of at most INSTANCE_ROWS instances, the
+failed and running first, with a line counting the others by state. So the page costs a few passes
+over the steps and the transitions, and HTML for the listed instances only; the instances' items,
+which the step records do not carry, are the fan-out's `foreach` evaluated once more over what it
+read (its task's context and its ancestors' results, final by then).
 """
 
 from __future__ import annotations
 
+import heapq
 import json
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,23 +30,25 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tasker.api.auth import Permission
-from tasker.domain.control import CONDITION_ERROR, JoinRule
+from tasker.domain.control import CONDITION_ERROR, JoinRule, fanout_results, items_of
 from tasker.domain.errors import TaskerInputError
 from tasker.domain.history import StepTransition
 from tasker.domain.records import Step, Task
 from tasker.domain.states import (
     FINISHED_TASK_STATES,
+    RESULT_STEP_STATES,
     STEP_TRANSITIONS,
+    TERMINAL_STEP_STATES,
     TERMINAL_TASK_STATES,
     StepState,
     TaskState,
 )
-from tasker.domain.templates import TaskTemplate
+from tasker.domain.templates import StepTemplate, TaskTemplate
 from tasker.engine.tasker import Tasker
 from tasker.web.access import Pages, Viewer, actor, field_of, page, read_form, redirect, viewer
-from tasker.web.dag import template_layout
+from tasker.web.dag import Layout, Progress, template_layout
 from tasker.web.pages.events import event_names
-from tasker.web.timeline import waterfall
+from tasker.web.timeline import Waterfall, waterfall
 
 pages = Pages()
 MAX_ID = 2**63 - 1
@@ -44,6 +56,26 @@ MAX_ID = 2**63 - 1
 RESOLVABLE = " ".join(
     sorted(s.value for s in StepState if StepState.RESOLVED_MANUALLY in STEP_TRANSITIONS[s])
 )
+#: The instance states a fan-out's progress counts as done (those of `Task.fanout_progress`);
+#: dashboard.js counts the same ones, read from the page.
+DONE_STATES = " ".join(s.value for s in StepState if s in TERMINAL_STEP_STATES)
+#: The order states are counted in, in the line under a fan-out's instances.
+STATE_ORDER = " ".join(s.value for s in StepState)
+#: A fan-out's entry lists at most this many instances: the failed, retrying and running first
+#: (in that order), then by index.
+INSTANCE_ROWS = 50
+_FIRST = {StepState.ERROR: 0, StepState.WAITING_RETRY: 1, StepState.IN_PROGRESS: 2}
+#: A fan-out in these states may still expand; in any other it did not, and will not unless it is
+#: retried.
+_UNDECIDED = frozenset({StepState.PENDING, StepState.READY})
+#: An instance's item is shown on one line, cut to this many characters.
+ITEM_CHARS = 60
+#: An instance's error message is cut to this many characters (the whole one is its tooltip).
+ERROR_CHARS = 160
+#: The timeline draws at most this many instances of each fan-out (the first ones of its table).
+TIMELINE_INSTANCES = 10
+#: A fan-out's results on the page: its count and the first few of its list (the API has all).
+RESULTS_PREVIEW = 20
 
 
 @dataclass(frozen=True)
@@ -67,6 +99,51 @@ class DecisionNote:
 
 
 @dataclass(frozen=True)
+class InstanceRow:
+    """One instance in its fan-out's table: the step, its item summarised (None when the item
+    cannot be told), its last error on one line, and the whole message for the tooltip."""
+
+    step: Step
+    item: str | None
+    error: str
+    error_title: str
+
+
+@dataclass(frozen=True)
+class FanOutView:
+    """A fan-out step's entry: its `foreach`, its progress once expanded, the instances listed
+    and how many others there are, by state (in STATE_ORDER)."""
+
+    foreach: str
+    max_parallel: int | None
+    max_items: int | None
+    progress: Progress | None
+    rows: list[InstanceRow]
+    hidden: list[tuple[str, int]]
+
+    status: str = ""
+
+    @property
+    def line(self) -> str:
+        """The progress next to the step's name: `n/N done` (and the failures), or that it has
+        not expanded (dashboard.js says it the same way)."""
+        if self.progress is not None:
+            return self.progress.line
+        return "not expanded yet" if self.status in _UNDECIDED else "not expanded"
+
+    @property
+    def more(self) -> str:
+        """The line under the table: `and 9,950 more (9,950 complete)` (dashboard.js says it the
+        same way)."""
+        total = sum(n for _, n in self.hidden)
+        if not total:
+            return ""
+        states = ", ".join(f"{n:,} {state.replace('_', ' ')}" for state, n in self.hidden)
+        lead = f"and {total:,} more" if self.rows else f"{total:,} instances"
+        return f"{lead} ({states})"
+
+
+@dataclass(frozen=True)
 class StepView:
     step: Step
     parents: list[str]
@@ -76,11 +153,20 @@ class StepView:
     when: str | None = None
     join_any: bool = False
     decision: DecisionNote | None = None
+    fanout: FanOutView | None = None
+    #: The results as the page shows them (a fan-out's list cut to RESULTS_PREVIEW), and a note
+    #: saying what was left out.
+    results: Any = None
+    results_note: str = ""
 
 
 def attempts_of(step_id: int, transitions: list[StepTransition]) -> list[Attempt]:
     """The attempts of one step: each `in_progress` transition and the one that ended it."""
-    rows = [t for t in transitions if t["step_id"] == step_id]
+    return attempts_in([t for t in transitions if t["step_id"] == step_id])
+
+
+def attempts_in(rows: Sequence[StepTransition]) -> list[Attempt]:
+    """The attempts in one step's transitions (oldest first)."""
     out: list[Attempt] = []
     for i, t in enumerate(rows):
         if t["to_state"] != StepState.IN_PROGRESS:
@@ -124,6 +210,109 @@ def decision_note(step: Step) -> DecisionNote | None:
     return DecisionNote("held", code_spans(step.decision))
 
 
+def summary(value: Any, limit: int) -> str:
+    """`value` as compact JSON on one line (a string as itself), cut to `limit` characters."""
+    text = value if isinstance(value, str) else _compact(value)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(
+        value, sort_keys=True, default=str, ensure_ascii=False, separators=(", ", ": ")
+    )
+
+
+def fanout_items(task: Task, template: TaskTemplate, step: Step) -> list[Any] | None:
+    """The items `step` expanded into: its `foreach` evaluated once more over what it read when
+    it expanded (the task's context and the results of its ancestors, finished by then, a
+    fan-out's as its list). None when they cannot be told: the template has no such fan-out, or the
+    list no longer has the step's `fanout` items."""
+    control = template.controls().get(step.name)
+    if control is None or control.foreach is None or not step.fanout:
+        return None
+    fanouts = template.fanout_steps()
+    results: dict[str, Any] = {}
+    for name in control.foreach.steps:
+        found = _top_level(task, name)
+        if found is not None and found.status in RESULT_STEP_STATES:
+            value = found.results if found.results is not None else {}
+            results[name] = fanout_results(value) if name in fanouts else value
+    items = items_of(control, task.context, results)
+    return items if isinstance(items, list) and len(items) == step.fanout else None
+
+
+def _top_level(task: Task, name: str) -> Step | None:
+    return next((s for s in task.steps if s.name == name and s.instance_of is None), None)
+
+
+def instance_rows(
+    instances: Sequence[Step], items: Sequence[Any] | None = None, limit: int = INSTANCE_ROWS
+) -> tuple[list[InstanceRow], list[tuple[str, int]]]:
+    """The instances a fan-out's entry lists (at most `limit`: the failed, retrying and running
+    first, then by index) and how many others are in each state, in STATE_ORDER. Only the listed
+    ones are summarised: the rest are counted."""
+    shown = heapq.nsmallest(
+        limit, instances, key=lambda s: (_FIRST.get(s.status, 3), s.item_index or 0, s.id)
+    )
+    counts = Counter(str(s.status) for s in instances)
+    counts.subtract(str(s.status) for s in shown)
+    hidden = [(state, counts[state]) for state in STATE_ORDER.split() if counts[state] > 0]
+    rows = []
+    for s in shown:
+        index = s.item_index
+        item = None
+        if items is not None and index is not None and 0 <= index < len(items):
+            item = summary(items[index], ITEM_CHARS)
+        error = title = ""
+        if s.last_error is not None:
+            title = f"{s.last_error['class']}: {s.last_error['message']}"
+            error = summary(title, ERROR_CHARS)
+        rows.append(InstanceRow(s, item, error, title))
+    return rows, hidden
+
+
+def fanout_view(
+    task: Task,
+    template: TaskTemplate,
+    step: Step,
+    declared: StepTemplate | None,
+    instances: Sequence[Step],
+) -> FanOutView | None:
+    """A fan-out step's entry (None for any other step); `declared` is its step template."""
+    if declared is None or declared.foreach is None:
+        return None
+    progress = None
+    if step.fanout is not None:
+        done = sum(1 for s in instances if s.status in TERMINAL_STEP_STATES)
+        failed = sum(1 for s in instances if s.status == StepState.ERROR)
+        progress = Progress(done, step.fanout, failed)
+    items = fanout_items(task, template, step) if instances else None
+    rows, hidden = instance_rows(instances, items)
+    return FanOutView(
+        declared.foreach,
+        declared.max_parallel,
+        declared.max_items,
+        progress,
+        rows,
+        hidden,
+        str(step.status),
+    )
+
+
+def results_shown(step: Step) -> tuple[Any, str]:
+    """A step's results as its entry shows them: a fan-out's list of results cut to its first
+    RESULTS_PREVIEW, with a note saying so (dashboard.js cuts the same way)."""
+    results = step.results
+    if step.fanout is None or not isinstance(results, dict):
+        return results, ""
+    listed = results.get("results")
+    if not isinstance(listed, list) or len(listed) <= RESULTS_PREVIEW:
+        return results, ""
+    note = f"the first {RESULTS_PREVIEW} of {len(listed):,} results; the API has them all"
+    return {**results, "results": listed[:RESULTS_PREVIEW]}, note
+
+
 def resolvable(task: Task, step: Step) -> bool:
     if task.status in FINISHED_TASK_STATES - {TaskState.ERROR}:
         return False
@@ -149,6 +338,70 @@ def _task_id(raw: str) -> int:
     return int(raw)
 
 
+@dataclass(frozen=True)
+class TaskView:
+    """Everything the page draws of a task, built off the event loop (a fan-out's task may have
+    10,000 steps)."""
+
+    task: Task
+    template: TaskTemplate
+    steps: list[StepView]
+    dag: Layout
+    chart: Waterfall
+    #: Fan-outs whose instances the timeline does not all draw: (step, drawn, of).
+    undrawn: list[tuple[str, int, int]]
+
+
+def task_view(engine: Tasker, task_id: int) -> TaskView:
+    task, template, transitions = _read(engine, task_id)
+    declared = {s.name: s for s in template.step_templates}
+    by_step: dict[int, list[StepTransition]] = defaultdict(list)
+    for t in transitions:
+        by_step[int(t["step_id"])].append(t)
+    instances: dict[int, list[Step]] = defaultdict(list)
+    top: list[Step] = []
+    for s in task.steps:
+        if s.instance_of is None:
+            top.append(s)
+        else:
+            instances[s.instance_of].append(s)
+    steps: list[StepView] = []
+    progress: dict[str, Progress] = {}
+    timeline: list[tuple[int, str]] = []
+    undrawn: list[tuple[str, int, int]] = []
+    for s in top:
+        st = declared.get(s.name)
+        fanout = fanout_view(task, template, s, st, instances.get(s.id, []))
+        results, note = results_shown(s)
+        steps.append(
+            StepView(
+                s,
+                st.parents if st else [],
+                attempts_in(by_step.get(s.id, [])),
+                (st.handler_class or f"task {st.task}") if st else "",
+                resolvable(task, s),
+                st.when if st else None,
+                st is not None and st.join == JoinRule.ANY,
+                decision_note(s),
+                fanout,
+                results,
+                note,
+            )
+        )
+        timeline.append((s.id, s.name))
+        if fanout is not None:
+            if fanout.progress is not None:
+                progress[s.name] = fanout.progress
+            drawn = fanout.rows[:TIMELINE_INSTANCES]
+            timeline.extend((r.step.id, r.step.name) for r in drawn)
+            count = len(instances.get(s.id, []))
+            if count > len(drawn):
+                undrawn.append((s.name, len(drawn), count))
+    dag = template_layout(template, {s.name: s.status for s in top}, progress)
+    chart = waterfall(timeline, transitions, datetime.now(UTC))
+    return TaskView(task, template, steps, dag, chart, undrawn)
+
+
 async def render_task(
     request: Request,
     v: Viewer,
@@ -158,25 +411,8 @@ async def render_task(
     form_errors: dict[str, str] | None = None,
     form_values: dict[str, str] | None = None,
 ) -> Response:
-    task, template, transitions = await run_in_threadpool(_read, request.app.state.tasker, task_id)
-    dag = template_layout(template, {s.name: s.status for s in task.steps})
-    declared = {s.name: s for s in template.step_templates}
-    steps = []
-    for s in task.steps:
-        st = declared.get(s.name)
-        steps.append(
-            StepView(
-                s,
-                st.parents if st else [],
-                attempts_of(s.id, transitions),
-                st.handler_class if st else "",
-                resolvable(task, s),
-                st.when if st else None,
-                st is not None and st.join == JoinRule.ANY,
-                decision_note(s),
-            )
-        )
-    chart = waterfall([(s.id, s.name) for s in task.steps], transitions, datetime.now(UTC))
+    view = await run_in_threadpool(task_view, request.app.state.tasker, task_id)
+    task, template = view.task, view.template
     return page(
         request,
         v,
@@ -186,9 +422,10 @@ async def render_task(
         status=status,
         task=task,
         template=template,
-        dag=dag,
-        steps=steps,
-        chart=chart,
+        dag=view.dag,
+        steps=view.steps,
+        chart=view.chart,
+        undrawn=view.undrawn,
         form_errors=form_errors or {},
         form_values=form_values or {},
         can_cancel=v.can(Permission.TASK_CANCEL) and task.status not in TERMINAL_TASK_STATES,
@@ -197,6 +434,10 @@ async def render_task(
         can_resolve=v.can(Permission.STEP_UPDATE),
         live=v.can(Permission.EVENTS_INDEX),
         resolvable_states=RESOLVABLE,
+        done_states=DONE_STATES,
+        state_order=STATE_ORDER,
+        condition_error=CONDITION_ERROR,
+        results_preview=RESULTS_PREVIEW,
         event_names=event_names([template]),
     )
 

@@ -1,6 +1,7 @@
 """Templates: every namespace, name and version loaded; a template's diagram, steps, schema, and
 a form that creates a task from it, prefilled with the schema's defaults. Each step's condition
-(`when:`) and join show on the diagram and next to its dependencies.
+(`when:`), join and fan-out (`foreach:`, `max_parallel`) show on the diagram and next to its
+dependencies.
 
 Reads the registry only (`engine.templates.versions`, `.get`): no database. Listing needs
 `tasker.handler:index`, a template `tasker.handler:show`, creating a task `tasker.task:create`, the
@@ -89,7 +90,7 @@ async def render_template(
         template=template,
         versions=versions,
         dag=template_layout(template),
-        controlled=any(s.when or s.join for s in template.step_templates),
+        controlled=any(s.when or s.join or s.foreach for s in template.step_templates),
         steps=policy(template),
         schema=template.context_schema,
         context_text=prefill(template) if context_text is None else context_text,

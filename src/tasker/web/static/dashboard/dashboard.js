@@ -4,7 +4,8 @@
  * - JSON fields (resolve results, a new task's context) are checked by the server, which answers 422
  *   with the error next to the field and the text kept, so there is one rule in one place;
  * - the task page follows its task over the API's SSE stream and re-reads GET /api/v1/tasks/{id}
- *   to recolour the DAG, the statuses, results and errors, and to show the actions that apply;
+ *   to recolour the DAG, the statuses, results and errors, to fill in control-flow decisions as
+ *   they are made, to count a fan-out's finished instances, and to show the actions that apply;
  * - the events page follows the stream with the filters of its URL.
  * No framework and no build step: CSP forbids inline script, so everything lives in this file.
  */
@@ -121,40 +122,194 @@
       function (s) { if (state) { state.textContent = s === "live" ? "Following live." : s; } });
   }
 
-  // -- task page: live DAG, statuses, results, actions ------------------------------------------
+  // -- task page: live DAG, statuses, results, decisions, fan-outs, actions -----------------------
   var live = $("#task-live");
   if (live) {
     var api = live.getAttribute("data-api");
-    var finished = (live.getAttribute("data-finished") || "").split(" ");
+    var words = function (attr) { return (live.getAttribute(attr) || "").split(" ").filter(Boolean); };
+    var finished = words("data-finished");
+    var doneStates = words("data-done-states");
+    var stateOrder = words("data-states");
+    var conditionError = live.getAttribute("data-condition-error") || "";
     var timer = null;
     var poller = null;
+    var busy = false;
+    var again = false;
+    var delay = 150;
+
+    // The page's parts by step name, found once: a fan-out's task may have 10,000 steps, so each
+    // refresh is one pass over them, never a DOM search per step.
+    var byName = function (selector, attr) {
+      var found = {};
+      $all(selector).forEach(function (el) { found[el.getAttribute(attr)] = el; });
+      return found;
+    };
+    var nodes = byName("#dag g.node", "data-step");
+    var sections = byName("section.step[data-step]", "data-step");
+    var rows = byName("tr[data-instance]", "data-instance");
 
     var allows = function (el, attr, value) {
       var list = el.getAttribute(attr);
       return list === null || list.split(" ").indexOf(value) >= 0;
+    };
+    var number = function (n) { return n.toLocaleString("en-US"); };
+
+    // A decision's text split at its backticks, the odd parts `quoted` (shown as code), as
+    // tasker.web.pages.task.code_spans splits it.
+    var codeSpans = function (text) {
+      var parts = text.split("`");
+      return parts.length % 2 === 0 ? [text] : parts;
+    };
+    var fillCode = function (el, text) {
+      while (el.firstChild) { el.removeChild(el.firstChild); }
+      codeSpans(text).forEach(function (part, i) {
+        if (!part) { return; }
+        if (i % 2 === 1) {
+          var code = document.createElement("code");
+          code.textContent = part;
+          el.appendChild(code);
+        } else {
+          el.appendChild(document.createTextNode(part));
+        }
+      });
+    };
+
+    // Why a step was skipped, or that its condition held (none for a failed condition: its error
+    // says it), filled in as soon as the decision is made.
+    var showDecision = function (section, step) {
+      if (!step.decision) { return; }
+      var kind = step.status === "skipped" ? "skipped" : "held";
+      if (kind === "held" && step.last_error && step.last_error.error_class === conditionError) { return; }
+      var current = $all(".decision", section).filter(function (el) { return el.parentNode === section; })[0];
+      var shown = current && $(".decision-text", current);
+      if (current && current.getAttribute("data-decision") === kind && shown &&
+          shown.textContent === codeSpans(step.decision).join("")) { return; }
+      var model = $("#decision-" + kind);
+      if (!model || !model.content.firstElementChild) { return; }
+      var note = model.content.firstElementChild.cloneNode(true);
+      var text = $(".decision-text", note);
+      if (text) { fillCode(text, step.decision); }
+      if (current) { section.replaceChild(note, current); }
+      else { section.insertBefore(note, $(".last-error", section) || null); }
+    };
+
+    // A fan-out's progress, as tasker.web.dag.Progress says it.
+    var progressLine = function (p) {
+      return p.done + "/" + p.total + " done" + (p.failed ? ", " + p.failed + " failed" : "");
+    };
+
+    // The tooltip keeps the step's control flow (data-about) when its state changes.
+    var setNode = function (node, step, p) {
+      node.setAttribute("data-state", step.status);
+      var head = step.name + ": " + step.status;
+      if (p) {
+        node.setAttribute("data-fanout", p.total);
+        node.setAttribute("data-done", p.done);
+        node.setAttribute("data-failed", p.failed);
+        var sub = $("text.progress", node);
+        if (sub) { sub.textContent = progressLine(p); }
+        head += ", " + progressLine(p);
+      }
+      var title = $("title", node);
+      var about = node.getAttribute("data-about");
+      if (title) { title.textContent = about ? head + "; " + about : head; }
+    };
+
+    // The line under a fan-out's table: the instances it does not list, by state.
+    var moreLine = function (counts, listed) {
+      var total = 0;
+      var parts = [];
+      stateOrder.forEach(function (state) {
+        var n = counts[state] || 0;
+        if (n) { total += n; parts.push(number(n) + " " + state.replace(/_/g, " ")); }
+      });
+      if (!total) { return ""; }
+      return (listed ? "and " + number(total) + " more" : number(total) + " instances") + " (" + parts.join(", ") + ")";
+    };
+
+    var setInstance = function (row, step, taskStatus) {
+      row.setAttribute("data-state", step.status);
+      var badge = $(".instance-status", row);
+      if (badge) { badge.textContent = step.status; badge.setAttribute("data-state", step.status); }
+      var attempts = $(".instance-attempts", row);
+      if (attempts) { attempts.textContent = step.attempts + " of " + step.retry_limit; }
+      var error = $(".instance-error", row);
+      if (error && step.last_error) {
+        var text = step.last_error.error_class + ": " + step.last_error.message;
+        error.textContent = text.length > 160 ? text.slice(0, 159) + "\u2026" : text;
+        error.title = text;
+      }
+      $all("form[data-when-instance]", row).forEach(function (form) {
+        if (form.contains(document.activeElement)) { return; }
+        form.hidden = !(allows(form, "data-when-instance", step.status) && allows(form, "data-when-task", taskStatus));
+      });
+    };
+
+    // A fan-out's results: its count and the first few of its list, as the server shows them.
+    var showResults = function (section, step) {
+      var pre = $(".results pre", section);
+      if (!pre || !step.results) { return; }
+      var results = step.results;
+      var note = $(".results-note", section);
+      var preview = parseInt(pre.getAttribute("data-preview") || "0", 10);
+      var listed = results.results;
+      if (preview && step.fanout !== null && Array.isArray(listed) && listed.length > preview) {
+        results = Object.assign({}, results, { results: listed.slice(0, preview) });
+        if (note) {
+          note.textContent = "the first " + preview + " of " + number(listed.length) + " results; the API has them all";
+          note.hidden = false;
+        }
+      }
+      pre.textContent = JSON.stringify(results, null, 2);
     };
 
     var apply = function (task) {
       var status = $("#task-status");
       if (status) { status.textContent = task.status; status.setAttribute("data-state", task.status); }
       $all("form[data-when-task]").forEach(function (form) {
-        if (!form.hasAttribute("data-when-step")) { form.hidden = !allows(form, "data-when-task", task.status); }
-      });
-      (task.steps || []).forEach(function (step) {
-        var node = $all("#dag g.node").filter(function (g) { return g.getAttribute("data-step") === step.name; })[0];
-        if (node) {
-          node.setAttribute("data-state", step.status);
-          var title = $("title", node);
-          if (title) { title.textContent = step.name + ": " + step.status; }
+        if (!form.hasAttribute("data-when-step") && !form.hasAttribute("data-when-instance")) {
+          form.hidden = !allows(form, "data-when-task", task.status);
         }
-        var section = $all("section.step").filter(function (s) { return s.getAttribute("data-step") === step.name; })[0];
+      });
+      var steps = task.steps || [];
+      // One pass over the instances: each fan-out's counts, and the rows the page lists.
+      var fanouts = {};
+      steps.forEach(function (step) {
+        if (step.instance_of === null || step.instance_of === undefined) { return; }
+        var f = fanouts[step.instance_of] || (fanouts[step.instance_of] = { done: 0, failed: 0, unlisted: {}, listed: 0 });
+        if (doneStates.indexOf(step.status) >= 0) { f.done += 1; }
+        if (step.status === "error") { f.failed += 1; }
+        var row = rows[step.name];
+        if (row) { f.listed += 1; setInstance(row, step, task.status); }
+        else { f.unlisted[step.status] = (f.unlisted[step.status] || 0) + 1; }
+      });
+      steps.forEach(function (step) {
+        if (step.instance_of !== null && step.instance_of !== undefined) { return; }
+        var f = fanouts[step.id] || { done: 0, failed: 0, unlisted: {}, listed: 0 };
+        var p = step.fanout === null || step.fanout === undefined ? null
+          : { done: f.done, total: step.fanout, failed: f.failed };
+        var node = nodes[step.name];
+        if (node) { setNode(node, step, p); }
+        var section = sections[step.name];
         if (!section) { return; }
         var badge = $(".step-status", section);
         if (badge) { badge.textContent = step.status; badge.setAttribute("data-state", step.status); }
         var attempts = $(".attempts", section);
         if (attempts) { attempts.textContent = step.attempts + " of " + step.retry_limit; }
-        var results = $(".results pre", section);
-        if (results && step.results) { results.textContent = JSON.stringify(step.results, null, 2); }
+        var progress = $(".fanout-progress", section);
+        if (progress && !p && step.status !== "pending" && step.status !== "ready") {
+          progress.textContent = "not expanded";
+        }
+        if (p) {
+          if (progress) { progress.textContent = progressLine(p); }
+          var more = $(".instances .more", section);
+          if (more) {
+            more.textContent = moreLine(f.unlisted, f.listed);
+            more.hidden = !more.textContent;
+          }
+        }
+        showDecision(section, step);
+        showResults(section, step);
         var error = $(".last-error", section);
         if (error && step.last_error) {
           error.hidden = false;
@@ -168,18 +323,27 @@
           form.hidden = !(allows(form, "data-when-step", step.status) && allows(form, "data-when-task", task.status));
         });
       });
+      // A large task is read less often: its JSON grows with its steps.
+      delay = Math.min(2000, 150 + Math.floor(steps.length / 5));
       if (finished.indexOf(task.status) >= 0 && poller) { clearInterval(poller); poller = null; }
     };
 
+    // One read at a time; an event during a read asks for one more after it.
     var refresh = function () {
+      if (busy) { again = true; return; }
       if (timer) { return; }
       timer = setTimeout(function () {
         timer = null;
+        busy = true;
         fetch(api, { headers: { Accept: "application/json" }, credentials: "same-origin" })
           .then(function (r) { return r.ok ? r.json() : null; })
           .then(function (task) { if (task) { apply(task); } })
-          .catch(function () { /* offline for a moment: the next event or poll tries again */ });
-      }, 150);
+          .catch(function () { /* offline for a moment: the next event or poll tries again */ })
+          .then(function () {
+            busy = false;
+            if (again) { again = false; refresh(); }
+          });
+      }, delay);
     };
 
     var list = $("#task-events");
