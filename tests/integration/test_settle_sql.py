@@ -214,7 +214,7 @@ def test_a_pipelined_cycle_that_fails_leaves_nothing_and_its_connection_works(
                 room=0,
                 scan=False,
                 namespaces=None,
-                task_id=None,
+                task_ids=None,
                 lease_seconds=30,
             )
             return pg_cycle.run_cycle(conn, Journal(NOW, "w"), work)

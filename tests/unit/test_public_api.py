@@ -73,6 +73,7 @@ TASKER_METHODS = {
     "worker",
     "get_task",
     "get_tasks",
+    "child_tasks",
     "list_tasks",
     "cancel_task",
     "retry_task",

@@ -73,6 +73,8 @@ class StepControl:
     foreach: Expression | None = None
     max_parallel: int | None = None
     max_items: int = DEFAULT_MAX_ITEMS
+    #: A `task:` step's child context: expressions (and constants) by key; None: the parent's.
+    child_context: dict[str, Any] | None = None
 
     @property
     def reads(self) -> frozenset[str]:
@@ -195,3 +197,21 @@ def fanout_results(stored: Any) -> Any:
     if isinstance(stored, dict) and isinstance(stored.get("results"), list):
         return stored["results"]
     return stored
+
+
+def child_context(control: StepControl, context: Any, results: Mapping[str, Any]) -> Any:
+    """A `task:` step's child context: each expression of its `context:` evaluated over the
+    parent's context and results (constants kept), or the parent's context when it has none.
+    Raises `ExpressionFailure` naming the key that failed."""
+    if control.child_context is None:
+        return context
+    out: dict[str, Any] = {}
+    for key, value in control.child_context.items():
+        if isinstance(value, Expression):
+            try:
+                out[key] = value.evaluate(context, dict(results))
+            except ExpressionFailure as exc:
+                raise ExpressionFailure(f"context.{key}: `{value.source}` failed: {exc}") from None
+        else:
+            out[key] = value
+    return out

@@ -91,6 +91,9 @@ class Task:
     steps: list[Step] = field(default_factory=list)
     #: True when `create_task` found an existing task with the same idempotency key and returned it.
     deduplicated: bool = False
+    #: A child task: the task and the `task:` step that created it (None for other tasks).
+    parent_task_id: int | None = None
+    parent_step_id: int | None = None
 
     @property
     def template_key(self) -> str:
@@ -163,6 +166,17 @@ class ClaimedStep:
     index: int | None = None
 
 
+@dataclass(frozen=True)
+class ChildTask:
+    """A child task a `task:` step creates: its template (pinned as any task's), its context
+    (validated), its idempotency key (derived from the step's) and the parent's correlation id."""
+
+    template: Any  # a tasker.domain.templates.TaskTemplate
+    context: dict[str, Any]
+    idempotency_key: str
+    correlation_id: str
+
+
 @dataclass
 class Outcome:
     """What happened to one attempt; the store applies it fenced by `claim_token`."""
@@ -186,6 +200,11 @@ class Outcome:
     #: The completion of a fan-out step whose instances all completed: the store gathers their
     #: results into this step's (`completion.collect_fanouts`), on the general path.
     collects: bool = False
+    #: A `task:` step's first attempt: the child task to create with the step's parking (in the
+    #: same transaction); the step then waits, with no `run_at`, until the child settles.
+    child: ChildTask | None = None
+    #: The step waits for its child task (no `run_at`: the child's settling wakes it).
+    parks: bool = False
     dependent_system: str = ""
     step: str = ""
     probe: bool = False

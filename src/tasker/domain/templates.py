@@ -33,6 +33,9 @@ SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$"
 )
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_TASK_REF = re.compile(
+    r"^([A-Za-z_][A-Za-z0-9_.\-]*/)?[A-Za-z_][A-Za-z0-9_.\-]*(@[0-9A-Za-z.+\-]+)?$"
+)
 DEFAULT_NAMESPACE = "default"
 DEFAULT_VERSION = "0.1.0"
 DEFAULT_DEPENDENT_SYSTEM = "default"
@@ -184,7 +187,8 @@ def _events(value: Any) -> Any:
 class StepTemplate(_Strict):
     name: str = Field(min_length=1, max_length=128)
     description: str | None = None
-    handler_class: str = Field(min_length=1)
+    #: The step's code; None for a `task:` step, which runs another template's task instead.
+    handler_class: str | None = Field(default=None, min_length=1)
     depends_on_step: str | None = None
     depends_on_steps: list[str] = Field(default_factory=list)
     default_retryable: bool = True
@@ -211,6 +215,12 @@ class StepTemplate(_Strict):
     max_parallel: MaxParallel = None
     #: A list longer than this fails the step (None: `DEFAULT_MAX_ITEMS`).
     max_items: MaxItems = None
+    #: A sub-workflow: `ns/name` or `ns/name@version` of the template whose task this step
+    #: creates and waits for (instead of a handler); it completes with that task's results.
+    task: str | None = Field(default=None, min_length=1, max_length=300)
+    #: The child task's context for a `task:` step: each string value a CEL expression over
+    #: `context` and `results`, any other value taken as it is (None: the parent's context).
+    context: dict[str, Any] | None = None
 
     @field_validator("name")
     @classmethod
@@ -228,6 +238,25 @@ class StepTemplate(_Strict):
         if v is not None:
             raise ValueError("join is 'all' (the default) or 'any'")
         return v
+
+    @model_validator(mode="after")
+    def _handler_or_task(self) -> StepTemplate:
+        if (self.handler_class is None) == (self.task is None):
+            raise ValueError(
+                "a step needs handler_class (its code) or task (a sub-workflow), not both"
+                if self.task
+                else "handler_class is required (or task: ns/name for a sub-workflow)"
+            )
+        if self.context is not None and self.task is None:
+            raise ValueError("context sets a sub-workflow's context; it needs task: ns/name")
+        if self.task is not None and self.foreach is not None:
+            raise ValueError("a task: step cannot have a foreach; fan out a step before it")
+        if self.task is not None and not _TASK_REF.match(self.task):
+            raise ValueError(
+                f"task '{self.task}' is not a template reference like payments/refund or"
+                " payments/refund@2.1.0"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fanout_keys_need_foreach(self) -> StepTemplate:
@@ -465,6 +494,10 @@ def build_controls(steps: list[StepTemplate]) -> dict[str, StepControl]:
     for s in steps:
         when = _compiled(s, "when", s.when, parents)
         foreach = _compiled(s, "foreach", s.foreach, parents)
+        child_context = {
+            key: _compiled(s, f"context.{key}", value, parents) if isinstance(value, str) else value
+            for key, value in (s.context or {}).items()
+        }
         if s.join == JoinRule.ANY and not s.parents:
             raise ControlError(
                 s.name, "join: any on a step without parents; fix: remove it or add depends_on"
@@ -477,6 +510,7 @@ def build_controls(steps: list[StepTemplate]) -> dict[str, StepControl]:
             foreach,
             s.max_parallel,
             DEFAULT_MAX_ITEMS if s.max_items is None else s.max_items,
+            child_context if s.context is not None else None,
         )
     return out
 

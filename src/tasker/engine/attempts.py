@@ -16,7 +16,7 @@ from tasker.domain.errors import TaskerError
 from tasker.domain.records import ClaimedStep, Outcome
 from tasker.domain.states import StepState
 from tasker.domain.storable import storable_text
-from tasker.engine import outcomes
+from tasker.engine import outcomes, subtasks
 from tasker.engine.executor import Runtime, execute
 from tasker.engine.resolver import Resolver
 
@@ -29,12 +29,19 @@ class Attempts:
     """The attempts of one worker."""
 
     def __init__(
-        self, worker_id: str, resolver: Resolver, rt: Runtime, on_finished: Callable[[], None]
+        self,
+        worker_id: str,
+        resolver: Resolver,
+        rt: Runtime,
+        on_finished: Callable[[], None],
+        find_child: subtasks.FindChild | None = None,
     ):
         self.worker_id = worker_id
         self.resolver = resolver
         self.rt = rt
         self._on_finished = on_finished
+        #: Reads the child task of a `task:` step (None: such steps fail, saying why).
+        self._find_child = find_child
         self.running: dict[int, tuple[asyncio.Task[None], ClaimedStep]] = {}
         self.finished: Finished = []
         self.steps_run = 0
@@ -90,11 +97,23 @@ class Attempts:
                 return outcomes.finish(
                     outcomes.fan_in(claimed), claimed, self._children(claimed), gated
                 )
+            if step.task is not None and self._find_child is not None:
+                outcome = await asyncio.to_thread(
+                    subtasks.run,
+                    claimed,
+                    template,
+                    step,
+                    self.resolver.registry,
+                    self._find_child,
+                )
+                return outcomes.finish(
+                    outcome, claimed, self._children(claimed, outcome), template.gated_steps()
+                )
             try:
                 handler_cls = self.resolver.handler_class(claimed.template_id, name)
             except TaskerError as exc:
                 return outcomes.finish(
-                    self._unloadable(claimed, step.handler_class, exc), claimed, None
+                    self._unloadable(claimed, step.handler_class or "", exc), claimed, None
                 )
             outcome = await execute(
                 claimed,

@@ -70,7 +70,9 @@ class Scope:
     """Which steps a worker may claim."""
 
     namespaces: Sequence[str] | None
-    task_id: int | None
+    #: A worker for one task (`Tasker.run()`): that task and the child tasks its steps create
+    #: (grown as they are); None: any task.
+    task_ids: list[int] | None
     lease_seconds: float
 
 
@@ -154,6 +156,8 @@ class Cycles:
             journal.flush(conn)
         # Committed: only now do these outcomes count (a failed cycle is run again with the same
         # outcomes).
+        if journal.children and self.scope.task_ids is not None:
+            self.scope.task_ids.extend(journal.children)  # a run of one task runs its children
         if self.hooks.wants_cycles:
             self.hooks.cycle(
                 CycleReport(
@@ -209,7 +213,7 @@ class Cycles:
                     room=plan.claim_limit,
                     scan=plan.scan,
                     namespaces=scope.namespaces,
-                    task_id=scope.task_id,
+                    task_ids=scope.task_ids,
                     lease_seconds=scope.lease_seconds,
                     check_expired=plan.reclaim,
                 ),
@@ -278,7 +282,7 @@ class Cycles:
             lease_seconds=scope.lease_seconds,
             skip_locked=pg,
             namespaces=scope.namespaces,
-            task_id=scope.task_id,
+            task_ids=scope.task_ids,
             plan=claim_plan,
         )
         return claimed + more, len(more) >= remaining
@@ -348,7 +352,7 @@ class Cycles:
         is due (None: unknown, or due now)."""
         scope = self.scope
         with self.db.read() as conn:
-            active = claims.active_count(conn, namespaces=scope.namespaces, task_id=scope.task_id)
+            active = claims.active_count(conn, namespaces=scope.namespaces, task_ids=scope.task_ids)
             if not active:
                 return True, None
             if unloadable_steps and active <= len(unloadable_steps):
@@ -357,11 +361,11 @@ class Cycles:
                     conn,
                     limit=len(unloadable_steps) + 1,
                     namespaces=scope.namespaces,
-                    task_id=scope.task_id,
+                    task_ids=scope.task_ids,
                 )
                 if set(left) <= unloadable_steps:
                     return True, None
-            due = claims.next_run_at(conn, namespaces=scope.namespaces, task_id=scope.task_id)
+            due = claims.next_run_at(conn, namespaces=scope.namespaces, task_ids=scope.task_ids)
         return False, (due - utcnow()).total_seconds() if due else None
 
     def release(self, held: list[tuple[int, int, int]]) -> int:

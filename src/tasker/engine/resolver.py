@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from tasker.domain.errors import TemplateError
 from tasker.domain.retry import RetryPolicy
 from tasker.domain.templates import StepTemplate, TaskTemplate
 from tasker.registry import TemplateRegistry
@@ -71,6 +72,8 @@ class Resolver:
     def handler_class(self, template_id: int, name: str) -> type:
         step = self.step(template_id, name)
         path = step.handler_class
+        if path is None:
+            raise TemplateError(f"step '{name}' has no handler_class: it runs task {step.task}")
         cls = self._handlers.get(path)
         if cls is None:
             cls = resolve_step_handler(path, where=f"step '{name}'")

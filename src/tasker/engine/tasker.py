@@ -307,6 +307,11 @@ class Tasker:
             )
         return task
 
+    def child_tasks(self, task_id: int) -> list[int]:
+        """The ids of the child tasks a task's `task:` steps created, oldest first (each child's
+        `parent_task_id` and `parent_step_id` point back)."""
+        return task_store.child_ids(self.db, _task_id(task_id))
+
     def get_tasks(self, task_ids: Sequence[int]) -> list[Task]:
         """Several tasks with their steps, by id (ids that do not exist are left out)."""
         return task_store.read_tasks(self.db, list(task_ids))

@@ -49,6 +49,7 @@ from tasker.engine.settle import SettledBatch, TaskHandlers, deliver_settled
 from tasker.engine.wakeups import Wakeups
 from tasker.events.bus import EventBus
 from tasker.handlers.base import TaskPort
+from tasker.store import tasks as task_store
 from tasker.store.database import Database
 from tasker.store.systems import ViewCache
 
@@ -158,8 +159,15 @@ class Worker:
         lease = options.lease_seconds
         self.wakeups = Wakeups(options.poll_interval)
         rt = Runtime(self.threads, options.backoff_scale, tasks, self.hooks)
-        self.attempts = Attempts(self.id, resolver, rt, self.wakeups.wake)
-        scope = Scope(options.namespaces, options.task_id, lease)
+        self.attempts = Attempts(
+            self.id,
+            resolver,
+            rt,
+            self.wakeups.wake,
+            lambda task_id, step_id: task_store.find_child(db, task_id, step_id),
+        )
+        tree = None if options.task_id is None else [options.task_id]
+        scope = Scope(options.namespaces, tree, lease)
         self.cycles = Cycles(db, resolver, self.id, scope, self.hooks, bus, views)
         self.heartbeat = Every(lease / 3)
         self.reclaim = Every(min(1.0, lease / 4))

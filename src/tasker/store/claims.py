@@ -55,7 +55,7 @@ def _candidates(
     if namespaces:
         q = q.where(steps.c.namespace.in_(bindparam("namespaces", expanding=True)))
     if task:
-        q = q.where(steps.c.task_id == bindparam("scope_task"))
+        q = q.where(steps.c.task_id.in_(bindparam("scope_tasks", expanding=True)))
     q = q.order_by(steps.c.run_at, steps.c.id).limit(bindparam("limit"))
     return q.with_for_update(skip_locked=True) if skip_locked else q
 
@@ -240,7 +240,7 @@ def claim(
     lease_seconds: float,
     skip_locked: bool,
     namespaces: Sequence[str] | None = None,
-    task_id: int | None = None,
+    task_ids: Sequence[int] | None = None,
     plan: ClaimPlan | None = None,
 ) -> list[ClaimedStep]:
     """Claim up to `limit` steps whose run_at has come, oldest first, with everything needed to run
@@ -254,9 +254,9 @@ def claim(
     params: dict[str, Any] = {"now": journal.now, "limit": limit}
     if namespaces:
         params["namespaces"] = list(namespaces)
-    if task_id is not None:
-        params["scope_task"] = task_id
-    key = (bool(namespaces), task_id is not None, skip_locked)
+    if task_ids is not None:
+        params["scope_tasks"] = list(task_ids)
+    key = (bool(namespaces), task_ids is not None, skip_locked)
     if (plan is None or plan.unrestricted) and conn.dialect.name == "postgresql":
         return _pick_and_take_pg(conn, journal, key, params, worker, lease_seconds)
     if plan is None or plan.unrestricted:
@@ -576,19 +576,24 @@ def release(conn: Connection, journal: Journal, held: Sequence[tuple[int, int, i
     return released
 
 
-def _scoped(q: Select[Any], namespaces: Sequence[str] | None, task_id: int | None) -> Select[Any]:
+def _scoped(
+    q: Select[Any], namespaces: Sequence[str] | None, task_ids: Sequence[int] | None
+) -> Select[Any]:
     if namespaces:
         q = q.where(steps.c.namespace.in_(list(namespaces)))
-    if task_id is not None:
-        q = q.where(steps.c.task_id == task_id)
+    if task_ids is not None:
+        q = q.where(steps.c.task_id.in_(list(task_ids)))
     return q
 
 
 def next_run_at(
-    conn: Connection, *, namespaces: Sequence[str] | None = None, task_id: int | None = None
+    conn: Connection,
+    *,
+    namespaces: Sequence[str] | None = None,
+    task_ids: Sequence[int] | None = None,
 ) -> datetime | None:
     """When the next claimable step comes due (None when nothing waits)."""
-    q = _scoped(select(steps.c.run_at).where(text(CLAIMABLE_SQL)), namespaces, task_id)
+    q = _scoped(select(steps.c.run_at).where(text(CLAIMABLE_SQL)), namespaces, task_ids)
     return conn.execute(q.order_by(steps.c.run_at).limit(1)).scalar()
 
 
@@ -605,20 +610,23 @@ def active_step_ids(
     *,
     limit: int,
     namespaces: Sequence[str] | None = None,
-    task_id: int | None = None,
+    task_ids: Sequence[int] | None = None,
 ) -> list[int]:
     """Ids of up to `limit` steps that are ready, waiting to retry or running."""
-    q = _scoped(select(steps.c.id).where(steps.c.state.in_(ACTIVE)), namespaces, task_id)
+    q = _scoped(select(steps.c.id).where(steps.c.state.in_(ACTIVE)), namespaces, task_ids)
     return list(conn.execute(q.order_by(steps.c.id).limit(limit)).scalars())
 
 
 def active_count(
-    conn: Connection, *, namespaces: Sequence[str] | None = None, task_id: int | None = None
+    conn: Connection,
+    *,
+    namespaces: Sequence[str] | None = None,
+    task_ids: Sequence[int] | None = None,
 ) -> int:
     """Steps that are ready, waiting to retry or running: zero means there is nothing left to do."""
     q = _scoped(
         select(func.count()).select_from(steps).where(steps.c.state.in_(ACTIVE)),
         namespaces,
-        task_id,
+        task_ids,
     )
     return int(conn.execute(q).scalar_one())

@@ -60,7 +60,9 @@ def _finish_params(o: Outcome, now: datetime) -> dict[str, Any]:
         "results": o.results if state == StepState.COMPLETE else None,
         "error": o.error if state != StepState.COMPLETE else None,
         "run_at": (
-            now + timedelta(seconds=o.retry_delay) if state == StepState.WAITING_RETRY else None
+            now + timedelta(seconds=o.retry_delay)
+            if state == StepState.WAITING_RETRY and not o.parks
+            else None  # a parked step waits for its child task to wake it
         ),
         "finished_at": None if state == StepState.WAITING_RETRY else now,
         "refund": 1 if o.refund_attempt else 0,
@@ -147,6 +149,47 @@ def collect_fanouts(conn: Connection, groups: Sequence[Outcome]) -> None:
         conn.execute(_SET_RESULTS, {"step_id": o.step_id, "results": o.results})
 
 
+_WAITING_FOR = (
+    update(steps).where(steps.c.id == bindparam("step_id")).values(decision=bindparam("decision"))
+)
+
+
+def create_child(conn: Connection, journal: Journal, o: Outcome) -> None:
+    """Create the child task of a `task:` step that parks, in the transaction that parks it."""
+    # tasks -> sqlite_cycle -> cycle_rows -> this module: imported here, not at the top
+    from tasker.store.tasks import NewTask, insert_tasks
+
+    assert o.child is not None
+    child = o.child
+    (created,) = insert_tasks(
+        conn,
+        journal,
+        child.template,
+        [
+            NewTask(
+                child.context,
+                child.idempotency_key,
+                child.correlation_id,
+                parent_task_id=o.task_id,
+                parent_step_id=o.step_id,
+            )
+        ],
+    )
+    journal.children.append(created.id)
+    why = f"waiting for child task {created.id} ({created.template_key})"
+    conn.execute(_WAITING_FOR, {"step_id": o.step_id, "decision": why})
+    journal.event(
+        "task.child_created",
+        {
+            "task_id": o.task_id,
+            "step_id": o.step_id,
+            "step": o.step,
+            "child_task_id": created.id,
+            "template": created.template_key,
+        },
+    )
+
+
 def apply_outcomes(
     conn: Connection,
     journal: Journal,
@@ -199,6 +242,9 @@ def apply_outcomes(
     groups = [o for o in accepted if o.collects]
     if groups:
         collect_fanouts(conn, groups)
+    for o in accepted:
+        if o.child is not None:
+            create_child(conn, journal, o)
     _record_systems(conn, journal, accepted, view or systems.SystemsView(), lock=lock_tasks)
     readied = release_children(conn, completed, journal, children)
     settled = settle_tasks(

@@ -53,7 +53,8 @@ class CycleInput:
     room: int
     scan: bool
     namespaces: Sequence[str] | None
-    task_id: int | None
+    #: Only steps of these tasks (a task run by `Tasker.run()` and its child tasks), or any.
+    task_ids: Sequence[int] | None
     lease_seconds: float
     #: Also report whether some lease has run out (a reclaim is due; the general path does it).
     check_expired: bool = False

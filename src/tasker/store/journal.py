@@ -80,6 +80,8 @@ class Journal:
     readied: set[int] = field(default_factory=set)
     #: Circuit changes made here, (system, from, to, reason), for the worker to log once committed.
     circuits: list[tuple[str, str, str, str]] = field(default_factory=list)
+    #: Child tasks created here (by `task:` steps), so a worker run for one task runs them too.
+    children: list[int] = field(default_factory=list)
 
     def step(
         self,

@@ -38,6 +38,16 @@ def _task_status(conn: Connection, task_id: int, lock: bool) -> TaskState:
     return TaskState(status)
 
 
+_OPEN_CHILDREN = (
+    select(tasks.c.id)
+    .where(
+        tasks.c.parent_task_id == bindparam("task_id"),
+        tasks.c.status.not_in([s.value for s in FINISHED_TASK_STATES - {TaskState.ERROR}]),
+    )
+    .order_by(tasks.c.id)
+)
+
+
 def cancel_task(
     conn: Connection, journal: Journal, task_id: int, *, lock: bool, reason: str | None = None
 ) -> None:
@@ -73,6 +83,9 @@ def cancel_task(
     journal.event(
         "task.cancelled", {"task_id": task_id, "from_state": status.value, "reason": reason}
     )
+    # Its sub-workflows go with it (and theirs, down the tree), in this transaction.
+    for child in conn.execute(_OPEN_CHILDREN, {"task_id": task_id}).scalars():
+        cancel_task(conn, journal, child, lock=lock, reason=f"parent task {task_id} cancelled")
 
 
 def _condition_failed(last_error: Any) -> bool:

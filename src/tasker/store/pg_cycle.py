@@ -52,6 +52,7 @@ from tasker.domain.states import (
 from tasker.store.claims import KnownTask, attach_items, claimed_steps, unknown_tasks
 from tasker.store.cycle_rows import EXPIRED_SQL, GATE_SQL, Cycle, CycleInput, record_rows
 from tasker.store.journal import Journal
+from tasker.store.notify import CHANNEL
 
 S, T = StepState, TaskState
 
@@ -78,7 +79,7 @@ def _scope(namespaces: bool, task: bool) -> str:
     if namespaces:
         scope += " AND namespace = ANY(%(namespaces)s::text[])"
     if task:
-        scope += " AND task_id = %(scope_task)s"
+        scope += " AND task_id = ANY(%(scope_tasks)s::bigint[])"
     return scope
 
 
@@ -288,6 +289,14 @@ def _settle() -> str:
     ), logged AS (
         INSERT INTO tasker_task_transitions (task_id, from_state, to_state, at, worker)
         SELECT id, src, dst, %(now)s::timestamptz, %(worker)s::text FROM moved
+    ), woken AS (
+        -- readiness.WAKE_PARENT: a child task that finished wakes the step parked for it
+        UPDATE tasker_steps s
+           SET run_at = %(now)s::timestamptz, updated_at = %(now)s::timestamptz
+          FROM moved m JOIN tasker_tasks t ON t.id = m.id
+         WHERE s.id = t.parent_step_id AND m.dst IN {finished}
+           AND s.state = '{S.WAITING_RETRY.value}' AND s.run_at IS NULL
+        RETURNING s.id, pg_notify('{CHANNEL}', '')
     )
     SELECT id, src, dst FROM moved ORDER BY id
     """
@@ -364,10 +373,10 @@ def _send(raw: psycopg.Connection[Any], journal: Journal, work: CycleInput) -> C
         "take": take,
         "scan_limit": scan_limit,
         "namespaces": list(work.namespaces or []),
-        "scope_task": work.task_id,
+        "scope_tasks": list(work.task_ids or []),
         "check_expired": work.check_expired,
     }
-    variant = (bool(work.namespaces), work.task_id is not None)
+    variant = (bool(work.namespaces), work.task_ids is not None)
     cur = raw.cursor()
     cur.execute("BEGIN")
     if not outcomes and scan_limit:

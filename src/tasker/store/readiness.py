@@ -52,10 +52,23 @@ _RELEASE = (
 #: Each task's status with the count of its steps in each state: one statement, read after the
 #: lock (a read in the locking statement would use a snapshot from before the wait).
 _COUNTS = (
-    select(tasks.c.id, tasks.c.status, steps.c.state, func.count(steps.c.id))
+    select(
+        tasks.c.id, tasks.c.status, tasks.c.parent_step_id, steps.c.state, func.count(steps.c.id)
+    )
     .select_from(tasks.outerjoin(steps, steps.c.task_id == tasks.c.id))
     .where(tasks.c.id.in_(bindparam("ids", expanding=True)))
-    .group_by(tasks.c.id, tasks.c.status, steps.c.state)
+    .group_by(tasks.c.id, tasks.c.status, tasks.c.parent_step_id, steps.c.state)
+)
+#: A child task that settled wakes the `task:` step waiting for it (parked: no `run_at`).
+WAKE_PARENT = (
+    update(steps)
+    .where(
+        steps.c.id == bindparam("step_id"),
+        steps.c.state == StepState.WAITING_RETRY.value,
+        steps.c.run_at.is_(None),
+    )
+    .values(run_at=bindparam("now"), updated_at=bindparam("now"))
+    .returning(steps.c.id)
 )
 _LOCK = (
     select(tasks.c.id)
@@ -145,8 +158,11 @@ def settle_tasks(
         conn.execute(_LOCK, {"ids": ids}).all()
     counts: dict[int, dict[str, int]] = {}
     statuses: dict[int, str] = {}
-    for task_id, task_status, state, n in conn.execute(_COUNTS, {"ids": ids}):
+    parents: dict[int, int] = {}
+    for task_id, task_status, parent_step, state, n in conn.execute(_COUNTS, {"ids": ids}):
         statuses[task_id] = task_status
+        if parent_step is not None:
+            parents[task_id] = parent_step
         step_counts = counts.setdefault(task_id, {})
         if state is not None:
             step_counts[state] = int(n)
@@ -169,4 +185,12 @@ def settle_tasks(
         journal.task(task_id, status, target)
         changed.append((task_id, target.value))
         journal.task_settled(task_id, status.value, target.value)
+        if task_id in parents and target in FINISHED_TASK_STATES:
+            wake_parent(conn, journal, parents[task_id])
     return changed
+
+
+def wake_parent(conn: Connection, journal: Journal, step_id: int) -> None:
+    """Give a parked `task:` step a `run_at` now that its child settled (and tell the workers)."""
+    if conn.execute(WAKE_PARENT, {"step_id": step_id, "now": journal.now}).first() is not None:
+        journal.readied.add(step_id)

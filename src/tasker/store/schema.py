@@ -114,7 +114,17 @@ tasks = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("started_at", UTCDateTime, nullable=True),
     Column("finished_at", UTCDateTime, nullable=True),
+    # A child task (a parent's `task:` step created it): that step and its task (migration 0014).
+    Column("parent_task_id", Id, nullable=True),
+    Column("parent_step_id", Id, nullable=True),
     UniqueConstraint("namespace", "name", "idempotency_key"),
+    Index(
+        "ix_tasker_tasks_children",
+        "parent_task_id",
+        "parent_step_id",
+        postgresql_where=text("parent_task_id IS NOT NULL"),
+        sqlite_where=text("parent_task_id IS NOT NULL"),
+    ),
     Index(None, "status", "created_at"),
     # Keyset listings (tasker.store.listing): each filter's tasks come out of its index in id order.
     Index(None, "created_at", "id"),

@@ -80,6 +80,11 @@ _START = f"""
      WHERE id = ? AND status = '{T.PENDING.value}'
     RETURNING id"""
 _SET_STATUS = "UPDATE tasker_tasks SET status = ?, finished_at = ?, updated_at = ? WHERE id = ?"
+#: `readiness.WAKE_PARENT`: a settled child task wakes the `task:` step parked for it.
+_WAKE = f"""
+    UPDATE tasker_steps SET run_at = ?, updated_at = ?
+     WHERE id = ? AND state = '{S.WAITING_RETRY.value}' AND run_at IS NULL
+    RETURNING id"""
 _STEP_ROW = """
     INSERT INTO tasker_step_transitions
            (step_id, task_id, from_state, to_state, attempt, at, worker, error_class,
@@ -98,12 +103,12 @@ _GATE = f"SELECT {GATE_SQL}"
 _EXPIRED = f"SELECT {EXPIRED_SQL.format(now='?')}"
 
 
-def _scan(namespaces: int, task: bool) -> str:
+def _scan(namespaces: int, tasks: int) -> str:
     scope = ""
     if namespaces:
         scope += f" AND namespace IN ({', '.join('?' * namespaces)})"
-    if task:
-        scope += " AND task_id = ?"
+    if tasks:
+        scope += f" AND task_id IN ({', '.join('?' * tasks)})"
     return f"""
     SELECT id, state FROM tasker_steps
      WHERE state IN {_CLAIMABLE} AND run_at <= ?{scope}
@@ -147,7 +152,7 @@ def run_cycle(conn: Connection, journal: Journal, work: CycleInput) -> Cycle:
 
 def _cycle(cur: sqlite3.Cursor, journal: Journal, work: CycleInput) -> Cycle:
     outcomes, known, worker = work.outcomes, work.known, work.worker
-    namespaces, task_id = work.namespaces, work.task_id
+    namespaces, task_ids = work.namespaces, work.task_ids
     now = journal.now
     at = stamp(now)
     out = Cycle()
@@ -202,10 +207,10 @@ def _cycle(cur: sqlite3.Cursor, journal: Journal, work: CycleInput) -> Cycle:
             rows.append(("r", *r))
     if scan_limit:
         params: list[Any] = [at, *(namespaces or ())]
-        if task_id is not None:
-            params.append(task_id)
+        if task_ids is not None:
+            params.extend(task_ids)
         picked = cur.execute(
-            _scan(len(namespaces or ()), task_id is not None), [*params, scan_limit]
+            _scan(len(namespaces or ()), len(task_ids or ())), [*params, scan_limit]
         ).fetchall()
         starting: set[int] = set()
         for step_id, from_state in picked:
@@ -260,13 +265,16 @@ def _settle(cur: sqlite3.Cursor, journal: Journal, ids: list[int], out: Cycle) -
     """`readiness.settle_tasks`, on the driver: the pure `settle_move` decides."""
     statuses: dict[int, str] = {}
     counts: dict[int, dict[str, int]] = {}
-    for t_id, status, state, n in cur.execute(
-        "SELECT t.id, t.status, s.state, count(s.id) FROM tasker_tasks t"
+    parents: dict[int, int] = {}
+    for t_id, status, parent_step, state, n in cur.execute(
+        "SELECT t.id, t.status, t.parent_step_id, s.state, count(s.id) FROM tasker_tasks t"
         " LEFT JOIN tasker_steps s ON s.task_id = t.id"
-        f" WHERE t.id IN ({_in(len(ids))}) GROUP BY t.id, t.status, s.state",
+        f" WHERE t.id IN ({_in(len(ids))}) GROUP BY t.id, t.status, t.parent_step_id, s.state",
         ids,
     ):
         statuses[t_id] = status
+        if parent_step is not None:
+            parents[t_id] = parent_step
         if state is not None:
             counts.setdefault(t_id, {})[state] = int(n)
     at = stamp(journal.now)
@@ -281,6 +289,10 @@ def _settle(cur: sqlite3.Cursor, journal: Journal, ids: list[int], out: Cycle) -
         journal.task(t_id, status, target)
         out.settled.append((t_id, target.value))
         journal.task_settled(t_id, status.value, target.value)
+        if t_id in parents and target in FINISHED_TASK_STATES:
+            woken = cur.execute(_WAKE, (at, at, parents[t_id])).fetchone()
+            if woken is not None:
+                journal.readied.add(parents[t_id])
 
 
 def flush_rows(cur: sqlite3.Cursor, journal: Journal) -> None:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, cast
 
-from sqlalchemy import Connection, Row, insert, select, text, update
+from sqlalchemy import Connection, Row, bindparam, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from tasker.domain.graph import execution_order
@@ -201,6 +201,9 @@ class NewTask:
     context: dict[str, Any]
     idempotency_key: str
     correlation_id: str
+    #: A child task: the task and the `task:` step creating it.
+    parent_task_id: int | None = None
+    parent_step_id: int | None = None
 
 
 def insert_task(
@@ -531,6 +534,8 @@ def insert_tasks(
                     "correlation_id": item.correlation_id,
                     "created_at": now,
                     "updated_at": now,
+                    "parent_task_id": item.parent_task_id,
+                    "parent_step_id": item.parent_step_id,
                 }
                 for item in items
             ],
@@ -700,6 +705,8 @@ def _task(r: Row[Any] | SimpleNamespace, step_rows: Sequence[Step]) -> Task:
         started_at=r.started_at,
         finished_at=r.finished_at,
         steps=list(step_rows),
+        parent_task_id=r.parent_task_id,
+        parent_step_id=r.parent_step_id,
     )
 
 
@@ -775,7 +782,7 @@ def read_task(db: Database, task_id: int) -> Task | None:
 
 _TASK_COLUMNS = (
     "id, namespace, name, version, status, context, idempotency_key, correlation_id, annotations,"
-    " created_at, updated_at, started_at, finished_at"
+    " created_at, updated_at, started_at, finished_at, parent_task_id, parent_step_id"
 )
 _STEP_COLUMNS = (
     "id, task_id, name, state, attempts, retry_limit, retryable, dependent_system, results,"
@@ -829,6 +836,29 @@ def _sqlite_row(columns: str, values: Sequence[Any]) -> SimpleNamespace:
             value = bool(value)
         decoded[name] = value
     return SimpleNamespace(**decoded)
+
+
+_CHILD = select(tasks.c.id).where(
+    tasks.c.parent_task_id == bindparam("task_id"), tasks.c.parent_step_id == bindparam("step_id")
+)
+_CHILDREN = (
+    select(tasks.c.id).where(tasks.c.parent_task_id == bindparam("task_id")).order_by(tasks.c.id)
+)
+
+
+def find_child(db: Database, parent_task_id: int, parent_step_id: int) -> Task | None:
+    """The child task a `task:` step created, or None (by the partial index of children)."""
+    with db.read() as conn:
+        found = conn.execute(
+            _CHILD, {"task_id": parent_task_id, "step_id": parent_step_id}
+        ).scalar()
+        return get_task(conn, found) if found is not None else None
+
+
+def child_ids(db: Database, task_id: int) -> list[int]:
+    """The ids of a task's child tasks, oldest first."""
+    with db.read() as conn:
+        return list(conn.execute(_CHILDREN, {"task_id": task_id}).scalars())
 
 
 def read_tasks(db: Database, task_ids: Sequence[int]) -> list[Task]:

@@ -71,6 +71,8 @@ STEP_KEYS = {
     "foreach",
     "max_parallel",
     "max_items",
+    "task",
+    "context",
 }
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
@@ -171,7 +173,8 @@ def parse_template(
         _check_retry(template, step, source)
     if resolve_handlers:
         for step in template.step_templates:
-            resolve_step_handler(step.handler_class, where=f"{source}: step '{step.name}'")
+            if step.handler_class is not None:
+                resolve_step_handler(step.handler_class, where=f"{source}: step '{step.name}'")
         if template.task_handler_class:
             resolve_task_handler(template.task_handler_class, where=f"{source}: task_handler_class")
     template._source = source

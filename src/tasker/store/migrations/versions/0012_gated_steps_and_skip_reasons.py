@@ -35,8 +35,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("tasker_step_transitions") as batch:
-        batch.drop_column("reason")
-    with op.batch_alter_table("tasker_steps") as batch:
-        batch.drop_column("decision")
-        batch.drop_column("gated")
+    # Plain ALTER TABLE ... DROP COLUMN (SQLite 3.35+), not a batch that recreates the tables:
+    # with foreign keys on, dropping a referenced table would cascade to the rows that refer to it.
+    op.drop_column("tasker_step_transitions", "reason")
+    op.drop_column("tasker_steps", "decision")
+    op.drop_column("tasker_steps", "gated")

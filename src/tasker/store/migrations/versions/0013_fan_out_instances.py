@@ -34,6 +34,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("tasker_steps") as batch:
-        for column in ("fanout", "item", "item_index", "instance_of"):
-            batch.drop_column(column)
+    # Plain DROP COLUMN, not a batch that recreates the table (see 0012).
+    for column in ("fanout", "item", "item_index", "instance_of"):
+        op.drop_column("tasker_steps", column)
