@@ -77,6 +77,22 @@ def _label(task: Task, s: Step) -> str:
     return f"  {s.name}" if s.instance_of is not None else s.name
 
 
+def task_links(task: Task, children: Sequence[int], parent: Task | None = None) -> list[str]:
+    """A task's parent (with the step that created it) and child tasks, as `tasks show` prints
+    them under its header."""
+    lines = []
+    if task.parent_task_id is not None:
+        by_id = {s.id: s.name for s in parent.steps} if parent else {}
+        step = by_id.get(task.parent_step_id or 0, f"id {task.parent_step_id}")
+        lines.append(
+            f"child of task {task.parent_task_id}, step '{step}':"
+            f" tasker tasks show {task.parent_task_id}"
+        )
+    if children:
+        lines.append("child tasks: " + ", ".join(str(c) for c in children))
+    return lines
+
+
 def steps_table(task: Task) -> Table:
     table = Table(show_lines=False, expand=False)
     for col in ("step", "state", "attempts", "started", "finished", "duration"):
@@ -135,7 +151,7 @@ def template_steps_table(t: TaskTemplate) -> Table:
         cells = [
             s.name,
             ", ".join(s.parents) or "-",
-            s.handler_class,
+            s.handler_class or f"task: {s.task}",
             retry,
             backoff,
             timeout,

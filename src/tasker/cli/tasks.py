@@ -116,13 +116,17 @@ def show(
     """
     engine = state(ctx).engine(load=False, access="read")
     task = engine.get_task(task_id)
+    children = engine.child_tasks(task.id)
     if as_json:
-        echo_json(task_json(task))
+        echo_json({**task_json(task), "children": children})
         return
     from tasker.cli.common import console
-    from tasker.cli.render import steps_table, task_header, task_mermaid
+    from tasker.cli.render import steps_table, task_header, task_links, task_mermaid
 
     console.print(task_header(task), highlight=False)
+    parent = engine.get_task(task.parent_task_id) if task.parent_task_id is not None else None
+    for line in task_links(task, children, parent):
+        console.print(line, highlight=False)
     console.print(steps_table(task))
     if task.annotations:
         console.print(f"[bold]Annotations:[/] {task.annotations}", highlight=False)

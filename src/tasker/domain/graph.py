@@ -158,11 +158,14 @@ def mermaid(
     join_any: Collection[str] = (),
     foreach: Mapping[str, str] | None = None,
     notes: Mapping[str, str] | None = None,
+    tasks: Mapping[str, str] | None = None,
 ) -> str:
     """A Mermaid flowchart of the DAG; with `states`, each step is labelled and coloured by its
     state, and `notes` (by step name) add a line under a name. A step's condition (`when`, by step
     name) labels the edges into it (a step without parents shows it under its name); a `join: any`
-    step is drawn as a hexagon; a `foreach` step as a stack of pages, with its list."""
+    step is drawn as a hexagon; a `foreach` step as a stack of pages, with its list; a `task:` step
+    (a sub-workflow) as a subroutine, with the template it runs."""
+    tasks = tasks or {}
     when = when or {}
     foreach = foreach or {}
     notes = notes or {}
@@ -176,8 +179,12 @@ def mermaid(
             label += f"<br/>for each in {_mermaid_text(foreach[name])}"
         if name in notes:
             label += f"<br/>{_mermaid_text(notes[name])}"
+        if name in tasks:
+            label += f"<br/>task {_mermaid_text(tasks[name])}"
         if name in join_any:
             lines.append(f'    {ids[name]}{{{{"{label}<br/>join: any"}}}}')
+        elif name in tasks:
+            lines.append(f'    {ids[name]}[["{label}"]]')
         elif name in foreach:
             lines.append(f'    {ids[name]}@{{ shape: docs, label: "{label}" }}')
         else:

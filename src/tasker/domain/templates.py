@@ -455,12 +455,13 @@ class TaskTemplate(_Strict):
     ) -> str:
         """The Mermaid flowchart of the steps (coloured by `states` when given, with `notes` under
         their names: a fan-out's `n/N done`), conditions on the edges into their steps, `join:
-        any` steps as hexagons and `foreach` steps as stacks."""
+        any` steps as hexagons, `foreach` steps as stacks and `task:` steps as subroutines."""
         return mermaid(
             [(s.name, s.parents) for s in self.step_templates],
             states,
             notes=notes,
             foreach={s.name: s.foreach for s in self.step_templates if s.foreach},
+            tasks={s.name: s.task for s in self.step_templates if s.task},
             when={s.name: s.when for s in self.step_templates if s.when},
             join_any={s.name for s in self.step_templates if s.join == JoinRule.ANY},
         )
