@@ -328,3 +328,15 @@ def test_a_bad_fan_out_is_refused_when_the_template_loads(
     with pytest.raises(TemplateError) as caught:
         tasker.load_templates(path)
     assert "\n" not in str(caught.value) and message in str(caught.value)
+
+
+def test_analytics_count_a_fan_outs_instances_under_its_step(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
+    ref = load("counted", PIPELINE)
+    tasker.run(tasker.create_task(ref, {"key": key, "count": 7}).id)
+    report = tasker.insight.bottlenecks(1).model_dump()
+    rows = {r["step"]: r for r in report["step_error_rates"] if r["name"] == "counted"}
+    assert set(rows) == {"discover", "process", "report"}  # no process[0], process[1], ...
+    # Its seven instances, and the fan-out step itself (its fan-in runs no handler).
+    assert (rows["process"]["steps"], rows["process"]["completed"]) == (8, 8)

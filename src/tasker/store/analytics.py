@@ -212,11 +212,18 @@ def _attempts(scope: Scope) -> Select[Any]:
     )
 
 
+_FANOUT = steps.alias("fanout")
+#: A step's name for analytics: a fan-out's instances count under their step (`process`, not
+#: `process[7]`), so its steps attempted are its instances.
+STEP_NAME = func.coalesce(
+    select(_FANOUT.c.name).where(_FANOUT.c.id == steps.c.instance_of).scalar_subquery(),
+    steps.c.name,
+).label("step")
 _STEP_KEYS = (
     tasks.c.namespace,
     tasks.c.name,
     tasks.c.version,
-    steps.c.name,
+    STEP_NAME,
     steps.c.dependent_system,
 )
 

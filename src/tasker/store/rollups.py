@@ -62,6 +62,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
+from tasker.domain.control import parse_instance
 from tasker.domain.states import TERMINAL_TASK_STATES, StepState, TaskState
 from tasker.store import systems
 from tasker.store.analytics import (
@@ -249,7 +250,9 @@ class StepFacts:
     durations: dict[tuple[datetime, StepKey], Histogram] = field(default_factory=dict)
 
     def add(self, r: Row[Any]) -> None:
-        key: StepKey = (r.namespace, r.name, r.version, r.step, r.dependent_system)
+        instance = parse_instance(r.step)  # a fan-out's instances add up under their step
+        step = instance[0] if instance else r.step
+        key: StepKey = (r.namespace, r.name, r.version, step, r.dependent_system)
         hour = slot_start(r.created_at)
         cell = self.cells.setdefault((hour, key, r.to_state, r.error_class or ""), _StepCell())
         cell.attempts += 1
