@@ -187,3 +187,21 @@ def test_a_bad_task_step_is_refused_when_the_template_loads(
     with pytest.raises(TemplateError) as caught:
         tasker.load_templates(path)
     assert "\n" not in str(caught.value) and message in str(caught.value)
+
+
+def test_a_worker_until_idle_does_not_wait_for_a_child_out_of_its_scope(
+    tasker: Tasker, write_template: WriteTemplate, load: LoadTemplate, key: str
+) -> None:
+    tasker.load_templates(
+        write_template(template_yaml("child", CHILD, namespace="kids"), "kids.yaml")
+    )
+    parent_ref = load("parent", _parent(task="kids/child"))
+    task = tasker.create_task(parent_ref, {"key": key})
+    tasker.work(until_idle=True, namespaces=["itest"])  # returns: the parked step is no work
+    waiting = tasker.get_task(task.id)
+    assert waiting.step("refund").status == "waiting_retry"
+    (child_id,) = tasker.child_tasks(task.id)
+    assert tasker.get_task(child_id).status == "pending"
+    tasker.work(until_idle=True, namespaces=["kids"])  # the child settles: it wakes the step
+    tasker.work(until_idle=True, namespaces=["itest"])
+    assert tasker.get_task(task.id).status == "complete"

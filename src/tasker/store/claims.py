@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, select, text, update
+from sqlalchemy import Select, bindparam, func, or_, select, text, update
 from sqlalchemy.engine import Connection
 
 from tasker.domain.circuits import ClaimPlan
@@ -37,6 +37,9 @@ from tasker.store.schema import steps, tasks
 CLAIMABLE = sorted(s.value for s in CLAIMABLE_STEP_STATES)
 WITH_RESULTS = sorted(s.value for s in RESULT_STEP_STATES)
 ACTIVE = sorted(s.value for s in ACTIVE_STEP_STATES)
+#: A step parked for its child task (`waiting_retry` without `run_at`): no worker can run it
+#: until the child settles, so a worker that runs "until idle" does not wait for it.
+_WORKABLE = or_(steps.c.state != StepState.WAITING_RETRY.value, steps.c.run_at.is_not(None))
 
 
 def _candidates(
@@ -612,8 +615,10 @@ def active_step_ids(
     namespaces: Sequence[str] | None = None,
     task_ids: Sequence[int] | None = None,
 ) -> list[int]:
-    """Ids of up to `limit` steps that are ready, waiting to retry or running."""
-    q = _scoped(select(steps.c.id).where(steps.c.state.in_(ACTIVE)), namespaces, task_ids)
+    """Ids of up to `limit` steps that are ready, waiting to retry (not parked) or running."""
+    q = _scoped(
+        select(steps.c.id).where(steps.c.state.in_(ACTIVE), _WORKABLE), namespaces, task_ids
+    )
     return list(conn.execute(q.order_by(steps.c.id).limit(limit)).scalars())
 
 
@@ -623,9 +628,10 @@ def active_count(
     namespaces: Sequence[str] | None = None,
     task_ids: Sequence[int] | None = None,
 ) -> int:
-    """Steps that are ready, waiting to retry or running: zero means there is nothing left to do."""
+    """Steps that are ready, waiting to retry or running: zero means there is nothing left to do
+    (a step parked for its child task is not counted: only the child's settling moves it)."""
     q = _scoped(
-        select(func.count()).select_from(steps).where(steps.c.state.in_(ACTIVE)),
+        select(func.count()).select_from(steps).where(steps.c.state.in_(ACTIVE), _WORKABLE),
         namespaces,
         task_ids,
     )
