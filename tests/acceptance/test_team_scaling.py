@@ -68,13 +68,13 @@ def test_same_name_in_two_namespaces_are_two_workflows(engine: Tasker) -> None:
     cs = engine.templates.get(CUSTOMER_SUCCESS)
     pay = engine.templates.get(PAYMENTS)
     assert (cs.key, pay.key) == (
-        "customer_success/process_refund@1.3.0",
+        "customer_success/process_refund@1.4.0",
         "payments/process_refund@2.1.0",
     )
     assert [s.name for s in pay.step_templates] == STEPS_2_1_0
-    assert "execute_refund_workflow" in [s.name for s in cs.step_templates]
+    assert cs.step("refund_payment").task == "payments/process_refund@latest"
     with pytest.raises(
-        UnknownTemplateError, match=r"known templates: customer_success/process_refund@1\.3\.0"
+        UnknownTemplateError, match=r"known templates: customer_success/process_refund@1\.4\.0"
     ):
         engine.create_task(
             "process_refund", {}
@@ -137,7 +137,7 @@ def test_a_task_keeps_its_version_through_a_deploy(
     assert payment is not None and payment.refunded_cents == 2_500
 
 
-def test_a_refund_request_asks_payments_and_waits_for_it(
+def test_a_refund_request_runs_payments_as_a_sub_workflow(
     engine: Tasker, world: services.World
 ) -> None:
     world.fail_gateway(1)
@@ -155,16 +155,13 @@ def test_a_refund_request_asks_payments_and_waits_for_it(
     assert child.context["ticket_id"] == "T-1001"
     assert child.correlation_id == done.correlation_id  # one trace across both teams' workflows
 
-    spawned = done.step("execute_refund_workflow").results or {}
-    assert spawned == {
-        "payments_task_id": child.id,
-        "payments_workflow": "payments/process_refund@2.1.0",
-    }
+    assert (child.parent_task_id, engine.child_tasks(done.id)) == (done.id, [child.id])
     refund = child.step("process_gateway_refund")
     assert refund.attempts == 2  # the gateway timed out once
-    waited = done.step("wait_for_refund").results or {}
-    assert waited["refund_id"] == (refund.results or {})["refund_id"]
-    assert waited["payments_status"] == "complete"
+    step = done.step("refund_payment")
+    assert step.attempts == 1  # waiting is no attempt, and nothing polled
+    assert (step.results or {})["process_gateway_refund"] == refund.results
+    assert done.step("get_manager_approval").status == "skipped"  # $49.99: under the limit
 
     assert len(world.refunds) == 1
     payment = world.payment("pay_1001")
@@ -177,62 +174,34 @@ def test_a_refund_request_asks_payments_and_waits_for_it(
     ]
 
 
-def test_a_retried_step_gets_the_same_payments_task(engine: Tasker, world: services.World) -> None:
-    request = engine.create_task(
-        CUSTOMER_SUCCESS, refund_request(simulate_failures={"execute_refund_workflow": 2})
-    )
-    engine.work(until_idle=True)
-    done = engine.get_task(request.id)
-    assert done.status == "complete"
-    assert done.step("execute_refund_workflow").attempts == 3
-    assert len(payments_tasks(engine)) == 1
-    assert len(world.refunds) == 1
-
-
-def test_waiting_holds_no_worker_and_an_operator_retry_finishes_the_wait(
+def test_waiting_holds_no_worker_and_the_payments_task_wakes_the_request(
     make_tasker: Callable[..., Tasker], world: services.World
 ) -> None:
-    """Only customer success runs, so the payments task never moves: the wait polls until its
-    attempts run out.
-
-    Every poll is a retry scheduled in the store, not a sleeping worker; the circuit breaker of the
-    polling step's system stays closed (a poll is not a system fault); and once payments has run,
-    retrying the request completes it with the refund.
-    """
-    engine = make_tasker(backoff_scale=0.0005)
+    """Only customer success runs at first, so the payments task never moves: the request's step
+    parks (no worker, no attempt, no poll) and a worker that runs until idle returns. Once the
+    payments team's workers run their task, its completion wakes the step, and the request
+    finishes."""
+    engine = make_tasker(backoff_scale=BACKOFF_SCALE)
     engine.load_templates(TEMPLATES)
     request = engine.create_task(CUSTOMER_SUCCESS, refund_request())
     engine.work(until_idle=True, namespaces=["customer_success"])
 
-    stuck = engine.get_task(request.id)
+    waiting = engine.get_task(request.id)
     [child] = payments_tasks(engine)
     assert child.status == "pending"
-    wait = stuck.step("wait_for_refund")
-    assert (stuck.status, wait.status, wait.attempts) == ("error", "error", 20)
-    assert wait.last_error is not None
-    assert (
-        f"payments task {child.id} is pending (gave up after 20 attempts)"
-        in wait.last_error["message"]
-    )
-    polls = [
-        t
-        for t in engine.history.step_transitions(request.id)
-        if t["step_id"] == wait.id and t["to_state"] == "waiting_retry"
-    ]
-    assert len(polls) == 19
-    [system] = [s for s in engine.systems.report() if s["name"] == "payments_workflow"]
-    assert (system["circuit_state"], system["consecutive_failures"]) == (
-        "closed",
-        0,
-    )  # polls are no failures
+    step = waiting.step("refund_payment")
+    assert (waiting.status, step.status, step.attempts) == ("in_progress", "waiting_retry", 0)
+    assert step.decision == f"waiting for child task {child.id} (payments/process_refund@2.1.0)"
+    assert step.run_at is None  # parked: only the child's settling gives it a time
+    rows = [t for t in engine.history.step_transitions(request.id) if t["step_id"] == step.id]
+    assert [r["to_state"] for r in rows] == ["pending", "ready", "in_progress", "waiting_retry"]
 
     engine.work(until_idle=True, namespaces=["payments"])
     assert engine.get_task(child.id).status == "complete"
-    engine.retry_task(request.id)
-    engine.work(until_idle=True)
+    engine.work(until_idle=True, namespaces=["customer_success"])
     done = engine.get_task(request.id)
     assert done.status == "complete"
-    assert done.step("wait_for_refund").attempts == 1
+    assert done.step("refund_payment").attempts == 1
     assert len(world.refunds) == 1
 
 
@@ -251,15 +220,14 @@ def test_a_failed_payments_task_fails_the_request_with_its_reason(
     screening_error = child.step("screen_for_fraud").last_error
     assert screening_error is not None
     assert screening_error["error_code"] == "MANUAL_REVIEW_REQUIRED"
-    wait = failed.step("wait_for_refund")
-    assert (failed.status, wait.status) == (
-        "error",
-        "error",
-    )  # after one poll, or two if payments was still running
-    assert wait.last_error is not None
-    assert wait.last_error["error_code"] == "PAYMENTS_REFUND_FAILED"
-    reason = f"payments task {child.id} ended error at step screen_for_fraud: refund of $600.00"
-    assert reason in wait.last_error["message"]
+    step = failed.step("refund_payment")
+    assert (failed.status, step.status) == ("error", "error")
+    assert step.last_error is not None and step.last_error["class"] == "ChildTaskFailed"
+    reason = (
+        f"child task {child.id} (payments/process_refund@2.1.0) failed: step 'screen_for_fraud':"
+        " refund of $600.00"
+    )
+    assert reason in step.last_error["message"]
     assert world.refunds == {}
 
     # The risk team reviews and resolves its step; payments finishes; customer success retries its
@@ -271,7 +239,8 @@ def test_a_failed_payments_task_fails_the_request_with_its_reason(
     engine.work(until_idle=True)
     done = engine.get_task(request.id)
     assert done.status == "complete"
-    assert (done.step("wait_for_refund").results or {})["payments_status"] == "resolved_manually"
+    assert (done.step("refund_payment").results or {})["screen_for_fraud"]["reviewer"] == "rita"
+    assert engine.child_tasks(request.id) == [child.id]  # the retry read the same child
     assert done.step("get_manager_approval").results == {"approved": True, "approved_by": "mgr-7"}
     assert [r.amount_cents for r in world.refunds.values()] == [60_000]
 
@@ -367,8 +336,8 @@ def test_the_module_entry_point_runs_the_story(
         in out
     )
     assert (
-        "payments/process_refund@2.1.0: complete  (payments refund created by that request's step)"
-        in out
+        "payments/process_refund@2.1.0: complete  (payments refund run by that request's"
+        " refund_payment step)" in out
     )
     assert "ticket T-1001: refunded" in out
     assert "3 refunds issued" in out

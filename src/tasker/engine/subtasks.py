@@ -31,6 +31,8 @@ _DONE = (TaskState.COMPLETE, TaskState.RESOLVED_MANUALLY)
 _FAILED = (TaskState.ERROR, TaskState.CANCELLED)
 
 FindChild = Callable[[int, int], Task | None]
+#: `task: ns/name@latest` is `ns/name`: the newest version loaded (so a `${VAR:-latest}` can pin).
+LATEST = "latest"
 
 
 def child_key(claimed: ClaimedStep) -> str:
@@ -62,7 +64,7 @@ def _spawn(
 ) -> Outcome:
     assert step.task is not None
     try:
-        child_template = registry.get(step.task)
+        child_template = registry.get(step.task.removesuffix(f"@{LATEST}"))
     except TaskerError as exc:
         return _failed(
             claimed,

@@ -350,6 +350,9 @@ def _expand_vars(data: dict[str, Any], source: str) -> dict[str, Any]:
             step["handler_config"] = expand(
                 step["handler_config"], f"step '{step.get('name')}': handler_config"
             )
+        if isinstance(step, dict) and isinstance(step.get("task"), str):
+            # a deployment pins a sub-workflow's version: task: ns/name@${VERSION:-latest}
+            step["task"] = expand(step["task"], f"step '{step.get('name')}': task")
     return data
 
 

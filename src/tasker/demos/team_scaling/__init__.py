@@ -6,9 +6,10 @@ versions let the payments team ship 2.1.0 while tasks started on 2.0.0 finish on
 
 - `templates/payments/`: `payments/process_refund@2.0.0` and `@2.1.0` (the money side: eligibility,
   fraud screen in 2.1.0, gateway refund, ledger, receipt);
-- `templates/customer_success/`: `customer_success/process_refund@1.3.0` (the ticket side: validate
-  the request, apply the refund policy, get approval, ask payments for the refund by creating a
-  `payments/process_refund` task, wait for it without holding a worker, close the ticket, tell the
+- `templates/customer_success/`: `customer_success/process_refund@1.4.0` (the ticket side:
+  validate the request, apply the refund policy, get a manager's approval when the amount needs
+  one (`when:`), run the payments team's `payments/process_refund` as a sub-workflow (`task:`: a
+  child task the step waits for without holding a worker or polling), close the ticket, tell the
   customer);
 - `payments.py`, `customer_success.py`: each team's step handlers, in its own module;
 - `services.py`: the simulated payment ledger and gateway, support desk and outbox both teams call;

@@ -1,11 +1,12 @@
 """The team-scaling story, run end to end: two teams' `process_refund`, a deploy of 2.1.0, a
 cross-namespace call.
 
-1. Payments 2.0.0 and customer success 1.3.0 are loaded; the payments team starts a refund of its
+1. Payments 2.0.0 and customer success 1.4.0 are loaded; the payments team starts a refund of its
    own.
 2. Payments deploys 2.1.0 (loaded beside 2.0.0); a caller pins 2.0.0 explicitly for one more refund.
-3. A customer's ticket becomes a customer-success refund, which asks payments for the money by
-   creating a `payments/process_refund` task (unpinned, so 2.1.0) and waits for it.
+3. A customer's ticket becomes a customer-success refund, whose `refund_payment` step runs the
+   payments team's `payments/process_refund` (unpinned, so 2.1.0) as a sub-workflow: a child task
+   it waits for without holding a worker or polling.
 4. One worker runs everything: the task created before the deploy runs 2.0.0's four steps, the new
    one 2.1.0's five. The gateway times out once on the way; the refund still happens exactly once.
 
@@ -26,7 +27,7 @@ from tasker.demos.team_scaling.services import Payment, Ticket
 TEMPLATES = Path(__file__).parent / "templates"
 PAYMENTS_2_0_0 = TEMPLATES / "payments" / "process_refund-2.0.0.yaml"
 PAYMENTS_2_1_0 = TEMPLATES / "payments" / "process_refund-2.1.0.yaml"
-CUSTOMER_SUCCESS_1_3_0 = TEMPLATES / "customer_success" / "process_refund-1.3.0.yaml"
+CUSTOMER_SUCCESS_1_4_0 = TEMPLATES / "customer_success" / "process_refund-1.4.0.yaml"
 PAYMENTS = "payments/process_refund"
 CUSTOMER_SUCCESS = "customer_success/process_refund"
 
@@ -60,7 +61,7 @@ def refund_request(ticket_id: str = "T-1001", **overrides: Any) -> dict[str, Any
 def run_story(engine: Tasker) -> dict[str, int]:
     world = seed_world()
     engine.load_templates(PAYMENTS_2_0_0)
-    engine.load_templates(CUSTOMER_SUCCESS_1_3_0)
+    engine.load_templates(CUSTOMER_SUCCESS_1_4_0)
     before_deploy = engine.create_task(
         PAYMENTS, {"payment_id": "pay_1003", "amount_cents": 2_500, "reason": "duplicate_charge"}
     )
@@ -73,12 +74,12 @@ def run_story(engine: Tasker) -> dict[str, int]:
     request = engine.create_task(CUSTOMER_SUCCESS, refund_request())
     world.fail_gateway(1)  # the next gateway call times out
     engine.work(until_idle=True)
-    child = engine.get_task(request.id).step("execute_refund_workflow").results or {}
+    (child,) = engine.child_tasks(request.id)
     return {
         "before_deploy": before_deploy.id,
         "pinned": pinned.id,
         "customer_success": request.id,
-        "spawned": int(child["payments_task_id"]),
+        "spawned": child,
     }
 
 
@@ -94,7 +95,7 @@ def describe(engine: Tasker, ids: dict[str, int]) -> Iterator[str]:
         "before_deploy": "payments refund created before the 2.1.0 deploy",
         "pinned": "payments refund pinned to version 2.0.0",
         "customer_success": "customer-success refund request for ticket T-1001",
-        "spawned": "payments refund created by that request's step",
+        "spawned": "payments refund run by that request's refund_payment step",
     }
     yield "templates loaded: " + ", ".join(t.key for t in engine.registry.all())
     for label, task_id in ids.items():
@@ -103,11 +104,11 @@ def describe(engine: Tasker, ids: dict[str, int]) -> Iterator[str]:
         yield f"  steps: {_steps(task)}"
         yield f"  correlation id: {task.correlation_id}"
     request = engine.get_task(ids["customer_success"])
-    waited = request.step("wait_for_refund")
-    done = waited.results or {}
+    step = request.step("refund_payment")
+    refund = (step.results or {}).get("process_gateway_refund", {})
     yield (
-        f"\nwait_for_refund polled payments task {done.get('payments_task_id')} {waited.attempts}"
-        f" time(s) without holding a worker; refund {done.get('refund_id')}"
+        f"\nrefund_payment ran payments task {ids['spawned']} as a sub-workflow, waiting without"
+        f" holding a worker or polling ({step.attempts} attempt); refund {refund.get('refund_id')}"
     )
     ticket = world.ticket("T-1001")
     if ticket is not None:
