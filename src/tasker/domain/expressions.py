@@ -81,6 +81,11 @@ class Expression:
     def steps(self) -> frozenset[str]:
         return frozenset(r.step for r in self.references)
 
+    @property
+    def constant(self) -> bool:
+        """Whether the expression reads neither `context` nor `results` (known when loaded)."""
+        return not any(v in VARIABLES for v in self.program.variables())
+
     def evaluate(self, context: Any, results: dict[str, Any]) -> Any:
         """The expression's value over `context` and `results`; raises `ExpressionFailure` with
         the interpreter's reason, said plainly."""

@@ -25,7 +25,12 @@ from pydantic import (
 from tasker.domain import bounds
 from tasker.domain.bounds import Range
 from tasker.domain.control import DEFAULT_MAX_ITEMS, JoinRule, StepControl, gated
-from tasker.domain.expressions import Expression, ExpressionSyntaxError, compile_expression
+from tasker.domain.expressions import (
+    Expression,
+    ExpressionFailure,
+    ExpressionSyntaxError,
+    compile_expression,
+)
 from tasker.domain.graph import GraphError, execution_order, mermaid
 from tasker.domain.retry import DEFAULT_RETRY_LIMIT, RetryPolicy
 
@@ -495,6 +500,9 @@ def build_controls(steps: list[StepTemplate]) -> dict[str, StepControl]:
     for s in steps:
         when = _compiled(s, "when", s.when, parents)
         foreach = _compiled(s, "foreach", s.foreach, parents)
+        max_items = DEFAULT_MAX_ITEMS if s.max_items is None else s.max_items
+        if foreach is not None and foreach.constant:
+            _check_constant_list(s.name, foreach, max_items)
         child_context = {
             key: _compiled(s, f"context.{key}", value, parents) if isinstance(value, str) else value
             for key, value in (s.context or {}).items()
@@ -510,10 +518,30 @@ def build_controls(steps: list[StepTemplate]) -> dict[str, StepControl]:
             when,
             foreach,
             s.max_parallel,
-            DEFAULT_MAX_ITEMS if s.max_items is None else s.max_items,
+            max_items,
             child_context if s.context is not None else None,
         )
     return out
+
+
+def _check_constant_list(step: str, foreach: Expression, max_items: int) -> None:
+    """A `foreach` that reads nothing is known now: refuse it unless it is a list of at most
+    `max_items` (a list built in the template cannot grow at run time)."""
+    try:
+        value = foreach.evaluate({}, {})
+    except ExpressionFailure as exc:
+        raise ControlError(step, f"foreach: `{_one_line(foreach.source)}` fails: {exc}") from None
+    if not isinstance(value, list):
+        raise ControlError(
+            step,
+            f"foreach: `{_one_line(foreach.source)}` gives a {type(value).__name__}, not a list",
+        )
+    if len(value) > max_items:
+        raise ControlError(
+            step,
+            f"foreach gives {len(value):,} items, more than max_items {max_items:,}; fix: split"
+            " the list or raise max_items (up to 100,000)",
+        )
 
 
 def _compiled(
