@@ -368,6 +368,17 @@ class TaskSummary(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     duration_seconds: float | None
+    parent_task_id: int | None = Field(
+        default=None,
+        description=(
+            "A child task: the task whose `task:` step created it (a sub-workflow); null for"
+            " other tasks. A child keeps its parent's `correlation_id`."
+        ),
+    )
+    parent_step_id: int | None = Field(
+        default=None,
+        description="A child task: the id of the parent's `task:` step that waits for it.",
+    )
 
     @classmethod
     def fields_of(cls, task: Task) -> dict[str, Any]:
@@ -387,6 +398,8 @@ class TaskSummary(BaseModel):
             "started_at": task.started_at,
             "finished_at": task.finished_at,
             "duration_seconds": task.duration_seconds,
+            "parent_task_id": task.parent_task_id,
+            "parent_step_id": task.parent_step_id,
         }
 
     @classmethod
@@ -399,12 +412,24 @@ class TaskDetail(TaskSummary):
         description="True when a repeated idempotency key returned this existing task."
     )
     step_counts: dict[str, int] = Field(description="How many steps are in each state.")
+    children: list[int] = Field(
+        default_factory=list,
+        description=(
+            "The ids of the child tasks this task's `task:` steps created (sub-workflows), oldest"
+            " first; each one's `parent_task_id` is this task. Only on single-task answers: the"
+            " list pages leave it out."
+        ),
+    )
     steps: list[StepOut]
     transitions: list[TaskTransition]
 
     @classmethod
     def detail(
-        cls, task: Task, template: TaskTemplate, transitions: list[TaskTransitionRecord]
+        cls,
+        task: Task,
+        template: TaskTemplate,
+        transitions: list[TaskTransitionRecord],
+        children: list[int] | None = None,
     ) -> TaskDetail:
         parents = parents_by_step(template)
         counts: dict[str, int] = {}
@@ -414,6 +439,7 @@ class TaskDetail(TaskSummary):
             **cls.fields_of(task),
             deduplicated=task.deduplicated,
             step_counts=counts,
+            children=children or [],
             steps=[StepOut.of(s, parents.get(s.name, [])) for s in task.steps],
             transitions=[TaskTransition.model_validate(t) for t in transitions],
         )
@@ -480,7 +506,16 @@ class StepTemplateOut(BaseModel):
 
     name: str
     description: str | None
-    handler_class: str
+    handler_class: str | None = Field(
+        description="The step's code; null for a `task:` step, which runs a template instead."
+    )
+    task: str | None = Field(
+        default=None,
+        description=(
+            "A sub-workflow: `namespace/name` (or `@version`) of the template whose task this step"
+            " creates and waits for, completing with its steps' results; null for other steps."
+        ),
+    )
     depends_on_step: str | None
     depends_on_steps: list[str]
     dependencies: list[str] = Field(
@@ -498,7 +533,10 @@ class StepTemplateOut(BaseModel):
 class GraphNode(BaseModel):
     id: str
     name: str
-    handler_class: str
+    handler_class: str | None = Field(description="Null for a `task:` step (a sub-workflow).")
+    task: str | None = Field(
+        default=None, description="The template a `task:` step runs; null for other steps."
+    )
     dependent_system: str
 
 
@@ -541,6 +579,7 @@ class TemplateVersion(BaseModel):
                 name=s.name,
                 description=s.description,
                 handler_class=s.handler_class,
+                task=s.task,
                 depends_on_step=s.depends_on_step,
                 depends_on_steps=list(s.depends_on_steps),
                 dependencies=s.parents,
@@ -560,6 +599,7 @@ class TemplateVersion(BaseModel):
                     id=s.name,
                     name=s.name,
                     handler_class=s.handler_class,
+                    task=s.task,
                     dependent_system=t.dependent_system_of(s),
                 )
                 for s in t.step_templates

@@ -13,6 +13,9 @@ step without parents carries its condition on its node; a `join: any` step is ma
 A `foreach` step is one node however many instances it expands into (a fan-out may have 10,000):
 drawn as a stack of cards, with a second line under its name, `for each` until it expands, then
 its progress (`n/N done`, and how many instances failed) on the task page.
+
+A `task:` step (a sub-workflow) carries a `task` badge; on the task page, once the step created
+its child task, the badge links to the child's page and the tooltip names the child and its status.
 """
 
 from __future__ import annotations
@@ -67,6 +70,27 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class ChildRef:
+    """The child task a `task:` step created: its id, its template (`namespace/name@version`)
+    and its status."""
+
+    id: int
+    template: str
+    status: str
+
+    @property
+    def name(self) -> str:
+        """`child task 42 (payments/refund@1.0.0)`: the link's text."""
+        return f"child task {self.id} ({self.template})"
+
+    @property
+    def text(self) -> str:
+        """The name and the status, as the tooltips and the step's entry say it (dashboard.js
+        says it the same way)."""
+        return f"{self.name}, {self.status}"
+
+
+@dataclass(frozen=True)
 class Node:
     name: str
     label: str
@@ -87,6 +111,15 @@ class Node:
     max_parallel: int | None = None
     #: A fan-out step's instances, once it expanded (task page only).
     progress: Progress | None = None
+    #: A `task:` step's template reference (`namespace/name`, maybe `@version`).
+    task: str | None = None
+    #: The child task it created (task page only).
+    child: ChildRef | None = None
+
+    @property
+    def badge_x(self) -> float:
+        """Where a `task:` node's badge ends: at the top right, left of a `join: any` badge."""
+        return self.x + self.w - (30 if self.join_any else 8)
 
     @property
     def text_x(self) -> float:
@@ -133,16 +166,20 @@ class Node:
             if self.max_parallel is not None:
                 each += f", at most {self.max_parallel} at once"
             parts.append(each)
+        if self.task is not None:
+            parts.append(f"runs task {self.task}")
         return "; ".join(parts)
 
     @property
     def title(self) -> str:
         """The node's tooltip: name and state (and a fan-out's progress), then its control flow,
-        in full. dashboard.js builds the same text when the state changes."""
+        in full, then a `task:` step's child and its status. dashboard.js builds the same text
+        when the state changes."""
         head = f"{self.name}: {self.state}"
         if self.progress is not None:
             head += f", {self.progress.line}"
-        return f"{head}; {self.about}" if self.about else head
+        parts = [head, self.about, self.child.text if self.child is not None else ""]
+        return "; ".join(p for p in parts if p)
 
 
 @dataclass(frozen=True)
@@ -185,6 +222,11 @@ class Layout:
         """Whether any step has a `foreach` (the legend then explains the stack)."""
         return any(n.foreach is not None for n in self.nodes)
 
+    @property
+    def subflows(self) -> bool:
+        """Whether any step is a `task:` step (the legend then explains its badge)."""
+        return any(n.task is not None for n in self.nodes)
+
 
 def label(name: str, limit: int = LABEL_CHARS) -> str:
     return name if len(name) <= limit else name[: limit - 1] + "\u2026"
@@ -204,9 +246,11 @@ def template_layout(
     template: TaskTemplate,
     states: Mapping[str, str] | None = None,
     progress: Mapping[str, Progress] | None = None,
+    children: Mapping[str, ChildRef] | None = None,
 ) -> Layout:
-    """The layout of a template's steps with their conditions, joins and fan-outs, as both the
-    task page (with `states` and the fan-outs' `progress`) and the template page draw it."""
+    """The layout of a template's steps with their conditions, joins, fan-outs and sub-workflows,
+    as both the task page (with `states`, the fan-outs' `progress` and the `task:` steps'
+    `children`) and the template page draw it."""
     steps = template.step_templates
     return layout(
         [(s.name, s.parents) for s in steps],
@@ -215,6 +259,8 @@ def template_layout(
         join_any={s.name for s in steps if s.join == JoinRule.ANY},
         foreach={s.name: (s.foreach, s.max_parallel) for s in steps if s.foreach is not None},
         progress=progress,
+        task={s.name: s.task for s in steps if s.task is not None},
+        children=children,
     )
 
 
@@ -226,16 +272,21 @@ def layout(
     join_any: Collection[str] = (),
     foreach: Mapping[str, tuple[str, int | None]] | None = None,
     progress: Mapping[str, Progress] | None = None,
+    task: Mapping[str, str] | None = None,
+    children: Mapping[str, ChildRef] | None = None,
 ) -> Layout:
     """Place every step; `steps` are (name, parents) in declaration order, `states` colour them,
     `when` (step -> condition) labels the edges into a step, `join_any` marks its steps,
     `foreach` (step -> expression and max_parallel) stacks a fan-out's node and `progress` adds
-    its instances' progress."""
+    its instances' progress, `task` (step -> template reference) badges a sub-workflow's node and
+    `children` links it to its child task."""
     if not steps:
         return Layout([], [], 2 * PAD, 2 * PAD)
     when = when or {}
     foreach = foreach or {}
     progress = progress or {}
+    task = task or {}
+    children = children or {}
     columns = execution_levels(steps)
     parents = {name: list(ps) for name, ps in steps}
     row: dict[str, float] = {}
@@ -267,6 +318,8 @@ def layout(
                 foreach=foreach[name][0] if name in foreach else None,
                 max_parallel=foreach[name][1] if name in foreach else None,
                 progress=progress.get(name) if name in foreach else None,
+                task=task.get(name),
+                child=children.get(name) if name in task else None,
             )
     gap_of = {
         name: (gaps[c - 1] if c else 0.0) for c, level in enumerate(columns) for name in level

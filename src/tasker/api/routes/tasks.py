@@ -40,9 +40,15 @@ CURSOR_PATTERN = r"^[A-Za-z0-9_-]+$"
 CURSOR_MAX = 64
 
 
-def task_detail(engine: Tasker, task: Task) -> TaskDetail:
+def task_detail(engine: Tasker, task: Task, *, children: bool = True) -> TaskDetail:
+    """One task as every single-task route answers it: with its steps, its transitions and its
+    child tasks (one indexed read, skipped for a task just created, which has none; the list
+    pages leave the children out)."""
     return TaskDetail.detail(
-        task, engine.templates.of_task(task.id), engine.history.task_transitions(task.id)
+        task,
+        engine.templates.of_task(task.id),
+        engine.history.task_transitions(task.id),
+        engine.child_tasks(task.id) if children else [],
     )
 
 
@@ -85,7 +91,7 @@ def create_task(body: TaskCreate, response: Response, engine: Engine) -> TaskDet
         response.status_code = 200
     else:
         response.headers["Location"] = f"/api/v1/tasks/{task.id}"
-    return task_detail(engine, task)
+    return task_detail(engine, task, children=task.deduplicated)
 
 
 def _utc(value: datetime | None, name: str) -> datetime | None:
@@ -150,7 +156,8 @@ def list_tasks(
         Query(description=(f"Count the matches (up to {TOTAL_CAP:,}) when no cursor is given.")),
     ] = True,
 ) -> TaskPage:
-    """Tasks newest first, without their steps, with cursors to the older and newer pages.
+    """Tasks newest first, without their steps or `children` (a child task still names its
+    `parent_task_id`), with cursors to the older and newer pages.
 
     Cursor pages (`after`, `before`) never count and stay fast at any depth; without a cursor the
     answer also carries the `total` of matches unless `include_total=false`.
@@ -186,6 +193,9 @@ def list_tasks(
     responses=error_responses(401, 403, 404, 422),
 )
 def get_task(task_id: TaskId, engine: Engine) -> TaskDetail:
+    """The task with its steps, its transitions and the ids of its child tasks (`children`: the
+    tasks its `task:` steps created). A child task names its parent task and step
+    (`parent_task_id`, `parent_step_id`) and keeps the parent's `correlation_id`."""
     return task_detail(engine, engine.get_task(task_id))
 
 

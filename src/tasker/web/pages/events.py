@@ -20,6 +20,9 @@ from tasker.web.rendering import query
 
 pages = Pages()
 STREAM_URL = "/api/v1/events"
+#: A `task:` step created its child task (tasker.store.completion.create_child); on the parent's
+#: stream, so the parent's page links the child as soon as it exists.
+CHILD_CREATED = "task.child_created"
 
 
 def event_names(templates: list[TaskTemplate]) -> str:
@@ -30,6 +33,7 @@ def event_names(templates: list[TaskTemplate]) -> str:
     """
     names = {v for k, v in vars(Events).items() if k.isupper() and isinstance(v, str)}
     names |= {f"step.{s.value}" for s in StepState} | {f"task.{s.value}" for s in TaskState}
+    names.add(CHILD_CREATED)
     for t in templates:
         names |= t.declared_events()
     return " ".join(sorted(names))

@@ -13,6 +13,12 @@ failed and running first, with a line counting the others by state. So the page 
 over the steps and the transitions, and HTML for the listed instances only; the instances' items,
 which the step records do not carry, are the fan-out's `foreach` evaluated once more over what it
 read (its task's context and its ancestors' results, final by then).
+
+A sub-workflow (`task:` step) links to the child task it created, with the child's status, from
+its entry and from its node's badge; a child task's page says whose child it is and links back.
+That costs two more reads for a task whose template has `task:` steps (its children's ids, then
+the children), and one or two for a child task (its parent's template snapshot; its parent's steps
+only when that template has several `task:` steps running the child's template).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from starlette.responses import Response
 
 from tasker.api.auth import Permission
 from tasker.domain.control import CONDITION_ERROR, JoinRule, fanout_results, items_of
-from tasker.domain.errors import TaskerInputError
+from tasker.domain.errors import NotFoundError, TaskerInputError
 from tasker.domain.history import StepTransition
 from tasker.domain.records import Step, Task
 from tasker.domain.states import (
@@ -45,8 +51,9 @@ from tasker.domain.states import (
 )
 from tasker.domain.templates import StepTemplate, TaskTemplate
 from tasker.engine.tasker import Tasker
+from tasker.registry import parse_ref
 from tasker.web.access import Pages, Viewer, actor, field_of, page, read_form, redirect, viewer
-from tasker.web.dag import Layout, Progress, template_layout
+from tasker.web.dag import ChildRef, Layout, Progress, template_layout
 from tasker.web.pages.events import event_names
 from tasker.web.timeline import Waterfall, waterfall
 
@@ -76,6 +83,11 @@ ERROR_CHARS = 160
 TIMELINE_INSTANCES = 10
 #: A fan-out's results on the page: its count and the first few of its list (the API has all).
 RESULTS_PREVIEW = 20
+#: What a `task:` step's entry says before it created its child, and after it ended without one
+#: (dashboard.js says it the same way).
+CHILD_NOT_YET = "created when the step runs"
+CHILD_NONE = "none"
+_BEFORE_CHILD = frozenset({StepState.PENDING, StepState.READY, StepState.IN_PROGRESS})
 
 
 @dataclass(frozen=True)
@@ -158,6 +170,23 @@ class StepView:
     #: saying what was left out.
     results: Any = None
     results_note: str = ""
+    #: A `task:` step: the template it runs, and the child task it created (once it did).
+    task: str | None = None
+    child: ChildRef | None = None
+
+    @property
+    def no_child(self) -> str:
+        """What a `task:` step's entry says while it has no child task."""
+        return CHILD_NOT_YET if self.step.status in _BEFORE_CHILD else CHILD_NONE
+
+
+@dataclass(frozen=True)
+class ParentRef:
+    """A child task's parent: the task, and the name of its `task:` step that created the child
+    (None when the parent can no longer be read)."""
+
+    task_id: int
+    step: str | None
 
 
 def attempts_of(step_id: int, transitions: list[StepTransition]) -> list[Attempt]:
@@ -322,6 +351,55 @@ def resolvable(task: Task, step: Step) -> bool:
         return False
 
 
+def child_refs(engine: Tasker, task: Task, template: TaskTemplate) -> dict[str, ChildRef]:
+    """The child tasks of a task's `task:` steps, by step name (no read for a template without
+    any `task:` step)."""
+    if not any(s.task is not None for s in template.step_templates):
+        return {}
+    ids = engine.child_tasks(task.id)
+    if not ids:
+        return {}
+    names = {s.id: s.name for s in task.steps if s.instance_of is None}
+    out: dict[str, ChildRef] = {}
+    for child in sorted(engine.get_tasks(ids), key=lambda t: t.id):
+        name = names.get(child.parent_step_id) if child.parent_step_id is not None else None
+        if name is not None:
+            out[name] = ChildRef(child.id, child.template_key, str(child.status))
+    return out
+
+
+def _runs(ref: str, task: Task) -> bool:
+    """Whether a `task:` reference names the template `task` was created from."""
+    try:
+        r = parse_ref(ref)
+    except TaskerInputError:
+        return False
+    return (r.namespace, r.name) == (task.namespace, task.name) and r.version in (
+        None,
+        task.version,
+    )
+
+
+def parent_ref(engine: Tasker, task: Task) -> ParentRef | None:
+    """A child task's parent and the step that created it (None for any other task). The step is
+    read off the parent's template snapshot when a single `task:` step there runs this task's
+    template, else off the parent's steps."""
+    parent_id = task.parent_task_id
+    if parent_id is None:
+        return None
+    try:
+        template = engine.templates.of_task(parent_id)
+        steps = [s.name for s in template.step_templates if s.task and _runs(s.task, task)]
+        if len(steps) == 1:
+            return ParentRef(parent_id, steps[0])
+        parent = engine.get_task(parent_id)
+    except NotFoundError:
+        return ParentRef(parent_id, None)
+    return ParentRef(
+        parent_id, next((s.name for s in parent.steps if s.id == task.parent_step_id), None)
+    )
+
+
 def _read(engine: Tasker, task_id: int) -> tuple[Task, TaskTemplate, list[StepTransition]]:
     return (
         engine.get_task(task_id),
@@ -350,10 +428,13 @@ class TaskView:
     chart: Waterfall
     #: Fan-outs whose instances the timeline does not all draw: (step, drawn, of).
     undrawn: list[tuple[str, int, int]]
+    #: A child task's parent (None for other tasks).
+    parent: ParentRef | None = None
 
 
 def task_view(engine: Tasker, task_id: int) -> TaskView:
     task, template, transitions = _read(engine, task_id)
+    children = child_refs(engine, task, template)
     declared = {s.name: s for s in template.step_templates}
     by_step: dict[int, list[StepTransition]] = defaultdict(list)
     for t in transitions:
@@ -373,19 +454,23 @@ def task_view(engine: Tasker, task_id: int) -> TaskView:
         st = declared.get(s.name)
         fanout = fanout_view(task, template, s, st, instances.get(s.id, []))
         results, note = results_shown(s)
+        child = children.get(s.name)
         steps.append(
             StepView(
                 s,
                 st.parents if st else [],
                 attempts_in(by_step.get(s.id, [])),
-                (st.handler_class or f"task {st.task}") if st else "",
+                (st.handler_class or f"task: {st.task}") if st else "",
                 resolvable(task, s),
                 st.when if st else None,
                 st is not None and st.join == JoinRule.ANY,
-                decision_note(s),
+                # A `task:` step's decision says it waits for its child: the child's line says it.
+                decision_note(s) if child is None else None,
                 fanout,
                 results,
                 note,
+                st.task if st else None,
+                child,
             )
         )
         timeline.append((s.id, s.name))
@@ -397,9 +482,9 @@ def task_view(engine: Tasker, task_id: int) -> TaskView:
             count = len(instances.get(s.id, []))
             if count > len(drawn):
                 undrawn.append((s.name, len(drawn), count))
-    dag = template_layout(template, {s.name: s.status for s in top}, progress)
+    dag = template_layout(template, {s.name: s.status for s in top}, progress, children)
     chart = waterfall(timeline, transitions, datetime.now(UTC))
-    return TaskView(task, template, steps, dag, chart, undrawn)
+    return TaskView(task, template, steps, dag, chart, undrawn, parent_ref(engine, task))
 
 
 async def render_task(
@@ -426,6 +511,9 @@ async def render_task(
         steps=view.steps,
         chart=view.chart,
         undrawn=view.undrawn,
+        parent=view.parent,
+        child_not_yet=CHILD_NOT_YET,
+        child_none=CHILD_NONE,
         form_errors=form_errors or {},
         form_values=form_values or {},
         can_cancel=v.can(Permission.TASK_CANCEL) and task.status not in TERMINAL_TASK_STATES,

@@ -1,7 +1,8 @@
 """Templates: every namespace, name and version loaded; a template's diagram, steps, schema, and
 a form that creates a task from it, prefilled with the schema's defaults. Each step's condition
 (`when:`), join and fan-out (`foreach:`, `max_parallel`) show on the diagram and next to its
-dependencies.
+dependencies; a sub-workflow (`task:`) shows the template it runs where a handler class would be,
+linked when that template is loaded, with the context it passes (`context:`).
 
 Reads the registry only (`engine.templates.versions`, `.get`): no database. Listing needs
 `tasker.handler:index`, a template `tasker.handler:show`, creating a task `tasker.task:create`, the
@@ -11,6 +12,7 @@ permissions of `/api/v1/handlers` and `POST /api/v1/tasks`.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -22,8 +24,10 @@ from tasker.context_schema import apply_defaults
 from tasker.domain.errors import ContextValidationError, TaskerInputError
 from tasker.domain.templates import TaskTemplate
 from tasker.engine.tasker import Tasker
+from tasker.registry import parse_ref
 from tasker.web.access import Pages, Viewer, actor, field_of, page, read_form, redirect, viewer
 from tasker.web.dag import template_layout
+from tasker.web.rendering import query
 
 pages = Pages()
 
@@ -62,6 +66,40 @@ def policy(template: TaskTemplate) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class Subflow:
+    """A `task:` step as the steps table shows it: the template it runs, that template's page
+    (None when it is not loaded here), and the child's context as (key, expression or JSON
+    value) pairs (None: the child gets the parent's context)."""
+
+    task: str
+    href: str | None
+    context: list[tuple[str, str]] | None
+
+
+def subflows(engine: Tasker, template: TaskTemplate) -> dict[str, Subflow]:
+    """The template's `task:` steps, by name (the registry only: no database)."""
+    out: dict[str, Subflow] = {}
+    for s in template.step_templates:
+        if s.task is None:
+            continue
+        href = None
+        try:
+            ref = parse_ref(s.task)
+            engine.templates.get(f"{ref.namespace}/{ref.name}", ref.version)
+            href = query(f"/templates/{ref.namespace}/{ref.name}", version=ref.version)
+        except TaskerInputError:
+            pass  # not loaded in this process: named, not linked
+        context = None
+        if s.context is not None:
+            context = [
+                (key, value if isinstance(value, str) else json.dumps(value, sort_keys=True))
+                for key, value in s.context.items()
+            ]
+        out[s.name] = Subflow(s.task, href, context)
+    return out
+
+
 async def render_template(
     request: Request,
     v: Viewer,
@@ -92,6 +130,7 @@ async def render_template(
         dag=template_layout(template),
         controlled=any(s.when or s.join or s.foreach for s in template.step_templates),
         steps=policy(template),
+        subflows=subflows(engine, template),
         schema=template.context_schema,
         context_text=prefill(template) if context_text is None else context_text,
         errors=errors or [],

@@ -5,7 +5,8 @@
  *   with the error next to the field and the text kept, so there is one rule in one place;
  * - the task page follows its task over the API's SSE stream and re-reads GET /api/v1/tasks/{id}
  *   to recolour the DAG, the statuses, results and errors, to fill in control-flow decisions as
- *   they are made, to count a fan-out's finished instances, and to show the actions that apply;
+ *   they are made, to count a fan-out's finished instances, to link a sub-workflow's step to the
+ *   child task it creates (and follow that child's status), and to show the actions that apply;
  * - the events page follows the stream with the filters of its URL.
  * No framework and no build step: CSP forbids inline script, so everything lives in this file.
  */
@@ -131,6 +132,10 @@
     var doneStates = words("data-done-states");
     var stateOrder = words("data-states");
     var conditionError = live.getAttribute("data-condition-error") || "";
+    var childNotYet = live.getAttribute("data-child-not-yet") || "";
+    var childNone = live.getAttribute("data-child-none") || "";
+    var tasksApi = api.slice(0, api.lastIndexOf("/") + 1);
+    var SVG = "http://www.w3.org/2000/svg";
     var timer = null;
     var poller = null;
     var busy = false;
@@ -147,6 +152,13 @@
     var nodes = byName("#dag g.node", "data-step");
     var sections = byName("section.step[data-step]", "data-step");
     var rows = byName("tr[data-instance]", "data-instance");
+    // The last status seen of each sub-workflow's step, and the child reads in flight.
+    var taskSteps = {};
+    $all("section.step[data-task]").forEach(function (section) {
+      var badge = $(".step-status", section);
+      taskSteps[section.getAttribute("data-step")] = badge ? badge.textContent.trim() : "";
+    });
+    var reading = {};
 
     var allows = function (el, attr, value) {
       var list = el.getAttribute(attr);
@@ -198,7 +210,26 @@
       return p.done + "/" + p.total + " done" + (p.failed ? ", " + p.failed + " failed" : "");
     };
 
-    // The tooltip keeps the step's control flow (data-about) when its state changes.
+    // A sub-workflow's child as tasker.web.dag.ChildRef says it: `child task 42 (ns/name@1.0.0)`,
+    // then its status.
+    var childName = function (id, template) { return "child task " + id + " (" + template + ")"; };
+    var childText = function (node) {
+      var id = node.getAttribute("data-child");
+      if (!id) { return ""; }
+      var status = node.getAttribute("data-child-status");
+      return childName(id, node.getAttribute("data-child-template") || "") + (status ? ", " + status : "");
+    };
+
+    // The tooltip keeps the step's control flow (data-about) and a sub-workflow's child
+    // (data-child...) when its state changes, as tasker.web.dag.Node.title says them.
+    var nodeTitle = function (node, head) {
+      var title = $("title", node);
+      if (!title) { return; }
+      title.textContent = [head, node.getAttribute("data-about"), childText(node)].filter(Boolean).join("; ");
+      var badge = $(".task-badge title", node);
+      if (badge && node.getAttribute("data-child")) { badge.textContent = "open " + childText(node); }
+    };
+
     var setNode = function (node, step, p) {
       node.setAttribute("data-state", step.status);
       var head = step.name + ": " + step.status;
@@ -210,9 +241,91 @@
         if (sub) { sub.textContent = progressLine(p); }
         head += ", " + progressLine(p);
       }
-      var title = $("title", node);
-      var about = node.getAttribute("data-about");
-      if (title) { title.textContent = about ? head + "; " + about : head; }
+      nodeTitle(node, head);
+    };
+
+    // -- sub-workflows: the child task a `task:` step created, named by the step's decision (as
+    // tasker.store.completion.create_child writes it), linked from its entry and its node's badge.
+    var WAITING_FOR = /^waiting for child task (\d+) \((.*)\)$/;
+    var childOf = function (step) {
+      var m = WAITING_FOR.exec(step.decision || "");
+      return m ? { id: m[1], template: m[2] } : null;
+    };
+
+    var showChildStatus = function (section, node, status) {
+      var badge = section && $(".child-status", section);
+      if (badge) { badge.textContent = status; badge.setAttribute("data-state", status); }
+      if (node) {
+        node.setAttribute("data-child-status", status);
+        nodeTitle(node, node.getAttribute("data-step") + ": " + node.getAttribute("data-state"));
+      }
+    };
+
+    // The child's status: read when the child appears, when its step moves, and while the child
+    // is still running (one read at a time per child).
+    var readChild = function (id, section, node) {
+      if (reading[id]) { return; }
+      reading[id] = true;
+      fetch(tasksApi + id, { headers: { Accept: "application/json" }, credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (child) { if (child && child.status) { showChildStatus(section, node, child.status); } })
+        .catch(function () { /* the next refresh reads it again */ })
+        .then(function () { reading[id] = false; });
+    };
+
+    var linkChild = function (section, node, child) {
+      var cell = section && $(".child-task", section);
+      if (cell && cell.getAttribute("data-child") !== child.id) {
+        while (cell.firstChild) { cell.removeChild(cell.firstChild); }
+        var a = document.createElement("a");
+        a.className = "child-link";
+        a.href = "/tasks/" + child.id;
+        a.textContent = childName(child.id, child.template);
+        var status = document.createElement("span");
+        status.className = "status child-status";
+        status.textContent = "\u2026";
+        cell.appendChild(a);
+        cell.appendChild(document.createTextNode(", "));
+        cell.appendChild(status);
+        cell.setAttribute("data-child", child.id);
+      }
+      if (node && node.getAttribute("data-child") !== child.id) {
+        node.setAttribute("data-child", child.id);
+        node.setAttribute("data-child-template", child.template);
+        node.removeAttribute("data-child-status");
+        var badge = $(".task-badge", node);
+        if (badge && !(badge.parentNode instanceof SVGAElement)) {
+          var link = document.createElementNS(SVG, "a");
+          link.setAttribute("class", "child-link");
+          link.setAttribute("href", "/tasks/" + child.id);
+          badge.parentNode.insertBefore(link, badge);
+          link.appendChild(badge);
+        } else if (badge) {
+          badge.parentNode.setAttribute("href", "/tasks/" + child.id);
+        }
+      }
+    };
+
+    // Returns whether the step's decision is its child's (the child's line says it instead).
+    var showChild = function (section, node, step) {
+      if (!section || !section.hasAttribute("data-task")) { return false; }
+      var moved = taskSteps[step.name] !== step.status;
+      taskSteps[step.name] = step.status;
+      var child = childOf(step);
+      var cell = $(".child-task", section);
+      var known = cell && cell.getAttribute("data-child");
+      if (child) {
+        moved = moved || known !== child.id;
+        linkChild(section, node, child);
+      } else if (!known) {
+        var none = $(".child-none", section);
+        if (none) { none.textContent = ["pending", "ready", "in_progress"].indexOf(step.status) >= 0 ? childNotYet : childNone; }
+        return false;
+      }
+      var id = child ? child.id : known;
+      var shown = $(".child-status", section);
+      if (moved || !shown || finished.indexOf(shown.textContent.trim()) < 0) { readChild(id, section, node); }
+      return child !== null;
     };
 
     // The line under a fan-out's table: the instances it does not list, by state.
@@ -308,7 +421,7 @@
             more.hidden = !more.textContent;
           }
         }
-        showDecision(section, step);
+        if (!showChild(section, node, step)) { showDecision(section, step); }
         showResults(section, step);
         var error = $(".last-error", section);
         if (error && step.last_error) {
