@@ -112,7 +112,7 @@ def _bounded(value: Any) -> Any:
     }
 
 
-def _outcome(
+def outcome_of(
     claimed: ClaimedStep,
     state: StepState,
     *,
@@ -138,7 +138,7 @@ def _outcome(
 def completed(
     claimed: ClaimedStep, results: dict[str, Any], duration_ms: float, events: Events
 ) -> Outcome:
-    return _outcome(
+    return outcome_of(
         claimed, StepState.COMPLETE, results=results, duration_ms=duration_ms, events=events
     )
 
@@ -156,7 +156,7 @@ def failed(
     """Classify a failed attempt: permanent now, retried after a delay, or retries exhausted."""
     if isinstance(exc, (PermanentError, InvalidResultError)):
         error = describe_error(exc, retryable=False)
-        return _outcome(
+        return outcome_of(
             claimed, StepState.ERROR, error=error, duration_ms=duration_ms, events=events
         )
     if isinstance(exc, HandlerTimedOut):
@@ -166,7 +166,7 @@ def failed(
     error = describe_error(exc, retryable=True)
     retry_after = _retry_after(exc, error)
     if not policy.may_retry(claimed.attempt):
-        outcome = _outcome(
+        outcome = outcome_of(
             claimed, StepState.ERROR, error=error, duration_ms=duration_ms, events=events
         )
         if policy.retryable:
@@ -174,7 +174,7 @@ def failed(
             outcome.exhausted = True  # the store may still hold it while its system is down
         return outcome
     delay = min(policy.delay(claimed.attempt, retry_after) * backoff_scale, MAX_DELAY_SECONDS)
-    outcome = _outcome(
+    outcome = outcome_of(
         claimed, StepState.WAITING_RETRY, error=error, duration_ms=duration_ms, events=events
     )
     outcome.retry_delay = delay
@@ -203,7 +203,7 @@ def _retry_after(exc: BaseException, error: FailureRecord) -> float | None:
 def fan_in(claimed: ClaimedStep) -> Outcome:
     """A fan-out step whose instances all completed: it completes, and the store gathers their
     results into its own (`completion.collect_fanouts`). No handler runs."""
-    outcome = _outcome(claimed, StepState.COMPLETE)
+    outcome = outcome_of(claimed, StepState.COMPLETE)
     outcome.collects = True
     return outcome
 
@@ -211,7 +211,7 @@ def fan_in(claimed: ClaimedStep) -> Outcome:
 def engine_fault(claimed: ClaimedStep, exc: BaseException) -> Outcome:
     """The engine's own code failed while running the attempt: the step fails visibly, unretried."""
     error = describe_error(exc, retryable=False, system_fault=False)
-    return _outcome(claimed, StepState.ERROR, error=error)
+    return outcome_of(claimed, StepState.ERROR, error=error)
 
 
 def unloadable(
@@ -223,7 +223,7 @@ def unloadable(
         f"waiting: no worker can load {handler} (worker {worker_id}: "
         f"{storable_text(exc, MAX_MESSAGE_CHARS)})"
     )
-    outcome = _outcome(
+    outcome = outcome_of(
         claimed,
         StepState.WAITING_RETRY,
         error={

@@ -12,7 +12,6 @@ and completes the step with its results, or fails it with the child's error. Not
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from tasker.context_schema import validate_context
 from tasker.domain.control import child_context, fanout_results
@@ -22,6 +21,7 @@ from tasker.domain.records import ChildTask, ClaimedStep, FailureRecord, Outcome
 from tasker.domain.states import StepState, TaskState
 from tasker.domain.storable import MAX_MESSAGE_CHARS, storable_text
 from tasker.domain.templates import StepTemplate, TaskTemplate
+from tasker.engine.outcomes import outcome_of
 from tasker.registry import TemplateRegistry
 from tasker.templates.loader import resolve_task_handler
 
@@ -53,7 +53,7 @@ def run(
         return _spawn(claimed, template, step, registry)
     if child.status in _DONE:
         results = {s.name: s.results or {} for s in child.steps if s.instance_of is None}
-        return _outcome(claimed, StepState.COMPLETE, results=results)
+        return outcome_of(claimed, StepState.COMPLETE, results=results)
     if child.status in _FAILED:
         return _failed(claimed, f"child task {child.id} ({child.template_key}) {_why(child)}")
     return _park(claimed, None)  # woken early (an operator's retry): wait again
@@ -103,7 +103,7 @@ def _why(child: Task) -> str:
 
 
 def _park(claimed: ClaimedStep, child: ChildTask | None) -> Outcome:
-    outcome = _outcome(claimed, StepState.WAITING_RETRY)
+    outcome = outcome_of(claimed, StepState.WAITING_RETRY)
     outcome.refund_attempt = True  # waiting is no attempt
     outcome.parks = True
     outcome.child = child
@@ -118,22 +118,4 @@ def _failed(claimed: ClaimedStep, message: str) -> Outcome:
         "system_fault": False,
         "no_system_evidence": True,
     }
-    return _outcome(claimed, StepState.ERROR, error=error)
-
-
-def _outcome(
-    claimed: ClaimedStep,
-    state: StepState,
-    *,
-    results: dict[str, Any] | None = None,
-    error: FailureRecord | None = None,
-) -> Outcome:
-    return Outcome(
-        step_id=claimed.step_id,
-        task_id=claimed.task_id,
-        claim_token=claimed.claim_token,
-        attempt=claimed.attempt,
-        state=state,
-        results=results,
-        error=error,
-    )
+    return outcome_of(claimed, StepState.ERROR, error=error)

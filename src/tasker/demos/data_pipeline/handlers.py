@@ -47,6 +47,19 @@ def period(ctx: StepContext) -> tuple[date, date]:
     return start, end
 
 
+def orders_of(ctx: StepContext, start: date, end: date) -> list[dict[str, Any]]:
+    """The warehouse's orders of the context's seed and volume between `start` and `end`."""
+    vol = ctx.context["volume"]
+    return warehouse.orders(
+        ctx.context["seed"],
+        vol["orders"],
+        start,
+        end,
+        customer_count=vol["customers"],
+        product_count=vol["products"],
+    )
+
+
 def failures_planned(ctx: StepContext) -> int:
     """How many first attempts of this step fail: the context's `simulate_failures` wins over
     handler_config."""
@@ -94,15 +107,7 @@ class ExtractOrdersHandler(ExtractHandler):
     table = "orders"
 
     def records(self, ctx: StepContext, start: date, end: date) -> list[dict[str, Any]]:
-        vol = ctx.context["volume"]
-        return warehouse.orders(
-            ctx.context["seed"],
-            vol["orders"],
-            start,
-            end,
-            customer_count=vol["customers"],
-            product_count=vol["products"],
-        )
+        return orders_of(ctx, start, end)
 
 
 class ExtractUsersHandler(ExtractHandler):

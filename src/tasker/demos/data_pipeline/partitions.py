@@ -14,22 +14,12 @@ from datetime import date
 from typing import Any
 
 from tasker import RetryableError, StepContext, StepHandler
-from tasker.demos.data_pipeline import warehouse
-from tasker.demos.data_pipeline.handlers import period
+from tasker.demos.data_pipeline.handlers import orders_of, period
 
 
 def period_orders(ctx: StepContext) -> list[dict[str, Any]]:
     """The orders of the context's date range, as the warehouse holds them."""
-    start, end = period(ctx)
-    vol = ctx.context["volume"]
-    return warehouse.orders(
-        ctx.context["seed"],
-        vol["orders"],
-        start,
-        end,
-        customer_count=vol["customers"],
-        product_count=vol["products"],
-    )
+    return orders_of(ctx, *period(ctx))
 
 
 def day_aggregate(orders: list[dict[str, Any]], day: str) -> dict[str, Any]:
