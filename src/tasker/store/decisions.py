@@ -15,12 +15,13 @@ instance completes, on any path; a worker then completes it with the list of the
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.engine import Connection
 
 from tasker.domain.control import (
@@ -244,6 +245,105 @@ def _expand(
         journal.event("step.ready", {"task_id": task_id, "step_id": step_id, "step": name})
         return True
     g = conn.execute(_FANOUT_STEP, {"step_id": step_id}).one()
+    if conn.dialect.name == "postgresql":
+        ids, states = _expand_pg(conn, now, step_id, task_id, name, items, window, task, g)
+    else:
+        ids, states = _expand_rows(conn, now, step_id, task_id, name, items, window, task, g)
+    for i, (instance_id, state) in enumerate(zip(ids, states)):
+        journal.step(instance_id, task_id, None, state, 0)
+        if state == StepState.READY and journal.collect:
+            journal.event(
+                "step.ready",
+                {"task_id": task_id, "step_id": instance_id, "step": instance_name(name, i)},
+            )
+    return True
+
+
+#: PostgreSQL: a fan-out's instances and their edges in one statement (the varying columns as one
+#: JSON document; ten thousand rows through SQLAlchemy's executemany took two seconds).
+_EXPAND_PG = text(f"""
+    WITH v AS (
+        SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+             AS v(name text, ready boolean, key text, item jsonb, i integer)
+    ), ins AS (
+        INSERT INTO tasker_steps (task_id, name, position, namespace, dependent_system, state,
+                                  pending_parents, run_at, attempts, retry_limit, retryable,
+                                  claim_token, idempotency_key, created_at, updated_at, gated,
+                                  instance_of, item_index, item)
+        SELECT :task_id, v.name, :position, :namespace, :system,
+               CASE WHEN v.ready THEN '{StepState.READY.value}'
+                    ELSE '{StepState.PENDING.value}' END,
+               CASE WHEN v.ready THEN 0 ELSE 1 END,
+               CASE WHEN v.ready THEN CAST(:now AS timestamptz) END,
+               0, :retry_limit, :retryable, 0, v.key, :now, :now, false, :step_id, v.i, v.item
+          FROM v ORDER BY v.i
+        RETURNING id, item_index, state
+    ), to_step AS (
+        INSERT INTO tasker_step_edges (task_id, parent_id, child_id)
+        SELECT :task_id, id, :step_id FROM ins
+    ), lanes AS (
+        INSERT INTO tasker_step_edges (task_id, parent_id, child_id)
+        SELECT :task_id, a.id, b.id FROM ins a JOIN ins b ON b.item_index = a.item_index + :lane
+    )
+    SELECT id, state FROM ins ORDER BY item_index
+""")
+
+
+def _expand_pg(
+    conn: Connection,
+    now: Any,
+    step_id: int,
+    task_id: int,
+    name: str,
+    items: list[Any],
+    window: int | None,
+    task: _Task,
+    g: Any,
+) -> tuple[list[int], list[str]]:
+    """PostgreSQL: the instances and their edges in one statement (`_EXPAND_PG`); their ids and
+    states in item order."""
+    rows = [
+        {
+            "name": instance_name(name, i),
+            "ready": window is None or i < window,
+            "key": step_idempotency_key(
+                task.namespace, task.name, task.key, instance_name(name, i)
+            ),
+            "item": item,
+            "i": i,
+        }
+        for i, item in enumerate(items)
+    ]
+    found = conn.execute(
+        _EXPAND_PG,
+        {
+            "rows": json.dumps(rows),
+            "task_id": task_id,
+            "step_id": step_id,
+            "position": g.position,
+            "namespace": g.namespace,
+            "system": g.dependent_system,
+            "retry_limit": g.retry_limit,
+            "retryable": g.retryable,
+            "now": now,
+            "lane": window,  # NULL without max_parallel: item_index = NULL joins nothing
+        },
+    ).all()
+    return [r.id for r in found], [r.state for r in found]
+
+
+def _expand_rows(
+    conn: Connection,
+    now: Any,
+    step_id: int,
+    task_id: int,
+    name: str,
+    items: list[Any],
+    window: int | None,
+    task: _Task,
+    g: Any,
+) -> tuple[list[int], list[str]]:
+    """SQLite: the instances and their edges with multi-row inserts."""
     namespace, task_name, task_key = task.namespace, task.name, task.key
     rows = []
     for i, item in enumerate(items):
@@ -277,16 +377,10 @@ def _expand(
     if window is not None:
         edges += [
             {"task_id": task_id, "parent_id": ids[i], "child_id": ids[i + window]}
-            for i in range(count - window)
+            for i in range(len(items) - window)
         ]
     conn.execute(_INSERT_EDGES, edges)
-    for instance_id, row in zip(ids, rows):
-        journal.step(instance_id, task_id, None, row["state"], 0)
-        if row["state"] == StepState.READY and journal.collect:
-            journal.event(
-                "step.ready", {"task_id": task_id, "step_id": instance_id, "step": row["name"]}
-            )
-    return True
+    return ids, [str(r["state"]) for r in rows]
 
 
 def _apply(
