@@ -60,12 +60,30 @@ def _t(step: int, to: str, seconds: float, attempt: int = 0, **extra: object) ->
     }
 
 
+def test_a_step_parked_for_its_child_task_is_no_failed_attempt() -> None:
+    rows = [
+        _t(1, "ready", 0),
+        _t(1, "in_progress", 1, 1),
+        _t(1, "waiting_retry", 2, 0),  # no error: the attempt created a child task and parked
+        _t(1, "in_progress", 5, 1),
+        _t(1, "complete", 6, 1),
+    ]
+    found = spans(rows, T0 + timedelta(seconds=10))[1]
+    assert [(s.kind, s.outcome, s.seconds) for s in found] == [
+        ("queued", "in_progress", 1.0),
+        ("run", "parked", 1.0),
+        ("child", "in_progress", 3.0),
+        ("run", "complete", 1.0),
+    ]
+    assert [look(s.kind, s.outcome) for s in found] == ["queued", "handoff", "child", "complete"]
+
+
 def test_spans_show_attempts_waits_and_an_unfinished_step() -> None:
     rows = [
         _t(1, "pending", 0),
         _t(1, "ready", 0),
         _t(1, "in_progress", 1, 1),
-        _t(1, "waiting_retry", 2, 1),
+        _t(1, "waiting_retry", 2, 1, error_class="RetryableError"),
         _t(1, "in_progress", 5, 2),
         _t(1, "complete", 6, 2),
         _t(2, "ready", 6),

@@ -2,7 +2,7 @@
 complete, some declined (in error), some retried after transient faults, a few waiting, a worker
 alive.
 
-The test always renders and checks every page; it writes `docs/dashboard/<page>.png` only when
+The tests always render and check every page; they write `docs/dashboard/<page>.png` only when
 `TASKER_UPDATE_SCREENSHOTS=1` (otherwise into its temporary directory), so that running the suite
 does not rewrite the committed images:
 
@@ -139,3 +139,42 @@ def test_screenshots(
             _shoot(dark_page, folder, "task-dark")
         finally:
             dark.close()
+
+
+@sqlite_only
+def test_control_flow_screenshots(
+    make_tasker: Callable[..., Tasker], page: Page, tmp_path: Path
+) -> None:
+    """The task pages of the stories' control flow: the daily revenue fan-out (a stack with n/N
+    done, its instances grouped, the retried partition first) and the customer-success refund (a
+    skipped approval, a join, a sub-workflow's badge and child link)."""
+    from tasker.demos.data_pipeline.demo import DAILY
+    from tasker.demos.data_pipeline.demo import TEMPLATES as PIPELINE
+    from tasker.demos.team_scaling.demo import CUSTOMER_SUCCESS, refund_request, seed_world
+    from tasker.demos.team_scaling.demo import TEMPLATES as TEAMS
+    from tasker.demos.team_scaling.services import reset
+
+    folder = DOCS if os.environ.get("TASKER_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    engine = make_tasker(backoff_scale=0.01, concurrency=8)
+    engine.load_templates(PIPELINE)
+    engine.load_templates(TEAMS)
+    seed_world()
+    try:
+        daily = engine.create_task(DAILY, {"flaky_partition": 2})
+        refund = engine.create_task(CUSTOMER_SUCCESS, refund_request())
+        engine.work(until_idle=True)
+        assert [t.status for t in engine.get_tasks([daily.id, refund.id])] == [
+            "complete",
+            "complete",
+        ]
+        with serving(create_app(engine, Settings())) as url:
+            try:
+                for name, task_id in (("task-fanout", daily.id), ("task-subworkflow", refund.id)):
+                    response = page.goto(url + f"/tasks/{task_id}")
+                    assert response is not None and response.status == 200
+                    _shoot(page, folder, name)
+            finally:
+                page.goto("about:blank")
+    finally:
+        reset()

@@ -33,7 +33,12 @@ LOOKS = {
     "cancelled": "attempt: cancelled",
     "wait": "waiting to retry",
     "queued": "queued",
+    "handoff": "attempt: started a child task",
+    "child": "waiting for the child task",
 }
+#: The pseudo-outcome of an attempt that parked its step for a child task (a `task:` step): it
+#: went to `waiting_retry` with no error, so it is no failed attempt.
+PARKED = "parked"
 #: Always in the legend; the rarer looks only when a bar is drawn so.
 USUAL_LOOKS = ("complete", "retry", "error", "running", "wait", "queued")
 _RUN_LOOKS: dict[str, str] = {
@@ -42,6 +47,7 @@ _RUN_LOOKS: dict[str, str] = {
     StepState.READY: "retry",
     StepState.ERROR: "error",
     "": "running",
+    PARKED: "handoff",
 }
 #: The SVG is stretched to the page's width: 150 + 1120 + 40 is about that width at 1366 pixels,
 #: so its 12px text stays 12px there (an 820 wide axis drew it at ~16px).
@@ -53,7 +59,7 @@ AXIS_H = 22
 
 @dataclass(frozen=True)
 class Span:
-    kind: str  # queued | run | wait
+    kind: str  # queued | run | wait | child
     state: str  # the state the step was in during the span
     outcome: str  # the state it went to next ("" when still in it)
     attempt: int
@@ -102,6 +108,11 @@ class Waterfall:
         return [(k, label) for k, label in LOOKS.items() if k in USUAL_LOOKS or k in drawn]
 
 
+def _failed(row: Mapping[str, Any]) -> bool:
+    """Whether a transition into `waiting_retry` came from a failure (else: parked for a child)."""
+    return bool(row.get("error_class"))
+
+
 def spans(transitions: Sequence[Mapping[str, Any]], now: datetime) -> dict[int, list[Span]]:
     """Spans per step id, from the task's step transitions (oldest first)."""
     by_step: dict[int, list[Mapping[str, Any]]] = {}
@@ -117,8 +128,13 @@ def spans(transitions: Sequence[Mapping[str, Any]], now: datetime) -> dict[int, 
             following = rows[i + 1] if i + 1 < len(rows) else None
             end = following["at"] if following is not None else now
             outcome = str(following["to_state"]) if following is not None else ""
+            if outcome == StepState.WAITING_RETRY and following and not _failed(following):
+                outcome = PARKED  # it started a child task and waits for it
+            kind = DRAWN[state]
+            if state == StepState.WAITING_RETRY and not _failed(t):
+                kind = "child"
             attempt = int(t.get("attempt") or 0)
-            found.append(Span(DRAWN[state], state, outcome, attempt, t["at"], max(end, t["at"])))
+            found.append(Span(kind, state, outcome, attempt, t["at"], max(end, t["at"])))
         out[step_id] = found
     return out
 
@@ -141,9 +157,12 @@ def waterfall(
         for s in per_step.get(step_id, []):
             x = LABEL_W + (s.start - start).total_seconds() * scale
             w = max(2.0, s.seconds * scale)
-            what = {"run": f"attempt {s.attempt}", "wait": "waiting to retry", "queued": "queued"}[
-                s.kind
-            ]
+            what = {
+                "run": f"attempt {s.attempt}",
+                "wait": "waiting to retry",
+                "queued": "queued",
+                "child": "waiting for the child task",
+            }[s.kind]
             result = f" \u2192 {s.outcome}" if s.outcome else " (now)"
             bars.append(
                 Bar(
