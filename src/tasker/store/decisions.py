@@ -271,18 +271,41 @@ def _expand(
         journal.event("step.ready", {"task_id": task_id, "step_id": step_id, "step": name})
         return True
     g = conn.execute(_FANOUT_STEP, {"step_id": step_id}).one()
-    if conn.dialect.name == "postgresql":
-        ids, states = _expand_pg(conn, now, step_id, task_id, name, items, window, task, g)
-    else:
-        ids, states = _expand_rows(conn, now, step_id, task_id, name, items, window, task, g)
-    for i, (instance_id, state) in enumerate(zip(ids, states)):
-        journal.step(instance_id, task_id, None, state, 0)
-        if state == StepState.READY and journal.collect:
+    instances = [
+        _Instance(
+            i,
+            instance_name(name, i),
+            window is None or i < window,
+            step_idempotency_key(task.namespace, task.name, task.key, instance_name(name, i)),
+            item,
+        )
+        for i, item in enumerate(items)
+    ]
+    insert_instances = _insert_pg if conn.dialect.name == "postgresql" else _insert_rows
+    ids = insert_instances(conn, now, step_id, task_id, instances, window, g)
+    for instance_id, new in zip(ids, instances):
+        journal.step(instance_id, task_id, None, new.state, 0)
+        if new.ready and journal.collect:
             journal.event(
-                "step.ready",
-                {"task_id": task_id, "step_id": instance_id, "step": instance_name(name, i)},
+                "step.ready", {"task_id": task_id, "step_id": instance_id, "step": new.name}
             )
     return True
+
+
+@dataclass(frozen=True)
+class _Instance:
+    """One instance a fan-out expands into: its item, where it stands, and whether it may start
+    now (`max_parallel` holds back the ones after the first lanes)."""
+
+    index: int
+    name: str
+    ready: bool
+    key: str
+    item: Any
+
+    @property
+    def state(self) -> StepState:
+        return StepState.READY if self.ready else StepState.PENDING
 
 
 #: PostgreSQL: a fan-out's instances and their edges in one statement (the varying columns as one
@@ -303,7 +326,7 @@ _EXPAND_PG = text(f"""
                CASE WHEN v.ready THEN CAST(:now AS timestamptz) END,
                0, :retry_limit, :retryable, 0, v.key, :now, :now, false, :step_id, v.i, v.item
           FROM v ORDER BY v.i
-        RETURNING id, item_index, state
+        RETURNING id, item_index
     ), to_step AS (
         INSERT INTO tasker_step_edges (task_id, parent_id, child_id)
         SELECT :task_id, id, :step_id FROM ins
@@ -311,34 +334,24 @@ _EXPAND_PG = text(f"""
         INSERT INTO tasker_step_edges (task_id, parent_id, child_id)
         SELECT :task_id, a.id, b.id FROM ins a JOIN ins b ON b.item_index = a.item_index + :lane
     )
-    SELECT id, state FROM ins ORDER BY item_index
+    SELECT id FROM ins ORDER BY item_index
 """)
 
 
-def _expand_pg(
+def _insert_pg(
     conn: Connection,
     now: Any,
     step_id: int,
     task_id: int,
-    name: str,
-    items: list[Any],
+    instances: list[_Instance],
     window: int | None,
-    task: _Task,
     g: Any,
-) -> tuple[list[int], list[str]]:
-    """PostgreSQL: the instances and their edges in one statement (`_EXPAND_PG`); their ids and
-    states in item order."""
+) -> list[int]:
+    """PostgreSQL: the instances and their edges in one statement (`_EXPAND_PG`); their ids in
+    item order."""
     rows = [
-        {
-            "name": instance_name(name, i),
-            "ready": window is None or i < window,
-            "key": step_idempotency_key(
-                task.namespace, task.name, task.key, instance_name(name, i)
-            ),
-            "item": item,
-            "i": i,
-        }
-        for i, item in enumerate(items)
+        {"name": n.name, "ready": n.ready, "key": n.key, "item": n.item, "i": n.index}
+        for n in instances
     ]
     found = conn.execute(
         _EXPAND_PG,
@@ -354,59 +367,53 @@ def _expand_pg(
             "now": now,
             "lane": window,  # NULL without max_parallel: item_index = NULL joins nothing
         },
-    ).all()
-    return [r.id for r in found], [r.state for r in found]
+    )
+    return list(found.scalars())
 
 
-def _expand_rows(
+def _insert_rows(
     conn: Connection,
     now: Any,
     step_id: int,
     task_id: int,
-    name: str,
-    items: list[Any],
+    instances: list[_Instance],
     window: int | None,
-    task: _Task,
     g: Any,
-) -> tuple[list[int], list[str]]:
-    """SQLite: the instances and their edges with multi-row inserts."""
-    namespace, task_name, task_key = task.namespace, task.name, task.key
-    rows = []
-    for i, item in enumerate(items):
-        ready = window is None or i < window
-        instance = instance_name(name, i)
-        rows.append(
-            {
-                "task_id": task_id,
-                "name": instance,
-                "position": g.position,
-                "namespace": g.namespace,
-                "dependent_system": g.dependent_system,
-                "state": StepState.READY.value if ready else StepState.PENDING.value,
-                "pending_parents": 0 if ready else 1,
-                "run_at": now if ready else None,
-                "attempts": 0,
-                "retry_limit": g.retry_limit,
-                "retryable": g.retryable,
-                "claim_token": 0,
-                "idempotency_key": step_idempotency_key(namespace, task_name, task_key, instance),
-                "created_at": now,
-                "updated_at": now,
-                "gated": False,
-                "instance_of": step_id,
-                "item_index": i,
-                "item": item,
-            }
-        )
+) -> list[int]:
+    """SQLite: the instances and their edges with multi-row inserts; their ids in item order."""
+    rows = [
+        {
+            "task_id": task_id,
+            "name": n.name,
+            "position": g.position,
+            "namespace": g.namespace,
+            "dependent_system": g.dependent_system,
+            "state": n.state.value,
+            "pending_parents": 0 if n.ready else 1,
+            "run_at": now if n.ready else None,
+            "attempts": 0,
+            "retry_limit": g.retry_limit,
+            "retryable": g.retryable,
+            "claim_token": 0,
+            "idempotency_key": n.key,
+            "created_at": now,
+            "updated_at": now,
+            "gated": False,
+            "instance_of": step_id,
+            "item_index": n.index,
+            "item": n.item,
+        }
+        for n in instances
+    ]
     ids = list(conn.execute(_INSERT_INSTANCES, rows).scalars())
     edges = [{"task_id": task_id, "parent_id": i, "child_id": step_id} for i in ids]
     if window is not None:
         edges += [
             {"task_id": task_id, "parent_id": ids[i], "child_id": ids[i + window]}
-            for i in range(len(items) - window)
+            for i in range(len(ids) - window)
         ]
     conn.execute(_INSERT_EDGES, edges)
-    return ids, [str(r["state"]) for r in rows]
+    return ids
 
 
 def _apply(
