@@ -24,7 +24,13 @@ from pydantic import (
 
 from tasker.domain import bounds
 from tasker.domain.bounds import Range
-from tasker.domain.control import DEFAULT_MAX_ITEMS, JoinRule, StepControl, gated
+from tasker.domain.control import (
+    DEFAULT_MAX_ITEMS,
+    JoinRule,
+    StepControl,
+    fanout_results,
+    gated,
+)
 from tasker.domain.expressions import (
     Expression,
     ExpressionFailure,
@@ -454,6 +460,14 @@ class TaskTemplate(_Strict):
     def fanout_steps(self) -> frozenset[str]:
         """The names of the steps with a `foreach`."""
         return frozenset(s.name for s in self.step_templates if s.foreach is not None)
+
+    def visible_results(self, results: dict[str, Any]) -> dict[str, Any]:
+        """Stored results by step name as a handler or a sub-workflow's context reads them: a
+        fan-out step's as the list of its instances' results (`control.fanout_results`)."""
+        fanouts = self.fanout_steps()
+        if not fanouts or not any(n in fanouts for n in results):
+            return results
+        return {n: fanout_results(r) if n in fanouts else r for n, r in results.items()}
 
     def mermaid(
         self, states: dict[str, str] | None = None, notes: dict[str, str] | None = None

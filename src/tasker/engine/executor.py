@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasker.domain.control import fanout_results
 from tasker.domain.records import ClaimedStep, FailureRecord, Outcome
 from tasker.domain.retry import RetryPolicy
 from tasker.domain.states import StepState
@@ -62,7 +61,7 @@ def build_context(
         task_name=template.name,
         version=template.version,
         context=claimed.context,
-        results=_visible_results(template, claimed.results),
+        results=template.visible_results(claimed.results),
         handler_config=step.handler_config,
         attempt=claimed.attempt,
         retry_limit=claimed.retry_limit,
@@ -75,14 +74,6 @@ def build_context(
         _tasks=tasks,
         _on_service_call=on_service_call,
     )
-
-
-def _visible_results(template: TaskTemplate, results: dict[str, Any]) -> dict[str, Any]:
-    """The results a handler reads: a fan-out step's as the list of its instances' results."""
-    fanouts = template.fanout_steps()
-    if not fanouts or not any(n in fanouts for n in results):
-        return results
-    return {n: fanout_results(r) if n in fanouts else r for n, r in results.items()}
 
 
 async def execute(

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tasker.context_schema import validate_context
-from tasker.domain.control import child_context, fanout_results
+from tasker.domain.control import child_context
 from tasker.domain.errors import TaskerError
 from tasker.domain.expressions import ExpressionFailure
 from tasker.domain.records import ChildTask, ClaimedStep, FailureRecord, Outcome, Task
@@ -72,10 +72,8 @@ def _spawn(
             " (--templates)",
         )
     control = template.controls()[step.name]
-    fanouts = template.fanout_steps()
-    results = {n: fanout_results(r) if n in fanouts else r for n, r in claimed.results.items()}
     try:
-        context = child_context(control, claimed.context, results)
+        context = child_context(control, claimed.context, template.visible_results(claimed.results))
     except ExpressionFailure as exc:
         return _failed(claimed, f"task: {step.task}: {exc}")
     try:
