@@ -185,6 +185,11 @@ def instance_name(step: str, index: int) -> str:
     return f"{step}[{index}]"
 
 
+def is_instance(name: str) -> bool:
+    """Whether a step name is a fan-out instance's (cheap: only instance names hold a `[`)."""
+    return "[" in name
+
+
 def parse_instance(name: str) -> tuple[str, int] | None:
     """(the fan-out step, the index) of an instance's name, or None for any other step."""
     m = _INSTANCE.match(name)

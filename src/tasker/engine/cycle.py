@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from tasker.domain.control import is_instance
 from tasker.domain.hooks import CircuitMoved, CycleReport
 from tasker.domain.records import ClaimedStep, Outcome
 from tasker.domain.states import StepState
@@ -297,9 +298,6 @@ class Cycles:
         for outcome, c in done:
             if outcome.state != StepState.COMPLETE:
                 continue
-            instance = "[" in c.name  # a fan-out's instance: its result is not its siblings'
-            if instance and c.task_id in known:
-                continue
             k = known.get(c.task_id)
             if k is None:
                 k = known[c.task_id] = claims.KnownTask(
@@ -310,7 +308,7 @@ class Cycles:
                     c.step_ids,
                     self.resolver.parents_of(c.template_id),
                 )
-            if not instance:
+            if not is_instance(c.name):  # an instance's result is not its siblings'
                 k.results[c.name] = outcome.results or {}
         return known
 

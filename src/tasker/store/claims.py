@@ -17,7 +17,7 @@ from sqlalchemy import Select, bindparam, func, or_, select, text, update
 from sqlalchemy.engine import Connection
 
 from tasker.domain.circuits import ClaimPlan
-from tasker.domain.control import parse_instance
+from tasker.domain.control import is_instance, parse_instance
 from tasker.domain.records import ClaimedStep, FailureRecord
 from tasker.domain.retry import may_retry
 from tasker.domain.states import (
@@ -181,7 +181,7 @@ def claimed_steps(
     results: dict[int, dict[str, dict[str, Any]]] = {}
     step_ids: dict[int, dict[str, int]] = {}
     for t_id, s_id, name, state, step_results in step_rows:
-        if "[" in name:
+        if is_instance(name):
             continue  # a fan-out's instance: its siblings' results are not its to read
         step_ids.setdefault(t_id, {})[name] = s_id
         if state in WITH_RESULTS:
@@ -216,7 +216,7 @@ def claimed_steps(
 
 def instance_claims(claimed: Iterable[ClaimedStep]) -> list[int]:
     """The ids of the fan-out instances among `claimed`: their items are to be read."""
-    return [c.step_id for c in claimed if "[" in c.name]
+    return [c.step_id for c in claimed if is_instance(c.name)]
 
 
 def attach_items(claimed: list[ClaimedStep], items: dict[int, Any]) -> None:

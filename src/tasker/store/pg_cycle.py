@@ -41,6 +41,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection
 
+from tasker.domain.control import is_instance
 from tasker.domain.states import (
     ACTIVE_STEP_STATES,
     CLAIMABLE_STEP_STATES,
@@ -398,7 +399,7 @@ def _send(raw: psycopg.Connection[Any], journal: Journal, work: CycleInput) -> C
     steps_cur = raw.cursor()
     settle_cur = raw.cursor()
     items_cur = raw.cursor()
-    instances = [c.step_id for c in claims if "[" in c.name]
+    instances = [c.step_id for c in claims if is_instance(c.name)]
     if unknown:
         task_cur.execute(_TASKS, {"ids": unknown}, prepare=True)
         steps_cur.execute(_TASK_STEPS, {"ids": unknown}, prepare=True)
