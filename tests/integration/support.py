@@ -3,6 +3,7 @@ history."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -45,6 +46,28 @@ def template_yaml(
     }
     data.update(top)
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def work_in_threads(engines: Sequence[Tasker], *, concurrency: int, timeout: float) -> list[int]:
+    """Run `work(until_idle=True)` on each engine in a thread of its own, as separate worker
+    processes would; returns each one's count of attempts, and fails if one raised or hung."""
+    ran: list[int] = []
+    errors: list[BaseException] = []
+
+    def work(engine: Tasker) -> None:
+        try:
+            ran.append(engine.work(concurrency=concurrency, until_idle=True))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(e,), daemon=True) for e in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not any(t.is_alive() for t in threads), "a worker did not finish"
+    assert errors == []
+    return ran
 
 
 def history(tasker: Tasker, task_id: int) -> dict[int, list[StepTransition]]:

@@ -16,7 +16,14 @@ from tasker.store import claims, completion
 from tasker.store.journal import Journal
 from tests.fixture_types import LoadTemplate, MakeTasker, WriteTemplate
 from tests.integration import handlers as h
-from tests.integration.support import history, step, step_history, template_yaml, to_states
+from tests.integration.support import (
+    history,
+    step,
+    step_history,
+    template_yaml,
+    to_states,
+    work_in_threads,
+)
 
 DIAMOND = [
     step("start"),
@@ -71,26 +78,8 @@ def test_two_workers_process_many_tasks_exactly_once(
     producer = make_tasker()
     producer.load_templates(path)
     ids = [producer.create_task("itest/chain3", {"key": key, "n": i}).id for i in range(50)]
-    engines = [
-        make_tasker(),
-        make_tasker(),
-    ]  # two processes' worth of engines, templates not even loaded
-    ran: list[int] = []
-    errors: list[BaseException] = []
-
-    def work(engine: Tasker) -> None:
-        try:
-            ran.append(engine.work(concurrency=4, until_idle=True))
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(e,), daemon=True) for e in engines]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(90)
-    assert not any(t.is_alive() for t in threads)
-    assert errors == []
+    # two processes' worth of engines, templates not even loaded
+    ran = work_in_threads([make_tasker(), make_tasker()], concurrency=4, timeout=90)
     assert sum(ran) == 150
 
     tasks = producer.get_tasks(ids)

@@ -4,7 +4,6 @@ that fail, operator actions on them, several workers, and random DAGs run by the
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections import Counter
 from typing import Any
@@ -17,7 +16,7 @@ from tasker import Tasker
 from tasker.domain.errors import OperationError, TemplateError
 from tests.fixture_types import LoadTemplate, MakeTasker, WriteTemplate
 from tests.integration import handlers as h
-from tests.integration.support import step, step_history, template_yaml, to_states
+from tests.integration.support import step, step_history, template_yaml, to_states, work_in_threads
 
 REFUND = [
     step("check", handler_config={"value": 0}),
@@ -287,21 +286,7 @@ def test_two_workers_decide_each_join_exactly_once(
     producer = make_tasker()
     producer.load_templates(path)
     ids = [producer.create_task("itest/fanin", {"key": key, "n": i}).id for i in range(30)]
-    engines = [make_tasker(), make_tasker()]
-    errors: list[BaseException] = []
-
-    def work(engine: Tasker) -> None:
-        try:
-            engine.work(concurrency=4, until_idle=True)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(e,), daemon=True) for e in engines]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(90)
-    assert not any(t.is_alive() for t in threads) and errors == []
+    work_in_threads([make_tasker(), make_tasker()], concurrency=4, timeout=90)
     calls = Counter(c["idem"] for c in h.calls(key, kind="call"))
     assert set(calls.values()) == {1}, "a step ran more than once"
     for task in producer.get_tasks(ids):

@@ -4,7 +4,6 @@ refused lists, a crash in the middle of an expansion, several workers, and cance
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from typing import Any
 
@@ -15,7 +14,7 @@ from tasker.domain.errors import TemplateError
 from tasker.store import decisions
 from tests.fixture_types import LoadTemplate, MakeTasker, WriteTemplate
 from tests.integration import handlers as h
-from tests.integration.support import step, step_history, template_yaml, to_states
+from tests.integration.support import step, step_history, template_yaml, to_states, work_in_threads
 
 PIPELINE = [
     step("discover", "Partitions"),
@@ -278,21 +277,7 @@ def test_two_workers_run_every_instance_exactly_once(
     producer = make_tasker()
     producer.load_templates(path)
     ids = [producer.create_task("itest/wide", {"key": key, "count": 60, "n": i}).id for i in (1, 2)]
-    engines = [make_tasker(), make_tasker()]
-    errors: list[BaseException] = []
-
-    def work(engine: Tasker) -> None:
-        try:
-            engine.work(concurrency=8, until_idle=True)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(e,), daemon=True) for e in engines]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert not any(t.is_alive() for t in threads) and errors == []
+    work_in_threads([make_tasker(), make_tasker()], concurrency=8, timeout=120)
     tasks = producer.get_tasks(ids)
     assert [t.status for t in tasks] == ["complete", "complete"]
     ran = Counter(c["idem"] for c in h.calls(key, kind="instance"))
