@@ -355,6 +355,7 @@ class TaskTemplate(_Strict):
     _digest: str | None = PrivateAttr(default=None)
     _controls: dict[str, StepControl] | None = PrivateAttr(default=None)
     _gated: frozenset[str] | None = PrivateAttr(default=None)
+    _fanouts: frozenset[str] | None = PrivateAttr(default=None)
 
     @field_validator("name", "namespace_name")
     @classmethod
@@ -458,8 +459,10 @@ class TaskTemplate(_Strict):
         return self._gated
 
     def fanout_steps(self) -> frozenset[str]:
-        """The names of the steps with a `foreach`."""
-        return frozenset(s.name for s in self.step_templates if s.foreach is not None)
+        """The names of the steps with a `foreach`, computed once (every handler's context asks)."""
+        if self._fanouts is None:
+            self._fanouts = frozenset(s.name for s in self.step_templates if s.foreach is not None)
+        return self._fanouts
 
     def visible_results(self, results: dict[str, Any]) -> dict[str, Any]:
         """Stored results by step name as a handler or a sub-workflow's context reads them: a
