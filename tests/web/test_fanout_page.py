@@ -333,7 +333,7 @@ def test_the_template_page_marks_fan_outs(dashboard: Dashboard, page: Page) -> N
     expect(page.locator("svg#template-diagram [data-foreach]")).to_have_count(0)
 
 
-def _instance(index: int, status: StepState) -> Step:
+def _instance(index: int, status: StepState, item: Any = None) -> Step:
     now = datetime.now(UTC)
     return Step(
         id=100 + index,
@@ -354,6 +354,7 @@ def _instance(index: int, status: StepState) -> Step:
         idempotency_key=f"k{index}",
         instance_of=1,
         item_index=index,
+        item=item,
     )
 
 
@@ -365,9 +366,9 @@ def test_instances_listed_failed_then_retrying_then_running_then_by_index() -> N
     states[8] = StepState.ERROR
     states[3] = StepState.WAITING_RETRY
     states[9] = StepState.READY
-    instances = [_instance(i, s) for i, s in reversed(list(enumerate(states)))]
     items = [{"name": f"partition-{i}", "payload": "x" * 80} for i in range(10)]
-    rows, hidden = instance_rows(instances, items, limit=5)
+    instances = [_instance(i, s, items[i]) for i, s in reversed(list(enumerate(states)))]
+    rows, hidden = instance_rows(instances, limit=5)
     assert [r.step.item_index for r in rows] == [8, 3, 6, 0, 1]
     assert hidden == [("ready", 1), ("complete", 4)]
     first = rows[0].item

@@ -57,9 +57,10 @@ class Step:
     created_at: datetime
     position: int
     idempotency_key: str
-    #: A fan-out's instance: the fan-out step's id and the item's index (None otherwise).
+    #: A fan-out's instance: the fan-out step's id, the item's index and the item (None otherwise).
     instance_of: int | None = None
     item_index: int | None = None
+    item: Any = None
     #: A fan-out step: how many instances it expanded into (None before, or for other steps).
     fanout: int | None = None
     #: Why a control-flow decision skipped the step, or that its condition held (None: no

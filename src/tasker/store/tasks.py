@@ -684,6 +684,7 @@ def _step(r: Row[Any] | SimpleNamespace) -> Step:
         decision=r.decision,
         instance_of=r.instance_of,
         item_index=r.item_index,
+        item=r.item,
         fanout=r.fanout,
     )
 
@@ -787,11 +788,11 @@ _TASK_COLUMNS = (
 _STEP_COLUMNS = (
     "id, task_id, name, state, attempts, retry_limit, retryable, dependent_system, results,"
     " last_error, run_at, started_at, finished_at, created_at, position, idempotency_key,"
-    " decision, instance_of, item_index, fanout"
+    " decision, instance_of, item_index, item, fanout"
 )
 #: Columns SQLAlchemy's types decode (`UTCDateTime`, `Json`, `Boolean`), decoded here alike.
 _TIMES = {"created_at", "updated_at", "started_at", "finished_at", "run_at"}
-_DOCS = {"context", "annotations", "results", "last_error"}
+_DOCS = {"context", "annotations", "results", "last_error", "item"}
 
 
 def _read_task_sqlite(conn: Connection, task_id: int) -> Task | None:
@@ -830,7 +831,9 @@ def _sqlite_row(columns: str, values: Sequence[Any]) -> SimpleNamespace:
         name = name.strip()
         if value is not None and name in _TIMES:
             value = datetime.fromisoformat(value).replace(tzinfo=UTC)
-        elif value is not None and name in _DOCS:
+        elif isinstance(value, str) and name in _DOCS:
+            # JSON text; a number stays a number (SQLite's column affinity turned a fan-out's
+            # item `1` into an integer, as SQLAlchemy's JSON type also reads it back)
             value = json.loads(value)
         elif name == "retryable":
             value = bool(value)

@@ -10,9 +10,8 @@ permission of the API route it mirrors.
 A fan-out (`foreach`) is one step on the page however many instances it expanded into (up to
 10,000): its node shows `n/N done`, and its entry a table of at most INSTANCE_ROWS instances, the
 failed and running first, with a line counting the others by state. So the page costs a few passes
-over the steps and the transitions, and HTML for the listed instances only; the instances' items,
-which the step records do not carry, are the fan-out's `foreach` evaluated once more over what it
-read (its task's context and its ancestors' results, final by then).
+over the steps and the transitions, and HTML for the listed instances only (each with the item its
+step record carries).
 
 A sub-workflow (`task:` step) links to the child task it created, with the child's status, from
 its entry and from its node's badge; a child task's page says whose child it is and links back.
@@ -36,13 +35,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tasker.api.auth import Permission
-from tasker.domain.control import CONDITION_ERROR, JoinRule, fanout_results, items_of
+from tasker.domain.control import CONDITION_ERROR, JoinRule
 from tasker.domain.errors import NotFoundError, TaskerInputError
 from tasker.domain.history import StepTransition
 from tasker.domain.records import Step, Task
 from tasker.domain.states import (
     FINISHED_TASK_STATES,
-    RESULT_STEP_STATES,
     STEP_TRANSITIONS,
     TERMINAL_STEP_STATES,
     TERMINAL_TASK_STATES,
@@ -252,31 +250,8 @@ def _compact(value: Any) -> str:
     )
 
 
-def fanout_items(task: Task, template: TaskTemplate, step: Step) -> list[Any] | None:
-    """The items `step` expanded into: its `foreach` evaluated once more over what it read when
-    it expanded (the task's context and the results of its ancestors, finished by then, a
-    fan-out's as its list). None when they cannot be told: the template has no such fan-out, or the
-    list no longer has the step's `fanout` items."""
-    control = template.controls().get(step.name)
-    if control is None or control.foreach is None or not step.fanout:
-        return None
-    fanouts = template.fanout_steps()
-    results: dict[str, Any] = {}
-    for name in control.foreach.steps:
-        found = _top_level(task, name)
-        if found is not None and found.status in RESULT_STEP_STATES:
-            value = found.results if found.results is not None else {}
-            results[name] = fanout_results(value) if name in fanouts else value
-    items = items_of(control, task.context, results)
-    return items if isinstance(items, list) and len(items) == step.fanout else None
-
-
-def _top_level(task: Task, name: str) -> Step | None:
-    return next((s for s in task.steps if s.name == name and s.instance_of is None), None)
-
-
 def instance_rows(
-    instances: Sequence[Step], items: Sequence[Any] | None = None, limit: int = INSTANCE_ROWS
+    instances: Sequence[Step], limit: int = INSTANCE_ROWS
 ) -> tuple[list[InstanceRow], list[tuple[str, int]]]:
     """The instances a fan-out's entry lists (at most `limit`: the failed, retrying and running
     first, then by index) and how many others are in each state, in STATE_ORDER. Only the listed
@@ -289,10 +264,7 @@ def instance_rows(
     hidden = [(state, counts[state]) for state in STATE_ORDER.split() if counts[state] > 0]
     rows = []
     for s in shown:
-        index = s.item_index
-        item = None
-        if items is not None and index is not None and 0 <= index < len(items):
-            item = summary(items[index], ITEM_CHARS)
+        item = summary(s.item, ITEM_CHARS) if s.item is not None else None
         error = title = ""
         if s.last_error is not None:
             title = f"{s.last_error['class']}: {s.last_error['message']}"
@@ -316,8 +288,7 @@ def fanout_view(
         done = sum(1 for s in instances if s.status in TERMINAL_STEP_STATES)
         failed = sum(1 for s in instances if s.status == StepState.ERROR)
         progress = Progress(done, step.fanout, failed)
-    items = fanout_items(task, template, step) if instances else None
-    rows, hidden = instance_rows(instances, items)
+    rows, hidden = instance_rows(instances)
     return FanOutView(
         declared.foreach,
         declared.max_parallel,
