@@ -15,9 +15,11 @@ from tasker.domain.control import (
     JoinRule,
     StepControl,
     Verdict,
+    children_of,
     decide,
     gated,
     may_skip,
+    skip_cascade,
 )
 from tasker.domain.expressions import (
     ExpressionFailure,
@@ -25,7 +27,15 @@ from tasker.domain.expressions import (
     compile_expression,
 )
 from tasker.domain.states import StepState
-from tasker.domain.templates import ControlError, StepTemplate, build_controls
+from tasker.domain.templates import (
+    WIDE_TEMPLATE_STEPS,
+    ControlError,
+    StepTemplate,
+    TaskTemplate,
+    build_controls,
+)
+from tasker.engine.resolver import Resolver
+from tasker.registry import TemplateRegistry
 
 S = StepState
 
@@ -217,9 +227,12 @@ def _oracle(controls: list[StepControl], outcomes: dict[str, bool]) -> dict[str,
     return ran
 
 
-def _engine(controls: list[StepControl], outcomes: dict[str, bool]) -> dict[str, StepState]:
+def _engine(
+    controls: list[StepControl], outcomes: dict[str, bool], *, cascade: bool = False
+) -> dict[str, StepState]:
     """What the engine does: release children as parents finish; an ungated child becomes ready at
-    zero, a gated one is decided. Every step runs at most once."""
+    zero, a gated one is decided. Every step runs at most once. With `cascade`, a skip decides at
+    once what follows from it alone (`skip_cascade`, as the store does) and releases the rest."""
     by_name = {c.name: c for c in controls}
     gates = gated(controls)
     children: dict[str, list[str]] = {c.name: [] for c in controls}
@@ -243,7 +256,21 @@ def _engine(controls: list[StepControl], outcomes: dict[str, bool]) -> dict[str,
         else:
             assert d.verdict == Verdict.SKIP
             state[name] = S.SKIPPED
-            finish(name)
+            if cascade:
+                skip_down(name)
+            else:
+                finish(name)
+
+    def skip_down(name: str) -> None:
+        followed = skip_cascade(by_name, children_of(by_name), [name])
+        for skipped in followed.skipped:
+            assert state[skipped] == S.PENDING and pending[skipped] > 0, skipped
+            state[skipped] = S.SKIPPED
+        for child, edges in followed.released.items():
+            assert state[child] == S.PENDING, child
+            pending[child] -= edges
+            if pending[child] == 0:
+                arrive(child)
 
     def finish(name: str) -> None:
         for child in children[name]:
@@ -273,3 +300,46 @@ def test_over_random_dags_a_step_runs_iff_its_rule_says_so(
     expected = _oracle(controls, outcomes)
     assert all(s in (S.COMPLETE, S.SKIPPED) for s in states.values())  # every step finished
     assert {n: s == S.COMPLETE for n, s in states.items()} == expected
+    assert _engine(controls, outcomes, cascade=True) == states  # a skip cascade decides alike
+
+
+def test_a_skip_cascade_stops_where_a_child_has_a_parent_outside_it() -> None:
+    controls = {
+        c.name: c
+        for c in (
+            _c("a", ()),
+            _c("b", ("a",), when="context.b"),
+            _c("b2", ("b",)),
+            _c("b3", ("b2",), JoinRule.ANY),
+            _c("c", ("a",)),
+            _c("end", ("b3", "c"), JoinRule.ANY),
+            _c("both", ("b2", "b3")),
+        )
+    }
+    followed = skip_cascade(controls, children_of(controls), ["b"])
+    assert list(followed.skipped) == ["b2", "b3", "both"]
+    assert followed.skipped["b2"].reason == "parent 'b' skipped (join: all)"
+    assert followed.skipped["b3"].reason == "no parent completed (join: any)"
+    assert dict(followed.released) == {"end": 1}
+
+
+def test_a_claim_of_a_wide_template_reads_its_steps_ancestors_and_descendants() -> None:
+    def template(branches: int) -> TaskTemplate:
+        steps: list[dict[str, Any]] = [{"name": "root", "handler_class": "m:C"}]
+        for i in range(branches):
+            steps.append({"name": f"a{i}", "handler_class": "m:C", "depends_on_step": "root"})
+            steps.append({"name": f"b{i}", "handler_class": "m:C", "depends_on_step": f"a{i}"})
+        last = [f"b{i}" for i in range(branches)]
+        steps.append({"name": "end", "handler_class": "m:C", "depends_on_steps": last})
+        return TaskTemplate.model_validate({"name": "w", "step_templates": steps})
+
+    wide = template(WIDE_TEMPLATE_STEPS // 2)
+    assert wide.wide and not template(3).wide
+    assert wide.related_steps("a1") == {"root", "b1", "end"}
+    assert wide.related_steps("end") == {s.name for s in wide.step_templates} - {"end"}
+    resolver = Resolver(TemplateRegistry())
+    resolver.add_snapshot(1, wide.model_dump(mode="json"))
+    resolver.add_snapshot(2, template(3).model_dump(mode="json"))
+    assert resolver.related_steps(1, "a1[3]") == wide.related_steps("a1")  # an instance: its step's
+    assert resolver.related_steps(2, "a1") is None  # small: the whole task, in one read
+    assert resolver.related_steps(3, "a1") is None  # not loaded here yet

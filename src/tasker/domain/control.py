@@ -22,7 +22,8 @@ fast path, as before control flow existed.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -150,6 +151,54 @@ def decide(
         f"when `{expr}` must be true or false, got {type(value).__name__} {shown}",
         None,
     )
+
+
+@dataclass(frozen=True)
+class SkipCascade:
+    """What skipping some steps decides without reading anything (`skip_cascade`)."""
+
+    #: The descendants skipped in turn, each with its decision: all their parents were skipped.
+    skipped: dict[str, Decision]
+    #: The other children of every skipped step, with how many of their parents were skipped: the
+    #: store releases them as a completion would (their other parents decide the rest).
+    released: Counter[str]
+
+
+def children_of(controls: Mapping[str, StepControl]) -> dict[str, tuple[str, ...]]:
+    """Each step's children by name, in template order."""
+    found: dict[str, list[str]] = {name: [] for name in controls}
+    for c in controls.values():
+        for p in c.parents:
+            found[p].append(c.name)
+    return {name: tuple(kids) for name, kids in found.items()}
+
+
+def skip_cascade(
+    controls: Mapping[str, StepControl],
+    children: Mapping[str, Sequence[str]],
+    skipped: Iterable[str],
+) -> SkipCascade:
+    """Follow the skip of `skipped` down the graph as far as it decides alone: a descendant all of
+    whose parents are skipped is skipped whatever its rule (`join: all` meets a skipped parent,
+    `join: any` finds none that ran) and whatever its condition, which is not evaluated. Where a
+    child has a parent outside the cascade, the cascade stops and that child is released."""
+    gone = set(skipped)
+    decided: dict[str, Decision] = {}
+    todo = list(gone)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            control = controls[child]
+            if child in gone or not all(p in gone for p in control.parents):
+                continue
+            decision = decide(control, dict.fromkeys(control.parents, StepState.SKIPPED), None, {})
+            if decision.verdict == Verdict.SKIP:
+                gone.add(child)
+                decided[child] = decision
+                todo.append(child)
+    released: Counter[str] = Counter(
+        child for step in gone for child in children.get(step, ()) if child not in gone
+    )
+    return SkipCascade(decided, released)
 
 
 def items_of(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 from pydantic import (
@@ -50,6 +51,9 @@ _TASK_REF = re.compile(
 DEFAULT_NAMESPACE = "default"
 DEFAULT_VERSION = "0.1.0"
 DEFAULT_DEPENDENT_SYSTEM = "default"
+#: A template with more steps than this is *wide*: a claim reads only the steps related to the one
+#: it claims (`TaskTemplate.related_steps`), not the whole task (docs/architecture.md).
+WIDE_TEMPLATE_STEPS = 64
 
 
 def canonical_json(value: Any) -> str:
@@ -356,6 +360,9 @@ class TaskTemplate(_Strict):
     _controls: dict[str, StepControl] | None = PrivateAttr(default=None)
     _gated: frozenset[str] | None = PrivateAttr(default=None)
     _fanouts: frozenset[str] | None = PrivateAttr(default=None)
+    _by_name: dict[str, StepTemplate] | None = PrivateAttr(default=None)
+    _related: dict[str, frozenset[str]] = PrivateAttr(default_factory=dict)
+    _edges: tuple[dict[str, list[str]], dict[str, list[str]]] | None = PrivateAttr(default=None)
 
     @field_validator("name", "namespace_name")
     @classmethod
@@ -410,10 +417,11 @@ class TaskTemplate(_Strict):
         return list(self._warnings)
 
     def step(self, name: str) -> StepTemplate:
-        for s in self.step_templates:
-            if s.name == name:
-                return s
-        raise KeyError(name)
+        """The step template named `name` (KeyError if none): indexed once, as a worker asks for
+        every step it runs, and a template may have a thousand."""
+        if self._by_name is None:
+            self._by_name = {s.name: s for s in self.step_templates}
+        return self._by_name[name]
 
     def dependent_system_of(self, step: StepTemplate) -> str:
         return step.dependent_system or self.default_dependent_system
@@ -463,6 +471,30 @@ class TaskTemplate(_Strict):
         if self._fanouts is None:
             self._fanouts = frozenset(s.name for s in self.step_templates if s.foreach is not None)
         return self._fanouts
+
+    @property
+    def wide(self) -> bool:
+        """Whether a claim of one of its steps reads only the steps related to it
+        (`related_steps`) rather than the whole task: more steps than `WIDE_TEMPLATE_STEPS`."""
+        return len(self.step_templates) > WIDE_TEMPLATE_STEPS
+
+    def related_steps(self, name: str) -> frozenset[str]:
+        """The steps a claim of `name` reads: its ancestors (their results are its handler's
+        `ctx.results`) and its descendants (their ids let the worker run the next ones without
+        reading the task again). Computed once per step; a fan-out's instance has its step's."""
+        found = self._related.get(name)
+        if found is None:
+            if self._edges is None:
+                parents = {s.name: list(s.parents) for s in self.step_templates}
+                children: dict[str, list[str]] = {n: [] for n in parents}
+                for child, ps in parents.items():
+                    for p in ps:
+                        children[p].append(child)
+                self._edges = (parents, children)
+            up, down = self._edges
+            found = frozenset(_ancestors(name, up) | _ancestors(name, down))
+            self._related[name] = found
+        return found
 
     def visible_results(self, results: dict[str, Any]) -> dict[str, Any]:
         """Stored results by step name as a handler or a sub-workflow's context reads them: a
@@ -587,7 +619,9 @@ def _compiled(
     return expr
 
 
-def _ancestors(name: str, parents: dict[str, list[str]]) -> set[str]:
+def _ancestors(name: str, parents: Mapping[str, Sequence[str]]) -> set[str]:
+    """The steps reachable from `name` through `parents` (its ancestors; through a children map,
+    its descendants)."""
     seen: set[str] = set()
     stack = list(parents.get(name, []))
     while stack:

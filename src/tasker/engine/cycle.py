@@ -267,6 +267,7 @@ class Cycles:
                 worker=self.worker_id,
                 limit=plan.claim_limit,
                 lease_seconds=scope.lease_seconds,
+                related=self.resolver.related_steps,
             )
         else:  # limits or circuits apply: the scan below checks every step against them
             claimed = []
@@ -285,6 +286,7 @@ class Cycles:
             namespaces=scope.namespaces,
             task_ids=scope.task_ids,
             plan=claim_plan,
+            related=self.resolver.related_steps,
         )
         return claimed + more, len(more) >= remaining
 
@@ -295,6 +297,7 @@ class Cycles:
         """What the completed steps' claims tell about their tasks, to claim their children from
         memory."""
         known: dict[int, claims.KnownTask] = {}
+        merged: set[int] = set()
         for outcome, c in done:
             if outcome.state != StepState.COMPLETE:
                 continue
@@ -308,6 +311,15 @@ class Cycles:
                     c.step_ids,
                     self.resolver.parents_of(c.template_id),
                 )
+                merged.add(id(c.results))
+            else:
+                # What each claim of the task read, together: claims read at different times, and
+                # of a wide template each read only its own step's ancestors and descendants.
+                if id(c.results) not in merged:
+                    merged.add(id(c.results))
+                    k.results.update(c.results)
+                if c.step_ids is not k.step_ids:
+                    k.step_ids = {**k.step_ids, **c.step_ids}
             if not is_instance(c.name):  # an instance's result is not its siblings'
                 k.results[c.name] = outcome.results or {}
         return known

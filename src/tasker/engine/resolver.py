@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from tasker.domain.control import parse_instance
 from tasker.domain.errors import TemplateError
 from tasker.domain.retry import RetryPolicy
 from tasker.domain.templates import StepTemplate, TaskTemplate
@@ -58,6 +59,16 @@ class Resolver:
             steps = self._templates[template_id].step_templates
             found = self._parents[template_id] = {s.name: s.parents for s in steps}
         return found
+
+    def related_steps(self, template_id: int, step: str) -> frozenset[str] | None:
+        """The steps a claim of `step` reads of its task (`TaskTemplate.related_steps`; an
+        instance, its fan-out step's), or None for the whole task: a template not loaded here
+        yet, or not wide (one read of a few rows costs less than picking them)."""
+        t = self._templates.get(template_id)
+        if t is None or not t.wide:
+            return None
+        instance = parse_instance(step)
+        return t.related_steps(instance[0] if instance else step)
 
     def children_of(self, template_id: int, name: str) -> list[str]:
         table = self._children.get(template_id)

@@ -8,7 +8,7 @@ worker did.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -113,6 +113,19 @@ _ITEMS = select(steps.c.id, steps.c.item).where(steps.c.id.in_(bindparam("ids", 
 _TASK_STEPS = select(
     steps.c.task_id, steps.c.id, steps.c.name, steps.c.state, steps.c.results
 ).where(steps.c.task_id.in_(bindparam("ids", expanding=True)), steps.c.instance_of.is_(None))
+#: The named steps of tasks of a wide template (`RelatedSteps`).
+_NAMED_STEPS = _TASK_STEPS.where(steps.c.name.in_(bindparam("names", expanding=True)))
+#: PostgreSQL: the same with array parameters, the names joined (an IN list of a thousand names
+#: is slow to send and to test row by row).
+_NAMED_STEPS_PG = text(
+    "SELECT s.task_id, s.id, s.name, s.state, s.results FROM tasker_steps s"
+    " JOIN unnest(CAST(:names AS text[])) AS n(name) ON n.name = s.name"
+    " WHERE s.task_id = ANY(CAST(:ids AS bigint[])) AND s.instance_of IS NULL"
+).columns(steps.c.task_id, steps.c.id, steps.c.name, steps.c.state, steps.c.results)
+
+#: What a claim of a step reads of its task, given the task's template id and the step's name:
+#: the names of the steps it needs (`TaskTemplate.related_steps`), or None for the whole task.
+RelatedSteps = Callable[[int, str], frozenset[str] | None]
 
 
 @dataclass
@@ -245,9 +258,10 @@ def claim(
     namespaces: Sequence[str] | None = None,
     task_ids: Sequence[int] | None = None,
     plan: ClaimPlan | None = None,
+    related: RelatedSteps | None = None,
 ) -> list[ClaimedStep]:
     """Claim up to `limit` steps whose run_at has come, oldest first, with everything needed to run
-    them.
+    them (of a wide template's task, the steps `related` names).
 
     With a `plan`, steps of blocked systems are left alone and in-flight limits are respected; the
     first step claimed for a half-open system becomes its probe.
@@ -261,12 +275,14 @@ def claim(
         params["scope_tasks"] = list(task_ids)
     key = (bool(namespaces), task_ids is not None, skip_locked)
     if (plan is None or plan.unrestricted) and conn.dialect.name == "postgresql":
-        return _pick_and_take_pg(conn, journal, key, params, worker, lease_seconds)
+        return _pick_and_take_pg(conn, journal, key, params, worker, lease_seconds, related)
     if plan is None or plan.unrestricted:
         picked = conn.execute(_CANDIDATES[key], params).all()
         if not picked:
             return []
-        return _take(conn, journal, {r.id: r.state for r in picked}, worker, lease_seconds, {})
+        return _take(
+            conn, journal, {r.id: r.state for r in picked}, worker, lease_seconds, {}, related
+        )
     params["blocked"] = sorted(plan.blocked)
     params["limit"] = min(
         limit * 4, 1000
@@ -279,7 +295,7 @@ def claim(
         if plan.admit(r.dependent_system, r.namespace):
             chosen[r.id] = r.state
             system_of[r.id] = r.dependent_system
-    claimed = _take(conn, journal, chosen, worker, lease_seconds, {}) if chosen else []
+    claimed = _take(conn, journal, chosen, worker, lease_seconds, {}, related) if chosen else []
     probe_steps: dict[str, int] = {}
     for i, c in enumerate(claimed):
         system = system_of[c.step_id]
@@ -312,6 +328,7 @@ def _pick_and_take_pg(
     params: dict[str, Any],
     worker: str,
     lease_seconds: float,
+    related: RelatedSteps | None,
 ) -> list[ClaimedStep]:
     now = journal.now
     rows = conn.execute(
@@ -320,7 +337,7 @@ def _pick_and_take_pg(
     ).all()
     if not rows:
         return []
-    return _claimed(conn, journal, rows, {r.id: r.from_state for r in rows}, {})
+    return _claimed(conn, journal, rows, {r.id: r.from_state for r in rows}, {}, related)
 
 
 def claim_readied(
@@ -332,6 +349,7 @@ def claim_readied(
     worker: str,
     limit: int,
     lease_seconds: float,
+    related: RelatedSteps | None = None,
 ) -> list[ClaimedStep]:
     """Claim steps this transaction just made ready (a chain's next step) without waiting for a
     poll.
@@ -348,6 +366,7 @@ def claim_readied(
         worker,
         lease_seconds,
         known,
+        related,
     )
 
 
@@ -358,6 +377,7 @@ def _take(
     worker: str,
     lease_seconds: float,
     known: dict[int, KnownTask],
+    related: RelatedSteps | None = None,
 ) -> list[ClaimedStep]:
     now = journal.now
     claimed = conn.execute(
@@ -371,7 +391,7 @@ def _take(
     ).all()
     if not claimed:
         return []
-    return _claimed(conn, journal, claimed, from_state, known)
+    return _claimed(conn, journal, claimed, from_state, known, related)
 
 
 def _claimed(
@@ -380,6 +400,7 @@ def _claimed(
     claimed: Sequence[Any],
     from_state: dict[int, str],
     known: dict[int, KnownTask],
+    related: RelatedSteps | None = None,
 ) -> list[ClaimedStep]:
     """Journal the claims and gather what their handlers need (reading the tasks it does not know
     yet, and starting those that were pending)."""
@@ -409,12 +430,43 @@ def _claimed(
                 journal.task(i, TaskState.PENDING, TaskState.IN_PROGRESS)
                 journal.event("task.started", {"task_id": i})
         task_rows = [(r.id, r.context, r.correlation_id, r.template_id) for r in tasks_read]
-        step_rows = [
-            (r.task_id, r.id, r.name, r.state, r.results)
-            for r in conn.execute(_TASK_STEPS, {"ids": unknown})
-        ]
+        template_of = {r.id: r.template_id for r in tasks_read}
+        step_rows = _read_steps(conn, claims, template_of, related)
     journal_claims(journal, claims)
     return claimed_steps(claims, known, task_rows, step_rows)
+
+
+def _read_steps(
+    conn: Connection,
+    claims: Sequence[Claim],
+    template_of: dict[int, int],
+    related: RelatedSteps | None,
+) -> list[tuple[int, int, str, str, Any]]:
+    """The step rows of the tasks in `template_of` (by task id) that their claims need: of a wide
+    template's task, the steps `related` names for each claim (one read for all of them, by
+    name), of the others, every step."""
+    whole: set[int] = set()
+    names: dict[int, set[str]] = {}
+    for c in claims:
+        if c.task_id not in template_of:
+            continue
+        wanted = related(template_of[c.task_id], c.name) if related else None
+        if wanted is None:
+            whole.add(c.task_id)
+        else:
+            names.setdefault(c.task_id, set()).update(wanted)
+    rows: list[Any] = []
+    if whole:
+        rows += conn.execute(_TASK_STEPS, {"ids": sorted(whole)}).all()
+    narrow = sorted(set(names) - whole)
+    wanted_names = sorted({n for t in narrow for n in names[t]})
+    if narrow and wanted_names:
+        pg = conn.dialect.name == "postgresql"
+        found = conn.execute(
+            _NAMED_STEPS_PG if pg else _NAMED_STEPS, {"ids": narrow, "names": wanted_names}
+        )
+        rows += [r for r in found if r.name in names[r.task_id]]
+    return [(r.task_id, r.id, r.name, r.state, r.results) for r in rows]
 
 
 _EXTEND = (

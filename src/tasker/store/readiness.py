@@ -95,7 +95,8 @@ def release_children(
 ) -> list[tuple[int, int, str]]:
     """Decrement the unfinished-parent count of the parents' children; those at zero become ready,
     or, when gated, are decided (`decisions.decide_gated`): a skipped one releases its own
-    children in turn, down the graph, in this transaction.
+    children in turn (those its skip does not decide alone), down the graph, in this
+    transaction.
 
     `known_children` lists the children of `parent_ids` (one entry per edge) when the caller knows
     them from the template, which saves reading the edges. Returns (step_id, task_id, name) of each
@@ -106,9 +107,9 @@ def release_children(
         waiting = _release(conn, parent_ids, journal, known_children, readied)
         if not waiting:
             break
-        more, skipped = decide_gated(conn, journal, waiting)
-        readied += more
-        parent_ids, known_children = skipped, None
+        decided = decide_gated(conn, journal, waiting)
+        readied += decided.readied
+        parent_ids, known_children = decided.skipped, decided.released
     return readied
 
 

@@ -574,11 +574,11 @@ def insert_tasks(
         for st in template.step_templates
         if not st.parents and st.name in gated
     ]
-    _, skipped = decide_gated(conn, journal, roots)
-    release_children(conn, skipped, journal)
+    decided = decide_gated(conn, journal, roots)
+    release_children(conn, decided.skipped, journal, decided.released)
     settle_tasks(conn, task_ids, journal)
-    decided = {t.id: t for t in get_tasks(conn, task_ids)}
-    return [decided[task_id] for task_id in task_ids]
+    stored = {t.id: t for t in get_tasks(conn, task_ids)}
+    return [stored[task_id] for task_id in task_ids]
 
 
 def _created(
