@@ -15,7 +15,7 @@ run, and prints a table:
 Rates come from the transition log (first claim to last completion), so worker start-up is not
 counted. Run from the repository root:
 
-    python benchmarks/bench_fanout.py [--runs 3] [--items 10000] [--chains 2000] [--tasks 10]
+    python benchmarks/bench_fanout.py [--runs 3] [--items 10000] [--chains 2000] [--tasks 40]
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--items", type=int, default=10_000)
     ap.add_argument("--chains", type=int, default=2_000)
-    ap.add_argument("--tasks", type=int, default=10, help="tasks of the 1,002-step template")
+    ap.add_argument("--tasks", type=int, default=40, help="tasks of the 1,002-step template")
     args = ap.parse_args()
 
     chains, fans, wide = [], [], []

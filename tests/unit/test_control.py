@@ -341,5 +341,6 @@ def test_a_claim_of_a_wide_template_reads_its_steps_ancestors_and_descendants() 
     resolver.add_snapshot(1, wide.model_dump(mode="json"))
     resolver.add_snapshot(2, template(3).model_dump(mode="json"))
     assert resolver.related_steps(1, "a1[3]") == wide.related_steps("a1")  # an instance: its step's
-    assert resolver.related_steps(2, "a1") is None  # small: the whole task, in one read
+    assert resolver.related_steps(1, "end") is None  # related to most: the whole task, in one read
+    assert resolver.related_steps(2, "a1") is None  # small: the whole task
     assert resolver.related_steps(3, "a1") is None  # not loaded here yet

@@ -63,12 +63,14 @@ class Resolver:
     def related_steps(self, template_id: int, step: str) -> frozenset[str] | None:
         """The steps a claim of `step` reads of its task (`TaskTemplate.related_steps`; an
         instance, its fan-out step's), or None for the whole task: a template not loaded here
-        yet, or not wide (one read of a few rows costs less than picking them)."""
+        yet, one that is not wide, or a step related to more than a quarter of its steps (one
+        read of every row costs less than picking most of them by name)."""
         t = self._templates.get(template_id)
         if t is None or not t.wide:
             return None
         instance = parse_instance(step)
-        return t.related_steps(instance[0] if instance else step)
+        found = t.related_steps(instance[0] if instance else step)
+        return found if len(found) * 4 <= len(t.step_templates) else None
 
     def children_of(self, template_id: int, name: str) -> list[str]:
         table = self._children.get(template_id)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, or_, select, text, update
+from sqlalchemy import Select, bindparam, func, or_, select, text, tuple_, update
 from sqlalchemy.engine import Connection
 
 from tasker.domain.circuits import ClaimPlan
@@ -113,14 +113,17 @@ _ITEMS = select(steps.c.id, steps.c.item).where(steps.c.id.in_(bindparam("ids", 
 _TASK_STEPS = select(
     steps.c.task_id, steps.c.id, steps.c.name, steps.c.state, steps.c.results
 ).where(steps.c.task_id.in_(bindparam("ids", expanding=True)), steps.c.instance_of.is_(None))
-#: The named steps of tasks of a wide template (`RelatedSteps`).
-_NAMED_STEPS = _TASK_STEPS.where(steps.c.name.in_(bindparam("names", expanding=True)))
-#: PostgreSQL: the same with array parameters, the names joined (an IN list of a thousand names
-#: is slow to send and to test row by row).
+#: The named steps of tasks of a wide template (`RelatedSteps`), as (task_id, name) pairs.
+_NAMED_STEPS = _TASK_STEPS.where(
+    tuple_(steps.c.task_id, steps.c.name).in_(bindparam("pairs", expanding=True))
+)
+#: PostgreSQL: the same with the pairs as two arrays, each pair a probe of the unique index on
+#: (task_id, name) whatever the table's statistics say.
 _NAMED_STEPS_PG = text(
-    "SELECT s.task_id, s.id, s.name, s.state, s.results FROM tasker_steps s"
-    " JOIN unnest(CAST(:names AS text[])) AS n(name) ON n.name = s.name"
-    " WHERE s.task_id = ANY(CAST(:ids AS bigint[])) AND s.instance_of IS NULL"
+    "SELECT s.task_id, s.id, s.name, s.state, s.results"
+    " FROM unnest(CAST(:ids AS bigint[]), CAST(:names AS text[])) AS n(task_id, name)"
+    " JOIN tasker_steps s ON s.task_id = n.task_id AND s.name = n.name"
+    " WHERE s.instance_of IS NULL"
 ).columns(steps.c.task_id, steps.c.id, steps.c.name, steps.c.state, steps.c.results)
 
 #: What a claim of a step reads of its task, given the task's template id and the step's name:
@@ -458,14 +461,13 @@ def _read_steps(
     rows: list[Any] = []
     if whole:
         rows += conn.execute(_TASK_STEPS, {"ids": sorted(whole)}).all()
-    narrow = sorted(set(names) - whole)
-    wanted_names = sorted({n for t in narrow for n in names[t]})
-    if narrow and wanted_names:
-        pg = conn.dialect.name == "postgresql"
-        found = conn.execute(
-            _NAMED_STEPS_PG if pg else _NAMED_STEPS, {"ids": narrow, "names": wanted_names}
-        )
-        rows += [r for r in found if r.name in names[r.task_id]]
+    pairs = [(t, n) for t in sorted(set(names) - whole) for n in sorted(names[t])]
+    if pairs:
+        if conn.dialect.name == "postgresql":
+            ids, named = zip(*pairs)
+            rows += conn.execute(_NAMED_STEPS_PG, {"ids": list(ids), "names": list(named)}).all()
+        else:
+            rows += conn.execute(_NAMED_STEPS, {"pairs": pairs}).all()
     return [(r.task_id, r.id, r.name, r.state, r.results) for r in rows]
 
 
