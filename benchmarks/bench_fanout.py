@@ -10,7 +10,9 @@ run, and prints a table:
      instance's claim) and the fan-in (the last instance's completion to the fan-in's);
   c. branches: tasks of a 1,002-step template: a start, 100 branches of 10 steps (the first step
      of every other branch has a false `when:`, so 500 steps are skipped in the start's
-     completion) and a `join: any` at the end: steps per second, and the start's completion.
+     completion) and a `join: any` at the end: steps per second, and the start's completion;
+  d. the same shape a tenth as wide (102 steps, 10 branches), ten times as many tasks: as many
+     steps in all, so that d against c says whether a step's cost grows with the template's width.
 
 Rates come from the transition log (first claim to last completion), so worker start-up is not
 counted. Run from the repository root:
@@ -143,13 +145,15 @@ def fanout(items: int) -> dict[str, float]:
         }
 
 
-def branches(tasks: int) -> dict[str, float]:
+def branches(tasks: int, width: int = 100) -> dict[str, float]:
+    """Tasks of `bench/branches<width>`: a start, `width` branches of 10 steps (half skipped) and a
+    join."""
     with scratch_database() as url:
         t = _engine(url)
-        t.create_tasks("bench/branches100", [{"odd_branches": False} for _ in range(tasks)])
+        t.create_tasks(f"bench/branches{width}", [{"odd_branches": False} for _ in range(tasks)])
         _work(url, t, tasks)
         rate, n = _span(t)
-        assert n == tasks * 502, n  # start, 50 branches of 10, end
+        assert n == tasks * (width * 5 + 2), n  # start, half the branches of 10, end
         with t.db.read() as c:
             skipped = c.exec_driver_sql(
                 "select count(*) from tasker_steps where state = 'skipped'"
@@ -163,7 +167,7 @@ def branches(tasks: int) -> dict[str, float]:
                     " and done.to_state = 'complete'"
                 )
             ).scalar_one()
-        assert skipped == tasks * 500, skipped
+        assert skipped == tasks * width * 5, skipped
         t.close()
         return {"rate": rate, "start_ms": float(start_ms)}
 
@@ -178,14 +182,16 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=40, help="tasks of the 1,002-step template")
     args = ap.parse_args()
 
-    chains, fans, wide = [], [], []
+    chains, fans, wide, narrow = [], [], [], []
     for i in range(args.runs):  # alternating cases, so drifts of the machine hit all alike
         chains.append(chain(args.chains))
         fans.append(fanout(args.items))
         wide.append(branches(args.tasks))
+        narrow.append(branches(args.tasks * 10, width=10))
         print(
             f"run {i + 1}: chain {chains[-1]:,.0f} steps/s, fan-out {fans[-1]['rate']:,.0f}"
-            f" instances/s, branches {wide[-1]['rate']:,.0f} steps/s",
+            f" instances/s, branches {wide[-1]['rate']:,.0f} steps/s, a tenth as wide"
+            f" {narrow[-1]['rate']:,.0f} steps/s",
             file=sys.stderr,
         )
 
@@ -216,6 +222,13 @@ def main() -> None:
         f"{wide_rate:,.0f}",
         f"{wide_rate / chain_rate:.2f}",
         f"start step (500 skips in its completion) {med([w['start_ms'] for w in wide]):,.0f} ms",
+    )
+    narrow_rate = med([w["rate"] for w in narrow])
+    table.add_row(
+        f"102-step template, 10 branches ({args.tasks * 10} tasks)",
+        f"{narrow_rate:,.0f}",
+        f"{narrow_rate / chain_rate:.2f}",
+        f"1,002-step / 102-step: {wide_rate / narrow_rate:.2f} (1.00: flat in the width)",
     )
     Console(width=140).print(table)
 
