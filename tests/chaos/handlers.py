@@ -65,7 +65,7 @@ class Effect(StepHandler):
         except psycopg.Error as exc:
             _drop_connection()
             raise RetryableError(f"effect store unavailable: {type(exc).__name__}") from exc
-        return {"step": ctx.step_name, "pid": os.getpid()}
+        return {"step": ctx.step_name, "pid": os.getpid(), "i": ctx.index}
 
 
 class Sleep(StepHandler):
@@ -99,3 +99,19 @@ class SlowOnce(StepHandler):
         if first:
             time.sleep(float(ctx.context.get("slow", 0)))
         return {"step": ctx.step_name, "pid": os.getpid(), "attempt": ctx.attempt}
+
+
+class Items(StepHandler):
+    """Lists `context.count` items: what a fan-out expands over."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        return {"items": list(range(int(ctx.context["count"])))}
+
+
+class CountResults(StepHandler):
+    """A fan-in: how many results the fan-out step `each` gathered, and their indexes in order."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        gathered = ctx.result_of("each")
+        indexes = [r.get("i") for r in gathered]
+        return {"n": len(gathered), "in_order": indexes == list(range(len(gathered)))}
