@@ -14,6 +14,7 @@ MINE = {
     ("get", "/tasks/{task_id}"),
     ("post", "/tasks/{task_id}/cancel"),
     ("post", "/tasks/{task_id}/retry"),
+    ("post", "/tasks/{task_id}/compensate"),
     ("get", "/tasks/{task_id}/steps"),
     ("get", "/tasks/{task_id}/steps/{step_name}"),
     ("post", "/tasks/{task_id}/steps/{step_name}/resolve"),

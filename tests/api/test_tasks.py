@@ -256,3 +256,19 @@ def test_retry_rearms_a_task_in_error_and_refuses_others(
     error = error_of(client.post(f"{API}/tasks/{task_id}/retry"), 409, "conflict")
     assert "only a task in error can be retried" in error["message"]
     error_of(client.post(f"{API}/tasks/424242/retry"), 404)
+
+
+def test_compensate_refuses_a_task_not_in_error_or_with_nothing_to_undo(
+    client: TestClient, engine: Tasker
+) -> None:
+    running = create(client)["id"]
+    error = error_of(client.post(f"{API}/tasks/{running}/compensate"), 409, "conflict")
+    assert "only a task in error can be compensated" in error["message"]
+    assert "--compensate" in error["message"]
+    failed = create(client, context={"email": "a@example.com", "fail": "charge"})["id"]
+    assert engine.run(failed).status == "error"
+    error = error_of(client.post(f"{API}/tasks/{failed}/compensate"), 409, "conflict")
+    assert "nothing to undo" in error["message"]
+    error_of(client.post(f"{API}/tasks/424242/compensate"), 404)
+    r = client.post(f"{API}/tasks/{running}/cancel", json={"compensate": True})
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"  # nothing had completed

@@ -11,6 +11,7 @@ import asyncio
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from tasker import PermanentError, RetryableError, StepContext, StepHandler, TaskHandler
@@ -350,3 +351,33 @@ class Collect(StepHandler):
         got = ctx.result_of(str(ctx.handler_config.get("of", "process")))
         record(_key(ctx), kind="collect", step=ctx.step_name, got=got)
         return {"count": len(got)}
+
+
+class Undo(StepHandler):
+    """A compensation: records the step it undoes, that step's results and its own idempotency
+    key, and fails per `handler_config.fail` as `Scripted` does (`handler_config.fail_file`: fails
+    permanently while that file exists)."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        cfg = ctx.handler_config
+        entry = record(
+            _key(ctx),
+            kind="undo",
+            step=ctx.step_name,
+            forward=ctx.forward_step,
+            forward_results=dict(ctx.forward_results or {}),
+            attempt=ctx.attempt,
+            idem=ctx.idempotency_key,
+            start=time.monotonic(),
+        )
+        if cfg.get("sleep"):
+            time.sleep(float(cfg["sleep"]))
+        plan = cfg.get("fail") or []
+        kind = plan[ctx.attempt - 1] if ctx.attempt <= len(plan) else None
+        if cfg.get("fail_file") and Path(cfg["fail_file"]).exists():
+            kind = "permanent"
+        entry["end"] = time.monotonic()
+        if kind:
+            entry["failed"] = kind
+            _raise(kind, ctx)
+        return {"undone": ctx.forward_step}

@@ -61,11 +61,16 @@ def test_every_handler_of_a_wide_template_sees_all_its_ancestors_results(
     work_in_threads([make_tasker(), make_tasker()], concurrency=6, timeout=120)
 
     ancestors = _ancestors(steps)
+    tasks = producer.get_tasks(ids)
+    assert all(t.status == "complete" for t in tasks), [
+        (t.id, t.status, [(s.name, str(s.status)) for s in t.steps if s.status != "complete"])
+        for t in tasks
+    ]
     attempts = h.calls(key, kind="attempt")
-    assert len(attempts) == len(ids) * len(steps), "a step ran more than once, or not at all"
+    assert len({c["idem"] for c in attempts}) == len(ids) * len(steps), "a step never ran"
     for call in attempts:  # every ancestor's, and maybe others' that had completed by then
-        assert ancestors[call["step"]] <= set(call["results"]), call["step"]
-    assert all(t.status == "complete" for t in producer.get_tasks(ids))
+        missing = ancestors[call["step"]] - set(call["results"])
+        assert not missing, (call["step"], call["attempt"], sorted(missing))
 
 
 def test_a_skip_cascade_in_a_wide_template_skips_whole_branches_at_once(

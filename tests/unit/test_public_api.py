@@ -76,6 +76,7 @@ TASKER_METHODS = {
     "child_tasks",
     "list_tasks",
     "cancel_task",
+    "compensate_task",
     "retry_task",
     "retry_step",
     "resolve_step",

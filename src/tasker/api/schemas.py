@@ -206,6 +206,11 @@ class TaskCancel(_Body):
     reason: str | None = Field(
         default=None, max_length=1000, description="Recorded with the cancellation."
     )
+    compensate: bool = Field(
+        default=False,
+        description="Then undo what the completed steps did (those that declare a compensation):"
+        " the task goes `compensating`, then `compensated`.",
+    )
 
     @field_validator("reason")
     @classmethod
@@ -298,6 +303,11 @@ class StepOut(BaseModel):
     fanout: int | None = Field(
         default=None, description="A fan-out step: how many instances it expanded into."
     )
+    compensates: int | None = Field(
+        default=None,
+        description="An undo row (`undo:<step>`, written when its task compensates): the id of"
+        " the step it undoes.",
+    )
     run_at: datetime | None = Field(
         description="When the step is (or was) due to run; retries move it forward."
     )
@@ -324,6 +334,7 @@ class StepOut(BaseModel):
             instance_of=step.instance_of,
             item_index=step.item_index,
             fanout=step.fanout,
+            compensates=step.compensates,
             run_at=step.run_at,
             created_at=step.created_at,
             started_at=step.started_at,

@@ -94,8 +94,13 @@ def task_links(task: Task, children: Sequence[int], parent: Task | None = None) 
 
 
 def steps_table(task: Task) -> Table:
+    """A task's steps; once it compensates, an `undo` column gives each step's undo state beside
+    its own (the undo rows follow their steps, with their attempts and errors)."""
     table = Table(show_lines=False, expand=False)
-    for col in ("step", "state", "attempts", "started", "finished", "duration"):
+    undos = {s.compensates: s for s in task.steps if s.compensates is not None}
+    for col in ("step", "state", *(("undo",) if undos else ()), "attempts", "started"):
+        table.add_column(col, no_wrap=True)
+    for col in ("finished", "duration"):
         table.add_column(col, no_wrap=True)
     table.add_column("last error", overflow="fold")
     for s in shown_steps(task):
@@ -106,9 +111,11 @@ def steps_table(task: Task) -> Table:
             err = f"skipped: {s.decision}"
         elif s.fanout is not None:
             err = task.fanout_progress(s)
+        undo = undos.get(s.id)
         table.add_row(
             _label(task, s),
             coloured(s.status),
+            *((coloured(undo.status) if undo else "",) if undos else ()),
             f"{s.attempts}/{s.retry_limit}",
             _time(s.started_at),
             _time(s.finished_at),

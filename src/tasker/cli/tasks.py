@@ -1,4 +1,4 @@
-"""`tasker tasks list|show|create|cancel|retry|retry-step|resolve`.
+"""`tasker tasks list|show|create|cancel|compensate|retry|retry-step|resolve`.
 
 Read-only commands (`list`, `show`) open the store with access "read": against a database without
 the Tasker schema they say so in one line and create nothing. `create` queues a task for the workers
@@ -212,11 +212,30 @@ def create(
 @tasks.command()
 @click.argument("task_id", type=int)
 @click.option("--reason", default=None, help="Recorded with the cancellation.")
+@click.option(
+    "--compensate",
+    is_flag=True,
+    help="Then undo what its completed steps did (the steps that declare a compensation).",
+)
 @click.pass_context
-def cancel(ctx: click.Context, task_id: int, reason: str | None) -> None:
+def cancel(ctx: click.Context, task_id: int, reason: str | None, compensate: bool) -> None:
     """Cancel a task: unstarted steps never run and late results are discarded."""
-    task = state(ctx).engine(load=False, access="read").cancel_task(task_id, reason=reason)
-    _say(f"task {task.id} is {task.status}")
+    engine = state(ctx).engine(load=False, access="read")
+    task = engine.cancel_task(task_id, reason=reason, compensate=compensate)
+    if task.status == TaskState.COMPENSATING:
+        _say(f"task {task.id} is {task.status}; run a worker (tasker worker) to undo its steps")
+    else:
+        _say(f"task {task.id} is {task.status}")
+
+
+@tasks.command()
+@click.argument("task_id", type=int)
+@click.pass_context
+def compensate(ctx: click.Context, task_id: int) -> None:
+    """Undo what the completed steps of a task in error did (each step that declares a
+    compensation, newest first)."""
+    task = state(ctx).engine(load=False, access="read").compensate_task(task_id)
+    _say(f"task {task.id} is {task.status}; run a worker (tasker worker) to undo its steps")
 
 
 @tasks.command()

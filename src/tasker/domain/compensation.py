@@ -27,6 +27,24 @@ from datetime import datetime
 
 from tasker.domain.states import StepState
 
+#: The name of a step's undo row is its name behind this prefix (`undo:charge`, `undo:each[3]`): a
+#: step name cannot hold a colon, so no undo is mistaken for a step, nor a step for an undo.
+UNDO_PREFIX = "undo:"
+
+
+def undo_name(step: str) -> str:
+    """The name of the row that undoes `step`."""
+    return UNDO_PREFIX + step
+
+
+def undone_by(name: str) -> str | None:
+    """The step an undo row undoes (None for any other row)."""
+    return name[len(UNDO_PREFIX) :] if name.startswith(UNDO_PREFIX) else None
+
+
+def is_undo(name: str) -> bool:
+    return name.startswith(UNDO_PREFIX)
+
 
 @dataclass(frozen=True)
 class CompensationPlan:

@@ -39,7 +39,8 @@ CONDITION_ERROR = "ConditionError"
 FANOUT_ERROR = "FanOutError"
 #: The longest list a `foreach` may give unless the step says otherwise (`max_items`).
 DEFAULT_MAX_ITEMS = 10_000
-_INSTANCE = re.compile(r"^(.+)\[(\d+)\]$")
+#: `step[i]`; never an undo row's `undo:step[i]` (a step name holds no colon).
+_INSTANCE = re.compile(r"^([^:]+)\[(\d+)\]$")
 
 
 class JoinRule(StrEnum):

@@ -11,6 +11,8 @@ class Events:
     TASK_CANCELLED = "task.cancelled"
     TASK_RETRIED = "task.retried"
     TASK_RESOLVED = "task.resolved"
+    TASK_COMPENSATING = "task.compensating"
+    TASK_COMPENSATED = "task.compensated"
     STEP_READY = "step.ready"
     STEP_STARTED = "step.started"
     STEP_COMPLETED = "step.completed"
@@ -19,6 +21,9 @@ class Events:
     STEP_CANCELLED = "step.cancelled"
     STEP_RESOLVED = "step.resolved"
     STEP_SKIPPED = "step.skipped"
+    #: An undo row (`undo:<step>`) completed, or failed for good.
+    STEP_COMPENSATED = "step.compensated"
+    STEP_COMPENSATION_FAILED = "step.compensation_failed"
     CIRCUIT_OPENED = "circuit.opened"
     CIRCUIT_CLOSED = "circuit.closed"
     CIRCUIT_HALF_OPEN = "circuit.half_open"
@@ -30,6 +35,8 @@ TASK_EVENT_FOR_STATE = {
     "error": Events.TASK_FAILED,
     "cancelled": Events.TASK_CANCELLED,
     "resolved_manually": Events.TASK_RESOLVED,
+    "compensating": Events.TASK_COMPENSATING,
+    "compensated": Events.TASK_COMPENSATED,
 }
 
 STEP_EVENT_FOR_STATE = {

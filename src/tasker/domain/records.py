@@ -66,6 +66,8 @@ class Step:
     #: Why a control-flow decision skipped the step, or that its condition held (None: no
     #: decision was made).
     decision: str | None = None
+    #: An undo row (`undo:<step>`): the id of the step it undoes (None for any other step).
+    compensates: int | None = None
 
     @property
     def duration_seconds(self) -> float | None:
@@ -112,6 +114,10 @@ class Task:
         found = [s for s in self.steps if s.instance_of == step.id]
         return sorted(found, key=lambda s: s.item_index or 0)
 
+    def undo_of(self, step: Step) -> Step | None:
+        """The row that undoes `step`, once its task is compensating (None otherwise)."""
+        return next((s for s in self.steps if s.compensates == step.id), None)
+
     def fanout_progress(self, step: Step) -> str:
         """`n/N done` of a fan-out step's finished instances ("" for any other step, or one that
         has not expanded)."""
@@ -123,7 +129,7 @@ class Task:
     def diagram_states(self) -> tuple[dict[str, str], dict[str, str]]:
         """Each template step's state, and the notes of fan-out steps (`n/N done`), for a
         diagram of the task."""
-        steps = [s for s in self.steps if s.instance_of is None]
+        steps = [s for s in self.steps if s.instance_of is None and s.compensates is None]
         states = {s.name: str(s.status) for s in steps}
         notes = {s.name: self.fanout_progress(s) for s in steps if s.fanout is not None}
         return states, notes

@@ -13,6 +13,7 @@ rolls its transaction back.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from tasker.domain.errors import InvalidTransitionError
@@ -37,6 +38,10 @@ class TaskState(StrEnum):
     ERROR = "error"
     CANCELLED = "cancelled"
     RESOLVED_MANUALLY = "resolved_manually"
+    #: Undoing what its completed steps did (`tasker.domain.compensation`), after a failure or an
+    #: operator's cancel with compensation; then `compensated`, or `error` if an undo failed.
+    COMPENSATING = "compensating"
+    COMPENSATED = "compensated"
 
 
 S = StepState
@@ -58,13 +63,25 @@ STEP_TRANSITIONS: dict[StepState, frozenset[StepState]] = {
 }
 
 TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
-    T.PENDING: frozenset({T.IN_PROGRESS, T.COMPLETE, T.ERROR, T.CANCELLED, T.RESOLVED_MANUALLY}),
-    T.IN_PROGRESS: frozenset({T.COMPLETE, T.ERROR, T.CANCELLED, T.RESOLVED_MANUALLY}),
-    # error -> pending is an operator's retry or a manual resolution that unblocks more steps.
-    T.ERROR: frozenset({T.PENDING, T.RESOLVED_MANUALLY, T.CANCELLED}),
+    # pending -> compensating: a task retried by an operator (error -> pending) failed again.
+    T.PENDING: frozenset(
+        {T.IN_PROGRESS, T.COMPLETE, T.ERROR, T.CANCELLED, T.RESOLVED_MANUALLY, T.COMPENSATING}
+    ),
+    # in_progress -> compensating: the task failed with steps to undo, or an operator cancelled it
+    # with compensation.
+    T.IN_PROGRESS: frozenset(
+        {T.COMPLETE, T.ERROR, T.CANCELLED, T.RESOLVED_MANUALLY, T.COMPENSATING}
+    ),
+    # error -> pending is an operator's retry or a manual resolution that unblocks more steps;
+    # error -> compensating an operator's compensate, or the retry of a failed undo.
+    T.ERROR: frozenset({T.PENDING, T.RESOLVED_MANUALLY, T.CANCELLED, T.COMPENSATING}),
     T.COMPLETE: frozenset(),
     T.CANCELLED: frozenset(),
     T.RESOLVED_MANUALLY: frozenset(),
+    # compensating -> error: an undo failed for good (retried or resolved by an operator, the
+    # task compensates again); -> cancelled: an operator stopped the undo.
+    T.COMPENSATING: frozenset({T.COMPENSATED, T.ERROR, T.CANCELLED}),
+    T.COMPENSATED: frozenset(),
 }
 
 #: Steps a worker may pick up (at or after their run_at).
@@ -80,7 +97,7 @@ SATISFIED_STEP_STATES = frozenset({S.COMPLETE, S.RESOLVED_MANUALLY, S.SKIPPED})
 #: step has none, and is absent rather than empty so that a handler or `has()` can tell.
 RESULT_STEP_STATES = frozenset({S.COMPLETE, S.RESOLVED_MANUALLY})
 TERMINAL_STEP_STATES = frozenset({S.COMPLETE, S.CANCELLED, S.RESOLVED_MANUALLY, S.SKIPPED})
-TERMINAL_TASK_STATES = frozenset({T.COMPLETE, T.CANCELLED, T.RESOLVED_MANUALLY})
+TERMINAL_TASK_STATES = frozenset({T.COMPLETE, T.CANCELLED, T.RESOLVED_MANUALLY, T.COMPENSATED})
 FINISHED_TASK_STATES = TERMINAL_TASK_STATES | {T.ERROR}
 
 #: The states a step is created in (its first transition row has no from-state): `ready` without
@@ -154,13 +171,54 @@ def final_task_state(counts: dict[str, int]) -> TaskState | None:
     return T.COMPLETE
 
 
-def settle_move(status: TaskState | str, counts: dict[str, int]) -> TaskState | None:
-    """Where a task in `status` goes given how many of its steps are in each state, or None when it
-    stays: to `final_task_state` once no step is active; an `error` task with work again (an
-    operator's retry or resolution) back to `pending`; a finished task nowhere. Raises
-    `InvalidTransitionError` for a move the transition table forbids."""
+@dataclass
+class TaskCounts:
+    """A task's step rows by state as a settle counts them: its own steps (`steps`), the rows that
+    undo them (`undos`: `undo:<step>`, `tasker.domain.compensation`), and how many of its
+    completed steps are to be undone should it fail (`undoable`)."""
+
+    steps: dict[str, int] = field(default_factory=dict)
+    undos: dict[str, int] = field(default_factory=dict)
+    undoable: int = 0
+
+    def add(self, state: str, n: int, *, is_undo: bool = False, undo: bool = False) -> None:
+        """Count `n` rows in `state`: undo rows (`is_undo`), or steps (`undo`: to be undone)."""
+        into = self.undos if is_undo else self.steps
+        into[state] = into.get(state, 0) + n
+        if undo and not is_undo and state == S.COMPLETE:
+            self.undoable += n
+
+
+def compensation_outcome(undos: dict[str, int]) -> TaskState | None:
+    """Where a task's compensation leaves it, given how many of its undo rows are in each state:
+    None while one is ready, running or waiting to retry; `error` when one failed for good (or waits
+    behind one that did); `cancelled` when an operator stopped the undo; `compensated` when every
+    undo completed or was resolved by hand."""
+    if any(undos.get(s, 0) for s in ACTIVE_STEP_STATES):
+        return None
+    if undos.get(S.ERROR, 0):
+        return T.ERROR
+    if undos.get(S.CANCELLED, 0):
+        return T.CANCELLED
+    if undos.get(S.PENDING, 0):
+        return T.ERROR  # an undo whose wait cannot end
+    return T.COMPENSATED
+
+
+def settle_move(status: TaskState | str, counts: dict[str, int] | TaskCounts) -> TaskState | None:
+    """Where a task in `status` goes given how many of its steps are in each state (a plain mapping
+    counts steps only), or None when it stays: to `final_task_state` once no step is active (a
+    failure with steps to undo to `compensating` instead of `error`); an `error` task with work
+    again (an operator's retry or resolution) back to `pending`, or back to `compensating` when the
+    work is an undo; a task in compensation by `compensation_outcome`; a finished task nowhere.
+    Raises `InvalidTransitionError` for a move the transition table forbids."""
     status = TaskState(status)
-    final = final_task_state(counts)
+    tally = counts if isinstance(counts, TaskCounts) else TaskCounts(dict(counts))
+    if tally.undos or status == T.COMPENSATING:
+        return _compensation_move(status, tally.undos)
+    final = final_task_state(tally.steps)
+    if final == T.ERROR and tally.undoable:
+        final = T.COMPENSATING
     if final is None:
         if status != T.ERROR:
             return None
@@ -169,5 +227,18 @@ def settle_move(status: TaskState | str, counts: dict[str, int]) -> TaskState | 
         return None
     else:
         target = final
+    check_task_transition(status, target)
+    return target
+
+
+def _compensation_move(status: TaskState, undos: dict[str, int]) -> TaskState | None:
+    """`settle_move` for a task whose undo rows exist (or are about to: a task `compensating`
+    without any waits for the planner, which writes them, and moves nowhere)."""
+    if not undos or status in TERMINAL_TASK_STATES:
+        return None
+    outcome = compensation_outcome(undos)
+    target = T.COMPENSATING if outcome is None else outcome
+    if target == status:
+        return None
     check_task_transition(status, target)
     return target

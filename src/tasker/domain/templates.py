@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
+from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import (
@@ -31,6 +32,7 @@ from tasker.domain.control import (
     StepControl,
     fanout_results,
     gated,
+    parse_instance,
 )
 from tasker.domain.expressions import (
     Expression,
@@ -199,6 +201,27 @@ def _events(value: Any) -> Any:
     return value
 
 
+class Compensation(_Strict):
+    """How a step's work is undone when its task fails or is cancelled with compensation
+    (`tasker.domain.compensation`): a step handler of its own, run as a step of its own."""
+
+    handler_class: str = Field(min_length=1)
+    #: None: the step's `default_retry_limit`.
+    retry_limit: RetryLimit | None = None
+    #: None: the step's `handler_config`.
+    handler_config: dict[str, Any] | None = None
+    #: None: the step's dependent system (a refund calls the gateway the charge called).
+    dependent_system: str | None = None
+
+
+class OnFailure(StrEnum):
+    """What a task does when it ends in `error` with completed steps that declare a
+    compensation."""
+
+    COMPENSATE = "compensate"
+    STOP = "stop"
+
+
 class StepTemplate(_Strict):
     name: str = Field(min_length=1, max_length=128)
     description: str | None = None
@@ -236,6 +259,8 @@ class StepTemplate(_Strict):
     #: The child task's context for a `task:` step: each string value a CEL expression over
     #: `context` and `results`, any other value taken as it is (None: the parent's context).
     context: dict[str, Any] | None = None
+    #: How the step's work is undone when its task fails or is cancelled with compensation.
+    compensation: Compensation | None = None
 
     @field_validator("name")
     @classmethod
@@ -353,6 +378,10 @@ class TaskTemplate(_Strict):
     identity: TaskIdentity | None = None
     #: The default of the steps' `run_inline` (see `StepTemplate.run_inline`).
     run_inline: bool = False
+    #: A task that ends in `error`: undo its completed steps' work (`compensate`, the default
+    #: when a step declares a `compensation`) or stay in `error` (`stop`: an operator may still
+    #: compensate it by hand).
+    on_failure: OnFailure | None = None
 
     _source: str | None = PrivateAttr(default=None)
     _warnings: list[str] = PrivateAttr(default_factory=list)
@@ -471,6 +500,17 @@ class TaskTemplate(_Strict):
         if self._fanouts is None:
             self._fanouts = frozenset(s.name for s in self.step_templates if s.foreach is not None)
         return self._fanouts
+
+    @property
+    def compensates_on_failure(self) -> bool:
+        """Whether a failed task of this template undoes its completed steps by itself."""
+        declared = any(st.compensation is not None for st in self.step_templates)
+        return declared and self.on_failure != OnFailure.STOP
+
+    def compensation_of(self, step: str) -> Compensation | None:
+        """The compensation of a step (an instance's is its fan-out step's), or None."""
+        instance = parse_instance(step)
+        return self.step(instance[0] if instance else step).compensation
 
     @property
     def wide(self) -> bool:

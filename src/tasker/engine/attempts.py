@@ -11,11 +11,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from tasker.domain.compensation import is_undo
 from tasker.domain.control import parse_instance
 from tasker.domain.errors import TaskerError
 from tasker.domain.records import ClaimedStep, Outcome
 from tasker.domain.states import StepState
 from tasker.domain.storable import storable_text
+from tasker.domain.templates import TaskTemplate
 from tasker.engine import outcomes, subtasks
 from tasker.engine.executor import Runtime, execute
 from tasker.engine.resolver import Resolver
@@ -89,6 +91,8 @@ class Attempts:
         outcome."""
         try:
             template = self.resolver.template(claimed.template_id)
+            if is_undo(claimed.name):
+                return await self._undo(claimed, template)
             instance = parse_instance(claimed.name)
             name = instance[0] if instance else claimed.name  # an instance runs its step's code
             step = template.step(name)
@@ -144,6 +148,26 @@ class Attempts:
                 claimed.name,
             )
             return outcomes.finish(outcomes.engine_fault(claimed, exc), claimed, None)
+
+    async def _undo(self, claimed: ClaimedStep, template: TaskTemplate) -> Outcome:
+        """An undo row runs its step's compensation; what it releases (the undos that waited for
+        it) only the edges know, so the store reads them."""
+        step = self.resolver.undo_step(claimed.template_id, claimed.name)
+        try:
+            handler_cls = self.resolver.handler_class(claimed.template_id, claimed.name)
+        except TaskerError as exc:
+            return outcomes.finish(
+                self._unloadable(claimed, step.handler_class or "", exc), claimed, None
+            )
+        outcome = await execute(
+            claimed,
+            template,
+            step,
+            handler_cls,
+            self.resolver.policy(claimed.template_id, claimed.name),
+            self.rt,
+        )
+        return outcomes.finish(outcome, claimed, None)
 
     def _children(self, claimed: ClaimedStep, outcome: Outcome | None = None) -> list[str] | None:
         if outcome is not None and outcome.state != StepState.COMPLETE:

@@ -18,12 +18,12 @@ from typing import Any
 from tasker.domain.control import is_instance
 from tasker.domain.hooks import CircuitMoved, CycleReport
 from tasker.domain.records import ClaimedStep, Outcome
-from tasker.domain.states import StepState
+from tasker.domain.states import StepState, TaskState
 from tasker.engine import outcomes
 from tasker.engine.hooks import Hooks
 from tasker.engine.resolver import Resolver
 from tasker.events.bus import EventBus
-from tasker.store import claims, completion, cycle_rows, systems
+from tasker.store import claims, compensations, completion, cycle_rows, systems
 from tasker.store.database import Database
 from tasker.store.journal import Journal
 from tasker.store.tasks import template_definition
@@ -102,7 +102,45 @@ class Cycles:
     def run(self, plan: CyclePlan, *, direct: bool = True) -> CycleResult:
         """One transaction: extend leases, store outcomes, reclaim expired leases, claim new
         work. `direct=False` keeps to the general path (storing outcomes one by one after a
-        failed cycle must not depend on the path that may have failed)."""
+        failed cycle must not depend on the path that may have failed). Then, for the tasks it
+        moved to `compensating`, a transaction that writes their undo rows."""
+        result = self._run(plan, direct=direct)
+        compensating = [t for t, status in result.settled if status == TaskState.COMPENSATING]
+        if compensating:
+            self.plan_undos(compensating)
+        return result
+
+    def plan_undos(self, task_ids: Sequence[int] | None = None) -> int:
+        """Write the undo rows of tasks that entered `compensating` (`task_ids`), or (None) of any
+        left without them: a worker that died between the two transactions (`Worker`'s sweep).
+        A failure is logged and left to the sweep. Returns how many rows were written."""
+        try:
+            with self.db.write() as conn:
+                journal = Journal(utcnow(), self.worker_id, collect=False)
+                ids = (
+                    list(task_ids)
+                    if task_ids is not None
+                    else list(conn.execute(compensations.UNPLANNED).scalars())
+                )
+                written = compensations.plan_undos(conn, journal, ids, lock=self.db.is_postgres)
+                journal.flush(conn)
+            return written
+        except Exception as exc:
+            if outcomes.is_outage(exc):
+                raise
+            log.exception(
+                "worker %s: writing the undos of tasks %s failed", self.worker_id, task_ids
+            )
+            return 0
+
+    def sweep_undos(self) -> None:
+        """`plan_undos` for every task left without its undo rows (off the worker's loop)."""
+        try:
+            self.plan_undos()
+        except Exception:  # an outage: the next sweep tries again
+            log.warning("worker %s: the sweep for unwritten undos failed", self.worker_id)
+
+    def _run(self, plan: CyclePlan, *, direct: bool = True) -> CycleResult:
         pg = self.db.is_postgres
         scope = self.scope
         done = plan.done

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tasker.domain.compensation import undone_by
 from tasker.domain.records import ClaimedStep, FailureRecord, Outcome
 from tasker.domain.retry import RetryPolicy
 from tasker.domain.states import StepState
@@ -69,11 +70,20 @@ def build_context(
         correlation_id=claimed.correlation_id,
         dependent_system=claimed.dependent_system,
         declared_events=frozenset(template.declared_events(step)),
-        item=claimed.item,
-        index=claimed.index,
+        **_item_or_forward(claimed),
         _tasks=tasks,
         _on_service_call=on_service_call,
     )
+
+
+def _item_or_forward(claimed: ClaimedStep) -> dict[str, Any]:
+    """An instance's item and index, or an undo row's step and that step's results (the row
+    carries them in its item)."""
+    forward = undone_by(claimed.name)
+    if forward is None:
+        return {"item": claimed.item, "index": claimed.index}
+    results = claimed.item if isinstance(claimed.item, dict) else {}
+    return {"forward_step": forward, "forward_results": results}
 
 
 async def execute(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from tasker.domain.compensation import is_undo, undone_by
 from tasker.domain.control import parse_instance
 from tasker.domain.errors import TemplateError
 from tasker.domain.retry import RetryPolicy
@@ -25,6 +26,7 @@ class Resolver:
         self._policies: dict[tuple[int, str], RetryPolicy] = {}
         self._parents: dict[int, dict[str, list[str]]] = {}
         self._children: dict[int, dict[str, list[str]]] = {}
+        self._undos: dict[tuple[int, str], StepTemplate] = {}
         self._lock = threading.Lock()
 
     def known(self, template_id: int) -> bool:
@@ -42,6 +44,8 @@ class Resolver:
         return self._templates[template_id]
 
     def step(self, template_id: int, name: str) -> StepTemplate:
+        if is_undo(name):
+            return self.undo_step(template_id, name)
         return self._templates[template_id].step(name)
 
     def policy(self, template_id: int, name: str) -> RetryPolicy:
@@ -49,7 +53,7 @@ class Resolver:
         p = self._policies.get(key)
         if p is None:
             t = self._templates[template_id]
-            p = self._policies[key] = t.retry_policy(t.step(name))
+            p = self._policies[key] = t.retry_policy(self.step(template_id, name))
         return p
 
     def parents_of(self, template_id: int) -> dict[str, list[str]]:
@@ -72,6 +76,42 @@ class Resolver:
         found = t.related_steps(instance[0] if instance else step)
         return found if len(found) * 4 <= len(t.step_templates) else None
 
+    def undo_step(self, template_id: int, name: str) -> StepTemplate:
+        """The step an undo row (`undo:<step>`) runs: its step's template with the compensation's
+        handler, config, retry limit and system in place of the step's own (computed once)."""
+        key = (template_id, name)
+        found = self._undos.get(key)
+        if found is None:
+            t = self._templates[template_id]
+            forward = undone_by(name)
+            if forward is None:
+                raise TemplateError(f"'{name}' is not an undo row")
+            instance = parse_instance(forward)
+            step = t.step(instance[0] if instance else forward)
+            comp = step.compensation
+            if comp is None:
+                raise TemplateError(f"step '{step.name}' of {t.key} declares no compensation")
+            found = step.model_copy(
+                update={
+                    "name": name,
+                    "handler_class": comp.handler_class,
+                    "handler_config": (
+                        comp.handler_config
+                        if comp.handler_config is not None
+                        else step.handler_config
+                    ),
+                    "default_retry_limit": comp.retry_limit or step.default_retry_limit,
+                    "dependent_system": comp.dependent_system or step.dependent_system,
+                    "custom_events": [],
+                    "foreach": None,
+                    "task": None,
+                    "compensation": None,
+                }
+            )
+            with self._lock:
+                self._undos[key] = found
+        return found
+
     def children_of(self, template_id: int, name: str) -> list[str]:
         table = self._children.get(template_id)
         if table is None:
@@ -83,6 +123,7 @@ class Resolver:
         return table[name]
 
     def handler_class(self, template_id: int, name: str) -> type:
+        """The handler class of a step (of an undo row: its compensation's)."""
         step = self.step(template_id, name)
         path = step.handler_class
         if path is None:

@@ -347,9 +347,22 @@ class Tasker:
         return found.tasks, self.listing.total(query, cap=count_cap).count
 
     # -- operations --------------------------------------------------------------------------------
-    def cancel_task(self, task_id: int, reason: str | None = None) -> Task:
-        """Cancel every unfinished step now; a running attempt's result is discarded."""
-        self._operate(operations.cancel_task, task_id, reason=reason)
+    def cancel_task(
+        self, task_id: int, reason: str | None = None, *, compensate: bool = False
+    ) -> Task:
+        """Cancel every unfinished step now; a running attempt's result is discarded. With
+        `compensate`, then undo what the completed steps did (the task goes `compensating`, then
+        `compensated`), when any of them declares a compensation."""
+        self._operate(operations.cancel_task, task_id, reason=reason, compensate=compensate)
+        if compensate:
+            self._running.notify()
+        return self.get_task(task_id)
+
+    def compensate_task(self, task_id: int) -> Task:
+        """Undo what the completed steps of a task in `error` did (its template said
+        `on_failure: stop`); the task goes `compensating`, then `compensated`."""
+        self._operate(operations.compensate_task, task_id)
+        self._running.notify()
         return self.get_task(task_id)
 
     def retry_task(self, task_id: int) -> Task:

@@ -55,6 +55,8 @@ from tasker.store.systems import ViewCache
 
 log = logging.getLogger("tasker.worker")
 FINISHED = {s.value for s in FINISHED_TASK_STATES}
+#: How often a worker looks for tasks left `compensating` without their undo rows.
+UNDO_SWEEP_SECONDS = 5.0
 
 
 def new_worker_id() -> str:
@@ -171,6 +173,9 @@ class Worker:
         self.cycles = Cycles(db, resolver, self.id, scope, self.hooks, bus, views)
         self.heartbeat = Every(lease / 3)
         self.reclaim = Every(min(1.0, lease / 4))
+        #: Tasks left `compensating` without undo rows (their worker died between the settle and
+        #: the write of the undos) are looked for this often.
+        self.undo_sweep = Every(UNDO_SWEEP_SECONDS, next_at=time.monotonic() + UNDO_SWEEP_SECONDS)
         self.registry = Registry(db, self.id, options.namespaces, options.concurrency)
         self.task_handlers = TaskHandlers(resolver, db)
         self._outage = OutageBackoff()
@@ -360,6 +365,9 @@ class Worker:
             self.attempts.drop_lost(result.held, result.cancelled)
         if plan.reclaim:
             self.reclaim.done(now)
+        if not self._stop and self.opts.task_id is None and self.undo_sweep.due(now):
+            self.undo_sweep.done(now)
+            io.background(self.cycles.sweep_undos)
         self._deliver(result, io)
         if until_idle and self._settles_my_task(result.settled):
             self._task_settled = True

@@ -69,6 +69,10 @@ class StepContext:
     #: A fan-out instance's item (from its step's `foreach` list) and its index; None otherwise.
     item: Any = None
     index: int | None = None
+    #: A compensation: the step it undoes, and that step's results (what to undo: the charge's id,
+    #: the reservation's number); None for any other step.
+    forward_step: str | None = None
+    forward_results: Mapping[str, Any] | None = None
     published: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     _logger: logging.LoggerAdapter[logging.Logger] | None = None
     _tasks: TaskPort | None = None

@@ -17,6 +17,7 @@ from sqlalchemy import Select, bindparam, func, or_, select, text, tuple_, updat
 from sqlalchemy.engine import Connection
 
 from tasker.domain.circuits import ClaimPlan
+from tasker.domain.compensation import is_undo
 from tasker.domain.control import is_instance, parse_instance
 from tasker.domain.records import ClaimedStep, FailureRecord
 from tasker.domain.retry import may_retry
@@ -197,8 +198,8 @@ def claimed_steps(
     results: dict[int, dict[str, dict[str, Any]]] = {}
     step_ids: dict[int, dict[str, int]] = {}
     for t_id, s_id, name, state, step_results in step_rows:
-        if is_instance(name):
-            continue  # a fan-out's instance: its siblings' results are not its to read
+        if is_instance(name) or is_undo(name):
+            continue  # a fan-out's instance, or an undo: not a result the task's steps read
         step_ids.setdefault(t_id, {})[name] = s_id
         if state in WITH_RESULTS:
             results.setdefault(t_id, {})[name] = step_results or {}
@@ -230,17 +231,26 @@ def claimed_steps(
     return out
 
 
+def carries_item(name: str) -> bool:
+    """Whether a claimed row's item is read with its claim: a fan-out instance's item, or the
+    results of the step an undo row undoes."""
+    return is_instance(name) or is_undo(name)
+
+
 def instance_claims(claimed: Iterable[ClaimedStep]) -> list[int]:
-    """The ids of the fan-out instances among `claimed`: their items are to be read."""
-    return [c.step_id for c in claimed if is_instance(c.name)]
+    """The ids of the claimed rows whose items are to be read (`carries_item`)."""
+    return [c.step_id for c in claimed if carries_item(c.name)]
 
 
 def attach_items(claimed: list[ClaimedStep], items: dict[int, Any]) -> None:
-    """Give each claimed fan-out instance its item (`items` by step id) and index, in place."""
+    """Give each claimed fan-out instance its item (`items` by step id) and index, and each undo
+    row its item (the results of the step it undoes), in place."""
     for i, c in enumerate(claimed):
         instance = parse_instance(c.name)
         if instance is not None:
             claimed[i] = replace(c, item=items.get(c.step_id), index=instance[1])
+        elif is_undo(c.name):
+            claimed[i] = replace(c, item=items.get(c.step_id))
 
 
 def read_items(conn: Connection, claimed: list[ClaimedStep]) -> None:

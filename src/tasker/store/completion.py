@@ -16,6 +16,8 @@ from typing import Any
 from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.engine import Connection
 
+from tasker.domain.compensation import is_undo
+from tasker.domain.events import Events
 from tasker.domain.failures import SystemEvidence, outcome_evidence
 from tasker.domain.records import Outcome
 from tasker.domain.states import StepState
@@ -28,6 +30,11 @@ _EVENT = {
     StepState.COMPLETE: "step.completed",
     StepState.WAITING_RETRY: "step.retry_scheduled",
     StepState.ERROR: "step.failed",
+}
+#: An undo row's outcome says what happened to the undo.
+_UNDO_EVENT = {
+    StepState.COMPLETE: Events.STEP_COMPENSATED,
+    StepState.ERROR: Events.STEP_COMPENSATION_FAILED,
 }
 _FINISH = (
     update(steps)
@@ -266,7 +273,10 @@ def outcome_event(journal: Journal, o: Outcome, state: StepState) -> None:
         payload["error"] = o.error
     if state == StepState.WAITING_RETRY:
         payload["retry_in_seconds"] = o.retry_delay
-    journal.event(_EVENT[state], payload)
+    name = _EVENT[state]
+    if is_undo(o.step):
+        name = _UNDO_EVENT.get(state, name)
+    journal.event(name, payload)
     journal.events.extend(o.events)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tasker.domain.compensation import is_undo
 from tasker.domain.records import ClaimedStep, Outcome
 from tasker.domain.states import StepState, TaskState
 from tasker.store.claims import Claim, KnownTask, journal_claims
@@ -36,8 +37,10 @@ def eligible(outcome: Outcome) -> bool:
     involved, and no child of it waits for a control-flow decision."""
     if outcome.exhausted or outcome.probe or outcome.refund_attempt or outcome.transient_failure:
         return False
-    if outcome.gates_children or outcome.collects:
-        return False  # a child's decision, or a fan-out's results, are the general path's
+    if outcome.gates_children or outcome.collects or is_undo(outcome.step):
+        # a child's decision, a fan-out's results, an undo (it settles a task in compensation)
+        # are the general path's
+        return False
     return outcome.state != S.COMPLETE or outcome.children is not None
 
 

@@ -150,6 +150,7 @@ _FANOUT_STEP = select(
     steps.c.dependent_system,
     steps.c.retry_limit,
     steps.c.retryable,
+    steps.c.undo,
 ).where(steps.c.id == bindparam("step_id"))
 _INSERT_INSTANCES = insert(steps).returning(steps.c.id, sort_by_parameter_order=True)
 _INSERT_EDGES = insert(step_edges)
@@ -412,13 +413,14 @@ _EXPAND_PG = text(f"""
         INSERT INTO tasker_steps (task_id, name, position, namespace, dependent_system, state,
                                   pending_parents, run_at, attempts, retry_limit, retryable,
                                   claim_token, idempotency_key, created_at, updated_at, gated,
-                                  instance_of, item_index, item)
+                                  instance_of, item_index, item, undo)
         SELECT :task_id, v.name, :position, :namespace, :system,
                CASE WHEN v.ready THEN '{StepState.READY.value}'
                     ELSE '{StepState.PENDING.value}' END,
                CASE WHEN v.ready THEN 0 ELSE 1 END,
                CASE WHEN v.ready THEN CAST(:now AS timestamptz) END,
-               0, :retry_limit, :retryable, 0, v.key, :now, :now, false, :step_id, v.i, v.item
+               0, :retry_limit, :retryable, 0, v.key, :now, :now, false, :step_id, v.i, v.item,
+               :undo
           FROM v ORDER BY v.i
         RETURNING id, item_index
     ), to_step AS (
@@ -458,6 +460,7 @@ def _insert_pg(
             "system": g.dependent_system,
             "retry_limit": g.retry_limit,
             "retryable": g.retryable,
+            "undo": g.undo,
             "now": now,
             "lane": window,  # NULL without max_parallel: item_index = NULL joins nothing
         },
@@ -488,6 +491,7 @@ def _insert_rows(
             "attempts": 0,
             "retry_limit": g.retry_limit,
             "retryable": g.retryable,
+            "undo": g.undo,
             "claim_token": 0,
             "idempotency_key": n.key,
             "created_at": now,

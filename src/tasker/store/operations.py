@@ -18,6 +18,7 @@ from tasker.domain.states import (
     can_transition_step,
     check_task_transition,
 )
+from tasker.store import compensations
 from tasker.store.journal import Journal
 from tasker.store.readiness import release_children, settle_tasks
 from tasker.store.schema import step_edges, steps, tasks
@@ -49,9 +50,18 @@ _OPEN_CHILDREN = (
 
 
 def cancel_task(
-    conn: Connection, journal: Journal, task_id: int, *, lock: bool, reason: str | None = None
+    conn: Connection,
+    journal: Journal,
+    task_id: int,
+    *,
+    lock: bool,
+    reason: str | None = None,
+    compensate: bool = False,
 ) -> None:
-    """Cancel every unfinished step (a running attempt's late result is discarded) and the task."""
+    """Cancel every unfinished step (a running attempt's late result is discarded) and the task;
+    with `compensate`, then undo what its completed steps did (the task goes `compensating`, its
+    undo rows are written in this transaction), when there is anything to undo. A task being
+    compensated is cancelled with its undos (an operator stopping the undo)."""
     now = journal.now
     status = _task_status(conn, task_id, lock)
     if status in FINISHED_TASK_STATES - {TaskState.ERROR}:
@@ -73,19 +83,70 @@ def cancel_task(
     for r in cancelled:
         journal.step(r.id, task_id, None, StepState.CANCELLED, r.attempts)
         journal.event("step.cancelled", {"task_id": task_id, "step_id": r.id, "step": r.name})
-    check_task_transition(status, TaskState.CANCELLED)
+    undo = (
+        compensate
+        and status != TaskState.COMPENSATING
+        and not compensations.has_undos(conn, task_id)
+        and bool(compensations.undoable_steps(conn, task_id))
+    )
+    target = TaskState.COMPENSATING if undo else TaskState.CANCELLED
+    check_task_transition(status, target)
     conn.execute(
         update(tasks)
         .where(tasks.c.id == task_id)
-        .values(status=TaskState.CANCELLED, finished_at=now, updated_at=now)
+        .values(
+            status=target,
+            finished_at=None if undo else now,
+            updated_at=now,
+        )
     )
-    journal.task(task_id, status, TaskState.CANCELLED, reason)
+    journal.task(task_id, status, target, reason)
     journal.event(
         "task.cancelled", {"task_id": task_id, "from_state": status.value, "reason": reason}
     )
+    if undo:
+        journal.task_settled(task_id, status.value, target.value)
+        compensations.plan_undos(conn, journal, [task_id], lock=lock)
     # Its sub-workflows go with it (and theirs, down the tree), in this transaction.
     for child in conn.execute(_OPEN_CHILDREN, {"task_id": task_id}).scalars():
-        cancel_task(conn, journal, child, lock=lock, reason=f"parent task {task_id} cancelled")
+        cancel_task(
+            conn,
+            journal,
+            child,
+            lock=lock,
+            reason=f"parent task {task_id} cancelled",
+            compensate=compensate,
+        )
+
+
+def compensate_task(conn: Connection, journal: Journal, task_id: int, *, lock: bool) -> int:
+    """Undo what the completed steps of a task in `error` did (an operator's compensate of a task
+    whose template says `on_failure: stop`, or that failed before it declared compensations);
+    returns how many undo rows were written."""
+    status = _task_status(conn, task_id, lock)
+    if status != TaskState.ERROR:
+        raise OperationError(
+            f"task {task_id} is {status}; only a task in error can be compensated (cancel a"
+            f" running one with compensation: tasker tasks cancel {task_id} --compensate)"
+        )
+    if compensations.has_undos(conn, task_id):
+        raise OperationError(
+            f"task {task_id} was compensated already and an undo failed; fix: retry it"
+            f" (tasker tasks retry {task_id}) or resolve it by hand"
+        )
+    if not compensations.undoable_steps(conn, task_id):
+        raise OperationError(
+            f"task {task_id} has nothing to undo: no completed step declares a compensation"
+        )
+    check_task_transition(status, TaskState.COMPENSATING)
+    conn.execute(
+        update(tasks)
+        .where(tasks.c.id == task_id)
+        .values(status=TaskState.COMPENSATING, finished_at=None, updated_at=journal.now)
+    )
+    journal.task(task_id, status, TaskState.COMPENSATING, "compensated by an operator")
+    journal.task_settled(task_id, status.value, TaskState.COMPENSATING.value)
+    return compensations.plan_undos(conn, journal, [task_id], lock=lock)
 
 
 def _condition_failed(last_error: Any) -> bool:
@@ -106,16 +167,26 @@ def condition_retry_message(task_id: int, names: list[str]) -> str:
 def retry_task(conn: Connection, journal: Journal, task_id: int, *, lock: bool) -> int:
     """Re-arm every `error` step of a failed task with fresh attempts; returns how many. A step
     whose condition failed (`CONDITION_ERROR`) stays in error: deciding it again would fail the
-    same way; it is refused when it is all there is to retry."""
+    same way; it is refused when it is all there is to retry. Of a task whose compensation failed,
+    only the failed undos are re-armed (the task compensates again); a compensated task is
+    refused."""
     now = journal.now
     status = _task_status(conn, task_id, lock)
+    if status == TaskState.COMPENSATED:
+        raise OperationError(
+            f"task {task_id} is compensated: its completed steps were undone, and running it"
+            " again would redo them on top of their undos; fix: create a new task"
+        )
     if status != TaskState.ERROR:
         raise OperationError(f"task {task_id} is {status}; only a task in error can be retried")
     failed = conn.execute(
-        select(steps.c.id, steps.c.name, steps.c.last_error)
+        select(steps.c.id, steps.c.name, steps.c.last_error, steps.c.compensates)
         .where(steps.c.task_id == task_id, steps.c.state == StepState.ERROR)
         .order_by(steps.c.position)
     ).all()
+    if any(r.compensates is not None for r in failed):
+        # A task whose undo failed: retrying is retrying the undos, not the steps they undo.
+        failed = [r for r in failed if r.compensates is not None]
     undecided = [r.name for r in failed if _condition_failed(r.last_error)]
     if undecided and len(undecided) == len(failed):
         raise OperationError(condition_retry_message(task_id, undecided))

@@ -41,7 +41,6 @@ from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection
 
-from tasker.domain.control import is_instance
 from tasker.domain.states import (
     ACTIVE_STEP_STATES,
     CLAIMABLE_STEP_STATES,
@@ -50,7 +49,13 @@ from tasker.domain.states import (
     StepState,
     TaskState,
 )
-from tasker.store.claims import KnownTask, attach_items, claimed_steps, unknown_tasks
+from tasker.store.claims import (
+    KnownTask,
+    attach_items,
+    carries_item,
+    claimed_steps,
+    unknown_tasks,
+)
 from tasker.store.cycle_rows import EXPIRED_SQL, GATE_SQL, Cycle, CycleInput, record_rows
 from tasker.store.journal import Journal
 from tasker.store.notify import CHANNEL
@@ -205,7 +210,7 @@ def _claim_only(namespaces: bool, task: bool) -> str:
                             AND s.instance_of IS NULL
     UNION ALL SELECT 'i', s.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, s.item
       FROM tasker_steps s WHERE s.id = ANY(ARRAY(SELECT id FROM took))
-                            AND s.instance_of IS NOT NULL
+                            AND (s.instance_of IS NOT NULL OR s.compensates IS NOT NULL)
     {_GATE_ROWS.format(extra=", NULL")}
     """
 
@@ -250,27 +255,41 @@ def _settle() -> str:
     )
     return f"""
     WITH counted AS (
+        -- a task's own steps (not its undo rows), and its undo rows, counted apart
         SELECT t.id, t.status,
-               count(s.id) FILTER (WHERE s.state IN {active}) AS active,
-               count(s.id) FILTER (WHERE s.state = '{S.ERROR.value}') AS failed,
-               count(s.id) FILTER (WHERE s.state = '{S.CANCELLED.value}') AS cancelled,
-               count(s.id) FILTER (WHERE s.state = '{S.PENDING.value}') AS pending,
-               count(s.id) FILTER (WHERE s.state = '{S.RESOLVED_MANUALLY.value}') AS resolved
+               count(s.id) FILTER (WHERE s.compensates IS NULL AND s.state IN {active}) AS active,
+               count(s.id) FILTER (WHERE s.compensates IS NULL AND s.state = '{S.ERROR.value}')
+                   AS failed,
+               count(s.id) FILTER (WHERE s.compensates IS NULL
+                                     AND s.state = '{S.CANCELLED.value}') AS cancelled,
+               count(s.id) FILTER (WHERE s.compensates IS NULL AND s.state = '{S.PENDING.value}')
+                   AS pending,
+               count(s.id) FILTER (WHERE s.compensates IS NULL
+                                     AND s.state = '{S.RESOLVED_MANUALLY.value}') AS resolved,
+               count(s.id) FILTER (WHERE s.undo AND s.compensates IS NULL
+                                     AND s.state = '{S.COMPLETE.value}') AS undoable,
+               count(s.id) FILTER (WHERE s.compensates IS NOT NULL) AS undos
           FROM tasker_tasks t LEFT JOIN tasker_steps s ON s.task_id = t.id
          WHERE t.id = ANY(%(ids)s::bigint[])
          GROUP BY t.id, t.status
     ), finals AS MATERIALIZED (
         SELECT id, status,
+               -- a task in compensation settles on the general path (its undo rows' outcomes
+               -- never take this one)
+               undos > 0 OR status = '{T.COMPENSATING.value}' AS held,
                CASE WHEN active > 0 THEN NULL
+                    WHEN failed > 0 AND undoable > 0 THEN '{T.COMPENSATING.value}'
                     WHEN failed > 0 THEN '{T.ERROR.value}'
                     WHEN cancelled > 0 THEN '{T.CANCELLED.value}'
+                    WHEN pending > 0 AND undoable > 0 THEN '{T.COMPENSATING.value}'
                     WHEN pending > 0 THEN '{T.ERROR.value}'
                     WHEN resolved > 0 THEN '{T.RESOLVED_MANUALLY.value}'
                     ELSE '{T.COMPLETE.value}' END AS final
           FROM counted
     ), decided AS MATERIALIZED (
         SELECT id, status AS src,
-               CASE WHEN final IS NULL
+               CASE WHEN held THEN NULL
+                    WHEN final IS NULL
                     THEN CASE WHEN status = '{T.ERROR.value}' THEN '{T.PENDING.value}' END
                     WHEN final = status OR status IN {ended} THEN NULL
                     ELSE final END AS dst
@@ -399,7 +418,7 @@ def _send(raw: psycopg.Connection[Any], journal: Journal, work: CycleInput) -> C
     steps_cur = raw.cursor()
     settle_cur = raw.cursor()
     items_cur = raw.cursor()
-    instances = [c.step_id for c in claims if is_instance(c.name)]
+    instances = [c.step_id for c in claims if carries_item(c.name)]
     if unknown:
         task_cur.execute(_TASKS, {"ids": unknown}, prepare=True)
         steps_cur.execute(_TASK_STEPS, {"ids": unknown}, prepare=True)

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 from tasker.domain.states import (
     FINISHED_TASK_STATES,
     StepState,
+    TaskCounts,
     TaskState,
     settle_move,
 )
@@ -51,13 +52,22 @@ _RELEASE = (
 )
 #: Each task's status with the count of its steps in each state: one statement, read after the
 #: lock (a read in the locking statement would use a snapshot from before the wait).
+_IS_UNDO = steps.c.compensates.is_not(None)
 _COUNTS = (
     select(
-        tasks.c.id, tasks.c.status, tasks.c.parent_step_id, steps.c.state, func.count(steps.c.id)
+        tasks.c.id,
+        tasks.c.status,
+        tasks.c.parent_step_id,
+        steps.c.state,
+        _IS_UNDO.label("is_undo"),
+        steps.c.undo,
+        func.count(steps.c.id),
     )
     .select_from(tasks.outerjoin(steps, steps.c.task_id == tasks.c.id))
     .where(tasks.c.id.in_(bindparam("ids", expanding=True)))
-    .group_by(tasks.c.id, tasks.c.status, tasks.c.parent_step_id, steps.c.state)
+    .group_by(
+        tasks.c.id, tasks.c.status, tasks.c.parent_step_id, steps.c.state, _IS_UNDO, steps.c.undo
+    )
 )
 #: A child task that settled wakes the `task:` step waiting for it (parked: no `run_at`).
 WAKE_PARENT = (
@@ -157,16 +167,18 @@ def settle_tasks(
         return []
     if lock:
         conn.execute(_LOCK, {"ids": ids}).all()
-    counts: dict[int, dict[str, int]] = {}
+    counts: dict[int, TaskCounts] = {}
     statuses: dict[int, str] = {}
     parents: dict[int, int] = {}
-    for task_id, task_status, parent_step, state, n in conn.execute(_COUNTS, {"ids": ids}):
+    for task_id, task_status, parent_step, state, is_undo, undo, n in conn.execute(
+        _COUNTS, {"ids": ids}
+    ):
         statuses[task_id] = task_status
         if parent_step is not None:
             parents[task_id] = parent_step
-        step_counts = counts.setdefault(task_id, {})
+        step_counts = counts.setdefault(task_id, TaskCounts())
         if state is not None:
-            step_counts[state] = int(n)
+            step_counts.add(state, int(n), is_undo=bool(is_undo), undo=bool(undo))
     changed: list[tuple[int, str]] = []
     for task_id in sorted(statuses):
         status = TaskState(statuses[task_id])

@@ -174,6 +174,10 @@ steps = Table(
     Column("item", Json, nullable=True),
     # A fan-out step: how many instances it expanded into.
     Column("fanout", Integer, nullable=True),
+    # A compensation (`undo:<step>`): the id of the step it undoes (migration 0015).
+    Column("compensates", Id, nullable=True),
+    # A step to undo if its task fails: its template declares a compensation, on_failure compensate.
+    Column("undo", Boolean, nullable=False, server_default=text("false")),
     # Also how every read of a task's steps finds them (by its `task_id` prefix).
     UniqueConstraint("task_id", "name"),
     # The claim's order, `run_at, id`, read straight from the index (migration 0008).

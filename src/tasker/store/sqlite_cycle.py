@@ -24,6 +24,7 @@ from tasker.domain.states import (
     CLAIMABLE_STEP_STATES,
     FINISHED_TASK_STATES,
     StepState,
+    TaskCounts,
     TaskState,
     settle_move,
 )
@@ -264,23 +265,26 @@ def _cycle(cur: sqlite3.Cursor, journal: Journal, work: CycleInput) -> Cycle:
 def _settle(cur: sqlite3.Cursor, journal: Journal, ids: list[int], out: Cycle) -> None:
     """`readiness.settle_tasks`, on the driver: the pure `settle_move` decides."""
     statuses: dict[int, str] = {}
-    counts: dict[int, dict[str, int]] = {}
+    counts: dict[int, TaskCounts] = {}
     parents: dict[int, int] = {}
-    for t_id, status, parent_step, state, n in cur.execute(
-        "SELECT t.id, t.status, t.parent_step_id, s.state, count(s.id) FROM tasker_tasks t"
-        " LEFT JOIN tasker_steps s ON s.task_id = t.id"
-        f" WHERE t.id IN ({_in(len(ids))}) GROUP BY t.id, t.status, t.parent_step_id, s.state",
+    for t_id, status, parent_step, state, is_undo, undo, n in cur.execute(
+        "SELECT t.id, t.status, t.parent_step_id, s.state, s.compensates IS NOT NULL, s.undo,"
+        " count(s.id) FROM tasker_tasks t LEFT JOIN tasker_steps s ON s.task_id = t.id"
+        f" WHERE t.id IN ({_in(len(ids))})"
+        " GROUP BY t.id, t.status, t.parent_step_id, s.state, s.compensates IS NOT NULL, s.undo",
         ids,
     ):
         statuses[t_id] = status
         if parent_step is not None:
             parents[t_id] = parent_step
         if state is not None:
-            counts.setdefault(t_id, {})[state] = int(n)
+            counts.setdefault(t_id, TaskCounts()).add(
+                state, int(n), is_undo=bool(is_undo), undo=bool(undo)
+            )
     at = stamp(journal.now)
     for t_id in sorted(statuses):
         status = TaskState(statuses[t_id])
-        target = settle_move(status, counts.get(t_id, {}))
+        target = settle_move(status, counts.get(t_id, TaskCounts()))
         if target is None:
             continue
         cur.execute(

@@ -265,14 +265,16 @@ _CREATE_PG = text(f"""
     ), new_steps AS (
         INSERT INTO tasker_steps (task_id, name, position, namespace, dependent_system, state,
                                   pending_parents, run_at, attempts, retry_limit, retryable,
-                                  claim_token, created_at, updated_at, idempotency_key, gated)
+                                  claim_token, created_at, updated_at, idempotency_key, gated,
+                                  undo)
         SELECT t.id, s.name, s.position, :ns, s.system, s.state, s.pending,
                CASE WHEN s.state = '{StepState.READY.value}' THEN CAST(:now AS timestamptz) END,
-               0, s.retry_limit, s.retryable, 0, :now, :now, k.step_key, s.gated
+               0, s.retry_limit, s.retryable, 0, :now, :now, k.step_key, s.gated, s.undo
           FROM numbered t
           CROSS JOIN jsonb_to_recordset(CAST(:shapes AS jsonb))
                AS s(name text, position integer, system text, state text, pending integer,
-                    retry_limit integer, retryable boolean, ord integer, gated boolean)
+                    retry_limit integer, retryable boolean, ord integer, gated boolean,
+                    undo boolean)
           JOIN jsonb_to_recordset(CAST(:keys AS jsonb))
                AS k(task_key text, name text, step_key text)
             ON k.task_key = t.idempotency_key AND k.name = s.name
@@ -314,6 +316,7 @@ def _step_shapes(template: TaskTemplate, now: datetime) -> list[dict[str, Any]]:
     order = execution_order([(s.name, s.parents) for s in template.step_templates])
     position = {n: i for i, n in enumerate(order)}
     gated = template.gated_steps()
+    undoes = template.compensates_on_failure
     shapes: list[dict[str, Any]] = []
     for st in template.step_templates:
         policy = template.retry_policy(st)
@@ -334,6 +337,7 @@ def _step_shapes(template: TaskTemplate, now: datetime) -> list[dict[str, Any]]:
                 "created_at": now,
                 "updated_at": now,
                 "gated": st.name in gated,
+                "undo": undoes and st.compensation is not None,
             }
         )
     return shapes
@@ -386,6 +390,7 @@ def _insert_tasks_pg(
                         "retryable": sh["retryable"],
                         "ord": i,
                         "gated": sh["gated"],
+                        "undo": sh["undo"],
                     }
                     for i, sh in enumerate(shapes)
                 ]
@@ -418,8 +423,9 @@ _TASK_SQLITE = f"""
 _STEP_SQLITE = """
     INSERT INTO tasker_steps (task_id, name, position, namespace, dependent_system, state,
                               pending_parents, run_at, attempts, retry_limit, retryable,
-                              claim_token, idempotency_key, created_at, updated_at, gated)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, 0, ?, ?, ?, ?)
+                              claim_token, idempotency_key, created_at, updated_at, gated,
+                              undo)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, 0, ?, ?, ?, ?, ?)
     RETURNING id"""
 _EDGE_SQLITE = "INSERT INTO tasker_step_edges (task_id, parent_id, child_id) VALUES (?, ?, ?)"
 
@@ -480,6 +486,7 @@ def _insert_tasks_sqlite(
                         at,
                         at,
                         sh["gated"],
+                        sh["undo"],
                     ),
                 )
                 ids[(task_id, sh["name"])] = int(cur.fetchone()[0])
@@ -686,6 +693,7 @@ def _step(r: Row[Any] | SimpleNamespace) -> Step:
         item_index=r.item_index,
         item=r.item,
         fanout=r.fanout,
+        compensates=r.compensates,
     )
 
 
@@ -788,7 +796,7 @@ _TASK_COLUMNS = (
 _STEP_COLUMNS = (
     "id, task_id, name, state, attempts, retry_limit, retryable, dependent_system, results,"
     " last_error, run_at, started_at, finished_at, created_at, position, idempotency_key,"
-    " decision, instance_of, item_index, item, fanout"
+    " decision, instance_of, item_index, item, fanout, compensates"
 )
 #: Columns SQLAlchemy's types decode (`UTCDateTime`, `Json`, `Boolean`), decoded here alike.
 _TIMES = {"created_at", "updated_at", "started_at", "finished_at", "run_at"}

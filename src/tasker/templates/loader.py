@@ -45,6 +45,7 @@ TOP_LEVEL_KEYS = {
     "namespace_max_in_flight",
     "identity",
     "run_inline",
+    "on_failure",
     # Accepted from Tasker YAML for compatibility; they have no effect here.
     "module_namespace",
     "concurrent",
@@ -73,6 +74,7 @@ STEP_KEYS = {
     "max_items",
     "task",
     "context",
+    "compensation",
 }
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
@@ -175,6 +177,11 @@ def parse_template(
         for step in template.step_templates:
             if step.handler_class is not None:
                 resolve_step_handler(step.handler_class, where=f"{source}: step '{step.name}'")
+            if step.compensation is not None:
+                resolve_step_handler(
+                    step.compensation.handler_class,
+                    where=f"{source}: step '{step.name}': compensation",
+                )
         if template.task_handler_class:
             resolve_task_handler(template.task_handler_class, where=f"{source}: task_handler_class")
     template._source = source

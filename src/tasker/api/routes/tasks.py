@@ -1,5 +1,5 @@
-"""Tasks: create (idempotent), list with filters and pagination, show one with its steps, cancel,
-retry.
+"""Tasks: create (idempotent), list with filters and pagination, show one with its steps, cancel
+(with or without compensation), compensate, retry.
 
 Routes are thin: parse, call the engine, serialise. The engine blocks (SQLAlchemy), so they are
 plain `def` functions that FastAPI runs in its thread pool.
@@ -209,8 +209,29 @@ def get_task(task_id: TaskId, engine: Engine) -> TaskDetail:
 def cancel_task(
     task_id: TaskId, engine: Engine, body: Annotated[TaskCancel | None, Body()] = None
 ) -> TaskDetail:
-    """Unstarted steps never run and late results are discarded; a finished task answers 409."""
-    return task_detail(engine, engine.cancel_task(task_id, reason=body.reason if body else None))
+    """Unstarted steps never run and late results are discarded; a finished task answers 409.
+    With `compensate`, the task then undoes what its completed steps did."""
+    return task_detail(
+        engine,
+        engine.cancel_task(
+            task_id,
+            reason=body.reason if body else None,
+            compensate=body.compensate if body else False,
+        ),
+    )
+
+
+@router.post(
+    "/tasks/{task_id}/compensate",
+    response_model=TaskDetail,
+    summary="Compensate a task in error",
+    dependencies=[Depends(require(Permission.TASK_RETRY))],
+    responses=error_responses(401, 403, 404, 409, 422),
+)
+def compensate_task(task_id: TaskId, engine: Engine) -> TaskDetail:
+    """Undo what the completed steps of a task in `error` did (each step that declares a
+    compensation, newest first); a task not in `error`, or with nothing to undo, answers 409."""
+    return task_detail(engine, engine.compensate_task(task_id))
 
 
 @router.post(
