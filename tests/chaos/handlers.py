@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasker import RetryableError, StepContext, StepHandler
+from tasker import PermanentError, RetryableError, StepContext, StepHandler
 
 _local = threading.local()
 
@@ -115,3 +115,10 @@ class CountResults(StepHandler):
         gathered = ctx.result_of("each")
         indexes = [r.get("i") for r in gathered]
         return {"n": len(gathered), "in_order": indexes == list(range(len(gathered)))}
+
+
+class Fail(StepHandler):
+    """Fails for good: what sends its task into compensation."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        raise PermanentError(f"{ctx.step_name} refuses: out of stock")

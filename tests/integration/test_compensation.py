@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from tasker import Tasker
+from tasker.cli.main import cli
 from tasker.domain.errors import OperationError
 from tests.fixture_types import LoadTemplate
 from tests.integration import handlers as h
@@ -184,3 +186,24 @@ def test_compensating_a_task_with_nothing_to_undo_is_refused(
     assert task.status == "error"
     with pytest.raises(OperationError, match="nothing to undo"):
         tasker.compensate_task(task.id)
+
+
+def test_the_command_line_compensates_and_shows_each_steps_undo(
+    tasker: Tasker, load: LoadTemplate, key: str, store_url: str
+) -> None:
+    ref = load("cli_saga", checkout(), on_failure="stop")
+    task = tasker.run(tasker.create_task(ref, {"key": key}).id)
+
+    def invoke(*argv: str) -> Any:
+        return CliRunner().invoke(cli, [*argv, "--database-url", store_url], env={"COLUMNS": "200"})
+
+    started = invoke("tasks", "compensate", str(task.id))
+    assert started.exit_code == 0, started.output
+    assert f"task {task.id} is compensating" in started.output
+    tasker.run(task.id)
+    shown = invoke("tasks", "show", str(task.id))
+    assert shown.exit_code == 0, shown.output
+    assert "undo" in shown.output and "undo:charge" in shown.output
+    assert "compensated" in shown.output
+    again = invoke("tasks", "compensate", str(task.id))
+    assert again.exit_code != 0 and "only a task in error" in again.output

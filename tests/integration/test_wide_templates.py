@@ -8,7 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from tasker import Tasker
+from tasker.domain.states import StepState
 from tasker.domain.templates import WIDE_TEMPLATE_STEPS
+from tasker.store.claims import Claim, read_steps
 from tests.fixture_types import LoadTemplate, MakeTasker, WriteTemplate
 from tests.integration import handlers as h
 from tests.integration.support import step, step_history, template_yaml, work_in_threads
@@ -96,3 +98,19 @@ def test_a_skip_cascade_in_a_wide_template_skips_whole_branches_at_once(
     (end,) = h.calls(key, "end")
     completed = {n for n, s in states.items() if s == "complete"}
     assert completed - {"end", "cross"} <= set(end["results"]) <= completed - {"end"}
+
+
+def test_a_claim_reads_a_wide_tasks_steps_by_name_on_both_stores(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
+    ref = load("wide_reads", _wide())
+    task = tasker.create_task(ref, {"key": key})
+    ids = {s.name: s.id for s in task.steps}
+    claim = Claim(ids["b3"], task.id, "b3", 1, 3, 1, "k", "default", StepState.READY)
+    wanted = frozenset({"root", "a3"})
+    with tasker.db.read() as conn:
+        narrow = read_steps(conn, [claim], {task.id: 1}, lambda _t, _s: wanted)
+        whole = read_steps(conn, [claim], {task.id: 1}, lambda _t, _s: None)
+    assert sorted(r[2] for r in narrow) == ["a3", "root"]
+    assert [r[1] for r in sorted(narrow, key=lambda r: r[2])] == [ids["a3"], ids["root"]]
+    assert len(whole) == len(task.steps)

@@ -115,8 +115,11 @@ _TASK_STEPS = select(
     steps.c.task_id, steps.c.id, steps.c.name, steps.c.state, steps.c.results
 ).where(steps.c.task_id.in_(bindparam("ids", expanding=True)), steps.c.instance_of.is_(None))
 #: The named steps of tasks of a wide template (`RelatedSteps`), as (task_id, name) pairs.
-_NAMED_STEPS = _TASK_STEPS.where(
-    tuple_(steps.c.task_id, steps.c.name).in_(bindparam("pairs", expanding=True))
+_NAMED_STEPS = select(
+    steps.c.task_id, steps.c.id, steps.c.name, steps.c.state, steps.c.results
+).where(
+    tuple_(steps.c.task_id, steps.c.name).in_(bindparam("pairs", expanding=True)),
+    steps.c.instance_of.is_(None),
 )
 #: PostgreSQL: the same with the pairs as two arrays, each pair a probe of the unique index on
 #: (task_id, name) whatever the table's statistics say.
@@ -444,12 +447,12 @@ def _claimed(
                 journal.event("task.started", {"task_id": i})
         task_rows = [(r.id, r.context, r.correlation_id, r.template_id) for r in tasks_read]
         template_of = {r.id: r.template_id for r in tasks_read}
-        step_rows = _read_steps(conn, claims, template_of, related)
+        step_rows = read_steps(conn, claims, template_of, related)
     journal_claims(journal, claims)
     return claimed_steps(claims, known, task_rows, step_rows)
 
 
-def _read_steps(
+def read_steps(
     conn: Connection,
     claims: Sequence[Claim],
     template_of: dict[int, int],
