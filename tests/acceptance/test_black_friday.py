@@ -70,14 +70,39 @@ def test_engine_loses_no_money_where_the_naive_checkout_does(store_url: str) -> 
     assert naive["charged_without_order"] > 0
 
     assert_consistent(engine, 100)
-    assert engine["failed"] == engine["failed_declined"] == naive["failed_declined"]
+    out_of_stock = engine["failed_by_reason"].get("out_of_stock", 0)
+    assert engine["failed"] == engine["failed_declined"] + out_of_stock
+    assert engine["failed_declined"] == naive["failed_declined"]
     assert engine["charged_without_order"] == 0
     assert engine["double_charges"] == 0
     assert engine["orders_without_confirmation"] == 0
+    assert engine["compensated"] == out_of_stock
     assert engine["retries"] > 0
-    needed_operator = engine["failed_before_retry"] - engine["failed_declined"]
-    assert needed_operator < 0.01 * 100
-    assert engine["recovered_by_retry"] == needed_operator
+    assert engine["retried_by_operator"] < 0.01 * 100
+    assert engine["recovered_by_retry"] == engine["retried_by_operator"]
+
+
+def test_every_stockout_after_payment_is_refunded_once_by_the_engine(store_url: str) -> None:
+    # The last unit goes to another shopper between the charge and the reservation: the naive
+    # checkout leaves those customers charged; the engine's compensation refunds each one, once.
+    result = run_black_friday(
+        120,
+        transient_failure_rate=0.02,
+        decline_rate=0.0,
+        stockout_rate=0.08,
+        seed=SEED,
+        database_url=store_url,
+        max_latency_ms=0.0,
+    )
+    naive, engine = result["naive"], result["engine"]
+    stockouts = engine["failed_by_reason"].get("out_of_stock", 0)
+    assert stockouts > 0
+    assert naive["failed_by_reason"].get("out_of_stock", 0) == stockouts  # the same orders
+    assert naive["charged_without_order"] >= stockouts
+    assert naive["refunded"] == 0
+    assert engine["compensated"] == stockouts
+    assert engine["refunded"] == stockouts  # each refunded exactly once (one refunded charge each)
+    assert (engine["charged_without_order"], engine["double_charges"]) == (0, 0)
 
 
 def test_operator_retry_recovers_everything_but_declines_under_heavy_faults(store_url: str) -> None:
@@ -87,6 +112,7 @@ def test_operator_retry_recovers_everything_but_declines_under_heavy_faults(stor
         60,
         transient_failure_rate=0.25,
         decline_rate=0.05,
+        stockout_rate=0.0,
         seed=SEED,
         database_url=store_url,
         max_latency_ms=0.0,
@@ -95,8 +121,11 @@ def test_operator_retry_recovers_everything_but_declines_under_heavy_faults(stor
 
     assert_consistent(engine, 60)
     assert engine["failed_before_retry"] > engine["failed_declined"] > 0
-    assert engine["recovered_by_retry"] == engine["failed_before_retry"] - engine["failed_declined"]
-    assert engine["failed"] == engine["failed_declined"]
+    assert engine["recovered_by_retry"] == engine["retried_by_operator"]
+    # What did not complete was declined, or refunded by its compensation (a step that ran out of
+    # attempts after the charge): no customer keeps paying for nothing.
+    assert engine["failed"] == engine["failed_declined"] + engine["compensated"]
+    assert engine["refunded"] == engine["compensated"]
     assert (engine["charged_without_order"], engine["double_charges"]) == (0, 0)
 
 
@@ -117,7 +146,9 @@ def test_cli_prints_one_json_object() -> None:
     assert set(data) == {"naive", "engine"}
     assert_consistent(data["naive"], 20)
     assert_consistent(data["engine"], 20)
-    assert {"failed_before_retry", "recovered_by_retry"} <= data["engine"].keys()
+    assert {"failed_before_retry", "recovered_by_retry", "refunded", "compensated"} <= data[
+        "engine"
+    ].keys()
     assert data["engine"]["charged_without_order"] == 0
 
 
@@ -164,6 +195,7 @@ def test_the_verdict_reads_naturally_when_counts_are_zero() -> None:
         "failed": 2,
         "failed_declined": 2,
         "failed_before_retry": 5,
+        "retried_by_operator": 3,
         "recovered_by_retry": 3,
     }
     naive = {**clean, "orders": 1000, "failed": 132, "charged_without_order": 1}

@@ -23,7 +23,14 @@ from tasker import ContextValidationError, Event, Task, Tasker
 from tasker.demos.ecommerce import services
 from tasker.demos.ecommerce.demo import TEMPLATES
 from tasker.demos.ecommerce.pricing import PricedLine, price_lines
-from tasker.demos.ecommerce.services import CATALOG, Fault, FaultSettings, Services
+from tasker.demos.ecommerce.services import (
+    CATALOG,
+    Fault,
+    FaultSettings,
+    InvalidRequest,
+    Services,
+)
+from tasker.domain.errors import OperationError
 from tasker.store.database import Database
 
 TEMPLATE = "ecommerce/process_order"
@@ -227,26 +234,53 @@ def test_stock_taken_after_payment_is_permanent_and_refunds_the_charge(
     engine.bus.subscribe(another_shopper_takes_the_last_cap, "step.started")
     task = run(engine, order(cart))
 
-    assert task.status == "error"
+    # The charge's compensation refunded it: the task is compensated, not left in error.
+    assert task.status == "compensated"
     inventory = task.step("update_inventory")
     assert inventory.attempts == 1
     assert inventory.last_error is not None and inventory.last_error["error_code"] == "OUT_OF_STOCK"
+    refund = task.step("undo:process_payment")
+    assert refund.status == "complete"
+    assert refund.results == {
+        "refunded_payment_id": task.step("process_payment").results["payment_id"],
+        "refunded_now": True,
+    }
     ledger = shop.ledger()
     assert (ledger.charges, ledger.refunded, ledger.charged_without_order) == (0, 1, 0)
     notes = engine.get_task(task.id).annotations or {}
     assert (notes["payment_refunded"], notes["needs_attention"]) == (True, False)
 
-    # Restocked, an operator retries: the refunded charge must not buy an order.
+    # Restocked, an operator tries to retry: a compensated checkout is refused, the customer
+    # checks out again.
     shop.inventory.set_stock(4, 10)
-    engine.retry_task(task.id)
-    task = engine.run(task.id)
-    assert task.status == "error"
-    inventory = task.step("update_inventory")
-    assert (
-        inventory.last_error is not None
-        and inventory.last_error["error_code"] == "PAYMENT_REFUNDED"
-    )
+    with pytest.raises(OperationError, match="compensated"):
+        engine.retry_task(task.id)
     assert shop.ledger().orders == 0
+
+
+def test_an_order_that_cannot_be_created_puts_the_stock_back_and_refunds(
+    engine: Tasker, shop: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cart = [{"product_id": 4, "name": "Baseball Cap", "price": 19.99, "quantity": 2}]
+    shop.inventory.set_stock(4, 5)
+
+    def refuse(**_: Any) -> None:
+        raise InvalidRequest("order_book", "the order book refuses this customer")
+
+    monkeypatch.setattr(shop.orders, "create", refuse)
+    task = run(engine, order(cart))
+
+    assert task.status == "compensated"
+    assert [s.name for s in task.steps if s.name.startswith("undo:")] == [
+        "undo:process_payment",
+        "undo:update_inventory",
+    ]
+    assert shop.inventory.products([4])[4].stock == 5  # the two caps went back on the shelf
+    assert shop.ledger().refunded == 1
+    restore = task.step("undo:update_inventory")
+    refund = task.step("undo:process_payment")
+    assert restore.finished_at is not None and refund.started_at is not None
+    assert restore.finished_at <= refund.started_at  # the stock first, then the money
 
 
 def test_rate_limited_charge_waits_for_retry_after(engine: Tasker, shop: Services) -> None:

@@ -207,3 +207,23 @@ def test_the_command_line_compensates_and_shows_each_steps_undo(
     assert "compensated" in shown.output
     again = invoke("tasks", "compensate", str(task.id))
     assert again.exit_code != 0 and "only a task in error" in again.output
+
+
+def test_a_step_past_the_point_of_no_return_fails_without_compensating(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
+    steps = [
+        step("charge", compensation=undo()),
+        step(
+            "confirm",
+            after="charge",
+            handler_config={"always_fail": "permanent"},
+            on_failure="stop",
+        ),
+    ]
+    ref = load("pivot", steps)
+    task = tasker.run(tasker.create_task(ref, {"key": key}).id)
+    assert task.status == "error"
+    assert not any(s.name.startswith("undo:") for s in task.steps)
+    assert str(tasker.compensate_task(task.id).status) == "compensating"  # by hand, still
+    assert tasker.run(task.id).status == "compensated"

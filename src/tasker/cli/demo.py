@@ -52,7 +52,8 @@ ROWS: list[tuple[str, str]] = [
     ("charged without an order", "charged_without_order"),
     ("double charges", "double_charges"),
     ("orders never confirmed by mail", "orders_without_confirmation"),
-    ("refunds issued", "refunds"),
+    ("refunded (charges undone)", "refunded"),
+    ("compensated (tasks undone)", "compensated"),
     ("automatic retries", "retries"),
     ("wall time (s)", "wall_seconds"),
 ]
@@ -115,6 +116,14 @@ def demo_templates(name: str | None) -> None:
     help="Share of cards the payment gateway declines (a permanent failure).",
 )
 @click.option(
+    "--stockout-rate",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.01,
+    show_default=True,
+    help="Share of orders whose stock is gone once they are charged (another shopper took the"
+    " last unit): the engine refunds them.",
+)
+@click.option(
     "--seed",
     type=int,
     default=None,
@@ -138,6 +147,7 @@ def black_friday(
     orders: int,
     transient_failure_rate: float,
     decline_rate: float,
+    stockout_rate: float,
     seed: int | None,
     as_json: bool,
     database_url: str | None,
@@ -159,6 +169,7 @@ def black_friday(
             orders,
             transient_failure_rate=transient_failure_rate,
             decline_rate=decline_rate,
+            stockout_rate=stockout_rate,
             seed=seed,
             database_url=database_url,
             progress=progress,
@@ -169,7 +180,8 @@ def black_friday(
     out = Console()
     out.print(
         f"[bold]Black Friday[/]: {orders} orders, transient failure rate {transient_failure_rate:g}"
-        f" per service call, decline rate {decline_rate:g}, seed {seed}"
+        f" per service call, decline rate {decline_rate:g}, stock-out rate {stockout_rate:g},"
+        f" seed {seed}"
     )
     out.print(
         Columns(
@@ -296,7 +308,14 @@ def _engine_verdict(engine: dict[str, Any]) -> str:
             f"{_count(lost, 'customer')} charged without an order, "
             f"{_count(doubled, 'double charge')}"
         )
-    operator = engine["failed_before_retry"] - declined
+    compensated = engine.get("compensated", 0)
+    if compensated:
+        were = "was" if compensated == 1 else "were"
+        money += (
+            f"; {_count(compensated, 'checkout')} out of stock after payment {were} refunded"
+            " by their compensation"
+        )
+    operator = engine.get("retried_by_operator", 0)
     if operator <= 0:
         retry = "No order needed the operator's retry."
     else:

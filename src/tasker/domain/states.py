@@ -180,13 +180,26 @@ class TaskCounts:
     steps: dict[str, int] = field(default_factory=dict)
     undos: dict[str, int] = field(default_factory=dict)
     undoable: int = 0
+    #: Failed steps whose failure leaves the task in `error` (`on_failure: stop`).
+    stopping: int = 0
 
-    def add(self, state: str, n: int, *, is_undo: bool = False, undo: bool = False) -> None:
-        """Count `n` rows in `state`: undo rows (`is_undo`), or steps (`undo`: to be undone)."""
+    def add(
+        self,
+        state: str,
+        n: int,
+        *,
+        is_undo: bool = False,
+        undo: bool = False,
+        stops: bool = False,
+    ) -> None:
+        """Count `n` rows in `state`: undo rows (`is_undo`), or steps (`undo`: to be undone;
+        `stops`: their failure does not compensate)."""
         into = self.undos if is_undo else self.steps
         into[state] = into.get(state, 0) + n
         if undo and not is_undo and state == S.COMPLETE:
             self.undoable += n
+        if stops and not is_undo and state == S.ERROR:
+            self.stopping += n
 
 
 def compensation_outcome(undos: dict[str, int]) -> TaskState | None:
@@ -208,7 +221,8 @@ def compensation_outcome(undos: dict[str, int]) -> TaskState | None:
 def settle_move(status: TaskState | str, counts: dict[str, int] | TaskCounts) -> TaskState | None:
     """Where a task in `status` goes given how many of its steps are in each state (a plain mapping
     counts steps only), or None when it stays: to `final_task_state` once no step is active (a
-    failure with steps to undo to `compensating` instead of `error`); an `error` task with work
+    failure with steps to undo to `compensating` instead of `error`, unless a failed step says
+    `on_failure: stop`); an `error` task with work
     again (an operator's retry or resolution) back to `pending`, or back to `compensating` when the
     work is an undo; a task in compensation by `compensation_outcome`; a finished task nowhere.
     Raises `InvalidTransitionError` for a move the transition table forbids."""
@@ -217,7 +231,7 @@ def settle_move(status: TaskState | str, counts: dict[str, int] | TaskCounts) ->
     if tally.undos or status == T.COMPENSATING:
         return _compensation_move(status, tally.undos)
     final = final_task_state(tally.steps)
-    if final == T.ERROR and tally.undoable:
+    if final == T.ERROR and tally.undoable and not tally.stopping:
         final = T.COMPENSATING
     if final is None:
         if status != T.ERROR:

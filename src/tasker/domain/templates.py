@@ -261,6 +261,9 @@ class StepTemplate(_Strict):
     context: dict[str, Any] | None = None
     #: How the step's work is undone when its task fails or is cancelled with compensation.
     compensation: Compensation | None = None
+    #: `stop`: a failure of this step leaves its task in `error` instead of compensating it (a
+    #: step past the point of no return, such as the confirmation of an order that exists).
+    on_failure: OnFailure | None = None
 
     @field_validator("name")
     @classmethod

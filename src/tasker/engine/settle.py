@@ -25,7 +25,7 @@ from tasker.templates.loader import resolve_task_handler
 log = logging.getLogger("tasker")
 
 _ENDED_WELL = frozenset({TaskState.COMPLETE, TaskState.RESOLVED_MANUALLY})
-_ENDED_BADLY = frozenset({TaskState.ERROR, TaskState.CANCELLED})
+_ENDED_BADLY = frozenset({TaskState.ERROR, TaskState.CANCELLED, TaskState.COMPENSATED})
 
 
 class SettledBatch:

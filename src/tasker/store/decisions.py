@@ -151,6 +151,7 @@ _FANOUT_STEP = select(
     steps.c.retry_limit,
     steps.c.retryable,
     steps.c.undo,
+    steps.c.stops,
 ).where(steps.c.id == bindparam("step_id"))
 _INSERT_INSTANCES = insert(steps).returning(steps.c.id, sort_by_parameter_order=True)
 _INSERT_EDGES = insert(step_edges)
@@ -413,14 +414,14 @@ _EXPAND_PG = text(f"""
         INSERT INTO tasker_steps (task_id, name, position, namespace, dependent_system, state,
                                   pending_parents, run_at, attempts, retry_limit, retryable,
                                   claim_token, idempotency_key, created_at, updated_at, gated,
-                                  instance_of, item_index, item, undo)
+                                  instance_of, item_index, item, undo, stops)
         SELECT :task_id, v.name, :position, :namespace, :system,
                CASE WHEN v.ready THEN '{StepState.READY.value}'
                     ELSE '{StepState.PENDING.value}' END,
                CASE WHEN v.ready THEN 0 ELSE 1 END,
                CASE WHEN v.ready THEN CAST(:now AS timestamptz) END,
                0, :retry_limit, :retryable, 0, v.key, :now, :now, false, :step_id, v.i, v.item,
-               :undo
+               :undo, :stops
           FROM v ORDER BY v.i
         RETURNING id, item_index
     ), to_step AS (
@@ -461,6 +462,7 @@ def _insert_pg(
             "retry_limit": g.retry_limit,
             "retryable": g.retryable,
             "undo": g.undo,
+            "stops": g.stops,
             "now": now,
             "lane": window,  # NULL without max_parallel: item_index = NULL joins nothing
         },
@@ -492,6 +494,7 @@ def _insert_rows(
             "retry_limit": g.retry_limit,
             "retryable": g.retryable,
             "undo": g.undo,
+            "stops": g.stops,
             "claim_token": 0,
             "idempotency_key": n.key,
             "created_at": now,

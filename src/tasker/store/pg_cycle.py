@@ -268,6 +268,8 @@ def _settle() -> str:
                                      AND s.state = '{S.RESOLVED_MANUALLY.value}') AS resolved,
                count(s.id) FILTER (WHERE s.undo AND s.compensates IS NULL
                                      AND s.state = '{S.COMPLETE.value}') AS undoable,
+               count(s.id) FILTER (WHERE s.stops AND s.compensates IS NULL
+                                     AND s.state = '{S.ERROR.value}') AS stopping,
                count(s.id) FILTER (WHERE s.compensates IS NOT NULL) AS undos
           FROM tasker_tasks t LEFT JOIN tasker_steps s ON s.task_id = t.id
          WHERE t.id = ANY(%(ids)s::bigint[])
@@ -278,10 +280,12 @@ def _settle() -> str:
                -- never take this one)
                undos > 0 OR status = '{T.COMPENSATING.value}' AS held,
                CASE WHEN active > 0 THEN NULL
-                    WHEN failed > 0 AND undoable > 0 THEN '{T.COMPENSATING.value}'
+                    WHEN failed > 0 AND undoable > 0 AND stopping = 0
+                    THEN '{T.COMPENSATING.value}'
                     WHEN failed > 0 THEN '{T.ERROR.value}'
                     WHEN cancelled > 0 THEN '{T.CANCELLED.value}'
-                    WHEN pending > 0 AND undoable > 0 THEN '{T.COMPENSATING.value}'
+                    WHEN pending > 0 AND undoable > 0 AND stopping = 0
+                    THEN '{T.COMPENSATING.value}'
                     WHEN pending > 0 THEN '{T.ERROR.value}'
                     WHEN resolved > 0 THEN '{T.RESOLVED_MANUALLY.value}'
                     ELSE '{T.COMPLETE.value}' END AS final

@@ -61,12 +61,19 @@ _COUNTS = (
         steps.c.state,
         _IS_UNDO.label("is_undo"),
         steps.c.undo,
+        steps.c.stops,
         func.count(steps.c.id),
     )
     .select_from(tasks.outerjoin(steps, steps.c.task_id == tasks.c.id))
     .where(tasks.c.id.in_(bindparam("ids", expanding=True)))
     .group_by(
-        tasks.c.id, tasks.c.status, tasks.c.parent_step_id, steps.c.state, _IS_UNDO, steps.c.undo
+        tasks.c.id,
+        tasks.c.status,
+        tasks.c.parent_step_id,
+        steps.c.state,
+        _IS_UNDO,
+        steps.c.undo,
+        steps.c.stops,
     )
 )
 #: A child task that settled wakes the `task:` step waiting for it (parked: no `run_at`).
@@ -170,7 +177,7 @@ def settle_tasks(
     counts: dict[int, TaskCounts] = {}
     statuses: dict[int, str] = {}
     parents: dict[int, int] = {}
-    for task_id, task_status, parent_step, state, is_undo, undo, n in conn.execute(
+    for task_id, task_status, parent_step, state, is_undo, undo, stops, n in conn.execute(
         _COUNTS, {"ids": ids}
     ):
         statuses[task_id] = task_status
@@ -178,7 +185,9 @@ def settle_tasks(
             parents[task_id] = parent_step
         step_counts = counts.setdefault(task_id, TaskCounts())
         if state is not None:
-            step_counts.add(state, int(n), is_undo=bool(is_undo), undo=bool(undo))
+            step_counts.add(
+                state, int(n), is_undo=bool(is_undo), undo=bool(undo), stops=bool(stops)
+            )
     changed: list[tuple[int, str]] = []
     for task_id in sorted(statuses):
         status = TaskState(statuses[task_id])

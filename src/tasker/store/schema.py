@@ -178,6 +178,8 @@ steps = Table(
     Column("compensates", Id, nullable=True),
     # A step to undo if its task fails: its template declares a compensation, on_failure compensate.
     Column("undo", Boolean, nullable=False, server_default=text("false")),
+    # A step whose failure leaves its task in error instead of compensating it (`on_failure: stop`).
+    Column("stops", Boolean, nullable=False, server_default=text("false")),
     # Also how every read of a task's steps finds them (by its `task_id` prefix).
     UniqueConstraint("task_id", "name"),
     # The claim's order, `run_at, id`, read straight from the index (migration 0008).

@@ -267,11 +267,11 @@ def _settle(cur: sqlite3.Cursor, journal: Journal, ids: list[int], out: Cycle) -
     statuses: dict[int, str] = {}
     counts: dict[int, TaskCounts] = {}
     parents: dict[int, int] = {}
-    for t_id, status, parent_step, state, is_undo, undo, n in cur.execute(
+    for t_id, status, parent_step, state, is_undo, undo, stops, n in cur.execute(
         "SELECT t.id, t.status, t.parent_step_id, s.state, s.compensates IS NOT NULL, s.undo,"
-        " count(s.id) FROM tasker_tasks t LEFT JOIN tasker_steps s ON s.task_id = t.id"
-        f" WHERE t.id IN ({_in(len(ids))})"
-        " GROUP BY t.id, t.status, t.parent_step_id, s.state, s.compensates IS NOT NULL, s.undo",
+        " s.stops, count(s.id) FROM tasker_tasks t LEFT JOIN tasker_steps s ON s.task_id = t.id"
+        f" WHERE t.id IN ({_in(len(ids))}) GROUP BY t.id, t.status, t.parent_step_id, s.state,"
+        " s.compensates IS NOT NULL, s.undo, s.stops",
         ids,
     ):
         statuses[t_id] = status
@@ -279,7 +279,7 @@ def _settle(cur: sqlite3.Cursor, journal: Journal, ids: list[int], out: Cycle) -
             parents[t_id] = parent_step
         if state is not None:
             counts.setdefault(t_id, TaskCounts()).add(
-                state, int(n), is_undo=bool(is_undo), undo=bool(undo)
+                state, int(n), is_undo=bool(is_undo), undo=bool(undo), stops=bool(stops)
             )
     at = stamp(journal.now)
     for t_id in sorted(statuses):

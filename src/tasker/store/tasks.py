@@ -25,7 +25,7 @@ from tasker.domain.states import (
     check_step_transition,
     check_task_transition,
 )
-from tasker.domain.templates import TaskTemplate, canonical_json
+from tasker.domain.templates import OnFailure, TaskTemplate, canonical_json
 from tasker.store.database import Database
 from tasker.store.decisions import decide_gated
 from tasker.store.journal import Journal
@@ -266,15 +266,16 @@ _CREATE_PG = text(f"""
         INSERT INTO tasker_steps (task_id, name, position, namespace, dependent_system, state,
                                   pending_parents, run_at, attempts, retry_limit, retryable,
                                   claim_token, created_at, updated_at, idempotency_key, gated,
-                                  undo)
+                                  undo, stops)
         SELECT t.id, s.name, s.position, :ns, s.system, s.state, s.pending,
                CASE WHEN s.state = '{StepState.READY.value}' THEN CAST(:now AS timestamptz) END,
-               0, s.retry_limit, s.retryable, 0, :now, :now, k.step_key, s.gated, s.undo
+               0, s.retry_limit, s.retryable, 0, :now, :now, k.step_key, s.gated, s.undo,
+               s.stops
           FROM numbered t
           CROSS JOIN jsonb_to_recordset(CAST(:shapes AS jsonb))
                AS s(name text, position integer, system text, state text, pending integer,
                     retry_limit integer, retryable boolean, ord integer, gated boolean,
-                    undo boolean)
+                    undo boolean, stops boolean)
           JOIN jsonb_to_recordset(CAST(:keys AS jsonb))
                AS k(task_key text, name text, step_key text)
             ON k.task_key = t.idempotency_key AND k.name = s.name
@@ -338,6 +339,7 @@ def _step_shapes(template: TaskTemplate, now: datetime) -> list[dict[str, Any]]:
                 "updated_at": now,
                 "gated": st.name in gated,
                 "undo": undoes and st.compensation is not None,
+                "stops": st.on_failure == OnFailure.STOP,
             }
         )
     return shapes
@@ -391,6 +393,7 @@ def _insert_tasks_pg(
                         "ord": i,
                         "gated": sh["gated"],
                         "undo": sh["undo"],
+                        "stops": sh["stops"],
                     }
                     for i, sh in enumerate(shapes)
                 ]
@@ -424,8 +427,8 @@ _STEP_SQLITE = """
     INSERT INTO tasker_steps (task_id, name, position, namespace, dependent_system, state,
                               pending_parents, run_at, attempts, retry_limit, retryable,
                               claim_token, idempotency_key, created_at, updated_at, gated,
-                              undo)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, 0, ?, ?, ?, ?, ?)
+                              undo, stops)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, 0, ?, ?, ?, ?, ?, ?)
     RETURNING id"""
 _EDGE_SQLITE = "INSERT INTO tasker_step_edges (task_id, parent_id, child_id) VALUES (?, ?, ?)"
 
@@ -487,6 +490,7 @@ def _insert_tasks_sqlite(
                         at,
                         sh["gated"],
                         sh["undo"],
+                        sh["stops"],
                     ),
                 )
                 ids[(task_id, sh["name"])] = int(cur.fetchone()[0])

@@ -75,6 +75,7 @@ STEP_KEYS = {
     "task",
     "context",
     "compensation",
+    "on_failure",
 }
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")

@@ -34,6 +34,7 @@ from tasker.demos.ecommerce.services import (
     CATALOG,
     CardDeclined,
     FaultSettings,
+    OutOfStock,
     ServiceError,
     Services,
 )
@@ -41,6 +42,7 @@ from tasker.demos.ecommerce.services import (
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE = "ecommerce/process_order"
 DECLINED = "declined"
+OUT_OF_STOCK = "out_of_stock"
 #: The dependent systems of the template, whose circuit-breaker cool-downs the demo compresses.
 SYSTEMS = ("ecommerce_platform", "payment_gateway", "inventory_service", "mailer")
 #: The engine's default cool-down and its cap, in seconds, before `backoff_scale` compresses them.
@@ -105,6 +107,7 @@ def run_black_friday(
     *,
     transient_failure_rate: float = 0.05,
     decline_rate: float = 0.002,
+    stockout_rate: float = 0.01,
     seed: int | None = None,
     database_url: str | None = None,
     concurrency: int = 32,
@@ -117,7 +120,9 @@ def run_black_friday(
     Without `database_url` the run uses a fresh temporary SQLite file; with one, the demo's service
     tables are dropped and recreated there (the engine's tables are left alone; its tasks get
     run-unique keys). `backoff_scale` shrinks every retry delay, a gateway's `retry_after` included,
-    so a run takes seconds.
+    so a run takes seconds. `stockout_rate` is the share of orders whose stock is gone once they
+    are charged (the same orders on both sides): the naive checkout leaves those customers charged,
+    the workflow refunds them (the charge's compensation).
     """
     if orders < 1:
         raise ValueError("orders must be at least 1")
@@ -125,6 +130,7 @@ def run_black_friday(
     faults = FaultSettings(
         transient_failure_rate=transient_failure_rate,
         decline_rate=decline_rate,
+        stockout_rate=stockout_rate,
         max_latency_ms=max_latency_ms,
         seed=seed,
     )
@@ -216,12 +222,14 @@ def run_naive(
     with ThreadPoolExecutor(concurrency, thread_name_prefix="naive-checkout") as pool:
         list(pool.map(checkout, batch))
     wall = time.perf_counter() - started
-    return _side(len(batch), reasons, svc, retries=0, wall=wall)
+    return {**_side(len(batch), reasons, svc, retries=0, wall=wall), "compensated": 0}
 
 
 def _naive_reason(exc: Exception) -> str:
     if isinstance(exc, CardDeclined):
         return DECLINED
+    if isinstance(exc, OutOfStock):
+        return OUT_OF_STOCK
     if isinstance(exc, ServiceError):
         return exc.service
     if isinstance(exc, naive.CheckoutError):
@@ -254,7 +262,7 @@ def run_engine(
                 progress("engine", len(settled), len(batch))
 
     unsubscribe = tasker.bus.subscribe(
-        on_event, "step.retry_scheduled", "task.completed", "task.failed"
+        on_event, "step.retry_scheduled", "task.completed", "task.failed", "task.compensated"
     )
     run_id = uuid.uuid4().hex[:12]
     started = time.perf_counter()
@@ -264,8 +272,15 @@ def run_engine(
             for i, order in enumerate(batch)
         ]
         tasker.work(concurrency=concurrency, until_idle=True, namespaces=["ecommerce"])
-        failed = [t for t in tasker.get_tasks(ids) if t.status == TaskState.ERROR]
-        to_retry = [t.id for t in failed if failure_reason(t) != DECLINED]
+        failed = [
+            t for t in tasker.get_tasks(ids) if t.status in (TaskState.ERROR, TaskState.COMPENSATED)
+        ]
+        # A declined card is no outage: a retry would fail the same way; a compensated checkout
+        # (a stock-out, or a step that ran out of attempts after the charge) was refunded: its
+        # customer checks out again.
+        to_retry = [
+            t.id for t in failed if t.status == TaskState.ERROR and failure_reason(t) != DECLINED
+        ]
         # The operator's part: the dependencies are healthy again, so each stuck order gets one
         # retry.
         svc.faults.disable()
@@ -280,20 +295,26 @@ def run_engine(
     wall = time.perf_counter() - started
     reasons = Counter(failure_reason(t) for t in final if t.status != TaskState.COMPLETE)
     side = _side(len(batch), reasons, svc, retries=retries, wall=wall)
+    side["compensated"] = sum(1 for t in final if t.status == TaskState.COMPENSATED)
     status = {t.id: t.status for t in final}
     side["failed_before_retry"] = len(failed)
+    side["retried_by_operator"] = len(to_retry)
     side["recovered_by_retry"] = sum(1 for i in to_retry if status[i] == TaskState.COMPLETE)
     return side
 
 
 def failure_reason(task: Task) -> str:
-    """Why a task did not complete: `declined`, or the dependent system of its failed step."""
-    if task.status not in (TaskState.ERROR, TaskState.CANCELLED):
+    """Why a task did not complete: `declined`, `out_of_stock`, or the dependent system of its
+    failed step."""
+    if task.status not in (TaskState.ERROR, TaskState.CANCELLED, TaskState.COMPENSATED):
         return task.status
     for step in task.steps:
         if step.status == StepState.ERROR:
-            if step.last_error and step.last_error.get("error_code") == "PAYMENT_DECLINED":
+            code = step.last_error.get("error_code") if step.last_error else None
+            if code == "PAYMENT_DECLINED":
                 return DECLINED
+            if code == "OUT_OF_STOCK":
+                return OUT_OF_STOCK
             return step.dependent_system
     return task.status
 
@@ -315,7 +336,7 @@ def _side(
         "charged_without_order": ledger.charged_without_order,
         "double_charges": ledger.double_charges,
         "orders_without_confirmation": ledger.orders_without_confirmation,
-        "refunds": ledger.refunded,
+        "refunded": ledger.refunded,
         "retries": retries,
         "wall_seconds": round(wall, 3),
     }

@@ -36,17 +36,20 @@ class FaultSettings:
     """How unreliable the services are.
 
     `transient_failure_rate` is the probability that any one call fails transiently; `decline_rate`
-    the share of card tokens the gateway declines; each call sleeps up to `max_latency_ms`.
+    the share of card tokens the gateway declines; `stockout_rate` the share of orders whose stock
+    is gone by the time they reserve it (another shopper took the last unit after this one was
+    charged); each call sleeps up to `max_latency_ms`.
     """
 
     transient_failure_rate: float = 0.0
     decline_rate: float = 0.0
+    stockout_rate: float = 0.0
     max_latency_ms: float = 0.0
     seed: int = 0
     rate_limit_retry_after: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("transient_failure_rate", "decline_rate"):
+        for name in ("transient_failure_rate", "decline_rate", "stockout_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
         if self.max_latency_ms < 0 or self.rate_limit_retry_after < 0:
@@ -112,6 +115,12 @@ class FaultInjector:
             return None, latency
         kind = _unit(s.seed, service, order_ref, n, "kind")
         return next(f for bound, f in FAULT_MIX if kind < bound), latency
+
+    def stocks_out(self, order_ref: str) -> bool:
+        """Whether this order's stock is gone when it reserves it, at the seeded stock-out rate
+        (the same orders on both sides of a demo)."""
+        s = self._settings
+        return _unit(s.seed, "stockout", order_ref) < s.stockout_rate
 
     def declines(self, token: str) -> bool:
         """Whether the gateway declines this card: test tokens always, others at the seeded decline

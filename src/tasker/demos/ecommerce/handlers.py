@@ -180,8 +180,9 @@ class UpdateInventoryHandler(StepHandler):
     """Reserve the stock of every line, all or nothing.
 
     Stock can run out between validation and reservation (another checkout took the last one). The
-    card is already charged by then, so the step refunds it before failing: a permanent failure here
-    must not leave a customer charged for an order that will never exist.
+    card is already charged by then: the step fails for good, and the engine undoes the charge
+    (`process_payment`'s compensation, `RefundPaymentHandler`), so no customer is left charged for
+    an order that will never exist.
     """
 
     def process(self, ctx: StepContext) -> dict[str, Any]:
@@ -189,8 +190,8 @@ class UpdateInventoryHandler(StepHandler):
         payment_id = ctx.result_of("process_payment")["payment_id"]
         svc = _services()
         if svc.payment.status(payment_id) != "succeeded":
-            # An operator retried a checkout this step had already refunded: reserving stock now
-            # would ship an order nobody paid for. The customer has to check out again.
+            # The charge was refunded (by hand, say): reserving stock now would ship an order
+            # nobody paid for. The customer has to check out again.
             raise PermanentError(
                 f"charge {payment_id} was refunded; the checkout must start again",
                 error_code="PAYMENT_REFUNDED",
@@ -203,12 +204,7 @@ class UpdateInventoryHandler(StepHandler):
                     idempotency_key=ctx.idempotency_key,
                 )
             except OutOfStock as exc:
-                svc.payment.refund(payment_id, reason=f"out of stock: {exc}")
-                raise PermanentError(
-                    f"{exc}; charge {payment_id} refunded",
-                    error_code="OUT_OF_STOCK",
-                    context={"refunded_payment_id": payment_id},
-                ) from exc
+                raise PermanentError(str(exc), error_code="OUT_OF_STOCK") from exc
         names = {line["product_id"]: line["name"] for line in lines}
         return {
             "reservation_id": reservation.reservation_id,
@@ -291,3 +287,24 @@ class SendConfirmationHandler(StepHandler):
             "sent_at": _now(),
             "message_id": mail.message_id,
         }
+
+
+class RefundPaymentHandler(StepHandler):
+    """`process_payment`'s compensation: refund the charge in full, once (a charge already
+    refunded is a success: the undo's retry after a lost answer must not fail)."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        payment_id = (ctx.forward_results or {})["payment_id"]
+        refunded = _services().payment.refund(
+            payment_id, reason=f"checkout {order_ref(ctx)} failed"
+        )
+        return {"refunded_payment_id": payment_id, "refunded_now": refunded}
+
+
+class RestoreStockHandler(StepHandler):
+    """`update_inventory`'s compensation: put the reserved stock back, once."""
+
+    def process(self, ctx: StepContext) -> dict[str, Any]:
+        reservation_id = (ctx.forward_results or {})["reservation_id"]
+        released = _services().inventory.release(reservation_id)
+        return {"released_reservation_id": reservation_id, "released_now": released}

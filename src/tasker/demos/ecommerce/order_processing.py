@@ -31,8 +31,8 @@ EXPRESS_SETTINGS: dict[str, dict[str, Any]] = {
     },
 }
 PREMIUM_TIERS = ("premium", "enterprise")
-#: Error codes of failures after which the charge has been refunded (see UpdateInventoryHandler).
-REFUNDED_ON = ("OUT_OF_STOCK", "PAYMENT_REFUNDED")
+#: Error codes of failures after which the charge had been refunded already.
+REFUNDED_ON = ("PAYMENT_REFUNDED",)
 
 
 class OrderProcessingHandler(TaskHandler):
@@ -62,7 +62,7 @@ class OrderProcessingHandler(TaskHandler):
 
     def on_error(self, task: Task) -> dict[str, Any]:
         """Which step failed and whether money is held without an order, which an operator must know
-        first."""
+        first (also called when the task was compensated: its refund is `undo:process_payment`)."""
         failed = [s for s in task.steps if s.status == StepState.ERROR]
         payment = next((s for s in task.steps if s.name == "process_payment"), None)
         charged = payment is not None and payment.status in (
@@ -71,7 +71,10 @@ class OrderProcessingHandler(TaskHandler):
         )
         first = failed[0] if failed else None
         error: dict[str, Any] = dict(first.last_error or {}) if first else {}
-        refunded = error.get("error_code") in REFUNDED_ON
+        refund = next((s for s in task.steps if s.name == "undo:process_payment"), None)
+        refunded = (refund is not None and refund.status == StepState.COMPLETE) or (
+            error.get("error_code") in REFUNDED_ON
+        )
         return {
             "failed_step": first.name if first else None,
             "error_code": error.get("error_code"),

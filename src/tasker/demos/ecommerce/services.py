@@ -332,6 +332,8 @@ class InventoryService(_Service):
             wanted[int(product_id)] += int(quantity)
 
         def take_stock(conn: Connection) -> dict[str, Any]:
+            if self.faults.stocks_out(order_ref):
+                raise OutOfStock(self.name, "the last unit was sold to another shopper")
             lines = []
             # Rows are locked in product order, so two concurrent reservations cannot deadlock.
             for product_id, quantity in sorted(wanted.items()):
@@ -353,6 +355,29 @@ class InventoryService(_Service):
         row, replayed = self._once(stock_reservations, idempotency_key, take_stock)
         self._leave(fault)
         return Reservation(row.reservation_id, row.order_ref, row.items, replayed)
+
+    def release(self, reservation_id: str) -> bool:
+        """Put a reservation's stock back (compensation), once: True when this call released it.
+        Not fault-injected."""
+        with self.engine.begin() as conn:
+            items = conn.execute(
+                update(stock_reservations)
+                .where(
+                    stock_reservations.c.reservation_id == reservation_id,
+                    stock_reservations.c.released_at.is_(None),
+                )
+                .values(released_at=_now())
+                .returning(stock_reservations.c["items"])
+            ).scalar()
+            if items is None:
+                return False
+            for line in sorted(items, key=lambda i: i["product_id"]):
+                conn.execute(
+                    update(products)
+                    .where(products.c.id == line["product_id"])
+                    .values(stock=products.c.stock + line["quantity"])
+                )
+        return True
 
     def set_stock(self, product_id: int, stock: int) -> None:
         with self.engine.begin() as conn:

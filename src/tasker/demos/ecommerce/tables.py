@@ -63,6 +63,8 @@ stock_reservations = Table(
     Column("order_ref", String(128), nullable=False, index=True),
     Column("items", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Set when the stock went back (a compensation): a reservation is released at most once.
+    Column("released_at", DateTime(timezone=True), nullable=True),
     UniqueConstraint("channel", "idempotency_key"),
 )
 
