@@ -310,10 +310,10 @@ def _engine_verdict(engine: dict[str, Any]) -> str:
         )
     compensated = engine.get("compensated", 0)
     if compensated:
-        were = "was" if compensated == 1 else "were"
+        were, its = ("was", "its") if compensated == 1 else ("were", "their")
         money += (
             f"; {_count(compensated, 'checkout')} out of stock after payment {were} refunded"
-            " by their compensation"
+            f" by {its} compensation"
         )
     operator = engine.get("retried_by_operator", 0)
     if operator <= 0:
