@@ -391,3 +391,19 @@ def drop_dead_pooled_connections() -> None:
         if isinstance(obj, sa.Engine) and obj.dialect.name == "postgresql":
             with contextlib.suppress(Exception):
                 obj.dispose()
+
+
+def make_effect_tables(url: str) -> None:
+    """The tables `handlers.Effect` writes: one row per effect (keyed by idempotency key) and one
+    per raw execution."""
+    with scratch_engine(url) as db, db.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE IF EXISTS chaos_effects, chaos_attempts")
+        conn.exec_driver_sql(
+            "CREATE TABLE chaos_effects (idempotency_key text PRIMARY KEY, step text NOT NULL, "
+            "at timestamptz NOT NULL DEFAULT now())"
+        )
+        conn.exec_driver_sql(
+            "CREATE TABLE chaos_attempts (id bigserial PRIMARY KEY, idempotency_key text NOT NULL, "
+            "step text NOT NULL, attempt int NOT NULL, pid int NOT NULL, "
+            "at timestamptz NOT NULL DEFAULT now())"
+        )

@@ -19,12 +19,12 @@ from tests.chaos.support import (
     HANDLERS,
     Fleet,
     libpq_url,
+    make_effect_tables,
     rows,
     scalar,
     scratch_engine,
     wait_for,
 )
-from tests.chaos.test_worker_kills import _make_tables
 from tests.fixture_types import TemplateFile
 
 TASKS = 30
@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 def test_sigkill_workers_while_tasks_compensate(
     chaos_url: str, engine: Tasker, template_file: TemplateFile, tmp_path: Path
 ) -> None:
-    _make_tables(chaos_url)
+    make_effect_tables(chaos_url)
     undo = {
         "handler_class": f"{HANDLERS}:Effect",
         "handler_config": {"sleep": [0.2, 0.6]},

@@ -20,6 +20,7 @@ from tests.chaos.support import (
     HANDLERS,
     Fleet,
     libpq_url,
+    make_effect_tables,
     rows,
     scalar,
     scratch_engine,
@@ -34,25 +35,11 @@ EXPANDING = "%jsonb_to_recordset%INSERT INTO tasker_steps%"
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
 
-def _make_tables(url: str) -> None:
-    with scratch_engine(url) as db, db.begin() as conn:
-        conn.exec_driver_sql("DROP TABLE IF EXISTS chaos_effects, chaos_attempts")
-        conn.exec_driver_sql(
-            "CREATE TABLE chaos_effects (idempotency_key text PRIMARY KEY, step text NOT NULL, "
-            "at timestamptz NOT NULL DEFAULT now())"
-        )
-        conn.exec_driver_sql(
-            "CREATE TABLE chaos_attempts (id bigserial PRIMARY KEY, idempotency_key text NOT NULL, "
-            "step text NOT NULL, attempt int NOT NULL, pid int NOT NULL, "
-            "at timestamptz NOT NULL DEFAULT now())"
-        )
-
-
 @pytest.mark.timeout(300)
 def test_a_worker_killed_mid_expansion_leaves_nothing_and_the_retry_expands_once(
     chaos_url: str, engine: Tasker, template_file: TemplateFile, tmp_path: Path
 ) -> None:
-    _make_tables(chaos_url)
+    make_effect_tables(chaos_url)
     path = template_file(
         "expand",
         [

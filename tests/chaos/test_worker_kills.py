@@ -22,6 +22,7 @@ from tests.chaos.support import (
     chain,
     complete_transition_counts,
     libpq_url,
+    make_effect_tables,
     rows,
     scalar,
     scratch_engine,
@@ -41,25 +42,11 @@ RETRY_LIMIT = 10
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
 
-def _make_tables(url: str) -> None:
-    with scratch_engine(url) as db, db.begin() as conn:
-        conn.exec_driver_sql("DROP TABLE IF EXISTS chaos_effects, chaos_attempts")
-        conn.exec_driver_sql(
-            "CREATE TABLE chaos_effects (idempotency_key text PRIMARY KEY, step text NOT NULL, "
-            "at timestamptz NOT NULL DEFAULT now())"
-        )
-        conn.exec_driver_sql(
-            "CREATE TABLE chaos_attempts (id bigserial PRIMARY KEY, idempotency_key text NOT NULL, "
-            "step text NOT NULL, attempt int NOT NULL, pid int NOT NULL, "
-            "at timestamptz NOT NULL DEFAULT now())"
-        )
-
-
 @pytest.mark.timeout(240)
 def test_sigkill_a_worker_every_second(
     chaos_url: str, engine: Tasker, template_file: TemplateFile, tmp_path: Path
 ) -> None:
-    _make_tables(chaos_url)
+    make_effect_tables(chaos_url)
     # Steps take 50-150 ms so that the fleet is busy for the whole kill window and every kill lands
     # on running steps; with a few ms per step the 2,500 steps would be done before the third kill.
     path = template_file(
