@@ -28,6 +28,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -35,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tasker.api.auth import Permission
+from tasker.domain.compensation import undone_by
 from tasker.domain.control import CONDITION_ERROR, JoinRule
 from tasker.domain.errors import NotFoundError, TaskerInputError
 from tasker.domain.history import StepTransition
@@ -171,6 +173,10 @@ class StepView:
     #: A `task:` step: the template it runs, and the child task it created (once it did).
     task: str | None = None
     child: ChildRef | None = None
+    #: Once the task compensates: the row that undoes this step (None for other steps), and, for
+    #: an undo row, the step it undoes.
+    undo: Step | None = None
+    undoes: str | None = None
 
     @property
     def no_child(self) -> str:
@@ -418,6 +424,7 @@ def task_view(engine: Tasker, task_id: int) -> TaskView:
         else:
             instances[s.instance_of].append(s)
     steps: list[StepView] = []
+    undos = {s.compensates: s for s in task.steps if s.compensates is not None}
     progress: dict[str, Progress] = {}
     timeline: list[tuple[int, str]] = []
     undrawn: list[tuple[str, int, int]] = []
@@ -442,6 +449,8 @@ def task_view(engine: Tasker, task_id: int) -> TaskView:
                 note,
                 st.task if st else None,
                 child,
+                undos.get(s.id),
+                undone_by(s.name),
             )
         )
         timeline.append((s.id, s.name))
@@ -489,6 +498,13 @@ async def render_task(
         form_values=form_values or {},
         can_cancel=v.can(Permission.TASK_CANCEL) and task.status not in TERMINAL_TASK_STATES,
         can_retry=v.can(Permission.TASK_RETRY) and task.status == TaskState.ERROR,
+        # Undo what completed (docs/templates.md, "Compensation"): for a template that declares
+        # compensations, a task in error not compensated yet, or a cancel that undoes.
+        compensable=any(st.compensation is not None for st in template.step_templates),
+        can_compensate=v.can(Permission.TASK_RETRY)
+        and task.status == TaskState.ERROR
+        and not any(s.compensates is not None for s in task.steps)
+        and any(st.compensation is not None for st in template.step_templates),
         can_retry_step=v.can(Permission.STEP_RETRY),
         can_resolve=v.can(Permission.STEP_UPDATE),
         live=v.can(Permission.EVENTS_INDEX),
@@ -518,13 +534,34 @@ async def cancel(request: Request) -> Response:
     form = await read_form(request)
     await actor(request, form, Permission.TASK_CANCEL)
     task_id = _task_id(raw_id)
+    compensate = field_of(form, "compensate") == "1"
     try:
-        await run_in_threadpool(
-            request.app.state.tasker.cancel_task, task_id, "cancelled from the dashboard"
+        task = await run_in_threadpool(
+            partial(
+                request.app.state.tasker.cancel_task,
+                task_id,
+                "cancelled from the dashboard",
+                compensate=compensate,
+            )
         )
     except TaskerInputError as exc:
         return redirect(request, _back(task_id), "error", str(exc))
+    if task.status == TaskState.COMPENSATING:
+        return redirect(request, _back(task_id), "ok", f"task {task_id} cancelled; undoing")
     return redirect(request, _back(task_id), "ok", f"task {task_id} cancelled")
+
+
+@pages.post("/tasks/{raw_id}/compensate")
+async def compensate(request: Request) -> Response:
+    raw_id = request.path_params["raw_id"]
+    form = await read_form(request)
+    await actor(request, form, Permission.TASK_RETRY)
+    task_id = _task_id(raw_id)
+    try:
+        await run_in_threadpool(request.app.state.tasker.compensate_task, task_id)
+    except TaskerInputError as exc:
+        return redirect(request, _back(task_id), "error", str(exc))
+    return redirect(request, _back(task_id), "ok", f"task {task_id} is undoing its steps")
 
 
 @pages.post("/tasks/{raw_id}/retry")
