@@ -205,6 +205,9 @@ def test_the_command_line_compensates_and_shows_each_steps_undo(
     assert shown.exit_code == 0, shown.output
     assert "undo" in shown.output and "undo:charge" in shown.output
     assert "compensated" in shown.output
+    diagram = invoke("tasks", "show", str(task.id), "--mermaid")
+    assert diagram.exit_code == 0, diagram.output
+    assert "undo: complete" in diagram.output  # each undone step's node says so
     again = invoke("tasks", "compensate", str(task.id))
     assert again.exit_code != 0 and "only a task in error" in again.output
 

@@ -127,11 +127,15 @@ class Task:
         return f"{done}/{step.fanout} done"
 
     def diagram_states(self) -> tuple[dict[str, str], dict[str, str]]:
-        """Each template step's state, and the notes of fan-out steps (`n/N done`), for a
-        diagram of the task."""
+        """Each template step's state, and the notes of fan-out steps (`n/N done`) and of steps
+        being undone (`undo: complete`), for a diagram of the task."""
         steps = [s for s in self.steps if s.instance_of is None and s.compensates is None]
         states = {s.name: str(s.status) for s in steps}
         notes = {s.name: self.fanout_progress(s) for s in steps if s.fanout is not None}
+        for s in steps:
+            undo = self.undo_of(s)
+            if undo is not None:
+                notes[s.name] = f"undo: {undo.status}"
         return states, notes
 
     @property
