@@ -230,3 +230,15 @@ def test_a_step_past_the_point_of_no_return_fails_without_compensating(
     assert not any(s.name.startswith("undo:") for s in task.steps)
     assert str(tasker.compensate_task(task.id).status) == "compensating"  # by hand, still
     assert tasker.run(task.id).status == "compensated"
+
+
+def test_analytics_count_compensated_tasks_per_template(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
+    ref = load("counted", checkout())
+    for _ in range(2):
+        tasker.run(tasker.create_task(ref, {"key": key}).id)
+    report = tasker.insight.performance(24).model_dump()
+    (row,) = [t for t in report["templates"] if t["name"] == "counted"]
+    assert (row["compensated"], row["failed"], row["completed"], row["in_flight"]) == (2, 0, 0, 0)
+    assert row["completion_rate"] == 0.0

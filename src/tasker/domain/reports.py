@@ -215,9 +215,11 @@ class TaskFigures(BaseModel):
     failed: int
     cancelled: int
     resolved_manually: int
+    #: Failed tasks whose completed steps were undone (docs/templates.md, "Compensation").
+    compensated: int = 0
     in_flight: int
     completion_rate: float | None = Field(
-        description="completed / finished (complete, error, cancelled, resolved)."
+        description="completed / finished (complete, error, cancelled, resolved, compensated)."
     )
     error_rate: float | None
     task_throughput_per_hour: float

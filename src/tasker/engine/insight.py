@@ -433,7 +433,8 @@ def _figures(
     b = o.by_status
     completed, failed = b.get(TaskState.COMPLETE, 0), b.get(TaskState.ERROR, 0)
     cancelled, resolved = b.get(TaskState.CANCELLED, 0), b.get(TaskState.RESOLVED_MANUALLY, 0)
-    finished = completed + failed + cancelled + resolved
+    compensated = b.get(TaskState.COMPENSATED, 0)
+    finished = completed + failed + cancelled + resolved + compensated
     done = sum(c.completed for c in counts)
     return TaskFigures(
         created=o.created,
@@ -442,6 +443,7 @@ def _figures(
         failed=failed,
         cancelled=cancelled,
         resolved_manually=resolved,
+        compensated=compensated,
         in_flight=o.created - finished,
         completion_rate=_rate(completed, finished),
         error_rate=_rate(failed, finished),
