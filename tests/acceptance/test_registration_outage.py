@@ -10,12 +10,23 @@ coordinator leaves every user half-registered.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 
+from tasker import Tasker
 from tasker.cli.demo import demo
+from tasker.demos.microservices.demo import (
+    TEMPLATE,
+    TEMPLATES,
+    _environment,
+    generate_registrations,
+)
+from tasker.demos.microservices.services.billing import REFUSED_PAYMENT_METHOD
+from tasker.demos.microservices.services.runner import ServiceFleet
 
 REGISTRATIONS, OUTAGE = 8, 2.5
 
@@ -156,3 +167,25 @@ def test_bad_options_are_refused_with_one_line(args: list[str], message: str) ->
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_customer_billing_refuses_for_good_is_left_with_no_active_account(
+    tmp_path: Path,
+) -> None:
+    # The card network refuses the payment method: billing answers 402, the step fails for good,
+    # and the account the first step created is suspended by its compensation.
+    (context,) = generate_registrations(1, seed=7)
+    context["user_info"]["plan"] = "pro"
+    context["billing_info"] = {"payment_method": f"{REFUSED_PAYMENT_METHOD}_visa"}
+    with ServiceFleet(tmp_path / "services") as fleet, _environment(fleet.env()):
+        with Tasker(f"sqlite:///{tmp_path / 'tasker.db'}", migrate=True) as tasker:
+            tasker.load_templates(TEMPLATES)
+            task = tasker.run(tasker.create_task(TEMPLATE, context).id)
+            assert task.status == "compensated", [(s.name, str(s.status)) for s in task.steps]
+            billing = task.step("setup_billing_profile")
+            assert billing.last_error is not None and "402" in str(billing.last_error)
+            undo = task.step("undo:create_user_account")
+            assert undo.status == "complete"
+            user_id = (task.step("create_user_account").results or {})["user_id"]
+        user = httpx.get(f"{fleet.env()['USER_SERVICE_URL']}/users/{user_id}").json()
+    assert user["status"] == "suspended"  # no active user without billing

@@ -152,3 +152,20 @@ class UpdateUserStatusHandler(RegistrationStep):
             "registration_complete": body.get("status") == "registration_complete",
             "completed_steps": body.get("completed_steps"),
         }
+
+
+class DeactivateUserAccountHandler(RegistrationStep):
+    """`create_user_account`'s compensation: when billing refuses the customer for good, the
+    account it created is suspended, so that no user exists without billing."""
+
+    service = "UserService"
+    result_id = "user_id"
+
+    def build_request(self, ctx: StepContext) -> ApiRequest:
+        user_id = (ctx.forward_results or {})["user_id"]
+        return ApiRequest(
+            "PUT", f"/users/{user_id}/status", json={"status": "suspended", "completed_steps": []}
+        )
+
+    def keep(self, ctx: StepContext, body: dict[str, Any]) -> dict[str, Any]:
+        return {"status": body.get("status")}

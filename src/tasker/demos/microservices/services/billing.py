@@ -1,7 +1,8 @@
 """BillingService: one billing profile per user, priced by plan.
 
 POST /billing_profiles          create (201); 409 with the existing profile if the user has one;
-                                422 when a paid plan comes without a payment method
+                                422 when a paid plan comes without a payment method; 402 for a
+                                payment method the card network refuses (`pm_refused...`)
 GET  /billing_profiles/{id}, GET /billing_profiles?user_id=...
 """
 
@@ -22,6 +23,9 @@ from tasker.demos.microservices.services.base import (
     not_found,
     now,
 )
+
+#: Payment methods that start so are refused for good (402): a customer billing cannot take.
+REFUSED_PAYMENT_METHOD = "pm_refused"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS billing_profiles (
@@ -77,6 +81,10 @@ class BillingService(Service):
             if body.plan != "free" and not body.payment_method:
                 raise ServiceError(
                     422, "validation_failed", f"payment_method: required for the {body.plan} plan"
+                )
+            if (body.payment_method or "").startswith(REFUSED_PAYMENT_METHOD):
+                raise ServiceError(
+                    402, "payment_refused", "the card network refuses this payment method"
                 )
             with self.store.transaction() as conn:
                 existing = conn.execute(
