@@ -595,8 +595,9 @@ def reclaim_expired(
         journal.step(r.id, r.task_id, StepState.IN_PROGRESS, target, r.attempts, error)
         if retry:
             journal.readied.add(r.id)  # due at once: wake the other workers
+        failed = "step.compensation_failed" if is_undo(r.name) else "step.failed"
         journal.event(
-            "step.retry_scheduled" if retry else "step.failed",
+            "step.retry_scheduled" if retry else failed,
             {
                 "task_id": r.task_id,
                 "step_id": r.id,
