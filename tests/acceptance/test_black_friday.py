@@ -122,8 +122,8 @@ def test_operator_retry_recovers_everything_but_declines_under_heavy_faults(stor
     assert_consistent(engine, 60)
     assert engine["failed_before_retry"] > engine["failed_declined"] > 0
     assert engine["recovered_by_retry"] == engine["retried_by_operator"]
-    # What did not complete was declined, or refunded by its compensation (a step that ran out of
-    # attempts after the charge): no customer keeps paying for nothing.
+    # What did not complete was declined (or, with stock-outs, refunded by its compensation): no
+    # customer keeps paying for nothing.
     assert engine["failed"] == engine["failed_declined"] + engine["compensated"]
     assert engine["refunded"] == engine["compensated"]
     assert (engine["charged_without_order"], engine["double_charges"]) == (0, 0)

@@ -19,17 +19,11 @@ from typing import Any
 
 import pytest
 
-from tasker import ContextValidationError, Event, Task, Tasker
+from tasker import ContextValidationError, Event, PermanentError, Task, Tasker
 from tasker.demos.ecommerce import services
 from tasker.demos.ecommerce.demo import TEMPLATES
 from tasker.demos.ecommerce.pricing import PricedLine, price_lines
-from tasker.demos.ecommerce.services import (
-    CATALOG,
-    Fault,
-    FaultSettings,
-    InvalidRequest,
-    Services,
-)
+from tasker.demos.ecommerce.services import CATALOG, Fault, FaultSettings, Services
 from tasker.domain.errors import OperationError
 from tasker.store.database import Database
 
@@ -263,7 +257,7 @@ def test_an_order_that_cannot_be_created_puts_the_stock_back_and_refunds(
     shop.inventory.set_stock(4, 5)
 
     def refuse(**_: Any) -> None:
-        raise InvalidRequest("order_book", "the order book refuses this customer")
+        raise PermanentError("the order book refuses this customer", error_code="ORDER_REFUSED")
 
     monkeypatch.setattr(shop.orders, "create", refuse)
     task = run(engine, order(cart))

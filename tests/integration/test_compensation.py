@@ -242,3 +242,33 @@ def test_analytics_count_compensated_tasks_per_template(
     (row,) = [t for t in report["templates"] if t["name"] == "counted"]
     assert (row["compensated"], row["failed"], row["completed"], row["in_flight"]) == (2, 0, 0, 0)
     assert row["completion_rate"] == 0.0
+
+
+def test_an_operator_resolves_a_failed_undo_by_hand(
+    tasker: Tasker, load: LoadTemplate, key: str, tmp_path: Path
+) -> None:
+    flag = tmp_path / "gateway-down"
+    flag.write_text("down")
+    ref = load("hand_refund", checkout(refund={"fail_file": str(flag)}))
+    task = tasker.run(tasker.create_task(ref, {"key": key}).id)
+    assert task.status == "error" and str(task.step("undo:charge").status) == "error"
+
+    done = tasker.resolve_step(task.id, "undo:charge", {"refunded_by": "support"})
+    assert done.status == "compensated"
+    assert str(done.step("undo:charge").status) == "resolved_manually"
+
+
+def test_a_step_out_of_retryable_attempts_holds_the_task_in_error_for_an_operator(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
+    # A dependency down past the step's retries: the work may still be possible, so the task waits
+    # in error (retry it when the dependency is back, or compensate by hand) rather than undoing.
+    steps = [
+        step("charge", compensation=undo()),
+        step("ship", after="charge", handler_config={"always_fail": "retryable"}),
+    ]
+    ref = load("outage", steps)
+    task = tasker.run(tasker.create_task(ref, {"key": key}).id)
+    assert task.status == "error"
+    assert not any(s.name.startswith("undo:") for s in task.steps)
+    assert tasker.run(tasker.compensate_task(task.id).id).status == "compensated"

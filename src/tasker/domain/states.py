@@ -73,8 +73,11 @@ TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
         {T.COMPLETE, T.ERROR, T.CANCELLED, T.RESOLVED_MANUALLY, T.COMPENSATING}
     ),
     # error -> pending is an operator's retry or a manual resolution that unblocks more steps;
-    # error -> compensating an operator's compensate, or the retry of a failed undo.
-    T.ERROR: frozenset({T.PENDING, T.RESOLVED_MANUALLY, T.CANCELLED, T.COMPENSATING}),
+    # error -> compensating an operator's compensate, or the retry of a failed undo; error ->
+    # compensated the resolution by hand of the last failed undo.
+    T.ERROR: frozenset(
+        {T.PENDING, T.RESOLVED_MANUALLY, T.CANCELLED, T.COMPENSATING, T.COMPENSATED}
+    ),
     T.COMPLETE: frozenset(),
     T.CANCELLED: frozenset(),
     T.RESOLVED_MANUALLY: frozenset(),
@@ -180,7 +183,8 @@ class TaskCounts:
     steps: dict[str, int] = field(default_factory=dict)
     undos: dict[str, int] = field(default_factory=dict)
     undoable: int = 0
-    #: Failed steps whose failure leaves the task in `error` (`on_failure: stop`).
+    #: Failed steps whose failure leaves the task in `error` rather than compensating it: the step
+    #: says `on_failure: stop`, or its failure was retryable and ran out of attempts.
     stopping: int = 0
 
     def add(
@@ -193,7 +197,7 @@ class TaskCounts:
         stops: bool = False,
     ) -> None:
         """Count `n` rows in `state`: undo rows (`is_undo`), or steps (`undo`: to be undone;
-        `stops`: their failure does not compensate)."""
+        `stops`: their failure holds the task in `error` instead of compensating it)."""
         into = self.undos if is_undo else self.steps
         into[state] = into.get(state, 0) + n
         if undo and not is_undo and state == S.COMPLETE:
@@ -221,8 +225,8 @@ def compensation_outcome(undos: dict[str, int]) -> TaskState | None:
 def settle_move(status: TaskState | str, counts: dict[str, int] | TaskCounts) -> TaskState | None:
     """Where a task in `status` goes given how many of its steps are in each state (a plain mapping
     counts steps only), or None when it stays: to `final_task_state` once no step is active (a
-    failure with steps to undo to `compensating` instead of `error`, unless a failed step says
-    `on_failure: stop`); an `error` task with work
+    failure with steps to undo to `compensating` instead of `error`, unless a failed step holds it:
+    `on_failure: stop`, or a retryable failure that ran out of attempts); an `error` task with work
     again (an operator's retry or resolution) back to `pending`, or back to `compensating` when the
     work is an undo; a task in compensation by `compensation_outcome`; a finished task nowhere.
     Raises `InvalidTransitionError` for a move the transition table forbids."""

@@ -268,8 +268,11 @@ def _settle() -> str:
                                      AND s.state = '{S.RESOLVED_MANUALLY.value}') AS resolved,
                count(s.id) FILTER (WHERE s.undo AND s.compensates IS NULL
                                      AND s.state = '{S.COMPLETE.value}') AS undoable,
-               count(s.id) FILTER (WHERE s.stops AND s.compensates IS NULL
-                                     AND s.state = '{S.ERROR.value}') AS stopping,
+               -- readiness._HOLDS: a failure that leaves the task in error (on_failure: stop,
+               -- or a retryable failure that ran out of attempts)
+               count(s.id) FILTER (WHERE s.compensates IS NULL AND s.state = '{S.ERROR.value}'
+                                     AND (s.stops OR (s.last_error->>'retryable') = 'true'))
+                   AS stopping,
                count(s.id) FILTER (WHERE s.compensates IS NOT NULL) AS undos
           FROM tasker_tasks t LEFT JOIN tasker_steps s ON s.task_id = t.id
          WHERE t.id = ANY(%(ids)s::bigint[])

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from sqlalchemy import and_, bindparam, case, false, func, select, update
+from sqlalchemy import and_, bindparam, case, false, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from tasker.domain.states import (
@@ -53,6 +53,13 @@ _RELEASE = (
 #: Each task's status with the count of its steps in each state: one statement, read after the
 #: lock (a read in the locking statement would use a snapshot from before the wait).
 _IS_UNDO = steps.c.compensates.is_not(None)
+#: A failed step whose failure leaves its task in `error` rather than compensating it: the step says
+#: `on_failure: stop`, or its failure was retryable and ran out of attempts (a dependency was
+#: down: an operator retries once it is back, or compensates by hand).
+_HOLDS = and_(
+    steps.c.state == StepState.ERROR.value,
+    or_(steps.c.stops, steps.c.last_error["retryable"].as_boolean()),
+)
 _COUNTS = (
     select(
         tasks.c.id,
@@ -61,7 +68,7 @@ _COUNTS = (
         steps.c.state,
         _IS_UNDO.label("is_undo"),
         steps.c.undo,
-        steps.c.stops,
+        _HOLDS.label("holds"),
         func.count(steps.c.id),
     )
     .select_from(tasks.outerjoin(steps, steps.c.task_id == tasks.c.id))
@@ -73,7 +80,7 @@ _COUNTS = (
         steps.c.state,
         _IS_UNDO,
         steps.c.undo,
-        steps.c.stops,
+        _HOLDS,
     )
 )
 #: A child task that settled wakes the `task:` step waiting for it (parked: no `run_at`).

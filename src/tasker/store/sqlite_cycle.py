@@ -262,16 +262,23 @@ def _cycle(cur: sqlite3.Cursor, journal: Journal, work: CycleInput) -> Cycle:
     return out
 
 
+#: `readiness._HOLDS`: a failure that leaves its task in error rather than compensating it.
+_HOLDS = (
+    f"(s.state = '{StepState.ERROR.value}'"
+    " AND (s.stops OR coalesce(json_extract(s.last_error, '$.retryable'), 0) = 1))"
+)
+
+
 def _settle(cur: sqlite3.Cursor, journal: Journal, ids: list[int], out: Cycle) -> None:
     """`readiness.settle_tasks`, on the driver: the pure `settle_move` decides."""
     statuses: dict[int, str] = {}
     counts: dict[int, TaskCounts] = {}
     parents: dict[int, int] = {}
     for t_id, status, parent_step, state, is_undo, undo, stops, n in cur.execute(
-        "SELECT t.id, t.status, t.parent_step_id, s.state, s.compensates IS NOT NULL, s.undo,"
-        " s.stops, count(s.id) FROM tasker_tasks t LEFT JOIN tasker_steps s ON s.task_id = t.id"
+        f"SELECT t.id, t.status, t.parent_step_id, s.state, s.compensates IS NOT NULL, s.undo,"
+        f" {_HOLDS}, count(s.id) FROM tasker_tasks t LEFT JOIN tasker_steps s ON s.task_id = t.id"
         f" WHERE t.id IN ({_in(len(ids))}) GROUP BY t.id, t.status, t.parent_step_id, s.state,"
-        " s.compensates IS NOT NULL, s.undo, s.stops",
+        f" s.compensates IS NOT NULL, s.undo, {_HOLDS}",
         ids,
     ):
         statuses[t_id] = status

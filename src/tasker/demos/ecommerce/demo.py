@@ -276,8 +276,7 @@ def run_engine(
             t for t in tasker.get_tasks(ids) if t.status in (TaskState.ERROR, TaskState.COMPENSATED)
         ]
         # A declined card is no outage: a retry would fail the same way; a compensated checkout
-        # (a stock-out, or a step that ran out of attempts after the charge) was refunded: its
-        # customer checks out again.
+        # (a stock-out) was refunded: its customer checks out again.
         to_retry = [
             t.id for t in failed if t.status == TaskState.ERROR and failure_reason(t) != DECLINED
         ]
