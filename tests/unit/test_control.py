@@ -15,7 +15,6 @@ from tasker.domain.control import (
     JoinRule,
     StepControl,
     Verdict,
-    children_of,
     decide,
     gated,
     may_skip,
@@ -26,6 +25,7 @@ from tasker.domain.expressions import (
     ExpressionSyntaxError,
     compile_expression,
 )
+from tasker.domain.graph import children_of
 from tasker.domain.states import StepState
 from tasker.domain.templates import (
     WIDE_TEMPLATE_STEPS,
@@ -262,7 +262,9 @@ def _engine(
                 finish(name)
 
     def skip_down(name: str) -> None:
-        followed = skip_cascade(by_name, children_of(by_name), [name])
+        followed = skip_cascade(
+            by_name, children_of({n: c.parents for n, c in by_name.items()}), [name]
+        )
         for skipped in followed.skipped:
             assert state[skipped] == S.PENDING and pending[skipped] > 0, skipped
             state[skipped] = S.SKIPPED
@@ -316,7 +318,9 @@ def test_a_skip_cascade_stops_where_a_child_has_a_parent_outside_it() -> None:
             _c("both", ("b2", "b3")),
         )
     }
-    followed = skip_cascade(controls, children_of(controls), ["b"])
+    followed = skip_cascade(
+        controls, children_of({n: c.parents for n, c in controls.items()}), ["b"]
+    )
     assert list(followed.skipped) == ["b2", "b3", "both"]
     assert followed.skipped["b2"].reason == "parent 'b' skipped (join: all)"
     assert followed.skipped["b3"].reason == "no parent completed (join: any)"

@@ -25,6 +25,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from tasker.domain.graph import children_of, reachable
 from tasker.domain.states import StepState
 
 #: The name of a step's undo row is its name behind this prefix (`undo:charge`, `undo:each[3]`): a
@@ -76,10 +77,7 @@ def plan_compensation(
         for s in parents
         if s in declares and StepState(states.get(s, StepState.PENDING)) == StepState.COMPLETE
     ]
-    children: dict[str, list[str]] = {name: [] for name in parents}
-    for child, ps in parents.items():
-        for p in ps:
-            children.setdefault(p, []).append(child)
+    children = children_of(parents)
     undo = set(undone)
     waits_for = {s: tuple(sorted(_nearest(s, children, undo))) for s in undone}
     return CompensationPlan(newest_first(waits_for, finished_at or {}), waits_for)
@@ -102,19 +100,8 @@ def _nearest(step: str, children: Mapping[str, Sequence[str]], undo: Collection[
     # A step reached both directly and below another undone step need not be waited for twice.
     below: set[str] = set()
     for f in found:
-        below |= _descendants(f, children)
+        below |= reachable(f, children)
     return found - below
-
-
-def _descendants(step: str, children: Mapping[str, Sequence[str]]) -> set[str]:
-    seen: set[str] = set()
-    todo = list(children.get(step, ()))
-    while todo:
-        node = todo.pop()
-        if node not in seen:
-            seen.add(node)
-            todo.extend(children.get(node, ()))
-    return seen
 
 
 def newest_first(

@@ -165,15 +165,6 @@ class SkipCascade:
     released: Counter[str]
 
 
-def children_of(controls: Mapping[str, StepControl]) -> dict[str, tuple[str, ...]]:
-    """Each step's children by name, in template order."""
-    found: dict[str, list[str]] = {name: [] for name in controls}
-    for c in controls.values():
-        for p in c.parents:
-            found[p].append(c.name)
-    return {name: tuple(kids) for name, kids in found.items()}
-
-
 def skip_cascade(
     controls: Mapping[str, StepControl],
     children: Mapping[str, Sequence[str]],

@@ -93,6 +93,29 @@ def execution_levels(steps: Sequence[tuple[str, Sequence[str]]]) -> list[list[st
     return out
 
 
+def children_of(parents: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Each step's children, in the order of `parents` (step -> its parents); a step named only as
+    a parent gets an entry too."""
+    children: dict[str, list[str]] = {name: [] for name in parents}
+    for name, ps in parents.items():
+        for p in ps:
+            children.setdefault(p, []).append(name)
+    return children
+
+
+def reachable(step: str, edges: Mapping[str, Sequence[str]]) -> set[str]:
+    """The steps reachable from `step` along `edges`: through a parents map its ancestors, through
+    a children map its descendants."""
+    seen: set[str] = set()
+    todo = list(edges.get(step, ()))
+    while todo:
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo.extend(edges.get(node, ()))
+    return seen
+
+
 def execution_order(steps: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
     """A topological order that keeps declaration order among steps that are free at the same time.
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -40,7 +39,7 @@ from tasker.domain.expressions import (
     ExpressionSyntaxError,
     compile_expression,
 )
-from tasker.domain.graph import GraphError, execution_order, mermaid
+from tasker.domain.graph import GraphError, children_of, execution_order, mermaid, reachable
 from tasker.domain.retry import DEFAULT_RETRY_LIMIT, RetryPolicy
 
 SEMVER = re.compile(
@@ -394,7 +393,7 @@ class TaskTemplate(_Strict):
     _fanouts: frozenset[str] | None = PrivateAttr(default=None)
     _by_name: dict[str, StepTemplate] | None = PrivateAttr(default=None)
     _related: dict[str, frozenset[str]] = PrivateAttr(default_factory=dict)
-    _edges: tuple[dict[str, list[str]], dict[str, list[str]]] | None = PrivateAttr(default=None)
+    _children: dict[str, list[str]] | None = PrivateAttr(default=None)
 
     @field_validator("name", "namespace_name")
     @classmethod
@@ -527,17 +526,16 @@ class TaskTemplate(_Strict):
         reading the task again). Computed once per step; a fan-out's instance has its step's."""
         found = self._related.get(name)
         if found is None:
-            if self._edges is None:
-                parents = {s.name: list(s.parents) for s in self.step_templates}
-                children: dict[str, list[str]] = {n: [] for n in parents}
-                for child, ps in parents.items():
-                    for p in ps:
-                        children[p].append(child)
-                self._edges = (parents, children)
-            up, down = self._edges
-            found = frozenset(_ancestors(name, up) | _ancestors(name, down))
+            up = {s.name: s.parents for s in self.step_templates}
+            found = frozenset(reachable(name, up) | reachable(name, self.children()))
             self._related[name] = found
         return found
+
+    def children(self) -> dict[str, list[str]]:
+        """Each step's children by name, in template order, computed once."""
+        if self._children is None:
+            self._children = children_of({s.name: s.parents for s in self.step_templates})
+        return self._children
 
     def visible_results(self, results: dict[str, Any]) -> dict[str, Any]:
         """Stored results by step name as a handler or a sub-workflow's context reads them: a
@@ -649,7 +647,7 @@ def _compiled(
             f"{key}: {exc.message} at {exc.where()} of `{_one_line(source)}`; fix: write a CEL"
             " expression over context and results (docs/templates.md, Conditions)",
         ) from None
-    ancestors = _ancestors(s.name, parents)
+    ancestors = reachable(s.name, parents)
     for ref in expr.references:
         if ref.step not in ancestors:
             known = ", ".join(sorted(ancestors)) or "(none: it has no parents)"
@@ -660,19 +658,6 @@ def _compiled(
                 f" '{s.name}'; fix: read the results of its ancestors only: {known}",
             )
     return expr
-
-
-def _ancestors(name: str, parents: Mapping[str, Sequence[str]]) -> set[str]:
-    """The steps reachable from `name` through `parents` (its ancestors; through a children map,
-    its descendants)."""
-    seen: set[str] = set()
-    stack = list(parents.get(name, []))
-    while stack:
-        p = stack.pop()
-        if p not in seen:
-            seen.add(p)
-            stack.extend(parents.get(p, []))
-    return seen
 
 
 def _one_line(text: str, limit: int = 80) -> str:

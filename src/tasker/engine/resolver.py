@@ -25,7 +25,6 @@ class Resolver:
         self._handlers: dict[str, type] = {}
         self._policies: dict[tuple[int, str], RetryPolicy] = {}
         self._parents: dict[int, dict[str, list[str]]] = {}
-        self._children: dict[int, dict[str, list[str]]] = {}
         self._undos: dict[tuple[int, str], StepTemplate] = {}
         self._lock = threading.Lock()
 
@@ -113,14 +112,7 @@ class Resolver:
         return found
 
     def children_of(self, template_id: int, name: str) -> list[str]:
-        table = self._children.get(template_id)
-        if table is None:
-            table = {s.name: [] for s in self._templates[template_id].step_templates}
-            for s in self._templates[template_id].step_templates:
-                for p in s.parents:
-                    table[p].append(s.name)
-            self._children[template_id] = table
-        return table[name]
+        return self._templates[template_id].children()[name]
 
     def handler_class(self, template_id: int, name: str) -> type:
         """The handler class of a step (of an undo row: its compensation's)."""

@@ -30,7 +30,6 @@ from tasker.domain.control import (
     Decision,
     StepControl,
     Verdict,
-    children_of,
     decide,
     fanout_results,
     instance_name,
@@ -123,7 +122,7 @@ class _Rules:
     """A template snapshot's control-flow rules by step name, and each step's children."""
 
     controls: dict[str, StepControl]
-    children: dict[str, tuple[str, ...]]
+    children: dict[str, list[str]]
 
 
 #: Each template snapshot's rules by its content hash, compiled once per process: a hash names one
@@ -137,8 +136,8 @@ def _rules_of(conn: Connection, template_id: int, digest: str) -> _Rules:
     found = _RULES.get(digest)
     if found is None:
         definition = conn.execute(_DEFINITION, {"template_id": template_id}).scalar_one()
-        controls = TaskTemplate.from_snapshot(definition).controls()
-        found = _Rules(controls, children_of(controls))
+        template = TaskTemplate.from_snapshot(definition)
+        found = _Rules(template.controls(), template.children())
         with _LOCK:
             _RULES[digest] = found
     return found
