@@ -17,7 +17,7 @@ from tasker.domain.errors import TaskerError
 from tasker.domain.records import ClaimedStep, Outcome
 from tasker.domain.states import StepState
 from tasker.domain.storable import storable_text
-from tasker.domain.templates import TaskTemplate
+from tasker.domain.templates import StepTemplate, TaskTemplate
 from tasker.engine import outcomes, subtasks
 from tasker.engine.executor import Runtime, execute
 from tasker.engine.resolver import Resolver
@@ -92,7 +92,10 @@ class Attempts:
         try:
             template = self.resolver.template(claimed.template_id)
             if is_undo(claimed.name):
-                return await self._undo(claimed, template)
+                # An undo runs its step's compensation; the undos it releases only the edges know.
+                undo = self.resolver.undo_step(claimed.template_id, claimed.name)
+                undone = await self._handle(claimed, template, undo, claimed.name)
+                return outcomes.finish(undone, claimed, None)
             instance = parse_instance(claimed.name)
             name = instance[0] if instance else claimed.name  # an instance runs its step's code
             step = template.step(name)
@@ -113,20 +116,7 @@ class Attempts:
                 return outcomes.finish(
                     outcome, claimed, self._children(claimed, outcome), template.gated_steps()
                 )
-            try:
-                handler_cls = self.resolver.handler_class(claimed.template_id, name)
-            except TaskerError as exc:
-                return outcomes.finish(
-                    self._unloadable(claimed, step.handler_class or "", exc), claimed, None
-                )
-            outcome = await execute(
-                claimed,
-                template,
-                step,
-                handler_cls,
-                self.resolver.policy(claimed.template_id, name),
-                self.rt,
-            )
+            outcome = await self._handle(claimed, template, step, name)
             if instance is not None:
                 # An instance's only children are its fan-out step (no longer gated: it waits
                 # for its instances) and, under max_parallel, the next instance of its chain,
@@ -149,25 +139,18 @@ class Attempts:
             )
             return outcomes.finish(outcomes.engine_fault(claimed, exc), claimed, None)
 
-    async def _undo(self, claimed: ClaimedStep, template: TaskTemplate) -> Outcome:
-        """An undo row runs its step's compensation; what it releases (the undos that waited for
-        it) only the edges know, so the store reads them."""
-        step = self.resolver.undo_step(claimed.template_id, claimed.name)
+    async def _handle(
+        self, claimed: ClaimedStep, template: TaskTemplate, step: StepTemplate, name: str
+    ) -> Outcome:
+        """Run `step`'s handler (`name`: the step whose handler and retry policy apply), or, when
+        this worker cannot load it, the outcome that leaves the step to workers that can. Either
+        is only complete (and releases children) when the handler ran and succeeded."""
         try:
-            handler_cls = self.resolver.handler_class(claimed.template_id, claimed.name)
+            handler_cls = self.resolver.handler_class(claimed.template_id, name)
         except TaskerError as exc:
-            return outcomes.finish(
-                self._unloadable(claimed, step.handler_class or "", exc), claimed, None
-            )
-        outcome = await execute(
-            claimed,
-            template,
-            step,
-            handler_cls,
-            self.resolver.policy(claimed.template_id, claimed.name),
-            self.rt,
-        )
-        return outcomes.finish(outcome, claimed, None)
+            return self._unloadable(claimed, step.handler_class or "", exc)
+        policy = self.resolver.policy(claimed.template_id, name)
+        return await execute(claimed, template, step, handler_cls, policy, self.rt)
 
     def _children(self, claimed: ClaimedStep, outcome: Outcome | None = None) -> list[str] | None:
         if outcome is not None and outcome.state != StepState.COMPLETE:
