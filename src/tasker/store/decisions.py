@@ -143,15 +143,17 @@ def _rules_of(conn: Connection, template_id: int, digest: str) -> _Rules:
     return found
 
 
-_FANOUT_STEP = select(
-    steps.c.position,
-    steps.c.namespace,
-    steps.c.dependent_system,
-    steps.c.retry_limit,
-    steps.c.retryable,
-    steps.c.undo,
-    steps.c.stops,
-).where(steps.c.id == bindparam("step_id"))
+#: The columns a fan-out's instances take from their fan-out step, read once per expansion.
+_INHERITED = (
+    "position",
+    "namespace",
+    "dependent_system",
+    "retry_limit",
+    "retryable",
+    "undo",
+    "stops",
+)
+_FANOUT_STEP = select(*(steps.c[k] for k in _INHERITED)).where(steps.c.id == bindparam("step_id"))
 _INSERT_INSTANCES = insert(steps).returning(steps.c.id, sort_by_parameter_order=True)
 _INSERT_EDGES = insert(step_edges)
 _EXPANDED = (
@@ -365,7 +367,7 @@ def _expand(
         journal.step(step_id, task_id, StepState.PENDING, StepState.READY, 0, reason=why)
         journal.event("step.ready", {"task_id": task_id, "step_id": step_id, "step": name})
         return True
-    g = conn.execute(_FANOUT_STEP, {"step_id": step_id}).one()
+    inherited = dict(conn.execute(_FANOUT_STEP, {"step_id": step_id}).one()._mapping)
     instances = [
         _Instance(
             i,
@@ -377,7 +379,7 @@ def _expand(
         for i, item in enumerate(items)
     ]
     insert_instances = _insert_pg if conn.dialect.name == "postgresql" else _insert_rows
-    ids = insert_instances(conn, now, step_id, task_id, instances, window, g)
+    ids = insert_instances(conn, now, step_id, task_id, instances, window, inherited)
     for instance_id, new in zip(ids, instances):
         journal.step(instance_id, task_id, None, new.state, 0)
         if new.ready and journal.collect:
@@ -414,7 +416,7 @@ _EXPAND_PG = text(f"""
                                   pending_parents, run_at, attempts, retry_limit, retryable,
                                   claim_token, idempotency_key, created_at, updated_at, gated,
                                   instance_of, item_index, item, undo, stops)
-        SELECT :task_id, v.name, :position, :namespace, :system,
+        SELECT :task_id, v.name, :position, :namespace, :dependent_system,
                CASE WHEN v.ready THEN '{StepState.READY.value}'
                     ELSE '{StepState.PENDING.value}' END,
                CASE WHEN v.ready THEN 0 ELSE 1 END,
@@ -441,10 +443,10 @@ def _insert_pg(
     task_id: int,
     instances: list[_Instance],
     window: int | None,
-    g: Any,
+    inherited: dict[str, Any],
 ) -> list[int]:
     """PostgreSQL: the instances and their edges in one statement (`_EXPAND_PG`); their ids in
-    item order."""
+    item order. `inherited`: the fan-out step's columns (`_INHERITED`)."""
     rows = [
         {"name": n.name, "ready": n.ready, "key": n.key, "item": n.item, "i": n.index}
         for n in instances
@@ -455,13 +457,7 @@ def _insert_pg(
             "rows": json.dumps(rows),
             "task_id": task_id,
             "step_id": step_id,
-            "position": g.position,
-            "namespace": g.namespace,
-            "system": g.dependent_system,
-            "retry_limit": g.retry_limit,
-            "retryable": g.retryable,
-            "undo": g.undo,
-            "stops": g.stops,
+            **inherited,
             "now": now,
             "lane": window,  # NULL without max_parallel: item_index = NULL joins nothing
         },
@@ -476,24 +472,18 @@ def _insert_rows(
     task_id: int,
     instances: list[_Instance],
     window: int | None,
-    g: Any,
+    inherited: dict[str, Any],
 ) -> list[int]:
     """SQLite: the instances and their edges with multi-row inserts; their ids in item order."""
     rows = [
         {
             "task_id": task_id,
             "name": n.name,
-            "position": g.position,
-            "namespace": g.namespace,
-            "dependent_system": g.dependent_system,
+            **inherited,
             "state": n.state.value,
             "pending_parents": 0 if n.ready else 1,
             "run_at": now if n.ready else None,
             "attempts": 0,
-            "retry_limit": g.retry_limit,
-            "retryable": g.retryable,
-            "undo": g.undo,
-            "stops": g.stops,
             "claim_token": 0,
             "idempotency_key": n.key,
             "created_at": now,
