@@ -26,7 +26,7 @@ from click.testing import CliRunner
 from tasker import PermanentError, RetryableError, StepContext, StepHandler, Tasker
 from tasker.cli.main import cli
 from tests.fixture_types import MakeTasker, WriteTemplate
-from tests.integration.support import FAST_RETRY, step, template_yaml
+from tests.integration.support import FAST_RETRY, step, template_yaml, work_in_threads
 
 HANDLER = "tests.integration.test_systems:Tracked"
 
@@ -166,28 +166,6 @@ def background_worker(engine: Tasker, **options: Any) -> Iterator[Any]:
         assert errors == []
 
 
-def work_in_threads(engines: list[Tasker], concurrency: int, timeout: float = 60) -> list[int]:
-    """Each engine works until idle in its own thread (its own loop and pools), as separate
-    processes would."""
-    ran: list[int] = []
-    errors: list[BaseException] = []
-
-    def work(engine: Tasker) -> None:
-        try:
-            ran.append(engine.work(concurrency=concurrency, until_idle=True))
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(e,), daemon=True) for e in engines]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout)
-    assert not any(t.is_alive() for t in threads), "workers did not finish"
-    assert errors == []
-    return ran
-
-
 def statuses(engine: Tasker, ids: list[int]) -> Counter[str]:
     return Counter(t.status for t in engine.get_tasks(ids))
 
@@ -211,7 +189,7 @@ def test_system_max_in_flight_holds_across_engines(
     ids = [producer.create_task(ref, {"key": key, "n": i}).id for i in range(24)]
     engines = [make_tasker(), make_tasker(), make_tasker()]
 
-    ran = work_in_threads(engines, concurrency=8)
+    ran = work_in_threads(engines, concurrency=8, timeout=60)
 
     assert sum(ran) == 48
     assert statuses(producer, ids) == {"complete": 24}
@@ -253,7 +231,7 @@ def test_namespace_limit_holds_across_engines(
     ]
     engines = [make_tasker(), make_tasker(), make_tasker()]
 
-    work_in_threads(engines, concurrency=8)
+    work_in_threads(engines, concurrency=8, timeout=60)
 
     assert statuses(producer, ids) == {"complete": 40}
     assert producer.systems.namespace_limits() == {"capped_ns": 3}
