@@ -240,7 +240,7 @@ def carries_item(name: str) -> bool:
     return is_instance(name) or is_undo(name)
 
 
-def instance_claims(claimed: Iterable[ClaimedStep]) -> list[int]:
+def item_claims(claimed: Iterable[ClaimedStep]) -> list[int]:
     """The ids of the claimed rows whose items are to be read (`carries_item`)."""
     return [c.step_id for c in claimed if carries_item(c.name)]
 
@@ -258,7 +258,7 @@ def attach_items(claimed: list[ClaimedStep], items: dict[int, Any]) -> None:
 
 def read_items(conn: Connection, claimed: list[ClaimedStep]) -> None:
     """Read and attach the items of the claimed fan-out instances (one read, when there are)."""
-    ids = instance_claims(claimed)
+    ids = item_claims(claimed)
     if ids:
         attach_items(claimed, {r.id: r.item for r in conn.execute(_ITEMS, {"ids": ids})})
 

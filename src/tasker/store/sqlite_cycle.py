@@ -28,7 +28,7 @@ from tasker.domain.states import (
     TaskState,
     settle_move,
 )
-from tasker.store.claims import attach_items, claimed_steps, instance_claims, unknown_tasks
+from tasker.store.claims import attach_items, claimed_steps, item_claims, unknown_tasks
 from tasker.store.cycle_rows import (
     EXPIRED_SQL,
     GATE_SQL,
@@ -251,7 +251,7 @@ def _cycle(cur: sqlite3.Cursor, journal: Journal, work: CycleInput) -> Cycle:
                 )
             ]
         out.claimed = claimed_steps(seen.claims, known, tasks, steps)
-        instances = instance_claims(out.claimed)
+        instances = item_claims(out.claimed)
         if instances:
             found = cur.execute(
                 f"SELECT id, item FROM tasker_steps WHERE id IN ({_in(len(instances))})",
