@@ -26,7 +26,7 @@ if TYPE_CHECKING:
         UnknownTemplateError,
     )
     from tasker.domain.events import Events
-    from tasker.domain.records import Step, Task
+    from tasker.domain.records import Signal, Step, Task
     from tasker.domain.retry import RetryPolicy
     from tasker.domain.states import StepState, TaskState
     from tasker.domain.templates import StepTemplate, TaskTemplate
@@ -34,7 +34,14 @@ if TYPE_CHECKING:
     from tasker.events.bus import Event, EventBus
     from tasker.events.subscriber import Subscriber
     from tasker.handlers.api import ApiRequest, ApiStepHandler, AsyncApiStepHandler
-    from tasker.handlers.base import StepContext, StepHandler, TaskHandler, UndeclaredEventError
+    from tasker.handlers.base import (
+        StepContext,
+        StepHandler,
+        TaskHandler,
+        UndeclaredEventError,
+        UndeclaredSignalError,
+        WaitRequest,
+    )
 
 __version__ = "0.1.0"
 
@@ -55,6 +62,7 @@ __all__ = [  # noqa: RUF022
     "ApiStepHandler",
     "AsyncApiStepHandler",
     "ApiRequest",
+    "WaitRequest",
     # -- errors: what handlers raise to steer retries, and what the engine raises to callers
     "TaskerError",
     "TaskerInputError",
@@ -68,6 +76,7 @@ __all__ = [  # noqa: RUF022
     "NotFoundError",
     "OperationError",
     "UndeclaredEventError",
+    "UndeclaredSignalError",
     # -- events: live events of this process, and subscribers to them
     "Event",
     "EventBus",
@@ -76,6 +85,7 @@ __all__ = [  # noqa: RUF022
     # -- records and states: what the engine hands back
     "Task",
     "Step",
+    "Signal",
     "TaskState",
     "StepState",
 ]
@@ -99,10 +109,17 @@ _SOURCES: dict[str, str] = {
     **dict.fromkeys(_ERRORS, "tasker.domain.errors"),
     **dict.fromkeys(("ApiRequest", "ApiStepHandler", "AsyncApiStepHandler"), "tasker.handlers.api"),
     **dict.fromkeys(
-        ("StepContext", "StepHandler", "TaskHandler", "UndeclaredEventError"),
+        (
+            "StepContext",
+            "StepHandler",
+            "TaskHandler",
+            "UndeclaredEventError",
+            "UndeclaredSignalError",
+            "WaitRequest",
+        ),
         "tasker.handlers.base",
     ),
-    **dict.fromkeys(("Step", "Task"), "tasker.domain.records"),
+    **dict.fromkeys(("Signal", "Step", "Task"), "tasker.domain.records"),
     **dict.fromkeys(("Event", "EventBus"), "tasker.events.bus"),
     **dict.fromkeys(("StepState", "TaskState"), "tasker.domain.states"),
     **dict.fromkeys(("StepTemplate", "TaskTemplate"), "tasker.domain.templates"),

@@ -129,6 +129,33 @@ class Scripted(StepHandler):
         }
 
 
+class Waiter(StepHandler):
+    """Parks itself: `handler_config.signal` (with `timeout`) waits for that signal, else
+    `handler_config.sleep_for` sleeps; once resumed, returns what it got. `gate: true` blocks each
+    call until the test's gate opens (to send a signal while the handler runs). Records every call
+    with the state it was given."""
+
+    def process(self, ctx: StepContext) -> Any:
+        key = _key(ctx)
+        cfg = ctx.handler_config
+        record(key, kind="wait_call", step=ctx.step_name, attempt=ctx.attempt, state=ctx.state)
+        if cfg.get("gate"):
+            started(key).set()
+            gate(key).wait(10)
+        name = cfg.get("signal")
+        if ctx.state is None:  # the first call: do the work before the wait, then park
+            if name:
+                if ctx.has_signal(name):
+                    return {"early": ctx.signal(name)}
+                return ctx.wait_for_signal(name, timeout=cfg.get("timeout"), state={"sent": 1})
+            return ctx.sleep(cfg.get("sleep_for", 60), state={"slept": cfg.get("sleep_for", 60)})
+        return {
+            "state": ctx.state,
+            "payload": ctx.signal(name) if name else None,
+            "timed_out": ctx.timed_out,
+        }
+
+
 class Effect(StepHandler):
     """An external side effect made once per idempotency key (a charge): counts effects and
     calls."""

@@ -332,7 +332,9 @@ def test_claim_room_is_the_pure_room_of_the_counts(db: Database) -> None:
 # -- the store honours the step state machine ------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", [StepState.PENDING, StepState.SKIPPED, StepState.IN_PROGRESS])
+@pytest.mark.parametrize(
+    "target", [StepState.PENDING, StepState.RESOLVED_MANUALLY, StepState.IN_PROGRESS]
+)
 def test_an_illegal_outcome_raises_and_rolls_back(db: Database, target: StepState) -> None:
     with db.write() as conn:
         _steps_running(conn, {("sys", "ns"): 1})

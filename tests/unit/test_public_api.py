@@ -18,6 +18,7 @@ from tasker.engine.history import History
 from tasker.engine.insight import Insight
 from tasker.engine.keys import ApiKeys
 from tasker.engine.queries import TaskListing
+from tasker.engine.signals import Signals
 from tasker.engine.systems import Systems
 from tasker.engine.templates import Templates
 
@@ -36,6 +37,7 @@ PUBLIC_NAMES = [
     "ApiStepHandler",
     "AsyncApiStepHandler",
     "ApiRequest",
+    "WaitRequest",
     # errors
     "TaskerError",
     "TaskerInputError",
@@ -49,6 +51,7 @@ PUBLIC_NAMES = [
     "NotFoundError",
     "OperationError",
     "UndeclaredEventError",
+    "UndeclaredSignalError",
     # events
     "Event",
     "EventBus",
@@ -57,6 +60,7 @@ PUBLIC_NAMES = [
     # records and states
     "Task",
     "Step",
+    "Signal",
     "TaskState",
     "StepState",
 ]
@@ -77,6 +81,7 @@ TASKER_METHODS = {
     "list_tasks",
     "cancel_task",
     "compensate_task",
+    "signal",
     "retry_task",
     "retry_step",
     "resolve_step",
@@ -107,6 +112,7 @@ PARTS: dict[str, tuple[type, set[str]]] = {
     "listing": (TaskListing, {"page", "count", "total"}),
     "history": (History, {"step_transitions", "task_transitions", "read_events", "events_tail"}),
     "keys": (ApiKeys, {"create", "all", "revoke", "authenticate"}),
+    "signals": (Signals, {"send", "of_task"}),
 }
 
 #: Plain attributes of an engine (not methods): its settings, its store and registry, its parts.

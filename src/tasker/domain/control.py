@@ -77,6 +77,10 @@ class StepControl:
     max_items: int = DEFAULT_MAX_ITEMS
     #: A `task:` step's child context: expressions (and constants) by key; None: the parent's.
     child_context: dict[str, Any] | None = None
+    #: A `sleep:` given as an expression (a constant duration is the step template's).
+    sleep: Expression | None = None
+    #: The step can end `skipped` by itself when it runs (a `wait_for` with `on_timeout: skip`).
+    skips_itself: bool = False
 
     @property
     def reads(self) -> frozenset[str]:
@@ -93,7 +97,7 @@ def may_skip(controls: Sequence[StepControl]) -> set[str]:
     for c in controls:
         skippable = [p in out for p in c.parents]
         joined = any(skippable) if c.join == JoinRule.ALL else bool(c.parents) and all(skippable)
-        if c.when is not None or joined:
+        if c.when is not None or joined or c.skips_itself:
             out.add(c.name)
     return out
 

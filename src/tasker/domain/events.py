@@ -24,6 +24,12 @@ class Events:
     #: An undo row (`undo:<step>`) completed, or failed for good.
     STEP_COMPENSATED = "step.compensated"
     STEP_COMPENSATION_FAILED = "step.compensation_failed"
+    #: A step parked for a sleep or a signal (no worker slot, lease or attempt meanwhile).
+    STEP_WAITING = "step.waiting"
+    #: A signal was sent to a task (it is also in the durable event log).
+    SIGNAL_RECEIVED = "signal.received"
+    #: A schedule's tick created a task.
+    SCHEDULE_FIRED = "schedule.fired"
     CIRCUIT_OPENED = "circuit.opened"
     CIRCUIT_CLOSED = "circuit.closed"
     CIRCUIT_HALF_OPEN = "circuit.half_open"

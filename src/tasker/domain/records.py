@@ -97,6 +97,10 @@ class Task:
     #: A child task: the task and the `task:` step that created it (None for other tasks).
     parent_task_id: int | None = None
     parent_step_id: int | None = None
+    #: A delayed start: when its first steps become claimable (None: at creation).
+    starts_at: datetime | None = None
+    #: Past this time the task ends in `error` (`deadline_exceeded`) if it has not finished.
+    deadline_at: datetime | None = None
 
     @property
     def template_key(self) -> str:
@@ -149,6 +153,24 @@ class Task:
 _FINISHED_INSTANCE = frozenset(
     {StepState.COMPLETE, StepState.RESOLVED_MANUALLY, StepState.SKIPPED, StepState.CANCELLED}
 )
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A signal sent to a task (`Tasker.signal`): what a `wait_for` step or a handler waiting with
+    `ctx.wait_for_signal` receives."""
+
+    id: int
+    task_id: int
+    name: str
+    payload: Any
+    idempotency_key: str | None
+    created_at: datetime
+    sender: str | None = None
+    #: True when `Tasker.signal` found a signal with the same idempotency key and returned it.
+    deduplicated: bool = False
+    #: The waiting steps this signal woke (their ids), when it was sent.
+    woke: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -224,6 +246,14 @@ class Outcome:
     #: The attempt failed and the step's retry limit allows no other (the outage hold may still
     #: wait).
     exhausted: bool = False
+    #: A durable wait began, goes on or ended (`tasker.engine.waits`): when `wait_note` is set the
+    #: store writes `wait` (JSON of `tasker.domain.waits.Wait`; None clears it) and the note as the
+    #: step's decision, on the general path.
+    wait: dict[str, Any] | None = None
+    wait_note: str | None = None
+    #: The step parks until this signal: the store checks in the same transaction whether the
+    #: signal has arrived meanwhile (then the step wakes at once).
+    waits_for: str | None = None
 
     @property
     def transient_failure(self) -> bool:

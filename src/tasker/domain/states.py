@@ -52,8 +52,11 @@ STEP_TRANSITIONS: dict[StepState, frozenset[StepState]] = {
     # that is false, a skipped parent, or a condition that fails to evaluate.
     S.PENDING: frozenset({S.READY, S.CANCELLED, S.RESOLVED_MANUALLY, S.SKIPPED, S.ERROR}),
     S.READY: frozenset({S.IN_PROGRESS, S.CANCELLED, S.RESOLVED_MANUALLY, S.SKIPPED}),
-    # in_progress -> ready is a graceful release (a stopping worker hands the step back unspent).
-    S.IN_PROGRESS: frozenset({S.COMPLETE, S.WAITING_RETRY, S.ERROR, S.CANCELLED, S.READY}),
+    # in_progress -> ready is a graceful release (a stopping worker hands the step back unspent);
+    # -> skipped a `wait_for` step whose signal did not come in time (`on_timeout: skip`).
+    S.IN_PROGRESS: frozenset(
+        {S.COMPLETE, S.WAITING_RETRY, S.ERROR, S.CANCELLED, S.READY, S.SKIPPED}
+    ),
     S.WAITING_RETRY: frozenset({S.IN_PROGRESS, S.CANCELLED, S.RESOLVED_MANUALLY, S.ERROR}),
     S.ERROR: frozenset({S.READY, S.RESOLVED_MANUALLY, S.CANCELLED}),
     S.COMPLETE: frozenset(),

@@ -41,6 +41,8 @@ from tasker.domain.expressions import (
 )
 from tasker.domain.graph import GraphError, children_of, execution_order, mermaid, reachable
 from tasker.domain.retry import DEFAULT_RETRY_LIMIT, RetryPolicy
+from tasker.domain.schedules import ScheduleSpec
+from tasker.domain.waits import OnTimeout, duration_seconds, is_duration
 
 SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$"
@@ -111,6 +113,14 @@ IdentityWindow = Annotated[float | None, _within(bounds.IDENTITY_WINDOW_SECONDS)
 NamespaceMaxInFlight = Annotated[int | None, _within(bounds.NAMESPACE_MAX_IN_FLIGHT)]
 MaxParallel = Annotated[int | None, _within(bounds.MAX_PARALLEL)]
 MaxItems = Annotated[int | None, _within(bounds.MAX_ITEMS)]
+
+
+def _duration(v: Any) -> Any:
+    return v if v is None else duration_seconds(v)
+
+
+#: A wait's timeout, a task's deadline: seconds, an ISO-8601 duration or `10m`, `2h`, `1d`.
+WaitSeconds = Annotated[float | None, BeforeValidator(_duration)]
 
 
 class _Strict(BaseModel):
@@ -263,6 +273,21 @@ class StepTemplate(_Strict):
     #: `stop`: a failure of this step leaves its task in `error` instead of compensating it (a
     #: step past the point of no return, such as the confirmation of an order that exists).
     on_failure: OnFailure | None = None
+    #: A durable sleep before the step completes (or before its handler runs): seconds, an
+    #: ISO-8601 duration (`PT10M`) or a CEL expression over `context` and `results` giving either.
+    #: The sleeping step holds no worker slot, lease or attempt (`tasker.domain.waits`).
+    sleep: float | str | None = None
+    #: Wait for this signal to the task (`Tasker.signal`); the step completes with its payload as
+    #: its results (or, with a handler, runs it then, the payload in `ctx.signal(name)`).
+    wait_for: str | None = Field(default=None, min_length=1, max_length=128)
+    #: What a `wait_for` step does when `timeout_seconds` passes without its signal.
+    on_timeout: OnTimeout | None = None
+    #: How long a `wait_for` step waits; for a handler step, the attempt's time limit (as
+    #: `handler_config.timeout_seconds`).
+    step_timeout: WaitSeconds = Field(default=None, alias="timeout_seconds")
+    #: Signals this step's handler may wait for with `ctx.wait_for_signal` (a signal of a name no
+    #: step declares is refused when sent).
+    signals: list[str] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -270,6 +295,67 @@ class StepTemplate(_Strict):
         if not NAME.match(v):
             raise ValueError("use letters, digits, '_', '-' or '.', starting with a letter or '_'")
         return v
+
+    @field_validator("wait_for")
+    @classmethod
+    def _signal_name(cls, v: str | None) -> str | None:
+        if v is not None and not NAME.match(v):
+            raise ValueError(
+                "a signal name uses letters, digits, '_', '-' or '.', starting with a letter or '_'"
+            )
+        return v
+
+    @field_validator("signals", mode="before")
+    @classmethod
+    def _signal_names(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        names = [v] if isinstance(v, str) else v
+        for name in names if isinstance(names, list) else []:
+            if not isinstance(name, str) or not NAME.match(name):
+                raise ValueError(
+                    f"signal name {name!r} must use letters, digits, '_', '-' or '.', starting"
+                    " with a letter or '_'"
+                )
+        return names
+
+    @field_validator("sleep", mode="before")
+    @classmethod
+    def _sleep(cls, v: Any) -> Any:
+        if v is None or (isinstance(v, str) and not is_duration(v)):
+            return v  # an expression, compiled with the template's controls
+        try:
+            return duration_seconds(v)
+        except ValueError as exc:
+            raise ValueError(f"sleep: {exc}") from None
+
+    @model_validator(mode="after")
+    def _waits(self) -> StepTemplate:
+        if self.sleep is not None and self.wait_for is not None:
+            raise ValueError(
+                "sleep and wait_for cannot go together on one step; put the sleep on a step"
+                " before it"
+            )
+        waits = self.sleep is not None or self.wait_for is not None
+        if waits and (self.task is not None or self.foreach is not None):
+            raise ValueError(
+                "sleep and wait_for cannot go with task: or foreach; wait on a step before it"
+            )
+        if self.on_timeout is not None and self.wait_for is None:
+            raise ValueError("on_timeout says what a wait_for step does; add wait_for or remove it")
+        handler_timeout = self.handler_config.get("timeout_seconds")
+        if self.wait_for is None and self.step_timeout is not None and handler_timeout is not None:
+            raise ValueError(
+                "timeout_seconds is given twice (on the step and in handler_config); keep one"
+            )
+        if self.sleep is not None and self.step_timeout is not None and self.handler_class is None:
+            raise ValueError("a sleep has no timeout; remove timeout_seconds")
+        return self
+
+    @property
+    def waits(self) -> bool:
+        """Whether the step sleeps or waits for a signal before it completes."""
+        return self.sleep is not None or self.wait_for is not None
 
     @field_validator("join", mode="before")
     @classmethod
@@ -283,6 +369,8 @@ class StepTemplate(_Strict):
 
     @model_validator(mode="after")
     def _handler_or_task(self) -> StepTemplate:
+        if self.handler_class is None and self.task is None and self.waits:
+            return self  # a step that only sleeps or waits for a signal
         if (self.handler_class is None) == (self.task is None):
             raise ValueError(
                 "a step needs handler_class (its code) or task (a sub-workflow), not both"
@@ -360,8 +448,17 @@ class StepTemplate(_Strict):
 
     @property
     def timeout_seconds(self) -> float | None:
+        """An attempt's time limit: `handler_config.timeout_seconds`, or the step's own
+        `timeout_seconds` unless that is how long a `wait_for` step waits."""
         t = self.handler_config.get("timeout_seconds")
+        if t is None and self.wait_for is None:
+            t = self.step_timeout
         return float(t) if t is not None else None
+
+    @property
+    def wait_timeout(self) -> float | None:
+        """How long a `wait_for` step waits for its signal (None: for ever)."""
+        return self.step_timeout if self.wait_for is not None else None
 
 
 class TaskTemplate(_Strict):
@@ -384,6 +481,12 @@ class TaskTemplate(_Strict):
     #: when a step declares a `compensation`) or stay in `error` (`stop`: an operator may still
     #: compensate it by hand).
     on_failure: OnFailure | None = None
+    #: A deadline for each task: seconds (or a duration) from its start (its `run_at`, else its
+    #: creation); past it, its unfinished steps are cancelled and it ends in `error`
+    #: (`deadline_exceeded`), compensating when it declares compensations.
+    timeout_seconds: WaitSeconds = None
+    #: Cron schedules that create tasks of this template (`tasker.engine.schedules`).
+    schedules: list[ScheduleSpec] = Field(default_factory=list)
 
     _source: str | None = PrivateAttr(default=None)
     _warnings: list[str] = PrivateAttr(default_factory=list)
@@ -400,6 +503,21 @@ class TaskTemplate(_Strict):
     def _name(cls, v: str) -> str:
         if not NAME.match(v):
             raise ValueError("use letters, digits, '_', '-' or '.', starting with a letter or '_'")
+        return v
+
+    @field_validator("schedules", mode="before")
+    @classmethod
+    def _schedules(cls, v: Any) -> Any:
+        return [] if v is None else v
+
+    @field_validator("schedules")
+    @classmethod
+    def _unique_schedules(cls, v: list[ScheduleSpec]) -> list[ScheduleSpec]:
+        seen: set[str] = set()
+        for spec in v:
+            if spec.name in seen:
+                raise ValueError(f"two schedules are named '{spec.name}'; give each its own name")
+            seen.add(spec.name)
         return v
 
     @field_validator("version", mode="before")
@@ -471,6 +589,15 @@ class TaskTemplate(_Strict):
         return RetryPolicy(
             retry_limit=step.default_retry_limit, retryable=step.default_retryable, **extra
         )
+
+    def signal_names(self) -> frozenset[str]:
+        """The signals this template's tasks accept: its steps' `wait_for` and `signals`."""
+        names: set[str] = set()
+        for s in self.step_templates:
+            names.update(s.signals)
+            if s.wait_for is not None:
+                names.add(s.wait_for)
+        return frozenset(names)
 
     def declared_events(self, step: StepTemplate | None = None) -> set[str]:
         names = {e.name for e in self.custom_events}
@@ -590,6 +717,7 @@ def build_controls(steps: list[StepTemplate]) -> dict[str, StepControl]:
     for s in steps:
         when = _compiled(s, "when", s.when, parents)
         foreach = _compiled(s, "foreach", s.foreach, parents)
+        sleep = _compiled(s, "sleep", s.sleep, parents) if isinstance(s.sleep, str) else None
         max_items = DEFAULT_MAX_ITEMS if s.max_items is None else s.max_items
         if foreach is not None and foreach.constant:
             _check_constant_list(s.name, foreach, max_items)
@@ -610,6 +738,8 @@ def build_controls(steps: list[StepTemplate]) -> dict[str, StepControl]:
             s.max_parallel,
             max_items,
             child_context if s.context is not None else None,
+            sleep,
+            s.wait_for is not None and s.on_timeout == OnTimeout.SKIP,
         )
     return out
 

@@ -18,7 +18,7 @@ from tasker.domain.records import ClaimedStep, Outcome
 from tasker.domain.states import StepState
 from tasker.domain.storable import storable_text
 from tasker.domain.templates import StepTemplate, TaskTemplate
-from tasker.engine import outcomes, subtasks
+from tasker.engine import clock, outcomes, subtasks, waits
 from tasker.engine.executor import Runtime, execute
 from tasker.engine.resolver import Resolver
 
@@ -37,6 +37,7 @@ class Attempts:
         rt: Runtime,
         on_finished: Callable[[], None],
         find_child: subtasks.FindChild | None = None,
+        find_wait: waits.FindWait | None = None,
     ):
         self.worker_id = worker_id
         self.resolver = resolver
@@ -44,6 +45,8 @@ class Attempts:
         self._on_finished = on_finished
         #: Reads the child task of a `task:` step (None: such steps fail, saying why).
         self._find_child = find_child
+        #: Reads what a step that may wait needs (its stored wait, its task's signals).
+        self._find_wait = find_wait
         self.running: dict[int, tuple[asyncio.Task[None], ClaimedStep]] = {}
         self.finished: Finished = []
         self.steps_run = 0
@@ -116,7 +119,15 @@ class Attempts:
                 return outcomes.finish(
                     outcome, claimed, self._children(claimed, outcome), template.gated_steps()
                 )
-            outcome = await self._handle(claimed, template, step, name)
+            resumption = None
+            if waits.needs_lookup(step, claimed):
+                decided = await self._before_handler(claimed, template, step)
+                if isinstance(decided, Outcome):
+                    return outcomes.finish(
+                        decided, claimed, self._children(claimed, decided), template.gated_steps()
+                    )
+                resumption = decided
+            outcome = await self._handle(claimed, template, step, name, resumption)
             if instance is not None:
                 # An instance's only children are its fan-out step (no longer gated: it waits
                 # for its instances) and, under max_parallel, the next instance of its chain,
@@ -139,8 +150,24 @@ class Attempts:
             )
             return outcomes.finish(outcomes.engine_fault(claimed, exc), claimed, None)
 
+    async def _before_handler(
+        self, claimed: ClaimedStep, template: TaskTemplate, step: StepTemplate
+    ) -> Outcome | waits.Resumption:
+        """A step that waits or may have waited: read its wait and signals, then decide."""
+        if self._find_wait is None:
+            raise TaskerError("this worker cannot read durable waits (no store given)")
+        found = await asyncio.to_thread(
+            self._find_wait, claimed.task_id, claimed.step_id, waits.declared_signals(step)
+        )
+        return waits.before_handler(claimed, template, step, found, clock.now())
+
     async def _handle(
-        self, claimed: ClaimedStep, template: TaskTemplate, step: StepTemplate, name: str
+        self,
+        claimed: ClaimedStep,
+        template: TaskTemplate,
+        step: StepTemplate,
+        name: str,
+        resumption: waits.Resumption | None = None,
     ) -> Outcome:
         """Run `step`'s handler (`name`: the step whose handler and retry policy apply), or, when
         this worker cannot load it, the outcome that leaves the step to workers that can. Either
@@ -150,10 +177,10 @@ class Attempts:
         except TaskerError as exc:
             return self._unloadable(claimed, step.handler_class or "", exc)
         policy = self.resolver.policy(claimed.template_id, name)
-        return await execute(claimed, template, step, handler_cls, policy, self.rt)
+        return await execute(claimed, template, step, handler_cls, policy, self.rt, resumption)
 
     def _children(self, claimed: ClaimedStep, outcome: Outcome | None = None) -> list[str] | None:
-        if outcome is not None and outcome.state != StepState.COMPLETE:
+        if outcome is not None and outcome.state not in (StepState.COMPLETE, StepState.SKIPPED):
             return None
         try:
             return self.resolver.children_of(claimed.template_id, claimed.name)  # not an instance

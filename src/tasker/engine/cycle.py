@@ -12,18 +12,18 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from tasker.domain.control import is_instance
 from tasker.domain.hooks import CircuitMoved, CycleReport
 from tasker.domain.records import ClaimedStep, Outcome
 from tasker.domain.states import StepState, TaskState
-from tasker.engine import outcomes
+from tasker.engine import clock, outcomes
 from tasker.engine.hooks import Hooks
 from tasker.engine.resolver import Resolver
 from tasker.events.bus import EventBus
-from tasker.store import claims, compensations, completion, cycle_rows, systems
+from tasker.store import claims, compensations, completion, cycle_rows, deadlines, systems
 from tasker.store.database import Database
 from tasker.store.journal import Journal
 from tasker.store.tasks import template_definition
@@ -34,7 +34,7 @@ Done = list[tuple[Outcome, ClaimedStep]]
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    return clock.now()
 
 
 @dataclass(slots=True)
@@ -414,6 +414,9 @@ class Cycles:
                 if set(left) <= unloadable_steps:
                     return True, None
             due = claims.next_run_at(conn, namespaces=scope.namespaces, task_ids=scope.task_ids)
+            deadline = deadlines.next_deadline(conn, scope.task_ids)
+        if deadline is not None and (due is None or deadline < due):
+            due = deadline  # a task's deadline comes first: it may end the task
         return False, (due - utcnow()).total_seconds() if due else None
 
     def release(self, held: list[tuple[int, int, int]]) -> int:

@@ -25,15 +25,16 @@ from tasker.domain.retry import RetryPolicy
 from tasker.domain.states import StepState
 from tasker.domain.storable import find_unstorable, storable
 from tasker.domain.templates import StepTemplate, TaskTemplate
-from tasker.engine import outcomes
+from tasker.engine import clock, outcomes, waits
 from tasker.engine.handler_threads import HandlerThreads
 from tasker.engine.hooks import Hooks
 from tasker.engine.outcomes import HandlerTimedOut, InvalidResultError
-from tasker.handlers.base import ServiceCallSink, StepContext, TaskPort
+from tasker.handlers.base import ServiceCallSink, StepContext, TaskPort, WaitRequest
 
 log = logging.getLogger("tasker.executor")
 
 _NO_HOOKS = Hooks()
+_NOT_RESUMED = waits.Resumption()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +54,9 @@ def build_context(
     step: StepTemplate,
     tasks: TaskPort | None = None,
     on_service_call: ServiceCallSink | None = None,
+    resumption: waits.Resumption | None = None,
 ) -> StepContext:
+    resumed = resumption or _NOT_RESUMED
     return StepContext(
         task_id=claimed.task_id,
         step_id=claimed.step_id,
@@ -70,6 +73,10 @@ def build_context(
         correlation_id=claimed.correlation_id,
         dependent_system=claimed.dependent_system,
         declared_events=frozenset(template.declared_events(step)),
+        state=resumed.state,
+        timed_out=resumed.timed_out,
+        declared_signals=waits.declared_signals(step),
+        signals=resumed.signals,
         **_item_or_forward(claimed),
         _tasks=tasks,
         _on_service_call=on_service_call,
@@ -93,6 +100,7 @@ async def execute(
     handler_cls: type,
     policy: RetryPolicy,
     rt: Runtime,
+    resumption: waits.Resumption | None = None,
 ) -> Outcome:
     """One attempt, inside the scope its hooks open (the step's fields on every log line it causes,
     its span when tracing is on).
@@ -102,9 +110,9 @@ async def execute(
     """
     scope = rt.hooks.attempt_scope(claimed, template.key)
     if scope is None:
-        return await _logged(claimed, template, step, handler_cls, policy, rt)
+        return await _logged(claimed, template, step, handler_cls, policy, rt, resumption)
     with scope:
-        outcome = await _logged(claimed, template, step, handler_cls, policy, rt)
+        outcome = await _logged(claimed, template, step, handler_cls, policy, rt, resumption)
         scope.finished(outcome)
     return outcome
 
@@ -116,11 +124,13 @@ async def _logged(
     handler_cls: type,
     policy: RetryPolicy,
     rt: Runtime,
+    resumption: waits.Resumption | None,
 ) -> Outcome:
     debug = log.isEnabledFor(logging.DEBUG)
     if debug:
         log.debug("attempt %d of step %s started", claimed.attempt, claimed.name)
-    outcome = await _attempt(claimed, template, step, handler_cls, policy, rt)
+    outcome = await _attempt(claimed, template, step, handler_cls, policy, rt, resumption)
+    outcome = waits.with_resumption(outcome, resumption)
     if debug or outcome.state != StepState.COMPLETE:
         _log_outcome(claimed, outcome)
     return outcome
@@ -131,7 +141,9 @@ def _log_outcome(claimed: ClaimedStep, outcome: Outcome) -> None:
         log.debug("step %s complete in %.1f ms", claimed.name, outcome.duration_ms)
         return
     error: FailureRecord = outcome.error or {"class": "", "message": ""}
-    if outcome.state == StepState.WAITING_RETRY:
+    if outcome.state == StepState.WAITING_RETRY and outcome.error is None and outcome.wait_note:
+        log.info("step %s: %s", claimed.name, outcome.wait_note)
+    elif outcome.state == StepState.WAITING_RETRY:
         log.info(
             "attempt %d of step %s failed, retry in %.1fs: %s: %.500s",
             claimed.attempt,
@@ -157,11 +169,12 @@ async def _attempt(
     handler_cls: type,
     policy: RetryPolicy,
     rt: Runtime,
+    resumption: waits.Resumption | None,
 ) -> Outcome:
     """Run the handler and turn whatever it does into an outcome (`outcomes` decides which): only
     the worker's own cancellation of this attempt (a lost lease, the end of the grace period)
     passes through."""
-    ctx = build_context(claimed, template, step, rt.tasks, rt.hooks.service_call)
+    ctx = build_context(claimed, template, step, rt.tasks, rt.hooks.service_call, resumption)
     timeout = step.timeout_seconds
     started = time.perf_counter()
     try:
@@ -186,6 +199,9 @@ async def _attempt(
                     None if timeout is None else max(0.0, timeout - (time.perf_counter() - started))
                 )
                 result = await _run_async(result, remaining)
+        if isinstance(result, WaitRequest):  # ctx.sleep(...) / ctx.wait_for_signal(...)
+            duration_ms = (time.perf_counter() - started) * 1000
+            return waits.handler_parked(claimed, result, clock.now(), _events(ctx), duration_ms)
         results = _check_results(result, handler_cls)
     except BaseException as exc:
         if isinstance(exc, asyncio.CancelledError) and _cancelled_by_worker():

@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from tasker.domain.errors import StoreError
+from tasker.engine import clock
 from tasker.store import workers as worker_registry
 from tasker.store.database import Database
 from tasker.store.workers import PRUNE_AFTER_SECONDS, SEEN_EVERY_SECONDS
@@ -28,7 +29,7 @@ OnDbThread = Callable[..., Awaitable[Any]]
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    return clock.now()
 
 
 class Every:

@@ -10,7 +10,7 @@ makes a probe answer "not ready" in time instead of hanging the caller.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from tasker.domain.errors import TaskerInputError
@@ -43,6 +43,7 @@ from tasker.domain.reports import (
 )
 from tasker.domain.states import FINISHED_TASK_STATES, StepState, TaskState
 from tasker.domain.templates import NAME, SEMVER
+from tasker.engine import clock
 from tasker.store import analytics, health, overview, rollups
 from tasker.store import workers as workers_store
 from tasker.store.database import Database
@@ -63,7 +64,7 @@ MAX_PERIOD_HOURS = 2160  # 90 days
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    return clock.now()
 
 
 class Insight:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 from tasker.domain.errors import NotFoundError, StoreConflict, StoreError, TaskerInputError
+from tasker.engine import clock
 from tasker.store import api_keys as key_store
 from tasker.store.api_keys import ApiKey
 from tasker.store.database import Database
@@ -18,7 +19,7 @@ log = logging.getLogger("tasker")
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    return clock.now()
 
 
 class ApiKeys:

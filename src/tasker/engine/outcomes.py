@@ -258,7 +258,7 @@ def finish(
             outcome.state = StepState.WAITING_RETRY
             outcome.refund_attempt = True
             outcome.retry_delay = 0.0
-    if outcome.state == StepState.COMPLETE:
+    if outcome.state in (StepState.COMPLETE, StepState.SKIPPED):
         outcome.gates_children = bool(gated) and (
             children is None or any(n in gated for n in children)
         )

@@ -7,12 +7,13 @@ this part sets and reads them, and lists the long-running workers heard from rec
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from tasker.domain.errors import TaskerInputError
 from tasker.domain.history import CircuitChange, SystemReport, WorkerRecord
 from tasker.domain.templates import TaskTemplate
+from tasker.engine import clock
 from tasker.engine.running import RunningWorkers
 from tasker.events.bus import EventBus
 from tasker.store import systems as system_store
@@ -22,7 +23,7 @@ from tasker.store.transactions import journaled
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    return clock.now()
 
 
 class Systems:
@@ -92,7 +93,9 @@ class Systems:
 
     def reset_circuit(self, system: str) -> bool:
         """Close a system's circuit by hand (an operator knows it is healthy again)."""
-        found, events = journaled(self.db, lambda conn, j: system_store.reset(conn, j, system))
+        found, events = journaled(
+            self.db, lambda conn, j: system_store.reset(conn, j, system), clock=clock.now
+        )
         self.views.invalidate()
         for name, payload in events:
             self.bus.publish(name, payload)

@@ -27,11 +27,12 @@ import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tasker.context_schema import validate_context
+from tasker.domain.deadlines import TimingError, task_times
 from tasker.domain.errors import (
     IdempotencyConflict,
     NotFoundError,
@@ -39,8 +40,9 @@ from tasker.domain.errors import (
     TaskerInputError,
 )
 from tasker.domain.listing import TOTAL_CAP, TaskQuery
-from tasker.domain.records import Task
+from tasker.domain.records import Signal, Task
 from tasker.domain.templates import TaskTemplate
+from tasker.engine import clock
 from tasker.engine.handler_threads import HandlerThreads
 from tasker.engine.history import History
 from tasker.engine.insight import Insight
@@ -48,6 +50,8 @@ from tasker.engine.keys import ApiKeys
 from tasker.engine.queries import TaskListing
 from tasker.engine.resolver import Resolver
 from tasker.engine.running import RunningWorkers
+from tasker.engine.schedules import Schedules
+from tasker.engine.signals import Signals
 from tasker.engine.systems import Systems
 from tasker.engine.templates import Templates
 from tasker.engine.worker import Worker, WorkerOptions
@@ -67,7 +71,7 @@ T = TypeVar("T")
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    return clock.now()
 
 
 class Tasker:
@@ -114,6 +118,8 @@ class Tasker:
         self.listing = TaskListing(self.db)
         self.history = History(self.db)
         self.keys = ApiKeys(self.db)
+        self.signals = Signals(self.db, self.bus, self._running)
+        self.schedules = Schedules(self.db, self.registry, self._port)
         if templates is not None:
             for p in [templates] if isinstance(templates, (str, Path)) else templates:
                 self.load_templates(p)
@@ -128,6 +134,8 @@ class Tasker:
             for w in t.warnings:
                 log.warning(w)
         self.systems.apply_templates(loaded)
+        for name in {(t.namespace_name, t.name): t for t in loaded}.values():
+            self.schedules.sync(name)
         return loaded
 
     # -- tasks -------------------------------------------------------------------------------------
@@ -139,8 +147,16 @@ class Tasker:
         version: str | None = None,
         idempotency_key: str | None = None,
         correlation_id: str | None = None,
+        run_at: datetime | None = None,
+        delay: float | timedelta | str | None = None,
+        deadline: datetime | float | timedelta | str | None = None,
     ) -> Task:
         """Create a task (validated, defaults applied, template pinned); idempotent by intent.
+
+        `run_at` (a timezone-aware time) or `delay` (seconds, a `timedelta`, `PT10M` or `10m`)
+        starts it later: it is `pending` until then, and can be cancelled meanwhile. `deadline`
+        (a time, or a duration from its start) overrides the template's `timeout_seconds`: past
+        it the task ends in `error` with reason `deadline_exceeded`.
 
         With an explicit `idempotency_key`, a repeated request returns the first task (for as long
         as it is kept) with `deduplicated=True`; the same key with another payload raises
@@ -163,6 +179,7 @@ class Tasker:
             raise TaskerInputError("idempotency_key must be a string of 1 to 255 characters")
         corr = correlation_id or _correlation_id(ctx)
         journal = Journal(utcnow())
+        starts_at, deadline_at = _times(tmpl, journal.now, run_at, delay, deadline)
         identity = None if idempotency_key else task_store.identity_keys(tmpl, ctx, journal.now)
         key = idempotency_key or (identity.key if identity else task_store.fresh_idempotency_key())
         if identity is not None and identity.previous is not None:
@@ -171,9 +188,8 @@ class Tasker:
                 return _dedup(self.get_task(earlier))
         try:
             # Optimistic: a duplicate is rare, and the unique index decides races between creators.
-            task = task_store.create_tasks(
-                self.db, journal, tmpl, [task_store.NewTask(ctx, key, corr)]
-            )[0]
+            new = task_store.NewTask(ctx, key, corr, starts_at=starts_at, deadline_at=deadline_at)
+            task = task_store.create_tasks(self.db, journal, tmpl, [new])[0]
         except StoreConflict:
             existing = self._find(tmpl, key)
             if existing is None:
@@ -194,15 +210,18 @@ class Tasker:
         *,
         version: str | None = None,
         chunk_size: int = 500,
+        run_at: datetime | None = None,
+        delay: float | timedelta | str | None = None,
     ) -> list[int]:
         """Create many tasks of one template with multi-row inserts; returns their ids in input
         order.
 
         Each context is validated like `create_task`'s, and the whole batch is refused if any is
         invalid. Every context is a new task, unless the template declares `identity:`: then equal
-        identities are one task, as with `create_task`.
+        identities are one task, as with `create_task`. `run_at` / `delay` start them all later.
         """
         tmpl = self.registry.get(template, version)
+        starts_at, deadline_at = _times(tmpl, utcnow(), run_at, delay, None)
         handler = None
         if tmpl.task_handler_class:
             handler = resolve_task_handler(
@@ -219,11 +238,18 @@ class Tasker:
                 items.append(task_store.NewTask(ctx, "", _correlation_id(ctx)))
                 continue
             items.append(
-                task_store.NewTask(ctx, task_store.fresh_idempotency_key(), _correlation_id(ctx))
+                task_store.NewTask(
+                    ctx,
+                    task_store.fresh_idempotency_key(),
+                    _correlation_id(ctx),
+                    starts_at=starts_at,
+                    deadline_at=deadline_at,
+                )
             )
         if tmpl.identity is not None:
             found = [
-                self.create_task(template, it.context, version=tmpl.version).id for it in items
+                self.create_task(template, it.context, version=tmpl.version, run_at=starts_at).id
+                for it in items
             ]
             self._running.notify()
             return found
@@ -235,7 +261,10 @@ class Tasker:
                 created = task_store.create_tasks(self.db, journal, tmpl, chunk)
             except StoreConflict:  # a key already exists: fall back to one by one (deduplicates)
                 ids.extend(
-                    self.create_task(template, it.context, version=tmpl.version).id for it in chunk
+                    self.create_task(
+                        template, it.context, version=tmpl.version, run_at=starts_at
+                    ).id
+                    for it in chunk
                 )
                 continue
             ids.extend(t.id for t in created)
@@ -387,6 +416,20 @@ class Tasker:
         self._running.notify()
         return self.get_task(task_id)
 
+    def signal(
+        self,
+        task_id: int,
+        name: str,
+        payload: Any = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> Signal:
+        """Send the signal `name` (with a JSON `payload`) to a task: its steps waiting for it
+        (`wait_for: name`, `ctx.wait_for_signal(name)`) resume. Kept if no step waits yet; a
+        repeated `idempotency_key` is the same signal. Refused for a finished task or a name the
+        task's template does not declare."""
+        return self.signals.send(task_id, name, payload, idempotency_key=idempotency_key)
+
     def _operate(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         # An operator action locks the task, then its steps; a worker claiming a pending task's
         # first step locks the step, then the task. On PostgreSQL the two can deadlock: the server
@@ -396,7 +439,7 @@ class Tasker:
         def action(conn: Any, journal: Journal) -> T:
             return fn(conn, journal, *args, lock=lock, **kwargs)
 
-        out, events = journaled(self.db, action)
+        out, events = journaled(self.db, action, clock=clock.now)
         self._publish(events)
         return out
 
@@ -527,6 +570,19 @@ class Tasker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _times(
+    tmpl: TaskTemplate,
+    now: datetime,
+    run_at: datetime | None,
+    delay: float | timedelta | str | None,
+    deadline: datetime | float | timedelta | str | None,
+) -> tuple[datetime | None, datetime | None]:
+    try:
+        return task_times(now, tmpl.timeout_seconds, run_at, delay, deadline)
+    except TimingError as exc:
+        raise TaskerInputError(str(exc)) from None
 
 
 def _correlation_id(context: dict[str, Any]) -> str:

@@ -45,6 +45,11 @@ class Wakeups:
         self._notified = True
         self._event.set()
 
+    def rescan(self) -> None:
+        """On the worker's loop: scan the queue at the next cycle (the clock moved)."""
+        self._notified = True
+        self.claim_due = True
+
     def wake(self) -> None:
         """On the worker's loop: something for the next cycle (a finished attempt)."""
         if self._event is not None:

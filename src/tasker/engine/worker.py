@@ -37,7 +37,7 @@ from tasker.domain.hooks import WorkerHooks
 from tasker.domain.records import ClaimedStep, Outcome
 from tasker.domain.states import FINISHED_TASK_STATES, StepState
 from tasker.domain.storable import storable_text
-from tasker.engine import outcomes
+from tasker.engine import clock, outcomes
 from tasker.engine.attempts import Attempts
 from tasker.engine.cycle import CyclePlan, CycleResult, Cycles, Scope
 from tasker.engine.executor import Runtime
@@ -46,9 +46,11 @@ from tasker.engine.hooks import Hooks
 from tasker.engine.housekeeping import Every, OutageBackoff, Registry
 from tasker.engine.resolver import Resolver
 from tasker.engine.settle import SettledBatch, TaskHandlers, deliver_settled
+from tasker.engine.timers import TIMER_SECONDS, Timers
 from tasker.engine.wakeups import Wakeups
 from tasker.events.bus import EventBus
 from tasker.handlers.base import TaskPort
+from tasker.store import signals as signal_store
 from tasker.store import tasks as task_store
 from tasker.store.database import Database
 from tasker.store.systems import ViewCache
@@ -167,6 +169,7 @@ class Worker:
             rt,
             self.wakeups.wake,
             lambda task_id, step_id: task_store.find_child(db, task_id, step_id),
+            lambda task_id, step_id, names: signal_store.read_wait(db, task_id, step_id, names),
         )
         tree = None if options.task_id is None else [options.task_id]
         scope = Scope(options.namespaces, tree, lease)
@@ -176,6 +179,9 @@ class Worker:
         #: Tasks left `compensating` without undo rows (their worker died between the settle and
         #: the write of the undos) are looked for this often.
         self.undo_sweep = Every(UNDO_SWEEP_SECONDS, next_at=time.monotonic() + UNDO_SWEEP_SECONDS)
+        #: Deadlines and schedules (`tasker.engine.timers`): looked at this often.
+        self.timers = Timers(db, self.id, resolver.registry, bus, tasks)
+        self.timer_look = Every(TIMER_SECONDS)
         self.registry = Registry(db, self.id, options.namespaces, options.concurrency)
         self.task_handlers = TaskHandlers(resolver, db)
         self._outage = OutageBackoff()
@@ -241,6 +247,8 @@ class Worker:
                 listener.stop()
             if registered:
                 await io.on_db(self.registry.seen, self.steps_run, True)
+            if self.timers.holding:
+                await io.on_db(self._release_timers)
             self.attempts.cancel_all()
             await io.close()
             if self._own_threads:
@@ -276,6 +284,14 @@ class Worker:
                 idle, due_in = await self._idle(io)
                 if idle:
                     return
+                if due_in is not None and clock.skip(due_in):
+                    # A virtual clock jumped to the next due step or deadline: end what is past
+                    # its deadline before claiming, as real time would have.
+                    await io.on_db(self._look_at_timers)
+                    self.wakeups.rescan()
+                    continue
+                if due_in is not None and due_in > 0 and clock.held():
+                    return  # only the test moves this clock: nothing more is due now
             await self.wakeups.wait(self._wait_seconds(due_in))
 
     # -- the parts of one turn ---------------------------------------------------------------------
@@ -368,6 +384,9 @@ class Worker:
         if not self._stop and self.opts.task_id is None and self.undo_sweep.due(now):
             self.undo_sweep.done(now)
             io.background(self.cycles.sweep_undos)
+        if not self._stop and self.timer_look.due(now):
+            self.timer_look.done(now)
+            io.background(self._look_at_timers)
         self._deliver(result, io)
         if until_idle and self._settles_my_task(result.settled):
             self._task_settled = True
@@ -384,6 +403,22 @@ class Worker:
     def _settles_my_task(self, settled: list[tuple[int, str]]) -> bool:
         task_id = self.opts.task_id
         return task_id is not None and any(t == task_id and st in FINISHED for t, st in settled)
+
+    def _look_at_timers(self) -> None:
+        """Deadlines and schedules (the timers job, or this worker's one task's deadline)."""
+        try:
+            report = self.timers.run(self.cycles.scope.task_ids)
+        except Exception as exc:  # bookkeeping: the next look tries again
+            log.warning("worker %s: timers failed (%s: %s)", self.id, type(exc).__name__, exc)
+            return
+        if report.expired or report.fired:
+            self.wakeups.notify()  # undo rows, new tasks: work for the next cycle
+
+    def _release_timers(self) -> None:
+        try:
+            self.timers.release()
+        except Exception as exc:  # the lease runs out by itself
+            log.debug("worker %s: releasing the timers failed (%s)", self.id, exc)
 
     def _wait_seconds(self, due_in: float | None) -> float:
         wait = self.opts.poll_interval

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from tasker.domain.errors import TaskerError
 from tasker.domain.failures import NoSystemEvidence
 from tasker.domain.hooks import ServiceCall
+from tasker.domain.waits import WaitKind, duration_seconds
 from tasker.observability.logging import step_logger
 
 if TYPE_CHECKING:
@@ -23,6 +24,23 @@ if TYPE_CHECKING:
 
 class UndeclaredEventError(TaskerError, NoSystemEvidence):
     """A handler published a custom event its template does not declare under `custom_events`."""
+
+
+class UndeclaredSignalError(TaskerError, NoSystemEvidence):
+    """A handler waited for a signal its step does not declare under `signals` (or `wait_for`)."""
+
+
+@dataclass(frozen=True)
+class WaitRequest:
+    """What a handler returns to park its step until a time or a signal (`StepContext.sleep`,
+    `StepContext.wait_for_signal`): the step holds no worker slot, lease or attempt meanwhile,
+    then its handler is called again with `ctx.state` set to `state`."""
+
+    kind: WaitKind
+    #: How long to sleep, or the signal's timeout (None: wait for the signal for ever).
+    seconds: float | None
+    signal: str | None = None
+    state: Any = None
 
 
 #: Where a step context reports its handler's calls to dependent systems (the worker's hooks).
@@ -73,6 +91,15 @@ class StepContext:
     #: the reservation's number); None for any other step.
     forward_step: str | None = None
     forward_results: Mapping[str, Any] | None = None
+    #: What this handler passed as `state` when it last parked its step (`sleep`,
+    #: `wait_for_signal`); None on its first call.
+    state: Any = None
+    #: The step's wait for a signal ended at its timeout, not with the signal.
+    timed_out: bool = False
+    #: The signals this step declares (`wait_for`, `signals`).
+    declared_signals: frozenset[str] = frozenset()
+    #: Payloads of the declared signals that have arrived, by name (the first of each name).
+    signals: Mapping[str, Any] = field(default_factory=dict)
     published: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     _logger: logging.LoggerAdapter[logging.Logger] | None = None
     _tasks: TaskPort | None = None
@@ -111,6 +138,48 @@ class StepContext:
                 f"no results for step '{step_name}'; finished steps:"
                 f" {', '.join(self.results) or 'none'}"
             ) from None
+
+    def signal(self, name: str) -> Any:
+        """The payload of the signal `name` sent to this task (None when none has arrived)."""
+        self._check_signal(name)
+        return self.signals.get(name)
+
+    def has_signal(self, name: str) -> bool:
+        """Whether the signal `name` has arrived (its payload may be None)."""
+        self._check_signal(name)
+        return name in self.signals
+
+    def sleep(self, seconds: float | str, *, state: Any = None) -> WaitRequest:
+        """Return this from `process` to be called again after `seconds` (a number, `PT10M` or
+        `10m`), on any worker, with `ctx.state` set to `state` (JSON). The step holds no worker
+        slot, lease or attempt while it sleeps."""
+        return WaitRequest(WaitKind.SLEEP, duration_seconds(seconds), None, state)
+
+    def wait_for_signal(
+        self, name: str, *, timeout: float | str | None = None, state: Any = None
+    ) -> WaitRequest:
+        """Return this from `process` to be called again when the signal `name` arrives
+        (`ctx.signal(name)` then holds its payload) or `timeout` passes (`ctx.timed_out`), with
+        `ctx.state` set to `state`. The step holds no worker slot, lease or attempt meanwhile.
+
+        Check `ctx.signal(name)` first: waiting for a signal that has already arrived is refused.
+        """
+        self._check_signal(name)
+        if name in self.signals:
+            raise UndeclaredSignalError(
+                f"signal '{name}' has already arrived; read it with ctx.signal('{name}') instead"
+                " of waiting for it"
+            )
+        seconds = None if timeout is None else duration_seconds(timeout)
+        return WaitRequest(WaitKind.SIGNAL, seconds, name, state)
+
+    def _check_signal(self, name: str) -> None:
+        if name not in self.declared_signals:
+            raise UndeclaredSignalError(
+                f"signal '{name}' is not declared by step '{self.step_name}' of"
+                f" {self.namespace}/{self.task_name}; declare it under the step's signals: (or"
+                f" wait_for:); declared: {', '.join(sorted(self.declared_signals)) or 'none'}"
+            )
 
     def publish(self, event: str, payload: Mapping[str, Any] | None = None) -> None:
         """Publish a custom event declared in the template; delivered after the step's outcome is

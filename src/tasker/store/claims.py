@@ -663,8 +663,13 @@ def next_run_at(
     namespaces: Sequence[str] | None = None,
     task_ids: Sequence[int] | None = None,
 ) -> datetime | None:
-    """When the next claimable step comes due (None when nothing waits)."""
-    q = _scoped(select(steps.c.run_at).where(text(CLAIMABLE_SQL)), namespaces, task_ids)
+    """When the next claimable step comes due (None when nothing waits; a step parked without a
+    `run_at` waits for something else)."""
+    q = _scoped(
+        select(steps.c.run_at).where(text(CLAIMABLE_SQL), steps.c.run_at.is_not(None)),
+        namespaces,
+        task_ids,
+    )
     return conn.execute(q.order_by(steps.c.run_at).limit(1)).scalar()
 
 

@@ -125,6 +125,17 @@ def undoable_steps(conn: Connection, task_id: int) -> list[str]:
     return list(_plan(template, rows, _parents(conn, task_id, rows)).steps)
 
 
+def undoes_failure(conn: Connection, task_id: int) -> bool:
+    """Whether a task that fails now compensates: its template undoes failures (`on_failure`
+    is not `stop`) and completed steps declare compensations."""
+    task = conn.execute(_TASK, {"task_id": task_id}).one()
+    template = template_of(task.content_hash, task.definition)
+    if not template.compensates_on_failure:
+        return False
+    rows = _rows(conn, task_id)
+    return bool(_plan(template, rows, _parents(conn, task_id, rows)).steps)
+
+
 def plan_undos(conn: Connection, journal: Journal, task_ids: Sequence[int], *, lock: bool) -> int:
     """Write the undo rows of each task in `task_ids` that is `compensating` and has none yet;
     returns how many rows were written. A task with nothing left to undo ends in `error` (its

@@ -25,12 +25,16 @@ from tasker.store import systems
 from tasker.store.journal import Journal
 from tasker.store.readiness import release_children, settle_tasks
 from tasker.store.schema import steps
+from tasker.store.signals import record_waits
 
 _EVENT = {
     StepState.COMPLETE: "step.completed",
     StepState.WAITING_RETRY: "step.retry_scheduled",
     StepState.ERROR: "step.failed",
+    StepState.SKIPPED: "step.skipped",
 }
+#: The states whose outcome releases the step's children (`on_timeout: skip` ends a wait skipped).
+_RELEASES = (StepState.COMPLETE, StepState.SKIPPED)
 #: An undo row's outcome says what happened to the undo.
 _UNDO_EVENT = {
     StepState.COMPLETE: Events.STEP_COMPENSATED,
@@ -238,7 +242,7 @@ def apply_outcomes(
             journal.custom(name, o.task_id, o.step_id, payload)
         if journal.collect:
             outcome_event(journal, o, state)
-        if state == StepState.COMPLETE:
+        if state in _RELEASES:
             completed.append(o.step_id)
             if o.children is None or children is None:
                 children = None  # one parent of unknown children: read the edges for all
@@ -252,6 +256,7 @@ def apply_outcomes(
     for o in accepted:
         if o.child is not None:
             create_child(conn, journal, o)
+    record_waits(conn, journal, accepted)
     _record_systems(conn, journal, accepted, view or systems.SystemsView(), lock=lock_tasks)
     readied = release_children(conn, completed, journal, children)
     settled = settle_tasks(
@@ -274,6 +279,10 @@ def outcome_event(journal: Journal, o: Outcome, state: StepState) -> None:
     if state == StepState.WAITING_RETRY:
         payload["retry_in_seconds"] = o.retry_delay
     name = _EVENT[state]
+    if o.wait_note is not None:
+        payload["wait"] = o.wait_note
+        if state == StepState.WAITING_RETRY:
+            name = Events.STEP_WAITING
     if is_undo(o.step):
         name = _UNDO_EVENT.get(state, name)
     journal.event(name, payload)

@@ -37,6 +37,8 @@ def eligible(outcome: Outcome) -> bool:
     involved, and no child of it waits for a control-flow decision."""
     if outcome.exhausted or outcome.probe or outcome.refund_attempt or outcome.transient_failure:
         return False
+    if outcome.wait_note is not None or outcome.state == S.SKIPPED:
+        return False  # a wait to store, or a skip to release: the general path's
     if outcome.gates_children or outcome.collects or is_undo(outcome.step):
         # a child's decision, a fan-out's results, an undo (it settles a task in compensation)
         # are the general path's

@@ -139,7 +139,7 @@ class Journal:
             }
         )
 
-    def custom(self, name: str, task_id: int, step_id: int, payload: dict[str, Any]) -> None:
+    def custom(self, name: str, task_id: int, step_id: int | None, payload: dict[str, Any]) -> None:
         self.custom_rows.append(
             {
                 "name": name,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
 
 from tasker.domain.control import CONDITION_ERROR
+from tasker.domain.deadlines import DEADLINE_EXCEEDED
 from tasker.domain.errors import NotFoundError, OperationError
 from tasker.domain.states import (
     FINISHED_TASK_STATES,
@@ -26,7 +28,7 @@ from tasker.store.schema import step_edges, steps, tasks
 _CANCELLABLE = sorted(s.value for s in StepState if StepState.CANCELLED in STEP_TRANSITIONS[s])
 
 
-def _task_status(conn: Connection, task_id: int, lock: bool) -> TaskState:
+def task_status(conn: Connection, task_id: int, lock: bool) -> TaskState:
     q = select(tasks.c.status).where(tasks.c.id == task_id)
     if lock:
         # FOR NO KEY UPDATE: serialises operations and completions on the task, yet lets other
@@ -62,12 +64,72 @@ def cancel_task(
     with `compensate`, then undo what its completed steps did (the task goes `compensating`, its
     undo rows are written in this transaction), when there is anything to undo. A task being
     compensated is cancelled with its undos (an operator stopping the undo)."""
-    now = journal.now
-    status = _task_status(conn, task_id, lock)
+    status = task_status(conn, task_id, lock)
     if status in FINISHED_TASK_STATES - {TaskState.ERROR}:
         raise OperationError(
             f"task {task_id} is already {status}; only unfinished or failed tasks can be cancelled"
         )
+
+    def undo() -> bool:
+        return (
+            compensate
+            and status != TaskState.COMPENSATING
+            and not compensations.has_undos(conn, task_id)
+            and bool(compensations.undoable_steps(conn, task_id))
+        )
+
+    _stop(conn, journal, task_id, status, TaskState.CANCELLED, reason, undo)
+    journal.event(
+        "task.cancelled", {"task_id": task_id, "from_state": status.value, "reason": reason}
+    )
+    # Its sub-workflows go with it (and theirs, down the tree), in this transaction.
+    for child in conn.execute(_OPEN_CHILDREN, {"task_id": task_id}).scalars():
+        cancel_task(
+            conn,
+            journal,
+            child,
+            lock=lock,
+            reason=f"parent task {task_id} cancelled",
+            compensate=compensate,
+        )
+
+
+def expire_task(conn: Connection, journal: Journal, task_id: int, *, lock: bool) -> bool:
+    """A task past its deadline: cancel its unfinished steps (a running attempt's late result is
+    discarded) and end it in `error` with reason `deadline_exceeded`, or `compensating` when its
+    template undoes a failure and completed steps declare compensations. Its sub-workflows are
+    cancelled. False (nothing done) when it finished meanwhile."""
+    status = task_status(conn, task_id, lock)
+    if status not in (TaskState.PENDING, TaskState.IN_PROGRESS):
+        return False
+    _stop(
+        conn,
+        journal,
+        task_id,
+        status,
+        TaskState.ERROR,
+        DEADLINE_EXCEEDED,
+        lambda: compensations.undoes_failure(conn, task_id),
+    )
+    for child in conn.execute(_OPEN_CHILDREN, {"task_id": task_id}).scalars():
+        cancel_task(
+            conn, journal, child, lock=lock, reason=f"parent task {task_id} {DEADLINE_EXCEEDED}"
+        )
+    return True
+
+
+def _stop(
+    conn: Connection,
+    journal: Journal,
+    task_id: int,
+    status: TaskState,
+    target: TaskState,
+    reason: str | None,
+    undoes: Callable[[], bool],
+) -> None:
+    """Cancel a task's unfinished steps and move it to `target`, or to `compensating` (its undo
+    rows written now) when `undoes()` says so once the steps are cancelled."""
+    now = journal.now
     cancelled = conn.execute(
         update(steps)
         .where(steps.c.task_id == task_id, steps.c.state.in_(_CANCELLABLE))
@@ -81,49 +143,29 @@ def cancel_task(
         .returning(steps.c.id, steps.c.name, steps.c.attempts)
     ).all()
     for r in cancelled:
-        journal.step(r.id, task_id, None, StepState.CANCELLED, r.attempts)
+        journal.step(r.id, task_id, None, StepState.CANCELLED, r.attempts, reason=reason)
         journal.event("step.cancelled", {"task_id": task_id, "step_id": r.id, "step": r.name})
-    undo = (
-        compensate
-        and status != TaskState.COMPENSATING
-        and not compensations.has_undos(conn, task_id)
-        and bool(compensations.undoable_steps(conn, task_id))
-    )
-    target = TaskState.COMPENSATING if undo else TaskState.CANCELLED
+    undo = undoes()
+    if undo:
+        target = TaskState.COMPENSATING
     check_task_transition(status, target)
     conn.execute(
         update(tasks)
         .where(tasks.c.id == task_id)
-        .values(
-            status=target,
-            finished_at=None if undo else now,
-            updated_at=now,
-        )
+        .values(status=target, finished_at=None if undo else now, updated_at=now)
     )
     journal.task(task_id, status, target, reason)
-    journal.event(
-        "task.cancelled", {"task_id": task_id, "from_state": status.value, "reason": reason}
-    )
-    if undo:
+    if undo or target != TaskState.CANCELLED:
         journal.task_settled(task_id, status.value, target.value)
-        compensations.plan_undos(conn, journal, [task_id], lock=lock)
-    # Its sub-workflows go with it (and theirs, down the tree), in this transaction.
-    for child in conn.execute(_OPEN_CHILDREN, {"task_id": task_id}).scalars():
-        cancel_task(
-            conn,
-            journal,
-            child,
-            lock=lock,
-            reason=f"parent task {task_id} cancelled",
-            compensate=compensate,
-        )
+    if undo:
+        compensations.plan_undos(conn, journal, [task_id], lock=False)
 
 
 def compensate_task(conn: Connection, journal: Journal, task_id: int, *, lock: bool) -> int:
     """Undo what the completed steps of a task in `error` did (an operator's compensate of a task
     whose template says `on_failure: stop`, or that failed before it declared compensations);
     returns how many undo rows were written."""
-    status = _task_status(conn, task_id, lock)
+    status = task_status(conn, task_id, lock)
     if status != TaskState.ERROR:
         raise OperationError(
             f"task {task_id} is {status}; only a task in error can be compensated (cancel a"
@@ -171,7 +213,7 @@ def retry_task(conn: Connection, journal: Journal, task_id: int, *, lock: bool) 
     only the failed undos are re-armed (the task compensates again); a compensated task is
     refused."""
     now = journal.now
-    status = _task_status(conn, task_id, lock)
+    status = task_status(conn, task_id, lock)
     if status == TaskState.COMPENSATED:
         raise OperationError(
             f"task {task_id} is compensated: its completed steps were undone, and running it"
@@ -216,7 +258,7 @@ def retry_step(
     being final, still are; the check is kept anyway so that no operator action can ever make a step
     ready ahead of its parents.
     """
-    _task_status(conn, task_id, lock)
+    task_status(conn, task_id, lock)
     row = _step(conn, task_id, step_name)
     if row.state != StepState.ERROR:
         raise OperationError(
@@ -252,7 +294,7 @@ def resolve_step(
     lock: bool,
 ) -> None:
     """An operator supplies the step's result; its dependents proceed as if it had completed."""
-    status = _task_status(conn, task_id, lock)
+    status = task_status(conn, task_id, lock)
     if status in FINISHED_TASK_STATES - {TaskState.ERROR}:
         raise OperationError(f"task {task_id} is {status}; its steps can no longer be resolved")
     row = _step(conn, task_id, step_name)

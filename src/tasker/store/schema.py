@@ -80,6 +80,8 @@ CLAIMABLE = _state_in(StepState.READY, StepState.WAITING_RETRY)
 ACTIVE = _state_in(StepState.READY, StepState.WAITING_RETRY, StepState.IN_PROGRESS, StepState.ERROR)
 RUNNING = f"state = '{StepState.IN_PROGRESS.value}'"
 #: The partial index of attempt outcomes on step transitions (the overview's reads repeat it).
+#: Unfinished tasks with a deadline (the deadline sweep's partial index).
+DEADLINED = "deadline_at IS NOT NULL AND status IN ('pending', 'in_progress')"
 OUTCOMES = (
     f"to_state IN ('{StepState.COMPLETE.value}', '{StepState.WAITING_RETRY.value}', "
     f"'{StepState.ERROR.value}')"
@@ -117,7 +119,18 @@ tasks = Table(
     # A child task (a parent's `task:` step created it): that step and its task (migration 0014).
     Column("parent_task_id", Id, nullable=True),
     Column("parent_step_id", Id, nullable=True),
+    # A delayed start: when its first steps become claimable (None: at creation); and the task's
+    # deadline, past which it ends in `error` (`deadline_exceeded`), migration 0016.
+    Column("starts_at", UTCDateTime, nullable=True),
+    Column("deadline_at", UTCDateTime, nullable=True),
     UniqueConstraint("namespace", "name", "idempotency_key"),
+    # The deadline sweep: only unfinished tasks with a deadline enter it.
+    Index(
+        "ix_tasker_tasks_deadlines",
+        "deadline_at",
+        postgresql_where=text(DEADLINED),
+        sqlite_where=text(DEADLINED),
+    ),
     Index(
         "ix_tasker_tasks_children",
         "parent_task_id",
@@ -180,6 +193,9 @@ steps = Table(
     Column("undo", Boolean, nullable=False, server_default=text("false")),
     # A step whose failure leaves its task in error instead of compensating it (`on_failure: stop`).
     Column("stops", Boolean, nullable=False, server_default=text("false")),
+    # A durable wait (`tasker.domain.waits.Wait`, JSON): what a parked step sleeps or waits for,
+    # and the state its handler left (migration 0016). None when the step is not waiting.
+    Column("wait", Json, nullable=True),
     # Also how every read of a task's steps finds them (by its `task_id` prefix).
     UniqueConstraint("task_id", "name"),
     # The claim's order, `run_at, id`, read straight from the index (migration 0008).
@@ -320,6 +336,59 @@ custom_events = Table(
     Column("at", UTCDateTime, nullable=False),
     Column("worker", String(128), nullable=True),
     Index(None, "task_id"),
+)
+
+#: Signals sent to tasks (`Tasker.signal`): kept until the task is deleted, so that a signal that
+#: arrives before its step waits is not lost; a repeated idempotency key is one signal.
+signals = Table(
+    "tasker_signals",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("task_id", Id, nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("payload", Json, nullable=True),
+    Column("idempotency_key", String(255), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("sender", String(128), nullable=True),
+    Index(None, "task_id", "name", "id"),
+    UniqueConstraint("task_id", "name", "idempotency_key"),
+)
+
+#: Schedules: a template's cron ticks, each creating one task (`tasker.engine.schedules`).
+schedules = Table(
+    "tasker_schedules",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("namespace", String(64), nullable=False),
+    Column("task_name", String(128), nullable=False),
+    # A pinned version, or None for the newest the firing worker has loaded.
+    Column("version", String(64), nullable=True),
+    Column("name", String(128), nullable=False),
+    Column("cron", String(255), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("context", Json, nullable=False),
+    Column("catch_up", String(8), nullable=False),
+    Column("paused", Boolean, nullable=False, server_default=text("false")),
+    # `template` (declared in YAML, synced when workers load it) or `api` (added at run time).
+    Column("origin", String(16), nullable=False),
+    Column("next_at", UTCDateTime, nullable=False),
+    Column("last_at", UTCDateTime, nullable=True),
+    Column("last_task_id", Id, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("namespace", "task_name", "name"),
+    Index(None, "next_at"),
+)
+
+#: Jobs that one worker at a time does for all (schedules, deadlines): a lease row each, taken by
+#: whichever worker finds it free or expired.
+jobs = Table(
+    "tasker_jobs",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(128), nullable=True),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("last_run_at", UTCDateTime, nullable=True),
 )
 
 #: Worker processes announce themselves and refresh `last_seen_at` with their heartbeat, so health

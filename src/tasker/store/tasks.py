@@ -204,6 +204,10 @@ class NewTask:
     #: A child task: the task and the `task:` step creating it.
     parent_task_id: int | None = None
     parent_step_id: int | None = None
+    #: A delayed start: when its first steps become claimable (None: now).
+    starts_at: datetime | None = None
+    #: When the task ends in `error` (`deadline_exceeded`) if it has not finished.
+    deadline_at: datetime | None = None
 
 
 def insert_task(
@@ -253,22 +257,26 @@ def create_tasks(
 _CREATE_PG = text(f"""
     WITH new_tasks AS (
         INSERT INTO tasker_tasks (namespace, name, version, template_id, status, context,
-                                  idempotency_key, correlation_id, created_at, updated_at)
+                                  idempotency_key, correlation_id, created_at, updated_at,
+                                  starts_at, deadline_at)
         SELECT :ns, :name, :version, :template_id, '{TaskState.PENDING.value}', v.context, v.key,
-               v.correlation_id, :now, :now
+               v.correlation_id, :now, :now, v.starts_at, v.deadline_at
           FROM jsonb_to_recordset(CAST(:items AS jsonb))
-               AS v(context jsonb, key text, correlation_id text, ord integer)
+               AS v(context jsonb, key text, correlation_id text, ord integer,
+                    starts_at timestamptz, deadline_at timestamptz)
          ORDER BY v.ord
-        RETURNING id, idempotency_key
+        RETURNING id, idempotency_key, starts_at
     ), numbered AS (
-        SELECT t.id, t.idempotency_key, row_number() OVER (ORDER BY t.id) AS ord FROM new_tasks t
+        SELECT t.id, t.idempotency_key, t.starts_at, row_number() OVER (ORDER BY t.id) AS ord
+          FROM new_tasks t
     ), new_steps AS (
         INSERT INTO tasker_steps (task_id, name, position, namespace, dependent_system, state,
                                   pending_parents, run_at, attempts, retry_limit, retryable,
                                   claim_token, created_at, updated_at, idempotency_key, gated,
                                   undo, stops)
         SELECT t.id, s.name, s.position, :ns, s.system, s.state, s.pending,
-               CASE WHEN s.state = '{StepState.READY.value}' THEN CAST(:now AS timestamptz) END,
+               CASE WHEN s.state = '{StepState.READY.value}'
+                    THEN coalesce(t.starts_at, CAST(:now AS timestamptz)) END,
                0, s.retry_limit, s.retryable, 0, :now, :now, k.step_key, s.gated, s.undo,
                s.stops
           FROM numbered t
@@ -302,6 +310,18 @@ _CREATE_PG = text(f"""
            (SELECT pg_notify('{CHANNEL}', '')) AS notified
       FROM new_steps s JOIN new_tasks t ON t.id = s.task_id
 """)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _run_at(shape: dict[str, Any], item: NewTask) -> datetime | None:
+    """A step's first `run_at`: a ready step's is the task's delayed start, if it has one."""
+    first: datetime | None = shape["run_at"]
+    if first is None or item.starts_at is None:
+        return first
+    return max(first, item.starts_at)
 
 
 def _decides_at_creation(template: TaskTemplate) -> bool:
@@ -376,6 +396,8 @@ def _insert_tasks_pg(
                         "key": item.idempotency_key,
                         "correlation_id": item.correlation_id,
                         "ord": i,
+                        "starts_at": _iso(item.starts_at),
+                        "deadline_at": _iso(item.deadline_at),
                     }
                     for i, item in enumerate(items)
                 ]
@@ -420,8 +442,9 @@ def _insert_tasks_pg(
 
 _TASK_SQLITE = f"""
     INSERT INTO tasker_tasks (namespace, name, version, template_id, status, context,
-                              idempotency_key, correlation_id, created_at, updated_at)
-    VALUES (?, ?, ?, ?, '{TaskState.PENDING.value}', ?, ?, ?, ?, ?)
+                              idempotency_key, correlation_id, created_at, updated_at, starts_at,
+                              deadline_at)
+    VALUES (?, ?, ?, ?, '{TaskState.PENDING.value}', ?, ?, ?, ?, ?, ?, ?)
     RETURNING id"""
 _STEP_SQLITE = """
     INSERT INTO tasker_steps (task_id, name, position, namespace, dependent_system, state,
@@ -467,6 +490,8 @@ def _insert_tasks_sqlite(
                     item.correlation_id,
                     at,
                     at,
+                    stamp(item.starts_at),
+                    stamp(item.deadline_at),
                 ),
             )
             task_id = int(cur.fetchone()[0])
@@ -482,7 +507,7 @@ def _insert_tasks_sqlite(
                         sh["dependent_system"],
                         sh["state"],
                         sh["pending_parents"],
-                        stamp(sh["run_at"]),
+                        stamp(_run_at(sh, item)),
                         sh["retry_limit"],
                         sh["retryable"],
                         step_idempotency_key(ns, name, item.idempotency_key, sh["name"]),
@@ -547,6 +572,8 @@ def insert_tasks(
                     "updated_at": now,
                     "parent_task_id": item.parent_task_id,
                     "parent_step_id": item.parent_step_id,
+                    "starts_at": item.starts_at,
+                    "deadline_at": item.deadline_at,
                 }
                 for item in items
             ],
@@ -556,6 +583,7 @@ def insert_tasks(
     rows = [
         {
             **shape,
+            "run_at": _run_at(shape, item),
             "task_id": task_id,
             "idempotency_key": step_idempotency_key(ns, name, item.idempotency_key, shape["name"]),
         }
@@ -641,7 +669,7 @@ def _created(
                     dependent_system=shape["dependent_system"],
                     results=None,
                     last_error=None,
-                    run_at=shape["run_at"],
+                    run_at=_run_at(shape, item),
                     started_at=None,
                     finished_at=None,
                     created_at=now,
@@ -668,6 +696,8 @@ def _created(
                 started_at=None,
                 finished_at=None,
                 steps=step_objs,
+                starts_at=item.starts_at,
+                deadline_at=item.deadline_at,
             )
         )
     return out
@@ -720,6 +750,8 @@ def _task(r: Row[Any] | SimpleNamespace, step_rows: Sequence[Step]) -> Task:
         steps=list(step_rows),
         parent_task_id=r.parent_task_id,
         parent_step_id=r.parent_step_id,
+        starts_at=r.starts_at,
+        deadline_at=r.deadline_at,
     )
 
 
@@ -795,7 +827,8 @@ def read_task(db: Database, task_id: int) -> Task | None:
 
 _TASK_COLUMNS = (
     "id, namespace, name, version, status, context, idempotency_key, correlation_id, annotations,"
-    " created_at, updated_at, started_at, finished_at, parent_task_id, parent_step_id"
+    " created_at, updated_at, started_at, finished_at, parent_task_id, parent_step_id, starts_at,"
+    " deadline_at"
 )
 _STEP_COLUMNS = (
     "id, task_id, name, state, attempts, retry_limit, retryable, dependent_system, results,"
@@ -803,7 +836,15 @@ _STEP_COLUMNS = (
     " decision, instance_of, item_index, item, fanout, compensates"
 )
 #: Columns SQLAlchemy's types decode (`UTCDateTime`, `Json`, `Boolean`), decoded here alike.
-_TIMES = {"created_at", "updated_at", "started_at", "finished_at", "run_at"}
+_TIMES = {
+    "created_at",
+    "updated_at",
+    "started_at",
+    "finished_at",
+    "run_at",
+    "starts_at",
+    "deadline_at",
+}
 _DOCS = {"context", "annotations", "results", "last_error", "item"}
 
 

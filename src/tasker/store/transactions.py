@@ -26,9 +26,14 @@ ATTEMPTS = 5
 
 
 def journaled(
-    db: Database, fn: Callable[[Connection, Journal], T], *, attempts: int = ATTEMPTS
+    db: Database,
+    fn: Callable[[Connection, Journal], T],
+    *,
+    attempts: int = ATTEMPTS,
+    clock: Callable[[], datetime] | None = None,
 ) -> tuple[T, Events]:
-    """Run `fn` in a write transaction with a fresh journal, flushed before the commit.
+    """Run `fn` in a write transaction with a fresh journal, flushed before the commit; `clock`
+    stamps it (the engine's clock, virtual in users' workflow tests; default: real time).
 
     Returns what `fn` returned and the events to publish. A transaction aborted for contention
     (`StoreContention`: it changed nothing) runs again, up to `attempts` times, after a short pause.
@@ -37,7 +42,7 @@ def journaled(
         try:
             with db.write() as conn:
                 # Stamped once the write lock is held, so transitions are in commit order.
-                journal = Journal(datetime.now(UTC))
+                journal = Journal(clock() if clock is not None else datetime.now(UTC))
                 out = fn(conn, journal)
                 journal.flush(conn)
         except StoreContention:

@@ -46,6 +46,8 @@ TOP_LEVEL_KEYS = {
     "identity",
     "run_inline",
     "on_failure",
+    "timeout_seconds",
+    "schedules",
     # Accepted from Tasker YAML for compatibility; they have no effect here.
     "module_namespace",
     "concurrent",
@@ -76,6 +78,11 @@ STEP_KEYS = {
     "context",
     "compensation",
     "on_failure",
+    "sleep",
+    "wait_for",
+    "on_timeout",
+    "timeout_seconds",
+    "signals",
 }
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")

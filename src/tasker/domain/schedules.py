@@ -1,0 +1,155 @@
+"""Cron schedules: which ticks are due, and what to do with the ones missed while nothing ran.
+
+A schedule's times come from `cronsim` (a maintained cron parser; no home-made one) in the
+schedule's IANA time zone, so "0 7 * * *" in Europe/Berlin is 7 AM Berlin time all year. Daylight
+saving follows cron's (and cronsim's) rules: a time that does not exist on the day clocks go
+forward (02:30 when 02:00 jumps to 03:00) fires once at the first existing minute after it, and a
+time that happens twice on the day clocks go back fires once, at its first occurrence.
+
+Pure: `due_ticks` takes the schedule's next tick and the current time and says which ticks fire and
+which tick is next; `tasker.engine.schedules` creates the tasks (one per tick, keyed by the
+schedule and the tick, so that no tick fires twice whichever workers run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cronsim import CronSim, CronSimError
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: How late a tick may fire and still count as on time (a worker's schedule job runs every second;
+#: a tick later than this was missed, and `catch_up` decides).
+GRACE_SECONDS = 60.0
+#: `catch_up: all` fires at most this many missed ticks (the newest); older ones are skipped.
+MAX_CATCH_UP = 100
+_NAME_CHARS = "letters, digits, '_', '-' or '.', starting with a letter or '_'"
+
+
+class CatchUp(StrEnum):
+    """What a schedule does with the ticks missed while no worker ran."""
+
+    #: Fire none of them; the next tick fires as usual.
+    SKIP = "skip"
+    #: Fire once, for the newest missed tick (the default).
+    ONCE = "once"
+    #: Fire each missed tick (at most `MAX_CATCH_UP`, the newest).
+    ALL = "all"
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA time zone, or `ValueError` naming it and an example."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone '{name}'; use an IANA name such as UTC or Europe/Berlin"
+        ) from None
+
+
+def check_cron(expression: str) -> str:
+    """The cron expression, or `ValueError` with cronsim's reason."""
+    try:
+        CronSim(expression, datetime(2000, 1, 1, tzinfo=UTC))
+    except CronSimError as exc:
+        raise ValueError(
+            f"'{expression}' is not a cron expression ({exc}); use five fields, for example"
+            " '0 7 * * *' for 7 AM every day"
+        ) from None
+    return expression
+
+
+def next_tick(cron: str, timezone: str, after: datetime) -> datetime:
+    """The first tick strictly after `after`, in UTC."""
+    local = after.astimezone(zone(timezone))
+    found: datetime = next(CronSim(cron, local))
+    return found.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class DueTicks:
+    """The ticks to fire now (oldest first), how many were missed and not fired, and the next tick
+    to wait for."""
+
+    fire: list[datetime]
+    skipped: int
+    next_at: datetime
+
+
+def due_ticks(
+    cron: str, timezone: str, next_at: datetime, now: datetime, catch_up: CatchUp
+) -> DueTicks:
+    """Which ticks fire at `now` for a schedule whose next tick was `next_at`."""
+    if now < next_at:
+        return DueTicks([], 0, next_at)
+    due = [next_at]
+    following = next_tick(cron, timezone, next_at)
+    # Count the due ticks without holding more than the catch-up bound (a minutely schedule down
+    # for a month has 43,200).
+    missed_beyond = 0
+    while following <= now:
+        due.append(following)
+        if len(due) > MAX_CATCH_UP + 1:
+            due.pop(0)
+            missed_beyond += 1
+        following = next_tick(cron, timezone, following)
+    if catch_up == CatchUp.SKIP:
+        fire = [t for t in due[-1:] if (now - t).total_seconds() <= GRACE_SECONDS]
+    elif catch_up == CatchUp.ONCE:
+        fire = due[-1:]
+    else:
+        fire = due[-MAX_CATCH_UP:]
+    return DueTicks(fire, missed_beyond + len(due) - len(fire), following)
+
+
+class ScheduleSpec(BaseModel):
+    """A template's `schedules:` entry."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128)
+    cron: str = Field(min_length=1, max_length=255)
+    timezone: str = "UTC"
+    context: dict[str, Any] = Field(default_factory=dict)
+    catch_up: CatchUp = CatchUp.ONCE
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        from tasker.domain.templates import NAME  # templates imports this module
+
+        if not NAME.match(v):
+            raise ValueError(f"a schedule name uses {_NAME_CHARS}")
+        return v
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        return check_cron(v)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        zone(v)
+        return v
+
+    @field_validator("context", mode="before")
+    @classmethod
+    def _context(cls, v: Any) -> Any:
+        return {} if v is None else v
+
+
+def tick_key(schedule_id: int, tick: datetime) -> str:
+    """The idempotency key of the task a tick creates: one task per schedule and tick, whichever
+    worker fires it and however often."""
+    return f"schedule:{schedule_id}:{tick.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}"
+
+
+def first_tick(cron: str, timezone: str, now: datetime) -> datetime:
+    """A new (or resumed) schedule's first tick: the first after `now`, less a second so that a
+    schedule added at 07:00:00 for "0 7 * * *" fires now rather than tomorrow."""
+    return next_tick(cron, timezone, now - timedelta(seconds=1))
