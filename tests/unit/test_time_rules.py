@@ -85,7 +85,7 @@ def test_resume_says_whether_a_wait_is_over(
     status = resume(Wait(kind, end, "s" if kind == WaitKind.SIGNAL else None), NOW, signalled)
     if kind == WaitKind.SIGNAL and signalled:
         assert status == WaitStatus.RECEIVED  # a signal that came counts, even past the timeout
-    elif end is not None and NOW >= end:
+    elif end is not None and end <= NOW:
         assert status == (WaitStatus.SLEPT if kind == WaitKind.SLEEP else WaitStatus.TIMED_OUT)
     else:
         assert status == WaitStatus.WAITING
