@@ -62,7 +62,7 @@ def test_a_duration_is_seconds_iso_8601_or_a_shorthand(value: Any, seconds: floa
     "value", ["soon", "P", "PTX", "-5", -1, True, None, [1], float("nan"), 400 * 86400]
 )
 def test_what_is_not_a_duration_is_refused_saying_what_is(value: Any) -> None:
-    with pytest.raises(ValueError, match="duration|out of range|finite"):
+    with pytest.raises(ValueError, match=r"duration|out of range|finite"):
         duration_seconds(value)
 
 

@@ -21,7 +21,16 @@ from tasker.api.json_limits import JsonBodyLimits
 from tasker.api.limits import BodySizeLimit
 from tasker.api.middleware import HeadAsGet, RequestSizeLimits, SecurityHeaders
 from tasker.api.rendering import SafeJSONResponse
-from tasker.api.routes import diagrams, events, handlers, monitoring, steps, tasks
+from tasker.api.routes import (
+    diagrams,
+    events,
+    handlers,
+    monitoring,
+    schedules,
+    signals,
+    steps,
+    tasks,
+)
 from tasker.api.routes.events import StreamHub
 from tasker.engine.tasker import Tasker
 from tasker.settings import Settings
@@ -56,7 +65,7 @@ def create_app(engine: Tasker, settings: Settings | None = None) -> FastAPI:
     app.state.tasker = engine
     app.state.settings = settings
     app.state.streams = StreamHub(engine, settings)
-    for module in (tasks, steps, diagrams, handlers, monitoring, events):
+    for module in (tasks, steps, signals, schedules, diagrams, handlers, monitoring, events):
         app.include_router(module.router, prefix=API_PREFIX)
     install_docs(app)
     install_dashboard(app, settings)  # the web dashboard at "/", its assets at /static/dashboard

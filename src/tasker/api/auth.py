@@ -61,6 +61,7 @@ class Permission:
     TASK_UPDATE = "tasker.task:update"
     TASK_CANCEL = "tasker.task:cancel"
     TASK_RETRY = "tasker.task:retry"
+    TASK_SIGNAL = "tasker.task:signal"
     STEP_INDEX = "tasker.workflow_step:index"
     STEP_SHOW = "tasker.workflow_step:show"
     STEP_UPDATE = "tasker.workflow_step:update"
@@ -71,6 +72,11 @@ class Permission:
     METRICS_INDEX = "tasker.metrics:index"
     ANALYTICS_INDEX = "tasker.analytics:index"
     EVENTS_INDEX = "tasker.events:index"
+    SCHEDULE_INDEX = "tasker.schedule:index"
+    SCHEDULE_CREATE = "tasker.schedule:create"
+    SCHEDULE_UPDATE = "tasker.schedule:update"
+    SCHEDULE_TRIGGER = "tasker.schedule:trigger"
+    SCHEDULE_DELETE = "tasker.schedule:delete"
 
     #: All of the above, in catalogue order (the same list `tasker keys create` accepts).
     ALL: tuple[str, ...] = PERMISSIONS

@@ -22,7 +22,8 @@ from tasker.domain.graph import execution_levels, execution_order
 from tasker.domain.history import StepTransition as StepTransitionRecord
 from tasker.domain.history import TaskTransition as TaskTransitionRecord
 from tasker.domain.listing import TOTAL_CAP
-from tasker.domain.records import FailureRecord, Step, Task
+from tasker.domain.records import FailureRecord, Signal, Step, Task
+from tasker.domain.schedules import Schedule
 from tasker.domain.states import TaskState
 from tasker.domain.templates import TaskTemplate, semver_key
 
@@ -190,6 +191,25 @@ class TaskCreate(_Body):
         pattern=TOKEN_PATTERN,
         description="Carried by every log line and event of the task.",
     )
+    run_at: datetime | None = Field(
+        default=None,
+        description="Start the task at this time (ISO 8601 with a time zone); it stays"
+        " `pending` until then and can be cancelled meanwhile.",
+        examples=["2026-12-24T07:00:00+01:00"],
+    )
+    delay: float | str | None = Field(
+        default=None,
+        description="Start the task this long from now: seconds, an ISO-8601 duration (`PT10M`)"
+        " or `90s`, `10m`, `2h`, `1d`. Not with `run_at`.",
+        examples=["10m"],
+    )
+    deadline: datetime | float | str | None = Field(
+        default=None,
+        description="End the task in `error` (`deadline_exceeded`) if it has not finished by"
+        " then: a time, or a duration from its start. Overrides the template's"
+        " `timeout_seconds`.",
+        examples=["2h"],
+    )
 
     @field_validator("context")
     @classmethod
@@ -200,6 +220,159 @@ class TaskCreate(_Body):
     @classmethod
     def _token(cls, v: str | None) -> str | None:
         return _check_text(v)
+
+
+class SignalSend(_Body):
+    """A signal to a task: its steps waiting for it (`wait_for`, `ctx.wait_for_signal`) resume."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "payload": {"confirmed_at": "2026-12-06T09:12:00Z"},
+                    "idempotency_key": "mail-evt-81",
+                }
+            ]
+        },
+    )
+
+    payload: Any = Field(
+        default=None,
+        description="Any JSON: a `wait_for` step completes with it as its results (an object as"
+        ' it is, anything else as `{"payload": value}`).',
+    )
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        pattern=TOKEN_PATTERN,
+        description="A repeated key is the same signal (200 with `deduplicated: true`).",
+    )
+
+    @field_validator("payload")
+    @classmethod
+    def _payload(cls, v: Any) -> Any:
+        return check_json(v, "$.payload")
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _token(cls, v: str | None) -> str | None:
+        return _check_text(v)
+
+
+class SignalOut(BaseModel):
+    id: int
+    task_id: int
+    name: str
+    payload: Any
+    idempotency_key: str | None
+    created_at: datetime
+    deduplicated: bool = Field(
+        default=False, description="True when a repeated idempotency key returned this signal."
+    )
+    woke: list[int] = Field(
+        default_factory=list, description="The ids of the waiting steps this signal woke."
+    )
+
+    @classmethod
+    def of(cls, signal: Signal) -> SignalOut:
+        return cls(
+            id=signal.id,
+            task_id=signal.task_id,
+            name=signal.name,
+            payload=signal.payload,
+            idempotency_key=signal.idempotency_key,
+            created_at=signal.created_at,
+            deduplicated=signal.deduplicated,
+            woke=list(signal.woke),
+        )
+
+
+class SignalList(BaseModel):
+    task_id: int
+    signals: list[SignalOut]
+
+
+class ScheduleCreate(_Body):
+    """A cron schedule for a loaded template: each tick creates one task."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "template": "data_pipeline/customer_analytics",
+                    "name": "morning",
+                    "cron": "0 7 * * *",
+                    "timezone": "Europe/Berlin",
+                    "context": {
+                        "date_range": {"start_date": "2026-12-01", "end_date": "2026-12-01"}
+                    },
+                    "catch_up": "once",
+                }
+            ]
+        },
+    )
+
+    template: str = Field(min_length=1, max_length=300, pattern=REF_PATTERN)
+    version: str | None = Field(default=None, max_length=64, pattern=SEMVER_PATTERN)
+    name: str = Field(min_length=1, max_length=128, pattern=NAME_PATTERN)
+    cron: str = Field(min_length=1, max_length=255, description="Five fields: `0 7 * * *`.")
+    timezone: str = Field(default="UTC", max_length=64, description="An IANA time zone.")
+    context: dict[str, Any] = Field(default_factory=dict)
+    catch_up: str = Field(
+        default="once",
+        pattern="^(skip|once|all)$",
+        description="Ticks missed while no worker ran: `skip` them, run `once`, or run `all`"
+        " (at most 100).",
+    )
+    paused: bool = False
+
+    @field_validator("context")
+    @classmethod
+    def _context(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return dict(check_json(v, "$.context"))
+
+
+class ScheduleOut(BaseModel):
+    id: int
+    template: str = Field(description="`namespace/name`, or `@version` when pinned.")
+    name: str
+    cron: str
+    timezone: str
+    context: dict[str, Any]
+    catch_up: str
+    paused: bool
+    origin: str = Field(description="`template` (declared in its YAML) or `api`.")
+    next_at: datetime = Field(description="The next tick (when not paused).")
+    last_at: datetime | None = Field(description="The last tick that fired.")
+    last_task_id: int | None = Field(description="The task the last tick created.")
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, row: Schedule) -> ScheduleOut:
+        return cls(
+            id=row.id,
+            template=row.template,
+            name=row.name,
+            cron=row.cron,
+            timezone=row.timezone,
+            context=row.context,
+            catch_up=row.catch_up.value,
+            paused=row.paused,
+            origin=row.origin,
+            next_at=row.next_at,
+            last_at=row.last_at,
+            last_task_id=row.last_task_id,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+
+class ScheduleList(BaseModel):
+    schedules: list[ScheduleOut]
 
 
 class TaskCancel(_Body):
@@ -292,7 +465,9 @@ class StepOut(BaseModel):
     last_error: StepError | None
     decision: str | None = Field(
         default=None,
-        description="Why a condition or join skipped the step, or that its `when` held.",
+        description="Why a condition or join skipped the step, or that its `when` held; what a"
+        " waiting step waits for (`sleeping until ...`, `waiting for signal 'x'`) and how its"
+        " wait ended.",
     )
     instance_of: int | None = Field(
         default=None, description="A fan-out's instance: the id of its fan-out step."
@@ -390,6 +565,13 @@ class TaskSummary(BaseModel):
         default=None,
         description="A child task: the id of the parent's `task:` step that waits for it.",
     )
+    starts_at: datetime | None = Field(
+        default=None, description="A delayed start: when its first steps become due."
+    )
+    deadline_at: datetime | None = Field(
+        default=None,
+        description="Past this time an unfinished task ends in `error` (`deadline_exceeded`).",
+    )
 
     @classmethod
     def fields_of(cls, task: Task) -> dict[str, Any]:
@@ -411,6 +593,8 @@ class TaskSummary(BaseModel):
             "duration_seconds": task.duration_seconds,
             "parent_task_id": task.parent_task_id,
             "parent_step_id": task.parent_step_id,
+            "starts_at": task.starts_at,
+            "deadline_at": task.deadline_at,
         }
 
     @classmethod

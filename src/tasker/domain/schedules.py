@@ -143,6 +143,34 @@ class ScheduleSpec(BaseModel):
         return {} if v is None else v
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """A stored schedule (`engine.schedules`)."""
+
+    id: int
+    namespace: str
+    task_name: str
+    version: str | None
+    name: str
+    cron: str
+    timezone: str
+    context: dict[str, Any]
+    catch_up: CatchUp
+    paused: bool
+    origin: str
+    next_at: datetime
+    last_at: datetime | None
+    last_task_id: int | None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def template(self) -> str:
+        """`namespace/name`, or `namespace/name@version` when pinned."""
+        ref = f"{self.namespace}/{self.task_name}"
+        return f"{ref}@{self.version}" if self.version else ref
+
+
 def tick_key(schedule_id: int, tick: datetime) -> str:
     """The idempotency key of the task a tick creates: one task per schedule and tick, whichever
     worker fires it and however often."""

@@ -16,14 +16,13 @@ from pydantic import ValidationError
 from tasker.context_schema import validate_context
 from tasker.domain.errors import NotFoundError, TaskerInputError
 from tasker.domain.records import Task
-from tasker.domain.schedules import CatchUp, ScheduleSpec, first_tick
+from tasker.domain.schedules import CatchUp, Schedule, ScheduleSpec, first_tick
 from tasker.domain.templates import TaskTemplate
 from tasker.engine import clock
 from tasker.handlers.base import TaskPort
 from tasker.registry import TemplateRegistry
 from tasker.store import schedules as schedule_store
 from tasker.store.database import Database
-from tasker.store.schedules import ScheduleRow
 
 #: `origin` of a schedule declared in a template's YAML, and of one added at run time.
 FROM_TEMPLATE = "template"
@@ -60,7 +59,7 @@ class Schedules:
         catch_up: CatchUp | str = CatchUp.ONCE,
         version: str | None = None,
         paused: bool = False,
-    ) -> ScheduleRow:
+    ) -> Schedule:
         """Add a schedule for a loaded template (`ns/name`, or `ns/name@version` to pin one);
         its context is checked against the template's schema now."""
         spec = _spec(
@@ -78,22 +77,22 @@ class Schedules:
                 )
             return schedule_store.add(conn, self._values(tmpl, spec, pinned, FROM_API, now, paused))
 
-    def all(self, namespace: str | None = None) -> list[ScheduleRow]:
+    def all(self, namespace: str | None = None) -> list[Schedule]:
         """Every schedule (of one namespace), by template and name."""
         with self.db.read() as conn:
             return schedule_store.all_schedules(conn, namespace)
 
-    def get(self, schedule_id: int) -> ScheduleRow:
+    def get(self, schedule_id: int) -> Schedule:
         with self.db.read() as conn:
             return schedule_store.get(conn, schedule_id)
 
-    def pause(self, schedule_id: int) -> ScheduleRow:
+    def pause(self, schedule_id: int) -> Schedule:
         """Stop firing until resumed (a template's schedule stays paused across reloads)."""
         with self.db.write() as conn:
             schedule_store.get(conn, schedule_id)
             return schedule_store.change(conn, schedule_id, clock.now(), paused=True)
 
-    def resume(self, schedule_id: int) -> ScheduleRow:
+    def resume(self, schedule_id: int) -> Schedule:
         """Fire again from the next tick on (the ticks missed while paused are not caught up)."""
         now = clock.now()
         with self.db.write() as conn:

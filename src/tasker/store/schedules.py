@@ -8,7 +8,6 @@ it once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -16,40 +15,12 @@ from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from tasker.domain.errors import NotFoundError
-from tasker.domain.schedules import CatchUp
+from tasker.domain.schedules import CatchUp, Schedule
 from tasker.store.schema import schedules
 
 
-@dataclass(frozen=True)
-class ScheduleRow:
-    """A stored schedule."""
-
-    id: int
-    namespace: str
-    task_name: str
-    version: str | None
-    name: str
-    cron: str
-    timezone: str
-    context: dict[str, Any]
-    catch_up: CatchUp
-    paused: bool
-    origin: str
-    next_at: datetime
-    last_at: datetime | None
-    last_task_id: int | None
-    created_at: datetime
-    updated_at: datetime
-
-    @property
-    def template(self) -> str:
-        """`namespace/name`, or `namespace/name@version` when pinned."""
-        ref = f"{self.namespace}/{self.task_name}"
-        return f"{ref}@{self.version}" if self.version else ref
-
-
-def _row(r: Any) -> ScheduleRow:
-    return ScheduleRow(
+def _row(r: Any) -> Schedule:
+    return Schedule(
         id=r.id,
         namespace=r.namespace,
         task_name=r.task_name,
@@ -69,7 +40,7 @@ def _row(r: Any) -> ScheduleRow:
     )
 
 
-def find(conn: Connection, namespace: str, task_name: str, name: str) -> ScheduleRow | None:
+def find(conn: Connection, namespace: str, task_name: str, name: str) -> Schedule | None:
     row = conn.execute(
         select(schedules).where(
             schedules.c.namespace == namespace,
@@ -80,7 +51,7 @@ def find(conn: Connection, namespace: str, task_name: str, name: str) -> Schedul
     return _row(row) if row is not None else None
 
 
-def get(conn: Connection, schedule_id: int) -> ScheduleRow:
+def get(conn: Connection, schedule_id: int) -> Schedule:
     row = conn.execute(select(schedules).where(schedules.c.id == schedule_id)).first()
     if row is None:
         raise NotFoundError(
@@ -89,19 +60,19 @@ def get(conn: Connection, schedule_id: int) -> ScheduleRow:
     return _row(row)
 
 
-def all_schedules(conn: Connection, namespace: str | None = None) -> list[ScheduleRow]:
+def all_schedules(conn: Connection, namespace: str | None = None) -> list[Schedule]:
     q = select(schedules).order_by(schedules.c.namespace, schedules.c.task_name, schedules.c.name)
     if namespace is not None:
         q = q.where(schedules.c.namespace == namespace)
     return [_row(r) for r in conn.execute(q)]
 
 
-def add(conn: Connection, values: dict[str, Any]) -> ScheduleRow:
+def add(conn: Connection, values: dict[str, Any]) -> Schedule:
     new_id = conn.execute(insert(schedules).values(**values).returning(schedules.c.id)).scalar_one()
     return get(conn, new_id)
 
 
-def change(conn: Connection, schedule_id: int, now: datetime, **values: Any) -> ScheduleRow:
+def change(conn: Connection, schedule_id: int, now: datetime, **values: Any) -> Schedule:
     conn.execute(
         update(schedules).where(schedules.c.id == schedule_id).values(updated_at=now, **values)
     )
@@ -120,7 +91,7 @@ _DUE = (
 )
 
 
-def due(conn: Connection, now: datetime, limit: int = 100) -> list[ScheduleRow]:
+def due(conn: Connection, now: datetime, limit: int = 100) -> list[Schedule]:
     """Schedules not paused whose next tick has come, earliest first."""
     return [_row(r) for r in conn.execute(_DUE, {"now": now, "limit": limit})]
 
@@ -147,7 +118,7 @@ _ADVANCE = (
 
 def advance(
     conn: Connection,
-    schedule: ScheduleRow,
+    schedule: Schedule,
     next_at: datetime,
     last_at: datetime | None,
     last_task_id: int | None,
@@ -169,7 +140,7 @@ def advance(
     return bool(moved.rowcount)
 
 
-def template_schedules(conn: Connection, namespace: str, task_name: str) -> list[ScheduleRow]:
+def template_schedules(conn: Connection, namespace: str, task_name: str) -> list[Schedule]:
     """The schedules a template declares (origin `template`)."""
     return [
         _row(r)

@@ -86,6 +86,9 @@ def create_task(body: TaskCreate, response: Response, engine: Engine) -> TaskDet
         version=body.version,
         idempotency_key=body.idempotency_key,
         correlation_id=body.correlation_id,
+        run_at=body.run_at,
+        delay=body.delay,
+        deadline=body.deadline,
     )
     if task.deduplicated:
         response.status_code = 200
