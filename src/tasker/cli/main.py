@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("tasker.cli.keys:keys", "API keys for the REST API (create, list, revoke)."),
     "limits": ("tasker.cli.systems:limits", "In-flight limits per namespace (list, set, clear)."),
     "run": ("tasker.cli.run:run", "Create a task and run it here to the end, with live progress."),
+    "schedules": (
+        "tasker.cli.schedules:schedules",
+        "Cron schedules: list, add, pause, resume, trigger now, remove.",
+    ),
     "serve": (
         "tasker.cli.serve:serve",
         "Serve the REST API and dashboard, optionally with workers.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,8 +15,14 @@ from tasker.domain.control import JoinRule
 from tasker.domain.graph import execution_levels
 from tasker.domain.history import CircuitChange, StepTransition
 from tasker.domain.listing import Total
-from tasker.domain.records import Step, Task
-from tasker.domain.states import CLAIMABLE_STEP_STATES, TERMINAL_STEP_STATES, StepState
+from tasker.domain.records import Signal, Step, Task
+from tasker.domain.schedules import Schedule
+from tasker.domain.states import (
+    CLAIMABLE_STEP_STATES,
+    TERMINAL_STEP_STATES,
+    StepState,
+    TaskState,
+)
 from tasker.domain.templates import StepTemplate, TaskTemplate
 
 #: Colours of step and task states (a task's states are step states too).
@@ -47,11 +54,23 @@ def _duration(seconds: float | None) -> str:
 
 
 def task_header(task: Task) -> str:
+    times = ""
+    if task.starts_at is not None:
+        times += f"  starts {task.starts_at:%Y-%m-%d %H:%M:%S}Z"
+    if task.deadline_at is not None:
+        times += f"  deadline {task.deadline_at:%Y-%m-%d %H:%M:%S}Z"
     return (
         f"Task {task.id}  {task.template_key}  {coloured(task.status)}  "
-        f"created {task.created_at:%Y-%m-%d %H:%M:%S}Z  correlation {task.correlation_id}  "
-        f"duration {_duration(task.duration_seconds)}"
+        f"created {task.created_at:%Y-%m-%d %H:%M:%S}Z{times}  correlation {task.correlation_id}"
+        f"  duration {_duration(task.duration_seconds)}"
     )
+
+
+def task_status_cell(t: Task) -> str:
+    """A task's state, with when it starts if it waits for a delayed start."""
+    if t.status == TaskState.PENDING and t.starts_at is not None and t.started_at is None:
+        return f"{coloured(t.status)} (starts {t.starts_at:%Y-%m-%d %H:%M}Z)"
+    return coloured(t.status)
 
 
 #: A fan-out's instances listed one by one up to this many; beyond, those that completed are
@@ -134,12 +153,27 @@ def tasks_table(tasks: list[Task], total: Total) -> Table:
         table.add_row(
             str(t.id),
             t.template_key,
-            coloured(t.status),
+            task_status_cell(t),
             f"{t.created_at:%Y-%m-%d %H:%M:%S}",
             _duration(t.duration_seconds),
             t.correlation_id,
         )
     return table
+
+
+def step_work(s: StepTemplate) -> str:
+    """What a step template does: its handler, its sub-workflow, or its wait."""
+    if s.handler_class:
+        wait = f" (after sleep {s.sleep})" if s.sleep is not None else ""
+        if s.wait_for:
+            wait = f" (after wait_for: {s.wait_for})"
+        return s.handler_class + wait
+    if s.task:
+        return f"task: {s.task}"
+    if s.wait_for:
+        timeout = f", timeout {s.wait_timeout:g}s, on_timeout {s.on_timeout or 'error'}"
+        return f"wait_for: {s.wait_for}" + (timeout if s.wait_timeout else "")
+    return f"sleep {s.sleep:g}s" if isinstance(s.sleep, float | int) else f"sleep `{s.sleep}`"
 
 
 def template_steps_table(t: TaskTemplate) -> Table:
@@ -158,7 +192,7 @@ def template_steps_table(t: TaskTemplate) -> Table:
         cells = [
             s.name,
             ", ".join(s.parents) or "-",
-            s.handler_class or f"task: {s.task}",
+            step_work(s),
             retry,
             backoff,
             timeout,
@@ -356,5 +390,42 @@ def run_steps_table(
             _duration(cost.total_seconds),
             _duration(cost.waited_seconds),
             note[:200],
+        )
+    return table
+
+
+def signals_table(task_id: int, found: list[Signal]) -> Table:
+    table = Table(title=f"{len(found)} signal(s) of task {task_id}")
+    for col in ("id", "name", "received", "key", "payload"):
+        table.add_column(col, overflow="fold")
+    for sig in found:
+        table.add_row(
+            str(sig.id),
+            sig.name,
+            f"{sig.created_at:%Y-%m-%d %H:%M:%S}Z",
+            sig.idempotency_key or "-",
+            json.dumps(sig.payload, default=str)[:200],
+        )
+    return table
+
+
+def schedules_table(found: list[Schedule]) -> Table:
+    table = Table(title=f"{len(found)} schedule(s)")
+    for col in ("id", "template", "name", "cron", "zone", "catch up", "next", "last", "state"):
+        table.add_column(col, overflow="fold")
+    for s in found:
+        last = f"{s.last_at:%Y-%m-%d %H:%M}Z" if s.last_at else "-"
+        if s.last_task_id is not None:
+            last += f" (task {s.last_task_id})"
+        table.add_row(
+            str(s.id),
+            s.template,
+            s.name,
+            s.cron,
+            s.timezone,
+            s.catch_up.value,
+            "-" if s.paused else f"{s.next_at:%Y-%m-%d %H:%M}Z",
+            last,
+            ("paused" if s.paused else "active") + ("" if s.origin == "api" else " (yaml)"),
         )
     return table

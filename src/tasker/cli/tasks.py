@@ -1,4 +1,4 @@
-"""`tasker tasks list|show|create|cancel|compensate|retry|retry-step|resolve`.
+"""`tasker tasks list|show|create|signal|signals|cancel|compensate|retry|retry-step|resolve`.
 
 Read-only commands (`list`, `show`) open the store with access "read": against a database without
 the Tasker schema they say so in one line and create nothing. `create` queues a task for the workers
@@ -9,6 +9,7 @@ the Tasker schema they say so in one line and create nothing. `create` queues a 
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime
 from typing import Any
 
 import click
@@ -159,6 +160,27 @@ def show(
     default=None,
     help="Return the existing task for a repeated key instead of creating another.",
 )
+@click.option(
+    "--at",
+    "run_at",
+    default=None,
+    metavar="ISO8601",
+    help="Start at this time, with its zone (2026-12-24T07:00:00+01:00, or ...Z for UTC).",
+)
+@click.option(
+    "--in",
+    "delay",
+    default=None,
+    metavar="DURATION",
+    help="Start this long from now: 90s, 10m, 2h, 1d or PT10M.",
+)
+@click.option(
+    "--deadline",
+    default=None,
+    metavar="TIME|DURATION",
+    help="End in error (deadline_exceeded) if not finished by then: a time, or a duration from"
+    " the start. Overrides the template's timeout_seconds.",
+)
 @templates_option
 @json_option
 @click.pass_context
@@ -168,6 +190,9 @@ def create(
     context: str,
     version: str | None,
     idempotency_key: str | None,
+    run_at: str | None,
+    delay: str | None,
+    deadline: str | None,
     templates: tuple[str, ...],
     as_json: bool,
 ) -> None:
@@ -186,7 +211,15 @@ def create(
             "no templates to load; fix: pass --templates PATH or set TASKER_TEMPLATE_PATH"
         )
     engine = st.engine(templates)
-    task = engine.create_task(ref, value, version=version, idempotency_key=idempotency_key)
+    task = engine.create_task(
+        ref,
+        value,
+        version=version,
+        idempotency_key=idempotency_key,
+        run_at=parse_time(run_at, "--at") if run_at else None,
+        delay=delay,
+        deadline=_time_or_duration(deadline),
+    )
     if as_json:
         echo_json(task_json(task))
         return
@@ -200,13 +233,92 @@ def create(
             soft_wrap=True,
         )
     else:
+        when = f" from {task.starts_at:%Y-%m-%d %H:%M:%S}Z" if task.starts_at else ""
         err_console.print(
-            f"queued task {task.id} ({task.template_key}); a worker on this store runs it "
+            f"queued task {task.id} ({task.template_key}); a worker on this store runs it{when} "
             "(tasker worker)",
             highlight=False,
             soft_wrap=True,
         )
     click.echo(task.id)
+
+
+def parse_time(text: str, option: str) -> datetime:
+    """An ISO-8601 time given on the command line, or a one-line error naming the option."""
+    try:
+        return datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise TaskerInputError(
+            f"{option} {text!r} is not an ISO-8601 time; use e.g. 2026-12-24T07:00:00+01:00 or"
+            " 2026-12-24T06:00:00Z"
+        ) from None
+
+
+def _time_or_duration(text: str | None) -> datetime | str | None:
+    """`--deadline`: a time if it reads as one, else a duration for the engine to parse."""
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text.strip())
+    except ValueError:
+        return text
+
+
+@tasks.command()
+@click.argument("task_id", type=int)
+@click.argument("name")
+@click.option(
+    "--payload", default="null", show_default=True, help="The signal's payload as JSON or @file."
+)
+@click.option(
+    "--key",
+    "idempotency_key",
+    default=None,
+    help="An idempotency key: a repeated key is the same signal (a retried webhook).",
+)
+@json_option
+@click.pass_context
+def signal(
+    ctx: click.Context,
+    task_id: int,
+    name: str,
+    payload: str,
+    idempotency_key: str | None,
+    as_json: bool,
+) -> None:
+    """Send the signal NAME to a task: its steps waiting for it (wait_for: NAME) resume."""
+    value = read_json(payload, "--payload")
+    engine = state(ctx).engine(load=False, access="read")
+    sent = engine.signal(task_id, name, value, idempotency_key=idempotency_key)
+    if as_json:
+        echo_json(dataclasses.asdict(sent))
+        return
+    if sent.deduplicated:
+        _say(f"signal {sent.id} ({name}) was already sent to task {task_id}; not sent again")
+    elif sent.woke:
+        steps = ", ".join(str(s) for s in sent.woke)
+        _say(f"signal {sent.id} ({name}) sent to task {task_id}; it woke step(s) {steps}")
+    else:
+        _say(
+            f"signal {sent.id} ({name}) sent to task {task_id}; no step waits for it yet: the"
+            " step that will finds it"
+        )
+
+
+@tasks.command()
+@click.argument("task_id", type=int)
+@json_option
+@click.pass_context
+def signals(ctx: click.Context, task_id: int, as_json: bool) -> None:
+    """The signals a task received, oldest first."""
+    found = state(ctx).engine(load=False, access="read").signals.of_task(task_id)
+    if as_json:
+        echo_json({"task_id": task_id, "signals": [dataclasses.asdict(s) for s in found]})
+        return
+    from tasker.cli.common import console
+    from tasker.cli.render import signals_table
+
+    console.print(signals_table(task_id, found))
 
 
 @tasks.command()

@@ -23,8 +23,8 @@ class TimingError(ValueError):
 def _aware(value: datetime, field: str) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise TimingError(
-            f"{field} {value.isoformat()} has no time zone; give one (for example"
-            " datetime.now(UTC) + timedelta(hours=1), or 2026-12-24T07:00:00+01:00)"
+            f"{field} {value.isoformat()} has no time zone; give one, like"
+            " 2026-12-24T07:00:00+01:00 or 2026-12-24T06:00:00Z (in Python, an aware datetime)"
         )
     return value
 
