@@ -486,6 +486,12 @@ class StepOut(BaseModel):
     run_at: datetime | None = Field(
         description="When the step is (or was) due to run; retries move it forward."
     )
+    wait: dict[str, Any] | None = Field(
+        default=None,
+        description="A durable wait: `kind` (`sleep` or `signal`), `until` (its end or timeout),"
+        " `signal`, `since`, and `over` once the step's own wait ended; null for a step that"
+        " never waited.",
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -511,11 +517,20 @@ class StepOut(BaseModel):
             fanout=step.fanout,
             compensates=step.compensates,
             run_at=step.run_at,
+            wait=_public_wait(step.wait),
             created_at=step.created_at,
             started_at=step.started_at,
             finished_at=step.finished_at,
             duration_seconds=step.duration_seconds,
         )
+
+
+def _public_wait(wait: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A step's wait as the API shows it: without the state a handler keeps in it (its own
+    data, which may be large or private)."""
+    if wait is None:
+        return None
+    return {k: v for k, v in wait.items() if k != "state"}
 
 
 class StepDetail(StepOut):

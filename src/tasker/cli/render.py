@@ -161,21 +161,6 @@ def tasks_table(tasks: list[Task], total: Total) -> Table:
     return table
 
 
-def step_work(s: StepTemplate) -> str:
-    """What a step template does: its handler, its sub-workflow, or its wait."""
-    if s.handler_class:
-        wait = f" (after sleep {s.sleep})" if s.sleep is not None else ""
-        if s.wait_for:
-            wait = f" (after wait_for: {s.wait_for})"
-        return s.handler_class + wait
-    if s.task:
-        return f"task: {s.task}"
-    if s.wait_for:
-        timeout = f", timeout {s.wait_timeout:g}s, on_timeout {s.on_timeout or 'error'}"
-        return f"wait_for: {s.wait_for}" + (timeout if s.wait_timeout else "")
-    return f"sleep {s.sleep:g}s" if isinstance(s.sleep, float | int) else f"sleep `{s.sleep}`"
-
-
 def template_steps_table(t: TaskTemplate) -> Table:
     table = Table(title=f"{t.key}" + (f" — {t.description}" if t.description else ""))
     columns = ["step", "depends on", "handler", "retry", "backoff", "timeout", "system"]
@@ -192,7 +177,7 @@ def template_steps_table(t: TaskTemplate) -> Table:
         cells = [
             s.name,
             ", ".join(s.parents) or "-",
-            step_work(s),
+            s.work(),
             retry,
             backoff,
             timeout,

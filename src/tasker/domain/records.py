@@ -68,6 +68,9 @@ class Step:
     decision: str | None = None
     #: An undo row (`undo:<step>`): the id of the step it undoes (None for any other step).
     compensates: int | None = None
+    #: A durable wait (JSON of `tasker.domain.waits.Wait`): what the step sleeps or waits for, or
+    #: how its wait ended; None for a step that never waited.
+    wait: dict[str, Any] | None = None
 
     @property
     def duration_seconds(self) -> float | None:

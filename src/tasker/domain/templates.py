@@ -357,6 +357,28 @@ class StepTemplate(_Strict):
         """Whether the step sleeps or waits for a signal before it completes."""
         return self.sleep is not None or self.wait_for is not None
 
+    def work(self) -> str:
+        """What the step does, in a few words: its handler, its sub-workflow, or its wait (what
+        the CLI's and the dashboard's step lists show)."""
+        wait = ""
+        if self.wait_for is not None:
+            wait = f"wait_for: {self.wait_for}"
+            if self.wait_timeout is not None:
+                wait += (
+                    f" (timeout {self.wait_timeout:g}s, on_timeout {self.on_timeout or 'error'})"
+                )
+        elif self.sleep is not None:
+            wait = (
+                f"sleep {self.sleep:g}s"
+                if isinstance(self.sleep, float)
+                else (f"sleep `{self.sleep}`")
+            )
+        if self.handler_class:
+            return f"{self.handler_class}, after {wait}" if wait else self.handler_class
+        if self.task:
+            return f"task: {self.task}"
+        return wait
+
     @field_validator("join", mode="before")
     @classmethod
     def _join(cls, v: Any) -> Any:

@@ -728,6 +728,7 @@ def _step(r: Row[Any] | SimpleNamespace) -> Step:
         item=r.item,
         fanout=r.fanout,
         compensates=r.compensates,
+        wait=r.wait,
     )
 
 
@@ -833,7 +834,7 @@ _TASK_COLUMNS = (
 _STEP_COLUMNS = (
     "id, task_id, name, state, attempts, retry_limit, retryable, dependent_system, results,"
     " last_error, run_at, started_at, finished_at, created_at, position, idempotency_key,"
-    " decision, instance_of, item_index, item, fanout, compensates"
+    " decision, instance_of, item_index, item, fanout, compensates, wait"
 )
 #: Columns SQLAlchemy's types decode (`UTCDateTime`, `Json`, `Boolean`), decoded here alike.
 _TIMES = {
@@ -845,7 +846,7 @@ _TIMES = {
     "starts_at",
     "deadline_at",
 }
-_DOCS = {"context", "annotations", "results", "last_error", "item"}
+_DOCS = {"context", "annotations", "results", "last_error", "item", "wait"}
 
 
 def _read_task_sqlite(conn: Connection, task_id: int) -> Task | None:

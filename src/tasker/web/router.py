@@ -11,7 +11,17 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
 from tasker.settings import Settings
-from tasker.web.pages import analytics, events, login, overview, systems, task, tasks, templates
+from tasker.web.pages import (
+    analytics,
+    events,
+    login,
+    overview,
+    schedules,
+    systems,
+    task,
+    tasks,
+    templates,
+)
 from tasker.web.rendering import STATIC, STATIC_URL
 from tasker.web.session import SessionCodec, session_secret
 
@@ -36,6 +46,16 @@ class CachedStatic(StaticFiles):
 
 def install_dashboard(app: FastAPI, settings: Settings) -> None:
     app.state.web_sessions = SessionCodec(session_secret(settings.session_secret))
-    for module in (login, overview, tasks, task, templates, systems, analytics, events):
+    for module in (
+        login,
+        overview,
+        tasks,
+        task,
+        templates,
+        schedules,
+        systems,
+        analytics,
+        events,
+    ):
         app.router.routes.extend(module.pages.routes)
     app.mount(STATIC_URL, CachedStatic(directory=STATIC), name="dashboard-assets")

@@ -9,7 +9,7 @@ step still running or waiting has its last span drawn up to `now`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -33,8 +33,8 @@ LOOKS = {
     "cancelled": "attempt: cancelled",
     "wait": "waiting to retry",
     "queued": "queued",
-    "handoff": "attempt: started a child task",
-    "child": "waiting for the child task",
+    "handoff": "attempt: parked the step",
+    "child": "parked: a child task, a sleep or a signal",
 }
 #: The pseudo-outcome of an attempt that parked its step for a child task (a `task:` step): it
 #: went to `waiting_retry` with no error, so it is no failed attempt.
@@ -93,6 +93,15 @@ class Bar:
 
 
 @dataclass(frozen=True)
+class Mark:
+    """A signal received, as a marker on the time axis."""
+
+    name: str
+    x: float
+    title: str
+
+
+@dataclass(frozen=True)
 class Waterfall:
     rows: list[tuple[str, float]]  # step name and the y of its label
     bars: list[Bar]
@@ -100,6 +109,7 @@ class Waterfall:
     width: float
     height: float
     total_seconds: float
+    marks: list[Mark] = field(default_factory=list)
 
     @property
     def legend(self) -> list[tuple[str, str]]:
@@ -140,13 +150,20 @@ def spans(transitions: Sequence[Mapping[str, Any]], now: datetime) -> dict[int, 
 
 
 def waterfall(
-    steps: Sequence[tuple[int, str]], transitions: Sequence[Mapping[str, Any]], now: datetime
+    steps: Sequence[tuple[int, str]],
+    transitions: Sequence[Mapping[str, Any]],
+    now: datetime,
+    signals: Sequence[tuple[datetime, str]] = (),
+    parked: Mapping[int, str] | None = None,
 ) -> Waterfall:
-    """Lay out the bars of `steps` ((id, name) in the task's order) on one time axis."""
+    """Lay out the bars of `steps` ((id, name) in the task's order) on one time axis, with a
+    marker for each signal received ((at, name)); `parked` says what each parked step waits for
+    (its bar's tooltip; a `task:` step's child by default)."""
     per_step = spans(transitions, now)
     every = [s for found in per_step.values() for s in found]
-    start = min((s.start for s in every), default=now)
-    end = max((s.end for s in every), default=now)
+    times = [s.start for s in every] + [at for at, _ in signals]
+    start = min(times, default=now)
+    end = max([s.end for s in every] + [at for at, _ in signals], default=now)
     total = max((end - start).total_seconds(), 0.001)
     scale = CHART_W / total
     rows: list[tuple[str, float]] = []
@@ -161,7 +178,7 @@ def waterfall(
                 "run": f"attempt {s.attempt}",
                 "wait": "waiting to retry",
                 "queued": "queued",
-                "child": "waiting for the child task",
+                "child": (parked or {}).get(step_id, "waiting for the child task"),
             }[s.kind]
             result = f" \u2192 {s.outcome}" if s.outcome else " (now)"
             bars.append(
@@ -170,8 +187,22 @@ def waterfall(
                 )
             )
     ticks = [(LABEL_W + CHART_W * k / 4, f"+{duration(total * k / 4)}") for k in range(5)]
+    marks = [
+        Mark(
+            name,
+            LABEL_W + (at - start).total_seconds() * scale,
+            f"signal '{name}' received at +{duration((at - start).total_seconds())}",
+        )
+        for at, name in signals
+    ]
     return Waterfall(
-        rows, bars, ticks, LABEL_W + CHART_W + 40, AXIS_H + max(1, len(steps)) * ROW_H + 4, total
+        rows,
+        bars,
+        ticks,
+        LABEL_W + CHART_W + 40,
+        AXIS_H + max(1, len(steps)) * ROW_H + 4,
+        total,
+        marks,
     )
 
 

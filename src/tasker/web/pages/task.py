@@ -26,7 +26,7 @@ import heapq
 import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -38,9 +38,9 @@ from starlette.responses import Response
 from tasker.api.auth import Permission
 from tasker.domain.compensation import undone_by
 from tasker.domain.control import CONDITION_ERROR, JoinRule
-from tasker.domain.errors import NotFoundError, TaskerInputError
+from tasker.domain.errors import NotFoundError, OperationError, TaskerInputError
 from tasker.domain.history import StepTransition
-from tasker.domain.records import Step, Task
+from tasker.domain.records import Signal, Step, Task
 from tasker.domain.states import (
     FINISHED_TASK_STATES,
     STEP_TRANSITIONS,
@@ -88,6 +88,8 @@ RESULTS_PREVIEW = 20
 CHILD_NOT_YET = "created when the step runs"
 CHILD_NONE = "none"
 _BEFORE_CHILD = frozenset({StepState.PENDING, StepState.READY, StepState.IN_PROGRESS})
+#: The task states a signal can be sent in.
+UNFINISHED = frozenset({TaskState.PENDING, TaskState.IN_PROGRESS})
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,8 @@ def decision_note(step: Step) -> DecisionNote | None:
         return None
     if step.status == StepState.SKIPPED:
         return DecisionNote("skipped", code_spans(step.decision))
+    if step.wait is not None:
+        return DecisionNote("wait", code_spans(step.decision))
     if step.last_error is not None and step.last_error["class"] == CONDITION_ERROR:
         return None
     return DecisionNote("held", code_spans(step.decision))
@@ -377,12 +381,28 @@ def parent_ref(engine: Tasker, task: Task) -> ParentRef | None:
     )
 
 
-def _read(engine: Tasker, task_id: int) -> tuple[Task, TaskTemplate, list[StepTransition]]:
+def _read(
+    engine: Tasker, task_id: int
+) -> tuple[Task, TaskTemplate, list[StepTransition], list[Signal]]:
+    template = engine.templates.of_task(task_id)
     return (
         engine.get_task(task_id),
-        engine.templates.of_task(task_id),
+        template,
         engine.history.step_transitions(task_id),
+        engine.signals.of_task(task_id) if template.signal_names() else [],
     )
+
+
+def parked_for(task: Task, template: TaskTemplate) -> dict[int, str]:
+    """What each step that may park waits for, as its timeline bar says it."""
+    out: dict[int, str] = {}
+    for s in task.steps:
+        wait = s.wait or {}
+        if wait.get("kind") == "sleep":
+            out[s.id] = "sleeping"
+        elif wait.get("kind") == "signal":
+            out[s.id] = f"waiting for signal '{wait.get('signal')}'"
+    return out
 
 
 def _task_id(raw: str) -> int:
@@ -407,10 +427,12 @@ class TaskView:
     undrawn: list[tuple[str, int, int]]
     #: A child task's parent (None for other tasks).
     parent: ParentRef | None = None
+    #: The signals the task received, oldest first.
+    signals: list[Signal] = field(default_factory=list)
 
 
 def task_view(engine: Tasker, task_id: int) -> TaskView:
-    task, template, transitions = _read(engine, task_id)
+    task, template, transitions, signals = _read(engine, task_id)
     children = child_refs(engine, task, template)
     declared = {s.name: s for s in template.step_templates}
     by_step: dict[int, list[StepTransition]] = defaultdict(list)
@@ -438,7 +460,7 @@ def task_view(engine: Tasker, task_id: int) -> TaskView:
                 s,
                 st.parents if st else [],
                 attempts_in(by_step.get(s.id, [])),
-                (st.handler_class or f"task: {st.task}") if st else "",
+                st.work() if st else "",
                 resolvable(task, s),
                 st.when if st else None,
                 st is not None and st.join == JoinRule.ANY,
@@ -463,8 +485,14 @@ def task_view(engine: Tasker, task_id: int) -> TaskView:
             if count > len(drawn):
                 undrawn.append((s.name, len(drawn), count))
     dag = template_layout(template, {s.name: s.status for s in top}, progress, children)
-    chart = waterfall(timeline, transitions, datetime.now(UTC))
-    return TaskView(task, template, steps, dag, chart, undrawn, parent_ref(engine, task))
+    chart = waterfall(
+        timeline,
+        transitions,
+        datetime.now(UTC),
+        [(sig.created_at, sig.name) for sig in signals],
+        parked_for(task, template),
+    )
+    return TaskView(task, template, steps, dag, chart, undrawn, parent_ref(engine, task), signals)
 
 
 async def render_task(
@@ -514,6 +542,9 @@ async def render_task(
         condition_error=CONDITION_ERROR,
         results_preview=RESULTS_PREVIEW,
         event_names=event_names([template]),
+        signals=view.signals,
+        signal_names=sorted(template.signal_names()),
+        can_signal=v.can(Permission.TASK_SIGNAL) and task.status in UNFINISHED,
     )
 
 
@@ -621,3 +652,34 @@ async def resolve_step(request: Request) -> Response:
             request, v, task_id, status=422, form_errors={step: error}, form_values={step: text}
         )
     return redirect(request, _back(task_id), "ok", f"step '{step}' resolved")
+
+
+@pages.post("/tasks/{raw_id}/signals")
+async def send_signal(request: Request) -> Response:
+    raw_id = request.path_params["raw_id"]
+    form = await read_form(request)
+    v = await actor(request, form, Permission.TASK_SIGNAL)
+    task_id = _task_id(raw_id)
+    name = field_of(form, "name")
+    text = field_of(form, "payload")
+    payload: Any = None
+    if text.strip():
+        try:
+            payload = json.loads(text)
+        except json.JSONDecodeError as exc:
+            return await render_task(
+                request,
+                v,
+                task_id,
+                status=422,
+                form_errors={
+                    "payload": f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+                },
+                form_values={"payload": text},
+            )
+    try:
+        sent = await run_in_threadpool(request.app.state.tasker.signal, task_id, name, payload)
+    except (TaskerInputError, OperationError) as exc:
+        return redirect(request, _back(task_id), "error", str(exc))
+    woke = f"; it woke {len(sent.woke)} step(s)" if sent.woke else "; no step waits for it yet"
+    return redirect(request, _back(task_id), "ok", f"signal '{name}' sent{woke}")

@@ -190,7 +190,7 @@
     // says it), filled in as soon as the decision is made.
     var showDecision = function (section, step) {
       if (!step.decision) { return; }
-      var kind = step.status === "skipped" ? "skipped" : "held";
+      var kind = step.status === "skipped" ? "skipped" : (step.wait ? "wait" : "held");
       if (kind === "held" && step.last_error && step.last_error.error_class === conditionError) { return; }
       var current = $all(".decision", section).filter(function (el) { return el.parentNode === section; })[0];
       var shown = current && $(".decision-text", current);
