@@ -78,7 +78,7 @@ def test_the_schedules_page_pauses_resumes_runs_and_removes(
     row.locator("button[data-action=pause-schedule]").click()
     expect(page.locator("#flash")).to_contain_text("paused")
     expect(row.locator(".schedule-state")).to_contain_text("paused")
-    expect(row.locator(".next-tick")).to_have_text("–")
+    expect(row.locator(".next-tick")).to_have_text("\u2013")
     row.locator("button[data-action=resume-schedule]").click()
     expect(row.locator(".schedule-state")).to_contain_text("active")
 
