@@ -180,7 +180,7 @@ def test_a_customer_billing_refuses_for_good_is_left_with_no_active_account(
     with ServiceFleet(tmp_path / "services") as fleet, _environment(fleet.env()):
         with Tasker(f"sqlite:///{tmp_path / 'tasker.db'}", migrate=True) as tasker:
             tasker.load_templates(TEMPLATES)
-            task = tasker.run(tasker.create_task(TEMPLATE, context).id)
+            task = tasker.run(tasker.create_task(TEMPLATE, context).id)  # fails before the wait
             assert task.status == "compensated", [(s.name, str(s.status)) for s in task.steps]
             billing = task.step("setup_billing_profile")
             assert billing.last_error is not None and "402" in str(billing.last_error)

@@ -18,6 +18,7 @@ from tasker.engine.history import History
 from tasker.engine.insight import Insight
 from tasker.engine.keys import ApiKeys
 from tasker.engine.queries import TaskListing
+from tasker.engine.schedules import Schedules
 from tasker.engine.signals import Signals
 from tasker.engine.systems import Systems
 from tasker.engine.templates import Templates
@@ -113,6 +114,10 @@ PARTS: dict[str, tuple[type, set[str]]] = {
     "history": (History, {"step_transitions", "task_transitions", "read_events", "events_tail"}),
     "keys": (ApiKeys, {"create", "all", "revoke", "authenticate"}),
     "signals": (Signals, {"send", "of_task"}),
+    "schedules": (
+        Schedules,
+        {"add", "all", "get", "find", "pause", "resume", "trigger", "remove", "sync"},
+    ),
 }
 
 #: Plain attributes of an engine (not methods): its settings, its store and registry, its parts.

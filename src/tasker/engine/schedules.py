@@ -86,6 +86,18 @@ class Schedules:
         with self.db.read() as conn:
             return schedule_store.get(conn, schedule_id)
 
+    def find(self, template: str, name: str) -> Schedule:
+        """A schedule by its template (`ns/name`) and its name."""
+        namespace, _, task_name = template.partition("@")[0].partition("/")
+        with self.db.read() as conn:
+            found = schedule_store.find(conn, namespace, task_name, name)
+        if found is None:
+            raise NotFoundError(
+                f"{template} has no schedule named '{name}'; fix: list them with 'tasker"
+                " schedules list'"
+            )
+        return found
+
     def pause(self, schedule_id: int) -> Schedule:
         """Stop firing until resumed (a template's schedule stays paused across reloads)."""
         with self.db.write() as conn:
@@ -105,13 +117,14 @@ class Schedules:
                 next_at=first_tick(found.cron, found.timezone, now),
             )
 
-    def trigger(self, schedule_id: int) -> Task:
-        """Create the schedule's task now, outside its ticks (its next tick stays as it was)."""
+    def trigger(self, schedule_id: int, context: dict[str, Any] | None = None) -> Task:
+        """Create the schedule's task now, outside its ticks (its next tick stays as it was);
+        `context` overrides keys of the schedule's."""
         found = self.get(schedule_id)
         now = clock.now()
         return self._tasks.create_task(
             f"{found.namespace}/{found.task_name}",
-            dict(found.context),
+            {**found.context, **(context or {})},
             version=found.version,
             idempotency_key=f"schedule:{found.id}:now:{now.isoformat()}",
             correlation_id=f"schedule-{found.id}-now",

@@ -73,10 +73,10 @@ class Timers:
         #: This worker took the job's lease at its last look.
         self.holding = False
 
-    def run(self, task_ids: Sequence[int] | None = None) -> TimerReport:
+    def run(self, task_ids: Sequence[int] | None = None, *, schedules: bool = True) -> TimerReport:
         """Look once: with `task_ids` (a worker of one task), end those past their deadline;
-        else, if this worker holds the job, end every task past its deadline and fire the due
-        schedules."""
+        else, if this worker holds the job, end every task past its deadline and (with
+        `schedules`: a long-running worker) fire the due schedules."""
         now = clock.now()
         report = TimerReport()
         if task_ids is not None:
@@ -88,7 +88,8 @@ class Timers:
         if not report.held:
             return report
         report.expired = self._expire(now, None)
-        report.fired = self.fire_schedules(now)
+        if schedules:
+            report.fired = self.fire_schedules(now)
         return report
 
     def next_event(self, task_ids: Sequence[int] | None = None) -> datetime | None:

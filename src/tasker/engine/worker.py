@@ -287,7 +287,7 @@ class Worker:
                 if due_in is not None and clock.skip(due_in):
                     # A virtual clock jumped to the next due step or deadline: end what is past
                     # its deadline before claiming, as real time would have.
-                    await io.on_db(self._look_at_timers)
+                    await io.on_db(self._look_at_timers, False)
                     self.wakeups.rescan()
                     continue
                 if due_in is not None and due_in > 0 and clock.held():
@@ -386,7 +386,7 @@ class Worker:
             io.background(self.cycles.sweep_undos)
         if not self._stop and self.timer_look.due(now):
             self.timer_look.done(now)
-            io.background(self._look_at_timers)
+            io.background(self._look_at_timers, not until_idle)
         self._deliver(result, io)
         if until_idle and self._settles_my_task(result.settled):
             self._task_settled = True
@@ -404,10 +404,12 @@ class Worker:
         task_id = self.opts.task_id
         return task_id is not None and any(t == task_id and st in FINISHED for t, st in settled)
 
-    def _look_at_timers(self) -> None:
-        """Deadlines and schedules (the timers job, or this worker's one task's deadline)."""
+    def _look_at_timers(self, schedules: bool) -> None:
+        """Deadlines, and schedules for a long-running worker (`schedules`): the timers job, or
+        this worker's one task's deadline. A worker that drains the queue and stops
+        (`until_idle`) fires no schedule."""
         try:
-            report = self.timers.run(self.cycles.scope.task_ids)
+            report = self.timers.run(self.cycles.scope.task_ids, schedules=schedules)
         except Exception as exc:  # bookkeeping: the next look tries again
             log.warning("worker %s: timers failed (%s: %s)", self.id, type(exc).__name__, exc)
             return

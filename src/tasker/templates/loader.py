@@ -368,6 +368,16 @@ def _expand_vars(data: dict[str, Any], source: str) -> dict[str, Any]:
         if isinstance(step, dict) and isinstance(step.get("task"), str):
             # a deployment pins a sub-workflow's version: task: ns/name@${VERSION:-latest}
             step["task"] = expand(step["task"], f"step '{step.get('name')}': task")
+        for key in ("timeout_seconds", "sleep"):
+            # how long to wait, per deployment: timeout_seconds: ${CONFIRM_TIMEOUT:-2d}
+            if isinstance(step, dict) and isinstance(step.get(key), str):
+                step[key] = expand(step[key], f"step '{step.get('name')}': {key}")
+    if isinstance(data.get("timeout_seconds"), str):
+        data["timeout_seconds"] = expand(data["timeout_seconds"], "timeout_seconds")
+    schedules = data.get("schedules")
+    if isinstance(schedules, list):
+        # a deployment's time zone, hour or context: timezone: ${REPORT_TZ:-Europe/Berlin}
+        data["schedules"] = [expand(entry, f"schedules[{i}]") for i, entry in enumerate(schedules)]
     return data
 
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from tasker import StepState, Task, Tasker, TaskState
 from tasker.demos.data_pipeline.metrics import dollars
@@ -20,11 +21,27 @@ DAILY = "data_pipeline/daily_revenue"
 EXTRACTS = ("extract_orders", "extract_users", "extract_products")
 
 
+#: The template's 7 AM schedule (its YAML's `schedules:`).
+SCHEDULE = "morning"
+
+
 def run_pipeline(engine: Tasker, output_dir: Path, **context: Any) -> Task:
-    """Load the template, create one pipeline task and run it to the end in this process."""
+    """Load the template and run its 7 AM schedule's task now (a tick triggered by hand, as an
+    operator would with `tasker schedules trigger`), to the end in this process."""
     engine.load_templates(TEMPLATES)
-    task = engine.create_task(TEMPLATE, {"output_dir": str(output_dir), **context})
+    schedule = engine.schedules.find(TEMPLATE, SCHEDULE)
+    task = engine.schedules.trigger(schedule.id, {"output_dir": str(output_dir), **context})
     return engine.run(task.id)
+
+
+def describe_schedule(engine: Tasker) -> Iterator[str]:
+    """The schedule the pipeline runs on, and its next tick in its own time zone and in UTC."""
+    s = engine.schedules.find(TEMPLATE, SCHEDULE)
+    local = s.next_at.astimezone(ZoneInfo(s.timezone))
+    yield (
+        f"schedule '{s.name}': '{s.cron}' in {s.timezone} (catch_up: {s.catch_up}); this run was"
+        f" triggered now; next tick {local:%Y-%m-%d %H:%M %Z} ({s.next_at:%H:%M} UTC)"
+    )
 
 
 def attempts(engine: Tasker, task: Task) -> list[dict[str, Any]]:
@@ -65,6 +82,7 @@ def describe(engine: Tasker, task: Task, *, output_kept: bool = True) -> Iterato
     With `output_kept=False` the dashboard went to a temporary directory deleted at exit, so its
     file is named without the directory: a path that is gone would only send the reader looking.
     """
+    yield from describe_schedule(engine)
     yield f"task {task.id} {task.template_key}: {task.status} in {task.duration_seconds or 0:.2f}s"
     runs = attempts(engine, task)
     origin = min(r["started"] for r in runs) if runs else task.created_at

@@ -136,6 +136,30 @@ class SendWelcomeSequenceHandler(RegistrationStep):
         }
 
 
+class SendConfirmationReminderHandler(RegistrationStep):
+    """The user did not confirm their e-mail address in time (`confirm_email` timed out and was
+    skipped): send one reminder."""
+
+    service = "NotificationService"
+    result_id = "reminder_id"
+
+    def build_request(self, ctx: StepContext) -> ApiRequest:
+        info = payloads.user_info(ctx.context)
+        return ApiRequest(
+            "POST",
+            "/reminders",
+            json={
+                "user_id": self.user(ctx)["user_id"],
+                "recipient": info["email"],
+                "name": info["name"],
+                "kind": "confirm_email",
+            },
+        )
+
+    def keep(self, ctx: StepContext, body: dict[str, Any]) -> dict[str, Any]:
+        return {"reminder_id": body.get("id"), "kind": body.get("kind")}
+
+
 class UpdateUserStatusHandler(RegistrationStep):
     service = "UserService"
     result_id = "user_id"

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from tasker import Step, StepState, Task, TaskHandler
+from tasker.demos.microservices import payloads
 
 PARALLEL = ("setup_billing_profile", "initialize_preferences")
 
@@ -68,11 +69,13 @@ class UserRegistrationHandler(TaskHandler):
 
 
 def service_timings(task: Task) -> dict[str, dict[str, Any]]:
-    """Per step: its service, the successful call's response time, the attempt's duration, attempts
-    used."""
+    """Per step that calls a service: its service, the successful call's response time, the
+    attempt's duration, attempts used (the wait for the user's confirmation is no service call)."""
     out = {}
     for step in task.steps:
         results = step.results or {}
+        if step.name not in payloads.STEPS and "response_time_ms" not in results:
+            continue
         out[step.name] = {
             "service": step.dependent_system,
             "response_time_ms": results.get("response_time_ms"),

@@ -1,6 +1,7 @@
 """NotificationService: sends welcome sequences (a few emails each).
 
     POST /welcome_sequences         send every email of the sequence now (201)
+    POST /reminders                 send one reminder e-mail now (201)
     GET  /welcome_sequences?user_id=..., GET /emails?recipient=...
 
 Like a real email provider it does not refuse a second sequence to the same person: each request
@@ -59,6 +60,15 @@ class NewSequence(BaseModel):
     emails: list[EmailSpec] = Field(min_length=1, max_length=20)
 
 
+class NewReminder(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: int = Field(ge=1)
+    recipient: Email
+    name: str = Field(min_length=1, max_length=200)
+    kind: Literal["confirm_email"]
+
+
 class NotificationService(Service):
     name = "notification"
     display_name = "NotificationService"
@@ -100,6 +110,34 @@ class NotificationService(Service):
                 "plan": body.plan,
                 "emails": emails,
                 "emails_sent": len(emails),
+                "correlation_id": corr,
+                "created_at": at,
+            }
+
+        @app.post("/reminders", status_code=201)
+        def send_reminder(body: NewReminder, request: Request) -> dict[str, Any]:
+            corr = correlation_id(request)
+            at = now()
+            subject = "Please confirm your e-mail address"
+            with self.store.transaction() as conn:
+                email_id = conn.execute(
+                    "INSERT INTO emails (sequence_id, user_id, recipient, kind, subject, body,"
+                    " correlation_id, sent_at) VALUES (0, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        body.user_id,
+                        body.recipient,
+                        f"reminder_{body.kind}",
+                        subject,
+                        f"Hi {body.name}, one click and your account is ready.",
+                        corr,
+                        at,
+                    ),
+                ).lastrowid
+            return {
+                "id": email_id,
+                "user_id": body.user_id,
+                "recipient": body.recipient,
+                "kind": f"reminder_{body.kind}",
                 "correlation_id": corr,
                 "created_at": at,
             }
