@@ -76,6 +76,7 @@ def build_context(
         state=resumed.state,
         timed_out=resumed.timed_out,
         declared_signals=waits.declared_signals(step),
+        now=clock.now(),
         signals=resumed.signals,
         **_item_or_forward(claimed),
         _tasks=tasks,

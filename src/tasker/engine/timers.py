@@ -37,9 +37,11 @@ log = logging.getLogger("tasker.timers")
 
 #: How often a worker looks at the timers (real seconds).
 TIMER_SECONDS = 1.0
-#: The job's name in `tasker_jobs`, and how long a holder's lease lasts without renewal.
+#: The job's name in `tasker_jobs`, and how long a holder's lease lasts at least without renewal
+#: (the worker's own lease if longer: a worker that cannot renew its steps' leases in time is no
+#: holder to wait for either).
 JOB = "timers"
-LEASE_SECONDS = 15.0
+LEASE_SECONDS = 5.0
 #: Deadlines ended, and schedules fired, per look.
 BATCH = 100
 
@@ -63,8 +65,10 @@ class Timers:
         registry: TemplateRegistry,
         bus: EventBus,
         tasks: TaskPort | None,
+        lease_seconds: float = LEASE_SECONDS,
     ):
         self.db = db
+        self.lease_seconds = max(lease_seconds, 2 * TIMER_SECONDS)
         self.worker_id = worker_id
         self.registry = registry
         self.bus = bus
@@ -83,7 +87,7 @@ class Timers:
             report.expired = self._expire(now, task_ids)
             return report
         with self.db.write() as conn:
-            report.held = jobs.take(conn, JOB, self.worker_id, now, LEASE_SECONDS)
+            report.held = jobs.take(conn, JOB, self.worker_id, now, self.lease_seconds)
         self.holding = report.held
         if not report.held:
             return report

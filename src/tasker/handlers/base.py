@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tasker.domain.errors import TaskerError
@@ -98,6 +99,10 @@ class StepContext:
     timed_out: bool = False
     #: The signals this step declares (`wait_for`, `signals`).
     declared_signals: frozenset[str] = frozenset()
+    #: The engine's time when the attempt started (UTC): use it rather than the wall clock in a
+    #: handler that decides by time, so that tests on a virtual clock (`tasker.testing`) see the
+    #: time they set. None for a context made outside an engine.
+    now: datetime | None = None
     #: Payloads of the declared signals that have arrived, by name (the first of each name).
     signals: Mapping[str, Any] = field(default_factory=dict)
     published: list[tuple[str, dict[str, Any]]] = field(default_factory=list)

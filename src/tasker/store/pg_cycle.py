@@ -318,11 +318,15 @@ def _settle() -> str:
         SELECT id, src, dst, %(now)s::timestamptz, %(worker)s::text FROM moved
     ), woken AS (
         -- readiness.WAKE_PARENT: a child task that finished wakes the step parked for it
+        -- by primary key (the parked steps are read one by one, never through the claim index,
+        -- whose parked entries may be 100,000 steps waiting for signals); coalesce keeps the
+        -- partial index out of the plan
         UPDATE tasker_steps s
            SET run_at = %(now)s::timestamptz, updated_at = %(now)s::timestamptz
-          FROM moved m JOIN tasker_tasks t ON t.id = m.id
-         WHERE s.id = t.parent_step_id AND m.dst IN {finished}
-           AND s.state = '{S.WAITING_RETRY.value}' AND s.run_at IS NULL
+         WHERE s.id = ANY(ARRAY(
+                   SELECT t.parent_step_id FROM moved m JOIN tasker_tasks t ON t.id = m.id
+                    WHERE m.dst IN {finished} AND t.parent_step_id IS NOT NULL))
+           AND coalesce(s.state, '') = '{S.WAITING_RETRY.value}' AND s.run_at IS NULL
         RETURNING s.id, pg_notify('{CHANNEL}', '')
     )
     SELECT id, src, dst FROM moved ORDER BY id
