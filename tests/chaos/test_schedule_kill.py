@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from tasker import Tasker
 from tasker.domain.schedules import next_tick, tick_key
@@ -39,8 +40,8 @@ def test_a_holder_killed_mid_tick_leaves_each_tick_with_exactly_one_task(
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=MINUTES - 1)
     with scratch_engine(chaos_url) as db:
         with db.begin() as conn:  # as if no worker had run for an hour
-            conn.exec_driver_sql(
-                "update tasker_schedules set next_at = %(at)s where id = %(id)s",
+            conn.execute(
+                sa.text("update tasker_schedules set next_at = :at where id = :id"),
                 {"at": start, "id": schedule.id},
             )
         with Fleet(chaos_url, path, tmp_path / "logs", lease_seconds=2) as fleet:
@@ -59,7 +60,7 @@ def test_a_holder_killed_mid_tick_leaves_each_tick_with_exactly_one_task(
             )
             fleet.kill(first)
             moved = scalar(
-                db, "select next_at from tasker_schedules where id = %(id)s", id=schedule.id
+                db, "select next_at from tasker_schedules where id = :id", id=schedule.id
             )
             assert moved == start, "the holder moved the schedule before it was killed"
             fired_before = scalar(db, "select count(*) from tasker_tasks")
@@ -70,7 +71,7 @@ def test_a_holder_killed_mid_tick_leaves_each_tick_with_exactly_one_task(
             wait_for(
                 lambda: (
                     scalar(
-                        db, "select next_at from tasker_schedules where id = %(id)s", id=schedule.id
+                        db, "select next_at from tasker_schedules where id = :id", id=schedule.id
                     )
                     > datetime.now(UTC) - timedelta(seconds=1)
                     or None
@@ -79,7 +80,7 @@ def test_a_holder_killed_mid_tick_leaves_each_tick_with_exactly_one_task(
                 "the second worker to take the job and fire the ticks",
             )
             final_next = scalar(
-                db, "select next_at from tasker_schedules where id = %(id)s", id=schedule.id
+                db, "select next_at from tasker_schedules where id = :id", id=schedule.id
             )
             keys = [
                 r.idempotency_key

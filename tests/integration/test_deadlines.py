@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -215,3 +216,31 @@ def test_a_long_running_worker_ends_tasks_past_their_deadline(
     env.advance(0)
     env.advance(seconds=30)
     assert {env.engine.get_task(t).status for t in tasks} == {"error"}
+
+
+def test_a_step_running_at_the_deadline_is_cancelled_and_its_late_result_discarded(
+    env: WorkflowEnv, write_template: WriteTemplate, key: str
+) -> None:
+    ref = load(
+        env,
+        write_template,
+        "running_late",
+        [step("slow", "Gated"), step("after", after="slow")],
+        timeout_seconds=60,
+    )
+    task = env.engine.create_task(ref, {"key": key})
+    worker = threading.Thread(target=env.engine.work, kwargs={"until_idle": True})
+    worker.start()
+    assert h.started(f"{key}:slow").wait(10)
+    env.clock.advance(seconds=61)
+    env.fire_timers()  # the deadline passes while `slow` runs
+    assert env.engine.get_task(task.id).status == "error"
+    h.gate(f"{key}:slow").set()
+    worker.join(20)
+    assert not worker.is_alive()
+
+    done = env.engine.get_task(task.id)
+    assert done.status == "error"
+    assert [s.status for s in done.steps] == ["cancelled", "cancelled"]
+    assert done.step("slow").results is None  # the late result was not stored
+    assert [c["step"] for c in h.calls(key, kind="attempt")] == ["slow"]

@@ -128,6 +128,8 @@ def steps_table(task: Task) -> Table:
             err = f"{s.last_error.get('class', '')}: {s.last_error.get('message', '')}"
         elif s.status == StepState.SKIPPED and s.decision:
             err = f"skipped: {s.decision}"
+        elif s.wait is not None and s.decision:
+            err = s.decision  # sleeping until ..., waiting for signal '...', how the wait ended
         elif s.fanout is not None:
             err = task.fanout_progress(s)
         undo = undos.get(s.id)
@@ -247,6 +249,9 @@ def waiting_reason(
         return f"circuit '{name}' open{probe}"
     if info.get("circuit_state") == "half_open":
         return f"circuit '{name}' half-open, a probe decides"
+    wait = step.wait or {}
+    if step.status == StepState.WAITING_RETRY and wait and not wait.get("over"):
+        return step.decision or "waiting"  # a durable wait: sleeping until ..., or for a signal
     if step.status == StepState.WAITING_RETRY and step.run_at and step.run_at > now:
         # the outage hold: no attempt spent
         if step.last_error and step.last_error.get("waiting_for_system"):

@@ -79,11 +79,13 @@ class Timers:
 
     def run(self, task_ids: Sequence[int] | None = None, *, schedules: bool = True) -> TimerReport:
         """Look once: with `task_ids` (a worker of one task), end those past their deadline;
-        else, if this worker holds the job, end every task past its deadline and (with
-        `schedules`: a long-running worker) fire the due schedules."""
+        without `schedules` (a worker that drains the queue and stops), end every task past its
+        deadline; else, if this worker holds the job, do that and fire the due schedules."""
         now = clock.now()
         report = TimerReport()
-        if task_ids is not None:
+        if task_ids is not None or not schedules:
+            # Ending a task at its deadline is safe from any number of workers at once (it locks
+            # the task and checks it is still unfinished): only firing schedules takes the job.
             report.expired = self._expire(now, task_ids)
             return report
         with self.db.write() as conn:

@@ -249,10 +249,10 @@ class Worker:
                 listener.stop()
             if registered:
                 await io.on_db(self.registry.seen, self.steps_run, True)
-            if self.timers.holding:
-                await io.on_db(self._release_timers)
             self.attempts.cancel_all()
             await io.close()
+            if self.timers.holding:  # after io.close: no look at the timers still runs
+                self._release_timers()
             if self._own_threads:
                 self.threads.shutdown()
             self.wakeups.close()

@@ -25,7 +25,7 @@ _TAKE = (
         or_(
             jobs.c.holder.is_(None),
             jobs.c.holder == bindparam("worker"),
-            jobs.c.lease_until < bindparam("now"),
+            jobs.c.lease_until <= bindparam("now"),
         ),
     )
     .values(
