@@ -106,11 +106,13 @@ def test_every_stockout_after_payment_is_refunded_once_by_the_engine(store_url: 
 
 
 def test_operator_retry_recovers_everything_but_declines_under_heavy_faults(store_url: str) -> None:
-    # One call in four fails: the engine exhausts some steps' attempts, and the operator's retry,
+    # A third of the calls fail: the engine exhausts some steps' attempts, and the operator's retry,
     # once the faults are gone, must bring every one of those orders home without a double charge.
+    # (At one call in four, circuit probes that give their attempt back left no order exhausted in
+    # about one run in five: the premise of the test did not hold. At 0.35, 2 to 6 are, in 8 runs.)
     result = run_black_friday(
         60,
-        transient_failure_rate=0.25,
+        transient_failure_rate=0.35,
         decline_rate=0.05,
         stockout_rate=0.0,
         seed=SEED,

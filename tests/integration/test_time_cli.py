@@ -116,3 +116,13 @@ def test_schedules_from_the_cli(store_url: str, tmp_path: Path) -> None:
         store_url, "schedules", "add", "clitime/report", "x", "daily", "--templates", templates
     )
     assert bad.exit_code == 2 and "not a cron expression" in bad.output
+
+
+def test_tasker_run_stops_at_a_signal_wait_and_says_how_to_go_on(
+    store_url: str, tmp_path: Path
+) -> None:
+    templates = str(write(tmp_path))
+    out = invoke(store_url, "run", "clitime/report", "--templates", templates)
+    assert out.exit_code == 0, out.output
+    assert "waits for signal ok; send it with: tasker tasks signal" in out.output
+    assert "waiting for signal 'ok'" in out.output  # the step's note in the table

@@ -30,6 +30,7 @@ from tasker.domain.history import SystemReport
 from tasker.domain.records import Task
 from tasker.domain.states import (
     CLAIMABLE_STEP_STATES,
+    FINISHED_TASK_STATES,
     SATISFIED_STEP_STATES,
     StepState,
     TaskState,
@@ -119,6 +120,22 @@ def run(
     systems = {s.dependent_system for s in final.steps}
     history = [row for name in sorted(systems) for row in engine.systems.circuit_history(name)]
     console.print(run_steps_table(final, engine.history.step_transitions(final.id), history))
+    waiting = sorted(
+        {
+            str((s.wait or {}).get("signal"))
+            for s in final.steps
+            if s.status == StepState.WAITING_RETRY and (s.wait or {}).get("kind") == "signal"
+        }
+    )
+    if final.status not in FINISHED_TASK_STATES and waiting:
+        # `run` stops when all that is left waits for the outside world: say how to go on.
+        names = ", ".join(waiting)
+        console.print(
+            f"task {final.id} waits for signal {names}; send it with: tasker tasks signal"
+            f" {final.id} {waiting[0]} --payload JSON (a worker then runs the rest)",
+            highlight=False,
+        )
+        ctx.exit(0)
     ctx.exit(0 if final.status in (TaskState.COMPLETE, TaskState.RESOLVED_MANUALLY) else 1)
 
 
