@@ -177,7 +177,7 @@ def test_only_one_worker_holds_the_timers_job(env: WorkflowEnv, store_url: str) 
         assert held == [True, False, False]
         timers[0].release()
         assert timers[1].run().held
-        env.clock.advance(seconds=31)  # the holder's lease runs out
+        env.clock.advance(seconds=3)  # the holder's lease runs out
         assert timers[2].run().held
     finally:
         for e in engines:

@@ -170,7 +170,7 @@ def test_a_ticks_key_names_the_schedule_and_the_utc_tick() -> None:
     late=st.integers(0, 3599),
     catch_up=st.sampled_from(CatchUp),
 )
-def test_due_ticks_fire_what_catch_up_says_and_move_past_now(
+def test_due_ticks_fire_the_ticks_on_time_and_what_catch_up_says_of_the_missed(
     missed: int, late: int, catch_up: CatchUp
 ) -> None:
     hourly = ("0 * * * *", "UTC")
@@ -178,17 +178,36 @@ def test_due_ticks_fire_what_catch_up_says_and_move_past_now(
     now = next_at + timedelta(hours=missed, seconds=late)
     due = due_ticks(*hourly, next_at, now, catch_up)
     all_due = [next_at + timedelta(hours=i) for i in range(missed + 1)]
+    on_time = [t for t in all_due if (now - t).total_seconds() <= GRACE_SECONDS]
+    behind = [t for t in all_due if t not in on_time]
     assert due.next_at > now and due.next_at == all_due[-1] + timedelta(hours=1)
     assert due.fire == sorted(due.fire) and set(due.fire) <= set(all_due)
     assert len(due.fire) + due.skipped == len(all_due)
-    if catch_up == CatchUp.ALL:
-        assert due.fire == all_due[-MAX_CATCH_UP:]
-    elif catch_up == CatchUp.ONCE:
-        assert due.fire == all_due[-1:]
-    else:
-        on_time = late <= GRACE_SECONDS
-        assert due.fire == (all_due[-1:] if on_time else [])
+    assert set(on_time) <= set(due.fire)  # a tick on time always fires
+    expected_behind = {
+        CatchUp.ALL: behind[-MAX_CATCH_UP:],
+        CatchUp.ONCE: behind[-1:],
+        CatchUp.SKIP: [],
+    }[catch_up]
+    assert due.fire == expected_behind + on_time
     assert due_ticks(*hourly, next_at, next_at - timedelta(seconds=1), catch_up).fire == []
+
+
+def test_an_every_second_schedule_fires_each_second_a_handover_delayed() -> None:
+    every_second = ("* * * * * *", "UTC")
+    next_at = datetime(2026, 1, 5, 9, 0, 0, tzinfo=UTC)
+    due = due_ticks(*every_second, next_at, next_at + timedelta(seconds=4.5), CatchUp.SKIP)
+    assert due.fire == [next_at + timedelta(seconds=i) for i in range(5)]  # 5 s late: on time
+    assert due.next_at == next_at + timedelta(seconds=5)
+
+
+def test_a_month_of_missed_seconds_is_walked_back_not_forward() -> None:
+    every_second = ("* * * * * *", "UTC")
+    next_at = datetime(2026, 1, 5, 9, 0, 0, tzinfo=UTC)
+    now = next_at + timedelta(days=30)
+    due = due_ticks(*every_second, next_at, now, CatchUp.ONCE)
+    assert len(due.fire) == GRACE_SECONDS + 2  # the newest missed one, and the last minute's
+    assert due.next_at == now + timedelta(seconds=1)
 
 
 # -- template keys ---------------------------------------------------------------------------------

@@ -41,6 +41,9 @@ class CatchUp(StrEnum):
     ALL = "all"
 
 
+#: (A tick at most `GRACE_SECONDS` late is not missed: it fires whatever `catch_up` says.)
+
+
 def zone(name: str) -> ZoneInfo:
     """The IANA time zone, or `ValueError` naming it and an example."""
     try:
@@ -58,7 +61,7 @@ def check_cron(expression: str) -> str:
     except CronSimError as exc:
         raise ValueError(
             f"'{expression}' is not a cron expression ({exc}); use five fields, for example"
-            " '0 7 * * *' for 7 AM every day"
+            " '0 7 * * *' for 7 AM every day (or six, seconds first: '*/10 * * * * *')"
         ) from None
     return expression
 
@@ -80,30 +83,41 @@ class DueTicks:
     next_at: datetime
 
 
+#: How many missed ticks beyond those fired are counted (for the log) before counting stops.
+COUNT_MISSED = 10_000
+
+
 def due_ticks(
     cron: str, timezone: str, next_at: datetime, now: datetime, catch_up: CatchUp
 ) -> DueTicks:
-    """Which ticks fire at `now` for a schedule whose next tick was `next_at`."""
+    """Which ticks fire at `now` for a schedule whose next tick was `next_at`.
+
+    A tick at most `GRACE_SECONDS` old is on time and fires whatever `catch_up` says (the timers
+    job looks every second, and a new holder takes over within seconds of the last one's death).
+    Older ticks were missed while no worker ran: `skip` fires none of them, `once` the newest of
+    them, `all` each of them (the newest `MAX_CATCH_UP`). The ticks are walked back from `now`, so
+    a schedule of every second that was down for a month costs what one down for a minute does."""
     if now < next_at:
         return DueTicks([], 0, next_at)
-    due = [next_at]
-    following = next_tick(cron, timezone, next_at)
-    # Count the due ticks without holding more than the catch-up bound (a minutely schedule down
-    # for a month has 43,200).
-    missed_beyond = 0
-    while following <= now:
-        due.append(following)
-        if len(due) > MAX_CATCH_UP + 1:
-            due.pop(0)
-            missed_beyond += 1
-        following = next_tick(cron, timezone, following)
-    if catch_up == CatchUp.SKIP:
-        fire = [t for t in due[-1:] if (now - t).total_seconds() <= GRACE_SECONDS]
-    elif catch_up == CatchUp.ONCE:
-        fire = due[-1:]
-    else:
-        fire = due[-MAX_CATCH_UP:]
-    return DueTicks(fire, missed_beyond + len(due) - len(fire), following)
+    wanted = {CatchUp.SKIP: 0, CatchUp.ONCE: 1, CatchUp.ALL: MAX_CATCH_UP}[catch_up]
+    on_time: list[datetime] = []
+    late: list[datetime] = []
+    missed = 0
+    start = (now + timedelta(seconds=1)).astimezone(zone(timezone))
+    for found in CronSim(cron, start, reverse=True):
+        tick = found.astimezone(UTC)
+        if tick > now:
+            continue
+        if tick < next_at or missed >= COUNT_MISSED:
+            break
+        if (now - tick).total_seconds() <= GRACE_SECONDS:
+            on_time.append(tick)
+        elif len(late) < wanted:
+            late.append(tick)
+        else:
+            missed += 1
+    fire = sorted(late + on_time)
+    return DueTicks(fire, missed, next_tick(cron, timezone, now))
 
 
 class ScheduleSpec(BaseModel):

@@ -352,10 +352,22 @@ class StepTemplate(_Strict):
             raise ValueError("a sleep has no timeout; remove timeout_seconds")
         return self
 
+    _declared_signals: frozenset[str] | None = PrivateAttr(default=None)
+
     @property
     def waits(self) -> bool:
         """Whether the step sleeps or waits for a signal before it completes."""
         return self.sleep is not None or self.wait_for is not None
+
+    def declared_signals(self) -> frozenset[str]:
+        """The signals the step may read or wait for (`wait_for`, `signals`), computed once: every
+        attempt's context asks."""
+        if self._declared_signals is None:
+            names = set(self.signals)
+            if self.wait_for is not None:
+                names.add(self.wait_for)
+            self._declared_signals = frozenset(names)
+        return self._declared_signals
 
     def work(self) -> str:
         """What the step does, in a few words: its handler, its sub-workflow, or its wait (what

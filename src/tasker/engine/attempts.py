@@ -157,7 +157,7 @@ class Attempts:
         if self._find_wait is None:
             raise TaskerError("this worker cannot read durable waits (no store given)")
         found = await asyncio.to_thread(
-            self._find_wait, claimed.task_id, claimed.step_id, waits.declared_signals(step)
+            self._find_wait, claimed.task_id, claimed.step_id, step.declared_signals()
         )
         return waits.before_handler(claimed, template, step, found, clock.now())
 

@@ -37,11 +37,12 @@ log = logging.getLogger("tasker.timers")
 
 #: How often a worker looks at the timers (real seconds).
 TIMER_SECONDS = 1.0
-#: The job's name in `tasker_jobs`, and how long a holder's lease lasts at least without renewal
-#: (the worker's own lease if longer: a worker that cannot renew its steps' leases in time is no
-#: holder to wait for either).
+#: The job's name in `tasker_jobs`, and how long a holder's lease lasts without renewal (it renews
+#: it every second): short, so that a dead holder's ticks fire within seconds. A holder that stalls
+#: longer than this (a long GC pause) may fire a tick another worker fires too: the tick's task is
+#: one all the same (its idempotency key), so shortness costs nothing but a duplicate attempt.
 JOB = "timers"
-LEASE_SECONDS = 5.0
+LEASE_SECONDS = 3.0
 #: Deadlines ended, and schedules fired, per look.
 BATCH = 100
 
@@ -68,7 +69,7 @@ class Timers:
         lease_seconds: float = LEASE_SECONDS,
     ):
         self.db = db
-        self.lease_seconds = max(lease_seconds, 2 * TIMER_SECONDS)
+        self.lease_seconds = lease_seconds
         self.worker_id = worker_id
         self.registry = registry
         self.bus = bus

@@ -62,18 +62,10 @@ class Resumption:
     wait: Wait | None = None
 
 
-def declared_signals(step: StepTemplate) -> frozenset[str]:
-    """The signals a step may read or wait for."""
-    names = set(step.signals)
-    if step.wait_for is not None:
-        names.add(step.wait_for)
-    return frozenset(names)
-
-
 def needs_lookup(step: StepTemplate, claimed: ClaimedStep) -> bool:
     """Whether a claim must read the step's wait and signals before it runs: the step waits or
     declares signals, or it was parked (a handler's own wait, or a retry: one read by key)."""
-    return step.waits or bool(step.signals) or claimed.from_state == StepState.WAITING_RETRY
+    return claimed.from_state == StepState.WAITING_RETRY or step.waits or bool(step.signals)
 
 
 def before_handler(

@@ -46,7 +46,7 @@ from tasker.engine.hooks import Hooks
 from tasker.engine.housekeeping import Every, OutageBackoff, Registry
 from tasker.engine.resolver import Resolver
 from tasker.engine.settle import SettledBatch, TaskHandlers, deliver_settled
-from tasker.engine.timers import LEASE_SECONDS, TIMER_SECONDS, Timers
+from tasker.engine.timers import TIMER_SECONDS, Timers
 from tasker.engine.wakeups import Wakeups
 from tasker.events.bus import EventBus
 from tasker.handlers.base import TaskPort
@@ -180,10 +180,9 @@ class Worker:
         #: the write of the undos) are looked for this often.
         self.undo_sweep = Every(UNDO_SWEEP_SECONDS, next_at=time.monotonic() + UNDO_SWEEP_SECONDS)
         #: Deadlines and schedules (`tasker.engine.timers`): looked at this often.
-        self.timers = Timers(
-            db, self.id, resolver.registry, bus, tasks, max(LEASE_SECONDS, options.lease_seconds)
-        )
-        self.timer_look = Every(TIMER_SECONDS)
+        self.timers = Timers(db, self.id, resolver.registry, bus, tasks)
+        # First look a second in: a `Tasker.run()` of a few milliseconds never pays for one.
+        self.timer_look = Every(TIMER_SECONDS, next_at=time.monotonic() + TIMER_SECONDS)
         self.registry = Registry(db, self.id, options.namespaces, options.concurrency)
         self.task_handlers = TaskHandlers(resolver, db)
         self._outage = OutageBackoff()

@@ -99,10 +99,8 @@ class StepContext:
     timed_out: bool = False
     #: The signals this step declares (`wait_for`, `signals`).
     declared_signals: frozenset[str] = frozenset()
-    #: The engine's time when the attempt started (UTC): use it rather than the wall clock in a
-    #: handler that decides by time, so that tests on a virtual clock (`tasker.testing`) see the
-    #: time they set. None for a context made outside an engine.
-    now: datetime | None = None
+    #: The engine's clock (set by the worker; see `now`).
+    _clock: Callable[[], datetime] | None = None
     #: Payloads of the declared signals that have arrived, by name (the first of each name).
     signals: Mapping[str, Any] = field(default_factory=dict)
     published: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -127,6 +125,13 @@ class StepContext:
                 },
             )
         return self._logger
+
+    @property
+    def now(self) -> datetime | None:
+        """The engine's time (UTC): use it rather than the wall clock in a handler that decides by
+        time, so that tests on a virtual clock (`tasker.testing`) see the time they set. None for a
+        context made outside an engine."""
+        return self._clock() if self._clock is not None else None
 
     @property
     def is_retry(self) -> bool:
