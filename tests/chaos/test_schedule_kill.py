@@ -116,21 +116,20 @@ def test_an_every_second_schedule_keeps_one_task_per_tick_while_holders_are_kill
         scratch_engine(chaos_url) as db,
         Fleet(chaos_url, path, tmp_path / "logs", lease_seconds=2) as fleet,
     ):
-        ids = {fleet.spawn(): "" for _ in range(3)}
-        for w in ids:
-            ids[w] = w.wait_started()
+        workers = [fleet.spawn() for _ in range(3)]
+        ids = [w.wait_started() for w in workers]
         until = time.monotonic() + 25
         while time.monotonic() < until:
             time.sleep(3)
             holder = scalar(db, "select holder from tasker_jobs where name = 'timers'")
-            victim = next((w for w, wid in ids.items() if wid == holder and w.alive()), None)
-            if victim is None:
+            if holder not in ids:
                 continue
+            victim = workers[ids.index(holder)]
             fleet.kill(victim)
             kills += 1
-            del ids[victim]
             fresh = fleet.spawn()
-            ids[fresh] = fresh.wait_started()
+            workers[ids.index(holder)] = fresh
+            ids[ids.index(holder)] = fresh.wait_started()
         engine.schedules.pause(schedule.id)
         time.sleep(2)  # a look that read the schedule before the pause may still fire
         keys = [
