@@ -18,6 +18,7 @@ from tasker.engine.history import History
 from tasker.engine.insight import Insight
 from tasker.engine.keys import ApiKeys
 from tasker.engine.queries import TaskListing
+from tasker.engine.retention import Retention
 from tasker.engine.schedules import Schedules
 from tasker.engine.signals import Signals
 from tasker.engine.systems import Systems
@@ -114,6 +115,7 @@ PARTS: dict[str, tuple[type, set[str]]] = {
     "history": (History, {"step_transitions", "task_transitions", "read_events", "events_tail"}),
     "keys": (ApiKeys, {"create", "all", "revoke", "authenticate"}),
     "signals": (Signals, {"send", "of_task"}),
+    "retention": (Retention, {"purge"}),
     "schedules": (
         Schedules,
         {"add", "all", "get", "find", "pause", "resume", "trigger", "remove", "sync"},

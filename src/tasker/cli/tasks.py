@@ -1,4 +1,4 @@
-"""`tasker tasks list|show|create|signal|signals|cancel|compensate|retry|retry-step|resolve`.
+"""`tasker tasks list|show|create|signal|signals|cancel|compensate|retry|retry-step|resolve|purge`.
 
 Read-only commands (`list`, `show`) open the store with access "read": against a database without
 the Tasker schema they say so in one line and create nothing. `create` queues a task for the workers
@@ -18,7 +18,7 @@ from tasker.cli.common import echo_json, json_option, read_json, state, template
 from tasker.domain.errors import TaskerInputError
 from tasker.domain.listing import TaskQuery
 from tasker.domain.records import Task
-from tasker.domain.states import TaskState
+from tasker.domain.states import FINISHED_TASK_STATES, TaskState
 from tasker.engine.queries import MAX_PAGE
 
 # Imports inside the commands below are deliberate: Rich, the engine and the consoles load only when
@@ -390,6 +390,42 @@ def resolve(ctx: click.Context, task_id: int, step: str, result: str) -> None:
         raise TaskerInputError("--result must be a JSON object, like '{\"order_id\": 42}'")
     task = state(ctx).engine(load=False, access="read").resolve_step(task_id, step, value)
     _say(f"step {step} of task {task.id} resolved; task is {task.status}")
+
+
+@tasks.command()
+@click.option(
+    "--older-than",
+    required=True,
+    metavar="DURATION",
+    help="Finished more than this long ago: 30d, 12h, P30D or seconds.",
+)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(sorted(s.value for s in FINISHED_TASK_STATES)),
+    help="Only tasks in this finished state (repeat for several; default: every finished one).",
+)
+@click.option("--namespace", default=None, help="Only tasks of this namespace.")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.pass_context
+def purge(
+    ctx: click.Context,
+    older_than: str,
+    statuses: tuple[str, ...],
+    namespace: str | None,
+    dry_run: bool,
+) -> None:
+    """Delete finished tasks older than a duration, with their steps, transitions, events and
+    signals, oldest first, in batches (workers go on meanwhile)."""
+    engine = state(ctx).engine(load=False, access="read")
+    report = engine.retention.purge(
+        older_than, statuses=statuses or None, namespace=namespace, dry_run=dry_run
+    )
+    if dry_run:
+        _say(f"{report.matched} finished task(s) older than {older_than} would be deleted")
+    else:
+        _say(f"deleted {report.deleted} finished task(s) older than {older_than}")
 
 
 def _say(text: str) -> None:

@@ -49,6 +49,7 @@ from tasker.engine.insight import Insight
 from tasker.engine.keys import ApiKeys
 from tasker.engine.queries import TaskListing
 from tasker.engine.resolver import Resolver
+from tasker.engine.retention import Retention
 from tasker.engine.running import RunningWorkers
 from tasker.engine.schedules import Schedules
 from tasker.engine.signals import Signals
@@ -120,6 +121,7 @@ class Tasker:
         self.keys = ApiKeys(self.db)
         self.signals = Signals(self.db, self.bus, self._running)
         self.schedules = Schedules(self.db, self.registry, self._port)
+        self.retention = Retention(self.db)
         if templates is not None:
             for p in [templates] if isinstance(templates, (str, Path)) else templates:
                 self.load_templates(p)
