@@ -84,6 +84,7 @@ TASKER_METHODS = {
     "cancel_task",
     "compensate_task",
     "signal",
+    "rerun_from",
     "retry_task",
     "retry_step",
     "resolve_step",

@@ -375,6 +375,23 @@ class ScheduleList(BaseModel):
     schedules: list[ScheduleOut]
 
 
+class TaskRerun(_Body):
+    from_step: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=NAME_PATTERN,
+        description="The step to run again from; it and every step downstream start over.",
+    )
+    reason: str | None = Field(
+        default=None, max_length=1000, description="Recorded with the re-run's transitions."
+    )
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, v: str | None) -> str | None:
+        return _check_text(v)
+
+
 class TaskCancel(_Body):
     reason: str | None = Field(
         default=None, max_length=1000, description="Recorded with the cancellation."

@@ -1,4 +1,5 @@
-"""`tasker tasks list|show|create|signal|signals|cancel|compensate|retry|retry-step|resolve|purge`.
+"""`tasker tasks list|show|create|signal|signals|cancel|compensate|retry|retry-step|rerun|resolve|
+purge`.
 
 Read-only commands (`list`, `show`) open the store with access "read": against a database without
 the Tasker schema they say so in one line and create nothing. `create` queues a task for the workers
@@ -369,6 +370,20 @@ def retry_step(ctx: click.Context, task_id: int, step: str) -> None:
     _say(
         f"step {step} of task {task.id} is {task.step(step).status}; task is {task.status}; run a"
         " worker (tasker worker) to process it"
+    )
+
+
+@tasks.command()
+@click.argument("task_id", type=int)
+@click.option("--from", "step", required=True, help="The step to run again from.")
+@click.option("--reason", default=None, help="Recorded with the re-run's transitions.")
+@click.pass_context
+def rerun(ctx: click.Context, task_id: int, step: str, reason: str | None) -> None:
+    """Run a task in error again from STEP: it and every step downstream start over with fresh
+    attempts; everything upstream keeps its results (deploy the fix, then re-run)."""
+    task = state(ctx).engine(load=False, access="read").rerun_from(task_id, step, reason)
+    _say(
+        f"task {task.id} is {task.status}, re-running from {step}; a worker (tasker worker) runs it"
     )
 
 

@@ -60,7 +60,7 @@ from tasker.events.bus import EventBus
 from tasker.events.subscriber import Subscriber
 from tasker.observability.hooks import default_hooks
 from tasker.registry import TemplateRegistry
-from tasker.store import operations
+from tasker.store import operations, rerun
 from tasker.store import tasks as task_store
 from tasker.store.database import Database
 from tasker.store.journal import Journal
@@ -405,6 +405,14 @@ class Tasker:
     def retry_step(self, task_id: int, step_name: str) -> Task:
         """Re-arm one failed step with fresh attempts."""
         self._operate(operations.retry_step, task_id, step_name)
+        self._running.notify()
+        return self.get_task(task_id)
+
+    def rerun_from(self, task_id: int, step_name: str, reason: str | None = None) -> Task:
+        """Run a task in error again from one of its steps: that step and every step downstream
+        of it start over with fresh attempts, everything upstream keeps its results (deploy the
+        fix, then re-run from the failed step). Refused for a running or finished task."""
+        self._operate(rerun.rerun_from, task_id, step_name, reason=reason)
         self._running.notify()
         return self.get_task(task_id)
 

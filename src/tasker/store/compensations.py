@@ -112,6 +112,12 @@ def template_of(content_hash: str, definition: dict[str, Any]) -> TaskTemplate:
     return found
 
 
+def task_template(conn: Connection, task_id: int) -> TaskTemplate:
+    """The template snapshot a task was created with (parsed once per process)."""
+    task = conn.execute(_TASK, {"task_id": task_id}).one()
+    return template_of(task.content_hash, task.definition)
+
+
 def has_undos(conn: Connection, task_id: int) -> bool:
     return bool(conn.execute(_HAS_UNDOS, {"task_id": task_id}).scalar())
 

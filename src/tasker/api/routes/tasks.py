@@ -24,6 +24,7 @@ from tasker.api.schemas import (
     TaskDetail,
     TaskId,
     TaskPage,
+    TaskRerun,
     TaskSummary,
 )
 from tasker.domain.errors import TaskerInputError
@@ -247,3 +248,17 @@ def compensate_task(task_id: TaskId, engine: Engine) -> TaskDetail:
 def retry_task(task_id: TaskId, engine: Engine) -> TaskDetail:
     """Re-arm every failed step with fresh attempts; a task that is not in `error` answers 409."""
     return task_detail(engine, engine.retry_task(task_id))
+
+
+@router.post(
+    "/tasks/{task_id}/rerun",
+    response_model=TaskDetail,
+    summary="Re-run a task in error from one of its steps",
+    dependencies=[Depends(require(Permission.TASK_RETRY))],
+    responses=error_responses(401, 403, 404, 409, 422),
+)
+def rerun_task(task_id: TaskId, body: TaskRerun, engine: Engine) -> TaskDetail:
+    """The step `from_step` and every step downstream of it start over with fresh attempts;
+    everything upstream keeps its results (deploy the fix, then re-run from the failed step). A
+    task that is running or finished answers 409, an unknown step 404."""
+    return task_detail(engine, engine.rerun_from(task_id, body.from_step, body.reason))
