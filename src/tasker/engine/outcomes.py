@@ -208,6 +208,19 @@ def fan_in(claimed: ClaimedStep) -> Outcome:
     return outcome
 
 
+def given_up(claimed: ClaimedStep, error_class: str, message: str) -> Outcome:
+    """The engine fails the step for good, with no handler's fault in it (a child task that
+    failed, a signal that did not come): unretried, and no evidence about its dependent system."""
+    error: FailureRecord = {
+        "class": error_class,
+        "message": storable_text(message, MAX_MESSAGE_CHARS),
+        "retryable": False,
+        "system_fault": False,
+        "no_system_evidence": True,
+    }
+    return outcome_of(claimed, StepState.ERROR, error=error)
+
+
 def engine_fault(claimed: ClaimedStep, exc: BaseException) -> Outcome:
     """The engine's own code failed while running the attempt: the step fails visibly, unretried."""
     error = describe_error(exc, retryable=False, system_fault=False)

@@ -15,12 +15,12 @@ from typing import Any
 from tasker.domain.errors import NotFoundError, TaskerInputError
 from tasker.domain.records import Signal
 from tasker.domain.storable import find_unstorable
-from tasker.domain.templates import NAME, TaskTemplate
+from tasker.domain.templates import NAME
 from tasker.engine import clock
 from tasker.engine.running import RunningWorkers
 from tasker.events.bus import EventBus
 from tasker.store import signals as signal_store
-from tasker.store import tasks as task_store
+from tasker.store.compensations import task_template
 from tasker.store.database import Database
 from tasker.store.transactions import journaled
 
@@ -56,12 +56,8 @@ class Signals:
             not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255
         ):
             raise TaskerInputError("idempotency_key must be a string of 1 to 255 characters")
-        definition = task_store.snapshot_of(self.db, task_id)
-        if definition is None:
-            raise NotFoundError(
-                f"no task with id {task_id}; fix: list tasks with 'tasker tasks list'"
-            )
-        declared = TaskTemplate.from_snapshot(definition).signal_names()
+        with self.db.read() as conn:  # the snapshot is parsed once per process
+            declared = task_template(conn, task_id).signal_names()
         if name not in declared:
             raise TaskerInputError(
                 f"task {task_id} does not wait for a signal named '{name}'; its template declares"

@@ -17,11 +17,10 @@ from tasker.context_schema import validate_context
 from tasker.domain.control import child_context
 from tasker.domain.errors import TaskerError
 from tasker.domain.expressions import ExpressionFailure
-from tasker.domain.records import ChildTask, ClaimedStep, FailureRecord, Outcome, Task
+from tasker.domain.records import ChildTask, ClaimedStep, Outcome, Task
 from tasker.domain.states import StepState, TaskState
-from tasker.domain.storable import MAX_MESSAGE_CHARS, storable_text
 from tasker.domain.templates import StepTemplate, TaskTemplate
-from tasker.engine.outcomes import outcome_of
+from tasker.engine.outcomes import given_up, outcome_of
 from tasker.registry import TemplateRegistry
 from tasker.templates.loader import resolve_task_handler
 
@@ -109,11 +108,4 @@ def _park(claimed: ClaimedStep, child: ChildTask | None) -> Outcome:
 
 
 def _failed(claimed: ClaimedStep, message: str) -> Outcome:
-    error: FailureRecord = {
-        "class": CHILD_FAILED,
-        "message": storable_text(message, MAX_MESSAGE_CHARS),
-        "retryable": False,
-        "system_fault": False,
-        "no_system_evidence": True,
-    }
-    return outcome_of(claimed, StepState.ERROR, error=error)
+    return given_up(claimed, CHILD_FAILED, message)

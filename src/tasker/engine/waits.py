@@ -19,9 +19,9 @@ from datetime import datetime
 from typing import Any
 
 from tasker.domain.expressions import ExpressionFailure
-from tasker.domain.records import ClaimedStep, FailureRecord, Outcome
+from tasker.domain.records import ClaimedStep, Outcome
 from tasker.domain.states import StepState
-from tasker.domain.storable import MAX_MESSAGE_CHARS, find_unstorable, storable_text
+from tasker.domain.storable import find_unstorable
 from tasker.domain.templates import StepTemplate, TaskTemplate
 from tasker.domain.waits import (
     OnTimeout,
@@ -35,7 +35,7 @@ from tasker.domain.waits import (
     signal_results,
     wake_time,
 )
-from tasker.engine.outcomes import outcome_of
+from tasker.engine.outcomes import given_up, outcome_of
 from tasker.handlers.base import WaitRequest
 
 #: The failure class of a `wait_for` step whose signal did not come in time (`on_timeout: error`).
@@ -232,12 +232,5 @@ def _failed(
     note: str | None = None,
     wait: Wait | None = None,
 ) -> Outcome:
-    error: FailureRecord = {
-        "class": cls,
-        "message": storable_text(message, MAX_MESSAGE_CHARS),
-        "retryable": False,
-        "system_fault": False,
-        "no_system_evidence": True,
-    }
-    outcome = outcome_of(claimed, StepState.ERROR, error=error)
+    outcome = given_up(claimed, cls, message)
     return outcome if note is None else _with_wait(outcome, note, wait)

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 
 from tasker.domain.compensation import plan_compensation, undo_name
 from tasker.domain.control import parse_instance
+from tasker.domain.errors import NotFoundError
 from tasker.domain.states import StepState, TaskState, check_task_transition
 from tasker.domain.templates import TaskTemplate
 from tasker.store.journal import Journal
@@ -113,8 +114,11 @@ def template_of(content_hash: str, definition: dict[str, Any]) -> TaskTemplate:
 
 
 def task_template(conn: Connection, task_id: int) -> TaskTemplate:
-    """The template snapshot a task was created with (parsed once per process)."""
-    task = conn.execute(_TASK, {"task_id": task_id}).one()
+    """The template snapshot a task was created with (parsed once per process); `NotFoundError`
+    for an unknown task."""
+    task = conn.execute(_TASK, {"task_id": task_id}).first()
+    if task is None:
+        raise NotFoundError(f"no task with id {task_id}; fix: list tasks with 'tasker tasks list'")
     return template_of(task.content_hash, task.definition)
 
 

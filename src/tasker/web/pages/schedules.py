@@ -6,7 +6,9 @@ Reads: the schedules table (one query). The page links each schedule's last task
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -41,7 +43,11 @@ def _schedule_id(raw: str) -> int:
     return int(raw) if raw.isdigit() and len(raw) < 19 else 0
 
 
-async def _act(request: Request, permission: str, action: str, done: str) -> Response:
+async def _act(
+    request: Request, permission: str, action: str, done: Callable[[int, Any], str]
+) -> Response:
+    """Run `engine.schedules.<action>(id)` for the operator; `done` says what happened (from the
+    id and what the action returned)."""
     form = await read_form(request)
     await actor(request, form, permission)
     schedule_id = _schedule_id(request.path_params["raw_id"])
@@ -50,26 +56,35 @@ async def _act(request: Request, permission: str, action: str, done: str) -> Res
         result = await run_in_threadpool(partial(getattr(schedules, action), schedule_id))
     except TaskerError as exc:
         return redirect(request, BACK, "error", str(exc))
-    if action == "trigger":
-        done = f"{done}: task {result.id}"
-    return redirect(request, BACK, "ok", done.format(id=schedule_id))
+    return redirect(request, BACK, "ok", done(schedule_id, result))
 
 
 @pages.post("/schedules/{raw_id}/pause")
 async def pause(request: Request) -> Response:
-    return await _act(request, Permission.SCHEDULE_UPDATE, "pause", "schedule {id} paused")
+    return await _act(
+        request, Permission.SCHEDULE_UPDATE, "pause", lambda i, _: f"schedule {i} paused"
+    )
 
 
 @pages.post("/schedules/{raw_id}/resume")
 async def resume(request: Request) -> Response:
-    return await _act(request, Permission.SCHEDULE_UPDATE, "resume", "schedule {id} resumed")
+    return await _act(
+        request, Permission.SCHEDULE_UPDATE, "resume", lambda i, _: f"schedule {i} resumed"
+    )
 
 
 @pages.post("/schedules/{raw_id}/trigger")
 async def trigger(request: Request) -> Response:
-    return await _act(request, Permission.SCHEDULE_TRIGGER, "trigger", "schedule {id} ran now")
+    return await _act(
+        request,
+        Permission.SCHEDULE_TRIGGER,
+        "trigger",
+        lambda i, task: f"schedule {i} ran now: task {task.id}",
+    )
 
 
 @pages.post("/schedules/{raw_id}/remove")
 async def remove(request: Request) -> Response:
-    return await _act(request, Permission.SCHEDULE_DELETE, "remove", "schedule {id} removed")
+    return await _act(
+        request, Permission.SCHEDULE_DELETE, "remove", lambda i, _: f"schedule {i} removed"
+    )

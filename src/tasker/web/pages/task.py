@@ -38,7 +38,7 @@ from starlette.responses import Response
 from tasker.api.auth import Permission
 from tasker.domain.compensation import undone_by
 from tasker.domain.control import CONDITION_ERROR, JoinRule
-from tasker.domain.errors import NotFoundError, OperationError, TaskerInputError
+from tasker.domain.errors import NotFoundError, TaskerInputError
 from tasker.domain.history import StepTransition
 from tasker.domain.records import Signal, Step, Task
 from tasker.domain.states import (
@@ -621,14 +621,24 @@ async def retry_step(request: Request) -> Response:
     return redirect(request, _back(task_id), "ok", f"step '{step}' is being retried")
 
 
-def parse_results(text: str) -> tuple[dict[str, Any] | None, str | None]:
-    """The results typed in the resolve form, or why they are refused (shown next to the field)."""
+def parse_json(text: str) -> tuple[Any, str | None]:
+    """JSON typed in a form (None for an empty field), or why it is refused (shown next to the
+    field)."""
     if not text.strip():
-        return {}, None
+        return None, None
     try:
-        value = json.loads(text)
+        return json.loads(text), None
     except json.JSONDecodeError as exc:
         return None, f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+
+
+def parse_results(text: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The results typed in the resolve form, or why they are refused (shown next to the field)."""
+    value, error = parse_json(text)
+    if error is not None:
+        return None, error
+    if value is None:
+        return {}, None
     if not isinstance(value, dict):
         return None, f"the results must be a JSON object ({{...}}), not {type(value).__name__}"
     return value, None
@@ -662,24 +672,19 @@ async def send_signal(request: Request) -> Response:
     task_id = _task_id(raw_id)
     name = field_of(form, "name")
     text = field_of(form, "payload")
-    payload: Any = None
-    if text.strip():
-        try:
-            payload = json.loads(text)
-        except json.JSONDecodeError as exc:
-            return await render_task(
-                request,
-                v,
-                task_id,
-                status=422,
-                form_errors={
-                    "payload": f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
-                },
-                form_values={"payload": text},
-            )
+    payload, error = parse_json(text)
+    if error is not None:
+        return await render_task(
+            request,
+            v,
+            task_id,
+            status=422,
+            form_errors={"payload": error},
+            form_values={"payload": text},
+        )
     try:
         sent = await run_in_threadpool(request.app.state.tasker.signal, task_id, name, payload)
-    except (TaskerInputError, OperationError) as exc:
+    except TaskerInputError as exc:  # an unknown name, a finished task (OperationError)
         return redirect(request, _back(task_id), "error", str(exc))
     woke = f"; it woke {len(sent.woke)} step(s)" if sent.woke else "; no step waits for it yet"
     return redirect(request, _back(task_id), "ok", f"signal '{name}' sent{woke}")
