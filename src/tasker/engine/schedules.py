@@ -9,6 +9,7 @@ says what happens to the ticks missed (`tasker.domain.schedules`).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -180,7 +181,7 @@ class Schedules:
         spec: ScheduleSpec,
         version: str | None,
         origin: str,
-        now: Any,
+        now: datetime,
         paused: bool = False,
     ) -> dict[str, Any]:
         return {
