@@ -93,12 +93,14 @@ def test_identity_makes_equal_requests_one_task_forever(
 
 
 def test_identity_within_a_window(tasker: Tasker, load: LoadTemplate, key: str) -> None:
-    ref = load("win", [step("a")], identity={"from": ["customer"], "window_seconds": 0.5})
+    # A window of 1.5 s: at 0.5 s, a loaded CI machine once took longer than the window between
+    # the two requests, and the second was rightly a new task.
+    ref = load("win", [step("a")], identity={"from": ["customer"], "window_seconds": 1.5})
     first = tasker.create_task(ref, {"key": key, "customer": "ada"})
     assert tasker.create_task(ref, {"key": key, "customer": "ada"}).id == first.id
     import time
 
-    time.sleep(1.1)  # past the window (and past the edge of the next one)
+    time.sleep(3.1)  # past the window (and past the edge of the next one)
     later = tasker.create_task(ref, {"key": key, "customer": "ada"})
     assert later.id != first.id and not later.deduplicated
 
