@@ -16,6 +16,14 @@ from typing import Any
 from tasker.domain import bounds
 from tasker.domain.bounds import Range
 from tasker.domain.errors import TaskerInputError
+from tasker.domain.retention import (
+    BATCH,
+    INTERVAL_SECONDS,
+    WORKER_ROWS_SECONDS,
+    HousekeepingConfig,
+    RetentionPolicy,
+    parse_archive,
+)
 
 CONFIG_ENV = "TASKER_CONFIG"
 DEFAULT_CONFIG_FILE = "tasker.toml"
@@ -32,6 +40,9 @@ NUMBER_RANGES: dict[str, Range] = {
     "sse_max_streams_per_client": Range(1, 100_000, integer=True, unit="streams"),
     "sse_max_streams": Range(1, 100_000, integer=True, unit="streams"),
     "sse_heartbeat_seconds": Range(1, 3600, unit="seconds"),
+    "housekeeping_seconds": Range(1, 86_400, unit="seconds"),
+    "retention_batch": Range(1, 10_000, integer=True, unit="tasks"),
+    "worker_rows_seconds": Range(60, 366 * 86_400, unit="seconds"),
 }
 
 
@@ -82,6 +93,18 @@ class Settings:
     log_level: str = "INFO"
     #: Serve a worker's own Prometheus metrics on this port (None: not served).
     metrics_port: int | None = None
+    # -- housekeeping (docs/operations.md, "Retention") -----------------------------------------
+    #: How long finished tasks are kept, per state, where their template does not say
+    #: (`complete=30d,error=90d`, or a TOML table); empty: no task is deleted automatically.
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    #: Write tasks to an archive before deleting them: `table` (`tasker_archived_tasks`) or a
+    #: directory of gzip-compressed JSON Lines files; None: deleted without an archive.
+    archive: str | None = None
+    #: Seconds between two passes of the housekeeping job, and tasks deleted per transaction.
+    housekeeping_seconds: float = INTERVAL_SECONDS
+    retention_batch: int = BATCH
+    #: The job forgets the rows of workers not seen for this long.
+    worker_rows_seconds: float = WORKER_ROWS_SECONDS
 
     @classmethod
     def load(cls, config_file: str | Path | None = None) -> Settings:
@@ -118,6 +141,11 @@ class Settings:
             "log_format": os.environ.get("TASKER_LOG_FORMAT"),
             "log_level": os.environ.get("TASKER_LOG_LEVEL"),
             "metrics_port": os.environ.get("TASKER_METRICS_PORT"),
+            "retention": os.environ.get("TASKER_RETENTION"),
+            "archive": os.environ.get("TASKER_ARCHIVE"),
+            "housekeeping_seconds": os.environ.get("TASKER_HOUSEKEEPING_SECONDS"),
+            "retention_batch": os.environ.get("TASKER_RETENTION_BATCH"),
+            "worker_rows_seconds": os.environ.get("TASKER_WORKER_ROWS_SECONDS"),
         }
         data.update({k: v for k, v in env.items() if v not in (None, "")})
         return cls.from_mapping(data, source=str(path) if path else "environment")
@@ -147,6 +175,10 @@ class Settings:
                     value = _number(value, NUMBER_RANGES[f.name])
                 elif f.name in ("auth_enabled", "docs_public", "auto_migrate"):
                     value = _boolean(value)
+                elif f.name == "retention":
+                    value = RetentionPolicy.parse(value)
+                elif f.name == "archive":
+                    value = parse_archive(value)
                 else:
                     value = str(value)
             except ValueError as exc:
@@ -162,6 +194,16 @@ class Settings:
                 f"{source}: log_format must be 'json' or 'console', not {settings.log_format!r}"
             )
         return settings
+
+    def housekeeping(self) -> HousekeepingConfig:
+        """What the housekeeping job of a worker started with these settings does."""
+        return HousekeepingConfig(
+            default=self.retention,
+            archive=self.archive,
+            interval_seconds=self.housekeeping_seconds,
+            batch=self.retention_batch,
+            worker_rows_seconds=self.worker_rows_seconds,
+        )
 
     def templates(self, explicit: tuple[str, ...] | list[str] | None = None) -> list[str]:
         """Template locations to load: those given, else the configured ones, else ./templates if

@@ -185,6 +185,29 @@ def test_billing_and_preferences_run_at_the_same_time(engine: Tasker, fleet: Ser
     assert (task.annotations or {})["service_performance"]["parallel_execution_saved_ms"] > 0
 
 
+def test_a_burst_of_sign_ups_stays_under_the_email_quota_and_every_welcome_mail_is_sent(
+    engine: Tasker, fleet: ServiceFleet
+) -> None:
+    """The second story's "email limit: user fully registered, but no welcome email": 30 sign-ups
+    at once against a provider that sends 10 sequences a second. The template's rate limit (8 a
+    second) defers the welcome steps instead of meeting the quota: no 429, one mail sequence
+    each, no attempt spent on waiting."""
+    quota = fleet.notification.service.quota  # type: ignore[attr-defined]
+    refused_before = quota.refused
+    contexts = [registration() for _ in range(30)]
+    ids = [signed_up(engine, c) for c in contexts]
+    engine.work(concurrency=16)
+    tasks = [engine.get_task(i) for i in ids]
+    assert {t.status for t in tasks} == {"complete"}
+    assert {t.step("send_welcome_sequence").attempts for t in tasks} == {1}
+    assert quota.refused == refused_before
+    sent = fleet.notification.state()["rows"]["welcome_sequences"]
+    for c in contexts:
+        assert len([s for s in sent if s["recipient"] == c["user_info"]["email"]]) == 1
+    (system,) = [r for r in engine.systems.report() if r["name"] == "notification_service"]
+    assert system["rate_limit"] == "8/second"
+
+
 def test_a_409_for_the_same_user_resolves_as_success(engine: Tasker, fleet: ServiceFleet) -> None:
     context = registration()
     existing = httpx.post(f"{fleet.user.url}/users", json=payloads.user_body(context)).json()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -24,9 +25,22 @@ def _ours(name: str | None, type_: str, parent_names: object) -> bool:
     return type_ != "table" or (name or "").startswith("tasker_")
 
 
+#: An index on an expression, which each dialect writes its own way and reflects differently (or
+#: not at all): `test_priorities.py` checks that the claim reads it.
+_EXPRESSION_INDEXES = {"ix_tasker_steps_prioritized"}
+
+
+def _compared(obj: object, name: str | None, type_: str, reflected: bool, other: object) -> bool:
+    return not (type_ == "index" and name in _EXPRESSION_INDEXES)
+
+
+@pytest.mark.filterwarnings("ignore:autogenerate skipping metadata-specified expression-based")
+@pytest.mark.filterwarnings("ignore:Skipped unsupported reflection of expression-based index")
 def test_the_migrated_schema_is_the_declared_one(tasker: Tasker) -> None:
     with tasker.db.writer.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"include_name": _ours})
+        context = MigrationContext.configure(
+            conn, opts={"include_name": _ours, "include_object": _compared}
+        )
         diffs = compare_metadata(context, metadata)
     assert diffs == []
 

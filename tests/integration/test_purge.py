@@ -5,6 +5,7 @@ and newer ones stay; a dry run only counts."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -12,6 +13,8 @@ from click.testing import CliRunner
 
 from tasker.cli.main import cli
 from tasker.domain.errors import TaskerInputError
+from tasker.domain.retention import ArchiveError
+from tasker.store import archive as archive_store
 from tasker.testing import WorkflowEnv, workflow_env
 from tests.fixture_types import WriteTemplate
 from tests.integration.support import step, template_yaml
@@ -113,3 +116,56 @@ def test_tasker_tasks_purge_from_the_cli(store_url: str, write_template: WriteTe
     assert out.exit_code == 0 and "deleted 0 finished task(s)" in out.output
     bad = runner.invoke(cli, [*base, "--older-than", "soon"])
     assert bad.exit_code == 2 and "older_than" in bad.output and "Traceback" not in bad.output
+
+
+def test_a_purge_by_hand_archives_first_to_a_directory_or_the_table(
+    env: WorkflowEnv, write_template: WriteTemplate, key: str, tmp_path: Path
+) -> None:
+    path = write_template(template_yaml("archived", [step("a")]), "archived.yaml")
+    (template,) = env.engine.load_templates(path)
+    ref = f"{template.namespace_name}/{template.name}"
+    ids = [env.engine.create_task(ref, {"key": key, "n": n}).id for n in range(3)]
+    env.advance(0)
+    env.advance(days=2)
+    with env.engine.db.read() as conn:
+        before = [d.document for d in archive_store.documents(conn, ids, env.now())]
+
+    folder = tmp_path / "archive"
+    to_file = env.engine.retention.purge("1d", archive=str(folder), statuses=["complete"], batch=2)
+    assert (to_file.deleted, to_file.archived, to_file.archive) == (3, 3, str(folder))
+    assert to_file.archive_path is not None and Path(to_file.archive_path).parent == folder
+    assert archive_store.read_file(to_file.archive_path) == before
+
+    more = [env.engine.create_task(ref, {"key": key}).id for _ in range(2)]
+    env.advance(0)
+    env.advance(days=2)
+    to_table = env.engine.retention.purge("1d", archive="table")
+    assert (to_table.deleted, to_table.archived, to_table.archive_path) == (2, 2, None)
+    with env.engine.db.read() as conn:
+        assert [r.id for r in archive_store.read_table(conn)] == more
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    kept = env.engine.create_task(ref, {"key": key}).id
+    env.advance(0)
+    env.advance(days=2)
+    with pytest.raises(ArchiveError, match="nothing was deleted"):
+        env.engine.retention.purge("1d", archive=str(blocked))
+    assert env.engine.get_task(kept).status == "complete"
+    with pytest.raises(TaskerInputError, match="archive"):
+        env.engine.retention.purge("1d", archive=7)  # type: ignore[arg-type]
+
+
+def test_tasker_tasks_purge_archives_with_the_option_or_the_setting(
+    store_url: str, tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    base = ["--database-url", store_url, "tasks", "purge", "--older-than", "30d"]
+    out = runner.invoke(cli, [*base, "--archive", str(tmp_path / "a")])
+    assert out.exit_code == 0 and "deleted 0 finished task(s)" in out.output, out.output
+    out = runner.invoke(cli, base, env={"TASKER_ARCHIVE": "table"})
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(cli, [*base, "--archive", "none"], env={"TASKER_ARCHIVE": "table"})
+    assert out.exit_code == 0, out.output
+    dry = runner.invoke(cli, [*base, "--archive", "table", "--dry-run"], env={"TASKER_ARCHIVE": ""})
+    assert dry.exit_code == 0 and "0 finished task(s) older than 30d would be deleted" in dry.output

@@ -51,7 +51,7 @@ def test_the_digest_is_sha256_hex() -> None:
 def test_the_permission_class_and_the_vocabulary_agree() -> None:
     constants = {v for k, v in vars(Permission).items() if k.isupper() and isinstance(v, str)}
     assert constants == set(key_store.PERMISSIONS) == set(Permission.ALL)
-    assert len(key_store.PERMISSIONS) == 22
+    assert len(key_store.PERMISSIONS) == 23
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ from tasker.domain.circuits import (
     RESET_COLUMNS,
     STATE_COLUMNS,
     Access,
+    Admission,
     Circuit,
     CircuitChange,
     CircuitState,
@@ -327,10 +328,11 @@ def test_a_probe_lets_one_step_through_and_full_systems_are_blocked() -> None:
     plan.limit_probes()
     assert plan.system_room == {"a": 1, "b": 0, "p": 1}
     assert plan.blocked == {"b"}
-    assert plan.admit("a", "ns") and not plan.admit("a", "ns")
-    assert plan.admit("p", "ns") and not plan.admit("p", "ns")
-    assert not plan.admit("b", "ns")
-    assert plan.admit("other", "ns")
+    took = Admission.TAKE
+    assert plan.admit("a", "ns") == took and plan.admit("a", "ns") == Admission.LEAVE
+    assert plan.admit("p", "ns") == took and plan.admit("p", "ns") == Admission.LEAVE
+    assert plan.admit("b", "ns") == Admission.LEAVE
+    assert plan.admit("other", "ns") == took
 
 
 def test_an_empty_plan_is_unrestricted() -> None:
@@ -364,7 +366,7 @@ def test_admitted_steps_never_exceed_any_limit(
         probes=set(probes) - blocked,
     )
     plan.limit_probes()
-    admitted = [(s, n) for s, n in candidates if plan.admit(s, n)]
+    admitted = [(s, n) for s, n in candidates if plan.admit(s, n) == Admission.TAKE]
     per_system = Counter(s for s, _ in admitted)
     per_namespace = Counter(n for _, n in admitted)
     for s, n in per_system.items():

@@ -14,6 +14,7 @@ import sys
 
 import tasker
 from tasker import Tasker
+from tasker.engine.bulk import Bulk
 from tasker.engine.history import History
 from tasker.engine.insight import Insight
 from tasker.engine.keys import ApiKeys
@@ -103,6 +104,7 @@ PARTS: dict[str, tuple[type, set[str]]] = {
             "set_namespace_limit",
             "report",
             "namespace_limits",
+            "key_limits",
             "circuit_history",
             "reset_circuit",
             "workers",
@@ -116,7 +118,8 @@ PARTS: dict[str, tuple[type, set[str]]] = {
     "history": (History, {"step_transitions", "task_transitions", "read_events", "events_tail"}),
     "keys": (ApiKeys, {"create", "all", "revoke", "authenticate"}),
     "signals": (Signals, {"send", "of_task"}),
-    "retention": (Retention, {"purge"}),
+    "bulk": (Bulk, {"filter", "count", "retry", "cancel", "purge", "run"}),
+    "retention": (Retention, {"purge", "report"}),
     "schedules": (
         Schedules,
         {"add", "all", "get", "find", "pause", "resume", "trigger", "remove", "sync"},

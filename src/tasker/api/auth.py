@@ -62,6 +62,9 @@ class Permission:
     TASK_CANCEL = "tasker.task:cancel"
     TASK_RETRY = "tasker.task:retry"
     TASK_SIGNAL = "tasker.task:signal"
+    #: Retry, cancel and purge every task a filter picks (`POST /tasks/bulk/...`): one request
+    #: may touch thousands of tasks, so it is granted apart from the per-task actions.
+    TASK_BULK = "tasker.task:bulk"
     STEP_INDEX = "tasker.workflow_step:index"
     STEP_SHOW = "tasker.workflow_step:show"
     STEP_UPDATE = "tasker.workflow_step:update"

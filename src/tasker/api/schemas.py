@@ -18,13 +18,14 @@ from typing import Annotated, Any, Literal
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tasker.domain.bulk import BulkReport, TaskFilter
 from tasker.domain.graph import execution_levels, execution_order
 from tasker.domain.history import StepTransition as StepTransitionRecord
 from tasker.domain.history import TaskTransition as TaskTransitionRecord
 from tasker.domain.listing import TOTAL_CAP
 from tasker.domain.records import FailureRecord, Signal, Step, Task
 from tasker.domain.schedules import Schedule
-from tasker.domain.states import TaskState
+from tasker.domain.states import StepState, TaskState
 from tasker.domain.templates import TaskTemplate, semver_key
 
 INT64_MAX = 2**63 - 1
@@ -209,6 +210,13 @@ class TaskCreate(_Body):
         " then: a time, or a duration from its start. Overrides the template's"
         " `timeout_seconds`.",
         examples=["2h"],
+    )
+    priority: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="0 to 1000, higher first: its steps go ahead of lower-priority work that"
+        " came due up to one minute per level earlier. Default: the template's `priority`, else 0.",
     )
 
     @field_validator("context")
@@ -408,6 +416,161 @@ class TaskCancel(_Body):
         return _check_text(v)
 
 
+# -- bulk operations -------------------------------------------------------------------------------
+#: A bulk body may list this many ids (`tasker.domain.bulk.MAX_IDS`).
+MAX_BULK_IDS = 10_000
+BulkTaskId = Annotated[int, Field(ge=1, le=INT64_MAX)]
+
+
+class BulkFilter(_Body):
+    """Which tasks a bulk operation picks: every field given must hold (AND), a list of states any
+    of them; at least one field is required. `dry_run` counts and changes nothing."""
+
+    template: str | None = Field(
+        default=None,
+        max_length=256,
+        pattern=REF_PATTERN,
+        description="`namespace/name[@version]`, or a bare template name (in any namespace).",
+        examples=["payments/process_refund"],
+    )
+    namespace: str | None = Field(default=None, max_length=64, pattern=NAME_PATTERN)
+    version: str | None = Field(default=None, max_length=64, pattern=SEMVER_PATTERN)
+    status: list[TaskState] = Field(
+        default_factory=list,
+        max_length=len(TaskState),
+        description="Task states (any of them); by default every state the action applies to."
+        " A state it never applies to answers 422.",
+    )
+    since: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        pattern=TOKEN_PATTERN,
+        description="Created at or after: a duration back from now (`2h`, `7d`, `PT30M`) or an"
+        " ISO-8601 time (UTC without a zone).",
+        examples=["2h"],
+    )
+    until: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        pattern=TOKEN_PATTERN,
+        description="Created before: a duration back from now or an ISO-8601 time.",
+    )
+    error_class: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        pattern=TOKEN_PATTERN,
+        description="A step (the `step`, when given) whose last failure is of this class, in"
+        " error or waiting to retry (or in `step_state`).",
+        examples=["PermanentError"],
+    )
+    step: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=TOKEN_PATTERN,
+        description="A step of this name in error (or in `step_state`).",
+    )
+    step_state: list[StepState] = Field(
+        default_factory=list,
+        max_length=len(StepState),
+        description="The states the step must be in (any of them).",
+    )
+    key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        pattern=TOKEN_PATTERN,
+        description="Exact idempotency key or correlation id.",
+    )
+    ids: list[BulkTaskId] = Field(
+        default_factory=list,
+        max_length=MAX_BULK_IDS,
+        description="Only these tasks (a selection), still subject to the other fields.",
+    )
+    dry_run: bool = Field(
+        default=False, description="Count the tasks the operation would pick; change nothing."
+    )
+    chunk: int = Field(default=500, ge=1, le=10_000, description="Tasks per transaction.")
+    after: int = Field(
+        default=0,
+        ge=0,
+        le=INT64_MAX,
+        description="Start after this task id: the `last_id` of a run that stopped at `limit`.",
+    )
+    limit: int | None = Field(
+        default=None,
+        ge=1,
+        le=INT64_MAX,
+        description="Stop after this many tasks (`more` then says whether others are left).",
+    )
+
+
+class BulkRetry(BulkFilter):
+    reason: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="Recorded with every transition the run makes (`bulk retry: <reason>`).",
+    )
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, v: str | None) -> str | None:
+        return _check_text(v)
+
+
+class BulkCancel(BulkRetry):
+    compensate: bool = Field(
+        default=False,
+        description="Then undo what each task's completed steps did, where its template declares"
+        " compensations.",
+    )
+
+
+class BulkPurge(BulkFilter):
+    pass
+
+
+class BulkResult(BaseModel):
+    """What a bulk run found and did; a dry run's `matched` is how many it would change."""
+
+    action: Literal["retry", "cancel", "purge"]
+    filter: str = Field(description="The filter in words.")
+    matched: int = Field(description="Tasks the filter picked (in a dry run: would change).")
+    changed: int = Field(description="Tasks the operation changed.")
+    skipped: int = Field(
+        description="Tasks that stopped matching before their chunk ran, or that the operation"
+        " refused."
+    )
+    dry_run: bool
+    refusals: list[str] = Field(description="Why the operation refused tasks (the first 20).")
+    last_id: int | None = Field(description="The last task id examined (None: none matched).")
+    more: bool = Field(
+        description="The run stopped at `limit` with tasks left: send again with `after`."
+    )
+    archived: int = Field(
+        default=0,
+        description="Purged tasks written to the server's archive first (its `archive` setting).",
+    )
+
+    @classmethod
+    def of(cls, report: BulkReport, task_filter: TaskFilter) -> BulkResult:
+        return cls(
+            action=report.action.value,
+            filter=task_filter.describe(),
+            matched=report.matched,
+            changed=report.changed,
+            skipped=report.skipped,
+            dry_run=report.dry_run,
+            refusals=list(report.refusals),
+            last_id=report.last_id,
+            more=report.more,
+            archived=report.archived,
+        )
+
+
 class StepResolve(_Body):
     result: dict[str, Any] = Field(
         default_factory=dict, description="The step's result, as if its handler had returned it."
@@ -604,6 +767,14 @@ class TaskSummary(BaseModel):
         default=None,
         description="Past this time an unfinished task ends in `error` (`deadline_exceeded`).",
     )
+    priority: int = Field(
+        default=0, description="Claims take its steps ahead of lower-priority work (0 to 1000)."
+    )
+    concurrency_key: str | None = Field(
+        default=None,
+        description="Its fair-share key (`<template>:<value>`): at most the template's"
+        " `max_in_flight_per_key` steps of one key run at once.",
+    )
 
     @classmethod
     def fields_of(cls, task: Task) -> dict[str, Any]:
@@ -627,6 +798,8 @@ class TaskSummary(BaseModel):
             "parent_step_id": task.parent_step_id,
             "starts_at": task.starts_at,
             "deadline_at": task.deadline_at,
+            "priority": task.priority,
+            "concurrency_key": task.concurrency_key,
         }
 
     @classmethod

@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("tasker.cli.demo:demo", "Run the stories' demos."),
     "keys": ("tasker.cli.keys:keys", "API keys for the REST API (create, list, revoke)."),
     "limits": ("tasker.cli.systems:limits", "In-flight limits per namespace (list, set, clear)."),
+    "retention": (
+        "tasker.cli.retention:retention",
+        "The retention in force and the housekeeping job's last pass.",
+    ),
     "run": ("tasker.cli.run:run", "Create a task and run it here to the end, with live progress."),
     "schedules": (
         "tasker.cli.schedules:schedules",

@@ -87,7 +87,9 @@ def serve_api(
         workers,
         grace_seconds=settings.grace_seconds,
         make_worker=lambda: engine.worker(
-            concurrency=per_worker, grace_seconds=settings.grace_seconds
+            concurrency=per_worker,
+            grace_seconds=settings.grace_seconds,
+            housekeeping=settings.housekeeping(),
         ),
     )
     app = create_app(engine, settings)

@@ -78,6 +78,8 @@ def list_(ctx: click.Context, as_json: bool) -> None:
         "fails",
         "running",
         "limit",
+        "rate",
+        "deferred",
         "waiting",
         "errors",
         "opens at",
@@ -93,6 +95,8 @@ def list_(ctx: click.Context, as_json: bool) -> None:
             str(r["consecutive_failures"]),
             str(r["in_flight"]),
             str(r["max_in_flight"] or "-"),
+            f"{r['rate_used']}/{r['rate_limit']}" if r.get("rate_limit") else "-",
+            f"{r.get('rate_deferrals', 0):,}" if r.get("rate_limit") else "-",
             str(r["waiting"]),
             str(r["errored_steps"]),
             str(r["failure_threshold"]),
@@ -152,7 +156,15 @@ def _cooldown(row: SystemReport) -> str:
         "(default 3600, at most a week)."
     ),
 )
+@click.option(
+    "--rate-limit",
+    default=None,
+    metavar="N/PERIOD",
+    help="Steps of this system started per second, minute or hour, across all workers"
+    " (100/minute); a step over it waits for a slot without spending an attempt.",
+)
 @click.option("--clear-max-in-flight", is_flag=True, help="Remove the in-flight limit.")
+@click.option("--clear-rate-limit", is_flag=True, help="Remove the rate limit.")
 @click.pass_context
 def set_(
     ctx: click.Context,
@@ -162,7 +174,9 @@ def set_(
     cooldown_seconds: float | None,
     max_cooldown_seconds: float | None,
     max_outage_seconds: float | None,
+    rate_limit: str | None,
     clear_max_in_flight: bool,
+    clear_rate_limit: bool,
 ) -> None:
     """Configure a dependent system (stored in the database, honoured by every worker)."""
     settings: dict[str, object] = {
@@ -173,11 +187,14 @@ def set_(
             "cooldown_seconds": cooldown_seconds,
             "max_cooldown_seconds": max_cooldown_seconds,
             "max_outage_seconds": max_outage_seconds,
+            "rate_limit": rate_limit,
         }.items()
         if v is not None
     }
     if clear_max_in_flight:
         settings["max_in_flight"] = None
+    if clear_rate_limit:
+        settings["rate_limit"] = None
     state(ctx).engine(load=False).systems.configure(name, **settings)
     _say(f"{name}: {settings or 'unchanged'}")
 

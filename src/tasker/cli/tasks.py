@@ -15,9 +15,11 @@ from typing import Any
 
 import click
 
+from tasker.cli import bulk
 from tasker.cli.common import echo_json, json_option, read_json, state, templates_option
 from tasker.domain.errors import TaskerInputError
 from tasker.domain.listing import TaskQuery
+from tasker.domain.priorities import MAX_PRIORITY
 from tasker.domain.records import Task
 from tasker.domain.states import FINISHED_TASK_STATES, TaskState
 from tasker.engine.queries import MAX_PAGE
@@ -51,6 +53,19 @@ def task_json(task: Task, *, steps: bool = True) -> dict[str, Any]:
 @click.option("--name", default=None)
 @click.option("--limit", type=click.IntRange(1, MAX_PAGE), default=20, show_default=True)
 @click.option("--offset", type=click.IntRange(0), default=0)
+@click.option(
+    "--min-priority",
+    type=click.IntRange(0, MAX_PRIORITY),
+    default=None,
+    help="Only tasks of at least this priority.",
+)
+@click.option(
+    "--sort",
+    type=click.Choice(["created", "priority"]),
+    default="created",
+    show_default=True,
+    help="Newest first, or highest priority first (then newest).",
+)
 @json_option
 @click.pass_context
 def list_(
@@ -60,11 +75,19 @@ def list_(
     name: str | None,
     limit: int,
     offset: int,
+    min_priority: int | None,
+    sort: str,
     as_json: bool,
 ) -> None:
-    """List tasks, newest first."""
+    """List tasks, newest first (or by priority)."""
     engine = state(ctx).engine(load=False, access="read")
-    query = TaskQuery(namespace=namespace, name=name, statuses=(status,) if status else ())
+    query = TaskQuery(
+        namespace=namespace,
+        name=name,
+        statuses=(status,) if status else (),
+        min_priority=min_priority,
+        by_priority=sort == "priority",
+    )
     found = engine.listing.page(query, limit=limit, offset=offset).tasks
     total = engine.listing.total(query)
     if as_json:
@@ -182,6 +205,13 @@ def show(
     help="End in error (deadline_exceeded) if not finished by then: a time, or a duration from"
     " the start. Overrides the template's timeout_seconds.",
 )
+@click.option(
+    "--priority",
+    type=click.IntRange(0, MAX_PRIORITY),
+    default=None,
+    help="0 to 1000, higher first; each level is a minute ahead of lower-priority work"
+    " (default: the template's priority, else 0).",
+)
 @templates_option
 @json_option
 @click.pass_context
@@ -194,6 +224,7 @@ def create(
     run_at: str | None,
     delay: str | None,
     deadline: str | None,
+    priority: int | None,
     templates: tuple[str, ...],
     as_json: bool,
 ) -> None:
@@ -220,6 +251,7 @@ def create(
         run_at=parse_time(run_at, "--at") if run_at else None,
         delay=delay,
         deadline=_time_or_duration(deadline),
+        priority=priority,
     )
     if as_json:
         echo_json(task_json(task))
@@ -323,18 +355,53 @@ def signals(ctx: click.Context, task_id: int, as_json: bool) -> None:
 
 
 @tasks.command()
-@click.argument("task_id", type=int)
+@click.argument("task_id", type=int, required=False)
 @click.option("--reason", default=None, help="Recorded with the cancellation.")
 @click.option(
     "--compensate",
     is_flag=True,
     help="Then undo what its completed steps did (the steps that declare a compensation).",
 )
+@bulk.filter_options("cancel")
 @click.pass_context
-def cancel(ctx: click.Context, task_id: int, reason: str | None, compensate: bool) -> None:
-    """Cancel a task: unstarted steps never run and late results are discarded."""
+def cancel(
+    ctx: click.Context,
+    /,
+    task_id: int | None,
+    reason: str | None,
+    compensate: bool,
+    dry_run: bool,
+    chunk: int,
+    as_json: bool,
+    **filters: Any,
+) -> None:
+    """Cancel a task: unstarted steps never run and late results are discarded.
+
+    Give TASK_ID for one task, or filter options to cancel every unfinished or failed task they
+    pick, in chunks (e.g. --template shop/checkout --status pending --since 1h); --dry-run counts
+    them first.
+    """
     engine = state(ctx).engine(load=False, access="read")
+    if bulk.choose(task_id, filters, "cancel", "--template ns/name --status pending --since 1h"):
+        picked = bulk.build(engine, filters)
+        report = bulk.run(
+            engine,
+            "cancel",
+            picked,
+            reason=reason,
+            compensate=compensate,
+            dry_run=dry_run,
+            chunk=chunk,
+        )
+        after = "run a worker (tasker worker) to undo their steps" if compensate else ""
+        bulk.show(report, picked, as_json, after)
+        return
+    assert task_id is not None
+    _single_only(dry_run=dry_run, chunk=chunk)
     task = engine.cancel_task(task_id, reason=reason, compensate=compensate)
+    if as_json:
+        echo_json(task_json(task))
+        return
     if task.status == TaskState.COMPENSATING:
         _say(f"task {task.id} is {task.status}; run a worker (tasker worker) to undo its steps")
     else:
@@ -352,12 +419,59 @@ def compensate(ctx: click.Context, task_id: int) -> None:
 
 
 @tasks.command()
-@click.argument("task_id", type=int)
+@click.argument("task_id", type=int, required=False)
+@click.option(
+    "--reason", default=None, help="Bulk form: recorded with the transitions of every retry."
+)
+@bulk.filter_options("retry")
 @click.pass_context
-def retry(ctx: click.Context, task_id: int) -> None:
-    """Re-arm the failed steps of a task in error with fresh attempts (a worker then runs them)."""
-    task = state(ctx).engine(load=False, access="read").retry_task(task_id)
+def retry(
+    ctx: click.Context,
+    /,
+    task_id: int | None,
+    reason: str | None,
+    dry_run: bool,
+    chunk: int,
+    as_json: bool,
+    **filters: Any,
+) -> None:
+    """Re-arm the failed steps of a task in error with fresh attempts (a worker then runs them).
+
+    Give TASK_ID for one task, or filter options to retry every task in error they pick, in
+    chunks (e.g. --template payments/refund --since 2h --error-class TimeoutError); --dry-run
+    counts them first. Running it again retries nothing twice.
+    """
+    engine = state(ctx).engine(load=False, access="read")
+    if bulk.choose(task_id, filters, "retry", "--status error --template ns/name --since 2h"):
+        picked = bulk.build(engine, filters)
+        report = bulk.run(engine, "retry", picked, reason=reason, dry_run=dry_run, chunk=chunk)
+        bulk.show(report, picked, as_json, "run a worker (tasker worker) to process them")
+        return
+    assert task_id is not None
+    _single_only(dry_run=dry_run, chunk=chunk, reason=reason)
+    task = engine.retry_task(task_id)
+    if as_json:
+        echo_json(task_json(task))
+        return
     _say(f"task {task.id} is {task.status}; run a worker (tasker worker) to process it")
+
+
+def _single_only(*, dry_run: bool, chunk: int, reason: str | None = None) -> None:
+    """Refuse the bulk form's flags with a TASK_ID (they would be silently ignored)."""
+    extra = [
+        flag
+        for flag, used in (
+            ("--dry-run", dry_run),
+            ("--chunk", chunk != 500),
+            ("--reason", reason is not None),
+        )
+        if used
+    ]
+    if extra:
+        raise TaskerInputError(
+            f"{', '.join(extra)} goes with filter options, not with a TASK_ID; fix: drop it, or"
+            " give filter options instead of the id"
+        )
 
 
 @tasks.command("retry-step")
@@ -410,7 +524,7 @@ def resolve(ctx: click.Context, task_id: int, step: str, result: str) -> None:
 @tasks.command()
 @click.option(
     "--older-than",
-    required=True,
+    default=None,
     metavar="DURATION",
     help="Finished more than this long ago: 30d, 12h, P30D or seconds.",
 )
@@ -423,24 +537,67 @@ def resolve(ctx: click.Context, task_id: int, step: str, result: str) -> None:
 )
 @click.option("--namespace", default=None, help="Only tasks of this namespace.")
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option(
+    "--archive",
+    default=None,
+    metavar="PATH|table|none",
+    help=(
+        "Write each task to this directory (gzip JSON Lines) or to the archive table before"
+        " deleting it (default: the archive setting; none: no archive)."
+    ),
+)
+@bulk.filter_options("purge", skip=("statuses", "namespace", "dry_run"))
 @click.pass_context
 def purge(
     ctx: click.Context,
-    older_than: str,
+    /,
+    older_than: str | None,
     statuses: tuple[str, ...],
     namespace: str | None,
     dry_run: bool,
+    archive: str | None,
+    chunk: int,
+    as_json: bool,
+    **filters: Any,
 ) -> None:
     """Delete finished tasks older than a duration, with their steps, transitions, events and
-    signals, oldest first, in batches (workers go on meanwhile)."""
+    signals, oldest first, in batches (workers go on meanwhile).
+
+    Instead of --older-than, filter options delete every finished task they pick, in chunks
+    (e.g. --template shop/checkout --status cancelled --until 30d); --status, --namespace,
+    --archive and --dry-run go with either form.
+    """
     engine = state(ctx).engine(load=False, access="read")
+    archive = state(ctx).settings.archive if archive is None else archive
+    if older_than is None:
+        chosen = {**filters, "statuses": statuses, "namespace": namespace}
+        if not bulk.given(chosen):
+            raise TaskerInputError(
+                "nothing to purge; fix: give --older-than DURATION, or filter options (e.g."
+                " --template ns/name --status cancelled --until 30d)"
+            )
+        picked = bulk.build(engine, chosen)
+        done = bulk.run(engine, "purge", picked, archive=archive, dry_run=dry_run, chunk=chunk)
+        bulk.show(done, picked, as_json)
+        return
+    if bulk.given(filters) or chunk != 500 or as_json:
+        raise TaskerInputError(
+            "--older-than goes with --status, --namespace, --archive and --dry-run only; fix: drop"
+            " the other options, or drop --older-than and filter by creation time (--until 30d)"
+        )
     report = engine.retention.purge(
-        older_than, statuses=statuses or None, namespace=namespace, dry_run=dry_run
+        older_than,
+        statuses=statuses or None,
+        namespace=namespace,
+        dry_run=dry_run,
+        archive=archive,
     )
     if dry_run:
         _say(f"{report.matched} finished task(s) older than {older_than} would be deleted")
     else:
-        _say(f"deleted {report.deleted} finished task(s) older than {older_than}")
+        where = report.archive_path or report.archive
+        kept = f"; archived {report.archived} to {where}" if report.archived else ""
+        _say(f"deleted {report.deleted} finished task(s) older than {older_than}{kept}")
 
 
 def _say(text: str) -> None:

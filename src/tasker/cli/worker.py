@@ -97,6 +97,7 @@ def worker(
         grace_seconds=grace_seconds if grace_seconds is not None else st.settings.grace_seconds,
         lease_seconds=lease_seconds or st.settings.lease_seconds,
         own_loop=True,  # this process's loop runs the worker and nothing else
+        housekeeping=st.settings.housekeeping(),  # retention, archive: also from --config-file
     )
 
     async def main() -> None:

@@ -88,6 +88,10 @@ BACKOFF_SECONDS = Range(0, WEEK_SECONDS, unit="seconds")
 JITTER = Range(0, 1)
 SERVER_DELAY_SECONDS = Range(0, WEEK_SECONDS, unit="seconds")
 NAMESPACE_MAX_IN_FLIGHT = Range(1, 1_000_000, integer=True, unit="steps")
+#: A task's priority (`tasker.domain.priorities`: one level is a minute ahead in the claim order).
+PRIORITY = Range(0, 1000, integer=True, unit="levels")
+#: Fair share: the most steps in flight per key of a template (`max_in_flight_per_key`).
+MAX_IN_FLIGHT_PER_KEY = Range(1, 100_000, integer=True, unit="steps")
 #: `identity.window_seconds`: how long requests with the same identity are one task (a year at
 #: most).
 IDENTITY_WINDOW_SECONDS = Range(0, 366 * DAY_SECONDS, low_open=True, unit="seconds")

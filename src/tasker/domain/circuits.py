@@ -336,6 +336,19 @@ def room(limits: Mapping[str, int | None], busy: Mapping[str, int]) -> dict[str,
     return {n: max(0, lim - busy.get(n, 0)) for n, lim in limits.items() if lim is not None}
 
 
+class Admission(Enum):
+    """What a claim does with a due step (`ClaimPlan.admit`)."""
+
+    #: Claim it.
+    TAKE = "take"
+    #: Leave it: its system is blocked, or an in-flight limit is full.
+    LEAVE = "leave"
+    #: Its system's rate limit is used up: move it to when a slot frees (`tasker.domain.rates`).
+    DEFER = "defer"
+    #: Its fair-share key is full (`tasker.domain.fairness`): it waits its turn where it is.
+    WAIT_KEY = "wait_key"
+
+
 @dataclass
 class ClaimPlan:
     """What a claim must respect now: systems it may not touch, and room left under each limit."""
@@ -344,31 +357,63 @@ class ClaimPlan:
     system_room: dict[str, int] = field(default_factory=dict)
     namespace_room: dict[str, int] = field(default_factory=dict)
     probes: set[str] = field(default_factory=set)
+    #: Starts left in the window of each rate-limited system (`tasker.domain.rates.room`), and the
+    #: time they were counted at (after the systems' locks were taken).
+    rate_room: dict[str, int] = field(default_factory=dict)
+    rate_now: datetime | None = None
+    #: Each rate-limited system's window (the starts older than two of them are forgotten).
+    rate_windows: dict[str, timedelta] = field(default_factory=dict)
+    #: Fair share: the limit of each scope, and the room of each key now running steps.
+    key_limits: dict[str, int] = field(default_factory=dict)
+    key_room: dict[str, int] = field(default_factory=dict)
+    #: Claims take prioritized steps too (`tasker.domain.priorities`): merge the two queues.
+    prioritized: bool = False
 
     @property
     def unrestricted(self) -> bool:
-        return not (self.blocked or self.system_room or self.namespace_room)
+        return not (
+            self.blocked
+            or self.system_room
+            or self.namespace_room
+            or self.rate_room
+            or self.key_limits
+        )
 
     def limit_probes(self) -> None:
         """A half-open system lets one step through, whatever its limit; a system with no room left
-        is blocked."""
+        is blocked (one out of rate-limit room is not: its due steps are deferred)."""
         for name in self.probes:
             self.system_room[name] = min(self.system_room.get(name, 1), 1)
         for name, left in self.system_room.items():
             if left <= 0:
                 self.blocked.add(name)
 
-    def admit(self, system: str, namespace: str) -> bool:
-        """Take one unit of room for a step of this system and namespace, if there is room."""
+    def full_keys(self) -> list[str]:
+        """Fair-share keys with no room left: their steps are passed over in SQL."""
+        return sorted(k for k, left in self.key_room.items() if left <= 0)
+
+    def admit(self, system: str, namespace: str, key: str | None = None) -> Admission:
+        """Take one unit of room for a step of this system, namespace and fair-share key, if every
+        limit has room; else say why not."""
         if system in self.blocked:
-            return False
+            return Admission.LEAVE
         if self.system_room.get(system, 1) <= 0 or self.namespace_room.get(namespace, 1) <= 0:
-            return False
+            return Admission.LEAVE
+        scope = None if key is None else key.partition(":")[0]
+        keyed = key is not None and scope in self.key_limits
+        if keyed and self.key_room.setdefault(str(key), self.key_limits[str(scope)]) <= 0:
+            return Admission.WAIT_KEY
+        if self.rate_room.get(system, 1) <= 0:
+            return Admission.DEFER
         if system in self.system_room:
             self.system_room[system] -= 1
         if namespace in self.namespace_room:
             self.namespace_room[namespace] -= 1
-        return True
+        if system in self.rate_room:
+            self.rate_room[system] -= 1
+        if key is not None and key in self.key_room:
+            self.key_room[key] -= 1
+        return Admission.TAKE
 
 
 # -- the outage hold -------------------------------------------------------------------------------

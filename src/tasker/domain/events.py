@@ -30,6 +30,11 @@ class Events:
     SIGNAL_RECEIVED = "signal.received"
     #: A schedule's tick created a task.
     SCHEDULE_FIRED = "schedule.fired"
+    #: The housekeeping job deleted finished tasks past their retention (in-process, on the
+    #: worker that holds the job: counts per status, not the tasks).
+    TASKS_PURGED = "tasks.purged"
+    #: Due steps over their system's rate limit were moved to a later slot (no attempt spent).
+    STEPS_DEFERRED = "steps.deferred"
     CIRCUIT_OPENED = "circuit.opened"
     CIRCUIT_CLOSED = "circuit.closed"
     CIRCUIT_HALF_OPEN = "circuit.half_open"

@@ -80,6 +80,11 @@ class SystemReport(TypedDict):
     max_outage_seconds: float
     #: When the current streak of failures that are the system's fault began (None: it answers).
     failing_since: datetime | None
+    #: A rate limit per time window (`100/minute`; None: none), the steps started in its current
+    #: window, and how many due steps it deferred to a later slot since it was set.
+    rate_limit: str | None
+    rate_used: int
+    rate_deferrals: int
     in_flight: int
     #: Steps ready or waiting for a retry.
     waiting: int

@@ -15,13 +15,15 @@ Where each method is called:
 - `attempt_scope`, `on_claimed`, `on_circuit_change`, `on_stuck_handlers`: the worker's event loop;
 - `on_cycle`: the worker's database thread, once the cycle's transaction committed;
 - `on_service_call`: wherever the handler runs (a handler thread, or the event loop);
-- `on_tasks_settled`: a background thread of the worker, off the event loop.
+- `on_tasks_settled`: a background thread of the worker, off the event loop;
+- `on_tasks_purged`: the thread of the purge (the housekeeping job's, off the event loop, or the
+  caller's of `engine.retention.purge`), once its batch committed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
@@ -73,6 +75,10 @@ class CycleReport:
     #: The template key (`namespace/name@version`) of a template id; raises KeyError for one the
     #: worker does not know.
     template_key: Callable[[int], str]
+    #: Due steps the claim deferred to a later slot of their system's rate limit, by system.
+    deferred: Mapping[str, int] = field(default_factory=dict)
+    #: Due steps the claim passed over because their fair-share key was full, by template scope.
+    key_waits: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +89,18 @@ class CircuitMoved:
     from_state: str
     to_state: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TasksPurged:
+    """Finished tasks deleted in a transaction that committed."""
+
+    #: (namespace, status, how many) for each namespace and status of the deleted tasks.
+    counts: Sequence[tuple[str, str, int]]
+    #: `retention` (the housekeeping job) or `purge` (`engine.retention.purge`, by hand).
+    trigger: str
+    #: The worker whose housekeeping job deleted them (None: by hand).
+    worker_id: str | None = None
 
 
 class SettledTasks(Protocol):
@@ -124,3 +142,6 @@ class WorkerHooks:
 
     def on_tasks_settled(self, settled: SettledTasks) -> None:
         """Tasks reached an end (complete, error, cancelled, resolved) or were reopened."""
+
+    def on_tasks_purged(self, purged: TasksPurged) -> None:
+        """Finished tasks were deleted (by their retention, or by hand)."""

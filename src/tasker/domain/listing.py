@@ -23,6 +23,9 @@ class TaskQuery:
     created_from: datetime | None = None  # inclusive
     created_to: datetime | None = None  # exclusive
     key: str | None = None  # exact idempotency key OR correlation id
+    min_priority: int | None = None  # tasks of at least this priority
+    #: Highest priority first (then newest), paged by offset; else newest first, paged by cursor.
+    by_priority: bool = False
 
 
 #: Matches a listing counts at most; past it the count says "at least this many" (`Total.capped`).

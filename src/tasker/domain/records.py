@@ -104,6 +104,10 @@ class Task:
     starts_at: datetime | None = None
     #: Past this time the task ends in `error` (`deadline_exceeded`) if it has not finished.
     deadline_at: datetime | None = None
+    #: Claims take its steps ahead of lower-priority work (`tasker.domain.priorities`).
+    priority: int = 0
+    #: Its fair-share key, `<template scope>:<value>` (`tasker.domain.fairness`), if it has one.
+    concurrency_key: str | None = None
 
     @property
     def template_key(self) -> str:
@@ -211,6 +215,9 @@ class ChildTask:
     context: dict[str, Any]
     idempotency_key: str
     correlation_id: str
+    #: Its template's priority and its fair-share key (`TaskTemplate.concurrency_key_of`).
+    priority: int = 0
+    concurrency_key: str | None = None
 
 
 @dataclass

@@ -160,6 +160,42 @@ class Circuit(BaseModel):
     waiting: int = 0
 
 
+class PurgePassReport(BaseModel):
+    """The housekeeping job's last pass (`tasker_jobs.last_pass`)."""
+
+    started_at: datetime
+    worker: str = Field(description="The worker that held the job.")
+    seconds: float = Field(description="How long the pass took.")
+    deleted: dict[str, int] = Field(description="Tasks deleted, per status.")
+    total: int
+    archived: int
+    archive: str | None = Field(description="`table`, a directory, or null: no archive.")
+    workers_pruned: int = Field(description="Rows of long-gone workers deleted.")
+    complete: bool = Field(
+        description="False: it stopped early (time up, job lost, an error); the next goes on."
+    )
+    error: str | None
+    default: dict[str, str] = Field(description="The default retention the holder applied.")
+
+
+class RetentionReport(BaseModel):
+    """The retention in force and the housekeeping job's last pass (docs/operations.md)."""
+
+    default: dict[str, str] = Field(
+        description=(
+            "This process's default per finished status (`30d`, `never`); empty: no task is"
+            " deleted automatically unless its template says so."
+        )
+    )
+    templates: dict[str, dict[str, str]] = Field(
+        description="Templates (`namespace/name`) that declare their own retention, per status."
+    )
+    archive: str | None = Field(description="This process's archive setting.")
+    holder: str | None = Field(description="The worker holding the housekeeping job, if any.")
+    lease_until: datetime | None
+    last_pass: PurgePassReport | None
+
+
 Verdict = Literal["healthy", "degraded", "unhealthy"]
 
 
@@ -189,6 +225,9 @@ class Status(BaseModel):
     circuits: list[Circuit] | None
     embedded_workers: list[EmbeddedWorker] | None = Field(
         None, description="Only when the server runs in-process workers (`serve --workers N`)."
+    )
+    retention: RetentionReport | None = Field(
+        None, description="The retention in force and the last purge pass; null: not read."
     )
     generated_at: datetime
 

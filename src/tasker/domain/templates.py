@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -39,7 +39,10 @@ from tasker.domain.expressions import (
     ExpressionSyntaxError,
     compile_expression,
 )
+from tasker.domain.fairness import key_scope, step_key
 from tasker.domain.graph import GraphError, children_of, execution_order, mermaid, reachable
+from tasker.domain.rates import RateLimit
+from tasker.domain.retention import RetentionPolicy
 from tasker.domain.retry import DEFAULT_RETRY_LIMIT, RetryPolicy
 from tasker.domain.schedules import ScheduleSpec
 from tasker.domain.waits import OnTimeout, duration_seconds, is_duration
@@ -112,6 +115,8 @@ MaxOutageSeconds = Annotated[float | None, _within(bounds.MAX_OUTAGE_SECONDS)]
 IdentityWindow = Annotated[float | None, _within(bounds.IDENTITY_WINDOW_SECONDS)]
 NamespaceMaxInFlight = Annotated[int | None, _within(bounds.NAMESPACE_MAX_IN_FLIGHT)]
 MaxParallel = Annotated[int | None, _within(bounds.MAX_PARALLEL)]
+Priority = Annotated[int, _within(bounds.PRIORITY)]
+MaxInFlightPerKey = Annotated[int | None, _within(bounds.MAX_IN_FLIGHT_PER_KEY)]
 MaxItems = Annotated[int | None, _within(bounds.MAX_ITEMS)]
 
 
@@ -121,6 +126,23 @@ def _duration(v: Any) -> Any:
 
 #: A wait's timeout, a task's deadline: seconds, an ISO-8601 duration or `10m`, `2h`, `1d`.
 WaitSeconds = Annotated[float | None, BeforeValidator(_duration)]
+
+
+def _retention(v: Any) -> Any:
+    """`retention: {complete: 30d, error: never}` as stored: seconds or `never` per finished state
+    (`tasker.domain.retention`); an empty mapping declares nothing."""
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise ValueError(
+            f"{type(v).__name__} is not a mapping; map finished states to durations, e.g."
+            " {complete: 30d, error: never}"
+        )
+    return RetentionPolicy.parse(v).as_stored() or None
+
+
+#: How long a template's finished tasks are kept, per state.
+Retention = Annotated[dict[str, float | str] | None, BeforeValidator(_retention)]
 
 
 class _Strict(BaseModel):
@@ -143,10 +165,31 @@ class RetrySettings(_Strict):
         return RetrySettings(**data)
 
 
+def _rate_spec(v: Any) -> Any:
+    """`100/minute` or `{limit: 100, per: minute}`, checked (`tasker.domain.rates`)."""
+    if v is None:
+        return None
+    rate = RateLimit.parse(v)
+    return {"limit": rate.limit, "per": rate.per}
+
+
+class RateLimitSpec(_Strict):
+    """A `rate_limit:` of a dependent system: at most `limit` steps started per `per`."""
+
+    limit: int
+    per: Literal["second", "minute", "hour"] = "second"
+
+    @property
+    def rate(self) -> RateLimit:
+        return RateLimit.parse({"limit": self.limit, "per": self.per})
+
+
 class DependentSystemSettings(_Strict):
     """The `dependent_systems:` block: limits and circuit-breaker settings shared by all workers."""
 
     max_in_flight: MaxInFlight = None
+    #: At most this many steps started per second, minute or hour (`tasker.domain.rates`).
+    rate_limit: Annotated[RateLimitSpec | None, BeforeValidator(_rate_spec)] = None
     failure_threshold: FailureThreshold = None
     cooldown_seconds: CooldownSeconds = None
     max_cooldown_seconds: CooldownSeconds = None
@@ -521,6 +564,15 @@ class TaskTemplate(_Strict):
     timeout_seconds: WaitSeconds = None
     #: Cron schedules that create tasks of this template (`tasker.engine.schedules`).
     schedules: list[ScheduleSpec] = Field(default_factory=list)
+    #: How long its finished tasks are kept, per state, over the store's default (the newest
+    #: version the store holds speaks for all versions: `tasker.domain.retention`).
+    retention: Retention = None
+    #: Its tasks' priority unless a create says otherwise (`tasker.domain.priorities`).
+    priority: Priority = 0
+    #: Fair share (`tasker.domain.fairness`): a CEL expression over the context whose value is a
+    #: task's key, and the most steps in flight per key.
+    concurrency_key: str | None = Field(default=None, max_length=4096)
+    max_in_flight_per_key: MaxInFlightPerKey = None
 
     _source: str | None = PrivateAttr(default=None)
     _warnings: list[str] = PrivateAttr(default_factory=list)
@@ -553,6 +605,61 @@ class TaskTemplate(_Strict):
                 raise ValueError(f"two schedules are named '{spec.name}'; give each its own name")
             seen.add(spec.name)
         return v
+
+    @field_validator("concurrency_key")
+    @classmethod
+    def _concurrency_key(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            expr = compile_expression(v)
+        except ExpressionSyntaxError as exc:
+            raise ValueError(
+                f"{exc.message} at {exc.where()} of `{_one_line(v)}`; fix: write a CEL expression"
+                " over context, such as context.tenant_id"
+            ) from None
+        if expr.references:
+            raise ValueError(
+                "a task's key is evaluated when it is created, before any step has results;"
+                " fix: read only context"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _fair_share_pair(self) -> TaskTemplate:
+        if (self.concurrency_key is None) != (self.max_in_flight_per_key is None):
+            raise ValueError(
+                "concurrency_key and max_in_flight_per_key go together: give both (the key over"
+                " the context, and the most steps in flight per key) or neither"
+            )
+        return self
+
+    @property
+    def key_scope(self) -> str | None:
+        """The scope of its fair-share keys, when it declares them (`tasker.domain.fairness`)."""
+        if self.concurrency_key is None:
+            return None
+        return key_scope(self.namespace_name, self.name, self.version)
+
+    def concurrency_key_of(self, context: dict[str, Any]) -> str | None:
+        """A new task's fair-share key (None without `concurrency_key`); `ValueError` says why the
+        expression gave none."""
+        scope = self.key_scope
+        if scope is None or self.concurrency_key is None:
+            return None
+        try:
+            value = compile_expression(self.concurrency_key).evaluate(context, {})
+        except ExpressionFailure as exc:
+            raise ValueError(
+                f"concurrency_key `{_one_line(self.concurrency_key)}` failed over the context:"
+                f" {exc}; fix: give the context what the key reads, or guard it with has()"
+            ) from None
+        if value is None or isinstance(value, (dict, list)):
+            raise ValueError(
+                f"concurrency_key `{_one_line(self.concurrency_key)}` gave {value!r}; fix: make it"
+                " a string or a number"
+            )
+        return step_key(scope, value)
 
     @field_validator("version", mode="before")
     @classmethod
@@ -721,6 +828,11 @@ class TaskTemplate(_Strict):
             when={s.name: s.when for s in self.step_templates if s.when},
             join_any={s.name for s in self.step_templates if s.join == JoinRule.ANY},
         )
+
+    @property
+    def retention_policy(self) -> RetentionPolicy:
+        """The retention this template declares (empty: the store's default applies)."""
+        return RetentionPolicy.from_stored(self.retention)
 
     def content_hash(self) -> str:
         """SHA-256 of the snapshot, computed once: identical definitions share one stored

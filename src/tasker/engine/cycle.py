@@ -157,7 +157,9 @@ class Cycles:
         with self.db.cycle() as conn:
             # Stamped once the write lock is held (SQLite: at BEGIN IMMEDIATE) so that transition
             # times follow commit order, even when this cycle waited for an operator's transaction.
-            journal = Journal(utcnow(), self.worker_id, collect=self.bus.has_listeners)
+            journal = Journal(
+                utcnow(), self.worker_id, collect=self.bus.has_listeners, clock=utcnow
+            )
             if view is None:
                 view = self._views.load(conn)
             held = None
@@ -206,6 +208,8 @@ class Cycles:
                     claimed,
                     time.perf_counter() - claim_started if claimed else None,
                     self._template_key,
+                    journal.deferred,
+                    journal.key_waits,
                 )
             )
         for system, src, dst, reason in journal.circuits:  # committed: an operator wants to know

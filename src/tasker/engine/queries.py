@@ -104,6 +104,8 @@ def check_query(query: TaskQuery) -> TaskQuery:
         created_from=_utc(query.created_from),
         created_to=_utc(query.created_to),
         key=query.key or None,
+        min_priority=query.min_priority,
+        by_priority=query.by_priority,
     )
 
 
@@ -139,6 +141,13 @@ def page_tasks(
         )
     if not 0 <= offset <= _INT64_MAX:
         raise TaskerInputError("offset: must be between 0 and 2**63-1")
+    if query.by_priority:
+        if after is not None or before is not None:
+            raise TaskerInputError(
+                "sort by priority pages by offset; fix: drop after/before, or sort by creation"
+            )
+        found = listing.read_page(db, check_query(query), limit=limit + 1, offset=offset)
+        return TaskPage(found[:limit], None, None)
     after_id = decode_cursor(after, "after") if after is not None else None
     before_id = decode_cursor(before, "before") if before is not None else None
     found = listing.read_page(

@@ -82,11 +82,18 @@ def _spawn(
                 child_template.task_handler_class, where=f"{child_template.key}: task_handler_class"
             )()
             context = handler.prepare_context(context)
-    except TaskerError as exc:
+        concurrency_key = child_template.concurrency_key_of(context)
+    except (TaskerError, ValueError) as exc:
         return _failed(claimed, f"task: {step.task}: the child's context is refused: {exc}")
-    return _park(
-        claimed, ChildTask(child_template, context, child_key(claimed), claimed.correlation_id)
+    child = ChildTask(
+        child_template,
+        context,
+        child_key(claimed),
+        claimed.correlation_id,
+        child_template.priority,
+        concurrency_key,
     )
+    return _park(claimed, child)
 
 
 def _why(child: Task) -> str:

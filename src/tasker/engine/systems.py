@@ -11,8 +11,9 @@ from datetime import datetime
 from typing import Any
 
 from tasker.domain.errors import TaskerInputError
+from tasker.domain.fairness import key_scope
 from tasker.domain.history import CircuitChange, SystemReport, WorkerRecord
-from tasker.domain.templates import TaskTemplate
+from tasker.domain.templates import DependentSystemSettings, TaskTemplate
 from tasker.engine import clock
 from tasker.engine.running import RunningWorkers
 from tasker.events.bus import EventBus
@@ -37,8 +38,8 @@ class Systems:
         self.views = system_store.ViewCache()
 
     def configure(self, name: str, **settings: Any) -> None:
-        """Set `max_in_flight`, `failure_threshold`, `cooldown_seconds`, `max_cooldown_seconds` of
-        a system.
+        """Set `max_in_flight`, `rate_limit` (`100/minute`, `{"limit": 100, "per": "minute"}` or
+        None), `failure_threshold`, `cooldown_seconds`, `max_cooldown_seconds` of a system.
 
         Values outside the ranges of `tasker.domain.bounds` (NaN, infinity, booleans, absurd sizes)
         are refused with `TaskerInputError` before anything is written.
@@ -51,20 +52,40 @@ class Systems:
             raise TaskerInputError(f"dependent system '{name}': {exc}") from None
 
     def apply_templates(self, loaded: Sequence[TaskTemplate]) -> None:
-        """Store the limits and breaker settings templates declare, so every worker honours them."""
+        """Store the limits and breaker settings templates declare, so every worker honours them,
+        and their fair-share limits (dropping those a template no longer declares)."""
         declared = [t for t in loaded if t.dependent_systems or t.namespace_max_in_flight]
-        if not declared:
+        keyed = {t.key_scope: t.max_in_flight_per_key for t in loaded if t.key_scope}
+        unkeyed = [
+            key_scope(t.namespace_name, t.name, t.version) for t in loaded if not t.key_scope
+        ]
+        with self.db.read() as conn:
+            stale = system_store.key_limit_scopes(conn, unkeyed) if unkeyed else []
+        if not declared and not keyed and not stale:
             return
         now = utcnow()
-        with self.db.write() as conn:
-            for t in declared:
-                for name, cfg in t.dependent_systems.items():
-                    system_store.configure(conn, name, now, **cfg.model_dump(exclude_none=True))
-                if t.namespace_max_in_flight:
-                    system_store.set_namespace_limit(
-                        conn, t.namespace_name, t.namespace_max_in_flight, now
-                    )
+        try:
+            with self.db.write() as conn:
+                for t in declared:
+                    for name, cfg in t.dependent_systems.items():
+                        system_store.configure(conn, name, now, **_settings(cfg))
+                    if t.namespace_max_in_flight:
+                        system_store.set_namespace_limit(
+                            conn, t.namespace_name, t.namespace_max_in_flight, now
+                        )
+                for scope, limit in sorted(keyed.items()):
+                    system_store.set_key_limit(conn, scope, limit, now)
+                for scope in stale:
+                    system_store.set_key_limit(conn, scope, None, now)
+        except ValueError as exc:
+            raise TaskerInputError(f"dependent_systems: {exc}") from None
         self.views.invalidate()
+
+    def key_limits(self) -> dict[str, int]:
+        """The fair-share limits in force: most steps in flight per key, by template
+        (`namespace/name@version`)."""
+        with self.db.read() as conn:
+            return system_store.key_limit_rows(conn)
 
     def set_namespace_limit(self, namespace: str, max_in_flight: int | None) -> None:
         """Cap the steps of a namespace running at once across all workers (None removes the
@@ -77,7 +98,7 @@ class Systems:
         """Each dependent system: circuit state, consecutive failures, in flight, waiting,
         limits."""
         with self.db.read() as conn:
-            return system_store.report(conn)
+            return system_store.report(conn, utcnow())
 
     def namespace_limits(self) -> dict[str, int]:
         """Namespace -> the most of its steps that may run at once."""
@@ -108,3 +129,11 @@ class Systems:
         """Long-running workers heard from within `within_seconds` (any process, any machine)."""
         with self.db.read() as conn:
             return workers_store.recent(conn, utcnow(), within_seconds)
+
+
+def _settings(cfg: DependentSystemSettings) -> dict[str, Any]:
+    """A template's settings of one system, as `configure` takes them (None left out)."""
+    out = cfg.model_dump(exclude_none=True)
+    if cfg.rate_limit is not None:
+        out["rate_limit"] = cfg.rate_limit.rate
+    return out

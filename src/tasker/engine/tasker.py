@@ -12,6 +12,8 @@ is a part reachable from it, each a small class in its own module that holds wha
 - `engine.listing` (`tasker.engine.queries`): keyset pages of tasks and counts;
 - `engine.history` (`tasker.engine.history`): transitions and the durable event log;
 - `engine.keys` (`tasker.engine.keys`): API keys;
+- `engine.bulk` (`tasker.engine.bulk`): retry, cancel and purge the tasks a filter picks, in
+  chunks;
 - `engine.bus`: this process's live events (`engine.bus.subscribe(listener, "step.*")`).
 
 Every method is a thin use case over the store and the worker, so the CLI, the API and tests all
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tasker.context_schema import validate_context
+from tasker.domain import bounds
 from tasker.domain.deadlines import TimingError, task_times
 from tasker.domain.errors import (
     IdempotencyConflict,
@@ -43,6 +46,7 @@ from tasker.domain.listing import TOTAL_CAP, TaskQuery
 from tasker.domain.records import Signal, Task
 from tasker.domain.templates import TaskTemplate
 from tasker.engine import clock
+from tasker.engine.bulk import Bulk
 from tasker.engine.handler_threads import HandlerThreads
 from tasker.engine.history import History
 from tasker.engine.insight import Insight
@@ -122,6 +126,7 @@ class Tasker:
         self.signals = Signals(self.db, self.bus, self._running)
         self.schedules = Schedules(self.db, self.registry, self._port)
         self.retention = Retention(self.db)
+        self.bulk = Bulk(self.db, self.bus, self._running, self.retention)
         if templates is not None:
             for p in [templates] if isinstance(templates, (str, Path)) else templates:
                 self.load_templates(p)
@@ -152,8 +157,13 @@ class Tasker:
         run_at: datetime | None = None,
         delay: float | timedelta | str | None = None,
         deadline: datetime | float | timedelta | str | None = None,
+        priority: int | None = None,
     ) -> Task:
         """Create a task (validated, defaults applied, template pinned); idempotent by intent.
+
+        `priority` (0 to 1,000, default the template's `priority`, else 0) puts its steps ahead of
+        lower-priority work that came due up to one minute per level earlier
+        (`tasker.domain.priorities`, docs/operations.md).
 
         `run_at` (a timezone-aware time) or `delay` (seconds, a `timedelta`, `PT10M` or `10m`)
         starts it later: it is `pending` until then, and can be cancelled meanwhile. `deadline`
@@ -190,7 +200,15 @@ class Tasker:
                 return _dedup(self.get_task(earlier))
         try:
             # Optimistic: a duplicate is rare, and the unique index decides races between creators.
-            new = task_store.NewTask(ctx, key, corr, starts_at=starts_at, deadline_at=deadline_at)
+            new = task_store.NewTask(
+                ctx,
+                key,
+                corr,
+                starts_at=starts_at,
+                deadline_at=deadline_at,
+                priority=_priority(tmpl, priority),
+                concurrency_key=_concurrency_key(tmpl, ctx),
+            )
             task = task_store.create_tasks(self.db, journal, tmpl, [new])[0]
         except StoreConflict:
             existing = self._find(tmpl, key)
@@ -214,6 +232,7 @@ class Tasker:
         chunk_size: int = 500,
         run_at: datetime | None = None,
         delay: float | timedelta | str | None = None,
+        priority: int | None = None,
     ) -> list[int]:
         """Create many tasks of one template with multi-row inserts; returns their ids in input
         order.
@@ -224,6 +243,7 @@ class Tasker:
         """
         tmpl = self.registry.get(template, version)
         starts_at, deadline_at = _times(tmpl, utcnow(), run_at, delay, None)
+        level = _priority(tmpl, priority)
         handler = None
         if tmpl.task_handler_class:
             handler = resolve_task_handler(
@@ -246,11 +266,15 @@ class Tasker:
                     _correlation_id(ctx),
                     starts_at=starts_at,
                     deadline_at=deadline_at,
+                    priority=level,
+                    concurrency_key=_concurrency_key(tmpl, ctx),
                 )
             )
         if tmpl.identity is not None:
             found = [
-                self.create_task(template, it.context, version=tmpl.version, run_at=starts_at).id
+                self.create_task(
+                    template, it.context, version=tmpl.version, run_at=starts_at, priority=level
+                ).id
                 for it in items
             ]
             self._running.notify()
@@ -580,6 +604,24 @@ class Tasker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _priority(template: TaskTemplate, priority: int | None) -> int:
+    """A new task's priority: the one asked for (checked), else its template's."""
+    if priority is None:
+        return template.priority
+    try:
+        return int(bounds.PRIORITY.check(priority))
+    except ValueError as exc:
+        raise TaskerInputError(f"priority: {exc}") from None
+
+
+def _concurrency_key(template: TaskTemplate, context: dict[str, Any]) -> str | None:
+    """A new task's fair-share key, or a one-line refusal naming the expression."""
+    try:
+        return template.concurrency_key_of(context)
+    except ValueError as exc:
+        raise TaskerInputError(f"{template.key}: {exc}") from None
 
 
 def _times(

@@ -11,7 +11,8 @@ One asyncio loop per worker coordinates its parts, each owning its state and tim
 - heartbeat and lease reclaim: two `housekeeping.Every` timers whose work rides on the next cycle;
 - wake-ups: `wakeups.Wakeups` (finished attempts, `notify()`, PostgreSQL NOTIFY, the poll);
 - housekeeping: `housekeeping.Registry` (register and prune at start, a side task refreshing the
-  row, the stop), `housekeeping.OutageBackoff`;
+  row, the stop), `housekeeping.OutageBackoff`; the `housekeeping` job (retention, worker rows:
+  `housekeeping_job.HousekeepingJob`), looked at like the timers by long-running workers;
 - after a cycle: events to the bus, settled tasks to the hooks and task handlers (`settle`).
 
 Metrics, traces and log fields are hooks (`tasker.domain.hooks`) the engine installs; the worker
@@ -35,6 +36,7 @@ from typing import Any
 from tasker.domain.errors import StoreError
 from tasker.domain.hooks import WorkerHooks
 from tasker.domain.records import ClaimedStep, Outcome
+from tasker.domain.retention import HousekeepingConfig
 from tasker.domain.states import FINISHED_TASK_STATES, StepState
 from tasker.domain.storable import storable_text
 from tasker.engine import clock, outcomes
@@ -44,6 +46,7 @@ from tasker.engine.executor import Runtime
 from tasker.engine.handler_threads import HandlerThreads
 from tasker.engine.hooks import Hooks
 from tasker.engine.housekeeping import Every, OutageBackoff, Registry
+from tasker.engine.housekeeping_job import HousekeepingJob
 from tasker.engine.resolver import Resolver
 from tasker.engine.settle import SettledBatch, TaskHandlers, deliver_settled
 from tasker.engine.timers import TIMER_SECONDS, Timers
@@ -80,6 +83,9 @@ class WorkerOptions:
     #: worker on a shared loop (`Tasker.work()`, embedded in `tasker serve`, an application's own
     #: loop) keeps every cycle on its database thread, so that no cycle can hold the loop.
     own_loop: bool = False
+    #: The housekeeping job's settings (retention, archive, interval); None: this process's
+    #: settings (`tasker.settings`), read at the first look.
+    housekeeping: HousekeepingConfig | None = None
 
 
 class _Threads:
@@ -183,6 +189,10 @@ class Worker:
         self.timers = Timers(db, self.id, resolver.registry, bus, tasks)
         # First look a second in: a `Tasker.run()` of a few milliseconds never pays for one.
         self.timer_look = Every(TIMER_SECONDS, next_at=time.monotonic() + TIMER_SECONDS)
+        #: Retention and worker rows (`tasker.engine.housekeeping_job`): long-running workers only.
+        self.housekeeping = HousekeepingJob(
+            db, self.id, bus, self.hooks.installed, options.housekeeping
+        )
         self.registry = Registry(db, self.id, options.namespaces, options.concurrency)
         self.task_handlers = TaskHandlers(resolver, db)
         self._outage = OutageBackoff()
@@ -241,6 +251,7 @@ class Worker:
         try:
             await self._main(until_idle, io)
         finally:
+            self.housekeeping.stop()  # a pass in progress ends after its batch
             for task in side:
                 task.cancel()
             await asyncio.gather(*side, return_exceptions=True)
@@ -252,6 +263,8 @@ class Worker:
             await io.close()
             if self.timers.holding:  # after io.close: no look at the timers still runs
                 self._release_timers()
+            if self.housekeeping.holding:
+                self._release_housekeeping()
             if self._own_threads:
                 self.threads.shutdown()
             self.wakeups.close()
@@ -388,6 +401,8 @@ class Worker:
         if not self._stop and self.timer_look.due(now):
             self.timer_look.done(now)
             io.background(self._look_at_timers, not until_idle)
+        if self._long_running(until_idle) and self.housekeeping.due(now):
+            io.background(self._housekeep)
         self._deliver(result, io)
         if until_idle and self._settles_my_task(result.settled):
             self._task_settled = True
@@ -422,6 +437,19 @@ class Worker:
             self.timers.release()
         except Exception as exc:  # the lease runs out by itself
             log.debug("worker %s: releasing the timers failed (%s)", self.id, exc)
+
+    def _long_running(self, until_idle: bool) -> bool:
+        """Runs until stopped, for all tasks: a worker that takes part in the store's jobs."""
+        return not (self._stop or until_idle) and self.opts.task_id is None
+
+    def _housekeep(self) -> None:
+        self.housekeeping.look()  # never raises: a failed pass is logged and recorded
+
+    def _release_housekeeping(self) -> None:
+        try:
+            self.housekeeping.release()
+        except Exception as exc:  # the lease runs out by itself
+            log.debug("worker %s: releasing the housekeeping job failed (%s)", self.id, exc)
 
     def _wait_seconds(self, due_in: float | None) -> float:
         wait = self.opts.poll_interval

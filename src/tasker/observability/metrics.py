@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
+    Counter,
     Gauge,
     Histogram,
     ProcessCollector,
@@ -52,7 +53,7 @@ from prometheus_client.registry import Collector
 
 from tasker.domain.circuits import CircuitState
 from tasker.domain.errors import TaskerInputError
-from tasker.domain.hooks import CycleReport, ServiceCall, WorkerHooks
+from tasker.domain.hooks import CycleReport, ServiceCall, TasksPurged, WorkerHooks
 from tasker.domain.states import StepState
 from tasker.store import stats
 from tasker.store.overview import FinalCounts
@@ -199,6 +200,27 @@ class EngineMetrics:
             ("worker",),
             registry=r,
         )
+        self.rate_deferrals = Counter(
+            "tasker_rate_limit_deferrals",
+            "Due steps moved to a later slot because their dependent system's rate limit was used"
+            " up (no attempt spent).",
+            ("system",),
+            registry=r,
+        )
+        self.fair_share_waits = Counter(
+            "tasker_fair_share_waits",
+            "Due steps a claim passed over because their fair-share key had its most steps in"
+            " flight, by template.",
+            ("template",),
+            registry=r,
+        )
+        self.tasks_purged = Counter(
+            "tasker_tasks_purged",
+            "Finished tasks deleted, by the housekeeping job's retention or by hand, per namespace"
+            " and status.",
+            ("namespace", "status"),
+            registry=r,
+        )
         if process_metrics:
             ProcessCollector(namespace="tasker", registry=r)
 
@@ -328,12 +350,20 @@ class MetricsHooks(WorkerHooks):
         return self._metrics if self._metrics is not None else _default.get()
 
     def on_cycle(self, report: CycleReport) -> None:
-        _observe_cycle(
-            self.metrics, report.done, report.accepted, report.template_key, report.claim_seconds
-        )
+        m = self.metrics
+        _observe_cycle(m, report.done, report.accepted, report.template_key, report.claim_seconds)
+        for system, n in report.deferred.items():
+            m.rate_deferrals.labels(system).inc(n)
+        for scope, n in report.key_waits.items():
+            m.fair_share_waits.labels(scope).inc(n)
 
     def on_stuck_handlers(self, worker_id: str, stuck: int) -> None:
         self.metrics.stuck_handlers.labels(worker_id).set(stuck)
+
+    def on_tasks_purged(self, purged: TasksPurged) -> None:
+        counter = self.metrics.tasks_purged
+        for namespace, status, n in purged.counts:
+            counter.labels(namespace, status).inc(n)
 
     def on_service_call(self, call: ServiceCall) -> None:
         self.metrics.observe_api_call(call.system, call.method, call.status, call.seconds)

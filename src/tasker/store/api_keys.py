@@ -33,7 +33,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
 
 #: Every action of every resource a credential can be granted (named like the Ruby engine's).
 RESOURCES: dict[str, tuple[str, ...]] = {
-    "tasker.task": ("index", "show", "create", "update", "cancel", "retry", "signal"),
+    "tasker.task": ("index", "show", "create", "update", "cancel", "retry", "signal", "bulk"),
     "tasker.workflow_step": ("index", "show", "update", "retry"),
     "tasker.handler": ("index", "show"),
     "tasker.health_status": ("index",),

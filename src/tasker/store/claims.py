@@ -8,6 +8,8 @@ worker did.
 
 from __future__ import annotations
 
+import functools
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -16,9 +18,11 @@ from typing import Any
 from sqlalchemy import Select, bindparam, func, or_, select, text, tuple_, update
 from sqlalchemy.engine import Connection
 
-from tasker.domain.circuits import ClaimPlan
+from tasker.domain.circuits import Admission, ClaimPlan
 from tasker.domain.compensation import is_undo
 from tasker.domain.control import is_instance, parse_instance
+from tasker.domain.fairness import scope_of
+from tasker.domain.priorities import in_claim_order
 from tasker.domain.records import ClaimedStep, FailureRecord
 from tasker.domain.retry import may_retry
 from tasker.domain.states import (
@@ -32,8 +36,9 @@ from tasker.store import systems
 from tasker.store.journal import Journal
 from tasker.store.readiness import settle_tasks
 from tasker.store.schema import CLAIMABLE as CLAIMABLE_SQL
+from tasker.store.schema import PRIORITIZED as PRIORITIZED_SQL
+from tasker.store.schema import PRIORITY_KEY, steps, tasks
 from tasker.store.schema import RUNNING as RUNNING_SQL
-from tasker.store.schema import steps, tasks
 
 CLAIMABLE = sorted(s.value for s in CLAIMABLE_STEP_STATES)
 WITH_RESULTS = sorted(s.value for s in RESULT_STEP_STATES)
@@ -44,23 +49,50 @@ _WORKABLE = or_(steps.c.state != StepState.WAITING_RETRY.value, steps.c.run_at.i
 
 
 def _candidates(
-    *, namespaces: bool, task: bool, skip_locked: bool, restricted: bool
+    *,
+    namespaces: bool,
+    task: bool,
+    skip_locked: bool,
+    restricted: bool,
+    full_keys: bool = False,
+    prioritized: str | None = None,
+    with_keys: bool = False,
 ) -> Select[Any]:
-    """Claimable steps, oldest run_at first; `restricted` also skips blocked systems and returns
-    each step's system and namespace so limits can be checked."""
-    columns = [steps.c.id, steps.c.state] + (
-        [steps.c.dependent_system, steps.c.namespace] if restricted else []
-    )
+    """Claimable steps, oldest run_at first; `restricted` also skips blocked systems (and, with
+    `full_keys`, fair-share keys with no room) and returns each step's system, namespace and key so
+    limits can be checked.
+
+    `prioritized` (a dialect's name) gives the queue of prioritized steps instead, in claim-key
+    order (`tasker.domain.priorities`) from their own partial index; both queues then return each
+    step's `run_at` and priority (`with_keys`), to be merged (`_merged`).
+    """
+    columns = [steps.c.id, steps.c.state]
+    if restricted:
+        columns += [steps.c.dependent_system, steps.c.namespace, steps.c.concurrency_key]
+    if with_keys:
+        columns += [steps.c.run_at, steps.c.priority]
     # The states as literals (`CLAIMABLE_SQL`), not bind parameters: under a generic plan, only a
     # literal condition lets PostgreSQL use the partial claim index (docs/benchmarks.md).
-    q = select(*columns).where(text(CLAIMABLE_SQL), steps.c.run_at <= bindparam("now"))
+    where = PRIORITIZED_SQL if prioritized is not None else CLAIMABLE_SQL
+    q = select(*columns).where(text(where), steps.c.run_at <= bindparam("now"))
     if restricted:
         q = q.where(steps.c.dependent_system.not_in(bindparam("blocked", expanding=True)))
+    if full_keys:
+        q = q.where(
+            or_(
+                steps.c.concurrency_key.is_(None),
+                steps.c.concurrency_key.not_in(bindparam("full_keys", expanding=True)),
+            )
+        )
     if namespaces:
         q = q.where(steps.c.namespace.in_(bindparam("namespaces", expanding=True)))
     if task:
         q = q.where(steps.c.task_id.in_(bindparam("scope_tasks", expanding=True)))
-    q = q.order_by(steps.c.run_at, steps.c.id).limit(bindparam("limit"))
+    if prioritized is not None:
+        q = q.order_by(text(PRIORITY_KEY[prioritized]), steps.c.id)
+    else:
+        q = q.order_by(steps.c.run_at, steps.c.id)
+    q = q.limit(bindparam("limit"))
     return q.with_for_update(skip_locked=True) if skip_locked else q
 
 
@@ -68,9 +100,24 @@ _FLAGS = [(ns, tk, sl) for ns in (False, True) for tk in (False, True) for sl in
 _CANDIDATES = {
     f: _candidates(namespaces=f[0], task=f[1], skip_locked=f[2], restricted=False) for f in _FLAGS
 }
-_RESTRICTED = {
-    f: _candidates(namespaces=f[0], task=f[1], skip_locked=f[2], restricted=True) for f in _FLAGS
-}
+
+
+@functools.cache
+def _queue(
+    flags: tuple[bool, bool, bool], restricted: bool, full_keys: bool, prioritized: str | None
+) -> Select[Any]:
+    """A candidate query of the general claim, built once per shape."""
+    return _candidates(
+        namespaces=flags[0],
+        task=flags[1],
+        skip_locked=flags[2],
+        restricted=restricted,
+        full_keys=full_keys,
+        prioritized=prioritized,
+        with_keys=True,
+    )
+
+
 _TAKE_VALUES: dict[Any, Any] = {
     steps.c.state: StepState.IN_PROGRESS.value,
     steps.c.lease_owner: bindparam("worker"),
@@ -290,28 +337,89 @@ def claim(
     if task_ids is not None:
         params["scope_tasks"] = list(task_ids)
     key = (bool(namespaces), task_ids is not None, skip_locked)
-    if (plan is None or plan.unrestricted) and conn.dialect.name == "postgresql":
+    simple = plan is None or (plan.unrestricted and not plan.prioritized)
+    if simple and conn.dialect.name == "postgresql":
         return _pick_and_take_pg(conn, journal, key, params, worker, lease_seconds, related)
-    if plan is None or plan.unrestricted:
+    if simple or plan is None:
         picked = conn.execute(_CANDIDATES[key], params).all()
         if not picked:
             return []
         return _take(
             conn, journal, {r.id: r.state for r in picked}, worker, lease_seconds, {}, related
         )
+    return _claim_planned(
+        conn,
+        journal,
+        plan,
+        key,
+        params,
+        worker=worker,
+        lease_seconds=lease_seconds,
+        limit=limit,
+        related=related,
+    )
+
+
+def _claim_planned(
+    conn: Connection,
+    journal: Journal,
+    plan: ClaimPlan,
+    flags: tuple[bool, bool, bool],
+    params: dict[str, Any],
+    *,
+    worker: str,
+    lease_seconds: float,
+    limit: int,
+    related: RelatedSteps | None,
+) -> list[ClaimedStep]:
+    """The claim under limits, circuits, fair share or priorities: read candidates in claim order,
+    admit each against the plan, defer those over a rate limit, take the rest."""
+    restricted = not plan.unrestricted
     params["blocked"] = sorted(plan.blocked)
-    params["limit"] = min(
-        limit * 4, 1000
-    )  # room per system is checked below, so look a little further
-    chosen: dict[int, str] = {}
+    if restricted:  # room is checked below, so look a little further
+        params["limit"] = min(limit * 4, 1000)
+    if not restricted:
+        rows = _candidate_rows(conn, plan, flags, params, restricted)
+        chosen = {r.id: r.state for r in rows[:limit]}
+        return _take(conn, journal, chosen, worker, lease_seconds, {}, related) if chosen else []
+    chosen = {}
     system_of: dict[int, str] = {}
-    for r in conn.execute(_RESTRICTED[key], params):
-        if len(chosen) >= limit:
+    deferred: dict[str, list[int]] = {}
+    seen: set[int] = set()
+    for _ in range(_KEY_PASSES):
+        full = plan.full_keys()
+        rows = _candidate_rows(conn, plan, flags, params, restricted)
+        keys_filled = False
+        for r in rows:
+            if len(chosen) >= limit:
+                break
+            if r.id in seen:
+                continue
+            seen.add(r.id)
+            admission = plan.admit(r.dependent_system, r.namespace, r.concurrency_key)
+            if admission == Admission.TAKE:
+                chosen[r.id] = r.state
+                system_of[r.id] = r.dependent_system
+            elif admission == Admission.DEFER:
+                deferred.setdefault(r.dependent_system, []).append(r.id)
+            elif admission == Admission.WAIT_KEY:
+                journal.key_waits[scope_of(r.concurrency_key)] += 1
+                keys_filled = keys_filled or r.concurrency_key not in full
+        # A key that filled up here may have hidden other keys' steps behind its own: look again
+        # past the keys now full, while there is room and the window was full.
+        if not keys_filled or len(chosen) >= limit or len(rows) < params["limit"]:
             break
-        if plan.admit(r.dependent_system, r.namespace):
-            chosen[r.id] = r.state
-            system_of[r.id] = r.dependent_system
     claimed = _take(conn, journal, chosen, worker, lease_seconds, {}, related) if chosen else []
+    rate_now = plan.rate_now or journal.now
+    for system, ids in sorted(deferred.items()):
+        systems.defer(conn, journal, system, ids, rate_now)
+        journal.deferred[system] += len(ids)
+    systems.record_starts(
+        conn,
+        Counter(system_of[c.step_id] for c in claimed if system_of[c.step_id] in plan.rate_room),
+        rate_now,
+        plan.rate_windows,
+    )
     probe_steps: dict[str, int] = {}
     for i, c in enumerate(claimed):
         system = system_of[c.step_id]
@@ -320,6 +428,40 @@ def claim(
             claimed[i] = replace(c, probe=True)
     systems.settle_probes(conn, plan, probe_steps, journal.now)
     return claimed
+
+
+#: How many times a claim looks again past fair-share keys that filled up while it admitted steps.
+_KEY_PASSES = 4
+
+
+def _candidate_rows(
+    conn: Connection,
+    plan: ClaimPlan,
+    flags: tuple[bool, bool, bool],
+    params: dict[str, Any],
+    restricted: bool,
+) -> list[Any]:
+    """The candidates in claim order: past the blocked systems and the full fair-share keys,
+    with the prioritized queue merged in when there is one."""
+    full = plan.full_keys()
+    if full:
+        params["full_keys"] = full
+    rows = conn.execute(_queue(flags, restricted, bool(full), None), params).all()
+    if plan.prioritized:
+        dialect = conn.dialect.name
+        rows = _merged(rows, conn.execute(_queue(flags, restricted, bool(full), dialect), params))
+    return list(rows)
+
+
+def _merged(plain: Sequence[Any], prioritized: Iterable[Any]) -> list[Any]:
+    """The two queues' candidates as one, in claim order (`tasker.domain.priorities`).
+
+    Exact because no step's claim key is later than its `run_at`: any step the first n of the
+    merged order holds is among the first n of its own queue.
+    """
+    rows = {r.id: r for r in plain}
+    rows.update((r.id, r) for r in prioritized)
+    return in_claim_order((r.id, r.run_at, r.priority, r) for r in rows.values())
 
 
 def _pick_and_take(flags: tuple[bool, bool, bool]) -> Any:

@@ -58,6 +58,8 @@ _STEPS = select(
     steps.c.finished_at,
     steps.c.instance_of,
     steps.c.compensates,
+    steps.c.priority,
+    steps.c.concurrency_key,
 ).where(steps.c.task_id == bindparam("task_id"))
 _EDGES = select(step_edges.c.parent_id, step_edges.c.child_id).where(
     step_edges.c.task_id == bindparam("task_id")
@@ -102,6 +104,9 @@ class _Row:
     results: Any
     finished_at: Any
     instance_of: int | None
+    #: Its task's priority and fair-share key, which its undo row carries too.
+    priority: int = 0
+    concurrency_key: str | None = None
 
 
 def template_of(content_hash: str, definition: dict[str, Any]) -> TaskTemplate:
@@ -176,6 +181,8 @@ def _rows(conn: Connection, task_id: int) -> list[_Row]:
             r.results,
             r.finished_at,
             r.instance_of,
+            r.priority,
+            r.concurrency_key,
         )
         for r in conn.execute(_STEPS, {"task_id": task_id})
         if r.compensates is None
@@ -245,6 +252,8 @@ def _write(conn: Connection, journal: Journal, task: Any, template: TaskTemplate
                 "updated_at": now,
                 "compensates": forward.id,
                 "item": forward.results if forward.results is not None else {},
+                "priority": forward.priority,
+                "concurrency_key": forward.concurrency_key,
             }
         )
     ids = {r.name: r.id for r in conn.execute(_INSERT, values)}

@@ -183,6 +183,8 @@ def create_child(conn: Connection, journal: Journal, o: Outcome) -> None:
                 child.correlation_id,
                 parent_task_id=o.task_id,
                 parent_step_id=o.step_id,
+                priority=child.priority,
+                concurrency_key=child.concurrency_key,
             )
         ],
     )

@@ -20,7 +20,7 @@ from tasker.store.claims import Claim, KnownTask, journal_claims
 from tasker.store.completion import outcome_event
 from tasker.store.journal import Journal
 from tasker.store.schema import RUNNING
-from tasker.store.systems import RESTRICTING_SQL
+from tasker.store.systems import PRIORITIZED_SQL, RESTRICTING_SQL
 
 S, T = StepState, TaskState
 
@@ -90,12 +90,15 @@ class Cycle:
 
 
 #: When the driver-level cycle may run, checked in its own transaction: the systems view of
-#: `tasker.store.systems` is empty (no circuit away from closed, no failure on record, no limit),
-#: so nothing it stores or claims would need a circuit or a limit. The worker's cached view only
+#: `tasker.store.systems` is empty (no circuit away from closed, no failure on record, no limit,
+#: no fair share, no claimable step with a priority), so nothing it stores or claims would need a
+#: circuit, a limit or the prioritized queue. The worker's cached view only
 #: says which path to try; this says whether the try may act.
 GATE_SQL = f"""
     NOT EXISTS (SELECT 1 FROM tasker_dependent_systems WHERE {RESTRICTING_SQL})
-    AND NOT EXISTS (SELECT 1 FROM tasker_namespace_limits)"""
+    AND NOT EXISTS (SELECT 1 FROM tasker_namespace_limits)
+    AND NOT EXISTS (SELECT 1 FROM tasker_key_limits)
+    AND NOT {PRIORITIZED_SQL}"""
 #: Whether some lease has run out (one probe of the partial index of running steps, whose
 #: predicate is repeated as written: SQLite matches it by its text).
 EXPIRED_SQL = f"""

@@ -152,6 +152,8 @@ _INHERITED = (
     "retryable",
     "undo",
     "stops",
+    "priority",
+    "concurrency_key",
 )
 _FANOUT_STEP = select(*(steps.c[k] for k in _INHERITED)).where(steps.c.id == bindparam("step_id"))
 _INSERT_INSTANCES = insert(steps).returning(steps.c.id, sort_by_parameter_order=True)
@@ -415,14 +417,15 @@ _EXPAND_PG = text(f"""
         INSERT INTO tasker_steps (task_id, name, position, namespace, dependent_system, state,
                                   pending_parents, run_at, attempts, retry_limit, retryable,
                                   claim_token, idempotency_key, created_at, updated_at, gated,
-                                  instance_of, item_index, item, undo, stops)
+                                  instance_of, item_index, item, undo, stops, priority,
+                                  concurrency_key)
         SELECT :task_id, v.name, :position, :namespace, :dependent_system,
                CASE WHEN v.ready THEN '{StepState.READY.value}'
                     ELSE '{StepState.PENDING.value}' END,
                CASE WHEN v.ready THEN 0 ELSE 1 END,
                CASE WHEN v.ready THEN CAST(:now AS timestamptz) END,
                0, :retry_limit, :retryable, 0, v.key, :now, :now, false, :step_id, v.i, v.item,
-               :undo, :stops
+               :undo, :stops, :priority, :concurrency_key
           FROM v ORDER BY v.i
         RETURNING id, item_index
     ), to_step AS (

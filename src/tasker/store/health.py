@@ -137,5 +137,5 @@ def status_figures(
                 for w in workers_store.recent(conn, now, worker_seen_seconds, limit=100)
             ],
             workers_seen=workers_store.count_recent(conn, now, worker_seen_seconds),
-            circuits=[Circuit.model_validate(c) for c in systems.report(conn)],
+            circuits=[Circuit.model_validate(c) for c in systems.report(conn, now)],
         )

@@ -9,7 +9,10 @@ connection.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -58,3 +61,37 @@ def holder(conn: Connection, job: str) -> tuple[str | None, datetime | None, dat
         select(jobs.c.holder, jobs.c.lease_until, jobs.c.last_run_at).where(jobs.c.name == job)
     ).first()
     return (row.holder, row.lease_until, row.last_run_at) if row else (None, None, None)
+
+
+@dataclass(frozen=True)
+class JobState:
+    """A job's row: who holds it until when, when it last ran, and its last pass as the job
+    recorded it (JSON; None: it records none, or never ran)."""
+
+    holder: str | None = None
+    lease_until: datetime | None = None
+    last_run_at: datetime | None = None
+    last_pass: Mapping[str, Any] | None = None
+
+
+def record_pass(conn: Connection, job: str, worker: str, report: Mapping[str, Any]) -> bool:
+    """Store what the holder's pass did (only while `worker` holds the job: a holder that lost it
+    meanwhile leaves the new holder's record alone); False when it did not hold it."""
+    done = conn.execute(
+        update(jobs)
+        .where(jobs.c.name == job, jobs.c.holder == worker)
+        .values(last_pass=dict(report))
+    )
+    return bool(done.rowcount)
+
+
+def state(conn: Connection, job: str) -> JobState:
+    """The job's row (all None: never taken)."""
+    row = conn.execute(
+        select(jobs.c.holder, jobs.c.lease_until, jobs.c.last_run_at, jobs.c.last_pass).where(
+            jobs.c.name == job
+        )
+    ).first()
+    if row is None:
+        return JobState()
+    return JobState(row.holder, row.lease_until, row.last_run_at, row.last_pass)

@@ -11,6 +11,8 @@ back. The check is a set lookup, no query.
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -82,6 +84,17 @@ class Journal:
     circuits: list[tuple[str, str, str, str]] = field(default_factory=list)
     #: Child tasks created here (by `task:` steps), so a worker run for one task runs them too.
     children: list[int] = field(default_factory=list)
+    #: Due steps a claim deferred to a later slot of their system's rate limit, by system.
+    deferred: Counter[str] = field(default_factory=Counter)
+    #: Due steps a claim passed over because their fair-share key was full, by template scope.
+    key_waits: Counter[str] = field(default_factory=Counter)
+    #: The engine's clock, for what must be timed at the moment it happens rather than when the
+    #: transaction began (a rate limit's starts, read after waiting for its lock).
+    clock: Callable[[], datetime] | None = None
+
+    def current(self) -> datetime:
+        """The time now by the engine's clock (`now` when none was given), never before `now`."""
+        return self.now if self.clock is None else max(self.now, self.clock())
 
     def step(
         self,

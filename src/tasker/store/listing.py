@@ -43,6 +43,8 @@ def conditions(query: TaskQuery) -> list[ColumnElement[bool]]:
         out.append(tasks.c.created_at < query.created_to)
     if query.key:
         out.append(or_(tasks.c.idempotency_key == query.key, tasks.c.correlation_id == query.key))
+    if query.min_priority is not None:
+        out.append(tasks.c.priority >= query.min_priority)
     return out
 
 
@@ -60,7 +62,7 @@ def page(
     Listings carry no steps (`Task.steps == []`): a page of 50 tasks is one query. `offset` exists
     for the API's older clients only: it skips rows one by one, so deep offsets are slow.
     """
-    range_first = not offset and _range_first(conn, query, after, before)
+    range_first = not offset and not query.by_priority and _range_first(conn, query, after, before)
     stmt = page_statement(
         query, limit=limit, after=after, before=before, offset=offset, range_first=range_first
     )
@@ -86,7 +88,17 @@ def page_statement(
     upwards = before is not None
     statuses = list(query.statuses)
     stmt: Select[Any]
-    if range_first:
+    if query.by_priority:  # the `(priority, id)` index read backwards, from an offset
+        if statuses:
+            conds.append(tasks.c.status.in_(statuses))
+        stmt = (
+            select(tasks)
+            .where(*conds)
+            .order_by(tasks.c.priority.desc(), tasks.c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+    elif range_first:
         if statuses:
             conds.append(tasks.c.status.in_(statuses))
         # MATERIALIZED keeps the planner from turning this back into a walk of the primary key.

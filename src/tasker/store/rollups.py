@@ -982,7 +982,7 @@ def read_reports(db: Database, scope: Scope) -> ReportFigures:
     with snapshot(db) as conn:
         outcomes, task_durations = task_report(conn, scope)
         counts, durations = step_report(conn, scope)
-        circuits = {c["name"]: c["circuit_state"] for c in systems.report(conn)}
+        circuits = {c["name"]: c["circuit_state"] for c in systems.report(conn, datetime.now(UTC))}
     return ReportFigures(outcomes, task_durations, counts, durations, circuits)
 
 

@@ -82,6 +82,17 @@ RUNNING = f"state = '{StepState.IN_PROGRESS.value}'"
 #: The partial index of attempt outcomes on step transitions (the overview's reads repeat it).
 #: Unfinished tasks with a deadline (the deadline sweep's partial index).
 DEADLINED = "deadline_at IS NOT NULL AND status IN ('pending', 'in_progress')"
+#: Claimable steps with a priority: the second claim index holds only these, so a store where no
+#: task has a priority pays nothing for priorities (migration 0017).
+PRIORITIZED = f"{CLAIMABLE} AND priority > 0"
+#: A prioritized step's place in the claim order: its `run_at` moved earlier by one minute per
+#: priority level (`tasker.domain.priorities.claim_key`), as each dialect's index computes it.
+PRIORITY_KEY = {
+    "postgresql": "(run_at AT TIME ZONE 'UTC') - priority * interval '1 minute'",
+    "sqlite": "julianday(run_at) - priority / 1440.0",
+}
+#: Running steps of tasks with a fair-share key: the in-flight count per key reads only these.
+KEYED_RUNNING = f"{RUNNING} AND concurrency_key IS NOT NULL"
 OUTCOMES = (
     f"to_state IN ('{StepState.COMPLETE.value}', '{StepState.WAITING_RETRY.value}', "
     f"'{StepState.ERROR.value}')"
@@ -123,6 +134,10 @@ tasks = Table(
     # deadline, past which it ends in `error` (`deadline_exceeded`), migration 0016.
     Column("starts_at", UTCDateTime, nullable=True),
     Column("deadline_at", UTCDateTime, nullable=True),
+    # Claims take steps of higher priority first, with ageing (`tasker.domain.priorities`), and its
+    # fair-share key (`concurrency_key` of its template, evaluated at creation), migration 0017.
+    Column("priority", Integer, nullable=False, server_default=text("0")),
+    Column("concurrency_key", String(255), nullable=True),
     UniqueConstraint("namespace", "name", "idempotency_key"),
     # The deadline sweep: only unfinished tasks with a deadline enter it.
     Index(
@@ -149,6 +164,8 @@ tasks = Table(
     Index(None, "correlation_id"),
     # The overview's tasks finished in the last hour and day.
     Index(None, "status", "finished_at"),
+    # The task list sorted by priority (keyset on priority, id).
+    Index(None, "priority", "id"),
 )
 
 steps = Table(
@@ -196,6 +213,10 @@ steps = Table(
     # A durable wait (`tasker.domain.waits.Wait`, JSON): what a parked step sleeps or waits for,
     # and the state its handler left (migration 0016). None when the step is not waiting.
     Column("wait", Json, nullable=True),
+    # Its task's priority and fair-share key, copied so that claims read them from the step
+    # (migration 0017).
+    Column("priority", Integer, nullable=False, server_default=text("0")),
+    Column("concurrency_key", String(255), nullable=True),
     # Also how every read of a task's steps finds them (by its `task_id` prefix).
     UniqueConstraint("task_id", "name"),
     # The claim's order, `run_at, id`, read straight from the index (migration 0008).
@@ -220,7 +241,22 @@ steps = Table(
         postgresql_where=text(ACTIVE),
         sqlite_where=text(ACTIVE),
     ),
+    # Fair share: the running steps of each key (migration 0017).
+    Index(
+        "ix_tasker_steps_keyed_running",
+        "concurrency_key",
+        postgresql_where=text(KEYED_RUNNING),
+        sqlite_where=text(KEYED_RUNNING),
+    ),
 )
+# The prioritized steps in claim order (`PRIORITY_KEY`), an expression index of each dialect's own.
+for _dialect, _key in PRIORITY_KEY.items():
+    Index(
+        "ix_tasker_steps_prioritized",
+        text(_key),
+        steps.c.id,
+        **{f"{_dialect}_where": text(PRIORITIZED)},  # type: ignore[arg-type]
+    ).ddl_if(dialect=_dialect)
 
 step_edges = Table(
     "tasker_step_edges",
@@ -298,6 +334,33 @@ dependent_systems = Table(
     #: When the current streak of failures that are the system's fault began (None: it answers).
     Column("failing_since", UTCDateTime, nullable=True),
     Column("max_outage_seconds", Float, nullable=True),
+    # A rate limit: at most `rate_limit` steps started per `rate_per_seconds`, shared by all
+    # workers (`tasker.domain.rates`); the time up to which deferred steps have been given slots,
+    # and how many deferrals there were (migration 0017).
+    Column("rate_limit", Integer, nullable=True),
+    Column("rate_per_seconds", Float, nullable=True),
+    Column("rate_horizon", UTCDateTime, nullable=True),
+    Column("rate_deferrals", BigInteger, nullable=False, server_default=text("0")),
+)
+
+#: When each step of a rate-limited system started: the sliding window the limit counts.
+rate_starts = Table(
+    "tasker_rate_starts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("system", String(128), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Index(None, "system", "at"),
+)
+
+#: Fair share: the most steps in flight per `concurrency_key` value of a template (all versions),
+#: synced when the template loads (migration 0017).
+key_limits = Table(
+    "tasker_key_limits",
+    metadata,
+    Column("scope", String(200), primary_key=True),
+    Column("max_in_flight", Integer, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
 )
 
 namespace_limits = Table(
@@ -389,6 +452,28 @@ jobs = Table(
     Column("holder", String(128), nullable=True),
     Column("lease_until", UTCDateTime, nullable=True),
     Column("last_run_at", UTCDateTime, nullable=True),
+    # The last pass of a job that reports one (`housekeeping`: what it deleted, how long it took),
+    # JSON; health and `tasker retention` read it (migration 0018).
+    Column("last_pass", Json, nullable=True),
+)
+
+#: Finished tasks written here by a purge before it deleted them (`archive = "table"`): one row per
+#: task, its `document` the same JSON object a file archive holds (docs/operations.md). `id` is the
+#: task's id; not unique, since SQLite may give a deleted task's id to a later task.
+archived_tasks = Table(
+    "tasker_archived_tasks",
+    metadata,
+    Column("archive_id", Id, primary_key=True, autoincrement=True),
+    Column("id", Id, nullable=False),
+    Column("namespace", String(64), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Column("archived_at", UTCDateTime, nullable=False),
+    Column("document", Json, nullable=False),
+    Index(None, "id"),
+    Index(None, "namespace", "name", "finished_at"),
 )
 
 #: Worker processes announce themselves and refresh `last_seen_at` with their heartbeat, so health

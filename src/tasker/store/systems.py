@@ -24,16 +24,17 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
+from tasker.domain import fairness, rates
 from tasker.domain.bounds import check_system_settings
 from tasker.domain.circuits import (
     ANSWER_COLUMNS,
@@ -62,11 +63,22 @@ from tasker.domain.circuits import (
 from tasker.domain.events import Events
 from tasker.domain.failures import DEFAULT_MAX_OUTAGE_SECONDS, SystemEvidence, outcome_evidence
 from tasker.domain.history import CircuitChange, SystemReport
+from tasker.domain.rates import RateLimit
 from tasker.domain.records import Outcome
 from tasker.domain.states import REPORTED_STEP_STATES, StepState
 from tasker.domain.templates import DEFAULT_DEPENDENT_SYSTEM
 from tasker.store.journal import Journal
-from tasker.store.schema import circuit_transitions, dependent_systems, namespace_limits, steps
+from tasker.store.schema import (
+    CLAIMABLE,
+    KEYED_RUNNING,
+    PRIORITIZED,
+    circuit_transitions,
+    dependent_systems,
+    key_limits,
+    namespace_limits,
+    rate_starts,
+    steps,
+)
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 _EVENTS = {
@@ -80,11 +92,21 @@ _EVENTS = {
 #: view below and for the driver-level cycle's gate (`tasker.store.cycle_rows.GATE_SQL`).
 RESTRICTING_SQL = (
     f"circuit_state <> '{CLOSED.value}' OR consecutive_failures > 0"
-    " OR max_in_flight IS NOT NULL"
+    " OR max_in_flight IS NOT NULL OR rate_limit IS NOT NULL"
     f" OR (name = '{DEFAULT_DEPENDENT_SYSTEM}' AND failure_threshold IS NOT NULL)"
 )
 _VIEW = select(dependent_systems).where(text(RESTRICTING_SQL))
 _NS_LIMITS = select(namespace_limits)
+_KEY_LIMITS = select(key_limits.c.scope, key_limits.c.max_in_flight)
+#: Whether some claimable step has a priority: one probe of the (usually empty) partial index of
+#: prioritized steps, its predicate as written so that SQLite matches it by its text.
+PRIORITIZED_SQL = f"EXISTS (SELECT 1 FROM tasker_steps WHERE {PRIORITIZED})"
+_ANY_PRIORITIZED = select(text(PRIORITIZED_SQL))
+#: The running steps of each fair-share key (the partial index of keyed running steps).
+_KEYED_BUSY = text(
+    f"SELECT concurrency_key, count(*) FROM tasker_steps WHERE {KEYED_RUNNING}"
+    " GROUP BY concurrency_key"
+)
 
 
 @dataclass(frozen=True)
@@ -94,10 +116,14 @@ class SystemsView:
 
     systems: dict[str, Any] = field(default_factory=dict)
     namespace_limits: dict[str, int] = field(default_factory=dict)
+    #: Fair share: the most steps in flight per key, by template scope.
+    key_limits: dict[str, int] = field(default_factory=dict)
+    #: Some claimable step has a priority: claims merge the prioritized queue in.
+    prioritized: bool = False
 
     @property
     def empty(self) -> bool:
-        return not self.systems and not self.namespace_limits
+        return not (self.systems or self.namespace_limits or self.key_limits or self.prioritized)
 
     def has_breaker(self, system: str) -> bool:
         """Whether failures of this system feed a circuit breaker.
@@ -159,6 +185,8 @@ def load_view(conn: Connection) -> SystemsView:
     return SystemsView(
         {r.name: r for r in conn.execute(_VIEW)},
         {r.namespace: r.max_in_flight for r in conn.execute(_NS_LIMITS)},
+        {r.scope: r.max_in_flight for r in conn.execute(_KEY_LIMITS)},
+        bool(conn.execute(_ANY_PRIORITIZED).scalar()),
     )
 
 
@@ -184,8 +212,13 @@ def _transition(conn: Connection, journal: Journal, system: str, move: CircuitTr
 
 def plan_claim(conn: Connection, journal: Journal, view: SystemsView, *, lock: bool) -> ClaimPlan:
     """Decide what this claim may take; turns due open circuits half-open and reserves their
-    probe."""
-    plan = ClaimPlan()
+    probe.
+
+    On PostgreSQL (`lock`) the rows of the limits that apply are locked, in name order, until the
+    claim commits: the in-flight and rate counts read after the lock see every claim committed
+    before it, so concurrent workers never overrun a limit.
+    """
+    plan = ClaimPlan(prioritized=view.prioritized)
     if view.empty:
         return plan
     now = journal.now
@@ -202,29 +235,31 @@ def plan_claim(conn: Connection, journal: Journal, view: SystemsView, *, lock: b
             won = False
         (plan.probes if won else plan.blocked).add(name)
     limited = sorted(
-        n for n, r in view.systems.items() if r.max_in_flight is not None and n not in plan.blocked
+        n
+        for n, r in view.systems.items()
+        if (r.max_in_flight is not None or r.rate_limit is not None) and n not in plan.blocked
     )
     if limited:
         q = (
-            select(dependent_systems.c.name, dependent_systems.c.max_in_flight)
+            select(
+                dependent_systems.c.name,
+                dependent_systems.c.max_in_flight,
+                dependent_systems.c.rate_limit,
+                dependent_systems.c.rate_per_seconds,
+            )
             .where(dependent_systems.c.name.in_(limited))
             .order_by(dependent_systems.c.name)
         )
-        limits = {r.name: r.max_in_flight for r in conn.execute(q.with_for_update() if lock else q)}
-        busy = Counter(
-            {
-                r[0]: int(r[1])
-                for r in conn.execute(
-                    select(steps.c.dependent_system, func.count())
-                    .where(
-                        steps.c.state == StepState.IN_PROGRESS.value,
-                        steps.c.dependent_system.in_(limited),
-                    )
-                    .group_by(steps.c.dependent_system)
-                )
-            }
-        )
-        plan.system_room = room(limits, busy)
+        rows = conn.execute(q.with_for_update() if lock else q).all()
+        in_flight = {r.name: r.max_in_flight for r in rows if r.max_in_flight is not None}
+        if in_flight:
+            plan.system_room = room(in_flight, _busy(conn, steps.c.dependent_system, in_flight))
+        rated = {r.name: rate_of(r) for r in rows if r.rate_limit is not None}
+        if rated:  # counted at the time after the lock: another worker may have held it a while
+            plan.rate_now = at = journal.current()
+        for name, rate in rated.items():
+            plan.rate_room[name] = rates.room(rate, rate_starts_of(conn, name, rate, at), at)
+            plan.rate_windows[name] = rate.window
     if view.namespace_limits:
         names = sorted(view.namespace_limits)
         nl = namespace_limits
@@ -232,21 +267,90 @@ def plan_claim(conn: Connection, journal: Journal, view: SystemsView, *, lock: b
         limits = {
             r.namespace: r.max_in_flight for r in conn.execute(q.with_for_update() if lock else q)
         }
-        busy = Counter(
-            {
-                r[0]: int(r[1])
-                for r in conn.execute(
-                    select(steps.c.namespace, func.count())
-                    .where(
-                        steps.c.state == StepState.IN_PROGRESS.value, steps.c.namespace.in_(names)
-                    )
-                    .group_by(steps.c.namespace)
-                )
-            }
-        )
-        plan.namespace_room = room(limits, busy)
+        plan.namespace_room = room(limits, _busy(conn, steps.c.namespace, limits))
+    if view.key_limits:
+        kl = key_limits
+        q = select(kl.c.scope, kl.c.max_in_flight).order_by(kl.c.scope)
+        plan.key_limits = {
+            r.scope: r.max_in_flight for r in conn.execute(q.with_for_update() if lock else q)
+        }
+        busy = {str(k): int(n) for k, n in conn.execute(_KEYED_BUSY)}
+        plan.key_room = fairness.key_room(plan.key_limits, busy)
     plan.limit_probes()
     return plan
+
+
+def _busy(conn: Connection, column: Any, names: Iterable[str]) -> Counter[str]:
+    """Running steps per value of `column` (a system or a namespace), of these names."""
+    q = (
+        select(column, func.count())
+        .where(steps.c.state == StepState.IN_PROGRESS.value, column.in_(sorted(names)))
+        .group_by(column)
+    )
+    return Counter({r[0]: int(r[1]) for r in conn.execute(q)})
+
+
+def rate_of(row: Any) -> RateLimit:
+    """The rate limit of a `tasker_dependent_systems` row that has one."""
+    return RateLimit(int(row.rate_limit), float(row.rate_per_seconds or 1.0))
+
+
+def rate_starts_of(conn: Connection, system: str, rate: RateLimit, now: datetime) -> list[datetime]:
+    """When the steps of this system that count against its limit at `now` started."""
+    q = select(rate_starts.c.at).where(
+        rate_starts.c.system == system, rate_starts.c.at > now - rate.window
+    )
+    return [t for (t,) in conn.execute(q)]
+
+
+def record_starts(
+    conn: Connection, started: Counter[str], now: datetime, windows: Mapping[str, timedelta]
+) -> None:
+    """Count claimed steps against their systems' rate limits, and forget the starts no window
+    counts any more (older than two of the system's windows)."""
+    if not started:
+        return
+    conn.execute(
+        insert(rate_starts),
+        [{"system": s, "at": now} for s, n in sorted(started.items()) for _ in range(n)],
+    )
+    for system in sorted(started):
+        conn.execute(
+            rate_starts.delete().where(
+                rate_starts.c.system == system, rate_starts.c.at < now - 2 * windows[system]
+            )
+        )
+
+
+def defer(
+    conn: Connection, journal: Journal, system: str, step_ids: Sequence[int], now: datetime
+) -> list[datetime]:
+    """Move due steps of a system over its rate limit to the times slots free for them (no
+    attempt spent); advances the system's horizon and counts the deferrals. Call under the
+    system's row lock (`plan_claim`)."""
+    row = conn.execute(select(dependent_systems).where(dependent_systems.c.name == system)).one()
+    rate = rate_of(row)
+    starts = rate_starts_of(conn, system, rate, now)
+    times, horizon = rates.deferral_times(rate, starts, row.rate_horizon, now, len(step_ids))
+    conn.execute(
+        update(steps)
+        .where(steps.c.id == bindparam("sid"), text(CLAIMABLE))
+        .values(run_at=bindparam("at"), updated_at=now),
+        [{"sid": sid, "at": at} for sid, at in zip(step_ids, times, strict=True)],
+    )
+    conn.execute(
+        update(dependent_systems)
+        .where(dependent_systems.c.name == system)
+        .values(
+            rate_horizon=horizon,
+            rate_deferrals=dependent_systems.c.rate_deferrals + len(step_ids),
+        )
+    )
+    journal.event(
+        Events.STEPS_DEFERRED,
+        {"system": system, "steps": len(step_ids), "until": times[-1].isoformat()},
+    )
+    return times
 
 
 def _begin_probe(conn: Connection, journal: Journal, circuit: Circuit) -> bool:
@@ -447,7 +551,13 @@ def configure(conn: Connection, name: str, now: datetime, **settings: Any) -> No
     Values are checked against `tasker.domain.bounds` (ValueError naming the setting): a NaN or
     infinite cool-down stored here made every worker crash when the circuit opened.
     """
-    settings = check_system_settings(settings)
+    values: dict[str, Any] = {}
+    if "rate_limit" in settings:
+        spec = settings.pop("rate_limit")
+        rate = None if spec is None else RateLimit.parse(spec)
+        values["rate_limit"] = None if rate is None else rate.limit
+        values["rate_per_seconds"] = None if rate is None else rate.per_seconds
+    settings = {**check_system_settings(settings), **values}
     _ensure_rows(conn, [name], now)
     conn.execute(
         update(dependent_systems)
@@ -465,6 +575,27 @@ def set_namespace_limit(
             insert(namespace_limits),
             {"namespace": namespace, "max_in_flight": max_in_flight, "updated_at": now},
         )
+
+
+def set_key_limit(conn: Connection, scope: str, max_in_flight: int | None, now: datetime) -> None:
+    """Set (or, with None, drop) the fair-share limit of a template's keys."""
+    conn.execute(key_limits.delete().where(key_limits.c.scope == scope))
+    if max_in_flight is not None:
+        conn.execute(
+            insert(key_limits),
+            {"scope": scope, "max_in_flight": max_in_flight, "updated_at": now},
+        )
+
+
+def key_limit_scopes(conn: Connection, scopes: Sequence[str]) -> list[str]:
+    """Which of these scopes have a fair-share limit stored."""
+    q = select(key_limits.c.scope).where(key_limits.c.scope.in_(sorted(scopes)))
+    return sorted(conn.execute(q).scalars())
+
+
+def key_limit_rows(conn: Connection) -> dict[str, int]:
+    """Every fair-share limit, by template scope."""
+    return {r.scope: r.max_in_flight for r in conn.execute(_KEY_LIMITS)}
 
 
 def reset(conn: Connection, journal: Journal, name: str) -> bool:
@@ -490,13 +621,18 @@ _REPORTED_COUNTS = (
 )
 
 
-def report(conn: Connection) -> list[SystemReport]:
+def report(conn: Connection, now: datetime) -> list[SystemReport]:
     """Every dependent system seen in steps or configured: circuit, failures, in flight, waiting."""
     rows = {r.name: r for r in conn.execute(select(dependent_systems))}
     counts: dict[str, Counter[str]] = {}
     for system, state, n in conn.execute(_REPORTED_COUNTS):
         counts.setdefault(system, Counter())[state] = int(n)
     unloadable = _unloadable_handlers(conn)
+    rate_used = {
+        n: rates.started_in_window(rate_of(r), rate_starts_of(conn, n, rate_of(r), now), now)
+        for n, r in rows.items()
+        if r.rate_limit is not None
+    }
     names = sorted(set(rows) | set(counts))
     out: list[SystemReport] = []
     for name in names:
@@ -522,6 +658,9 @@ def report(conn: Connection) -> list[SystemReport]:
                     cap=MAX_OUTAGE_CAP_SECONDS,
                 ),
                 "failing_since": r.failing_since if r else None,
+                "rate_limit": rate_of(r).describe() if r and r.rate_limit else None,
+                "rate_used": rate_used.get(name, 0),
+                "rate_deferrals": int(r.rate_deferrals) if r else 0,
                 "in_flight": c[StepState.IN_PROGRESS],
                 "waiting": c[StepState.READY] + c[StepState.WAITING_RETRY],
                 "errored_steps": c[StepState.ERROR],

@@ -208,6 +208,10 @@ class NewTask:
     starts_at: datetime | None = None
     #: When the task ends in `error` (`deadline_exceeded`) if it has not finished.
     deadline_at: datetime | None = None
+    #: Its priority (`tasker.domain.priorities`) and fair-share key (`tasker.domain.fairness`),
+    #: which its steps carry too.
+    priority: int = 0
+    concurrency_key: str | None = None
 
 
 def insert_task(
@@ -258,27 +262,28 @@ _CREATE_PG = text(f"""
     WITH new_tasks AS (
         INSERT INTO tasker_tasks (namespace, name, version, template_id, status, context,
                                   idempotency_key, correlation_id, created_at, updated_at,
-                                  starts_at, deadline_at)
+                                  starts_at, deadline_at, priority, concurrency_key)
         SELECT :ns, :name, :version, :template_id, '{TaskState.PENDING.value}', v.context, v.key,
-               v.correlation_id, :now, :now, v.starts_at, v.deadline_at
+               v.correlation_id, :now, :now, v.starts_at, v.deadline_at, v.priority, v.ckey
           FROM jsonb_to_recordset(CAST(:items AS jsonb))
                AS v(context jsonb, key text, correlation_id text, ord integer,
-                    starts_at timestamptz, deadline_at timestamptz)
+                    starts_at timestamptz, deadline_at timestamptz, priority integer, ckey text)
          ORDER BY v.ord
-        RETURNING id, idempotency_key, starts_at
+        RETURNING id, idempotency_key, starts_at, priority, concurrency_key
     ), numbered AS (
-        SELECT t.id, t.idempotency_key, t.starts_at, row_number() OVER (ORDER BY t.id) AS ord
+        SELECT t.id, t.idempotency_key, t.starts_at, t.priority, t.concurrency_key,
+               row_number() OVER (ORDER BY t.id) AS ord
           FROM new_tasks t
     ), new_steps AS (
         INSERT INTO tasker_steps (task_id, name, position, namespace, dependent_system, state,
                                   pending_parents, run_at, attempts, retry_limit, retryable,
                                   claim_token, created_at, updated_at, idempotency_key, gated,
-                                  undo, stops)
+                                  undo, stops, priority, concurrency_key)
         SELECT t.id, s.name, s.position, :ns, s.system, s.state, s.pending,
                CASE WHEN s.state = '{StepState.READY.value}'
                     THEN coalesce(t.starts_at, CAST(:now AS timestamptz)) END,
                0, s.retry_limit, s.retryable, 0, :now, :now, k.step_key, s.gated, s.undo,
-               s.stops
+               s.stops, t.priority, t.concurrency_key
           FROM numbered t
           CROSS JOIN jsonb_to_recordset(CAST(:shapes AS jsonb))
                AS s(name text, position integer, system text, state text, pending integer,
@@ -398,6 +403,8 @@ def _insert_tasks_pg(
                         "ord": i,
                         "starts_at": _iso(item.starts_at),
                         "deadline_at": _iso(item.deadline_at),
+                        "priority": item.priority,
+                        "ckey": item.concurrency_key,
                     }
                     for i, item in enumerate(items)
                 ]
@@ -443,15 +450,15 @@ def _insert_tasks_pg(
 _TASK_SQLITE = f"""
     INSERT INTO tasker_tasks (namespace, name, version, template_id, status, context,
                               idempotency_key, correlation_id, created_at, updated_at, starts_at,
-                              deadline_at)
-    VALUES (?, ?, ?, ?, '{TaskState.PENDING.value}', ?, ?, ?, ?, ?, ?, ?)
+                              deadline_at, priority, concurrency_key)
+    VALUES (?, ?, ?, ?, '{TaskState.PENDING.value}', ?, ?, ?, ?, ?, ?, ?, ?, ?)
     RETURNING id"""
 _STEP_SQLITE = """
     INSERT INTO tasker_steps (task_id, name, position, namespace, dependent_system, state,
                               pending_parents, run_at, attempts, retry_limit, retryable,
                               claim_token, idempotency_key, created_at, updated_at, gated,
-                              undo, stops)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, 0, ?, ?, ?, ?, ?, ?)
+                              undo, stops, priority, concurrency_key)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)
     RETURNING id"""
 _EDGE_SQLITE = "INSERT INTO tasker_step_edges (task_id, parent_id, child_id) VALUES (?, ?, ?)"
 
@@ -492,6 +499,8 @@ def _insert_tasks_sqlite(
                     at,
                     stamp(item.starts_at),
                     stamp(item.deadline_at),
+                    item.priority,
+                    item.concurrency_key,
                 ),
             )
             task_id = int(cur.fetchone()[0])
@@ -516,6 +525,8 @@ def _insert_tasks_sqlite(
                         sh["gated"],
                         sh["undo"],
                         sh["stops"],
+                        item.priority,
+                        item.concurrency_key,
                     ),
                 )
                 ids[(task_id, sh["name"])] = int(cur.fetchone()[0])
@@ -574,6 +585,8 @@ def insert_tasks(
                     "parent_step_id": item.parent_step_id,
                     "starts_at": item.starts_at,
                     "deadline_at": item.deadline_at,
+                    "priority": item.priority,
+                    "concurrency_key": item.concurrency_key,
                 }
                 for item in items
             ],
@@ -586,6 +599,8 @@ def insert_tasks(
             "run_at": _run_at(shape, item),
             "task_id": task_id,
             "idempotency_key": step_idempotency_key(ns, name, item.idempotency_key, shape["name"]),
+            "priority": item.priority,
+            "concurrency_key": item.concurrency_key,
         }
         for task_id, item in zip(task_ids, items)
         for shape in shapes
@@ -698,6 +713,8 @@ def _created(
                 steps=step_objs,
                 starts_at=item.starts_at,
                 deadline_at=item.deadline_at,
+                priority=item.priority,
+                concurrency_key=item.concurrency_key,
             )
         )
     return out
@@ -753,6 +770,8 @@ def _task(r: Row[Any] | SimpleNamespace, step_rows: Sequence[Step]) -> Task:
         parent_step_id=r.parent_step_id,
         starts_at=r.starts_at,
         deadline_at=r.deadline_at,
+        priority=r.priority,
+        concurrency_key=r.concurrency_key,
     )
 
 
@@ -829,7 +848,7 @@ def read_task(db: Database, task_id: int) -> Task | None:
 _TASK_COLUMNS = (
     "id, namespace, name, version, status, context, idempotency_key, correlation_id, annotations,"
     " created_at, updated_at, started_at, finished_at, parent_task_id, parent_step_id, starts_at,"
-    " deadline_at"
+    " deadline_at, priority, concurrency_key"
 )
 _STEP_COLUMNS = (
     "id, task_id, name, state, attempts, retry_limit, retryable, dependent_system, results,"

@@ -48,6 +48,10 @@ TOP_LEVEL_KEYS = {
     "on_failure",
     "timeout_seconds",
     "schedules",
+    "retention",
+    "priority",
+    "concurrency_key",
+    "max_in_flight_per_key",
     # Accepted from Tasker YAML for compatibility; they have no effect here.
     "module_namespace",
     "concurrent",
@@ -530,6 +534,11 @@ def _fix_for(field: str, kind: str) -> str:
         return "use a number in the range above (docs/templates.md lists every range)"
     if field == "version":
         return "use a semantic version like 1.0.0"
+    if field == "retention":
+        return (
+            "map finished states (complete, error, cancelled, resolved_manually, compensated) to"
+            " a duration like 30d or P90D, or to never"
+        )
     if field == "step_templates":
         return "declare at least one step under step_templates"
     return "correct the value (see docs/templates.md)"

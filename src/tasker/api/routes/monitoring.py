@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from tasker import __version__
 from tasker.api.auth import Permission, require
-from tasker.api.deps import get_engine
+from tasker.api.deps import get_engine, get_settings
 from tasker.api.embedded import EmbeddedWorkers, EmbeddedWorkerState, get_embedded_workers
 from tasker.api.errors import ErrorBody, error_response, error_responses
 from tasker.domain.errors import StoreError
@@ -31,14 +31,17 @@ from tasker.domain.reports import (
     Overview,
     Performance,
     Ready,
+    RetentionReport,
     Status,
 )
 from tasker.engine import insight
 from tasker.engine.tasker import Tasker
 from tasker.observability.metrics import exposition
+from tasker.settings import Settings
 
 router = APIRouter()
 Engine = Annotated[Tasker, Depends(get_engine)]
+Configured = Annotated[Settings, Depends(get_settings)]
 #: The workers `tasker serve --workers N` runs in this process; None when it runs none.
 Embedded = Annotated[EmbeddedWorkers | None, Depends(get_embedded_workers)]
 
@@ -109,6 +112,7 @@ def status(
     response: Response,
     engine: Engine,
     embedded: Embedded,
+    settings: Configured,
     window_hours: Annotated[
         int,
         Query(
@@ -123,14 +127,26 @@ def status(
     Unhealthy: the database fails its checks, or over the last hour more than half of at least 10
     finished tasks are in error, or more than half of at least 20 step attempts failed. Under
     `tasker serve --workers N`: degraded while an embedded worker is down, unhealthy while all are.
+    `retention`: the retention in force and the housekeeping job's last pass.
     """
     report = engine.insight.status(window_hours=window_hours, timeout=STATUS_TIMEOUT_SECONDS)
+    if report.tasks is not None:  # the store answered: it can say what it keeps
+        report.retention = _retention(engine, settings)
     if embedded is not None:
         _add_embedded_status(report, embedded.snapshot())
     response.headers["Cache-Control"] = NO_STORE
     if report.status == "unhealthy":
         response.status_code = 503
     return report
+
+
+def _retention(engine: Tasker, settings: Settings) -> RetentionReport | None:
+    """The retention part of a status; None when the store fails to answer it in time (the rest
+    of the status stands)."""
+    try:
+        return engine.retention.report(settings.retention, settings.archive)
+    except (StoreError, TimeoutError):
+        return None
 
 
 def _embedded_check(states: Sequence[EmbeddedWorkerState]) -> EmbeddedWorkersCheck:

@@ -1,5 +1,6 @@
 """Tasks: create (idempotent), list with filters and pagination, show one with its steps, cancel
-(with or without compensation), compensate, retry.
+(with or without compensation), compensate, retry; and, from `routes/bulk.py`, the bulk retry,
+cancel and purge of every task a filter picks.
 
 Routes are thin: parse, call the engine, serialise. The engine blocks (SQLAlchemy), so they are
 plain `def` functions that FastAPI runs in its thread pool.
@@ -8,13 +9,14 @@ plain `def` functions that FastAPI runs in its thread pool.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Response
 
 from tasker.api.auth import Permission, require
 from tasker.api.deps import get_engine
 from tasker.api.errors import error_responses
+from tasker.api.routes import bulk as bulk_routes
 from tasker.api.schemas import (
     INT64_MAX,
     NAME_PATTERN,
@@ -34,6 +36,8 @@ from tasker.domain.states import TaskState
 from tasker.engine.tasker import Tasker
 
 router = APIRouter(tags=["tasks"])
+# Before the routes below: `/tasks/bulk/retry` must never be read as `/tasks/{task_id}/retry`.
+router.include_router(bulk_routes.router)
 Engine = Annotated[Tasker, Depends(get_engine)]
 MAX_PAGE = 500
 #: Cursors are opaque base64url text (tasker.engine.queries).
@@ -90,6 +94,7 @@ def create_task(body: TaskCreate, response: Response, engine: Engine) -> TaskDet
         run_at=body.run_at,
         delay=body.delay,
         deadline=body.deadline,
+        priority=body.priority,
     )
     if task.deduplicated:
         response.status_code = 200
@@ -159,6 +164,16 @@ def list_tasks(
         bool,
         Query(description=(f"Count the matches (up to {TOTAL_CAP:,}) when no cursor is given.")),
     ] = True,
+    min_priority: Annotated[
+        int | None, Query(ge=0, le=1000, description="Only tasks of at least this priority.")
+    ] = None,
+    sort: Annotated[
+        Literal["created", "priority"],
+        Query(
+            description="`created`: newest first, paged by cursor; `priority`: highest first"
+            " (then newest), paged by `offset`."
+        ),
+    ] = "created",
 ) -> TaskPage:
     """Tasks newest first, without their steps or `children` (a child task still names its
     `parent_task_id`), with cursors to the older and newer pages.
@@ -174,6 +189,8 @@ def list_tasks(
         created_from=_utc(created_after, "created_after"),
         created_to=_utc(created_before, "created_before"),
         key=key,
+        min_priority=min_priority,
+        by_priority=sort == "priority",
     )
     page = engine.listing.page(query, limit=limit, after=after, before=before, offset=offset)
     cursor = after is not None or before is not None

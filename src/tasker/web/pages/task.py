@@ -1,5 +1,6 @@
 """One task: its DAG coloured by state, the attempts waterfall, each step, the context, live events,
-and the operator's actions (cancel, retry the task, retry a step, resolve a step with JSON results).
+and the operator's actions (cancel, retry the task, re-run it from a step, retry a step, resolve a
+step with JSON results).
 
 Reads: the task with its steps, its template snapshot and its step transitions (three queries by
 task id). A step's control flow (its condition, `join: any`, the decision that skipped it or let it
@@ -545,6 +546,8 @@ async def render_task(
         signals=view.signals,
         signal_names=sorted(template.signal_names()),
         can_signal=v.can(Permission.TASK_SIGNAL) and task.status in UNFINISHED,
+        rerun_steps=[sv.step.name for sv in view.steps if sv.undoes is None],
+        rerun_default=rerun_default(task),
     )
 
 
@@ -606,6 +609,39 @@ async def retry(request: Request) -> Response:
     except TaskerInputError as exc:
         return redirect(request, _back(task_id), "error", str(exc))
     return redirect(request, _back(task_id), "ok", f"task {task_id} is being retried")
+
+
+def rerun_default(task: Task) -> str | None:
+    """The step the re-run form offers first: the first step in error (the one the fix is for)."""
+    return next(
+        (
+            s.name
+            for s in task.steps
+            if s.status == StepState.ERROR and s.instance_of is None and s.compensates is None
+        ),
+        None,
+    )
+
+
+@pages.post("/tasks/{raw_id}/rerun")
+async def rerun(request: Request) -> Response:
+    """Re-run a task in error from a step (`engine.rerun_from`); a refusal (a running task, a
+    fan-out step, parents that did not complete) comes back as the flash message, saying why."""
+    raw_id = request.path_params["raw_id"]
+    form = await read_form(request)
+    await actor(request, form, Permission.TASK_RETRY)
+    task_id = _task_id(raw_id)
+    step = field_of(form, "step").strip()
+    reason = field_of(form, "reason").strip()[:1000] or None
+    if not step:
+        return redirect(request, _back(task_id), "error", "choose the step to re-run from")
+    try:
+        await run_in_threadpool(request.app.state.tasker.rerun_from, task_id, step, reason)
+    except TaskerInputError as exc:
+        return redirect(request, _back(task_id), "error", str(exc))
+    return redirect(
+        request, _back(task_id), "ok", f"task {task_id} is re-running from step '{step}'"
+    )
 
 
 @pages.post("/tasks/{raw_id}/steps/{step}/retry")

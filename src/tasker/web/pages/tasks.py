@@ -1,33 +1,73 @@
 """The tasks list: filters in the URL, keyset pages (`engine.listing.page` cursors), bulk actions.
 
 One page of tasks is one indexed read, whatever the table's size: no OFFSET, no COUNT, no read per
-row. Needs `tasker.task:index`; bulk actions need the permission of the API route each one mirrors.
+row. Needs `tasker.task:index`.
+
+Bulk actions (retry, cancel, purge) apply to the rows selected, or to every task matching the
+list's filter ("all N matching"), through `engine.bulk` with a `TaskFilter` of the selected ids or
+of the list's filter. Before a form is sent, dashboard.js asks `/tasks/bulk/preview` for the dry
+run's count and shows it in the confirmation. Retrying or cancelling selected rows needs the
+permission of the per-task API route (`tasker.task:retry`, `tasker.task:cancel`); purging rows, or
+acting on every matching task, needs `tasker.task:bulk`, as the bulk API routes do.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from tasker.api.auth import Permission
+from tasker.domain.bulk import BulkAction, BulkReport, FilterError, TaskFilter
 from tasker.domain.errors import TaskerInputError
 from tasker.domain.listing import TaskQuery
+from tasker.domain.priorities import MAX_PRIORITY
+from tasker.domain.retention import ArchiveError
 from tasker.domain.states import TaskState
 from tasker.engine.tasker import Tasker
-from tasker.web.access import Pages, actor, field_of, page, read_form, redirect, viewer
+from tasker.web.access import (
+    Pages,
+    actor,
+    field_of,
+    finish,
+    forbidden,
+    page,
+    read_form,
+    redirect,
+    settings_of,
+    viewer,
+)
 from tasker.web.pages.login import safe_next
 from tasker.web.rendering import query
 
 pages = Pages()
 PAGE_SIZE = 50
-#: The most tasks one bulk action may touch (a page is 50; a crafted form cannot ask for millions).
+#: The most selected rows one bulk action may name (a page is 50; a crafted form cannot ask for
+#: millions: "all matching" is the way to act on more, with its own permission).
 MAX_BULK = 500
-BULK = {"retry": Permission.TASK_RETRY, "cancel": Permission.TASK_CANCEL}
-FILTERS = ("namespace", "template", "version", "created_from", "created_to", "key")
+#: The permission of each action on selected rows: the per-task API route's (purge has none).
+BULK = {
+    "retry": Permission.TASK_RETRY,
+    "cancel": Permission.TASK_CANCEL,
+    "purge": Permission.TASK_BULK,
+}
+FILTERS = (
+    "namespace",
+    "template",
+    "version",
+    "created_from",
+    "created_to",
+    "key",
+    "min_priority",
+    "sort",
+)
+#: How many refusals a result message quotes.
+QUOTED_REFUSALS = 3
 
 
 @dataclass
@@ -47,10 +87,34 @@ class Filters:
             created_from=_date(self.values["created_from"]),
             created_to=_date(self.values["created_to"]),
             key=self.values["key"] or None,
+            min_priority=int(self.values["min_priority"]) if self.values["min_priority"] else None,
+            by_priority=self.by_priority,
         )
+
+    @property
+    def by_priority(self) -> bool:
+        return self.values["sort"] == "priority"
 
     def url(self, **cursor: str | None) -> str:
         return query("/tasks", **self.values, status=self.statuses, **cursor)
+
+    def task_filter(self) -> TaskFilter:
+        """The bulk operations' filter of exactly the tasks this listing shows."""
+        q = self.task_query()
+        if q.min_priority is not None:
+            raise FilterError(
+                "min_priority",
+                "the bulk operations do not filter by priority; select the rows instead",
+            )
+        return TaskFilter(
+            namespace=q.namespace,
+            name=q.name,
+            version=q.version,
+            statuses=tuple(TaskState(s) for s in q.statuses),
+            created_since=q.created_from,
+            created_until=q.created_to,
+            key=q.key,
+        )
 
 
 def _date(text: str) -> datetime | None:
@@ -62,14 +126,24 @@ def _date(text: str) -> datetime | None:
 
 def parse_filters(request: Request) -> Filters:
     params = request.query_params
-    values = {name: params.get(name, "").strip()[:200] for name in FILTERS}
-    statuses = [s for s in params.getlist("status") if s]
+    return filters_of(lambda name: params.get(name, ""), params.getlist)
+
+
+def filters_of(get: Callable[[str], str], getlist: Callable[[str], list[str]]) -> Filters:
+    """The filter form's fields as typed, from a query string or a POSTed form."""
+    values = {name: get(name).strip()[:200] for name in FILTERS}
+    statuses = [s for s in getlist("status") if s]
     errors: dict[str, str] = {}
     for name in ("created_from", "created_to"):
         try:
             _date(values[name])
         except ValueError:
             errors[name] = f"'{values[name][:40]}' is not a date and time like 2025-01-31T14:00"
+    level = values["min_priority"]
+    if level and not (level.isdigit() and int(level) <= MAX_PRIORITY):
+        errors["min_priority"] = f"'{level[:20]}' is not a priority; use a whole number 0 to 1000"
+    if values["sort"] not in ("", "created", "priority"):
+        errors["sort"] = "sort by created or priority"
     known = {s.value for s in TaskState}
     unknown = [s for s in statuses if s not in known]
     if unknown:
@@ -85,6 +159,8 @@ async def tasks(request: Request) -> Response:
     filters = parse_filters(request)
     after = request.query_params.get("after") or None
     before = request.query_params.get("before") or None
+    raw_offset = request.query_params.get("offset", "")
+    offset = int(raw_offset) if raw_offset.isdigit() and len(raw_offset) < 10 else 0
     engine: Tasker = request.app.state.tasker
     found = None
     if not filters.errors:
@@ -93,11 +169,21 @@ async def tasks(request: Request) -> Response:
                 engine.listing.page,
                 filters.task_query(),
                 limit=PAGE_SIZE,
-                after=after,
-                before=before,
+                after=None if filters.by_priority else after,
+                before=None if filters.by_priority else before,
+                offset=offset if filters.by_priority else 0,
             )
         except TaskerInputError as exc:
             filters.errors["_"] = str(exc)
+    next_url = prev_url = None
+    if found and filters.by_priority:  # by priority: pages by offset
+        if len(found.tasks) == PAGE_SIZE:
+            next_url = filters.url(offset=str(offset + PAGE_SIZE))
+        if offset:
+            prev_url = filters.url(offset=str(max(0, offset - PAGE_SIZE)))
+    elif found:
+        next_url = filters.url(after=found.next_cursor) if found.next_cursor else None
+        prev_url = filters.url(before=found.prev_cursor) if found.prev_cursor else None
     status = 422 if filters.errors else 200
     return page(
         request,
@@ -109,10 +195,11 @@ async def tasks(request: Request) -> Response:
         filters=filters,
         found=found,
         states=[s.value for s in TaskState],
-        next_url=filters.url(after=found.next_cursor) if found and found.next_cursor else None,
-        prev_url=filters.url(before=found.prev_cursor) if found and found.prev_cursor else None,
+        next_url=next_url,
+        prev_url=prev_url,
         can_retry=v.can(Permission.TASK_RETRY),
         can_cancel=v.can(Permission.TASK_CANCEL),
+        can_bulk=v.can(Permission.TASK_BULK),
     )
 
 
@@ -126,38 +213,133 @@ def _ids(values: list[str]) -> list[int]:
     return out
 
 
-def _apply(engine: Tasker, action: str, ids: list[int]) -> tuple[list[int], list[str]]:
-    """Run `action` on each task; a task that cannot take it is reported, the others still run."""
-    done: list[int] = []
-    refused: list[str] = []
-    for task_id in ids:
+@dataclass(frozen=True)
+class Selection:
+    """What a bulk form or preview names: the selected rows (`ids`), or every task matching the
+    list's filter (`everything`), as the filter the engine runs."""
+
+    task_filter: TaskFilter
+    ids: list[int]
+    everything: bool
+
+    @property
+    def what(self) -> str:
+        if self.everything:
+            return f"every task matching this filter ({self.task_filter.describe()})"
+        return f"{len(self.ids)} selected task(s)"
+
+
+def selection(get: Callable[[str], str], getlist: Callable[[str], list[str]]) -> Selection | str:
+    """The tasks a bulk form or preview names, or why it cannot be used (a message)."""
+    if get("scope") == "filter":
+        filters = filters_of(get, getlist)
+        if filters.errors:
+            return "; ".join(f"{k}: {v}" for k, v in filters.errors.items())
         try:
-            if action == "retry":
-                engine.retry_task(task_id)
-            else:
-                engine.cancel_task(task_id, reason="cancelled from the dashboard")
-            done.append(task_id)
-        except TaskerInputError as exc:
-            refused.append(f"#{task_id}: {exc}")
-    return done, refused
+            picked = filters.task_filter()
+        except FilterError as exc:
+            return str(exc)
+        return Selection(picked, [], True)
+    try:
+        ids = _ids(getlist("ids"))
+        if len(ids) > MAX_BULK:
+            return f"at most {MAX_BULK} selected tasks at once; select every matching task instead"
+        picked = TaskFilter(ids=tuple(ids))
+    except TaskerInputError as exc:  # not a number, or not a task id (0)
+        return str(exc)
+    if not ids:
+        return "select the tasks first, or every task matching the filter"
+    return Selection(picked, ids, False)
+
+
+def _run(
+    engine: Tasker, action: BulkAction, chosen: Selection, compensate: bool, archive: str | None
+) -> BulkReport:
+    return engine.bulk.run(
+        action,
+        chosen.task_filter,
+        reason="from the dashboard",
+        compensate=compensate and action == BulkAction.CANCEL,
+        archive=archive,
+    )
+
+
+def result_message(action: BulkAction, chosen: Selection, report: BulkReport) -> str:
+    """What a bulk action did, for the flash message shown after it."""
+    named = len(chosen.ids) if not chosen.everything else report.matched
+    noun = "task" if named == 1 else "tasks"
+    text = f"{report.changed:,} of {named:,} {'selected' if not chosen.everything else 'matching'}"
+    text += f" {noun} {action.past}"
+    left = named - report.changed
+    if left:
+        text += f"; {left:,} skipped (not in a state to {action.value}, or refused)"
+    if report.refusals:
+        text += ": " + "; ".join(report.refusals[:QUOTED_REFUSALS])
+    if report.archived:
+        text += f"; {report.archived:,} archived first"
+    return text
+
+
+@pages.get("/tasks/bulk/preview")
+async def preview(request: Request) -> Response:
+    """The dry run behind a bulk form's confirmation: how many tasks it would change, and, for the
+    "all matching" choice, how many the list's filter matches (JSON for dashboard.js)."""
+    v = await viewer(request, Permission.TASK_INDEX, page=False)
+    params = request.query_params
+    chosen = selection(lambda name: params.get(name, ""), params.getlist)
+    if isinstance(chosen, str):
+        return finish(request, v, JSONResponse({"error": chosen}))
+    engine: Tasker = request.app.state.tasker
+    body: dict[str, object] = {"what": chosen.what, "selected": len(chosen.ids)}
+    raw = params.get("action", "")
+    if raw and raw not in BULK:
+        return finish(request, v, JSONResponse({"error": "choose retry, cancel or purge"}))
+    try:
+        if raw:
+            action = BulkAction(raw)
+            body["action"] = action.value
+            body["would_change"] = await run_in_threadpool(
+                engine.bulk.count, action, chosen.task_filter
+            )
+        elif chosen.everything:
+            total = await run_in_threadpool(
+                engine.listing.total,
+                filters_of(lambda name: params.get(name, ""), params.getlist).task_query(),
+            )
+            body["matching"] = total.count
+            body["capped"] = total.capped
+    except TaskerInputError as exc:
+        body = {"error": str(exc)}
+    return finish(request, v, JSONResponse(body))
 
 
 @pages.post("/tasks/bulk")
 async def bulk(request: Request) -> Response:
     form = await read_form(request)
-    action = field_of(form, "action")
-    await actor(request, form, BULK.get(action, Permission.TASK_UPDATE))
+    raw = field_of(form, "action")
+    everything = field_of(form, "scope") == "filter"
+    v = await actor(request, form, None)
+    # Selected rows: the per-task route's permission, or the bulk one (which covers any
+    # selection); every matching task: the bulk one.
+    needed = Permission.TASK_BULK if everything else BULK.get(raw, Permission.TASK_UPDATE)
+    if not (v.can(needed) or v.can(Permission.TASK_BULK)):
+        return forbidden(request, f"{v.principal.describe()} lacks the permission {needed}")
     back = safe_next(field_of(form, "next", "/tasks"))
-    if action not in BULK:
-        return redirect(request, back, "error", "choose retry or cancel")
-    ids = _ids(form.get("ids", []))
-    if not ids:
-        return redirect(request, back, "error", f"select the tasks to {action} first")
-    if len(ids) > MAX_BULK:
-        return redirect(request, back, "error", f"at most {MAX_BULK} tasks at once")
-    done, refused = await run_in_threadpool(_apply, request.app.state.tasker, action, ids)
-    verb = "retried" if action == "retry" else "cancelled"
-    message = f"{len(done)} task(s) {verb}"
-    if refused:
-        message += f"; {len(refused)} refused: " + "; ".join(refused[:5])
-    return redirect(request, back, "error" if refused and not done else "ok", message)
+    if raw not in BULK:
+        return redirect(request, back, "error", "choose retry, cancel or purge")
+    action = BulkAction(raw)
+    chosen = selection(partial(field_of, form), lambda name: form.get(name, []))
+    if isinstance(chosen, str):
+        return redirect(request, back, "error", chosen.replace("the tasks", f"the tasks to {raw}"))
+    compensate = field_of(form, "compensate") == "1"
+    archive = settings_of(request).archive  # a purge archives as every purge does
+    try:
+        report = await run_in_threadpool(
+            _run, request.app.state.tasker, action, chosen, compensate, archive
+        )
+    except TaskerInputError as exc:  # the filter names states the action never applies to
+        return redirect(request, back, "error", str(exc))
+    except ArchiveError as exc:  # the chunk that failed deleted nothing; earlier ones stand
+        return redirect(request, back, "error", f"the purge stopped: {exc}")
+    kind = "ok" if report.changed else "error"
+    return redirect(request, back, kind, result_message(action, chosen, report))

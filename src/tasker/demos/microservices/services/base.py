@@ -162,8 +162,12 @@ def now() -> float:
 
 
 async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    retry_after = exc.extra.get("retry_after")
+    headers = {"Retry-After": f"{float(retry_after):g}"} if retry_after is not None else None
     return JSONResponse(
-        {"error": {"code": exc.code, "message": exc.message}, **exc.extra}, status_code=exc.status
+        {"error": {"code": exc.code, "message": exc.message}, **exc.extra},
+        status_code=exc.status,
+        headers=headers,
     )
 
 

@@ -7,16 +7,37 @@
 Like a real email provider it does not refuse a second sequence to the same person: each request
 sends mail. Only an `Idempotency-Key` makes a repeated request harmless, so the duplicate emails the
 demo counts here measure whether the caller used its keys well.
+
+Like a real provider it also has a sending quota: at most `EMAIL_QUOTA_PER_SECOND` sequences in any
+second (`NOTIFICATION_EMAIL_QUOTA` in the environment overrides it); past it a request answers 429
+with `Retry-After`. The second story's "NotificationService email limit: user fully registered, but
+no welcome email" is that answer given up on. The registration template keeps under the quota with
+a `rate_limit` on `notification_service`, so no request meets it; `GET /quota` says how many did.
+
+    GET  /quota                     the quota, and the requests it refused
 """
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+from collections import deque
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasker.demos.microservices.services.base import Email, Service, correlation_id, now
+from tasker.demos.microservices.services.base import (
+    Email,
+    Service,
+    ServiceError,
+    correlation_id,
+    now,
+)
+
+#: Welcome sequences the provider sends per second, at most.
+EMAIL_QUOTA_PER_SECOND = 10
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS welcome_sequences (
@@ -69,6 +90,28 @@ class NewReminder(BaseModel):
     kind: Literal["confirm_email"]
 
 
+class EmailQuota:
+    """At most `limit` sends in any one second (a sliding window), as a provider counts them."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.refused = 0
+        self._sent: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def take(self) -> float | None:
+        """Count one send now; None when allowed, else the seconds until the window has room."""
+        with self._lock:
+            at = time.monotonic()
+            while self._sent and self._sent[0] <= at - 1.0:
+                self._sent.popleft()
+            if len(self._sent) >= self.limit:
+                self.refused += 1
+                return max(0.0, self._sent[0] + 1.0 - at)
+            self._sent.append(at)
+            return None
+
+
 class NotificationService(Service):
     name = "notification"
     display_name = "NotificationService"
@@ -76,8 +119,24 @@ class NotificationService(Service):
     tables = ("welcome_sequences", "emails")
 
     def add_routes(self, app: FastAPI) -> None:
+        self.quota = EmailQuota(
+            int(os.environ.get("NOTIFICATION_EMAIL_QUOTA") or EMAIL_QUOTA_PER_SECOND)
+        )
+
+        @app.get("/quota")
+        def quota() -> dict[str, Any]:
+            return {"limit": self.quota.limit, "per": "second", "refused": self.quota.refused}
+
         @app.post("/welcome_sequences", status_code=201)
         def send_sequence(body: NewSequence, request: Request) -> dict[str, Any]:
+            wait = self.quota.take()
+            if wait is not None:
+                raise ServiceError(
+                    429,
+                    "rate_limited",
+                    f"email quota of {self.quota.limit} sequences a second used up",
+                    retry_after=round(wait, 3),
+                )
             corr = correlation_id(request)
             at = now()
             with self.store.transaction() as conn:

@@ -20,36 +20,107 @@
   document.addEventListener("submit", function (event) {
     var form = event.target;
     if (!(form instanceof HTMLFormElement)) { return; }
-    if (form.id === "bulk" && !$all("input[name=ids]:checked", form).length) {
-      event.preventDefault();
-      var note = $("#selected-count");
+    if (form.id === "bulk") { confirmBulk(event, form); return; }
+    var question = form.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) { event.preventDefault(); }
+  });
+
+  // -- tasks list: selection and bulk actions ---------------------------------------------------
+  // A bulk action applies to the rows ticked, or to every task matching the list's filter
+  // ("all N matching"). Before it is sent, the server's dry run says how many tasks it would
+  // change, and the confirmation shows that count; the result is the flash message after it.
+  var matching = $("#select-matching");
+  var note = $("#selected-count");
+  var idle = "Select tasks to act on them.";
+  var matchingCount = null;
+
+  var filterParams = function (form, params) {
+    $all("input[data-filter]", form).forEach(function (input) {
+      params.append(input.name, input.value);
+    });
+  };
+
+  var updateNote = function () {
+    if (!note) { return; }
+    if (matching && matching.checked) {
+      note.textContent = matchingCount === null ? "Every matching task selected."
+        : "All " + matchingCount + " matching task(s) selected.";
+      return;
+    }
+    var n = $all("input[name=ids]:checked").length;
+    note.textContent = n ? n + " selected" : idle;
+  };
+
+  var preview = function (form, params) {
+    var base = form.getAttribute("data-preview") || "/tasks/bulk/preview";
+    var url = base + "?" + params.toString();
+    return fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .catch(function () { return null; });
+  };
+
+  var PAST = { retry: "retried", cancel: "cancelled", purge: "purged (deleted for good)" };
+
+  function confirmBulk(event, form) {
+    if (form.getAttribute("data-confirmed") === "1") {  // the second pass: the user said yes
+      form.removeAttribute("data-confirmed");
+      return;
+    }
+    event.preventDefault();
+    var submitter = event.submitter;
+    var action = submitter ? submitter.value : "";
+    var everything = matching && matching.checked;
+    var ids = $all("input[name=ids]:checked", form).map(function (box) { return box.value; });
+    if (!everything && !ids.length) {
       if (note) { note.textContent = "Select at least one task first."; }
       return;
     }
-    var question = form.getAttribute("data-confirm");
-    if (question) {
-      var submitter = event.submitter;
-      if (form.id === "bulk" && submitter) {
-        var n = $all("input[name=ids]:checked", form).length;
-        question = submitter.textContent.trim().replace(" selected", "") + " " + n + " task(s)?";
-      }
-      if (!window.confirm(question)) { event.preventDefault(); }
+    var params = new URLSearchParams();
+    params.set("action", action);
+    if (everything) {
+      params.set("scope", "filter");
+      filterParams(form, params);
+    } else {
+      ids.forEach(function (id) { params.append("ids", id); });
     }
-  });
+    preview(form, params).then(function (p) {
+      if (p && p.error) {
+        if (note) { note.textContent = p.error; }
+        return;
+      }
+      var verb = action.charAt(0).toUpperCase() + action.slice(1);
+      var question = verb + " " + (p ? p.what : ids.length + " selected task(s)") + "?";
+      if (p && typeof p.would_change === "number") {
+        var others = everything ? "." : " (the others are not in a state to " + action + ").";
+        question += "\n\nDry run: " + p.would_change.toLocaleString("en-US") +
+          " task(s) would be " + (PAST[action] || action) + others;
+      }
+      if (!window.confirm(question)) { return; }
+      form.setAttribute("data-confirmed", "1");
+      if (form.requestSubmit) { form.requestSubmit(submitter); } else { form.submit(); }
+    });
+  }
 
-  // -- tasks list: select all -------------------------------------------------------------------
   var all = $("#select-all");
   if (all) {
-    var update = function () {
-      var n = $all("input[name=ids]:checked").length;
-      var note = $("#selected-count");
-      if (note) { note.textContent = n ? n + " selected" : "Select tasks to act on them."; }
-    };
     all.addEventListener("change", function () {
       $all("input[name=ids]").forEach(function (box) { box.checked = all.checked; });
-      update();
+      updateNote();
     });
-    $all("input[name=ids]").forEach(function (box) { box.addEventListener("change", update); });
+    $all("input[name=ids]").forEach(function (box) { box.addEventListener("change", updateNote); });
+  }
+  if (matching) {
+    matching.addEventListener("change", updateNote);
+    var params = new URLSearchParams();
+    params.set("scope", "filter");
+    filterParams(matching.form, params);
+    preview(matching.form, params).then(function (p) {
+      if (!p || typeof p.matching !== "number") { return; }
+      matchingCount = p.matching.toLocaleString("en-US") + (p.capped ? "+" : "");
+      var label = $("#matching-label");
+      if (label) { label.textContent = "All " + matchingCount + " task(s) matching this filter"; }
+      updateNote();
+    });
   }
 
   // -- event lists ----------------------------------------------------------------------------------
