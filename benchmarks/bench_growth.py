@@ -16,6 +16,10 @@ reads the whole history once, is reported apart. Each figure is a median over `-
 Run from the repository root:
 
     python benchmarks/bench_growth.py [--finished 1000000 | --big] [--samples 20] [--keep DB]
+        [--baseline 10000]
+
+`--baseline N` compares with a store of N finished tasks written the same way instead of an empty
+one (issue 17: 10,000,000 against 10,000; a capped count reads as much at 10,000 as at 10 M).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ FILL = [
                                  idempotency_key, correlation_id, created_at, updated_at,
                                  started_at, finished_at)
        SELECT 'bench', 'linear5_inline', '1.0.0', %(template_id)s, 'complete', '{}'::jsonb,
-              'grown-' || g, 'grown-' || g, x.at, x.at + interval '50 ms', x.at,
+              %(prefix)s || g, %(prefix)s || g, x.at, x.at + interval '50 ms', x.at,
               x.at + interval '50 ms'
          FROM generate_series(1, %(n)s) g,
               LATERAL (SELECT now() - interval '1 hour'
@@ -65,18 +69,18 @@ FILL = [
               md5(t.id || '-' || p), '{}'::jsonb, t.created_at, t.finished_at, t.started_at,
               t.finished_at
          FROM tasker_tasks t CROSS JOIN generate_series(1, 5) p
-        WHERE t.idempotency_key LIKE 'grown-%%'""",
+        WHERE t.idempotency_key LIKE %(like)s""",
     """INSERT INTO tasker_step_edges (task_id, parent_id, child_id)
        SELECT c.task_id, p.id, c.id
          FROM tasker_steps c
-         JOIN tasker_tasks t ON t.id = c.task_id AND t.idempotency_key LIKE 'grown-%%'
+         JOIN tasker_tasks t ON t.id = c.task_id AND t.idempotency_key LIKE %(like)s
          JOIN tasker_steps p ON p.task_id = c.task_id AND p.name = 's' || c.position
         WHERE c.position > 0""",
     """INSERT INTO tasker_step_transitions (step_id, task_id, from_state, to_state, attempt, at,
                                             worker, duration_ms)
        SELECT s.id, s.task_id, m.src, m.dst, m.attempt, s.finished_at, 'grown', m.ms
          FROM tasker_steps s
-         JOIN tasker_tasks t ON t.id = s.task_id AND t.idempotency_key LIKE 'grown-%%'
+         JOIN tasker_tasks t ON t.id = s.task_id AND t.idempotency_key LIKE %(like)s
         CROSS JOIN (VALUES (NULL, 'ready', 0, NULL::float8),
                            ('ready', 'in_progress', 1, NULL),
                            ('in_progress', 'complete', 1, 1.0)) AS m(src, dst, attempt, ms)""",
@@ -85,7 +89,7 @@ FILL = [
          FROM tasker_tasks t
         CROSS JOIN (VALUES (NULL, 'pending'), ('pending', 'in_progress'),
                            ('in_progress', 'complete')) AS m(src, dst)
-        WHERE t.idempotency_key LIKE 'grown-%%'""",
+        WHERE t.idempotency_key LIKE %(like)s""",
 ]
 
 
@@ -115,7 +119,7 @@ ROLLUPS = [
               json_build_object('complete', 5 * n)::text
          FROM (SELECT date_bin('30 minutes', created_at, TIMESTAMPTZ '2000-01-01 00:00+00') slot,
                       count(*) n
-                 FROM tasker_tasks WHERE idempotency_key LIKE 'grown-%%' GROUP BY 1) g""",
+                 FROM tasker_tasks WHERE idempotency_key LIKE %(like)s GROUP BY 1) g""",
     """INSERT INTO tasker_step_rollups (hour, namespace, name, version, step, dependent_system,
                                         outcome, error_class, attempts, after_retries,
                                         first_outcomes, retry_limit)
@@ -123,7 +127,7 @@ ROLLUPS = [
               n, 3
          FROM (SELECT date_bin('30 minutes', created_at, TIMESTAMPTZ '2000-01-01 00:00+00') slot,
                       count(*) n
-                 FROM tasker_tasks WHERE idempotency_key LIKE 'grown-%%' GROUP BY 1) g
+                 FROM tasker_tasks WHERE idempotency_key LIKE %(like)s GROUP BY 1) g
         CROSS JOIN generate_series(1, 5) p""",
     """INSERT INTO tasker_step_duration_rollups (hour, namespace, name, version, step,
                                                  dependent_system, samples, total, low, high,
@@ -132,7 +136,7 @@ ROLLUPS = [
               json_build_object(%(step_bucket)s::text, n)::text
          FROM (SELECT date_bin('30 minutes', created_at, TIMESTAMPTZ '2000-01-01 00:00+00') slot,
                       count(*) n
-                 FROM tasker_tasks WHERE idempotency_key LIKE 'grown-%%' GROUP BY 1) g
+                 FROM tasker_tasks WHERE idempotency_key LIKE %(like)s GROUP BY 1) g
         CROSS JOIN generate_series(1, 5) p""",
     """UPDATE tasker_rollup_cursors
           SET last_id = (SELECT coalesce(max(id), 0) FROM tasker_step_transitions), gaps = '[]'
@@ -150,8 +154,11 @@ GROWN_TABLES = [
 ]
 
 
-def fill(url: str, finished: int, *, rollups: bool) -> float:
+def fill(url: str, finished: int, *, rollups: bool, prefix: str = "grown-") -> float:
     """Write `finished` finished tasks straight into the tables and analyze them: seconds.
+
+    Their keys start with `prefix` (the baseline's tasks with another, so a store can be filled
+    twice).
 
     Everything the measures before did is rolled up already (their reports caught up), so the
     rollups of the written tasks can be added and the cursors moved past them.
@@ -171,14 +178,15 @@ def fill(url: str, finished: int, *, rollups: bool) -> float:
         ).fetchall()
         for name, _ in plain:
             conn.execute(f'DROP INDEX "{name}"')
+        marks = {"prefix": prefix, "like": prefix + "%"}
         for sql in FILL:
-            conn.execute(sql, {"n": finished, "template_id": template_id[0]})
+            conn.execute(sql, {"n": finished, "template_id": template_id[0], **marks})
         for _, definition in plain:
             conn.execute(definition)
         if rollups:
             buckets = {"task_bucket": str(bucket_of(0.05)), "step_bucket": str(bucket_of(1.0))}
             for sql in ROLLUPS:
-                conn.execute(sql, buckets)
+                conn.execute(sql, {**buckets, **marks})
         conn.execute("VACUUM ANALYZE")
         return time.perf_counter() - t0
 
@@ -228,6 +236,13 @@ def main() -> None:
     ap.add_argument("--finished", type=int, default=1_000_000)
     ap.add_argument("--big", action="store_true", help="10,000,000 finished tasks")
     ap.add_argument("--samples", type=int, default=20)
+    ap.add_argument(
+        "--baseline",
+        type=int,
+        default=0,
+        help="compare with a store of this many finished tasks (written the same way) instead"
+        " of an empty one: issue 17 compares 10,000,000 with 10,000",
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument(
         "--catch-up",
@@ -244,15 +259,25 @@ def main() -> None:
     finished = 10_000_000 if args.big else args.finished
     with kept_database(args.keep) if args.keep else scratch_database() as url:
         t = Tasker(url, migrate=True, templates=TEMPLATES)
-        reused = grown_count(url) >= finished
+        reused = grown_count(url) >= finished - args.baseline
         # A kept database that holds the tasks already has no empty measure to offer.
+        if args.baseline and not reused:
+            t.run(t.create_task(REF, {}).id)  # the template's row, which the fill names
+            fill(url, args.baseline, rollups=not args.catch_up, prefix="base-")
+            t.close()
+            t = Tasker(url, templates=TEMPLATES)
         empty = {} if reused else measure(t, args.samples)
-        fill_s = 0.0 if reused else fill(url, finished, rollups=not args.catch_up)
+        grow_by = finished - args.baseline
+        fill_s = 0.0 if reused else fill(url, grow_by, rollups=not args.catch_up)
         t.close()
         t = Tasker(url, templates=TEMPLATES)
         grown = measure(t, args.samples)
         t.close()
-    result: dict[str, Any] = {"finished": finished, "fill_seconds": round(fill_s, 1)}
+    result: dict[str, Any] = {
+        "finished": finished,
+        "baseline": args.baseline,
+        "fill_seconds": round(fill_s, 1),
+    }
     for key in grown:
         before = empty.get(key)
         result[f"{key}_empty"] = None if before is None else round(before, 2)
@@ -261,8 +286,9 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
         return
-    table = Table(title=f"Empty store vs {finished:,} finished tasks (medians of {args.samples})")
-    for col in ("measure", "empty", "grown", "grown / empty"):
+    base = f"{args.baseline:,} finished tasks" if args.baseline else "Empty store"
+    table = Table(title=f"{base} vs {finished:,} finished tasks (medians of {args.samples})")
+    for col in ("measure", "before", "grown", "grown / before"):
         table.add_column(col, justify="right" if col != "measure" else "left")
     for key in grown:
         before = empty.get(key)

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from tasker import Tasker
 from tasker.cli.main import cli
 from tasker.domain.errors import TaskerInputError, TemplateError
+from tasker.domain.listing import TaskQuery
 from tasker.domain.priorities import claim_key
 from tasker.engine import clock
 from tasker.store import claims, systems
@@ -198,3 +199,19 @@ def test_the_cli_creates_lists_and_sorts_by_priority(
     got = json.loads(only.output)
     got = got["tasks"] if isinstance(got, dict) else got
     assert sorted(r["priority"] for r in got) == [4, 9]
+
+
+def test_pages_by_priority_hold_every_task_once_in_order(
+    tasker: Tasker, load: LoadTemplate, key: str
+) -> None:
+    ref = load("paged", [step("only")])
+    made = [
+        (tasker.create_task(ref, {"key": key}, priority=p).id, p) for p in [0, 2, 0, 5, 2, 0, 1]
+    ]
+    seen = []
+    for offset in (0, 3, 6):
+        page = tasker.listing.page(TaskQuery(by_priority=True), limit=3, offset=offset)
+        seen += [(t.id, t.priority) for t in page.tasks]
+    assert seen == sorted(made, key=lambda m: (-m[1], -m[0]))
+    high = tasker.listing.page(TaskQuery(by_priority=True, min_priority=2), limit=10)
+    assert [t.priority for t in high.tasks] == [5, 2, 2]

@@ -88,16 +88,8 @@ def page_statement(
     upwards = before is not None
     statuses = list(query.statuses)
     stmt: Select[Any]
-    if query.by_priority:  # the `(priority, id)` index read backwards, from an offset
-        if statuses:
-            conds.append(tasks.c.status.in_(statuses))
-        stmt = (
-            select(tasks)
-            .where(*conds)
-            .order_by(tasks.c.priority.desc(), tasks.c.id.desc())
-            .limit(limit)
-            .offset(offset)
-        )
+    if query.by_priority:
+        stmt = _by_priority(conds, statuses, query.min_priority, limit, offset)
     elif range_first:
         if statuses:
             conds.append(tasks.c.status.in_(statuses))
@@ -125,6 +117,43 @@ def page_statement(
         merged = union_all(*(select(b) for b in branches)).subquery()
         stmt = select(merged).order_by(_order(merged.c.id, upwards)).limit(limit)
     return stmt
+
+
+def _by_priority(
+    conds: list[ColumnElement[bool]],
+    statuses: list[str],
+    min_priority: int | None,
+    limit: int,
+    offset: int,
+) -> Select[Any]:
+    """Highest priority first, then newest, from an offset: the tasks with a priority from the
+    partial `(priority, id)` index, those of priority 0 from the primary key, merged; each branch
+    reads at most `offset + limit` rows."""
+    if statuses:
+        conds = [*conds, tasks.c.status.in_(statuses)]
+    want = offset + limit
+    branches = [
+        select(tasks)
+        .where(*conds, tasks.c.priority > 0)
+        .order_by(tasks.c.priority.desc(), tasks.c.id.desc())
+        .limit(want)
+        .subquery()
+    ]
+    if not min_priority:
+        branches.append(
+            select(tasks)
+            .where(*conds, tasks.c.priority == 0)
+            .order_by(tasks.c.id.desc())
+            .limit(want)
+            .subquery()
+        )
+    merged = union_all(*(select(b) for b in branches)).subquery()
+    return (
+        select(merged)
+        .order_by(merged.c.priority.desc(), merged.c.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
 
 
 def _range_first(conn: Connection, query: TaskQuery, after: int | None, before: int | None) -> bool:

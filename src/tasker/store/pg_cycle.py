@@ -56,7 +56,7 @@ from tasker.store.claims import (
     claimed_steps,
     unknown_tasks,
 )
-from tasker.store.cycle_rows import EXPIRED_SQL, GATE_SQL, Cycle, CycleInput, record_rows
+from tasker.store.cycle_rows import EXPIRED_SQL, Cycle, CycleInput, record_rows
 from tasker.store.journal import Journal
 from tasker.store.notify import CHANNEL
 
@@ -90,9 +90,11 @@ def _scope(namespaces: bool, task: bool) -> str:
 
 
 #: Whether this cycle may act, and whether a lease ran out (both statements open with it).
+#: The gate's check (`GATE_SQL`) lives in the view `tasker_gate` (migration 0019), which keeps these
+#: statements under psycopg's 4,096 characters (`compact`).
 _GATE = f"""
     gate AS MATERIALIZED (
-        SELECT {GATE_SQL} AS open,
+        SELECT (SELECT open FROM tasker_gate) AS open,
                %(check_expired)s AND {EXPIRED_SQL.format(now="%(now)s")} AS expired
     )"""
 
@@ -333,7 +335,7 @@ def _settle() -> str:
     """
 
 
-_SETTLE = _settle()
+_SETTLE = compact(_settle())
 _CUSTOM = """INSERT INTO tasker_custom_events (name, task_id, step_id, namespace, payload, at,
                                                worker)
              VALUES (%(name)s, %(task_id)s, %(step_id)s, %(namespace)s, %(payload)s, %(at)s,

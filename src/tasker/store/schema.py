@@ -164,8 +164,15 @@ tasks = Table(
     Index(None, "correlation_id"),
     # The overview's tasks finished in the last hour and day.
     Index(None, "status", "finished_at"),
-    # The task list sorted by priority (keyset on priority, id).
-    Index(None, "priority", "id"),
+    # The task list sorted by priority: the tasks that have one (those of priority 0 come from the
+    # primary key, so their updates write no entry here).
+    Index(
+        None,
+        "priority",
+        "id",
+        postgresql_where=text("priority > 0"),
+        sqlite_where=text("priority > 0"),
+    ),
 )
 
 steps = Table(

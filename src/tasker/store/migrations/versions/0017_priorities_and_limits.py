@@ -13,7 +13,8 @@ Create Date: 2026-12-07
   `tasker_key_limits` (the most steps in flight per key, per template);
 - rate limits per time window on `tasker_dependent_systems`, and `tasker_rate_starts`, the sliding
   window of when each step of a rate-limited system started;
-- `ix_tasker_tasks_priority_id`: the task list sorted by priority.
+- `ix_tasker_tasks_priority_id` over tasks with a priority: the task list sorted by priority (the
+  tasks of priority 0 come from the primary key; a task update writes no entry of it for them).
 
 Columns are added and dropped in place (no batch copy of the tables, see 0012 and 0014); the new
 columns have constant defaults: PostgreSQL adds them without rewriting the tables.
@@ -46,7 +47,13 @@ def upgrade() -> None:
             table, sa.Column("priority", sa.Integer(), server_default=sa.text("0"), nullable=False)
         )
         op.add_column(table, sa.Column("concurrency_key", sa.String(255), nullable=True))
-    op.create_index(op.f("ix_tasker_tasks_priority_id"), "tasker_tasks", ["priority", "id"])
+    op.create_index(
+        op.f("ix_tasker_tasks_priority_id"),
+        "tasker_tasks",
+        ["priority", "id"],
+        postgresql_where=sa.text("priority > 0"),
+        sqlite_where=sa.text("priority > 0"),
+    )
     dialect = op.get_bind().dialect.name
     op.execute(
         f"CREATE INDEX ix_tasker_steps_prioritized ON tasker_steps"
