@@ -569,22 +569,38 @@ def configure(conn: Connection, name: str, now: datetime, **settings: Any) -> No
 def set_namespace_limit(
     conn: Connection, namespace: str, max_in_flight: int | None, now: datetime
 ) -> None:
-    conn.execute(namespace_limits.delete().where(namespace_limits.c.namespace == namespace))
-    if max_in_flight is not None:
-        conn.execute(
-            insert(namespace_limits),
-            {"namespace": namespace, "max_in_flight": max_in_flight, "updated_at": now},
+    _set_limit(conn, namespace_limits, "namespace", namespace, max_in_flight, now)
+
+
+def _set_limit(
+    conn: Connection, table: Any, key: str, value: str, max_in_flight: int | None, now: datetime
+) -> None:
+    """Set a limit row in place (an upsert that writes only a changed value), or delete it.
+
+    Never a delete and an insert: a claim that locks the limit rows (`plan_claim`) while another
+    process loads its templates must still find the row; with a delete in between, the claim's
+    `FOR UPDATE` skipped it and the claim ran without the limit.
+    """
+    column = table.c[key]
+    if max_in_flight is None:
+        conn.execute(table.delete().where(column == value))
+        return
+    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = dialect_insert(table).values(
+        {key: value, "max_in_flight": max_in_flight, "updated_at": now}
+    )
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[column],
+            set_={"max_in_flight": stmt.excluded.max_in_flight, "updated_at": now},
+            where=table.c.max_in_flight != stmt.excluded.max_in_flight,
         )
+    )
 
 
 def set_key_limit(conn: Connection, scope: str, max_in_flight: int | None, now: datetime) -> None:
-    """Set (or, with None, drop) the fair-share limit of a template's keys."""
-    conn.execute(key_limits.delete().where(key_limits.c.scope == scope))
-    if max_in_flight is not None:
-        conn.execute(
-            insert(key_limits),
-            {"scope": scope, "max_in_flight": max_in_flight, "updated_at": now},
-        )
+    """Set (or, with None, drop) the fair-share limit of a template's keys (`_set_limit`)."""
+    _set_limit(conn, key_limits, "scope", scope, max_in_flight, now)
 
 
 def key_limit_scopes(conn: Connection, scopes: Sequence[str]) -> list[str]:
