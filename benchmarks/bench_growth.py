@@ -55,7 +55,7 @@ FILL = [
     """INSERT INTO tasker_tasks (namespace, name, version, template_id, status, context,
                                  idempotency_key, correlation_id, created_at, updated_at,
                                  started_at, finished_at)
-       SELECT 'bench', 'linear5_inline', '1.0.0', %(template_id)s, 'complete', '{}'::jsonb,
+       SELECT 'bench', %(name)s, '1.0.0', %(template_id)s, 'complete', '{}'::jsonb,
               %(prefix)s || g, %(prefix)s || g, x.at, x.at + interval '50 ms', x.at,
               x.at + interval '50 ms'
          FROM generate_series(1, %(n)s) g,
@@ -114,7 +114,7 @@ def grown_count(url: str) -> int:
 ROLLUPS = [
     """INSERT INTO tasker_task_rollups (hour, namespace, name, version, status, tasks, started,
                                         samples, total, low, high, buckets, step_states)
-       SELECT slot, 'bench', 'linear5_inline', '1.0.0', 'complete', n, n, n, n * 0.05, 0.05, 0.05,
+       SELECT slot, 'bench', %(name)s, '1.0.0', 'complete', n, n, n, n * 0.05, 0.05, 0.05,
               json_build_object(%(task_bucket)s::text, n)::text,
               json_build_object('complete', 5 * n)::text
          FROM (SELECT date_bin('30 minutes', created_at, TIMESTAMPTZ '2000-01-01 00:00+00') slot,
@@ -123,7 +123,7 @@ ROLLUPS = [
     """INSERT INTO tasker_step_rollups (hour, namespace, name, version, step, dependent_system,
                                         outcome, error_class, attempts, after_retries,
                                         first_outcomes, retry_limit)
-       SELECT slot, 'bench', 'linear5_inline', '1.0.0', 's' || p, 'default', 'complete', '', n, 0,
+       SELECT slot, 'bench', %(name)s, '1.0.0', 's' || p, 'default', 'complete', '', n, 0,
               n, 3
          FROM (SELECT date_bin('30 minutes', created_at, TIMESTAMPTZ '2000-01-01 00:00+00') slot,
                       count(*) n
@@ -132,7 +132,7 @@ ROLLUPS = [
     """INSERT INTO tasker_step_duration_rollups (hour, namespace, name, version, step,
                                                  dependent_system, samples, total, low, high,
                                                  buckets)
-       SELECT slot, 'bench', 'linear5_inline', '1.0.0', 's' || p, 'default', n, n * 1.0, 1.0, 1.0,
+       SELECT slot, 'bench', %(name)s, '1.0.0', 's' || p, 'default', n, n * 1.0, 1.0, 1.0,
               json_build_object(%(step_bucket)s::text, n)::text
          FROM (SELECT date_bin('30 minutes', created_at, TIMESTAMPTZ '2000-01-01 00:00+00') slot,
                       count(*) n
@@ -157,8 +157,8 @@ GROWN_TABLES = [
 def fill(url: str, finished: int, *, rollups: bool, prefix: str = "grown-") -> float:
     """Write `finished` finished tasks straight into the tables and analyze them: seconds.
 
-    Their keys start with `prefix` (the baseline's tasks with another, so a store can be filled
-    twice).
+    Their keys start with `prefix`; the baseline's tasks (prefix `base-`) carry another template
+    name, so that a store can be filled twice without their rollups' slots colliding.
 
     Everything the measures before did is rolled up already (their reports caught up), so the
     rollups of the written tasks can be added and the cursors moved past them.
@@ -178,7 +178,8 @@ def fill(url: str, finished: int, *, rollups: bool, prefix: str = "grown-") -> f
         ).fetchall()
         for name, _ in plain:
             conn.execute(f'DROP INDEX "{name}"')
-        marks = {"prefix": prefix, "like": prefix + "%"}
+        name = "linear5_inline" if prefix == "grown-" else "linear5_baseline"
+        marks = {"prefix": prefix, "like": prefix + "%", "name": name}
         for sql in FILL:
             conn.execute(sql, {"n": finished, "template_id": template_id[0], **marks})
         for _, definition in plain:
@@ -263,6 +264,7 @@ def main() -> None:
         # A kept database that holds the tasks already has no empty measure to offer.
         if args.baseline and not reused:
             t.run(t.create_task(REF, {}).id)  # the template's row, which the fill names
+            t.insight.performance(24)  # rolled up before the fill moves the rollups' cursors
             fill(url, args.baseline, rollups=not args.catch_up, prefix="base-")
             t.close()
             t = Tasker(url, templates=TEMPLATES)
