@@ -26,6 +26,8 @@ from enum import Enum, StrEnum
 from typing import Any
 
 from tasker.domain.failures import DEFAULT_MAX_OUTAGE_SECONDS, GAVE_UP, outage_verdict
+from tasker.domain.fairness import scope_of
+from tasker.domain.rates import RateLimit
 from tasker.domain.records import FailureRecord
 from tasker.domain.states import StepState
 
@@ -361,8 +363,8 @@ class ClaimPlan:
     #: time they were counted at (after the systems' locks were taken).
     rate_room: dict[str, int] = field(default_factory=dict)
     rate_now: datetime | None = None
-    #: Each rate-limited system's window (the starts older than two of them are forgotten).
-    rate_windows: dict[str, timedelta] = field(default_factory=dict)
+    #: Each rate-limited system's limit, as read under its lock.
+    rates: dict[str, RateLimit] = field(default_factory=dict)
     #: Fair share: the limit of each scope, and the room of each key now running steps.
     key_limits: dict[str, int] = field(default_factory=dict)
     key_room: dict[str, int] = field(default_factory=dict)
@@ -399,9 +401,8 @@ class ClaimPlan:
             return Admission.LEAVE
         if self.system_room.get(system, 1) <= 0 or self.namespace_room.get(namespace, 1) <= 0:
             return Admission.LEAVE
-        scope = None if key is None else key.partition(":")[0]
-        keyed = key is not None and scope in self.key_limits
-        if keyed and self.key_room.setdefault(str(key), self.key_limits[str(scope)]) <= 0:
+        limit = None if key is None else self.key_limits.get(scope_of(key))
+        if key is not None and limit is not None and self.key_room.setdefault(key, limit) <= 0:
             return Admission.WAIT_KEY
         if self.rate_room.get(system, 1) <= 0:
             return Admission.DEFER

@@ -39,19 +39,10 @@ def scope_of(key: str) -> str:
     return key.partition(":")[0]
 
 
-def value_of(key: str) -> str:
-    return key.partition(":")[2]
-
-
 def key_room(limits: Mapping[str, int], busy: Mapping[str, int]) -> dict[str, int]:
     """Steps that may still start for each key now running steps (`busy`), under its scope's limit;
-    a key with nothing running has its scope's whole limit (`room_for`)."""
+    a key with nothing running is not here: `ClaimPlan.admit` gives it its scope's whole limit."""
     return {k: max(0, limits[scope_of(k)] - n) for k, n in busy.items() if scope_of(k) in limits}
-
-
-def full_keys(room: Mapping[str, int]) -> list[str]:
-    """The keys with no room left, for a claim to pass their steps over in SQL."""
-    return sorted(k for k, left in room.items() if left <= 0)
 
 
 def _text(value: object) -> str:

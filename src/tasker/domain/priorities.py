@@ -25,7 +25,6 @@ from typing import TypeVar
 LEVEL = timedelta(minutes=1)
 #: The highest priority: about 16 hours ahead of a step of priority 0.
 MAX_PRIORITY = 1000
-DEFAULT_PRIORITY = 0
 
 Row = TypeVar("Row")
 
@@ -33,12 +32,6 @@ Row = TypeVar("Row")
 def claim_key(run_at: datetime, priority: int) -> datetime:
     """A due step's place in the claim order: its `run_at`, `priority` minutes earlier."""
     return run_at - priority * LEVEL
-
-
-def longest_wait_behind(priority: int, higher: int) -> timedelta:
-    """How long, at most, a step of `priority` waits behind steps of priority `higher` that came
-    due after it (none when `higher` is not higher)."""
-    return max(higher - priority, 0) * LEVEL
 
 
 def in_claim_order(rows: Iterable[tuple[int, datetime, int, Row]]) -> list[Row]:

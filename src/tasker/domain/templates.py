@@ -578,6 +578,7 @@ class TaskTemplate(_Strict):
     _warnings: list[str] = PrivateAttr(default_factory=list)
     _digest: str | None = PrivateAttr(default=None)
     _controls: dict[str, StepControl] | None = PrivateAttr(default=None)
+    _key_expression: Expression | None = PrivateAttr(default=None)
     _gated: frozenset[str] | None = PrivateAttr(default=None)
     _fanouts: frozenset[str] | None = PrivateAttr(default=None)
     _by_name: dict[str, StepTemplate] | None = PrivateAttr(default=None)
@@ -647,8 +648,10 @@ class TaskTemplate(_Strict):
         scope = self.key_scope
         if scope is None or self.concurrency_key is None:
             return None
+        if self._key_expression is None:  # compiled once: it is evaluated at every creation
+            self._key_expression = compile_expression(self.concurrency_key)
         try:
-            value = compile_expression(self.concurrency_key).evaluate(context, {})
+            value = self._key_expression.evaluate(context, {})
         except ExpressionFailure as exc:
             raise ValueError(
                 f"concurrency_key `{_one_line(self.concurrency_key)}` failed over the context:"

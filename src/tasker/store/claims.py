@@ -412,13 +412,13 @@ def _claim_planned(
     claimed = _take(conn, journal, chosen, worker, lease_seconds, {}, related) if chosen else []
     rate_now = plan.rate_now or journal.now
     for system, ids in sorted(deferred.items()):
-        systems.defer(conn, journal, system, ids, rate_now)
+        systems.defer(conn, journal, system, plan.rates[system], ids, rate_now)
         journal.deferred[system] += len(ids)
     systems.record_starts(
         conn,
         Counter(system_of[c.step_id] for c in claimed if system_of[c.step_id] in plan.rate_room),
         rate_now,
-        plan.rate_windows,
+        plan.rates,
     )
     probe_steps: dict[str, int] = {}
     for i, c in enumerate(claimed):

@@ -20,7 +20,7 @@ from tasker.store.claims import Claim, KnownTask, journal_claims
 from tasker.store.completion import outcome_event
 from tasker.store.journal import Journal
 from tasker.store.schema import RUNNING
-from tasker.store.systems import PRIORITIZED_SQL, RESTRICTING_SQL
+from tasker.store.systems import ANY_PRIORITIZED_SQL, RESTRICTING_SQL
 
 S, T = StepState, TaskState
 
@@ -98,7 +98,7 @@ GATE_SQL = f"""
     NOT EXISTS (SELECT 1 FROM tasker_dependent_systems WHERE {RESTRICTING_SQL})
     AND NOT EXISTS (SELECT 1 FROM tasker_namespace_limits)
     AND NOT EXISTS (SELECT 1 FROM tasker_key_limits)
-    AND NOT {PRIORITIZED_SQL}"""
+    AND NOT {ANY_PRIORITIZED_SQL}"""
 #: Whether some lease has run out (one probe of the partial index of running steps, whose
 #: predicate is repeated as written: SQLite matches it by its text).
 EXPIRED_SQL = f"""

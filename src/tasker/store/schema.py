@@ -360,8 +360,8 @@ rate_starts = Table(
     Index(None, "system", "at"),
 )
 
-#: Fair share: the most steps in flight per `concurrency_key` value of a template (all versions),
-#: synced when the template loads (migration 0017).
+#: Fair share: the most steps in flight per `concurrency_key` value of a template version (its
+#: `tasker.domain.fairness.key_scope`), synced when the template loads (migration 0017).
 key_limits = Table(
     "tasker_key_limits",
     metadata,

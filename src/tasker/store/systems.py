@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import bindparam, func, insert, select, text, update
@@ -100,8 +100,8 @@ _NS_LIMITS = select(namespace_limits)
 _KEY_LIMITS = select(key_limits.c.scope, key_limits.c.max_in_flight)
 #: Whether some claimable step has a priority: one probe of the (usually empty) partial index of
 #: prioritized steps, its predicate as written so that SQLite matches it by its text.
-PRIORITIZED_SQL = f"EXISTS (SELECT 1 FROM tasker_steps WHERE {PRIORITIZED})"
-_ANY_PRIORITIZED = select(text(PRIORITIZED_SQL))
+ANY_PRIORITIZED_SQL = f"EXISTS (SELECT 1 FROM tasker_steps WHERE {PRIORITIZED})"
+_ANY_PRIORITIZED = select(text(ANY_PRIORITIZED_SQL))
 #: The running steps of each fair-share key (the partial index of keyed running steps).
 _KEYED_BUSY = text(
     f"SELECT concurrency_key, count(*) FROM tasker_steps WHERE {KEYED_RUNNING}"
@@ -259,7 +259,7 @@ def plan_claim(conn: Connection, journal: Journal, view: SystemsView, *, lock: b
             plan.rate_now = at = journal.current()
         for name, rate in rated.items():
             plan.rate_room[name] = rates.room(rate, rate_starts_of(conn, name, rate, at), at)
-            plan.rate_windows[name] = rate.window
+        plan.rates = rated
     if view.namespace_limits:
         names = sorted(view.namespace_limits)
         nl = namespace_limits
@@ -304,7 +304,7 @@ def rate_starts_of(conn: Connection, system: str, rate: RateLimit, now: datetime
 
 
 def record_starts(
-    conn: Connection, started: Counter[str], now: datetime, windows: Mapping[str, timedelta]
+    conn: Connection, started: Counter[str], now: datetime, limits: Mapping[str, RateLimit]
 ) -> None:
     """Count claimed steps against their systems' rate limits, and forget the starts no window
     counts any more (older than two of the system's windows)."""
@@ -317,21 +317,27 @@ def record_starts(
     for system in sorted(started):
         conn.execute(
             rate_starts.delete().where(
-                rate_starts.c.system == system, rate_starts.c.at < now - 2 * windows[system]
+                rate_starts.c.system == system, rate_starts.c.at < now - 2 * limits[system].window
             )
         )
 
 
 def defer(
-    conn: Connection, journal: Journal, system: str, step_ids: Sequence[int], now: datetime
+    conn: Connection,
+    journal: Journal,
+    system: str,
+    rate: RateLimit,
+    step_ids: Sequence[int],
+    now: datetime,
 ) -> list[datetime]:
-    """Move due steps of a system over its rate limit to the times slots free for them (no
-    attempt spent); advances the system's horizon and counts the deferrals. Call under the
-    system's row lock (`plan_claim`)."""
-    row = conn.execute(select(dependent_systems).where(dependent_systems.c.name == system)).one()
-    rate = rate_of(row)
+    """Move due steps of a system over its rate limit (`rate`, as `plan_claim` read it) to the
+    times slots free for them (no attempt spent); advances the system's horizon and counts the
+    deferrals. Call under the system's row lock (`plan_claim`)."""
+    horizon_now = conn.execute(
+        select(dependent_systems.c.rate_horizon).where(dependent_systems.c.name == system)
+    ).scalar_one()
     starts = rate_starts_of(conn, system, rate, now)
-    times, horizon = rates.deferral_times(rate, starts, row.rate_horizon, now, len(step_ids))
+    times, horizon = rates.deferral_times(rate, starts, horizon_now, now, len(step_ids))
     conn.execute(
         update(steps)
         .where(steps.c.id == bindparam("sid"), text(CLAIMABLE))
@@ -644,10 +650,10 @@ def report(conn: Connection, now: datetime) -> list[SystemReport]:
     for system, state, n in conn.execute(_REPORTED_COUNTS):
         counts.setdefault(system, Counter())[state] = int(n)
     unloadable = _unloadable_handlers(conn)
+    limits = {n: rate_of(r) for n, r in rows.items() if r.rate_limit is not None}
     rate_used = {
-        n: rates.started_in_window(rate_of(r), rate_starts_of(conn, n, rate_of(r), now), now)
-        for n, r in rows.items()
-        if r.rate_limit is not None
+        n: rates.started_in_window(rate, rate_starts_of(conn, n, rate, now), now)
+        for n, rate in limits.items()
     }
     names = sorted(set(rows) | set(counts))
     out: list[SystemReport] = []
@@ -674,7 +680,7 @@ def report(conn: Connection, now: datetime) -> list[SystemReport]:
                     cap=MAX_OUTAGE_CAP_SECONDS,
                 ),
                 "failing_since": r.failing_since if r else None,
-                "rate_limit": rate_of(r).describe() if r and r.rate_limit else None,
+                "rate_limit": limits[name].describe() if name in limits else None,
                 "rate_used": rate_used.get(name, 0),
                 "rate_deferrals": int(r.rate_deferrals) if r else 0,
                 "in_flight": c[StepState.IN_PROGRESS],
