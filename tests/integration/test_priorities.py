@@ -199,6 +199,18 @@ def test_the_cli_creates_lists_and_sorts_by_priority(
     got = json.loads(only.output)
     got = got["tasks"] if isinstance(got, dict) else got
     assert sorted(r["priority"] for r in got) == [4, 9]
+    # The table shows each task's priority in its own column, highest first when sorted so.
+    table = runner.invoke(cli, [*base, "tasks", "list", "--sort", "priority"], terminal_width=200)
+    assert table.exit_code == 0, table.output
+    header = next(line for line in table.output.splitlines() if "priority" in line)
+    column = header.split("┃").index(" priority ") if "┃" in header else None
+    assert column is not None, table.output
+    cells = [
+        line.split("│")[column].strip()
+        for line in table.output.splitlines()
+        if line.startswith("│") and "itest/clip" in line
+    ]
+    assert cells == ["9", "4", "0"]
 
 
 def test_pages_by_priority_hold_every_task_once_in_order(

@@ -149,13 +149,14 @@ def steps_table(task: Task) -> Table:
 def tasks_table(tasks: list[Task], total: Total) -> Table:
     more = "+" if total.capped else ""
     table = Table(title=f"{len(tasks)} of {total.count:,}{more} tasks")
-    for col in ("id", "template", "status", "created", "duration", "correlation id"):
-        table.add_column(col)
+    for col in ("id", "template", "status", "priority", "created", "duration", "correlation id"):
+        table.add_column(col, justify="right" if col == "priority" else "left")
     for t in tasks:
         table.add_row(
             str(t.id),
             t.template_key,
             task_status_cell(t),
+            str(t.priority),
             f"{t.created_at:%Y-%m-%d %H:%M:%S}",
             _duration(t.duration_seconds),
             t.correlation_id,
