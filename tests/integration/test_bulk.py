@@ -237,8 +237,17 @@ def test_bulk_cancel_with_and_without_compensation(
 def test_bulk_purge_deletes_finished_tasks_only(tasker: Tasker, fleet: Fleet) -> None:
     f = tasker.bulk.filter(template=fleet.ref)
     assert tasker.bulk.purge(f, dry_run=True).matched == 9  # 8 failed + 1 complete
+    heard: list[dict[str, Any]] = []
+    tasker.bus.subscribe(lambda e: heard.append(dict(e.payload)), "tasks.purged")
     report = tasker.bulk.purge(f, chunk=4, archive="table")
     assert (report.matched, report.changed, report.archived) == (9, 9, 9)
+    # One `tasks.purged` per committed chunk, together the whole purge.
+    assert [h["total"] for h in heard] == [4, 4, 1]
+    assert {(h["trigger"], h["archive"], h["worker"]) for h in heard} == {
+        ("bulk purge", "table", None)
+    }
+    assert sum(h["deleted"].get("error", 0) for h in heard) == 8
+    assert sum(h["archived"] for h in heard) == 9
     assert "9 archived first" in report.summary()
     gone = fleet.failed + fleet.flaky + fleet.done
     assert tasker.get_tasks(gone) == []

@@ -76,10 +76,25 @@ def test_finished_tasks_older_than_the_cut_go_with_every_row_that_names_them(
     assert {env.engine.get_task(t).status for t in [*old, recent]} == {"complete"}
     assert all(rows_of(env, old).values())
 
+    heard: list[dict[str, object]] = []
+    env.engine.bus.subscribe(lambda e: heard.append(dict(e.payload)), "tasks.purged")
     dry = env.engine.retention.purge("30d", dry_run=True)
     assert (dry.matched, dry.deleted) == (3, 0)
+    assert heard == []  # a dry run deletes nothing and says nothing
     done = env.engine.retention.purge("30d", batch=2)  # two batches
     assert (done.matched, done.deleted) == (3, 3)
+    # One event per committed batch, as the housekeeping job's are per pass.
+    assert heard == [
+        {
+            "deleted": {"complete": n},
+            "total": n,
+            "archived": 0,
+            "archive": None,
+            "worker": None,
+            "trigger": "purge",
+        }
+        for n in (2, 1)
+    ]
 
     assert rows_of(env, old) == dict.fromkeys(TABLES, 0)
     tasks, _ = env.engine.list_tasks(limit=50)

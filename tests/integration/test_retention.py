@@ -163,6 +163,7 @@ def test_the_job_deletes_per_template_and_status_what_is_past_its_retention(
                 "archived": 0,
                 "archive": None,
                 "worker": "w1",
+                "trigger": "retention",
             },
         )
     ]

@@ -25,7 +25,7 @@ from tasker.domain.bulk import BulkAction, BulkReport, FilterError, TaskFilter, 
 from tasker.domain.errors import TaskerInputError
 from tasker.domain.retention import parse_archive
 from tasker.engine import clock
-from tasker.engine.retention import Retention, report_purged
+from tasker.engine.retention import Retention
 from tasker.engine.running import RunningWorkers
 from tasker.events.bus import EventBus
 from tasker.store import archive as archive_store
@@ -181,7 +181,7 @@ class Bulk:
         def apply(conn: Any, journal: Journal, ids: list[int], careful: bool) -> ChunkResult:
             return bulk_store.purge_chunk(conn, ids, task_filter, lock=lock, archive=store, now=now)
 
-        return self._run(BulkAction.PURGE, task_filter, dry_run, chunk, after, limit, apply)
+        return self._run(BulkAction.PURGE, task_filter, dry_run, chunk, after, limit, apply, target)
 
     def run(
         self,
@@ -221,6 +221,7 @@ class Bulk:
         after: int,
         limit: int | None,
         apply: Chunk,
+        archive_target: str | None = None,
     ) -> BulkReport:
         _check_filter(task_filter, action)
         _check_numbers(chunk, after, limit)
@@ -245,8 +246,8 @@ class Bulk:
             result, events = self._chunk(apply, ids)
             for name, payload in events:
                 self.bus.publish(name, payload)
-            if result.purged is not None:  # counted where every purge is (metrics)
-                report_purged(self._retention.hooks, result.purged, "purge", None)
+            if result.purged is not None:  # counted and announced where every purge is
+                self._retention.announce(result.purged, archive_target, "bulk purge")
             matched += len(ids)
             changed += result.changed
             skipped += result.skipped

@@ -39,7 +39,13 @@ from tasker.domain.retention import (
     cutoffs,
 )
 from tasker.engine import clock
-from tasker.engine.retention import JOB, TemplatePolicies, as_text, report_purged
+from tasker.engine.retention import (
+    JOB,
+    TemplatePolicies,
+    as_text,
+    purged_event,
+    report_purged,
+)
 from tasker.events.bus import EventBus
 from tasker.store import archive as archive_store
 from tasker.store import jobs
@@ -201,13 +207,13 @@ class HousekeepingJob:
         if record.total:
             self.bus.publish(
                 Events.TASKS_PURGED,
-                {
-                    "deleted": dict(record.deleted),
-                    "total": record.total,
-                    "archived": tally.archived,
-                    "archive": config.archive,
-                    "worker": self.worker_id,
-                },
+                purged_event(
+                    dict(record.deleted),
+                    tally.archived,
+                    config.archive,
+                    self.worker_id,
+                    "retention",
+                ),
             )
             log.info(
                 "worker %s: housekeeping deleted %d finished task(s) past their retention (%s)",

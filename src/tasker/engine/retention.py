@@ -6,17 +6,20 @@ deleted with all their rows, oldest first, in batches that each commit by themse
 millions never blocks the workers for long. `dry_run` only counts; `archive` writes each task to
 the table or a directory first (`tasker.store.archive`). The automatic deletion by retention is the
 housekeeping job's (`tasker.engine.housekeeping_job`); both report what they deleted to the hooks
-(`WorkerHooks.on_tasks_purged`: the `tasker_tasks_purged_total` counter).
+(`WorkerHooks.on_tasks_purged`: the `tasker_tasks_purged_total` counter) and as a `tasks.purged`
+event on the engine's bus (by hand: one event per committed batch).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
 from tasker.domain.errors import TaskerInputError
+from tasker.domain.events import Events
 from tasker.domain.hooks import TasksPurged, WorkerHooks
 from tasker.domain.reports import PurgePassReport, RetentionReport
 from tasker.domain.retention import (
@@ -30,6 +33,7 @@ from tasker.domain.retention import (
 from tasker.domain.states import FINISHED_TASK_STATES
 from tasker.domain.waits import duration_seconds
 from tasker.engine import clock
+from tasker.events.bus import EventBus
 from tasker.store import archive as archive_store
 from tasker.store import jobs
 from tasker.store import purge as purge_store
@@ -93,6 +97,25 @@ def report_purged(
             log.exception("hook %r failed on purged tasks; ignored", hook)
 
 
+def purged_event(
+    deleted: dict[str, int],
+    archived: int,
+    archive: str | None,
+    worker: str | None,
+    trigger: str,
+) -> dict[str, object]:
+    """The payload of `tasks.purged`: the tasks deleted per status, and by whom (`trigger`:
+    `retention` for the housekeeping job, `purge` or `bulk purge` by hand)."""
+    return {
+        "deleted": dict(sorted(deleted.items())),
+        "total": sum(deleted.values()),
+        "archived": archived,
+        "archive": archive,
+        "worker": worker,
+        "trigger": trigger,
+    }
+
+
 def as_text(templates: Sequence[TemplateRetention]) -> dict[str, dict[str, str]]:
     """Templates' own retention as `tasker retention` and health show it."""
     return {f"{t.namespace}/{t.name}": t.policy.as_text() for t in templates}
@@ -101,8 +124,14 @@ def as_text(templates: Sequence[TemplateRetention]) -> dict[str, dict[str, str]]
 class Retention:
     """The store's finished tasks: their deletion by hand, and the retention in force."""
 
-    def __init__(self, db: Database, hooks: Sequence[WorkerHooks] | None = None):
+    def __init__(
+        self,
+        db: Database,
+        hooks: Sequence[WorkerHooks] | None = None,
+        bus: EventBus | None = None,
+    ):
         self.db = db
+        self.bus = bus
         self._hooks = None if hooks is None else list(hooks)
         self.templates = TemplatePolicies(db)
         self._probes = Probes()
@@ -161,7 +190,7 @@ class Retention:
         while True:
             with self.db.write() as conn:
                 done = purge_store.purge_where(conn, where, batch, store, now)
-            report_purged(self.hooks, done, "purge", None)
+            self.announce(done, target, "purge")
             deleted += done.deleted
             archived += done.archived
             if done.deleted < batch:
@@ -174,6 +203,19 @@ class Retention:
                     archive=target,
                     archive_path=str(path) if path is not None else None,
                 )
+
+    def announce(self, purged: purge_store.Purged, archive: str | None, trigger: str) -> None:
+        """A batch deleted by hand committed: tell the hooks (metrics) and the bus."""
+        report_purged(self.hooks, purged, "purge", None)
+        if self.bus is None or not purged.deleted:
+            return
+        by_status: Counter[str] = Counter()
+        for (_, status), n in purged.counts.items():
+            by_status[status] += n
+        self.bus.publish(
+            Events.TASKS_PURGED,
+            purged_event(dict(by_status), purged.archived, archive, None, trigger),
+        )
 
     def report(
         self, default: RetentionPolicy | None = None, archive: str | None = None

@@ -125,7 +125,7 @@ class Tasker:
         self.keys = ApiKeys(self.db)
         self.signals = Signals(self.db, self.bus, self._running)
         self.schedules = Schedules(self.db, self.registry, self._port)
-        self.retention = Retention(self.db)
+        self.retention = Retention(self.db, bus=self.bus)
         self.bulk = Bulk(self.db, self.bus, self._running, self.retention)
         if templates is not None:
             for p in [templates] if isinstance(templates, (str, Path)) else templates:
