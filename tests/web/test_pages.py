@@ -13,7 +13,17 @@ from tests.web.helpers import NAV, Confirmations, create_via_api, submit, wait_f
 
 #: (path, the hooks that page must show) for every page; {task}/{failed} are filled in.
 PAGES = [
-    ("/", ["#overview-counts", "#throughput-chart", "#workers", "#systems", "#latest-failures"]),
+    (
+        "/",
+        [
+            "#overview-counts",
+            "#throughput-chart",
+            "#workers",
+            "#systems",
+            "#latest-failures",
+            "#retention",
+        ],
+    ),
     ("/tasks", ["form#task-filters", "table#tasks-table"]),
     ("/tasks?namespace=webtest&status=error", ["form#task-filters", "table#tasks-table"]),
     ("/tasks/{task}", ["#task-status", "svg#dag", "#timeline", "#context", "#task-events"]),

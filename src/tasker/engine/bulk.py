@@ -25,7 +25,7 @@ from tasker.domain.bulk import BulkAction, BulkReport, FilterError, TaskFilter, 
 from tasker.domain.errors import TaskerInputError
 from tasker.domain.retention import parse_archive
 from tasker.engine import clock
-from tasker.engine.retention import Retention
+from tasker.engine.retention import Retention, announce
 from tasker.engine.running import RunningWorkers
 from tasker.events.bus import EventBus
 from tasker.store import archive as archive_store
@@ -247,7 +247,9 @@ class Bulk:
             for name, payload in events:
                 self.bus.publish(name, payload)
             if result.purged is not None:  # counted and announced where every purge is
-                self._retention.announce(result.purged, archive_target, "bulk purge")
+                announce(
+                    self._retention.hooks, self.bus, result.purged, archive_target, "bulk purge"
+                )
             matched += len(ids)
             changed += result.changed
             skipped += result.skipped

@@ -116,6 +116,25 @@ def purged_event(
     }
 
 
+def announce(
+    hooks: Sequence[WorkerHooks],
+    bus: EventBus | None,
+    purged: purge_store.Purged,
+    archive: str | None,
+    trigger: str,
+) -> None:
+    """A batch deleted by hand committed: tell the hooks (metrics) and the bus."""
+    report_purged(hooks, purged, "purge", None)
+    if bus is None or not purged.deleted:
+        return
+    by_status: Counter[str] = Counter()
+    for (_, status), n in purged.counts.items():
+        by_status[status] += n
+    bus.publish(
+        Events.TASKS_PURGED, purged_event(dict(by_status), purged.archived, archive, None, trigger)
+    )
+
+
 def as_text(templates: Sequence[TemplateRetention]) -> dict[str, dict[str, str]]:
     """Templates' own retention as `tasker retention` and health show it."""
     return {f"{t.namespace}/{t.name}": t.policy.as_text() for t in templates}
@@ -190,7 +209,7 @@ class Retention:
         while True:
             with self.db.write() as conn:
                 done = purge_store.purge_where(conn, where, batch, store, now)
-            self.announce(done, target, "purge")
+            announce(self.hooks, self.bus, done, target, "purge")
             deleted += done.deleted
             archived += done.archived
             if done.deleted < batch:
@@ -203,19 +222,6 @@ class Retention:
                     archive=target,
                     archive_path=str(path) if path is not None else None,
                 )
-
-    def announce(self, purged: purge_store.Purged, archive: str | None, trigger: str) -> None:
-        """A batch deleted by hand committed: tell the hooks (metrics) and the bus."""
-        report_purged(self.hooks, purged, "purge", None)
-        if self.bus is None or not purged.deleted:
-            return
-        by_status: Counter[str] = Counter()
-        for (_, status), n in purged.counts.items():
-            by_status[status] += n
-        self.bus.publish(
-            Events.TASKS_PURGED,
-            purged_event(dict(by_status), purged.archived, archive, None, trigger),
-        )
 
     def report(
         self, default: RetentionPolicy | None = None, archive: str | None = None
