@@ -1,25 +1,28 @@
-"""Does the engine slow down as finished work piles up? (issue 13, points 5 and 6)
+"""Does the engine slow down as finished work piles up? (issue 13, points 5 and 6; issue 17)
 
-On a scratch PostgreSQL database, measures with an empty store, then again after writing
-`--finished` finished 5-step tasks (default 1,000,000; `--big` for 10,000,000) straight into the
-tables with `generate_series` (tasks spread over the last 30 days, their steps, edges and
-transitions, and the analytics rollups of them, as the engine would leave them), analyzed:
+Two scratch PostgreSQL databases: the *grown* one, with `--finished` finished 5-step tasks
+(default 1,000,000; `--big` for 10,000,000), and the *baseline*, empty or with `--baseline N`
+finished tasks (issue 17 compares 10,000,000 with 10,000: a capped count reads as much at 10,000
+as at 10 M). The tasks are written straight into the tables with `generate_series` (spread over the
+last 30 days, their steps, edges and transitions, and the analytics rollups of them, as the engine
+would leave them), analyzed. Then, on both:
 
   - one 5-step task created and run (`Tasker.run`, handlers `run_inline`): claim and completion;
   - `insight.status()`, `insight.performance(24)` and the first page of `list_tasks` (a page and
     the count of matches, capped).
 
+The calls alternate between the two stores, one call each in turn (the order swapped every
+round), so the drift of a shared machine, which moves these figures by a third within minutes,
+falls on both alike; each figure is the median of `--samples` calls per store.
+
 The plain indexes are dropped while the rows are written and built again afterwards (a bulk load;
 the unique ones stay). The rollups are written with the rows, as a running store keeps them up to
 date at every report; `--catch-up` leaves them empty instead, and the first report, which then
-reads the whole history once, is reported apart. Each figure is a median over `--samples` calls.
+reads the whole history once, is reported apart (one call per store, not a median).
 Run from the repository root:
 
-    python benchmarks/bench_growth.py [--finished 1000000 | --big] [--samples 20] [--keep DB]
-        [--baseline 10000]
-
-`--baseline N` compares with a store of N finished tasks written the same way instead of an empty
-one (issue 17: 10,000,000 against 10,000; a capped count reads as much at 10,000 as at 10 M).
+    python benchmarks/bench_growth.py [--finished 1000000 | --big] [--baseline 10000]
+        [--samples 100] [--keep DB]
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ from tasker.store.schema import tasks  # noqa: E402
 
 TEMPLATES = ROOT / "benchmarks" / "templates"
 REF = "bench/linear5_inline"
+#: The idempotency keys of the written tasks start with it.
+PREFIX = "grown-"
 
 FILL = [
     """INSERT INTO tasker_tasks (namespace, name, version, template_id, status, context,
@@ -103,11 +108,12 @@ def kept_database(name: str) -> Iterator[str]:
 
 
 def grown_count(url: str) -> int:
-    """How many of the written finished tasks the database holds (0 for a new one)."""
+    """How many finished tasks the database holds (0 for a new one)."""
     with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM tasker_tasks WHERE idempotency_key LIKE 'grown-%'"
-        ).fetchone()
+        table = conn.execute("SELECT to_regclass('tasker_tasks')").fetchone()
+        if table is None or table[0] is None:
+            return 0
+        row = conn.execute("SELECT count(*) FROM tasker_tasks WHERE status = 'complete'").fetchone()
         return int(row[0]) if row else 0
 
 
@@ -154,11 +160,8 @@ GROWN_TABLES = [
 ]
 
 
-def fill(url: str, finished: int, *, rollups: bool, prefix: str = "grown-") -> float:
+def fill(url: str, finished: int, *, rollups: bool) -> float:
     """Write `finished` finished tasks straight into the tables and analyze them: seconds.
-
-    Their keys start with `prefix`; the baseline's tasks (prefix `base-`) carry another template
-    name, so that a store can be filled twice without their rollups' slots colliding.
 
     Everything the measures before did is rolled up already (their reports caught up), so the
     rollups of the written tasks can be added and the cursors moved past them.
@@ -178,8 +181,7 @@ def fill(url: str, finished: int, *, rollups: bool, prefix: str = "grown-") -> f
         ).fetchall()
         for name, _ in plain:
             conn.execute(f'DROP INDEX "{name}"')
-        name = "linear5_inline" if prefix == "grown-" else "linear5_baseline"
-        marks = {"prefix": prefix, "like": prefix + "%", "name": name}
+        marks = {"prefix": PREFIX, "like": PREFIX + "%", "name": "linear5_inline"}
         for sql in FILL:
             conn.execute(sql, {"n": finished, "template_id": template_id[0], **marks})
         for _, definition in plain:
@@ -192,32 +194,43 @@ def fill(url: str, finished: int, *, rollups: bool, prefix: str = "grown-") -> f
         return time.perf_counter() - t0
 
 
-def median_ms(fn: Callable[[], Any], samples: int) -> float:
-    times = []
-    for _ in range(samples):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+#: What is timed on both stores, by name.
+MEASURES: dict[str, Callable[[Tasker], Any]] = {
+    "sequential_task_ms": lambda t: t.run(t.create_task(REF, {}).id),
+    "status_ms": lambda t: t.insight.status(),
+    "performance_24h_ms": lambda t: t.insight.performance(24),
+    "list_first_page_ms": lambda t: t.list_tasks(limit=50),
+}
 
 
-def measure(t: Tasker, samples: int) -> dict[str, float]:
-    def sequential() -> None:
-        t.run(t.create_task(REF, {}).id)
-
+def first_report_ms(t: Tasker) -> float:
+    """A few tasks run, then the first 24-hour report (it rolls up whatever is not yet), checked
+    against the raw rows."""
     for _ in range(3):
-        sequential()
+        MEASURES["sequential_task_ms"](t)
     t0 = time.perf_counter()
-    first = t.insight.performance(24)  # the rollups catch up with anything not rolled up yet
-    warm = (time.perf_counter() - t0) * 1000
+    first = t.insight.performance(24)
+    ms = (time.perf_counter() - t0) * 1000
     check_against_raw(t, first)
-    return {
-        "sequential_task_ms": median_ms(sequential, samples),
-        "status_ms": median_ms(t.insight.status, samples),
-        "performance_24h_ms": median_ms(lambda: t.insight.performance(24), samples),
-        "performance_first_call_ms": warm,
-        "list_first_page_ms": median_ms(lambda: t.list_tasks(limit=50), samples),
-    }
+    return ms
+
+
+def measure_pair(before: Tasker, grown: Tasker, samples: int) -> dict[str, tuple[float, float]]:
+    """Each measure's median on both stores (before, grown), the calls alternating."""
+    out = {"performance_first_call_ms": (first_report_ms(before), first_report_ms(grown))}
+    for name, fn in MEASURES.items():
+        times: tuple[list[float], list[float]] = ([], [])
+        for engine in (before, grown):  # warm each store's connections and plans
+            for _ in range(3):
+                fn(engine)
+        for i in range(samples):
+            order = ((0, before), (1, grown)) if i % 2 else ((1, grown), (0, before))
+            for side, engine in order:
+                t0 = time.perf_counter()
+                fn(engine)
+                times[side].append((time.perf_counter() - t0) * 1000)
+        out[name] = (statistics.median(times[0]), statistics.median(times[1]))
+    return out
 
 
 def check_against_raw(t: Tasker, report: Performance) -> None:
@@ -236,7 +249,7 @@ def main() -> None:
     )
     ap.add_argument("--finished", type=int, default=1_000_000)
     ap.add_argument("--big", action="store_true", help="10,000,000 finished tasks")
-    ap.add_argument("--samples", type=int, default=20)
+    ap.add_argument("--samples", type=int, default=100)
     ap.add_argument(
         "--baseline",
         type=int,
@@ -258,50 +271,58 @@ def main() -> None:
     )
     args = ap.parse_args()
     finished = 10_000_000 if args.big else args.finished
-    with kept_database(args.keep) if args.keep else scratch_database() as url:
+    grown_db = kept_database(args.keep) if args.keep else scratch_database()
+    with scratch_database() as base_url, grown_db as url:
+        base = prepare(base_url, args.baseline, args.catch_up)
         t = Tasker(url, migrate=True, templates=TEMPLATES)
-        reused = grown_count(url) >= finished - args.baseline
-        # A kept database that holds the tasks already has no empty measure to offer.
-        if args.baseline and not reused:
-            t.run(t.create_task(REF, {}).id)  # the template's row, which the fill names
-            t.insight.performance(24)  # rolled up before the fill moves the rollups' cursors
-            fill(url, args.baseline, rollups=not args.catch_up, prefix="base-")
-            t.close()
-            t = Tasker(url, templates=TEMPLATES)
-        empty = {} if reused else measure(t, args.samples)
-        grow_by = finished - args.baseline
-        fill_s = 0.0 if reused else fill(url, grow_by, rollups=not args.catch_up)
+        reused = grown_count(url) >= finished
         t.close()
-        t = Tasker(url, templates=TEMPLATES)
-        grown = measure(t, args.samples)
-        t.close()
+        fill_s = 0.0
+        if not reused:
+            t0 = time.perf_counter()
+            prepare(url, finished, args.catch_up).close()
+            fill_s = time.perf_counter() - t0
+        grown = Tasker(url, templates=TEMPLATES)
+        try:
+            figures = measure_pair(base, grown, args.samples)
+        finally:
+            base.close()
+            grown.close()
     result: dict[str, Any] = {
         "finished": finished,
         "baseline": args.baseline,
+        "samples": args.samples,
         "fill_seconds": round(fill_s, 1),
     }
-    for key in grown:
-        before = empty.get(key)
-        result[f"{key}_empty"] = None if before is None else round(before, 2)
-        result[f"{key}_grown"] = round(grown[key], 2)
-        result[f"{key}_ratio"] = round(grown[key] / before, 2) if before else None
+    for key, (before, after) in figures.items():
+        result[f"{key}_before"] = round(before, 2)
+        result[f"{key}_grown"] = round(after, 2)
+        result[f"{key}_ratio"] = round(after / before, 2)
     if args.json:
         print(json.dumps(result))
         return
-    base = f"{args.baseline:,} finished tasks" if args.baseline else "Empty store"
-    table = Table(title=f"{base} vs {finished:,} finished tasks (medians of {args.samples})")
+    name = f"{args.baseline:,} finished tasks" if args.baseline else "Empty store"
+    table = Table(
+        title=f"{name} vs {finished:,} finished tasks (medians of {args.samples}, alternating)"
+    )
     for col in ("measure", "before", "grown", "grown / before"):
         table.add_column(col, justify="right" if col != "measure" else "left")
-    for key in grown:
-        before = empty.get(key)
-        table.add_row(
-            key,
-            "-" if before is None else f"{before:.2f}",
-            f"{grown[key]:.2f}",
-            f"{grown[key] / before:.2f}" if before else "-",
-        )
+    for key, (before, after) in figures.items():
+        table.add_row(key, f"{before:.2f}", f"{after:.2f}", f"{after / before:.2f}")
     Console().print(table)
-    Console().print(f"filled in {fill_s:.0f} s")
+    Console().print(f"filled in {fill_s:.0f} s" if fill_s else "the grown store was reused")
+
+
+def prepare(url: str, finished: int, catch_up: bool) -> Tasker:
+    """A store with `finished` finished tasks written (none: an empty store), ready to measure."""
+    t = Tasker(url, migrate=True, templates=TEMPLATES)
+    t.run(t.create_task(REF, {}).id)  # the template's row, which the fill names
+    if finished:
+        t.insight.performance(24)  # rolled up before the fill moves the rollups' cursors
+        t.close()
+        fill(url, finished, rollups=not catch_up)
+        t = Tasker(url, templates=TEMPLATES)
+    return t
 
 
 if __name__ == "__main__":
