@@ -34,35 +34,33 @@ _INSERT_STEP = insert(step_transitions)
 _INSERT_TASK = insert(task_transitions)
 _INSERT_CUSTOM = insert(custom_events)
 #: PostgreSQL: every transition row of a transaction and its NOTIFY in one statement whose text
-#: never changes (arrays of values, unnested), so psycopg prepares it once and a flush is one round
-#: trip instead of up to three.
+#: never changes (one JSON document per table), so psycopg prepares it once and a flush is one round
+#: trip instead of up to three. A row carries only its own values: the time and the worker are the
+#: journal's, sent once, and a column a row leaves out is NULL (`jsonb_to_recordset`).
 _FLUSH_PG = f"""
     WITH step_rows AS (
         INSERT INTO tasker_step_transitions
                (step_id, task_id, from_state, to_state, attempt, at, worker, error_class,
                 error_message, duration_ms, reason)
-        SELECT step_id, task_id, from_state, to_state, attempt, at, worker, error_class,
-               error_message, duration_ms, reason
+        SELECT step_id, task_id, from_state, to_state, attempt, %(at)s::timestamptz,
+               %(worker)s::text, error_class, error_message, duration_ms, reason
           FROM jsonb_to_recordset(%(steps)s::jsonb)
                AS r(step_id bigint, task_id bigint, from_state text, to_state text,
-                    attempt integer, at timestamptz, worker text, error_class text,
-                    error_message text, duration_ms double precision, reason text)
+                    attempt integer, error_class text, error_message text,
+                    duration_ms double precision, reason text)
     ), task_rows AS (
         INSERT INTO tasker_task_transitions (task_id, from_state, to_state, at, worker, reason)
-        SELECT task_id, from_state, to_state, at, worker, reason
+        SELECT task_id, from_state, to_state, %(at)s::timestamptz, %(worker)s::text, reason
           FROM jsonb_to_recordset(%(tasks)s::jsonb)
-               AS r(task_id bigint, from_state text, to_state text, at timestamptz,
-                    worker text, reason text)
+               AS r(task_id bigint, from_state text, to_state text, reason text)
     )
     SELECT pg_notify('{CHANNEL}', '') WHERE %(notify)s
 """
-
-
-def _iso(value: Any) -> str:
-    """JSON for the values of a transition row that are not JSON already (times, state enums)."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)
+#: The columns a recorded row may leave out (NULL), per table.
+STEP_ROW_GAPS: dict[str, Any] = dict.fromkeys(
+    ("from_state", "error_class", "error_message", "duration_ms", "reason")
+)
+TASK_ROW_GAPS: dict[str, Any] = dict.fromkeys(("from_state", "reason"))
 
 
 @dataclass
@@ -115,21 +113,21 @@ class Journal:
             self.readied.add(step_id)
         elif dst == StepState.IN_PROGRESS:
             self.readied.discard(step_id)
-        self.step_rows.append(
-            {
-                "step_id": step_id,
-                "task_id": task_id,
-                "from_state": src,
-                "to_state": dst,
-                "attempt": attempt,
-                "at": self.now,
-                "worker": self.worker,
-                "error_class": error["class"] if error else None,
-                "error_message": error["message"] if error else None,
-                "duration_ms": duration_ms,
-                "reason": reason,
-            }
-        )
+        row: dict[str, Any] = {
+            "step_id": step_id,
+            "task_id": task_id,
+            "to_state": dst,
+            "attempt": attempt,
+        }
+        if src is not None:
+            row["from_state"] = src
+        if error:
+            row["error_class"], row["error_message"] = error["class"], error["message"]
+        if duration_ms is not None:
+            row["duration_ms"] = duration_ms
+        if reason is not None:
+            row["reason"] = reason
+        self.step_rows.append(row)
 
     def task(
         self,
@@ -141,16 +139,12 @@ class Journal:
         """Record a task's transition (src None: its creation); raises `InvalidTransitionError` if
         the move is illegal."""
         check_task_transition(src, dst)
-        self.task_rows.append(
-            {
-                "task_id": task_id,
-                "from_state": src,
-                "to_state": dst,
-                "at": self.now,
-                "worker": self.worker,
-                "reason": reason,
-            }
-        )
+        row: dict[str, Any] = {"task_id": task_id, "to_state": dst}
+        if src is not None:
+            row["from_state"] = src
+        if reason is not None:
+            row["reason"] = reason
+        self.task_rows.append(row)
 
     def custom(self, name: str, task_id: int, step_id: int | None, payload: dict[str, Any]) -> None:
         self.custom_rows.append(
@@ -180,6 +174,14 @@ class Journal:
         claim-only cycle): keep the events, drop the rows."""
         self.step_rows, self.task_rows, self.readied = [], [], set()
 
+    def whole_rows(
+        self, rows: list[dict[str, Any]], gaps: dict[str, Any], at: Any = None
+    ) -> list[dict[str, Any]]:
+        """Rows with every column (an executemany needs the same keys in each): the gaps as NULL,
+        the journal's time (or `at`, the time as a store writes it) and worker."""
+        when = self.now if at is None else at
+        return [{**gaps, **r, "at": when, "worker": self.worker} for r in rows]
+
     def flush_statement(self) -> tuple[str, dict[str, Any]] | None:
         """PostgreSQL: the statement (psycopg's placeholders) that writes the collected transition
         rows and the NOTIFY, with its values, or None when there is nothing to write. The rows are
@@ -188,10 +190,13 @@ class Journal:
         self.step_rows, self.task_rows, self.readied = [], [], set()
         if not (steps or tasks or notify):
             return None
-        # One JSON document per table: cheaper to send than a dozen typed arrays.
+        # One JSON document per table: cheaper to send than a dozen typed arrays. Its values are
+        # numbers and strings (the states are `str` enums), so the encoder needs no fallback.
         params = {
-            "steps": json.dumps(steps, default=_iso),
-            "tasks": json.dumps(tasks, default=_iso),
+            "steps": json.dumps(steps),
+            "tasks": json.dumps(tasks),
+            "at": self.now,
+            "worker": self.worker,
             "notify": notify,
         }
         return _FLUSH_PG, params
@@ -204,9 +209,9 @@ class Journal:
                 conn.exec_driver_sql(*statement)
         else:
             if self.step_rows:
-                conn.execute(_INSERT_STEP, self.step_rows)
+                conn.execute(_INSERT_STEP, self.whole_rows(self.step_rows, STEP_ROW_GAPS))
             if self.task_rows:
-                conn.execute(_INSERT_TASK, self.task_rows)
+                conn.execute(_INSERT_TASK, self.whole_rows(self.task_rows, TASK_ROW_GAPS))
         self.step_rows = []
         self.task_rows = []
         if self.custom_rows:

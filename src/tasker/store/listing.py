@@ -213,7 +213,8 @@ def count_statement(query: TaskQuery, cap: int | None = None) -> Select[Any]:
         # The newest matches, from the index the page itself reads (the primary key, or the
         # filter's `(..., id)` index), whose first pages the page has just brought into memory.
         # Left unordered, the planner counts from the smallest index instead (`(status,
-        # finished_at)` on a big table), which at 10 M tasks costs a third more (docs/benchmarks.md).
+        # finished_at)` on a big table), which at 10 M tasks costs a third more
+        # (docs/benchmarks.md).
         # A time window is counted from `(created_at, id)`, unordered: sorting its matches would
         # cost more than it saves.
         matches = matches.order_by(tasks.c.id.desc())

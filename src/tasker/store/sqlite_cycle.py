@@ -37,7 +37,7 @@ from tasker.store.cycle_rows import (
     Row,
     record_rows,
 )
-from tasker.store.journal import Journal
+from tasker.store.journal import STEP_ROW_GAPS, TASK_ROW_GAPS, Journal
 
 S, T = StepState, TaskState
 _CLAIMABLE = "(" + ", ".join(f"'{s.value}'" for s in sorted(CLAIMABLE_STEP_STATES)) + ")"
@@ -310,15 +310,16 @@ def flush_rows(cur: sqlite3.Cursor, journal: Journal) -> None:
     """The journal's rows, as `Journal.flush` writes them on SQLite (times as `stamp` stores
     them, payloads as JSON text)."""
 
-    def stamped(rows: list[dict[str, Any]], **also: Any) -> list[dict[str, Any]]:
-        return [{**r, "at": stamp(r["at"]), **{k: f(r) for k, f in also.items()}} for r in rows]
-
+    at = stamp(journal.now)
     if journal.step_rows:
-        cur.executemany(_STEP_ROW, stamped(journal.step_rows))
+        cur.executemany(_STEP_ROW, journal.whole_rows(journal.step_rows, STEP_ROW_GAPS, at))
     if journal.task_rows:
-        cur.executemany(_TASK_ROW, stamped(journal.task_rows))
+        cur.executemany(_TASK_ROW, journal.whole_rows(journal.task_rows, TASK_ROW_GAPS, at))
     if journal.custom_rows:
-        rows = stamped(journal.custom_rows, payload=lambda r: json.dumps(r["payload"]))
+        rows = [
+            {**r, "at": stamp(r["at"]), "payload": json.dumps(r["payload"])}
+            for r in journal.custom_rows
+        ]
         cur.executemany(_CUSTOM_ROW, rows)
     journal.step_rows, journal.task_rows, journal.custom_rows = [], [], []
     journal.readied = set()
