@@ -30,6 +30,7 @@ from tasker.domain.retention import (
 )
 from tasker.domain.states import TaskState
 from tasker.domain.templates import semver_key
+from tasker.domain.waits import duration_seconds
 from tasker.settings import Settings
 from tasker.templates.loader import parse_template
 
@@ -59,7 +60,7 @@ def test_a_policy_reads_mappings_and_environment_text() -> None:
         ({"running": "1d"}, "'running' is not a task state"),
         ({"complete": "soon"}, "complete: 'soon' is not a duration"),
         ({"complete": None}, "complete: a period is required"),
-        ({"error": "400d"}, "error: '400d' is out of range"),
+        ({"error": "40000d"}, "error: '40000d' is out of range; use 0 to 36500 days"),
         ({"error": True}, "error: True is not a duration"),
         ("complete:30d", "'complete:30d' is not state=duration"),
         ("complete=1d,complete=2d", "complete is given twice"),
@@ -72,10 +73,18 @@ def test_a_bad_policy_says_which_state_and_what_is_accepted(value: Any, needle: 
     assert needle in str(info.value)
 
 
-@given(st.integers(0, 366 * 24 * 60).map(lambda minutes: minutes * 60.0))
+@given(st.integers(0, 36_500 * 24 * 60).map(lambda minutes: minutes * 60.0))
 def test_a_described_period_reads_back_as_itself(seconds: float) -> None:
     assert parse_period(describe(seconds)) == seconds
     assert parse_period(describe(None)) is None and describe(None) == NEVER
+
+
+def test_retention_keeps_records_for_years_where_a_wait_stops_at_one() -> None:
+    # Bookkeeping rules keep records for years; a durable wait is capped at a year.
+    assert RetentionPolicy.parse({"complete": "2555d"}).as_text() == {"complete": "2555d"}
+    assert parse_period("P3650D") == 3650 * DAY
+    with pytest.raises(ValueError, match="out of range; use 0 to 366 days"):
+        duration_seconds("400d")
 
 
 def test_periods_read_as_people_write_them() -> None:

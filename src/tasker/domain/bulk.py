@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from tasker.domain.errors import TaskerInputError
 from tasker.domain.records import Task
+from tasker.domain.retention import MAX_RETENTION_SECONDS
 from tasker.domain.states import (
     FINISHED_TASK_STATES,
     TASK_TRANSITIONS,
@@ -307,7 +308,7 @@ def moment(value: str | datetime | timedelta | None, now: datetime, name: str) -
         return now - value
     text = value.strip()
     try:
-        return now - timedelta(seconds=duration_seconds(text))
+        return now - timedelta(seconds=duration_seconds(text, MAX_RETENTION_SECONDS))
     except ValueError:
         pass
     try:

@@ -38,6 +38,9 @@ TemplateName = tuple[str, str]
 
 _STATES = ", ".join(s.value for s in RETAINED_STATES)
 _ACCEPTED = "use seconds (86400), an ISO-8601 duration (P30D), 30d, 12h, 2w, or never"
+#: The longest period a retention or a purge takes: records kept for years (seven, for
+#: bookkeeping, is common) must be expressible; a century is past any such rule.
+MAX_RETENTION_SECONDS = 36_500 * 86_400.0
 
 
 def parse_period(value: Any) -> Period:
@@ -47,7 +50,7 @@ def parse_period(value: Any) -> Period:
     if value is None:
         raise ValueError(f"a period is required; {_ACCEPTED}")
     try:
-        return duration_seconds(value)
+        return duration_seconds(value, MAX_RETENTION_SECONDS)
     except ValueError as exc:
         raise ValueError(f"{exc}; or never to keep them forever") from None
 

@@ -162,9 +162,10 @@ def signal_results(payload: Any) -> dict[str, Any]:
     return {} if payload is None else {"payload": payload}
 
 
-def duration_seconds(value: Any) -> float:
+def duration_seconds(value: Any, maximum: float = MAX_WAIT_SECONDS) -> float:
     """A duration as seconds: a number of seconds, an ISO-8601 duration (`PT10M`, `P1D`) or a
-    shorthand (`90s`, `10m`, `2h`, `1d`, `1w`). Raises `ValueError` saying what is accepted."""
+    shorthand (`90s`, `10m`, `2h`, `1d`, `1w`), at most `maximum` (a wait's: a year). Raises
+    `ValueError` saying what is accepted."""
     seconds: float
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration; {_ACCEPTED}")
@@ -176,8 +177,8 @@ def duration_seconds(value: Any) -> float:
         seconds = _parse(value)
     else:
         raise ValueError(f"{type(value).__name__} is not a duration; {_ACCEPTED}")
-    if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_WAIT_SECONDS:
-        raise ValueError(f"{value!r} is out of range; use 0 to {MAX_WAIT_SECONDS / 86400:g} days")
+    if not math.isfinite(seconds) or seconds < 0 or seconds > maximum:
+        raise ValueError(f"{value!r} is out of range; use 0 to {maximum / 86400:g} days")
     return seconds
 
 

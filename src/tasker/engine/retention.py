@@ -23,6 +23,7 @@ from tasker.domain.events import Events
 from tasker.domain.hooks import TasksPurged, WorkerHooks
 from tasker.domain.reports import PurgePassReport, RetentionReport
 from tasker.domain.retention import (
+    MAX_RETENTION_SECONDS,
     PurgePass,
     RetentionPolicy,
     StoredTemplate,
@@ -182,7 +183,7 @@ class Retention:
         format of docs/operations.md); a batch that cannot be archived is not deleted, and the
         purge stops with `ArchiveError`."""
         try:
-            seconds = duration_seconds(older_than)
+            seconds = duration_seconds(older_than, MAX_RETENTION_SECONDS)
         except ValueError as exc:
             raise TaskerInputError(f"older_than: {exc}") from None
         wrong = [s for s in statuses or () if s not in _FINISHED]
