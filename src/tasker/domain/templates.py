@@ -274,6 +274,16 @@ class OnFailure(StrEnum):
     STOP = "stop"
 
 
+def _private(model: BaseModel) -> dict[str, Any]:
+    """A model's private attributes, read straight from their dict: pydantic serves `self._x`
+    through `__getattr__` after a failed lookup (a few microseconds, with a `hasattr` inside), and
+    a worker asks a template for a step, its children, gated and fan-out steps and signals at
+    every attempt: a dozen such reads per step, a tenth of a no-op step's handler path."""
+    private = model.__pydantic_private__
+    assert private is not None  # every model here declares private attributes
+    return private
+
+
 class StepTemplate(_Strict):
     name: str = Field(min_length=1, max_length=128)
     description: str | None = None
@@ -405,12 +415,14 @@ class StepTemplate(_Strict):
     def declared_signals(self) -> frozenset[str]:
         """The signals the step may read or wait for (`wait_for`, `signals`), computed once: every
         attempt's context asks."""
-        if self._declared_signals is None:
+        cache = _private(self)
+        found: frozenset[str] | None = cache["_declared_signals"]
+        if found is None:
             names = set(self.signals)
             if self.wait_for is not None:
                 names.add(self.wait_for)
-            self._declared_signals = frozenset(names)
-        return self._declared_signals
+            found = cache["_declared_signals"] = frozenset(names)
+        return found
 
     def work(self) -> str:
         """What the step does, in a few words: its handler, its sub-workflow, or its wait (what
@@ -712,9 +724,11 @@ class TaskTemplate(_Strict):
     def step(self, name: str) -> StepTemplate:
         """The step template named `name` (KeyError if none): indexed once, as a worker asks for
         every step it runs, and a template may have a thousand."""
-        if self._by_name is None:
-            self._by_name = {s.name: s for s in self.step_templates}
-        return self._by_name[name]
+        cache = _private(self)
+        by_name: dict[str, StepTemplate] | None = cache["_by_name"]
+        if by_name is None:
+            by_name = cache["_by_name"] = {s.name: s for s in self.step_templates}
+        return by_name[name]
 
     def dependent_system_of(self, step: StepTemplate) -> str:
         return step.dependent_system or self.default_dependent_system
@@ -762,17 +776,22 @@ class TaskTemplate(_Strict):
 
     def gated_steps(self) -> frozenset[str]:
         """The steps that need a control-flow decision before they run (`control.gated`)."""
-        if self._gated is None:
+        cache = _private(self)
+        found: frozenset[str] | None = cache["_gated"]
+        if found is None:
             controls = self.controls()
             order = execution_order([(s.name, s.parents) for s in self.step_templates])
-            self._gated = frozenset(gated([controls[n] for n in order]))
-        return self._gated
+            found = cache["_gated"] = frozenset(gated([controls[n] for n in order]))
+        return found
 
     def fanout_steps(self) -> frozenset[str]:
         """The names of the steps with a `foreach`, computed once (every handler's context asks)."""
-        if self._fanouts is None:
-            self._fanouts = frozenset(s.name for s in self.step_templates if s.foreach is not None)
-        return self._fanouts
+        cache = _private(self)
+        found: frozenset[str] | None = cache["_fanouts"]
+        if found is None:
+            found = frozenset(s.name for s in self.step_templates if s.foreach is not None)
+            cache["_fanouts"] = found
+        return found
 
     @property
     def compensates_on_failure(self) -> bool:
@@ -804,9 +823,12 @@ class TaskTemplate(_Strict):
 
     def children(self) -> dict[str, list[str]]:
         """Each step's children by name, in template order, computed once."""
-        if self._children is None:
-            self._children = children_of({s.name: s.parents for s in self.step_templates})
-        return self._children
+        cache = _private(self)
+        found: dict[str, list[str]] | None = cache["_children"]
+        if found is None:
+            found = children_of({s.name: s.parents for s in self.step_templates})
+            cache["_children"] = found
+        return found
 
     def visible_results(self, results: dict[str, Any]) -> dict[str, Any]:
         """Stored results by step name as a handler or a sub-workflow's context reads them: a
