@@ -254,6 +254,38 @@ def test_the_total_is_counted_up_to_a_cap(tasker: Tasker, load: Load, key: str) 
         tasker.listing.total(cap=-1)
 
 
+def test_capped_counts_agree_whichever_index_they_walk(
+    tasker: Tasker, load: Load, key: str
+) -> None:
+    """The capped count takes the newest matches (id order) where one index holds them in that
+    order, and any matches elsewhere: the same numbers either way, on every filter shape."""
+    ref = load("kappa", [step("a")])
+    ids = tasker.create_tasks(ref, [{"key": key, "n": i} for i in range(6)])
+    tasker.cancel_task(ids[0])
+    ordered = [
+        TaskQuery(),
+        TaskQuery(statuses=("pending",)),
+        TaskQuery(namespace="itest"),
+        TaskQuery(namespace="itest", name="kappa", version="1.0.0"),
+    ]
+    unordered = [
+        TaskQuery(statuses=("pending", "cancelled")),
+        TaskQuery(namespace="itest", statuses=("pending",)),
+        TaskQuery(name="kappa"),
+        TaskQuery(min_priority=0),
+        TaskQuery(created_from=datetime.now(UTC) - timedelta(hours=1)),
+    ]
+    assert [listing._one_index_in_id_order(q) for q in ordered] == [True] * 4
+    assert [listing._one_index_in_id_order(q) for q in unordered] == [False] * 5
+    with tasker.db.read() as conn:
+        for q in ordered + unordered:
+            exact = listing.count(conn, q)
+            for cap in (0, 2, 5, 10):
+                assert listing.count(conn, q, cap) == min(exact, cap + 1), (q, cap)
+    assert listing.count_statement(TaskQuery(), 5).compile().string.count("ORDER BY") == 1
+    assert "ORDER BY" not in listing.count_statement(TaskQuery(name="kappa"), 5).compile().string
+
+
 def test_template_versions_lists_every_loaded_version_in_order(tasker: Tasker, load: Load) -> None:
     for version in ("1.10.0", "1.9.0", "2.0.0-rc.1", "2.0.0"):
         load("theta", [step("a")], version=version)
