@@ -181,7 +181,7 @@ def fill(url: str, finished: int, *, rollups: bool) -> float:
         ).fetchall()
         for name, _ in plain:
             conn.execute(f'DROP INDEX "{name}"')
-        marks = {"prefix": PREFIX, "like": PREFIX + "%", "name": "linear5_inline"}
+        marks = {"prefix": PREFIX, "like": PREFIX + "%", "name": REF.partition("/")[2]}
         for sql in FILL:
             conn.execute(sql, {"n": finished, "template_id": template_id[0], **marks})
         for _, definition in plain:
@@ -273,15 +273,14 @@ def main() -> None:
     finished = 10_000_000 if args.big else args.finished
     grown_db = kept_database(args.keep) if args.keep else scratch_database()
     with scratch_database() as base_url, grown_db as url:
-        base = prepare(base_url, args.baseline, args.catch_up)
+        base, _ = prepare(base_url, args.baseline, args.catch_up)
         t = Tasker(url, migrate=True, templates=TEMPLATES)
         reused = grown_count(url) >= finished
         t.close()
         fill_s = 0.0
         if not reused:
-            t0 = time.perf_counter()
-            prepare(url, finished, args.catch_up).close()
-            fill_s = time.perf_counter() - t0
+            filled, fill_s = prepare(url, finished, args.catch_up)
+            filled.close()
         grown = Tasker(url, templates=TEMPLATES)
         try:
             figures = measure_pair(base, grown, args.samples)
@@ -313,16 +312,17 @@ def main() -> None:
     Console().print(f"filled in {fill_s:.0f} s" if fill_s else "the grown store was reused")
 
 
-def prepare(url: str, finished: int, catch_up: bool) -> Tasker:
-    """A store with `finished` finished tasks written (none: an empty store), ready to measure."""
+def prepare(url: str, finished: int, catch_up: bool) -> tuple[Tasker, float]:
+    """A store with `finished` finished tasks written (none: an empty store), ready to measure,
+    and the seconds the writing took."""
     t = Tasker(url, migrate=True, templates=TEMPLATES)
     t.run(t.create_task(REF, {}).id)  # the template's row, which the fill names
-    if finished:
-        t.insight.performance(24)  # rolled up before the fill moves the rollups' cursors
-        t.close()
-        fill(url, finished, rollups=not catch_up)
-        t = Tasker(url, templates=TEMPLATES)
-    return t
+    if not finished:
+        return t, 0.0
+    t.insight.performance(24)  # rolled up before the fill moves the rollups' cursors
+    t.close()
+    seconds = fill(url, finished, rollups=not catch_up)
+    return Tasker(url, templates=TEMPLATES), seconds
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -274,14 +275,22 @@ class OnFailure(StrEnum):
     STOP = "stop"
 
 
-def _private(model: BaseModel) -> dict[str, Any]:
-    """A model's private attributes, read straight from their dict: pydantic serves `self._x`
-    through `__getattr__` after a failed lookup (a few microseconds, with a `hasattr` inside), and
-    a worker asks a template for a step, its children, gated and fan-out steps and signals at
-    every attempt: a dozen such reads per step, a tenth of a no-op step's handler path."""
+T = TypeVar("T")
+
+
+def _cached(model: BaseModel, name: str, compute: Callable[[], T]) -> T:
+    """The private attribute `name` of `model`, computed once (while it is None) by `compute`.
+
+    Read straight from pydantic's dict of private attributes: pydantic serves `self._x` through
+    `__getattr__` after a failed lookup (a few microseconds, with a `hasattr` inside), and a worker
+    asks a template for a step, its children, gated and fan-out steps and signals at every attempt:
+    a dozen such reads per step, a tenth of a no-op step's handler path."""
     private = model.__pydantic_private__
     assert private is not None  # every model here declares private attributes
-    return private
+    found: T | None = private[name]
+    if found is None:
+        found = private[name] = compute()
+    return found
 
 
 class StepTemplate(_Strict):
@@ -415,14 +424,14 @@ class StepTemplate(_Strict):
     def declared_signals(self) -> frozenset[str]:
         """The signals the step may read or wait for (`wait_for`, `signals`), computed once: every
         attempt's context asks."""
-        cache = _private(self)
-        found: frozenset[str] | None = cache["_declared_signals"]
-        if found is None:
+
+        def compute() -> frozenset[str]:
             names = set(self.signals)
             if self.wait_for is not None:
                 names.add(self.wait_for)
-            found = cache["_declared_signals"] = frozenset(names)
-        return found
+            return frozenset(names)
+
+        return _cached(self, "_declared_signals", compute)
 
     def work(self) -> str:
         """What the step does, in a few words: its handler, its sub-workflow, or its wait (what
@@ -660,10 +669,10 @@ class TaskTemplate(_Strict):
         scope = self.key_scope
         if scope is None or self.concurrency_key is None:
             return None
-        if self._key_expression is None:  # compiled once: it is evaluated at every creation
-            self._key_expression = compile_expression(self.concurrency_key)
+        source = self.concurrency_key  # compiled once: it is evaluated at every creation
+        expression = _cached(self, "_key_expression", lambda: compile_expression(source))
         try:
-            value = self._key_expression.evaluate(context, {})
+            value = expression.evaluate(context, {})
         except ExpressionFailure as exc:
             raise ValueError(
                 f"concurrency_key `{_one_line(self.concurrency_key)}` failed over the context:"
@@ -724,11 +733,7 @@ class TaskTemplate(_Strict):
     def step(self, name: str) -> StepTemplate:
         """The step template named `name` (KeyError if none): indexed once, as a worker asks for
         every step it runs, and a template may have a thousand."""
-        cache = _private(self)
-        by_name: dict[str, StepTemplate] | None = cache["_by_name"]
-        if by_name is None:
-            by_name = cache["_by_name"] = {s.name: s for s in self.step_templates}
-        return by_name[name]
+        return _cached(self, "_by_name", lambda: {s.name: s for s in self.step_templates})[name]
 
     def dependent_system_of(self, step: StepTemplate) -> str:
         return step.dependent_system or self.default_dependent_system
@@ -770,28 +775,25 @@ class TaskTemplate(_Strict):
         """Each step's control-flow rules (conditions compiled), computed once; raises
         `ControlError` naming the step for a condition that does not compile or reads a step that
         is not an ancestor."""
-        if self._controls is None:
-            self._controls = build_controls(self.step_templates)
-        return self._controls
+        return _cached(self, "_controls", lambda: build_controls(self.step_templates))
 
     def gated_steps(self) -> frozenset[str]:
         """The steps that need a control-flow decision before they run (`control.gated`)."""
-        cache = _private(self)
-        found: frozenset[str] | None = cache["_gated"]
-        if found is None:
+
+        def compute() -> frozenset[str]:
             controls = self.controls()
             order = execution_order([(s.name, s.parents) for s in self.step_templates])
-            found = cache["_gated"] = frozenset(gated([controls[n] for n in order]))
-        return found
+            return frozenset(gated([controls[n] for n in order]))
+
+        return _cached(self, "_gated", compute)
 
     def fanout_steps(self) -> frozenset[str]:
         """The names of the steps with a `foreach`, computed once (every handler's context asks)."""
-        cache = _private(self)
-        found: frozenset[str] | None = cache["_fanouts"]
-        if found is None:
-            found = frozenset(s.name for s in self.step_templates if s.foreach is not None)
-            cache["_fanouts"] = found
-        return found
+        return _cached(
+            self,
+            "_fanouts",
+            lambda: frozenset(s.name for s in self.step_templates if s.foreach is not None),
+        )
 
     @property
     def compensates_on_failure(self) -> bool:
@@ -823,12 +825,9 @@ class TaskTemplate(_Strict):
 
     def children(self) -> dict[str, list[str]]:
         """Each step's children by name, in template order, computed once."""
-        cache = _private(self)
-        found: dict[str, list[str]] | None = cache["_children"]
-        if found is None:
-            found = children_of({s.name: s.parents for s in self.step_templates})
-            cache["_children"] = found
-        return found
+        return _cached(
+            self, "_children", lambda: children_of({s.name: s.parents for s in self.step_templates})
+        )
 
     def visible_results(self, results: dict[str, Any]) -> dict[str, Any]:
         """Stored results by step name as a handler or a sub-workflow's context reads them: a

@@ -227,9 +227,9 @@ def _one_index_in_id_order(query: TaskQuery) -> bool:
         return False
     if query.statuses:
         return len(query.statuses) == 1 and not (query.namespace or query.name or query.version)
-    return not (query.name and not query.namespace) and not (
-        query.version and not (query.namespace and query.name)
-    )
+    # The fields given must be a prefix of the `(namespace, name, version, id)` index's columns.
+    given = [bool(query.namespace), bool(query.name), bool(query.version)]
+    return given == sorted(given, reverse=True)
 
 
 def read_page(
