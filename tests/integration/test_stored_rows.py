@@ -170,15 +170,15 @@ if __name__ == "__main__":  # regenerate the golden file (see the module's docst
     sys.stdout.write("\n")
 
 
-def test_the_driver_read_of_a_task_on_sqlite_is_the_records_sqlalchemy_builds(
-    tmp_path: Path,
+def test_the_driver_read_of_a_task_is_the_records_sqlalchemy_builds(
+    store_url: str, tmp_path: Path
 ) -> None:
-    """`read_task` on SQLite reads with fixed statements on the driver; the `Task` it builds must
-    equal `get_task`'s (through SQLAlchemy's types) for tasks in every kind of state."""
+    """`read_task` reads on the driver (fixed statements on SQLite, one prepared statement on
+    PostgreSQL); the `Task` it builds must equal `get_task`'s (through SQLAlchemy's types) for
+    tasks in every kind of state, and a missing task is None."""
     from tasker.store import tasks as task_store
 
-    url = f"sqlite:///{tmp_path / 'read.db'}"
-    engine = Tasker(url, templates=_template(tmp_path), backoff_scale=0.0, poll_interval=0.05)
+    engine = Tasker(store_url, templates=_template(tmp_path), backoff_scale=0.0, poll_interval=0.05)
     try:
         done = engine.create_task("itest/rows", {"key": "done", "nested": {"a": [1, None]}}).id
         failing = engine.create_task("itest/rows_failing", {"key": "failing"}).id

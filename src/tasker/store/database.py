@@ -103,6 +103,7 @@ class Database:
         raises `SchemaError` naming the fix, so that no table is created where nobody asked.
         """
         self.url = resolve_url(url)
+        self._safe_url: str | None = None
         #: The schema was found current (or migrated) through this object: not checked again.
         self._migrated = False
         self._migrate_lock = threading.Lock()
@@ -334,7 +335,10 @@ class Database:
             self.reader.dispose()
 
     def safe_url(self) -> str:
-        return make_url(self.url).render_as_string(hide_password=True)
+        """The URL with its password hidden; parsed once (every `Tasker.run()` logs it)."""
+        if self._safe_url is None:
+            self._safe_url = make_url(self.url).render_as_string(hide_password=True)
+        return self._safe_url
 
     def shown_url(self) -> str:
         """The URL as a user writes it, password hidden (`postgresql://`, not the driver's name)."""

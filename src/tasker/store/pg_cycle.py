@@ -427,18 +427,19 @@ def _send(raw: psycopg.Connection[Any], journal: Journal, work: CycleInput) -> C
 
     unknown = unknown_tasks(known, claims)
     settle = seen.to_settle
-    task_cur = raw.cursor()
-    steps_cur = raw.cursor()
-    settle_cur = raw.cursor()
-    items_cur = raw.cursor()
+    # A cursor per statement whose rows are read after the Sync, made only when it is sent.
+    task_cur = steps_cur = settle_cur = items_cur = cur
     instances = [c.step_id for c in claims if carries_item(c.name)]
     if unknown:
+        task_cur, steps_cur = raw.cursor(), raw.cursor()
         task_cur.execute(_TASKS, {"ids": unknown}, prepare=True)
         steps_cur.execute(_TASK_STEPS, {"ids": unknown}, prepare=True)
     if instances:
+        items_cur = raw.cursor()
         items_cur.execute(_ITEMS, {"ids": instances}, prepare=True)
     if settle:
         cur.execute(_LOCK, {"ids": settle}, prepare=True)
+        settle_cur = raw.cursor()
         settle_cur.execute(
             _SETTLE, {"ids": settle, "now": now, "worker": work.worker}, prepare=True
         )

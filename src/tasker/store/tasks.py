@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Connection, Row, bindparam, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -26,7 +26,7 @@ from tasker.domain.states import (
     check_task_transition,
 )
 from tasker.domain.templates import OnFailure, TaskTemplate, canonical_json
-from tasker.store.database import Database
+from tasker.store.database import Database, driver_errors
 from tasker.store.decisions import decide_gated
 from tasker.store.journal import Journal
 from tasker.store.notify import CHANNEL
@@ -41,6 +41,9 @@ from tasker.store.schema import (
 )
 from tasker.store.sqlite_cycle import flush_rows, stamp
 from tasker.store.step_keys import step_idempotency_key
+
+if TYPE_CHECKING:
+    import psycopg
 
 _INSERT_TASKS = insert(tasks).returning(tasks.c.id, sort_by_parameter_order=True)
 _INSERT_STEPS = insert(steps).returning(
@@ -840,6 +843,9 @@ def task_history(conn: Connection, task_id: int) -> list[Row[Any]]:
 # -- in a transaction of their own -----------------------------------------------------------------
 def read_task(db: Database, task_id: int) -> Task | None:
     with db.read() as conn:
+        if db.is_postgres:
+            with driver_errors():
+                return _read_task_pg(conn, task_id)
         if db.is_sqlite and not db.memory:
             return _read_task_sqlite(conn, task_id)
         return get_task(conn, task_id)
@@ -894,6 +900,42 @@ def _read_task_sqlite(conn: Connection, task_id: int) -> Task | None:
     return _task(
         _sqlite_row(_TASK_COLUMNS, row), [_step(_sqlite_row(_STEP_COLUMNS, s)) for s in found]
     )
+
+
+def _prefixed(alias: str, columns: str) -> str:
+    return ", ".join(f"{alias}.{c}" for c in columns.split(", "))
+
+
+#: PostgreSQL: a task and its steps in one statement (the reader commits each statement by itself,
+#: so one statement is also one snapshot), prepared once per connection.
+_READ_TASK_PG = (
+    f"SELECT {_prefixed('t', _TASK_COLUMNS)}, {_prefixed('s', _STEP_COLUMNS)}"
+    " FROM tasker_tasks t LEFT JOIN tasker_steps s ON s.task_id = t.id"
+    " WHERE t.id = %s ORDER BY s.position, s.id"
+)
+_TASK_WIDTH = len(_TASK_COLUMNS.split(", "))
+
+
+def _read_task_pg(conn: Connection, task_id: int) -> Task | None:
+    """`get_task` in one prepared statement on the psycopg connection (one round trip instead of
+    two, and no compiling): the records SQLAlchemy's types would build (times UTC-aware, JSON
+    decoded by the driver; a test compares them). It is the last call of every `Tasker.run()`."""
+    raw: psycopg.Connection[Any] = conn.connection.driver_connection  # type: ignore[assignment]
+    found = raw.execute(_READ_TASK_PG, (task_id,), prepare=True).fetchall()
+    if not found:
+        return None
+    steps_read = [_step(_pg_row(_STEP_COLUMNS, r[_TASK_WIDTH:])) for r in found if r[_TASK_WIDTH]]
+    return _task(_pg_row(_TASK_COLUMNS, found[0][:_TASK_WIDTH]), steps_read)
+
+
+def _pg_row(columns: str, values: Sequence[Any]) -> SimpleNamespace:
+    """A row as psycopg returns it, with its times in UTC as `UTCDateTime` reads them back."""
+    decoded: dict[str, Any] = {}
+    for name, value in zip(columns.split(", "), values, strict=True):
+        if value is not None and name in _TIMES:
+            value = value.astimezone(UTC)
+        decoded[name] = value
+    return SimpleNamespace(**decoded)
 
 
 def _sqlite_row(columns: str, values: Sequence[Any]) -> SimpleNamespace:
