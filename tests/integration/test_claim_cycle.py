@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from tasker import Tasker
 from tasker.domain.records import ClaimedStep
 from tasker.engine.cycle import CyclePlan, CycleResult, Cycles
 from tests.fixture_types import LoadTemplate
-from tests.integration.support import step
+from tests.integration.support import step, template_yaml
 
 
 def _set_steps(tasker: Tasker, task_id: int) -> None:
@@ -201,3 +202,53 @@ def test_only_an_idle_worker_that_owns_its_loop_claims_on_it(
         assert on_loop, seen
     else:
         assert on_loop == [], seen
+
+
+def test_the_workers_connections_plan_on_indexes_whatever_the_statistics(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A never-analyzed store (a new deployment, or a server without autovacuum) would give the
+    workers' cached generic plans sequential scans of the steps and tasks, kept for the life of
+    the connection; their connections turn sequential scans off (and JIT, which the inflated
+    costs would trigger), so the claim reads by index whatever the statistics say."""
+    from tasker.store import pg_cycle
+
+    (tmp_path / "chain.yaml").write_text(
+        template_yaml("chain", [step("a"), step("b", after="a"), step("c", after="b")])
+    )
+    engine = Tasker(pg_url, migrate=True, templates=tmp_path)
+    try:
+        engine.create_tasks("itest/chain", [{"key": f"k{i}"} for i in range(300)])
+        with engine.db.direct() as conn:
+            shown = {
+                name: conn.exec_driver_sql(f"SHOW {name}").scalar()
+                for name in ("plan_cache_mode", "enable_seqscan", "jit")
+            }
+            assert shown == {
+                "plan_cache_mode": "force_generic_plan",
+                "enable_seqscan": "off",
+                "jit": "off",
+            }
+            now = datetime.now(UTC)
+            params = {
+                "now": now,
+                "worker": "w",
+                "lease_until": now,
+                "take": 0,
+                "scan_limit": 32,
+                "namespaces": [],
+                "scope_tasks": [],
+                "check_expired": True,
+            }
+            raw = conn.connection.driver_connection
+            plan = raw.execute(  # type: ignore[union-attr]
+                "EXPLAIN (COSTS OFF) " + pg_cycle._CLAIM_ONLY[(False, False)], params
+            ).fetchall()
+            conn.rollback()
+        scans = [line for (line,) in plan if "Seq Scan on tasker_steps" in line]
+        scans += [line for (line,) in plan if "Seq Scan on tasker_tasks" in line]
+        assert scans == []
+        with engine.db.read() as conn:  # an operator's reads keep the planner's own judgement
+            assert conn.exec_driver_sql("SHOW enable_seqscan").scalar() == "on"
+    finally:
+        engine.close()

@@ -90,6 +90,18 @@ def resolve_url(url: str | None = None) -> str:
     return url
 
 
+#: How the workers' connections plan (PostgreSQL). Their statements are prepared (psycopg) and
+#: written so that one plan fits every call (literal states, indexes that serve their order): they
+#: are planned once per connection instead of at every execution. Every table they touch is read
+#: through an index, so a sequential scan is never their plan, even when the tables have no
+#: statistics yet (a new store, or a server without autovacuum), where the planner would pick one
+#: and keep it in the cached plan: `enable_seqscan=off` makes the index the choice wherever there is
+#: one (a table without a usable index is still scanned). With it, a plan's cost looks enormous, so
+#: JIT compiling, which only pays for long analytic queries, is off too (it would cost 50-90 ms).
+#: docs/plans.md has the plans; docs/benchmarks.md the measure.
+WORKER_PLANNER = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off", "jit": "off"}
+
+
 class Database:
     """The two engines of one store (writes and reads; the same one on PostgreSQL) and its
     dialect."""
@@ -151,10 +163,9 @@ class Database:
                 pool_size=2,
                 max_overflow=2,
                 pool_recycle=1800,
-                # The workers' statements are prepared (psycopg) and written so that one plan fits
-                # every call (literal states, indexes that serve their order): plan them once per
-                # connection instead of at every execution (docs/benchmarks.md has both plans).
-                connect_args={"options": "-c plan_cache_mode=force_generic_plan"},
+                connect_args={
+                    "options": " ".join(f"-c {k}={v}" for k, v in WORKER_PLANNER.items())
+                },
             )
         else:
             raise TaskerInputError(
