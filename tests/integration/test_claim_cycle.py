@@ -220,8 +220,9 @@ def test_the_workers_connections_plan_on_indexes_whatever_the_statistics(
     try:
         engine.create_tasks("itest/chain", [{"key": f"k{i}"} for i in range(300)])
         with engine.db.direct() as conn:
+            raw = conn.driver_connection
             shown = {
-                name: conn.exec_driver_sql(f"SHOW {name}").scalar()
+                name: raw.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[union-attr]
                 for name in ("plan_cache_mode", "enable_seqscan", "jit")
             }
             assert shown == {
@@ -240,7 +241,6 @@ def test_the_workers_connections_plan_on_indexes_whatever_the_statistics(
                 "scope_tasks": [],
                 "check_expired": True,
             }
-            raw = conn.connection.driver_connection
             plan = raw.execute(  # type: ignore[union-attr]
                 "EXPLAIN (COSTS OFF) " + pg_cycle._CLAIM_ONLY[(False, False)], params
             ).fetchall()

@@ -261,10 +261,12 @@ class Cycles:
                     check_expired=plan.reclaim,
                 ),
             )
-            if cycle.shut:
-                return None
-            for tid in {c.template_id for c in cycle.claimed}:
-                if not self.resolver.known(tid):
+        if cycle.shut:
+            return None
+        unknown = {c.template_id for c in cycle.claimed if not self.resolver.known(c.template_id)}
+        if unknown:  # claimed (committed) steps of a template this process has not loaded
+            with self.db.read() as conn:
+                for tid in unknown:
                     self.resolver.add_snapshot(tid, template_definition(conn, tid))
         if self.hooks.wants_cycles:
             self.hooks.cycle(

@@ -39,7 +39,7 @@ from typing import Any
 import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
-from sqlalchemy import Connection
+from sqlalchemy.pool import PoolProxiedConnection
 
 from tasker.domain.states import (
     ACTIVE_STEP_STATES,
@@ -342,11 +342,11 @@ _CUSTOM = """INSERT INTO tasker_custom_events (name, task_id, step_id, namespace
                      %(worker)s)"""
 
 
-def run_cycle(conn: Connection, journal: Journal, work: CycleInput) -> Cycle:
+def run_cycle(conn: PoolProxiedConnection, journal: Journal, work: CycleInput) -> Cycle:
     """Run one cycle on `conn` (a connection of the store's PostgreSQL pool, not in a
     transaction); the transaction is committed when this returns. Raises `psycopg.Error` after
     rolling back."""
-    raw: psycopg.Connection[Any] = conn.connection.driver_connection  # type: ignore[assignment]
+    raw: psycopg.Connection[Any] = conn.driver_connection  # type: ignore[assignment]
     raw.autocommit = True  # BEGIN and COMMIT are ours to send, inside the pipeline
     try:
         with raw.pipeline():

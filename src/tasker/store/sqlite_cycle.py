@@ -18,7 +18,7 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy.pool import PoolProxiedConnection
 
 from tasker.domain.states import (
     CLAIMABLE_STEP_STATES,
@@ -135,10 +135,10 @@ def _loads(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def run_cycle(conn: Connection, journal: Journal, work: CycleInput) -> Cycle:
+def run_cycle(conn: PoolProxiedConnection, journal: Journal, work: CycleInput) -> Cycle:
     """Run one cycle on `conn` (a connection of the store's SQLite engine, not in a transaction);
     committed when this returns, rolled back if it raises."""
-    raw: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
+    raw: sqlite3.Connection = conn.driver_connection  # type: ignore[assignment]
     cur = raw.cursor()
     cur.execute("BEGIN IMMEDIATE")
     try:

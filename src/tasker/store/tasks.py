@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Connection, Row, bindparam, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import PoolProxiedConnection
 
 from tasker.domain.graph import execution_order
 from tasker.domain.history import StepTransition, TaskTransition
@@ -467,7 +468,7 @@ _EDGE_SQLITE = "INSERT INTO tasker_step_edges (task_id, parent_id, child_id) VAL
 
 
 def _insert_tasks_sqlite(
-    conn: Connection,
+    conn: PoolProxiedConnection,
     journal: Journal,
     template: TaskTemplate,
     items: Sequence[NewTask],
@@ -477,7 +478,7 @@ def _insert_tasks_sqlite(
     `Database.direct`), with its transitions, in a transaction of its own: the rows that
     `insert_tasks` and `Journal.flush` write, values bound as SQLAlchemy binds them (a test compares
     them). Raises `StoreConflict` (through `Database.direct`) when an idempotency key is taken."""
-    raw: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
+    raw: sqlite3.Connection = conn.driver_connection  # type: ignore[assignment]
     now = journal.now
     at = stamp(now)
     ns, name = template.namespace_name, template.name
