@@ -922,10 +922,17 @@ def _read_task_pg(conn: Connection, task_id: int) -> Task | None:
     two, and no compiling): the records SQLAlchemy's types would build (times UTC-aware, JSON
     decoded by the driver; a test compares them). It is the last call of every `Tasker.run()`."""
     raw: psycopg.Connection[Any] = conn.connection.driver_connection  # type: ignore[assignment]
-    found = raw.execute(_READ_TASK_PG, (task_id,), prepare=True).fetchall()
+    try:
+        found = raw.execute(_READ_TASK_PG, (task_id,), prepare=True).fetchall()
+    except Exception:
+        if raw.broken or raw.closed:
+            conn.invalidate()  # SQLAlchemy did not see the error: keep it out of the pool
+        raise
     if not found:
         return None
-    steps_read = [_step(_pg_row(_STEP_COLUMNS, r[_TASK_WIDTH:])) for r in found if r[_TASK_WIDTH]]
+    steps_read = [
+        _step(_pg_row(_STEP_COLUMNS, r[_TASK_WIDTH:])) for r in found if r[_TASK_WIDTH] is not None
+    ]
     return _task(_pg_row(_TASK_COLUMNS, found[0][:_TASK_WIDTH]), steps_read)
 
 
