@@ -260,6 +260,9 @@ def main() -> None:
             "",
             f"Written by `python benchmarks/explain_hot.py --backlog {args.backlog} --out "
             f"{args.out}` on a scratch database (docs/benchmarks.md says when and where).",
+            "The workers' statements are also shown as the workers plan them"
+            " (`WORKER_PLANNER` in `tasker.store.database`: generic plans, sequential scans and"
+            " JIT off), first on a small store that was never analyzed.",
             "",
             "```",
         ]
