@@ -191,9 +191,7 @@ class Cycles:
             claim_started = time.perf_counter()
             claimed, scanned_full = self._claim(conn, journal, plan, view, readied, known)
             claims.read_items(conn, claimed)
-            for tid in {c.template_id for c in claimed}:
-                if not self.resolver.known(tid):
-                    self.resolver.add_snapshot(tid, template_definition(conn, tid))
+            self._learn_templates(conn, claimed)
             journal.flush(conn)
         # Committed: only now do these outcomes count (a failed cycle is run again with the same
         # outcomes).
@@ -263,11 +261,9 @@ class Cycles:
             )
         if cycle.shut:
             return None
-        unknown = {c.template_id for c in cycle.claimed if not self.resolver.known(c.template_id)}
-        if unknown:  # claimed (committed) steps of a template this process has not loaded
-            with self.db.read() as conn:
-                for tid in unknown:
-                    self.resolver.add_snapshot(tid, template_definition(conn, tid))
+        if any(not self.resolver.known(c.template_id) for c in cycle.claimed):
+            with self.db.read() as reader:  # the claims are committed: any connection sees them
+                self._learn_templates(reader, cycle.claimed)
         if self.hooks.wants_cycles:
             self.hooks.cycle(
                 CycleReport(
@@ -336,6 +332,13 @@ class Cycles:
 
     def _template_key(self, template_id: int) -> str:
         return self.resolver.template(template_id).key
+
+    def _learn_templates(self, conn: Any, claimed: Sequence[ClaimedStep]) -> None:
+        """Load the snapshots of claimed steps' templates that this process has not loaded (a task
+        created elsewhere, from a version this worker was not started with)."""
+        for tid in {c.template_id for c in claimed}:
+            if not self.resolver.known(tid):
+                self.resolver.add_snapshot(tid, template_definition(conn, tid))
 
     def _known_tasks(self, done: Done) -> dict[int, claims.KnownTask]:
         """What the completed steps' claims tell about their tasks, to claim their children from

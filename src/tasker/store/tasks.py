@@ -862,6 +862,9 @@ _STEP_COLUMNS = (
     " last_error, run_at, started_at, finished_at, created_at, position, idempotency_key,"
     " decision, instance_of, item_index, item, fanout, compensates, wait"
 )
+#: The same columns' names, split once (every read of a task names each row's values by them).
+_TASK_NAMES = tuple(_TASK_COLUMNS.split(", "))
+_STEP_NAMES = tuple(_STEP_COLUMNS.split(", "))
 #: Columns SQLAlchemy's types decode (`UTCDateTime`, `Json`, `Boolean`), decoded here alike.
 _TIMES = {
     "created_at",
@@ -898,23 +901,21 @@ def _read_task_sqlite(conn: Connection, task_id: int) -> Task | None:
         cur.execute("COMMIT")
     if row is None:
         return None
-    return _task(
-        _sqlite_row(_TASK_COLUMNS, row), [_step(_sqlite_row(_STEP_COLUMNS, s)) for s in found]
-    )
+    return _task(_sqlite_row(_TASK_NAMES, row), [_step(_sqlite_row(_STEP_NAMES, s)) for s in found])
 
 
-def _prefixed(alias: str, columns: str) -> str:
-    return ", ".join(f"{alias}.{c}" for c in columns.split(", "))
+def _prefixed(alias: str, names: Sequence[str]) -> str:
+    return ", ".join(f"{alias}.{name}" for name in names)
 
 
 #: PostgreSQL: a task and its steps in one statement (the reader commits each statement by itself,
 #: so one statement is also one snapshot), prepared once per connection.
 _READ_TASK_PG = (
-    f"SELECT {_prefixed('t', _TASK_COLUMNS)}, {_prefixed('s', _STEP_COLUMNS)}"
+    f"SELECT {_prefixed('t', _TASK_NAMES)}, {_prefixed('s', _STEP_NAMES)}"
     " FROM tasker_tasks t LEFT JOIN tasker_steps s ON s.task_id = t.id"
     " WHERE t.id = %s ORDER BY s.position, s.id"
 )
-_TASK_WIDTH = len(_TASK_COLUMNS.split(", "))
+_TASK_WIDTH = len(_TASK_NAMES)
 
 
 def _read_task_pg(conn: Connection, task_id: int) -> Task | None:
@@ -931,27 +932,26 @@ def _read_task_pg(conn: Connection, task_id: int) -> Task | None:
     if not found:
         return None
     steps_read = [
-        _step(_pg_row(_STEP_COLUMNS, r[_TASK_WIDTH:])) for r in found if r[_TASK_WIDTH] is not None
+        _step(_pg_row(_STEP_NAMES, r[_TASK_WIDTH:])) for r in found if r[_TASK_WIDTH] is not None
     ]
-    return _task(_pg_row(_TASK_COLUMNS, found[0][:_TASK_WIDTH]), steps_read)
+    return _task(_pg_row(_TASK_NAMES, found[0][:_TASK_WIDTH]), steps_read)
 
 
-def _pg_row(columns: str, values: Sequence[Any]) -> SimpleNamespace:
+def _pg_row(names: Sequence[str], values: Sequence[Any]) -> SimpleNamespace:
     """A row as psycopg returns it, with its times in UTC as `UTCDateTime` reads them back."""
     decoded: dict[str, Any] = {}
-    for name, value in zip(columns.split(", "), values, strict=True):
+    for name, value in zip(names, values, strict=True):
         if value is not None and name in _TIMES:
             value = value.astimezone(UTC)
         decoded[name] = value
     return SimpleNamespace(**decoded)
 
 
-def _sqlite_row(columns: str, values: Sequence[Any]) -> SimpleNamespace:
+def _sqlite_row(names: Sequence[str], values: Sequence[Any]) -> SimpleNamespace:
     """A row as SQLite returns it, decoded as SQLAlchemy's column types would decode it: times as
     UTC-aware datetimes (stored as naive UTC text), JSON documents, booleans."""
     decoded: dict[str, Any] = {}
-    for name, value in zip(columns.split(", "), values):
-        name = name.strip()
+    for name, value in zip(names, values, strict=True):
         if value is not None and name in _TIMES:
             value = datetime.fromisoformat(value).replace(tzinfo=UTC)
         elif isinstance(value, str) and name in _DOCS:
