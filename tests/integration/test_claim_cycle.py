@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from tasker import Tasker
+from tasker.domain.errors import UnknownTemplateError
 from tasker.domain.records import ClaimedStep
 from tasker.engine.cycle import CyclePlan, CycleResult, Cycles
 from tests.fixture_types import LoadTemplate
@@ -245,10 +246,33 @@ def test_the_workers_connections_plan_on_indexes_whatever_the_statistics(
                 "EXPLAIN (COSTS OFF) " + pg_cycle._CLAIM_ONLY[(False, False)], params
             ).fetchall()
             conn.rollback()
-        scans = [line for (line,) in plan if "Seq Scan on tasker_steps" in line]
-        scans += [line for (line,) in plan if "Seq Scan on tasker_tasks" in line]
-        assert scans == []
+        scanned = ("Seq Scan on tasker_steps", "Seq Scan on tasker_tasks")
+        assert [line for (line,) in plan if any(s in line for s in scanned)] == []
         with engine.db.read() as conn:  # an operator's reads keep the planner's own judgement
             assert conn.exec_driver_sql("SHOW enable_seqscan").scalar() == "on"
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("limited", [False, True], ids=["driver-cycle", "general-cycle"])
+def test_a_worker_learns_a_template_it_was_not_started_with(
+    make_tasker: Any, write_template: Any, limited: bool
+) -> None:
+    """A task created by another process from a template this worker never loaded: the cycle that
+    claims its first step reads the stored snapshot, and the worker runs all of it. Both cycles do
+    it: the driver-level one (after its commit, on a reader) and the general one (a system limit
+    on record sends the claim there)."""
+    creator = make_tasker()
+    creator.load_templates(
+        write_template(template_yaml("elsewhere", [step("a"), step("b", after="a")]))
+    )
+    if limited:
+        creator.systems.configure("default", max_in_flight=5)
+    task_id = creator.create_task("itest/elsewhere", {"key": f"learn-{limited}"}).id
+    worker = make_tasker()
+    with pytest.raises(UnknownTemplateError):
+        worker.registry.get("itest/elsewhere")  # not loaded in this process
+    worker.work(until_idle=True)
+    task = worker.get_task(task_id)
+    assert task.status == "complete"
+    assert [s.status for s in task.steps] == ["complete", "complete"]
