@@ -121,10 +121,13 @@ def _in(n: int) -> str:
 
 
 def stamp(value: datetime | None) -> str | None:
-    """A time as SQLAlchemy stores it on SQLite (`UTCDateTime`): naive UTC, microseconds always."""
+    """A time as SQLAlchemy stores it on SQLite (`UTCDateTime`): naive UTC, microseconds always.
+
+    `isoformat` then the offset cut off (`+00:00`, always the last six characters in UTC): half
+    the cost of `strftime`, and a cycle stamps each row it writes."""
     if value is None:
         return None
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value.astimezone(UTC).isoformat(" ", "microseconds")[:-6]
 
 
 def _json(value: Any) -> str | None:
