@@ -181,6 +181,39 @@ def test_defaults(write: Write) -> None:
     )
 
 
+def test_cached_policies_and_positions_match_the_per_step_answers(write: Write) -> None:
+    """`retry_policies` and `positions` (what every new task's steps start with) are the per-step
+    `retry_policy` and the execution order, computed once."""
+    t = load_file(
+        write(f"""
+        name: shaped
+        retry: {{backoff_base_seconds: 2}}
+        step_templates:
+          - name: last
+            depends_on_steps: [left, right]
+            handler_class: {OK}
+          - name: left
+            depends_on_step: first
+            default_retry_limit: 1
+            retry: {{backoff_base_seconds: 4}}
+            handler_class: {OK}
+          - name: right
+            depends_on_step: first
+            handler_class: {OK}
+          - name: first
+            handler_class: {OK}
+    """)
+    )
+    policies = t.retry_policies()
+    assert policies == {s.name: t.retry_policy(s) for s in t.step_templates}
+    assert (policies["left"].retry_limit, policies["right"].retry_limit) == (1, 3)
+    assert (policies["left"].backoff_base_seconds, policies["right"].backoff_base_seconds) == (4, 2)
+    assert t.retry_policies() is policies  # computed once
+    positions = t.positions()
+    assert sorted(positions, key=positions.__getitem__)[0] == "first"
+    assert positions["last"] == 3 and {positions["left"], positions["right"]} == {1, 2}
+
+
 def test_null_values_take_defaults(write: Write) -> None:
     t = load_file(
         write(f"""

@@ -605,6 +605,8 @@ class TaskTemplate(_Strict):
     _by_name: dict[str, StepTemplate] | None = PrivateAttr(default=None)
     _related: dict[str, frozenset[str]] = PrivateAttr(default_factory=dict)
     _children: dict[str, list[str]] | None = PrivateAttr(default=None)
+    _policies: dict[str, RetryPolicy] | None = PrivateAttr(default=None)
+    _positions: dict[str, int] | None = PrivateAttr(default=None)
 
     @field_validator("name", "namespace_name")
     @classmethod
@@ -752,6 +754,22 @@ class TaskTemplate(_Strict):
         return RetryPolicy(
             retry_limit=step.default_retry_limit, retryable=step.default_retryable, **extra
         )
+
+    def retry_policies(self) -> dict[str, RetryPolicy]:
+        """Each step's `retry_policy`, computed once: every new task's steps start with theirs."""
+        return _cached(
+            self, "_policies", lambda: {s.name: self.retry_policy(s) for s in self.step_templates}
+        )
+
+    def positions(self) -> dict[str, int]:
+        """Each step's place in the execution order (a task's steps are listed in it), computed
+        once."""
+
+        def compute() -> dict[str, int]:
+            order = execution_order([(s.name, s.parents) for s in self.step_templates])
+            return {name: i for i, name in enumerate(order)}
+
+        return _cached(self, "_positions", compute)
 
     def signal_names(self) -> frozenset[str]:
         """The signals this template's tasks accept: its steps' `wait_for` and `signals`."""
