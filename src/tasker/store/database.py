@@ -340,6 +340,17 @@ class Database:
                 conn.close()  # back to the pool, rolled back if a transaction was left open
 
     @contextmanager
+    def direct_read(self) -> Iterator[PoolProxiedConnection]:
+        """`direct`, from the readers' pool: for a read that is one statement (one snapshot) and
+        drives the driver itself (`tasks.read_task` on SQLite)."""
+        with store_errors(), driver_errors():
+            conn = self.reader.raw_connection()
+            try:
+                yield conn
+            finally:
+                conn.close()
+
+    @contextmanager
     def read(self) -> Iterator[Connection]:
         with store_errors(), self.reader.connect() as conn:
             yield conn

@@ -17,7 +17,6 @@ from sqlalchemy import Connection, Row, bindparam, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import PoolProxiedConnection
 
-from tasker.domain.graph import execution_order
 from tasker.domain.history import StepTransition, TaskTransition
 from tasker.domain.records import Step, Task
 from tasker.domain.states import (
@@ -343,13 +342,13 @@ def _decides_at_creation(template: TaskTemplate) -> bool:
 def _step_shapes(template: TaskTemplate, now: datetime) -> list[dict[str, Any]]:
     """The columns every task of this template starts its steps with, in template order. A gated
     step without parents starts `pending`: the creation decides it (`insert_tasks`)."""
-    order = execution_order([(s.name, s.parents) for s in template.step_templates])
-    position = {n: i for i, n in enumerate(order)}
+    position = template.positions()
+    policies = template.retry_policies()
     gated = template.gated_steps()
     undoes = template.compensates_on_failure
     shapes: list[dict[str, Any]] = []
     for st in template.step_templates:
-        policy = template.retry_policy(st)
+        policy = policies[st.name]
         ready = not st.parents and st.name not in gated
         shapes.append(
             {
@@ -725,7 +724,7 @@ def _created(
 
 
 def _step(r: Row[Any] | SimpleNamespace) -> Step:
-    """A step record from a row of `tasker_steps` (SQLAlchemy's, or `_sqlite_row`'s)."""
+    """A step record from a row of `tasker_steps` (SQLAlchemy's, or `_SqliteRows`')."""
     return Step(
         id=r.id,
         task_id=r.task_id,
@@ -754,7 +753,7 @@ def _step(r: Row[Any] | SimpleNamespace) -> Step:
 
 
 def _task(r: Row[Any] | SimpleNamespace, step_rows: Sequence[Step]) -> Task:
-    """A task record from a row of `tasker_tasks` (SQLAlchemy's, or `_sqlite_row`'s)."""
+    """A task record from a row of `tasker_tasks` (SQLAlchemy's, or `_SqliteRows`')."""
     return Task(
         id=r.id,
         namespace=r.namespace,
@@ -843,12 +842,13 @@ def task_history(conn: Connection, task_id: int) -> list[Row[Any]]:
 
 # -- in a transaction of their own -----------------------------------------------------------------
 def read_task(db: Database, task_id: int) -> Task | None:
+    if db.is_sqlite and not db.memory:
+        with db.direct_read() as raw:
+            return _read_task_sqlite(raw, task_id)
     with db.read() as conn:
         if db.is_postgres:
             with driver_errors():
                 return _read_task_pg(conn, task_id)
-        if db.is_sqlite and not db.memory:
-            return _read_task_sqlite(conn, task_id)
         return get_task(conn, task_id)
 
 
@@ -878,32 +878,6 @@ _TIMES = {
 _DOCS = {"context", "annotations", "results", "last_error", "item", "wait"}
 
 
-def _read_task_sqlite(conn: Connection, task_id: int) -> Task | None:
-    """`get_task` with fixed statements on the `sqlite3` connection, in one read transaction:
-    the record SQLAlchemy's types would build (times UTC-aware, JSON decoded; a test compares
-    them). It is the last call of every `Tasker.run()`, where compiling the two selects cost more
-    than SQLite spent answering them."""
-    raw: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
-    cur = raw.cursor()
-    cur.execute("BEGIN")
-    try:
-        t = cur.execute(f"SELECT {_TASK_COLUMNS} FROM tasker_tasks WHERE id = ?", (task_id,))
-        row = t.fetchone()
-        found = (
-            cur.execute(
-                f"SELECT {_STEP_COLUMNS} FROM tasker_steps WHERE task_id = ? ORDER BY position, id",
-                (task_id,),
-            ).fetchall()
-            if row is not None
-            else []
-        )
-    finally:
-        cur.execute("COMMIT")
-    if row is None:
-        return None
-    return _task(_sqlite_row(_TASK_NAMES, row), [_step(_sqlite_row(_STEP_NAMES, s)) for s in found])
-
-
 def _prefixed(alias: str, names: Sequence[str]) -> str:
     return ", ".join(f"{alias}.{name}" for name in names)
 
@@ -916,6 +890,28 @@ _READ_TASK_PG = (
     " WHERE t.id = %s ORDER BY s.position, s.id"
 )
 _TASK_WIDTH = len(_TASK_NAMES)
+_READ_TASK_SQLITE = f"SELECT {_TASK_COLUMNS} FROM tasker_tasks WHERE id = ?"
+_READ_STEPS_SQLITE = (
+    f"SELECT {_STEP_COLUMNS} FROM tasker_steps WHERE task_id = ? ORDER BY position, id"
+)
+
+
+def _read_task_sqlite(raw: PoolProxiedConnection, task_id: int) -> Task | None:
+    """`get_task` with fixed statements on the `sqlite3` connection, in one read transaction:
+    the records SQLAlchemy's types would build (times UTC-aware, JSON decoded; a test compares
+    them). It is the last call of every `Tasker.run()`, where compiling the two selects cost more
+    than SQLite spent answering them. (One statement joining the steps to the task was slower:
+    it repeats the task's columns, its context included, on every step's row.)"""
+    driver: sqlite3.Connection = raw.driver_connection  # type: ignore[assignment]
+    driver.execute("BEGIN")
+    try:
+        row = driver.execute(_READ_TASK_SQLITE, (task_id,)).fetchone()
+        found = driver.execute(_READ_STEPS_SQLITE, (task_id,)).fetchall() if row else []
+    finally:
+        driver.execute("COMMIT")
+    if row is None:
+        return None
+    return _task(_TASK_ROWS.decode(row), [_step(_STEP_ROWS.decode(s)) for s in found])
 
 
 def _read_task_pg(conn: Connection, task_id: int) -> Task | None:
@@ -947,21 +943,48 @@ def _pg_row(names: Sequence[str], values: Sequence[Any]) -> SimpleNamespace:
     return SimpleNamespace(**decoded)
 
 
-def _sqlite_row(names: Sequence[str], values: Sequence[Any]) -> SimpleNamespace:
-    """A row as SQLite returns it, decoded as SQLAlchemy's column types would decode it: times as
-    UTC-aware datetimes (stored as naive UTC text), JSON documents, booleans."""
-    decoded: dict[str, Any] = {}
-    for name, value in zip(names, values, strict=True):
-        if value is not None and name in _TIMES:
-            value = datetime.fromisoformat(value).replace(tzinfo=UTC)
-        elif isinstance(value, str) and name in _DOCS:
-            # JSON text; a number stays a number (SQLite's column affinity turned a fan-out's
-            # item `1` into an integer, as SQLAlchemy's JSON type also reads it back)
-            value = json.loads(value)
-        elif name == "retryable":
-            value = bool(value)
-        decoded[name] = value
-    return SimpleNamespace(**decoded)
+class _SqliteRows:
+    """Rows of one column list as SQLite returns them, decoded as SQLAlchemy's column types would
+    decode them: times as UTC-aware datetimes (stored as naive UTC text), JSON documents, booleans.
+
+    Which columns need decoding is worked out once per column list, not for every value: a task
+    read decodes some 140 values, and testing each name against the sets cost more than reading
+    the rows."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        self.times = tuple(i for i, name in enumerate(names) if name in _TIMES)
+        # JSON text; a number stays a number (SQLite's column affinity turned a fan-out's item `1`
+        # into an integer, as SQLAlchemy's JSON type also reads it back)
+        self.docs = tuple(i for i, name in enumerate(names) if name in _DOCS)
+        self.flags = tuple(i for i, name in enumerate(names) if name == "retryable")
+
+    def decode(self, row: Sequence[Any]) -> SimpleNamespace:
+        if len(row) != len(self.names):
+            raise ValueError(f"a row of {len(row)} values for {len(self.names)} columns")
+        values = list(row)
+        for i in self.times:
+            if values[i] is not None:
+                values[i] = _utc(values[i])
+        for i in self.docs:
+            if isinstance(values[i], str):
+                values[i] = json.loads(values[i])
+        for i in self.flags:
+            values[i] = bool(values[i])
+        return SimpleNamespace(**dict(zip(self.names, values, strict=True)))
+
+
+def _utc(text: str) -> datetime:
+    """A stored naive UTC time, read back aware. Parsing it with the offset appended is five
+    times cheaper than `.replace(tzinfo=UTC)` afterwards (19 times in a task read)."""
+    try:
+        return datetime.fromisoformat(text + "+00:00")
+    except ValueError:  # text that carries an offset already: SQLAlchemy ignores it, as here
+        return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+_TASK_ROWS = _SqliteRows(_TASK_NAMES)
+_STEP_ROWS = _SqliteRows(_STEP_NAMES)
 
 
 _CHILD = select(tasks.c.id).where(
