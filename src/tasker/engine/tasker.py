@@ -59,6 +59,7 @@ from tasker.engine.schedules import Schedules
 from tasker.engine.signals import Signals
 from tasker.engine.systems import Systems
 from tasker.engine.templates import Templates
+from tasker.engine.thread_loops import ThreadLoops
 from tasker.engine.worker import Worker, WorkerOptions
 from tasker.events.bus import EventBus
 from tasker.events.subscriber import Subscriber
@@ -115,6 +116,7 @@ class Tasker:
         self._running = RunningWorkers()
         self._lock = threading.Lock()
         self._runner: _Runner | None = None
+        self._loops = ThreadLoops()  # `run()`'s loop in each calling thread
         self._port = _WorkerPort(self)
         #: The parts: everything beyond the core verbs (see the module's docstring).
         self.templates = Templates(self.registry, self.db)
@@ -530,8 +532,7 @@ class Tasker:
             w = self.worker(
                 concurrency=concurrency, task_id=task_id, _shared=runner, _inline_db=True
             )
-            with asyncio.Runner() as here:
-                here.run(self._drive(w, until_idle=True))
+            self._loops.run(self._drive(w, until_idle=True))
         else:  # called from a running event loop: it must not be blocked by our own loop
             w = self.worker(concurrency=concurrency, task_id=task_id, _shared=runner)
             runner.call(self._drive(w, until_idle=True))
@@ -597,6 +598,7 @@ class Tasker:
             runner, self._runner = self._runner, None
         if runner is not None:
             runner.close()
+        self._loops.close()
         self.db.dispose()
 
     def __enter__(self) -> Tasker:
