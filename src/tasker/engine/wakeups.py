@@ -83,7 +83,10 @@ class Wakeups:
         timed_out = False
         if not self._event.is_set():
             try:
-                await asyncio.wait_for(self._event.wait(), timeout=seconds)
+                # `timeout`, not `wait_for`: no task wrapped around the wait (a worker waits
+                # between every claim and the finish of what it claimed)
+                async with asyncio.timeout(seconds):
+                    await self._event.wait()
             except TimeoutError:
                 timed_out = True
         self._event.clear()
