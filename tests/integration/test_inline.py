@@ -5,6 +5,7 @@ still overlap (issue 13, point 3)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import uuid
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tasker import Tasker, TaskerInputError
+from tasker.engine import thread_loops
 from tests.fixture_types import LoadTemplate, WriteTemplate
 from tests.integration import handlers as h
 from tests.integration.support import step, template_yaml
@@ -96,6 +98,40 @@ def test_run_from_inside_an_event_loop_uses_the_background_loop(
     assert asyncio.run(caller()) == "complete"
     [call] = h.calls(key, kind="attempt")
     assert call["thread"] != threading.get_ident()  # the engine's runner thread ran it
+
+
+def test_each_thread_keeps_one_loop_across_runs_and_close_ends_them(
+    tasker: Tasker, load: LoadTemplate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run()` makes a thread's event loop on its first call and reuses it (threads running at
+    once each have their own); `close()` closes them."""
+    made: list[asyncio.AbstractEventLoop] = []
+
+    class Counted(thread_loops._HeldLoop):
+        def __init__(self) -> None:
+            super().__init__()
+            made.append(self.loop)
+
+    monkeypatch.setattr(thread_loops, "_HeldLoop", Counted)
+    ref = load("loop_reuse", [step("a", run_inline=True), step("b", after="a")])
+
+    def run_three() -> list[str]:
+        return [
+            tasker.run(tasker.create_task(ref, {"key": uuid.uuid4().hex}).id).status
+            for _ in range(3)
+        ]
+
+    elsewhere: list[str] = []
+    other = threading.Thread(target=lambda: elsewhere.extend(run_three()))
+    other.start()
+    here = run_three()
+    other.join(timeout=30)
+    assert here == elsewhere == ["complete"] * 3
+    assert len(made) == 2  # one loop per thread, six runs
+    gc.collect()
+    assert made[0].is_closed() != made[1].is_closed()  # the ended thread's loop closed with it
+    tasker.close()
+    assert all(loop.is_closed() for loop in made)
 
 
 def test_run_inline_with_a_timeout_is_refused_with_the_reason(
