@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -325,30 +325,18 @@ class Database:
         with store_errors(), self.reader.connect() as conn:
             yield conn
 
-    @contextmanager
-    def direct(self) -> Iterator[PoolProxiedConnection]:
+    def direct(self) -> AbstractContextManager[PoolProxiedConnection]:
         """A worker's pooled driver connection, not in a transaction, for code that drives the
         driver itself (`tasker.store.pg_cycle`, `tasker.store.sqlite_cycle`); the driver's errors
         are raised as the store's. The pool's own handle, without SQLAlchemy's `Connection` around
         it: nothing here runs through SQLAlchemy, and building and closing that wrapper cost a
         cycle about 45 µs (a tenth of a `Tasker.run()`'s cycle on SQLite)."""
-        with store_errors(), driver_errors():
-            conn = self.cycles.raw_connection()
-            try:
-                yield conn
-            finally:
-                conn.close()  # back to the pool, rolled back if a transaction was left open
+        return _raw_connection(self.cycles)
 
-    @contextmanager
-    def direct_read(self) -> Iterator[PoolProxiedConnection]:
-        """`direct`, from the readers' pool: for a read that is one statement (one snapshot) and
-        drives the driver itself (`tasks.read_task` on SQLite)."""
-        with store_errors(), driver_errors():
-            conn = self.reader.raw_connection()
-            try:
-                yield conn
-            finally:
-                conn.close()
+    def direct_read(self) -> AbstractContextManager[PoolProxiedConnection]:
+        """`direct`, from the readers' pool: for a read that drives the driver itself
+        (`tasks.read_task` on SQLite)."""
+        return _raw_connection(self.reader)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -462,6 +450,18 @@ def driver_errors() -> Iterator[None]:
         if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
             raise StoreUnavailable(message) from exc
         raise StoreError(message) from exc
+
+
+@contextmanager
+def _raw_connection(engine: Engine) -> Iterator[PoolProxiedConnection]:
+    """A pooled driver connection of `engine` (`Database.direct`), back to the pool when done,
+    rolled back there if a transaction was left open."""
+    with store_errors(), driver_errors():
+        conn = engine.raw_connection()
+        try:
+            yield conn
+        finally:
+            conn.close()
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> Engine:

@@ -960,8 +960,6 @@ class _SqliteRows:
         self.flags = tuple(i for i, name in enumerate(names) if name == "retryable")
 
     def decode(self, row: Sequence[Any]) -> SimpleNamespace:
-        if len(row) != len(self.names):
-            raise ValueError(f"a row of {len(row)} values for {len(self.names)} columns")
         values = list(row)
         for i in self.times:
             if values[i] is not None:
