@@ -1,6 +1,7 @@
 """Re-running a failed task from a step, on both stores: the step and everything downstream start
-over, upstream results are kept, transitions carry the reason; running, finished and unsupported
-cases are refused saying why."""
+over, upstream results are kept, transitions carry the reason; fan-outs expand again, sub-workflows
+start a new child, a gated step is decided again; running and finished tasks and blocked steps are
+refused saying why."""
 
 from __future__ import annotations
 
@@ -122,7 +123,7 @@ def _instances(task: Any) -> list[Any]:
     return [s for s in task.steps if s.instance_of == task.step("process").id]
 
 
-def test_a_rerun_from_a_fan_out_expands_it_again_and_keeps_the_old_instances_history(
+def test_a_rerun_from_a_fan_out_expands_it_again_and_records_what_it_dropped(
     tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
     ref = load("rerun_fanout", FANOUT)
