@@ -166,14 +166,21 @@ def _drop_instances(conn: Connection, task_id: int, fanouts: list[int]) -> dict[
     ).all()
     if not rows:
         return {}
-    ids = [r.id for r in rows]
+    # By subquery, not a list of ids: a fan-out may have thousands of instances.
+    mine = (steps.c.task_id == task_id, steps.c.instance_of.in_(fanouts))
+    ids = select(steps.c.id).where(*mine)
     conn.execute(
         delete(step_edges).where(
-            or_(step_edges.c.parent_id.in_(ids), step_edges.c.child_id.in_(ids))
+            step_edges.c.task_id == task_id,
+            or_(step_edges.c.parent_id.in_(ids), step_edges.c.child_id.in_(ids)),
         )
     )
-    conn.execute(delete(step_transitions).where(step_transitions.c.step_id.in_(ids)))
-    conn.execute(delete(steps).where(steps.c.id.in_(ids)))
+    conn.execute(  # by the task's index: the table has none on the step alone
+        delete(step_transitions).where(
+            step_transitions.c.task_id == task_id, step_transitions.c.step_id.in_(ids)
+        )
+    )
+    conn.execute(delete(steps).where(*mine))
     states: dict[int, Counter[str]] = {}
     for r in rows:
         states.setdefault(r.instance_of, Counter())[r.state] += 1
