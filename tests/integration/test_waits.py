@@ -73,6 +73,36 @@ def test_a_sleep_step_completes_when_its_sleep_is_over_and_holds_nothing_meanwhi
     assert [c["step"] for c in h.calls(key)] == ["go"]
 
 
+def test_the_event_log_names_a_park_step_waiting_and_a_retry_step_retry_scheduled(
+    env: WorkflowEnv, write_template: WriteTemplate, key: str
+) -> None:
+    ref = load(
+        env,
+        write_template,
+        "nap_log",
+        [
+            {"name": "nap", "sleep": "PT1H"},
+            step("flaky", after="nap", handler_config={"fail": ["retryable"]}),
+        ],
+    )
+    task = env.engine.create_task(ref, {"key": key})
+    assert env.run(task.id).status == "complete"
+    page = env.engine.history.read_events(task_id=task.id)
+    by_step = {
+        name: [e["event"] for e in page.events if e["step"] == name] for name in ("nap", "flaky")
+    }
+    assert by_step["nap"] == [
+        "step.ready",
+        "step.started",
+        "step.waiting",  # parked for its sleep: no error, no attempt spent
+        "step.started",
+        "step.completed",
+    ]
+    assert "step.retry_scheduled" in by_step["flaky"] and "step.waiting" not in by_step["flaky"]
+    waits = env.engine.history.read_events(task_id=task.id, names=["step.waiting"]).events
+    assert [e["step"] for e in waits] == ["nap"]
+
+
 @pytest.mark.parametrize(("sleep", "seconds"), [("context.wait", 90), ("2m", 120), (5, 5)])
 def test_a_sleep_is_seconds_a_duration_or_an_expression(
     env: WorkflowEnv, write_template: WriteTemplate, key: str, sleep: Any, seconds: int

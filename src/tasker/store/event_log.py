@@ -28,7 +28,7 @@ from tasker.domain.circuits import CircuitState
 from tasker.domain.errors import TaskerInputError
 from tasker.domain.events import STEP_EVENT_FOR_STATE, TASK_EVENT_FOR_STATE, Events
 from tasker.domain.history import EventFields, EventRecord
-from tasker.domain.states import TaskState
+from tasker.domain.states import StepState, TaskState
 from tasker.store.schema import (
     circuit_transitions,
     custom_events,
@@ -48,7 +48,7 @@ _CIRCUIT_EVENTS = {
     CircuitState.HALF_OPEN: Events.CIRCUIT_HALF_OPEN,
 }
 _NAMES = {
-    "step": tuple(STEP_EVENT_FOR_STATE.values()),
+    "step": (*STEP_EVENT_FOR_STATE.values(), Events.STEP_WAITING),
     "task": (*TASK_EVENT_FOR_STATE.values(), Events.TASK_CREATED, Events.TASK_RETRIED),
     "circuit": tuple(_CIRCUIT_EVENTS.values()),
 }
@@ -259,6 +259,10 @@ def _steps(conn: Connection, after: int, flt: _Filter, limit: int) -> list[_Pend
     out: list[_Pending] = []
     for r in conn.execute(q):
         name = STEP_EVENT_FOR_STATE.get(r.to_state)
+        if r.to_state == StepState.WAITING_RETRY and r.error_class is None:
+            # No error: the step parked itself (a sleep, a signal, a child task), as the
+            # in-process event says; a retry always records the failure that caused it.
+            name = Events.STEP_WAITING
         data: dict[str, Any] = {
             "from_state": r.from_state,
             "to_state": r.to_state,
