@@ -31,7 +31,7 @@ version: 1.0.0
 default_dependent_system: mailer
 dependent_systems:
   mailer: {failure_threshold: 2, cooldown_seconds: 1}
-retry: {backoff_base_seconds: 0.2, backoff_max_seconds: 0.5}
+retry: {backoff_base_seconds: 1.0, backoff_max_seconds: 1.0}
 step_templates:
   - name: prepare
     dependent_system: local
@@ -49,6 +49,8 @@ def test_run_says_why_it_waits_and_what_each_step_cost(
     store_url: str, tmp_path: Path, key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # No fallback refresh within the run: every reason seen must have come from an engine event.
+    # The retry waits a second (the template's backoff), so that a display thread slowed by a busy
+    # machine still reads the step while it waits (at 0.2 s, a CI run once read it running again).
     monkeypatch.setattr(run_module, "FALLBACK_SECONDS", 60.0)
     monkeypatch.setattr(common.console, "width", 160)  # one line per row, to read the cells
     (tmp_path / "flaky.yaml").write_text(TEMPLATE)
