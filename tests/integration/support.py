@@ -11,6 +11,7 @@ import yaml
 
 from tasker import Tasker
 from tasker.domain.history import StepTransition
+from tasker.domain.records import Step, Task
 
 H = "tests.integration.handlers"
 FAST_RETRY = {"backoff_base_seconds": 0.01, "backoff_max_seconds": 0.05}
@@ -85,3 +86,8 @@ def step_history(tasker: Tasker, task_id: int, name: str) -> list[StepTransition
 
 def to_states(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return [r["to_state"] for r in rows]
+
+
+def instances_of(task: Task, fanout: str) -> list[Step]:
+    """The instances a fan-out step of `task` expanded into, in their order."""
+    return [s for s in task.steps if s.instance_of == task.step(fanout).id]

@@ -14,17 +14,20 @@ from tasker.domain.errors import TemplateError
 from tasker.store import decisions
 from tests.fixture_types import LoadTemplate, MakeTasker, WriteTemplate
 from tests.integration import handlers as h
-from tests.integration.support import step, step_history, template_yaml, to_states, work_in_threads
+from tests.integration.support import (
+    instances_of,
+    step,
+    step_history,
+    template_yaml,
+    to_states,
+    work_in_threads,
+)
 
 PIPELINE = [
     step("discover", "Partitions"),
     step("process", "Instance", after="discover", foreach="results.discover.partitions"),
     step("report", "Collect", after="process", handler_config={"of": "process"}),
 ]
-
-
-def _instances(task: Any, name: str = "process") -> list[Any]:
-    return [s for s in task.steps if s.instance_of == task.step(name).id]
 
 
 def test_a_fan_out_runs_each_item_once_and_fans_in_in_item_order(
@@ -37,7 +40,7 @@ def test_a_fan_out_runs_each_item_once_and_fans_in_in_item_order(
     group = task.step("process")
     assert group.status == "complete" and group.fanout == 5
     assert group.decision == "expanded into 5 instances"
-    instances = _instances(task)
+    instances = instances_of(task, "process")
     assert [s.name for s in instances] == [f"process[{i}]" for i in range(5)]
     assert [s.item_index for s in instances] == list(range(5))
     assert all(s.status == "complete" and s.attempts == 1 for s in instances)
@@ -66,7 +69,7 @@ def test_an_empty_list_completes_the_fan_out_with_no_results(
     ref = load("pipeline", PIPELINE)
     task = tasker.run(tasker.create_task(ref, {"key": key, "count": 0}).id)
     assert task.status == "complete"
-    assert task.step("process").fanout == 0 and _instances(task) == []
+    assert task.step("process").fanout == 0 and instances_of(task, "process") == []
     assert h.calls(key, kind="collect")[0]["got"] == []
 
 
@@ -104,7 +107,7 @@ def test_each_instance_is_retried_on_its_own(tasker: Tasker, load: LoadTemplate,
     )
     task = tasker.run(tasker.create_task(ref, {"key": key, "count": 3}).id)
     assert task.status == "complete"
-    attempts = {s.name: s.attempts for s in _instances(task)}
+    attempts = {s.name: s.attempts for s in instances_of(task, "process")}
     assert attempts == {"process[0]": 1, "process[1]": 2, "process[2]": 1}
     assert to_states(step_history(tasker, task.id, "process[1]")) == [
         "ready",
@@ -122,7 +125,7 @@ def test_an_instance_that_fails_for_good_fails_the_task_and_a_retry_finishes_it(
     h.set_fault(key, "process[2]")
     task = tasker.run(tasker.create_task(ref, {"key": key, "count": 4}).id)
     assert task.status == "error"
-    states = {s.name: str(s.status) for s in _instances(task)}
+    states = {s.name: str(s.status) for s in instances_of(task, "process")}
     assert states == {
         "process[0]": "complete",
         "process[1]": "complete",
@@ -202,7 +205,7 @@ def test_a_list_over_max_items_fails_the_fan_out_for_good(
     error = task.step("process").last_error
     assert error is not None and error["class"] == "FanOutError"
     assert error["message"] == message
-    assert _instances(task) == [] and h.calls(key, kind="instance") == []
+    assert instances_of(task, "process") == [] and h.calls(key, kind="instance") == []
 
 
 def test_a_foreach_that_is_no_list_fails_the_step(
@@ -265,7 +268,7 @@ def test_a_crash_in_the_middle_of_an_expansion_leaves_nothing_and_it_happens_onc
     task = tasker.run(tasker.create_task(ref, {"key": key, "count": 5}).id)
     assert crashed == [1]
     assert task.status == "complete"
-    assert [s.name for s in _instances(task)] == [f"process[{i}]" for i in range(5)]
+    assert [s.name for s in instances_of(task, "process")] == [f"process[{i}]" for i in range(5)]
     ran = Counter(c["step"] for c in h.calls(key, kind="instance"))
     assert set(ran.values()) == {1} and len(ran) == 5
 
@@ -285,7 +288,7 @@ def test_two_workers_run_every_instance_exactly_once(
     for t in tasks:
         assert [len(c["got"]) for c in h.calls(key, kind="collect")] == [60, 60]
         assert all(to_states(step_history(producer, t.id, s.name)).count("complete") == 1
-                   for s in _instances(t))  # fmt: skip
+                   for s in instances_of(t, "process"))  # fmt: skip
 
 
 def test_cancelling_a_task_cancels_its_instances(

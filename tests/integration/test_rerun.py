@@ -17,7 +17,7 @@ from tasker.cli.main import cli
 from tasker.domain.errors import NotFoundError, OperationError
 from tests.fixture_types import LoadTemplate
 from tests.integration import handlers as h
-from tests.integration.support import step, step_history, to_states
+from tests.integration.support import instances_of, step, step_history, to_states
 
 STEPS = [
     step("extract"),
@@ -119,10 +119,6 @@ FANOUT = [
 ]
 
 
-def _instances(task: Any) -> list[Any]:
-    return [s for s in task.steps if s.instance_of == task.step("process").id]
-
-
 def test_a_rerun_from_a_fan_out_expands_it_again_and_records_what_it_dropped(
     tasker: Tasker, load: LoadTemplate, key: str
 ) -> None:
@@ -131,7 +127,7 @@ def test_a_rerun_from_a_fan_out_expands_it_again_and_records_what_it_dropped(
     task_id = tasker.create_task(ref, {"key": key, "count": 4}).id
     failed = tasker.run(task_id)
     assert failed.status == "error" and failed.step("process[2]").status == "error"
-    old_ids = {s.id for s in _instances(failed)}
+    old_ids = {s.id for s in instances_of(failed, "process")}
 
     h.set_fault(key, "process[2]", on=False)
     retried: list[dict[str, Any]] = []
@@ -139,27 +135,31 @@ def test_a_rerun_from_a_fan_out_expands_it_again_and_records_what_it_dropped(
     again = tasker.rerun_from(task_id, "process", "fixed partition 2")
     assert retried[-1]["instances_dropped"] == 4
     assert again.status == "pending"
-    new = _instances(again)  # decided again at once: expanded from discover's kept results
+    new = instances_of(
+        again, "process"
+    )  # decided again at once: expanded from discover's kept results
     assert [s.name for s in new] == [f"process[{i}]" for i in range(4)]
     assert all(s.status == "ready" and s.attempts == 0 for s in new)
     assert again.step("process").decision == "expanded into 4 instances"
 
     done = tasker.run(task_id)
     assert done.status == "complete"
-    assert all(s.status == "complete" and s.attempts == 1 for s in _instances(done))
+    assert all(s.status == "complete" and s.attempts == 1 for s in instances_of(done, "process"))
     assert done.step("report").results == {"count": 4}
     assert [c["step"] for c in h.calls(key, kind="attempt")] == ["publish"]
     instance_calls = h.calls(key, kind="instance")
     assert len(instance_calls) == 8  # four before, four again
     # The earlier instances are gone with their rows; the fan-out's re-arm says what they were.
     audit = tasker.history.step_transitions(task_id)
-    assert not {r["step_id"] for r in audit} & (old_ids - {s.id for s in _instances(done)})
+    assert not {r["step_id"] for r in audit} & (
+        old_ids - {s.id for s in instances_of(done, "process")}
+    )
     assert any(
         r["reason"] == "re-run from 'process': fixed partition 2; 4 instances dropped: 3 complete,"
         " 1 error"
         for r in step_history(tasker, task_id, "process")
     )
-    for s in _instances(done):  # a new instance's history is its own alone
+    for s in instances_of(done, "process"):  # a new instance's history is its own alone
         assert to_states(step_history(tasker, task_id, s.name)) == [
             "ready",
             "in_progress",
@@ -183,10 +183,10 @@ def test_a_rerun_from_upstream_of_a_fan_out_redoes_it_from_the_new_results(
         ("report", "pending"),
         ("publish", "pending"),
     ]
-    assert _instances(again) == [] and again.step("process").fanout is None
+    assert instances_of(again, "process") == [] and again.step("process").fanout is None
     done = tasker.run(task_id)
     assert done.status == "complete"
-    assert [s.name for s in _instances(done)] == [f"process[{i}]" for i in range(3)]
+    assert [s.name for s in instances_of(done, "process")] == [f"process[{i}]" for i in range(3)]
     assert len(h.calls(key, kind="instance")) == 6
     assert len(h.calls(key, kind="collect")) == 2
 

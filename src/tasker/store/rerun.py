@@ -111,14 +111,14 @@ def rerun_from(
     dropped = _drop_instances(conn, task_id, fanouts) if fanouts else {}
     params: list[dict[str, Any]] = []
     for name in order:
-        first = name == step_name
+        first, step_id = name == step_name, by_name[name].id
         waits_for = sum(
             1 for p in parents[name] if p in names or state_of.get(p) not in SATISFIED_STEP_STATES
         )
         target = StepState.READY if first and not decide_first else StepState.PENDING
         params.append(
             {
-                "step_id": by_name[name].id,
+                "step_id": step_id,
                 "target": target.value,
                 "pending": 0 if first else waits_for,
                 "gated": name in gated,
@@ -126,7 +126,6 @@ def rerun_from(
                 "now": now,
             }
         )
-        step_id = by_name[name].id
         note = f"{why}; {_dropped_note(dropped[step_id])}" if step_id in dropped else why
         journal.step(step_id, task_id, None, target, 0, reason=note)
     subflows = [by_name[n].id for n in order if template.step(n).task is not None]
