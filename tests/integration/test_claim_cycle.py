@@ -157,18 +157,24 @@ def test_a_claim_that_finds_nothing_writes_nothing(tasker: Tasker) -> None:
 
 def _worker_threads(
     tasker: Tasker, load: LoadTemplate, key: str, monkeypatch: pytest.MonkeyPatch, own_loop: bool
-) -> list[tuple[str, bool]]:
-    """The threads a long-running worker's cycles ran on, with whether each stored outcomes."""
-    seen: list[tuple[str, bool]] = []
+) -> list[tuple[str, bool, int]]:
+    """The threads a long-running worker's cycles ran on, with whether each stored outcomes and
+    how many attempts were running meanwhile. `slow` runs beside `a` and `b`, so their outcomes are
+    stored while it runs; its own is stored when nothing runs."""
+    seen: list[tuple[str, bool, int]] = []
     run = Cycles.run
+    ref = load(
+        f"cycle_threads_{own_loop}",
+        [step("a"), step("b", after="a"), step("slow", handler_config={"sleep": 0.6})],
+    )
+    worker = tasker.worker(concurrency=4, own_loop=own_loop)
 
     def recording(self: Cycles, plan: CyclePlan, **kw: Any) -> Any:
-        seen.append((threading.current_thread().name, bool(plan.done)))
+        running = len(worker.attempts.running)
+        seen.append((threading.current_thread().name, bool(plan.done), running))
         return run(self, plan, **kw)
 
     monkeypatch.setattr(Cycles, "run", recording)
-    ref = load(f"idle_claim_{own_loop}", [step("a"), step("b", after="a")])
-    worker = tasker.worker(concurrency=2, own_loop=own_loop)
     done = threading.Event()
 
     def serve() -> None:
@@ -188,21 +194,25 @@ def _worker_threads(
 
 
 @pytest.mark.parametrize("own_loop", [False, True], ids=["shared-loop", "own-loop"])
-def test_only_an_idle_worker_that_owns_its_loop_claims_on_it(
+def test_only_a_worker_that_owns_its_loop_and_runs_nothing_cycles_on_it(
     tasker: Tasker, load: LoadTemplate, key: str, monkeypatch: pytest.MonkeyPatch, own_loop: bool
 ) -> None:
-    """A `tasker worker` process (`own_loop`) runs an idle claim on its loop on PostgreSQL: no
-    thread hops in the claim latency. Cycles that store outcomes, every cycle on SQLite, and every
-    cycle of a worker on a shared loop keep to the database thread, so no cycle holds a loop that
-    serves anything else."""
+    """A `tasker worker` process (`own_loop`) on PostgreSQL runs a cycle on its loop when no
+    attempt is running: an idle claim, or the outcomes of a batch whose handlers have all finished
+    (no thread hops in a step's path). A cycle while an attempt runs, every cycle on SQLite, and
+    every cycle of a worker on a shared loop keep to the database thread, so no cycle holds a loop
+    that serves anything else."""
     seen = _worker_threads(tasker, load, key, monkeypatch, own_loop)
-    storing = {name for name, stores in seen if stores}
-    assert storing and all(name.startswith("tasker-db") for name in storing), seen
-    on_loop = [name for name, stores in seen if not stores and not name.startswith("tasker-db")]
+    on_db = {name: name.startswith("tasker-db") for name, _, _ in seen}
+    beside = [name for name, stores, running in seen if stores and running]
+    assert beside and all(on_db[name] for name in beside), seen  # a and b, while slow runs
+    alone = [name for name, _, running in seen if not running]
+    stored_alone = [name for name, stores, running in seen if stores and not running]
+    assert stored_alone, seen  # slow's outcome
     if own_loop and tasker.db.is_postgres:
-        assert on_loop, seen
+        assert all(not on_db[name] for name in alone), seen
     else:
-        assert on_loop == [], seen
+        assert all(on_db[name] for name in alone), seen
 
 
 def test_the_workers_connections_plan_on_indexes_whatever_the_statistics(
