@@ -78,10 +78,11 @@ class WorkerOptions:
     backoff_scale: float = 1.0
     grace_seconds: float = 30.0
     worker_id: str = field(default_factory=new_worker_id)
-    #: The worker's event loop serves nothing else (a `tasker worker` process): on PostgreSQL an
-    #: idle worker then runs its claim cycle on the loop, sparing the claim two thread hops. A
-    #: worker on a shared loop (`Tasker.work()`, embedded in `tasker serve`, an application's own
-    #: loop) keeps every cycle on its database thread, so that no cycle can hold the loop.
+    #: The worker's event loop serves nothing else (a `tasker worker` process): on PostgreSQL a
+    #: cycle that finds no attempt running (an idle claim, a finished batch's outcomes) then runs
+    #: on the loop, sparing it two thread hops. A worker on a shared loop (`Tasker.work()`,
+    #: embedded in `tasker serve`, an application's own loop) keeps every cycle on its database
+    #: thread, so that no cycle can hold the loop.
     own_loop: bool = False
     #: The housekeeping job's settings (retention, archive, interval); None: this process's
     #: settings (`tasker.settings`), read at the first look.
@@ -376,7 +377,7 @@ class Worker:
         That covers an idle worker's claim (its latency after a NOTIFY) and, under load, the cycle
         that stores a batch of outcomes and claims the next: when the batch's handlers have all
         finished, the loop would only wait for the cycle, and the two thread hops are part of every
-        step's path (the fleet ran 4-43% faster without them, docs/benchmarks.md)."""
+        step's path (the fleet ran 14% faster at the median without them, docs/benchmarks.md)."""
         return (
             self.opts.own_loop
             and io.db_thread is not None
