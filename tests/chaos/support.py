@@ -194,9 +194,16 @@ class Fleet:
 
     def stop_all(self, timeout: float = 30) -> dict[int, int | None]:
         """SIGTERM every live worker and wait for them; returns pid -> exit code (None: still
-        running)."""
+        running). A worker spawned moments ago is first given the time to start: until it logs its
+        start line it has no handler for the signal, and would die of it (-15) instead of
+        stopping."""
         live = self.alive()
         for w in live:
+            wait_for(
+                lambda w=w: w.worker_id() is not None or not w.alive(),  # type: ignore[misc]
+                timeout,
+                f"worker {w.pid} to start before it is stopped",
+            )
             w.signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         return {w.pid: w.wait(max(0.1, deadline - time.monotonic())) for w in live}
