@@ -160,12 +160,13 @@ def _worker_threads(
 ) -> list[tuple[str, bool, int]]:
     """The threads a long-running worker's cycles ran on, with whether each stored outcomes and
     how many attempts were running meanwhile. `slow` runs beside `a` and `b`, so their outcomes are
-    stored while it runs; its own is stored when nothing runs."""
+    stored while it runs (its second leaves a wide margin for a busy machine); its own is stored
+    when nothing runs."""
     seen: list[tuple[str, bool, int]] = []
     run = Cycles.run
     ref = load(
         f"cycle_threads_{own_loop}",
-        [step("a"), step("b", after="a"), step("slow", handler_config={"sleep": 0.6})],
+        [step("a"), step("b", after="a"), step("slow", handler_config={"sleep": 1.0})],
     )
     worker = tasker.worker(concurrency=4, own_loop=own_loop)
 
