@@ -204,16 +204,19 @@ def test_only_a_worker_that_owns_its_loop_and_runs_nothing_cycles_on_it(
     every cycle of a worker on a shared loop keep to the database thread, so no cycle holds a loop
     that serves anything else."""
     seen = _worker_threads(tasker, load, key, monkeypatch, own_loop)
-    on_db = {name: name.startswith("tasker-db") for name, _, _ in seen}
     beside = [name for name, stores, running in seen if stores and running]
-    assert beside and all(on_db[name] for name in beside), seen  # a and b, while slow runs
+    assert beside and all(_on_db(name) for name in beside), seen  # a and b, while slow runs
     alone = [name for name, _, running in seen if not running]
     stored_alone = [name for name, stores, running in seen if stores and not running]
     assert stored_alone, seen  # slow's outcome
     if own_loop and tasker.db.is_postgres:
-        assert all(not on_db[name] for name in alone), seen
+        assert not any(_on_db(name) for name in alone), seen
     else:
-        assert all(on_db[name] for name in alone), seen
+        assert all(_on_db(name) for name in alone), seen
+
+
+def _on_db(thread_name: str) -> bool:
+    return thread_name.startswith("tasker-db")
 
 
 def test_the_workers_connections_plan_on_indexes_whatever_the_statistics(

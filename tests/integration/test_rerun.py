@@ -135,9 +135,8 @@ def test_a_rerun_from_a_fan_out_expands_it_again_and_records_what_it_dropped(
     again = tasker.rerun_from(task_id, "process", "fixed partition 2")
     assert retried[-1]["instances_dropped"] == 4
     assert again.status == "pending"
-    new = instances_of(
-        again, "process"
-    )  # decided again at once: expanded from discover's kept results
+    # decided again at once: expanded from discover's kept results
+    new = instances_of(again, "process")
     assert [s.name for s in new] == [f"process[{i}]" for i in range(4)]
     assert all(s.status == "ready" and s.attempts == 0 for s in new)
     assert again.step("process").decision == "expanded into 4 instances"
